@@ -1,0 +1,291 @@
+//! Commands: the [`Cmd`] builder and the conversion of Rust values into arguments.
+//!
+//! A `Cmd` keeps its arguments already encoded as RESP bulk strings in one buffer, so
+//! sending it is a single copy into the connection's write buffer and building it costs
+//! one allocation, however many arguments it has.
+
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use crate::resp;
+
+/// A command and its arguments, ready to send.
+///
+/// Build it with [`cmd`] and chain [`Cmd::arg`]:
+///
+/// ```
+/// use redcluster::cmd;
+/// let c = cmd("SET").arg("user:{42}:name").arg("ada").arg("EX").arg(60);
+/// assert_eq!(c.name(), b"SET");
+/// assert_eq!(c.arg_at(3), Some(&b"60"[..]));
+/// ```
+///
+/// `Debug` shows the command name and the number of arguments, never their values:
+/// commands carry keys, values and sometimes passwords (`AUTH`, `HELLO`).
+#[derive(Clone, Default)]
+pub struct Cmd {
+    /// The arguments, each already encoded as `$<len>\r\n<bytes>\r\n`, back to back.
+    encoded: BytesMut,
+    /// Where each argument's bytes start in `encoded`, and their length.
+    spans: SmallVec<[(u32, u32); 8]>,
+}
+
+/// Starts a command: `cmd("GET").arg("key")`.
+pub fn cmd(name: &str) -> Cmd {
+    Cmd::new().arg(name)
+}
+
+impl Cmd {
+    /// An empty command; the first argument added is the command name.
+    pub fn new() -> Cmd {
+        Cmd {
+            encoded: BytesMut::with_capacity(64),
+            spans: SmallVec::new(),
+        }
+    }
+
+    /// Appends one argument and returns the command, for chaining.
+    pub fn arg<A: ToArg>(mut self, arg: A) -> Cmd {
+        self.push_arg(arg);
+        self
+    }
+
+    /// Appends each item as an argument.
+    ///
+    /// ```
+    /// let c = redcluster::cmd("DEL").args(["a", "b", "c"]);
+    /// assert_eq!(c.len(), 4);
+    /// ```
+    pub fn args<I>(mut self, args: I) -> Cmd
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        for a in args {
+            self.push_arg(a);
+        }
+        self
+    }
+
+    /// Appends one argument in place.
+    pub fn push_arg<A: ToArg>(&mut self, arg: A) {
+        arg.with_bytes(|bytes| {
+            // 10 digits and the framing are enough for any length a u32 offset allows.
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(bytes.len());
+            let start = self.encoded.len() + 1 + digits.len() + 2;
+            resp::encode_bulk(bytes, &mut self.encoded);
+            let start = u32::try_from(start).unwrap_or(u32::MAX);
+            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            self.spans.push((start, len));
+        });
+    }
+
+    /// The number of arguments, command name included.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the command has no arguments at all (not even a name).
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The command name as given (`b"GET"`), or empty when there is none.
+    pub fn name(&self) -> &[u8] {
+        self.arg_at(0).unwrap_or(b"")
+    }
+
+    /// The argument at `index` (0 is the command name).
+    pub fn arg_at(&self, index: usize) -> Option<&[u8]> {
+        let &(start, len) = self.spans.get(index)?;
+        self.encoded
+            .get(start as usize..start as usize + len as usize)
+    }
+
+    /// All arguments, command name first.
+    pub fn arg_iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans
+            .iter()
+            .map(|&(start, len)| &self.encoded[start as usize..start as usize + len as usize])
+    }
+
+    /// Writes the command in RESP (an array of bulk strings) to `out`.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        resp::encode_header(b'*', self.spans.len(), out);
+        out.extend_from_slice(&self.encoded);
+    }
+
+    /// How many bytes [`Cmd::write_to`] appends.
+    pub fn encoded_len(&self) -> usize {
+        // `*`, up to 20 digits and CRLF, then the arguments.
+        let mut digits = itoa::Buffer::new();
+        1 + digits.format(self.spans.len()).len() + 2 + self.encoded.len()
+    }
+}
+
+impl fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cmd")
+            .field("name", &String::from_utf8_lossy(self.name()))
+            .field("args", &self.len().saturating_sub(1))
+            .finish()
+    }
+}
+
+/// A value that can be sent as one command argument.
+///
+/// Implemented for strings, byte slices and vectors, [`Bytes`], integers and floats.
+/// Integers and floats are sent in the decimal form the server parses; floats use the
+/// shortest text that reads back as the same number, and `inf`/`-inf` for infinities.
+pub trait ToArg {
+    /// Calls `f` with the argument's bytes.
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
+}
+
+impl<T: ToArg + ?Sized> ToArg for &T {
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        (**self).with_bytes(f)
+    }
+}
+
+macro_rules! bytes_like {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+                f(AsRef::<[u8]>::as_ref(self))
+            }
+        }
+    )*};
+}
+bytes_like!(str, String, [u8], Vec<u8>, Bytes, BytesMut);
+
+impl<const N: usize> ToArg for [u8; N] {
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self)
+    }
+}
+
+macro_rules! integer {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+                let mut digits = itoa::Buffer::new();
+                f(digits.format(*self).as_bytes())
+            }
+        }
+    )*};
+}
+integer!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize);
+
+macro_rules! float {
+    ($($t:ty),*) => {$(
+        impl ToArg for $t {
+            fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+                if self.is_infinite() {
+                    return f(if *self > 0.0 { b"inf" } else { b"-inf" });
+                }
+                let mut text = StackText::default();
+                // Debug is the shortest text that parses back to the same value.
+                let _ = fmt::Write::write_fmt(&mut text, format_args!("{:?}", self));
+                f(text.as_bytes())
+            }
+        }
+    )*};
+}
+float!(f32, f64);
+
+/// A small fixed buffer that formats a float without a heap allocation.
+struct StackText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for StackText {
+    fn default() -> Self {
+        StackText {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl StackText {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_convert_from_common_types() {
+        let c = cmd("X")
+            .arg("s")
+            .arg(String::from("owned"))
+            .arg(&b"bytes"[..])
+            .arg(vec![0u8, 255])
+            .arg(Bytes::from_static(b"shared"))
+            .arg(-42i64)
+            .arg(7u8)
+            .arg(1.5f64)
+            .arg(f64::INFINITY)
+            .arg(f64::NEG_INFINITY)
+            .arg(0.1f32)
+            .arg(1e300)
+            .arg(*b"arr");
+        let args: Vec<&[u8]> = c.arg_iter().collect();
+        assert_eq!(
+            args,
+            vec![
+                &b"X"[..],
+                b"s",
+                b"owned",
+                b"bytes",
+                &[0u8, 255],
+                b"shared",
+                b"-42",
+                b"7",
+                b"1.5",
+                b"inf",
+                b"-inf",
+                b"0.1",
+                b"1e300",
+                b"arr"
+            ]
+        );
+    }
+
+    #[test]
+    fn writes_resp_array_of_bulk_strings() {
+        let c = cmd("SET").arg("k").arg("").arg(10);
+        let mut out = BytesMut::new();
+        c.write_to(&mut out);
+        assert_eq!(&out[..], b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n$2\r\n10\r\n");
+        assert_eq!(c.encoded_len(), out.len());
+        let decoded = resp::decode_all(&out).unwrap();
+        assert_eq!(decoded.len(), 1);
+    }
+
+    #[test]
+    fn debug_hides_arguments() {
+        let c = cmd("AUTH").arg("user").arg("hunter2");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("AUTH"));
+    }
+}

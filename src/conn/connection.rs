@@ -1,0 +1,553 @@
+//! A multiplexed connection to one node: a cheap cloneable handle and two tasks that own
+//! the socket.
+//!
+//! Callers hand requests to the writer task through a bounded channel. The writer takes
+//! every request waiting at that moment, encodes them into one buffer and writes it with
+//! one system call (auto-pipelining), after recording them, in order, in the in-flight
+//! queue. The reader task decodes replies and answers the in-flight queue front to back:
+//! Redis answers requests on a connection in the order it received them.
+//!
+//! When the connection dies, every request still queued is answered with
+//! [`Error::ConnectionLost`] `{ may_have_executed: false }` and every request already
+//! written with `may_have_executed: true`. None is left waiting.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use smallvec::SmallVec;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+
+use crate::cmd::Cmd;
+use crate::conn::handshake;
+use crate::conn::options::{ConnectOptions, Protocol};
+use crate::error::{Error, Result};
+use crate::resp::{Decoder, Value};
+
+/// Most requests the writer takes from the queue for one write.
+const WRITE_BATCH: usize = 512;
+/// Read buffer growth step: room made before each read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a request sends: one command, or several that must be written back to back
+/// (`ASKING` + command, `MULTI` ... `EXEC`, an explicit pipeline).
+#[derive(Debug)]
+pub(crate) enum Cmds {
+    One(Cmd),
+    Many(Vec<Cmd>),
+}
+
+impl Cmds {
+    fn reply_count(&self) -> usize {
+        match self {
+            Cmds::One(_) => 1,
+            Cmds::Many(cmds) => cmds.len(),
+        }
+    }
+}
+
+/// The replies to one request; one reply is kept inline (no allocation).
+pub(crate) type Replies = SmallVec<[Value; 1]>;
+
+/// A request's answer: the reply (or replies, for [`Cmds::Many`]) and the commands,
+/// handed back so a caller can resend them after a redirect without having cloned them.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) result: Result<Replies>,
+    pub(crate) cmds: Cmds,
+}
+
+struct Request {
+    cmds: Cmds,
+    reply: oneshot::Sender<Answer>,
+    deadline: Option<Instant>,
+}
+
+/// A request written to the socket, waiting for its replies.
+struct InFlight {
+    cmds: Cmds,
+    reply: oneshot::Sender<Answer>,
+    replies: Replies,
+    expected: usize,
+}
+
+/// State the reader and writer share. The lock is taken once per write batch and once
+/// per read, never per request.
+struct Shared {
+    in_flight: Mutex<VecDeque<InFlight>>,
+    closed: AtomicBool,
+    /// Wakes both tasks when either closes the connection.
+    close: Notify,
+    /// Wakes the writer when the reader made room in the in-flight queue.
+    room: Notify,
+    max_in_flight: usize,
+}
+
+impl Shared {
+    /// Marks the connection dead and answers every written request. Idempotent.
+    fn close(&self, error: &Error) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::debug!(%error, "connection closed");
+        let drained: Vec<InFlight> = self
+            .in_flight
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default();
+        for entry in drained {
+            let _ = entry.reply.send(Answer {
+                result: Err(lost_after_write(error)),
+                cmds: entry.cmds,
+            });
+        }
+        self.close.notify_waiters();
+        self.room.notify_one();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The error written requests get when the connection dies under them.
+fn lost_after_write(cause: &Error) -> Error {
+    match cause {
+        Error::Io { source, .. } => Error::Io {
+            source: Arc::clone(source),
+            may_have_executed: true,
+        },
+        _ => Error::ConnectionLost {
+            may_have_executed: true,
+        },
+    }
+}
+
+/// A multiplexed connection to one Redis node.
+///
+/// Cloning is cheap and clones share the connection: requests from many tasks are
+/// coalesced into few writes. Dropping every clone closes the connection once the
+/// requests already sent are answered.
+#[derive(Clone)]
+pub struct NodeConnection {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    addr: Arc<str>,
+    protocol: Protocol,
+    default_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for NodeConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConnection")
+            .field("addr", &self.addr)
+            .field("protocol", &self.protocol)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl NodeConnection {
+    /// Connects over TCP to `addr` (`"host:port"`), performs the handshake
+    /// (`HELLO 3`/`AUTH`, `CLIENT SETNAME`, `READONLY` as the options say) and starts the
+    /// connection's tasks on the current tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the node cannot be reached within `connect_timeout`,
+    /// [`Error::Auth`] when the credentials are refused, [`Error::Protocol`] when the
+    /// node does not speak RESP.
+    pub async fn connect(addr: &str, options: &ConnectOptions) -> Result<NodeConnection> {
+        let deadline = Instant::now() + options.connect_timeout;
+        let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                Error::io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "connecting to {addr} timed out after {:?}",
+                            options.connect_timeout
+                        ),
+                    ),
+                    false,
+                )
+            })?
+            .map_err(|e| {
+                Error::io(
+                    std::io::Error::new(e.kind(), format!("connecting to {addr}: {e}")),
+                    false,
+                )
+            })?;
+        configure_tcp(&stream, options);
+        let (read, write) = stream.into_split();
+        Self::start(addr, read, write, options, deadline).await
+    }
+
+    /// Runs the handshake over an already connected byte stream (TLS, a Unix socket, a
+    /// test double) and starts the connection's tasks.
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeConnection::connect`], minus the TCP part.
+    pub async fn over_stream<S>(addr: &str, stream: S, options: &ConnectOptions) -> Result<NodeConnection>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let deadline = Instant::now() + options.connect_timeout;
+        let (read, write) = tokio::io::split(stream);
+        Self::start(addr, read, write, options, deadline).await
+    }
+
+    async fn start<R, W>(
+        addr: &str,
+        mut read: R,
+        mut write: W,
+        options: &ConnectOptions,
+        deadline: Instant,
+    ) -> Result<NodeConnection>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut decoder = Decoder::with_limits(options.limits);
+        let protocol = tokio::time::timeout_at(
+            deadline,
+            handshake::run(&mut read, &mut write, &mut rbuf, &mut decoder, options),
+        )
+        .await
+        .map_err(|_| {
+            Error::io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("handshake with {addr} timed out"),
+                ),
+                false,
+            )
+        })??;
+
+        let (tx, rx) = mpsc::channel(options.max_in_flight);
+        let shared = Arc::new(Shared {
+            in_flight: Mutex::new(VecDeque::new()),
+            closed: AtomicBool::new(false),
+            close: Notify::new(),
+            room: Notify::new(),
+            max_in_flight: options.max_in_flight,
+        });
+        let addr: Arc<str> = Arc::from(addr);
+        let span = tracing::debug_span!("redis_connection", node = %addr);
+        tokio::spawn(tracing::Instrument::instrument(
+            write_loop(write, rx, Arc::clone(&shared)),
+            span.clone(),
+        ));
+        tokio::spawn(tracing::Instrument::instrument(
+            read_loop(read, rbuf, decoder, Arc::clone(&shared)),
+            span,
+        ));
+        Ok(NodeConnection {
+            tx,
+            shared,
+            addr,
+            protocol,
+            default_timeout: options.response_timeout,
+        })
+    }
+
+    /// The address this connection was opened to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The protocol the handshake settled on.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Whether the connection has died (or been closed); a dead connection answers every
+    /// request with [`Error::ConnectionLost`].
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// Closes the connection: queued and in-flight requests get
+    /// [`Error::ConnectionLost`].
+    pub fn close(&self) {
+        self.shared.close(&Error::ConnectionLost {
+            may_have_executed: true,
+        });
+    }
+
+    /// Sends one command and waits for its reply, within the connection's default
+    /// response timeout.
+    ///
+    /// An error reply from the server is returned as `Ok(Value::ServerError(..))`: it is
+    /// the reply. Use [`crate::FromValue`] to turn it into a typed result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when no reply came in time, [`Error::ConnectionLost`] or
+    /// [`Error::Io`] when the connection died, [`Error::Protocol`] on a malformed reply.
+    pub async fn send(&self, cmd: Cmd) -> Result<Value> {
+        let deadline = Instant::now() + self.default_timeout;
+        let replies = self.dispatch(Cmds::One(cmd), deadline).await.result?;
+        Ok(replies.into_iter().next().unwrap_or(Value::Nil))
+    }
+
+    /// Sends several commands back to back (one write, nothing from other callers in
+    /// between) and waits for all their replies, in order.
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeConnection::send`]; one failure fails the whole batch.
+    pub async fn send_batch(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + self.default_timeout;
+        let replies = self.dispatch(Cmds::Many(cmds), deadline).await.result?;
+        Ok(replies.into_vec())
+    }
+
+    /// Sends `cmds` and waits for the answer until `deadline`.
+    ///
+    /// The commands come back in the answer, except when the deadline passed while the
+    /// connection still held them (then `cmds` is `Cmds::Many(vec![])`).
+    pub(crate) async fn dispatch(&self, cmds: Cmds, deadline: Instant) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            cmds,
+            reply,
+            deadline: Some(deadline),
+        };
+        // Waiting for room in the queue counts against the deadline; a request that
+        // never got in was never sent.
+        match tokio::time::timeout_at(deadline, self.tx.send(request)).await {
+            Err(_) => {
+                return Answer {
+                    result: Err(Error::Timeout),
+                    cmds: Cmds::Many(Vec::new()),
+                }
+            }
+            Ok(Err(mpsc::error::SendError(request))) => {
+                return Answer {
+                    result: Err(Error::ConnectionLost {
+                        may_have_executed: false,
+                    }),
+                    cmds: request.cmds,
+                }
+            }
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(answer)) => answer,
+            // The tasks answer every request before they end; a dropped sender means a
+            // task panicked, which must still not leave the caller hanging.
+            Ok(Err(_)) => Answer {
+                result: Err(Error::ConnectionLost {
+                    may_have_executed: true,
+                }),
+                cmds: Cmds::Many(Vec::new()),
+            },
+            Err(_) => Answer {
+                result: Err(Error::Timeout),
+                cmds: Cmds::Many(Vec::new()),
+            },
+        }
+    }
+}
+
+fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
+    // Small requests must not wait for Nagle's algorithm; batching is done by the writer.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
+    if let Some(idle) = options.tcp_keepalive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(idle)
+            .with_interval(idle.min(std::time::Duration::from_secs(10)));
+        if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %e, "could not enable TCP keepalive");
+        }
+    }
+}
+
+async fn write_loop<W>(mut write: W, mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>)
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut batch: Vec<Request> = Vec::with_capacity(WRITE_BATCH);
+    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let mut written: Vec<InFlight> = Vec::with_capacity(WRITE_BATCH);
+    let error = loop {
+        // Backpressure: stop taking requests while the server owes too many replies.
+        loop {
+            let room = shared.room.notified();
+            let full = shared
+                .in_flight
+                .lock()
+                .map(|q| q.len() >= shared.max_in_flight)
+                .unwrap_or(false);
+            if !full || shared.is_closed() {
+                break;
+            }
+            room.await;
+        }
+        let limit = WRITE_BATCH.min(shared.max_in_flight);
+        let closed = shared.close.notified();
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, limit) => n,
+            () = closed => 0,
+        };
+        if n == 0 || shared.is_closed() {
+            break Error::ConnectionLost {
+                may_have_executed: false,
+            };
+        }
+        let now = Instant::now();
+        for request in batch.drain(..) {
+            // A caller that gave up (deadline passed, future dropped) is not written:
+            // the request never reaches the server.
+            if request.reply.is_closed() || request.deadline.is_some_and(|d| d <= now) {
+                continue;
+            }
+            match &request.cmds {
+                Cmds::One(cmd) => cmd.write_to(&mut wbuf),
+                Cmds::Many(cmds) => cmds.iter().for_each(|c| c.write_to(&mut wbuf)),
+            }
+            written.push(InFlight {
+                expected: request.cmds.reply_count(),
+                replies: Replies::new(),
+                cmds: request.cmds,
+                reply: request.reply,
+            });
+        }
+        if written.is_empty() {
+            continue;
+        }
+        // Record before writing: the reader may see a reply as soon as bytes leave.
+        match shared.in_flight.lock() {
+            Ok(mut q) if !shared.is_closed() => q.extend(written.drain(..)),
+            _ => {
+                fail_unsent(written.drain(..).map(|f| (f.reply, f.cmds)));
+                break Error::ConnectionLost {
+                    may_have_executed: false,
+                };
+            }
+        }
+        if let Err(e) = write.write_all(&wbuf).await {
+            break Error::io(e, true);
+        }
+        wbuf.clear();
+        if wbuf.capacity() > 1024 * 1024 {
+            // Do not keep a huge buffer around after one large pipeline.
+            wbuf = BytesMut::with_capacity(16 * 1024);
+        }
+    };
+    shared.close(&error);
+    // Everything still queued was never written.
+    rx.close();
+    fail_unsent(batch.drain(..).map(|r| (r.reply, r.cmds)));
+    while let Ok(request) = rx.try_recv() {
+        fail_unsent(std::iter::once((request.reply, request.cmds)));
+    }
+    let _ = write.shutdown().await;
+}
+
+fn fail_unsent(requests: impl Iterator<Item = (oneshot::Sender<Answer>, Cmds)>) {
+    for (reply, cmds) in requests {
+        let _ = reply.send(Answer {
+            result: Err(Error::ConnectionLost {
+                may_have_executed: false,
+            }),
+            cmds,
+        });
+    }
+}
+
+async fn read_loop<R>(mut read: R, mut rbuf: BytesMut, mut decoder: Decoder, shared: Arc<Shared>)
+where
+    R: AsyncRead + Unpin,
+{
+    let mut replies: SmallVec<[Value; 16]> = SmallVec::new();
+    let error = 'outer: loop {
+        // Replies may already sit in the buffer from the handshake's last read.
+        loop {
+            match decoder.decode(&mut rbuf) {
+                Ok(Some(Value::Push(push))) => {
+                    // Out-of-band data (client tracking, pub/sub on RESP3) is not a reply
+                    // to any request on a multiplexed connection.
+                    tracing::trace!(len = push.len(), "ignoring push frame");
+                }
+                Ok(Some(value)) => replies.push(value),
+                Ok(None) => break,
+                Err(e) => break 'outer e,
+            }
+        }
+        if !replies.is_empty() {
+            if let Err(e) = deliver(&shared, &mut replies) {
+                break e;
+            }
+        }
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
+            rbuf.reserve(READ_CHUNK);
+        }
+        let closed = shared.close.notified();
+        if shared.is_closed() {
+            return;
+        }
+        let n = tokio::select! {
+            n = read.read_buf(&mut rbuf) => n,
+            () = closed => return,
+        };
+        match n {
+            Ok(0) => {
+                break Error::io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ),
+                    true,
+                )
+            }
+            Ok(_) => {}
+            Err(e) => break Error::io(e, true),
+        }
+    };
+    shared.close(&error);
+}
+
+/// Hands decoded replies to the requests at the front of the in-flight queue.
+fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
+    let mut done: SmallVec<[InFlight; 16]> = SmallVec::new();
+    {
+        let Ok(mut q) = shared.in_flight.lock() else {
+            return Err(Error::Protocol("connection state poisoned".into()));
+        };
+        for value in replies.drain(..) {
+            let Some(front) = q.front_mut() else {
+                return Err(Error::Protocol(
+                    "reply received with no request waiting for it".into(),
+                ));
+            };
+            front.replies.push(value);
+            if front.replies.len() == front.expected {
+                if let Some(entry) = q.pop_front() {
+                    done.push(entry);
+                }
+            }
+        }
+    }
+    shared.room.notify_one();
+    // Answer outside the lock.
+    for entry in done {
+        let _ = entry.reply.send(Answer {
+            result: Ok(entry.replies),
+            cmds: entry.cmds,
+        });
+    }
+    Ok(())
+}

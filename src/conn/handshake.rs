@@ -1,0 +1,167 @@
+//! The connection handshake: protocol, authentication, name, read-only mode.
+//!
+//! With [`Protocol::Resp3`] it sends `HELLO 3 [AUTH user pass] [SETNAME name]`; a server
+//! that refuses `HELLO` (older than 6, or `NOPROTO`) gets `AUTH` and stays on RESP2.
+//! Authentication failures become [`Error::Auth`] here, at connect time, instead of
+//! `NOAUTH` errors on every later command.
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::cmd::{cmd, Cmd};
+use crate::conn::options::{ConnectOptions, Protocol};
+use crate::error::{Error, Result, ServerError};
+use crate::resp::{Decoder, Value};
+
+pub(crate) async fn run<R, W>(
+    read: &mut R,
+    write: &mut W,
+    rbuf: &mut BytesMut,
+    decoder: &mut Decoder,
+    options: &ConnectOptions,
+) -> Result<Protocol>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut io = Io {
+        read,
+        write,
+        rbuf,
+        decoder,
+    };
+    let mut protocol = Protocol::Resp2;
+    let mut authenticated = false;
+    if options.protocol == Protocol::Resp3 {
+        let mut hello = cmd("HELLO").arg(3);
+        if let Some(password) = &options.password {
+            let user = options.username.as_deref().unwrap_or("default");
+            hello = hello.arg("AUTH").arg(user).arg(password.expose());
+        }
+        if let Some(name) = &options.client_name {
+            hello = hello.arg("SETNAME").arg(name.as_str());
+        }
+        match io.call(&hello).await? {
+            Value::ServerError(e) if is_auth_error(&e) => return Err(auth_error(&e)),
+            // Older servers do not know HELLO; NOPROTO means no RESP3. Both speak RESP2.
+            Value::ServerError(e) => {
+                tracing::debug!(code = e.code(), "HELLO 3 refused, using RESP2");
+            }
+            _ => {
+                protocol = Protocol::Resp3;
+                authenticated = true;
+            }
+        }
+    }
+    if !authenticated {
+        if let Some(password) = &options.password {
+            let mut auth = cmd("AUTH");
+            if let Some(user) = &options.username {
+                auth = auth.arg(user.as_str());
+            }
+            auth = auth.arg(password.expose());
+            if let Value::ServerError(e) = io.call(&auth).await? {
+                return Err(auth_error(&e));
+            }
+        }
+        if let Some(name) = &options.client_name {
+            if let Value::ServerError(e) = io.call(&cmd("CLIENT").arg("SETNAME").arg(name.as_str())).await? {
+                return Err(handshake_error("CLIENT SETNAME", &e));
+            }
+        }
+    }
+    if options.read_only {
+        if let Value::ServerError(e) = io.call(&cmd("READONLY")).await? {
+            return Err(handshake_error("READONLY", &e));
+        }
+    }
+    Ok(protocol)
+}
+
+fn is_auth_error(e: &ServerError) -> bool {
+    match e.code() {
+        "WRONGPASS" | "NOAUTH" => true,
+        // `ERR AUTH <password> called without any password configured ...`; but an old
+        // server's "unknown command 'HELLO', with args beginning with: 3 AUTH ..." is not.
+        "ERR" => {
+            let m = e.message();
+            !m.contains("unknown command") && (m.contains("AUTH") || m.contains("password"))
+        }
+        _ => false,
+    }
+}
+
+fn auth_error(e: &ServerError) -> Error {
+    // Server messages name the problem, never the password we sent.
+    Error::Auth(e.to_string())
+}
+
+fn handshake_error(step: &str, e: &ServerError) -> Error {
+    if is_auth_error(e) {
+        return auth_error(e);
+    }
+    Error::Protocol(format!("{step} failed during the handshake: {e}"))
+}
+
+struct Io<'a, R, W> {
+    read: &'a mut R,
+    write: &'a mut W,
+    rbuf: &'a mut BytesMut,
+    decoder: &'a mut Decoder,
+}
+
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
+    /// Sends one command and reads exactly one reply (push frames skipped).
+    async fn call(&mut self, command: &Cmd) -> Result<Value> {
+        let mut out = BytesMut::with_capacity(command.encoded_len());
+        command.write_to(&mut out);
+        self.write
+            .write_all(&out)
+            .await
+            .map_err(|e| Error::io(e, true))?;
+        loop {
+            match self.decoder.decode(self.rbuf)? {
+                Some(Value::Push(_)) => continue,
+                Some(value) => return Ok(value),
+                None => {}
+            }
+            self.rbuf.reserve(4096);
+            let n = self
+                .read
+                .read_buf(self.rbuf)
+                .await
+                .map_err(|e| Error::io(e, true))?;
+            if n == 0 {
+                return Err(Error::io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection during the handshake",
+                    ),
+                    true,
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_auth_errors() {
+        assert!(is_auth_error(&ServerError::new(
+            "WRONGPASS invalid username-password pair or user is disabled."
+        )));
+        assert!(is_auth_error(&ServerError::new(
+            "NOAUTH HELLO must be called with the client already authenticated"
+        )));
+        assert!(is_auth_error(&ServerError::new(
+            "ERR AUTH <password> called without any password configured for the default user"
+        )));
+        assert!(!is_auth_error(&ServerError::new(
+            "ERR unknown command 'HELLO', with args beginning with: '3' 'AUTH' "
+        )));
+        assert!(!is_auth_error(&ServerError::new("NOPROTO unsupported protocol version")));
+    }
+}

@@ -1,0 +1,13 @@
+//! One connection to one node: TCP setup, handshake, multiplexing.
+//!
+//! Owns sockets and tasks; holds no protocol logic beyond calling the [`crate::resp`]
+//! codec and no cluster logic at all (no slots, no redirects).
+
+mod connection;
+mod handshake;
+mod options;
+
+pub use connection::NodeConnection;
+#[allow(unused_imports)]
+pub(crate) use connection::{Answer, Cmds, Replies};
+pub use options::{ConnectOptions, Protocol, Secret};

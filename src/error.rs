@@ -1,0 +1,237 @@
+//! The crate's one error type.
+//!
+//! Every layer reports through [`Error`]; callers tell kinds apart with `match` or the
+//! predicates ([`Error::is_retryable`], [`Error::may_have_executed`],
+//! [`Error::server_code`]) and never need to parse a message. A server's `-ERR` reply is
+//! plain data ([`crate::Value::ServerError`]) until the caller asks for a typed result;
+//! only then does it become [`Error::Server`].
+//!
+//! Messages never contain passwords, keys or values: errors are logged and shown to users.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// `Result` with [`Error`] as the error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong talking to a Redis Cluster.
+///
+/// `Error` is `Clone` so that one failure (a dropped connection) can be handed to every
+/// request that was waiting on it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server answered with an error reply (`-WRONGTYPE ...`, `-NOPERM ...`).
+    #[error("server error: {0}")]
+    Server(ServerError),
+    /// The keys of a command that must run on one node hash to different slots.
+    #[error("keys of one command hash to different slots {slots:?}")]
+    CrossSlot {
+        /// The distinct slots the keys hash to, in the order first seen.
+        slots: Vec<u16>,
+    },
+    /// The cluster answered `CLUSTERDOWN` until the request's retries or deadline ran out.
+    #[error("cluster is down: {0}")]
+    ClusterDown(String),
+    /// A request was redirected (MOVED/ASK) more often than `max_redirects` allows.
+    #[error("too many redirects ({redirects})")]
+    TooManyRedirects {
+        /// How many redirects were followed before giving up.
+        redirects: u32,
+    },
+    /// The request did not complete within its deadline.
+    ///
+    /// It may or may not have reached the server: see [`Error::may_have_executed`].
+    #[error("request timed out")]
+    Timeout,
+    /// The node's circuit breaker is open: requests to it fail fast for a while.
+    #[error("circuit breaker open for node {node}")]
+    CircuitOpen {
+        /// The node, as `host:port`.
+        node: String,
+    },
+    /// Reading from or writing to a socket failed, or connecting failed.
+    #[error("i/o error: {source}")]
+    Io {
+        /// The underlying error (shared, so that `Error` stays `Clone`).
+        #[source]
+        source: Arc<std::io::Error>,
+        /// Whether the request may have been written before the failure.
+        may_have_executed: bool,
+    },
+    /// The connection closed (or was closed) while the request was queued or in flight.
+    #[error("connection lost{}", if *.may_have_executed { " after the request was sent" } else { " before the request was sent" })]
+    ConnectionLost {
+        /// Whether the request may have been written before the connection was lost.
+        may_have_executed: bool,
+    },
+    /// The server sent bytes that are not valid RESP, or a reply of an unexpected shape.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A reply could not be converted to the requested Rust type.
+    #[error("type error: cannot convert {got} into {expected}")]
+    Type {
+        /// The Rust type asked for.
+        expected: &'static str,
+        /// What the reply was (a kind, never its content).
+        got: &'static str,
+    },
+    /// TLS setup or handshake failed.
+    #[error("tls error: {0}")]
+    Tls(String),
+    /// Authentication was refused (wrong password, unknown user, ...).
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// The client's configuration or the user's input is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Whether resending the request could succeed and cannot run it twice.
+    ///
+    /// True for failures that happened before the request could have reached the server
+    /// and for cluster states that clear up by themselves (`TRYAGAIN`, `CLUSTERDOWN`,
+    /// `LOADING`, `MASTERDOWN`). Requests whose outcome is unknown are not retryable
+    /// unless the command is idempotent, which the caller (or the cluster layer) decides.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Server(e) => matches!(
+                e.code(),
+                "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "MOVED" | "ASK"
+            ),
+            Error::ClusterDown(_) | Error::CircuitOpen { .. } => true,
+            Error::Io {
+                may_have_executed, ..
+            }
+            | Error::ConnectionLost { may_have_executed } => !may_have_executed,
+            _ => false,
+        }
+    }
+
+    /// Whether the request may have reached the server and run there.
+    ///
+    /// When this is `true`, sending a non-idempotent request again (INCR, LPUSH, ...)
+    /// could apply it twice. Server error replies count as "executed": the server saw the
+    /// request (an error reply means it did not change data, except inside scripts).
+    pub fn may_have_executed(&self) -> bool {
+        match self {
+            Error::Io {
+                may_have_executed, ..
+            }
+            | Error::ConnectionLost { may_have_executed } => *may_have_executed,
+            Error::Timeout | Error::Protocol(_) | Error::Server(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The error code of a server error reply (`"WRONGTYPE"`, `"NOPERM"`, `"MOVED"`, ...).
+    pub fn server_code(&self) -> Option<&str> {
+        match self {
+            Error::Server(e) => Some(e.code()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(source: std::io::Error, may_have_executed: bool) -> Self {
+        Error::Io {
+            source: Arc::new(source),
+            may_have_executed,
+        }
+    }
+}
+
+impl From<ServerError> for Error {
+    fn from(e: ServerError) -> Self {
+        Error::Server(e)
+    }
+}
+
+/// An error reply from the server: `-CODE message` or a RESP3 blob error.
+///
+/// The code is the first word of the reply (`ERR`, `WRONGTYPE`, `MOVED`, ...).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ServerError {
+    /// The whole reply line, without the leading `-` and trailing CRLF.
+    text: Bytes,
+}
+
+impl ServerError {
+    /// Wraps a raw error reply (without the leading `-`).
+    pub fn new(text: impl Into<Bytes>) -> Self {
+        ServerError { text: text.into() }
+    }
+
+    /// The first word of the reply: `"ERR"`, `"WRONGTYPE"`, `"MOVED"`, ...
+    pub fn code(&self) -> &str {
+        let end = self
+            .text
+            .iter()
+            .position(|&b| b == b' ')
+            .unwrap_or(self.text.len());
+        std::str::from_utf8(&self.text[..end]).unwrap_or("")
+    }
+
+    /// What follows the code, e.g. `"3999 127.0.0.1:6381"` for a MOVED reply.
+    pub fn message(&self) -> &str {
+        let text = std::str::from_utf8(&self.text).unwrap_or("");
+        match text.find(' ') {
+            Some(i) => &text[i + 1..],
+            None => "",
+        }
+    }
+
+    /// The whole reply as bytes, code included.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.text
+    }
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.text))
+    }
+}
+
+impl fmt::Debug for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerError({:?})", String::from_utf8_lossy(&self.text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_error_splits_code_and_message() {
+        let e = ServerError::new("MOVED 3999 127.0.0.1:6381");
+        assert_eq!(e.code(), "MOVED");
+        assert_eq!(e.message(), "3999 127.0.0.1:6381");
+        let e = ServerError::new("ERR");
+        assert_eq!(e.code(), "ERR");
+        assert_eq!(e.message(), "");
+    }
+
+    #[test]
+    fn predicates_follow_the_retry_rule() {
+        let lost_before = Error::ConnectionLost {
+            may_have_executed: false,
+        };
+        assert!(lost_before.is_retryable());
+        assert!(!lost_before.may_have_executed());
+        let lost_after = Error::ConnectionLost {
+            may_have_executed: true,
+        };
+        assert!(!lost_after.is_retryable());
+        assert!(lost_after.may_have_executed());
+        assert!(Error::Timeout.may_have_executed());
+        let tryagain = Error::Server(ServerError::new("TRYAGAIN Multiple keys request"));
+        assert!(tryagain.is_retryable());
+        assert_eq!(tryagain.server_code(), Some("TRYAGAIN"));
+        let wrongtype = Error::Server(ServerError::new("WRONGTYPE Operation"));
+        assert!(!wrongtype.is_retryable());
+    }
+}

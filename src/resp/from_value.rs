@@ -1,0 +1,349 @@
+//! Conversions from [`Value`] into Rust types.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, Hash};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::resp::Value;
+
+/// A type a reply can be converted into.
+///
+/// A mismatch (a nil where a `String` was asked for, text where an integer was asked for)
+/// is an [`Error::Type`], never a panic. An error reply anywhere in the value becomes
+/// [`Error::Server`]. `Value` itself converts losslessly, error replies included.
+///
+/// Implemented for [`Value`], `String`, `Vec<u8>`, [`Bytes`], integers, `f32`/`f64`,
+/// `bool`, `()`, `Option<T>`, `Vec<T>`, `HashSet<T>`, `HashMap<K, V>`,
+/// `BTreeMap<K, V>` and tuples of up to six elements.
+pub trait FromValue: Sized {
+    /// Converts a reply.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Type`] when the reply has another shape, [`Error::Server`] for an error
+    /// reply.
+    fn from_value(value: Value) -> Result<Self>;
+
+    /// Lets `Vec<u8>` take a bulk string whole instead of as a list of integers.
+    #[doc(hidden)]
+    fn from_bulk_bytes(_bytes: &Bytes) -> Option<Vec<Self>> {
+        None
+    }
+}
+
+fn mismatch<T>(value: &Value) -> Error {
+    match value {
+        Value::ServerError(e) => Error::Server(e.clone()),
+        other => Error::Type {
+            expected: std::any::type_name::<T>(),
+            got: other.kind(),
+        },
+    }
+}
+
+impl FromValue for Value {
+    fn from_value(value: Value) -> Result<Self> {
+        Ok(value)
+    }
+}
+
+impl FromValue for () {
+    fn from_value(value: Value) -> Result<Self> {
+        match value {
+            Value::ServerError(e) => Err(Error::Server(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl FromValue for Bytes {
+    fn from_value(value: Value) -> Result<Self> {
+        match value.without_attributes() {
+            Value::Bulk(b) | Value::Simple(b) | Value::BigNumber(b) => Ok(b),
+            Value::Verbatim { text, .. } => Ok(text),
+            other => Err(mismatch::<Self>(&other)),
+        }
+    }
+}
+
+impl FromValue for String {
+    fn from_value(value: Value) -> Result<Self> {
+        let value = value.without_attributes();
+        match &value {
+            Value::Int(n) => return Ok(n.to_string()),
+            Value::Double(d) => return Ok(d.to_string()),
+            _ => {}
+        }
+        let bytes = Bytes::from_value(value)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| Error::Type {
+            expected: "String",
+            got: "non-UTF-8 bytes",
+        })
+    }
+}
+
+impl FromValue for bool {
+    fn from_value(value: Value) -> Result<Self> {
+        match value.without_attributes() {
+            Value::Bool(b) => Ok(b),
+            Value::Int(n) => Ok(n != 0),
+            // `SET ... NX` answers nil when it did not set.
+            Value::Nil => Ok(false),
+            Value::Simple(s) if s == "OK" => Ok(true),
+            Value::Bulk(b) if b == "1" => Ok(true),
+            Value::Bulk(b) if b == "0" => Ok(false),
+            other => Err(mismatch::<Self>(&other)),
+        }
+    }
+}
+
+macro_rules! integer {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(value: Value) -> Result<Self> {
+                let value = value.without_attributes();
+                let n: Option<Self> = match &value {
+                    Value::Int(n) => Self::try_from(*n).ok(),
+                    Value::Bool(b) => Some(Self::from(*b)),
+                    Value::Bulk(b) | Value::Simple(b) | Value::BigNumber(b) => {
+                        std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
+                    }
+                    _ => None,
+                };
+                n.ok_or_else(|| mismatch::<Self>(&value))
+            }
+        }
+    )*};
+}
+integer!(i8, i16, i32, i64, i128, isize, u16, u32, u64, u128, usize);
+
+impl FromValue for u8 {
+    fn from_value(value: Value) -> Result<Self> {
+        let value = value.without_attributes();
+        let n = match &value {
+            Value::Int(n) => u8::try_from(*n).ok(),
+            Value::Bool(b) => Some(u8::from(*b)),
+            Value::Bulk(b) | Value::Simple(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
+            _ => None,
+        };
+        n.ok_or_else(|| mismatch::<Self>(&value))
+    }
+
+    fn from_bulk_bytes(bytes: &Bytes) -> Option<Vec<Self>> {
+        Some(bytes.to_vec())
+    }
+}
+
+macro_rules! float {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(value: Value) -> Result<Self> {
+                let value = value.without_attributes();
+                let n: Option<Self> = match &value {
+                    Value::Double(d) => Some(*d as $t),
+                    Value::Int(n) => Some(*n as $t),
+                    // RESP2 sends scores as text, including `inf` and `-inf`.
+                    Value::Bulk(b) | Value::Simple(b) => {
+                        std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
+                    }
+                    _ => None,
+                };
+                n.ok_or_else(|| mismatch::<Self>(&value))
+            }
+        }
+    )*};
+}
+float!(f32, f64);
+
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(value: Value) -> Result<Self> {
+        match value.without_attributes() {
+            Value::Nil => Ok(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// The elements of an aggregate, a map's pairs flattened; nil is an empty list.
+fn elements<T>(value: Value) -> Result<Vec<Value>> {
+    match value.without_attributes() {
+        Value::Array(items) | Value::Set(items) | Value::Push(items) => Ok(items),
+        Value::Map(pairs) => Ok(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(mismatch::<T>(&other)),
+    }
+}
+
+impl<T: FromValue> FromValue for Vec<T> {
+    fn from_value(value: Value) -> Result<Self> {
+        if let Value::Bulk(b) = &value {
+            if let Some(v) = T::from_bulk_bytes(b) {
+                return Ok(v);
+            }
+        }
+        elements::<Self>(value)?
+            .into_iter()
+            .map(T::from_value)
+            .collect()
+    }
+}
+
+impl<T: FromValue + Eq + Hash, S: BuildHasher + Default> FromValue for HashSet<T, S> {
+    fn from_value(value: Value) -> Result<Self> {
+        elements::<Self>(value)?
+            .into_iter()
+            .map(T::from_value)
+            .collect()
+    }
+}
+
+/// Key-value pairs from a RESP3 map or a RESP2 flat array `[k1, v1, k2, v2, ...]`.
+fn pairs<T>(value: Value) -> Result<Vec<(Value, Value)>> {
+    match value.without_attributes() {
+        Value::Map(pairs) => Ok(pairs),
+        Value::Array(items) => {
+            if items.len() % 2 != 0 {
+                return Err(Error::Type {
+                    expected: std::any::type_name::<T>(),
+                    got: "array of odd length",
+                });
+            }
+            let mut out = Vec::with_capacity(items.len() / 2);
+            let mut it = items.into_iter();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+        Value::Nil => Ok(Vec::new()),
+        other => Err(mismatch::<T>(&other)),
+    }
+}
+
+impl<K, V, S> FromValue for HashMap<K, V, S>
+where
+    K: FromValue + Eq + Hash,
+    V: FromValue,
+    S: BuildHasher + Default,
+{
+    fn from_value(value: Value) -> Result<Self> {
+        pairs::<Self>(value)?
+            .into_iter()
+            .map(|(k, v)| Ok((K::from_value(k)?, V::from_value(v)?)))
+            .collect()
+    }
+}
+
+impl<K: FromValue + Ord, V: FromValue> FromValue for BTreeMap<K, V> {
+    fn from_value(value: Value) -> Result<Self> {
+        pairs::<Self>(value)?
+            .into_iter()
+            .map(|(k, v)| Ok((K::from_value(k)?, V::from_value(v)?)))
+            .collect()
+    }
+}
+
+macro_rules! tuple {
+    ($n:expr; $($name:ident),+) => {
+        impl<$($name: FromValue),+> FromValue for ($($name,)+) {
+            fn from_value(value: Value) -> Result<Self> {
+                let items = elements::<Self>(value)?;
+                if items.len() != $n {
+                    return Err(Error::Type {
+                        expected: std::any::type_name::<Self>(),
+                        got: "array of another length",
+                    });
+                }
+                let mut it = items.into_iter();
+                Ok(($($name::from_value(it.next().unwrap_or(Value::Nil))?,)+))
+            }
+        }
+    };
+}
+tuple!(1; A);
+tuple!(2; A, B);
+tuple!(3; A, B, C);
+tuple!(4; A, B, C, D);
+tuple!(5; A, B, C, D, E);
+tuple!(6; A, B, C, D, E, F);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ServerError;
+
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(String::from_value(bulk("hi")).unwrap(), "hi");
+        assert_eq!(String::from_value(Value::Int(3)).unwrap(), "3");
+        assert_eq!(i64::from_value(bulk("-12")).unwrap(), -12);
+        assert_eq!(u8::from_value(Value::Int(255)).unwrap(), 255);
+        assert_eq!(f64::from_value(bulk("inf")).unwrap(), f64::INFINITY);
+        assert_eq!(f64::from_value(Value::Double(0.5)).unwrap(), 0.5);
+        assert!(bool::from_value(Value::Simple(Bytes::from_static(b"OK"))).unwrap());
+        assert!(!bool::from_value(Value::Nil).unwrap());
+        assert_eq!(Vec::<u8>::from_value(bulk("ab")).unwrap(), b"ab".to_vec());
+        assert_eq!(Option::<String>::from_value(Value::Nil).unwrap(), None);
+        assert_eq!(Bytes::from_value(bulk("x")).unwrap(), Bytes::from_static(b"x"));
+    }
+
+    #[test]
+    fn mismatches_are_typed_errors() {
+        assert!(matches!(
+            String::from_value(Value::Nil),
+            Err(Error::Type { got: "nil", .. })
+        ));
+        assert!(matches!(
+            u8::from_value(Value::Int(256)),
+            Err(Error::Type { got: "integer", .. })
+        ));
+        assert!(matches!(
+            i64::from_value(bulk("twelve")),
+            Err(Error::Type { .. })
+        ));
+        assert!(matches!(
+            String::from_value(Value::Bulk(Bytes::from_static(&[0xff]))),
+            Err(Error::Type { .. })
+        ));
+        assert!(matches!(
+            <(i64, i64)>::from_value(Value::Array(vec![Value::Int(1)])),
+            Err(Error::Type { .. })
+        ));
+        let nested_error = Value::Array(vec![
+            Value::Int(1),
+            Value::ServerError(ServerError::new("WRONGTYPE nope")),
+        ]);
+        let err = Vec::<i64>::from_value(nested_error).unwrap_err();
+        assert_eq!(err.server_code(), Some("WRONGTYPE"));
+    }
+
+    #[test]
+    fn aggregates() {
+        let arr = Value::Array(vec![bulk("a"), bulk("1"), bulk("b"), bulk("2")]);
+        let m: HashMap<String, i64> = FromValue::from_value(arr.clone()).unwrap();
+        assert_eq!(m["b"], 2);
+        let v: Vec<String> = FromValue::from_value(arr).unwrap();
+        assert_eq!(v, ["a", "1", "b", "2"]);
+        let map = Value::Map(vec![(bulk("k"), Value::Int(1))]);
+        let m: BTreeMap<String, u32> = FromValue::from_value(map).unwrap();
+        assert_eq!(m["k"], 1);
+        let t: (String, Option<i64>, f64) = FromValue::from_value(Value::Array(vec![
+            bulk("x"),
+            Value::Nil,
+            Value::Double(2.0),
+        ]))
+        .unwrap();
+        assert_eq!(t, ("x".to_string(), None, 2.0));
+        let s: HashSet<i64> =
+            FromValue::from_value(Value::Set(vec![Value::Int(1), Value::Int(1)])).unwrap();
+        assert_eq!(s.len(), 1);
+        let odd = Value::Array(vec![bulk("a")]);
+        assert!(HashMap::<String, String>::from_value(odd).is_err());
+    }
+}

@@ -1,0 +1,63 @@
+//! Hash slots: which of the 16384 slots a key belongs to.
+//!
+//! Sans-io and pure. The Redis Cluster specification: "HASH_SLOT = CRC16(key) mod 16384",
+//! where CRC16 is the XMODEM variant, and "if the key contains a `{` character and there
+//! is a `}` character to its right, and there are one or more characters between the
+//! first occurrence of `{` and the first occurrence of `}`, then instead of hashing the
+//! key, only what is between the first occurrence of `{` and the following first
+//! occurrence of `}` is hashed".
+
+/// Number of hash slots in a Redis Cluster.
+pub const SLOT_COUNT: u16 = 16384;
+
+/// The hash slot of `key`, exactly as the server computes it (`CLUSTER KEYSLOT`).
+///
+/// ```
+/// use redcluster::key_slot;
+/// assert_eq!(key_slot(b"123456789"), 0x31C3 % 16384);
+/// // Keys sharing a hash tag share a slot.
+/// assert_eq!(key_slot(b"user:{42}:name"), key_slot(b"user:{42}:email"));
+/// ```
+pub fn key_slot(key: &[u8]) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(hash_tag(key)) % SLOT_COUNT
+}
+
+/// The part of `key` that is hashed: its hash tag when it has a non-empty one, else all
+/// of it.
+pub fn hash_tag(key: &[u8]) -> &[u8] {
+    if let Some(open) = memchr::memchr(b'{', key) {
+        if let Some(len) = memchr::memchr(b'}', &key[open + 1..]) {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tag_edge_cases() {
+        assert_eq!(hash_tag(b"{}"), b"{}");
+        assert_eq!(hash_tag(b"{}{a}"), b"{}{a}");
+        assert_eq!(hash_tag(b"{{a}}"), b"{a");
+        assert_eq!(hash_tag(b"a{b}{c}"), b"b");
+        assert_eq!(hash_tag(b"{"), b"{");
+        assert_eq!(hash_tag(b"}"), b"}");
+        assert_eq!(hash_tag(b"}{a}"), b"a");
+        assert_eq!(hash_tag(b"{a}"), b"a");
+        assert_eq!(hash_tag(b""), b"");
+    }
+
+    #[test]
+    fn known_slots() {
+        // Values the server reports for these keys.
+        assert_eq!(key_slot(b"123456789"), 12739);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b""), 0);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+    }
+}
