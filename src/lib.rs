@@ -23,14 +23,18 @@
 
 pub mod resp;
 
+mod cluster;
 mod cmd;
 mod conn;
 mod error;
+mod policy;
 mod slot;
+mod topology;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use cluster::{AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, ReadFrom};
 pub use cmd::{cmd, Cmd, ToArg};
 pub use conn::{ConnectOptions, NodeConnection, Protocol, Secret};
 pub use error::{Error, Result, ServerError};

@@ -11,6 +11,19 @@ use smallvec::SmallVec;
 
 use crate::resp;
 
+mod info;
+mod table;
+
+// The command table, for the cluster layer (routing, splitting, retries).
+#[allow(unused_imports)]
+pub(crate) use info::flag as command_flag;
+#[allow(unused_imports)]
+pub(crate) use info::{
+    blocks, is_idempotent, key_flag, key_indices, lookup, lookup_name, parse_command_info,
+    routing_key_indices, tip, BeginSearch, CommandInfo, FindKeys, KeySpec, RequestPolicy,
+    ResponsePolicy,
+};
+
 /// A command and its arguments, ready to send.
 ///
 /// Build it with [`cmd`] and chain [`Cmd::arg`]:
@@ -275,7 +288,10 @@ mod tests {
         let c = cmd("SET").arg("k").arg("").arg(10);
         let mut out = BytesMut::new();
         c.write_to(&mut out);
-        assert_eq!(&out[..], b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n$2\r\n10\r\n");
+        assert_eq!(
+            &out[..],
+            b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n$2\r\n10\r\n"
+        );
         assert_eq!(c.encoded_len(), out.len());
         let decoded = resp::decode_all(&out).unwrap();
         assert_eq!(decoded.len(), 1);

@@ -93,11 +93,7 @@ impl Shared {
             return;
         }
         tracing::debug!(%error, "connection closed");
-        let drained: Vec<InFlight> = self
-            .in_flight
-            .lock()
-            .map(|mut q| q.drain(..).collect())
-            .unwrap_or_default();
+        let drained: Vec<InFlight> = self.in_flight().drain(..).collect();
         for entry in drained {
             let _ = entry.reply.send(Answer {
                 result: Err(lost_after_write(error)),
@@ -110,6 +106,15 @@ impl Shared {
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// The in-flight queue. Nothing panics while holding it, but if something ever did,
+    /// the queue is still consistent (every change is a single push or pop), so a
+    /// poisoned lock is used as is rather than leaving requests unanswered.
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, VecDeque<InFlight>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -193,7 +198,11 @@ impl NodeConnection {
     /// # Errors
     ///
     /// As [`NodeConnection::connect`], minus the TCP part.
-    pub async fn over_stream<S>(addr: &str, stream: S, options: &ConnectOptions) -> Result<NodeConnection>
+    pub async fn over_stream<S>(
+        addr: &str,
+        stream: S,
+        options: &ConnectOptions,
+    ) -> Result<NodeConnection>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -292,7 +301,18 @@ impl NodeConnection {
     /// [`Error::Timeout`] when no reply came in time, [`Error::ConnectionLost`] or
     /// [`Error::Io`] when the connection died, [`Error::Protocol`] on a malformed reply.
     pub async fn send(&self, cmd: Cmd) -> Result<Value> {
-        let deadline = Instant::now() + self.default_timeout;
+        self.send_timeout(cmd, self.default_timeout).await
+    }
+
+    /// Like [`NodeConnection::send`], with this request's own timeout.
+    ///
+    /// A request still queued when its timeout passes is never written.
+    ///
+    /// # Errors
+    ///
+    /// As [`NodeConnection::send`].
+    pub async fn send_timeout(&self, cmd: Cmd, timeout: std::time::Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
         let replies = self.dispatch(Cmds::One(cmd), deadline).await.result?;
         Ok(replies.into_iter().next().unwrap_or(Value::Nil))
     }
@@ -386,11 +406,7 @@ where
         // Backpressure: stop taking requests while the server owes too many replies.
         loop {
             let room = shared.room.notified();
-            let full = shared
-                .in_flight
-                .lock()
-                .map(|q| q.len() >= shared.max_in_flight)
-                .unwrap_or(false);
+            let full = shared.in_flight().len() >= shared.max_in_flight;
             if !full || shared.is_closed() {
                 break;
             }
@@ -429,14 +445,16 @@ where
             continue;
         }
         // Record before writing: the reader may see a reply as soon as bytes leave.
-        match shared.in_flight.lock() {
-            Ok(mut q) if !shared.is_closed() => q.extend(written.drain(..)),
-            _ => {
+        {
+            let mut q = shared.in_flight();
+            if shared.is_closed() {
+                drop(q);
                 fail_unsent(written.drain(..).map(|f| (f.reply, f.cmds)));
                 break Error::ConnectionLost {
                     may_have_executed: false,
                 };
             }
+            q.extend(written.drain(..));
         }
         if let Err(e) = write.write_all(&wbuf).await {
             break Error::io(e, true);
@@ -521,26 +539,28 @@ where
 }
 
 /// Hands decoded replies to the requests at the front of the in-flight queue.
+///
+/// A reply that no request is waiting for means the stream is out of sync: the
+/// requests already matched are still answered, then the error closes the connection.
 fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
     let mut done: SmallVec<[InFlight; 16]> = SmallVec::new();
+    let mut outcome = Ok(());
     {
-        let Ok(mut q) = shared.in_flight.lock() else {
-            return Err(Error::Protocol("connection state poisoned".into()));
-        };
+        let mut q = shared.in_flight();
         for value in replies.drain(..) {
             let Some(front) = q.front_mut() else {
-                return Err(Error::Protocol(
+                outcome = Err(Error::Protocol(
                     "reply received with no request waiting for it".into(),
                 ));
+                break;
             };
             front.replies.push(value);
             if front.replies.len() == front.expected {
-                if let Some(entry) = q.pop_front() {
-                    done.push(entry);
-                }
+                done.extend(q.pop_front());
             }
         }
     }
+    replies.clear();
     shared.room.notify_one();
     // Answer outside the lock.
     for entry in done {
@@ -549,5 +569,5 @@ fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
             cmds: entry.cmds,
         });
     }
-    Ok(())
+    outcome
 }

@@ -65,7 +65,10 @@ where
             }
         }
         if let Some(name) = &options.client_name {
-            if let Value::ServerError(e) = io.call(&cmd("CLIENT").arg("SETNAME").arg(name.as_str())).await? {
+            if let Value::ServerError(e) = io
+                .call(&cmd("CLIENT").arg("SETNAME").arg(name.as_str()))
+                .await?
+            {
                 return Err(handshake_error("CLIENT SETNAME", &e));
             }
         }
@@ -162,6 +165,8 @@ mod tests {
         assert!(!is_auth_error(&ServerError::new(
             "ERR unknown command 'HELLO', with args beginning with: '3' 'AUTH' "
         )));
-        assert!(!is_auth_error(&ServerError::new("NOPROTO unsupported protocol version")));
+        assert!(!is_auth_error(&ServerError::new(
+            "NOPROTO unsupported protocol version"
+        )));
     }
 }

@@ -154,7 +154,9 @@ mod tests {
 
     #[test]
     fn debug_hides_the_password() {
-        let opts = ConnectOptions::default().username("app").password("hunter2");
+        let opts = ConnectOptions::default()
+            .username("app")
+            .password("hunter2");
         let shown = format!("{opts:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("***"));

@@ -497,7 +497,8 @@ fn parse_double(line: &[u8]) -> Result<f64> {
     if !ok {
         return Err(protocol("malformed double"));
     }
-    text.parse::<f64>().map_err(|_| protocol("malformed double"))
+    text.parse::<f64>()
+        .map_err(|_| protocol("malformed double"))
 }
 
 fn validate_big_number(line: &[u8]) -> Result<()> {
@@ -570,7 +571,10 @@ mod tests {
         assert_eq!(one("*0\r\n"), Value::Array(vec![]));
         assert_eq!(
             one("*2\r\n:1\r\n*1\r\n+a\r\n"),
-            Value::Array(vec![Value::Int(1), Value::Array(vec![Value::Simple(b("a"))])])
+            Value::Array(vec![
+                Value::Int(1),
+                Value::Array(vec![Value::Simple(b("a"))])
+            ])
         );
         assert_eq!(
             one("%2\r\n+a\r\n:1\r\n+b\r\n_\r\n"),
@@ -634,14 +638,8 @@ mod tests {
                 Value::Int(2)
             ])
         );
-        assert_eq!(
-            one(":9223372036854775807\r\n"),
-            Value::Int(i64::MAX)
-        );
-        assert_eq!(
-            one(":-9223372036854775808\r\n"),
-            Value::Int(i64::MIN)
-        );
+        assert_eq!(one(":9223372036854775807\r\n"), Value::Int(i64::MAX));
+        assert_eq!(one(":-9223372036854775808\r\n"), Value::Int(i64::MIN));
     }
 
     #[test]
@@ -690,14 +688,20 @@ mod tests {
         assert_eq!(d.decode(&mut buf).unwrap(), None);
         assert_eq!(d.scanned, 9, "resumes at the CR that may be followed by LF");
         buf.extend_from_slice(b"\n");
-        assert_eq!(d.decode(&mut buf).unwrap(), Some(Value::Simple(b("aaaabbbb"))));
+        assert_eq!(
+            d.decode(&mut buf).unwrap(),
+            Some(Value::Simple(b("aaaabbbb")))
+        );
     }
 
     #[test]
     fn malformed_frames_are_protocol_errors() {
         assert!(err(b"?\r\n").contains("unknown type byte"));
         assert!(err(b"\r\n").contains("unknown type byte"));
-        assert!(err(b"?").contains("unknown type byte"), "no CRLF needed to reject");
+        assert!(
+            err(b"?").contains("unknown type byte"),
+            "no CRLF needed to reject"
+        );
         assert!(err(b":12a\r\n").contains("non-digit"));
         assert!(err(b":\r\n").contains("no digits"));
         assert!(err(b":-\r\n").contains("no digits"));
@@ -706,7 +710,10 @@ mod tests {
         assert!(err(b"$-2\r\n").contains("negative"));
         assert!(err(b"!-1\r\n").contains("negative"));
         assert!(err(b"$3\r\nabcd\r\n").contains("CRLF"));
-        assert!(err(b"$?\r\n").contains("non-digit"), "streamed strings are refused");
+        assert!(
+            err(b"$?\r\n").contains("non-digit"),
+            "streamed strings are refused"
+        );
         assert!(err(b"*-2\r\n").contains("negative"));
         assert!(err(b"%-1\r\n").contains("negative"));
         assert!(err(b"_x\r\n").contains("payload"));
@@ -733,7 +740,9 @@ mod tests {
         assert!(matches!(run(b"$11\r\n"), Err(Error::Protocol(m)) if m.contains("bulk length")));
         assert!(matches!(run(b"*4\r\n"), Err(Error::Protocol(m)) if m.contains("aggregate")));
         assert!(matches!(run(b"%4\r\n"), Err(Error::Protocol(m)) if m.contains("aggregate")));
-        assert!(matches!(run(b"*1\r\n*1\r\n*1\r\n"), Err(Error::Protocol(m)) if m.contains("nesting")));
+        assert!(
+            matches!(run(b"*1\r\n*1\r\n*1\r\n"), Err(Error::Protocol(m)) if m.contains("nesting"))
+        );
         assert!(matches!(run(b"+123456789"), Err(Error::Protocol(m)) if m.contains("line longer")));
         assert!(matches!(run(b"*1\r\n*1\r\n:1\r\n"), Ok(Some(_))));
         // A huge declared count reserves nothing until elements arrive.
@@ -746,7 +755,9 @@ mod tests {
         }
         // The default bulk limit is the server's 512 MiB.
         let over = format!("${}\r\n", 512 * 1024 * 1024 + 1);
-        assert!(Decoder::new().decode(&mut BytesMut::from(over.as_bytes())).is_err());
+        assert!(Decoder::new()
+            .decode(&mut BytesMut::from(over.as_bytes()))
+            .is_err());
     }
 
     #[test]

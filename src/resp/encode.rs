@@ -155,7 +155,10 @@ mod tests {
     fn encodes_every_type() {
         assert_eq!(enc(&Value::Nil), b"_\r\n");
         assert_eq!(enc(&Value::Int(-5)), b":-5\r\n");
-        assert_eq!(enc(&Value::Bulk(Bytes::from_static(b"a\r\nb"))), b"$4\r\na\r\nb\r\n");
+        assert_eq!(
+            enc(&Value::Bulk(Bytes::from_static(b"a\r\nb"))),
+            b"$4\r\na\r\nb\r\n"
+        );
         assert_eq!(enc(&Value::Simple(Bytes::from_static(b"OK"))), b"+OK\r\n");
         assert_eq!(
             enc(&Value::ServerError(ServerError::new("ERR x"))),

@@ -125,7 +125,9 @@ impl FromValue for u8 {
         let n = match &value {
             Value::Int(n) => u8::try_from(*n).ok(),
             Value::Bool(b) => Some(u8::from(*b)),
-            Value::Bulk(b) | Value::Simple(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
+            Value::Bulk(b) | Value::Simple(b) => {
+                std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
+            }
             _ => None,
         };
         n.ok_or_else(|| mismatch::<Self>(&value))
@@ -290,7 +292,10 @@ mod tests {
         assert!(!bool::from_value(Value::Nil).unwrap());
         assert_eq!(Vec::<u8>::from_value(bulk("ab")).unwrap(), b"ab".to_vec());
         assert_eq!(Option::<String>::from_value(Value::Nil).unwrap(), None);
-        assert_eq!(Bytes::from_value(bulk("x")).unwrap(), Bytes::from_static(b"x"));
+        assert_eq!(
+            Bytes::from_value(bulk("x")).unwrap(),
+            Bytes::from_static(b"x")
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Hash slots: which of the 16384 slots a key belongs to.
+//! Hash slots: which of the 16384 slots a key belongs to, the slot map, and redirects.
 //!
 //! Sans-io and pure. The Redis Cluster specification: "HASH_SLOT = CRC16(key) mod 16384",
 //! where CRC16 is the XMODEM variant, and "if the key contains a `{` character and there
@@ -6,6 +6,12 @@
 //! first occurrence of `{` and the first occurrence of `}`, then instead of hashing the
 //! key, only what is between the first occurrence of `{` and the following first
 //! occurrence of `}` is hashed".
+
+mod map;
+mod redirect;
+
+pub(crate) use map::{Shard, SlotMap};
+pub(crate) use redirect::{parse_redirect, Redirect};
 
 /// Number of hash slots in a Redis Cluster.
 pub const SLOT_COUNT: u16 = 16384;

@@ -1,0 +1,24 @@
+//! What every example starts with: a client for the cluster in `REDIS_CLUSTER_NODES`, or
+//! for a 6-node cluster (3 masters, 3 replicas) spawned on 127.0.0.1 for the example.
+
+use redcluster::testkit::LocalCluster;
+use redcluster::ClusterClient;
+
+/// The client, and the local cluster when one was spawned: keep it alive while the
+/// example runs; dropping it stops the servers.
+pub async fn connect() -> redcluster::Result<(ClusterClient, Option<LocalCluster>)> {
+    if std::env::var_os("REDIS_CLUSTER_NODES").is_some() {
+        println!("using the cluster in REDIS_CLUSTER_NODES");
+        let client = ClusterClient::builder_from_env()?.build().await?;
+        return Ok((client, None));
+    }
+    println!("spawning a local 6-node cluster (3 masters, 3 replicas) ...");
+    let cluster = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .start()
+        .await?;
+    println!("cluster up: {}", cluster.seeds().join(", "));
+    let client = ClusterClient::connect(cluster.seeds()).await?;
+    Ok((client, Some(cluster)))
+}

@@ -1,0 +1,353 @@
+//! Typed helpers for common commands. Each is a thin wrapper over
+//! [`ClusterClient::query`]; anything not here is one `query(cmd(...))` away.
+
+use std::time::Duration;
+
+use crate::cluster::ClusterClient;
+use crate::cmd::{cmd, ToArg};
+use crate::error::Result;
+use crate::resp::FromValue;
+
+impl ClusterClient {
+    /// `GET key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`]; a missing key is `Ok(None)` when `T` is an `Option`.
+    pub async fn get<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
+        self.query(cmd("GET").arg(key)).await
+    }
+
+    /// `SET key value`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn set<K: ToArg, V: ToArg>(&self, key: K, value: V) -> Result<()> {
+        self.query(cmd("SET").arg(key).arg(value)).await
+    }
+
+    /// `SET key value PX ttl`: set with an expiry (millisecond precision).
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn set_ex<K: ToArg, V: ToArg>(&self, key: K, value: V, ttl: Duration) -> Result<()> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(ms))
+            .await
+    }
+
+    /// `SET key value NX`: true when the key did not exist and was set.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn set_nx<K: ToArg, V: ToArg>(&self, key: K, value: V) -> Result<bool> {
+        self.query(cmd("SET").arg(key).arg(value).arg("NX")).await
+    }
+
+    /// `MGET keys...`, keys in any slots; values in key order.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn mget<K: ToArg, T: FromValue>(
+        &self,
+        keys: impl IntoIterator<Item = K>,
+    ) -> Result<Vec<T>> {
+        self.query(cmd("MGET").args(keys)).await
+    }
+
+    /// `MSET key value ...`, keys in any slots. Not atomic across slots: each slot's part
+    /// is applied on its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn mset<K: ToArg, V: ToArg>(
+        &self,
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<()> {
+        let mut c = cmd("MSET");
+        for (k, v) in pairs {
+            c.push_arg(k);
+            c.push_arg(v);
+        }
+        self.query(c).await
+    }
+
+    /// `DEL keys...`, keys in any slots; how many existed.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn del<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<i64> {
+        self.query(cmd("DEL").args(keys)).await
+    }
+
+    /// `EXISTS keys...`, keys in any slots; how many exist.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn exists<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<i64> {
+        self.query(cmd("EXISTS").args(keys)).await
+    }
+
+    /// `PEXPIRE key ttl`: true when the key exists and got the expiry.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn expire<K: ToArg>(&self, key: K, ttl: Duration) -> Result<bool> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.query(cmd("PEXPIRE").arg(key).arg(ms)).await
+    }
+
+    /// `PTTL key`: the remaining time to live; `None` when the key does not exist or has
+    /// no expiry.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn ttl<K: ToArg>(&self, key: K) -> Result<Option<Duration>> {
+        let ms: i64 = self.query(cmd("PTTL").arg(key)).await?;
+        Ok(u64::try_from(ms).ok().map(Duration::from_millis))
+    }
+
+    /// `INCRBY key delta`: the new value.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn incr<K: ToArg>(&self, key: K, delta: i64) -> Result<i64> {
+        self.query(cmd("INCRBY").arg(key).arg(delta)).await
+    }
+
+    /// `HSET key field value`: true when the field is new.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn hset<K: ToArg, F: ToArg, V: ToArg>(
+        &self,
+        key: K,
+        field: F,
+        value: V,
+    ) -> Result<bool> {
+        self.query(cmd("HSET").arg(key).arg(field).arg(value)).await
+    }
+
+    /// `HGET key field`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn hget<K: ToArg, F: ToArg, T: FromValue>(&self, key: K, field: F) -> Result<T> {
+        self.query(cmd("HGET").arg(key).arg(field)).await
+    }
+
+    /// `HGETALL key`, e.g. into a `HashMap<String, String>`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn hgetall<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
+        self.query(cmd("HGETALL").arg(key)).await
+    }
+
+    /// `HDEL key fields...`: how many fields were removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn hdel<K: ToArg, F: ToArg>(
+        &self,
+        key: K,
+        fields: impl IntoIterator<Item = F>,
+    ) -> Result<i64> {
+        self.query(cmd("HDEL").arg(key).args(fields)).await
+    }
+
+    /// `LPUSH key values...`: the new length.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn lpush<K: ToArg, V: ToArg>(
+        &self,
+        key: K,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<i64> {
+        self.query(cmd("LPUSH").arg(key).args(values)).await
+    }
+
+    /// `RPUSH key values...`: the new length.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn rpush<K: ToArg, V: ToArg>(
+        &self,
+        key: K,
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<i64> {
+        self.query(cmd("RPUSH").arg(key).args(values)).await
+    }
+
+    /// `LPOP key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn lpop<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
+        self.query(cmd("LPOP").arg(key)).await
+    }
+
+    /// `RPOP key`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn rpop<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
+        self.query(cmd("RPOP").arg(key)).await
+    }
+
+    /// `LRANGE key start stop`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn lrange<K: ToArg, T: FromValue>(&self, key: K, start: i64, stop: i64) -> Result<T> {
+        self.query(cmd("LRANGE").arg(key).arg(start).arg(stop))
+            .await
+    }
+
+    /// `SADD key members...`: how many were added.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn sadd<K: ToArg, M: ToArg>(
+        &self,
+        key: K,
+        members: impl IntoIterator<Item = M>,
+    ) -> Result<i64> {
+        self.query(cmd("SADD").arg(key).args(members)).await
+    }
+
+    /// `SREM key members...`: how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn srem<K: ToArg, M: ToArg>(
+        &self,
+        key: K,
+        members: impl IntoIterator<Item = M>,
+    ) -> Result<i64> {
+        self.query(cmd("SREM").arg(key).args(members)).await
+    }
+
+    /// `SMEMBERS key`, e.g. into a `HashSet<String>`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn smembers<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
+        self.query(cmd("SMEMBERS").arg(key)).await
+    }
+
+    /// `SISMEMBER key member`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn sismember<K: ToArg, M: ToArg>(&self, key: K, member: M) -> Result<bool> {
+        self.query(cmd("SISMEMBER").arg(key).arg(member)).await
+    }
+
+    /// `ZADD key score member`: true when the member is new.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn zadd<K: ToArg, M: ToArg>(&self, key: K, score: f64, member: M) -> Result<bool> {
+        self.query(cmd("ZADD").arg(key).arg(score).arg(member))
+            .await
+    }
+
+    /// `ZSCORE key member`.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn zscore<K: ToArg, M: ToArg>(&self, key: K, member: M) -> Result<Option<f64>> {
+        self.query(cmd("ZSCORE").arg(key).arg(member)).await
+    }
+
+    /// `ZRANGE key start stop` (by rank).
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn zrange<K: ToArg, T: FromValue>(&self, key: K, start: i64, stop: i64) -> Result<T> {
+        self.query(cmd("ZRANGE").arg(key).arg(start).arg(stop))
+            .await
+    }
+
+    /// `ZREM key members...`: how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn zrem<K: ToArg, M: ToArg>(
+        &self,
+        key: K,
+        members: impl IntoIterator<Item = M>,
+    ) -> Result<i64> {
+        self.query(cmd("ZREM").arg(key).args(members)).await
+    }
+
+    /// `EVAL script numkeys keys... args...`; the keys must share a slot.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::CrossSlot`] when the keys do not share a slot; otherwise as
+    /// [`ClusterClient::query`].
+    pub async fn eval<K: ToArg, A: ToArg, T: FromValue>(
+        &self,
+        script: &str,
+        keys: impl IntoIterator<Item = K>,
+        args: impl IntoIterator<Item = A>,
+    ) -> Result<T> {
+        let keys: Vec<K> = keys.into_iter().collect();
+        self.query(
+            cmd("EVAL")
+                .arg(script)
+                .arg(keys.len())
+                .args(keys)
+                .args(args),
+        )
+        .await
+    }
+
+    /// `PUBLISH channel message`: how many subscribers of the cluster received it.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn publish<C: ToArg, M: ToArg>(&self, channel: C, message: M) -> Result<i64> {
+        self.query(cmd("PUBLISH").arg(channel).arg(message)).await
+    }
+
+    /// `SPUBLISH channel message` (sharded pub/sub, on the channel's slot owner).
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    pub async fn spublish<C: ToArg, M: ToArg>(&self, channel: C, message: M) -> Result<i64> {
+        self.query(cmd("SPUBLISH").arg(channel).arg(message)).await
+    }
+}

@@ -1,0 +1,460 @@
+//! The client's configuration and its builder.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::conn::{ConnectOptions, Protocol, Secret};
+use crate::error::{Error, Result};
+
+/// Where read-only commands go.
+///
+/// Replica reads may return data a little behind the primary (replication is
+/// asynchronous). Writes and commands that are not read-only always go to the primary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReadFrom {
+    /// Every command goes to the slot's primary (default).
+    #[default]
+    Primary,
+    /// Reads go to a replica of the slot's shard, or to the primary when the shard has
+    /// no replica the client can reach.
+    PreferReplica,
+    /// Reads go to a replica only; a shard without a reachable replica fails reads with
+    /// an error instead of loading its primary.
+    Replica,
+    /// Reads rotate over the primary and its replicas.
+    RoundRobin,
+    /// Reads go to the node of the shard with the lowest measured latency.
+    ///
+    /// Latency is measured by the health checks; until the client has measurements it
+    /// behaves like [`ReadFrom::PreferReplica`].
+    LowestLatency,
+}
+
+/// Maps addresses the cluster announces (`redis-cluster-0:6379`) to addresses this
+/// client can reach (`127.0.0.1:6450`). Applied to every address the client learns:
+/// discovered nodes and `MOVED`/`ASK` targets.
+#[derive(Clone)]
+pub struct AddressRemap(Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+
+impl AddressRemap {
+    /// A remap from a closure: `Some(new)` replaces the address, `None` keeps it.
+    pub fn from_fn(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        AddressRemap(Arc::new(f))
+    }
+
+    /// A remap from a table of `announced -> reachable` addresses.
+    pub fn from_map<K, V>(map: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let map: HashMap<String, String> =
+            map.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        AddressRemap::from_fn(move |addr| map.get(addr).cloned())
+    }
+
+    pub(crate) fn apply(&self, addr: &str) -> String {
+        (self.0)(addr).unwrap_or_else(|| addr.to_string())
+    }
+}
+
+impl fmt::Debug for AddressRemap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AddressRemap(..)")
+    }
+}
+
+/// Everything a [`crate::ClusterClient`] is built from. `Debug` never shows secrets.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) seeds: Vec<String>,
+    pub(crate) connect: ConnectOptions,
+    pub(crate) read_from: ReadFrom,
+    pub(crate) response_timeout: Duration,
+    pub(crate) max_redirects: u32,
+    pub(crate) retry_on_cluster_down: bool,
+    pub(crate) cluster_down_retry_attempts: u32,
+    pub(crate) max_retries: u32,
+    pub(crate) retry_base: Duration,
+    pub(crate) retry_max: Duration,
+    pub(crate) refresh_interval: Duration,
+    pub(crate) refresh_min_interval: Duration,
+    pub(crate) remap: Option<AddressRemap>,
+}
+
+/// Builds a [`crate::ClusterClient`]; every setter states its default.
+///
+/// ```no_run
+/// # async fn demo() -> redcluster::Result<()> {
+/// use std::time::Duration;
+/// use redcluster::{ClusterClient, ReadFrom};
+/// let client = ClusterClient::builder()
+///     .nodes(["127.0.0.1:7000", "127.0.0.1:7001"])
+///     .read_from(ReadFrom::Primary)
+///     .response_timeout(Duration::from_secs(2))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClusterClientBuilder {
+    config: Config,
+}
+
+impl Default for ClusterClientBuilder {
+    fn default() -> Self {
+        ClusterClientBuilder {
+            config: Config {
+                seeds: Vec::new(),
+                connect: ConnectOptions::default(),
+                read_from: ReadFrom::Primary,
+                response_timeout: Duration::from_secs(5),
+                max_redirects: 16,
+                retry_on_cluster_down: true,
+                cluster_down_retry_attempts: 10,
+                max_retries: 10,
+                retry_base: Duration::from_millis(50),
+                retry_max: Duration::from_secs(1),
+                refresh_interval: Duration::from_secs(30),
+                refresh_min_interval: Duration::from_millis(100),
+                remap: None,
+            },
+        }
+    }
+}
+
+impl ClusterClientBuilder {
+    /// Seed nodes: `host:port`, `redis://[user[:pass]@]host:port` or `rediss://...`. The
+    /// rest of the cluster is discovered from whichever seed answers first. Credentials
+    /// in a URL apply to every connection, as if given to [`Self::username`] and
+    /// [`Self::password`]. Required.
+    pub fn nodes<I, S>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.config.seeds = nodes.into_iter().map(|s| s.as_ref().to_string()).collect();
+        self
+    }
+
+    /// Password for `AUTH`, sent on every connection. Default none.
+    pub fn password(mut self, password: impl Into<Secret>) -> Self {
+        self.config.connect.password = Some(password.into());
+        self
+    }
+
+    /// ACL user name. Default none (the `default` user).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        self.config.connect.username = Some(username.into());
+        self
+    }
+
+    /// Where read-only commands go. Default [`ReadFrom::Primary`].
+    pub fn read_from(mut self, read_from: ReadFrom) -> Self {
+        self.config.read_from = read_from;
+        self
+    }
+
+    /// Bound on opening one connection (TCP and handshake). Default 5 s; the seed's
+    /// `socket_connect_timeout`/`connection_timeout`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect.connect_timeout = timeout;
+        self
+    }
+
+    /// Bound on a whole request, redirects and retries included. Default 5 s; the seed's
+    /// `socket_timeout`.
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.config.response_timeout = timeout;
+        self.config.connect.response_timeout = timeout;
+        self
+    }
+
+    /// Most MOVED/ASK redirects one request follows before failing with
+    /// [`Error::TooManyRedirects`]. Default 16.
+    pub fn max_redirects(mut self, n: u32) -> Self {
+        self.config.max_redirects = n;
+        self
+    }
+
+    /// Retry requests answered with `CLUSTERDOWN` (with backoff, within the deadline).
+    /// Default true; the seed's `retry_on_cluster_down`.
+    pub fn retry_on_cluster_down(mut self, retry: bool) -> Self {
+        self.config.retry_on_cluster_down = retry;
+        self
+    }
+
+    /// Most retries of one request answered with `CLUSTERDOWN`. Default 10 (the request's
+    /// deadline usually ends them first); the seed's `cluster_down_retry_attempts`.
+    pub fn cluster_down_retry_attempts(mut self, n: u32) -> Self {
+        self.config.cluster_down_retry_attempts = n;
+        self
+    }
+
+    /// Most retries of one request after `TRYAGAIN`/`LOADING`/`MASTERDOWN` or a failure
+    /// before the request was sent. Default 10.
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.config.max_retries = n;
+        self
+    }
+
+    /// Backoff between retries: the first waits about `base`, each next one twice as
+    /// long, never more than `max`, each with random jitter. Default 50 ms and 1 s.
+    pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
+        self.config.retry_base = base;
+        self.config.retry_max = max.max(base);
+        self
+    }
+
+    /// Period of the background topology refresh. Default 30 s. Refreshes also happen on
+    /// MOVED, connection failures and CLUSTERDOWN.
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.config.refresh_interval = interval;
+        self
+    }
+
+    /// Least time between two topology refreshes, however many triggers arrive. Default
+    /// 100 ms.
+    pub fn refresh_min_interval(mut self, interval: Duration) -> Self {
+        self.config.refresh_min_interval = interval;
+        self
+    }
+
+    /// Rewrites announced addresses to reachable ones; see [`AddressRemap`]. Default none.
+    pub fn address_remap(mut self, remap: AddressRemap) -> Self {
+        self.config.remap = Some(remap);
+        self
+    }
+
+    /// RESP version to ask for. Default [`Protocol::Resp3`] (falls back to RESP2).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.config.connect.protocol = protocol;
+        self
+    }
+
+    /// `CLIENT SETNAME` for every connection. Default none.
+    pub fn client_name(mut self, name: impl Into<String>) -> Self {
+        self.config.connect.client_name = Some(name.into());
+        self
+    }
+
+    /// TCP keepalive idle time, `None` to disable. Default 60 s; the seed's
+    /// `socket_keepalive`.
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.config.connect.tcp_keepalive = idle;
+        self
+    }
+
+    /// Connects to the cluster and learns its topology.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for invalid settings, or the last seed's error when no seed
+    /// could be reached or none returned a topology.
+    pub async fn build(self) -> Result<crate::ClusterClient> {
+        let config = self.into_config()?;
+        crate::ClusterClient::start(config).await
+    }
+
+    fn into_config(mut self) -> Result<Config> {
+        if self.config.seeds.is_empty() {
+            return Err(Error::Config("no seed nodes given".into()));
+        }
+        let mut seeds = Vec::with_capacity(self.config.seeds.len());
+        for raw in std::mem::take(&mut self.config.seeds) {
+            let seed = parse_seed(&raw)?;
+            if seed.tls {
+                return Err(Error::Config(
+                    "rediss:// (TLS) seeds are not supported yet".into(),
+                ));
+            }
+            if let Some(user) = seed.username {
+                self.config.connect.username.get_or_insert(user);
+            }
+            if let Some(password) = seed.password {
+                self.config.connect.password.get_or_insert(password);
+            }
+            seeds.push(seed.addr);
+        }
+        self.config.seeds = seeds;
+        Ok(self.config)
+    }
+}
+
+/// A seed as written by the user, taken apart.
+#[derive(Debug, PartialEq, Eq)]
+struct Seed {
+    addr: String,
+    tls: bool,
+    username: Option<String>,
+    password: Option<Secret>,
+}
+
+/// Parses `host:port` or `redis[s]://[user[:pass]@]host[:port][/db]`.
+fn parse_seed(raw: &str) -> Result<Seed> {
+    // Errors name the part that is wrong, never the whole string: it may hold a password.
+    let (tls, rest) = if let Some(rest) = raw.strip_prefix("redis://") {
+        (false, rest)
+    } else if let Some(rest) = raw.strip_prefix("rediss://") {
+        (true, rest)
+    } else if raw.contains("://") {
+        return Err(Error::Config(
+            "seed URL scheme must be redis:// or rediss://".into(),
+        ));
+    } else {
+        (false, raw)
+    };
+    let rest = rest.split(['/', '?']).next().unwrap_or("");
+    let (userinfo, hostport) = match rest.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, rest),
+    };
+    let (mut username, mut password) = (None, None);
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((u, p)) => {
+                username = Some(percent_decode(u)?).filter(|u| !u.is_empty());
+                password = Some(Secret::new(percent_decode(p)?));
+            }
+            // `redis://secret@host` is a password alone, as redis-cli reads it.
+            None => password = Some(Secret::new(percent_decode(userinfo)?)),
+        }
+    }
+    // URLs may leave the port out (6379); bare seeds must name it.
+    let is_url = raw.contains("://");
+    let addr = match hostport.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty() && !host.ends_with(':') && port.parse::<u16>().is_ok() =>
+        {
+            hostport.to_string()
+        }
+        _ if is_url
+            && !hostport.is_empty()
+            && (hostport.ends_with(']') || !hostport.contains(':')) =>
+        {
+            format!("{hostport}:6379")
+        }
+        _ => {
+            return Err(Error::Config(format!(
+                "seed address must be host:port, got {:?}",
+                if userinfo.is_some() {
+                    "<redacted>"
+                } else {
+                    hostport
+                }
+            )))
+        }
+    };
+    Ok(Seed {
+        addr,
+        tls,
+        username,
+        password,
+    })
+}
+
+fn percent_decode(s: &str) -> Result<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| {
+                    Error::Config("bad percent-encoding in seed URL credentials".into())
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::Config("seed URL credentials are not UTF-8".into()))
+}
+
+/// Reads `REDIS_CLUSTER_NODES` (comma-separated seeds), `REDIS_PASSWORD` and
+/// `REDIS_USERNAME` into a builder.
+pub(crate) fn builder_from_env() -> Result<ClusterClientBuilder> {
+    let nodes = std::env::var("REDIS_CLUSTER_NODES")
+        .map_err(|_| Error::Config("REDIS_CLUSTER_NODES is not set".into()))?;
+    let seeds: Vec<&str> = nodes
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut builder = ClusterClientBuilder::default().nodes(seeds);
+    if let Ok(password) = std::env::var("REDIS_PASSWORD") {
+        builder = builder.password(password);
+    }
+    if let Ok(username) = std::env::var("REDIS_USERNAME") {
+        builder = builder.username(username);
+    }
+    Ok(builder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_seed_forms() {
+        let s = parse_seed("127.0.0.1:7000").unwrap();
+        assert_eq!(
+            (s.addr.as_str(), s.tls, s.password),
+            ("127.0.0.1:7000", false, None)
+        );
+        let s = parse_seed("redis://app:p%40ss@redis-cluster-0:6379/0").unwrap();
+        assert_eq!(s.addr, "redis-cluster-0:6379");
+        assert_eq!(s.username.as_deref(), Some("app"));
+        assert_eq!(s.password.unwrap().expose(), "p@ss");
+        let s = parse_seed("rediss://:pw@host").unwrap();
+        assert!(s.tls);
+        assert_eq!(s.addr, "host:6379");
+        assert_eq!(s.username, None);
+        let s = parse_seed("redis://[::1]:7000").unwrap();
+        assert_eq!(s.addr, "[::1]:7000");
+        assert!(parse_seed("host").is_err());
+        assert!(parse_seed("http://host:1").is_err());
+        assert!(parse_seed(":7000").is_err());
+    }
+
+    #[test]
+    fn seed_errors_never_show_the_password() {
+        let err = parse_seed("redis://u:topsecret@host:notaport").unwrap_err();
+        assert!(!err.to_string().contains("topsecret"), "{err}");
+        let err = parse_seed("redis://u:topsecret%zz@host:1").unwrap_err();
+        assert!(!err.to_string().contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn url_credentials_fill_the_builder() {
+        let config = ClusterClientBuilder::default()
+            .nodes(["redis://app:pw@h:1", "h:2"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.seeds, ["h:1", "h:2"]);
+        assert_eq!(config.connect.username.as_deref(), Some("app"));
+        assert_eq!(config.connect.password.as_ref().unwrap().expose(), "pw");
+        assert!(!format!("{config:?}").contains("pw\""));
+        assert!(ClusterClientBuilder::default().into_config().is_err());
+    }
+
+    #[test]
+    fn remap_from_map_and_closure() {
+        let r = AddressRemap::from_map([("redis-cluster-0:6379", "127.0.0.1:6450")]);
+        assert_eq!(r.apply("redis-cluster-0:6379"), "127.0.0.1:6450");
+        assert_eq!(r.apply("other:1"), "other:1");
+        let r = AddressRemap::from_fn(|a| {
+            a.strip_prefix("redis-cluster-")
+                .map(|n| format!("127.0.0.1:645{}", &n[..1]))
+        });
+        assert_eq!(r.apply("redis-cluster-3:6379"), "127.0.0.1:6453");
+    }
+}

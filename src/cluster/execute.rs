@@ -1,0 +1,611 @@
+//! Sending a planned command: the redirect and retry loop, split commands, fan-out.
+//!
+//! The retry rule, in one place: a request that was never written (connect failed, the
+//! connection died before the write) is always safe to send again; one that may have
+//! reached the server (the connection died after the write) is sent again only when the
+//! command is read-only or known idempotent; error replies that mean "not executed"
+//! (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`) are followed or
+//! retried. Every retry and redirect happens within the request's one deadline.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::cluster::node::Node;
+use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
+use crate::cluster::{Inner, ReadFrom};
+use crate::cmd::{self, cmd, Cmd};
+use crate::conn::Cmds;
+use crate::error::{Error, Result};
+use crate::policy::{classify, Backoff, ErrorAction};
+use crate::resp::Value;
+use crate::slot::Redirect;
+use crate::topology::RefreshTrigger;
+
+/// Most commands learned from `COMMAND INFO` (each entry lives as long as the process):
+/// far more than any server's module commands, and a bound however the server answers.
+const MAX_LEARNED_COMMANDS: usize = 1024;
+
+/// Where one request is sent.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The node serving the slot (a replica, for reads, as `ReadFrom` says).
+    Slot { slot: u16, read_only: bool },
+    /// This node, whatever the slot map says.
+    Node(Arc<str>),
+    /// Any primary.
+    AnyPrimary,
+}
+
+impl Inner {
+    /// Plans and sends `command`; the reply may be an error reply, which the caller turns
+    /// into an error.
+    pub(crate) async fn execute(&self, command: Cmd, deadline: Instant) -> Result<Value> {
+        let info = self.command_info(&command, deadline).await;
+        let idempotent = info.is_some_and(|i| i.is_read_only()) || cmd::is_idempotent(&command);
+        match plan::plan(&command, info)? {
+            Plan::Slot { slot, read_only } => {
+                self.send(
+                    command,
+                    Target::Slot { slot, read_only },
+                    idempotent,
+                    deadline,
+                )
+                .await
+            }
+            Plan::AnyPrimary => {
+                self.send(command, Target::AnyPrimary, idempotent, deadline)
+                    .await
+            }
+            Plan::Split { kind, parts } => self.send_split(kind, parts, idempotent, deadline).await,
+            Plan::FanOut { to, combine } => {
+                self.send_fan_out(&command, to, combine, idempotent, deadline)
+                    .await
+            }
+        }
+    }
+
+    /// The table entry for `command`: built in, or learned from the server once for
+    /// commands the table lacks (modules).
+    async fn command_info(
+        &self,
+        command: &Cmd,
+        deadline: Instant,
+    ) -> Option<&'static cmd::CommandInfo> {
+        if let Some(info) = cmd::lookup(command) {
+            return Some(info);
+        }
+        let name = command.name().to_ascii_lowercase();
+        let resolve = |info: Option<&'static cmd::CommandInfo>| {
+            info.map(|i| command.arg_at(1).and_then(|sub| i.subcommand(sub)).unwrap_or(i))
+        };
+        if let Some((_, info)) = self.learned_lock().iter().find(|(n, _)| *n == name) {
+            return resolve(*info);
+        }
+        if self.learned_lock().len() >= MAX_LEARNED_COMMANDS {
+            return None;
+        }
+        let reply = self
+            .send(
+                cmd("COMMAND").arg("INFO").arg(&name[..]),
+                Target::AnyPrimary,
+                true,
+                deadline,
+            )
+            .await;
+        let info = match reply {
+            Ok(Value::Array(mut entries)) if entries.len() == 1 => {
+                match cmd::parse_command_info(&entries.remove(0)) {
+                    Ok(info) => Some(&*Box::leak(Box::new(info))),
+                    Err(_) => None,
+                }
+            }
+            // The server does not know it either; remember that too.
+            Ok(_) => None,
+            // Could not ask: route by the fallback rule now, ask again next time.
+            Err(_) => return None,
+        };
+        let mut learned = self.learned_lock();
+        // Bounded by the commands the server knows, and each learned once.
+        if !learned.iter().any(|(n, _)| *n == name) {
+            learned.push((name, info));
+        }
+        resolve(info)
+    }
+
+    fn learned_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(Vec<u8>, Option<&'static cmd::CommandInfo>)>> {
+        self.learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Picks the node for `target`, avoiding replicas when `primary_only`.
+    fn pick(&self, target: &Target, primary_only: bool) -> Result<Arc<Node>> {
+        let routes = self.routes.load();
+        let shard = match target {
+            Target::Node(addr) => return Ok(self.registry.get(addr, false)),
+            Target::AnyPrimary => {
+                let n = routes.primaries.len();
+                if n == 0 {
+                    return Err(Error::ClusterDown("no primary known".into()));
+                }
+                return Ok(Arc::clone(&routes.primaries[self.registry.next_turn() % n]));
+            }
+            Target::Slot { slot, .. } => match routes.map.shard_index(*slot) {
+                Some(i) => i,
+                None => {
+                    self.signal.request(RefreshTrigger::Uncovered);
+                    return Err(Error::ClusterDown(format!(
+                        "slot {slot} is not served by any node"
+                    )));
+                }
+            },
+        };
+        let read = matches!(
+            target,
+            Target::Slot {
+                read_only: true,
+                ..
+            }
+        );
+        let primary = &routes.primaries[shard];
+        let replicas = &routes.replicas[shard];
+        if !read || primary_only || replicas.is_empty() {
+            return Ok(Arc::clone(primary));
+        }
+        let turn = self.registry.next_turn();
+        Ok(Arc::clone(match self.config.read_from {
+            ReadFrom::Primary => primary,
+            ReadFrom::RoundRobin => match turn % (replicas.len() + 1) {
+                0 => primary,
+                i => &replicas[i - 1],
+            },
+            _ => &replicas[turn % replicas.len()],
+        }))
+    }
+
+    /// Sends one command to one target, following redirects and retrying what is safe,
+    /// until `deadline`.
+    async fn send(
+        &self,
+        mut command: Cmd,
+        target: Target,
+        idempotent: bool,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let backoff = Backoff {
+            base: self.config.retry_base,
+            max: self.config.retry_max,
+        };
+        let mut redirects = 0u32;
+        let mut retries = 0u32;
+        let mut cluster_down_retries = 0u32;
+        // Where the last MOVED/ASK pointed, for the next attempt only.
+        let mut redirect: Option<Redirect> = None;
+        // After a replica failed, reads go to the primary.
+        let mut primary_only = false;
+        loop {
+            let node = match &redirect {
+                Some(r) => self.registry.get(&self.remap(r.addr()), false),
+                None => match self.pick(&target, primary_only) {
+                    Ok(node) => node,
+                    Err(e) => {
+                        // No owner for the slot yet: wait for the refresh that asks.
+                        self.wait_retry(&backoff, &mut retries, deadline, e).await?;
+                        continue;
+                    }
+                },
+            };
+            let conn = match node.connection(&self.config.connect, deadline).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.signal.request(RefreshTrigger::ConnectionFailure);
+                    primary_only |= node.read_only;
+                    redirect = None;
+                    self.wait_retry(&backoff, &mut retries, deadline, e).await?;
+                    continue;
+                }
+            };
+            let asking = matches!(redirect, Some(Redirect::Ask { .. }));
+            let cmds = if asking {
+                Cmds::Many(vec![cmd("ASKING"), command])
+            } else {
+                Cmds::One(command)
+            };
+            let answer = conn.dispatch(cmds, deadline).await;
+            let replies = match answer.result {
+                Ok(replies) => replies,
+                Err(e) => {
+                    let resend =
+                        !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout));
+                    match (resend, take_command(answer.cmds)) {
+                        (true, Some(c)) => command = c,
+                        _ => return Err(e),
+                    }
+                    self.signal.request(RefreshTrigger::ConnectionFailure);
+                    primary_only |= node.read_only;
+                    redirect = None;
+                    self.wait_retry(&backoff, &mut retries, deadline, e).await?;
+                    continue;
+                }
+            };
+            let Some(reply) = replies.into_iter().last() else {
+                return Err(Error::Protocol("no reply".into()));
+            };
+            let Value::ServerError(error) = &reply else {
+                return Ok(reply);
+            };
+            let action = classify(error, &node.addr);
+            let Some(returned) = take_command(answer.cmds) else {
+                return Ok(reply);
+            };
+            command = returned;
+            match action {
+                ErrorAction::Reply => return Ok(reply),
+                ErrorAction::Redirect(r) => {
+                    redirects += 1;
+                    if redirects > self.config.max_redirects {
+                        return Err(Error::TooManyRedirects {
+                            redirects: redirects - 1,
+                        });
+                    }
+                    if let Redirect::Moved { slot, addr } = &r {
+                        self.counters.moved.fetch_add(1, Ordering::Relaxed);
+                        self.patch_moved(*slot, &self.remap(addr));
+                    } else {
+                        self.counters.ask.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(redirect = ?r, from = %node.addr, "following redirect");
+                    redirect = Some(r);
+                }
+                ErrorAction::ClusterDown => {
+                    self.signal.request(RefreshTrigger::ClusterDown);
+                    cluster_down_retries += 1;
+                    if !self.config.retry_on_cluster_down
+                        || cluster_down_retries > self.config.cluster_down_retry_attempts
+                    {
+                        return Ok(reply);
+                    }
+                    redirect = None;
+                    let delay = backoff.delay(cluster_down_retries - 1, fastrand::f64());
+                    if Instant::now() + delay >= deadline {
+                        return Ok(reply);
+                    }
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                }
+                ErrorAction::BackOff => {
+                    redirect = None;
+                    let delay = backoff.delay(retries, fastrand::f64());
+                    retries += 1;
+                    if retries > self.config.max_retries || Instant::now() + delay >= deadline {
+                        return Ok(reply);
+                    }
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Sleeps before the next retry, or gives up with `error` when retries or time ran
+    /// out.
+    async fn wait_retry(
+        &self,
+        backoff: &Backoff,
+        retries: &mut u32,
+        deadline: Instant,
+        error: Error,
+    ) -> Result<()> {
+        let delay = backoff.delay(*retries, fastrand::f64());
+        *retries += 1;
+        if *retries > self.config.max_retries || Instant::now() + delay >= deadline {
+            return Err(error);
+        }
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(error = %error, attempt = *retries, "retrying");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    fn remap(&self, addr: &str) -> String {
+        match &self.config.remap {
+            Some(r) => r.apply(addr),
+            None => addr.to_string(),
+        }
+    }
+
+    /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
+    /// learn the rest (a MOVED rarely comes alone).
+    fn patch_moved(&self, slot: u16, addr: &str) {
+        self.routes.rcu(|current| {
+            if current.map.primary(slot).is_some_and(|p| &**p == addr) {
+                return Arc::clone(current);
+            }
+            Arc::new(
+                self.registry
+                    .routes_for(current.map.with_moved(slot, addr), current.version + 1),
+            )
+        });
+        self.signal.request(RefreshTrigger::Moved);
+    }
+
+    async fn send_split(
+        &self,
+        kind: SplitKind,
+        parts: Vec<Part>,
+        idempotent: bool,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let total: usize = parts.iter().map(|p| p.positions.len()).sum();
+        let sends = parts.into_iter().map(|part| async move {
+            let reply = self
+                .send(
+                    part.cmd,
+                    Target::Slot {
+                        slot: part.slot,
+                        read_only: kind == SplitKind::MGet,
+                    },
+                    idempotent,
+                    deadline,
+                )
+                .await;
+            (part.positions, reply)
+        });
+        let results = futures_util::future::join_all(sends).await;
+        match kind {
+            SplitKind::MGet => {
+                let mut out = vec![Value::Nil; total];
+                for (positions, reply) in results {
+                    let values = match reply? {
+                        Value::Array(values) if values.len() == positions.len() => values,
+                        err @ Value::ServerError(_) => return Ok(err),
+                        other => {
+                            return Err(Error::Protocol(format!(
+                                "MGET part answered {}",
+                                other.kind()
+                            )))
+                        }
+                    };
+                    for (pos, v) in positions.into_iter().zip(values) {
+                        out[pos] = v;
+                    }
+                }
+                Ok(Value::Array(out))
+            }
+            SplitKind::MSet => {
+                for (_, reply) in results {
+                    if let err @ Value::ServerError(_) = reply? {
+                        return Ok(err);
+                    }
+                }
+                Ok(Value::Simple(bytes::Bytes::from_static(b"OK")))
+            }
+            SplitKind::Sum => {
+                let mut sum = 0i64;
+                for (_, reply) in results {
+                    match reply? {
+                        Value::Int(n) => sum = sum.saturating_add(n),
+                        err @ Value::ServerError(_) => return Ok(err),
+                        other => {
+                            return Err(Error::Protocol(format!(
+                                "count part answered {}",
+                                other.kind()
+                            )))
+                        }
+                    }
+                }
+                Ok(Value::Int(sum))
+            }
+        }
+    }
+
+    async fn send_fan_out(
+        &self,
+        command: &Cmd,
+        to: FanOutTo,
+        combine: Combine,
+        idempotent: bool,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let nodes: Vec<Arc<str>> = {
+            let routes = self.routes.load();
+            match to {
+                FanOutTo::Primaries => routes.map.serving_primaries(),
+                FanOutTo::AllNodes => routes.map.nodes(),
+            }
+        };
+        if nodes.is_empty() {
+            return Err(Error::ClusterDown("no node known".into()));
+        }
+        let sends = nodes.iter().map(|addr| {
+            self.send(
+                command.clone(),
+                Target::Node(Arc::clone(addr)),
+                idempotent,
+                deadline,
+            )
+        });
+        let replies: Vec<Result<Value>> = futures_util::future::join_all(sends).await;
+        combine_replies(combine, &nodes, replies)
+    }
+}
+
+/// Gets the caller's command back out of an answer (for `ASKING` batches, the second).
+fn take_command(cmds: Cmds) -> Option<Cmd> {
+    match cmds {
+        Cmds::One(c) => Some(c),
+        Cmds::Many(mut v) => v.pop(),
+    }
+}
+
+/// Combines fan-out replies; any failure fails the whole command (except
+/// `one_succeeded`, which needs one success).
+fn combine_replies(
+    combine: Combine,
+    nodes: &[Arc<str>],
+    replies: Vec<Result<Value>>,
+) -> Result<Value> {
+    if combine == Combine::OneSucceeded {
+        let mut last = Err(Error::ClusterDown("no node answered".into()));
+        for reply in replies {
+            match reply {
+                Ok(Value::ServerError(e)) => last = Ok(Value::ServerError(e)),
+                Ok(v) => return Ok(v),
+                Err(e) => last = Err(e),
+            }
+        }
+        return last;
+    }
+    let mut values = Vec::with_capacity(replies.len());
+    for reply in replies {
+        match reply? {
+            err @ Value::ServerError(_) => return Ok(err),
+            v => values.push(v),
+        }
+    }
+    match combine {
+        Combine::AllSucceeded | Combine::OneSucceeded => {
+            Ok(values.into_iter().next().unwrap_or(Value::Nil))
+        }
+        Combine::PerNode => Ok(Value::Map(
+            nodes
+                .iter()
+                .map(|n| Value::Bulk(bytes::Bytes::copy_from_slice(n.as_bytes())))
+                .zip(values)
+                .collect(),
+        )),
+        Combine::MergeArrays => {
+            let mut out = Vec::new();
+            for v in values {
+                match v {
+                    Value::Array(items) | Value::Set(items) => out.extend(items),
+                    other => {
+                        return Err(Error::Protocol(format!(
+                            "cannot merge a {} reply",
+                            other.kind()
+                        )))
+                    }
+                }
+            }
+            Ok(Value::Array(out))
+        }
+        Combine::Sum | Combine::Min | Combine::Max | Combine::LogicalAnd | Combine::LogicalOr => {
+            fold(combine, values)
+        }
+    }
+}
+
+/// Folds integer replies, or arrays of integers element by element.
+fn fold(combine: Combine, values: Vec<Value>) -> Result<Value> {
+    let op = |a: i64, b: i64| match combine {
+        Combine::Sum => a.saturating_add(b),
+        Combine::Min => a.min(b),
+        Combine::Max => a.max(b),
+        Combine::LogicalAnd => i64::from(a != 0 && b != 0),
+        _ => i64::from(a != 0 || b != 0),
+    };
+    let mut acc: Option<Value> = None;
+    for v in values {
+        acc = Some(match (acc, v) {
+            (None, v) => v,
+            (Some(Value::Int(a)), Value::Int(b)) => Value::Int(op(a, b)),
+            (Some(Value::Array(a)), Value::Array(b)) if a.len() == b.len() => {
+                let mut out = Vec::with_capacity(a.len());
+                for (x, y) in a.into_iter().zip(b) {
+                    match (x, y) {
+                        (Value::Int(x), Value::Int(y)) => out.push(Value::Int(op(x, y))),
+                        _ => {
+                            return Err(Error::Protocol(
+                                "cannot aggregate non-integer replies".into(),
+                            ))
+                        }
+                    }
+                }
+                Value::Array(out)
+            }
+            _ => {
+                return Err(Error::Protocol(
+                    "fan-out replies of different shapes".into(),
+                ))
+            }
+        });
+    }
+    Ok(acc.unwrap_or(Value::Nil))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(n: usize) -> Vec<Arc<str>> {
+        (0..n).map(|i| Arc::from(format!("h:{i}"))).collect()
+    }
+
+    #[test]
+    fn combines_fan_out_replies() {
+        let ints = |v: &[i64]| v.iter().map(|&n| Ok(Value::Int(n))).collect::<Vec<_>>();
+        assert_eq!(
+            combine_replies(Combine::Sum, &nodes(3), ints(&[1, 2, 3])).unwrap(),
+            Value::Int(6)
+        );
+        assert_eq!(
+            combine_replies(Combine::Max, &nodes(3), ints(&[1, 5, 3])).unwrap(),
+            Value::Int(5)
+        );
+        assert_eq!(
+            combine_replies(Combine::LogicalAnd, &nodes(2), ints(&[1, 0])).unwrap(),
+            Value::Int(0)
+        );
+        let arrays = vec![
+            Ok(Value::Array(vec![Value::Int(1), Value::Int(0)])),
+            Ok(Value::Array(vec![Value::Int(1), Value::Int(1)])),
+        ];
+        assert_eq!(
+            combine_replies(Combine::LogicalAnd, &nodes(2), arrays).unwrap(),
+            Value::Array(vec![Value::Int(1), Value::Int(0)])
+        );
+        let merged = combine_replies(
+            Combine::MergeArrays,
+            &nodes(2),
+            vec![
+                Ok(Value::Array(vec![Value::Int(1)])),
+                Ok(Value::Array(vec![Value::Int(2)])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(merged, Value::Array(vec![Value::Int(1), Value::Int(2)]));
+        let per_node = combine_replies(Combine::PerNode, &nodes(2), ints(&[7, 8])).unwrap();
+        assert_eq!(
+            per_node,
+            Value::Map(vec![
+                (Value::Bulk("h:0".into()), Value::Int(7)),
+                (Value::Bulk("h:1".into()), Value::Int(8))
+            ])
+        );
+    }
+
+    #[test]
+    fn one_failure_fails_the_fan_out() {
+        let replies = vec![Ok(Value::Int(1)), Err(Error::Timeout), Ok(Value::Int(1))];
+        assert!(matches!(
+            combine_replies(Combine::Sum, &nodes(3), replies),
+            Err(Error::Timeout)
+        ));
+        let replies = vec![
+            Ok(Value::Int(1)),
+            Ok(Value::ServerError(crate::ServerError::new("ERR x"))),
+        ];
+        assert!(combine_replies(Combine::AllSucceeded, &nodes(2), replies)
+            .unwrap()
+            .is_error());
+        let replies = vec![Err(Error::Timeout), Ok(Value::Int(4))];
+        assert_eq!(
+            combine_replies(Combine::OneSucceeded, &nodes(2), replies).unwrap(),
+            Value::Int(4)
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The cluster client: routes each command to the node that owns its keys, follows
+//! `MOVED` and `ASK`, retries what is safe to retry, splits multi-slot commands and fans
+//! out cluster-wide ones.
+//!
+//! Owns the routing snapshot and the node handles; protocol decisions come from
+//! `plan` (where a command goes), `policy` (what an error means) and `topology` (what
+//! the cluster looks like), none of which do I/O.
+
+mod commands;
+mod config;
+mod execute;
+mod node;
+mod plan;
+mod refresh;
+mod routes;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use crate::cmd::Cmd;
+use crate::error::{Error, Result};
+use crate::resp::{FromValue, Value};
+use crate::topology::RefreshTrigger;
+
+pub(crate) use config::Config;
+pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
+use refresh::RefreshSignal;
+use routes::{NodeRegistry, Routes};
+
+/// A client for one Redis Cluster.
+///
+/// Cheap to clone; clones share connections, topology and background tasks. The
+/// background refresh task ends when the last clone is dropped.
+///
+/// ```no_run
+/// # async fn demo() -> redcluster::Result<()> {
+/// use redcluster::{cmd, ClusterClient};
+/// let client = ClusterClient::connect(["127.0.0.1:7000"]).await?;
+/// client.set("greeting", "hello").await?;
+/// let v: Option<String> = client.get("greeting").await?;
+/// let n: i64 = client.query(cmd("INCR").arg("counter")).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ClusterClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ClusterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let routes = self.inner.routes.load();
+        f.debug_struct("ClusterClient")
+            .field("seeds", &self.inner.config.seeds)
+            .field("shards", &routes.map.shards().len())
+            .field("covered_slots", &routes.map.covered())
+            .finish()
+    }
+}
+
+/// Counters a test or a dashboard can read; see [`ClusterClient::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// `MOVED` redirects followed.
+    pub moved: u64,
+    /// `ASK` redirects followed.
+    pub ask: u64,
+    /// Topology refreshes completed (the initial discovery not counted).
+    pub refreshes: u64,
+    /// Requests sent again after a retryable failure.
+    pub retries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    moved: AtomicU64,
+    ask: AtomicU64,
+    retries: AtomicU64,
+}
+
+pub(crate) struct Inner {
+    config: Config,
+    routes: ArcSwap<Routes>,
+    registry: NodeRegistry,
+    signal: Arc<RefreshSignal>,
+    counters: Counters,
+    /// `COMMAND INFO` answers for commands missing from the built-in table (modules).
+    learned: Mutex<Vec<(Vec<u8>, Option<&'static crate::cmd::CommandInfo>)>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.signal.shutdown();
+        for node in self.registry.all() {
+            node.close();
+        }
+    }
+}
+
+impl ClusterClient {
+    /// Connects with default settings to the cluster that `seeds` belong to.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClientBuilder::build`].
+    pub async fn connect<I, S>(seeds: I) -> Result<ClusterClient>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        ClusterClient::builder().nodes(seeds).build().await
+    }
+
+    /// A builder with every setting at its default.
+    pub fn builder() -> ClusterClientBuilder {
+        ClusterClientBuilder::default()
+    }
+
+    /// A builder from the environment: `REDIS_CLUSTER_NODES` (comma-separated seeds,
+    /// required), `REDIS_PASSWORD` and `REDIS_USERNAME` (optional).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `REDIS_CLUSTER_NODES` is not set.
+    pub fn builder_from_env() -> Result<ClusterClientBuilder> {
+        config::builder_from_env()
+    }
+
+    pub(crate) async fn start(config: Config) -> Result<ClusterClient> {
+        let refresh_interval = config.refresh_interval;
+        let refresh_min_interval = config.refresh_min_interval;
+        let inner = Arc::new(Inner {
+            config,
+            routes: ArcSwap::from_pointee(Routes::default()),
+            registry: NodeRegistry::default(),
+            signal: Arc::new(RefreshSignal::default()),
+            counters: Counters::default(),
+            learned: Mutex::new(Vec::new()),
+        });
+        let seeds: Vec<Arc<str>> = inner
+            .config
+            .seeds
+            .iter()
+            .map(|s| Arc::from(s.as_str()))
+            .collect();
+        let map = inner.fetch_view(&seeds).await?;
+        inner.install(map, RefreshTrigger::Periodic);
+        tokio::spawn(refresh::refresh_task(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.signal),
+            refresh_interval,
+            refresh_min_interval,
+        ));
+        Ok(ClusterClient { inner })
+    }
+
+    /// Sends any command and converts its reply.
+    ///
+    /// The command goes to the node that owns its keys (see the routing table in the
+    /// crate docs); MOVED/ASK are followed and transient cluster errors retried within
+    /// the response timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Server`] for an error reply (`err.server_code()` gives `WRONGTYPE`,
+    /// `NOPERM`, ...), [`Error::ClusterDown`], [`Error::CrossSlot`], [`Error::Timeout`],
+    /// [`Error::TooManyRedirects`], connection errors, or [`Error::Type`] when the reply
+    /// does not convert to `T`.
+    pub async fn query<T: FromValue>(&self, cmd: Cmd) -> Result<T> {
+        let deadline = Instant::now() + self.inner.config.response_timeout;
+        let value = self.inner.execute(cmd, deadline).await?;
+        into_result(value)
+    }
+
+    /// Counters of redirects, refreshes and retries since the client was built.
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.inner.counters;
+        ClientStats {
+            moved: c.moved.load(Ordering::Relaxed),
+            ask: c.ask.load(Ordering::Relaxed),
+            refreshes: self.inner.signal.count.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The address of the primary that currently serves `slot`, as the client's slot map
+    /// says.
+    pub fn primary_for_slot(&self, slot: u16) -> Option<String> {
+        self.inner
+            .routes
+            .load()
+            .map
+            .primary(slot)
+            .map(|a| a.to_string())
+    }
+
+    /// The address of the node that serves `key`'s slot, as the client's slot map says.
+    pub fn node_for_key(&self, key: &[u8]) -> Option<String> {
+        self.primary_for_slot(crate::slot::key_slot(key))
+    }
+
+    /// Addresses of every node the client knows, primaries first.
+    pub fn known_nodes(&self) -> Vec<String> {
+        self.inner
+            .routes
+            .load()
+            .map
+            .nodes()
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    }
+
+    /// Addresses of nodes with an open connection right now.
+    pub fn connected_nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .inner
+            .registry
+            .all()
+            .iter()
+            .filter(|n| n.is_connected())
+            .map(|n| n.addr.to_string())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
+    /// Refreshes the topology now, waiting for the result (normally refreshes happen on
+    /// their own).
+    ///
+    /// # Errors
+    ///
+    /// The error of the last node asked when none answered.
+    pub async fn refresh_topology(&self) -> Result<()> {
+        self.inner.refresh(RefreshTrigger::Periodic).await
+    }
+}
+
+/// Turns a final reply into the caller's result: error replies become errors.
+fn into_result<T: FromValue>(value: Value) -> Result<T> {
+    match value {
+        Value::ServerError(e) if e.code() == "CLUSTERDOWN" => {
+            Err(Error::ClusterDown(e.message().to_string()))
+        }
+        Value::ServerError(e) => Err(Error::Server(e)),
+        v => T::from_value(v),
+    }
+}

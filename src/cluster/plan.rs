@@ -1,0 +1,309 @@
+//! Deciding where a command goes: one slot, split over slots, all nodes, or any node.
+//!
+//! Pure: a command and its table entry in, a plan out.
+//!
+//! | command shape | plan |
+//! |---|---|
+//! | keys in one slot | that slot's node |
+//! | `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH` over several slots | one sub-command per slot, sent concurrently; `MGET` replies put back in key order, `MSET` answers `OK` when every part did, the others sum their counts |
+//! | any other command with keys in several slots | [`Error::CrossSlot`] before anything is sent |
+//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, ...) | every primary, replies combined by the table's `response_policy` |
+//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `CONFIG SET`, `FUNCTION LOAD`, ...) | every node, primaries and replicas, combined likewise |
+//! | `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `LATENCY ...`, `SLOWLOG GET` and other per-node reports | every primary; the reply is a map from node address to that node's reply |
+//! | any other keyless command | one primary, chosen round-robin |
+//!
+//! Combining replies (`response_policy`): `all_succeeded` answers the first reply when
+//! every node succeeded; `one_succeeded` the first success; `agg_sum`/`agg_min`/`agg_max`
+//! and `agg_logical_and`/`agg_logical_or` fold integers (or arrays of integers element by
+//! element); no policy merges arrays (`KEYS`). Whatever the policy, if any node fails the
+//! whole command fails: a fan-out never returns a silently partial result.
+
+use smallvec::SmallVec;
+
+use crate::cmd::{self, Cmd};
+use crate::error::{Error, Result};
+use crate::slot::key_slot;
+
+/// How the sub-replies of a split command are put back together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SplitKind {
+    /// `MGET`: one reply per key, restored to the original key order.
+    MGet,
+    /// `MSET`: `OK` when every part said `OK`.
+    MSet,
+    /// `DEL`, `UNLINK`, `EXISTS`, `TOUCH`: integer counts, summed.
+    Sum,
+}
+
+/// Which nodes a fan-out goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FanOutTo {
+    Primaries,
+    AllNodes,
+}
+
+/// How fan-out replies are combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Combine {
+    AllSucceeded,
+    OneSucceeded,
+    Sum,
+    Min,
+    Max,
+    LogicalAnd,
+    LogicalOr,
+    /// Concatenate array replies (`KEYS`).
+    MergeArrays,
+    /// A map from node address to its reply (`INFO`).
+    PerNode,
+}
+
+/// One part of a split command.
+#[derive(Debug)]
+pub(crate) struct Part {
+    pub(crate) slot: u16,
+    pub(crate) cmd: Cmd,
+    /// For `MGET`: where each of this part's keys stood in the original command.
+    pub(crate) positions: Vec<usize>,
+}
+
+/// Where a command goes.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// All keys hash to `slot`.
+    Slot { slot: u16, read_only: bool },
+    /// Keys in several slots, split into one command per slot.
+    Split { kind: SplitKind, parts: Vec<Part> },
+    /// Keyless, to several nodes.
+    FanOut { to: FanOutTo, combine: Combine },
+    /// Keyless, to any one primary.
+    AnyPrimary,
+}
+
+/// Commands whose reply is a per-node report: fanned out to every primary, answered as
+/// a map of node address to reply. Names are `command` or `command|subcommand`.
+const PER_NODE: &[&str] = &[
+    "info",
+    "client|list",
+    "client|info",
+    "memory|stats",
+    "memory|doctor",
+    "latency|latest",
+    "latency|doctor",
+    "slowlog|get",
+    "slowlog|len",
+    "lastsave",
+    "role",
+];
+
+/// Plans `command`.
+///
+/// # Errors
+///
+/// [`Error::CrossSlot`] when keys span slots and the command cannot be split;
+/// [`Error::Config`] for a command too malformed to find its keys.
+pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Plan> {
+    if command.is_empty() {
+        return Err(Error::Config("empty command".into()));
+    }
+    let Some(info) = info else {
+        // Unknown to the table and to the server: route by the first argument, the
+        // convention of most module commands.
+        return Ok(match command.arg_at(1) {
+            Some(key) => Plan::Slot {
+                slot: key_slot(key),
+                read_only: false,
+            },
+            None => Plan::AnyPrimary,
+        });
+    };
+    let mut keys: SmallVec<[usize; 4]> = SmallVec::new();
+    // Routing keys include sharded pub/sub channels, which hash like keys.
+    cmd::routing_key_indices(command, info, &mut keys)?;
+    if keys.is_empty() {
+        return Ok(keyless_plan(info));
+    }
+    let slots: SmallVec<[u16; 4]> = keys
+        .iter()
+        .map(|&i| key_slot(command.arg_at(i).unwrap_or_default()))
+        .collect();
+    let first = slots[0];
+    if slots.iter().all(|&s| s == first) {
+        return Ok(Plan::Slot {
+            slot: first,
+            read_only: info.is_read_only(),
+        });
+    }
+    let name = command.name().to_ascii_lowercase();
+    let kind = match name.as_slice() {
+        b"mget" => SplitKind::MGet,
+        b"mset" => SplitKind::MSet,
+        b"del" | b"unlink" | b"exists" | b"touch" => SplitKind::Sum,
+        _ => {
+            let mut distinct: Vec<u16> = Vec::new();
+            for s in slots {
+                if !distinct.contains(&s) {
+                    distinct.push(s);
+                }
+            }
+            return Err(Error::CrossSlot { slots: distinct });
+        }
+    };
+    Ok(Plan::Split {
+        kind,
+        parts: split(command, kind, &keys, &slots),
+    })
+}
+
+fn keyless_plan(info: &cmd::CommandInfo) -> Plan {
+    if PER_NODE.contains(&info.name()) {
+        return Plan::FanOut {
+            to: FanOutTo::Primaries,
+            combine: Combine::PerNode,
+        };
+    }
+    let to = match info.request_policy() {
+        Some(cmd::RequestPolicy::AllShards) => FanOutTo::Primaries,
+        Some(cmd::RequestPolicy::AllNodes) => FanOutTo::AllNodes,
+        _ => return Plan::AnyPrimary,
+    };
+    let combine = match info.response_policy() {
+        Some(cmd::ResponsePolicy::AllSucceeded) => Combine::AllSucceeded,
+        Some(cmd::ResponsePolicy::OneSucceeded) => Combine::OneSucceeded,
+        Some(cmd::ResponsePolicy::AggSum) => Combine::Sum,
+        Some(cmd::ResponsePolicy::AggMin) => Combine::Min,
+        Some(cmd::ResponsePolicy::AggMax) => Combine::Max,
+        Some(cmd::ResponsePolicy::AggLogicalAnd) => Combine::LogicalAnd,
+        Some(cmd::ResponsePolicy::AggLogicalOr) => Combine::LogicalOr,
+        Some(cmd::ResponsePolicy::Special) => Combine::PerNode,
+        // No policy: replies whose order does not matter (`KEYS`) are merged; a
+        // single-value reply (`RANDOMKEY`) comes from any one primary.
+        None if info.has_tips(cmd::tip::NONDETERMINISTIC_OUTPUT_ORDER) => Combine::MergeArrays,
+        None => return Plan::AnyPrimary,
+    };
+    Plan::FanOut { to, combine }
+}
+
+/// One sub-command per slot, keeping the original order of keys within each.
+fn split(command: &Cmd, kind: SplitKind, keys: &[usize], slots: &[u16]) -> Vec<Part> {
+    let mut parts: Vec<Part> = Vec::new();
+    let name = command.name();
+    for (n, (&key_index, &slot)) in keys.iter().zip(slots).enumerate() {
+        let part = match parts.iter_mut().position(|p| p.slot == slot) {
+            Some(i) => &mut parts[i],
+            None => {
+                parts.push(Part {
+                    slot,
+                    cmd: Cmd::new().arg(name),
+                    positions: Vec::new(),
+                });
+                let last = parts.len() - 1;
+                &mut parts[last]
+            }
+        };
+        part.cmd
+            .push_arg(command.arg_at(key_index).unwrap_or_default());
+        if kind == SplitKind::MSet {
+            part.cmd
+                .push_arg(command.arg_at(key_index + 1).unwrap_or_default());
+        }
+        part.positions.push(n);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::cmd;
+
+    fn plan_of(c: &Cmd) -> Result<Plan> {
+        plan(c, cmd::lookup(c))
+    }
+
+    #[test]
+    fn single_slot_commands_go_to_their_slot() {
+        match plan_of(&cmd("GET").arg("foo")).unwrap() {
+            Plan::Slot { slot, read_only } => {
+                assert_eq!(slot, 12182);
+                assert!(read_only);
+            }
+            other => panic!("{other:?}"),
+        }
+        match plan_of(&cmd("MSET").arg("{a}1").arg("x").arg("{a}2").arg("y")).unwrap() {
+            Plan::Slot { read_only, .. } => assert!(!read_only),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn multi_slot_commands_split_or_fail() {
+        let Plan::Split { kind, parts } =
+            plan_of(&cmd("MGET").arg("a").arg("b").arg("{a}x")).unwrap()
+        else {
+            panic!("MGET over slots splits");
+        };
+        assert_eq!(kind, SplitKind::MGet);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0].positions, vec![0, 2]);
+        assert_eq!(
+            parts[0].cmd.arg_iter().collect::<Vec<_>>(),
+            [&b"MGET"[..], b"a", b"{a}x"]
+        );
+        let Plan::Split { parts, .. } =
+            plan_of(&cmd("MSET").arg("a").arg("1").arg("b").arg("2")).unwrap()
+        else {
+            panic!("MSET over slots splits");
+        };
+        assert_eq!(
+            parts[1].cmd.arg_iter().collect::<Vec<_>>(),
+            [&b"MSET"[..], b"b", b"2"]
+        );
+        match plan_of(&cmd("RENAME").arg("a").arg("b")) {
+            Err(Error::CrossSlot { slots }) => {
+                assert_eq!(slots, vec![key_slot(b"a"), key_slot(b"b")])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            plan_of(&cmd("EVAL").arg("return 1").arg(2).arg("a").arg("b")),
+            Err(Error::CrossSlot { .. })
+        ));
+    }
+
+    #[test]
+    fn keyless_commands_fan_out_by_the_table() {
+        assert!(matches!(
+            plan_of(&cmd("DBSIZE")).unwrap(),
+            Plan::FanOut {
+                to: FanOutTo::Primaries,
+                combine: Combine::Sum
+            }
+        ));
+        assert!(matches!(
+            plan_of(&cmd("KEYS").arg("*")).unwrap(),
+            Plan::FanOut {
+                combine: Combine::MergeArrays,
+                ..
+            }
+        ));
+        assert!(matches!(
+            plan_of(&cmd("INFO")).unwrap(),
+            Plan::FanOut {
+                combine: Combine::PerNode,
+                ..
+            }
+        ));
+        assert!(matches!(
+            plan_of(&cmd("SCRIPT").arg("LOAD").arg("return 1")).unwrap(),
+            Plan::FanOut {
+                to: FanOutTo::AllNodes,
+                combine: Combine::AllSucceeded
+            }
+        ));
+        assert!(matches!(
+            plan_of(&cmd("PUBLISH").arg("ch").arg("m")).unwrap(),
+            Plan::AnyPrimary
+        ));
+    }
+}

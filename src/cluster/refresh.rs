@@ -1,0 +1,207 @@
+//! Topology refresh: asking nodes for the cluster's shape and swapping in a new routing
+//! snapshot.
+//!
+//! Refreshes are single-flight and rate-limited: triggers (MOVED, connection failures,
+//! CLUSTERDOWN, the periodic timer) only raise a flag; one background task per client does
+//! the refreshing, at most once per `refresh_min_interval`. A burst of 10,000 MOVED
+//! replies therefore costs one or two refreshes, and requests keep routing on the current
+//! snapshot while a refresh runs.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::cluster::Inner;
+use crate::cmd::cmd;
+use crate::error::{Error, Result};
+use crate::resp::Value;
+use crate::slot::SlotMap;
+use crate::topology::{self, RefreshLimiter, RefreshTrigger};
+
+/// How many nodes one refresh asks, concurrently, to compare their views.
+const NODES_ASKED: usize = 3;
+
+/// The doorbell between request paths and the refresh task.
+#[derive(Debug, Default)]
+pub(crate) struct RefreshSignal {
+    wake: Notify,
+    shutdown: Notify,
+    /// The first trigger since the last refresh, for logs and metrics.
+    trigger: AtomicU8,
+    /// Refreshes done, for tests and metrics.
+    pub(crate) count: AtomicU64,
+}
+
+impl RefreshSignal {
+    /// Asks for a refresh; cheap, and many calls before the refresh runs count as one.
+    pub(crate) fn request(&self, trigger: RefreshTrigger) {
+        let _ = self.trigger.compare_exchange(
+            0,
+            trigger as u8 + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    fn take_trigger(&self) -> RefreshTrigger {
+        match self.trigger.swap(0, Ordering::AcqRel) {
+            1 => RefreshTrigger::Moved,
+            2 => RefreshTrigger::ConnectionFailure,
+            3 => RefreshTrigger::ClusterDown,
+            4 => RefreshTrigger::UnknownNode,
+            5 => RefreshTrigger::Uncovered,
+            _ => RefreshTrigger::Periodic,
+        }
+    }
+}
+
+/// The background task: waits for a trigger or the period, respects the rate limit,
+/// refreshes. Ends when the client is dropped.
+pub(crate) async fn refresh_task(
+    inner: Weak<Inner>,
+    signal: Arc<RefreshSignal>,
+    interval: Duration,
+    min_interval: Duration,
+) {
+    let mut limiter = RefreshLimiter::new(min_interval);
+    limiter.on_refresh(Instant::now().into_std());
+    loop {
+        let woken = tokio::select! {
+            () = signal.wake.notified() => true,
+            () = tokio::time::sleep(interval) => false,
+            () = signal.shutdown.notified() => return,
+        };
+        let wait = limiter.wait_before_refresh(Instant::now().into_std());
+        if !wait.is_zero() {
+            // Triggers arriving meanwhile are folded into this refresh.
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = signal.shutdown.notified() => return,
+            }
+        }
+        let trigger = if woken {
+            signal.take_trigger()
+        } else {
+            RefreshTrigger::Periodic
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        limiter.on_refresh(Instant::now().into_std());
+        if let Err(e) = inner.refresh(trigger).await {
+            tracing::warn!(trigger = trigger.as_str(), error = %e, "topology refresh failed");
+        }
+    }
+}
+
+impl Inner {
+    /// Asks nodes for the topology and installs the view they agree on.
+    pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<()> {
+        let current = self.routes.load_full();
+        let mut candidates: Vec<Arc<str>> = current.map.nodes();
+        fastrand::shuffle(&mut candidates);
+        // Seeds last: they help when every known node is gone (a full restart).
+        for seed in &self.config.seeds {
+            if !candidates.iter().any(|c| &**c == seed) {
+                candidates.push(Arc::from(seed.as_str()));
+            }
+        }
+        let map = self.fetch_view(&candidates).await?;
+        self.signal.count.fetch_add(1, Ordering::Relaxed);
+        self.install(map, trigger);
+        Ok(())
+    }
+
+    /// Asks `candidates`, a few at a time, until some answer; returns the view most of
+    /// the answering nodes agree on.
+    pub(crate) async fn fetch_view(&self, candidates: &[Arc<str>]) -> Result<SlotMap> {
+        let mut last_error = Error::Config("no nodes to ask for the topology".into());
+        for group in candidates.chunks(NODES_ASKED) {
+            let answers =
+                futures_util::future::join_all(group.iter().map(|addr| self.ask_topology(addr)))
+                    .await;
+            let mut views = Vec::new();
+            for answer in answers {
+                match answer {
+                    Ok(view) if view.covered() > 0 => views.push(view),
+                    Ok(_) => {
+                        last_error = Error::Config("the node reports no slots assigned".into())
+                    }
+                    Err(e) => last_error = e,
+                }
+            }
+            if let Some(view) = topology::choose_view(views) {
+                return Ok(view);
+            }
+        }
+        Err(last_error)
+    }
+
+    /// One node's view: `CLUSTER SHARDS`, or `CLUSTER SLOTS` where that is unknown.
+    async fn ask_topology(&self, addr: &str) -> Result<SlotMap> {
+        let deadline =
+            Instant::now() + self.config.connect.connect_timeout + self.config.response_timeout;
+        let node = self.registry.get(addr, false);
+        let conn = node.connection(&self.config.connect, deadline).await?;
+        let reply = tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SHARDS")))
+            .await
+            .map_err(|_| Error::Timeout)??;
+        let shards = match reply {
+            Value::ServerError(e) if e.code() == "ERR" => {
+                // Servers before 7.0 do not know CLUSTER SHARDS.
+                let reply =
+                    tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SLOTS")))
+                        .await
+                        .map_err(|_| Error::Timeout)??;
+                if let Value::ServerError(e) = reply {
+                    return Err(Error::Server(e));
+                }
+                topology::parse_slots(&reply, addr)?
+            }
+            Value::ServerError(e) => return Err(Error::Server(e)),
+            reply => topology::parse_shards(&reply, addr, false)?,
+        };
+        let remap = |a: &str| match &self.config.remap {
+            Some(r) => r.apply(a),
+            None => a.to_string(),
+        };
+        Ok(topology::slot_map(&shards, &remap))
+    }
+
+    /// Installs `map` as the routing snapshot unless it routes exactly as the current one.
+    pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger) {
+        let current = self.routes.load_full();
+        if current.map == map {
+            return;
+        }
+        let added: Vec<Arc<str>> = map
+            .nodes()
+            .into_iter()
+            .filter(|n| !current.map.nodes().contains(n))
+            .collect();
+        let removed: Vec<Arc<str>> = current
+            .map
+            .nodes()
+            .into_iter()
+            .filter(|n| !map.nodes().contains(n))
+            .collect();
+        tracing::info!(
+            trigger = trigger.as_str(),
+            shards = map.shards().len(),
+            covered = map.covered(),
+            ?added,
+            ?removed,
+            "topology changed"
+        );
+        let routes = self.registry.routes_for(map, current.version + 1);
+        self.routes.store(Arc::new(routes));
+    }
+}

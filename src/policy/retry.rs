@@ -1,0 +1,109 @@
+//! What to do with an error reply, and how long to back off before trying again.
+//!
+//! One table from server error to action, as the Redis Cluster specification describes:
+//! `MOVED` reroutes and patches the slot map, `ASK` retries once on the target after
+//! `ASKING`, `TRYAGAIN` (multi-key request during a migration), `CLUSTERDOWN`, `LOADING`
+//! and `MASTERDOWN` back off and retry. All of these mean the server did not run the
+//! command, so retrying them never runs a write twice.
+
+use std::time::Duration;
+
+use crate::error::ServerError;
+use crate::slot::{parse_redirect, Redirect};
+
+/// What an error reply asks the client to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ErrorAction {
+    /// Follow a MOVED or ASK.
+    Redirect(Redirect),
+    /// The cluster cannot serve the slot right now; back off, refresh, retry.
+    ClusterDown,
+    /// Transient state of the node (TRYAGAIN, LOADING, MASTERDOWN); back off and retry.
+    BackOff,
+    /// An ordinary error: it is the reply.
+    Reply,
+}
+
+/// Classifies an error reply received from the node at `reached`.
+pub(crate) fn classify(error: &ServerError, reached: &str) -> ErrorAction {
+    match error.code() {
+        "MOVED" | "ASK" => match parse_redirect(error, reached) {
+            Some(r) => ErrorAction::Redirect(r),
+            None => ErrorAction::Reply,
+        },
+        "CLUSTERDOWN" => ErrorAction::ClusterDown,
+        "TRYAGAIN" | "LOADING" | "MASTERDOWN" => ErrorAction::BackOff,
+        _ => ErrorAction::Reply,
+    }
+}
+
+/// Exponential backoff with full jitter: attempt `n` waits a random time in
+/// `[base * 2^n / 2, base * 2^n]`, capped at `max`. The jitter spreads out clients that
+/// failed together so they do not retry together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    pub(crate) base: Duration,
+    pub(crate) max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (0 for the first retry); `unit` is a
+    /// random number in `[0, 1)`.
+    pub(crate) fn delay(&self, attempt: u32, unit: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let unit = unit.clamp(0.0, 1.0);
+        exp.mul_f64(0.5 + unit / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_table() {
+        let c = |s: &str| classify(&ServerError::new(s.to_string()), "h:1");
+        assert!(matches!(
+            c("MOVED 1 h:2"),
+            ErrorAction::Redirect(Redirect::Moved { .. })
+        ));
+        assert!(matches!(
+            c("ASK 1 h:2"),
+            ErrorAction::Redirect(Redirect::Ask { .. })
+        ));
+        assert_eq!(c("MOVED garbage"), ErrorAction::Reply);
+        assert_eq!(
+            c("CLUSTERDOWN The cluster is down"),
+            ErrorAction::ClusterDown
+        );
+        assert_eq!(
+            c("TRYAGAIN Multiple keys request during rehashing of slot"),
+            ErrorAction::BackOff
+        );
+        assert_eq!(
+            c("LOADING Redis is loading the dataset in memory"),
+            ErrorAction::BackOff
+        );
+        assert_eq!(
+            c("MASTERDOWN Link with MASTER is down"),
+            ErrorAction::BackOff
+        );
+        assert_eq!(c("WRONGTYPE Operation against a key"), ErrorAction::Reply);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let b = Backoff {
+            base: Duration::from_millis(10),
+            max: Duration::from_millis(300),
+        };
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(5));
+        assert_eq!(b.delay(0, 1.0), Duration::from_millis(10));
+        assert_eq!(b.delay(3, 1.0), Duration::from_millis(80));
+        assert_eq!(b.delay(10, 1.0), Duration::from_millis(300));
+        assert_eq!(b.delay(u32::MAX, 0.0), Duration::from_millis(150));
+    }
+}

@@ -1,0 +1,219 @@
+//! The slot map: which shard serves each of the 16384 slots.
+//!
+//! A `SlotMap` is an immutable snapshot. The cluster client swaps in a new one after a
+//! refresh or a `MOVED`, so a request routes with one atomic load and never waits for a
+//! refresh in progress.
+
+use std::sync::Arc;
+
+use super::SLOT_COUNT;
+
+/// Marks a slot that no shard serves.
+const UNASSIGNED: u16 = u16::MAX;
+
+/// A primary and its replicas, by address (`host:port`, already remapped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shard {
+    pub(crate) primary: Arc<str>,
+    pub(crate) replicas: Vec<Arc<str>>,
+}
+
+/// Which shard serves each slot.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SlotMap {
+    /// Index into `shards` for every slot, or `UNASSIGNED`.
+    slots: Box<[u16]>,
+    shards: Vec<Shard>,
+}
+
+impl std::fmt::Debug for SlotMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotMap")
+            .field("shards", &self.shards)
+            .field("covered", &self.covered())
+            .finish()
+    }
+}
+
+impl Default for SlotMap {
+    fn default() -> Self {
+        SlotMap {
+            slots: vec![UNASSIGNED; usize::from(SLOT_COUNT)].into_boxed_slice(),
+            shards: Vec::new(),
+        }
+    }
+}
+
+impl SlotMap {
+    /// Builds a map from shards and their slot ranges (inclusive). Ranges out of bounds
+    /// are clipped; a shard listed twice with the same primary is merged.
+    pub(crate) fn from_ranges(
+        entries: impl IntoIterator<Item = (Shard, Vec<(u16, u16)>)>,
+    ) -> SlotMap {
+        let mut map = SlotMap::default();
+        for (shard, ranges) in entries {
+            let index = match map.shards.iter().position(|s| s.primary == shard.primary) {
+                Some(i) => {
+                    // CLUSTER SLOTS lists a shard once per range; keep the longest
+                    // replica list seen.
+                    if shard.replicas.len() > map.shards[i].replicas.len() {
+                        map.shards[i].replicas = shard.replicas;
+                    }
+                    i
+                }
+                None => {
+                    map.shards.push(shard);
+                    map.shards.len() - 1
+                }
+            };
+            let Ok(index) = u16::try_from(index) else {
+                continue;
+            };
+            for (start, end) in ranges {
+                let end = end.min(SLOT_COUNT - 1);
+                if start > end {
+                    continue;
+                }
+                map.slots[usize::from(start)..=usize::from(end)].fill(index);
+            }
+        }
+        map
+    }
+
+    /// Index (into [`SlotMap::shards`]) of the shard serving `slot`.
+    pub(crate) fn shard_index(&self, slot: u16) -> Option<usize> {
+        let index = *self.slots.get(usize::from(slot))?;
+        (usize::from(index) < self.shards.len()).then_some(usize::from(index))
+    }
+
+    /// The shard serving `slot`.
+    pub(crate) fn shard(&self, slot: u16) -> Option<&Shard> {
+        let index = *self.slots.get(usize::from(slot))?;
+        self.shards.get(usize::from(index))
+    }
+
+    /// The primary serving `slot`.
+    pub(crate) fn primary(&self, slot: u16) -> Option<&Arc<str>> {
+        self.shard(slot).map(|s| &s.primary)
+    }
+
+    /// How many slots some shard serves.
+    pub(crate) fn covered(&self) -> usize {
+        self.slots.iter().filter(|&&s| s != UNASSIGNED).count()
+    }
+
+    /// All shards, including any that serve no slot after a patch.
+    pub(crate) fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// Every node address, primaries first, without duplicates.
+    pub(crate) fn nodes(&self) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = self.shards.iter().map(|s| Arc::clone(&s.primary)).collect();
+        for shard in &self.shards {
+            for r in &shard.replicas {
+                if !out.contains(r) {
+                    out.push(Arc::clone(r));
+                }
+            }
+        }
+        out
+    }
+
+    /// Primaries that serve at least one slot.
+    pub(crate) fn serving_primaries(&self) -> Vec<Arc<str>> {
+        let mut used = vec![false; self.shards.len()];
+        for &s in self.slots.iter() {
+            if let Some(u) = used.get_mut(usize::from(s)) {
+                *u = true;
+            }
+        }
+        self.shards
+            .iter()
+            .zip(used)
+            .filter(|(_, u)| *u)
+            .map(|(s, _)| Arc::clone(&s.primary))
+            .collect()
+    }
+
+    /// A copy in which `slot` is served by the primary at `addr`, as a `MOVED` says.
+    ///
+    /// If `addr` is a known primary the slot joins its shard; otherwise (a node not seen
+    /// yet, or a replica just promoted) a new shard without replicas is added for it
+    /// until the next refresh tells the whole story.
+    pub(crate) fn with_moved(&self, slot: u16, addr: &str) -> SlotMap {
+        let mut next = self.clone();
+        let index = match next.shards.iter().position(|s| &*s.primary == addr) {
+            Some(i) => i,
+            None => {
+                next.shards.push(Shard {
+                    primary: Arc::from(addr),
+                    replicas: Vec::new(),
+                });
+                next.shards.len() - 1
+            }
+        };
+        if let (Ok(index), Some(entry)) =
+            (u16::try_from(index), next.slots.get_mut(usize::from(slot)))
+        {
+            *entry = index;
+        }
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(primary: &str, replicas: &[&str]) -> Shard {
+        Shard {
+            primary: Arc::from(primary),
+            replicas: replicas.iter().map(|r| Arc::from(*r)).collect(),
+        }
+    }
+
+    #[test]
+    fn routes_each_slot_to_its_shard() {
+        let map = SlotMap::from_ranges([
+            (shard("a:1", &["a:2"]), vec![(0, 5460)]),
+            (shard("b:1", &[]), vec![(5461, 10922)]),
+            (shard("c:1", &["c:2"]), vec![(10923, 16383)]),
+        ]);
+        assert_eq!(map.covered(), 16384);
+        assert_eq!(&**map.primary(0).unwrap(), "a:1");
+        assert_eq!(&**map.primary(5461).unwrap(), "b:1");
+        assert_eq!(&**map.primary(16383).unwrap(), "c:1");
+        assert_eq!(map.nodes().len(), 5);
+    }
+
+    #[test]
+    fn uncovered_slots_have_no_owner_and_bad_ranges_are_clipped() {
+        let map =
+            SlotMap::from_ranges([(shard("a:1", &[]), vec![(10, 20), (30, 20), (16380, 20000)])]);
+        assert_eq!(map.covered(), 11 + 4);
+        assert!(map.primary(0).is_none());
+        assert!(map.primary(25).is_none());
+        assert_eq!(&**map.primary(16383).unwrap(), "a:1");
+    }
+
+    #[test]
+    fn moved_patches_one_slot_in_a_copy() {
+        let map = SlotMap::from_ranges([
+            (shard("a:1", &[]), vec![(0, 100)]),
+            (shard("b:1", &[]), vec![(101, 200)]),
+        ]);
+        let next = map.with_moved(5, "b:1");
+        assert_eq!(&**next.primary(5).unwrap(), "b:1");
+        assert_eq!(&**next.primary(6).unwrap(), "a:1");
+        assert_eq!(
+            &**map.primary(5).unwrap(),
+            "a:1",
+            "the old snapshot is untouched"
+        );
+        let next = next.with_moved(7, "new:1");
+        assert_eq!(&**next.primary(7).unwrap(), "new:1");
+        assert_eq!(next.shards().len(), 3);
+        assert_eq!(next.serving_primaries().len(), 3);
+    }
+}

@@ -1,0 +1,105 @@
+//! Parsing `MOVED` and `ASK` error replies.
+//!
+//! The specification: "-MOVED 3999 127.0.0.1:6381" means slot 3999 is served by that node
+//! from now on; "-ASK 3999 127.0.0.1:6381" means only this query should go there, preceded
+//! by `ASKING`. A node whose endpoint is unknown sends an empty host (`MOVED 3999 :6381`),
+//! meaning "the host you reached me on".
+
+use crate::error::ServerError;
+
+/// A redirect, with the target address resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Redirect {
+    /// The slot moved for good: update the map.
+    Moved { slot: u16, addr: String },
+    /// The slot is migrating: send this one request, after `ASKING`, to `addr`.
+    Ask { slot: u16, addr: String },
+}
+
+impl Redirect {
+    pub(crate) fn addr(&self) -> &str {
+        match self {
+            Redirect::Moved { addr, .. } | Redirect::Ask { addr, .. } => addr,
+        }
+    }
+}
+
+/// Parses a `MOVED`/`ASK` reply; `reached` is the address the reply came from, used when
+/// the reply leaves the host empty. Any other error, or a malformed redirect, is `None`.
+pub(crate) fn parse_redirect(error: &ServerError, reached: &str) -> Option<Redirect> {
+    let code = error.code();
+    if code != "MOVED" && code != "ASK" {
+        return None;
+    }
+    let mut parts = error.message().split(' ');
+    let slot: u16 = parts.next()?.parse().ok()?;
+    if slot >= super::SLOT_COUNT {
+        return None;
+    }
+    let target = parts.next()?;
+    let (host, port) = target.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    let addr = if host.is_empty() {
+        let reached_host = reached.rsplit_once(':').map_or(reached, |(h, _)| h);
+        format!("{reached_host}:{port}")
+    } else {
+        target.to_string()
+    };
+    Some(if code == "MOVED" {
+        Redirect::Moved { slot, addr }
+    } else {
+        Redirect::Ask { slot, addr }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Option<Redirect> {
+        parse_redirect(&ServerError::new(s.to_string()), "10.0.0.1:7000")
+    }
+
+    #[test]
+    fn parses_moved_and_ask() {
+        assert_eq!(
+            parse("MOVED 3999 127.0.0.1:6381"),
+            Some(Redirect::Moved {
+                slot: 3999,
+                addr: "127.0.0.1:6381".into()
+            })
+        );
+        assert_eq!(
+            parse("ASK 1 redis-cluster-2:6379"),
+            Some(Redirect::Ask {
+                slot: 1,
+                addr: "redis-cluster-2:6379".into()
+            })
+        );
+        assert_eq!(
+            parse("MOVED 5 [::1]:7001").map(|r| r.addr().to_string()),
+            Some("[::1]:7001".into())
+        );
+    }
+
+    #[test]
+    fn empty_host_means_the_node_that_answered() {
+        assert_eq!(
+            parse("MOVED 3999 :6381"),
+            Some(Redirect::Moved {
+                slot: 3999,
+                addr: "10.0.0.1:6381".into()
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_redirects() {
+        assert_eq!(parse("MOVED"), None);
+        assert_eq!(parse("MOVED x 1.2.3.4:1"), None);
+        assert_eq!(parse("MOVED 16384 1.2.3.4:1"), None);
+        assert_eq!(parse("MOVED 1 1.2.3.4"), None);
+        assert_eq!(parse("MOVED 1 1.2.3.4:port"), None);
+        assert_eq!(parse("ERR MOVED 1 1.2.3.4:1"), None);
+    }
+}

@@ -1,0 +1,469 @@
+//! What a local cluster is started with: the builder, the `redis-server` binary it finds,
+//! and the `redis.conf` every node gets.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::LocalCluster;
+use crate::conn::{ConnectOptions, Secret};
+use crate::error::{Error, Result};
+use crate::slot::SLOT_COUNT;
+
+/// The environment variable that points the testkit at a `redis-server` binary when the
+/// builder was not given one.
+pub const REDIS_SERVER_ENV: &str = "REDCLUSTER_REDIS_SERVER";
+
+/// Directives the testkit writes itself; setting them would break how it runs nodes.
+const MANAGED: &[(&str, &str)] = &[
+    ("port", "the testkit picks a free port per node"),
+    (
+        "cluster-port",
+        "the testkit picks a free cluster-bus port per node",
+    ),
+    ("bind", "every node listens on 127.0.0.1 only"),
+    ("cluster-enabled", "every node is a cluster node"),
+    (
+        "cluster-config-file",
+        "every node keeps nodes-<port>.conf in its own directory",
+    ),
+    (
+        "dir",
+        "every node has its own directory in the cluster's temporary directory",
+    ),
+    (
+        "logfile",
+        "every node logs to redis.log in its own directory",
+    ),
+    (
+        "daemonize",
+        "nodes run in the foreground, as children of the test",
+    ),
+];
+
+/// Builds and starts a [`LocalCluster`]; get one with [`LocalCluster::builder`].
+///
+/// Defaults: 3 masters with 1 replica each, `cluster-node-timeout 2000`, no persistence,
+/// 30 s to converge.
+#[derive(Clone)]
+#[must_use = "a builder does nothing until `start` is awaited"]
+pub struct LocalClusterBuilder {
+    masters: usize,
+    replicas_per_master: usize,
+    node_timeout: Duration,
+    wait_timeout: Duration,
+    directives: Vec<(String, String)>,
+    redis_server: Option<PathBuf>,
+}
+
+impl fmt::Debug for LocalClusterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values are left out: `requirepass` and `masterauth` hold passwords.
+        let names: Vec<&str> = self.directives.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("LocalClusterBuilder")
+            .field("masters", &self.masters)
+            .field("replicas_per_master", &self.replicas_per_master)
+            .field("node_timeout", &self.node_timeout)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("directives", &names)
+            .field("redis_server", &self.redis_server)
+            .finish()
+    }
+}
+
+impl Default for LocalClusterBuilder {
+    fn default() -> Self {
+        LocalClusterBuilder {
+            masters: 3,
+            replicas_per_master: 1,
+            node_timeout: Duration::from_millis(2000),
+            wait_timeout: Duration::from_secs(30),
+            directives: Vec::new(),
+            redis_server: None,
+        }
+    }
+}
+
+impl LocalClusterBuilder {
+    /// How many masters to start, each serving an even share of the 16384 slots (split as
+    /// `redis-cli --cluster create` does). Default 3; at least 1.
+    pub fn masters(mut self, masters: usize) -> Self {
+        self.masters = masters;
+        self
+    }
+
+    /// How many replicas each master gets. Default 1; 0 gives a cluster of masters only.
+    pub fn replicas_per_master(mut self, replicas: usize) -> Self {
+        self.replicas_per_master = replicas;
+        self
+    }
+
+    /// `cluster-node-timeout`: how long a node may be unreachable before it is flagged
+    /// as failing and, if it is a master, failed over.
+    ///
+    /// Default 2 s: short enough that failover tests finish quickly, long enough that a
+    /// busy CI machine does not fail nodes over by accident. (Redis' own default is 15 s.)
+    /// A failover after a master dies takes about this long plus one to two seconds.
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = timeout;
+        self
+    }
+
+    /// How long [`LocalClusterBuilder::start`] and the cluster's operations that wait for
+    /// the cluster to settle ([`LocalCluster::failover`], [`LocalCluster::add_master`],
+    /// [`LocalCluster::move_slot`], ...) wait before they give up with an error naming
+    /// what did not converge. Default 30 s.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Self {
+        self.wait_timeout = timeout;
+        self
+    }
+
+    /// Adds a `redis.conf` directive for every node, written verbatim as `name value`
+    /// after the testkit's defaults (so it overrides them). Quote values the way
+    /// `redis.conf` wants them; a directive given several times is written several times.
+    ///
+    /// The testkit's defaults: `save ""`, `appendonly no`, `protected-mode no`,
+    /// `repl-diskless-sync-delay 0` and `cluster-node-timeout` from
+    /// [`LocalClusterBuilder::node_timeout`]. Directives that decide how the testkit
+    /// runs nodes (`port`, `cluster-port`, `bind`, `dir`, `logfile`, `cluster-enabled`,
+    /// `cluster-config-file`, `daemonize`) are refused by `start` with [`Error::Config`].
+    ///
+    /// With `requirepass`, the testkit authenticates its own connections with that
+    /// password, [`LocalCluster::connect_options`] carries it, and `masterauth` is set
+    /// to it too unless given.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder()
+    ///     .config("cluster-require-full-coverage", "no")
+    ///     .config("requirepass", "s3cret")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.directives.push((name.into(), value.into()));
+        self
+    }
+
+    /// The `redis-server` binary to run (Redis 7.0 or newer).
+    ///
+    /// Default: the path in the environment variable `REDCLUSTER_REDIS_SERVER`
+    /// ([`REDIS_SERVER_ENV`]) if set, else `redis-server` found on `PATH`.
+    pub fn redis_server(mut self, path: impl Into<PathBuf>) -> Self {
+        self.redis_server = Some(path.into());
+        self
+    }
+
+    /// Starts the nodes, forms the cluster and waits until it is stable (see
+    /// [`LocalCluster::wait_until_stable`]).
+    ///
+    /// Takes about two seconds: a Redis master does not report `cluster_state:ok` until
+    /// two seconds after it started.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when `redis-server` cannot be found (the message says how to
+    /// install it), is older than 7.0, or the builder's settings are invalid;
+    /// [`Error::Io`] when a node fails to start (the message has the end of its log) or
+    /// the cluster does not settle within the wait timeout (the message says what did
+    /// not converge).
+    pub async fn start(self) -> Result<LocalCluster> {
+        self.validate()?;
+        let binary = resolve_binary(self.redis_server.as_deref())?;
+        check_version(&binary)?;
+        let dir = tempfile::Builder::new()
+            .prefix("redcluster-testkit-")
+            .tempdir()
+            .map_err(|e| Error::io(e, false))?;
+        let settings = Settings {
+            binary,
+            dir,
+            password: password_of(&self.directives),
+            directives: self.effective_directives(),
+            wait_timeout: self.wait_timeout,
+        };
+        LocalCluster::form(settings, self.masters, self.replicas_per_master).await
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.masters == 0 || self.masters > usize::from(SLOT_COUNT) {
+            return Err(Error::Config(format!(
+                "a local cluster needs between 1 and {SLOT_COUNT} masters, not {}",
+                self.masters
+            )));
+        }
+        if self.node_timeout.is_zero() {
+            return Err(Error::Config("node_timeout must not be zero".to_owned()));
+        }
+        for (name, value) in &self.directives {
+            let bad_char = |s: &str| s.contains(['\n', '\r', '\0']);
+            if name.is_empty() || name.contains(char::is_whitespace) || bad_char(value) {
+                return Err(Error::Config(format!(
+                    "invalid redis.conf directive {name:?}: names are one word, values one line"
+                )));
+            }
+            if let Some((_, why)) = MANAGED.iter().find(|(m, _)| m.eq_ignore_ascii_case(name)) {
+                return Err(Error::Config(format!(
+                    "the testkit sets `{name}` itself ({why}); it cannot be configured"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The testkit's overridable defaults that the user did not set, then the user's.
+    fn effective_directives(&self) -> Vec<(String, String)> {
+        let user_sets = |name: &str| {
+            self.directives
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        };
+        let mut out: Vec<(String, String)> = [
+            ("protected-mode", "no".to_owned()),
+            (
+                "cluster-node-timeout",
+                self.node_timeout.as_millis().max(1).to_string(),
+            ),
+            ("save", "\"\"".to_owned()),
+            ("appendonly", "no".to_owned()),
+            // Replicas sync as soon as they ask instead of waiting 5 s for company.
+            ("repl-diskless-sync-delay", "0".to_owned()),
+        ]
+        .into_iter()
+        .filter(|(name, _)| !user_sets(name))
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect();
+        if !user_sets("masterauth") {
+            if let Some((_, value)) = self
+                .directives
+                .iter()
+                .rev()
+                .find(|(n, _)| n.eq_ignore_ascii_case("requirepass"))
+            {
+                out.push(("masterauth".to_owned(), value.clone()));
+            }
+        }
+        out.extend(self.directives.iter().cloned());
+        out
+    }
+}
+
+/// The last `requirepass`, unquoted.
+fn password_of(directives: &[(String, String)]) -> Option<String> {
+    let (_, value) = directives
+        .iter()
+        .rev()
+        .find(|(n, _)| n.eq_ignore_ascii_case("requirepass"))?;
+    let value = value.trim();
+    let unquoted = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+        .unwrap_or(value);
+    (!unquoted.is_empty()).then(|| unquoted.to_owned())
+}
+
+/// Everything a running cluster needs to (re)start nodes and talk to them.
+pub(crate) struct Settings {
+    pub(crate) binary: PathBuf,
+    /// Removed when the cluster is dropped, after its processes are killed.
+    pub(crate) dir: TempDir,
+    pub(crate) directives: Vec<(String, String)>,
+    pub(crate) password: Option<String>,
+    pub(crate) wait_timeout: Duration,
+}
+
+impl Settings {
+    /// The `redis.conf` of the node listening on `port`, living in `node_dir`.
+    pub(crate) fn render_conf(&self, port: u16, cluster_port: u16, node_dir: &Path) -> String {
+        let mut conf = String::from("# Written by redcluster::testkit.\n");
+        let _ = writeln!(conf, "port {port}");
+        let _ = writeln!(conf, "cluster-port {cluster_port}");
+        conf.push_str("bind 127.0.0.1\ndaemonize no\ncluster-enabled yes\n");
+        let _ = writeln!(conf, "cluster-config-file nodes-{port}.conf");
+        let _ = writeln!(conf, "dir {}", quote(node_dir));
+        let _ = writeln!(
+            conf,
+            "logfile {}",
+            quote(&node_dir.join(super::node::LOG_FILE))
+        );
+        for (name, value) in &self.directives {
+            let _ = writeln!(conf, "{name} {value}");
+        }
+        conf
+    }
+
+    /// Options for the testkit's own connections.
+    pub(crate) fn admin_options(&self) -> ConnectOptions {
+        let mut options = self.client_options();
+        options.connect_timeout = Duration::from_secs(2);
+        // MIGRATE of a batch may take a while on a loaded machine.
+        options.response_timeout = Duration::from_secs(10);
+        options.client_name = Some("redcluster-testkit".to_owned());
+        options
+    }
+
+    /// Options that authenticate like the cluster wants.
+    pub(crate) fn client_options(&self) -> ConnectOptions {
+        ConnectOptions {
+            password: self.password.clone().map(Secret::from),
+            ..ConnectOptions::default()
+        }
+    }
+}
+
+/// A path as a double-quoted `redis.conf` string.
+fn quote(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn install_hint() -> String {
+    format!(
+        "The testkit runs real `redis-server` processes (Redis 7.0 or newer). Install \
+         Redis (Debian/Ubuntu: `apt-get install -y redis-server`; macOS: \
+         `brew install redis`), or point the environment variable {REDIS_SERVER_ENV} \
+         (or LocalClusterBuilder::redis_server) at a redis-server binary."
+    )
+}
+
+/// Finds the binary: the builder's path, else the environment variable, else `PATH`.
+pub(crate) fn resolve_binary(explicit: Option<&Path>) -> Result<PathBuf> {
+    let given = |path: PathBuf, source: &str| {
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::Config(format!(
+                "redis-server not found at {} ({source}). {}",
+                path.display(),
+                install_hint()
+            )))
+        }
+    };
+    if let Some(path) = explicit {
+        return given(
+            path.to_owned(),
+            "set with LocalClusterBuilder::redis_server",
+        );
+    }
+    if let Some(path) = std::env::var_os(REDIS_SERVER_ENV).filter(|v| !v.is_empty()) {
+        return given(
+            PathBuf::from(path),
+            &format!("from the environment variable {REDIS_SERVER_ENV}"),
+        );
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    // Also look where package managers put it, for environments with a minimal PATH.
+    let fallback: [OsString; 3] =
+        ["/usr/bin", "/usr/local/bin", "/opt/homebrew/bin"].map(Into::into);
+    std::env::split_paths(&path)
+        .chain(fallback.iter().map(PathBuf::from))
+        .map(|dir| dir.join("redis-server"))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "redis-server not found on PATH. {}",
+                install_hint()
+            ))
+        })
+}
+
+/// Refuses servers older than 7.0: the testkit needs `cluster-port`, `CLUSTER MEET` with
+/// a bus port and `CLUSTER ADDSLOTSRANGE`.
+fn check_version(binary: &Path) -> Result<()> {
+    let output = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            Error::io(
+                std::io::Error::new(
+                    e.kind(),
+                    format!("running {} --version: {e}", binary.display()),
+                ),
+                false,
+            )
+        })?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "Redis server v=7.0.15 sha=..."; an unknown format is given the benefit of the doubt.
+    let version = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))
+        .map(str::to_owned);
+    let major = version
+        .as_deref()
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    match major {
+        Some(major) if major < 7 => Err(Error::Config(format!(
+            "{} is version {}; the testkit needs Redis 7.0 or newer. {}",
+            binary.display(),
+            version.unwrap_or_default(),
+            install_hint()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_managed_and_malformed_directives() {
+        let err = LocalClusterBuilder::default()
+            .config("Port", "7000")
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Config(ref m) if m.contains("`Port`")),
+            "{err}"
+        );
+        assert!(LocalClusterBuilder::default()
+            .config("appendonly", "yes\nport 1")
+            .validate()
+            .is_err());
+        assert!(LocalClusterBuilder::default()
+            .masters(0)
+            .validate()
+            .is_err());
+        LocalClusterBuilder::default()
+            .config("appendonly", "yes")
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn user_directives_replace_defaults_and_password_feeds_masterauth() {
+        let builder = LocalClusterBuilder::default()
+            .config("appendonly", "yes")
+            .config("requirepass", "\"pw\"");
+        let directives = builder.effective_directives();
+        let names: Vec<&str> = directives.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names.iter().filter(|n| **n == "appendonly").count(), 1);
+        assert!(names.contains(&"masterauth"));
+        assert_eq!(password_of(&builder.directives).as_deref(), Some("pw"));
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("pw\""), "{shown}");
+    }
+
+    #[test]
+    fn missing_binary_says_how_to_install() {
+        let err = resolve_binary(Some(Path::new("/nonexistent/redis-server"))).unwrap_err();
+        let Error::Config(message) = err else {
+            panic!("expected a config error")
+        };
+        assert!(
+            message.contains("apt-get install -y redis-server"),
+            "{message}"
+        );
+        assert!(message.contains("brew install redis"), "{message}");
+        assert!(message.contains(REDIS_SERVER_ENV), "{message}");
+    }
+}

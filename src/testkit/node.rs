@@ -1,0 +1,452 @@
+//! One `redis-server` process: its ports, its directory, starting it until it answers,
+//! signals, and its log.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::builder::Settings;
+use super::NodeState;
+use crate::cmd::cmd;
+use crate::conn::NodeConnection;
+use crate::error::{Error, Result};
+use crate::resp::{FromValue, Value};
+
+/// Each node's log, in its directory; stdout and stderr go there too, so that errors
+/// printed before the log file is opened (a bad `redis.conf`) are kept.
+pub(crate) const LOG_FILE: &str = "redis.log";
+const CONF_FILE: &str = "redis.conf";
+
+/// How often readiness is polled while a node starts.
+const START_POLL: Duration = Duration::from_millis(10);
+/// Fresh port pairs tried when a node finds its port taken.
+const PORT_ATTEMPTS: usize = 8;
+
+/// Ports handed to nodes of live clusters in this process. Port picking skips them, so
+/// tests running in parallel never pick each other's ports, even those of killed nodes
+/// that will be restarted.
+static RESERVED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+fn reserved() -> MutexGuard<'static, BTreeSet<u16>> {
+    RESERVED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Two free ports (client and cluster bus), found by binding to port 0 and released for
+/// `redis-server` to bind. Another process may take them in between; starting retries.
+fn reserve_ports() -> io::Result<(u16, u16)> {
+    for _ in 0..64 {
+        let a = TcpListener::bind(("127.0.0.1", 0))?;
+        let b = TcpListener::bind(("127.0.0.1", 0))?;
+        let ports = (a.local_addr()?.port(), b.local_addr()?.port());
+        let mut taken = reserved();
+        if taken.contains(&ports.0) || taken.contains(&ports.1) {
+            continue;
+        }
+        taken.insert(ports.0);
+        taken.insert(ports.1);
+        return Ok(ports);
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no free pair of ports on 127.0.0.1",
+    ))
+}
+
+pub(crate) fn release_ports(ports: [u16; 2]) {
+    let mut taken = reserved();
+    for port in ports {
+        taken.remove(&port);
+    }
+}
+
+/// The process side of a node.
+struct Process {
+    child: Option<Child>,
+    state: NodeState,
+}
+
+/// One node of a local cluster. Shared (`Arc`) so that the cluster's lock on its node
+/// list is never held across an await.
+pub(crate) struct Node {
+    pub(crate) port: u16,
+    pub(crate) cluster_port: u16,
+    pub(crate) id: String,
+    pub(crate) dir: PathBuf,
+    process: Mutex<Process>,
+    /// The testkit's own connection, reopened when it dies.
+    conn: Mutex<Option<NodeConnection>>,
+}
+
+/// Why a start attempt failed.
+enum StartError {
+    /// The port was taken between picking and binding: try other ports.
+    PortTaken(String),
+    Failed(Error),
+}
+
+impl From<Error> for StartError {
+    fn from(e: Error) -> Self {
+        StartError::Failed(e)
+    }
+}
+
+fn io_error(kind: io::ErrorKind, message: String) -> Error {
+    Error::io(io::Error::new(kind, message), false)
+}
+
+impl Node {
+    /// Starts a new empty node on free ports and waits until it answers.
+    pub(crate) async fn launch(settings: &Settings) -> Result<Node> {
+        let deadline = Instant::now() + settings.wait_timeout;
+        let mut last = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let (port, cluster_port) = reserve_ports().map_err(|e| Error::io(e, false))?;
+            let dir = settings.dir.path().join(format!("node-{port}"));
+            let attempt = async {
+                fs::create_dir_all(&dir).map_err(|e| Error::io(e, false))?;
+                fs::write(
+                    dir.join(CONF_FILE),
+                    settings.render_conf(port, cluster_port, &dir),
+                )
+                .map_err(|e| Error::io(e, false))?;
+                start(settings, &dir, port, deadline).await
+            };
+            match attempt.await {
+                Ok((child, conn, id)) => {
+                    return Ok(Node {
+                        port,
+                        cluster_port,
+                        id,
+                        dir,
+                        process: Mutex::new(Process {
+                            child: Some(child),
+                            state: NodeState::Running,
+                        }),
+                        conn: Mutex::new(Some(conn)),
+                    })
+                }
+                Err(e) => {
+                    release_ports([port, cluster_port]);
+                    let _ = fs::remove_dir_all(&dir);
+                    match e {
+                        StartError::PortTaken(why) => last = why,
+                        StartError::Failed(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(io_error(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "could not start a node: its ports were taken {PORT_ATTEMPTS} times; last: {last}"
+            ),
+        ))
+    }
+
+    /// Starts the node again from its `redis.conf` and `nodes.conf`, on the same ports,
+    /// and waits until it answers with its old node id.
+    pub(crate) async fn relaunch(&self, settings: &Settings) -> Result<()> {
+        self.stop(NodeState::Killed);
+        let deadline = Instant::now() + settings.wait_timeout;
+        loop {
+            match start(settings, &self.dir, self.port, deadline).await {
+                Ok((child, conn, id)) => {
+                    let mut process = self.process();
+                    process.child = Some(child);
+                    process.state = NodeState::Running;
+                    drop(process);
+                    *self.conn_slot() = Some(conn);
+                    if id != self.id {
+                        return Err(io_error(
+                            io::ErrorKind::Other,
+                            format!(
+                                "node on {} came back with node id {id} instead of {}: \
+                                 its nodes.conf was lost",
+                                self.addr(),
+                                self.id
+                            ),
+                        ));
+                    }
+                    return Ok(());
+                }
+                // The old port is held by someone else for now (a connection that
+                // happened to get it as its local port); wait for it to be released.
+                Err(StartError::PortTaken(why)) => {
+                    if Instant::now() >= deadline {
+                        return Err(io_error(
+                            io::ErrorKind::AddrInUse,
+                            format!("could not restart the node on {}: {why}", self.addr()),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(StartError::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn process(&self) -> MutexGuard<'_, Process> {
+        self.process.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn conn_slot(&self) -> MutexGuard<'_, Option<NodeConnection>> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The node's state, noticing a process that exited by itself (it becomes
+    /// [`NodeState::Killed`]); the exit status is returned once, when first noticed.
+    pub(crate) fn poll_state(&self) -> (NodeState, Option<std::process::ExitStatus>) {
+        let mut process = self.process();
+        let exited = match process.child.as_mut() {
+            Some(child) => child.try_wait().ok().flatten(),
+            None => None,
+        };
+        if let Some(status) = exited {
+            process.child = None;
+            process.state = NodeState::Killed;
+            drop(process);
+            *self.conn_slot() = None;
+            return (NodeState::Killed, Some(status));
+        }
+        (process.state, None)
+    }
+
+    pub(crate) fn state(&self) -> NodeState {
+        self.poll_state().0
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.process().child.as_ref().map(Child::id)
+    }
+
+    /// Kills the process (SIGKILL, which also ends a stopped one) and reaps it, so its
+    /// pid is gone when this returns. The node ends in `state` unless it was removed.
+    pub(crate) fn stop(&self, state: NodeState) {
+        let mut process = self.process();
+        if let Some(mut child) = process.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if process.state != NodeState::Removed {
+            process.state = state;
+        }
+        drop(process);
+        *self.conn_slot() = None;
+    }
+
+    /// Sends SIGSTOP or SIGCONT.
+    pub(crate) fn signal(&self, stop: bool) -> Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let mut process = self.process();
+        let pid = match (&process.child, process.state) {
+            (Some(child), NodeState::Running | NodeState::Paused) => child.id(),
+            (_, state) => {
+                return Err(Error::Config(format!(
+                    "node on {} is {}, not running",
+                    self.addr(),
+                    format!("{state:?}").to_lowercase()
+                )))
+            }
+        };
+        let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        let signal = if stop {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(pid, signal).map_err(|e| Error::io(io::Error::from(e), false))?;
+        process.state = if stop {
+            NodeState::Paused
+        } else {
+            NodeState::Running
+        };
+        drop(process);
+        if stop {
+            wait_until_stopped(pid.as_raw());
+        }
+        Ok(())
+    }
+
+    /// The cached connection, or a new one.
+    pub(crate) async fn conn(&self, settings: &Settings) -> Result<NodeConnection> {
+        if let Some(conn) = self.conn_slot().as_ref().filter(|c| !c.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let conn = NodeConnection::connect(&self.addr(), &settings.admin_options()).await?;
+        *self.conn_slot() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    pub(crate) fn forget_conn(&self) {
+        *self.conn_slot() = None;
+    }
+
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.dir.join(LOG_FILE)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let process = self
+            .process
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(mut child) = process.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        release_ports([self.port, self.cluster_port]);
+    }
+}
+
+/// Spawns `redis-server` on the `redis.conf` in `dir` and waits until the process we
+/// spawned answers on `port`. Returns the child, a connection and the node id.
+async fn start(
+    settings: &Settings,
+    dir: &Path,
+    port: u16,
+    deadline: Instant,
+) -> Result<(Child, NodeConnection, String), StartError> {
+    let log_path = dir.join(LOG_FILE);
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(e, false))?;
+    let stdout = log.try_clone().map_err(|e| Error::io(e, false))?;
+    let mut child = Command::new(&settings.binary)
+        .arg(dir.join(CONF_FILE))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            io_error(
+                e.kind(),
+                format!("spawning {}: {e}", settings.binary.display()),
+            )
+        })?;
+    match wait_ready(settings, &mut child, port, deadline, &log_path).await {
+        Ok((conn, id)) => Ok((child, conn, id)),
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
+}
+
+async fn wait_ready(
+    settings: &Settings,
+    child: &mut Child,
+    port: u16,
+    deadline: Instant,
+    log_path: &Path,
+) -> Result<(NodeConnection, String), StartError> {
+    let addr = format!("127.0.0.1:{port}");
+    let options = settings.admin_options();
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| Error::io(e, false))? {
+            let tail = tail(log_path, 20);
+            if tail.contains("Address already in use") {
+                return Err(StartError::PortTaken(format!(
+                    "{addr}: {}",
+                    tail.lines().last().unwrap_or("")
+                )));
+            }
+            return Err(StartError::Failed(io_error(
+                io::ErrorKind::Other,
+                format!(
+                    "redis-server for {addr} exited during startup ({status}); \
+                     the end of its log ({}):\n{tail}",
+                    log_path.display()
+                ),
+            )));
+        }
+        if let Ok(conn) = NodeConnection::connect(&addr, &options).await {
+            // Whoever answers must be the process we started: if another process holds
+            // the port, ours is about to exit with "Address already in use".
+            let info = conn.send(cmd("INFO").arg("server")).await;
+            let pid = info
+                .ok()
+                .and_then(|v| String::from_value(v).ok())
+                .and_then(|text| {
+                    super::topology::info_field(&text, "process_id").and_then(|p| p.parse().ok())
+                });
+            if pid == Some(child.id()) {
+                let id = conn
+                    .send(cmd("CLUSTER").arg("MYID"))
+                    .await
+                    .and_then(String::from_value)?;
+                return Ok((conn, id));
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::Failed(io_error(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "redis-server for {addr} did not answer in time; the end of its log ({}):\n{}",
+                    log_path.display(),
+                    tail(log_path, 20)
+                ),
+            )));
+        }
+        tokio::time::sleep(START_POLL).await;
+    }
+}
+
+/// Waits (briefly, bounded) until the kernel reports the process stopped, so that a
+/// request sent right after `pause` cannot be served. Without `/proc` it returns at once.
+fn wait_until_stopped(pid: i32) {
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        let Ok(text) = fs::read_to_string(&stat) else {
+            return;
+        };
+        // "pid (comm) S ...": the state follows the last ')'.
+        let state = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if matches!(state, Some('T' | 't') | None) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The last `lines` lines of a file, or a note saying why there are none.
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(cannot read {}: {e})", path.display()),
+    }
+}
+
+/// Turns a reply into `T`, or into an error that names the node and the command.
+pub(crate) fn expect<T: FromValue>(reply: Value, node: usize, addr: &str, what: &str) -> Result<T> {
+    T::from_value(reply).map_err(|e| {
+        io_error(
+            io::ErrorKind::Other,
+            format!("{what} on node {node} ({addr}) failed: {e}"),
+        )
+    })
+}

@@ -1,0 +1,472 @@
+//! Cluster topology: reading `CLUSTER SHARDS` / `CLUSTER SLOTS`, choosing between views
+//! that disagree, and deciding when to refresh.
+//!
+//! Sans-io: functions take replies and the current time and return decisions; the
+//! cluster client does the asking and the waiting.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::resp::Value;
+use crate::slot::{Shard, SlotMap};
+
+/// One node as a topology reply describes it, its address resolved but not remapped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NodeInfo {
+    pub(crate) id: Option<String>,
+    pub(crate) addr: String,
+    /// False for nodes the cluster reports as failed.
+    pub(crate) healthy: bool,
+}
+
+/// One shard as a topology reply describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardInfo {
+    pub(crate) primary: NodeInfo,
+    pub(crate) replicas: Vec<NodeInfo>,
+    pub(crate) ranges: Vec<(u16, u16)>,
+}
+
+fn malformed(what: &str) -> Error {
+    Error::Protocol(format!("malformed topology reply: {what}"))
+}
+
+/// Key-value pairs of a RESP3 map or a RESP2 flat array.
+fn fields(value: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match value {
+        Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (k, v)).collect()),
+        Value::Array(items) if items.len() % 2 == 0 => {
+            Some(items.chunks(2).map(|kv| (&kv[0], &kv[1])).collect())
+        }
+        _ => None,
+    }
+}
+
+fn field<'a>(fields: &[(&Value, &'a Value)], name: &str) -> Option<&'a Value> {
+    fields
+        .iter()
+        .find(|(k, _)| k.as_bytes() == Some(name.as_bytes()))
+        .map(|(_, v)| *v)
+}
+
+fn text(value: &Value) -> Option<String> {
+    value
+        .as_bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        other => std::str::from_utf8(other.as_bytes()?).ok()?.parse().ok(),
+    }
+}
+
+/// `host:port`, putting IPv6 literals in brackets.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The host part of the address a reply came from.
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(h, _)| h)
+}
+
+/// Resolves a reported endpoint: `?` (unknown) and empty mean "the host you asked".
+fn endpoint_addr(endpoint: Option<&str>, port: u16, reached: &str) -> String {
+    match endpoint {
+        None | Some("") | Some("?") => format!("{}:{port}", host_of(reached)),
+        Some(host) => join_host_port(host, port),
+    }
+}
+
+fn port(value: Option<&Value>) -> Option<u16> {
+    u16::try_from(int(value?)?).ok().filter(|&p| p != 0)
+}
+
+/// Parses a `CLUSTER SHARDS` reply (Redis 7+). `reached` is the address of the node that
+/// answered; `tls` picks the `tls-port` where a node reports one.
+pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Vec<ShardInfo>> {
+    let Value::Array(shards) = reply else {
+        return Err(malformed("CLUSTER SHARDS is not an array"));
+    };
+    let mut out = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let shard = fields(shard).ok_or_else(|| malformed("shard is not a map"))?;
+        let slots = match field(&shard, "slots") {
+            Some(Value::Array(s)) => s,
+            _ => return Err(malformed("shard without slots")),
+        };
+        let mut ranges = Vec::with_capacity(slots.len() / 2);
+        for pair in slots.chunks(2) {
+            let (Some(start), Some(end)) = (pair.first().and_then(int), pair.get(1).and_then(int))
+            else {
+                return Err(malformed("odd slot range list"));
+            };
+            let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
+                return Err(malformed("slot out of range"));
+            };
+            ranges.push((start, end));
+        }
+        let nodes = match field(&shard, "nodes") {
+            Some(Value::Array(n)) => n,
+            _ => return Err(malformed("shard without nodes")),
+        };
+        let mut primary = None;
+        let mut replicas = Vec::new();
+        for node in nodes {
+            let node = fields(node).ok_or_else(|| malformed("node is not a map"))?;
+            let plain = port(field(&node, "port"));
+            let tls_port = port(field(&node, "tls-port"));
+            let Some(port) = (if tls {
+                tls_port.or(plain)
+            } else {
+                plain.or(tls_port)
+            }) else {
+                continue; // A node without a port cannot be reached; skip it.
+            };
+            let endpoint = field(&node, "endpoint").and_then(text);
+            let health = field(&node, "health").and_then(text);
+            let info = NodeInfo {
+                id: field(&node, "id").and_then(text),
+                addr: endpoint_addr(endpoint.as_deref(), port, reached),
+                // "loading" also marks a replica whose replication offset is still 0,
+                // which every replica of a fresh cluster has: only a failed node is out.
+                healthy: !matches!(health.as_deref(), Some("failed" | "fail")),
+            };
+            match field(&node, "role").and_then(text).as_deref() {
+                Some("master") => primary = Some(info),
+                _ => replicas.push(info),
+            }
+        }
+        // A shard whose primary failed and has no promoted replica yet has no
+        // primary entry; it cannot serve its slots, so leave them unassigned.
+        if let Some(primary) = primary {
+            out.push(ShardInfo {
+                primary,
+                replicas,
+                ranges,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a `CLUSTER SLOTS` reply, the fallback for servers without `CLUSTER SHARDS`.
+pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>> {
+    let Value::Array(entries) = reply else {
+        return Err(malformed("CLUSTER SLOTS is not an array"));
+    };
+    let mut out: Vec<ShardInfo> = Vec::new();
+    for entry in entries {
+        let Value::Array(items) = entry else {
+            return Err(malformed("slot range is not an array"));
+        };
+        if items.len() < 3 {
+            return Err(malformed("slot range without a node"));
+        }
+        let (Some(start), Some(end)) = (int(&items[0]), int(&items[1])) else {
+            return Err(malformed("slot range bounds"));
+        };
+        let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
+            return Err(malformed("slot out of range"));
+        };
+        let mut nodes = Vec::with_capacity(items.len() - 2);
+        for node in &items[2..] {
+            let Value::Array(parts) = node else {
+                return Err(malformed("node is not an array"));
+            };
+            let Some(port) = port(parts.get(1)) else {
+                continue;
+            };
+            let host = parts.first().and_then(text);
+            nodes.push(NodeInfo {
+                id: parts.get(2).and_then(text),
+                addr: endpoint_addr(host.as_deref(), port, reached),
+                healthy: true,
+            });
+        }
+        let mut nodes = nodes.into_iter();
+        let Some(primary) = nodes.next() else {
+            continue;
+        };
+        match out.iter_mut().find(|s| s.primary.addr == primary.addr) {
+            Some(shard) => shard.ranges.push((start, end)),
+            None => out.push(ShardInfo {
+                primary,
+                replicas: nodes.collect(),
+                ranges: vec![(start, end)],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Builds the slot map from parsed shards, passing every address through `remap`.
+/// Replicas reported as failed are left out: nothing should be read there.
+pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> SlotMap {
+    SlotMap::from_ranges(shards.iter().map(|s| {
+        let shard = Shard {
+            primary: Arc::from(remap(&s.primary.addr)),
+            replicas: s
+                .replicas
+                .iter()
+                .filter(|r| r.healthy)
+                .map(|r| Arc::from(remap(&r.addr)))
+                .collect(),
+        };
+        (shard, s.ranges.clone())
+    }))
+}
+
+/// Picks the view most nodes agree on; among equally supported views, the one that covers
+/// the most slots. `None` when there is no view at all.
+pub(crate) fn choose_view(views: Vec<SlotMap>) -> Option<SlotMap> {
+    let mut tally: Vec<(SlotMap, usize)> = Vec::new();
+    for view in views {
+        match tally.iter_mut().find(|(v, _)| *v == view) {
+            Some((_, n)) => *n += 1,
+            None => tally.push((view, 1)),
+        }
+    }
+    tally
+        .into_iter()
+        .max_by_key(|(view, votes)| (*votes, view.covered()))
+        .map(|(view, _)| view)
+}
+
+/// Why a topology refresh was asked for (also a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefreshTrigger {
+    Moved,
+    ConnectionFailure,
+    ClusterDown,
+    UnknownNode,
+    Uncovered,
+    Periodic,
+}
+
+impl RefreshTrigger {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RefreshTrigger::Moved => "moved",
+            RefreshTrigger::ConnectionFailure => "connection_failure",
+            RefreshTrigger::ClusterDown => "cluster_down",
+            RefreshTrigger::UnknownNode => "unknown_node",
+            RefreshTrigger::Uncovered => "uncovered_slot",
+            RefreshTrigger::Periodic => "periodic",
+        }
+    }
+}
+
+/// Rate limit for refreshes: at most one per `min_interval`, however many triggers.
+#[derive(Debug)]
+pub(crate) struct RefreshLimiter {
+    min_interval: Duration,
+    last: Option<Instant>,
+}
+
+impl RefreshLimiter {
+    pub(crate) fn new(min_interval: Duration) -> Self {
+        RefreshLimiter {
+            min_interval,
+            last: None,
+        }
+    }
+
+    /// How long to wait before the next refresh may start (zero: now).
+    pub(crate) fn wait_before_refresh(&self, now: Instant) -> Duration {
+        match self.last {
+            Some(last) => (last + self.min_interval).saturating_duration_since(now),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Records that a refresh started at `now`.
+    pub(crate) fn on_refresh(&mut self, now: Instant) {
+        self.last = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn s(x: &str) -> Value {
+        Value::Bulk(Bytes::copy_from_slice(x.as_bytes()))
+    }
+
+    fn node(id: &str, endpoint: &str, port: i64, role: &str, health: &str) -> Value {
+        Value::Array(vec![
+            s("id"),
+            s(id),
+            s("port"),
+            Value::Int(port),
+            s("ip"),
+            s("127.0.0.1"),
+            s("endpoint"),
+            s(endpoint),
+            s("role"),
+            s(role),
+            s("replication-offset"),
+            Value::Int(1),
+            s("health"),
+            s(health),
+        ])
+    }
+
+    #[test]
+    fn parses_cluster_shards_resp2_and_resolves_unknown_endpoints() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![
+                    Value::Int(0),
+                    Value::Int(5460),
+                    Value::Int(6000),
+                    Value::Int(6001),
+                ]),
+                s("nodes"),
+                Value::Array(vec![
+                    node("a", "127.0.0.1", 7000, "master", "online"),
+                    node("b", "?", 7003, "replica", "online"),
+                    node("c", "", 7006, "replica", "failed"),
+                ]),
+            ]),
+            // A new master without slots.
+            Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![]),
+                s("nodes"),
+                Value::Array(vec![node("d", "redis-cluster-3", 6379, "master", "online")]),
+            ]),
+        ]);
+        let shards = parse_shards(&reply, "10.1.1.1:7000", false).unwrap();
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].primary.addr, "127.0.0.1:7000");
+        assert_eq!(shards[0].ranges, vec![(0, 5460), (6000, 6001)]);
+        assert_eq!(shards[0].replicas[0].addr, "10.1.1.1:7003");
+        assert!(!shards[0].replicas[1].healthy);
+        assert_eq!(shards[1].primary.addr, "redis-cluster-3:6379");
+        let remap = |a: &str| a.replace("redis-cluster-3:6379", "127.0.0.1:6453");
+        let map = slot_map(&shards, &remap);
+        assert_eq!(map.covered(), 5461 + 2);
+        assert_eq!(
+            map.shard(0).unwrap().replicas.len(),
+            1,
+            "failed replica left out"
+        );
+        assert!(map.nodes().iter().any(|n| &**n == "127.0.0.1:6453"));
+    }
+
+    #[test]
+    fn parses_cluster_shards_resp3_maps() {
+        let node = Value::Map(vec![
+            (s("id"), s("a")),
+            (s("port"), Value::Int(7000)),
+            (s("tls-port"), Value::Int(7443)),
+            (s("endpoint"), s("::1")),
+            (s("role"), s("master")),
+            (s("health"), s("online")),
+        ]);
+        let reply = Value::Array(vec![Value::Map(vec![
+            (
+                s("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+            ),
+            (s("nodes"), Value::Array(vec![node])),
+        ])]);
+        let plain = parse_shards(&reply, "x:1", false).unwrap();
+        assert_eq!(plain[0].primary.addr, "[::1]:7000");
+        let tls = parse_shards(&reply, "x:1", true).unwrap();
+        assert_eq!(tls[0].primary.addr, "[::1]:7443");
+    }
+
+    #[test]
+    fn parses_cluster_slots() {
+        let entry = |a: i64, b: i64, ports: &[i64]| {
+            let mut items = vec![Value::Int(a), Value::Int(b)];
+            for p in ports {
+                items.push(Value::Array(vec![s(""), Value::Int(*p), s("id")]));
+            }
+            Value::Array(items)
+        };
+        let reply = Value::Array(vec![
+            entry(0, 100, &[7000, 7003]),
+            entry(101, 200, &[7001]),
+            entry(201, 300, &[7000, 7003]),
+        ]);
+        let shards = parse_slots(&reply, "127.0.0.1:7000").unwrap();
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[0].ranges, vec![(0, 100), (201, 300)]);
+        assert_eq!(shards[0].replicas[0].addr, "127.0.0.1:7003");
+    }
+
+    #[test]
+    fn malformed_replies_are_errors_not_panics() {
+        for bad in [
+            Value::Nil,
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![s("slots"), Value::Int(3)])]),
+            Value::Array(vec![Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![Value::Int(0)]),
+                s("nodes"),
+                Value::Array(vec![]),
+            ])]),
+            Value::Array(vec![Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(70000)]),
+                s("nodes"),
+                Value::Array(vec![]),
+            ])]),
+        ] {
+            assert!(parse_shards(&bad, "h:1", false).is_err(), "{bad:?}");
+        }
+        assert!(parse_slots(
+            &Value::Array(vec![Value::Array(vec![Value::Int(0)])]),
+            "h:1"
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn the_view_most_nodes_agree_on_wins() {
+        let a = SlotMap::from_ranges([(
+            Shard {
+                primary: Arc::from("a:1"),
+                replicas: vec![],
+            },
+            vec![(0, 16383)],
+        )]);
+        let b = a.with_moved(0, "b:1");
+        assert_eq!(
+            choose_view(vec![b.clone(), a.clone(), a.clone()]),
+            Some(a.clone())
+        );
+        assert_eq!(choose_view(vec![b.clone(), b.clone(), a]), Some(b));
+        assert_eq!(choose_view(vec![]), None);
+    }
+
+    #[test]
+    fn refreshes_are_rate_limited() {
+        let start = Instant::now();
+        let mut limiter = RefreshLimiter::new(Duration::from_millis(100));
+        assert_eq!(limiter.wait_before_refresh(start), Duration::ZERO);
+        limiter.on_refresh(start);
+        assert_eq!(
+            limiter.wait_before_refresh(start + Duration::from_millis(30)),
+            Duration::from_millis(70)
+        );
+        assert_eq!(
+            limiter.wait_before_refresh(start + Duration::from_millis(150)),
+            Duration::ZERO
+        );
+    }
+}

@@ -1,0 +1,512 @@
+//! The cluster client against real local clusters: slot hashing as the server does it,
+//! discovery, routing of every slot, MOVED/ASK under traffic, refresh bounds, multi-slot
+//! and cluster-wide commands, address remap.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redcluster::testkit::{FailoverMode, LocalCluster};
+use redcluster::{cmd, key_slot, AddressRemap, ClusterClient, Error, Value};
+
+async fn cluster(masters: usize, replicas: usize) -> LocalCluster {
+    LocalCluster::builder()
+        .masters(masters)
+        .replicas_per_master(replicas)
+        .start()
+        .await
+        .expect("local cluster starts")
+}
+
+/// One key per slot, found by trying `k0`, `k1`, ... (a few hundred thousand hashes).
+fn key_per_slot() -> Vec<String> {
+    let mut keys: Vec<Option<String>> = vec![None; 16384];
+    let mut missing = 16384;
+    let mut i = 0u64;
+    while missing > 0 {
+        let key = format!("k{i}");
+        let slot = usize::from(key_slot(key.as_bytes()));
+        if keys[slot].is_none() {
+            keys[slot] = Some(key);
+            missing -= 1;
+        }
+        i += 1;
+    }
+    keys.into_iter().map(Option::unwrap).collect()
+}
+
+/// A key whose slot is `slot`, with a distinguishing suffix.
+fn key_in_slot(slot: u16, n: usize) -> String {
+    (0u64..)
+        .map(|i| format!("{{t{i}}}:{n}"))
+        .find(|k| key_slot(k.as_bytes()) == slot)
+        .expect("some tag hashes to every slot")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_slot_matches_the_server_for_random_and_edge_case_keys() {
+    let local = cluster(1, 0).await;
+    let node = local.connect_node(0).await.unwrap();
+    let mut keys: Vec<Vec<u8>> = [
+        &b"{}"[..],
+        b"{}{a}",
+        b"{{a}}",
+        b"a{b}{c}",
+        b"{",
+        b"}",
+        b"{tag}",
+        b"",
+        b"}{a}",
+        b"a{}b{c}",
+        b"123456789",
+    ]
+    .iter()
+    .map(|k| k.to_vec())
+    .collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..10_000 {
+        let len = rng.usize(0..24);
+        // Binary bytes, with braces made common so hash tags are exercised.
+        keys.push(
+            (0..len)
+                .map(|_| match rng.u8(0..8) {
+                    0 => b'{',
+                    1 => b'}',
+                    _ => rng.u8(..),
+                })
+                .collect(),
+        );
+    }
+    let answers = futures_util::future::join_all(
+        keys.iter()
+            .map(|k| node.send(cmd("CLUSTER").arg("KEYSLOT").arg(&k[..]))),
+    )
+    .await;
+    for (key, answer) in keys.iter().zip(answers) {
+        let server = match answer.unwrap() {
+            Value::Int(n) => n,
+            other => panic!("KEYSLOT answered {other:?}"),
+        };
+        assert_eq!(i64::from(key_slot(key)), server, "key {key:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_slot_is_written_and_read_back_from_its_owner() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let keys = key_per_slot();
+    for chunk in keys.chunks(1024) {
+        let writes = chunk
+            .iter()
+            .map(|k| client.set(k.as_str(), format!("v-{k}")));
+        for r in futures_util::future::join_all(writes).await {
+            r.unwrap();
+        }
+    }
+    for chunk in keys.chunks(1024) {
+        let reads = chunk.iter().map(|k| client.get::<_, String>(k.as_str()));
+        for (k, r) in chunk
+            .iter()
+            .zip(futures_util::future::join_all(reads).await)
+        {
+            assert_eq!(r.unwrap(), format!("v-{k}"));
+        }
+    }
+    // Read each value straight from the node that owns its slot, bypassing the client.
+    let mut owners = HashMap::new();
+    for slot in 0..16384u16 {
+        let owner = local.master_of_slot(slot).await.unwrap();
+        owners.entry(owner).or_insert_with(Vec::new).push(slot);
+    }
+    assert_eq!(owners.len(), 3, "three masters own slots");
+    for (owner, slots) in owners {
+        let node = local.connect_node(owner).await.unwrap();
+        let reads = slots
+            .iter()
+            .map(|&s| node.send(cmd("GET").arg(keys[usize::from(s)].as_str())));
+        for (s, r) in slots
+            .iter()
+            .zip(futures_util::future::join_all(reads).await)
+        {
+            let key = &keys[usize::from(*s)];
+            assert_eq!(
+                r.unwrap(),
+                Value::Bulk(format!("v-{key}").into()),
+                "slot {s} on node {owner}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_past_a_dead_first_seed_and_from_a_replica_alone() {
+    let local = cluster(3, 1).await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut seeds = vec![dead];
+    seeds.extend(local.seeds());
+    let client = ClusterClient::connect(seeds).await.unwrap();
+    client.set("a", "1").await.unwrap();
+    assert_eq!(client.known_nodes().len(), 6);
+
+    let replica = local.replicas().await.unwrap()[0];
+    let client = ClusterClient::connect([local.node_addr(replica)])
+        .await
+        .unwrap();
+    assert_eq!(client.known_nodes().len(), 6);
+    client.set("b", "2").await.unwrap();
+    assert_eq!(client.get::<_, String>("b").await.unwrap(), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_slot_commands_split_and_single_slot_ones_refuse_cross_slot() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let keys: Vec<String> = (0..50).map(|i| format!("multi:{i}")).collect();
+    let slots: std::collections::HashSet<u16> =
+        keys.iter().map(|k| key_slot(k.as_bytes())).collect();
+    assert!(slots.len() > 10, "keys spread over many slots");
+    client
+        .mset(keys.iter().map(|k| (k.as_str(), k.as_str())))
+        .await
+        .unwrap();
+    let mut wanted: Vec<&str> = keys.iter().map(String::as_str).collect();
+    wanted.insert(7, "multi:missing");
+    let values: Vec<Option<String>> = client.mget(wanted.iter().copied()).await.unwrap();
+    assert_eq!(values.len(), 51);
+    for (k, v) in wanted.iter().zip(&values) {
+        if *k == "multi:missing" {
+            assert_eq!(v, &None);
+        } else {
+            assert_eq!(v.as_deref(), Some(*k));
+        }
+    }
+    assert_eq!(client.exists(wanted.iter().copied()).await.unwrap(), 50);
+    assert_eq!(
+        client
+            .del(keys[..20].iter().map(String::as_str))
+            .await
+            .unwrap(),
+        20
+    );
+    assert_eq!(
+        client
+            .exists(keys.iter().map(String::as_str))
+            .await
+            .unwrap(),
+        30
+    );
+    let unlinked: i64 = client
+        .query(cmd("UNLINK").args(keys[20..].iter().map(String::as_str)))
+        .await
+        .unwrap();
+    assert_eq!(unlinked, 30);
+
+    // Atomic multi-key commands refuse keys in several slots before sending anything.
+    let err = client
+        .query::<Value>(cmd("RENAME").arg("multi:a").arg("multi:b"))
+        .await
+        .unwrap_err();
+    match err {
+        Error::CrossSlot { slots } => {
+            assert_eq!(slots, vec![key_slot(b"multi:a"), key_slot(b"multi:b")]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = client
+        .query::<Value>(cmd("MSETNX").arg("x").arg(1).arg("y").arg(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::CrossSlot { .. }), "{err:?}");
+    // With a hash tag they share a slot and work.
+    client.set("{multi}:a", "1").await.unwrap();
+    let () = client
+        .query(cmd("RENAME").arg("{multi}:a").arg("{multi}:b"))
+        .await
+        .unwrap();
+    assert_eq!(client.get::<_, String>("{multi}:b").await.unwrap(), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_wide_commands_fan_out_and_combine() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let keys: Vec<String> = (0..30).map(|i| format!("fan:{i}")).collect();
+    client
+        .mset(keys.iter().map(|k| (k.as_str(), "v")))
+        .await
+        .unwrap();
+    let size: i64 = client.query(cmd("DBSIZE")).await.unwrap();
+    assert_eq!(size, 30, "DBSIZE sums the primaries, not the replicas");
+    let mut found: Vec<String> = client.query(cmd("KEYS").arg("fan:*")).await.unwrap();
+    found.sort();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(found, expected);
+    let pong: String = client.query(cmd("PING")).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let info: HashMap<String, String> = client.query(cmd("INFO").arg("server")).await.unwrap();
+    assert_eq!(info.len(), 3, "INFO answers per primary");
+    assert!(info.values().all(|v| v.contains("redis_version")));
+    let sha: String = client
+        .query(cmd("SCRIPT").arg("LOAD").arg("return 1"))
+        .await
+        .unwrap();
+    // Loaded on every node, so EVALSHA works wherever the key lands.
+    for k in ["a", "b", "c", "d"] {
+        let one: i64 = client
+            .query(cmd("EVALSHA").arg(sha.as_str()).arg(1).arg(k))
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+    }
+    let () = client.query(cmd("FLUSHALL")).await.unwrap();
+    assert_eq!(client.query::<i64>(cmd("DBSIZE")).await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moved_slot_under_traffic_loses_no_request_and_follows_ask_and_moved() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let slot = key_slot(b"migrating");
+    // 32 writers x 7 keys each: no two writers share a key.
+    let keys: Vec<String> = (0..224).map(|n| key_in_slot(slot, n)).collect();
+    for k in &keys {
+        client.set(k.as_str(), 0).await.unwrap();
+    }
+    let from = local.master_of_slot(slot).await.unwrap();
+    let to = local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|&m| m != from)
+        .unwrap();
+
+    // 32 writers each own some keys and record the last value acknowledged.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..keys.len()).map(|_| AtomicU64::new(0)).collect());
+    let keys = Arc::new(keys);
+    let mut tasks = Vec::new();
+    for t in 0..32usize {
+        let (client, stop, acked, keys) =
+            (client.clone(), stop.clone(), acked.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ops = 0u64;
+            let mut n = 1u64;
+            // Bounded: stops when told, or after 20 000 operations at most.
+            while !stop.load(Ordering::Relaxed) && ops < 20_000 {
+                let i = (t + 32 * (n as usize % 7)) % keys.len();
+                client
+                    .set(keys[i].as_str(), n)
+                    .await
+                    .map_err(|e| format!("SET {}: {e}", keys[i]))?;
+                acked[i].store(n, Ordering::Relaxed);
+                let read: u64 = client
+                    .get(keys[i].as_str())
+                    .await
+                    .map_err(|e| format!("GET {}: {e}", keys[i]))?;
+                if read != n {
+                    return Err(format!("read {read}, wrote {n}"));
+                }
+                n += 1;
+                ops += 2;
+            }
+            Ok::<u64, String>(ops)
+        }));
+    }
+    local.move_slot(slot, to).await.unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap().unwrap();
+    }
+    assert!(total > 0);
+    assert_eq!(local.master_of_slot(slot).await.unwrap(), to);
+    for (i, k) in keys.iter().enumerate() {
+        let last = acked[i].load(Ordering::Relaxed);
+        if last > 0 {
+            let v: u64 = client.get(k.as_str()).await.unwrap();
+            assert_eq!(v, last, "{k} holds the last acknowledged write");
+        }
+    }
+    let stats = client.stats();
+    println!("slot move under traffic: {total} requests, {stats:?}");
+    assert!(stats.moved > 0, "MOVED followed: {stats:?}");
+    assert!(stats.ask > 0, "ASK followed: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_moved_replies_causes_few_refreshes() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .refresh_min_interval(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let slot = key_slot(b"burst");
+    let keys: Vec<String> = (0..2000).map(|n| key_in_slot(slot, n % 50)).collect();
+    client.set(keys[0].as_str(), "x").await.unwrap();
+    let from = local.master_of_slot(slot).await.unwrap();
+    let to = local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|&m| m != from)
+        .unwrap();
+    local.move_slot(slot, to).await.unwrap();
+    let before = client.stats();
+    let reads = keys
+        .iter()
+        .map(|k| client.get::<_, Option<String>>(k.as_str()));
+    for r in futures_util::future::join_all(reads).await {
+        r.unwrap();
+    }
+    // Wait for the refresh the MOVED asked for, rather than guessing how long it takes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while client.stats().refreshes == before.refreshes && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = client.stats();
+    println!("2000 reads after a slot move: {after:?}");
+    assert!(after.moved > before.moved);
+    let refreshes = after.refreshes - before.refreshes;
+    assert!((1..=3).contains(&refreshes), "{refreshes} refreshes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_failover_under_traffic_fails_no_request() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..32u64 {
+        let (client, stop) = (client.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                let key = format!("fo:{t}:{}", n % 16);
+                client
+                    .set(key.as_str(), n)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let read: u64 = client.get(key.as_str()).await.map_err(|e| e.to_string())?;
+                if read != n {
+                    return Err(format!("{key}: read {read}, wrote {n}"));
+                }
+                n += 1;
+            }
+            Ok::<u64, String>(n)
+        }));
+    }
+    let slot = key_slot(b"fo:0:0");
+    let master = local.master_of_slot(slot).await.unwrap();
+    let replica = local.replicas_of(master).await.unwrap()[0];
+    local
+        .failover(replica, FailoverMode::Graceful)
+        .await
+        .unwrap();
+    assert_eq!(local.master_of_slot(slot).await.unwrap(), replica);
+    // Keep the traffic going a little after the switch, bounded by request count.
+    let target = client.stats().moved;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while client.stats().moved == target && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap().unwrap();
+    }
+    println!(
+        "manual failover under traffic: {total} writes, {:?}",
+        client.stats()
+    );
+    assert_eq!(
+        client.primary_for_slot(slot).as_deref(),
+        Some(local.node_addr(replica).as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_announced_by_unresolvable_names_are_reached_through_the_remap() {
+    let local = cluster(3, 0).await;
+    let mut remap = HashMap::new();
+    for i in 0..3 {
+        let node = local.connect_node(i).await.unwrap();
+        let name = format!("redis-cluster-{i}.invalid");
+        let reply = node
+            .send(
+                cmd("CONFIG")
+                    .arg("SET")
+                    .arg("cluster-announce-hostname")
+                    .arg(name.as_str()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()));
+        let reply = node
+            .send(
+                cmd("CONFIG")
+                    .arg("SET")
+                    .arg("cluster-preferred-endpoint-type")
+                    .arg("hostname"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()));
+        let port = local.node_addr(i).rsplit_once(':').unwrap().1.to_string();
+        remap.insert(format!("{name}:{port}"), local.node_addr(i));
+    }
+    // Hostnames spread by gossip; wait until node 0 reports all of them.
+    let node = local.connect_node(0).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let shards = node.send(cmd("CLUSTER").arg("SHARDS")).await.unwrap();
+        let text = format!("{shards:?}");
+        if (0..3).all(|i| text.contains(&format!("redis-cluster-{i}.invalid"))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "hostnames never spread: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = ClusterClient::builder()
+        .nodes([local.node_addr(0)])
+        .address_remap(AddressRemap::from_map(remap))
+        .build()
+        .await
+        .unwrap();
+    let mut known = client.known_nodes();
+    known.sort();
+    let mut expected: Vec<String> = (0..3).map(|i| local.node_addr(i)).collect();
+    expected.sort();
+    assert_eq!(known, expected);
+    for i in 0..100 {
+        client.set(format!("remap:{i}"), i).await.unwrap();
+    }
+    let mut connected = client.connected_nodes();
+    connected.sort();
+    assert_eq!(
+        connected, expected,
+        "every node was reached at its remapped address"
+    );
+}

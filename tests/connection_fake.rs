@@ -1,0 +1,238 @@
+//! Node connection behaviour a real server cannot be made to show on demand, checked
+//! against a scripted fake node: replies cut mid-frame, `HELLO` refused, replies nobody
+//! asked for, a server that stops answering.
+
+mod support;
+
+use std::time::Duration;
+
+use redcluster::{cmd, ConnectOptions, Error, NodeConnection, Protocol, Value};
+use support::fake_node::{hello3, FakeNode, Step};
+use tokio::time::Instant;
+
+fn script(steps: impl IntoIterator<Item = Step>) -> Vec<Step> {
+    let mut all = hello3();
+    all.extend(steps);
+    all
+}
+
+#[tokio::test]
+async fn reply_cut_mid_frame_fails_the_request_as_maybe_executed() {
+    let fake = FakeNode::start(script([
+        Step::Expect(vec!["INCR", "n"]),
+        Step::Reply(b"$10\r\nhal"),
+        Step::Close,
+    ]))
+    .await;
+    let conn = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let err = conn.send(cmd("INCR").arg("n")).await.unwrap_err();
+    assert!(err.may_have_executed(), "{err:?}");
+    assert!(
+        !err.is_retryable(),
+        "a maybe-executed INCR must not look retryable"
+    );
+    assert!(conn.is_closed());
+    // A request sent after the death was never written anywhere.
+    let err = conn.send(cmd("GET").arg("k")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::ConnectionLost {
+                may_have_executed: false
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(fake.finish().await.unwrap(), ["HELLO", "INCR"]);
+}
+
+#[tokio::test]
+async fn every_in_flight_request_is_answered_when_the_connection_dies() {
+    let mut fake = FakeNode::start(script([Step::ReadAny(20), Step::Hold, Step::Close])).await;
+    let conn = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.send(cmd("SET").arg(i).arg(i)).await })
+        })
+        .collect();
+    fake.wait_held().await;
+    fake.release();
+    for r in requests {
+        let err = r.await.unwrap().unwrap_err();
+        assert!(err.may_have_executed(), "{err:?}");
+    }
+    assert_eq!(fake.finish().await.unwrap().len(), 21);
+}
+
+#[tokio::test]
+async fn hello_refused_falls_back_to_auth_on_resp2() {
+    let fake = FakeNode::start(vec![
+        Step::Expect(vec!["HELLO", "3", "AUTH", "app", "s3cret"]),
+        Step::Reply(b"-ERR unknown command 'HELLO', with args beginning with: '3' 'AUTH'\r\n"),
+        Step::Expect(vec!["AUTH", "app", "s3cret"]),
+        Step::Reply(b"+OK\r\n"),
+        Step::Expect(vec!["READONLY"]),
+        Step::Reply(b"+OK\r\n"),
+        Step::Expect(vec!["PING"]),
+        Step::Reply(b"+PONG\r\n"),
+    ])
+    .await;
+    let options = ConnectOptions::default()
+        .username("app")
+        .password("s3cret")
+        .read_only(true);
+    let conn = NodeConnection::connect(&fake.addr, &options).await.unwrap();
+    assert_eq!(conn.protocol(), Protocol::Resp2);
+    assert_eq!(
+        conn.send(cmd("PING")).await.unwrap(),
+        Value::Simple("PONG".into())
+    );
+    conn.close();
+    fake.finish().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_password_is_an_auth_error_at_connect_time() {
+    let fake = FakeNode::start(vec![
+        Step::Expect(vec!["HELLO", "3", "AUTH", "default", "not-the-password"]),
+        Step::Reply(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"),
+    ])
+    .await;
+    let options = ConnectOptions::default().password("not-the-password");
+    let err = NodeConnection::connect(&fake.addr, &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("not-the-password"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_reply_nobody_asked_for_closes_the_connection_after_answering_the_rest() {
+    let fake = FakeNode::start(script([
+        Step::Expect(vec!["PING"]),
+        Step::Reply(b"+PONG\r\n+EXTRA\r\n"),
+    ]))
+    .await;
+    let conn = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.send(cmd("PING")).await.unwrap(),
+        Value::Simple("PONG".into())
+    );
+    // The stray reply is in the same read or the next one; either way the connection
+    // ends up closed, and a later request learns it was never sent.
+    let err = loop {
+        match conn.send(cmd("PING")).await {
+            Err(e) => break e,
+            Ok(v) => panic!("a desynchronised connection answered {v:?}"),
+        }
+    };
+    assert!(conn.is_closed());
+    assert!(
+        matches!(err, Error::ConnectionLost { .. } | Error::Protocol(_)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn silent_server_costs_the_request_its_timeout_and_nothing_more() {
+    let fake = FakeNode::start(script([Step::ReadAny(1), Step::Hold])).await;
+    let conn = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let err = conn
+        .send_timeout(cmd("GET").arg("k"), Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    assert!(err.may_have_executed());
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_request_that_expires_while_queued_is_never_written() {
+    let mut fake = FakeNode::start(script([
+        Step::Expect(vec!["GET", "first"]),
+        Step::Hold,
+        Step::Reply(b"$1\r\n1\r\n"),
+        Step::Expect(vec!["GET", "third"]),
+        Step::Reply(b"$1\r\n3\r\n"),
+    ]))
+    .await;
+    // One request in flight at most: the second waits in the queue behind the first.
+    let options = ConnectOptions::default().max_in_flight(1);
+    let conn = NodeConnection::connect(&fake.addr, &options).await.unwrap();
+    let first = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            conn.send_timeout(cmd("GET").arg("first"), Duration::from_secs(10))
+                .await
+        })
+    };
+    fake.wait_held().await;
+    let err = conn
+        .send_timeout(cmd("GET").arg("second"), Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err:?}");
+    fake.release();
+    assert_eq!(first.await.unwrap().unwrap(), Value::Bulk("1".into()));
+    // The script expects `third` next: `second` would fail the expectation.
+    assert_eq!(
+        conn.send(cmd("GET").arg("third")).await.unwrap(),
+        Value::Bulk("3".into())
+    );
+    conn.close();
+    assert_eq!(fake.finish().await.unwrap(), ["HELLO", "GET", "GET"]);
+}
+
+#[tokio::test]
+async fn no_password_against_a_protected_server_is_an_auth_error() {
+    let fake = FakeNode::start(vec![
+        Step::Expect(vec!["HELLO", "3"]),
+        Step::Reply(b"-NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time\r\n"),
+    ])
+    .await;
+    let err = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn unreachable_node_fails_within_the_connect_timeout() {
+    // A listener that never accepts still completes TCP handshakes from its backlog, so
+    // bind and drop a port to get one nobody listens on.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let options = ConnectOptions::default().connect_timeout(Duration::from_secs(1));
+    let started = Instant::now();
+    let err = NodeConnection::connect(&addr, &options).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        matches!(
+            err,
+            Error::Io {
+                may_have_executed: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&addr),
+        "the error names the node: {err}"
+    );
+}

@@ -1,0 +1,480 @@
+//! The testkit against real `redis-server` clusters: forming, faults, topology changes,
+//! cleanup. Each test has its own cluster on its own ports; all traffic is to 127.0.0.1.
+
+use std::time::Duration;
+
+use redcluster::testkit::{FailoverMode, LocalCluster, NodeState};
+use redcluster::{cmd, key_slot, Cmd, Error, FromValue, NodeConnection, Value, SLOT_COUNT};
+
+const SETTLE: Duration = Duration::from_secs(30);
+
+async fn send<T: FromValue>(conn: &NodeConnection, command: Cmd) -> T {
+    let reply = conn.send(command).await.expect("request failed");
+    T::from_value(reply).expect("unexpected reply")
+}
+
+fn info_field(text: &str, name: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Node ids that node `index` lists in `CLUSTER NODES`.
+async fn known_ids(cluster: &LocalCluster, index: usize) -> Vec<String> {
+    let conn = cluster.connect_node(index).await.unwrap();
+    let text: String = send(&conn, cmd("CLUSTER").arg("NODES")).await;
+    text.lines()
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `n` keys that all hash to one slot, and that slot.
+fn keys_in_one_slot(tag: &str, n: usize) -> (u16, Vec<String>) {
+    let keys: Vec<String> = (0..n).map(|i| format!("{{{tag}}}:{i}")).collect();
+    (key_slot(keys[0].as_bytes()), keys)
+}
+
+async fn write_keys(conn: &NodeConnection, keys: &[String]) {
+    for key in keys {
+        let _: () = send(conn, cmd("SET").arg(key.as_str()).arg(format!("v-{key}"))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_a_six_node_cluster_covering_every_slot() {
+    let cluster = LocalCluster::start().await.unwrap();
+    let nodes = cluster.nodes();
+    assert_eq!(nodes.len(), 6);
+    assert_eq!(cluster.seeds().len(), 6);
+    assert!(nodes
+        .iter()
+        .all(|n| n.state == NodeState::Running && n.pid.is_some()));
+    assert!(nodes.iter().all(|n| n.id.len() == 40));
+    assert_eq!(cluster.masters().await.unwrap(), vec![0, 1, 2]);
+    assert_eq!(cluster.replicas().await.unwrap(), vec![3, 4, 5]);
+    for (slot, master) in [
+        (0, 0),
+        (5460, 0),
+        (5461, 1),
+        (10922, 1),
+        (10923, 2),
+        (16383, 2),
+    ] {
+        assert_eq!(
+            cluster.master_of_slot(slot).await.unwrap(),
+            master,
+            "slot {slot}"
+        );
+    }
+    for master in 0..3 {
+        assert_eq!(cluster.replicas_of(master).await.unwrap(), vec![master + 3]);
+    }
+    // Every node agrees that all slots are served and knows all six nodes.
+    for i in 0..6 {
+        let conn = cluster.connect_node(i).await.unwrap();
+        let info: String = send(&conn, cmd("CLUSTER").arg("INFO")).await;
+        assert_eq!(info_field(&info, "cluster_state").as_deref(), Some("ok"));
+        assert_eq!(
+            info_field(&info, "cluster_slots_ok").as_deref(),
+            Some(SLOT_COUNT.to_string().as_str())
+        );
+        assert_eq!(
+            info_field(&info, "cluster_known_nodes").as_deref(),
+            Some("6")
+        );
+    }
+    assert!(cluster.master_of_slot(SLOT_COUNT).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_master_is_replaced_by_its_replica_and_rejoins_as_replica() {
+    let cluster = LocalCluster::builder()
+        .node_timeout(Duration::from_millis(1000))
+        .start()
+        .await
+        .unwrap();
+    let (slot, keys) = keys_in_one_slot("kill", 5);
+    let owner = cluster.master_of_slot(slot).await.unwrap();
+    let replica = cluster.replicas_of(owner).await.unwrap()[0];
+    let conn = cluster.connect_node(owner).await.unwrap();
+    write_keys(&conn, &keys).await;
+    let acked: i64 = send(&conn, cmd("WAIT").arg(1).arg(5000)).await;
+    assert_eq!(acked, 1);
+
+    cluster.kill(owner).unwrap();
+    assert_eq!(cluster.node(owner).state, NodeState::Killed);
+    assert_eq!(cluster.node(owner).pid, None);
+    assert_eq!(cluster.seeds().len(), 5);
+    cluster.wait_until_stable(SETTLE).await.unwrap();
+    assert_eq!(cluster.master_of_slot(slot).await.unwrap(), replica);
+    assert!(cluster.masters().await.unwrap().contains(&replica));
+    let promoted = cluster.connect_node(replica).await.unwrap();
+    let value: String = send(&promoted, cmd("GET").arg(keys[0].as_str())).await;
+    assert_eq!(value, format!("v-{}", keys[0]));
+
+    let id = cluster.node(owner).id;
+    cluster.restart(owner).await.unwrap();
+    cluster.wait_until_stable(SETTLE).await.unwrap();
+    assert_eq!(cluster.node(owner).id, id);
+    assert_eq!(cluster.replicas_of(replica).await.unwrap(), vec![owner]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_node_answers_nothing_until_resumed() {
+    let cluster = LocalCluster::start().await.unwrap();
+    let options = cluster
+        .connect_options()
+        .response_timeout(Duration::from_millis(300));
+    let conn = NodeConnection::connect(&cluster.node_addr(1), &options)
+        .await
+        .unwrap();
+    cluster.pause(1).unwrap();
+    assert_eq!(cluster.node(1).state, NodeState::Paused);
+    let err = conn.send(cmd("PING")).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout), "{err}");
+    cluster.resume(1).unwrap();
+    assert_eq!(cluster.node(1).state, NodeState::Running);
+    let pong: String = send(&conn, cmd("PING")).await;
+    assert_eq!(pong, "PONG");
+    cluster.wait_until_stable(SETTLE).await.unwrap();
+    // Paused for less than the node timeout: no failover.
+    assert_eq!(cluster.master_of_slot(6000).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_master_rejoins_with_its_id_and_slots() {
+    let cluster = LocalCluster::start().await.unwrap();
+    let before = cluster.node(1);
+    cluster.kill(1).unwrap();
+    cluster.restart(1).await.unwrap();
+    let after = cluster.node(1);
+    assert_eq!(after.state, NodeState::Running);
+    assert_eq!((after.port, &after.id), (before.port, &before.id));
+    assert_ne!(after.pid, before.pid);
+    cluster.wait_until_stable(SETTLE).await.unwrap();
+    assert_eq!(cluster.master_of_slot(6000).await.unwrap(), 1);
+    assert_eq!(cluster.replicas_of(1).await.unwrap(), vec![4]);
+    for i in [0, 2, 3, 5] {
+        assert!(known_ids(&cluster, i).await.contains(&after.id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failovers_swap_roles() {
+    let cluster = LocalCluster::start().await.unwrap();
+    cluster.failover(3, FailoverMode::Graceful).await.unwrap();
+    assert_eq!(cluster.masters().await.unwrap(), vec![1, 2, 3]);
+    assert_eq!(cluster.replicas_of(3).await.unwrap(), vec![0]);
+    assert_eq!(cluster.master_of_slot(0).await.unwrap(), 3);
+
+    cluster.failover(0, FailoverMode::Takeover).await.unwrap();
+    assert_eq!(cluster.masters().await.unwrap(), vec![0, 1, 2]);
+    assert_eq!(cluster.replicas_of(0).await.unwrap(), vec![3]);
+
+    let err = cluster.failover(1, FailoverMode::Force).await.unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_master_receives_a_slot_with_its_keys() {
+    let cluster = LocalCluster::builder()
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let (slot, keys) = keys_in_one_slot("move", 250);
+    let source = cluster.master_of_slot(slot).await.unwrap();
+    write_keys(&cluster.connect_node(source).await.unwrap(), &keys).await;
+
+    let new = cluster.add_master().await.unwrap();
+    assert_eq!(new, 3);
+    assert!(cluster.masters().await.unwrap().contains(&new));
+    cluster.move_slot(slot, new).await.unwrap();
+    assert_eq!(cluster.master_of_slot(slot).await.unwrap(), new);
+
+    let target = cluster.connect_node(new).await.unwrap();
+    let count: i64 = send(&target, cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await;
+    assert_eq!(count, 250);
+    let value: String = send(&target, cmd("GET").arg(keys[7].as_str())).await;
+    assert_eq!(value, format!("v-{}", keys[7]));
+    let old = cluster.connect_node(source).await.unwrap();
+    let count: i64 = send(&old, cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await;
+    assert_eq!(count, 0);
+    // Every node routes the slot to the new owner.
+    for i in 0..4 {
+        let conn = cluster.connect_node(i).await.unwrap();
+        let reply = conn.send(cmd("GET").arg(keys[0].as_str())).await.unwrap();
+        if i != new {
+            let expected = format!("{slot} {}", cluster.node_addr(new));
+            assert!(
+                matches!(&reply, Value::ServerError(e) if e.code() == "MOVED" && e.message() == expected),
+                "node {i}: {reply:?}"
+            );
+        }
+    }
+    // Moving it where it is does nothing.
+    cluster.move_slot(slot, new).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_wise_migration_produces_ask_redirects() {
+    let cluster = LocalCluster::builder()
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let (slot, keys) = keys_in_one_slot("ask", 40);
+    let source = cluster.master_of_slot(slot).await.unwrap();
+    let target = (source + 1) % 3;
+    let source_conn = cluster.connect_node(source).await.unwrap();
+    let target_conn = cluster.connect_node(target).await.unwrap();
+    write_keys(&source_conn, &keys).await;
+
+    let migration = cluster.begin_slot_migration(slot, target).await.unwrap();
+    assert_eq!(
+        (migration.slot(), migration.source(), migration.target()),
+        (slot, source, target)
+    );
+    assert_eq!(
+        cluster.migrate_keys_batch(&migration, 15).await.unwrap(),
+        15
+    );
+
+    let ask = format!("{slot} {}", cluster.node_addr(target));
+    let mut moved = 0;
+    for key in &keys {
+        let expected = format!("v-{key}");
+        match source_conn
+            .send(cmd("GET").arg(key.as_str()))
+            .await
+            .unwrap()
+        {
+            Value::ServerError(e) => {
+                assert_eq!((e.code(), e.message()), ("ASK", ask.as_str()));
+                moved += 1;
+                let replies = target_conn
+                    .send_batch(vec![cmd("ASKING"), cmd("GET").arg(key.as_str())])
+                    .await
+                    .unwrap();
+                assert_eq!(String::from_value(replies[1].clone()).unwrap(), expected);
+                // Without ASKING the target does not serve the slot yet.
+                let reply = target_conn
+                    .send(cmd("GET").arg(key.as_str()))
+                    .await
+                    .unwrap();
+                assert!(
+                    matches!(&reply, Value::ServerError(e) if e.code() == "MOVED"),
+                    "{reply:?}"
+                );
+            }
+            value => assert_eq!(String::from_value(value).unwrap(), expected),
+        }
+    }
+    assert_eq!(moved, 15);
+    // The slot is still served by the source until the migration finishes.
+    assert_eq!(cluster.master_of_slot(slot).await.unwrap(), source);
+
+    cluster.finish_slot_migration(migration).await.unwrap();
+    assert_eq!(cluster.master_of_slot(slot).await.unwrap(), target);
+    let count: i64 = send(
+        &target_conn,
+        cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot),
+    )
+    .await;
+    assert_eq!(count, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_replica_syncs_from_its_master() {
+    let cluster = LocalCluster::builder()
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let owner = cluster.master_of_slot(key_slot(b"{b}")).await.unwrap();
+    let master = cluster.connect_node(owner).await.unwrap();
+    let _: () = send(&master, cmd("SET").arg("{b}").arg("before")).await;
+
+    let replica = cluster.add_replica(owner).await.unwrap();
+    assert_eq!(replica, 3);
+    assert_eq!(cluster.replicas_of(owner).await.unwrap(), vec![3]);
+    assert_eq!(cluster.replicas().await.unwrap(), vec![3]);
+    let acked: i64 = send(&master, cmd("WAIT").arg(1).arg(5000)).await;
+    assert_eq!(acked, 1);
+    let conn = cluster.connect_node(replica).await.unwrap();
+    let replies = conn
+        .send_batch(vec![cmd("READONLY"), cmd("GET").arg("{b}")])
+        .await
+        .unwrap();
+    assert_eq!(String::from_value(replies[1].clone()).unwrap(), "before");
+
+    let err = cluster.add_replica(replica).await.unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_node_is_forgotten_by_every_other_node() {
+    let cluster = LocalCluster::start().await.unwrap();
+    let err = cluster.remove_node(0).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("serves slots")),
+        "{err}"
+    );
+
+    let removed = cluster.node(5);
+    cluster.remove_node(5).await.unwrap();
+    assert_eq!(cluster.node(5).state, NodeState::Removed);
+    assert_eq!(cluster.node(5).pid, None);
+    assert!(!cluster.seeds().contains(&removed.addr()));
+    for i in 0..5 {
+        assert!(
+            !known_ids(&cluster, i).await.contains(&removed.id),
+            "node {i} still knows the removed node"
+        );
+    }
+    assert_eq!(cluster.replicas_of(2).await.unwrap(), Vec::<usize>::new());
+    assert!(cluster.restart(5).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_cluster_kills_every_process_and_removes_its_files() {
+    let cluster = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .start()
+        .await
+        .unwrap();
+    cluster.pause(4).unwrap();
+    let pids: Vec<i32> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.pid.unwrap() as i32)
+        .collect();
+    let addrs = cluster.seeds();
+    let dir = cluster.dir().to_owned();
+    assert!(dir
+        .join(format!("node-{}", cluster.node(0).port))
+        .join("redis.log")
+        .is_file());
+    drop(cluster);
+    for pid in pids {
+        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None);
+        assert_eq!(
+            alive,
+            Err(nix::errno::Errno::ESRCH),
+            "pid {pid} still exists"
+        );
+    }
+    for addr in addrs {
+        assert!(
+            std::net::TcpStream::connect(&addr).is_err(),
+            "{addr} still accepts"
+        );
+    }
+    assert!(!dir.exists(), "{} still exists", dir.display());
+}
+
+#[tokio::test]
+async fn missing_redis_server_is_a_config_error_that_says_how_to_install_it() {
+    let err = LocalCluster::builder()
+        .redis_server("/nonexistent/bin/redis-server")
+        .start()
+        .await
+        .unwrap_err();
+    let Error::Config(message) = &err else {
+        panic!("expected Error::Config, got {err:?}")
+    };
+    assert!(
+        message.contains("/nonexistent/bin/redis-server"),
+        "{message}"
+    );
+    assert!(
+        message.contains("apt-get install -y redis-server"),
+        "{message}"
+    );
+    assert!(message.contains("brew install redis"), "{message}");
+    assert!(message.contains("REDCLUSTER_REDIS_SERVER"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_protected_cluster_forms_and_migrates() {
+    let cluster = LocalCluster::builder()
+        .masters(2)
+        .replicas_per_master(1)
+        .config("requirepass", "\"testkit secret\"")
+        .start()
+        .await
+        .unwrap();
+    // Without the password the node refuses the connection.
+    let err = NodeConnection::connect(&cluster.node_addr(0), &Default::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err}");
+
+    let (slot, keys) = keys_in_one_slot("auth", 10);
+    let source = cluster.master_of_slot(slot).await.unwrap();
+    write_keys(&cluster.connect_node(source).await.unwrap(), &keys).await;
+    cluster.move_slot(slot, 1 - source).await.unwrap();
+    let target = cluster.connect_node(1 - source).await.unwrap();
+    let count: i64 = send(&target, cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await;
+    assert_eq!(count, 10);
+}
+
+#[tokio::test]
+async fn misconfiguration_is_refused_before_anything_starts() {
+    let err = LocalCluster::builder()
+        .config("port", "6379")
+        .start()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Config(ref m) if m.contains("`port`")),
+        "{err}"
+    );
+    let err = LocalCluster::builder()
+        .masters(0)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_a_broken_cluster_times_out_naming_the_cause() {
+    let cluster = LocalCluster::builder()
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    cluster.kill(0).unwrap();
+    let err = cluster
+        .wait_until_stable(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    let Error::Io { source, .. } = &err else {
+        panic!("expected a timeout, got {err:?}")
+    };
+    assert_eq!(source.kind(), std::io::ErrorKind::TimedOut);
+    let message = err.to_string();
+    assert!(
+        message.contains("served by node 0, which is killed"),
+        "{message}"
+    );
+    assert!(message.contains("log"), "{message}");
+    assert!(cluster.log_tail(0, 5).lines().count() <= 5);
+    assert!(
+        cluster
+            .log_tail(0, 5)
+            .contains("Ready to accept connections")
+            || !cluster.log_tail(0, 100).is_empty()
+    );
+
+    // A master without replicas comes back with its slots.
+    cluster.restart(0).await.unwrap();
+    cluster.wait_until_stable(SETTLE).await.unwrap();
+    assert_eq!(cluster.master_of_slot(0).await.unwrap(), 0);
+    let port = cluster.node(2).port;
+    assert_eq!(cluster.index_of_addr(&format!("127.0.0.1:{port}")), Some(2));
+    assert_eq!(cluster.index_of_id(&cluster.node(1).id), Some(1));
+}
