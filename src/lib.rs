@@ -34,7 +34,9 @@ mod topology;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use cluster::{AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, ReadFrom};
+pub use cluster::{
+    AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, ReadFrom, Scan, ScanOptions,
+};
 pub use cmd::{cmd, Cmd, ToArg};
 pub use conn::{ConnectOptions, NodeConnection, Protocol, Secret};
 pub use error::{Error, Result, ServerError};

@@ -510,3 +510,132 @@ async fn nodes_announced_by_unresolvable_names_are_reached_through_the_remap() {
         "every node was reached at its remapped address"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_covers_the_cluster_with_match_count_and_type() {
+    use futures_util::StreamExt;
+    use redcluster::ScanOptions;
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let keys: Vec<String> = (0..1000).map(|i| format!("scan:{i}")).collect();
+    client.mset(keys.iter().map(|k| (k.as_str(), "v"))).await.unwrap();
+    for i in 0..50 {
+        client.hset(format!("scanh:{i}"), "f", "v").await.unwrap();
+    }
+    let found: Vec<_> = client
+        .scan(ScanOptions::default().pattern("scan:*").count(100))
+        .collect()
+        .await;
+    let mut found: Vec<String> = found
+        .into_iter()
+        .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
+        .collect();
+    found.sort();
+    found.dedup();
+    let mut expected = keys.clone();
+    expected.sort();
+    assert_eq!(found, expected);
+    let hashes: Vec<_> = client.scan(ScanOptions::default().key_type("hash")).collect().await;
+    assert_eq!(hashes.len(), 50);
+    assert!(hashes.iter().all(|k| k.as_ref().unwrap().starts_with(b"scanh:")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_survives_a_failover_and_a_slot_move_part_way() {
+    use futures_util::StreamExt;
+    use redcluster::ScanOptions;
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..3000).map(|i| format!("sv:{i}")).collect();
+    client.mset(keys.iter().map(|k| (k.as_str(), "v"))).await.unwrap();
+    // A small COUNT makes many round trips; the stream's buffer stops the scan part-way
+    // until the test reads on.
+    let mut scan = client.scan(ScanOptions::default().count(5));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..100 {
+        let key = scan.next().await.unwrap().unwrap();
+        seen.insert(key);
+    }
+    let slot = key_slot(b"sv:1");
+    let master = local.master_of_slot(slot).await.unwrap();
+    let replica = local.replicas_of(master).await.unwrap()[0];
+    local.failover(replica, FailoverMode::Graceful).await.unwrap();
+    let other = local.masters().await.unwrap().into_iter().find(|&m| m != replica).unwrap();
+    local.move_slot(key_slot(b"sv:2"), other).await.unwrap();
+    while let Some(key) = scan.next().await {
+        seen.insert(key.unwrap());
+    }
+    let missing: Vec<&String> = keys.iter().filter(|k| !seen.contains(k.as_bytes())).collect();
+    assert!(missing.is_empty(), "{} keys missed, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_out_and_in_under_traffic_fails_no_request() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .refresh_interval(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    // 16 slots spread over the three masters move to a new master and back.
+    let slots: Vec<u16> = (0..16u16).map(|i| i * 1021).collect();
+    let keys: Arc<Vec<String>> = Arc::new(
+        slots
+            .iter()
+            .flat_map(|&s| (0..4).map(move |n| key_in_slot(s, n)))
+            .collect(),
+    );
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..32usize {
+        let (client, stop, keys) = (client.clone(), stop.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 20_000 {
+                // Each task owns keys t and t + 32: no two tasks write the same key.
+                let key = &keys[t + 32 * (n as usize % 2)];
+                client.set(key.as_str(), n).await.map_err(|e| format!("SET {key}: {e}"))?;
+                let read: u64 = client.get(key.as_str()).await.map_err(|e| format!("GET {key}: {e}"))?;
+                if read != n {
+                    return Err(format!("{key}: read {read}, wrote {n}"));
+                }
+                n += 1;
+            }
+            Ok::<u64, String>(n)
+        }));
+    }
+    let new_master = local.add_master().await.unwrap();
+    let mut previous = Vec::new();
+    for &slot in &slots {
+        previous.push(local.master_of_slot(slot).await.unwrap());
+        local.move_slot(slot, new_master).await.unwrap();
+    }
+    let new_addr = local.node_addr(new_master);
+    client.refresh_topology().await.unwrap();
+    assert!(client.known_nodes().contains(&new_addr), "the new master is known");
+    // Scale in: the new master gives every slot back and leaves the cluster.
+    for (&slot, &owner) in slots.iter().zip(&previous) {
+        local.move_slot(slot, owner).await.unwrap();
+    }
+    local.remove_node(new_master).await.unwrap();
+    // The periodic refresh notices the node is gone and closes the connection to it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.connected_nodes().contains(&new_addr) || client.known_nodes().contains(&new_addr) {
+        assert!(tokio::time::Instant::now() < deadline, "connection to the removed node still open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap().unwrap();
+    }
+    println!("scale out and in under traffic: {total} round trips, {:?}", client.stats());
+    assert!(total > 0);
+}

@@ -462,13 +462,8 @@ async fn waiting_on_a_broken_cluster_times_out_naming_the_cause() {
         "{message}"
     );
     assert!(message.contains("log"), "{message}");
-    assert!(cluster.log_tail(0, 5).lines().count() <= 5);
-    assert!(
-        cluster
-            .log_tail(0, 5)
-            .contains("Ready to accept connections")
-            || !cluster.log_tail(0, 100).is_empty()
-    );
+    let log = cluster.log_tail(0, 5);
+    assert!(!log.is_empty() && log.lines().count() <= 5, "{log}");
 
     // A master without replicas comes back with its slots.
     cluster.restart(0).await.unwrap();

@@ -13,6 +13,7 @@ mod node;
 mod plan;
 mod refresh;
 mod routes;
+mod scan;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use crate::resp::{FromValue, Value};
 use crate::topology::RefreshTrigger;
 
 pub(crate) use config::Config;
+pub use scan::{Scan, ScanOptions};
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
 use refresh::RefreshSignal;
 use routes::{NodeRegistry, Routes};

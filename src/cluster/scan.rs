@@ -1,0 +1,257 @@
+//! A cluster-wide `SCAN` that survives failovers and resharding.
+//!
+//! `SCAN` walks one node's keyspace. The cluster-wide scan walks every primary in turn and
+//! keeps a set of slots already covered: a node's slots count as covered only when its
+//! scan finished, the node still owns them afterwards (checked against a fresh topology)
+//! and none of them was migrating (checked with `CLUSTER NODES` on the node). Slots that
+//! do not qualify, because the node failed mid-way, a failover happened, or a slot
+//! moved, are scanned again on their new owner. As with `SCAN` itself, a key present for
+//! the whole scan is returned at least once, and may be returned more than once.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::cluster::{ClusterClient, Inner};
+use crate::cmd::{cmd, Cmd};
+use crate::error::{Error, Result};
+use crate::resp::Value;
+use crate::slot::{key_slot, SLOT_COUNT};
+use crate::topology::RefreshTrigger;
+
+/// Options of [`ClusterClient::scan`].
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ScanOptions {
+    /// `MATCH` pattern; default none (every key).
+    pub pattern: Option<String>,
+    /// `COUNT` hint per `SCAN` call; default the server's (10).
+    pub count: Option<u32>,
+    /// `TYPE` filter (`string`, `hash`, ...); default none.
+    pub key_type: Option<String>,
+}
+
+impl ScanOptions {
+    /// Sets the `MATCH` pattern.
+    pub fn pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.pattern = Some(pattern.into());
+        self
+    }
+
+    /// Sets the `COUNT` hint.
+    pub fn count(mut self, count: u32) -> Self {
+        self.count = Some(count);
+        self
+    }
+
+    /// Sets the `TYPE` filter.
+    pub fn key_type(mut self, key_type: impl Into<String>) -> Self {
+        self.key_type = Some(key_type.into());
+        self
+    }
+}
+
+/// The keys of a cluster-wide scan, as a `futures::Stream` of `Result<Bytes>`.
+///
+/// The stream ends after every slot was covered, or after one error (then the scan is
+/// incomplete). Dropping it stops the scan.
+#[derive(Debug)]
+pub struct Scan {
+    keys: mpsc::Receiver<Result<Bytes>>,
+}
+
+impl futures_core::Stream for Scan {
+    type Item = Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.keys.poll_recv(cx)
+    }
+}
+
+/// Passes over the remaining slots before the scan gives up; each pass covers every slot
+/// whose owner could be scanned without interference.
+const MAX_PASSES: u32 = 20;
+
+impl ClusterClient {
+    /// Scans the keys of the whole cluster (every primary), with `MATCH`, `COUNT` and
+    /// `TYPE` as `options` says. See [`Scan`] for what it guarantees.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use futures_util::StreamExt;
+    /// use redcluster::ScanOptions;
+    /// let mut keys = client.scan(ScanOptions::default().pattern("user:*").count(500));
+    /// while let Some(key) = keys.next().await {
+    ///     println!("{:?}", key?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn scan(&self, options: ScanOptions) -> Scan {
+        let (tx, keys) = mpsc::channel(1024);
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(async move {
+            if let Err(e) = scan_cluster(&inner, &options, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Scan { keys }
+    }
+}
+
+async fn scan_cluster(inner: &Inner, options: &ScanOptions, tx: &mpsc::Sender<Result<Bytes>>) -> Result<()> {
+    let mut done = vec![false; usize::from(SLOT_COUNT)];
+    for pass in 0..MAX_PASSES {
+        if done.iter().all(|&d| d) {
+            return Ok(());
+        }
+        if pass > 0 {
+            // Something interfered last pass (a failover, a migration): give the cluster
+            // a moment and learn its new shape.
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(pass.min(10)))).await;
+            let _ = inner.refresh(RefreshTrigger::Periodic).await;
+        }
+        let owners = owners_of_remaining(inner, &done);
+        for (addr, slots) in owners {
+            match scan_node(inner, &addr, &slots, options, tx).await {
+                Ok(true) => {}
+                // The receiver is gone: nobody wants more keys.
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    tracing::debug!(node = %addr, error = %e, "scan of a node interrupted; will rescan its slots");
+                    inner.signal.request(RefreshTrigger::ConnectionFailure);
+                    continue;
+                }
+            }
+            // Covered only if the node still owns the slots and is not migrating them.
+            let Some(migrating) = migrating_slots(inner, &addr).await else {
+                continue;
+            };
+            let _ = inner.refresh(RefreshTrigger::Periodic).await;
+            let routes = inner.routes.load();
+            for slot in slots {
+                let still_owner = routes.map.primary(slot).is_some_and(|p| **p == *addr);
+                if still_owner && !migrating.contains(&slot) {
+                    done[usize::from(slot)] = true;
+                }
+            }
+        }
+    }
+    if done.iter().all(|&d| d) {
+        Ok(())
+    } else {
+        Err(Error::ClusterDown(format!(
+            "scan incomplete: {} slots could not be scanned",
+            done.iter().filter(|&&d| !d).count()
+        )))
+    }
+}
+
+/// The slots not yet covered, grouped by their current owner.
+fn owners_of_remaining(inner: &Inner, done: &[bool]) -> Vec<(Arc<str>, Vec<u16>)> {
+    let routes = inner.routes.load();
+    let mut owners: Vec<(Arc<str>, Vec<u16>)> = Vec::new();
+    for slot in 0..SLOT_COUNT {
+        if done[usize::from(slot)] {
+            continue;
+        }
+        let Some(owner) = routes.map.primary(slot) else {
+            continue; // Uncovered right now; a later pass retries it.
+        };
+        match owners.iter_mut().find(|(a, _)| a == owner) {
+            Some((_, slots)) => slots.push(slot),
+            None => owners.push((Arc::clone(owner), vec![slot])),
+        }
+    }
+    owners
+}
+
+/// Scans one node to the end, sending keys of `slots` to `tx`. `Ok(false)` when the
+/// receiver went away.
+async fn scan_node(
+    inner: &Inner,
+    addr: &Arc<str>,
+    slots: &[u16],
+    options: &ScanOptions,
+    tx: &mpsc::Sender<Result<Bytes>>,
+) -> Result<bool> {
+    let mut wanted = vec![false; usize::from(SLOT_COUNT)];
+    for &s in slots {
+        wanted[usize::from(s)] = true;
+    }
+    let node = inner.registry.get(addr, false);
+    let mut cursor: Bytes = Bytes::from_static(b"0");
+    loop {
+        let deadline = Instant::now() + inner.config.response_timeout;
+        let conn = node.connection(&inner.config.connect, deadline).await?;
+        let reply = conn.send_timeout(scan_cmd(&cursor, options), inner.config.response_timeout).await?;
+        let (next, keys) = match reply {
+            Value::Array(mut parts) if parts.len() == 2 => {
+                let keys = parts.pop().unwrap_or(Value::Nil);
+                let next = parts.pop().unwrap_or(Value::Nil);
+                (next, keys)
+            }
+            Value::ServerError(e) => return Err(Error::Server(e)),
+            other => return Err(Error::Protocol(format!("SCAN answered {}", other.kind()))),
+        };
+        let Some(next) = next.as_bytes().map(Bytes::copy_from_slice) else {
+            return Err(Error::Protocol("SCAN cursor is not a string".into()));
+        };
+        let Value::Array(keys) = keys else {
+            return Err(Error::Protocol("SCAN keys are not an array".into()));
+        };
+        for key in keys {
+            let Value::Bulk(key) = key else { continue };
+            if wanted[usize::from(key_slot(&key))] && tx.send(Ok(key)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        if &next[..] == b"0" {
+            return Ok(true);
+        }
+        cursor = next;
+    }
+}
+
+fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
+    let mut c = cmd("SCAN").arg(cursor);
+    if let Some(p) = &options.pattern {
+        c = c.arg("MATCH").arg(p.as_str());
+    }
+    if let Some(n) = options.count {
+        c = c.arg("COUNT").arg(n);
+    }
+    if let Some(t) = &options.key_type {
+        c = c.arg("TYPE").arg(t.as_str());
+    }
+    c
+}
+
+/// Slots the node reports as migrating or importing (`[slot->-id]`, `[slot-<-id]` in its
+/// own `CLUSTER NODES` line). `None` when it could not be asked: then nothing counts as
+/// covered.
+async fn migrating_slots(inner: &Inner, addr: &str) -> Option<Vec<u16>> {
+    let node = inner.registry.get(addr, false);
+    let deadline = Instant::now() + inner.config.response_timeout;
+    let conn = node.connection(&inner.config.connect, deadline).await.ok()?;
+    let reply = conn
+        .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
+        .await
+        .ok()?;
+    let text = match &reply {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8_lossy(b).into_owned(),
+        _ => return None,
+    };
+    let myself = text.lines().find(|l| l.contains("myself"))?;
+    Some(
+        myself
+            .split(' ')
+            .filter_map(|field| field.strip_prefix('['))
+            .filter_map(|field| field.split(['-', '>', '<']).next()?.parse().ok())
+            .collect(),
+    )
+}
