@@ -1,0 +1,170 @@
+//! The node connection against a real server: coalesced writes, RESP3 and RESP2, push
+//! frames between replies, a connection killed by the server under a pending request.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use redcluster::testkit::LocalCluster;
+use redcluster::{cmd, ConnectOptions, Error, FromValue, NodeConnection, Protocol, Value};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+async fn one_node() -> LocalCluster {
+    LocalCluster::builder()
+        .masters(1)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .expect("local cluster starts")
+}
+
+/// A TCP stream that counts the writes made to it.
+struct CountingStream {
+    inner: tokio::net::TcpStream,
+    writes: Arc<AtomicUsize>,
+}
+
+impl AsyncRead for CountingStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CountingStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_coalesced_into_few_writes() {
+    let local = one_node().await;
+    let addr = local.node_addr(0);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let stream = CountingStream {
+        inner: tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        writes: Arc::clone(&writes),
+    };
+    let conn = NodeConnection::over_stream(&addr, stream, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let handshake_writes = writes.load(Ordering::Relaxed);
+    let requests = (0..500).map(|i| {
+        let conn = conn.clone();
+        async move { conn.send(cmd("SET").arg(format!("k{i}")).arg(i)).await }
+    });
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!(r.unwrap(), Value::Simple("OK".into()));
+    }
+    let used = writes.load(Ordering::Relaxed) - handshake_writes;
+    println!("500 concurrent SETs took {used} writes");
+    assert!(used < 50, "{used} writes for 500 requests: not coalesced");
+    // Replies were matched to their requests in order.
+    for i in [0, 77, 499] {
+        let v = conn.send(cmd("GET").arg(format!("k{i}"))).await.unwrap();
+        assert_eq!(i64::from_value(v).unwrap(), i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_and_resp2_both_work_and_convert_alike() {
+    let local = one_node().await;
+    let addr = local.node_addr(0);
+    let resp3 = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
+    let resp2 = NodeConnection::connect(&addr, &ConnectOptions::default().protocol(Protocol::Resp2))
+        .await
+        .unwrap();
+    assert_eq!(resp3.protocol(), Protocol::Resp3);
+    assert_eq!(resp2.protocol(), Protocol::Resp2);
+    resp3
+        .send(cmd("HSET").arg("h").arg("a").arg(1).arg("b").arg(2))
+        .await
+        .unwrap();
+    let v3 = resp3.send(cmd("HGETALL").arg("h")).await.unwrap();
+    let v2 = resp2.send(cmd("HGETALL").arg("h")).await.unwrap();
+    assert!(matches!(v3, Value::Map(_)), "{v3:?}");
+    assert!(matches!(v2, Value::Array(_)), "{v2:?}");
+    type Fields = std::collections::HashMap<String, i64>;
+    assert_eq!(Fields::from_value(v3).unwrap(), Fields::from_value(v2).unwrap());
+    let d = resp3.send(cmd("ZADD").arg("z").arg(1.5).arg("m")).await.unwrap();
+    assert_eq!(d, Value::Int(1));
+    assert!(matches!(resp3.send(cmd("ZSCORE").arg("z").arg("m")).await.unwrap(), Value::Double(x) if x == 1.5));
+    let s2 = resp2.send(cmd("ZSCORE").arg("z").arg("m")).await.unwrap();
+    assert_eq!(f64::from_value(s2).unwrap(), 1.5);
+    let err = resp3.send(cmd("LPUSH").arg("h").arg("x")).await.unwrap();
+    match err {
+        Value::ServerError(e) => assert_eq!(e.code(), "WRONGTYPE"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
+    let local = one_node().await;
+    let addr = local.node_addr(0);
+    let tracked = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
+    let writer = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
+    assert_eq!(
+        tracked.send(cmd("CLIENT").arg("TRACKING").arg("on")).await.unwrap(),
+        Value::Simple("OK".into())
+    );
+    writer.send(cmd("SET").arg("t").arg("0")).await.unwrap();
+    for round in 0..20 {
+        // Reading the key makes the server track it; the next write to it sends an
+        // invalidation push to `tracked`, interleaved with its replies.
+        let v = tracked.send(cmd("GET").arg("t")).await.unwrap();
+        assert_eq!(v, Value::Bulk(round.to_string().into()));
+        writer.send(cmd("SET").arg("t").arg(round + 1)).await.unwrap();
+        assert_eq!(
+            tracked.send(cmd("ECHO").arg(format!("e{round}"))).await.unwrap(),
+            Value::Bulk(format!("e{round}").into())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_killed_by_the_server_answers_its_pending_request() {
+    let local = one_node().await;
+    let addr = local.node_addr(0);
+    let victim = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
+    let admin = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
+    let id = i64::from_value(victim.send(cmd("CLIENT").arg("ID")).await.unwrap()).unwrap();
+    let pending = {
+        let victim = victim.clone();
+        tokio::spawn(async move {
+            victim
+                .send_timeout(cmd("BLPOP").arg("never").arg(30), Duration::from_secs(60))
+                .await
+        })
+    };
+    // Wait until the server has the BLPOP blocked, then kill that client.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = String::from_value(admin.send(cmd("CLIENT").arg("LIST")).await.unwrap()).unwrap();
+        if list.lines().any(|l| l.contains(&format!("id={id} ")) && l.contains("cmd=blpop")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "BLPOP never reached the server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let killed = admin.send(cmd("CLIENT").arg("KILL").arg("ID").arg(id)).await.unwrap();
+    assert_eq!(killed, Value::Int(1));
+    let started = tokio::time::Instant::now();
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at once, not at its timeout");
+    assert!(err.may_have_executed(), "{err:?}");
+    let err = victim.send(cmd("PING")).await.unwrap_err();
+    assert!(matches!(err, Error::ConnectionLost { may_have_executed: false }), "{err:?}");
+}
