@@ -518,7 +518,10 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
     let local = cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let keys: Vec<String> = (0..1000).map(|i| format!("scan:{i}")).collect();
-    client.mset(keys.iter().map(|k| (k.as_str(), "v"))).await.unwrap();
+    client
+        .mset(keys.iter().map(|k| (k.as_str(), "v")))
+        .await
+        .unwrap();
     for i in 0..50 {
         client.hset(format!("scanh:{i}"), "f", "v").await.unwrap();
     }
@@ -535,9 +538,14 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
     let mut expected = keys.clone();
     expected.sort();
     assert_eq!(found, expected);
-    let hashes: Vec<_> = client.scan(ScanOptions::default().key_type("hash")).collect().await;
+    let hashes: Vec<_> = client
+        .scan(ScanOptions::default().key_type("hash"))
+        .collect()
+        .await;
     assert_eq!(hashes.len(), 50);
-    assert!(hashes.iter().all(|k| k.as_ref().unwrap().starts_with(b"scanh:")));
+    assert!(hashes
+        .iter()
+        .all(|k| k.as_ref().unwrap().starts_with(b"scanh:")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,7 +560,10 @@ async fn scan_survives_a_failover_and_a_slot_move_part_way() {
         .await
         .unwrap();
     let keys: Vec<String> = (0..3000).map(|i| format!("sv:{i}")).collect();
-    client.mset(keys.iter().map(|k| (k.as_str(), "v"))).await.unwrap();
+    client
+        .mset(keys.iter().map(|k| (k.as_str(), "v")))
+        .await
+        .unwrap();
     // A small COUNT makes many round trips; the stream's buffer stops the scan part-way
     // until the test reads on.
     let mut scan = client.scan(ScanOptions::default().count(5));
@@ -564,14 +575,31 @@ async fn scan_survives_a_failover_and_a_slot_move_part_way() {
     let slot = key_slot(b"sv:1");
     let master = local.master_of_slot(slot).await.unwrap();
     let replica = local.replicas_of(master).await.unwrap()[0];
-    local.failover(replica, FailoverMode::Graceful).await.unwrap();
-    let other = local.masters().await.unwrap().into_iter().find(|&m| m != replica).unwrap();
+    local
+        .failover(replica, FailoverMode::Graceful)
+        .await
+        .unwrap();
+    let other = local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|&m| m != replica)
+        .unwrap();
     local.move_slot(key_slot(b"sv:2"), other).await.unwrap();
     while let Some(key) = scan.next().await {
         seen.insert(key.unwrap());
     }
-    let missing: Vec<&String> = keys.iter().filter(|k| !seen.contains(k.as_bytes())).collect();
-    assert!(missing.is_empty(), "{} keys missed, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !seen.contains(k.as_bytes()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} keys missed, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,8 +629,14 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
             while !stop.load(Ordering::Relaxed) && n < 20_000 {
                 // Each task owns keys t and t + 32: no two tasks write the same key.
                 let key = &keys[t + 32 * (n as usize % 2)];
-                client.set(key.as_str(), n).await.map_err(|e| format!("SET {key}: {e}"))?;
-                let read: u64 = client.get(key.as_str()).await.map_err(|e| format!("GET {key}: {e}"))?;
+                client
+                    .set(key.as_str(), n)
+                    .await
+                    .map_err(|e| format!("SET {key}: {e}"))?;
+                let read: u64 = client
+                    .get(key.as_str())
+                    .await
+                    .map_err(|e| format!("GET {key}: {e}"))?;
                 if read != n {
                     return Err(format!("{key}: read {read}, wrote {n}"));
                 }
@@ -619,7 +653,10 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
     }
     let new_addr = local.node_addr(new_master);
     client.refresh_topology().await.unwrap();
-    assert!(client.known_nodes().contains(&new_addr), "the new master is known");
+    assert!(
+        client.known_nodes().contains(&new_addr),
+        "the new master is known"
+    );
     // Scale in: the new master gives every slot back and leaves the cluster.
     for (&slot, &owner) in slots.iter().zip(&previous) {
         local.move_slot(slot, owner).await.unwrap();
@@ -628,7 +665,10 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
     // The periodic refresh notices the node is gone and closes the connection to it.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while client.connected_nodes().contains(&new_addr) || client.known_nodes().contains(&new_addr) {
-        assert!(tokio::time::Instant::now() < deadline, "connection to the removed node still open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "connection to the removed node still open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -636,6 +676,9 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
     for t in tasks {
         total += t.await.unwrap().unwrap();
     }
-    println!("scale out and in under traffic: {total} round trips, {:?}", client.stats());
+    println!(
+        "scale out and in under traffic: {total} round trips, {:?}",
+        client.stats()
+    );
     assert!(total > 0);
 }

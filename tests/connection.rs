@@ -27,13 +27,21 @@ struct CountingStream {
 }
 
 impl AsyncRead for CountingStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for CountingStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(_))) {
             self.writes.fetch_add(1, Ordering::Relaxed);
@@ -82,10 +90,13 @@ async fn concurrent_requests_are_coalesced_into_few_writes() {
 async fn resp3_and_resp2_both_work_and_convert_alike() {
     let local = one_node().await;
     let addr = local.node_addr(0);
-    let resp3 = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
-    let resp2 = NodeConnection::connect(&addr, &ConnectOptions::default().protocol(Protocol::Resp2))
+    let resp3 = NodeConnection::connect(&addr, &ConnectOptions::default())
         .await
         .unwrap();
+    let resp2 =
+        NodeConnection::connect(&addr, &ConnectOptions::default().protocol(Protocol::Resp2))
+            .await
+            .unwrap();
     assert_eq!(resp3.protocol(), Protocol::Resp3);
     assert_eq!(resp2.protocol(), Protocol::Resp2);
     resp3
@@ -97,10 +108,18 @@ async fn resp3_and_resp2_both_work_and_convert_alike() {
     assert!(matches!(v3, Value::Map(_)), "{v3:?}");
     assert!(matches!(v2, Value::Array(_)), "{v2:?}");
     type Fields = std::collections::HashMap<String, i64>;
-    assert_eq!(Fields::from_value(v3).unwrap(), Fields::from_value(v2).unwrap());
-    let d = resp3.send(cmd("ZADD").arg("z").arg(1.5).arg("m")).await.unwrap();
+    assert_eq!(
+        Fields::from_value(v3).unwrap(),
+        Fields::from_value(v2).unwrap()
+    );
+    let d = resp3
+        .send(cmd("ZADD").arg("z").arg(1.5).arg("m"))
+        .await
+        .unwrap();
     assert_eq!(d, Value::Int(1));
-    assert!(matches!(resp3.send(cmd("ZSCORE").arg("z").arg("m")).await.unwrap(), Value::Double(x) if x == 1.5));
+    assert!(
+        matches!(resp3.send(cmd("ZSCORE").arg("z").arg("m")).await.unwrap(), Value::Double(x) if x == 1.5)
+    );
     let s2 = resp2.send(cmd("ZSCORE").arg("z").arg("m")).await.unwrap();
     assert_eq!(f64::from_value(s2).unwrap(), 1.5);
     let err = resp3.send(cmd("LPUSH").arg("h").arg("x")).await.unwrap();
@@ -114,10 +133,17 @@ async fn resp3_and_resp2_both_work_and_convert_alike() {
 async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
     let local = one_node().await;
     let addr = local.node_addr(0);
-    let tracked = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
-    let writer = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
+    let tracked = NodeConnection::connect(&addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let writer = NodeConnection::connect(&addr, &ConnectOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
-        tracked.send(cmd("CLIENT").arg("TRACKING").arg("on")).await.unwrap(),
+        tracked
+            .send(cmd("CLIENT").arg("TRACKING").arg("on"))
+            .await
+            .unwrap(),
         Value::Simple("OK".into())
     );
     writer.send(cmd("SET").arg("t").arg("0")).await.unwrap();
@@ -126,9 +152,15 @@ async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
         // invalidation push to `tracked`, interleaved with its replies.
         let v = tracked.send(cmd("GET").arg("t")).await.unwrap();
         assert_eq!(v, Value::Bulk(round.to_string().into()));
-        writer.send(cmd("SET").arg("t").arg(round + 1)).await.unwrap();
+        writer
+            .send(cmd("SET").arg("t").arg(round + 1))
+            .await
+            .unwrap();
         assert_eq!(
-            tracked.send(cmd("ECHO").arg(format!("e{round}"))).await.unwrap(),
+            tracked
+                .send(cmd("ECHO").arg(format!("e{round}")))
+                .await
+                .unwrap(),
             Value::Bulk(format!("e{round}").into())
         );
     }
@@ -138,8 +170,12 @@ async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
 async fn a_connection_killed_by_the_server_answers_its_pending_request() {
     let local = one_node().await;
     let addr = local.node_addr(0);
-    let victim = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
-    let admin = NodeConnection::connect(&addr, &ConnectOptions::default()).await.unwrap();
+    let victim = NodeConnection::connect(&addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let admin = NodeConnection::connect(&addr, &ConnectOptions::default())
+        .await
+        .unwrap();
     let id = i64::from_value(victim.send(cmd("CLIENT").arg("ID")).await.unwrap()).unwrap();
     let pending = {
         let victim = victim.clone();
@@ -152,19 +188,40 @@ async fn a_connection_killed_by_the_server_answers_its_pending_request() {
     // Wait until the server has the BLPOP blocked, then kill that client.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let list = String::from_value(admin.send(cmd("CLIENT").arg("LIST")).await.unwrap()).unwrap();
-        if list.lines().any(|l| l.contains(&format!("id={id} ")) && l.contains("cmd=blpop")) {
+        let list =
+            String::from_value(admin.send(cmd("CLIENT").arg("LIST")).await.unwrap()).unwrap();
+        if list
+            .lines()
+            .any(|l| l.contains(&format!("id={id} ")) && l.contains("cmd=blpop"))
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "BLPOP never reached the server");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "BLPOP never reached the server"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let killed = admin.send(cmd("CLIENT").arg("KILL").arg("ID").arg(id)).await.unwrap();
+    let killed = admin
+        .send(cmd("CLIENT").arg("KILL").arg("ID").arg(id))
+        .await
+        .unwrap();
     assert_eq!(killed, Value::Int(1));
     let started = tokio::time::Instant::now();
     let err = pending.await.unwrap().unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(5), "answered at once, not at its timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at once, not at its timeout"
+    );
     assert!(err.may_have_executed(), "{err:?}");
     let err = victim.send(cmd("PING")).await.unwrap_err();
-    assert!(matches!(err, Error::ConnectionLost { may_have_executed: false }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::ConnectionLost {
+                may_have_executed: false
+            }
+        ),
+        "{err:?}"
+    );
 }

@@ -6,7 +6,7 @@ use redcluster::ClusterClient;
 
 /// The client, and the local cluster when one was spawned: keep it alive while the
 /// example runs; dropping it stops the servers.
-pub async fn connect() -> redcluster::Result<(ClusterClient, Option<LocalCluster>)> {
+pub(crate) async fn connect() -> redcluster::Result<(ClusterClient, Option<LocalCluster>)> {
     if std::env::var_os("REDIS_CLUSTER_NODES").is_some() {
         println!("using the cluster in REDIS_CLUSTER_NODES");
         let client = ClusterClient::builder_from_env()?.build().await?;

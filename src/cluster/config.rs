@@ -37,7 +37,9 @@ pub enum ReadFrom {
 /// client can reach (`127.0.0.1:6450`). Applied to every address the client learns:
 /// discovered nodes and `MOVED`/`ASK` targets.
 #[derive(Clone)]
-pub struct AddressRemap(Arc<dyn Fn(&str) -> Option<String> + Send + Sync>);
+pub struct AddressRemap(Arc<RemapFn>);
+
+type RemapFn = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl AddressRemap {
     /// A remap from a closure: `Some(new)` replaces the address, `None` keeps it.

@@ -78,7 +78,12 @@ impl Inner {
         }
         let name = command.name().to_ascii_lowercase();
         let resolve = |info: Option<&'static cmd::CommandInfo>| {
-            info.map(|i| command.arg_at(1).and_then(|sub| i.subcommand(sub)).unwrap_or(i))
+            info.map(|i| {
+                command
+                    .arg_at(1)
+                    .and_then(|sub| i.subcommand(sub))
+                    .unwrap_or(i)
+            })
         };
         if let Some((_, info)) = self.learned_lock().iter().find(|(n, _)| *n == name) {
             return resolve(*info);

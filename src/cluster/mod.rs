@@ -27,10 +27,10 @@ use crate::resp::{FromValue, Value};
 use crate::topology::RefreshTrigger;
 
 pub(crate) use config::Config;
-pub use scan::{Scan, ScanOptions};
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
 use refresh::RefreshSignal;
 use routes::{NodeRegistry, Routes};
+pub use scan::{Scan, ScanOptions};
 
 /// A client for one Redis Cluster.
 ///

@@ -20,11 +20,14 @@ pub(crate) struct Routes {
     pub(crate) version: u64,
 }
 
+/// Node handles by address and by whether they are for replica reads (`READONLY`).
+type NodeMap = HashMap<(Arc<str>, bool), Arc<Node>>;
+
 /// Every node handle the client has made, so that a new snapshot reuses the open
 /// connections of nodes that stay, and closes those of nodes that left.
 #[derive(Debug, Default)]
 pub(crate) struct NodeRegistry {
-    nodes: Mutex<HashMap<(Arc<str>, bool), Arc<Node>>>,
+    nodes: Mutex<NodeMap>,
     round_robin: AtomicUsize,
 }
 
@@ -89,7 +92,7 @@ impl NodeRegistry {
         self.lock().values().cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, bool), Arc<Node>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, NodeMap> {
         // Only plain map operations happen under this lock; a poisoned map is consistent.
         self.nodes
             .lock()

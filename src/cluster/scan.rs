@@ -103,7 +103,11 @@ impl ClusterClient {
     }
 }
 
-async fn scan_cluster(inner: &Inner, options: &ScanOptions, tx: &mpsc::Sender<Result<Bytes>>) -> Result<()> {
+async fn scan_cluster(
+    inner: &Inner,
+    options: &ScanOptions,
+    tx: &mpsc::Sender<Result<Bytes>>,
+) -> Result<()> {
     let mut done = vec![false; usize::from(SLOT_COUNT)];
     for pass in 0..MAX_PASSES {
         if done.iter().all(|&d| d) {
@@ -188,7 +192,9 @@ async fn scan_node(
     loop {
         let deadline = Instant::now() + inner.config.response_timeout;
         let conn = node.connection(&inner.config.connect, deadline).await?;
-        let reply = conn.send_timeout(scan_cmd(&cursor, options), inner.config.response_timeout).await?;
+        let reply = conn
+            .send_timeout(scan_cmd(&cursor, options), inner.config.response_timeout)
+            .await?;
         let (next, keys) = match reply {
             Value::Array(mut parts) if parts.len() == 2 => {
                 let keys = parts.pop().unwrap_or(Value::Nil);
@@ -237,7 +243,10 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
 async fn migrating_slots(inner: &Inner, addr: &str) -> Option<Vec<u16>> {
     let node = inner.registry.get(addr, false);
     let deadline = Instant::now() + inner.config.response_timeout;
-    let conn = node.connection(&inner.config.connect, deadline).await.ok()?;
+    let conn = node
+        .connection(&inner.config.connect, deadline)
+        .await
+        .ok()?;
     let reply = conn
         .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
         .await

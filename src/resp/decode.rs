@@ -160,6 +160,11 @@ enum Step {
 /// rest grows as elements really arrive, so a lying header costs nothing.
 const MAX_PREALLOC: usize = 1024;
 
+/// Most buffer room reserved for the rest of a bulk string beyond what has already
+/// arrived: a header alone may claim 512 MiB, and only bytes that really come in should
+/// cost memory.
+const MAX_BULK_PREALLOC: usize = 1024 * 1024;
+
 /// Incremental RESP decoder; keep one per connection.
 #[derive(Debug, Default)]
 pub struct Decoder {
@@ -344,8 +349,11 @@ impl Decoder {
         let total = header_len + len + 2;
         if buf.len() < total {
             // The header is tiny and parsed again next time; make room for the rest now
-            // so a large value does not grow the buffer step by step.
-            buf.reserve(total - buf.len());
+            // so a large value does not grow the buffer step by step. Room is bounded by
+            // what has arrived, so it doubles at most per call and a lying header cannot
+            // reserve hundreds of megabytes.
+            let room = (total - buf.len()).min(buf.len().max(MAX_BULK_PREALLOC));
+            buf.reserve(room);
             return Ok(None);
         }
         if &buf[header_len + len..total] != b"\r\n" {
@@ -758,6 +766,31 @@ mod tests {
         assert!(Decoder::new()
             .decode(&mut BytesMut::from(over.as_bytes()))
             .is_err());
+    }
+
+    #[test]
+    fn bulk_header_alone_reserves_little() {
+        // Found by the fuzz target: `$536870912\r\n` reserved 512 MiB at once.
+        let mut buf = BytesMut::from(&b"$536870912\r\n"[..]);
+        let mut d = Decoder::new();
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert!(
+            buf.capacity() <= 2 * MAX_BULK_PREALLOC,
+            "reserved {} bytes for a 12-byte header",
+            buf.capacity()
+        );
+        // Once a good part of a large value is in, the rest is reserved in one go.
+        let len = 6 * MAX_BULK_PREALLOC;
+        let mut buf = BytesMut::from(format!("${len}\r\n").as_bytes());
+        buf.extend_from_slice(&vec![b'x'; len / 2]);
+        assert_eq!(d.decode(&mut buf).unwrap(), None);
+        assert!(buf.capacity() >= len + 12, "room for the whole value");
+        buf.extend_from_slice(&vec![b'x'; len - len / 2]);
+        buf.extend_from_slice(b"\r\n");
+        match d.decode(&mut buf).unwrap() {
+            Some(Value::Bulk(b)) => assert!(b.len() == len && b.iter().all(|&c| c == b'x')),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
