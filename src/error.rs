@@ -87,6 +87,16 @@ pub enum Error {
     /// The client's configuration or the user's input is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A command of a pipeline failed (the first one, by position). The pipeline's other
+    /// commands were still sent and may have run: use
+    /// [`crate::Pipeline::execute_each`] to see every command's outcome.
+    #[error("pipeline command {index} failed: {source}")]
+    Pipeline {
+        /// The command's position in the pipeline, from 0.
+        index: usize,
+        /// Why it failed.
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -122,7 +132,8 @@ impl Error {
                 may_have_executed, ..
             }
             | Error::ConnectionLost { may_have_executed } => *may_have_executed,
-            Error::Timeout | Error::Protocol(_) | Error::Server(_) => true,
+            // Other commands of the pipeline ran, whatever happened to this one.
+            Error::Timeout | Error::Protocol(_) | Error::Server(_) | Error::Pipeline { .. } => true,
             _ => false,
         }
     }
@@ -131,6 +142,7 @@ impl Error {
     pub fn server_code(&self) -> Option<&str> {
         match self {
             Error::Server(e) => Some(e.code()),
+            Error::Pipeline { source, .. } => source.server_code(),
             _ => None,
         }
     }

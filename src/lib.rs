@@ -27,6 +27,7 @@ mod cluster;
 mod cmd;
 mod conn;
 mod error;
+mod pipeline;
 mod policy;
 mod slot;
 mod topology;
@@ -40,5 +41,6 @@ pub use cluster::{
 pub use cmd::{cmd, Cmd, ToArg};
 pub use conn::{ConnectOptions, NodeConnection, Protocol, Secret};
 pub use error::{Error, Result, ServerError};
+pub use pipeline::{Pipeline, Transaction};
 pub use resp::{FromValue, Value};
 pub use slot::{hash_tag, key_slot, SLOT_COUNT};

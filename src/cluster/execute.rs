@@ -16,8 +16,8 @@ use crate::cluster::node::Node;
 use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
 use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
-use crate::conn::Cmds;
-use crate::error::{Error, Result};
+use crate::conn::{Cmds, Replies};
+use crate::error::{Error, Result, ServerError};
 use crate::policy::{classify, Backoff, ErrorAction};
 use crate::resp::Value;
 use crate::slot::Redirect;
@@ -29,7 +29,7 @@ const MAX_LEARNED_COMMANDS: usize = 1024;
 
 /// Where one request is sent.
 #[derive(Debug, Clone)]
-enum Target {
+pub(crate) enum Target {
     /// The node serving the slot (a replica, for reads, as `ReadFrom` says).
     Slot { slot: u16, read_only: bool },
     /// This node, whatever the slot map says.
@@ -68,7 +68,7 @@ impl Inner {
 
     /// The table entry for `command`: built in, or learned from the server once for
     /// commands the table lacks (modules).
-    async fn command_info(
+    pub(crate) async fn command_info(
         &self,
         command: &Cmd,
         deadline: Instant,
@@ -128,7 +128,7 @@ impl Inner {
     }
 
     /// Picks the node for `target`, avoiding replicas when `primary_only`.
-    fn pick(&self, target: &Target, primary_only: bool) -> Result<Arc<Node>> {
+    pub(crate) fn pick(&self, target: &Target, primary_only: bool) -> Result<Arc<Node>> {
         let routes = self.routes.load();
         let shard = match target {
             Target::Node(addr) => return Ok(self.registry.get(addr, false)),
@@ -174,13 +174,14 @@ impl Inner {
 
     /// Sends one command to one target, following redirects and retrying what is safe,
     /// until `deadline`.
-    async fn send(
+    pub(crate) async fn send(
         &self,
-        mut command: Cmd,
+        payload: impl Into<Payload>,
         target: Target,
         idempotent: bool,
         deadline: Instant,
     ) -> Result<Value> {
+        let mut payload: Payload = payload.into();
         let backoff = Backoff {
             base: self.config.retry_base,
             max: self.config.retry_max,
@@ -215,19 +216,15 @@ impl Inner {
                 }
             };
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
-            let cmds = if asking {
-                Cmds::Many(vec![cmd("ASKING"), command])
-            } else {
-                Cmds::One(command)
-            };
-            let answer = conn.dispatch(cmds, deadline).await;
+            let kind = payload.kind();
+            let answer = conn.dispatch(payload.into_cmds(asking), deadline).await;
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) => {
                     let resend =
                         !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout));
-                    match (resend, take_command(answer.cmds)) {
-                        (true, Some(c)) => command = c,
+                    match (resend, kind.recover(answer.cmds, asking)) {
+                        (true, Some(p)) => payload = p,
                         _ => return Err(e),
                     }
                     self.signal.request(RefreshTrigger::ConnectionFailure);
@@ -237,17 +234,15 @@ impl Inner {
                     continue;
                 }
             };
-            let Some(reply) = replies.into_iter().last() else {
-                return Err(Error::Protocol("no reply".into()));
-            };
-            let Value::ServerError(error) = &reply else {
+            let (reply, error) = kind.outcome(replies, asking)?;
+            let Some(error) = error else {
                 return Ok(reply);
             };
-            let action = classify(error, &node.addr);
-            let Some(returned) = take_command(answer.cmds) else {
+            let action = classify(&error, &node.addr);
+            let Some(returned) = kind.recover(answer.cmds, asking) else {
                 return Ok(reply);
             };
-            command = returned;
+            payload = returned;
             match action {
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
@@ -316,7 +311,7 @@ impl Inner {
         Ok(())
     }
 
-    fn remap(&self, addr: &str) -> String {
+    pub(crate) fn remap(&self, addr: &str) -> String {
         match &self.config.remap {
             Some(r) => r.apply(addr),
             None => addr.to_string(),
@@ -325,7 +320,7 @@ impl Inner {
 
     /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
     /// learn the rest (a MOVED rarely comes alone).
-    fn patch_moved(&self, slot: u16, addr: &str) {
+    pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
         self.routes.rcu(|current| {
             if current.map.primary(slot).is_some_and(|p| &**p == addr) {
                 return Arc::clone(current);
@@ -439,11 +434,119 @@ impl Inner {
     }
 }
 
-/// Gets the caller's command back out of an answer (for `ASKING` batches, the second).
-fn take_command(cmds: Cmds) -> Option<Cmd> {
-    match cmds {
-        Cmds::One(c) => Some(c),
-        Cmds::Many(mut v) => v.pop(),
+/// What one routed request carries.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    One(Cmd),
+    /// `MULTI`, these commands, `EXEC`, written back to back on one connection.
+    Transaction(Vec<Cmd>),
+}
+
+impl From<Cmd> for Payload {
+    fn from(cmd: Cmd) -> Self {
+        Payload::One(cmd)
+    }
+}
+
+/// The shape of a payload, kept while the payload itself is with the connection.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    One,
+    Transaction,
+}
+
+impl Payload {
+    fn kind(&self) -> Kind {
+        match self {
+            Payload::One(_) => Kind::One,
+            Payload::Transaction(_) => Kind::Transaction,
+        }
+    }
+
+    /// The commands to write; after an `ASK`, preceded by `ASKING` (which, sent before
+    /// `MULTI`, holds for the whole transaction).
+    fn into_cmds(self, asking: bool) -> Cmds {
+        match self {
+            Payload::One(c) if !asking => Cmds::One(c),
+            Payload::One(c) => Cmds::Many(vec![cmd("ASKING"), c]),
+            Payload::Transaction(cmds) => {
+                let mut all = Vec::with_capacity(cmds.len() + 3);
+                if asking {
+                    all.push(cmd("ASKING"));
+                }
+                all.push(cmd("MULTI"));
+                all.extend(cmds);
+                all.push(cmd("EXEC"));
+                Cmds::Many(all)
+            }
+        }
+    }
+}
+
+impl Kind {
+    /// Takes the payload back out of the commands the connection returned.
+    fn recover(self, cmds: Cmds, asking: bool) -> Option<Payload> {
+        match (self, cmds) {
+            (Kind::One, Cmds::One(c)) => Some(Payload::One(c)),
+            (Kind::One, Cmds::Many(mut v)) => v.pop().map(Payload::One),
+            (Kind::Transaction, Cmds::Many(mut v)) => {
+                let framing = if asking { 2 } else { 1 };
+                if v.len() < framing + 1 {
+                    return None;
+                }
+                v.pop();
+                v.drain(..framing);
+                Some(Payload::Transaction(v))
+            }
+            (Kind::Transaction, Cmds::One(_)) => None,
+        }
+    }
+
+    /// The reply the caller gets, and the error reply that decides whether to redirect
+    /// or retry (none when the request is done).
+    ///
+    /// A transaction whose commands were refused while queueing (`MOVED`, `ASK`,
+    /// `TRYAGAIN` ...) was discarded by the server (`EXECABORT`), so it is safe to send
+    /// again; the first such refusal decides what to do.
+    fn outcome(self, replies: Replies, asking: bool) -> Result<(Value, Option<ServerError>)> {
+        match self {
+            Kind::One => {
+                let reply = replies
+                    .into_iter()
+                    .last()
+                    .ok_or_else(|| Error::Protocol("no reply".into()))?;
+                let error = match &reply {
+                    Value::ServerError(e) => Some(e.clone()),
+                    _ => None,
+                };
+                Ok((reply, error))
+            }
+            Kind::Transaction => {
+                let mut replies = replies.into_vec();
+                let exec = replies
+                    .pop()
+                    .ok_or_else(|| Error::Protocol("no reply to EXEC".into()))?;
+                if !matches!(exec, Value::ServerError(_)) {
+                    return Ok((exec, None));
+                }
+                let skip = if asking { 2 } else { 1 };
+                let queued_error = replies.into_iter().skip(skip).find_map(|r| match r {
+                    Value::ServerError(e) => Some(e),
+                    _ => None,
+                });
+                match queued_error {
+                    // Report the refusal itself, not the generic EXECABORT.
+                    Some(e) => Ok((Value::ServerError(e.clone()), Some(e))),
+                    None => {
+                        let e = match &exec {
+                            Value::ServerError(e) => Some(e.clone()),
+                            _ => None,
+                        };
+                        Ok((exec, e))
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! `plan` (where a command goes), `policy` (what an error means) and `topology` (what
 //! the cluster looks like), none of which do I/O.
 
+mod batch;
 mod commands;
 mod config;
 mod execute;
@@ -48,7 +49,7 @@ pub use scan::{Scan, ScanOptions};
 /// ```
 #[derive(Clone)]
 pub struct ClusterClient {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -84,7 +85,7 @@ struct Counters {
 }
 
 pub(crate) struct Inner {
-    config: Config,
+    pub(crate) config: Config,
     routes: ArcSwap<Routes>,
     registry: NodeRegistry,
     signal: Arc<RefreshSignal>,

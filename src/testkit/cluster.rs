@@ -735,6 +735,14 @@ impl LocalCluster {
                         .arg(migration.target_id.as_str()),
                 )
                 .await?;
+            // A master that just gave away its last slot turns itself into a replica of
+            // the node that took it (Redis 7, `cluster-allow-replica-migration`), and then
+            // refuses SETSLOT; by then it already knows the new owner.
+            if let Value::ServerError(e) = &reply {
+                if i != migration.target && e.message().contains("only with masters") {
+                    continue;
+                }
+            }
             self.expect::<()>(reply, i, "CLUSTER SETSLOT NODE")?;
         }
         let deadline = self.deadline();

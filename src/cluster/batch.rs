@@ -1,0 +1,231 @@
+//! Running explicit pipelines and transactions.
+//!
+//! A pipeline's commands are grouped by the node that serves them and written to each
+//! node at once, every node in parallel. A command answered with a redirect or a
+//! transient error (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again on its
+//! own, through the ordinary redirect and retry path: the rest of the pipeline is never
+//! sent twice. When a node's connection fails, each of its commands follows the retry
+//! rule on its own: resent if it was not written or is idempotent, reported otherwise.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::cluster::execute::Target;
+use crate::cluster::node::Node;
+use crate::cluster::plan::{self, Plan};
+use crate::cluster::Inner;
+use crate::cmd::{self, Cmd};
+use crate::conn::Cmds;
+use crate::error::{Error, Result};
+use crate::policy::{classify, ErrorAction};
+use crate::resp::Value;
+use crate::slot::Redirect;
+
+/// One command of a pipeline, where it stands and how it may be retried.
+struct Entry {
+    index: usize,
+    cmd: Cmd,
+    slot: u16,
+    read_only: bool,
+    idempotent: bool,
+}
+
+impl Inner {
+    /// Runs `cmds` as a pipeline; one result per command, in order.
+    pub(crate) async fn execute_pipeline(
+        &self,
+        cmds: Vec<Cmd>,
+        deadline: Instant,
+    ) -> Vec<Result<Value>> {
+        let mut results: Vec<Option<Result<Value>>> = (0..cmds.len()).map(|_| None).collect();
+        // Commands for one slot are batched per node; anything else (split or fan-out
+        // commands) runs on its own, concurrently with the batches.
+        let mut groups: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
+        let mut singles: Vec<(usize, Cmd)> = Vec::new();
+        for (index, command) in cmds.into_iter().enumerate() {
+            let info = self.command_info(&command, deadline).await;
+            let idempotent = info.is_some_and(|i| i.is_read_only()) || cmd::is_idempotent(&command);
+            match plan::plan(&command, info) {
+                Ok(Plan::Slot { slot, read_only }) => {
+                    match self.pick(&Target::Slot { slot, read_only }, false) {
+                        Ok(node) => {
+                            let entry = Entry {
+                                index,
+                                cmd: command,
+                                slot,
+                                read_only,
+                                idempotent,
+                            };
+                            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                                Some((_, entries)) => entries.push(entry),
+                                None => groups.push((node, vec![entry])),
+                            }
+                        }
+                        // No owner known: let the single-command path wait for one.
+                        Err(_) => singles.push((index, command)),
+                    }
+                }
+                Ok(_) => singles.push((index, command)),
+                Err(e) => results[index] = Some(Err(e)),
+            }
+        }
+        let batches = groups
+            .into_iter()
+            .map(|(node, entries)| self.run_batch(node, entries, deadline));
+        let singles = singles
+            .into_iter()
+            .map(|(index, command)| async move { (index, self.execute(command, deadline).await) });
+        let (batches, singles) = futures_util::future::join(
+            futures_util::future::join_all(batches),
+            futures_util::future::join_all(singles),
+        )
+        .await;
+        for (index, result) in batches.into_iter().flatten().chain(singles) {
+            results[index] = Some(result);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(Error::Protocol("pipeline command got no result".into())))
+            })
+            .collect()
+    }
+
+    /// Writes one node's share of a pipeline at once; resends what needs resending one
+    /// by one.
+    async fn run_batch(
+        &self,
+        node: Arc<Node>,
+        entries: Vec<Entry>,
+        deadline: Instant,
+    ) -> Vec<(usize, Result<Value>)> {
+        let meta: Vec<(usize, u16, bool, bool)> = entries
+            .iter()
+            .map(|e| (e.index, e.slot, e.read_only, e.idempotent))
+            .collect();
+        let cmds: Vec<Cmd> = entries.into_iter().map(|e| e.cmd).collect();
+        let (outcome, cmds) = match node.connection(&self.config.connect, deadline).await {
+            Ok(conn) => {
+                let answer = conn.dispatch(Cmds::Many(cmds), deadline).await;
+                let cmds = match answer.cmds {
+                    Cmds::Many(v) => v,
+                    Cmds::One(c) => vec![c],
+                };
+                (answer.result.map(|r| r.into_vec()), cmds)
+            }
+            Err(e) => (Err(e), cmds),
+        };
+        let mut out = Vec::with_capacity(meta.len());
+        let mut resend: Vec<(usize, Cmd, u16, bool, bool)> = Vec::new();
+        match outcome {
+            Ok(replies) => {
+                for (((index, slot, read_only, idempotent), reply), command) in
+                    meta.into_iter().zip(replies).zip(cmds)
+                {
+                    let action = match &reply {
+                        Value::ServerError(e) => classify(e, &node.addr),
+                        _ => ErrorAction::Reply,
+                    };
+                    match action {
+                        ErrorAction::Reply => out.push((index, Ok(reply))),
+                        ErrorAction::Redirect(Redirect::Moved { slot, addr }) => {
+                            self.note_moved(slot, &addr);
+                            resend.push((index, command, slot, read_only, idempotent));
+                        }
+                        _ => resend.push((index, command, slot, read_only, idempotent)),
+                    }
+                }
+            }
+            Err(e) => {
+                self.signal
+                    .request(crate::topology::RefreshTrigger::ConnectionFailure);
+                if cmds.len() != meta.len() {
+                    // The deadline passed with the commands still queued: nothing to resend.
+                    return meta
+                        .into_iter()
+                        .map(|(index, ..)| (index, Err(e.clone())))
+                        .collect();
+                }
+                for ((index, slot, read_only, idempotent), command) in meta.into_iter().zip(cmds) {
+                    if !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout)) {
+                        resend.push((index, command, slot, read_only, idempotent));
+                    } else {
+                        out.push((index, Err(e.clone())));
+                    }
+                }
+            }
+        }
+        let resent =
+            resend
+                .into_iter()
+                .map(|(index, command, slot, read_only, idempotent)| async move {
+                    let target = Target::Slot { slot, read_only };
+                    (
+                        index,
+                        self.send(command, target, idempotent, deadline).await,
+                    )
+                });
+        out.extend(futures_util::future::join_all(resent).await);
+        out
+    }
+
+    /// Runs `cmds` as one `MULTI`/`EXEC` transaction on the node of their slot; the reply
+    /// is `EXEC`'s: an array of replies, or nil when a watched key changed.
+    pub(crate) async fn execute_transaction(
+        &self,
+        cmds: Vec<Cmd>,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let mut slot: Option<u16> = None;
+        let mut slots = Vec::new();
+        for command in &cmds {
+            let info = self.command_info(command, deadline).await;
+            match plan::plan(command, info)? {
+                Plan::Slot { slot: s, .. } => {
+                    if !slots.contains(&s) {
+                        slots.push(s);
+                    }
+                    slot.get_or_insert(s);
+                }
+                Plan::Split { parts, .. } => {
+                    for p in parts {
+                        if !slots.contains(&p.slot) {
+                            slots.push(p.slot);
+                        }
+                    }
+                }
+                // Keyless commands run on whichever node the keys choose.
+                Plan::AnyPrimary | Plan::FanOut { .. } => {}
+            }
+        }
+        if slots.len() > 1 {
+            return Err(Error::CrossSlot { slots });
+        }
+        let target = match slot {
+            Some(slot) => Target::Slot {
+                slot,
+                read_only: false,
+            },
+            None => Target::AnyPrimary,
+        };
+        // EXEC runs the commands or none of them, and a transaction refused while
+        // queueing is discarded, so retrying the whole is safe only when it was not
+        // written: `idempotent` is false.
+        self.send(
+            super::execute::Payload::Transaction(cmds),
+            target,
+            false,
+            deadline,
+        )
+        .await
+    }
+
+    /// Records a MOVED seen outside the single-command path (counts it, patches the map).
+    fn note_moved(&self, slot: u16, addr: &str) {
+        self.counters
+            .moved
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.patch_moved(slot, &self.remap(addr));
+    }
+}

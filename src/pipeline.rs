@@ -1,0 +1,229 @@
+//! Explicit pipelines across slots, and `MULTI`/`EXEC` transactions.
+//!
+//! A [`Pipeline`] takes commands for any slots; they are grouped by node, each node's
+//! share written at once, all nodes in parallel, and the replies come back in the order
+//! the commands were added. A [`Transaction`] runs its commands atomically on one node;
+//! they must all hash to one slot.
+
+use tokio::time::Instant;
+
+use crate::cluster::ClusterClient;
+use crate::cmd::{cmd, Cmd, ToArg};
+use crate::error::{Error, Result};
+use crate::resp::Value;
+
+/// Commands for any slots, sent together; see [`ClusterClient::pipeline`].
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use redcluster::{cmd, Value};
+/// let mut p = client.pipeline();
+/// p.set("key1", "value1").set("key2", "value2").get("key1");
+/// p.add(cmd("INCR").arg("counter"));
+/// let replies: Vec<Value> = p.execute().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    client: ClusterClient,
+    cmds: Vec<Cmd>,
+}
+
+impl Pipeline {
+    pub(crate) fn new(client: ClusterClient) -> Pipeline {
+        Pipeline {
+            client,
+            cmds: Vec::new(),
+        }
+    }
+
+    /// Adds a command.
+    pub fn add(&mut self, cmd: Cmd) -> &mut Self {
+        self.cmds.push(cmd);
+        self
+    }
+
+    /// How many commands were added.
+    pub fn len(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// Whether no command was added.
+    pub fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// Sends every command and returns their replies in order.
+    ///
+    /// Every command is sent and answered even when some fail; this returns the replies
+    /// only if all succeeded.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Pipeline`] naming the first failed command (by position) and why: an
+    /// error reply (`source` is [`Error::Server`]) or a transport error. The others may
+    /// have run; [`Pipeline::execute_each`] returns every outcome.
+    pub async fn execute(self) -> Result<Vec<Value>> {
+        let mut replies = Vec::with_capacity(self.cmds.len());
+        for (index, result) in self.execute_each().await.into_iter().enumerate() {
+            match result {
+                Ok(v) => replies.push(v),
+                Err(source) => {
+                    return Err(Error::Pipeline {
+                        index,
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Sends every command and returns one result per command, in order: the reply, or
+    /// the error (an error reply becomes [`Error::Server`]).
+    pub async fn execute_each(self) -> Vec<Result<Value>> {
+        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        self.client
+            .inner
+            .execute_pipeline(self.cmds, deadline)
+            .await
+            .into_iter()
+            .map(|r| match r {
+                Ok(Value::ServerError(e)) => Err(Error::Server(e)),
+                other => other,
+            })
+            .collect()
+    }
+
+    /// Adds `GET key`.
+    pub fn get<K: ToArg>(&mut self, key: K) -> &mut Self {
+        self.add(cmd("GET").arg(key))
+    }
+
+    /// Adds `SET key value`.
+    pub fn set<K: ToArg, V: ToArg>(&mut self, key: K, value: V) -> &mut Self {
+        self.add(cmd("SET").arg(key).arg(value))
+    }
+
+    /// Adds `DEL key`.
+    pub fn del<K: ToArg>(&mut self, key: K) -> &mut Self {
+        self.add(cmd("DEL").arg(key))
+    }
+
+    /// Adds `INCRBY key delta`.
+    pub fn incr<K: ToArg>(&mut self, key: K, delta: i64) -> &mut Self {
+        self.add(cmd("INCRBY").arg(key).arg(delta))
+    }
+
+    /// Adds `PEXPIRE key ttl`.
+    pub fn expire<K: ToArg>(&mut self, key: K, ttl: std::time::Duration) -> &mut Self {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        self.add(cmd("PEXPIRE").arg(key).arg(ms))
+    }
+
+    /// Adds `HSET key field value`.
+    pub fn hset<K: ToArg, F: ToArg, V: ToArg>(&mut self, key: K, field: F, value: V) -> &mut Self {
+        self.add(cmd("HSET").arg(key).arg(field).arg(value))
+    }
+
+    /// Adds `HGET key field`.
+    pub fn hget<K: ToArg, F: ToArg>(&mut self, key: K, field: F) -> &mut Self {
+        self.add(cmd("HGET").arg(key).arg(field))
+    }
+
+    /// Adds `RPUSH key value`.
+    pub fn rpush<K: ToArg, V: ToArg>(&mut self, key: K, value: V) -> &mut Self {
+        self.add(cmd("RPUSH").arg(key).arg(value))
+    }
+
+    /// Adds `SADD key member`.
+    pub fn sadd<K: ToArg, M: ToArg>(&mut self, key: K, member: M) -> &mut Self {
+        self.add(cmd("SADD").arg(key).arg(member))
+    }
+
+    /// Adds `ZADD key score member`.
+    pub fn zadd<K: ToArg, M: ToArg>(&mut self, key: K, score: f64, member: M) -> &mut Self {
+        self.add(cmd("ZADD").arg(key).arg(score).arg(member))
+    }
+}
+
+/// An atomic `MULTI`/`EXEC` transaction on one slot; see [`ClusterClient::transaction`].
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use redcluster::{cmd, Value};
+/// let mut tx = client.transaction();
+/// tx.add(cmd("INCR").arg("{user:1}:visits"));
+/// tx.add(cmd("SET").arg("{user:1}:last").arg("now"));
+/// let replies: Vec<Value> = tx.execute().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Transaction {
+    client: ClusterClient,
+    cmds: Vec<Cmd>,
+}
+
+impl Transaction {
+    pub(crate) fn new(client: ClusterClient) -> Transaction {
+        Transaction {
+            client,
+            cmds: Vec::new(),
+        }
+    }
+
+    /// Adds a command.
+    pub fn add(&mut self, cmd: Cmd) -> &mut Self {
+        self.cmds.push(cmd);
+        self
+    }
+
+    /// How many commands were added.
+    pub fn len(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// Whether no command was added.
+    pub fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    /// Runs the commands atomically and returns their replies in order. A command that
+    /// fails when it runs (`WRONGTYPE`) does not stop the others: its reply is a
+    /// [`Value::ServerError`] in the list, as Redis reports it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CrossSlot`] before anything is sent when the keys span slots; the error
+    /// reply of a command the server refused to queue (wrong arity, unknown command:
+    /// then nothing ran); transport errors as for any request (a transaction is never
+    /// resent once it may have reached the server).
+    pub async fn execute(self) -> Result<Vec<Value>> {
+        if self.cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        match self
+            .client
+            .inner
+            .execute_transaction(self.cmds, deadline)
+            .await?
+        {
+            Value::Array(replies) => Ok(replies),
+            Value::ServerError(e) => Err(Error::Server(e)),
+            other => Err(Error::Protocol(format!("EXEC answered {}", other.kind()))),
+        }
+    }
+}
+
+impl ClusterClient {
+    /// A pipeline: commands for any slots, sent together.
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline::new(self.clone())
+    }
+
+    /// A `MULTI`/`EXEC` transaction; its keys must share one slot (use a hash tag).
+    pub fn transaction(&self) -> Transaction {
+        Transaction::new(self.clone())
+    }
+}
