@@ -4,11 +4,12 @@
 #   redis.crt, redis.key    the nodes' certificate, for clients and for node-to-node TLS
 #   client.crt, client.key  a client certificate (the nodes require one: tls-auth-clients)
 # Usage: docker/gen-certs.sh [--force]   (--force replaces existing files)
+# GEN_CERTS_DIR=DIR writes them to DIR instead (tests/docker_compose.rs does).
 #
 # For trying the production setup; a real deployment takes its certificates from its own CA.
 set -eu
 
-dir=$(cd "$(dirname "$0")" && pwd)/tls
+dir=${GEN_CERTS_DIR:-$(cd "$(dirname "$0")" && pwd)/tls}
 days=825 # the longest leaf lifetime some TLS clients accept
 
 if [ -e "$dir/ca.crt" ] && [ "${1:-}" != --force ]; then

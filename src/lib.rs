@@ -29,6 +29,7 @@ mod conn;
 mod error;
 mod pipeline;
 mod policy;
+mod pool;
 mod slot;
 mod topology;
 
@@ -41,6 +42,6 @@ pub use cluster::{
 pub use cmd::{cmd, Cmd, ToArg};
 pub use conn::{ConnectOptions, NodeConnection, Protocol, Secret};
 pub use error::{Error, Result, ServerError};
-pub use pipeline::{Pipeline, Transaction};
+pub use pipeline::{Pipeline, Transaction, Watched};
 pub use resp::{FromValue, Value};
 pub use slot::{hash_tag, key_slot, SLOT_COUNT};

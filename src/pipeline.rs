@@ -7,10 +7,12 @@
 
 use tokio::time::Instant;
 
-use crate::cluster::ClusterClient;
+use crate::cluster::{plan, Plan};
+use crate::cluster::{ClusterClient, Lease};
 use crate::cmd::{cmd, Cmd, ToArg};
+use crate::conn::Cmds;
 use crate::error::{Error, Result};
-use crate::resp::Value;
+use crate::resp::{FromValue, Value};
 
 /// Commands for any slots, sent together; see [`ClusterClient::pipeline`].
 ///
@@ -225,5 +227,189 @@ impl ClusterClient {
     /// A `MULTI`/`EXEC` transaction; its keys must share one slot (use a hash tag).
     pub fn transaction(&self) -> Transaction {
         Transaction::new(self.clone())
+    }
+}
+
+/// Keys under `WATCH`, on a dedicated connection to their slot's primary; see
+/// [`ClusterClient::watch`]. Dropping it returns the connection to the pool, where it is
+/// `UNWATCH`ed before anyone else gets it.
+#[derive(Debug)]
+pub struct Watched {
+    client: ClusterClient,
+    lease: Lease,
+    slot: u16,
+}
+
+impl Watched {
+    /// Runs a command on the watched connection (typically reading the watched keys).
+    /// Its keys must be in the watched slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CrossSlot`] for keys in another slot; otherwise as
+    /// [`ClusterClient::query`], except that redirects are not followed: a `MOVED` here
+    /// means the slot moved, and the caller should start over.
+    pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
+        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        self.check_slot(&command, deadline).await?;
+        let answer = self
+            .lease
+            .conn()?
+            .dispatch(Cmds::One(command), deadline)
+            .await;
+        match answer.result {
+            Ok(replies) => match replies.into_iter().last().unwrap_or(Value::Nil) {
+                Value::ServerError(e) => Err(Error::Server(e)),
+                v => T::from_value(v),
+            },
+            Err(e) => {
+                self.lease.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `cmds` in `MULTI`/`EXEC` on the watched connection. `Ok(None)` when a watched
+    /// key changed since `WATCH` and nothing ran; `Ok(Some(replies))` when it committed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CrossSlot`] for keys outside the watched slot (nothing is sent); an error
+    /// reply of a command refused while queueing (nothing ran); transport errors, after
+    /// which the outcome is unknown (`may_have_executed()`).
+    pub async fn exec(mut self, cmds: Vec<Cmd>) -> Result<Option<Vec<Value>>> {
+        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        for command in &cmds {
+            self.check_slot(command, deadline).await?;
+        }
+        let mut all = Vec::with_capacity(cmds.len() + 2);
+        all.push(cmd("MULTI"));
+        all.extend(cmds);
+        all.push(cmd("EXEC"));
+        let answer = self.lease.conn()?.dispatch(Cmds::Many(all), deadline).await;
+        let mut replies = match answer.result {
+            Ok(replies) => replies.into_vec(),
+            Err(e) => {
+                self.lease.discard();
+                return Err(e);
+            }
+        };
+        match replies.pop() {
+            Some(Value::Array(results)) => Ok(Some(results)),
+            // EXEC answers nil when a watched key changed: a conflict, not an error.
+            Some(Value::Nil) => Ok(None),
+            Some(Value::ServerError(exec_error)) => {
+                let queued = replies.into_iter().skip(1).find_map(|r| match r {
+                    Value::ServerError(e) => Some(e),
+                    _ => None,
+                });
+                Err(Error::Server(queued.unwrap_or(exec_error)))
+            }
+            other => Err(Error::Protocol(format!(
+                "EXEC answered {}",
+                other.as_ref().map_or("nothing", Value::kind)
+            ))),
+        }
+    }
+
+    async fn check_slot(&self, command: &Cmd, deadline: Instant) -> Result<()> {
+        let inner = &self.client.inner;
+        let info = inner.command_info(command, deadline).await;
+        let mut slots = vec![self.slot];
+        match plan::plan(command, info)? {
+            Plan::Slot { slot, .. } if slot != self.slot => slots.push(slot),
+            Plan::Split { parts, .. } => {
+                slots.extend(parts.iter().map(|p| p.slot).filter(|&s| s != self.slot))
+            }
+            _ => {}
+        }
+        slots.dedup();
+        if slots.len() > 1 {
+            return Err(Error::CrossSlot { slots });
+        }
+        Ok(())
+    }
+}
+
+impl ClusterClient {
+    /// Sends `WATCH keys` on a dedicated connection to the keys' primary, for an
+    /// optimistic transaction: read with [`Watched::query`], then [`Watched::exec`],
+    /// which reports a conflict as `Ok(None)`. The keys must share one slot.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CrossSlot`] when the keys span slots; [`Error::Config`] for no keys;
+    /// connection errors.
+    pub async fn watch<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<Watched> {
+        let keys: Vec<Vec<u8>> = keys
+            .into_iter()
+            .map(|k| k.with_bytes(<[u8]>::to_vec))
+            .collect();
+        let mut slots: Vec<u16> = keys.iter().map(|k| crate::key_slot(k)).collect();
+        slots.dedup();
+        let slot = match slots.as_slice() {
+            [] => return Err(Error::Config("WATCH needs at least one key".into())),
+            [slot] => *slot,
+            _ => {
+                let mut distinct = Vec::new();
+                for s in slots {
+                    if !distinct.contains(&s) {
+                        distinct.push(s);
+                    }
+                }
+                return Err(Error::CrossSlot { slots: distinct });
+            }
+        };
+        let deadline = Instant::now() + self.inner.config.response_timeout;
+        let lease = self.inner.watch(slot, keys, deadline).await?;
+        Ok(Watched {
+            client: self.clone(),
+            lease,
+            slot,
+        })
+    }
+
+    /// An optimistic transaction with retries: `WATCH`es `keys`, runs `body`, and runs
+    /// it again (up to `attempts` times) while it reports a conflict. `body` reads
+    /// through the [`Watched`] it is given and ends with [`Watched::exec`]; it returns
+    /// `Ok(Some(value))` when that committed and `Ok(None)` on a conflict. The result is
+    /// `Ok(None)` when every attempt conflicted.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::cmd;
+    /// let balance = client
+    ///     .watch_retry(&["{acct:7}:balance"], 5, |mut w| async move {
+    ///         let balance: i64 = w.query(cmd("GET").arg("{acct:7}:balance")).await?;
+    ///         let done = w
+    ///             .exec(vec![cmd("SET").arg("{acct:7}:balance").arg(balance - 10)])
+    ///             .await?;
+    ///         Ok(done.map(|_| balance - 10))
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first error of `watch` or `body`.
+    pub async fn watch_retry<K, T, F, Fut>(
+        &self,
+        keys: &[K],
+        attempts: u32,
+        mut body: F,
+    ) -> Result<Option<T>>
+    where
+        K: ToArg,
+        F: FnMut(Watched) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        for _ in 0..attempts.max(1) {
+            let watched = self.watch(keys.iter()).await?;
+            if let Some(value) = body(watched).await? {
+                return Ok(Some(value));
+            }
+        }
+        Ok(None)
     }
 }

@@ -105,7 +105,7 @@ impl Inner {
             .map(|e| (e.index, e.slot, e.read_only, e.idempotent))
             .collect();
         let cmds: Vec<Cmd> = entries.into_iter().map(|e| e.cmd).collect();
-        let (outcome, cmds) = match node.connection(&self.config.connect, deadline).await {
+        let (outcome, cmds) = match node.connection(deadline).await {
             Ok(conn) => {
                 let answer = conn.dispatch(Cmds::Many(cmds), deadline).await;
                 let cmds = match answer.cmds {

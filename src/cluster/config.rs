@@ -85,6 +85,9 @@ pub(crate) struct Config {
     pub(crate) refresh_interval: Duration,
     pub(crate) refresh_min_interval: Duration,
     pub(crate) remap: Option<AddressRemap>,
+    pub(crate) connections_per_node: usize,
+    pub(crate) max_connections_per_node: usize,
+    pub(crate) max_connections: usize,
 }
 
 /// Builds a [`crate::ClusterClient`]; every setter states its default.
@@ -123,6 +126,9 @@ impl Default for ClusterClientBuilder {
                 refresh_interval: Duration::from_secs(30),
                 refresh_min_interval: Duration::from_millis(100),
                 remap: None,
+                connections_per_node: 1,
+                max_connections_per_node: 10,
+                max_connections: 50,
             },
         }
     }
@@ -248,6 +254,44 @@ impl ClusterClientBuilder {
     pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
         self.config.connect.tcp_keepalive = idle;
         self
+    }
+
+    /// Multiplexed connections per node, which ordinary commands share (each one
+    /// coalesces concurrent requests into single writes). Default 1, the fastest for most
+    /// loads; more can help when one connection's socket or decoding is the bottleneck.
+    pub fn connections_per_node(mut self, n: usize) -> Self {
+        self.config.connections_per_node = n.max(1);
+        self
+    }
+
+    /// Most dedicated connections per node, for commands that hold a connection
+    /// (`BLPOP`, `XREAD BLOCK`, `WAIT`, `WATCH` transactions). Default 10; the seed's
+    /// `max_connections_per_node`.
+    pub fn max_connections_per_node(mut self, n: usize) -> Self {
+        self.config.max_connections_per_node = n.max(1);
+        self
+    }
+
+    /// Most dedicated connections in use at once across the cluster; more callers wait
+    /// (within their deadline). Default 50; the seed's `max_connections`.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n.max(1);
+        self
+    }
+
+    /// The seed's name for [`Self::connect_timeout`].
+    pub fn connection_timeout(self, timeout: Duration) -> Self {
+        self.connect_timeout(timeout)
+    }
+
+    /// The seed's name for [`Self::response_timeout`].
+    pub fn socket_timeout(self, timeout: Duration) -> Self {
+        self.response_timeout(timeout)
+    }
+
+    /// The seed's `socket_keepalive`: TCP keepalive after 60 s idle, or none.
+    pub fn socket_keepalive(self, on: bool) -> Self {
+        self.tcp_keepalive(on.then_some(Duration::from_secs(60)))
     }
 
     /// Connects to the cluster and learns its topology.

@@ -27,6 +27,10 @@ use crate::topology::RefreshTrigger;
 /// far more than any server's module commands, and a bound however the server answers.
 const MAX_LEARNED_COMMANDS: usize = 1024;
 
+/// The deadline of a blocking command that asked to block until answered (`BLPOP k 0`):
+/// in practice forever; dropping the request's future ends it sooner.
+const UNTIL_ANSWERED: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 /// Where one request is sent.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
@@ -44,7 +48,23 @@ impl Inner {
     pub(crate) async fn execute(&self, command: Cmd, deadline: Instant) -> Result<Value> {
         let info = self.command_info(&command, deadline).await;
         let idempotent = info.is_some_and(|i| i.is_read_only()) || cmd::is_idempotent(&command);
-        match plan::plan(&command, info)? {
+        let plan = plan::plan(&command, info)?;
+        if info.is_some_and(|i| cmd::blocks(&command, i)) {
+            // Blocking commands get a connection of their own and the time they ask for.
+            let deadline = match super::dedicated::block_time(&command) {
+                Some(extra) => deadline + extra,
+                None => deadline + UNTIL_ANSWERED,
+            };
+            let target = match plan {
+                Plan::Slot { slot, .. } => Target::Slot {
+                    slot,
+                    read_only: false,
+                },
+                _ => Target::AnyPrimary,
+            };
+            return self.send_blocking(command, target, deadline).await;
+        }
+        match plan {
             Plan::Slot { slot, read_only } => {
                 self.send(
                     command,
@@ -205,7 +225,7 @@ impl Inner {
                     }
                 },
             };
-            let conn = match node.connection(&self.config.connect, deadline).await {
+            let conn = match node.connection(deadline).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     self.signal.request(RefreshTrigger::ConnectionFailure);
@@ -465,7 +485,7 @@ impl Payload {
 
     /// The commands to write; after an `ASK`, preceded by `ASKING` (which, sent before
     /// `MULTI`, holds for the whole transaction).
-    fn into_cmds(self, asking: bool) -> Cmds {
+    pub(crate) fn into_cmds(self, asking: bool) -> Cmds {
         match self {
             Payload::One(c) if !asking => Cmds::One(c),
             Payload::One(c) => Cmds::Many(vec![cmd("ASKING"), c]),

@@ -9,9 +9,10 @@
 mod batch;
 mod commands;
 mod config;
+mod dedicated;
 mod execute;
 mod node;
-mod plan;
+pub(crate) mod plan;
 mod refresh;
 mod routes;
 mod scan;
@@ -29,6 +30,8 @@ use crate::topology::RefreshTrigger;
 
 pub(crate) use config::Config;
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
+pub(crate) use dedicated::Lease;
+pub(crate) use plan::Plan;
 use refresh::RefreshSignal;
 use routes::{NodeRegistry, Routes};
 pub use scan::{Scan, ScanOptions};
@@ -88,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     routes: ArcSwap<Routes>,
     registry: NodeRegistry,
+    /// Dedicated connections in use, across nodes (`max_connections`).
+    pub(crate) dedicated_limit: Arc<tokio::sync::Semaphore>,
     signal: Arc<RefreshSignal>,
     counters: Counters,
     /// `COMMAND INFO` answers for commands missing from the built-in table (modules).
@@ -135,10 +140,17 @@ impl ClusterClient {
     pub(crate) async fn start(config: Config) -> Result<ClusterClient> {
         let refresh_interval = config.refresh_interval;
         let refresh_min_interval = config.refresh_min_interval;
+        let settings = node::NodeSettings {
+            options: config.connect.clone(),
+            multiplexed: config.connections_per_node,
+            dedicated: config.max_connections_per_node,
+        };
+        let dedicated_limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let inner = Arc::new(Inner {
             config,
             routes: ArcSwap::from_pointee(Routes::default()),
-            registry: NodeRegistry::default(),
+            registry: NodeRegistry::new(settings),
+            dedicated_limit,
             signal: Arc::new(RefreshSignal::default()),
             counters: Counters::default(),
             learned: Mutex::new(Vec::new()),

@@ -150,7 +150,7 @@ impl Inner {
         let deadline =
             Instant::now() + self.config.connect.connect_timeout + self.config.response_timeout;
         let node = self.registry.get(addr, false);
-        let conn = node.connection(&self.config.connect, deadline).await?;
+        let conn = node.connection(deadline).await?;
         let reply = tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SHARDS")))
             .await
             .map_err(|_| Error::Timeout)??;

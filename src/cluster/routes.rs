@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::cluster::node::Node;
+use crate::cluster::node::{Node, NodeSettings};
 use crate::slot::SlotMap;
 
 /// An immutable routing snapshot; replaced whole, never modified.
@@ -25,13 +25,22 @@ type NodeMap = HashMap<(Arc<str>, bool), Arc<Node>>;
 
 /// Every node handle the client has made, so that a new snapshot reuses the open
 /// connections of nodes that stay, and closes those of nodes that left.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct NodeRegistry {
     nodes: Mutex<NodeMap>,
     round_robin: AtomicUsize,
+    settings: Arc<NodeSettings>,
 }
 
 impl NodeRegistry {
+    pub(crate) fn new(settings: NodeSettings) -> Self {
+        NodeRegistry {
+            nodes: Mutex::new(HashMap::new()),
+            round_robin: AtomicUsize::new(0),
+            settings: Arc::new(settings),
+        }
+    }
+
     /// The handle for `addr`, creating it if needed.
     pub(crate) fn get(&self, addr: &str, read_only: bool) -> Arc<Node> {
         let mut nodes = self.lock();
@@ -39,7 +48,11 @@ impl NodeRegistry {
             return Arc::clone(node);
         }
         let addr: Arc<str> = Arc::from(addr);
-        let node = Arc::new(Node::new(Arc::clone(&addr), read_only));
+        let node = Arc::new(Node::new(
+            Arc::clone(&addr),
+            read_only,
+            Arc::clone(&self.settings),
+        ));
         nodes.insert((addr, read_only), Arc::clone(&node));
         node
     }
@@ -47,12 +60,19 @@ impl NodeRegistry {
     /// Builds the routing snapshot for `map`, and closes connections to nodes that are
     /// no longer part of it.
     pub(crate) fn routes_for(&self, map: SlotMap, version: u64) -> Routes {
+        let settings = Arc::clone(&self.settings);
         let mut nodes = self.lock();
         let mut handle = |addr: &Arc<str>, read_only: bool| {
             Arc::clone(
                 nodes
                     .entry((Arc::clone(addr), read_only))
-                    .or_insert_with(|| Arc::new(Node::new(Arc::clone(addr), read_only))),
+                    .or_insert_with(|| {
+                        Arc::new(Node::new(
+                            Arc::clone(addr),
+                            read_only,
+                            Arc::clone(&settings),
+                        ))
+                    }),
             )
         };
         let primaries: Vec<Arc<Node>> = map

@@ -191,7 +191,7 @@ async fn scan_node(
     let mut cursor: Bytes = Bytes::from_static(b"0");
     loop {
         let deadline = Instant::now() + inner.config.response_timeout;
-        let conn = node.connection(&inner.config.connect, deadline).await?;
+        let conn = node.connection(deadline).await?;
         let reply = conn
             .send_timeout(scan_cmd(&cursor, options), inner.config.response_timeout)
             .await?;
@@ -243,10 +243,7 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
 async fn migrating_slots(inner: &Inner, addr: &str) -> Option<Vec<u16>> {
     let node = inner.registry.get(addr, false);
     let deadline = Instant::now() + inner.config.response_timeout;
-    let conn = node
-        .connection(&inner.config.connect, deadline)
-        .await
-        .ok()?;
+    let conn = node.connection(deadline).await.ok()?;
     let reply = conn
         .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
         .await

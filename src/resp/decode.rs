@@ -770,7 +770,7 @@ mod tests {
 
     #[test]
     fn bulk_header_alone_reserves_little() {
-        // Found by the fuzz target: `$536870912\r\n` reserved 512 MiB at once.
+        // `$536870912\r\n` used to reserve 512 MiB at once, on the header's word alone.
         let mut buf = BytesMut::from(&b"$536870912\r\n"[..]);
         let mut d = Decoder::new();
         assert_eq!(d.decode(&mut buf).unwrap(), None);

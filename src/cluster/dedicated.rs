@@ -1,0 +1,266 @@
+//! Requests that need a connection of their own: blocking commands and `WATCH`.
+//!
+//! A blocking command (`BLPOP`, `XREAD ... BLOCK`, `WAIT`, ...) leases a dedicated
+//! connection from its node's pool, so it never stalls the multiplexed connection others
+//! share. Its deadline is the response timeout plus the time the command itself asks to
+//! block (`BLPOP k 5` may take 5 s more; `BLPOP k 0` blocks until answered or dropped).
+//! A lease whose request did not complete cleanly (timeout, error) is closed, never
+//! returned to the pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool::managed::{Object, PoolError};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::cluster::execute::{Payload, Target};
+use crate::cluster::node::Node;
+use crate::cluster::Inner;
+use crate::cmd::{cmd, Cmd};
+use crate::conn::{Cmds, NodeConnection};
+use crate::error::{Error, Result};
+use crate::policy::{classify, ErrorAction};
+use crate::pool::Dedicated;
+use crate::resp::Value;
+use crate::slot::Redirect;
+
+/// A dedicated connection checked out for one caller, and its share of
+/// `max_connections`.
+#[derive(Debug)]
+pub(crate) struct Lease {
+    conn: Option<Dedicated>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    pub(crate) fn conn(&self) -> Result<&NodeConnection> {
+        self.conn.as_deref().ok_or(Error::ConnectionLost {
+            may_have_executed: false,
+        })
+    }
+
+    /// Closes the connection instead of returning it to the pool: its state is unknown.
+    pub(crate) fn discard(&mut self) {
+        if let Some(obj) = self.conn.take() {
+            Object::take(obj).close();
+        }
+    }
+}
+
+fn pool_error(e: PoolError<Error>) -> Error {
+    match e {
+        PoolError::Backend(e) => e,
+        PoolError::Timeout(_) => Error::Timeout,
+        PoolError::Closed => Error::ConnectionLost {
+            may_have_executed: false,
+        },
+        other => Error::Config(format!("dedicated connection pool: {other}")),
+    }
+}
+
+/// How long `command` asks the server to block: `Some(d)`, or `None` for "until
+/// answered" (a timeout of 0). Commands that do not say block for no extra time.
+pub(crate) fn block_time(command: &Cmd) -> Option<Duration> {
+    let name = command.name().to_ascii_lowercase();
+    let seconds = |arg: Option<&[u8]>| -> Option<Duration> {
+        let s: f64 = std::str::from_utf8(arg?).ok()?.parse().ok()?;
+        Duration::try_from_secs_f64(s).ok()
+    };
+    let millis = |arg: Option<&[u8]>| -> Option<Duration> {
+        let ms: u64 = std::str::from_utf8(arg?).ok()?.parse().ok()?;
+        Some(Duration::from_millis(ms))
+    };
+    let last = command.arg_at(command.len().saturating_sub(1));
+    let parsed = match name.as_slice() {
+        b"blpop" | b"brpop" | b"bzpopmin" | b"bzpopmax" | b"brpoplpush" | b"blmove" => {
+            seconds(last)
+        }
+        b"blmpop" | b"bzmpop" => seconds(command.arg_at(1)),
+        b"wait" | b"waitaof" => millis(last),
+        b"xread" | b"xreadgroup" => {
+            let at = command
+                .arg_iter()
+                .position(|a| a.eq_ignore_ascii_case(b"block"));
+            millis(at.and_then(|i| command.arg_at(i + 1)))
+        }
+        _ => return Some(Duration::ZERO),
+    };
+    match parsed {
+        // 0 asks to block until answered.
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        // No or a malformed timeout: the server answers at once (or refuses it).
+        None => Some(Duration::ZERO),
+    }
+}
+
+impl Inner {
+    /// Leases a dedicated connection to `node` within `deadline`.
+    pub(crate) async fn lease(&self, node: &Arc<Node>, deadline: Instant) -> Result<Lease> {
+        let permit =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.dedicated_limit).acquire_owned())
+                .await
+                .map_err(|_| Error::Timeout)?
+                .map_err(|_| Error::ConnectionLost {
+                    may_have_executed: false,
+                })?;
+        let pool = node.dedicated_pool()?;
+        let conn = tokio::time::timeout_at(deadline, pool.get())
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(pool_error)?;
+        Ok(Lease {
+            conn: Some(conn),
+            _permit: permit,
+        })
+    }
+
+    /// Sends a blocking command on a dedicated connection, following redirects.
+    pub(crate) async fn send_blocking(
+        &self,
+        mut command: Cmd,
+        target: Target,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let mut redirect: Option<Redirect> = None;
+        for _ in 0..=self.config.max_redirects {
+            let node = match &redirect {
+                Some(r) => self.registry.get(&self.remap(r.addr()), false),
+                None => self.pick(&target, false)?,
+            };
+            let mut lease = self.lease(&node, deadline).await?;
+            let asking = matches!(redirect, Some(Redirect::Ask { .. }));
+            let payload = Payload::One(command);
+            let answer = lease
+                .conn()?
+                .dispatch(payload.into_cmds(asking), deadline)
+                .await;
+            let replies = match answer.result {
+                Ok(replies) => replies,
+                Err(e) => {
+                    lease.discard();
+                    return Err(e);
+                }
+            };
+            let reply = replies.into_iter().last().unwrap_or(Value::Nil);
+            let action = match &reply {
+                Value::ServerError(e) => classify(e, &node.addr),
+                _ => ErrorAction::Reply,
+            };
+            let ErrorAction::Redirect(r) = action else {
+                return Ok(reply);
+            };
+            command = match answer.cmds {
+                Cmds::One(c) => c,
+                Cmds::Many(mut v) => v.pop().ok_or(Error::Protocol("lost command".into()))?,
+            };
+            if let Redirect::Moved { slot, addr } = &r {
+                self.patch_moved(*slot, &self.remap(addr));
+            }
+            redirect = Some(r);
+        }
+        Err(Error::TooManyRedirects {
+            redirects: self.config.max_redirects,
+        })
+    }
+
+    /// Leases a connection to the primary of `slot` and sends `WATCH keys` on it,
+    /// following redirects.
+    pub(crate) async fn watch(
+        &self,
+        slot: u16,
+        keys: Vec<Vec<u8>>,
+        deadline: Instant,
+    ) -> Result<Lease> {
+        let mut target_addr: Option<String> = None;
+        for _ in 0..=self.config.max_redirects {
+            let node = match &target_addr {
+                Some(addr) => self.registry.get(addr, false),
+                None => self.pick(
+                    &Target::Slot {
+                        slot,
+                        read_only: false,
+                    },
+                    true,
+                )?,
+            };
+            let mut lease = self.lease(&node, deadline).await?;
+            let watch = cmd("WATCH").args(keys.iter());
+            let reply = match lease
+                .conn()?
+                .dispatch(Cmds::One(watch), deadline)
+                .await
+                .result
+            {
+                Ok(r) => r.into_iter().last().unwrap_or(Value::Nil),
+                Err(e) => {
+                    lease.discard();
+                    return Err(e);
+                }
+            };
+            match &reply {
+                Value::ServerError(e) => match classify(e, &node.addr) {
+                    // ASK cannot apply: WATCH needs the keys' owner for the whole
+                    // transaction. Wait for the migration by asking the new owner
+                    // after MOVED, or report the state.
+                    ErrorAction::Redirect(Redirect::Moved { slot, addr }) => {
+                        let addr = self.remap(&addr);
+                        self.patch_moved(slot, &addr);
+                        target_addr = Some(addr);
+                    }
+                    _ => return Err(Error::Server(e.clone())),
+                },
+                _ => return Ok(lease),
+            }
+        }
+        Err(Error::TooManyRedirects {
+            redirects: self.config.max_redirects,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_times_by_command() {
+        let t = |c: Cmd| block_time(&c);
+        assert_eq!(
+            t(cmd("BLPOP").arg("a").arg("b").arg("2.5")),
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(
+            t(cmd("BLPOP").arg("a").arg(0)),
+            None,
+            "0 blocks until answered"
+        );
+        assert_eq!(
+            t(cmd("BLMPOP").arg(1).arg(1).arg("k").arg("LEFT")),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            t(cmd("XREAD")
+                .arg("COUNT")
+                .arg(1)
+                .arg("BLOCK")
+                .arg(300)
+                .arg("STREAMS")
+                .arg("s")
+                .arg("$")),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(
+            t(cmd("WAIT").arg(1).arg(100)),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(t(cmd("WAIT").arg(1).arg(0)), None);
+        assert_eq!(
+            t(cmd("XREAD").arg("STREAMS").arg("s").arg("$")),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(t(cmd("BLPOP").arg("a").arg("soon")), Some(Duration::ZERO));
+        assert_eq!(t(cmd("GET").arg("a")), Some(Duration::ZERO));
+    }
+}

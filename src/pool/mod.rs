@@ -1,0 +1,80 @@
+//! Pools of dedicated connections, for commands that hold a connection: blocking
+//! commands (`BLPOP`, `XREAD BLOCK`, `WAIT`, ...) and `WATCH`/`MULTI`/`EXEC`.
+//!
+//! Ordinary commands share the node's multiplexed connections; a command that blocks
+//! the connection it runs on would stall everyone else there, so it takes a connection of
+//! its own from this pool (a `deadpool` pool per node) and gives it back when done. A
+//! connection comes back only if a check proves it is clean: `UNWATCH` then
+//! `PING <random token>` must answer the same token; anything else (a reply still
+//! pending, a dead socket) drops it.
+
+use std::sync::Arc;
+
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+
+use crate::cmd::cmd;
+use crate::conn::{ConnectOptions, NodeConnection};
+use crate::error::Error;
+use crate::resp::Value;
+
+/// Opens and checks dedicated connections to one node.
+#[derive(Debug)]
+pub(crate) struct DedicatedManager {
+    addr: Arc<str>,
+    options: ConnectOptions,
+}
+
+impl DedicatedManager {
+    pub(crate) fn new(addr: Arc<str>, options: ConnectOptions) -> Self {
+        DedicatedManager { addr, options }
+    }
+}
+
+impl managed::Manager for DedicatedManager {
+    type Type = NodeConnection;
+    type Error = Error;
+
+    async fn create(&self) -> Result<NodeConnection, Error> {
+        NodeConnection::connect(&self.addr, &self.options).await
+    }
+
+    async fn recycle(&self, conn: &mut NodeConnection, _: &Metrics) -> RecycleResult<Error> {
+        if conn.is_closed() {
+            return Err(RecycleError::message("connection closed"));
+        }
+        let token = format!("redcluster-recycle-{:016x}", fastrand::u64(..));
+        let replies = conn
+            .send_batch(vec![cmd("UNWATCH"), cmd("PING").arg(token.as_str())])
+            .await
+            .map_err(RecycleError::Backend)?;
+        match replies.get(1) {
+            Some(Value::Bulk(b) | Value::Simple(b)) if *b == token.as_bytes() => Ok(()),
+            _ => {
+                conn.close();
+                Err(RecycleError::message("connection out of sync; dropped"))
+            }
+        }
+    }
+}
+
+/// A node's pool of dedicated connections.
+pub(crate) type DedicatedPool = managed::Pool<DedicatedManager>;
+
+/// A dedicated connection checked out of its pool.
+pub(crate) type Dedicated = managed::Object<DedicatedManager>;
+
+/// Builds a pool of at most `max_size` connections. Waiting for a connection is bounded
+/// by the caller's deadline, not by pool timeouts.
+///
+/// # Errors
+///
+/// [`Error::Config`] if deadpool rejects the configuration.
+pub(crate) fn dedicated_pool(
+    manager: DedicatedManager,
+    max_size: usize,
+) -> Result<DedicatedPool, Error> {
+    managed::Pool::builder(manager)
+        .max_size(max_size.max(1))
+        .build()
+        .map_err(|e| Error::Config(format!("dedicated connection pool: {e}")))
+}

@@ -1,0 +1,203 @@
+//! Commands that hold a connection, against a real cluster: blocking commands on
+//! dedicated connections, WATCH transactions, pool recycling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redcluster::testkit::LocalCluster;
+use redcluster::{cmd, ClusterClient, Value};
+use tokio::time::Instant;
+
+async fn cluster() -> LocalCluster {
+    LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .expect("local cluster starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_command_never_stalls_other_requests() {
+    let local = cluster().await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let blocked = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg("{q}:jobs").arg(10))
+                .await
+        })
+    };
+    // Same slot, so the same node: with one shared connection these would wait 10 s.
+    let started = Instant::now();
+    for i in 0..100 {
+        client.set(format!("{{q}}:k{i}"), i).await.unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!blocked.is_finished());
+    let pushed: i64 = client
+        .query(cmd("RPUSH").arg("{q}:jobs").arg("job-1"))
+        .await
+        .unwrap();
+    assert_eq!(pushed, 1);
+    let popped = blocked.await.unwrap().unwrap();
+    assert_eq!(popped, Some(("{q}:jobs".to_string(), "job-1".to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_command_gets_the_time_it_asks_for_beyond_the_response_timeout() {
+    let local = cluster().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let popped: Option<(String, String)> = client
+        .query(cmd("BLPOP").arg("empty").arg(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        popped, None,
+        "the server's own timeout answered, not the client's"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // XREAD BLOCK likewise.
+    let read: Value = client
+        .query(
+            cmd("XREAD")
+                .arg("BLOCK")
+                .arg(500)
+                .arg("STREAMS")
+                .arg("nostream")
+                .arg("$"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read, Value::Nil);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reports_a_conflict_as_none_and_commits_otherwise() {
+    let local = cluster().await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    client.set("{w}:x", 1).await.unwrap();
+
+    let mut w = client.watch(["{w}:x"]).await.unwrap();
+    let x: i64 = w.query(cmd("GET").arg("{w}:x")).await.unwrap();
+    client.set("{w}:x", 5).await.unwrap(); // someone else writes meanwhile
+    let outcome = w
+        .exec(vec![cmd("SET").arg("{w}:x").arg(x + 1)])
+        .await
+        .unwrap();
+    assert_eq!(outcome, None, "conflict, nothing ran");
+    assert_eq!(client.get::<_, i64>("{w}:x").await.unwrap(), 5);
+
+    let mut w = client.watch(["{w}:x"]).await.unwrap();
+    let x: i64 = w.query(cmd("GET").arg("{w}:x")).await.unwrap();
+    let outcome = w
+        .exec(vec![cmd("SET").arg("{w}:x").arg(x + 1)])
+        .await
+        .unwrap();
+    assert_eq!(outcome, Some(vec![Value::Simple("OK".into())]));
+    assert_eq!(client.get::<_, i64>("{w}:x").await.unwrap(), 6);
+
+    let err = client.watch(["{w}:x", "other"]).await.unwrap_err();
+    assert!(
+        matches!(err, redcluster::Error::CrossSlot { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retry_makes_concurrent_increments_exact() {
+    let local = cluster().await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    client.set("{c}:n", 0).await.unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .watch_retry(&["{c}:n"], 100, |mut w| async move {
+                        let n: i64 = w.query(cmd("GET").arg("{c}:n")).await?;
+                        tokio::task::yield_now().await;
+                        let done = w.exec(vec![cmd("SET").arg("{c}:n").arg(n + 1)]).await?;
+                        Ok(done.map(|_| n + 1))
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(
+            t.await.unwrap().unwrap().is_some(),
+            "committed within 100 attempts"
+        );
+    }
+    assert_eq!(client.get::<_, i64>("{c}:n").await.unwrap(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_comes_back_unwatched() {
+    let local = cluster().await;
+    // One dedicated connection per node, so the second WATCH reuses the first's.
+    let client = Arc::new(
+        ClusterClient::builder()
+            .nodes(local.seeds())
+            .max_connections_per_node(1)
+            .build()
+            .await
+            .unwrap(),
+    );
+    let mut w = client.watch(["{r}:a"]).await.unwrap();
+    let _: Option<String> = w.query(cmd("GET").arg("{r}:a")).await.unwrap();
+    let id: i64 = w.query(cmd("CLIENT").arg("ID")).await.unwrap();
+    drop(w); // given back without EXEC: still watching {r}:a until recycled
+    client.set("{r}:a", "changed").await.unwrap();
+    let mut w = client.watch(["{r}:b"]).await.unwrap();
+    let same: i64 = w.query(cmd("CLIENT").arg("ID")).await.unwrap();
+    assert_eq!(same, id, "the pool handed out the same connection");
+    let outcome = w.exec(vec![cmd("SET").arg("{r}:b").arg(1)]).await.unwrap();
+    assert!(
+        outcome.is_some(),
+        "the old WATCH on {{r}}:a was cleared by the recycle check"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_multiplexed_connections_per_node_share_the_load() {
+    let local = cluster().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .connections_per_node(4)
+        .client_name("mux-test")
+        .build()
+        .await
+        .unwrap();
+    let writes = (0..400).map(|i| client.set(format!("m:{i}"), i));
+    for r in futures_util::future::join_all(writes).await {
+        r.unwrap();
+    }
+    // Count this client's connections on one node: four multiplexed ones were opened.
+    let node = local.connect_node(0).await.unwrap();
+    let list = String::from_utf8(match node.send(cmd("CLIENT").arg("LIST")).await.unwrap() {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => b.to_vec(),
+        other => panic!("{other:?}"),
+    })
+    .unwrap();
+    let ours = list
+        .lines()
+        .filter(|l| l.contains("name=mux-test "))
+        .count();
+    assert_eq!(ours, 4, "the client's connections to node 0:\n{list}");
+    for i in [0, 199, 399] {
+        assert_eq!(client.get::<_, i64>(format!("m:{i}")).await.unwrap(), i);
+    }
+}
