@@ -21,6 +21,8 @@
 //! - `testkit`: [`testkit::LocalCluster`], which spawns a real cluster of `redis-server`
 //!   processes for tests, and the faults to inject into it.
 
+#![forbid(unsafe_code)]
+
 pub mod resp;
 
 mod cluster;

@@ -1,0 +1,91 @@
+//! Heap allocations on the request hot path, counted with a counting global allocator.
+//!
+//! The budget: encoding, routing, sending and receiving one `GET` may allocate at most
+//! twice (the command's buffer and the reply channel), beyond what the reply itself
+//! needs (a bulk reply is a slice of the read buffer: nothing). This binary holds one
+//! test only, so no other test allocates while it counts.
+
+// A global allocator can only be written with `unsafe`; the library itself forbids it.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use redcluster::testkit::LocalCluster;
+use redcluster::{cmd, ClusterClient};
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarding the caller's layout to the system allocator unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: as for `alloc` and `dealloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn a_get_allocates_at_most_twice_beyond_its_reply() {
+    // One thread runs the client's tasks and the test, so the count is this work's only.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let local = LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .start()
+            .await
+            .unwrap();
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        client.set("alloc:key", "a small value").await.unwrap();
+        // Warm up: connections open, buffers grown.
+        for _ in 0..2000 {
+            let _: Option<Bytes> = client.get("alloc:key").await.unwrap();
+        }
+        const N: usize = 10_000;
+        ALLOCATIONS.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        for _ in 0..N {
+            let v: Option<Bytes> = client.get("alloc:key").await.unwrap();
+            assert!(v.is_some());
+        }
+        COUNTING.store(false, Ordering::Relaxed);
+        let per_request = ALLOCATIONS.load(Ordering::Relaxed) as f64 / N as f64;
+        println!("allocations per GET: {per_request:.3}");
+        assert!(per_request <= 2.05, "{per_request:.3} allocations per GET");
+
+        // The same through the raw command API.
+        ALLOCATIONS.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        for _ in 0..N {
+            let v: Option<Bytes> = client.query(cmd("GET").arg("alloc:key")).await.unwrap();
+            assert!(v.is_some());
+        }
+        COUNTING.store(false, Ordering::Relaxed);
+        let per_request = ALLOCATIONS.load(Ordering::Relaxed) as f64 / N as f64;
+        println!("allocations per query(GET): {per_request:.3}");
+        assert!(per_request <= 2.05, "{per_request:.3} allocations per query(GET)");
+    });
+}
