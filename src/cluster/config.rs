@@ -279,6 +279,14 @@ impl ClusterClientBuilder {
         self
     }
 
+    /// Requests written to one multiplexed connection and not yet answered, at most;
+    /// callers beyond that wait (within their deadline, and a request whose deadline
+    /// passes while it waits is never sent). Default 4096.
+    pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
+        self.config.connect.max_in_flight = n.max(1);
+        self
+    }
+
     /// The seed's name for [`Self::connect_timeout`].
     pub fn connection_timeout(self, timeout: Duration) -> Self {
         self.connect_timeout(timeout)
