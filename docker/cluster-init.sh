@@ -15,20 +15,20 @@ if [ "$#" -ne 6 ]; then
 fi
 first=$1
 
-# `at HOST:PORT ARGS...`: a redis-cli command for one node, its reply without the \r.
+# `cli HOST:PORT ARGS...`: a redis-cli command for one node, its reply without the \r.
 # REDIS_CLI_OPTS is unquoted on purpose: several flags, none with spaces.
 # shellcheck disable=SC2086
-at() {
+cli() {
     node=$1
     shift
     redis-cli ${REDIS_CLI_OPTS:-} -h "${node%:*}" -p "${node##*:}" "$@" | tr -d '\r'
 }
 
 # One field of the first node's CLUSTER INFO, e.g. `info cluster_state`.
-info() { at "$first" cluster info | sed -n "s/^$1://p"; }
+info() { cli "$first" cluster info | sed -n "s/^$1://p"; }
 
 # The master a node replicates, as that node sees itself (empty for a master).
-master_of() { at "$1" cluster nodes | awk '$3 ~ /myself/ && $4 != "-" { print $4 }'; }
+master_of() { cli "$1" cluster nodes | awk '$3 ~ /myself/ && $4 != "-" { print $4 }'; }
 
 # `wait_until WHAT COMMAND...`: retries COMMAND every second for up to a minute.
 wait_until() {
@@ -39,7 +39,7 @@ wait_until() {
         i=$((i + 1))
         if [ "$i" -ge 60 ]; then
             echo "gave up after 60s waiting for: $what" >&2
-            at "$first" cluster nodes >&2 || true
+            cli "$first" cluster nodes >&2 || true
             exit 1
         fi
         sleep 1
@@ -49,8 +49,8 @@ wait_until() {
 cluster_ok() { [ "$(info cluster_state)" = ok ]; }
 
 # redis-cli exits 0 on error replies (NOAUTH, LOADING), hence the match on PONG.
-if [ "$(at "$first" ping)" != PONG ]; then
-    echo "$first does not answer PING: $(at "$first" ping 2>&1)" >&2
+if [ "$(cli "$first" ping)" != PONG ]; then
+    echo "$first does not answer PING: $(cli "$first" ping 2>&1)" >&2
     exit 1
 fi
 
@@ -70,19 +70,20 @@ fi
 
 # redis-cli makes the first three (6 / (1 + replicas)) nodes masters, in argument order,
 # and gives them slots 0-5460, 5461-10922, 10923-16383 in that order.
+# shellcheck disable=SC2086
 redis-cli ${REDIS_CLI_OPTS:-} --cluster create "$@" --cluster-replicas 1 --cluster-yes
 wait_until cluster_state:ok cluster_ok
 
 # redis-cli pairs replicas with masters by its own rule (it gave redis-cluster-4 to
 # redis-cluster-0 when tried). Re-point each replica to the master in its position, the
 # seed's topology, so docs and failover drills can name the pairs.
-masters="$(at "$1" cluster myid) $(at "$2" cluster myid) $(at "$3" cluster myid)"
+masters="$(cli "$1" cluster myid) $(cli "$2" cluster myid) $(cli "$3" cluster myid)"
 shift 3
 for want in $masters; do
     replica=$1
     shift
     if [ "$(master_of "$replica")" != "$want" ]; then
-        reply=$(at "$replica" cluster replicate "$want")
+        reply=$(cli "$replica" cluster replicate "$want")
         if [ "$reply" != OK ]; then
             echo "$replica: CLUSTER REPLICATE $want: $reply" >&2
             exit 1
@@ -92,11 +93,13 @@ for want in $masters; do
 done
 
 # Done when the first node's view has the three pairs too (gossip takes a moment).
+# $masters is split on purpose: three IDs.
+# shellcheck disable=SC2086
 pairs_seen() {
-    [ "$(at "$first" cluster nodes | awk '$3 ~ /slave/ { print $4 }' | sort | tr '\n' ' ')" = \
+    [ "$(cli "$first" cluster nodes | awk '$3 ~ /slave/ { print $4 }' | sort | tr '\n' ' ')" = \
         "$(printf '%s\n' $masters | sort | tr '\n' ' ')" ]
 }
 wait_until "three master/replica pairs" pairs_seen
 wait_until cluster_state:ok cluster_ok
 echo "cluster_state:ok"
-at "$first" cluster nodes
+cli "$first" cluster nodes
