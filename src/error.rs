@@ -87,6 +87,16 @@ pub enum Error {
     /// The client's configuration or the user's input is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A write succeeded on the primary, but fewer replicas than asked acknowledged it
+    /// within the timeout (`WAIT`). The write is not undone: it may still reach the
+    /// replicas, or be lost if the primary fails before it does.
+    #[error("write acknowledged by {acknowledged} of {requested} requested replicas")]
+    NotReplicated {
+        /// Replicas that acknowledged the write.
+        acknowledged: u32,
+        /// Replicas asked for.
+        requested: u32,
+    },
     /// A command of a pipeline failed (the first one, by position). The pipeline's other
     /// commands were still sent and may have run: use
     /// [`crate::Pipeline::execute_each`] to see every command's outcome.
@@ -132,8 +142,13 @@ impl Error {
                 may_have_executed, ..
             }
             | Error::ConnectionLost { may_have_executed } => *may_have_executed,
-            // Other commands of the pipeline ran, whatever happened to this one.
-            Error::Timeout | Error::Protocol(_) | Error::Server(_) | Error::Pipeline { .. } => true,
+            // Other commands of the pipeline ran, whatever happened to this one; a write
+            // short of replicas ran on the primary.
+            Error::Timeout
+            | Error::Protocol(_)
+            | Error::Server(_)
+            | Error::Pipeline { .. }
+            | Error::NotReplicated { .. } => true,
             _ => false,
         }
     }

@@ -30,6 +30,7 @@ mod cmd;
 mod conn;
 mod error;
 mod pipeline;
+mod observe;
 mod policy;
 mod pool;
 mod slot;
@@ -39,11 +40,17 @@ mod topology;
 pub mod testkit;
 
 pub use cluster::{
+    Durability,
     AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, ReadFrom, Scan, ScanOptions,
 };
 pub use cmd::{cmd, Cmd, ToArg};
-pub use conn::{ConnectOptions, NodeConnection, Protocol, Secret};
+pub use conn::{
+    ConnectOptions, CredentialsFuture, CredentialsProvider, NodeConnection, Protocol, Secret,
+    TlsConfig,
+};
 pub use error::{Error, Result, ServerError};
 pub use pipeline::{Pipeline, Transaction, Watched};
+pub use observe::{ClusterHealth, NodeHealth, NodeRole};
+pub use policy::{BreakerState, CircuitBreakerConfig, RetryBudgetConfig};
 pub use resp::{FromValue, Value};
 pub use slot::{hash_tag, key_slot, SLOT_COUNT};

@@ -105,9 +105,17 @@ impl Inner {
             .map(|e| (e.index, e.slot, e.read_only, e.idempotent))
             .collect();
         let cmds: Vec<Cmd> = entries.into_iter().map(|e| e.cmd).collect();
-        let (outcome, cmds) = match node.connection(deadline).await {
+        let ready = if node.admit().0 {
+            node.connection(deadline).await
+        } else {
+            Err(Error::CircuitOpen {
+                node: node.addr.to_string(),
+            })
+        };
+        let (outcome, cmds) = match ready {
             Ok(conn) => {
                 let answer = conn.dispatch(Cmds::Many(cmds), deadline).await;
+                self.record(&node, answer.result.is_ok());
                 let cmds = match answer.cmds {
                     Cmds::Many(v) => v,
                     Cmds::One(c) => vec![c],

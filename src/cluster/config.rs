@@ -21,15 +21,16 @@ pub enum ReadFrom {
     /// Reads go to a replica of the slot's shard, or to the primary when the shard has
     /// no replica the client can reach.
     PreferReplica,
-    /// Reads go to a replica only; a shard without a reachable replica fails reads with
-    /// an error instead of loading its primary.
+    /// Reads go to the shard's replicas only while one is reachable; when none is (all
+    /// down, or none known), reads fall back to the primary rather than fail.
     Replica,
     /// Reads rotate over the primary and its replicas.
     RoundRobin,
-    /// Reads go to the node of the shard with the lowest measured latency.
-    ///
-    /// Latency is measured by the health checks; until the client has measurements it
-    /// behaves like [`ReadFrom::PreferReplica`].
+    /// Reads go to the fastest nodes of the shard (primary included), by the PING
+    /// latency the health checks measure: any node within 1.5 times the best latency
+    /// (plus 0.2 ms) is chosen in turn, so reads spread over nodes that are about as fast
+    /// instead of piling onto the single fastest. Until latencies are measured it behaves
+    /// like [`ReadFrom::PreferReplica`].
     LowestLatency,
 }
 
@@ -88,6 +89,10 @@ pub(crate) struct Config {
     pub(crate) connections_per_node: usize,
     pub(crate) max_connections_per_node: usize,
     pub(crate) max_connections: usize,
+    pub(crate) breaker: crate::policy::CircuitBreakerConfig,
+    pub(crate) retry_budget: crate::policy::RetryBudgetConfig,
+    pub(crate) health_check_interval: Option<Duration>,
+    pub(crate) durability: Option<crate::cluster::Durability>,
 }
 
 /// Builds a [`crate::ClusterClient`]; every setter states its default.
@@ -129,6 +134,10 @@ impl Default for ClusterClientBuilder {
                 connections_per_node: 1,
                 max_connections_per_node: 10,
                 max_connections: 50,
+                breaker: crate::policy::CircuitBreakerConfig::default(),
+                retry_budget: crate::policy::RetryBudgetConfig::default(),
+                health_check_interval: Some(Duration::from_secs(10)),
+                durability: None,
             },
         }
     }
@@ -157,6 +166,26 @@ impl ClusterClientBuilder {
     /// ACL user name. Default none (the `default` user).
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.config.connect.username = Some(username.into());
+        self
+    }
+
+    /// TLS for every connection: seeds, discovered nodes, replicas, redirect targets
+    /// and dedicated connections alike. Default none (plain TCP, unless a seed is
+    /// `rediss://`).
+    ///
+    /// With TLS on, the client connects to the `tls-port` nodes report in
+    /// `CLUSTER SHARDS`. Each node's certificate is checked against the host the client
+    /// dials, unless [`crate::TlsConfig::server_name`] fixes one name for all.
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.config.connect.tls = Some(tls);
+        self
+    }
+
+    /// Asks `provider` for the user name and password each time a connection is
+    /// opened, for passwords that rotate; it overrides [`Self::username`] and
+    /// [`Self::password`]. Default none. See [`crate::CredentialsProvider`].
+    pub fn credentials_provider(mut self, provider: crate::CredentialsProvider) -> Self {
+        self.config.connect.credentials = Some(provider);
         self
     }
 
@@ -287,6 +316,45 @@ impl ClusterClientBuilder {
         self
     }
 
+    /// When a node's circuit breaker opens (its requests then fail fast with
+    /// [`Error::CircuitOpen`] until a probe succeeds). Default
+    /// [`CircuitBreakerConfig::default`]: 5 failures in a row, or half of at least 20
+    /// requests in 10 s; open for 1 s.
+    ///
+    /// [`CircuitBreakerConfig::default`]: crate::CircuitBreakerConfig
+    pub fn circuit_breaker(mut self, config: crate::policy::CircuitBreakerConfig) -> Self {
+        self.config.breaker = config;
+        self
+    }
+
+    /// How many retries the whole client may spend, so that a failing cluster does not
+    /// get a retry storm. Default [`RetryBudgetConfig::default`]: 20 % of requests plus
+    /// 100 per second, bursts up to 1000.
+    ///
+    /// [`RetryBudgetConfig::default`]: crate::RetryBudgetConfig
+    pub fn retry_budget(mut self, config: crate::policy::RetryBudgetConfig) -> Self {
+        self.config.retry_budget = config;
+        self
+    }
+
+    /// How often every node is PINGed in the background, to measure latency (for
+    /// [`ReadFrom::LowestLatency`]) and to probe nodes whose breaker is open; `None` turns
+    /// health checks off. Default 10 s, the seed's recommendation (its client uses 30 s).
+    pub fn health_check_interval(mut self, interval: Option<Duration>) -> Self {
+        self.config.health_check_interval = interval;
+        self
+    }
+
+    /// Makes every single-slot write durable: each is followed by `WAIT` and fails with
+    /// [`Error::NotReplicated`] when fewer replicas than asked acknowledge it (see
+    /// [`crate::Durability`]). Writes then use dedicated connections and wait for
+    /// replicas: slower, so prefer [`crate::ClusterClient::query_durable`] for the writes
+    /// that need it. Default none (the primary's acknowledgement, as Redis gives).
+    pub fn durable_writes(mut self, durability: crate::cluster::Durability) -> Self {
+        self.config.durability = Some(durability);
+        self
+    }
+
     /// The seed's name for [`Self::connect_timeout`].
     pub fn connection_timeout(self, timeout: Duration) -> Self {
         self.connect_timeout(timeout)
@@ -318,13 +386,10 @@ impl ClusterClientBuilder {
             return Err(Error::Config("no seed nodes given".into()));
         }
         let mut seeds = Vec::with_capacity(self.config.seeds.len());
+        let mut any_tls = false;
         for raw in std::mem::take(&mut self.config.seeds) {
             let seed = parse_seed(&raw)?;
-            if seed.tls {
-                return Err(Error::Config(
-                    "rediss:// (TLS) seeds are not supported yet".into(),
-                ));
-            }
+            any_tls |= seed.tls;
             if let Some(user) = seed.username {
                 self.config.connect.username.get_or_insert(user);
             }
@@ -334,8 +399,32 @@ impl ClusterClientBuilder {
             seeds.push(seed.addr);
         }
         self.config.seeds = seeds;
+        // A rediss:// seed turns TLS on for every connection; it needs trusted CAs.
+        if any_tls && self.config.connect.tls.is_none() {
+            self.config.connect.tls = Some(default_tls()?);
+        }
+        if let Some(tls) = &self.config.connect.tls {
+            tls.prepare()?;
+        }
         Ok(self.config)
     }
+}
+
+/// The TLS configuration of `rediss://` seeds given no [`crate::TlsConfig`]: the
+/// platform's CAs with the `native-roots` feature, else an error asking for a CA.
+#[cfg(feature = "native-roots")]
+fn default_tls() -> Result<crate::TlsConfig> {
+    Ok(crate::TlsConfig::new().native_roots())
+}
+
+#[cfg(not(feature = "native-roots"))]
+fn default_tls() -> Result<crate::TlsConfig> {
+    Err(Error::Config(
+        "rediss:// seeds need a trusted CA: pass ClusterClientBuilder::tls(TlsConfig::new()\
+         .ca_cert_file(..)?) (or set REDIS_TLS_CA), or enable the `native-roots` feature to \
+         trust the platform's CAs"
+            .into(),
+    ))
 }
 
 /// A seed as written by the user, taken apart.
@@ -433,8 +522,8 @@ fn percent_decode(s: &str) -> Result<String> {
     String::from_utf8(out).map_err(|_| Error::Config("seed URL credentials are not UTF-8".into()))
 }
 
-/// Reads `REDIS_CLUSTER_NODES` (comma-separated seeds), `REDIS_PASSWORD` and
-/// `REDIS_USERNAME` into a builder.
+/// Reads `REDIS_CLUSTER_NODES` (comma-separated seeds), `REDIS_PASSWORD`,
+/// `REDIS_USERNAME` and the TLS variables (see [`tls_from_env`]) into a builder.
 pub(crate) fn builder_from_env() -> Result<ClusterClientBuilder> {
     let nodes = std::env::var("REDIS_CLUSTER_NODES")
         .map_err(|_| Error::Config("REDIS_CLUSTER_NODES is not set".into()))?;
@@ -450,7 +539,63 @@ pub(crate) fn builder_from_env() -> Result<ClusterClientBuilder> {
     if let Ok(username) = std::env::var("REDIS_USERNAME") {
         builder = builder.username(username);
     }
+    let rediss = nodes.split(',').any(|s| s.trim().starts_with("rediss://"));
+    if let Some(tls) = tls_from_env(|name| std::env::var(name).ok(), rediss)? {
+        builder = builder.tls(tls);
+    }
     Ok(builder)
+}
+
+/// The TLS configuration the environment asks for, if any.
+///
+/// `REDIS_TLS` = `true`/`1`/`yes` turns TLS on (`false`/`0`/`no`/empty leaves it off,
+/// unless a seed is `rediss://`); then `REDIS_TLS_CA` (PEM file of trusted CAs),
+/// `REDIS_TLS_CERT` and `REDIS_TLS_KEY` (PEM files of a client certificate and its key,
+/// for mutual TLS; both or neither) and `REDIS_TLS_SERVER_NAME` (one name to check every
+/// node's certificate against) apply.
+fn tls_from_env(
+    var: impl Fn(&str) -> Option<String>,
+    rediss: bool,
+) -> Result<Option<crate::TlsConfig>> {
+    let on = match var("REDIS_TLS").as_deref().map(str::trim) {
+        None | Some("") => rediss,
+        Some(v) if ["1", "true", "yes", "on"].iter().any(|t| v.eq_ignore_ascii_case(t)) => true,
+        Some(v) if ["0", "false", "no", "off"].iter().any(|t| v.eq_ignore_ascii_case(t)) => {
+            rediss
+        }
+        Some(_) => {
+            return Err(Error::Config(
+                "REDIS_TLS must be true/1/yes or false/0/no".into(),
+            ))
+        }
+    };
+    if !on {
+        return Ok(None);
+    }
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let mut tls = crate::TlsConfig::new();
+    match set("REDIS_TLS_CA") {
+        Some(ca) => tls = tls.ca_cert_file(ca)?,
+        None => {
+            // Without a CA file, rediss:// rules apply: the platform's CAs or an error.
+            if let Ok(default) = default_tls() {
+                tls = default;
+            }
+        }
+    }
+    match (set("REDIS_TLS_CERT"), set("REDIS_TLS_KEY")) {
+        (Some(cert), Some(key)) => tls = tls.client_cert_files(cert, key)?,
+        (None, None) => {}
+        _ => {
+            return Err(Error::Config(
+                "REDIS_TLS_CERT and REDIS_TLS_KEY must be set together".into(),
+            ))
+        }
+    }
+    if let Some(name) = set("REDIS_TLS_SERVER_NAME") {
+        tls = tls.server_name(name);
+    }
+    Ok(Some(tls))
 }
 
 #[cfg(test)]
@@ -498,6 +643,78 @@ mod tests {
         assert_eq!(config.connect.password.as_ref().unwrap().expose(), "pw");
         assert!(!format!("{config:?}").contains("pw\""));
         assert!(ClusterClientBuilder::default().into_config().is_err());
+    }
+
+    #[test]
+    fn rediss_seeds_turn_tls_on() {
+        let config = ClusterClientBuilder::default()
+            .nodes(["rediss://:pw@h:1", "h:2"])
+            .tls(crate::TlsConfig::new().danger_accept_invalid_certificates())
+            .into_config()
+            .unwrap();
+        assert_eq!(config.seeds, ["h:1", "h:2"]);
+        assert!(config.connect.tls.is_some());
+        let plain = ClusterClientBuilder::default()
+            .nodes(["redis://h:1"])
+            .into_config()
+            .unwrap();
+        assert!(plain.connect.tls.is_none());
+        // A TlsConfig that trusts nothing is refused at build time.
+        let err = ClusterClientBuilder::default()
+            .nodes(["h:1"])
+            .tls(crate::TlsConfig::new())
+            .into_config()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("no CA certificate")),
+            "{err}"
+        );
+    }
+
+    #[cfg(not(feature = "native-roots"))]
+    #[test]
+    fn rediss_without_a_ca_is_a_config_error() {
+        let err = ClusterClientBuilder::default()
+            .nodes(["rediss://h:1"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("rediss://") && m.contains("CA")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_from_env_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_string())
+            }
+        };
+        assert!(tls_from_env(env(&[]), false).unwrap().is_none());
+        assert!(tls_from_env(env(&[("REDIS_TLS", "0")]), false)
+            .unwrap()
+            .is_none());
+        assert!(tls_from_env(env(&[("REDIS_TLS", "maybe")]), false).is_err());
+        let err = tls_from_env(
+            env(&[("REDIS_TLS", "true"), ("REDIS_TLS_CA", "/nonexistent/ca.pem")]),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        let err = tls_from_env(
+            env(&[("REDIS_TLS", "1"), ("REDIS_TLS_CERT", "/x/client.crt")]),
+            false,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("REDIS_TLS_KEY"), "{err}");
+        let tls = tls_from_env(env(&[("REDIS_TLS_SERVER_NAME", "redis.example")]), true)
+            .unwrap()
+            .unwrap();
+        assert!(format!("{tls:?}").contains("redis.example"));
     }
 
     #[test]

@@ -264,3 +264,91 @@ mod tests {
         assert_eq!(t(cmd("GET").arg("a")), Some(Duration::ZERO));
     }
 }
+
+/// How many replicas must acknowledge a write, and how long to wait for them.
+///
+/// Redis replicates asynchronously: a write acknowledged by the primary alone is lost if
+/// the primary fails before passing it on. With `Durability`, the client sends
+/// `WAIT replicas timeout` right after the write, on the same dedicated connection (WAIT
+/// counts the writes of its own connection), and reports how many replicas acknowledged.
+/// It narrows the window, it does not close it: a failover can still promote a replica
+/// that had not received the write, if fewer replicas acknowledged than exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Durability {
+    /// Replicas that must acknowledge.
+    pub replicas: u32,
+    /// How long the server waits for them.
+    pub timeout: Duration,
+}
+
+impl Durability {
+    /// `replicas` acknowledgements within `timeout`.
+    pub fn new(replicas: u32, timeout: Duration) -> Self {
+        Durability { replicas, timeout }
+    }
+}
+
+impl Inner {
+    /// Sends a write and `WAIT` on a dedicated connection to the slot's primary,
+    /// following redirects; returns the write's reply and the replicas that acknowledged.
+    pub(crate) async fn send_durable(
+        &self,
+        mut command: Cmd,
+        slot: u16,
+        durability: Durability,
+        deadline: Instant,
+    ) -> Result<(Value, u32)> {
+        let deadline = deadline + durability.timeout;
+        let wait_ms = u64::try_from(durability.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut redirect: Option<Redirect> = None;
+        for _ in 0..=self.config.max_redirects {
+            let node = match &redirect {
+                Some(r) => self.registry.get(&self.remap(r.addr()), false),
+                None => self.pick(&Target::Slot { slot, read_only: false }, true)?,
+            };
+            let mut lease = self.lease(&node, deadline).await?;
+            let asking = matches!(redirect, Some(Redirect::Ask { .. }));
+            let mut cmds = Vec::with_capacity(3);
+            if asking {
+                cmds.push(cmd("ASKING"));
+            }
+            cmds.push(command);
+            cmds.push(cmd("WAIT").arg(durability.replicas).arg(wait_ms));
+            let answer = lease.conn()?.dispatch(Cmds::Many(cmds), deadline).await;
+            let mut replies = match answer.result {
+                Ok(replies) => replies.into_vec(),
+                Err(e) => {
+                    lease.discard();
+                    return Err(e);
+                }
+            };
+            let acked = replies.pop().unwrap_or(Value::Nil);
+            let reply = replies.pop().unwrap_or(Value::Nil);
+            let action = match &reply {
+                Value::ServerError(e) => classify(e, &node.addr),
+                _ => ErrorAction::Reply,
+            };
+            let ErrorAction::Redirect(r) = action else {
+                let acked = match acked {
+                    Value::Int(n) => u32::try_from(n).unwrap_or(0),
+                    _ => 0,
+                };
+                return Ok((reply, acked));
+            };
+            let mut sent = match answer.cmds {
+                Cmds::Many(v) => v,
+                Cmds::One(c) => vec![c],
+            };
+            sent.pop(); // WAIT
+            command = sent.pop().ok_or(Error::Protocol("lost command".into()))?;
+            if let Redirect::Moved { slot, addr } = &r {
+                self.patch_moved(*slot, &self.remap(addr));
+            }
+            redirect = Some(r);
+        }
+        Err(Error::TooManyRedirects {
+            redirects: self.config.max_redirects,
+        })
+    }
+}

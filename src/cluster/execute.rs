@@ -18,7 +18,7 @@ use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
 use crate::conn::{Cmds, Replies};
 use crate::error::{Error, Result, ServerError};
-use crate::policy::{classify, Backoff, ErrorAction};
+use crate::policy::{classify, Backoff, ErrorAction, Transition};
 use crate::resp::Value;
 use crate::slot::Redirect;
 use crate::topology::RefreshTrigger;
@@ -46,6 +46,7 @@ impl Inner {
     /// Plans and sends `command`; the reply may be an error reply, which the caller turns
     /// into an error.
     pub(crate) async fn execute(&self, command: Cmd, deadline: Instant) -> Result<Value> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let info = self.command_info(&command, deadline).await;
         let idempotent = info.is_some_and(|i| i.is_read_only()) || cmd::is_idempotent(&command);
         let plan = plan::plan(&command, info)?;
@@ -63,6 +64,18 @@ impl Inner {
                 _ => Target::AnyPrimary,
             };
             return self.send_blocking(command, target, deadline).await;
+        }
+        if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
+            if info.is_some_and(|i| i.is_write()) {
+                let (reply, acked) = self.send_durable(command, *slot, durability, deadline).await?;
+                if !reply.is_error() && acked < durability.replicas {
+                    return Err(Error::NotReplicated {
+                        acknowledged: acked,
+                        requested: durability.replicas,
+                    });
+                }
+                return Ok(reply);
+            }
         }
         match plan {
             Plan::Slot { slot, read_only } => {
@@ -188,6 +201,12 @@ impl Inner {
                 0 => primary,
                 i => &replicas[i - 1],
             },
+            ReadFrom::LowestLatency => {
+                match fastest(std::iter::once(primary).chain(replicas.iter()), turn) {
+                    Some(node) => node,
+                    None => &replicas[turn % replicas.len()],
+                }
+            }
             _ => &replicas[turn % replicas.len()],
         }))
     }
@@ -225,9 +244,21 @@ impl Inner {
                     }
                 },
             };
+            if !node.admit().0 {
+                // Failing fast: nothing is sent to a node whose breaker is open. The
+                // request waits for a new route (the refresh asked when it opened).
+                primary_only |= node.read_only;
+                redirect = None;
+                let open = Error::CircuitOpen {
+                    node: node.addr.to_string(),
+                };
+                self.wait_retry(&backoff, &mut retries, deadline, open).await?;
+                continue;
+            }
             let conn = match node.connection(deadline).await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    self.record(&node, false);
                     self.signal.request(RefreshTrigger::ConnectionFailure);
                     primary_only |= node.read_only;
                     redirect = None;
@@ -238,6 +269,7 @@ impl Inner {
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let kind = payload.kind();
             let answer = conn.dispatch(payload.into_cmds(asking), deadline).await;
+            self.record(&node, answer.result.is_ok());
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) => {
@@ -291,20 +323,21 @@ impl Inner {
                     }
                     redirect = None;
                     let delay = backoff.delay(cluster_down_retries - 1, fastrand::f64());
-                    if Instant::now() + delay >= deadline {
+                    if Instant::now() + delay >= deadline || !self.spend_retry() {
                         return Ok(reply);
                     }
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(delay).await;
                 }
                 ErrorAction::BackOff => {
                     redirect = None;
                     let delay = backoff.delay(retries, fastrand::f64());
                     retries += 1;
-                    if retries > self.config.max_retries || Instant::now() + delay >= deadline {
+                    if retries > self.config.max_retries
+                        || Instant::now() + delay >= deadline
+                        || !self.spend_retry()
+                    {
                         return Ok(reply);
                     }
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -322,13 +355,39 @@ impl Inner {
     ) -> Result<()> {
         let delay = backoff.delay(*retries, fastrand::f64());
         *retries += 1;
-        if *retries > self.config.max_retries || Instant::now() + delay >= deadline {
+        if *retries > self.config.max_retries
+            || Instant::now() + delay >= deadline
+            || !self.spend_retry()
+        {
             return Err(error);
         }
-        self.counters.retries.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(error = %error, attempt = *retries, "retrying");
         tokio::time::sleep(delay).await;
         Ok(())
+    }
+
+    /// Takes one retry from the client's budget; false when it is spent.
+    pub(crate) fn spend_retry(&self) -> bool {
+        let requests = self.requests.load(Ordering::Relaxed);
+        let allowed = self
+            .budget
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .try_spend(requests, std::time::Instant::now());
+        if allowed {
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tracing::debug!("retry budget exhausted; failing instead of retrying");
+        }
+        allowed
+    }
+
+    /// Reports a request's outcome to the node's breaker; an opening breaker asks for a
+    /// topology refresh (the node may have failed over).
+    pub(crate) fn record(&self, node: &Node, ok: bool) {
+        if node.record(ok) == Some(Transition::Opened) {
+            self.signal.request(RefreshTrigger::ConnectionFailure);
+        }
     }
 
     pub(crate) fn remap(&self, addr: &str) -> String {
@@ -452,6 +511,23 @@ impl Inner {
         let replies: Vec<Result<Value>> = futures_util::future::join_all(sends).await;
         combine_replies(combine, &nodes, replies)
     }
+}
+
+/// Picks, in turn, among the nodes whose latency is within 1.5 times the best plus
+/// 0.2 ms; `None` while any node is unmeasured.
+fn fastest<'a>(
+    nodes: impl Iterator<Item = &'a Arc<Node>> + Clone,
+    turn: usize,
+) -> Option<&'a Arc<Node>> {
+    let mut best = std::time::Duration::MAX;
+    for node in nodes.clone() {
+        best = best.min(node.latency()?);
+    }
+    let bound = best.mul_f64(1.5) + std::time::Duration::from_micros(200);
+    let near = |n: &&'a Arc<Node>| n.latency().is_some_and(|l| l <= bound);
+    // Two passes instead of collecting: no allocation per read.
+    let count = nodes.clone().filter(near).count();
+    nodes.filter(near).nth(turn % count.max(1))
 }
 
 /// What one routed request carries.
@@ -714,6 +790,28 @@ mod tests {
                 (Value::Bulk("h:1".into()), Value::Int(8))
             ])
         );
+    }
+
+    #[test]
+    fn lowest_latency_spreads_over_nodes_about_as_fast() {
+        let settings = Arc::new(crate::cluster::node::NodeSettings {
+            options: crate::ConnectOptions::default(),
+            multiplexed: 1,
+            dedicated: 1,
+            breaker: crate::CircuitBreakerConfig::default(),
+        });
+        let node = |addr: &str, us: u64| {
+            let n = Arc::new(Node::new(Arc::from(addr), true, Arc::clone(&settings)));
+            if us > 0 {
+                n.observe_latency(std::time::Duration::from_micros(us));
+            }
+            n
+        };
+        let nodes = [node("a:1", 1000), node("b:1", 1400), node("c:1", 5000)];
+        let picked: Vec<&str> = (0..4).map(|t| &*fastest(nodes.iter(), t).unwrap().addr).collect();
+        assert_eq!(picked, ["a:1", "b:1", "a:1", "b:1"], "c is far slower and never picked");
+        let unmeasured = [node("a:1", 1000), node("d:1", 0)];
+        assert!(fastest(unmeasured.iter(), 0).is_none());
     }
 
     #[test]

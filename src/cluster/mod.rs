@@ -11,6 +11,7 @@ mod commands;
 mod config;
 mod dedicated;
 mod execute;
+mod health;
 mod node;
 pub(crate) mod plan;
 mod refresh;
@@ -31,6 +32,7 @@ use crate::topology::RefreshTrigger;
 pub(crate) use config::Config;
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
 pub(crate) use dedicated::Lease;
+pub use dedicated::Durability;
 pub(crate) use plan::Plan;
 use refresh::RefreshSignal;
 use routes::{NodeRegistry, Routes};
@@ -95,6 +97,9 @@ pub(crate) struct Inner {
     pub(crate) dedicated_limit: Arc<tokio::sync::Semaphore>,
     signal: Arc<RefreshSignal>,
     counters: Counters,
+    /// Requests sent, for the retry budget.
+    pub(crate) requests: AtomicU64,
+    pub(crate) budget: Mutex<crate::policy::RetryBudget>,
     /// `COMMAND INFO` answers for commands missing from the built-in table (modules).
     learned: Mutex<Vec<(Vec<u8>, Option<&'static crate::cmd::CommandInfo>)>>,
 }
@@ -144,8 +149,10 @@ impl ClusterClient {
             options: config.connect.clone(),
             multiplexed: config.connections_per_node,
             dedicated: config.max_connections_per_node,
+            breaker: config.breaker,
         };
         let dedicated_limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let budget = config.retry_budget;
         let inner = Arc::new(Inner {
             config,
             routes: ArcSwap::from_pointee(Routes::default()),
@@ -153,6 +160,8 @@ impl ClusterClient {
             dedicated_limit,
             signal: Arc::new(RefreshSignal::default()),
             counters: Counters::default(),
+            requests: AtomicU64::new(0),
+            budget: Mutex::new(crate::policy::RetryBudget::new(budget)),
             learned: Mutex::new(Vec::new()),
         });
         let seeds: Vec<Arc<str>> = inner
@@ -163,6 +172,9 @@ impl ClusterClient {
             .collect();
         let map = inner.fetch_view(&seeds).await?;
         inner.install(map, RefreshTrigger::Periodic);
+        if let Some(interval) = inner.config.health_check_interval {
+            tokio::spawn(health::health_task(Arc::downgrade(&inner), interval));
+        }
         tokio::spawn(refresh::refresh_task(
             Arc::downgrade(&inner),
             Arc::clone(&inner.signal),
@@ -188,6 +200,37 @@ impl ClusterClient {
         let deadline = Instant::now() + self.inner.config.response_timeout;
         let value = self.inner.execute(cmd, deadline).await?;
         into_result(value)
+    }
+
+    /// Sends a write and waits until `durability.replicas` replicas acknowledged it (or
+    /// `durability.timeout` passed); see [`Durability`] for what that does and does not
+    /// guarantee. Returns the reply and how many replicas acknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReplicated`] when fewer replicas acknowledged than asked (the write
+    /// did run on the primary); [`Error::Config`] for a command without keys or with
+    /// keys in several slots; otherwise as [`ClusterClient::query`].
+    pub async fn query_durable<T: FromValue>(&self, command: Cmd, durability: Durability) -> Result<(T, u32)> {
+        let deadline = Instant::now() + self.inner.config.response_timeout;
+        let info = self.inner.command_info(&command, deadline).await;
+        let slot = match plan::plan(&command, info)? {
+            Plan::Slot { slot, .. } => slot,
+            _ => {
+                return Err(Error::Config(
+                    "durable writes need a command whose keys share one slot".into(),
+                ))
+            }
+        };
+        let (reply, acked) = self.inner.send_durable(command, slot, durability, deadline).await?;
+        let value = into_result(reply)?;
+        if acked < durability.replicas {
+            return Err(Error::NotReplicated {
+                acknowledged: acked,
+                requested: durability.replicas,
+            });
+        }
+        Ok((value, acked))
     }
 
     /// Counters of redirects, refreshes and retries since the client was built.
@@ -242,6 +285,33 @@ impl ClusterClient {
         nodes.sort();
         nodes.dedup();
         nodes
+    }
+
+    /// A snapshot of the cluster as the client sees it: slot coverage, and per node its
+    /// role, connection, circuit breaker and last connection error.
+    pub fn health(&self) -> crate::ClusterHealth {
+        use crate::observe::{ClusterHealth, NodeHealth, NodeRole};
+        let routes = self.inner.routes.load();
+        let mut nodes = Vec::new();
+        let describe = |node: &node::Node, role: NodeRole, primary: Option<&str>| NodeHealth {
+            addr: node.addr.to_string(),
+            role,
+            primary: primary.map(str::to_string),
+            connected: node.is_connected(),
+            breaker: node.breaker_state(),
+            latency: node.latency(),
+            last_error: node.last_connect_error(),
+        };
+        for (i, primary) in routes.primaries.iter().enumerate() {
+            nodes.push(describe(primary, NodeRole::Primary, None));
+            for replica in routes.replicas.get(i).into_iter().flatten() {
+                nodes.push(describe(replica, NodeRole::Replica, Some(&primary.addr)));
+            }
+        }
+        ClusterHealth {
+            slots_covered: routes.map.covered(),
+            nodes,
+        }
     }
 
     /// Refreshes the topology now, waiting for the result (normally refreshes happen on

@@ -1,15 +1,24 @@
 //! One node as the client sees it: its address, its multiplexed connections (opened
 //! lazily) and its pool of dedicated connections.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use crate::conn::{ConnectOptions, NodeConnection};
 use crate::error::{Error, Result};
+use crate::policy::{Admission, Backoff, Breaker, BreakerState, CircuitBreakerConfig, Transition};
 use crate::pool::{DedicatedManager, DedicatedPool};
+
+/// Backoff between attempts to reconnect to a node that refused or timed out: about
+/// 100 ms after the first failure, doubling to at most 5 s, with jitter so that many
+/// clients do not come back at the same moment.
+const RECONNECT_BACKOFF: Backoff = Backoff {
+    base: std::time::Duration::from_millis(100),
+    max: std::time::Duration::from_secs(5),
+};
 
 /// How each node's connections are set up; the same for every node of a client.
 #[derive(Debug, Clone)]
@@ -19,6 +28,7 @@ pub(crate) struct NodeSettings {
     pub(crate) multiplexed: usize,
     /// Most dedicated connections per node (blocking commands, WATCH).
     pub(crate) dedicated: usize,
+    pub(crate) breaker: CircuitBreakerConfig,
 }
 
 /// A node of the cluster and its connections.
@@ -34,12 +44,33 @@ pub(crate) struct Node {
     conns: Box<[Slot]>,
     turn: AtomicUsize,
     dedicated: OnceLock<DedicatedPool>,
+    /// True while the breaker is closed with no recent failure: then requests neither
+    /// check nor update it, and take no lock.
+    quiet: AtomicBool,
+    breaker: Mutex<Breaker>,
+    reconnect: Mutex<Reconnect>,
+    /// Smoothed PING latency in microseconds, from health checks; 0 until measured.
+    latency_us: AtomicU64,
+}
+
+/// Failed connection attempts in a row, and when the next may start.
+#[derive(Debug, Default)]
+struct Reconnect {
+    failures: u32,
+    not_before: Option<std::time::Instant>,
+    last_error: Option<Error>,
 }
 
 /// One multiplexed connection place.
 struct Slot {
     conn: ArcSwapOption<NodeConnection>,
     connecting: tokio::sync::Mutex<()>,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every change is
+/// a single assignment or a state-machine call that cannot panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Node {
@@ -63,11 +94,77 @@ impl Node {
         Node {
             addr,
             read_only,
-            settings,
             conns,
             turn: AtomicUsize::new(0),
             dedicated: OnceLock::new(),
+            quiet: AtomicBool::new(true),
+            breaker: Mutex::new(Breaker::new(settings.breaker)),
+            reconnect: Mutex::new(Reconnect::default()),
+            latency_us: AtomicU64::new(0),
+            settings,
         }
+    }
+
+    /// Asks the breaker whether a request may go to this node now.
+    pub(crate) fn admit(&self) -> (bool, Option<Transition>) {
+        if self.quiet.load(Ordering::Acquire) {
+            return (true, None);
+        }
+        let (admission, transition) = lock(&self.breaker).allow(std::time::Instant::now());
+        (admission != Admission::Rejected, transition)
+    }
+
+    /// Reports a request's outcome: `ok` when the node answered (error replies
+    /// included), not when the connection failed or the request timed out.
+    pub(crate) fn record(&self, ok: bool) -> Option<Transition> {
+        if ok && self.quiet.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut breaker = lock(&self.breaker);
+        let now = std::time::Instant::now();
+        let transition = if ok {
+            breaker.on_success(now)
+        } else {
+            self.quiet.store(false, Ordering::Release);
+            breaker.on_failure(now)
+        };
+        if breaker.is_quiet() {
+            self.quiet.store(true, Ordering::Release);
+        }
+        if let Some(t) = transition {
+            match t {
+                Transition::Opened => tracing::warn!(node = %self.addr, "circuit breaker opened"),
+                Transition::HalfOpened => tracing::info!(node = %self.addr, "circuit breaker half-open"),
+                Transition::Closed => tracing::info!(node = %self.addr, "circuit breaker closed"),
+            }
+        }
+        transition
+    }
+
+    /// Folds a PING round trip into the smoothed latency (70 % old, 30 % new).
+    pub(crate) fn observe_latency(&self, sample: std::time::Duration) {
+        let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { (old * 7 + sample * 3) / 10 };
+        self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// The smoothed PING latency, once measured.
+    pub(crate) fn latency(&self) -> Option<std::time::Duration> {
+        match self.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
+    }
+
+    /// The error of the last connection attempt, if it failed.
+    pub(crate) fn last_connect_error(&self) -> Option<String> {
+        lock(&self.reconnect).last_error.as_ref().map(ToString::to_string)
+    }
+
+    /// The breaker's state, for health reports.
+    pub(crate) fn breaker_state(&self) -> BreakerState {
+        lock(&self.breaker).state()
     }
 
     /// Whether any live multiplexed connection is open.
@@ -99,18 +196,37 @@ impl Node {
                 return Ok(conn);
             }
         }
-        let options = self.settings.options.clone().read_only(self.read_only);
-        let conn =
-            match tokio::time::timeout_at(deadline, NodeConnection::connect(&self.addr, &options))
-                .await
-            {
-                Ok(Ok(conn)) => Arc::new(conn),
-                Ok(Err(e)) => {
-                    tracing::debug!(node = %self.addr, error = %e, "connect failed");
-                    return Err(e);
+        // After failed attempts, wait out the backoff: fail at once with the last error
+        // (nothing was sent) instead of hammering a node that is down.
+        {
+            let reconnect = lock(&self.reconnect);
+            if let Some(not_before) = reconnect.not_before {
+                if std::time::Instant::now() < not_before {
+                    return Err(reconnect.last_error.clone().unwrap_or(Error::ConnectionLost {
+                        may_have_executed: false,
+                    }));
                 }
-                Err(_) => return Err(Error::Timeout),
+            }
+        }
+        let options = self.settings.options.clone().read_only(self.read_only);
+        let result =
+            match tokio::time::timeout_at(deadline, NodeConnection::connect(&self.addr, &options)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout),
             };
+        let conn = match result {
+            Ok(conn) => Arc::new(conn),
+            Err(e) => {
+                let mut reconnect = lock(&self.reconnect);
+                let delay = RECONNECT_BACKOFF.delay(reconnect.failures, fastrand::f64());
+                reconnect.failures = reconnect.failures.saturating_add(1);
+                reconnect.not_before = Some(std::time::Instant::now() + delay);
+                reconnect.last_error = Some(e.clone());
+                tracing::debug!(node = %self.addr, error = %e, retry_in = ?delay, "connect failed");
+                return Err(e);
+            }
+        };
+        *lock(&self.reconnect) = Reconnect::default();
         tracing::debug!(node = %self.addr, read_only = self.read_only, "connected");
         slot.conn.store(Some(Arc::clone(&conn)));
         Ok(conn)

@@ -167,7 +167,7 @@ impl Inner {
                 topology::parse_slots(&reply, addr)?
             }
             Value::ServerError(e) => return Err(Error::Server(e)),
-            reply => topology::parse_shards(&reply, addr, false)?,
+            reply => topology::parse_shards(&reply, addr, self.config.connect.tls.is_some())?,
         };
         let remap = |a: &str| match &self.config.remap {
             Some(r) => r.apply(a),

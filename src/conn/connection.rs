@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::cmd::Cmd;
-use crate::conn::handshake;
+use crate::conn::{handshake, tls};
 use crate::conn::options::{ConnectOptions, Protocol};
 use crate::error::{Error, Result};
 use crate::resp::{Decoder, Value};
@@ -156,15 +156,17 @@ impl std::fmt::Debug for NodeConnection {
 }
 
 impl NodeConnection {
-    /// Connects over TCP to `addr` (`"host:port"`), performs the handshake
-    /// (`HELLO 3`/`AUTH`, `CLIENT SETNAME`, `READONLY` as the options say) and starts the
-    /// connection's tasks on the current tokio runtime.
+    /// Connects over TCP to `addr` (`"host:port"`), with TLS when
+    /// [`ConnectOptions::tls`] is set, performs the handshake (`HELLO 3`/`AUTH`,
+    /// `CLIENT SETNAME`, `READONLY` as the options say) and starts the connection's tasks
+    /// on the current tokio runtime.
     ///
     /// # Errors
     ///
     /// [`Error::Io`] when the node cannot be reached within `connect_timeout`,
-    /// [`Error::Auth`] when the credentials are refused, [`Error::Protocol`] when the
-    /// node does not speak RESP.
+    /// [`Error::Tls`] when the TLS handshake fails (the message names the reason: unknown
+    /// CA, bad name, a client certificate required or refused, ...), [`Error::Auth`] when
+    /// the credentials are refused, [`Error::Protocol`] when the node does not speak RESP.
     pub async fn connect(addr: &str, options: &ConnectOptions) -> Result<NodeConnection> {
         let deadline = Instant::now() + options.connect_timeout;
         let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
@@ -188,12 +190,22 @@ impl NodeConnection {
                 )
             })?;
         configure_tcp(&stream, options);
+        if let Some(tls) = &options.tls {
+            let stream = tls::connect(addr, stream, tls, deadline).await?;
+            let (read, write) = tokio::io::split(stream);
+            // A client certificate the node refuses shows only now, on the first read.
+            return Self::start(addr, read, write, options, deadline)
+                .await
+                .map_err(|e| tls::classify(addr, e, tls));
+        }
         let (read, write) = stream.into_split();
         Self::start(addr, read, write, options, deadline).await
     }
 
     /// Runs the handshake over an already connected byte stream (TLS, a Unix socket, a
     /// test double) and starts the connection's tasks.
+    ///
+    /// The stream is used as it is: [`ConnectOptions::tls`] is not applied to it.
     ///
     /// # Errors
     ///

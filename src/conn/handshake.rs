@@ -3,7 +3,9 @@
 //! With [`Protocol::Resp3`] it sends `HELLO 3 [AUTH user pass] [SETNAME name]`; a server
 //! that refuses `HELLO` (older than 6, or `NOPROTO`) gets `AUTH` and stays on RESP2.
 //! Authentication failures become [`Error::Auth`] here, at connect time, instead of
-//! `NOAUTH` errors on every later command.
+//! `NOAUTH` errors on every later command. The credentials come from the options'
+//! [`crate::CredentialsProvider`], asked anew for every connection, or else from its fixed
+//! user name and password.
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,12 +32,21 @@ where
         rbuf,
         decoder,
     };
+    // A provider is asked on every connection: passwords may have rotated.
+    let (username, password) = match &options.credentials {
+        Some(provider) => {
+            tracing::trace!("asking the credentials provider");
+            let (user, password) = provider.credentials().await?;
+            (user, Some(password))
+        }
+        None => (options.username.clone(), options.password.clone()),
+    };
     let mut protocol = Protocol::Resp2;
     let mut authenticated = false;
     if options.protocol == Protocol::Resp3 {
         let mut hello = cmd("HELLO").arg(3);
-        if let Some(password) = &options.password {
-            let user = options.username.as_deref().unwrap_or("default");
+        if let Some(password) = &password {
+            let user = username.as_deref().unwrap_or("default");
             hello = hello.arg("AUTH").arg(user).arg(password.expose());
         }
         if let Some(name) = &options.client_name {
@@ -54,9 +65,9 @@ where
         }
     }
     if !authenticated {
-        if let Some(password) = &options.password {
+        if let Some(password) = &password {
             let mut auth = cmd("AUTH");
-            if let Some(user) = &options.username {
+            if let Some(user) = &username {
                 auth = auth.arg(user.as_str());
             }
             auth = auth.arg(password.expose());
@@ -102,6 +113,11 @@ fn auth_error(e: &ServerError) -> Error {
 fn handshake_error(step: &str, e: &ServerError) -> Error {
     if is_auth_error(e) {
         return auth_error(e);
+    }
+    // An ACL user without the permission (`+readonly`, `+client|setname`): keep the
+    // server's NOPERM so that callers can tell it apart.
+    if e.code() == "NOPERM" {
+        return Error::Server(e.clone());
     }
     Error::Protocol(format!("{step} failed during the handshake: {e}"))
 }

@@ -1,4 +1,4 @@
-//! One connection to one node: TCP setup, handshake, multiplexing.
+//! One connection to one node: TCP and TLS setup, handshake, multiplexing.
 //!
 //! Owns sockets and tasks; holds no protocol logic beyond calling the [`crate::resp`]
 //! codec and no cluster logic at all (no slots, no redirects).
@@ -6,8 +6,10 @@
 mod connection;
 mod handshake;
 mod options;
+mod tls;
 
 pub use connection::NodeConnection;
 #[allow(unused_imports)]
 pub(crate) use connection::{Answer, Cmds, Replies};
-pub use options::{ConnectOptions, Protocol, Secret};
+pub use options::{ConnectOptions, CredentialsFuture, CredentialsProvider, Protocol, Secret};
+pub use tls::TlsConfig;

@@ -1,9 +1,13 @@
 //! What a node connection is opened with.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::tls::TlsConfig;
+use crate::error::Result;
 use crate::resp::Limits;
 
 /// The RESP version a connection asks for.
@@ -58,9 +62,61 @@ impl From<String> for Secret {
     }
 }
 
+/// The future a [`CredentialsProvider`] returns: the ACL user name (`None` for the
+/// `default` user) and the password.
+pub type CredentialsFuture = Pin<Box<dyn Future<Output = Result<(Option<String>, Secret)>> + Send>>;
+
+type CredentialsFn = dyn Fn() -> CredentialsFuture + Send + Sync;
+
+/// Asked for the user name and password each time a connection is opened, in its
+/// handshake: for passwords that rotate (a secrets manager, short-lived tokens).
+///
+/// It takes precedence over a fixed username and password. Its result is not cached:
+/// every new connection (seeds, discovered nodes, replicas, redirect targets, dedicated
+/// connections) asks again; connections already open stay authenticated as they were.
+/// A provider that fails fails the connection with its error. `Debug` shows nothing of
+/// it.
+///
+/// ```
+/// use redcluster::{CredentialsProvider, Secret};
+/// let provider = CredentialsProvider::new(|| async {
+///     // e.g. read the current password from a secrets manager
+///     let password = std::env::var("APP_REDIS_PASSWORD").unwrap_or_default();
+///     Ok((Some("app".to_string()), Secret::new(password)))
+/// });
+/// ```
+#[derive(Clone)]
+pub struct CredentialsProvider(Arc<CredentialsFn>);
+
+impl CredentialsProvider {
+    /// A provider from an async closure returning `(username, password)`.
+    pub fn new<F, Fut>(f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(Option<String>, Secret)>> + Send + 'static,
+    {
+        CredentialsProvider(Arc::new(move || Box::pin(f()) as CredentialsFuture))
+    }
+
+    /// Asks the provider for the current credentials.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the provider returns.
+    pub async fn credentials(&self) -> Result<(Option<String>, Secret)> {
+        (self.0)().await
+    }
+}
+
+impl fmt::Debug for CredentialsProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CredentialsProvider(..)")
+    }
+}
+
 /// How to open and run one connection to one node.
 ///
-/// `Debug` never shows the password.
+/// `Debug` never shows the password, private keys or the credentials provider.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnectOptions {
@@ -85,6 +141,11 @@ pub struct ConnectOptions {
     pub max_in_flight: usize,
     /// Decoder limits for replies.
     pub limits: Limits,
+    /// TLS for the connection; `None` is plain TCP. Default none.
+    pub tls: Option<TlsConfig>,
+    /// Asked for the user name and password in every handshake; overrides
+    /// [`ConnectOptions::username`] and [`ConnectOptions::password`]. Default none.
+    pub credentials: Option<CredentialsProvider>,
 }
 
 impl Default for ConnectOptions {
@@ -100,6 +161,8 @@ impl Default for ConnectOptions {
             client_name: None,
             max_in_flight: 4096,
             limits: Limits::default(),
+            tls: None,
+            credentials: None,
         }
     }
 }
@@ -138,6 +201,18 @@ impl ConnectOptions {
     /// Sets [`ConnectOptions::response_timeout`].
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ConnectOptions::tls`]: connect with TLS.
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets [`ConnectOptions::credentials`].
+    pub fn credentials_provider(mut self, provider: CredentialsProvider) -> Self {
+        self.credentials = Some(provider);
         self
     }
 

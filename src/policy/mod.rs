@@ -1,6 +1,12 @@
-//! Decisions about retrying, sans-io: given what happened and when, say what to do next.
-//! Nothing here sleeps, reads the clock or touches a socket.
+//! Decisions about retrying and failing fast, sans-io: given what happened and when, say
+//! what to do next. Nothing here sleeps, reads the clock or touches a socket.
 
+mod breaker;
+mod budget;
 mod retry;
 
+pub(crate) use breaker::{Admission, Breaker, Transition};
+pub use breaker::{BreakerState, CircuitBreakerConfig};
+pub(crate) use budget::RetryBudget;
+pub use budget::RetryBudgetConfig;
 pub(crate) use retry::{classify, Backoff, ErrorAction};

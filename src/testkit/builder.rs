@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::tls::{TlsAuthClients, TlsFiles};
 use super::LocalCluster;
 use crate::conn::{ConnectOptions, Secret};
 use crate::error::{Error, Result};
@@ -25,6 +26,10 @@ const MANAGED: &[(&str, &str)] = &[
     (
         "cluster-port",
         "the testkit picks a free cluster-bus port per node",
+    ),
+    (
+        "tls-port",
+        "with LocalClusterBuilder::tls the testkit serves TLS on each node's port",
     ),
     ("bind", "every node listens on 127.0.0.1 only"),
     ("cluster-enabled", "every node is a cluster node"),
@@ -59,6 +64,8 @@ pub struct LocalClusterBuilder {
     wait_timeout: Duration,
     directives: Vec<(String, String)>,
     redis_server: Option<PathBuf>,
+    tls: bool,
+    tls_auth_clients: TlsAuthClients,
 }
 
 impl fmt::Debug for LocalClusterBuilder {
@@ -72,6 +79,8 @@ impl fmt::Debug for LocalClusterBuilder {
             .field("wait_timeout", &self.wait_timeout)
             .field("directives", &names)
             .field("redis_server", &self.redis_server)
+            .field("tls", &self.tls)
+            .field("tls_auth_clients", &self.tls_auth_clients)
             .finish()
     }
 }
@@ -85,6 +94,8 @@ impl Default for LocalClusterBuilder {
             wait_timeout: Duration::from_secs(30),
             directives: Vec::new(),
             redis_server: None,
+            tls: false,
+            tls_auth_clients: TlsAuthClients::Required,
         }
     }
 }
@@ -152,6 +163,44 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Serves TLS only: every node gets `port 0` and `tls-port <its port>`, and talks to
+    /// the other nodes over TLS too (`tls-cluster yes`, `tls-replication yes`). Default
+    /// off.
+    ///
+    /// `start` generates a fresh CA, a server certificate (SANs `127.0.0.1` and
+    /// `localhost`, shared by every node) and a client certificate into `tls/` in the
+    /// cluster's directory: see [`LocalCluster::ca_cert_path`],
+    /// [`LocalCluster::client_cert_path`], [`LocalCluster::client_key_path`] and
+    /// [`LocalCluster::tls_config`], which the testkit's own connections and
+    /// [`LocalCluster::connect_options`] use. Whether nodes require a client certificate
+    /// is [`LocalClusterBuilder::tls_auth_clients`]. Needs a `redis-server` built with
+    /// TLS (Debian's is).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// use redcluster::ClusterClient;
+    /// let cluster = LocalCluster::builder().tls(true).start().await?;
+    /// let client = ClusterClient::builder()
+    ///     .nodes(cluster.seeds())
+    ///     .tls(cluster.tls_config().expect("a TLS cluster"))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
+    /// Redis's `tls-auth-clients` for a [`LocalClusterBuilder::tls`] cluster: whether
+    /// clients must present a certificate signed by the cluster's CA. Default
+    /// [`TlsAuthClients::Required`].
+    pub fn tls_auth_clients(mut self, mode: TlsAuthClients) -> Self {
+        self.tls_auth_clients = mode;
+        self
+    }
+
     /// The `redis-server` binary to run (Redis 7.0 or newer).
     ///
     /// Default: the path in the environment variable `REDCLUSTER_REDIS_SERVER`
@@ -182,12 +231,21 @@ impl LocalClusterBuilder {
             .prefix("redcluster-testkit-")
             .tempdir()
             .map_err(|e| Error::io(e, false))?;
+        let tls = if self.tls {
+            Some(super::tls::generate(
+                &dir.path().join("tls"),
+                self.tls_auth_clients,
+            )?)
+        } else {
+            None
+        };
         let settings = Settings {
             binary,
             dir,
             password: password_of(&self.directives),
             directives: self.effective_directives(),
             wait_timeout: self.wait_timeout,
+            tls,
         };
         LocalCluster::form(settings, self.masters, self.replicas_per_master).await
     }
@@ -278,13 +336,30 @@ pub(crate) struct Settings {
     pub(crate) directives: Vec<(String, String)>,
     pub(crate) password: Option<String>,
     pub(crate) wait_timeout: Duration,
+    /// The certificates of a TLS cluster.
+    pub(crate) tls: Option<TlsFiles>,
 }
 
 impl Settings {
     /// The `redis.conf` of the node listening on `port`, living in `node_dir`.
     pub(crate) fn render_conf(&self, port: u16, cluster_port: u16, node_dir: &Path) -> String {
         let mut conf = String::from("# Written by redcluster::testkit.\n");
-        let _ = writeln!(conf, "port {port}");
+        match &self.tls {
+            None => {
+                let _ = writeln!(conf, "port {port}");
+            }
+            Some(tls) => {
+                // TLS only, between nodes too; the bus port is set explicitly below (it
+                // would otherwise follow the plaintext port, which is off).
+                let _ = writeln!(conf, "port 0");
+                let _ = writeln!(conf, "tls-port {port}");
+                let _ = writeln!(conf, "tls-cert-file {}", quote(&tls.server_cert));
+                let _ = writeln!(conf, "tls-key-file {}", quote(&tls.server_key));
+                let _ = writeln!(conf, "tls-ca-cert-file {}", quote(&tls.ca_cert));
+                conf.push_str("tls-cluster yes\ntls-replication yes\n");
+                let _ = writeln!(conf, "tls-auth-clients {}", tls.auth_clients.directive());
+            }
+        }
         let _ = writeln!(conf, "cluster-port {cluster_port}");
         conf.push_str("bind 127.0.0.1\ndaemonize no\ncluster-enabled yes\n");
         let _ = writeln!(conf, "cluster-config-file nodes-{port}.conf");
@@ -310,10 +385,11 @@ impl Settings {
         options
     }
 
-    /// Options that authenticate like the cluster wants.
+    /// Options that authenticate like the cluster wants, over TLS for a TLS cluster.
     pub(crate) fn client_options(&self) -> ConnectOptions {
         ConnectOptions {
             password: self.password.clone().map(Secret::from),
+            tls: self.tls.as_ref().map(|t| t.config.clone()),
             ..ConnectOptions::default()
         }
     }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use super::node::{expect, tail, Node};
 use super::topology::{self, Managed, NodeEntry, Observation, Unsettled};
 use super::NodeState;
 use crate::cmd::{cmd, Cmd};
-use crate::conn::{ConnectOptions, NodeConnection};
+use crate::conn::{ConnectOptions, NodeConnection, TlsConfig};
 use crate::error::{Error, Result};
 use crate::resp::{FromValue, Value};
 use crate::slot::SLOT_COUNT;
@@ -265,9 +266,38 @@ impl LocalCluster {
     }
 
     /// Connection options that authenticate the way the cluster requires (the
-    /// `requirepass` given to the builder, if any); the rest are defaults.
+    /// `requirepass` given to the builder, if any) and, for a TLS cluster, connect with
+    /// [`LocalCluster::tls_config`]; the rest are defaults.
     pub fn connect_options(&self) -> ConnectOptions {
         self.settings.client_options()
+    }
+
+    /// Whether the cluster serves TLS only ([`LocalClusterBuilder::tls`]).
+    pub fn is_tls(&self) -> bool {
+        self.settings.tls.is_some()
+    }
+
+    /// For a TLS cluster: a client configuration that trusts the cluster's CA and
+    /// presents its client certificate. `None` for a plain cluster.
+    pub fn tls_config(&self) -> Option<TlsConfig> {
+        self.settings.tls.as_ref().map(|t| t.config.clone())
+    }
+
+    /// For a TLS cluster: the PEM file of the CA that signed the nodes' and the client's
+    /// certificates.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.settings.tls.as_ref().map(|t| t.ca_cert.as_path())
+    }
+
+    /// For a TLS cluster: the PEM file of a client certificate the nodes accept.
+    pub fn client_cert_path(&self) -> Option<&Path> {
+        self.settings.tls.as_ref().map(|t| t.client_cert.as_path())
+    }
+
+    /// For a TLS cluster: the PEM file of the private key of
+    /// [`LocalCluster::client_cert_path`].
+    pub fn client_key_path(&self) -> Option<&Path> {
+        self.settings.tls.as_ref().map(|t| t.client_key.as_path())
     }
 
     /// Opens a new connection to node `index` with [`LocalCluster::connect_options`].

@@ -22,6 +22,13 @@
 //! [`Error::Config`](crate::Error::Config) that says so. Nodes use the platform's
 //! signals (Unix only).
 //!
+//! # TLS
+//!
+//! [`LocalClusterBuilder::tls`] starts a TLS-only cluster (nodes talk TLS to each other
+//! too) with certificates generated for it; [`LocalCluster::tls_config`] is the client
+//! configuration that trusts them. It needs a `redis-server` built with TLS support
+//! (Debian's and Homebrew's are).
+//!
 //! # Example
 //!
 //! In a test (`#[tokio::test(flavor = "multi_thread")]` and a `redcluster` dev-dependency
@@ -89,10 +96,12 @@
 mod builder;
 mod cluster;
 mod node;
+mod tls;
 mod topology;
 
 pub use builder::{LocalClusterBuilder, REDIS_SERVER_ENV};
 pub use cluster::{FailoverMode, LocalCluster, NodeInfo, SlotMigration};
+pub use tls::TlsAuthClients;
 
 /// Whether a node's process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -208,9 +208,12 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
 }
 
 /// Builds the slot map from parsed shards, passing every address through `remap`.
-/// Replicas reported as failed are left out: nothing should be read there.
+/// Nodes reported as failed are left out: a failed primary's slots stay unassigned, and
+/// nothing should be read from a failed replica.
 pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> SlotMap {
-    SlotMap::from_ranges(shards.iter().map(|s| {
+    // A primary the cluster flags as failed serves nothing until its replica takes over;
+    // routing to it would only time out.
+    SlotMap::from_ranges(shards.iter().filter(|s| s.primary.healthy).map(|s| {
         let shard = Shard {
             primary: Arc::from(remap(&s.primary.addr)),
             replicas: s
@@ -224,8 +227,11 @@ pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> 
     }))
 }
 
-/// Picks the view most nodes agree on; among equally supported views, the one that covers
-/// the most slots. `None` when there is no view at all.
+/// Picks the view that serves the most slots from healthy primaries; among those, the
+/// one most nodes agree on. During a failover, nodes that have not yet heard of the
+/// promotion still name the failed primary (which serves nothing here), so the view
+/// with the promoted replica wins as soon as one asked node reports it. `None` when
+/// there is no view at all.
 pub(crate) fn choose_view(views: Vec<SlotMap>) -> Option<SlotMap> {
     let mut tally: Vec<(SlotMap, usize)> = Vec::new();
     for view in views {
@@ -236,7 +242,7 @@ pub(crate) fn choose_view(views: Vec<SlotMap>) -> Option<SlotMap> {
     }
     tally
         .into_iter()
-        .max_by_key(|(view, votes)| (*votes, view.covered()))
+        .max_by_key(|(view, votes)| (view.covered(), *votes))
         .map(|(view, _)| view)
 }
 

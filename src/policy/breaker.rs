@@ -1,0 +1,313 @@
+//! The per-node circuit breaker, as a state machine that is handed the time.
+//!
+//! Closed: requests flow; the breaker counts outcomes. It opens after
+//! `consecutive_failures` failures in a row, or when at least `min_requests` requests in
+//! the current `window` saw a failure rate of `failure_rate` or more. Open: every request
+//! fails fast until `open_for` has passed. Half-open: one probe request is let through;
+//! its success closes the breaker, its failure opens it again.
+//!
+//! Call order: [`Breaker::allow`] before each request; then exactly one of
+//! [`Breaker::on_success`] or [`Breaker::on_failure`] for each request that was allowed.
+//! Server error replies are successes: the node answered.
+
+use std::time::{Duration, Instant};
+
+/// When a node's breaker opens and for how long.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct CircuitBreakerConfig {
+    /// Failures in a row that open the breaker. Default 5.
+    pub consecutive_failures: u32,
+    /// Share of failed requests in a window that opens the breaker. Default 0.5.
+    pub failure_rate: f64,
+    /// Requests a window needs before its failure rate counts. Default 20.
+    pub min_requests: u32,
+    /// Length of the failure-rate window. Default 10 s.
+    pub window: Duration,
+    /// How long an open breaker fails requests before it lets a probe through.
+    /// Default 1 s.
+    pub open_for: Duration,
+    /// Whether breakers are used at all. Default true.
+    pub enabled: bool,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(10),
+            open_for: Duration::from_secs(1),
+            enabled: true,
+        }
+    }
+}
+
+impl CircuitBreakerConfig {
+    /// Sets [`Self::consecutive_failures`] (at least 1).
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = n.max(1);
+        self
+    }
+
+    /// Sets [`Self::failure_rate`] and [`Self::min_requests`].
+    pub fn failure_rate(mut self, rate: f64, min_requests: u32) -> Self {
+        self.failure_rate = rate.clamp(0.0, 1.0);
+        self.min_requests = min_requests.max(1);
+        self
+    }
+
+    /// Sets [`Self::window`].
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Sets [`Self::open_for`].
+    pub fn open_for(mut self, open_for: Duration) -> Self {
+        self.open_for = open_for;
+        self
+    }
+
+    /// Turns breakers off: every request is sent, whatever happened before.
+    pub fn disabled(mut self) -> Self {
+        self.enabled = false;
+        self
+    }
+}
+
+/// The breaker's state, as reported in health snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// Requests fail fast with [`crate::Error::CircuitOpen`].
+    Open,
+    /// One probe request is allowed to test the node.
+    HalfOpen,
+}
+
+/// What [`Breaker::allow`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Allowed,
+    /// Allowed as the half-open probe.
+    Probe,
+    Rejected,
+}
+
+/// A state change worth reporting (and, when opening, a reason to refresh topology).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transition {
+    Opened,
+    HalfOpened,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Closed,
+    Open { until: Instant },
+    /// `probe` is when the current probe was let through; a probe whose outcome never
+    /// came back (its caller gave up) is replaced after `open_for`.
+    HalfOpen { probe: Option<Instant> },
+}
+
+/// One node's breaker.
+#[derive(Debug, Clone)]
+pub(crate) struct Breaker {
+    config: CircuitBreakerConfig,
+    state: State,
+    consecutive: u32,
+    window_start: Option<Instant>,
+    window_requests: u32,
+    window_failures: u32,
+}
+
+impl Breaker {
+    pub(crate) fn new(config: CircuitBreakerConfig) -> Self {
+        Breaker {
+            config,
+            state: State::Closed,
+            consecutive: 0,
+            window_start: None,
+            window_requests: 0,
+            window_failures: 0,
+        }
+    }
+
+    /// Closed with no failure in the current window: nothing to count until one comes.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.state == State::Closed && self.consecutive == 0 && self.window_failures == 0
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        match self.state {
+            State::Closed => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Whether a request may go to the node now; may move Open to HalfOpen.
+    pub(crate) fn allow(&mut self, now: Instant) -> (Admission, Option<Transition>) {
+        if !self.config.enabled {
+            return (Admission::Allowed, None);
+        }
+        match self.state {
+            State::Closed => (Admission::Allowed, None),
+            State::Open { until } if now < until => (Admission::Rejected, None),
+            State::Open { .. } => {
+                self.state = State::HalfOpen { probe: Some(now) };
+                (Admission::Probe, Some(Transition::HalfOpened))
+            }
+            State::HalfOpen { probe: Some(started) } if now.duration_since(started) < self.config.open_for => {
+                (Admission::Rejected, None)
+            }
+            State::HalfOpen { .. } => {
+                self.state = State::HalfOpen { probe: Some(now) };
+                (Admission::Probe, None)
+            }
+        }
+    }
+
+    pub(crate) fn on_success(&mut self, now: Instant) -> Option<Transition> {
+        self.consecutive = 0;
+        self.count(now, false);
+        match self.state {
+            State::HalfOpen { .. } => {
+                self.state = State::Closed;
+                self.reset_window(now);
+                Some(Transition::Closed)
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn on_failure(&mut self, now: Instant) -> Option<Transition> {
+        if !self.config.enabled {
+            return None;
+        }
+        self.consecutive = self.consecutive.saturating_add(1);
+        self.count(now, true);
+        let open = match self.state {
+            State::HalfOpen { .. } => true,
+            State::Open { .. } => false,
+            State::Closed => {
+                let rate_exceeded = self.window_requests >= self.config.min_requests
+                    && f64::from(self.window_failures) >= self.config.failure_rate * f64::from(self.window_requests);
+                self.consecutive >= self.config.consecutive_failures || rate_exceeded
+            }
+        };
+        if open {
+            self.state = State::Open {
+                until: now + self.config.open_for,
+            };
+            self.reset_window(now);
+            return Some(Transition::Opened);
+        }
+        None
+    }
+
+    fn count(&mut self, now: Instant, failed: bool) {
+        match self.window_start {
+            Some(start) if now.duration_since(start) < self.config.window => {}
+            _ => self.reset_window(now),
+        }
+        self.window_requests = self.window_requests.saturating_add(1);
+        if failed {
+            self.window_failures = self.window_failures.saturating_add(1);
+        }
+    }
+
+    fn reset_window(&mut self, now: Instant) {
+        self.window_start = Some(now);
+        self.window_requests = 0;
+        self.window_failures = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> CircuitBreakerConfig {
+        CircuitBreakerConfig::default()
+            .consecutive_failures(3)
+            .failure_rate(0.5, 10)
+            .open_for(Duration::from_secs(1))
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_fails_fast() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        assert_eq!(b.on_failure(t0), None);
+        assert_eq!(b.on_failure(t0), None);
+        assert_eq!(b.on_failure(t0), Some(Transition::Opened));
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.allow(t0 + Duration::from_millis(999)).0, Admission::Rejected);
+    }
+
+    #[test]
+    fn a_success_resets_the_run_of_failures() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        b.on_failure(t0);
+        b.on_failure(t0);
+        b.on_success(t0);
+        assert_eq!(b.on_failure(t0), None);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn opens_on_failure_rate_over_a_window() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config().consecutive_failures(100));
+        let mut opened = None;
+        for i in 0..20 {
+            // Alternate: 50 % failures, never 3 in a row.
+            let t = t0 + Duration::from_millis(i);
+            opened = if i % 2 == 0 { b.on_success(t) } else { b.on_failure(t) }.or(opened);
+        }
+        assert_eq!(opened, Some(Transition::Opened));
+        // The same rate spread over many windows never reaches min_requests in one.
+        let mut b = Breaker::new(config().consecutive_failures(100).window(Duration::from_millis(5)));
+        for i in 0..100 {
+            let t = t0 + Duration::from_millis(i);
+            let tr = if i % 2 == 0 { b.on_success(t) } else { b.on_failure(t) };
+            assert_eq!(tr, None);
+        }
+    }
+
+    #[test]
+    fn half_open_probe_closes_or_reopens() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        for _ in 0..3 {
+            b.on_failure(t0);
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(b.allow(later), (Admission::Probe, Some(Transition::HalfOpened)));
+        assert_eq!(b.allow(later).0, Admission::Rejected, "one probe at a time");
+        // A probe that never reports back is replaced once `open_for` has passed.
+        assert_eq!(b.allow(later + Duration::from_secs(1)).0, Admission::Probe);
+        assert_eq!(b.on_failure(later), Some(Transition::Opened));
+        let again = later + Duration::from_secs(1);
+        assert_eq!(b.allow(again).0, Admission::Probe);
+        assert_eq!(b.on_success(again), Some(Transition::Closed));
+        assert_eq!(b.allow(again).0, Admission::Allowed);
+    }
+
+    #[test]
+    fn disabled_breakers_always_allow() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config().disabled());
+        for _ in 0..10 {
+            assert_eq!(b.on_failure(t0), None);
+        }
+        assert_eq!(b.allow(t0).0, Admission::Allowed);
+    }
+}

@@ -1,0 +1,412 @@
+//! Faults under load, against real local clusters (and a fake node for a drop after a
+//! write): primaries killed or frozen, every node restarted, unreachable seeds, replica
+//! reads. Numbers are printed so a run shows how the client rode through.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redcluster::testkit::LocalCluster;
+use redcluster::{cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, Value};
+use support::fake_cluster::{Action, FakeCluster};
+use tokio::time::Instant;
+
+/// One request's outcome, as a writer saw it.
+#[derive(Debug, Clone)]
+struct Outcome {
+    key: String,
+    value: u64,
+    slot: u16,
+    took: Duration,
+    error: Option<Error>,
+}
+
+/// `writers` tasks SET distinct values to their own keys until `stop`, recording every
+/// outcome. Bounded by `stop` and by 50 000 requests per task.
+fn spawn_writers(
+    client: &ClusterClient,
+    writers: usize,
+    stop: &Arc<AtomicBool>,
+    log: &Arc<Mutex<Vec<(Instant, Outcome)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..writers)
+        .map(|t| {
+            let (client, stop, log) = (client.clone(), Arc::clone(stop), Arc::clone(log));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 50_000 {
+                    let key = format!("ft:{t}:{}", n % 64);
+                    let value = (t as u64) << 32 | n;
+                    let started = Instant::now();
+                    let result = client.set(key.as_str(), value).await;
+                    let outcome = Outcome {
+                        slot: key_slot(key.as_bytes()),
+                        key,
+                        value,
+                        took: started.elapsed(),
+                        error: result.err(),
+                    };
+                    log.lock().unwrap().push((started, outcome));
+                    n += 1;
+                }
+            })
+        })
+        .collect()
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[(v.len() * 99 / 100).min(v.len() - 1)]
+}
+
+/// Checks the data: no value whose write was reported as never executed is stored.
+async fn no_unexecuted_write_is_stored(client: &ClusterClient, outcomes: &[Outcome]) {
+    let not_executed: HashMap<(String, u64), ()> = outcomes
+        .iter()
+        .filter(|o| o.error.as_ref().is_some_and(|e| !e.may_have_executed()))
+        .map(|o| ((o.key.clone(), o.value), ()))
+        .collect();
+    let keys: std::collections::HashSet<&String> = outcomes.iter().map(|o| &o.key).collect();
+    for key in keys {
+        let stored: Option<u64> = client.get(key.as_str()).await.unwrap();
+        if let Some(v) = stored {
+            assert!(
+                !not_executed.contains_key(&(key.clone(), v)),
+                "{key} holds {v}, whose write was reported as not executed"
+            );
+        }
+    }
+}
+
+async fn kill_a_primary_under_writers(full_coverage: bool) {
+    let local = LocalCluster::builder()
+        .node_timeout(Duration::from_millis(2000))
+        .config("cluster-require-full-coverage", if full_coverage { "yes" } else { "no" })
+        .start()
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(3);
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let victim = local.master_of_slot(key_slot(b"ft:0:0")).await.unwrap();
+    let victim_slots: Vec<bool> = {
+        let mut owned = vec![false; 16384];
+        for slot in 0..16384u16 {
+            owned[usize::from(slot)] = local.master_of_slot(slot).await.unwrap() == victim;
+        }
+        owned
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let writers = spawn_writers(&client, 32, &stop, &log);
+    tokio::time::sleep(Duration::from_millis(500)).await; // traffic before the fault
+    let killed_at = Instant::now();
+    local.kill(victim).unwrap();
+    // Run until the dead shard has served writes again for a while, or 15 s at most.
+    let deadline = killed_at + Duration::from_secs(15);
+    let recovered_at = loop {
+        let recovered = log.lock().unwrap().iter().find_map(|(started, o)| {
+            (*started > killed_at && victim_slots[usize::from(o.slot)] && o.error.is_none())
+                .then_some(*started)
+        });
+        if let Some(at) = recovered {
+            if Instant::now() > at + Duration::from_secs(1) {
+                break at;
+            }
+        }
+        assert!(Instant::now() < deadline, "the dead shard never served again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let log: Vec<(Instant, Outcome)> = log.lock().unwrap().clone();
+    let outcomes: Vec<Outcome> = log.iter().map(|(_, o)| o.clone()).collect();
+    let (dead, alive): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| victim_slots[usize::from(o.slot)]);
+    let alive_failures: Vec<&&Outcome> = alive.iter().filter(|o| o.error.is_some()).collect();
+    let dead_failures = dead.iter().filter(|o| o.error.is_some()).count();
+    let alive_p99 = p99(alive.iter().map(|o| o.took).collect());
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
+    println!(
+        "kill -9 (full coverage {full_coverage}): {} requests; other shards: {} ok, {} failed, p99 {:?}; \
+         dead shard: {} requests, {} failed; served again {:?} after the kill; slowest request {:?}; {:?}",
+        outcomes.len(),
+        alive.len() - alive_failures.len(),
+        alive_failures.len(),
+        alive_p99,
+        dead.len(),
+        dead_failures,
+        recovered_at - killed_at,
+        slowest,
+        client.stats()
+    );
+    if !full_coverage {
+        assert!(alive_failures.is_empty(), "other shards failed: {:?}", &alive_failures[..alive_failures.len().min(3)]);
+        assert!(alive_p99 < Duration::from_millis(50), "other shards' p99 {alive_p99:?}");
+    } else {
+        // Every node answers CLUSTERDOWN until the promotion; the client retries them
+        // within the deadline, so they succeed once the cluster is whole again.
+        assert!(alive_failures.is_empty(), "other shards failed: {:?}", &alive_failures[..alive_failures.len().min(3)]);
+    }
+    assert!(slowest <= timeout + Duration::from_millis(500), "a request took {slowest:?}");
+    assert!(recovered_at - killed_at <= Duration::from_millis(2000) + Duration::from_secs(3));
+    no_unexecuted_write_is_stored(&client, &outcomes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_primary_costs_only_its_shard_and_only_until_promotion() {
+    kill_a_primary_under_writers(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_full_coverage_required_clusterdown_is_retried_within_the_deadline() {
+    kill_a_primary_under_writers(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
+    // A long node timeout: the cluster does not fail the frozen node over.
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(300))
+        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(3).open_for(Duration::from_millis(500)))
+        .build()
+        .await
+        .unwrap();
+    let frozen = local.master_of_slot(key_slot(b"frozen")).await.unwrap();
+    let frozen_addr = local.node_addr(frozen);
+    let healthy_key = (0..)
+        .map(|i| format!("healthy:{i}"))
+        .find(|k| client.node_for_key(k.as_bytes()).as_deref() != Some(frozen_addr.as_str()))
+        .unwrap();
+    client.set("frozen", 1).await.unwrap();
+    local.pause(frozen).unwrap();
+    let mut timeouts = 0;
+    let mut fast_failures = 0;
+    for _ in 0..20 {
+        let started = Instant::now();
+        match client.get::<_, Option<String>>("frozen").await {
+            Err(Error::Timeout) => timeouts += 1,
+            Err(Error::CircuitOpen { node }) => {
+                assert_eq!(node, frozen_addr);
+                assert!(started.elapsed() < Duration::from_millis(350));
+                fast_failures += 1;
+            }
+            other => panic!("a frozen node answered: {other:?}"),
+        }
+        // Other shards are unaffected meanwhile.
+        let started = Instant::now();
+        client.set(healthy_key.as_str(), 1).await.unwrap();
+        assert!(started.elapsed() < Duration::from_millis(100));
+    }
+    let health = client.health();
+    println!("frozen primary: {timeouts} timeouts, {fast_failures} fast failures; {health:?}");
+    assert!(timeouts >= 3, "the first requests timed out");
+    assert!(fast_failures > 0, "then the breaker failed requests fast");
+    assert_eq!(health.node(&frozen_addr).unwrap().breaker, BreakerState::Open);
+    local.resume(frozen).unwrap();
+    // The next probe after `open_for` finds the node answering and closes the breaker.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(v) = client.get::<_, Option<i64>>("frozen").await {
+            assert_eq!(v, Some(1));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.health().node(&frozen_addr).unwrap().breaker, BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
+    let fake = FakeCluster::start(|args, earlier| match args[0].as_str() {
+        // Read, then the connection drops: the first INCR and the first GET.
+        "INCR" | "GET" if earlier == 0 => Action::Drop,
+        "GET" => Action::Reply(Value::Bulk("v".into())),
+        _ => Action::Reply(Value::Int(1)),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let err = client.query::<i64>(cmd("INCR").arg("counter")).await.unwrap_err();
+    assert!(err.may_have_executed(), "{err:?}");
+    assert!(!err.is_retryable(), "{err:?}");
+    assert_eq!(fake.count("INCR"), 1, "the write was not sent again: {:?}", fake.seen());
+    let v: String = client.get("k").await.unwrap();
+    assert_eq!(v, "v");
+    assert_eq!(fake.count("GET"), 2, "the read was sent again: {:?}", fake.seen());
+}
+
+#[tokio::test]
+async fn unreachable_seeds_fail_within_the_connect_timeout_naming_them() {
+    let dead: Vec<String> = (0..3)
+        .map(|_| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        })
+        .collect();
+    let started = Instant::now();
+    let err = ClusterClient::builder()
+        .nodes(&dead)
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(!err.may_have_executed());
+    let text = err.to_string();
+    assert!(dead.iter().any(|d| text.contains(d.as_str())), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
+    let local = LocalCluster::builder().start().await.unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    client.set("before", 1).await.unwrap();
+    for i in 0..local.nodes().len() {
+        local.kill(i).unwrap();
+    }
+    assert!(client.get::<_, Option<i64>>("before").await.is_err());
+    for i in 0..local.nodes().len() {
+        local.restart(i).await.unwrap();
+    }
+    local.wait_until_stable(Duration::from_secs(30)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match client.set("after", 2).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("recovered after {attempts} attempts; {:?}", client.stats());
+    assert_eq!(client.get::<_, i64>("after").await.unwrap(), 2);
+}
+
+/// `cmdstat_<name>` calls on a node, from `INFO commandstats`.
+async fn calls(local: &LocalCluster, node: usize, name: &str) -> u64 {
+    let conn = local.connect_node(node).await.unwrap();
+    let info = match conn.send(cmd("INFO").arg("commandstats")).await.unwrap() {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_reach_replicas_and_fall_back_to_the_primary() {
+    let local = LocalCluster::builder().start().await.unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .build()
+        .await
+        .unwrap();
+    let keys: Vec<String> = (0..200).map(|i| format!("rr:{i}")).collect();
+    for k in &keys {
+        client.set(k.as_str(), k.as_str()).await.unwrap();
+    }
+    // Replication is asynchronous: wait for the replicas to have the writes.
+    for k in &keys {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.get::<_, Option<String>>(k.as_str()).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "{k} never replicated");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let replicas = local.replicas().await.unwrap();
+    let masters = local.masters().await.unwrap();
+    let replica_gets: u64 = futures_util::future::join_all(replicas.iter().map(|&r| calls(&local, r, "get"))).await.iter().sum();
+    let master_gets: u64 = futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "get"))).await.iter().sum();
+    let master_sets: u64 = futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "set"))).await.iter().sum();
+    println!("replica GETs {replica_gets}, primary GETs {master_gets}, primary SETs {master_sets}");
+    assert!(replica_gets >= 200, "reads went to replicas");
+    assert_eq!(master_gets, 0, "no read went to a primary");
+    assert_eq!(master_sets, 200, "writes went to primaries");
+
+    // A replica dies: its shard's reads fall back to the primary, without errors.
+    let dead = replicas[0];
+    local.kill(dead).unwrap();
+    for k in &keys {
+        let v: String = client.get(k.as_str()).await.unwrap();
+        assert_eq!(&v, k);
+    }
+    let master_gets: u64 = futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "get"))).await.iter().sum();
+    assert!(master_gets > 0, "the orphaned shard's reads went to its primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_report_how_many_replicas_acknowledged() {
+    use redcluster::Durability;
+    let local = LocalCluster::builder().node_timeout(Duration::from_secs(30)).start().await.unwrap();
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let wait = Durability::new(1, Duration::from_millis(500));
+    let ((), acked) = client
+        .query_durable(cmd("SET").arg("durable").arg(1), wait)
+        .await
+        .unwrap();
+    assert_eq!(acked, 1, "the healthy replica acknowledged");
+    // Freeze the replica: the write runs, but nobody acknowledges it in time.
+    let master = local.master_of_slot(key_slot(b"durable")).await.unwrap();
+    let replica = local.replicas_of(master).await.unwrap()[0];
+    local.pause(replica).unwrap();
+    let started = Instant::now();
+    let err = client
+        .query_durable::<()>(cmd("SET").arg("durable").arg(2), wait)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, Error::NotReplicated { acknowledged: 0, requested: 1 }),
+        "{err:?}"
+    );
+    assert!(err.may_have_executed());
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(client.get::<_, i64>("durable").await.unwrap(), 2, "the write itself ran");
+    local.resume(replica).unwrap();
+
+    // Client-wide: every write waits.
+    let durable = ClusterClient::builder()
+        .nodes(local.seeds())
+        .durable_writes(wait)
+        .build()
+        .await
+        .unwrap();
+    durable.set("durable", 3).await.unwrap();
+    local.pause(replica).unwrap();
+    let err = durable.set("durable", 4).await.unwrap_err();
+    assert!(matches!(err, Error::NotReplicated { .. }), "{err:?}");
+    local.resume(replica).unwrap();
+}

@@ -1,0 +1,258 @@
+//! Secrets stay secret: passwords, private keys and credentials providers never show in
+//! `Debug` output, error messages or `tracing` output (captured at TRACE level), whatever
+//! fails. Runs against a real TLS cluster with `requirepass` (the testkit), on 127.0.0.1.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use redcluster::testkit::LocalCluster;
+use redcluster::{
+    cmd, ClusterClient, ConnectOptions, CredentialsProvider, Error, NodeConnection, Secret,
+    TlsConfig, Value,
+};
+
+const PASSWORD: &str = "Pa55-cluster-Zq81xv";
+const WRONG_PASSWORD: &str = "Wr0ng-guess-Kd72mp";
+const APP_PASSWORD: &str = "App-pa55-Hs93nt";
+const PROVIDER_PASSWORD: &str = "Pr0vider-pa55-Lw45cj";
+
+/// Everything `tracing` printed in this test binary, at every level.
+fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || SharedWriter(Arc::clone(&writer)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
+        buffer
+    })
+}
+
+struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn captured_text() -> String {
+    String::from_utf8_lossy(&captured().lock().unwrap()).into_owned()
+}
+
+/// The base64 lines of a PEM private key: none of them may show anywhere.
+fn key_material(pem: &str) -> Vec<String> {
+    let lines: Vec<String> = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect();
+    assert!(!lines.is_empty(), "the key file has a body");
+    lines
+}
+
+fn assert_clean(what: &str, text: &str, secrets: &[String]) {
+    for secret in secrets {
+        assert!(
+            !text.contains(secret.as_str()),
+            "{what} shows a secret ({} chars): {text}",
+            secret.len()
+        );
+    }
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "{what} shows a private key: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_show_in_debug_errors_or_traces() {
+    captured();
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .tls(true)
+        .config("requirepass", PASSWORD)
+        .start()
+        .await
+        .unwrap();
+    let key_pem = std::fs::read_to_string(local.client_key_path().unwrap()).unwrap();
+    let cert_pem = std::fs::read_to_string(local.client_cert_path().unwrap()).unwrap();
+    let mut secrets: Vec<String> = [PASSWORD, WRONG_PASSWORD, APP_PASSWORD, PROVIDER_PASSWORD]
+        .map(str::to_owned)
+        .to_vec();
+    secrets.extend(key_material(&key_pem));
+
+    // An ACL user, for a NOPERM error.
+    for node in local.nodes() {
+        let conn = local.connect_node(node.index).await.unwrap();
+        let reply = conn
+            .send(
+                cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("app")
+                    .arg("on")
+                    .arg(format!(">{APP_PASSWORD}"))
+                    .arg("~app:*")
+                    .arg("+@read")
+                    .arg("+@write")
+                    .arg("+cluster|shards"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()));
+    }
+
+    let tls = TlsConfig::new()
+        .ca_cert_file(local.ca_cert_path().unwrap())
+        .unwrap()
+        .client_cert_pem(&cert_pem, &key_pem)
+        .unwrap();
+    let provider = CredentialsProvider::new(|| async {
+        Ok((Some("default".to_owned()), Secret::new(PROVIDER_PASSWORD)))
+    });
+    let mut rendered: Vec<(String, String)> = Vec::new();
+    let mut show = |what: &str, text: String| rendered.push((what.to_owned(), text));
+
+    // Configuration objects.
+    show("TlsConfig", format!("{tls:?}"));
+    let builder = ClusterClient::builder()
+        .nodes(local.seeds())
+        .username("default")
+        .password(WRONG_PASSWORD)
+        .tls(tls.clone())
+        .connect_timeout(Duration::from_secs(3))
+        .response_timeout(Duration::from_secs(3));
+    show("builder", format!("{builder:?}"));
+    show(
+        "builder with a provider",
+        format!("{:?}", builder.clone().credentials_provider(provider.clone())),
+    );
+    show("CredentialsProvider", format!("{provider:?}"));
+    let options = ConnectOptions::default()
+        .password(PASSWORD)
+        .tls(tls.clone())
+        .credentials_provider(provider.clone());
+    show("ConnectOptions", format!("{options:?}"));
+    show("Secret", format!("{:?} {}", Secret::new(PASSWORD), Secret::new(PASSWORD)));
+    show(
+        "LocalClusterBuilder",
+        format!(
+            "{:?}",
+            LocalCluster::builder()
+                .tls(true)
+                .config("requirepass", PASSWORD)
+        ),
+    );
+    show("LocalCluster", format!("{local:?}"));
+
+    // A session with the wrong password, then the right one.
+    let err = builder.clone().build().await.unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    show("wrong password error", format!("{err} {err:?}"));
+    let client = builder.clone().password(PASSWORD).build().await.unwrap();
+    client.set("k:1", "v").await.unwrap();
+    let v: Option<String> = client.get("k:1").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    show("client", format!("{client:?}"));
+    // The provider's credentials.
+    let via_provider = builder
+        .clone()
+        .credentials_provider(provider.clone())
+        .build()
+        .await;
+    let err = via_provider.unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    show("provider's wrong password error", format!("{err} {err:?}"));
+
+    // NOPERM for an ACL user.
+    let app = ClusterClient::builder()
+        .nodes(local.seeds())
+        .username("app")
+        .password(APP_PASSWORD)
+        .tls(tls.clone())
+        .build()
+        .await
+        .unwrap();
+    let err = app.set("other:1", "x").await.unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"));
+    show("NOPERM error", format!("{err} {err:?}"));
+
+    // TLS failures: no client certificate, a name the certificate does not carry.
+    let err = NodeConnection::connect(
+        &local.node_addr(0),
+        &ConnectOptions::default().password(PASSWORD).tls(
+            TlsConfig::new()
+                .ca_cert_file(local.ca_cert_path().unwrap())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    show("TLS error (no client cert)", format!("{err} {err:?}"));
+    let err = builder
+        .clone()
+        .password(PASSWORD)
+        .tls(tls.clone().server_name("wrong.invalid"))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err:?}");
+    show("TLS error (bad name)", format!("{err} {err:?}"));
+
+    // Configuration errors around secrets.
+    let err = ClusterClient::builder()
+        .nodes([format!("redis://app:{PASSWORD}@host:notaport")])
+        .build()
+        .await
+        .unwrap_err();
+    show("seed URL error", format!("{err} {err:?}"));
+    let truncated = &key_pem[..key_pem.len() / 2];
+    let err = TlsConfig::new()
+        .client_cert_pem(&cert_pem, truncated)
+        .unwrap_err();
+    show("truncated key error", format!("{err} {err:?}"));
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    secrets.extend(key_material(&other_key));
+    let err = TlsConfig::new()
+        .ca_cert_file(local.ca_cert_path().unwrap())
+        .unwrap()
+        .client_cert_pem(&cert_pem, &other_key)
+        .unwrap()
+        .server_name("localhost");
+    let err = ClusterClient::builder()
+        .nodes(local.seeds())
+        .tls(err)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("does not belong")),
+        "{err:?}"
+    );
+    show("mismatched key error", format!("{err} {err:?}"));
+
+    drop(client);
+    drop(app);
+    // Let connection tasks log their closing.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for (what, text) in &rendered {
+        assert_clean(what, text, &secrets);
+    }
+    let trace = captured_text();
+    // The capture works and saw the session's failures, at debug and trace level.
+    assert!(trace.contains("WRONGPASS"), "{trace}");
+    assert!(trace.contains("TRACE"), "no trace-level events captured");
+    assert_clean("tracing output", &trace, &secrets);
+}

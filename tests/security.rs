@@ -1,0 +1,621 @@
+//! Authentication, ACLs and TLS against real local clusters (the testkit): `requirepass`,
+//! ACL users with and without the permissions they need, and TLS-only clusters with
+//! mutual TLS. All traffic is to 127.0.0.1.
+
+use std::time::Duration;
+
+use redcluster::testkit::{FailoverMode, LocalCluster, TlsAuthClients};
+use redcluster::{
+    cmd, key_slot, ClusterClient, ClusterClientBuilder, Error, NodeConnection, TlsConfig, Value,
+};
+
+const PASSWORD: &str = "s3cret-cluster-pass";
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// Commands the client itself sends, beyond the user's own: what an ACL user needs on
+/// top of its data permissions (see the README's security notes). `HELLO` and `AUTH`
+/// need none: the server allows them before authentication.
+const CLIENT_PERMISSIONS: &str = "+cluster|shards +cluster|slots +cluster|nodes +command|info \
+     +readonly +asking +ping +unwatch";
+
+fn key_in_slot(slot: u16, prefix: &str) -> String {
+    (0u64..)
+        .map(|i| format!("{prefix}{{t{i}}}"))
+        .find(|k| key_slot(k.as_bytes()) == slot)
+        .expect("some tag hashes to every slot")
+}
+
+async fn crud(client: &ClusterClient, prefix: &str) {
+    for i in 0..30 {
+        let key = format!("{prefix}{i}");
+        client.set(key.as_str(), format!("v{i}")).await.unwrap();
+    }
+    for i in 0..30 {
+        let key = format!("{prefix}{i}");
+        let v: Option<String> = client.get(key.as_str()).await.unwrap();
+        assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()), "{key}");
+    }
+    let n: i64 = client
+        .query(cmd("INCR").arg(format!("{prefix}counter")))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let deleted: i64 = client
+        .query(cmd("DEL").arg(format!("{prefix}0")))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let v: Option<String> = client.get(format!("{prefix}0")).await.unwrap();
+    assert_eq!(v, None);
+}
+
+/// Fails the master of `key`'s slot over to its replica and checks the key survives.
+async fn failover_and_check(local: &LocalCluster, client: &ClusterClient, key: &str) {
+    client.set(key, "before-failover").await.unwrap();
+    let slot = key_slot(key.as_bytes());
+    let master = local.master_of_slot(slot).await.unwrap();
+    let replica = local.replicas_of(master).await.unwrap()[0];
+    local
+        .failover(replica, FailoverMode::Graceful)
+        .await
+        .unwrap();
+    assert_eq!(local.master_of_slot(slot).await.unwrap(), replica);
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("before-failover"));
+    client.set(key, "after-failover").await.unwrap();
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("after-failover"));
+    // The client now routes the slot to the promoted replica.
+    client.refresh_topology().await.unwrap();
+    assert_eq!(
+        client.primary_for_slot(slot),
+        Some(local.node_addr(replica))
+    );
+}
+
+// ---- requirepass ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requirepass_cluster_connects_discovers_serves_and_fails_over_with_the_password() {
+    let local = LocalCluster::builder()
+        .config("requirepass", PASSWORD)
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes([local.seeds()[0].as_str()])
+        .password(PASSWORD)
+        .build()
+        .await
+        .unwrap();
+    let mut known = client.known_nodes();
+    known.sort();
+    let mut all = local.seeds();
+    all.sort();
+    assert_eq!(known, all, "every node is discovered from one seed");
+    crud(&client, "rp:").await;
+    failover_and_check(&local, &client, "rp:failover").await;
+
+    // The password in a seed URL works the same.
+    let url = format!("redis://:{PASSWORD}@{}", local.seeds()[1]);
+    let client = ClusterClient::connect([url]).await.unwrap();
+    let v: Option<String> = client.get("rp:failover").await.unwrap();
+    assert_eq!(v.as_deref(), Some("after-failover"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_password_fails_at_connect_time_with_auth() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .config("requirepass", PASSWORD)
+        .start()
+        .await
+        .unwrap();
+    let err = ClusterClient::builder()
+        .nodes(local.seeds())
+        .password("not-the-password")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    assert!(!err.is_retryable());
+
+    let err = ClusterClient::builder()
+        .nodes(local.seeds())
+        .username("nobody")
+        .password(PASSWORD)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+
+    // No password at all: HELLO is refused with NOAUTH, an authentication failure too.
+    let err = ClusterClient::connect(local.seeds()).await.unwrap_err();
+    assert!(matches!(&err, Error::Auth(m) if m.contains("NOAUTH")), "{err:?}");
+}
+
+// ---- credentials provider ---------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_provider_is_asked_on_every_new_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .config("requirepass", PASSWORD)
+        .start()
+        .await
+        .unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let current = Arc::new(Mutex::new(PASSWORD.to_string()));
+    let provider = {
+        let (asked, current) = (Arc::clone(&asked), Arc::clone(&current));
+        redcluster::CredentialsProvider::new(move || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            let password = current.lock().unwrap().clone();
+            async move { Ok((None, redcluster::Secret::new(password))) }
+        })
+    };
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .password("stale-password-ignored")
+        .credentials_provider(provider)
+        .build()
+        .await
+        .unwrap();
+    crud(&client, "cp:").await;
+    let after_connect = asked.load(Ordering::SeqCst);
+    assert!(after_connect >= 3, "asked {after_connect} times");
+
+    // Rotate the password on every node; open connections stay authenticated, new ones
+    // use the provider's new answer.
+    let rotated = "rotated-pass-2";
+    for i in 0..3 {
+        let conn = local.connect_node(i).await.unwrap();
+        let reply = conn
+            .send(cmd("CONFIG").arg("SET").arg("requirepass").arg(rotated))
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()));
+    }
+    *current.lock().unwrap() = rotated.to_string();
+    let fresh = ClusterClient::builder()
+        .nodes(local.seeds())
+        .credentials_provider({
+            let current = Arc::clone(&current);
+            redcluster::CredentialsProvider::new(move || {
+                let password = current.lock().unwrap().clone();
+                async move { Ok((Some("default".to_string()), password.into())) }
+            })
+        })
+        .build()
+        .await
+        .unwrap();
+    crud(&fresh, "cp2:").await;
+
+    // A provider that fails fails the connection with its error.
+    let err = ClusterClient::builder()
+        .nodes(local.seeds())
+        .credentials_provider(redcluster::CredentialsProvider::new(|| async {
+            Err(Error::Auth("vault unreachable".into()))
+        }))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::Auth(m) if m.contains("vault")), "{err:?}");
+}
+
+// ---- ACL --------------------------------------------------------------------------------
+
+/// Runs `ACL SETUSER` with `rules` on every node (ACLs are per node).
+async fn set_user(local: &LocalCluster, rules: &str) {
+    for node in local.nodes() {
+        let conn = local.connect_node(node.index).await.unwrap();
+        let mut command = cmd("ACL").arg("SETUSER");
+        for rule in rules.split_whitespace() {
+            command = command.arg(rule);
+        }
+        let reply = conn.send(command).await.unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()), "ACL SETUSER {rules}");
+    }
+}
+
+async fn acl_cluster() -> LocalCluster {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .start()
+        .await
+        .unwrap();
+    set_user(
+        &local,
+        &format!("app on >apppass ~app:* +@read +@write -@dangerous {CLIENT_PERMISSIONS}"),
+    )
+    .await;
+    set_user(
+        &local,
+        &format!("reader on >readpass ~app:* +@read -@dangerous {CLIENT_PERMISSIONS}"),
+    )
+    .await;
+    local
+}
+
+fn as_user(local: &LocalCluster, user: &str, password: &str) -> ClusterClientBuilder {
+    ClusterClient::builder()
+        .nodes(local.seeds())
+        .username(user)
+        .password(password.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_users_get_their_keys_and_noperm_elsewhere() {
+    let local = acl_cluster().await;
+    let app = as_user(&local, "app", "apppass").build().await.unwrap();
+    crud(&app, "app:").await;
+    // A pipeline across slots, and a read from replicas (READONLY), as the app user.
+    let mut p = app.pipeline();
+    for i in 0..20 {
+        p.set(format!("app:p{i}"), i);
+    }
+    let replies = p.execute().await.unwrap();
+    assert_eq!(replies.len(), 20);
+
+    // Keys outside ~app:* are refused by the server with NOPERM.
+    let err = app.set("other:1", "x").await.unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+    assert!(matches!(err, Error::Server(_)));
+    let err = app
+        .query::<Value>(cmd("GET").arg("other:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+    // -@dangerous: FLUSHALL is refused.
+    let err = app.query::<Value>(cmd("FLUSHALL")).await.unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+
+    // The read-only user reads, and gets NOPERM on writes.
+    let reader = as_user(&local, "reader", "readpass")
+        .read_from(redcluster::ReadFrom::PreferReplica)
+        .build()
+        .await
+        .unwrap();
+    let v: Option<String> = reader.get("app:1").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v1"));
+    let err = reader.set("app:1", "overwrite").await.unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+    let err = reader
+        .query::<i64>(cmd("INCR").arg("app:counter"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+
+    // Wrong password for an ACL user: Error::Auth at connect time.
+    let err = as_user(&local, "app", "wrong").build().await.unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_user_with_the_documented_permissions_uses_every_client_feature() {
+    use futures_util::StreamExt;
+
+    let local = acl_cluster().await;
+    let app = as_user(&local, "app", "apppass").build().await.unwrap();
+    for i in 0..50 {
+        app.set(format!("app:s{i}"), i).await.unwrap();
+    }
+    // Replica reads (READONLY).
+    let replica_reader = as_user(&local, "app", "apppass")
+        .read_from(redcluster::ReadFrom::Replica)
+        .build()
+        .await
+        .unwrap();
+    let v: Option<String> = replica_reader.get("app:s1").await.unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+    // A cluster-wide SCAN (CLUSTER NODES).
+    let mut scan = app.scan(redcluster::ScanOptions::default().pattern("app:s*"));
+    let mut seen = 0;
+    while let Some(key) = tokio::time::timeout(SETTLE, scan.next()).await.unwrap() {
+        key.unwrap();
+        seen += 1;
+    }
+    assert_eq!(seen, 50);
+    // Blocking commands on dedicated connections, reused (UNWATCH + PING on return).
+    for _ in 0..3 {
+        let reply: Value = app
+            .query(cmd("BLPOP").arg("app:list").arg(0.05))
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Nil);
+    }
+    // ASK redirects while a slot migrates (ASKING).
+    let slot = key_slot(b"app:s7");
+    let owner = local.master_of_slot(slot).await.unwrap();
+    let masters = local.masters().await.unwrap();
+    let to = *masters.iter().find(|&&m| m != owner).unwrap();
+    let migration = local.begin_slot_migration(slot, to).await.unwrap();
+    local.migrate_keys_batch(&migration, 100).await.unwrap();
+    let asks = app.stats().ask;
+    let v: Option<String> = app.get("app:s7").await.unwrap();
+    assert_eq!(v.as_deref(), Some("7"));
+    assert!(app.stats().ask > asks, "the read followed an ASK");
+    local.finish_slot_migration(migration).await.unwrap();
+    let v: Option<String> = app.get("app:s7").await.unwrap();
+    assert_eq!(v.as_deref(), Some("7"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    set_user(&local, "bare on >barepass ~app:* +@read +@write -@dangerous").await;
+    let err = as_user(&local, "bare", "barepass")
+        .build()
+        .await
+        .unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+    // With only the topology permission added, it connects and serves its keys.
+    set_user(&local, "bare +cluster|shards").await;
+    let client = as_user(&local, "bare", "barepass").build().await.unwrap();
+    crud(&client, "app:bare:").await;
+    // But it cannot follow ASK redirects: a read during a migration fails.
+    let slot = key_slot(b"app:bare:1");
+    let owner = local.master_of_slot(slot).await.unwrap();
+    let masters = local.masters().await.unwrap();
+    let to = *masters.iter().find(|&&m| m != owner).unwrap();
+    let migration = local.begin_slot_migration(slot, to).await.unwrap();
+    local.migrate_keys_batch(&migration, 100).await.unwrap();
+    let res: redcluster::Result<Option<String>> = client.get("app:bare:1").await;
+    assert!(res.is_err(), "{res:?}");
+    local.finish_slot_migration(migration).await.unwrap();
+    // And replica reads need +readonly: the handshake's READONLY gets NOPERM.
+    let replica = local.replicas().await.unwrap();
+    assert!(replica.is_empty());
+    let err = NodeConnection::connect(
+        &local.node_addr(0),
+        &redcluster::ConnectOptions::default()
+            .username("bare")
+            .password("barepass")
+            .read_only(true),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+}
+
+// ---- TLS --------------------------------------------------------------------------------
+
+async fn tls_cluster(masters: usize, replicas: usize, auth: TlsAuthClients) -> LocalCluster {
+    LocalCluster::builder()
+        .masters(masters)
+        .replicas_per_master(replicas)
+        .tls(true)
+        .tls_auth_clients(auth)
+        .config("requirepass", PASSWORD)
+        .start()
+        .await
+        .expect("TLS cluster starts")
+}
+
+fn tls_client(local: &LocalCluster) -> ClusterClientBuilder {
+    ClusterClient::builder()
+        .nodes(local.seeds())
+        .password(PASSWORD)
+        .tls(local.tls_config().expect("a TLS cluster"))
+}
+
+/// A CA nobody signed the cluster's certificates with.
+fn other_ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_cluster_serves_crud_pipelines_moved_and_failover() {
+    let local = tls_cluster(3, 1, TlsAuthClients::Required).await;
+    assert!(local.is_tls());
+    for path in [
+        local.ca_cert_path(),
+        local.client_cert_path(),
+        local.client_key_path(),
+    ] {
+        assert!(path.unwrap().is_file());
+    }
+    // The plaintext port is closed: the nodes speak TLS only.
+    let plain = NodeConnection::connect(
+        &local.node_addr(0),
+        &redcluster::ConnectOptions::default()
+            .password(PASSWORD)
+            .connect_timeout(Duration::from_secs(2)),
+    )
+    .await;
+    assert!(plain.is_err(), "plaintext connection to a TLS port worked");
+
+    // rediss:// seeds with the files the testkit generated.
+    let tls = TlsConfig::new()
+        .ca_cert_file(local.ca_cert_path().unwrap())
+        .unwrap()
+        .client_cert_files(
+            local.client_cert_path().unwrap(),
+            local.client_key_path().unwrap(),
+        )
+        .unwrap();
+    let seeds: Vec<String> = local
+        .seeds()
+        .iter()
+        .map(|s| format!("rediss://:{PASSWORD}@{s}"))
+        .collect();
+    let client = ClusterClient::builder()
+        .nodes(&seeds)
+        .tls(tls)
+        .build()
+        .await
+        .unwrap();
+    let mut known = client.known_nodes();
+    known.sort();
+    let mut all = local.seeds();
+    all.sort();
+    assert_eq!(known, all, "discovered nodes are at their TLS ports");
+    crud(&client, "tls:").await;
+
+    // A pipeline across slots.
+    let mut p = client.pipeline();
+    for i in 0..200 {
+        p.set(format!("tls:p{i}"), i);
+    }
+    for i in 0..200 {
+        p.get(format!("tls:p{i}"));
+    }
+    let replies = p.execute().await.unwrap();
+    assert_eq!(replies.len(), 400);
+    for (i, reply) in replies[200..].iter().enumerate() {
+        assert_eq!(reply, &Value::Bulk(i.to_string().into()), "GET #{i}");
+    }
+
+    // MOVED after a slot move: the key moves with its slot and the client follows.
+    let slot = key_slot(b"tls:moving");
+    let key = key_in_slot(slot, "tls:m");
+    client.set(key.as_str(), "moved-value").await.unwrap();
+    let owner = local.master_of_slot(slot).await.unwrap();
+    let masters = local.masters().await.unwrap();
+    let to = *masters.iter().find(|&&m| m != owner).unwrap();
+    let moved_before = client.stats().moved;
+    local.move_slot(slot, to).await.unwrap();
+    let v: Option<String> = client.get(key.as_str()).await.unwrap();
+    assert_eq!(v.as_deref(), Some("moved-value"));
+    assert!(
+        client.stats().moved > moved_before,
+        "the client followed a MOVED"
+    );
+    assert_eq!(client.primary_for_slot(slot), Some(local.node_addr(to)));
+
+    failover_and_check(&local, &client, "tls:failover").await;
+    local.wait_until_stable(SETTLE).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_failures_are_tls_errors_that_name_the_reason() {
+    let local = tls_cluster(3, 0, TlsAuthClients::Required).await;
+    let seeds = local.seeds();
+
+    // A CA that did not sign the nodes' certificates.
+    let wrong_ca = TlsConfig::new()
+        .ca_cert_pem(other_ca_pem())
+        .unwrap()
+        .client_cert_files(
+            local.client_cert_path().unwrap(),
+            local.client_key_path().unwrap(),
+        )
+        .unwrap();
+    let err = ClusterClient::builder()
+        .nodes(&seeds)
+        .password(PASSWORD)
+        .tls(wrong_ca)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(m) if m.contains("unknown CA")),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+
+    // A name the certificate does not carry.
+    let err = tls_client(&local)
+        .tls(local.tls_config().unwrap().server_name("redis.invalid"))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(m) if m.contains("bad name")),
+        "{err:?}"
+    );
+    // The right fixed name works for every node (the certificate lists localhost).
+    let client = tls_client(&local)
+        .tls(local.tls_config().unwrap().server_name("localhost"))
+        .build()
+        .await
+        .unwrap();
+    crud(&client, "tls-name:").await;
+
+    // No client certificate, where the nodes require one.
+    let no_cert = TlsConfig::new()
+        .ca_cert_file(local.ca_cert_path().unwrap())
+        .unwrap();
+    let err = ClusterClient::builder()
+        .nodes(&seeds)
+        .password(PASSWORD)
+        .tls(no_cert.clone())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(m) if m.contains("client certificate")),
+        "{err:?}"
+    );
+    // The same straight to one node.
+    let err = NodeConnection::connect(
+        &seeds[0],
+        &local.connect_options().tls(no_cert),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(m) if m.contains("client certificate")),
+        "{err:?}"
+    );
+
+    // Plain TCP to a TLS-only node fails too (not with a hang).
+    let err = ClusterClient::builder()
+        .nodes(&seeds)
+        .password(PASSWORD)
+        .connect_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, Error::Tls(_)), "{err:?}");
+
+    // Dangerous mode connects whatever the CA.
+    let client = ClusterClient::builder()
+        .nodes(&seeds)
+        .password(PASSWORD)
+        .tls(
+            TlsConfig::new()
+                .danger_accept_invalid_certificates()
+                .client_cert_files(
+                    local.client_cert_path().unwrap(),
+                    local.client_key_path().unwrap(),
+                )
+                .unwrap(),
+        )
+        .build()
+        .await
+        .unwrap();
+    crud(&client, "tls-danger:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_without_client_certificates_when_the_nodes_do_not_require_them() {
+    let local = tls_cluster(3, 0, TlsAuthClients::No).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .password(PASSWORD)
+        .tls(
+            TlsConfig::new()
+                .ca_cert_file(local.ca_cert_path().unwrap())
+                .unwrap(),
+        )
+        .build()
+        .await
+        .unwrap();
+    crud(&client, "tls-nocert:").await;
+}

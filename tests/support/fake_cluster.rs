@@ -1,0 +1,133 @@
+//! A fake one-node cluster for faults a real server cannot be made to show on demand:
+//! dropping the connection right after reading a request.
+//!
+//! It accepts any number of connections on 127.0.0.1, answers `HELLO` and
+//! `CLUSTER SHARDS` (itself owning every slot) on its own, and asks the test's `behave`
+//! function what to do with every other command. Every command it reads is recorded.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+use redcluster::resp::{encode_value, Decoder, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What the fake does with a command.
+pub enum Action {
+    /// Answer with this value.
+    Reply(Value),
+    /// Close the connection without answering (the request was read).
+    Drop,
+}
+
+pub struct FakeCluster {
+    pub addr: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeCluster {
+    /// Starts serving; `behave` gets each command (name upper-cased, then arguments) and
+    /// how many times a command with that name was seen before.
+    pub async fn start<F>(behave: F) -> FakeCluster
+    where
+        F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
+        let behave = Arc::new(behave);
+        let port = addr.port();
+        let log = Arc::clone(&seen);
+        tokio::spawn(async move {
+            // Bounded by the test's lifetime: the runtime ends with the test.
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (behave, log) = (Arc::clone(&behave), Arc::clone(&log));
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    let mut decoder = Decoder::new();
+                    loop {
+                        let args = loop {
+                            match decoder.decode(&mut buf) {
+                                Ok(Some(Value::Array(args))) => break args,
+                                Ok(None) => {}
+                                _ => return,
+                            }
+                            match socket.read_buf(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                        };
+                        let mut args: Vec<String> = args
+                            .into_iter()
+                            .map(|a| match a {
+                                Value::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+                                other => format!("{other:?}"),
+                            })
+                            .collect();
+                        if let Some(name) = args.first_mut() {
+                            *name = name.to_ascii_uppercase();
+                        }
+                        let earlier = {
+                            let mut seen = log.lock().unwrap();
+                            let n = seen.iter().filter(|s| s.split(' ').next() == args.first().map(String::as_str)).count();
+                            seen.push(args.join(" "));
+                            n
+                        };
+                        let action = match args.first().map(String::as_str) {
+                            Some("HELLO") => Action::Reply(Value::Map(vec![(bulk("proto"), Value::Int(3))])),
+                            Some("CLUSTER") if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("shards")) => {
+                                Action::Reply(shards(port))
+                            }
+                            _ => behave(&args, earlier),
+                        };
+                        match action {
+                            Action::Reply(v) => {
+                                let mut out = BytesMut::new();
+                                encode_value(&v, &mut out);
+                                if socket.write_all(&out).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Action::Drop => return,
+                        }
+                    }
+                });
+            }
+        });
+        FakeCluster {
+            addr: addr.to_string(),
+            seen,
+        }
+    }
+
+    /// Every command read so far, as `NAME arg arg`.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// How many commands named `name` were read.
+    pub fn count(&self, name: &str) -> usize {
+        self.seen().iter().filter(|s| s.split(' ').next() == Some(name)).count()
+    }
+}
+
+fn bulk(s: &str) -> Value {
+    Value::Bulk(bytes::Bytes::copy_from_slice(s.as_bytes()))
+}
+
+/// `CLUSTER SHARDS` of a cluster that is this one node, owning every slot.
+fn shards(port: u16) -> Value {
+    let node = Value::Map(vec![
+        (bulk("id"), bulk("fakefakefakefakefakefakefakefakefakefake")),
+        (bulk("port"), Value::Int(i64::from(port))),
+        (bulk("ip"), bulk("127.0.0.1")),
+        (bulk("endpoint"), bulk("127.0.0.1")),
+        (bulk("role"), bulk("master")),
+        (bulk("replication-offset"), Value::Int(0)),
+        (bulk("health"), bulk("online")),
+    ]);
+    Value::Array(vec![Value::Map(vec![
+        (bulk("slots"), Value::Array(vec![Value::Int(0), Value::Int(16383)])),
+        (bulk("nodes"), Value::Array(vec![node])),
+    ])])
+}
