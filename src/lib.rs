@@ -1,20 +1,87 @@
-//! An async Redis Cluster client for tokio.
+//! An async Redis Cluster client for tokio: correct under failover and resharding, fast,
+//! and small enough to read.
+//!
+//! ```no_run
+//! use redcluster::{cmd, ClusterClient, Value};
+//!
+//! # async fn demo() -> redcluster::Result<()> {
+//! let client = ClusterClient::connect(["127.0.0.1:7000", "127.0.0.1:7001"]).await?;
+//! client.set("user:{42}:name", "Ada").await?;
+//! let name: Option<String> = client.get("user:{42}:name").await?;
+//! let n: i64 = client.query(cmd("INCR").arg("visits")).await?;
+//! let all: Value = client.query(cmd("MGET").arg("a").arg("b").arg("c")).await?; // any slots
+//! # Ok(()) }
+//! ```
 //!
 //! # Layout
 //!
-//! The crate is built in layers; each lower layer knows nothing of the ones above it.
+//! The crate is built in layers; each lower layer knows nothing of the ones above it, and
+//! the layers that decide (codec, slots, topology, policies) do no I/O.
 //!
 //! - [`resp`]: the RESP2/RESP3 codec, sans-io: bytes in, [`Value`]s out, and commands
 //!   encoded straight into an output buffer.
-//! - `slot`: [`key_slot`], CRC16/XMODEM of the key or its `{hash tag}`.
+//! - `cmd`: [`Cmd`], and the command table (generated from a real server's
+//!   `COMMAND INFO`) that says which arguments are keys and which commands only read.
+//! - `slot`: [`key_slot`] (CRC16/XMODEM of the key or its `{hash tag}`), the slot map,
+//!   `MOVED`/`ASK` parsing.
+//! - `topology`: `CLUSTER SHARDS` / `CLUSTER SLOTS` parsing and choosing between views.
+//! - `policy`: retry classification and backoff, the retry budget, circuit breakers.
 //! - `conn`: [`NodeConnection`], one multiplexed connection to one node.
-//! - `testkit` (feature `testkit`): real local `redis-server` clusters and faults.
+//! - `pool`: per-node pools of dedicated connections (blocking commands, `WATCH`).
+//! - `cluster`: [`ClusterClient`]: routing, redirects, retries, splitting, fan-out,
+//!   refresh, health checks.
+//! - [`testkit`] (feature `testkit`): real local `redis-server` clusters and faults.
+//!
+//! # Routing
+//!
+//! | command | where it goes |
+//! |---|---|
+//! | keys in one slot | the slot's primary (reads: as [`ReadFrom`] says) |
+//! | `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH` with keys in several slots | split into one command per slot, sent concurrently; `MGET` replies come back in key order, `MSET` answers `OK` when every part did, the others add up their counts. Not atomic across slots |
+//! | any other command with keys in several slots (`MSETNX`, `RENAME`, `SUNIONSTORE`, `EVAL`, transactions, ...) | [`Error::CrossSlot`] naming the slots, before anything is sent |
+//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, ...) | every primary; replies combined by the table's `response_policy`: summed (`DBSIZE`), merged (`KEYS`), all must succeed (`FLUSHALL`, `PING`) |
+//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `FUNCTION LOAD`, ...) | every node, replicas included, combined likewise |
+//! | per-node reports: `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `SLOWLOG GET`, `LATENCY ...`, `ROLE`, `LASTSAVE` | every primary; the reply is a map from node address to that node's reply |
+//! | other keyless commands (`PUBLISH`, `RANDOMKEY`, `CLUSTER INFO`, ...) | one primary, in turn |
+//! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, `WAIT`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block |
+//! | commands unknown to the table (modules) | looked up once with `COMMAND INFO` and cached; if the server does not know them either, routed by their first argument |
+//!
+//! A fan-out never returns a partial result: if any node fails, the whole call fails.
+//! `SCAN` over the whole cluster is [`ClusterClient::scan`].
+//!
+//! # Redirects, retries and deadlines
+//!
+//! Every request has one deadline, [`ClusterClientBuilder::response_timeout`] (default
+//! 5 s), covering queueing, redirects, retries and backoff. A request whose deadline
+//! passes while it is still queued is never written.
+//!
+//! - `MOVED`: the request goes to the named node, the slot map is patched at once and a
+//!   topology refresh is asked for. `ASK`: the request is sent once more to the named
+//!   node, preceded by `ASKING`; the map is left alone. At most `max_redirects` (16).
+//! - `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`: retried with exponential
+//!   backoff and jitter. These mean the command did not run.
+//! - **The retry rule.** A request that was never written (the connection could not be
+//!   opened, or died before the write) is always safe to send again, and is. A request
+//!   that may have reached the server (the connection died after the write, or it timed
+//!   out) is sent again only when the command is read-only or known idempotent (`SET`,
+//!   `DEL`, `HSET`, `SADD`, `EXPIRE`, ...; never `INCR`, `LPUSH`, `GETSET`, ...).
+//!   Otherwise the caller gets the error, and [`Error::may_have_executed`] says `true`.
+//! - Retries draw on a budget shared by the client ([`RetryBudgetConfig`]), so a failing
+//!   cluster does not get a retry storm.
+//! - A node whose connection keeps failing gets a circuit breaker
+//!   ([`CircuitBreakerConfig`]): its requests fail fast with [`Error::CircuitOpen`] (and
+//!   are retried elsewhere once the topology changes), while other nodes are unaffected.
+//!
+//! The topology is refreshed on `MOVED`, on connection failures, on `CLUSTERDOWN`, and
+//! every `refresh_interval` (30 s); refreshes are single-flight and at most one per
+//! `refresh_min_interval` (100 ms), and never block requests that can already be routed.
 //!
 //! # Cancel safety
 //!
 //! Dropping a request's future before it completes is safe: if the request was not
 //! written yet it is never written; if it was, its reply is read and discarded, and the
-//! shared connection stays in sync for everyone else.
+//! shared connection stays in sync for everyone else. A dropped blocking command or
+//! `WATCH` closes its dedicated connection instead of returning it to the pool.
 //!
 //! # Features
 //!
@@ -29,8 +96,8 @@ mod cluster;
 mod cmd;
 mod conn;
 mod error;
-mod pipeline;
 mod observe;
+mod pipeline;
 mod policy;
 mod pool;
 mod slot;
@@ -40,8 +107,8 @@ mod topology;
 pub mod testkit;
 
 pub use cluster::{
-    Durability,
-    AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, ReadFrom, Scan, ScanOptions,
+    AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, Durability, ReadFrom, Scan,
+    ScanOptions,
 };
 pub use cmd::{cmd, Cmd, ToArg};
 pub use conn::{
@@ -49,8 +116,8 @@ pub use conn::{
     TlsConfig,
 };
 pub use error::{Error, Result, ServerError};
-pub use pipeline::{Pipeline, Transaction, Watched};
 pub use observe::{ClusterHealth, NodeHealth, NodeRole};
+pub use pipeline::{Pipeline, Transaction, Watched};
 pub use policy::{BreakerState, CircuitBreakerConfig, RetryBudgetConfig};
 pub use resp::{FromValue, Value};
 pub use slot::{hash_tag, key_slot, SLOT_COUNT};

@@ -252,11 +252,7 @@ impl Watched {
     pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
         let deadline = Instant::now() + self.client.inner.config.response_timeout;
         self.check_slot(&command, deadline).await?;
-        let answer = self
-            .lease
-            .conn()?
-            .dispatch(Cmds::One(command), deadline)
-            .await;
+        let answer = self.lease.dispatch(Cmds::One(command), deadline).await;
         match answer.result {
             Ok(replies) => match replies.into_iter().last().unwrap_or(Value::Nil) {
                 Value::ServerError(e) => Err(Error::Server(e)),
@@ -286,7 +282,7 @@ impl Watched {
         all.push(cmd("MULTI"));
         all.extend(cmds);
         all.push(cmd("EXEC"));
-        let answer = self.lease.conn()?.dispatch(Cmds::Many(all), deadline).await;
+        let answer = self.lease.dispatch(Cmds::Many(all), deadline).await;
         let mut replies = match answer.result {
             Ok(replies) => replies.into_vec(),
             Err(e) => {

@@ -86,6 +86,9 @@ fn a_get_allocates_at_most_twice_beyond_its_reply() {
         COUNTING.store(false, Ordering::Relaxed);
         let per_request = ALLOCATIONS.load(Ordering::Relaxed) as f64 / N as f64;
         println!("allocations per query(GET): {per_request:.3}");
-        assert!(per_request <= 2.05, "{per_request:.3} allocations per query(GET)");
+        assert!(
+            per_request <= 2.05,
+            "{per_request:.3} allocations per query(GET)"
+        );
     });
 }

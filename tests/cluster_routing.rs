@@ -694,9 +694,18 @@ async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
         .unwrap();
     let slot = key_slot(b"{ta}");
     let keys: Vec<String> = (0..10).map(|i| format!("{{ta}}:{i}")).collect();
-    client.mset(keys.iter().map(|k| (k.as_str(), k.as_str()))).await.unwrap();
+    client
+        .mset(keys.iter().map(|k| (k.as_str(), k.as_str())))
+        .await
+        .unwrap();
     let from = local.master_of_slot(slot).await.unwrap();
-    let to = local.masters().await.unwrap().into_iter().find(|&m| m != from).unwrap();
+    let to = local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|&m| m != from)
+        .unwrap();
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
     assert_eq!(local.migrate_keys_batch(&migration, 5).await.unwrap(), 5);
     // Half the keys are on each node: the server answers TRYAGAIN until the move ends.
@@ -704,14 +713,24 @@ async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
     let mget = {
         let client = client.clone();
         let keys = keys.clone();
-        tokio::spawn(async move { client.mget::<_, Option<String>>(keys.iter().map(String::as_str)).await })
+        tokio::spawn(async move {
+            client
+                .mget::<_, Option<String>>(keys.iter().map(String::as_str))
+                .await
+        })
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while client.stats().retries == before.retries {
-        assert!(tokio::time::Instant::now() < deadline, "no TRYAGAIN was retried");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no TRYAGAIN was retried"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!mget.is_finished(), "still retrying while the slot is split");
+    assert!(
+        !mget.is_finished(),
+        "still retrying while the slot is split"
+    );
     local.finish_slot_migration(migration).await.unwrap();
     let values = mget.await.unwrap().unwrap();
     let expected: Vec<Option<String>> = keys.iter().map(|k| Some(k.clone())).collect();

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
-use redcluster::{cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, Value};
+use redcluster::{
+    cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, Value,
+};
 use support::fake_cluster::{Action, FakeCluster};
 use tokio::time::Instant;
 
@@ -87,7 +89,10 @@ async fn no_unexecuted_write_is_stored(client: &ClusterClient, outcomes: &[Outco
 async fn kill_a_primary_under_writers(full_coverage: bool) {
     let local = LocalCluster::builder()
         .node_timeout(Duration::from_millis(2000))
-        .config("cluster-require-full-coverage", if full_coverage { "yes" } else { "no" })
+        .config(
+            "cluster-require-full-coverage",
+            if full_coverage { "yes" } else { "no" },
+        )
         .start()
         .await
         .unwrap();
@@ -124,7 +129,10 @@ async fn kill_a_primary_under_writers(full_coverage: bool) {
                 break at;
             }
         }
-        assert!(Instant::now() < deadline, "the dead shard never served again");
+        assert!(
+            Instant::now() < deadline,
+            "the dead shard never served again"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     stop.store(true, Ordering::Relaxed);
@@ -133,7 +141,9 @@ async fn kill_a_primary_under_writers(full_coverage: bool) {
     }
     let log: Vec<(Instant, Outcome)> = log.lock().unwrap().clone();
     let outcomes: Vec<Outcome> = log.iter().map(|(_, o)| o.clone()).collect();
-    let (dead, alive): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| victim_slots[usize::from(o.slot)]);
+    let (dead, alive): (Vec<&Outcome>, Vec<&Outcome>) = outcomes
+        .iter()
+        .partition(|o| victim_slots[usize::from(o.slot)]);
     let alive_failures: Vec<&&Outcome> = alive.iter().filter(|o| o.error.is_some()).collect();
     let dead_failures = dead.iter().filter(|o| o.error.is_some()).count();
     let alive_p99 = p99(alive.iter().map(|o| o.took).collect());
@@ -152,14 +162,28 @@ async fn kill_a_primary_under_writers(full_coverage: bool) {
         client.stats()
     );
     if !full_coverage {
-        assert!(alive_failures.is_empty(), "other shards failed: {:?}", &alive_failures[..alive_failures.len().min(3)]);
-        assert!(alive_p99 < Duration::from_millis(50), "other shards' p99 {alive_p99:?}");
+        assert!(
+            alive_failures.is_empty(),
+            "other shards failed: {:?}",
+            &alive_failures[..alive_failures.len().min(3)]
+        );
+        assert!(
+            alive_p99 < Duration::from_millis(50),
+            "other shards' p99 {alive_p99:?}"
+        );
     } else {
         // Every node answers CLUSTERDOWN until the promotion; the client retries them
         // within the deadline, so they succeed once the cluster is whole again.
-        assert!(alive_failures.is_empty(), "other shards failed: {:?}", &alive_failures[..alive_failures.len().min(3)]);
+        assert!(
+            alive_failures.is_empty(),
+            "other shards failed: {:?}",
+            &alive_failures[..alive_failures.len().min(3)]
+        );
     }
-    assert!(slowest <= timeout + Duration::from_millis(500), "a request took {slowest:?}");
+    assert!(
+        slowest <= timeout + Duration::from_millis(500),
+        "a request took {slowest:?}"
+    );
     assert!(recovered_at - killed_at <= Duration::from_millis(2000) + Duration::from_secs(3));
     no_unexecuted_write_is_stored(&client, &outcomes).await;
 }
@@ -186,7 +210,11 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_millis(300))
-        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(3).open_for(Duration::from_millis(500)))
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(3)
+                .open_for(Duration::from_millis(500)),
+        )
         .build()
         .await
         .unwrap();
@@ -220,7 +248,10 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
     println!("frozen primary: {timeouts} timeouts, {fast_failures} fast failures; {health:?}");
     assert!(timeouts >= 3, "the first requests timed out");
     assert!(fast_failures > 0, "then the breaker failed requests fast");
-    assert_eq!(health.node(&frozen_addr).unwrap().breaker, BreakerState::Open);
+    assert_eq!(
+        health.node(&frozen_addr).unwrap().breaker,
+        BreakerState::Open
+    );
     local.resume(frozen).unwrap();
     // The next probe after `open_for` finds the node answering and closes the breaker.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -232,7 +263,10 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
         assert!(Instant::now() < deadline, "the node never served again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(client.health().node(&frozen_addr).unwrap().breaker, BreakerState::Closed);
+    assert_eq!(
+        client.health().node(&frozen_addr).unwrap().breaker,
+        BreakerState::Closed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,13 +284,26 @@ async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
         .build()
         .await
         .unwrap();
-    let err = client.query::<i64>(cmd("INCR").arg("counter")).await.unwrap_err();
+    let err = client
+        .query::<i64>(cmd("INCR").arg("counter"))
+        .await
+        .unwrap_err();
     assert!(err.may_have_executed(), "{err:?}");
     assert!(!err.is_retryable(), "{err:?}");
-    assert_eq!(fake.count("INCR"), 1, "the write was not sent again: {:?}", fake.seen());
+    assert_eq!(
+        fake.count("INCR"),
+        1,
+        "the write was not sent again: {:?}",
+        fake.seen()
+    );
     let v: String = client.get("k").await.unwrap();
     assert_eq!(v, "v");
-    assert_eq!(fake.count("GET"), 2, "the read was sent again: {:?}", fake.seen());
+    assert_eq!(
+        fake.count("GET"),
+        2,
+        "the read was sent again: {:?}",
+        fake.seen()
+    );
 }
 
 #[tokio::test]
@@ -274,7 +321,11 @@ async fn unreachable_seeds_fail_within_the_connect_timeout_naming_them() {
         .build()
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!err.may_have_executed());
     let text = err.to_string();
     assert!(dead.iter().any(|d| text.contains(d.as_str())), "{text}");
@@ -297,7 +348,10 @@ async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
     for i in 0..local.nodes().len() {
         local.restart(i).await.unwrap();
     }
-    local.wait_until_stable(Duration::from_secs(30)).await.unwrap();
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut attempts = 0;
     loop {
@@ -341,16 +395,33 @@ async fn replica_reads_reach_replicas_and_fall_back_to_the_primary() {
     // Replication is asynchronous: wait for the replicas to have the writes.
     for k in &keys {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while client.get::<_, Option<String>>(k.as_str()).await.unwrap().is_none() {
+        while client
+            .get::<_, Option<String>>(k.as_str())
+            .await
+            .unwrap()
+            .is_none()
+        {
             assert!(Instant::now() < deadline, "{k} never replicated");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     let replicas = local.replicas().await.unwrap();
     let masters = local.masters().await.unwrap();
-    let replica_gets: u64 = futures_util::future::join_all(replicas.iter().map(|&r| calls(&local, r, "get"))).await.iter().sum();
-    let master_gets: u64 = futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "get"))).await.iter().sum();
-    let master_sets: u64 = futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "set"))).await.iter().sum();
+    let replica_gets: u64 =
+        futures_util::future::join_all(replicas.iter().map(|&r| calls(&local, r, "get")))
+            .await
+            .iter()
+            .sum();
+    let master_gets: u64 =
+        futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "get")))
+            .await
+            .iter()
+            .sum();
+    let master_sets: u64 =
+        futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "set")))
+            .await
+            .iter()
+            .sum();
     println!("replica GETs {replica_gets}, primary GETs {master_gets}, primary SETs {master_sets}");
     assert!(replica_gets >= 200, "reads went to replicas");
     assert_eq!(master_gets, 0, "no read went to a primary");
@@ -363,14 +434,25 @@ async fn replica_reads_reach_replicas_and_fall_back_to_the_primary() {
         let v: String = client.get(k.as_str()).await.unwrap();
         assert_eq!(&v, k);
     }
-    let master_gets: u64 = futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "get"))).await.iter().sum();
-    assert!(master_gets > 0, "the orphaned shard's reads went to its primary");
+    let master_gets: u64 =
+        futures_util::future::join_all(masters.iter().map(|&m| calls(&local, m, "get")))
+            .await
+            .iter()
+            .sum();
+    assert!(
+        master_gets > 0,
+        "the orphaned shard's reads went to its primary"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_writes_report_how_many_replicas_acknowledged() {
     use redcluster::Durability;
-    let local = LocalCluster::builder().node_timeout(Duration::from_secs(30)).start().await.unwrap();
+    let local = LocalCluster::builder()
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let wait = Durability::new(1, Duration::from_millis(500));
     let ((), acked) = client
@@ -389,12 +471,25 @@ async fn durable_writes_report_how_many_replicas_acknowledged() {
         .unwrap_err();
     let took = started.elapsed();
     assert!(
-        matches!(err, Error::NotReplicated { acknowledged: 0, requested: 1 }),
+        matches!(
+            err,
+            Error::NotReplicated {
+                acknowledged: 0,
+                requested: 1
+            }
+        ),
         "{err:?}"
     );
     assert!(err.may_have_executed());
-    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
-    assert_eq!(client.get::<_, i64>("durable").await.unwrap(), 2, "the write itself ran");
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(
+        client.get::<_, i64>("durable").await.unwrap(),
+        2,
+        "the write itself ran"
+    );
     local.resume(replica).unwrap();
 
     // Client-wide: every write waits.

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
-use redcluster::{cmd, BreakerState, CircuitBreakerConfig, ClusterClient, NodeRole, ReadFrom, Value};
+use redcluster::{
+    cmd, BreakerState, CircuitBreakerConfig, ClusterClient, NodeRole, ReadFrom, Value,
+};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,14 +21,32 @@ async fn health_checks_measure_latency_and_probe_an_idle_frozen_node() {
         .nodes(local.seeds())
         .health_check_interval(Some(Duration::from_millis(100)))
         .response_timeout(Duration::from_millis(200))
-        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(2).open_for(Duration::from_millis(300)))
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_millis(300)),
+        )
         .build()
         .await
         .unwrap();
     let health = client.health();
     assert_eq!(health.slots_covered, 16384);
-    assert_eq!(health.nodes.iter().filter(|n| n.role == NodeRole::Primary).count(), 3);
-    assert_eq!(health.nodes.iter().filter(|n| n.role == NodeRole::Replica).count(), 3);
+    assert_eq!(
+        health
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Primary)
+            .count(),
+        3
+    );
+    assert_eq!(
+        health
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Replica)
+            .count(),
+        3
+    );
     assert!(health.is_ok());
     // Every node gets a latency from the PINGs, without any user traffic.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -40,13 +60,21 @@ async fn health_checks_measure_latency_and_probe_an_idle_frozen_node() {
     local.pause(replica).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while state(&client) != Some(BreakerState::Open) {
-        assert!(Instant::now() < deadline, "breaker never opened: {:?}", client.health());
+        assert!(
+            Instant::now() < deadline,
+            "breaker never opened: {:?}",
+            client.health()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     local.resume(replica).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while state(&client) != Some(BreakerState::Closed) {
-        assert!(Instant::now() < deadline, "breaker never closed: {:?}", client.health());
+        assert!(
+            Instant::now() < deadline,
+            "breaker never closed: {:?}",
+            client.health()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -65,7 +93,12 @@ async fn get_calls(local: &LocalCluster, node: usize) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowest_latency_reads_spread_over_nodes_about_as_fast() {
-    let local = LocalCluster::builder().masters(3).replicas_per_master(1).start().await.unwrap();
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .start()
+        .await
+        .unwrap();
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .read_from(ReadFrom::LowestLatency)
@@ -79,15 +112,28 @@ async fn lowest_latency_reads_spread_over_nodes_about_as_fast() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let master = local.master_of_slot(redcluster::key_slot(b"ll")).await.unwrap();
+    let master = local
+        .master_of_slot(redcluster::key_slot(b"ll"))
+        .await
+        .unwrap();
     let replica = local.replicas_of(master).await.unwrap()[0];
-    let (m0, r0) = (get_calls(&local, master).await, get_calls(&local, replica).await);
+    let (m0, r0) = (
+        get_calls(&local, master).await,
+        get_calls(&local, replica).await,
+    );
     for _ in 0..400 {
         // Replication is asynchronous: the replica may not have the value at first.
         let _: Option<String> = client.get("ll").await.unwrap();
     }
-    let (m1, r1) = (get_calls(&local, master).await, get_calls(&local, replica).await);
-    println!("lowest latency: primary served {} reads, replica {}", m1 - m0, r1 - r0);
+    let (m1, r1) = (
+        get_calls(&local, master).await,
+        get_calls(&local, replica).await,
+    );
+    println!(
+        "lowest latency: primary served {} reads, replica {}",
+        m1 - m0,
+        r1 - r0
+    );
     assert_eq!((m1 - m0) + (r1 - r0), 400);
     // Which loopback node is "about as fast" varies run to run (the primary also
     // replicates); the ranking itself is unit-tested next to `fastest`.

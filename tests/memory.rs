@@ -42,7 +42,8 @@ async fn memory_stays_flat_while_a_shard_is_unreachable() {
     let load = |secs: u64| {
         (0..64)
             .map(|t| {
-                let (client, stop, ok, failed) = (client.clone(), stop.clone(), ok.clone(), failed.clone());
+                let (client, stop, ok, failed) =
+                    (client.clone(), stop.clone(), ok.clone(), failed.clone());
                 tokio::spawn(async move {
                     let until = tokio::time::Instant::now() + Duration::from_secs(secs);
                     let mut n = 0u64;
@@ -80,12 +81,18 @@ async fn memory_stays_flat_while_a_shard_is_unreachable() {
         ok.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed)
     );
-    assert!(failed.load(Ordering::Relaxed) > 0, "the frozen shard's requests failed");
+    assert!(
+        failed.load(Ordering::Relaxed) > 0,
+        "the frozen shard's requests failed"
+    );
     assert!(grew < BOUND, "grew by {} KiB", grew / 1024);
     // After recovery every shard serves again.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while client.set("mem:0:0", "back").await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the thawed shard never served again");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the thawed shard never served again"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -135,7 +135,10 @@ async fn secrets_never_show_in_debug_errors_or_traces() {
     show("builder", format!("{builder:?}"));
     show(
         "builder with a provider",
-        format!("{:?}", builder.clone().credentials_provider(provider.clone())),
+        format!(
+            "{:?}",
+            builder.clone().credentials_provider(provider.clone())
+        ),
     );
     show("CredentialsProvider", format!("{provider:?}"));
     let options = ConnectOptions::default()
@@ -143,7 +146,10 @@ async fn secrets_never_show_in_debug_errors_or_traces() {
         .tls(tls.clone())
         .credentials_provider(provider.clone());
     show("ConnectOptions", format!("{options:?}"));
-    show("Secret", format!("{:?} {}", Secret::new(PASSWORD), Secret::new(PASSWORD)));
+    show(
+        "Secret",
+        format!("{:?} {}", Secret::new(PASSWORD), Secret::new(PASSWORD)),
+    );
     show(
         "LocalClusterBuilder",
         format!(

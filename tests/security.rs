@@ -132,7 +132,10 @@ async fn wrong_or_missing_password_fails_at_connect_time_with_auth() {
 
     // No password at all: HELLO is refused with NOAUTH, an authentication failure too.
     let err = ClusterClient::connect(local.seeds()).await.unwrap_err();
-    assert!(matches!(&err, Error::Auth(m) if m.contains("NOAUTH")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("NOAUTH")),
+        "{err:?}"
+    );
 }
 
 // ---- credentials provider ---------------------------------------------------------------
@@ -170,11 +173,14 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
     let after_connect = asked.load(Ordering::SeqCst);
     assert!(after_connect >= 3, "asked {after_connect} times");
 
-    // Rotate the password on every node; open connections stay authenticated, new ones
-    // use the provider's new answer.
+    // Rotate the password on every node. Open connections stay authenticated; cut the
+    // client's, and its new ones must use the provider's new answer.
     let rotated = "rotated-pass-2";
+    let mut admin = Vec::new();
     for i in 0..3 {
-        let conn = local.connect_node(i).await.unwrap();
+        admin.push(local.connect_node(i).await.unwrap());
+    }
+    for conn in &admin {
         let reply = conn
             .send(cmd("CONFIG").arg("SET").arg("requirepass").arg(rotated))
             .await
@@ -182,6 +188,37 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
         assert_eq!(reply, Value::Simple("OK".into()));
     }
     *current.lock().unwrap() = rotated.to_string();
+    let before = asked.load(Ordering::SeqCst);
+    for conn in &admin {
+        let killed = conn
+            .send(
+                cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("normal")
+                    .arg("SKIPME")
+                    .arg("yes"),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(killed, Value::Int(n) if n >= 1), "{killed:?}");
+    }
+    for i in 1..30 {
+        let v: Option<String> = client.get(format!("cp:{i}")).await.unwrap();
+        assert_eq!(v, Some(format!("v{i}")));
+    }
+    assert!(
+        asked.load(Ordering::SeqCst) > before,
+        "reconnecting asked the provider again"
+    );
+    // The old password no longer works; a fresh client with the provider does.
+    let err = ClusterClient::builder()
+        .nodes(local.seeds())
+        .password(PASSWORD)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
     let fresh = ClusterClient::builder()
         .nodes(local.seeds())
         .credentials_provider({
@@ -205,7 +242,10 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
         .build()
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::Auth(m) if m.contains("vault")), "{err:?}");
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("vault")),
+        "{err:?}"
+    );
 }
 
 // ---- ACL --------------------------------------------------------------------------------
@@ -354,7 +394,11 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
         .start()
         .await
         .unwrap();
-    set_user(&local, "bare on >barepass ~app:* +@read +@write -@dangerous").await;
+    set_user(
+        &local,
+        "bare on >barepass ~app:* +@read +@write -@dangerous",
+    )
+    .await;
     let err = as_user(&local, "bare", "barepass")
         .build()
         .await
@@ -480,6 +524,18 @@ async fn mutual_tls_cluster_serves_crud_pipelines_moved_and_failover() {
         assert_eq!(reply, &Value::Bulk(i.to_string().into()), "GET #{i}");
     }
 
+    // Large writes and concurrent traffic over TLS (writes larger than the socket
+    // buffer, many requests coalesced into one write).
+    let big = "x".repeat(4 << 20);
+    client.set("tls:big", big.as_str()).await.unwrap();
+    let back: Option<String> = client.get("tls:big").await.unwrap();
+    assert_eq!(back.map(|b| b.len()), Some(big.len()));
+    let value = "v".repeat(1024);
+    let writes = (0..500).map(|i| client.set(format!("tls:c{i}"), value.as_str()));
+    for result in futures_util::future::join_all(writes).await {
+        result.unwrap();
+    }
+
     // MOVED after a slot move: the key moves with its slot and the client follows.
     let slot = key_slot(b"tls:moving");
     let key = key_in_slot(slot, "tls:m");
@@ -562,12 +618,9 @@ async fn tls_failures_are_tls_errors_that_name_the_reason() {
         "{err:?}"
     );
     // The same straight to one node.
-    let err = NodeConnection::connect(
-        &seeds[0],
-        &local.connect_options().tls(no_cert),
-    )
-    .await
-    .unwrap_err();
+    let err = NodeConnection::connect(&seeds[0], &local.connect_options().tls(no_cert))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Tls(m) if m.contains("client certificate")),
         "{err:?}"
@@ -618,4 +671,35 @@ async fn tls_without_client_certificates_when_the_nodes_do_not_require_them() {
         .await
         .unwrap();
     crud(&client, "tls-nocert:").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_cluster_fails_over_a_killed_master_and_takes_it_back_after_a_restart() {
+    let local = tls_cluster(3, 1, TlsAuthClients::Required).await;
+    let client = tls_client(&local).build().await.unwrap();
+    let key = "tls:kill";
+    client.set(key, "survives").await.unwrap();
+    let slot = key_slot(key.as_bytes());
+    let master = local.master_of_slot(slot).await.unwrap();
+    let replica = local.replicas_of(master).await.unwrap()[0];
+    // Let the replica receive the write (over TLS replication) before the kill.
+    let conn = local.connect_node(master).await.unwrap();
+    let acked: i64 =
+        redcluster::FromValue::from_value(conn.send(cmd("WAIT").arg(1).arg(5000)).await.unwrap())
+            .unwrap();
+    assert_eq!(acked, 1);
+
+    local.kill(master).unwrap();
+    local.wait_until_stable(SETTLE).await.unwrap();
+    assert_eq!(local.master_of_slot(slot).await.unwrap(), replica);
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("survives"));
+
+    // The restarted node answers over TLS again and rejoins as a replica.
+    local.restart(master).await.unwrap();
+    local.wait_until_stable(SETTLE).await.unwrap();
+    assert!(local.replicas().await.unwrap().contains(&master));
+    let conn = local.connect_node(master).await.unwrap();
+    let role: Value = conn.send(cmd("ROLE")).await.unwrap();
+    assert!(format!("{role:?}").contains("slave"), "{role:?}");
 }

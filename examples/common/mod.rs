@@ -22,3 +22,25 @@ pub(crate) async fn connect() -> redcluster::Result<(ClusterClient, Option<Local
     let client = ClusterClient::connect(cluster.seeds()).await?;
     Ok((client, Some(cluster)))
 }
+
+/// A reply as `redis-cli` would print it on one line: `OK`, `42`, `"text"`, `(nil)`,
+/// `(error) WRONGTYPE ...`, `[1, "a"]`.
+#[allow(dead_code)] // not every example prints raw replies
+pub(crate) fn show(value: &redcluster::Value) -> String {
+    use redcluster::Value;
+    let list = |items: &[Value]| {
+        let parts: Vec<String> = items.iter().map(show).collect();
+        format!("[{}]", parts.join(", "))
+    };
+    match value {
+        Value::Nil => "(nil)".to_string(),
+        Value::Int(n) => n.to_string(),
+        Value::Simple(s) => String::from_utf8_lossy(s).into_owned(),
+        Value::Bulk(b) => format!("{:?}", String::from_utf8_lossy(b)),
+        Value::ServerError(e) => format!("(error) {e}"),
+        Value::Array(items) | Value::Set(items) | Value::Push(items) => list(items),
+        Value::Double(d) => d.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}

@@ -18,6 +18,7 @@ use crate::cluster::Inner;
 use crate::cmd::{self, Cmd};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
+use crate::observe::metrics::{self, InFlight, Status};
 use crate::policy::{classify, ErrorAction};
 use crate::resp::Value;
 use crate::slot::Redirect;
@@ -29,6 +30,8 @@ struct Entry {
     slot: u16,
     read_only: bool,
     idempotent: bool,
+    /// The metrics label.
+    name: &'static str,
 }
 
 impl Inner {
@@ -38,6 +41,7 @@ impl Inner {
         cmds: Vec<Cmd>,
         deadline: Instant,
     ) -> Vec<Result<Value>> {
+        metrics::pipeline_size(cmds.len());
         let mut results: Vec<Option<Result<Value>>> = (0..cmds.len()).map(|_| None).collect();
         // Commands for one slot are batched per node; anything else (split or fan-out
         // commands) runs on its own, concurrently with the batches.
@@ -56,6 +60,7 @@ impl Inner {
                                 slot,
                                 read_only,
                                 idempotent,
+                                name: metrics::command_label(info),
                             };
                             match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
                                 Some((_, entries)) => entries.push(entry),
@@ -100,12 +105,19 @@ impl Inner {
         entries: Vec<Entry>,
         deadline: Instant,
     ) -> Vec<(usize, Result<Value>)> {
-        let meta: Vec<(usize, u16, bool, bool)> = entries
+        let meta: Vec<(usize, u16, bool, bool, &'static str)> = entries
             .iter()
-            .map(|e| (e.index, e.slot, e.read_only, e.idempotent))
+            .map(|e| (e.index, e.slot, e.read_only, e.idempotent, e.name))
             .collect();
         let cmds: Vec<Cmd> = entries.into_iter().map(|e| e.cmd).collect();
-        let ready = if node.admit().0 {
+        let started = std::time::Instant::now();
+        let in_flight = InFlight::start(meta.len());
+        // Commands that end here are counted here; those resent, by `send`.
+        let done = |name: &'static str, result: &Result<Value>| {
+            let status = Status::of(result.as_ref());
+            node.metrics.command(name, status, started.elapsed());
+        };
+        let ready = if self.admit(&node) {
             node.connection(deadline).await
         } else {
             Err(Error::CircuitOpen {
@@ -124,11 +136,12 @@ impl Inner {
             }
             Err(e) => (Err(e), cmds),
         };
+        drop(in_flight);
         let mut out = Vec::with_capacity(meta.len());
-        let mut resend: Vec<(usize, Cmd, u16, bool, bool)> = Vec::new();
+        let mut resend: Vec<(usize, Cmd, u16, bool, bool, &'static str)> = Vec::new();
         match outcome {
             Ok(replies) => {
-                for (((index, slot, read_only, idempotent), reply), command) in
+                for (((index, slot, read_only, idempotent, name), reply), command) in
                     meta.into_iter().zip(replies).zip(cmds)
                 {
                     let action = match &reply {
@@ -136,12 +149,16 @@ impl Inner {
                         _ => ErrorAction::Reply,
                     };
                     match action {
-                        ErrorAction::Reply => out.push((index, Ok(reply))),
-                        ErrorAction::Redirect(Redirect::Moved { slot, addr }) => {
-                            self.note_moved(slot, &addr);
-                            resend.push((index, command, slot, read_only, idempotent));
+                        ErrorAction::Reply => {
+                            let result = Ok(reply);
+                            done(name, &result);
+                            out.push((index, result));
                         }
-                        _ => resend.push((index, command, slot, read_only, idempotent)),
+                        ErrorAction::Redirect(Redirect::Moved { slot, addr }) => {
+                            self.note_moved(slot, &node.addr, &addr);
+                            resend.push((index, command, slot, read_only, idempotent, name));
+                        }
+                        _ => resend.push((index, command, slot, read_only, idempotent, name)),
                     }
                 }
             }
@@ -152,28 +169,35 @@ impl Inner {
                     // The deadline passed with the commands still queued: nothing to resend.
                     return meta
                         .into_iter()
-                        .map(|(index, ..)| (index, Err(e.clone())))
+                        .map(|(index, .., name)| {
+                            let result = Err(e.clone());
+                            done(name, &result);
+                            (index, result)
+                        })
                         .collect();
                 }
-                for ((index, slot, read_only, idempotent), command) in meta.into_iter().zip(cmds) {
+                for ((index, slot, read_only, idempotent, name), command) in
+                    meta.into_iter().zip(cmds)
+                {
                     if !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout)) {
-                        resend.push((index, command, slot, read_only, idempotent));
+                        resend.push((index, command, slot, read_only, idempotent, name));
                     } else {
-                        out.push((index, Err(e.clone())));
+                        let result = Err(e.clone());
+                        done(name, &result);
+                        out.push((index, result));
                     }
                 }
             }
         }
-        let resent =
-            resend
-                .into_iter()
-                .map(|(index, command, slot, read_only, idempotent)| async move {
-                    let target = Target::Slot { slot, read_only };
-                    (
-                        index,
-                        self.send(command, target, idempotent, deadline).await,
-                    )
-                });
+        let resent = resend.into_iter().map(
+            |(index, command, slot, read_only, idempotent, name)| async move {
+                let target = Target::Slot { slot, read_only };
+                let reply = self
+                    .send_named(command.into(), name, target, idempotent, deadline)
+                    .await;
+                (index, reply)
+            },
+        );
         out.extend(futures_util::future::join_all(resent).await);
         out
     }
@@ -230,10 +254,12 @@ impl Inner {
     }
 
     /// Records a MOVED seen outside the single-command path (counts it, patches the map).
-    fn note_moved(&self, slot: u16, addr: &str) {
+    fn note_moved(&self, slot: u16, from: &str, addr: &str) {
         self.counters
             .moved
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::redirect(true);
+        tracing::debug!(slot, from = %from, to = %addr, "MOVED redirect");
         self.patch_moved(slot, &self.remap(addr));
     }
 }

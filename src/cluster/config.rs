@@ -559,8 +559,18 @@ fn tls_from_env(
 ) -> Result<Option<crate::TlsConfig>> {
     let on = match var("REDIS_TLS").as_deref().map(str::trim) {
         None | Some("") => rediss,
-        Some(v) if ["1", "true", "yes", "on"].iter().any(|t| v.eq_ignore_ascii_case(t)) => true,
-        Some(v) if ["0", "false", "no", "off"].iter().any(|t| v.eq_ignore_ascii_case(t)) => {
+        Some(v)
+            if ["1", "true", "yes", "on"]
+                .iter()
+                .any(|t| v.eq_ignore_ascii_case(t)) =>
+        {
+            true
+        }
+        Some(v)
+            if ["0", "false", "no", "off"]
+                .iter()
+                .any(|t| v.eq_ignore_ascii_case(t)) =>
+        {
             rediss
         }
         Some(_) => {
@@ -700,7 +710,10 @@ mod tests {
             .is_none());
         assert!(tls_from_env(env(&[("REDIS_TLS", "maybe")]), false).is_err());
         let err = tls_from_env(
-            env(&[("REDIS_TLS", "true"), ("REDIS_TLS_CA", "/nonexistent/ca.pem")]),
+            env(&[
+                ("REDIS_TLS", "true"),
+                ("REDIS_TLS_CA", "/nonexistent/ca.pem"),
+            ]),
             false,
         )
         .unwrap_err();

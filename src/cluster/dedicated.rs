@@ -18,7 +18,7 @@ use crate::cluster::execute::{Payload, Target};
 use crate::cluster::node::Node;
 use crate::cluster::Inner;
 use crate::cmd::{cmd, Cmd};
-use crate::conn::{Cmds, NodeConnection};
+use crate::conn::{Answer, Cmds};
 use crate::error::{Error, Result};
 use crate::policy::{classify, ErrorAction};
 use crate::pool::Dedicated;
@@ -31,13 +31,39 @@ use crate::slot::Redirect;
 pub(crate) struct Lease {
     conn: Option<Dedicated>,
     _permit: OwnedSemaphorePermit,
+    /// False from a request's start until its answer arrived: a lease dropped then (its
+    /// caller's future was dropped mid-request) has a reply still pending and must not
+    /// go back to the pool.
+    clean: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.clean {
+            self.discard();
+        }
+    }
 }
 
 impl Lease {
-    pub(crate) fn conn(&self) -> Result<&NodeConnection> {
-        self.conn.as_deref().ok_or(Error::ConnectionLost {
-            may_have_executed: false,
-        })
+    /// Sends on the leased connection; a failed request discards the connection.
+    pub(crate) async fn dispatch(&mut self, cmds: Cmds, deadline: Instant) -> Answer {
+        let Some(conn) = self.conn.as_deref() else {
+            return Answer {
+                result: Err(Error::ConnectionLost {
+                    may_have_executed: false,
+                }),
+                cmds,
+            };
+        };
+        self.clean = false;
+        let answer = conn.dispatch(cmds, deadline).await;
+        if answer.result.is_ok() {
+            self.clean = true;
+        } else {
+            self.discard();
+        }
+        answer
     }
 
     /// Closes the connection instead of returning it to the pool: its state is unknown.
@@ -113,6 +139,7 @@ impl Inner {
         Ok(Lease {
             conn: Some(conn),
             _permit: permit,
+            clean: true,
         })
     }
 
@@ -132,10 +159,7 @@ impl Inner {
             let mut lease = self.lease(&node, deadline).await?;
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let payload = Payload::One(command);
-            let answer = lease
-                .conn()?
-                .dispatch(payload.into_cmds(asking), deadline)
-                .await;
+            let answer = lease.dispatch(payload.into_cmds(asking), deadline).await;
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) => {
@@ -187,12 +211,7 @@ impl Inner {
             };
             let mut lease = self.lease(&node, deadline).await?;
             let watch = cmd("WATCH").args(keys.iter());
-            let reply = match lease
-                .conn()?
-                .dispatch(Cmds::One(watch), deadline)
-                .await
-                .result
-            {
+            let reply = match lease.dispatch(Cmds::One(watch), deadline).await.result {
                 Ok(r) => r.into_iter().last().unwrap_or(Value::Nil),
                 Err(e) => {
                     lease.discard();
@@ -300,12 +319,20 @@ impl Inner {
         deadline: Instant,
     ) -> Result<(Value, u32)> {
         let deadline = deadline + durability.timeout;
-        let wait_ms = u64::try_from(durability.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let wait_ms = u64::try_from(durability.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut redirect: Option<Redirect> = None;
         for _ in 0..=self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
-                None => self.pick(&Target::Slot { slot, read_only: false }, true)?,
+                None => self.pick(
+                    &Target::Slot {
+                        slot,
+                        read_only: false,
+                    },
+                    true,
+                )?,
             };
             let mut lease = self.lease(&node, deadline).await?;
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
@@ -315,7 +342,7 @@ impl Inner {
             }
             cmds.push(command);
             cmds.push(cmd("WAIT").arg(durability.replicas).arg(wait_ms));
-            let answer = lease.conn()?.dispatch(Cmds::Many(cmds), deadline).await;
+            let answer = lease.dispatch(Cmds::Many(cmds), deadline).await;
             let mut replies = match answer.result {
                 Ok(replies) => replies.into_vec(),
                 Err(e) => {

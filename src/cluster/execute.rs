@@ -11,6 +11,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use tracing::field::Empty;
+use tracing::Instrument as _;
 
 use crate::cluster::node::Node;
 use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
@@ -18,6 +20,7 @@ use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
 use crate::conn::{Cmds, Replies};
 use crate::error::{Error, Result, ServerError};
+use crate::observe::metrics::{self as metrics, InFlight, RetryReason, Status};
 use crate::policy::{classify, Backoff, ErrorAction, Transition};
 use crate::resp::Value;
 use crate::slot::Redirect;
@@ -48,6 +51,7 @@ impl Inner {
     pub(crate) async fn execute(&self, command: Cmd, deadline: Instant) -> Result<Value> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let info = self.command_info(&command, deadline).await;
+        let name = metrics::command_label(info);
         let idempotent = info.is_some_and(|i| i.is_read_only()) || cmd::is_idempotent(&command);
         let plan = plan::plan(&command, info)?;
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
@@ -63,11 +67,19 @@ impl Inner {
                 },
                 _ => Target::AnyPrimary,
             };
-            return self.send_blocking(command, target, deadline).await;
+            let slot = match target {
+                Target::Slot { slot, .. } => Some(slot),
+                _ => None,
+            };
+            let blocking = self.send_blocking(command, target, deadline);
+            return self.observed(name, slot, |v| v, blocking).await;
         }
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
             if info.is_some_and(|i| i.is_write()) {
-                let (reply, acked) = self.send_durable(command, *slot, durability, deadline).await?;
+                let durable = self.send_durable(command, *slot, durability, deadline);
+                let (reply, acked) = self
+                    .observed(name, Some(*slot), |(v, _)| v, durable)
+                    .await?;
                 if !reply.is_error() && acked < durability.replicas {
                     return Err(Error::NotReplicated {
                         acknowledged: acked,
@@ -79,8 +91,9 @@ impl Inner {
         }
         match plan {
             Plan::Slot { slot, read_only } => {
-                self.send(
-                    command,
+                self.send_named(
+                    command.into(),
+                    name,
                     Target::Slot { slot, read_only },
                     idempotent,
                     deadline,
@@ -88,12 +101,21 @@ impl Inner {
                 .await
             }
             Plan::AnyPrimary => {
-                self.send(command, Target::AnyPrimary, idempotent, deadline)
+                self.send_named(
+                    command.into(),
+                    name,
+                    Target::AnyPrimary,
+                    idempotent,
+                    deadline,
+                )
+                .await
+            }
+            Plan::Split { kind, parts } => {
+                self.send_split(kind, parts, name, idempotent, deadline)
                     .await
             }
-            Plan::Split { kind, parts } => self.send_split(kind, parts, idempotent, deadline).await,
             Plan::FanOut { to, combine } => {
-                self.send_fan_out(&command, to, combine, idempotent, deadline)
+                self.send_fan_out(&command, name, to, combine, idempotent, deadline)
                     .await
             }
         }
@@ -220,7 +242,93 @@ impl Inner {
         idempotent: bool,
         deadline: Instant,
     ) -> Result<Value> {
-        let mut payload: Payload = payload.into();
+        let payload: Payload = payload.into();
+        let name = match &payload {
+            Payload::One(c) => metrics::command_label(cmd::lookup(c)),
+            Payload::Transaction(_) => metrics::TRANSACTION_COMMAND,
+        };
+        self.send_named(payload, name, target, idempotent, deadline)
+            .await
+    }
+
+    /// [`Inner::send`] for a command whose metrics label (`name`) is known: runs it in
+    /// its `redis_command` span and counts its outcome on the node that gave it.
+    pub(crate) async fn send_named(
+        &self,
+        payload: Payload,
+        name: &'static str,
+        target: Target,
+        idempotent: bool,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let slot = match target {
+            Target::Slot { slot, .. } => Some(slot),
+            _ => None,
+        };
+        let span = tracing::debug_span!(
+            "redis_command",
+            command = name,
+            slot,
+            node = Empty,
+            attempt = Empty,
+            redirects = Empty
+        );
+        let started = std::time::Instant::now();
+        let in_flight = InFlight::start(1);
+        let mut last_node: Option<Arc<Node>> = None;
+        let result = self
+            .send_loop(payload, target, idempotent, deadline, &span, &mut last_node)
+            .instrument(span.clone())
+            .await;
+        drop(in_flight);
+        let status = Status::of(result.as_ref());
+        node_metrics(last_node.as_deref()).command(name, status, started.elapsed());
+        result
+    }
+
+    /// Runs a command that does not go through [`Inner::send`] (blocking commands,
+    /// durable writes) in its span, and counts it on the primary of `slot` as the map
+    /// says when it starts.
+    pub(crate) async fn observed<T>(
+        &self,
+        name: &'static str,
+        slot: Option<u16>,
+        reply: fn(&T) -> &Value,
+        request: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let node = slot.and_then(|slot| {
+            let routes = self.routes.load();
+            let shard = routes.map.shard_index(slot)?;
+            routes.primaries.get(shard).cloned()
+        });
+        let span = tracing::debug_span!(
+            "redis_command",
+            command = name,
+            slot,
+            node = node.as_ref().map(|n| &*n.addr),
+            attempt = Empty,
+            redirects = Empty
+        );
+        let started = std::time::Instant::now();
+        let in_flight = InFlight::start(1);
+        let result = request.instrument(span).await;
+        drop(in_flight);
+        let status = Status::of(result.as_ref().map(reply));
+        node_metrics(node.as_deref()).command(name, status, started.elapsed());
+        result
+    }
+
+    /// The redirect and retry loop of [`Inner::send_named`]; leaves the node of the last
+    /// attempt in `last_node`.
+    async fn send_loop(
+        &self,
+        mut payload: Payload,
+        target: Target,
+        idempotent: bool,
+        deadline: Instant,
+        span: &tracing::Span,
+        last_node: &mut Option<Arc<Node>>,
+    ) -> Result<Value> {
         let backoff = Backoff {
             base: self.config.retry_base,
             max: self.config.retry_max,
@@ -228,6 +336,7 @@ impl Inner {
         let mut redirects = 0u32;
         let mut retries = 0u32;
         let mut cluster_down_retries = 0u32;
+        let mut attempt = 0u32;
         // Where the last MOVED/ASK pointed, for the next attempt only.
         let mut redirect: Option<Redirect> = None;
         // After a replica failed, reads go to the primary.
@@ -244,7 +353,11 @@ impl Inner {
                     }
                 },
             };
-            if !node.admit().0 {
+            let node: &Arc<Node> = last_node.insert(node);
+            attempt += 1;
+            span.record("node", &*node.addr);
+            span.record("attempt", attempt);
+            if !self.admit(node) {
                 // Failing fast: nothing is sent to a node whose breaker is open. The
                 // request waits for a new route (the refresh asked when it opened).
                 primary_only |= node.read_only;
@@ -252,13 +365,14 @@ impl Inner {
                 let open = Error::CircuitOpen {
                     node: node.addr.to_string(),
                 };
-                self.wait_retry(&backoff, &mut retries, deadline, open).await?;
+                self.wait_retry(&backoff, &mut retries, deadline, open)
+                    .await?;
                 continue;
             }
             let conn = match node.connection(deadline).await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    self.record(&node, false);
+                    self.record(node, false);
                     self.signal.request(RefreshTrigger::ConnectionFailure);
                     primary_only |= node.read_only;
                     redirect = None;
@@ -269,7 +383,7 @@ impl Inner {
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let kind = payload.kind();
             let answer = conn.dispatch(payload.into_cmds(asking), deadline).await;
-            self.record(&node, answer.result.is_ok());
+            self.record(node, answer.result.is_ok());
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) => {
@@ -304,13 +418,20 @@ impl Inner {
                             redirects: redirects - 1,
                         });
                     }
-                    if let Redirect::Moved { slot, addr } = &r {
-                        self.counters.moved.fetch_add(1, Ordering::Relaxed);
-                        self.patch_moved(*slot, &self.remap(addr));
-                    } else {
-                        self.counters.ask.fetch_add(1, Ordering::Relaxed);
+                    span.record("redirects", redirects);
+                    match &r {
+                        Redirect::Moved { slot, addr } => {
+                            self.counters.moved.fetch_add(1, Ordering::Relaxed);
+                            metrics::redirect(true);
+                            tracing::debug!(slot, from = %node.addr, to = %addr, "MOVED redirect");
+                            self.patch_moved(*slot, &self.remap(addr));
+                        }
+                        Redirect::Ask { slot, addr } => {
+                            self.counters.ask.fetch_add(1, Ordering::Relaxed);
+                            metrics::redirect(false);
+                            tracing::debug!(slot, from = %node.addr, to = %addr, "ASK redirect");
+                        }
                     }
-                    tracing::debug!(redirect = ?r, from = %node.addr, "following redirect");
                     redirect = Some(r);
                 }
                 ErrorAction::ClusterDown => {
@@ -326,6 +447,12 @@ impl Inner {
                     if Instant::now() + delay >= deadline || !self.spend_retry() {
                         return Ok(reply);
                     }
+                    metrics::retry(RetryReason::ClusterDown);
+                    tracing::debug!(
+                        reason = "cluster_down",
+                        attempt = cluster_down_retries,
+                        "retrying"
+                    );
                     tokio::time::sleep(delay).await;
                 }
                 ErrorAction::BackOff => {
@@ -338,6 +465,9 @@ impl Inner {
                     {
                         return Ok(reply);
                     }
+                    let reason = RetryReason::of_reply(error.code());
+                    metrics::retry(reason);
+                    tracing::debug!(reason = reason.as_str(), attempt = retries, "retrying");
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -361,7 +491,9 @@ impl Inner {
         {
             return Err(error);
         }
-        tracing::debug!(error = %error, attempt = *retries, "retrying");
+        let reason = RetryReason::of_error(&error);
+        metrics::retry(reason);
+        tracing::debug!(reason = reason.as_str(), error = %error, attempt = *retries, "retrying");
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -382,10 +514,23 @@ impl Inner {
         allowed
     }
 
+    /// Asks the node's breaker whether a request may go to it now.
+    pub(crate) fn admit(&self, node: &Node) -> bool {
+        let (allowed, transition) = node.admit();
+        if transition.is_some() {
+            self.publish_breaker(&node.addr);
+        }
+        allowed
+    }
+
     /// Reports a request's outcome to the node's breaker; an opening breaker asks for a
     /// topology refresh (the node may have failed over).
     pub(crate) fn record(&self, node: &Node, ok: bool) {
-        if node.record(ok) == Some(Transition::Opened) {
+        let transition = node.record(ok);
+        if transition.is_some() {
+            self.publish_breaker(&node.addr);
+        }
+        if transition == Some(Transition::Opened) {
             self.signal.request(RefreshTrigger::ConnectionFailure);
         }
     }
@@ -416,14 +561,16 @@ impl Inner {
         &self,
         kind: SplitKind,
         parts: Vec<Part>,
+        name: &'static str,
         idempotent: bool,
         deadline: Instant,
     ) -> Result<Value> {
         let total: usize = parts.iter().map(|p| p.positions.len()).sum();
         let sends = parts.into_iter().map(|part| async move {
             let reply = self
-                .send(
-                    part.cmd,
+                .send_named(
+                    part.cmd.into(),
+                    name,
                     Target::Slot {
                         slot: part.slot,
                         read_only: kind == SplitKind::MGet,
@@ -485,6 +632,7 @@ impl Inner {
     async fn send_fan_out(
         &self,
         command: &Cmd,
+        name: &'static str,
         to: FanOutTo,
         combine: Combine,
         idempotent: bool,
@@ -501,8 +649,9 @@ impl Inner {
             return Err(Error::ClusterDown("no node known".into()));
         }
         let sends = nodes.iter().map(|addr| {
-            self.send(
-                command.clone(),
+            self.send_named(
+                command.clone().into(),
+                name,
                 Target::Node(Arc::clone(addr)),
                 idempotent,
                 deadline,
@@ -510,6 +659,14 @@ impl Inner {
         });
         let replies: Vec<Result<Value>> = futures_util::future::join_all(sends).await;
         combine_replies(combine, &nodes, replies)
+    }
+}
+
+/// The metric handles of `node`, or of "no node" for a command that reached none.
+fn node_metrics(node: Option<&Node>) -> &metrics::NodeMetrics {
+    match node {
+        Some(node) => &node.metrics,
+        None => metrics::no_node(),
     }
 }
 
@@ -808,8 +965,14 @@ mod tests {
             n
         };
         let nodes = [node("a:1", 1000), node("b:1", 1400), node("c:1", 5000)];
-        let picked: Vec<&str> = (0..4).map(|t| &*fastest(nodes.iter(), t).unwrap().addr).collect();
-        assert_eq!(picked, ["a:1", "b:1", "a:1", "b:1"], "c is far slower and never picked");
+        let picked: Vec<&str> = (0..4)
+            .map(|t| &*fastest(nodes.iter(), t).unwrap().addr)
+            .collect();
+        assert_eq!(
+            picked,
+            ["a:1", "b:1", "a:1", "b:1"],
+            "c is far slower and never picked"
+        );
         let unmeasured = [node("a:1", 1000), node("d:1", 0)];
         assert!(fastest(unmeasured.iter(), 0).is_none());
     }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use crate::cluster::node::Node;
 use crate::cluster::Inner;
 use crate::cmd::cmd;
+use crate::policy::BreakerState;
 use crate::resp::Value;
 
 /// Runs until the client is dropped.
@@ -38,16 +39,70 @@ impl Inner {
                 .collect()
         };
         futures_util::future::join_all(nodes.iter().map(|node| self.ping(node))).await;
+        self.publish_gauges(&[]);
+    }
+
+    /// Sets the cluster gauges (`redis_cluster_nodes`, and per node
+    /// `redis_circuit_breaker_state` and `redis_connections`) from the routing snapshot
+    /// and the node handles; zeroes the per-node gauges of the nodes in `gone`.
+    pub(crate) fn publish_gauges(&self, gone: &[Arc<str>]) {
+        use crate::observe::metrics;
+        let routes = self.routes.load();
+        let handles = self.registry.all();
+        let mut counts = metrics::NodeCounts {
+            primaries: routes.primaries.len(),
+            replicas: routes.replicas.iter().map(Vec::len).sum(),
+            ..Default::default()
+        };
+        for addr in routes.map.nodes() {
+            // A node may have two handles (primary and replica-read connections).
+            let mut multiplexed = 0;
+            let mut dedicated = 0;
+            let mut breaker = 0;
+            for node in handles.iter().filter(|n| n.addr == addr) {
+                let (m, d) = node.open_connections();
+                multiplexed += m;
+                dedicated += d;
+                breaker = breaker.max(metrics::breaker_code(node.breaker_state()));
+            }
+            counts.connected += usize::from(multiplexed + dedicated > 0);
+            counts.breaker_open +=
+                usize::from(breaker == metrics::breaker_code(BreakerState::Open));
+            metrics::breaker_state(&addr, breaker);
+            metrics::connections(&addr, multiplexed, dedicated);
+        }
+        for addr in gone {
+            metrics::breaker_state(addr, 0);
+            metrics::connections(addr, 0, 0);
+        }
+        metrics::cluster_nodes(counts);
+    }
+
+    /// Sets `redis_circuit_breaker_state` of `addr`: the worse of its handles' breakers.
+    pub(crate) fn publish_breaker(&self, addr: &Arc<str>) {
+        use crate::observe::metrics;
+        let worst = self
+            .registry
+            .all()
+            .iter()
+            .filter(|n| n.addr == *addr)
+            .map(|n| metrics::breaker_code(n.breaker_state()))
+            .max()
+            .unwrap_or(0);
+        metrics::breaker_state(addr, worst);
     }
 
     async fn ping(&self, node: &Node) {
-        if !node.admit().0 {
+        if !self.admit(node) {
             return; // Open and not yet due for a probe.
         }
         let deadline = Instant::now() + self.config.response_timeout;
         let started = Instant::now();
         let ok = match node.connection(deadline).await {
-            Ok(conn) => match conn.send_timeout(cmd("PING"), self.config.response_timeout).await {
+            Ok(conn) => match conn
+                .send_timeout(cmd("PING"), self.config.response_timeout)
+                .await
+            {
                 Ok(Value::ServerError(e)) => {
                     tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
                     true

@@ -31,8 +31,8 @@ use crate::topology::RefreshTrigger;
 
 pub(crate) use config::Config;
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
-pub(crate) use dedicated::Lease;
 pub use dedicated::Durability;
+pub(crate) use dedicated::Lease;
 pub(crate) use plan::Plan;
 use refresh::RefreshSignal;
 use routes::{NodeRegistry, Routes};
@@ -211,7 +211,11 @@ impl ClusterClient {
     /// [`Error::NotReplicated`] when fewer replicas acknowledged than asked (the write
     /// did run on the primary); [`Error::Config`] for a command without keys or with
     /// keys in several slots; otherwise as [`ClusterClient::query`].
-    pub async fn query_durable<T: FromValue>(&self, command: Cmd, durability: Durability) -> Result<(T, u32)> {
+    pub async fn query_durable<T: FromValue>(
+        &self,
+        command: Cmd,
+        durability: Durability,
+    ) -> Result<(T, u32)> {
         let deadline = Instant::now() + self.inner.config.response_timeout;
         let info = self.inner.command_info(&command, deadline).await;
         let slot = match plan::plan(&command, info)? {
@@ -222,7 +226,12 @@ impl ClusterClient {
                 ))
             }
         };
-        let (reply, acked) = self.inner.send_durable(command, slot, durability, deadline).await?;
+        let name = crate::observe::metrics::command_label(info);
+        let durable = self.inner.send_durable(command, slot, durability, deadline);
+        let (reply, acked) = self
+            .inner
+            .observed(name, Some(slot), |(v, _)| v, durable)
+            .await?;
         let value = into_result(reply)?;
         if acked < durability.replicas {
             return Err(Error::NotReplicated {

@@ -51,6 +51,8 @@ pub(crate) struct Node {
     reconnect: Mutex<Reconnect>,
     /// Smoothed PING latency in microseconds, from health checks; 0 until measured.
     latency_us: AtomicU64,
+    /// Per-command metric handles for this node.
+    pub(crate) metrics: crate::observe::metrics::NodeMetrics,
 }
 
 /// Failed connection attempts in a row, and when the next may start.
@@ -92,6 +94,7 @@ impl Node {
             })
             .collect();
         Node {
+            metrics: crate::observe::metrics::NodeMetrics::new(Arc::clone(&addr)),
             addr,
             read_only,
             conns,
@@ -111,6 +114,9 @@ impl Node {
             return (true, None);
         }
         let (admission, transition) = lock(&self.breaker).allow(std::time::Instant::now());
+        if let Some(t) = transition {
+            crate::observe::events::breaker_transition(&self.addr, self.read_only, t);
+        }
         (admission != Admission::Rejected, transition)
     }
 
@@ -132,11 +138,7 @@ impl Node {
             self.quiet.store(true, Ordering::Release);
         }
         if let Some(t) = transition {
-            match t {
-                Transition::Opened => tracing::warn!(node = %self.addr, "circuit breaker opened"),
-                Transition::HalfOpened => tracing::info!(node = %self.addr, "circuit breaker half-open"),
-                Transition::Closed => tracing::info!(node = %self.addr, "circuit breaker closed"),
-            }
+            crate::observe::events::breaker_transition(&self.addr, self.read_only, t);
         }
         transition
     }
@@ -145,7 +147,11 @@ impl Node {
     pub(crate) fn observe_latency(&self, sample: std::time::Duration) {
         let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
         let old = self.latency_us.load(Ordering::Relaxed);
-        let new = if old == 0 { sample } else { (old * 7 + sample * 3) / 10 };
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample * 3) / 10
+        };
         self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
@@ -159,7 +165,10 @@ impl Node {
 
     /// The error of the last connection attempt, if it failed.
     pub(crate) fn last_connect_error(&self) -> Option<String> {
-        lock(&self.reconnect).last_error.as_ref().map(ToString::to_string)
+        lock(&self.reconnect)
+            .last_error
+            .as_ref()
+            .map(ToString::to_string)
     }
 
     /// The breaker's state, for health reports.
@@ -172,6 +181,18 @@ impl Node {
         self.conns
             .iter()
             .any(|s| s.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
+    }
+
+    /// Open multiplexed connections, and dedicated connections in the pool (idle or in
+    /// use), for metrics.
+    pub(crate) fn open_connections(&self) -> (usize, usize) {
+        let multiplexed = self
+            .conns
+            .iter()
+            .filter(|s| s.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
+            .count();
+        let dedicated = self.dedicated.get().map_or(0, |p| p.status().size);
+        (multiplexed, dedicated)
     }
 
     /// A multiplexed connection, opening it if needed, within `deadline`.
@@ -191,26 +212,35 @@ impl Node {
             .await
             .map_err(|_| Error::Timeout)?;
         // Someone else may have connected while this task waited.
-        if let Some(conn) = slot.conn.load_full() {
+        let previous = slot.conn.load_full();
+        if let Some(conn) = &previous {
             if !conn.is_closed() {
-                return Ok(conn);
+                return Ok(Arc::clone(conn));
             }
         }
+        // A slot that held a connection is reconnecting (for the logs).
+        let reconnecting = previous.is_some();
+        drop(previous);
         // After failed attempts, wait out the backoff: fail at once with the last error
         // (nothing was sent) instead of hammering a node that is down.
         {
             let reconnect = lock(&self.reconnect);
             if let Some(not_before) = reconnect.not_before {
                 if std::time::Instant::now() < not_before {
-                    return Err(reconnect.last_error.clone().unwrap_or(Error::ConnectionLost {
-                        may_have_executed: false,
-                    }));
+                    return Err(reconnect
+                        .last_error
+                        .clone()
+                        .unwrap_or(Error::ConnectionLost {
+                            may_have_executed: false,
+                        }));
                 }
             }
         }
         let options = self.settings.options.clone().read_only(self.read_only);
         let result =
-            match tokio::time::timeout_at(deadline, NodeConnection::connect(&self.addr, &options)).await {
+            match tokio::time::timeout_at(deadline, NodeConnection::connect(&self.addr, &options))
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(Error::Timeout),
             };
@@ -222,12 +252,25 @@ impl Node {
                 reconnect.failures = reconnect.failures.saturating_add(1);
                 reconnect.not_before = Some(std::time::Instant::now() + delay);
                 reconnect.last_error = Some(e.clone());
-                tracing::debug!(node = %self.addr, error = %e, retry_in = ?delay, "connect failed");
+                tracing::debug!(
+                    node = %self.addr,
+                    read_only = self.read_only,
+                    reconnect = reconnecting,
+                    failures = reconnect.failures,
+                    error = %e,
+                    retry_in = ?delay,
+                    "connect failed"
+                );
                 return Err(e);
             }
         };
         *lock(&self.reconnect) = Reconnect::default();
-        tracing::debug!(node = %self.addr, read_only = self.read_only, "connected");
+        tracing::debug!(
+            node = %self.addr,
+            read_only = self.read_only,
+            reconnect = reconnecting,
+            "connected"
+        );
         slot.conn.store(Some(Arc::clone(&conn)));
         Ok(conn)
     }

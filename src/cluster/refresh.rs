@@ -116,7 +116,10 @@ impl Inner {
         }
         let map = self.fetch_view(&candidates).await?;
         self.signal.count.fetch_add(1, Ordering::Relaxed);
-        self.install(map, trigger);
+        crate::observe::metrics::topology_refresh(trigger.as_str());
+        if !self.install(map, trigger) {
+            self.publish_gauges(&[]);
+        }
         Ok(())
     }
 
@@ -176,32 +179,24 @@ impl Inner {
         Ok(topology::slot_map(&shards, &remap))
     }
 
-    /// Installs `map` as the routing snapshot unless it routes exactly as the current one.
-    pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger) {
+    /// Installs `map` as the routing snapshot unless it routes exactly as the current one;
+    /// whether it did.
+    pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger) -> bool {
         let current = self.routes.load_full();
         if current.map == map {
-            return;
+            return false;
         }
-        let added: Vec<Arc<str>> = map
-            .nodes()
-            .into_iter()
-            .filter(|n| !current.map.nodes().contains(n))
-            .collect();
+        // Nodes that left: their per-node gauges are zeroed.
         let removed: Vec<Arc<str>> = current
             .map
             .nodes()
             .into_iter()
             .filter(|n| !map.nodes().contains(n))
             .collect();
-        tracing::info!(
-            trigger = trigger.as_str(),
-            shards = map.shards().len(),
-            covered = map.covered(),
-            ?added,
-            ?removed,
-            "topology changed"
-        );
+        crate::observe::events::topology_changed(&current.map, &map, trigger.as_str());
         let routes = self.registry.routes_for(map, current.version + 1);
         self.routes.store(Arc::new(routes));
+        self.publish_gauges(&removed);
+        true
     }
 }

@@ -32,7 +32,7 @@ pub(crate) use info::{
 /// use redcluster::cmd;
 /// let c = cmd("SET").arg("user:{42}:name").arg("ada").arg("EX").arg(60);
 /// assert_eq!(c.name(), b"SET");
-/// assert_eq!(c.arg_at(3), Some(&b"60"[..]));
+/// assert_eq!(c.arg_at(4), Some(&b"60"[..]));
 /// ```
 ///
 /// `Debug` shows the command name and the number of arguments, never their values:

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::cmd::Cmd;
-use crate::conn::{handshake, tls};
 use crate::conn::options::{ConnectOptions, Protocol};
+use crate::conn::{handshake, tls};
 use crate::error::{Error, Result};
 use crate::resp::{Decoder, Value};
 
@@ -468,7 +468,12 @@ where
             }
             q.extend(written.drain(..));
         }
+        // `flush` is free on TCP; TLS may still hold encrypted records after `write_all`
+        // accepted every byte (the socket was full), which only a flush sends.
         if let Err(e) = write.write_all(&wbuf).await {
+            break Error::io(e, true);
+        }
+        if let Err(e) = write.flush().await {
             break Error::io(e, true);
         }
         wbuf.clear();

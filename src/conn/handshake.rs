@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::cmd::{cmd, Cmd};
-use crate::conn::options::{ConnectOptions, Protocol};
+use crate::conn::options::{ConnectOptions, CredentialsProvider, Protocol, Secret};
 use crate::error::{Error, Result, ServerError};
 use crate::resp::{Decoder, Value};
 
@@ -36,7 +36,7 @@ where
     let (username, password) = match &options.credentials {
         Some(provider) => {
             tracing::trace!("asking the credentials provider");
-            let (user, password) = provider.credentials().await?;
+            let (user, password) = ask(provider).await?;
             (user, Some(password))
         }
         None => (options.username.clone(), options.password.clone()),
@@ -92,6 +92,28 @@ where
     Ok(protocol)
 }
 
+/// Runs the provider on its own task: its future need not be `Sync`, and the handshake's
+/// future stays `Send + Sync` all the same. Dropping the handshake (its deadline passed)
+/// aborts the task.
+async fn ask(provider: &CredentialsProvider) -> Result<(Option<String>, Secret)> {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let provider = provider.clone();
+    let mut task = AbortOnDrop(tokio::spawn(async move { provider.credentials().await }));
+    match (&mut task.0).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Auth(if e.is_panic() {
+            "the credentials provider panicked".into()
+        } else {
+            "the credentials provider was cancelled".into()
+        })),
+    }
+}
+
 fn is_auth_error(e: &ServerError) -> bool {
     match e.code() {
         "WRONGPASS" | "NOAUTH" => true,
@@ -138,6 +160,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
             .write_all(&out)
             .await
             .map_err(|e| Error::io(e, true))?;
+        // TLS may hold encrypted records until flushed.
+        self.write.flush().await.map_err(|e| Error::io(e, true))?;
         loop {
             match self.decoder.decode(self.rbuf)? {
                 Some(Value::Push(_)) => continue,

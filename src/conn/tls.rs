@@ -89,7 +89,9 @@ impl fmt::Debug for TlsConfig {
             .field("native_roots", &s.native_roots)
             .field(
                 "client_cert",
-                &s.client_auth.as_ref().map(|a| ClientCertShape(a.chain.len())),
+                &s.client_auth
+                    .as_ref()
+                    .map(|a| ClientCertShape(a.chain.len())),
             )
             .field("server_name", &s.server_name)
             .field(
@@ -160,7 +162,9 @@ impl TlsConfig {
         let mut store = RootCertStore::empty();
         for cert in &certs {
             store.add(cert.clone()).map_err(|e| {
-                Error::Config(format!("a CA certificate is not usable as a trust anchor: {e}"))
+                Error::Config(format!(
+                    "a CA certificate is not usable as a trust anchor: {e}"
+                ))
             })?;
         }
         Ok(self.with(|s| s.ca_certs.extend(certs)))
@@ -492,7 +496,7 @@ pub(crate) fn classify(addr: &str, error: Error, tls: &TlsConfig) -> Error {
         return error;
     };
     Error::Tls(format!(
-        "TLS handshake with {addr} failed: {} ({tls_error})",
+        "handshake with {addr} failed: {} ({tls_error})",
         reason(tls_error, tls.has_client_cert())
     ))
 }

@@ -1,4 +1,86 @@
-//! What the client reports about the cluster as it sees it: the health snapshot.
+//! What the client reports about the cluster as it sees it: the health snapshot
+//! ([`ClusterHealth`]), metrics through the [`metrics`](https://docs.rs/metrics) facade,
+//! and spans and events through [`tracing`].
+//!
+//! # Metrics
+//!
+//! Install any `metrics` recorder (for Prometheus, `metrics-exporter-prometheus`) and the
+//! client reports to it; with none installed the cost is a few nanoseconds per command
+//! and no allocation. A recorder installed after the client was built is picked up on
+//! the next command. All names and label keys are defined in one place,
+//! `src/observe/metrics.rs`.
+//!
+//! | Metric | Type | Labels | Meaning |
+//! |---|---|---|---|
+//! | `redis_commands_total` | counter | `command`, `node`, `status` | Commands sent, counted once each at their final outcome |
+//! | `redis_command_duration_seconds` | histogram | `command`, `node` | Time from routing a command to its final reply |
+//! | `redis_cluster_nodes` | gauge | `state` | Nodes: `primary`, `replica`, `connected`, `breaker_open` |
+//! | `redis_redirects_total` | counter | `kind` | Redirects followed: `moved`, `ask` |
+//! | `redis_topology_refreshes_total` | counter | `trigger` | Topology refreshes completed |
+//! | `redis_retries_total` | counter | `reason` | Requests sent again |
+//! | `redis_timeouts_total` | counter | | Commands that failed with a timeout |
+//! | `redis_circuit_breaker_state` | gauge | `node` | 0 closed, 1 half-open, 2 open |
+//! | `redis_connections` | gauge | `node`, `kind` | Open connections: `multiplexed`, `dedicated` |
+//! | `redis_requests_in_flight` | gauge | | Commands sent and not yet answered |
+//! | `redis_pipeline_size` | histogram | | Commands per explicit pipeline |
+//!
+//! Labels:
+//!
+//! - `command`: the command's name from the command table, lower case, subcommands as
+//!   `container|sub` (`get`, `client|setname`); for a transaction, `exec`. Module
+//!   commands learned from the server's `COMMAND INFO` keep their name; any command the
+//!   server does not know is `other`. Never a key or an argument.
+//! - `node`: `host:port` as the client reaches the node. For a command, the node that
+//!   gave the final outcome (after redirects and retries); `none` when no node was
+//!   reached (no route for the slot).
+//! - `status`: `ok` (a reply), `error` (an error reply: `WRONGTYPE`, `NOPERM`, a
+//!   `CLUSTERDOWN` still there after its retries, ...), `failure` (no reply: timeout,
+//!   connection failure, open circuit breaker, too many redirects).
+//! - `kind`: `moved` or `ask` for redirects; `multiplexed` or `dedicated` for connections.
+//! - `trigger`: `moved`, `connection_failure`, `cluster_down`, `unknown_node`,
+//!   `uncovered_slot`, `periodic` (the timer, the initial discovery, or
+//!   `ClusterClient::refresh_topology`).
+//! - `reason`: `connection`, `timeout`, `circuit_open`, `no_route`, `cluster_down`,
+//!   `tryagain`, `loading`, `masterdown`, `other`.
+//! - `state`: `primary`, `replica` (in the current topology), `connected` (with an open
+//!   connection), `breaker_open`.
+//!
+//! What one sample means:
+//!
+//! - A command is counted once, when it ends, on the node that gave its outcome; a
+//!   command split over slots (`MGET`, `DEL` of several keys) or fanned out to every
+//!   primary counts once per node it went to. Redirects and retries do not count extra
+//!   commands; they show in `redis_redirects_total` and `redis_retries_total`.
+//! - `redis_command_duration_seconds` is per command, not per attempt: it includes the
+//!   time spent following redirects and waiting between retries, which is what the caller
+//!   waited. Commands of an explicit pipeline each record the time of their node's batch.
+//! - `redis_cluster_nodes`, `redis_connections` and `redis_circuit_breaker_state` are set
+//!   when a topology is installed, after each topology refresh and after each health
+//!   check (every 10 s by default); breaker states are also set at every transition. A
+//!   node known under two handles (primary and replica-read connections) reports the sum
+//!   of their connections and the worse of their breakers.
+//!
+//! # Tracing
+//!
+//! Every command sent to the cluster runs in a `redis_command` span at `DEBUG` level
+//! (free when no subscriber, or one at `INFO`, listens), with fields `command`, `slot`
+//! (when it has one), `node` (the node of the latest attempt), `attempt` and `redirects`.
+//! Events, target `redcluster`:
+//!
+//! - `DEBUG` "MOVED redirect" / "ASK redirect" (`slot`, `from`, `to`), "retrying"
+//!   (`reason`, `attempt`), "connected" / "connect failed" (`node`, `reconnect`).
+//! - `INFO` "topology discovered", "topology changed" (`trigger`, `added`, `removed`,
+//!   `moved_slots`, `moved`: the slot ranges that changed primary as
+//!   `start-end old->new`).
+//! - `WARN` "failover detected: ..." (`slots`, `old_primary`, `new_primary`): slots now
+//!   served by what was their primary's replica.
+//! - Circuit breakers: `WARN` "circuit breaker opened", `INFO` "circuit breaker
+//!   half-open", "circuit breaker closed" (`node`, `read_only`, `state`).
+//!
+//! Fields never hold keys, values, arguments or credentials.
+
+pub(crate) mod events;
+pub(crate) mod metrics;
 
 use crate::policy::BreakerState;
 

@@ -109,10 +109,14 @@ pub(crate) enum Transition {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum State {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// `probe` is when the current probe was let through; a probe whose outcome never
     /// came back (its caller gave up) is replaced after `open_for`.
-    HalfOpen { probe: Option<Instant> },
+    HalfOpen {
+        probe: Option<Instant>,
+    },
 }
 
 /// One node's breaker.
@@ -163,9 +167,9 @@ impl Breaker {
                 self.state = State::HalfOpen { probe: Some(now) };
                 (Admission::Probe, Some(Transition::HalfOpened))
             }
-            State::HalfOpen { probe: Some(started) } if now.duration_since(started) < self.config.open_for => {
-                (Admission::Rejected, None)
-            }
+            State::HalfOpen {
+                probe: Some(started),
+            } if now.duration_since(started) < self.config.open_for => (Admission::Rejected, None),
             State::HalfOpen { .. } => {
                 self.state = State::HalfOpen { probe: Some(now) };
                 (Admission::Probe, None)
@@ -197,7 +201,8 @@ impl Breaker {
             State::Open { .. } => false,
             State::Closed => {
                 let rate_exceeded = self.window_requests >= self.config.min_requests
-                    && f64::from(self.window_failures) >= self.config.failure_rate * f64::from(self.window_requests);
+                    && f64::from(self.window_failures)
+                        >= self.config.failure_rate * f64::from(self.window_requests);
                 self.consecutive >= self.config.consecutive_failures || rate_exceeded
             }
         };
@@ -248,7 +253,10 @@ mod tests {
         assert_eq!(b.on_failure(t0), None);
         assert_eq!(b.on_failure(t0), Some(Transition::Opened));
         assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(b.allow(t0 + Duration::from_millis(999)).0, Admission::Rejected);
+        assert_eq!(
+            b.allow(t0 + Duration::from_millis(999)).0,
+            Admission::Rejected
+        );
     }
 
     #[test]
@@ -270,14 +278,27 @@ mod tests {
         for i in 0..20 {
             // Alternate: 50 % failures, never 3 in a row.
             let t = t0 + Duration::from_millis(i);
-            opened = if i % 2 == 0 { b.on_success(t) } else { b.on_failure(t) }.or(opened);
+            opened = if i % 2 == 0 {
+                b.on_success(t)
+            } else {
+                b.on_failure(t)
+            }
+            .or(opened);
         }
         assert_eq!(opened, Some(Transition::Opened));
         // The same rate spread over many windows never reaches min_requests in one.
-        let mut b = Breaker::new(config().consecutive_failures(100).window(Duration::from_millis(5)));
+        let mut b = Breaker::new(
+            config()
+                .consecutive_failures(100)
+                .window(Duration::from_millis(5)),
+        );
         for i in 0..100 {
             let t = t0 + Duration::from_millis(i);
-            let tr = if i % 2 == 0 { b.on_success(t) } else { b.on_failure(t) };
+            let tr = if i % 2 == 0 {
+                b.on_success(t)
+            } else {
+                b.on_failure(t)
+            };
             assert_eq!(tr, None);
         }
     }
@@ -290,7 +311,10 @@ mod tests {
             b.on_failure(t0);
         }
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(b.allow(later), (Admission::Probe, Some(Transition::HalfOpened)));
+        assert_eq!(
+            b.allow(later),
+            (Admission::Probe, Some(Transition::HalfOpened))
+        );
         assert_eq!(b.allow(later).0, Admission::Rejected, "one probe at a time");
         // A probe that never reports back is replaced once `open_for` has passed.
         assert_eq!(b.allow(later + Duration::from_secs(1)).0, Admission::Probe);

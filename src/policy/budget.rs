@@ -65,7 +65,9 @@ impl RetryBudget {
     pub(crate) fn try_spend(&mut self, requests: u64, now: Instant) -> bool {
         let new_requests = requests.saturating_sub(self.requests_seen);
         self.requests_seen = self.requests_seen.max(requests);
-        let elapsed = self.last.map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
+        let elapsed = self
+            .last
+            .map_or(Duration::ZERO, |l| now.saturating_duration_since(l));
         self.last = Some(now);
         self.balance = (self.balance
             + new_requests as f64 * self.config.ratio

@@ -69,13 +69,22 @@ impl FakeCluster {
                         }
                         let earlier = {
                             let mut seen = log.lock().unwrap();
-                            let n = seen.iter().filter(|s| s.split(' ').next() == args.first().map(String::as_str)).count();
+                            let n = seen
+                                .iter()
+                                .filter(|s| s.split(' ').next() == args.first().map(String::as_str))
+                                .count();
                             seen.push(args.join(" "));
                             n
                         };
                         let action = match args.first().map(String::as_str) {
-                            Some("HELLO") => Action::Reply(Value::Map(vec![(bulk("proto"), Value::Int(3))])),
-                            Some("CLUSTER") if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("shards")) => {
+                            Some("HELLO") => {
+                                Action::Reply(Value::Map(vec![(bulk("proto"), Value::Int(3))]))
+                            }
+                            Some("CLUSTER")
+                                if args
+                                    .get(1)
+                                    .is_some_and(|a| a.eq_ignore_ascii_case("shards")) =>
+                            {
                                 Action::Reply(shards(port))
                             }
                             _ => behave(&args, earlier),
@@ -107,7 +116,10 @@ impl FakeCluster {
 
     /// How many commands named `name` were read.
     pub fn count(&self, name: &str) -> usize {
-        self.seen().iter().filter(|s| s.split(' ').next() == Some(name)).count()
+        self.seen()
+            .iter()
+            .filter(|s| s.split(' ').next() == Some(name))
+            .count()
     }
 }
 
@@ -127,7 +139,10 @@ fn shards(port: u16) -> Value {
         (bulk("health"), bulk("online")),
     ]);
     Value::Array(vec![Value::Map(vec![
-        (bulk("slots"), Value::Array(vec![Value::Int(0), Value::Int(16383)])),
+        (
+            bulk("slots"),
+            Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+        ),
         (bulk("nodes"), Value::Array(vec![node])),
     ])])
 }

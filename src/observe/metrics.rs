@@ -1,0 +1,582 @@
+//! Every metric the client emits through the [`metrics`] facade: names, label keys and
+//! the small functions the rest of the crate calls. No other module names a metric.
+//!
+//! See the [module docs](super) for the list and what each label means.
+//!
+//! # Cost
+//!
+//! The per-request metrics (`redis_commands_total`, `redis_command_duration_seconds`,
+//! `redis_requests_in_flight`) go through handles registered once per (command, node)
+//! and cached in the node: a request reads the cache (no lock, no allocation), increments
+//! a counter and records a histogram sample. With no recorder installed those handles are
+//! no-ops. A cache remembers which recorder it registered with (by the recorder's
+//! address), so a recorder installed after the client was built is picked up on the next
+//! request.
+//!
+//! Label values are `&'static str` (command names from the command table, statuses,
+//! kinds) or the node's `Arc<str>` address: building a label never copies a string.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, Unit};
+
+use crate::error::Error;
+use crate::policy::BreakerState;
+use crate::resp::Value;
+
+// ---------------------------------------------------------------------------------------
+// Names.
+
+/// Counter: commands sent, by final outcome. Labels: `command`, `node`, `status`.
+pub(crate) const COMMANDS_TOTAL: &str = "redis_commands_total";
+/// Histogram, seconds: one sample per command, from routing to the final reply
+/// (redirects and retries included). Labels: `command`, `node`.
+pub(crate) const COMMAND_DURATION_SECONDS: &str = "redis_command_duration_seconds";
+/// Gauge: nodes of the topology by `state`.
+pub(crate) const CLUSTER_NODES: &str = "redis_cluster_nodes";
+/// Counter: redirects followed, by `kind`.
+pub(crate) const REDIRECTS_TOTAL: &str = "redis_redirects_total";
+/// Counter: topology refreshes completed, by `trigger`.
+pub(crate) const TOPOLOGY_REFRESHES_TOTAL: &str = "redis_topology_refreshes_total";
+/// Counter: requests sent again, by `reason`.
+pub(crate) const RETRIES_TOTAL: &str = "redis_retries_total";
+/// Counter: commands that failed with a timeout.
+pub(crate) const TIMEOUTS_TOTAL: &str = "redis_timeouts_total";
+/// Gauge: a node's circuit breaker, 0 closed, 1 half-open, 2 open. Label: `node`.
+pub(crate) const CIRCUIT_BREAKER_STATE: &str = "redis_circuit_breaker_state";
+/// Gauge: open connections. Labels: `node`, `kind`.
+pub(crate) const CONNECTIONS: &str = "redis_connections";
+/// Gauge: commands sent and not yet answered.
+pub(crate) const REQUESTS_IN_FLIGHT: &str = "redis_requests_in_flight";
+/// Histogram: commands per explicit pipeline.
+pub(crate) const PIPELINE_SIZE: &str = "redis_pipeline_size";
+
+// ---------------------------------------------------------------------------------------
+// Label keys.
+
+/// The command name from the command table, lower case (`get`, `client|setname`), or
+/// `other`.
+pub(crate) const COMMAND: &str = "command";
+/// A node's `host:port`, as the client reaches it, or `none`.
+pub(crate) const NODE: &str = "node";
+/// `ok`, `error` or `failure`.
+pub(crate) const STATUS: &str = "status";
+/// `primary`, `replica`, `connected`, `breaker_open`.
+pub(crate) const STATE: &str = "state";
+/// `moved` / `ask` for redirects; `multiplexed` / `dedicated` for connections.
+pub(crate) const KIND: &str = "kind";
+/// What asked for a topology refresh.
+pub(crate) const TRIGGER: &str = "trigger";
+/// Why a request was sent again.
+pub(crate) const REASON: &str = "reason";
+
+// ---------------------------------------------------------------------------------------
+// Label values.
+
+/// The command label of commands missing from the command table.
+pub(crate) const OTHER_COMMAND: &str = "other";
+/// The command label of a `MULTI` ... `EXEC` transaction.
+pub(crate) const TRANSACTION_COMMAND: &str = "exec";
+/// The node label of commands that never reached a node.
+pub(crate) const NO_NODE: &str = "none";
+
+static METADATA: Metadata<'static> = Metadata::new("redcluster", Level::INFO, Some(module_path!()));
+
+/// A key with a static name and at most one static label, built at compile time.
+macro_rules! key {
+    ($name:expr) => {{
+        static KEY: Key = Key::from_static_name($name);
+        &KEY
+    }};
+    ($name:expr, $label:expr => $value:expr) => {{
+        static LABELS: [Label; 1] = [Label::from_static_parts($label, $value)];
+        static KEY: Key = Key::from_static_parts($name, &LABELS);
+        &KEY
+    }};
+}
+
+/// The recorder in place for this thread, by address: a change means handles must be
+/// registered again.
+fn recorder_id() -> usize {
+    metrics::with_recorder(|r: &dyn Recorder| std::ptr::from_ref(r).cast::<()>().addr())
+}
+
+/// The recorder the descriptions were last given to.
+static DESCRIBED: AtomicUsize = AtomicUsize::new(0);
+
+/// Gives the recorder in place the units and help texts, once per recorder.
+fn describe(id: usize) {
+    if DESCRIBED.swap(id, Ordering::Relaxed) == id {
+        return;
+    }
+    metrics::with_recorder(|r| {
+        let name = KeyName::from_const_str;
+        r.describe_counter(
+            name(COMMANDS_TOTAL),
+            Some(Unit::Count),
+            "Commands sent, by final outcome: ok, error (error reply), failure (no reply)".into(),
+        );
+        r.describe_histogram(
+            name(COMMAND_DURATION_SECONDS),
+            Some(Unit::Seconds),
+            "Time from routing a command to its final reply, redirects and retries included".into(),
+        );
+        r.describe_gauge(
+            name(CLUSTER_NODES),
+            Some(Unit::Count),
+            "Nodes of the topology: primary, replica, connected, breaker_open".into(),
+        );
+        r.describe_counter(
+            name(REDIRECTS_TOTAL),
+            Some(Unit::Count),
+            "MOVED and ASK redirects followed".into(),
+        );
+        r.describe_counter(
+            name(TOPOLOGY_REFRESHES_TOTAL),
+            Some(Unit::Count),
+            "Topology refreshes completed, by what asked for them".into(),
+        );
+        r.describe_counter(
+            name(RETRIES_TOTAL),
+            Some(Unit::Count),
+            "Requests sent again, by reason".into(),
+        );
+        r.describe_counter(
+            name(TIMEOUTS_TOTAL),
+            Some(Unit::Count),
+            "Commands that failed because their deadline passed".into(),
+        );
+        r.describe_gauge(
+            name(CIRCUIT_BREAKER_STATE),
+            None,
+            "Circuit breaker per node: 0 closed, 1 half-open, 2 open".into(),
+        );
+        r.describe_gauge(
+            name(CONNECTIONS),
+            Some(Unit::Count),
+            "Open connections per node: multiplexed, dedicated".into(),
+        );
+        r.describe_gauge(
+            name(REQUESTS_IN_FLIGHT),
+            Some(Unit::Count),
+            "Commands sent and not yet answered".into(),
+        );
+        r.describe_histogram(
+            name(PIPELINE_SIZE),
+            Some(Unit::Count),
+            "Commands per explicit pipeline".into(),
+        );
+    });
+}
+
+fn counter(key: &Key) -> Counter {
+    describe(recorder_id());
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+}
+
+fn gauge(key: &Key) -> Gauge {
+    describe(recorder_id());
+    metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+}
+
+fn histogram(key: &Key) -> Histogram {
+    describe(recorder_id());
+    metrics::with_recorder(|r| r.register_histogram(key, &METADATA))
+}
+
+/// A key named `name` labelled with one node (and more static labels).
+fn node_key(name: &'static str, node: &Arc<str>, extra: &[(&'static str, &'static str)]) -> Key {
+    let mut labels = Vec::with_capacity(1 + extra.len());
+    labels.push(Label::new(NODE, Arc::clone(node)));
+    labels.extend(extra.iter().map(|&(k, v)| Label::new(k, v)));
+    Key::from_parts(name, labels)
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands.
+
+/// How a command ended, for the `status` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// The node answered with a reply that is not an error.
+    Ok,
+    /// The node answered with an error reply.
+    Error,
+    /// No reply: timeout, connection failure, open circuit, too many redirects.
+    Failure,
+}
+
+impl Status {
+    /// The status of a final result; counts a timeout on the way.
+    pub(crate) fn of(result: Result<&Value, &Error>) -> Status {
+        match result {
+            Ok(Value::ServerError(_)) => Status::Error,
+            Ok(_) => Status::Ok,
+            Err(e) => {
+                if matches!(e, Error::Timeout) {
+                    counter(key!(TIMEOUTS_TOTAL)).increment(1);
+                }
+                Status::Failure
+            }
+        }
+    }
+}
+
+/// The command label: the name from the command table (built in, or learned from the
+/// server's `COMMAND INFO`, so bounded by the commands the server knows), else `other`.
+pub(crate) fn command_label(info: Option<&'static crate::cmd::CommandInfo>) -> &'static str {
+    match info {
+        Some(info) => info.name(),
+        None => OTHER_COMMAND,
+    }
+}
+
+/// One command's handles on one node.
+#[derive(Clone)]
+struct CommandHandles {
+    ok: Counter,
+    error: Counter,
+    failure: Counter,
+    duration: Histogram,
+}
+
+impl CommandHandles {
+    fn register(command: &'static str, node: &Arc<str>) -> CommandHandles {
+        let total = |status: &'static str| {
+            counter(&node_key(
+                COMMANDS_TOTAL,
+                node,
+                &[(COMMAND, command), (STATUS, status)],
+            ))
+        };
+        CommandHandles {
+            ok: total("ok"),
+            error: total("error"),
+            failure: total("failure"),
+            duration: histogram(&node_key(
+                COMMAND_DURATION_SECONDS,
+                node,
+                &[(COMMAND, command)],
+            )),
+        }
+    }
+
+    fn record(&self, status: Status, elapsed: Duration) {
+        match status {
+            Status::Ok => self.ok.increment(1),
+            Status::Error => self.error.increment(1),
+            Status::Failure => self.failure.increment(1),
+        }
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// The handles registered with one recorder.
+struct CommandCache {
+    recorder: usize,
+    entries: Vec<(&'static str, CommandHandles)>,
+}
+
+impl CommandCache {
+    fn find(&self, command: &'static str) -> Option<&CommandHandles> {
+        // Names come from the static command table: the pointer almost always matches.
+        let same = |n: &&'static str| std::ptr::eq(*n, command);
+        self.entries
+            .iter()
+            .find(|(n, _)| same(n))
+            .or_else(|| self.entries.iter().find(|(n, _)| *n == command))
+            .map(|(_, h)| h)
+    }
+}
+
+/// One node's per-command metric handles, registered on first use.
+pub(crate) struct NodeMetrics {
+    node: Arc<str>,
+    cache: ArcSwapOption<CommandCache>,
+}
+
+impl std::fmt::Debug for NodeMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeMetrics")
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl NodeMetrics {
+    /// Handles for `node`; nothing is registered until the first command.
+    pub(crate) fn new(node: Arc<str>) -> NodeMetrics {
+        NodeMetrics {
+            node,
+            cache: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Counts one command that ended with `status` after `elapsed`.
+    pub(crate) fn command(&self, command: &'static str, status: Status, elapsed: Duration) {
+        let id = recorder_id();
+        {
+            let cache = self.cache.load();
+            if let Some(handles) = cache
+                .as_deref()
+                .filter(|c| c.recorder == id)
+                .and_then(|c| c.find(command))
+            {
+                handles.record(status, elapsed);
+                return;
+            }
+        }
+        self.register(id, command).record(status, elapsed);
+    }
+
+    /// The slow path: registers `command`'s handles and adds them to the cache (a new
+    /// recorder starts a new cache).
+    #[cold]
+    fn register(&self, id: usize, command: &'static str) -> CommandHandles {
+        let handles = CommandHandles::register(command, &self.node);
+        self.cache.rcu(|current| {
+            let mut entries = match current.as_deref() {
+                Some(c) if c.recorder == id => c.entries.clone(),
+                _ => Vec::new(),
+            };
+            if !entries.iter().any(|(n, _)| *n == command) {
+                entries.push((command, handles.clone()));
+            }
+            Some(Arc::new(CommandCache {
+                recorder: id,
+                entries,
+            }))
+        });
+        handles
+    }
+}
+
+/// The handles of commands that never reached a node (no route, every attempt refused).
+pub(crate) fn no_node() -> &'static NodeMetrics {
+    static NONE: LazyLock<NodeMetrics> = LazyLock::new(|| NodeMetrics::new(Arc::from(NO_NODE)));
+    &NONE
+}
+
+/// Counts commands as in flight while alive.
+#[must_use]
+pub(crate) struct InFlight {
+    gauge: Gauge,
+    count: f64,
+}
+
+impl InFlight {
+    /// `count` commands are sent now.
+    pub(crate) fn start(count: usize) -> InFlight {
+        struct Registered {
+            recorder: usize,
+            gauge: Gauge,
+        }
+        static CACHE: ArcSwapOption<Registered> = ArcSwapOption::const_empty();
+        let id = recorder_id();
+        let cached = CACHE
+            .load()
+            .as_deref()
+            .filter(|r| r.recorder == id)
+            .map(|r| r.gauge.clone());
+        let gauge = cached.unwrap_or_else(|| {
+            let gauge = gauge(key!(REQUESTS_IN_FLIGHT));
+            CACHE.store(Some(Arc::new(Registered {
+                recorder: id,
+                gauge: gauge.clone(),
+            })));
+            gauge
+        });
+        #[allow(clippy::cast_precision_loss)]
+        let count = count as f64;
+        gauge.increment(count);
+        InFlight { gauge, count }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.gauge.decrement(self.count);
+    }
+}
+
+/// Records the size of an explicit pipeline.
+pub(crate) fn pipeline_size(commands: usize) {
+    #[allow(clippy::cast_precision_loss)]
+    histogram(key!(PIPELINE_SIZE)).record(commands as f64);
+}
+
+// ---------------------------------------------------------------------------------------
+// Routing events.
+
+/// A `MOVED` (`moved == true`) or `ASK` redirect was followed.
+pub(crate) fn redirect(moved: bool) {
+    let key = if moved {
+        key!(REDIRECTS_TOTAL, KIND => "moved")
+    } else {
+        key!(REDIRECTS_TOTAL, KIND => "ask")
+    };
+    counter(key).increment(1);
+}
+
+/// A topology refresh completed; `trigger` is what asked for it.
+pub(crate) fn topology_refresh(trigger: &'static str) {
+    counter(&Key::from_parts(
+        TOPOLOGY_REFRESHES_TOTAL,
+        vec![Label::new(TRIGGER, trigger)],
+    ))
+    .increment(1);
+}
+
+/// Why a request was sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RetryReason {
+    /// Connecting failed or the connection died.
+    Connection,
+    /// Connecting or the request itself timed out.
+    Timeout,
+    /// The node's circuit breaker was open.
+    CircuitOpen,
+    /// No node was known for the slot.
+    NoRoute,
+    /// A `CLUSTERDOWN` reply.
+    ClusterDown,
+    /// A `TRYAGAIN` reply (multi-key command during a migration).
+    TryAgain,
+    /// A `LOADING` reply.
+    Loading,
+    /// A `MASTERDOWN` reply.
+    MasterDown,
+    /// Anything else.
+    Other,
+}
+
+impl RetryReason {
+    /// The `reason` label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connection => "connection",
+            RetryReason::Timeout => "timeout",
+            RetryReason::CircuitOpen => "circuit_open",
+            RetryReason::NoRoute => "no_route",
+            RetryReason::ClusterDown => "cluster_down",
+            RetryReason::TryAgain => "tryagain",
+            RetryReason::Loading => "loading",
+            RetryReason::MasterDown => "masterdown",
+            RetryReason::Other => "other",
+        }
+    }
+
+    /// The reason an error gives for retrying.
+    pub(crate) fn of_error(error: &Error) -> RetryReason {
+        match error {
+            Error::Timeout => RetryReason::Timeout,
+            Error::CircuitOpen { .. } => RetryReason::CircuitOpen,
+            Error::ClusterDown(_) => RetryReason::NoRoute,
+            Error::Io { .. } | Error::ConnectionLost { .. } | Error::Tls(_) | Error::Auth(_) => {
+                RetryReason::Connection
+            }
+            _ => RetryReason::Other,
+        }
+    }
+
+    /// The reason an error reply's code gives for retrying.
+    pub(crate) fn of_reply(code: &str) -> RetryReason {
+        match code {
+            "CLUSTERDOWN" => RetryReason::ClusterDown,
+            "TRYAGAIN" => RetryReason::TryAgain,
+            "LOADING" => RetryReason::Loading,
+            "MASTERDOWN" => RetryReason::MasterDown,
+            _ => RetryReason::Other,
+        }
+    }
+}
+
+/// A request is sent again, for `reason`.
+pub(crate) fn retry(reason: RetryReason) {
+    let key = match reason {
+        RetryReason::Connection => key!(RETRIES_TOTAL, REASON => "connection"),
+        RetryReason::Timeout => key!(RETRIES_TOTAL, REASON => "timeout"),
+        RetryReason::CircuitOpen => key!(RETRIES_TOTAL, REASON => "circuit_open"),
+        RetryReason::NoRoute => key!(RETRIES_TOTAL, REASON => "no_route"),
+        RetryReason::ClusterDown => key!(RETRIES_TOTAL, REASON => "cluster_down"),
+        RetryReason::TryAgain => key!(RETRIES_TOTAL, REASON => "tryagain"),
+        RetryReason::Loading => key!(RETRIES_TOTAL, REASON => "loading"),
+        RetryReason::MasterDown => key!(RETRIES_TOTAL, REASON => "masterdown"),
+        RetryReason::Other => key!(RETRIES_TOTAL, REASON => "other"),
+    };
+    counter(key).increment(1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster state gauges, set at topology installs, refreshes and health checks.
+
+/// Node counts for `redis_cluster_nodes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct NodeCounts {
+    pub(crate) primaries: usize,
+    pub(crate) replicas: usize,
+    /// Nodes with at least one open connection.
+    pub(crate) connected: usize,
+    /// Nodes whose circuit breaker is open.
+    pub(crate) breaker_open: usize,
+}
+
+/// Sets `redis_cluster_nodes`.
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn cluster_nodes(counts: NodeCounts) {
+    gauge(key!(CLUSTER_NODES, STATE => "primary")).set(counts.primaries as f64);
+    gauge(key!(CLUSTER_NODES, STATE => "replica")).set(counts.replicas as f64);
+    gauge(key!(CLUSTER_NODES, STATE => "connected")).set(counts.connected as f64);
+    gauge(key!(CLUSTER_NODES, STATE => "breaker_open")).set(counts.breaker_open as f64);
+}
+
+/// The gauge value of a breaker state.
+pub(crate) fn breaker_code(state: BreakerState) -> u8 {
+    match state {
+        BreakerState::Closed => 0,
+        BreakerState::HalfOpen => 1,
+        BreakerState::Open => 2,
+    }
+}
+
+/// Sets `redis_circuit_breaker_state` of `node` (see [`breaker_code`]).
+pub(crate) fn breaker_state(node: &Arc<str>, code: u8) {
+    gauge(&node_key(CIRCUIT_BREAKER_STATE, node, &[])).set(f64::from(code));
+}
+
+/// Sets `redis_connections` of `node`.
+#[allow(clippy::cast_precision_loss)]
+pub(crate) fn connections(node: &Arc<str>, multiplexed: usize, dedicated: usize) {
+    gauge(&node_key(CONNECTIONS, node, &[(KIND, "multiplexed")])).set(multiplexed as f64);
+    gauge(&node_key(CONNECTIONS, node, &[(KIND, "dedicated")])).set(dedicated as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_labels_come_from_the_table() {
+        let get = crate::cmd::lookup(&crate::cmd("GET").arg("user:1234"));
+        assert_eq!(command_label(get), "get");
+        let sub = crate::cmd::lookup(&crate::cmd("CLIENT").arg("SETNAME").arg("x"));
+        assert_eq!(command_label(sub), "client|setname");
+        assert_eq!(command_label(None), "other");
+    }
+
+    #[test]
+    fn retry_reasons() {
+        assert_eq!(RetryReason::of_error(&Error::Timeout), RetryReason::Timeout);
+        assert_eq!(
+            RetryReason::of_error(&Error::ConnectionLost {
+                may_have_executed: false
+            }),
+            RetryReason::Connection
+        );
+        assert_eq!(RetryReason::of_reply("TRYAGAIN"), RetryReason::TryAgain);
+        assert_eq!(RetryReason::of_reply("WHATEVER"), RetryReason::Other);
+    }
+}

@@ -1,0 +1,192 @@
+//! Runs every example in `examples/` (found by listing the directory, so new examples are
+//! covered without touching this file), each against the local cluster it spawns itself
+//! (`REDIS_CLUSTER_NODES` unset), and checks that it exits with status 0 and prints
+//! something. An example still running after [`TIMEOUT`] is killed, with the
+//! `redis-server` processes it started, and fails the test.
+//!
+//! The examples are built first with `cargo build --examples`, with the features and
+//! profile this test was built with, into the same target directory (a no-op when
+//! `cargo test` already built them). `REDCLUSTER_EXAMPLES=a,b` runs only those.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Longest time one example may run.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The names of the examples: `examples/NAME.rs` and `examples/NAME/main.rs`.
+fn example_names() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            if path.is_dir() {
+                path.join("main.rs").is_file().then_some(())?;
+                return Some(path.file_name()?.to_str()?.to_string());
+            }
+            (path.extension()? == "rs").then_some(())?;
+            Some(path.file_stem()?.to_str()?.to_string())
+        })
+        .collect();
+    names.sort();
+    if let Ok(only) = std::env::var("REDCLUSTER_EXAMPLES") {
+        let only: Vec<&str> = only.split(',').map(str::trim).collect();
+        names.retain(|n| only.contains(&n.as_str()));
+    }
+    names
+}
+
+/// The target directory and profile directory (`target/debug`) this test binary was
+/// built into: it lives in `<target>/<profile>/deps/`.
+fn target_dirs() -> (PathBuf, PathBuf) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary is in <target>/<profile>/deps")
+        .to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .expect("the profile directory is in the target directory")
+        .to_path_buf();
+    (target_dir, profile_dir)
+}
+
+/// `cargo build --examples` with this test's features and profile.
+fn build_examples(target_dir: &Path, profile_dir: &Path) {
+    let mut features = Vec::new();
+    if cfg!(feature = "testkit") {
+        features.push("testkit");
+    }
+    if cfg!(feature = "native-roots") {
+        features.push("native-roots");
+    }
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--examples", "--quiet"])
+        .env("CARGO_TARGET_DIR", target_dir);
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            build.arg("--release");
+        }
+        Some(other) => {
+            build.args(["--profile", other]);
+        }
+    }
+    let status = build.status().expect("running cargo build --examples");
+    assert!(status.success(), "cargo build --examples failed: {status}");
+}
+
+/// Reads a pipe to the end on its own thread, so a chatty child never blocks.
+fn drain(pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut out = Vec::new();
+        let mut pipe = pipe;
+        let _ = pipe.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// Kills the example and everything it started (its `redis-server` nodes share its
+/// process group), so a hung example leaves nothing running.
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Runs one example; `Err` says why it failed.
+fn run_example(binary: &Path) -> Result<(Duration, String), String> {
+    let started = Instant::now();
+    let mut child = Command::new(binary)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("REDIS_CLUSTER_NODES")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if started.elapsed() > TIMEOUT => {
+                kill_group(&mut child);
+                break None;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(50)),
+            Err(e) => return Err(format!("waiting for the example: {e}")),
+        }
+    };
+    let elapsed = started.elapsed();
+    let (stdout, stderr) = (
+        stdout.join().unwrap_or_default(),
+        stderr.join().unwrap_or_default(),
+    );
+    let tail = |s: &str| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    };
+    match status {
+        None => Err(format!(
+            "killed after {TIMEOUT:?}\n--- stdout (end)\n{}\n--- stderr (end)\n{}",
+            tail(&stdout),
+            tail(&stderr)
+        )),
+        Some(status) if !status.success() => Err(format!(
+            "exited with {status}\n--- stdout (end)\n{}\n--- stderr (end)\n{}",
+            tail(&stdout),
+            tail(&stderr)
+        )),
+        Some(_) if stdout.trim().is_empty() => Err(format!(
+            "printed nothing on stdout\n--- stderr (end)\n{}",
+            tail(&stderr)
+        )),
+        Some(_) => Ok((elapsed, stdout)),
+    }
+}
+
+#[test]
+fn every_example_runs_against_a_local_cluster() {
+    let names = example_names();
+    assert!(!names.is_empty(), "no examples found");
+    let (target_dir, profile_dir) = target_dirs();
+    build_examples(&target_dir, &profile_dir);
+
+    let mut failures = Vec::new();
+    for name in &names {
+        let binary = profile_dir.join("examples").join(name);
+        match run_example(&binary) {
+            Ok((elapsed, stdout)) => eprintln!(
+                "example {name}: ok in {:.1} s, {} lines of output",
+                elapsed.as_secs_f64(),
+                stdout.lines().count()
+            ),
+            Err(why) => {
+                eprintln!("example {name}: FAILED: {why}");
+                failures.push(format!("{name}: {why}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} examples failed:\n\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n\n")
+    );
+}

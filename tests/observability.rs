@@ -1,0 +1,459 @@
+//! Metrics and tracing against a real local cluster.
+//!
+//! Each test runs the client on a current-thread runtime, so every task of the client
+//! runs on the test's own thread: a thread-local metrics recorder
+//! (`metrics::set_default_local_recorder`) and a thread-local tracing subscriber
+//! (`tracing::subscriber::set_default`) see everything the client does, and the tests
+//! can run in parallel without sharing a global recorder.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::MetricKind;
+use redcluster::testkit::LocalCluster;
+use redcluster::{cmd, key_slot, ClusterClient, Value};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A recorder that lives for the whole process, so its address is never reused.
+fn recorder() -> &'static DebuggingRecorder {
+    Box::leak(Box::new(DebuggingRecorder::new()))
+}
+
+#[derive(Debug)]
+struct Metric {
+    kind: MetricKind,
+    name: String,
+    labels: Vec<(String, String)>,
+    value: DebugValue,
+}
+
+impl Metric {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn matches(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.name == name && labels.iter().all(|(k, v)| self.label(k) == Some(v))
+    }
+
+    /// A counter's value, or a histogram's sample count.
+    fn count(&self) -> u64 {
+        match &self.value {
+            DebugValue::Counter(n) => *n,
+            DebugValue::Histogram(samples) => samples.len() as u64,
+            DebugValue::Gauge(_) => panic!("{} is a gauge", self.name),
+        }
+    }
+
+    fn gauge(&self) -> f64 {
+        match &self.value {
+            DebugValue::Gauge(v) => v.0,
+            _ => panic!("{} is not a gauge", self.name),
+        }
+    }
+}
+
+/// Everything recorded since the last snapshot: a snapshot drains the recorder (counters
+/// and gauges read as 0 afterwards), so each test takes one, at the end.
+fn collect(snapshotter: &Snapshotter) -> Vec<Metric> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let kind = key.kind();
+            let key = key.key();
+            Metric {
+                kind,
+                name: key.name().to_string(),
+                labels: key
+                    .labels()
+                    .map(|l| (l.key().to_string(), l.value().to_string()))
+                    .collect(),
+                value,
+            }
+        })
+        .collect()
+}
+
+/// Sum of counters (or histogram sample counts) named `name` with these labels.
+fn sum(metrics: &[Metric], name: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .iter()
+        .filter(|m| m.matches(name, labels))
+        .map(Metric::count)
+        .sum()
+}
+
+fn gauge(metrics: &[Metric], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .iter()
+        .find(|m| m.matches(name, labels) && m.kind == MetricKind::Gauge)
+        .map(Metric::gauge)
+}
+
+/// Fails if any label value contains one of `secrets` (case-insensitive).
+fn assert_no_label_contains(metrics: &[Metric], secrets: &[&str]) {
+    for m in metrics {
+        for (k, v) in &m.labels {
+            for s in secrets {
+                assert!(
+                    !v.to_ascii_lowercase().contains(&s.to_ascii_lowercase()),
+                    "label {k}={v:?} of {} contains {s:?}",
+                    m.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn commands_are_counted_per_command_node_and_status() {
+    let recorder = recorder();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(recorder);
+    runtime().block_on(async {
+        let local = LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .start()
+            .await
+            .unwrap();
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        const SETS: usize = 60;
+        const GETS: usize = 40;
+        let key = |i: usize| format!("obs-secret-key:{i}");
+        let value = |i: usize| format!("obs-secret-value-{i}");
+        let mut sets_per_node: HashMap<String, u64> = HashMap::new();
+        for i in 0..SETS {
+            client.set(key(i), value(i)).await.unwrap();
+            let node = client.node_for_key(key(i).as_bytes()).unwrap();
+            *sets_per_node.entry(node).or_default() += 1;
+        }
+        for i in 0..GETS {
+            let v: Option<String> = client.get(key(i)).await.unwrap();
+            assert_eq!(v, Some(value(i)));
+        }
+        // One error reply: the value is not an integer.
+        let err = client
+            .query::<i64>(cmd("INCR").arg(key(0)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.server_code(), Some("ERR"), "{err}");
+        // A command the server does not know either: labelled `other`.
+        let err = client
+            .query::<Value>(cmd("OBSNOSUCHCMD").arg(key(1)))
+            .await
+            .unwrap_err();
+        assert!(err.server_code().is_some(), "{err}");
+        // Publishes the node gauges (connections are open by now).
+        client.refresh_topology().await.unwrap();
+
+        let metrics = collect(&snapshotter);
+        let total = "redis_commands_total";
+        assert_eq!(
+            sum(&metrics, total, &[("command", "set"), ("status", "ok")]),
+            SETS as u64
+        );
+        assert_eq!(sum(&metrics, total, &[("command", "set")]), SETS as u64);
+        assert_eq!(sets_per_node.len(), 3, "keys spread over the 3 masters");
+        for (node, sets) in &sets_per_node {
+            assert_eq!(
+                sum(
+                    &metrics,
+                    total,
+                    &[("command", "set"), ("node", node), ("status", "ok")]
+                ),
+                *sets,
+                "SETs counted on {node}"
+            );
+        }
+        assert_eq!(
+            sum(&metrics, total, &[("command", "get"), ("status", "ok")]),
+            GETS as u64
+        );
+        assert_eq!(
+            sum(&metrics, total, &[("command", "incr"), ("status", "error")]),
+            1
+        );
+        assert_eq!(
+            sum(
+                &metrics,
+                total,
+                &[("command", "other"), ("status", "error")]
+            ),
+            1
+        );
+        assert_eq!(sum(&metrics, total, &[("status", "failure")]), 0);
+        // Every command label is a command name (the unknown command was looked up with
+        // `COMMAND INFO` once).
+        for m in metrics.iter().filter(|m| m.name == total) {
+            let command = m.label("command").unwrap();
+            assert!(
+                ["set", "get", "incr", "other", "command|info"].contains(&command),
+                "unexpected command label {command:?}"
+            );
+        }
+        // One duration sample per command.
+        let duration = "redis_command_duration_seconds";
+        assert_eq!(sum(&metrics, duration, &[("command", "set")]), SETS as u64);
+        assert_eq!(sum(&metrics, duration, &[("command", "get")]), GETS as u64);
+        assert_eq!(sum(&metrics, "redis_timeouts_total", &[]), 0);
+        assert_eq!(
+            gauge(&metrics, "redis_requests_in_flight", &[]),
+            Some(0.0),
+            "nothing left in flight"
+        );
+        assert!(
+            sum(
+                &metrics,
+                "redis_topology_refreshes_total",
+                &[("trigger", "periodic")]
+            ) >= 1
+        );
+
+        // Cluster gauges.
+        let nodes = "redis_cluster_nodes";
+        assert_eq!(gauge(&metrics, nodes, &[("state", "primary")]), Some(3.0));
+        assert_eq!(gauge(&metrics, nodes, &[("state", "replica")]), Some(0.0));
+        assert_eq!(gauge(&metrics, nodes, &[("state", "connected")]), Some(3.0));
+        assert_eq!(
+            gauge(&metrics, nodes, &[("state", "breaker_open")]),
+            Some(0.0)
+        );
+        for node in sets_per_node.keys() {
+            assert_eq!(
+                gauge(&metrics, "redis_circuit_breaker_state", &[("node", node)]),
+                Some(0.0)
+            );
+            let conns = gauge(
+                &metrics,
+                "redis_connections",
+                &[("node", node), ("kind", "multiplexed")],
+            );
+            assert!(conns.is_some_and(|n| n >= 1.0), "{node}: {conns:?}");
+        }
+
+        assert_no_label_contains(&metrics, &["obs-secret", "obsnosuchcmd"]);
+    });
+}
+
+#[test]
+fn redirects_are_counted_by_kind() {
+    let recorder = recorder();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(recorder);
+    runtime().block_on(async {
+        let local = LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .start()
+            .await
+            .unwrap();
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        let key = "{obs-migrating}:secret-key";
+        client.set(key, "secret-value").await.unwrap();
+        let slot = key_slot(key.as_bytes());
+        let from = local.master_of_slot(slot).await.unwrap();
+        let to = local
+            .masters()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|&m| m != from)
+            .unwrap();
+
+        // The key moved while the slot migrates: the source answers ASK.
+        let migration = local.begin_slot_migration(slot, to).await.unwrap();
+        assert_eq!(local.migrate_keys_batch(&migration, 10).await.unwrap(), 1);
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("secret-value"));
+        // The migration ends; the client's map still says the source: MOVED.
+        local.finish_slot_migration(migration).await.unwrap();
+        let refreshes = client.stats().refreshes;
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("secret-value"));
+
+        let stats = client.stats();
+        assert!(stats.ask >= 1 && stats.moved >= 1, "{stats:?}");
+        // The MOVED asked for a refresh; wait for it. (A snapshot drains the recorder:
+        // take one only, at the end.)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.stats().refreshes == refreshes {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no refresh after MOVED"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let metrics = collect(&snapshotter);
+        let redirects = "redis_redirects_total";
+        assert_eq!(sum(&metrics, redirects, &[("kind", "ask")]), stats.ask);
+        assert_eq!(sum(&metrics, redirects, &[("kind", "moved")]), stats.moved);
+        // Both GETs ended on the target, after their redirect.
+        let target = local.node_addr(to);
+        assert_eq!(
+            sum(
+                &metrics,
+                "redis_commands_total",
+                &[("command", "get"), ("node", &target), ("status", "ok")]
+            ),
+            2
+        );
+        assert!(
+            sum(
+                &metrics,
+                "redis_topology_refreshes_total",
+                &[("trigger", "moved")]
+            ) >= 1
+        );
+        assert_no_label_contains(&metrics, &["obs-migrating", "secret"]);
+    });
+}
+
+/// Collects what a `fmt` subscriber writes.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+impl Capture {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+#[test]
+fn requests_run_in_spans_and_redirects_are_logged() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+        .with_current_span(true)
+        .with_writer(capture.clone())
+        .finish();
+    let _subscriber = tracing::subscriber::set_default(subscriber);
+    runtime().block_on(async {
+        let local = LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .start()
+            .await
+            .unwrap();
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        // A second client that stays idle, to see the topology change on its refresh.
+        let idle = ClusterClient::connect(local.seeds()).await.unwrap();
+        let key = "{obs-traced}:secret-key";
+        let value = "secret-value-never-logged";
+        client.set(key, value).await.unwrap();
+        let slot = key_slot(key.as_bytes());
+        let from = local.master_of_slot(slot).await.unwrap();
+        let to = local
+            .masters()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|&m| m != from)
+            .unwrap();
+        let migration = local.begin_slot_migration(slot, to).await.unwrap();
+        local.migrate_keys_batch(&migration, 10).await.unwrap();
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some(value));
+        local.finish_slot_migration(migration).await.unwrap();
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some(value));
+        // The idle client refreshes until it sees the slot on the target (a node asked
+        // may lag a moment behind the others).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while idle.primary_for_slot(slot) != Some(local.node_addr(to)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the idle client never saw the move"
+            );
+            idle.refresh_topology().await.unwrap();
+        }
+
+        let lines = capture.lines();
+        let target = local.node_addr(to);
+        let source = local.node_addr(from);
+        // The request spans, closed: command, slot and node, never the key.
+        let span_of_set = lines.iter().find(|l| {
+            l.contains(r#""name":"redis_command""#)
+                && l.contains(r#""command":"set""#)
+                && l.contains(&format!(r#""slot":{slot}"#))
+                && l.contains(&format!(r#""node":"{source}""#))
+                && l.contains(r#""attempt":1"#)
+        });
+        assert!(
+            span_of_set.is_some(),
+            "no span for the SET:\n{}",
+            lines.join("\n")
+        );
+        let redirected_get = lines.iter().find(|l| {
+            l.contains(r#""name":"redis_command""#)
+                && l.contains(r#""command":"get""#)
+                && l.contains(&format!(r#""node":"{target}""#))
+                && l.contains(r#""redirects":1"#)
+        });
+        assert!(redirected_get.is_some(), "no span for a redirected GET");
+        // Redirect events.
+        let event = |message: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(&format!(r#""message":"{message}""#)))
+                .cloned()
+        };
+        let moved = event("MOVED redirect").expect("a MOVED event");
+        assert!(moved.contains(&format!(r#""slot":{slot}"#)), "{moved}");
+        assert!(moved.contains(&target), "{moved}");
+        assert!(event("ASK redirect").is_some(), "an ASK event");
+        // The idle client saw the slot move.
+        let changed = event("topology changed").unwrap_or_else(|| {
+            let topology: Vec<&String> = lines.iter().filter(|l| l.contains("topology")).collect();
+            panic!("no topology change event: {topology:#?}")
+        });
+        assert!(
+            changed.contains(&format!("{slot} {source}->{target}")),
+            "{changed}"
+        );
+        // Keys and values never appear.
+        for line in &lines {
+            assert!(!line.contains("obs-traced"), "key logged: {line}");
+            assert!(!line.contains(value), "value logged: {line}");
+        }
+    });
+}
