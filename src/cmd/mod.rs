@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::resp;
@@ -85,13 +85,18 @@ impl Cmd {
     /// Appends one argument in place.
     pub fn push_arg<A: ToArg>(&mut self, arg: A) {
         arg.with_bytes(|bytes| {
-            // 10 digits and the framing are enough for any length a u32 offset allows.
             let mut digits = itoa::Buffer::new();
             let digits = digits.format(bytes.len());
-            let start = self.encoded.len() + 1 + digits.len() + 2;
-            resp::encode_bulk(bytes, &mut self.encoded);
-            let start = u32::try_from(start).unwrap_or(u32::MAX);
+            // One reservation for the whole `$<len>\r\n<bytes>\r\n`.
+            self.encoded.reserve(digits.len() + bytes.len() + 5);
+            self.encoded.put_u8(b'$');
+            self.encoded.put_slice(digits.as_bytes());
+            self.encoded.put_slice(b"\r\n");
+            // Offsets past 4 GiB cannot occur: the server refuses arguments over 512 MiB.
+            let start = u32::try_from(self.encoded.len()).unwrap_or(u32::MAX);
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            self.encoded.put_slice(bytes);
+            self.encoded.put_slice(b"\r\n");
             self.spans.push((start, len));
         });
     }
