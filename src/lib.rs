@@ -30,6 +30,8 @@
 //! - `pool`: per-node pools of dedicated connections (blocking commands, `WATCH`).
 //! - `cluster`: [`ClusterClient`]: routing, redirects, retries, splitting, fan-out,
 //!   refresh, health checks.
+//! - [`pubsub`]: [`Subscriber`], classic and sharded subscriptions on connections of
+//!   their own that follow failovers and slot moves, reporting gaps.
 //! - [`testkit`] (feature `testkit`): real local `redis-server` clusters and faults.
 //!
 //! # Routing
@@ -100,6 +102,7 @@ mod observe;
 mod pipeline;
 mod policy;
 mod pool;
+pub mod pubsub;
 mod slot;
 mod topology;
 
@@ -119,5 +122,8 @@ pub use error::{Error, Result, ServerError};
 pub use observe::{ClusterHealth, NodeHealth, NodeRole};
 pub use pipeline::{Pipeline, Transaction, Watched};
 pub use policy::{BreakerState, CircuitBreakerConfig, RetryBudgetConfig};
+pub use pubsub::{
+    Message, OverflowPolicy, PubSubEvent, Subscriber, SubscriberConfig, SubscriberStats,
+};
 pub use resp::{FromValue, Value};
 pub use slot::{hash_tag, key_slot, SLOT_COUNT};

@@ -367,6 +367,11 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         .with_writer(capture.clone())
         .finish();
     let _subscriber = tracing::subscriber::set_default(subscriber);
+    // tracing decides whether a call site is enabled when a thread first reaches it. With
+    // one scoped subscriber registered, it asks only the subscriber of that thread: in a
+    // parallel test, often one with none, which disables the call site for this test too.
+    // A second registered dispatcher makes it ask every live subscriber.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     runtime().block_on(async {
         let local = LocalCluster::builder()
             .masters(3)

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::cluster::execute::Target;
 use crate::cluster::node::Node;
@@ -126,7 +127,15 @@ impl Inner {
         };
         let (outcome, cmds) = match ready {
             Ok(conn) => {
-                let answer = conn.dispatch(Cmds::Many(cmds), deadline).await;
+                let span = tracing::debug_span!(
+                    "redis_pipeline",
+                    node = %node.addr,
+                    commands = meta.len()
+                );
+                let answer = conn
+                    .dispatch(Cmds::Many(cmds), deadline)
+                    .instrument(span)
+                    .await;
                 self.record(&node, answer.result.is_ok());
                 let cmds = match answer.cmds {
                     Cmds::Many(v) => v,

@@ -271,7 +271,9 @@ impl Inner {
             slot,
             node = Empty,
             attempt = Empty,
-            redirects = Empty
+            redirects = Empty,
+            status = Empty,
+            duration_ms = Empty
         );
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
@@ -282,7 +284,9 @@ impl Inner {
             .await;
         drop(in_flight);
         let status = Status::of(result.as_ref());
-        node_metrics(last_node.as_deref()).command(name, status, started.elapsed());
+        let elapsed = started.elapsed();
+        node_metrics(last_node.as_deref()).command(name, status, elapsed);
+        crate::observe::events::command_outcome(&span, status, elapsed);
         result
     }
 
@@ -307,14 +311,18 @@ impl Inner {
             slot,
             node = node.as_ref().map(|n| &*n.addr),
             attempt = Empty,
-            redirects = Empty
+            redirects = Empty,
+            status = Empty,
+            duration_ms = Empty
         );
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
-        let result = request.instrument(span).await;
+        let result = request.instrument(span.clone()).await;
         drop(in_flight);
         let status = Status::of(result.as_ref().map(reply));
-        node_metrics(node.as_deref()).command(name, status, started.elapsed());
+        let elapsed = started.elapsed();
+        node_metrics(node.as_deref()).command(name, status, elapsed);
+        crate::observe::events::command_outcome(&span, status, elapsed);
         result
     }
 

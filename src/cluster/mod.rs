@@ -334,6 +334,30 @@ impl ClusterClient {
     }
 }
 
+/// What the subscriber (`crate::pubsub`) needs of the client: the routing snapshot's
+/// answers, and the refresh doorbell.
+impl Inner {
+    /// The primary serving `slot` in the current snapshot.
+    pub(crate) fn slot_owner(&self, slot: u16) -> Option<Arc<str>> {
+        self.routes.load().map.primary(slot).cloned()
+    }
+
+    /// Every node of the current snapshot, primaries first.
+    pub(crate) fn node_addrs(&self) -> Vec<Arc<str>> {
+        self.routes.load().map.nodes()
+    }
+
+    /// The current snapshot's version; it changes with every new snapshot.
+    pub(crate) fn routes_version(&self) -> u64 {
+        self.routes.load().version
+    }
+
+    /// Asks the refresh task for a topology refresh (cheap, coalesced).
+    pub(crate) fn request_refresh(&self, trigger: RefreshTrigger) {
+        self.signal.request(trigger);
+    }
+}
+
 /// Turns a final reply into the caller's result: error replies become errors.
 fn into_result<T: FromValue>(value: Value) -> Result<T> {
     match value {

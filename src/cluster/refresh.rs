@@ -33,6 +33,9 @@ pub(crate) struct RefreshSignal {
     trigger: AtomicU8,
     /// Refreshes done, for tests and metrics.
     pub(crate) count: AtomicU64,
+    /// The last view fetched from the cluster, to log what the next one changes (the
+    /// routing snapshot itself may already hold slots patched by `MOVED`).
+    last_view: std::sync::Mutex<Option<SlotMap>>,
 }
 
 impl RefreshSignal {
@@ -182,6 +185,16 @@ impl Inner {
     /// Installs `map` as the routing snapshot unless it routes exactly as the current one;
     /// whether it did.
     pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger) -> bool {
+        let previous = self
+            .signal
+            .last_view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(map.clone());
+        if previous.as_ref() != Some(&map) {
+            let previous = previous.unwrap_or_default();
+            crate::observe::events::topology_changed(&previous, &map, trigger.as_str());
+        }
         let current = self.routes.load_full();
         if current.map == map {
             return false;
@@ -193,7 +206,6 @@ impl Inner {
             .into_iter()
             .filter(|n| !map.nodes().contains(n))
             .collect();
-        crate::observe::events::topology_changed(&current.map, &map, trigger.as_str());
         let routes = self.registry.routes_for(map, current.version + 1);
         self.routes.store(Arc::new(routes));
         self.publish_gauges(&removed);

@@ -169,27 +169,7 @@ impl NodeConnection {
     /// the credentials are refused, [`Error::Protocol`] when the node does not speak RESP.
     pub async fn connect(addr: &str, options: &ConnectOptions) -> Result<NodeConnection> {
         let deadline = Instant::now() + options.connect_timeout;
-        let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| {
-                Error::io(
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "connecting to {addr} timed out after {:?}",
-                            options.connect_timeout
-                        ),
-                    ),
-                    false,
-                )
-            })?
-            .map_err(|e| {
-                Error::io(
-                    std::io::Error::new(e.kind(), format!("connecting to {addr}: {e}")),
-                    false,
-                )
-            })?;
-        configure_tcp(&stream, options);
+        let stream = tcp_connect(addr, options, deadline).await?;
         if let Some(tls) = &options.tls {
             let stream = tls::connect(addr, stream, tls, deadline).await?;
             let (read, write) = tokio::io::split(stream);
@@ -234,22 +214,8 @@ impl NodeConnection {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-        let mut decoder = Decoder::with_limits(options.limits);
-        let protocol = tokio::time::timeout_at(
-            deadline,
-            handshake::run(&mut read, &mut write, &mut rbuf, &mut decoder, options),
-        )
-        .await
-        .map_err(|_| {
-            Error::io(
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("handshake with {addr} timed out"),
-                ),
-                false,
-            )
-        })??;
+        let (rbuf, decoder, protocol) =
+            handshake_within(addr, &mut read, &mut write, options, deadline).await?;
 
         let (tx, rx) = mpsc::channel(options.max_in_flight);
         let shared = Arc::new(Shared {
@@ -392,6 +358,124 @@ impl NodeConnection {
     }
 }
 
+/// A connected, authenticated byte stream for a driver other than [`NodeConnection`]'s
+/// request/reply matching: the subscriber's (`crate::pubsub`), which reads push frames
+/// and pub/sub arrays rather than replies. The read buffer may already hold bytes that
+/// arrived with the handshake's last reply.
+pub(crate) struct RawConnection {
+    pub(crate) read: Box<dyn AsyncRead + Unpin + Send>,
+    pub(crate) write: Box<dyn AsyncWrite + Unpin + Send>,
+    pub(crate) rbuf: BytesMut,
+    pub(crate) decoder: Decoder,
+    pub(crate) protocol: Protocol,
+}
+
+impl std::fmt::Debug for RawConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawConnection")
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects and runs the handshake exactly as [`NodeConnection::connect`] does (TCP,
+/// TLS when the options say, `HELLO`/`AUTH`, name), but starts no tasks: the caller
+/// drives the stream itself.
+pub(crate) async fn connect_raw(addr: &str, options: &ConnectOptions) -> Result<RawConnection> {
+    let deadline = Instant::now() + options.connect_timeout;
+    let stream = tcp_connect(addr, options, deadline).await?;
+    let (mut read, mut write): (
+        Box<dyn AsyncRead + Unpin + Send>,
+        Box<dyn AsyncWrite + Unpin + Send>,
+    ) = match &options.tls {
+        Some(tls) => {
+            let stream = tls::connect(addr, stream, tls, deadline).await?;
+            let (read, write) = tokio::io::split(stream);
+            (Box::new(read), Box::new(write))
+        }
+        None => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+    };
+    let (rbuf, decoder, protocol) =
+        handshake_within(addr, &mut read, &mut write, options, deadline)
+            .await
+            .map_err(|e| match &options.tls {
+                Some(tls) => tls::classify(addr, e, tls),
+                None => e,
+            })?;
+    Ok(RawConnection {
+        read,
+        write,
+        rbuf,
+        decoder,
+        protocol,
+    })
+}
+
+/// Opens the TCP connection within `deadline`, with the options' socket settings.
+async fn tcp_connect(
+    addr: &str,
+    options: &ConnectOptions,
+    deadline: Instant,
+) -> Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            Error::io(
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "connecting to {addr} timed out after {:?}",
+                        options.connect_timeout
+                    ),
+                ),
+                false,
+            )
+        })?
+        .map_err(|e| {
+            Error::io(
+                std::io::Error::new(e.kind(), format!("connecting to {addr}: {e}")),
+                false,
+            )
+        })?;
+    configure_tcp(&stream, options);
+    Ok(stream)
+}
+
+/// Runs the handshake within `deadline`; returns the read buffer and decoder to go on
+/// with, and the protocol settled on.
+async fn handshake_within<R, W>(
+    addr: &str,
+    read: &mut R,
+    write: &mut W,
+    options: &ConnectOptions,
+    deadline: Instant,
+) -> Result<(BytesMut, Decoder, Protocol)>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut decoder = Decoder::with_limits(options.limits);
+    let protocol = tokio::time::timeout_at(
+        deadline,
+        handshake::run(read, write, &mut rbuf, &mut decoder, options),
+    )
+    .await
+    .map_err(|_| {
+        Error::io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("handshake with {addr} timed out"),
+            ),
+            false,
+        )
+    })??;
+    Ok((rbuf, decoder, protocol))
+}
+
 fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
     // Small requests must not wait for Nagle's algorithm; batching is done by the writer.
     if let Err(e) = stream.set_nodelay(true) {
@@ -434,6 +518,20 @@ where
             break Error::ConnectionLost {
                 may_have_executed: false,
             };
+        }
+        // While the server still owes replies, other callers are likely about to
+        // enqueue: yield once so they can, then take all that is queued, and write it in
+        // one go. Without this the writer, woken per request on the other worker thread,
+        // made about one write per request under load. With nothing in flight (one caller
+        // at a time) it adds no latency.
+        if n < limit && !shared.in_flight().is_empty() {
+            tokio::task::yield_now().await;
+            while batch.len() < limit {
+                match rx.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
         }
         let now = Instant::now();
         for request in batch.drain(..) {

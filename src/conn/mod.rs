@@ -9,6 +9,7 @@ mod options;
 mod tls;
 
 pub use connection::NodeConnection;
+pub(crate) use connection::{connect_raw, RawConnection};
 #[allow(unused_imports)]
 pub(crate) use connection::{Answer, Cmds, Replies};
 pub use options::{ConnectOptions, CredentialsFuture, CredentialsProvider, Protocol, Secret};

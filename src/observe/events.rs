@@ -6,7 +6,9 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
+use crate::observe::metrics::Status;
 use crate::policy::Transition;
 use crate::slot::{SlotMap, SLOT_COUNT};
 
@@ -36,6 +38,16 @@ pub(crate) fn breaker_transition(addr: &str, read_only: bool, transition: Transi
             "circuit breaker closed"
         ),
     }
+}
+
+/// Records a command's outcome on its `redis_command` span (`status`, `duration_ms`), for
+/// logs that show one line per command when the span closes.
+pub(crate) fn command_outcome(span: &tracing::Span, status: Status, elapsed: Duration) {
+    if span.is_disabled() {
+        return;
+    }
+    span.record("status", status.as_str());
+    span.record("duration_ms", elapsed.as_secs_f64() * 1000.0);
 }
 
 /// A run of consecutive slots whose primary changed the same way.
@@ -93,9 +105,10 @@ pub(crate) fn moved_ranges(old: &SlotMap, new: &SlotMap) -> Vec<MovedRange> {
     out
 }
 
-/// Logs what changed between the routing map `old` and `new`: nodes added and removed
-/// and slot ranges that changed primary (info), and each failover, a range now served by
-/// what was its primary's replica (warning).
+/// Logs what changed between the views `old` and `new` of the cluster: nodes added and
+/// removed and slot ranges that changed primary (info), and each failover, a range now
+/// served by what was its primary's replica (warning). The first view (`old` covers
+/// nothing) is logged as discovered.
 pub(crate) fn topology_changed(old: &SlotMap, new: &SlotMap, trigger: &'static str) {
     let old_nodes = old.nodes();
     let new_nodes = new.nodes();
@@ -122,6 +135,16 @@ pub(crate) fn topology_changed(old: &SlotMap, new: &SlotMap, trigger: &'static s
         .iter()
         .map(|r| usize::from(r.end - r.start) + 1)
         .sum();
+    if ranges.is_empty() && added.is_empty() && removed.is_empty() {
+        // Replicas or the order of shards changed, not where anything is served.
+        tracing::debug!(
+            trigger,
+            shards = new.shards().len(),
+            covered = new.covered(),
+            "topology updated; routing unchanged"
+        );
+        return;
+    }
     let mut listed = String::new();
     for (i, range) in ranges.iter().take(MAX_RANGES_LOGGED).enumerate() {
         if i > 0 {

@@ -1,0 +1,800 @@
+//! The subscriber's task: the subscriptions the user asked for, the connections that
+//! carry them, and the repairs when a connection dies or a slot moves.
+//!
+//! Every subscription is in one of three states: waiting (to be sent), pending (sent on
+//! a link, not confirmed) or active (confirmed on a link). A link that dies, an
+//! unsolicited `sunsubscribe` (the slot moved away), or a new slot map that puts a
+//! channel's slot elsewhere sends it back to waiting, marked interrupted; when it is
+//! confirmed again the stream gets a `Gap` naming it before any message it carries.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::cluster::Inner;
+use crate::cmd::cmd;
+use crate::conn::ConnectOptions;
+use crate::error::{Error, Result, ServerError};
+use crate::pubsub::link::{Frame, Kind, Link, LinkEvent};
+use crate::pubsub::queue::EventQueue;
+use crate::pubsub::{Message, PubSubEvent, SubscriberConfig};
+use crate::slot::{key_slot, parse_redirect, Redirect};
+use crate::topology::RefreshTrigger;
+
+/// How often the task checks the slot map and the links' liveness.
+const HOUSEKEEPING: Duration = Duration::from_millis(500);
+/// First and largest delay before subscriptions are sent again after failures.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long a node whose connection failed is not chosen for classic subscriptions.
+const AVOID_FOR: Duration = Duration::from_secs(5);
+/// Most link events handled before the queue of gaps is flushed.
+const EVENT_BATCH: usize = 256;
+
+/// A request from the [`crate::pubsub::Subscriber`] handle.
+#[derive(Debug)]
+pub(crate) enum Control {
+    Subscribe {
+        kind: Kind,
+        channels: Vec<Bytes>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Unsubscribe {
+        kind: Kind,
+        /// Empty: every subscription of the kind.
+        channels: Vec<Bytes>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+type Key = (Kind, Bytes);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Pending(u64),
+    Active(u64),
+}
+
+impl State {
+    fn link(self) -> Option<u64> {
+        match self {
+            State::Pending(id) | State::Active(id) => Some(id),
+            State::Waiting => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Sub {
+    state: State,
+    /// Was active once and lost since: its next confirmation is reported as a gap.
+    interrupted: bool,
+}
+
+/// A command written on a link and not fully answered yet.
+#[derive(Debug)]
+enum Sent {
+    Sub {
+        kind: Kind,
+        subscribe: bool,
+        /// Channels whose confirmation has not arrived.
+        remaining: Vec<Bytes>,
+    },
+    Ping,
+}
+
+#[derive(Debug)]
+struct LinkState {
+    link: Link,
+    sent: VecDeque<Sent>,
+    awaiting_pong: bool,
+    last_ping: Instant,
+}
+
+/// A caller of `subscribe`/`unsubscribe` waiting for confirmations.
+#[derive(Debug)]
+struct Waiter {
+    /// (kind, subscribe, channel) still to be confirmed.
+    keys: HashSet<(Kind, bool, Bytes)>,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+#[derive(Debug, Default)]
+struct Gaps {
+    channels: Vec<Bytes>,
+    patterns: Vec<Bytes>,
+    shards: Vec<Bytes>,
+}
+
+pub(crate) struct Manager {
+    inner: Arc<Inner>,
+    options: ConnectOptions,
+    ping_interval: Duration,
+    queue: Arc<EventQueue>,
+    control: mpsc::UnboundedReceiver<Control>,
+    events_tx: mpsc::Sender<LinkEvent>,
+    events: mpsc::Receiver<LinkEvent>,
+    next_id: u64,
+    links: HashMap<u64, LinkState>,
+    classic: Option<u64>,
+    shard_links: HashMap<Arc<str>, u64>,
+    subs: HashMap<Key, Sub>,
+    waiters: Vec<Waiter>,
+    retry_at: Option<Instant>,
+    failures: u32,
+    avoid: HashMap<Arc<str>, Instant>,
+    routes_version: u64,
+    gaps: Gaps,
+    stopped: bool,
+}
+
+impl Manager {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        config: &SubscriberConfig,
+        queue: Arc<EventQueue>,
+        control: mpsc::UnboundedReceiver<Control>,
+    ) -> Manager {
+        let mut options = inner.config.connect.clone();
+        // Subscriptions live on primaries (sharded) or anywhere (classic); never READONLY.
+        options.read_only = false;
+        let (events_tx, events) = mpsc::channel(EVENT_BATCH * 4);
+        let routes_version = inner.routes_version();
+        Manager {
+            inner,
+            options,
+            ping_interval: config.ping_interval,
+            queue,
+            control,
+            events_tx,
+            events,
+            next_id: 0,
+            links: HashMap::new(),
+            classic: None,
+            shard_links: HashMap::new(),
+            subs: HashMap::new(),
+            waiters: Vec::new(),
+            retry_at: None,
+            failures: 0,
+            avoid: HashMap::new(),
+            routes_version,
+            gaps: Gaps::default(),
+            stopped: false,
+        }
+    }
+
+    /// Runs until the [`crate::pubsub::Subscriber`] is dropped, or the queue overflowed
+    /// under [`crate::pubsub::OverflowPolicy::Disconnect`].
+    pub(crate) async fn run(mut self) {
+        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stopped {
+            let retry = self.retry_at;
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                control = self.control.recv() => match control {
+                    Some(control) => self.on_control(control),
+                    None => break,
+                },
+                Some(event) = self.events.recv() => {
+                    self.on_link_event(event);
+                    for _ in 0..EVENT_BATCH {
+                        match self.events.try_recv() {
+                            Ok(event) => self.on_link_event(event),
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush_gaps();
+                }
+                () = tokio::time::sleep_until(retry.unwrap_or(far)), if retry.is_some() => {
+                    self.retry_at = None;
+                    self.resync();
+                }
+                _ = tick.tick() => self.housekeeping(),
+            }
+        }
+        self.queue.close();
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.reply.send(Err(Error::ConnectionLost {
+                may_have_executed: true,
+            }));
+        }
+        // Dropping the links closes their connections.
+    }
+
+    fn on_control(&mut self, control: Control) {
+        match control {
+            Control::Subscribe {
+                kind,
+                channels,
+                reply,
+            } => {
+                let mut keys = HashSet::new();
+                for channel in channels {
+                    let sub = self.subs.entry((kind, channel.clone())).or_insert(Sub {
+                        state: State::Waiting,
+                        interrupted: false,
+                    });
+                    if !matches!(sub.state, State::Active(_)) {
+                        keys.insert((kind, true, channel));
+                    }
+                }
+                self.wait(keys, reply);
+                self.resync();
+            }
+            Control::Unsubscribe {
+                kind,
+                channels,
+                reply,
+            } => {
+                let channels: Vec<Bytes> = if channels.is_empty() {
+                    self.subs
+                        .keys()
+                        .filter(|(k, _)| *k == kind)
+                        .map(|(_, c)| c.clone())
+                        .collect()
+                } else {
+                    channels
+                };
+                let mut per_link: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
+                let mut keys = HashSet::new();
+                for channel in channels {
+                    let Some(sub) = self.subs.remove(&(kind, channel.clone())) else {
+                        continue;
+                    };
+                    // Whoever waits for this subscription waits no more.
+                    self.resolve(&(kind, true, channel.clone()));
+                    if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
+                        let slot = if kind == Kind::Shard {
+                            key_slot(&channel)
+                        } else {
+                            0
+                        };
+                        per_link
+                            .entry((id, slot))
+                            .or_default()
+                            .push(channel.clone());
+                        keys.insert((kind, false, channel));
+                    }
+                }
+                for ((id, _), channels) in per_link {
+                    self.send(id, kind, false, channels);
+                }
+                self.wait(keys, reply);
+            }
+        }
+    }
+
+    fn wait(&mut self, keys: HashSet<(Kind, bool, Bytes)>, reply: oneshot::Sender<Result<()>>) {
+        if keys.is_empty() {
+            let _ = reply.send(Ok(()));
+        } else {
+            self.waiters.push(Waiter { keys, reply });
+        }
+    }
+
+    /// A confirmation for `key` arrived: callers waiting only for it are answered.
+    fn resolve(&mut self, key: &(Kind, bool, Bytes)) {
+        self.waiters.retain_mut(|w| {
+            w.keys.remove(key);
+            if w.reply.is_closed() {
+                return false;
+            }
+            if w.keys.is_empty() {
+                // `retain_mut` cannot move the sender out; answer through a swap.
+                let (tx, _) = oneshot::channel();
+                let _ = std::mem::replace(&mut w.reply, tx).send(Ok(()));
+                return false;
+            }
+            true
+        });
+    }
+
+    /// `key` failed for good: callers waiting for it get `error`.
+    fn fail(&mut self, key: &(Kind, bool, Bytes), error: &Error) {
+        self.waiters.retain_mut(|w| {
+            if !w.keys.contains(key) {
+                return !w.reply.is_closed();
+            }
+            let (tx, _) = oneshot::channel();
+            let _ = std::mem::replace(&mut w.reply, tx).send(Err(error.clone()));
+            false
+        });
+    }
+
+    /// Writes `(P|S)(UN)SUBSCRIBE channels` on link `id` and records it.
+    fn send(&mut self, id: u64, kind: Kind, subscribe: bool, channels: Vec<Bytes>) {
+        let Some(link) = self.links.get_mut(&id) else {
+            return;
+        };
+        let name = if subscribe {
+            kind.subscribe_cmd()
+        } else {
+            kind.unsubscribe_cmd()
+        };
+        let mut command = cmd(name);
+        for channel in &channels {
+            command = command.arg(channel);
+        }
+        link.link.send(command);
+        link.sent.push_back(Sent::Sub {
+            kind,
+            subscribe,
+            remaining: channels,
+        });
+    }
+
+    fn open(&mut self, addr: Arc<str>, classic: bool) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        let link = Link::open(
+            id,
+            Arc::clone(&addr),
+            self.options.clone(),
+            self.events_tx.clone(),
+        );
+        self.links.insert(
+            id,
+            LinkState {
+                link,
+                sent: VecDeque::new(),
+                awaiting_pong: false,
+                last_ping: Instant::now(),
+            },
+        );
+        if classic {
+            self.classic = Some(id);
+        } else {
+            self.shard_links.insert(addr, id);
+        }
+        id
+    }
+
+    fn emit(&mut self, event: PubSubEvent) {
+        if !self.queue.push(event) {
+            tracing::warn!("subscriber queue overflowed; disconnecting as configured");
+            self.stopped = true;
+        }
+    }
+
+    fn flush_gaps(&mut self) {
+        let gaps = std::mem::take(&mut self.gaps);
+        if !gaps.channels.is_empty() || !gaps.patterns.is_empty() {
+            self.emit(PubSubEvent::Gap {
+                channels: gaps.channels,
+                patterns: gaps.patterns,
+                sharded: false,
+            });
+        }
+        if !gaps.shards.is_empty() {
+            self.emit(PubSubEvent::Gap {
+                channels: gaps.shards,
+                patterns: Vec::new(),
+                sharded: true,
+            });
+        }
+    }
+
+    fn on_link_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Down { id, error } => self.on_link_down(id, &error),
+            LinkEvent::Frame { id, frame } => {
+                if !self.links.contains_key(&id) {
+                    return; // a link already dropped
+                }
+                self.on_frame(id, frame);
+            }
+        }
+    }
+
+    fn on_frame(&mut self, id: u64, frame: Frame) {
+        match frame {
+            Frame::Message {
+                channel,
+                payload,
+                pattern,
+                sharded,
+            } => {
+                // A gap is reported before the first message after it.
+                self.flush_gaps();
+                self.emit(PubSubEvent::Message(Message {
+                    channel,
+                    payload,
+                    pattern,
+                    sharded,
+                }));
+            }
+            Frame::Confirm {
+                kind,
+                subscribe,
+                channel,
+            } => {
+                let Some(channel) = channel else {
+                    return;
+                };
+                let matched = self.match_sent(id, kind, subscribe, &channel);
+                match (matched, subscribe) {
+                    (true, true) => self.on_subscribed(id, kind, channel),
+                    (true, false) => self.resolve(&(kind, false, channel)),
+                    // The server dropped it on its own: the slot moved away.
+                    (false, false) => self.on_lost(id, kind, channel),
+                    (false, true) => {
+                        tracing::debug!(?kind, "unexpected subscribe confirmation");
+                    }
+                }
+            }
+            Frame::Pong => {
+                if let Some(link) = self.links.get_mut(&id) {
+                    link.awaiting_pong = false;
+                    if let Some(i) = link.sent.iter().position(|s| matches!(s, Sent::Ping)) {
+                        link.sent.remove(i);
+                    }
+                }
+            }
+            Frame::Error(e) => {
+                let Some(front) = self.links.get_mut(&id).and_then(|l| l.sent.pop_front()) else {
+                    tracing::debug!(error = %e, "error reply with no command waiting for it");
+                    return;
+                };
+                match front {
+                    Sent::Ping => {
+                        if let Some(link) = self.links.get_mut(&id) {
+                            link.awaiting_pong = false;
+                        }
+                    }
+                    Sent::Sub {
+                        kind,
+                        subscribe: false,
+                        remaining,
+                    } => {
+                        // E.g. MOVED for a slot gone: nothing is subscribed there.
+                        for channel in remaining {
+                            self.resolve(&(kind, false, channel));
+                        }
+                    }
+                    Sent::Sub {
+                        kind,
+                        subscribe: true,
+                        remaining,
+                    } => self.on_subscribe_error(id, kind, remaining, &e),
+                }
+                self.close_idle_links();
+            }
+            Frame::Other(value) => {
+                tracing::debug!(kind = value.kind(), "unexpected frame on a subscriber link");
+            }
+        }
+    }
+
+    /// Removes `channel` from the oldest command on link `id` that waits for its
+    /// confirmation; whether there was one.
+    fn match_sent(&mut self, id: u64, kind: Kind, subscribe: bool, channel: &Bytes) -> bool {
+        let Some(link) = self.links.get_mut(&id) else {
+            return false;
+        };
+        for i in 0..link.sent.len() {
+            if let Sent::Sub {
+                kind: k,
+                subscribe: s,
+                remaining,
+            } = &mut link.sent[i]
+            {
+                if *k != kind || *s != subscribe {
+                    continue;
+                }
+                if let Some(at) = remaining.iter().position(|c| c == channel) {
+                    remaining.swap_remove(at);
+                    if remaining.is_empty() {
+                        link.sent.remove(i);
+                    }
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn on_subscribed(&mut self, id: u64, kind: Kind, channel: Bytes) {
+        self.failures = 0;
+        match self.subs.get_mut(&(kind, channel.clone())) {
+            Some(sub) if sub.state == State::Pending(id) => {
+                sub.state = State::Active(id);
+                if std::mem::take(&mut sub.interrupted) {
+                    match kind {
+                        Kind::Channel => self.gaps.channels.push(channel.clone()),
+                        Kind::Pattern => self.gaps.patterns.push(channel.clone()),
+                        Kind::Shard => self.gaps.shards.push(channel.clone()),
+                    }
+                }
+            }
+            Some(sub) if sub.state == State::Active(id) => {}
+            Some(_) => {
+                // Subscribed here while it belongs elsewhere now: no duplicate stays.
+                self.send(id, kind, false, vec![channel.clone()]);
+            }
+            // Unsubscribed meanwhile; the unsubscribe is already on its way.
+            None => {}
+        }
+        self.resolve(&(kind, true, channel));
+    }
+
+    fn on_lost(&mut self, id: u64, kind: Kind, channel: Bytes) {
+        let Some(sub) = self.subs.get_mut(&(kind, channel)) else {
+            return;
+        };
+        if sub.state.link() != Some(id) {
+            return;
+        }
+        sub.interrupted |= matches!(sub.state, State::Active(_));
+        sub.state = State::Waiting;
+        tracing::debug!(?kind, "subscription dropped by the server; resubscribing");
+        self.inner.request_refresh(RefreshTrigger::Moved);
+        self.schedule_retry();
+    }
+
+    fn on_subscribe_error(&mut self, id: u64, kind: Kind, channels: Vec<Bytes>, e: &ServerError) {
+        let addr = match self.links.get(&id) {
+            Some(link) => Arc::clone(&link.link.addr),
+            None => return,
+        };
+        let redirect = parse_redirect(e, &addr);
+        let retry = redirect.is_some()
+            || matches!(
+                e.code(),
+                "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "BUSY"
+            );
+        let error = Error::Server(e.clone());
+        for channel in channels {
+            let key = (kind, channel);
+            let Some(sub) = self.subs.get_mut(&key) else {
+                continue;
+            };
+            if sub.state != State::Pending(id) {
+                continue;
+            }
+            if retry {
+                sub.state = State::Waiting;
+            } else {
+                self.subs.remove(&key);
+                self.fail(&(kind, true, key.1), &error);
+            }
+        }
+        if !retry {
+            tracing::warn!(error = %e, "subscription refused");
+            return;
+        }
+        tracing::debug!(error = %e, "subscription redirected or refused for now; retrying");
+        match redirect {
+            Some(Redirect::Moved { slot, addr }) => {
+                let addr = self.inner.remap(&addr);
+                self.inner.patch_moved(slot, &addr);
+            }
+            Some(Redirect::Ask { .. }) => self.inner.request_refresh(RefreshTrigger::Moved),
+            None => self.inner.request_refresh(RefreshTrigger::ClusterDown),
+        }
+        self.schedule_retry();
+    }
+
+    fn on_link_down(&mut self, id: u64, error: &Error) {
+        let Some(state) = self.links.remove(&id) else {
+            return;
+        };
+        let addr = Arc::clone(&state.link.addr);
+        if self.classic == Some(id) {
+            self.classic = None;
+        }
+        if self.shard_links.get(&addr) == Some(&id) {
+            self.shard_links.remove(&addr);
+        }
+        // With the connection gone, so are its subscriptions: unsubscribes are done.
+        for sent in state.sent {
+            if let Sent::Sub {
+                kind,
+                subscribe: false,
+                remaining,
+            } = sent
+            {
+                for channel in remaining {
+                    self.resolve(&(kind, false, channel));
+                }
+            }
+        }
+        let mut affected = 0usize;
+        for sub in self.subs.values_mut() {
+            if sub.state.link() == Some(id) {
+                sub.interrupted |= matches!(sub.state, State::Active(_));
+                sub.state = State::Waiting;
+                affected += 1;
+            }
+        }
+        if affected > 0 {
+            tracing::info!(node = %addr, %error, subscriptions = affected, "subscriber connection lost; resubscribing");
+            self.avoid.insert(addr, Instant::now() + AVOID_FOR);
+            self.inner
+                .request_refresh(RefreshTrigger::ConnectionFailure);
+            self.schedule_retry();
+        }
+    }
+
+    /// Sends everything waiting after a delay that grows with consecutive failures.
+    fn schedule_retry(&mut self) {
+        let exp = self.failures.min(6);
+        let delay = (RETRY_BASE * 2u32.pow(exp)).min(RETRY_MAX);
+        let delay = delay.mul_f64(0.5 + fastrand::f64() * 0.5);
+        let at = Instant::now() + delay;
+        self.retry_at = Some(self.retry_at.map_or(at, |r| r.min(at)));
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// Sends every waiting subscription to where it belongs now.
+    fn resync(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let now = Instant::now();
+        self.avoid.retain(|_, until| *until > now);
+        let waiting = |kind: Kind, subs: &HashMap<Key, Sub>| -> Vec<Bytes> {
+            subs.iter()
+                .filter(|((k, _), s)| *k == kind && s.state == State::Waiting)
+                .map(|((_, c), _)| c.clone())
+                .collect()
+        };
+        // Classic subscriptions: all on one link, to any node.
+        let channels = waiting(Kind::Channel, &self.subs);
+        let patterns = waiting(Kind::Pattern, &self.subs);
+        if !channels.is_empty() || !patterns.is_empty() {
+            let id = match self.classic {
+                Some(id) => Some(id),
+                None => self.pick_classic_node().map(|addr| self.open(addr, true)),
+            };
+            match id {
+                Some(id) => {
+                    for (kind, list) in [(Kind::Channel, channels), (Kind::Pattern, patterns)] {
+                        if list.is_empty() {
+                            continue;
+                        }
+                        self.mark_pending(kind, &list, id);
+                        self.send(id, kind, true, list);
+                    }
+                }
+                None => {
+                    self.inner.request_refresh(RefreshTrigger::Uncovered);
+                    self.schedule_retry();
+                }
+            }
+        }
+        // Sharded subscriptions: one SSUBSCRIBE per slot, on the slot's primary.
+        let mut groups: HashMap<(Arc<str>, u16), Vec<Bytes>> = HashMap::new();
+        let mut unowned = false;
+        for channel in waiting(Kind::Shard, &self.subs) {
+            let slot = key_slot(&channel);
+            match self.inner.slot_owner(slot) {
+                Some(owner) => groups.entry((owner, slot)).or_default().push(channel),
+                None => unowned = true,
+            }
+        }
+        if unowned {
+            self.inner.request_refresh(RefreshTrigger::Uncovered);
+            self.schedule_retry();
+        }
+        for ((owner, _), list) in groups {
+            let id = match self.shard_links.get(&owner) {
+                Some(id) => *id,
+                None => self.open(owner, false),
+            };
+            self.mark_pending(Kind::Shard, &list, id);
+            self.send(id, Kind::Shard, true, list);
+        }
+        self.close_idle_links();
+    }
+
+    fn mark_pending(&mut self, kind: Kind, channels: &[Bytes], id: u64) {
+        for channel in channels {
+            if let Some(sub) = self.subs.get_mut(&(kind, channel.clone())) {
+                sub.state = State::Pending(id);
+            }
+        }
+    }
+
+    /// A node for classic subscriptions: any node of the slot map (messages published
+    /// anywhere reach every node), preferring those that did not fail lately.
+    fn pick_classic_node(&self) -> Option<Arc<str>> {
+        let nodes = self.inner.node_addrs();
+        let healthy: Vec<&Arc<str>> = nodes
+            .iter()
+            .filter(|n| !self.avoid.contains_key(*n))
+            .collect();
+        if !healthy.is_empty() {
+            return Some(Arc::clone(healthy[fastrand::usize(..healthy.len())]));
+        }
+        if nodes.is_empty() {
+            return None;
+        }
+        Some(Arc::clone(&nodes[fastrand::usize(..nodes.len())]))
+    }
+
+    /// Closes links that carry no subscription and owe no unsubscribe confirmation.
+    fn close_idle_links(&mut self) {
+        let used: HashSet<u64> = self.subs.values().filter_map(|s| s.state.link()).collect();
+        let idle: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(id, l)| {
+                !used.contains(id) && !l.sent.iter().any(|s| matches!(s, Sent::Sub { .. }))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            if let Some(state) = self.links.remove(&id) {
+                tracing::debug!(node = %state.link.addr, "closing idle subscriber connection");
+                if self.classic == Some(id) {
+                    self.classic = None;
+                }
+                if self.shard_links.get(&state.link.addr) == Some(&id) {
+                    self.shard_links.remove(&state.link.addr);
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        // A new slot map may put subscribed channels' slots on other primaries (a
+        // failover the old primary could not report, a move seen by a refresh first).
+        let version = self.inner.routes_version();
+        if version != self.routes_version {
+            self.routes_version = version;
+            let mut moves: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
+            for ((kind, channel), sub) in &mut self.subs {
+                let (Kind::Shard, State::Active(id)) = (*kind, sub.state) else {
+                    continue;
+                };
+                let slot = key_slot(channel);
+                let (Some(owner), Some(link)) = (self.inner.slot_owner(slot), self.links.get(&id))
+                else {
+                    continue;
+                };
+                if owner != link.link.addr {
+                    sub.state = State::Waiting;
+                    sub.interrupted = true;
+                    moves.entry((id, slot)).or_default().push(channel.clone());
+                }
+            }
+            if !moves.is_empty() {
+                for ((id, _), channels) in moves {
+                    // Drop the old subscription, should the old owner still hold it.
+                    self.send(id, Kind::Shard, false, channels);
+                }
+                self.resync();
+            }
+        }
+        // Liveness: a link that did not answer the last PING within an interval is dead.
+        let now = Instant::now();
+        let mut dead = Vec::new();
+        for (id, link) in &mut self.links {
+            if now < link.last_ping + self.ping_interval {
+                continue;
+            }
+            if link.awaiting_pong {
+                dead.push(*id);
+                continue;
+            }
+            link.link.send(cmd("PING"));
+            link.sent.push_back(Sent::Ping);
+            link.awaiting_pong = true;
+            link.last_ping = now;
+        }
+        for id in dead {
+            self.on_link_down(id, &Error::Timeout);
+        }
+        self.close_idle_links();
+        // A safety net: anything still waiting gets another try.
+        if self.retry_at.is_none() && self.subs.values().any(|s| s.state == State::Waiting) {
+            self.schedule_retry();
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Pub/Sub: a [`Subscriber`] with connections of its own, classic and sharded, that
+//! follows failovers and slot moves.
+//!
+//! This module owns the subscriber's connections (never the client's multiplexed ones),
+//! the subscriptions asked for, and the bounded queue of events handed to the consumer.
+//! It asks the client only for its slot map and for topology refreshes.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use redcluster::{ClusterClient, PubSubEvent};
+//!
+//! # async fn demo() -> redcluster::Result<()> {
+//! let client = ClusterClient::connect(["127.0.0.1:7000"]).await?;
+//! let mut sub = client.subscriber().await?;
+//! sub.subscribe(["news"]).await?;
+//! sub.psubscribe(["log.*"]).await?;
+//! sub.ssubscribe(["orders:{eu}"]).await?;
+//! client.spublish("orders:{eu}", "paid").await?;
+//! while let Some(event) = sub.next().await {
+//!     match event {
+//!         PubSubEvent::Message(m) => println!("{:?}: {:?}", m.channel, m.payload),
+//!         PubSubEvent::Gap { channels, .. } => println!("may have missed messages on {channels:?}"),
+//!         PubSubEvent::Lagged { dropped } => println!("too slow: {dropped} events dropped"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Where subscriptions live
+//!
+//! - Classic subscriptions (`SUBSCRIBE`, `PSUBSCRIBE`) share one connection to any one
+//!   node: a cluster broadcasts `PUBLISH`ed messages to every node. When that node fails,
+//!   they move to another node.
+//! - Sharded subscriptions (`SSUBSCRIBE`) live on the primary that owns the channel's
+//!   slot (the slot of the channel name, hash tags included, as for keys), one
+//!   connection per primary, one `SSUBSCRIBE` per slot. When the slot moves (the server
+//!   answers `MOVED`, or drops the subscription with an `sunsubscribe` of its own, or a
+//!   new slot map says so) or its primary fails, they are sent again to the new owner,
+//!   and the old owner keeps no copy.
+//!
+//! # Delivery: at most once, and gaps are reported
+//!
+//! Redis Pub/Sub keeps no messages: a message published while a subscription is being
+//! moved or re-established is lost for this subscriber. The subscriber never hides that:
+//! once an interrupted subscription is restored, the stream yields a
+//! [`PubSubEvent::Gap`] naming the channels (and patterns) concerned, before any message
+//! received through the restored subscription. Messages are never duplicated by a
+//! resubscription, and arrive in publication order per channel between gaps.
+//!
+//! # A slow consumer
+//!
+//! Events wait for the consumer in a queue of [`SubscriberConfig::queue_capacity`]
+//! (default 1024) events; the subscriber never waits for the consumer, and memory stays
+//! bounded. When the queue is full, [`SubscriberConfig::overflow`] decides:
+//! [`OverflowPolicy::DropOldest`] (the default) drops the oldest queued event and counts
+//! it, and the consumer gets a [`PubSubEvent::Lagged`] with the count before the next
+//! event; [`OverflowPolicy::Disconnect`] closes the subscriber: the stream yields what
+//! was queued and then ends. [`Subscriber::stats`] has the counters.
+//!
+//! # Protocols
+//!
+//! With RESP3 the server sends confirmations and messages as push frames; with RESP2
+//! (`ClusterClientBuilder::protocol(Protocol::Resp2)`) as arrays on a connection in
+//! subscribed mode. Both work the same way. Connections are opened with the client's
+//! settings (TLS, credentials, name, timeouts); a connection that does not answer a
+//! `PING` within [`SubscriberConfig::ping_interval`] is replaced.
+
+mod link;
+mod manager;
+mod queue;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::ClusterClient;
+use crate::cmd::ToArg;
+use crate::error::{Error, Result};
+use link::Kind;
+use manager::{Control, Manager};
+use queue::EventQueue;
+
+/// One message received on a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Message {
+    /// The channel it was published to.
+    pub channel: Bytes,
+    /// What was published.
+    pub payload: Bytes,
+    /// The pattern that matched, for a `PSUBSCRIBE` subscription.
+    pub pattern: Option<Bytes>,
+    /// Whether it came through a sharded (`SSUBSCRIBE`) subscription.
+    pub sharded: bool,
+}
+
+/// What a [`Subscriber`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PubSubEvent {
+    /// A message.
+    Message(Message),
+    /// These subscriptions were interrupted (a connection died, a slot moved, a
+    /// failover) and are restored now: messages published to them meanwhile were missed.
+    /// Messages received through the restored subscriptions follow this event.
+    #[non_exhaustive]
+    Gap {
+        /// The channels concerned: sharded ones when `sharded`, classic ones otherwise.
+        channels: Vec<Bytes>,
+        /// The patterns concerned (classic only).
+        patterns: Vec<Bytes>,
+        /// Whether these are sharded subscriptions.
+        sharded: bool,
+    },
+    /// The consumer fell behind and this many events were dropped, the oldest first
+    /// ([`OverflowPolicy::DropOldest`]); yielded before the next event kept.
+    Lagged {
+        /// Events dropped since the last `Lagged`.
+        dropped: u64,
+    },
+}
+
+/// What a [`Subscriber`] does when its event queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OverflowPolicy {
+    /// Drop the oldest queued event, count it, and report the count with
+    /// [`PubSubEvent::Lagged`] (default).
+    #[default]
+    DropOldest,
+    /// Close the subscriber: its connections are closed and the stream ends after the
+    /// events already queued; later calls fail with [`Error::ConnectionLost`].
+    Disconnect,
+}
+
+/// Settings of a [`Subscriber`], for [`ClusterClient::subscriber_with`].
+///
+/// ```
+/// use std::time::Duration;
+/// use redcluster::{OverflowPolicy, SubscriberConfig};
+/// let config = SubscriberConfig::default()
+///     .queue_capacity(10_000)
+///     .overflow(OverflowPolicy::DropOldest)
+///     .ping_interval(Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SubscriberConfig {
+    /// Events queued for the consumer, at most. Default 1024.
+    pub queue_capacity: usize,
+    /// What happens at that bound. Default [`OverflowPolicy::DropOldest`].
+    pub overflow: OverflowPolicy,
+    /// How often each connection is sent a `PING`; one not answered by the next is
+    /// considered dead and its subscriptions move. Default 15 s.
+    pub ping_interval: Duration,
+    /// How long `subscribe` and friends wait for the server's confirmation; `None` is
+    /// the client's response timeout. Default `None`.
+    pub subscribe_timeout: Option<Duration>,
+}
+
+impl Default for SubscriberConfig {
+    fn default() -> Self {
+        SubscriberConfig {
+            queue_capacity: 1024,
+            overflow: OverflowPolicy::DropOldest,
+            ping_interval: Duration::from_secs(15),
+            subscribe_timeout: None,
+        }
+    }
+}
+
+impl SubscriberConfig {
+    /// Sets [`SubscriberConfig::queue_capacity`] (at least 1).
+    pub fn queue_capacity(mut self, capacity: usize) -> Self {
+        self.queue_capacity = capacity.max(1);
+        self
+    }
+
+    /// Sets [`SubscriberConfig::overflow`].
+    pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
+        self.overflow = policy;
+        self
+    }
+
+    /// Sets [`SubscriberConfig::ping_interval`] (at least 100 ms).
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval.max(Duration::from_millis(100));
+        self
+    }
+
+    /// Sets [`SubscriberConfig::subscribe_timeout`].
+    pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
+        self.subscribe_timeout = Some(timeout);
+        self
+    }
+}
+
+/// Counters of a [`Subscriber`]; see [`Subscriber::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct SubscriberStats {
+    /// Events waiting for the consumer now.
+    pub queued: usize,
+    /// The most events that ever waited at once (never more than the queue capacity).
+    pub peak_queued: usize,
+    /// Events dropped because the queue was full.
+    pub dropped: u64,
+    /// [`PubSubEvent::Gap`] events produced.
+    pub gaps: u64,
+}
+
+/// Subscriptions on a cluster, and the [`futures_core::Stream`] of their events.
+///
+/// Made by [`ClusterClient::subscriber`]. It has connections of its own, opened when
+/// first needed, and a background task that keeps its subscriptions where they belong
+/// (see the [module docs](crate::pubsub) for what happens on failovers and slot moves).
+/// Dropping it closes its connections; it keeps the client's topology tracking alive
+/// while it exists.
+pub struct Subscriber {
+    queue: Arc<EventQueue>,
+    control: mpsc::UnboundedSender<Control>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterClient {
+    /// A [`Subscriber`] with the default [`SubscriberConfig`].
+    ///
+    /// # Errors
+    ///
+    /// None today: connections are opened by the first subscription. The `Result`
+    /// leaves room for checks at creation.
+    pub async fn subscriber(&self) -> Result<Subscriber> {
+        self.subscriber_with(SubscriberConfig::default()).await
+    }
+
+    /// A [`Subscriber`] with these settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::subscriber`].
+    pub async fn subscriber_with(&self, config: SubscriberConfig) -> Result<Subscriber> {
+        let queue = Arc::new(EventQueue::new(config.queue_capacity, config.overflow));
+        let (control, rx) = mpsc::unbounded_channel();
+        let manager = Manager::new(Arc::clone(&self.inner), &config, Arc::clone(&queue), rx);
+        tokio::spawn(tracing::Instrument::instrument(
+            manager.run(),
+            tracing::debug_span!("redis_subscriber"),
+        ));
+        Ok(Subscriber {
+            queue,
+            control,
+            timeout: config
+                .subscribe_timeout
+                .unwrap_or(self.inner.config.response_timeout),
+        })
+    }
+}
+
+fn to_bytes<I>(channels: I) -> Vec<Bytes>
+where
+    I: IntoIterator,
+    I::Item: ToArg,
+{
+    let mut out: Vec<Bytes> = Vec::new();
+    for channel in channels {
+        let channel = channel.with_bytes(Bytes::copy_from_slice);
+        if !out.contains(&channel) {
+            out.push(channel);
+        }
+    }
+    out
+}
+
+impl Subscriber {
+    async fn request(
+        &self,
+        control: impl FnOnce(oneshot::Sender<Result<()>>) -> Control,
+    ) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || Error::ConnectionLost {
+            may_have_executed: false,
+        };
+        self.control.send(control(reply)).map_err(|_| gone())?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    async fn subscribe_kind(&self, kind: Kind, channels: Vec<Bytes>) -> Result<()> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.request(|reply| Control::Subscribe {
+            kind,
+            channels,
+            reply,
+        })
+        .await
+    }
+
+    async fn unsubscribe_kind(&self, kind: Kind, channels: Vec<Bytes>) -> Result<()> {
+        self.request(|reply| Control::Unsubscribe {
+            kind,
+            channels,
+            reply,
+        })
+        .await
+    }
+
+    /// `SUBSCRIBE`: receive messages `PUBLISH`ed to these channels. Returns once the
+    /// server confirmed every one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Server`] when the server refused (`NOPERM`; those channels are not
+    /// subscribed), [`Error::Timeout`] when no confirmation came within the subscribe
+    /// timeout (the subscription stays asked for, and is made as soon as a node
+    /// accepts it), [`Error::ConnectionLost`] when the subscriber was closed.
+    pub async fn subscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.subscribe_kind(Kind::Channel, to_bytes(channels)).await
+    }
+
+    /// `PSUBSCRIBE`: receive messages published to channels matching these glob
+    /// patterns ([`Message::pattern`] says which matched).
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscriber::subscribe`].
+    pub async fn psubscribe<I>(&self, patterns: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.subscribe_kind(Kind::Pattern, to_bytes(patterns)).await
+    }
+
+    /// `SSUBSCRIBE`: receive messages `SPUBLISH`ed to these sharded channels, on the
+    /// primaries owning their slots (channels in different slots are fine).
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscriber::subscribe`].
+    pub async fn ssubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.subscribe_kind(Kind::Shard, to_bytes(channels)).await
+    }
+
+    /// `UNSUBSCRIBE` these channels, or every classic channel when `channels` is empty.
+    /// Returns once the server confirmed; messages already queued stay queued.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when no confirmation came in time, [`Error::ConnectionLost`]
+    /// when the subscriber was closed.
+    pub async fn unsubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.unsubscribe_kind(Kind::Channel, to_bytes(channels))
+            .await
+    }
+
+    /// `PUNSUBSCRIBE` these patterns, or every pattern when `patterns` is empty.
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscriber::unsubscribe`].
+    pub async fn punsubscribe<I>(&self, patterns: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.unsubscribe_kind(Kind::Pattern, to_bytes(patterns))
+            .await
+    }
+
+    /// `SUNSUBSCRIBE` these sharded channels, or every sharded channel when `channels`
+    /// is empty.
+    ///
+    /// # Errors
+    ///
+    /// As [`Subscriber::unsubscribe`].
+    pub async fn sunsubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.unsubscribe_kind(Kind::Shard, to_bytes(channels)).await
+    }
+
+    /// Queue length, its peak, drops and gaps so far.
+    pub fn stats(&self) -> SubscriberStats {
+        let c = self.queue.counters();
+        SubscriberStats {
+            queued: c.queued,
+            peak_queued: c.peak,
+            dropped: c.dropped,
+            gaps: c.gaps,
+        }
+    }
+
+    /// Events dropped so far because the consumer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.queue.counters().dropped
+    }
+
+    /// Whether the subscriber was closed ([`OverflowPolicy::Disconnect`]); its stream
+    /// ends once the queued events are taken.
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+}
+
+impl futures_core::Stream for Subscriber {
+    type Item = PubSubEvent;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PubSubEvent>> {
+        self.queue.poll_next(cx)
+    }
+}

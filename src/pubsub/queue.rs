@@ -1,0 +1,192 @@
+//! The bounded queue between the subscriber's task and the consumer of the stream.
+//!
+//! The task never waits for the consumer: at the bound, the configured
+//! [`OverflowPolicy`] decides. Drops are counted, not stored, so the queue never holds
+//! more than its capacity.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+use crate::pubsub::{OverflowPolicy, PubSubEvent};
+
+#[derive(Debug, Default)]
+struct State {
+    events: VecDeque<PubSubEvent>,
+    waker: Option<Waker>,
+    /// Dropped since the consumer last saw a `Lagged` event.
+    unreported: u64,
+    dropped: u64,
+    peak: usize,
+    gaps: u64,
+    /// No more events will come: the stream ends once `events` is empty.
+    closed: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct EventQueue {
+    state: Mutex<State>,
+    capacity: usize,
+    policy: OverflowPolicy,
+}
+
+/// A copy of the queue's counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) queued: usize,
+    pub(crate) peak: usize,
+    pub(crate) dropped: u64,
+    pub(crate) gaps: u64,
+}
+
+impl EventQueue {
+    pub(crate) fn new(capacity: usize, policy: OverflowPolicy) -> Self {
+        EventQueue {
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+            policy,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Only plain queue operations happen under the lock; a poisoned one is consistent.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `event`; `false` when the queue was full and the policy is to disconnect
+    /// (the queue is closed then, and `event` dropped).
+    pub(crate) fn push(&self, event: PubSubEvent) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        if matches!(event, PubSubEvent::Gap { .. }) {
+            state.gaps += 1;
+        }
+        if state.events.len() >= self.capacity {
+            state.dropped += 1;
+            match self.policy {
+                OverflowPolicy::DropOldest => {
+                    state.events.pop_front();
+                    state.unreported += 1;
+                }
+                OverflowPolicy::Disconnect => {
+                    state.closed = true;
+                    if let Some(waker) = state.waker.take() {
+                        drop(state);
+                        waker.wake();
+                    }
+                    return false;
+                }
+            }
+        }
+        state.events.push_back(event);
+        state.peak = state.peak.max(state.events.len());
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+        true
+    }
+
+    /// Ends the stream once the queued events are taken.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        if let Some(waker) = state.waker.take() {
+            drop(state);
+            waker.wake();
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// The next event: a `Lagged` notice first when events were dropped since the last.
+    pub(crate) fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<PubSubEvent>> {
+        let mut state = self.lock();
+        if state.unreported > 0 {
+            let dropped = std::mem::take(&mut state.unreported);
+            return Poll::Ready(Some(PubSubEvent::Lagged { dropped }));
+        }
+        if let Some(event) = state.events.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        match &mut state.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    pub(crate) fn counters(&self) -> Counters {
+        let state = self.lock();
+        Counters {
+            queued: state.events.len(),
+            peak: state.peak,
+            dropped: state.dropped,
+            gaps: state.gaps,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pubsub::Message;
+    use bytes::Bytes;
+
+    fn message(i: u32) -> PubSubEvent {
+        PubSubEvent::Message(Message {
+            channel: Bytes::from_static(b"c"),
+            payload: Bytes::from(i.to_string()),
+            pattern: None,
+            sharded: false,
+        })
+    }
+
+    fn next(q: &EventQueue) -> Poll<Option<PubSubEvent>> {
+        let waker = futures_util::task::noop_waker();
+        q.poll_next(&mut Context::from_waker(&waker))
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_and_reports_the_count_first() {
+        let q = EventQueue::new(3, OverflowPolicy::DropOldest);
+        for i in 0..10 {
+            assert!(q.push(message(i)));
+            assert!(q.counters().queued <= 3);
+        }
+        let c = q.counters();
+        assert_eq!((c.queued, c.peak, c.dropped), (3, 3, 7));
+        assert_eq!(
+            next(&q),
+            Poll::Ready(Some(PubSubEvent::Lagged { dropped: 7 }))
+        );
+        for i in 7..10 {
+            assert_eq!(next(&q), Poll::Ready(Some(message(i))));
+        }
+        assert_eq!(next(&q), Poll::Pending);
+        q.close();
+        assert_eq!(next(&q), Poll::Ready(None));
+    }
+
+    #[test]
+    fn disconnect_closes_at_the_bound_and_keeps_what_was_queued() {
+        let q = EventQueue::new(2, OverflowPolicy::Disconnect);
+        assert!(q.push(message(0)));
+        assert!(q.push(message(1)));
+        assert!(!q.push(message(2)));
+        assert!(q.is_closed());
+        assert_eq!(q.counters().dropped, 1);
+        assert_eq!(next(&q), Poll::Ready(Some(message(0))));
+        assert_eq!(next(&q), Poll::Ready(Some(message(1))));
+        assert_eq!(next(&q), Poll::Ready(None));
+    }
+}

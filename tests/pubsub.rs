@@ -1,0 +1,506 @@
+//! Pub/Sub against real local clusters: sharded subscriptions spread over every primary,
+//! following a slot move and a killed primary; a classic subscription whose node dies;
+//! a slow consumer at the queue's bound; RESP2.
+//!
+//! Every wait polls a real condition (an event, a server-side count) with a deadline.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redcluster::testkit::LocalCluster;
+use redcluster::{
+    cmd, key_slot, ClusterClient, Error, OverflowPolicy, Protocol, PubSubEvent, Subscriber,
+    SubscriberConfig, Value,
+};
+use tokio::time::Instant;
+
+async fn cluster(replicas: usize) -> LocalCluster {
+    LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(replicas)
+        .node_timeout(Duration::from_millis(2000))
+        .start()
+        .await
+        .expect("local cluster starts")
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// Events until `want` (channel, payload) pairs have all arrived; panics at the
+/// deadline naming what is missing. Returns every other event seen on the way.
+async fn expect_messages(
+    sub: &mut Subscriber,
+    want: &[(Bytes, Bytes)],
+    within: Duration,
+) -> Vec<PubSubEvent> {
+    let deadline = Instant::now() + within;
+    let mut missing: HashSet<(Bytes, Bytes)> = want.iter().cloned().collect();
+    let mut others = Vec::new();
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(PubSubEvent::Message(m))) => {
+                missing.remove(&(m.channel.clone(), m.payload.clone()));
+            }
+            Ok(Some(other)) => others.push(other),
+            Ok(None) => panic!("the subscriber's stream ended"),
+            Err(_) => panic!(
+                "{} of {} messages missing after {within:?}, e.g. {:?}; other events: {others:?}",
+                missing.len(),
+                want.len(),
+                missing.iter().take(3).collect::<Vec<_>>()
+            ),
+        }
+    }
+    others
+}
+
+/// Waits for gap events until they have named every channel in `channels`; returns the
+/// messages seen meanwhile.
+async fn expect_gap(
+    sub: &mut Subscriber,
+    channels: &HashSet<Bytes>,
+    sharded: bool,
+    within: Duration,
+) -> Vec<PubSubEvent> {
+    let deadline = Instant::now() + within;
+    let mut missing = channels.clone();
+    let mut others = Vec::new();
+    while !missing.is_empty() {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(PubSubEvent::Gap {
+                channels,
+                patterns,
+                sharded: s,
+                ..
+            })) => {
+                assert_eq!(s, sharded, "gap for {channels:?} {patterns:?}");
+                for c in channels.iter().chain(&patterns) {
+                    missing.remove(c);
+                }
+            }
+            Ok(Some(other)) => others.push(other),
+            Ok(None) => panic!("the subscriber's stream ended"),
+            Err(_) => panic!(
+                "no gap event for {} channels after {within:?}, e.g. {:?}; other events: {others:?}",
+                missing.len(),
+                missing.iter().take(3).collect::<Vec<_>>()
+            ),
+        }
+    }
+    others
+}
+
+/// Publishes one message to each channel (`SPUBLISH` when sharded), checking that
+/// exactly one subscriber (ours) received each; returns what was sent.
+async fn publish_all(
+    client: &ClusterClient,
+    channels: &[String],
+    tag: &str,
+    sharded: bool,
+) -> Vec<(Bytes, Bytes)> {
+    let mut sent = Vec::new();
+    for c in channels {
+        let payload = format!("{tag}:{c}");
+        let receivers = if sharded {
+            client.spublish(c.as_str(), payload.as_str()).await
+        } else {
+            client.publish(c.as_str(), payload.as_str()).await
+        }
+        .unwrap_or_else(|e| panic!("publishing to {c}: {e}"));
+        if sharded {
+            assert_eq!(receivers, 1, "receivers of {c} on its owner");
+        }
+        sent.push((b(c), b(&payload)));
+    }
+    sent
+}
+
+/// `PUBSUB SHARDCHANNELS` of every running node: node index -> channels subscribed there.
+async fn shard_channels(local: &LocalCluster, nodes: &[usize]) -> HashMap<usize, Vec<String>> {
+    let mut out = HashMap::new();
+    for &n in nodes {
+        let conn = local.connect_node(n).await.unwrap();
+        let reply = conn.send(cmd("PUBSUB").arg("SHARDCHANNELS")).await.unwrap();
+        let Value::Array(items) = reply else {
+            panic!("PUBSUB SHARDCHANNELS on node {n}: {reply:?}");
+        };
+        let names = items
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes().unwrap()).into_owned())
+            .collect();
+        out.insert(n, names);
+    }
+    out
+}
+
+/// `PUBSUB SHARDNUMSUB channel` on one node.
+async fn shard_numsub(local: &LocalCluster, node: usize, channel: &str) -> i64 {
+    let conn = local.connect_node(node).await.unwrap();
+    let reply = conn
+        .send(cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel))
+        .await
+        .unwrap();
+    match reply {
+        Value::Array(items) => match items.get(1) {
+            Some(Value::Int(n)) => *n,
+            other => panic!("SHARDNUMSUB {channel}: {other:?}"),
+        },
+        Value::Map(pairs) => match pairs.first() {
+            Some((_, Value::Int(n))) => *n,
+            other => panic!("SHARDNUMSUB {channel}: {other:?}"),
+        },
+        other => panic!("SHARDNUMSUB {channel}: {other:?}"),
+    }
+}
+
+/// Polls until every subscribed channel is held exactly once, by the node that owns its
+/// slot now, and nowhere else.
+async fn expect_placement(local: &LocalCluster, channels: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let masters = local.masters().await.unwrap();
+        let held = shard_channels(local, &masters).await;
+        let mut problems = Vec::new();
+        let mut seen: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (node, names) in &held {
+            for name in names {
+                seen.entry(name.as_str()).or_default().push(*node);
+            }
+        }
+        for c in channels {
+            let owner = local.master_of_slot(key_slot(c.as_bytes())).await.unwrap();
+            match seen.get(c.as_str()).map(Vec::as_slice) {
+                Some([n]) if *n == owner => {
+                    let count = shard_numsub(local, owner, c).await;
+                    if count != 1 {
+                        problems.push(format!("{c}: {count} subscribers on its owner {owner}"));
+                    }
+                }
+                other => problems.push(format!("{c}: held by {other:?}, owner {owner}")),
+            }
+        }
+        if problems.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscriptions not where they belong after {within:?}: {problems:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_subscriptions_follow_a_slot_move_and_a_failover() {
+    let local = cluster(1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let channels: Vec<String> = (0..100).map(|i| format!("orders:{i}")).collect();
+    let masters = local.masters().await.unwrap();
+    let mut by_master: HashMap<usize, Vec<String>> = HashMap::new();
+    for c in &channels {
+        let owner = local.master_of_slot(key_slot(c.as_bytes())).await.unwrap();
+        by_master.entry(owner).or_default().push(c.clone());
+    }
+    assert_eq!(by_master.len(), masters.len(), "channels on every master");
+
+    let mut sub = client.subscriber().await.unwrap();
+    sub.ssubscribe(&channels).await.unwrap();
+    expect_placement(&local, &channels, Duration::from_secs(5)).await;
+
+    // Every message arrives.
+    let sent = publish_all(&client, &channels, "first", true).await;
+    let others = expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+    assert!(others.is_empty(), "{others:?}");
+
+    // Move the slot of a subscribed channel to another master.
+    let moved = channels[0].clone();
+    let slot = key_slot(moved.as_bytes());
+    let from = local.master_of_slot(slot).await.unwrap();
+    let to = *masters.iter().find(|m| **m != from).unwrap();
+    let in_slot: Vec<String> = channels
+        .iter()
+        .filter(|c| key_slot(c.as_bytes()) == slot)
+        .cloned()
+        .collect();
+    local.move_slot(slot, to).await.unwrap();
+    let gap: HashSet<Bytes> = in_slot.iter().map(|c| b(c)).collect();
+    let seen = expect_gap(&mut sub, &gap, true, Duration::from_secs(10)).await;
+    assert!(seen.is_empty(), "{seen:?}");
+    expect_placement(&local, &channels, Duration::from_secs(5)).await;
+    let sent = publish_all(&client, &channels, "after-move", true).await;
+    expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+    println!("slot {slot} moved from node {from} to {to}: gap for {in_slot:?}, then all arrived");
+
+    // Kill a master that holds subscriptions; its replica takes over.
+    let victim = to;
+    let victim_channels: HashSet<Bytes> = {
+        let mut v = HashSet::new();
+        for c in &channels {
+            if local.master_of_slot(key_slot(c.as_bytes())).await.unwrap() == victim {
+                v.insert(b(c));
+            }
+        }
+        v
+    };
+    assert!(!victim_channels.is_empty());
+    let started = Instant::now();
+    local.kill(victim).unwrap();
+    expect_gap(&mut sub, &victim_channels, true, Duration::from_secs(30)).await;
+    println!(
+        "killed node {victim}: gap for its {} channels after {:?}",
+        victim_channels.len(),
+        started.elapsed()
+    );
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
+    expect_placement(&local, &channels, Duration::from_secs(10)).await;
+    let sent = publish_all(&client, &channels, "after-failover", true).await;
+    let others = expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+    assert!(
+        others.iter().all(|e| matches!(e, PubSubEvent::Gap { .. })),
+        "{others:?}"
+    );
+
+    // Unsubscribing leaves nothing behind.
+    sub.sunsubscribe(&channels[..50]).await.unwrap();
+    expect_placement(&local, &channels[50..], Duration::from_secs(5)).await;
+    sub.sunsubscribe(Vec::<String>::new()).await.unwrap();
+    expect_placement(&local, &[], Duration::from_secs(5)).await;
+    let masters = local.masters().await.unwrap();
+    assert!(shard_channels(&local, &masters)
+        .await
+        .values()
+        .all(Vec::is_empty));
+}
+
+/// `PUBSUB NUMSUB channel` on every running node: the nodes where it has a subscriber.
+async fn classic_holders(local: &LocalCluster, channel: &str) -> Vec<usize> {
+    let mut holders = Vec::new();
+    let masters = local.masters().await.unwrap();
+    let replicas = local.replicas().await.unwrap();
+    for n in masters.into_iter().chain(replicas) {
+        let Ok(conn) = local.connect_node(n).await else {
+            continue;
+        };
+        let reply = conn
+            .send(cmd("PUBSUB").arg("NUMSUB").arg(channel))
+            .await
+            .unwrap();
+        let count = match reply {
+            Value::Array(items) => items.get(1).cloned(),
+            Value::Map(pairs) => pairs.first().map(|(_, v)| v.clone()),
+            _ => None,
+        };
+        if count == Some(Value::Int(1)) {
+            holders.push(n);
+        }
+    }
+    holders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_subscription_moves_when_its_node_dies() {
+    let local = cluster(1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    sub.subscribe(["news"]).await.unwrap();
+    sub.psubscribe(["log.*"]).await.unwrap();
+
+    client.publish("news", "hello").await.unwrap();
+    client.publish("log.app", "started").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("messages arrive")
+            .unwrap();
+        got.push(event);
+    }
+    let PubSubEvent::Message(m) = &got[1] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(m.pattern.as_deref(), Some(&b"log.*"[..]));
+    assert_eq!(m.channel, b("log.app"));
+    assert!(!m.sharded);
+
+    let holders = classic_holders(&local, "news").await;
+    assert_eq!(holders.len(), 1, "one connection holds it: {holders:?}");
+    let victim = holders[0];
+    local.kill(victim).unwrap();
+    let want: HashSet<Bytes> = [b("news"), b("log.*")].into_iter().collect();
+    expect_gap(&mut sub, &want, false, Duration::from_secs(30)).await;
+    let now = classic_holders(&local, "news").await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], victim);
+
+    client.publish("news", "again").await.unwrap();
+    client.publish("log.db", "up").await.unwrap();
+    expect_messages(
+        &mut sub,
+        &[(b("news"), b("again")), (b("log.db"), b("up"))],
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_gets_the_newest_events_and_a_count_of_the_dropped() {
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let capacity = 64;
+    let mut sub = client
+        .subscriber_with(SubscriberConfig::default().queue_capacity(capacity))
+        .await
+        .unwrap();
+    sub.ssubscribe(["slow:{x}"]).await.unwrap();
+    let total = 2000u64;
+    // Nobody reads the stream meanwhile.
+    for i in 0..total {
+        client.spublish("slow:{x}", i.to_string()).await.unwrap();
+        assert!(sub.stats().queued <= capacity);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sub.stats().dropped + sub.stats().queued as u64 != total {
+        assert!(Instant::now() < deadline, "{:?}", sub.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = sub.stats();
+    println!("{stats:?}");
+    assert_eq!(stats.queued, capacity);
+    assert!(stats.peak_queued <= capacity, "{stats:?}");
+    assert_eq!(stats.dropped, total - capacity as u64);
+    assert_eq!(sub.dropped(), stats.dropped);
+
+    // First the count, then the newest `capacity` messages, in order.
+    let first = sub.next().await.unwrap();
+    assert_eq!(
+        first,
+        PubSubEvent::Lagged {
+            dropped: total - capacity as u64
+        }
+    );
+    for i in total - capacity as u64..total {
+        match sub.next().await.unwrap() {
+            PubSubEvent::Message(m) => assert_eq!(m.payload, b(&i.to_string())),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Still subscribed and delivering.
+    client.spublish("slow:{x}", "live").await.unwrap();
+    expect_messages(
+        &mut sub,
+        &[(b("slow:{x}"), b("live"))],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(sub.stats().queued, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disconnect_policy_closes_the_subscriber_at_the_bound() {
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client
+        .subscriber_with(
+            SubscriberConfig::default()
+                .queue_capacity(8)
+                .overflow(OverflowPolicy::Disconnect),
+        )
+        .await
+        .unwrap();
+    sub.ssubscribe(["burst:{y}"]).await.unwrap();
+    let owner = local.master_of_slot(key_slot(b"burst:{y}")).await.unwrap();
+    for i in 0..20 {
+        client.spublish("burst:{y}", i.to_string()).await.unwrap();
+    }
+    let mut payloads = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await.unwrap() {
+            Some(PubSubEvent::Message(m)) => payloads.push(m.payload),
+            Some(other) => panic!("{other:?}"),
+            None => break,
+        }
+    }
+    let expected: Vec<Bytes> = (0..8).map(|i: i32| b(&i.to_string())).collect();
+    assert_eq!(payloads, expected);
+    assert!(sub.is_closed());
+    assert!(matches!(
+        sub.ssubscribe(["other"]).await,
+        Err(Error::ConnectionLost { .. })
+    ));
+    // The server let go of the subscription.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shard_numsub(&local, owner, "burst:{y}").await != 0 {
+        assert!(Instant::now() < deadline, "the subscription stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp2_subscriptions_work_and_follow_a_slot_move() {
+    let local = cluster(0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .protocol(Protocol::Resp2)
+        .build()
+        .await
+        .unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    let channels: Vec<String> = (0..20).map(|i| format!("r2:{i}")).collect();
+    sub.ssubscribe(&channels).await.unwrap();
+    sub.subscribe(["r2-news"]).await.unwrap();
+    sub.psubscribe(["r2-log.*"]).await.unwrap();
+    let mut sent = publish_all(&client, &channels, "one", true).await;
+    client.publish("r2-news", "n1").await.unwrap();
+    client.publish("r2-log.x", "l1").await.unwrap();
+    sent.push((b("r2-news"), b("n1")));
+    sent.push((b("r2-log.x"), b("l1")));
+    let others = expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+    assert!(others.is_empty(), "{others:?}");
+
+    let slot = key_slot(channels[3].as_bytes());
+    let from = local.master_of_slot(slot).await.unwrap();
+    let masters = local.masters().await.unwrap();
+    let to = *masters.iter().find(|m| **m != from).unwrap();
+    local.move_slot(slot, to).await.unwrap();
+    let gap: HashSet<Bytes> = channels
+        .iter()
+        .filter(|c| key_slot(c.as_bytes()) == slot)
+        .map(|c| b(c))
+        .collect();
+    expect_gap(&mut sub, &gap, true, Duration::from_secs(10)).await;
+    expect_placement(&local, &channels, Duration::from_secs(5)).await;
+    let sent = publish_all(&client, &channels, "two", true).await;
+    expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+
+    sub.unsubscribe(["r2-news"]).await.unwrap();
+    sub.sunsubscribe(&channels).await.unwrap();
+    expect_placement(&local, &[], Duration::from_secs(5)).await;
+    let left: BTreeSet<usize> = classic_holders(&local, "r2-news")
+        .await
+        .into_iter()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // The pattern subscription still delivers.
+    client.publish("r2-log.y", "l2").await.unwrap();
+    expect_messages(
+        &mut sub,
+        &[(b("r2-log.y"), b("l2"))],
+        Duration::from_secs(5),
+    )
+    .await;
+}
+
+#[test]
+fn a_subscriber_can_move_between_tasks() {
+    fn check<T: Send + Sync + Unpin + 'static>() {}
+    check::<Subscriber>();
+    check::<PubSubEvent>();
+}
