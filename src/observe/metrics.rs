@@ -11,7 +11,8 @@
 //! a counter and records a histogram sample. With no recorder installed those handles are
 //! no-ops. A cache remembers which recorder it registered with (by the recorder's
 //! address), so a recorder installed after the client was built is picked up on the next
-//! request.
+//! request. (A thread-local recorder dropped, and another made at the same address, would
+//! be taken for the first; global recorders live as long as the process.)
 //!
 //! Label values are `&'static str` (command names from the command table, statuses,
 //! kinds) or the node's `Arc<str>` address: building a label never copies a string.

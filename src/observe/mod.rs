@@ -5,10 +5,13 @@
 //! # Metrics
 //!
 //! Install any `metrics` recorder (for Prometheus, `metrics-exporter-prometheus`) and the
-//! client reports to it; with none installed the cost is a few nanoseconds per command
-//! and no allocation. A recorder installed after the client was built is picked up on
-//! the next command. All names and label keys are defined in one place,
-//! `src/observe/metrics.rs`.
+//! client reports to it. With none installed a command costs two clock reads, a lookup
+//! in its node's handle cache and no-op handle calls: tens of nanoseconds, no lock, no
+//! allocation. With a recorder, handles are registered once per (command, node) and
+//! cached, so a command costs a counter increment, a histogram sample and two gauge
+//! updates. A recorder installed after the client was built is picked up on the next
+//! command (a cache remembers the recorder it registered with). All names and label keys
+//! are defined in one place, `src/observe/metrics.rs`.
 //!
 //! | Metric | Type | Labels | Meaning |
 //! |---|---|---|---|
@@ -48,9 +51,12 @@
 //! What one sample means:
 //!
 //! - A command is counted once, when it ends, on the node that gave its outcome; a
-//!   command split over slots (`MGET`, `DEL` of several keys) or fanned out to every
-//!   primary counts once per node it went to. Redirects and retries do not count extra
-//!   commands; they show in `redis_redirects_total` and `redis_retries_total`.
+//!   command split over slots (`MGET`, `DEL` of several keys) counts once per slot, one
+//!   fanned out to every primary once per node. Redirects and retries do not count extra
+//!   commands; they show in `redis_redirects_total` and `redis_retries_total`. A command
+//!   whose future is dropped before it ends is not counted. Each command of an explicit
+//!   pipeline counts on its own. Not counted: the cursor pages of `ClusterClient::scan`
+//!   and commands sent on a `watch` connection, which go straight to one connection.
 //! - `redis_command_duration_seconds` is per command, not per attempt: it includes the
 //!   time spent following redirects and waiting between retries, which is what the caller
 //!   waited. Commands of an explicit pipeline each record the time of their node's batch.
@@ -63,15 +69,20 @@
 //! # Tracing
 //!
 //! Every command sent to the cluster runs in a `redis_command` span at `DEBUG` level
-//! (free when no subscriber, or one at `INFO`, listens), with fields `command`, `slot`
-//! (when it has one), `node` (the node of the latest attempt), `attempt` and `redirects`.
-//! Events, target `redcluster`:
+//! (nearly free when no subscriber, or one at `INFO`, listens), with fields `command`,
+//! `slot` (when it has one), `node` (the node of the latest attempt), `attempt`,
+//! `redirects`, and when it ends `status` (`ok`, `error`, `failure`) and `duration_ms`:
+//! a subscriber that logs span closes (`tracing_subscriber`'s `FmtSpan::CLOSE`) writes
+//! one line per command. Each node's share of an explicit pipeline is written in a
+//! `redis_pipeline` span (`node`, `commands`). Events, targets under `redcluster`:
 //!
 //! - `DEBUG` "MOVED redirect" / "ASK redirect" (`slot`, `from`, `to`), "retrying"
 //!   (`reason`, `attempt`), "connected" / "connect failed" (`node`, `reconnect`).
 //! - `INFO` "topology discovered", "topology changed" (`trigger`, `added`, `removed`,
-//!   `moved_slots`, `moved`: the slot ranges that changed primary as
-//!   `start-end old->new`).
+//!   `moved_slots`, `moved`: the slot ranges that changed primary, as
+//!   `start-end old->new`), comparing each view fetched from the cluster with the
+//!   previous one; `DEBUG` "topology updated; routing unchanged" when only replicas or
+//!   the order of shards changed.
 //! - `WARN` "failover detected: ..." (`slots`, `old_primary`, `new_primary`): slots now
 //!   served by what was their primary's replica.
 //! - Circuit breakers: `WARN` "circuit breaker opened", `INFO` "circuit breaker
