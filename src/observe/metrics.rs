@@ -629,11 +629,23 @@ mod cost {
         run("no recorder");
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
-        metrics::with_local_recorder(&recorder, || run("prometheus"));
-        let started = std::time::Instant::now();
-        handle.run_upkeep();
-        let _ = handle.render();
-        let ns = started.elapsed().as_nanos() as f64 / 2e6;
-        println!("prometheus upkeep and render: {ns:.1} ns per command");
+        let upkeep = |handle: &metrics_exporter_prometheus::PrometheusHandle, label: &str| {
+            let started = std::time::Instant::now();
+            handle.run_upkeep();
+            let _ = handle.render();
+            let ns = started.elapsed().as_nanos() as f64 / 2e6;
+            println!("{label} upkeep and render: {ns:.1} ns per command");
+        };
+        metrics::with_local_recorder(&recorder, || run("prometheus (summaries)"));
+        upkeep(&handle, "prometheus (summaries)");
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.1, 1.0,
+            ])
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || run("prometheus (buckets)"));
+        upkeep(&handle, "prometheus (buckets)");
     }
 }

@@ -13,6 +13,13 @@
 //! command (a cache remembers the recorder it registered with). All names and label keys
 //! are defined in one place, `src/observe/metrics.rs`.
 //!
+//! With `metrics-exporter-prometheus`, give the histograms buckets
+//! (`PrometheusBuilder::set_buckets` or `set_buckets_for_metric`): by default the exporter
+//! renders histograms as summaries, and folding each sample into a summary at scrape time
+//! costs more (150 to 250 ns per command, measured) than the client's own instrumentation
+//! (about 60 ns per command over no recorder; with buckets, about 10 ns more at scrape
+//! time). `benches/metrics_overhead.rs` measures the whole.
+//!
 //! | Metric | Type | Labels | Meaning |
 //! |---|---|---|---|
 //! | `redis_commands_total` | counter | `command`, `node`, `status` | Commands sent, counted once each at their final outcome |
