@@ -148,6 +148,7 @@ impl Inner {
         drop(in_flight);
         let mut out = Vec::with_capacity(meta.len());
         let mut resend: Vec<(usize, Cmd, u16, bool, bool, &'static str)> = Vec::new();
+        let mut batch_error: Option<Error> = None;
         match outcome {
             Ok(replies) => {
                 for (((index, slot, read_only, idempotent, name), reply), command) in
@@ -172,6 +173,9 @@ impl Inner {
                 }
             }
             Err(e) => {
+                if e.may_have_executed() {
+                    batch_error = Some(e.clone());
+                }
                 self.signal
                     .request(crate::topology::RefreshTrigger::ConnectionFailure);
                 if cmds.len() != meta.len() {
@@ -198,15 +202,25 @@ impl Inner {
                 }
             }
         }
-        let resent = resend.into_iter().map(
-            |(index, command, slot, read_only, idempotent, name)| async move {
-                let target = Target::Slot { slot, read_only };
-                let reply = self
-                    .send_named(command.into(), name, target, idempotent, deadline)
-                    .await;
-                (index, reply)
-            },
-        );
+        let resent =
+            resend
+                .into_iter()
+                .map(|(index, command, slot, read_only, idempotent, name)| {
+                    let batch_error = batch_error.clone();
+                    async move {
+                        let target = Target::Slot { slot, read_only };
+                        let reply = self
+                            .send_named(command.into(), name, target, idempotent, deadline)
+                            .await;
+                        // Resent after a batch that may have run: a later "not executed"
+                        // must not hide that the first attempt may have.
+                        let reply = match (reply, batch_error) {
+                            (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
+                            (reply, _) => reply,
+                        };
+                        (index, reply)
+                    }
+                });
         out.extend(futures_util::future::join_all(resent).await);
         out
     }

@@ -278,10 +278,28 @@ impl Inner {
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
         let mut last_node: Option<Arc<Node>> = None;
+        let mut executed: Option<Error> = None;
         let result = self
-            .send_loop(payload, target, idempotent, deadline, &span, &mut last_node)
+            .send_loop(
+                payload,
+                target,
+                idempotent,
+                deadline,
+                &span,
+                &mut last_node,
+                &mut executed,
+            )
             .instrument(span.clone())
             .await;
+        // An idempotent request resent after an attempt that may have run must not end
+        // in an error that says "not executed": the earlier attempt may have.
+        let result = match (result, executed) {
+            (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
+            (Ok(Value::ServerError(e)), Some(first)) if classify(&e, "") != ErrorAction::Reply => {
+                Err(first)
+            }
+            (result, _) => result,
+        };
         drop(in_flight);
         let status = Status::of(result.as_ref());
         let elapsed = started.elapsed();
@@ -336,6 +354,7 @@ impl Inner {
         deadline: Instant,
         span: &tracing::Span,
         last_node: &mut Option<Arc<Node>>,
+        executed: &mut Option<Error>,
     ) -> Result<Value> {
         let backoff = Backoff {
             base: self.config.retry_base,
@@ -395,6 +414,9 @@ impl Inner {
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) => {
+                    if e.may_have_executed() {
+                        executed.get_or_insert_with(|| e.clone());
+                    }
                     let resend =
                         !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout));
                     match (resend, kind.recover(answer.cmds, asking)) {
