@@ -505,3 +505,53 @@ async fn durable_writes_report_how_many_replicas_acknowledged() {
     assert!(matches!(err, Error::NotReplicated { .. }), "{err:?}");
     local.resume(replica).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primary_that_returns_as_a_replica_is_noticed() {
+    use redcluster::NodeRole;
+    let local = LocalCluster::builder()
+        .node_timeout(Duration::from_millis(2000))
+        .start()
+        .await
+        .unwrap();
+    // The default 30 s periodic refresh would be too slow to notice on its own.
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let victim = local.master_of_slot(key_slot(b"back")).await.unwrap();
+    let victim_addr = local.node_addr(victim);
+    local.kill(victim).unwrap();
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Traffic makes the client learn the promotion.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.set("back", 1).await.is_err() {
+        assert!(Instant::now() < deadline, "the shard never served again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        client.health().node(&victim_addr).is_none(),
+        "the dead node is out of the topology"
+    );
+    local.restart(victim).await.unwrap();
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(node) = client.health().node(&victim_addr) {
+            assert_eq!(node.role, NodeRole::Replica);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the returned node was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "the old primary was seen back as a replica {:?} after it rejoined",
+        started.elapsed()
+    );
+}

@@ -277,22 +277,17 @@ impl Inner {
         );
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
-        let mut last_node: Option<Arc<Node>> = None;
-        let mut executed: Option<Error> = None;
+        let mut outcome = Attempts::default();
         let result = self
-            .send_loop(
-                payload,
-                target,
-                idempotent,
-                deadline,
-                &span,
-                &mut last_node,
-                &mut executed,
-            )
+            .send_loop(payload, target, idempotent, deadline, &span, &mut outcome)
             .instrument(span.clone())
             .await;
         // An idempotent request resent after an attempt that may have run must not end
         // in an error that says "not executed": the earlier attempt may have.
+        let Attempts {
+            last_node,
+            executed,
+        } = outcome;
         let result = match (result, executed) {
             (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
             (Ok(Value::ServerError(e)), Some(first)) if classify(&e, "") != ErrorAction::Reply => {
@@ -345,7 +340,7 @@ impl Inner {
     }
 
     /// The redirect and retry loop of [`Inner::send_named`]; leaves the node of the last
-    /// attempt in `last_node`.
+    /// attempt in `attempts`.
     async fn send_loop(
         &self,
         mut payload: Payload,
@@ -353,8 +348,7 @@ impl Inner {
         idempotent: bool,
         deadline: Instant,
         span: &tracing::Span,
-        last_node: &mut Option<Arc<Node>>,
-        executed: &mut Option<Error>,
+        attempts: &mut Attempts,
     ) -> Result<Value> {
         let backoff = Backoff {
             base: self.config.retry_base,
@@ -380,7 +374,7 @@ impl Inner {
                     }
                 },
             };
-            let node: &Arc<Node> = last_node.insert(node);
+            let node: &Arc<Node> = attempts.last_node.insert(node);
             attempt += 1;
             span.record("node", &*node.addr);
             span.record("attempt", attempt);
@@ -415,7 +409,7 @@ impl Inner {
                 Ok(replies) => replies,
                 Err(e) => {
                     if e.may_have_executed() {
-                        executed.get_or_insert_with(|| e.clone());
+                        attempts.executed.get_or_insert_with(|| e.clone());
                     }
                     let resend =
                         !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout));
@@ -715,6 +709,16 @@ fn fastest<'a>(
     // Two passes instead of collecting: no allocation per read.
     let count = nodes.clone().filter(near).count();
     nodes.filter(near).nth(turn % count.max(1))
+}
+
+/// What the attempts of one request left behind, for its metrics and its final error.
+#[derive(Default)]
+struct Attempts {
+    /// The node of the last attempt.
+    last_node: Option<Arc<Node>>,
+    /// The first error after which the request may have run (then resent, being
+    /// idempotent).
+    executed: Option<Error>,
 }
 
 /// What one routed request carries.

@@ -7,7 +7,7 @@
 //! replies therefore costs one or two refreshes, and requests keep routing on the current
 //! snapshot while a refresh runs.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 use crate::resp::Value;
 use crate::slot::SlotMap;
 use crate::topology::{self, RefreshLimiter, RefreshTrigger};
+
+/// Period of the background refresh while some node is reported failed.
+const DEGRADED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many nodes one refresh asks, concurrently, to compare their views.
 const NODES_ASKED: usize = 3;
@@ -36,6 +39,8 @@ pub(crate) struct RefreshSignal {
     /// The last view fetched from the cluster, to log what the next one changes (the
     /// routing snapshot itself may already hold slots patched by `MOVED`).
     last_view: std::sync::Mutex<Option<SlotMap>>,
+    /// Whether the last refresh saw a node flagged as failed.
+    pub(crate) degraded: AtomicBool,
 }
 
 impl RefreshSignal {
@@ -77,9 +82,16 @@ pub(crate) async fn refresh_task(
     let mut limiter = RefreshLimiter::new(min_interval);
     limiter.on_refresh(Instant::now().into_std());
     loop {
+        // While some node is reported failed, refresh often: a failed primary that comes
+        // back returns as a replica, and the client should notice within a second.
+        let period = if signal.degraded.load(Ordering::Relaxed) {
+            interval.min(DEGRADED_INTERVAL)
+        } else {
+            interval
+        };
         let woken = tokio::select! {
             () = signal.wake.notified() => true,
-            () = tokio::time::sleep(interval) => false,
+            () = tokio::time::sleep(period) => false,
             () = signal.shutdown.notified() => return,
         };
         let wait = limiter.wait_before_refresh(Instant::now().into_std());
@@ -108,6 +120,7 @@ pub(crate) async fn refresh_task(
 impl Inner {
     /// Asks nodes for the topology and installs the view they agree on.
     pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<()> {
+        self.signal.degraded.store(false, Ordering::Relaxed);
         let current = self.routes.load_full();
         let mut candidates: Vec<Arc<str>> = current.map.nodes();
         fastrand::shuffle(&mut candidates);
@@ -179,6 +192,12 @@ impl Inner {
             Some(r) => r.apply(a),
             None => a.to_string(),
         };
+        if shards
+            .iter()
+            .any(|s| !s.primary.healthy || s.replicas.iter().any(|r| !r.healthy))
+        {
+            self.signal.degraded.store(true, Ordering::Relaxed);
+        }
         Ok(topology::slot_map(&shards, &remap))
     }
 
