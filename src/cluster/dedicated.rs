@@ -105,9 +105,18 @@ pub(crate) fn block_time(command: &Cmd) -> Option<Duration> {
         b"blmpop" | b"bzmpop" => seconds(command.arg_at(1)),
         b"wait" | b"waitaof" => millis(last),
         b"xread" | b"xreadgroup" => {
+            // XREADGROUP GROUP <group> <consumer> ...: a group or consumer named "block"
+            // is not the option.
+            let skip = if name.as_slice() == b"xreadgroup" {
+                4
+            } else {
+                1
+            };
             let at = command
                 .arg_iter()
-                .position(|a| a.eq_ignore_ascii_case(b"block"));
+                .skip(skip)
+                .position(|a| a.eq_ignore_ascii_case(b"block"))
+                .map(|i| i + skip);
             millis(at.and_then(|i| command.arg_at(i + 1)))
         }
         _ => return Some(Duration::ZERO),

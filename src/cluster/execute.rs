@@ -57,7 +57,10 @@ impl Inner {
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
             let deadline = match super::dedicated::block_time(&command) {
-                Some(extra) => deadline + extra,
+                // A huge timeout (`BLPOP k 1e19`) must not overflow the clock.
+                Some(extra) => deadline
+                    .checked_add(extra)
+                    .unwrap_or(deadline + UNTIL_ANSWERED),
                 None => deadline + UNTIL_ANSWERED,
             };
             let target = match plan {
@@ -393,6 +396,10 @@ impl Inner {
             let conn = match node.connection(deadline).await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    if matches!(e, Error::Timeout) {
+                        // Our own deadline ran out while connecting: not the node's fault.
+                        return Err(e);
+                    }
                     self.record(node, false);
                     self.signal.request(RefreshTrigger::ConnectionFailure);
                     primary_only |= node.read_only;

@@ -242,7 +242,8 @@ impl Node {
                 .await
             {
                 Ok(result) => result,
-                Err(_) => Err(Error::Timeout),
+                // The caller's deadline ran out, not the node: no backoff, no failure.
+                Err(_) => return Err(Error::Timeout),
             };
         let conn = match result {
             Ok(conn) => Arc::new(conn),

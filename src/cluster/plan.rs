@@ -106,6 +106,7 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     if command.is_empty() {
         return Err(Error::Config("empty command".into()));
     }
+    refuse_connection_state_commands(command)?;
     let Some(info) = info else {
         // Unknown to the table and to the server: route by the first argument, the
         // convention of most module commands.
@@ -153,6 +154,47 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
         kind,
         parts: split(command, kind, &keys, &slots),
     })
+}
+
+/// Commands that change what a shared connection does with later replies, or whose
+/// meaning depends on the connection they run on, cannot go over a multiplexed
+/// connection: a subscription would turn every later reply into someone else's, and
+/// `WAIT` would count another connection's writes.
+fn refuse_connection_state_commands(command: &Cmd) -> Result<()> {
+    let name = command.name();
+    let refused = |what: &str| Err(Error::Config(what.to_string()));
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    if [
+        "subscribe",
+        "psubscribe",
+        "ssubscribe",
+        "unsubscribe",
+        "punsubscribe",
+        "sunsubscribe",
+    ]
+    .iter()
+    .any(|n| is(n))
+    {
+        return refused("pub/sub commands need client.subscriber(), not query()");
+    }
+    if is("wait") || is("waitaof") {
+        return refused(
+            "WAIT counts the writes of its own connection: use query_durable() or durable_writes()",
+        );
+    }
+    if [
+        "monitor", "sync", "psync", "quit", "reset", "hello", "auth", "select",
+    ]
+    .iter()
+    .any(|n| is(n))
+        || (is("client")
+            && command
+                .arg_at(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"reply")))
+    {
+        return refused("this command changes the shared connection's state and is not supported");
+    }
+    Ok(())
 }
 
 fn keyless_plan(info: &cmd::CommandInfo) -> Plan {
@@ -269,6 +311,21 @@ mod tests {
             plan_of(&cmd("EVAL").arg("return 1").arg(2).arg("a").arg("b")),
             Err(Error::CrossSlot { .. })
         ));
+    }
+
+    #[test]
+    fn connection_state_commands_are_refused() {
+        for c in [
+            cmd("SUBSCRIBE").arg("ch"),
+            cmd("ssubscribe").arg("ch"),
+            cmd("WAIT").arg(1).arg(0),
+            cmd("MONITOR"),
+            cmd("CLIENT").arg("REPLY").arg("OFF"),
+            cmd("SELECT").arg(1),
+        ] {
+            assert!(matches!(plan_of(&c), Err(Error::Config(_))), "{c:?}");
+        }
+        assert!(plan_of(&cmd("CLIENT").arg("LIST")).is_ok());
     }
 
     #[test]

@@ -217,13 +217,14 @@ impl NodeConnection {
         let (rbuf, decoder, protocol) =
             handshake_within(addr, &mut read, &mut write, options, deadline).await?;
 
-        let (tx, rx) = mpsc::channel(options.max_in_flight);
+        // The field is public: a 0 would make the channel constructor panic.
+        let (tx, rx) = mpsc::channel(options.max_in_flight.max(1));
         let shared = Arc::new(Shared {
             in_flight: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
             close: Notify::new(),
             room: Notify::new(),
-            max_in_flight: options.max_in_flight,
+            max_in_flight: options.max_in_flight.max(1),
         });
         let addr: Arc<str> = Arc::from(addr);
         let span = tracing::debug_span!("redis_connection", node = %addr);
