@@ -2,6 +2,8 @@
 //! discovery, routing of every slot, MOVED/ASK under traffic, refresh bounds, multi-slot
 //! and cluster-wide commands, address remap.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use redcluster::testkit::{FailoverMode, LocalCluster};
 use redcluster::{cmd, key_slot, AddressRemap, ClusterClient, Error, Value};
+use support::key_in_slot;
 
 async fn cluster(masters: usize, replicas: usize) -> LocalCluster {
     LocalCluster::builder()
@@ -34,14 +37,6 @@ fn key_per_slot() -> Vec<String> {
         i += 1;
     }
     keys.into_iter().map(Option::unwrap).collect()
-}
-
-/// A key whose slot is `slot`, with a distinguishing suffix.
-fn key_in_slot(slot: u16, n: usize) -> String {
-    (0u64..)
-        .map(|i| format!("{{t{i}}}:{n}"))
-        .find(|k| key_slot(k.as_bytes()) == slot)
-        .expect("some tag hashes to every slot")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

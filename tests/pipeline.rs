@@ -2,10 +2,13 @@
 //! slots, per-command failures, redirects that resend one command only, atomicity and
 //! the one-slot rule.
 
+mod support;
+
 use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, key_slot, ClusterClient, Error, Value};
+use support::key_in_slot;
 
 async fn cluster() -> LocalCluster {
     LocalCluster::builder()
@@ -14,13 +17,6 @@ async fn cluster() -> LocalCluster {
         .start()
         .await
         .expect("local cluster starts")
-}
-
-fn key_in_slot(slot: u16, n: usize) -> String {
-    (0u64..)
-        .map(|i| format!("{{p{i}}}:{n}"))
-        .find(|k| key_slot(k.as_bytes()) == slot)
-        .expect("some tag hashes to every slot")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,17 +63,14 @@ impl Inner {
                     .unwrap_or(deadline + UNTIL_ANSWERED),
                 None => deadline + UNTIL_ANSWERED,
             };
-            let target = match plan {
-                Plan::Slot { slot, .. } => Target::Slot {
-                    slot,
-                    read_only: false,
-                },
-                _ => Target::AnyPrimary,
-            };
-            let slot = match target {
-                Target::Slot { slot, .. } => Some(slot),
+            let slot = match plan {
+                Plan::Slot { slot, .. } => Some(slot),
                 _ => None,
             };
+            let target = slot.map_or(Target::AnyPrimary, |slot| Target::Slot {
+                slot,
+                read_only: false,
+            });
             let blocking = self.send_blocking(command, target, deadline);
             return self.observed(name, slot, |v| v, blocking).await;
         }
