@@ -131,6 +131,17 @@ impl Error {
         }
     }
 
+    /// Whether the error says something about the node or the path to it (the
+    /// connection failed, the node did not answer in time, it sent garbage), which is
+    /// what a circuit breaker counts and what makes a request worth trying again on
+    /// another connection. A request the client refused to send is not.
+    pub(crate) fn is_node_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Io { .. } | Error::ConnectionLost { .. } | Error::Timeout | Error::Protocol(_)
+        )
+    }
+
     /// Whether the request may have reached the server and run there.
     ///
     /// When this is `true`, sending a non-idempotent request again (INCR, LPUSH, ...)

@@ -129,7 +129,7 @@ pub use cluster::{
     AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, Durability, ReadFrom, Scan,
     ScanOptions,
 };
-pub use cmd::{cmd, Cmd, ToArg};
+pub use cmd::{cmd, Cmd, CommandRenames, ToArg};
 pub use conn::{
     ConnectOptions, CredentialsFuture, CredentialsProvider, NodeConnection, Protocol, Secret,
     TlsConfig,

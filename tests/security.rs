@@ -2,12 +2,16 @@
 //! ACL users with and without the permissions they need, and TLS-only clusters with
 //! mutual TLS. All traffic is to 127.0.0.1.
 
+mod support;
+
 use std::time::Duration;
 
 use redcluster::testkit::{FailoverMode, LocalCluster, TlsAuthClients};
 use redcluster::{
     cmd, key_slot, ClusterClient, ClusterClientBuilder, Error, NodeConnection, TlsConfig, Value,
 };
+
+use support::key_in_slot;
 
 const PASSWORD: &str = "s3cret-cluster-pass";
 const SETTLE: Duration = Duration::from_secs(30);
@@ -17,13 +21,6 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// need none: the server allows them before authentication.
 const CLIENT_PERMISSIONS: &str = "+cluster|shards +cluster|slots +cluster|nodes +command|info \
      +readonly +asking +ping +unwatch";
-
-fn key_in_slot(slot: u16, prefix: &str) -> String {
-    (0u64..)
-        .map(|i| format!("{prefix}{{t{i}}}"))
-        .find(|k| key_slot(k.as_bytes()) == slot)
-        .expect("some tag hashes to every slot")
-}
 
 async fn crud(client: &ClusterClient, prefix: &str) {
     for i in 0..30 {
@@ -263,24 +260,21 @@ async fn set_user(local: &LocalCluster, rules: &str) {
     }
 }
 
+/// A cluster whose users come from its configuration (`user` directives): they exist on
+/// every node from the start, replicas and restarted nodes included.
 async fn acl_cluster() -> LocalCluster {
-    let local = LocalCluster::builder()
+    LocalCluster::builder()
         .masters(3)
         .replicas_per_master(1)
+        .acl_user(format!(
+            "app on >apppass ~app:* +@read +@write -@dangerous {CLIENT_PERMISSIONS}"
+        ))
+        .acl_user(format!(
+            "reader on >readpass ~app:* +@read -@dangerous {CLIENT_PERMISSIONS}"
+        ))
         .start()
         .await
-        .unwrap();
-    set_user(
-        &local,
-        &format!("app on >apppass ~app:* +@read +@write -@dangerous {CLIENT_PERMISSIONS}"),
-    )
-    .await;
-    set_user(
-        &local,
-        &format!("reader on >readpass ~app:* +@read -@dangerous {CLIENT_PERMISSIONS}"),
-    )
-    .await;
-    local
+        .unwrap()
 }
 
 fn as_user(local: &LocalCluster, user: &str, password: &str) -> ClusterClientBuilder {
@@ -538,7 +532,7 @@ async fn mutual_tls_cluster_serves_crud_pipelines_moved_and_failover() {
 
     // MOVED after a slot move: the key moves with its slot and the client follows.
     let slot = key_slot(b"tls:moving");
-    let key = key_in_slot(slot, "tls:m");
+    let key = key_in_slot(slot, 0);
     client.set(key.as_str(), "moved-value").await.unwrap();
     let owner = local.master_of_slot(slot).await.unwrap();
     let masters = local.masters().await.unwrap();
@@ -702,4 +696,82 @@ async fn tls_cluster_fails_over_a_killed_master_and_takes_it_back_after_a_restar
     let conn = local.connect_node(master).await.unwrap();
     let role: Value = conn.send(cmd("ROLE")).await.unwrap();
     assert!(format!("{role:?}").contains("slave"), "{role:?}");
+}
+
+// ---- Renamed commands -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_commands_go_out_under_the_server_names_and_disabled_ones_are_refused() {
+    const SECRET: &str = "9a7b8c5d3e2f1a0";
+    // The seed's hardening, plus renames of commands the client sends on its own:
+    // CLUSTER (topology), READONLY (replica reads) and WAIT (durable writes).
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .config("rename-command", format!("CONFIG CONFIG_{SECRET}"))
+        .config("rename-command", format!("CLUSTER CLUSTER_{SECRET}"))
+        .config("rename-command", format!("READONLY READONLY_{SECRET}"))
+        .config("rename-command", format!("WAIT WAIT_{SECRET}"))
+        .config("rename-command", "FLUSHALL \"\"")
+        .start()
+        .await
+        .unwrap();
+
+    // Without the mapping the client cannot even read the topology.
+    let unmapped = ClusterClient::builder()
+        .nodes(local.seeds())
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .await;
+    assert!(unmapped.is_err(), "{unmapped:?}");
+
+    let builder = ClusterClient::builder()
+        .nodes(local.seeds())
+        .command_renames(local.command_renames())
+        .read_from(redcluster::ReadFrom::Replica);
+    let shown = format!("{builder:?}");
+    assert!(!shown.contains(SECRET), "{shown}");
+    let client = builder.build().await.unwrap();
+    assert!(!format!("{client:?}").contains(SECRET));
+    assert_eq!(client.known_nodes().len(), 6);
+
+    // A durable write (WAIT), then a read from a replica (READONLY) that must see it.
+    let (_, acked): ((), u32) = client
+        .query_durable(
+            cmd("SET").arg("renamed:k").arg("v"),
+            redcluster::Durability::new(1, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked, 1);
+    let v: Option<String> = client.get("renamed:k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+
+    // The user's own CONFIG, under its documented name.
+    let policy: Vec<String> = client
+        .query(cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+        .await
+        .unwrap();
+    assert_eq!(policy, ["maxmemory-policy", "noeviction"]);
+    // And a topology refresh (CLUSTER SHARDS) still works.
+    client.refresh_topology().await.unwrap();
+
+    // A disabled command is refused by the client, typed, and not sent: the data stays.
+    // Refusals are the caller's mistake, not the nodes': no breaker opens however many.
+    for _ in 0..10 {
+        let err = client.query::<Value>(cmd("flushall")).await.unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert!(!err.may_have_executed(), "{err:?}");
+        assert!(err.to_string().contains("FLUSHALL"), "{err}");
+    }
+    let health = client.health();
+    assert!(
+        health
+            .nodes
+            .iter()
+            .all(|n| n.breaker == redcluster::BreakerState::Closed),
+        "{health:?}"
+    );
+    let v: Option<String> = client.get("renamed:k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
 }

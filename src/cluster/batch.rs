@@ -136,7 +136,10 @@ impl Inner {
                     .dispatch(Cmds::Many(cmds), deadline)
                     .instrument(span)
                     .await;
-                self.record(&node, answer.result.is_ok());
+                self.record(
+                    &node,
+                    !answer.result.as_ref().is_err_and(Error::is_node_failure),
+                );
                 let cmds = match answer.cmds {
                     Cmds::Many(v) => v,
                     Cmds::One(c) => vec![c],

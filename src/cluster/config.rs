@@ -278,6 +278,38 @@ impl ClusterClientBuilder {
         self
     }
 
+    /// Tells the client that the server renamed command `name` to `to` (`redis.conf`'s
+    /// `rename-command`), so that it sends `to` wherever it would send `name`: the
+    /// user's commands and its own (`CLUSTER SHARDS`, `READONLY`, `WAIT`, the
+    /// doctor's `CONFIG GET`). An empty `to` marks the command disabled: the client then
+    /// refuses it with [`crate::Error::Config`] without sending it. Call once per
+    /// command. The new names never appear in `Debug` output or logs.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// // The seed's production nodes: CONFIG renamed, FLUSHALL/FLUSHDB/DEBUG disabled.
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .rename_command("CONFIG", "CONFIG_9a7b8c5d3e2f1a0")
+    ///     .rename_command("FLUSHALL", "")
+    ///     .rename_command("FLUSHDB", "")
+    ///     .rename_command("DEBUG", "")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn rename_command(mut self, name: &str, to: &str) -> Self {
+        let renames = std::mem::take(&mut self.config.connect.renames);
+        self.config.connect.renames = renames.rename(name, to);
+        self
+    }
+
+    /// Replaces all command renames at once; see [`ClusterClientBuilder::rename_command`].
+    pub fn command_renames(mut self, renames: crate::CommandRenames) -> Self {
+        self.config.connect.renames = renames;
+        self
+    }
+
     /// TCP keepalive idle time, `None` to disable. Default 60 s; the seed's
     /// `socket_keepalive`.
     pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {

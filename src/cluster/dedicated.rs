@@ -58,7 +58,8 @@ impl Lease {
         };
         self.clean = false;
         let answer = conn.dispatch(cmds, deadline).await;
-        if answer.result.is_ok() {
+        // A request the connection refused to send left its state as it was.
+        if !answer.result.as_ref().is_err_and(Error::is_node_failure) {
             self.clean = true;
         } else {
             self.discard();

@@ -408,9 +408,13 @@ impl Inner {
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let kind = payload.kind();
             let answer = conn.dispatch(payload.into_cmds(asking), deadline).await;
-            self.record(node, answer.result.is_ok());
+            self.record(
+                node,
+                !answer.result.as_ref().is_err_and(Error::is_node_failure),
+            );
             let replies = match answer.result {
                 Ok(replies) => replies,
+                Err(e) if !e.is_node_failure() => return Err(e),
                 Err(e) => {
                     if e.may_have_executed() {
                         attempts.executed.get_or_insert_with(|| e.clone());

@@ -12,7 +12,10 @@ use smallvec::SmallVec;
 use crate::resp;
 
 mod info;
+mod renames;
 mod table;
+
+pub use renames::CommandRenames;
 
 // The command table, for the cluster layer (routing, splitting, retries).
 #[allow(unused_imports)]
@@ -134,6 +137,18 @@ impl Cmd {
     pub fn write_to(&self, out: &mut BytesMut) {
         resp::encode_header(b'*', self.spans.len(), out);
         out.extend_from_slice(&self.encoded);
+    }
+
+    /// The encoded arguments after the command name (for sending it under another name).
+    pub(crate) fn encoded_args_after_name(&self) -> &[u8] {
+        match self.spans.first() {
+            // The name's bytes end at start + len, then its CRLF.
+            Some(&(start, len)) => self
+                .encoded
+                .get(start as usize + len as usize + 2..)
+                .unwrap_or_default(),
+            None => &[],
+        }
     }
 
     /// How many bytes [`Cmd::write_to`] appends.

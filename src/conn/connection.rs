@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use crate::cmd::Cmd;
+use crate::cmd::{Cmd, CommandRenames};
 use crate::conn::options::{ConnectOptions, Protocol};
 use crate::conn::{handshake, tls};
 use crate::error::{Error, Result};
@@ -45,6 +45,13 @@ impl Cmds {
         match self {
             Cmds::One(_) => 1,
             Cmds::Many(cmds) => cmds.len(),
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, Cmd> {
+        match self {
+            Cmds::One(cmd) => std::slice::from_ref(cmd).iter(),
+            Cmds::Many(cmds) => cmds.iter(),
         }
     }
 }
@@ -143,6 +150,7 @@ pub struct NodeConnection {
     addr: Arc<str>,
     protocol: Protocol,
     default_timeout: std::time::Duration,
+    renames: CommandRenames,
 }
 
 impl std::fmt::Debug for NodeConnection {
@@ -229,7 +237,7 @@ impl NodeConnection {
         let addr: Arc<str> = Arc::from(addr);
         let span = tracing::debug_span!("redis_connection", node = %addr);
         tokio::spawn(tracing::Instrument::instrument(
-            write_loop(write, rx, Arc::clone(&shared)),
+            write_loop(write, rx, Arc::clone(&shared), options.renames.clone()),
             span.clone(),
         ));
         tokio::spawn(tracing::Instrument::instrument(
@@ -242,6 +250,7 @@ impl NodeConnection {
             addr,
             protocol,
             default_timeout: options.response_timeout,
+            renames: options.renames.clone(),
         })
     }
 
@@ -316,6 +325,14 @@ impl NodeConnection {
     /// The commands come back in the answer, except when the deadline passed while the
     /// connection still held them (then `cmds` is `Cmds::Many(vec![])`).
     pub(crate) async fn dispatch(&self, cmds: Cmds, deadline: Instant) -> Answer {
+        if let Some(name) = self.renames.first_disabled(cmds.iter()) {
+            return Answer {
+                result: Err(Error::Config(format!(
+                    "{name} is disabled on this cluster (CommandRenames); it was not sent"
+                ))),
+                cmds,
+            };
+        }
         let (reply, answer) = oneshot::channel();
         let request = Request {
             cmds,
@@ -492,8 +509,12 @@ fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
     }
 }
 
-async fn write_loop<W>(mut write: W, mut rx: mpsc::Receiver<Request>, shared: Arc<Shared>)
-where
+async fn write_loop<W>(
+    mut write: W,
+    mut rx: mpsc::Receiver<Request>,
+    shared: Arc<Shared>,
+    renames: CommandRenames,
+) where
     W: AsyncWrite + Unpin,
 {
     let mut batch: Vec<Request> = Vec::with_capacity(WRITE_BATCH);
@@ -541,9 +562,13 @@ where
             if request.reply.is_closed() || request.deadline.is_some_and(|d| d <= now) {
                 continue;
             }
-            match &request.cmds {
-                Cmds::One(cmd) => cmd.write_to(&mut wbuf),
-                Cmds::Many(cmds) => cmds.iter().for_each(|c| c.write_to(&mut wbuf)),
+            if renames.is_empty() {
+                request.cmds.iter().for_each(|c| c.write_to(&mut wbuf));
+            } else {
+                request
+                    .cmds
+                    .iter()
+                    .for_each(|c| renames.write(c, &mut wbuf));
             }
             written.push(InFlight {
                 expected: request.cmds.reply_count(),

@@ -10,7 +10,7 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::cmd::{cmd, Cmd};
+use crate::cmd::{cmd, Cmd, CommandRenames};
 use crate::conn::options::{ConnectOptions, CredentialsProvider, Protocol, Secret};
 use crate::error::{Error, Result, ServerError};
 use crate::resp::{Decoder, Value};
@@ -31,6 +31,7 @@ where
         write,
         rbuf,
         decoder,
+        renames: &options.renames,
     };
     // A provider is asked on every connection: passwords may have rotated.
     let (username, password) = match &options.credentials {
@@ -149,13 +150,14 @@ struct Io<'a, R, W> {
     write: &'a mut W,
     rbuf: &'a mut BytesMut,
     decoder: &'a mut Decoder,
+    renames: &'a CommandRenames,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
     /// Sends one command and reads exactly one reply (push frames skipped).
     async fn call(&mut self, command: &Cmd) -> Result<Value> {
         let mut out = BytesMut::with_capacity(command.encoded_len());
-        command.write_to(&mut out);
+        self.renames.write(command, &mut out);
         self.write
             .write_all(&out)
             .await

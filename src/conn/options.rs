@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cmd::CommandRenames;
 use crate::conn::tls::TlsConfig;
 use crate::error::Result;
 use crate::resp::Limits;
@@ -146,6 +147,9 @@ pub struct ConnectOptions {
     /// Asked for the user name and password in every handshake; overrides
     /// [`ConnectOptions::username`] and [`ConnectOptions::password`]. Default none.
     pub credentials: Option<CredentialsProvider>,
+    /// Commands renamed or disabled on the server; applied to every command this
+    /// connection writes, the handshake's included. Default none.
+    pub renames: CommandRenames,
 }
 
 impl Default for ConnectOptions {
@@ -163,6 +167,7 @@ impl Default for ConnectOptions {
             limits: Limits::default(),
             tls: None,
             credentials: None,
+            renames: CommandRenames::default(),
         }
     }
 }
@@ -213,6 +218,12 @@ impl ConnectOptions {
     /// Sets [`ConnectOptions::credentials`].
     pub fn credentials_provider(mut self, provider: CredentialsProvider) -> Self {
         self.credentials = Some(provider);
+        self
+    }
+
+    /// Sets [`ConnectOptions::renames`].
+    pub fn renames(mut self, renames: CommandRenames) -> Self {
+        self.renames = renames;
         self
     }
 

@@ -215,6 +215,7 @@ async fn drive(
         protocol,
     } = raw;
     tracing::debug!(?protocol, "subscriber connection open");
+    let renames = options.renames;
     let mut wbuf = BytesMut::with_capacity(1024);
     let error = 'outer: loop {
         // Frames may already sit in the buffer from the handshake's last read.
@@ -238,9 +239,9 @@ async fn drive(
                 let Some(command) = command else {
                     return; // the link was dropped: close the connection
                 };
-                command.write_to(&mut wbuf);
+                renames.write(&command, &mut wbuf);
                 while let Ok(command) = commands.try_recv() {
-                    command.write_to(&mut wbuf);
+                    renames.write(&command, &mut wbuf);
                 }
                 let written = async {
                     write.write_all(&wbuf).await?;

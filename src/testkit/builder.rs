@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use super::tls::{TlsAuthClients, TlsFiles};
 use super::LocalCluster;
+use crate::cmd::CommandRenames;
 use crate::conn::{ConnectOptions, Secret};
 use crate::error::{Error, Result};
 use crate::slot::SLOT_COUNT;
@@ -147,6 +148,9 @@ impl LocalClusterBuilder {
     /// With `requirepass`, the testkit authenticates its own connections with that
     /// password, [`LocalCluster::connect_options`] carries it, and `masterauth` is set
     /// to it too unless given.
+    /// With `rename-command NAME NEW` (or `""` to disable), the testkit's connections and
+    /// [`LocalCluster::connect_options`] carry the mapping as [`CommandRenames`]; pass
+    /// [`LocalCluster::command_renames`] to a client's builder.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -161,6 +165,25 @@ impl LocalClusterBuilder {
     pub fn config(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.directives.push((name.into(), value.into()));
         self
+    }
+
+    /// Adds an ACL user to every node's configuration, as a `user` directive with
+    /// `rules` in `ACL SETUSER` syntax (name first). Users configured this way exist
+    /// from the start and survive node restarts, unlike ones made with `ACL SETUSER`.
+    /// Call once per user.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// // The seed's application user.
+    /// let cluster = LocalCluster::builder()
+    ///     .acl_user("appuser on >password ~app:* +@read +@write +cluster|shards")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn acl_user(self, rules: impl Into<String>) -> Self {
+        self.config("user", rules)
     }
 
     /// Serves TLS only: every node gets `port 0` and `tls-port <its port>`, and talks to
@@ -243,6 +266,7 @@ impl LocalClusterBuilder {
             binary,
             dir,
             password: password_of(&self.directives),
+            renames: renames_of(&self.directives),
             directives: self.effective_directives(),
             wait_timeout: self.wait_timeout,
             tls,
@@ -313,18 +337,37 @@ impl LocalClusterBuilder {
     }
 }
 
+/// The `rename-command` directives, for the testkit's and its users' connections.
+fn renames_of(directives: &[(String, String)]) -> CommandRenames {
+    directives
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("rename-command"))
+        .filter_map(|(_, value)| {
+            let mut words = value.split_whitespace();
+            Some((words.next()?, unquote(words.next().unwrap_or(""))))
+        })
+        .fold(CommandRenames::new(), |renames, (name, to)| {
+            renames.rename(name, to)
+        })
+}
+
+/// A `redis.conf` value without its surrounding quotes.
+fn unquote(value: &str) -> &str {
+    let value = value.trim();
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+        .unwrap_or(value)
+}
+
 /// The last `requirepass`, unquoted.
 fn password_of(directives: &[(String, String)]) -> Option<String> {
     let (_, value) = directives
         .iter()
         .rev()
         .find(|(n, _)| n.eq_ignore_ascii_case("requirepass"))?;
-    let value = value.trim();
-    let unquoted = value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-        .unwrap_or(value);
+    let unquoted = unquote(value);
     (!unquoted.is_empty()).then(|| unquoted.to_owned())
 }
 
@@ -335,6 +378,8 @@ pub(crate) struct Settings {
     pub(crate) dir: TempDir,
     pub(crate) directives: Vec<(String, String)>,
     pub(crate) password: Option<String>,
+    /// From the `rename-command` directives.
+    pub(crate) renames: CommandRenames,
     pub(crate) wait_timeout: Duration,
     /// The certificates of a TLS cluster.
     pub(crate) tls: Option<TlsFiles>,
@@ -390,6 +435,7 @@ impl Settings {
         ConnectOptions {
             password: self.password.clone().map(Secret::from),
             tls: self.tls.as_ref().map(|t| t.config.clone()),
+            renames: self.renames.clone(),
             ..ConnectOptions::default()
         }
     }
@@ -513,6 +559,23 @@ mod tests {
             .config("appendonly", "yes")
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn rename_command_directives_become_the_connections_renames() {
+        let builder = LocalClusterBuilder::default()
+            .config("rename-command", "CONFIG CONFIG_s3cret")
+            .config("RENAME-COMMAND", "flushall \"\"")
+            .acl_user("app on >pw ~app:* +@read");
+        let renames = renames_of(&builder.directives);
+        assert!(renames.is_disabled(b"FLUSHALL"));
+        assert!(!renames.is_disabled(b"CONFIG"));
+        let mut out = bytes::BytesMut::new();
+        renames.write(&crate::cmd("config").arg("GET"), &mut out);
+        assert_eq!(&out[..], b"*2\r\n$13\r\nCONFIG_s3cret\r\n$3\r\nGET\r\n");
+        assert!(builder
+            .effective_directives()
+            .contains(&("user".to_owned(), "app on >pw ~app:* +@read".to_owned())));
     }
 
     #[test]

@@ -272,6 +272,12 @@ impl LocalCluster {
         self.settings.client_options()
     }
 
+    /// The commands renamed or disabled by `rename-command` directives, for
+    /// [`crate::ClusterClientBuilder::command_renames`].
+    pub fn command_renames(&self) -> crate::CommandRenames {
+        self.settings.renames.clone()
+    }
+
     /// Whether the cluster serves TLS only ([`LocalClusterBuilder::tls`]).
     pub fn is_tls(&self) -> bool {
         self.settings.tls.is_some()
