@@ -238,8 +238,11 @@ async fn main() -> redcluster::Result<()> {
                 ""
             },
             node.last_error
-                .as_deref()
-                .map(|e| format!(" last error: {e}"))
+                .as_ref()
+                .map(|(e, at)| {
+                    let ago = at.elapsed().unwrap_or_default();
+                    format!(" last error {:.1} s ago: {e}", ago.as_secs_f64())
+                })
                 .unwrap_or_default()
         );
     }

@@ -1,6 +1,7 @@
 //! Health checks and the health snapshot, against a real cluster: latencies measured,
 //! an idle frozen node's breaker opened and closed by PINGs alone, lowest-latency reads
-//! spread over nodes that are about as fast.
+//! spread over nodes that are about as fast, a killed master reported down and its
+//! promoted replica reported as the primary.
 
 use std::time::Duration;
 
@@ -76,6 +77,75 @@ async fn health_checks_measure_latency_and_probe_an_idle_frozen_node() {
             client.health()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_a_killed_master_down_then_its_promoted_replica_as_primary() {
+    let node_timeout = Duration::from_secs(2);
+    let local = LocalCluster::builder()
+        .node_timeout(node_timeout)
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .health_check_interval(Some(Duration::from_millis(100)))
+        .response_timeout(Duration::from_millis(500))
+        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(2))
+        .build()
+        .await
+        .unwrap();
+    let master = local.masters().await.unwrap()[0];
+    let replica = local.replicas_of(master).await.unwrap()[0];
+    let (master_addr, replica_addr) = (local.node_addr(master), local.node_addr(replica));
+    // Connected (the health checks open connections to every node).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !client.health().node(&master_addr).is_some_and(|n| n.connected) {
+        assert!(Instant::now() < deadline, "{:?}", client.health());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let killed_at = std::time::SystemTime::now();
+    local.kill(master).unwrap();
+    // Seen down: disconnected, breaker open, the failure and its time recorded. The
+    // cluster has not failed over yet (node timeout 2 s), so the node is still listed.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let health = client.health();
+        let node = health.node(&master_addr).expect("still in the topology");
+        if !node.connected && node.breaker == BreakerState::Open {
+            assert_eq!(node.role, NodeRole::Primary);
+            let (error, at) = node.last_error.clone().expect("a failure recorded");
+            assert!(at >= killed_at, "{error} at {at:?}");
+            assert!(!error.is_empty());
+            assert!(!health.is_ok(), "a primary is down: {health:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Within node timeout plus a few seconds the replica is promoted, and the client
+    // reports it as the primary serving all slots again.
+    let deadline = Instant::now() + node_timeout + Duration::from_secs(8);
+    loop {
+        let health = client.health();
+        let promoted = health
+            .node(&replica_addr)
+            .is_some_and(|n| n.role == NodeRole::Primary && n.primary.is_none());
+        if promoted && health.slots_covered == 16384 {
+            // The dead node no longer serves slots in the client's view.
+            assert!(
+                health
+                    .node(&master_addr)
+                    .is_none_or(|n| n.role != NodeRole::Primary),
+                "{health:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not promoted in time: {health:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -136,10 +136,7 @@ impl Inner {
                     .dispatch(Cmds::Many(cmds), deadline)
                     .instrument(span)
                     .await;
-                self.record(
-                    &node,
-                    !answer.result.as_ref().is_err_and(Error::is_node_failure),
-                );
+                self.record(&node, super::execute::node_failure(&answer.result));
                 let cmds = match answer.cmds {
                     Cmds::Many(v) => v,
                     Cmds::One(c) => vec![c],

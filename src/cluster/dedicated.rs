@@ -59,7 +59,7 @@ impl Lease {
         self.clean = false;
         let answer = conn.dispatch(cmds, deadline).await;
         // A request the connection refused to send left its state as it was.
-        if !answer.result.as_ref().is_err_and(Error::is_node_failure) {
+        if super::execute::node_failure(&answer.result).is_none() {
             self.clean = true;
         } else {
             self.discard();

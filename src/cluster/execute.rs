@@ -397,7 +397,7 @@ impl Inner {
                         // Our own deadline ran out while connecting: not the node's fault.
                         return Err(e);
                     }
-                    self.record(node, false);
+                    self.record(node, Some(&e));
                     self.signal.request(RefreshTrigger::ConnectionFailure);
                     primary_only |= node.read_only;
                     redirect = None;
@@ -408,10 +408,7 @@ impl Inner {
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let kind = payload.kind();
             let answer = conn.dispatch(payload.into_cmds(asking), deadline).await;
-            self.record(
-                node,
-                !answer.result.as_ref().is_err_and(Error::is_node_failure),
-            );
+            self.record(node, node_failure(&answer.result));
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) if !e.is_node_failure() => return Err(e),
@@ -557,8 +554,10 @@ impl Inner {
 
     /// Reports a request's outcome to the node's breaker; an opening breaker asks for a
     /// topology refresh (the node may have failed over).
-    pub(crate) fn record(&self, node: &Node, ok: bool) {
-        let transition = node.record(ok);
+    /// Feeds a request's outcome to the node's breaker: `failure` is the error when the
+    /// node failed it (see [`Error::is_node_failure`]), `None` when it answered.
+    pub(crate) fn record(&self, node: &Node, failure: Option<&Error>) {
+        let transition = node.record(failure);
         if transition.is_some() {
             self.publish_breaker(&node.addr);
         }
@@ -938,6 +937,13 @@ fn fold(combine: Combine, values: Vec<Value>) -> Result<Value> {
         });
     }
     Ok(acc.unwrap_or(Value::Nil))
+}
+
+
+/// The error of a request's result when it counts against the node (see
+/// [`Error::is_node_failure`]).
+pub(crate) fn node_failure<T>(result: &Result<T>) -> Option<&Error> {
+    result.as_ref().err().filter(|e| e.is_node_failure())
 }
 
 #[cfg(test)]

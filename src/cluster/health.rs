@@ -98,26 +98,26 @@ impl Inner {
         }
         let deadline = Instant::now() + self.config.response_timeout;
         let started = Instant::now();
-        let ok = match node.connection(deadline).await {
+        let failure = match node.connection(deadline).await {
             Ok(conn) => match conn
                 .send_timeout(cmd("PING"), self.config.response_timeout)
                 .await
             {
                 Ok(Value::ServerError(e)) => {
                     tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
-                    true
+                    None
                 }
-                Ok(_) => true,
+                Ok(_) => None,
                 Err(e) => {
                     tracing::debug!(node = %node.addr, error = %e, "health check failed");
-                    false
+                    Some(e)
                 }
             },
-            Err(_) => false,
+            Err(e) => Some(e),
         };
-        if ok {
+        if failure.is_none() {
             node.observe_latency(started.elapsed());
         }
-        self.record(node, ok);
+        self.record(node, failure.as_ref());
     }
 }

@@ -297,7 +297,7 @@ impl ClusterClient {
     }
 
     /// A snapshot of the cluster as the client sees it: slot coverage, and per node its
-    /// role, connection, circuit breaker and last connection error.
+    /// role, connection, circuit breaker, PING latency, and last failure and when.
     pub fn health(&self) -> crate::ClusterHealth {
         use crate::observe::{ClusterHealth, NodeHealth, NodeRole};
         let routes = self.inner.routes.load();
@@ -309,7 +309,7 @@ impl ClusterClient {
             connected: node.is_connected(),
             breaker: node.breaker_state(),
             latency: node.latency(),
-            last_error: node.last_connect_error(),
+            last_error: node.last_failure(),
         };
         for (i, primary) in routes.primaries.iter().enumerate() {
             nodes.push(describe(primary, NodeRole::Primary, None));

@@ -49,6 +49,8 @@ pub(crate) struct Node {
     quiet: AtomicBool,
     breaker: Mutex<Breaker>,
     reconnect: Mutex<Reconnect>,
+    /// The node's last failure and when, for health reports; kept after it recovers.
+    last_failure: Mutex<Option<(String, std::time::SystemTime)>>,
     /// Smoothed PING latency in microseconds, from health checks; 0 until measured.
     latency_us: AtomicU64,
     /// Per-command metric handles for this node.
@@ -103,6 +105,7 @@ impl Node {
             quiet: AtomicBool::new(true),
             breaker: Mutex::new(Breaker::new(settings.breaker)),
             reconnect: Mutex::new(Reconnect::default()),
+            last_failure: Mutex::new(None),
             latency_us: AtomicU64::new(0),
             settings,
         }
@@ -120,15 +123,18 @@ impl Node {
         (admission != Admission::Rejected, transition)
     }
 
-    /// Reports a request's outcome: `ok` when the node answered (error replies
-    /// included), not when the connection failed or the request timed out.
-    pub(crate) fn record(&self, ok: bool) -> Option<Transition> {
-        if ok && self.quiet.load(Ordering::Acquire) {
+    /// Reports a request's outcome: `None` when the node answered (error replies
+    /// included), the error when the connection failed or the request timed out.
+    pub(crate) fn record(&self, failure: Option<&Error>) -> Option<Transition> {
+        if failure.is_none() && self.quiet.load(Ordering::Acquire) {
             return None;
+        }
+        if let Some(e) = failure {
+            self.note_failure(e);
         }
         let mut breaker = lock(&self.breaker);
         let now = std::time::Instant::now();
-        let transition = if ok {
+        let transition = if failure.is_none() {
             breaker.on_success(now)
         } else {
             self.quiet.store(false, Ordering::Release);
@@ -163,12 +169,14 @@ impl Node {
         }
     }
 
-    /// The error of the last connection attempt, if it failed.
-    pub(crate) fn last_connect_error(&self) -> Option<String> {
-        lock(&self.reconnect)
-            .last_error
-            .as_ref()
-            .map(ToString::to_string)
+    /// Remembers `error` as the node's last failure.
+    fn note_failure(&self, error: &Error) {
+        *lock(&self.last_failure) = Some((error.to_string(), std::time::SystemTime::now()));
+    }
+
+    /// The node's last failure and when it happened, for health reports.
+    pub(crate) fn last_failure(&self) -> Option<(String, std::time::SystemTime)> {
+        lock(&self.last_failure).clone()
     }
 
     /// The breaker's state, for health reports.
@@ -253,11 +261,14 @@ impl Node {
                 reconnect.failures = reconnect.failures.saturating_add(1);
                 reconnect.not_before = Some(std::time::Instant::now() + delay);
                 reconnect.last_error = Some(e.clone());
+                let failures = reconnect.failures;
+                drop(reconnect);
+                self.note_failure(&e);
                 tracing::debug!(
                     node = %self.addr,
                     read_only = self.read_only,
                     reconnect = reconnecting,
-                    failures = reconnect.failures,
+                    failures,
                     error = %e,
                     retry_in = ?delay,
                     "connect failed"

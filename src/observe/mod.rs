@@ -155,6 +155,8 @@ pub struct NodeHealth {
     pub breaker: BreakerState,
     /// Smoothed PING round trip from the health checks, once measured.
     pub latency: Option<std::time::Duration>,
-    /// The last failure to connect, if the latest attempt failed.
-    pub last_error: Option<String>,
+    /// The node's last failure (a connection attempt that failed, a request or health
+    /// check it did not answer in time, a dropped connection) and when it happened;
+    /// kept after the node recovers, so compare the time with the other fields.
+    pub last_error: Option<(String, std::time::SystemTime)>,
 }
