@@ -12,7 +12,17 @@ use crate::cluster::{ClusterClient, Lease};
 use crate::cmd::{cmd, Cmd, ToArg};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
+use crate::observe::metrics;
 use crate::resp::{FromValue, Value};
+
+/// The last of a request's replies (`EXEC`'s, in a transaction), for its metrics status.
+#[allow(clippy::ptr_arg)] // must match `observed`'s `fn(&T) -> &Value` with `T = Vec<Value>`
+fn last_reply(replies: &Vec<Value>) -> &Value {
+    replies.last().unwrap_or(&NIL)
+}
+
+/// A reply that counts as "ok" in the metrics.
+static NIL: Value = Value::Nil;
 
 /// Commands for any slots, sent together; see [`ClusterClient::pipeline`].
 ///
@@ -252,16 +262,23 @@ impl Watched {
     pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
         let deadline = Instant::now() + self.client.inner.config.response_timeout;
         self.check_slot(&command, deadline).await?;
-        let answer = self.lease.dispatch(Cmds::One(command), deadline).await;
-        match answer.result {
-            Ok(replies) => match replies.into_iter().last().unwrap_or(Value::Nil) {
-                Value::ServerError(e) => Err(Error::Server(e)),
-                v => T::from_value(v),
-            },
-            Err(e) => {
-                self.lease.discard();
-                Err(e)
-            }
+        let name = metrics::command_label(crate::cmd::lookup(&command));
+        let lease = &mut self.lease;
+        let sent = async {
+            let answer = lease.dispatch(Cmds::One(command), deadline).await;
+            answer
+                .result
+                .map(|replies| replies.into_iter().last().unwrap_or(Value::Nil))
+        };
+        // The lease discards its connection itself when a request fails.
+        let reply = self
+            .client
+            .inner
+            .observed(name, Some(self.slot), |v| v, sent)
+            .await?;
+        match reply {
+            Value::ServerError(e) => Err(Error::Server(e)),
+            v => T::from_value(v),
         }
     }
 
@@ -282,14 +299,23 @@ impl Watched {
         all.push(cmd("MULTI"));
         all.extend(cmds);
         all.push(cmd("EXEC"));
-        let answer = self.lease.dispatch(Cmds::Many(all), deadline).await;
-        let mut replies = match answer.result {
-            Ok(replies) => replies.into_vec(),
-            Err(e) => {
-                self.lease.discard();
-                return Err(e);
-            }
+        let lease = &mut self.lease;
+        let sent = async {
+            let answer = lease.dispatch(Cmds::Many(all), deadline).await;
+            answer.result.map(|replies| replies.into_vec())
         };
+        // Counted as one `exec`, with EXEC's reply as its status; the lease discards its
+        // connection itself when the request fails.
+        let mut replies = self
+            .client
+            .inner
+            .observed(
+                metrics::TRANSACTION_COMMAND,
+                Some(self.slot),
+                last_reply,
+                sent,
+            )
+            .await?;
         match replies.pop() {
             Some(Value::Array(results)) => Ok(Some(results)),
             // EXEC answers nil when a watched key changed: a conflict, not an error.
@@ -357,7 +383,12 @@ impl ClusterClient {
             }
         };
         let deadline = Instant::now() + self.inner.config.response_timeout;
-        let lease = self.inner.watch(slot, keys, deadline).await?;
+        // Counted as a `watch` (status from the outcome: a refused WATCH is an error).
+        let watching = self.inner.watch(slot, keys, deadline);
+        let lease = self
+            .inner
+            .observed("watch", Some(slot), |_| &NIL, watching)
+            .await?;
         Ok(Watched {
             client: self.clone(),
             lease,

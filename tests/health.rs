@@ -101,7 +101,11 @@ async fn health_reports_a_killed_master_down_then_its_promoted_replica_as_primar
     let (master_addr, replica_addr) = (local.node_addr(master), local.node_addr(replica));
     // Connected (the health checks open connections to every node).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !client.health().node(&master_addr).is_some_and(|n| n.connected) {
+    while !client
+        .health()
+        .node(&master_addr)
+        .is_some_and(|n| n.connected)
+    {
         assert!(Instant::now() < deadline, "{:?}", client.health());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -144,7 +148,10 @@ async fn health_reports_a_killed_master_down_then_its_promoted_replica_as_primar
             );
             break;
         }
-        assert!(Instant::now() < deadline, "not promoted in time: {health:?}");
+        assert!(
+            Instant::now() < deadline,
+            "not promoted in time: {health:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

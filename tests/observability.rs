@@ -13,7 +13,7 @@ use std::time::Duration;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use redcluster::testkit::LocalCluster;
-use redcluster::{cmd, key_slot, ClusterClient, Value};
+use redcluster::{cmd, key_slot, ClusterClient, ScanOptions, Value};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -320,6 +320,103 @@ fn redirects_are_counted_by_kind() {
             ) >= 1
         );
         assert_no_label_contains(&metrics, &["obs-migrating", "secret"]);
+    });
+}
+
+#[test]
+fn scan_pages_watch_transactions_and_blocking_redirects_are_counted() {
+    use futures_util::StreamExt;
+
+    let recorder = recorder();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(recorder);
+    runtime().block_on(async {
+        let local = LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .start()
+            .await
+            .unwrap();
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        for i in 0..30 {
+            client.set(format!("obs-scan:{i}"), i).await.unwrap();
+        }
+        // A cluster-wide SCAN: every page is a request to a primary.
+        let mut scan = client.scan(ScanOptions::default().count(5));
+        let mut keys = 0;
+        while let Some(key) = scan.next().await {
+            key.unwrap();
+            keys += 1;
+        }
+        assert_eq!(keys, 30);
+
+        // WATCH, a read and EXEC on the watched connection.
+        let key = "{obs-watch}:secret-key";
+        let mut watched = client.watch([key]).await.unwrap();
+        let before: Option<String> = watched.query(cmd("GET").arg(key)).await.unwrap();
+        assert_eq!(before, None);
+        let committed = watched
+            .exec(vec![cmd("SET").arg(key).arg("secret-value")])
+            .await
+            .unwrap();
+        assert!(committed.is_some());
+        let watch_node = client.node_for_key(key.as_bytes()).unwrap();
+
+        // A blocking command whose slot moved behind the client's back: the dedicated
+        // connection's MOVED is counted like any other.
+        let list = "{obs-block}:list";
+        let slot = key_slot(list.as_bytes());
+        let from = local.master_of_slot(slot).await.unwrap();
+        let to = local
+            .masters()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|&m| m != from)
+            .unwrap();
+        local.move_slot(slot, to).await.unwrap();
+        let moved_before = client.stats().moved;
+        let reply: Value = client.query(cmd("BLPOP").arg(list).arg(0.1)).await.unwrap();
+        assert_eq!(reply, Value::Nil);
+        assert_eq!(client.stats().moved, moved_before + 1);
+
+        let metrics = collect(&snapshotter);
+        let total = "redis_commands_total";
+        for master in local.masters().await.unwrap() {
+            let node = local.node_addr(master);
+            assert!(
+                sum(
+                    &metrics,
+                    total,
+                    &[("command", "scan"), ("node", &node), ("status", "ok")]
+                ) >= 1,
+                "SCAN pages counted on {node}"
+            );
+        }
+        for command in ["watch", "get", "exec"] {
+            assert_eq!(
+                sum(
+                    &metrics,
+                    total,
+                    &[
+                        ("command", command),
+                        ("node", &watch_node),
+                        ("status", "ok")
+                    ]
+                ),
+                1,
+                "{command} on the watched connection"
+            );
+        }
+        assert_eq!(
+            sum(&metrics, total, &[("command", "blpop"), ("status", "ok")]),
+            1
+        );
+        assert_eq!(
+            sum(&metrics, "redis_redirects_total", &[("kind", "moved")]),
+            client.stats().moved
+        );
+        assert_no_label_contains(&metrics, &["obs-", "secret"]);
     });
 }
 

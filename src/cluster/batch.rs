@@ -22,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::observe::metrics::{self, InFlight, Status};
 use crate::policy::{classify, ErrorAction};
 use crate::resp::Value;
-use crate::slot::Redirect;
 
 /// One command of a pipeline, where it stands and how it may be retried.
 struct Entry {
@@ -164,8 +163,8 @@ impl Inner {
                             done(name, &result);
                             out.push((index, result));
                         }
-                        ErrorAction::Redirect(Redirect::Moved { slot, addr }) => {
-                            self.note_moved(slot, &node.addr, &addr);
+                        ErrorAction::Redirect(r) => {
+                            self.note_redirect(&r, &node.addr);
                             resend.push((index, command, slot, read_only, idempotent, name));
                         }
                         _ => resend.push((index, command, slot, read_only, idempotent, name)),
@@ -274,15 +273,5 @@ impl Inner {
             deadline,
         )
         .await
-    }
-
-    /// Records a MOVED seen outside the single-command path (counts it, patches the map).
-    fn note_moved(&self, slot: u16, from: &str, addr: &str) {
-        self.counters
-            .moved
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics::redirect(true);
-        tracing::debug!(slot, from = %from, to = %addr, "MOVED redirect");
-        self.patch_moved(slot, &self.remap(addr));
     }
 }

@@ -189,9 +189,7 @@ impl Inner {
                 Cmds::One(c) => c,
                 Cmds::Many(mut v) => v.pop().ok_or(Error::Protocol("lost command".into()))?,
             };
-            if let Redirect::Moved { slot, addr } = &r {
-                self.patch_moved(*slot, &self.remap(addr));
-            }
+            self.note_redirect(&r, &node.addr);
             redirect = Some(r);
         }
         Err(Error::TooManyRedirects {
@@ -233,10 +231,9 @@ impl Inner {
                     // ASK cannot apply: WATCH needs the keys' owner for the whole
                     // transaction. Wait for the migration by asking the new owner
                     // after MOVED, or report the state.
-                    ErrorAction::Redirect(Redirect::Moved { slot, addr }) => {
-                        let addr = self.remap(&addr);
-                        self.patch_moved(slot, &addr);
-                        target_addr = Some(addr);
+                    ErrorAction::Redirect(r @ Redirect::Moved { .. }) => {
+                        self.note_redirect(&r, &node.addr);
+                        target_addr = Some(self.remap(r.addr()));
                     }
                     _ => return Err(Error::Server(e.clone())),
                 },
@@ -379,9 +376,7 @@ impl Inner {
             };
             sent.pop(); // WAIT
             command = sent.pop().ok_or(Error::Protocol("lost command".into()))?;
-            if let Redirect::Moved { slot, addr } = &r {
-                self.patch_moved(*slot, &self.remap(addr));
-            }
+            self.note_redirect(&r, &node.addr);
             redirect = Some(r);
         }
         Err(Error::TooManyRedirects {

@@ -448,19 +448,7 @@ impl Inner {
                         });
                     }
                     span.record("redirects", redirects);
-                    match &r {
-                        Redirect::Moved { slot, addr } => {
-                            self.counters.moved.fetch_add(1, Ordering::Relaxed);
-                            metrics::redirect(true);
-                            tracing::debug!(slot, from = %node.addr, to = %addr, "MOVED redirect");
-                            self.patch_moved(*slot, &self.remap(addr));
-                        }
-                        Redirect::Ask { slot, addr } => {
-                            self.counters.ask.fetch_add(1, Ordering::Relaxed);
-                            metrics::redirect(false);
-                            tracing::debug!(slot, from = %node.addr, to = %addr, "ASK redirect");
-                        }
-                    }
+                    self.note_redirect(&r, &node.addr);
                     redirect = Some(r);
                 }
                 ErrorAction::ClusterDown => {
@@ -563,6 +551,24 @@ impl Inner {
         }
         if transition == Some(Transition::Opened) {
             self.signal.request(RefreshTrigger::ConnectionFailure);
+        }
+    }
+
+    /// Counts and traces a redirect on any path (single commands, pipelines, blocking,
+    /// durable and `WATCH` connections); a MOVED also repoints the slot at once.
+    pub(crate) fn note_redirect(&self, redirect: &Redirect, from: &str) {
+        match redirect {
+            Redirect::Moved { slot, addr } => {
+                self.counters.moved.fetch_add(1, Ordering::Relaxed);
+                metrics::redirect(true);
+                tracing::debug!(slot, from = %from, to = %addr, "MOVED redirect");
+                self.patch_moved(*slot, &self.remap(addr));
+            }
+            Redirect::Ask { slot, addr } => {
+                self.counters.ask.fetch_add(1, Ordering::Relaxed);
+                metrics::redirect(false);
+                tracing::debug!(slot, from = %from, to = %addr, "ASK redirect");
+            }
         }
     }
 
@@ -938,7 +944,6 @@ fn fold(combine: Combine, values: Vec<Value>) -> Result<Value> {
     }
     Ok(acc.unwrap_or(Value::Nil))
 }
-
 
 /// The error of a request's result when it counts against the node (see
 /// [`Error::is_node_failure`]).

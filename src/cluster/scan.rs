@@ -17,9 +17,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::cluster::execute::node_failure;
 use crate::cluster::{ClusterClient, Inner};
-use crate::cmd::{cmd, Cmd};
+use crate::cmd::{self, cmd, Cmd};
 use crate::error::{Error, Result};
+use crate::observe::metrics::{self, Status};
 use crate::resp::Value;
 use crate::slot::{key_slot, SLOT_COUNT};
 use crate::topology::RefreshTrigger;
@@ -192,9 +194,16 @@ async fn scan_node(
     loop {
         let deadline = Instant::now() + inner.config.response_timeout;
         let conn = node.connection(deadline).await?;
-        let reply = conn
+        // Each page is a request like any other: counted in the metrics and the breaker.
+        let started = std::time::Instant::now();
+        let page = conn
             .send_timeout(scan_cmd(&cursor, options), inner.config.response_timeout)
-            .await?;
+            .await;
+        inner.record(&node, node_failure(&page));
+        let label = metrics::command_label(cmd::lookup_name(b"scan"));
+        node.metrics
+            .command(label, Status::of(page.as_ref()), started.elapsed());
+        let reply = page?;
         let (next, keys) = match reply {
             Value::Array(mut parts) if parts.len() == 2 => {
                 let keys = parts.pop().unwrap_or(Value::Nil);
