@@ -27,6 +27,9 @@ use crate::conn::{handshake, tls};
 use crate::error::{Error, Result};
 use crate::resp::{Decoder, Value};
 
+/// How long the writer tries to shut its half down cleanly before dropping the socket.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most requests the writer takes from the queue for one write.
 const WRITE_BATCH: usize = 512;
 /// Read buffer growth step: room made before each read.
@@ -594,10 +597,18 @@ async fn write_loop<W>(
         }
         // `flush` is free on TCP; TLS may still hold encrypted records after `write_all`
         // accepted every byte (the socket was full), which only a flush sends.
-        if let Err(e) = write.write_all(&wbuf).await {
-            break Error::io(e, true);
-        }
-        if let Err(e) = write.flush().await {
+        let closed = shared.close.notified();
+        let sent = async {
+            write.write_all(&wbuf).await?;
+            write.flush().await
+        };
+        // A server that stopped reading (frozen, or flooded) blocks the write: closing
+        // the connection must still end this task and release the socket.
+        let sent = tokio::select! {
+            sent = sent => sent,
+            () = closed => break Error::ConnectionLost { may_have_executed: true },
+        };
+        if let Err(e) = sent {
             break Error::io(e, true);
         }
         wbuf.clear();
@@ -613,7 +624,8 @@ async fn write_loop<W>(
     while let Ok(request) = rx.try_recv() {
         fail_unsent(std::iter::once((request.reply, request.cmds)));
     }
-    let _ = write.shutdown().await;
+    // TLS sends close_notify here, which a server that stopped reading never takes.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, write.shutdown()).await;
 }
 
 fn fail_unsent(requests: impl Iterator<Item = (oneshot::Sender<Answer>, Cmds)>) {
@@ -643,7 +655,11 @@ where
                 }
                 Ok(Some(value)) => replies.push(value),
                 Ok(None) => break,
-                Err(e) => break 'outer e,
+                Err(e) => {
+                    // Replies decoded before the bad bytes are still their requests'.
+                    let _ = deliver(&shared, &mut replies);
+                    break 'outer e;
+                }
             }
         }
         if !replies.is_empty() {
@@ -711,4 +727,97 @@ fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
         });
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmd::cmd;
+
+    fn shared(max_in_flight: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            in_flight: Mutex::new(VecDeque::new()),
+            closed: AtomicBool::new(false),
+            close: Notify::new(),
+            room: Notify::new(),
+            max_in_flight,
+        })
+    }
+
+    fn in_flight(shared: &Shared) -> oneshot::Receiver<Answer> {
+        let (reply, answer) = oneshot::channel();
+        shared.in_flight().push_back(InFlight {
+            cmds: Cmds::One(cmd("GET").arg("k")),
+            reply,
+            replies: Replies::new(),
+            expected: 1,
+        });
+        answer
+    }
+
+    #[tokio::test]
+    async fn replies_decoded_before_garbage_still_reach_their_requests() {
+        let shared = shared(16);
+        let first = in_flight(&shared);
+        let second = in_flight(&shared);
+        let (client, mut server) = tokio::io::duplex(1024);
+        server.write_all(b"$1\r\na\r\n@garbage\r\n").await.unwrap();
+        let reader = tokio::spawn(read_loop(
+            client,
+            BytesMut::new(),
+            Decoder::new(),
+            Arc::clone(&shared),
+        ));
+        let first = first.await.unwrap().result.unwrap();
+        assert_eq!(first[0], Value::Bulk(bytes::Bytes::from_static(b"a")));
+        let err = second.await.unwrap().result.unwrap_err();
+        assert!(err.may_have_executed(), "{err:?}");
+        reader.await.unwrap();
+        assert!(shared.is_closed());
+    }
+
+    #[tokio::test]
+    async fn closing_ends_a_writer_blocked_on_a_server_that_stopped_reading() {
+        let shared = shared(16);
+        // The server end is kept but never read: once its 4 KiB buffer is full, every
+        // write blocks.
+        let (client, _server) = tokio::io::duplex(4096);
+        let (tx, rx) = mpsc::channel(16);
+        let writer = tokio::spawn(write_loop(
+            client,
+            rx,
+            Arc::clone(&shared),
+            CommandRenames::default(),
+        ));
+        let (reply, answer) = oneshot::channel();
+        let big = cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]);
+        tx.send(Request {
+            cmds: Cmds::One(big),
+            reply,
+            deadline: None,
+        })
+        .await
+        .unwrap();
+        // The request is recorded as in flight just before its bytes go out.
+        let recorded = async {
+            while shared.in_flight().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), recorded)
+            .await
+            .expect("the writer took the request");
+        shared.close(&Error::ConnectionLost {
+            may_have_executed: true,
+        });
+        let err = answer.await.unwrap().result.unwrap_err();
+        assert!(err.may_have_executed(), "{err:?}");
+        // The writer ends although the server still has not read a byte (`tx` is alive,
+        // so nothing else would end it).
+        tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("the writer ended after close")
+            .unwrap();
+        drop(tx);
+    }
 }
