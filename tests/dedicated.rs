@@ -201,3 +201,69 @@ async fn several_multiplexed_connections_per_node_share_the_load() {
         assert_eq!(client.get::<_, i64>(format!("m:{i}")).await.unwrap(), i);
     }
 }
+
+/// `blocked_clients` of the node serving `key`, from `INFO clients`.
+async fn blocked_clients(local: &LocalCluster, client: &ClusterClient, key: &str) -> u64 {
+    let addr = client.node_for_key(key.as_bytes()).unwrap();
+    let index = local
+        .nodes()
+        .into_iter()
+        .find(|n| n.addr() == addr)
+        .unwrap()
+        .index;
+    let node = local.connect_node(index).await.unwrap();
+    let info = match node.send(cmd("INFO").arg("clients")).await.unwrap() {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_dedicated_connection_costs_the_request_timeout_not_its_block_time() {
+    let local = cluster().await;
+    let timeout = Duration::from_millis(300);
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_connections(1)
+        .response_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    // The only dedicated connection blocks for up to 10 s.
+    let holder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg("{q}:held").arg(10))
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&local, &client, "{q}:held").await == 0 {
+        assert!(Instant::now() < deadline, "the BLPOP never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second blocking command cannot get a connection: it fails after the request
+    // timeout, unsent, instead of waiting out its own 10 s block time.
+    let started = Instant::now();
+    let err = client
+        .query::<Value>(cmd("BLPOP").arg("{q}:other").arg(10))
+        .await
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(err, redcluster::Error::Timeout), "{err:?}");
+    assert!(
+        waited >= timeout && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // Never sent: had it been, the server would block a second client for 10 s.
+    assert_eq!(blocked_clients(&local, &client, "{q}:other").await, 1);
+    // The holder is still served.
+    client.rpush("{q}:held", ["job"]).await.unwrap();
+    let got = holder.await.unwrap().unwrap();
+    assert_eq!(got, Some(("{q}:held".to_owned(), "job".to_owned())));
+}

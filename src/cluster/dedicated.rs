@@ -153,11 +153,15 @@ impl Inner {
         })
     }
 
-    /// Sends a blocking command on a dedicated connection, following redirects.
+    /// Sends a blocking command on a dedicated connection, following redirects. Getting
+    /// a connection must finish by `lease_deadline` (the request's own timeout: a full
+    /// pool is not a reason to wait as long as the command may block); the reply may
+    /// take until `deadline` (that timeout plus the time the command blocks).
     pub(crate) async fn send_blocking(
         &self,
         mut command: Cmd,
         target: Target,
+        lease_deadline: Instant,
         deadline: Instant,
     ) -> Result<Value> {
         let mut redirect: Option<Redirect> = None;
@@ -166,7 +170,7 @@ impl Inner {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
                 None => self.pick(&target, false)?,
             };
-            let mut lease = self.lease(&node, deadline).await?;
+            let mut lease = self.lease(&node, lease_deadline).await?;
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let payload = Payload::One(command);
             let answer = lease.dispatch(payload.into_cmds(asking), deadline).await;
@@ -299,6 +303,19 @@ mod tests {
 /// counts the writes of its own connection), and reports how many replicas acknowledged.
 /// It narrows the window, it does not close it: a failover can still promote a replica
 /// that had not received the write, if fewer replicas acknowledged than exist.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use std::time::Duration;
+/// use redcluster::{cmd, Durability, Error};
+/// let wait = Durability::new(1, Duration::from_millis(100));
+/// match client.query_durable::<()>(cmd("SET").arg("order:{7}").arg("paid"), wait).await {
+///     Ok(((), replicas)) => println!("on the primary and {replicas} replica(s)"),
+///     Err(Error::NotReplicated { .. }) => println!("on the primary only, so far"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Durability {
@@ -310,6 +327,12 @@ pub struct Durability {
 
 impl Durability {
     /// `replicas` acknowledgements within `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let durability = redcluster::Durability::new(2, Duration::from_millis(50));
+    /// assert_eq!(durability.replicas, 2);
+    /// ```
     pub fn new(replicas: u32, timeout: Duration) -> Self {
         Durability { replicas, timeout }
     }

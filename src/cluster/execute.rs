@@ -56,6 +56,7 @@ impl Inner {
         let plan = plan::plan(&command, info)?;
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
+            let lease_deadline = deadline;
             let deadline = match super::dedicated::block_time(&command) {
                 // A huge timeout (`BLPOP k 1e19`) must not overflow the clock.
                 Some(extra) => deadline
@@ -71,7 +72,7 @@ impl Inner {
                 slot,
                 read_only: false,
             });
-            let blocking = self.send_blocking(command, target, deadline);
+            let blocking = self.send_blocking(command, target, lease_deadline, deadline);
             return self.observed(name, slot, |v| v, blocking).await;
         }
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
