@@ -442,48 +442,8 @@ async fn manual_failover_under_traffic_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_announced_by_unresolvable_names_are_reached_through_the_remap() {
     let local = cluster(3, 0).await;
-    let mut remap = HashMap::new();
-    for i in 0..3 {
-        let node = local.connect_node(i).await.unwrap();
-        let name = format!("redis-cluster-{i}.invalid");
-        let reply = node
-            .send(
-                cmd("CONFIG")
-                    .arg("SET")
-                    .arg("cluster-announce-hostname")
-                    .arg(name.as_str()),
-            )
-            .await
-            .unwrap();
-        assert_eq!(reply, Value::Simple("OK".into()));
-        let reply = node
-            .send(
-                cmd("CONFIG")
-                    .arg("SET")
-                    .arg("cluster-preferred-endpoint-type")
-                    .arg("hostname"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(reply, Value::Simple("OK".into()));
-        let port = local.node_addr(i).rsplit_once(':').unwrap().1.to_string();
-        remap.insert(format!("{name}:{port}"), local.node_addr(i));
-    }
-    // Hostnames spread by gossip; wait until node 0 reports all of them.
-    let node = local.connect_node(0).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let shards = node.send(cmd("CLUSTER").arg("SHARDS")).await.unwrap();
-        let text = format!("{shards:?}");
-        if (0..3).all(|i| text.contains(&format!("redis-cluster-{i}.invalid"))) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "hostnames never spread: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let remap =
+        support::announce_hostnames(&local, 3, |i| format!("redis-cluster-{i}.invalid")).await;
     let client = ClusterClient::builder()
         .nodes([local.node_addr(0)])
         .address_remap(AddressRemap::from_map(remap))
@@ -678,9 +638,15 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
     assert!(total > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
-    let local = cluster(3, 0).await;
+/// A client, and the slot of `{ta}` half migrated: 5 of its 10 keys on each node, so
+/// the source answers multi-key commands with TRYAGAIN until the migration ends.
+async fn split_slot(
+    local: &LocalCluster,
+) -> (
+    ClusterClient,
+    Vec<String>,
+    redcluster::testkit::SlotMigration,
+) {
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_secs(10))
@@ -703,6 +669,25 @@ async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
         .unwrap();
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
     assert_eq!(local.migrate_keys_batch(&migration, 5).await.unwrap(), 5);
+    (client, keys, migration)
+}
+
+/// Waits until `client` retried something since `before`.
+async fn wait_for_a_retry(client: &ClusterClient, before: redcluster::ClientStats) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while client.stats().retries == before.retries {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no TRYAGAIN was retried"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
+    let local = cluster(3, 0).await;
+    let (client, keys, migration) = split_slot(&local).await;
     // Half the keys are on each node: the server answers TRYAGAIN until the move ends.
     let before = client.stats();
     let mget = {
@@ -714,14 +699,7 @@ async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
                 .await
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while client.stats().retries == before.retries {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no TRYAGAIN was retried"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_retry(&client, before).await;
     assert!(
         !mget.is_finished(),
         "still retrying while the slot is split"
@@ -730,4 +708,34 @@ async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
     let values = mget.await.unwrap().unwrap();
     let expected: Vec<Option<String>> = keys.iter().map(|k| Some(k.clone())).collect();
     assert_eq!(values, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_ride_out_tryagain_during_a_migration() {
+    let local = cluster(3, 0).await;
+    let (client, keys, migration) = split_slot(&local).await;
+    let before = client.stats();
+    let write = {
+        let client = client.clone();
+        let keys = keys.clone();
+        tokio::spawn(async move {
+            let mset = cmd("MSET").args(keys.iter().flat_map(|k| [k.as_str(), "new"]));
+            // No replicas here: WAIT 0 answers at once, the retry path is what is tested.
+            let wait = redcluster::Durability::new(0, Duration::from_millis(10));
+            client.query_durable::<()>(mset, wait).await
+        })
+    };
+    wait_for_a_retry(&client, before).await;
+    assert!(
+        !write.is_finished(),
+        "still retrying while the slot is split"
+    );
+    local.finish_slot_migration(migration).await.unwrap();
+    let ((), acked) = write.await.unwrap().unwrap();
+    assert_eq!(acked, 0);
+    let values: Vec<Option<String>> = client.mget(keys.iter().map(String::as_str)).await.unwrap();
+    assert!(
+        values.iter().all(|v| v.as_deref() == Some("new")),
+        "{values:?}"
+    );
 }

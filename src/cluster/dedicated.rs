@@ -14,16 +14,17 @@ use deadpool::managed::{Object, PoolError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::cluster::execute::{Payload, Target};
+use crate::cluster::execute::{node_failure, Payload, Target};
 use crate::cluster::node::Node;
 use crate::cluster::Inner;
 use crate::cmd::{cmd, Cmd};
 use crate::conn::{Answer, Cmds};
 use crate::error::{Error, Result};
-use crate::policy::{classify, ErrorAction};
+use crate::policy::{classify, Backoff, ErrorAction};
 use crate::pool::Dedicated;
 use crate::resp::Value;
 use crate::slot::Redirect;
+use crate::topology::RefreshTrigger;
 
 /// A dedicated connection checked out for one caller, and its share of
 /// `max_connections`.
@@ -348,12 +349,21 @@ impl Inner {
         durability: Durability,
         deadline: Instant,
     ) -> Result<(Value, u32)> {
+        // The pool wait and the retries fit in the request's timeout; the reply may also
+        // take the time WAIT is allowed.
+        let lease_deadline = deadline;
         let deadline = deadline + durability.timeout;
         let wait_ms = u64::try_from(durability.timeout.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
+        let backoff = Backoff {
+            base: self.config.retry_base,
+            max: self.config.retry_max,
+        };
+        let mut retries = 0u32;
         let mut redirect: Option<Redirect> = None;
-        for _ in 0..=self.config.max_redirects {
+        let mut redirects = 0u32;
+        while redirects <= self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
                 None => self.pick(
@@ -364,7 +374,16 @@ impl Inner {
                     true,
                 )?,
             };
-            let mut lease = self.lease(&node, deadline).await?;
+            if !self.admit(&node) {
+                let open = Error::CircuitOpen {
+                    node: node.addr.to_string(),
+                };
+                redirect = None;
+                self.wait_retry(&backoff, &mut retries, lease_deadline, open)
+                    .await?;
+                continue;
+            }
+            let mut lease = self.lease(&node, lease_deadline).await?;
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let mut cmds = Vec::with_capacity(3);
             if asking {
@@ -373,11 +392,30 @@ impl Inner {
             cmds.push(command);
             cmds.push(cmd("WAIT").arg(durability.replicas).arg(wait_ms));
             let answer = lease.dispatch(Cmds::Many(cmds), deadline).await;
+            self.record(&node, node_failure(&answer.result));
+            // The write, back from the connection for a resend (before WAIT, after ASKING).
+            let recover = |cmds: Cmds| match cmds {
+                Cmds::Many(mut v) if v.len() >= 2 => {
+                    v.pop();
+                    v.pop()
+                }
+                _ => None,
+            };
             let mut replies = match answer.result {
                 Ok(replies) => replies.into_vec(),
                 Err(e) => {
                     lease.discard();
-                    return Err(e);
+                    // Only a write that surely did not run is sent again.
+                    let unsent = recover(answer.cmds).filter(|_| !e.may_have_executed());
+                    let Some(unsent) = unsent.filter(|_| e.is_node_failure()) else {
+                        return Err(e);
+                    };
+                    command = unsent;
+                    self.signal.request(RefreshTrigger::ConnectionFailure);
+                    redirect = None;
+                    self.wait_retry(&backoff, &mut retries, lease_deadline, e)
+                        .await?;
+                    continue;
                 }
             };
             let acked = replies.pop().unwrap_or(Value::Nil);
@@ -386,21 +424,44 @@ impl Inner {
                 Value::ServerError(e) => classify(e, &node.addr),
                 _ => ErrorAction::Reply,
             };
-            let ErrorAction::Redirect(r) = action else {
-                let acked = match acked {
-                    Value::Int(n) => u32::try_from(n).unwrap_or(0),
-                    _ => 0,
-                };
+            let acked = match acked {
+                Value::Int(n) => u32::try_from(n).unwrap_or(0),
+                _ => 0,
+            };
+            let Some(returned) = recover(answer.cmds) else {
                 return Ok((reply, acked));
             };
-            let mut sent = match answer.cmds {
-                Cmds::Many(v) => v,
-                Cmds::One(c) => vec![c],
-            };
-            sent.pop(); // WAIT
-            command = sent.pop().ok_or(Error::Protocol("lost command".into()))?;
-            self.note_redirect(&r, &node.addr);
-            redirect = Some(r);
+            command = returned;
+            match action {
+                ErrorAction::Reply => return Ok((reply, acked)),
+                ErrorAction::Redirect(r) => {
+                    redirects += 1;
+                    self.note_redirect(&r, &node.addr);
+                    redirect = Some(r);
+                }
+                // TRYAGAIN, CLUSTERDOWN, LOADING, ...: the write did not run; resend it
+                // after a backoff while the deadline and the retry budget allow.
+                ErrorAction::ClusterDown | ErrorAction::BackOff => {
+                    if matches!(action, ErrorAction::ClusterDown) {
+                        self.signal.request(RefreshTrigger::ClusterDown);
+                        if !self.config.retry_on_cluster_down {
+                            return Ok((reply, acked));
+                        }
+                    }
+                    redirect = None;
+                    let Value::ServerError(e) = &reply else {
+                        return Ok((reply, acked));
+                    };
+                    let error = Error::Server(e.clone());
+                    if self
+                        .wait_retry(&backoff, &mut retries, lease_deadline, error)
+                        .await
+                        .is_err()
+                    {
+                        return Ok((reply, acked));
+                    }
+                }
+            }
         }
         Err(Error::TooManyRedirects {
             redirects: self.config.max_redirects,

@@ -494,7 +494,7 @@ impl Inner {
 
     /// Sleeps before the next retry, or gives up with `error` when retries or time ran
     /// out.
-    async fn wait_retry(
+    pub(crate) async fn wait_retry(
         &self,
         backoff: &Backoff,
         retries: &mut u32,
@@ -541,10 +541,9 @@ impl Inner {
         allowed
     }
 
-    /// Reports a request's outcome to the node's breaker; an opening breaker asks for a
-    /// topology refresh (the node may have failed over).
     /// Feeds a request's outcome to the node's breaker: `failure` is the error when the
-    /// node failed it (see [`Error::is_node_failure`]), `None` when it answered.
+    /// node failed it (see [`Error::is_node_failure`]), `None` when it answered. An
+    /// opening breaker asks for a topology refresh (the node may have failed over).
     pub(crate) fn record(&self, node: &Node, failure: Option<&Error>) {
         let transition = node.record(failure);
         if transition.is_some() {

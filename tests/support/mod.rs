@@ -13,3 +13,46 @@ pub fn key_in_slot(slot: u16, n: usize) -> String {
         .find(|k| redcluster::key_slot(k.as_bytes()) == slot)
         .expect("some tag hashes to every slot")
 }
+
+/// Makes every node of `local` announce itself as `name(index)` (a host name, as in
+/// `docker/` where nodes announce `redis-cluster-N:6379`) and waits until node 0 reports
+/// all of them. Returns the `announced -> reachable` address map for an `AddressRemap`.
+pub async fn announce_hostnames(
+    local: &redcluster::testkit::LocalCluster,
+    nodes: usize,
+    name: impl Fn(usize) -> String,
+) -> std::collections::HashMap<String, String> {
+    use redcluster::{cmd, Value};
+    let mut remap = std::collections::HashMap::new();
+    for i in 0..nodes {
+        let node = local.connect_node(i).await.unwrap();
+        for (param, value) in [
+            ("cluster-announce-hostname", name(i)),
+            ("cluster-preferred-endpoint-type", "hostname".to_owned()),
+        ] {
+            let reply = node
+                .send(cmd("CONFIG").arg("SET").arg(param).arg(value.as_str()))
+                .await
+                .unwrap();
+            assert_eq!(reply, Value::Simple("OK".into()), "CONFIG SET {param}");
+        }
+        let port = local.node_addr(i).rsplit_once(':').unwrap().1.to_string();
+        remap.insert(format!("{}:{port}", name(i)), local.node_addr(i));
+    }
+    // Host names spread by gossip; wait until node 0 reports all of them.
+    let node = local.connect_node(0).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let shards = node.send(cmd("CLUSTER").arg("SHARDS")).await.unwrap();
+        let text = format!("{shards:?}");
+        if (0..nodes).all(|i| text.contains(&name(i))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "host names never spread: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    remap
+}
