@@ -14,12 +14,34 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 /// `Result` with [`Error`] as the error type.
+///
+/// ```
+/// use redcluster::{Error, Result};
+/// fn parse_port(text: &str) -> Result<u16> {
+///     text.parse().map_err(|_| Error::Config("port is not a number".into()))
+/// }
+/// assert_eq!(parse_port("7000").ok(), Some(7000));
+/// assert!(parse_port("x").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong talking to a Redis Cluster.
 ///
 /// `Error` is `Clone` so that one failure (a dropped connection) can be handed to every
 /// request that was waiting on it.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use redcluster::{cmd, Error};
+/// match client.query::<i64>(cmd("INCR").arg("visits")).await {
+///     Ok(n) => println!("visit {n}"),
+///     Err(Error::Server(e)) if e.code() == "WRONGTYPE" => println!("not a counter"),
+///     Err(Error::CrossSlot { slots }) => println!("keys span slots {slots:?}"),
+///     Err(e) if e.may_have_executed() => println!("may or may not have counted: {e}"),
+///     Err(e) => return Err(e),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -116,6 +138,14 @@ impl Error {
     /// and for cluster states that clear up by themselves (`TRYAGAIN`, `CLUSTERDOWN`,
     /// `LOADING`, `MASTERDOWN`). Requests whose outcome is unknown are not retryable
     /// unless the command is idempotent, which the caller (or the cluster layer) decides.
+    ///
+    /// ```
+    /// use redcluster::{Error, ServerError};
+    /// let tryagain = ServerError::new("TRYAGAIN Multiple keys request during rehashing of slot");
+    /// assert!(Error::Server(tryagain).is_retryable());
+    /// assert!(Error::ConnectionLost { may_have_executed: false }.is_retryable());
+    /// assert!(!Error::Timeout.is_retryable()); // it may have run
+    /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Server(e) => matches!(
@@ -147,6 +177,13 @@ impl Error {
     /// When this is `true`, sending a non-idempotent request again (INCR, LPUSH, ...)
     /// could apply it twice. Server error replies count as "executed": the server saw the
     /// request (an error reply means it did not change data, except inside scripts).
+    ///
+    /// ```
+    /// use redcluster::Error;
+    /// assert!(Error::Timeout.may_have_executed());
+    /// assert!(!Error::ConnectionLost { may_have_executed: false }.may_have_executed());
+    /// assert!(!Error::CrossSlot { slots: vec![1, 2] }.may_have_executed()); // never sent
+    /// ```
     pub fn may_have_executed(&self) -> bool {
         match self {
             Error::Io {
@@ -165,6 +202,13 @@ impl Error {
     }
 
     /// The error code of a server error reply (`"WRONGTYPE"`, `"NOPERM"`, `"MOVED"`, ...).
+    ///
+    /// ```
+    /// use redcluster::{Error, ServerError};
+    /// let reply = ServerError::new("NOPERM User app has no permissions to run the 'del' command");
+    /// assert_eq!(Error::Server(reply).server_code(), Some("NOPERM"));
+    /// assert_eq!(Error::Timeout.server_code(), None);
+    /// ```
     pub fn server_code(&self) -> Option<&str> {
         match self {
             Error::Server(e) => Some(e.code()),
@@ -190,6 +234,13 @@ impl From<ServerError> for Error {
 /// An error reply from the server: `-CODE message` or a RESP3 blob error.
 ///
 /// The code is the first word of the reply (`ERR`, `WRONGTYPE`, `MOVED`, ...).
+///
+/// ```
+/// use redcluster::ServerError;
+/// let e = ServerError::new("MOVED 3999 127.0.0.1:6381");
+/// assert_eq!(e.code(), "MOVED");
+/// assert_eq!(e.message(), "3999 127.0.0.1:6381");
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ServerError {
     /// The whole reply line, without the leading `-` and trailing CRLF.
@@ -198,11 +249,21 @@ pub struct ServerError {
 
 impl ServerError {
     /// Wraps a raw error reply (without the leading `-`).
+    ///
+    /// ```
+    /// let e = redcluster::ServerError::new("ERR unknown command 'FOO'");
+    /// assert_eq!(e.to_string(), "ERR unknown command 'FOO'");
+    /// ```
     pub fn new(text: impl Into<Bytes>) -> Self {
         ServerError { text: text.into() }
     }
 
     /// The first word of the reply: `"ERR"`, `"WRONGTYPE"`, `"MOVED"`, ...
+    ///
+    /// ```
+    /// let text = "WRONGTYPE Operation against a key holding the wrong kind of value";
+    /// assert_eq!(redcluster::ServerError::new(text).code(), "WRONGTYPE");
+    /// ```
     pub fn code(&self) -> &str {
         let end = self
             .text
@@ -213,6 +274,11 @@ impl ServerError {
     }
 
     /// What follows the code, e.g. `"3999 127.0.0.1:6381"` for a MOVED reply.
+    ///
+    /// ```
+    /// let e = redcluster::ServerError::new("ASK 3999 127.0.0.1:6381");
+    /// assert_eq!(e.message(), "3999 127.0.0.1:6381");
+    /// ```
     pub fn message(&self) -> &str {
         let text = std::str::from_utf8(&self.text).unwrap_or("");
         match text.find(' ') {
@@ -222,6 +288,11 @@ impl ServerError {
     }
 
     /// The whole reply as bytes, code included.
+    ///
+    /// ```
+    /// let e = redcluster::ServerError::new("ERR syntax error");
+    /// assert_eq!(e.as_bytes(), b"ERR syntax error");
+    /// ```
     pub fn as_bytes(&self) -> &[u8] {
         &self.text
     }

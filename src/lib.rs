@@ -71,8 +71,11 @@
 //! - Retries draw on a budget shared by the client ([`RetryBudgetConfig`]), so a failing
 //!   cluster does not get a retry storm.
 //! - A node whose connection keeps failing gets a circuit breaker
-//!   ([`CircuitBreakerConfig`]): its requests fail fast with [`Error::CircuitOpen`] (and
-//!   are retried elsewhere once the topology changes), while other nodes are unaffected.
+//!   ([`CircuitBreakerConfig`]): its requests fail fast with [`Error::CircuitOpen`],
+//!   unsent, while other nodes are unaffected. Replica reads fall back to the primary
+//!   instead, and a request whose slot the refreshed topology (asked for when the breaker
+//!   opened) already gives to another node goes there. While open, one request at a time
+//!   probes the node, every `open_for`, or once the previous probe's timeout has passed.
 //!
 //! The topology is refreshed on `MOVED`, on connection failures, on `CLUSTERDOWN`, and
 //! every `refresh_interval` (30 s); refreshes are single-flight and at most one per
@@ -92,7 +95,8 @@
 //! attempt, redirects, status, duration), events for redirects, topology changes,
 //! failovers, breaker transitions and reconnects. `examples/metrics_prometheus.rs` and
 //! `examples/structured_logging.rs` show both. [`ClusterClient::health`] is the same
-//! information as a snapshot.
+//! information as a snapshot. [`ClusterClient::doctor`] checks the cluster itself
+//! against the seed's production checklist ([`DoctorReport`]; `examples/doctor.rs`).
 //!
 //! # Cancel safety
 //!
@@ -135,7 +139,7 @@ pub use conn::{
     TlsConfig,
 };
 pub use error::{Error, Result, ServerError};
-pub use observe::{ClusterHealth, NodeHealth, NodeRole};
+pub use observe::{Check, CheckStatus, ClusterHealth, DoctorReport, NodeHealth, NodeRole};
 pub use pipeline::{Pipeline, Transaction, Watched};
 pub use policy::{BreakerState, CircuitBreakerConfig, RetryBudgetConfig};
 pub use pubsub::{

@@ -50,17 +50,43 @@ impl Pipeline {
     }
 
     /// Adds a command.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// use redcluster::cmd;
+    /// p.add(cmd("PFADD").arg("visitors:{2024-06-01}").arg("ada"));
+    /// p.add(cmd("XADD").arg("events:{eu}").arg("*").arg("kind").arg("login"));
+    /// # Ok(()) }
+    /// ```
     pub fn add(&mut self, cmd: Cmd) -> &mut Self {
         self.cmds.push(cmd);
         self
     }
 
     /// How many commands were added.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.get("a").get("b");
+    /// assert_eq!(p.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.cmds.len()
     }
 
     /// Whether no command was added.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// assert!(p.is_empty());
+    /// p.get("a");
+    /// assert!(!p.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.cmds.is_empty()
     }
@@ -75,6 +101,21 @@ impl Pipeline {
     /// [`Error::Pipeline`] naming the first failed command (by position) and why: an
     /// error reply (`source` is [`Error::Server`]) or a transport error. The others may
     /// have run; [`Pipeline::execute_each`] returns every outcome.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// use redcluster::Error;
+    /// p.set("user:{42}:name", "Ada").incr("visits:{home}", 1).get("user:{7}:name");
+    /// match p.execute().await {
+    ///     Ok(replies) => println!("{replies:?}"), // one per command, in order
+    ///     Err(Error::Pipeline { index, source }) => println!("command {index} failed: {source}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn execute(self) -> Result<Vec<Value>> {
         let mut replies = Vec::with_capacity(self.cmds.len());
         for (index, result) in self.execute_each().await.into_iter().enumerate() {
@@ -93,6 +134,20 @@ impl Pipeline {
 
     /// Sends every command and returns one result per command, in order: the reply, or
     /// the error (an error reply becomes [`Error::Server`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// use redcluster::cmd;
+    /// p.get("user:{42}:name").add(cmd("LPOP").arg("user:{42}:name")); // fails: WRONGTYPE
+    /// for (i, result) in p.execute_each().await.into_iter().enumerate() {
+    ///     match result {
+    ///         Ok(reply) => println!("{i}: {reply:?}"),
+    ///         Err(e) => println!("{i} failed: {e}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn execute_each(self) -> Vec<Result<Value>> {
         let deadline = Instant::now() + self.client.inner.config.response_timeout;
         self.client
@@ -108,52 +163,123 @@ impl Pipeline {
     }
 
     /// Adds `GET key`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.get("user:{42}:name").get("user:{7}:name"); // any slots
+    /// # Ok(()) }
+    /// ```
     pub fn get<K: ToArg>(&mut self, key: K) -> &mut Self {
         self.add(cmd("GET").arg(key))
     }
 
     /// Adds `SET key value`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.set("user:{42}:name", "Ada").set("user:{7}:name", "Grace");
+    /// # Ok(()) }
+    /// ```
     pub fn set<K: ToArg, V: ToArg>(&mut self, key: K, value: V) -> &mut Self {
         self.add(cmd("SET").arg(key).arg(value))
     }
 
     /// Adds `DEL key`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.del("session:{42}").del("session:{7}");
+    /// # Ok(()) }
+    /// ```
     pub fn del<K: ToArg>(&mut self, key: K) -> &mut Self {
         self.add(cmd("DEL").arg(key))
     }
 
     /// Adds `INCRBY key delta`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.incr("visits:{home}", 1).incr("visits:{about}", 1);
+    /// # Ok(()) }
+    /// ```
     pub fn incr<K: ToArg>(&mut self, key: K, delta: i64) -> &mut Self {
         self.add(cmd("INCRBY").arg(key).arg(delta))
     }
 
     /// Adds `PEXPIRE key ttl`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// use std::time::Duration;
+    /// p.expire("session:{42}", Duration::from_secs(600));
+    /// # Ok(()) }
+    /// ```
     pub fn expire<K: ToArg>(&mut self, key: K, ttl: std::time::Duration) -> &mut Self {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self.add(cmd("PEXPIRE").arg(key).arg(ms))
     }
 
     /// Adds `HSET key field value`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.hset("user:{42}", "name", "Ada").hset("user:{42}", "lang", "en");
+    /// # Ok(()) }
+    /// ```
     pub fn hset<K: ToArg, F: ToArg, V: ToArg>(&mut self, key: K, field: F, value: V) -> &mut Self {
         self.add(cmd("HSET").arg(key).arg(field).arg(value))
     }
 
     /// Adds `HGET key field`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.hget("user:{42}", "name").hget("user:{7}", "name");
+    /// # Ok(()) }
+    /// ```
     pub fn hget<K: ToArg, F: ToArg>(&mut self, key: K, field: F) -> &mut Self {
         self.add(cmd("HGET").arg(key).arg(field))
     }
 
     /// Adds `RPUSH key value`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.rpush("jobs:{eu}", "job-1").rpush("jobs:{us}", "job-2");
+    /// # Ok(()) }
+    /// ```
     pub fn rpush<K: ToArg, V: ToArg>(&mut self, key: K, value: V) -> &mut Self {
         self.add(cmd("RPUSH").arg(key).arg(value))
     }
 
     /// Adds `SADD key member`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.sadd("tags:{post:7}", "rust").sadd("tags:{post:8}", "redis");
+    /// # Ok(()) }
+    /// ```
     pub fn sadd<K: ToArg, M: ToArg>(&mut self, key: K, member: M) -> &mut Self {
         self.add(cmd("SADD").arg(key).arg(member))
     }
 
     /// Adds `ZADD key score member`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.zadd("leaderboard", 4200.0, "ada").zadd("leaderboard", 3100.0, "grace");
+    /// # Ok(()) }
+    /// ```
     pub fn zadd<K: ToArg, M: ToArg>(&mut self, key: K, score: f64, member: M) -> &mut Self {
         self.add(cmd("ZADD").arg(key).arg(score).arg(member))
     }
@@ -185,17 +311,41 @@ impl Transaction {
     }
 
     /// Adds a command.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut tx = client.transaction();
+    /// use redcluster::cmd;
+    /// tx.add(cmd("DECRBY").arg("{acct:7}:balance").arg(10))
+    ///     .add(cmd("RPUSH").arg("{acct:7}:history").arg("-10"));
+    /// # Ok(()) }
+    /// ```
     pub fn add(&mut self, cmd: Cmd) -> &mut Self {
         self.cmds.push(cmd);
         self
     }
 
     /// How many commands were added.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut tx = client.transaction();
+    /// tx.add(redcluster::cmd("INCR").arg("{user:42}:visits"));
+    /// assert_eq!(tx.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.cmds.len()
     }
 
     /// Whether no command was added.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut tx = client.transaction();
+    /// assert!(tx.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.cmds.is_empty()
     }
@@ -210,6 +360,19 @@ impl Transaction {
     /// reply of a command the server refused to queue (wrong arity, unknown command:
     /// then nothing ran); transport errors as for any request (a transaction is never
     /// resent once it may have reached the server).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut tx = client.transaction();
+    /// use redcluster::cmd;
+    /// // One hash tag, one slot: both run, or neither.
+    /// tx.add(cmd("DECRBY").arg("{acct:7}:balance").arg(10))
+    ///     .add(cmd("RPUSH").arg("{acct:7}:history").arg("-10"));
+    /// let replies = tx.execute().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn execute(self) -> Result<Vec<Value>> {
         if self.cmds.is_empty() {
             return Ok(Vec::new());
@@ -230,11 +393,29 @@ impl Transaction {
 
 impl ClusterClient {
     /// A pipeline: commands for any slots, sent together.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.set("user:{42}:name", "Ada").get("user:{7}:name");
+    /// let replies = p.execute().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn pipeline(&self) -> Pipeline {
         Pipeline::new(self.clone())
     }
 
     /// A `MULTI`/`EXEC` transaction; its keys must share one slot (use a hash tag).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::cmd;
+    /// let mut tx = client.transaction();
+    /// tx.add(cmd("INCR").arg("{user:42}:visits"));
+    /// tx.add(cmd("SET").arg("{user:42}:seen").arg("now"));
+    /// let replies = tx.execute().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn transaction(&self) -> Transaction {
         Transaction::new(self.clone())
     }
@@ -243,6 +424,19 @@ impl ClusterClient {
 /// Keys under `WATCH`, on a dedicated connection to their slot's primary; see
 /// [`ClusterClient::watch`]. Dropping it returns the connection to the pool, where it is
 /// `UNWATCH`ed before anyone else gets it.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use redcluster::cmd;
+/// let mut w = client.watch(["{acct:7}:balance"]).await?;
+/// let balance: Option<i64> = w.query(cmd("GET").arg("{acct:7}:balance")).await?;
+/// let set = cmd("SET").arg("{acct:7}:balance").arg(balance.unwrap_or(0) + 10);
+/// match w.exec(vec![set]).await? {
+///     Some(_) => println!("committed"),
+///     None => println!("the balance changed meanwhile; nothing ran"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Watched {
     client: ClusterClient,
@@ -259,6 +453,15 @@ impl Watched {
     /// [`Error::CrossSlot`] for keys in another slot; otherwise as
     /// [`ClusterClient::query`], except that redirects are not followed: a `MOVED` here
     /// means the slot moved, and the caller should start over.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut w = client.watch(["{acct:7}:balance"]).await?;
+    /// let balance: Option<i64> = w.query(redcluster::cmd("GET").arg("{acct:7}:balance")).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
         let deadline = Instant::now() + self.client.inner.config.response_timeout;
         self.check_slot(&command, deadline).await?;
@@ -290,6 +493,19 @@ impl Watched {
     /// [`Error::CrossSlot`] for keys outside the watched slot (nothing is sent); an error
     /// reply of a command refused while queueing (nothing ran); transport errors, after
     /// which the outcome is unknown (`may_have_executed()`).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut w = client.watch(["{acct:7}:balance"]).await?;
+    /// use redcluster::cmd;
+    /// let replies = w.exec(vec![cmd("INCRBY").arg("{acct:7}:balance").arg(10)]).await?;
+    /// if replies.is_none() {
+    ///     // a watched key changed: read again and retry (or use `watch_retry`)
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn exec(mut self, cmds: Vec<Cmd>) -> Result<Option<Vec<Value>>> {
         let deadline = Instant::now() + self.client.inner.config.response_timeout;
         for command in &cmds {
@@ -362,6 +578,17 @@ impl ClusterClient {
     ///
     /// [`Error::CrossSlot`] when the keys span slots; [`Error::Config`] for no keys;
     /// connection errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::cmd;
+    /// let mut w = client.watch(["{acct:7}:balance", "{acct:7}:limit"]).await?;
+    /// let (balance, limit): (Option<i64>, Option<i64>) =
+    ///     w.query(cmd("MGET").arg("{acct:7}:balance").arg("{acct:7}:limit")).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn watch<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<Watched> {
         let keys: Vec<Vec<u8>> = keys
             .into_iter()

@@ -8,6 +8,8 @@
 //! profile this test was built with, into the same target directory (a no-op when
 //! `cargo test` already built them). `REDCLUSTER_EXAMPLES=a,b` runs only those.
 
+mod support;
+
 use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -107,12 +109,24 @@ fn kill_group(child: &mut Child) {
     let _ = child.wait();
 }
 
-/// Runs one example; `Err` says why it failed.
-fn run_example(binary: &Path) -> Result<(Duration, String), String> {
+/// Runs one example with `env` set (and nothing else of the `REDIS_*` variables the
+/// examples read); `Err` says why it failed.
+fn run_example(binary: &Path, env: &[(&str, String)]) -> Result<(Duration, String), String> {
     let started = Instant::now();
-    let mut child = Command::new(binary)
+    let mut command = Command::new(binary);
+    for var in [
+        "REDIS_CLUSTER_NODES",
+        "REDIS_ADDRESS_REMAP",
+        "REDIS_PASSWORD",
+        "REDIS_USERNAME",
+        "REDIS_TLS",
+        "REDIS_RENAMED_COMMANDS",
+    ] {
+        command.env_remove(var);
+    }
+    let mut child = command
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("REDIS_CLUSTER_NODES")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -170,7 +184,7 @@ fn every_example_runs_against_a_local_cluster() {
     let mut failures = Vec::new();
     for name in &names {
         let binary = profile_dir.join("examples").join(name);
-        match run_example(&binary) {
+        match run_example(&binary, &[]) {
             Ok((elapsed, stdout)) => eprintln!(
                 "example {name}: ok in {:.1} s, {} lines of output",
                 elapsed.as_secs_f64(),
@@ -189,4 +203,52 @@ fn every_example_runs_against_a_local_cluster() {
         names.len(),
         failures.join("\n\n")
     );
+}
+
+/// The examples reach a cluster whose nodes announce host names the machine cannot
+/// resolve (as the `docker/` nodes do, `redis-cluster-N:6379`) through
+/// `REDIS_CLUSTER_NODES` and `REDIS_ADDRESS_REMAP`, the way `docker/README.md` tells
+/// users to run them from the host.
+#[test]
+fn an_example_reaches_announced_host_names_through_the_environment_remap() {
+    let (target_dir, profile_dir) = target_dirs();
+    build_examples(&target_dir, &profile_dir);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let local = runtime.block_on(async {
+        redcluster::testkit::LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .start()
+            .await
+            .unwrap()
+    });
+    let remap = runtime.block_on(support::announce_hostnames(&local, 3, |i| {
+        format!("redis-cluster-{i}.invalid")
+    }));
+    let pairs: Vec<String> = remap
+        .iter()
+        .map(|(from, to)| format!("{from}={to}"))
+        .collect();
+    let env = [
+        ("REDIS_CLUSTER_NODES", local.seeds().join(",")),
+        ("REDIS_ADDRESS_REMAP", pairs.join(",")),
+    ];
+    let binary = profile_dir.join("examples").join("quickstart");
+    let (elapsed, stdout) = run_example(&binary, &env).unwrap_or_else(|why| panic!("{why}"));
+    eprintln!(
+        "quickstart through the remap: {:.1} s",
+        elapsed.as_secs_f64()
+    );
+    assert!(
+        stdout.contains("using the cluster in REDIS_CLUSTER_NODES"),
+        "{stdout}"
+    );
+    // Without the remap the client learns names it cannot reach, and says so.
+    let started = Instant::now();
+    let err = run_example(&binary, &env[..1]).unwrap_err();
+    eprintln!(
+        "without the remap: failed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(err.contains("exited with"), "{err}");
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,47 +16,141 @@ use redcluster::{
 use support::fake_cluster::{Action, FakeCluster};
 use tokio::time::Instant;
 
+/// What a writer sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// `SET key value`: idempotent, so the client may send it again.
+    Set(u64),
+    /// `INCR key`: not idempotent, so the client never sends it again once it may have run.
+    Incr,
+}
+
 /// One request's outcome, as a writer saw it.
 #[derive(Debug, Clone)]
 struct Outcome {
+    writer: usize,
+    /// The writer's request number, from 0.
+    seq: u64,
     key: String,
-    value: u64,
+    write: Write,
     slot: u16,
+    started: Instant,
     took: Duration,
     error: Option<Error>,
 }
 
-/// `writers` tasks SET distinct values to their own keys until `stop`, recording every
-/// outcome. Bounded by `stop` and by 50 000 requests per task.
-fn spawn_writers(
-    client: &ClusterClient,
-    writers: usize,
-    stop: &Arc<AtomicBool>,
-    log: &Arc<Mutex<Vec<(Instant, Outcome)>>>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..writers)
-        .map(|t| {
-            let (client, stop, log) = (client.clone(), Arc::clone(stop), Arc::clone(log));
-            tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) && n < 50_000 {
-                    let key = format!("ft:{t}:{}", n % 64);
-                    let value = (t as u64) << 32 | n;
-                    let started = Instant::now();
-                    let result = client.set(key.as_str(), value).await;
-                    let outcome = Outcome {
-                        slot: key_slot(key.as_bytes()),
-                        key,
-                        value,
-                        took: started.elapsed(),
-                        error: result.err(),
-                    };
-                    log.lock().unwrap().push((started, outcome));
-                    n += 1;
-                }
+impl Outcome {
+    fn ended(&self) -> Instant {
+        self.started + self.took
+    }
+}
+
+/// What the writers send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// SETs only.
+    Sets,
+    /// SETs, and every other request an INCR of one of the writer's counters.
+    SetsAndIncrs,
+}
+
+/// Writer tasks, each sending one request at a time and logging every outcome.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<Outcome>>>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Writers {
+    /// Starts `writers` tasks. Writer `t` SETs its keys `ft:{t}:0` to `ft:{t}:63` in turn,
+    /// to values `t << 32 | n` for its `n`th request, so that each key's values grow; with
+    /// [`Mix::SetsAndIncrs`] every other request INCRs one of its counters `ft:{t}:c0` to
+    /// `ft:{t}:c7` instead. The keys hash to every shard. Bounded by
+    /// [`Writers::finish`] and by 50 000 requests per task.
+    fn spawn(client: &ClusterClient, writers: usize, mix: Mix) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..writers)
+            .map(|t| {
+                let (client, stop, log) = (client.clone(), Arc::clone(&stop), Arc::clone(&log));
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) && n < 50_000 {
+                        let value = (t as u64) << 32 | n;
+                        let (key, write) = match mix {
+                            Mix::Sets => (format!("ft:{t}:{}", n % 64), Write::Set(value)),
+                            Mix::SetsAndIncrs if n % 2 == 1 => {
+                                (format!("ft:{t}:c{}", n / 2 % 8), Write::Incr)
+                            }
+                            Mix::SetsAndIncrs => {
+                                (format!("ft:{t}:{}", n / 2 % 64), Write::Set(value))
+                            }
+                        };
+                        let started = Instant::now();
+                        let result = match write {
+                            Write::Set(value) => client.set(key.as_str(), value).await,
+                            Write::Incr => client
+                                .query::<i64>(cmd("INCR").arg(key.as_str()))
+                                .await
+                                .map(drop),
+                        };
+                        let outcome = Outcome {
+                            writer: t,
+                            seq: n,
+                            slot: key_slot(key.as_bytes()),
+                            key,
+                            write,
+                            started,
+                            took: started.elapsed(),
+                            error: result.err(),
+                        };
+                        log.lock().unwrap().push(outcome);
+                        n += 1;
+                    }
+                    n
+                })
             })
-        })
-        .collect()
+            .collect();
+        Writers { stop, log, tasks }
+    }
+
+    /// `f` of the outcomes logged so far.
+    fn with_log<T>(&self, f: impl FnOnce(&[Outcome]) -> T) -> T {
+        f(&self.log.lock().unwrap())
+    }
+
+    /// Stops the writers and returns every outcome.
+    ///
+    /// # Panics
+    ///
+    /// When a writer is not done `within` the stop (a request hangs), or when a request
+    /// was not answered exactly once.
+    async fn finish(self, within: Duration) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + within;
+        let mut sent = Vec::with_capacity(self.tasks.len());
+        for (t, task) in self.tasks.into_iter().enumerate() {
+            match tokio::time::timeout_at(deadline, task).await {
+                Ok(n) => sent.push(n.unwrap()),
+                Err(_) => panic!("writer {t} still waits for an answer {within:?} after the stop"),
+            }
+        }
+        let log = self.log.lock().unwrap().clone();
+        for (t, &n) in sent.iter().enumerate() {
+            let mut seqs: Vec<u64> = log
+                .iter()
+                .filter(|o| o.writer == t)
+                .map(|o| o.seq)
+                .collect();
+            seqs.sort_unstable();
+            assert!(
+                seqs.iter().copied().eq(0..n),
+                "writer {t} sent {n} requests and logged {} answers",
+                seqs.len()
+            );
+        }
+        log
+    }
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {
@@ -67,23 +161,125 @@ fn p99(mut v: Vec<Duration>) -> Duration {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
+/// The node that serves each slot, as the cluster sees it now (`CLUSTER SLOTS`).
+async fn slot_owners(local: &LocalCluster) -> Vec<usize> {
+    let observer = local.masters().await.unwrap()[0];
+    let conn = local.connect_node(observer).await.unwrap();
+    let reply = conn.send(cmd("CLUSTER").arg("SLOTS")).await.unwrap();
+    let Value::Array(ranges) = reply else {
+        panic!("CLUSTER SLOTS answered {reply:?}")
+    };
+    let mut owners = vec![usize::MAX; 16384];
+    for range in &ranges {
+        // [start, end, [host, port, id, ...], replicas...]
+        let Value::Array(range) = range else {
+            panic!("CLUSTER SLOTS range {range:?}")
+        };
+        let [Value::Int(start), Value::Int(end), Value::Array(primary), ..] = &range[..] else {
+            panic!("CLUSTER SLOTS range {range:?}")
+        };
+        let (Value::Bulk(host), Value::Int(port)) = (&primary[0], &primary[1]) else {
+            panic!("CLUSTER SLOTS node {primary:?}")
+        };
+        let addr = format!("{}:{port}", String::from_utf8_lossy(host));
+        let owner = local.index_of_addr(&addr).unwrap();
+        owners[usize::try_from(*start).unwrap()..=usize::try_from(*end).unwrap()].fill(owner);
+    }
+    assert!(
+        !owners.contains(&usize::MAX),
+        "a slot has no owner: {ranges:?}"
+    );
+    owners
+}
+
 /// Checks the data: no value whose write was reported as never executed is stored.
 async fn no_unexecuted_write_is_stored(client: &ClusterClient, outcomes: &[Outcome]) {
-    let not_executed: HashMap<(String, u64), ()> = outcomes
+    let not_executed: HashSet<(&str, u64)> = outcomes
         .iter()
         .filter(|o| o.error.as_ref().is_some_and(|e| !e.may_have_executed()))
-        .map(|o| ((o.key.clone(), o.value), ()))
+        .filter_map(|o| match o.write {
+            Write::Set(value) => Some((o.key.as_str(), value)),
+            Write::Incr => None,
+        })
         .collect();
-    let keys: std::collections::HashSet<&String> = outcomes.iter().map(|o| &o.key).collect();
+    let keys: HashSet<&str> = outcomes
+        .iter()
+        .filter(|o| matches!(o.write, Write::Set(_)))
+        .map(|o| o.key.as_str())
+        .collect();
     for key in keys {
-        let stored: Option<u64> = client.get(key.as_str()).await.unwrap();
+        let stored: Option<u64> = client.get(key).await.unwrap();
         if let Some(v) = stored {
             assert!(
-                !not_executed.contains_key(&(key.clone(), v)),
+                !not_executed.contains(&(key, v)),
                 "{key} holds {v}, whose write was reported as not executed"
             );
         }
     }
+}
+
+/// Checks the data: each key holds the last value it was acknowledged to hold, or a later
+/// one of the same writer (whose write failed but may have run), never an older one.
+async fn every_acknowledged_write_is_stored(client: &ClusterClient, outcomes: &[Outcome]) {
+    // Per key: the last acknowledged value, and every value that may have been written.
+    let mut keys: HashMap<&str, (Option<u64>, HashSet<u64>)> = HashMap::new();
+    for o in outcomes {
+        let Write::Set(value) = o.write else { continue };
+        let (acked, maybe) = keys.entry(o.key.as_str()).or_default();
+        match &o.error {
+            None => {
+                *acked = (*acked).max(Some(value));
+                maybe.insert(value);
+            }
+            Some(e) if e.may_have_executed() => {
+                maybe.insert(value);
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, (acked, maybe)) in keys {
+        let stored: Option<u64> = client.get(key).await.unwrap();
+        assert!(
+            stored >= acked,
+            "{key} holds {stored:?}, older than its acknowledged {acked:?}"
+        );
+        if let Some(v) = stored {
+            assert!(
+                maybe.contains(&v),
+                "{key} holds {v}, which was never written"
+            );
+        }
+    }
+}
+
+/// Checks the data: each counter is at least its acknowledged INCRs, and at most those
+/// plus the INCRs that failed but may have run; so no INCR ran twice, and none that was
+/// reported as not executed ran. Returns how many INCRs failed but ran.
+async fn every_increment_counts_at_most_once(client: &ClusterClient, outcomes: &[Outcome]) -> i64 {
+    // Per counter: acknowledged INCRs, and failed ones that may have run.
+    let mut counters: HashMap<&str, (i64, i64)> = HashMap::new();
+    for o in outcomes.iter().filter(|o| o.write == Write::Incr) {
+        let (acked, maybe) = counters.entry(o.key.as_str()).or_default();
+        match &o.error {
+            None => *acked += 1,
+            Some(e) if e.may_have_executed() => *maybe += 1,
+            Some(_) => {}
+        }
+    }
+    let mut ran_anyway = 0;
+    for (key, (acked, maybe)) in counters {
+        let stored: i64 = client
+            .get::<_, Option<i64>>(key)
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        assert!(
+            (acked..=acked + maybe).contains(&stored),
+            "{key} counts {stored}: {acked} INCRs were acknowledged, {maybe} more may have run"
+        );
+        ran_anyway += stored - acked;
+    }
+    ran_anyway
 }
 
 async fn kill_a_primary_under_writers(full_coverage: bool) {
@@ -104,25 +300,19 @@ async fn kill_a_primary_under_writers(full_coverage: bool) {
         .await
         .unwrap();
     let victim = local.master_of_slot(key_slot(b"ft:0:0")).await.unwrap();
-    let victim_slots: Vec<bool> = {
-        let mut owned = vec![false; 16384];
-        for slot in 0..16384u16 {
-            owned[usize::from(slot)] = local.master_of_slot(slot).await.unwrap() == victim;
-        }
-        owned
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let writers = spawn_writers(&client, 32, &stop, &log);
+    let owners = slot_owners(&local).await;
+    let on_victim = |o: &Outcome| owners[usize::from(o.slot)] == victim;
+    let writers = Writers::spawn(&client, 32, Mix::Sets);
     tokio::time::sleep(Duration::from_millis(500)).await; // traffic before the fault
     let killed_at = Instant::now();
     local.kill(victim).unwrap();
     // Run until the dead shard has served writes again for a while, or 15 s at most.
     let deadline = killed_at + Duration::from_secs(15);
     let recovered_at = loop {
-        let recovered = log.lock().unwrap().iter().find_map(|(started, o)| {
-            (*started > killed_at && victim_slots[usize::from(o.slot)] && o.error.is_none())
-                .then_some(*started)
+        let recovered = writers.with_log(|log| {
+            log.iter().find_map(|o| {
+                (o.started > killed_at && on_victim(o) && o.error.is_none()).then_some(o.started)
+            })
         });
         if let Some(at) = recovered {
             if Instant::now() > at + Duration::from_secs(1) {
@@ -135,15 +325,8 @@ async fn kill_a_primary_under_writers(full_coverage: bool) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        w.await.unwrap();
-    }
-    let log: Vec<(Instant, Outcome)> = log.lock().unwrap().clone();
-    let outcomes: Vec<Outcome> = log.iter().map(|(_, o)| o.clone()).collect();
-    let (dead, alive): (Vec<&Outcome>, Vec<&Outcome>) = outcomes
-        .iter()
-        .partition(|o| victim_slots[usize::from(o.slot)]);
+    let outcomes = writers.finish(timeout + Duration::from_millis(500)).await;
+    let (dead, alive): (Vec<&Outcome>, Vec<&Outcome>) = outcomes.iter().partition(|o| on_victim(o));
     let alive_failures: Vec<&&Outcome> = alive.iter().filter(|o| o.error.is_some()).collect();
     let dead_failures = dead.iter().filter(|o| o.error.is_some()).count();
     let alive_p99 = p99(alive.iter().map(|o| o.took).collect());
@@ -267,6 +450,172 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
         client.health().node(&frozen_addr).unwrap().breaker,
         BreakerState::Closed
     );
+}
+
+/// How long the frozen-primary test freezes its node: several response timeouts, so that
+/// the breaker opens, probes, and opens again, and short of the cluster's node timeout.
+const FREEZE: Duration = Duration::from_secs(3);
+
+/// How much later than its response timeout a request may be answered: timers that fire
+/// late and tasks that wait for a core on a loaded two-core machine (this file's tests
+/// run two at a time). Half a response timeout: a request that waited for two would
+/// exceed it.
+const FREEZE_SLACK: Duration = Duration::from_millis(250);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_costs_its_own_requests_a_timeout_and_nothing_else() {
+    // A long node timeout: the cluster does not fail the frozen node over.
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let timeout = Duration::from_millis(500);
+    let breaker = CircuitBreakerConfig::default();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(timeout)
+        .circuit_breaker(breaker)
+        .build()
+        .await
+        .unwrap();
+    let frozen = local.master_of_slot(key_slot(b"ft:0:0")).await.unwrap();
+    let frozen_addr = local.node_addr(frozen);
+    let masters = local.masters().await.unwrap();
+    let owners = slot_owners(&local).await;
+    let shard = |o: &Outcome| owners[usize::from(o.slot)];
+    let served = |log: &[Outcome], node: usize, since: Instant| {
+        log.iter()
+            .filter(|o| o.started >= since && shard(o) == node && o.error.is_none())
+            .count()
+    };
+    let writers = Writers::spawn(&client, 32, Mix::SetsAndIncrs);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(10);
+    while !writers.with_log(|log| masters.iter().all(|&m| served(log, m, started) >= 100)) {
+        assert!(Instant::now() < deadline, "no traffic before the freeze");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    local.pause(frozen).unwrap(); // returns once the process is stopped
+    let frozen_at = Instant::now();
+    tokio::time::sleep(FREEZE).await;
+    let thawed_at = Instant::now();
+    local.resume(frozen).unwrap();
+    // Run until the thawed shard has served 100 requests sent after the thaw.
+    let deadline = thawed_at + Duration::from_secs(10);
+    while writers.with_log(|log| served(log, frozen, thawed_at)) < 100 {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed shard never served again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let outcomes = writers.finish(timeout + FREEZE_SLACK).await;
+
+    let slowest = outcomes.iter().max_by_key(|o| o.took).unwrap();
+    assert!(
+        slowest.took <= timeout + FREEZE_SLACK,
+        "a request took {:?}: {slowest:?}",
+        slowest.took
+    );
+    let (on_frozen, elsewhere): (Vec<&Outcome>, Vec<&Outcome>) =
+        outcomes.iter().partition(|o| shard(o) == frozen);
+    let in_freeze = |o: &&&Outcome| o.started >= frozen_at && o.ended() < thawed_at;
+
+    // The other shards never fail, and keep serving quickly during the freeze.
+    let failed: Vec<&&Outcome> = elsewhere.iter().filter(|o| o.error.is_some()).collect();
+    assert!(
+        failed.is_empty(),
+        "other shards failed {} times: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    let elsewhere_in_freeze: Vec<&&Outcome> = elsewhere.iter().filter(in_freeze).collect();
+    let served_in_freeze: Vec<(usize, usize)> = masters
+        .iter()
+        .filter(|&&m| m != frozen)
+        .map(|&m| {
+            let n = elsewhere_in_freeze.iter().filter(|o| shard(o) == m).count();
+            (m, n)
+        })
+        .collect();
+    let elsewhere_p99 = p99(elsewhere_in_freeze.iter().map(|o| o.took).collect());
+
+    // The frozen shard's requests fail with a timeout, or once its breaker is open with
+    // `CircuitOpen` (never sent); none sent during the freeze is answered before the thaw.
+    let (mut timeouts, mut open) = (0, Vec::new());
+    for o in &on_frozen {
+        match &o.error {
+            None => assert!(!in_freeze(&o), "a frozen node answered: {o:?}"),
+            Some(e @ Error::Timeout) => {
+                assert!(e.may_have_executed(), "{o:?}");
+                timeouts += 1;
+            }
+            Some(Error::CircuitOpen { node }) => {
+                assert_eq!(node, &frozen_addr, "{o:?}");
+                open.push(o.took);
+            }
+            Some(e) => panic!("the frozen shard failed with {e:?}: {o:?}"),
+        }
+    }
+    // After the thaw: the shard serves again within one `open_for` and a probe, and from
+    // then on nothing fails.
+    let served_again_at = on_frozen
+        .iter()
+        .filter(|o| o.started >= thawed_at && o.error.is_none())
+        .map(|o| o.ended())
+        .min()
+        .unwrap();
+    let late_failures: Vec<&Outcome> = outcomes
+        .iter()
+        .filter(|o| o.started > served_again_at && o.error.is_some())
+        .collect();
+    println!(
+        "SIGSTOP for {FREEZE:?}: {} requests; during the freeze, other shards served {:?} \
+         (node, requests), p99 {elsewhere_p99:?}; the frozen shard: {} requests, {timeouts} \
+         timeouts, {} circuit open (p99 {:?}); served again {:?} after the thaw; slowest \
+         request {:?}; {:?}",
+        outcomes.len(),
+        served_in_freeze,
+        on_frozen.len(),
+        open.len(),
+        p99(open.clone()),
+        served_again_at - thawed_at,
+        slowest.took,
+        client.stats()
+    );
+    for (m, n) in served_in_freeze {
+        assert!(n >= 100, "node {m} served {n} requests during the freeze");
+    }
+    assert!(
+        elsewhere_p99 < Duration::from_millis(50),
+        "other shards' p99 during the freeze {elsewhere_p99:?}"
+    );
+    assert!(timeouts > 0, "requests to the frozen node timed out");
+    assert!(!open.is_empty(), "its breaker opened");
+    // An open breaker fails requests fast: they do not wait out their timeout.
+    let open_p99 = p99(open.clone());
+    assert!(
+        open_p99 < Duration::from_millis(50),
+        "CircuitOpen took {open_p99:?} (p99)"
+    );
+    assert!(
+        served_again_at - thawed_at <= breaker.open_for + timeout + FREEZE_SLACK,
+        "served again {:?} after the thaw",
+        served_again_at - thawed_at
+    );
+    assert!(
+        late_failures.is_empty(),
+        "requests failed after the shard served again: {:?}",
+        &late_failures[..late_failures.len().min(3)]
+    );
+
+    // The data agree with what the writers were told.
+    no_unexecuted_write_is_stored(&client, &outcomes).await;
+    every_acknowledged_write_is_stored(&client, &outcomes).await;
+    let ran_anyway = every_increment_counts_at_most_once(&client, &outcomes).await;
+    println!("{ran_anyway} INCRs that timed out ran after the thaw");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`]; a missing key is `Ok(None)` when `T` is an `Option`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let name: Option<String> = client.get("user:{42}:name").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn get<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
         self.query(cmd("GET").arg(key)).await
     }
@@ -23,6 +31,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// client.set("user:{42}:name", "Ada").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn set<K: ToArg, V: ToArg>(&self, key: K, value: V) -> Result<()> {
         self.query(cmd("SET").arg(key).arg(value)).await
     }
@@ -32,6 +48,15 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// client.set_ex("session:{42}", "token", Duration::from_secs(3600)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn set_ex<K: ToArg, V: ToArg>(&self, key: K, value: V, ttl: Duration) -> Result<()> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(ms))
@@ -43,6 +68,16 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// if client.set_nx("lock:{report}", "worker-1").await? {
+    ///     println!("lock taken");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn set_nx<K: ToArg, V: ToArg>(&self, key: K, value: V) -> Result<bool> {
         self.query(cmd("SET").arg(key).arg(value).arg("NX")).await
     }
@@ -52,6 +87,15 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// // The keys may live on different nodes; values come back in key order.
+    /// let names: Vec<Option<String>> = client.mget(["user:1:name", "user:2:name"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn mget<K: ToArg, T: FromValue>(
         &self,
         keys: impl IntoIterator<Item = K>,
@@ -65,6 +109,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// client.mset([("user:1:name", "Ada"), ("user:2:name", "Grace")]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn mset<K: ToArg, V: ToArg>(
         &self,
         pairs: impl IntoIterator<Item = (K, V)>,
@@ -82,6 +134,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let removed = client.del(["user:1:name", "user:2:name"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn del<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<i64> {
         self.query(cmd("DEL").args(keys)).await
     }
@@ -91,6 +151,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let present = client.exists(["user:1:name", "user:2:name"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn exists<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<i64> {
         self.query(cmd("EXISTS").args(keys)).await
     }
@@ -100,6 +168,15 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let had_key = client.expire("session:{42}", Duration::from_secs(600)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn expire<K: ToArg>(&self, key: K, ttl: Duration) -> Result<bool> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         self.query(cmd("PEXPIRE").arg(key).arg(ms)).await
@@ -111,6 +188,16 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// if let Some(left) = client.ttl("session:{42}").await? {
+    ///     println!("expires in {left:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn ttl<K: ToArg>(&self, key: K) -> Result<Option<Duration>> {
         let ms: i64 = self.query(cmd("PTTL").arg(key)).await?;
         Ok(u64::try_from(ms).ok().map(Duration::from_millis))
@@ -121,6 +208,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let visits = client.incr("visits:{home}", 1).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn incr<K: ToArg>(&self, key: K, delta: i64) -> Result<i64> {
         self.query(cmd("INCRBY").arg(key).arg(delta)).await
     }
@@ -130,6 +225,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let is_new = client.hset("user:{42}", "name", "Ada").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn hset<K: ToArg, F: ToArg, V: ToArg>(
         &self,
         key: K,
@@ -144,6 +247,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let name: Option<String> = client.hget("user:{42}", "name").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn hget<K: ToArg, F: ToArg, T: FromValue>(&self, key: K, field: F) -> Result<T> {
         self.query(cmd("HGET").arg(key).arg(field)).await
     }
@@ -153,6 +264,15 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use std::collections::HashMap;
+    /// let user: HashMap<String, String> = client.hgetall("user:{42}").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn hgetall<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
         self.query(cmd("HGETALL").arg(key)).await
     }
@@ -162,6 +282,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let removed = client.hdel("user:{42}", ["email", "phone"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn hdel<K: ToArg, F: ToArg>(
         &self,
         key: K,
@@ -175,6 +303,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let len = client.lpush("jobs:{eu}", ["job-1", "job-2"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lpush<K: ToArg, V: ToArg>(
         &self,
         key: K,
@@ -188,6 +324,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let len = client.rpush("jobs:{eu}", ["job-3"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn rpush<K: ToArg, V: ToArg>(
         &self,
         key: K,
@@ -201,6 +345,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let next: Option<String> = client.lpop("jobs:{eu}").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lpop<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
         self.query(cmd("LPOP").arg(key)).await
     }
@@ -210,6 +362,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let last: Option<String> = client.rpop("jobs:{eu}").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn rpop<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
         self.query(cmd("RPOP").arg(key)).await
     }
@@ -219,6 +379,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let all: Vec<String> = client.lrange("jobs:{eu}", 0, -1).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lrange<K: ToArg, T: FromValue>(&self, key: K, start: i64, stop: i64) -> Result<T> {
         self.query(cmd("LRANGE").arg(key).arg(start).arg(stop))
             .await
@@ -229,6 +397,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let added = client.sadd("tags:{post:7}", ["rust", "redis"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn sadd<K: ToArg, M: ToArg>(
         &self,
         key: K,
@@ -242,6 +418,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let removed = client.srem("tags:{post:7}", ["redis"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn srem<K: ToArg, M: ToArg>(
         &self,
         key: K,
@@ -255,6 +439,15 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use std::collections::HashSet;
+    /// let tags: HashSet<String> = client.smembers("tags:{post:7}").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn smembers<K: ToArg, T: FromValue>(&self, key: K) -> Result<T> {
         self.query(cmd("SMEMBERS").arg(key)).await
     }
@@ -264,6 +457,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let tagged = client.sismember("tags:{post:7}", "rust").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn sismember<K: ToArg, M: ToArg>(&self, key: K, member: M) -> Result<bool> {
         self.query(cmd("SISMEMBER").arg(key).arg(member)).await
     }
@@ -273,6 +474,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let is_new = client.zadd("leaderboard", 4200.0, "ada").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn zadd<K: ToArg, M: ToArg>(&self, key: K, score: f64, member: M) -> Result<bool> {
         self.query(cmd("ZADD").arg(key).arg(score).arg(member))
             .await
@@ -283,6 +492,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let score = client.zscore("leaderboard", "ada").await?; // Option<f64>
+    /// # Ok(()) }
+    /// ```
     pub async fn zscore<K: ToArg, M: ToArg>(&self, key: K, member: M) -> Result<Option<f64>> {
         self.query(cmd("ZSCORE").arg(key).arg(member)).await
     }
@@ -292,6 +509,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let top3: Vec<String> = client.zrange("leaderboard", 0, 2).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn zrange<K: ToArg, T: FromValue>(&self, key: K, start: i64, stop: i64) -> Result<T> {
         self.query(cmd("ZRANGE").arg(key).arg(start).arg(stop))
             .await
@@ -302,6 +527,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let removed = client.zrem("leaderboard", ["ada"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn zrem<K: ToArg, M: ToArg>(
         &self,
         key: K,
@@ -316,6 +549,15 @@ impl ClusterClient {
     ///
     /// [`crate::Error::CrossSlot`] when the keys do not share a slot; otherwise as
     /// [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let script = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    /// let visits: i64 = client.eval(script, ["{user:42}:visits"], [5]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn eval<K: ToArg, A: ToArg, T: FromValue>(
         &self,
         script: &str,
@@ -338,6 +580,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let receivers = client.publish("news", "hello").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn publish<C: ToArg, M: ToArg>(&self, channel: C, message: M) -> Result<i64> {
         self.query(cmd("PUBLISH").arg(channel).arg(message)).await
     }
@@ -347,6 +597,14 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let receivers = client.spublish("orders:{eu}", "paid").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn spublish<C: ToArg, M: ToArg>(&self, channel: C, message: M) -> Result<i64> {
         self.query(cmd("SPUBLISH").arg(channel).arg(message)).await
     }

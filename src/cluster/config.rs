@@ -12,6 +12,15 @@ use crate::error::{Error, Result};
 ///
 /// Replica reads may return data a little behind the primary (replication is
 /// asynchronous). Writes and commands that are not read-only always go to the primary.
+///
+/// ```
+/// use redcluster::{ClusterClient, ReadFrom};
+/// assert_eq!(ReadFrom::default(), ReadFrom::Primary);
+/// // Spread reads over the replicas; writes still go to the primaries.
+/// let builder = ClusterClient::builder()
+///     .nodes(["127.0.0.1:7000"])
+///     .read_from(ReadFrom::PreferReplica);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ReadFrom {
@@ -37,6 +46,23 @@ pub enum ReadFrom {
 /// Maps addresses the cluster announces (`redis-cluster-0:6379`) to addresses this
 /// client can reach (`127.0.0.1:6450`). Applied to every address the client learns:
 /// discovered nodes and `MOVED`/`ASK` targets.
+///
+/// ```no_run
+/// # async fn demo() -> redcluster::Result<()> {
+/// use redcluster::{AddressRemap, ClusterClient};
+/// // The nodes announce container names; this host reaches them on published ports.
+/// let remap = AddressRemap::from_map([
+///     ("redis-cluster-0:6379", "127.0.0.1:6450"),
+///     ("redis-cluster-1:6379", "127.0.0.1:6451"),
+///     ("redis-cluster-2:6379", "127.0.0.1:6452"),
+/// ]);
+/// let client = ClusterClient::builder()
+///     .nodes(["127.0.0.1:6450"])
+///     .address_remap(remap)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct AddressRemap(Arc<RemapFn>);
 
@@ -44,11 +70,25 @@ type RemapFn = dyn Fn(&str) -> Option<String> + Send + Sync;
 
 impl AddressRemap {
     /// A remap from a closure: `Some(new)` replaces the address, `None` keeps it.
+    ///
+    /// ```
+    /// use redcluster::AddressRemap;
+    /// // Every node announces 10.0.0.x:6379; a tunnel maps each to a local port.
+    /// let remap = AddressRemap::from_fn(|addr| {
+    ///     let last = addr.strip_prefix("10.0.0.")?.strip_suffix(":6379")?;
+    ///     Some(format!("127.0.0.1:{}", 6400 + last.parse::<u16>().ok()?))
+    /// });
+    /// ```
     pub fn from_fn(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
         AddressRemap(Arc::new(f))
     }
 
     /// A remap from a table of `announced -> reachable` addresses.
+    ///
+    /// ```
+    /// use redcluster::AddressRemap;
+    /// let remap = AddressRemap::from_map([("redis-0:6379", "127.0.0.1:6450")]);
+    /// ```
     pub fn from_map<K, V>(map: impl IntoIterator<Item = (K, V)>) -> Self
     where
         K: Into<String>,
@@ -148,6 +188,15 @@ impl ClusterClientBuilder {
     /// rest of the cluster is discovered from whichever seed answers first. Credentials
     /// in a URL apply to every connection, as if given to [`Self::username`] and
     /// [`Self::password`]. Required.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000", "redis://app:s3cret@127.0.0.1:7001"])
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn nodes<I, S>(mut self, nodes: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -158,12 +207,33 @@ impl ClusterClientBuilder {
     }
 
     /// Password for `AUTH`, sent on every connection. Default none.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .password(std::env::var("REDIS_PASSWORD").unwrap_or_default())
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn password(mut self, password: impl Into<Secret>) -> Self {
         self.config.connect.password = Some(password.into());
         self
     }
 
     /// ACL user name. Default none (the `default` user).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .username("app")
+    ///     .password("s3cret")
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.config.connect.username = Some(username.into());
         self
@@ -176,6 +246,17 @@ impl ClusterClientBuilder {
     /// With TLS on, the client connects to the `tls-port` nodes report in
     /// `CLUSTER SHARDS`. Each node's certificate is checked against the host the client
     /// dials, unless [`crate::TlsConfig::server_name`] fixes one name for all.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::TlsConfig;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .tls(TlsConfig::new().ca_cert_file("ca.crt")?)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
         self.config.connect.tls = Some(tls);
         self
@@ -184,12 +265,37 @@ impl ClusterClientBuilder {
     /// Asks `provider` for the user name and password each time a connection is
     /// opened, for passwords that rotate; it overrides [`Self::username`] and
     /// [`Self::password`]. Default none. See [`crate::CredentialsProvider`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::{CredentialsProvider, Secret};
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .credentials_provider(CredentialsProvider::new(|| async {
+    ///         let password = std::env::var("REDIS_PASSWORD").unwrap_or_default();
+    ///         Ok((Some("app".to_string()), Secret::new(password)))
+    ///     }))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn credentials_provider(mut self, provider: crate::CredentialsProvider) -> Self {
         self.config.connect.credentials = Some(provider);
         self
     }
 
     /// Where read-only commands go. Default [`ReadFrom::Primary`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::ReadFrom;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .read_from(ReadFrom::RoundRobin)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn read_from(mut self, read_from: ReadFrom) -> Self {
         self.config.read_from = read_from;
         self
@@ -197,6 +303,17 @@ impl ClusterClientBuilder {
 
     /// Bound on opening one connection (TCP and handshake). Default 5 s; the seed's
     /// `socket_connect_timeout`/`connection_timeout`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .connect_timeout(Duration::from_secs(2))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect.connect_timeout = timeout;
         self
@@ -204,6 +321,17 @@ impl ClusterClientBuilder {
 
     /// Bound on a whole request, redirects and retries included. Default 5 s; the seed's
     /// `socket_timeout`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .response_timeout(Duration::from_millis(500))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.config.response_timeout = timeout;
         self.config.connect.response_timeout = timeout;
@@ -212,6 +340,16 @@ impl ClusterClientBuilder {
 
     /// Most MOVED/ASK redirects one request follows before failing with
     /// [`Error::TooManyRedirects`]. Default 16.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .max_redirects(5)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_redirects(mut self, n: u32) -> Self {
         self.config.max_redirects = n;
         self
@@ -219,6 +357,16 @@ impl ClusterClientBuilder {
 
     /// Retry requests answered with `CLUSTERDOWN` (with backoff, within the deadline).
     /// Default true; the seed's `retry_on_cluster_down`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .retry_on_cluster_down(false) // fail at once; the caller decides
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn retry_on_cluster_down(mut self, retry: bool) -> Self {
         self.config.retry_on_cluster_down = retry;
         self
@@ -226,6 +374,16 @@ impl ClusterClientBuilder {
 
     /// Most retries of one request answered with `CLUSTERDOWN`. Default 10 (the request's
     /// deadline usually ends them first); the seed's `cluster_down_retry_attempts`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .cluster_down_retry_attempts(3)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn cluster_down_retry_attempts(mut self, n: u32) -> Self {
         self.config.cluster_down_retry_attempts = n;
         self
@@ -233,6 +391,16 @@ impl ClusterClientBuilder {
 
     /// Most retries of one request after `TRYAGAIN`/`LOADING`/`MASTERDOWN` or a failure
     /// before the request was sent. Default 10.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .max_retries(3)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_retries(mut self, n: u32) -> Self {
         self.config.max_retries = n;
         self
@@ -240,6 +408,17 @@ impl ClusterClientBuilder {
 
     /// Backoff between retries: the first waits about `base`, each next one twice as
     /// long, never more than `max`, each with random jitter. Default 50 ms and 1 s.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .retry_backoff(Duration::from_millis(20), Duration::from_millis(500))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn retry_backoff(mut self, base: Duration, max: Duration) -> Self {
         self.config.retry_base = base;
         self.config.retry_max = max.max(base);
@@ -248,6 +427,17 @@ impl ClusterClientBuilder {
 
     /// Period of the background topology refresh. Default 30 s. Refreshes also happen on
     /// MOVED, connection failures and CLUSTERDOWN.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .refresh_interval(Duration::from_secs(10))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn refresh_interval(mut self, interval: Duration) -> Self {
         self.config.refresh_interval = interval;
         self
@@ -255,24 +445,67 @@ impl ClusterClientBuilder {
 
     /// Least time between two topology refreshes, however many triggers arrive. Default
     /// 100 ms.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .refresh_min_interval(Duration::from_millis(500))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn refresh_min_interval(mut self, interval: Duration) -> Self {
         self.config.refresh_min_interval = interval;
         self
     }
 
     /// Rewrites announced addresses to reachable ones; see [`AddressRemap`]. Default none.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::AddressRemap;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .address_remap(AddressRemap::from_map([("redis-0:6379", "127.0.0.1:7000")]))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn address_remap(mut self, remap: AddressRemap) -> Self {
         self.config.remap = Some(remap);
         self
     }
 
     /// RESP version to ask for. Default [`Protocol::Resp3`] (falls back to RESP2).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::Protocol;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .protocol(Protocol::Resp2)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.config.connect.protocol = protocol;
         self
     }
 
     /// `CLIENT SETNAME` for every connection. Default none.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .client_name("checkout-service") // shown in CLIENT LIST
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn client_name(mut self, name: impl Into<String>) -> Self {
         self.config.connect.client_name = Some(name.into());
         self
@@ -305,6 +538,20 @@ impl ClusterClientBuilder {
     }
 
     /// Replaces all command renames at once; see [`ClusterClientBuilder::rename_command`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::CommandRenames;
+    /// let renames = CommandRenames::new()
+    ///     .rename("CONFIG", "CONFIG_9a7b8c5d3e2f1a0")
+    ///     .disable("FLUSHALL");
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .command_renames(renames)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn command_renames(mut self, renames: crate::CommandRenames) -> Self {
         self.config.connect.renames = renames;
         self
@@ -312,6 +559,17 @@ impl ClusterClientBuilder {
 
     /// TCP keepalive idle time, `None` to disable. Default 60 s; the seed's
     /// `socket_keepalive`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .tcp_keepalive(Some(Duration::from_secs(30)))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
         self.config.connect.tcp_keepalive = idle;
         self
@@ -320,6 +578,16 @@ impl ClusterClientBuilder {
     /// Multiplexed connections per node, which ordinary commands share (each one
     /// coalesces concurrent requests into single writes). Default 1, the fastest for most
     /// loads; more can help when one connection's socket or decoding is the bottleneck.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .connections_per_node(2)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn connections_per_node(mut self, n: usize) -> Self {
         self.config.connections_per_node = n.max(1);
         self
@@ -328,6 +596,16 @@ impl ClusterClientBuilder {
     /// Most dedicated connections per node, for commands that hold a connection
     /// (`BLPOP`, `XREAD BLOCK`, `WAIT`, `WATCH` transactions). Default 10; the seed's
     /// `max_connections_per_node`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .max_connections_per_node(20) // blocking commands, WATCH
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_connections_per_node(mut self, n: usize) -> Self {
         self.config.max_connections_per_node = n.max(1);
         self
@@ -335,6 +613,16 @@ impl ClusterClientBuilder {
 
     /// Most dedicated connections in use at once across the cluster; more callers wait
     /// (within their deadline). Default 50; the seed's `max_connections`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .max_connections(100)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n.max(1);
         self
@@ -343,6 +631,16 @@ impl ClusterClientBuilder {
     /// Requests written to one multiplexed connection and not yet answered, at most;
     /// callers beyond that wait (within their deadline, and a request whose deadline
     /// passes while it waits is never sent). Default 4096.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .max_in_flight_per_connection(1024)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn max_in_flight_per_connection(mut self, n: usize) -> Self {
         self.config.connect.max_in_flight = n.max(1);
         self
@@ -354,6 +652,17 @@ impl ClusterClientBuilder {
     /// requests in 10 s; open for 1 s.
     ///
     /// [`CircuitBreakerConfig::default`]: crate::CircuitBreakerConfig
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::CircuitBreakerConfig;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(3))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn circuit_breaker(mut self, config: crate::policy::CircuitBreakerConfig) -> Self {
         self.config.breaker = config;
         self
@@ -364,6 +673,17 @@ impl ClusterClientBuilder {
     /// 100 per second, bursts up to 1000.
     ///
     /// [`RetryBudgetConfig::default`]: crate::RetryBudgetConfig
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::RetryBudgetConfig;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .retry_budget(RetryBudgetConfig::new(0.1, 10.0, 100.0))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn retry_budget(mut self, config: crate::policy::RetryBudgetConfig) -> Self {
         self.config.retry_budget = config;
         self
@@ -372,6 +692,17 @@ impl ClusterClientBuilder {
     /// How often every node is PINGed in the background, to measure latency (for
     /// [`ReadFrom::LowestLatency`]) and to probe nodes whose breaker is open; `None` turns
     /// health checks off. Default 10 s, the seed's recommendation (its client uses 30 s).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .health_check_interval(Some(Duration::from_secs(30)))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn health_check_interval(mut self, interval: Option<Duration>) -> Self {
         self.config.health_check_interval = interval;
         self
@@ -382,22 +713,66 @@ impl ClusterClientBuilder {
     /// [`crate::Durability`]). Writes then use dedicated connections and wait for
     /// replicas: slower, so prefer [`crate::ClusterClient::query_durable`] for the writes
     /// that need it. Default none (the primary's acknowledgement, as Redis gives).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// use redcluster::Durability;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .durable_writes(Durability::new(1, Duration::from_millis(100)))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn durable_writes(mut self, durability: crate::cluster::Durability) -> Self {
         self.config.durability = Some(durability);
         self
     }
 
     /// The seed's name for [`Self::connect_timeout`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .connection_timeout(Duration::from_secs(5))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn connection_timeout(self, timeout: Duration) -> Self {
         self.connect_timeout(timeout)
     }
 
     /// The seed's name for [`Self::response_timeout`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .socket_timeout(Duration::from_secs(5))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn socket_timeout(self, timeout: Duration) -> Self {
         self.response_timeout(timeout)
     }
 
     /// The seed's `socket_keepalive`: TCP keepalive after 60 s idle, or none.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .socket_keepalive(true)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn socket_keepalive(self, on: bool) -> Self {
         self.tcp_keepalive(on.then_some(Duration::from_secs(60)))
     }
@@ -408,6 +783,19 @@ impl ClusterClientBuilder {
     ///
     /// [`Error::Config`] for invalid settings, or the last seed's error when no seed
     /// could be reached or none returned a topology.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::{ClusterClient, Error};
+    /// match ClusterClient::builder().nodes(["127.0.0.1:7000"]).build().await {
+    ///     Ok(client) => println!("connected: {client:?}"),
+    ///     Err(Error::Config(why)) => eprintln!("bad settings: {why}"),
+    ///     Err(e) => eprintln!("no seed answered: {e}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn build(self) -> Result<crate::ClusterClient> {
         let config = self.into_config()?;
         crate::ClusterClient::start(config).await
@@ -575,7 +963,40 @@ pub(crate) fn builder_from_env() -> Result<ClusterClientBuilder> {
     if let Some(tls) = tls_from_env(|name| std::env::var(name).ok(), rediss)? {
         builder = builder.tls(tls);
     }
+    if let Ok(pairs) = std::env::var("REDIS_ADDRESS_REMAP") {
+        builder = builder.address_remap(AddressRemap::from_map(env_pairs(
+            "REDIS_ADDRESS_REMAP",
+            &pairs,
+        )?));
+    }
+    if let Ok(pairs) = std::env::var("REDIS_RENAMED_COMMANDS") {
+        let renames = env_pairs("REDIS_RENAMED_COMMANDS", &pairs)?
+            .into_iter()
+            .fold(crate::CommandRenames::new(), |r, (name, to)| {
+                r.rename(&name, &to)
+            });
+        builder = builder.command_renames(renames);
+    }
     Ok(builder)
+}
+
+/// `a=b,c=d` as pairs; an empty right side is allowed (a disabled command). The values
+/// are never echoed in errors: renamed command names are secrets.
+fn env_pairs(var: &str, text: &str) -> Result<Vec<(String, String)>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .enumerate()
+        .map(|(i, pair)| match pair.split_once('=') {
+            Some((from, to)) if !from.trim().is_empty() => {
+                Ok((from.trim().to_owned(), to.trim().to_owned()))
+            }
+            _ => Err(Error::Config(format!(
+                "{var}: entry {} is not `from=to` (entries are comma-separated)",
+                i + 1
+            ))),
+        })
+        .collect()
 }
 
 /// The TLS configuration the environment asks for, if any.
@@ -724,6 +1145,30 @@ mod tests {
             matches!(&err, Error::Config(m) if m.contains("rediss://") && m.contains("CA")),
             "{err}"
         );
+    }
+
+    #[test]
+    fn env_pairs_parse_remaps_and_renames_without_echoing_values() {
+        let pairs = env_pairs(
+            "REDIS_ADDRESS_REMAP",
+            " redis-cluster-0:6379=127.0.0.1:6450 ,redis-cluster-1:6379=127.0.0.1:6451,",
+        )
+        .unwrap();
+        assert_eq!(
+            pairs,
+            [
+                ("redis-cluster-0:6379".into(), "127.0.0.1:6450".into()),
+                ("redis-cluster-1:6379".into(), "127.0.0.1:6451".into())
+            ]
+        );
+        let renames = env_pairs("REDIS_RENAMED_COMMANDS", "CONFIG=CONFIG_x,FLUSHALL=").unwrap();
+        assert_eq!(renames[1], ("FLUSHALL".into(), String::new()));
+        let err = env_pairs("REDIS_RENAMED_COMMANDS", "CONFIG=ok,secretname").unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("entry 2")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secretname"), "{err}");
     }
 
     #[test]

@@ -380,13 +380,25 @@ impl Inner {
             span.record("node", &*node.addr);
             span.record("attempt", attempt);
             if !self.admit(node) {
-                // Failing fast: nothing is sent to a node whose breaker is open. The
-                // request waits for a new route (the refresh asked when it opened).
-                primary_only |= node.read_only;
-                redirect = None;
+                // Nothing is sent to a node whose breaker is open. A replica read falls
+                // back to the primary at once; otherwise the request fails fast, unless
+                // the slot map now points elsewhere (a refresh saw a failover, or this
+                // node was only a redirect's target): then it tries the current route.
                 let open = Error::CircuitOpen {
                     node: node.addr.to_string(),
                 };
+                if node.read_only && !primary_only {
+                    primary_only = true;
+                    redirect = None;
+                    continue;
+                }
+                let was_redirected = redirect.take().is_some();
+                let elsewhere = self
+                    .pick(&target, primary_only)
+                    .is_ok_and(|n| !Arc::ptr_eq(&n, node));
+                if !was_redirected && !elsewhere {
+                    return Err(open);
+                }
                 self.wait_retry(&backoff, &mut retries, deadline, open)
                     .await?;
                 continue;
@@ -1009,6 +1021,7 @@ mod tests {
             multiplexed: 1,
             dedicated: 1,
             breaker: crate::CircuitBreakerConfig::default(),
+            probe_timeout: std::time::Duration::from_secs(5),
         });
         let node = |addr: &str, us: u64| {
             let n = Arc::new(Node::new(Arc::from(addr), true, Arc::clone(&settings)));

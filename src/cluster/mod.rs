@@ -10,6 +10,7 @@ mod batch;
 mod commands;
 mod config;
 mod dedicated;
+mod doctor;
 mod execute;
 mod health;
 mod node;
@@ -69,6 +70,13 @@ impl std::fmt::Debug for ClusterClient {
 }
 
 /// Counters a test or a dashboard can read; see [`ClusterClient::stats`].
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// let stats = client.stats();
+/// println!("{} MOVED, {} ASK, {} retries", stats.moved, stats.ask, stats.retries);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct ClientStats {
@@ -119,6 +127,16 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClientBuilder::build`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::ClusterClient;
+    /// let client = ClusterClient::connect(["127.0.0.1:7000", "127.0.0.1:7001"]).await?;
+    /// // With credentials, or TLS: "redis://app:s3cret@10.0.0.1:6379", "rediss://10.0.0.1:6380".
+    /// # Ok(()) }
+    /// ```
     pub async fn connect<I, S>(seeds: I) -> Result<ClusterClient>
     where
         I: IntoIterator<Item = S>,
@@ -128,12 +146,36 @@ impl ClusterClient {
     }
 
     /// A builder with every setting at its default.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .response_timeout(Duration::from_secs(1))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> ClusterClientBuilder {
         ClusterClientBuilder::default()
     }
 
     /// A builder from the environment: `REDIS_CLUSTER_NODES` (comma-separated seeds,
-    /// required), `REDIS_PASSWORD` and `REDIS_USERNAME` (optional).
+    /// required), `REDIS_PASSWORD` and `REDIS_USERNAME` (optional), the TLS variables
+    /// (`REDIS_TLS`, `REDIS_TLS_CA`, `REDIS_TLS_CERT`, `REDIS_TLS_KEY`,
+    /// `REDIS_TLS_SERVER_NAME`), `REDIS_ADDRESS_REMAP` (`announced=reachable` pairs,
+    /// comma-separated, for [`ClusterClientBuilder::address_remap`]) and
+    /// `REDIS_RENAMED_COMMANDS` (`NAME=server_name` pairs, `NAME=` for a disabled command,
+    /// for [`ClusterClientBuilder::rename_command`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// // REDIS_CLUSTER_NODES=127.0.0.1:6450,127.0.0.1:6451
+    /// // REDIS_ADDRESS_REMAP=redis-cluster-0:6379=127.0.0.1:6450,redis-cluster-1:6379=127.0.0.1:6451
+    /// let client = redcluster::ClusterClient::builder_from_env()?.build().await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
@@ -150,6 +192,7 @@ impl ClusterClient {
             multiplexed: config.connections_per_node,
             dedicated: config.max_connections_per_node,
             breaker: config.breaker,
+            probe_timeout: config.response_timeout,
         };
         let dedicated_limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let budget = config.retry_budget;
@@ -196,6 +239,17 @@ impl ClusterClient {
     /// `NOPERM`, ...), [`Error::ClusterDown`], [`Error::CrossSlot`], [`Error::Timeout`],
     /// [`Error::TooManyRedirects`], connection errors, or [`Error::Type`] when the reply
     /// does not convert to `T`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::{cmd, Value};
+    /// let n: i64 = client.query(cmd("INCR").arg("visits")).await?;
+    /// let name: Option<String> = client.query(cmd("GET").arg("user:{42}:name")).await?;
+    /// let raw: Value = client.query(cmd("XLEN").arg("events:{eu}")).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn query<T: FromValue>(&self, cmd: Cmd) -> Result<T> {
         let deadline = Instant::now() + self.inner.config.response_timeout;
         let value = self.inner.execute(cmd, deadline).await?;
@@ -211,6 +265,19 @@ impl ClusterClient {
     /// [`Error::NotReplicated`] when fewer replicas acknowledged than asked (the write
     /// did run on the primary); [`Error::Config`] for a command without keys or with
     /// keys in several slots; otherwise as [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// use redcluster::{cmd, Durability};
+    /// let wait = Durability::new(1, Duration::from_millis(100));
+    /// let ((), replicas) = client
+    ///     .query_durable(cmd("SET").arg("order:{7}").arg("paid"), wait)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn query_durable<T: FromValue>(
         &self,
         command: Cmd,
@@ -243,6 +310,14 @@ impl ClusterClient {
     }
 
     /// Counters of redirects, refreshes and retries since the client was built.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let before = client.stats();
+    /// client.set("k", "v").await?;
+    /// println!("redirects followed: {}", client.stats().moved - before.moved);
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> ClientStats {
         let c = &self.inner.counters;
         ClientStats {
@@ -255,6 +330,15 @@ impl ClusterClient {
 
     /// The address of the primary that currently serves `slot`, as the client's slot map
     /// says.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let slot = redcluster::key_slot(b"user:{42}");
+    /// if let Some(addr) = client.primary_for_slot(slot) {
+    ///     println!("slot {slot} is served by {addr}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn primary_for_slot(&self, slot: u16) -> Option<String> {
         self.inner
             .routes
@@ -265,11 +349,25 @@ impl ClusterClient {
     }
 
     /// The address of the node that serves `key`'s slot, as the client's slot map says.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let addr = client.node_for_key(b"user:{42}:name"); // Some("10.0.0.3:6379")
+    /// # Ok(()) }
+    /// ```
     pub fn node_for_key(&self, key: &[u8]) -> Option<String> {
         self.primary_for_slot(crate::slot::key_slot(key))
     }
 
     /// Addresses of every node the client knows, primaries first.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// for addr in client.known_nodes() {
+    ///     println!("{addr}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn known_nodes(&self) -> Vec<String> {
         self.inner
             .routes
@@ -282,6 +380,12 @@ impl ClusterClient {
     }
 
     /// Addresses of nodes with an open connection right now.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// println!("connected to {} nodes", client.connected_nodes().len());
+    /// # Ok(()) }
+    /// ```
     pub fn connected_nodes(&self) -> Vec<String> {
         let mut nodes: Vec<String> = self
             .inner
@@ -298,6 +402,15 @@ impl ClusterClient {
 
     /// A snapshot of the cluster as the client sees it: slot coverage, and per node its
     /// role, connection, circuit breaker, PING latency, and last failure and when.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let health = client.health();
+    /// for node in health.nodes.iter().filter(|n| !n.connected) {
+    ///     println!("{} is down: {:?}", node.addr, node.last_error);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn health(&self) -> crate::ClusterHealth {
         use crate::observe::{ClusterHealth, NodeHealth, NodeRole};
         let routes = self.inner.routes.load();
@@ -329,6 +442,15 @@ impl ClusterClient {
     /// # Errors
     ///
     /// The error of the last node asked when none answered.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// // E.g. right after resharding with redis-cli, instead of waiting for MOVED.
+    /// client.refresh_topology().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn refresh_topology(&self) -> Result<()> {
         self.inner.refresh(RefreshTrigger::Periodic).await
     }

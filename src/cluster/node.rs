@@ -29,6 +29,8 @@ pub(crate) struct NodeSettings {
     /// Most dedicated connections per node (blocking commands, WATCH).
     pub(crate) dedicated: usize,
     pub(crate) breaker: CircuitBreakerConfig,
+    /// The client's request timeout: how long a half-open breaker's probe may take.
+    pub(crate) probe_timeout: std::time::Duration,
 }
 
 /// A node of the cluster and its connections.
@@ -103,7 +105,7 @@ impl Node {
             turn: AtomicUsize::new(0),
             dedicated: OnceLock::new(),
             quiet: AtomicBool::new(true),
-            breaker: Mutex::new(Breaker::new(settings.breaker)),
+            breaker: Mutex::new(Breaker::new(settings.breaker, settings.probe_timeout)),
             reconnect: Mutex::new(Reconnect::default()),
             last_failure: Mutex::new(None),
             latency_us: AtomicU64::new(0),

@@ -27,6 +27,13 @@ use crate::slot::{key_slot, SLOT_COUNT};
 use crate::topology::RefreshTrigger;
 
 /// Options of [`ClusterClient::scan`].
+///
+/// ```
+/// use redcluster::ScanOptions;
+/// let options = ScanOptions::default().pattern("session:*").count(1000).key_type("hash");
+/// assert_eq!(options.pattern.as_deref(), Some("session:*"));
+/// assert_eq!(ScanOptions::default().count, None); // the server's default
+/// ```
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ScanOptions {
@@ -40,18 +47,33 @@ pub struct ScanOptions {
 
 impl ScanOptions {
     /// Sets the `MATCH` pattern.
+    ///
+    /// ```
+    /// let options = redcluster::ScanOptions::default().pattern("user:*:name");
+    /// assert_eq!(options.pattern.as_deref(), Some("user:*:name"));
+    /// ```
     pub fn pattern(mut self, pattern: impl Into<String>) -> Self {
         self.pattern = Some(pattern.into());
         self
     }
 
     /// Sets the `COUNT` hint.
+    ///
+    /// ```
+    /// let options = redcluster::ScanOptions::default().count(500);
+    /// assert_eq!(options.count, Some(500));
+    /// ```
     pub fn count(mut self, count: u32) -> Self {
         self.count = Some(count);
         self
     }
 
     /// Sets the `TYPE` filter.
+    ///
+    /// ```
+    /// let options = redcluster::ScanOptions::default().key_type("zset");
+    /// assert_eq!(options.key_type.as_deref(), Some("zset"));
+    /// ```
     pub fn key_type(mut self, key_type: impl Into<String>) -> Self {
         self.key_type = Some(key_type.into());
         self
@@ -62,6 +84,17 @@ impl ScanOptions {
 ///
 /// The stream ends after every slot was covered, or after one error (then the scan is
 /// incomplete). Dropping it stops the scan.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use futures_util::TryStreamExt;
+/// use redcluster::ScanOptions;
+/// let keys: Vec<bytes::Bytes> = client
+///     .scan(ScanOptions::default().pattern("tmp:*"))
+///     .try_collect()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Scan {
     keys: mpsc::Receiver<Result<Bytes>>,

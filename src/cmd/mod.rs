@@ -49,12 +49,25 @@ pub struct Cmd {
 }
 
 /// Starts a command: `cmd("GET").arg("key")`.
+///
+/// ```
+/// use redcluster::cmd;
+/// let get = cmd("GET").arg("user:{42}:name");
+/// assert_eq!(get.len(), 2);
+/// ```
 pub fn cmd(name: &str) -> Cmd {
     Cmd::new().arg(name)
 }
 
 impl Cmd {
     /// An empty command; the first argument added is the command name.
+    ///
+    /// ```
+    /// use redcluster::Cmd;
+    /// let mut ping = Cmd::new();
+    /// ping.push_arg("PING");
+    /// assert_eq!(ping.name(), b"PING");
+    /// ```
     pub fn new() -> Cmd {
         Cmd {
             encoded: BytesMut::with_capacity(64),
@@ -63,6 +76,11 @@ impl Cmd {
     }
 
     /// Appends one argument and returns the command, for chaining.
+    ///
+    /// ```
+    /// let c = redcluster::cmd("EXPIRE").arg("session:{42}").arg(3600);
+    /// assert_eq!(c.arg_at(2), Some(&b"3600"[..]));
+    /// ```
     pub fn arg<A: ToArg>(mut self, arg: A) -> Cmd {
         self.push_arg(arg);
         self
@@ -86,6 +104,14 @@ impl Cmd {
     }
 
     /// Appends one argument in place.
+    ///
+    /// ```
+    /// let mut c = redcluster::cmd("SADD").arg("tags:{post:7}");
+    /// for tag in ["rust", "redis"] {
+    ///     c.push_arg(tag);
+    /// }
+    /// assert_eq!(c.len(), 4);
+    /// ```
     pub fn push_arg<A: ToArg>(&mut self, arg: A) {
         arg.with_bytes(|bytes| {
             let mut digits = itoa::Buffer::new();
@@ -105,21 +131,40 @@ impl Cmd {
     }
 
     /// The number of arguments, command name included.
+    ///
+    /// ```
+    /// assert_eq!(redcluster::cmd("MGET").arg("a").arg("b").len(), 3);
+    /// ```
     pub fn len(&self) -> usize {
         self.spans.len()
     }
 
     /// Whether the command has no arguments at all (not even a name).
+    ///
+    /// ```
+    /// assert!(redcluster::Cmd::new().is_empty());
+    /// assert!(!redcluster::cmd("PING").is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
 
     /// The command name as given (`b"GET"`), or empty when there is none.
+    ///
+    /// ```
+    /// assert_eq!(redcluster::cmd("get").arg("k").name(), b"get");
+    /// ```
     pub fn name(&self) -> &[u8] {
         self.arg_at(0).unwrap_or(b"")
     }
 
     /// The argument at `index` (0 is the command name).
+    ///
+    /// ```
+    /// let c = redcluster::cmd("HGET").arg("user:{42}").arg("name");
+    /// assert_eq!(c.arg_at(2), Some(&b"name"[..]));
+    /// assert_eq!(c.arg_at(3), None);
+    /// ```
     pub fn arg_at(&self, index: usize) -> Option<&[u8]> {
         let &(start, len) = self.spans.get(index)?;
         self.encoded
@@ -127,6 +172,12 @@ impl Cmd {
     }
 
     /// All arguments, command name first.
+    ///
+    /// ```
+    /// let c = redcluster::cmd("DEL").arg("a").arg("b");
+    /// let args: Vec<&[u8]> = c.arg_iter().collect();
+    /// assert_eq!(args, [&b"DEL"[..], b"a", b"b"]);
+    /// ```
     pub fn arg_iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
         self.spans
             .iter()
@@ -134,6 +185,12 @@ impl Cmd {
     }
 
     /// Writes the command in RESP (an array of bulk strings) to `out`.
+    ///
+    /// ```
+    /// let mut out = bytes::BytesMut::new();
+    /// redcluster::cmd("GET").arg("k").write_to(&mut out);
+    /// assert_eq!(&out[..], b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    /// ```
     pub fn write_to(&self, out: &mut BytesMut) {
         resp::encode_header(b'*', self.spans.len(), out);
         out.extend_from_slice(&self.encoded);
@@ -152,6 +209,13 @@ impl Cmd {
     }
 
     /// How many bytes [`Cmd::write_to`] appends.
+    ///
+    /// ```
+    /// let c = redcluster::cmd("SET").arg("k").arg("v");
+    /// let mut out = bytes::BytesMut::new();
+    /// c.write_to(&mut out);
+    /// assert_eq!(c.encoded_len(), out.len());
+    /// ```
     pub fn encoded_len(&self) -> usize {
         // `*`, up to 20 digits and CRLF, then the arguments.
         let mut digits = itoa::Buffer::new();
@@ -173,8 +237,26 @@ impl fmt::Debug for Cmd {
 /// Implemented for strings, byte slices and vectors, [`Bytes`], integers and floats.
 /// Integers and floats are sent in the decimal form the server parses; floats use the
 /// shortest text that reads back as the same number, and `inf`/`-inf` for infinities.
+///
+/// ```
+/// use redcluster::{cmd, ToArg};
+/// // A user id, sent as the key of the user's hash.
+/// struct UserKey(u64);
+/// impl ToArg for UserKey {
+///     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+///         f(format!("user:{{{}}}", self.0).as_bytes())
+///     }
+/// }
+/// assert_eq!(cmd("HGETALL").arg(UserKey(42)).arg_at(1), Some(&b"user:{42}"[..]));
+/// ```
 pub trait ToArg {
     /// Calls `f` with the argument's bytes.
+    ///
+    /// ```
+    /// use redcluster::ToArg;
+    /// assert_eq!(42i64.with_bytes(<[u8]>::to_vec), b"42");
+    /// assert_eq!(0.5f64.with_bytes(<[u8]>::to_vec), b"0.5");
+    /// ```
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
 }
 

@@ -39,12 +39,23 @@ pub struct CommandRenames {
 
 impl CommandRenames {
     /// No renames: every command goes out under its documented name.
+    ///
+    /// ```
+    /// assert!(redcluster::CommandRenames::new().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sends `name` (any case; the first word of the command, e.g. `CONFIG` for
     /// `CONFIG GET`) as `to`. An empty `to` is the same as [`CommandRenames::disable`].
+    ///
+    /// ```
+    /// use redcluster::CommandRenames;
+    /// let renames = CommandRenames::new().rename("config", "CONFIG_9a7b8c5d3e2f1a0");
+    /// assert!(!renames.is_empty());
+    /// assert!(!renames.is_disabled(b"CONFIG"));
+    /// ```
     pub fn rename(mut self, name: &str, to: &str) -> Self {
         Arc::make_mut(&mut self.map).insert(
             name.to_ascii_uppercase().into_bytes().into_boxed_slice(),
@@ -55,16 +66,33 @@ impl CommandRenames {
 
     /// Marks `name` as disabled on the server (`rename-command NAME ""`): the client
     /// refuses it with [`crate::Error::Config`] instead of sending it.
+    ///
+    /// ```
+    /// let renames = redcluster::CommandRenames::new().disable("FLUSHALL");
+    /// assert!(renames.is_disabled(b"flushall"));
+    /// ```
     pub fn disable(self, name: &str) -> Self {
         self.rename(name, "")
     }
 
     /// Whether no command is renamed or disabled.
+    ///
+    /// ```
+    /// use redcluster::CommandRenames;
+    /// assert!(CommandRenames::new().is_empty());
+    /// assert!(!CommandRenames::new().disable("DEBUG").is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
     /// Whether the command called `name` (any case) is disabled.
+    ///
+    /// ```
+    /// let renames = redcluster::CommandRenames::new().rename("DEBUG", "");
+    /// assert!(renames.is_disabled(b"debug"));
+    /// assert!(!renames.is_disabled(b"GET"));
+    /// ```
     pub fn is_disabled(&self, name: &[u8]) -> bool {
         self.lookup(name).is_some_and(|to| to.is_empty())
     }

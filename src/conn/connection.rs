@@ -146,6 +146,14 @@ fn lost_after_write(cause: &Error) -> Error {
 /// Cloning is cheap and clones share the connection: requests from many tasks are
 /// coalesced into few writes. Dropping every clone closes the connection once the
 /// requests already sent are answered.
+///
+/// ```no_run
+/// # async fn demo() -> redcluster::Result<()> {
+/// use redcluster::{cmd, ConnectOptions, NodeConnection};
+/// let conn = NodeConnection::connect("127.0.0.1:7000", &ConnectOptions::default()).await?;
+/// let id = conn.send(cmd("CLUSTER").arg("MYID")).await?; // a Value: errors are data here
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct NodeConnection {
     tx: mpsc::Sender<Request>,
@@ -178,6 +186,20 @@ impl NodeConnection {
     /// [`Error::Tls`] when the TLS handshake fails (the message names the reason: unknown
     /// CA, bad name, a client certificate required or refused, ...), [`Error::Auth`] when
     /// the credentials are refused, [`Error::Protocol`] when the node does not speak RESP.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// use redcluster::{ConnectOptions, NodeConnection};
+    /// let options = ConnectOptions::default()
+    ///     .username("app")
+    ///     .password("s3cret")
+    ///     .connect_timeout(Duration::from_secs(1));
+    /// let conn = NodeConnection::connect("127.0.0.1:7000", &options).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(addr: &str, options: &ConnectOptions) -> Result<NodeConnection> {
         let deadline = Instant::now() + options.connect_timeout;
         let stream = tcp_connect(addr, options, deadline).await?;
@@ -201,6 +223,25 @@ impl NodeConnection {
     /// # Errors
     ///
     /// As [`NodeConnection::connect`], minus the TCP part.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> redcluster::Result<()> {
+    /// use redcluster::{cmd, ConnectOptions, NodeConnection, Protocol, Value};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// // A stand-in node on an in-memory pipe that answers one PING.
+    /// let (ours, mut node) = tokio::io::duplex(1024);
+    /// tokio::spawn(async move {
+    ///     let _ = node.read(&mut [0u8; 64]).await;
+    ///     let _ = node.write_all(b"+PONG\r\n").await;
+    /// });
+    /// let options = ConnectOptions::default().protocol(Protocol::Resp2); // no HELLO
+    /// let conn = NodeConnection::over_stream("fake:6379", ours, &options).await?;
+    /// assert_eq!(conn.send(cmd("PING")).await?, Value::Simple("PONG".into()));
+    /// # Ok(()) }
+    /// ```
     pub async fn over_stream<S>(
         addr: &str,
         stream: S,
@@ -258,23 +299,53 @@ impl NodeConnection {
     }
 
     /// The address this connection was opened to.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redcluster::NodeConnection) -> redcluster::Result<()> {
+    /// println!("talking to {}", conn.addr()); // "127.0.0.1:7000"
+    /// # Ok(()) }
+    /// ```
     pub fn addr(&self) -> &str {
         &self.addr
     }
 
     /// The protocol the handshake settled on.
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redcluster::NodeConnection) -> redcluster::Result<()> {
+    /// use redcluster::Protocol;
+    /// if conn.protocol() == Protocol::Resp2 {
+    ///     println!("an old server: RESP2 only");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn protocol(&self) -> Protocol {
         self.protocol
     }
 
     /// Whether the connection has died (or been closed); a dead connection answers every
     /// request with [`Error::ConnectionLost`].
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redcluster::NodeConnection) -> redcluster::Result<()> {
+    /// if conn.is_closed() {
+    ///     // reconnect
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
 
     /// Closes the connection: queued and in-flight requests get
     /// [`Error::ConnectionLost`].
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redcluster::NodeConnection) -> redcluster::Result<()> {
+    /// conn.close();
+    /// assert!(conn.is_closed());
+    /// # Ok(()) }
+    /// ```
     pub fn close(&self) {
         self.shared.close(&Error::ConnectionLost {
             may_have_executed: true,
@@ -291,6 +362,16 @@ impl NodeConnection {
     ///
     /// [`Error::Timeout`] when no reply came in time, [`Error::ConnectionLost`] or
     /// [`Error::Io`] when the connection died, [`Error::Protocol`] on a malformed reply.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redcluster::NodeConnection) -> redcluster::Result<()> {
+    /// use redcluster::{cmd, Value};
+    /// let pong = conn.send(cmd("PING")).await?;
+    /// assert_eq!(pong, Value::Simple("PONG".into()));
+    /// # Ok(()) }
+    /// ```
     pub async fn send(&self, cmd: Cmd) -> Result<Value> {
         self.send_timeout(cmd, self.default_timeout).await
     }
@@ -302,6 +383,17 @@ impl NodeConnection {
     /// # Errors
     ///
     /// As [`NodeConnection::send`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redcluster::NodeConnection) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// use redcluster::cmd;
+    /// let replication = cmd("INFO").arg("replication");
+    /// let info = conn.send_timeout(replication, Duration::from_millis(200)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn send_timeout(&self, cmd: Cmd, timeout: std::time::Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         let replies = self.dispatch(Cmds::One(cmd), deadline).await.result?;
@@ -314,6 +406,18 @@ impl NodeConnection {
     /// # Errors
     ///
     /// As [`NodeConnection::send`]; one failure fails the whole batch.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(conn: redcluster::NodeConnection) -> redcluster::Result<()> {
+    /// use redcluster::cmd;
+    /// let replies = conn
+    ///     .send_batch(vec![cmd("SET").arg("k").arg("v"), cmd("GET").arg("k")])
+    ///     .await?;
+    /// assert_eq!(replies.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn send_batch(&self, cmds: Vec<Cmd>) -> Result<Vec<Value>> {
         if cmds.is_empty() {
             return Ok(Vec::new());

@@ -12,6 +12,13 @@ use crate::error::Result;
 use crate::resp::Limits;
 
 /// The RESP version a connection asks for.
+///
+/// ```
+/// use redcluster::{ClusterClient, Protocol};
+/// assert_eq!(Protocol::default(), Protocol::Resp3);
+/// // RESP2 only, e.g. behind a proxy that does not know HELLO.
+/// let builder = ClusterClient::builder().nodes(["127.0.0.1:7000"]).protocol(Protocol::Resp2);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Protocol {
@@ -24,16 +31,32 @@ pub enum Protocol {
 
 /// A password or other secret. `Debug` and `Display` print `"***"`, so a secret can sit in
 /// configuration structs that get logged.
+///
+/// ```
+/// use redcluster::Secret;
+/// let password = Secret::new("hunter2");
+/// assert_eq!(format!("{password:?} {password}"), "*** ***");
+/// assert_eq!(password.expose(), "hunter2");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<str>);
 
 impl Secret {
     /// Wraps a secret string.
+    ///
+    /// ```
+    /// let password = redcluster::Secret::new(std::env::var("REDIS_PASSWORD").unwrap_or_default());
+    /// assert_eq!(password.to_string(), "***");
+    /// ```
     pub fn new(secret: impl Into<String>) -> Self {
         Secret(Arc::from(secret.into()))
     }
 
     /// The secret itself; only for sending it to the server.
+    ///
+    /// ```
+    /// assert_eq!(redcluster::Secret::new("hunter2").expose(), "hunter2");
+    /// ```
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -65,6 +88,14 @@ impl From<String> for Secret {
 
 /// The future a [`CredentialsProvider`] returns: the ACL user name (`None` for the
 /// `default` user) and the password.
+///
+/// ```
+/// use redcluster::{CredentialsFuture, CredentialsProvider, Secret};
+/// fn fetch_credentials() -> CredentialsFuture {
+///     Box::pin(async { Ok((Some("app".to_string()), Secret::new("s3cret"))) })
+/// }
+/// let provider = CredentialsProvider::new(fetch_credentials);
+/// ```
 pub type CredentialsFuture = Pin<Box<dyn Future<Output = Result<(Option<String>, Secret)>> + Send>>;
 
 type CredentialsFn = dyn Fn() -> CredentialsFuture + Send + Sync;
@@ -91,6 +122,17 @@ pub struct CredentialsProvider(Arc<CredentialsFn>);
 
 impl CredentialsProvider {
     /// A provider from an async closure returning `(username, password)`.
+    ///
+    /// ```no_run
+    /// use redcluster::{CredentialsProvider, Error, Secret};
+    /// // A password file that a sidecar rewrites whenever the password rotates.
+    /// let provider = CredentialsProvider::new(|| async {
+    ///     let password = tokio::fs::read_to_string("/run/secrets/redis-password")
+    ///         .await
+    ///         .map_err(|_| Error::Auth("cannot read the password file".into()))?;
+    ///     Ok((Some("app".to_string()), Secret::new(password.trim())))
+    /// });
+    /// ```
     pub fn new<F, Fut>(f: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -104,6 +146,18 @@ impl CredentialsProvider {
     /// # Errors
     ///
     /// Whatever the provider returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> redcluster::Result<()> {
+    /// use redcluster::{CredentialsProvider, Secret};
+    /// let provider = CredentialsProvider::new(|| async { Ok((None, Secret::new("s3cret"))) });
+    /// let (user, password) = provider.credentials().await?;
+    /// assert_eq!((user, password.expose()), (None, "s3cret"));
+    /// # Ok(()) }
+    /// ```
     pub async fn credentials(&self) -> Result<(Option<String>, Secret)> {
         (self.0)().await
     }
@@ -118,6 +172,17 @@ impl fmt::Debug for CredentialsProvider {
 /// How to open and run one connection to one node.
 ///
 /// `Debug` never shows the password, private keys or the credentials provider.
+///
+/// ```
+/// use std::time::Duration;
+/// use redcluster::ConnectOptions;
+/// let options = ConnectOptions::default()
+///     .username("app")
+///     .password("s3cret")
+///     .connect_timeout(Duration::from_secs(2));
+/// assert_eq!(options.max_in_flight, 4096); // a default
+/// assert!(!format!("{options:?}").contains("s3cret"));
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnectOptions {
@@ -174,60 +239,122 @@ impl Default for ConnectOptions {
 
 impl ConnectOptions {
     /// Sets the password (and keeps the user name as it is).
+    ///
+    /// ```
+    /// use redcluster::{ConnectOptions, Secret};
+    /// let options = ConnectOptions::default().password("s3cret");
+    /// assert_eq!(options.password.as_ref().map(Secret::expose), Some("s3cret"));
+    /// ```
     pub fn password(mut self, password: impl Into<Secret>) -> Self {
         self.password = Some(password.into());
         self
     }
 
     /// Sets the ACL user name.
+    ///
+    /// ```
+    /// let options = redcluster::ConnectOptions::default().username("app").password("s3cret");
+    /// assert_eq!(options.username.as_deref(), Some("app"));
+    /// ```
     pub fn username(mut self, username: impl Into<String>) -> Self {
         self.username = Some(username.into());
         self
     }
 
     /// Sets [`ConnectOptions::protocol`].
+    ///
+    /// ```
+    /// use redcluster::{ConnectOptions, Protocol};
+    /// assert_eq!(ConnectOptions::default().protocol(Protocol::Resp2).protocol, Protocol::Resp2);
+    /// ```
     pub fn protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = protocol;
         self
     }
 
     /// Sets [`ConnectOptions::read_only`].
+    ///
+    /// ```
+    /// // For a connection to a replica that should serve reads.
+    /// assert!(redcluster::ConnectOptions::default().read_only(true).read_only);
+    /// ```
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
         self
     }
 
     /// Sets [`ConnectOptions::connect_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = redcluster::ConnectOptions::default().connect_timeout(Duration::from_secs(1));
+    /// assert_eq!(options.connect_timeout, Duration::from_secs(1));
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Sets [`ConnectOptions::response_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redcluster::ConnectOptions;
+    /// let options = ConnectOptions::default().response_timeout(Duration::from_millis(250));
+    /// assert_eq!(options.response_timeout, Duration::from_millis(250));
+    /// ```
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
         self
     }
 
     /// Sets [`ConnectOptions::tls`]: connect with TLS.
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// # let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    /// # let ca_pem = ca.cert.pem();
+    /// use redcluster::{ConnectOptions, TlsConfig};
+    /// let options = ConnectOptions::default().tls(TlsConfig::new().ca_cert_pem(&ca_pem)?);
+    /// assert!(options.tls.is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn tls(mut self, tls: TlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
 
     /// Sets [`ConnectOptions::credentials`].
+    ///
+    /// ```
+    /// use redcluster::{ConnectOptions, CredentialsProvider, Secret};
+    /// let provider = CredentialsProvider::new(|| async { Ok((None, Secret::new("s3cret"))) });
+    /// let options = ConnectOptions::default().credentials_provider(provider);
+    /// assert!(options.credentials.is_some());
+    /// ```
     pub fn credentials_provider(mut self, provider: CredentialsProvider) -> Self {
         self.credentials = Some(provider);
         self
     }
 
     /// Sets [`ConnectOptions::renames`].
+    ///
+    /// ```
+    /// use redcluster::{CommandRenames, ConnectOptions};
+    /// let options = ConnectOptions::default().renames(CommandRenames::new().disable("FLUSHALL"));
+    /// assert!(options.renames.is_disabled(b"FLUSHALL"));
+    /// ```
     pub fn renames(mut self, renames: CommandRenames) -> Self {
         self.renames = renames;
         self
     }
 
     /// Sets [`ConnectOptions::max_in_flight`] (at least 1).
+    ///
+    /// ```
+    /// let options = redcluster::ConnectOptions::default().max_in_flight(0);
+    /// assert_eq!(options.max_in_flight, 1); // at least one
+    /// ```
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.max(1);
         self

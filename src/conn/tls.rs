@@ -116,6 +116,18 @@ impl TlsConfig {
     /// [`TlsConfig::ca_cert_pem`] (or the platform's with `native_roots`, feature
     /// `native-roots`). A client whose `TlsConfig` trusts no CA fails to build with
     /// [`Error::Config`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::{ClusterClient, TlsConfig};
+    /// let tls = TlsConfig::new().ca_cert_file("ca.crt")?;
+    /// let client = ClusterClient::builder()
+    ///     .nodes(["rediss://127.0.0.1:6380"])
+    ///     .tls(tls)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Self {
         TlsConfig::default()
     }
@@ -140,6 +152,14 @@ impl TlsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] when the file cannot be read or holds no valid certificate.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo() -> redcluster::Result<()> {
+    /// let tls = redcluster::TlsConfig::new().ca_cert_file("/etc/redis/tls/ca.crt")?;
+    /// # Ok(()) }
+    /// ```
     pub fn ca_cert_file(self, path: impl AsRef<Path>) -> Result<TlsConfig> {
         let path = path.as_ref();
         let pem = read_file(path, "CA certificate")?;
@@ -152,6 +172,19 @@ impl TlsConfig {
     /// # Errors
     ///
     /// [`Error::Config`] when the text holds no valid certificate.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// # let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    /// # let ca_pem = ca.cert.pem();
+    /// use redcluster::TlsConfig;
+    /// // E.g. a CA certificate handed over in an environment variable or a secrets store.
+    /// let tls = TlsConfig::new().ca_cert_pem(&ca_pem)?;
+    /// assert!(TlsConfig::new().ca_cert_pem("not a certificate").is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn ca_cert_pem(self, pem: impl AsRef<[u8]>) -> Result<TlsConfig> {
         let certs = parse_certs(pem.as_ref(), "CA certificate PEM")?;
         self.add_cas(certs)
@@ -179,6 +212,16 @@ impl TlsConfig {
     /// [`Error::Config`] when a file cannot be read, holds no certificate or no private
     /// key, or the key is of an unsupported type. The key's content is never part of an
     /// error.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn demo() -> redcluster::Result<()> {
+    /// let tls = redcluster::TlsConfig::new()
+    ///     .ca_cert_file("/etc/redis/tls/ca.crt")?
+    ///     .client_cert_files("/etc/redis/tls/client.crt", "/etc/redis/tls/client.key")?;
+    /// # Ok(()) }
+    /// ```
     pub fn client_cert_files(
         self,
         cert: impl AsRef<Path>,
@@ -200,6 +243,21 @@ impl TlsConfig {
     /// # Errors
     ///
     /// As [`TlsConfig::client_cert_files`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// # let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    /// # let ca_pem = ca.cert.pem();
+    /// # let client = rcgen::generate_simple_self_signed(vec!["app".to_string()]).unwrap();
+    /// # let (cert_pem, key_pem) = (client.cert.pem(), client.signing_key.serialize_pem());
+    /// let tls = redcluster::TlsConfig::new()
+    ///     .ca_cert_pem(&ca_pem)?
+    ///     .client_cert_pem(&cert_pem, &key_pem)?;
+    /// assert!(tls.has_client_cert());
+    /// # Ok(()) }
+    /// ```
     pub fn client_cert_pem(
         self,
         cert: impl AsRef<[u8]>,
@@ -235,6 +293,12 @@ impl TlsConfig {
 
     /// Also trusts the platform's CA certificates (the system store), for nodes with
     /// certificates from a public CA.
+    ///
+    /// ```
+    /// // A managed service whose nodes have certificates from a public CA.
+    /// let tls = redcluster::TlsConfig::new().native_roots();
+    /// assert!(format!("{tls:?}").contains("native_roots: true"));
+    /// ```
     #[cfg(feature = "native-roots")]
     pub fn native_roots(self) -> TlsConfig {
         self.with(|s| s.native_roots = true)
@@ -246,6 +310,18 @@ impl TlsConfig {
     /// For clusters whose nodes announce IP addresses (what `CLUSTER SHARDS` and `MOVED`
     /// name) while their certificates carry a DNS name. May be an IP address too.
     /// An invalid name fails the client's `build` with [`Error::Config`].
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// # let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    /// # let ca_pem = ca.cert.pem();
+    /// // The nodes announce IP addresses; their certificates name redis.internal.example.
+    /// let tls = redcluster::TlsConfig::new()
+    ///     .ca_cert_pem(&ca_pem)?
+    ///     .server_name("redis.internal.example");
+    /// assert!(format!("{tls:?}").contains("redis.internal.example"));
+    /// # Ok(()) }
+    /// ```
     pub fn server_name(self, name: impl Into<String>) -> TlsConfig {
         let name = name.into();
         self.with(|s| s.server_name = Some(name))
@@ -257,11 +333,30 @@ impl TlsConfig {
     ///
     /// Only for development against throwaway servers. A warning is logged (once) when a
     /// configuration with it is first used.
+    ///
+    /// ```
+    /// // Development only: a throwaway local cluster with a self-signed certificate.
+    /// let tls = redcluster::TlsConfig::new().danger_accept_invalid_certificates();
+    /// assert!(format!("{tls:?}").contains("danger_accept_invalid_certificates: true"));
+    /// ```
     pub fn danger_accept_invalid_certificates(self) -> TlsConfig {
         self.with(|s| s.accept_invalid_certificates = true)
     }
 
     /// Whether a client certificate is configured.
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// # let ca = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    /// # let ca_pem = ca.cert.pem();
+    /// # let client = rcgen::generate_simple_self_signed(vec!["app".to_string()]).unwrap();
+    /// # let (cert_pem, key_pem) = (client.cert.pem(), client.signing_key.serialize_pem());
+    /// use redcluster::TlsConfig;
+    /// let one_way = TlsConfig::new().ca_cert_pem(&ca_pem)?;
+    /// assert!(!one_way.has_client_cert());
+    /// assert!(one_way.client_cert_pem(&cert_pem, &key_pem)?.has_client_cert());
+    /// # Ok(()) }
+    /// ```
     pub fn has_client_cert(&self) -> bool {
         self.inner.settings.client_auth.is_some()
     }

@@ -1,6 +1,7 @@
 //! What the client reports about the cluster as it sees it: the health snapshot
 //! ([`ClusterHealth`]), metrics through the [`metrics`](https://docs.rs/metrics) facade,
-//! and spans and events through [`tracing`].
+//! spans and events through [`tracing`], and the doctor's judgement of the cluster's
+//! configuration against the seed's checklist ([`DoctorReport`], in `doctor.rs`).
 //!
 //! # Metrics
 //!
@@ -97,12 +98,25 @@
 //!
 //! Fields never hold keys, values, arguments or credentials.
 
+pub(crate) mod doctor;
 pub(crate) mod events;
 pub(crate) mod metrics;
 
 use crate::policy::BreakerState;
 
+pub use doctor::{Check, CheckStatus, DoctorReport};
+
 /// The cluster as the client sees it, from [`crate::ClusterClient::health`].
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// let health = client.health();
+/// println!("{} of 16384 slots served", health.slots_covered);
+/// for node in &health.nodes {
+///     println!("{} {:?} latency {:?}", node.addr, node.role, node.latency);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ClusterHealth {
@@ -114,6 +128,13 @@ pub struct ClusterHealth {
 
 impl ClusterHealth {
     /// Whether every slot is served and no primary's breaker is open.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// // A readiness probe.
+    /// let ready = client.health().is_ok();
+    /// # Ok(()) }
+    /// ```
     pub fn is_ok(&self) -> bool {
         self.slots_covered == usize::from(crate::SLOT_COUNT)
             && self
@@ -124,12 +145,28 @@ impl ClusterHealth {
     }
 
     /// The entry for `addr`, if the node is in the topology.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// if let Some(node) = client.health().node("127.0.0.1:7000") {
+    ///     println!("breaker {:?}, last failure {:?}", node.breaker, node.last_error);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn node(&self, addr: &str) -> Option<&NodeHealth> {
         self.nodes.iter().find(|n| n.addr == addr)
     }
 }
 
 /// A node's role in the client's topology.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use redcluster::NodeRole;
+/// let health = client.health();
+/// let replicas = health.nodes.iter().filter(|n| n.role == NodeRole::Replica).count();
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NodeRole {
@@ -140,6 +177,16 @@ pub enum NodeRole {
 }
 
 /// One node in a [`ClusterHealth`] snapshot.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// for node in client.health().nodes {
+///     if let Some((error, at)) = &node.last_error {
+///         println!("{} ({:?}) last failed at {at:?}: {error}", node.addr, node.role);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct NodeHealth {

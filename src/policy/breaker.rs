@@ -13,6 +13,16 @@
 use std::time::{Duration, Instant};
 
 /// When a node's breaker opens and for how long.
+///
+/// ```
+/// use std::time::Duration;
+/// use redcluster::{CircuitBreakerConfig, ClusterClient};
+/// let breaker = CircuitBreakerConfig::default()
+///     .consecutive_failures(3)
+///     .open_for(Duration::from_millis(500));
+/// assert_eq!(breaker.failure_rate, 0.5); // the default
+/// let builder = ClusterClient::builder().nodes(["127.0.0.1:7000"]).circuit_breaker(breaker);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct CircuitBreakerConfig {
@@ -46,12 +56,23 @@ impl Default for CircuitBreakerConfig {
 
 impl CircuitBreakerConfig {
     /// Sets [`Self::consecutive_failures`] (at least 1).
+    ///
+    /// ```
+    /// let breaker = redcluster::CircuitBreakerConfig::default().consecutive_failures(0);
+    /// assert_eq!(breaker.consecutive_failures, 1);
+    /// ```
     pub fn consecutive_failures(mut self, n: u32) -> Self {
         self.consecutive_failures = n.max(1);
         self
     }
 
     /// Sets [`Self::failure_rate`] and [`Self::min_requests`].
+    ///
+    /// ```
+    /// // Open when a quarter of at least 100 requests in the window failed.
+    /// let breaker = redcluster::CircuitBreakerConfig::default().failure_rate(0.25, 100);
+    /// assert_eq!((breaker.failure_rate, breaker.min_requests), (0.25, 100));
+    /// ```
     pub fn failure_rate(mut self, rate: f64, min_requests: u32) -> Self {
         self.failure_rate = rate.clamp(0.0, 1.0);
         self.min_requests = min_requests.max(1);
@@ -59,18 +80,34 @@ impl CircuitBreakerConfig {
     }
 
     /// Sets [`Self::window`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let breaker = redcluster::CircuitBreakerConfig::default().window(Duration::from_secs(30));
+    /// assert_eq!(breaker.window, Duration::from_secs(30));
+    /// ```
     pub fn window(mut self, window: Duration) -> Self {
         self.window = window;
         self
     }
 
     /// Sets [`Self::open_for`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let breaker = redcluster::CircuitBreakerConfig::default().open_for(Duration::from_secs(5));
+    /// assert_eq!(breaker.open_for, Duration::from_secs(5));
+    /// ```
     pub fn open_for(mut self, open_for: Duration) -> Self {
         self.open_for = open_for;
         self
     }
 
     /// Turns breakers off: every request is sent, whatever happened before.
+    ///
+    /// ```
+    /// assert!(!redcluster::CircuitBreakerConfig::default().disabled().enabled);
+    /// ```
     pub fn disabled(mut self) -> Self {
         self.enabled = false;
         self
@@ -78,6 +115,17 @@ impl CircuitBreakerConfig {
 }
 
 /// The breaker's state, as reported in health snapshots.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use redcluster::BreakerState;
+/// for node in client.health().nodes {
+///     if node.breaker == BreakerState::Open {
+///         println!("{} fails fast", node.addr);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BreakerState {
@@ -113,7 +161,9 @@ enum State {
         until: Instant,
     },
     /// `probe` is when the current probe was let through; a probe whose outcome never
-    /// came back (its caller gave up) is replaced after `open_for`.
+    /// came back (its caller gave up) is replaced once it has surely ended: after
+    /// `open_for` and the probe timeout, whichever is longer. Replacing it sooner would
+    /// let a stream of requests through to a node that still does not answer.
     HalfOpen {
         probe: Option<Instant>,
     },
@@ -123,6 +173,8 @@ enum State {
 #[derive(Debug, Clone)]
 pub(crate) struct Breaker {
     config: CircuitBreakerConfig,
+    /// How long a probe may take: the request timeout of the client.
+    probe_timeout: Duration,
     state: State,
     consecutive: u32,
     window_start: Option<Instant>,
@@ -131,9 +183,10 @@ pub(crate) struct Breaker {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: CircuitBreakerConfig) -> Self {
+    pub(crate) fn new(config: CircuitBreakerConfig, probe_timeout: Duration) -> Self {
         Breaker {
             config,
+            probe_timeout,
             state: State::Closed,
             consecutive: 0,
             window_start: None,
@@ -169,7 +222,9 @@ impl Breaker {
             }
             State::HalfOpen {
                 probe: Some(started),
-            } if now.duration_since(started) < self.config.open_for => (Admission::Rejected, None),
+            } if now.duration_since(started) < self.config.open_for.max(self.probe_timeout) => {
+                (Admission::Rejected, None)
+            }
             State::HalfOpen { .. } => {
                 self.state = State::HalfOpen { probe: Some(now) };
                 (Admission::Probe, None)
@@ -238,6 +293,8 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
     fn config() -> CircuitBreakerConfig {
         CircuitBreakerConfig::default()
             .consecutive_failures(3)
@@ -248,7 +305,7 @@ mod tests {
     #[test]
     fn opens_after_consecutive_failures_and_fails_fast() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(config());
+        let mut b = Breaker::new(config(), PROBE_TIMEOUT);
         assert_eq!(b.on_failure(t0), None);
         assert_eq!(b.on_failure(t0), None);
         assert_eq!(b.on_failure(t0), Some(Transition::Opened));
@@ -262,7 +319,7 @@ mod tests {
     #[test]
     fn a_success_resets_the_run_of_failures() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(config());
+        let mut b = Breaker::new(config(), PROBE_TIMEOUT);
         b.on_failure(t0);
         b.on_failure(t0);
         b.on_success(t0);
@@ -273,7 +330,7 @@ mod tests {
     #[test]
     fn opens_on_failure_rate_over_a_window() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(config().consecutive_failures(100));
+        let mut b = Breaker::new(config().consecutive_failures(100), PROBE_TIMEOUT);
         let mut opened = None;
         for i in 0..20 {
             // Alternate: 50 % failures, never 3 in a row.
@@ -291,6 +348,7 @@ mod tests {
             config()
                 .consecutive_failures(100)
                 .window(Duration::from_millis(5)),
+            PROBE_TIMEOUT,
         );
         for i in 0..100 {
             let t = t0 + Duration::from_millis(i);
@@ -306,7 +364,7 @@ mod tests {
     #[test]
     fn half_open_probe_closes_or_reopens() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(config());
+        let mut b = Breaker::new(config(), PROBE_TIMEOUT);
         for _ in 0..3 {
             b.on_failure(t0);
         }
@@ -316,8 +374,13 @@ mod tests {
             (Admission::Probe, Some(Transition::HalfOpened))
         );
         assert_eq!(b.allow(later).0, Admission::Rejected, "one probe at a time");
-        // A probe that never reports back is replaced once `open_for` has passed.
-        assert_eq!(b.allow(later + Duration::from_secs(1)).0, Admission::Probe);
+        // A probe that never reports back is replaced once it has surely ended: after
+        // `open_for` (1 s) and the probe timeout (2 s).
+        assert_eq!(
+            b.allow(later + Duration::from_secs(1)).0,
+            Admission::Rejected
+        );
+        assert_eq!(b.allow(later + Duration::from_secs(2)).0, Admission::Probe);
         assert_eq!(b.on_failure(later), Some(Transition::Opened));
         let again = later + Duration::from_secs(1);
         assert_eq!(b.allow(again).0, Admission::Probe);
@@ -328,7 +391,7 @@ mod tests {
     #[test]
     fn disabled_breakers_always_allow() {
         let t0 = Instant::now();
-        let mut b = Breaker::new(config().disabled());
+        let mut b = Breaker::new(config().disabled(), PROBE_TIMEOUT);
         for _ in 0..10 {
             assert_eq!(b.on_failure(t0), None);
         }

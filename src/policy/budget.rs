@@ -8,6 +8,14 @@
 use std::time::{Duration, Instant};
 
 /// How many retries a client may spend.
+///
+/// ```
+/// use redcluster::{ClusterClient, RetryBudgetConfig};
+/// // Retries may add 10 % to the load, plus 10 per second, in bursts of up to 100.
+/// let budget = RetryBudgetConfig::new(0.1, 10.0, 100.0);
+/// assert_eq!(RetryBudgetConfig::default().ratio, 0.2);
+/// let builder = ClusterClient::builder().nodes(["127.0.0.1:7000"]).retry_budget(budget);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct RetryBudgetConfig {
@@ -31,6 +39,13 @@ impl Default for RetryBudgetConfig {
 
 impl RetryBudgetConfig {
     /// Sets all three numbers (negative values count as zero).
+    ///
+    /// ```
+    /// use redcluster::RetryBudgetConfig;
+    /// let no_retries = RetryBudgetConfig::new(0.0, 0.0, 0.0);
+    /// assert_eq!(no_retries.max, 0.0);
+    /// assert_eq!(RetryBudgetConfig::new(-1.0, 5.0, 50.0).ratio, 0.0); // negative counts as zero
+    /// ```
     pub fn new(ratio: f64, per_second: f64, max: f64) -> Self {
         RetryBudgetConfig {
             ratio: ratio.max(0.0),

@@ -86,6 +86,18 @@ use manager::{Control, Manager};
 use queue::EventQueue;
 
 /// One message received on a subscription.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// # let mut sub = client.subscriber().await?;
+/// use futures_util::StreamExt;
+/// use redcluster::PubSubEvent;
+/// sub.psubscribe(["orders.*"]).await?;
+/// if let Some(PubSubEvent::Message(m)) = sub.next().await {
+///     println!("{:?} on {:?}, matched by {:?}", m.payload, m.channel, m.pattern);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Message {
@@ -100,6 +112,22 @@ pub struct Message {
 }
 
 /// What a [`Subscriber`] yields.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// # let mut sub = client.subscriber().await?;
+/// use futures_util::StreamExt;
+/// use redcluster::PubSubEvent;
+/// while let Some(event) = sub.next().await {
+///     match event {
+///         PubSubEvent::Message(m) => println!("{:?}", m.payload),
+///         PubSubEvent::Gap { channels, .. } => println!("missed messages on {channels:?}?"),
+///         PubSubEvent::Lagged { dropped } => println!("{dropped} events dropped: too slow"),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PubSubEvent {
@@ -126,6 +154,13 @@ pub enum PubSubEvent {
 }
 
 /// What a [`Subscriber`] does when its event queue is full.
+///
+/// ```
+/// use redcluster::{OverflowPolicy, SubscriberConfig};
+/// assert_eq!(OverflowPolicy::default(), OverflowPolicy::DropOldest);
+/// // Rather no subscriber than one that silently lost events.
+/// let config = SubscriberConfig::default().overflow(OverflowPolicy::Disconnect);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OverflowPolicy {
@@ -176,24 +211,48 @@ impl Default for SubscriberConfig {
 
 impl SubscriberConfig {
     /// Sets [`SubscriberConfig::queue_capacity`] (at least 1).
+    ///
+    /// ```
+    /// let config = redcluster::SubscriberConfig::default().queue_capacity(0);
+    /// assert_eq!(config.queue_capacity, 1); // at least one
+    /// ```
     pub fn queue_capacity(mut self, capacity: usize) -> Self {
         self.queue_capacity = capacity.max(1);
         self
     }
 
     /// Sets [`SubscriberConfig::overflow`].
+    ///
+    /// ```
+    /// use redcluster::{OverflowPolicy, SubscriberConfig};
+    /// let config = SubscriberConfig::default().overflow(OverflowPolicy::Disconnect);
+    /// assert_eq!(config.overflow, OverflowPolicy::Disconnect);
+    /// ```
     pub fn overflow(mut self, policy: OverflowPolicy) -> Self {
         self.overflow = policy;
         self
     }
 
     /// Sets [`SubscriberConfig::ping_interval`] (at least 100 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = redcluster::SubscriberConfig::default().ping_interval(Duration::ZERO);
+    /// assert_eq!(config.ping_interval, Duration::from_millis(100)); // the least
+    /// ```
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval.max(Duration::from_millis(100));
         self
     }
 
     /// Sets [`SubscriberConfig::subscribe_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redcluster::SubscriberConfig;
+    /// let config = SubscriberConfig::default().subscribe_timeout(Duration::from_secs(2));
+    /// assert_eq!(config.subscribe_timeout, Some(Duration::from_secs(2)));
+    /// ```
     pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
         self.subscribe_timeout = Some(timeout);
         self
@@ -201,6 +260,15 @@ impl SubscriberConfig {
 }
 
 /// Counters of a [`Subscriber`]; see [`Subscriber::stats`].
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// # let mut sub = client.subscriber().await?;
+/// let stats = sub.stats();
+/// println!("{} queued (peak {})", stats.queued, stats.peak_queued);
+/// println!("{} dropped, {} gaps", stats.dropped, stats.gaps);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct SubscriberStats {
@@ -221,6 +289,17 @@ pub struct SubscriberStats {
 /// (see the [module docs](crate::pubsub) for what happens on failovers and slot moves).
 /// Dropping it closes its connections; it keeps the client's topology tracking alive
 /// while it exists.
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use futures_util::StreamExt;
+/// let mut sub = client.subscriber().await?;
+/// sub.subscribe(["news"]).await?;
+/// while let Some(event) = sub.next().await {
+///     println!("{event:?}");
+/// }
+/// # Ok(()) }
+/// ```
 pub struct Subscriber {
     queue: Arc<EventQueue>,
     control: mpsc::UnboundedSender<Control>,
@@ -242,6 +321,15 @@ impl ClusterClient {
     ///
     /// None today: connections are opened by the first subscription. The `Result`
     /// leaves room for checks at creation.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let sub = client.subscriber().await?;
+    /// sub.ssubscribe(["orders:{eu}"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn subscriber(&self) -> Result<Subscriber> {
         self.subscriber_with(SubscriberConfig::default()).await
     }
@@ -251,6 +339,18 @@ impl ClusterClient {
     /// # Errors
     ///
     /// As [`ClusterClient::subscriber`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::{OverflowPolicy, SubscriberConfig};
+    /// let config = SubscriberConfig::default()
+    ///     .queue_capacity(10_000)
+    ///     .overflow(OverflowPolicy::Disconnect);
+    /// let sub = client.subscriber_with(config).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn subscriber_with(&self, config: SubscriberConfig) -> Result<Subscriber> {
         let queue = Arc::new(EventQueue::new(config.queue_capacity, config.overflow));
         let (control, rx) = mpsc::unbounded_channel();
@@ -331,6 +431,15 @@ impl Subscriber {
     /// subscribed), [`Error::Timeout`] when no confirmation came within the subscribe
     /// timeout (the subscription stays asked for, and is made as soon as a node
     /// accepts it), [`Error::ConnectionLost`] when the subscriber was closed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// sub.subscribe(["news", "alerts"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn subscribe<I>(&self, channels: I) -> Result<()>
     where
         I: IntoIterator,
@@ -345,6 +454,15 @@ impl Subscriber {
     /// # Errors
     ///
     /// As [`Subscriber::subscribe`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// sub.psubscribe(["log.*", "metrics.?"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn psubscribe<I>(&self, patterns: I) -> Result<()>
     where
         I: IntoIterator,
@@ -359,6 +477,16 @@ impl Subscriber {
     /// # Errors
     ///
     /// As [`Subscriber::subscribe`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// // Channels in different slots are fine: each goes to its own primary.
+    /// sub.ssubscribe(["orders:{eu}", "orders:{us}"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn ssubscribe<I>(&self, channels: I) -> Result<()>
     where
         I: IntoIterator,
@@ -374,6 +502,16 @@ impl Subscriber {
     ///
     /// [`Error::Timeout`] when no confirmation came in time, [`Error::ConnectionLost`]
     /// when the subscriber was closed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// sub.unsubscribe(["alerts"]).await?;
+    /// sub.unsubscribe(Vec::<String>::new()).await?; // every classic channel
+    /// # Ok(()) }
+    /// ```
     pub async fn unsubscribe<I>(&self, channels: I) -> Result<()>
     where
         I: IntoIterator,
@@ -388,6 +526,15 @@ impl Subscriber {
     /// # Errors
     ///
     /// As [`Subscriber::unsubscribe`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// sub.punsubscribe(["log.*"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn punsubscribe<I>(&self, patterns: I) -> Result<()>
     where
         I: IntoIterator,
@@ -403,6 +550,15 @@ impl Subscriber {
     /// # Errors
     ///
     /// As [`Subscriber::unsubscribe`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// sub.sunsubscribe(["orders:{us}"]).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn sunsubscribe<I>(&self, channels: I) -> Result<()>
     where
         I: IntoIterator,
@@ -412,6 +568,15 @@ impl Subscriber {
     }
 
     /// Queue length, its peak, drops and gaps so far.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// if sub.stats().queued > 1000 {
+    ///     println!("the consumer falls behind");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> SubscriberStats {
         let c = self.queue.counters();
         SubscriberStats {
@@ -423,12 +588,28 @@ impl Subscriber {
     }
 
     /// Events dropped so far because the consumer fell behind.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// let lost = sub.dropped();
+    /// # Ok(()) }
+    /// ```
     pub fn dropped(&self) -> u64 {
         self.queue.counters().dropped
     }
 
     /// Whether the subscriber was closed ([`OverflowPolicy::Disconnect`]); its stream
     /// ends once the queued events are taken.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// # let mut sub = client.subscriber().await?;
+    /// if sub.is_closed() {
+    ///     // OverflowPolicy::Disconnect closed it: subscribe again from scratch
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.queue.is_closed()
     }

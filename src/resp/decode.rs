@@ -17,6 +17,13 @@ use crate::error::{Error, Result, ServerError};
 use crate::resp::Value;
 
 /// Limits on what the decoder accepts. The defaults suit any reply a Redis server sends.
+///
+/// ```
+/// use redcluster::resp::{Decoder, Limits};
+/// // A connection that only ever reads small replies.
+/// let limits = Limits::default().max_bulk_len(1 << 20).max_depth(8);
+/// assert_eq!(Decoder::with_limits(limits).limits().max_depth, 8);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
@@ -44,21 +51,50 @@ impl Default for Limits {
 
 impl Limits {
     /// Sets [`Limits::max_bulk_len`].
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::{Decoder, Limits};
+    /// let mut decoder = Decoder::with_limits(Limits::default().max_bulk_len(4));
+    /// assert!(decoder.decode(&mut BytesMut::from(&b"$5\r\nhello\r\n"[..])).is_err());
+    /// ```
     pub fn max_bulk_len(mut self, n: usize) -> Self {
         self.max_bulk_len = n;
         self
     }
     /// Sets [`Limits::max_aggregate_len`].
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::{Decoder, Limits};
+    /// let mut decoder = Decoder::with_limits(Limits::default().max_aggregate_len(2));
+    /// assert!(decoder.decode(&mut BytesMut::from(&b"*3\r\n:1\r\n:2\r\n:3\r\n"[..])).is_err());
+    /// ```
     pub fn max_aggregate_len(mut self, n: usize) -> Self {
         self.max_aggregate_len = n;
         self
     }
     /// Sets [`Limits::max_depth`].
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::{Decoder, Limits};
+    /// let mut decoder = Decoder::with_limits(Limits::default().max_depth(1));
+    /// assert!(decoder.decode(&mut BytesMut::from(&b"*1\r\n*1\r\n:1\r\n"[..])).is_err());
+    /// ```
     pub fn max_depth(mut self, n: usize) -> Self {
         self.max_depth = n;
         self
     }
     /// Sets [`Limits::max_line_len`].
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::{Decoder, Limits};
+    /// let mut decoder = Decoder::with_limits(Limits::default().max_line_len(8));
+    /// let mut buf = BytesMut::from(&b"+a rather long status line\r\n"[..]);
+    /// assert!(decoder.decode(&mut buf).is_err());
+    /// ```
     pub fn max_line_len(mut self, n: usize) -> Self {
         self.max_line_len = n;
         self
@@ -166,6 +202,18 @@ const MAX_PREALLOC: usize = 1024;
 const MAX_BULK_PREALLOC: usize = 1024 * 1024;
 
 /// Incremental RESP decoder; keep one per connection.
+///
+/// ```
+/// # fn main() -> redcluster::Result<()> {
+/// use bytes::BytesMut;
+/// use redcluster::resp::{Decoder, Value};
+/// let mut decoder = Decoder::new();
+/// let mut buf = BytesMut::from(&b"$5\r\nhel"[..]); // the first read
+/// assert_eq!(decoder.decode(&mut buf)?, None); // needs more bytes
+/// buf.extend_from_slice(b"lo\r\n"); // the next read
+/// assert_eq!(decoder.decode(&mut buf)?, Some(Value::Bulk("hello".into())));
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Default)]
 pub struct Decoder {
     limits: Limits,
@@ -177,11 +225,25 @@ pub struct Decoder {
 
 impl Decoder {
     /// A decoder with default [`Limits`].
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::{Decoder, Value};
+    /// let mut buf = BytesMut::from(&b":42\r\n"[..]);
+    /// assert_eq!(Decoder::new().decode(&mut buf)?, Some(Value::Int(42)));
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// A decoder with the given limits.
+    ///
+    /// ```
+    /// use redcluster::resp::{Decoder, Limits};
+    /// let decoder = Decoder::with_limits(Limits::default().max_bulk_len(64 * 1024));
+    /// ```
     pub fn with_limits(limits: Limits) -> Self {
         Decoder {
             limits,
@@ -190,11 +252,27 @@ impl Decoder {
     }
 
     /// The limits in force.
+    ///
+    /// ```
+    /// use redcluster::resp::{Decoder, Limits};
+    /// assert_eq!(*Decoder::new().limits(), Limits::default());
+    /// ```
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// Whether a reply is partly decoded (some of its bytes consumed, not yet returned).
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::Decoder;
+    /// let mut decoder = Decoder::new();
+    /// let mut buf = BytesMut::from(&b"*2\r\n:1\r\n"[..]); // an array, one element so far
+    /// assert_eq!(decoder.decode(&mut buf)?, None);
+    /// assert!(decoder.is_mid_frame());
+    /// # Ok(()) }
+    /// ```
     pub fn is_mid_frame(&self) -> bool {
         !self.stack.is_empty()
     }
@@ -209,6 +287,20 @@ impl Decoder {
     ///
     /// [`Error::Protocol`] when the bytes are not valid RESP or exceed the [`Limits`].
     /// The decoder is reset; the stream cannot be resynchronised.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::{Decoder, Value};
+    /// let mut decoder = Decoder::new();
+    /// let mut buf = BytesMut::from(&b"+OK\r\n:1\r\n"[..]); // two replies in one read
+    /// assert_eq!(decoder.decode(&mut buf)?, Some(Value::Simple("OK".into())));
+    /// assert_eq!(decoder.decode(&mut buf)?, Some(Value::Int(1)));
+    /// assert_eq!(decoder.decode(&mut buf)?, None);
+    /// # Ok(()) }
+    /// ```
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Value>> {
         match self.decode_inner(buf) {
             Err(e) => {
@@ -526,6 +618,16 @@ fn validate_big_number(line: &[u8]) -> Result<()> {
 /// # Errors
 ///
 /// [`Error::Protocol`] for invalid input or a truncated last value.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> redcluster::Result<()> {
+/// use redcluster::resp::{decode_all, Value};
+/// assert_eq!(decode_all(b":1\r\n_\r\n")?, [Value::Int(1), Value::Nil]);
+/// assert!(decode_all(b"$5\r\nhel").is_err()); // truncated
+/// # Ok(()) }
+/// ```
 pub fn decode_all(bytes: &[u8]) -> Result<Vec<Value>> {
     let mut buf = BytesMut::from(bytes);
     let mut decoder = Decoder::new();

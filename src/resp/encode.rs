@@ -11,6 +11,12 @@ use bytes::{BufMut, BytesMut};
 use crate::resp::Value;
 
 /// Writes `*<n>\r\n` (or another aggregate header) for `n` elements.
+///
+/// ```
+/// let mut out = bytes::BytesMut::new();
+/// redcluster::resp::encode_header(b'*', 2, &mut out);
+/// assert_eq!(&out[..], b"*2\r\n");
+/// ```
 pub fn encode_header(tag: u8, n: usize, out: &mut BytesMut) {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(n);
@@ -21,6 +27,12 @@ pub fn encode_header(tag: u8, n: usize, out: &mut BytesMut) {
 }
 
 /// Writes one bulk string: `$<len>\r\n<bytes>\r\n`.
+///
+/// ```
+/// let mut out = bytes::BytesMut::new();
+/// redcluster::resp::encode_bulk(b"hello", &mut out);
+/// assert_eq!(&out[..], b"$5\r\nhello\r\n");
+/// ```
 pub fn encode_bulk(bytes: &[u8], out: &mut BytesMut) {
     let mut digits = itoa::Buffer::new();
     let digits = digits.format(bytes.len());
@@ -53,6 +65,15 @@ where
 }
 
 /// Writes any value in its RESP3 form (`Nil` as `_`, doubles as `,`, ...).
+///
+/// ```
+/// use redcluster::resp::{decode_all, encode_value, Value};
+/// let reply = Value::Array(vec![Value::Int(1), Value::Nil]);
+/// let mut out = bytes::BytesMut::new();
+/// encode_value(&reply, &mut out);
+/// assert_eq!(&out[..], b"*2\r\n:1\r\n_\r\n");
+/// assert_eq!(decode_all(&out).unwrap(), [reply]);
+/// ```
 pub fn encode_value(value: &Value, out: &mut BytesMut) {
     match value {
         Value::Nil => out.put_slice(b"_\r\n"),

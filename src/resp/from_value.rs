@@ -17,6 +17,23 @@ use crate::resp::Value;
 /// Implemented for [`Value`], `String`, `Vec<u8>`, [`Bytes`], integers, `f32`/`f64`,
 /// `bool`, `()`, `Option<T>`, `Vec<T>`, `HashSet<T>`, `HashMap<K, V>`,
 /// `BTreeMap<K, V>` and tuples of up to six elements.
+///
+/// ```
+/// # fn main() -> redcluster::Result<()> {
+/// use redcluster::{FromValue, Value};
+/// // A type of your own, from a two-element array reply.
+/// #[derive(Debug, PartialEq)]
+/// struct Point { x: i64, y: i64 }
+/// impl FromValue for Point {
+///     fn from_value(value: Value) -> redcluster::Result<Self> {
+///         let (x, y) = <(i64, i64)>::from_value(value)?;
+///         Ok(Point { x, y })
+///     }
+/// }
+/// let reply = Value::Array(vec![Value::Int(3), Value::Bulk("4".into())]);
+/// assert_eq!(Point::from_value(reply)?, Point { x: 3, y: 4 });
+/// # Ok(()) }
+/// ```
 pub trait FromValue: Sized {
     /// Converts a reply.
     ///
@@ -24,6 +41,21 @@ pub trait FromValue: Sized {
     ///
     /// [`Error::Type`] when the reply has another shape, [`Error::Server`] for an error
     /// reply.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// use std::collections::HashMap;
+    /// use redcluster::{FromValue, Value};
+    /// // HGETALL over RESP2: a flat array of fields and values.
+    /// let reply = Value::Array(vec![Value::Bulk("name".into()), Value::Bulk("Ada".into())]);
+    /// let user = HashMap::<String, String>::from_value(reply)?;
+    /// assert_eq!(user["name"], "Ada");
+    /// assert_eq!(Option::<String>::from_value(Value::Nil)?, None);
+    /// assert!(i64::from_value(Value::Bulk("Ada".into())).is_err());
+    /// # Ok(()) }
+    /// ```
     fn from_value(value: Value) -> Result<Self>;
 
     /// Lets `Vec<u8>` take a bulk string whole instead of as a list of integers.

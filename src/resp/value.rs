@@ -9,6 +9,19 @@ use crate::error::ServerError;
 /// Strings are [`Bytes`] sliced from the connection's read buffer, so reading a large
 /// bulk reply copies nothing. RESP2 null bulk strings and null arrays, and the RESP3 null,
 /// all decode to [`Value::Nil`].
+///
+/// ```
+/// # fn main() -> redcluster::Result<()> {
+/// use redcluster::{FromValue, Value};
+/// // What MGET a b answers when only `a` exists.
+/// let reply = Value::Array(vec![Value::Bulk("1".into()), Value::Nil]);
+/// match &reply {
+///     Value::Array(items) => assert_eq!(items.len(), 2),
+///     other => panic!("unexpected {}", other.kind()),
+/// }
+/// assert_eq!(Vec::<Option<i64>>::from_value(reply)?, [Some(1), None]);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Value {
@@ -55,6 +68,12 @@ pub enum Value {
 
 impl Value {
     /// A short name of the value's kind, for error messages (never its content).
+    ///
+    /// ```
+    /// use redcluster::Value;
+    /// assert_eq!(Value::Int(1).kind(), "integer");
+    /// assert_eq!(Value::Bulk("secret".into()).kind(), "bulk string"); // never the content
+    /// ```
     pub fn kind(&self) -> &'static str {
         match self {
             Value::Nil => "nil",
@@ -75,11 +94,26 @@ impl Value {
     }
 
     /// Whether this is an error reply.
+    ///
+    /// ```
+    /// use redcluster::{ServerError, Value};
+    /// assert!(Value::ServerError(ServerError::new("ERR boom")).is_error());
+    /// assert!(!Value::Nil.is_error());
+    /// ```
     pub fn is_error(&self) -> bool {
         matches!(self, Value::ServerError(_))
     }
 
     /// The value with any RESP3 attributes stripped.
+    ///
+    /// ```
+    /// use redcluster::Value;
+    /// let reply = Value::Attribute {
+    ///     attributes: vec![(Value::Simple("ttl".into()), Value::Int(3600))],
+    ///     data: Box::new(Value::Int(7)),
+    /// };
+    /// assert_eq!(reply.without_attributes(), Value::Int(7));
+    /// ```
     pub fn without_attributes(self) -> Value {
         match self {
             Value::Attribute { data, .. } => data.without_attributes(),
@@ -88,6 +122,12 @@ impl Value {
     }
 
     /// The bytes of a string-like value (bulk, simple, verbatim, big number).
+    ///
+    /// ```
+    /// use redcluster::Value;
+    /// assert_eq!(Value::Simple("OK".into()).as_bytes(), Some(&b"OK"[..]));
+    /// assert_eq!(Value::Int(1).as_bytes(), None);
+    /// ```
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             Value::Bulk(b) | Value::Simple(b) | Value::BigNumber(b) => Some(b),

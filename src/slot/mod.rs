@@ -14,6 +14,12 @@ pub(crate) use map::{Shard, SlotMap};
 pub(crate) use redirect::{parse_redirect, Redirect};
 
 /// Number of hash slots in a Redis Cluster.
+///
+/// ```
+/// use redcluster::{key_slot, SLOT_COUNT};
+/// assert_eq!(SLOT_COUNT, 16384);
+/// assert!(key_slot(b"any key") < SLOT_COUNT);
+/// ```
 pub const SLOT_COUNT: u16 = 16384;
 
 /// The hash slot of `key`, exactly as the server computes it (`CLUSTER KEYSLOT`).
@@ -30,6 +36,13 @@ pub fn key_slot(key: &[u8]) -> u16 {
 
 /// The part of `key` that is hashed: its hash tag when it has a non-empty one, else all
 /// of it.
+///
+/// ```
+/// use redcluster::hash_tag;
+/// assert_eq!(hash_tag(b"user:{42}:name"), b"42");
+/// assert_eq!(hash_tag(b"user:42"), b"user:42"); // no tag: the whole key
+/// assert_eq!(hash_tag(b"{}:42"), b"{}:42"); // an empty tag does not count
+/// ```
 pub fn hash_tag(key: &[u8]) -> &[u8] {
     if let Some(open) = memchr::memchr(b'{', key) {
         if let Some(len) = memchr::memchr(b'}', &key[open + 1..]) {

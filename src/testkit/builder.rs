@@ -19,6 +19,16 @@ use crate::slot::SLOT_COUNT;
 
 /// The environment variable that points the testkit at a `redis-server` binary when the
 /// builder was not given one.
+///
+/// ```
+/// use redcluster::testkit::REDIS_SERVER_ENV;
+/// // `REDCLUSTER_REDIS_SERVER=/opt/redis-7.2/bin/redis-server cargo test`
+/// assert_eq!(REDIS_SERVER_ENV, "REDCLUSTER_REDIS_SERVER");
+/// match std::env::var(REDIS_SERVER_ENV) {
+///     Ok(path) => println!("nodes run {path}"),
+///     Err(_) => println!("nodes run redis-server from PATH"),
+/// }
+/// ```
 pub const REDIS_SERVER_ENV: &str = "REDCLUSTER_REDIS_SERVER";
 
 /// Directives the testkit writes itself; setting them would break how it runs nodes.
@@ -56,6 +66,19 @@ const MANAGED: &[(&str, &str)] = &[
 ///
 /// Defaults: 3 masters with 1 replica each, `cluster-node-timeout 2000`, no persistence,
 /// 30 s to converge.
+///
+/// ```no_run
+/// # async fn demo() -> redcluster::Result<()> {
+/// use redcluster::testkit::LocalCluster;
+/// use std::time::Duration;
+/// let cluster = LocalCluster::builder()
+///     .masters(3)
+///     .replicas_per_master(2)
+///     .node_timeout(Duration::from_millis(1000))
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 #[must_use = "a builder does nothing until `start` is awaited"]
 pub struct LocalClusterBuilder {
@@ -104,12 +127,27 @@ impl Default for LocalClusterBuilder {
 impl LocalClusterBuilder {
     /// How many masters to start, each serving an even share of the 16384 slots (split as
     /// `redis-cli --cluster create` does). Default 3; at least 1.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().masters(1).replicas_per_master(0).start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn masters(mut self, masters: usize) -> Self {
         self.masters = masters;
         self
     }
 
     /// How many replicas each master gets. Default 1; 0 gives a cluster of masters only.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// // Two replicas per master, for tests of replica reads during a failover.
+    /// let cluster = LocalCluster::builder().replicas_per_master(2).start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn replicas_per_master(mut self, replicas: usize) -> Self {
         self.replicas_per_master = replicas;
         self
@@ -121,6 +159,17 @@ impl LocalClusterBuilder {
     /// Default 2 s: short enough that failover tests finish quickly, long enough that a
     /// busy CI machine does not fail nodes over by accident. (Redis' own default is 15 s.)
     /// A failover after a master dies takes about this long plus one to two seconds.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// use std::time::Duration;
+    /// let cluster = LocalCluster::builder()
+    ///     .node_timeout(Duration::from_millis(5000)) // a slow CI machine
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn node_timeout(mut self, timeout: Duration) -> Self {
         self.node_timeout = timeout;
         self
@@ -130,6 +179,18 @@ impl LocalClusterBuilder {
     /// the cluster to settle ([`LocalCluster::failover`], [`LocalCluster::add_master`],
     /// [`LocalCluster::move_slot`], ...) wait before they give up with an error naming
     /// what did not converge. Default 30 s.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// use std::time::Duration;
+    /// let cluster = LocalCluster::builder()
+    ///     .masters(6)
+    ///     .wait_timeout(Duration::from_secs(60))
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn wait_timeout(mut self, timeout: Duration) -> Self {
         self.wait_timeout = timeout;
         self
@@ -219,6 +280,19 @@ impl LocalClusterBuilder {
     /// Redis's `tls-auth-clients` for a [`LocalClusterBuilder::tls`] cluster: whether
     /// clients must present a certificate signed by the cluster's CA. Default
     /// [`TlsAuthClients::Required`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// use redcluster::testkit::TlsAuthClients;
+    /// // TLS without client certificates.
+    /// let cluster = LocalCluster::builder()
+    ///     .tls(true)
+    ///     .tls_auth_clients(TlsAuthClients::No)
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn tls_auth_clients(mut self, mode: TlsAuthClients) -> Self {
         self.tls_auth_clients = mode;
         self
@@ -228,6 +302,16 @@ impl LocalClusterBuilder {
     ///
     /// Default: the path in the environment variable `REDCLUSTER_REDIS_SERVER`
     /// ([`REDIS_SERVER_ENV`]) if set, else `redis-server` found on `PATH`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder()
+    ///     .redis_server("/opt/redis-7.2/bin/redis-server")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn redis_server(mut self, path: impl Into<PathBuf>) -> Self {
         self.redis_server = Some(path.into());
         self
@@ -246,6 +330,16 @@ impl LocalClusterBuilder {
     /// [`Error::Io`] when a node fails to start (the message has the end of its log) or
     /// the cluster does not settle within the wait timeout (the message says what did
     /// not converge).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().masters(3).start().await?;
+    /// let client = redcluster::ClusterClient::connect(cluster.seeds()).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn start(self) -> Result<LocalCluster> {
         self.validate()?;
         let binary = resolve_binary(self.redis_server.as_deref())?;

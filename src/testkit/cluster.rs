@@ -51,12 +51,34 @@ const LOG_LINES: usize = 15;
 /// [`resume`](LocalCluster::resume), [`restart`](LocalCluster::restart)) return as soon as
 /// the process is in its new state; call [`LocalCluster::wait_until_stable`] to wait
 /// for the cluster to react. Topology changes wait for the cluster to settle themselves.
+///
+/// ```no_run
+/// # async fn demo() -> redcluster::Result<()> {
+/// use redcluster::testkit::LocalCluster;
+/// use std::time::Duration;
+/// use redcluster::{key_slot, ClusterClient};
+/// let cluster = LocalCluster::start().await?;
+/// let client = ClusterClient::connect(cluster.seeds()).await?;
+/// client.set("user:{42}", "ada").await?;
+/// cluster.kill(cluster.master_of_slot(key_slot(b"user:{42}")).await?)?;
+/// cluster.wait_until_stable(Duration::from_secs(20)).await?; // its replica took over
+/// let name: Option<String> = client.get("user:{42}").await?;
+/// # Ok(()) }
+/// ```
 pub struct LocalCluster {
     settings: Settings,
     nodes: RwLock<Vec<Arc<Node>>>,
 }
 
 /// A snapshot of one node of a [`LocalCluster`].
+///
+/// ```no_run
+/// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+/// for node in cluster.nodes() {
+///     println!("node {} at {} ({:?}), id {}", node.index, node.addr(), node.state, node.id);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct NodeInfo {
@@ -76,12 +98,26 @@ pub struct NodeInfo {
 
 impl NodeInfo {
     /// `"127.0.0.1:<port>"`.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let addr = cluster.node(0).addr(); // "127.0.0.1:<port>"
+    /// # Ok(()) }
+    /// ```
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 }
 
 /// How [`LocalCluster::failover`] promotes a replica.
+///
+/// ```no_run
+/// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+/// use redcluster::testkit::FailoverMode;
+/// let replica = cluster.replicas_of(0).await?[0];
+/// cluster.failover(replica, FailoverMode::Graceful).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailoverMode {
     /// `CLUSTER FAILOVER`: the master stops taking writes, the replica catches up, then
@@ -99,6 +135,16 @@ pub enum FailoverMode {
 ///
 /// While it lasts, the source answers `ASK` for keys of the slot it no longer holds and
 /// the target serves them to clients that send `ASKING` first.
+///
+/// ```no_run
+/// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+/// let slot = redcluster::key_slot(b"user:{42}");
+/// let target = cluster.add_master().await?;
+/// let migration = cluster.begin_slot_migration(slot, target).await?;
+/// // ... requests for the slot now meet ASK redirects ...
+/// cluster.finish_slot_migration(migration).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotMigration {
     slot: u16,
@@ -110,16 +156,37 @@ pub struct SlotMigration {
 
 impl SlotMigration {
     /// The slot being moved.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// # let migration = cluster.begin_slot_migration(42, 1).await?;
+    /// assert_eq!(migration.slot(), 42);
+    /// # Ok(()) }
+    /// ```
     pub fn slot(&self) -> u16 {
         self.slot
     }
 
     /// The node the slot moves away from.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// # let migration = cluster.begin_slot_migration(42, 1).await?;
+    /// let source = cluster.connect_node(migration.source()).await?; // answers ASK for moved keys
+    /// # Ok(()) }
+    /// ```
     pub fn source(&self) -> usize {
         self.source
     }
 
     /// The node the slot moves to.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// # let migration = cluster.begin_slot_migration(42, 1).await?;
+    /// assert_eq!(migration.target(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn target(&self) -> usize {
         self.target
     }
@@ -140,6 +207,13 @@ fn failure(message: String) -> Error {
 
 impl LocalCluster {
     /// A builder, to choose the shape and configuration of the cluster.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// let cluster = LocalCluster::builder().masters(1).replicas_per_master(1).start().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder::default()
     }
@@ -150,6 +224,15 @@ impl LocalCluster {
     /// # Errors
     ///
     /// As [`LocalClusterBuilder::start`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use redcluster::testkit::LocalCluster;
+    /// let cluster = LocalCluster::start().await?; // 3 masters, 1 replica each
+    /// # Ok(()) }
+    /// ```
     pub async fn start() -> Result<LocalCluster> {
         Self::builder().start().await
     }
@@ -216,6 +299,12 @@ impl LocalCluster {
 
     /// `"127.0.0.1:<port>"` of every node whose process runs (paused ones included), to
     /// hand to a client as its seed nodes.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::connect(cluster.seeds()).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn seeds(&self) -> Vec<String> {
         self.nodes()
             .into_iter()
@@ -225,6 +314,13 @@ impl LocalCluster {
     }
 
     /// A snapshot of every node, removed ones included, in index order.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use redcluster::testkit::NodeState;
+    /// let running = cluster.nodes().iter().filter(|n| n.state == NodeState::Running).count();
+    /// # Ok(()) }
+    /// ```
     pub fn nodes(&self) -> Vec<NodeInfo> {
         self.all_nodes()
             .iter()
@@ -238,6 +334,16 @@ impl LocalCluster {
     /// # Panics
     ///
     /// When there is no node `index`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use redcluster::testkit::NodeState;
+    /// cluster.pause(2)?;
+    /// assert_eq!(cluster.node(2).state, NodeState::Paused);
+    /// # Ok(()) }
+    /// ```
     pub fn node(&self, index: usize) -> NodeInfo {
         match self.node_arc(index) {
             Ok(node) => Self::info(index, &node),
@@ -250,17 +356,43 @@ impl LocalCluster {
     /// # Panics
     ///
     /// When there is no node `index`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let addr = cluster.node_addr(0); // "127.0.0.1:<port>"
+    /// let conn = redcluster::NodeConnection::connect(&addr, &cluster.connect_options()).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn node_addr(&self, index: usize) -> String {
         self.node(index).addr()
     }
 
     /// The index of the node with cluster id `id` (as in `CLUSTER NODES`).
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use redcluster::{cmd, FromValue};
+    /// let reply = cluster.connect_node(0).await?.send(cmd("CLUSTER").arg("MYID")).await?;
+    /// let id = String::from_value(reply)?;
+    /// assert_eq!(cluster.index_of_id(&id), Some(0));
+    /// # Ok(()) }
+    /// ```
     pub fn index_of_id(&self, id: &str) -> Option<usize> {
         self.all_nodes().iter().position(|n| n.id == id)
     }
 
     /// The index of the node listening on `addr` (`"127.0.0.1:<port>"`, as in `MOVED`
     /// and `ASK` redirects and `CLUSTER SLOTS`).
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// // Which node a MOVED reply pointed at.
+    /// let moved_to = "127.0.0.1:30002";
+    /// let index = cluster.index_of_addr(moved_to);
+    /// # Ok(()) }
+    /// ```
     pub fn index_of_addr(&self, addr: &str) -> Option<usize> {
         self.all_nodes().iter().position(|n| n.addr() == addr)
     }
@@ -268,40 +400,98 @@ impl LocalCluster {
     /// Connection options that authenticate the way the cluster requires (the
     /// `requirepass` given to the builder, if any) and, for a TLS cluster, connect with
     /// [`LocalCluster::tls_config`]; the rest are defaults.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use redcluster::NodeConnection;
+    /// let options = cluster.connect_options(); // with the cluster's password and TLS, if any
+    /// let conn = NodeConnection::connect(&cluster.node_addr(1), &options).await?;
+    /// # Ok(()) }
+    /// ```
     pub fn connect_options(&self) -> ConnectOptions {
         self.settings.client_options()
     }
 
     /// The commands renamed or disabled by `rename-command` directives, for
     /// [`crate::ClusterClientBuilder::command_renames`].
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(cluster.seeds())
+    ///     .command_renames(cluster.command_renames())
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn command_renames(&self) -> crate::CommandRenames {
         self.settings.renames.clone()
     }
 
     /// Whether the cluster serves TLS only ([`LocalClusterBuilder::tls`]).
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let scheme = if cluster.is_tls() { "rediss" } else { "redis" };
+    /// # Ok(()) }
+    /// ```
     pub fn is_tls(&self) -> bool {
         self.settings.tls.is_some()
     }
 
     /// For a TLS cluster: a client configuration that trusts the cluster's CA and
     /// presents its client certificate. `None` for a plain cluster.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let mut builder = redcluster::ClusterClient::builder().nodes(cluster.seeds());
+    /// if let Some(tls) = cluster.tls_config() {
+    ///     builder = builder.tls(tls);
+    /// }
+    /// let client = builder.build().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn tls_config(&self) -> Option<TlsConfig> {
         self.settings.tls.as_ref().map(|t| t.config.clone())
     }
 
     /// For a TLS cluster: the PEM file of the CA that signed the nodes' and the client's
     /// certificates.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// // For a tool outside this process, e.g. `redis-cli --tls --cacert <path>`.
+    /// let ca = cluster.ca_cert_path().expect("a TLS cluster");
+    /// # Ok(()) }
+    /// ```
     pub fn ca_cert_path(&self) -> Option<&Path> {
         self.settings.tls.as_ref().map(|t| t.ca_cert.as_path())
     }
 
     /// For a TLS cluster: the PEM file of a client certificate the nodes accept.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let tls = redcluster::TlsConfig::new()
+    ///     .ca_cert_file(cluster.ca_cert_path().expect("a TLS cluster"))?
+    ///     .client_cert_files(
+    ///         cluster.client_cert_path().expect("a TLS cluster"),
+    ///         cluster.client_key_path().expect("a TLS cluster"),
+    ///     )?;
+    /// # Ok(()) }
+    /// ```
     pub fn client_cert_path(&self) -> Option<&Path> {
         self.settings.tls.as_ref().map(|t| t.client_cert.as_path())
     }
 
     /// For a TLS cluster: the PEM file of the private key of
     /// [`LocalCluster::client_cert_path`].
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let key = cluster.client_key_path().expect("a TLS cluster");
+    /// # Ok(()) }
+    /// ```
     pub fn client_key_path(&self) -> Option<&Path> {
         self.settings.tls.as_ref().map(|t| t.client_key.as_path())
     }
@@ -312,6 +502,16 @@ impl LocalCluster {
     ///
     /// [`Error::Config`] for an unknown index; as [`NodeConnection::connect`] otherwise
     /// (a paused node accepts the TCP connection but the handshake times out).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use redcluster::cmd;
+    /// let conn = cluster.connect_node(0).await?;
+    /// let info = conn.send(cmd("CLUSTER").arg("INFO")).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_node(&self, index: usize) -> Result<NodeConnection> {
         let node = self.node_arc(index)?;
         NodeConnection::connect(&node.addr(), &self.connect_options()).await
@@ -319,6 +519,12 @@ impl LocalCluster {
 
     /// The temporary directory holding every node's directory (`node-<port>/` with its
     /// `redis.conf`, `nodes-<port>.conf` and `redis.log`). Removed on drop.
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// println!("node files are in {}", cluster.dir().display());
+    /// # Ok(()) }
+    /// ```
     pub fn dir(&self) -> &std::path::Path {
         self.settings.dir.path()
     }
@@ -329,6 +535,14 @@ impl LocalCluster {
     /// # Panics
     ///
     /// When there is no node `index`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// eprintln!("node 0 said:\n{}", cluster.log_tail(0, 20));
+    /// # Ok(()) }
+    /// ```
     pub fn log_tail(&self, index: usize, lines: usize) -> String {
         match self.node_arc(index) {
             Ok(node) => tail(&node.log_path(), lines),
@@ -345,6 +559,14 @@ impl LocalCluster {
     /// # Errors
     ///
     /// When no node runs or the node does not answer.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let masters = cluster.masters().await?; // e.g. [0, 1, 2]
+    /// # Ok(()) }
+    /// ```
     pub async fn masters(&self) -> Result<Vec<usize>> {
         self.with_role(true).await
     }
@@ -355,6 +577,14 @@ impl LocalCluster {
     /// # Errors
     ///
     /// When no node runs or the node does not answer.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let replicas = cluster.replicas().await?; // e.g. [3, 4, 5]
+    /// # Ok(()) }
+    /// ```
     pub async fn replicas(&self) -> Result<Vec<usize>> {
         self.with_role(false).await
     }
@@ -365,6 +595,14 @@ impl LocalCluster {
     /// # Errors
     ///
     /// [`Error::Config`] when `slot` is not below 16384 or no node serves it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let owner = cluster.master_of_slot(redcluster::key_slot(b"user:{42}")).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn master_of_slot(&self, slot: u16) -> Result<usize> {
         check_slot(slot)?;
         let (_, view) = self.view().await?;
@@ -386,6 +624,14 @@ impl LocalCluster {
     /// # Errors
     ///
     /// [`Error::Config`] for an unknown index; when no node runs or answers.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let replicas = cluster.replicas_of(0).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn replicas_of(&self, master: usize) -> Result<Vec<usize>> {
         let master_id = self.node_arc(master)?.id.clone();
         let (_, view) = self.view().await?;
@@ -409,6 +655,16 @@ impl LocalCluster {
     ///
     /// [`Error::Io`] of kind `TimedOut` when the cluster did not settle in time, or when
     /// a node exited by itself (the message quotes its log).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// cluster.kill(0)?;
+    /// cluster.wait_until_stable(Duration::from_secs(20)).await?; // node 0's replica took over
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_until_stable(&self, timeout: Duration) -> Result<()> {
         self.wait_settled(
             "the cluster did not become stable",
@@ -426,6 +682,14 @@ impl LocalCluster {
     /// # Errors
     ///
     /// [`Error::Config`] for an unknown index.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// cluster.kill(0)?; // as in a crash; `restart(0)` brings it back
+    /// # Ok(()) }
+    /// ```
     pub fn kill(&self, index: usize) -> Result<()> {
         self.node_arc(index)?.stop(NodeState::Killed);
         Ok(())
@@ -438,6 +702,16 @@ impl LocalCluster {
     /// # Errors
     ///
     /// [`Error::Config`] for an unknown index or a node that is killed or removed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// cluster.pause(0)?; // connections stay open, nothing is answered
+    /// // ... requests to node 0 time out; after the node timeout it is failed over ...
+    /// cluster.resume(0)?;
+    /// # Ok(()) }
+    /// ```
     pub fn pause(&self, index: usize) -> Result<()> {
         self.node_arc(index)?.signal(true)
     }
@@ -447,6 +721,15 @@ impl LocalCluster {
     /// # Errors
     ///
     /// [`Error::Config`] for an unknown index or a node that is killed or removed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// cluster.pause(1)?;
+    /// cluster.resume(1)?;
+    /// # Ok(()) }
+    /// ```
     pub fn resume(&self, index: usize) -> Result<()> {
         self.node_arc(index)?.signal(false)
     }
@@ -463,6 +746,18 @@ impl LocalCluster {
     ///
     /// [`Error::Config`] for an unknown or removed node; [`Error::Io`] when the process
     /// does not come back (the message quotes its log).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// cluster.kill(0)?;
+    /// cluster.wait_until_stable(Duration::from_secs(20)).await?;
+    /// cluster.restart(0).await?; // rejoins as a replica of its successor
+    /// cluster.wait_until_stable(Duration::from_secs(20)).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn restart(&self, index: usize) -> Result<()> {
         let node = self.node_arc(index)?;
         if node.state() == NodeState::Removed {
@@ -492,6 +787,16 @@ impl LocalCluster {
     ///
     /// [`Error::Config`] when the node is not a running replica; [`Error::Io`] when the
     /// failover does not complete within the wait timeout.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// use redcluster::testkit::FailoverMode;
+    /// let replica = cluster.replicas_of(0).await?[0];
+    /// cluster.failover(replica, FailoverMode::Force).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn failover(&self, replica: usize, mode: FailoverMode) -> Result<()> {
         self.require_running(replica)?;
         if self.own_entry(replica).await?.master {
@@ -537,6 +842,15 @@ impl LocalCluster {
     /// # Errors
     ///
     /// [`Error::Io`] when the node does not start or the cluster does not settle.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let new_master = cluster.add_master().await?;
+    /// cluster.move_slot(0, new_master).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn add_master(&self) -> Result<usize> {
         let index = self.add_node().await?;
         self.wait_settled(
@@ -554,6 +868,14 @@ impl LocalCluster {
     ///
     /// [`Error::Config`] when `master` is not a running master; [`Error::Io`] when the
     /// node does not start or the cluster does not settle.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let replica = cluster.add_replica(0).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn add_replica(&self, master: usize) -> Result<usize> {
         self.require_running(master)?;
         if !self.own_entry(master).await?.master {
@@ -580,6 +902,15 @@ impl LocalCluster {
     /// [`Error::Config`] when the node serves slots, has running replicas, was already
     /// removed, or another node is paused (it could not forget); [`Error::Io`] when the
     /// cluster does not settle.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let replica = cluster.add_replica(0).await?;
+    /// cluster.remove_node(replica).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn remove_node(&self, index: usize) -> Result<()> {
         let node = self.node_arc(index)?;
         if node.state() == NodeState::Removed {
@@ -642,6 +973,15 @@ impl LocalCluster {
     /// # Errors
     ///
     /// As those two.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let slot = redcluster::key_slot(b"user:{42}");
+    /// cluster.move_slot(slot, 2).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn move_slot(&self, slot: u16, to: usize) -> Result<()> {
         if self.master_of_slot(slot).await? == to {
             return Ok(());
@@ -662,6 +1002,16 @@ impl LocalCluster {
     ///
     /// [`Error::Config`] for a slot not below 16384, a target that is not a running
     /// master or already serves the slot, or a paused source.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// let slot = redcluster::key_slot(b"user:{42}");
+    /// let migration = cluster.begin_slot_migration(slot, 2).await?;
+    /// cluster.migrate_keys_batch(&migration, 10).await?; // some keys moved, some not
+    /// # Ok(()) }
+    /// ```
     pub async fn begin_slot_migration(&self, slot: u16, to: usize) -> Result<SlotMigration> {
         check_slot(slot)?;
         self.require_running(to)?;
@@ -704,6 +1054,17 @@ impl LocalCluster {
     ///
     /// [`Error::Io`] when `MIGRATE` fails (for example `BUSYKEY`: the target already has
     /// one of the keys) or a node does not answer.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// # let migration = cluster.begin_slot_migration(42, 1).await?;
+    /// while cluster.migrate_keys_batch(&migration, 100).await? > 0 {
+    ///     // run traffic against the half-moved slot here
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn migrate_keys_batch(
         &self,
         migration: &SlotMigration,
@@ -748,6 +1109,16 @@ impl LocalCluster {
     ///
     /// As [`migrate_keys_batch`](LocalCluster::migrate_keys_batch); [`Error::Io`] when
     /// the cluster does not settle.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+    /// # let migration = cluster.begin_slot_migration(42, 1).await?;
+    /// cluster.finish_slot_migration(migration).await?;
+    /// assert_eq!(cluster.master_of_slot(42).await?, 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn finish_slot_migration(&self, migration: SlotMigration) -> Result<()> {
         while self.migrate_keys_batch(&migration, MIGRATE_BATCH).await? > 0 {}
         let (_, view) = self.view().await?;

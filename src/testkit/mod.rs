@@ -104,6 +104,14 @@ pub use cluster::{FailoverMode, LocalCluster, NodeInfo, SlotMigration};
 pub use tls::TlsAuthClients;
 
 /// Whether a node's process runs.
+///
+/// ```no_run
+/// # async fn demo(cluster: redcluster::testkit::LocalCluster) -> redcluster::Result<()> {
+/// use redcluster::testkit::NodeState;
+/// cluster.kill(1)?;
+/// assert_eq!(cluster.node(1).state, NodeState::Killed);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum NodeState {

@@ -17,6 +17,18 @@ use crate::error::{Error, Result};
 
 /// Whether nodes of a TLS [`LocalCluster`](super::LocalCluster) require clients to
 /// present a certificate: Redis's `tls-auth-clients`.
+///
+/// ```no_run
+/// # async fn demo() -> redcluster::Result<()> {
+/// use redcluster::testkit::LocalCluster;
+/// use redcluster::testkit::TlsAuthClients;
+/// let cluster = LocalCluster::builder()
+///     .tls(true)
+///     .tls_auth_clients(TlsAuthClients::Optional)
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum TlsAuthClients {
