@@ -139,7 +139,9 @@ pub use conn::{
     TlsConfig,
 };
 pub use error::{Error, Result, ServerError};
-pub use observe::{Check, CheckStatus, ClusterHealth, DoctorReport, NodeHealth, NodeRole};
+pub use observe::{
+    Check, CheckStatus, ClusterHealth, ClusterState, DoctorReport, NodeHealth, NodeRole,
+};
 pub use pipeline::{Pipeline, Transaction, Watched};
 pub use policy::{BreakerState, CircuitBreakerConfig, RetryBudgetConfig};
 pub use pubsub::{

@@ -303,7 +303,20 @@ async fn kill_a_primary_under_writers(full_coverage: bool) {
     let owners = slot_owners(&local).await;
     let on_victim = |o: &Outcome| owners[usize::from(o.slot)] == victim;
     let writers = Writers::spawn(&client, 32, Mix::Sets);
-    tokio::time::sleep(Duration::from_millis(500)).await; // traffic before the fault
+    // Traffic before the fault: the victim's shard has served writes.
+    let started = Instant::now();
+    while writers.with_log(|log| {
+        log.iter()
+            .filter(|o| on_victim(o) && o.error.is_none())
+            .count()
+    }) < 100
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no traffic before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let killed_at = Instant::now();
     local.kill(victim).unwrap();
     // Run until the dead shard has served writes again for a while, or 15 s at most.
@@ -588,8 +601,9 @@ async fn a_frozen_primary_costs_its_own_requests_a_timeout_and_nothing_else() {
     for (m, n) in served_in_freeze {
         assert!(n >= 100, "node {m} served {n} requests during the freeze");
     }
+    // Generous bounds: 32 writers and the servers share 2 cores with other tests.
     assert!(
-        elsewhere_p99 < Duration::from_millis(50),
+        elsewhere_p99 < Duration::from_millis(100),
         "other shards' p99 during the freeze {elsewhere_p99:?}"
     );
     assert!(timeouts > 0, "requests to the frozen node timed out");
@@ -597,7 +611,7 @@ async fn a_frozen_primary_costs_its_own_requests_a_timeout_and_nothing_else() {
     // An open breaker fails requests fast: they do not wait out their timeout.
     let open_p99 = p99(open.clone());
     assert!(
-        open_p99 < Duration::from_millis(50),
+        open_p99 < timeout / 4,
         "CircuitOpen took {open_p99:?} (p99)"
     );
     assert!(

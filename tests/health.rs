@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{
-    cmd, BreakerState, CircuitBreakerConfig, ClusterClient, NodeRole, ReadFrom, Value,
+    cmd, BreakerState, CircuitBreakerConfig, ClusterClient, ClusterState, NodeRole, ReadFrom, Value,
 };
 use tokio::time::Instant;
 
@@ -49,6 +49,7 @@ async fn health_checks_measure_latency_and_probe_an_idle_frozen_node() {
         3
     );
     assert!(health.is_ok());
+    assert_eq!(health.state(), ClusterState::Ok);
     // Every node gets a latency from the PINGs, without any user traffic.
     let deadline = Instant::now() + Duration::from_secs(5);
     while client.health().nodes.iter().any(|n| n.latency.is_none()) {
@@ -124,6 +125,7 @@ async fn health_reports_a_killed_master_down_then_its_promoted_replica_as_primar
             assert!(at >= killed_at, "{error} at {at:?}");
             assert!(!error.is_empty());
             assert!(!health.is_ok(), "a primary is down: {health:?}");
+            assert_eq!(health.state(), ClusterState::Fail);
             break;
         }
         assert!(Instant::now() < deadline, "{health:?}");
@@ -139,6 +141,8 @@ async fn health_reports_a_killed_master_down_then_its_promoted_replica_as_primar
             .node(&replica_addr)
             .is_some_and(|n| n.role == NodeRole::Primary && n.primary.is_none());
         if promoted && health.slots_covered == 16384 {
+            // Served again, but the promoted primary has no replica yet.
+            assert_eq!(health.state(), ClusterState::Degraded, "{health:?}");
             // The dead node no longer serves slots in the client's view.
             assert!(
                 health

@@ -746,6 +746,16 @@ async fn renamed_commands_go_out_under_the_server_names_and_disabled_ones_are_re
     assert_eq!(acked, 1);
     let v: Option<String> = client.get("renamed:k").await.unwrap();
     assert_eq!(v.as_deref(), Some("v"));
+    // The read came from the replica: its connection's handshake (READONLY) worked. A
+    // failed one would have sent the read to the primary instead.
+    let primary = client.node_for_key(b"renamed:k").unwrap();
+    let health = client.health();
+    let replica = health
+        .nodes
+        .iter()
+        .find(|n| n.primary.as_deref() == Some(primary.as_str()))
+        .expect("the shard has a replica");
+    assert!(replica.connected, "{health:?}");
 
     // The user's own CONFIG, under its documented name.
     let policy: Vec<String> = client
@@ -774,4 +784,23 @@ async fn renamed_commands_go_out_under_the_server_names_and_disabled_ones_are_re
     );
     let v: Option<String> = client.get("renamed:k").await.unwrap();
     assert_eq!(v.as_deref(), Some("v"));
+
+    // A wrong mapping: the server quotes the name it was sent, a secret, in its error;
+    // the client shows the documented name instead.
+    let wrong = ClusterClient::builder()
+        .nodes(local.seeds())
+        .command_renames(local.command_renames().rename("CONFIG", "CONFIG_wr0ng"))
+        .build()
+        .await
+        .unwrap();
+    let err = wrong
+        .query::<Value>(cmd("CONFIG").arg("GET").arg("maxmemory"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.server_code(), Some("ERR"), "{err:?}");
+    let shown = format!("{err} {err:?}");
+    assert!(
+        shown.contains("'CONFIG'") && !shown.contains("wr0ng"),
+        "{shown}"
+    );
 }

@@ -135,7 +135,7 @@ impl Inner {
                     .dispatch(Cmds::Many(cmds), deadline)
                     .instrument(span)
                     .await;
-                self.record(&node, super::execute::node_failure(&answer.result));
+                self.record_result(&node, &answer.result);
                 let cmds = match answer.cmds {
                     Cmds::Many(v) => v,
                     Cmds::One(c) => vec![c],

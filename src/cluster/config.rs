@@ -963,13 +963,19 @@ pub(crate) fn builder_from_env() -> Result<ClusterClientBuilder> {
     if let Some(tls) = tls_from_env(|name| std::env::var(name).ok(), rediss)? {
         builder = builder.tls(tls);
     }
-    if let Ok(pairs) = std::env::var("REDIS_ADDRESS_REMAP") {
-        builder = builder.address_remap(AddressRemap::from_map(env_pairs(
-            "REDIS_ADDRESS_REMAP",
-            &pairs,
-        )?));
+    if let Some(pairs) = env_text("REDIS_ADDRESS_REMAP")? {
+        let pairs = env_pairs("REDIS_ADDRESS_REMAP", &pairs)?;
+        if let Some(i) = pairs.iter().position(|(_, to)| to.is_empty()) {
+            return Err(Error::Config(format!(
+                "REDIS_ADDRESS_REMAP: entry {} maps an address to nothing",
+                i + 1
+            )));
+        }
+        builder = builder.address_remap(AddressRemap::from_map(pairs));
     }
-    if let Ok(pairs) = std::env::var("REDIS_RENAMED_COMMANDS") {
+    // A variable that is set but unreadable must not leave commands unrenamed: the
+    // server would answer with the secret names in its errors.
+    if let Some(pairs) = env_text("REDIS_RENAMED_COMMANDS")? {
         let renames = env_pairs("REDIS_RENAMED_COMMANDS", &pairs)?
             .into_iter()
             .fold(crate::CommandRenames::new(), |r, (name, to)| {
@@ -978,6 +984,17 @@ pub(crate) fn builder_from_env() -> Result<ClusterClientBuilder> {
         builder = builder.command_renames(renames);
     }
     Ok(builder)
+}
+
+/// The variable's value; `None` when it is not set, an error when it is not text.
+fn env_text(var: &str) -> Result<Option<String>> {
+    match std::env::var(var) {
+        Ok(text) => Ok(Some(text)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Error::Config(format!("{var} is not valid UTF-8")))
+        }
+    }
 }
 
 /// `a=b,c=d` as pairs; an empty right side is allowed (a disabled command). The values

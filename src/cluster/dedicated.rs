@@ -14,7 +14,7 @@ use deadpool::managed::{Object, PoolError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::cluster::execute::{node_failure, Payload, Target};
+use crate::cluster::execute::{Payload, Target};
 use crate::cluster::node::Node;
 use crate::cluster::Inner;
 use crate::cmd::{cmd, Cmd};
@@ -60,7 +60,7 @@ impl Lease {
         self.clean = false;
         let answer = conn.dispatch(cmds, deadline).await;
         // A request the connection refused to send left its state as it was.
-        if super::execute::node_failure(&answer.result).is_none() {
+        if !matches!(&answer.result, Err(e) if e.is_node_failure()) {
             self.clean = true;
         } else {
             self.discard();
@@ -133,6 +133,18 @@ pub(crate) fn block_time(command: &Cmd) -> Option<Duration> {
 }
 
 impl Inner {
+    /// Whether the current slot map sends `target` to another node than `node`: after a
+    /// refresh saw a failover, a request refused by `node`'s open breaker goes there.
+    pub(crate) fn routed_elsewhere(
+        &self,
+        node: &Arc<Node>,
+        target: &Target,
+        primary_only: bool,
+    ) -> bool {
+        self.pick(target, primary_only)
+            .is_ok_and(|n| !Arc::ptr_eq(&n, node))
+    }
+
     /// Leases a dedicated connection to `node` within `deadline`.
     pub(crate) async fn lease(&self, node: &Arc<Node>, deadline: Instant) -> Result<Lease> {
         let permit =
@@ -363,27 +375,42 @@ impl Inner {
         let mut retries = 0u32;
         let mut redirect: Option<Redirect> = None;
         let mut redirects = 0u32;
+        let target = Target::Slot {
+            slot,
+            read_only: false,
+        };
         while redirects <= self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
-                None => self.pick(
-                    &Target::Slot {
-                        slot,
-                        read_only: false,
-                    },
-                    true,
-                )?,
+                None => self.pick(&target, true)?,
             };
             if !self.admit(&node) {
+                // As in `send_loop`: fail fast unless the slot is now served elsewhere.
                 let open = Error::CircuitOpen {
                     node: node.addr.to_string(),
                 };
-                redirect = None;
+                let was_redirected = redirect.take().is_some();
+                if !was_redirected && !self.routed_elsewhere(&node, &target, true) {
+                    return Err(open);
+                }
                 self.wait_retry(&backoff, &mut retries, lease_deadline, open)
                     .await?;
                 continue;
             }
-            let mut lease = self.lease(&node, lease_deadline).await?;
+            let mut lease = match self.lease(&node, lease_deadline).await {
+                Ok(lease) => lease,
+                // Our own deadline, or a refusal (credentials): not the node's fault.
+                Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => return Err(e),
+                Err(e) => {
+                    // Nothing was sent: record the failure, look for a new primary, retry.
+                    self.record(&node, Some(&e));
+                    self.signal.request(RefreshTrigger::ConnectionFailure);
+                    redirect = None;
+                    self.wait_retry(&backoff, &mut retries, lease_deadline, e)
+                        .await?;
+                    continue;
+                }
+            };
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let mut cmds = Vec::with_capacity(3);
             if asking {
@@ -392,7 +419,7 @@ impl Inner {
             cmds.push(command);
             cmds.push(cmd("WAIT").arg(durability.replicas).arg(wait_ms));
             let answer = lease.dispatch(Cmds::Many(cmds), deadline).await;
-            self.record(&node, node_failure(&answer.result));
+            self.record_result(&node, &answer.result);
             // The write, back from the connection for a resend (before WAIT, after ASKING).
             let recover = |cmds: Cmds| match cmds {
                 Cmds::Many(mut v) if v.len() >= 2 => {

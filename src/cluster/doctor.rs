@@ -46,6 +46,11 @@ impl ClusterClient {
     /// It changes nothing. The report names the largest and the hottest sampled keys;
     /// it never shows a password or the names commands are renamed to.
     ///
+    /// It asks in a few rounds (the nodes, then the unauthenticated probe and the nodes
+    /// the client does not route to, then the key samples), each command bounded by the
+    /// response timeout: against nodes that stop answering, a report can take several
+    /// response timeouts. Wrap the call in `tokio::time::timeout` to bound it.
+    ///
     /// To make every check, an ACL user needs, besides what the client itself needs
     /// (see the README's security notes): `+cluster|info +info +config|get +acl|whoami
     /// +acl|getuser +acl|dryrun +command|info +scan +memory|usage +object|freq` and read

@@ -34,6 +34,12 @@ const MAX_LEARNED_COMMANDS: usize = 1024;
 /// in practice forever; dropping the request's future ends it sooner.
 const UNTIL_ANSWERED: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
 
+/// Sleeps a retry's backoff. The timer is boxed: it is a few hundred bytes that every
+/// request's future would otherwise carry, and copy, though few requests ever retry.
+async fn back_off(delay: std::time::Duration) {
+    Box::pin(tokio::time::sleep(delay)).await;
+}
+
 /// Where one request is sent.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
@@ -72,12 +78,15 @@ impl Inner {
                 slot,
                 read_only: false,
             });
-            let blocking = self.send_blocking(command, target, lease_deadline, deadline);
+            // Boxed, as the durable write below: these rare paths' futures (5 KiB each,
+            // with the dedicated pool's) would otherwise make every request's future as
+            // large, and every request copies its future a few times on the way down.
+            let blocking = Box::pin(self.send_blocking(command, target, lease_deadline, deadline));
             return self.observed(name, slot, |v| v, blocking).await;
         }
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
             if info.is_some_and(|i| i.is_write()) {
-                let durable = self.send_durable(command, *slot, durability, deadline);
+                let durable = Box::pin(self.send_durable(command, *slot, durability, deadline));
                 let (reply, acked) = self
                     .observed(name, Some(*slot), |(v, _)| v, durable)
                     .await?;
@@ -132,6 +141,17 @@ impl Inner {
         if let Some(info) = cmd::lookup(command) {
             return Some(info);
         }
+        // Boxed: asking the server is a whole request, whose future would otherwise sit
+        // (unused) in every request's future.
+        Box::pin(self.learn_command_info(command, deadline)).await
+    }
+
+    /// [`Inner::command_info`] for a command the built-in table lacks.
+    async fn learn_command_info(
+        &self,
+        command: &Cmd,
+        deadline: Instant,
+    ) -> Option<&'static cmd::CommandInfo> {
         let name = command.name().to_ascii_lowercase();
         let resolve = |info: Option<&'static cmd::CommandInfo>| {
             info.map(|i| {
@@ -393,10 +413,7 @@ impl Inner {
                     continue;
                 }
                 let was_redirected = redirect.take().is_some();
-                let elsewhere = self
-                    .pick(&target, primary_only)
-                    .is_ok_and(|n| !Arc::ptr_eq(&n, node));
-                if !was_redirected && !elsewhere {
+                if !was_redirected && !self.routed_elsewhere(node, &target, primary_only) {
                     return Err(open);
                 }
                 self.wait_retry(&backoff, &mut retries, deadline, open)
@@ -421,7 +438,7 @@ impl Inner {
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let kind = payload.kind();
             let answer = conn.dispatch(payload.into_cmds(asking), deadline).await;
-            self.record(node, node_failure(&answer.result));
+            self.record_result(node, &answer.result);
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) if !e.is_node_failure() => return Err(e),
@@ -483,7 +500,7 @@ impl Inner {
                         attempt = cluster_down_retries,
                         "retrying"
                     );
-                    tokio::time::sleep(delay).await;
+                    back_off(delay).await;
                 }
                 ErrorAction::BackOff => {
                     redirect = None;
@@ -498,7 +515,7 @@ impl Inner {
                     let reason = RetryReason::of_reply(error.code());
                     metrics::retry(reason);
                     tracing::debug!(reason = reason.as_str(), attempt = retries, "retrying");
-                    tokio::time::sleep(delay).await;
+                    back_off(delay).await;
                 }
             }
         }
@@ -524,7 +541,7 @@ impl Inner {
         let reason = RetryReason::of_error(&error);
         metrics::retry(reason);
         tracing::debug!(reason = reason.as_str(), error = %error, attempt = *retries, "retrying");
-        tokio::time::sleep(delay).await;
+        back_off(delay).await;
         Ok(())
     }
 
@@ -551,6 +568,17 @@ impl Inner {
             self.publish_breaker(&node.addr);
         }
         allowed
+    }
+
+    /// [`Inner::record`] for a request's result. A request the connection refused to
+    /// send (a disabled command) says nothing about the node: it is not recorded, so it
+    /// can neither close a half-open breaker nor count as a failure.
+    pub(crate) fn record_result<T>(&self, node: &Node, result: &Result<T>) {
+        match result {
+            Ok(_) => self.record(node, None),
+            Err(e) if e.is_node_failure() => self.record(node, Some(e)),
+            Err(_) => {}
+        }
     }
 
     /// Feeds a request's outcome to the node's breaker: `failure` is the error when the
@@ -955,12 +983,6 @@ fn fold(combine: Combine, values: Vec<Value>) -> Result<Value> {
         });
     }
     Ok(acc.unwrap_or(Value::Nil))
-}
-
-/// The error of a request's result when it counts against the node (see
-/// [`Error::is_node_failure`]).
-pub(crate) fn node_failure<T>(result: &Result<T>) -> Option<&Error> {
-    result.as_ref().err().filter(|e| e.is_node_failure())
 }
 
 #[cfg(test)]

@@ -218,6 +218,14 @@ impl Node {
                 return Ok(conn);
             }
         }
+        // Boxed: connecting (TCP, TLS, handshake) makes a future of about 1.7 KiB, which
+        // every request's future would otherwise carry, and copy, though nearly every
+        // request finds its connection open.
+        Box::pin(self.open(slot, deadline)).await
+    }
+
+    /// Opens the connection of `slot`, or waits for the task already opening it.
+    async fn open(&self, slot: &Slot, deadline: Instant) -> Result<Arc<NodeConnection>> {
         let _single_flight = tokio::time::timeout_at(deadline, slot.connecting.lock())
             .await
             .map_err(|_| Error::Timeout)?;

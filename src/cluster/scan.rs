@@ -17,7 +17,6 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::cluster::execute::node_failure;
 use crate::cluster::{ClusterClient, Inner};
 use crate::cmd::{self, cmd, Cmd};
 use crate::error::{Error, Result};
@@ -226,13 +225,27 @@ async fn scan_node(
     let mut cursor: Bytes = Bytes::from_static(b"0");
     loop {
         let deadline = Instant::now() + inner.config.response_timeout;
-        let conn = node.connection(deadline).await?;
+        if !inner.admit(&node) {
+            return Err(Error::CircuitOpen {
+                node: node.addr.to_string(),
+            });
+        }
+        let conn = match node.connection(deadline).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Our own deadline is not the node's fault.
+                if !matches!(e, Error::Timeout) {
+                    inner.record(&node, Some(&e));
+                }
+                return Err(e);
+            }
+        };
         // Each page is a request like any other: counted in the metrics and the breaker.
         let started = std::time::Instant::now();
         let page = conn
             .send_timeout(scan_cmd(&cursor, options), inner.config.response_timeout)
             .await;
-        inner.record(&node, node_failure(&page));
+        inner.record_result(&node, &page);
         let label = metrics::command_label(cmd::lookup_name(b"scan"));
         node.metrics
             .command(label, Status::of(page.as_ref()), started.elapsed());

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::Cmd;
-use crate::resp;
+use crate::error::ServerError;
+use crate::resp::{self, Value};
 
 /// The server's command renames, applied by the client to every command it sends.
 ///
@@ -122,6 +123,46 @@ impl CommandRenames {
             .map(|c| String::from_utf8_lossy(c.name()).to_ascii_uppercase())
     }
 
+    /// Puts the documented names back into a reply's error text (and into the errors of
+    /// an array, as `EXEC` returns them): a server that does not know a name the client
+    /// sent (a wrong or outdated mapping) quotes it, `unknown command '<name>'`, and
+    /// that name is a secret.
+    pub(crate) fn scrub(&self, value: &mut Value) {
+        if self.map.is_empty() {
+            return;
+        }
+        match value {
+            Value::ServerError(e) => self.scrub_error(e),
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::ServerError(e) = item {
+                        self.scrub_error(e);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn scrub_error(&self, error: &mut ServerError) {
+        let mut text = error.as_bytes().to_vec();
+        let mut changed = false;
+        for (name, to) in self.map.iter().filter(|(_, to)| !to.is_empty()) {
+            // Search on after each replacement: the documented name may contain the
+            // new one (`rename-command CONFIGX CONFIG`).
+            let mut from = 0;
+            while let Some(at) = text.get(from..).and_then(|t| find_ignoring_case(t, to)) {
+                let at = from + at;
+                text.splice(at..at + to.len(), name.iter().copied());
+                from = at + name.len();
+                changed = true;
+            }
+        }
+        if changed {
+            *error = ServerError::new(text);
+        }
+    }
+
     /// Writes `cmd` to `out` as the server knows it.
     pub(crate) fn write(&self, cmd: &Cmd, out: &mut BytesMut) {
         match self.lookup(cmd.name()).filter(|to| !to.is_empty()) {
@@ -135,6 +176,17 @@ impl CommandRenames {
             }
         }
     }
+}
+
+/// Where `needle` first occurs in `haystack`, ASCII case ignored (servers quote command
+/// names in the case they were sent, or lower-cased).
+fn find_ignoring_case(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack
+        .windows(needle.len())
+        .position(|w| w.eq_ignore_ascii_case(needle))
 }
 
 impl fmt::Debug for CommandRenames {
@@ -206,6 +258,44 @@ mod tests {
         assert!(!renames.is_disabled(b"GET"));
         // Names longer than any command are not looked up (and do not panic).
         assert!(!renames.is_disabled(&[b'A'; 200]));
+    }
+
+    #[test]
+    fn errors_quoting_a_secret_name_get_the_documented_one() {
+        let renames = CommandRenames::new().rename("CONFIG", "CONFIG_s3cret");
+        let mut reply = Value::ServerError(ServerError::new(
+            "ERR unknown command 'CONFIG_s3cret', with args beginning with: 'GET' ",
+        ));
+        renames.scrub(&mut reply);
+        let Value::ServerError(e) = &reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            e.to_string(),
+            "ERR unknown command 'CONFIG', with args beginning with: 'GET' "
+        );
+        // A documented name that contains the new one is replaced once, not forever.
+        let odd = CommandRenames::new().rename("CONFIGX", "config");
+        let mut reply = Value::ServerError(ServerError::new("ERR unknown command 'config'"));
+        odd.scrub(&mut reply);
+        assert_eq!(
+            reply,
+            Value::ServerError(ServerError::new("ERR unknown command 'CONFIGX'"))
+        );
+        // Lower case, and inside an EXEC result; other replies are untouched.
+        let mut exec = Value::Array(vec![
+            Value::Int(1),
+            Value::ServerError(ServerError::new("NOPERM no 'config_s3cret|set' here")),
+        ]);
+        renames.scrub(&mut exec);
+        assert!(!format!("{exec:?}").contains("s3cret"), "{exec:?}");
+        assert_eq!(
+            exec,
+            Value::Array(vec![
+                Value::Int(1),
+                Value::ServerError(ServerError::new("NOPERM no 'CONFIG|set' here")),
+            ])
+        );
     }
 
     #[test]

@@ -1,24 +1,31 @@
 //! A multiplexed connection to one node: a cheap cloneable handle and two tasks that own
 //! the socket.
 //!
-//! Callers hand requests to the writer task through a bounded channel. The writer takes
+//! Callers hand requests to the writer task through a bounded queue. The writer takes
 //! every request waiting at that moment, encodes them into one buffer and writes it with
 //! one system call (auto-pipelining), after recording them, in order, in the in-flight
 //! queue. The reader task decodes replies and answers the in-flight queue front to back:
 //! Redis answers requests on a connection in the order it received them.
+//!
+//! Deadlines are kept by the connection, not by each caller: a third task sleeps until
+//! the earliest deadline of the requests it holds (queued or written) and answers those
+//! whose deadline passed with [`Error::Timeout`]. One timer per connection instead of
+//! one per request: registering and cancelling a timer per request was about a tenth of
+//! the client's CPU under load. A written request that timed out keeps its place in the
+//! in-flight queue, so that its late reply still lines up, and is answered only once.
 //!
 //! When the connection dies, every request still queued is answered with
 //! [`Error::ConnectionLost`] `{ may_have_executed: false }` and every request already
 //! written with `may_have_executed: true`. None is left waiting.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::cmd::{Cmd, CommandRenames};
@@ -79,52 +86,211 @@ struct Request {
 /// A request written to the socket, waiting for its replies.
 struct InFlight {
     cmds: Cmds,
-    reply: oneshot::Sender<Answer>,
+    /// `None` once the request was answered with a timeout: its replies are still owed
+    /// by the server, and dropped when they come.
+    reply: Option<oneshot::Sender<Answer>>,
+    deadline: Option<Instant>,
     replies: Replies,
     expected: usize,
 }
 
-/// State the reader and writer share. The lock is taken once per write batch and once
-/// per read, never per request.
+/// State the tasks and the handles share. The writer takes each lock once per write
+/// batch, the reader once per read; a caller takes the queue's once per request.
 struct Shared {
+    /// Requests handed over by callers, not yet taken by the writer.
+    queue: Mutex<VecDeque<Request>>,
     in_flight: Mutex<VecDeque<InFlight>>,
     closed: AtomicBool,
-    /// Wakes both tasks when either closes the connection.
+    /// Wakes every task when the connection closes.
     close: Notify,
     /// Wakes the writer when the reader made room in the in-flight queue.
     room: Notify,
+    /// Wakes the writer when the queue stops being empty.
+    work: Notify,
+    /// Wakes callers waiting for room in a full queue.
+    space: Notify,
+    /// Wakes the deadline task when a request brings an earlier deadline than it sleeps
+    /// until.
+    sooner: Notify,
+    /// The earliest deadline the deadline task knows of, in nanoseconds since `epoch`
+    /// (`u64::MAX`: none). Never later than the earliest deadline held.
+    next_deadline: AtomicU64,
+    epoch: Instant,
     max_in_flight: usize,
 }
 
 impl Shared {
-    /// Marks the connection dead and answers every written request. Idempotent.
+    fn new(max_in_flight: usize) -> Shared {
+        Shared {
+            queue: Mutex::new(VecDeque::new()),
+            in_flight: Mutex::new(VecDeque::new()),
+            closed: AtomicBool::new(false),
+            close: Notify::new(),
+            room: Notify::new(),
+            work: Notify::new(),
+            space: Notify::new(),
+            sooner: Notify::new(),
+            next_deadline: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+            max_in_flight,
+        }
+    }
+
+    /// Marks the connection dead, answers every queued request (never written) and every
+    /// written one. Idempotent.
     fn close(&self, error: &Error) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         tracing::debug!(%error, "connection closed");
+        // `enqueue` checks `closed` under the queue's lock: nothing is queued after this.
+        let unsent: Vec<Request> = lock(&self.queue).drain(..).collect();
+        fail_unsent(unsent.into_iter().map(|r| (r.reply, r.cmds)));
         let drained: Vec<InFlight> = self.in_flight().drain(..).collect();
         for entry in drained {
-            let _ = entry.reply.send(Answer {
-                result: Err(lost_after_write(error)),
-                cmds: entry.cmds,
-            });
+            if let Some(reply) = entry.reply {
+                let _ = reply.send(Answer {
+                    result: Err(lost_after_write(error)),
+                    cmds: entry.cmds,
+                });
+            }
         }
         self.close.notify_waiters();
         self.room.notify_one();
+        self.space.notify_waiters();
+    }
+
+    /// Queues `request` for the writer; hands it back when the queue is full or the
+    /// connection closed.
+    // The request is handed back by value: boxing it would cost an allocation per
+    // request to save a move on the rare refusal.
+    #[allow(clippy::result_large_err)]
+    fn enqueue(&self, request: Request) -> std::result::Result<(), Refused> {
+        let deadline = request.deadline;
+        {
+            let mut queue = lock(&self.queue);
+            if self.is_closed() {
+                return Err(Refused::Closed(request));
+            }
+            if queue.len() >= self.max_in_flight {
+                return Err(Refused::Full(request));
+            }
+            queue.push_back(request);
+            // Only the first request wakes the writer: it takes all that are queued.
+            if queue.len() == 1 {
+                self.work.notify_one();
+            }
+        }
+        if let Some(deadline) = deadline {
+            self.note_deadline(deadline);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the deadline task wakes by `deadline`. With one timeout for every
+    /// request, deadlines come in increasing order and this is one atomic load.
+    fn note_deadline(&self, deadline: Instant) {
+        let nanos = self.nanos(deadline);
+        if nanos < self.next_deadline.load(Ordering::Acquire) {
+            self.next_deadline.fetch_min(nanos, Ordering::AcqRel);
+            self.sooner.notify_one();
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// Answers with [`Error::Timeout`] every request held whose deadline is `now` or
+    /// earlier, and sets `next_deadline` to the earliest of the others.
+    fn expire(&self, now: Instant) {
+        // Reset first: a deadline noted while this scans is kept by `fetch_min` below.
+        self.next_deadline.store(u64::MAX, Ordering::Release);
+        let mut next: Option<Instant> = None;
+        let mut later = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
+        let mut expired: Vec<(oneshot::Sender<Answer>, Cmds)> = Vec::new();
+        {
+            let mut queue = lock(&self.queue);
+            let before = queue.len();
+            let mut kept = VecDeque::with_capacity(before);
+            for request in queue.drain(..) {
+                match request.deadline {
+                    Some(d) if d <= now => expired.push((request.reply, request.cmds)),
+                    Some(d) => {
+                        later(d);
+                        kept.push_back(request);
+                    }
+                    None => kept.push_back(request),
+                }
+            }
+            *queue = kept;
+            if queue.len() < before {
+                self.space.notify_waiters();
+            }
+        }
+        for entry in self.in_flight().iter_mut() {
+            let (Some(d), true) = (entry.deadline, entry.reply.is_some()) else {
+                continue;
+            };
+            if d > now {
+                later(d);
+            } else if let Some(reply) = entry.reply.take() {
+                let cmds = std::mem::replace(&mut entry.cmds, Cmds::Many(Vec::new()));
+                expired.push((reply, cmds));
+            }
+        }
+        if let Some(next) = next {
+            self.next_deadline
+                .fetch_min(self.nanos(next), Ordering::AcqRel);
+        }
+        for (reply, cmds) in expired {
+            let _ = reply.send(Answer {
+                result: Err(Error::Timeout),
+                cmds,
+            });
+        }
     }
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// The in-flight queue. Nothing panics while holding it, but if something ever did,
-    /// the queue is still consistent (every change is a single push or pop), so a
-    /// poisoned lock is used as is rather than leaving requests unanswered.
     fn in_flight(&self) -> std::sync::MutexGuard<'_, VecDeque<InFlight>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.in_flight)
+    }
+}
+
+/// Why [`Shared::enqueue`] handed a request back.
+enum Refused {
+    Full(Request),
+    Closed(Request),
+}
+
+/// Locks one of the queues. Nothing panics while holding them, but if something ever
+/// did, the queue is still consistent (every change is a push, a pop or a swap), so a
+/// poisoned lock is used as is rather than leaving requests unanswered.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Closes the connection when the last handle is dropped.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.close(&Error::ConnectionLost {
+            may_have_executed: false,
+        });
+    }
+}
+
+/// The answer of a request the connection refused: it was never sent.
+fn lost(cmds: Cmds) -> Answer {
+    Answer {
+        result: Err(Error::ConnectionLost {
+            may_have_executed: false,
+        }),
+        cmds,
     }
 }
 
@@ -156,7 +322,8 @@ fn lost_after_write(cause: &Error) -> Error {
 /// ```
 #[derive(Clone)]
 pub struct NodeConnection {
-    tx: mpsc::Sender<Request>,
+    /// Shared by the clones; the last one dropped closes the connection.
+    _owner: Arc<Owner>,
     shared: Arc<Shared>,
     addr: Arc<str>,
     protocol: Protocol,
@@ -269,19 +436,16 @@ impl NodeConnection {
         let (rbuf, decoder, protocol) =
             handshake_within(addr, &mut read, &mut write, options, deadline).await?;
 
-        // The field is public: a 0 would make the channel constructor panic.
-        let (tx, rx) = mpsc::channel(options.max_in_flight.max(1));
-        let shared = Arc::new(Shared {
-            in_flight: Mutex::new(VecDeque::new()),
-            closed: AtomicBool::new(false),
-            close: Notify::new(),
-            room: Notify::new(),
-            max_in_flight: options.max_in_flight.max(1),
-        });
+        // The field is public: a 0 would leave no room for any request.
+        let shared = Arc::new(Shared::new(options.max_in_flight.max(1)));
         let addr: Arc<str> = Arc::from(addr);
         let span = tracing::debug_span!("redis_connection", node = %addr);
         tokio::spawn(tracing::Instrument::instrument(
-            write_loop(write, rx, Arc::clone(&shared), options.renames.clone()),
+            write_loop(write, Arc::clone(&shared), options.renames.clone()),
+            span.clone(),
+        ));
+        tokio::spawn(tracing::Instrument::instrument(
+            deadline_loop(Arc::clone(&shared)),
             span.clone(),
         ));
         tokio::spawn(tracing::Instrument::instrument(
@@ -289,7 +453,7 @@ impl NodeConnection {
             span,
         ));
         Ok(NodeConnection {
-            tx,
+            _owner: Arc::new(Owner(Arc::clone(&shared))),
             shared,
             addr,
             protocol,
@@ -429,8 +593,8 @@ impl NodeConnection {
 
     /// Sends `cmds` and waits for the answer until `deadline`.
     ///
-    /// The commands come back in the answer, except when the deadline passed while the
-    /// connection still held them (then `cmds` is `Cmds::Many(vec![])`).
+    /// The commands come back in the answer (`Cmds::Many(vec![])` only if a task
+    /// panicked).
     pub(crate) async fn dispatch(&self, cmds: Cmds, deadline: Instant) -> Answer {
         if let Some(name) = self.renames.first_disabled(cmds.iter()) {
             return Answer {
@@ -446,39 +610,60 @@ impl NodeConnection {
             reply,
             deadline: Some(deadline),
         };
-        // Waiting for room in the queue counts against the deadline; a request that
-        // never got in was never sent.
-        match tokio::time::timeout_at(deadline, self.tx.send(request)).await {
-            Err(_) => {
-                return Answer {
-                    result: Err(Error::Timeout),
-                    cmds: Cmds::Many(Vec::new()),
+        // Nearly always the queue has room. Only when it is full does the caller wait
+        // for room, which counts against the deadline (a request that never got in was
+        // never sent); that wait is boxed, as its future would otherwise double the size
+        // of every request's future, copied on the way down.
+        match self.shared.enqueue(request) {
+            Ok(()) => {}
+            Err(Refused::Closed(request)) => return lost(request.cmds),
+            Err(Refused::Full(request)) => {
+                if let Err(answer) = Box::pin(self.enqueue_when_room(request, deadline)).await {
+                    return answer;
                 }
             }
-            Ok(Err(mpsc::error::SendError(request))) => {
-                return Answer {
-                    result: Err(Error::ConnectionLost {
-                        may_have_executed: false,
-                    }),
-                    cmds: request.cmds,
-                }
-            }
-            Ok(Ok(())) => {}
         }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(answer)) => answer,
+        // No timer here: the connection answers the request by its deadline (see the
+        // module docs).
+        match answer.await {
+            Ok(mut answer) => {
+                if !self.renames.is_empty() {
+                    if let Ok(replies) = &mut answer.result {
+                        replies.iter_mut().for_each(|r| self.renames.scrub(r));
+                    }
+                }
+                answer
+            }
             // The tasks answer every request before they end; a dropped sender means a
             // task panicked, which must still not leave the caller hanging.
-            Ok(Err(_)) => Answer {
+            Err(_) => Answer {
                 result: Err(Error::ConnectionLost {
                     may_have_executed: true,
                 }),
                 cmds: Cmds::Many(Vec::new()),
             },
-            Err(_) => Answer {
-                result: Err(Error::Timeout),
-                cmds: Cmds::Many(Vec::new()),
-            },
+        }
+    }
+
+    /// Waits until the full queue takes `request`, or until `deadline`.
+    async fn enqueue_when_room(
+        &self,
+        mut request: Request,
+        deadline: Instant,
+    ) -> std::result::Result<(), Answer> {
+        loop {
+            let space = self.shared.space.notified();
+            request = match self.shared.enqueue(request) {
+                Ok(()) => return Ok(()),
+                Err(Refused::Closed(request)) => return Err(lost(request.cmds)),
+                Err(Refused::Full(request)) => request,
+            };
+            if tokio::time::timeout_at(deadline, space).await.is_err() {
+                return Err(Answer {
+                    result: Err(Error::Timeout),
+                    cmds: request.cmds,
+                });
+            }
         }
     }
 }
@@ -616,12 +801,8 @@ fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
     }
 }
 
-async fn write_loop<W>(
-    mut write: W,
-    mut rx: mpsc::Receiver<Request>,
-    shared: Arc<Shared>,
-    renames: CommandRenames,
-) where
+async fn write_loop<W>(mut write: W, shared: Arc<Shared>, renames: CommandRenames)
+where
     W: AsyncWrite + Unpin,
 {
     let mut batch: Vec<Request> = Vec::with_capacity(WRITE_BATCH);
@@ -638,12 +819,19 @@ async fn write_loop<W>(
             room.await;
         }
         let limit = WRITE_BATCH.min(shared.max_in_flight);
-        let closed = shared.close.notified();
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, limit) => n,
-            () = closed => 0,
-        };
-        if n == 0 || shared.is_closed() {
+        loop {
+            let work = shared.work.notified();
+            let closed = shared.close.notified();
+            if shared.is_closed() || take(&shared, &mut batch, limit) > 0 {
+                break;
+            }
+            tokio::select! {
+                () = work => {}
+                () = closed => {}
+            }
+        }
+        let n = batch.len();
+        if shared.is_closed() {
             break Error::ConnectionLost {
                 may_have_executed: false,
             };
@@ -655,12 +843,7 @@ async fn write_loop<W>(
         // at a time) it adds no latency.
         if n < limit && !shared.in_flight().is_empty() {
             tokio::task::yield_now().await;
-            while batch.len() < limit {
-                match rx.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
-                }
-            }
+            take(&shared, &mut batch, limit);
         }
         let now = Instant::now();
         for request in batch.drain(..) {
@@ -681,18 +864,25 @@ async fn write_loop<W>(
                 expected: request.cmds.reply_count(),
                 replies: Replies::new(),
                 cmds: request.cmds,
-                reply: request.reply,
+                reply: Some(request.reply),
+                deadline: request.deadline,
             });
         }
         if written.is_empty() {
             continue;
         }
+        // The deadline task may have scanned while these were in no queue.
+        if let Some(earliest) = written.iter().filter_map(|f| f.deadline).min() {
+            shared.note_deadline(earliest);
+        }
+        // Made before the check below: a `close` from now on wakes the blocked write.
+        let closed = shared.close.notified();
         // Record before writing: the reader may see a reply as soon as bytes leave.
         {
             let mut q = shared.in_flight();
             if shared.is_closed() {
                 drop(q);
-                fail_unsent(written.drain(..).map(|f| (f.reply, f.cmds)));
+                fail_unsent(written.drain(..).filter_map(|f| Some((f.reply?, f.cmds))));
                 break Error::ConnectionLost {
                     may_have_executed: false,
                 };
@@ -701,7 +891,6 @@ async fn write_loop<W>(
         }
         // `flush` is free on TCP; TLS may still hold encrypted records after `write_all`
         // accepted every byte (the socket was full), which only a flush sends.
-        let closed = shared.close.notified();
         let sent = async {
             write.write_all(&wbuf).await?;
             write.flush().await
@@ -721,15 +910,50 @@ async fn write_loop<W>(
             wbuf = BytesMut::with_capacity(16 * 1024);
         }
     };
+    // Everything still queued was never written; `close` answers what the queue holds.
     shared.close(&error);
-    // Everything still queued was never written.
-    rx.close();
     fail_unsent(batch.drain(..).map(|r| (r.reply, r.cmds)));
-    while let Ok(request) = rx.try_recv() {
-        fail_unsent(std::iter::once((request.reply, request.cmds)));
-    }
     // TLS sends close_notify here, which a server that stopped reading never takes.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, write.shutdown()).await;
+}
+
+/// Moves up to `limit` queued requests into `batch`; returns how many.
+fn take(shared: &Shared, batch: &mut Vec<Request>, limit: usize) -> usize {
+    let mut queue = lock(&shared.queue);
+    let n = queue.len().min(limit.saturating_sub(batch.len()));
+    let was_full = queue.len() >= shared.max_in_flight;
+    batch.extend(queue.drain(..n));
+    drop(queue);
+    if was_full && n > 0 {
+        shared.space.notify_waiters();
+    }
+    n
+}
+
+/// Sleeps until the earliest deadline of the requests the connection holds, and
+/// answers those whose deadline passed (see the module docs). Ends when the connection
+/// closes.
+async fn deadline_loop(shared: Arc<Shared>) {
+    loop {
+        let sooner = shared.sooner.notified();
+        let closed = shared.close.notified();
+        if shared.is_closed() {
+            return;
+        }
+        let next = shared.next_deadline.load(Ordering::Acquire);
+        if next == u64::MAX {
+            tokio::select! {
+                () = sooner => continue,
+                () = closed => return,
+            }
+        }
+        let at = shared.epoch + std::time::Duration::from_nanos(next);
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => shared.expire(Instant::now()),
+            () = sooner => {}
+            () = closed => return,
+        }
+    }
 }
 
 fn fail_unsent(requests: impl Iterator<Item = (oneshot::Sender<Answer>, Cmds)>) {
@@ -823,12 +1047,14 @@ fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
     }
     replies.clear();
     shared.room.notify_one();
-    // Answer outside the lock.
+    // Answer outside the lock; a request that timed out was answered already.
     for entry in done {
-        let _ = entry.reply.send(Answer {
-            result: Ok(entry.replies),
-            cmds: entry.cmds,
-        });
+        if let Some(reply) = entry.reply {
+            let _ = reply.send(Answer {
+                result: Ok(entry.replies),
+                cmds: entry.cmds,
+            });
+        }
     }
     outcome
 }
@@ -839,20 +1065,15 @@ mod tests {
     use crate::cmd::cmd;
 
     fn shared(max_in_flight: usize) -> Arc<Shared> {
-        Arc::new(Shared {
-            in_flight: Mutex::new(VecDeque::new()),
-            closed: AtomicBool::new(false),
-            close: Notify::new(),
-            room: Notify::new(),
-            max_in_flight,
-        })
+        Arc::new(Shared::new(max_in_flight))
     }
 
     fn in_flight(shared: &Shared) -> oneshot::Receiver<Answer> {
         let (reply, answer) = oneshot::channel();
         shared.in_flight().push_back(InFlight {
             cmds: Cmds::One(cmd("GET").arg("k")),
-            reply,
+            reply: Some(reply),
+            deadline: None,
             replies: Replies::new(),
             expected: 1,
         });
@@ -886,22 +1107,20 @@ mod tests {
         // The server end is kept but never read: once its 4 KiB buffer is full, every
         // write blocks.
         let (client, _server) = tokio::io::duplex(4096);
-        let (tx, rx) = mpsc::channel(16);
         let writer = tokio::spawn(write_loop(
             client,
-            rx,
             Arc::clone(&shared),
             CommandRenames::default(),
         ));
         let (reply, answer) = oneshot::channel();
         let big = cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]);
-        tx.send(Request {
-            cmds: Cmds::One(big),
-            reply,
-            deadline: None,
-        })
-        .await
-        .unwrap();
+        assert!(shared
+            .enqueue(Request {
+                cmds: Cmds::One(big),
+                reply,
+                deadline: None,
+            })
+            .is_ok());
         // The request is recorded as in flight just before its bytes go out.
         let recorded = async {
             while shared.in_flight().is_empty() {
@@ -916,12 +1135,10 @@ mod tests {
         });
         let err = answer.await.unwrap().result.unwrap_err();
         assert!(err.may_have_executed(), "{err:?}");
-        // The writer ends although the server still has not read a byte (`tx` is alive,
-        // so nothing else would end it).
+        // The writer ends although the server still has not read a byte.
         tokio::time::timeout(std::time::Duration::from_secs(5), writer)
             .await
             .expect("the writer ended after close")
             .unwrap();
-        drop(tx);
     }
 }

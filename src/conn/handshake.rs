@@ -167,7 +167,10 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
         loop {
             match self.decoder.decode(self.rbuf)? {
                 Some(Value::Push(_)) => continue,
-                Some(value) => return Ok(value),
+                Some(mut value) => {
+                    self.renames.scrub(&mut value);
+                    return Ok(value);
+                }
                 None => {}
             }
             self.rbuf.reserve(4096);

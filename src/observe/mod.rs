@@ -144,6 +144,47 @@ impl ClusterHealth {
                 .all(|n| n.breaker != BreakerState::Open)
     }
 
+    /// The cluster's state as the client sees it: [`ClusterState::Fail`] when some slot
+    /// has no primary it can reach (unserved, or its primary's breaker is open),
+    /// [`ClusterState::Degraded`] when every slot is served but a replica is unreachable
+    /// or a primary has none, [`ClusterState::Ok`] otherwise. [`ClusterHealth::is_ok`]
+    /// holds in both `Ok` and `Degraded`: requests are served.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::ClusterState;
+    /// match client.health().state() {
+    ///     ClusterState::Ok => {}
+    ///     ClusterState::Degraded => eprintln!("serving, with less redundancy than configured"),
+    ///     _ => eprintln!("some slots cannot be served"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn state(&self) -> ClusterState {
+        if !self.is_ok() {
+            return ClusterState::Fail;
+        }
+        let replica_down = self
+            .nodes
+            .iter()
+            .any(|n| n.role == NodeRole::Replica && n.breaker == BreakerState::Open);
+        let unreplicated = self
+            .nodes
+            .iter()
+            .filter(|n| n.role == NodeRole::Primary)
+            .any(|p| {
+                !self
+                    .nodes
+                    .iter()
+                    .any(|r| r.primary.as_deref() == Some(p.addr.as_str()))
+            });
+        if replica_down || unreplicated {
+            ClusterState::Degraded
+        } else {
+            ClusterState::Ok
+        }
+    }
+
     /// The entry for `addr`, if the node is in the topology.
     ///
     /// ```no_run
@@ -156,6 +197,23 @@ impl ClusterHealth {
     pub fn node(&self, addr: &str) -> Option<&NodeHealth> {
         self.nodes.iter().find(|n| n.addr == addr)
     }
+}
+
+/// The cluster's state as the client sees it; see [`ClusterHealth::state`].
+///
+/// ```
+/// assert_ne!(redcluster::ClusterState::Ok, redcluster::ClusterState::Fail);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterState {
+    /// Every slot served by a reachable primary, and every primary has a reachable
+    /// replica.
+    Ok,
+    /// Every slot served, with less redundancy than a replica per primary.
+    Degraded,
+    /// Some slot has no reachable primary: its requests fail.
+    Fail,
 }
 
 /// A node's role in the client's topology.
