@@ -847,9 +847,17 @@ where
         }
         let now = Instant::now();
         for request in batch.drain(..) {
-            // A caller that gave up (deadline passed, future dropped) is not written:
-            // the request never reaches the server.
-            if request.reply.is_closed() || request.deadline.is_some_and(|d| d <= now) {
+            // A caller that gave up (future dropped) or whose deadline passed is not
+            // written: the request never reaches the server. The latter is answered here,
+            // as the deadline task does not see requests between the queue and the write.
+            if request.reply.is_closed() {
+                continue;
+            }
+            if request.deadline.is_some_and(|d| d <= now) {
+                let _ = request.reply.send(Answer {
+                    result: Err(Error::Timeout),
+                    cmds: request.cmds,
+                });
                 continue;
             }
             if renames.is_empty() {
@@ -1078,6 +1086,43 @@ mod tests {
             expected: 1,
         });
         answer
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_deadline_passed_before_its_write_gets_a_timeout_unsent() {
+        let shared = shared(16);
+        let (reply, answer) = oneshot::channel();
+        // Queued directly, as if the deadline passed between the hand-over and the write.
+        lock(&shared.queue).push_back(Request {
+            cmds: Cmds::One(cmd("INCR").arg("k")),
+            reply,
+            deadline: Some(Instant::now() - std::time::Duration::from_millis(1)),
+        });
+        let (client, mut server) = tokio::io::duplex(1024);
+        let writer = tokio::spawn(write_loop(
+            client,
+            Arc::clone(&shared),
+            CommandRenames::default(),
+        ));
+        shared.work.notify_one();
+        let answer = answer.await.expect("answered, not dropped");
+        assert!(
+            matches!(answer.result, Err(Error::Timeout)),
+            "{:?}",
+            answer.result
+        );
+        assert!(
+            matches!(answer.cmds, Cmds::One(_)),
+            "the command comes back"
+        );
+        shared.close(&Error::ConnectionLost {
+            may_have_executed: false,
+        });
+        writer.await.unwrap();
+        // Nothing reached the server.
+        let mut sent = Vec::new();
+        server.read_to_end(&mut sent).await.unwrap();
+        assert!(sent.is_empty(), "{sent:?}");
     }
 
     #[tokio::test]
