@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use redcluster::testkit::{FailoverMode, LocalCluster};
 use redcluster::{cmd, key_slot, AddressRemap, ClusterClient, Error, Value};
-use support::key_in_slot;
+use support::{key_in_slot, master_other_than, other_master};
 
 async fn cluster(masters: usize, replicas: usize) -> LocalCluster {
     LocalCluster::builder()
@@ -278,14 +278,7 @@ async fn moved_slot_under_traffic_loses_no_request_and_follows_ask_and_moved() {
     for k in &keys {
         client.set(k.as_str(), 0).await.unwrap();
     }
-    let from = local.master_of_slot(slot).await.unwrap();
-    let to = local
-        .masters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|&m| m != from)
-        .unwrap();
+    let to = other_master(&local, slot).await;
 
     // 32 writers each own some keys and record the last value acknowledged.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -352,14 +345,7 @@ async fn a_burst_of_moved_replies_causes_few_refreshes() {
     let slot = key_slot(b"burst");
     let keys: Vec<String> = (0..2000).map(|n| key_in_slot(slot, n % 50)).collect();
     client.set(keys[0].as_str(), "x").await.unwrap();
-    let from = local.master_of_slot(slot).await.unwrap();
-    let to = local
-        .masters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|&m| m != from)
-        .unwrap();
+    let to = other_master(&local, slot).await;
     local.move_slot(slot, to).await.unwrap();
     let before = client.stats();
     let reads = keys
@@ -534,13 +520,7 @@ async fn scan_survives_a_failover_and_a_slot_move_part_way() {
         .failover(replica, FailoverMode::Graceful)
         .await
         .unwrap();
-    let other = local
-        .masters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|&m| m != replica)
-        .unwrap();
+    let other = master_other_than(&local, replica).await;
     local.move_slot(key_slot(b"sv:2"), other).await.unwrap();
     while let Some(key) = scan.next().await {
         seen.insert(key.unwrap());
@@ -659,14 +639,7 @@ async fn split_slot(
         .mset(keys.iter().map(|k| (k.as_str(), k.as_str())))
         .await
         .unwrap();
-    let from = local.master_of_slot(slot).await.unwrap();
-    let to = local
-        .masters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|&m| m != from)
-        .unwrap();
+    let to = other_master(local, slot).await;
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
     assert_eq!(local.migrate_keys_batch(&migration, 5).await.unwrap(), 5);
     (client, keys, migration)

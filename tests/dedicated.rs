@@ -1,6 +1,8 @@
 //! Commands that hold a connection, against a real cluster: blocking commands on
 //! dedicated connections, WATCH transactions, pool recycling.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -211,14 +213,8 @@ async fn blocked_clients(local: &LocalCluster, client: &ClusterClient, key: &str
         .find(|n| n.addr() == addr)
         .unwrap()
         .index;
-    let node = local.connect_node(index).await.unwrap();
-    let info = match node.send(cmd("INFO").arg("clients")).await.unwrap() {
-        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8(b.to_vec()).unwrap(),
-        other => panic!("{other:?}"),
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|n| n.trim().parse().ok())
+    support::info_field(local, index, "clients", "blocked_clients")
+        .await
         .unwrap()
 }
 

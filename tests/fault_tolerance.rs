@@ -731,14 +731,9 @@ async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
 
 /// `cmdstat_<name>` calls on a node, from `INFO commandstats`.
 async fn calls(local: &LocalCluster, node: usize, name: &str) -> u64 {
-    let conn = local.connect_node(node).await.unwrap();
-    let info = match conn.send(cmd("INFO").arg("commandstats")).await.unwrap() {
-        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8(b.to_vec()).unwrap(),
-        other => panic!("{other:?}"),
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{name}:calls=")))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
+    let field = format!("cmdstat_{name}:calls");
+    support::info_field(local, node, "commandstats", &field)
+        .await
         .unwrap_or(0)
 }
 

@@ -3,11 +3,13 @@
 //! spread over nodes that are about as fast, a killed master reported down and its
 //! promoted replica reported as the primary.
 
+mod support;
+
 use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{
-    cmd, BreakerState, CircuitBreakerConfig, ClusterClient, ClusterState, NodeRole, ReadFrom, Value,
+    BreakerState, CircuitBreakerConfig, ClusterClient, ClusterState, NodeRole, ReadFrom,
 };
 use tokio::time::Instant;
 
@@ -161,14 +163,8 @@ async fn health_reports_a_killed_master_down_then_its_promoted_replica_as_primar
 }
 
 async fn get_calls(local: &LocalCluster, node: usize) -> u64 {
-    let conn = local.connect_node(node).await.unwrap();
-    let info = match conn.send(cmd("INFO").arg("commandstats")).await.unwrap() {
-        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8(b.to_vec()).unwrap(),
-        other => panic!("{other:?}"),
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
+    support::info_field(local, node, "commandstats", "cmdstat_get:calls")
+        .await
         .unwrap_or(0)
 }
 

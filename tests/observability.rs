@@ -6,6 +6,8 @@
 //! (`tracing::subscriber::set_default`) see everything the client does, and the tests
 //! can run in parallel without sharing a global recorder.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, key_slot, ClusterClient, ScanOptions, Value};
+use support::{master_other_than, other_master};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -265,14 +268,7 @@ fn redirects_are_counted_by_kind() {
         let key = "{obs-migrating}:secret-key";
         client.set(key, "secret-value").await.unwrap();
         let slot = key_slot(key.as_bytes());
-        let from = local.master_of_slot(slot).await.unwrap();
-        let to = local
-            .masters()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|&m| m != from)
-            .unwrap();
+        let to = other_master(&local, slot).await;
 
         // The key moved while the slot migrates: the source answers ASK.
         let migration = local.begin_slot_migration(slot, to).await.unwrap();
@@ -366,14 +362,7 @@ fn scan_pages_watch_transactions_and_blocking_redirects_are_counted() {
         // connection's MOVED is counted like any other.
         let list = "{obs-block}:list";
         let slot = key_slot(list.as_bytes());
-        let from = local.master_of_slot(slot).await.unwrap();
-        let to = local
-            .masters()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|&m| m != from)
-            .unwrap();
+        let to = other_master(&local, slot).await;
         local.move_slot(slot, to).await.unwrap();
         let moved_before = client.stats().moved;
         let reply: Value = client.query(cmd("BLPOP").arg(list).arg(0.1)).await.unwrap();
@@ -484,13 +473,7 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         client.set(key, value).await.unwrap();
         let slot = key_slot(key.as_bytes());
         let from = local.master_of_slot(slot).await.unwrap();
-        let to = local
-            .masters()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|&m| m != from)
-            .unwrap();
+        let to = master_other_than(&local, from).await;
         let migration = local.begin_slot_migration(slot, to).await.unwrap();
         local.migrate_keys_batch(&migration, 10).await.unwrap();
         let v: Option<String> = client.get(key).await.unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, key_slot, ClusterClient, Error, Value};
-use support::key_in_slot;
+use support::{key_in_slot, other_master};
 
 async fn cluster() -> LocalCluster {
     LocalCluster::builder()
@@ -86,14 +86,7 @@ async fn a_moved_slot_resends_only_its_command_never_the_whole_pipeline() {
         .filter(|k| key_slot(k.as_bytes()) != slot)
         .collect();
     // Move the slot behind the client's back: its map still names the old owner.
-    let from = local.master_of_slot(slot).await.unwrap();
-    let to = local
-        .masters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|&m| m != from)
-        .unwrap();
+    let to = other_master(&local, slot).await;
     local.move_slot(slot, to).await.unwrap();
     let before = client.stats();
     let mut p = client.pipeline();
@@ -123,14 +116,7 @@ async fn a_pipeline_follows_ask_during_a_migration() {
     for k in &keys {
         client.set(k.as_str(), k.as_str()).await.unwrap();
     }
-    let from = local.master_of_slot(slot).await.unwrap();
-    let to = local
-        .masters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|&m| m != from)
-        .unwrap();
+    let to = other_master(&local, slot).await;
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
     // Half the keys move; the slot still belongs to the source, which answers ASK for them.
     let moved = local.migrate_keys_batch(&migration, 20).await.unwrap();
@@ -226,14 +212,7 @@ async fn a_transaction_follows_its_slot_to_a_new_owner() {
         .unwrap();
     let slot = key_slot(b"{acct}");
     client.set("{acct}:balance", 100).await.unwrap();
-    let from = local.master_of_slot(slot).await.unwrap();
-    let to = local
-        .masters()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|&m| m != from)
-        .unwrap();
+    let to = other_master(&local, slot).await;
     local.move_slot(slot, to).await.unwrap();
     let mut tx = client.transaction();
     tx.add(cmd("DECRBY").arg("{acct}:balance").arg(30))

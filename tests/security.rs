@@ -11,7 +11,7 @@ use redcluster::{
     cmd, key_slot, ClusterClient, ClusterClientBuilder, Error, NodeConnection, TlsConfig, Value,
 };
 
-use support::key_in_slot;
+use support::{key_in_slot, other_master};
 
 const PASSWORD: &str = "s3cret-cluster-pass";
 const SETTLE: Duration = Duration::from_secs(30);
@@ -366,9 +366,7 @@ async fn acl_user_with_the_documented_permissions_uses_every_client_feature() {
     }
     // ASK redirects while a slot migrates (ASKING).
     let slot = key_slot(b"app:s7");
-    let owner = local.master_of_slot(slot).await.unwrap();
-    let masters = local.masters().await.unwrap();
-    let to = *masters.iter().find(|&&m| m != owner).unwrap();
+    let to = other_master(&local, slot).await;
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
     local.migrate_keys_batch(&migration, 100).await.unwrap();
     let asks = app.stats().ask;
@@ -404,9 +402,7 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
     crud(&client, "app:bare:").await;
     // But it cannot follow ASK redirects: a read during a migration fails.
     let slot = key_slot(b"app:bare:1");
-    let owner = local.master_of_slot(slot).await.unwrap();
-    let masters = local.masters().await.unwrap();
-    let to = *masters.iter().find(|&&m| m != owner).unwrap();
+    let to = other_master(&local, slot).await;
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
     local.migrate_keys_batch(&migration, 100).await.unwrap();
     let res: redcluster::Result<Option<String>> = client.get("app:bare:1").await;
@@ -534,9 +530,7 @@ async fn mutual_tls_cluster_serves_crud_pipelines_moved_and_failover() {
     let slot = key_slot(b"tls:moving");
     let key = key_in_slot(slot, 0);
     client.set(key.as_str(), "moved-value").await.unwrap();
-    let owner = local.master_of_slot(slot).await.unwrap();
-    let masters = local.masters().await.unwrap();
-    let to = *masters.iter().find(|&&m| m != owner).unwrap();
+    let to = other_master(&local, slot).await;
     let moved_before = client.stats().moved;
     local.move_slot(slot, to).await.unwrap();
     let v: Option<String> = client.get(key.as_str()).await.unwrap();

@@ -100,6 +100,13 @@ pub enum CheckStatus {
 
 impl CheckStatus {
     /// `"ok"`, `"unknown"`, `"warn"` or `"fail"`.
+    ///
+    /// ```
+    /// use redcluster::CheckStatus;
+    /// assert_eq!(CheckStatus::Warn.as_str(), "warn");
+    /// // Ordered from best to worst.
+    /// assert!(CheckStatus::Ok < CheckStatus::Fail);
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             CheckStatus::Ok => "ok",
@@ -192,16 +199,38 @@ pub struct DoctorReport {
 
 impl DoctorReport {
     /// The checks that failed.
+    ///
+    /// ```
+    /// let report = redcluster::DoctorReport::default();
+    /// assert_eq!(report.failures().count(), 0);
+    /// ```
     pub fn failures(&self) -> impl Iterator<Item = &Check> {
         self.with_status(CheckStatus::Fail)
     }
 
     /// The checks that warn.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// for check in client.doctor().await?.warnings() {
+    ///     println!("{}: {} -> {}", check.name, check.observed, check.recommendation);
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn warnings(&self) -> impl Iterator<Item = &Check> {
         self.with_status(CheckStatus::Warn)
     }
 
-    /// The checks that could not be made.
+    /// The checks that could not be made (their observed value says why, often a
+    /// permission the client's user lacks).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let report = client.doctor().await?;
+    /// let missing: Vec<&str> = report.unknowns().map(|c| c.name).collect();
+    /// println!("not checked: {missing:?}");
+    /// # Ok(()) }
+    /// ```
     pub fn unknowns(&self) -> impl Iterator<Item = &Check> {
         self.with_status(CheckStatus::Unknown)
     }
@@ -241,6 +270,16 @@ impl DoctorReport {
     }
 
     /// The worst status among the lines of check `name`; `None` when there is none.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::CheckStatus;
+    /// let report = client.doctor().await?;
+    /// if report.status("persistence") != Some(CheckStatus::Ok) {
+    ///     eprintln!("turn on appendonly");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn status(&self, name: &str) -> Option<CheckStatus> {
         self.checks_named(name).map(|c| c.status).max()
     }
@@ -1643,135 +1682,133 @@ fn samples<'a>(
         .collect()
 }
 
-fn big_keys(reached: &[(&str, &Answers)], view: Option<&View>) -> Vec<Check> {
-    const REC: &str = "no key of 1 MiB or more: split big values and collections (they block their node when deleted, migrated or replicated)";
-    let samples = samples(reached, view);
+/// What a key check measures on each sampled key, and how its line words it.
+struct KeyMeasure<T> {
+    name: &'static str,
+    /// The command that measures a key, named when it refused.
+    command: &'static str,
+    /// One key's measurement; `Ok(None)` when there is nothing to judge.
+    read: fn(&SampledKey) -> std::result::Result<Option<T>, &Reply>,
+    /// A key that measures this much or more is reported.
+    threshold: T,
+    show: fn(T) -> String,
+    /// "3 of 40 sampled keys {over}; {top} ...".
+    over: &'static str,
+    top: &'static str,
+    rec: &'static str,
+}
+
+/// The line of a check that measures every sampled key: how many reach the threshold,
+/// and the key that measures most (the first of equals).
+fn sampled_key_check<T: Copy + PartialOrd>(
+    samples: &[(&str, &KeySample)],
+    m: &KeyMeasure<T>,
+) -> Check {
     let mut measured = 0;
-    let mut big = 0;
-    let mut largest: Option<(u64, &str, &Bytes)> = None;
+    let mut over = 0;
+    let mut top: Option<(T, &str, &Bytes)> = None;
     let mut refused = None;
-    for (addr, sample) in &samples {
+    for (addr, sample) in samples {
         for key in &sample.keys {
-            let size = match &key.memory {
-                Ok(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-                Ok(Value::Nil) => continue, // Gone since the scan.
-                other => {
-                    refused.get_or_insert_with(|| why(other));
+            let value = match (m.read)(key) {
+                Ok(Some(value)) => value,
+                Ok(None) => continue,
+                Err(reply) => {
+                    refused.get_or_insert_with(|| why(reply));
                     continue;
                 }
             };
             measured += 1;
-            big += usize::from(size >= BIG_KEY_BYTES);
-            if largest.is_none_or(|(s, _, _)| size > s) {
-                largest = Some((size, addr, &key.key));
+            over += usize::from(value >= m.threshold);
+            if top.is_none_or(|(t, _, _)| value > t) {
+                top = Some((value, addr, &key.key));
             }
         }
     }
-    let row = match (largest, refused) {
-        (Some((size, addr, key)), _) if big > 0 => check(
-            "big-keys",
-            CheckStatus::Warn,
-            Some(addr),
-            format!(
-                "{big} of {measured} sampled keys use 1 MiB or more; largest {} ({})",
-                show_key(key),
-                human_bytes(size)
+    let Some((value, addr, key)) = top else {
+        return match refused {
+            Some(why) => check(
+                m.name,
+                CheckStatus::Unknown,
+                None,
+                format!("{}: {why}", m.command),
+                m.rec,
             ),
-            REC,
-        ),
-        (Some((size, addr, key)), _) => check(
-            "big-keys",
-            CheckStatus::Ok,
-            Some(addr),
-            format!(
-                "largest of {measured} sampled keys: {} ({})",
-                show_key(key),
-                human_bytes(size)
-            ),
-            REC,
-        ),
-        (None, Some(why)) => check(
-            "big-keys",
-            CheckStatus::Unknown,
-            None,
-            format!("MEMORY USAGE: {why}"),
-            REC,
-        ),
-        (None, None) => sample_missing("big-keys", &samples, REC),
+            None => sample_missing(m.name, samples, m.rec),
+        };
     };
-    vec![row]
+    let (key, shown) = (show_key(key), (m.show)(value));
+    let (status, observed) = if over > 0 {
+        let warn = format!(
+            "{over} of {measured} sampled keys {}; {} {key} ({shown})",
+            m.over, m.top
+        );
+        (CheckStatus::Warn, warn)
+    } else {
+        let ok = format!("{} of {measured} sampled keys: {key} ({shown})", m.top);
+        (CheckStatus::Ok, ok)
+    };
+    check(m.name, status, Some(addr), observed, m.rec)
+}
+
+fn big_keys(reached: &[(&str, &Answers)], view: Option<&View>) -> Vec<Check> {
+    let measure = KeyMeasure {
+        name: "big-keys",
+        command: "MEMORY USAGE",
+        read: |key| match &key.memory {
+            Ok(Value::Int(n)) => Ok(Some(u64::try_from(*n).unwrap_or(0))),
+            Ok(Value::Nil) => Ok(None), // Gone since the scan.
+            other => Err(other),
+        },
+        threshold: BIG_KEY_BYTES,
+        show: human_bytes,
+        over: "use 1 MiB or more",
+        top: "largest",
+        rec: "no key of 1 MiB or more: split big values and collections (they block their node when deleted, migrated or replicated)",
+    };
+    vec![sampled_key_check(&samples(reached, view), &measure)]
 }
 
 fn hot_keys(reached: &[(&str, &Answers)], view: Option<&View>) -> Vec<Check> {
-    const REC: &str = "no hot key: shard it (key:shard0..N), cache it in the application, or read it from replicas (the seed)";
     let samples = samples(reached, view);
-    let mut counted = 0;
-    let mut hot = 0;
-    let mut hottest: Option<(i64, &str, &Bytes)> = None;
-    let mut refused = None;
-    for (addr, sample) in &samples {
-        for key in &sample.keys {
-            let freq = match &key.freq {
-                None => continue,
-                Some(reply) if not_lfu(reply) => continue,
-                Some(Ok(Value::Int(n))) => *n,
-                // The key went away between the sample and the question (Redis 7 answers
-                // nil; older servers an error).
-                Some(Ok(Value::Nil)) => continue,
-                Some(Ok(Value::ServerError(e)))
-                    if e.code() == "ERR" && e.message().starts_with("no such key") =>
-                {
-                    continue
-                }
-                Some(other) => {
-                    refused.get_or_insert_with(|| why(other));
-                    continue;
-                }
-            };
-            counted += 1;
-            hot += usize::from(freq >= HOT_KEY_FREQ);
-            if hottest.is_none_or(|(f, _, _)| freq > f) {
-                hottest = Some((freq, addr, &key.key));
-            }
-        }
-    }
+    // Without an LFU policy every key is skipped: nothing is measured, nothing refused.
     let tracked = samples.iter().any(|(_, s)| {
         s.keys
             .iter()
             .any(|k| k.freq.as_ref().is_some_and(|f| !not_lfu(f)))
     });
-    let row = match (hottest, refused) {
-        (Some((freq, addr, key)), _) if hot > 0 => check(
-            "hot-keys",
-            CheckStatus::Warn,
-            Some(addr),
-            format!(
-                "{hot} of {counted} sampled keys are hot; hottest {} (LFU counter {freq})",
-                show_key(key)
-            ),
-            REC,
-        ),
-        (Some((freq, addr, key)), _) => check(
-            "hot-keys",
-            CheckStatus::Ok,
-            Some(addr),
-            format!(
-                "hottest of {counted} sampled keys: {} (LFU counter {freq})",
-                show_key(key)
-            ),
-            REC,
-        ),
-        (None, Some(why)) => check("hot-keys", CheckStatus::Unknown, None, format!("OBJECT FREQ: {why}"), REC),
-        (None, None) if !tracked && samples.iter().any(|(_, s)| !s.keys.is_empty()) => check(
+    if !tracked && samples.iter().any(|(_, s)| !s.keys.is_empty()) {
+        return vec![check(
             "hot-keys",
             CheckStatus::Unknown,
             None,
             "not measured: the maxmemory-policy is not LFU, so OBJECT FREQ counts nothing",
             "an allkeys-lfu or volatile-lfu policy to find hot keys (also for redis-cli --hotkeys), or watch per-node command rates (redis_commands_total{node})",
-        ),
-        (None, None) => sample_missing("hot-keys", &samples, REC),
+        )];
+    }
+    let measure = KeyMeasure {
+        name: "hot-keys",
+        command: "OBJECT FREQ",
+        read: |key| match &key.freq {
+            Some(Ok(Value::Int(n))) => Ok(Some(*n)),
+            // Not asked, not counted (no LFU policy), or the key went away between the
+            // sample and the question (Redis 7 answers nil; older servers an error).
+            None | Some(Ok(Value::Nil)) => Ok(None),
+            Some(reply) if not_lfu(reply) => Ok(None),
+            Some(Ok(Value::ServerError(e)))
+                if e.code() == "ERR" && e.message().starts_with("no such key") =>
+            {
+                Ok(None)
+            }
+            Some(other) => Err(other),
+        },
+        threshold: HOT_KEY_FREQ,
+        show: |freq| format!("LFU counter {freq}"),
+        over: "are hot",
+        top: "hottest",
+        rec: "no hot key: shard it (key:shard0..N), cache it in the application, or read it from replicas (the seed)",
     };
-    vec![row]
+    vec![sampled_key_check(&samples, &measure)]
 }
 
 /// The line of a key check when no key could be judged: none stored, or none sampled.

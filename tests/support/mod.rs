@@ -56,3 +56,40 @@ pub async fn announce_hostnames(
     }
     remap
 }
+
+/// A master of `local` other than `node`.
+pub async fn master_other_than(local: &redcluster::testkit::LocalCluster, node: usize) -> usize {
+    local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|&m| m != node)
+        .unwrap()
+}
+
+/// A master other than the one that owns `slot` now: where to move or migrate it.
+pub async fn other_master(local: &redcluster::testkit::LocalCluster, slot: u16) -> usize {
+    let owner = local.master_of_slot(slot).await.unwrap();
+    master_other_than(local, owner).await
+}
+
+/// The number in `field` of `INFO <section>` on node `index`: the line `field:N`
+/// (`blocked_clients`), or `N` in a line `name:field=N,…` named `name:field`
+/// (`cmdstat_get:calls`). `None` when the node reports no such field.
+pub async fn info_field(
+    local: &redcluster::testkit::LocalCluster,
+    index: usize,
+    section: &str,
+    field: &str,
+) -> Option<u64> {
+    use redcluster::{cmd, Value};
+    let node = local.connect_node(index).await.unwrap();
+    let info = match node.send(cmd("INFO").arg(section)).await.unwrap() {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8(b.to_vec()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix([':', '=']))
+        .and_then(|rest| rest.split(',').next()?.trim().parse().ok())
+}
