@@ -221,7 +221,9 @@ async fn drive(
         // Frames may already sit in the buffer from the handshake's last read.
         loop {
             match decoder.decode(&mut rbuf) {
-                Ok(Some(value)) => {
+                Ok(Some(mut value)) => {
+                    // A refused (P|S)SUBSCRIBE quotes the name it was sent, maybe a secret.
+                    renames.scrub(&mut value);
                     let frame = parse(value);
                     if events.send(LinkEvent::Frame { id, frame }).await.is_err() {
                         return; // the subscriber is gone
