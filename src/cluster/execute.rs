@@ -286,16 +286,7 @@ impl Inner {
             Target::Slot { slot, .. } => Some(slot),
             _ => None,
         };
-        let span = tracing::debug_span!(
-            "redis_command",
-            command = name,
-            slot,
-            node = Empty,
-            attempt = Empty,
-            redirects = Empty,
-            status = Empty,
-            duration_ms = Empty
-        );
+        let span = command_span(name, slot);
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
         let mut outcome = Attempts::default();
@@ -317,10 +308,13 @@ impl Inner {
             (result, _) => result,
         };
         drop(in_flight);
-        let status = Status::of(result.as_ref());
-        let elapsed = started.elapsed();
-        node_metrics(last_node.as_deref()).command(name, status, elapsed);
-        crate::observe::events::command_outcome(&span, status, elapsed);
+        command_done(
+            &span,
+            last_node.as_deref(),
+            name,
+            Status::of(result.as_ref()),
+            started,
+        );
         result
     }
 
@@ -339,24 +333,16 @@ impl Inner {
             let shard = routes.map.shard_index(slot)?;
             routes.primaries.get(shard).cloned()
         });
-        let span = tracing::debug_span!(
-            "redis_command",
-            command = name,
-            slot,
-            node = node.as_ref().map(|n| &*n.addr),
-            attempt = Empty,
-            redirects = Empty,
-            status = Empty,
-            duration_ms = Empty
-        );
+        let span = command_span(name, slot);
+        if let Some(node) = &node {
+            span.record("node", &*node.addr);
+        }
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
         let result = request.instrument(span.clone()).await;
         drop(in_flight);
         let status = Status::of(result.as_ref().map(reply));
-        let elapsed = started.elapsed();
-        node_metrics(node.as_deref()).command(name, status, elapsed);
-        crate::observe::events::command_outcome(&span, status, elapsed);
+        command_done(&span, node.as_deref(), name, status, started);
         result
     }
 
@@ -740,6 +726,34 @@ impl Inner {
 }
 
 /// The metric handles of `node`, or of "no node" for a command that reached none.
+/// The `redis_command` span of one request; `node`, `attempt` and `redirects` are
+/// recorded as they become known, `status` and `duration_ms` at the end.
+fn command_span(name: &'static str, slot: Option<u16>) -> tracing::Span {
+    tracing::debug_span!(
+        "redis_command",
+        command = name,
+        slot,
+        node = Empty,
+        attempt = Empty,
+        redirects = Empty,
+        status = Empty,
+        duration_ms = Empty
+    )
+}
+
+/// Counts a finished request on the node that gave its outcome and closes its span.
+fn command_done(
+    span: &tracing::Span,
+    node: Option<&Node>,
+    name: &'static str,
+    status: Status,
+    started: std::time::Instant,
+) {
+    let elapsed = started.elapsed();
+    node_metrics(node).command(name, status, elapsed);
+    crate::observe::events::command_outcome(span, status, elapsed);
+}
+
 fn node_metrics(node: Option<&Node>) -> &metrics::NodeMetrics {
     match node {
         Some(node) => &node.metrics,

@@ -1014,21 +1014,30 @@ where
             n = read.read_buf(&mut rbuf) => n,
             () = closed => return,
         };
-        match n {
-            Ok(0) => {
-                break Error::io(
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "server closed the connection",
-                    ),
-                    true,
-                )
-            }
-            Ok(_) => {}
-            Err(e) => break Error::io(e, true),
+        if let Some(error) = read_ended(n) {
+            break error;
         }
     };
     shared.close(&error);
+}
+
+/// What a socket read's result means for a connection: `None` to read on, or why it
+/// ended (the server closed it, or the socket failed). Requests written on it may have
+/// run either way.
+pub(crate) fn read_ended(read: std::io::Result<usize>) -> Option<Error> {
+    match read {
+        Ok(0) => Some(closed_by_server("server closed the connection")),
+        Ok(_) => None,
+        Err(e) => Some(Error::io(e, true)),
+    }
+}
+
+/// The error of a connection the server closed (`why` says when).
+pub(crate) fn closed_by_server(why: &'static str) -> Error {
+    Error::io(
+        std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why),
+        true,
+    )
 }
 
 /// Hands decoded replies to the requests at the front of the in-flight queue.

@@ -180,12 +180,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
                 .await
                 .map_err(|e| Error::io(e, true))?;
             if n == 0 {
-                return Err(Error::io(
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "server closed the connection during the handshake",
-                    ),
-                    true,
+                return Err(super::closed_by_server(
+                    "server closed the connection during the handshake",
                 ));
             }
         }

@@ -9,7 +9,7 @@ mod options;
 mod tls;
 
 pub use connection::NodeConnection;
-pub(crate) use connection::{connect_raw, RawConnection};
+pub(crate) use connection::{closed_by_server, connect_raw, read_ended, RawConnection};
 #[allow(unused_imports)]
 pub(crate) use connection::{Answer, Cmds, Replies};
 pub use options::{ConnectOptions, CredentialsFuture, CredentialsProvider, Protocol, Secret};

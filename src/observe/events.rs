@@ -178,14 +178,7 @@ pub(crate) fn topology_changed(old: &SlotMap, new: &SlotMap, trigger: &'static s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::slot::Shard;
-
-    fn shard(primary: &str, replicas: &[&str]) -> Shard {
-        Shard {
-            primary: Arc::from(primary),
-            replicas: replicas.iter().map(|r| Arc::from(*r)).collect(),
-        }
-    }
+    use crate::slot::test_shard as shard;
 
     #[test]
     fn finds_moved_ranges_and_failovers() {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::cmd::Cmd;
-use crate::conn::{connect_raw, ConnectOptions, RawConnection};
+use crate::conn::{connect_raw, read_ended, ConnectOptions, RawConnection};
 use crate::error::{Error, ServerError};
 use crate::resp::Value;
 
@@ -254,18 +254,8 @@ async fn drive(
                 }
                 wbuf.clear();
             }
-            n = read.read_buf(&mut rbuf) => match n {
-                Ok(0) => {
-                    break Error::io(
-                        std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof,
-                            "server closed the connection",
-                        ),
-                        true,
-                    )
-                }
-                Ok(_) => {}
-                Err(e) => break Error::io(e, true),
+            n = read.read_buf(&mut rbuf) => if let Some(error) = read_ended(n) {
+                break error;
             },
         }
     };

@@ -162,16 +162,18 @@ impl SlotMap {
     }
 }
 
+/// A shard from addresses, for tests.
+#[cfg(test)]
+pub(crate) fn shard(primary: &str, replicas: &[&str]) -> Shard {
+    Shard {
+        primary: Arc::from(primary),
+        replicas: replicas.iter().map(|r| Arc::from(*r)).collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn shard(primary: &str, replicas: &[&str]) -> Shard {
-        Shard {
-            primary: Arc::from(primary),
-            replicas: replicas.iter().map(|r| Arc::from(*r)).collect(),
-        }
-    }
 
     #[test]
     fn routes_each_slot_to_its_shard() {

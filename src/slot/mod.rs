@@ -10,6 +10,8 @@
 mod map;
 mod redirect;
 
+#[cfg(test)]
+pub(crate) use map::shard as test_shard;
 pub(crate) use map::{Shard, SlotMap};
 pub(crate) use redirect::{parse_redirect, Redirect};
 
