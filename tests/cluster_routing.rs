@@ -11,16 +11,7 @@ use std::time::Duration;
 
 use redcluster::testkit::{FailoverMode, LocalCluster};
 use redcluster::{cmd, key_slot, AddressRemap, ClusterClient, Error, Value};
-use support::{key_in_slot, master_other_than, other_master};
-
-async fn cluster(masters: usize, replicas: usize) -> LocalCluster {
-    LocalCluster::builder()
-        .masters(masters)
-        .replicas_per_master(replicas)
-        .start()
-        .await
-        .expect("local cluster starts")
-}
+use support::{cluster, key_in_slot, master_other_than, other_master};
 
 /// One key per slot, found by trying `k0`, `k1`, ... (a few hundred thousand hashes).
 fn key_per_slot() -> Vec<String> {

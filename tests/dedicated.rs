@@ -10,18 +10,9 @@ use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, ClusterClient, Value};
 use tokio::time::Instant;
 
-async fn cluster() -> LocalCluster {
-    LocalCluster::builder()
-        .masters(3)
-        .replicas_per_master(0)
-        .start()
-        .await
-        .expect("local cluster starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_command_never_stalls_other_requests() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let blocked = {
         let client = client.clone();
@@ -53,7 +44,7 @@ async fn a_blocking_command_never_stalls_other_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_command_gets_the_time_it_asks_for_beyond_the_response_timeout() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_millis(300))
@@ -87,7 +78,7 @@ async fn a_blocking_command_gets_the_time_it_asks_for_beyond_the_response_timeou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_reports_a_conflict_as_none_and_commits_otherwise() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     client.set("{w}:x", 1).await.unwrap();
 
@@ -119,7 +110,7 @@ async fn watch_reports_a_conflict_as_none_and_commits_otherwise() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_retry_makes_concurrent_increments_exact() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     client.set("{c}:n", 0).await.unwrap();
     let tasks: Vec<_> = (0..10)
@@ -148,7 +139,7 @@ async fn watch_retry_makes_concurrent_increments_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_comes_back_unwatched() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     // One dedicated connection per node, so the second WATCH reuses the first's.
     let client = Arc::new(
         ClusterClient::builder()
@@ -175,7 +166,7 @@ async fn a_pooled_connection_comes_back_unwatched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_multiplexed_connections_per_node_share_the_load() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .connections_per_node(4)
@@ -220,7 +211,7 @@ async fn blocked_clients(local: &LocalCluster, client: &ClusterClient, key: &str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_dedicated_connection_costs_the_request_timeout_not_its_block_time() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let timeout = Duration::from_millis(300);
     let client = ClusterClient::builder()
         .nodes(local.seeds())

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
-use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, key_slot, ClusterClient, ScanOptions, Value};
 use support::{master_other_than, other_master};
 
@@ -127,12 +126,7 @@ fn commands_are_counted_per_command_node_and_status() {
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(recorder);
     runtime().block_on(async {
-        let local = LocalCluster::builder()
-            .masters(3)
-            .replicas_per_master(0)
-            .start()
-            .await
-            .unwrap();
+        let local = support::cluster(3, 0).await;
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         const SETS: usize = 60;
         const GETS: usize = 40;
@@ -258,12 +252,7 @@ fn redirects_are_counted_by_kind() {
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(recorder);
     runtime().block_on(async {
-        let local = LocalCluster::builder()
-            .masters(3)
-            .replicas_per_master(0)
-            .start()
-            .await
-            .unwrap();
+        let local = support::cluster(3, 0).await;
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         let key = "{obs-migrating}:secret-key";
         client.set(key, "secret-value").await.unwrap();
@@ -327,12 +316,7 @@ fn scan_pages_watch_transactions_and_blocking_redirects_are_counted() {
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(recorder);
     runtime().block_on(async {
-        let local = LocalCluster::builder()
-            .masters(3)
-            .replicas_per_master(0)
-            .start()
-            .await
-            .unwrap();
+        let local = support::cluster(3, 0).await;
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         for i in 0..30 {
             client.set(format!("obs-scan:{i}"), i).await.unwrap();
@@ -459,12 +443,7 @@ fn requests_run_in_spans_and_redirects_are_logged() {
     // A second registered dispatcher makes it ask every live subscriber.
     let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     runtime().block_on(async {
-        let local = LocalCluster::builder()
-            .masters(3)
-            .replicas_per_master(0)
-            .start()
-            .await
-            .unwrap();
+        let local = support::cluster(3, 0).await;
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         // A second client that stays idle, to see the topology change on its refresh.
         let idle = ClusterClient::connect(local.seeds()).await.unwrap();

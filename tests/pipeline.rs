@@ -6,22 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, key_slot, ClusterClient, Error, Value};
 use support::{key_in_slot, other_master};
 
-async fn cluster() -> LocalCluster {
-    LocalCluster::builder()
-        .masters(3)
-        .replicas_per_master(0)
-        .start()
-        .await
-        .expect("local cluster starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cross_slot_pipeline_answers_in_the_order_commands_were_added() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let mut p = client.pipeline();
     for i in 0..500 {
@@ -43,7 +33,7 @@ async fn a_cross_slot_pipeline_answers_in_the_order_commands_were_added() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_command_is_reported_with_its_index_and_the_rest_still_run() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     client.set("pf:string", "x").await.unwrap();
     let build = || {
@@ -77,7 +67,7 @@ async fn a_failing_command_is_reported_with_its_index_and_the_rest_still_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_slot_resends_only_its_command_never_the_whole_pipeline() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let slot = key_slot(b"pm:moving");
     let moving: Vec<String> = (0..5).map(|n| key_in_slot(slot, n)).collect();
@@ -109,7 +99,7 @@ async fn a_moved_slot_resends_only_its_command_never_the_whole_pipeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_follows_ask_during_a_migration() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let slot = key_slot(b"pa:slot");
     let keys: Vec<String> = (0..40).map(|n| key_in_slot(slot, n)).collect();
@@ -140,7 +130,7 @@ async fn a_pipeline_follows_ask_during_a_migration() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_run_atomically_on_one_slot() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let mut tx = client.transaction();
     tx.add(cmd("INCR").arg("{user:1}:visits"))
@@ -203,7 +193,7 @@ async fn transactions_run_atomically_on_one_slot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_follows_its_slot_to_a_new_owner() {
-    let local = cluster().await;
+    let local = support::cluster(3, 0).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_secs(10))

@@ -4,6 +4,8 @@
 //!
 //! Every wait polls a real condition (an event, a server-side count) with a deadline.
 
+mod support;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
@@ -16,14 +18,9 @@ use redcluster::{
 };
 use tokio::time::Instant;
 
+/// 3 masters with `replicas` each (the testkit's 2 s node timeout: failovers are quick).
 async fn cluster(replicas: usize) -> LocalCluster {
-    LocalCluster::builder()
-        .masters(3)
-        .replicas_per_master(replicas)
-        .node_timeout(Duration::from_millis(2000))
-        .start()
-        .await
-        .expect("local cluster starts")
+    support::cluster(3, replicas).await
 }
 
 fn b(s: &str) -> Bytes {

@@ -5,6 +5,17 @@ pub mod fake_cluster;
 pub mod fake_node;
 pub mod standalone;
 
+/// A started local cluster of `masters` masters with `replicas` replicas each (testkit
+/// defaults otherwise).
+pub async fn cluster(masters: usize, replicas: usize) -> redcluster::testkit::LocalCluster {
+    redcluster::testkit::LocalCluster::builder()
+        .masters(masters)
+        .replicas_per_master(replicas)
+        .start()
+        .await
+        .expect("local cluster starts")
+}
+
 /// A key whose slot is `slot`, with `n` as a distinguishing suffix: `{tag}:n` for the
 /// first tag that hashes there.
 pub fn key_in_slot(slot: u16, n: usize) -> String {
