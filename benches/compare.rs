@@ -26,8 +26,8 @@
 //! computed once up front, not in the timed loop).
 //!
 //! Optional filters for profiling: `COMPARE_CLIENTS` (comma-separated, of `redcluster`,
-//! `redis-rs`, `fred`), `COMPARE_WORKLOADS` (of `get/1`, `get/64`, `get/512`, `set/1`,
-//! `set/64`, `set/512`, `pipeline/1000`), `COMPARE_REDIS_BENCHMARK=0` to skip
+//! `redis-rs`, `fred`), `COMPARE_WORKLOADS` (of `get/N` and `set/N` for any N requests
+//! in flight, and `pipeline/1000`), `COMPARE_REDIS_BENCHMARK=0` to skip
 //! `redis-benchmark`.
 
 use std::collections::BTreeMap;
@@ -65,6 +65,20 @@ impl Workload {
         }
         all.push(Workload::Pipeline);
         all
+    }
+
+    /// `get/N` or `set/N` for any N, or `pipeline/1000`.
+    fn parse(name: &str) -> Option<Workload> {
+        if name == Workload::Pipeline.name() {
+            return Some(Workload::Pipeline);
+        }
+        let (kind, n) = name.split_once('/')?;
+        let n: usize = n.parse().ok().filter(|&n| n > 0)?;
+        match kind {
+            "get" => Some(Workload::Get(n)),
+            "set" => Some(Workload::Set(n)),
+            _ => None,
+        }
     }
 
     fn name(self) -> String {
@@ -261,10 +275,7 @@ impl Env {
             None => CLIENTS.to_vec(),
         };
         let workloads = match list("COMPARE_WORKLOADS") {
-            Some(names) => Workload::all()
-                .into_iter()
-                .filter(|w| names.contains(&w.name()))
-                .collect(),
+            Some(names) => names.iter().filter_map(|n| Workload::parse(n)).collect(),
             None => Workload::all(),
         };
         Env {

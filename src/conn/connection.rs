@@ -7,6 +7,15 @@
 //! queue. The reader task decodes replies and answers the in-flight queue front to back:
 //! Redis answers requests on a connection in the order it received them.
 //!
+//! While the server owes the replies of one write, the writer holds the next back, and
+//! writes what gathered in the meantime as soon as those replies are in (or at once when
+//! a full write's worth is queued). A lone request is written at once. Under load this
+//! makes writes 1.5 to 2.5 times larger: on loopback each `send` cost the client about
+//! a quarter of its CPU, and each read and write costs the server as much. The price is
+//! that a request sent while another write is unanswered waits for that write's replies
+//! first: at most one round trip more, while the server works on the earlier requests
+//! anyway.
+//!
 //! Deadlines are kept by the connection, not by each caller: a third task sleeps until
 //! the earliest deadline of the requests it holds (queued or written) and answers those
 //! whose deadline passed with [`Error::Timeout`]. One timer per connection instead of
@@ -19,7 +28,7 @@
 //! written with `may_have_executed: true`. None is left waiting.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -39,6 +48,9 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most requests the writer takes from the queue for one write.
 const WRITE_BATCH: usize = 512;
+/// Writes the server may owe replies for before the writer holds the next one back
+/// (see the module docs).
+const MAX_WRITES_IN_FLIGHT: usize = 1;
 /// Read buffer growth step: room made before each read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -92,6 +104,8 @@ struct InFlight {
     deadline: Option<Instant>,
     replies: Replies,
     expected: usize,
+    /// The last request of its write: answering it ends that write.
+    ends_write: bool,
 }
 
 /// State the tasks and the handles share. The writer takes each lock once per write
@@ -100,12 +114,15 @@ struct Shared {
     /// Requests handed over by callers, not yet taken by the writer.
     queue: Mutex<VecDeque<Request>>,
     in_flight: Mutex<VecDeque<InFlight>>,
+    /// Writes with requests still unanswered; changed under `in_flight`'s lock.
+    writes_in_flight: AtomicUsize,
     closed: AtomicBool,
     /// Wakes every task when the connection closes.
     close: Notify,
     /// Wakes the writer when the reader made room in the in-flight queue.
     room: Notify,
-    /// Wakes the writer when the queue stops being empty.
+    /// Wakes the writer when the queue stops being empty, and when it holds a full
+    /// write's worth.
     work: Notify,
     /// Wakes callers waiting for room in a full queue.
     space: Notify,
@@ -124,6 +141,7 @@ impl Shared {
         Shared {
             queue: Mutex::new(VecDeque::new()),
             in_flight: Mutex::new(VecDeque::new()),
+            writes_in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             close: Notify::new(),
             room: Notify::new(),
@@ -176,8 +194,10 @@ impl Shared {
                 return Err(Refused::Full(request));
             }
             queue.push_back(request);
-            // Only the first request wakes the writer: it takes all that are queued.
-            if queue.len() == 1 {
+            // Only the first request wakes the writer: it takes all that are queued. One
+            // that fills a write wakes it too, as a writer holding back for replies
+            // (`wait_for_turn`) writes a full one at once.
+            if queue.len() == 1 || queue.len() == WRITE_BATCH.min(self.max_in_flight) {
                 self.work.notify_one();
             }
         }
@@ -809,16 +829,12 @@ where
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     let mut written: Vec<InFlight> = Vec::with_capacity(WRITE_BATCH);
     let error = loop {
-        // Backpressure: stop taking requests while the server owes too many replies.
-        loop {
-            let room = shared.room.notified();
-            let full = shared.in_flight().len() >= shared.max_in_flight;
-            if !full || shared.is_closed() {
-                break;
-            }
-            room.await;
-        }
         let limit = WRITE_BATCH.min(shared.max_in_flight);
+        if wait_for_turn(&shared, limit).await {
+            // Replies just came: the callers they woke are about to send their next
+            // requests. Let them, so that those go in this write rather than the next.
+            tokio::task::yield_now().await;
+        }
         loop {
             let work = shared.work.notified();
             let closed = shared.close.notified();
@@ -830,20 +846,10 @@ where
                 () = closed => {}
             }
         }
-        let n = batch.len();
         if shared.is_closed() {
             break Error::ConnectionLost {
                 may_have_executed: false,
             };
-        }
-        // While the server still owes replies, other callers are likely about to
-        // enqueue: yield once so they can, then take all that is queued, and write it in
-        // one go. Without this the writer, woken per request on the other worker thread,
-        // made about one write per request under load. With nothing in flight (one caller
-        // at a time) it adds no latency.
-        if n < limit && !shared.in_flight().is_empty() {
-            tokio::task::yield_now().await;
-            take(&shared, &mut batch, limit);
         }
         let now = Instant::now();
         for request in batch.drain(..) {
@@ -874,6 +880,7 @@ where
                 cmds: request.cmds,
                 reply: Some(request.reply),
                 deadline: request.deadline,
+                ends_write: false,
             });
         }
         if written.is_empty() {
@@ -895,6 +902,10 @@ where
                     may_have_executed: false,
                 };
             }
+            if let Some(last) = written.last_mut() {
+                last.ends_write = true;
+            }
+            shared.writes_in_flight.fetch_add(1, Ordering::AcqRel);
             q.extend(written.drain(..));
         }
         // `flush` is free on TCP; TLS may still hold encrypted records after `write_all`
@@ -923,6 +934,29 @@ where
     fail_unsent(batch.drain(..).map(|r| (r.reply, r.cmds)));
     // TLS sends close_notify here, which a server that stopped reading never takes.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, write.shutdown()).await;
+}
+
+/// Waits until the writer may take requests for its next write: while the server owes
+/// [`MAX_WRITES_IN_FLIGHT`] writes' replies, unless `limit` requests are already
+/// queued, and while it owes `max_in_flight` replies (backpressure). Returns whether it
+/// waited.
+async fn wait_for_turn(shared: &Shared, limit: usize) -> bool {
+    let mut waited = false;
+    loop {
+        let room = shared.room.notified();
+        let work = shared.work.notified();
+        let owed = shared.writes_in_flight.load(Ordering::Acquire) >= MAX_WRITES_IN_FLIGHT
+            && lock(&shared.queue).len() < limit;
+        let full = shared.in_flight().len() >= shared.max_in_flight;
+        if !(owed || full) || shared.is_closed() {
+            return waited;
+        }
+        waited = true;
+        tokio::select! {
+            () = room => {}
+            () = work => {}
+        }
+    }
 }
 
 /// Moves up to `limit` queued requests into `batch`; returns how many.
@@ -1058,6 +1092,9 @@ fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
             };
             front.replies.push(value);
             if front.replies.len() == front.expected {
+                if front.ends_write {
+                    shared.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
+                }
                 done.extend(q.pop_front());
             }
         }
@@ -1093,6 +1130,7 @@ mod tests {
             deadline: None,
             replies: Replies::new(),
             expected: 1,
+            ends_write: false,
         });
         answer
     }
@@ -1132,6 +1170,90 @@ mod tests {
         let mut sent = Vec::new();
         server.read_to_end(&mut sent).await.unwrap();
         assert!(sent.is_empty(), "{sent:?}");
+    }
+
+    /// A connection over an in-memory pipe; the other end plays the node (RESP2, so
+    /// there is no handshake to answer).
+    async fn over_pipe() -> (NodeConnection, tokio::io::DuplexStream) {
+        let (ours, node) = tokio::io::duplex(64 * 1024);
+        let options = ConnectOptions::default().protocol(Protocol::Resp2);
+        let conn = NodeConnection::over_stream("fake:1", ours, &options)
+            .await
+            .unwrap();
+        (conn, node)
+    }
+
+    fn get(key: &str) -> Vec<u8> {
+        let mut bytes = BytesMut::new();
+        cmd("GET").arg(key).write_to(&mut bytes);
+        bytes.to_vec()
+    }
+
+    // Paused clock: `sleep` returns only once every task waits, which is how these tests
+    // know the writer has done all it was going to.
+    #[tokio::test(start_paused = true)]
+    async fn requests_sent_while_a_write_is_unanswered_go_together_in_the_next_write() {
+        let (conn, mut node) = over_pipe().await;
+        let send = |key: &'static str| {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.send(cmd("GET").arg(key)).await })
+        };
+        let first = send("a");
+        let mut buf = vec![0u8; 4096];
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], get("a"), "a lone request is written at once");
+        let later = [send("b"), send("c"), send("d")];
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert!(
+            futures_util::FutureExt::now_or_never(node.read(&mut buf)).is_none(),
+            "held back while the first write is unanswered"
+        );
+        node.write_all(b"$1\r\nA\r\n").await.unwrap();
+        assert_eq!(
+            first.await.unwrap().unwrap(),
+            Value::Bulk(bytes::Bytes::from_static(b"A"))
+        );
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(
+            &buf[..n],
+            [get("b"), get("c"), get("d")].concat(),
+            "one write"
+        );
+        node.write_all(b"$1\r\nB\r\n$1\r\nC\r\n$-1\r\n")
+            .await
+            .unwrap();
+        let mut replies = Vec::new();
+        for task in later {
+            replies.push(task.await.unwrap().unwrap());
+        }
+        assert_eq!(replies[2], Value::Nil);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_held_behind_a_write_the_server_never_answers_times_out_unsent() {
+        let (conn, mut node) = over_pipe().await;
+        let slow = tokio::spawn({
+            let conn = conn.clone();
+            async move {
+                conn.send_timeout(cmd("GET").arg("a"), std::time::Duration::from_secs(1))
+                    .await
+            }
+        });
+        let mut buf = vec![0u8; 4096];
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], get("a"));
+        let held = conn
+            .send_timeout(cmd("INCR").arg("n"), std::time::Duration::from_millis(100))
+            .await;
+        assert!(matches!(held, Err(Error::Timeout)), "{held:?}");
+        assert!(matches!(slow.await.unwrap(), Err(Error::Timeout)));
+        conn.close();
+        let mut rest = Vec::new();
+        node.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "the INCR never reached the server: {rest:?}"
+        );
     }
 
     #[tokio::test]
