@@ -49,7 +49,8 @@ impl Inner {
         let mut singles: Vec<(usize, Cmd)> = Vec::new();
         for (index, command) in cmds.into_iter().enumerate() {
             let info = self.command_info(&command, deadline).await;
-            let idempotent = info.is_some_and(|i| i.is_read_only()) || cmd::is_idempotent(&command);
+            let idempotent =
+                info.is_some_and(|i| i.is_read_only() || cmd::is_idempotent_as(&command, i));
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {
                     match self.pick(&Target::Slot { slot, read_only }, false) {

@@ -58,7 +58,8 @@ impl Inner {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let info = self.command_info(&command, deadline).await;
         let name = metrics::command_label(info);
-        let idempotent = info.is_some_and(|i| i.is_read_only()) || cmd::is_idempotent(&command);
+        let idempotent =
+            info.is_some_and(|i| i.is_read_only() || cmd::is_idempotent_as(&command, i));
         let plan = plan::plan(&command, info)?;
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
@@ -290,10 +291,14 @@ impl Inner {
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
         let mut outcome = Attempts::default();
-        let result = self
-            .send_loop(payload, target, idempotent, deadline, &span, &mut outcome)
-            .instrument(span.clone())
-            .await;
+        let request = self.send_loop(payload, target, idempotent, deadline, &span, &mut outcome);
+        // Without a subscriber that wants the span, entering it on every poll is no-op
+        // work, and wrapping the request's future costs one more copy of it.
+        let result = if span.is_disabled() {
+            request.await
+        } else {
+            request.instrument(span.clone()).await
+        };
         // An idempotent request resent after an attempt that may have run must not end
         // in an error that says "not executed": the earlier attempt may have.
         let Attempts {

@@ -106,7 +106,7 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     if command.is_empty() {
         return Err(Error::Config("empty command".into()));
     }
-    refuse_connection_state_commands(command)?;
+    refuse_connection_state_commands(command, info)?;
     let Some(info) = info else {
         // Unknown to the table and to the server: route by the first argument, the
         // convention of most module commands.
@@ -160,41 +160,50 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
 /// meaning depends on the connection they run on, cannot go over a multiplexed
 /// connection: a subscription would turn every later reply into someone else's, and
 /// `WAIT` would count another connection's writes.
-fn refuse_connection_state_commands(command: &Cmd) -> Result<()> {
-    let name = command.name();
+fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
     let refused = |what: &str| Err(Error::Config(what.to_string()));
-    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-    if [
+    // The table's lowercase name, matched at once: this runs for every request. A
+    // command the table lacks (`WAITAOF` on a 7.0 table) is compared by its own name.
+    const TOP_LEVEL: [&str; 16] = [
         "subscribe",
         "psubscribe",
         "ssubscribe",
         "unsubscribe",
         "punsubscribe",
         "sunsubscribe",
-    ]
-    .iter()
-    .any(|n| is(n))
-    {
-        return refused("pub/sub commands need client.subscriber(), not query()");
-    }
-    if is("wait") || is("waitaof") {
-        return refused(
+        "wait",
+        "waitaof",
+        "monitor",
+        "sync",
+        "psync",
+        "quit",
+        "reset",
+        "hello",
+        "auth",
+        "select",
+    ];
+    let name = match info {
+        Some(info) => info.name(),
+        None => match TOP_LEVEL
+            .iter()
+            .find(|n| command.name().eq_ignore_ascii_case(n.as_bytes()))
+        {
+            Some(name) => name,
+            None => return Ok(()),
+        },
+    };
+    match name {
+        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
+        | "sunsubscribe" => refused("pub/sub commands need client.subscriber(), not query()"),
+        "wait" | "waitaof" => refused(
             "WAIT counts the writes of its own connection: use query_durable() or durable_writes()",
-        );
+        ),
+        "monitor" | "sync" | "psync" | "quit" | "reset" | "hello" | "auth" | "select"
+        | "client|reply" => {
+            refused("this command changes the shared connection's state and is not supported")
+        }
+        _ => Ok(()),
     }
-    if [
-        "monitor", "sync", "psync", "quit", "reset", "hello", "auth", "select",
-    ]
-    .iter()
-    .any(|n| is(n))
-        || (is("client")
-            && command
-                .arg_at(1)
-                .is_some_and(|a| a.eq_ignore_ascii_case(b"reply")))
-    {
-        return refused("this command changes the shared connection's state and is not supported");
-    }
-    Ok(())
 }
 
 fn keyless_plan(info: &cmd::CommandInfo) -> Plan {
@@ -322,10 +331,17 @@ mod tests {
             cmd("MONITOR"),
             cmd("CLIENT").arg("REPLY").arg("OFF"),
             cmd("SELECT").arg(1),
+            cmd("Hello").arg(3),
+            cmd("AUTH").arg("pw"),
+            cmd("reset"),
         ] {
             assert!(matches!(plan_of(&c), Err(Error::Config(_))), "{c:?}");
         }
         assert!(plan_of(&cmd("CLIENT").arg("LIST")).is_ok());
+        // A command the table lacks is checked by its own name, any case.
+        let waitaof = cmd("WaitAOF").arg(1).arg(1).arg(0);
+        assert!(matches!(plan(&waitaof, None), Err(Error::Config(_))));
+        assert!(plan(&cmd("MODULE.CMD").arg("k"), None).is_ok());
     }
 
     #[test]

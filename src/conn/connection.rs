@@ -1014,6 +1014,7 @@ where
     R: AsyncRead + Unpin,
 {
     let mut replies: SmallVec<[Value; 16]> = SmallVec::new();
+    let mut done: Vec<InFlight> = Vec::new();
     let error = 'outer: loop {
         // Replies may already sit in the buffer from the handshake's last read.
         loop {
@@ -1027,13 +1028,13 @@ where
                 Ok(None) => break,
                 Err(e) => {
                     // Replies decoded before the bad bytes are still their requests'.
-                    let _ = deliver(&shared, &mut replies);
+                    let _ = deliver(&shared, &mut replies, &mut done);
                     break 'outer e;
                 }
             }
         }
         if !replies.is_empty() {
-            if let Err(e) = deliver(&shared, &mut replies) {
+            if let Err(e) = deliver(&shared, &mut replies, &mut done) {
                 break e;
             }
         }
@@ -1074,12 +1075,16 @@ pub(crate) fn closed_by_server(why: &'static str) -> Error {
     )
 }
 
-/// Hands decoded replies to the requests at the front of the in-flight queue.
+/// Hands decoded replies to the requests at the front of the in-flight queue; `done`
+/// is scratch space the reader keeps, so that this allocates nothing.
 ///
 /// A reply that no request is waiting for means the stream is out of sync: the
 /// requests already matched are still answered, then the error closes the connection.
-fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
-    let mut done: SmallVec<[InFlight; 16]> = SmallVec::new();
+fn deliver(
+    shared: &Shared,
+    replies: &mut SmallVec<[Value; 16]>,
+    done: &mut Vec<InFlight>,
+) -> Result<()> {
     let mut outcome = Ok(());
     {
         let mut q = shared.in_flight();
@@ -1091,18 +1096,19 @@ fn deliver(shared: &Shared, replies: &mut SmallVec<[Value; 16]>) -> Result<()> {
                 break;
             };
             front.replies.push(value);
-            if front.replies.len() == front.expected {
-                if front.ends_write {
-                    shared.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
-                }
-                done.extend(q.pop_front());
+            if front.replies.len() < front.expected {
+                continue;
             }
+            if front.ends_write {
+                shared.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
+            }
+            done.extend(q.pop_front());
         }
     }
     replies.clear();
     shared.room.notify_one();
     // Answer outside the lock; a request that timed out was answered already.
-    for entry in done {
+    for entry in done.drain(..) {
         if let Some(reply) = entry.reply {
             let _ = reply.send(Answer {
                 result: Ok(entry.replies),

@@ -46,14 +46,24 @@ pub fn key_slot(key: &[u8]) -> u16 {
 /// assert_eq!(hash_tag(b"{}:42"), b"{}:42"); // an empty tag does not count
 /// ```
 pub fn hash_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = memchr::memchr(b'{', key) {
-        if let Some(len) = memchr::memchr(b'}', &key[open + 1..]) {
+    if let Some(open) = find(b'{', key) {
+        if let Some(len) = find(b'}', &key[open + 1..]) {
             if len > 0 {
                 return &key[open + 1..open + 1 + len];
             }
         }
     }
     key
+}
+
+/// Where `byte` first occurs in `hay`. Most keys are short, and for them a plain loop
+/// beats setting up `memchr`'s vector search (every request hashes its key).
+fn find(byte: u8, hay: &[u8]) -> Option<usize> {
+    if hay.len() < 32 {
+        hay.iter().position(|&b| b == byte)
+    } else {
+        memchr::memchr(byte, hay)
+    }
 }
 
 #[cfg(test)]
@@ -71,6 +81,10 @@ mod tests {
         assert_eq!(hash_tag(b"}{a}"), b"a");
         assert_eq!(hash_tag(b"{a}"), b"a");
         assert_eq!(hash_tag(b""), b"");
+        // Long keys take the other search; same rules.
+        let long = [&[b'x'; 40][..], b"{tag}", &[b'y'; 40]].concat();
+        assert_eq!(hash_tag(&long), b"tag");
+        assert_eq!(hash_tag(&[b'z'; 64]), &[b'z'; 64][..]);
     }
 
     #[test]
