@@ -47,13 +47,16 @@ impl Inner {
         // commands) runs on its own, concurrently with the batches.
         let mut groups: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
         let mut singles: Vec<(usize, Cmd)> = Vec::new();
+        // One snapshot for the whole pipeline; a command it routes wrongly is redirected
+        // and resent on its own like any other.
+        let routes = self.routes.load_full();
         for (index, command) in cmds.into_iter().enumerate() {
             let info = self.command_info(&command, deadline).await;
             let idempotent =
                 info.is_some_and(|i| i.is_read_only() || cmd::is_idempotent_as(&command, i));
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {
-                    match self.pick(&Target::Slot { slot, read_only }, false) {
+                    match self.pick_for_slot(&routes, slot, read_only) {
                         Ok(node) => {
                             let entry = Entry {
                                 index,
@@ -63,9 +66,9 @@ impl Inner {
                                 idempotent,
                                 name: metrics::command_label(info),
                             };
-                            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, &node)) {
+                            match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
                                 Some((_, entries)) => entries.push(entry),
-                                None => groups.push((node, vec![entry])),
+                                None => groups.push((Arc::clone(node), vec![entry])),
                             }
                         }
                         // No owner known: let the single-command path wait for one.
@@ -113,11 +116,6 @@ impl Inner {
         let cmds: Vec<Cmd> = entries.into_iter().map(|e| e.cmd).collect();
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(meta.len());
-        // Commands that end here are counted here; those resent, by `send`.
-        let done = |name: &'static str, result: &Result<Value>| {
-            let status = Status::of(result.as_ref());
-            node.metrics.command(name, status, started.elapsed());
-        };
         let ready = if self.admit(&node) {
             node.connection(deadline).await
         } else {
@@ -146,6 +144,13 @@ impl Inner {
             Err(e) => (Err(e), cmds),
         };
         drop(in_flight);
+        // Commands that end here are counted here; those resent, by `send`. They all
+        // ended when the batch's answer came (or failed): one clock read for them all.
+        let elapsed = started.elapsed();
+        let done = |name: &'static str, result: &Result<Value>| {
+            node.metrics
+                .command(name, Status::of(result.as_ref()), elapsed);
+        };
         let mut out = Vec::with_capacity(meta.len());
         let mut resend: Vec<(usize, Cmd, u16, bool, bool, &'static str)> = Vec::new();
         let mut batch_error: Option<Error> = None;

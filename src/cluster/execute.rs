@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use crate::cluster::node::Node;
 use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
+use crate::cluster::routes::Routes;
 use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
 use crate::conn::{Cmds, Replies};
@@ -207,39 +208,43 @@ impl Inner {
     /// Picks the node for `target`, avoiding replicas when `primary_only`.
     pub(crate) fn pick(&self, target: &Target, primary_only: bool) -> Result<Arc<Node>> {
         let routes = self.routes.load();
-        let shard = match target {
-            Target::Node(addr) => return Ok(self.registry.get(addr, false)),
+        match target {
+            Target::Node(addr) => Ok(self.registry.get(addr, false)),
             Target::AnyPrimary => {
                 let n = routes.primaries.len();
                 if n == 0 {
                     return Err(Error::ClusterDown("no primary known".into()));
                 }
-                return Ok(Arc::clone(&routes.primaries[self.registry.next_turn() % n]));
+                Ok(Arc::clone(&routes.primaries[self.registry.next_turn() % n]))
             }
-            Target::Slot { slot, .. } => match routes.map.shard_index(*slot) {
-                Some(i) => i,
-                None => {
-                    self.signal.request(RefreshTrigger::Uncovered);
-                    return Err(Error::ClusterDown(format!(
-                        "slot {slot} is not served by any node"
-                    )));
-                }
-            },
+            Target::Slot { slot, read_only } => self
+                .pick_for_slot(&routes, *slot, *read_only && !primary_only)
+                .map(Arc::clone),
+        }
+    }
+
+    /// The node of `slot` in `routes`: its primary, or for a read (`read`) the node
+    /// [`ReadFrom`] chooses. Borrowed from the snapshot, so that a pipeline routes all
+    /// its commands against one snapshot without a reference count per command.
+    pub(crate) fn pick_for_slot<'r>(
+        &self,
+        routes: &'r Routes,
+        slot: u16,
+        read: bool,
+    ) -> Result<&'r Arc<Node>> {
+        let Some(shard) = routes.map.shard_index(slot) else {
+            self.signal.request(RefreshTrigger::Uncovered);
+            return Err(Error::ClusterDown(format!(
+                "slot {slot} is not served by any node"
+            )));
         };
-        let read = matches!(
-            target,
-            Target::Slot {
-                read_only: true,
-                ..
-            }
-        );
         let primary = &routes.primaries[shard];
         let replicas = &routes.replicas[shard];
-        if !read || primary_only || replicas.is_empty() {
-            return Ok(Arc::clone(primary));
+        if !read || replicas.is_empty() {
+            return Ok(primary);
         }
         let turn = self.registry.next_turn();
-        Ok(Arc::clone(match self.config.read_from {
+        Ok(match self.config.read_from {
             ReadFrom::Primary => primary,
             ReadFrom::RoundRobin => match turn % (replicas.len() + 1) {
                 0 => primary,
@@ -252,7 +257,7 @@ impl Inner {
                 }
             }
             _ => &replicas[turn % replicas.len()],
-        }))
+        })
     }
 
     /// Sends one command to one target, following redirects and retrying what is safe,
