@@ -25,6 +25,10 @@
 //! primary, sent at once, the commands grouped by the primary of their key (grouping
 //! computed once up front, not in the timed loop).
 //!
+//! `COMPARE_ROUNDS=N` runs every client N times per workload, the clients taking turns,
+//! and reports each client's median run (by requests per second): this machine's speed
+//! drifts by up to 1.5x within minutes, and a single run of each can land on either side.
+//!
 //! Optional filters for profiling: `COMPARE_CLIENTS` (comma-separated, of `redcluster`,
 //! `redis-rs`, `fred`), `COMPARE_WORKLOADS` (of `get/N` and `set/N` for any N requests
 //! in flight, and `pipeline/1000`), `COMPARE_REDIS_BENCHMARK=0` to skip
@@ -247,6 +251,8 @@ impl CpuClock {
 
 struct Env {
     secs: Duration,
+    /// Runs per client and workload; the median (by requests per second) is reported.
+    rounds: usize,
     warmup: Duration,
     clients: Vec<&'static str>,
     workloads: Vec<Workload>,
@@ -280,6 +286,11 @@ impl Env {
         };
         Env {
             secs: secs("COMPARE_SECS", 3.0),
+            rounds: std::env::var("COMPARE_ROUNDS")
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .filter(|&r| r > 0)
+                .unwrap_or(1),
             warmup: secs("COMPARE_WARMUP_SECS", 0.5),
             clients,
             workloads,
@@ -454,6 +465,12 @@ fn main() -> Res<()> {
         env.secs.as_secs_f64(),
         env.warmup.as_secs_f64()
     );
+    if env.rounds > 1 {
+        println!(
+            "{} rounds per client and workload, clients in turn; tables show each client's median round",
+            env.rounds
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -504,24 +521,32 @@ fn main() -> Res<()> {
             by_node,
         });
 
-        // Each workload for each client in turn, so drift in the machine's load spreads
-        // over all clients.
+        // Each workload for each client in turn, round after round, so drift in the
+        // machine's load spreads over all clients; each keeps its median round.
         for (w, &workload) in env.workloads.iter().enumerate() {
-            for (c, (name, client)) in clients.iter().enumerate() {
-                if !env.warmup.is_zero() {
-                    run(client, workload, env.warmup, &keys, &pipe, &clock).await?;
+            let mut rounds: Vec<Vec<Outcome>> = clients.iter().map(|_| Vec::new()).collect();
+            for _ in 0..env.rounds {
+                for (c, (name, client)) in clients.iter().enumerate() {
+                    if !env.warmup.is_zero() {
+                        run(client, workload, env.warmup, &keys, &pipe, &clock).await?;
+                    }
+                    let outcome = run(client, workload, env.secs, &keys, &pipe, &clock).await?;
+                    println!(
+                        "  {:<14} {:<10} {:>12.0} ops/s  p50 {:>9}  p99 {:>9}  cpu {:>6.2} us/op",
+                        workload.name(),
+                        name,
+                        outcome.rate(),
+                        fmt_dur(outcome.percentile(0.50)),
+                        fmt_dur(outcome.percentile(0.99)),
+                        outcome.cpu_per_op().as_secs_f64() * 1e6,
+                    );
+                    rounds[c].push(outcome);
                 }
-                let outcome = run(client, workload, env.secs, &keys, &pipe, &clock).await?;
-                println!(
-                    "  {:<14} {:<10} {:>12.0} ops/s  p50 {:>9}  p99 {:>9}  cpu {:>6.2} us/op",
-                    workload.name(),
-                    name,
-                    outcome.rate(),
-                    fmt_dur(outcome.percentile(0.50)),
-                    fmt_dur(outcome.percentile(0.99)),
-                    outcome.cpu_per_op().as_secs_f64() * 1e6,
-                );
-                results.insert((w, c), outcome);
+            }
+            for (c, mut outcomes) in rounds.into_iter().enumerate() {
+                outcomes.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+                let median = outcomes.swap_remove(outcomes.len() / 2);
+                results.insert((w, c), median);
             }
         }
         drop(clients);
