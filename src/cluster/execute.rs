@@ -19,7 +19,7 @@ use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
 use crate::cluster::routes::Routes;
 use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
-use crate::conn::{Cmds, Replies};
+use crate::conn::{Answer, Cmds, Replies};
 use crate::error::{Error, Result, ServerError};
 use crate::observe::metrics::{self as metrics, InFlight, RetryReason, Status};
 use crate::policy::{classify, Backoff, ErrorAction, Transition};
@@ -296,13 +296,19 @@ impl Inner {
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
         let mut outcome = Attempts::default();
-        let request = self.send_loop(payload, target, idempotent, deadline, &span, &mut outcome);
-        // Without a subscriber that wants the span, entering it on every poll is no-op
-        // work, and wrapping the request's future costs one more copy of it.
+        // Without a subscriber that wants the span, the fast path: entering a span on
+        // every poll would be no-op work. With one, the whole loop runs in the span,
+        // boxed so that its future does not weigh on the fast path's.
         let result = if span.is_disabled() {
-            request.await
+            self.send_fast(payload, target, idempotent, deadline, &span, &mut outcome)
+                .await
         } else {
-            request.instrument(span.clone()).await
+            let start = Start::Send(payload);
+            Box::pin(
+                self.send_loop(start, target, idempotent, deadline, &span, &mut outcome)
+                    .instrument(span.clone()),
+            )
+            .await
         };
         // An idempotent request resent after an attempt that may have run must not end
         // in an error that says "not executed": the earlier attempt may have.
@@ -356,11 +362,60 @@ impl Inner {
         result
     }
 
+    /// The common case of [`Inner::send_loop`], without its retry state: a node whose
+    /// breaker is quiet and whose connection is open, and a final reply. Nearly every
+    /// request ends here, and its future is a fraction of the loop's (every request's
+    /// future is copied at each layer on its way down). Anything else goes on in the
+    /// loop, from where this left: before sending, or with the first answer.
+    async fn send_fast(
+        &self,
+        payload: Payload,
+        target: Target,
+        idempotent: bool,
+        deadline: Instant,
+        span: &tracing::Span,
+        attempts: &mut Attempts,
+    ) -> Result<Value> {
+        let ready = self.pick(&target, false).ok().and_then(|node| {
+            let conn = node.connected().filter(|_| node.is_quiet())?;
+            Some((node, conn))
+        });
+        let Some((node, conn)) = ready else {
+            let start = Start::Send(payload);
+            return Box::pin(self.send_loop(start, target, idempotent, deadline, span, attempts))
+                .await;
+        };
+        let kind = payload.kind();
+        let answer = conn.dispatch(payload.into_cmds(false), deadline).await;
+        drop(conn);
+        self.record_result(&node, &answer.result);
+        attempts.last_node = Some(node);
+        let is_final = |replies: &Replies| {
+            matches!(kind, Kind::One)
+                && matches!(replies.as_slice(), [reply] if !matches!(reply, Value::ServerError(_)))
+        };
+        match answer.result {
+            Ok(replies) if is_final(&replies) => {
+                kind.outcome(replies, false).map(|(reply, _)| reply)
+            }
+            result => {
+                let start = Start::Answered(
+                    Answer {
+                        result,
+                        cmds: answer.cmds,
+                    },
+                    kind,
+                );
+                Box::pin(self.send_loop(start, target, idempotent, deadline, span, attempts)).await
+            }
+        }
+    }
+
     /// The redirect and retry loop of [`Inner::send_named`]; leaves the node of the last
     /// attempt in `attempts`.
     async fn send_loop(
         &self,
-        mut payload: Payload,
+        start: Start,
         target: Target,
         idempotent: bool,
         deadline: Instant,
@@ -379,62 +434,44 @@ impl Inner {
         let mut redirect: Option<Redirect> = None;
         // After a replica failed, reads go to the primary.
         let mut primary_only = false;
+        // What the next attempt sends; `None` while it is out with an attempt.
+        let (mut payload, mut answered) = match start {
+            Start::Send(payload) => (Some(payload), None),
+            Start::Answered(answer, kind) => (None, Some((answer, kind))),
+        };
         loop {
-            let node = match &redirect {
-                Some(r) => self.registry.get(&self.remap(r.addr()), false),
-                None => match self.pick(&target, primary_only) {
-                    Ok(node) => node,
-                    Err(e) => {
-                        // No owner for the slot yet: wait for the refresh that asks.
-                        self.wait_retry(&backoff, &mut retries, deadline, e).await?;
+            let (answer, kind, asking) = match answered.take() {
+                // The first attempt, made by `send_fast` (to `attempts.last_node`).
+                Some((answer, kind)) => {
+                    attempt += 1;
+                    (answer, kind, false)
+                }
+                None => {
+                    let Some(sent) = self
+                        .attempt(
+                            &mut payload,
+                            &target,
+                            deadline,
+                            span,
+                            attempts,
+                            &mut AttemptState {
+                                backoff: &backoff,
+                                retries: &mut retries,
+                                attempt: &mut attempt,
+                                redirect: &mut redirect,
+                                primary_only: &mut primary_only,
+                            },
+                        )
+                        .await?
+                    else {
                         continue;
-                    }
-                },
-            };
-            let node: &Arc<Node> = attempts.last_node.insert(node);
-            attempt += 1;
-            span.record("node", &*node.addr);
-            span.record("attempt", attempt);
-            if !self.admit(node) {
-                // Nothing is sent to a node whose breaker is open. A replica read falls
-                // back to the primary at once; otherwise the request fails fast, unless
-                // the slot map now points elsewhere (a refresh saw a failover, or this
-                // node was only a redirect's target): then it tries the current route.
-                let open = Error::CircuitOpen {
-                    node: node.addr.to_string(),
-                };
-                if node.read_only && !primary_only {
-                    primary_only = true;
-                    redirect = None;
-                    continue;
-                }
-                let was_redirected = redirect.take().is_some();
-                if !was_redirected && !self.routed_elsewhere(node, &target, primary_only) {
-                    return Err(open);
-                }
-                self.wait_retry(&backoff, &mut retries, deadline, open)
-                    .await?;
-                continue;
-            }
-            let conn = match node.connection(deadline).await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    if matches!(e, Error::Timeout) {
-                        // Our own deadline ran out while connecting: not the node's fault.
-                        return Err(e);
-                    }
-                    self.record(node, Some(&e));
-                    self.signal.request(RefreshTrigger::ConnectionFailure);
-                    primary_only |= node.read_only;
-                    redirect = None;
-                    self.wait_retry(&backoff, &mut retries, deadline, e).await?;
-                    continue;
+                    };
+                    sent
                 }
             };
-            let asking = matches!(redirect, Some(Redirect::Ask { .. }));
-            let kind = payload.kind();
-            let answer = conn.dispatch(payload.into_cmds(asking), deadline).await;
-            self.record_result(node, &answer.result);
+            let Some(node) = attempts.last_node.as_ref() else {
+                return Err(Error::Protocol("an answer from no node".into()));
+            };
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) if !e.is_node_failure() => return Err(e),
@@ -445,7 +482,7 @@ impl Inner {
                     let resend =
                         !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout));
                     match (resend, kind.recover(answer.cmds, asking)) {
-                        (true, Some(p)) => payload = p,
+                        (true, Some(p)) => payload = Some(p),
                         _ => return Err(e),
                     }
                     self.signal.request(RefreshTrigger::ConnectionFailure);
@@ -463,7 +500,7 @@ impl Inner {
             let Some(returned) = kind.recover(answer.cmds, asking) else {
                 return Ok(reply);
             };
-            payload = returned;
+            payload = Some(returned);
             match action {
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
@@ -515,6 +552,79 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// One attempt of [`Inner::send_loop`]: picks the node (or follows the last
+    /// redirect), checks its breaker, gets its connection and sends. `Ok(None)` when it
+    /// could not send and the loop should try again (after the backoff it waited).
+    async fn attempt(
+        &self,
+        payload: &mut Option<Payload>,
+        target: &Target,
+        deadline: Instant,
+        span: &tracing::Span,
+        attempts: &mut Attempts,
+        st: &mut AttemptState<'_>,
+    ) -> Result<Option<(Answer, Kind, bool)>> {
+        let node = match &*st.redirect {
+            Some(r) => self.registry.get(&self.remap(r.addr()), false),
+            None => match self.pick(target, *st.primary_only) {
+                Ok(node) => node,
+                Err(e) => {
+                    // No owner for the slot yet: wait for the refresh that asks.
+                    self.wait_retry(st.backoff, st.retries, deadline, e).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        let node: &Arc<Node> = attempts.last_node.insert(node);
+        *st.attempt += 1;
+        span.record("node", &*node.addr);
+        span.record("attempt", *st.attempt);
+        if !self.admit(node) {
+            // Nothing is sent to a node whose breaker is open. A replica read falls
+            // back to the primary at once; otherwise the request fails fast, unless
+            // the slot map now points elsewhere (a refresh saw a failover, or this
+            // node was only a redirect's target): then it tries the current route.
+            let open = Error::CircuitOpen {
+                node: node.addr.to_string(),
+            };
+            if node.read_only && !*st.primary_only {
+                *st.primary_only = true;
+                *st.redirect = None;
+                return Ok(None);
+            }
+            let was_redirected = st.redirect.take().is_some();
+            if !was_redirected && !self.routed_elsewhere(node, target, *st.primary_only) {
+                return Err(open);
+            }
+            self.wait_retry(st.backoff, st.retries, deadline, open)
+                .await?;
+            return Ok(None);
+        }
+        let conn = match node.connection(deadline).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                if matches!(e, Error::Timeout) {
+                    // Our own deadline ran out while connecting: not the node's fault.
+                    return Err(e);
+                }
+                self.record(node, Some(&e));
+                self.signal.request(RefreshTrigger::ConnectionFailure);
+                *st.primary_only |= node.read_only;
+                *st.redirect = None;
+                self.wait_retry(st.backoff, st.retries, deadline, e).await?;
+                return Ok(None);
+            }
+        };
+        let asking = matches!(st.redirect, Some(Redirect::Ask { .. }));
+        let Some(sending) = payload.take() else {
+            return Err(Error::Protocol("a request with nothing to send".into()));
+        };
+        let kind = sending.kind();
+        let answer = conn.dispatch(sending.into_cmds(asking), deadline).await;
+        self.record_result(node, &answer.result);
+        Ok(Some((answer, kind, asking)))
     }
 
     /// Sleeps before the next retry, or gives up with `error` when retries or time ran
@@ -786,6 +896,24 @@ fn fastest<'a>(
     // Two passes instead of collecting: no allocation per read.
     let count = nodes.clone().filter(near).count();
     nodes.filter(near).nth(turn % count.max(1))
+}
+
+/// How [`Inner::send_loop`] starts: with a payload to send, or with the answer of a
+/// first attempt that [`Inner::send_fast`] made.
+enum Start {
+    Send(Payload),
+    Answered(Answer, Kind),
+}
+
+/// The retry state of [`Inner::send_loop`] that [`Inner::attempt`] reads and updates.
+struct AttemptState<'a> {
+    backoff: &'a Backoff,
+    retries: &'a mut u32,
+    attempt: &'a mut u32,
+    /// Where the last MOVED/ASK pointed, for the next attempt only.
+    redirect: &'a mut Option<Redirect>,
+    /// After a replica failed, reads go to the primary.
+    primary_only: &'a mut bool,
 }
 
 /// What the attempts of one request left behind, for its metrics and its final error.

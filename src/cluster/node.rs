@@ -212,7 +212,7 @@ impl Node {
     /// The connect error ([`Error::Io`], [`Error::Auth`], ...) or [`Error::Timeout`];
     /// none of them means a request was sent.
     pub(crate) async fn connection(&self, deadline: Instant) -> Result<Arc<NodeConnection>> {
-        let slot = &self.conns[self.turn.fetch_add(1, Ordering::Relaxed) % self.conns.len()];
+        let slot = self.next_slot();
         if let Some(conn) = slot.conn.load_full() {
             if !conn.is_closed() {
                 return Ok(conn);
@@ -222,6 +222,30 @@ impl Node {
         // every request's future would otherwise carry, and copy, though nearly every
         // request finds its connection open.
         Box::pin(self.open(slot, deadline)).await
+    }
+
+    /// The next multiplexed connection, in turn, if it is open; `None` when it must be
+    /// (re)opened first, which [`Node::connection`] does.
+    pub(crate) fn connected(&self) -> Option<Arc<NodeConnection>> {
+        self.next_slot()
+            .conn
+            .load_full()
+            .filter(|conn| !conn.is_closed())
+    }
+
+    /// The connection place for the next request. With one per node (the default) no
+    /// turn is taken: a counter every request bumps would bounce between cores.
+    fn next_slot(&self) -> &Slot {
+        match &*self.conns {
+            [only] => only,
+            all => &all[self.turn.fetch_add(1, Ordering::Relaxed) % all.len()],
+        }
+    }
+
+    /// Whether the breaker is closed with no recent failure: a request needs no
+    /// admission check then.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
     }
 
     /// Opens the connection of `slot`, or waits for the task already opening it.
