@@ -227,10 +227,18 @@ impl Node {
     /// The next multiplexed connection, in turn, if it is open; `None` when it must be
     /// (re)opened first, which [`Node::connection`] does.
     pub(crate) fn connected(&self) -> Option<Arc<NodeConnection>> {
-        self.next_slot()
-            .conn
-            .load_full()
-            .filter(|conn| !conn.is_closed())
+        let open = |slot: &Slot| slot.conn.load_full().filter(|conn| !conn.is_closed());
+        match &*self.conns {
+            [only] => open(only),
+            all => {
+                // The turn is taken only when used: otherwise `connection` opens this
+                // very place, and every place gets its turn to be opened.
+                let turn = self.turn.load(Ordering::Relaxed);
+                let conn = open(&all[turn % all.len()])?;
+                self.turn.fetch_add(1, Ordering::Relaxed);
+                Some(conn)
+            }
+        }
     }
 
     /// The connection place for the next request. With one per node (the default) no
