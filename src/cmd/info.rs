@@ -418,7 +418,7 @@ pub(crate) fn lookup(cmd: &Cmd) -> Option<&'static CommandInfo> {
 /// The static top-level entry named `name`, any case (no subcommand resolution).
 pub(crate) fn lookup_name(name: &[u8]) -> Option<&'static CommandInfo> {
     // Every request looks its command up: a hash of the name lowercased on the stack
-    // costs about a fifth of a binary search that lowercases in every comparison.
+    // costs about half a binary search that lowercases in every comparison.
     type Index = std::collections::HashMap<&'static [u8], usize, BuildFnv>;
     static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
     let all = table::COMMANDS;
