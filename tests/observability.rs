@@ -121,6 +121,45 @@ fn assert_no_label_contains(metrics: &[Metric], secrets: &[&str]) {
 }
 
 #[test]
+fn pipelined_commands_are_counted_once_each_by_status() {
+    let recorder = recorder();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(recorder);
+    runtime().block_on(async {
+        let local = support::cluster(3, 0).await;
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        const SETS: usize = 50;
+        let mut p = client.pipeline();
+        for i in 0..SETS {
+            p.set(format!("obs-pipe:{i}"), i.to_string());
+        }
+        p.get("obs-pipe:0").get("obs-pipe:1");
+        // An error reply in the middle of a node's batch.
+        p.add(cmd("LPUSH").arg("obs-pipe:2").arg("x"));
+        let results = p.execute_each().await;
+        assert_eq!(results.len(), SETS + 3);
+        assert!(results[SETS + 2].is_err(), "{:?}", results[SETS + 2]);
+        let metrics = collect(&snapshotter);
+        let total = "redis_commands_total";
+        assert_eq!(
+            sum(&metrics, total, &[("command", "set"), ("status", "ok")]),
+            SETS as u64
+        );
+        assert_eq!(
+            sum(&metrics, total, &[("command", "get"), ("status", "ok")]),
+            2
+        );
+        assert_eq!(
+            sum(&metrics, total, &[("command", "lpush"), ("status", "error")]),
+            1
+        );
+        let duration = "redis_command_duration_seconds";
+        assert_eq!(sum(&metrics, duration, &[("command", "set")]), SETS as u64);
+        assert_eq!(sum(&metrics, duration, &[("command", "get")]), 2);
+    });
+}
+
+#[test]
 fn commands_are_counted_per_command_node_and_status() {
     let recorder = recorder();
     let snapshotter = recorder.snapshotter();

@@ -34,6 +34,31 @@ struct Entry {
     name: &'static str,
 }
 
+/// The commands of one batch that ended with its answer, by name and status: the
+/// metrics take one call per kind, not one per command.
+#[derive(Default)]
+struct Tally(Vec<(&'static str, Status, usize)>);
+
+impl Tally {
+    fn add(&mut self, name: &'static str, result: &Result<Value>) {
+        let status = Status::of(result.as_ref());
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, s, _)| *n == name && *s == status)
+        {
+            Some((.., count)) => *count += 1,
+            None => self.0.push((name, status, 1)),
+        }
+    }
+
+    fn count_on(self, node: &Node, elapsed: std::time::Duration) {
+        for (name, status, count) in self.0 {
+            node.metrics.commands(name, status, elapsed, count);
+        }
+    }
+}
+
 impl Inner {
     /// Runs `cmds` as a pipeline; one result per command, in order.
     pub(crate) async fn execute_pipeline(
@@ -147,10 +172,7 @@ impl Inner {
         // Commands that end here are counted here; those resent, by `send`. They all
         // ended when the batch's answer came (or failed): one clock read for them all.
         let elapsed = started.elapsed();
-        let done = |name: &'static str, result: &Result<Value>| {
-            node.metrics
-                .command(name, Status::of(result.as_ref()), elapsed);
-        };
+        let mut done = Tally::default();
         let mut out = Vec::with_capacity(meta.len());
         let mut resend: Vec<(usize, Cmd, u16, bool, bool, &'static str)> = Vec::new();
         let mut batch_error: Option<Error> = None;
@@ -166,7 +188,7 @@ impl Inner {
                     match action {
                         ErrorAction::Reply => {
                             let result = Ok(reply);
-                            done(name, &result);
+                            done.add(name, &result);
                             out.push((index, result));
                         }
                         ErrorAction::Redirect(r) => {
@@ -185,14 +207,16 @@ impl Inner {
                     .request(crate::topology::RefreshTrigger::ConnectionFailure);
                 if cmds.len() != meta.len() {
                     // The deadline passed with the commands still queued: nothing to resend.
-                    return meta
+                    let out = meta
                         .into_iter()
                         .map(|(index, .., name)| {
                             let result = Err(e.clone());
-                            done(name, &result);
+                            done.add(name, &result);
                             (index, result)
                         })
                         .collect();
+                    done.count_on(&node, elapsed);
+                    return out;
                 }
                 for ((index, slot, read_only, idempotent, name), command) in
                     meta.into_iter().zip(cmds)
@@ -201,12 +225,13 @@ impl Inner {
                         resend.push((index, command, slot, read_only, idempotent, name));
                     } else {
                         let result = Err(e.clone());
-                        done(name, &result);
+                        done.add(name, &result);
                         out.push((index, result));
                     }
                 }
             }
         }
+        done.count_on(&node, elapsed);
         let resent =
             resend
                 .into_iter()

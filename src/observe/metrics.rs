@@ -276,13 +276,18 @@ impl CommandHandles {
         }
     }
 
-    fn record(&self, status: Status, elapsed: Duration) {
-        match status {
-            Status::Ok => self.ok.increment(1),
-            Status::Error => self.error.increment(1),
-            Status::Failure => self.failure.increment(1),
+    /// Counts `count` commands that ended alike.
+    fn record(&self, status: Status, elapsed: Duration, count: usize) {
+        let total = match status {
+            Status::Ok => &self.ok,
+            Status::Error => &self.error,
+            Status::Failure => &self.failure,
+        };
+        total.increment(count as u64);
+        match count {
+            1 => self.duration.record(elapsed.as_secs_f64()),
+            n => self.duration.record_many(elapsed.as_secs_f64(), n),
         }
-        self.duration.record(elapsed.as_secs_f64());
     }
 }
 
@@ -329,6 +334,19 @@ impl NodeMetrics {
 
     /// Counts one command that ended with `status` after `elapsed`.
     pub(crate) fn command(&self, command: &'static str, status: Status, elapsed: Duration) {
+        self.commands(command, status, elapsed, 1);
+    }
+
+    /// Counts `count` commands of one name that ended alike: a pipeline's batch, whose
+    /// commands all end with its answer, takes the metrics path once per kind rather
+    /// than once per command.
+    pub(crate) fn commands(
+        &self,
+        command: &'static str,
+        status: Status,
+        elapsed: Duration,
+        count: usize,
+    ) {
         let id = recorder_id();
         {
             let cache = self.cache.load();
@@ -337,11 +355,11 @@ impl NodeMetrics {
                 .filter(|c| c.recorder == id)
                 .and_then(|c| c.find(command))
             {
-                handles.record(status, elapsed);
+                handles.record(status, elapsed, count);
                 return;
             }
         }
-        self.register(id, command).record(status, elapsed);
+        self.register(id, command).record(status, elapsed, count);
     }
 
     /// The slow path: registers `command`'s handles and adds them to the cache (a new
