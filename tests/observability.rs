@@ -150,7 +150,11 @@ fn pipelined_commands_are_counted_once_each_by_status() {
             2
         );
         assert_eq!(
-            sum(&metrics, total, &[("command", "lpush"), ("status", "error")]),
+            sum(
+                &metrics,
+                total,
+                &[("command", "lpush"), ("status", "error")]
+            ),
             1
         );
         let duration = "redis_command_duration_seconds";
