@@ -29,7 +29,7 @@
 //! written with `may_have_executed: true`. None is left waiting.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
@@ -49,9 +49,6 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most requests the writer takes from the queue for one write.
 const WRITE_BATCH: usize = 512;
-/// Writes the server may owe replies for before the writer holds the next one back
-/// (see the module docs).
-const MAX_WRITES_IN_FLIGHT: usize = 1;
 /// Read buffer growth step: room made before each read.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -105,8 +102,6 @@ struct InFlight {
     deadline: Option<Instant>,
     replies: Replies,
     expected: usize,
-    /// The last request of its write: answering it ends that write.
-    ends_write: bool,
 }
 
 /// State the tasks and the handles share. The writer takes each lock once per write
@@ -114,9 +109,9 @@ struct InFlight {
 struct Shared {
     /// Requests handed over by callers, not yet taken by the writer.
     queue: Mutex<VecDeque<Request>>,
+    /// Written requests not yet answered by the server. With one write in flight at a
+    /// time, they are all of the last write.
     in_flight: Mutex<VecDeque<InFlight>>,
-    /// Writes with requests still unanswered; changed under `in_flight`'s lock.
-    writes_in_flight: AtomicUsize,
     closed: AtomicBool,
     /// Wakes every task when the connection closes.
     close: Notify,
@@ -143,7 +138,6 @@ impl Shared {
         Shared {
             queue: Mutex::new(VecDeque::new()),
             in_flight: Mutex::new(VecDeque::new()),
-            writes_in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             close: Notify::new(),
             room: Notify::new(),
@@ -882,7 +876,6 @@ where
                 cmds: request.cmds,
                 reply: Some(request.reply),
                 deadline: request.deadline,
-                ends_write: false,
             });
         }
         if written.is_empty() {
@@ -904,10 +897,6 @@ where
                     may_have_executed: false,
                 };
             }
-            if let Some(last) = written.last_mut() {
-                last.ends_write = true;
-            }
-            shared.writes_in_flight.fetch_add(1, Ordering::AcqRel);
             q.extend(written.drain(..));
         }
         // `flush` is free on TCP; TLS may still hold encrypted records after `write_all`
@@ -939,17 +928,16 @@ where
 }
 
 /// Waits until the writer may take requests for its next write: while the server owes
-/// [`MAX_WRITES_IN_FLIGHT`] writes' replies, unless `limit` requests are already
-/// queued, and while it owes `max_in_flight` replies (backpressure). Returns whether it
-/// waited.
+/// replies to the last write, unless `limit` requests are already queued, and while it
+/// owes `max_in_flight` replies (backpressure). Returns whether it waited.
 async fn wait_for_turn(shared: &Shared, limit: usize) -> bool {
     let mut waited = false;
     loop {
         let room = shared.room.notified();
         let work = shared.work.notified();
-        let owed = shared.writes_in_flight.load(Ordering::Acquire) >= MAX_WRITES_IN_FLIGHT
-            && lock(&shared.queue).len() < limit;
-        let full = shared.in_flight().len() >= shared.max_in_flight;
+        let in_flight = shared.in_flight().len();
+        let owed = in_flight > 0 && lock(&shared.queue).len() < limit;
+        let full = in_flight >= shared.max_in_flight;
         if !(owed || full) || shared.is_closed() {
             return waited;
         }
@@ -1098,13 +1086,9 @@ fn deliver(
                 break;
             };
             front.replies.push(value);
-            if front.replies.len() < front.expected {
-                continue;
+            if front.replies.len() == front.expected {
+                done.extend(q.pop_front());
             }
-            if front.ends_write {
-                shared.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
-            }
-            done.extend(q.pop_front());
         }
     }
     replies.clear();
@@ -1138,7 +1122,6 @@ mod tests {
             deadline: None,
             replies: Replies::new(),
             expected: 1,
-            ends_write: false,
         });
         answer
     }
