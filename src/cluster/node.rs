@@ -212,12 +212,10 @@ impl Node {
     /// The connect error ([`Error::Io`], [`Error::Auth`], ...) or [`Error::Timeout`];
     /// none of them means a request was sent.
     pub(crate) async fn connection(&self, deadline: Instant) -> Result<Arc<NodeConnection>> {
-        let slot = self.next_slot();
-        if let Some(conn) = slot.conn.load_full() {
-            if !conn.is_closed() {
-                return Ok(conn);
-            }
+        if let Some(conn) = self.connected() {
+            return Ok(conn);
         }
+        let slot = self.next_slot();
         // Boxed: connecting (TCP, TLS, handshake) makes a future of about 1.7 KiB, which
         // every request's future would otherwise carry, and copy, though nearly every
         // request finds its connection open.
