@@ -163,33 +163,13 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
 fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
     let refused = |what: &str| Err(Error::Config(what.to_string()));
     // The table's lowercase name, matched at once: this runs for every request. A
-    // command the table lacks (`WAITAOF` on a 7.0 table) is compared by its own name.
-    const TOP_LEVEL: [&str; 16] = [
-        "subscribe",
-        "psubscribe",
-        "ssubscribe",
-        "unsubscribe",
-        "punsubscribe",
-        "sunsubscribe",
-        "wait",
-        "waitaof",
-        "monitor",
-        "sync",
-        "psync",
-        "quit",
-        "reset",
-        "hello",
-        "auth",
-        "select",
-    ];
+    // command the table lacks (`WAITAOF` on a 7.0 table) is lowercased on the stack.
+    let mut buf = [0u8; 32];
     let name = match info {
         Some(info) => info.name(),
-        None => match TOP_LEVEL
-            .iter()
-            .find(|n| command.name().eq_ignore_ascii_case(n.as_bytes()))
-        {
-            Some(name) => name,
-            None => return Ok(()),
+        None => match cmd::lowercase(command.name(), &mut buf).map(std::str::from_utf8) {
+            Some(Ok(name)) => name,
+            _ => return Ok(()),
         },
     };
     match name {

@@ -422,18 +422,25 @@ pub(crate) fn lookup_name(name: &[u8]) -> Option<&'static CommandInfo> {
     type Index = std::collections::HashMap<&'static [u8], usize, BuildFnv>;
     static INDEX: std::sync::OnceLock<Index> = std::sync::OnceLock::new();
     let all = table::COMMANDS;
-    let mut lower = [0u8; 32];
-    let buf = lower.get_mut(..name.len())?; // no command name is that long
-    for (l, n) in buf.iter_mut().zip(name) {
-        *l = n.to_ascii_lowercase();
-    }
+    let mut buf = [0u8; 32];
+    let lower = lowercase(name, &mut buf)?;
     let index = INDEX.get_or_init(|| {
         all.iter()
             .enumerate()
             .map(|(i, c)| (c.name.as_bytes(), i))
             .collect()
     });
-    index.get(&*buf).map(|&i| &all[i])
+    index.get(lower).map(|&i| &all[i])
+}
+
+/// `name` lowercased into `buf`, without allocating; `None` when it is longer than the
+/// buffer, which no command name is.
+pub(crate) fn lowercase<'b>(name: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b [u8]> {
+    let lower = buf.get_mut(..name.len())?;
+    for (l, n) in lower.iter_mut().zip(name) {
+        *l = n.to_ascii_lowercase();
+    }
+    Some(lower)
 }
 
 /// FNV-1a: command names are short and not attacker-chosen in a way that matters (the

@@ -22,7 +22,7 @@ pub use renames::CommandRenames;
 pub(crate) use info::flag as command_flag;
 #[allow(unused_imports)]
 pub(crate) use info::{
-    blocks, is_idempotent, is_idempotent_as, key_flag, key_indices, lookup, lookup_name,
+    blocks, is_idempotent, is_idempotent_as, key_flag, key_indices, lookup, lookup_name, lowercase,
     parse_command_info, routing_key_indices, tip, BeginSearch, CommandInfo, FindKeys, KeySpec,
     RequestPolicy, ResponsePolicy,
 };
