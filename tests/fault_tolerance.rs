@@ -394,15 +394,20 @@ async fn with_full_coverage_required_clusterdown_is_retried_within_the_deadline(
     kill_a_primary_under_writers(true).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
-    // A long node timeout: the cluster does not fail the frozen node over.
-    let local = LocalCluster::builder()
+/// Three primaries without replicas and with a long node timeout: the cluster never
+/// fails a frozen node over, so the client alone deals with it.
+async fn never_failing_over() -> LocalCluster {
+    LocalCluster::builder()
         .replicas_per_master(0)
         .node_timeout(Duration::from_secs(30))
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
+    let local = never_failing_over().await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_millis(300))
@@ -477,13 +482,7 @@ const FREEZE_SLACK: Duration = Duration::from_millis(250);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_costs_its_own_requests_a_timeout_and_nothing_else() {
-    // A long node timeout: the cluster does not fail the frozen node over.
-    let local = LocalCluster::builder()
-        .replicas_per_master(0)
-        .node_timeout(Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap();
+    let local = never_failing_over().await;
     let timeout = Duration::from_millis(500);
     let breaker = CircuitBreakerConfig::default();
     let client = ClusterClient::builder()
