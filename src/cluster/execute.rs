@@ -7,6 +7,8 @@
 //! (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`) are followed or
 //! retried. Every retry and redirect happens within the request's one deadline.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
 use crate::cluster::routes::Routes;
 use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
-use crate::conn::{Answer, Cmds, Replies};
+use crate::conn::{Answer, Cmds, NodeConnection, Queued, Replies};
 use crate::error::{Error, Result, ServerError};
 use crate::observe::metrics::{self as metrics, InFlight, RetryReason, Status};
 use crate::policy::{classify, Backoff, ErrorAction, Transition};
@@ -55,13 +57,62 @@ pub(crate) enum Target {
 impl Inner {
     /// Plans and sends `command`; the reply may be an error reply, which the caller turns
     /// into an error.
-    pub(crate) async fn execute(&self, command: Cmd, deadline: Instant) -> Result<Value> {
+    ///
+    /// Everything up to the reply is done when this is called, not when the future is
+    /// first polled, so that the future holds little more than the reply's receiver
+    /// (see [`Inner::begin`]).
+    pub(crate) fn execute(&self, command: Cmd, deadline: Instant) -> Finish<'_> {
+        let begun = self.begin_command(command, deadline);
+        self.finish(begun)
+    }
+
+    /// The synchronous start of [`Inner::execute`]: a command of the built-in table for
+    /// one slot (or any primary) goes to [`Inner::begin`]; the rest (learned, blocking,
+    /// durable, split and fanned-out commands) run in a boxed future.
+    fn begin_command(&self, command: Cmd, deadline: Instant) -> Begun<'_> {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let info = self.command_info(&command, deadline).await;
+        let Some(info) = cmd::lookup(&command) else {
+            return Begun::Other(Box::pin(async move {
+                let info = self.command_info(&command, deadline).await;
+                let plan = plan::plan(&command, info)?;
+                self.execute_planned(command, info, plan, deadline).await
+            }));
+        };
+        let plan = match plan::plan(&command, Some(info)) {
+            Ok(plan) => plan,
+            Err(e) => return Begun::Done(Err(e)),
+        };
+        let durable = self.config.durability.is_some() && info.is_write();
+        let target = match plan {
+            _ if durable || cmd::blocks(&command, info) => None,
+            Plan::Slot { slot, read_only } => Some(Target::Slot { slot, read_only }),
+            Plan::AnyPrimary => Some(Target::AnyPrimary),
+            Plan::Split { .. } | Plan::FanOut { .. } => None,
+        };
+        let Some(target) = target else {
+            return Begun::Other(Box::pin(self.execute_planned(
+                command,
+                Some(info),
+                plan,
+                deadline,
+            )));
+        };
+        let name = metrics::command_label(Some(info));
+        let idempotent = info.is_read_only() || cmd::is_idempotent_as(&command, info);
+        self.begin(command.into(), name, target, idempotent, deadline)
+    }
+
+    /// [`Inner::execute`] for a planned command, whatever its kind.
+    async fn execute_planned(
+        &self,
+        command: Cmd,
+        info: Option<&'static cmd::CommandInfo>,
+        plan: Plan,
+        deadline: Instant,
+    ) -> Result<Value> {
         let name = metrics::command_label(info);
         let idempotent =
             info.is_some_and(|i| i.is_read_only() || cmd::is_idempotent_as(&command, i));
-        let plan = plan::plan(&command, info)?;
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
             let lease_deadline = deadline;
@@ -80,15 +131,12 @@ impl Inner {
                 slot,
                 read_only: false,
             });
-            // Boxed, as the durable write below: these rare paths' futures (5 KiB each,
-            // with the dedicated pool's) would otherwise make every request's future as
-            // large, and every request copies its future a few times on the way down.
-            let blocking = Box::pin(self.send_blocking(command, target, lease_deadline, deadline));
+            let blocking = self.send_blocking(command, target, lease_deadline, deadline);
             return self.observed(name, slot, |v| v, blocking).await;
         }
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
             if info.is_some_and(|i| i.is_write()) {
-                let durable = Box::pin(self.send_durable(command, *slot, durability, deadline));
+                let durable = self.send_durable(command, *slot, durability, deadline);
                 let (reply, acked) = self
                     .observed(name, Some(*slot), |(v, _)| v, durable)
                     .await?;
@@ -280,58 +328,71 @@ impl Inner {
 
     /// [`Inner::send`] for a command whose metrics label (`name`) is known: runs it in
     /// its `redis_command` span and counts its outcome on the node that gave it.
-    pub(crate) async fn send_named(
+    ///
+    /// Like [`Inner::execute`], it starts the request when called (see
+    /// [`Inner::begin`]).
+    pub(crate) fn send_named(
         &self,
         payload: Payload,
         name: &'static str,
         target: Target,
         idempotent: bool,
         deadline: Instant,
-    ) -> Result<Value> {
+    ) -> Finish<'_> {
+        let begun = self.begin(payload, name, target, idempotent, deadline);
+        self.finish(begun)
+    }
+
+    /// Starts a request without awaiting anything. Nearly always the node `target`
+    /// picks has a quiet breaker and an open connection: then the request is queued on
+    /// it here, and [`Inner::finish`] only awaits the reply. A request's future is
+    /// copied at every layer on its way down, so keeping it small matters; everything
+    /// else (no connection yet, a node in trouble, a full queue, a subscriber that
+    /// wants the `redis_command` span) runs the redirect and retry loop, boxed.
+    fn begin(
+        &self,
+        payload: Payload,
+        name: &'static str,
+        target: Target,
+        idempotent: bool,
+        deadline: Instant,
+    ) -> Begun<'_> {
         let slot = match target {
             Target::Slot { slot, .. } => Some(slot),
             _ => None,
         };
-        let span = command_span(name, slot);
-        let started = std::time::Instant::now();
-        let in_flight = InFlight::start(1);
-        let mut outcome = Attempts::default();
-        // Without a subscriber that wants the span, the fast path: entering a span on
-        // every poll would be no-op work. With one, the whole loop runs in the span,
-        // boxed so that its future does not weigh on the fast path's.
-        let result = if span.is_disabled() {
-            self.send_fast(payload, target, idempotent, deadline, &span, &mut outcome)
-                .await
-        } else {
-            let start = Start::Send(payload);
-            Box::pin(
-                self.send_loop(start, target, idempotent, deadline, &span, &mut outcome)
-                    .instrument(span.clone()),
-            )
-            .await
-        };
-        // An idempotent request resent after an attempt that may have run must not end
-        // in an error that says "not executed": the earlier attempt may have.
-        let Attempts {
-            last_node,
-            executed,
-        } = outcome;
-        let result = match (result, executed) {
-            (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
-            (Ok(Value::ServerError(e)), Some(first)) if classify(&e, "") != ErrorAction::Reply => {
-                Err(first)
-            }
-            (result, _) => result,
-        };
-        drop(in_flight);
-        command_done(
-            &span,
-            last_node.as_deref(),
+        let command = Command {
             name,
-            Status::of(result.as_ref()),
-            started,
-        );
-        result
+            span: command_span(name, slot),
+            started: std::time::Instant::now(),
+            in_flight: InFlight::start(1),
+        };
+        let payload = if command.span.is_disabled() {
+            let kind = payload.kind();
+            match self.submit_fast(payload, &target, deadline) {
+                Fast::Queued(node, conn, queued) => {
+                    return Begun::Queued(Pending {
+                        node,
+                        conn,
+                        queued,
+                        kind,
+                        target,
+                        idempotent,
+                        deadline,
+                        command,
+                    })
+                }
+                Fast::Declined(payload) => payload,
+                Fast::Failed(e) => return Begun::Done(command.done(Err(e), Attempts::default())),
+            }
+        } else {
+            payload
+        };
+        let start = Start::Send(payload);
+        let attempts = Attempts::default();
+        Begun::Other(Box::pin(
+            self.run_loop(start, attempts, target, idempotent, deadline, command),
+        ))
     }
 
     /// Runs a command that does not go through [`Inner::send`] (blocking commands,
@@ -362,52 +423,85 @@ impl Inner {
         result
     }
 
-    /// The common case of [`Inner::send_loop`], without its retry state: a node whose
-    /// breaker is quiet and whose connection is open, and a final reply. Nearly every
-    /// request ends here, and its future is a fraction of the loop's (every request's
-    /// future is copied at each layer on its way down). Anything else goes on in the
-    /// loop, from where this left: before sending, or with the first answer.
-    async fn send_fast(
+    /// Waits for the request [`Inner::begin`] started.
+    fn finish<'a>(&'a self, begun: Begun<'a>) -> Finish<'a> {
+        Finish { inner: self, begun }
+    }
+
+    /// The answer of a request queued on the fast path: a final reply ends it; any
+    /// other answer goes on in the loop, from that answer.
+    fn answered(&self, pending: Pending, answer: Answer) -> Begun<'_> {
+        let Pending {
+            node,
+            conn,
+            queued: _,
+            kind,
+            target,
+            idempotent,
+            deadline,
+            command,
+        } = pending;
+        drop(conn);
+        self.record_result(&node, &answer.result);
+        let attempts = Attempts {
+            last_node: Some(node),
+            executed: None,
+        };
+        match answer.result {
+            Ok(replies) if kind.is_final(&replies) => {
+                let result = kind.outcome(replies, false).map(|(reply, _)| reply);
+                Begun::Done(command.done(result, attempts))
+            }
+            result => {
+                let answer = Answer {
+                    result,
+                    cmds: answer.cmds,
+                };
+                let start = Start::Answered(answer, kind);
+                Begun::Other(Box::pin(
+                    self.run_loop(start, attempts, target, idempotent, deadline, command),
+                ))
+            }
+        }
+    }
+
+    /// The redirect and retry loop of one request, in its span, and its end.
+    async fn run_loop(
         &self,
-        payload: Payload,
+        start: Start,
+        mut attempts: Attempts,
         target: Target,
         idempotent: bool,
         deadline: Instant,
-        span: &tracing::Span,
-        attempts: &mut Attempts,
+        command: Command,
     ) -> Result<Value> {
-        let ready = self.pick(&target, false).ok().and_then(|node| {
-            let conn = node.connected().filter(|_| node.is_quiet())?;
-            Some((node, conn))
-        });
-        let Some((node, conn)) = ready else {
-            let start = Start::Send(payload);
-            return Box::pin(self.send_loop(start, target, idempotent, deadline, span, attempts))
-                .await;
+        let span = &command.span;
+        let result = self
+            .send_loop(start, target, idempotent, deadline, span, &mut attempts)
+            .instrument(span.clone())
+            .await;
+        command.done(result, attempts)
+    }
+
+    /// The synchronous half of the fast path (see [`Inner::begin`]): queues `payload`
+    /// on the open connection of the node `target` picks, if that node's breaker is
+    /// quiet. Hands the payload back otherwise (no node, a node in trouble or not
+    /// connected yet, a full queue), for the loop to send.
+    fn submit_fast(&self, payload: Payload, target: &Target, deadline: Instant) -> Fast {
+        let Ok(node) = self.pick(target, false) else {
+            return Fast::Declined(payload);
+        };
+        let Some(conn) = node.connected().filter(|_| node.is_quiet()) else {
+            return Fast::Declined(payload);
         };
         let kind = payload.kind();
-        let answer = conn.dispatch(payload.into_cmds(false), deadline).await;
-        drop(conn);
-        self.record_result(&node, &answer.result);
-        attempts.last_node = Some(node);
-        let is_final = |replies: &Replies| {
-            matches!(kind, Kind::One)
-                && matches!(replies.as_slice(), [reply] if !matches!(reply, Value::ServerError(_)))
-        };
-        match answer.result {
-            Ok(replies) if is_final(&replies) => {
-                kind.outcome(replies, false).map(|(reply, _)| reply)
-            }
-            result => {
-                let start = Start::Answered(
-                    Answer {
-                        result,
-                        cmds: answer.cmds,
-                    },
-                    kind,
-                );
-                Box::pin(self.send_loop(start, target, idempotent, deadline, span, attempts)).await
-            }
+        match conn.submit(payload.into_cmds(false), deadline) {
+            Ok(queued) => Fast::Queued(node, conn, queued),
+            Err(not_queued) => match kind.recover(not_queued.into_cmds(), false) {
+                Some(payload) => Fast::Declined(payload),
+                // Cannot happen: what `into_cmds` made, `recover` takes apart.
+                None => Fast::Failed(Error::Protocol("a request with nothing to send".into())),
+            },
         }
     }
 
@@ -898,6 +992,108 @@ fn fastest<'a>(
     nodes.filter(near).nth(turn % count.max(1))
 }
 
+/// A request as [`Inner::begin`] left it, for [`Inner::finish`].
+enum Begun<'a> {
+    /// Queued on the fast path.
+    Queued(Pending),
+    /// Running some other way.
+    Other(Pin<Box<dyn Future<Output = Result<Value>> + Send + 'a>>),
+    /// Ended, with this result.
+    Done(Result<Value>),
+    /// Ended, and the result taken.
+    Ended,
+}
+
+/// The future of one request ([`Inner::execute`], [`Inner::send_named`]): a state
+/// machine written out, as `async fn`s keep moved-from values and their copies, which
+/// made this future four times the size of what it holds.
+pub(crate) struct Finish<'a> {
+    inner: &'a Inner,
+    begun: Begun<'a>,
+}
+
+impl Future for Finish<'_> {
+    type Output = Result<Value>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Value>> {
+        let this = self.get_mut();
+        if let Begun::Queued(pending) = &mut this.begun {
+            let answer = std::task::ready!(pending.conn.poll_answer(&mut pending.queued, cx));
+            if let Begun::Queued(pending) = std::mem::replace(&mut this.begun, Begun::Ended) {
+                this.begun = this.inner.answered(pending, answer);
+            }
+        }
+        if let Begun::Other(request) = &mut this.begun {
+            return request.as_mut().poll(cx);
+        }
+        std::task::Poll::Ready(match std::mem::replace(&mut this.begun, Begun::Ended) {
+            Begun::Done(result) => result,
+            _ => Err(Error::Protocol("a request polled after it ended".into())),
+        })
+    }
+}
+
+/// A request queued on the fast path: what it needs once the answer comes.
+struct Pending {
+    node: Arc<Node>,
+    conn: Arc<NodeConnection>,
+    queued: Queued,
+    kind: Kind,
+    target: Target,
+    idempotent: bool,
+    deadline: Instant,
+    command: Command,
+}
+
+/// One request's span and metrics, from its start to its end.
+struct Command {
+    name: &'static str,
+    span: tracing::Span,
+    started: std::time::Instant,
+    in_flight: InFlight,
+}
+
+impl Command {
+    /// Ends the request with `result`: counts it on the node that gave it, and closes
+    /// its span.
+    fn done(self, result: Result<Value>, attempts: Attempts) -> Result<Value> {
+        // An idempotent request resent after an attempt that may have run must not end
+        // in an error that says "not executed": the earlier attempt may have.
+        let Attempts {
+            last_node,
+            executed,
+        } = attempts;
+        let result = match (result, executed) {
+            (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
+            (Ok(Value::ServerError(e)), Some(first)) if classify(&e, "") != ErrorAction::Reply => {
+                Err(first)
+            }
+            (result, _) => result,
+        };
+        drop(self.in_flight);
+        command_done(
+            &self.span,
+            last_node.as_deref(),
+            self.name,
+            Status::of(result.as_ref()),
+            self.started,
+        );
+        result
+    }
+}
+
+/// What [`Inner::submit_fast`] did with a payload.
+enum Fast {
+    /// Queued on this node's connection.
+    Queued(Arc<Node>, Arc<NodeConnection>, Queued),
+    /// Not sent: for the loop to send.
+    Declined(Payload),
+    Failed(Error),
+}
+
 /// How [`Inner::send_loop`] starts: with a payload to send, or with the answer of a
 /// first attempt that [`Inner::send_fast`] made.
 enum Start {
@@ -1000,6 +1196,13 @@ impl Kind {
     /// A transaction whose commands were refused while queueing (`MOVED`, `ASK`,
     /// `TRYAGAIN` ...) was discarded by the server (`EXECABORT`), so it is safe to send
     /// again; the first such refusal decides what to do.
+    /// Whether `replies` end the request: one reply to one command, not an error
+    /// reply (which may ask for a redirect or a retry).
+    fn is_final(self, replies: &Replies) -> bool {
+        matches!(self, Kind::One)
+            && matches!(replies.as_slice(), [reply] if !matches!(reply, Value::ServerError(_)))
+    }
+
     fn outcome(self, replies: Replies, asking: bool) -> Result<(Value, Option<ServerError>)> {
         match self {
             Kind::One => {

@@ -29,6 +29,7 @@
 //! written with `may_have_executed: true`. None is left waiting.
 
 use std::collections::VecDeque;
+use std::future::Future as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -87,7 +88,7 @@ pub(crate) struct Answer {
     pub(crate) cmds: Cmds,
 }
 
-struct Request {
+pub(crate) struct Request {
     cmds: Cmds,
     reply: oneshot::Sender<Answer>,
     deadline: Option<Instant>,
@@ -273,6 +274,30 @@ impl Shared {
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, VecDeque<InFlight>> {
         lock(&self.in_flight)
+    }
+}
+
+/// A request [`NodeConnection::submit`] queued; [`NodeConnection::answer`] waits for
+/// its answer.
+pub(crate) struct Queued(oneshot::Receiver<Answer>);
+
+/// Why [`NodeConnection::submit`] did not queue a request.
+pub(crate) enum NotQueued {
+    /// It was refused (the connection is closed, the command disabled): the answer says
+    /// why, and holds the commands.
+    Answered(Answer),
+    /// The queue is full: the request, to queue when there is room, and where its
+    /// answer will come.
+    Full(Request, Queued),
+}
+
+impl NotQueued {
+    /// The commands, to send some other way.
+    pub(crate) fn into_cmds(self) -> Cmds {
+        match self {
+            NotQueued::Answered(answer) => answer.cmds,
+            NotQueued::Full(request, _) => request.cmds,
+        }
     }
 }
 
@@ -612,13 +637,41 @@ impl NodeConnection {
     /// The commands come back in the answer (`Cmds::Many(vec![])` only if a task
     /// panicked).
     pub(crate) async fn dispatch(&self, cmds: Cmds, deadline: Instant) -> Answer {
+        let queued = match self.submit(cmds, deadline) {
+            Ok(queued) => queued,
+            Err(NotQueued::Answered(answer)) => return answer,
+            // Only when the queue is full does the caller wait for room, which counts
+            // against the deadline (a request that never got in was never sent). The
+            // wait is boxed: its future would otherwise weigh on every request's.
+            Err(NotQueued::Full(request, queued)) => {
+                if let Err(answer) = Box::pin(self.enqueue_when_room(request, deadline)).await {
+                    return answer;
+                }
+                queued
+            }
+        };
+        self.answer(queued).await
+    }
+
+    /// Hands `cmds` to the writer without waiting: the first half of
+    /// [`NodeConnection::dispatch`], for callers that keep their own future small (a
+    /// request's future is copied at every layer on its way down, so the fast path
+    /// awaits nothing bigger than the reply's receiver).
+    // `NotQueued` hands the request back by value: boxing it would cost an allocation
+    // per request to save a move on the rare refusal.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn submit(
+        &self,
+        cmds: Cmds,
+        deadline: Instant,
+    ) -> std::result::Result<Queued, NotQueued> {
         if let Some(name) = self.renames.first_disabled(cmds.iter()) {
-            return Answer {
+            return Err(NotQueued::Answered(Answer {
                 result: Err(Error::Config(format!(
                     "{name} is disabled on this cluster (CommandRenames); it was not sent"
                 ))),
                 cmds,
-            };
+            }));
         }
         let (reply, answer) = oneshot::channel();
         let request = Request {
@@ -626,22 +679,27 @@ impl NodeConnection {
             reply,
             deadline: Some(deadline),
         };
-        // Nearly always the queue has room. Only when it is full does the caller wait
-        // for room, which counts against the deadline (a request that never got in was
-        // never sent); that wait is boxed, as its future would otherwise double the size
-        // of every request's future, copied on the way down.
         match self.shared.enqueue(request) {
-            Ok(()) => {}
-            Err(Refused::Closed(request)) => return lost(request.cmds),
-            Err(Refused::Full(request)) => {
-                if let Err(answer) = Box::pin(self.enqueue_when_room(request, deadline)).await {
-                    return answer;
-                }
-            }
+            Ok(()) => Ok(Queued(answer)),
+            Err(Refused::Closed(request)) => Err(NotQueued::Answered(lost(request.cmds))),
+            Err(Refused::Full(request)) => Err(NotQueued::Full(request, Queued(answer))),
         }
-        // No timer here: the connection answers the request by its deadline (see the
-        // module docs).
-        match answer.await {
+    }
+
+    /// Waits for the answer of a request [`NodeConnection::submit`] queued.
+    pub(crate) async fn answer(&self, mut queued: Queued) -> Answer {
+        std::future::poll_fn(|cx| self.poll_answer(&mut queued, cx)).await
+    }
+
+    /// Polls for the answer of a request [`NodeConnection::submit`] queued; not to be
+    /// polled again once ready. No timer here: the connection answers the request by
+    /// its deadline (see the module docs).
+    pub(crate) fn poll_answer(
+        &self,
+        queued: &mut Queued,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Answer> {
+        let answer = match std::task::ready!(std::pin::Pin::new(&mut queued.0).poll(cx)) {
             Ok(mut answer) => {
                 if !self.renames.is_empty() {
                     if let Ok(replies) = &mut answer.result {
@@ -658,7 +716,8 @@ impl NodeConnection {
                 }),
                 cmds: Cmds::Many(Vec::new()),
             },
-        }
+        };
+        std::task::Poll::Ready(answer)
     }
 
     /// Waits until the full queue takes `request`, or until `deadline`.
