@@ -107,9 +107,10 @@ impl Inner {
         let batches = groups
             .into_iter()
             .map(|(node, entries)| self.run_batch(node, entries, deadline));
-        let singles = singles
-            .into_iter()
-            .map(|(index, command)| async move { (index, self.execute(command, deadline).await) });
+        let singles = singles.into_iter().map(|(index, command)| async move {
+            let started = Instant::now();
+            (index, self.execute(command, started, deadline).await)
+        });
         let (batches, singles) = futures_util::future::join(
             futures_util::future::join_all(batches),
             futures_util::future::join_all(singles),

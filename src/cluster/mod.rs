@@ -251,8 +251,9 @@ impl ClusterClient {
     /// # Ok(()) }
     /// ```
     pub async fn query<T: FromValue>(&self, cmd: Cmd) -> Result<T> {
-        let deadline = Instant::now() + self.inner.config.response_timeout;
-        let value = self.inner.execute(cmd, deadline).await?;
+        let now = Instant::now();
+        let deadline = now + self.inner.config.response_timeout;
+        let value = self.inner.execute(cmd, now, deadline).await?;
         into_result(value)
     }
 

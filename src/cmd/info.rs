@@ -658,8 +658,13 @@ fn spec_keys(
     }
     // A zero or negative step would never advance; only a broken server sends one.
     let step = usize::try_from(step).ok().filter(|&s| s > 0).unwrap_or(1);
-    // In range: 1 <= first <= last < argc, and argc came from a usize.
-    out.extend((first as usize..=last as usize).step_by(step));
+    // In range: 1 <= first <= last < argc, and argc came from a usize. A plain loop:
+    // `extend` over a stepped range cost more than the rest of routing a `GET`.
+    let (mut at, last) = (first as usize, last as usize);
+    while at <= last {
+        out.push(at);
+        at += step;
+    }
     Ok(())
 }
 
