@@ -124,17 +124,16 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     if keys.is_empty() {
         return Ok(keyless_plan(info));
     }
-    let slots: SmallVec<[u16; 4]> = keys
-        .iter()
-        .map(|&i| key_slot(command.arg_at(i).unwrap_or_default()))
-        .collect();
-    let first = slots[0];
-    if slots.iter().all(|&s| s == first) {
+    let slot_at = |i: usize| key_slot(command.arg_at(i).unwrap_or_default());
+    // Nearly always one slot: checked without collecting the slots first.
+    let first = slot_at(keys[0]);
+    if keys[1..].iter().all(|&i| slot_at(i) == first) {
         return Ok(Plan::Slot {
             slot: first,
             read_only: info.is_read_only(),
         });
     }
+    let slots: SmallVec<[u16; 4]> = keys.iter().map(|&i| slot_at(i)).collect();
     let name = command.name().to_ascii_lowercase();
     let kind = match name.as_slice() {
         b"mget" => SplitKind::MGet,
