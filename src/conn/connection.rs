@@ -36,11 +36,12 @@ use std::sync::{Arc, Mutex};
 use bytes::BytesMut;
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::cmd::{Cmd, CommandRenames};
 use crate::conn::options::{ConnectOptions, Protocol};
+use crate::conn::reply::{self, ReplyReceiver, ReplySender};
 use crate::conn::{handshake, tls};
 use crate::error::{Error, Result};
 use crate::resp::{Decoder, Value};
@@ -93,7 +94,7 @@ pub(crate) struct Answer {
 
 pub(crate) struct Request {
     cmds: Cmds,
-    reply: oneshot::Sender<Answer>,
+    reply: ReplySender,
     deadline: Option<Instant>,
 }
 
@@ -102,7 +103,7 @@ struct InFlight {
     cmds: Cmds,
     /// `None` once the request was answered with a timeout: its replies are still owed
     /// by the server, and dropped when they come.
-    reply: Option<oneshot::Sender<Answer>>,
+    reply: Option<ReplySender>,
     deadline: Option<Instant>,
     replies: Replies,
     expected: usize,
@@ -228,7 +229,7 @@ impl Shared {
         self.next_deadline.store(u64::MAX, Ordering::Release);
         let mut next: Option<Instant> = None;
         let mut later = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-        let mut expired: Vec<(oneshot::Sender<Answer>, Cmds)> = Vec::new();
+        let mut expired: Vec<(ReplySender, Cmds)> = Vec::new();
         {
             let mut queue = lock(&self.queue);
             let before = queue.len();
@@ -282,7 +283,7 @@ impl Shared {
 
 /// A request [`NodeConnection::submit`] queued; [`NodeConnection::answer`] waits for
 /// its answer.
-pub(crate) struct Queued(oneshot::Receiver<Answer>);
+pub(crate) struct Queued(ReplyReceiver);
 
 /// Why [`NodeConnection::submit`] did not queue a request.
 pub(crate) enum NotQueued {
@@ -676,7 +677,7 @@ impl NodeConnection {
                 cmds,
             }));
         }
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = reply::channel();
         let request = Request {
             cmds,
             reply,
@@ -1055,7 +1056,7 @@ async fn deadline_loop(shared: Arc<Shared>) {
     }
 }
 
-fn fail_unsent(requests: impl Iterator<Item = (oneshot::Sender<Answer>, Cmds)>) {
+fn fail_unsent(requests: impl Iterator<Item = (ReplySender, Cmds)>) {
     for (reply, cmds) in requests {
         let _ = reply.send(Answer {
             result: Err(Error::ConnectionLost {
@@ -1181,8 +1182,8 @@ mod tests {
         Arc::new(Shared::new(max_in_flight))
     }
 
-    fn in_flight(shared: &Shared) -> oneshot::Receiver<Answer> {
-        let (reply, answer) = oneshot::channel();
+    fn in_flight(shared: &Shared) -> ReplyReceiver {
+        let (reply, answer) = reply::channel();
         shared.in_flight().push_back(InFlight {
             cmds: Cmds::One(cmd("GET").arg("k")),
             reply: Some(reply),
@@ -1196,7 +1197,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_whose_deadline_passed_before_its_write_gets_a_timeout_unsent() {
         let shared = shared(16);
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = reply::channel();
         // Queued directly, as if the deadline passed between the hand-over and the write.
         lock(&shared.queue).push_back(Request {
             cmds: Cmds::One(cmd("INCR").arg("k")),
@@ -1346,7 +1347,7 @@ mod tests {
             Arc::clone(&shared),
             CommandRenames::default(),
         ));
-        let (reply, answer) = oneshot::channel();
+        let (reply, answer) = reply::channel();
         let big = cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]);
         assert!(shared
             .enqueue(Request {

@@ -6,6 +6,7 @@
 mod connection;
 mod handshake;
 mod options;
+mod reply;
 mod tls;
 
 pub use connection::NodeConnection;
