@@ -543,7 +543,7 @@ impl Inner {
         };
         loop {
             let (answer, kind, asking) = match answered.take() {
-                // The first attempt, made by `send_fast` (to `attempts.last_node`).
+                // The first attempt, made on the fast path (to `attempts.last_node`).
                 Some((answer, kind)) => {
                     attempt += 1;
                     (answer, kind, false)
@@ -1099,11 +1099,12 @@ enum Fast {
     Queued(Arc<Node>, Arc<NodeConnection>, Queued),
     /// Not sent: for the loop to send.
     Declined(Payload),
+    /// Not sent, and nothing to send (cannot happen; answered rather than panicking).
     Failed(Error),
 }
 
 /// How [`Inner::send_loop`] starts: with a payload to send, or with the answer of a
-/// first attempt that [`Inner::send_fast`] made.
+/// first attempt made on the fast path (see [`Inner::begin`]).
 enum Start {
     Send(Payload),
     Answered(Answer, Kind),
@@ -1198,12 +1199,6 @@ impl Kind {
         }
     }
 
-    /// The reply the caller gets, and the error reply that decides whether to redirect
-    /// or retry (none when the request is done).
-    ///
-    /// A transaction whose commands were refused while queueing (`MOVED`, `ASK`,
-    /// `TRYAGAIN` ...) was discarded by the server (`EXECABORT`), so it is safe to send
-    /// again; the first such refusal decides what to do.
     /// Whether `replies` end the request: one reply to one command, not an error
     /// reply (which may ask for a redirect or a retry).
     fn is_final(self, replies: &Replies) -> bool {
@@ -1211,6 +1206,12 @@ impl Kind {
             && matches!(replies.as_slice(), [reply] if !matches!(reply, Value::ServerError(_)))
     }
 
+    /// The reply the caller gets, and the error reply that decides whether to redirect
+    /// or retry (none when the request is done).
+    ///
+    /// A transaction whose commands were refused while queueing (`MOVED`, `ASK`,
+    /// `TRYAGAIN` ...) was discarded by the server (`EXECABORT`), so it is safe to send
+    /// again; the first such refusal decides what to do.
     fn outcome(self, replies: Replies, asking: bool) -> Result<(Value, Option<ServerError>)> {
         match self {
             Kind::One => {
