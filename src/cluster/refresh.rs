@@ -21,8 +21,14 @@ use crate::resp::Value;
 use crate::slot::SlotMap;
 use crate::topology::{self, RefreshLimiter, RefreshTrigger};
 
-/// Period of the background refresh while some node is reported failed.
+/// Period of the background refresh while some node is reported failed, and for a
+/// while after (see [`SETTLE_WINDOW`]).
 const DEGRADED_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long after a failed node was last seen a primary without slots still counts as
+/// the cluster settling (see `ask_topology`): a restarted primary is demoted within a
+/// few node timeouts.
+const SETTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// How many nodes one refresh asks, concurrently, to compare their views.
 const NODES_ASKED: usize = 3;
@@ -39,8 +45,11 @@ pub(crate) struct RefreshSignal {
     /// The last view fetched from the cluster, to log what the next one changes (the
     /// routing snapshot itself may already hold slots patched by `MOVED`).
     last_view: std::sync::Mutex<Option<SlotMap>>,
-    /// Whether the last refresh saw a node flagged as failed.
+    /// Whether the last refresh saw a node flagged as failed (or the cluster settling
+    /// after one).
     pub(crate) degraded: AtomicBool,
+    /// When a refresh last saw a node flagged as failed.
+    last_failure: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl RefreshSignal {
@@ -53,6 +62,16 @@ impl RefreshSignal {
             Ordering::Acquire,
         );
         self.wake.notify_one();
+    }
+
+    /// Notes that a refresh saw a node flagged as failed.
+    fn note_failure(&self) {
+        *lock(&self.last_failure) = Some(std::time::Instant::now());
+    }
+
+    /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
+    fn failed_lately(&self) -> bool {
+        lock(&self.last_failure).is_some_and(|at| at.elapsed() < SETTLE_WINDOW)
     }
 
     pub(crate) fn shutdown(&self) {
@@ -192,10 +211,11 @@ impl Inner {
             Some(r) => r.apply(a),
             None => a.to_string(),
         };
-        if shards
-            .iter()
-            .any(|s| !s.primary.healthy || s.replicas.iter().any(|r| !r.healthy))
-        {
+        let failed = has_failed_node(&shards);
+        if failed {
+            self.signal.note_failure();
+        }
+        if failed || settling(&shards, self.signal.failed_lately()) {
             self.signal.degraded.store(true, Ordering::Relaxed);
         }
         Ok(topology::slot_map(&shards, &remap))
@@ -229,5 +249,71 @@ impl Inner {
         self.routes.store(Arc::new(routes));
         self.publish_gauges(&removed);
         true
+    }
+}
+
+/// Whether a view reports some node as failed.
+fn has_failed_node(shards: &[topology::ShardInfo]) -> bool {
+    shards
+        .iter()
+        .any(|s| !s.primary.healthy || s.replicas.iter().any(|r| !r.healthy))
+}
+
+/// Whether a view shows the cluster still settling after a failure seen lately: a
+/// primary with no slots then is most likely the failed primary back, not yet told it
+/// is a replica now. Without refreshing often meanwhile, the client would show it as a
+/// primary until the periodic refresh. Only lately: a cluster may keep an empty
+/// primary on purpose.
+fn settling(shards: &[topology::ShardInfo], failed_lately: bool) -> bool {
+    failed_lately && shards.iter().any(|s| s.ranges.is_empty())
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only plain values are kept under these locks: a poisoned one is still consistent.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{NodeInfo, ShardInfo};
+
+    fn node(port: u16, healthy: bool) -> NodeInfo {
+        NodeInfo {
+            id: None,
+            addr: format!("127.0.0.1:{port}"),
+            healthy,
+        }
+    }
+
+    fn shard(port: u16, ranges: Vec<(u16, u16)>, healthy: bool) -> ShardInfo {
+        ShardInfo {
+            primary: node(port, healthy),
+            replicas: vec![node(port + 1, true)],
+            ranges,
+        }
+    }
+
+    #[test]
+    fn a_failed_node_or_an_empty_primary_right_after_one_keeps_the_refresh_close() {
+        let served = shard(7000, vec![(0, 16383)], true);
+        let failed = shard(7002, vec![], false);
+        let empty = shard(7004, vec![], true);
+        assert!(has_failed_node(&[served.clone(), failed]));
+        assert!(!has_failed_node(&[served.clone(), empty.clone()]));
+        // An empty primary counts only while a failure was seen lately.
+        assert!(settling(&[served.clone(), empty.clone()], true));
+        assert!(!settling(&[served.clone(), empty], false));
+        assert!(!settling(&[served], true));
+    }
+
+    #[test]
+    fn a_failure_seen_is_remembered_for_the_settle_window_only() {
+        let signal = RefreshSignal::default();
+        assert!(!signal.failed_lately());
+        signal.note_failure();
+        assert!(signal.failed_lately());
+        *lock(&signal.last_failure) = std::time::Instant::now().checked_sub(SETTLE_WINDOW);
+        assert!(!signal.failed_lately());
     }
 }
