@@ -80,6 +80,10 @@
 //! The topology is refreshed on `MOVED`, on connection failures, on `CLUSTERDOWN`, and
 //! every `refresh_interval` (30 s); refreshes are single-flight and at most one per
 //! `refresh_min_interval` (100 ms), and never block requests that can already be routed.
+//! While the cluster reports a node as failed, and for a minute after while some
+//! primary has no slots (a failed primary back, not yet demoted), the period is one
+//! second, so that a failover's end shows in the routes and in `health()` within a
+//! second or two.
 //!
 //! # Metrics and tracing
 //!

@@ -426,7 +426,8 @@ impl ClusterClientBuilder {
     }
 
     /// Period of the background topology refresh. Default 30 s. Refreshes also happen on
-    /// MOVED, connection failures and CLUSTERDOWN.
+    /// MOVED, connection failures and CLUSTERDOWN, and every second (or this period, if
+    /// shorter) while the cluster reports a failed node or settles after one.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

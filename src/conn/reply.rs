@@ -1,10 +1,10 @@
 //! The one-shot hand-over of a request's answer from the connection's tasks to its
 //! caller, in a cell the caller's thread takes from a small pool and gives back.
 //!
-//! A oneshot channel allocated and freed per request was a tenth of the client's work
-//! per request under load (with glibc's allocator, the cell is often freed on another
-//! thread than the one that allocated it). Cells are reused once both halves are gone:
-//! each worker thread keeps up to [`MAX_FREE_CELLS`] of them.
+//! It replaces a oneshot channel allocated and freed per request: that allocation and
+//! the channel's bookkeeping were 7 % of the client's user-space instructions per GET
+//! (callgrind, 64 in flight). Cells are reused once both halves are gone: each thread
+//! keeps up to [`MAX_FREE_CELLS`] of them.
 //!
 //! The halves behave as a oneshot channel's: the sender answers once, the receiver
 //! learns when the sender went away without answering, and the sender can see that
