@@ -75,7 +75,7 @@ struct Slot {
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every change is
 /// a single assignment or a state-machine call that cannot panic).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

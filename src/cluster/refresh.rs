@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::cluster::node::lock;
 use crate::cluster::Inner;
 use crate::cmd::cmd;
 use crate::error::{Error, Result};
@@ -224,12 +225,7 @@ impl Inner {
     /// Installs `map` as the routing snapshot unless it routes exactly as the current one;
     /// whether it did.
     pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger) -> bool {
-        let previous = self
-            .signal
-            .last_view
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace(map.clone());
+        let previous = lock(&self.signal.last_view).replace(map.clone());
         if previous.as_ref() != Some(&map) {
             let previous = previous.unwrap_or_default();
             crate::observe::events::topology_changed(&previous, &map, trigger.as_str());
@@ -266,11 +262,6 @@ fn has_failed_node(shards: &[topology::ShardInfo]) -> bool {
 /// primary on purpose.
 fn settling(shards: &[topology::ShardInfo], failed_lately: bool) -> bool {
     failed_lately && shards.iter().any(|s| s.ranges.is_empty())
-}
-
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Only plain values are kept under these locks: a poisoned one is still consistent.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

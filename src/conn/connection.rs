@@ -314,7 +314,7 @@ enum Refused {
 /// Locks one of the queues. Nothing panics while holding them, but if something ever
 /// did, the queue is still consistent (every change is a push, a pop or a swap), so a
 /// poisoned lock is used as is rather than leaving requests unanswered.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

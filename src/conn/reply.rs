@@ -13,10 +13,10 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::conn::connection::Answer;
+use crate::conn::connection::{lock, Answer};
 
 /// Free cells kept per thread: enough for every request in flight from one thread
 /// under heavy load, and a bound however many there were at a peak.
@@ -46,7 +46,7 @@ enum State {
 impl Cell {
     fn state(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding it, and every state is consistent on its own.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 }
 
