@@ -27,7 +27,7 @@
 //!
 //! `COMPARE_ROUNDS=N` runs every client N times per workload, the clients taking turns,
 //! and reports each client's median run (by requests per second): this machine's speed
-//! drifts by up to 1.5x within minutes, and a single run of each can land on either side.
+//! drifts by up to 1.7x within minutes, and a single run of each can land on either side.
 //!
 //! Optional filters for profiling: `COMPARE_CLIENTS` (comma-separated, of `redcluster`,
 //! `redis-rs`, `fred`), `COMPARE_WORKLOADS` (of `get/N` and `set/N` for any N requests
