@@ -21,7 +21,7 @@ use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
 use crate::cluster::routes::Routes;
 use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
-use crate::conn::{Answer, Cmds, NodeConnection, Queued, Replies};
+use crate::conn::{Answer, Cmds, NodeConnection, Outcome, Queued, Replies};
 use crate::error::{Error, Result, ServerError};
 use crate::observe::metrics::{self as metrics, InFlight, RetryReason, Status};
 use crate::policy::{classify, Backoff, ErrorAction, Transition};
@@ -370,7 +370,7 @@ impl Inner {
             name,
             span: command_span(name, slot),
             started: started.into_std(),
-            in_flight: InFlight::start(1),
+            _in_flight: InFlight::start(1),
         };
         let payload = if command.span.is_disabled() {
             let kind = payload.kind();
@@ -433,44 +433,52 @@ impl Inner {
         Finish { inner: self, begun }
     }
 
-    /// The answer of a request queued on the fast path: a final reply ends it; any
-    /// other answer goes on in the loop, from that answer.
-    fn answered(&self, pending: Pending, answer: Answer) -> Begun<'_> {
+    /// The outcome of a request queued on the fast path: a final reply ends it, and
+    /// is returned; any other outcome is handed back, for [`Inner::go_on`]. Works on the
+    /// pending request in place: moving it is most of what an answer would cost.
+    fn answered(
+        &self,
+        pending: &Pending,
+        outcome: Outcome,
+    ) -> std::result::Result<Result<Value>, Outcome> {
+        self.record_result(&pending.node, &outcome);
+        match outcome {
+            Ok(mut replies) if pending.kind.is_final(&replies) => {
+                // Exactly one reply, said `is_final`.
+                let result = replies
+                    .pop()
+                    .ok_or_else(|| Error::Protocol("no reply".into()));
+                Ok(pending.command.end(result, Some(&pending.node), None))
+            }
+            outcome => Err(outcome),
+        }
+    }
+
+    /// Goes on in the redirect and retry loop from the first attempt's outcome, which
+    /// [`Inner::answered`] found not final.
+    fn go_on(&self, pending: Pending, outcome: Outcome) -> Begun<'_> {
         let Pending {
             node,
-            conn,
-            queued: _,
+            conn: _,
+            mut queued,
             kind,
             target,
             idempotent,
             deadline,
             command,
         } = pending;
-        drop(conn);
-        self.record_result(&node, &answer.result);
         let attempts = Attempts {
             last_node: Some(node),
             executed: None,
         };
-        match answer.result {
-            Ok(mut replies) if kind.is_final(&replies) => {
-                // Exactly one reply, said `is_final`.
-                let result = replies
-                    .pop()
-                    .ok_or_else(|| Error::Protocol("no reply".into()));
-                Begun::Done(command.done(result, attempts))
-            }
-            result => {
-                let answer = Answer {
-                    result,
-                    cmds: answer.cmds,
-                };
-                let start = Start::Answered(answer, kind);
-                Begun::Other(Box::pin(
-                    self.run_loop(start, attempts, target, idempotent, deadline, command),
-                ))
-            }
-        }
+        let answer = Answer {
+            result: outcome,
+            cmds: queued.take_cmds(),
+        };
+        let start = Start::Answered(answer, kind);
+        Begun::Other(Box::pin(
+            self.run_loop(start, attempts, target, idempotent, deadline, command),
+        ))
     }
 
     /// The redirect and retry loop of one request, in its span, and its end.
@@ -1001,6 +1009,9 @@ fn fastest<'a>(
 }
 
 /// A request as [`Inner::begin`] left it, for [`Inner::finish`].
+// Nearly every request is `Queued`: boxing it to shrink the rare variants would cost an
+// allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Begun<'a> {
     /// Queued on the fast path.
     Queued(Pending),
@@ -1029,9 +1040,19 @@ impl Future for Finish<'_> {
     ) -> std::task::Poll<Result<Value>> {
         let this = self.get_mut();
         if let Begun::Queued(pending) = &mut this.begun {
-            let answer = std::task::ready!(pending.conn.poll_answer(&mut pending.queued, cx));
-            if let Begun::Queued(pending) = std::mem::replace(&mut this.begun, Begun::Ended) {
-                this.begun = this.inner.answered(pending, answer);
+            let outcome = std::task::ready!(pending.conn.poll_outcome(&mut pending.queued, cx));
+            match this.inner.answered(pending, outcome) {
+                Ok(result) => {
+                    // Dropped in place.
+                    this.begun = Begun::Ended;
+                    return std::task::Poll::Ready(result);
+                }
+                Err(outcome) => {
+                    if let Begun::Queued(pending) = std::mem::replace(&mut this.begun, Begun::Ended)
+                    {
+                        this.begun = this.inner.go_on(pending, outcome);
+                    }
+                }
             }
         }
         if let Begun::Other(request) = &mut this.begun {
@@ -1061,19 +1082,31 @@ struct Command {
     name: &'static str,
     span: tracing::Span,
     started: std::time::Instant,
-    in_flight: InFlight,
+    /// Held for its drop: the in-flight gauge goes down when the command ends.
+    _in_flight: InFlight,
 }
 
 impl Command {
     /// Ends the request with `result`: counts it on the node that gave it, and closes
     /// its span.
     fn done(self, result: Result<Value>, attempts: Attempts) -> Result<Value> {
-        // An idempotent request resent after an attempt that may have run must not end
-        // in an error that says "not executed": the earlier attempt may have.
         let Attempts {
             last_node,
             executed,
         } = attempts;
+        self.end(result, last_node.as_deref(), executed)
+    }
+
+    /// [`Command::done`] in place: the in-flight gauge goes down when the command is
+    /// dropped, just after.
+    fn end(
+        &self,
+        result: Result<Value>,
+        last_node: Option<&Node>,
+        executed: Option<Error>,
+    ) -> Result<Value> {
+        // An idempotent request resent after an attempt that may have run must not end
+        // in an error that says "not executed": the earlier attempt may have.
         let result = match (result, executed) {
             (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
             (Ok(Value::ServerError(e)), Some(first)) if classify(&e, "") != ErrorAction::Reply => {
@@ -1081,10 +1114,9 @@ impl Command {
             }
             (result, _) => result,
         };
-        drop(self.in_flight);
         command_done(
             &self.span,
-            last_node.as_deref(),
+            last_node,
             self.name,
             Status::of(result.as_ref()),
             self.started,

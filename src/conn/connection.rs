@@ -1,10 +1,13 @@
 //! A multiplexed connection to one node: a cheap cloneable handle and two tasks that own
 //! the socket.
 //!
-//! Callers hand requests to the writer task through a bounded queue. The writer takes
-//! every request waiting at that moment, encodes them into one buffer and writes it with
-//! one system call (auto-pipelining), after recording them, in order, in the in-flight
-//! queue. The reader task decodes replies and answers the in-flight queue front to back:
+//! Callers hand requests to the writer task through a bounded queue, encoding their
+//! commands into the queue's buffer as they do. The writer takes every request waiting
+//! at that moment with their bytes (the two buffers trade places: nothing is copied) and
+//! writes them with one system call (auto-pipelining), after recording them, in order,
+//! in the in-flight queue. The commands themselves stay with their callers, who need
+//! them only to send them again (after a redirect): what travels through the queues is
+//! a few words per request. The reader task decodes replies and answers the in-flight queue front to back:
 //! Redis answers requests on a connection in the order it received them.
 //!
 //! While the server owes the replies of one write, the writer holds the next back, and
@@ -33,7 +36,7 @@ use std::future::Future as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -92,15 +95,31 @@ pub(crate) struct Answer {
     pub(crate) cmds: Cmds,
 }
 
-pub(crate) struct Request {
-    cmds: Cmds,
+/// What the connection's tasks hand a request's caller: its replies, or why there are
+/// none. The caller still holds the commands.
+pub(crate) type Outcome = Result<Replies>;
+
+/// A request handed over, not yet written. Its commands are already encoded in
+/// [`Queue::bytes`].
+struct Request {
     reply: ReplySender,
     deadline: Option<Instant>,
+    /// How many bytes its commands take in the queue's buffer.
+    len: usize,
+    /// How many replies it gets.
+    expected: usize,
+}
+
+/// Requests handed over by callers, not yet taken by the writer.
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// The commands of `requests`, encoded back to back in the same order.
+    bytes: BytesMut,
 }
 
 /// A request written to the socket, waiting for its replies.
 struct InFlight {
-    cmds: Cmds,
     /// `None` once the request was answered with a timeout: its replies are still owed
     /// by the server, and dropped when they come.
     reply: Option<ReplySender>,
@@ -113,7 +132,7 @@ struct InFlight {
 /// batch, the reader once per read; a caller takes the queue's once per request.
 struct Shared {
     /// Requests handed over by callers, not yet taken by the writer.
-    queue: Mutex<VecDeque<Request>>,
+    queue: Mutex<Queue>,
     /// Written requests not yet answered by the server. With one write in flight at a
     /// time, they are all of the last write.
     in_flight: Mutex<VecDeque<InFlight>>,
@@ -141,7 +160,7 @@ struct Shared {
 impl Shared {
     fn new(max_in_flight: usize) -> Shared {
         Shared {
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             in_flight: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
             close: Notify::new(),
@@ -163,15 +182,16 @@ impl Shared {
         }
         tracing::debug!(%error, "connection closed");
         // `enqueue` checks `closed` under the queue's lock: nothing is queued after this.
-        let unsent: Vec<Request> = lock(&self.queue).drain(..).collect();
-        fail_unsent(unsent.into_iter().map(|r| (r.reply, r.cmds)));
+        let unsent: Vec<Request> = {
+            let mut queue = lock(&self.queue);
+            queue.bytes.clear();
+            queue.requests.drain(..).collect()
+        };
+        fail_unsent(unsent.into_iter().map(|r| r.reply));
         let drained: Vec<InFlight> = self.in_flight().drain(..).collect();
         for entry in drained {
             if let Some(reply) = entry.reply {
-                let _ = reply.send(Answer {
-                    result: Err(lost_after_write(error)),
-                    cmds: entry.cmds,
-                });
+                let _ = reply.send(Err(lost_after_write(error)));
             }
         }
         self.close.notify_waiters();
@@ -179,33 +199,42 @@ impl Shared {
         self.space.notify_waiters();
     }
 
-    /// Queues `request` for the writer; hands it back when the queue is full or the
-    /// connection closed.
-    // The request is handed back by value: boxing it would cost an allocation per
-    // request to save a move on the rare refusal.
-    #[allow(clippy::result_large_err)]
-    fn enqueue(&self, request: Request) -> std::result::Result<(), Refused> {
-        let deadline = request.deadline;
+    /// Queues `cmds` for the writer, encoded, unless the queue is full or the connection
+    /// closed; returns where the answer will come.
+    fn enqueue(
+        &self,
+        cmds: &Cmds,
+        renames: &CommandRenames,
+        deadline: Instant,
+    ) -> std::result::Result<ReplyReceiver, Refused> {
+        // Made before taking the lock, which other callers and the writer wait for.
+        let (reply, answer) = reply::channel();
         {
             let mut queue = lock(&self.queue);
             if self.is_closed() {
-                return Err(Refused::Closed(request));
+                return Err(Refused::Closed);
             }
-            if queue.len() >= self.max_in_flight {
-                return Err(Refused::Full(request));
+            let Queue { requests, bytes } = &mut *queue;
+            if requests.len() >= self.max_in_flight {
+                return Err(Refused::Full);
             }
-            queue.push_back(request);
+            let start = bytes.len();
+            encode(cmds, renames, bytes);
+            requests.push_back(Request {
+                reply,
+                deadline: Some(deadline),
+                len: bytes.len() - start,
+                expected: cmds.reply_count(),
+            });
             // Only the first request wakes the writer: it takes all that are queued. One
             // that fills a write wakes it too, as a writer holding back for replies
             // (`wait_for_turn`) writes a full one at once.
-            if queue.len() == 1 || queue.len() == WRITE_BATCH.min(self.max_in_flight) {
+            if requests.len() == 1 || requests.len() == WRITE_BATCH.min(self.max_in_flight) {
                 self.work.notify_one();
             }
         }
-        if let Some(deadline) = deadline {
-            self.note_deadline(deadline);
-        }
-        Ok(())
+        self.note_deadline(deadline);
+        Ok(answer)
     }
 
     /// Makes sure the deadline task wakes by `deadline`. With one timeout for every
@@ -229,14 +258,18 @@ impl Shared {
         self.next_deadline.store(u64::MAX, Ordering::Release);
         let mut next: Option<Instant> = None;
         let mut later = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-        let mut expired: Vec<(ReplySender, Cmds)> = Vec::new();
+        let mut expired: Vec<ReplySender> = Vec::new();
         {
             let mut queue = lock(&self.queue);
-            let before = queue.len();
+            let Queue { requests, bytes } = &mut *queue;
+            let before = requests.len();
             let mut kept = VecDeque::with_capacity(before);
-            for request in queue.drain(..) {
+            let mut cut = Compaction::default();
+            for request in requests.drain(..) {
+                let due = request.deadline.is_some_and(|d| d <= now);
+                cut.step(bytes, request.len, !due);
                 match request.deadline {
-                    Some(d) if d <= now => expired.push((request.reply, request.cmds)),
+                    _ if due => expired.push(request.reply),
                     Some(d) => {
                         later(d);
                         kept.push_back(request);
@@ -244,8 +277,9 @@ impl Shared {
                     None => kept.push_back(request),
                 }
             }
-            *queue = kept;
-            if queue.len() < before {
+            cut.finish(bytes);
+            *requests = kept;
+            if requests.len() < before {
                 self.space.notify_waiters();
             }
         }
@@ -256,19 +290,15 @@ impl Shared {
             if d > now {
                 later(d);
             } else if let Some(reply) = entry.reply.take() {
-                let cmds = std::mem::replace(&mut entry.cmds, Cmds::Many(Vec::new()));
-                expired.push((reply, cmds));
+                expired.push(reply);
             }
         }
         if let Some(next) = next {
             self.next_deadline
                 .fetch_min(self.nanos(next), Ordering::AcqRel);
         }
-        for (reply, cmds) in expired {
-            let _ = reply.send(Answer {
-                result: Err(Error::Timeout),
-                cmds,
-            });
+        for reply in expired {
+            let _ = reply.send(Err(Error::Timeout));
         }
     }
 
@@ -282,17 +312,26 @@ impl Shared {
 }
 
 /// A request [`NodeConnection::submit`] queued; [`NodeConnection::answer`] waits for
-/// its answer.
-pub(crate) struct Queued(ReplyReceiver);
+/// its answer. It keeps the commands, to hand them back with the answer.
+pub(crate) struct Queued {
+    reply: ReplyReceiver,
+    cmds: Cmds,
+}
+
+impl Queued {
+    /// The commands, to send again; an empty `Cmds::Many` is left in their place.
+    pub(crate) fn take_cmds(&mut self) -> Cmds {
+        std::mem::replace(&mut self.cmds, Cmds::Many(Vec::new()))
+    }
+}
 
 /// Why [`NodeConnection::submit`] did not queue a request.
 pub(crate) enum NotQueued {
     /// It was refused (the connection is closed, the command disabled): the answer says
     /// why, and holds the commands.
     Answered(Answer),
-    /// The queue is full: the request, to queue when there is room, and where its
-    /// answer will come.
-    Full(Request, Queued),
+    /// The queue is full: the commands, to queue when there is room.
+    Full(Cmds),
 }
 
 impl NotQueued {
@@ -300,15 +339,58 @@ impl NotQueued {
     pub(crate) fn into_cmds(self) -> Cmds {
         match self {
             NotQueued::Answered(answer) => answer.cmds,
-            NotQueued::Full(request, _) => request.cmds,
+            NotQueued::Full(cmds) => cmds,
         }
     }
 }
 
-/// Why [`Shared::enqueue`] handed a request back.
+/// Why [`Shared::enqueue`] refused a request.
 enum Refused {
-    Full(Request),
-    Closed(Request),
+    Full,
+    Closed,
+}
+
+/// Writes `cmds` for the server, under the names `renames` gives them.
+fn encode(cmds: &Cmds, renames: &CommandRenames, out: &mut BytesMut) {
+    if renames.is_empty() {
+        cmds.iter().for_each(|c| c.write_to(out));
+    } else {
+        cmds.iter().for_each(|c| renames.write(c, out));
+    }
+}
+
+/// Cuts requests out of their encoded bytes (the queue's buffer, a write buffer),
+/// keeping the others' bytes back to back and in order. Rare: only requests whose
+/// deadline passed or whose caller gave up before their write are cut.
+#[derive(Default)]
+struct Compaction {
+    /// Where the next request's bytes start.
+    read: usize,
+    /// Where the next kept request's bytes go.
+    write: usize,
+}
+
+impl Compaction {
+    /// The next request, `len` bytes long: kept or cut.
+    fn step(&mut self, bytes: &mut [u8], len: usize, keep: bool) {
+        if keep {
+            if self.write != self.read {
+                bytes.copy_within(self.read..self.read + len, self.write);
+            }
+            self.write += len;
+        }
+        self.read += len;
+    }
+
+    /// Drops the bytes cut; any past the requests stepped through are kept.
+    fn finish(self, bytes: &mut BytesMut) {
+        if self.write == self.read {
+            return;
+        }
+        let end = bytes.len();
+        bytes.copy_within(self.read..end, self.write);
+        bytes.truncate(self.write + (end - self.read));
+    }
 }
 
 /// Locks one of the queues. Nothing panics while holding them, but if something ever
@@ -486,7 +568,7 @@ impl NodeConnection {
         let addr: Arc<str> = Arc::from(addr);
         let span = tracing::debug_span!("redis_connection", node = %addr);
         tokio::spawn(tracing::Instrument::instrument(
-            write_loop(write, Arc::clone(&shared), options.renames.clone()),
+            write_loop(write, Arc::clone(&shared)),
             span.clone(),
         ));
         tokio::spawn(tracing::Instrument::instrument(
@@ -638,8 +720,7 @@ impl NodeConnection {
 
     /// Sends `cmds` and waits for the answer until `deadline`.
     ///
-    /// The commands come back in the answer (`Cmds::Many(vec![])` only if a task
-    /// panicked).
+    /// The commands come back in the answer.
     pub(crate) async fn dispatch(&self, cmds: Cmds, deadline: Instant) -> Answer {
         let queued = match self.submit(cmds, deadline) {
             Ok(queued) => queued,
@@ -647,11 +728,11 @@ impl NodeConnection {
             // Only when the queue is full does the caller wait for room, which counts
             // against the deadline (a request that never got in was never sent). The
             // wait is boxed: its future would otherwise weigh on every request's.
-            Err(NotQueued::Full(request, queued)) => {
-                if let Err(answer) = Box::pin(self.enqueue_when_room(request, deadline)).await {
-                    return answer;
+            Err(NotQueued::Full(cmds)) => {
+                match Box::pin(self.enqueue_when_room(cmds, deadline)).await {
+                    Ok(queued) => queued,
+                    Err(answer) => return answer,
                 }
-                queued
             }
         };
         self.answer(queued).await
@@ -661,8 +742,8 @@ impl NodeConnection {
     /// [`NodeConnection::dispatch`], for callers that keep their own future small (a
     /// request's future is copied at every layer on its way down, so the fast path
     /// awaits nothing bigger than the reply's receiver).
-    // `NotQueued` hands the request back by value: boxing it would cost an allocation
-    // per request to save a move on the rare refusal.
+    // `NotQueued` hands the commands back by value: boxing them would cost an
+    // allocation per request to save a move on the rare refusal.
     #[allow(clippy::result_large_err)]
     pub(crate) fn submit(
         &self,
@@ -677,70 +758,65 @@ impl NodeConnection {
                 cmds,
             }));
         }
-        let (reply, answer) = reply::channel();
-        let request = Request {
-            cmds,
-            reply,
-            deadline: Some(deadline),
-        };
-        match self.shared.enqueue(request) {
-            Ok(()) => Ok(Queued(answer)),
-            Err(Refused::Closed(request)) => Err(NotQueued::Answered(lost(request.cmds))),
-            Err(Refused::Full(request)) => Err(NotQueued::Full(request, Queued(answer))),
+        match self.shared.enqueue(&cmds, &self.renames, deadline) {
+            Ok(reply) => Ok(Queued { reply, cmds }),
+            Err(Refused::Closed) => Err(NotQueued::Answered(lost(cmds))),
+            Err(Refused::Full) => Err(NotQueued::Full(cmds)),
         }
     }
 
     /// Waits for the answer of a request [`NodeConnection::submit`] queued.
     pub(crate) async fn answer(&self, mut queued: Queued) -> Answer {
-        std::future::poll_fn(|cx| self.poll_answer(&mut queued, cx)).await
+        let result = std::future::poll_fn(|cx| self.poll_outcome(&mut queued, cx)).await;
+        Answer {
+            result,
+            cmds: queued.take_cmds(),
+        }
     }
 
-    /// Polls for the answer of a request [`NodeConnection::submit`] queued; not to be
-    /// polled again once ready. No timer here: the connection answers the request by
-    /// its deadline (see the module docs).
-    pub(crate) fn poll_answer(
+    /// Polls for the outcome of a request [`NodeConnection::submit`] queued; not to be
+    /// polled again once ready. The commands stay in `queued`. No timer here: the
+    /// connection answers the request by its deadline (see the module docs).
+    pub(crate) fn poll_outcome(
         &self,
         queued: &mut Queued,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Answer> {
-        let answer = match std::task::ready!(std::pin::Pin::new(&mut queued.0).poll(cx)) {
-            Ok(mut answer) => {
+    ) -> std::task::Poll<Outcome> {
+        let result = match std::task::ready!(std::pin::Pin::new(&mut queued.reply).poll(cx)) {
+            Ok(mut result) => {
                 if !self.renames.is_empty() {
-                    if let Ok(replies) = &mut answer.result {
+                    if let Ok(replies) = &mut result {
                         replies.iter_mut().for_each(|r| self.renames.scrub(r));
                     }
                 }
-                answer
+                result
             }
             // The tasks answer every request before they end; a dropped sender means a
             // task panicked, which must still not leave the caller hanging.
-            Err(_) => Answer {
-                result: Err(Error::ConnectionLost {
-                    may_have_executed: true,
-                }),
-                cmds: Cmds::Many(Vec::new()),
-            },
+            Err(_) => Err(Error::ConnectionLost {
+                may_have_executed: true,
+            }),
         };
-        std::task::Poll::Ready(answer)
+        std::task::Poll::Ready(result)
     }
 
-    /// Waits until the full queue takes `request`, or until `deadline`.
+    /// Waits until the full queue takes `cmds`, or until `deadline`.
     async fn enqueue_when_room(
         &self,
-        mut request: Request,
+        cmds: Cmds,
         deadline: Instant,
-    ) -> std::result::Result<(), Answer> {
+    ) -> std::result::Result<Queued, Answer> {
         loop {
             let space = self.shared.space.notified();
-            request = match self.shared.enqueue(request) {
-                Ok(()) => return Ok(()),
-                Err(Refused::Closed(request)) => return Err(lost(request.cmds)),
-                Err(Refused::Full(request)) => request,
-            };
+            match self.shared.enqueue(&cmds, &self.renames, deadline) {
+                Ok(reply) => return Ok(Queued { reply, cmds }),
+                Err(Refused::Closed) => return Err(lost(cmds)),
+                Err(Refused::Full) => {}
+            }
             if tokio::time::timeout_at(deadline, space).await.is_err() {
                 return Err(Answer {
                     result: Err(Error::Timeout),
-                    cmds: request.cmds,
+                    cmds,
                 });
             }
         }
@@ -880,7 +956,7 @@ fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
     }
 }
 
-async fn write_loop<W>(mut write: W, shared: Arc<Shared>, renames: CommandRenames)
+async fn write_loop<W>(mut write: W, shared: Arc<Shared>)
 where
     W: AsyncWrite + Unpin,
 {
@@ -902,7 +978,7 @@ where
         loop {
             let work = shared.work.notified();
             let closed = shared.close.notified();
-            if shared.is_closed() || take(&shared, &mut batch, limit) > 0 {
+            if shared.is_closed() || take(&shared, &mut batch, &mut wbuf, limit) > 0 {
                 break;
             }
             tokio::select! {
@@ -916,37 +992,32 @@ where
             };
         }
         let now = Instant::now();
+        let mut cut = Compaction::default();
         for request in batch.drain(..) {
             // A caller that gave up (future dropped) or whose deadline passed is not
-            // written: the request never reaches the server. The latter is answered here,
-            // as the deadline task does not see requests between the queue and the write.
-            if request.reply.is_closed() {
+            // written: its bytes are cut, and the request never reaches the server. The
+            // latter is answered here, as the deadline task does not see requests between
+            // the queue and the write.
+            let abandoned = request.reply.is_closed();
+            let late = !abandoned && request.deadline.is_some_and(|d| d <= now);
+            cut.step(&mut wbuf, request.len, !(abandoned || late));
+            if abandoned {
                 continue;
             }
-            if request.deadline.is_some_and(|d| d <= now) {
-                let _ = request.reply.send(Answer {
-                    result: Err(Error::Timeout),
-                    cmds: request.cmds,
-                });
+            if late {
+                let _ = request.reply.send(Err(Error::Timeout));
                 continue;
-            }
-            if renames.is_empty() {
-                request.cmds.iter().for_each(|c| c.write_to(&mut wbuf));
-            } else {
-                request
-                    .cmds
-                    .iter()
-                    .for_each(|c| renames.write(c, &mut wbuf));
             }
             written.push(InFlight {
-                expected: request.cmds.reply_count(),
+                expected: request.expected,
                 replies: Replies::new(),
-                cmds: request.cmds,
                 reply: Some(request.reply),
                 deadline: request.deadline,
             });
         }
+        cut.finish(&mut wbuf);
         if written.is_empty() {
+            wbuf.clear();
             continue;
         }
         // The deadline task may have scanned while these were in no queue.
@@ -960,7 +1031,7 @@ where
             let mut q = shared.in_flight();
             if shared.is_closed() {
                 drop(q);
-                fail_unsent(written.drain(..).filter_map(|f| Some((f.reply?, f.cmds))));
+                fail_unsent(written.drain(..).filter_map(|f| f.reply));
                 break Error::ConnectionLost {
                     may_have_executed: false,
                 };
@@ -990,7 +1061,7 @@ where
     };
     // Everything still queued was never written; `close` answers what the queue holds.
     shared.close(&error);
-    fail_unsent(batch.drain(..).map(|r| (r.reply, r.cmds)));
+    fail_unsent(batch.drain(..).map(|r| r.reply));
     // TLS sends close_notify here, which a server that stopped reading never takes.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, write.shutdown()).await;
 }
@@ -1004,7 +1075,7 @@ async fn wait_for_turn(shared: &Shared, limit: usize) -> bool {
         let room = shared.room.notified();
         let work = shared.work.notified();
         let in_flight = shared.in_flight().len();
-        let owed = in_flight > 0 && lock(&shared.queue).len() < limit;
+        let owed = in_flight > 0 && lock(&shared.queue).requests.len() < limit;
         let full = in_flight >= shared.max_in_flight;
         if !(owed || full) || shared.is_closed() {
             return waited;
@@ -1017,12 +1088,22 @@ async fn wait_for_turn(shared: &Shared, limit: usize) -> bool {
     }
 }
 
-/// Moves up to `limit` queued requests into `batch`; returns how many.
-fn take(shared: &Shared, batch: &mut Vec<Request>, limit: usize) -> usize {
+/// Moves up to `limit` queued requests into `batch`, and their bytes to the end of
+/// `wbuf`; returns how many.
+fn take(shared: &Shared, batch: &mut Vec<Request>, wbuf: &mut BytesMut, limit: usize) -> usize {
     let mut queue = lock(&shared.queue);
-    let n = queue.len().min(limit.saturating_sub(batch.len()));
-    let was_full = queue.len() >= shared.max_in_flight;
-    batch.extend(queue.drain(..n));
+    let Queue { requests, bytes } = &mut *queue;
+    let n = requests.len().min(limit.saturating_sub(batch.len()));
+    let was_full = requests.len() >= shared.max_in_flight;
+    if n == requests.len() && wbuf.is_empty() {
+        // All of them, into an empty buffer: the buffers trade places.
+        std::mem::swap(bytes, wbuf);
+    } else {
+        let len = requests.iter().take(n).map(|r| r.len).sum();
+        wbuf.extend_from_slice(&bytes[..len]);
+        bytes.advance(len);
+    }
+    batch.extend(requests.drain(..n));
     drop(queue);
     if was_full && n > 0 {
         shared.space.notify_waiters();
@@ -1056,14 +1137,11 @@ async fn deadline_loop(shared: Arc<Shared>) {
     }
 }
 
-fn fail_unsent(requests: impl Iterator<Item = (ReplySender, Cmds)>) {
-    for (reply, cmds) in requests {
-        let _ = reply.send(Answer {
-            result: Err(Error::ConnectionLost {
-                may_have_executed: false,
-            }),
-            cmds,
-        });
+fn fail_unsent(requests: impl Iterator<Item = ReplySender>) {
+    for reply in requests {
+        let _ = reply.send(Err(Error::ConnectionLost {
+            may_have_executed: false,
+        }));
     }
 }
 
@@ -1164,10 +1242,7 @@ fn deliver(
     // Answer outside the lock; a request that timed out was answered already.
     for entry in done.drain(..) {
         if let Some(reply) = entry.reply {
-            let _ = reply.send(Answer {
-                result: Ok(entry.replies),
-                cmds: entry.cmds,
-            });
+            let _ = reply.send(Ok(entry.replies));
         }
     }
     outcome
@@ -1185,7 +1260,6 @@ mod tests {
     fn in_flight(shared: &Shared) -> ReplyReceiver {
         let (reply, answer) = reply::channel();
         shared.in_flight().push_back(InFlight {
-            cmds: Cmds::One(cmd("GET").arg("k")),
             reply: Some(reply),
             deadline: None,
             replies: Replies::new(),
@@ -1194,41 +1268,103 @@ mod tests {
         answer
     }
 
+    /// Queues `command` as `Shared::enqueue` would, with any deadline, even a past one.
+    fn queue_directly(shared: &Shared, command: &Cmd, deadline: Option<Instant>) -> ReplyReceiver {
+        let (reply, answer) = reply::channel();
+        let mut queue = lock(&shared.queue);
+        let start = queue.bytes.len();
+        command.write_to(&mut queue.bytes);
+        let len = queue.bytes.len() - start;
+        queue.requests.push_back(Request {
+            reply,
+            deadline,
+            len,
+            expected: 1,
+        });
+        answer
+    }
+
+    fn encoded(commands: &[Cmd]) -> Vec<u8> {
+        let mut bytes = BytesMut::new();
+        commands.iter().for_each(|c| c.write_to(&mut bytes));
+        bytes.to_vec()
+    }
+
+    fn a_moment_ago() -> Option<Instant> {
+        Some(Instant::now() - std::time::Duration::from_millis(1))
+    }
+
     #[tokio::test]
     async fn a_request_whose_deadline_passed_before_its_write_gets_a_timeout_unsent() {
         let shared = shared(16);
-        let (reply, answer) = reply::channel();
-        // Queued directly, as if the deadline passed between the hand-over and the write.
-        lock(&shared.queue).push_back(Request {
-            cmds: Cmds::One(cmd("INCR").arg("k")),
-            reply,
-            deadline: Some(Instant::now() - std::time::Duration::from_millis(1)),
-        });
+        // Queued directly, as if the deadline passed between the hand-over and the write;
+        // the requests around it are written without it.
+        let before = queue_directly(&shared, &cmd("GET").arg("a"), None);
+        let late = queue_directly(&shared, &cmd("INCR").arg("k"), a_moment_ago());
+        let after = queue_directly(&shared, &cmd("GET").arg("b"), None);
         let (client, mut server) = tokio::io::duplex(1024);
-        let writer = tokio::spawn(write_loop(
-            client,
-            Arc::clone(&shared),
-            CommandRenames::default(),
-        ));
+        let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
         shared.work.notify_one();
-        let answer = answer.await.expect("answered, not dropped");
-        assert!(
-            matches!(answer.result, Err(Error::Timeout)),
-            "{:?}",
-            answer.result
-        );
-        assert!(
-            matches!(answer.cmds, Cmds::One(_)),
-            "the command comes back"
-        );
+        let outcome = late.await.expect("answered, not dropped");
+        assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+        let expected = encoded(&[cmd("GET").arg("a"), cmd("GET").arg("b")]);
+        let mut sent = vec![0u8; expected.len()];
+        server.read_exact(&mut sent).await.unwrap();
+        assert_eq!(sent, expected);
         shared.close(&Error::ConnectionLost {
             may_have_executed: false,
         });
         writer.await.unwrap();
-        // Nothing reached the server.
-        let mut sent = Vec::new();
-        server.read_to_end(&mut sent).await.unwrap();
-        assert!(sent.is_empty(), "{sent:?}");
+        // Nothing else reached the server; the written requests may have run.
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        for written in [before, after] {
+            let outcome = written.await.expect("answered");
+            assert!(
+                matches!(
+                    outcome,
+                    Err(Error::ConnectionLost {
+                        may_have_executed: true
+                    })
+                ),
+                "{outcome:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_queued_request_is_cut_from_the_queued_bytes() {
+        let shared = shared(16);
+        let first = queue_directly(&shared, &cmd("GET").arg("a"), None);
+        let late = queue_directly(&shared, &cmd("SET").arg("k").arg("v"), a_moment_ago());
+        let _last = queue_directly(&shared, &cmd("GET").arg("b"), None);
+        shared.expire(Instant::now());
+        let outcome = late.await.expect("answered");
+        assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+        {
+            let queue = lock(&shared.queue);
+            assert_eq!(queue.requests.len(), 2);
+            let expected = encoded(&[cmd("GET").arg("a"), cmd("GET").arg("b")]);
+            assert_eq!(&queue.bytes[..], &expected[..]);
+        }
+        drop(first);
+    }
+
+    #[test]
+    fn compaction_keeps_the_kept_bytes_in_order_and_any_tail() {
+        let mut bytes = BytesMut::from(&b"aabbbcdddd"[..]);
+        let mut cut = Compaction::default();
+        cut.step(&mut bytes, 2, false);
+        cut.step(&mut bytes, 3, true);
+        cut.step(&mut bytes, 1, false);
+        cut.finish(&mut bytes);
+        assert_eq!(&bytes[..], b"bbbdddd", "the tail past the steps stays");
+        let mut untouched = BytesMut::from(&b"abc"[..]);
+        let mut keep_all = Compaction::default();
+        keep_all.step(&mut untouched, 3, true);
+        keep_all.finish(&mut untouched);
+        assert_eq!(&untouched[..], b"abc");
     }
 
     /// A connection over an in-memory pipe; the other end plays the node (RESP2, so
@@ -1301,10 +1437,15 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         let n = node.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], get("a"));
+        let in_100_ms = Instant::now() + std::time::Duration::from_millis(100);
         let held = conn
-            .send_timeout(cmd("INCR").arg("n"), std::time::Duration::from_millis(100))
+            .dispatch(Cmds::One(cmd("INCR").arg("n")), in_100_ms)
             .await;
-        assert!(matches!(held, Err(Error::Timeout)), "{held:?}");
+        assert!(matches!(held.result, Err(Error::Timeout)), "{held:?}");
+        assert!(
+            matches!(&held.cmds, Cmds::One(c) if c.name() == b"INCR"),
+            "the command comes back to be sent again: {held:?}"
+        );
         assert!(matches!(slow.await.unwrap(), Err(Error::Timeout)));
         conn.close();
         let mut rest = Vec::new();
@@ -1328,9 +1469,9 @@ mod tests {
             Decoder::new(),
             Arc::clone(&shared),
         ));
-        let first = first.await.unwrap().result.unwrap();
+        let first = first.await.unwrap().unwrap();
         assert_eq!(first[0], Value::Bulk(bytes::Bytes::from_static(b"a")));
-        let err = second.await.unwrap().result.unwrap_err();
+        let err = second.await.unwrap().unwrap_err();
         assert!(err.may_have_executed(), "{err:?}");
         reader.await.unwrap();
         assert!(shared.is_closed());
@@ -1342,20 +1483,12 @@ mod tests {
         // The server end is kept but never read: once its 4 KiB buffer is full, every
         // write blocks.
         let (client, _server) = tokio::io::duplex(4096);
-        let writer = tokio::spawn(write_loop(
-            client,
-            Arc::clone(&shared),
-            CommandRenames::default(),
-        ));
-        let (reply, answer) = reply::channel();
-        let big = cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]);
-        assert!(shared
-            .enqueue(Request {
-                cmds: Cmds::One(big),
-                reply,
-                deadline: None,
-            })
-            .is_ok());
+        let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
+        let big = Cmds::One(cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]));
+        let far = Instant::now() + std::time::Duration::from_secs(3600);
+        let Ok(answer) = shared.enqueue(&big, &CommandRenames::default(), far) else {
+            panic!("an open connection with room refused a request");
+        };
         // The request is recorded as in flight just before its bytes go out.
         let recorded = async {
             while shared.in_flight().is_empty() {
@@ -1368,7 +1501,7 @@ mod tests {
         shared.close(&Error::ConnectionLost {
             may_have_executed: true,
         });
-        let err = answer.await.unwrap().result.unwrap_err();
+        let err = answer.await.unwrap().unwrap_err();
         assert!(err.may_have_executed(), "{err:?}");
         // The writer ends although the server still has not read a byte.
         tokio::time::timeout(std::time::Duration::from_secs(5), writer)

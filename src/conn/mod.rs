@@ -12,6 +12,6 @@ mod tls;
 pub use connection::NodeConnection;
 pub(crate) use connection::{closed_by_server, connect_raw, read_ended, RawConnection};
 #[allow(unused_imports)]
-pub(crate) use connection::{Answer, Cmds, NotQueued, Queued, Replies};
+pub(crate) use connection::{Answer, Cmds, NotQueued, Outcome, Queued, Replies};
 pub use options::{ConnectOptions, CredentialsFuture, CredentialsProvider, Protocol, Secret};
 pub use tls::TlsConfig;

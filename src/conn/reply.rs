@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::conn::connection::{lock, Answer};
+use crate::conn::connection::{lock, Outcome};
 
 /// Free cells kept per thread: enough for every request in flight from one thread
 /// under heavy load, and a bound however many there were at a peak.
@@ -35,7 +35,7 @@ struct Cell {
 enum State {
     /// No answer yet; the waker of the receiver, once it polled.
     Waiting(Option<Waker>),
-    Answered(Answer),
+    Answered(Outcome),
     /// The sender went away without answering.
     SenderGone,
     /// The receiver took the answer, or went away.
@@ -86,7 +86,7 @@ impl ReplySender {
     /// Hands `answer` to the receiver; gives it back if the receiver went away.
     // The answer is handed back by value, as a oneshot sender does.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn send(mut self, answer: Answer) -> Result<(), Answer> {
+    pub(crate) fn send(mut self, answer: Outcome) -> Result<(), Outcome> {
         let Some(cell) = self.0.take() else {
             return Err(answer);
         };
@@ -148,7 +148,7 @@ pub(crate) struct SenderGone;
 pub(crate) struct ReplyReceiver(Option<Arc<Cell>>);
 
 impl Future for ReplyReceiver {
-    type Output = Result<Answer, SenderGone>;
+    type Output = Result<Outcome, SenderGone>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -194,17 +194,13 @@ impl Drop for ReplyReceiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::connection::Cmds;
 
-    fn answer(n: i64) -> Answer {
-        Answer {
-            result: Ok(std::iter::once(crate::resp::Value::Int(n)).collect()),
-            cmds: Cmds::Many(Vec::new()),
-        }
+    fn answer(n: i64) -> Outcome {
+        Ok(std::iter::once(crate::resp::Value::Int(n)).collect())
     }
 
-    fn value(answer: Answer) -> crate::resp::Value {
-        answer.result.expect("a reply").remove(0)
+    fn value(answer: Outcome) -> crate::resp::Value {
+        answer.expect("a reply").remove(0)
     }
 
     #[tokio::test]
