@@ -400,25 +400,24 @@ pub(crate) struct InFlight {
 impl InFlight {
     /// `count` commands are sent now.
     pub(crate) fn start(count: usize) -> InFlight {
-        struct Registered {
-            recorder: usize,
-            gauge: Gauge,
+        thread_local! {
+            /// The gauge, and the recorder it was registered with. Per thread: every
+            /// request starts here, and a thread-local costs a third of a shared cache.
+            static CACHE: std::cell::RefCell<Option<(usize, Gauge)>> =
+                const { std::cell::RefCell::new(None) };
         }
-        static CACHE: ArcSwapOption<Registered> = ArcSwapOption::const_empty();
         let id = recorder_id();
-        let cached = CACHE
-            .load()
-            .as_deref()
-            .filter(|r| r.recorder == id)
-            .map(|r| r.gauge.clone());
-        let gauge = cached.unwrap_or_else(|| {
-            let gauge = gauge(key!(REQUESTS_IN_FLIGHT));
-            CACHE.store(Some(Arc::new(Registered {
-                recorder: id,
-                gauge: gauge.clone(),
-            })));
-            gauge
-        });
+        let registered = || gauge(key!(REQUESTS_IN_FLIGHT));
+        let gauge = CACHE
+            .try_with(|cache| {
+                let mut cache = cache.borrow_mut();
+                match &*cache {
+                    Some((recorder, gauge)) if *recorder == id => gauge.clone(),
+                    _ => cache.insert((id, registered())).1.clone(),
+                }
+            })
+            // A thread being torn down has no cache left.
+            .unwrap_or_else(|_| registered());
         #[allow(clippy::cast_precision_loss)]
         let count = count as f64;
         gauge.increment(count);

@@ -11,7 +11,7 @@
 //! from a declared count alone, and every malformed frame is an [`Error::Protocol`].
 //! After an error the stream is out of sync and the connection must be closed.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::error::{Error, Result, ServerError};
 use crate::resp::Value;
@@ -351,7 +351,23 @@ impl Decoder {
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Step>> {
         // Reject a bad type byte at once rather than waiting for a CRLF that may never come.
         if let Some(&tag) = buf.first() {
-            if !b"+-:$!=*~>%|_#,(".contains(&tag) {
+            if !matches!(
+                tag,
+                b'+' | b'-'
+                    | b':'
+                    | b'$'
+                    | b'!'
+                    | b'='
+                    | b'*'
+                    | b'~'
+                    | b'>'
+                    | b'%'
+                    | b'|'
+                    | b'_'
+                    | b'#'
+                    | b','
+                    | b'('
+            ) {
                 return Err(protocol(format!("unknown type byte 0x{tag:02x}")));
             }
         }
@@ -366,6 +382,13 @@ impl Decoder {
             b'+' | b'-' => {
                 if line.contains(&b'\r') {
                     return Err(protocol("CR inside a simple string"));
+                }
+                if tag == b'+' && line == b"OK" {
+                    // Most writes answer this: a static string spares the read buffer a
+                    // reference taken and dropped per reply.
+                    buf.advance(header_len);
+                    self.scanned = 0;
+                    return Ok(Some(Step::Value(Value::Simple(Bytes::from_static(b"OK")))));
                 }
                 buf.advance(1);
                 let text = buf.split_to(line_end - 1).freeze();

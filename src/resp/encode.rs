@@ -18,12 +18,22 @@ use crate::resp::Value;
 /// assert_eq!(&out[..], b"*2\r\n");
 /// ```
 pub fn encode_header(tag: u8, n: usize, out: &mut BytesMut) {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(n);
-    out.reserve(digits.len() + 3);
-    out.put_u8(tag);
-    out.put_slice(digits.as_bytes());
-    out.put_slice(b"\r\n");
+    // Under 100 (nearly every argument length and count) the header is written as one
+    // fixed-size piece: the general case costs three copies of a few bytes each, and
+    // every argument of every command has a header.
+    let digit = |d: usize| b"0123456789"[d % 10];
+    match n {
+        0..=9 => out.put_slice(&[tag, digit(n), b'\r', b'\n']),
+        10..=99 => out.put_slice(&[tag, digit(n / 10), digit(n), b'\r', b'\n']),
+        _ => {
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(n);
+            out.reserve(digits.len() + 3);
+            out.put_u8(tag);
+            out.put_slice(digits.as_bytes());
+            out.put_slice(b"\r\n");
+        }
+    }
 }
 
 /// Writes one bulk string: `$<len>\r\n<bytes>\r\n`.
@@ -34,12 +44,8 @@ pub fn encode_header(tag: u8, n: usize, out: &mut BytesMut) {
 /// assert_eq!(&out[..], b"$5\r\nhello\r\n");
 /// ```
 pub fn encode_bulk(bytes: &[u8], out: &mut BytesMut) {
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(bytes.len());
-    out.reserve(digits.len() + bytes.len() + 5);
-    out.put_u8(b'$');
-    out.put_slice(digits.as_bytes());
-    out.put_slice(b"\r\n");
+    out.reserve(bytes.len() + 25);
+    encode_header(b'$', bytes.len(), out);
     out.put_slice(bytes);
     out.put_slice(b"\r\n");
 }
@@ -165,6 +171,15 @@ mod tests {
     use super::*;
     use crate::error::ServerError;
     use bytes::Bytes;
+
+    #[test]
+    fn headers_on_both_sides_of_the_short_forms() {
+        for n in [0, 7, 9, 10, 42, 99, 100, 512, 1_000_000] {
+            let mut out = BytesMut::new();
+            encode_header(b'$', n, &mut out);
+            assert_eq!(out, format!("${n}\r\n").as_bytes(), "{n}");
+        }
+    }
 
     fn enc(v: &Value) -> Vec<u8> {
         let mut out = BytesMut::new();
