@@ -75,6 +75,10 @@ impl Inner {
         // One snapshot for the whole pipeline; a command it routes wrongly is redirected
         // and resent on its own like any other.
         let routes = self.routes.load_full();
+        // Each node's share, if the keys spread evenly, and some slack: a pipeline of
+        // thousands of commands would otherwise grow every group a dozen times.
+        let share = cmds.len() / routes.primaries.len().max(1);
+        let group_capacity = share + share / 8 + 1;
         for (index, command) in cmds.into_iter().enumerate() {
             let info = self.command_info(&command, deadline).await;
             let idempotent =
@@ -93,7 +97,11 @@ impl Inner {
                             };
                             match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
                                 Some((_, entries)) => entries.push(entry),
-                                None => groups.push((Arc::clone(node), vec![entry])),
+                                None => {
+                                    let mut entries = Vec::with_capacity(group_capacity);
+                                    entries.push(entry);
+                                    groups.push((Arc::clone(node), entries));
+                                }
                             }
                         }
                         // No owner known: let the single-command path wait for one.

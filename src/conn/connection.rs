@@ -1010,7 +1010,9 @@ where
             }
             written.push(InFlight {
                 expected: request.expected,
-                replies: Replies::new(),
+                // Room for all of a pipeline's replies at once, rather than growing
+                // step by step as they come.
+                replies: Replies::with_capacity(request.expected),
                 reply: Some(request.reply),
                 deadline: request.deadline,
             });
