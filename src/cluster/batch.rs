@@ -81,8 +81,7 @@ impl Inner {
         let group_capacity = share + share / 8 + 1;
         for (index, command) in cmds.into_iter().enumerate() {
             let info = self.command_info(&command, deadline).await;
-            let idempotent =
-                info.is_some_and(|i| i.is_read_only() || cmd::is_idempotent_as(&command, i));
+            let idempotent = info.is_some_and(|i| cmd::may_resend(&command, i));
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {
                     match self.pick_for_slot(&routes, slot, read_only) {

@@ -101,7 +101,7 @@ impl Inner {
             )));
         };
         let name = metrics::command_label(Some(info));
-        let idempotent = info.is_read_only() || cmd::is_idempotent_as(&command, info);
+        let idempotent = cmd::may_resend(&command, info);
         self.begin(command.into(), name, target, idempotent, started, deadline)
     }
 
@@ -114,8 +114,7 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Value> {
         let name = metrics::command_label(info);
-        let idempotent =
-            info.is_some_and(|i| i.is_read_only() || cmd::is_idempotent_as(&command, i));
+        let idempotent = info.is_some_and(|i| cmd::may_resend(&command, i));
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
             let lease_deadline = deadline;

@@ -880,6 +880,12 @@ pub(crate) fn is_idempotent(cmd: &Cmd) -> bool {
     lookup(cmd).is_some_and(|info| is_idempotent_as(cmd, info))
 }
 
+/// Whether a request for `cmd` may be sent again after an attempt that may have run:
+/// the command reads only, or is a write known to be idempotent.
+pub(crate) fn may_resend(cmd: &Cmd, info: &CommandInfo) -> bool {
+    info.is_read_only() || is_idempotent_as(cmd, info)
+}
+
 /// [`is_idempotent`] for a command whose table entry the caller looked up already.
 pub(crate) fn is_idempotent_as(cmd: &Cmd, info: &CommandInfo) -> bool {
     if info.is_read_only() && !info.is_write() {
