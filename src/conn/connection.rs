@@ -7,8 +7,9 @@
 //! writes them with one system call (auto-pipelining), after recording them, in order,
 //! in the in-flight queue. The commands themselves stay with their callers, who need
 //! them only to send them again (after a redirect): what travels through the queues is
-//! a few words per request. The reader task decodes replies and answers the in-flight queue front to back:
-//! Redis answers requests on a connection in the order it received them.
+//! a few words per request. The reader task decodes replies and answers the in-flight
+//! queue front to back: Redis answers requests on a connection in the order it received
+//! them.
 //!
 //! While the server owes the replies of one write, the writer holds the next back, and
 //! writes what gathered in the meantime as soon as those replies are in (or at once when
@@ -738,10 +739,10 @@ impl NodeConnection {
         self.answer(queued).await
     }
 
-    /// Hands `cmds` to the writer without waiting: the first half of
+    /// Hands `cmds` to the writer without waiting, encoded: the first half of
     /// [`NodeConnection::dispatch`], for callers that keep their own future small (a
     /// request's future is copied at every layer on its way down, so the fast path
-    /// awaits nothing bigger than the reply's receiver).
+    /// awaits nothing bigger than the reply's receiver and the commands it keeps).
     // `NotQueued` hands the commands back by value: boxing them would cost an
     // allocation per request to save a move on the rare refusal.
     #[allow(clippy::result_large_err)]

@@ -351,23 +351,7 @@ impl Decoder {
     fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Step>> {
         // Reject a bad type byte at once rather than waiting for a CRLF that may never come.
         if let Some(&tag) = buf.first() {
-            if !matches!(
-                tag,
-                b'+' | b'-'
-                    | b':'
-                    | b'$'
-                    | b'!'
-                    | b'='
-                    | b'*'
-                    | b'~'
-                    | b'>'
-                    | b'%'
-                    | b'|'
-                    | b'_'
-                    | b'#'
-                    | b','
-                    | b'('
-            ) {
+            if !b"+-:$!=*~>%|_#,(".contains(&tag) {
                 return Err(protocol(format!("unknown type byte 0x{tag:02x}")));
             }
         }
