@@ -28,6 +28,8 @@
 //! `COMPARE_ROUNDS=N` runs every client N times per workload, the clients taking turns,
 //! and reports each client's median run (by requests per second): this machine's speed
 //! drifts by up to 1.7x within minutes, and a single run of each can land on either side.
+//! The summary also gives redcluster's ratio to the faster other client round by round
+//! (median and range), which shows how far that drift moves the ratio.
 //!
 //! Optional filters for profiling: `COMPARE_CLIENTS` (comma-separated, of `redcluster`,
 //! `redis-rs`, `fred`), `COMPARE_WORKLOADS` (of `get/N` and `set/N` for any N requests
@@ -486,6 +488,8 @@ fn main() -> Res<()> {
 
     let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("bench:{i:06}")).collect());
     let mut results: BTreeMap<(usize, usize), Outcome> = BTreeMap::new();
+    // Every round's ops/s, in round order, for the ratios round by round.
+    let mut round_rates: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     let bench_rate = rt.block_on(async {
         let mut clients = Vec::new();
         for name in &env.clients {
@@ -544,6 +548,7 @@ fn main() -> Res<()> {
                 }
             }
             for (c, mut outcomes) in rounds.into_iter().enumerate() {
+                round_rates.insert((w, c), outcomes.iter().map(Outcome::rate).collect());
                 outcomes.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
                 let median = outcomes.swap_remove(outcomes.len() / 2);
                 results.insert((w, c), median);
@@ -560,7 +565,10 @@ fn main() -> Res<()> {
 
     println!();
     println!("{}", table(&env, &results));
-    println!("{}", ratios(&env, &results, bench_rate.as_ref()));
+    println!(
+        "{}",
+        ratios(&env, &results, &round_rates, bench_rate.as_ref())
+    );
     drop(cluster);
     Ok(())
 }
@@ -642,8 +650,42 @@ fn table(env: &Env, results: &BTreeMap<(usize, usize), Outcome>) -> String {
 fn ratios(
     env: &Env,
     results: &BTreeMap<(usize, usize), Outcome>,
+    round_rates: &BTreeMap<(usize, usize), Vec<f64>>,
     bench_rate: Option<&std::result::Result<f64, String>>,
 ) -> String {
+    let rates = |w: usize, name: &str| {
+        env.clients
+            .iter()
+            .position(|c| *c == name)
+            .and_then(|c| round_rates.get(&(w, c)))
+    };
+    // redcluster's ops/s over the faster other's in the same round: the clients of one
+    // round ran a few seconds apart, so this shows how far the machine's drift moves the
+    // ratio, which the ratio of medians hides.
+    let by_round = |w: usize| -> String {
+        let Some(red) = rates(w, "redcluster") else {
+            return "-".into();
+        };
+        let mut per_round: Vec<f64> = (0..red.len())
+            .filter_map(|i| {
+                let best = ["redis-rs", "fred"]
+                    .into_iter()
+                    .filter_map(|n| rates(w, n)?.get(i).copied())
+                    .max_by(f64::total_cmp)?;
+                Some(red[i] / best)
+            })
+            .collect();
+        if per_round.len() < 2 {
+            return "-".into();
+        }
+        per_round.sort_by(f64::total_cmp);
+        format!(
+            "{:.2}x ({:.2}-{:.2})",
+            per_round[per_round.len() / 2],
+            per_round[0],
+            per_round[per_round.len() - 1]
+        )
+    };
     let find = |w: usize, name: &str| {
         env.clients
             .iter()
@@ -690,6 +732,7 @@ fn ratios(
             workload.name(),
             best_name.to_string(),
             format!("{rate:.2}x"),
+            by_round(w),
             format!("{cpu:.2}x"),
             p50,
             goal,
@@ -703,11 +746,12 @@ fn ratios(
             "workload",
             "faster other",
             "ops/s ratio",
+            "round by round: median (range)",
             "CPU/op ratio",
             "p50 ratio vs redis-rs",
             "goal",
         ],
-        &[false, false, true, true, true, false],
+        &[false, false, true, true, true, true, false],
         &rows,
     );
     if let Some(rate) = bench_rate {
