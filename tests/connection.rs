@@ -1,5 +1,6 @@
 //! The node connection against a real server: coalesced writes, RESP3 and RESP2, push
-//! frames between replies, a connection killed by the server under a pending request.
+//! frames between replies, a connection killed by the server under a pending request,
+//! requests that expire while held back (cut from the queued bytes, never run).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -225,5 +226,85 @@ async fn a_connection_killed_by_the_server_answers_its_pending_request() {
             }
         ),
         "{err:?}"
+    );
+}
+
+/// Polls `admin` until the server shows a client blocked in `cmd=<name>` (bounded).
+async fn wait_until_blocked(admin: &NodeConnection, id: i64, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let list =
+            String::from_value(admin.send(cmd("CLIENT").arg("LIST")).await.unwrap()).unwrap();
+        if list
+            .lines()
+            .any(|l| l.contains(&format!("id={id} ")) && l.contains(&format!("cmd={name}")))
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_expire_while_held_back_never_reach_the_server_and_the_rest_stay_in_step() {
+    let local = one_node().await;
+    let addr = local.node_addr(0);
+    let conn = NodeConnection::connect(&addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let admin = NodeConnection::connect(&addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    conn.send(cmd("DEL").arg("held:counter").arg("held:key"))
+        .await
+        .unwrap();
+    let id = i64::from_value(conn.send(cmd("CLIENT").arg("ID")).await.unwrap()).unwrap();
+    // A BLPOP that the server holds for a second: while its reply is owed, the
+    // connection holds the next requests back in its queue, already encoded.
+    let blocked = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            conn.send_timeout(
+                cmd("BLPOP").arg("held:empty").arg(1),
+                Duration::from_secs(10),
+            )
+            .await
+        })
+    };
+    wait_until_blocked(&admin, id, "blpop").await;
+    // Queued in this order: a write that expires in the queue, one that does not, and
+    // another that expires. The expired ones are cut out of the queued bytes.
+    let short = Duration::from_millis(200);
+    let long = Duration::from_secs(10);
+    let (first, kept, last) = futures_util::future::join3(
+        conn.send_timeout(cmd("INCR").arg("held:counter"), short),
+        conn.send_timeout(cmd("SET").arg("held:key").arg("kept"), long),
+        conn.send_timeout(cmd("INCR").arg("held:counter"), short),
+    )
+    .await;
+    for expired in [first, last] {
+        let err = expired.unwrap_err();
+        assert!(matches!(err, Error::Timeout), "{err:?}");
+    }
+    assert_eq!(kept.unwrap(), Value::Simple("OK".into()));
+    assert_eq!(
+        blocked.await.unwrap().unwrap(),
+        Value::Nil,
+        "BLPOP timed out"
+    );
+    // The INCRs never ran, and later replies still match their requests.
+    assert_eq!(
+        conn.send(cmd("GET").arg("held:counter")).await.unwrap(),
+        Value::Nil
+    );
+    let kept = conn.send(cmd("GET").arg("held:key")).await.unwrap();
+    assert_eq!(String::from_value(kept).unwrap(), "kept");
+    assert_eq!(
+        conn.send(cmd("ECHO").arg("in step")).await.unwrap(),
+        Value::Bulk("in step".into())
     );
 }
