@@ -1,6 +1,7 @@
 //! The node connection against a real server: coalesced writes, RESP3 and RESP2, push
 //! frames between replies, a connection killed by the server under a pending request,
-//! requests that expire while held back (cut from the queued bytes, never run).
+//! requests that expire or are abandoned while held back (cut from the queued bytes,
+//! never run).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -250,7 +251,7 @@ async fn wait_until_blocked(admin: &NodeConnection, id: i64, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_that_expire_while_held_back_never_reach_the_server_and_the_rest_stay_in_step() {
+async fn requests_expired_or_abandoned_while_held_back_never_run_and_the_rest_stay_in_step() {
     let local = one_node().await;
     let addr = local.node_addr(0);
     let conn = NodeConnection::connect(&addr, &ConnectOptions::default())
@@ -259,9 +260,14 @@ async fn requests_that_expire_while_held_back_never_reach_the_server_and_the_res
     let admin = NodeConnection::connect(&addr, &ConnectOptions::default())
         .await
         .unwrap();
-    conn.send(cmd("DEL").arg("held:counter").arg("held:key"))
-        .await
-        .unwrap();
+    conn.send(
+        cmd("DEL")
+            .arg("held:counter")
+            .arg("held:abandoned")
+            .arg("held:key"),
+    )
+    .await
+    .unwrap();
     let id = i64::from_value(conn.send(cmd("CLIENT").arg("ID")).await.unwrap()).unwrap();
     // A BLPOP that the server holds for a second: while its reply is owed, the
     // connection holds the next requests back in its queue, already encoded.
@@ -276,12 +282,18 @@ async fn requests_that_expire_while_held_back_never_reach_the_server_and_the_res
         })
     };
     wait_until_blocked(&admin, id, "blpop").await;
-    // Queued in this order: a write that expires in the queue, one that does not, and
-    // another that expires. The expired ones are cut out of the queued bytes.
+    // Queued in this order: a write that expires in the queue, one whose caller gives
+    // up (its future dropped) while it waits, one that is kept, and another that
+    // expires. The connection cuts the expired ones out of the queued bytes, and the
+    // abandoned one when it comes to write it.
     let short = Duration::from_millis(200);
     let long = Duration::from_secs(10);
-    let (first, kept, last) = futures_util::future::join3(
+    let (first, abandoned, kept, last) = futures_util::future::join4(
         conn.send_timeout(cmd("INCR").arg("held:counter"), short),
+        tokio::time::timeout(
+            short,
+            conn.send_timeout(cmd("INCR").arg("held:abandoned"), long),
+        ),
         conn.send_timeout(cmd("SET").arg("held:key").arg("kept"), long),
         conn.send_timeout(cmd("INCR").arg("held:counter"), short),
     )
@@ -290,17 +302,21 @@ async fn requests_that_expire_while_held_back_never_reach_the_server_and_the_res
         let err = expired.unwrap_err();
         assert!(matches!(err, Error::Timeout), "{err:?}");
     }
+    assert!(
+        abandoned.is_err(),
+        "the caller gave up first: {abandoned:?}"
+    );
     assert_eq!(kept.unwrap(), Value::Simple("OK".into()));
     assert_eq!(
         blocked.await.unwrap().unwrap(),
         Value::Nil,
         "BLPOP timed out"
     );
-    // The INCRs never ran, and later replies still match their requests.
-    assert_eq!(
-        conn.send(cmd("GET").arg("held:counter")).await.unwrap(),
-        Value::Nil
-    );
+    // None of the INCRs ran, and later replies still match their requests.
+    for counter in ["held:counter", "held:abandoned"] {
+        let value = conn.send(cmd("GET").arg(counter)).await.unwrap();
+        assert_eq!(value, Value::Nil, "{counter}");
+    }
     let kept = conn.send(cmd("GET").arg("held:key")).await.unwrap();
     assert_eq!(String::from_value(kept).unwrap(), "kept");
     assert_eq!(
