@@ -190,22 +190,7 @@ async fn a_connection_killed_by_the_server_answers_its_pending_request() {
         })
     };
     // Wait until the server has the BLPOP blocked, then kill that client.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let list =
-            String::from_value(admin.send(cmd("CLIENT").arg("LIST")).await.unwrap()).unwrap();
-        if list
-            .lines()
-            .any(|l| l.contains(&format!("id={id} ")) && l.contains("cmd=blpop"))
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "BLPOP never reached the server"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until_blocked(&admin, id, "blpop").await;
     let killed = admin
         .send(cmd("CLIENT").arg("KILL").arg("ID").arg(id))
         .await
