@@ -118,6 +118,12 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
             None => Plan::AnyPrimary,
         });
     };
+    if cmd::routes_by_first_argument(command, info) {
+        return Ok(Plan::Slot {
+            slot: key_slot(command.arg_at(1).unwrap_or_default()),
+            read_only: info.is_read_only(),
+        });
+    }
     let mut keys: SmallVec<[usize; 4]> = SmallVec::new();
     // Routing keys include sharded pub/sub channels, which hash like keys.
     cmd::routing_key_indices(command, info, &mut keys)?;

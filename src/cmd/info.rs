@@ -517,6 +517,20 @@ pub(crate) fn key_indices(
     collect_keys(cmd, info, false, out)
 }
 
+/// Whether the one argument routed by is the first after the name, the argument count
+/// being right: `GET k`, `SET k v ...`, `HGET h f`, most commands. It is then what
+/// [`routing_key_indices`] would find, without its search; `false` sends a caller there
+/// (any other command, or a wrong count, which it reports).
+pub(crate) fn routes_by_first_argument(cmd: &Cmd, info: &CommandInfo) -> bool {
+    let [spec] = &info.key_specs[..] else {
+        return false;
+    };
+    matches!(spec.begin_search, BeginSearch::Index(1))
+        && matches!(spec.find_keys, FindKeys::Range { lastkey: 0, .. })
+        && cmd.len() >= 2
+        && check_arity(cmd, info).is_ok()
+}
+
 /// Like [`key_indices`], but also the arguments that are routed by slot without being
 /// keys: the shard channels of `SPUBLISH`, `SSUBSCRIBE` and `SUNSUBSCRIBE` (key specs
 /// flagged `NOT_KEY`; in 7.0 those are the only ones). This is what the cluster routes
@@ -1267,6 +1281,30 @@ mod tests {
         table::COMMANDS
             .iter()
             .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
+    }
+
+    #[test]
+    fn routing_by_the_first_argument_agrees_with_the_key_finder() {
+        let mut fast = 0;
+        for info in all_entries() {
+            let name: Vec<&str> = info.name.split('|').collect();
+            for extra in 0..6 {
+                let args = (0..extra).map(|i| format!("a{i}"));
+                let command = Cmd::new().args(&name).args(args);
+                if !routes_by_first_argument(&command, info) {
+                    continue;
+                }
+                fast += 1;
+                let mut keys = SmallVec::new();
+                routing_key_indices(&command, info, &mut keys).unwrap();
+                assert_eq!(&keys[..], &[1], "{} with {extra} arguments", info.name);
+            }
+        }
+        assert!(fast > 100, "{fast} commands routed by their first argument");
+        // A wrong count is left to the key finder, which reports it.
+        let get = lookup_name(b"get").unwrap();
+        assert!(!routes_by_first_argument(&cmd("GET"), get));
+        assert!(!routes_by_first_argument(&cmd("GET").arg("a").arg("b"), get));
     }
 
     #[test]
