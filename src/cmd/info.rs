@@ -1304,7 +1304,10 @@ mod tests {
         // A wrong count is left to the key finder, which reports it.
         let get = lookup_name(b"get").unwrap();
         assert!(!routes_by_first_argument(&cmd("GET"), get));
-        assert!(!routes_by_first_argument(&cmd("GET").arg("a").arg("b"), get));
+        assert!(!routes_by_first_argument(
+            &cmd("GET").arg("a").arg("b"),
+            get
+        ));
     }
 
     #[test]
