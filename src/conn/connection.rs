@@ -104,7 +104,7 @@ pub(crate) type Outcome = Result<Replies>;
 /// [`Queue::bytes`].
 struct Request {
     reply: ReplySender,
-    deadline: Option<Instant>,
+    deadline: Instant,
     /// How many bytes its commands take in the queue's buffer.
     len: usize,
     /// How many replies it gets.
@@ -124,7 +124,7 @@ struct InFlight {
     /// `None` once the request was answered with a timeout: its replies are still owed
     /// by the server, and dropped when they come.
     reply: Option<ReplySender>,
-    deadline: Option<Instant>,
+    deadline: Instant,
     replies: Replies,
     expected: usize,
 }
@@ -223,7 +223,7 @@ impl Shared {
             encode(cmds, renames, bytes);
             requests.push_back(Request {
                 reply,
-                deadline: Some(deadline),
+                deadline,
                 len: bytes.len() - start,
                 expected: cmds.reply_count(),
             });
@@ -267,15 +267,13 @@ impl Shared {
             let mut kept = VecDeque::with_capacity(before);
             let mut cut = Compaction::default();
             for request in requests.drain(..) {
-                let due = request.deadline.is_some_and(|d| d <= now);
+                let due = request.deadline <= now;
                 cut.step(bytes, request.len, !due);
-                match request.deadline {
-                    _ if due => expired.push(request.reply),
-                    Some(d) => {
-                        later(d);
-                        kept.push_back(request);
-                    }
-                    None => kept.push_back(request),
+                if due {
+                    expired.push(request.reply);
+                } else {
+                    later(request.deadline);
+                    kept.push_back(request);
                 }
             }
             cut.finish(bytes);
@@ -285,11 +283,11 @@ impl Shared {
             }
         }
         for entry in self.in_flight().iter_mut() {
-            let (Some(d), true) = (entry.deadline, entry.reply.is_some()) else {
+            if entry.reply.is_none() {
                 continue;
-            };
-            if d > now {
-                later(d);
+            }
+            if entry.deadline > now {
+                later(entry.deadline);
             } else if let Some(reply) = entry.reply.take() {
                 expired.push(reply);
             }
@@ -1000,7 +998,7 @@ where
             // latter is answered here, as the deadline task does not see requests between
             // the queue and the write.
             let abandoned = request.reply.is_closed();
-            let late = !abandoned && request.deadline.is_some_and(|d| d <= now);
+            let late = !abandoned && request.deadline <= now;
             cut.step(&mut wbuf, request.len, !(abandoned || late));
             if abandoned {
                 continue;
@@ -1024,7 +1022,7 @@ where
             continue;
         }
         // The deadline task may have scanned while these were in no queue.
-        if let Some(earliest) = written.iter().filter_map(|f| f.deadline).min() {
+        if let Some(earliest) = written.iter().map(|f| f.deadline).min() {
             shared.note_deadline(earliest);
         }
         // Made before the check below: a `close` from now on wakes the blocked write.
@@ -1264,7 +1262,7 @@ mod tests {
         let (reply, answer) = reply::channel();
         shared.in_flight().push_back(InFlight {
             reply: Some(reply),
-            deadline: None,
+            deadline: in_an_hour(),
             replies: Replies::new(),
             expected: 1,
         });
@@ -1272,7 +1270,7 @@ mod tests {
     }
 
     /// Queues `command` as `Shared::enqueue` would, with any deadline, even a past one.
-    fn queue_directly(shared: &Shared, command: &Cmd, deadline: Option<Instant>) -> ReplyReceiver {
+    fn queue_directly(shared: &Shared, command: &Cmd, deadline: Instant) -> ReplyReceiver {
         let (reply, answer) = reply::channel();
         let mut queue = lock(&shared.queue);
         let start = queue.bytes.len();
@@ -1293,8 +1291,12 @@ mod tests {
         bytes.to_vec()
     }
 
-    fn a_moment_ago() -> Option<Instant> {
-        Some(Instant::now() - std::time::Duration::from_millis(1))
+    fn a_moment_ago() -> Instant {
+        Instant::now() - std::time::Duration::from_millis(1)
+    }
+
+    fn in_an_hour() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(3600)
     }
 
     #[tokio::test]
@@ -1302,9 +1304,9 @@ mod tests {
         let shared = shared(16);
         // Queued directly, as if the deadline passed between the hand-over and the write;
         // the requests around it are written without it.
-        let before = queue_directly(&shared, &cmd("GET").arg("a"), None);
+        let before = queue_directly(&shared, &cmd("GET").arg("a"), in_an_hour());
         let late = queue_directly(&shared, &cmd("INCR").arg("k"), a_moment_ago());
-        let after = queue_directly(&shared, &cmd("GET").arg("b"), None);
+        let after = queue_directly(&shared, &cmd("GET").arg("b"), in_an_hour());
         let (client, mut server) = tokio::io::duplex(1024);
         let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
         shared.work.notify_one();
@@ -1339,9 +1341,9 @@ mod tests {
     #[tokio::test]
     async fn an_expired_queued_request_is_cut_from_the_queued_bytes() {
         let shared = shared(16);
-        let first = queue_directly(&shared, &cmd("GET").arg("a"), None);
+        let first = queue_directly(&shared, &cmd("GET").arg("a"), in_an_hour());
         let late = queue_directly(&shared, &cmd("SET").arg("k").arg("v"), a_moment_ago());
-        let _last = queue_directly(&shared, &cmd("GET").arg("b"), None);
+        let _last = queue_directly(&shared, &cmd("GET").arg("b"), in_an_hour());
         shared.expire(Instant::now());
         let outcome = late.await.expect("answered");
         assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
@@ -1488,8 +1490,7 @@ mod tests {
         let (client, _server) = tokio::io::duplex(4096);
         let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
         let big = Cmds::One(cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]));
-        let far = Instant::now() + std::time::Duration::from_secs(3600);
-        let Ok(answer) = shared.enqueue(&big, &CommandRenames::default(), far) else {
+        let Ok(answer) = shared.enqueue(&big, &CommandRenames::default(), in_an_hour()) else {
             panic!("an open connection with room refused a request");
         };
         // The request is recorded as in flight just before its bytes go out.
