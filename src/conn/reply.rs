@@ -83,9 +83,8 @@ fn recycle(cell: Arc<Cell>) {
 pub(crate) struct ReplySender(Option<Arc<Cell>>);
 
 impl ReplySender {
-    /// Hands `answer` to the receiver; gives it back if the receiver went away.
-    // The answer is handed back by value, as a oneshot sender does.
-    #[allow(clippy::result_large_err)]
+    /// Hands `answer` to the receiver; gives it back if the receiver went away, as a
+    /// oneshot sender does.
     pub(crate) fn send(mut self, answer: Outcome) -> Result<(), Outcome> {
         let Some(cell) = self.0.take() else {
             return Err(answer);

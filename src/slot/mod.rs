@@ -52,7 +52,7 @@ const CRC16_TABLE: [u16; 256] = {
     let mut table = [0u16; 256];
     let mut i = 0;
     while i < 256 {
-        #[allow(clippy::cast_possible_truncation)] // `i` < 256
+        // `i` < 256: the cast keeps every bit.
         let mut crc = (i as u16) << 8;
         let mut bit = 0;
         while bit < 8 {
