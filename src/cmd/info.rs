@@ -436,13 +436,13 @@ pub(crate) fn lookup_name(name: &[u8]) -> Option<&'static CommandInfo> {
             .collect();
         (index, hot)
     });
-    if let Some(w) = word(name) {
+    let mut buf = [0u8; 32];
+    let lower = lowercase(name, &mut buf)?;
+    if let Some(w) = word(lower) {
         if let Some(&(_, i)) = hot.iter().find(|(h, _)| *h == w) {
             return Some(&all[i]);
         }
     }
-    let mut buf = [0u8; 32];
-    let lower = lowercase(name, &mut buf)?;
     index.get(lower).map(|&i| &all[i])
 }
 
@@ -452,18 +452,14 @@ const HOT_COMMANDS: &[&str] = &[
     "get", "set", "del", "incr", "hget", "hset", "expire", "mget",
 ];
 
-/// A command name of at most 8 bytes, lowercased into one word, and its length (the
-/// word alone would not tell `get` from `get\0`).
+/// A lowercase command name of at most 8 bytes as one word, and its length (the word
+/// alone would not tell `get` from `get\0`).
 type Word = (u64, usize);
 
-fn word(name: &[u8]) -> Option<Word> {
+fn word(lower: &[u8]) -> Option<Word> {
     let mut bytes = [0u8; 8];
-    bytes
-        .get_mut(..name.len())?
-        .iter_mut()
-        .zip(name)
-        .for_each(|(w, n)| *w = n.to_ascii_lowercase());
-    Some((u64::from_le_bytes(bytes), name.len()))
+    bytes.get_mut(..lower.len())?.copy_from_slice(lower);
+    Some((u64::from_le_bytes(bytes), lower.len()))
 }
 
 /// `name` lowercased into `buf`, without allocating; `None` when it is longer than the
