@@ -8,7 +8,7 @@
 use tokio::time::Instant;
 
 use crate::cluster::{plan, Plan};
-use crate::cluster::{ClusterClient, Lease};
+use crate::cluster::{ClusterClient, Landing, Lease};
 use crate::cmd::{cmd, Cmd, ToArg};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
@@ -466,6 +466,7 @@ impl Watched {
         let deadline = Instant::now() + self.client.inner.config.response_timeout;
         self.check_slot(&command, deadline).await?;
         let name = metrics::command_label(crate::cmd::lookup(&command));
+        let landing = Landing::on(self.lease.node());
         let lease = &mut self.lease;
         let sent = async {
             let answer = lease.dispatch(Cmds::One(command), deadline).await;
@@ -477,7 +478,7 @@ impl Watched {
         let reply = self
             .client
             .inner
-            .observed(name, Some(self.slot), |v| v, sent)
+            .observed(name, Some(self.slot), |v| v, &landing, sent)
             .await?;
         match reply {
             Value::ServerError(e) => Err(Error::Server(e)),
@@ -515,6 +516,7 @@ impl Watched {
         all.push(cmd("MULTI"));
         all.extend(cmds);
         all.push(cmd("EXEC"));
+        let landing = Landing::on(self.lease.node());
         let lease = &mut self.lease;
         let sent = async {
             let answer = lease.dispatch(Cmds::Many(all), deadline).await;
@@ -529,6 +531,7 @@ impl Watched {
                 metrics::TRANSACTION_COMMAND,
                 Some(self.slot),
                 last_reply,
+                &landing,
                 sent,
             )
             .await?;
@@ -611,10 +614,11 @@ impl ClusterClient {
         };
         let deadline = Instant::now() + self.inner.config.response_timeout;
         // Counted as a `watch` (status from the outcome: a refused WATCH is an error).
-        let watching = self.inner.watch(slot, keys, deadline);
+        let landing = Landing::default();
+        let watching = self.inner.watch(slot, keys, deadline, &landing);
         let lease = self
             .inner
-            .observed("watch", Some(slot), |_| &NIL, watching)
+            .observed("watch", Some(slot), |_| &NIL, &landing, watching)
             .await?;
         Ok(Watched {
             client: self.clone(),

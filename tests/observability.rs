@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
-use redcluster::{cmd, key_slot, ClusterClient, ScanOptions, Value};
+use redcluster::{cmd, key_slot, ClusterClient, Durability, ScanOptions, Value};
 use support::{master_other_than, other_master};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -352,7 +352,7 @@ fn redirects_are_counted_by_kind() {
 }
 
 #[test]
-fn scan_pages_watch_transactions_and_blocking_redirects_are_counted() {
+fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
     use futures_util::StreamExt;
 
     let recorder = recorder();
@@ -396,6 +396,19 @@ fn scan_pages_watch_transactions_and_blocking_redirects_are_counted() {
         assert_eq!(reply, Value::Nil);
         assert_eq!(client.stats().moved, moved_before + 1);
 
+        // So is a durable write's (a write and WAIT on a dedicated connection).
+        let durable = "{obs-durable}:secret-key";
+        let slot = key_slot(durable.as_bytes());
+        let durable_to = other_master(&local, slot).await;
+        local.move_slot(slot, durable_to).await.unwrap();
+        let no_replicas = Durability::new(0, Duration::from_millis(100));
+        let (n, _): (i64, u32) = client
+            .query_durable(cmd("INCR").arg(durable), no_replicas)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(client.stats().moved, moved_before + 2);
+
         let metrics = collect(&snapshotter);
         let total = "redis_commands_total";
         for master in local.masters().await.unwrap() {
@@ -424,8 +437,31 @@ fn scan_pages_watch_transactions_and_blocking_redirects_are_counted() {
                 "{command} on the watched connection"
             );
         }
+        // Counted on the node that answered, after the redirect.
+        let blpop_node = local.node_addr(to);
         assert_eq!(
-            sum(&metrics, total, &[("command", "blpop"), ("status", "ok")]),
+            sum(
+                &metrics,
+                total,
+                &[
+                    ("command", "blpop"),
+                    ("node", &blpop_node),
+                    ("status", "ok")
+                ]
+            ),
+            1
+        );
+        let durable_node = local.node_addr(durable_to);
+        assert_eq!(
+            sum(
+                &metrics,
+                total,
+                &[
+                    ("command", "incr"),
+                    ("node", &durable_node),
+                    ("status", "ok")
+                ]
+            ),
             1
         );
         assert_eq!(

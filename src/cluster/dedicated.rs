@@ -31,6 +31,8 @@ use crate::topology::RefreshTrigger;
 #[derive(Debug)]
 pub(crate) struct Lease {
     conn: Option<Dedicated>,
+    /// The node the connection is to.
+    node: Arc<Node>,
     _permit: OwnedSemaphorePermit,
     /// False from a request's start until its answer arrived: a lease dropped then (its
     /// caller's future was dropped mid-request) has a reply still pending and must not
@@ -46,7 +48,42 @@ impl Drop for Lease {
     }
 }
 
+/// The node a request on dedicated connections went to last, for its metrics and its
+/// span: a redirect may take it to another node than the one the map named when it
+/// started. Set at every attempt; empty while no node was picked.
+#[derive(Debug, Default)]
+pub(crate) struct Landing(std::sync::Mutex<Option<Arc<Node>>>);
+
+impl Landing {
+    /// Already on `node`: a request on a connection leased before it started.
+    pub(crate) fn on(node: &Arc<Node>) -> Landing {
+        Landing(std::sync::Mutex::new(Some(Arc::clone(node))))
+    }
+
+    /// The request's next attempt goes to `node`.
+    pub(crate) fn at(&self, node: &Arc<Node>) {
+        *self.slot() = Some(Arc::clone(node));
+    }
+
+    /// The node of the last attempt, if there was one.
+    pub(crate) fn take(&self) -> Option<Arc<Node>> {
+        self.slot().take()
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Arc<Node>>> {
+        // Nothing panics while holding it; a poisoned cell still holds a valid node.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl Lease {
+    /// The node the leased connection is to.
+    pub(crate) fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
     /// Sends on the leased connection; a failed request discards the connection.
     pub(crate) async fn dispatch(&mut self, cmds: Cmds, deadline: Instant) -> Answer {
         let Some(conn) = self.conn.as_deref() else {
@@ -161,6 +198,7 @@ impl Inner {
             .map_err(pool_error)?;
         Ok(Lease {
             conn: Some(conn),
+            node: Arc::clone(node),
             _permit: permit,
             clean: true,
         })
@@ -176,6 +214,7 @@ impl Inner {
         target: Target,
         lease_deadline: Instant,
         deadline: Instant,
+        landing: &Landing,
     ) -> Result<Value> {
         let mut redirect: Option<Redirect> = None;
         for _ in 0..=self.config.max_redirects {
@@ -183,6 +222,7 @@ impl Inner {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
                 None => self.pick(&target, false)?,
             };
+            landing.at(&node);
             let mut lease = self.lease(&node, lease_deadline).await?;
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let payload = Payload::One(command);
@@ -221,6 +261,7 @@ impl Inner {
         slot: u16,
         keys: Vec<Vec<u8>>,
         deadline: Instant,
+        landing: &Landing,
     ) -> Result<Lease> {
         let mut target_addr: Option<String> = None;
         for _ in 0..=self.config.max_redirects {
@@ -234,6 +275,7 @@ impl Inner {
                     true,
                 )?,
             };
+            landing.at(&node);
             let mut lease = self.lease(&node, deadline).await?;
             let watch = cmd("WATCH").args(keys.iter());
             let reply = match lease.dispatch(Cmds::One(watch), deadline).await.result {
@@ -360,6 +402,7 @@ impl Inner {
         slot: u16,
         durability: Durability,
         deadline: Instant,
+        landing: &Landing,
     ) -> Result<(Value, u32)> {
         // The pool wait and the retries fit in the request's timeout; the reply may also
         // take the time WAIT is allowed.
@@ -384,6 +427,7 @@ impl Inner {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
                 None => self.pick(&target, true)?,
             };
+            landing.at(&node);
             if !self.admit(&node) {
                 // As in `send_loop`: fail fast unless the slot is now served elsewhere.
                 let open = Error::CircuitOpen {

@@ -133,14 +133,16 @@ impl Inner {
                 slot,
                 read_only: false,
             });
-            let blocking = self.send_blocking(command, target, lease_deadline, deadline);
-            return self.observed(name, slot, |v| v, blocking).await;
+            let landing = super::Landing::default();
+            let blocking = self.send_blocking(command, target, lease_deadline, deadline, &landing);
+            return self.observed(name, slot, |v| v, &landing, blocking).await;
         }
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
             if info.is_some_and(|i| i.is_write()) {
-                let durable = self.send_durable(command, *slot, durability, deadline);
+                let landing = super::Landing::default();
+                let durable = self.send_durable(command, *slot, durability, deadline, &landing);
                 let (reply, acked) = self
-                    .observed(name, Some(*slot), |(v, _)| v, durable)
+                    .observed(name, Some(*slot), |(v, _)| v, &landing, durable)
                     .await?;
                 if !reply.is_error() && acked < durability.replicas {
                     return Err(Error::NotReplicated {
@@ -399,29 +401,26 @@ impl Inner {
         ))
     }
 
-    /// Runs a command that does not go through [`Inner::send`] (blocking commands,
-    /// durable writes) in its span, and counts it on the primary of `slot` as the map
-    /// says when it starts.
+    /// Runs a request on dedicated connections (blocking commands, durable writes,
+    /// `WATCH` and what follows it) in its span, and counts it on the node it went to
+    /// last, which `request` notes in `landing` (none: it reached no node).
     pub(crate) async fn observed<T>(
         &self,
         name: &'static str,
         slot: Option<u16>,
         reply: fn(&T) -> &Value,
+        landing: &super::Landing,
         request: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
-        let node = slot.and_then(|slot| {
-            let routes = self.routes.load();
-            let shard = routes.map.shard_index(slot)?;
-            routes.primaries.get(shard).cloned()
-        });
         let span = command_span(name, slot);
-        if let Some(node) = &node {
-            span.record("node", &*node.addr);
-        }
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(1);
         let result = request.instrument(span.clone()).await;
         drop(in_flight);
+        let node = landing.take();
+        if let Some(node) = &node {
+            span.record("node", &*node.addr);
+        }
         let status = Status::of(result.as_ref().map(reply));
         command_done(&span, node.as_deref(), name, status, started);
         result

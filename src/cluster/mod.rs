@@ -33,7 +33,7 @@ use crate::topology::RefreshTrigger;
 pub(crate) use config::Config;
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
 pub use dedicated::Durability;
-pub(crate) use dedicated::Lease;
+pub(crate) use dedicated::{Landing, Lease};
 pub(crate) use plan::Plan;
 use refresh::RefreshSignal;
 use routes::{NodeRegistry, Routes};
@@ -295,10 +295,13 @@ impl ClusterClient {
             }
         };
         let name = crate::observe::metrics::command_label(info);
-        let durable = self.inner.send_durable(command, slot, durability, deadline);
+        let landing = Landing::default();
+        let durable = self
+            .inner
+            .send_durable(command, slot, durability, deadline, &landing);
         let (reply, acked) = self
             .inner
-            .observed(name, Some(slot), |(v, _)| v, durable)
+            .observed(name, Some(slot), |(v, _)| v, &landing, durable)
             .await?;
         let value = into_result(reply)?;
         if acked < durability.replicas {
