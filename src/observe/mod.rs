@@ -63,8 +63,10 @@
 //!   fanned out to every primary once per node. Redirects and retries do not count extra
 //!   commands; they show in `redis_redirects_total` and `redis_retries_total`. A command
 //!   whose future is dropped before it ends is not counted. Each command of an explicit
-//!   pipeline counts on its own. Not counted: the cursor pages of `ClusterClient::scan`
-//!   and commands sent on a `watch` connection, which go straight to one connection.
+//!   pipeline counts on its own, and so does each cursor page of `ClusterClient::scan`
+//!   and each command on a `watch` connection (`watch`, what runs on it, `exec`). Not
+//!   counted: the client's own commands (handshakes, topology refreshes, health checks,
+//!   the doctor's checks); refreshes have `redis_topology_refreshes_total`.
 //! - `redis_command_duration_seconds` is per command, not per attempt: it includes the
 //!   time spent following redirects and waiting between retries, which is what the caller
 //!   waited. Commands of an explicit pipeline each record the time of their node's batch.
