@@ -303,11 +303,21 @@ async fn migrating_slots(inner: &Inner, addr: &str) -> Option<Vec<u16>> {
         .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
         .await
         .ok()?;
-    let text = match &reply {
-        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8_lossy(b).into_owned(),
-        _ => return None,
-    };
-    let myself = text.lines().find(|l| l.contains("myself"))?;
+    match &reply {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => open_slots(&String::from_utf8_lossy(b)),
+        _ => None,
+    }
+}
+
+/// The open slots (`[slot->-id]` migrating, `[slot-<-id]` importing) on the line of a
+/// `CLUSTER NODES` reply whose flags (the third field) include `myself`; `None` without
+/// such a line.
+fn open_slots(cluster_nodes: &str) -> Option<Vec<u16>> {
+    let myself = cluster_nodes.lines().find(|line| {
+        line.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|flag| flag == "myself"))
+    })?;
     Some(
         myself
             .split(' ')
@@ -315,4 +325,27 @@ async fn migrating_slots(inner: &Inner, addr: &str) -> Option<Vec<u16>> {
             .filter_map(|field| field.split(['-', '>', '<']).next()?.parse().ok())
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_slots;
+
+    #[test]
+    fn open_slots_come_from_the_myself_line_only() {
+        // The first line's hostname says "myself"; only the flags field counts.
+        let nodes = "\
+a1 127.0.0.1:7001@17001,myself-host master - 0 0 2 connected 100-200 [300->-b2]
+b2 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-99 [5-<-a1] [7->-c3] 8
+c3 127.0.0.1:7002@17002 master - 0 0 3 connected 201-16383
+";
+        assert_eq!(open_slots(nodes), Some(vec![5, 7]));
+        let none_open = "b2 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-16383\n";
+        assert_eq!(open_slots(none_open), Some(vec![]));
+        assert_eq!(
+            open_slots("c3 127.0.0.1:7002@17002 master - 0 0 3 connected\n"),
+            None
+        );
+        assert_eq!(open_slots(""), None);
+    }
 }
