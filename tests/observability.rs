@@ -549,10 +549,46 @@ fn requests_run_in_spans_and_redirects_are_logged() {
             );
             idle.refresh_topology().await.unwrap();
         }
+        // A blocking command, on a dedicated connection, whose slot went back to the
+        // source behind the client's back: MOVED from the target.
+        while client.primary_for_slot(slot) != Some(local.node_addr(to)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the client never saw the move"
+            );
+            client.refresh_topology().await.unwrap();
+        }
+        local.move_slot(slot, from).await.unwrap();
+        let list = "{obs-traced}:list";
+        let popped: Value = client.query(cmd("BLPOP").arg(list).arg(0.1)).await.unwrap();
+        assert_eq!(popped, Value::Nil);
 
         let lines = capture.lines();
         let target = local.node_addr(to);
         let source = local.node_addr(from);
+        // Its span names each attempt's node: the target while the MOVED is logged, the
+        // source at the end.
+        let blpop_moved = lines.iter().find(|l| {
+            l.contains(r#""message":"MOVED redirect""#)
+                && l.contains(r#""command":"blpop""#)
+                && l.contains(&format!(r#""node":"{target}""#))
+        });
+        assert!(
+            blpop_moved.is_some(),
+            "no MOVED event in BLPOP's span on the target:\n{}",
+            lines.join("\n")
+        );
+        let blpop_span = lines.iter().find(|l| {
+            l.contains(r#""name":"redis_command""#)
+                && l.contains(r#""command":"blpop""#)
+                && l.contains(r#""message":"close""#)
+                && l.contains(&format!(r#""node":"{source}""#))
+        });
+        assert!(
+            blpop_span.is_some(),
+            "BLPOP's span does not end on the source:\n{}",
+            lines.join("\n")
+        );
         // The request spans, closed: command, slot and node, never the key.
         let span_of_set = lines.iter().find(|l| {
             l.contains(r#""name":"redis_command""#)

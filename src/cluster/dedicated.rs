@@ -60,8 +60,17 @@ impl Landing {
         Landing(std::sync::Mutex::new(Some(Arc::clone(node))))
     }
 
-    /// The request's next attempt goes to `node`.
+    /// The request's next attempt goes to `node`; the request's `redis_command` span
+    /// (the current one, see [`Inner::observed`]) says so from now on, as it does for
+    /// the attempts of other requests.
     pub(crate) fn at(&self, node: &Arc<Node>) {
+        let span = tracing::Span::current();
+        if span
+            .metadata()
+            .is_some_and(|m| m.name() == crate::cluster::execute::COMMAND_SPAN)
+        {
+            span.record("node", &*node.addr);
+        }
         *self.slot() = Some(Arc::clone(node));
     }
 

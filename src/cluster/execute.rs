@@ -403,7 +403,7 @@ impl Inner {
 
     /// Runs a request on dedicated connections (blocking commands, durable writes,
     /// `WATCH` and what follows it) in its span, and counts it on the node it went to
-    /// last, which `request` notes in `landing` (none: it reached no node).
+    /// last, which `request` notes in `landing` (none: no node was picked).
     pub(crate) async fn observed<T>(
         &self,
         name: &'static str,
@@ -956,9 +956,12 @@ impl Inner {
 /// The metric handles of `node`, or of "no node" for a command that reached none.
 /// The `redis_command` span of one request; `node`, `attempt` and `redirects` are
 /// recorded as they become known, `status` and `duration_ms` at the end.
+/// The name of the span each request runs in.
+pub(crate) const COMMAND_SPAN: &str = "redis_command";
+
 fn command_span(name: &'static str, slot: Option<u16>) -> tracing::Span {
     tracing::debug_span!(
-        "redis_command",
+        COMMAND_SPAN,
         command = name,
         slot,
         node = Empty,

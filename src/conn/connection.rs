@@ -22,7 +22,8 @@
 //! requests anyway.
 //!
 //! At one request at a time the writer stays out of the way: a reply wakes it only when
-//! a request is queued (else the caller's next request does), and it lets the woken
+//! a request is queued or `max_in_flight` was reached (else the caller's next request
+//! does), and it lets the woken
 //! callers run first only after a write of several requests. Waking it for nothing cost
 //! a second worker thread's wake-up and two idle polls of the I/O driver per request:
 //! at 1 request in flight, 1.7 `futex` calls and 3 `epoll_wait`s per request before, none
@@ -147,8 +148,9 @@ struct Shared {
     closed: AtomicBool,
     /// Wakes every task when the connection closes.
     close: Notify,
-    /// Wakes the writer when the reader answered requests: there is room in the
-    /// in-flight queue, and maybe no write left unanswered.
+    /// Wakes the writer when the reader's answers let it write: the last write is all
+    /// answered and a request is queued, or there is room under `max_in_flight` again.
+    /// Also on close.
     room: Notify,
     /// Wakes the writer when the queue stops being empty, and when it holds a full
     /// write's worth.
@@ -572,7 +574,9 @@ impl NodeConnection {
         // The field is public: a 0 would leave no room for any request.
         let shared = Arc::new(Shared::new(options.max_in_flight.max(1)));
         let addr: Arc<str> = Arc::from(addr);
-        let span = tracing::debug_span!("redis_connection", node = %addr);
+        // A root span: the connection outlives the request that opened it, whose span
+        // would otherwise stay open (and hold the connection's events) until it closes.
+        let span = tracing::debug_span!(parent: None, "redis_connection", node = %addr);
         tokio::spawn(tracing::Instrument::instrument(
             write_loop(write, Arc::clone(&shared)),
             span.clone(),
@@ -978,9 +982,9 @@ where
             // requests. Let them, so that those go in this write rather than the next.
             // Twice: at 64 GETs in flight, one yield made writes of 15.6 requests on
             // average, two made 17.9 (a seventh fewer `send`s, and server reads); more
-            // yields added nothing but idle polls of the I/O driver. After a write of
-            // one request, the one caller it woke has sent already if it is going to:
-            // yielding would only delay it.
+            // yields added nothing but idle polls of the I/O driver. A write of one
+            // request woke one caller at most, usually the one whose next request woke
+            // the writer: yielding would only delay that request.
             for _ in 0..WRITER_YIELDS {
                 tokio::task::yield_now().await;
             }

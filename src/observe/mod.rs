@@ -84,7 +84,9 @@
 //! `redirects`, and when it ends `status` (`ok`, `error`, `failure`) and `duration_ms`:
 //! a subscriber that logs span closes (`tracing_subscriber`'s `FmtSpan::CLOSE`) writes
 //! one line per command. Each node's share of an explicit pipeline is written in a
-//! `redis_pipeline` span (`node`, `commands`). Events, targets under `redcluster`:
+//! `redis_pipeline` span (`node`, `commands`). A connection's tasks run in a root
+//! `redis_connection` span (`node`), not in the span of the request that opened it,
+//! which therefore closes when that request ends. Events, targets under `redcluster`:
 //!
 //! - `DEBUG` "MOVED redirect" / "ASK redirect" (`slot`, `from`, `to`), "retrying"
 //!   (`reason`, `attempt`), "connected" / "connect failed" (`node`, `reconnect`).
