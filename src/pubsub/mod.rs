@@ -357,7 +357,8 @@ impl ClusterClient {
         let manager = Manager::new(Arc::clone(&self.inner), &config, Arc::clone(&queue), rx);
         tokio::spawn(tracing::Instrument::instrument(
             manager.run(),
-            tracing::debug_span!("redis_subscriber"),
+            // A root span, as for connections: the subscriber outlives the caller's span.
+            tracing::debug_span!(parent: None, "redis_subscriber"),
         ));
         Ok(Subscriber {
             queue,
