@@ -566,49 +566,48 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         let lines = capture.lines();
         let target = local.node_addr(to);
         let source = local.node_addr(from);
-        // Its span names each attempt's node: the target while the MOVED is logged, the
-        // source at the end.
-        let blpop_moved = lines.iter().find(|l| {
-            l.contains(r#""message":"MOVED redirect""#)
-                && l.contains(r#""command":"blpop""#)
-                && l.contains(&format!(r#""node":"{target}""#))
-        });
-        assert!(
-            blpop_moved.is_some(),
-            "no MOVED event in BLPOP's span on the target:\n{}",
-            lines.join("\n")
-        );
-        let blpop_span = lines.iter().find(|l| {
-            l.contains(r#""name":"redis_command""#)
-                && l.contains(r#""command":"blpop""#)
-                && l.contains(r#""message":"close""#)
-                && l.contains(&format!(r#""node":"{source}""#))
-        });
-        assert!(
-            blpop_span.is_some(),
-            "BLPOP's span does not end on the source:\n{}",
-            lines.join("\n")
-        );
+        let on_target = format!(r#""node":"{target}""#);
+        let on_source = format!(r#""node":"{source}""#);
+        let in_slot = format!(r#""slot":{slot}"#);
+        let logged = |parts: &[&str]| lines.iter().any(|l| parts.iter().all(|p| l.contains(p)));
+        let span = r#""name":"redis_command""#;
         // The request spans, closed: command, slot and node, never the key.
-        let span_of_set = lines.iter().find(|l| {
-            l.contains(r#""name":"redis_command""#)
-                && l.contains(r#""command":"set""#)
-                && l.contains(&format!(r#""slot":{slot}"#))
-                && l.contains(&format!(r#""node":"{source}""#))
-                && l.contains(r#""attempt":1"#)
-        });
         assert!(
-            span_of_set.is_some(),
+            logged(&[
+                span,
+                r#""command":"set""#,
+                &in_slot,
+                &on_source,
+                r#""attempt":1"#
+            ]),
             "no span for the SET:\n{}",
             lines.join("\n")
         );
-        let redirected_get = lines.iter().find(|l| {
-            l.contains(r#""name":"redis_command""#)
-                && l.contains(r#""command":"get""#)
-                && l.contains(&format!(r#""node":"{target}""#))
-                && l.contains(r#""redirects":1"#)
-        });
-        assert!(redirected_get.is_some(), "no span for a redirected GET");
+        assert!(
+            logged(&[span, r#""command":"get""#, &on_target, r#""redirects":1"#]),
+            "no span for a redirected GET"
+        );
+        // BLPOP's span names each attempt's node: the target while the MOVED is logged,
+        // the source when it closes.
+        assert!(
+            logged(&[
+                r#""message":"MOVED redirect""#,
+                r#""command":"blpop""#,
+                &on_target
+            ]),
+            "no MOVED event in BLPOP's span on the target:\n{}",
+            lines.join("\n")
+        );
+        assert!(
+            logged(&[
+                span,
+                r#""message":"close""#,
+                r#""command":"blpop""#,
+                &on_source
+            ]),
+            "BLPOP's span does not close on the source:\n{}",
+            lines.join("\n")
+        );
         // Redirect events.
         let event = |message: &str| {
             lines
