@@ -351,6 +351,74 @@ fn redirects_are_counted_by_kind() {
     });
 }
 
+/// Waits (at most 10 s) for `client` to finish a topology refresh after the `before`th.
+async fn refreshed_since(client: &ClusterClient, before: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.stats().refreshes == before {
+        assert!(tokio::time::Instant::now() < deadline, "no refresh");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_redirect_to_a_node_the_client_never_saw_refreshes_as_unknown_node() {
+    let recorder = recorder();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(recorder);
+    runtime().block_on(async {
+        let local = support::cluster(3, 0).await;
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        let key = "{obs-grown}:secret-key";
+        client.set(key, "secret-value").await.unwrap();
+        let slot = key_slot(key.as_bytes());
+
+        // ASK: the slot migrates to a master added after the client last looked.
+        let first = local.add_master().await.unwrap();
+        let first_addr = local.node_addr(first);
+        assert!(!client.known_nodes().contains(&first_addr));
+        let migration = local.begin_slot_migration(slot, first).await.unwrap();
+        assert_eq!(local.migrate_keys_batch(&migration, 10).await.unwrap(), 1);
+        let before = client.stats().refreshes;
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("secret-value"));
+        assert_eq!(client.stats().ask, 1);
+        refreshed_since(&client, before).await;
+        assert!(client.known_nodes().contains(&first_addr));
+        local.finish_slot_migration(migration).await.unwrap();
+
+        // MOVED: the slot moves on to another new master.
+        let second = local.add_master().await.unwrap();
+        let second_addr = local.node_addr(second);
+        assert!(!client.known_nodes().contains(&second_addr));
+        local.move_slot(slot, second).await.unwrap();
+        let before = client.stats().refreshes;
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("secret-value"));
+        refreshed_since(&client, before).await;
+        assert!(client.known_nodes().contains(&second_addr));
+
+        let metrics = collect(&snapshotter);
+        let refreshes = "redis_topology_refreshes_total";
+        assert!(
+            sum(&metrics, refreshes, &[("trigger", "unknown_node")]) >= 2,
+            "{:?}",
+            metrics
+                .iter()
+                .filter(|m| m.name == refreshes)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            sum(
+                &metrics,
+                "redis_commands_total",
+                &[("command", "get"), ("node", &second_addr), ("status", "ok")]
+            ),
+            1
+        );
+        assert_no_label_contains(&metrics, &["obs-grown", "secret"]);
+    });
+}
+
 #[test]
 fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
     use futures_util::StreamExt;

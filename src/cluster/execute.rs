@@ -822,6 +822,10 @@ impl Inner {
                 self.counters.ask.fetch_add(1, Ordering::Relaxed);
                 metrics::redirect(false);
                 tracing::debug!(slot, from = %from, to = %addr, "ASK redirect");
+                // A slot migrating to a node the map lacks: the cluster grew.
+                if !knows(&self.routes.load(), &self.remap(addr)) {
+                    self.signal.request(RefreshTrigger::UnknownNode);
+                }
             }
         }
     }
@@ -836,7 +840,9 @@ impl Inner {
     /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
     /// learn the rest (a MOVED rarely comes alone).
     pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
+        let mut known = true;
         self.routes.rcu(|current| {
+            known = knows(current, addr);
             if current.map.primary(slot).is_some_and(|p| &**p == addr) {
                 return Arc::clone(current);
             }
@@ -845,7 +851,11 @@ impl Inner {
                     .routes_for(current.map.with_moved(slot, addr), current.version + 1),
             )
         });
-        self.signal.request(RefreshTrigger::Moved);
+        self.signal.request(if known {
+            RefreshTrigger::Moved
+        } else {
+            RefreshTrigger::UnknownNode
+        });
     }
 
     async fn send_split(
@@ -956,6 +966,15 @@ impl Inner {
 /// The metric handles of `node`, or of "no node" for a command that reached none.
 /// The `redis_command` span of one request; `node`, `attempt` and `redirects` are
 /// recorded as they become known, `status` and `duration_ms` at the end.
+/// Whether the topology `routes` were built from has `addr`, as primary or replica.
+fn knows(routes: &Routes, addr: &str) -> bool {
+    routes
+        .map
+        .shards()
+        .iter()
+        .any(|s| &*s.primary == addr || s.replicas.iter().any(|r| &**r == addr))
+}
+
 /// The name of the span each request runs in.
 pub(crate) const COMMAND_SPAN: &str = "redis_command";
 
