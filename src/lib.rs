@@ -41,14 +41,16 @@
 //! | keys in one slot | the slot's primary (reads: as [`ReadFrom`] says) |
 //! | `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH` with keys in several slots | split into one command per slot, sent concurrently; `MGET` replies come back in key order, `MSET` answers `OK` when every part did, the others add up their counts. Not atomic across slots |
 //! | any other command with keys in several slots (`MSETNX`, `RENAME`, `SUNIONSTORE`, `EVAL`, transactions, ...) | [`Error::CrossSlot`] naming the slots, before anything is sent |
-//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, ...) | every primary; replies combined by the table's `response_policy`: summed (`DBSIZE`), merged (`KEYS`), all must succeed (`FLUSHALL`, `PING`) |
-//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `FUNCTION LOAD`, ...) | every node, replicas included, combined likewise |
-//! | per-node reports: `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `SLOWLOG GET`, `LATENCY ...`, `ROLE`, `LASTSAVE` | every primary; the reply is a map from node address to that node's reply |
+//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary; replies combined by the table's `response_policy`: summed (`DBSIZE`), merged (`KEYS`), all must succeed (`FLUSHALL`, `PING`), one must succeed (`SCRIPT KILL`, `FUNCTION KILL`) |
+//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `LATENCY RESET`, ...) | every node, replicas included, combined likewise; those whose policy is `special` (`LATENCY HISTORY`, `LATENCY GRAPH`, `LATENCY HISTOGRAM`) answer a map from node address to reply |
+//! | per-node reports: `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `SLOWLOG GET`, `LATENCY LATEST`, `LATENCY DOCTOR`, `ROLE`, `LASTSAVE` | every primary; the reply is a map from node address to that node's reply |
 //! | other keyless commands (`PUBLISH`, `RANDOMKEY`, `CLUSTER INFO`, ...) | one primary, in turn |
-//! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, `WAIT`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block |
+//! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block |
+//! | `WAIT`, `WAITAOF` | refused with [`Error::Config`]: they count the writes of their own connection, which a shared one cannot tell; use [`ClusterClient::query_durable`] |
 //! | commands unknown to the table (modules) | looked up once with `COMMAND INFO` and cached; if the server does not know them either, routed by their first argument |
 //!
-//! A fan-out never returns a partial result: if any node fails, the whole call fails.
+//! A fan-out never returns a partial result: if any node fails, the whole call fails
+//! (except for `one_succeeded` commands, which need one node to succeed).
 //! `SCAN` over the whole cluster is [`ClusterClient::scan`].
 //!
 //! # Redirects, retries and deadlines
@@ -64,10 +66,11 @@
 //!   backoff and jitter. These mean the command did not run.
 //! - **The retry rule.** A request that was never written (the connection could not be
 //!   opened, or died before the write) is always safe to send again, and is. A request
-//!   that may have reached the server (the connection died after the write, or it timed
-//!   out) is sent again only when the command is read-only or known idempotent (`SET`,
-//!   `DEL`, `HSET`, `SADD`, `EXPIRE`, ...; never `INCR`, `LPUSH`, `GETSET`, ...).
-//!   Otherwise the caller gets the error, and [`Error::may_have_executed`] says `true`.
+//!   that may have reached the server (the connection died after the write) is sent
+//!   again only when the command is read-only or known idempotent (`SET`, `DEL`, `HSET`,
+//!   `SADD`, `EXPIRE`, ...; never `INCR`, `LPUSH`, `GETSET`, ...). Otherwise the caller
+//!   gets the error, and [`Error::may_have_executed`] says `true`. A request that timed
+//!   out is never sent again: its deadline has passed.
 //! - Retries draw on a budget shared by the client ([`RetryBudgetConfig`]), so a failing
 //!   cluster does not get a retry storm.
 //! - A node whose connection keeps failing gets a circuit breaker
@@ -96,7 +99,7 @@
 //! `redis_requests_in_flight`, `redis_pipeline_size`. Labels never carry keys, values
 //! or secrets; `command` is the command's name from the table (`other` for unknown
 //! ones). Through `tracing`: a `redis_command` span per request (command, slot, node,
-//! attempt, redirects, status, duration), events for redirects, topology changes,
+//! attempt, redirects, status, duration_ms), events for redirects, topology changes,
 //! failovers, breaker transitions and reconnects. `examples/metrics_prometheus.rs` and
 //! `examples/structured_logging.rs` show both. [`ClusterClient::health`] is the same
 //! information as a snapshot. [`ClusterClient::doctor`] checks the cluster itself

@@ -5,7 +5,8 @@
 //! transient error (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again on its
 //! own, through the ordinary redirect and retry path: the rest of the pipeline is never
 //! sent twice. When a node's connection fails, each of its commands follows the retry
-//! rule on its own: resent if it was not written or is idempotent, reported otherwise.
+//! rule on its own: resent if it was not written or is idempotent, reported otherwise;
+//! a command that timed out is never resent.
 
 use std::sync::Arc;
 

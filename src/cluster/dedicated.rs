@@ -1,6 +1,7 @@
-//! Requests that need a connection of their own: blocking commands and `WATCH`.
+//! Requests that need a connection of their own: blocking commands, durable writes
+//! (a write and `WAIT`) and `WATCH`.
 //!
-//! A blocking command (`BLPOP`, `XREAD ... BLOCK`, `WAIT`, ...) leases a dedicated
+//! A blocking command (`BLPOP`, `XREAD ... BLOCK`, ...) leases a dedicated
 //! connection from its node's pool, so it never stalls the multiplexed connection others
 //! share. Its deadline is the response timeout plus the time the command itself asks to
 //! block (`BLPOP k 5` may take 5 s more; `BLPOP k 0` blocks until answered or dropped).

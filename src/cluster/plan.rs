@@ -7,16 +7,17 @@
 //! | keys in one slot | that slot's node |
 //! | `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH` over several slots | one sub-command per slot, sent concurrently; `MGET` replies put back in key order, `MSET` answers `OK` when every part did, the others sum their counts |
 //! | any other command with keys in several slots | [`Error::CrossSlot`] before anything is sent |
-//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, ...) | every primary, replies combined by the table's `response_policy` |
-//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `CONFIG SET`, `FUNCTION LOAD`, ...) | every node, primaries and replicas, combined likewise |
-//! | `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `LATENCY ...`, `SLOWLOG GET` and other per-node reports | every primary; the reply is a map from node address to that node's reply |
+//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary, replies combined by the table's `response_policy` |
+//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `CONFIG SET`, `LATENCY RESET`, ...) | every node, primaries and replicas, combined likewise (`special`: a map from node address to reply) |
+//! | `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `LATENCY LATEST`, `SLOWLOG GET` and other per-node reports (`PER_NODE`) | every primary; the reply is a map from node address to that node's reply |
 //! | any other keyless command | one primary, chosen round-robin |
 //!
 //! Combining replies (`response_policy`): `all_succeeded` answers the first reply when
 //! every node succeeded; `one_succeeded` the first success; `agg_sum`/`agg_min`/`agg_max`
 //! and `agg_logical_and`/`agg_logical_or` fold integers (or arrays of integers element by
-//! element); no policy merges arrays (`KEYS`). Whatever the policy, if any node fails the
-//! whole command fails: a fan-out never returns a silently partial result.
+//! element); no policy merges arrays (`KEYS`). Whatever the policy but `one_succeeded`,
+//! if any node fails the whole command fails: a fan-out never returns a silently
+//! partial result.
 
 use smallvec::SmallVec;
 

@@ -48,11 +48,13 @@
 //!   `CLUSTERDOWN` still there after its retries, ...), `failure` (no reply: timeout,
 //!   connection failure, open circuit breaker, too many redirects).
 //! - `kind`: `moved` or `ask` for redirects; `multiplexed` or `dedicated` for connections.
-//! - `trigger`: `moved`, `connection_failure`, `cluster_down`, `unknown_node`,
-//!   `uncovered_slot`, `periodic` (the timer, the initial discovery, or
-//!   `ClusterClient::refresh_topology`).
-//! - `reason`: `connection`, `timeout`, `circuit_open`, `no_route`, `cluster_down`,
-//!   `tryagain`, `loading`, `masterdown`, `other`.
+//! - `trigger`: `moved`, `connection_failure`, `cluster_down`, `unknown_node` (a
+//!   `MOVED` or `ASK` to a node the topology lacks: the cluster grew), `uncovered_slot`,
+//!   `periodic` (the timer, `ClusterClient::refresh_topology`, and a cluster-wide
+//!   `scan`, which refreshes after each node to check that the node still owns the
+//!   slots it scanned). The initial discovery is not counted.
+//! - `reason`: `connection`, `circuit_open`, `no_route`, `cluster_down`, `tryagain`,
+//!   `loading`, `masterdown`, `other`. (A request that timed out is never retried.)
 //! - `state`: `primary`, `replica` (in the current topology), `connected` (with an open
 //!   connection), `breaker_open`.
 //!
@@ -66,7 +68,9 @@
 //!   pipeline counts on its own, and so does each cursor page of `ClusterClient::scan`
 //!   and each command on a `watch` connection (`watch`, what runs on it, `exec`). Not
 //!   counted: the client's own commands (handshakes, topology refreshes, health checks,
-//!   the doctor's checks); refreshes have `redis_topology_refreshes_total`.
+//!   the doctor's checks); refreshes have `redis_topology_refreshes_total`. The one
+//!   exception is the `COMMAND INFO` lookup of a command the built-in table lacks
+//!   (once per name), counted as `command|info`.
 //! - `redis_command_duration_seconds` is per command, not per attempt: it includes the
 //!   time spent following redirects and waiting between retries, which is what the caller
 //!   waited. Commands of an explicit pipeline each record the time of their node's batch.
