@@ -963,9 +963,6 @@ impl Inner {
     }
 }
 
-/// The metric handles of `node`, or of "no node" for a command that reached none.
-/// The `redis_command` span of one request; `node`, `attempt` and `redirects` are
-/// recorded as they become known, `status` and `duration_ms` at the end.
 /// Whether the topology `routes` were built from has `addr`, as primary or replica.
 fn knows(routes: &Routes, addr: &str) -> bool {
     routes
@@ -978,6 +975,8 @@ fn knows(routes: &Routes, addr: &str) -> bool {
 /// The name of the span each request runs in.
 pub(crate) const COMMAND_SPAN: &str = "redis_command";
 
+/// The `redis_command` span of one request; `node`, `attempt` and `redirects` are
+/// recorded as they become known, `status` and `duration_ms` at the end.
 fn command_span(name: &'static str, slot: Option<u16>) -> tracing::Span {
     tracing::debug_span!(
         COMMAND_SPAN,
@@ -1004,6 +1003,7 @@ fn command_done(
     crate::observe::events::command_outcome(span, status, elapsed);
 }
 
+/// The metric handles of `node`, or of "no node" for a command that reached none.
 fn node_metrics(node: Option<&Node>) -> &metrics::NodeMetrics {
     match node {
         Some(node) => &node.metrics,

@@ -8,11 +8,12 @@
 //! The per-request metrics (`redis_commands_total`, `redis_command_duration_seconds`) go
 //! through handles registered once per (command, node) and cached in the node: a request
 //! reads the cache (no lock, no allocation), increments a counter and records a
-//! histogram sample. The `redis_requests_in_flight` gauge's handle is cached per thread. With no recorder installed those handles are
-//! no-ops. A cache remembers which recorder it registered with (by the recorder's
-//! address), so a recorder installed after the client was built is picked up on the next
-//! request. (A thread-local recorder dropped, and another made at the same address, would
-//! be taken for the first; global recorders live as long as the process.)
+//! histogram sample. The `redis_requests_in_flight` gauge's handle is cached per
+//! thread. With no recorder installed those handles are no-ops. A cache remembers which
+//! recorder it registered with (by the recorder's address), so a recorder installed
+//! after the client was built is picked up on the next request. (A thread-local recorder
+//! dropped, and another made at the same address, would be taken for the first; global
+//! recorders live as long as the process.)
 //!
 //! Label values are `&'static str` (command names from the command table, statuses,
 //! kinds) or the node's `Arc<str>` address: building a label never copies a string.
