@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
+use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, key_slot, ClusterClient, Durability, ScanOptions, Value};
 use support::{master_other_than, other_master};
 
@@ -64,6 +65,22 @@ impl Metric {
             _ => panic!("{} is not a gauge", self.name),
         }
     }
+}
+
+/// Runs `test` on a fresh runtime, against a fresh cluster of 3 masters, with a fresh
+/// recorder installed for this thread; `test` gets the cluster and the recorder's
+/// snapshotter.
+fn on_a_recorded_cluster<F>(test: impl FnOnce(LocalCluster, Snapshotter) -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let recorder = recorder();
+    let snapshotter = recorder.snapshotter();
+    let _recorder = metrics::set_default_local_recorder(recorder);
+    runtime().block_on(async {
+        let local = support::cluster(3, 0).await;
+        test(local, snapshotter).await;
+    });
 }
 
 /// Everything recorded since the last snapshot: a snapshot drains the recorder (counters
@@ -122,11 +139,7 @@ fn assert_no_label_contains(metrics: &[Metric], secrets: &[&str]) {
 
 #[test]
 fn pipelined_commands_are_counted_once_each_by_status() {
-    let recorder = recorder();
-    let snapshotter = recorder.snapshotter();
-    let _recorder = metrics::set_default_local_recorder(recorder);
-    runtime().block_on(async {
-        let local = support::cluster(3, 0).await;
+    on_a_recorded_cluster(|local, snapshotter| async move {
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         const SETS: usize = 50;
         let mut p = client.pipeline();
@@ -165,11 +178,7 @@ fn pipelined_commands_are_counted_once_each_by_status() {
 
 #[test]
 fn commands_are_counted_per_command_node_and_status() {
-    let recorder = recorder();
-    let snapshotter = recorder.snapshotter();
-    let _recorder = metrics::set_default_local_recorder(recorder);
-    runtime().block_on(async {
-        let local = support::cluster(3, 0).await;
+    on_a_recorded_cluster(|local, snapshotter| async move {
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         const SETS: usize = 60;
         const GETS: usize = 40;
@@ -291,11 +300,7 @@ fn commands_are_counted_per_command_node_and_status() {
 
 #[test]
 fn redirects_are_counted_by_kind() {
-    let recorder = recorder();
-    let snapshotter = recorder.snapshotter();
-    let _recorder = metrics::set_default_local_recorder(recorder);
-    runtime().block_on(async {
-        let local = support::cluster(3, 0).await;
+    on_a_recorded_cluster(|local, snapshotter| async move {
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         let key = "{obs-migrating}:secret-key";
         client.set(key, "secret-value").await.unwrap();
@@ -317,14 +322,7 @@ fn redirects_are_counted_by_kind() {
         assert!(stats.ask >= 1 && stats.moved >= 1, "{stats:?}");
         // The MOVED asked for a refresh; wait for it. (A snapshot drains the recorder:
         // take one only, at the end.)
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while client.stats().refreshes == refreshes {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no refresh after MOVED"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        refreshed_since(&client, refreshes).await;
 
         let metrics = collect(&snapshotter);
         let redirects = "redis_redirects_total";
@@ -362,11 +360,7 @@ async fn refreshed_since(client: &ClusterClient, before: u64) {
 
 #[test]
 fn a_redirect_to_a_node_the_client_never_saw_refreshes_as_unknown_node() {
-    let recorder = recorder();
-    let snapshotter = recorder.snapshotter();
-    let _recorder = metrics::set_default_local_recorder(recorder);
-    runtime().block_on(async {
-        let local = support::cluster(3, 0).await;
+    on_a_recorded_cluster(|local, snapshotter| async move {
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         let key = "{obs-grown}:secret-key";
         client.set(key, "secret-value").await.unwrap();
@@ -423,11 +417,7 @@ fn a_redirect_to_a_node_the_client_never_saw_refreshes_as_unknown_node() {
 fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
     use futures_util::StreamExt;
 
-    let recorder = recorder();
-    let snapshotter = recorder.snapshotter();
-    let _recorder = metrics::set_default_local_recorder(recorder);
-    runtime().block_on(async {
-        let local = support::cluster(3, 0).await;
+    on_a_recorded_cluster(|local, snapshotter| async move {
         let client = ClusterClient::connect(local.seeds()).await.unwrap();
         for i in 0..30 {
             client.set(format!("obs-scan:{i}"), i).await.unwrap();
