@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::resp;
@@ -120,14 +120,12 @@ impl Cmd {
     /// ```
     pub fn push_arg<A: ToArg>(&mut self, arg: A) {
         arg.with_bytes(|bytes| {
-            // One reservation for the whole `$<len>\r\n<bytes>\r\n` (20 digits at most).
-            self.encoded.reserve(bytes.len() + 25);
-            resp::encode_header(b'$', bytes.len(), &mut self.encoded);
-            // Offsets past 4 GiB cannot occur: the server refuses arguments over 512 MiB.
-            let start = u32::try_from(self.encoded.len()).unwrap_or(u32::MAX);
+            resp::encode_bulk(bytes, &mut self.encoded);
+            // The argument's bytes end just before the closing `\r\n`. Offsets past
+            // 4 GiB cannot occur: the server refuses arguments over 512 MiB.
+            let start = self.encoded.len() - 2 - bytes.len();
+            let start = u32::try_from(start).unwrap_or(u32::MAX);
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            self.encoded.put_slice(bytes);
-            self.encoded.put_slice(b"\r\n");
             self.spans.push((start, len));
         });
     }
