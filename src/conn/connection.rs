@@ -1293,19 +1293,13 @@ mod tests {
         answer
     }
 
-    /// Queues `command` as `Shared::enqueue` would, with any deadline, even a past one.
+    /// Queues `command` with `Shared::enqueue`, which takes any deadline, even a past
+    /// one (the caller's `submit` never passes one).
     fn queue_directly(shared: &Shared, command: &Cmd, deadline: Instant) -> ReplyReceiver {
-        let (reply, answer) = reply::channel();
-        let mut queue = lock(&shared.queue);
-        let start = queue.bytes.len();
-        command.write_to(&mut queue.bytes);
-        let len = queue.bytes.len() - start;
-        queue.requests.push_back(Request {
-            reply,
-            deadline,
-            len,
-            expected: 1,
-        });
+        let cmds = Cmds::One(command.clone());
+        let Ok(answer) = shared.enqueue(&cmds, &CommandRenames::default(), deadline) else {
+            panic!("an open connection with room refused a request");
+        };
         answer
     }
 
@@ -1333,7 +1327,6 @@ mod tests {
         let after = queue_directly(&shared, &cmd("GET").arg("b"), in_an_hour());
         let (client, mut server) = tokio::io::duplex(1024);
         let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
-        shared.work.notify_one();
         let outcome = late.await.expect("answered, not dropped");
         assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
         let expected = encoded(&[cmd("GET").arg("a"), cmd("GET").arg("b")]);
@@ -1541,10 +1534,8 @@ mod tests {
         // write blocks.
         let (client, _server) = tokio::io::duplex(4096);
         let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
-        let big = Cmds::One(cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]));
-        let Ok(answer) = shared.enqueue(&big, &CommandRenames::default(), in_an_hour()) else {
-            panic!("an open connection with room refused a request");
-        };
+        let big = cmd("SET").arg("k").arg(vec![b'x'; 1 << 20]);
+        let answer = queue_directly(&shared, &big, in_an_hour());
         // The request is recorded as in flight just before its bytes go out.
         let recorded = async {
             while shared.in_flight().is_empty() {
