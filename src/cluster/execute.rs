@@ -840,9 +840,8 @@ impl Inner {
     /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
     /// learn the rest (a MOVED rarely comes alone).
     pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
-        let mut known = true;
+        let known = knows(&self.routes.load(), addr);
         self.routes.rcu(|current| {
-            known = knows(current, addr);
             if current.map.primary(slot).is_some_and(|p| &**p == addr) {
                 return Arc::clone(current);
             }
