@@ -94,9 +94,7 @@ async fn concurrent_requests_are_coalesced_into_few_writes() {
 async fn resp3_and_resp2_both_work_and_convert_alike() {
     let local = one_node().await;
     let addr = local.node_addr(0);
-    let resp3 = NodeConnection::connect(&addr, &ConnectOptions::default())
-        .await
-        .unwrap();
+    let resp3 = connect(&addr).await;
     let resp2 =
         NodeConnection::connect(&addr, &ConnectOptions::default().protocol(Protocol::Resp2))
             .await
@@ -137,12 +135,8 @@ async fn resp3_and_resp2_both_work_and_convert_alike() {
 async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
     let local = one_node().await;
     let addr = local.node_addr(0);
-    let tracked = NodeConnection::connect(&addr, &ConnectOptions::default())
-        .await
-        .unwrap();
-    let writer = NodeConnection::connect(&addr, &ConnectOptions::default())
-        .await
-        .unwrap();
+    let tracked = connect(&addr).await;
+    let writer = connect(&addr).await;
     assert_eq!(
         tracked
             .send(cmd("CLIENT").arg("TRACKING").arg("on"))
@@ -174,12 +168,8 @@ async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
 async fn a_connection_killed_by_the_server_answers_its_pending_request() {
     let local = one_node().await;
     let addr = local.node_addr(0);
-    let victim = NodeConnection::connect(&addr, &ConnectOptions::default())
-        .await
-        .unwrap();
-    let admin = NodeConnection::connect(&addr, &ConnectOptions::default())
-        .await
-        .unwrap();
+    let victim = connect(&addr).await;
+    let admin = connect(&addr).await;
     let id = i64::from_value(victim.send(cmd("CLIENT").arg("ID")).await.unwrap()).unwrap();
     let pending = {
         let victim = victim.clone();
@@ -215,6 +205,13 @@ async fn a_connection_killed_by_the_server_answers_its_pending_request() {
     );
 }
 
+/// A connection to `addr` with the default options.
+async fn connect(addr: &str) -> NodeConnection {
+    NodeConnection::connect(addr, &ConnectOptions::default())
+        .await
+        .unwrap()
+}
+
 /// Polls `admin` until the server shows a client blocked in `cmd=<name>` (bounded).
 async fn wait_until_blocked(admin: &NodeConnection, id: i64, name: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -239,12 +236,8 @@ async fn wait_until_blocked(admin: &NodeConnection, id: i64, name: &str) {
 async fn requests_expired_or_abandoned_while_held_back_never_run_and_the_rest_stay_in_step() {
     let local = one_node().await;
     let addr = local.node_addr(0);
-    let conn = NodeConnection::connect(&addr, &ConnectOptions::default())
-        .await
-        .unwrap();
-    let admin = NodeConnection::connect(&addr, &ConnectOptions::default())
-        .await
-        .unwrap();
+    let conn = connect(&addr).await;
+    let admin = connect(&addr).await;
     conn.send(
         cmd("DEL")
             .arg("held:counter")
