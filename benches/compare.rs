@@ -653,12 +653,8 @@ fn ratios(
     round_rates: &BTreeMap<(usize, usize), Vec<f64>>,
     bench_rate: Option<&std::result::Result<f64, String>>,
 ) -> String {
-    let rates = |w: usize, name: &str| {
-        env.clients
-            .iter()
-            .position(|c| *c == name)
-            .and_then(|c| round_rates.get(&(w, c)))
-    };
+    let client = |name: &str| env.clients.iter().position(|c| *c == name);
+    let rates = |w: usize, name: &str| client(name).and_then(|c| round_rates.get(&(w, c)));
     // redcluster's ops/s over the faster other's in the same round: the clients of one
     // round ran a few seconds apart, so this shows how far the machine's drift moves the
     // ratio, which the ratio of medians hides.
@@ -686,12 +682,7 @@ fn ratios(
             per_round[per_round.len() - 1]
         )
     };
-    let find = |w: usize, name: &str| {
-        env.clients
-            .iter()
-            .position(|c| *c == name)
-            .and_then(|c| results.get(&(w, c)))
-    };
+    let find = |w: usize, name: &str| client(name).and_then(|c| results.get(&(w, c)));
     let yes = |ok: bool| if ok { "met" } else { "NOT met" };
     let mut rows = Vec::new();
     for (w, workload) in env.workloads.iter().enumerate() {
