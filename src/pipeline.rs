@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{plan, Plan};
 use crate::cluster::{ClusterClient, Landing, Lease};
-use crate::cmd::{cmd, Cmd, ToArg};
+use crate::cmd::{cmd, Cmd, CmdArena, ToArg};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
 use crate::observe::metrics;
@@ -35,10 +35,17 @@ static NIL: Value = Value::Nil;
 /// let replies: Vec<Value> = p.execute().await?;
 /// # Ok(()) }
 /// ```
+///
+/// The typed helpers ([`Pipeline::set`], [`Pipeline::get`], ...) build their commands
+/// back to back in shared buffers: a pipeline of a thousand takes a few allocations
+/// where [`Pipeline::add`] takes one per command.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     client: ClusterClient,
     cmds: Vec<Cmd>,
+    /// Where the typed helpers (`set`, `get`, ...) build their commands: a pipeline of
+    /// a thousand takes a few allocations, not one per command.
+    arena: CmdArena,
 }
 
 impl Pipeline {
@@ -46,6 +53,7 @@ impl Pipeline {
         Pipeline {
             client,
             cmds: Vec::new(),
+            arena: CmdArena::default(),
         }
     }
 
@@ -162,6 +170,12 @@ impl Pipeline {
             .collect()
     }
 
+    /// Adds the command `name` with the arguments `build` gives it, built in the arena.
+    fn typed(&mut self, name: &str, build: impl FnOnce(Cmd) -> Cmd) -> &mut Self {
+        let command = self.arena.cmd(name, build);
+        self.add(command)
+    }
+
     /// Adds `GET key`.
     ///
     /// ```no_run
@@ -171,7 +185,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn get<K: ToArg>(&mut self, key: K) -> &mut Self {
-        self.add(cmd("GET").arg(key))
+        self.typed("GET", |c| c.arg(key))
     }
 
     /// Adds `SET key value`.
@@ -183,7 +197,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn set<K: ToArg, V: ToArg>(&mut self, key: K, value: V) -> &mut Self {
-        self.add(cmd("SET").arg(key).arg(value))
+        self.typed("SET", |c| c.arg(key).arg(value))
     }
 
     /// Adds `DEL key`.
@@ -195,7 +209,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn del<K: ToArg>(&mut self, key: K) -> &mut Self {
-        self.add(cmd("DEL").arg(key))
+        self.typed("DEL", |c| c.arg(key))
     }
 
     /// Adds `INCRBY key delta`.
@@ -207,7 +221,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn incr<K: ToArg>(&mut self, key: K, delta: i64) -> &mut Self {
-        self.add(cmd("INCRBY").arg(key).arg(delta))
+        self.typed("INCRBY", |c| c.arg(key).arg(delta))
     }
 
     /// Adds `PEXPIRE key ttl`.
@@ -221,7 +235,7 @@ impl Pipeline {
     /// ```
     pub fn expire<K: ToArg>(&mut self, key: K, ttl: std::time::Duration) -> &mut Self {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        self.add(cmd("PEXPIRE").arg(key).arg(ms))
+        self.typed("PEXPIRE", |c| c.arg(key).arg(ms))
     }
 
     /// Adds `HSET key field value`.
@@ -233,7 +247,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn hset<K: ToArg, F: ToArg, V: ToArg>(&mut self, key: K, field: F, value: V) -> &mut Self {
-        self.add(cmd("HSET").arg(key).arg(field).arg(value))
+        self.typed("HSET", |c| c.arg(key).arg(field).arg(value))
     }
 
     /// Adds `HGET key field`.
@@ -245,7 +259,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn hget<K: ToArg, F: ToArg>(&mut self, key: K, field: F) -> &mut Self {
-        self.add(cmd("HGET").arg(key).arg(field))
+        self.typed("HGET", |c| c.arg(key).arg(field))
     }
 
     /// Adds `RPUSH key value`.
@@ -257,7 +271,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn rpush<K: ToArg, V: ToArg>(&mut self, key: K, value: V) -> &mut Self {
-        self.add(cmd("RPUSH").arg(key).arg(value))
+        self.typed("RPUSH", |c| c.arg(key).arg(value))
     }
 
     /// Adds `SADD key member`.
@@ -269,7 +283,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn sadd<K: ToArg, M: ToArg>(&mut self, key: K, member: M) -> &mut Self {
-        self.add(cmd("SADD").arg(key).arg(member))
+        self.typed("SADD", |c| c.arg(key).arg(member))
     }
 
     /// Adds `ZADD key score member`.
@@ -281,7 +295,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn zadd<K: ToArg, M: ToArg>(&mut self, key: K, score: f64, member: M) -> &mut Self {
-        self.add(cmd("ZADD").arg(key).arg(score).arg(member))
+        self.typed("ZADD", |c| c.arg(key).arg(score).arg(member))
     }
 }
 

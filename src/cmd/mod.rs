@@ -3,7 +3,8 @@
 //! A `Cmd` keeps its arguments already encoded as RESP bulk strings in one buffer, so
 //! sending it is a single copy into the connection's write buffer and building a typical
 //! command costs one allocation (up to 128 encoded bytes and 8 arguments; larger ones
-//! grow the buffer).
+//! grow the buffer). A pipeline's typed helpers build their commands back to back in
+//! shared chunks instead (`CmdArena`), a few allocations for a thousand commands.
 
 use std::fmt;
 
@@ -223,6 +224,47 @@ impl Cmd {
     }
 }
 
+/// Room that commands are built in back to back, so that many small commands (a
+/// pipeline's) share a few allocations instead of taking one each.
+///
+/// Each command's bytes are split off the shared chunk (`BytesMut::split_off` keeps one
+/// reference-counted allocation); when the room left is short, the next command starts a
+/// new chunk, and the old one is freed with the last command that uses it.
+#[derive(Clone, Default)]
+pub(crate) struct CmdArena(BytesMut);
+
+/// With less free room than this, the next command starts a new chunk.
+const ARENA_MIN_ROOM: usize = 128;
+/// A new chunk's size: room for about a hundred typical commands.
+const ARENA_CHUNK: usize = 8 * 1024;
+
+impl CmdArena {
+    /// Builds `name` and the arguments `build` adds in the arena's free room.
+    pub(crate) fn cmd(&mut self, name: &str, build: impl FnOnce(Cmd) -> Cmd) -> Cmd {
+        // The arena never holds bytes: its capacity is all free room.
+        if self.0.capacity() < ARENA_MIN_ROOM {
+            self.0.reserve(ARENA_CHUNK);
+        }
+        let started = Cmd {
+            encoded: std::mem::take(&mut self.0),
+            spans: SmallVec::new(),
+        };
+        let mut built = build(started.arg(name));
+        // A command that outgrew the room moved to a buffer of its own; either way, what
+        // it left unused is the room for the next.
+        self.0 = built.encoded.split_off(built.encoded.len());
+        built
+    }
+}
+
+impl fmt::Debug for CmdArena {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CmdArena")
+            .field("room", &self.0.capacity())
+            .finish()
+    }
+}
+
 impl fmt::Debug for Cmd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Cmd")
@@ -397,6 +439,44 @@ mod tests {
         assert_eq!(c.encoded_len(), out.len());
         let decoded = resp::decode_all(&out).unwrap();
         assert_eq!(decoded.len(), 1);
+    }
+
+    #[test]
+    fn commands_built_in_an_arena_share_its_chunk_and_stand_alone() {
+        let mut arena = CmdArena::default();
+        let first = arena.cmd("SET", |c| c.arg("k1").arg("v1"));
+        let second = arena.cmd("GET", |c| c.arg("k2"));
+        assert_eq!(
+            first.arg_iter().collect::<Vec<_>>(),
+            [&b"SET"[..], b"k1", b"v1"]
+        );
+        assert_eq!(second.arg_iter().collect::<Vec<_>>(), [&b"GET"[..], b"k2"]);
+        // Back to back in one chunk: the second starts where the first ends.
+        let end_of_first = first.encoded.as_ptr_range().end;
+        assert_eq!(second.encoded.as_ptr(), end_of_first);
+        let mut out = BytesMut::new();
+        second.write_to(&mut out);
+        assert_eq!(&out[..], b"*2\r\n$3\r\nGET\r\n$2\r\nk2\r\n");
+
+        // A command larger than the room left gets a buffer of its own, whole.
+        let big = vec![b'x'; 3 * ARENA_CHUNK];
+        let third = arena.cmd("SET", |c| c.arg("k3").arg(&big[..]));
+        assert_eq!(third.arg_at(2), Some(&big[..]));
+        // Growing an arena command later copies it out, leaving its neighbours alone.
+        let mut grown = arena.cmd("RPUSH", |c| c.arg("list"));
+        let after = arena.cmd("GET", |c| c.arg("k4"));
+        grown.push_arg(&big[..]);
+        assert_eq!(grown.arg_at(2), Some(&big[..]));
+        assert_eq!(after.arg_iter().collect::<Vec<_>>(), [&b"GET"[..], b"k4"]);
+        // Many commands: each intact after the arena moved on to new chunks.
+        let many: Vec<Cmd> = (0..1000)
+            .map(|i| arena.cmd("SET", |c| c.arg(format!("key:{i}")).arg(i)))
+            .collect();
+        for (i, c) in many.iter().enumerate() {
+            assert_eq!(c.arg_at(1), Some(format!("key:{i}").as_bytes()));
+            assert_eq!(c.arg_at(2), Some(i.to_string().as_bytes()));
+        }
+        assert!(!format!("{arena:?}").contains("key"));
     }
 
     #[test]
