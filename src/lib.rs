@@ -124,6 +124,7 @@ pub mod resp;
 mod cluster;
 mod cmd;
 mod conn;
+mod deadline;
 mod error;
 mod observe;
 mod pipeline;

@@ -1,9 +1,11 @@
 //! Explicit pipelines across slots, and `MULTI`/`EXEC` transactions.
 //!
 //! A [`Pipeline`] takes commands for any slots; they are grouped by node, each node's
-//! share written at once, all nodes in parallel, and the replies come back in the order
-//! the commands were added. A [`Transaction`] runs its commands atomically on one node;
-//! they must all hash to one slot.
+//! share written at once, in the order added, all nodes in parallel, and the replies
+//! come back in the order the commands were added. A [`Transaction`] runs its commands
+//! atomically on one node; they must all hash to one slot. Neither takes the commands
+//! that hold a connection (`MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`): they send
+//! their own.
 
 use tokio::time::Instant;
 
@@ -157,7 +159,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub async fn execute_each(self) -> Vec<Result<Value>> {
-        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
         self.client
             .inner
             .execute_pipeline(self.cmds, deadline)
@@ -370,10 +372,12 @@ impl Transaction {
     ///
     /// # Errors
     ///
-    /// [`Error::CrossSlot`] before anything is sent when the keys span slots; the error
-    /// reply of a command the server refused to queue (wrong arity, unknown command:
-    /// then nothing ran); transport errors as for any request (a transaction is never
-    /// resent once it may have reached the server).
+    /// [`Error::CrossSlot`] before anything is sent when the keys span slots;
+    /// [`Error::Config`], before anything is sent, for a command that runs on every node
+    /// (`KEYS`, `DBSIZE`) or holds a connection (`MULTI`, `WATCH`); the error reply of a
+    /// command the server refused to queue (wrong arity, unknown command: then nothing
+    /// ran); transport errors as for any request (a transaction is never resent once it
+    /// may have reached the server).
     ///
     /// # Examples
     ///
@@ -391,7 +395,7 @@ impl Transaction {
         if self.cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
         match self
             .client
             .inner
@@ -464,9 +468,11 @@ impl Watched {
     ///
     /// # Errors
     ///
-    /// [`Error::CrossSlot`] for keys in another slot; otherwise as
-    /// [`ClusterClient::query`], except that redirects are not followed: a `MOVED` here
-    /// means the slot moved, and the caller should start over.
+    /// [`Error::CrossSlot`] for keys in another slot; [`Error::Config`] for a command
+    /// that runs on every node or would end the watch (`UNWATCH`, `MULTI`: use
+    /// [`Watched::exec`]); otherwise as [`ClusterClient::query`], except that redirects
+    /// are not followed: a `MOVED` here means the slot moved, and the caller should
+    /// start over.
     ///
     /// # Examples
     ///
@@ -477,7 +483,7 @@ impl Watched {
     /// # Ok(()) }
     /// ```
     pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
-        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
         self.check_slot(&command, deadline).await?;
         let name = metrics::command_label(crate::cmd::lookup(&command));
         let landing = Landing::on(self.lease.node());
@@ -522,7 +528,7 @@ impl Watched {
     /// # Ok(()) }
     /// ```
     pub async fn exec(mut self, cmds: Vec<Cmd>) -> Result<Option<Vec<Value>>> {
-        let deadline = Instant::now() + self.client.inner.config.response_timeout;
+        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
         for command in &cmds {
             self.check_slot(command, deadline).await?;
         }
@@ -576,6 +582,7 @@ impl Watched {
             Plan::Split { parts, .. } => {
                 slots.extend(parts.iter().map(|p| p.slot).filter(|&s| s != self.slot))
             }
+            Plan::FanOut { .. } => return Err(plan::fan_out_in_transaction(command)),
             _ => {}
         }
         slots.dedup();
@@ -626,7 +633,7 @@ impl ClusterClient {
                 return Err(Error::CrossSlot { slots: distinct });
             }
         };
-        let deadline = Instant::now() + self.inner.config.response_timeout;
+        let deadline = crate::deadline::from_now(self.inner.config.response_timeout);
         // Counted as a `watch` (status from the outcome: a refused WATCH is an error).
         let landing = Landing::default();
         let watching = self.inner.watch(slot, keys, deadline, &landing);

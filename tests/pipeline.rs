@@ -6,7 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use redcluster::{cmd, key_slot, ClusterClient, Error, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use redcluster::{cmd, key_slot, ClusterClient, Error, ServerError, Value};
+use support::fake_cluster::{Action, FakeCluster};
 use support::{key_in_slot, other_master};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,4 +220,237 @@ async fn a_transaction_follows_its_slot_to_a_new_owner() {
         70,
         "ran exactly once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_hold_a_connection_never_ride_the_shared_one() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+
+    // MULTI and its kin would turn a shared connection into a transaction for everyone:
+    // refused wherever a user command goes, before anything is sent.
+    for c in [
+        cmd("MULTI"),
+        cmd("exec"),
+        cmd("DISCARD"),
+        cmd("WATCH").arg("hc:k"),
+        cmd("UNWATCH"),
+    ] {
+        let refused = client.query::<Value>(c.clone()).await;
+        assert!(
+            matches!(refused, Err(Error::Config(_))),
+            "{c:?}: {refused:?}"
+        );
+    }
+    let mut p = client.pipeline();
+    p.set("hc:a", 1).add(cmd("MULTI")).get("hc:a");
+    let each = p.execute_each().await;
+    assert!(matches!(each[1], Err(Error::Config(_))), "{each:?}");
+    assert_eq!(each[2].as_ref().unwrap(), &Value::Bulk("1".into()));
+    // No shared connection was left inside a MULTI: every primary answers with values,
+    // not `QUEUED`.
+    for i in 0..30 {
+        let key = format!("hc:{i}");
+        client.set(&key, i).await.unwrap();
+        assert_eq!(client.get::<_, i64>(&key).await.unwrap(), i);
+    }
+
+    // A command that runs on every node has no place in a transaction, which runs on one.
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("{hc}:n")).add(cmd("DBSIZE"));
+    assert!(matches!(tx.execute().await, Err(Error::Config(_))));
+    assert_eq!(
+        client.get::<_, Option<i64>>("{hc}:n").await.unwrap(),
+        None,
+        "nothing ran"
+    );
+    let mut watched = client.watch(["{hc}:n"]).await.unwrap();
+    let keys = watched.query::<Value>(cmd("KEYS").arg("*")).await;
+    assert!(matches!(keys, Err(Error::Config(_))), "{keys:?}");
+    let unwatch = watched.query::<Value>(cmd("UNWATCH")).await;
+    assert!(matches!(unwatch, Err(Error::Config(_))), "{unwatch:?}");
+    // The watch still holds: a change by someone else aborts the EXEC.
+    client.set("{hc}:n", 10).await.unwrap();
+    let aborted = watched.exec(vec![cmd("INCR").arg("{hc}:n")]).await.unwrap();
+    assert_eq!(aborted, None);
+
+    // A blocking command in a pipeline gets a connection of its own: while it waits,
+    // the node's shared connection keeps answering.
+    let (list, flag) = ("{hq}:jobs", "{hq}:flag");
+    client.set(flag, "up").await.unwrap();
+    let master = local
+        .master_of_slot(key_slot(list.as_bytes()))
+        .await
+        .unwrap();
+    let blocked = || support::info_field(&local, master, "clients", "blocked_clients");
+    let blocked_before = blocked().await.unwrap();
+    let mut p = client.pipeline();
+    p.get(flag).add(cmd("BLPOP").arg(list).arg(0)).get(flag);
+    let pipeline = tokio::spawn(p.execute());
+    let waited_since = tokio::time::Instant::now();
+    while blocked().await.unwrap() == blocked_before {
+        assert!(
+            waited_since.elapsed() < Duration::from_secs(5),
+            "the BLPOP never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answered = tokio::time::timeout(Duration::from_secs(2), client.get::<_, String>(flag))
+        .await
+        .expect("a GET on the node is not held up behind the pipeline's BLPOP");
+    assert_eq!(answered.unwrap(), "up");
+    client
+        .query::<i64>(cmd("LPUSH").arg(list).arg("job"))
+        .await
+        .unwrap();
+    let replies = tokio::time::timeout(Duration::from_secs(5), pipeline)
+        .await
+        .expect("the BLPOP got the pushed job")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        replies,
+        vec![
+            Value::Bulk("up".into()),
+            Value::Array(vec![Value::Bulk(list.into()), Value::Bulk("job".into())]),
+            Value::Bulk("up".into()),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_writes_in_a_pipeline_each_get_a_wait_and_huge_timeouts_never_panic() {
+    let local = support::cluster(3, 0).await;
+    // `Duration::MAX` everywhere a user may put it: deadlines a century ahead, and a
+    // `WAIT` timeout the server accepts.
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::MAX)
+        .durable_writes(redcluster::Durability::new(0, Duration::MAX))
+        .build()
+        .await
+        .unwrap();
+    let masters = local.masters().await.unwrap();
+    let waits = || async {
+        let mut calls = 0;
+        for &m in &masters {
+            calls += support::info_field(&local, m, "commandstats", "cmdstat_wait:calls")
+                .await
+                .unwrap_or(0);
+        }
+        calls
+    };
+    let before = waits().await;
+    let mut p = client.pipeline();
+    let mut primaries = Vec::new();
+    for i in 0..10 {
+        let key = format!("dp:{i}");
+        let primary = local
+            .master_of_slot(key_slot(key.as_bytes()))
+            .await
+            .unwrap();
+        if !primaries.contains(&primary) {
+            primaries.push(primary);
+        }
+        p.set(key, i);
+    }
+    // Read after the write it depends on: a durable batch keeps the pipeline's order.
+    p.get("dp:3");
+    let replies = p.execute().await.unwrap();
+    assert_eq!(replies.len(), 11);
+    assert_eq!(replies[10], Value::Bulk("3".into()));
+    assert_eq!(
+        waits().await - before,
+        primaries.len() as u64,
+        "one WAIT after each node's batch"
+    );
+
+    // A cluster without replicas cannot meet one acknowledgement: each write says so,
+    // after it ran on its primary; the read is answered as usual.
+    let strict = ClusterClient::builder()
+        .nodes(local.seeds())
+        .durable_writes(redcluster::Durability::new(1, Duration::from_millis(20)))
+        .build()
+        .await
+        .unwrap();
+    let mut p = strict.pipeline();
+    p.set("{dp}:b", "x").get("{dp}:b").incr("dp:c", 1);
+    let each = p.execute_each().await;
+    assert!(
+        matches!(
+            each[0],
+            Err(Error::NotReplicated {
+                acknowledged: 0,
+                requested: 1
+            })
+        ),
+        "{each:?}"
+    );
+    assert_eq!(each[1].as_ref().unwrap(), &Value::Bulk("x".into()));
+    assert!(
+        matches!(each[2], Err(Error::NotReplicated { .. })),
+        "{each:?}"
+    );
+    assert_eq!(client.get::<_, i64>("dp:c").await.unwrap(), 1);
+
+    client.set("{dp}:a", 1).await.unwrap();
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("{dp}:a"));
+    assert_eq!(tx.execute().await.unwrap(), vec![Value::Int(2)]);
+    let mut watched = client.watch(["{dp}:a"]).await.unwrap();
+    assert_eq!(
+        watched
+            .query::<i64>(cmd("GET").arg("{dp}:a"))
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+/// A node that makes every command wait: `TRYAGAIN` to its first two sendings, then it
+/// runs (a scripted fake: a real server cannot be made to refuse twice on demand).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_commands_of_one_slot_run_in_the_order_they_were_added() {
+    let sendings: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (counted, log) = (Arc::clone(&sendings), Arc::clone(&ran));
+    let fake = FakeCluster::start(move |args, _| {
+        let command = args.join(" ");
+        let mut sendings = counted.lock().unwrap();
+        let n = sendings.entry(command.clone()).or_default();
+        *n += 1;
+        if *n <= 2 {
+            return Action::Reply(Value::ServerError(ServerError::new(
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+            )));
+        }
+        log.lock().unwrap().push(command);
+        Action::Reply(Value::Int(1))
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        // Jitter wider than the timer's millisecond ticks.
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    // Each backoff has its own jitter: resent side by side, the second command of a
+    // pair would overtake the first about every other time.
+    let mut p = client.pipeline();
+    for pair in 0..8 {
+        p.del(format!("{{o{pair}}}:list"))
+            .rpush(format!("{{o{pair}}}:list"), "fresh");
+    }
+    let replies = p.execute().await.unwrap();
+    assert_eq!(replies, vec![Value::Int(1); 16]);
+    let ran = ran.lock().unwrap().clone();
+    assert_eq!(ran.len(), 16, "{ran:?}");
+    for pair in 0..8 {
+        let at = |name: &str| {
+            let command = format!("{name} {{o{pair}}}:list");
+            ran.iter().position(|c| c.starts_with(&command)).unwrap()
+        };
+        assert!(at("DEL") < at("RPUSH"), "pair {pair}: {ran:?}");
+    }
 }

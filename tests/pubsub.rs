@@ -446,6 +446,35 @@ async fn the_disconnect_policy_closes_the_subscriber_at_the_bound() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_pings_keeps_delivering() {
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    // `Duration::MAX` once overflowed the clock in the subscriber's periodic liveness
+    // check (every half second): its task panicked and the stream hung without an end.
+    let mut sub = client
+        .subscriber_with(SubscriberConfig::default().ping_interval(Duration::MAX))
+        .await
+        .unwrap();
+    sub.subscribe(["quiet"]).await.unwrap();
+    // Messages over three of those checks, each one answered.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(1600) {
+        let payload = sent.to_string();
+        client.publish("quiet", payload.as_str()).await.unwrap();
+        expect_messages(
+            &mut sub,
+            &[(b("quiet"), b(&payload))],
+            Duration::from_secs(3),
+        )
+        .await;
+        sent += 1;
+    }
+    assert!(sent >= 3, "{sent}");
+    assert!(!sub.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp2_subscriptions_work_and_follow_a_slot_move() {
     let local = cluster(0).await;
     let client = ClusterClient::builder()

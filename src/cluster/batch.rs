@@ -1,38 +1,63 @@
 //! Running explicit pipelines and transactions.
 //!
 //! A pipeline's commands are grouped by the node that serves them and written to each
-//! node at once, every node in parallel. A command answered with a redirect or a
-//! transient error (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again on its
-//! own, through the ordinary redirect and retry path: the rest of the pipeline is never
-//! sent twice. When a node's connection fails, each of its commands follows the retry
-//! rule on its own: resent if it was not written or is idempotent, reported otherwise;
-//! a command that timed out is never resent.
+//! node at once, every node in parallel, in the order they were added. A node's batch
+//! goes on its shared connection, unless it holds a blocking command or, with
+//! `durable_writes` on, a write: then it goes on a dedicated connection from the pool,
+//! so that a `BLPOP` holds up nobody else, and it ends with one `WAIT` that covers its
+//! writes. A command answered with a redirect or a transient error (`MOVED`, `ASK`,
+//! `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again on its own, through the ordinary
+//! redirect and retry path: the rest of the pipeline is never sent twice, and the
+//! commands of one slot are resent one after another, in their order. When a node's
+//! connection fails, each of its commands follows the retry rule on its own: resent if
+//! it was not written or is idempotent, reported otherwise; a command that timed out is
+//! never resent.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::cluster::execute::Target;
+use crate::cluster::dedicated::{block_time, Durability};
+use crate::cluster::execute::{Target, UNTIL_ANSWERED};
 use crate::cluster::node::Node;
 use crate::cluster::plan::{self, Plan};
 use crate::cluster::Inner;
-use crate::cmd::{self, Cmd};
+use crate::cmd::{self, cmd, Cmd};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
 use crate::observe::metrics::{self, InFlight, Status};
 use crate::policy::{classify, ErrorAction};
 use crate::resp::Value;
 
-/// One command of a pipeline, where it stands and how it may be retried.
+/// One command of a pipeline.
 struct Entry {
-    index: usize,
+    meta: Meta,
     cmd: Cmd,
+}
+
+/// Where a pipeline's command stands and how it may be retried: what stays behind
+/// while the command itself is away on a connection.
+#[derive(Clone, Copy)]
+struct Meta {
+    index: usize,
     slot: u16,
     read_only: bool,
     idempotent: bool,
+    write: bool,
+    /// For a blocking command, how long it may block (`None` inside: until answered).
+    blocks: Option<Option<Duration>>,
     /// The metrics label.
     name: &'static str,
+}
+
+impl Meta {
+    /// Whether the command needs what only the single-command path gives when it is
+    /// resent: a dedicated connection (blocking), or its own `WAIT` (a durable write).
+    fn needs_own_path(&self, durability: Option<Durability>) -> bool {
+        self.blocks.is_some() || (self.write && durability.is_some())
+    }
 }
 
 /// The commands of one batch that ended with its answer, by name and status: the
@@ -82,19 +107,22 @@ impl Inner {
         let group_capacity = share + share / 8 + 1;
         for (index, command) in cmds.into_iter().enumerate() {
             let info = self.command_info(&command, deadline).await;
-            let idempotent = info.is_some_and(|i| cmd::may_resend(&command, i));
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {
                     match self.pick_for_slot(&routes, slot, read_only) {
                         Ok(node) => {
-                            let entry = Entry {
+                            let meta = Meta {
                                 index,
-                                cmd: command,
                                 slot,
                                 read_only,
-                                idempotent,
+                                idempotent: info.is_some_and(|i| cmd::may_resend(&command, i)),
+                                write: info.is_some_and(|i| i.is_write()),
+                                blocks: info
+                                    .filter(|i| cmd::blocks(&command, i))
+                                    .map(|_| block_time(&command)),
                                 name: metrics::command_label(info),
                             };
+                            let entry = Entry { meta, cmd: command };
                             match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
                                 Some((_, entries)) => entries.push(entry),
                                 None => {
@@ -136,46 +164,53 @@ impl Inner {
     }
 
     /// Writes one node's share of a pipeline at once; resends what needs resending one
-    /// by one.
+    /// by one, in order per slot.
     async fn run_batch(
         &self,
         node: Arc<Node>,
         entries: Vec<Entry>,
         deadline: Instant,
     ) -> Vec<(usize, Result<Value>)> {
-        let meta: Vec<(usize, u16, bool, bool, &'static str)> = entries
+        let (meta, cmds): (Vec<Meta>, Vec<Cmd>) =
+            entries.into_iter().map(|e| (e.meta, e.cmd)).unzip();
+        let durability = self
+            .config
+            .durability
+            .filter(|_| meta.iter().any(|m| m.write));
+        // The longest any of its commands may block, if one does.
+        let blocks = meta
             .iter()
-            .map(|e| (e.index, e.slot, e.read_only, e.idempotent, e.name))
-            .collect();
-        let cmds: Vec<Cmd> = entries.into_iter().map(|e| e.cmd).collect();
+            .filter_map(|m| m.blocks)
+            .map(|time| time.unwrap_or(UNTIL_ANSWERED))
+            .max();
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(meta.len());
-        let ready = if self.admit(&node) {
-            node.connection(deadline).await
-        } else {
-            Err(Error::CircuitOpen {
+        let span = tracing::debug_span!("redis_pipeline", node = %node.addr, commands = meta.len());
+        let (outcome, cmds, acked) = if !self.admit(&node) {
+            let open = Error::CircuitOpen {
                 node: node.addr.to_string(),
-            })
-        };
-        let (outcome, cmds) = match ready {
-            Ok(conn) => {
-                let span = tracing::debug_span!(
-                    "redis_pipeline",
-                    node = %node.addr,
-                    commands = meta.len()
-                );
-                let answer = conn
-                    .dispatch(Cmds::Many(cmds), deadline)
-                    .instrument(span)
-                    .await;
-                self.record_result(&node, &answer.result);
-                let cmds = match answer.cmds {
-                    Cmds::Many(v) => v,
-                    Cmds::One(c) => vec![c],
-                };
-                (answer.result.map(|r| r.into_vec()), cmds)
+            };
+            (Err(open), cmds, None)
+        } else if durability.is_some() || blocks.is_some() {
+            let held = blocks.unwrap_or_default();
+            let wait = durability.map_or(Duration::ZERO, |d| d.timeout);
+            let reply_deadline = crate::deadline::after(deadline, held.max(wait));
+            self.run_batch_on_lease(&node, cmds, durability, deadline, reply_deadline)
+                .instrument(span)
+                .await
+        } else {
+            match node.connection(deadline).await {
+                Ok(conn) => {
+                    let answer = conn
+                        .dispatch(Cmds::Many(cmds), deadline)
+                        .instrument(span)
+                        .await;
+                    self.record_result(&node, &answer.result);
+                    let replies = answer.result.map(|r| r.into_vec());
+                    (replies, answer.cmds.into_vec(), None)
+                }
+                Err(e) => (Err(e), cmds, None),
             }
-            Err(e) => (Err(e), cmds),
         };
         drop(in_flight);
         // Commands that end here are counted here; those resent, by `send`. They all
@@ -183,28 +218,36 @@ impl Inner {
         let elapsed = started.elapsed();
         let mut done = Tally::default();
         let mut out = Vec::with_capacity(meta.len());
-        let mut resend: Vec<(usize, Cmd, u16, bool, bool, &'static str)> = Vec::new();
+        let mut resend: Vec<Entry> = Vec::new();
         let mut batch_error: Option<Error> = None;
         match outcome {
             Ok(replies) => {
-                for (((index, slot, read_only, idempotent, name), reply), command) in
-                    meta.into_iter().zip(replies).zip(cmds)
-                {
+                for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
                     let action = match &reply {
                         Value::ServerError(e) => classify(e, &node.addr),
                         _ => ErrorAction::Reply,
                     };
                     match action {
                         ErrorAction::Reply => {
-                            let result = Ok(reply);
-                            done.add(name, &result);
-                            out.push((index, result));
+                            let result = match (durability, acked) {
+                                (Some(d), Some(acked))
+                                    if meta.write && !reply.is_error() && acked < d.replicas =>
+                                {
+                                    Err(Error::NotReplicated {
+                                        acknowledged: acked,
+                                        requested: d.replicas,
+                                    })
+                                }
+                                _ => Ok(reply),
+                            };
+                            done.add(meta.name, &result);
+                            out.push((meta.index, result));
                         }
                         ErrorAction::Redirect(r) => {
                             self.note_redirect(&r, &node.addr);
-                            resend.push((index, command, slot, read_only, idempotent, name));
+                            resend.push(Entry { meta, cmd: command });
                         }
-                        _ => resend.push((index, command, slot, read_only, idempotent, name)),
+                        _ => resend.push(Entry { meta, cmd: command }),
                     }
                 }
             }
@@ -218,50 +261,118 @@ impl Inner {
                     // The deadline passed with the commands still queued: nothing to resend.
                     let out = meta
                         .into_iter()
-                        .map(|(index, .., name)| {
+                        .map(|meta| {
                             let result = Err(e.clone());
-                            done.add(name, &result);
-                            (index, result)
+                            done.add(meta.name, &result);
+                            (meta.index, result)
                         })
                         .collect();
                     done.count_on(&node, elapsed);
                     return out;
                 }
-                for ((index, slot, read_only, idempotent, name), command) in
-                    meta.into_iter().zip(cmds)
-                {
-                    if !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout)) {
-                        resend.push((index, command, slot, read_only, idempotent, name));
+                for (meta, command) in meta.into_iter().zip(cmds) {
+                    let unsent = !e.may_have_executed();
+                    if unsent || (meta.idempotent && !matches!(e, Error::Timeout)) {
+                        resend.push(Entry { meta, cmd: command });
                     } else {
                         let result = Err(e.clone());
-                        done.add(name, &result);
-                        out.push((index, result));
+                        done.add(meta.name, &result);
+                        out.push((meta.index, result));
                     }
                 }
             }
         }
         done.count_on(&node, elapsed);
-        let resent =
-            resend
-                .into_iter()
-                .map(|(index, command, slot, read_only, idempotent, name)| {
-                    let batch_error = batch_error.clone();
-                    async move {
-                        let target = Target::Slot { slot, read_only };
-                        let reply = self
-                            .send_named(command.into(), name, target, idempotent, deadline)
-                            .await;
-                        // Resent after a batch that may have run: a later "not executed"
-                        // must not hide that the first attempt may have.
-                        let reply = match (reply, batch_error) {
-                            (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
-                            (reply, _) => reply,
+        // Commands on one slot are resent one after another, in the order they were
+        // added, so that dependent writes (`DEL k`, then `RPUSH k`) still run in that
+        // order however many retries and backoffs each needs; slots go in parallel.
+        let mut by_slot: Vec<(u16, Vec<Entry>)> = Vec::new();
+        for entry in resend {
+            match by_slot
+                .iter_mut()
+                .find(|(slot, _)| *slot == entry.meta.slot)
+            {
+                Some((_, entries)) => entries.push(entry),
+                None => by_slot.push((entry.meta.slot, vec![entry])),
+            }
+        }
+        let durability = self.config.durability;
+        let resent = by_slot.into_iter().map(|(_, entries)| {
+            let batch_error = batch_error.clone();
+            async move {
+                let mut replies = Vec::with_capacity(entries.len());
+                for Entry { meta, cmd } in entries {
+                    let reply = if meta.needs_own_path(durability) {
+                        self.execute(cmd, Instant::now(), deadline).await
+                    } else {
+                        let target = Target::Slot {
+                            slot: meta.slot,
+                            read_only: meta.read_only,
                         };
-                        (index, reply)
-                    }
-                });
-        out.extend(futures_util::future::join_all(resent).await);
+                        self.send_named(cmd.into(), meta.name, target, meta.idempotent, deadline)
+                            .await
+                    };
+                    // Resent after a batch that may have run: a later "not executed"
+                    // must not hide that the first attempt may have.
+                    let reply = match (reply, &batch_error) {
+                        (Err(e), Some(first)) if !e.may_have_executed() => Err(first.clone()),
+                        (reply, _) => reply,
+                    };
+                    replies.push((meta.index, reply));
+                }
+                replies
+            }
+        });
+        out.extend(
+            futures_util::future::join_all(resent)
+                .await
+                .into_iter()
+                .flatten(),
+        );
         out
+    }
+
+    /// Sends a batch on a dedicated connection to `node`, followed by one `WAIT` when
+    /// `durability` asks for it. Returns the batch's replies (without `WAIT`'s), its
+    /// commands back, and how many replicas acknowledged its writes.
+    async fn run_batch_on_lease(
+        &self,
+        node: &Arc<Node>,
+        mut cmds: Vec<Cmd>,
+        durability: Option<Durability>,
+        lease_deadline: Instant,
+        reply_deadline: Instant,
+    ) -> (Result<Vec<Value>>, Vec<Cmd>, Option<u32>) {
+        let mut lease = match self.lease(node, lease_deadline).await {
+            Ok(lease) => lease,
+            Err(e) => return (Err(e), cmds, None),
+        };
+        let count = cmds.len();
+        if let Some(d) = durability {
+            cmds.push(cmd("WAIT").arg(d.replicas).arg(d.wait_millis()));
+        }
+        // The lease discards its connection itself when the request fails.
+        let answer = lease.dispatch(Cmds::Many(cmds), reply_deadline).await;
+        self.record_result(node, &answer.result);
+        let mut cmds = answer.cmds.into_vec();
+        if cmds.len() > count {
+            cmds.truncate(count);
+        }
+        match answer.result {
+            Ok(replies) => {
+                let mut replies = replies.into_vec();
+                let acked = match durability {
+                    Some(_) if replies.len() > count => match replies.pop() {
+                        Some(Value::Int(n)) => Some(u32::try_from(n).unwrap_or(0)),
+                        // `WAIT` refused (a replica, say): no replica acknowledged.
+                        _ => Some(0),
+                    },
+                    _ => None,
+                };
+                (Ok(replies), cmds, acked)
+            }
+            Err(e) => (Err(e), cmds, None),
+        }
     }
 
     /// Runs `cmds` as one `MULTI`/`EXEC` transaction on the node of their slot; the reply
@@ -290,7 +401,8 @@ impl Inner {
                     }
                 }
                 // Keyless commands run on whichever node the keys choose.
-                Plan::AnyPrimary | Plan::FanOut { .. } => {}
+                Plan::AnyPrimary => {}
+                Plan::FanOut { .. } => return Err(plan::fan_out_in_transaction(command)),
             }
         }
         if slots.len() > 1 {

@@ -713,7 +713,9 @@ impl ClusterClientBuilder {
     /// [`Error::NotReplicated`] when fewer replicas than asked acknowledge it (see
     /// [`crate::Durability`]). Writes then use dedicated connections and wait for
     /// replicas: slower, so prefer [`crate::ClusterClient::query_durable`] for the writes
-    /// that need it. Default none (the primary's acknowledgement, as Redis gives).
+    /// that need it. In a pipeline, each node's batch with writes goes on a dedicated
+    /// connection and ends with one `WAIT`, whose count applies to each of its writes.
+    /// Default none (the primary's acknowledgement, as Redis gives).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

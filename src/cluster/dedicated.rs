@@ -401,6 +401,14 @@ impl Durability {
     pub fn new(replicas: u32, timeout: Duration) -> Self {
         Durability { replicas, timeout }
     }
+
+    /// `WAIT`'s timeout argument: the timeout in milliseconds, at least 1 (0 would wait
+    /// forever), capped as deadlines are (the server refuses one past `i64::MAX` ms).
+    pub(crate) fn wait_millis(&self) -> u64 {
+        u64::try_from(self.timeout.min(crate::deadline::FAR).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
 }
 
 impl Inner {
@@ -417,10 +425,7 @@ impl Inner {
         // The pool wait and the retries fit in the request's timeout; the reply may also
         // take the time WAIT is allowed.
         let lease_deadline = deadline;
-        let deadline = deadline + durability.timeout;
-        let wait_ms = u64::try_from(durability.timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let deadline = crate::deadline::after(deadline, durability.timeout);
         let backoff = Backoff {
             base: self.config.retry_base,
             max: self.config.retry_max,
@@ -471,7 +476,11 @@ impl Inner {
                 cmds.push(cmd("ASKING"));
             }
             cmds.push(command);
-            cmds.push(cmd("WAIT").arg(durability.replicas).arg(wait_ms));
+            cmds.push(
+                cmd("WAIT")
+                    .arg(durability.replicas)
+                    .arg(durability.wait_millis()),
+            );
             let answer = lease.dispatch(Cmds::Many(cmds), deadline).await;
             self.record_result(&node, &answer.result);
             // The write, back from the connection for a resend (before WAIT, after ASKING).

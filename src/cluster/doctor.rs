@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::time::Instant;
 
 use crate::cluster::node::Node;
 use crate::cluster::{into_result, ClusterClient, Inner};
@@ -171,7 +170,7 @@ impl Inner {
     /// the node has one; otherwise a connection is opened for the doctor alone.
     async fn examine(&self, addr: &str, node: Option<&Arc<Node>>) -> Examined {
         let timeout = self.config.response_timeout;
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::from_now(timeout);
         let conn = match node {
             Some(node) => node.connection(deadline).await,
             None => {

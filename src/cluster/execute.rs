@@ -35,7 +35,8 @@ const MAX_LEARNED_COMMANDS: usize = 1024;
 
 /// The deadline of a blocking command that asked to block until answered (`BLPOP k 0`):
 /// in practice forever; dropping the request's future ends it sooner.
-const UNTIL_ANSWERED: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+pub(crate) const UNTIL_ANSWERED: std::time::Duration =
+    std::time::Duration::from_secs(365 * 24 * 3600);
 
 /// Sleeps a retry's backoff. The timer is boxed: it is a few hundred bytes that every
 /// request's future would otherwise carry, and copy, though few requests ever retry.
@@ -118,13 +119,9 @@ impl Inner {
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
             let lease_deadline = deadline;
-            let deadline = match super::dedicated::block_time(&command) {
-                // A huge timeout (`BLPOP k 1e19`) must not overflow the clock.
-                Some(extra) => deadline
-                    .checked_add(extra)
-                    .unwrap_or(deadline + UNTIL_ANSWERED),
-                None => deadline + UNTIL_ANSWERED,
-            };
+            // A huge timeout (`BLPOP k 1e19`) must not overflow the clock.
+            let block_time = super::dedicated::block_time(&command).unwrap_or(UNTIL_ANSWERED);
+            let deadline = crate::deadline::after(deadline, block_time);
             let slot = match plan {
                 Plan::Slot { slot, .. } => Some(slot),
                 _ => None,
@@ -632,7 +629,7 @@ impl Inner {
                     }
                     redirect = None;
                     let delay = backoff.delay(cluster_down_retries - 1, fastrand::f64());
-                    if Instant::now() + delay >= deadline || !self.spend_retry() {
+                    if crate::deadline::from_now(delay) >= deadline || !self.spend_retry() {
                         return Ok(reply);
                     }
                     metrics::retry(RetryReason::ClusterDown);
@@ -648,7 +645,7 @@ impl Inner {
                     let delay = backoff.delay(retries, fastrand::f64());
                     retries += 1;
                     if retries > self.config.max_retries
-                        || Instant::now() + delay >= deadline
+                        || crate::deadline::from_now(delay) >= deadline
                         || !self.spend_retry()
                     {
                         return Ok(reply);
@@ -747,7 +744,7 @@ impl Inner {
         let delay = backoff.delay(*retries, fastrand::f64());
         *retries += 1;
         if *retries > self.config.max_retries
-            || Instant::now() + delay >= deadline
+            || crate::deadline::from_now(delay) >= deadline
             || !self.spend_retry()
         {
             return Err(error);

@@ -96,7 +96,7 @@ impl Inner {
         if !self.admit(node) {
             return; // Open and not yet due for a probe.
         }
-        let deadline = Instant::now() + self.config.response_timeout;
+        let deadline = crate::deadline::from_now(self.config.response_timeout);
         let started = Instant::now();
         let failure = match node.connection(deadline).await {
             Ok(conn) => match conn

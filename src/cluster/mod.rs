@@ -252,7 +252,7 @@ impl ClusterClient {
     /// ```
     pub async fn query<T: FromValue>(&self, cmd: Cmd) -> Result<T> {
         let now = Instant::now();
-        let deadline = now + self.inner.config.response_timeout;
+        let deadline = crate::deadline::after(now, self.inner.config.response_timeout);
         let value = self.inner.execute(cmd, now, deadline).await?;
         into_result(value)
     }
@@ -284,7 +284,7 @@ impl ClusterClient {
         command: Cmd,
         durability: Durability,
     ) -> Result<(T, u32)> {
-        let deadline = Instant::now() + self.inner.config.response_timeout;
+        let deadline = crate::deadline::from_now(self.inner.config.response_timeout);
         let info = self.inner.command_info(&command, deadline).await;
         let slot = match plan::plan(&command, info)? {
             Plan::Slot { slot, .. } => slot,

@@ -164,8 +164,10 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
 
 /// Commands that change what a shared connection does with later replies, or whose
 /// meaning depends on the connection they run on, cannot go over a multiplexed
-/// connection: a subscription would turn every later reply into someone else's, and
-/// `WAIT` would count another connection's writes.
+/// connection: a subscription would turn every later reply into someone else's,
+/// `MULTI` would queue everyone's commands into one transaction, and `WAIT` would count
+/// another connection's writes. The transaction commands are refused inside
+/// [`crate::Transaction`] and [`crate::Watched`] too, which send their own.
 fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
     let refused = |what: &str| Err(Error::Config(what.to_string()));
     // The table's lowercase name, matched at once: this runs for every request. A
@@ -181,6 +183,10 @@ fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInf
     match name {
         "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
         | "sunsubscribe" => refused("pub/sub commands need client.subscriber(), not query()"),
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => refused(
+            "MULTI, EXEC, DISCARD, WATCH and UNWATCH hold a connection: use client.transaction(), \
+             client.watch() or client.watch_retry(), which send them",
+        ),
         "wait" | "waitaof" => refused(
             "WAIT counts the writes of its own connection: use query_durable() or durable_writes()",
         ),
@@ -190,6 +196,16 @@ fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInf
         }
         _ => Ok(()),
     }
+}
+
+/// The error for a command that fans out to several nodes but was given to a
+/// transaction or a watched connection, which run on one node: its answer would be that
+/// node's alone, a partial result nobody asked for.
+pub(crate) fn fan_out_in_transaction(command: &Cmd) -> Error {
+    Error::Config(format!(
+        "{} runs on every node and cannot be part of a transaction, which runs on one",
+        String::from_utf8_lossy(command.name())
+    ))
 }
 
 fn keyless_plan(info: &cmd::CommandInfo) -> Plan {
@@ -320,6 +336,11 @@ mod tests {
             cmd("Hello").arg(3),
             cmd("AUTH").arg("pw"),
             cmd("reset"),
+            cmd("MULTI"),
+            cmd("exec"),
+            cmd("DISCARD"),
+            cmd("WATCH").arg("k"),
+            cmd("UNWATCH"),
         ] {
             assert!(matches!(plan_of(&c), Err(Error::Config(_))), "{c:?}");
         }

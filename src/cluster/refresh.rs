@@ -186,8 +186,12 @@ impl Inner {
 
     /// One node's view: `CLUSTER SHARDS`, or `CLUSTER SLOTS` where that is unknown.
     async fn ask_topology(&self, addr: &str) -> Result<SlotMap> {
-        let deadline =
-            Instant::now() + self.config.connect.connect_timeout + self.config.response_timeout;
+        let deadline = crate::deadline::from_now(
+            self.config
+                .connect
+                .connect_timeout
+                .saturating_add(self.config.response_timeout),
+        );
         let node = self.registry.get(addr, false);
         let conn = node.connection(deadline).await?;
         let reply = tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SHARDS")))

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use crate::cluster::{ClusterClient, Inner};
 use crate::cmd::{self, cmd, Cmd};
@@ -224,7 +223,7 @@ async fn scan_node(
     let node = inner.registry.get(addr, false);
     let mut cursor: Bytes = Bytes::from_static(b"0");
     loop {
-        let deadline = Instant::now() + inner.config.response_timeout;
+        let deadline = crate::deadline::from_now(inner.config.response_timeout);
         if !inner.admit(&node) {
             return Err(Error::CircuitOpen {
                 node: node.addr.to_string(),
@@ -297,7 +296,7 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
 /// covered.
 async fn migrating_slots(inner: &Inner, addr: &str) -> Option<Vec<u16>> {
     let node = inner.registry.get(addr, false);
-    let deadline = Instant::now() + inner.config.response_timeout;
+    let deadline = crate::deadline::from_now(inner.config.response_timeout);
     let conn = node.connection(deadline).await.ok()?;
     let reply = conn
         .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)

@@ -90,6 +90,14 @@ impl Cmds {
             Cmds::Many(cmds) => cmds.iter(),
         }
     }
+
+    /// The commands, in the order they are written.
+    pub(crate) fn into_vec(self) -> Vec<Cmd> {
+        match self {
+            Cmds::One(cmd) => vec![cmd],
+            Cmds::Many(cmds) => cmds,
+        }
+    }
 }
 
 /// The replies to one request; one reply is kept inline (no allocation).
@@ -502,7 +510,7 @@ impl NodeConnection {
     /// # Ok(()) }
     /// ```
     pub async fn connect(addr: &str, options: &ConnectOptions) -> Result<NodeConnection> {
-        let deadline = Instant::now() + options.connect_timeout;
+        let deadline = crate::deadline::from_now(options.connect_timeout);
         let stream = tcp_connect(addr, options, deadline).await?;
         if let Some(tls) = &options.tls {
             let stream = tls::connect(addr, stream, tls, deadline).await?;
@@ -551,7 +559,7 @@ impl NodeConnection {
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let deadline = Instant::now() + options.connect_timeout;
+        let deadline = crate::deadline::from_now(options.connect_timeout);
         let (read, write) = tokio::io::split(stream);
         Self::start(addr, read, write, options, deadline).await
     }
@@ -695,7 +703,7 @@ impl NodeConnection {
     /// # Ok(()) }
     /// ```
     pub async fn send_timeout(&self, cmd: Cmd, timeout: std::time::Duration) -> Result<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = crate::deadline::from_now(timeout);
         let replies = self.dispatch(Cmds::One(cmd), deadline).await.result?;
         Ok(replies.into_iter().next().unwrap_or(Value::Nil))
     }
@@ -722,7 +730,7 @@ impl NodeConnection {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let deadline = Instant::now() + self.default_timeout;
+        let deadline = crate::deadline::from_now(self.default_timeout);
         let replies = self.dispatch(Cmds::Many(cmds), deadline).await.result?;
         Ok(replies.into_vec())
     }
@@ -856,7 +864,7 @@ impl std::fmt::Debug for RawConnection {
 /// TLS when the options say, `HELLO`/`AUTH`, name), but starts no tasks: the caller
 /// drives the stream itself.
 pub(crate) async fn connect_raw(addr: &str, options: &ConnectOptions) -> Result<RawConnection> {
-    let deadline = Instant::now() + options.connect_timeout;
+    let deadline = crate::deadline::from_now(options.connect_timeout);
     let stream = tcp_connect(addr, options, deadline).await?;
     let (mut read, mut write): (
         Box<dyn AsyncRead + Unpin + Send>,

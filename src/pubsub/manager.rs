@@ -133,6 +133,20 @@ pub(crate) struct Manager {
     stopped: bool,
 }
 
+/// However the task ends, returning or unwinding from a panic, the subscriber's stream
+/// ends and every caller waiting for a confirmation gets an answer: nobody waits on a
+/// task that is gone. Dropping the links closes their connections.
+impl Drop for Manager {
+    fn drop(&mut self) {
+        self.queue.close();
+        for waiter in self.waiters.drain(..) {
+            let _ = waiter.reply.send(Err(Error::ConnectionLost {
+                may_have_executed: true,
+            }));
+        }
+    }
+}
+
 impl Manager {
     pub(crate) fn new(
         inner: Arc<Inner>,
@@ -198,13 +212,7 @@ impl Manager {
                 _ = tick.tick() => self.housekeeping(),
             }
         }
-        self.queue.close();
-        for waiter in self.waiters.drain(..) {
-            let _ = waiter.reply.send(Err(Error::ConnectionLost {
-                may_have_executed: true,
-            }));
-        }
-        // Dropping the links closes their connections.
+        // Dropping `self` ends the stream and answers the waiters.
     }
 
     fn on_control(&mut self, control: Control) {
@@ -776,7 +784,7 @@ impl Manager {
         let now = Instant::now();
         let mut dead = Vec::new();
         for (id, link) in &mut self.links {
-            if now < link.last_ping + self.ping_interval {
+            if now.duration_since(link.last_ping) < self.ping_interval {
                 continue;
             }
             if link.awaiting_pong {
