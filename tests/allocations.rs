@@ -3,8 +3,9 @@
 //! The budget (issue #4): encoding, routing, sending and receiving one `GET` may
 //! allocate at most twice beyond what the reply itself needs (a bulk reply is a slice
 //! of the read buffer: nothing). It allocates once: the command's buffer. The cell its
-//! answer comes back in is reused from a per-thread pool. This binary holds one
-//! test only, so no other test allocates while it counts.
+//! answer comes back in is reused from a per-thread pool. A pipeline's typed helpers
+//! share their commands' buffers. This binary holds one test only, so no other test
+//! allocates while it counts.
 
 // A global allocator can only be written with `unsafe`; the library itself forbids it.
 #![allow(unsafe_code)]
@@ -90,6 +91,38 @@ fn a_get_allocates_at_most_twice_beyond_its_reply() {
         assert!(
             per_request <= 1.05,
             "{per_request:.3} allocations per query(GET)"
+        );
+
+        // A 1000-command pipeline built with the typed helpers shares its commands'
+        // buffers: building it, and sending it to three nodes, allocates a few dozen
+        // times in all, not once per command.
+        let keys: Vec<String> = (0..1000).map(|i| format!("alloc:pipe:{i}")).collect();
+        let pipeline = |keys: &[String]| {
+            let mut p = client.pipeline();
+            for k in keys {
+                p.set(k.as_str(), "a small value");
+            }
+            p
+        };
+        pipeline(&keys).execute().await.unwrap();
+        ALLOCATIONS.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        let p = pipeline(&keys);
+        COUNTING.store(false, Ordering::Relaxed);
+        let building = ALLOCATIONS.load(Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        let replies = p.execute().await.unwrap();
+        COUNTING.store(false, Ordering::Relaxed);
+        let in_all = ALLOCATIONS.load(Ordering::Relaxed);
+        println!("allocations for a 1000-SET pipeline: {building} building it, {in_all} in all");
+        assert_eq!(replies.len(), 1000);
+        assert!(
+            building <= 40,
+            "{building} allocations to build the pipeline"
+        );
+        assert!(
+            in_all <= 100,
+            "{in_all} allocations to build and run the pipeline"
         );
     });
 }
