@@ -192,6 +192,18 @@ async fn multi_slot_commands_split_and_single_slot_ones_refuse_cross_slot() {
         .unwrap();
     assert_eq!(unlinked, 30);
 
+    // An MSET a value short is refused as the server would refuse it, split or not:
+    // nothing is written (never `b = ""`).
+    for keys in [["multi:a", "multi:b"], ["{multi}:a", "{multi}:b"]] {
+        let short = cmd("MSET").arg(keys[0]).arg("1").arg(keys[1]);
+        let err = client.query::<Value>(short).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Config(_)) || err.server_code() == Some("ERR"),
+            "{err:?}"
+        );
+        assert_eq!(client.exists(keys).await.unwrap(), 0, "nothing written");
+    }
+
     // Atomic multi-key commands refuse keys in several slots before sending anything.
     let err = client
         .query::<Value>(cmd("RENAME").arg("multi:a").arg("multi:b"))

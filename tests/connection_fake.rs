@@ -113,6 +113,42 @@ async fn wrong_password_is_an_auth_error_at_connect_time() {
 }
 
 #[tokio::test]
+async fn a_server_that_quotes_the_password_never_gets_it_into_the_error() {
+    // RESP2, so `AUTH` itself, and a server that knows no `AUTH` (renamed or disabled):
+    // its error quotes the arguments, the password among them.
+    let fake = FakeNode::start(vec![
+        Step::Expect(vec!["AUTH", "hunter2-secret"]),
+        Step::Reply(
+            b"-ERR unknown command 'AUTH', with args beginning with: 'hunter2-secret' \r\n",
+        ),
+    ])
+    .await;
+    let options = ConnectOptions::default()
+        .protocol(Protocol::Resp2)
+        .password("hunter2-secret");
+    let err = NodeConnection::connect(&fake.addr, &options)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("does not know AUTH"), "{shown}");
+
+    // Any other refusal that quotes it has it cut out.
+    let fake = FakeNode::start(vec![
+        Step::Expect(vec!["AUTH", "app", "hunter2-secret"]),
+        Step::Reply(b"-WRONGPASS proxy: no user app with password hunter2-secret\r\n"),
+    ])
+    .await;
+    let err = NodeConnection::connect(&fake.addr, &options.clone().username("app"))
+        .await
+        .unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("WRONGPASS"), "{shown}");
+}
+
+#[tokio::test]
 async fn a_reply_nobody_asked_for_closes_the_connection_after_answering_the_rest() {
     let fake = FakeNode::start(script([
         Step::Expect(vec!["PING"]),

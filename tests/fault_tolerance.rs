@@ -668,6 +668,56 @@ async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
     );
 }
 
+/// A handshake slower than the response timeout (TLS over a long link, a busy node):
+/// the reconnect is not cut with the request that started it, so it completes and
+/// serves the requests after. A scripted fake: a real server cannot be made to answer
+/// `HELLO` slowly on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_slower_than_the_response_timeout_still_completes() {
+    let fake = FakeCluster::start_with_hello_delay(Duration::from_millis(150), |args, earlier| {
+        match args[0].as_str() {
+            // The first health check's PING: the connection drops, with no request in
+            // flight, so nothing asks for a topology refresh (which would reconnect
+            // with its own, longer, deadline).
+            "PING" if earlier == 0 => Action::Drop,
+            "PING" => Action::Reply(Value::Simple("PONG".into())),
+            _ => Action::Reply(Value::Bulk("v".into())),
+        }
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .response_timeout(Duration::from_millis(60))
+        .refresh_interval(Duration::from_secs(3600))
+        .health_check_interval(Some(Duration::from_millis(100)))
+        .circuit_breaker(CircuitBreakerConfig::default().disabled())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.get::<_, String>("k").await.unwrap(), "v");
+    let waited_since = Instant::now();
+    while fake.count("PING") == 0 {
+        assert!(
+            waited_since.elapsed() < Duration::from_secs(5),
+            "no health check"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each GET waits at most 60 ms; the reconnect takes 150 ms.
+    let mut timed_out = 0;
+    let answered = loop {
+        match client.get::<_, String>("k").await {
+            Ok(v) => break v,
+            Err(Error::Timeout) if timed_out < 40 => timed_out += 1,
+            Err(e) => panic!("after {timed_out} timeouts: {e:?}"),
+        }
+    };
+    assert_eq!(answered, "v");
+    assert!(timed_out <= 5, "{timed_out} requests timed out first");
+    // The discovery's handshake and one reconnect: not one cut attempt per request.
+    assert!(fake.count("HELLO") <= 3, "{:?}", fake.seen());
+}
+
 #[tokio::test]
 async fn unreachable_seeds_fail_within_the_connect_timeout_naming_them() {
     let dead: Vec<String> = (0..3)

@@ -110,10 +110,43 @@ impl fmt::Debug for AddressRemap {
     }
 }
 
+/// The seed nodes. Until `build()` parses them, a URL seed may carry a password, so
+/// `Debug` shows a URL's credentials as `***`.
+#[derive(Clone, Default, PartialEq)]
+pub(crate) struct Seeds(pub(crate) Vec<String>);
+
+impl std::ops::Deref for Seeds {
+    type Target = Vec<String>;
+
+    fn deref(&self) -> &Vec<String> {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Seeds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|seed| without_credentials(seed)))
+            .finish()
+    }
+}
+
+/// `seed` with whatever precedes its last `@` (a URL's user and password) as `***`.
+fn without_credentials(seed: &str) -> std::borrow::Cow<'_, str> {
+    let Some(at) = seed.rfind('@') else {
+        return seed.into();
+    };
+    let scheme = match seed.find("://") {
+        Some(end) if end < at => &seed[..end + 3],
+        _ => "",
+    };
+    format!("{scheme}***@{}", &seed[at + 1..]).into()
+}
+
 /// Everything a [`crate::ClusterClient`] is built from. `Debug` never shows secrets.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) seeds: Vec<String>,
+    pub(crate) seeds: Seeds,
     pub(crate) connect: ConnectOptions,
     pub(crate) read_from: ReadFrom,
     pub(crate) response_timeout: Duration,
@@ -158,7 +191,7 @@ impl Default for ClusterClientBuilder {
     fn default() -> Self {
         ClusterClientBuilder {
             config: Config {
-                seeds: Vec::new(),
+                seeds: Seeds::default(),
                 connect: ConnectOptions::default(),
                 read_from: ReadFrom::Primary,
                 response_timeout: Duration::from_secs(5),
@@ -202,7 +235,7 @@ impl ClusterClientBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.config.seeds = nodes.into_iter().map(|s| s.as_ref().to_string()).collect();
+        self.config.seeds = Seeds(nodes.into_iter().map(|s| s.as_ref().to_string()).collect());
         self
     }
 
@@ -810,7 +843,7 @@ impl ClusterClientBuilder {
         }
         let mut seeds = Vec::with_capacity(self.config.seeds.len());
         let mut any_tls = false;
-        for raw in std::mem::take(&mut self.config.seeds) {
+        for raw in std::mem::take(&mut self.config.seeds).0 {
             let seed = parse_seed(&raw)?;
             any_tls |= seed.tls;
             if let Some(user) = seed.username {
@@ -821,7 +854,7 @@ impl ClusterClientBuilder {
             }
             seeds.push(seed.addr);
         }
-        self.config.seeds = seeds;
+        self.config.seeds = Seeds(seeds);
         // A rediss:// seed turns TLS on for every connection; it needs trusted CAs.
         if any_tls && self.config.connect.tls.is_none() {
             self.config.connect.tls = Some(default_tls()?);
@@ -1116,12 +1149,30 @@ mod tests {
     }
 
     #[test]
+    fn the_builder_shows_seed_urls_without_their_credentials() {
+        let builder = ClusterClientBuilder::default().nodes([
+            "redis://app:s3cret@h:1",
+            "rediss://:pw%40x@h:2",
+            "h:3",
+            "s3cret@redis://h:4",
+        ]);
+        let shown = format!("{builder:?}");
+        for secret in ["s3cret", "pw%40x", "app"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("\"redis://***@h:1\""), "{shown}");
+        assert!(shown.contains("\"rediss://***@h:2\""), "{shown}");
+        assert!(shown.contains("\"h:3\""), "{shown}");
+        assert!(shown.contains("\"***@redis://h:4\""), "{shown}");
+    }
+
+    #[test]
     fn url_credentials_fill_the_builder() {
         let config = ClusterClientBuilder::default()
             .nodes(["redis://app:pw@h:1", "h:2"])
             .into_config()
             .unwrap();
-        assert_eq!(config.seeds, ["h:1", "h:2"]);
+        assert_eq!(*config.seeds, ["h:1", "h:2"]);
         assert_eq!(config.connect.username.as_deref(), Some("app"));
         assert_eq!(config.connect.password.as_ref().unwrap().expose(), "pw");
         assert!(!format!("{config:?}").contains("pw\""));
@@ -1135,7 +1186,7 @@ mod tests {
             .tls(crate::TlsConfig::new().danger_accept_invalid_certificates())
             .into_config()
             .unwrap();
-        assert_eq!(config.seeds, ["h:1", "h:2"]);
+        assert_eq!(*config.seeds, ["h:1", "h:2"]);
         assert!(config.connect.tls.is_some());
         let plain = ClusterClientBuilder::default()
             .nodes(["redis://h:1"])

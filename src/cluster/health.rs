@@ -92,7 +92,7 @@ impl Inner {
         metrics::breaker_state(addr, worst);
     }
 
-    async fn ping(&self, node: &Node) {
+    async fn ping(&self, node: &Arc<Node>) {
         if !self.admit(node) {
             return; // Open and not yet due for a probe.
         }

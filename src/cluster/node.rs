@@ -70,7 +70,8 @@ struct Reconnect {
 /// One multiplexed connection place.
 struct Slot {
     conn: ArcSwapOption<NodeConnection>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Held by the task opening the connection: one attempt at a time.
+    connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every change is
@@ -94,7 +95,7 @@ impl Node {
         let conns = (0..settings.multiplexed.max(1))
             .map(|_| Slot {
                 conn: ArcSwapOption::empty(),
-                connecting: tokio::sync::Mutex::new(()),
+                connecting: Arc::new(tokio::sync::Mutex::new(())),
             })
             .collect();
         Node {
@@ -211,13 +212,15 @@ impl Node {
     ///
     /// The connect error ([`Error::Io`], [`Error::Auth`], ...) or [`Error::Timeout`];
     /// none of them means a request was sent.
-    pub(crate) async fn connection(&self, deadline: Instant) -> Result<Arc<NodeConnection>> {
+    pub(crate) async fn connection(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> Result<Arc<NodeConnection>> {
         if let Some(conn) = self.connected() {
             return Ok(conn);
         }
         let slot = self.next_slot();
-        // Boxed: connecting (TCP, TLS, handshake) makes a future of about 1.7 KiB, which
-        // every request's future would otherwise carry, and copy, though nearly every
+        // Boxed: it would otherwise sit in every request's future, though nearly every
         // request finds its connection open.
         Box::pin(self.open(slot, deadline)).await
     }
@@ -239,12 +242,13 @@ impl Node {
         }
     }
 
-    /// The connection place for the next request. With one per node (the default) no
-    /// turn is taken: a counter every request bumps would bounce between cores.
-    fn next_slot(&self) -> &Slot {
-        match &*self.conns {
-            [only] => only,
-            all => &all[self.turn.fetch_add(1, Ordering::Relaxed) % all.len()],
+    /// The connection place (its index) for the next request. With one per node (the
+    /// default) no turn is taken: a counter every request bumps would bounce between
+    /// cores.
+    fn next_slot(&self) -> usize {
+        match self.conns.len() {
+            1 => 0,
+            n => self.turn.fetch_add(1, Ordering::Relaxed) % n,
         }
     }
 
@@ -254,11 +258,22 @@ impl Node {
         self.quiet.load(Ordering::Acquire)
     }
 
-    /// Opens the connection of `slot`, or waits for the task already opening it.
-    async fn open(&self, slot: &Slot, deadline: Instant) -> Result<Arc<NodeConnection>> {
-        let _single_flight = tokio::time::timeout_at(deadline, slot.connecting.lock())
-            .await
-            .map_err(|_| Error::Timeout)?;
+    /// Opens the connection of slot `index`, or waits for the task already opening it.
+    ///
+    /// The attempt runs on a task of its own, bounded by `connect_timeout`: a request
+    /// whose deadline comes first gives up waiting, not the attempt, whose connection
+    /// then serves the next request. Cut with the request, a connect slower than the
+    /// response timeout (a TLS handshake over a slow link) would never complete.
+    async fn open(
+        self: &Arc<Self>,
+        index: usize,
+        deadline: Instant,
+    ) -> Result<Arc<NodeConnection>> {
+        let slot = &self.conns[index];
+        let single_flight =
+            tokio::time::timeout_at(deadline, Arc::clone(&slot.connecting).lock_owned())
+                .await
+                .map_err(|_| Error::Timeout)?;
         // Someone else may have connected while this task waited.
         let previous = slot.conn.load_full();
         if let Some(conn) = &previous {
@@ -284,15 +299,26 @@ impl Node {
                 }
             }
         }
+        let node = Arc::clone(self);
+        let attempt = tokio::spawn(async move {
+            let _single_flight = single_flight;
+            node.connect(index, reconnecting).await
+        });
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::ConnectionLost {
+                may_have_executed: false,
+            }),
+            // The caller's deadline ran out, not the node: no failure.
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// One attempt at opening the connection of slot `index`, whose single-flight lock
+    /// the caller holds; records the outcome (reconnect backoff, breaker, logs).
+    async fn connect(&self, index: usize, reconnecting: bool) -> Result<Arc<NodeConnection>> {
         let options = self.settings.options.clone().read_only(self.read_only);
-        let result =
-            match tokio::time::timeout_at(deadline, NodeConnection::connect(&self.addr, &options))
-                .await
-            {
-                Ok(result) => result,
-                // The caller's deadline ran out, not the node: no backoff, no failure.
-                Err(_) => return Err(Error::Timeout),
-            };
+        let result = NodeConnection::connect(&self.addr, &options).await;
         let conn = match result {
             Ok(conn) => Arc::new(conn),
             Err(e) => {
@@ -323,7 +349,7 @@ impl Node {
             reconnect = reconnecting,
             "connected"
         );
-        slot.conn.store(Some(Arc::clone(&conn)));
+        self.conns[index].conn.store(Some(Arc::clone(&conn)));
         Ok(conn)
     }
 

@@ -144,6 +144,12 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     let name = command.name().to_ascii_lowercase();
     let kind = match name.as_slice() {
         b"mget" => SplitKind::MGet,
+        // Split, `MSET a 1 b` would send `MSET b ""`; whole, the server refuses it.
+        b"mset" if command.len() % 2 == 0 => {
+            return Err(Error::Config(
+                "MSET takes keys and values in pairs: an argument is missing".into(),
+            ))
+        }
         b"mset" => SplitKind::MSet,
         b"del" | b"unlink" | b"exists" | b"touch" => SplitKind::Sum,
         _ => {
@@ -312,6 +318,11 @@ mod tests {
             parts[1].cmd.arg_iter().collect::<Vec<_>>(),
             [&b"MSET"[..], b"b", b"2"]
         );
+        // A value short: refused, never `MSET b ""`.
+        assert!(matches!(
+            plan_of(&cmd("MSET").arg("a").arg("1").arg("b")),
+            Err(Error::Config(_))
+        ));
         match plan_of(&cmd("RENAME").arg("a").arg("b")) {
             Err(Error::CrossSlot { slots }) => {
                 assert_eq!(slots, vec![key_slot(b"a"), key_slot(b"b")])

@@ -145,7 +145,7 @@ impl Inner {
         let mut candidates: Vec<Arc<str>> = current.map.nodes();
         fastrand::shuffle(&mut candidates);
         // Seeds last: they help when every known node is gone (a full restart).
-        for seed in &self.config.seeds {
+        for seed in self.config.seeds.iter() {
             if !candidates.iter().any(|c| &**c == seed) {
                 candidates.push(Arc::from(seed.as_str()));
             }

@@ -54,7 +54,9 @@ where
             hello = hello.arg("SETNAME").arg(name.as_str());
         }
         match io.call(&hello).await? {
-            Value::ServerError(e) if is_auth_error(&e) => return Err(auth_error(&e)),
+            Value::ServerError(e) if is_auth_error(&e) => {
+                return Err(auth_error(&e, password.as_ref()))
+            }
             // Older servers do not know HELLO; NOPROTO means no RESP3. Both speak RESP2.
             Value::ServerError(e) => {
                 tracing::debug!(code = e.code(), "HELLO 3 refused, using RESP2");
@@ -73,7 +75,7 @@ where
             }
             auth = auth.arg(password.expose());
             if let Value::ServerError(e) = io.call(&auth).await? {
-                return Err(auth_error(&e));
+                return Err(auth_error(&e, Some(password)));
             }
         }
         if let Some(name) = &options.client_name {
@@ -128,14 +130,27 @@ fn is_auth_error(e: &ServerError) -> bool {
     }
 }
 
-fn auth_error(e: &ServerError) -> Error {
-    // Server messages name the problem, never the password we sent.
-    Error::Auth(e.to_string())
+/// The error for a refused `AUTH` (or `HELLO ... AUTH`). A server quotes the arguments
+/// of a command it does not know (`unknown command 'AUTH', with args beginning with:
+/// 'hunter2'`, when `AUTH` is renamed or disabled): such a reply becomes a fixed text.
+/// From any other, the password is cut, should a server or proxy quote it.
+fn auth_error(e: &ServerError, password: Option<&Secret>) -> Error {
+    if e.message().contains("unknown command") {
+        return Error::Auth(format!(
+            "{}: the server does not know AUTH (renamed or disabled?)",
+            e.code()
+        ));
+    }
+    let text = e.to_string();
+    Error::Auth(match password.map(Secret::expose) {
+        Some(p) if !p.is_empty() => text.replace(p, "***"),
+        _ => text,
+    })
 }
 
 fn handshake_error(step: &str, e: &ServerError) -> Error {
     if is_auth_error(e) {
-        return auth_error(e);
+        return auth_error(e, None);
     }
     // An ACL user without the permission (`+readonly`, `+client|setname`): keep the
     // server's NOPERM so that callers can tell it apart.

@@ -1,5 +1,7 @@
 //! Cluster topology: reading `CLUSTER SHARDS` / `CLUSTER SLOTS`, choosing between views
-//! that disagree, and deciding when to refresh.
+//! that disagree, and deciding when to refresh. A shard's primary is its healthy master
+//! with the most replication offset: a shard may list a failed-over old primary, or an
+//! empty one, beside the real one.
 //!
 //! Sans-io: functions take replies and the current time and return decisions; the
 //! cluster client does the asking and the waiting.
@@ -117,7 +119,11 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
             Some(Value::Array(n)) => n,
             _ => return Err(malformed("shard without nodes")),
         };
-        let mut primary = None;
+        // Valkey and Redis 7.2+ list a failed-over primary in its old shard, still as
+        // `master`, beside the promoted one, in any order; so may an empty primary
+        // join one. The shard's primary is the healthy master with the most
+        // replication offset; another master is no one to route to.
+        let mut primary: Option<(NodeInfo, i64)> = None;
         let mut replicas = Vec::new();
         for node in nodes {
             let node = fields(node).ok_or_else(|| malformed("node is not a map"))?;
@@ -140,10 +146,20 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
                 healthy: !matches!(health.as_deref(), Some("failed" | "fail")),
             };
             match field(&node, "role").and_then(text).as_deref() {
-                Some("master") => primary = Some(info),
+                Some("master") => {
+                    let offset = field(&node, "replication-offset").and_then(int);
+                    let offset = offset.unwrap_or(0);
+                    let better = |(best, best_offset): &(NodeInfo, i64)| {
+                        (info.healthy, offset) > (best.healthy, *best_offset)
+                    };
+                    if primary.as_ref().is_none_or(better) {
+                        primary = Some((info, offset));
+                    }
+                }
                 _ => replicas.push(info),
             }
         }
+        let primary = primary.map(|(info, _)| info);
         // A shard whose primary failed and has no promoted replica yet has no
         // primary entry; it cannot serve its slots, so leave them unassigned.
         if let Some(primary) = primary {
@@ -325,6 +341,48 @@ mod tests {
             s("health"),
             s(health),
         ])
+    }
+
+    fn node_at_offset(id: &str, port: i64, health: &str, offset: i64) -> Value {
+        let Value::Array(mut fields) = node(id, "127.0.0.1", port, "master", health) else {
+            unreachable!("node() builds an array")
+        };
+        fields[11] = Value::Int(offset);
+        Value::Array(fields)
+    }
+
+    #[test]
+    fn a_shard_listing_two_masters_is_served_by_the_healthy_one_with_the_most_data() {
+        let shard = |nodes: Vec<Value>| {
+            Value::Array(vec![Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+                s("nodes"),
+                Value::Array(nodes),
+            ])])
+        };
+        let promoted = node_at_offset("a", 7003, "online", 5000);
+        let failed = node_at_offset("b", 7000, "fail", 6000);
+        let empty = node_at_offset("c", 7009, "online", 0);
+        for nodes in [
+            vec![promoted.clone(), failed.clone()],
+            vec![failed.clone(), promoted.clone()],
+            vec![empty.clone(), promoted.clone(), failed.clone()],
+            vec![failed.clone(), promoted.clone(), empty.clone()],
+        ] {
+            let shards = parse_shards(&shard(nodes), "127.0.0.1:7000", false).unwrap();
+            assert_eq!(shards[0].primary.addr, "127.0.0.1:7003");
+            assert!(
+                shards[0].replicas.is_empty(),
+                "another master is no replica"
+            );
+            let map = slot_map(&shards, &|a: &str| a.to_string());
+            assert_eq!(map.covered(), 16384);
+            assert_eq!(&*map.shard(0).unwrap().primary, "127.0.0.1:7003");
+        }
+        // Only a failed master: the slots stay unassigned until a promotion shows.
+        let shards = parse_shards(&shard(vec![failed]), "127.0.0.1:7000", false).unwrap();
+        assert_eq!(slot_map(&shards, &|a: &str| a.to_string()).covered(), 0);
     }
 
     #[test]

@@ -32,6 +32,18 @@ impl FakeCluster {
     where
         F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
     {
+        FakeCluster::start_with_hello_delay(std::time::Duration::ZERO, behave).await
+    }
+
+    /// [`FakeCluster::start`], answering every `HELLO` only after `hello_delay`: a slow
+    /// handshake (TLS over a long link, an overloaded node).
+    pub async fn start_with_hello_delay<F>(
+        hello_delay: std::time::Duration,
+        behave: F,
+    ) -> FakeCluster
+    where
+        F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
@@ -78,6 +90,7 @@ impl FakeCluster {
                         };
                         let action = match args.first().map(String::as_str) {
                             Some("HELLO") => {
+                                tokio::time::sleep(hello_delay).await;
                                 Action::Reply(Value::Map(vec![(bulk("proto"), Value::Int(3))]))
                             }
                             Some("CLUSTER")
