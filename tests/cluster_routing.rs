@@ -204,6 +204,10 @@ async fn multi_slot_commands_split_and_single_slot_ones_refuse_cross_slot() {
         assert_eq!(client.exists(keys).await.unwrap(), 0, "nothing written");
     }
 
+    // Optional keys left out: `PFMERGE dst` is routed by `dst` alone.
+    let () = client.query(cmd("PFMERGE").arg("multi:hll")).await.unwrap();
+    assert_eq!(client.exists(["multi:hll"]).await.unwrap(), 1);
+
     // Atomic multi-key commands refuse keys in several slots before sending anything.
     let err = client
         .query::<Value>(cmd("RENAME").arg("multi:a").arg("multi:b"))

@@ -162,6 +162,26 @@ async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
             Value::Bulk(format!("e{round}").into())
         );
     }
+
+    // Commands whose replies would not pair with requests are refused unsent, and the
+    // connection stays in step (on RESP3, SUBSCRIBE's confirmation is a push frame:
+    // sent, it would take the next caller's reply).
+    for refused in [
+        vec![cmd("SUBSCRIBE").arg("ch")],
+        vec![cmd("get").arg("t"), cmd("ssubscribe").arg("t")],
+        vec![cmd("CLIENT").arg("reply").arg("SKIP")],
+        vec![cmd("MONITOR")],
+    ] {
+        let err = match &refused[..] {
+            [one] => tracked.send(one.clone()).await.unwrap_err(),
+            many => tracked.send_batch(many.to_vec()).await.unwrap_err(),
+        };
+        assert!(matches!(err, Error::Config(_)), "{refused:?}: {err:?}");
+        assert_eq!(
+            tracked.send(cmd("ECHO").arg("in step")).await.unwrap(),
+            Value::Bulk("in step".into())
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

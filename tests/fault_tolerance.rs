@@ -634,9 +634,12 @@ async fn a_frozen_primary_costs_its_own_requests_a_timeout_and_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
     let fake = FakeCluster::start(|args, earlier| match args[0].as_str() {
-        // Read, then the connection drops: the first INCR and the first GET.
+        // Read, then the connection drops: the first INCR and the first GET, and the
+        // first two SETs.
         "INCR" | "GET" if earlier == 0 => Action::Drop,
+        "SET" if earlier < 2 => Action::Drop,
         "GET" => Action::Reply(Value::Bulk("v".into())),
+        "SET" => Action::Reply(Value::Simple("OK".into())),
         _ => Action::Reply(Value::Int(1)),
     })
     .await;
@@ -666,6 +669,19 @@ async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
         "the read was sent again: {:?}",
         fake.seen()
     );
+    // A lock taken with SET NX is not sent again: a repeat would answer "not set" to
+    // the caller that holds the lock. A plain SET is.
+    let lock = cmd("SET")
+        .arg("lock")
+        .arg("token")
+        .arg("NX")
+        .arg("PX")
+        .arg(30000);
+    let err = client.query::<Value>(lock).await.unwrap_err();
+    assert!(err.may_have_executed(), "{err:?}");
+    assert_eq!(fake.count("SET"), 1, "{:?}", fake.seen());
+    client.set("k", "v2").await.unwrap();
+    assert_eq!(fake.count("SET"), 3, "{:?}", fake.seen());
 }
 
 /// A handshake slower than the response timeout (TLS over a long link, a busy node):

@@ -620,6 +620,16 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         let list = "{obs-traced}:list";
         let popped: Value = client.query(cmd("BLPOP").arg(list).arg(0.1)).await.unwrap();
         assert_eq!(popped, Value::Nil);
+        // A pipeline whose slot moved whole behind the client's back: every command is
+        // answered MOVED, and they go again as one batch to the new owner, in order
+        // (RPUSH answers the list's length).
+        local.move_slot(slot, to).await.unwrap();
+        let mut p = client.pipeline();
+        for i in 0..20 {
+            p.rpush(list, i);
+        }
+        let replies = p.execute().await.unwrap();
+        assert_eq!(replies, (1..=20).map(Value::Int).collect::<Vec<_>>());
 
         let lines = capture.lines();
         let target = local.node_addr(to);
@@ -629,6 +639,10 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         let in_slot = format!(r#""slot":{slot}"#);
         let logged = |parts: &[&str]| lines.iter().any(|l| parts.iter().all(|p| l.contains(p)));
         let span = r#""name":"redis_command""#;
+        assert!(
+            logged(&[r#""name":"redis_pipeline""#, &on_target, r#""commands":20"#]),
+            "the moved commands went again as one batch"
+        );
         // The request spans, closed: command, slot and node, never the key.
         assert!(
             logged(&[

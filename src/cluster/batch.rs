@@ -3,16 +3,18 @@
 //! A pipeline's commands are grouped by the node that serves them and written to each
 //! node at once, every node in parallel, in the order they were added. A node's batch
 //! goes on its shared connection, unless it holds a blocking command or, with
-//! `durable_writes` on, a write: then it goes on a dedicated connection from the pool,
+//! `durable_writes` on, a (non-blocking) write: then it goes on a dedicated connection from the pool,
 //! so that a `BLPOP` holds up nobody else, and it ends with one `WAIT` that covers its
 //! writes. A command answered with a redirect or a transient error (`MOVED`, `ASK`,
-//! `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again on its own, through the ordinary
-//! redirect and retry path: the rest of the pipeline is never sent twice, and the
-//! commands of one slot are resent one after another, in their order. When a node's
-//! connection fails, each of its commands follows the retry rule on its own: resent if
-//! it was not written or is idempotent, reported otherwise; a command that timed out is
-//! never resent.
+//! `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again, never the rest of the pipeline: the
+//! commands of a slot that moved whole go as one batch to its new owner; any others on
+//! their own, through the ordinary redirect and retry path, one after another per slot.
+//! Either way a slot's commands keep their order. When a node's connection fails, each
+//! of its commands follows the retry rule on its own: resent if it was not written or
+//! is idempotent, reported otherwise; a command that timed out is never resent.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,10 @@ use crate::error::{Error, Result};
 use crate::observe::metrics::{self, InFlight, Status};
 use crate::policy::{classify, ErrorAction};
 use crate::resp::Value;
+use crate::slot::Redirect;
+
+/// A batch's results, each with its command's place in the pipeline.
+type Outcomes = Vec<(usize, Result<Value>)>;
 
 /// One command of a pipeline.
 struct Entry {
@@ -53,10 +59,16 @@ struct Meta {
 }
 
 impl Meta {
+    /// Whether `durable_writes` gives this command a `WAIT`: a write, but not a blocking
+    /// one (`BLPOP` pops), which the single-command path sends without, as here.
+    fn durable_write(&self) -> bool {
+        self.write && self.blocks.is_none()
+    }
+
     /// Whether the command needs what only the single-command path gives when it is
     /// resent: a dedicated connection (blocking), or its own `WAIT` (a durable write).
     fn needs_own_path(&self, durability: Option<Durability>) -> bool {
-        self.blocks.is_some() || (self.write && durability.is_some())
+        self.blocks.is_some() || (self.durable_write() && durability.is_some())
     }
 }
 
@@ -142,7 +154,7 @@ impl Inner {
         }
         let batches = groups
             .into_iter()
-            .map(|(node, entries)| self.run_batch(node, entries, deadline));
+            .map(|(node, entries)| self.run_batch(node, entries, deadline, 0));
         let singles = singles.into_iter().map(|(index, command)| async move {
             let started = Instant::now();
             (index, self.execute(command, started, deadline).await)
@@ -163,20 +175,34 @@ impl Inner {
             .collect()
     }
 
-    /// Writes one node's share of a pipeline at once; resends what needs resending one
-    /// by one, in order per slot.
+    /// [`Inner::run_batch`], boxed with its type written out: it runs itself for the
+    /// commands of a slot that moved.
+    fn run_batch_boxed(
+        &self,
+        node: Arc<Node>,
+        entries: Vec<Entry>,
+        deadline: Instant,
+        redirects: u32,
+    ) -> Pin<Box<dyn Future<Output = Outcomes> + Send + '_>> {
+        Box::pin(self.run_batch(node, entries, deadline, redirects))
+    }
+
+    /// Writes one node's share of a pipeline at once. What needs resending: the
+    /// commands of a slot that moved whole (`MOVED` to each) go again as one batch to the
+    /// new owner, up to `max_redirects` times; any others one by one, in order per slot.
     async fn run_batch(
         &self,
         node: Arc<Node>,
         entries: Vec<Entry>,
         deadline: Instant,
-    ) -> Vec<(usize, Result<Value>)> {
+        redirects: u32,
+    ) -> Outcomes {
         let (meta, cmds): (Vec<Meta>, Vec<Cmd>) =
             entries.into_iter().map(|e| (e.meta, e.cmd)).unzip();
         let durability = self
             .config
             .durability
-            .filter(|_| meta.iter().any(|m| m.write));
+            .filter(|_| meta.iter().any(Meta::durable_write));
         // The longest any of its commands may block, if one does.
         let blocks = meta
             .iter()
@@ -194,7 +220,8 @@ impl Inner {
         } else if durability.is_some() || blocks.is_some() {
             let held = blocks.unwrap_or_default();
             let wait = durability.map_or(Duration::ZERO, |d| d.timeout);
-            let reply_deadline = crate::deadline::after(deadline, held.max(wait));
+            // A blocking command, then the `WAIT` after it: the server may take both.
+            let reply_deadline = crate::deadline::after(deadline, held.saturating_add(wait));
             self.run_batch_on_lease(&node, cmds, durability, deadline, reply_deadline)
                 .instrument(span)
                 .await
@@ -218,7 +245,8 @@ impl Inner {
         let elapsed = started.elapsed();
         let mut done = Tally::default();
         let mut out = Vec::with_capacity(meta.len());
-        let mut resend: Vec<Entry> = Vec::new();
+        // With whether a `MOVED` sent it back.
+        let mut resend: Vec<(Entry, bool)> = Vec::new();
         let mut batch_error: Option<Error> = None;
         match outcome {
             Ok(replies) => {
@@ -231,7 +259,9 @@ impl Inner {
                         ErrorAction::Reply => {
                             let result = match (durability, acked) {
                                 (Some(d), Some(acked))
-                                    if meta.write && !reply.is_error() && acked < d.replicas =>
+                                    if meta.durable_write()
+                                        && !reply.is_error()
+                                        && acked < d.replicas =>
                                 {
                                     Err(Error::NotReplicated {
                                         acknowledged: acked,
@@ -245,9 +275,10 @@ impl Inner {
                         }
                         ErrorAction::Redirect(r) => {
                             self.note_redirect(&r, &node.addr);
-                            resend.push(Entry { meta, cmd: command });
+                            let moved = matches!(r, Redirect::Moved { .. });
+                            resend.push((Entry { meta, cmd: command }, moved));
                         }
-                        _ => resend.push(Entry { meta, cmd: command }),
+                        _ => resend.push((Entry { meta, cmd: command }, false)),
                     }
                 }
             }
@@ -255,8 +286,12 @@ impl Inner {
                 if e.may_have_executed() {
                     batch_error = Some(e.clone());
                 }
-                self.signal
-                    .request(crate::topology::RefreshTrigger::ConnectionFailure);
+                // Our own deadline, a full pool or a refusal is no sign of a changed
+                // topology.
+                if e.is_node_failure() && !matches!(e, Error::Timeout) {
+                    self.signal
+                        .request(crate::topology::RefreshTrigger::ConnectionFailure);
+                }
                 if cmds.len() != meta.len() {
                     // The deadline passed with the commands still queued: nothing to resend.
                     let out = meta
@@ -273,7 +308,7 @@ impl Inner {
                 for (meta, command) in meta.into_iter().zip(cmds) {
                     let unsent = !e.may_have_executed();
                     if unsent || (meta.idempotent && !matches!(e, Error::Timeout)) {
-                        resend.push(Entry { meta, cmd: command });
+                        resend.push((Entry { meta, cmd: command }, false));
                     } else {
                         let result = Err(e.clone());
                         done.add(meta.name, &result);
@@ -283,21 +318,52 @@ impl Inner {
             }
         }
         done.count_on(&node, elapsed);
-        // Commands on one slot are resent one after another, in the order they were
-        // added, so that dependent writes (`DEL k`, then `RPUSH k`) still run in that
-        // order however many retries and backoffs each needs; slots go in parallel.
-        let mut by_slot: Vec<(u16, Vec<Entry>)> = Vec::new();
-        for entry in resend {
+        if resend.is_empty() {
+            return out;
+        }
+        // What to resend, by slot, in the order added: dependent writes (`DEL k`, then
+        // `RPUSH k`) rely on the order within a slot. Slots go in parallel.
+        let mut by_slot: Vec<(u16, bool, Vec<Entry>)> = Vec::new();
+        for (entry, moved) in resend {
             match by_slot
                 .iter_mut()
-                .find(|(slot, _)| *slot == entry.meta.slot)
+                .find(|(slot, ..)| *slot == entry.meta.slot)
             {
-                Some((_, entries)) => entries.push(entry),
-                None => by_slot.push((entry.meta.slot, vec![entry])),
+                Some((_, all_moved, entries)) => {
+                    *all_moved &= moved;
+                    entries.push(entry);
+                }
+                None => by_slot.push((entry.meta.slot, moved, vec![entry])),
             }
         }
+        // A slot that moved whole (a resharding) is one batch again, to its new owner
+        // (the map learned it from the `MOVED`): one write, not one round trip each.
+        let mut moved: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
+        let mut one_by_one: Vec<Vec<Entry>> = Vec::new();
+        let routes = self.routes.load_full();
+        for (slot, all_moved, entries) in by_slot {
+            let read_only = entries.iter().all(|e| e.meta.read_only);
+            let owner = if all_moved && redirects < self.config.max_redirects {
+                self.pick_for_slot(&routes, slot, read_only).ok()
+            } else {
+                None
+            };
+            match owner {
+                Some(owner) => match moved.iter_mut().find(|(n, _)| Arc::ptr_eq(n, owner)) {
+                    Some((_, batch)) => batch.extend(entries),
+                    None => moved.push((Arc::clone(owner), entries)),
+                },
+                None => one_by_one.push(entries),
+            }
+        }
+        let moved = moved
+            .into_iter()
+            .map(|(owner, entries)| self.run_batch_boxed(owner, entries, deadline, redirects + 1));
+        // The others (`ASK`, `TRYAGAIN`, a lost connection, ...) one after another, each
+        // through the single-command path, so that however many retries and backoffs
+        // one needs, the next waits for it.
         let durability = self.config.durability;
-        let resent = by_slot.into_iter().map(|(_, entries)| {
+        let resent = one_by_one.into_iter().map(|entries| {
             let batch_error = batch_error.clone();
             async move {
                 let mut replies = Vec::with_capacity(entries.len());
@@ -323,12 +389,12 @@ impl Inner {
                 replies
             }
         });
-        out.extend(
-            futures_util::future::join_all(resent)
-                .await
-                .into_iter()
-                .flatten(),
-        );
+        let (moved, resent) = futures_util::future::join(
+            futures_util::future::join_all(moved),
+            futures_util::future::join_all(resent),
+        )
+        .await;
+        out.extend(moved.into_iter().chain(resent).flatten());
         out
     }
 

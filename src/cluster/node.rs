@@ -57,6 +57,9 @@ pub(crate) struct Node {
     latency_us: AtomicU64,
     /// Per-command metric handles for this node.
     pub(crate) metrics: crate::observe::metrics::NodeMetrics,
+    /// Set by [`Node::close`]: a connect attempt that ends later closes its connection
+    /// instead of keeping it.
+    closed: AtomicBool,
 }
 
 /// Failed connection attempts in a row, and when the next may start.
@@ -111,6 +114,7 @@ impl Node {
             last_failure: Mutex::new(None),
             latency_us: AtomicU64::new(0),
             settings,
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -306,9 +310,14 @@ impl Node {
         });
         match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::ConnectionLost {
-                may_have_executed: false,
-            }),
+            // The attempt panicked (or the runtime is shutting down): a failure like any.
+            Ok(Err(_)) => {
+                let lost = Error::ConnectionLost {
+                    may_have_executed: false,
+                };
+                self.connect_failed(&lost, reconnecting);
+                Err(lost)
+            }
             // The caller's deadline ran out, not the node: no failure.
             Err(_) => Err(Error::Timeout),
         }
@@ -318,30 +327,26 @@ impl Node {
     /// the caller holds; records the outcome (reconnect backoff, breaker, logs).
     async fn connect(&self, index: usize, reconnecting: bool) -> Result<Arc<NodeConnection>> {
         let options = self.settings.options.clone().read_only(self.read_only);
-        let result = NodeConnection::connect(&self.addr, &options).await;
-        let conn = match result {
+        let conn = match NodeConnection::connect(&self.addr, &options).await {
             Ok(conn) => Arc::new(conn),
             Err(e) => {
-                let mut reconnect = lock(&self.reconnect);
-                let delay = RECONNECT_BACKOFF.delay(reconnect.failures, fastrand::f64());
-                reconnect.failures = reconnect.failures.saturating_add(1);
-                reconnect.not_before = Some(std::time::Instant::now() + delay);
-                reconnect.last_error = Some(e.clone());
-                let failures = reconnect.failures;
-                drop(reconnect);
-                self.note_failure(&e);
-                tracing::debug!(
-                    node = %self.addr,
-                    read_only = self.read_only,
-                    reconnect = reconnecting,
-                    failures,
-                    error = %e,
-                    retry_in = ?delay,
-                    "connect failed"
-                );
+                self.connect_failed(&e, reconnecting);
                 return Err(e);
             }
         };
+        let slot = &self.conns[index];
+        slot.conn.store(Some(Arc::clone(&conn)));
+        // Closed while connecting (the node left the topology, the client was dropped)?
+        // `close` raises the flag before it takes the connections: either it took this
+        // one, or the flag shows here.
+        if self.closed.load(Ordering::Acquire) {
+            if let Some(stored) = slot.conn.swap(None) {
+                stored.close();
+            }
+            return Err(Error::ConnectionLost {
+                may_have_executed: false,
+            });
+        }
         *lock(&self.reconnect) = Reconnect::default();
         tracing::debug!(
             node = %self.addr,
@@ -349,8 +354,28 @@ impl Node {
             reconnect = reconnecting,
             "connected"
         );
-        self.conns[index].conn.store(Some(Arc::clone(&conn)));
         Ok(conn)
+    }
+
+    /// Records a failed connect: the reconnect backoff, the breaker, the logs.
+    fn connect_failed(&self, e: &Error, reconnecting: bool) {
+        let mut reconnect = lock(&self.reconnect);
+        let delay = RECONNECT_BACKOFF.delay(reconnect.failures, fastrand::f64());
+        reconnect.failures = reconnect.failures.saturating_add(1);
+        reconnect.not_before = Some(std::time::Instant::now() + delay);
+        reconnect.last_error = Some(e.clone());
+        let failures = reconnect.failures;
+        drop(reconnect);
+        self.note_failure(e);
+        tracing::debug!(
+            node = %self.addr,
+            read_only = self.read_only,
+            reconnect = reconnecting,
+            failures,
+            error = %e,
+            retry_in = ?delay,
+            "connect failed"
+        );
     }
 
     /// This node's pool of dedicated connections, made on first use.
@@ -376,6 +401,7 @@ impl Node {
 
     /// Closes every connection: the node left the cluster, or the client is dropped.
     pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         for slot in self.conns.iter() {
             if let Some(conn) = slot.conn.swap(None) {
                 conn.close();

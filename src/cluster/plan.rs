@@ -107,6 +107,10 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     if command.is_empty() {
         return Err(Error::Config("empty command".into()));
     }
+    if command.is_oversized() {
+        // Its keys could not be told apart; no server takes it anyway.
+        return Err(Error::Config("a command over 4 GiB".into()));
+    }
     refuse_connection_state_commands(command, info)?;
     let Some(info) = info else {
         // Unknown to the table and to the server: route by the first argument, the

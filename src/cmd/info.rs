@@ -671,6 +671,11 @@ fn spec_keys(
             } else {
                 first + ((argc - first) / limit + lastkey)
             };
+            if lastkey < 0 && limit <= 1 && first >= argc {
+                // Keys "up to the end" and no argument there: `PFMERGE dst` merges no
+                // sources. (Split by a limit, `XREAD ... STREAMS` needs its pairs.)
+                return Ok(());
+            }
             (first, last, i64::from(keystep))
         }
         FindKeys::Keynum {
@@ -868,11 +873,8 @@ const IDEMPOTENT_WRITES: &[&str] = &[
     "hdel",
     "hmset",
     "hset",
-    "hsetnx",
     "lset",
     "mset",
-    "msetnx",
-    "persist",
     "pexpire",
     "pexpireat",
     "pfadd",
@@ -882,7 +884,6 @@ const IDEMPOTENT_WRITES: &[&str] = &[
     "script|load",
     "set",
     "setex",
-    "setnx",
     "setrange",
     "srem",
     "unlink",
@@ -901,13 +902,16 @@ const IDEMPOTENT_WRITES: &[&str] = &[
 /// The rule:
 /// - Commands flagged `readonly`, and a hand-kept list of informational ones (`PING`,
 ///   `INFO`, `CLUSTER NODES`, `CONFIG GET`, ...), are idempotent: they change nothing.
-/// - Writes are idempotent only if listed: `SET` (and `SETEX`, `PSETEX`, `MSET`, the NX
-///   forms), `DEL`, `UNLINK`, `HSET`, `HMSET`, `HDEL`, `SADD`, `SREM`, `ZADD`, `ZREM`,
-///   the `EXPIRE` family and `PERSIST`, `SETRANGE`, `LSET`, `PFADD`, `XACK`, `XDEL`,
-///   `GETEX`, `FLUSHDB`/`FLUSHALL`, `CONFIG SET`, `SCRIPT LOAD`/`FLUSH`, ... A repeat of
-///   those may answer differently (`DEL` counts 0, `SET NX` says not set) but leaves the
-///   same state. Relative expiries (`EXPIRE k 10`) restart their clock on a repeat,
-///   which moves the deadline by the retry delay: accepted.
+/// - Writes are idempotent only if listed: `SET` (and `SETEX`, `PSETEX`, `MSET`), `DEL`,
+///   `UNLINK`, `HSET`, `HMSET`, `HDEL`, `SADD`, `SREM`, `ZADD`, `ZREM`, the `EXPIRE`
+///   family, `SETRANGE`, `LSET`, `PFADD`, `XACK`, `XDEL`, `GETEX`, `FLUSHDB`/`FLUSHALL`,
+///   `CONFIG SET`, `SCRIPT LOAD`/`FLUSH`, ... A repeat of those leaves the same state and
+///   may count differently (`DEL` counts 0 what the first run deleted). Relative
+///   expiries (`EXPIRE k 10`) restart their clock on a repeat, which moves the deadline
+///   by the retry delay: accepted.
+/// - Not idempotent: writes whose reply says whether a condition held, since a repeat
+///   says it did not (the caller of `SET lock token NX` would wait for a lock it holds):
+///   `SET ... NX`, `SETNX`, `MSETNX`, `HSETNX`, `EXPIRE ... NX|LT`, `PERSIST`.
 /// - Not idempotent, even where the state would be the same: commands that return what
 ///   they destroy or replace, since a repeat returns the wrong thing and the first
 ///   answer is lost: `GETDEL`, `GETSET`, `SET ... GET`, `SETBIT` (returns the old bit),
@@ -965,16 +969,26 @@ pub(crate) fn is_idempotent_as(cmd: &Cmd, info: &CommandInfo) -> bool {
                     .any(|o| a.eq_ignore_ascii_case(o))
             })
             .any(|a| a.eq_ignore_ascii_case(b"incr")),
+        // `EXPIRE k 10 NX` (or `LT`) says whether it applied; a repeat says it did not.
+        "expire" | "pexpire" | "expireat" | "pexpireat" => !has_option(cmd, &[b"nx", b"lt"]),
         _ => true,
     }
 }
 
-/// `SET k v ... GET` returns the old value: a repeat would return `v`. Any other `SET`
-/// leaves the same value whether it runs once or twice.
+/// `SET k v ... GET` returns the old value: a repeat would return `v`. `SET k v NX`
+/// says whether it set (a lock taken, most often): a repeat would say it did not, and
+/// its caller would wait for a lock it holds. Any other `SET` leaves the same value,
+/// and answers `OK`, whether it runs once or twice.
 fn set_is_idempotent(cmd: &Cmd) -> bool {
-    !cmd.arg_iter()
+    !has_option(cmd, &[b"get", b"nx"])
+}
+
+/// Whether any argument after the key and one value (`SET k v ...`, `EXPIRE k 10 ...`)
+/// is one of `options`, in any case.
+fn has_option(cmd: &Cmd, options: &[&[u8]]) -> bool {
+    cmd.arg_iter()
         .skip(3)
-        .any(|a| a.eq_ignore_ascii_case(b"get"))
+        .any(|a| options.iter().any(|o| a.eq_ignore_ascii_case(o)))
 }
 
 impl Cmd {
@@ -1674,7 +1688,8 @@ mod tests {
     fn idempotence() {
         let yes = [
             "SET k v",
-            "SET k v EX 10 NX",
+            "SET k v EX 10 XX",
+            "EXPIRE k 10 GT",
             "SETEX k 10 v",
             "PSETEX k 10 v",
             "MSET a 1 b 2",
@@ -1690,7 +1705,6 @@ mod tests {
             "ZREM z m",
             "EXPIRE k 10",
             "PEXPIREAT k 10",
-            "PERSIST k",
             "GET k",
             "MGET a b",
             "EVAL_RO s 0",
@@ -1708,6 +1722,14 @@ mod tests {
         let no = [
             "SET k v GET",
             "set k v get",
+            "SET lock token NX PX 30000",
+            "set k v px 10 nx",
+            "SETNX k v",
+            "MSETNX a 1 b 2",
+            "HSETNX h f v",
+            "EXPIRE k 10 NX",
+            "PEXPIRE k 10 lt",
+            "PERSIST k",
             "ZADD z INCR 1 m",
             "ZADD z XX incr 1 m",
             "INCR k",
@@ -1740,6 +1762,12 @@ mod tests {
         let z = c("ZUNIONSTORE dst 2 a b WEIGHTS 1 2");
         assert_eq!(z.keys().unwrap(), Some(vec![&b"dst"[..], b"a", b"b"]));
         assert_eq!(c("CLUSTER INFO").keys().unwrap(), Some(vec![]));
+        // Optional keys to the end, none given.
+        assert_eq!(c("PFMERGE d").keys().unwrap(), Some(vec![&b"d"[..]]));
+        assert_eq!(
+            c("PFMERGE d a b").keys().unwrap(),
+            Some(vec![&b"d"[..], b"a", b"b"])
+        );
         assert_eq!(c("JSON.GET k").keys().unwrap(), None);
         assert!(c("GET").keys().is_err());
     }

@@ -123,7 +123,7 @@ impl Cmd {
         arg.with_bytes(|bytes| {
             resp::encode_bulk(bytes, &mut self.encoded);
             // The argument's bytes end just before the closing `\r\n`. Offsets past
-            // 4 GiB cannot occur: the server refuses arguments over 512 MiB.
+            // 4 GiB are capped, and `plan` refuses such a command (`is_oversized`).
             let start = self.encoded.len() - 2 - bytes.len();
             let start = u32::try_from(start).unwrap_or(u32::MAX);
             let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
@@ -195,6 +195,12 @@ impl Cmd {
     pub fn write_to(&self, out: &mut BytesMut) {
         resp::encode_header(b'*', self.spans.len(), out);
         out.extend_from_slice(&self.encoded);
+    }
+
+    /// Whether the arguments' positions overflowed their 32 bits (a command over 4 GiB,
+    /// which no server takes): then [`Cmd::arg_at`] may point at the wrong bytes.
+    pub(crate) fn is_oversized(&self) -> bool {
+        u32::try_from(self.encoded.len()).is_err()
     }
 
     /// The encoded arguments after the command name (for sending it under another name).

@@ -669,7 +669,11 @@ impl NodeConnection {
     /// # Errors
     ///
     /// [`Error::Timeout`] when no reply came in time, [`Error::ConnectionLost`] or
-    /// [`Error::Io`] when the connection died, [`Error::Protocol`] on a malformed reply.
+    /// [`Error::Io`] when the connection died, [`Error::Protocol`] on a malformed reply;
+    /// [`Error::Config`], unsent, for a command after which replies no longer answer
+    /// requests one for one (`SUBSCRIBE` and the other pub/sub commands, `MONITOR`,
+    /// `CLIENT REPLY`, `SYNC`, `PSYNC`): every later reply would go to the wrong
+    /// caller.
     ///
     /// # Examples
     ///
@@ -703,6 +707,7 @@ impl NodeConnection {
     /// # Ok(()) }
     /// ```
     pub async fn send_timeout(&self, cmd: Cmd, timeout: std::time::Duration) -> Result<Value> {
+        refuse_unpaired(&cmd)?;
         let deadline = crate::deadline::from_now(timeout);
         let replies = self.dispatch(Cmds::One(cmd), deadline).await.result?;
         Ok(replies.into_iter().next().unwrap_or(Value::Nil))
@@ -730,6 +735,7 @@ impl NodeConnection {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
+        cmds.iter().try_for_each(refuse_unpaired)?;
         let deadline = crate::deadline::from_now(self.default_timeout);
         let replies = self.dispatch(Cmds::Many(cmds), deadline).await.result?;
         Ok(replies.into_vec())
@@ -984,7 +990,11 @@ where
     let mut last_write = 0;
     let error = loop {
         let limit = WRITE_BATCH.min(shared.max_in_flight);
-        if wait_for_turn(&shared, limit).await && last_write > 1 {
+        let (waited, in_flight) = wait_for_turn(&shared, limit).await;
+        // No more in flight than `max_in_flight`, this write's included. (Replies that
+        // come meanwhile only make room.)
+        let limit = limit.min(shared.max_in_flight.saturating_sub(in_flight));
+        if waited && last_write > 1 {
             // Replies just came: the callers they woke are about to send their next
             // requests. Let them, so that those go in this write rather than the next.
             // Twice: at 64 GETs in flight, one yield made writes of 15.6 requests on
@@ -1043,10 +1053,7 @@ where
             wbuf.clear();
             continue;
         }
-        // The deadline task may have scanned while these were in no queue.
-        if let Some(earliest) = written.iter().map(|f| f.deadline).min() {
-            shared.note_deadline(earliest);
-        }
+        let earliest = written.iter().map(|f| f.deadline).min();
         // Made before the check below: a `close` from now on wakes the blocked write.
         let closed = shared.close.notified();
         // Record before writing: the reader may see a reply as soon as bytes leave.
@@ -1061,6 +1068,12 @@ where
             }
             last_write = written.len();
             q.extend(written.drain(..));
+        }
+        // The deadline task may have scanned while these were in no queue, and so
+        // dropped their deadline: noted only now that they are in one, its next scan
+        // finds them.
+        if let Some(earliest) = earliest {
+            shared.note_deadline(earliest);
         }
         // `flush` is free on TCP; TLS may still hold encrypted records after `write_all`
         // accepted every byte (the socket was full), which only a flush sends.
@@ -1092,8 +1105,9 @@ where
 
 /// Waits until the writer may take requests for its next write: while the server owes
 /// replies to the last write, unless `limit` requests are already queued, and while it
-/// owes `max_in_flight` replies (backpressure). Returns whether it waited.
-async fn wait_for_turn(shared: &Shared, limit: usize) -> bool {
+/// owes `max_in_flight` replies (backpressure). Returns whether it waited, and how many
+/// requests were in flight when it stopped.
+async fn wait_for_turn(shared: &Shared, limit: usize) -> (bool, usize) {
     let mut waited = false;
     loop {
         let room = shared.room.notified();
@@ -1102,13 +1116,53 @@ async fn wait_for_turn(shared: &Shared, limit: usize) -> bool {
         let owed = in_flight > 0 && lock(&shared.queue).requests.len() < limit;
         let full = in_flight >= shared.max_in_flight;
         if !(owed || full) || shared.is_closed() {
-            return waited;
+            return (waited, in_flight);
         }
         waited = true;
         tokio::select! {
             () = room => {}
             () = work => {}
         }
+    }
+}
+
+/// Refuses a command after which the server's replies no longer answer requests one for
+/// one: a subscription's confirmations are push frames (RESP3) or unasked messages
+/// follow (RESP2), `MONITOR` streams, `CLIENT REPLY OFF|SKIP` silences replies, `SYNC`
+/// sends a snapshot. On a connection others share, every later reply would go to the
+/// wrong caller. (The cluster client refuses these, and more, when it plans a command.)
+fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
+    const UNPAIRED: [&[u8]; 9] = [
+        b"subscribe",
+        b"psubscribe",
+        b"ssubscribe",
+        b"unsubscribe",
+        b"punsubscribe",
+        b"sunsubscribe",
+        b"monitor",
+        b"sync",
+        b"psync",
+    ];
+    let name = cmd.name();
+    let client_reply = name.eq_ignore_ascii_case(b"client")
+        && cmd
+            .arg_at(1)
+            .is_some_and(|a| a.eq_ignore_ascii_case(b"reply"));
+    if client_reply || UNPAIRED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+        return Err(Error::Config(format!(
+            "{} would leave the connection's replies out of step with its requests",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `value` is a push frame, under any attributes.
+fn is_push(value: &Value) -> bool {
+    match value {
+        Value::Push(_) => true,
+        Value::Attribute { data, .. } => is_push(data),
+        _ => false,
     }
 }
 
@@ -1183,6 +1237,10 @@ where
                     // Out-of-band data (client tracking, pub/sub on RESP3) is not a reply
                     // to any request on a multiplexed connection.
                     tracing::trace!(len = push.len(), "ignoring push frame");
+                }
+                // Nor is a push that carries attributes.
+                Ok(Some(value @ Value::Attribute { .. })) if is_push(&value) => {
+                    tracing::trace!("ignoring push frame with attributes");
                 }
                 Ok(Some(value)) => replies.push(value),
                 Ok(None) => break,
@@ -1400,8 +1458,12 @@ mod tests {
     /// A connection over an in-memory pipe; the other end plays the node (RESP2, so
     /// there is no handshake to answer).
     async fn over_pipe() -> (NodeConnection, tokio::io::DuplexStream) {
+        over_pipe_with(ConnectOptions::default()).await
+    }
+
+    async fn over_pipe_with(options: ConnectOptions) -> (NodeConnection, tokio::io::DuplexStream) {
         let (ours, node) = tokio::io::duplex(64 * 1024);
-        let options = ConnectOptions::default().protocol(Protocol::Resp2);
+        let options = options.protocol(Protocol::Resp2);
         let conn = NodeConnection::over_stream("fake:1", ours, &options)
             .await
             .unwrap();
@@ -1452,6 +1514,61 @@ mod tests {
             replies.push(task.await.unwrap().unwrap());
         }
         assert_eq!(replies[2], Value::Nil);
+    }
+
+    #[tokio::test]
+    async fn push_frames_with_or_without_attributes_answer_no_request() {
+        let (conn, mut node) = over_pipe().await;
+        let get_a = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(cmd("GET").arg("a")).await }
+        });
+        let mut buf = vec![0u8; 4096];
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], get("a"));
+        node.write_all(
+            b">2\r\n+invalidate\r\n*0\r\n|1\r\n+k\r\n+v\r\n>2\r\n+invalidate\r\n*0\r\n$1\r\nA\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            get_a.await.unwrap().unwrap(),
+            Value::Bulk(bytes::Bytes::from_static(b"A"))
+        );
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_max_in_flight_requests_are_written_unanswered() {
+        let (conn, mut node) = over_pipe_with(ConnectOptions::default().max_in_flight(2)).await;
+        let send = |key: &'static str| {
+            let conn = conn.clone();
+            tokio::spawn(async move { conn.send(cmd("GET").arg(key)).await })
+        };
+        let first = send("a");
+        let mut buf = vec![0u8; 4096];
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], get("a"));
+        // Two more gather while `a` is unanswered: a full batch for a limit of two, but
+        // only one of them fits beside `a`.
+        let later = [send("b"), send("c")];
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], get("b"), "two in flight at most");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        assert!(
+            futures_util::FutureExt::now_or_never(node.read(&mut buf)).is_none(),
+            "c waits for a reply"
+        );
+        // Then, one write in flight at a time: `c` goes once `b` is answered too.
+        node.write_all(b"$1\r\nA\r\n$1\r\nB\r\n").await.unwrap();
+        assert!(first.await.unwrap().is_ok());
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], get("c"));
+        node.write_all(b"$1\r\nC\r\n").await.unwrap();
+        for task in later {
+            assert!(task.await.unwrap().is_ok());
+        }
     }
 
     #[tokio::test(start_paused = true)]

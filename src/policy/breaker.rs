@@ -263,7 +263,8 @@ impl Breaker {
         };
         if open {
             self.state = State::Open {
-                until: now + self.config.open_for,
+                // `open_for(Duration::MAX)`, "stay open", must not overflow the clock.
+                until: now + self.config.open_for.min(crate::deadline::FAR),
             };
             self.reset_window(now);
             return Some(Transition::Opened);
