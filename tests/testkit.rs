@@ -337,6 +337,63 @@ async fn removed_node_is_forgotten_by_every_other_node() {
     assert!(cluster.restart(5).await.is_err());
 }
 
+/// Our `redis-server` children whose working directory is gone: what a cluster start
+/// cancelled half-way used to leave running. (Other tests' nodes, also our children,
+/// still have their directories.)
+fn orphaned_servers() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if comm != "redis-server" || ppid != Some(me.as_str()) {
+            continue;
+        }
+        if std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .is_ok_and(|cwd| cwd.to_string_lossy().ends_with("(deleted)"))
+        {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_cancelled_half_way_leaves_no_server_running() {
+    // Cancelled at several points of the start: spawning, waiting for nodes to answer,
+    // forming the cluster.
+    for ms in [5, 20, 50, 100, 200, 400] {
+        let start = LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .start();
+        if let Ok(started) = tokio::time::timeout(Duration::from_millis(ms), start).await {
+            drop(started);
+        }
+        let orphans = orphaned_servers();
+        for &pid in &orphans {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        assert!(
+            orphans.is_empty(),
+            "cancelled after {ms} ms, still running: {orphans:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_cluster_kills_every_process_and_removes_its_files() {
     let cluster = LocalCluster::builder()

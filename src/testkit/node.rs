@@ -327,7 +327,7 @@ async fn start(
         .open(&log_path)
         .map_err(|e| Error::io(e, false))?;
     let stdout = log.try_clone().map_err(|e| Error::io(e, false))?;
-    let mut child = Command::new(&settings.binary)
+    let child = Command::new(&settings.binary)
         .arg(dir.join(CONF_FILE))
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -340,19 +340,45 @@ async fn start(
                 format!("spawning {}: {e}", settings.binary.display()),
             )
         })?;
-    match wait_ready(settings, &mut child, port, deadline, &log_path).await {
-        Ok((conn, id)) => Ok((child, conn, id)),
-        Err(e) => {
+    // Killed if this future is dropped before the node answers (a caller's timeout
+    // around `LocalCluster::start` or `restart`), or if it never answers.
+    let mut spawned = Spawned(Some(child));
+    let (conn, id) = wait_ready(settings, &mut spawned, port, deadline, &log_path).await?;
+    Ok((spawned.keep()?, conn, id))
+}
+
+/// A spawned `redis-server` that is killed (and reaped) when dropped, unless kept: a
+/// dropped `std::process::Child` would leave the process running, on our ports, in a
+/// directory about to be deleted.
+struct Spawned(Option<Child>);
+
+impl Spawned {
+    fn child(&mut self) -> Result<&mut Child> {
+        self.0
+            .as_mut()
+            .ok_or_else(|| io_error(io::ErrorKind::Other, "the process was handed over".into()))
+    }
+
+    /// The process, no longer killed on drop.
+    fn keep(mut self) -> Result<Child> {
+        self.0
+            .take()
+            .ok_or_else(|| io_error(io::ErrorKind::Other, "the process was handed over".into()))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
             let _ = child.kill();
             let _ = child.wait();
-            Err(e)
         }
     }
 }
 
 async fn wait_ready(
     settings: &Settings,
-    child: &mut Child,
+    spawned: &mut Spawned,
     port: u16,
     deadline: Instant,
     log_path: &Path,
@@ -360,6 +386,7 @@ async fn wait_ready(
     let addr = format!("127.0.0.1:{port}");
     let options = settings.admin_options();
     loop {
+        let child = spawned.child()?;
         if let Some(status) = child.try_wait().map_err(|e| Error::io(e, false))? {
             let tail = tail(log_path, 20);
             if tail.contains("Address already in use") {
@@ -387,7 +414,7 @@ async fn wait_ready(
                 .and_then(|text| {
                     super::topology::info_field(&text, "process_id").and_then(|p| p.parse().ok())
                 });
-            if pid == Some(child.id()) {
+            if pid == Some(spawned.child()?.id()) {
                 let id = conn
                     .send(cmd("CLUSTER").arg("MYID"))
                     .await
