@@ -1,12 +1,14 @@
 //! A cluster-wide `SCAN` that survives failovers and resharding.
 //!
 //! `SCAN` walks one node's keyspace. The cluster-wide scan walks every primary in turn and
-//! keeps a set of slots already covered: a node's slots count as covered only when its
-//! scan finished, the node still owns them afterwards (checked against a fresh topology)
-//! and none of them was migrating (checked with `CLUSTER NODES` on the node). Slots that
-//! do not qualify, because the node failed mid-way, a failover happened, or a slot
-//! moved, are scanned again on their new owner. As with `SCAN` itself, a key present for
-//! the whole scan is returned at least once, and may be returned more than once.
+//! keeps a set of slots already covered: a node's slot counts as covered only when its
+//! scan finished and the node itself (its own `CLUSTER NODES` line) said it owned the
+//! slot, neither migrating nor importing it, both before the scan began and after it
+//! ended. Slots that do not qualify, because the node failed mid-way, a failover
+//! happened, or a slot moved, are scanned again on their new owner. As with `SCAN`
+//! itself, a key present for the whole scan is returned at least once, and may be
+//! returned more than once. An error the server will give again (`NOPERM`, a bad
+//! option) ends the scan at once.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -154,26 +156,33 @@ async fn scan_cluster(
         }
         let owners = owners_of_remaining(inner, &done);
         for (addr, slots) in owners {
-            match scan_node(inner, &addr, &slots, options, tx).await {
-                Ok(true) => {}
+            if tx.is_closed() {
+                return Ok(()); // Nobody wants more keys.
+            }
+            // The node's own word on its slots, before and after: a slot that moved in
+            // or out meanwhile (even and back) is not covered by this scan.
+            let scanned = async {
+                let before = settled_slots(inner, &addr).await?;
+                let more = scan_node(inner, &addr, &slots, options, tx).await?;
+                let after = settled_slots(inner, &addr).await?;
+                Ok::<_, Error>(more.then_some((before, after)))
+            };
+            match scanned.await {
+                Ok(Some((before, after))) => {
+                    for slot in slots {
+                        if before.contains(slot) && after.contains(slot) {
+                            done[usize::from(slot)] = true;
+                        }
+                    }
+                }
                 // The receiver is gone: nobody wants more keys.
-                Ok(false) => return Ok(()),
+                Ok(None) => return Ok(()),
+                // Refused by the server (`NOPERM`, a bad option): the next pass would be
+                // refused the same way.
+                Err(e @ Error::Server(_)) => return Err(e),
                 Err(e) => {
                     tracing::debug!(node = %addr, error = %e, "scan of a node interrupted; will rescan its slots");
                     inner.signal.request(RefreshTrigger::ConnectionFailure);
-                    continue;
-                }
-            }
-            // Covered only if the node still owns the slots and is not migrating them.
-            let Some(migrating) = migrating_slots(inner, &addr).await else {
-                continue;
-            };
-            let _ = inner.refresh(RefreshTrigger::Periodic).await;
-            let routes = inner.routes.load();
-            for slot in slots {
-                let still_owner = routes.map.primary(slot).is_some_and(|p| **p == *addr);
-                if still_owner && !migrating.contains(&slot) {
-                    done[usize::from(slot)] = true;
                 }
             }
         }
@@ -270,6 +279,10 @@ async fn scan_node(
                 return Ok(false);
             }
         }
+        // A page with no matching key sends nothing: notice a dropped stream anyway.
+        if tx.is_closed() {
+            return Ok(false);
+        }
         if &next[..] == b"0" {
             return Ok(true);
         }
@@ -291,60 +304,110 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
     c
 }
 
-/// Slots the node reports as migrating or importing (`[slot->-id]`, `[slot-<-id]` in its
-/// own `CLUSTER NODES` line). `None` when it could not be asked: then nothing counts as
-/// covered.
-async fn migrating_slots(inner: &Inner, addr: &str) -> Option<Vec<u16>> {
-    let node = inner.registry.get(addr, false);
-    let deadline = crate::deadline::from_now(inner.config.response_timeout);
-    let conn = node.connection(deadline).await.ok()?;
-    let reply = conn
-        .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
-        .await
-        .ok()?;
-    match &reply {
-        Value::Bulk(b) | Value::Verbatim { text: b, .. } => open_slots(&String::from_utf8_lossy(b)),
-        _ => None,
+/// The slots a node serves undisturbed, by its own `CLUSTER NODES` line.
+#[derive(Debug, PartialEq, Eq)]
+struct Settled {
+    /// Owned: the line's slot ranges.
+    owned: Vec<(u16, u16)>,
+    /// Migrating (`[slot->-id]`) or importing (`[slot-<-id]`).
+    open: Vec<u16>,
+}
+
+impl Settled {
+    fn contains(&self, slot: u16) -> bool {
+        self.owned.iter().any(|&(a, b)| (a..=b).contains(&slot)) && !self.open.contains(&slot)
     }
 }
 
-/// The open slots (`[slot->-id]` migrating, `[slot-<-id]` importing) on the line of a
-/// `CLUSTER NODES` reply whose flags (the third field) include `myself`; `None` without
-/// such a line.
-fn open_slots(cluster_nodes: &str) -> Option<Vec<u16>> {
+/// Asks the node at `addr` for its own view of its slots.
+///
+/// # Errors
+///
+/// The request's error; an error reply ([`Error::Server`], `NOPERM` without
+/// `+cluster|nodes`) as is; [`Error::Protocol`] for a reply without a `myself` line.
+async fn settled_slots(inner: &Inner, addr: &str) -> Result<Settled> {
+    let node = inner.registry.get(addr, false);
+    let deadline = crate::deadline::from_now(inner.config.response_timeout);
+    let conn = node.connection(deadline).await?;
+    let reply = conn
+        .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
+        .await?;
+    let text = match &reply {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8_lossy(b),
+        Value::ServerError(e) => return Err(Error::Server(e.clone())),
+        other => {
+            return Err(Error::Protocol(format!(
+                "CLUSTER NODES answered {}",
+                other.kind()
+            )))
+        }
+    };
+    settled(&text).ok_or_else(|| Error::Protocol("CLUSTER NODES without a myself line".into()))
+}
+
+/// The slots of the line of a `CLUSTER NODES` reply whose flags (the third field)
+/// include `myself`; `None` without such a line.
+fn settled(cluster_nodes: &str) -> Option<Settled> {
     let myself = cluster_nodes.lines().find(|line| {
         line.split(' ')
             .nth(2)
             .is_some_and(|flags| flags.split(',').any(|flag| flag == "myself"))
     })?;
-    Some(
-        myself
-            .split(' ')
-            .filter_map(|field| field.strip_prefix('['))
-            .filter_map(|field| field.split(['-', '>', '<']).next()?.parse().ok())
-            .collect(),
-    )
+    let mut settled = Settled {
+        owned: Vec::new(),
+        open: Vec::new(),
+    };
+    // id addr flags master ping-sent pong-recv epoch link-state slot...
+    for field in myself.split(' ').skip(8) {
+        if let Some(open) = field.strip_prefix('[') {
+            if let Some(slot) = open
+                .split(['-', '>', '<'])
+                .next()
+                .and_then(|s| s.parse().ok())
+            {
+                settled.open.push(slot);
+            }
+        } else {
+            let range = match field.split_once('-') {
+                Some((a, b)) => a.parse().ok().zip(b.parse().ok()),
+                None => field.parse().ok().map(|s| (s, s)),
+            };
+            settled
+                .owned
+                .extend(range.filter(|&(a, b): &(u16, u16)| a <= b));
+        }
+    }
+    Some(settled)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::open_slots;
+    use super::settled;
 
     #[test]
-    fn open_slots_come_from_the_myself_line_only() {
+    fn settled_slots_come_from_the_myself_line_only() {
         // The first line's hostname says "myself"; only the flags field counts.
         let nodes = "\
 a1 127.0.0.1:7001@17001,myself-host master - 0 0 2 connected 100-200 [300->-b2]
 b2 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-99 [5-<-a1] [7->-c3] 8
 c3 127.0.0.1:7002@17002 master - 0 0 3 connected 201-16383
 ";
-        assert_eq!(open_slots(nodes), Some(vec![5, 7]));
-        let none_open = "b2 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-16383\n";
-        assert_eq!(open_slots(none_open), Some(vec![]));
+        let b2 = settled(nodes).unwrap();
+        assert_eq!(b2.owned, vec![(0, 99), (8, 8)]);
+        assert_eq!(b2.open, vec![5, 7]);
+        assert!(b2.contains(0) && b2.contains(99) && b2.contains(8));
+        assert!(!b2.contains(5), "importing");
+        assert!(!b2.contains(7), "migrating");
+        assert!(!b2.contains(100), "a1's");
+        let all = settled("b2 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-16383\n");
+        assert!(all.unwrap().contains(16383));
+        // A replica (or an emptied primary) owns nothing.
+        let replica = settled("c3 127.0.0.1:7002@17002 myself,slave a1 0 0 3 connected\n");
+        assert!(replica.unwrap().owned.is_empty());
         assert_eq!(
-            open_slots("c3 127.0.0.1:7002@17002 master - 0 0 3 connected\n"),
+            settled("c3 127.0.0.1:7002@17002 master - 0 0 3 connected\n"),
             None
         );
-        assert_eq!(open_slots(""), None);
+        assert_eq!(settled(""), None);
     }
 }
