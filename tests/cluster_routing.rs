@@ -505,10 +505,7 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
         .all(|k| k.as_ref().unwrap().starts_with(b"scanh:")));
     // An option the server refuses ends the scan at once with the server's error, not
     // after passes that could only be refused again.
-    let refused: Vec<_> = client
-        .scan(ScanOptions::default().count(0))
-        .collect()
-        .await;
+    let refused: Vec<_> = client.scan(ScanOptions::default().count(0)).collect().await;
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(matches!(&refused[0], Err(Error::Server(_))), "{refused:?}");
 }

@@ -1274,9 +1274,10 @@ fn maxmemory(addr: &str, a: &Answers) -> Check {
             };
             check("maxmemory", status, Some(addr), observed, REC)
         }
+        // Set, but whether it fits the host could not be checked.
         None => check(
             "maxmemory",
-            CheckStatus::Ok,
+            CheckStatus::Unknown,
             Some(addr),
             format!("{} (host memory not reported)", human_bytes(max)),
             REC,
@@ -1542,11 +1543,12 @@ fn tls(addr: &str, a: &Answers, client: ClientSide) -> Check {
                 Ok(_) => "ports not reported by CONFIG GET".to_owned(),
             };
             if client.tls {
+                // TLS is on, but "TLS only" could not be checked.
                 check(
                     "tls",
-                    CheckStatus::Ok,
+                    CheckStatus::Unknown,
                     Some(addr),
-                    format!("this client connects over TLS (whether plaintext is served too is unknown: {why})"),
+                    format!("this client connects over TLS; whether plaintext is served too is unknown ({why})"),
                     REC,
                 )
             } else {
@@ -2268,10 +2270,10 @@ mod tests {
             let c = report.checks_named(name).next().unwrap();
             assert!(c.observed.contains("NOPERM"), "{c:?}");
         }
-        // Authentication is still known from the probe without credentials, TLS from the
-        // client's own connection.
+        // Authentication is still known from the probe without credentials. TLS is on,
+        // by the client's own connection, but not whether plaintext is served too.
         assert_eq!(status(&report, "authentication"), CheckStatus::Ok);
-        assert_eq!(status(&report, "tls"), CheckStatus::Ok);
+        assert_eq!(status(&report, "tls"), CheckStatus::Unknown);
         assert!(report.is_healthy());
     }
 
@@ -2314,7 +2316,7 @@ mod tests {
             ));
         });
         let c = report.checks_named("tls").next().unwrap();
-        assert_eq!(c.status, CheckStatus::Ok);
+        assert_eq!(c.status, CheckStatus::Unknown);
         assert!(c.observed.contains("CommandRenames"), "{}", c.observed);
     }
 
