@@ -1120,7 +1120,17 @@ impl LocalCluster {
     /// # Ok(()) }
     /// ```
     pub async fn finish_slot_migration(&self, migration: SlotMigration) -> Result<()> {
-        while self.migrate_keys_batch(&migration, MIGRATE_BATCH).await? > 0 {}
+        // Bounded: a writer that kept creating keys on the source could feed it forever.
+        let deadline = self.deadline();
+        while self.migrate_keys_batch(&migration, MIGRATE_BATCH).await? > 0 {
+            if Instant::now() >= deadline {
+                let message = format!(
+                    "keys kept arriving in slot {} on the source while moving them",
+                    migration.slot
+                );
+                return Err(self.timed_out(&message, Some(migration.source)));
+            }
+        }
         let (_, view) = self.view().await?;
         let mut order = vec![migration.target, migration.source];
         order.extend(
