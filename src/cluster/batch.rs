@@ -197,8 +197,9 @@ impl Inner {
         deadline: Instant,
         redirects: u32,
     ) -> Outcomes {
-        let (meta, cmds): (Vec<Meta>, Vec<Cmd>) =
-            entries.into_iter().map(|e| (e.meta, e.cmd)).unzip();
+        // Two collects, not `unzip`: the commands' one reuses the entries' allocation.
+        let meta: Vec<Meta> = entries.iter().map(|e| e.meta).collect();
+        let cmds: Vec<Cmd> = entries.into_iter().map(|e| e.cmd).collect();
         let durability = self
             .config
             .durability
