@@ -639,8 +639,14 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         let in_slot = format!(r#""slot":{slot}"#);
         let logged = |parts: &[&str]| lines.iter().any(|l| parts.iter().all(|p| l.contains(p)));
         let span = r#""name":"redis_command""#;
+        // Sent to the old owner (the map was stale), then again as one batch.
+        let pipeline = r#""name":"redis_pipeline""#;
         assert!(
-            logged(&[r#""name":"redis_pipeline""#, &on_target, r#""commands":20"#]),
+            logged(&[pipeline, &on_source, r#""commands":20"#]),
+            "the pipeline went to the old owner first"
+        );
+        assert!(
+            logged(&[pipeline, &on_target, r#""commands":20"#]),
             "the moved commands went again as one batch"
         );
         // The request spans, closed: command, slot and node, never the key.

@@ -34,6 +34,11 @@ use crate::policy::{classify, ErrorAction};
 use crate::resp::Value;
 use crate::slot::Redirect;
 
+/// How many times the commands of a moved slot go again as a batch before they go one
+/// by one (with `max_redirects` of their own): a slot moving on and on is no case to
+/// optimise, and each re-batch runs inside the one before.
+const MAX_REBATCHES: u32 = 4;
+
 /// A batch's results, each with its command's place in the pipeline.
 type Outcomes = Vec<(usize, Result<Value>)>;
 
@@ -189,7 +194,7 @@ impl Inner {
 
     /// Writes one node's share of a pipeline at once. What needs resending: the
     /// commands of a slot that moved whole (`MOVED` to each) go again as one batch to the
-    /// new owner, up to `max_redirects` times; any others one by one, in order per slot.
+    /// new owner, up to [`MAX_REBATCHES`] times; any others one by one, in order per slot.
     async fn run_batch(
         &self,
         node: Arc<Node>,
@@ -344,7 +349,7 @@ impl Inner {
         let routes = self.routes.load_full();
         for (slot, all_moved, entries) in by_slot {
             let read_only = entries.iter().all(|e| e.meta.read_only);
-            let owner = if all_moved && redirects < self.config.max_redirects {
+            let owner = if all_moved && redirects < self.config.max_redirects.min(MAX_REBATCHES) {
                 self.pick_for_slot(&routes, slot, read_only).ok()
             } else {
                 None

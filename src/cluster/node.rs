@@ -273,6 +273,12 @@ impl Node {
         index: usize,
         deadline: Instant,
     ) -> Result<Arc<NodeConnection>> {
+        if self.closed.load(Ordering::Acquire) {
+            // Gone from the topology: whoever still holds it must not reconnect.
+            return Err(Error::ConnectionLost {
+                may_have_executed: false,
+            });
+        }
         let slot = &self.conns[index];
         let single_flight =
             tokio::time::timeout_at(deadline, Arc::clone(&slot.connecting).lock_owned())

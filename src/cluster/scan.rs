@@ -4,11 +4,12 @@
 //! keeps a set of slots already covered: a node's slot counts as covered only when its
 //! scan finished and the node itself (its own `CLUSTER NODES` line) said it owned the
 //! slot, neither migrating nor importing it, both before the scan began and after it
-//! ended. Slots that do not qualify, because the node failed mid-way, a failover
+//! ended, with the same config epoch (which a slot handed back to it, or a failover and
+//! back, would have moved on). Slots that do not qualify, because the node failed mid-way, a failover
 //! happened, or a slot moved, are scanned again on their new owner. As with `SCAN`
 //! itself, a key present for the whole scan is returned at least once, and may be
 //! returned more than once. An error the server will give again (`NOPERM`, a bad
-//! option) ends the scan at once.
+//! option) ends the scan at once; a passing one (`LOADING`, `BUSY`) is retried.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,8 +21,10 @@ use tokio::sync::mpsc;
 
 use crate::cluster::{ClusterClient, Inner};
 use crate::cmd::{self, cmd, Cmd};
+use crate::error::ServerError;
 use crate::error::{Error, Result};
 use crate::observe::metrics::{self, Status};
+use crate::policy::{classify, ErrorAction};
 use crate::resp::Value;
 use crate::slot::{key_slot, SLOT_COUNT};
 use crate::topology::RefreshTrigger;
@@ -160,7 +163,8 @@ async fn scan_cluster(
                 return Ok(()); // Nobody wants more keys.
             }
             // The node's own word on its slots, before and after: a slot that moved in
-            // or out meanwhile (even and back) is not covered by this scan.
+            // or out meanwhile is not covered by this scan, nor any slot of a node whose
+            // config epoch changed (a slot moved away and back, a failover and back).
             let scanned = async {
                 let before = settled_slots(inner, &addr).await?;
                 let more = scan_node(inner, &addr, &slots, options, tx).await?;
@@ -169,8 +173,9 @@ async fn scan_cluster(
             };
             match scanned.await {
                 Ok(Some((before, after))) => {
+                    let unchanged = before.epoch.is_some() && before.epoch == after.epoch;
                     for slot in slots {
-                        if before.contains(slot) && after.contains(slot) {
+                        if unchanged && before.contains(slot) && after.contains(slot) {
                             done[usize::from(slot)] = true;
                         }
                     }
@@ -178,8 +183,10 @@ async fn scan_cluster(
                 // The receiver is gone: nobody wants more keys.
                 Ok(None) => return Ok(()),
                 // Refused by the server (`NOPERM`, a bad option): the next pass would be
-                // refused the same way.
-                Err(e @ Error::Server(_)) => return Err(e),
+                // refused the same way. (`LOADING`, `BUSY` and the like pass.)
+                Err(Error::Server(e)) if refused_for_good(&e, &addr) => {
+                    return Err(Error::Server(e))
+                }
                 Err(e) => {
                     tracing::debug!(node = %addr, error = %e, "scan of a node interrupted; will rescan its slots");
                     inner.signal.request(RefreshTrigger::ConnectionFailure);
@@ -304,9 +311,17 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
     c
 }
 
+/// Whether an error reply will come again however often the scan retries: not a
+/// redirect or a passing state (`LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, `BUSY`, ...).
+fn refused_for_good(e: &ServerError, addr: &str) -> bool {
+    matches!(classify(e, addr), ErrorAction::Reply) && e.code() != "BUSY"
+}
+
 /// The slots a node serves undisturbed, by its own `CLUSTER NODES` line.
 #[derive(Debug, PartialEq, Eq)]
 struct Settled {
+    /// Its config epoch, which a slot handed to it or a failover moves on.
+    epoch: Option<u64>,
     /// Owned: the line's slot ranges.
     owned: Vec<(u16, u16)>,
     /// Migrating (`[slot->-id]`) or importing (`[slot-<-id]`).
@@ -327,11 +342,18 @@ impl Settled {
 /// `+cluster|nodes`) as is; [`Error::Protocol`] for a reply without a `myself` line.
 async fn settled_slots(inner: &Inner, addr: &str) -> Result<Settled> {
     let node = inner.registry.get(addr, false);
+    if !inner.admit(&node) {
+        return Err(Error::CircuitOpen {
+            node: node.addr.to_string(),
+        });
+    }
     let deadline = crate::deadline::from_now(inner.config.response_timeout);
     let conn = node.connection(deadline).await?;
     let reply = conn
         .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
-        .await?;
+        .await;
+    inner.record_result(&node, &reply);
+    let reply = reply?;
     let text = match &reply {
         Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8_lossy(b),
         Value::ServerError(e) => return Err(Error::Server(e.clone())),
@@ -354,6 +376,7 @@ fn settled(cluster_nodes: &str) -> Option<Settled> {
             .is_some_and(|flags| flags.split(',').any(|flag| flag == "myself"))
     })?;
     let mut settled = Settled {
+        epoch: myself.split(' ').nth(6).and_then(|e| e.parse().ok()),
         owned: Vec::new(),
         open: Vec::new(),
     };
@@ -393,6 +416,7 @@ b2 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-99 [5-<-a1] [7->-c3] 8
 c3 127.0.0.1:7002@17002 master - 0 0 3 connected 201-16383
 ";
         let b2 = settled(nodes).unwrap();
+        assert_eq!(b2.epoch, Some(1));
         assert_eq!(b2.owned, vec![(0, 99), (8, 8)]);
         assert_eq!(b2.open, vec![5, 7]);
         assert!(b2.contains(0) && b2.contains(99) && b2.contains(8));

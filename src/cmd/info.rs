@@ -911,7 +911,8 @@ const IDEMPOTENT_WRITES: &[&str] = &[
 ///   by the retry delay: accepted.
 /// - Not idempotent: writes whose reply says whether a condition held, since a repeat
 ///   says it did not (the caller of `SET lock token NX` would wait for a lock it holds):
-///   `SET ... NX`, `SETNX`, `MSETNX`, `HSETNX`, `EXPIRE ... NX|LT`, `PERSIST`.
+///   `SET ... NX`, `SETNX`, `MSETNX`, `HSETNX`, `EXPIRE ... NX|LT`, `EXPIREAT ... GT`,
+///   `PERSIST`. (`ZADD ... NX` and `CH` return counts, like `SADD`: resent.)
 /// - Not idempotent, even where the state would be the same: commands that return what
 ///   they destroy or replace, since a repeat returns the wrong thing and the first
 ///   answer is lost: `GETDEL`, `GETSET`, `SET ... GET`, `SETBIT` (returns the old bit),
@@ -970,7 +971,9 @@ pub(crate) fn is_idempotent_as(cmd: &Cmd, info: &CommandInfo) -> bool {
             })
             .any(|a| a.eq_ignore_ascii_case(b"incr")),
         // `EXPIRE k 10 NX` (or `LT`) says whether it applied; a repeat says it did not.
-        "expire" | "pexpire" | "expireat" | "pexpireat" => !has_option(cmd, &[b"nx", b"lt"]),
+        // So does `GT` with an absolute time: the repeat's is not greater.
+        "expire" | "pexpire" => !has_option(cmd, &[b"nx", b"lt"]),
+        "expireat" | "pexpireat" => !has_option(cmd, &[b"nx", b"lt", b"gt"]),
         _ => true,
     }
 }
@@ -1729,6 +1732,8 @@ mod tests {
             "HSETNX h f v",
             "EXPIRE k 10 NX",
             "PEXPIRE k 10 lt",
+            "EXPIREAT k 2000000000 GT",
+            "PEXPIREAT k 2000000000000 gt",
             "PERSIST k",
             "ZADD z INCR 1 m",
             "ZADD z XX incr 1 m",

@@ -673,7 +673,8 @@ impl NodeConnection {
     /// [`Error::Config`], unsent, for a command after which replies no longer answer
     /// requests one for one (`SUBSCRIBE` and the other pub/sub commands, `MONITOR`,
     /// `CLIENT REPLY`, `SYNC`, `PSYNC`): every later reply would go to the wrong
-    /// caller.
+    /// caller; and for one that changes the connection under every caller (`RESET`,
+    /// `HELLO`, `AUTH`, `SELECT`, `QUIT`).
     ///
     /// # Examples
     ///
@@ -1130,9 +1131,11 @@ async fn wait_for_turn(shared: &Shared, limit: usize) -> (bool, usize) {
 /// one: a subscription's confirmations are push frames (RESP3) or unasked messages
 /// follow (RESP2), `MONITOR` streams, `CLIENT REPLY OFF|SKIP` silences replies, `SYNC`
 /// sends a snapshot. On a connection others share, every later reply would go to the
-/// wrong caller. (The cluster client refuses these, and more, when it plans a command.)
+/// wrong caller. Likewise the commands that change the connection under every other
+/// caller: `RESET` (logs it out, back to RESP2), `HELLO`, `AUTH`, `SELECT`, `QUIT`.
+/// (The cluster client refuses these, and more, when it plans a command.)
 fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
-    const UNPAIRED: [&[u8]; 9] = [
+    const UNPAIRED: [&[u8]; 14] = [
         b"subscribe",
         b"psubscribe",
         b"ssubscribe",
@@ -1142,6 +1145,11 @@ fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
         b"monitor",
         b"sync",
         b"psync",
+        b"reset",
+        b"hello",
+        b"auth",
+        b"select",
+        b"quit",
     ];
     let name = cmd.name();
     let client_reply = name.eq_ignore_ascii_case(b"client")
