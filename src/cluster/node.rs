@@ -57,8 +57,8 @@ pub(crate) struct Node {
     latency_us: AtomicU64,
     /// Per-command metric handles for this node.
     pub(crate) metrics: crate::observe::metrics::NodeMetrics,
-    /// Set by [`Node::close`]: a connect attempt that ends later closes its connection
-    /// instead of keeping it.
+    /// Set by [`Node::close`]: no connect attempt starts after it, and one that ends
+    /// after it closes its connection instead of keeping it.
     closed: AtomicBool,
 }
 

@@ -1158,7 +1158,8 @@ fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
             .is_some_and(|a| a.eq_ignore_ascii_case(b"reply"));
     if client_reply || UNPAIRED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
         return Err(Error::Config(format!(
-            "{} would leave the connection's replies out of step with its requests",
+            "{} is not sent on a shared connection: it would put the replies out of step \
+             with the requests, or change the connection for every caller",
             String::from_utf8_lossy(name)
         )));
     }
