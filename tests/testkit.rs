@@ -140,6 +140,17 @@ async fn paused_node_answers_nothing_until_resumed() {
     cluster.wait_until_stable(SETTLE).await.unwrap();
     // Paused for less than the node timeout: no failover.
     assert_eq!(cluster.master_of_slot(6000).await.unwrap(), 1);
+
+    // A wait for stability keeps to its own timeout though the first node it asks does
+    // not answer (the testkit's own connections would give its handshake 2 s).
+    cluster.pause(0).unwrap();
+    let started = tokio::time::Instant::now();
+    let unstable = cluster.wait_until_stable(Duration::from_millis(300)).await;
+    let waited = started.elapsed();
+    cluster.resume(0).unwrap();
+    assert!(unstable.is_err());
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    cluster.wait_until_stable(SETTLE).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
