@@ -142,7 +142,7 @@ async fn paused_node_answers_nothing_until_resumed() {
     assert_eq!(cluster.master_of_slot(6000).await.unwrap(), 1);
 
     // A wait for stability keeps to its own timeout though the first node it asks does
-    // not answer (the testkit's own connections would give its handshake 2 s).
+    // not answer.
     cluster.pause(0).unwrap();
     let started = tokio::time::Instant::now();
     let unstable = cluster.wait_until_stable(Duration::from_millis(300)).await;
