@@ -1479,6 +1479,15 @@ mod tests {
         (conn, node)
     }
 
+    /// Sends `GET key` on a task of its own, so that the test can play the server.
+    fn spawn_get(
+        conn: &NodeConnection,
+        key: &'static str,
+    ) -> tokio::task::JoinHandle<Result<Value>> {
+        let conn = conn.clone();
+        tokio::spawn(async move { conn.send(cmd("GET").arg(key)).await })
+    }
+
     fn get(key: &str) -> Vec<u8> {
         let mut bytes = BytesMut::new();
         cmd("GET").arg(key).write_to(&mut bytes);
@@ -1490,10 +1499,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn requests_sent_while_a_write_is_unanswered_go_together_in_the_next_write() {
         let (conn, mut node) = over_pipe().await;
-        let send = |key: &'static str| {
-            let conn = conn.clone();
-            tokio::spawn(async move { conn.send(cmd("GET").arg(key)).await })
-        };
+        let send = |key| spawn_get(&conn, key);
         let first = send("a");
         let mut buf = vec![0u8; 4096];
         let n = node.read(&mut buf).await.unwrap();
@@ -1528,10 +1534,7 @@ mod tests {
     #[tokio::test]
     async fn push_frames_with_or_without_attributes_answer_no_request() {
         let (conn, mut node) = over_pipe().await;
-        let get_a = tokio::spawn({
-            let conn = conn.clone();
-            async move { conn.send(cmd("GET").arg("a")).await }
-        });
+        let get_a = spawn_get(&conn, "a");
         let mut buf = vec![0u8; 4096];
         let n = node.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], get("a"));
@@ -1550,10 +1553,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn never_more_than_max_in_flight_requests_are_written_unanswered() {
         let (conn, mut node) = over_pipe_with(ConnectOptions::default().max_in_flight(2)).await;
-        let send = |key: &'static str| {
-            let conn = conn.clone();
-            tokio::spawn(async move { conn.send(cmd("GET").arg(key)).await })
-        };
+        let send = |key| spawn_get(&conn, key);
         let first = send("a");
         let mut buf = vec![0u8; 4096];
         let n = node.read(&mut buf).await.unwrap();
