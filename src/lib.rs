@@ -127,6 +127,8 @@ mod cmd;
 mod conn;
 mod deadline;
 mod error;
+#[cfg(test)]
+mod hostile_input;
 mod observe;
 mod pipeline;
 mod policy;

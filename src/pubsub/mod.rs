@@ -66,7 +66,7 @@
 //! settings (TLS, credentials, name, timeouts); a connection that does not answer a
 //! `PING` within [`SubscriberConfig::ping_interval`] is replaced.
 
-mod link;
+pub(crate) mod link;
 mod manager;
 mod queue;
 
