@@ -5,6 +5,9 @@
 //! command costs one allocation (up to 128 encoded bytes and 8 arguments; larger ones
 //! grow the buffer). A pipeline's typed helpers build their commands back to back in
 //! shared chunks instead (`CmdArena`), a few allocations for a thousand commands.
+//!
+//! Also the command table (`info`, `table`), the cluster's renamed commands (`renames`)
+//! and the list of commands a shared connection must not carry (`refusal`).
 
 use std::fmt;
 
@@ -14,10 +17,15 @@ use smallvec::SmallVec;
 use crate::resp;
 
 mod info;
+mod refusal;
 mod renames;
 mod table;
 
 pub use renames::CommandRenames;
+
+pub(crate) use refusal::Refusal;
+#[cfg(test)]
+pub(crate) use refusal::{as_written, REFUSED};
 
 // The command table, for the cluster layer (routing, splitting, retries).
 #[allow(unused_imports)]

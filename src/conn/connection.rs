@@ -50,7 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cmd::{Cmd, CommandRenames};
+use crate::cmd::{Cmd, CommandRenames, Refusal};
 use crate::conn::options::{ConnectOptions, Protocol};
 use crate::conn::reply::{self, ReplyReceiver, ReplySender};
 use crate::conn::{handshake, tls};
@@ -1128,42 +1128,26 @@ async fn wait_for_turn(shared: &Shared, limit: usize) -> (bool, usize) {
 }
 
 /// Refuses a command after which the server's replies no longer answer requests one for
-/// one: a subscription's confirmations are push frames (RESP3) or unasked messages
-/// follow (RESP2), `MONITOR` streams, `CLIENT REPLY OFF|SKIP` silences replies, `SYNC`
-/// sends a snapshot. On a connection others share, every later reply would go to the
-/// wrong caller. Likewise the commands that change the connection under every other
-/// caller: `RESET` (logs it out, back to RESP2), `HELLO`, `AUTH`, `SELECT`, `QUIT`.
-/// (The cluster client refuses these, and more, when it plans a command.)
+/// one (the pub/sub family, `MONITOR`, `CLIENT REPLY`, `SYNC`, `PSYNC`), or that changes
+/// the connection under every other caller (`RESET`, `HELLO`, `AUTH`, `SELECT`, `QUIT`):
+/// on a connection others share, every later reply would go to the wrong caller. The
+/// list and the reasons are [`crate::cmd::Refusal`]; the cluster client refuses more of
+/// it when it plans a command.
 fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
-    const UNPAIRED: [&[u8]; 14] = [
-        b"subscribe",
-        b"psubscribe",
-        b"ssubscribe",
-        b"unsubscribe",
-        b"punsubscribe",
-        b"sunsubscribe",
-        b"monitor",
-        b"sync",
-        b"psync",
-        b"reset",
-        b"hello",
-        b"auth",
-        b"select",
-        b"quit",
-    ];
-    let name = cmd.name();
-    let client_reply = name.eq_ignore_ascii_case(b"client")
-        && cmd
-            .arg_at(1)
-            .is_some_and(|a| a.eq_ignore_ascii_case(b"reply"));
-    if client_reply || UNPAIRED.iter().any(|n| name.eq_ignore_ascii_case(n)) {
-        return Err(Error::Config(format!(
-            "{} is not sent on a shared connection: it would put the replies out of step \
-             with the requests, or change the connection for every caller",
-            String::from_utf8_lossy(name)
-        )));
+    match Refusal::of(cmd) {
+        Some(Refusal::Subscription | Refusal::Unpaired | Refusal::ConnectionState) => {
+            Err(Error::Config(format!(
+                "{} is not sent on a shared connection: it would put the replies out of step \
+                 with the requests, or change the connection for every caller",
+                String::from_utf8_lossy(cmd.name())
+            )))
+        }
+        // Their replies pair with their requests, and a batch writes its commands back to
+        // back: `MULTI ... EXEC` in one `send_batch` stays one transaction, and the
+        // dedicated pool's recycle check sends `UNWATCH` this way. `WAIT` counts the
+        // connection's writes, whoever sent them, but its reply is its own.
+        Some(Refusal::Transaction | Refusal::Wait) | None => Ok(()),
     }
-    Ok(())
 }
 
 /// Whether `value` is a push frame, under any attributes.
@@ -1689,5 +1673,23 @@ mod tests {
             .await
             .expect("the writer ended after close")
             .unwrap();
+    }
+
+    #[test]
+    fn the_pairing_and_connection_changing_kinds_of_the_refusal_list_are_refused() {
+        for &(name, kind) in crate::cmd::REFUSED {
+            let c = crate::cmd::as_written(name);
+            let refused = refuse_unpaired(&c);
+            match kind {
+                Refusal::Subscription | Refusal::Unpaired | Refusal::ConnectionState => {
+                    assert!(matches!(refused, Err(Error::Config(_))), "{c:?}")
+                }
+                Refusal::Transaction | Refusal::Wait => assert!(refused.is_ok(), "{c:?}"),
+            }
+        }
+        // What the dedicated pool's recycle check sends.
+        assert!(refuse_unpaired(&cmd("UNWATCH")).is_ok());
+        assert!(refuse_unpaired(&cmd("CLIENT").arg("LIST")).is_ok());
+        assert!(refuse_unpaired(&cmd("GET").arg("subscribe")).is_ok());
     }
 }
