@@ -171,6 +171,9 @@ async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
         vec![cmd("get").arg("t"), cmd("ssubscribe").arg("t")],
         vec![cmd("CLIENT").arg("reply").arg("SKIP")],
         vec![cmd("MONITOR")],
+        // A transaction left open would queue the next caller's commands into it.
+        vec![cmd("MULTI")],
+        vec![cmd("WATCH").arg("t"), cmd("MULTI"), cmd("INCR").arg("t")],
     ] {
         let err = match &refused[..] {
             [one] => tracked.send(one.clone()).await.unwrap_err(),
@@ -182,6 +185,25 @@ async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
             Value::Bulk("in step".into())
         );
     }
+    // A whole transaction in one batch runs as one, and the connection stays shared.
+    let replies = tracked
+        .send_batch(vec![
+            cmd("WATCH").arg("t"),
+            cmd("MULTI"),
+            cmd("INCR").arg("t"),
+            cmd("EXEC"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(replies[3], Value::Array(vec![Value::Int(21)]));
+    assert_eq!(
+        writer.send(cmd("GET").arg("t")).await.unwrap(),
+        Value::Bulk("21".into())
+    );
+    assert_eq!(
+        tracked.send(cmd("ECHO").arg("after")).await.unwrap(),
+        Value::Bulk("after".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -673,8 +673,10 @@ impl NodeConnection {
     /// [`Error::Config`], unsent, for a command after which replies no longer answer
     /// requests one for one (`SUBSCRIBE` and the other pub/sub commands, `MONITOR`,
     /// `CLIENT REPLY`, `SYNC`, `PSYNC`): every later reply would go to the wrong
-    /// caller; and for one that changes the connection under every caller (`RESET`,
-    /// `HELLO`, `AUTH`, `SELECT`, `QUIT`).
+    /// caller; for one that changes the connection under every caller (`RESET`,
+    /// `HELLO`, `AUTH`, `SELECT`, `QUIT`); and for `MULTI` or `WATCH` alone, which
+    /// would start a transaction for every caller (send the whole transaction with
+    /// [`NodeConnection::send_batch`]).
     ///
     /// # Examples
     ///
@@ -708,7 +710,7 @@ impl NodeConnection {
     /// # Ok(()) }
     /// ```
     pub async fn send_timeout(&self, cmd: Cmd, timeout: std::time::Duration) -> Result<Value> {
-        refuse_unpaired(&cmd)?;
+        refuse_on_shared(std::slice::from_ref(&cmd))?;
         let deadline = crate::deadline::from_now(timeout);
         let replies = self.dispatch(Cmds::One(cmd), deadline).await.result?;
         Ok(replies.into_iter().next().unwrap_or(Value::Nil))
@@ -719,7 +721,11 @@ impl NodeConnection {
     ///
     /// # Errors
     ///
-    /// As [`NodeConnection::send`]; one failure fails the whole batch.
+    /// As [`NodeConnection::send`]; one failure fails the whole batch. A batch may hold
+    /// a whole transaction (`WATCH`, `MULTI`, ..., `EXEC`): its commands are written
+    /// back to back. One that leaves a `MULTI` or a `WATCH` open (no `EXEC` or `DISCARD`
+    /// after it; `UNWATCH` also ends a `WATCH`) is refused unsent, as it would pull the
+    /// next callers' commands into the transaction.
     ///
     /// # Examples
     ///
@@ -736,7 +742,7 @@ impl NodeConnection {
         if cmds.is_empty() {
             return Ok(Vec::new());
         }
-        cmds.iter().try_for_each(refuse_unpaired)?;
+        refuse_on_shared(&cmds)?;
         let deadline = crate::deadline::from_now(self.default_timeout);
         let replies = self.dispatch(Cmds::Many(cmds), deadline).await.result?;
         Ok(replies.into_vec())
@@ -1143,11 +1149,44 @@ fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
             )))
         }
         // Their replies pair with their requests, and a batch writes its commands back to
-        // back: `MULTI ... EXEC` in one `send_batch` stays one transaction, and the
-        // dedicated pool's recycle check sends `UNWATCH` this way. `WAIT` counts the
-        // connection's writes, whoever sent them, but its reply is its own.
+        // back: `MULTI ... EXEC` in one `send_batch` stays one transaction (see
+        // `refuse_on_shared`), and the dedicated pool's recycle check sends `UNWATCH`
+        // this way. `WAIT` counts the connection's writes, whoever sent them, but its
+        // reply is its own.
         Some(Refusal::Transaction | Refusal::Wait) | None => Ok(()),
     }
+}
+
+/// [`refuse_unpaired`] for each of `cmds`, which go out back to back, and a refusal of
+/// any that leave a transaction open after them: after a `MULTI` with no `EXEC` or
+/// `DISCARD` later in `cmds`, the server would queue other callers' commands into it
+/// (and they would get `QUEUED` for a reply); after a lone `WATCH`, their writes would
+/// abort a transaction they know nothing of.
+fn refuse_on_shared(cmds: &[Cmd]) -> Result<()> {
+    let (mut multi, mut watch) = (false, false);
+    for c in cmds {
+        refuse_unpaired(c)?;
+        let name = c.name();
+        if name.eq_ignore_ascii_case(b"MULTI") {
+            multi = true;
+        } else if name.eq_ignore_ascii_case(b"WATCH") {
+            watch = true;
+        } else if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") {
+            (multi, watch) = (false, false);
+        } else if name.eq_ignore_ascii_case(b"UNWATCH") && !multi {
+            // Inside `MULTI` it is only queued.
+            watch = false;
+        }
+    }
+    if multi || watch {
+        return Err(Error::Config(format!(
+            "{} without EXEC or DISCARD after it is not sent on a shared connection: it \
+             would start a transaction for every caller; send the whole transaction in one \
+             send_batch",
+            if multi { "MULTI" } else { "WATCH" }
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `value` is a push frame, under any attributes.
@@ -1688,8 +1727,45 @@ mod tests {
             }
         }
         // What the dedicated pool's recycle check sends.
-        assert!(refuse_unpaired(&cmd("UNWATCH")).is_ok());
+        assert!(refuse_on_shared(&[cmd("UNWATCH"), cmd("PING")]).is_ok());
         assert!(refuse_unpaired(&cmd("CLIENT").arg("LIST")).is_ok());
         assert!(refuse_unpaired(&cmd("GET").arg("subscribe")).is_ok());
+    }
+
+    #[test]
+    fn a_transaction_left_open_is_refused_and_a_whole_one_is_sent() {
+        let set = || cmd("SET").arg("k").arg("v");
+        let open: [&[Cmd]; 6] = [
+            &[cmd("MULTI")],
+            &[cmd("watch").arg("k")],
+            &[cmd("MULTI"), set()],
+            &[cmd("WATCH").arg("k"), cmd("MULTI"), set()],
+            // Inside MULTI, UNWATCH is only queued; nothing ends the MULTI.
+            &[cmd("WATCH").arg("k"), cmd("MULTI"), cmd("UNWATCH")],
+            &[cmd("MULTI"), set(), cmd("EXEC"), cmd("Multi")],
+        ];
+        for cmds in open {
+            assert!(
+                matches!(refuse_on_shared(cmds), Err(Error::Config(_))),
+                "{cmds:?}"
+            );
+        }
+        let whole: [&[Cmd]; 6] = [
+            &[cmd("MULTI"), set(), cmd("EXEC")],
+            &[cmd("multi"), set(), cmd("discard")],
+            &[
+                cmd("WATCH").arg("k"),
+                cmd("GET").arg("k"),
+                cmd("MULTI"),
+                set(),
+                cmd("EXEC"),
+            ],
+            &[cmd("WATCH").arg("k"), cmd("UNWATCH")],
+            &[cmd("EXEC")],
+            &[set(), cmd("GET").arg("k")],
+        ];
+        for cmds in whole {
+            assert!(refuse_on_shared(cmds).is_ok(), "{cmds:?}");
+        }
     }
 }
