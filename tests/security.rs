@@ -245,6 +245,76 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_changed_under_the_client_fails_requests_with_auth_at_once() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .config("requirepass", PASSWORD)
+        .start()
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(5);
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .password(PASSWORD)
+        .response_timeout(timeout)
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    client.set("pw:{a}", "v").await.unwrap();
+    // The password changes on every node and the client's connections are cut: its
+    // reconnects are refused.
+    for i in 0..3 {
+        let admin = local.connect_node(i).await.unwrap();
+        admin
+            .send(
+                cmd("CONFIG")
+                    .arg("SET")
+                    .arg("requirepass")
+                    .arg("changed-pass"),
+            )
+            .await
+            .unwrap();
+        admin
+            .send(
+                cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("normal")
+                    .arg("SKIPME")
+                    .arg("yes"),
+            )
+            .await
+            .unwrap();
+    }
+    // More requests than the breaker's threshold (5 failures): each is told the cause,
+    // none retries to its deadline, and no breaker opens to answer `CircuitOpen`.
+    for i in 0..8 {
+        let started = std::time::Instant::now();
+        let err = client.get::<_, Option<String>>("pw:{a}").await.unwrap_err();
+        assert!(matches!(err, Error::Auth(_)), "request {i}: {err:?}");
+        assert!(
+            started.elapsed() < timeout / 2,
+            "request {i} took {:?}",
+            started.elapsed()
+        );
+    }
+    let health = client.health();
+    let owner = health
+        .nodes
+        .iter()
+        .find(|n| n.last_error.is_some())
+        .expect("the refused node's last error is reported");
+    assert_eq!(owner.breaker, redcluster::BreakerState::Closed, "{owner:?}");
+    let (why, _) = owner.last_error.as_ref().unwrap();
+    assert!(
+        !why.contains(PASSWORD) && !why.contains("changed-pass"),
+        "{why}"
+    );
+}
+
 // ---- ACL --------------------------------------------------------------------------------
 
 /// Runs `ACL SETUSER` with `rules` on every node (ACLs are per node).

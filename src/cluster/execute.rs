@@ -715,6 +715,11 @@ impl Inner {
                     return Err(e);
                 }
                 self.record(node, Some(&e));
+                if !e.is_node_failure() {
+                    // Rejected credentials or certificate: another attempt within this
+                    // request's deadline would meet the same answer. Said at once.
+                    return Err(e);
+                }
                 self.signal.request(RefreshTrigger::ConnectionFailure);
                 *st.primary_only |= node.read_only;
                 *st.redirect = None;

@@ -132,12 +132,20 @@ impl Node {
 
     /// Reports a request's outcome: `None` when the node answered (error replies
     /// included), the error when the connection failed or the request timed out.
+    ///
+    /// An error that is no sign of the node's health (rejected credentials, a TLS
+    /// certificate that does not verify, a refused configuration) is kept as the node's
+    /// last failure for health reports, but left out of its breaker: an open breaker
+    /// would answer `CircuitOpen`, hiding the cause, and retrying would not change it.
     pub(crate) fn record(&self, failure: Option<&Error>) -> Option<Transition> {
         if failure.is_none() && self.quiet.load(Ordering::Acquire) {
             return None;
         }
         if let Some(e) = failure {
             self.note_failure(e);
+            if !e.is_node_failure() {
+                return None;
+            }
         }
         let mut breaker = lock(&self.breaker);
         let now = std::time::Instant::now();
