@@ -906,11 +906,14 @@ fn parse_seed(raw: &str) -> Result<Seed> {
     } else {
         (false, raw)
     };
-    let rest = rest.split(['/', '?']).next().unwrap_or("");
-    let (userinfo, hostport) = match rest.rsplit_once('@') {
+    // The userinfo first, up to the last `@`: a password may hold `/` or `?` left
+    // unencoded (base64 ones do), and cutting the path off first would take its start
+    // for the host, which errors and logs then show.
+    let (userinfo, rest) = match rest.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, rest),
     };
+    let hostport = rest.split(['/', '?']).next().unwrap_or("");
     let (mut username, mut password) = (None, None);
     if let Some(userinfo) = userinfo {
         match userinfo.split_once(':') {
@@ -1146,6 +1149,19 @@ mod tests {
         assert!(!err.to_string().contains("topsecret"), "{err}");
         let err = parse_seed("redis://u:topsecret%zz@host:1").unwrap_err();
         assert!(!err.to_string().contains("topsecret"), "{err}");
+        // Unencoded `/` and `?` in a password are still the password.
+        let s = parse_seed("redis://app:1234/x?y@h:1/0?protocol=3").unwrap();
+        assert_eq!(
+            (s.addr.as_str(), s.password.unwrap().expose()),
+            ("h:1", "1234/x?y")
+        );
+        let s = parse_seed("redis://:abc/def@h").unwrap();
+        assert_eq!(
+            (s.addr.as_str(), s.password.unwrap().expose()),
+            ("h:6379", "abc/def")
+        );
+        let err = parse_seed("redis://:abc/def@h:notaport").unwrap_err();
+        assert!(!err.to_string().contains("abc"), "{err}");
     }
 
     #[test]
