@@ -133,6 +133,17 @@ async fn wrong_or_missing_password_fails_at_connect_time_with_auth() {
         matches!(&err, Error::Auth(m) if m.contains("NOAUTH")),
         "{err:?}"
     );
+    // On RESP2 the handshake would send nothing without a password: a PING asks.
+    let err = ClusterClient::builder()
+        .nodes(local.seeds())
+        .protocol(redcluster::Protocol::Resp2)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("NOAUTH")),
+        "{err:?}"
+    );
 }
 
 // ---- credentials provider ---------------------------------------------------------------

@@ -1488,17 +1488,22 @@ mod tests {
     }
 
     /// A connection over an in-memory pipe; the other end plays the node (RESP2, so
-    /// there is no handshake to answer).
+    /// the handshake is one `PING`, answered here).
     async fn over_pipe() -> (NodeConnection, tokio::io::DuplexStream) {
         over_pipe_with(ConnectOptions::default()).await
     }
 
     async fn over_pipe_with(options: ConnectOptions) -> (NodeConnection, tokio::io::DuplexStream) {
-        let (ours, node) = tokio::io::duplex(64 * 1024);
+        let (ours, mut node) = tokio::io::duplex(64 * 1024);
         let options = options.protocol(Protocol::Resp2);
+        node.write_all(b"+PONG\r\n").await.unwrap();
         let conn = NodeConnection::over_stream("fake:1", ours, &options)
             .await
             .unwrap();
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        let mut asked = [0u8; 14];
+        node.read_exact(&mut asked).await.unwrap();
+        assert_eq!(&asked, ping);
         (conn, node)
     }
 

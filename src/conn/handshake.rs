@@ -3,7 +3,8 @@
 //! With [`Protocol::Resp3`] it sends `HELLO 3 [AUTH user pass] [SETNAME name]`; a server
 //! that refuses `HELLO` (older than 6, or `NOPROTO`) gets `AUTH` and stays on RESP2.
 //! Authentication failures become [`Error::Auth`] here, at connect time, instead of
-//! `NOAUTH` errors on every later command. The credentials come from the options'
+//! `NOAUTH` errors on every later command: on RESP2 with neither a password nor a name to
+//! send, a `PING` asks. The credentials come from the options'
 //! [`crate::CredentialsProvider`], asked anew for every connection, or else from its fixed
 //! user name and password.
 
@@ -90,6 +91,13 @@ where
     if options.read_only {
         if let Value::ServerError(e) = io.call(&cmd("READONLY")).await? {
             return Err(handshake_error("READONLY", &e));
+        }
+    } else if !authenticated && password.is_none() && options.client_name.is_none() {
+        // Nothing was asked of the server yet (RESP2, no password, no name): one `PING`,
+        // so that a server that wants a password says so now, as `Error::Auth`, rather
+        // than with `NOAUTH` on every later command.
+        if let Value::ServerError(e) = io.call(&cmd("PING")).await? {
+            return Err(handshake_error("PING", &e));
         }
     }
     Ok(protocol)
