@@ -177,16 +177,17 @@ struct Io<'a, R, W> {
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
-    /// Sends one command and reads exactly one reply (push frames skipped).
+    /// Sends one command and reads exactly one reply (push frames skipped). Its errors
+    /// say `may_have_executed() == false`: no command of the caller's has been sent.
     async fn call(&mut self, command: &Cmd) -> Result<Value> {
         let mut out = BytesMut::with_capacity(command.encoded_len());
         self.renames.write(command, &mut out);
         self.write
             .write_all(&out)
             .await
-            .map_err(|e| Error::io(e, true))?;
+            .map_err(|e| Error::io(e, false))?;
         // TLS may hold encrypted records until flushed.
-        self.write.flush().await.map_err(|e| Error::io(e, true))?;
+        self.write.flush().await.map_err(|e| Error::io(e, false))?;
         loop {
             match self.decoder.decode(self.rbuf)? {
                 Some(Value::Push(_)) => continue,
@@ -201,10 +202,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
                 .read
                 .read_buf(self.rbuf)
                 .await
-                .map_err(|e| Error::io(e, true))?;
+                .map_err(|e| Error::io(e, false))?;
             if n == 0 {
-                return Err(super::closed_by_server(
-                    "server closed the connection during the handshake",
+                return Err(Error::io(
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection during the handshake",
+                    ),
+                    false,
                 ));
             }
         }
@@ -214,6 +219,33 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_handshake_cut_short_says_nothing_was_sent() {
+        // The server closes before answering (end of stream), or is gone before the
+        // first write (broken pipe): either way no command of the caller's went out.
+        for read_first in [true, false] {
+            let (ours, mut node) = tokio::io::duplex(1024);
+            let server = tokio::spawn(async move {
+                if read_first {
+                    let mut hello = [0u8; 8];
+                    node.read_exact(&mut hello).await.unwrap();
+                }
+            });
+            if !read_first {
+                server.await.unwrap();
+            }
+            let (mut read, mut write) = tokio::io::split(ours);
+            let (mut rbuf, mut decoder) = (BytesMut::new(), Decoder::new());
+            let options = ConnectOptions::default();
+            let err = run(&mut read, &mut write, &mut rbuf, &mut decoder, &options)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Io { .. }), "{err:?}");
+            assert!(!err.may_have_executed(), "{err:?}");
+            assert!(err.is_retryable(), "{err:?}");
+        }
+    }
 
     #[test]
     fn classifies_auth_errors() {
