@@ -422,8 +422,10 @@ impl ClusterClientBuilder {
         self
     }
 
-    /// Most retries of one request after `TRYAGAIN`/`LOADING`/`MASTERDOWN` or a failure
-    /// before the request was sent. Default 10.
+    /// Most retries of one request, whatever made it retry: `TRYAGAIN`, `LOADING`,
+    /// `MASTERDOWN`, a failure before the request was sent, a lost connection under an
+    /// idempotent command, a slot with no owner yet, an open breaker while the slot
+    /// moves. Default 10.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -662,9 +664,10 @@ impl ClusterClientBuilder {
         self
     }
 
-    /// Requests written to one multiplexed connection and not yet answered, at most;
-    /// callers beyond that wait (within their deadline, and a request whose deadline
-    /// passes while it waits is never sent). Default 4096.
+    /// Requests written to one multiplexed connection and not yet answered, at most; as
+    /// many more may be queued for its next write, and callers beyond those wait (within
+    /// their deadline, and a request whose deadline passes while it waits is never
+    /// sent). Default 4096.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

@@ -37,8 +37,8 @@ pub(crate) fn classify(error: &ServerError, reached: &str) -> ErrorAction {
     }
 }
 
-/// Exponential backoff with full jitter: attempt `n` waits a random time in
-/// `[base * 2^n / 2, base * 2^n]`, capped at `max`. The jitter spreads out clients that
+/// Exponential backoff with "equal" jitter: attempt `n` waits a random time in
+/// `[d / 2, d]`, where `d = base * 2^n` capped at `max`. The jitter spreads out clients that
 /// failed together so they do not retry together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Backoff {
