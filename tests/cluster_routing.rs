@@ -510,52 +510,107 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
     assert!(matches!(&refused[0], Err(Error::Server(_))), "{refused:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scan_survives_a_failover_and_a_slot_move_part_way() {
+/// The scan's rescan path is seen through its `DEBUG` event, captured by a subscriber of
+/// this thread: the client runs on a current-thread runtime so that the scan's task runs
+/// here too.
+#[test]
+fn scan_survives_a_failover_and_a_slot_move_part_way() {
     use futures_util::StreamExt;
     use redcluster::ScanOptions;
-    let local = cluster(3, 1).await;
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .response_timeout(Duration::from_secs(10))
+    let (capture, _subscriber) = support::capture::capture_debug_events();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
-        .await
         .unwrap();
-    let keys: Vec<String> = (0..3000).map(|i| format!("sv:{i}")).collect();
-    client
-        .mset(keys.iter().map(|k| (k.as_str(), "v")))
-        .await
-        .unwrap();
-    // A small COUNT makes many round trips; the stream's buffer stops the scan part-way
-    // until the test reads on.
-    let mut scan = client.scan(ScanOptions::default().count(5));
-    let mut seen = std::collections::HashSet::new();
-    for _ in 0..100 {
-        let key = scan.next().await.unwrap().unwrap();
-        seen.insert(key);
-    }
-    let slot = key_slot(b"sv:1");
-    let master = local.master_of_slot(slot).await.unwrap();
-    let replica = local.replicas_of(master).await.unwrap()[0];
-    local
-        .failover(replica, FailoverMode::Graceful)
-        .await
-        .unwrap();
-    let other = master_other_than(&local, replica).await;
-    local.move_slot(key_slot(b"sv:2"), other).await.unwrap();
-    while let Some(key) = scan.next().await {
-        seen.insert(key.unwrap());
-    }
-    let missing: Vec<&String> = keys
-        .iter()
-        .filter(|k| !seen.contains(k.as_bytes()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{} keys missed, e.g. {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
+    runtime.block_on(async {
+        let local = cluster(3, 1).await;
+        let client = ClusterClient::builder()
+            .nodes(local.seeds())
+            .response_timeout(Duration::from_secs(10))
+            .build()
+            .await
+            .unwrap();
+        // Every key on one master, many more than the stream buffers (1024): whichever
+        // order the scan takes the masters in, once the test has read a key the scan
+        // has begun on this one, and it cannot end before the test reads on.
+        let master = local.master_of_slot(key_slot(b"sv:0")).await.unwrap();
+        let master_addr = local.node_addr(master);
+        let on_master = |key: &String| {
+            client.primary_for_slot(key_slot(key.as_bytes())).as_deref()
+                == Some(master_addr.as_str())
+        };
+        let keys: Vec<String> = (0u32..)
+            .map(|i| format!("sv:{i}"))
+            .filter(on_master)
+            .take(3000)
+            .collect();
+        let master_slots = (0..redcluster::SLOT_COUNT)
+            .filter(|&s| client.primary_for_slot(s).as_deref() == Some(master_addr.as_str()))
+            .count();
+        client
+            .mset(keys.iter().map(|k| (k.as_str(), "v")))
+            .await
+            .unwrap();
+        let rescans = |lines: &[String]| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| l.contains("will rescan"))
+                .cloned()
+                .collect()
+        };
+
+        // Undisturbed, the scan covers every slot in one pass.
+        let found: Vec<_> = client.scan(ScanOptions::default().count(5)).collect().await;
+        let found: std::collections::HashSet<_> = found.into_iter().map(Result::unwrap).collect();
+        assert_eq!(found.len(), keys.len());
+        assert_eq!(rescans(&capture.lines()), Vec::<String>::new());
+
+        // A small COUNT makes many round trips; the stream's buffer stops the scan
+        // part-way through the master until the test reads on.
+        let mut scan = client.scan(ScanOptions::default().count(5));
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100 {
+            let key = scan.next().await.unwrap().unwrap();
+            seen.insert(key);
+        }
+        let replica = local.replicas_of(master).await.unwrap()[0];
+        local
+            .failover(replica, FailoverMode::Graceful)
+            .await
+            .unwrap();
+        let other = master_other_than(&local, replica).await;
+        local
+            .move_slot(key_slot(keys[1].as_bytes()), other)
+            .await
+            .unwrap();
+        while let Some(key) = scan.next().await {
+            seen.insert(key.unwrap());
+        }
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|k| !seen.contains(k.as_bytes()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{} keys missed, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        // The old master, a replica when its scan ended, no longer held its slots: all
+        // of them were scanned again, on their new owners.
+        let rescans = rescans(&capture.lines());
+        let expected = [
+            r#""message":"slots of a node changed during its scan; will rescan them""#.to_owned(),
+            format!(r#""node":"{master_addr}""#),
+            format!(r#""slots":{master_slots}"#),
+        ];
+        assert!(
+            rescans
+                .iter()
+                .any(|l| expected.iter().all(|part| l.contains(part.as_str()))),
+            "no rescan of {master_addr}'s {master_slots} slots: {rescans:#?}"
+        );
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,13 +9,13 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use redcluster::testkit::LocalCluster;
 use redcluster::{cmd, key_slot, ClusterClient, Durability, ScanOptions, Value};
+use support::capture::Capture;
 use support::{master_other_than, other_master};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -530,39 +530,6 @@ fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
     });
 }
 
-/// Collects what a `fmt` subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-
-    fn make_writer(&'a self) -> Capture {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-}
-
 #[test]
 fn requests_run_in_spans_and_redirects_are_logged() {
     let capture = Capture::default();
@@ -574,11 +541,7 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         .with_writer(capture.clone())
         .finish();
     let _subscriber = tracing::subscriber::set_default(subscriber);
-    // tracing decides whether a call site is enabled when a thread first reaches it. With
-    // one scoped subscriber registered, it asks only the subscriber of that thread: in a
-    // parallel test, often one with none, which disables the call site for this test too.
-    // A second registered dispatcher makes it ask every live subscriber.
-    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let _second = support::capture::second_dispatcher();
     runtime().block_on(async {
         let local = support::cluster(3, 0).await;
         let client = ClusterClient::connect(local.seeds()).await.unwrap();

@@ -174,10 +174,22 @@ async fn scan_cluster(
             match scanned.await {
                 Ok(Some((before, after))) => {
                     let unchanged = before.epoch.is_some() && before.epoch == after.epoch;
+                    let mut unsettled = 0usize;
                     for slot in slots {
                         if unchanged && before.contains(slot) && after.contains(slot) {
                             done[usize::from(slot)] = true;
+                        } else {
+                            unsettled += 1;
                         }
+                    }
+                    // The one outside sign of a rescan: the keys returned look the
+                    // same whether the slots were scanned once or twice.
+                    if unsettled > 0 {
+                        tracing::debug!(
+                            node = %addr,
+                            slots = unsettled,
+                            "slots of a node changed during its scan; will rescan them"
+                        );
                     }
                 }
                 // The receiver is gone: nobody wants more keys.

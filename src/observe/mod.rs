@@ -51,8 +51,8 @@
 //! - `trigger`: `moved`, `connection_failure`, `cluster_down`, `unknown_node` (a
 //!   `MOVED` or `ASK` to a node the topology lacks: the cluster grew), `uncovered_slot`,
 //!   `periodic` (the timer, `ClusterClient::refresh_topology`, and a cluster-wide
-//!   `scan`, which refreshes after each node to check that the node still owns the
-//!   slots it scanned). The initial discovery is not counted.
+//!   `scan`, which refreshes before each pass over slots it has to scan again). The
+//!   initial discovery is not counted.
 //! - `reason`: `connection`, `circuit_open`, `no_route`, `cluster_down`, `tryagain`,
 //!   `loading`, `masterdown`, `other`. (A request that timed out is never retried.)
 //! - `state`: `primary`, `replica` (in the current topology), `connected` (with an open
@@ -94,6 +94,10 @@
 //!
 //! - `DEBUG` "MOVED redirect" / "ASK redirect" (`slot`, `from`, `to`), "retrying"
 //!   (`reason`, `attempt`), "connected" / "connect failed" (`node`, `reconnect`).
+//! - `DEBUG`, from a cluster-wide `scan`, when it will scan slots again on their
+//!   current owner: "slots of a node changed during its scan; will rescan them"
+//!   (`node`, `slots`: how many), "scan of a node interrupted; will rescan its slots"
+//!   (`node`, `error`).
 //! - `INFO` "topology discovered", "topology changed" (`trigger`, `added`, `removed`,
 //!   `moved_slots`, `moved`: the slot ranges that changed primary, as
 //!   `start-end old->new`), comparing each view fetched from the cluster with the
