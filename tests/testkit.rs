@@ -171,6 +171,51 @@ async fn restarted_master_rejoins_with_its_id_and_slots() {
     }
 }
 
+/// Appends `text` to the file at `path`.
+fn append(path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restart_is_judged_by_what_that_start_logged() {
+    let cluster = LocalCluster::builder()
+        .masters(1)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let port = cluster.node(0).port;
+    let node_dir = cluster.dir().join(format!("node-{port}"));
+    cluster.kill(0).unwrap();
+    // What an earlier start whose port was taken left in the log, which every start
+    // appends to; then a directive that makes the next start fail for its own reason.
+    append(
+        &node_dir.join("redis.log"),
+        &format!(
+            "1:M 01 Jan 2026 00:00:00.000 # Warning: Could not create server TCP listening \
+             socket 127.0.0.1:{port}: bind: Address already in use\n"
+        ),
+    );
+    append(&node_dir.join("redis.conf"), "not-a-directive yes\n");
+    // Not "port taken, try again" (until the old line scrolls out of the tail read):
+    // one start, and its own error.
+    let err = cluster.restart(0).await.unwrap_err();
+    let message = err.to_string();
+    let fatal = "FATAL CONFIG FILE ERROR";
+    let log = std::fs::read_to_string(node_dir.join("redis.log")).unwrap();
+    assert_eq!(
+        log.matches(fatal).count(),
+        1,
+        "started more than once:\n{log}"
+    );
+    assert!(message.contains("exited during startup"), "{message}");
+    assert_eq!(message.matches(fatal).count(), 1, "{message}");
+    assert!(message.contains(">>> 'not-a-directive yes'"), "{message}");
+    assert!(!message.contains("Address already in use"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failovers_swap_roles() {
     let cluster = LocalCluster::start().await.unwrap();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io;
+use std::io::{self, Read as _, Seek as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -326,6 +326,9 @@ async fn start(
         .append(true)
         .open(&log_path)
         .map_err(|e| Error::io(e, false))?;
+    // A restart appends to the log of the earlier starts, whose lines (a port taken
+    // then) say nothing about this one: this start reads from here on.
+    let log_start = log.metadata().map_err(|e| Error::io(e, false))?.len();
     let stdout = log.try_clone().map_err(|e| Error::io(e, false))?;
     let child = Command::new(&settings.binary)
         .arg(dir.join(CONF_FILE))
@@ -343,7 +346,8 @@ async fn start(
     // Killed if this future is dropped before the node answers (a caller's timeout
     // around `LocalCluster::start` or `restart`), or if it never answers.
     let mut spawned = Spawned(Some(child));
-    let (conn, id) = wait_ready(settings, &mut spawned, port, deadline, &log_path).await?;
+    let (conn, id) =
+        wait_ready(settings, &mut spawned, port, deadline, &log_path, log_start).await?;
     Ok((spawned.keep()?, conn, id))
 }
 
@@ -382,13 +386,14 @@ async fn wait_ready(
     port: u16,
     deadline: Instant,
     log_path: &Path,
+    log_start: u64,
 ) -> Result<(NodeConnection, String), StartError> {
     let addr = format!("127.0.0.1:{port}");
     let options = settings.admin_options();
     loop {
         let child = spawned.child()?;
         if let Some(status) = child.try_wait().map_err(|e| Error::io(e, false))? {
-            let tail = tail(log_path, 20);
+            let tail = tail_from(log_path, log_start, 20);
             if tail.contains("Address already in use") {
                 return Err(StartError::PortTaken(format!(
                     "{addr}: {}",
@@ -428,7 +433,7 @@ async fn wait_ready(
                 format!(
                     "redis-server for {addr} did not answer in time; the end of its log ({}):\n{}",
                     log_path.display(),
-                    tail(log_path, 20)
+                    tail_from(log_path, log_start, 20)
                 ),
             )));
         }
@@ -458,7 +463,22 @@ fn wait_until_stopped(pid: i32) {
 
 /// The last `lines` lines of a file, or a note saying why there are none.
 pub(crate) fn tail(path: &Path, lines: usize) -> String {
-    match fs::read(path) {
+    tail_from(path, 0, lines)
+}
+
+/// The last `lines` lines of what a file holds from byte `offset` on (all of it if the
+/// file is now shorter: it was replaced), or a note saying why there are none.
+fn tail_from(path: &Path, offset: u64, lines: usize) -> String {
+    let read = || {
+        let mut file = fs::File::open(path)?;
+        if file.metadata()?.len() >= offset {
+            file.seek(io::SeekFrom::Start(offset))?;
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok::<_, io::Error>(bytes)
+    };
+    match read() {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let all: Vec<&str> = text.lines().collect();
@@ -476,4 +496,30 @@ pub(crate) fn expect<T: FromValue>(reply: Value, node: usize, addr: &str, what: 
             format!("{what} on node {node} ({addr}) failed: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_reads_only_the_log_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LOG_FILE);
+        fs::write(&path, "bind: Address already in use\n").unwrap();
+        let offset = fs::metadata(&path).unwrap().len();
+        let mut log = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        io::Write::write_all(&mut log, b"one\ntwo\nthree\n").unwrap();
+        assert_eq!(tail_from(&path, offset, 20), "one\ntwo\nthree");
+        assert_eq!(tail_from(&path, offset, 2), "two\nthree");
+        assert_eq!(
+            tail(&path, 20),
+            "bind: Address already in use\none\ntwo\nthree"
+        );
+        // A log shorter than the offset was replaced: all of it is new.
+        fs::write(&path, "fresh\n").unwrap();
+        assert_eq!(tail_from(&path, offset, 20), "fresh");
+        let missing = tail(&dir.path().join("missing.log"), 20);
+        assert!(missing.starts_with("(cannot read "), "{missing}");
+    }
 }
