@@ -217,6 +217,47 @@ async fn a_failed_restart_is_judged_by_what_that_start_logged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_are_cut_from_the_logs_the_testkit_quotes() {
+    // redis-server refuses the line (here `masterauth`, which the testkit sets to the
+    // same value) and quotes it whole in its log.
+    let err = LocalCluster::builder()
+        .masters(1)
+        .replicas_per_master(0)
+        .config("requirepass", "\"s3cret-at-start\" extra")
+        .start()
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("FATAL CONFIG FILE ERROR"), "{message}");
+    assert!(message.contains(">>> 'masterauth ***'"), "{message}");
+    assert!(!message.contains("s3cret-at-start"), "{message}");
+
+    let cluster = LocalCluster::builder()
+        .masters(1)
+        .replicas_per_master(0)
+        .config("requirepass", "s3cret-on-restart")
+        .acl_user("app on >app-s3cret ~app:* +@read")
+        .start()
+        .await
+        .unwrap();
+    let port = cluster.node(0).port;
+    let node_dir = cluster.dir().join(format!("node-{port}"));
+    cluster.kill(0).unwrap();
+    append(
+        &node_dir.join("redis.conf"),
+        "user app on >app-s3cret ~app:* +@read bad-rule\n",
+    );
+    let err = cluster.restart(0).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("FATAL CONFIG FILE ERROR"), "{message}");
+    assert!(message.contains("user app on >*** ~app:*"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+    let log = cluster.log_tail(0, 20);
+    assert!(log.contains("FATAL CONFIG FILE ERROR"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failovers_swap_roles() {
     let cluster = LocalCluster::start().await.unwrap();
     cluster.failover(3, FailoverMode::Graceful).await.unwrap();

@@ -356,12 +356,14 @@ impl LocalClusterBuilder {
         } else {
             None
         };
+        let directives = self.effective_directives();
         let settings = Settings {
             binary,
             dir,
             password: password_of(&self.directives),
             renames: renames_of(&self.directives),
-            directives: self.effective_directives(),
+            secrets: ConfSecrets::of(&directives),
+            directives,
             wait_timeout: self.wait_timeout,
             tls,
         };
@@ -465,6 +467,76 @@ fn password_of(directives: &[(String, String)]) -> Option<String> {
     (!unquoted.is_empty()).then(|| unquoted.to_owned())
 }
 
+/// Directives whose value is a password.
+const PASSWORD_DIRECTIVES: &[&str] = &[
+    "requirepass",
+    "masterauth",
+    "tls-key-file-pass",
+    "tls-client-key-file-pass",
+];
+
+/// The passwords in the nodes' `redis.conf`, cut from any node log the testkit quotes
+/// (in errors, panics and [`LocalCluster::log_tail`]): `redis-server` quotes a directive
+/// it refuses whole, `>>> 'requirepass "..." extra'`. No `Debug`: it holds the passwords.
+#[derive(Default)]
+pub(crate) struct ConfSecrets(Vec<String>);
+
+impl ConfSecrets {
+    /// The values of the password directives and the passwords of the `user` directives'
+    /// rules (`>password`, `<password`), each as written and unquoted.
+    fn of(directives: &[(String, String)]) -> ConfSecrets {
+        let mut secrets: Vec<&str> = Vec::new();
+        for (name, value) in directives {
+            if PASSWORD_DIRECTIVES
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(name))
+            {
+                secrets.extend([value.trim(), unquote(value)]);
+            } else if name.eq_ignore_ascii_case("user") {
+                secrets.extend(
+                    value
+                        .split_whitespace()
+                        .map(unquote)
+                        .filter_map(|rule| rule.strip_prefix(['>', '<'])),
+                );
+            }
+        }
+        // No password (`requirepass ""`) is nothing to hide.
+        secrets.retain(|s| !unquote(s).is_empty());
+        // Longest first: where one password contains another, the longer goes whole.
+        secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        secrets.dedup();
+        ConfSecrets(secrets.into_iter().map(str::to_owned).collect())
+    }
+
+    /// `text` with every password replaced by `***`. Every occurrence goes, also inside
+    /// other words: an unreadable log line is better than a leaked password.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        if !self.0.iter().any(|secret| text.contains(secret.as_str())) {
+            return text.to_owned();
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(c) = rest.chars().next() {
+            match self
+                .0
+                .iter()
+                .find(|secret| rest.starts_with(secret.as_str()))
+            {
+                Some(secret) => {
+                    out.push_str("***");
+                    rest = &rest[secret.len()..];
+                }
+                None => {
+                    out.push(c);
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Everything a running cluster needs to (re)start nodes and talk to them.
 pub(crate) struct Settings {
     pub(crate) binary: PathBuf,
@@ -474,6 +546,8 @@ pub(crate) struct Settings {
     pub(crate) password: Option<String>,
     /// From the `rename-command` directives.
     pub(crate) renames: CommandRenames,
+    /// Cut from the node logs the testkit quotes.
+    pub(crate) secrets: ConfSecrets,
     pub(crate) wait_timeout: Duration,
     /// The certificates of a TLS cluster.
     pub(crate) tls: Option<TlsFiles>,
@@ -684,6 +758,32 @@ mod tests {
         assert_eq!(password_of(&builder.directives).as_deref(), Some("pw"));
         let shown = format!("{builder:?}");
         assert!(!shown.contains("pw\""), "{shown}");
+    }
+
+    #[test]
+    fn passwords_of_the_configuration_are_scrubbed_whole() {
+        let builder = LocalClusterBuilder::default()
+            .config("requirepass", "\"testkit secret\"")
+            .config("masterauth", "ab")
+            .config("tls-key-file-pass", "\"\"")
+            .acl_user("app on >app-pw <old-pw ~app:* +@read");
+        let secrets = ConfSecrets::of(&builder.effective_directives());
+        let log = "\
+>>> 'requirepass \"testkit secret\" extra'
+>>> 'user app on >app-pw <old-pw ~app:* +@read bad'
+AUTH testkit secret; masterauth ab; cab; abc; ä ab ö
+>>> 'tls-key-file-pass \"\"'";
+        assert_eq!(
+            secrets.scrub(log),
+            "\
+>>> 'requirepass *** extra'
+>>> 'user app on >*** <*** ~app:* +@read bad'
+AUTH ***; masterauth ***; c***; ***c; ä *** ö
+>>> 'tls-key-file-pass \"\"'"
+        );
+        assert_eq!(secrets.scrub("nothing here"), "nothing here");
+        let none = ConfSecrets::of(&LocalClusterBuilder::default().effective_directives());
+        assert_eq!(none.scrub(log), log);
     }
 
     #[test]

@@ -530,7 +530,8 @@ impl LocalCluster {
     }
 
     /// The last `lines` lines of node `index`'s log (what `redis-server` wrote, startup
-    /// errors included), for error messages in tests.
+    /// errors included), for error messages in tests. Passwords of the configuration
+    /// show as `***`, here as in the log the testkit's errors quote.
     ///
     /// # Panics
     ///
@@ -545,7 +546,7 @@ impl LocalCluster {
     /// ```
     pub fn log_tail(&self, index: usize, lines: usize) -> String {
         match self.node_arc(index) {
-            Ok(node) => tail(&node.log_path(), lines),
+            Ok(node) => tail(&node.log_path(), lines, &self.settings.secrets),
             Err(e) => panic!("{e}"),
         }
     }
@@ -1373,7 +1374,7 @@ impl LocalCluster {
                     "node {i} ({}) exited by itself ({status}); the end of its log ({}):\n{}",
                     node.addr(),
                     node.log_path().display(),
-                    tail(&node.log_path(), LOG_LINES)
+                    tail(&node.log_path(), LOG_LINES, &self.settings.secrets)
                 ))));
             }
             managed.push(Managed {
@@ -1462,7 +1463,7 @@ impl LocalCluster {
             message.push_str(&format!(
                 "\nthe end of node {i}'s log ({}):\n{}",
                 node.log_path().display(),
-                tail(&node.log_path(), LOG_LINES)
+                tail(&node.log_path(), LOG_LINES, &self.settings.secrets)
             ));
         }
         Error::io(io::Error::new(io::ErrorKind::TimedOut, message), false)
@@ -1490,7 +1491,7 @@ impl Drop for LocalCluster {
                     node.addr(),
                     node.state(),
                     node.log_path().display(),
-                    tail(&node.log_path(), 20)
+                    tail(&node.log_path(), 20, &self.settings.secrets)
                 );
             }
         }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::builder::Settings;
+use super::builder::{ConfSecrets, Settings};
 use super::NodeState;
 use crate::cmd::cmd;
 use crate::conn::NodeConnection;
@@ -393,7 +393,7 @@ async fn wait_ready(
     loop {
         let child = spawned.child()?;
         if let Some(status) = child.try_wait().map_err(|e| Error::io(e, false))? {
-            let tail = tail_from(log_path, log_start, 20);
+            let tail = tail_from(log_path, log_start, 20, &settings.secrets);
             if tail.contains("Address already in use") {
                 return Err(StartError::PortTaken(format!(
                     "{addr}: {}",
@@ -433,7 +433,7 @@ async fn wait_ready(
                 format!(
                     "redis-server for {addr} did not answer in time; the end of its log ({}):\n{}",
                     log_path.display(),
-                    tail_from(log_path, log_start, 20)
+                    tail_from(log_path, log_start, 20, &settings.secrets)
                 ),
             )));
         }
@@ -461,14 +461,16 @@ fn wait_until_stopped(pid: i32) {
     }
 }
 
-/// The last `lines` lines of a file, or a note saying why there are none.
-pub(crate) fn tail(path: &Path, lines: usize) -> String {
-    tail_from(path, 0, lines)
+/// The last `lines` lines of a node's log without `secrets`, or a note saying why there
+/// are none.
+pub(crate) fn tail(path: &Path, lines: usize, secrets: &ConfSecrets) -> String {
+    tail_from(path, 0, lines, secrets)
 }
 
-/// The last `lines` lines of what a file holds from byte `offset` on (all of it if the
-/// file is now shorter: it was replaced), or a note saying why there are none.
-fn tail_from(path: &Path, offset: u64, lines: usize) -> String {
+/// The last `lines` lines of what a node's log holds from byte `offset` on (all of it if
+/// the file is now shorter: it was replaced), without `secrets`, or a note saying why
+/// there are none.
+fn tail_from(path: &Path, offset: u64, lines: usize, secrets: &ConfSecrets) -> String {
     let read = || {
         let mut file = fs::File::open(path)?;
         if file.metadata()?.len() >= offset {
@@ -482,7 +484,7 @@ fn tail_from(path: &Path, offset: u64, lines: usize) -> String {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let all: Vec<&str> = text.lines().collect();
-            all[all.len().saturating_sub(lines)..].join("\n")
+            secrets.scrub(&all[all.len().saturating_sub(lines)..].join("\n"))
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
@@ -506,20 +508,21 @@ mod tests {
     fn a_start_reads_only_the_log_it_wrote() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(LOG_FILE);
+        let none = ConfSecrets::default();
         fs::write(&path, "bind: Address already in use\n").unwrap();
         let offset = fs::metadata(&path).unwrap().len();
         let mut log = fs::OpenOptions::new().append(true).open(&path).unwrap();
         io::Write::write_all(&mut log, b"one\ntwo\nthree\n").unwrap();
-        assert_eq!(tail_from(&path, offset, 20), "one\ntwo\nthree");
-        assert_eq!(tail_from(&path, offset, 2), "two\nthree");
+        assert_eq!(tail_from(&path, offset, 20, &none), "one\ntwo\nthree");
+        assert_eq!(tail_from(&path, offset, 2, &none), "two\nthree");
         assert_eq!(
-            tail(&path, 20),
+            tail(&path, 20, &none),
             "bind: Address already in use\none\ntwo\nthree"
         );
         // A log shorter than the offset was replaced: all of it is new.
         fs::write(&path, "fresh\n").unwrap();
-        assert_eq!(tail_from(&path, offset, 20), "fresh");
-        let missing = tail(&dir.path().join("missing.log"), 20);
+        assert_eq!(tail_from(&path, offset, 20, &none), "fresh");
+        let missing = tail(&dir.path().join("missing.log"), 20, &none);
         assert!(missing.starts_with("(cannot read "), "{missing}");
     }
 }
