@@ -1318,7 +1318,7 @@ pub(crate) fn read_ended(read: std::io::Result<usize>) -> Option<Error> {
 }
 
 /// The error of a connection the server closed (`why` says when).
-pub(crate) fn closed_by_server(why: &'static str) -> Error {
+fn closed_by_server(why: &'static str) -> Error {
     Error::io(
         std::io::Error::new(std::io::ErrorKind::UnexpectedEof, why),
         true,
