@@ -843,14 +843,9 @@ impl Inner {
     /// learn the rest (a MOVED rarely comes alone).
     pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
         let known = knows(&self.routes.load(), addr);
-        self.routes.rcu(|current| {
-            if current.map.primary(slot).is_some_and(|p| &**p == addr) {
-                return Arc::clone(current);
-            }
-            Arc::new(
-                self.registry
-                    .routes_for(current.map.with_moved(slot, addr), current.version + 1),
-            )
+        self.registry.replace(&self.routes, |current| {
+            let moved = current.map.primary(slot).is_none_or(|p| &**p != addr);
+            moved.then(|| current.map.with_moved(slot, addr))
         });
         self.signal.request(if known {
             RefreshTrigger::Moved

@@ -413,6 +413,12 @@ impl Node {
             .ok_or_else(|| Error::Config("dedicated connection pool missing".into()))
     }
 
+    /// Whether [`Node::close`] ran: the node opens no connection any more.
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// Closes every connection: the node left the cluster, or the client is dropped.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);

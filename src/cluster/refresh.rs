@@ -234,19 +234,20 @@ impl Inner {
             let previous = previous.unwrap_or_default();
             crate::observe::events::topology_changed(&previous, &map, trigger.as_str());
         }
-        let current = self.routes.load_full();
-        if current.map == map {
+        let members = map.nodes();
+        let replaced = self
+            .registry
+            .replace(&self.routes, |current| (current.map != map).then_some(map));
+        let Some(previous) = replaced else {
             return false;
-        }
+        };
         // Nodes that left: their per-node gauges are zeroed.
-        let removed: Vec<Arc<str>> = current
+        let removed: Vec<Arc<str>> = previous
             .map
             .nodes()
             .into_iter()
-            .filter(|n| !map.nodes().contains(n))
+            .filter(|n| !members.contains(n))
             .collect();
-        let routes = self.registry.routes_for(map, current.version + 1);
-        self.routes.store(Arc::new(routes));
         self.publish_gauges(&removed);
         true
     }

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+
 use crate::cluster::node::{Node, NodeSettings};
 use crate::slot::SlotMap;
 
@@ -57,21 +59,30 @@ impl NodeRegistry {
         node
     }
 
-    /// Builds the routing snapshot for `map`, and closes connections to nodes that are
-    /// no longer part of it.
-    pub(crate) fn routes_for(&self, map: SlotMap, version: u64) -> Routes {
-        let settings = Arc::clone(&self.settings);
+    /// Replaces the snapshot in `routes` with one for the map `next` makes of the current
+    /// one (`None`: keep it), and closes the connections of nodes that left. Returns the
+    /// snapshot replaced.
+    ///
+    /// Under the registry's lock from the load to the store: a refresh and a `MOVED`
+    /// patch that interleaved could each build from a different map, and the one storing
+    /// last would install handles the other had just closed as gone (a node that
+    /// rejoined, then unreachable until the topology changed again). For the same reason
+    /// nodes are closed only once the snapshot without them is stored.
+    pub(crate) fn replace(
+        &self,
+        routes: &ArcSwap<Routes>,
+        next: impl FnOnce(&Routes) -> Option<SlotMap>,
+    ) -> Option<Arc<Routes>> {
         let mut nodes = self.lock();
+        let current = routes.load_full();
+        let map = next(&current)?;
+        let settings = &self.settings;
         let mut handle = |addr: &Arc<str>, read_only: bool| {
             Arc::clone(
                 nodes
                     .entry((Arc::clone(addr), read_only))
                     .or_insert_with(|| {
-                        Arc::new(Node::new(
-                            Arc::clone(addr),
-                            read_only,
-                            Arc::clone(&settings),
-                        ))
+                        Arc::new(Node::new(Arc::clone(addr), read_only, Arc::clone(settings)))
                     }),
             )
         };
@@ -86,6 +97,12 @@ impl NodeRegistry {
             .map(|s| s.replicas.iter().map(|r| handle(r, true)).collect())
             .collect();
         let members = map.nodes();
+        routes.store(Arc::new(Routes {
+            map,
+            primaries,
+            replicas,
+            version: current.version + 1,
+        }));
         nodes.retain(|(addr, _), node| {
             let keep = members.contains(addr);
             if !keep {
@@ -94,12 +111,7 @@ impl NodeRegistry {
             }
             keep
         });
-        Routes {
-            map,
-            primaries,
-            replicas,
-            version,
-        }
+        Some(current)
     }
 
     /// A rotating counter for spreading reads.
@@ -117,5 +129,84 @@ impl NodeRegistry {
         self.nodes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slot::test_shard;
+
+    fn registry() -> NodeRegistry {
+        NodeRegistry::new(NodeSettings {
+            options: crate::ConnectOptions::default(),
+            multiplexed: 1,
+            dedicated: 1,
+            breaker: crate::CircuitBreakerConfig::default(),
+            probe_timeout: std::time::Duration::from_secs(5),
+        })
+    }
+
+    /// Two shards, or three with `n:1` (a node that joins and leaves).
+    fn map(with_n: bool) -> SlotMap {
+        let mut shards = vec![
+            (test_shard("a:1", &[]), vec![(0, 8000)]),
+            (test_shard("b:1", &["c:1"]), vec![(8001, 16000)]),
+        ];
+        if with_n {
+            shards.push((test_shard("n:1", &[]), vec![(16001, 16383)]));
+        }
+        SlotMap::from_ranges(shards)
+    }
+
+    /// Every handle the snapshot routes to is the registry's, and open.
+    fn check(registry: &NodeRegistry, routes: &Routes) {
+        let nodes = routes
+            .primaries
+            .iter()
+            .chain(routes.replicas.iter().flatten());
+        for node in nodes {
+            let registered = registry.get(&node.addr, node.read_only);
+            assert!(Arc::ptr_eq(node, &registered), "{} replaced", node.addr);
+            assert!(!node.is_closed(), "{} routed to but closed", node.addr);
+        }
+    }
+
+    #[test]
+    fn a_refresh_and_a_moved_patch_racing_never_leave_a_closed_node_routed_to() {
+        // A refresh installs a view where `n:1` joined while a `MOVED` patches the view
+        // before it. Interleaved, the patch (built from the old view) closed `n:1` as
+        // gone and the refresh then stored its handle: the refresh after it, seeing
+        // the same view, changed nothing, and `n:1` stayed unreachable.
+        let registry = Arc::new(registry());
+        let routes = Arc::new(ArcSwap::from_pointee(Routes::default()));
+        let install = |registry: &NodeRegistry, routes: &ArcSwap<Routes>, next: SlotMap| {
+            registry.replace(routes, |current| (current.map != next).then_some(next));
+        };
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let rounds = 2000;
+        let refresh = {
+            let (registry, routes) = (Arc::clone(&registry), Arc::clone(&routes));
+            let start = Arc::clone(&start);
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    start.wait(); // the view before: without n:1
+                    install(&registry, &routes, map(true));
+                    start.wait(); // patched and installed
+                    start.wait(); // checked
+                }
+            })
+        };
+        for _ in 0..rounds {
+            install(&registry, &routes, map(false));
+            start.wait();
+            registry.replace(&routes, |current| Some(current.map.with_moved(0, "a:1")));
+            start.wait();
+            // The next refresh, as the refresh task would run it.
+            install(&registry, &routes, map(true));
+            check(&registry, &routes.load());
+            start.wait();
+        }
+        refresh.join().unwrap();
     }
 }
