@@ -788,12 +788,13 @@ impl Inner {
 
     /// [`Inner::record`] for a request's result. A request the connection refused to
     /// send (a disabled command) says nothing about the node: it is not recorded, so it
-    /// can neither close a half-open breaker nor count as a failure.
+    /// can neither close a half-open breaker nor count as a failure; if it was the
+    /// breaker's probe, the next request probes instead.
     pub(crate) fn record_result<T>(&self, node: &Node, result: &Result<T>) {
         match result {
             Ok(_) => self.record(node, None),
             Err(e) if e.is_node_failure() => self.record(node, Some(e)),
-            Err(_) => {}
+            Err(_) => node.release_probe(),
         }
     }
 

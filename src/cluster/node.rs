@@ -144,6 +144,7 @@ impl Node {
         if let Some(e) = failure {
             self.note_failure(e);
             if !e.is_node_failure() {
+                self.release_probe();
                 return None;
             }
         }
@@ -411,6 +412,12 @@ impl Node {
         self.dedicated
             .get()
             .ok_or_else(|| Error::Config("dedicated connection pool missing".into()))
+    }
+
+    /// Lets the next request probe a half-open breaker: the probe running ended with
+    /// nothing to say about the node.
+    pub(crate) fn release_probe(&self) {
+        lock(&self.breaker).release_probe();
     }
 
     /// Whether [`Node::close`] ran: the node opens no connection any more.

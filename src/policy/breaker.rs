@@ -173,7 +173,8 @@ enum State {
 #[derive(Debug, Clone)]
 pub(crate) struct Breaker {
     config: CircuitBreakerConfig,
-    /// How long a probe may take: the request timeout of the client.
+    /// How long a probe may hold the half-open breaker: the request timeout of the
+    /// client, at most [`MAX_PROBE_WAIT`].
     probe_timeout: Duration,
     state: State,
     consecutive: u32,
@@ -182,11 +183,17 @@ pub(crate) struct Breaker {
     window_failures: u32,
 }
 
+/// The longest a probe without an outcome keeps other requests out. A probe's outcome
+/// can go missing (its caller dropped the request), and with a long or unbounded
+/// response timeout the node would then refuse everything for that long. A probe still
+/// running past this only lets a second one in.
+pub(crate) const MAX_PROBE_WAIT: Duration = Duration::from_secs(10);
+
 impl Breaker {
     pub(crate) fn new(config: CircuitBreakerConfig, probe_timeout: Duration) -> Self {
         Breaker {
             config,
-            probe_timeout,
+            probe_timeout: probe_timeout.min(MAX_PROBE_WAIT),
             state: State::Closed,
             consecutive: 0,
             window_start: None,
@@ -229,6 +236,16 @@ impl Breaker {
                 self.state = State::HalfOpen { probe: Some(now) };
                 (Admission::Probe, None)
             }
+        }
+    }
+
+    /// Frees the half-open breaker for the next probe when the one running ended with
+    /// nothing to say about the node (its request was refused before it was sent, or its
+    /// connection was refused for credentials): otherwise every request would be
+    /// rejected until the probe timed out.
+    pub(crate) fn release_probe(&mut self) {
+        if let State::HalfOpen { probe: Some(_) } = self.state {
+            self.state = State::HalfOpen { probe: None };
         }
     }
 
@@ -387,6 +404,32 @@ mod tests {
         assert_eq!(b.allow(again).0, Admission::Probe);
         assert_eq!(b.on_success(again), Some(Transition::Closed));
         assert_eq!(b.allow(again).0, Admission::Allowed);
+    }
+
+    #[test]
+    fn a_probe_without_an_outcome_frees_the_breaker_when_released_or_after_at_most_10_s() {
+        let t0 = Instant::now();
+        // An unbounded response timeout: the probe's wait is still capped.
+        let mut b = Breaker::new(config(), Duration::MAX);
+        for _ in 0..3 {
+            b.on_failure(t0);
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(b.allow(later).0, Admission::Probe);
+        assert_eq!(
+            b.allow(later + Duration::from_secs(9)).0,
+            Admission::Rejected
+        );
+        assert_eq!(b.allow(later + MAX_PROBE_WAIT).0, Admission::Probe);
+        // The probe's request was refused unsent: the next request probes at once.
+        let again = later + MAX_PROBE_WAIT;
+        b.release_probe();
+        assert_eq!(b.allow(again).0, Admission::Probe);
+        assert_eq!(b.allow(again).0, Admission::Rejected, "still one at a time");
+        // Releasing outside a probe changes nothing.
+        let mut closed = Breaker::new(config(), PROBE_TIMEOUT);
+        closed.release_probe();
+        assert_eq!(closed.allow(t0), (Admission::Allowed, None));
     }
 
     #[test]
