@@ -794,6 +794,45 @@ async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
     assert_eq!(client.get::<_, i64>("after").await.unwrap(), 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_holds_up_health_checks_of_the_others_for_a_second_at_most() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        // Far longer than the test: a health PING must not wait this long.
+        .response_timeout(Duration::from_secs(3600))
+        .health_check_interval(Some(Duration::from_millis(100)))
+        .build()
+        .await
+        .unwrap();
+    // Connected to every node, so that the frozen one's PING hangs on an open
+    // connection rather than failing to connect.
+    for i in 0..3 {
+        let addr = local.node_addr(i);
+        let key = (0..1000)
+            .map(|n| format!("hc:{n}"))
+            .find(|k| client.node_for_key(k.as_bytes()).as_deref() == Some(addr.as_str()))
+            .unwrap();
+        client.set(key.as_str(), 1).await.unwrap();
+    }
+    local.pause(0).unwrap();
+    let before = calls(&local, 1, "ping").await;
+    // Rounds keep coming while node 0 never answers: each PING of it gives up after a
+    // second, so node 1 is PINGed again and again.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut pinged = 0;
+    while pinged < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "node 1 got {pinged} health PINGs in 15 s while node 0 was frozen"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pinged = calls(&local, 1, "ping").await - before;
+    }
+    local.resume(0).unwrap();
+    drop(client);
+}
+
 /// `cmdstat_<name>` calls on a node, from `INFO commandstats`.
 async fn calls(local: &LocalCluster, node: usize, name: &str) -> u64 {
     let field = format!("cmdstat_{name}:calls");

@@ -729,6 +729,8 @@ impl ClusterClientBuilder {
     /// How often every node is PINGed in the background, to measure latency (for
     /// [`ReadFrom::LowestLatency`]) and to probe nodes whose breaker is open; `None` turns
     /// health checks off. Default 10 s, the seed's recommendation (its client uses 30 s).
+    /// A PING gets the response timeout, but no more than the interval (or 1 s, if
+    /// longer); an interval under 10 ms is taken as 10 ms.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -741,7 +743,8 @@ impl ClusterClientBuilder {
     /// # Ok(()) }
     /// ```
     pub fn health_check_interval(mut self, interval: Option<Duration>) -> Self {
-        self.config.health_check_interval = interval;
+        // Zero would PING in a loop.
+        self.config.health_check_interval = interval.map(|i| i.max(Duration::from_millis(10)));
         self
     }
 

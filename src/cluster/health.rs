@@ -96,13 +96,18 @@ impl Inner {
         if !self.admit(node) {
             return; // Open and not yet due for a probe.
         }
-        let deadline = crate::deadline::from_now(self.config.response_timeout);
+        // A round ends within an interval (or a second), whatever the response timeout:
+        // a node that does not answer holds up no more than that, and a client dropped
+        // meanwhile (the round holds it) is released by then.
+        let interval = self.config.health_check_interval.unwrap_or(Duration::MAX);
+        let timeout = self
+            .config
+            .response_timeout
+            .min(interval.max(Duration::from_secs(1)));
+        let deadline = crate::deadline::from_now(timeout);
         let started = Instant::now();
         let failure = match node.connection(deadline).await {
-            Ok(conn) => match conn
-                .send_timeout(cmd("PING"), self.config.response_timeout)
-                .await
-            {
+            Ok(conn) => match conn.send_timeout(cmd("PING"), timeout).await {
                 Ok(Value::ServerError(e)) => {
                     tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
                     None

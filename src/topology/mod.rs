@@ -304,7 +304,10 @@ impl RefreshLimiter {
     /// How long to wait before the next refresh may start (zero: now).
     pub(crate) fn wait_before_refresh(&self, now: Instant) -> Duration {
         match self.last {
-            Some(last) => (last + self.min_interval).saturating_duration_since(now),
+            // `refresh_min_interval(Duration::MAX)` must not overflow the clock.
+            Some(last) => last
+                .checked_add(self.min_interval)
+                .map_or(Duration::MAX, |next| next.saturating_duration_since(now)),
             None => Duration::ZERO,
         }
     }
@@ -532,5 +535,9 @@ mod tests {
             limiter.wait_before_refresh(start + Duration::from_millis(150)),
             Duration::ZERO
         );
+        // "Never again on its own" does not overflow the clock.
+        let mut never = RefreshLimiter::new(Duration::MAX);
+        never.on_refresh(start);
+        assert!(never.wait_before_refresh(start) > Duration::from_secs(1 << 40));
     }
 }
