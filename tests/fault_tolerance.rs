@@ -833,6 +833,31 @@ async fn a_frozen_node_holds_up_health_checks_of_the_others_for_a_second_at_most
     drop(client);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_delays_a_topology_refresh_by_a_moment_only() {
+    let local = never_failing_over().await;
+    let timeout = Duration::from_secs(5);
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    local.pause(2).unwrap();
+    // All three primaries are asked; two answer at once and the third never does. The
+    // refresh goes by the two, instead of waiting the frozen one's response timeout.
+    for _ in 0..3 {
+        let started = Instant::now();
+        client.refresh_topology().await.unwrap();
+        assert!(
+            started.elapsed() < timeout / 2,
+            "a refresh took {:?}",
+            started.elapsed()
+        );
+    }
+    local.resume(2).unwrap();
+}
+
 /// `cmdstat_<name>` calls on a node, from `INFO commandstats`.
 async fn calls(local: &LocalCluster, node: usize, name: &str) -> u64 {
     let field = format!("cmdstat_{name}:calls");

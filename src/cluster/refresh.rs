@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -33,6 +34,15 @@ const SETTLE_WINDOW: Duration = Duration::from_secs(60);
 
 /// How many nodes one refresh asks, concurrently, to compare their views.
 const NODES_ASKED: usize = 3;
+
+/// How long the other nodes of a group may still answer once one has: enough for a
+/// healthy node's `CLUSTER SHARDS` on a loaded machine, and a frozen node (one that
+/// keeps its connection but never answers) delays a refresh by no more.
+const ANSWER_GRACE: Duration = Duration::from_millis(250);
+
+/// The longest one node's topology answer is waited for, whatever the response timeout:
+/// a refresh that waits on a hung node serves no one.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The doorbell between request paths and the refresh task.
 #[derive(Debug, Default)]
@@ -164,13 +174,28 @@ impl Inner {
     pub(crate) async fn fetch_view(&self, candidates: &[Arc<str>]) -> Result<SlotMap> {
         let mut last_error = Error::Config("no nodes to ask for the topology".into());
         for group in candidates.chunks(NODES_ASKED) {
-            let answers =
-                futures_util::future::join_all(group.iter().map(|addr| self.ask_topology(addr)))
-                    .await;
+            let mut asked: FuturesUnordered<_> =
+                group.iter().map(|addr| self.ask_topology(addr)).collect();
             let mut views = Vec::new();
-            for answer in answers {
+            // Once a view came, the others get `ANSWER_GRACE` more; the asks still
+            // running then are dropped.
+            let mut grace: Option<Instant> = None;
+            loop {
+                let answer = match grace {
+                    None => asked.next().await,
+                    Some(until) => match tokio::time::timeout_at(until, asked.next()).await {
+                        Ok(answer) => answer,
+                        Err(_) => break,
+                    },
+                };
+                let Some(answer) = answer else {
+                    break;
+                };
                 match answer {
-                    Ok(view) if view.covered() > 0 => views.push(view),
+                    Ok(view) if view.covered() > 0 => {
+                        views.push(view);
+                        grace.get_or_insert_with(|| Instant::now() + ANSWER_GRACE);
+                    }
                     Ok(_) => {
                         last_error = Error::Config("the node reports no slots assigned".into())
                     }
@@ -190,7 +215,7 @@ impl Inner {
             self.config
                 .connect
                 .connect_timeout
-                .saturating_add(self.config.response_timeout),
+                .saturating_add(self.config.response_timeout.min(ANSWER_TIMEOUT)),
         );
         let node = self.registry.get(addr, false);
         let conn = node.connection(deadline).await?;
