@@ -418,6 +418,36 @@ fn settled(cluster_nodes: &str) -> Option<Settled> {
 #[cfg(test)]
 mod tests {
     use super::settled;
+    use proptest::prelude::*;
+
+    /// Fields of `CLUSTER NODES` lines, and some that are not.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => prop::sample::select(vec![
+                "myself", "myself,master", "master", "slave", "-", "0", "1", "connected",
+                "0-16383", "16383-0", "5-", "-5", "[5->-a1]", "[5-<-a1]", "[", "[-", "65535",
+                "65536", "18446744073709551616", "a1", "127.0.0.1:7000@17000", "",
+            ])
+            .prop_map(String::from),
+            1 => ".{0,6}",
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_cluster_nodes_text_gives_slots_in_range_or_none(
+            lines in prop::collection::vec(prop::collection::vec(field(), 0..12), 0..4),
+            newline in prop::sample::select(vec!["\n", "\r\n"]),
+        ) {
+            let text: Vec<String> = lines.iter().map(|fields| fields.join(" ")).collect();
+            if let Some(settled) = settled(&text.join(newline)) {
+                prop_assert!(settled.owned.iter().all(|&(a, b)| a <= b));
+                for slot in [0, 5, 16383, u16::MAX] {
+                    let _ = settled.contains(slot);
+                }
+            }
+        }
+    }
 
     #[test]
     fn settled_slots_come_from_the_myself_line_only() {
