@@ -460,6 +460,25 @@ async fn acl_user_with_the_documented_permissions_uses_every_client_feature() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_fall_back_to_the_primary_for_a_user_without_readonly() {
+    let local = acl_cluster().await;
+    set_user(
+        &local,
+        "noro on >noropass ~app:* +@read +@write -@dangerous +cluster|shards +cluster|slots",
+    )
+    .await;
+    let client = as_user(&local, "noro", "noropass")
+        .read_from(redcluster::ReadFrom::Replica)
+        .build()
+        .await
+        .unwrap();
+    // The replica refuses READONLY (NOPERM): the read goes to the primary instead.
+    client.set("app:noro", "v").await.unwrap();
+    let v: Option<String> = client.get("app:noro").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error() {
     let local = LocalCluster::builder()
         .masters(3)

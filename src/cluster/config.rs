@@ -353,7 +353,9 @@ impl ClusterClientBuilder {
     }
 
     /// Bound on a whole request, redirects and retries included. Default 5 s; the seed's
-    /// `socket_timeout`.
+    /// `socket_timeout`. The client's own requests wait less when it is longer: a
+    /// topology answer at most 5 s (after connecting), a health-check `PING` at most the
+    /// health-check interval (or 1 s).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

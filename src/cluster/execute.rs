@@ -715,9 +715,11 @@ impl Inner {
                     return Err(e);
                 }
                 self.record(node, Some(&e));
-                if !e.is_node_failure() {
+                let replica_read = node.read_only && !*st.primary_only;
+                if !e.is_node_failure() && !replica_read {
                     // Rejected credentials or certificate: another attempt within this
-                    // request's deadline would meet the same answer. Said at once.
+                    // request's deadline would meet the same answer. Said at once. (A
+                    // replica read falls back to the primary first, below.)
                     return Err(e);
                 }
                 self.signal.request(RefreshTrigger::ConnectionFailure);

@@ -35,9 +35,9 @@ const SETTLE_WINDOW: Duration = Duration::from_secs(60);
 /// How many nodes one refresh asks, concurrently, to compare their views.
 const NODES_ASKED: usize = 3;
 
-/// How long the other nodes of a group may still answer once one has: enough for a
-/// healthy node's `CLUSTER SHARDS` on a loaded machine, and a frozen node (one that
-/// keeps its connection but never answers) delays a refresh by no more.
+/// How long the rest of a group may still answer once most of it has: enough for a
+/// healthy node to connect and answer `CLUSTER SHARDS` on a loaded machine, and a frozen
+/// node (one that keeps its connection but never answers) delays a refresh by no more.
 const ANSWER_GRACE: Duration = Duration::from_millis(250);
 
 /// The longest one node's topology answer is waited for, whatever the response timeout:
@@ -177,8 +177,9 @@ impl Inner {
             let mut asked: FuturesUnordered<_> =
                 group.iter().map(|addr| self.ask_topology(addr)).collect();
             let mut views = Vec::new();
-            // Once a view came, the others get `ANSWER_GRACE` more; the asks still
-            // running then are dropped.
+            // A view chosen from a minority could be the stale one (a node that has not
+            // heard of a promotion); one that waits for every node waits on the slowest,
+            // which in a failover may be a node that never answers.
             let mut grace: Option<Instant> = None;
             loop {
                 let answer = match grace {
@@ -194,7 +195,9 @@ impl Inner {
                 match answer {
                     Ok(view) if view.covered() > 0 => {
                         views.push(view);
-                        grace.get_or_insert_with(|| Instant::now() + ANSWER_GRACE);
+                        if views.len() * 2 > group.len() {
+                            grace.get_or_insert_with(|| Instant::now() + ANSWER_GRACE);
+                        }
                     }
                     Ok(_) => {
                         last_error = Error::Config("the node reports no slots assigned".into())

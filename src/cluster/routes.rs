@@ -97,6 +97,10 @@ impl NodeRegistry {
             .map(|s| s.replicas.iter().map(|r| handle(r, true)).collect())
             .collect();
         let members = map.nodes();
+        #[cfg(test)]
+        if let Some(hook) = tests::BEFORE_STORE.with(|h| h.borrow_mut().take()) {
+            hook();
+        }
         routes.store(Arc::new(Routes {
             map,
             primaries,
@@ -137,6 +141,12 @@ mod tests {
     use super::*;
     use crate::slot::test_shard;
 
+    thread_local! {
+        /// Runs in [`NodeRegistry::replace`] between building a snapshot and storing it.
+        pub(super) static BEFORE_STORE: std::cell::RefCell<Option<Box<dyn FnOnce()>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
     fn registry() -> NodeRegistry {
         NodeRegistry::new(NodeSettings {
             options: crate::ConnectOptions::default(),
@@ -173,40 +183,48 @@ mod tests {
     }
 
     #[test]
-    fn a_refresh_and_a_moved_patch_racing_never_leave_a_closed_node_routed_to() {
+    fn a_moved_patch_waits_for_a_refresh_between_its_build_and_its_store() {
         // A refresh installs a view where `n:1` joined while a `MOVED` patches the view
         // before it. Interleaved, the patch (built from the old view) closed `n:1` as
-        // gone and the refresh then stored its handle: the refresh after it, seeing
-        // the same view, changed nothing, and `n:1` stayed unreachable.
+        // gone and the refresh then stored its handle: the refresh after it, seeing the
+        // same view, changed nothing, and `n:1` stayed unreachable.
         let registry = Arc::new(registry());
         let routes = Arc::new(ArcSwap::from_pointee(Routes::default()));
         let install = |registry: &NodeRegistry, routes: &ArcSwap<Routes>, next: SlotMap| {
             registry.replace(routes, |current| (current.map != next).then_some(next));
         };
-        let start = Arc::new(std::sync::Barrier::new(2));
-        let rounds = 2000;
-        let refresh = {
-            let (registry, routes) = (Arc::clone(&registry), Arc::clone(&routes));
-            let start = Arc::clone(&start);
-            std::thread::spawn(move || {
-                for _ in 0..rounds {
-                    start.wait(); // the view before: without n:1
-                    install(&registry, &routes, map(true));
-                    start.wait(); // patched and installed
-                    start.wait(); // checked
-                }
-            })
+        install(&registry, &routes, map(false));
+        let patch = Arc::new(Mutex::new(None));
+        let hook = {
+            let (registry, routes, patch) = (
+                Arc::clone(&registry),
+                Arc::clone(&routes),
+                Arc::clone(&patch),
+            );
+            move || {
+                let (done, patched) = std::sync::mpsc::channel();
+                let handle = std::thread::spawn(move || {
+                    registry.replace(&routes, |current| Some(current.map.with_moved(0, "a:1")));
+                    let _ = done.send(());
+                });
+                // Given every chance to run in between; it must wait for the store.
+                let ran_in_between = patched
+                    .recv_timeout(std::time::Duration::from_millis(200))
+                    .is_ok();
+                *patch.lock().unwrap() = Some((handle, ran_in_between));
+            }
         };
-        for _ in 0..rounds {
-            install(&registry, &routes, map(false));
-            start.wait();
-            registry.replace(&routes, |current| Some(current.map.with_moved(0, "a:1")));
-            start.wait();
-            // The next refresh, as the refresh task would run it.
-            install(&registry, &routes, map(true));
-            check(&registry, &routes.load());
-            start.wait();
-        }
-        refresh.join().unwrap();
+        BEFORE_STORE.with(|h| *h.borrow_mut() = Some(Box::new(hook)));
+        install(&registry, &routes, map(true));
+        let (handle, ran_in_between) = patch.lock().unwrap().take().unwrap();
+        handle.join().unwrap();
+        assert!(
+            !ran_in_between,
+            "the patch ran between the refresh's build and store"
+        );
+        // The next refresh, as the refresh task would run it.
+        install(&registry, &routes, map(true));
+        check(&registry, &routes.load());
+        assert_eq!(routes.load().version, 3);
     }
 }

@@ -676,7 +676,8 @@ impl NodeConnection {
     /// caller; for one that changes the connection under every caller (`RESET`,
     /// `HELLO`, `AUTH`, `SELECT`, `QUIT`); and for `MULTI` or `WATCH` alone, which
     /// would start a transaction for every caller (send the whole transaction with
-    /// [`NodeConnection::send_batch`]).
+    /// [`NodeConnection::send_batch`]; a check-and-set that reads between `WATCH` and
+    /// `MULTI` needs a connection of its own: `ClusterClient::watch`).
     ///
     /// # Examples
     ///
@@ -1171,7 +1172,10 @@ fn refuse_on_shared(cmds: &[Cmd]) -> Result<()> {
             multi = true;
         } else if name.eq_ignore_ascii_case(b"WATCH") {
             watch = true;
-        } else if name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD") {
+        } else if multi
+            && (name.eq_ignore_ascii_case(b"EXEC") || name.eq_ignore_ascii_case(b"DISCARD"))
+        {
+            // Without a MULTI they are refused by the server, and the WATCH holds.
             (multi, watch) = (false, false);
         } else if name.eq_ignore_ascii_case(b"UNWATCH") && !multi {
             // Inside `MULTI` it is only queued.
@@ -1740,7 +1744,7 @@ mod tests {
     #[test]
     fn a_transaction_left_open_is_refused_and_a_whole_one_is_sent() {
         let set = || cmd("SET").arg("k").arg("v");
-        let open: [&[Cmd]; 6] = [
+        let open: [&[Cmd]; 7] = [
             &[cmd("MULTI")],
             &[cmd("watch").arg("k")],
             &[cmd("MULTI"), set()],
@@ -1748,6 +1752,8 @@ mod tests {
             // Inside MULTI, UNWATCH is only queued; nothing ends the MULTI.
             &[cmd("WATCH").arg("k"), cmd("MULTI"), cmd("UNWATCH")],
             &[cmd("MULTI"), set(), cmd("EXEC"), cmd("Multi")],
+            // Without a MULTI the server refuses DISCARD, and the WATCH holds.
+            &[cmd("WATCH").arg("k"), cmd("DISCARD")],
         ];
         for cmds in open {
             assert!(

@@ -96,8 +96,12 @@ where
         // Nothing was asked of the server yet (RESP2, no password, no name): one `PING`,
         // so that a server that wants a password says so now, as `Error::Auth`, rather
         // than with `NOAUTH` on every later command.
+        // Only a refusal for credentials fails the connect: a loading node, a renamed
+        // `PING` or an ACL without it are for later requests to meet.
         if let Value::ServerError(e) = io.call(&cmd("PING")).await? {
-            return Err(handshake_error("PING", &e));
+            if is_auth_error(&e) {
+                return Err(auth_error(&e, None));
+            }
         }
     }
     Ok(protocol)

@@ -183,10 +183,11 @@ pub(crate) struct Breaker {
     window_failures: u32,
 }
 
-/// The longest a probe without an outcome keeps other requests out. A probe's outcome
-/// can go missing (its caller dropped the request), and with a long or unbounded
-/// response timeout the node would then refuse everything for that long. A probe still
-/// running past this only lets a second one in.
+/// The longest the response timeout keeps other requests out while a probe has no
+/// outcome (`open_for` still applies, if longer). A probe's outcome can go missing (its
+/// caller dropped the request), and with a long or unbounded response timeout the node
+/// would then refuse everything for that long. A probe still running past this only
+/// lets a second one in.
 pub(crate) const MAX_PROBE_WAIT: Duration = Duration::from_secs(10);
 
 impl Breaker {

@@ -66,6 +66,9 @@
 //! settings (TLS, credentials, name, timeouts); a connection that does not answer a
 //! `PING` within [`SubscriberConfig::ping_interval`] is replaced.
 
+#[cfg(not(test))]
+mod link;
+#[cfg(test)]
 pub(crate) mod link;
 mod manager;
 mod queue;
