@@ -127,6 +127,8 @@ mod cmd;
 mod conn;
 mod deadline;
 mod error;
+// Property tests across the layers that read what servers send; beside the layers, as
+// they take every one of them at its word.
 #[cfg(test)]
 mod hostile_input;
 mod observe;

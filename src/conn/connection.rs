@@ -540,11 +540,14 @@ impl NodeConnection {
     /// # async fn main() -> redcluster::Result<()> {
     /// use redcluster::{cmd, ConnectOptions, NodeConnection, Protocol, Value};
     /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    /// // A stand-in node on an in-memory pipe that answers one PING.
+    /// // A stand-in node on an in-memory pipe that answers two PINGs: the handshake's
+    /// // (on RESP2 without a password, it asks whether one is needed) and ours.
     /// let (ours, mut node) = tokio::io::duplex(1024);
     /// tokio::spawn(async move {
-    ///     let _ = node.read(&mut [0u8; 64]).await;
-    ///     let _ = node.write_all(b"+PONG\r\n").await;
+    ///     for _ in 0..2 {
+    ///         let _ = node.read(&mut [0u8; 64]).await;
+    ///         let _ = node.write_all(b"+PONG\r\n").await;
+    ///     }
     /// });
     /// let options = ConnectOptions::default().protocol(Protocol::Resp2); // no HELLO
     /// let conn = NodeConnection::over_stream("fake:6379", ours, &options).await?;
