@@ -426,7 +426,12 @@ fn check_map(map: &crate::slot::SlotMap) {
 fn check_topology(shards: &[crate::topology::ShardInfo]) {
     let map = slot_map(shards, &|a: &str| a.to_string());
     check_map(&map);
-    let chosen = choose_view(vec![map.clone(), crate::slot::SlotMap::default(), map]);
+    let failed = crate::topology::failed_nodes(shards);
+    let views = [map.clone(), crate::slot::SlotMap::default(), map]
+        .into_iter()
+        .map(|map| crate::topology::View { map, failed })
+        .collect();
+    let chosen = choose_view(views);
     assert!(chosen.is_some());
 }
 

@@ -858,6 +858,74 @@ async fn a_frozen_node_delays_a_topology_refresh_by_a_moment_only() {
     local.resume(2).unwrap();
 }
 
+/// A one-shard `CLUSTER SHARDS` reply: `primary` serves every slot, `other` is listed
+/// beside it as a replica, or as the failed old primary.
+fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
+    let bulk = |s: &str| Value::Bulk(s.to_string().into());
+    let node = |port: u16, role: &str, health: &str| {
+        Value::Map(vec![
+            (bulk("id"), bulk(&format!("{port:0>40}"))),
+            (bulk("port"), Value::Int(i64::from(port))),
+            (bulk("endpoint"), bulk("127.0.0.1")),
+            (bulk("role"), bulk(role)),
+            (bulk("replication-offset"), Value::Int(100)),
+            (bulk("health"), bulk(health)),
+        ])
+    };
+    let other = if other_failed {
+        node(other, "master", "fail")
+    } else {
+        node(other, "replica", "online")
+    };
+    Value::Array(vec![Value::Map(vec![
+        (
+            bulk("slots"),
+            Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+        ),
+        (
+            bulk("nodes"),
+            Value::Array(vec![node(primary, "master", "online"), other]),
+        ),
+    ])])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins() {
+    // Node a has not heard that it failed: it still calls itself the primary and b its
+    // replica. Node b was promoted and reports a as failed. Each view serves every slot
+    // and gets one vote; the answers come in any order.
+    let ports = Arc::new(Mutex::new((0u16, 0u16)));
+    let view_of = |ports: Arc<Mutex<(u16, u16)>>, stale: bool| {
+        move |_own: u16| {
+            let (a, b) = *ports.lock().unwrap();
+            if stale {
+                one_shard(a, b, false)
+            } else {
+                one_shard(b, a, true)
+            }
+        }
+    };
+    let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
+    let a = FakeCluster::start_with_shards(view_of(Arc::clone(&ports), true), nil).await;
+    let b = FakeCluster::start_with_shards(view_of(Arc::clone(&ports), false), nil).await;
+    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str(), b.addr.as_str()])
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    for round in 0..20 {
+        client.refresh_topology().await.unwrap();
+        assert_eq!(
+            client.node_for_key(b"k").as_deref(),
+            Some(b.addr.as_str()),
+            "refresh {round}"
+        );
+    }
+}
+
 /// `cmdstat_<name>` calls on a node, from `INFO commandstats`.
 async fn calls(local: &LocalCluster, node: usize, name: &str) -> u64 {
     let field = format!("cmdstat_{name}:calls");

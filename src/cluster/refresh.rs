@@ -193,7 +193,7 @@ impl Inner {
                     break;
                 };
                 match answer {
-                    Ok(view) if view.covered() > 0 => {
+                    Ok(view) if view.map.covered() > 0 => {
                         views.push(view);
                         if views.len() * 2 > group.len() {
                             grace.get_or_insert_with(|| Instant::now() + ANSWER_GRACE);
@@ -213,7 +213,7 @@ impl Inner {
     }
 
     /// One node's view: `CLUSTER SHARDS`, or `CLUSTER SLOTS` where that is unknown.
-    async fn ask_topology(&self, addr: &str) -> Result<SlotMap> {
+    async fn ask_topology(&self, addr: &str) -> Result<topology::View> {
         let deadline = crate::deadline::from_now(
             self.config
                 .connect
@@ -244,14 +244,17 @@ impl Inner {
             Some(r) => r.apply(a),
             None => a.to_string(),
         };
-        let failed = has_failed_node(&shards);
-        if failed {
+        let failed = topology::failed_nodes(&shards);
+        if failed > 0 {
             self.signal.note_failure();
         }
-        if failed || settling(&shards, self.signal.failed_lately()) {
+        if failed > 0 || settling(&shards, self.signal.failed_lately()) {
             self.signal.degraded.store(true, Ordering::Relaxed);
         }
-        Ok(topology::slot_map(&shards, &remap))
+        Ok(topology::View {
+            map: topology::slot_map(&shards, &remap),
+            failed,
+        })
     }
 
     /// Installs `map` as the routing snapshot unless it routes exactly as the current one;
@@ -281,13 +284,6 @@ impl Inner {
     }
 }
 
-/// Whether a view reports some node as failed.
-fn has_failed_node(shards: &[topology::ShardInfo]) -> bool {
-    shards
-        .iter()
-        .any(|s| !s.primary.healthy || s.replicas.iter().any(|r| !r.healthy))
-}
-
 /// Whether a view shows the cluster still settling after a failure seen lately: a
 /// primary with no slots then is most likely the failed primary back, not yet told it
 /// is a replica now. Without refreshing often meanwhile, the client would show it as a
@@ -315,6 +311,7 @@ mod tests {
             primary: node(port, healthy),
             replicas: vec![node(port + 1, true)],
             ranges,
+            failed: usize::from(!healthy),
         }
     }
 
@@ -323,8 +320,8 @@ mod tests {
         let served = shard(7000, vec![(0, 16383)], true);
         let failed = shard(7002, vec![], false);
         let empty = shard(7004, vec![], true);
-        assert!(has_failed_node(&[served.clone(), failed]));
-        assert!(!has_failed_node(&[served.clone(), empty.clone()]));
+        assert_eq!(topology::failed_nodes(&[served.clone(), failed]), 1);
+        assert_eq!(topology::failed_nodes(&[served.clone(), empty.clone()]), 0);
         // An empty primary counts only while a failure was seen lately.
         assert!(settling(&[served.clone(), empty.clone()], true));
         assert!(!settling(&[served.clone(), empty], false));

@@ -28,6 +28,9 @@ pub(crate) struct ShardInfo {
     pub(crate) primary: NodeInfo,
     pub(crate) replicas: Vec<NodeInfo>,
     pub(crate) ranges: Vec<(u16, u16)>,
+    /// Nodes of the shard the reply reports failed, whatever their role: a failed-over
+    /// primary listed beside the promoted one counts, though it is in neither field.
+    pub(crate) failed: usize,
 }
 
 fn malformed(what: &str) -> Error {
@@ -125,6 +128,7 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
         // replication offset; another master is no one to route to.
         let mut primary: Option<(NodeInfo, i64)> = None;
         let mut replicas = Vec::new();
+        let mut failed = 0;
         for node in nodes {
             let node = fields(node).ok_or_else(|| malformed("node is not a map"))?;
             let plain = port(field(&node, "port"));
@@ -145,6 +149,7 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
                 // which every replica of a fresh cluster has: only a failed node is out.
                 healthy: !matches!(health.as_deref(), Some("failed" | "fail")),
             };
+            failed += usize::from(!info.healthy);
             match field(&node, "role").and_then(text).as_deref() {
                 Some("master") => {
                     let offset = field(&node, "replication-offset").and_then(int);
@@ -167,6 +172,7 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
                 primary,
                 replicas,
                 ranges,
+                failed,
             });
         }
     }
@@ -217,6 +223,8 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
                 primary,
                 replicas: nodes.collect(),
                 ranges: vec![(start, end)],
+                // CLUSTER SLOTS does not say.
+                failed: 0,
             }),
         }
     }
@@ -243,23 +251,43 @@ pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> 
     }))
 }
 
+/// One node's view of the topology: the slot map it gives, and how many nodes it
+/// reports failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct View {
+    pub(crate) map: SlotMap,
+    pub(crate) failed: usize,
+}
+
+/// Counts the nodes `shards` reports as failed.
+pub(crate) fn failed_nodes(shards: &[ShardInfo]) -> usize {
+    shards.iter().map(|s| s.failed).sum()
+}
+
 /// Picks the view that serves the most slots from healthy primaries; among those, the
-/// one most nodes agree on. During a failover, nodes that have not yet heard of the
-/// promotion still name the failed primary (which serves nothing here), so the view
-/// with the promoted replica wins as soon as one asked node reports it. `None` when
-/// there is no view at all.
-pub(crate) fn choose_view(views: Vec<SlotMap>) -> Option<SlotMap> {
-    let mut tally: Vec<(SlotMap, usize)> = Vec::new();
+/// one most nodes agree on; among those, the one that reports the most failed nodes.
+/// During a failover, nodes that have not yet heard of the promotion still name the
+/// failed primary (which serves nothing here), so the view with the promoted replica
+/// wins as soon as one asked node reports it. A node that has not heard of the failure
+/// at all still calls the old primary healthy, and its view covers as many slots: a
+/// failure flag takes most primaries to agree, so the view that reports it is the
+/// newer one. `None` when there is no view at all.
+pub(crate) fn choose_view(views: Vec<View>) -> Option<SlotMap> {
+    // Each distinct map, its votes, and the most failures a node reported with it.
+    let mut tally: Vec<(SlotMap, usize, usize)> = Vec::new();
     for view in views {
-        match tally.iter_mut().find(|(v, _)| *v == view) {
-            Some((_, n)) => *n += 1,
-            None => tally.push((view, 1)),
+        match tally.iter_mut().find(|(map, _, _)| *map == view.map) {
+            Some((_, votes, failed)) => {
+                *votes += 1;
+                *failed = (*failed).max(view.failed);
+            }
+            None => tally.push((view.map, 1, view.failed)),
         }
     }
     tally
         .into_iter()
-        .max_by_key(|(view, votes)| (view.covered(), *votes))
-        .map(|(view, _)| view)
+        .max_by_key(|(map, votes, failed)| (map.covered(), *votes, *failed))
+        .map(|(map, _, _)| map)
 }
 
 /// Why a topology refresh was asked for (also a metric label).
@@ -382,6 +410,7 @@ mod tests {
             let map = slot_map(&shards, &|a: &str| a.to_string());
             assert_eq!(map.covered(), 16384);
             assert_eq!(&*map.shard(0).unwrap().primary, "127.0.0.1:7003");
+            assert_eq!(failed_nodes(&shards), 1, "the failed old primary counts");
         }
         // Only a failed master: the slots stay unassigned until a promotion shows.
         let shards = parse_shards(&shard(vec![failed]), "127.0.0.1:7000", false).unwrap();
@@ -513,11 +542,28 @@ mod tests {
             vec![(0, 16383)],
         )]);
         let b = a.with_moved(0, "b:1");
+        let view = |map: &SlotMap, failed: usize| View {
+            map: map.clone(),
+            failed,
+        };
         assert_eq!(
-            choose_view(vec![b.clone(), a.clone(), a.clone()]),
+            choose_view(vec![view(&b, 0), view(&a, 0), view(&a, 0)]),
             Some(a.clone())
         );
-        assert_eq!(choose_view(vec![b.clone(), b.clone(), a]), Some(b));
+        assert_eq!(
+            choose_view(vec![view(&b, 0), view(&b, 0), view(&a, 0)]),
+            Some(b.clone())
+        );
+        // One vote each: the node that reports a failure has heard more, whichever
+        // answered first.
+        for (first, second) in [(view(&a, 0), view(&b, 1)), (view(&b, 1), view(&a, 0))] {
+            assert_eq!(choose_view(vec![first, second]), Some(b.clone()));
+        }
+        // Votes still count before failures.
+        assert_eq!(
+            choose_view(vec![view(&a, 0), view(&a, 0), view(&b, 1)]),
+            Some(a)
+        );
         assert_eq!(choose_view(vec![]), None);
     }
 

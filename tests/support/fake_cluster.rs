@@ -2,8 +2,9 @@
 //! dropping the connection right after reading a request.
 //!
 //! It accepts any number of connections on 127.0.0.1, answers `HELLO` and
-//! `CLUSTER SHARDS` (itself owning every slot) on its own, and asks the test's `behave`
-//! function what to do with every other command. Every command it reads is recorded.
+//! `CLUSTER SHARDS` (itself owning every slot, unless the test gives the reply) on its
+//! own, and asks the test's `behave` function what to do with every other command.
+//! Every command it reads is recorded.
 
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +45,29 @@ impl FakeCluster {
     where
         F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
     {
+        FakeCluster::start_with(hello_delay, Arc::new(shards), behave).await
+    }
+
+    /// [`FakeCluster::start`], answering `CLUSTER SHARDS` with what `topology` makes of
+    /// its own port: a node whose view of the cluster the test writes.
+    pub async fn start_with_shards<F>(
+        topology: impl Fn(u16) -> Value + Send + Sync + 'static,
+        behave: F,
+    ) -> FakeCluster
+    where
+        F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
+    {
+        FakeCluster::start_with(std::time::Duration::ZERO, Arc::new(topology), behave).await
+    }
+
+    async fn start_with<F>(
+        hello_delay: std::time::Duration,
+        topology: Arc<dyn Fn(u16) -> Value + Send + Sync>,
+        behave: F,
+    ) -> FakeCluster
+    where
+        F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
@@ -54,6 +78,7 @@ impl FakeCluster {
             // Bounded by the test's lifetime: the runtime ends with the test.
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (behave, log) = (Arc::clone(&behave), Arc::clone(&log));
+                let topology = Arc::clone(&topology);
                 tokio::spawn(async move {
                     let mut buf = BytesMut::new();
                     let mut decoder = Decoder::new();
@@ -98,7 +123,7 @@ impl FakeCluster {
                                     .get(1)
                                     .is_some_and(|a| a.eq_ignore_ascii_case("shards")) =>
                             {
-                                Action::Reply(shards(port))
+                                Action::Reply(topology(port))
                             }
                             _ => behave(&args, earlier),
                         };
