@@ -184,32 +184,10 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
     // Rotate the password on every node. Open connections stay authenticated; cut the
     // client's, and its new ones must use the provider's new answer.
     let rotated = "rotated-pass-2";
-    let mut admin = Vec::new();
-    for i in 0..3 {
-        admin.push(local.connect_node(i).await.unwrap());
-    }
-    for conn in &admin {
-        let reply = conn
-            .send(cmd("CONFIG").arg("SET").arg("requirepass").arg(rotated))
-            .await
-            .unwrap();
-        assert_eq!(reply, Value::Simple("OK".into()));
-    }
     *current.lock().unwrap() = rotated.to_string();
     let before = asked.load(Ordering::SeqCst);
-    for conn in &admin {
-        let killed = conn
-            .send(
-                cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("TYPE")
-                    .arg("normal")
-                    .arg("SKIPME")
-                    .arg("yes"),
-            )
-            .await
-            .unwrap();
-        assert!(matches!(killed, Value::Int(n) if n >= 1), "{killed:?}");
+    for killed in change_password_and_cut_clients(&local, rotated).await {
+        assert!(killed >= 1, "{killed} connections cut");
     }
     for i in 1..30 {
         let v: Option<String> = client.get(format!("cp:{i}")).await.unwrap();
@@ -277,29 +255,7 @@ async fn a_password_changed_under_the_client_fails_requests_with_auth_at_once() 
     client.set("pw:{a}", "v").await.unwrap();
     // The password changes on every node and the client's connections are cut: its
     // reconnects are refused.
-    for i in 0..3 {
-        let admin = local.connect_node(i).await.unwrap();
-        admin
-            .send(
-                cmd("CONFIG")
-                    .arg("SET")
-                    .arg("requirepass")
-                    .arg("changed-pass"),
-            )
-            .await
-            .unwrap();
-        admin
-            .send(
-                cmd("CLIENT")
-                    .arg("KILL")
-                    .arg("TYPE")
-                    .arg("normal")
-                    .arg("SKIPME")
-                    .arg("yes"),
-            )
-            .await
-            .unwrap();
-    }
+    change_password_and_cut_clients(&local, "changed-pass").await;
     // More requests than the breaker's threshold (5 failures): each is told the cause,
     // none retries to its deadline, and no breaker opens to answer `CircuitOpen`.
     for i in 0..8 {
@@ -324,6 +280,27 @@ async fn a_password_changed_under_the_client_fails_requests_with_auth_at_once() 
         !why.contains(PASSWORD) && !why.contains("changed-pass"),
         "{why}"
     );
+}
+
+/// Sets `requirepass` to `password` on every node, then cuts every client connection
+/// but the one asking (open connections stay authenticated otherwise); how many each
+/// node cut.
+async fn change_password_and_cut_clients(local: &LocalCluster, password: &str) -> Vec<i64> {
+    let mut killed = Vec::new();
+    for node in local.nodes() {
+        let admin = local.connect_node(node.index).await.unwrap();
+        let reply = admin
+            .send(cmd("CONFIG").arg("SET").arg("requirepass").arg(password))
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()));
+        let kill = cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal");
+        match admin.send(kill.arg("SKIPME").arg("yes")).await.unwrap() {
+            Value::Int(n) => killed.push(n),
+            other => panic!("CLIENT KILL answered {other:?}"),
+        }
+    }
+    killed
 }
 
 // ---- ACL --------------------------------------------------------------------------------
