@@ -442,8 +442,12 @@ async fn resent_commands_of_one_slot_run_in_the_order_they_were_added() {
         p.del(format!("{{o{pair}}}:list"))
             .rpush(format!("{{o{pair}}}:list"), "fresh");
     }
+    let before = client.stats().retries;
     let replies = p.execute().await.unwrap();
     assert_eq!(replies, vec![Value::Int(1); 16]);
+    // Each command was refused twice: two retries each, the first (the pipeline's own
+    // resend) counted and budgeted like the second.
+    assert_eq!(client.stats().retries - before, 32);
     let ran = ran.lock().unwrap().clone();
     assert_eq!(ran.len(), 16, "{ran:?}");
     for pair in 0..8 {
@@ -453,4 +457,35 @@ async fn resent_commands_of_one_slot_run_in_the_order_they_were_added() {
         };
         assert!(at("DEL") < at("RPUSH"), "pair {pair}: {ran:?}");
     }
+}
+
+/// With `retry_on_cluster_down(false)`, a pipeline's `CLUSTERDOWN` is the command's
+/// answer, as it is for a single command: sent once, not resent (a scripted fake: a
+/// real cluster's `CLUSTERDOWN` cannot be held on demand while the test sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_does_not_resend_clusterdown_when_told_not_to_retry_it() {
+    let fake = FakeCluster::start(|_, _| {
+        Action::Reply(Value::ServerError(ServerError::new(
+            "CLUSTERDOWN The cluster is down",
+        )))
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_on_cluster_down(false)
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    for i in 0..4 {
+        p.get(format!("cd:{i}"));
+    }
+    for reply in p.execute_each().await {
+        match reply {
+            Err(Error::Server(e)) => assert_eq!(e.code(), "CLUSTERDOWN"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(fake.count("GET"), 4, "{:?}", fake.seen());
+    assert_eq!(client.stats().retries, 0);
 }

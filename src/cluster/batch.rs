@@ -48,6 +48,18 @@ struct Entry {
     cmd: Cmd,
 }
 
+/// Why a command of a node's batch goes again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// Its slot moved (`MOVED`): with the slot's other commands, to the new owner.
+    Moved,
+    /// At once: an `ASK`, or a connection lost before it could run.
+    Now,
+    /// The node asked to wait (`TRYAGAIN`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`); the
+    /// retry is counted and taken from the budget.
+    AfterBackOff,
+}
+
 /// Where a pipeline's command stands and how it may be retried: what stays behind
 /// while the command itself is away on a connection.
 #[derive(Clone, Copy)]
@@ -251,14 +263,26 @@ impl Inner {
         let elapsed = started.elapsed();
         let mut done = Tally::default();
         let mut out = Vec::with_capacity(meta.len());
-        // With whether a `MOVED` sent it back.
-        let mut resend: Vec<(Entry, bool)> = Vec::new();
+        // With why it goes again: a `MOVED`, or an answer that asks to back off first.
+        let mut resend: Vec<(Entry, Resend)> = Vec::new();
         let mut batch_error: Option<Error> = None;
         match outcome {
             Ok(replies) => {
                 for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
                     let action = match &reply {
-                        Value::ServerError(e) => classify(e, &node.addr),
+                        Value::ServerError(e) => match classify(e, &node.addr) {
+                            // As the single-command path: a retry, counted and taken
+                            // from the budget, or else the answer.
+                            ErrorAction::ClusterDown if !self.config.retry_on_cluster_down => {
+                                ErrorAction::Reply
+                            }
+                            ErrorAction::ClusterDown | ErrorAction::BackOff
+                                if !self.spend_retry() =>
+                            {
+                                ErrorAction::Reply
+                            }
+                            action => action,
+                        },
                         _ => ErrorAction::Reply,
                     };
                     match action {
@@ -281,10 +305,22 @@ impl Inner {
                         }
                         ErrorAction::Redirect(r) => {
                             self.note_redirect(&r, &node.addr);
-                            let moved = matches!(r, Redirect::Moved { .. });
-                            resend.push((Entry { meta, cmd: command }, moved));
+                            let why = match r {
+                                Redirect::Moved { .. } => Resend::Moved,
+                                Redirect::Ask { .. } => Resend::Now,
+                            };
+                            resend.push((Entry { meta, cmd: command }, why));
                         }
-                        _ => resend.push((Entry { meta, cmd: command }, false)),
+                        ErrorAction::ClusterDown | ErrorAction::BackOff => {
+                            let code = match &reply {
+                                Value::ServerError(e) => e.code(),
+                                _ => "",
+                            };
+                            let reason = metrics::RetryReason::of_reply(code);
+                            metrics::retry(reason);
+                            tracing::debug!(reason = reason.as_str(), "retrying");
+                            resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff));
+                        }
                     }
                 }
             }
@@ -314,7 +350,7 @@ impl Inner {
                 for (meta, command) in meta.into_iter().zip(cmds) {
                     let unsent = !e.may_have_executed();
                     if unsent || (meta.idempotent && !matches!(e, Error::Timeout)) {
-                        resend.push((Entry { meta, cmd: command }, false));
+                        resend.push((Entry { meta, cmd: command }, Resend::Now));
                     } else {
                         let result = Err(e.clone());
                         done.add(meta.name, &result);
@@ -329,25 +365,27 @@ impl Inner {
         }
         // What to resend, by slot, in the order added: dependent writes (`DEL k`, then
         // `RPUSH k`) rely on the order within a slot. Slots go in parallel.
-        let mut by_slot: Vec<(u16, bool, Vec<Entry>)> = Vec::new();
-        for (entry, moved) in resend {
+        let mut by_slot: Vec<(u16, bool, bool, Vec<Entry>)> = Vec::new();
+        for (entry, why) in resend {
+            let (moved, back_off) = (why == Resend::Moved, why == Resend::AfterBackOff);
             match by_slot
                 .iter_mut()
                 .find(|(slot, ..)| *slot == entry.meta.slot)
             {
-                Some((_, all_moved, entries)) => {
+                Some((_, all_moved, any_back_off, entries)) => {
                     *all_moved &= moved;
+                    *any_back_off |= back_off;
                     entries.push(entry);
                 }
-                None => by_slot.push((entry.meta.slot, moved, vec![entry])),
+                None => by_slot.push((entry.meta.slot, moved, back_off, vec![entry])),
             }
         }
         // A slot that moved whole (a resharding) is one batch again, to its new owner
         // (the map learned it from the `MOVED`): one write, not one round trip each.
         let mut moved: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
-        let mut one_by_one: Vec<Vec<Entry>> = Vec::new();
+        let mut one_by_one: Vec<(bool, Vec<Entry>)> = Vec::new();
         let routes = self.routes.load_full();
-        for (slot, all_moved, entries) in by_slot {
+        for (slot, all_moved, back_off, entries) in by_slot {
             let read_only = entries.iter().all(|e| e.meta.read_only);
             let owner = if all_moved && redirects < self.config.max_redirects.min(MAX_REBATCHES) {
                 self.pick_for_slot(&routes, slot, read_only).ok()
@@ -359,7 +397,7 @@ impl Inner {
                     Some((_, batch)) => batch.extend(entries),
                     None => moved.push((Arc::clone(owner), entries)),
                 },
-                None => one_by_one.push(entries),
+                None => one_by_one.push((back_off, entries)),
             }
         }
         let moved = moved
@@ -369,9 +407,21 @@ impl Inner {
         // through the single-command path, so that however many retries and backoffs
         // one needs, the next waits for it.
         let durability = self.config.durability;
-        let resent = one_by_one.into_iter().map(|entries| {
+        let resent = one_by_one.into_iter().map(|(back_off, entries)| {
             let batch_error = batch_error.clone();
             async move {
+                if back_off {
+                    // The node asked to wait (`TRYAGAIN`, `LOADING`, ...): the slot's
+                    // commands wait once, together, as a single command would.
+                    let backoff = crate::policy::Backoff {
+                        base: self.config.retry_base,
+                        max: self.config.retry_max,
+                    };
+                    let delay = backoff.delay(0, fastrand::f64());
+                    if crate::deadline::from_now(delay) < deadline {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
                 let mut replies = Vec::with_capacity(entries.len());
                 for Entry { meta, cmd } in entries {
                     let reply = if meta.needs_own_path(durability) {

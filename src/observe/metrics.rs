@@ -508,6 +508,8 @@ impl RetryReason {
             Error::Io { .. } | Error::ConnectionLost { .. } | Error::Tls(_) | Error::Auth(_) => {
                 RetryReason::Connection
             }
+            // A durable write's `TRYAGAIN` comes back as an error, not a reply.
+            Error::Server(e) => RetryReason::of_reply(e.code()),
             _ => RetryReason::Other,
         }
     }
@@ -608,6 +610,9 @@ mod tests {
         );
         assert_eq!(RetryReason::of_reply("TRYAGAIN"), RetryReason::TryAgain);
         assert_eq!(RetryReason::of_reply("WHATEVER"), RetryReason::Other);
+        // As a durable write gets it: an error, not a reply.
+        let tryagain = Error::Server(crate::ServerError::new("TRYAGAIN Multiple keys request"));
+        assert_eq!(RetryReason::of_error(&tryagain), RetryReason::TryAgain);
     }
 }
 
