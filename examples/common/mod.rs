@@ -9,6 +9,7 @@ use redcluster::ClusterClient;
 pub(crate) async fn connect() -> redcluster::Result<(ClusterClient, Option<LocalCluster>)> {
     if std::env::var_os("REDIS_CLUSTER_NODES").is_some() {
         println!("using the cluster in REDIS_CLUSTER_NODES");
+        println!("(the examples write and delete demo keys: use a scratch cluster)");
         let client = ClusterClient::builder_from_env()?.build().await?;
         return Ok((client, None));
     }
