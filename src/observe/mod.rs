@@ -25,7 +25,7 @@
 //! |---|---|---|---|
 //! | `redis_commands_total` | counter | `command`, `node`, `status` | Commands sent, counted once each at their final outcome |
 //! | `redis_command_duration_seconds` | histogram | `command`, `node` | Time from routing a command to its final reply |
-//! | `redis_cluster_nodes` | gauge | `state` | Nodes: `primary`, `replica`, `connected`, `breaker_open` |
+//! | `redis_cluster_nodes` | gauge | `state` | Nodes: `primary`, `replica`, `connected`, `breaker_open` (the last two count nodes of the first two: do not sum them) |
 //! | `redis_redirects_total` | counter | `kind` | Redirects followed: `moved`, `ask` |
 //! | `redis_topology_refreshes_total` | counter | `trigger` | Topology refreshes completed |
 //! | `redis_retries_total` | counter | `reason` | Requests sent again |
@@ -78,7 +78,9 @@
 //!   when a topology is installed, after each topology refresh and after each health
 //!   check (every 10 s by default); breaker states are also set at every transition. A
 //!   node known under two handles (primary and replica-read connections) reports the sum
-//!   of their connections and the worse of their breakers.
+//!   of their connections and the worse of their breakers. These gauges carry no client
+//!   label: two clients in one process set the same series, and a dropped client's
+//!   last values stay until another client sets them.
 //!
 //! # Tracing
 //!
