@@ -270,19 +270,26 @@ impl Inner {
             Ok(replies) => {
                 for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
                     let action = match &reply {
-                        Value::ServerError(e) => match classify(e, &node.addr) {
+                        Value::ServerError(e) => {
+                            let action = classify(e, &node.addr);
+                            if matches!(action, ErrorAction::ClusterDown) {
+                                self.signal
+                                    .request(crate::topology::RefreshTrigger::ClusterDown);
+                            }
                             // As the single-command path: a retry, counted and taken
                             // from the budget, or else the answer.
-                            ErrorAction::ClusterDown if !self.config.retry_on_cluster_down => {
-                                ErrorAction::Reply
+                            match action {
+                                ErrorAction::ClusterDown if !self.config.retry_on_cluster_down => {
+                                    ErrorAction::Reply
+                                }
+                                ErrorAction::ClusterDown | ErrorAction::BackOff
+                                    if !self.spend_retry() =>
+                                {
+                                    ErrorAction::Reply
+                                }
+                                action => action,
                             }
-                            ErrorAction::ClusterDown | ErrorAction::BackOff
-                                if !self.spend_retry() =>
-                            {
-                                ErrorAction::Reply
-                            }
-                            action => action,
-                        },
+                        }
                         _ => ErrorAction::Reply,
                     };
                     match action {
