@@ -89,8 +89,10 @@
 //! `slot` (when it has one), `node` (the node of the latest attempt), `attempt`,
 //! `redirects`, and when it ends `status` (`ok`, `error`, `failure`) and `duration_ms`:
 //! a subscriber that logs span closes (`tracing_subscriber`'s `FmtSpan::CLOSE`) writes
-//! one line per command. Each node's share of an explicit pipeline is written in a
-//! `redis_pipeline` span (`node`, `commands`). A connection's tasks run in a root
+//! one line per command. (Commands on dedicated connections, blocking ones, durable
+//! writes and `WATCH`, leave `attempt` and `redirects` empty: their redirects show as
+//! events.) Each node's share of an explicit pipeline is written in a `redis_pipeline`
+//! span (`node`, `commands`), one per batch rather than one per command. A connection's tasks run in a root
 //! `redis_connection` span (`node`), not in the span of the request that opened it,
 //! which therefore closes when that request ends. Events, targets under `redcluster`:
 //!
