@@ -426,10 +426,13 @@ fn check_map(map: &crate::slot::SlotMap) {
 fn check_topology(shards: &[crate::topology::ShardInfo]) {
     let map = slot_map(shards, &|a: &str| a.to_string());
     check_map(&map);
-    let failed = crate::topology::failed_nodes(shards);
+    let failed = crate::topology::failed_nodes(shards, &|a: &str| a.to_string());
     let views = [map.clone(), crate::slot::SlotMap::default(), map]
         .into_iter()
-        .map(|map| crate::topology::View { map, failed })
+        .map(|map| crate::topology::View {
+            map,
+            failed: failed.clone(),
+        })
         .collect();
     let chosen = choose_view(views);
     assert!(chosen.is_some());

@@ -244,11 +244,11 @@ impl Inner {
             Some(r) => r.apply(a),
             None => a.to_string(),
         };
-        let failed = topology::failed_nodes(&shards);
-        if failed > 0 {
+        let failed = topology::failed_nodes(&shards, &remap);
+        if !failed.is_empty() {
             self.signal.note_failure();
         }
-        if failed > 0 || settling(&shards, self.signal.failed_lately()) {
+        if !failed.is_empty() || settling(&shards, self.signal.failed_lately()) {
             self.signal.degraded.store(true, Ordering::Relaxed);
         }
         Ok(topology::View {
@@ -311,7 +311,11 @@ mod tests {
             primary: node(port, healthy),
             replicas: vec![node(port + 1, true)],
             ranges,
-            failed: usize::from(!healthy),
+            failed: if healthy {
+                Vec::new()
+            } else {
+                vec![format!("127.0.0.1:{port}")]
+            },
         }
     }
 
@@ -320,8 +324,12 @@ mod tests {
         let served = shard(7000, vec![(0, 16383)], true);
         let failed = shard(7002, vec![], false);
         let empty = shard(7004, vec![], true);
-        assert_eq!(topology::failed_nodes(&[served.clone(), failed]), 1);
-        assert_eq!(topology::failed_nodes(&[served.clone(), empty.clone()]), 0);
+        let same = |a: &str| a.to_string();
+        assert_eq!(
+            topology::failed_nodes(&[served.clone(), failed], &same).len(),
+            1
+        );
+        assert!(topology::failed_nodes(&[served.clone(), empty.clone()], &same).is_empty());
         // An empty primary counts only while a failure was seen lately.
         assert!(settling(&[served.clone(), empty.clone()], true));
         assert!(!settling(&[served.clone(), empty], false));

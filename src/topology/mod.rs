@@ -28,9 +28,10 @@ pub(crate) struct ShardInfo {
     pub(crate) primary: NodeInfo,
     pub(crate) replicas: Vec<NodeInfo>,
     pub(crate) ranges: Vec<(u16, u16)>,
-    /// Nodes of the shard the reply reports failed, whatever their role: a failed-over
-    /// primary listed beside the promoted one counts, though it is in neither field.
-    pub(crate) failed: usize,
+    /// Addresses of the shard's nodes the reply reports failed, whatever their role: a
+    /// failed-over primary listed beside the promoted one is here, though in neither
+    /// field above.
+    pub(crate) failed: Vec<String>,
 }
 
 fn malformed(what: &str) -> Error {
@@ -128,7 +129,7 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
         // replication offset; another master is no one to route to.
         let mut primary: Option<(NodeInfo, i64)> = None;
         let mut replicas = Vec::new();
-        let mut failed = 0;
+        let mut failed = Vec::new();
         for node in nodes {
             let node = fields(node).ok_or_else(|| malformed("node is not a map"))?;
             let plain = port(field(&node, "port"));
@@ -149,7 +150,9 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
                 // which every replica of a fresh cluster has: only a failed node is out.
                 healthy: !matches!(health.as_deref(), Some("failed" | "fail")),
             };
-            failed += usize::from(!info.healthy);
+            if !info.healthy {
+                failed.push(info.addr.clone());
+            }
             match field(&node, "role").and_then(text).as_deref() {
                 Some("master") => {
                     let offset = field(&node, "replication-offset").and_then(int);
@@ -224,7 +227,7 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
                 replicas: nodes.collect(),
                 ranges: vec![(start, end)],
                 // CLUSTER SLOTS does not say.
-                failed: 0,
+                failed: Vec::new(),
             }),
         }
     }
@@ -251,43 +254,63 @@ pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> 
     }))
 }
 
-/// One node's view of the topology: the slot map it gives, and how many nodes it
-/// reports failed.
+/// One node's view of the topology: the slot map it gives, and the nodes it reports
+/// failed (remapped addresses).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct View {
     pub(crate) map: SlotMap,
-    pub(crate) failed: usize,
+    pub(crate) failed: Vec<Arc<str>>,
 }
 
-/// Counts the nodes `shards` reports as failed.
-pub(crate) fn failed_nodes(shards: &[ShardInfo]) -> usize {
-    shards.iter().map(|s| s.failed).sum()
+/// The addresses of the nodes `shards` reports as failed, through `remap`.
+pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> Vec<Arc<str>> {
+    shards
+        .iter()
+        .flat_map(|s| s.failed.iter().map(|a| Arc::from(remap(a))))
+        .collect()
 }
 
 /// Picks the view that serves the most slots from healthy primaries; among those, the
-/// one most nodes agree on; among those, the one that reports the most failed nodes.
-/// During a failover, nodes that have not yet heard of the promotion still name the
-/// failed primary (which serves nothing here), so the view with the promoted replica
-/// wins as soon as one asked node reports it. A node that has not heard of the failure
-/// at all still calls the old primary healthy, and its view covers as many slots: a
-/// failure flag takes most primaries to agree, so the view that reports it is the
-/// newer one. `None` when there is no view at all.
+/// one most nodes agree on. During a failover, nodes that have not yet heard of the
+/// promotion still name the failed primary (which serves nothing here), so the view
+/// with the promoted replica wins as soon as one asked node reports it.
+///
+/// A node that has not heard of the failure at all still calls the old primary healthy,
+/// and its view serves as many slots. Between such views the one that reports failed
+/// a primary of the others wins: that flag took most primaries to set, so that view is
+/// the newer. (A failure flag is no sign of news otherwise: each node clears it on its
+/// own, so a lagging one may still flag a node back as a replica.) `None` when there is
+/// no view at all.
 pub(crate) fn choose_view(views: Vec<View>) -> Option<SlotMap> {
-    // Each distinct map, its votes, and the most failures a node reported with it.
-    let mut tally: Vec<(SlotMap, usize, usize)> = Vec::new();
+    // Each distinct map, its votes, and every node flagged failed by a node giving it.
+    let mut tally: Vec<(SlotMap, usize, Vec<Arc<str>>)> = Vec::new();
     for view in views {
         match tally.iter_mut().find(|(map, _, _)| *map == view.map) {
             Some((_, votes, failed)) => {
                 *votes += 1;
-                *failed = (*failed).max(view.failed);
+                failed.extend(view.failed);
             }
             None => tally.push((view.map, 1, view.failed)),
         }
     }
-    tally
-        .into_iter()
-        .max_by_key(|(map, votes, failed)| (map.covered(), *votes, *failed))
-        .map(|(map, _, _)| map)
+    let best = tally
+        .iter()
+        .map(|(map, votes, _)| (map.covered(), *votes))
+        .max()?;
+    let tied: Vec<usize> = (0..tally.len())
+        .filter(|&i| (tally[i].0.covered(), tally[i].1) == best)
+        .collect();
+    // How many primaries of the other tied views this one reports failed.
+    let news = |i: usize| {
+        let failed = &tally[i].2;
+        tied.iter()
+            .filter(|&&j| j != i)
+            .flat_map(|&j| tally[j].0.shards().iter().map(|s| &s.primary))
+            .filter(|primary| failed.contains(primary))
+            .count()
+    };
+    let chosen = tied.iter().copied().max_by_key(|&i| news(i))?;
+    Some(tally.swap_remove(chosen).0)
 }
 
 /// Why a topology refresh was asked for (also a metric label).
@@ -410,7 +433,12 @@ mod tests {
             let map = slot_map(&shards, &|a: &str| a.to_string());
             assert_eq!(map.covered(), 16384);
             assert_eq!(&*map.shard(0).unwrap().primary, "127.0.0.1:7003");
-            assert_eq!(failed_nodes(&shards), 1, "the failed old primary counts");
+            let same = |a: &str| a.to_string();
+            assert_eq!(
+                failed_nodes(&shards, &same),
+                vec![Arc::<str>::from("127.0.0.1:7000")],
+                "the failed old primary is reported"
+            );
         }
         // Only a failed master: the slots stay unassigned until a promotion shows.
         let shards = parse_shards(&shard(vec![failed]), "127.0.0.1:7000", false).unwrap();
@@ -542,26 +570,37 @@ mod tests {
             vec![(0, 16383)],
         )]);
         let b = a.with_moved(0, "b:1");
-        let view = |map: &SlotMap, failed: usize| View {
+        let view = |map: &SlotMap, failed: &[&str]| View {
             map: map.clone(),
-            failed,
+            failed: failed.iter().map(|&a| Arc::from(a)).collect(),
         };
         assert_eq!(
-            choose_view(vec![view(&b, 0), view(&a, 0), view(&a, 0)]),
+            choose_view(vec![view(&b, &[]), view(&a, &[]), view(&a, &[])]),
             Some(a.clone())
         );
         assert_eq!(
-            choose_view(vec![view(&b, 0), view(&b, 0), view(&a, 0)]),
+            choose_view(vec![view(&b, &[]), view(&b, &[]), view(&a, &[])]),
             Some(b.clone())
         );
-        // One vote each: the node that reports a failure has heard more, whichever
-        // answered first.
-        for (first, second) in [(view(&a, 0), view(&b, 1)), (view(&b, 1), view(&a, 0))] {
+        // One vote each: the node that reports the other view's primary failed has
+        // heard of the failover, whichever answered first.
+        for (first, second) in [
+            (view(&a, &[]), view(&b, &["a:1"])),
+            (view(&b, &["a:1"]), view(&a, &[])),
+        ] {
+            assert_eq!(choose_view(vec![first, second]), Some(b.clone()));
+        }
+        // Failure flags on nodes no other view routes to tell nothing: stale ones (a
+        // recovered replica) do not outweigh the one that matters.
+        for (first, second) in [
+            (view(&a, &["r1:1", "r2:1"]), view(&b, &["a:1"])),
+            (view(&b, &["a:1"]), view(&a, &["r1:1", "r2:1"])),
+        ] {
             assert_eq!(choose_view(vec![first, second]), Some(b.clone()));
         }
         // Votes still count before failures.
         assert_eq!(
-            choose_view(vec![view(&a, 0), view(&a, 0), view(&b, 1)]),
+            choose_view(vec![view(&a, &[]), view(&a, &[]), view(&b, &["a:1"])]),
             Some(a)
         );
         assert_eq!(choose_view(vec![]), None);
