@@ -459,33 +459,41 @@ async fn resent_commands_of_one_slot_run_in_the_order_they_were_added() {
     }
 }
 
-/// With `retry_on_cluster_down(false)`, a pipeline's `CLUSTERDOWN` is the command's
-/// answer, as it is for a single command: sent once, not resent (a scripted fake: a
-/// real cluster's `CLUSTERDOWN` cannot be held on demand while the test sends).
+/// With no retry allowed (`retry_on_cluster_down(false)`, `max_retries(0)`), a
+/// pipeline's `CLUSTERDOWN` or `TRYAGAIN` is the command's answer, as it is for a single
+/// command: sent once, not resent (a scripted fake: a real cluster's refusals cannot be
+/// held on demand while the test sends).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pipeline_does_not_resend_clusterdown_when_told_not_to_retry_it() {
-    let fake = FakeCluster::start(|_, _| {
-        Action::Reply(Value::ServerError(ServerError::new(
-            "CLUSTERDOWN The cluster is down",
-        )))
-    })
-    .await;
-    let client = ClusterClient::builder()
-        .nodes([fake.addr.as_str()])
-        .retry_on_cluster_down(false)
-        .build()
-        .await
-        .unwrap();
-    let mut p = client.pipeline();
-    for i in 0..4 {
-        p.get(format!("cd:{i}"));
-    }
-    for reply in p.execute_each().await {
-        match reply {
-            Err(Error::Server(e)) => assert_eq!(e.code(), "CLUSTERDOWN"),
-            other => panic!("{other:?}"),
+async fn a_pipeline_does_not_resend_a_refusal_when_no_retry_is_allowed() {
+    for (refusal, code) in [
+        ("CLUSTERDOWN The cluster is down", "CLUSTERDOWN"),
+        (
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "TRYAGAIN",
+        ),
+    ] {
+        let fake = FakeCluster::start(move |_, _| {
+            Action::Reply(Value::ServerError(ServerError::new(refusal)))
+        })
+        .await;
+        let client = ClusterClient::builder()
+            .nodes([fake.addr.as_str()])
+            .retry_on_cluster_down(false)
+            .max_retries(0)
+            .build()
+            .await
+            .unwrap();
+        let mut p = client.pipeline();
+        for i in 0..4 {
+            p.get(format!("cd:{i}"));
         }
+        for reply in p.execute_each().await {
+            match reply {
+                Err(Error::Server(e)) => assert_eq!(e.code(), code),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(fake.count("GET"), 4, "{:?}", fake.seen());
+        assert_eq!(client.stats().retries, 0);
     }
-    assert_eq!(fake.count("GET"), 4, "{:?}", fake.seen());
-    assert_eq!(client.stats().retries, 0);
 }

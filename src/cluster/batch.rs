@@ -265,6 +265,8 @@ impl Inner {
         let mut out = Vec::with_capacity(meta.len());
         // With why it goes again: a `MOVED`, or an answer that asks to back off first.
         let mut resend: Vec<(Entry, Resend)> = Vec::new();
+        // Slots with a command answered with a refusal to wait (no retry left).
+        let mut held_slots: Vec<u16> = Vec::new();
         let mut batch_error: Option<Error> = None;
         match outcome {
             Ok(replies) => {
@@ -272,22 +274,37 @@ impl Inner {
                     let action = match &reply {
                         Value::ServerError(e) => {
                             let action = classify(e, &node.addr);
-                            if matches!(action, ErrorAction::ClusterDown) {
-                                self.signal
-                                    .request(crate::topology::RefreshTrigger::ClusterDown);
-                            }
-                            // As the single-command path: a retry, counted and taken
-                            // from the budget, or else the answer.
-                            match action {
-                                ErrorAction::ClusterDown if !self.config.retry_on_cluster_down => {
-                                    ErrorAction::Reply
+                            let limit = match action {
+                                ErrorAction::ClusterDown => {
+                                    self.signal
+                                        .request(crate::topology::RefreshTrigger::ClusterDown);
+                                    if self.config.retry_on_cluster_down {
+                                        self.config.cluster_down_retry_attempts
+                                    } else {
+                                        0
+                                    }
                                 }
-                                ErrorAction::ClusterDown | ErrorAction::BackOff
-                                    if !self.spend_retry() =>
-                                {
-                                    ErrorAction::Reply
-                                }
-                                action => action,
+                                ErrorAction::BackOff => self.config.max_retries,
+                                _ => u32::MAX,
+                            };
+                            // As the single-command path: a retry when one is allowed,
+                            // its backoff fits the deadline and the budget has one, else
+                            // the answer. Once a command of a slot is answered so, the
+                            // slot's later ones are too: resent, they would run before
+                            // it.
+                            let retry =
+                                matches!(action, ErrorAction::ClusterDown | ErrorAction::BackOff);
+                            if retry
+                                && (limit == 0
+                                    || held_slots.contains(&meta.slot)
+                                    || crate::deadline::from_now(self.config.retry_base)
+                                        >= deadline
+                                    || !self.spend_retry())
+                            {
+                                held_slots.push(meta.slot);
+                                ErrorAction::Reply
+                            } else {
+                                action
                             }
                         }
                         _ => ErrorAction::Reply,
