@@ -109,7 +109,8 @@ impl Pipeline {
     /// # Errors
     ///
     /// [`Error::Pipeline`] naming the first failed command (by position) and why: an
-    /// error reply (`source` is [`Error::Server`]) or a transport error. The others may
+    /// error reply (`source` is [`Error::Server`], or [`Error::ClusterDown`] for
+    /// `CLUSTERDOWN`) or a transport error. The others may
     /// have run; [`Pipeline::execute_each`] returns every outcome.
     ///
     /// # Examples
@@ -143,7 +144,8 @@ impl Pipeline {
     }
 
     /// Sends every command and returns one result per command, in order: the reply, or
-    /// the error (an error reply becomes [`Error::Server`]).
+    /// the error (an error reply becomes [`Error::Server`], `CLUSTERDOWN`
+    /// [`Error::ClusterDown`], as for a single command).
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
@@ -166,7 +168,7 @@ impl Pipeline {
             .await
             .into_iter()
             .map(|r| match r {
-                Ok(Value::ServerError(e)) => Err(Error::Server(e)),
+                Ok(Value::ServerError(e)) => Err(crate::cluster::reply_error(e)),
                 other => other,
             })
             .collect()
@@ -403,7 +405,7 @@ impl Transaction {
             .await?
         {
             Value::Array(replies) => Ok(replies),
-            Value::ServerError(e) => Err(Error::Server(e)),
+            Value::ServerError(e) => Err(crate::cluster::reply_error(e)),
             other => Err(Error::Protocol(format!("EXEC answered {}", other.kind()))),
         }
     }
@@ -501,7 +503,7 @@ impl Watched {
             .observed(name, Some(self.slot), |v| v, &landing, sent)
             .await?;
         match reply {
-            Value::ServerError(e) => Err(Error::Server(e)),
+            Value::ServerError(e) => Err(crate::cluster::reply_error(e)),
             v => T::from_value(v),
         }
     }

@@ -487,10 +487,18 @@ impl Inner {
 /// Turns a final reply into the caller's result: error replies become errors.
 fn into_result<T: FromValue>(value: Value) -> Result<T> {
     match value {
-        Value::ServerError(e) if e.code() == "CLUSTERDOWN" => {
-            Err(Error::ClusterDown(e.message().to_string()))
-        }
-        Value::ServerError(e) => Err(Error::Server(e)),
+        Value::ServerError(e) => Err(reply_error(e)),
         v => T::from_value(v),
+    }
+}
+
+/// The error a final error reply is to its caller, on every path (single commands,
+/// pipelines, transactions): [`Error::ClusterDown`] for a `CLUSTERDOWN` the client's
+/// retries did not get past, else [`Error::Server`].
+pub(crate) fn reply_error(e: crate::ServerError) -> Error {
+    if e.code() == "CLUSTERDOWN" {
+        Error::ClusterDown(e.message().to_string())
+    } else {
+        Error::Server(e)
     }
 }
