@@ -133,12 +133,15 @@ async fn main() -> redcluster::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let before = get_calls(&nodes, &options).await;
+        // `WAIT 1` made one replica of each shard have the write: on a cluster with more
+        // replicas (or other writers), a replica read may still see an older value.
+        let mut stale = 0;
         for i in 0..READS {
             let value: Option<String> = reader.get(&keys[i % KEYS]).await?;
-            assert_eq!(value.as_deref(), Some(format!("v{}", i % KEYS).as_str()));
+            stale += usize::from(value.as_deref() != Some(format!("v{}", i % KEYS).as_str()));
         }
         let after = get_calls(&nodes, &options).await;
-        println!("\nReadFrom::{mode:?} ({note}): {READS} GETs served by");
+        println!("\nReadFrom::{mode:?} ({note}): {READS} GETs ({stale} stale) served by");
         let health = reader.health();
         for (((addr, role), b), a) in nodes.iter().zip(&before).zip(&after) {
             let served = match (b, a) {
