@@ -100,15 +100,20 @@ async fn requirepass_cluster_connects_discovers_serves_and_fails_over_with_the_p
     assert_eq!(v.as_deref(), Some("after-failover"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_or_missing_password_fails_at_connect_time_with_auth() {
-    let local = LocalCluster::builder()
+/// Three primaries, no replicas, `requirepass` set to [`PASSWORD`].
+async fn password_cluster() -> LocalCluster {
+    LocalCluster::builder()
         .masters(3)
         .replicas_per_master(0)
         .config("requirepass", PASSWORD)
         .start()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_password_fails_at_connect_time_with_auth() {
+    let local = password_cluster().await;
     let err = ClusterClient::builder()
         .nodes(local.seeds())
         .password("not-the-password")
@@ -153,13 +158,7 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let local = LocalCluster::builder()
-        .masters(3)
-        .replicas_per_master(0)
-        .config("requirepass", PASSWORD)
-        .start()
-        .await
-        .unwrap();
+    let local = password_cluster().await;
     let asked = Arc::new(AtomicUsize::new(0));
     let current = Arc::new(Mutex::new(PASSWORD.to_string()));
     let provider = {
@@ -236,13 +235,7 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_changed_under_the_client_fails_requests_with_auth_at_once() {
-    let local = LocalCluster::builder()
-        .masters(3)
-        .replicas_per_master(0)
-        .config("requirepass", PASSWORD)
-        .start()
-        .await
-        .unwrap();
+    let local = password_cluster().await;
     let timeout = Duration::from_secs(5);
     let client = ClusterClient::builder()
         .nodes(local.seeds())
