@@ -68,27 +68,22 @@ impl Refusal {
         // Room for any refused name; a longer one is none of them.
         let mut buf = [0u8; 32];
         let name = cmd.name();
-        let top = lower_into(buf.get_mut(..name.len())?, name);
+        let top = name.len();
+        buf.get_mut(..top)?.copy_from_slice(name);
         if let Some(sub) = cmd.arg_at(1) {
             let end = top + 1 + sub.len();
             if let Some((bar, rest)) = buf.get_mut(top..end).and_then(|b| b.split_first_mut()) {
                 *bar = b'|';
-                lower_into(rest, sub);
+                rest.copy_from_slice(sub);
+                buf[..end].make_ascii_lowercase();
                 if let Some(refusal) = of_bytes(&buf[..end]) {
                     return Some(refusal);
                 }
             }
         }
+        buf[..top].make_ascii_lowercase();
         of_bytes(&buf[..top])
     }
-}
-
-/// Writes `from` lowercased into `to` (of the same length); returns the length.
-fn lower_into(to: &mut [u8], from: &[u8]) -> usize {
-    for (l, b) in to.iter_mut().zip(from) {
-        *l = b.to_ascii_lowercase();
-    }
-    from.len()
 }
 
 fn of_bytes(lower: &[u8]) -> Option<Refusal> {
