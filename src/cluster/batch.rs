@@ -55,9 +55,9 @@ enum Resend {
     Moved,
     /// At once: an `ASK`, or a connection lost before it could run.
     Now,
-    /// The node asked to wait (`TRYAGAIN`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`); the
-    /// retry is counted and taken from the budget.
-    AfterBackOff,
+    /// The node asked to wait (`TRYAGAIN`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`): after
+    /// this long (the retry is counted and taken from the budget).
+    AfterBackOff(Duration),
 }
 
 /// Where a pipeline's command stands and how it may be retried: what stays behind
@@ -267,47 +267,41 @@ impl Inner {
         let mut resend: Vec<(Entry, Resend)> = Vec::new();
         // Slots with a command answered with a refusal to wait (no retry left).
         let mut held_slots: Vec<u16> = Vec::new();
+        let backoff = crate::policy::Backoff {
+            base: self.config.retry_base,
+            max: self.config.retry_max,
+        };
         let mut batch_error: Option<Error> = None;
         match outcome {
             Ok(replies) => {
                 for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
-                    let action = match &reply {
-                        Value::ServerError(e) => {
-                            let action = classify(e, &node.addr);
-                            let limit = match action {
-                                ErrorAction::ClusterDown => {
+                    let (action, wait) = match &reply {
+                        Value::ServerError(e) => match classify(e, &node.addr) {
+                            action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
+                                if matches!(action, ErrorAction::ClusterDown) {
                                     self.signal
                                         .request(crate::topology::RefreshTrigger::ClusterDown);
-                                    if self.config.retry_on_cluster_down {
-                                        self.config.cluster_down_retry_attempts
-                                    } else {
-                                        0
+                                }
+                                // The single command's rule, for its first retry. Once a
+                                // command of a slot is answered with its refusal, the
+                                // slot's later ones are too: resent, they would run
+                                // before it.
+                                let delay = if held_slots.contains(&meta.slot) {
+                                    None
+                                } else {
+                                    self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
+                                };
+                                match delay {
+                                    Some(delay) => (action, delay),
+                                    None => {
+                                        held_slots.push(meta.slot);
+                                        (ErrorAction::Reply, Duration::ZERO)
                                     }
                                 }
-                                ErrorAction::BackOff => self.config.max_retries,
-                                _ => u32::MAX,
-                            };
-                            // As the single-command path: a retry when one is allowed,
-                            // its backoff fits the deadline and the budget has one, else
-                            // the answer. Once a command of a slot is answered so, the
-                            // slot's later ones are too: resent, they would run before
-                            // it.
-                            let retry =
-                                matches!(action, ErrorAction::ClusterDown | ErrorAction::BackOff);
-                            if retry
-                                && (limit == 0
-                                    || held_slots.contains(&meta.slot)
-                                    || crate::deadline::from_now(self.config.retry_base)
-                                        >= deadline
-                                    || !self.spend_retry())
-                            {
-                                held_slots.push(meta.slot);
-                                ErrorAction::Reply
-                            } else {
-                                action
                             }
-                        }
-                        _ => ErrorAction::Reply,
+                            action => (action, Duration::ZERO),
+                        },
+                        _ => (ErrorAction::Reply, Duration::ZERO),
                     };
                     match action {
                         ErrorAction::Reply => {
@@ -336,14 +330,7 @@ impl Inner {
                             resend.push((Entry { meta, cmd: command }, why));
                         }
                         ErrorAction::ClusterDown | ErrorAction::BackOff => {
-                            let code = match &reply {
-                                Value::ServerError(e) => e.code(),
-                                _ => "",
-                            };
-                            let reason = metrics::RetryReason::of_reply(code);
-                            metrics::retry(reason);
-                            tracing::debug!(reason = reason.as_str(), "retrying");
-                            resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff));
+                            resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff(wait)));
                         }
                     }
                 }
@@ -389,27 +376,32 @@ impl Inner {
         }
         // What to resend, by slot, in the order added: dependent writes (`DEL k`, then
         // `RPUSH k`) rely on the order within a slot. Slots go in parallel.
-        let mut by_slot: Vec<(u16, bool, bool, Vec<Entry>)> = Vec::new();
+        // Per slot: whether every command of it got `MOVED`, and how long it waits first.
+        let mut by_slot: Vec<(u16, bool, Duration, Vec<Entry>)> = Vec::new();
         for (entry, why) in resend {
-            let (moved, back_off) = (why == Resend::Moved, why == Resend::AfterBackOff);
+            let moved = why == Resend::Moved;
+            let wait = match why {
+                Resend::AfterBackOff(wait) => wait,
+                _ => Duration::ZERO,
+            };
             match by_slot
                 .iter_mut()
                 .find(|(slot, ..)| *slot == entry.meta.slot)
             {
-                Some((_, all_moved, any_back_off, entries)) => {
+                Some((_, all_moved, slot_wait, entries)) => {
                     *all_moved &= moved;
-                    *any_back_off |= back_off;
+                    *slot_wait = (*slot_wait).max(wait);
                     entries.push(entry);
                 }
-                None => by_slot.push((entry.meta.slot, moved, back_off, vec![entry])),
+                None => by_slot.push((entry.meta.slot, moved, wait, vec![entry])),
             }
         }
         // A slot that moved whole (a resharding) is one batch again, to its new owner
         // (the map learned it from the `MOVED`): one write, not one round trip each.
         let mut moved: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
-        let mut one_by_one: Vec<(bool, Vec<Entry>)> = Vec::new();
+        let mut one_by_one: Vec<(Duration, Vec<Entry>)> = Vec::new();
         let routes = self.routes.load_full();
-        for (slot, all_moved, back_off, entries) in by_slot {
+        for (slot, all_moved, wait, entries) in by_slot {
             let read_only = entries.iter().all(|e| e.meta.read_only);
             let owner = if all_moved && redirects < self.config.max_redirects.min(MAX_REBATCHES) {
                 self.pick_for_slot(&routes, slot, read_only).ok()
@@ -421,7 +413,7 @@ impl Inner {
                     Some((_, batch)) => batch.extend(entries),
                     None => moved.push((Arc::clone(owner), entries)),
                 },
-                None => one_by_one.push((back_off, entries)),
+                None => one_by_one.push((wait, entries)),
             }
         }
         let moved = moved
@@ -431,20 +423,13 @@ impl Inner {
         // through the single-command path, so that however many retries and backoffs
         // one needs, the next waits for it.
         let durability = self.config.durability;
-        let resent = one_by_one.into_iter().map(|(back_off, entries)| {
+        let resent = one_by_one.into_iter().map(|(wait, entries)| {
             let batch_error = batch_error.clone();
             async move {
-                if back_off {
-                    // The node asked to wait (`TRYAGAIN`, `LOADING`, ...): the slot's
-                    // commands wait once, together, as a single command would.
-                    let backoff = crate::policy::Backoff {
-                        base: self.config.retry_base,
-                        max: self.config.retry_max,
-                    };
-                    let delay = backoff.delay(0, fastrand::f64());
-                    if crate::deadline::from_now(delay) < deadline {
-                        tokio::time::sleep(delay).await;
-                    }
+                // The node asked to wait (`TRYAGAIN`, `LOADING`, ...): the slot's commands
+                // wait once, together, as a single command would.
+                if !wait.is_zero() && crate::deadline::from_now(wait) < deadline {
+                    tokio::time::sleep(wait).await;
                 }
                 let mut replies = Vec::with_capacity(entries.len());
                 for Entry { meta, cmd } in entries {

@@ -619,40 +619,21 @@ impl Inner {
                     self.note_redirect(&r, &node.addr);
                     redirect = Some(r);
                 }
-                ErrorAction::ClusterDown => {
-                    self.signal.request(RefreshTrigger::ClusterDown);
-                    cluster_down_retries += 1;
-                    if !self.config.retry_on_cluster_down
-                        || cluster_down_retries > self.config.cluster_down_retry_attempts
-                    {
+                ErrorAction::ClusterDown | ErrorAction::BackOff => {
+                    // Each kind of refusal has its own count and limit.
+                    let done = if matches!(action, ErrorAction::ClusterDown) {
+                        self.signal.request(RefreshTrigger::ClusterDown);
+                        &mut cluster_down_retries
+                    } else {
+                        &mut retries
+                    };
+                    let Some(delay) =
+                        self.refusal_retry(&action, error.code(), *done, &backoff, deadline)
+                    else {
                         return Ok(reply);
-                    }
+                    };
+                    *done += 1;
                     redirect = None;
-                    let delay = backoff.delay(cluster_down_retries - 1, fastrand::f64());
-                    if crate::deadline::from_now(delay) >= deadline || !self.spend_retry() {
-                        return Ok(reply);
-                    }
-                    metrics::retry(RetryReason::ClusterDown);
-                    tracing::debug!(
-                        reason = "cluster_down",
-                        attempt = cluster_down_retries,
-                        "retrying"
-                    );
-                    back_off(delay).await;
-                }
-                ErrorAction::BackOff => {
-                    redirect = None;
-                    let delay = backoff.delay(retries, fastrand::f64());
-                    retries += 1;
-                    if retries > self.config.max_retries
-                        || crate::deadline::from_now(delay) >= deadline
-                        || !self.spend_retry()
-                    {
-                        return Ok(reply);
-                    }
-                    let reason = RetryReason::of_reply(error.code());
-                    metrics::retry(reason);
-                    tracing::debug!(reason = reason.as_str(), attempt = retries, "retrying");
                     back_off(delay).await;
                 }
             }
@@ -761,6 +742,40 @@ impl Inner {
         tracing::debug!(reason = reason.as_str(), error = %error, attempt = *retries, "retrying");
         back_off(delay).await;
         Ok(())
+    }
+
+    /// Whether a request a node refused for now (`CLUSTERDOWN`; `TRYAGAIN`, `LOADING`,
+    /// `MASTERDOWN`), after `done` retries for that kind of refusal, goes again: the
+    /// delay to wait first when its limit (`cluster_down_retry_attempts`, or
+    /// `max_retries`), the deadline and the retry budget allow one more, which is then
+    /// counted; `None` when the refusal is the answer. The one rule for single commands
+    /// and pipelines.
+    pub(crate) fn refusal_retry(
+        &self,
+        action: &ErrorAction,
+        code: &str,
+        done: u32,
+        backoff: &Backoff,
+        deadline: Instant,
+    ) -> Option<std::time::Duration> {
+        let limit = match action {
+            ErrorAction::ClusterDown if self.config.retry_on_cluster_down => {
+                self.config.cluster_down_retry_attempts
+            }
+            ErrorAction::BackOff => self.config.max_retries,
+            _ => return None,
+        };
+        if done >= limit {
+            return None;
+        }
+        let delay = backoff.delay(done, fastrand::f64());
+        if crate::deadline::from_now(delay) >= deadline || !self.spend_retry() {
+            return None;
+        }
+        let reason = RetryReason::of_reply(code);
+        metrics::retry(reason);
+        tracing::debug!(reason = reason.as_str(), attempt = done + 1, "retrying");
+        Some(delay)
     }
 
     /// Takes one retry from the client's budget; false when it is spent.
