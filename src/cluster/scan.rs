@@ -251,22 +251,7 @@ async fn scan_node(
     let node = inner.registry.get(addr, false);
     let mut cursor: Bytes = Bytes::from_static(b"0");
     loop {
-        let deadline = crate::deadline::from_now(inner.config.response_timeout);
-        if !inner.admit(&node) {
-            return Err(Error::CircuitOpen {
-                node: node.addr.to_string(),
-            });
-        }
-        let conn = match node.connection(deadline).await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Our own deadline is not the node's fault.
-                if !matches!(e, Error::Timeout) {
-                    inner.record(&node, Some(&e));
-                }
-                return Err(e);
-            }
-        };
+        let conn = admitted_connection(inner, &node).await?;
         // Each page is a request like any other: counted in the metrics and the breaker.
         let started = std::time::Instant::now();
         let page = conn
@@ -323,6 +308,26 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
     c
 }
 
+/// The node's connection for one of the scan's requests, if its breaker lets one through;
+/// a failure to connect counts against the breaker (unless the scan's own deadline ran
+/// out first), as any request's would.
+async fn admitted_connection(
+    inner: &Inner,
+    node: &Arc<crate::cluster::node::Node>,
+) -> Result<Arc<crate::NodeConnection>> {
+    if !inner.admit(node) {
+        return Err(Error::CircuitOpen {
+            node: node.addr.to_string(),
+        });
+    }
+    let deadline = crate::deadline::from_now(inner.config.response_timeout);
+    node.connection(deadline).await.inspect_err(|e| {
+        if !matches!(e, Error::Timeout) {
+            inner.record(node, Some(e));
+        }
+    })
+}
+
 /// Whether an error reply will come again however often the scan retries: not a
 /// redirect or a passing state (`LOADING`, `TRYAGAIN`, `CLUSTERDOWN`, `BUSY`, ...).
 fn refused_for_good(e: &ServerError, addr: &str) -> bool {
@@ -354,13 +359,7 @@ impl Settled {
 /// `+cluster|nodes`) as is; [`Error::Protocol`] for a reply without a `myself` line.
 async fn settled_slots(inner: &Inner, addr: &str) -> Result<Settled> {
     let node = inner.registry.get(addr, false);
-    if !inner.admit(&node) {
-        return Err(Error::CircuitOpen {
-            node: node.addr.to_string(),
-        });
-    }
-    let deadline = crate::deadline::from_now(inner.config.response_timeout);
-    let conn = node.connection(deadline).await?;
+    let conn = admitted_connection(inner, &node).await?;
     let reply = conn
         .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
         .await;
