@@ -171,6 +171,22 @@ async fn restarted_master_rejoins_with_its_id_and_slots() {
     }
 }
 
+/// A one-node cluster from `builder`, its node killed so that a test can change its
+/// files before a restart; and the node's directory.
+async fn one_node_killed(
+    builder: redcluster::testkit::LocalClusterBuilder,
+) -> (LocalCluster, std::path::PathBuf) {
+    let cluster = builder
+        .masters(1)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let node_dir = cluster.dir().join(format!("node-{}", cluster.node(0).port));
+    cluster.kill(0).unwrap();
+    (cluster, node_dir)
+}
+
 /// Appends `text` to the file at `path`.
 fn append(path: &std::path::Path, text: &str) {
     use std::io::Write;
@@ -180,15 +196,8 @@ fn append(path: &std::path::Path, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_restart_is_judged_by_what_that_start_logged() {
-    let cluster = LocalCluster::builder()
-        .masters(1)
-        .replicas_per_master(0)
-        .start()
-        .await
-        .unwrap();
+    let (cluster, node_dir) = one_node_killed(LocalCluster::builder()).await;
     let port = cluster.node(0).port;
-    let node_dir = cluster.dir().join(format!("node-{port}"));
-    cluster.kill(0).unwrap();
     // What an earlier start whose port was taken left in the log, which every start
     // appends to; then a directive that makes the next start fail for its own reason.
     append(
@@ -232,17 +241,12 @@ async fn passwords_are_cut_from_the_logs_the_testkit_quotes() {
     assert!(message.contains(">>> 'masterauth ***'"), "{message}");
     assert!(!message.contains("s3cret-at-start"), "{message}");
 
-    let cluster = LocalCluster::builder()
-        .masters(1)
-        .replicas_per_master(0)
-        .config("requirepass", "s3cret-on-restart")
-        .acl_user("app on >app-s3cret ~app:* +@read")
-        .start()
-        .await
-        .unwrap();
-    let port = cluster.node(0).port;
-    let node_dir = cluster.dir().join(format!("node-{port}"));
-    cluster.kill(0).unwrap();
+    let (cluster, node_dir) = one_node_killed(
+        LocalCluster::builder()
+            .config("requirepass", "s3cret-on-restart")
+            .acl_user("app on >app-s3cret ~app:* +@read"),
+    )
+    .await;
     append(
         &node_dir.join("redis.conf"),
         "user app on >app-s3cret ~app:* +@read bad-rule\n",
