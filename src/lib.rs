@@ -20,7 +20,7 @@
 //!
 //! - [`resp`]: the RESP2/RESP3 codec, sans-io: bytes in, [`Value`]s out, and commands
 //!   encoded straight into an output buffer.
-//! - `cmd`: [`Cmd`], and the command table (generated from a real server's
+//! - `cmd`: [`Cmd`], [`Script`] (Lua scripts sent by digest), and the command table (generated from a real server's
 //!   `COMMAND INFO`) that says which arguments are keys and which commands only read.
 //! - `slot`: [`key_slot`] (CRC16/XMODEM of the key or its `{hash tag}`), the slot map,
 //!   `MOVED`/`ASK` parsing.
@@ -146,7 +146,7 @@ pub use cluster::{
     AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, Durability, ReadFrom, Scan,
     ScanOptions,
 };
-pub use cmd::{cmd, Cmd, CommandRenames, ToArg};
+pub use cmd::{cmd, Cmd, CommandRenames, Script, ToArg};
 pub use conn::{
     ConnectOptions, CredentialsFuture, CredentialsProvider, NodeConnection, Protocol, Secret,
     TlsConfig,

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::cluster::{plan, Plan};
 use crate::cluster::{ClusterClient, Landing, Lease};
-use crate::cmd::{cmd, Cmd, CmdArena, ToArg};
+use crate::cmd::{cmd, Cmd, CmdArena, Script, ToArg};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
 use crate::observe::metrics;
@@ -301,6 +301,34 @@ impl Pipeline {
     pub fn zadd<K: ToArg, M: ToArg>(&mut self, key: K, score: f64, member: M) -> &mut Self {
         self.typed("ZADD", |c| c.arg(key).arg(score).arg(member))
     }
+
+    /// Adds `EVALSHA` of `script` with `keys` (one slot) and `args`.
+    ///
+    /// Unlike [`ClusterClient::invoke`], a pipeline does not fall back to `EVAL`: its
+    /// other commands have run by the time a `NOSCRIPT` comes back, and sending the
+    /// script then would run it out of order. A node without the script answers this
+    /// command with a `NOSCRIPT` error; [`ClusterClient::load_script`] beforehand loads it
+    /// on every node.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::Script;
+    /// let add = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    /// client.load_script(&add).await?;
+    /// let mut p = client.pipeline();
+    /// p.invoke(&add, &["{user:42}:visits"], &[1])
+    ///     .invoke(&add, &["{user:7}:visits"], &[1]);
+    /// let replies = p.execute().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn invoke<K: ToArg, A: ToArg>(
+        &mut self,
+        script: &Script,
+        keys: &[K],
+        args: &[A],
+    ) -> &mut Self {
+        self.add(script.evalsha_cmd(keys, args))
+    }
 }
 
 /// An atomic `MULTI`/`EXEC` transaction on one slot; see [`ClusterClient::transaction`].
@@ -341,6 +369,29 @@ impl Transaction {
     pub fn add(&mut self, cmd: Cmd) -> &mut Self {
         self.cmds.push(cmd);
         self
+    }
+
+    /// Adds `script` with `keys` (in the transaction's slot) and `args`, as `EVAL` with
+    /// its source: an `EVALSHA` that a node answered `NOSCRIPT` inside `EXEC` would leave
+    /// the transaction's other commands run without it. The node caches the script.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::{cmd, Script};
+    /// let add = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    /// let mut tx = client.transaction();
+    /// tx.invoke(&add, &["{acct:7}:balance"], &[-10])
+    ///     .add(cmd("RPUSH").arg("{acct:7}:history").arg("-10"));
+    /// tx.execute().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn invoke<K: ToArg, A: ToArg>(
+        &mut self,
+        script: &Script,
+        keys: &[K],
+        args: &[A],
+    ) -> &mut Self {
+        self.add(script.eval_cmd(keys, args))
     }
 
     /// How many commands were added.

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redcluster::testkit::{FailoverMode, LocalCluster};
-use redcluster::{cmd, key_slot, AddressRemap, ClusterClient, Error, Value};
-use support::{cluster, key_in_slot, master_other_than, other_master};
+use redcluster::{
+    cmd, key_slot, AddressRemap, ClusterClient, Durability, Error, ReadFrom, Script, Value,
+};
+use support::{calls, cluster, key_in_slot, master_other_than, other_master};
 
 /// One key per slot, found by trying `k0`, `k1`, ... (a few hundred thousand hashes).
 fn key_per_slot() -> Vec<String> {
@@ -268,6 +270,174 @@ async fn cluster_wide_commands_fan_out_and_combine() {
     }
     let () = client.query(cmd("FLUSHALL")).await.unwrap();
     assert_eq!(client.query::<i64>(cmd("DBSIZE")).await.unwrap(), 0);
+}
+
+/// `EVAL` calls on every node of `local`, summed.
+async fn evals_anywhere(local: &LocalCluster) -> u64 {
+    let nodes = 0..local.nodes().len();
+    futures_util::future::join_all(nodes.map(|i| calls(local, i, "eval")))
+        .await
+        .iter()
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_by_digest_and_send_their_source_only_where_a_node_lacks_them() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .build()
+        .await
+        .unwrap();
+    let add = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    let key = "script:{a}:visits";
+    let owner = local
+        .index_of_addr(&client.node_for_key(key.as_bytes()).unwrap())
+        .unwrap();
+
+    // The owner does not know the digest yet: it gets the source once, and the script
+    // runs once.
+    let n: i64 = client.invoke(&add, &[key], &[5]).await.unwrap();
+    assert_eq!(n, 5);
+    assert_eq!(
+        calls(&local, owner, "eval").await,
+        1,
+        "the source went once"
+    );
+    let n: i64 = client.invoke(&add, &[key], &[5]).await.unwrap();
+    assert_eq!(n, 10);
+    assert_eq!(
+        calls(&local, owner, "eval").await,
+        1,
+        "the second run went by digest alone"
+    );
+    assert_eq!(calls(&local, owner, "evalsha").await, 2);
+
+    // The node forgets its scripts (as after a restart): the source goes again, and the
+    // write runs once, not twice.
+    let node = local.connect_node(owner).await.unwrap();
+    node.send(cmd("SCRIPT").arg("FLUSH")).await.unwrap();
+    let n: i64 = client.invoke(&add, &[key], &[5]).await.unwrap();
+    assert_eq!(n, 15, "the script ran once");
+    assert_eq!(calls(&local, owner, "eval").await, 2);
+
+    // The script's own error is the caller's.
+    let fails = Script::new("return redis.error_reply('MYCODE went wrong')");
+    match client.invoke::<_, &str, Value>(&fails, &[key], &[]).await {
+        Err(Error::Server(e)) => assert_eq!(e.code(), "MYCODE"),
+        other => panic!("{other:?}"),
+    }
+
+    // Keys of several slots are refused before anything is sent.
+    let evalsha_before = calls(&local, owner, "evalsha").await;
+    match client
+        .invoke::<_, &str, Value>(&add, &["script:{a}:x", "script:{b}:y"], &[])
+        .await
+    {
+        Err(Error::CrossSlot { slots }) => assert_eq!(slots.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls(&local, owner, "evalsha").await, evalsha_before);
+
+    // `load_script` reaches every node, replicas included; a pipeline then runs the
+    // script by digest on each primary, with no source sent.
+    let _: Value = client.query(cmd("SCRIPT").arg("FLUSH")).await.unwrap();
+    client.load_script(&add).await.unwrap();
+    for i in 0..local.nodes().len() {
+        let node = local.connect_node(i).await.unwrap();
+        let known = node
+            .send(cmd("SCRIPT").arg("EXISTS").arg(add.sha()))
+            .await
+            .unwrap();
+        assert_eq!(known, Value::Array(vec![Value::Int(1)]), "node {i}");
+    }
+    let evals = evals_anywhere(&local).await;
+    let others: Vec<String> = (0..16384u16)
+        .step_by(16384 / 3 + 1)
+        .map(|slot| key_in_slot(slot, 0))
+        .collect();
+    let mut p = client.pipeline();
+    p.invoke(&add, &[key], &[1]);
+    for k in &others {
+        p.invoke(&add, &[k.as_str()], &[1]);
+    }
+    let replies = p.execute().await.unwrap();
+    assert_eq!(
+        replies,
+        [Value::Int(16), Value::Int(1), Value::Int(1), Value::Int(1)]
+    );
+    assert_eq!(evals_anywhere(&local).await, evals, "no source was sent");
+
+    // Where a node lacks it, a pipeline's EVALSHA gets NOSCRIPT as its own result (the
+    // pipeline does not resend it out of order); the rest run.
+    node.send(cmd("SCRIPT").arg("FLUSH")).await.unwrap();
+    let mut p = client.pipeline();
+    p.invoke(&add, &[key], &[1]).get(key);
+    let results = p.execute_each().await;
+    match &results[0] {
+        Err(Error::Server(e)) => assert_eq!(e.code(), "NOSCRIPT"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(results[1].as_ref().unwrap(), &Value::Bulk("16".into()));
+
+    // A transaction sends the source, so it runs where the node lacks the script.
+    let mut tx = client.transaction();
+    tx.invoke(&add, &[key], &[4]).add(cmd("GET").arg(key));
+    assert_eq!(
+        tx.execute().await.unwrap(),
+        [Value::Int(20), Value::Bulk("20".into())]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_scripts_are_served_by_replicas_and_may_not_write() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .build()
+        .await
+        .unwrap();
+    let key = "script:{ro}:name";
+    let owner = local
+        .index_of_addr(&client.node_for_key(key.as_bytes()).unwrap())
+        .unwrap();
+    let replica = local.replicas_of(owner).await.unwrap()[0];
+    // Written with one replica's acknowledgement, so the replica has it when read.
+    let ((), acknowledged) = client
+        .query_durable(
+            cmd("SET").arg(key).arg("Ada"),
+            Durability::new(1, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acknowledged, 1);
+
+    let get = Script::new("return redis.call('GET', KEYS[1])").read_only();
+    let name: Option<String> = client.invoke(&get, &[key], &[0u8; 0]).await.unwrap();
+    assert_eq!(name.as_deref(), Some("Ada"));
+    let name: Option<String> = client.invoke(&get, &[key], &[0u8; 0]).await.unwrap();
+    assert_eq!(name.as_deref(), Some("Ada"));
+    assert_eq!(calls(&local, replica, "eval_ro").await, 1, "source once");
+    assert_eq!(calls(&local, replica, "evalsha_ro").await, 2);
+    assert_eq!(
+        calls(&local, owner, "evalsha_ro").await,
+        0,
+        "none on the primary"
+    );
+    assert_eq!(calls(&local, owner, "eval_ro").await, 0);
+
+    // The server refuses a write from a read-only script; the value stays.
+    let sneaky = Script::new("return redis.call('SET', KEYS[1], 'Grace')").read_only();
+    match client.invoke::<_, u8, Value>(&sneaky, &[key], &[]).await {
+        Err(Error::Server(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    let direct = local.connect_node(owner).await.unwrap();
+    assert_eq!(
+        direct.send(cmd("GET").arg(key)).await.unwrap(),
+        Value::Bulk("Ada".into())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use redcluster::testkit::LocalCluster;
 use redcluster::{
     cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, Value,
 };
+use support::calls;
 use support::fake_cluster::{Action, FakeCluster};
 use tokio::time::Instant;
 
@@ -924,14 +925,6 @@ async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins()
             "refresh {round}"
         );
     }
-}
-
-/// `cmdstat_<name>` calls on a node, from `INFO commandstats`.
-async fn calls(local: &LocalCluster, node: usize, name: &str) -> u64 {
-    let field = format!("cmdstat_{name}:calls");
-    support::info_field(local, node, "commandstats", &field)
-        .await
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,12 +1,16 @@
 //! Typed helpers for common commands. Each is a thin wrapper over
-//! [`ClusterClient::query`]; anything not here is one `query(cmd(...))` away.
+//! [`ClusterClient::query`]; anything not here is one `query(cmd(...))` away. Scripts
+//! ([`ClusterClient::invoke`]) add one rule: `EVALSHA`, then `EVAL` where a node answers
+//! `NOSCRIPT`.
 
 use std::time::Duration;
 
-use crate::cluster::ClusterClient;
-use crate::cmd::{cmd, ToArg};
+use tokio::time::Instant;
+
+use crate::cluster::{into_result, ClusterClient};
+use crate::cmd::{cmd, Script, ToArg};
 use crate::error::Result;
-use crate::resp::FromValue;
+use crate::resp::{FromValue, Value};
 
 impl ClusterClient {
     /// `GET key`.
@@ -573,6 +577,83 @@ impl ClusterClient {
                 .args(args),
         )
         .await
+    }
+
+    /// Runs `script` with `keys` (which must share a slot) and `args`: `EVALSHA`, and,
+    /// where the node answers `NOSCRIPT`, `EVAL` with the source, which also caches it
+    /// there. Both sends share one deadline, the client's `response_timeout`.
+    ///
+    /// A `NOSCRIPT` means the script did not run, so the second send never runs it
+    /// twice. Otherwise the script is retried as any command is: a script that writes
+    /// is not resent once it may have run; a [`Script::read_only`] one is, and may be
+    /// served by a replica under [`ReadFrom`](crate::ReadFrom).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::CrossSlot`] when the keys do not share a slot; the script's own
+    /// error as [`crate::Error::Server`]; otherwise as [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::Script;
+    /// // Build it once (it hashes the source), then invoke it as often as needed.
+    /// let add = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    /// let visits: i64 = client.invoke(&add, &["{user:42}:visits"], &[5]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invoke<K: ToArg, A: ToArg, T: FromValue>(
+        &self,
+        script: &Script,
+        keys: &[K],
+        args: &[A],
+    ) -> Result<T> {
+        let now = Instant::now();
+        let deadline = crate::deadline::after(now, self.inner.config.response_timeout);
+        let value = match self
+            .inner
+            .execute(script.evalsha_cmd(keys, args), now, deadline)
+            .await?
+        {
+            Value::ServerError(e) if e.code() == "NOSCRIPT" => {
+                tracing::debug!(sha = script.sha(), "NOSCRIPT: sending the script's source");
+                self.inner
+                    .execute(script.eval_cmd(keys, args), Instant::now(), deadline)
+                    .await?
+            }
+            value => value,
+        };
+        into_result(value)
+    }
+
+    /// `SCRIPT LOAD` on every node, replicas included, so that `EVALSHA` finds the
+    /// script anywhere, also in a [`crate::Pipeline`] or [`crate::Transaction`], which
+    /// do not fall back to `EVAL` (see [`crate::Pipeline::invoke`]). A node added to the
+    /// cluster later, or one restarted without persistence of its script cache (Redis
+    /// keeps none), does not have it until it is loaded again.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`] for a command sent to every node: the first node's
+    /// error, if any failed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::Script;
+    /// let add = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    /// client.load_script(&add).await?;
+    /// let mut p = client.pipeline();
+    /// p.invoke(&add, &["{user:42}:visits"], &[1])
+    ///     .invoke(&add, &["{user:7}:visits"], &[1]);
+    /// p.execute().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn load_script(&self, script: &Script) -> Result<()> {
+        let _: Value = self.query(script.load()).await?;
+        Ok(())
     }
 
     /// `PUBLISH channel message`: how many subscribers of the cluster received it.

@@ -6,8 +6,9 @@
 //! grow the buffer). A pipeline's typed helpers build their commands back to back in
 //! shared chunks instead (`CmdArena`), a few allocations for a thousand commands.
 //!
-//! Also the command table (`info`, `table`), the cluster's renamed commands (`renames`)
-//! and the list of commands a shared connection must not carry (`refusal`).
+//! Also the command table (`info`, `table`), the cluster's renamed commands (`renames`),
+//! the list of commands a shared connection must not carry (`refusal`) and Lua scripts
+//! sent by digest (`script`).
 
 use std::fmt;
 
@@ -19,9 +20,11 @@ use crate::resp;
 mod info;
 mod refusal;
 mod renames;
+mod script;
 mod table;
 
 pub use renames::CommandRenames;
+pub use script::Script;
 
 pub(crate) use refusal::Refusal;
 #[cfg(test)]

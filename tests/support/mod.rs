@@ -105,3 +105,11 @@ pub async fn info_field(
         .find_map(|l| l.strip_prefix(field)?.strip_prefix([':', '=']))
         .and_then(|rest| rest.split(',').next()?.trim().parse().ok())
 }
+
+/// `cmdstat_<name>` calls on node `index`, from `INFO commandstats` (0 when none ran).
+pub async fn calls(local: &redcluster::testkit::LocalCluster, index: usize, name: &str) -> u64 {
+    let field = format!("cmdstat_{name}:calls");
+    info_field(local, index, "commandstats", &field)
+        .await
+        .unwrap_or(0)
+}
