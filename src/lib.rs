@@ -57,7 +57,9 @@
 //!
 //! Every request has one deadline, [`ClusterClientBuilder::response_timeout`] (default
 //! 5 s), covering queueing, redirects, retries and backoff. A request whose deadline
-//! passes while it is still queued is never written.
+//! passes while it is still queued is never written. A handle from
+//! [`ClusterClient::with_response_timeout`] gives its requests another deadline, shorter
+//! or longer, on the same connections.
 //!
 //! - `MOVED`: the request goes to the named node, the slot map is patched at once and a
 //!   topology refresh is asked for. `ASK`: the request is sent once more to the named

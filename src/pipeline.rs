@@ -161,7 +161,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub async fn execute_each(self) -> Vec<Result<Value>> {
-        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
+        let deadline = crate::deadline::from_now(self.client.response_timeout);
         self.client
             .inner
             .execute_pipeline(self.cmds, deadline)
@@ -448,7 +448,7 @@ impl Transaction {
         if self.cmds.is_empty() {
             return Ok(Vec::new());
         }
-        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
+        let deadline = crate::deadline::from_now(self.client.response_timeout);
         match self
             .client
             .inner
@@ -536,7 +536,7 @@ impl Watched {
     /// # Ok(()) }
     /// ```
     pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
-        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
+        let deadline = crate::deadline::from_now(self.client.response_timeout);
         self.check_slot(&command, deadline).await?;
         let name = metrics::command_label(crate::cmd::lookup(&command));
         let landing = Landing::on(self.lease.node());
@@ -581,7 +581,7 @@ impl Watched {
     /// # Ok(()) }
     /// ```
     pub async fn exec(mut self, cmds: Vec<Cmd>) -> Result<Option<Vec<Value>>> {
-        let deadline = crate::deadline::from_now(self.client.inner.config.response_timeout);
+        let deadline = crate::deadline::from_now(self.client.response_timeout);
         for command in &cmds {
             self.check_slot(command, deadline).await?;
         }
@@ -686,7 +686,7 @@ impl ClusterClient {
                 return Err(Error::CrossSlot { slots: distinct });
             }
         };
-        let deadline = crate::deadline::from_now(self.inner.config.response_timeout);
+        let deadline = crate::deadline::from_now(self.response_timeout);
         // Counted as a `watch` (status from the outcome: a refused WATCH is an error).
         let landing = Landing::default();
         let watching = self.inner.watch(slot, keys, deadline, &landing);

@@ -407,6 +407,62 @@ async fn never_failing_over() -> LocalCluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(400))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let key = "deadline:{a}";
+    client.set(key, "v").await.unwrap();
+    let owner = local
+        .index_of_addr(&client.node_for_key(key.as_bytes()).unwrap())
+        .unwrap();
+    let patient = client.with_response_timeout(Duration::from_secs(20));
+    let hasty = client.with_response_timeout(Duration::from_millis(100));
+    assert_eq!(patient.response_timeout(), Duration::from_secs(20));
+    assert_eq!(client.response_timeout(), Duration::from_millis(400));
+
+    // A frozen node: the hasty handle's requests fail at its 100 ms, a single command
+    // and a pipeline alike, well before the client's 400 ms.
+    local.pause(owner).unwrap();
+    let started = Instant::now();
+    let single = hasty.get::<_, Option<String>>(key).await;
+    let single_took = started.elapsed();
+    let started = Instant::now();
+    let mut p = hasty.pipeline();
+    p.get(key);
+    let piped = p.execute_each().await;
+    let piped_took = started.elapsed();
+    assert!(matches!(single, Err(Error::Timeout)), "{single:?}");
+    assert!(matches!(piped[0], Err(Error::Timeout)), "{piped:?}");
+    for took in [single_took, piped_took] {
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_millis(390),
+            "{took:?}"
+        );
+    }
+
+    // The patient handle's request waits past the client's 400 ms for the node to
+    // thaw, and gets its answer. The thaw comes from outside, as a fault ends.
+    let started = Instant::now();
+    let (answer, ()) = tokio::join!(patient.get::<_, Option<String>>(key), async {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        local.resume(owner).unwrap();
+    });
+    assert_eq!(answer.unwrap().as_deref(), Some("v"));
+    assert!(started.elapsed() >= Duration::from_millis(1200));
+    // The client's own requests keep its 400 ms.
+    local.pause(owner).unwrap();
+    let r = client.get::<_, Option<String>>(key).await;
+    local.resume(owner).unwrap();
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
     let local = never_failing_over().await;
     let client = ClusterClient::builder()

@@ -610,7 +610,7 @@ impl ClusterClient {
         args: &[A],
     ) -> Result<T> {
         let now = Instant::now();
-        let deadline = crate::deadline::after(now, self.inner.config.response_timeout);
+        let deadline = crate::deadline::after(now, self.response_timeout);
         let value = match self
             .inner
             .execute(script.evalsha_cmd(keys, args), now, deadline)

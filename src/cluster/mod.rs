@@ -21,6 +21,7 @@ mod scan;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::time::Instant;
@@ -56,6 +57,10 @@ pub use scan::{Scan, ScanOptions};
 #[derive(Clone)]
 pub struct ClusterClient {
     pub(crate) inner: Arc<Inner>,
+    /// Each request's deadline from when it is made: the builder's
+    /// `response_timeout`, or another one for this handle
+    /// ([`ClusterClient::with_response_timeout`]).
+    pub(crate) response_timeout: Duration,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -65,6 +70,7 @@ impl std::fmt::Debug for ClusterClient {
             .field("seeds", &self.inner.config.seeds)
             .field("shards", &routes.map.shards().len())
             .field("covered_slots", &routes.map.covered())
+            .field("response_timeout", &self.response_timeout)
             .finish()
     }
 }
@@ -224,7 +230,45 @@ impl ClusterClient {
             refresh_interval,
             refresh_min_interval,
         ));
-        Ok(ClusterClient { inner })
+        let response_timeout = inner.config.response_timeout;
+        Ok(ClusterClient {
+            inner,
+            response_timeout,
+        })
+    }
+
+    /// A handle to the same client (connections, topology, breakers, metrics) whose
+    /// requests get `timeout` as their deadline instead of the builder's
+    /// [`response_timeout`](ClusterClientBuilder::response_timeout): every request made
+    /// through it, typed helpers, pipelines, transactions, `watch`, scans and scripts
+    /// included. The deadline covers queueing, redirects, retries and backoff, as
+    /// always; a blocking command still gets the time it asks to block on top.
+    ///
+    /// Use a shorter one where an answer is useless after a while (a cache read on a
+    /// request path), a longer one for a command known to be slow (`KEYS` on a large
+    /// node, a long script). A slow command holds up the replies behind it on a shared
+    /// connection; blocking commands go on dedicated connections for that reason.
+    /// Background work (topology refreshes, health checks, breaker probes) keeps the
+    /// builder's timeout.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let fast = client.with_response_timeout(Duration::from_millis(50));
+    /// let cached: Option<String> = fast.get("page:{home}").await.unwrap_or(None);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_response_timeout(&self, timeout: Duration) -> ClusterClient {
+        ClusterClient {
+            inner: Arc::clone(&self.inner),
+            response_timeout: timeout,
+        }
+    }
+
+    /// The deadline each request made through this handle gets: the builder's
+    /// `response_timeout`, unless [`ClusterClient::with_response_timeout`] set another.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     /// Sends any command and converts its reply.
@@ -252,7 +296,7 @@ impl ClusterClient {
     /// ```
     pub async fn query<T: FromValue>(&self, cmd: Cmd) -> Result<T> {
         let now = Instant::now();
-        let deadline = crate::deadline::after(now, self.inner.config.response_timeout);
+        let deadline = crate::deadline::after(now, self.response_timeout);
         let value = self.inner.execute(cmd, now, deadline).await?;
         into_result(value)
     }
@@ -284,7 +328,7 @@ impl ClusterClient {
         command: Cmd,
         durability: Durability,
     ) -> Result<(T, u32)> {
-        let deadline = crate::deadline::from_now(self.inner.config.response_timeout);
+        let deadline = crate::deadline::from_now(self.response_timeout);
         let info = self.inner.command_info(&command, deadline).await;
         let slot = match plan::plan(&command, info)? {
             Plan::Slot { slot, .. } => slot,

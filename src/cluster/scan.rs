@@ -132,8 +132,9 @@ impl ClusterClient {
     pub fn scan(&self, options: ScanOptions) -> Scan {
         let (tx, keys) = mpsc::channel(1024);
         let inner = Arc::clone(&self.inner);
+        let timeout = self.response_timeout;
         tokio::spawn(async move {
-            if let Err(e) = scan_cluster(&inner, &options, &tx).await {
+            if let Err(e) = scan_cluster(&inner, timeout, &options, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -143,6 +144,7 @@ impl ClusterClient {
 
 async fn scan_cluster(
     inner: &Inner,
+    timeout: Duration,
     options: &ScanOptions,
     tx: &mpsc::Sender<Result<Bytes>>,
 ) -> Result<()> {
@@ -166,9 +168,9 @@ async fn scan_cluster(
             // or out meanwhile is not covered by this scan, nor any slot of a node whose
             // config epoch changed (a slot moved away and back, a failover and back).
             let scanned = async {
-                let before = settled_slots(inner, &addr).await?;
-                let more = scan_node(inner, &addr, &slots, options, tx).await?;
-                let after = settled_slots(inner, &addr).await?;
+                let before = settled_slots(inner, timeout, &addr).await?;
+                let more = scan_node(inner, timeout, &addr, &slots, options, tx).await?;
+                let after = settled_slots(inner, timeout, &addr).await?;
                 Ok::<_, Error>(more.then_some((before, after)))
             };
             match scanned.await {
@@ -239,6 +241,7 @@ fn owners_of_remaining(inner: &Inner, done: &[bool]) -> Vec<(Arc<str>, Vec<u16>)
 /// receiver went away.
 async fn scan_node(
     inner: &Inner,
+    timeout: Duration,
     addr: &Arc<str>,
     slots: &[u16],
     options: &ScanOptions,
@@ -251,12 +254,10 @@ async fn scan_node(
     let node = inner.registry.get(addr, false);
     let mut cursor: Bytes = Bytes::from_static(b"0");
     loop {
-        let conn = admitted_connection(inner, &node).await?;
+        let conn = admitted_connection(inner, timeout, &node).await?;
         // Each page is a request like any other: counted in the metrics and the breaker.
         let started = std::time::Instant::now();
-        let page = conn
-            .send_timeout(scan_cmd(&cursor, options), inner.config.response_timeout)
-            .await;
+        let page = conn.send_timeout(scan_cmd(&cursor, options), timeout).await;
         inner.record_result(&node, &page);
         let label = metrics::command_label(cmd::lookup_name(b"scan"));
         node.metrics
@@ -313,6 +314,7 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
 /// out first), as any request's would.
 async fn admitted_connection(
     inner: &Inner,
+    timeout: Duration,
     node: &Arc<crate::cluster::node::Node>,
 ) -> Result<Arc<crate::NodeConnection>> {
     if !inner.admit(node) {
@@ -320,7 +322,7 @@ async fn admitted_connection(
             node: node.addr.to_string(),
         });
     }
-    let deadline = crate::deadline::from_now(inner.config.response_timeout);
+    let deadline = crate::deadline::from_now(timeout);
     node.connection(deadline).await.inspect_err(|e| {
         if !matches!(e, Error::Timeout) {
             inner.record(node, Some(e));
@@ -357,11 +359,11 @@ impl Settled {
 ///
 /// The request's error; an error reply ([`Error::Server`], `NOPERM` without
 /// `+cluster|nodes`) as is; [`Error::Protocol`] for a reply without a `myself` line.
-async fn settled_slots(inner: &Inner, addr: &str) -> Result<Settled> {
+async fn settled_slots(inner: &Inner, timeout: Duration, addr: &str) -> Result<Settled> {
     let node = inner.registry.get(addr, false);
-    let conn = admitted_connection(inner, &node).await?;
+    let conn = admitted_connection(inner, timeout, &node).await?;
     let reply = conn
-        .send_timeout(cmd("CLUSTER").arg("NODES"), inner.config.response_timeout)
+        .send_timeout(cmd("CLUSTER").arg("NODES"), timeout)
         .await;
     inner.record_result(&node, &reply);
     let reply = reply?;
