@@ -1,6 +1,7 @@
 //! Authentication, ACLs and TLS against real local clusters (the testkit): `requirepass`,
 //! ACL users with and without the permissions they need, and TLS-only clusters with
-//! mutual TLS. All traffic is to 127.0.0.1.
+//! mutual TLS. All traffic is to loopback addresses (127.0.0.1, and 127.0.0.2 for a
+//! forwarder that stands in for NAT).
 
 mod support;
 
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use redcluster::testkit::{FailoverMode, LocalCluster, TlsAuthClients};
 use redcluster::{
-    cmd, key_slot, ClusterClient, ClusterClientBuilder, Error, NodeConnection, TlsConfig, Value,
+    cmd, key_slot, AddressRemap, ClusterClient, ClusterClientBuilder, Error, NodeConnection,
+    TlsConfig, Value,
 };
 
 use support::{key_in_slot, other_master};
@@ -613,6 +615,96 @@ async fn mutual_tls_cluster_serves_crud_pipelines_moved_and_failover() {
 
     failover_and_check(&local, &client, "tls:failover").await;
     local.wait_until_stable(SETTLE).await.unwrap();
+}
+
+/// Forwards every connection to a new port of 127.0.0.2 on to `to`, for the rest of the
+/// test: a node reached at an address its certificate does not list, as behind NAT.
+async fn forwarder(to: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let to = to.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_remap_certificates_may_carry_the_announced_name_or_the_dialled_one() {
+    let local = tls_cluster(3, 0, TlsAuthClients::Required).await;
+
+    // The nodes announce 127.0.0.1, which their certificate lists; the client reaches
+    // them at 127.0.0.2, which it does not.
+    let mut remap = std::collections::HashMap::new();
+    for i in 0..3 {
+        let addr = local.node_addr(i);
+        remap.insert(addr.clone(), forwarder(addr).await);
+    }
+    let mut reached: Vec<String> = remap.values().cloned().collect();
+    reached.sort();
+    let err = NodeConnection::connect(&reached[0], &local.connect_options())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(m) if m.contains("bad name")),
+        "dialled alone, 127.0.0.2 is not the certificate's: {err:?}"
+    );
+    let client = tls_client(&local)
+        .address_remap(AddressRemap::from_map(remap))
+        .build()
+        .await
+        .unwrap();
+    crud(&client, "tls-remap:").await;
+    let mut connected = client.connected_nodes();
+    connected.sort();
+    assert_eq!(
+        connected, reached,
+        "every node reached through its forwarder"
+    );
+    let mut p = client.pipeline();
+    for i in 0..30 {
+        p.get(format!("tls-remap:{i}"));
+    }
+    assert_eq!(p.execute().await.unwrap().len(), 30);
+    let sub = client.subscriber().await.unwrap();
+    sub.ssubscribe(["tls-remap:{news}"]).await.unwrap();
+    let receivers: i64 = client.spublish("tls-remap:{news}", "hi").await.unwrap();
+    assert_eq!(
+        receivers, 1,
+        "the sharded subscription's connection passed TLS too"
+    );
+
+    // The other way round: the nodes announce names their certificate lacks, and the
+    // client dials 127.0.0.1, which it lists.
+    let remap =
+        support::announce_hostnames(&local, 3, |i| format!("redis-cluster-{i}.invalid")).await;
+    let client = tls_client(&local)
+        .address_remap(AddressRemap::from_map(remap))
+        .build()
+        .await
+        .unwrap();
+    // The seeds' connections came before the names were known: close them, so that
+    // every connection below is opened with the announced name in hand.
+    for i in 0..3 {
+        let node = local.connect_node(i).await.unwrap();
+        let killed = node
+            .send(cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"))
+            .await
+            .unwrap();
+        assert!(matches!(killed, Value::Int(n) if n >= 1), "{killed:?}");
+    }
+    crud(&client, "tls-named:").await;
+    let mut connected = client.connected_nodes();
+    connected.sort();
+    let mut expected: Vec<String> = (0..3).map(|i| local.node_addr(i)).collect();
+    expected.sort();
+    assert_eq!(connected, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -278,7 +278,9 @@ impl ClusterClientBuilder {
     ///
     /// With TLS on, the client connects to the `tls-port` nodes report in
     /// `CLUSTER SHARDS`. Each node's certificate is checked against the host the client
-    /// dials, unless [`crate::TlsConfig::server_name`] fixes one name for all.
+    /// dials, unless [`crate::TlsConfig::server_name`] fixes one name for all; a node
+    /// reached through [`ClusterClientBuilder::address_remap`] may present one for the
+    /// name it announced instead (sent as SNI).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -500,6 +502,10 @@ impl ClusterClientBuilder {
     }
 
     /// Rewrites announced addresses to reachable ones; see [`AddressRemap`]. Default none.
+    ///
+    /// With TLS, a remapped node is asked for the name it announced (SNI), and its
+    /// certificate may be valid for that name or for the address dialled; see
+    /// [`crate::TlsConfig`].
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

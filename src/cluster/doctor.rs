@@ -174,11 +174,9 @@ impl Inner {
         let conn = match node {
             Some(node) => node.connection(deadline).await,
             None => {
-                match tokio::time::timeout_at(
-                    deadline,
-                    NodeConnection::connect(addr, &self.config.connect),
-                )
-                .await
+                let options = self.connect_options(addr, false);
+                match tokio::time::timeout_at(deadline, NodeConnection::connect(addr, &options))
+                    .await
                 {
                     Ok(conn) => conn.map(Arc::new),
                     Err(_) => Err(Error::Timeout),
@@ -292,7 +290,7 @@ impl Inner {
     /// `NOAUTH` means authentication is on. Used only where the default user's flags
     /// cannot be read.
     async fn probe_without_credentials(&self, addr: &str) -> Reply {
-        let mut options = self.config.connect.clone();
+        let mut options = self.connect_options(addr, false);
         options.username = None;
         options.password = None;
         options.credentials = None;

@@ -850,11 +850,22 @@ impl Inner {
         }
     }
 
+    /// The options of a connection to the node reached at `addr`.
+    pub(crate) fn connect_options(&self, addr: &str, read_only: bool) -> crate::ConnectOptions {
+        self.registry.settings().options_for(addr, read_only)
+    }
+
+    /// The address the client reaches a node at, from the one it announced; with TLS
+    /// on, notes the announced one for the certificate's name check.
     pub(crate) fn remap(&self, addr: &str) -> String {
-        match &self.config.remap {
-            Some(r) => r.apply(addr),
-            None => addr.to_string(),
+        let Some(remap) = &self.config.remap else {
+            return addr.to_string();
+        };
+        let reached = remap.apply(addr);
+        if reached != addr && self.config.connect.tls.is_some() {
+            self.registry.settings().announced.note(&reached, addr);
         }
+        reached
     }
 
     /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
@@ -1469,6 +1480,7 @@ mod tests {
     #[test]
     fn lowest_latency_spreads_over_nodes_about_as_fast() {
         let settings = Arc::new(crate::cluster::node::NodeSettings {
+            announced: Default::default(),
             options: crate::ConnectOptions::default(),
             multiplexed: 1,
             dedicated: 1,

@@ -194,6 +194,7 @@ impl ClusterClient {
         let refresh_interval = config.refresh_interval;
         let refresh_min_interval = config.refresh_min_interval;
         let settings = node::NodeSettings {
+            announced: Default::default(),
             options: config.connect.clone(),
             multiplexed: config.connections_per_node,
             dedicated: config.max_connections_per_node,

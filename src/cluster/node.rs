@@ -1,8 +1,9 @@
 //! One node as the client sees it: its address, its multiplexed connections (opened
 //! lazily) and its pool of dedicated connections.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
@@ -21,9 +22,11 @@ const RECONNECT_BACKOFF: Backoff = Backoff {
 };
 
 /// How each node's connections are set up; the same for every node of a client.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct NodeSettings {
     pub(crate) options: ConnectOptions,
+    /// What each remapped node announced, for TLS's name check.
+    pub(crate) announced: Announced,
     /// Multiplexed connections per node, used in turn.
     pub(crate) multiplexed: usize,
     /// Most dedicated connections per node (blocking commands, WATCH).
@@ -31,6 +34,39 @@ pub(crate) struct NodeSettings {
     pub(crate) breaker: CircuitBreakerConfig,
     /// The client's request timeout: how long a half-open breaker's probe may take.
     pub(crate) probe_timeout: std::time::Duration,
+}
+
+/// The addresses nodes announced, by the address the client reaches each at, for the
+/// nodes an [`AddressRemap`](crate::AddressRemap) moved; kept only with TLS on, where a
+/// connection asks for the announced name (see [`crate::TlsConfig`]).
+#[derive(Debug, Default)]
+pub(crate) struct Announced(Mutex<HashMap<Arc<str>, Arc<str>>>);
+
+impl Announced {
+    /// Notes that the node announced as `announced` is reached at `reached`.
+    pub(crate) fn note(&self, reached: &str, announced: &str) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.get(reached).is_none_or(|a| **a != *announced) {
+            map.insert(Arc::from(reached), Arc::from(announced));
+        }
+    }
+
+    /// What the node reached at `reached` announced, if a remap moved it.
+    pub(crate) fn of(&self, reached: &str) -> Option<Arc<str>> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(reached).cloned()
+    }
+}
+
+impl NodeSettings {
+    /// The options of a connection to the node reached at `addr`.
+    pub(crate) fn options_for(&self, addr: &str, read_only: bool) -> ConnectOptions {
+        let mut options = self.options.clone().read_only(read_only);
+        if options.tls.is_some() {
+            options.announced = self.announced.of(addr);
+        }
+        options
+    }
 }
 
 /// A node of the cluster and its connections.
@@ -341,7 +377,7 @@ impl Node {
     /// One attempt at opening the connection of slot `index`, whose single-flight lock
     /// the caller holds; records the outcome (reconnect backoff, breaker, logs).
     async fn connect(&self, index: usize, reconnecting: bool) -> Result<Arc<NodeConnection>> {
-        let options = self.settings.options.clone().read_only(self.read_only);
+        let options = self.settings.options_for(&self.addr, self.read_only);
         let conn = match NodeConnection::connect(&self.addr, &options).await {
             Ok(conn) => Arc::new(conn),
             Err(e) => {
@@ -402,7 +438,7 @@ impl Node {
         if let Some(pool) = self.dedicated.get() {
             return Ok(pool);
         }
-        let options = self.settings.options.clone().read_only(self.read_only);
+        let options = self.settings.options_for(&self.addr, self.read_only);
         let pool = crate::pool::dedicated_pool(
             DedicatedManager::new(Arc::clone(&self.addr), options),
             self.settings.dedicated,

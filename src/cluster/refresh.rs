@@ -240,10 +240,7 @@ impl Inner {
             Value::ServerError(e) => return Err(Error::Server(e)),
             reply => topology::parse_shards(&reply, addr, self.config.connect.tls.is_some())?,
         };
-        let remap = |a: &str| match &self.config.remap {
-            Some(r) => r.apply(a),
-            None => a.to_string(),
-        };
+        let remap = |a: &str| self.remap(a);
         let failed = topology::failed_nodes(&shards, &remap);
         if !failed.is_empty() {
             self.signal.note_failure();

@@ -43,6 +43,11 @@ impl NodeRegistry {
         }
     }
 
+    /// How every node's connections are set up.
+    pub(crate) fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
     /// The handle for `addr`, creating it if needed.
     pub(crate) fn get(&self, addr: &str, read_only: bool) -> Arc<Node> {
         let mut nodes = self.lock();
@@ -149,6 +154,7 @@ mod tests {
 
     fn registry() -> NodeRegistry {
         NodeRegistry::new(NodeSettings {
+            announced: Default::default(),
             options: crate::ConnectOptions::default(),
             multiplexed: 1,
             dedicated: 1,

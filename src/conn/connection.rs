@@ -513,7 +513,8 @@ impl NodeConnection {
         let deadline = crate::deadline::from_now(options.connect_timeout);
         let stream = tcp_connect(addr, options, deadline).await?;
         if let Some(tls) = &options.tls {
-            let stream = tls::connect(addr, stream, tls, deadline).await?;
+            let stream =
+                tls::connect(addr, options.announced.as_deref(), stream, tls, deadline).await?;
             let (read, write) = tokio::io::split(stream);
             // A client certificate the node refuses shows only now, on the first read.
             return Self::start(addr, read, write, options, deadline)
@@ -888,7 +889,8 @@ pub(crate) async fn connect_raw(addr: &str, options: &ConnectOptions) -> Result<
         Box<dyn AsyncWrite + Unpin + Send>,
     ) = match &options.tls {
         Some(tls) => {
-            let stream = tls::connect(addr, stream, tls, deadline).await?;
+            let stream =
+                tls::connect(addr, options.announced.as_deref(), stream, tls, deadline).await?;
             let (read, write) = tokio::io::split(stream);
             (Box::new(read), Box::new(write))
         }

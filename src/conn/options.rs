@@ -215,6 +215,9 @@ pub struct ConnectOptions {
     /// Commands renamed or disabled on the server; applied to every command this
     /// connection writes, the handshake's included. Default none.
     pub renames: CommandRenames,
+    /// The address the node announced, when the cluster client reaches it at another
+    /// (an address remap): TLS asks for that name (see [`TlsConfig`]).
+    pub(crate) announced: Option<Arc<str>>,
 }
 
 impl Default for ConnectOptions {
@@ -233,6 +236,7 @@ impl Default for ConnectOptions {
             tls: None,
             credentials: None,
             renames: CommandRenames::default(),
+            announced: None,
         }
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! [`TlsConfig`] is what the user configures: trusted CAs, an optional client certificate
 //! for mutual TLS, and how a node's certificate is matched to a name. It turns into one
-//! rustls `ClientConfig`, built once and shared by every connection that uses it.
+//! rustls `ClientConfig`, built once and shared by every connection that uses it; a
+//! connection to a node behind an address remap takes a copy whose name check also
+//! accepts the host dialled (`EitherName`).
 //!
 //! Key material never leaves this module in readable form: `Debug` shows how many CA
 //! certificates there are and whether a client certificate is set, errors name files
@@ -32,6 +34,12 @@ use crate::error::{Error, Result};
 /// against the certificate's IP SANs, `redis-0.example` against its DNS names). Clusters
 /// often announce IP addresses that their certificates do not list: then set
 /// [`TlsConfig::server_name`] to the one name every node's certificate carries.
+///
+/// A node reached through an [`AddressRemap`](crate::AddressRemap) (NAT, a port
+/// forward, a proxy) is asked for the name it announced: the client sends that name as
+/// SNI (when it is a DNS name, so an SNI-routing proxy can pick the node) and accepts a
+/// certificate valid for it or for the address dialled. So certificates issued for the
+/// nodes' own names keep working behind a remap, per node, with no `server_name`.
 ///
 /// ```no_run
 /// # fn demo() -> redcluster::Result<()> {
@@ -73,6 +81,9 @@ struct ClientAuth {
 struct Built {
     config: Arc<ClientConfig>,
     server_name: Option<ServerName<'static>>,
+    /// The CA check, to wrap in [`EitherName`] for a remapped node; `None` when
+    /// certificates are not checked at all.
+    verifier: Option<Arc<dyn ServerCertVerifier>>,
 }
 
 impl Default for TlsConfig {
@@ -379,18 +390,43 @@ impl TlsConfig {
             .map_err(Clone::clone)
     }
 
-    /// The name a node reached at `addr` is checked against.
-    fn name_for(&self, built: &Built, addr: &str) -> Result<ServerName<'static>> {
+    /// The name a node reached at `addr` is checked against and sent as SNI, and the
+    /// rustls configuration to use. For a node that `announced` another host than the
+    /// one dialled (an address remap), that is the announced name, and a certificate
+    /// for the dialled host is accepted too.
+    fn connector_for(
+        &self,
+        built: &Built,
+        addr: &str,
+        announced: Option<&str>,
+    ) -> Result<(ServerName<'static>, Arc<ClientConfig>)> {
         if let Some(name) = &built.server_name {
-            return Ok(name.clone());
+            return Ok((name.clone(), Arc::clone(&built.config)));
         }
         let host = host_of(addr);
-        parse_server_name(host).map_err(|_| {
-            Error::Tls(format!(
+        let dialled = parse_server_name(host);
+        let announced = announced
+            .map(host_of)
+            .filter(|a| *a != host)
+            .and_then(|a| parse_server_name(a).ok());
+        match (announced, dialled, &built.verifier) {
+            (Some(announced), Ok(dialled), Some(verifier)) => {
+                let mut config = (*built.config).clone();
+                config
+                    .dangerous()
+                    .set_certificate_verifier(Arc::new(EitherName {
+                        verifier: Arc::clone(verifier),
+                        also: dialled,
+                    }));
+                Ok((announced, Arc::new(config)))
+            }
+            (Some(announced), _, _) => Ok((announced, Arc::clone(&built.config))),
+            (None, Ok(dialled), _) => Ok((dialled, Arc::clone(&built.config))),
+            (None, Err(()), _) => Err(Error::Tls(format!(
                 "cannot verify {addr}: {host:?} is neither an IP address nor a valid DNS \
                  name; set TlsConfig::server_name"
-            ))
-        })
+            ))),
+        }
     }
 }
 
@@ -463,6 +499,7 @@ fn build(settings: &Settings) -> Result<Built> {
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;
+    let mut checks = None;
     let builder = if settings.accept_invalid_certificates {
         static WARNED: AtomicBool = AtomicBool::new(false);
         if !WARNED.swap(true, Ordering::Relaxed) {
@@ -492,7 +529,12 @@ fn build(settings: &Settings) -> Result<Built> {
                     .into(),
             ));
         }
-        builder.with_root_certificates(roots)
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| Error::Config(format!("TLS setup failed: {e}")))?;
+        checks = Some(Arc::clone(&verifier) as Arc<dyn ServerCertVerifier>);
+        builder.with_webpki_verifier(verifier)
     };
     let config = match &settings.client_auth {
         Some(auth) => builder
@@ -516,6 +558,7 @@ fn build(settings: &Settings) -> Result<Built> {
     Ok(Built {
         config: Arc::new(config),
         server_name,
+        verifier: checks,
     })
 }
 
@@ -551,6 +594,7 @@ fn add_native_roots(_roots: &mut RootCertStore) -> Result<()> {
 /// deadline passes.
 pub(crate) async fn connect<S>(
     addr: &str,
+    announced: Option<&str>,
     stream: S,
     tls: &TlsConfig,
     deadline: Instant,
@@ -559,8 +603,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let built = tls.built()?;
-    let name = tls.name_for(built, addr)?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&built.config));
+    let (name, config) = tls.connector_for(built, addr, announced)?;
+    let connector = tokio_rustls::TlsConnector::from(config);
     match tokio::time::timeout_at(deadline, connector.connect(name, stream)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(e)) => Err(classify(addr, Error::io(e, false), tls)),
@@ -650,6 +694,60 @@ fn reason(error: &rustls::Error, has_client_cert: bool) -> &'static str {
         }
         E::PeerIncompatible(_) => "no TLS version or cipher suite in common with the node",
         _ => "TLS failure",
+    }
+}
+
+/// The CA check of a node reached at a remapped address: the certificate must be valid
+/// for the name the node announced (the name rustls passes in) or for the host dialled
+/// (`also`). The chain, dates and signatures are checked as always; only the name may
+/// be either.
+#[derive(Debug)]
+struct EitherName {
+    verifier: Arc<dyn ServerCertVerifier>,
+    also: ServerName<'static>,
+}
+
+impl ServerCertVerifier for EitherName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let verify = |name: &ServerName<'_>| {
+            self.verifier
+                .verify_server_cert(end_entity, intermediates, name, ocsp_response, now)
+        };
+        match verify(server_name) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if verify(&self.also).is_ok() => Ok(ServerCertVerified::assertion()),
+            outcome => outcome,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.verifier.supported_verify_schemes()
     }
 }
 
@@ -760,6 +858,41 @@ mod tests {
             .ca_cert_file("/nonexistent/ca.crt")
             .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
+    }
+
+    /// The first bytes a TLS connection to `addr` sends (its ClientHello), the node
+    /// having `announced` itself as it says.
+    async fn client_hello(announced: Option<&str>) -> Vec<u8> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut hello = vec![0; 4096];
+            let n = socket.read(&mut hello).await.unwrap();
+            hello.truncate(n);
+            hello // dropping the socket ends the handshake
+        });
+        let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let tls = TlsConfig::new().danger_accept_invalid_certificates();
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let result = connect(&addr, announced, stream, &tls, deadline).await;
+        assert!(result.is_err(), "the listener never answers");
+        server.await.unwrap()
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[tokio::test]
+    async fn a_remapped_node_is_asked_for_the_name_it_announced() {
+        let hello = client_hello(Some("redis-7.example:6380")).await;
+        assert!(contains(&hello, b"redis-7.example"), "SNI carries the name");
+        // Dialled by IP and not remapped: no name to send (SNI takes no addresses).
+        let hello = client_hello(None).await;
+        assert!(!hello.is_empty());
+        assert!(!contains(&hello, b"redis-7.example"));
     }
 
     #[test]

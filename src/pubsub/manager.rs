@@ -17,7 +17,6 @@ use tokio::time::Instant;
 
 use crate::cluster::Inner;
 use crate::cmd::cmd;
-use crate::conn::ConnectOptions;
 use crate::error::{Error, Result, ServerError};
 use crate::pubsub::link::{Frame, Kind, Link, LinkEvent};
 use crate::pubsub::queue::EventQueue;
@@ -113,7 +112,6 @@ struct Gaps {
 
 pub(crate) struct Manager {
     inner: Arc<Inner>,
-    options: ConnectOptions,
     ping_interval: Duration,
     queue: Arc<EventQueue>,
     control: mpsc::UnboundedReceiver<Control>,
@@ -154,14 +152,10 @@ impl Manager {
         queue: Arc<EventQueue>,
         control: mpsc::UnboundedReceiver<Control>,
     ) -> Manager {
-        let mut options = inner.config.connect.clone();
-        // Subscriptions live on primaries (sharded) or anywhere (classic); never READONLY.
-        options.read_only = false;
         let (events_tx, events) = mpsc::channel(EVENT_BATCH * 4);
         let routes_version = inner.routes_version();
         Manager {
             inner,
-            options,
             ping_interval: config.ping_interval,
             queue,
             control,
@@ -340,12 +334,9 @@ impl Manager {
     fn open(&mut self, addr: Arc<str>, classic: bool) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
-        let link = Link::open(
-            id,
-            Arc::clone(&addr),
-            self.options.clone(),
-            self.events_tx.clone(),
-        );
+        // Subscriptions live on primaries (sharded) or anywhere (classic); never READONLY.
+        let options = self.inner.connect_options(&addr, false);
+        let link = Link::open(id, Arc::clone(&addr), options, self.events_tx.clone());
         self.links.insert(
             id,
             LinkState {
