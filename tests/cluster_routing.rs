@@ -387,6 +387,23 @@ async fn scripts_run_by_digest_and_send_their_source_only_where_a_node_lacks_the
         tx.execute().await.unwrap(),
         [Value::Int(20), Value::Bulk("20".into())]
     );
+
+    // With durable writes, a script (it may write) is followed by a WAIT; a read-only
+    // one is not.
+    let durable = ClusterClient::builder()
+        .nodes(local.seeds())
+        .durable_writes(Durability::new(1, Duration::from_secs(5)))
+        .build()
+        .await
+        .unwrap();
+    let waits = calls(&local, owner, "wait").await;
+    let n: i64 = durable.invoke(&add, &[key], &[1]).await.unwrap();
+    assert_eq!(n, 21);
+    assert_eq!(calls(&local, owner, "wait").await, waits + 1);
+    let get = Script::new("return redis.call('GET', KEYS[1])").read_only();
+    let v: String = durable.invoke(&get, &[key], &[0u8; 0]).await.unwrap();
+    assert_eq!(v, "21");
+    assert_eq!(calls(&local, owner, "wait").await, waits + 1, "no WAIT");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

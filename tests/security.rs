@@ -655,8 +655,10 @@ async fn behind_a_remap_certificates_may_carry_the_announced_name_or_the_dialled
         matches!(&err, Error::Tls(m) if m.contains("bad name")),
         "dialled alone, 127.0.0.2 is not the certificate's: {err:?}"
     );
+    // Seeded with the addresses the client can reach: the remap's table names them.
     let client = tls_client(&local)
-        .address_remap(AddressRemap::from_map(remap))
+        .nodes(reached.clone())
+        .address_remap(AddressRemap::from_map(remap.clone()))
         .build()
         .await
         .unwrap();
@@ -684,27 +686,36 @@ async fn behind_a_remap_certificates_may_carry_the_announced_name_or_the_dialled
     // client dials 127.0.0.1, which it lists.
     let remap =
         support::announce_hostnames(&local, 3, |i| format!("redis-cluster-{i}.invalid")).await;
-    let client = tls_client(&local)
-        .address_remap(AddressRemap::from_map(remap))
+    let named = tls_client(&local)
+        .address_remap(AddressRemap::from_map(remap.clone()))
         .build()
         .await
         .unwrap();
-    // The seeds' connections came before the names were known: close them, so that
-    // every connection below is opened with the announced name in hand.
-    for i in 0..3 {
-        let node = local.connect_node(i).await.unwrap();
-        let killed = node
-            .send(cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"))
-            .await
-            .unwrap();
-        assert!(matches!(killed, Value::Int(n) if n >= 1), "{killed:?}");
-    }
-    crud(&client, "tls-named:").await;
-    let mut connected = client.connected_nodes();
+    crud(&named, "tls-named:").await;
+    let mut connected = named.connected_nodes();
     connected.sort();
     let mut expected: Vec<String> = (0..3).map(|i| local.node_addr(i)).collect();
     expected.sort();
     assert_eq!(connected, expected);
+
+    // A certificate valid for neither name is refused: names the certificate lacks,
+    // reached at 127.0.0.2, which it lacks too.
+    let mut neither = std::collections::HashMap::new();
+    for (announced, addr) in &remap {
+        neither.insert(announced.clone(), forwarder(addr.clone()).await);
+    }
+    let err = tls_client(&local)
+        .nodes(neither.values().cloned().collect::<Vec<_>>())
+        .address_remap(AddressRemap::from_map(neither))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tls(m) if m.contains("bad name")),
+        "{err:?}"
+    );
+    // The first client still works, its connections unaffected.
+    crud(&client, "tls-remap-again:").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,7 +145,7 @@ impl Inner {
                                 slot,
                                 read_only,
                                 idempotent: info.is_some_and(|i| cmd::may_resend(&command, i)),
-                                write: info.is_some_and(|i| i.is_write()),
+                                write: info.is_some_and(|i| i.is_durable_write()),
                                 blocks: info
                                     .filter(|i| cmd::blocks(&command, i))
                                     .map(|_| block_time(&command)),

@@ -581,7 +581,8 @@ impl ClusterClient {
 
     /// Runs `script` with `keys` (which must share a slot) and `args`: `EVALSHA`, and,
     /// where the node answers `NOSCRIPT`, `EVAL` with the source, which also caches it
-    /// there. Both sends share one deadline, the client's `response_timeout`.
+    /// there. Both sends share one deadline, this handle's
+    /// [`response_timeout`](ClusterClient::response_timeout).
     ///
     /// A `NOSCRIPT` means the script did not run, so the second send never runs it
     /// twice. Otherwise the script is retried as any command is: a script that writes

@@ -45,7 +45,8 @@ pub enum ReadFrom {
 
 /// Maps addresses the cluster announces (`redis-cluster-0:6379`) to addresses this
 /// client can reach (`127.0.0.1:6450`). Applied to every address the client learns:
-/// discovered nodes and `MOVED`/`ASK` targets.
+/// discovered nodes and `MOVED`/`ASK` targets, and to the seeds too, so a seed may be
+/// given by its announced address or by its reachable one.
 ///
 /// ```no_run
 /// # async fn demo() -> redcluster::Result<()> {
@@ -64,7 +65,12 @@ pub enum ReadFrom {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct AddressRemap(Arc<RemapFn>);
+pub struct AddressRemap {
+    remap: Arc<RemapFn>,
+    /// For a table, reachable -> announced: the name of a seed given by the address it
+    /// is reached at (for TLS, see [`crate::TlsConfig`]).
+    announced: Option<Arc<HashMap<String, String>>>,
+}
 
 type RemapFn = dyn Fn(&str) -> Option<String> + Send + Sync;
 
@@ -80,7 +86,10 @@ impl AddressRemap {
     /// });
     /// ```
     pub fn from_fn(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
-        AddressRemap(Arc::new(f))
+        AddressRemap {
+            remap: Arc::new(f),
+            announced: None,
+        }
     }
 
     /// A remap from a table of `announced -> reachable` addresses.
@@ -96,11 +105,20 @@ impl AddressRemap {
     {
         let map: HashMap<String, String> =
             map.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        AddressRemap::from_fn(move |addr| map.get(addr).cloned())
+        let announced = map.iter().map(|(k, v)| (v.clone(), k.clone())).collect();
+        AddressRemap {
+            announced: Some(Arc::new(announced)),
+            ..AddressRemap::from_fn(move |addr| map.get(addr).cloned())
+        }
     }
 
     pub(crate) fn apply(&self, addr: &str) -> String {
-        (self.0)(addr).unwrap_or_else(|| addr.to_string())
+        (self.remap)(addr).unwrap_or_else(|| addr.to_string())
+    }
+
+    /// The announced address a table maps to `reached`; `None` for a closure.
+    pub(crate) fn announced_as(&self, reached: &str) -> Option<&str> {
+        self.announced.as_ref()?.get(reached).map(String::as_str)
     }
 }
 
@@ -280,7 +298,7 @@ impl ClusterClientBuilder {
     /// `CLUSTER SHARDS`. Each node's certificate is checked against the host the client
     /// dials, unless [`crate::TlsConfig::server_name`] fixes one name for all; a node
     /// reached through [`ClusterClientBuilder::address_remap`] may present one for the
-    /// name it announced instead (sent as SNI).
+    /// name it announced instead.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -503,9 +521,8 @@ impl ClusterClientBuilder {
 
     /// Rewrites announced addresses to reachable ones; see [`AddressRemap`]. Default none.
     ///
-    /// With TLS, a remapped node is asked for the name it announced (SNI), and its
-    /// certificate may be valid for that name or for the address dialled; see
-    /// [`crate::TlsConfig`].
+    /// With TLS, a remapped node's certificate may be valid for the name it announced or
+    /// for the address dialled; see [`crate::TlsConfig`].
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -758,7 +775,9 @@ impl ClusterClientBuilder {
 
     /// Makes every single-slot write durable: each is followed by `WAIT` and fails with
     /// [`Error::NotReplicated`] when fewer replicas than asked acknowledge it (see
-    /// [`crate::Durability`]). Writes then use dedicated connections and wait for
+    /// [`crate::Durability`]). Scripts and functions (`EVAL`, `EVALSHA`, `FCALL`) count
+    /// as writes, as their code may write; their `_RO` forms
+    /// ([`crate::Script::read_only`]) do not. Writes then use dedicated connections and wait for
     /// replicas: slower, so prefer [`crate::ClusterClient::query_durable`] for the writes
     /// that need it. In a pipeline, each node's batch with writes goes on a dedicated
     /// connection and ends with one `WAIT`, whose count applies to each of its writes.

@@ -86,7 +86,7 @@ impl Inner {
             Ok(plan) => plan,
             Err(e) => return Begun::Done(Err(e)),
         };
-        let durable = self.config.durability.is_some() && info.is_write();
+        let durable = self.config.durability.is_some() && info.is_durable_write();
         let target = match plan {
             _ if durable || cmd::blocks(&command, info) => None,
             Plan::Slot { slot, read_only } => Some(Target::Slot { slot, read_only }),
@@ -135,7 +135,7 @@ impl Inner {
             return self.observed(name, slot, |v| v, &landing, blocking).await;
         }
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
-            if info.is_some_and(|i| i.is_write()) {
+            if info.is_some_and(|i| i.is_durable_write()) {
                 let landing = super::Landing::default();
                 let durable = self.send_durable(command, *slot, durability, deadline, &landing);
                 let (reply, acked) = self
@@ -855,15 +855,47 @@ impl Inner {
         self.registry.settings().options_for(addr, read_only)
     }
 
-    /// The address the client reaches a node at, from the one it announced; with TLS
-    /// on, notes the announced one for the certificate's name check.
+    /// The address the client reaches a node at, from the one a redirect or a
+    /// subscription names; with TLS on, notes the announced one for the certificate's
+    /// name check where none is known (see [`super::node::Announced::note`]).
     pub(crate) fn remap(&self, addr: &str) -> String {
+        self.remap_noting(addr, false)
+    }
+
+    /// [`Inner::remap`] for an address from a topology reply, whose word counts.
+    pub(crate) fn remap_announced(&self, addr: &str) -> String {
+        self.remap_noting(addr, true)
+    }
+
+    fn remap_noting(&self, addr: &str, authoritative: bool) -> String {
         let Some(remap) = &self.config.remap else {
             return addr.to_string();
         };
         let reached = remap.apply(addr);
         if reached != addr && self.config.connect.tls.is_some() {
-            self.registry.settings().announced.note(&reached, addr);
+            let announced = &self.registry.settings().announced;
+            announced.note(&reached, addr, authoritative);
+        }
+        reached
+    }
+
+    /// The address a seed is dialled at: through the remap, as a seed may be given by
+    /// its announced address. With TLS on, a seed given by its reachable address gets
+    /// the announced one a remap table maps to it.
+    pub(crate) fn seed_address(&self, seed: &str) -> String {
+        let reached = self.remap_announced(seed);
+        if reached == seed && self.config.connect.tls.is_some() {
+            if let Some(announced) = self
+                .config
+                .remap
+                .as_ref()
+                .and_then(|r| r.announced_as(seed))
+            {
+                self.registry
+                    .settings()
+                    .announced
+                    .note(seed, announced, true);
+            }
         }
         reached
     }

@@ -218,7 +218,7 @@ impl ClusterClient {
             .config
             .seeds
             .iter()
-            .map(|s| Arc::from(s.as_str()))
+            .map(|s| Arc::from(inner.seed_address(s)))
             .collect();
         let map = inner.fetch_view(&seeds).await?;
         inner.install(map, RefreshTrigger::Periodic);
@@ -242,15 +242,16 @@ impl ClusterClient {
     /// requests get `timeout` as their deadline instead of the builder's
     /// [`response_timeout`](ClusterClientBuilder::response_timeout): every request made
     /// through it, typed helpers, pipelines, transactions, `watch`, scans and scripts
-    /// included. The deadline covers queueing, redirects, retries and backoff, as
+    /// included, and a [`subscriber`](ClusterClient::subscriber)'s (un)subscribe calls
+    /// unless its own `subscribe_timeout` is set. The deadline covers queueing, redirects, retries and backoff, as
     /// always; a blocking command still gets the time it asks to block on top.
     ///
     /// Use a shorter one where an answer is useless after a while (a cache read on a
     /// request path), a longer one for a command known to be slow (`KEYS` on a large
     /// node, a long script). A slow command holds up the replies behind it on a shared
     /// connection; blocking commands go on dedicated connections for that reason.
-    /// Background work (topology refreshes, health checks, breaker probes) keeps the
-    /// builder's timeout.
+    /// Background work (topology refreshes, health checks, breaker probes) and
+    /// [`doctor`](ClusterClient::doctor)'s checks keep the builder's timeout.
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {

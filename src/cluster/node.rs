@@ -43,11 +43,23 @@ pub(crate) struct NodeSettings {
 pub(crate) struct Announced(Mutex<HashMap<Arc<str>, Arc<str>>>);
 
 impl Announced {
-    /// Notes that the node announced as `announced` is reached at `reached`.
-    pub(crate) fn note(&self, reached: &str, announced: &str) {
+    /// Notes that the node announced as `announced` is reached at `reached`. A topology
+    /// reply or a seed (`authoritative`) has the last word; a redirect's target, whose
+    /// text any error reply could carry (a script's included), only fills a gap.
+    pub(crate) fn note(&self, reached: &str, announced: &str, authoritative: bool) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.get(reached).is_none_or(|a| **a != *announced) {
+        let noted = map.get(reached);
+        if noted.is_none() || (authoritative && noted.is_some_and(|a| **a != *announced)) {
             map.insert(Arc::from(reached), Arc::from(announced));
+        }
+    }
+
+    /// Forgets the nodes outside `members` (a new topology's), so the table stays the
+    /// size of the cluster.
+    pub(crate) fn retain(&self, members: &[Arc<str>]) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !map.is_empty() {
+            map.retain(|reached, _| members.contains(reached));
         }
     }
 
@@ -473,5 +485,30 @@ impl Node {
         if let Some(pool) = self.dedicated.get() {
             pool.close();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_fills_a_gap_in_the_announced_names_but_never_overrides_the_topology() {
+        let names = Announced::default();
+        let of = |reached: &str| names.of(reached).map(|a| a.to_string());
+        // A redirect's target, with nothing known yet: noted.
+        names.note("127.0.0.1:7000", "redis-0:6379", false);
+        assert_eq!(of("127.0.0.1:7000").as_deref(), Some("redis-0:6379"));
+        // The topology says otherwise: it wins.
+        names.note("127.0.0.1:7000", "redis-5:6379", true);
+        assert_eq!(of("127.0.0.1:7000").as_deref(), Some("redis-5:6379"));
+        // A later redirect (any error reply can carry one) cannot change it back.
+        names.note("127.0.0.1:7000", "evil.example:6379", false);
+        assert_eq!(of("127.0.0.1:7000").as_deref(), Some("redis-5:6379"));
+        // Nodes outside a new topology are forgotten.
+        names.note("127.0.0.1:7001", "redis-1:6379", true);
+        names.retain(&[Arc::from("127.0.0.1:7001")]);
+        assert_eq!(of("127.0.0.1:7000"), None);
+        assert_eq!(of("127.0.0.1:7001").as_deref(), Some("redis-1:6379"));
     }
 }

@@ -156,8 +156,9 @@ impl Inner {
         fastrand::shuffle(&mut candidates);
         // Seeds last: they help when every known node is gone (a full restart).
         for seed in self.config.seeds.iter() {
-            if !candidates.iter().any(|c| &**c == seed) {
-                candidates.push(Arc::from(seed.as_str()));
+            let seed = self.seed_address(seed);
+            if !candidates.iter().any(|c| **c == *seed) {
+                candidates.push(Arc::from(seed));
             }
         }
         let map = self.fetch_view(&candidates).await?;
@@ -240,7 +241,7 @@ impl Inner {
             Value::ServerError(e) => return Err(Error::Server(e)),
             reply => topology::parse_shards(&reply, addr, self.config.connect.tls.is_some())?,
         };
-        let remap = |a: &str| self.remap(a);
+        let remap = |a: &str| self.remap_announced(a);
         let failed = topology::failed_nodes(&shards, &remap);
         if !failed.is_empty() {
             self.signal.note_failure();
@@ -263,6 +264,7 @@ impl Inner {
             crate::observe::events::topology_changed(&previous, &map, trigger.as_str());
         }
         let members = map.nodes();
+        self.registry.settings().announced.retain(&members);
         let replaced = self
             .registry
             .replace(&self.routes, |current| (current.map != map).then_some(map));

@@ -332,6 +332,13 @@ impl CommandInfo {
         self.has_flags(flag::WRITE)
     }
 
+    /// What `durable_writes` follows with a `WAIT`: a write, or a script or function
+    /// call that may write (`EVAL`, `EVALSHA`, `FCALL`; not their `_RO` forms), which the
+    /// table does not flag as writes since whether they write depends on their code.
+    pub(crate) fn is_durable_write(&self) -> bool {
+        self.is_write() || matches!(&*self.name, "eval" | "evalsha" | "fcall")
+    }
+
     /// Flagged `blocking`: may block the connection (`BLPOP`; `XREAD` is flagged even
     /// without `BLOCK`, see [`blocks`] for the per-call answer).
     pub(crate) fn is_blocking(&self) -> bool {

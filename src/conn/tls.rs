@@ -36,10 +36,13 @@ use crate::error::{Error, Result};
 /// [`TlsConfig::server_name`] to the one name every node's certificate carries.
 ///
 /// A node reached through an [`AddressRemap`](crate::AddressRemap) (NAT, a port
-/// forward, a proxy) is asked for the name it announced: the client sends that name as
-/// SNI (when it is a DNS name, so an SNI-routing proxy can pick the node) and accepts a
-/// certificate valid for it or for the address dialled. So certificates issued for the
-/// nodes' own names keep working behind a remap, per node, with no `server_name`.
+/// forward, a proxy) may present a certificate valid for the address dialled or for the
+/// one it announced, so certificates issued for the nodes' own names keep working behind
+/// a remap, per node, with no `server_name`. (A seed given by its reachable address
+/// has an announced name only if the remap is a table,
+/// [`AddressRemap::from_map`](crate::AddressRemap::from_map).) SNI carries the dialled
+/// host when it is a DNS name, as without a remap, so a proxy routing on it keeps
+/// working; else the announced name, when that is one.
 ///
 /// ```no_run
 /// # fn demo() -> redcluster::Result<()> {
@@ -392,8 +395,10 @@ impl TlsConfig {
 
     /// The name a node reached at `addr` is checked against and sent as SNI, and the
     /// rustls configuration to use. For a node that `announced` another host than the
-    /// one dialled (an address remap), that is the announced name, and a certificate
-    /// for the dialled host is accepted too.
+    /// one dialled (an address remap), a certificate valid for either is accepted; the
+    /// name sent as SNI stays the dialled one when that is a DNS name (as without a
+    /// remap, so that a proxy routing on it keeps working), and is the announced one
+    /// when only that is a DNS name (SNI carries no addresses).
     fn connector_for(
         &self,
         built: &Built,
@@ -409,20 +414,27 @@ impl TlsConfig {
             .map(host_of)
             .filter(|a| *a != host)
             .and_then(|a| parse_server_name(a).ok());
-        match (announced, dialled, &built.verifier) {
-            (Some(announced), Ok(dialled), Some(verifier)) => {
+        match (announced, dialled) {
+            (Some(announced), Ok(dialled)) => {
+                let (name, also) = match dialled {
+                    ServerName::IpAddress(_) => (announced, dialled),
+                    _ => (dialled, announced),
+                };
+                let Some(verifier) = &built.verifier else {
+                    return Ok((name, Arc::clone(&built.config)));
+                };
                 let mut config = (*built.config).clone();
                 config
                     .dangerous()
                     .set_certificate_verifier(Arc::new(EitherName {
                         verifier: Arc::clone(verifier),
-                        also: dialled,
+                        also,
                     }));
-                Ok((announced, Arc::new(config)))
+                Ok((name, Arc::new(config)))
             }
-            (Some(announced), _, _) => Ok((announced, Arc::clone(&built.config))),
-            (None, Ok(dialled), _) => Ok((dialled, Arc::clone(&built.config))),
-            (None, Err(()), _) => Err(Error::Tls(format!(
+            (Some(announced), Err(())) => Ok((announced, Arc::clone(&built.config))),
+            (None, Ok(dialled)) => Ok((dialled, Arc::clone(&built.config))),
+            (None, Err(())) => Err(Error::Tls(format!(
                 "cannot verify {addr}: {host:?} is neither an IP address nor a valid DNS \
                  name; set TlsConfig::server_name"
             ))),
@@ -698,8 +710,8 @@ fn reason(error: &rustls::Error, has_client_cert: bool) -> &'static str {
 }
 
 /// The CA check of a node reached at a remapped address: the certificate must be valid
-/// for the name the node announced (the name rustls passes in) or for the host dialled
-/// (`also`). The chain, dates and signatures are checked as always; only the name may
+/// for the name rustls passes in or for `also`, one the name the node announced, the
+/// other the host dialled. The chain, dates and signatures are checked as always; only the name may
 /// be either.
 #[derive(Debug)]
 struct EitherName {
@@ -862,7 +874,7 @@ mod tests {
 
     /// The first bytes a TLS connection to `addr` sends (its ClientHello), the node
     /// having `announced` itself as it says.
-    async fn client_hello(announced: Option<&str>) -> Vec<u8> {
+    async fn client_hello(dialled_as: &str, announced: Option<&str>) -> Vec<u8> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let server = tokio::spawn(async move {
@@ -876,7 +888,9 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let tls = TlsConfig::new().danger_accept_invalid_certificates();
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let result = connect(&addr, announced, stream, &tls, deadline).await;
+        // The stream is connected already: the address only names the node.
+        let dialled = dialled_as.replace("PORT", addr.rsplit_once(':').unwrap().1);
+        let result = connect(&dialled, announced, stream, &tls, deadline).await;
         assert!(result.is_err(), "the listener never answers");
         server.await.unwrap()
     }
@@ -886,13 +900,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_remapped_node_is_asked_for_the_name_it_announced() {
-        let hello = client_hello(Some("redis-7.example:6380")).await;
+    async fn sni_names_the_host_dialled_or_else_the_one_announced() {
+        // Dialled by address: SNI takes no addresses, so it carries the announced name.
+        let hello = client_hello("127.0.0.1:PORT", Some("redis-7.example:6380")).await;
         assert!(contains(&hello, b"redis-7.example"), "SNI carries the name");
-        // Dialled by IP and not remapped: no name to send (SNI takes no addresses).
-        let hello = client_hello(None).await;
-        assert!(!hello.is_empty());
+        // Dialled by name: that name, as without a remap (a proxy may route on it).
+        let hello = client_hello("localhost:PORT", Some("redis-7.example:6380")).await;
+        assert!(contains(&hello, b"localhost"));
         assert!(!contains(&hello, b"redis-7.example"));
+        // Dialled by address and not remapped: no name at all.
+        let hello = client_hello("127.0.0.1:PORT", None).await;
+        assert!(contains(&hello, &[0x16, 0x03]), "a TLS handshake record");
+        assert!(!contains(&hello, b"redis-7.example") && !contains(&hello, b"localhost"));
     }
 
     #[test]

@@ -197,7 +197,9 @@ pub struct SubscriberConfig {
     /// considered dead and its subscriptions move. Default 15 s.
     pub ping_interval: Duration,
     /// How long `subscribe` and friends wait for the server's confirmation; `None` is
-    /// the client's response timeout. Default `None`.
+    /// the response timeout of the client handle that made the subscriber
+    /// ([`ClusterClient::response_timeout`](crate::ClusterClient::response_timeout)).
+    /// Default `None`.
     pub subscribe_timeout: Option<Duration>,
 }
 
@@ -366,9 +368,7 @@ impl ClusterClient {
         Ok(Subscriber {
             queue,
             control,
-            timeout: config
-                .subscribe_timeout
-                .unwrap_or(self.inner.config.response_timeout),
+            timeout: config.subscribe_timeout.unwrap_or(self.response_timeout),
         })
     }
 }
