@@ -238,7 +238,8 @@ impl ClusterClientBuilder {
     /// Seed nodes: `host:port`, `redis://[user[:pass]@]host:port` or `rediss://...`. The
     /// rest of the cluster is discovered from whichever seed answers first. Credentials
     /// in a URL apply to every connection, as if given to [`Self::username`] and
-    /// [`Self::password`]. Required.
+    /// [`Self::password`]. With [`Self::address_remap`], seeds go through the remap too:
+    /// give each by its announced address or by its reachable one. Required.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
