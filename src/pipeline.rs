@@ -164,7 +164,7 @@ impl Pipeline {
         let deadline = crate::deadline::from_now(self.client.response_timeout);
         self.client
             .inner
-            .execute_pipeline(self.cmds, deadline)
+            .execute_pipeline(self.cmds, deadline, self.client.read_from)
             .await
             .into_iter()
             .map(|r| match r {

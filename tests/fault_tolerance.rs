@@ -1050,6 +1050,84 @@ async fn replica_reads_reach_replicas_and_fall_back_to_the_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_reads_where_it_says_on_the_clients_own_connections() {
+    let local = LocalCluster::builder().start().await.unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.read_from(), ReadFrom::Primary);
+    let keys: Vec<String> = (0..60).map(|i| format!("handle:{i}")).collect();
+    for k in &keys {
+        // Acknowledged by the replica, so a replica read finds it.
+        let ((), replicas) = client
+            .query_durable(
+                cmd("SET").arg(k.as_str()).arg(k.as_str()),
+                redcluster::Durability::new(1, Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(replicas, 1);
+    }
+    let replicas = local.replicas().await.unwrap();
+    let masters = local.masters().await.unwrap();
+    let sum = |nodes: Vec<usize>, name: &'static str| {
+        let local = &local;
+        async move {
+            futures_util::future::join_all(nodes.iter().map(|&n| calls(local, n, name)))
+                .await
+                .iter()
+                .sum::<u64>()
+        }
+    };
+
+    let lagging_ok = client.with_read_from(ReadFrom::Replica);
+    for k in &keys {
+        let v: String = lagging_ok.get(k.as_str()).await.unwrap();
+        assert_eq!(&v, k);
+    }
+    let mut p = lagging_ok.pipeline();
+    for k in &keys {
+        p.get(k.as_str());
+    }
+    assert_eq!(p.execute().await.unwrap().len(), keys.len());
+    let all: Vec<Option<String>> = lagging_ok
+        .query(cmd("MGET").args(keys.iter().map(String::as_str)))
+        .await
+        .unwrap();
+    assert!(all.iter().zip(&keys).all(|(v, k)| v.as_deref() == Some(k)));
+    assert_eq!(
+        sum(replicas.clone(), "get").await,
+        120,
+        "GETs and the pipeline's"
+    );
+    assert!(
+        sum(replicas.clone(), "mget").await >= 3,
+        "the split MGET's parts"
+    );
+    assert_eq!(sum(masters.clone(), "get").await, 0);
+    assert_eq!(sum(masters.clone(), "mget").await, 0);
+
+    // The client itself still reads from primaries, on the same connections: the
+    // replica handle opened none of its own.
+    for k in &keys {
+        let v: String = client.get(k.as_str()).await.unwrap();
+        assert_eq!(&v, k);
+    }
+    assert_eq!(sum(masters, "get").await, 60);
+    assert_eq!(sum(replicas, "get").await, 120);
+    let mut connected = client.connected_nodes();
+    connected.sort();
+    let mut all_nodes: Vec<String> = (0..6).map(|i| local.node_addr(i)).collect();
+    all_nodes.sort();
+    assert_eq!(
+        connected, all_nodes,
+        "the handle's replica connections are the client's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_writes_report_how_many_replicas_acknowledged() {
     use redcluster::Durability;
     let local = LocalCluster::builder()

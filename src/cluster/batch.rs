@@ -25,7 +25,7 @@ use crate::cluster::dedicated::{block_time, Durability};
 use crate::cluster::execute::{Target, UNTIL_ANSWERED};
 use crate::cluster::node::Node;
 use crate::cluster::plan::{self, Plan};
-use crate::cluster::Inner;
+use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
@@ -66,7 +66,8 @@ enum Resend {
 struct Meta {
     index: usize,
     slot: u16,
-    read_only: bool,
+    /// For a read, the pipeline's [`ReadFrom`].
+    read: Option<ReadFrom>,
     idempotent: bool,
     write: bool,
     /// For a blocking command, how long it may block (`None` inside: until answered).
@@ -120,6 +121,7 @@ impl Inner {
         &self,
         cmds: Vec<Cmd>,
         deadline: Instant,
+        read_from: ReadFrom,
     ) -> Vec<Result<Value>> {
         metrics::pipeline_size(cmds.len());
         let mut results: Vec<Option<Result<Value>>> = (0..cmds.len()).map(|_| None).collect();
@@ -138,12 +140,13 @@ impl Inner {
             let info = self.command_info(&command, deadline).await;
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {
-                    match self.pick_for_slot(&routes, slot, read_only) {
+                    let read = read_only.then_some(read_from);
+                    match self.pick_for_slot(&routes, slot, read) {
                         Ok(node) => {
                             let meta = Meta {
                                 index,
                                 slot,
-                                read_only,
+                                read,
                                 idempotent: info.is_some_and(|i| cmd::may_resend(&command, i)),
                                 write: info.is_some_and(|i| i.is_durable_write()),
                                 blocks: info
@@ -174,7 +177,10 @@ impl Inner {
             .map(|(node, entries)| self.run_batch(node, entries, deadline, 0));
         let singles = singles.into_iter().map(|(index, command)| async move {
             let started = Instant::now();
-            (index, self.execute(command, started, deadline).await)
+            (
+                index,
+                self.execute(command, started, deadline, read_from).await,
+            )
         });
         let (batches, singles) = futures_util::future::join(
             futures_util::future::join_all(batches),
@@ -402,9 +408,15 @@ impl Inner {
         let mut one_by_one: Vec<(Duration, Vec<Entry>)> = Vec::new();
         let routes = self.routes.load_full();
         for (slot, all_moved, wait, entries) in by_slot {
-            let read_only = entries.iter().all(|e| e.meta.read_only);
+            // Reads of one pipeline share its policy; one write among them takes the
+            // slot's batch to the primary.
+            let read = entries
+                .iter()
+                .map(|e| e.meta.read)
+                .reduce(|a, b| a.and(b))
+                .flatten();
             let owner = if all_moved && redirects < self.config.max_redirects.min(MAX_REBATCHES) {
-                self.pick_for_slot(&routes, slot, read_only).ok()
+                self.pick_for_slot(&routes, slot, read).ok()
             } else {
                 None
             };
@@ -434,11 +446,12 @@ impl Inner {
                 let mut replies = Vec::with_capacity(entries.len());
                 for Entry { meta, cmd } in entries {
                     let reply = if meta.needs_own_path(durability) {
-                        self.execute(cmd, Instant::now(), deadline).await
+                        let read_from = meta.read.unwrap_or(ReadFrom::Primary);
+                        self.execute(cmd, Instant::now(), deadline, read_from).await
                     } else {
                         let target = Target::Slot {
                             slot: meta.slot,
-                            read_only: meta.read_only,
+                            read: meta.read,
                         };
                         self.send_named(cmd.into(), meta.name, target, meta.idempotent, deadline)
                             .await
@@ -540,10 +553,7 @@ impl Inner {
             return Err(Error::CrossSlot { slots });
         }
         let target = match slot {
-            Some(slot) => Target::Slot {
-                slot,
-                read_only: false,
-            },
+            Some(slot) => Target::Slot { slot, read: None },
             None => Target::AnyPrimary,
         };
         // EXEC runs the commands or none of them, and a transaction refused while

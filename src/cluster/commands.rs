@@ -614,13 +614,23 @@ impl ClusterClient {
         let deadline = crate::deadline::after(now, self.response_timeout);
         let value = match self
             .inner
-            .execute(script.evalsha_cmd(keys, args), now, deadline)
+            .execute(
+                script.evalsha_cmd(keys, args),
+                now,
+                deadline,
+                self.read_from,
+            )
             .await?
         {
             Value::ServerError(e) if e.code() == "NOSCRIPT" => {
                 tracing::debug!(sha = script.sha(), "NOSCRIPT: sending the script's source");
                 self.inner
-                    .execute(script.eval_cmd(keys, args), Instant::now(), deadline)
+                    .execute(
+                        script.eval_cmd(keys, args),
+                        Instant::now(),
+                        deadline,
+                        self.read_from,
+                    )
                     .await?
             }
             value => value,

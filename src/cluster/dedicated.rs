@@ -277,13 +277,7 @@ impl Inner {
         for _ in 0..=self.config.max_redirects {
             let node = match &target_addr {
                 Some(addr) => self.registry.get(addr, false),
-                None => self.pick(
-                    &Target::Slot {
-                        slot,
-                        read_only: false,
-                    },
-                    true,
-                )?,
+                None => self.pick(&Target::Slot { slot, read: None }, true)?,
             };
             landing.at(&node);
             let mut lease = self.lease(&node, deadline).await?;
@@ -433,10 +427,7 @@ impl Inner {
         let mut retries = 0u32;
         let mut redirect: Option<Redirect> = None;
         let mut redirects = 0u32;
-        let target = Target::Slot {
-            slot,
-            read_only: false,
-        };
+        let target = Target::Slot { slot, read: None };
         while redirects <= self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),

@@ -47,8 +47,9 @@ async fn back_off(delay: std::time::Duration) {
 /// Where one request is sent.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// The node serving the slot (a replica, for reads, as `ReadFrom` says).
-    Slot { slot: u16, read_only: bool },
+    /// The node serving the slot: its primary, or for a read (`read`, the request's
+    /// [`ReadFrom`]) the node that says.
+    Slot { slot: u16, read: Option<ReadFrom> },
     /// This node, whatever the slot map says.
     Node(Arc<str>),
     /// Any primary.
@@ -65,21 +66,34 @@ impl Inner {
     ///
     /// `started` is when the caller took it up (for the latency metric): a clock read
     /// fewer per request than reading it again here.
-    pub(crate) fn execute(&self, command: Cmd, started: Instant, deadline: Instant) -> Finish<'_> {
-        let begun = self.begin_command(command, started, deadline);
+    pub(crate) fn execute(
+        &self,
+        command: Cmd,
+        started: Instant,
+        deadline: Instant,
+        read_from: ReadFrom,
+    ) -> Finish<'_> {
+        let begun = self.begin_command(command, started, deadline, read_from);
         self.finish(begun)
     }
 
     /// The synchronous start of [`Inner::execute`]: a command of the built-in table for
     /// one slot (or any primary) goes to [`Inner::begin`]; the rest (learned, blocking,
     /// durable, split and fanned-out commands) run in a boxed future.
-    fn begin_command(&self, command: Cmd, started: Instant, deadline: Instant) -> Begun<'_> {
+    fn begin_command(
+        &self,
+        command: Cmd,
+        started: Instant,
+        deadline: Instant,
+        read_from: ReadFrom,
+    ) -> Begun<'_> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let Some(info) = cmd::lookup(&command) else {
             return Begun::Other(Box::pin(async move {
                 let info = self.command_info(&command, deadline).await;
                 let plan = plan::plan(&command, info)?;
-                self.execute_planned(command, info, plan, deadline).await
+                self.execute_planned(command, info, plan, deadline, read_from)
+                    .await
             }));
         };
         let plan = match plan::plan(&command, Some(info)) {
@@ -89,7 +103,10 @@ impl Inner {
         let durable = self.config.durability.is_some() && info.is_durable_write();
         let target = match plan {
             _ if durable || cmd::blocks(&command, info) => None,
-            Plan::Slot { slot, read_only } => Some(Target::Slot { slot, read_only }),
+            Plan::Slot { slot, read_only } => Some(Target::Slot {
+                slot,
+                read: read_only.then_some(read_from),
+            }),
             Plan::AnyPrimary => Some(Target::AnyPrimary),
             Plan::Split { .. } | Plan::FanOut { .. } => None,
         };
@@ -99,6 +116,7 @@ impl Inner {
                 Some(info),
                 plan,
                 deadline,
+                read_from,
             )));
         };
         let name = metrics::command_label(Some(info));
@@ -113,6 +131,7 @@ impl Inner {
         info: Option<&'static cmd::CommandInfo>,
         plan: Plan,
         deadline: Instant,
+        read_from: ReadFrom,
     ) -> Result<Value> {
         let name = metrics::command_label(info);
         let idempotent = info.is_some_and(|i| cmd::may_resend(&command, i));
@@ -126,10 +145,7 @@ impl Inner {
                 Plan::Slot { slot, .. } => Some(slot),
                 _ => None,
             };
-            let target = slot.map_or(Target::AnyPrimary, |slot| Target::Slot {
-                slot,
-                read_only: false,
-            });
+            let target = slot.map_or(Target::AnyPrimary, |slot| Target::Slot { slot, read: None });
             let landing = super::Landing::default();
             let blocking = self.send_blocking(command, target, lease_deadline, deadline, &landing);
             return self.observed(name, slot, |v| v, &landing, blocking).await;
@@ -155,7 +171,10 @@ impl Inner {
                 self.send_named(
                     command.into(),
                     name,
-                    Target::Slot { slot, read_only },
+                    Target::Slot {
+                        slot,
+                        read: read_only.then_some(read_from),
+                    },
                     idempotent,
                     deadline,
                 )
@@ -172,7 +191,7 @@ impl Inner {
                 .await
             }
             Plan::Split { kind, parts } => {
-                self.send_split(kind, parts, name, idempotent, deadline)
+                self.send_split(kind, parts, name, idempotent, deadline, read_from)
                     .await
             }
             Plan::FanOut { to, combine } => {
@@ -266,20 +285,20 @@ impl Inner {
                 }
                 Ok(Arc::clone(&routes.primaries[self.registry.next_turn() % n]))
             }
-            Target::Slot { slot, read_only } => self
-                .pick_for_slot(&routes, *slot, *read_only && !primary_only)
+            Target::Slot { slot, read } => self
+                .pick_for_slot(&routes, *slot, read.filter(|_| !primary_only))
                 .map(Arc::clone),
         }
     }
 
-    /// The node of `slot` in `routes`: its primary, or for a read (`read`) the node
-    /// [`ReadFrom`] chooses. Borrowed from the snapshot, so that a pipeline routes all
+    /// The node of `slot` in `routes`: its primary, or for a read (`read`, the request's
+    /// [`ReadFrom`]) the node that chooses. Borrowed from the snapshot, so that a pipeline routes all
     /// its commands against one snapshot without a reference count per command.
     pub(crate) fn pick_for_slot<'r>(
         &self,
         routes: &'r Routes,
         slot: u16,
-        read: bool,
+        read: Option<ReadFrom>,
     ) -> Result<&'r Arc<Node>> {
         let Some(shard) = routes.map.shard_index(slot) else {
             self.signal.request(RefreshTrigger::Uncovered);
@@ -289,11 +308,11 @@ impl Inner {
         };
         let primary = &routes.primaries[shard];
         let replicas = &routes.replicas[shard];
-        if !read || replicas.is_empty() {
+        let Some(read_from) = read.filter(|_| !replicas.is_empty()) else {
             return Ok(primary);
-        }
+        };
         let turn = self.registry.next_turn();
-        Ok(match self.config.read_from {
+        Ok(match read_from {
             ReadFrom::Primary => primary,
             ReadFrom::RoundRobin => match turn % (replicas.len() + 1) {
                 0 => primary,
@@ -922,6 +941,7 @@ impl Inner {
         name: &'static str,
         idempotent: bool,
         deadline: Instant,
+        read_from: ReadFrom,
     ) -> Result<Value> {
         let total: usize = parts.iter().map(|p| p.positions.len()).sum();
         let sends = parts.into_iter().map(|part| async move {
@@ -931,7 +951,7 @@ impl Inner {
                     name,
                     Target::Slot {
                         slot: part.slot,
-                        read_only: kind == SplitKind::MGet,
+                        read: (kind == SplitKind::MGet).then_some(read_from),
                     },
                     idempotent,
                     deadline,

@@ -61,6 +61,9 @@ pub struct ClusterClient {
     /// `response_timeout`, or another one for this handle
     /// ([`ClusterClient::with_response_timeout`]).
     pub(crate) response_timeout: Duration,
+    /// Where this handle's reads go: the builder's `read_from`, or another one
+    /// ([`ClusterClient::with_read_from`]).
+    pub(crate) read_from: ReadFrom,
 }
 
 impl std::fmt::Debug for ClusterClient {
@@ -71,6 +74,7 @@ impl std::fmt::Debug for ClusterClient {
             .field("shards", &routes.map.shards().len())
             .field("covered_slots", &routes.map.covered())
             .field("response_timeout", &self.response_timeout)
+            .field("read_from", &self.read_from)
             .finish()
     }
 }
@@ -232,9 +236,11 @@ impl ClusterClient {
             refresh_min_interval,
         ));
         let response_timeout = inner.config.response_timeout;
+        let read_from = inner.config.read_from;
         Ok(ClusterClient {
             inner,
             response_timeout,
+            read_from,
         })
     }
 
@@ -262,9 +268,41 @@ impl ClusterClient {
     /// ```
     pub fn with_response_timeout(&self, timeout: Duration) -> ClusterClient {
         ClusterClient {
-            inner: Arc::clone(&self.inner),
             response_timeout: timeout,
+            ..self.clone()
         }
+    }
+
+    /// A handle to the same client (connections, topology, breakers, metrics) whose
+    /// reads go where `read_from` says instead of the builder's
+    /// [`read_from`](ClusterClientBuilder::read_from): single commands, split `MGET`s,
+    /// pipelines and read-only scripts, wherever a read may be served by a replica.
+    /// Writes, transactions, `watch` and scans go to primaries as always.
+    ///
+    /// One client, one set of connections, and each part of the application reads as
+    /// it needs: reads that must see the latest write from primaries, reads that may
+    /// lag (a replica is asynchronous: a read may miss a write acknowledged just
+    /// before) from replicas.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::ReadFrom;
+    /// let lagging_ok = client.with_read_from(ReadFrom::PreferReplica);
+    /// let views: Option<i64> = lagging_ok.get("page:{home}:views").await?;
+    /// let balance: Option<i64> = client.get("acct:{7}:balance").await?; // the primary's
+    /// # Ok(()) }
+    /// ```
+    pub fn with_read_from(&self, read_from: ReadFrom) -> ClusterClient {
+        ClusterClient {
+            read_from,
+            ..self.clone()
+        }
+    }
+
+    /// Where reads made through this handle go: the builder's `read_from`, unless
+    /// [`ClusterClient::with_read_from`] set another.
+    pub fn read_from(&self) -> ReadFrom {
+        self.read_from
     }
 
     /// The deadline each request made through this handle gets: the builder's
@@ -299,7 +337,10 @@ impl ClusterClient {
     pub async fn query<T: FromValue>(&self, cmd: Cmd) -> Result<T> {
         let now = Instant::now();
         let deadline = crate::deadline::after(now, self.response_timeout);
-        let value = self.inner.execute(cmd, now, deadline).await?;
+        let value = self
+            .inner
+            .execute(cmd, now, deadline, self.read_from)
+            .await?;
         into_result(value)
     }
 
