@@ -140,7 +140,10 @@ impl Inner {
             let info = self.command_info(&command, deadline).await;
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {
-                    let read = read_only.then_some(read_from);
+                    // A blocking read (`XREAD BLOCK`) waits on the primary, as a single
+                    // command does.
+                    let blocks = info.is_some_and(|i| cmd::blocks(&command, i));
+                    let read = (read_only && !blocks).then_some(read_from);
                     match self.pick_for_slot(&routes, slot, read) {
                         Ok(node) => {
                             let meta = Meta {

@@ -45,8 +45,9 @@ pub enum ReadFrom {
 
 /// Maps addresses the cluster announces (`redis-cluster-0:6379`) to addresses this
 /// client can reach (`127.0.0.1:6450`). Applied to every address the client learns:
-/// discovered nodes and `MOVED`/`ASK` targets, and to the seeds too, so a seed may be
-/// given by its announced address or by its reachable one.
+/// discovered nodes and `MOVED`/`ASK` targets. Seeds are dialled as given, except that
+/// a table ([`AddressRemap::from_map`]) also maps a seed given by one of its announced
+/// addresses.
 ///
 /// ```no_run
 /// # async fn demo() -> redcluster::Result<()> {
@@ -65,11 +66,17 @@ pub enum ReadFrom {
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct AddressRemap {
-    remap: Arc<RemapFn>,
-    /// For a table, reachable -> announced: the name of a seed given by the address it
-    /// is reached at (for TLS, see [`crate::TlsConfig`]).
-    announced: Option<Arc<HashMap<String, String>>>,
+pub struct AddressRemap(Arc<Remap>);
+
+enum Remap {
+    /// `announced -> reachable`, and the other way round: a seed given by either
+    /// address is known by both (the announced one is the name TLS may check, see
+    /// [`crate::TlsConfig`]).
+    Table {
+        reachable: HashMap<String, String>,
+        announced: HashMap<String, String>,
+    },
+    Closure(Box<RemapFn>),
 }
 
 type RemapFn = dyn Fn(&str) -> Option<String> + Send + Sync;
@@ -86,10 +93,7 @@ impl AddressRemap {
     /// });
     /// ```
     pub fn from_fn(f: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
-        AddressRemap {
-            remap: Arc::new(f),
-            announced: None,
-        }
+        AddressRemap(Arc::new(Remap::Closure(Box::new(f))))
     }
 
     /// A remap from a table of `announced -> reachable` addresses.
@@ -103,22 +107,41 @@ impl AddressRemap {
         K: Into<String>,
         V: Into<String>,
     {
-        let map: HashMap<String, String> =
+        let reachable: HashMap<String, String> =
             map.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        let announced = map.iter().map(|(k, v)| (v.clone(), k.clone())).collect();
-        AddressRemap {
-            announced: Some(Arc::new(announced)),
-            ..AddressRemap::from_fn(move |addr| map.get(addr).cloned())
-        }
+        let announced = reachable
+            .iter()
+            .map(|(k, v)| (v.clone(), k.clone()))
+            .collect();
+        AddressRemap(Arc::new(Remap::Table {
+            reachable,
+            announced,
+        }))
     }
 
     pub(crate) fn apply(&self, addr: &str) -> String {
-        (self.remap)(addr).unwrap_or_else(|| addr.to_string())
+        let mapped = match &*self.0 {
+            Remap::Table { reachable, .. } => reachable.get(addr).cloned(),
+            Remap::Closure(f) => f(addr),
+        };
+        mapped.unwrap_or_else(|| addr.to_string())
     }
 
-    /// The announced address a table maps to `reached`; `None` for a closure.
-    pub(crate) fn announced_as(&self, reached: &str) -> Option<&str> {
-        self.announced.as_ref()?.get(reached).map(String::as_str)
+    /// Where a seed is dialled, and the address it announced if the remap knows it. A
+    /// table maps a seed given by its announced address and names one given by its
+    /// reachable address; a closure, which may rewrite any address (a port shift), leaves
+    /// seeds as given.
+    pub(crate) fn seed(&self, seed: &str) -> (String, Option<String>) {
+        match &*self.0 {
+            Remap::Table {
+                reachable,
+                announced,
+            } => match reachable.get(seed) {
+                Some(reached) => (reached.clone(), Some(seed.to_string())),
+                None => (seed.to_string(), announced.get(seed).cloned()),
+            },
+            Remap::Closure(_) => (seed.to_string(), None),
+        }
     }
 }
 
@@ -238,8 +261,9 @@ impl ClusterClientBuilder {
     /// Seed nodes: `host:port`, `redis://[user[:pass]@]host:port` or `rediss://...`. The
     /// rest of the cluster is discovered from whichever seed answers first. Credentials
     /// in a URL apply to every connection, as if given to [`Self::username`] and
-    /// [`Self::password`]. With [`Self::address_remap`], seeds go through the remap too:
-    /// give each by its announced address or by its reachable one. Required.
+    /// [`Self::password`]. Seeds are dialled as given; with a table for
+    /// [`Self::address_remap`] a seed may also be given by an announced address the
+    /// table maps. Required.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -776,8 +800,8 @@ impl ClusterClientBuilder {
 
     /// Makes every single-slot write durable: each is followed by `WAIT` and fails with
     /// [`Error::NotReplicated`] when fewer replicas than asked acknowledge it (see
-    /// [`crate::Durability`]). Scripts and functions (`EVAL`, `EVALSHA`, `FCALL`) count
-    /// as writes, as their code may write; their `_RO` forms
+    /// [`crate::Durability`]). Scripts and functions with keys (`EVAL`, `EVALSHA`,
+    /// `FCALL`) count as writes, as their code may write; their `_RO` forms
     /// ([`crate::Script::read_only`]) do not. Writes then use dedicated connections and wait for
     /// replicas: slower, so prefer [`crate::ClusterClient::query_durable`] for the writes
     /// that need it. In a pipeline, each node's batch with writes goes on a dedicated

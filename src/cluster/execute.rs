@@ -891,30 +891,28 @@ impl Inner {
             return addr.to_string();
         };
         let reached = remap.apply(addr);
-        if reached != addr && self.config.connect.tls.is_some() {
-            let announced = &self.registry.settings().announced;
-            announced.note(&reached, addr, authoritative);
+        if self.config.connect.tls.is_some() {
+            let names = &self.registry.settings().announced;
+            if reached != addr {
+                names.note(&reached, addr, authoritative);
+            } else if authoritative {
+                // The node is reached where it announced itself: no other name is its.
+                names.forget(&reached);
+            }
         }
         reached
     }
 
-    /// The address a seed is dialled at: through the remap, as a seed may be given by
-    /// its announced address. With TLS on, a seed given by its reachable address gets
-    /// the announced one a remap table maps to it.
+    /// The address a seed is dialled at (see [`crate::AddressRemap`]); with TLS on,
+    /// notes the address it announced, where the remap knows it.
     pub(crate) fn seed_address(&self, seed: &str) -> String {
-        let reached = self.remap_announced(seed);
-        if reached == seed && self.config.connect.tls.is_some() {
-            if let Some(announced) = self
-                .config
-                .remap
-                .as_ref()
-                .and_then(|r| r.announced_as(seed))
-            {
-                self.registry
-                    .settings()
-                    .announced
-                    .note(seed, announced, true);
-            }
+        let Some(remap) = &self.config.remap else {
+            return seed.to_string();
+        };
+        let (reached, announced) = remap.seed(seed);
+        if let Some(announced) = announced.filter(|_| self.config.connect.tls.is_some()) {
+            let names = &self.registry.settings().announced;
+            names.note(&reached, &announced, true);
         }
         reached
     }

@@ -289,7 +289,7 @@ impl ClusterClient {
     /// use redcluster::ReadFrom;
     /// let lagging_ok = client.with_read_from(ReadFrom::PreferReplica);
     /// let views: Option<i64> = lagging_ok.get("page:{home}:views").await?;
-    /// let balance: Option<i64> = client.get("acct:{7}:balance").await?; // the primary's
+    /// let balance: Option<i64> = client.get("acct:{7}:balance").await?; // the builder's read_from
     /// # Ok(()) }
     /// ```
     pub fn with_read_from(&self, read_from: ReadFrom) -> ClusterClient {

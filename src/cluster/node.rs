@@ -54,6 +54,14 @@ impl Announced {
         }
     }
 
+    /// Forgets what was noted for `reached`.
+    pub(crate) fn forget(&self, reached: &str) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if !map.is_empty() {
+            map.remove(reached);
+        }
+    }
+
     /// Forgets the nodes outside `members` (a new topology's), so the table stays the
     /// size of the cluster.
     pub(crate) fn retain(&self, members: &[Arc<str>]) {
@@ -505,6 +513,10 @@ mod tests {
         // A later redirect (any error reply can carry one) cannot change it back.
         names.note("127.0.0.1:7000", "evil.example:6379", false);
         assert_eq!(of("127.0.0.1:7000").as_deref(), Some("redis-5:6379"));
+        // A topology that finds the node at the address it announced drops the name.
+        names.forget("127.0.0.1:7000");
+        assert_eq!(of("127.0.0.1:7000"), None);
+        names.note("127.0.0.1:7000", "redis-5:6379", true);
         // Nodes outside a new topology are forgotten.
         names.note("127.0.0.1:7001", "redis-1:6379", true);
         names.retain(&[Arc::from("127.0.0.1:7001")]);
