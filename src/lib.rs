@@ -20,8 +20,9 @@
 //!
 //! - [`resp`]: the RESP2/RESP3 codec, sans-io: bytes in, [`Value`]s out, and commands
 //!   encoded straight into an output buffer.
-//! - `cmd`: [`Cmd`], [`Script`] (Lua scripts sent by digest), and the command table (generated from a real server's
-//!   `COMMAND INFO`) that says which arguments are keys and which commands only read.
+//! - `cmd`: [`Cmd`], [`Script`] (Lua scripts sent by digest), and the command table
+//!   (generated from a real server's `COMMAND INFO`) that says which arguments are keys
+//!   and which commands only read.
 //! - `slot`: [`key_slot`] (CRC16/XMODEM of the key or its `{hash tag}`), the slot map,
 //!   `MOVED`/`ASK` parsing.
 //! - `topology`: `CLUSTER SHARDS` / `CLUSTER SLOTS` parsing and choosing between views.

@@ -292,8 +292,9 @@ impl Inner {
     }
 
     /// The node of `slot` in `routes`: its primary, or for a read (`read`, the request's
-    /// [`ReadFrom`]) the node that chooses. Borrowed from the snapshot, so that a pipeline routes all
-    /// its commands against one snapshot without a reference count per command.
+    /// [`ReadFrom`]) the node that chooses. Borrowed from the snapshot, so that a pipeline
+    /// routes all its commands against one snapshot without a reference count per
+    /// command.
     pub(crate) fn pick_for_slot<'r>(
         &self,
         routes: &'r Routes,

@@ -249,8 +249,9 @@ impl ClusterClient {
     /// [`response_timeout`](ClusterClientBuilder::response_timeout): every request made
     /// through it, typed helpers, pipelines, transactions, `watch`, scans and scripts
     /// included, and a [`subscriber`](ClusterClient::subscriber)'s (un)subscribe calls
-    /// unless its own `subscribe_timeout` is set. The deadline covers queueing, redirects, retries and backoff, as
-    /// always; a blocking command still gets the time it asks to block on top.
+    /// unless its own `subscribe_timeout` is set. The deadline covers queueing,
+    /// redirects, retries and backoff, as always; a blocking command still gets the time
+    /// it asks to block on top.
     ///
     /// Use a shorter one where an answer is useless after a while (a cache read on a
     /// request path), a longer one for a command known to be slow (`KEYS` on a large

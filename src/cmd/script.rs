@@ -18,8 +18,8 @@ use crate::cmd::{cmd, Cmd, ToArg};
 /// A script that only reads can be marked [`Script::read_only`]: it is sent as
 /// `EVALSHA_RO`/`EVAL_RO` (Redis 7), may be served by a replica under
 /// [`ReadFrom`](crate::ReadFrom), is retried like any read, and gets no `WAIT` under
-/// `durable_writes` (any other script with keys does). The server refuses a write from such a
-/// script.
+/// `durable_writes` (any other script with keys does). The server refuses a write from
+/// such a script.
 ///
 /// Cloning is cheap (the source is shared).
 ///

@@ -711,8 +711,8 @@ fn reason(error: &rustls::Error, has_client_cert: bool) -> &'static str {
 
 /// The CA check of a node reached at a remapped address: the certificate must be valid
 /// for the name rustls passes in or for `also`, one the name the node announced, the
-/// other the host dialled. The chain, dates and signatures are checked as always; only the name may
-/// be either.
+/// other the host dialled. The chain, dates and signatures are checked as always; only
+/// the name may be either.
 #[derive(Debug)]
 struct EitherName {
     verifier: Arc<dyn ServerCertVerifier>,
