@@ -635,6 +635,29 @@ async fn forwarder(to: String) -> String {
     addr
 }
 
+/// A client seeded with `seeds` through `remap`, after `crud`; asserts it reached every
+/// node at the remap's addresses.
+async fn crud_through(
+    local: &LocalCluster,
+    seeds: &[String],
+    remap: &std::collections::HashMap<String, String>,
+    prefix: &str,
+) -> ClusterClient {
+    let client = tls_client(local)
+        .nodes(seeds.to_vec())
+        .address_remap(AddressRemap::from_map(remap.clone()))
+        .build()
+        .await
+        .unwrap();
+    crud(&client, prefix).await;
+    let mut connected = client.connected_nodes();
+    connected.sort();
+    let mut reached: Vec<String> = remap.values().cloned().collect();
+    reached.sort();
+    assert_eq!(connected, reached, "seeded with {seeds:?}");
+    client
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_remap_certificates_may_carry_the_announced_name_or_the_dialled_one() {
     let local = tls_cluster(3, 0, TlsAuthClients::Required).await;
@@ -655,34 +678,12 @@ async fn behind_a_remap_certificates_may_carry_the_announced_name_or_the_dialled
         matches!(&err, Error::Tls(m) if m.contains("bad name")),
         "dialled alone, 127.0.0.2 is not the certificate's: {err:?}"
     );
-    // Seeded with the addresses the client can reach: the remap's table names them.
-    let client = tls_client(&local)
-        .nodes(reached.clone())
-        .address_remap(AddressRemap::from_map(remap.clone()))
-        .build()
-        .await
-        .unwrap();
-    crud(&client, "tls-remap:").await;
-    let mut connected = client.connected_nodes();
-    connected.sort();
-    assert_eq!(
-        connected, reached,
-        "every node reached through its forwarder"
-    );
-    // Seeded with the announced addresses: the table maps them too.
-    let by_announced = tls_client(&local)
-        .nodes(remap.keys().cloned().collect::<Vec<_>>())
-        .address_remap(AddressRemap::from_map(remap.clone()))
-        .build()
-        .await
-        .unwrap();
-    crud(&by_announced, "tls-remap-announced:").await;
-    let mut connected = by_announced.connected_nodes();
-    connected.sort();
-    assert_eq!(
-        connected, reached,
-        "no seed dialled at its announced address"
-    );
+    // Seeded with the addresses the client can reach (the remap's table names them),
+    // or with the announced ones (the table maps them): every node is reached through
+    // its forwarder.
+    let client = crud_through(&local, &reached, &remap, "tls-remap:").await;
+    let announced: Vec<String> = remap.keys().cloned().collect();
+    crud_through(&local, &announced, &remap, "tls-remap-announced:").await;
     let mut p = client.pipeline();
     for i in 0..30 {
         p.get(format!("tls-remap:{i}"));
@@ -700,17 +701,7 @@ async fn behind_a_remap_certificates_may_carry_the_announced_name_or_the_dialled
     // client dials 127.0.0.1, which it lists.
     let remap =
         support::announce_hostnames(&local, 3, |i| format!("redis-cluster-{i}.invalid")).await;
-    let named = tls_client(&local)
-        .address_remap(AddressRemap::from_map(remap.clone()))
-        .build()
-        .await
-        .unwrap();
-    crud(&named, "tls-named:").await;
-    let mut connected = named.connected_nodes();
-    connected.sort();
-    let mut expected: Vec<String> = (0..3).map(|i| local.node_addr(i)).collect();
-    expected.sort();
-    assert_eq!(connected, expected);
+    crud_through(&local, &local.seeds(), &remap, "tls-named:").await;
 
     // A certificate valid for neither name is refused: names the certificate lacks,
     // reached at 127.0.0.2, which it lacks too.
