@@ -272,6 +272,138 @@ async fn cluster_wide_commands_fan_out_and_combine() {
     assert_eq!(client.query::<i64>(cmd("DBSIZE")).await.unwrap(), 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_typed_helper_does_what_its_command_does() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .build()
+        .await
+        .unwrap();
+    let k = |name: &str| format!("typed:{{u}}:{name}");
+
+    // Strings.
+    client.set(k("s"), "v").await.unwrap();
+    let v: Option<String> = client.get(k("s")).await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    let none: Option<String> = client.get(k("missing")).await.unwrap();
+    assert_eq!(none, None);
+    assert!(client.set_nx(k("nx"), "first").await.unwrap());
+    assert!(!client.set_nx(k("nx"), "second").await.unwrap());
+    let v: String = client.get(k("nx")).await.unwrap();
+    assert_eq!(v, "first");
+    client
+        .set_ex(k("ex"), "v", Duration::from_secs(100))
+        .await
+        .unwrap();
+    let ttl = client.ttl(k("ex")).await.unwrap().unwrap();
+    assert!(ttl > Duration::from_secs(90) && ttl <= Duration::from_secs(100));
+    assert_eq!(client.ttl(k("s")).await.unwrap(), None, "no expiry");
+    assert_eq!(client.ttl(k("missing")).await.unwrap(), None, "no key");
+    assert!(client
+        .expire(k("s"), Duration::from_secs(50))
+        .await
+        .unwrap());
+    assert!(!client
+        .expire(k("missing"), Duration::from_secs(50))
+        .await
+        .unwrap());
+    assert!(client.ttl(k("s")).await.unwrap().is_some());
+    assert_eq!(client.incr(k("n"), 5).await.unwrap(), 5);
+    assert_eq!(client.incr(k("n"), -2).await.unwrap(), 3);
+
+    // Keys over several slots.
+    let spread: Vec<String> = (0..4u16).map(|i| key_in_slot(i * 4000, 0)).collect();
+    client
+        .mset(spread.iter().map(|k| (k.as_str(), format!("{k}!"))))
+        .await
+        .unwrap();
+    let got: Vec<Option<String>> = client
+        .mget(spread.iter().map(String::as_str).chain(["typed:none"]))
+        .await
+        .unwrap();
+    let mut expected: Vec<Option<String>> = spread.iter().map(|k| Some(format!("{k}!"))).collect();
+    expected.push(None);
+    assert_eq!(got, expected);
+    assert_eq!(client.exists(&spread).await.unwrap(), 4);
+    assert_eq!(client.del(&spread).await.unwrap(), 4);
+    assert_eq!(client.exists(&spread).await.unwrap(), 0);
+
+    // Hashes.
+    assert!(client.hset(k("h"), "f1", "a").await.unwrap());
+    assert!(!client.hset(k("h"), "f1", "b").await.unwrap(), "an update");
+    client.hset(k("h"), "f2", 2).await.unwrap();
+    let f1: Option<String> = client.hget(k("h"), "f1").await.unwrap();
+    assert_eq!(f1.as_deref(), Some("b"));
+    let all: HashMap<String, String> = client.hgetall(k("h")).await.unwrap();
+    let expected: HashMap<String, String> =
+        HashMap::from([("f1".into(), "b".into()), ("f2".into(), "2".into())]);
+    assert_eq!(all, expected);
+    assert_eq!(client.hdel(k("h"), ["f1", "nope"]).await.unwrap(), 1);
+
+    // Lists.
+    assert_eq!(client.rpush(k("l"), ["b", "c"]).await.unwrap(), 2);
+    assert_eq!(client.lpush(k("l"), ["a"]).await.unwrap(), 3);
+    let list: Vec<String> = client.lrange(k("l"), 0, -1).await.unwrap();
+    assert_eq!(list, ["a", "b", "c"]);
+    let first: Option<String> = client.lpop(k("l")).await.unwrap();
+    let last: Option<String> = client.rpop(k("l")).await.unwrap();
+    assert_eq!((first.as_deref(), last.as_deref()), (Some("a"), Some("c")));
+
+    // Sets.
+    assert_eq!(client.sadd(k("set"), ["x", "y", "x"]).await.unwrap(), 2);
+    assert!(client.sismember(k("set"), "x").await.unwrap());
+    assert!(!client.sismember(k("set"), "z").await.unwrap());
+    assert_eq!(client.srem(k("set"), ["x", "z"]).await.unwrap(), 1);
+    let members: Vec<String> = client.smembers(k("set")).await.unwrap();
+    assert_eq!(members, ["y"]);
+
+    // Sorted sets.
+    assert!(client.zadd(k("z"), 2.5, "b").await.unwrap());
+    assert!(client.zadd(k("z"), 1.0, "a").await.unwrap());
+    assert!(!client.zadd(k("z"), 3.0, "b").await.unwrap(), "a new score");
+    assert_eq!(client.zscore(k("z"), "b").await.unwrap(), Some(3.0));
+    assert_eq!(client.zscore(k("z"), "none").await.unwrap(), None);
+    let ranked: Vec<String> = client.zrange(k("z"), 0, -1).await.unwrap();
+    assert_eq!(ranked, ["a", "b"]);
+    assert_eq!(client.zrem(k("z"), ["a"]).await.unwrap(), 1);
+
+    // Scripts and pub/sub (nobody subscribed).
+    let script = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
+    let n: i64 = client.eval(script, [k("n")], [10]).await.unwrap();
+    assert_eq!(n, 13);
+    assert_eq!(client.publish("typed:chan", "hi").await.unwrap(), 0);
+    assert_eq!(client.spublish(k("chan"), "hi").await.unwrap(), 0);
+
+    // The pipeline's helpers.
+    let mut p = client.pipeline();
+    p.set(k("p"), "1")
+        .get(k("p"))
+        .incr(k("p"), 2)
+        .expire(k("p"), Duration::from_secs(30))
+        .hset(k("ph"), "f", "v")
+        .hget(k("ph"), "f")
+        .rpush(k("pl"), "x")
+        .sadd(k("ps"), "m")
+        .zadd(k("pz"), 1.0, "m")
+        .del(k("p"));
+    assert_eq!(
+        p.execute().await.unwrap(),
+        [
+            Value::Simple("OK".into()),
+            Value::Bulk("1".into()),
+            Value::Int(3),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Bulk("v".into()),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Int(1),
+            Value::Int(1),
+        ]
+    );
+}
+
 /// `EVAL` calls on every node of `local`, summed.
 async fn evals_anywhere(local: &LocalCluster) -> u64 {
     let nodes = 0..local.nodes().len();
