@@ -113,8 +113,10 @@
 //!
 //! Dropping a request's future before it completes is safe: if the request was not
 //! written yet it is never written; if it was, its reply is read and discarded, and the
-//! shared connection stays in sync for everyone else. A dropped blocking command or
-//! `WATCH` closes its dedicated connection instead of returning it to the pool.
+//! shared connection stays in sync for everyone else. A blocking command, or a request
+//! on a [`Watched`] connection, whose future is dropped while it waits for its reply
+//! closes its dedicated connection instead of returning it to the pool; a [`Watched`]
+//! dropped between requests goes back to the pool, `UNWATCH`ed.
 //!
 //! # Features
 //!

@@ -273,6 +273,50 @@ async fn cluster_wide_commands_fan_out_and_combine() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_limit_wait_refusal_and_no_partial_fan_out() {
+    let local = cluster(3, 0).await;
+    let strict = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_redirects(0)
+        .build()
+        .await
+        .unwrap();
+    let key = "limits:{a}";
+    strict.set(key, "v").await.unwrap();
+    let slot = key_slot(key.as_bytes());
+    local
+        .move_slot(slot, other_master(&local, slot).await)
+        .await
+        .unwrap();
+    match strict.get::<_, Option<String>>(key).await {
+        Err(Error::TooManyRedirects { redirects: 0 }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The MOVED it did not follow still taught it the new owner.
+    let v: Option<String> = strict.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+
+    // WAIT counts the writes of its own connection, which a shared one cannot tell:
+    // refused, and never sent.
+    let before = calls_anywhere(&local, "wait").await;
+    match strict.query::<Value>(cmd("WAIT").arg(1).arg(0)).await {
+        Err(Error::Config(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(calls_anywhere(&local, "wait").await, before);
+
+    // A fan-out never answers with part of the cluster: a frozen primary fails DBSIZE
+    // instead of leaving its keys out of the sum.
+    let quick = strict.with_response_timeout(Duration::from_millis(300));
+    let frozen = local.masters().await.unwrap()[0];
+    local.pause(frozen).unwrap();
+    let partial = quick.query::<i64>(cmd("DBSIZE")).await;
+    local.resume(frozen).unwrap();
+    assert!(matches!(partial, Err(Error::Timeout)), "{partial:?}");
+    assert_eq!(strict.query::<i64>(cmd("DBSIZE")).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_typed_helper_does_what_its_command_does() {
     let local = cluster(3, 0).await;
     let client = ClusterClient::builder()
@@ -404,10 +448,10 @@ async fn every_typed_helper_does_what_its_command_does() {
     );
 }
 
-/// `EVAL` calls on every node of `local`, summed.
-async fn evals_anywhere(local: &LocalCluster) -> u64 {
+/// `name`'s calls on every node of `local`, summed.
+async fn calls_anywhere(local: &LocalCluster, name: &str) -> u64 {
     let nodes = 0..local.nodes().len();
-    futures_util::future::join_all(nodes.map(|i| calls(local, i, "eval")))
+    futures_util::future::join_all(nodes.map(|i| calls(local, i, name)))
         .await
         .iter()
         .sum()
@@ -483,7 +527,7 @@ async fn scripts_run_by_digest_and_send_their_source_only_where_a_node_lacks_the
             .unwrap();
         assert_eq!(known, Value::Array(vec![Value::Int(1)]), "node {i}");
     }
-    let evals = evals_anywhere(&local).await;
+    let evals = calls_anywhere(&local, "eval").await;
     let others: Vec<String> = (0..16384u16)
         .step_by(16384 / 3 + 1)
         .map(|slot| key_in_slot(slot, 0))
@@ -498,7 +542,11 @@ async fn scripts_run_by_digest_and_send_their_source_only_where_a_node_lacks_the
         replies,
         [Value::Int(16), Value::Int(1), Value::Int(1), Value::Int(1)]
     );
-    assert_eq!(evals_anywhere(&local).await, evals, "no source was sent");
+    assert_eq!(
+        calls_anywhere(&local, "eval").await,
+        evals,
+        "no source was sent"
+    );
 
     // Where a node lacks it, a pipeline's EVALSHA gets NOSCRIPT as its own result (the
     // pipeline does not resend it out of order); the rest run.

@@ -407,6 +407,61 @@ async fn never_failing_over() -> LocalCluster {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_under_writers_resend_sets_and_never_run_an_increment_twice() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let writers = Writers::spawn(&client, 8, Mix::SetsAndIncrs);
+    let masters = local.masters().await.unwrap();
+    let logged = |writers: &Writers| writers.with_log(<[Outcome]>::len);
+    let mut killed = 0;
+    for _ in 0..6 {
+        // Some traffic first, then every client connection of every primary cut (the
+        // killing connection itself is skipped).
+        let before = logged(&writers);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while logged(&writers) < before + 300 {
+            assert!(Instant::now() < deadline, "the writers stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for &m in &masters {
+            let node = local.connect_node(m).await.unwrap();
+            let cut = node
+                .send(cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"))
+                .await
+                .unwrap();
+            if let Value::Int(n) = cut {
+                killed += n;
+            }
+        }
+    }
+    let outcomes = writers.finish(Duration::from_secs(15)).await;
+    assert!(killed >= 6, "the client's connections were cut ({killed})");
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
+    println!(
+        "{} requests, {killed} connections cut, {} failed",
+        outcomes.len(),
+        failed.len()
+    );
+    for o in &failed {
+        let e = o.error.as_ref().unwrap();
+        // A SET is idempotent: resent after a cut, never failed. An INCR that may have
+        // run is not resent: its caller hears so.
+        assert_eq!(o.write, Write::Incr, "a SET failed: {e:?}");
+        assert!(
+            matches!(e, Error::ConnectionLost { .. } | Error::Io { .. }) && e.may_have_executed(),
+            "{e:?}"
+        );
+    }
+    every_increment_counts_at_most_once(&client, &outcomes).await;
+    every_acknowledged_write_is_stored(&client, &outcomes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline() {
     let local = never_failing_over().await;
     let client = ClusterClient::builder()

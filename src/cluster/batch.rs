@@ -259,7 +259,7 @@ impl Inner {
                         .dispatch(Cmds::Many(cmds), deadline)
                         .instrument(span)
                         .await;
-                    self.record_result(&node, &answer.result);
+                    self.record_on(&node, &conn, &answer.result);
                     let replies = answer.result.map(|r| r.into_vec());
                     (replies, answer.cmds.into_vec(), None)
                 }

@@ -456,7 +456,7 @@ impl Inner {
         pending: &Pending,
         outcome: Outcome,
     ) -> std::result::Result<Result<Value>, Outcome> {
-        self.record_result(&pending.node, &outcome);
+        self.record_on(&pending.node, &pending.conn, &outcome);
         match outcome {
             Ok(mut replies) if pending.kind.is_final(&replies) => {
                 // Exactly one reply, said `is_final`.
@@ -629,6 +629,9 @@ impl Inner {
             match action {
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
+                    // Noted even when not followed: a `MOVED` patches the map, so the
+                    // next request goes to the new owner.
+                    self.note_redirect(&r, &node.addr);
                     redirects += 1;
                     if redirects > self.config.max_redirects {
                         return Err(Error::TooManyRedirects {
@@ -636,7 +639,6 @@ impl Inner {
                         });
                     }
                     span.record("redirects", redirects);
-                    self.note_redirect(&r, &node.addr);
                     redirect = Some(r);
                 }
                 ErrorAction::ClusterDown | ErrorAction::BackOff => {
@@ -736,7 +738,7 @@ impl Inner {
         };
         let kind = sending.kind();
         let answer = conn.dispatch(sending.into_cmds(asking), deadline).await;
-        self.record_result(node, &answer.result);
+        self.record_on(node, &conn, &answer.result);
         Ok(Some((answer, kind, asking)))
     }
 
@@ -833,6 +835,21 @@ impl Inner {
             Err(e) if e.is_node_failure() => self.record(node, Some(e)),
             Err(_) => node.release_probe(),
         }
+    }
+
+    /// [`Inner::record_result`] for a request on the shared connection `conn`. When the
+    /// connection fails, each request it carried gets the error; the breaker counts the
+    /// connection's failure once, else one connection reset (a server-side
+    /// `CLIENT KILL`, an idle timeout, a proxy) would open a healthy node's breaker
+    /// whenever more requests than its threshold were in flight.
+    pub(crate) fn record_on<T>(&self, node: &Node, conn: &NodeConnection, result: &Result<T>) {
+        if let Err(Error::ConnectionLost { .. } | Error::Io { .. } | Error::Protocol(_)) = result {
+            if !conn.first_to_report_failure() {
+                node.release_probe();
+                return;
+            }
+        }
+        self.record_result(node, result);
     }
 
     /// Feeds a request's outcome to the node's breaker: `failure` is the error when the

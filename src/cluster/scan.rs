@@ -258,7 +258,7 @@ async fn scan_node(
         // Each page is a request like any other: counted in the metrics and the breaker.
         let started = std::time::Instant::now();
         let page = conn.send_timeout(scan_cmd(&cursor, options), timeout).await;
-        inner.record_result(&node, &page);
+        inner.record_on(&node, &conn, &page);
         let label = metrics::command_label(cmd::lookup_name(b"scan"));
         node.metrics
             .command(label, Status::of(page.as_ref()), started.elapsed());
@@ -365,7 +365,7 @@ async fn settled_slots(inner: &Inner, timeout: Duration, addr: &str) -> Result<S
     let reply = conn
         .send_timeout(cmd("CLUSTER").arg("NODES"), timeout)
         .await;
-    inner.record_result(&node, &reply);
+    inner.record_on(&node, &conn, &reply);
     let reply = reply?;
     let text = match &reply {
         Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8_lossy(b),

@@ -153,6 +153,9 @@ struct Shared {
     /// time, they are all of the last write.
     in_flight: Mutex<VecDeque<InFlight>>,
     closed: AtomicBool,
+    /// Whether a caller has reported this connection's failure
+    /// ([`NodeConnection::first_to_report_failure`]).
+    failure_reported: AtomicBool,
     /// Wakes every task when the connection closes.
     close: Notify,
     /// Wakes the writer when the reader's answers let it write: the last write is all
@@ -180,6 +183,7 @@ impl Shared {
             queue: Mutex::new(Queue::default()),
             in_flight: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
+            failure_reported: AtomicBool::new(false),
             close: Notify::new(),
             room: Notify::new(),
             work: Notify::new(),
@@ -647,6 +651,13 @@ impl NodeConnection {
     /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
+    }
+
+    /// `true` for the first caller only: when the connection fails, every request on
+    /// it gets the same error, and whoever keeps count of failures (a circuit breaker)
+    /// should count the connection's once, not once per request it carried.
+    pub(crate) fn first_to_report_failure(&self) -> bool {
+        !self.shared.failure_reported.swap(true, Ordering::AcqRel)
     }
 
     /// Closes the connection: queued and in-flight requests get

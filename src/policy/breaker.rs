@@ -6,13 +6,20 @@
 //! fails fast until `open_for` has passed. Half-open: one probe request is let through;
 //! its success closes the breaker, its failure opens it again.
 //!
-//! Call order: [`Breaker::allow`] before each request; then exactly one of
+//! Call order: [`Breaker::allow`] before each request; then at most one of
 //! [`Breaker::on_success`] or [`Breaker::on_failure`] for each request that was allowed.
-//! Server error replies are successes: the node answered.
+//! Server error replies are successes: the node answered. A shared connection that
+//! fails is one failure, however many requests it carried: the caller reports it for
+//! the first of them only.
 
 use std::time::{Duration, Instant};
 
 /// When a node's breaker opens and for how long.
+///
+/// Failures are timeouts, failed connects and connections lost. A shared connection
+/// that is lost counts once, however many requests were in flight on it: a reset
+/// connection (a server-side `CLIENT KILL`, an idle timeout, a proxy restarting) does not
+/// open a healthy node's breaker.
 ///
 /// ```
 /// use std::time::Duration;
