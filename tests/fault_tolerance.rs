@@ -395,6 +395,86 @@ async fn with_full_coverage_required_clusterdown_is_retried_within_the_deadline(
     kill_a_primary_under_writers(true).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusterdown_retries_follow_the_switch_the_attempt_limit_and_the_budget() {
+    // No replicas and full coverage required: once a primary is seen dead, the whole
+    // cluster answers CLUSTERDOWN until it returns.
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_millis(1000))
+        .start()
+        .await
+        .unwrap();
+    let seeds = local.seeds();
+    let build = |b: redcluster::ClusterClientBuilder| {
+        let seeds = seeds.clone();
+        async move {
+            b.nodes(seeds)
+                .response_timeout(Duration::from_secs(20))
+                .retry_backoff(Duration::from_millis(10), Duration::from_millis(20))
+                .health_check_interval(None)
+                .build()
+                .await
+                .unwrap()
+        }
+    };
+    let no_retry = build(ClusterClient::builder().retry_on_cluster_down(false)).await;
+    let two_attempts = build(ClusterClient::builder().cluster_down_retry_attempts(2)).await;
+    let two_in_budget = build(
+        ClusterClient::builder()
+            .cluster_down_retry_attempts(1000)
+            .retry_budget(redcluster::RetryBudgetConfig::new(0.0, 0.0, 2.0)),
+    )
+    .await;
+    let dead = local.masters().await.unwrap()[0];
+    // A key of a live primary: CLUSTERDOWN comes from the cluster's state, not its node.
+    let key = (0..100)
+        .map(|i| format!("down:{{{i}}}"))
+        .find(|k| {
+            let owner = no_retry.node_for_key(k.as_bytes()).unwrap();
+            local.index_of_addr(&owner) != Some(dead)
+        })
+        .unwrap();
+    let key = key.as_str();
+    local.kill(dead).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match no_retry.get::<_, Option<String>>(key).await {
+            Err(Error::ClusterDown(_)) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the cluster never went down: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Switched off: the first CLUSTERDOWN is the answer, with no retry.
+    let before = no_retry.stats().retries;
+    let started = Instant::now();
+    let r = no_retry.get::<_, Option<String>>(key).await;
+    assert!(matches!(r, Err(Error::ClusterDown(_))), "{r:?}");
+    assert_eq!(no_retry.stats().retries, before);
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Two attempts: two retries, then the answer, long before the 20 s deadline.
+    let started = Instant::now();
+    let r = two_attempts.get::<_, Option<String>>(key).await;
+    assert!(matches!(r, Err(Error::ClusterDown(_))), "{r:?}");
+    assert_eq!(two_attempts.stats().retries, 2);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A budget of two retries for the whole client, earning none: ten requests retry
+    // twice in all, then each fails at its first CLUSTERDOWN.
+    let started = Instant::now();
+    for _ in 0..10 {
+        let r = two_in_budget.get::<_, Option<String>>(key).await;
+        assert!(matches!(r, Err(Error::ClusterDown(_))), "{r:?}");
+    }
+    assert_eq!(two_in_budget.stats().retries, 2);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
 /// Three primaries without replicas and with a long node timeout: the cluster never
 /// fails a frozen node over, so the client alone deals with it.
 async fn never_failing_over() -> LocalCluster {
