@@ -252,3 +252,42 @@ async fn waiting_for_a_dedicated_connection_costs_the_request_timeout_not_its_bl
     let got = holder.await.unwrap().unwrap();
     assert_eq!(got, Some(("{q}:held".to_owned(), "job".to_owned())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_blpop_leaves_later_jobs_to_the_next_consumer() {
+    let local = support::cluster(3, 0).await;
+    // One dedicated connection per node: were the dropped BLPOP's connection pooled
+    // again, still blocked on the server, the next BLPOP would get it.
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_connections_per_node(1)
+        .build()
+        .await
+        .unwrap();
+    let key = "{q}:dropped";
+    let blpop = client.query::<Value>(cmd("BLPOP").arg(key).arg(0));
+    let waiting = async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while blocked_clients(&local, &client, key).await == 0 {
+            assert!(Instant::now() < deadline, "the BLPOP never blocked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // The BLPOP blocks on the server; then its future is dropped.
+    tokio::select! {
+        r = blpop => panic!("BLPOP k 0 answered with nothing pushed: {r:?}"),
+        () = waiting => {}
+    }
+    // Its connection is closed, so the server stops blocking it ...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&local, &client, key).await > 0 {
+        assert!(Instant::now() < deadline, "the dropped BLPOP still blocks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ... and a job pushed now waits for the next consumer, who gets it.
+    client.rpush(key, ["job-1"]).await.unwrap();
+    let left: i64 = client.query(cmd("LLEN").arg(key)).await.unwrap();
+    assert_eq!(left, 1, "nobody took the job");
+    let got: Option<(String, String)> = client.query(cmd("BLPOP").arg(key).arg(1)).await.unwrap();
+    assert_eq!(got, Some((key.to_owned(), "job-1".to_owned())));
+}

@@ -1274,8 +1274,34 @@ async fn a_handle_reads_where_it_says_and_the_client_as_before() {
         let v: String = client.get(k.as_str()).await.unwrap();
         assert_eq!(&v, k);
     }
-    assert_eq!(sum(masters, "get").await, 60);
-    assert_eq!(sum(replicas, "get").await, 120);
+    assert_eq!(sum(masters.clone(), "get").await, 60);
+    assert_eq!(sum(replicas.clone(), "get").await, 120);
+
+    // PreferReplica reads from replicas while they serve; RoundRobin from all in turn.
+    for k in &keys {
+        let v: String = client
+            .with_read_from(ReadFrom::PreferReplica)
+            .get(k.as_str())
+            .await
+            .unwrap();
+        assert_eq!(&v, k);
+    }
+    assert_eq!(sum(replicas.clone(), "get").await, 180);
+    assert_eq!(sum(masters.clone(), "get").await, 60);
+    let round_robin = client.with_read_from(ReadFrom::RoundRobin);
+    for k in &keys {
+        let v: String = round_robin.get(k.as_str()).await.unwrap();
+        assert_eq!(&v, k);
+    }
+    let (to_replicas, to_masters) = (
+        sum(replicas, "get").await - 180,
+        sum(masters, "get").await - 60,
+    );
+    assert_eq!(to_replicas + to_masters, 60);
+    assert!(
+        to_replicas >= 10 && to_masters >= 10,
+        "in turn: {to_replicas} to replicas, {to_masters} to primaries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
