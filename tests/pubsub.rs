@@ -1,6 +1,7 @@
 //! Pub/Sub against real local clusters: sharded subscriptions spread over every primary,
-//! following a slot move and a killed primary; a classic subscription whose node dies;
-//! a slow consumer at the queue's bound; RESP2.
+//! following a slot move and a killed primary; a classic subscription whose node dies,
+//! or freezes (found by the subscriber's own PING); a slow consumer at the queue's
+//! bound; RESP2.
 //!
 //! Every wait polls a real condition (an event, a server-side count) with a deadline.
 
@@ -534,4 +535,43 @@ fn a_subscriber_can_move_between_tasks() {
     fn check<T: Send + Sync + Unpin + 'static>() {}
     check::<Subscriber>();
     check::<PubSubEvent>();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_subscription_on_a_frozen_node_moves_after_an_unanswered_ping() {
+    // No replicas and a long node timeout: the cluster does nothing about the frozen
+    // node; the subscriber's own PING finds it out.
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let config = SubscriberConfig::default().ping_interval(Duration::from_millis(200));
+    let mut sub = client.subscriber_with(config).await.unwrap();
+    sub.subscribe(["ticks"]).await.unwrap();
+    let holders = classic_holders(&local, "ticks").await;
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let victim = holders[0];
+    local.pause(victim).unwrap();
+    let started = Instant::now();
+    let want: HashSet<Bytes> = [b("ticks")].into_iter().collect();
+    expect_gap(&mut sub, &want, false, Duration::from_secs(10)).await;
+    let noticed = started.elapsed();
+    // Published on a live node; the cluster bus brings it to the new holder.
+    let live = (0..3).find(|&i| i != victim).unwrap();
+    let node = local.connect_node(live).await.unwrap();
+    node.send(cmd("PUBLISH").arg("ticks").arg("after"))
+        .await
+        .unwrap();
+    expect_messages(
+        &mut sub,
+        &[(b("ticks"), b("after"))],
+        Duration::from_secs(10),
+    )
+    .await;
+    local.resume(victim).unwrap();
+    println!("the frozen holder was left after {noticed:?}");
+    assert!(noticed < Duration::from_secs(5), "{noticed:?}");
 }
