@@ -952,6 +952,44 @@ async fn unreachable_seeds_fail_within_the_connect_timeout_naming_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_seed_costs_the_build_its_connect_timeout_at_most() {
+    let local = never_failing_over().await;
+    let seeds = local.seeds();
+    local.pause(0).unwrap();
+    // Frozen, the first seed accepts the TCP connection (the kernel does) and never
+    // answers the handshake: only the connect timeout ends it.
+    for frozen_alone in [false, true] {
+        let nodes = if frozen_alone {
+            vec![seeds[0].clone()]
+        } else {
+            seeds.clone()
+        };
+        let started = Instant::now();
+        let built = ClusterClient::builder()
+            .nodes(nodes)
+            .connect_timeout(Duration::from_millis(700))
+            .response_timeout(Duration::from_secs(30))
+            .build()
+            .await;
+        let took = started.elapsed();
+        if frozen_alone {
+            let err = built.unwrap_err();
+            assert!(took >= Duration::from_millis(700), "{took:?}");
+            assert!(took < Duration::from_secs(4), "{took:?}: {err}");
+        } else {
+            let client = built.unwrap();
+            assert!(took < Duration::from_secs(3), "{took:?}");
+            let key = (0..100)
+                .map(|i| format!("seed:{{{i}}}"))
+                .find(|k| client.node_for_key(k.as_bytes()).as_deref() != Some(&*seeds[0]))
+                .unwrap();
+            client.set(key.as_str(), "v").await.unwrap();
+        }
+    }
+    local.resume(0).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
     let local = LocalCluster::builder().start().await.unwrap();
     let client = ClusterClient::builder()
