@@ -382,6 +382,14 @@ async fn acl_users_get_their_keys_and_noperm_elsewhere() {
     // Wrong password for an ACL user: Error::Auth at connect time.
     let err = as_user(&local, "app", "wrong").build().await.unwrap_err();
     assert!(matches!(err, Error::Auth(_)), "{err:?}");
+
+    // The user and password in a seed URL, as the seed's connection strings give them:
+    // every connection is the app user's, and NOPERM shows it.
+    let url = format!("redis://app:apppass@{}", local.seeds()[0]);
+    let from_url = ClusterClient::builder().nodes([url]).build().await.unwrap();
+    crud(&from_url, "app:url:").await;
+    let err = from_url.set("other:2", "x").await.unwrap_err();
+    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
