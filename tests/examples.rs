@@ -120,6 +120,10 @@ fn run_example(binary: &Path, env: &[(&str, String)]) -> Result<(Duration, Strin
         "REDIS_PASSWORD",
         "REDIS_USERNAME",
         "REDIS_TLS",
+        "REDIS_TLS_CA",
+        "REDIS_TLS_CERT",
+        "REDIS_TLS_KEY",
+        "REDIS_TLS_SERVER_NAME",
         "REDIS_RENAMED_COMMANDS",
     ] {
         command.env_remove(var);
@@ -251,4 +255,61 @@ fn an_example_reaches_announced_host_names_through_the_environment_remap() {
         started.elapsed().as_secs_f64()
     );
     assert!(err.contains("exited with"), "{err}");
+}
+
+/// The examples reach a mutual-TLS cluster that wants a password, configured by the
+/// environment alone (`REDIS_TLS*`, `REDIS_USERNAME`, `REDIS_PASSWORD`), as a deployment
+/// would configure a service.
+#[test]
+fn an_example_reaches_a_tls_cluster_with_a_password_through_the_environment() {
+    let (target_dir, profile_dir) = target_dirs();
+    build_examples(&target_dir, &profile_dir);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let local = runtime.block_on(async {
+        redcluster::testkit::LocalCluster::builder()
+            .masters(3)
+            .replicas_per_master(0)
+            .tls(true)
+            .config("requirepass", "env-secret")
+            .start()
+            .await
+            .unwrap()
+    });
+    let path = |p: Option<&Path>| p.unwrap().to_string_lossy().into_owned();
+    let env = [
+        ("REDIS_CLUSTER_NODES", local.seeds().join(",")),
+        ("REDIS_TLS", "true".to_owned()),
+        ("REDIS_TLS_CA", path(local.ca_cert_path())),
+        ("REDIS_TLS_CERT", path(local.client_cert_path())),
+        ("REDIS_TLS_KEY", path(local.client_key_path())),
+        ("REDIS_USERNAME", "default".to_owned()),
+        ("REDIS_PASSWORD", "env-secret".to_owned()),
+    ];
+    let binary = profile_dir.join("examples").join("quickstart");
+    let (elapsed, stdout) = run_example(&binary, &env).unwrap_or_else(|why| panic!("{why}"));
+    eprintln!("quickstart over TLS: {:.1} s", elapsed.as_secs_f64());
+    assert!(
+        stdout.contains("using the cluster in REDIS_CLUSTER_NODES"),
+        "{stdout}"
+    );
+    // Each variable counts: without the password, or without the client certificate
+    // the nodes require, the example fails.
+    for (missing, why) in [
+        ("REDIS_PASSWORD", "Auth("),
+        ("REDIS_TLS_CERT", "no client certificate"),
+    ] {
+        let fewer: Vec<(&str, String)> = env
+            .iter()
+            .filter(|(k, _)| {
+                *k != missing && (missing != "REDIS_TLS_CERT" || *k != "REDIS_TLS_KEY")
+            })
+            .cloned()
+            .collect();
+        let err = run_example(&binary, &fewer).unwrap_err();
+        assert!(
+            err.contains("exited with") && err.contains(why),
+            "without {missing}: {err}"
+        );
+        assert!(!err.contains("env-secret"), "the password leaked: {err}");
+    }
 }
