@@ -17,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use redcluster::testkit::{LocalCluster, LocalClusterBuilder};
+
 /// Longest time one example may run.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -213,19 +215,23 @@ fn every_example_runs_against_a_local_cluster() {
 /// resolve (as the `docker/` nodes do, `redis-cluster-N:6379`) through
 /// `REDIS_CLUSTER_NODES` and `REDIS_ADDRESS_REMAP`, the way `docker/README.md` tells
 /// users to run them from the host.
-#[test]
-fn an_example_reaches_announced_host_names_through_the_environment_remap() {
+/// The examples built, and a 3-master cluster started with `configure`: the quickstart
+/// binary, the runtime the cluster lives on, and the cluster.
+fn quickstart_and_cluster(
+    configure: impl FnOnce(LocalClusterBuilder) -> LocalClusterBuilder,
+) -> (PathBuf, tokio::runtime::Runtime, LocalCluster) {
     let (target_dir, profile_dir) = target_dirs();
     build_examples(&target_dir, &profile_dir);
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let local = runtime.block_on(async {
-        redcluster::testkit::LocalCluster::builder()
-            .masters(3)
-            .replicas_per_master(0)
-            .start()
-            .await
-            .unwrap()
-    });
+    let builder = LocalCluster::builder().masters(3).replicas_per_master(0);
+    let local = runtime.block_on(configure(builder).start()).unwrap();
+    let binary = profile_dir.join("examples").join("quickstart");
+    (binary, runtime, local)
+}
+
+#[test]
+fn an_example_reaches_announced_host_names_through_the_environment_remap() {
+    let (binary, runtime, local) = quickstart_and_cluster(|b| b);
     let remap = runtime.block_on(support::announce_hostnames(&local, 3, |i| {
         format!("redis-cluster-{i}.invalid")
     }));
@@ -237,7 +243,6 @@ fn an_example_reaches_announced_host_names_through_the_environment_remap() {
         ("REDIS_CLUSTER_NODES", local.seeds().join(",")),
         ("REDIS_ADDRESS_REMAP", pairs.join(",")),
     ];
-    let binary = profile_dir.join("examples").join("quickstart");
     let (elapsed, stdout) = run_example(&binary, &env).unwrap_or_else(|why| panic!("{why}"));
     eprintln!(
         "quickstart through the remap: {:.1} s",
@@ -262,19 +267,8 @@ fn an_example_reaches_announced_host_names_through_the_environment_remap() {
 /// would configure a service.
 #[test]
 fn an_example_reaches_a_tls_cluster_with_a_password_through_the_environment() {
-    let (target_dir, profile_dir) = target_dirs();
-    build_examples(&target_dir, &profile_dir);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let local = runtime.block_on(async {
-        redcluster::testkit::LocalCluster::builder()
-            .masters(3)
-            .replicas_per_master(0)
-            .tls(true)
-            .config("requirepass", "env-secret")
-            .start()
-            .await
-            .unwrap()
-    });
+    let (binary, _runtime, local) =
+        quickstart_and_cluster(|b| b.tls(true).config("requirepass", "env-secret"));
     let path = |p: Option<&Path>| p.unwrap().to_string_lossy().into_owned();
     let env = [
         ("REDIS_CLUSTER_NODES", local.seeds().join(",")),
@@ -285,7 +279,6 @@ fn an_example_reaches_a_tls_cluster_with_a_password_through_the_environment() {
         ("REDIS_USERNAME", "default".to_owned()),
         ("REDIS_PASSWORD", "env-secret".to_owned()),
     ];
-    let binary = profile_dir.join("examples").join("quickstart");
     let (elapsed, stdout) = run_example(&binary, &env).unwrap_or_else(|why| panic!("{why}"));
     eprintln!("quickstart over TLS: {:.1} s", elapsed.as_secs_f64());
     assert!(
