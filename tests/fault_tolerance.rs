@@ -541,6 +541,39 @@ async fn connections_killed_under_writers_resend_sets_and_never_run_an_increment
     every_acknowledged_write_is_stored(&client, &outcomes).await;
 }
 
+/// A lost connection counts once (see the test above), but a node that drops every
+/// connection before it answers still opens its breaker: one failure per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_drops_every_connection_still_opens_its_breaker() {
+    let fake = FakeCluster::start(|args, _| match args[0].as_str() {
+        "GET" => Action::Drop,
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .response_timeout(Duration::from_secs(5))
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .health_check_interval(None)
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(3)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .unwrap();
+    // GET is resent on a new connection each time, and each is dropped.
+    let err = client.get::<_, Option<String>>("k").await.unwrap_err();
+    let breaker = client.health().nodes[0].breaker;
+    assert_eq!(breaker, BreakerState::Open, "{err:?}");
+    assert!(fake.count("GET") >= 3, "{}", fake.count("GET"));
+    let started = Instant::now();
+    let err = client.get::<_, Option<String>>("k").await.unwrap_err();
+    assert!(matches!(err, Error::CircuitOpen { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline() {
     let local = never_failing_over().await;

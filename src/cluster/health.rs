@@ -106,23 +106,26 @@ impl Inner {
             .min(interval.max(Duration::from_secs(1)));
         let deadline = crate::deadline::from_now(timeout);
         let started = Instant::now();
-        let failure = match node.connection(deadline).await {
-            Ok(conn) => match conn.send_timeout(cmd("PING"), timeout).await {
-                Ok(Value::ServerError(e)) => {
-                    tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
-                    None
-                }
-                Ok(_) => None,
-                Err(e) => {
-                    tracing::debug!(node = %node.addr, error = %e, "health check failed");
-                    Some(e)
-                }
-            },
-            Err(e) => Some(e),
+        let conn = match node.connection(deadline).await {
+            Ok(conn) => conn,
+            Err(e) => return self.record(node, Some(&e)),
+        };
+        let failure = match conn.send_timeout(cmd("PING"), timeout).await {
+            Ok(Value::ServerError(e)) => {
+                tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
+                None
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(node = %node.addr, error = %e, "health check failed");
+                Some(e)
+            }
         };
         if failure.is_none() {
             node.observe_latency(started.elapsed());
         }
-        self.record(node, failure.as_ref());
+        // On the shared connection: its loss counts once, whoever sees it first.
+        let outcome = failure.map_or(Ok(()), Err);
+        self.record_on(node, &conn, &outcome);
     }
 }

@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 
 /// When a node's breaker opens and for how long.
 ///
-/// Failures are timeouts, failed connects and connections lost. A shared connection
-/// that is lost counts once, however many requests were in flight on it: a reset
-/// connection (a server-side `CLIENT KILL`, an idle timeout, a proxy restarting) does not
-/// open a healthy node's breaker.
+/// Failures are timeouts, failed connects, connections lost and replies that are not
+/// RESP. A shared connection that is lost counts once, however many requests were in
+/// flight on it: a reset connection (a server-side `CLIENT KILL`, an idle timeout, a
+/// proxy restarting) does not open a healthy node's breaker. The failure rate therefore
+/// sees a node that keeps resetting connections as one failure per connection, against
+/// the requests answered in between; one that drops every connection before answering
+/// opens after `consecutive_failures` of them.
 ///
 /// ```
 /// use std::time::Duration;
