@@ -467,9 +467,7 @@ async fn scripts_run_by_digest_and_send_their_source_only_where_a_node_lacks_the
         .unwrap();
     let add = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
     let key = "script:{a}:visits";
-    let owner = local
-        .index_of_addr(&client.node_for_key(key.as_bytes()).unwrap())
-        .unwrap();
+    let owner = support::owner_index(&local, &client, key);
 
     // The owner does not know the digest yet: it gets the source once, and the script
     // runs once.
@@ -596,9 +594,7 @@ async fn read_only_scripts_are_served_by_replicas_and_may_not_write() {
         .await
         .unwrap();
     let key = "script:{ro}:name";
-    let owner = local
-        .index_of_addr(&client.node_for_key(key.as_bytes()).unwrap())
-        .unwrap();
+    let owner = support::owner_index(&local, &client, key);
     let replica = local.replicas_of(owner).await.unwrap()[0];
     // Written with one replica's acknowledgement, so the replica has it when read.
     let ((), acknowledged) = client

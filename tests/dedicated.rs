@@ -197,13 +197,7 @@ async fn several_multiplexed_connections_per_node_share_the_load() {
 
 /// `blocked_clients` of the node serving `key`, from `INFO clients`.
 async fn blocked_clients(local: &LocalCluster, client: &ClusterClient, key: &str) -> u64 {
-    let addr = client.node_for_key(key.as_bytes()).unwrap();
-    let index = local
-        .nodes()
-        .into_iter()
-        .find(|n| n.addr() == addr)
-        .unwrap()
-        .index;
+    let index = support::owner_index(local, client, key);
     support::info_field(local, index, "clients", "blocked_clients")
         .await
         .unwrap()

@@ -430,10 +430,7 @@ async fn clusterdown_retries_follow_the_switch_the_attempt_limit_and_the_budget(
     // A key of a live primary: CLUSTERDOWN comes from the cluster's state, not its node.
     let key = (0..100)
         .map(|i| format!("down:{{{i}}}"))
-        .find(|k| {
-            let owner = no_retry.node_for_key(k.as_bytes()).unwrap();
-            local.index_of_addr(&owner) != Some(dead)
-        })
+        .find(|k| support::owner_index(&local, &no_retry, k) != dead)
         .unwrap();
     let key = key.as_str();
     local.kill(dead).unwrap();
@@ -586,9 +583,7 @@ async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline
         .unwrap();
     let key = "deadline:{a}";
     client.set(key, "v").await.unwrap();
-    let owner = local
-        .index_of_addr(&client.node_for_key(key.as_bytes()).unwrap())
-        .unwrap();
+    let owner = support::owner_index(&local, &client, key);
     let patient = client.with_response_timeout(Duration::from_secs(20));
     let hasty = client.with_response_timeout(Duration::from_millis(100));
     assert_eq!(patient.response_timeout(), Duration::from_secs(20));
@@ -1321,9 +1316,7 @@ async fn a_handle_reads_where_it_says_and_the_client_as_before() {
         .query::<Value>(cmd("XADD").arg(stream).arg("*").arg("f").arg("v"))
         .await
         .unwrap();
-    let owner = local
-        .index_of_addr(&client.node_for_key(stream.as_bytes()).unwrap())
-        .unwrap();
+    let owner = support::owner_index(&local, &client, stream);
     let mut p = lagging_ok.pipeline();
     p.add(
         cmd("XREAD")

@@ -113,3 +113,14 @@ pub async fn calls(local: &redcluster::testkit::LocalCluster, index: usize, name
         .await
         .unwrap_or(0)
 }
+
+/// The index in `local` of the node `client` sends `key` to (its slot's primary, as the
+/// client's slot map has it).
+pub fn owner_index(
+    local: &redcluster::testkit::LocalCluster,
+    client: &redcluster::ClusterClient,
+    key: &str,
+) -> usize {
+    let addr = client.node_for_key(key.as_bytes()).expect("a routed slot");
+    local.index_of_addr(&addr).expect("a node of the cluster")
+}
