@@ -1549,14 +1549,7 @@ mod tests {
 
     #[test]
     fn lowest_latency_spreads_over_nodes_about_as_fast() {
-        let settings = Arc::new(crate::cluster::node::NodeSettings {
-            announced: Default::default(),
-            options: crate::ConnectOptions::default(),
-            multiplexed: 1,
-            dedicated: 1,
-            breaker: crate::CircuitBreakerConfig::default(),
-            probe_timeout: std::time::Duration::from_secs(5),
-        });
+        let settings = Arc::new(crate::cluster::node::NodeSettings::for_tests());
         let node = |addr: &str, us: u64| {
             let n = Arc::new(Node::new(Arc::from(addr), true, Arc::clone(&settings)));
             if us > 0 {

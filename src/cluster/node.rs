@@ -79,6 +79,19 @@ impl Announced {
 }
 
 impl NodeSettings {
+    /// One multiplexed and one dedicated connection per node, defaults otherwise.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> NodeSettings {
+        NodeSettings {
+            options: ConnectOptions::default(),
+            announced: Announced::default(),
+            multiplexed: 1,
+            dedicated: 1,
+            breaker: CircuitBreakerConfig::default(),
+            probe_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+
     /// The options of a connection to the node reached at `addr`.
     pub(crate) fn options_for(&self, addr: &str, read_only: bool) -> ConnectOptions {
         let mut options = self.options.clone().read_only(read_only);

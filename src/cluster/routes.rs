@@ -153,14 +153,7 @@ mod tests {
     }
 
     fn registry() -> NodeRegistry {
-        NodeRegistry::new(NodeSettings {
-            announced: Default::default(),
-            options: crate::ConnectOptions::default(),
-            multiplexed: 1,
-            dedicated: 1,
-            breaker: crate::CircuitBreakerConfig::default(),
-            probe_timeout: std::time::Duration::from_secs(5),
-        })
+        NodeRegistry::new(NodeSettings::for_tests())
     }
 
     /// Two shards, or three with `n:1` (a node that joins and leaves).
