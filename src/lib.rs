@@ -66,7 +66,10 @@
 //!   topology refresh is asked for. `ASK`: the request is sent once more to the named
 //!   node, preceded by `ASKING`; the map is left alone. At most `max_redirects` (16).
 //! - `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`: retried with exponential
-//!   backoff and jitter. These mean the command did not run.
+//!   backoff and jitter. These mean the command did not run. A replica that answers a
+//!   read with `LOADING` (a full resync) or `MASTERDOWN` (cut off from its primary, with
+//!   `replica-serve-stale-data no`) may do so for minutes: the read goes to the primary
+//!   at once instead, as one retry.
 //! - **The retry rule.** A request that was never written (the connection could not be
 //!   opened, or died before the write) is always safe to send again, and is. A request
 //!   that may have reached the server (the connection died after the write) is sent

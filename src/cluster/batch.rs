@@ -338,6 +338,13 @@ impl Inner {
                             };
                             resend.push((Entry { meta, cmd: command }, why));
                         }
+                        ErrorAction::BackOff if node.read_only => {
+                            // As for a single command: a replica that refuses for a
+                            // while (loading, cut off from its primary) sends the read
+                            // to the primary, at once.
+                            let meta = Meta { read: None, ..meta };
+                            resend.push((Entry { meta, cmd: command }, Resend::Now));
+                        }
                         ErrorAction::ClusterDown | ErrorAction::BackOff => {
                             resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff(wait)));
                         }

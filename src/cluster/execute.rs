@@ -656,6 +656,13 @@ impl Inner {
                     };
                     *done += 1;
                     redirect = None;
+                    if node.read_only && matches!(action, ErrorAction::BackOff) {
+                        // A replica loading a full resync or cut off from its primary
+                        // (`MASTERDOWN`) may refuse for minutes; the primary can answer
+                        // now.
+                        primary_only = true;
+                        continue;
+                    }
                     back_off(delay).await;
                 }
             }
