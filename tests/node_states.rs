@@ -243,3 +243,83 @@ async fn a_replica_cut_off_from_its_primary_sends_reads_to_the_primary() {
     assert_eq!(read.as_deref(), Some("v"));
     assert_eq!(calls(&local, replica, "get").await, replica_gets + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_busy_with_a_script_refuses_typed_and_one_script_kill_frees_it() {
+    let local = LocalCluster::builder()
+        .config("busy-reply-threshold", "100")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .build()
+        .await
+        .unwrap();
+    let key = "busy:{k}";
+    let busy = local
+        .master_of_slot(key_slot(key.as_bytes()))
+        .await
+        .unwrap();
+    let elsewhere = (0..100)
+        .map(|i| format!("busy:{{{i}}}"))
+        .find(|k| support::owner_index(&local, &client, k) != busy)
+        .unwrap();
+    client.set(key, "v").await.unwrap();
+
+    // No script runs: SCRIPT KILL goes to every primary and none has one to kill.
+    let r = client.query::<Value>(cmd("SCRIPT").arg("KILL")).await;
+    assert!(
+        matches!(&r, Err(e) if e.server_code() == Some("NOTBUSY")),
+        "{r:?}"
+    );
+
+    // A script that never ends, on one primary.
+    let runner = local.connect_node(busy).await.unwrap();
+    let script = tokio::spawn(async move {
+        runner
+            .send_timeout(
+                cmd("EVAL").arg("while true do end").arg(0),
+                Duration::from_secs(30),
+            )
+            .await
+    });
+    let probe = local.connect_node(busy).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match probe.send(cmd("PING")).await.unwrap() {
+            Value::ServerError(e) if e.code() == "BUSY" => break,
+            other => assert!(Instant::now() < deadline, "never BUSY: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Its node's requests get the typed refusal, unretried; the other nodes' are
+    // served. A refusal is an answer: the node's breaker stays closed after more of
+    // them than `consecutive_failures`.
+    let retries = client.stats().retries;
+    for _ in 0..10 {
+        let r = client.get::<_, Option<String>>(key).await;
+        assert!(
+            matches!(&r, Err(e) if e.server_code() == Some("BUSY")),
+            "{r:?}"
+        );
+    }
+    assert_eq!(client.stats().retries, retries);
+    let health = client.health();
+    let node = health.node(&local.node_addr(busy)).unwrap();
+    assert_eq!(node.breaker, redcluster::BreakerState::Closed);
+    client.set(elsewhere.as_str(), "w").await.unwrap();
+
+    // One SCRIPT KILL across the cluster: the busy node kills its script (the others
+    // answer NOTBUSY), and the node serves again.
+    let killed: Value = client.query(cmd("SCRIPT").arg("KILL")).await.unwrap();
+    assert_eq!(killed, Value::Simple("OK".into()));
+    let ended = script.await.unwrap().unwrap();
+    assert!(
+        matches!(&ended, Value::ServerError(e) if e.to_string().contains("killed")),
+        "{ended:?}"
+    );
+    let read: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(read.as_deref(), Some("v"));
+}
