@@ -690,6 +690,140 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
     );
 }
 
+/// One request to a primary that `local` freezes for the request (`fail`: it times out)
+/// or leaves running (it is answered); what the breaker sees, one at a time.
+async fn request_to(local: &LocalCluster, client: &ClusterClient, node: usize, fail: bool) {
+    if fail {
+        local.pause(node).unwrap();
+        let r = client.get::<_, Option<i64>>("flaky").await;
+        local.resume(node).unwrap();
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    } else {
+        assert_eq!(
+            client.get::<_, Option<i64>>("flaky").await.unwrap(),
+            Some(1)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_failing_every_other_request_opens_its_breaker_by_rate_within_a_window() {
+    let local = never_failing_over().await;
+    // Never by failures in a row: only the rate can open it.
+    let breaker = CircuitBreakerConfig::default()
+        .consecutive_failures(1000)
+        .failure_rate(0.5, 10)
+        .open_for(Duration::from_secs(60));
+    let build = |window: Duration| {
+        ClusterClient::builder()
+            .nodes(local.seeds())
+            .response_timeout(Duration::from_millis(150))
+            .max_retries(0)
+            .health_check_interval(None)
+            .circuit_breaker(breaker.window(window))
+            .build()
+    };
+    let client = build(Duration::from_secs(60)).await.unwrap();
+    client.set("flaky", 1).await.unwrap();
+    let node = local.master_of_slot(key_slot(b"flaky")).await.unwrap();
+    let addr = local.node_addr(node);
+    let breaker_of = |client: &ClusterClient| client.health().node(&addr).unwrap().breaker;
+
+    // Failure, success, ...: counting starts at the first failure. After ten requests,
+    // five failed: 50 %, but the rate is checked as a failure comes. The sixth failure
+    // (6 of 11) opens it.
+    for i in 0..10 {
+        request_to(&local, &client, node, i % 2 == 0).await;
+        assert_eq!(breaker_of(&client), BreakerState::Closed, "request {i}");
+    }
+    request_to(&local, &client, node, true).await;
+    assert_eq!(breaker_of(&client), BreakerState::Open);
+    let r = client.get::<_, Option<i64>>("flaky").await;
+    assert!(
+        matches!(&r, Err(Error::CircuitOpen { node }) if *node == addr),
+        "{r:?}"
+    );
+
+    // The same ten with a window shorter than the wait before the eleventh: the window
+    // that counted them has ended, and one failure of one request is below the 10
+    // requests a rate needs.
+    let window = Duration::from_millis(1500);
+    let client = build(window).await.unwrap();
+    let started = Instant::now();
+    for i in 0..10 {
+        request_to(&local, &client, node, i % 2 == 0).await;
+    }
+    // The window is what this waits for: its end is the point of the test.
+    assert!(
+        started.elapsed() < window,
+        "ten requests took the whole window"
+    );
+    tokio::time::sleep_until(started + window).await;
+    request_to(&local, &client, node, true).await;
+    assert_eq!(breaker_of(&client), BreakerState::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_go_to_the_primary_while_the_replicas_breaker_is_open() {
+    let local = LocalCluster::builder()
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .response_timeout(Duration::from_millis(200))
+        .health_check_interval(None)
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_secs(60)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let key = "replica-breaker";
+    let primary = local
+        .master_of_slot(key_slot(key.as_bytes()))
+        .await
+        .unwrap();
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    client.set(key, "v").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client
+        .get::<_, Option<String>>(key)
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "never replicated");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    local.pause(replica).unwrap();
+    // Two reads time out on the frozen replica (a read that timed out is not resent:
+    // its deadline has passed) and open its breaker.
+    for _ in 0..2 {
+        let r = client.get::<_, Option<String>>(key).await;
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    }
+    let replica_addr = local.node_addr(replica);
+    assert_eq!(
+        client.health().node(&replica_addr).unwrap().breaker,
+        BreakerState::Open
+    );
+    // Then reads go to the primary, at once, while the replica is still frozen.
+    let primary_gets = calls(&local, primary, "get").await;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let read: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(read.as_deref(), Some("v"));
+        assert!(started.elapsed() < Duration::from_millis(200));
+    }
+    assert_eq!(calls(&local, primary, "get").await, primary_gets + 5);
+    local.resume(replica).unwrap();
+}
+
 /// How long the frozen-primary test freezes its node: several response timeouts, so that
 /// the breaker opens, probes, and opens again, and short of the cluster's node timeout.
 const FREEZE: Duration = Duration::from_secs(3);
