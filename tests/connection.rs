@@ -1,7 +1,7 @@
 //! The node connection against a real server: coalesced writes, RESP3 and RESP2, push
 //! frames between replies, a connection killed by the server under a pending request,
 //! requests that expire or are abandoned while held back (cut from the queued bytes,
-//! never run).
+//! never run), TCP keepalive as the kernel reports it.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -343,4 +343,76 @@ async fn requests_expired_or_abandoned_while_held_back_never_run_and_the_rest_st
         conn.send(cmd("ECHO").arg("in step")).await.unwrap(),
         Value::Bulk("in step".into())
     );
+}
+
+/// The `timer` column of the `/proc/net/tcp` line of the local connection from `port` to
+/// `server_port`: `(kind, clock ticks until it fires)`. Kind 2 is the socket's own timer,
+/// which an idle established connection has pending only for TCP keepalive.
+fn tcp_timer(port: u16, server_port: u16) -> (u8, u64) {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port_of = |field: &str| u16::from_str_radix(field.rsplit_once(':').unwrap().1, 16).unwrap();
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| port_of(f[1]) == port && port_of(f[2]) == server_port)
+        .map(|f| {
+            let (kind, when) = f[5].split_once(':').unwrap();
+            (
+                u8::from_str_radix(kind, 16).unwrap(),
+                u64::from_str_radix(when, 16).unwrap(),
+            )
+        })
+        .unwrap_or_else(|| panic!("no connection {port} -> {server_port} in {table}"))
+}
+
+#[tokio::test]
+async fn tcp_keepalive_arms_each_connections_keepalive_timer_with_the_idle_time_given() {
+    let local = one_node().await;
+    let server_port: u16 = local
+        .node_addr(0)
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    let build = |name: &str, keepalive: Option<Duration>| {
+        redcluster::ClusterClient::builder()
+            .nodes(local.seeds())
+            .client_name(name)
+            .tcp_keepalive(keepalive)
+            .build()
+    };
+    let with = build("keepalive-7s", Some(Duration::from_secs(7)))
+        .await
+        .unwrap();
+    let without = build("no-keepalive", None).await.unwrap();
+    for client in [&with, &without] {
+        client.set("k", 1).await.unwrap();
+    }
+    let admin = connect(&local.node_addr(0)).await;
+    let list = String::from_value(admin.send(cmd("CLIENT").arg("LIST")).await.unwrap()).unwrap();
+    let ports = |name: &str| -> Vec<u16> {
+        list.lines()
+            .filter(|l| l.split(' ').any(|f| f == format!("name={name}")))
+            .map(|l| {
+                let addr = l.split(' ').find_map(|f| f.strip_prefix("addr=")).unwrap();
+                addr.rsplit_once(':').unwrap().1.parse().unwrap()
+            })
+            .collect()
+    };
+    let (on, off) = (ports("keepalive-7s"), ports("no-keepalive"));
+    assert!(!on.is_empty() && !off.is_empty(), "{list}");
+    for port in on {
+        let (kind, ticks) = tcp_timer(port, server_port);
+        // 7 s at 100 ticks a second, less the moment since the connection was last used.
+        assert_eq!(kind, 2, "connection from {port}: no keepalive timer");
+        assert!(
+            ticks <= 700,
+            "connection from {port}: keepalive in {ticks} ticks"
+        );
+    }
+    for port in off {
+        assert_eq!(tcp_timer(port, server_port).0, 0, "connection from {port}");
+    }
 }
