@@ -1,7 +1,8 @@
 //! Pub/Sub against real local clusters: sharded subscriptions spread over every primary,
 //! following a slot move and a killed primary; a classic subscription whose node dies,
 //! or freezes (found by the subscriber's own PING); a slow consumer at the queue's
-//! bound; RESP2.
+//! bound; RESP2; `PUNSUBSCRIBE`; a subscribe that times out on a frozen primary and is
+//! made when it thaws.
 //!
 //! Every wait polls a real condition (an event, a server-side count) with a deadline.
 
@@ -574,4 +575,103 @@ async fn a_classic_subscription_on_a_frozen_node_moves_after_an_unanswered_ping(
     local.resume(victim).unwrap();
     println!("the frozen holder was left after {noticed:?}");
     assert!(noticed < Duration::from_secs(5), "{noticed:?}");
+}
+
+/// The next message event (others skipped), within `within`.
+async fn next_message(sub: &mut Subscriber, within: Duration) -> redcluster::Message {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(PubSubEvent::Message(m))) => return m,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the subscriber's stream ended"),
+            Err(_) => panic!("no message within {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn punsubscribe_ends_a_pattern_and_leaves_the_rest() {
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    sub.psubscribe(["pt.*", "other.*"]).await.unwrap();
+    sub.subscribe(["marker"]).await.unwrap();
+    let publisher = local.connect_node(0).await.unwrap();
+    let publish = |channel: &'static str, payload: &'static str| {
+        let publisher = &publisher;
+        async move {
+            publisher
+                .send(cmd("PUBLISH").arg(channel).arg(payload))
+                .await
+                .unwrap();
+        }
+    };
+    publish("pt.a", "1").await;
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.pattern), (b("pt.a"), Some(b("pt.*"))));
+
+    // One node relays one publisher's messages in order: once the marker is here, a
+    // message to the pattern would have come first.
+    sub.punsubscribe(["pt.*"]).await.unwrap();
+    publish("pt.b", "2").await;
+    publish("other.b", "3").await;
+    publish("marker", "4").await;
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.pattern), (b("other.b"), Some(b("other.*"))));
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.pattern), (b("marker"), None));
+
+    // No patterns named: every pattern goes; the channel stays.
+    sub.punsubscribe(Vec::<String>::new()).await.unwrap();
+    for node in 0..3 {
+        let conn = local.connect_node(node).await.unwrap();
+        let numpat = conn.send(cmd("PUBSUB").arg("NUMPAT")).await.unwrap();
+        assert_eq!(numpat, Value::Int(0), "patterns left on node {node}");
+    }
+    publish("other.c", "5").await;
+    publish("marker", "6").await;
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.payload), (b("marker"), b("6")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_to_a_frozen_primary_times_out_and_is_made_when_it_thaws() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let timeout = Duration::from_millis(300);
+    let config = SubscriberConfig::default().subscribe_timeout(timeout);
+    let mut sub = client.subscriber_with(config).await.unwrap();
+    let channel = "orders:{frozen}";
+    let owner = local
+        .master_of_slot(key_slot(channel.as_bytes()))
+        .await
+        .unwrap();
+    local.pause(owner).unwrap();
+    let started = Instant::now();
+    let r = sub.ssubscribe([channel]).await;
+    let took = started.elapsed();
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(
+        took >= timeout && took < timeout + Duration::from_secs(1),
+        "{took:?}"
+    );
+
+    // Still asked for: made once the node answers, with no second call.
+    local.resume(owner).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.spublish(channel, "first").await.unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the subscription was never made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!(
+        (m.channel, m.payload, m.sharded),
+        (b(channel), b("first"), true)
+    );
 }
