@@ -332,11 +332,22 @@ impl CommandInfo {
         self.has_flags(flag::WRITE)
     }
 
-    /// What `durable_writes` follows with a `WAIT`: a write, or a script or function
-    /// call that may write (`EVAL`, `EVALSHA`, `FCALL`; not their `_RO` forms), which the
-    /// table does not flag as writes since whether they write depends on their code.
+    /// What `durable_writes` follows with a `WAIT`: a write, or a command not flagged
+    /// either way whose key specs say it may change its keys. That is how the server
+    /// describes a script or function call (`EVAL`, `EVALSHA`, `FCALL`; not their `_RO`
+    /// forms), whose writing depends on its code, and it holds for module commands
+    /// learned from `COMMAND INFO` too. (`PFCOUNT` updates a cached count, but is flagged
+    /// read-only.)
     pub(crate) fn is_durable_write(&self) -> bool {
-        self.is_write() || matches!(&*self.name, "eval" | "evalsha" | "fcall")
+        const MAY_CHANGE: u16 = key_flag::RW
+            | key_flag::OW
+            | key_flag::RM
+            | key_flag::INSERT
+            | key_flag::UPDATE
+            | key_flag::DELETE;
+        self.is_write()
+            || (!self.has_flags(flag::READONLY)
+                && self.key_specs.iter().any(|k| k.flags & MAY_CHANGE != 0))
     }
 
     /// Flagged `blocking`: may block the connection (`BLPOP`; `XREAD` is flagged even
@@ -1671,6 +1682,28 @@ mod tests {
         assert!(get.flags() & flag::READONLY != 0);
         assert_eq!(lookup(&c("CONFIG GET x")).unwrap().arity(), -3);
         assert!(lookup(&c("CONFIG")).unwrap().subcommands().len() >= 5);
+    }
+
+    #[test]
+    fn durable_writes_are_the_writes_and_the_commands_whose_keys_say_they_may_change() {
+        let mut unflagged: Vec<&str> = super::super::table::COMMANDS
+            .iter()
+            .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
+            .filter(|c| c.is_durable_write() && !c.is_write())
+            .map(|c| &*c.name)
+            .collect();
+        unflagged.sort_unstable();
+        assert_eq!(unflagged, ["eval", "evalsha", "fcall"]);
+        for read in [
+            "EVAL_RO s 1 k",
+            "EVALSHA_RO s 1 k",
+            "FCALL_RO f 1 k",
+            "PFCOUNT k",
+            "GET k",
+        ] {
+            assert!(!lookup(&c(read)).unwrap().is_durable_write(), "{read}");
+        }
+        assert!(lookup(&c("INCR k")).unwrap().is_durable_write());
     }
 
     #[test]
