@@ -181,6 +181,8 @@ impl Error {
     /// ```
     /// use redcluster::Error;
     /// assert!(Error::Timeout.may_have_executed());
+    /// // `client.query::<i64>(cmd("SET").arg("k").arg("v"))`: the SET ran, its `OK` is no number.
+    /// assert!(Error::Type { expected: "i64", got: "simple string" }.may_have_executed());
     /// assert!(!Error::ConnectionLost { may_have_executed: false }.may_have_executed());
     /// assert!(!Error::CrossSlot { slots: vec![1, 2] }.may_have_executed()); // never sent
     /// ```
@@ -192,9 +194,11 @@ impl Error {
             | Error::ConnectionLost { may_have_executed } => *may_have_executed,
             // Other commands of the pipeline ran, whatever happened to this one; a write
             // short of replicas ran on the primary.
+            // A reply that did not convert (`Type`) came back from a command that ran.
             Error::Timeout
             | Error::Protocol(_)
             | Error::Server(_)
+            | Error::Type { .. }
             | Error::Pipeline { .. }
             | Error::NotReplicated { .. } => true,
             _ => false,

@@ -446,6 +446,16 @@ async fn every_typed_helper_does_what_its_command_does() {
     assert_eq!(ranked, ["a", "b"]);
     assert_eq!(client.zrem(k("z"), ["a"]).await.unwrap(), 1);
 
+    // A reply of the wrong type: the command ran, and the error says it may have.
+    let r = client
+        .query::<i64>(cmd("SET").arg(k("typed")).arg("v"))
+        .await;
+    assert!(
+        matches!(&r, Err(e @ Error::Type { .. }) if e.may_have_executed()),
+        "{r:?}"
+    );
+    assert_eq!(client.get::<_, String>(k("typed")).await.unwrap(), "v");
+
     // Scripts and pub/sub (nobody subscribed).
     let script = "return redis.call('INCRBY', KEYS[1], ARGV[1])";
     let n: i64 = client.eval(script, [k("n")], [10]).await.unwrap();
