@@ -268,6 +268,26 @@ async fn cluster_wide_commands_fan_out_and_combine() {
             .unwrap();
         assert_eq!(one, 1);
     }
+    // Questions about one slot go to its owner, the only node that knows its keys.
+    let slot = key_slot(b"fan:0");
+    let in_slot: Vec<&String> = keys
+        .iter()
+        .filter(|k| key_slot(k.as_bytes()) == slot)
+        .collect();
+    for _ in 0..3 {
+        let count: i64 = client
+            .query(cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot))
+            .await
+            .unwrap();
+        assert_eq!(count, in_slot.len() as i64);
+        let mut listed: Vec<String> = client
+            .query(cmd("CLUSTER").arg("GETKEYSINSLOT").arg(slot).arg(100))
+            .await
+            .unwrap();
+        listed.sort();
+        assert_eq!(listed.iter().collect::<Vec<_>>(), in_slot);
+    }
+
     let () = client.query(cmd("FLUSHALL")).await.unwrap();
     assert_eq!(client.query::<i64>(cmd("DBSIZE")).await.unwrap(), 0);
 

@@ -7,6 +7,7 @@
 //! | keys in one slot | that slot's node |
 //! | `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH` over several slots | one sub-command per slot, sent concurrently; `MGET` replies put back in key order, `MSET` answers `OK` when every part did, the others sum their counts |
 //! | any other command with keys in several slots | [`Error::CrossSlot`] before anything is sent |
+//! | `CLUSTER COUNTKEYSINSLOT slot`, `CLUSTER GETKEYSINSLOT slot n` | the named slot's node (a read) |
 //! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary, replies combined by the table's `response_policy` |
 //! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `CONFIG SET`, `LATENCY RESET`, ...) | every node, primaries and replicas, combined likewise (`special`: a map from node address to reply) |
 //! | `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `LATENCY LATEST`, `SLOWLOG GET` and other per-node reports (`PER_NODE`) | every primary; the reply is a map from node address to that node's reply |
@@ -133,7 +134,7 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     // Routing keys include sharded pub/sub channels, which hash like keys.
     cmd::routing_key_indices(command, info, &mut keys)?;
     if keys.is_empty() {
-        return Ok(keyless_plan(info));
+        return Ok(keyless_plan(command, info));
     }
     let slot_at = |i: usize| key_slot(command.arg_at(i).unwrap_or_default());
     // Nearly always one slot: checked without collecting the slots first.
@@ -218,7 +219,13 @@ pub(crate) fn fan_out_in_transaction(command: &Cmd) -> Error {
     ))
 }
 
-fn keyless_plan(info: &cmd::CommandInfo) -> Plan {
+fn keyless_plan(command: &Cmd, info: &cmd::CommandInfo) -> Plan {
+    if let Some(slot) = slot_argument(command, info) {
+        return Plan::Slot {
+            slot,
+            read_only: true,
+        };
+    }
     if PER_NODE.contains(&info.name()) {
         return Plan::FanOut {
             to: FanOutTo::Primaries,
@@ -245,6 +252,21 @@ fn keyless_plan(info: &cmd::CommandInfo) -> Plan {
         None => return Plan::AnyPrimary,
     };
     Plan::FanOut { to, combine }
+}
+
+/// The slot that `CLUSTER COUNTKEYSINSLOT` and `CLUSTER GETKEYSINSLOT` ask about: only
+/// its owner (or the owner's replicas) knows its keys; any other node answers 0 or an
+/// empty list, a wrong answer that looks right. A slot that is no number in range goes
+/// anywhere, for the server to refuse.
+fn slot_argument(command: &Cmd, info: &cmd::CommandInfo) -> Option<u16> {
+    if !matches!(
+        info.name(),
+        "cluster|countkeysinslot" | "cluster|getkeysinslot"
+    ) {
+        return None;
+    }
+    let slot: u16 = std::str::from_utf8(command.arg_at(2)?).ok()?.parse().ok()?;
+    (slot < crate::slot::SLOT_COUNT).then_some(slot)
 }
 
 /// One sub-command per slot, keeping the original order of keys within each.
@@ -297,6 +319,25 @@ mod tests {
             Plan::Slot { read_only, .. } => assert!(!read_only),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn slot_queries_go_to_the_slot_they_name() {
+        for c in [
+            cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(7000),
+            cmd("cluster").arg("getkeysinslot").arg(7000).arg(10),
+        ] {
+            match plan_of(&c).unwrap() {
+                Plan::Slot { slot, read_only } => assert_eq!((slot, read_only), (7000, true)),
+                other => panic!("{other:?}"),
+            }
+        }
+        for bad in ["16384", "-1", "x", ""] {
+            let c = cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(bad);
+            assert!(matches!(plan_of(&c).unwrap(), Plan::AnyPrimary), "{bad}");
+        }
+        let other = cmd("CLUSTER").arg("KEYSLOT").arg("7000");
+        assert!(matches!(plan_of(&other).unwrap(), Plan::AnyPrimary));
     }
 
     #[test]
