@@ -291,19 +291,19 @@ async fn cluster_wide_commands_fan_out_and_combine() {
     let () = client.query(cmd("FLUSHALL")).await.unwrap();
     assert_eq!(client.query::<i64>(cmd("DBSIZE")).await.unwrap(), 0);
 
-    // Per-node reports come back by node address: the one node that ran a slow script
-    // has a latency event, the others none.
+    // Per-node reports come back by node address: the node that ran a slow script has
+    // a latency event. (Others may have one too: a server kept off a busy core.)
     let () = client
         .query(
             cmd("CONFIG")
                 .arg("SET")
                 .arg("latency-monitor-threshold")
-                .arg(1),
+                .arg(50),
         )
         .await
         .unwrap();
     let spin = "local s = redis.call('TIME') repeat local n = redis.call('TIME') \
-                until (n[1] - s[1]) * 1000000 + n[2] - s[2] > 20000 return 1";
+                until (n[1] - s[1]) * 1000000 + n[2] - s[2] > 100000 return 1";
     let slow_key = "latency:{a}";
     let one: i64 = client
         .query(cmd("EVAL").arg(spin).arg(1).arg(slow_key))
@@ -313,13 +313,17 @@ async fn cluster_wide_commands_fan_out_and_combine() {
     let slow_node = client.node_for_key(slow_key.as_bytes()).unwrap();
     let latest: HashMap<String, Vec<Value>> =
         client.query(cmd("LATENCY").arg("LATEST")).await.unwrap();
-    let with_events: Vec<&String> = latest
-        .iter()
-        .filter(|(_, e)| !e.is_empty())
-        .map(|(a, _)| a)
+    let mut addrs: Vec<&String> = latest.keys().collect();
+    addrs.sort();
+    let mut primaries: Vec<String> = local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| local.node_addr(m))
         .collect();
-    assert_eq!(latest.len(), 3, "{latest:?}");
-    assert_eq!(with_events, vec![&slow_node], "{latest:?}");
+    primaries.sort();
+    assert_eq!(addrs, primaries.iter().collect::<Vec<_>>());
     assert!(
         format!("{:?}", latest[&slow_node]).contains("command"),
         "{latest:?}"

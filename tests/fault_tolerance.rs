@@ -690,6 +690,9 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
     );
 }
 
+/// The response timeout of the failure-rate test: each failure costs one.
+const RATE_TEST_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// One request to a primary that `local` freezes for the request (`fail`: it times out)
 /// or leaves running (it is answered); what the breaker sees, one at a time.
 async fn request_to(local: &LocalCluster, client: &ClusterClient, node: usize, fail: bool) {
@@ -717,7 +720,7 @@ async fn a_node_failing_every_other_request_opens_its_breaker_by_rate_within_a_w
     let build = |window: Duration| {
         ClusterClient::builder()
             .nodes(local.seeds())
-            .response_timeout(Duration::from_millis(150))
+            .response_timeout(RATE_TEST_TIMEOUT)
             .max_retries(0)
             .health_check_interval(None)
             .circuit_breaker(breaker.window(window))
@@ -747,18 +750,24 @@ async fn a_node_failing_every_other_request_opens_its_breaker_by_rate_within_a_w
     // The same ten with a window shorter than the wait before the eleventh: the window
     // that counted them has ended, and one failure of one request is below the 10
     // requests a rate needs.
-    let window = Duration::from_millis(1500);
+    let window = Duration::from_secs(4);
     let client = build(window).await.unwrap();
+    assert_eq!(
+        client.get::<_, Option<i64>>("flaky").await.unwrap(),
+        Some(1)
+    );
     let started = Instant::now();
     for i in 0..10 {
         request_to(&local, &client, node, i % 2 == 0).await;
     }
-    // The window is what this waits for: its end is the point of the test.
+    // The window is what this waits for: its end is the point of the test. It began
+    // when the first failure was recorded, a response timeout after `started` or a
+    // little later; the eleventh is recorded a response timeout after this wait.
     assert!(
         started.elapsed() < window,
         "ten requests took the whole window"
     );
-    tokio::time::sleep_until(started + window).await;
+    tokio::time::sleep_until(started + window + RATE_TEST_TIMEOUT).await;
     request_to(&local, &client, node, true).await;
     assert_eq!(breaker_of(&client), BreakerState::Closed);
 }

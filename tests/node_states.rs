@@ -169,9 +169,12 @@ async fn wait_replicated(local: &LocalCluster, index: usize, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_its_primary_sends_reads_to_the_primary() {
     let local = LocalCluster::builder().start().await.unwrap();
+    // A backoff longer than the deadline: going to the primary waits for none.
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .read_from(ReadFrom::Replica)
+        .response_timeout(Duration::from_millis(800))
+        .retry_backoff(Duration::from_secs(2), Duration::from_secs(2))
         .health_check_interval(None)
         .build()
         .await

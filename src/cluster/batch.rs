@@ -30,7 +30,7 @@ use crate::cmd::{self, cmd, Cmd};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
 use crate::observe::metrics::{self, InFlight, Status};
-use crate::policy::{classify, ErrorAction};
+use crate::policy::{classify, replica_cannot_serve, Backoff, ErrorAction};
 use crate::resp::Value;
 use crate::slot::Redirect;
 
@@ -55,6 +55,9 @@ enum Resend {
     Moved,
     /// At once: an `ASK`, or a connection lost before it could run.
     Now,
+    /// A read a replica cannot serve for a while (`LOADING`, `MASTERDOWN`): with the
+    /// slot's other reads, to the primary, at once (counted as a retry).
+    ToPrimary,
     /// The node asked to wait (`TRYAGAIN`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`): after
     /// this long (the retry is counted and taken from the budget).
     AfterBackOff(Duration),
@@ -284,6 +287,8 @@ impl Inner {
         match outcome {
             Ok(replies) => {
                 for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
+                    let to_primary = matches!(&reply, Value::ServerError(e)
+                        if node.read_only && replica_cannot_serve(e));
                     let (action, wait) = match &reply {
                         Value::ServerError(e) => match classify(e, &node.addr) {
                             action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
@@ -295,10 +300,11 @@ impl Inner {
                                 // command of a slot is answered with its refusal, the
                                 // slot's later ones are too: resent, they would run
                                 // before it.
+                                let wait = if to_primary { &Backoff::NONE } else { &backoff };
                                 let delay = if held_slots.contains(&meta.slot) {
                                     None
                                 } else {
-                                    self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
+                                    self.refusal_retry(&action, e.code(), 0, wait, deadline)
                                 };
                                 match delay {
                                     Some(delay) => (action, delay),
@@ -338,12 +344,9 @@ impl Inner {
                             };
                             resend.push((Entry { meta, cmd: command }, why));
                         }
-                        ErrorAction::BackOff if node.read_only => {
-                            // As for a single command: a replica that refuses for a
-                            // while (loading, cut off from its primary) sends the read
-                            // to the primary, at once.
+                        ErrorAction::BackOff if to_primary => {
                             let meta = Meta { read: None, ..meta };
-                            resend.push((Entry { meta, cmd: command }, Resend::Now));
+                            resend.push((Entry { meta, cmd: command }, Resend::ToPrimary));
                         }
                         ErrorAction::ClusterDown | ErrorAction::BackOff => {
                             resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff(wait)));
@@ -392,10 +395,12 @@ impl Inner {
         }
         // What to resend, by slot, in the order added: dependent writes (`DEL k`, then
         // `RPUSH k`) rely on the order within a slot. Slots go in parallel.
-        // Per slot: whether every command of it got `MOVED`, and how long it waits first.
+        // Per slot: whether every command of it got `MOVED` (or goes to the primary), and
+        // how long it waits first.
         let mut by_slot: Vec<(u16, bool, Duration, Vec<Entry>)> = Vec::new();
         for (entry, why) in resend {
-            let moved = why == Resend::Moved;
+            // Both go again as one batch, to the slot's owner or its primary.
+            let moved = matches!(why, Resend::Moved | Resend::ToPrimary);
             let wait = match why {
                 Resend::AfterBackOff(wait) => wait,
                 _ => Duration::ZERO,
@@ -413,7 +418,8 @@ impl Inner {
             }
         }
         // A slot that moved whole (a resharding) is one batch again, to its new owner
-        // (the map learned it from the `MOVED`): one write, not one round trip each.
+        // (the map learned it from the `MOVED`): one write, not one round trip each. So
+        // are the reads of a slot that its replica could not serve, to the primary.
         let mut moved: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
         let mut one_by_one: Vec<(Duration, Vec<Entry>)> = Vec::new();
         let routes = self.routes.load_full();

@@ -802,7 +802,9 @@ impl ClusterClientBuilder {
     /// [`Error::NotReplicated`] when fewer replicas than asked acknowledge it (see
     /// [`crate::Durability`]). Scripts and functions with keys (`EVAL`, `EVALSHA`,
     /// `FCALL`) count as writes, as their code may write; their `_RO` forms
-    /// ([`crate::Script::read_only`]) do not. Writes then use dedicated connections and
+    /// ([`crate::Script::read_only`]) do not. So does a module command with keys that
+    /// its module flags neither `write` nor `readonly`: whether it writes is unknown, and
+    /// a `WAIT` after a read only costs time. Writes then use dedicated connections and
     /// wait for replicas: slower, so prefer [`crate::ClusterClient::query_durable`] for
     /// the writes that need it. In a pipeline, each node's batch with writes goes on a
     /// dedicated connection and ends with one `WAIT`, whose count applies to each of its

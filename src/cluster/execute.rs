@@ -24,7 +24,7 @@ use crate::cmd::{self, cmd, Cmd};
 use crate::conn::{Answer, Cmds, NodeConnection, Outcome, Queued, Replies};
 use crate::error::{Error, Result, ServerError};
 use crate::observe::metrics::{self as metrics, InFlight, RetryReason, Status};
-use crate::policy::{classify, Backoff, ErrorAction, Transition};
+use crate::policy::{classify, replica_cannot_serve, Backoff, ErrorAction, Transition};
 use crate::resp::Value;
 use crate::slot::Redirect;
 use crate::topology::RefreshTrigger;
@@ -649,17 +649,16 @@ impl Inner {
                     } else {
                         &mut retries
                     };
+                    let to_primary = node.read_only && replica_cannot_serve(&error);
+                    let wait = if to_primary { &Backoff::NONE } else { &backoff };
                     let Some(delay) =
-                        self.refusal_retry(&action, error.code(), *done, &backoff, deadline)
+                        self.refusal_retry(&action, error.code(), *done, wait, deadline)
                     else {
                         return Ok(reply);
                     };
                     *done += 1;
                     redirect = None;
-                    if node.read_only && matches!(action, ErrorAction::BackOff) {
-                        // A replica loading a full resync or cut off from its primary
-                        // (`MASTERDOWN`) may refuse for minutes; the primary can answer
-                        // now.
+                    if to_primary {
                         primary_only = true;
                         continue;
                     }

@@ -42,10 +42,10 @@ pub struct CircuitBreakerConfig {
     pub failure_rate: f64,
     /// Requests a window needs before its failure rate counts. Default 20.
     pub min_requests: u32,
-    /// Length of the failure-rate window. Default 10 s. A window begins with the first
-    /// failure after a quiet spell (a node that only succeeds is not counted, which
-    /// keeps the breaker off a healthy node's request path) and counts every request
-    /// after it; the first request after `window` has passed begins the next one.
+    /// Length of the failure-rate window. Default 10 s. Successes are counted only while
+    /// the current window holds a failure, which keeps the breaker off a healthy node's
+    /// request path: a window that counts begins with a failure and counts the requests
+    /// after it; the first request after `window` has passed begins the next window.
     pub window: Duration,
     /// How long an open breaker fails requests before it lets a probe through.
     /// Default 1 s.

@@ -9,4 +9,4 @@ pub(crate) use breaker::{Admission, Breaker, Transition};
 pub use breaker::{BreakerState, CircuitBreakerConfig};
 pub(crate) use budget::RetryBudget;
 pub use budget::RetryBudgetConfig;
-pub(crate) use retry::{classify, Backoff, ErrorAction};
+pub(crate) use retry::{classify, replica_cannot_serve, Backoff, ErrorAction};

@@ -37,6 +37,14 @@ pub(crate) fn classify(error: &ServerError, reached: &str) -> ErrorAction {
     }
 }
 
+/// Whether a replica's refusal (`LOADING` while it loads a full resync, `MASTERDOWN` when
+/// cut off from its primary under `replica-serve-stale-data no`) may last for minutes:
+/// a read it refused goes to the primary at once instead of waiting for it. (A
+/// `TRYAGAIN` is about the slot, which the primary is migrating too.)
+pub(crate) fn replica_cannot_serve(error: &ServerError) -> bool {
+    matches!(error.code(), "LOADING" | "MASTERDOWN")
+}
+
 /// Exponential backoff with "equal" jitter: attempt `n` waits a random time in
 /// `[d / 2, d]`, where `d = base * 2^n` capped at `max`. The jitter spreads out clients that
 /// failed together so they do not retry together.
@@ -47,6 +55,12 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
+    /// No wait: a retry that goes elsewhere at once, still within the retry limits.
+    pub(crate) const NONE: Backoff = Backoff {
+        base: Duration::ZERO,
+        max: Duration::ZERO,
+    };
+
     /// The delay before retry number `attempt` (0 for the first retry); `unit` is a
     /// random number in `[0, 1)`.
     pub(crate) fn delay(&self, attempt: u32, unit: f64) -> Duration {
