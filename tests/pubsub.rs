@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redcluster::testkit::LocalCluster;
+use redcluster::testkit::{FailoverMode, LocalCluster};
 use redcluster::{
     cmd, key_slot, ClusterClient, Error, OverflowPolicy, Protocol, PubSubEvent, Subscriber,
     SubscriberConfig, Value,
@@ -674,4 +674,154 @@ async fn a_subscribe_to_a_frozen_primary_times_out_and_is_made_when_it_thaws() {
         (m.channel, m.payload, m.sharded),
         (b(channel), b("first"), true)
     );
+}
+
+/// `PUBSUB NUMSUB channel` and `PUBSUB NUMPAT` on node `index`.
+async fn subscriptions_on(local: &LocalCluster, index: usize, channel: &str) -> (i64, i64) {
+    let conn = local.connect_node(index).await.unwrap();
+    let numsub = match conn
+        .send(cmd("PUBSUB").arg("NUMSUB").arg(channel))
+        .await
+        .unwrap()
+    {
+        Value::Array(items) => items.get(1).cloned(),
+        Value::Map(pairs) => pairs.first().map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let numpat = conn.send(cmd("PUBSUB").arg("NUMPAT")).await.unwrap();
+    match (numsub, numpat) {
+        (Some(Value::Int(s)), Value::Int(p)) => (s, p),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until every primary holds `channel` and one pattern, and no replica holds any.
+async fn expect_on_primaries_only(local: &LocalCluster, channel: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let masters = local.masters().await.unwrap();
+        let replicas = local.replicas().await.unwrap();
+        let mut found = Vec::new();
+        for &n in masters.iter().chain(&replicas) {
+            found.push((n, subscriptions_on(local, n, channel).await));
+        }
+        let placed = found.iter().all(|(n, counts)| {
+            let want = if masters.contains(n) { (1, 1) } else { (0, 0) };
+            *counts == want
+        });
+        if placed {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "(node, (subscribers, patterns)): {found:?}; primaries {masters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_notifications_come_from_every_primary_once_and_follow_a_failover() {
+    let local = cluster(1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    // Key-space and key-event notifications of string commands, on every node.
+    let () = client
+        .query(
+            cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg("KE$"),
+        )
+        .await
+        .unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    let event = "__keyevent@0__:set";
+    sub.subscribe([event]).await.unwrap();
+    sub.psubscribe(["__keyspace@0__:ks:*"]).await.unwrap();
+    expect_on_primaries_only(&local, event, Duration::from_secs(5)).await;
+
+    // A key on each primary: each SET is notified once by event and once by key.
+    let masters = local.masters().await.unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    for i in 0.. {
+        let key = format!("ks:{i}");
+        let owner = local
+            .master_of_slot(key_slot(key.as_bytes()))
+            .await
+            .unwrap();
+        if keys
+            .iter()
+            .all(|k| support::owner_index(&local, &client, k) != owner)
+        {
+            keys.push(key);
+        }
+        if keys.len() == masters.len() {
+            break;
+        }
+    }
+    for k in &keys {
+        client.set(k.as_str(), "v").await.unwrap();
+    }
+    let mut want: Vec<(Bytes, Bytes)> = Vec::new();
+    for k in &keys {
+        want.push((b(event), b(k)));
+        want.push((b(&format!("__keyspace@0__:{k}")), b("set")));
+    }
+    let others = expect_messages(&mut sub, &want, Duration::from_secs(5)).await;
+    assert!(others.is_empty(), "{others:?}");
+    // No copies: the next messages are the marker's.
+    client.set("ks:marker", "v").await.unwrap();
+    for _ in 0..2 {
+        let m = next_message(&mut sub, Duration::from_secs(5)).await;
+        assert!(
+            m.payload == b("ks:marker") || m.channel == b("__keyspace@0__:ks:marker"),
+            "{m:?}"
+        );
+    }
+
+    // A replica takes over a primary: the subscriptions leave the old primary and are
+    // made on the new one, reported as a gap; its notifications arrive again.
+    let old = support::owner_index(&local, &client, &keys[0]);
+    let promoted = local.replicas_of(old).await.unwrap()[0];
+    local
+        .failover(promoted, FailoverMode::Graceful)
+        .await
+        .unwrap();
+    // The client learns of it from the old primary's MOVED (and the refresh that follows).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.node_for_key(keys[0].as_bytes()) != Some(local.node_addr(promoted)) {
+        assert!(
+            Instant::now() < deadline,
+            "the client never saw the failover"
+        );
+        let _ = client.get::<_, Option<String>>(keys[0].as_str()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let gap: HashSet<Bytes> = [b(event), b("__keyspace@0__:ks:*")].into_iter().collect();
+    expect_gap(&mut sub, &gap, false, Duration::from_secs(20)).await;
+    expect_on_primaries_only(&local, event, Duration::from_secs(10)).await;
+    assert_eq!(subscriptions_on(&local, promoted, event).await, (1, 1));
+    client.set(keys[0].as_str(), "w").await.unwrap();
+    expect_messages(
+        &mut sub,
+        &[
+            (b(event), b(&keys[0])),
+            (b(&format!("__keyspace@0__:{}", keys[0])), b("set")),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Unsubscribed: no node holds them.
+    sub.unsubscribe([event]).await.unwrap();
+    sub.punsubscribe(["__keyspace@0__:ks:*"]).await.unwrap();
+    for n in local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(local.replicas().await.unwrap())
+    {
+        assert_eq!(subscriptions_on(&local, n, event).await, (0, 0), "node {n}");
+    }
 }

@@ -561,6 +561,11 @@ impl Inner {
         self.routes.load().map.nodes()
     }
 
+    /// Every primary of the current snapshot.
+    pub(crate) fn primary_addrs(&self) -> Vec<Arc<str>> {
+        self.routes.load().map.primaries()
+    }
+
     /// The current snapshot's version; it changes with every new snapshot.
     pub(crate) fn routes_version(&self) -> u64 {
         self.routes.load().version

@@ -50,7 +50,36 @@ pub(crate) enum Control {
     },
 }
 
-type Key = (Kind, Bytes);
+/// A subscription: its kind, its channel (or pattern) and, for a node-local one (see
+/// [`is_node_local`]), the primary it is made on.
+type Key = (Kind, Bytes, Option<Arc<str>>);
+
+/// What a caller of `subscribe` or `unsubscribe` waits for: the confirmation of a
+/// subscription (`true`) or of its end (`false`).
+type Confirmation = (bool, Key);
+
+/// Whether a subscription is made on every primary instead of on any one node: keyspace
+/// notifications (`__keyspace@<db>__:<key>`, `__keyevent@<db>__:<event>`, and patterns
+/// beginning `__key*`). A node publishes them to its own subscribers only, unlike
+/// `PUBLISH`ed messages, which the cluster broadcasts. Replicas are left out: they
+/// notify the writes they replicate again.
+pub(crate) fn is_node_local(kind: Kind, channel: &[u8]) -> bool {
+    match kind {
+        Kind::Shard => false,
+        Kind::Channel => channel.starts_with(b"__keyspace@") || channel.starts_with(b"__keyevent@"),
+        Kind::Pattern => {
+            channel.starts_with(b"__keyspace@")
+                || channel.starts_with(b"__keyevent@")
+                || channel.starts_with(b"__key*")
+        }
+    }
+}
+
+/// The key of `channel`'s subscription of `kind` on a link to `addr`.
+fn key_at(kind: Kind, channel: Bytes, addr: &Arc<str>) -> Key {
+    let node = is_node_local(kind, &channel).then(|| Arc::clone(addr));
+    (kind, channel, node)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -98,8 +127,8 @@ struct LinkState {
 /// A caller of `subscribe`/`unsubscribe` waiting for confirmations.
 #[derive(Debug)]
 struct Waiter {
-    /// (kind, subscribe, channel) still to be confirmed.
-    keys: HashSet<(Kind, bool, Bytes)>,
+    /// Confirmations still to come.
+    keys: HashSet<Confirmation>,
     reply: oneshot::Sender<Result<()>>,
 }
 
@@ -120,7 +149,8 @@ pub(crate) struct Manager {
     next_id: u64,
     links: HashMap<u64, LinkState>,
     classic: Option<u64>,
-    shard_links: HashMap<Arc<str>, u64>,
+    /// Links to a given primary, for its sharded and node-local subscriptions.
+    node_links: HashMap<Arc<str>, u64>,
     subs: HashMap<Key, Sub>,
     waiters: Vec<Waiter>,
     retry_at: Option<Instant>,
@@ -164,7 +194,7 @@ impl Manager {
             next_id: 0,
             links: HashMap::new(),
             classic: None,
-            shard_links: HashMap::new(),
+            node_links: HashMap::new(),
             subs: HashMap::new(),
             waiters: Vec::new(),
             retry_at: None,
@@ -217,13 +247,22 @@ impl Manager {
                 reply,
             } => {
                 let mut keys = HashSet::new();
+                let primaries = self.inner.primary_addrs();
                 for channel in channels {
-                    let sub = self.subs.entry((kind, channel.clone())).or_insert(Sub {
-                        state: State::Waiting,
-                        interrupted: false,
-                    });
-                    if !matches!(sub.state, State::Active(_)) {
-                        keys.insert((kind, true, channel));
+                    let nodes: Vec<Option<Arc<str>>> = if is_node_local(kind, &channel) {
+                        primaries.iter().cloned().map(Some).collect()
+                    } else {
+                        vec![None]
+                    };
+                    for node in nodes {
+                        let key = (kind, channel.clone(), node);
+                        let sub = self.subs.entry(key.clone()).or_insert(Sub {
+                            state: State::Waiting,
+                            interrupted: false,
+                        });
+                        if !matches!(sub.state, State::Active(_)) {
+                            keys.insert((true, key));
+                        }
                     }
                 }
                 self.wait(keys, reply);
@@ -234,34 +273,30 @@ impl Manager {
                 channels,
                 reply,
             } => {
-                let channels: Vec<Bytes> = if channels.is_empty() {
-                    self.subs
-                        .keys()
-                        .filter(|(k, _)| *k == kind)
-                        .map(|(_, c)| c.clone())
-                        .collect()
-                } else {
-                    channels
-                };
+                // Every subscription of these channels (one per primary for a
+                // node-local one), or every one of the kind.
+                let ended: Vec<Key> = self
+                    .subs
+                    .keys()
+                    .filter(|(k, c, _)| *k == kind && (channels.is_empty() || channels.contains(c)))
+                    .cloned()
+                    .collect();
                 let mut per_link: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
                 let mut keys = HashSet::new();
-                for channel in channels {
-                    let Some(sub) = self.subs.remove(&(kind, channel.clone())) else {
+                for key in ended {
+                    let Some(sub) = self.subs.remove(&key) else {
                         continue;
                     };
                     // Whoever waits for this subscription waits no more.
-                    self.resolve(&(kind, true, channel.clone()));
+                    self.resolve(&(true, key.clone()));
                     if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
                         let slot = if kind == Kind::Shard {
-                            key_slot(&channel)
+                            key_slot(&key.1)
                         } else {
                             0
                         };
-                        per_link
-                            .entry((id, slot))
-                            .or_default()
-                            .push(channel.clone());
-                        keys.insert((kind, false, channel));
+                        per_link.entry((id, slot)).or_default().push(key.1.clone());
+                        keys.insert((false, key));
                     }
                 }
                 for ((id, _), channels) in per_link {
@@ -272,7 +307,7 @@ impl Manager {
         }
     }
 
-    fn wait(&mut self, keys: HashSet<(Kind, bool, Bytes)>, reply: oneshot::Sender<Result<()>>) {
+    fn wait(&mut self, keys: HashSet<Confirmation>, reply: oneshot::Sender<Result<()>>) {
         if keys.is_empty() {
             let _ = reply.send(Ok(()));
         } else {
@@ -281,7 +316,7 @@ impl Manager {
     }
 
     /// A confirmation for `key` arrived: callers waiting only for it are answered.
-    fn resolve(&mut self, key: &(Kind, bool, Bytes)) {
+    fn resolve(&mut self, key: &Confirmation) {
         self.waiters.retain_mut(|w| {
             w.keys.remove(key);
             if w.reply.is_closed() {
@@ -298,7 +333,7 @@ impl Manager {
     }
 
     /// `key` failed for good: callers waiting for it get `error`.
-    fn fail(&mut self, key: &(Kind, bool, Bytes), error: &Error) {
+    fn fail(&mut self, key: &Confirmation, error: &Error) {
         self.waiters.retain_mut(|w| {
             if !w.keys.contains(key) {
                 return !w.reply.is_closed();
@@ -349,7 +384,7 @@ impl Manager {
         if classic {
             self.classic = Some(id);
         } else {
-            self.shard_links.insert(addr, id);
+            self.node_links.insert(addr, id);
         }
         id
     }
@@ -419,7 +454,11 @@ impl Manager {
                 let matched = self.match_sent(id, kind, subscribe, &channel);
                 match (matched, subscribe) {
                     (true, true) => self.on_subscribed(id, kind, channel),
-                    (true, false) => self.resolve(&(kind, false, channel)),
+                    (true, false) => {
+                        if let Some(key) = self.key_on(id, kind, channel) {
+                            self.resolve(&(false, key));
+                        }
+                    }
                     // The server dropped it on its own: the slot moved away.
                     (false, false) => self.on_lost(id, kind, channel),
                     (false, true) => {
@@ -453,7 +492,9 @@ impl Manager {
                     } => {
                         // E.g. MOVED for a slot gone: nothing is subscribed there.
                         for channel in remaining {
-                            self.resolve(&(kind, false, channel));
+                            if let Some(key) = self.key_on(id, kind, channel) {
+                                self.resolve(&(false, key));
+                            }
                         }
                     }
                     Sent::Sub {
@@ -498,16 +539,30 @@ impl Manager {
         false
     }
 
+    /// The key of `channel`'s subscription of `kind` on link `id`, if the link is open.
+    fn key_on(&self, id: u64, kind: Kind, channel: Bytes) -> Option<Key> {
+        let link = self.links.get(&id)?;
+        Some(key_at(kind, channel, &link.link.addr))
+    }
+
     fn on_subscribed(&mut self, id: u64, kind: Kind, channel: Bytes) {
         self.failures = 0;
-        match self.subs.get_mut(&(kind, channel.clone())) {
+        let Some(key) = self.key_on(id, kind, channel.clone()) else {
+            return;
+        };
+        match self.subs.get_mut(&key) {
             Some(sub) if sub.state == State::Pending(id) => {
                 sub.state = State::Active(id);
                 if std::mem::take(&mut sub.interrupted) {
-                    match kind {
-                        Kind::Channel => self.gaps.channels.push(channel.clone()),
-                        Kind::Pattern => self.gaps.patterns.push(channel.clone()),
-                        Kind::Shard => self.gaps.shards.push(channel.clone()),
+                    let gaps = match kind {
+                        Kind::Channel => &mut self.gaps.channels,
+                        Kind::Pattern => &mut self.gaps.patterns,
+                        Kind::Shard => &mut self.gaps.shards,
+                    };
+                    // A node-local subscription restored on several primaries at once
+                    // is one gap.
+                    if !gaps.contains(&channel) {
+                        gaps.push(channel.clone());
                     }
                 }
             }
@@ -519,11 +574,14 @@ impl Manager {
             // Unsubscribed meanwhile; the unsubscribe is already on its way.
             None => {}
         }
-        self.resolve(&(kind, true, channel));
+        self.resolve(&(true, key));
     }
 
     fn on_lost(&mut self, id: u64, kind: Kind, channel: Bytes) {
-        let Some(sub) = self.subs.get_mut(&(kind, channel)) else {
+        let Some(key) = self.key_on(id, kind, channel) else {
+            return;
+        };
+        let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
         if sub.state.link() != Some(id) {
@@ -549,7 +607,7 @@ impl Manager {
             );
         let error = Error::Server(e.clone());
         for channel in channels {
-            let key = (kind, channel);
+            let key = key_at(kind, channel, &addr);
             let Some(sub) = self.subs.get_mut(&key) else {
                 continue;
             };
@@ -560,7 +618,7 @@ impl Manager {
                 sub.state = State::Waiting;
             } else {
                 self.subs.remove(&key);
-                self.fail(&(kind, true, key.1), &error);
+                self.fail(&(true, key), &error);
             }
         }
         if !retry {
@@ -587,8 +645,8 @@ impl Manager {
         if self.classic == Some(id) {
             self.classic = None;
         }
-        if self.shard_links.get(&addr) == Some(&id) {
-            self.shard_links.remove(&addr);
+        if self.node_links.get(&addr) == Some(&id) {
+            self.node_links.remove(&addr);
         }
         // With the connection gone, so are its subscriptions: unsubscribes are done.
         for sent in state.sent {
@@ -599,7 +657,7 @@ impl Manager {
             } = sent
             {
                 for channel in remaining {
-                    self.resolve(&(kind, false, channel));
+                    self.resolve(&(false, key_at(kind, channel, &addr)));
                 }
             }
         }
@@ -637,10 +695,13 @@ impl Manager {
         }
         let now = Instant::now();
         self.avoid.retain(|_, until| *until > now);
+        // Waiting subscriptions of a kind that are not node-local.
         let waiting = |kind: Kind, subs: &HashMap<Key, Sub>| -> Vec<Bytes> {
             subs.iter()
-                .filter(|((k, _), s)| *k == kind && s.state == State::Waiting)
-                .map(|((_, c), _)| c.clone())
+                .filter(|((k, _, node), s)| {
+                    *k == kind && node.is_none() && s.state == State::Waiting
+                })
+                .map(|((_, c, _), _)| c.clone())
                 .collect()
         };
         // Classic subscriptions: all on one link, to any node.
@@ -657,7 +718,7 @@ impl Manager {
                         if list.is_empty() {
                             continue;
                         }
-                        self.mark_pending(kind, &list, id);
+                        self.mark_pending(kind, &list, None, id);
                         self.send(id, kind, true, list);
                     }
                 }
@@ -682,19 +743,39 @@ impl Manager {
             self.schedule_retry();
         }
         for ((owner, _), list) in groups {
-            let id = match self.shard_links.get(&owner) {
-                Some(id) => *id,
-                None => self.open(owner, false),
-            };
-            self.mark_pending(Kind::Shard, &list, id);
+            let id = self.node_link(owner);
+            self.mark_pending(Kind::Shard, &list, None, id);
             self.send(id, Kind::Shard, true, list);
+        }
+        // Node-local subscriptions: on their primary's link, one command per kind.
+        let mut local: HashMap<(Arc<str>, Kind), Vec<Bytes>> = HashMap::new();
+        for ((kind, channel, node), sub) in &self.subs {
+            if let (Some(node), State::Waiting) = (node, sub.state) {
+                local
+                    .entry((Arc::clone(node), *kind))
+                    .or_default()
+                    .push(channel.clone());
+            }
+        }
+        for ((node, kind), list) in local {
+            let id = self.node_link(Arc::clone(&node));
+            self.mark_pending(kind, &list, Some(&node), id);
+            self.send(id, kind, true, list);
         }
         self.close_idle_links();
     }
 
-    fn mark_pending(&mut self, kind: Kind, channels: &[Bytes], id: u64) {
+    /// The link to `node` for sharded and node-local subscriptions, opened if needed.
+    fn node_link(&mut self, node: Arc<str>) -> u64 {
+        match self.node_links.get(&node) {
+            Some(id) => *id,
+            None => self.open(node, false),
+        }
+    }
+
+    fn mark_pending(&mut self, kind: Kind, channels: &[Bytes], node: Option<&Arc<str>>, id: u64) {
         for channel in channels {
-            if let Some(sub) = self.subs.get_mut(&(kind, channel.clone())) {
+            if let Some(sub) = self.subs.get_mut(&(kind, channel.clone(), node.cloned())) {
                 sub.state = State::Pending(id);
             }
         }
@@ -734,11 +815,52 @@ impl Manager {
                 if self.classic == Some(id) {
                     self.classic = None;
                 }
-                if self.shard_links.get(&state.link.addr) == Some(&id) {
-                    self.shard_links.remove(&state.link.addr);
+                if self.node_links.get(&state.link.addr) == Some(&id) {
+                    self.node_links.remove(&state.link.addr);
                 }
             }
         }
+    }
+
+    /// Keeps node-local subscriptions on exactly the current primaries: a node that is
+    /// no longer one drops them, a new one (promoted, added) gets them, reported as a gap
+    /// once made (its notifications until then were missed). Whether anything changed.
+    fn follow_primaries(&mut self) -> bool {
+        let primaries = self.inner.primary_addrs();
+        let local: HashSet<(Kind, Bytes)> = self
+            .subs
+            .keys()
+            .filter(|(_, _, node)| node.is_some())
+            .map(|(kind, channel, _)| (*kind, channel.clone()))
+            .collect();
+        let gone: Vec<Key> = self
+            .subs
+            .keys()
+            .filter(|(_, _, node)| node.as_ref().is_some_and(|n| !primaries.contains(n)))
+            .cloned()
+            .collect();
+        let mut changed = !gone.is_empty();
+        for key in gone {
+            let Some(sub) = self.subs.remove(&key) else {
+                continue;
+            };
+            if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
+                self.send(id, key.0, false, vec![key.1]);
+            }
+        }
+        for (kind, channel) in local {
+            for primary in &primaries {
+                let key = (kind, channel.clone(), Some(Arc::clone(primary)));
+                if let std::collections::hash_map::Entry::Vacant(entry) = self.subs.entry(key) {
+                    entry.insert(Sub {
+                        state: State::Waiting,
+                        interrupted: true,
+                    });
+                    changed = true;
+                }
+            }
+        }
+        changed
     }
 
     fn housekeeping(&mut self) {
@@ -748,7 +870,7 @@ impl Manager {
         if version != self.routes_version {
             self.routes_version = version;
             let mut moves: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
-            for ((kind, channel), sub) in &mut self.subs {
+            for ((kind, channel, _), sub) in &mut self.subs {
                 let (Kind::Shard, State::Active(id)) = (*kind, sub.state) else {
                     continue;
                 };
@@ -763,11 +885,13 @@ impl Manager {
                     moves.entry((id, slot)).or_default().push(channel.clone());
                 }
             }
-            if !moves.is_empty() {
-                for ((id, _), channels) in moves {
-                    // Drop the old subscription, should the old owner still hold it.
-                    self.send(id, Kind::Shard, false, channels);
-                }
+            let mut changed = self.follow_primaries();
+            for ((id, _), channels) in moves {
+                // Drop the old subscription, should the old owner still hold it.
+                self.send(id, Kind::Shard, false, channels);
+                changed = true;
+            }
+            if changed {
                 self.resync();
             }
         }
@@ -795,5 +919,49 @@ impl Manager {
         if self.retry_at.is_none() && self.subs.values().any(|s| s.state == State::Waiting) {
             self.schedule_retry();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_notifications_are_node_local_and_nothing_else() {
+        for (kind, channel) in [
+            (Kind::Channel, "__keyevent@0__:expired"),
+            (Kind::Channel, "__keyspace@3__:user:1"),
+            (Kind::Pattern, "__keyspace@0__:user:*"),
+            (Kind::Pattern, "__keyevent@*__:*"),
+            (Kind::Pattern, "__key*__:*"),
+        ] {
+            assert!(
+                is_node_local(kind, channel.as_bytes()),
+                "{kind:?} {channel}"
+            );
+        }
+        for (kind, channel) in [
+            (Kind::Channel, "news"),
+            (Kind::Channel, "__keyboard"),
+            (Kind::Pattern, "*"),
+            (Kind::Pattern, "__keyboard*"),
+            (Kind::Shard, "__keyevent@0__:expired"),
+        ] {
+            assert!(
+                !is_node_local(kind, channel.as_bytes()),
+                "{kind:?} {channel}"
+            );
+        }
+        let addr: Arc<str> = Arc::from("10.0.0.1:6379");
+        let local = key_at(
+            Kind::Channel,
+            Bytes::from_static(b"__keyevent@0__:del"),
+            &addr,
+        );
+        assert_eq!(local.2.as_deref(), Some("10.0.0.1:6379"));
+        assert_eq!(
+            key_at(Kind::Channel, Bytes::from_static(b"news"), &addr).2,
+            None
+        );
     }
 }

@@ -38,6 +38,18 @@
 //!   answers `MOVED`, or drops the subscription with an `sunsubscribe` of its own, or a
 //!   new slot map says so) or its primary fails, they are sent again to the new owner,
 //!   and the old owner keeps no copy.
+//! - Keyspace notifications (channels and patterns that begin with `__keyspace@` or
+//!   `__keyevent@`, and patterns that begin with `__key*`) live on every primary, one
+//!   subscription each, on the same per-primary connections: a node notifies its own
+//!   subscribers of its own keys' events, and the cluster does not broadcast them. So a
+//!   `psubscribe(["__keyevent@0__:expired"])` hears every expiry in the cluster, each
+//!   once (replicas are left out: they notify the writes they replicate again). When
+//!   the client sees a new primary (a failover, a node added) the subscriptions are made
+//!   there, reported as a [`PubSubEvent::Gap`], and dropped from a node that is no
+//!   longer one. `subscribe` returns once every primary confirmed. The server must have
+//!   notifications on: `CONFIG SET notify-keyspace-events ...`, which
+//!   `client.query(cmd("CONFIG").arg("SET")...)` sends to every node. A message
+//!   `PUBLISH`ed to such a channel by hand arrives once per primary.
 //!
 //! # Delivery: at most once, and gaps are reported
 //!

@@ -120,6 +120,12 @@ impl SlotMap {
         out
     }
 
+    /// Every shard's primary, whether it serves slots or not (one being filled by a
+    /// migration already holds keys).
+    pub(crate) fn primaries(&self) -> Vec<Arc<str>> {
+        self.shards.iter().map(|s| Arc::clone(&s.primary)).collect()
+    }
+
     /// Primaries that serve at least one slot.
     pub(crate) fn serving_primaries(&self) -> Vec<Arc<str>> {
         let mut used = vec![false; self.shards.len()];
