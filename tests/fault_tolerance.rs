@@ -1196,6 +1196,67 @@ async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_client_is_built_while_the_cluster_is_down_and_serves_once_it_is_up() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let seeds = local.seeds();
+    for i in 0..local.nodes().len() {
+        local.kill(i).unwrap();
+    }
+    // Built the usual way, the client needs a seed to answer.
+    let eager = ClusterClient::builder()
+        .nodes(seeds.clone())
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .await;
+    assert!(eager.is_err(), "built with every node down");
+    let started = Instant::now();
+    let client = ClusterClient::builder()
+        .nodes(seeds)
+        .lazy_connect(true)
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500));
+    // Meanwhile a request fails within its deadline with the reason: no seed answers.
+    let started = Instant::now();
+    let r = client.get::<_, Option<i64>>("lazy").await;
+    assert!(
+        matches!(&r, Err(e @ (Error::Io { .. } | Error::ConnectionLost { .. })) if !e.may_have_executed()),
+        "{r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    for i in 0..local.nodes().len() {
+        local.restart(i).await.unwrap();
+    }
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Discovery is retried in the background; the first request after it is served.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.set("lazy", 1).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "never discovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client.get::<_, i64>("lazy").await.unwrap(), 1);
+    assert_eq!(client.known_nodes().len(), local.nodes().len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_holds_up_health_checks_of_the_others_for_a_second_at_most() {
     let local = never_failing_over().await;
     let client = ClusterClient::builder()

@@ -207,6 +207,7 @@ pub(crate) struct Config {
     pub(crate) retry_budget: crate::policy::RetryBudgetConfig,
     pub(crate) health_check_interval: Option<Duration>,
     pub(crate) durability: Option<crate::cluster::Durability>,
+    pub(crate) lazy_connect: bool,
 }
 
 /// Builds a [`crate::ClusterClient`]; every setter states its default.
@@ -252,6 +253,7 @@ impl Default for ClusterClientBuilder {
                 retry_budget: crate::policy::RetryBudgetConfig::default(),
                 health_check_interval: Some(Duration::from_secs(10)),
                 durability: None,
+                lazy_connect: false,
             },
         }
     }
@@ -773,6 +775,33 @@ impl ClusterClientBuilder {
     /// ```
     pub fn retry_budget(mut self, config: crate::policy::RetryBudgetConfig) -> Self {
         self.config.retry_budget = config;
+        self
+    }
+
+    /// Whether [`build`](Self::build) returns at once, before any node was asked for
+    /// the topology. Default false: `build` discovers the cluster, and fails when no
+    /// seed answers.
+    ///
+    /// With `true`, discovery runs in the background and is tried again (at most every
+    /// [`refresh_min_interval`](Self::refresh_min_interval), on each request that finds
+    /// no topology, and every [`refresh_interval`](Self::refresh_interval)) until a seed
+    /// answers. A request made before that waits for it within its deadline, then fails
+    /// with the last discovery's error (the seed's [`Error::Io`], [`Error::Auth`], ...;
+    /// nothing was sent). For an application that may start before its cluster
+    /// (containers, Kubernetes) and should not crash or loop around `build`. Settings
+    /// are still checked by `build`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["redis-cluster-0:6379"])
+    ///     .lazy_connect(true)
+    ///     .build()
+    ///     .await?; // at once, whether the cluster is up or not
+    /// # Ok(()) }
+    /// ```
+    pub fn lazy_connect(mut self, lazy: bool) -> Self {
+        self.config.lazy_connect = lazy;
         self
     }
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::Instrument as _;
 
-use crate::cluster::node::Node;
+use crate::cluster::node::{lock, Node};
 use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
 use crate::cluster::routes::Routes;
 use crate::cluster::{Inner, ReadFrom};
@@ -273,6 +273,14 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// What a request fails with while no topology is known (a lazily connected client
+    /// whose seeds have not answered): why the last discovery failed.
+    fn no_topology_error(&self) -> Error {
+        lock(&self.signal.discovery_error)
+            .clone()
+            .unwrap_or_else(|| Error::ClusterDown("no topology yet: no seed has answered".into()))
+    }
+
     /// Picks the node for `target`, avoiding replicas when `primary_only`.
     pub(crate) fn pick(&self, target: &Target, primary_only: bool) -> Result<Arc<Node>> {
         let routes = self.routes.load();
@@ -281,7 +289,8 @@ impl Inner {
             Target::AnyPrimary => {
                 let n = routes.primaries.len();
                 if n == 0 {
-                    return Err(Error::ClusterDown("no primary known".into()));
+                    self.signal.request(RefreshTrigger::Uncovered);
+                    return Err(self.no_topology_error());
                 }
                 Ok(Arc::clone(&routes.primaries[self.registry.next_turn() % n]))
             }
@@ -303,6 +312,9 @@ impl Inner {
     ) -> Result<&'r Arc<Node>> {
         let Some(shard) = routes.map.shard_index(slot) else {
             self.signal.request(RefreshTrigger::Uncovered);
+            if routes.primaries.is_empty() {
+                return Err(self.no_topology_error());
+            }
             return Err(Error::ClusterDown(format!(
                 "slot {slot} is not served by any node"
             )));

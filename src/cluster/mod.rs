@@ -224,8 +224,11 @@ impl ClusterClient {
             .iter()
             .map(|s| Arc::from(inner.seed_address(s)))
             .collect();
-        let map = inner.fetch_view(&seeds).await?;
-        inner.install(map, RefreshTrigger::Periodic);
+        let lazy = inner.config.lazy_connect;
+        if !lazy {
+            let map = inner.fetch_view(&seeds).await?;
+            inner.install(map, RefreshTrigger::Periodic);
+        }
         if let Some(interval) = inner.config.health_check_interval {
             tokio::spawn(health::health_task(Arc::downgrade(&inner), interval));
         }
@@ -235,6 +238,10 @@ impl ClusterClient {
             refresh_interval,
             refresh_min_interval,
         ));
+        if lazy {
+            // Discovery, in the background, at once.
+            inner.signal.request(RefreshTrigger::Uncovered);
+        }
         let response_timeout = inner.config.response_timeout;
         let read_from = inner.config.read_from;
         Ok(ClusterClient {

@@ -61,6 +61,9 @@ pub(crate) struct RefreshSignal {
     pub(crate) degraded: AtomicBool,
     /// When a refresh last saw a node flagged as failed.
     last_failure: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Why the last discovery failed while no topology is known (a lazily connected
+    /// client whose seeds have not answered yet): what its requests fail with.
+    pub(crate) discovery_error: std::sync::Mutex<Option<Error>>,
 }
 
 impl RefreshSignal {
@@ -110,7 +113,10 @@ pub(crate) async fn refresh_task(
     min_interval: Duration,
 ) {
     let mut limiter = RefreshLimiter::new(min_interval);
-    limiter.on_refresh(Instant::now().into_std());
+    // Discovery just ran (unless the client connects lazily: then it is the first).
+    if inner.upgrade().is_some_and(|i| !i.config.lazy_connect) {
+        limiter.on_refresh(Instant::now().into_std());
+    }
     loop {
         // While some node is reported failed, refresh often: a failed primary that comes
         // back returns as a replica, and the client should notice within a second.
@@ -161,7 +167,16 @@ impl Inner {
                 candidates.push(Arc::from(seed));
             }
         }
-        let map = self.fetch_view(&candidates).await?;
+        let map = match self.fetch_view(&candidates).await {
+            Ok(map) => map,
+            Err(e) => {
+                if current.primaries.is_empty() {
+                    *lock(&self.signal.discovery_error) = Some(e.clone());
+                }
+                return Err(e);
+            }
+        };
+        *lock(&self.signal.discovery_error) = None;
         self.signal.count.fetch_add(1, Ordering::Relaxed);
         crate::observe::metrics::topology_refresh(trigger.as_str());
         if !self.install(map, trigger) {
