@@ -166,7 +166,8 @@ pub use observe::{
 pub use pipeline::{Pipeline, Transaction, Watched};
 pub use policy::{BreakerState, CircuitBreakerConfig, RetryBudgetConfig};
 pub use pubsub::{
-    Message, OverflowPolicy, PubSubEvent, Subscriber, SubscriberConfig, SubscriberStats,
+    Message, OverflowPolicy, PubSubEvent, Subscriber, SubscriberConfig, SubscriberHandle,
+    SubscriberStats,
 };
 pub use resp::{FromValue, Value};
 pub use slot::{hash_tag, key_slot, SLOT_COUNT};

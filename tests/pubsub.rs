@@ -2,7 +2,8 @@
 //! following a slot move and a killed primary; a classic subscription whose node dies,
 //! or freezes (found by the subscriber's own PING); a slow consumer at the queue's
 //! bound; RESP2; `PUNSUBSCRIBE`; a subscribe that times out on a frozen primary and is
-//! made when it thaws.
+//! made when it thaws; keyspace notifications from every primary; a handle used from
+//! another task.
 //!
 //! Every wait polls a real condition (an event, a server-side count) with a deadline.
 
@@ -823,5 +824,58 @@ async fn keyspace_notifications_come_from_every_primary_once_and_follow_a_failov
         .chain(local.replicas().await.unwrap())
     {
         assert_eq!(subscriptions_on(&local, n, event).await, (0, 0), "node {n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_changes_subscriptions_while_another_task_reads_the_events() {
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    let handle = sub.handle();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(event) = sub.next().await {
+            if let PubSubEvent::Message(m) = event {
+                if tx.send(m).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    handle.subscribe(["from-handle"]).await.unwrap();
+    handle
+        .clone()
+        .ssubscribe(["orders:{handle}"])
+        .await
+        .unwrap();
+    client.publish("from-handle", "1").await.unwrap();
+    client.spublish("orders:{handle}", "2").await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a message within 5 s")
+            .unwrap();
+        got.push((m.channel, m.payload));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![(b("from-handle"), b("1")), (b("orders:{handle}"), b("2"))]
+    );
+
+    // The subscriber gone, its handle's calls fail at once, and its connections close.
+    reader.abort();
+    let _ = reader.await;
+    let r = handle.subscribe(["too-late"]).await;
+    assert!(matches!(r, Err(Error::ConnectionLost { .. })), "{r:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !classic_holders(&local, "from-handle").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the subscription outlived its subscriber"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

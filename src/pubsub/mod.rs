@@ -51,6 +51,13 @@
 //!   `client.query(cmd("CONFIG").arg("SET")...)` sends to every node. A message
 //!   `PUBLISH`ed to such a channel by hand arrives once per primary.
 //!
+//! # From several tasks
+//!
+//! Reading events needs `&mut Subscriber`; [`Subscriber::handle`] gives a
+//! [`SubscriberHandle`] (cheap to clone) that subscribes and unsubscribes from any task
+//! meanwhile. Dropping the `Subscriber` ends it all: its handles' calls then fail with
+//! [`Error::ConnectionLost`].
+//!
 //! # Delivery: at most once, and gaps are reported
 //!
 //! Redis Pub/Sub keeps no messages: a message published while a subscription is being
@@ -319,8 +326,41 @@ pub struct SubscriberStats {
 /// ```
 pub struct Subscriber {
     queue: Arc<EventQueue>,
-    control: mpsc::UnboundedSender<Control>,
+    /// Keeps the task running: it ends when the last strong sender is dropped.
+    _alive: mpsc::UnboundedSender<Control>,
+    handle: SubscriberHandle,
+}
+
+/// Changes a [`Subscriber`]'s subscriptions from other tasks while one task reads its
+/// events: `Subscriber::next` needs `&mut`, these calls do not. Cheap to clone. Once
+/// the subscriber is dropped, its handles' calls fail with
+/// [`Error::ConnectionLost`].
+///
+/// ```no_run
+/// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+/// use futures_util::StreamExt;
+/// let mut sub = client.subscriber().await?;
+/// let handle = sub.handle();
+/// tokio::spawn(async move {
+///     while let Some(event) = sub.next().await {
+///         println!("{event:?}");
+///     }
+/// });
+/// handle.subscribe(["news"]).await?; // from any task
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SubscriberHandle {
+    control: mpsc::WeakUnboundedSender<Control>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for SubscriberHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriberHandle")
+            .field("subscriber_alive", &(self.control.strong_count() > 0))
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -377,10 +417,14 @@ impl ClusterClient {
             // A root span, as for connections: the subscriber outlives the caller's span.
             tracing::debug_span!(parent: None, "redis_subscriber"),
         ));
+        let handle = SubscriberHandle {
+            control: control.downgrade(),
+            timeout: config.subscribe_timeout.unwrap_or(self.response_timeout),
+        };
         Ok(Subscriber {
             queue,
-            control,
-            timeout: config.subscribe_timeout.unwrap_or(self.response_timeout),
+            _alive: control,
+            handle,
         })
     }
 }
@@ -400,7 +444,7 @@ where
     out
 }
 
-impl Subscriber {
+impl SubscriberHandle {
     async fn request(
         &self,
         control: impl FnOnce(oneshot::Sender<Result<()>>) -> Control,
@@ -409,7 +453,10 @@ impl Subscriber {
         let gone = || Error::ConnectionLost {
             may_have_executed: false,
         };
-        self.control.send(control(reply)).map_err(|_| gone())?;
+        let sender = self.control.upgrade().ok_or_else(gone)?;
+        sender.send(control(reply)).map_err(|_| gone())?;
+        // Not held while waiting: a subscriber dropped meanwhile ends its task.
+        drop(sender);
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(gone()),
@@ -581,6 +628,100 @@ impl Subscriber {
         I::Item: ToArg,
     {
         self.unsubscribe_kind(Kind::Shard, to_bytes(channels)).await
+    }
+}
+
+impl Subscriber {
+    /// A handle to change this subscriber's subscriptions from other tasks while one
+    /// task reads its events.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let sub = client.subscriber().await?;
+    /// let handle = sub.handle();
+    /// handle.psubscribe(["log.*"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn handle(&self) -> SubscriberHandle {
+        self.handle.clone()
+    }
+
+    /// `SUBSCRIBE`: see [`SubscriberHandle::subscribe`], which this calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubscriberHandle::subscribe`].
+    pub async fn subscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.handle.subscribe(channels).await
+    }
+
+    /// `PSUBSCRIBE`: see [`SubscriberHandle::psubscribe`], which this calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubscriberHandle::psubscribe`].
+    pub async fn psubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.handle.psubscribe(channels).await
+    }
+
+    /// `SSUBSCRIBE`: see [`SubscriberHandle::ssubscribe`], which this calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubscriberHandle::ssubscribe`].
+    pub async fn ssubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.handle.ssubscribe(channels).await
+    }
+
+    /// `UNSUBSCRIBE`: see [`SubscriberHandle::unsubscribe`], which this calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubscriberHandle::unsubscribe`].
+    pub async fn unsubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.handle.unsubscribe(channels).await
+    }
+
+    /// `PUNSUBSCRIBE`: see [`SubscriberHandle::punsubscribe`], which this calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubscriberHandle::punsubscribe`].
+    pub async fn punsubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.handle.punsubscribe(channels).await
+    }
+
+    /// `SUNSUBSCRIBE`: see [`SubscriberHandle::sunsubscribe`], which this calls.
+    ///
+    /// # Errors
+    ///
+    /// As [`SubscriberHandle::sunsubscribe`].
+    pub async fn sunsubscribe<I>(&self, channels: I) -> Result<()>
+    where
+        I: IntoIterator,
+        I::Item: ToArg,
+    {
+        self.handle.sunsubscribe(channels).await
     }
 
     /// Queue length, its peak, drops and gaps so far.
