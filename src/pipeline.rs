@@ -143,6 +143,27 @@ impl Pipeline {
         Ok(replies)
     }
 
+    /// [`Pipeline::execute`], with the replies converted to one Rust value: a tuple, a
+    /// `Vec<T>`, ... as a reply array would be.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::execute`]; [`Error::Type`] when the replies do not convert (the
+    /// commands ran).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut p = client.pipeline();
+    /// p.set("user:{42}:name", "Ada").get("user:{42}:name").incr("visits:{home}", 1);
+    /// let ((), name, visits): ((), String, i64) = p.execute_as().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_as<T: FromValue>(self) -> Result<T> {
+        T::from_value(Value::Array(self.execute().await?))
+    }
+
     /// Sends every command and returns one result per command, in order: the reply, or
     /// the error (an error reply becomes [`Error::Server`], `CLUSTERDOWN`
     /// [`Error::ClusterDown`], as for a single command).
@@ -459,6 +480,31 @@ impl Transaction {
             Value::ServerError(e) => Err(crate::cluster::reply_error(e)),
             other => Err(Error::Protocol(format!("EXEC answered {}", other.kind()))),
         }
+    }
+
+    /// [`Transaction::execute`], with the replies converted to one Rust value (a tuple,
+    /// a `Vec<T>`, ...). A command that failed inside `EXEC` is a
+    /// [`Value::ServerError`] in the list, and so an [`Error::Type`] here unless the
+    /// type asked for takes `Value`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Transaction::execute`]; [`Error::Type`] when the replies do not convert
+    /// (the transaction ran).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let mut tx = client.transaction();
+    /// use redcluster::cmd;
+    /// tx.add(cmd("DECRBY").arg("{acct:7}:balance").arg(10))
+    ///     .add(cmd("RPUSH").arg("{acct:7}:history").arg("-10"));
+    /// let (balance, entries): (i64, i64) = tx.execute_as().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_as<T: FromValue>(self) -> Result<T> {
+        T::from_value(Value::Array(self.execute().await?))
     }
 }
 

@@ -499,3 +499,33 @@ async fn a_pipeline_does_not_resend_a_refusal_when_no_retry_is_allowed() {
         assert_eq!(client.stats().retries, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_and_transactions_convert_their_replies_to_one_typed_value() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut p = client.pipeline();
+    p.set("typed:{a}", "Ada")
+        .get("typed:{a}")
+        .incr("typed:{b}", 2);
+    let ((), name, n): ((), String, i64) = p.clone().execute_as().await.unwrap();
+    assert_eq!((name.as_str(), n), ("Ada", 2));
+    // The same pipeline again (cloned before): INCR runs twice in all.
+    let again: Vec<Value> = p.execute_as().await.unwrap();
+    assert_eq!(again[2], Value::Int(4));
+    // Replies that do not fit the type: the commands ran, and the error says so.
+    let mut p = client.pipeline();
+    p.incr("typed:{b}", 1);
+    let r = p.execute_as::<(i64, i64)>().await;
+    assert!(
+        matches!(&r, Err(e @ Error::Type { .. }) if e.may_have_executed()),
+        "{r:?}"
+    );
+    assert_eq!(client.get::<_, i64>("typed:{b}").await.unwrap(), 5);
+
+    let mut tx = client.transaction();
+    tx.add(cmd("INCRBY").arg("{acct}:balance").arg(10))
+        .add(cmd("RPUSH").arg("{acct}:history").arg("+10"));
+    let (balance, entries): (i64, i64) = tx.execute_as().await.unwrap();
+    assert_eq!((balance, entries), (10, 1));
+}
