@@ -1219,3 +1219,61 @@ async fn durable_writes_ride_out_tryagain_during_a_migration() {
         "{values:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_node_asks_the_node_named_replicas_included() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let nodes = client.known_nodes();
+    assert_eq!(nodes.len(), 6);
+    let mut ids = Vec::new();
+    for addr in &nodes {
+        let id: String = client
+            .query_node(addr, cmd("CLUSTER").arg("MYID"))
+            .await
+            .unwrap();
+        // The node that answered is the one at that address.
+        assert_eq!(local.index_of_id(&id), local.index_of_addr(addr), "{addr}");
+        let role: String = client
+            .query_node(addr, cmd("INFO").arg("replication"))
+            .await
+            .unwrap();
+        let replica = local
+            .replicas()
+            .await
+            .unwrap()
+            .contains(&local.index_of_addr(addr).unwrap());
+        assert_eq!(role.contains("role:slave"), replica, "{addr}: {role}");
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 6);
+
+    // A keyed command on a primary that does not serve the key: the MOVED is followed.
+    client.set("qn:{k}", "v").await.unwrap();
+    let owner = client.node_for_key(b"qn:{k}").unwrap();
+    let other = local
+        .masters()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| local.node_addr(m))
+        .find(|a| *a != owner)
+        .unwrap();
+    let v: String = client
+        .query_node(&other, cmd("GET").arg("qn:{k}"))
+        .await
+        .unwrap();
+    assert_eq!(v, "v");
+
+    // Refused before sending: a stranger, a blocking command, a connection-state one.
+    for (addr, command) in [
+        ("127.0.0.1:1", cmd("PING")),
+        (nodes[0].as_str(), cmd("BLPOP").arg("qn:list").arg(1)),
+        (nodes[0].as_str(), cmd("SUBSCRIBE").arg("qn:chan")),
+    ] {
+        let r = client.query_node::<Value>(addr, command).await;
+        assert!(matches!(r, Err(Error::Config(_))), "{addr}: {r:?}");
+    }
+}

@@ -124,6 +124,49 @@ impl Inner {
         self.begin(command.into(), name, target, idempotent, started, deadline)
     }
 
+    /// Sends `command` to the node at `addr`, a node of the topology, whatever its keys
+    /// say ([`crate::ClusterClient::query_node`]).
+    pub(crate) async fn execute_on(
+        &self,
+        addr: &str,
+        command: Cmd,
+        deadline: Instant,
+    ) -> Result<Value> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let node: Arc<str> = {
+            let routes = self.routes.load();
+            if !knows(&routes, addr) {
+                return Err(Error::Config(format!(
+                    "{addr} is not a node of the cluster's topology (see known_nodes())"
+                )));
+            }
+            Arc::from(addr)
+        };
+        if command.is_empty() {
+            return Err(Error::Config("empty command".into()));
+        }
+        let info = match cmd::lookup(&command) {
+            Some(info) => Some(info),
+            None => self.command_info(&command, deadline).await,
+        };
+        plan::refuse_connection_state_commands(&command, info)?;
+        if info.is_some_and(|i| cmd::blocks(&command, i)) {
+            return Err(Error::Config(
+                "a blocking command goes where its keys are: use query(), not query_node()".into(),
+            ));
+        }
+        let name = metrics::command_label(info);
+        let idempotent = info.is_some_and(|i| cmd::may_resend(&command, i));
+        self.send_named(
+            command.into(),
+            name,
+            Target::Node(node),
+            idempotent,
+            deadline,
+        )
+        .await
+    }
+
     /// [`Inner::execute`] for a planned command, whatever its kind.
     async fn execute_planned(
         &self,

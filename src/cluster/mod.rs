@@ -352,6 +352,38 @@ impl ClusterClient {
         into_result(value)
     }
 
+    /// Sends any command to the node at `addr`, one of [`known_nodes`](Self::known_nodes)
+    /// (a replica too), instead of where its keys or the command table would send it:
+    /// for one node's administration and diagnostics (`CLUSTER INFO`, `INFO`, `SLOWLOG
+    /// GET`, `CONFIG GET`, `MEMORY DOCTOR` of that node). The response timeout, retries
+    /// and the node's breaker apply as to any request, and a `MOVED` or `ASK` is followed
+    /// (a keyed command sent to a node that does not serve the key is answered by the one
+    /// that does). `durable_writes` adds no `WAIT` here.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for an address that is not a node of the topology, or a command
+    /// that blocks (`BLPOP`) or holds a connection (`SUBSCRIBE`, `MULTI`): those go by
+    /// their keys, through [`query`](Self::query), [`subscriber`](Self::subscriber),
+    /// [`transaction`](Self::transaction); otherwise as [`query`](Self::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::cmd;
+    /// for addr in client.known_nodes() {
+    ///     let info: String = client.query_node(&addr, cmd("CLUSTER").arg("INFO")).await?;
+    ///     println!("{addr}: {}", info.lines().next().unwrap_or_default());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_node<T: FromValue>(&self, addr: &str, cmd: Cmd) -> Result<T> {
+        let deadline = crate::deadline::from_now(self.response_timeout);
+        let value = self.inner.execute_on(addr, cmd, deadline).await?;
+        into_result(value)
+    }
+
     /// Sends a write and waits until `durability.replicas` replicas acknowledged it (or
     /// `durability.timeout` passed); see [`Durability`] for what that does and does not
     /// guarantee. Returns the reply and how many replicas acknowledged.

@@ -178,7 +178,10 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
 /// connection (the list and the reasons: [`cmd::Refusal`]). The transaction commands are
 /// refused inside [`crate::Transaction`] and [`crate::Watched`] too, which send their
 /// own.
-fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
+pub(crate) fn refuse_connection_state_commands(
+    command: &Cmd,
+    info: Option<&cmd::CommandInfo>,
+) -> Result<()> {
     // This runs for every request: the table's lowercase name is matched at once. A
     // command the table lacks (`WAITAOF` on a 7.0 table) is lowercased on the stack.
     let refusal = match info {
