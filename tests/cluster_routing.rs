@@ -563,6 +563,14 @@ async fn scripts_run_by_digest_and_send_their_source_only_where_a_node_lacks_the
     assert_eq!(n, 15, "the script ran once");
     assert_eq!(calls(&local, owner, "eval").await, 2);
 
+    // Keys and arguments of different types, one at a time.
+    let mixed = Script::new("return {KEYS[1], ARGV[1], ARGV[2], ARGV[3]}");
+    let (k, a, b, c): (String, i64, String, f64) = client
+        .invoke_call(mixed.key(key).arg(7).arg("text").arg(2.5))
+        .await
+        .unwrap();
+    assert_eq!((k.as_str(), a, b.as_str(), c), (key, 7, "text", 2.5));
+
     // The script's own error is the caller's.
     let fails = Script::new("return redis.error_reply('MYCODE went wrong')");
     match client.invoke::<_, &str, Value>(&fails, &[key], &[]).await {

@@ -638,6 +638,32 @@ impl ClusterClient {
         into_result(value)
     }
 
+    /// Runs a [`ScriptCall`](crate::ScriptCall) as [`ClusterClient::invoke`] runs a script: for keys and
+    /// arguments of different types.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::invoke`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::Script;
+    /// let limiter = Script::new(
+    ///     "local n = redis.call('INCR', KEYS[1]) \
+    ///      if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end \
+    ///      return n <= tonumber(ARGV[1])",
+    /// );
+    /// let allowed: bool = client
+    ///     .invoke_call(limiter.key("rate:{user:7}").arg(100).arg(60))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn invoke_call<T: FromValue>(&self, call: crate::ScriptCall) -> Result<T> {
+        self.invoke(call.script(), call.keys(), call.args()).await
+    }
+
     /// `SCRIPT LOAD` on every node, replicas included, so that `EVALSHA` finds the
     /// script anywhere, also in a [`crate::Pipeline`] or [`crate::Transaction`], which
     /// do not fall back to `EVAL` (see [`crate::Pipeline::invoke`]). A node added to the

@@ -24,7 +24,7 @@ mod script;
 mod table;
 
 pub use renames::CommandRenames;
-pub use script::Script;
+pub use script::{Script, ScriptCall};
 
 pub(crate) use refusal::Refusal;
 #[cfg(test)]

@@ -113,9 +113,92 @@ impl Script {
         with_keys_and_args(cmd(name).arg(&*self.code), keys, args)
     }
 
+    /// A call of this script built one key and argument at a time, each of its own
+    /// type (a string key, a number, a float), for
+    /// [`ScriptCall::invoke`]; [`ClusterClient::invoke`](crate::ClusterClient::invoke)
+    /// takes slices of one type each.
+    ///
+    /// ```
+    /// use redcluster::Script;
+    /// let limiter = Script::new("return redis.call('INCRBY', KEYS[1], ARGV[1])");
+    /// let call = limiter.key("rate:{user:7}").arg(10).arg(1.5);
+    /// assert_eq!(call.keys().len() + call.args().len(), 3);
+    /// ```
+    pub fn key(&self, key: impl ToArg) -> ScriptCall {
+        ScriptCall {
+            script: self.clone(),
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+        .key(key)
+    }
+
+    /// A call of this script with a first argument and no keys yet: see
+    /// [`Script::key`].
+    pub fn arg(&self, arg: impl ToArg) -> ScriptCall {
+        ScriptCall {
+            script: self.clone(),
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+        .arg(arg)
+    }
+
     /// `SCRIPT LOAD source`.
     pub(crate) fn load(&self) -> Cmd {
         cmd("SCRIPT").arg("LOAD").arg(&*self.code)
+    }
+}
+
+/// A [`Script`] with its keys and arguments, gathered one at a time (each its own type);
+/// run by [`ScriptCall::invoke`]. Made by [`Script::key`] or [`Script::arg`].
+#[derive(Clone)]
+pub struct ScriptCall {
+    script: Script,
+    keys: Vec<bytes::Bytes>,
+    args: Vec<bytes::Bytes>,
+}
+
+impl ScriptCall {
+    /// Adds a key (`KEYS[n]`); the keys of one call must share a slot.
+    pub fn key(mut self, key: impl ToArg) -> ScriptCall {
+        self.keys
+            .push(key.with_bytes(bytes::Bytes::copy_from_slice));
+        self
+    }
+
+    /// Adds an argument (`ARGV[n]`).
+    pub fn arg(mut self, arg: impl ToArg) -> ScriptCall {
+        self.args
+            .push(arg.with_bytes(bytes::Bytes::copy_from_slice));
+        self
+    }
+
+    /// The script called.
+    pub fn script(&self) -> &Script {
+        &self.script
+    }
+
+    /// The keys so far, as sent.
+    pub fn keys(&self) -> &[bytes::Bytes] {
+        &self.keys
+    }
+
+    /// The arguments so far, as sent.
+    pub fn args(&self) -> &[bytes::Bytes] {
+        &self.args
+    }
+}
+
+/// The script's digest and the number of keys and arguments; never their values, which
+/// may be secrets.
+impl fmt::Debug for ScriptCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScriptCall")
+            .field("script", &self.script)
+            .field("keys", &self.keys.len())
+            .field("args", &self.args.len())
+            .finish()
     }
 }
 
