@@ -115,7 +115,7 @@ impl Script {
 
     /// A call of this script built one key and argument at a time, each of its own
     /// type (a string key, a number, a float), for
-    /// [`ScriptCall::invoke`]; [`ClusterClient::invoke`](crate::ClusterClient::invoke)
+    /// [`ClusterClient::invoke_call`](crate::ClusterClient::invoke_call); [`ClusterClient::invoke`](crate::ClusterClient::invoke)
     /// takes slices of one type each.
     ///
     /// ```
@@ -151,7 +151,7 @@ impl Script {
 }
 
 /// A [`Script`] with its keys and arguments, gathered one at a time (each its own type);
-/// run by [`ScriptCall::invoke`]. Made by [`Script::key`] or [`Script::arg`].
+/// run by [`ClusterClient::invoke_call`](crate::ClusterClient::invoke_call). Made by [`Script::key`] or [`Script::arg`].
 #[derive(Clone)]
 pub struct ScriptCall {
     script: Script,
