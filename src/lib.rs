@@ -75,7 +75,8 @@
 //!   that may have reached the server (the connection died after the write) is sent
 //!   again only when the command is read-only or known idempotent (`SET`, `DEL`, `HSET`,
 //!   `SADD`, `EXPIRE`, ...; never `INCR`, `LPUSH`, `GETSET`, nor `SET ... NX`, whose
-//!   repeat would report a lock it took as not taken). Otherwise the caller
+//!   repeat would report a lock it took as not taken), or when the caller declared it
+//!   safe to repeat ([`ClusterClient::query_idempotent`]). Otherwise the caller
 //!   gets the error, and [`Error::may_have_executed`] says `true`. A request that timed
 //!   out is never sent again: its deadline has passed.
 //! - Retries draw on a budget shared by the client ([`RetryBudgetConfig`]), so a failing

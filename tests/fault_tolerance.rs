@@ -53,6 +53,8 @@ enum Mix {
     Sets,
     /// SETs, and every other request an INCR of one of the writer's counters.
     SetsAndIncrs,
+    /// As `SetsAndIncrs`, with each INCR declared safe to repeat (`query_idempotent`).
+    SetsAndRepeatableIncrs,
 }
 
 /// Writer tasks, each sending one request at a time and logging every outcome.
@@ -80,20 +82,21 @@ impl Writers {
                         let value = (t as u64) << 32 | n;
                         let (key, write) = match mix {
                             Mix::Sets => (format!("ft:{t}:{}", n % 64), Write::Set(value)),
-                            Mix::SetsAndIncrs if n % 2 == 1 => {
+                            Mix::SetsAndIncrs | Mix::SetsAndRepeatableIncrs if n % 2 == 1 => {
                                 (format!("ft:{t}:c{}", n / 2 % 8), Write::Incr)
                             }
-                            Mix::SetsAndIncrs => {
+                            Mix::SetsAndIncrs | Mix::SetsAndRepeatableIncrs => {
                                 (format!("ft:{t}:{}", n / 2 % 64), Write::Set(value))
                             }
                         };
+                        let incr = cmd("INCR").arg(key.as_str());
                         let started = Instant::now();
                         let result = match write {
                             Write::Set(value) => client.set(key.as_str(), value).await,
-                            Write::Incr => client
-                                .query::<i64>(cmd("INCR").arg(key.as_str()))
-                                .await
-                                .map(drop),
+                            Write::Incr if mix == Mix::SetsAndRepeatableIncrs => {
+                                client.query_idempotent::<i64>(incr).await.map(drop)
+                            }
+                            Write::Incr => client.query::<i64>(incr).await.map(drop),
                         };
                         let outcome = Outcome {
                             writer: t,
@@ -493,29 +496,7 @@ async fn connections_killed_under_writers_resend_sets_and_never_run_an_increment
         .await
         .unwrap();
     let writers = Writers::spawn(&client, 8, Mix::SetsAndIncrs);
-    let masters = local.masters().await.unwrap();
-    let logged = |writers: &Writers| writers.with_log(<[Outcome]>::len);
-    let mut killed = 0;
-    for _ in 0..6 {
-        // Some traffic first, then every client connection of every primary cut (the
-        // killing connection itself is skipped).
-        let before = logged(&writers);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while logged(&writers) < before + 300 {
-            assert!(Instant::now() < deadline, "the writers stalled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        for &m in &masters {
-            let node = local.connect_node(m).await.unwrap();
-            let cut = node
-                .send(cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"))
-                .await
-                .unwrap();
-            if let Value::Int(n) = cut {
-                killed += n;
-            }
-        }
-    }
+    let killed = cut_connections_under(&local, &writers).await;
     let outcomes = writers.finish(Duration::from_secs(15)).await;
     assert!(killed >= 6, "the client's connections were cut ({killed})");
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
@@ -536,6 +517,70 @@ async fn connections_killed_under_writers_resend_sets_and_never_run_an_increment
     }
     every_increment_counts_at_most_once(&client, &outcomes).await;
     every_acknowledged_write_is_stored(&client, &outcomes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_declared_repeatable_are_resent_after_a_cut_and_never_lost() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let writers = Writers::spawn(&client, 8, Mix::SetsAndRepeatableIncrs);
+    let killed = cut_connections_under(&local, &writers).await;
+    let outcomes = writers.finish(Duration::from_secs(15)).await;
+    assert!(killed >= 6, "the client's connections were cut ({killed})");
+    // Every request answered: the INCRs cut off after their write were sent again.
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(client.stats().retries > 0, "the cuts caused resends");
+    // So each counter holds at least its INCRs, and more where a resent one had run.
+    let mut acked: HashMap<&str, i64> = HashMap::new();
+    for o in outcomes.iter().filter(|o| o.write == Write::Incr) {
+        *acked.entry(o.key.as_str()).or_default() += 1;
+    }
+    let mut doubled = 0;
+    for (key, n) in acked {
+        let stored: i64 = client.get(key).await.unwrap();
+        assert!(stored >= n, "{key} counts {stored} of {n} INCRs");
+        doubled += stored - n;
+    }
+    println!(
+        "{} requests, {killed} connections cut, {doubled} INCRs ran twice",
+        outcomes.len()
+    );
+    every_acknowledged_write_is_stored(&client, &outcomes).await;
+}
+
+/// Cuts every client connection of every primary six times, after some of the writers'
+/// traffic each time; how many connections were cut.
+async fn cut_connections_under(local: &LocalCluster, writers: &Writers) -> i64 {
+    let masters = local.masters().await.unwrap();
+    let logged = |writers: &Writers| writers.with_log(<[Outcome]>::len);
+    let mut killed = 0;
+    for _ in 0..6 {
+        // Some traffic first, then every client connection of every primary cut (the
+        // killing connection itself is skipped).
+        let before = logged(writers);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while logged(writers) < before + 300 {
+            assert!(Instant::now() < deadline, "the writers stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for &m in &masters {
+            let node = local.connect_node(m).await.unwrap();
+            let cut = node
+                .send(cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"))
+                .await
+                .unwrap();
+            if let Value::Int(n) = cut {
+                killed += n;
+            }
+        }
+    }
+    killed
 }
 
 /// A lost connection counts once (see the test above), but a node that drops every
@@ -1024,6 +1069,24 @@ async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
         "the write was not sent again: {:?}",
         fake.seen()
     );
+    // Declared safe to repeat, the same INCR is sent again after the same drop.
+    let fake_repeat = FakeCluster::start(|args, earlier| match args[0].as_str() {
+        "INCR" if earlier == 0 => Action::Drop,
+        _ => Action::Reply(Value::Int(1)),
+    })
+    .await;
+    let repeating = ClusterClient::builder()
+        .nodes([fake_repeat.addr.as_str()])
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let n: i64 = repeating
+        .query_idempotent(cmd("INCR").arg("counter"))
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(fake_repeat.count("INCR"), 2, "{:?}", fake_repeat.seen());
     let v: String = client.get("k").await.unwrap();
     assert_eq!(v, "v");
     assert_eq!(

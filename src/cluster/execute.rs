@@ -73,7 +73,21 @@ impl Inner {
         deadline: Instant,
         read_from: ReadFrom,
     ) -> Finish<'_> {
-        let begun = self.begin_command(command, started, deadline, read_from);
+        let begun = self.begin_command(command, started, deadline, read_from, false);
+        self.finish(begun)
+    }
+
+    /// [`Inner::execute`] for a command the caller declared safe to run twice: resent
+    /// after a lost connection even when it may have run
+    /// ([`crate::ClusterClient::query_idempotent`]).
+    pub(crate) fn execute_idempotent(
+        &self,
+        command: Cmd,
+        started: Instant,
+        deadline: Instant,
+        read_from: ReadFrom,
+    ) -> Finish<'_> {
+        let begun = self.begin_command(command, started, deadline, read_from, true);
         self.finish(begun)
     }
 
@@ -86,14 +100,22 @@ impl Inner {
         started: Instant,
         deadline: Instant,
         read_from: ReadFrom,
+        declared_idempotent: bool,
     ) -> Begun<'_> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let Some(info) = cmd::lookup(&command) else {
             return Begun::Other(Box::pin(async move {
                 let info = self.command_info(&command, deadline).await;
                 let plan = plan::plan(&command, info)?;
-                self.execute_planned(command, info, plan, deadline, read_from)
-                    .await
+                self.execute_planned(
+                    command,
+                    info,
+                    plan,
+                    deadline,
+                    read_from,
+                    declared_idempotent,
+                )
+                .await
             }));
         };
         let plan = match plan::plan(&command, Some(info)) {
@@ -117,10 +139,11 @@ impl Inner {
                 plan,
                 deadline,
                 read_from,
+                declared_idempotent,
             )));
         };
         let name = metrics::command_label(Some(info));
-        let idempotent = cmd::may_resend(&command, info);
+        let idempotent = declared_idempotent || cmd::may_resend(&command, info);
         self.begin(command.into(), name, target, idempotent, started, deadline)
     }
 
@@ -175,9 +198,10 @@ impl Inner {
         plan: Plan,
         deadline: Instant,
         read_from: ReadFrom,
+        declared_idempotent: bool,
     ) -> Result<Value> {
         let name = metrics::command_label(info);
-        let idempotent = info.is_some_and(|i| cmd::may_resend(&command, i));
+        let idempotent = declared_idempotent || info.is_some_and(|i| cmd::may_resend(&command, i));
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
             let lease_deadline = deadline;

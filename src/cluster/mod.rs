@@ -352,6 +352,36 @@ impl ClusterClient {
         into_result(value)
     }
 
+    /// [`query`](Self::query) for a command you know is safe to run twice (an `INCR`
+    /// whose rare double count you accept, a module command that overwrites, a script
+    /// written to be repeatable): like a read or a `SET`, it is sent again after its
+    /// connection was lost, even when it may have run. Without this, such a request
+    /// fails with `may_have_executed() == true` instead. A request that timed out is
+    /// still never sent again (its deadline has passed).
+    ///
+    /// # Errors
+    ///
+    /// As [`query`](Self::query).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use redcluster::cmd;
+    /// // A page-view counter: a rare double count beats a lost one.
+    /// let views: i64 = client.query_idempotent(cmd("INCR").arg("views:{home}")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn query_idempotent<T: FromValue>(&self, cmd: Cmd) -> Result<T> {
+        let now = Instant::now();
+        let deadline = crate::deadline::after(now, self.response_timeout);
+        let value = self
+            .inner
+            .execute_idempotent(cmd, now, deadline, self.read_from)
+            .await?;
+        into_result(value)
+    }
+
     /// Sends any command to the node at `addr`, one of [`known_nodes`](Self::known_nodes)
     /// (a replica too), instead of where its keys or the command table would send it:
     /// for one node's administration and diagnostics (`CLUSTER INFO`, `INFO`, `SLOWLOG
