@@ -484,8 +484,8 @@ impl Transaction {
 
     /// [`Transaction::execute`], with the replies converted to one Rust value (a tuple,
     /// a `Vec<T>`, ...). A command that failed inside `EXEC` is a
-    /// [`Value::ServerError`] in the list, and so an [`Error::Type`] here unless the
-    /// type asked for takes `Value`.
+    /// [`Value::ServerError`] in the list: converted, it is that command's
+    /// [`Error::Server`] (the others ran), unless the type asked for takes `Value`.
     ///
     /// # Errors
     ///

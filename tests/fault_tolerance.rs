@@ -1298,6 +1298,17 @@ async fn a_lazy_client_is_built_while_the_cluster_is_down_and_serves_once_it_is_
         "{:?}",
         started.elapsed()
     );
+    // A command for every node too (no node is known to send it to).
+    let r = client.query::<i64>(cmd("DBSIZE")).await;
+    assert!(
+        matches!(&r, Err(Error::Io { .. } | Error::ConnectionLost { .. })),
+        "{r:?}"
+    );
+    // A keyspace subscription (made on every primary) cannot be yet: it is made once
+    // the cluster is discovered.
+    let sub = client.subscriber().await.unwrap();
+    let r = sub.subscribe(["__keyevent@0__:set"]).await;
+    assert!(matches!(r, Err(Error::ClusterDown(_))), "{r:?}");
 
     for i in 0..local.nodes().len() {
         local.restart(i).await.unwrap();
@@ -1317,6 +1328,22 @@ async fn a_lazy_client_is_built_while_the_cluster_is_down_and_serves_once_it_is_
     }
     assert_eq!(client.get::<_, i64>("lazy").await.unwrap(), 1);
     assert_eq!(client.known_nodes().len(), local.nodes().len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0..local.nodes().len() {
+        let node = local.connect_node(i).await.unwrap();
+        loop {
+            let numsub = node
+                .send(cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:set"))
+                .await
+                .unwrap();
+            if format!("{numsub:?}").contains("Int(1)") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i}: {numsub:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    drop(sub);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

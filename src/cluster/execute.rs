@@ -158,15 +158,23 @@ impl Inner {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let node: Arc<str> = {
             let routes = self.routes.load();
-            if !knows(&routes, addr) {
+            // As listed by `known_nodes()`, or as the node announces itself.
+            let remapped = self.remap(addr);
+            if knows(&routes, addr) {
+                Arc::from(addr)
+            } else if knows(&routes, &remapped) {
+                Arc::from(remapped.as_ref())
+            } else {
                 return Err(Error::Config(format!(
                     "{addr} is not a node of the cluster's topology (see known_nodes())"
                 )));
             }
-            Arc::from(addr)
         };
         if command.is_empty() {
             return Err(Error::Config("empty command".into()));
+        }
+        if command.is_oversized() {
+            return Err(Error::Config("a command over 4 GiB".into()));
         }
         let info = match cmd::lookup(&command) {
             Some(info) => Some(info),
@@ -1119,16 +1127,27 @@ impl Inner {
         idempotent: bool,
         deadline: Instant,
     ) -> Result<Value> {
-        let nodes: Vec<Arc<str>> = {
-            let routes = self.routes.load();
-            match to {
-                FanOutTo::Primaries => routes.map.serving_primaries(),
-                FanOutTo::AllNodes => routes.map.nodes(),
-            }
+        let backoff = Backoff {
+            base: self.config.retry_base,
+            max: self.config.retry_max,
         };
-        if nodes.is_empty() {
-            return Err(Error::ClusterDown("no node known".into()));
-        }
+        let mut retries = 0;
+        let nodes: Vec<Arc<str>> = loop {
+            let nodes = {
+                let routes = self.routes.load();
+                match to {
+                    FanOutTo::Primaries => routes.map.serving_primaries(),
+                    FanOutTo::AllNodes => routes.map.nodes(),
+                }
+            };
+            if !nodes.is_empty() {
+                break nodes;
+            }
+            // No topology yet (a lazily connected client): wait for the discovery.
+            self.signal.request(RefreshTrigger::Uncovered);
+            self.wait_retry(&backoff, &mut retries, deadline, self.no_topology_error())
+                .await?;
+        };
         let sends = nodes.iter().map(|addr| {
             self.send_named(
                 command.clone().into(),

@@ -172,6 +172,8 @@ impl Inner {
             Err(e) => {
                 if current.primaries.is_empty() {
                     *lock(&self.signal.discovery_error) = Some(e.clone());
+                    // Undiscovered: try again within a second, requests or not.
+                    self.signal.degraded.store(true, Ordering::Relaxed);
                 }
                 return Err(e);
             }

@@ -151,6 +151,9 @@ pub(crate) struct Manager {
     classic: Option<u64>,
     /// Links to a given primary, for its sharded and node-local subscriptions.
     node_links: HashMap<Arc<str>, u64>,
+    /// Node-local subscriptions asked for, whatever the primaries: what
+    /// `follow_primaries` makes on each primary.
+    local_wanted: HashSet<(Kind, Bytes)>,
     subs: HashMap<Key, Sub>,
     waiters: Vec<Waiter>,
     retry_at: Option<Instant>,
@@ -195,6 +198,7 @@ impl Manager {
             links: HashMap::new(),
             classic: None,
             node_links: HashMap::new(),
+            local_wanted: HashSet::new(),
             subs: HashMap::new(),
             waiters: Vec::new(),
             retry_at: None,
@@ -248,8 +252,11 @@ impl Manager {
             } => {
                 let mut keys = HashSet::new();
                 let primaries = self.inner.primary_addrs();
+                let mut undiscovered = false;
                 for channel in channels {
                     let nodes: Vec<Option<Arc<str>>> = if is_node_local(kind, &channel) {
+                        self.local_wanted.insert((kind, channel.clone()));
+                        undiscovered |= primaries.is_empty();
                         primaries.iter().cloned().map(Some).collect()
                     } else {
                         vec![None]
@@ -264,6 +271,17 @@ impl Manager {
                             keys.insert((true, key));
                         }
                     }
+                }
+                if undiscovered {
+                    // No primary to wait for yet; made once the cluster is discovered.
+                    self.inner.request_refresh(RefreshTrigger::Uncovered);
+                    let _ = reply.send(Err(Error::ClusterDown(
+                        "no primary known yet: keyspace subscriptions are made on every \
+                         primary once the cluster is discovered"
+                            .into(),
+                    )));
+                    self.resync();
+                    return;
                 }
                 self.wait(keys, reply);
                 self.resync();
@@ -281,6 +299,8 @@ impl Manager {
                     .filter(|(k, c, _)| *k == kind && (channels.is_empty() || channels.contains(c)))
                     .cloned()
                     .collect();
+                self.local_wanted
+                    .retain(|(k, c)| *k != kind || !(channels.is_empty() || channels.contains(c)));
                 let mut per_link: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
                 let mut keys = HashSet::new();
                 for key in ended {
@@ -616,6 +636,9 @@ impl Manager {
             }
             if retry {
                 sub.state = State::Waiting;
+            } else if key.2.is_some() {
+                // A node-local subscription is made on every primary or on none.
+                self.drop_local(kind, &key.1, &error);
             } else {
                 self.subs.remove(&key);
                 self.fail(&(true, key), &error);
@@ -827,12 +850,6 @@ impl Manager {
     /// once made (its notifications until then were missed). Whether anything changed.
     fn follow_primaries(&mut self) -> bool {
         let primaries = self.inner.primary_addrs();
-        let local: HashSet<(Kind, Bytes)> = self
-            .subs
-            .keys()
-            .filter(|(_, _, node)| node.is_some())
-            .map(|(kind, channel, _)| (*kind, channel.clone()))
-            .collect();
         let gone: Vec<Key> = self
             .subs
             .keys()
@@ -845,10 +862,13 @@ impl Manager {
                 continue;
             };
             if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
-                self.send(id, key.0, false, vec![key.1]);
+                self.send(id, key.0, false, vec![key.1.clone()]);
             }
+            // A caller waiting for it waits for the primaries there are.
+            self.resolve(&(true, key));
         }
-        for (kind, channel) in local {
+        let wanted: Vec<(Kind, Bytes)> = self.local_wanted.iter().cloned().collect();
+        for (kind, channel) in wanted {
             for primary in &primaries {
                 let key = (kind, channel.clone(), Some(Arc::clone(primary)));
                 if let std::collections::hash_map::Entry::Vacant(entry) = self.subs.entry(key) {
@@ -861,6 +881,27 @@ impl Manager {
             }
         }
         changed
+    }
+
+    /// Ends the node-local subscription of `channel` on every primary: one of them
+    /// refused it for good (`NOPERM`), and its callers get `error`.
+    fn drop_local(&mut self, kind: Kind, channel: &Bytes, error: &Error) {
+        self.local_wanted.remove(&(kind, channel.clone()));
+        let keys: Vec<Key> = self
+            .subs
+            .keys()
+            .filter(|(k, c, node)| *k == kind && c == channel && node.is_some())
+            .cloned()
+            .collect();
+        for key in keys {
+            let Some(sub) = self.subs.remove(&key) else {
+                continue;
+            };
+            if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
+                self.send(id, kind, false, vec![channel.clone()]);
+            }
+            self.fail(&(true, key), error);
+        }
     }
 
     fn housekeeping(&mut self) {

@@ -42,11 +42,18 @@
 //!   `__keyevent@`, and patterns that begin with `__key*`) live on every primary, one
 //!   subscription each, on the same per-primary connections: a node notifies its own
 //!   subscribers of its own keys' events, and the cluster does not broadcast them. So a
-//!   `psubscribe(["__keyevent@0__:expired"])` hears every expiry in the cluster, each
+//!   `subscribe(["__keyevent@0__:expired"])` hears every expiry in the cluster, each
 //!   once (replicas are left out: they notify the writes they replicate again). When
 //!   the client sees a new primary (a failover, a node added) the subscriptions are made
 //!   there, reported as a [`PubSubEvent::Gap`], and dropped from a node that is no
-//!   longer one. `subscribe` returns once every primary confirmed. The server must have
+//!   longer one (until the client sees the new topology, a demoted primary may repeat
+//!   a few notifications of the writes it replicates). `subscribe` returns once every
+//!   primary confirmed; one that does not answer makes it a [`Error::Timeout`], and
+//!   the subscription is still made there when it does; one that refuses (`NOPERM`)
+//!   fails the call with that error, and no primary keeps the subscription. Before the client knows any primary (with
+//!   `lazy_connect`) it is [`Error::ClusterDown`], and made once the cluster is
+//!   discovered. Only these prefixes count: a pattern such as `*` or `__keysp*` lives
+//!   on one node and hears that node's notifications only. The server must have
 //!   notifications on: `CONFIG SET notify-keyspace-events ...`, which
 //!   `client.query(cmd("CONFIG").arg("SET")...)` sends to every node. A message
 //!   `PUBLISH`ed to such a channel by hand arrives once per primary.
@@ -358,7 +365,10 @@ pub struct SubscriberHandle {
 impl std::fmt::Debug for SubscriberHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubscriberHandle")
-            .field("subscriber_alive", &(self.control.strong_count() > 0))
+            .field(
+                "subscriber_alive",
+                &self.control.upgrade().is_some_and(|s| !s.is_closed()),
+            )
             .finish_non_exhaustive()
     }
 }
