@@ -155,7 +155,7 @@ pub use cluster::{
     AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, Durability, ReadFrom, Scan,
     ScanOptions,
 };
-pub use cmd::{cmd, Cmd, CommandRenames, Script, ScriptCall, ToArg};
+pub use cmd::{cmd, Cmd, CommandRenames, Script, ScriptCall, StreamEntry, ToArg};
 pub use conn::{
     ConnectOptions, CredentialsFuture, CredentialsProvider, NodeConnection, Protocol, Secret,
     TlsConfig,

@@ -1285,3 +1285,78 @@ async fn query_node_asks_the_node_named_replicas_included() {
         assert!(matches!(r, Err(Error::Config(_))), "{addr}: {r:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_helpers_produce_consume_and_acknowledge_over_resp3_and_resp2() {
+    let local = cluster(3, 0).await;
+    let resp3 = ClusterClient::connect(local.seeds()).await.unwrap();
+    let resp2 = ClusterClient::builder()
+        .nodes(local.seeds())
+        .protocol(redcluster::Protocol::Resp2)
+        .build()
+        .await
+        .unwrap();
+    for (name, client) in [("resp3", &resp3), ("resp2", &resp2)] {
+        let key = format!("stream:{{{name}}}");
+        let key = key.as_str();
+        assert!(client.xgroup_create(key, "billing", "0").await.unwrap());
+        assert!(
+            !client.xgroup_create(key, "billing", "0").await.unwrap(),
+            "exists"
+        );
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let amount = i.to_string();
+            let id = client
+                .xadd(key, [("kind", "paid"), ("amount", amount.as_str())])
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        assert_eq!(client.xlen(key).await.unwrap(), 3);
+        let all = client.xrange(key, "-", "+", None).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| &e.id).collect::<Vec<_>>(),
+            ids.iter().collect::<Vec<_>>()
+        );
+        assert_eq!(all[2].get("amount").map(|v| &v[..]), Some(&b"2"[..]));
+        assert_eq!(
+            client.xrange(key, "-", "+", Some(1)).await.unwrap().len(),
+            1
+        );
+
+        // Two consumers share the group's entries: each entry goes to one of them.
+        let first = client
+            .xreadgroup("billing", "w1", key, 2, None)
+            .await
+            .unwrap();
+        let second = client
+            .xreadgroup("billing", "w2", key, 10, Some(Duration::from_millis(100)))
+            .await
+            .unwrap();
+        assert_eq!(first.len() + second.len(), 3, "{first:?} {second:?}");
+        assert_eq!(first[0], all[0]);
+        // Nothing new: a blocking read waits its time and returns none.
+        let started = tokio::time::Instant::now();
+        let none = client
+            .xreadgroup("billing", "w1", key, 10, Some(Duration::from_millis(200)))
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let delivered: Vec<&String> = first.iter().chain(&second).map(|e| &e.id).collect();
+        assert_eq!(
+            client
+                .xack(key, "billing", delivered.clone())
+                .await
+                .unwrap(),
+            3
+        );
+        assert_eq!(client.xack(key, "billing", delivered).await.unwrap(), 0);
+        let r = client.xreadgroup("nogroup", "w1", key, 1, None).await;
+        assert!(
+            matches!(&r, Err(e) if e.server_code() == Some("NOGROUP")),
+            "{r:?}"
+        );
+    }
+}

@@ -676,3 +676,50 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         }
     });
 }
+
+#[test]
+fn each_named_client_sets_its_own_cluster_gauges() {
+    on_a_recorded_cluster(|local, snapshotter| async move {
+        let orders = ClusterClient::builder()
+            .nodes(local.seeds())
+            .client_name("orders")
+            .connections_per_node(2)
+            .build()
+            .await
+            .unwrap();
+        let sessions = ClusterClient::connect(local.seeds()).await.unwrap();
+        // Traffic to every node opens each client's connections there; a topology
+        // refresh then sets the gauges, one client after the other.
+        let keys: Vec<String> = (0..30).map(|i| format!("gauges:{i}")).collect();
+        for client in [&orders, &sessions] {
+            for k in &keys {
+                client.set(k.as_str(), 1).await.unwrap();
+            }
+        }
+        orders.refresh_topology().await.unwrap();
+        sessions.refresh_topology().await.unwrap();
+        let metrics = collect(&snapshotter);
+        for node in orders.known_nodes() {
+            let conns = |client: &str| {
+                gauge(
+                    &metrics,
+                    "redis_connections",
+                    &[("client", client), ("node", &node), ("kind", "multiplexed")],
+                )
+            };
+            assert_eq!(conns("orders"), Some(2.0), "{node}");
+            assert_eq!(conns("default"), Some(1.0), "{node}");
+        }
+        for client in ["orders", "default"] {
+            assert_eq!(
+                gauge(
+                    &metrics,
+                    "redis_cluster_nodes",
+                    &[("client", client), ("state", "primary")]
+                ),
+                Some(3.0),
+                "{client}"
+            );
+        }
+    });
+}

@@ -547,6 +547,185 @@ impl ClusterClient {
         self.query(cmd("ZREM").arg(key).args(members)).await
     }
 
+    /// `XADD key * field value ...`: appends an entry whose ID the server picks, and
+    /// returns that ID. Not sent again once it may have run (a repeat would add a second
+    /// entry).
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let id = client.xadd("orders:{eu}", [("kind", "paid"), ("amount", "12.50")]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn xadd<K: ToArg, F: ToArg, V: ToArg>(
+        &self,
+        key: K,
+        fields: impl IntoIterator<Item = (F, V)>,
+    ) -> Result<String> {
+        let mut command = cmd("XADD").arg(key).arg("*");
+        for (field, value) in fields {
+            command = command.arg(field).arg(value);
+        }
+        self.query(command).await
+    }
+
+    /// `XLEN key`: the number of entries.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let backlog = client.xlen("orders:{eu}").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn xlen<K: ToArg>(&self, key: K) -> Result<i64> {
+        self.query(cmd("XLEN").arg(key)).await
+    }
+
+    /// `XRANGE key start end [COUNT count]`: the entries with IDs from `start` to `end`
+    /// (`-` and `+` for the first and the last), oldest first.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// for entry in client.xrange("orders:{eu}", "-", "+", Some(100)).await? {
+    ///     println!("{} {:?}", entry.id, entry.get("kind"));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn xrange<K: ToArg>(
+        &self,
+        key: K,
+        start: &str,
+        end: &str,
+        count: Option<usize>,
+    ) -> Result<Vec<crate::StreamEntry>> {
+        let mut command = cmd("XRANGE").arg(key).arg(start).arg(end);
+        if let Some(count) = count {
+            command = command.arg("COUNT").arg(count);
+        }
+        self.query(command).await
+    }
+
+    /// `XGROUP CREATE key group start MKSTREAM`: creates a consumer group that reads
+    /// from `start` (`$` for new entries only, `0` for the whole stream), and the
+    /// stream if it does not exist. `Ok(false)` when the group exists already
+    /// (`BUSYGROUP`), so that every consumer can call it at start.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let created = client.xgroup_create("orders:{eu}", "billing", "0").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn xgroup_create<K: ToArg, G: ToArg>(
+        &self,
+        key: K,
+        group: G,
+        start: &str,
+    ) -> Result<bool> {
+        let command = cmd("XGROUP")
+            .arg("CREATE")
+            .arg(key)
+            .arg(group)
+            .arg(start)
+            .arg("MKSTREAM");
+        match self.query::<()>(command).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.server_code() == Some("BUSYGROUP") => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `XREADGROUP GROUP group consumer COUNT count [BLOCK ms] STREAMS key >`: up to
+    /// `count` entries of `key` never delivered to the group, now delivered to
+    /// `consumer` (pending until [`xack`](Self::xack)ed). With `block`, waits up to that
+    /// long (at least 1 ms) for one, on a dedicated connection, and returns none when
+    /// none came; the wait is added to the response timeout. Not sent again once it may
+    /// have run (the entries it delivered would stay pending unseen).
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`]; `NOGROUP` when the group does not exist.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let batch = client
+    ///     .xreadgroup("billing", "worker-1", "orders:{eu}", 10, Some(Duration::from_secs(1)))
+    ///     .await?;
+    /// for entry in &batch {
+    ///     // ... handle it, then:
+    ///     client.xack("orders:{eu}", "billing", [&entry.id]).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn xreadgroup<G: ToArg, C: ToArg, K: ToArg>(
+        &self,
+        group: G,
+        consumer: C,
+        key: K,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<crate::StreamEntry>> {
+        let mut command = cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count);
+        if let Some(block) = block {
+            // `BLOCK 0` waits for ever.
+            let millis = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+            command = command.arg("BLOCK").arg(millis);
+        }
+        let reply: Value = self.query(command.arg("STREAMS").arg(key).arg(">")).await?;
+        crate::cmd::stream::read_entries(reply)
+    }
+
+    /// `XACK key group ids...`: marks entries as handled; how many were pending.
+    ///
+    /// # Errors
+    ///
+    /// As [`ClusterClient::query`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
+    /// let acked = client.xack("orders:{eu}", "billing", ["1700000000000-0"]).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn xack<K: ToArg, G: ToArg, I: ToArg>(
+        &self,
+        key: K,
+        group: G,
+        ids: impl IntoIterator<Item = I>,
+    ) -> Result<i64> {
+        self.query(cmd("XACK").arg(key).arg(group).args(ids)).await
+    }
+
     /// `EVAL script numkeys keys... args...`; the keys must share a slot.
     ///
     /// # Errors

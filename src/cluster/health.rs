@@ -68,14 +68,14 @@ impl Inner {
             counts.connected += usize::from(multiplexed + dedicated > 0);
             counts.breaker_open +=
                 usize::from(breaker == metrics::breaker_code(BreakerState::Open));
-            metrics::breaker_state(&addr, breaker);
-            metrics::connections(&addr, multiplexed, dedicated);
+            metrics::breaker_state(&self.metrics_client, &addr, breaker);
+            metrics::connections(&self.metrics_client, &addr, multiplexed, dedicated);
         }
         for addr in gone {
-            metrics::breaker_state(addr, 0);
-            metrics::connections(addr, 0, 0);
+            metrics::breaker_state(&self.metrics_client, addr, 0);
+            metrics::connections(&self.metrics_client, addr, 0, 0);
         }
-        metrics::cluster_nodes(counts);
+        metrics::cluster_nodes(&self.metrics_client, counts);
     }
 
     /// Sets `redis_circuit_breaker_state` of `addr`: the worse of its handles' breakers.
@@ -89,7 +89,7 @@ impl Inner {
             .map(|n| metrics::breaker_code(n.breaker_state()))
             .max()
             .unwrap_or(0);
-        metrics::breaker_state(addr, worst);
+        metrics::breaker_state(&self.metrics_client, addr, worst);
     }
 
     async fn ping(&self, node: &Arc<Node>) {

@@ -118,6 +118,9 @@ pub(crate) struct Inner {
     /// Requests sent, for the retry budget.
     pub(crate) requests: AtomicU64,
     pub(crate) budget: Mutex<crate::policy::RetryBudget>,
+    /// The `client` label of this client's cluster gauges: its `client_name`, or
+    /// `default`.
+    pub(crate) metrics_client: Arc<str>,
     /// `COMMAND INFO` answers for commands missing from the built-in table (modules).
     learned: Mutex<Vec<(Vec<u8>, Option<&'static crate::cmd::CommandInfo>)>>,
 }
@@ -207,7 +210,10 @@ impl ClusterClient {
         };
         let dedicated_limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         let budget = config.retry_budget;
+        let metrics_client: Arc<str> =
+            Arc::from(config.connect.client_name.as_deref().unwrap_or("default"));
         let inner = Arc::new(Inner {
+            metrics_client,
             config,
             routes: ArcSwap::from_pointee(Routes::default()),
             registry: NodeRegistry::new(settings),

@@ -21,10 +21,12 @@ mod info;
 mod refusal;
 mod renames;
 mod script;
+pub(crate) mod stream;
 mod table;
 
 pub use renames::CommandRenames;
 pub use script::{Script, ScriptCall};
+pub use stream::StreamEntry;
 
 pub(crate) use refusal::Refusal;
 #[cfg(test)]

@@ -74,6 +74,8 @@ pub(crate) const KIND: &str = "kind";
 pub(crate) const TRIGGER: &str = "trigger";
 /// Why a request was sent again.
 pub(crate) const REASON: &str = "reason";
+/// Which client a cluster gauge describes: its `client_name`, or `default`.
+pub(crate) const CLIENT: &str = "client";
 
 // ---------------------------------------------------------------------------------------
 // Label values.
@@ -556,13 +558,34 @@ pub(crate) struct NodeCounts {
     pub(crate) breaker_open: usize,
 }
 
-/// Sets `redis_cluster_nodes`.
+/// A cluster gauge's key: `name`, the `client` label, the `node` label when given, and
+/// more static labels.
+fn gauge_key(
+    name: &'static str,
+    client: &Arc<str>,
+    node: Option<&Arc<str>>,
+    extra: &[(&'static str, &'static str)],
+) -> Key {
+    let mut labels = Vec::with_capacity(2 + extra.len());
+    labels.push(Label::new(CLIENT, Arc::clone(client)));
+    if let Some(node) = node {
+        labels.push(Label::new(NODE, Arc::clone(node)));
+    }
+    labels.extend(extra.iter().map(|&(k, v)| Label::new(k, v)));
+    Key::from_parts(name, labels)
+}
+
+/// Sets `redis_cluster_nodes` of `client`.
 #[allow(clippy::cast_precision_loss)]
-pub(crate) fn cluster_nodes(counts: NodeCounts) {
-    gauge(key!(CLUSTER_NODES, STATE => "primary")).set(counts.primaries as f64);
-    gauge(key!(CLUSTER_NODES, STATE => "replica")).set(counts.replicas as f64);
-    gauge(key!(CLUSTER_NODES, STATE => "connected")).set(counts.connected as f64);
-    gauge(key!(CLUSTER_NODES, STATE => "breaker_open")).set(counts.breaker_open as f64);
+pub(crate) fn cluster_nodes(client: &Arc<str>, counts: NodeCounts) {
+    for (state, n) in [
+        ("primary", counts.primaries),
+        ("replica", counts.replicas),
+        ("connected", counts.connected),
+        ("breaker_open", counts.breaker_open),
+    ] {
+        gauge(&gauge_key(CLUSTER_NODES, client, None, &[(STATE, state)])).set(n as f64);
+    }
 }
 
 /// The gauge value of a breaker state.
@@ -574,16 +597,22 @@ pub(crate) fn breaker_code(state: BreakerState) -> u8 {
     }
 }
 
-/// Sets `redis_circuit_breaker_state` of `node` (see [`breaker_code`]).
-pub(crate) fn breaker_state(node: &Arc<str>, code: u8) {
-    gauge(&node_key(CIRCUIT_BREAKER_STATE, node, &[])).set(f64::from(code));
+/// Sets `redis_circuit_breaker_state` of `node` for `client` (see [`breaker_code`]).
+pub(crate) fn breaker_state(client: &Arc<str>, node: &Arc<str>, code: u8) {
+    gauge(&gauge_key(CIRCUIT_BREAKER_STATE, client, Some(node), &[])).set(f64::from(code));
 }
 
-/// Sets `redis_connections` of `node`.
+/// Sets `redis_connections` of `client` to `node`.
 #[allow(clippy::cast_precision_loss)]
-pub(crate) fn connections(node: &Arc<str>, multiplexed: usize, dedicated: usize) {
-    gauge(&node_key(CONNECTIONS, node, &[(KIND, "multiplexed")])).set(multiplexed as f64);
-    gauge(&node_key(CONNECTIONS, node, &[(KIND, "dedicated")])).set(dedicated as f64);
+pub(crate) fn connections(
+    client: &Arc<str>,
+    node: &Arc<str>,
+    multiplexed: usize,
+    dedicated: usize,
+) {
+    for (kind, n) in [("multiplexed", multiplexed), ("dedicated", dedicated)] {
+        gauge(&gauge_key(CONNECTIONS, client, Some(node), &[(KIND, kind)])).set(n as f64);
+    }
 }
 
 #[cfg(test)]

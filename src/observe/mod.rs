@@ -25,13 +25,13 @@
 //! |---|---|---|---|
 //! | `redis_commands_total` | counter | `command`, `node`, `status` | Commands sent, counted once each at their final outcome |
 //! | `redis_command_duration_seconds` | histogram | `command`, `node` | Time from routing a command to its final reply |
-//! | `redis_cluster_nodes` | gauge | `state` | Nodes: `primary`, `replica`, `connected`, `breaker_open` (the last two count nodes of the first two: do not sum them) |
+//! | `redis_cluster_nodes` | gauge | `client`, `state` | Nodes: `primary`, `replica`, `connected`, `breaker_open` (the last two count nodes of the first two: do not sum them) |
 //! | `redis_redirects_total` | counter | `kind` | Redirects followed: `moved`, `ask` |
 //! | `redis_topology_refreshes_total` | counter | `trigger` | Topology refreshes completed |
 //! | `redis_retries_total` | counter | `reason` | Requests sent again |
 //! | `redis_timeouts_total` | counter | | Commands that failed with a timeout |
-//! | `redis_circuit_breaker_state` | gauge | `node` | 0 closed, 1 half-open, 2 open |
-//! | `redis_connections` | gauge | `node`, `kind` | Open connections: `multiplexed`, `dedicated` |
+//! | `redis_circuit_breaker_state` | gauge | `client`, `node` | 0 closed, 1 half-open, 2 open |
+//! | `redis_connections` | gauge | `client`, `node`, `kind` | Open connections: `multiplexed`, `dedicated` |
 //! | `redis_requests_in_flight` | gauge | | Commands sent and not yet answered |
 //! | `redis_pipeline_size` | histogram | | Commands per explicit pipeline |
 //!
@@ -57,6 +57,10 @@
 //!   `loading`, `masterdown`, `other`. (A request that timed out is never retried.)
 //! - `state`: `primary`, `replica` (in the current topology), `connected` (with an open
 //!   connection), `breaker_open`.
+//! - `client`: on the three cluster gauges, which client they describe: its
+//!   `client_name` (`ClusterClientBuilder::client_name`), or `default`. Two clients in
+//!   one process (two clusters, or two configurations) each set their own series when
+//!   their names differ; give them names.
 //!
 //! What one sample means:
 //!
@@ -78,9 +82,8 @@
 //!   when a topology is installed, after each topology refresh and after each health
 //!   check (every 10 s by default); breaker states are also set at every transition. A
 //!   node known under two handles (primary and replica-read connections) reports the sum
-//!   of their connections and the worse of their breakers. These gauges carry no client
-//!   label: two clients in one process set the same series, and a dropped client's
-//!   last values stay until another client sets them.
+//!   of their connections and the worse of their breakers. A dropped client's last values
+//!   stay (the `metrics` facade has no way to remove a series).
 //!
 //! # Tracing
 //!
