@@ -4,7 +4,7 @@
 //!
 //! The client reports through the `metrics` facade; any recorder works. The names follow
 //! the seed's dashboard: `redis_commands_total{command,node,status}`,
-//! `redis_command_duration_seconds{command,node}`, `redis_cluster_nodes{state}`, and more
+//! `redis_command_duration_seconds{command,node}`, `redis_cluster_nodes{client,state}`, and more
 //! (see the list in the crate's `observe` module docs).
 //!
 //! ```text

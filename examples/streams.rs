@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use redcluster::{cmd, ClusterClient, Result, Value};
 
-/// One stream per region: each has its own hash tag, so the regions spread over the
-/// primaries; a stream and its group live on its slot's primary.
-const STREAM: &str = "orders:{eu}";
+/// The stream, and with it its consumer group, lives on the primary of its slot (its
+/// hash tag's). A name no application would use: the example deletes it.
+const STREAM: &str = "example:streams:orders:{eu}";
 const GROUP: &str = "billing";
 const ORDERS: usize = 30;
 
@@ -58,6 +58,10 @@ async fn main() -> Result<()> {
     // XPENDING's summary: nothing delivered and left unacknowledged.
     let pending: Value = client.query(cmd("XPENDING").arg(STREAM).arg(GROUP)).await?;
     println!("pending after the run: {pending:?}");
+    match &pending {
+        Value::Array(summary) => assert_eq!(summary.first(), Some(&Value::Int(0))),
+        other => panic!("XPENDING answered {other:?}"),
+    }
     client.del([STREAM]).await?;
     Ok(())
 }

@@ -100,13 +100,13 @@
 //!
 //! Through the `metrics` facade (install any recorder, e.g. Prometheus; without one the
 //! cost is a few atomic loads): `redis_commands_total{command,node,status}`,
-//! `redis_command_duration_seconds{command,node}`, `redis_cluster_nodes{state}`,
+//! `redis_command_duration_seconds{command,node}`, `redis_cluster_nodes{client,state}`,
 //! `redis_redirects_total{kind}`, `redis_topology_refreshes_total{trigger}`,
 //! `redis_retries_total{reason}`, `redis_timeouts_total`,
-//! `redis_circuit_breaker_state{node}`, `redis_connections{node,kind}`,
+//! `redis_circuit_breaker_state{client,node}`, `redis_connections{client,node,kind}`,
 //! `redis_requests_in_flight`, `redis_pipeline_size`. Labels never carry keys, values
 //! or secrets; `command` is the command's name from the table (`other` for unknown
-//! ones). Through `tracing`: a `redis_command` span per request (command, slot, node,
+//! ones); `client` is the client's `client_name` (or `default`). Through `tracing`: a `redis_command` span per request (command, slot, node,
 //! attempt, redirects, status, duration_ms), events for redirects, topology changes,
 //! failovers, breaker transitions and reconnects. `examples/metrics_prometheus.rs` and
 //! `examples/structured_logging.rs` show both. [`ClusterClient::health`] is the same

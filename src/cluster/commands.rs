@@ -649,7 +649,8 @@ impl ClusterClient {
             .arg(group)
             .arg(start)
             .arg("MKSTREAM");
-        match self.query::<()>(command).await {
+        // Safe to repeat: a second run finds the group and answers BUSYGROUP.
+        match self.query_idempotent::<()>(command).await {
             Ok(()) => Ok(true),
             Err(e) if e.server_code() == Some("BUSYGROUP") => Ok(false),
             Err(e) => Err(e),
@@ -657,7 +658,7 @@ impl ClusterClient {
     }
 
     /// `XREADGROUP GROUP group consumer COUNT count [BLOCK ms] STREAMS key >`: up to
-    /// `count` entries of `key` never delivered to the group, now delivered to
+    /// `count` (0: no limit) entries of `key` never delivered to the group, now delivered to
     /// `consumer` (pending until [`xack`](Self::xack)ed). With `block`, waits up to that
     /// long (at least 1 ms) for one, on a dedicated connection, and returns none when
     /// none came; the wait is added to the response timeout. Not sent again once it may
@@ -696,15 +697,19 @@ impl ClusterClient {
             .arg("COUNT")
             .arg(count);
         if let Some(block) = block {
-            // `BLOCK 0` waits for ever.
-            let millis = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+            // `BLOCK 0` waits for ever; the server takes a signed 64-bit count.
+            let millis = u64::try_from(block.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, i64::MAX as u64);
             command = command.arg("BLOCK").arg(millis);
         }
         let reply: Value = self.query(command.arg("STREAMS").arg(key).arg(">")).await?;
         crate::cmd::stream::read_entries(reply)
     }
 
-    /// `XACK key group ids...`: marks entries as handled; how many were pending.
+    /// `XACK key group ids...`: marks entries as handled; how many were pending. Sent
+    /// again after a lost connection (acknowledging twice is harmless), so after such a
+    /// resend the count may be lower than what this call acknowledged.
     ///
     /// # Errors
     ///

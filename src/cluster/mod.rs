@@ -363,7 +363,9 @@ impl ClusterClient {
     /// written to be repeatable): like a read or a `SET`, it is sent again after its
     /// connection was lost, even when it may have run. Without this, such a request
     /// fails with `may_have_executed() == true` instead. A request that timed out is
-    /// still never sent again (its deadline has passed).
+    /// still never sent again (its deadline has passed), and neither is a blocking
+    /// command nor, under `durable_writes`, a write (those go on a dedicated connection
+    /// and are sent again only when they surely did not run, declared or not).
     ///
     /// # Errors
     ///

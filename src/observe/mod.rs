@@ -60,7 +60,8 @@
 //! - `client`: on the three cluster gauges, which client they describe: its
 //!   `client_name` (`ClusterClientBuilder::client_name`), or `default`. Two clients in
 //!   one process (two clusters, or two configurations) each set their own series when
-//!   their names differ; give them names.
+//!   their names differ; give them names (unnamed clients, and one named `default`,
+//!   share theirs).
 //!
 //! What one sample means:
 //!
