@@ -488,17 +488,7 @@ async fn never_failing_over() -> LocalCluster {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_killed_under_writers_resend_sets_and_never_run_an_increment_twice() {
-    let local = never_failing_over().await;
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .response_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .unwrap();
-    let writers = Writers::spawn(&client, 8, Mix::SetsAndIncrs);
-    let killed = cut_connections_under(&local, &writers).await;
-    let outcomes = writers.finish(Duration::from_secs(15)).await;
-    assert!(killed >= 6, "the client's connections were cut ({killed})");
+    let (_local, client, outcomes, killed) = writers_with_connections_cut(Mix::SetsAndIncrs).await;
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
     println!(
         "{} requests, {killed} connections cut, {} failed",
@@ -521,17 +511,8 @@ async fn connections_killed_under_writers_resend_sets_and_never_run_an_increment
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn increments_declared_repeatable_are_resent_after_a_cut_and_never_lost() {
-    let local = never_failing_over().await;
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .response_timeout(Duration::from_secs(5))
-        .build()
-        .await
-        .unwrap();
-    let writers = Writers::spawn(&client, 8, Mix::SetsAndRepeatableIncrs);
-    let killed = cut_connections_under(&local, &writers).await;
-    let outcomes = writers.finish(Duration::from_secs(15)).await;
-    assert!(killed >= 6, "the client's connections were cut ({killed})");
+    let (_local, client, outcomes, killed) =
+        writers_with_connections_cut(Mix::SetsAndRepeatableIncrs).await;
     // Every request answered: the INCRs cut off after their write were sent again.
     let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.error.is_some()).collect();
     assert!(failed.is_empty(), "{failed:?}");
@@ -552,6 +533,27 @@ async fn increments_declared_repeatable_are_resent_after_a_cut_and_never_lost() 
         outcomes.len()
     );
     every_acknowledged_write_is_stored(&client, &outcomes).await;
+}
+
+/// The cluster (kept alive for the checks after), its client, every writer's outcome,
+/// and how many connections were cut.
+type CutRun = (LocalCluster, ClusterClient, Vec<Outcome>, i64);
+
+/// Eight writers of `mix` on a cluster that never fails over, with every client
+/// connection of every primary cut six times under them (at least six connections).
+async fn writers_with_connections_cut(mix: Mix) -> CutRun {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let writers = Writers::spawn(&client, 8, mix);
+    let killed = cut_connections_under(&local, &writers).await;
+    let outcomes = writers.finish(Duration::from_secs(15)).await;
+    assert!(killed >= 6, "the client's connections were cut ({killed})");
+    (local, client, outcomes, killed)
 }
 
 /// Cuts every client connection of every primary six times, after some of the writers'
