@@ -32,7 +32,8 @@
 //! - `cluster`: [`ClusterClient`]: routing, redirects, retries, splitting, fan-out,
 //!   refresh, health checks.
 //! - [`pubsub`]: [`Subscriber`], classic and sharded subscriptions on connections of
-//!   their own that follow failovers and slot moves, reporting gaps.
+//!   their own that follow failovers and slot moves, reporting gaps; keyspace
+//!   notifications subscribed on every primary.
 //! - [`testkit`] (feature `testkit`): real local `redis-server` clusters and faults.
 //!
 //! # Routing
@@ -45,7 +46,9 @@
 //! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary; replies combined by the table's `response_policy`: summed (`DBSIZE`), merged (`KEYS`), all must succeed (`FLUSHALL`, `PING`), one must succeed (`SCRIPT KILL`, `FUNCTION KILL`) |
 //! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `LATENCY RESET`, ...) | every node, replicas included, combined likewise; those whose policy is `special` (`LATENCY HISTORY`, `LATENCY GRAPH`, `LATENCY HISTOGRAM`) answer a map from node address to reply |
 //! | per-node reports: `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `SLOWLOG GET`, `LATENCY LATEST`, `LATENCY DOCTOR`, `ROLE`, `LASTSAVE` | every primary; the reply is a map from node address to that node's reply |
+//! | `CLUSTER COUNTKEYSINSLOT slot`, `CLUSTER GETKEYSINSLOT slot n` | the named slot's node (only it knows the slot's keys) |
 //! | other keyless commands (`PUBLISH`, `RANDOMKEY`, `CLUSTER INFO`, ...) | one primary, in turn |
+//! | any command through [`ClusterClient::query_node`] | the node you name, replicas included (one node's diagnostics) |
 //! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block |
 //! | `WAIT`, `WAITAOF` | refused with [`Error::Config`]: they count the writes of their own connection, which a shared one cannot tell; use [`ClusterClient::query_durable`] |
 //! | commands unknown to the table (modules) | looked up once with `COMMAND INFO` and cached; if the server does not know them either, routed by their first argument |
