@@ -1215,6 +1215,34 @@ async fn a_frozen_seed_costs_the_build_its_connect_timeout_at_most() {
     local.resume(0).unwrap();
 }
 
+/// Restarts every (killed) node of `local`, waits for the cluster to settle, then SETs
+/// `key` through `client` every 100 ms until it is served, within 20 s; how many
+/// attempts that took.
+async fn restart_every_node_and_set(
+    local: &LocalCluster,
+    client: &ClusterClient,
+    key: &str,
+    value: i64,
+) -> u32 {
+    for i in 0..local.nodes().len() {
+        local.restart(i).await.unwrap();
+    }
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match client.set(key, value).await {
+            Ok(()) => return attempts,
+            Err(e) => assert!(Instant::now() < deadline, "never served again: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
     let local = LocalCluster::builder().start().await.unwrap();
@@ -1229,23 +1257,7 @@ async fn the_client_recovers_after_every_node_is_killed_and_restarted() {
         local.kill(i).unwrap();
     }
     assert!(client.get::<_, Option<i64>>("before").await.is_err());
-    for i in 0..local.nodes().len() {
-        local.restart(i).await.unwrap();
-    }
-    local
-        .wait_until_stable(Duration::from_secs(30))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match client.set("after", 2).await {
-            Ok(()) => break,
-            Err(e) => assert!(Instant::now() < deadline, "never recovered: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let attempts = restart_every_node_and_set(&local, &client, "after", 2).await;
     println!("recovered after {attempts} attempts; {:?}", client.stats());
     assert_eq!(client.get::<_, i64>("after").await.unwrap(), 2);
 }
@@ -1302,36 +1314,19 @@ async fn a_lazy_client_is_built_while_the_cluster_is_down_and_serves_once_it_is_
     let r = sub.subscribe(["__keyevent@0__:set"]).await;
     assert!(matches!(r, Err(Error::ClusterDown(_))), "{r:?}");
 
-    for i in 0..local.nodes().len() {
-        local.restart(i).await.unwrap();
-    }
-    local
-        .wait_until_stable(Duration::from_secs(30))
-        .await
-        .unwrap();
     // Discovery is retried in the background; the first request after it is served.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match client.set("lazy", 1).await {
-            Ok(()) => break,
-            Err(e) => assert!(Instant::now() < deadline, "never discovered: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    restart_every_node_and_set(&local, &client, "lazy", 1).await;
     assert_eq!(client.get::<_, i64>("lazy").await.unwrap(), 1);
     assert_eq!(client.known_nodes().len(), local.nodes().len());
     let deadline = Instant::now() + Duration::from_secs(10);
     for i in 0..local.nodes().len() {
         let node = local.connect_node(i).await.unwrap();
         loop {
-            let numsub = node
-                .send(cmd("PUBSUB").arg("NUMSUB").arg("__keyevent@0__:set"))
-                .await
-                .unwrap();
-            if format!("{numsub:?}").contains("Int(1)") {
+            let numsub = support::pubsub_count(&node, "NUMSUB", "__keyevent@0__:set").await;
+            if numsub == 1 {
                 break;
             }
-            assert!(Instant::now() < deadline, "node {i}: {numsub:?}");
+            assert!(Instant::now() < deadline, "node {i}: {numsub} subscribers");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

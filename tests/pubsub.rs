@@ -140,21 +140,7 @@ async fn shard_channels(local: &LocalCluster, nodes: &[usize]) -> HashMap<usize,
 /// `PUBSUB SHARDNUMSUB channel` on one node.
 async fn shard_numsub(local: &LocalCluster, node: usize, channel: &str) -> i64 {
     let conn = local.connect_node(node).await.unwrap();
-    let reply = conn
-        .send(cmd("PUBSUB").arg("SHARDNUMSUB").arg(channel))
-        .await
-        .unwrap();
-    match reply {
-        Value::Array(items) => match items.get(1) {
-            Some(Value::Int(n)) => *n,
-            other => panic!("SHARDNUMSUB {channel}: {other:?}"),
-        },
-        Value::Map(pairs) => match pairs.first() {
-            Some((_, Value::Int(n))) => *n,
-            other => panic!("SHARDNUMSUB {channel}: {other:?}"),
-        },
-        other => panic!("SHARDNUMSUB {channel}: {other:?}"),
-    }
+    support::pubsub_count(&conn, "SHARDNUMSUB", channel).await
 }
 
 /// Polls until every subscribed channel is held exactly once, by the node that owns its
@@ -288,16 +274,7 @@ async fn classic_holders(local: &LocalCluster, channel: &str) -> Vec<usize> {
         let Ok(conn) = local.connect_node(n).await else {
             continue;
         };
-        let reply = conn
-            .send(cmd("PUBSUB").arg("NUMSUB").arg(channel))
-            .await
-            .unwrap();
-        let count = match reply {
-            Value::Array(items) => items.get(1).cloned(),
-            Value::Map(pairs) => pairs.first().map(|(_, v)| v.clone()),
-            _ => None,
-        };
-        if count == Some(Value::Int(1)) {
+        if support::pubsub_count(&conn, "NUMSUB", channel).await == 1 {
             holders.push(n);
         }
     }
@@ -680,19 +657,10 @@ async fn a_subscribe_to_a_frozen_primary_times_out_and_is_made_when_it_thaws() {
 /// `PUBSUB NUMSUB channel` and `PUBSUB NUMPAT` on node `index`.
 async fn subscriptions_on(local: &LocalCluster, index: usize, channel: &str) -> (i64, i64) {
     let conn = local.connect_node(index).await.unwrap();
-    let numsub = match conn
-        .send(cmd("PUBSUB").arg("NUMSUB").arg(channel))
-        .await
-        .unwrap()
-    {
-        Value::Array(items) => items.get(1).cloned(),
-        Value::Map(pairs) => pairs.first().map(|(_, v)| v.clone()),
-        _ => None,
-    };
-    let numpat = conn.send(cmd("PUBSUB").arg("NUMPAT")).await.unwrap();
-    match (numsub, numpat) {
-        (Some(Value::Int(s)), Value::Int(p)) => (s, p),
-        other => panic!("{other:?}"),
+    let numsub = support::pubsub_count(&conn, "NUMSUB", channel).await;
+    match conn.send(cmd("PUBSUB").arg("NUMPAT")).await.unwrap() {
+        Value::Int(numpat) => (numsub, numpat),
+        other => panic!("NUMPAT: {other:?}"),
     }
 }
 

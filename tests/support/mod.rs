@@ -106,6 +106,29 @@ pub async fn info_field(
         .and_then(|rest| rest.split(',').next()?.trim().parse().ok())
 }
 
+/// The subscriber count `PUBSUB <subcommand> channel` (`NUMSUB`, `SHARDNUMSUB`) reports
+/// on `conn`'s node: an array `[channel, n]` over RESP2, a map over RESP3.
+pub async fn pubsub_count(
+    conn: &redcluster::NodeConnection,
+    subcommand: &str,
+    channel: &str,
+) -> i64 {
+    use redcluster::{cmd, Value};
+    let reply = conn
+        .send(cmd("PUBSUB").arg(subcommand).arg(channel))
+        .await
+        .unwrap();
+    let count = match &reply {
+        Value::Array(items) => items.get(1),
+        Value::Map(pairs) => pairs.first().map(|(_, v)| v),
+        _ => None,
+    };
+    match count {
+        Some(Value::Int(n)) => *n,
+        _ => panic!("PUBSUB {subcommand} {channel}: {reply:?}"),
+    }
+}
+
 /// `cmdstat_<name>` calls on node `index`, from `INFO commandstats` (0 when none ran).
 pub async fn calls(local: &redcluster::testkit::LocalCluster, index: usize, name: &str) -> u64 {
     let field = format!("cmdstat_{name}:calls");
