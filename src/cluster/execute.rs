@@ -170,17 +170,13 @@ impl Inner {
                 )));
             }
         };
-        if command.is_empty() {
-            return Err(Error::Config("empty command".into()));
-        }
-        if command.is_oversized() {
-            return Err(Error::Config("a command over 4 GiB".into()));
-        }
-        let info = match cmd::lookup(&command) {
+        let known = cmd::lookup(&command);
+        // Refused before anything is asked of the server (a `COMMAND INFO`).
+        plan::refuse_unsendable(&command, known)?;
+        let info = match known {
             Some(info) => Some(info),
             None => self.command_info(&command, deadline).await,
         };
-        plan::refuse_connection_state_commands(&command, info)?;
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             return Err(Error::Config(
                 "a blocking command goes where its keys are: use query(), not query_node()".into(),

@@ -105,14 +105,7 @@ const PER_NODE: &[&str] = &[
 /// [`Error::CrossSlot`] when keys span slots and the command cannot be split;
 /// [`Error::Config`] for a command too malformed to find its keys.
 pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Plan> {
-    if command.is_empty() {
-        return Err(Error::Config("empty command".into()));
-    }
-    if command.is_oversized() {
-        // Its keys could not be told apart; no server takes it anyway.
-        return Err(Error::Config("a command over 4 GiB".into()));
-    }
-    refuse_connection_state_commands(command, info)?;
+    refuse_unsendable(command, info)?;
     let Some(info) = info else {
         // Unknown to the table and to the server: route by the first argument, the
         // convention of most module commands.
@@ -178,10 +171,21 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
 /// connection (the list and the reasons: [`cmd::Refusal`]). The transaction commands are
 /// refused inside [`crate::Transaction`] and [`crate::Watched`] too, which send their
 /// own.
-pub(crate) fn refuse_connection_state_commands(
-    command: &Cmd,
-    info: Option<&cmd::CommandInfo>,
-) -> Result<()> {
+/// Refuses, whatever node it would go to, a command no shared connection may carry: an
+/// empty one, one over 4 GiB, one that changes the connection's state. `info` may be
+/// `None` for a command the table lacks.
+pub(crate) fn refuse_unsendable(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
+    if command.is_empty() {
+        return Err(Error::Config("empty command".into()));
+    }
+    if command.is_oversized() {
+        // Its keys could not be told apart; no server takes it anyway.
+        return Err(Error::Config("a command over 4 GiB".into()));
+    }
+    refuse_connection_state_commands(command, info)
+}
+
+fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
     // This runs for every request: the table's lowercase name is matched at once. A
     // command the table lacks (`WAITAOF` on a 7.0 table) is lowercased on the stack.
     let refusal = match info {
