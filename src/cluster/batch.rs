@@ -279,10 +279,7 @@ impl Inner {
         let mut resend: Vec<(Entry, Resend)> = Vec::new();
         // Slots with a command answered with a refusal to wait (no retry left).
         let mut held_slots: Vec<u16> = Vec::new();
-        let backoff = crate::policy::Backoff {
-            base: self.config.retry_base,
-            max: self.config.retry_max,
-        };
+        let backoff = self.backoff();
         let mut batch_error: Option<Error> = None;
         match outcome {
             Ok(replies) => {

@@ -21,7 +21,7 @@ use crate::cluster::Inner;
 use crate::cmd::{cmd, Cmd};
 use crate::conn::{Answer, Cmds};
 use crate::error::{Error, Result};
-use crate::policy::{classify, Backoff, ErrorAction};
+use crate::policy::{classify, ErrorAction};
 use crate::pool::Dedicated;
 use crate::resp::Value;
 use crate::slot::Redirect;
@@ -420,10 +420,7 @@ impl Inner {
         // take the time WAIT is allowed.
         let lease_deadline = deadline;
         let deadline = crate::deadline::after(deadline, durability.timeout);
-        let backoff = Backoff {
-            base: self.config.retry_base,
-            max: self.config.retry_max,
-        };
+        let backoff = self.backoff();
         let mut retries = 0u32;
         let mut redirect: Option<Redirect> = None;
         let mut redirects = 0u32;

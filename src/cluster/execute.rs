@@ -630,10 +630,7 @@ impl Inner {
         span: &tracing::Span,
         attempts: &mut Attempts,
     ) -> Result<Value> {
-        let backoff = Backoff {
-            base: self.config.retry_base,
-            max: self.config.retry_max,
-        };
+        let backoff = self.backoff();
         let mut redirects = 0u32;
         let mut retries = 0u32;
         let mut cluster_down_retries = 0u32;
@@ -829,6 +826,14 @@ impl Inner {
         let answer = conn.dispatch(sending.into_cmds(asking), deadline).await;
         self.record_on(node, &conn, &answer.result);
         Ok(Some((answer, kind, asking)))
+    }
+
+    /// The backoff between retries, from `retry_backoff`.
+    pub(crate) fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.config.retry_base,
+            max: self.config.retry_max,
+        }
     }
 
     /// Sleeps before the next retry, or gives up with `error` when retries or time ran
@@ -1123,10 +1128,7 @@ impl Inner {
         idempotent: bool,
         deadline: Instant,
     ) -> Result<Value> {
-        let backoff = Backoff {
-            base: self.config.retry_base,
-            max: self.config.retry_max,
-        };
+        let backoff = self.backoff();
         let mut retries = 0;
         let nodes: Vec<Arc<str>> = loop {
             let nodes = {
