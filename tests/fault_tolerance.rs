@@ -618,6 +618,78 @@ async fn a_node_that_drops_every_connection_still_opens_its_breaker() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
+/// A failed connect counts once, like a lost connection: twenty requests that meet a
+/// node refusing connections, each retrying through its reconnect backoff, are one
+/// failure per connect attempt, not one per request and retry. Attempts that go on
+/// failing still open the breaker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connect_counts_once_however_many_requests_met_it() {
+    const THRESHOLD: u32 = 6;
+    let local = never_failing_over().await;
+    let victim = local.master_of_slot(key_slot(b"refused")).await.unwrap();
+    let victim_addr = local.node_addr(victim);
+    // Seeded with the other nodes, health checks off: the client holds no connection to
+    // the victim when it dies, so every failure below is a refused connect.
+    let seeds: Vec<String> = local
+        .seeds()
+        .into_iter()
+        .filter(|s| *s != victim_addr)
+        .collect();
+    let client = ClusterClient::builder()
+        .nodes(seeds)
+        .response_timeout(Duration::from_millis(300))
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .health_check_interval(None)
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(THRESHOLD)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(
+        client.node_for_key(b"refused").as_deref(),
+        Some(victim_addr.as_str())
+    );
+    local.kill(victim).unwrap();
+    let breaker_of_victim = |client: &ClusterClient| {
+        client
+            .health()
+            .node(&victim_addr)
+            .map(|n| n.breaker)
+            .unwrap()
+    };
+    // Twenty at once, each retrying until its 300 ms are up: in that time the reconnect
+    // backoff (50-100 ms after the first failure, then 100-200 ms, 200-400 ms) lets at
+    // most four attempts through, fewer than the threshold.
+    let requests = (0..20).map(|_| {
+        let client = client.clone();
+        tokio::spawn(async move { client.get::<_, Option<String>>("refused").await })
+    });
+    for outcome in futures_util::future::join_all(requests).await {
+        let err = outcome.unwrap().unwrap_err();
+        assert!(
+            matches!(err, Error::Io { .. } | Error::Timeout),
+            "a killed node's request: {err:?}"
+        );
+    }
+    assert_eq!(breaker_of_victim(&client), BreakerState::Closed);
+    // One request at a time from here: attempts go on failing (backoff doubling), and
+    // the breaker opens after the sixth, within about 3 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let err = loop {
+        match client.get::<_, Option<String>>("refused").await {
+            Err(Error::CircuitOpen { node }) => break node,
+            Err(_) => {}
+            Ok(v) => panic!("a killed node answered: {v:?}"),
+        }
+        assert!(Instant::now() < deadline, "the breaker never opened");
+    };
+    assert_eq!(err, victim_addr);
+    assert_eq!(breaker_of_victim(&client), BreakerState::Open);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline() {
     let local = never_failing_over().await;

@@ -266,7 +266,10 @@ impl Inner {
                     let replies = answer.result.map(|r| r.into_vec());
                     (replies, answer.cmds.into_vec(), None)
                 }
-                Err(e) => (Err(e), cmds, None),
+                Err(e) => {
+                    self.record_connect_failure(&node, &e);
+                    (Err(e), cmds, None)
+                }
             }
         };
         drop(in_flight);

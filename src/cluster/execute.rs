@@ -803,7 +803,7 @@ impl Inner {
                     // Our own deadline ran out while connecting: not the node's fault.
                     return Err(e);
                 }
-                self.record(node, Some(&e));
+                self.record_connect_failure(node, &e);
                 let replica_read = node.read_only && !*st.primary_only;
                 if !e.is_node_failure() && !replica_read {
                     // Rejected credentials or certificate: another attempt within this
@@ -928,6 +928,18 @@ impl Inner {
             Ok(_) => self.record(node, None),
             Err(e) if e.is_node_failure() => self.record(node, Some(e)),
             Err(_) => node.release_probe(),
+        }
+    }
+
+    /// [`Inner::record`] for a request that found no connection: the connect `error`
+    /// reaches the breaker once per failed attempt, however many requests got it (see
+    /// [`Node::first_to_report_connect_failure`]). An error of no attempt (the node
+    /// left the topology) says nothing about the node.
+    pub(crate) fn record_connect_failure(&self, node: &Node, error: &Error) {
+        if node.first_to_report_connect_failure() {
+            self.record(node, Some(error));
+        } else {
+            node.release_probe();
         }
     }
 

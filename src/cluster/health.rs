@@ -108,7 +108,7 @@ impl Inner {
         let started = Instant::now();
         let conn = match node.connection(deadline).await {
             Ok(conn) => conn,
-            Err(e) => return self.record(node, Some(&e)),
+            Err(e) => return self.record_connect_failure(node, &e),
         };
         let failure = match conn.send_timeout(cmd("PING"), timeout).await {
             Ok(Value::ServerError(e)) => {

@@ -120,6 +120,9 @@ pub(crate) struct Node {
     quiet: AtomicBool,
     breaker: Mutex<Breaker>,
     reconnect: Mutex<Reconnect>,
+    /// Set by a failed connect attempt, taken by the first request that reports it to
+    /// the breaker: see [`Node::first_to_report_connect_failure`].
+    connect_failure_unreported: AtomicBool,
     /// The node's last failure and when, for health reports; kept after it recovers.
     last_failure: Mutex<Option<(String, std::time::SystemTime)>>,
     /// Smoothed PING latency in microseconds, from health checks; 0 until measured.
@@ -180,6 +183,7 @@ impl Node {
             quiet: AtomicBool::new(true),
             breaker: Mutex::new(Breaker::new(settings.breaker, settings.probe_timeout)),
             reconnect: Mutex::new(Reconnect::default()),
+            connect_failure_unreported: AtomicBool::new(false),
             last_failure: Mutex::new(None),
             latency_us: AtomicU64::new(0),
             settings,
@@ -450,6 +454,8 @@ impl Node {
         reconnect.last_error = Some(e.clone());
         let failures = reconnect.failures;
         drop(reconnect);
+        self.connect_failure_unreported
+            .store(true, Ordering::Release);
         self.note_failure(e);
         tracing::debug!(
             node = %self.addr,
@@ -460,6 +466,16 @@ impl Node {
             retry_in = ?delay,
             "connect failed"
         );
+    }
+
+    /// Whether the caller is the first to report the last failed connect attempt. Every
+    /// request that waited on an attempt gets its error, and so does every request
+    /// during the reconnect backoff that follows (nothing is tried then), but the node
+    /// failed once: only the first report reaches the breaker, as a lost shared
+    /// connection counts once.
+    pub(crate) fn first_to_report_connect_failure(&self) -> bool {
+        self.connect_failure_unreported
+            .swap(false, Ordering::AcqRel)
     }
 
     /// This node's pool of dedicated connections, made on first use.

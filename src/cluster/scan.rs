@@ -323,11 +323,9 @@ async fn admitted_connection(
         });
     }
     let deadline = crate::deadline::from_now(timeout);
-    node.connection(deadline).await.inspect_err(|e| {
-        if !matches!(e, Error::Timeout) {
-            inner.record(node, Some(e));
-        }
-    })
+    node.connection(deadline)
+        .await
+        .inspect_err(|e| inner.record_connect_failure(node, e))
 }
 
 /// Whether an error reply will come again however often the scan retries: not a

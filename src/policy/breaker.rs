@@ -22,7 +22,11 @@ use std::time::{Duration, Instant};
 /// proxy restarting) does not open a healthy node's breaker. The failure rate therefore
 /// sees a node that keeps resetting connections as one failure per connection, against
 /// the requests answered in between; one that drops every connection before answering
-/// opens after `consecutive_failures` of them.
+/// opens after `consecutive_failures` of them. A failed connect counts once too, however
+/// many requests waited on it or were answered its error during the reconnect backoff
+/// that follows (about 100 ms after the first failure, doubling to 5 s): a node that
+/// refuses connections opens its breaker after `consecutive_failures` attempts, not
+/// after that many requests met one refusal.
 ///
 /// ```
 /// use std::time::Duration;
