@@ -41,6 +41,14 @@ static NIL: Value = Value::Nil;
 /// The typed helpers ([`Pipeline::set`], [`Pipeline::get`], ...) build their commands
 /// back to back in shared buffers: a pipeline of a thousand takes a few allocations
 /// where [`Pipeline::add`] takes one per command.
+///
+/// Order: a slot's commands run in the order added. A command resent after an `ASK` or
+/// `TRYAGAIN` runs after the slot's later commands the node had already served; one
+/// whose keys span slots (`MGET`, `DEL a b`, split per slot) or that runs on every node
+/// (`DBSIZE`) runs alongside the others, in no set order. `MULTI`, `WATCH` and their
+/// kin, `WAIT` and the pub/sub commands are refused at their index
+/// ([`Error::Config`], nothing sent): use [`ClusterClient::transaction`],
+/// [`crate::Durability`], [`ClusterClient::subscriber`].
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     client: ClusterClient,
@@ -450,8 +458,9 @@ impl Transaction {
     /// [`Error::Config`], before anything is sent, for a command that runs on every node
     /// (`KEYS`, `DBSIZE`) or holds a connection (`MULTI`, `WATCH`); the error reply of a
     /// command the server refused to queue (wrong arity, unknown command: then nothing
-    /// ran); transport errors as for any request (a transaction is never resent once it
-    /// may have reached the server).
+    /// ran); [`Error::NotAtomic`] when the server refused `MULTI` itself (an ACL user
+    /// without `+multi`) and ran the commands one by one; transport errors as for any
+    /// request (a transaction is never resent once it may have reached the server).
     ///
     /// # Examples
     ///
@@ -611,8 +620,9 @@ impl Watched {
     /// # Errors
     ///
     /// [`Error::CrossSlot`] for keys outside the watched slot (nothing is sent); an error
-    /// reply of a command refused while queueing (nothing ran); transport errors, after
-    /// which the outcome is unknown (`may_have_executed()`).
+    /// reply of a command refused while queueing (nothing ran); [`Error::NotAtomic`] when
+    /// the server refused `MULTI` itself and ran the commands one by one, unchecked;
+    /// transport errors, after which the outcome is unknown (`may_have_executed()`).
     ///
     /// # Examples
     ///
@@ -654,6 +664,7 @@ impl Watched {
                 sent,
             )
             .await?;
+        crate::cluster::multi_accepted(replies.first())?;
         match replies.pop() {
             Some(Value::Array(results)) => Ok(Some(results)),
             // EXEC answers nil when a watched key changed: a conflict, not an error.

@@ -459,6 +459,98 @@ async fn resent_commands_of_one_slot_run_in_the_order_they_were_added() {
     }
 }
 
+/// A node's connection lost after its commands were written: a command safe to repeat
+/// is resent only if no later command of its slot that may have run stays unanswered
+/// (`DEL k` resent after `RPUSH k x` ran would delete `x`); another slot's is resent
+/// as usual. (A scripted fake: a real server cannot be made to run commands and then
+/// drop the connection before it answers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_resends_no_command_of_a_slot_ahead_of_one_it_cannot_resend() {
+    let fake = FakeCluster::start(|args, earlier| match (args[0].as_str(), earlier) {
+        // The first write: read, unanswered, and its last command drops the connection.
+        ("DEL" | "RPUSH" | "SET", 0) => Action::Silent,
+        ("GET", 0) => Action::Drop,
+        ("GET", _) => Action::Reply(Value::Bulk("x".into())),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.del("{k}:list")
+        .rpush("{k}:list", "x")
+        .set("other", "v")
+        .get("{k}:last");
+    let each = p.execute_each().await;
+    for (i, name) in [(0, "DEL"), (1, "RPUSH")] {
+        match &each[i] {
+            Err(e) => assert!(e.may_have_executed(), "{name}: {e:?}"),
+            Ok(v) => panic!("{name} answered {v:?}"),
+        }
+    }
+    assert_eq!(each[2].as_ref().unwrap(), &Value::Simple("OK".into()));
+    assert_eq!(each[3].as_ref().unwrap(), &Value::Bulk("x".into()));
+    assert_eq!(fake.count("DEL"), 1, "{:?}", fake.seen());
+    assert_eq!(fake.count("RPUSH"), 1);
+    assert_eq!(fake.count("SET"), 2, "the other slot's SET is resent");
+    assert_eq!(fake.count("GET"), 2, "a read after the RPUSH is resent");
+}
+
+/// Commands of a slot no node is known to serve yet (a lazily connected client whose
+/// seed has not answered) wait for an owner one after another, in the order added.
+/// Side by side, each with its own jittered backoff, they ran in any order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_of_a_slot_without_a_known_owner_keep_their_order() {
+    use futures_util::FutureExt as _;
+    let local = support::cluster(3, 0).await;
+    local.pause(0).unwrap();
+    let client = ClusterClient::builder()
+        .nodes([local.node_addr(0)])
+        .lazy_connect(true)
+        .connect_timeout(Duration::from_secs(5))
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.del("{u}:list");
+    for i in 0..20 {
+        p.rpush("{u}:list", i);
+    }
+    p.add(cmd("LRANGE").arg("{u}:list").arg(0).arg(-1));
+    let mut pipeline = Box::pin(p.execute());
+    // Planned at its first poll, while the only seed is frozen: no owner known.
+    assert!((&mut pipeline).now_or_never().is_none());
+    assert!(client.known_nodes().is_empty());
+    local.resume(0).unwrap();
+    let replies = pipeline.await.unwrap();
+    let pushed: Vec<Value> = (0..20).map(|i| Value::Bulk(i.to_string().into())).collect();
+    assert_eq!(replies.last(), Some(&Value::Array(pushed)));
+}
+
+/// A node's batch with several blocking commands may take their times added up (the
+/// server runs them one after another), on top of the response timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_commands_of_one_batch_get_their_block_times_added() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    for list in ["{bl}:a", "{bl}:b", "{bl}:c"] {
+        p.add(cmd("BLPOP").arg(list).arg(1));
+    }
+    // About 3 s of blocking: more than the longest one (1 s) and the response timeout.
+    let replies = p.execute().await.unwrap();
+    assert_eq!(replies, vec![Value::Nil; 3]);
+}
+
 /// With no retry allowed (`retry_on_cluster_down(false)`, `max_retries(0)`), a
 /// pipeline's `CLUSTERDOWN` or `TRYAGAIN` is the command's answer, as it is for a single
 /// command: sent once, not resent (a scripted fake: a real cluster's refusals cannot be

@@ -9,9 +9,14 @@
 //! `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again, never the rest of the pipeline: the
 //! commands of a slot that moved whole go as one batch to its new owner; any others on
 //! their own, through the ordinary redirect and retry path, one after another per slot.
-//! Either way a slot's commands keep their order. When a node's connection fails, each
-//! of its commands follows the retry rule on its own: resent if it was not written or
-//! is idempotent, reported otherwise; a command that timed out is never resent.
+//! Either way a slot's resent commands keep their order among themselves (a command
+//! resent after an `ASK` or `TRYAGAIN` runs after the slot's later commands that the
+//! node had already served). When a node's connection fails, its commands are resent if
+//! they were not written, or if each is idempotent and no later command of its slot
+//! that may have run stays behind (else it would run again after that one); the others
+//! are reported. A command that timed out is never resent. Commands of a slot with no
+//! known owner go one after another through the single-command path, which waits for
+//! one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -132,6 +137,11 @@ impl Inner {
         // commands) runs on its own, concurrently with the batches.
         let mut groups: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
         let mut singles: Vec<(usize, Cmd)> = Vec::new();
+        // Commands of slots no node is known to serve yet (a lazily connected client
+        // before its discovery, a slot lost in a failover), by slot: each slot's go one
+        // after another, in the order added, through the single-command path, which
+        // waits for an owner. Sent side by side, they would run in any order.
+        let mut unowned: Vec<(u16, Vec<(usize, Cmd)>)> = Vec::new();
         // One snapshot for the whole pipeline; a command it routes wrongly is redirected
         // and resent on its own like any other.
         let routes = self.routes.load_full();
@@ -170,8 +180,10 @@ impl Inner {
                                 }
                             }
                         }
-                        // No owner known: let the single-command path wait for one.
-                        Err(_) => singles.push((index, command)),
+                        Err(_) => match unowned.iter_mut().find(|(s, _)| *s == slot) {
+                            Some((_, commands)) => commands.push((index, command)),
+                            None => unowned.push((slot, vec![(index, command)])),
+                        },
                     }
                 }
                 Ok(_) => singles.push((index, command)),
@@ -188,12 +200,22 @@ impl Inner {
                 self.execute(command, started, deadline, read_from).await,
             )
         });
-        let (batches, singles) = futures_util::future::join(
+        let unowned = unowned.into_iter().map(|(_, commands)| async move {
+            let mut replies = Vec::with_capacity(commands.len());
+            for (index, command) in commands {
+                let reply = self.execute(command, Instant::now(), deadline, read_from);
+                replies.push((index, reply.await));
+            }
+            replies
+        });
+        let (batches, singles, unowned) = futures_util::future::join3(
             futures_util::future::join_all(batches),
             futures_util::future::join_all(singles),
+            futures_util::future::join_all(unowned),
         )
         .await;
-        for (index, result) in batches.into_iter().flatten().chain(singles) {
+        let batches = batches.into_iter().chain(unowned).flatten();
+        for (index, result) in batches.chain(singles) {
             results[index] = Some(result);
         }
         results
@@ -233,12 +255,13 @@ impl Inner {
             .config
             .durability
             .filter(|_| meta.iter().any(Meta::durable_write));
-        // The longest any of its commands may block, if one does.
+        // How long its commands may block in all, if one does: the server runs them one
+        // after another.
         let blocks = meta
             .iter()
             .filter_map(|m| m.blocks)
             .map(|time| time.unwrap_or(UNTIL_ANSWERED))
-            .max();
+            .reduce(Duration::saturating_add);
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(meta.len());
         let span = tracing::debug_span!("redis_pipeline", node = %node.addr, commands = meta.len());
@@ -377,9 +400,28 @@ impl Inner {
                     done.count_on(&node, elapsed);
                     return out;
                 }
-                for (meta, command) in meta.into_iter().zip(cmds) {
-                    let unsent = !e.may_have_executed();
-                    if unsent || (meta.idempotent && !matches!(e, Error::Timeout)) {
+                let may_resend = |meta: &Meta| {
+                    !e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout))
+                };
+                // Per slot, where its last command that may have run and is not resent
+                // stands: the slot's commands before it are not resent either, though
+                // each alone could be. They would run again after it: `DEL k` resent
+                // after `RPUSH k x` ran deletes `x`; `GET k` resent after `INCR k` ran
+                // answers for a later place in the pipeline than its own.
+                let mut last_kept: Vec<(u16, usize)> = Vec::new();
+                for (position, meta) in meta.iter().enumerate() {
+                    if !may_resend(meta) {
+                        match last_kept.iter_mut().find(|(slot, _)| *slot == meta.slot) {
+                            Some((_, last)) => *last = position,
+                            None => last_kept.push((meta.slot, position)),
+                        }
+                    }
+                }
+                for (position, (meta, command)) in meta.into_iter().zip(cmds).enumerate() {
+                    let runs_before_kept = last_kept
+                        .iter()
+                        .any(|&(slot, last)| slot == meta.slot && position < last);
+                    if may_resend(&meta) && !runs_before_kept {
                         resend.push((Entry { meta, cmd: command }, Resend::Now));
                     } else {
                         let result = Err(e.clone());

@@ -19,6 +19,9 @@ pub enum Action {
     Reply(Value),
     /// Close the connection without answering (the request was read).
     Drop,
+    /// Never answer, and keep reading (the request was read and, as far as the client
+    /// can tell, may have run).
+    Silent,
 }
 
 pub struct FakeCluster {
@@ -136,6 +139,7 @@ impl FakeCluster {
                                 }
                             }
                             Action::Drop => return,
+                            Action::Silent => {}
                         }
                     }
                 });
