@@ -119,6 +119,13 @@ pub enum Error {
         /// Replicas asked for.
         requested: u32,
     },
+    /// The server refused `MULTI` (an ACL user without `+multi`, a `MULTI` renamed on the
+    /// server but not in the client's [`crate::CommandRenames`]) and then ran the
+    /// transaction's commands one by one as they came: not atomically, without the
+    /// `WATCH` check, and whatever their replies (`EXEC` was refused too). Never resent;
+    /// [`Error::may_have_executed`] is true. Holds `MULTI`'s refusal.
+    #[error("MULTI refused, so the transaction's commands ran one by one: {0}")]
+    NotAtomic(ServerError),
     /// A command of a pipeline failed (the first one, by position). The pipeline's other
     /// commands were still sent and may have run: use
     /// [`crate::Pipeline::execute_each`] to see every command's outcome.
@@ -200,6 +207,7 @@ impl Error {
             | Error::Server(_)
             | Error::Type { .. }
             | Error::Pipeline { .. }
+            | Error::NotAtomic(_)
             | Error::NotReplicated { .. } => true,
             _ => false,
         }
@@ -346,5 +354,8 @@ mod tests {
         assert_eq!(tryagain.server_code(), Some("TRYAGAIN"));
         let wrongtype = Error::Server(ServerError::new("WRONGTYPE Operation"));
         assert!(!wrongtype.is_retryable());
+        // The commands of a transaction whose MULTI was refused ran one by one.
+        let not_atomic = Error::NotAtomic(ServerError::new("NOPERM no permissions to run 'multi'"));
+        assert!(not_atomic.may_have_executed() && !not_atomic.is_retryable());
     }
 }

@@ -439,6 +439,80 @@ async fn acl_user_with_the_documented_permissions_uses_every_client_feature() {
     assert_eq!(v.as_deref(), Some("7"));
 }
 
+/// A user without `+multi`: the server refuses `MULTI`, then runs the transaction's
+/// commands one by one as they come. The client says so (`Error::NotAtomic`, which may
+/// have executed) and never resends them; a watched connection's `exec` does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_multi_is_reported_as_not_atomic_and_never_resent() {
+    let local = acl_cluster().await;
+    set_user(
+        &local,
+        &format!("nomulti on >nomultipass ~app:* +@read +@write {CLIENT_PERMISSIONS} +watch"),
+    )
+    .await;
+    let admin = ClusterClient::connect(local.seeds()).await.unwrap();
+    let client = as_user(&local, "nomulti", "nomultipass")
+        .build()
+        .await
+        .unwrap();
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("app:{tx}:n"))
+        .add(cmd("RPUSH").arg("app:{tx}:l").arg("x"));
+    let err = tx.execute().await.unwrap_err();
+    match &err {
+        Error::NotAtomic(refusal) => assert_eq!(refusal.code(), "NOPERM", "{refusal}"),
+        other => panic!("a refused MULTI answered {other:?}"),
+    }
+    assert!(err.may_have_executed() && !err.is_retryable());
+    // Both commands ran, once each.
+    let n: Option<i64> = admin.get("app:{tx}:n").await.unwrap();
+    assert_eq!(n, Some(1));
+    let len: i64 = admin.query(cmd("LLEN").arg("app:{tx}:l")).await.unwrap();
+    assert_eq!(len, 1);
+
+    // On a watched connection (the user may WATCH, not MULTI).
+    let watched = client.watch(["app:{tx}:n"]).await.unwrap();
+    let err = watched
+        .exec(vec![cmd("INCR").arg("app:{tx}:n")])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAtomic(_)), "{err:?}");
+    let n: Option<i64> = admin.get("app:{tx}:n").await.unwrap();
+    assert_eq!(n, Some(2));
+}
+
+/// A user without `+unwatch`: a dedicated connection whose `UNWATCH` is refused when it
+/// goes back to the pool is dropped, not handed to the next `watch()` with the last
+/// one's keys still watched (whose change would abort an unrelated `EXEC`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_unwatch_is_refused_is_not_reused() {
+    let local = acl_cluster().await;
+    set_user(
+        &local,
+        &format!(
+            "nounwatch on >nounwatchpass ~app:* +@read +@write {CLIENT_PERMISSIONS} \
+             +@transaction -unwatch"
+        ),
+    )
+    .await;
+    let admin = ClusterClient::connect(local.seeds()).await.unwrap();
+    let client = as_user(&local, "nounwatch", "nounwatchpass")
+        .build()
+        .await
+        .unwrap();
+    // Watched, then given up without EXEC: the connection goes back to the pool.
+    let abandoned = client.watch(["app:{w}:old"]).await.unwrap();
+    drop(abandoned);
+    admin.set("app:{w}:old", "changed").await.unwrap();
+    // A new optimistic transaction on other keys of the slot commits.
+    let watched = client.watch(["app:{w}:new"]).await.unwrap();
+    let committed = watched
+        .exec(vec![cmd("SET").arg("app:{w}:new").arg("v")])
+        .await
+        .unwrap();
+    assert!(committed.is_some(), "EXEC aborted by a key watched before");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_reads_fall_back_to_the_primary_for_a_user_without_readonly() {
     let local = acl_cluster().await;

@@ -1488,6 +1488,7 @@ impl Kind {
             }
             Kind::Transaction => {
                 let mut replies = replies.into_vec();
+                multi_accepted(replies.get(usize::from(asking)))?;
                 let exec = replies
                     .pop()
                     .ok_or_else(|| Error::Protocol("no reply to EXEC".into()))?;
@@ -1512,6 +1513,16 @@ impl Kind {
                 }
             }
         }
+    }
+}
+
+/// Checks `MULTI`'s reply: refused, the server ran the transaction's commands one by one
+/// as they came ([`Error::NotAtomic`]); their replies, redirects and refusals included,
+/// are no transaction's, and nothing may be resent.
+pub(crate) fn multi_accepted(reply: Option<&Value>) -> Result<()> {
+    match reply {
+        Some(Value::ServerError(refusal)) => Err(Error::NotAtomic(refusal.clone())),
+        _ => Ok(()),
     }
 }
 

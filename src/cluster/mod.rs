@@ -35,6 +35,7 @@ pub(crate) use config::Config;
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
 pub use dedicated::Durability;
 pub(crate) use dedicated::{Landing, Lease};
+pub(crate) use execute::multi_accepted;
 pub(crate) use plan::Plan;
 use refresh::RefreshSignal;
 use routes::{NodeRegistry, Routes};

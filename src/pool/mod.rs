@@ -1,5 +1,8 @@
 //! Pools of dedicated connections, for commands that hold a connection: blocking
-//! commands (`BLPOP`, `XREAD BLOCK`, `WAIT`, ...) and `WATCH`/`MULTI`/`EXEC`.
+//! commands (`BLPOP`, `XREAD BLOCK`, ...), durable writes with their `WAIT`, and
+//! `WATCH` with the `MULTI`/`EXEC` after it. (A plain `transaction()` needs none: its
+//! `MULTI` ... `EXEC` is one write on the shared connection, where nothing can come
+//! between.)
 //!
 //! Ordinary commands share the node's multiplexed connections; a command that blocks
 //! the connection it runs on would stall everyone else there, so it takes a connection of
@@ -47,8 +50,13 @@ impl managed::Manager for DedicatedManager {
             .send_batch(vec![cmd("UNWATCH"), cmd("PING").arg(token.as_str())])
             .await
             .map_err(RecycleError::Backend)?;
+        // An `UNWATCH` refused (an ACL user without `+unwatch`) may leave keys watched
+        // for the next user, whose `EXEC` they would abort.
+        let unwatched = matches!(replies.first(), Some(Value::Simple(ok)) if ok == "OK");
         match replies.get(1) {
-            Some(Value::Bulk(b) | Value::Simple(b)) if *b == token.as_bytes() => Ok(()),
+            Some(Value::Bulk(b) | Value::Simple(b)) if unwatched && *b == token.as_bytes() => {
+                Ok(())
+            }
             _ => {
                 conn.close();
                 Err(RecycleError::message("connection out of sync; dropped"))
