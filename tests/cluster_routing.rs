@@ -947,6 +947,18 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
     let refused: Vec<_> = client.scan(ScanOptions::default().count(0)).collect().await;
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(matches!(&refused[0], Err(Error::Server(_))), "{refused:?}");
+    // So does a `SCAN` the client itself refuses (disabled in its `CommandRenames`).
+    let no_scan = ClusterClient::builder()
+        .nodes(local.seeds())
+        .rename_command("SCAN", "")
+        .build()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let refused: Vec<_> = no_scan.scan(ScanOptions::default()).collect().await;
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(matches!(&refused[0], Err(Error::Config(_))), "{refused:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 /// The scan's rescan path is seen through its `DEBUG` event, captured by a subscriber of

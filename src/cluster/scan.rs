@@ -8,8 +8,14 @@
 //! back, would have moved on). Slots that do not qualify, because the node failed mid-way, a failover
 //! happened, or a slot moved, are scanned again on their new owner. As with `SCAN`
 //! itself, a key present for the whole scan is returned at least once, and may be
-//! returned more than once. An error the server will give again (`NOPERM`, a bad
-//! option) ends the scan at once; a passing one (`LOADING`, `BUSY`) is retried.
+//! returned more than once. An error that will come again (`NOPERM` or a bad option
+//! from the server; `SCAN` or `CLUSTER` disabled in the client's `CommandRenames`;
+//! refused credentials) ends the scan at once; a passing one (`LOADING`, `BUSY`, a lost
+//! connection) is retried. The scan gives up with [`Error::ClusterDown`] after 20
+//! passes (about 15 s of pauses between them) if some slot never qualified: a slot
+//! with no reachable primary, or one migrating through every pass (a resharding moving
+//! a large slot, or one left half-moved by an interrupted resharding, which
+//! `redis-cli --cluster fix` closes).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -149,6 +155,8 @@ async fn scan_cluster(
     tx: &mpsc::Sender<Result<Bytes>>,
 ) -> Result<()> {
     let mut done = vec![false; usize::from(SLOT_COUNT)];
+    // Why the last interrupted node scan stopped, for the error if the scan gives up.
+    let mut last_error: Option<Error> = None;
     for pass in 0..MAX_PASSES {
         if done.iter().all(|&d| d) {
             return Ok(());
@@ -201,9 +209,14 @@ async fn scan_cluster(
                 Err(Error::Server(e)) if refused_for_good(&e, &addr) => {
                     return Err(Error::Server(e))
                 }
+                // Refused by the client before sending (`SCAN` or `CLUSTER` disabled in
+                // its `CommandRenames`), or credentials and certificates the node
+                // rejects: the same every pass.
+                Err(e @ (Error::Config(_) | Error::Auth(_) | Error::Tls(_))) => return Err(e),
                 Err(e) => {
                     tracing::debug!(node = %addr, error = %e, "scan of a node interrupted; will rescan its slots");
                     inner.signal.request(RefreshTrigger::ConnectionFailure);
+                    last_error = Some(e);
                 }
             }
         }
@@ -211,10 +224,16 @@ async fn scan_cluster(
     if done.iter().all(|&d| d) {
         Ok(())
     } else {
-        Err(Error::ClusterDown(format!(
-            "scan incomplete: {} slots could not be scanned",
-            done.iter().filter(|&&d| !d).count()
-        )))
+        let unscanned = done.iter().filter(|&&d| !d).count();
+        Err(Error::ClusterDown(match last_error {
+            Some(e) => {
+                format!("scan incomplete: {unscanned} slots could not be scanned; last error: {e}")
+            }
+            None => format!(
+                "scan incomplete: {unscanned} slots could not be scanned (owner unknown, or \
+                 migrating through every pass)"
+            ),
+        }))
     }
 }
 
