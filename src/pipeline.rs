@@ -593,11 +593,20 @@ impl Watched {
     pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
         let deadline = crate::deadline::from_now(self.client.response_timeout);
         self.check_slot(&command, deadline).await?;
-        let name = metrics::command_label(crate::cmd::lookup(&command));
+        let info = crate::cmd::lookup(&command);
+        let name = metrics::command_label(info);
+        // A blocking command (`BLPOP`, `XREAD BLOCK`) gets the time it asks for, as
+        // `query` gives it.
+        let reply_deadline = match info {
+            Some(info) if crate::cmd::blocks(&command, info) => {
+                crate::cluster::blocking_reply_deadline(&command, deadline)
+            }
+            _ => deadline,
+        };
         let landing = Landing::on(self.lease.node());
         let lease = &mut self.lease;
         let sent = async {
-            let answer = lease.dispatch(Cmds::One(command), deadline).await;
+            let answer = lease.dispatch(Cmds::One(command), reply_deadline).await;
             answer
                 .result
                 .map(|replies| replies.into_iter().last().unwrap_or(Value::Nil))

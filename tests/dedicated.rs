@@ -74,6 +74,25 @@ async fn a_blocking_command_gets_the_time_it_asks_for_beyond_the_response_timeou
         .await
         .unwrap();
     assert_eq!(read, Value::Nil);
+    // And on a watched connection: the watch holds while the read waits.
+    let mut watched = client.watch(["{wb}:flag"]).await.unwrap();
+    let read: Value = watched
+        .query(
+            cmd("XREAD")
+                .arg("BLOCK")
+                .arg(800)
+                .arg("STREAMS")
+                .arg("{wb}:stream")
+                .arg("$"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read, Value::Nil);
+    let committed = watched
+        .exec(vec![cmd("SET").arg("{wb}:flag").arg(1)])
+        .await
+        .unwrap();
+    assert!(committed.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +220,54 @@ async fn blocked_clients(local: &LocalCluster, client: &ClusterClient, key: &str
     support::info_field(local, index, "clients", "blocked_clients")
         .await
         .unwrap()
+}
+
+/// Requests queued for one node's full pool hold none of the client-wide
+/// `max_connections`: a blocking command for another node still gets a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_queued_for_a_busy_node_leaves_other_nodes_their_connections() {
+    use futures_util::FutureExt as _;
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_connections(2)
+        .max_connections_per_node(1)
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let busy = "{busy}:held";
+    let elsewhere = (0..)
+        .map(|i| format!("{{free{i}}}:list"))
+        .find(|k| client.node_for_key(k.as_bytes()) != client.node_for_key(busy.as_bytes()))
+        .unwrap();
+    // The busy node's only dedicated connection blocks for 2 s.
+    let holder = {
+        let client = client.clone();
+        tokio::spawn(async move { client.query::<Value>(cmd("BLPOP").arg(busy).arg(2)).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&local, &client, busy).await == 0 {
+        assert!(Instant::now() < deadline, "the BLPOP never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second one for that node, allowed to wait 5 s: polled once, it is queued.
+    let patient = client.with_response_timeout(Duration::from_secs(5));
+    let mut queued = Box::pin(async move {
+        patient
+            .query::<Value>(cmd("BLPOP").arg("{busy}:next").arg(1))
+            .await
+    });
+    assert!((&mut queued).now_or_never().is_none());
+    let queued = tokio::spawn(queued);
+    // The other node's blocking command is served at once.
+    let served: Value = client
+        .query(cmd("BLPOP").arg(elsewhere.as_str()).arg(0.1))
+        .await
+        .unwrap();
+    assert_eq!(served, Value::Nil);
+    assert_eq!(holder.await.unwrap().unwrap(), Value::Nil);
+    assert_eq!(queued.await.unwrap().unwrap(), Value::Nil);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,6 +134,16 @@ fn pool_error(e: PoolError<Error>) -> Error {
     }
 }
 
+/// When the reply of a blocking `command` sent within `deadline` is due: `deadline`
+/// plus the time it asks the server to block (0: until answered), without overflowing
+/// the clock (`BLPOP k 1e19`).
+pub(crate) fn blocking_reply_deadline(command: &Cmd, deadline: Instant) -> Instant {
+    crate::deadline::after(
+        deadline,
+        block_time(command).unwrap_or(crate::cluster::execute::UNTIL_ANSWERED),
+    )
+}
+
 /// How long `command` asks the server to block: `Some(d)`, or `None` for "until
 /// answered" (a timeout of 0). Commands that do not say block for no extra time.
 pub(crate) fn block_time(command: &Cmd) -> Option<Duration> {
@@ -194,6 +204,14 @@ impl Inner {
 
     /// Leases a dedicated connection to `node` within `deadline`.
     pub(crate) async fn lease(&self, node: &Arc<Node>, deadline: Instant) -> Result<Lease> {
+        // The node's connection first, then one of the client-wide `max_connections`:
+        // a request queued for a busy node's full pool holds none of those, which
+        // requests to other nodes could use meanwhile.
+        let pool = node.dedicated_pool()?;
+        let conn = tokio::time::timeout_at(deadline, pool.get())
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(pool_error)?;
         let permit =
             tokio::time::timeout_at(deadline, Arc::clone(&self.dedicated_limit).acquire_owned())
                 .await
@@ -201,11 +219,6 @@ impl Inner {
                 .map_err(|_| Error::ConnectionLost {
                     may_have_executed: false,
                 })?;
-        let pool = node.dedicated_pool()?;
-        let conn = tokio::time::timeout_at(deadline, pool.get())
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(pool_error)?;
         Ok(Lease {
             conn: Some(conn),
             node: Arc::clone(node),

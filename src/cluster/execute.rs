@@ -209,9 +209,7 @@ impl Inner {
         if info.is_some_and(|i| cmd::blocks(&command, i)) {
             // Blocking commands get a connection of their own and the time they ask for.
             let lease_deadline = deadline;
-            // A huge timeout (`BLPOP k 1e19`) must not overflow the clock.
-            let block_time = super::dedicated::block_time(&command).unwrap_or(UNTIL_ANSWERED);
-            let deadline = crate::deadline::after(deadline, block_time);
+            let deadline = super::dedicated::blocking_reply_deadline(&command, deadline);
             let slot = match plan {
                 Plan::Slot { slot, .. } => Some(slot),
                 _ => None,
