@@ -13,7 +13,7 @@ mod redirect;
 #[cfg(test)]
 pub(crate) use map::shard as test_shard;
 pub(crate) use map::{Shard, SlotMap};
-pub(crate) use redirect::{parse_redirect, Redirect};
+pub(crate) use redirect::{join_host_port, parse_redirect, Redirect};
 
 /// Number of hash slots in a Redis Cluster.
 ///

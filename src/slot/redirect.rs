@@ -24,6 +24,15 @@ impl Redirect {
     }
 }
 
+/// `host:port`, putting IPv6 literals in brackets.
+pub(crate) fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 /// Parses a `MOVED`/`ASK` reply; `reached` is the address the reply came from, used when
 /// the reply leaves the host empty. Any other error, or a malformed redirect, is `None`.
 pub(crate) fn parse_redirect(error: &ServerError, reached: &str) -> Option<Redirect> {
@@ -38,12 +47,14 @@ pub(crate) fn parse_redirect(error: &ServerError, reached: &str) -> Option<Redir
     }
     let target = parts.next()?;
     let (host, port) = target.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
+    let port: u16 = port.parse().ok()?;
     let addr = if host.is_empty() {
         let reached_host = reached.rsplit_once(':').map_or(reached, |(h, _)| h);
         format!("{reached_host}:{port}")
     } else {
-        target.to_string()
+        // Servers write an IPv6 target bare (`MOVED 5 fd00::5:6379`); the topology,
+        // as `[fd00::5]:6379`. One spelling, or the redirect names a stranger.
+        join_host_port(host, port)
     };
     Some(if code == "MOVED" {
         Redirect::Moved { slot, addr }
@@ -79,6 +90,11 @@ mod tests {
         assert_eq!(
             parse("MOVED 5 [::1]:7001").map(|r| r.addr().to_string()),
             Some("[::1]:7001".into())
+        );
+        // As servers write IPv6 targets: bare, spelled here as the topology spells them.
+        assert_eq!(
+            parse("ASK 5 fd00::5:6379").map(|r| r.addr().to_string()),
+            Some("[fd00::5]:6379".into())
         );
     }
 

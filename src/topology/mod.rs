@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::resp::Value;
-use crate::slot::{Shard, SlotMap};
+use crate::slot::{join_host_port, Shard, SlotMap};
 
 /// One node as a topology reply describes it, its address resolved but not remapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,15 +66,6 @@ fn int(value: &Value) -> Option<i64> {
     match value {
         Value::Int(n) => Some(*n),
         other => std::str::from_utf8(other.as_bytes()?).ok()?.parse().ok(),
-    }
-}
-
-/// `host:port`, putting IPv6 literals in brackets.
-fn join_host_port(host: &str, port: u16) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
     }
 }
 
