@@ -171,6 +171,12 @@ async fn push_frames_between_replies_do_not_desynchronise_the_connection() {
         vec![cmd("get").arg("t"), cmd("ssubscribe").arg("t")],
         vec![cmd("CLIENT").arg("reply").arg("SKIP")],
         vec![cmd("MONITOR")],
+        // Never answered, or answered by a debugger session: the same.
+        vec![cmd("REPLCONF").arg("ACK").arg(0)],
+        vec![cmd("SCRIPT").arg("DEBUG").arg("YES")],
+        // The server skips an empty request without a reply.
+        vec![redcluster::Cmd::new()],
+        vec![cmd("GET").arg("t"), redcluster::Cmd::new()],
         // A transaction left open would queue the next caller's commands into it.
         vec![cmd("MULTI")],
         vec![cmd("WATCH").arg("t"), cmd("MULTI"), cmd("INCR").arg("t")],

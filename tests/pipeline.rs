@@ -235,6 +235,10 @@ async fn commands_that_hold_a_connection_never_ride_the_shared_one() {
         cmd("DISCARD"),
         cmd("WATCH").arg("hc:k"),
         cmd("UNWATCH"),
+        // Not MULTI's kin, but as bad for a shared connection: never answered, or
+        // answered by a debugger session.
+        cmd("REPLCONF").arg("ACK").arg(0),
+        cmd("script").arg("debug").arg("sync"),
     ] {
         let refused = client.query::<Value>(c.clone()).await;
         assert!(

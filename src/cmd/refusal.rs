@@ -14,7 +14,9 @@ pub(crate) enum Refusal {
     /// one for one.
     Subscription,
     /// `MONITOR` streams, `SYNC` and `PSYNC` send a snapshot, `CLIENT REPLY OFF|SKIP`
-    /// silences replies: every later reply would go to the wrong caller.
+    /// silences replies, `REPLCONF ACK` (the replication protocol's) is never answered,
+    /// `SCRIPT DEBUG` turns the next `EVAL` into a debugger session: every later reply
+    /// would go to the wrong caller.
     Unpaired,
     /// `RESET` (logs the connection out, back to RESP2), `HELLO`, `AUTH`, `SELECT`,
     /// `QUIT`: they change or end the connection under every other caller.
@@ -54,7 +56,7 @@ refused! {
     Subscription => [
         "subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe", "sunsubscribe",
     ],
-    Unpaired => ["monitor", "sync", "psync", "client|reply"],
+    Unpaired => ["monitor", "sync", "psync", "client|reply", "replconf", "script|debug"],
     ConnectionState => ["reset", "hello", "auth", "select", "quit"],
     Transaction => ["multi", "exec", "discard", "watch", "unwatch"],
     Wait => ["wait", "waitaof"],
@@ -150,7 +152,7 @@ mod tests {
             cmd("SUBSCRIBEX").arg("ch"),
             cmd("MODULE.CMD").arg("x".repeat(100)),
             cmd(&"x".repeat(100)),
-            Cmd::new(),
+            cmd("SCRIPT").arg("LOAD").arg("return 1"),
         ] {
             assert_eq!(Refusal::of(&fine), None, "{fine:?}");
         }

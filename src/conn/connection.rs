@@ -1182,6 +1182,11 @@ fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
 fn refuse_on_shared(cmds: &[Cmd]) -> Result<()> {
     let (mut multi, mut watch) = (false, false);
     for c in cmds {
+        if c.is_empty() {
+            // The server skips an empty request without a word: the next reply would
+            // go to it, and every one after to the wrong caller.
+            return Err(Error::Config("an empty command is not sent".into()));
+        }
         refuse_unpaired(c)?;
         let name = c.name();
         if name.eq_ignore_ascii_case(b"MULTI") {
@@ -1753,6 +1758,11 @@ mod tests {
         }
         // What the dedicated pool's recycle check sends.
         assert!(refuse_on_shared(&[cmd("UNWATCH"), cmd("PING")]).is_ok());
+        // An empty command would get no reply, and take the next one.
+        assert!(matches!(
+            refuse_on_shared(&[cmd("PING"), Cmd::new()]),
+            Err(Error::Config(_))
+        ));
         assert!(refuse_unpaired(&cmd("CLIENT").arg("LIST")).is_ok());
         assert!(refuse_unpaired(&cmd("GET").arg("subscribe")).is_ok());
     }
