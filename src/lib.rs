@@ -72,7 +72,8 @@
 //!   backoff and jitter. These mean the command did not run. A replica that answers a
 //!   read with `LOADING` (a full resync) or `MASTERDOWN` (cut off from its primary, with
 //!   `replica-serve-stale-data no`) may do so for minutes: the read goes to the primary
-//!   at once instead, as one retry (within `max_retries` and the retry budget).
+//!   at once instead (a reroute: neither `max_retries` nor the retry budget is spent),
+//!   and replica reads pass that replica over for a second.
 //! - **The retry rule.** A request that was never written (the connection could not be
 //!   opened, or died before the write) is always safe to send again, and is. A request
 //!   that may have reached the server (the connection died after the write) is sent

@@ -113,13 +113,25 @@ async fn a_loading_replica_sends_reads_to_its_primary_and_a_loading_primary_is_w
     load_slowly(&local, replica).await;
     wait_replicated(&local, replica, &format!("{{k}}:filler:{}", 19_999)).await;
 
-    // The replica reloads: a replica read goes to the primary at once.
+    // The replica reloads: a replica read goes to the primary at once, a reroute and no
+    // retry, so a client allowed none still reads.
+    let no_retries = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .max_retries(0)
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
     let replica_reads = client.with_read_from(ReadFrom::Replica);
     let primary_gets = calls(&local, primary, "get").await;
     let reloading = reload(&local, replica, key).await;
     let retries = client.stats().retries;
+    let read: Option<String> = no_retries.get(key).await.unwrap();
+    assert_eq!(read.as_deref(), Some("v"));
     let read: Option<String> = replica_reads.get(key).await.unwrap();
     assert_eq!(read.as_deref(), Some("v"));
+    // The pipeline's reads find the replica passed over, and go to the primary directly.
     let mut pipeline = replica_reads.pipeline();
     pipeline.get(key).get(key);
     let reads = pipeline.execute().await.unwrap();
@@ -131,9 +143,9 @@ async fn a_loading_replica_sends_reads_to_its_primary_and_a_loading_primary_is_w
         reads,
         vec![Value::Bulk("v".into()), Value::Bulk("v".into())]
     );
-    assert_eq!(calls(&local, primary, "get").await, primary_gets + 3);
-    // One retry each, straight to the primary.
-    assert_eq!(client.stats().retries, retries + 3);
+    assert_eq!(calls(&local, primary, "get").await, primary_gets + 4);
+    assert_eq!(client.stats().retries, retries, "rerouted, not retried");
+    assert_eq!(no_retries.stats().retries, 0);
     assert_eq!(
         reloading.await.unwrap().unwrap(),
         Value::Simple("OK".into())
@@ -231,8 +243,8 @@ async fn a_replica_cut_off_from_its_primary_sends_reads_to_the_primary() {
         vec![Value::Bulk("v".into()), Value::Bulk("v".into())]
     );
     assert_eq!(calls(&local, primary, "get").await, primary_gets + 5);
-    // One retry each, straight to the primary.
-    assert_eq!(client.stats().retries, retries + 5);
+    // Straight to the primary, rerouted rather than retried.
+    assert_eq!(client.stats().retries, retries);
 
     // The link back: the replica serves reads again.
     ok(&node, cmd("CONFIG").arg("SET").arg("masterauth").arg("")).await;
@@ -241,10 +253,18 @@ async fn a_replica_cut_off_from_its_primary_sends_reads_to_the_primary() {
         assert!(Instant::now() < deadline, "the replica never caught up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Passed over for a second after its last refusal, then read from again.
     let replica_gets = calls(&local, replica, "get").await;
-    let read: Option<String> = client.get(key).await.unwrap();
-    assert_eq!(read.as_deref(), Some("v"));
-    assert_eq!(calls(&local, replica, "get").await, replica_gets + 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let read: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(read.as_deref(), Some("v"));
+        if calls(&local, replica, "get").await > replica_gets {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica reads never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

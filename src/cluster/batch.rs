@@ -35,7 +35,7 @@ use crate::cmd::{self, cmd, Cmd};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
 use crate::observe::metrics::{self, InFlight, Status};
-use crate::policy::{classify, replica_cannot_serve, Backoff, ErrorAction};
+use crate::policy::{classify, replica_cannot_serve, ErrorAction};
 use crate::resp::Value;
 use crate::slot::Redirect;
 
@@ -61,7 +61,7 @@ enum Resend {
     /// At once: an `ASK`, or a connection lost before it could run.
     Now,
     /// A read a replica cannot serve for a while (`LOADING`, `MASTERDOWN`): with the
-    /// slot's other reads, to the primary, at once (counted as a retry).
+    /// slot's other reads, to the primary, at once (a reroute, not a retry).
     ToPrimary,
     /// The node asked to wait (`TRYAGAIN`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`): after
     /// this long (the retry is counted and taken from the budget).
@@ -313,6 +313,13 @@ impl Inner {
                     let to_primary = matches!(&reply, Value::ServerError(e)
                         if node.read_only && replica_cannot_serve(e));
                     let (action, wait) = match &reply {
+                        // A replica that may refuse for minutes: the read goes to the
+                        // primary at once, a reroute rather than a retry (as for a
+                        // single command).
+                        Value::ServerError(_) if to_primary => {
+                            node.refused_to_serve();
+                            (ErrorAction::BackOff, Duration::ZERO)
+                        }
                         Value::ServerError(e) => match classify(e, &node.addr) {
                             action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
                                 if matches!(action, ErrorAction::ClusterDown) {
@@ -323,11 +330,10 @@ impl Inner {
                                 // command of a slot is answered with its refusal, the
                                 // slot's later ones are too: resent, they would run
                                 // before it.
-                                let wait = if to_primary { &Backoff::NONE } else { &backoff };
                                 let delay = if held_slots.contains(&meta.slot) {
                                     None
                                 } else {
-                                    self.refusal_retry(&action, e.code(), 0, wait, deadline)
+                                    self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
                                 };
                                 match delay {
                                     Some(delay) => (action, delay),

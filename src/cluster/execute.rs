@@ -394,19 +394,26 @@ impl Inner {
             return Ok(primary);
         };
         let turn = self.registry.next_turn();
+        // A replica that refused a read lately (`LOADING`, `MASTERDOWN`) is passed over.
+        let serving = |node: &&Arc<Node>| node.serves_reads();
+        let replica_from = |start: usize| {
+            let (after, before) = replicas.split_at(start % replicas.len());
+            before.iter().chain(after).find(serving).unwrap_or(primary)
+        };
         Ok(match read_from {
             ReadFrom::Primary => primary,
             ReadFrom::RoundRobin => match turn % (replicas.len() + 1) {
                 0 => primary,
-                i => &replicas[i - 1],
+                i => replica_from(i - 1),
             },
             ReadFrom::LowestLatency => {
-                match fastest(std::iter::once(primary).chain(replicas.iter()), turn) {
+                let candidates = std::iter::once(primary).chain(replicas.iter().filter(serving));
+                match fastest(candidates, turn) {
                     Some(node) => node,
-                    None => &replicas[turn % replicas.len()],
+                    None => replica_from(turn),
                 }
             }
-            _ => &replicas[turn % replicas.len()],
+            _ => replica_from(turn),
         })
     }
 
@@ -727,19 +734,24 @@ impl Inner {
                     } else {
                         &mut retries
                     };
-                    let to_primary = node.read_only && replica_cannot_serve(&error);
-                    let wait = if to_primary { &Backoff::NONE } else { &backoff };
+                    if node.read_only && replica_cannot_serve(&error) && !primary_only {
+                        // A replica that may refuse for minutes: the read goes to the
+                        // primary at once. A reroute, not a retry: charged to the
+                        // client-wide budget, one loading replica under replica reads
+                        // would spend it for every other request.
+                        node.refused_to_serve();
+                        tracing::debug!(node = %node.addr, code = error.code(), "replica cannot serve; reading from the primary");
+                        primary_only = true;
+                        redirect = None;
+                        continue;
+                    }
                     let Some(delay) =
-                        self.refusal_retry(&action, error.code(), *done, wait, deadline)
+                        self.refusal_retry(&action, error.code(), *done, &backoff, deadline)
                     else {
                         return Ok(reply);
                     };
                     *done += 1;
                     redirect = None;
-                    if to_primary {
-                        primary_only = true;
-                        continue;
-                    }
                     back_off(delay).await;
                 }
             }

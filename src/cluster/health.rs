@@ -110,18 +110,22 @@ impl Inner {
             Ok(conn) => conn,
             Err(e) => return self.record_connect_failure(node, &e),
         };
-        let failure = match conn.send_timeout(cmd("PING"), timeout).await {
+        let (failure, answered_ok) = match conn.send_timeout(cmd("PING"), timeout).await {
             Ok(Value::ServerError(e)) => {
                 tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
-                None
+                if crate::policy::replica_cannot_serve(&e) {
+                    node.refused_to_serve();
+                }
+                (None, false)
             }
-            Ok(_) => None,
+            Ok(_) => (None, true),
             Err(e) => {
                 tracing::debug!(node = %node.addr, error = %e, "health check failed");
-                Some(e)
+                (Some(e), false)
             }
         };
-        if failure.is_none() {
+        // A node quick to refuse (`LOADING`) is no fast node for `LowestLatency`.
+        if answered_ok {
             node.observe_latency(started.elapsed());
         }
         // On the shared connection: its loss counts once, whoever sees it first.

@@ -21,6 +21,20 @@ const RECONNECT_BACKOFF: Backoff = Backoff {
     max: std::time::Duration::from_secs(5),
 };
 
+/// How long replica reads pass over a replica that refused one (`LOADING` during a full
+/// resync, `MASTERDOWN` when cut off from its primary): long enough that a burst of
+/// reads does not ask it one by one, short enough that it is asked again soon after it
+/// recovers. Each refusal, a health check's included, renews it.
+const NOT_SERVING_FOR_MS: u64 = 1000;
+
+/// Milliseconds since the first call, plus one (0 means "never" in
+/// [`Node::not_serving_until`]).
+fn clock_ms() -> u64 {
+    static BASE: OnceLock<std::time::Instant> = OnceLock::new();
+    let elapsed = BASE.get_or_init(std::time::Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX - 1) + 1
+}
+
 /// How each node's connections are set up; the same for every node of a client.
 #[derive(Debug)]
 pub(crate) struct NodeSettings {
@@ -127,6 +141,9 @@ pub(crate) struct Node {
     last_failure: Mutex<Option<(String, std::time::SystemTime)>>,
     /// Smoothed PING latency in microseconds, from health checks; 0 until measured.
     latency_us: AtomicU64,
+    /// Until when (by [`clock_ms`]) replica reads pass this node over: it refused one
+    /// (see [`NOT_SERVING_FOR_MS`]). 0: never did.
+    not_serving_until: AtomicU64,
     /// Per-command metric handles for this node.
     pub(crate) metrics: crate::observe::metrics::NodeMetrics,
     /// Set by [`Node::close`]: no connect attempt starts after it, and one that ends
@@ -186,6 +203,7 @@ impl Node {
             connect_failure_unreported: AtomicBool::new(false),
             last_failure: Mutex::new(None),
             latency_us: AtomicU64::new(0),
+            not_serving_until: AtomicU64::new(0),
             settings,
             closed: AtomicBool::new(false),
         }
@@ -248,6 +266,19 @@ impl Node {
             (old * 7 + sample * 3) / 10
         };
         self.latency_us.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Notes that this replica refused to serve a read (`LOADING`, `MASTERDOWN`): replica
+    /// reads pass it over for a while.
+    pub(crate) fn refused_to_serve(&self) {
+        self.not_serving_until
+            .store(clock_ms() + NOT_SERVING_FOR_MS, Ordering::Relaxed);
+    }
+
+    /// Whether replica reads may pick this node: it has not refused one lately.
+    pub(crate) fn serves_reads(&self) -> bool {
+        let until = self.not_serving_until.load(Ordering::Relaxed);
+        until == 0 || clock_ms() >= until
     }
 
     /// The smoothed PING latency, once measured.

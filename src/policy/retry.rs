@@ -55,12 +55,6 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
-    /// No wait: a retry that goes elsewhere at once, still within the retry limits.
-    pub(crate) const NONE: Backoff = Backoff {
-        base: Duration::ZERO,
-        max: Duration::ZERO,
-    };
-
     /// The delay before retry number `attempt` (0 for the first retry); `unit` is a
     /// random number in `[0, 1)`.
     pub(crate) fn delay(&self, attempt: u32, unit: f64) -> Duration {
