@@ -1537,6 +1537,49 @@ async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins()
     }
 }
 
+/// A replica read whose replica does not answer its connect (a host gone silent; here,
+/// a frozen replica the client has no connection to yet) waits half its deadline for
+/// it at most, then reads from the primary; the next reads pass the replica over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_read_to_a_silent_replica_falls_back_to_the_primary_in_time() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(1)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let timeout = Duration::from_secs(2);
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .response_timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let key = "silent:{k}";
+    client.set(key, "v").await.unwrap();
+    let primary = local
+        .master_of_slot(key_slot(key.as_bytes()))
+        .await
+        .unwrap();
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    local.pause(replica).unwrap();
+    let started = Instant::now();
+    let read = client.get::<_, Option<String>>(key).await;
+    let waited = started.elapsed();
+    // Passed over now: the next read goes to the primary without waiting.
+    let again_started = Instant::now();
+    let again = client.get::<_, Option<String>>(key).await;
+    let again_waited = again_started.elapsed();
+    local.resume(replica).unwrap();
+    assert_eq!(read.unwrap().as_deref(), Some("v"));
+    assert!(waited < timeout, "{waited:?}");
+    assert_eq!(again.unwrap().as_deref(), Some("v"));
+    assert!(again_waited < timeout / 4, "{again_waited:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_reads_reach_replicas_and_fall_back_to_the_primary() {
     let local = LocalCluster::builder().start().await.unwrap();

@@ -317,7 +317,7 @@ impl Inner {
                         // primary at once, a reroute rather than a retry (as for a
                         // single command).
                         Value::ServerError(_) if to_primary => {
-                            node.refused_to_serve();
+                            node.pass_over_for_reads();
                             (ErrorAction::BackOff, Duration::ZERO)
                         }
                         Value::ServerError(e) => match classify(e, &node.addr) {

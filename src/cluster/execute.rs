@@ -739,7 +739,7 @@ impl Inner {
                         // primary at once. A reroute, not a retry: charged to the
                         // client-wide budget, one loading replica under replica reads
                         // would spend it for every other request.
-                        node.refused_to_serve();
+                        node.pass_over_for_reads();
                         tracing::debug!(node = %node.addr, code = error.code(), "replica cannot serve; reading from the primary");
                         primary_only = true;
                         redirect = None;
@@ -806,23 +806,43 @@ impl Inner {
                 .await?;
             return Ok(None);
         }
-        let conn = match node.connection(deadline).await {
+        let replica_read = node.read_only && !*st.primary_only;
+        // A replica read waits for its replica's connection half its remaining time at
+        // most: a replica that does not answer (a host gone silent) costs it that, not
+        // its whole deadline, and the primary gets the rest.
+        let connect_by = if replica_read {
+            let now = Instant::now();
+            now + deadline.saturating_duration_since(now) / 2
+        } else {
+            deadline
+        };
+        let conn = match node.connection(connect_by).await {
             Ok(conn) => conn,
             Err(e) => {
-                if matches!(e, Error::Timeout) {
-                    // Our own deadline ran out while connecting: not the node's fault.
-                    return Err(e);
+                // A timeout is the wait's, not the attempt's: that goes on, on its own
+                // task, and reports its own failure.
+                let waited_out = matches!(e, Error::Timeout);
+                if !waited_out {
+                    self.record_connect_failure(node, &e);
                 }
-                self.record_connect_failure(node, &e);
-                let replica_read = node.read_only && !*st.primary_only;
-                if !e.is_node_failure() && !replica_read {
-                    // Rejected credentials or certificate: another attempt within this
-                    // request's deadline would meet the same answer. Said at once. (A
-                    // replica read falls back to the primary first, below.)
+                if replica_read {
+                    // To the primary at once, a reroute rather than a retry (as for a
+                    // replica's `LOADING`); replica reads pass this one over a while.
+                    node.pass_over_for_reads();
+                    if e.is_node_failure() && !waited_out {
+                        self.signal.request(RefreshTrigger::ConnectionFailure);
+                    }
+                    *st.primary_only = true;
+                    *st.redirect = None;
+                    return Ok(None);
+                }
+                if waited_out || !e.is_node_failure() {
+                    // Our own deadline ran out while connecting, or rejected credentials
+                    // or certificate: another attempt within this request's deadline
+                    // would meet the same answer. Said at once.
                     return Err(e);
                 }
                 self.signal.request(RefreshTrigger::ConnectionFailure);
-                *st.primary_only |= node.read_only;
                 *st.redirect = None;
                 self.wait_retry(st.backoff, st.retries, deadline, e).await?;
                 return Ok(None);

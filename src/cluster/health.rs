@@ -114,7 +114,7 @@ impl Inner {
             Ok(Value::ServerError(e)) => {
                 tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
                 if crate::policy::replica_cannot_serve(&e) {
-                    node.refused_to_serve();
+                    node.pass_over_for_reads();
                 }
                 (None, false)
             }

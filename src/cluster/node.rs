@@ -22,9 +22,10 @@ const RECONNECT_BACKOFF: Backoff = Backoff {
 };
 
 /// How long replica reads pass over a replica that refused one (`LOADING` during a full
-/// resync, `MASTERDOWN` when cut off from its primary): long enough that a burst of
-/// reads does not ask it one by one, short enough that it is asked again soon after it
-/// recovers. Each refusal, a health check's included, renews it.
+/// resync, `MASTERDOWN` when cut off from its primary) or could not be reached for one:
+/// long enough that a burst of reads does not ask it one by one, short enough that it
+/// is asked again soon after it recovers. Each refusal, a health check's included,
+/// renews it.
 const NOT_SERVING_FOR_MS: u64 = 1000;
 
 /// Milliseconds since the first call, plus one (0 means "never" in
@@ -268,9 +269,9 @@ impl Node {
         self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
-    /// Notes that this replica refused to serve a read (`LOADING`, `MASTERDOWN`): replica
-    /// reads pass it over for a while.
-    pub(crate) fn refused_to_serve(&self) {
+    /// Notes that this replica refused a read (`LOADING`, `MASTERDOWN`) or could not be
+    /// reached for one: replica reads pass it over for a while.
+    pub(crate) fn pass_over_for_reads(&self) {
         self.not_serving_until
             .store(clock_ms() + NOT_SERVING_FOR_MS, Ordering::Relaxed);
     }
