@@ -852,3 +852,64 @@ async fn a_handle_changes_subscriptions_while_another_task_reads_the_events() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A restoration the server refuses is never silent. The subscriber's user may no longer
+/// read `chan:c` (the server then closes its connection); resubscribing all three in one
+/// command is refused (`NOPERM` for the whole command), so each goes alone: `chan:a`
+/// and `chan:b` are restored (a `Gap`), `chan:c` is reported `Lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_restoration_reports_the_refused_channel_lost_and_restores_the_rest() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .acl_user("sub on >subpass ~* &chan:* +@all")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .username("sub")
+        .password("subpass")
+        .build()
+        .await
+        .unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    sub.subscribe(["chan:a", "chan:b", "chan:c"]).await.unwrap();
+    for node in local.nodes() {
+        let conn = local.connect_node(node.index).await.unwrap();
+        let reply = conn
+            .send(
+                cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("sub")
+                    .arg("resetchannels")
+                    .arg("&chan:a")
+                    .arg("&chan:b"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut restored, mut lost) = (HashSet::new(), Vec::new());
+    while restored.len() < 2 || lost.is_empty() {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(PubSubEvent::Gap { channels, .. })) => restored.extend(channels),
+            Ok(Some(PubSubEvent::Lost {
+                channels, error, ..
+            })) => {
+                assert_eq!(error.code(), "NOPERM", "{error}");
+                lost.extend(channels);
+            }
+            Ok(Some(other)) => panic!("unexpected event {other:?}"),
+            Ok(None) => panic!("the subscriber's stream ended"),
+            Err(_) => panic!("restored {restored:?}, lost {lost:?} by the deadline"),
+        }
+    }
+    assert_eq!(restored, HashSet::from([b("chan:a"), b("chan:b")]));
+    assert_eq!(lost, vec![b("chan:c")]);
+    // The restored ones deliver.
+    let _: i64 = client.publish("chan:a", "after").await.unwrap();
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.payload), (b("chan:a"), b("after")));
+}

@@ -102,6 +102,10 @@ struct Sub {
     state: State,
     /// Was active once and lost since: its next confirmation is reported as a gap.
     interrupted: bool,
+    /// Refused along with others in one command while being restored: sent in a
+    /// command of its own until confirmed, so that one refused channel (an ACL denies
+    /// a whole `SUBSCRIBE` for one of its channels) does not take the others with it.
+    solo: bool,
 }
 
 /// A command written on a link and not fully answered yet.
@@ -266,6 +270,7 @@ impl Manager {
                         let sub = self.subs.entry(key.clone()).or_insert(Sub {
                             state: State::Waiting,
                             interrupted: false,
+                            solo: false,
                         });
                         if !matches!(sub.state, State::Active(_)) {
                             keys.insert((true, key));
@@ -573,6 +578,7 @@ impl Manager {
         match self.subs.get_mut(&key) {
             Some(sub) if sub.state == State::Pending(id) => {
                 sub.state = State::Active(id);
+                sub.solo = false;
                 if std::mem::take(&mut sub.interrupted) {
                     let gaps = match kind {
                         Kind::Channel => &mut self.gaps.channels,
@@ -626,6 +632,8 @@ impl Manager {
                 "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "BUSY"
             );
         let error = Error::Server(e.clone());
+        let together = channels.len() > 1;
+        let (mut split, mut lost) = (false, Vec::new());
         for channel in channels {
             let key = key_at(kind, channel, &addr);
             let Some(sub) = self.subs.get_mut(&key) else {
@@ -636,13 +644,44 @@ impl Manager {
             }
             if retry {
                 sub.state = State::Waiting;
-            } else if key.2.is_some() {
+                continue;
+            }
+            let restoring = sub.interrupted;
+            if restoring && together {
+                // One refused channel refuses the whole command: each goes again alone.
+                sub.state = State::Waiting;
+                sub.solo = true;
+                split = true;
+                continue;
+            }
+            if restoring && !lost.contains(&key.1) {
+                lost.push(key.1.clone());
+            }
+            if key.2.is_some() {
                 // A node-local subscription is made on every primary or on none.
                 self.drop_local(kind, &key.1, &error);
             } else {
                 self.subs.remove(&key);
                 self.fail(&(true, key), &error);
             }
+        }
+        if !lost.is_empty() {
+            tracing::warn!(error = %e, subscriptions = lost.len(), "subscriptions could not be restored");
+            let (channels, patterns) = match kind {
+                Kind::Pattern => (Vec::new(), lost),
+                Kind::Channel | Kind::Shard => (lost, Vec::new()),
+            };
+            self.emit(PubSubEvent::Lost {
+                channels,
+                patterns,
+                sharded: kind == Kind::Shard,
+                error: e.clone(),
+            });
+        }
+        if split {
+            tracing::debug!(error = %e, "resubscription refused as a batch; trying each alone");
+            self.schedule_retry();
+            return;
         }
         if !retry {
             tracing::warn!(error = %e, "subscription refused");
@@ -742,7 +781,7 @@ impl Manager {
                             continue;
                         }
                         self.mark_pending(kind, &list, None, id);
-                        self.send(id, kind, true, list);
+                        self.send_subscribes(id, kind, list, None);
                     }
                 }
                 None => {
@@ -768,7 +807,7 @@ impl Manager {
         for ((owner, _), list) in groups {
             let id = self.node_link(owner);
             self.mark_pending(Kind::Shard, &list, None, id);
-            self.send(id, Kind::Shard, true, list);
+            self.send_subscribes(id, Kind::Shard, list, None);
         }
         // Node-local subscriptions: on their primary's link, one command per kind.
         let mut local: HashMap<(Arc<str>, Kind), Vec<Bytes>> = HashMap::new();
@@ -783,9 +822,32 @@ impl Manager {
         for ((node, kind), list) in local {
             let id = self.node_link(Arc::clone(&node));
             self.mark_pending(kind, &list, Some(&node), id);
-            self.send(id, kind, true, list);
+            self.send_subscribes(id, kind, list, Some(&node));
         }
         self.close_idle_links();
+    }
+
+    /// Subscribes to `channels` on link `id` in one command, except those to be sent
+    /// alone (see [`Sub::solo`]).
+    fn send_subscribes(
+        &mut self,
+        id: u64,
+        kind: Kind,
+        channels: Vec<Bytes>,
+        node: Option<&Arc<str>>,
+    ) {
+        let (alone, together): (Vec<Bytes>, Vec<Bytes>) =
+            channels.into_iter().partition(|channel| {
+                self.subs
+                    .get(&(kind, channel.clone(), node.cloned()))
+                    .is_some_and(|sub| sub.solo)
+            });
+        if !together.is_empty() {
+            self.send(id, kind, true, together);
+        }
+        for channel in alone {
+            self.send(id, kind, true, vec![channel]);
+        }
     }
 
     /// The link to `node` for sharded and node-local subscriptions, opened if needed.
@@ -875,6 +937,7 @@ impl Manager {
                     entry.insert(Sub {
                         state: State::Waiting,
                         interrupted: true,
+                        solo: false,
                     });
                     changed = true;
                 }

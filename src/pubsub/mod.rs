@@ -72,15 +72,18 @@
 //! once an interrupted subscription is restored, the stream yields a
 //! [`PubSubEvent::Gap`] naming the channels (and patterns) concerned, before any message
 //! received through the restored subscription. Messages are never duplicated by a
-//! resubscription, and arrive in publication order per channel between gaps.
+//! resubscription, and arrive in publication order per channel between gaps. A
+//! subscription the server refuses to restore (a `NOPERM` after an ACL change) is
+//! reported as [`PubSubEvent::Lost`], never dropped in silence; the channels restored
+//! in the same command are tried one by one first, so only the refused ones are lost.
 //!
 //! # A slow consumer
 //!
 //! Events wait for the consumer in a queue of [`SubscriberConfig::queue_capacity`]
 //! (default 1024) events; the subscriber never waits for the consumer, and memory stays
 //! bounded. When the queue is full, [`SubscriberConfig::overflow`] decides:
-//! [`OverflowPolicy::DropOldest`] (the default) drops the oldest queued event and counts
-//! it, and the consumer gets a [`PubSubEvent::Lagged`] with the count before the next
+//! [`OverflowPolicy::DropOldest`] (the default) drops the oldest queued message (never a
+//! `Gap` or `Lost` notice) and counts it, and the consumer gets a [`PubSubEvent::Lagged`] with the count before the next
 //! event; [`OverflowPolicy::Disconnect`] closes the subscriber: the stream yields what
 //! was queued and then ends. [`Subscriber::stats`] has the counters.
 //!
@@ -109,7 +112,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterClient;
 use crate::cmd::ToArg;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ServerError};
 use link::Kind;
 use manager::{Control, Manager};
 use queue::EventQueue;
@@ -174,7 +177,22 @@ pub enum PubSubEvent {
         /// Whether these are sharded subscriptions.
         sharded: bool,
     },
-    /// The consumer fell behind and this many events were dropped, the oldest first
+    /// These subscriptions were interrupted and the server refused to restore them (a
+    /// `NOPERM` after an ACL change, for one): they are gone, and their messages with
+    /// them. Subscribe again once the cause is fixed. Channels refused together are
+    /// each tried alone first, so one refused channel does not take the others with it.
+    #[non_exhaustive]
+    Lost {
+        /// The channels concerned: sharded ones when `sharded`, classic ones otherwise.
+        channels: Vec<Bytes>,
+        /// The patterns concerned (classic only).
+        patterns: Vec<Bytes>,
+        /// Whether these are sharded subscriptions.
+        sharded: bool,
+        /// The server's refusal.
+        error: ServerError,
+    },
+    /// The consumer fell behind and this many messages were dropped, the oldest first
     /// ([`OverflowPolicy::DropOldest`]); yielded before the next event kept.
     Lagged {
         /// Events dropped since the last `Lagged`.
@@ -193,8 +211,8 @@ pub enum PubSubEvent {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OverflowPolicy {
-    /// Drop the oldest queued event, count it, and report the count with
-    /// [`PubSubEvent::Lagged`] (default).
+    /// Drop the oldest queued message (notices of gaps and lost subscriptions stay),
+    /// count it, and report the count with [`PubSubEvent::Lagged`] (default).
     #[default]
     DropOldest,
     /// Close the subscriber: its connections are closed and the stream ends after the

@@ -69,7 +69,13 @@ impl EventQueue {
             state.dropped += 1;
             match self.policy {
                 OverflowPolicy::DropOldest => {
-                    state.events.pop_front();
+                    // The oldest message goes; a `Gap` or `Lost` stays, or the consumer
+                    // would not learn which channels missed messages or are gone.
+                    let oldest_message = state
+                        .events
+                        .iter()
+                        .position(|e| matches!(e, PubSubEvent::Message(_)));
+                    state.events.remove(oldest_message.unwrap_or(0));
                     state.unreported += 1;
                 }
                 OverflowPolicy::Disconnect => {
@@ -175,6 +181,27 @@ mod tests {
         assert_eq!(next(&q), Poll::Pending);
         q.close();
         assert_eq!(next(&q), Poll::Ready(None));
+    }
+
+    #[test]
+    fn drop_oldest_drops_messages_and_keeps_gaps() {
+        let q = EventQueue::new(3, OverflowPolicy::DropOldest);
+        let gap = PubSubEvent::Gap {
+            channels: vec![Bytes::from_static(b"c")],
+            patterns: Vec::new(),
+            sharded: false,
+        };
+        assert!(q.push(gap.clone()));
+        for i in 0..5 {
+            assert!(q.push(message(i)));
+        }
+        assert_eq!(
+            next(&q),
+            Poll::Ready(Some(PubSubEvent::Lagged { dropped: 3 }))
+        );
+        assert_eq!(next(&q), Poll::Ready(Some(gap)));
+        assert_eq!(next(&q), Poll::Ready(Some(message(3))));
+        assert_eq!(next(&q), Poll::Ready(Some(message(4))));
     }
 
     #[test]
