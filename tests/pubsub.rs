@@ -913,3 +913,58 @@ async fn a_refused_restoration_reports_the_refused_channel_lost_and_restores_the
     let m = next_message(&mut sub, Duration::from_secs(5)).await;
     assert_eq!((m.channel, m.payload), (b("chan:a"), b("after")));
 }
+
+/// A node holding the classic subscriptions leaves the cluster while it keeps running
+/// (the others `CLUSTER FORGET` it, it is reset): it still answers the subscriber's
+/// PING, but messages published in the cluster no longer reach it. Once the client's
+/// topology no longer lists it, the subscriptions move, with a `Gap`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_subscriptions_leave_a_node_that_left_the_cluster() {
+    let local = cluster(0).await;
+    let leaver = local.add_replica(0).await.unwrap();
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    client.refresh_topology().await.unwrap();
+    // The classic link goes to any node of the four: subscribe until it is the leaver's.
+    let mut held = None;
+    for attempt in 0..60 {
+        let channel = format!("news:{attempt}");
+        let sub = client.subscriber().await.unwrap();
+        sub.subscribe([channel.as_str()]).await.unwrap();
+        if classic_holders(&local, &channel).await == vec![leaver] {
+            held = Some((sub, channel));
+            break;
+        }
+    }
+    let (mut sub, channel) = held.expect("no subscriber's link landed on the added replica");
+    let id = local.node(leaver).id;
+    for node in local.nodes() {
+        if node.index != leaver {
+            let conn = local.connect_node(node.index).await.unwrap();
+            let reply = conn
+                .send(cmd("CLUSTER").arg("FORGET").arg(id.as_str()))
+                .await
+                .unwrap();
+            assert_eq!(reply, Value::Simple("OK".into()));
+        }
+    }
+    let conn = local.connect_node(leaver).await.unwrap();
+    let reply = conn
+        .send(cmd("CLUSTER").arg("RESET").arg("SOFT"))
+        .await
+        .unwrap();
+    assert_eq!(reply, Value::Simple("OK".into()));
+    client.refresh_topology().await.unwrap();
+    assert!(!client
+        .known_nodes()
+        .iter()
+        .any(|n| *n == local.node_addr(leaver)));
+    let want: HashSet<Bytes> = [b(&channel)].into_iter().collect();
+    expect_gap(&mut sub, &want, false, Duration::from_secs(10)).await;
+    client.publish(channel.as_str(), "after").await.unwrap();
+    expect_messages(
+        &mut sub,
+        &[(b(&channel), b("after"))],
+        Duration::from_secs(10),
+    )
+    .await;
+}

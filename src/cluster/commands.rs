@@ -877,7 +877,9 @@ impl ClusterClient {
         Ok(())
     }
 
-    /// `PUBLISH channel message`: how many subscribers of the cluster received it.
+    /// `PUBLISH channel message`: how many subscribers received it on the node that took
+    /// the `PUBLISH` (the server counts its own; the cluster bus carries the message to
+    /// every other node's subscribers, uncounted).
     ///
     /// # Errors
     ///

@@ -456,8 +456,8 @@ fn lost_after_write(cause: &Error) -> Error {
 /// A multiplexed connection to one Redis node.
 ///
 /// Cloning is cheap and clones share the connection: requests from many tasks are
-/// coalesced into few writes. Dropping every clone closes the connection once the
-/// requests already sent are answered.
+/// coalesced into few writes. Dropping every clone closes the connection at once (a
+/// caller still waiting holds a clone, so none is left waiting).
 ///
 /// ```no_run
 /// # async fn demo() -> redcluster::Result<()> {

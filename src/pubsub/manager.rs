@@ -990,6 +990,21 @@ impl Manager {
                 }
             }
             let mut changed = self.follow_primaries();
+            // The classic link's node left the cluster (removed with `CLUSTER FORGET`
+            // while still running, or reset): it still answers PING, but messages
+            // published in the cluster no longer reach it. Its subscriptions move.
+            if let Some(id) = self.classic {
+                let nodes = self.inner.node_addrs();
+                let left = self.links.get(&id).and_then(|l| {
+                    (!nodes.is_empty() && !nodes.contains(&l.link.addr))
+                        .then(|| Arc::clone(&l.link.addr))
+                });
+                if let Some(addr) = left {
+                    let why = Error::ClusterDown(format!("{addr} left the cluster"));
+                    self.on_link_down(id, &why);
+                    changed = true;
+                }
+            }
             for ((id, _), channels) in moves {
                 // Drop the old subscription, should the old owner still hold it.
                 self.send(id, Kind::Shard, false, channels);

@@ -92,8 +92,9 @@
 //! With RESP3 the server sends confirmations and messages as push frames; with RESP2
 //! (`ClusterClientBuilder::protocol(Protocol::Resp2)`) as arrays on a connection in
 //! subscribed mode. Both work the same way. Connections are opened with the client's
-//! settings (TLS, credentials, name, timeouts); a connection that does not answer a
-//! `PING` within [`SubscriberConfig::ping_interval`] is replaced.
+//! settings (TLS, credentials, name, timeouts); a connection that leaves a `PING`
+//! unanswered for a [`SubscriberConfig::ping_interval`] is replaced (found within one
+//! to two intervals).
 
 #[cfg(not(test))]
 mod link;
