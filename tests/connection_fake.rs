@@ -177,6 +177,24 @@ async fn a_reply_nobody_asked_for_closes_the_connection_after_answering_the_rest
     );
 }
 
+/// A reply that is no RESP answers its own request with `Error::Protocol` (the cause),
+/// not "connection lost"; the connection closes.
+#[tokio::test]
+async fn a_malformed_reply_is_its_requests_protocol_error() {
+    let fake = FakeNode::start(script([
+        Step::Expect(vec!["GET", "k"]),
+        Step::Reply(b"?not resp\r\n"),
+    ]))
+    .await;
+    let conn = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let err = conn.send(cmd("GET").arg("k")).await.unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+    assert!(err.may_have_executed());
+    assert!(conn.is_closed());
+}
+
 #[tokio::test]
 async fn silent_server_costs_the_request_its_timeout_and_nothing_more() {
     let fake = FakeNode::start(script([Step::ReadAny(1), Step::Hold])).await;

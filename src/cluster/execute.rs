@@ -979,9 +979,9 @@ impl Inner {
     /// `CLIENT KILL`, an idle timeout, a proxy) would open a healthy node's breaker
     /// whenever more requests than its threshold were in flight.
     pub(crate) fn record_on<T>(&self, node: &Node, conn: &NodeConnection, result: &Result<T>) {
-        // (A reply the connection cannot decode closes it too: its requests get
-        // `ConnectionLost`.)
-        if let Err(Error::ConnectionLost { .. } | Error::Io { .. }) = result {
+        // (A reply the connection cannot decode closes it too: its request gets
+        // `Protocol`, the others `ConnectionLost`.)
+        if let Err(Error::ConnectionLost { .. } | Error::Io { .. } | Error::Protocol(_)) = result {
             if !conn.first_to_report_failure() {
                 node.release_probe();
                 return;

@@ -210,9 +210,15 @@ impl Shared {
         };
         fail_unsent(unsent.into_iter().map(|r| r.reply));
         let drained: Vec<InFlight> = self.in_flight().drain(..).collect();
-        for entry in drained {
+        for (position, entry) in drained.into_iter().enumerate() {
             if let Some(reply) = entry.reply {
-                let _ = reply.send(Err(lost_after_write(error)));
+                // A reply that is no RESP, or over the decoder's limits, was the first
+                // request's: it gets the cause; the others, the connection's loss.
+                let error = match error {
+                    Error::Protocol(_) if position == 0 => error.clone(),
+                    _ => lost_after_write(error),
+                };
+                let _ = reply.send(Err(error));
             }
         }
         self.close.notify_waiters();
