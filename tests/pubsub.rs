@@ -968,3 +968,45 @@ async fn classic_subscriptions_leave_a_node_that_left_the_cluster() {
     )
     .await;
 }
+
+/// A subscriber connection the node refuses (the user's password changed since the
+/// client connected): `subscribe` fails at once with `Error::Auth`, not with a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscriber_connection_fails_the_subscribe_with_its_cause() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .acl_user("sub on >subpass ~* &* +@all")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .username("sub")
+        .password("subpass")
+        .build()
+        .await
+        .unwrap();
+    for node in local.nodes() {
+        let conn = local.connect_node(node.index).await.unwrap();
+        let reply = conn
+            .send(
+                cmd("ACL")
+                    .arg("SETUSER")
+                    .arg("sub")
+                    .arg("resetpass")
+                    .arg(">rotated"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, Value::Simple("OK".into()));
+    }
+    let config = SubscriberConfig::default().subscribe_timeout(Duration::from_secs(20));
+    let sub = client.subscriber_with(config).await.unwrap();
+    let started = Instant::now();
+    let err = sub.subscribe(["news"]).await.unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let err = sub.ssubscribe(["orders:{eu}"]).await.unwrap_err();
+    assert!(matches!(err, Error::Auth(_)), "{err:?}");
+}

@@ -723,12 +723,30 @@ impl Manager {
                 }
             }
         }
+        // A connection the node refuses for good (credentials, certificate): the
+        // subscriptions never made yet fail with that cause now, not with a timeout
+        // later. Those once active are restored as after any loss (the credentials may
+        // come back).
+        let refused = matches!(error, Error::Auth(_) | Error::Tls(_) | Error::Config(_));
+        let mut never_made = Vec::new();
         let mut affected = 0usize;
-        for sub in self.subs.values_mut() {
+        for (key, sub) in &mut self.subs {
             if sub.state.link() == Some(id) {
+                if refused && !sub.interrupted && matches!(sub.state, State::Pending(_)) {
+                    never_made.push(key.clone());
+                    continue;
+                }
                 sub.interrupted |= matches!(sub.state, State::Active(_));
                 sub.state = State::Waiting;
                 affected += 1;
+            }
+        }
+        for key in never_made {
+            if key.2.is_some() {
+                self.drop_local(key.0, &key.1, error);
+            } else {
+                self.subs.remove(&key);
+                self.fail(&(true, key), error);
             }
         }
         if affected > 0 {

@@ -244,7 +244,9 @@ pub struct SubscriberConfig {
     /// How long `subscribe` and friends wait for the server's confirmation; `None` is
     /// the response timeout of the client handle that made the subscriber
     /// ([`ClusterClient::response_timeout`](crate::ClusterClient::response_timeout)).
-    /// Default `None`.
+    /// Default `None`. A connection the node refuses for good (credentials,
+    /// certificate) fails the call at once with that cause ([`Error::Auth`],
+    /// [`Error::Tls`]).
     pub subscribe_timeout: Option<Duration>,
 }
 
