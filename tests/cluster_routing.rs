@@ -1372,3 +1372,38 @@ async fn stream_helpers_produce_consume_and_acknowledge_over_resp3_and_resp2() {
         );
     }
 }
+
+/// Servers write a redirect's IPv6 target bare (`MOVED 5 ::1:7000`); the client reads it
+/// as the node its topology names (`[::1]:7000`), not as a stranger it cannot dial. (A
+/// scripted fake on `[::1]`: the testkit's clusters run on 127.0.0.1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_redirect_target_is_the_node_the_topology_names() {
+    use std::sync::{Arc, OnceLock};
+    use support::fake_cluster::{Action, FakeCluster};
+    let port: Arc<OnceLock<u16>> = Arc::default();
+    let own = Arc::clone(&port);
+    let fake = FakeCluster::start_ipv6(move |args, earlier| match (args[0].as_str(), earlier) {
+        ("GET", 0) => Action::Reply(Value::ServerError(redcluster::ServerError::new(format!(
+            "MOVED {} ::1:{}",
+            redcluster::key_slot(b"k"),
+            own.get().unwrap()
+        )))),
+        ("GET", _) => Action::Reply(Value::Bulk("v".into())),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let listening: u16 = fake.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    port.set(listening).unwrap();
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.known_nodes(), vec![fake.addr.clone()]);
+    let v: Option<String> = client.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    let stats = client.stats();
+    assert_eq!((stats.moved, stats.retries), (1, 0), "{stats:?}");
+    assert_eq!(client.known_nodes(), vec![fake.addr.clone()]);
+}

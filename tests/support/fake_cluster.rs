@@ -48,7 +48,18 @@ impl FakeCluster {
     where
         F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
     {
-        FakeCluster::start_with(hello_delay, Arc::new(shards), behave).await
+        FakeCluster::start_with("127.0.0.1", hello_delay, Arc::new(shards), behave).await
+    }
+
+    /// [`FakeCluster::start`] on `[::1]`, announcing itself as `::1`, as a node of an
+    /// IPv6 cluster does.
+    #[allow(dead_code)] // not every test binary has an IPv6 test
+    pub async fn start_ipv6<F>(behave: F) -> FakeCluster
+    where
+        F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
+    {
+        let topology = |port| shards_at("::1", port);
+        FakeCluster::start_with("::1", std::time::Duration::ZERO, Arc::new(topology), behave).await
     }
 
     /// [`FakeCluster::start`], answering `CLUSTER SHARDS` with what `topology` makes of
@@ -60,10 +71,17 @@ impl FakeCluster {
     where
         F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
     {
-        FakeCluster::start_with(std::time::Duration::ZERO, Arc::new(topology), behave).await
+        FakeCluster::start_with(
+            "127.0.0.1",
+            std::time::Duration::ZERO,
+            Arc::new(topology),
+            behave,
+        )
+        .await
     }
 
     async fn start_with<F>(
+        host: &str,
         hello_delay: std::time::Duration,
         topology: Arc<dyn Fn(u16) -> Value + Send + Sync>,
         behave: F,
@@ -71,7 +89,7 @@ impl FakeCluster {
     where
         F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((host, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let behave = Arc::new(behave);
@@ -171,11 +189,16 @@ fn bulk(s: &str) -> Value {
 
 /// `CLUSTER SHARDS` of a cluster that is this one node, owning every slot.
 fn shards(port: u16) -> Value {
+    shards_at("127.0.0.1", port)
+}
+
+/// [`shards`] for a node announcing itself as `host`.
+fn shards_at(host: &str, port: u16) -> Value {
     let node = Value::Map(vec![
         (bulk("id"), bulk("fakefakefakefakefakefakefakefakefakefake")),
         (bulk("port"), Value::Int(i64::from(port))),
-        (bulk("ip"), bulk("127.0.0.1")),
-        (bulk("endpoint"), bulk("127.0.0.1")),
+        (bulk("ip"), bulk(host)),
+        (bulk("endpoint"), bulk(host)),
         (bulk("role"), bulk("master")),
         (bulk("replication-offset"), Value::Int(0)),
         (bulk("health"), bulk("online")),
