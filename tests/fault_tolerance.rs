@@ -1537,6 +1537,112 @@ async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins()
     }
 }
 
+/// A replica whose breaker is open is passed over for the shard's other replica, not
+/// swapped for the primary: with two replicas and one frozen, replica reads keep off
+/// the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_pass_over_a_replica_whose_breaker_is_open_for_another_replica() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(2)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(None)
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .unwrap();
+    // A key of a shard with two replicas (replica migration may leave one with fewer).
+    let mut shard = None;
+    for i in 0..100 {
+        let key = format!("two:{{k{i}}}");
+        let primary = local
+            .master_of_slot(key_slot(key.as_bytes()))
+            .await
+            .unwrap();
+        let replicas = local.replicas_of(primary).await.unwrap();
+        if replicas.len() == 2 {
+            shard = Some((key, primary, replicas));
+            break;
+        }
+    }
+    let (key, primary, replicas) = shard.expect("no shard with two replicas");
+    let key = key.as_str();
+    client.set(key, "v").await.unwrap();
+    // Both replicas have the write before any read counts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &replica in &replicas {
+        let conn = local.connect_node(replica).await.unwrap();
+        conn.send(cmd("READONLY")).await.unwrap();
+        while conn.send(cmd("GET").arg(key)).await.unwrap() != Value::Bulk("v".into()) {
+            assert!(
+                Instant::now() < deadline,
+                "replica {replica} never got the write"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Replica reads take turns over both replicas (each gets its connection), though
+    // neither is connected before the first read. Once, a replica the first pick found
+    // unconnected lost its turn to the next pick, and was never connected or read from.
+    let before = [
+        calls(&local, replicas[0], "get").await,
+        calls(&local, replicas[1], "get").await,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut served = [0; 2];
+        for (i, replica) in replicas.iter().enumerate() {
+            served[i] = calls(&local, *replica, "get").await - before[i];
+        }
+        if served.iter().all(|&n| n >= 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica reads served {served:?}");
+        for _ in 0..10 {
+            client.get::<_, Option<String>>(key).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    local.pause(replicas[0]).unwrap();
+    // Reads that pick the frozen replica time out; two in a row open its breaker.
+    let mut timeouts = 0;
+    for _ in 0..50 {
+        match client.get::<_, Option<String>>(key).await {
+            Ok(v) => assert_eq!(v.as_deref(), Some("v")),
+            Err(Error::Timeout) => timeouts += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+        if timeouts == 2 {
+            break;
+        }
+    }
+    assert_eq!(timeouts, 2, "the frozen replica was never picked twice");
+    let primary_gets = calls(&local, primary, "get").await;
+    let reads: Vec<Option<String>> =
+        futures_util::future::join_all((0..20).map(|_| client.get::<_, Option<String>>(key)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    local.resume(replicas[0]).unwrap();
+    assert!(reads.iter().all(|v| v.as_deref() == Some("v")));
+    assert_eq!(
+        calls(&local, primary, "get").await,
+        primary_gets,
+        "every read was served by the other replica"
+    );
+}
+
 /// A replica read whose replica does not answer its connect (a host gone silent; here,
 /// a frozen replica the client has no connection to yet) waits half its deadline for
 /// it at most, then reads from the primary; the next reads pass the replica over.

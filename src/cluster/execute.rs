@@ -493,14 +493,18 @@ impl Inner {
                         command,
                     })
                 }
-                Fast::Declined(payload) => payload,
+                Fast::Declined(payload, picked) => (payload, picked),
                 Fast::Failed(e) => return Begun::Done(command.done(Err(e), Attempts::default())),
             }
         } else {
-            payload
+            (payload, None)
         };
+        let (payload, picked) = payload;
         let start = Start::Send(payload);
-        let attempts = Attempts::default();
+        let attempts = Attempts {
+            picked,
+            ..Attempts::default()
+        };
         Begun::Other(Box::pin(
             self.run_loop(start, attempts, target, idempotent, deadline, command),
         ))
@@ -571,6 +575,7 @@ impl Inner {
             command,
         } = pending;
         let attempts = Attempts {
+            picked: None,
             last_node: Some(node),
             executed: None,
         };
@@ -608,16 +613,16 @@ impl Inner {
     /// connected yet, a full queue), for the loop to send.
     fn submit_fast(&self, payload: Payload, target: &Target, deadline: Instant) -> Fast {
         let Ok(node) = self.pick(target, false) else {
-            return Fast::Declined(payload);
+            return Fast::Declined(payload, None);
         };
         let Some(conn) = node.connected().filter(|_| node.is_quiet()) else {
-            return Fast::Declined(payload);
+            return Fast::Declined(payload, Some(node));
         };
         let kind = payload.kind();
         match conn.submit(payload.into_cmds(false), deadline) {
             Ok(queued) => Fast::Queued(node, conn, queued),
             Err(not_queued) => match kind.recover(not_queued.into_cmds(), false) {
-                Some(payload) => Fast::Declined(payload),
+                Some(payload) => Fast::Declined(payload, Some(node)),
                 // Cannot happen: what `into_cmds` made, `recover` takes apart.
                 None => Fast::Failed(Error::Protocol("a request with nothing to send".into())),
             },
@@ -770,9 +775,10 @@ impl Inner {
         attempts: &mut Attempts,
         st: &mut AttemptState<'_>,
     ) -> Result<Option<(Answer, Kind, bool)>> {
-        let node = match &*st.redirect {
-            Some(r) => self.registry.get(&self.remap(r.addr()), false),
-            None => match self.pick(target, *st.primary_only) {
+        let node = match (&*st.redirect, attempts.picked.take()) {
+            (Some(r), _) => self.registry.get(&self.remap(r.addr()), false),
+            (None, Some(picked)) => picked,
+            (None, None) => match self.pick(target, *st.primary_only) {
                 Ok(node) => node,
                 Err(e) => {
                     // No owner for the slot yet: wait for the refresh that asks.
@@ -1352,6 +1358,7 @@ impl Command {
         let Attempts {
             last_node,
             executed,
+            ..
         } = attempts;
         self.end(result, last_node.as_deref(), executed)
     }
@@ -1388,8 +1395,8 @@ impl Command {
 enum Fast {
     /// Queued on this node's connection.
     Queued(Arc<Node>, Arc<NodeConnection>, Queued),
-    /// Not sent: for the loop to send.
-    Declined(Payload),
+    /// Not sent: for the loop to send, to the node picked if there was one.
+    Declined(Payload, Option<Arc<Node>>),
     /// Not sent, and nothing to send (cannot happen; answered rather than panicking).
     Failed(Error),
 }
@@ -1415,6 +1422,11 @@ struct AttemptState<'a> {
 /// What the attempts of one request left behind, for its metrics and its final error.
 #[derive(Default)]
 struct Attempts {
+    /// The node the fast path picked and could not send to (not connected yet, a
+    /// breaker not quiet, a full queue): the first attempt's. Picked again, a replica
+    /// read would go to the next replica in turn, and a replica never connected would
+    /// never be.
+    picked: Option<Arc<Node>>,
     /// The node of the last attempt.
     last_node: Option<Arc<Node>>,
     /// The first error after which the request may have run (then resent, being

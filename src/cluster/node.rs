@@ -276,10 +276,14 @@ impl Node {
             .store(clock_ms() + NOT_SERVING_FOR_MS, Ordering::Relaxed);
     }
 
-    /// Whether replica reads may pick this node: it has not refused one lately.
+    /// Whether replica reads may pick this node: it has not refused one lately, and its
+    /// breaker would let a request through (a replica whose breaker is open is passed
+    /// over for the shard's others, not just for the primary; once `open_for` has
+    /// passed it is picked again, and probed).
     pub(crate) fn serves_reads(&self) -> bool {
         let until = self.not_serving_until.load(Ordering::Relaxed);
-        until == 0 || clock_ms() >= until
+        (until == 0 || clock_ms() >= until)
+            && (self.is_quiet() || !lock(&self.breaker).rejects_at(std::time::Instant::now()))
     }
 
     /// The smoothed PING latency, once measured.

@@ -257,6 +257,22 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::allow`] would reject a request at `now`, without its side
+    /// effects (letting a probe through): open, or half-open with its probe out.
+    pub(crate) fn rejects_at(&self, now: Instant) -> bool {
+        if !self.config.enabled {
+            return false;
+        }
+        match self.state {
+            State::Closed => false,
+            State::Open { until } => now < until,
+            State::HalfOpen {
+                probe: Some(started),
+            } => now.duration_since(started) < self.config.open_for.max(self.probe_timeout),
+            State::HalfOpen { probe: None } => false,
+        }
+    }
+
     /// Frees the half-open breaker for the next probe when the one running ended with
     /// nothing to say about the node (its request was refused before it was sent, or its
     /// connection was refused for credentials): otherwise every request would be
