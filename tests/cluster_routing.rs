@@ -1407,3 +1407,51 @@ async fn an_ipv6_redirect_target_is_the_node_the_topology_names() {
     assert_eq!((stats.moved, stats.retries), (1, 0), "{stats:?}");
     assert_eq!(client.known_nodes(), vec![fake.addr.clone()]);
 }
+
+/// Two nodes that disagree for a moment (each sends the slot to the other, as around a
+/// failover not yet agreed on) cost the request backoffs within its deadline, not
+/// every redirect it may follow in a few milliseconds. (Scripted fakes: real nodes
+/// agree again too fast to catch them at it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_send_a_slot_to_each_other_are_waited_out_not_bounced_between() {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Instant;
+    use support::fake_cluster::{Action, FakeCluster};
+    let slot = redcluster::key_slot(b"k");
+    let moved = move |to: &OnceLock<String>| {
+        Action::Reply(Value::ServerError(redcluster::ServerError::new(format!(
+            "MOVED {slot} {}",
+            to.get().unwrap()
+        ))))
+    };
+    let (a_addr, b_addr): (Arc<OnceLock<String>>, Arc<OnceLock<String>>) = Default::default();
+    let first_get: Arc<OnceLock<Instant>> = Arc::default();
+    let (to_b, since) = (Arc::clone(&b_addr), Arc::clone(&first_get));
+    let a = FakeCluster::start(move |args, _| match args[0].as_str() {
+        "GET" if since.get_or_init(Instant::now).elapsed() < Duration::from_millis(300) => {
+            moved(&to_b)
+        }
+        "GET" => Action::Reply(Value::Bulk("v".into())),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let to_a = Arc::clone(&a_addr);
+    let b = FakeCluster::start(move |args, _| match args[0].as_str() {
+        "GET" => moved(&to_a),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    a_addr.set(a.addr.clone()).unwrap();
+    b_addr.set(b.addr.clone()).unwrap();
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str()])
+        .retry_backoff(Duration::from_millis(30), Duration::from_millis(100))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let v: Option<String> = client.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    assert!(first_get.get().unwrap().elapsed() >= Duration::from_millis(300));
+    assert!(client.stats().retries >= 1, "{:?}", client.stats());
+}

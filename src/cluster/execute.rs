@@ -647,6 +647,8 @@ impl Inner {
         let mut attempt = 0u32;
         // Where the last MOVED/ASK pointed, for the next attempt only.
         let mut redirect: Option<Redirect> = None;
+        // The nodes that redirected this request (allocated on a redirect only).
+        let mut redirected_by: Vec<Arc<str>> = Vec::new();
         // After a replica failed, reads go to the primary.
         let mut primary_only = false;
         // What the next attempt sends; `None` while it is out with an attempt.
@@ -729,6 +731,18 @@ impl Inner {
                         });
                     }
                     span.record("redirects", redirects);
+                    // Sent back to a node that already sent it away: the nodes disagree
+                    // (a failover or a migration they have not all taken in yet). Wait
+                    // for them to agree, a retry with its backoff, rather than bounce
+                    // through every redirect allowed in a few milliseconds.
+                    let target = self.remap(r.addr());
+                    if redirected_by.iter().any(|by| **by == *target) {
+                        self.signal.request(RefreshTrigger::Moved);
+                        let bounced = Error::TooManyRedirects { redirects };
+                        self.wait_retry(&backoff, &mut retries, deadline, bounced)
+                            .await?;
+                    }
+                    redirected_by.push(Arc::clone(&node.addr));
                     redirect = Some(r);
                 }
                 ErrorAction::ClusterDown | ErrorAction::BackOff => {
