@@ -853,16 +853,13 @@ async fn a_handle_changes_subscriptions_while_another_task_reads_the_events() {
     }
 }
 
-/// A restoration the server refuses is never silent. The subscriber's user may no longer
-/// read `chan:c` (the server then closes its connection); resubscribing all three in one
-/// command is refused (`NOPERM` for the whole command), so each goes alone: `chan:a`
-/// and `chan:b` are restored (a `Gap`), `chan:c` is reported `Lost`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_restoration_reports_the_refused_channel_lost_and_restores_the_rest() {
+/// A cluster of 3 masters whose nodes have the ACL user `rules` (named `sub`, password
+/// `subpass`), and a client connected as that user.
+async fn as_acl_user(rules: &str) -> (LocalCluster, ClusterClient) {
     let local = LocalCluster::builder()
         .masters(3)
         .replicas_per_master(0)
-        .acl_user("sub on >subpass ~* &chan:* +@all")
+        .acl_user(rules)
         .start()
         .await
         .unwrap();
@@ -873,23 +870,19 @@ async fn a_refused_restoration_reports_the_refused_channel_lost_and_restores_the
         .build()
         .await
         .unwrap();
+    (local, client)
+}
+
+/// A restoration the server refuses is never silent. The subscriber's user may no longer
+/// read `chan:c` (the server then closes its connection); resubscribing all three in one
+/// command is refused (`NOPERM` for the whole command), so each goes alone: `chan:a`
+/// and `chan:b` are restored (a `Gap`), `chan:c` is reported `Lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_restoration_reports_the_refused_channel_lost_and_restores_the_rest() {
+    let (local, client) = as_acl_user("sub on >subpass ~* &chan:* +@all").await;
     let mut sub = client.subscriber().await.unwrap();
     sub.subscribe(["chan:a", "chan:b", "chan:c"]).await.unwrap();
-    for node in local.nodes() {
-        let conn = local.connect_node(node.index).await.unwrap();
-        let reply = conn
-            .send(
-                cmd("ACL")
-                    .arg("SETUSER")
-                    .arg("sub")
-                    .arg("resetchannels")
-                    .arg("&chan:a")
-                    .arg("&chan:b"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(reply, Value::Simple("OK".into()));
-    }
+    support::set_user(&local, "sub resetchannels &chan:a &chan:b").await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let (mut restored, mut lost) = (HashSet::new(), Vec::new());
     while restored.len() < 2 || lost.is_empty() {
@@ -973,34 +966,8 @@ async fn classic_subscriptions_leave_a_node_that_left_the_cluster() {
 /// client connected): `subscribe` fails at once with `Error::Auth`, not with a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_subscriber_connection_fails_the_subscribe_with_its_cause() {
-    let local = LocalCluster::builder()
-        .masters(3)
-        .replicas_per_master(0)
-        .acl_user("sub on >subpass ~* &* +@all")
-        .start()
-        .await
-        .unwrap();
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .username("sub")
-        .password("subpass")
-        .build()
-        .await
-        .unwrap();
-    for node in local.nodes() {
-        let conn = local.connect_node(node.index).await.unwrap();
-        let reply = conn
-            .send(
-                cmd("ACL")
-                    .arg("SETUSER")
-                    .arg("sub")
-                    .arg("resetpass")
-                    .arg(">rotated"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(reply, Value::Simple("OK".into()));
-    }
+    let (local, client) = as_acl_user("sub on >subpass ~* &* +@all").await;
+    support::set_user(&local, "sub resetpass >rotated").await;
     let config = SubscriberConfig::default().subscribe_timeout(Duration::from_secs(20));
     let sub = client.subscriber_with(config).await.unwrap();
     let started = Instant::now();

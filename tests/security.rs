@@ -13,7 +13,7 @@ use redcluster::{
     TlsConfig, Value,
 };
 
-use support::{key_in_slot, other_master};
+use support::{key_in_slot, other_master, set_user};
 
 const PASSWORD: &str = "s3cret-cluster-pass";
 const SETTLE: Duration = Duration::from_secs(30);
@@ -299,19 +299,6 @@ async fn change_password_and_cut_clients(local: &LocalCluster, password: &str) -
 }
 
 // ---- ACL --------------------------------------------------------------------------------
-
-/// Runs `ACL SETUSER` with `rules` on every node (ACLs are per node).
-async fn set_user(local: &LocalCluster, rules: &str) {
-    for node in local.nodes() {
-        let conn = local.connect_node(node.index).await.unwrap();
-        let mut command = cmd("ACL").arg("SETUSER");
-        for rule in rules.split_whitespace() {
-            command = command.arg(rule);
-        }
-        let reply = conn.send(command).await.unwrap();
-        assert_eq!(reply, Value::Simple("OK".into()), "ACL SETUSER {rules}");
-    }
-}
 
 /// A cluster whose users come from its configuration (`user` directives): they exist on
 /// every node from the start, replicas and restarted nodes included.

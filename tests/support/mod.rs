@@ -147,3 +147,20 @@ pub fn owner_index(
     let addr = client.node_for_key(key.as_bytes()).expect("a routed slot");
     local.index_of_addr(&addr).expect("a node of the cluster")
 }
+
+/// Runs `ACL SETUSER` with `rules` (split at spaces) on every node: ACLs are per node.
+pub async fn set_user(local: &redcluster::testkit::LocalCluster, rules: &str) {
+    for node in local.nodes() {
+        let conn = local.connect_node(node.index).await.unwrap();
+        let mut command = redcluster::cmd("ACL").arg("SETUSER");
+        for rule in rules.split_whitespace() {
+            command = command.arg(rule);
+        }
+        let reply = conn.send(command).await.unwrap();
+        assert_eq!(
+            reply,
+            redcluster::Value::Simple("OK".into()),
+            "ACL SETUSER {rules}"
+        );
+    }
+}
