@@ -738,7 +738,9 @@ impl Inner {
                     let target = self.remap(r.addr());
                     if redirected_by.iter().any(|by| **by == *target) {
                         self.signal.request(RefreshTrigger::Moved);
-                        let bounced = Error::TooManyRedirects { redirects };
+                        let bounced = Error::TooManyRedirects {
+                            redirects: redirects - 1,
+                        };
                         self.wait_retry(&backoff, &mut retries, deadline, bounced)
                             .await?;
                     }
@@ -755,9 +757,9 @@ impl Inner {
                     };
                     if node.read_only && replica_cannot_serve(&error) && !primary_only {
                         // A replica that may refuse for minutes: the read goes to the
-                        // primary at once. A reroute, not a retry: charged to the
-                        // client-wide budget, one loading replica under replica reads
-                        // would spend it for every other request.
+                        // primary at once. A reroute, not a retry: were it charged to
+                        // the client-wide budget, one loading replica under replica
+                        // reads would spend it for every other request.
                         node.pass_over_for_reads();
                         tracing::debug!(node = %node.addr, code = error.code(), "replica cannot serve; reading from the primary");
                         primary_only = true;
@@ -842,9 +844,7 @@ impl Inner {
                 // A timeout is the wait's, not the attempt's: that goes on, on its own
                 // task, and reports its own failure.
                 let waited_out = matches!(e, Error::Timeout);
-                if !waited_out {
-                    self.record_connect_failure(node, &e);
-                }
+                self.record_connect_failure(node, &e);
                 if replica_read {
                     // To the primary at once, a reroute rather than a retry (as for a
                     // replica's `LOADING`); replica reads pass this one over a while.
@@ -986,7 +986,9 @@ impl Inner {
     /// [`Node::first_to_report_connect_failure`]). An error of no attempt (the node
     /// left the topology) says nothing about the node.
     pub(crate) fn record_connect_failure(&self, node: &Node, error: &Error) {
-        if node.first_to_report_connect_failure() {
+        // A timeout is the caller's wait running out; the attempt goes on and reports
+        // its own failure.
+        if !matches!(error, Error::Timeout) && node.first_to_report_connect_failure() {
             self.record(node, Some(error));
         } else {
             node.release_probe();

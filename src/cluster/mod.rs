@@ -639,6 +639,12 @@ impl Inner {
         self.routes.load().map.nodes()
     }
 
+    /// Whether the current snapshot serves every slot: no shard is left out for a
+    /// failed primary (whose replicas are left out with it).
+    pub(crate) fn covers_every_slot(&self) -> bool {
+        self.routes.load().map.covered() == usize::from(crate::SLOT_COUNT)
+    }
+
     /// Every primary of the current snapshot.
     pub(crate) fn primary_addrs(&self) -> Vec<Arc<str>> {
         self.routes.load().map.primaries()

@@ -472,6 +472,9 @@ impl Node {
             });
         }
         *lock(&self.reconnect) = Reconnect::default();
+        // A failure no request reported (its waiters gave up first) is history now.
+        self.connect_failure_unreported
+            .store(false, Ordering::Release);
         tracing::debug!(
             node = %self.addr,
             read_only = self.read_only,

@@ -647,8 +647,9 @@ impl Manager {
                 continue;
             }
             let restoring = sub.interrupted;
-            if restoring && together {
-                // One refused channel refuses the whole command: each goes again alone.
+            if together {
+                // One refused channel refuses the whole command (the ACL check covers
+                // them all), whoever asked for which: each goes again alone.
                 sub.state = State::Waiting;
                 sub.solo = true;
                 split = true;
@@ -724,15 +725,21 @@ impl Manager {
             }
         }
         // A connection the node refuses for good (credentials, certificate): the
-        // subscriptions never made yet fail with that cause now, not with a timeout
-        // later. Those once active are restored as after any loss (the credentials may
-        // come back).
+        // sharded and keyspace subscriptions never made yet, which only this node can
+        // hold, fail with that cause now, not with a timeout later. Classic ones try
+        // another node (ACLs are per node), and those once active are restored as after
+        // any loss (the credentials may come back).
         let refused = matches!(error, Error::Auth(_) | Error::Tls(_) | Error::Config(_));
         let mut never_made = Vec::new();
         let mut affected = 0usize;
         for (key, sub) in &mut self.subs {
             if sub.state.link() == Some(id) {
-                if refused && !sub.interrupted && matches!(sub.state, State::Pending(_)) {
+                let node_bound = key.0 == Kind::Shard || key.2.is_some();
+                if refused
+                    && node_bound
+                    && !sub.interrupted
+                    && matches!(sub.state, State::Pending(_))
+                {
                     never_made.push(key.clone());
                     continue;
                 }
@@ -748,6 +755,10 @@ impl Manager {
                 self.subs.remove(&key);
                 self.fail(&(true, key), error);
             }
+        }
+        if refused {
+            self.avoid
+                .insert(Arc::clone(&addr), Instant::now() + AVOID_FOR);
         }
         if affected > 0 {
             tracing::info!(node = %addr, %error, subscriptions = affected, "subscriber connection lost; resubscribing");
@@ -1010,12 +1021,13 @@ impl Manager {
             let mut changed = self.follow_primaries();
             // The classic link's node left the cluster (removed with `CLUSTER FORGET`
             // while still running, or reset): it still answers PING, but messages
-            // published in the cluster no longer reach it. Its subscriptions move.
-            if let Some(id) = self.classic {
+            // published in the cluster no longer reach it. Its subscriptions move. Only
+            // judged on a map that serves every slot: one without a failed primary's
+            // shard leaves out that shard's replicas too, though they are members.
+            if let Some(id) = self.classic.filter(|_| self.inner.covers_every_slot()) {
                 let nodes = self.inner.node_addrs();
                 let left = self.links.get(&id).and_then(|l| {
-                    (!nodes.is_empty() && !nodes.contains(&l.link.addr))
-                        .then(|| Arc::clone(&l.link.addr))
+                    (!nodes.contains(&l.link.addr)).then(|| Arc::clone(&l.link.addr))
                 });
                 if let Some(addr) = left {
                     let why = Error::ClusterDown(format!("{addr} left the cluster"));

@@ -244,9 +244,10 @@ pub struct SubscriberConfig {
     /// How long `subscribe` and friends wait for the server's confirmation; `None` is
     /// the response timeout of the client handle that made the subscriber
     /// ([`ClusterClient::response_timeout`](crate::ClusterClient::response_timeout)).
-    /// Default `None`. A connection the node refuses for good (credentials,
-    /// certificate) fails the call at once with that cause ([`Error::Auth`],
-    /// [`Error::Tls`]).
+    /// Default `None`. A connection refused for good (credentials, certificate) by the
+    /// node a sharded or keyspace subscription needs fails the call at once with that
+    /// cause ([`Error::Auth`], [`Error::Tls`]); a classic subscription tries another
+    /// node (ACLs are per node).
     pub subscribe_timeout: Option<Duration>,
 }
 
@@ -521,8 +522,11 @@ impl SubscriberHandle {
     ///
     /// # Errors
     ///
-    /// [`Error::Server`] when the server refused (`NOPERM`; those channels are not
-    /// subscribed), [`Error::Timeout`] when no confirmation came within the subscribe
+    /// [`Error::Server`] when the server refused (`NOPERM`): the channels it refused are
+    /// not subscribed, those of the call it accepted are (each channel of a refused
+    /// command is tried alone, so that one refused channel does not take the others
+    /// with it); [`Error::Auth`] or [`Error::Tls`] when the node a sharded channel
+    /// needs refuses the connection; [`Error::Timeout`] when no confirmation came within the subscribe
     /// timeout (the subscription stays asked for, and is made as soon as a node
     /// accepts it), [`Error::ConnectionLost`] when the subscriber was closed.
     ///

@@ -66,19 +66,33 @@ impl EventQueue {
             state.gaps += 1;
         }
         if state.events.len() >= self.capacity {
-            state.dropped += 1;
             match self.policy {
                 OverflowPolicy::DropOldest => {
                     // The oldest message goes; a `Gap` or `Lost` stays, or the consumer
-                    // would not learn which channels missed messages or are gone.
+                    // would not learn which channels missed messages or are gone. With
+                    // no message queued, a new message is the one dropped, and a new
+                    // notice is kept beyond the bound (notices come one per
+                    // interruption, not one per message).
                     let oldest_message = state
                         .events
                         .iter()
                         .position(|e| matches!(e, PubSubEvent::Message(_)));
-                    state.events.remove(oldest_message.unwrap_or(0));
-                    state.unreported += 1;
+                    match oldest_message {
+                        Some(at) => {
+                            state.events.remove(at);
+                            state.dropped += 1;
+                            state.unreported += 1;
+                        }
+                        None if matches!(event, PubSubEvent::Message(_)) => {
+                            state.dropped += 1;
+                            state.unreported += 1;
+                            return true;
+                        }
+                        None => {}
+                    }
                 }
                 OverflowPolicy::Disconnect => {
+                    state.dropped += 1;
                     state.closed = true;
                     if let Some(waker) = state.waker.take() {
                         drop(state);
@@ -199,9 +213,20 @@ mod tests {
             next(&q),
             Poll::Ready(Some(PubSubEvent::Lagged { dropped: 3 }))
         );
-        assert_eq!(next(&q), Poll::Ready(Some(gap)));
+        assert_eq!(next(&q), Poll::Ready(Some(gap.clone())));
         assert_eq!(next(&q), Poll::Ready(Some(message(3))));
         assert_eq!(next(&q), Poll::Ready(Some(message(4))));
+        // A queue of notices only: a new message is dropped, a new notice kept.
+        let q = EventQueue::new(1, OverflowPolicy::DropOldest);
+        assert!(q.push(gap.clone()));
+        assert!(q.push(message(5)));
+        assert!(q.push(gap.clone()));
+        assert_eq!(
+            next(&q),
+            Poll::Ready(Some(PubSubEvent::Lagged { dropped: 1 }))
+        );
+        assert_eq!(next(&q), Poll::Ready(Some(gap.clone())));
+        assert_eq!(next(&q), Poll::Ready(Some(gap)));
     }
 
     #[test]
