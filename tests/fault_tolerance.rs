@@ -1537,6 +1537,44 @@ async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins()
     }
 }
 
+/// Round-robin reads rotate per shard: a task reading two shards in alternation still
+/// reaches every node of each. (With one turn counter for the client it took every
+/// other turn, and always landed on the same node of each shard.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_reads_rotate_per_shard_for_a_task_alternating_shards() {
+    let local = support::cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::RoundRobin)
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let a = "rr:{a}";
+    let b = (0..)
+        .map(|i| format!("rr:{{b{i}}}"))
+        .find(|k| client.node_for_key(k.as_bytes()) != client.node_for_key(a.as_bytes()))
+        .unwrap();
+    let primary = local.master_of_slot(key_slot(a.as_bytes())).await.unwrap();
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    let before = (
+        calls(&local, primary, "get").await,
+        calls(&local, replica, "get").await,
+    );
+    for _ in 0..20 {
+        client.get::<_, Option<String>>(a).await.unwrap();
+        client.get::<_, Option<String>>(b.as_str()).await.unwrap();
+    }
+    let served = (
+        calls(&local, primary, "get").await - before.0,
+        calls(&local, replica, "get").await - before.1,
+    );
+    assert!(
+        served.0 >= 5 && served.1 >= 5,
+        "primary and replica served {served:?}"
+    );
+}
+
 /// A replica whose breaker is open is passed over for the shard's other replica, not
 /// swapped for the primary: with two replicas and one frozen, replica reads keep off
 /// the primary.

@@ -33,7 +33,7 @@ pub enum ReadFrom {
     /// Reads go to the shard's replicas only while one is reachable; when none is (all
     /// down, or none known), reads fall back to the primary rather than fail.
     Replica,
-    /// Reads rotate over the primary and its replicas.
+    /// Reads rotate over the primary and its replicas, each shard in its own turns.
     RoundRobin,
     /// Reads go to the fastest nodes of the shard (primary included), by the PING
     /// latency the health checks measure: any node within 1.5 times the best latency

@@ -393,7 +393,7 @@ impl Inner {
         let Some(read_from) = read.filter(|_| !replicas.is_empty()) else {
             return Ok(primary);
         };
-        let turn = self.registry.next_turn();
+        let turn = routes.turns[shard].fetch_add(1, Ordering::Relaxed);
         // A replica that refused a read lately (`LOADING`, `MASTERDOWN`) is passed over.
         let serving = |node: &&Arc<Node>| node.serves_reads();
         let replica_from = |start: usize| {

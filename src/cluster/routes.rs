@@ -18,6 +18,10 @@ pub(crate) struct Routes {
     pub(crate) primaries: Vec<Arc<Node>>,
     /// For each shard of `map`: its replicas, with `READONLY` connections.
     pub(crate) replicas: Vec<Vec<Arc<Node>>>,
+    /// For each shard of `map`: whose turn it is for the next replica read. One counter
+    /// per shard: with one for the client, a task reading two shards in alternation
+    /// would take every other turn, and always land on the same node of each.
+    pub(crate) turns: Box<[AtomicUsize]>,
     /// Bumped by every new snapshot; tells waiters a refresh happened.
     pub(crate) version: u64,
 }
@@ -106,10 +110,12 @@ impl NodeRegistry {
         if let Some(hook) = tests::BEFORE_STORE.with(|h| h.borrow_mut().take()) {
             hook();
         }
+        let turns = (0..primaries.len()).map(|_| AtomicUsize::new(0)).collect();
         routes.store(Arc::new(Routes {
             map,
             primaries,
             replicas,
+            turns,
             version: current.version + 1,
         }));
         nodes.retain(|(addr, _), node| {

@@ -102,9 +102,9 @@ struct Sub {
     state: State,
     /// Was active once and lost since: its next confirmation is reported as a gap.
     interrupted: bool,
-    /// Refused along with others in one command while being restored: sent in a
-    /// command of its own until confirmed, so that one refused channel (an ACL denies
-    /// a whole `SUBSCRIBE` for one of its channels) does not take the others with it.
+    /// Refused along with others in one command: sent in a command of its own until
+    /// confirmed, so that one refused channel (an ACL denies a whole `SUBSCRIBE` for
+    /// one of its channels) does not take the others with it.
     solo: bool,
 }
 
