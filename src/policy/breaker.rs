@@ -238,17 +238,14 @@ impl Breaker {
         if !self.config.enabled {
             return (Admission::Allowed, None);
         }
+        if self.rejects_at(now) {
+            return (Admission::Rejected, None);
+        }
         match self.state {
             State::Closed => (Admission::Allowed, None),
-            State::Open { until } if now < until => (Admission::Rejected, None),
             State::Open { .. } => {
                 self.state = State::HalfOpen { probe: Some(now) };
                 (Admission::Probe, Some(Transition::HalfOpened))
-            }
-            State::HalfOpen {
-                probe: Some(started),
-            } if now.duration_since(started) < self.config.open_for.max(self.probe_timeout) => {
-                (Admission::Rejected, None)
             }
             State::HalfOpen { .. } => {
                 self.state = State::HalfOpen { probe: Some(now) };

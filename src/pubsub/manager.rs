@@ -756,13 +756,12 @@ impl Manager {
                 self.fail(&(true, key), error);
             }
         }
-        if refused {
+        if refused || affected > 0 {
             self.avoid
                 .insert(Arc::clone(&addr), Instant::now() + AVOID_FOR);
         }
         if affected > 0 {
             tracing::info!(node = %addr, %error, subscriptions = affected, "subscriber connection lost; resubscribing");
-            self.avoid.insert(addr, Instant::now() + AVOID_FOR);
             self.inner
                 .request_refresh(RefreshTrigger::ConnectionFailure);
             self.schedule_retry();

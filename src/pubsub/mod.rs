@@ -83,9 +83,10 @@
 //! (default 1024) events; the subscriber never waits for the consumer, and memory stays
 //! bounded. When the queue is full, [`SubscriberConfig::overflow`] decides:
 //! [`OverflowPolicy::DropOldest`] (the default) drops the oldest queued message (never a
-//! `Gap` or `Lost` notice) and counts it, and the consumer gets a [`PubSubEvent::Lagged`] with the count before the next
-//! event; [`OverflowPolicy::Disconnect`] closes the subscriber: the stream yields what
-//! was queued and then ends. [`Subscriber::stats`] has the counters.
+//! `Gap` or `Lost` notice) and counts it, and the consumer gets a
+//! [`PubSubEvent::Lagged`] with the count before the next event;
+//! [`OverflowPolicy::Disconnect`] closes the subscriber: the stream yields what was
+//! queued and then ends. [`Subscriber::stats`] has the counters.
 //!
 //! # Protocols
 //!
@@ -526,9 +527,9 @@ impl SubscriberHandle {
     /// not subscribed, those of the call it accepted are (each channel of a refused
     /// command is tried alone, so that one refused channel does not take the others
     /// with it); [`Error::Auth`] or [`Error::Tls`] when the node a sharded channel
-    /// needs refuses the connection; [`Error::Timeout`] when no confirmation came within the subscribe
-    /// timeout (the subscription stays asked for, and is made as soon as a node
-    /// accepts it), [`Error::ConnectionLost`] when the subscriber was closed.
+    /// needs refuses the connection; [`Error::Timeout`] when no confirmation came within
+    /// the subscribe timeout (the subscription stays asked for, and is made as soon as
+    /// a node accepts it), [`Error::ConnectionLost`] when the subscriber was closed.
     ///
     /// # Examples
     ///
