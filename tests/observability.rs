@@ -581,8 +581,27 @@ fn requests_run_in_spans_and_redirects_are_logged() {
         }
         local.move_slot(slot, from).await.unwrap();
         let list = "{obs-traced}:list";
+        let refreshes = client.stats().refreshes;
         let popped: Value = client.query(cmd("BLPOP").arg(list).arg(0.1)).await.unwrap();
         assert_eq!(popped, Value::Nil);
+        // The MOVED asked for a background refresh; let it land before the next move,
+        // or it could teach the client the pipeline's new owner before the pipeline
+        // runs.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while client.stats().refreshes == refreshes {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the MOVED never refreshed the topology"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        while client.primary_for_slot(slot) != Some(local.node_addr(from)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the client never saw the slot back on the source"
+            );
+            client.refresh_topology().await.unwrap();
+        }
         // A pipeline whose slot moved whole behind the client's back: every command is
         // answered MOVED, and they go again as one batch to the new owner, in order
         // (RPUSH answers the list's length).

@@ -493,7 +493,7 @@ impl ClusterClient {
         ClientStats {
             moved: c.moved.load(Ordering::Relaxed),
             ask: c.ask.load(Ordering::Relaxed),
-            refreshes: self.inner.signal.count.load(Ordering::Relaxed),
+            refreshes: self.inner.signal.count.load(Ordering::Acquire),
             retries: c.retries.load(Ordering::Relaxed),
         }
     }

@@ -179,11 +179,12 @@ impl Inner {
             }
         };
         *lock(&self.signal.discovery_error) = None;
-        self.signal.count.fetch_add(1, Ordering::Relaxed);
         crate::observe::metrics::topology_refresh(trigger.as_str());
         if !self.install(map, trigger) {
             self.publish_gauges(&[]);
         }
+        // Counted once installed: whoever sees the count move sees the new snapshot.
+        self.signal.count.fetch_add(1, Ordering::Release);
         Ok(())
     }
 
