@@ -352,3 +352,91 @@ async fn a_dropped_blpop_leaves_later_jobs_to_the_next_consumer() {
     let got: Option<(String, String)> = client.query(cmd("BLPOP").arg(key).arg(1)).await.unwrap();
     assert_eq!(got, Some((key.to_owned(), "job-1".to_owned())));
 }
+
+/// A blocking command that waited most of its response timeout for a dedicated
+/// connection still gets the whole timeout for its reply once sent: the server may pop
+/// for it late (here a script holds the server past the request's first deadline), and a
+/// client that gave up then would lose the popped element.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_command_leased_late_still_gets_its_reply() {
+    let local = support::cluster(3, 0).await;
+    let timeout = Duration::from_secs(4);
+    let block = Duration::from_secs(1);
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_connections_per_node(1)
+        .response_timeout(timeout)
+        .build()
+        .await
+        .unwrap();
+    let (held, late) = ("{late}:held", "{late}:list");
+    // The node's only dedicated connection blocks until released.
+    let holder = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg(held).arg(0))
+                .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&local, &client, held).await == 0 {
+        assert!(Instant::now() < deadline, "the first BLPOP never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second one waits for that connection for most of its response timeout.
+    let started = Instant::now();
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg(late).arg(block.as_secs()))
+                .await
+        })
+    };
+    tokio::time::sleep(timeout * 3 / 4).await;
+    client.rpush(held, ["release"]).await.unwrap();
+    let released = holder.await.unwrap().unwrap();
+    assert_eq!(released, Some((held.to_owned(), "release".to_owned())));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&local, &client, late).await == 0 {
+        assert!(Instant::now() < deadline, "the second BLPOP never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A script pushes its element, then holds the server until well past the second
+    // BLPOP's first deadline (its response timeout plus its block time).
+    let hold_until = started + timeout + block + Duration::from_millis(700);
+    let hold = hold_until.saturating_duration_since(Instant::now());
+    let script = "redis.call('RPUSH', KEYS[1], ARGV[1]) \
+        local t = redis.call('TIME') \
+        local stop = t[1] * 1000000 + t[2] + tonumber(ARGV[2]) \
+        repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] >= stop \
+        return 1";
+    let ran: i64 = client
+        .query(
+            cmd("EVAL")
+                .arg(script)
+                .arg(1)
+                .arg(late)
+                .arg("job")
+                .arg(hold.as_micros().to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ran, 1);
+    // The reply comes after the server is free again: the element, or (had the server
+    // timed the BLPOP out first) nothing, with the element still queued. Never lost.
+    let got = waiting.await.unwrap();
+    assert!(
+        started.elapsed() > timeout + block,
+        "the server answered before the first deadline: the test proves nothing"
+    );
+    let left: i64 = client.query(cmd("LLEN").arg(late)).await.unwrap();
+    match got.expect("the late-leased BLPOP failed after its element may have been popped") {
+        Some((key, value)) => {
+            assert_eq!((key.as_str(), value.as_str()), (late, "job"));
+            assert_eq!(left, 0);
+        }
+        None => assert_eq!(left, 1, "the element was lost"),
+    }
+}

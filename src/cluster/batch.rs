@@ -560,7 +560,8 @@ impl Inner {
             cmds.push(cmd("WAIT").arg(d.replicas).arg(d.wait_millis()));
         }
         // The lease discards its connection itself when the request fails.
-        let answer = lease.dispatch(Cmds::Many(cmds), reply_deadline).await;
+        let reply_due = lease.reply_due(reply_deadline);
+        let answer = lease.dispatch(Cmds::Many(cmds), reply_due).await;
         self.record_result(node, &answer.result);
         let mut cmds = answer.cmds.into_vec();
         if cmds.len() > count {

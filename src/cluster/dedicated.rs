@@ -39,6 +39,8 @@ pub(crate) struct Lease {
     /// caller's future was dropped mid-request) has a reply still pending and must not
     /// go back to the pool.
     clean: bool,
+    /// How long the caller waited for the connection (a full pool).
+    waited: Duration,
 }
 
 impl Drop for Lease {
@@ -92,6 +94,15 @@ impl Lease {
     /// The node the leased connection is to.
     pub(crate) fn node(&self) -> &Arc<Node> {
         &self.node
+    }
+
+    /// When the reply of a request sent right after leasing is due: `reply_deadline`,
+    /// fixed before the wait for the connection, moved later by that wait. The wait
+    /// comes out of the request's time to get a connection, not out of its reply's: a
+    /// `BLPOP` leased at the end of its response timeout would otherwise time out a
+    /// moment after the server popped for it, and the element would be lost.
+    pub(crate) fn reply_due(&self, reply_deadline: Instant) -> Instant {
+        crate::deadline::after(reply_deadline, self.waited)
     }
 
     /// Sends on the leased connection; a failed request discards the connection.
@@ -207,6 +218,7 @@ impl Inner {
         // The node's connection first, then one of the client-wide `max_connections`:
         // a request queued for a busy node's full pool holds none of those, which
         // requests to other nodes could use meanwhile.
+        let asked = Instant::now();
         let pool = node.dedicated_pool()?;
         let conn = tokio::time::timeout_at(deadline, pool.get())
             .await
@@ -224,13 +236,15 @@ impl Inner {
             node: Arc::clone(node),
             _permit: permit,
             clean: true,
+            waited: asked.elapsed(),
         })
     }
 
     /// Sends a blocking command on a dedicated connection, following redirects. Getting
     /// a connection must finish by `lease_deadline` (the request's own timeout: a full
     /// pool is not a reason to wait as long as the command may block); the reply may
-    /// take until `deadline` (that timeout plus the time the command blocks).
+    /// take until `deadline` (that timeout plus the time the command blocks), moved
+    /// later by the wait for the connection ([`Lease::reply_due`]).
     pub(crate) async fn send_blocking(
         &self,
         mut command: Cmd,
@@ -249,7 +263,8 @@ impl Inner {
             let mut lease = self.lease(&node, lease_deadline).await?;
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let payload = Payload::One(command);
-            let answer = lease.dispatch(payload.into_cmds(asking), deadline).await;
+            let reply_due = lease.reply_due(deadline);
+            let answer = lease.dispatch(payload.into_cmds(asking), reply_due).await;
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) => {
@@ -482,7 +497,8 @@ impl Inner {
                     .arg(durability.replicas)
                     .arg(durability.wait_millis()),
             );
-            let answer = lease.dispatch(Cmds::Many(cmds), deadline).await;
+            let reply_due = lease.reply_due(deadline);
+            let answer = lease.dispatch(Cmds::Many(cmds), reply_due).await;
             self.record_result(&node, &answer.result);
             // The write, back from the connection for a resend (before WAIT, after ASKING).
             let recover = |cmds: Cmds| match cmds {
