@@ -12,6 +12,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use redcluster::testkit::LocalCluster;
@@ -60,7 +61,14 @@ fn a_get_allocates_at_most_twice_beyond_its_reply() {
             .start()
             .await
             .unwrap();
-        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        // No health checks or periodic refreshes: their allocations would be counted.
+        let client = ClusterClient::builder()
+            .nodes(local.seeds())
+            .health_check_interval(None)
+            .refresh_interval(Duration::from_secs(3600))
+            .build()
+            .await
+            .unwrap();
         client.set("alloc:key", "a small value").await.unwrap();
         // Warm up: connections open, buffers grown.
         for _ in 0..2000 {
