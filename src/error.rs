@@ -247,6 +247,12 @@ impl From<ServerError> for Error {
 ///
 /// The code is the first word of the reply (`ERR`, `WRONGTYPE`, `MOVED`, ...).
 ///
+/// `Display` and `Debug` leave out the arguments the server quotes in its reply to a
+/// command it does not know (`ERR unknown command 'CONFIG', with args beginning with:
+/// ...`): they may be keys, values or a password (`CONFIG SET requirepass ...` to a
+/// node where `CONFIG` is renamed). [`message`](Self::message) and
+/// [`as_bytes`](Self::as_bytes) give the whole reply.
+///
 /// ```
 /// use redcluster::ServerError;
 /// let e = ServerError::new("MOVED 3999 127.0.0.1:6381");
@@ -310,21 +316,54 @@ impl ServerError {
     }
 }
 
+/// Where a reply to an unknown command starts quoting the command's arguments.
+const ARGS_QUOTED: &str = ", with args beginning with:";
+
+impl ServerError {
+    /// The reply as `Display` and `Debug` show it: without quoted arguments.
+    fn shown(&self) -> std::borrow::Cow<'_, str> {
+        let text = String::from_utf8_lossy(&self.text);
+        match text.find(ARGS_QUOTED) {
+            Some(at) => format!("{}{ARGS_QUOTED} (not shown)", &text[..at]).into(),
+            None => text,
+        }
+    }
+}
+
 impl fmt::Display for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.text))
+        f.write_str(&self.shown())
     }
 }
 
 impl fmt::Debug for ServerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ServerError({:?})", String::from_utf8_lossy(&self.text))
+        write!(f, "ServerError({:?})", self.shown())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn display_and_debug_leave_out_quoted_arguments() {
+        let text =
+            "ERR unknown command 'CONFIG', with args beginning with: 'SET' 'requirepass' 'pw-123' ";
+        let e = ServerError::new(text);
+        for shown in [
+            e.to_string(),
+            format!("{e:?}"),
+            Error::Server(e.clone()).to_string(),
+        ] {
+            assert!(!shown.contains("pw-123"), "{shown}");
+            assert!(shown.contains("unknown command 'CONFIG'"), "{shown}");
+        }
+        assert_eq!(e.as_bytes(), text.as_bytes());
+        assert!(e.message().ends_with("'pw-123' "));
+        let plain = ServerError::new("WRONGTYPE Operation against a key");
+        assert_eq!(plain.to_string(), "WRONGTYPE Operation against a key");
+    }
 
     #[test]
     fn server_error_splits_code_and_message() {

@@ -170,6 +170,22 @@ async fn secrets_never_show_in_debug_errors_or_traces() {
     let v: Option<String> = client.get("k:1").await.unwrap();
     assert_eq!(v.as_deref(), Some("v"));
     show("client", format!("{client:?}"));
+    // A command the server does not know: its reply quotes the arguments (here as if
+    // `CONFIG` were renamed and the client not told).
+    let err = client
+        .query::<Value>(
+            cmd("CONFIG-UNKNOWN")
+                .arg("SET")
+                .arg("requirepass")
+                .arg(PASSWORD),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Server(e) if e.message().contains("unknown command")),
+        "{err:?}"
+    );
+    show("unknown command error", format!("{err} {err:?}"));
     // The provider's credentials.
     let via_provider = builder
         .clone()

@@ -271,8 +271,8 @@ mod tests {
             panic!("{reply:?}")
         };
         assert_eq!(
-            e.to_string(),
-            "ERR unknown command 'CONFIG', with args beginning with: 'GET' "
+            e.as_bytes(),
+            b"ERR unknown command 'CONFIG', with args beginning with: 'GET' "
         );
         // A documented name that contains the new one is replaced once, not forever.
         let odd = CommandRenames::new().rename("CONFIGX", "config");
