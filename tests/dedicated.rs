@@ -74,6 +74,36 @@ async fn a_blocking_command_gets_the_time_it_asks_for_beyond_the_response_timeou
         .await
         .unwrap();
     assert_eq!(read, Value::Nil);
+    // XREADGROUP with its options in any order the server takes: BLOCK before GROUP.
+    let created: Value = client
+        .query(
+            cmd("XGROUP")
+                .arg("CREATE")
+                .arg("{xg}:stream")
+                .arg("readers")
+                .arg("$")
+                .arg("MKSTREAM"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(created, Value::Simple("OK".into()));
+    let started = Instant::now();
+    let read: Value = client
+        .query(
+            cmd("XREADGROUP")
+                .arg("BLOCK")
+                .arg(700)
+                .arg("GROUP")
+                .arg("readers")
+                .arg("reader-1")
+                .arg("STREAMS")
+                .arg("{xg}:stream")
+                .arg(">"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(read, Value::Nil);
+    assert!(started.elapsed() >= Duration::from_millis(700));
     // And on a watched connection: the watch holds while the read waits.
     let mut watched = client.watch(["{wb}:flag"]).await.unwrap();
     let read: Value = watched

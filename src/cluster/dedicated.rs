@@ -175,19 +175,7 @@ pub(crate) fn block_time(command: &Cmd) -> Option<Duration> {
         b"blmpop" | b"bzmpop" => seconds(command.arg_at(1)),
         b"wait" | b"waitaof" => millis(last),
         b"xread" | b"xreadgroup" => {
-            // XREADGROUP GROUP <group> <consumer> ...: a group or consumer named "block"
-            // is not the option.
-            let skip = if name.as_slice() == b"xreadgroup" {
-                4
-            } else {
-                1
-            };
-            let at = command
-                .arg_iter()
-                .skip(skip)
-                .position(|a| a.eq_ignore_ascii_case(b"block"))
-                .map(|i| i + skip);
-            millis(at.and_then(|i| command.arg_at(i + 1)))
+            millis(crate::cmd::stream_block_option(command).and_then(|i| command.arg_at(i)))
         }
         _ => return Some(Duration::ZERO),
     };
@@ -367,6 +355,31 @@ mod tests {
                 .arg("s")
                 .arg("$")),
             Some(Duration::from_millis(300))
+        );
+        // Options in any order, and option values that look like options.
+        assert_eq!(
+            t(cmd("XREADGROUP")
+                .arg("BLOCK")
+                .arg(250)
+                .arg("GROUP")
+                .arg("g")
+                .arg("c")
+                .arg("STREAMS")
+                .arg("s")
+                .arg(">")),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            t(cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("block")
+                .arg("block")
+                .arg("COUNT")
+                .arg("block")
+                .arg("STREAMS")
+                .arg("block")
+                .arg(">")),
+            Some(Duration::ZERO)
         );
         assert_eq!(
             t(cmd("WAIT").arg(1).arg(100)),

@@ -800,28 +800,32 @@ fn migrate_keys(cmd: &Cmd, info: &CommandInfo, out: &mut SmallVec<[usize; 4]>) -
 /// its timeout.
 pub(crate) fn blocks(cmd: &Cmd, info: &CommandInfo) -> bool {
     match &*info.name {
-        "xread" | "xreadgroup" => {
-            let mut i = 1;
-            while let Some(a) = cmd.arg_at(i) {
-                if a.eq_ignore_ascii_case(b"streams") {
-                    return false;
-                }
-                if a.eq_ignore_ascii_case(b"block") {
-                    return true;
-                }
-                // Skip option values, so a group or consumer named `block` is no option.
-                if a.eq_ignore_ascii_case(b"count") {
-                    i += 1;
-                } else if a.eq_ignore_ascii_case(b"group") {
-                    i += 2;
-                }
-                i += 1;
-            }
-            false
-        }
+        "xread" | "xreadgroup" => stream_block_option(cmd).is_some(),
         "wait" => true,
         _ => info.is_blocking(),
     }
+}
+
+/// Where the value of an `XREAD`/`XREADGROUP` `BLOCK` option is, if the call has one.
+/// The server takes the options in any order before `STREAMS`; their values are
+/// skipped, so a group or consumer named `block` is no option.
+pub(crate) fn stream_block_option(cmd: &Cmd) -> Option<usize> {
+    let mut i = 1;
+    while let Some(a) = cmd.arg_at(i) {
+        if a.eq_ignore_ascii_case(b"streams") {
+            return None;
+        }
+        if a.eq_ignore_ascii_case(b"block") {
+            return Some(i + 1);
+        }
+        if a.eq_ignore_ascii_case(b"count") {
+            i += 1;
+        } else if a.eq_ignore_ascii_case(b"group") {
+            i += 2;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Read-only (or purely informational) commands without the `readonly` flag that are
