@@ -1043,3 +1043,52 @@ async fn renamed_commands_go_out_under_the_server_names_and_disabled_ones_are_re
         "{shown}"
     );
 }
+
+/// `COMMAND INFO` calls the server ran, over every node.
+async fn command_info_calls(local: &LocalCluster) -> u64 {
+    let mut calls = 0;
+    for node in local.nodes() {
+        let conn = local.connect_node(node.index).await.unwrap();
+        let stats = match conn.send(cmd("INFO").arg("commandstats")).await.unwrap() {
+            Value::Bulk(b) | Value::Verbatim { text: b, .. } => {
+                String::from_utf8(b.to_vec()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        };
+        calls += stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_command|info:calls="))
+            .and_then(|rest| rest.split(',').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    calls
+}
+
+/// A command the client's table lacks is looked up with `COMMAND INFO`; a refusal of
+/// that lookup (a user without `+command|info`) is not remembered as "the server does
+/// not know it either": once the user may ask, the client asks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_lookup_is_asked_again_later() {
+    let local = acl_cluster().await;
+    let rules = format!("lookup on >lookuppass ~app:* +@all {CLIENT_PERMISSIONS}");
+    set_user(&local, &format!("{rules} -command|info")).await;
+    let client = as_user(&local, "lookup", "lookuppass")
+        .build()
+        .await
+        .unwrap();
+    let unknown = || cmd("NOSUCH.MODULECMD").arg("app:{lookup}:k");
+    let err = client.query::<Value>(unknown()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Server(e) if e.message().contains("unknown command")),
+        "{err:?}"
+    );
+    let before = command_info_calls(&local).await;
+    set_user(&local, &format!("{rules} +command|info")).await;
+    let err = client.query::<Value>(unknown()).await.unwrap_err();
+    assert!(matches!(&err, Error::Server(_)), "{err:?}");
+    assert_eq!(
+        command_info_calls(&local).await,
+        before + 1,
+        "the lookup was not asked again once allowed"
+    );
+}

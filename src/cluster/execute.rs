@@ -315,16 +315,20 @@ impl Inner {
             )
             .await;
         let info = match reply {
+            // One entry: the command's, or nil when the server does not know it either;
+            // remember that too.
             Ok(Value::Array(mut entries)) if entries.len() == 1 => {
                 match cmd::parse_command_info(&entries.remove(0)) {
                     Ok(info) => Some(&*Box::leak(Box::new(info))),
                     Err(_) => None,
                 }
             }
-            // The server does not know it either; remember that too.
-            Ok(_) => None,
-            // Could not ask: route by the fallback rule now, ask again next time.
-            Err(_) => return None,
+            // Could not ask (a user without `+command`, a busy or loading node, no
+            // connection): route by the fallback rule now, ask again next time. Kept,
+            // a refusal would hide the command's flags for the life of the client: a
+            // module's write sent without `WAIT` under `durable_writes`, its reads never
+            // sent to replicas.
+            Ok(_) | Err(_) => return None,
         };
         let mut learned = self.learned_lock();
         // Bounded by the commands the server knows, and each learned once.
