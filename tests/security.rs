@@ -1066,7 +1066,8 @@ async fn command_info_calls(local: &LocalCluster) -> u64 {
 
 /// A command the client's table lacks is looked up with `COMMAND INFO`; a refusal of
 /// that lookup (a user without `+command|info`) is not remembered as "the server does
-/// not know it either": once the user may ask, the client asks.
+/// not know it either": once the user may ask, the client asks (no sooner than a
+/// second after the refusal).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_command_lookup_is_asked_again_later() {
     let local = acl_cluster().await;
@@ -1084,6 +1085,7 @@ async fn a_refused_command_lookup_is_asked_again_later() {
     );
     let before = command_info_calls(&local).await;
     set_user(&local, &format!("{rules} +command|info")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let err = client.query::<Value>(unknown()).await.unwrap_err();
     assert!(matches!(&err, Error::Server(_)), "{err:?}");
     assert_eq!(

@@ -33,6 +33,10 @@ use crate::topology::RefreshTrigger;
 /// far more than any server's module commands, and a bound however the server answers.
 const MAX_LEARNED_COMMANDS: usize = 1024;
 
+/// How long after a `COMMAND INFO` lookup went unanswered no other is tried: a user
+/// never allowed to ask would otherwise pay a round trip more on every such command.
+const LOOKUP_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The deadline of a blocking command that asked to block until answered (`BLPOP k 0`):
 /// in practice forever; dropping the request's future ends it sooner.
 pub(crate) const UNTIL_ANSWERED: std::time::Duration =
@@ -306,6 +310,14 @@ impl Inner {
         if self.learned_lock().len() >= MAX_LEARNED_COMMANDS {
             return None;
         }
+        let failed_at = || {
+            self.lookup_failed_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if failed_at().is_some_and(|at| at.elapsed() < LOOKUP_QUIET) {
+            return None;
+        }
         let reply = self
             .send(
                 cmd("COMMAND").arg("INFO").arg(&name[..]),
@@ -324,11 +336,14 @@ impl Inner {
                 }
             }
             // Could not ask (a user without `+command`, a busy or loading node, no
-            // connection): route by the fallback rule now, ask again next time. Kept,
-            // a refusal would hide the command's flags for the life of the client: a
-            // module's write sent without `WAIT` under `durable_writes`, its reads never
-            // sent to replicas.
-            Ok(_) | Err(_) => return None,
+            // connection): route by the fallback rule now, ask again after a while.
+            // Kept, a refusal would hide the command's flags for the life of the client:
+            // a module's write sent without `WAIT` under `durable_writes`, its reads
+            // never sent to replicas.
+            Ok(_) | Err(_) => {
+                *failed_at() = Some(std::time::Instant::now());
+                return None;
+            }
         };
         let mut learned = self.learned_lock();
         // Bounded by the commands the server knows, and each learned once.

@@ -124,6 +124,8 @@ pub(crate) struct Inner {
     pub(crate) metrics_client: Arc<str>,
     /// `COMMAND INFO` answers for commands missing from the built-in table (modules).
     learned: Mutex<Vec<(Vec<u8>, Option<&'static crate::cmd::CommandInfo>)>>,
+    /// When a `COMMAND INFO` lookup last went unanswered (refused, or no connection).
+    lookup_failed_at: Mutex<Option<std::time::Instant>>,
 }
 
 impl Drop for Inner {
@@ -224,6 +226,7 @@ impl ClusterClient {
             requests: AtomicU64::new(0),
             budget: Mutex::new(crate::policy::RetryBudget::new(budget)),
             learned: Mutex::new(Vec::new()),
+            lookup_failed_at: Mutex::new(None),
         });
         let seeds: Vec<Arc<str>> = inner
             .config
