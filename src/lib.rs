@@ -51,6 +51,8 @@
 //! | any command through [`ClusterClient::query_node`] | the node you name, replicas included (one node's diagnostics) |
 //! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block |
 //! | `WAIT`, `WAITAOF` | refused with [`Error::Config`]: they count the writes of their own connection, which a shared one cannot tell; use [`ClusterClient::query_durable`] |
+//! | `SCAN` | refused with [`Error::Config`]: each node has its own cursor; use [`ClusterClient::scan`], or [`ClusterClient::query_node`] for one node |
+//! | `READONLY`, `READWRITE`, `ASKING` | refused with [`Error::Config`]: the client sends them itself where needed, and they change a connection other callers share |
 //! | commands unknown to the table (modules) | looked up once with `COMMAND INFO` and cached; if the server does not know them either, routed by their first argument; a lookup refused (a user without `+command\|info`) or unanswered is not cached, and asked again at most once a second |
 //!
 //! A fan-out never returns a partial result: if any node fails, the whole call fails

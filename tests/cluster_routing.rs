@@ -1455,3 +1455,59 @@ async fn nodes_that_send_a_slot_to_each_other_are_waited_out_not_bounced_between
     assert!(first_get.get().unwrap().elapsed() >= Duration::from_millis(300));
     assert!(client.stats().retries >= 1, "{:?}", client.stats());
 }
+
+/// Commands the client sends itself (`READONLY`, `READWRITE`, `ASKING`) are refused from
+/// callers: `READWRITE` on a replica's shared connection would send every later replica
+/// read back to the primary as a `MOVED`. A raw `SCAN` through `query` is refused too:
+/// each call could go to another primary, with the last one's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_the_client_sends_itself_and_raw_scan_are_refused() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .build()
+        .await
+        .unwrap();
+    let key = "managed:{rw}:k";
+    client
+        .query_durable::<()>(
+            cmd("SET").arg(key).arg("v"),
+            Durability::new(1, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let owner = support::owner_index(&local, &client, key);
+    let replica = local.node_addr(local.replicas_of(owner).await.unwrap()[0]);
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    for c in [cmd("READWRITE"), cmd("readonly"), cmd("Asking")] {
+        let refused = client.query_node::<Value>(&replica, c.clone()).await;
+        assert!(
+            matches!(refused, Err(Error::Config(_))),
+            "{c:?}: {refused:?}"
+        );
+        let refused = client.query::<Value>(c.clone()).await;
+        assert!(
+            matches!(refused, Err(Error::Config(_))),
+            "{c:?}: {refused:?}"
+        );
+    }
+    // The replica's connection still reads: no MOVED back to the primary.
+    let moved = client.stats().moved;
+    for _ in 0..10 {
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("v"));
+    }
+    assert_eq!(client.stats().moved, moved);
+
+    let scan = client.query::<Value>(cmd("SCAN").arg(0)).await;
+    assert!(matches!(scan, Err(Error::Config(_))), "{scan:?}");
+    // One node's SCAN goes to the node named.
+    let primary = local.node_addr(owner);
+    let page: (String, Vec<String>) = client
+        .query_node(&primary, cmd("SCAN").arg(0).arg("COUNT").arg(1000))
+        .await
+        .unwrap();
+    assert!(page.1.iter().any(|k| k == key), "{page:?}");
+}

@@ -117,6 +117,16 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
             None => Plan::AnyPrimary,
         });
     };
+    if info.name() == "scan" {
+        // Each node has its own cursor: a loop of `SCAN` through `query` would send one
+        // node's cursor to whichever primary the next call picks, missing and repeating
+        // keys.
+        return Err(Error::Config(
+            "SCAN walks one node's keys with that node's cursor: use client.scan(), or \
+             query_node(addr, SCAN ...) for one node"
+                .into(),
+        ));
+    }
     if cmd::routes_by_first_argument(command, info) {
         return Ok(Plan::Slot {
             slot: key_slot(command.arg_at(1).unwrap_or_default()),
@@ -166,14 +176,15 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     })
 }
 
+/// Refuses, whatever node it would go to, a command no shared connection may carry: an
+/// empty one, one over 4 GiB, one that changes the connection's state. `info` may be
+/// `None` for a command the table lacks.
+///
 /// Commands that change what a shared connection does with later replies, or whose
 /// meaning depends on the connection they run on, cannot go over a multiplexed
 /// connection (the list and the reasons: [`cmd::Refusal`]). The transaction commands are
 /// refused inside [`crate::Transaction`] and [`crate::Watched`] too, which send their
-/// own.
-/// Refuses, whatever node it would go to, a command no shared connection may carry: an
-/// empty one, one over 4 GiB, one that changes the connection's state. `info` may be
-/// `None` for a command the table lacks.
+/// own. So are the commands the client sends itself ([`CLIENT_MANAGED`]).
 pub(crate) fn refuse_unsendable(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
     if command.is_empty() {
         return Err(Error::Config("empty command".into()));
@@ -192,11 +203,31 @@ fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInf
         Some(info) => cmd::Refusal::of_name(info.name()),
         None => cmd::Refusal::of(command),
     };
-    let Some(refusal) = refusal else {
-        return Ok(());
+    if let Some(refusal) = refusal {
+        return Err(Error::Config(advice(refusal).into()));
+    }
+    let managed = match info {
+        Some(info) => CLIENT_MANAGED.contains(&info.name()),
+        None => CLIENT_MANAGED
+            .iter()
+            .any(|m| command.name().eq_ignore_ascii_case(m.as_bytes())),
     };
-    Err(Error::Config(advice(refusal).into()))
+    if managed {
+        return Err(Error::Config(format!(
+            "{} is sent by the client itself where it is needed, and changes a connection \
+             other callers share",
+            String::from_utf8_lossy(command.name()).to_ascii_uppercase()
+        )));
+    }
+    Ok(())
 }
+
+/// Commands the client sends itself, at the right moment: `READONLY` on every replica
+/// connection, `ASKING` right before the command an `ASK` redirected. From a caller, on a
+/// shared connection, `READWRITE` would turn a replica's connection back to redirecting
+/// every read to the primary, and `ASKING` would be used up by whichever command came
+/// next, anyone's.
+const CLIENT_MANAGED: [&str; 3] = ["readonly", "readwrite", "asking"];
 
 /// What the cluster client says instead of sending a refused command: the API that does
 /// the job, when there is one.
