@@ -210,6 +210,35 @@ pub(crate) struct Config {
     pub(crate) lazy_connect: bool,
 }
 
+/// Bounds `build` holds the settings to: past them a setting panics, spins or stops the
+/// client from following the cluster, later and far from where it was set.
+mod bounds {
+    use std::time::Duration;
+
+    // tokio's semaphore panics past `Semaphore::MAX_PERMITS`, and no process has more
+    // file descriptors than this (Linux's `fs.nr_open` defaults to 1 048 576).
+    pub(super) const MAX_CONNECTIONS: usize = 1_000_000;
+    // deadpool sizes its queue and semaphore for the whole pool as it makes it (a huge
+    // size overflows), and each connection from one address to one node needs a port
+    // of its own, of which there are 65 536.
+    pub(super) const MAX_CONNECTIONS_PER_NODE: usize = 65_536;
+    // Every node gets this many connection places up front, and round robin opens them
+    // all; one is the fastest for most loads, a few lift a socket or decoder bottleneck,
+    // and many only spend the node's `maxclients` (10 000 by default, for all clients).
+    pub(super) const CONNECTIONS_PER_NODE: usize = 64;
+    // Each periodic refresh asks several nodes for the whole topology: below this it is
+    // polling, not a period.
+    pub(super) const REFRESH_INTERVAL_MIN: Duration = Duration::from_millis(100);
+    // Zero lets a cluster that refuses connections be asked again the moment the last
+    // attempt failed, in a loop.
+    pub(super) const REFRESH_MIN_INTERVAL_MIN: Duration = Duration::from_millis(10);
+    // Triggered refreshes (after `MOVED`, a lost node, `CLUSTERDOWN`, a lazy discovery
+    // that failed) wait out the min interval too: past a day, a failover would go
+    // unnoticed for good (`Duration::MAX`: for ever). Above `refresh_interval` it only
+    // spaces the periodic refreshes as well, which is how tests keep refreshes out.
+    pub(super) const REFRESH_MIN_INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
+}
+
 /// Builds a [`crate::ClusterClient`]; every setter states its default.
 ///
 /// ```no_run
@@ -265,7 +294,8 @@ impl ClusterClientBuilder {
     /// in a URL apply to every connection, as if given to [`Self::username`] and
     /// [`Self::password`]. Seeds are dialled as given; with a table for
     /// [`Self::address_remap`] a seed may also be given by an announced address the
-    /// table maps. Required.
+    /// table maps. Required. Ports are 1 to 65535, an IPv6 host goes in brackets
+    /// (`[::1]:7000`), and a seed given twice (`h:1` and `redis://h:1`) counts once.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -382,7 +412,7 @@ impl ClusterClientBuilder {
     }
 
     /// Bound on opening one connection (TCP and handshake). Default 5 s; the seed's
-    /// `socket_connect_timeout`/`connection_timeout`.
+    /// `socket_connect_timeout`/`connection_timeout`. More than zero.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -402,7 +432,7 @@ impl ClusterClientBuilder {
     /// Bound on a whole request, redirects and retries included. Default 5 s; the seed's
     /// `socket_timeout`. The client's own requests wait less when it is longer: a
     /// topology answer at most 5 s (after connecting), a health-check `PING` at most the
-    /// health-check interval (or 1 s).
+    /// health-check interval (or 1 s). More than zero.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -511,7 +541,8 @@ impl ClusterClientBuilder {
 
     /// Period of the background topology refresh. Default 30 s. Refreshes also happen on
     /// MOVED, connection failures and CLUSTERDOWN, and every second (or this period, if
-    /// shorter) while the cluster reports a failed node or settles after one.
+    /// shorter) while the cluster reports a failed node or settles after one. At least
+    /// 100 ms.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -529,7 +560,8 @@ impl ClusterClientBuilder {
     }
 
     /// Least time between two topology refreshes, however many triggers arrive. Default
-    /// 100 ms.
+    /// 100 ms; from 10 ms to 24 h. Longer than [`Self::refresh_interval`], it spaces the
+    /// periodic refreshes too.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -666,6 +698,7 @@ impl ClusterClientBuilder {
     /// Multiplexed connections per node, which ordinary commands share (each one
     /// coalesces concurrent requests into single writes). Default 1, the fastest for most
     /// loads; more can help when one connection's socket or decoding is the bottleneck.
+    /// From 1 to 64 (0 counts as 1).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -683,7 +716,7 @@ impl ClusterClientBuilder {
 
     /// Most dedicated connections per node, for commands that hold a connection
     /// (`BLPOP`, `XREAD BLOCK`, `WAIT`, `WATCH` transactions). Default 10; the seed's
-    /// `max_connections_per_node`.
+    /// `max_connections_per_node`. From 1 to 65 536 (0 counts as 1).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -700,7 +733,8 @@ impl ClusterClientBuilder {
     }
 
     /// Most dedicated connections in use at once across the cluster; more callers wait
-    /// (within their deadline). Default 50; the seed's `max_connections`.
+    /// (within their deadline). Default 50; the seed's `max_connections`. From 1 to
+    /// 1 000 000 (0 counts as 1).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -738,7 +772,9 @@ impl ClusterClientBuilder {
     /// When a node's circuit breaker opens (its requests then fail fast with
     /// [`Error::CircuitOpen`] until a probe succeeds). Default
     /// [`CircuitBreakerConfig::default`]: 5 failures in a row, or half of at least 20
-    /// requests in 10 s; open for 1 s.
+    /// requests in 10 s; open for 1 s. Its public fields must stay in its setters'
+    /// ranges: `consecutive_failures` and `min_requests` at least 1, `failure_rate` from
+    /// 0.0 to 1.0 (not NaN).
     ///
     /// [`CircuitBreakerConfig::default`]: crate::CircuitBreakerConfig
     ///
@@ -759,7 +795,7 @@ impl ClusterClientBuilder {
 
     /// How many retries the whole client may spend, so that a failing cluster does not
     /// get a retry storm. Default [`RetryBudgetConfig::default`]: 20 % of requests plus
-    /// 100 per second, bursts up to 1000.
+    /// 100 per second, bursts up to 1000. Its numbers must be zero or more (not NaN).
     ///
     /// [`RetryBudgetConfig::default`]: crate::RetryBudgetConfig
     ///
@@ -941,9 +977,14 @@ impl ClusterClientBuilder {
             if let Some(password) = seed.password {
                 self.config.connect.password.get_or_insert(password);
             }
-            seeds.push(seed.addr);
+            // A seed given twice would be asked twice at discovery, its view counted
+            // twice when the answers are compared.
+            if !seeds.contains(&seed.addr) {
+                seeds.push(seed.addr);
+            }
         }
         self.config.seeds = Seeds(seeds);
+        self.config.check()?;
         // A rediss:// seed turns TLS on for every connection; it needs trusted CAs.
         if any_tls && self.config.connect.tls.is_none() {
             self.config.connect.tls = Some(default_tls()?);
@@ -952,6 +993,84 @@ impl ClusterClientBuilder {
             tls.prepare()?;
         }
         Ok(self.config)
+    }
+}
+
+impl Config {
+    /// [`Error::Config`] naming the first setting out of its range (see [`bounds`]).
+    fn check(&self) -> Result<()> {
+        use bounds::*;
+        let counts = [
+            (
+                "connections_per_node",
+                self.connections_per_node,
+                CONNECTIONS_PER_NODE,
+            ),
+            (
+                "max_connections_per_node",
+                self.max_connections_per_node,
+                MAX_CONNECTIONS_PER_NODE,
+            ),
+            ("max_connections", self.max_connections, MAX_CONNECTIONS),
+        ];
+        for (name, n, max) in counts {
+            if !(1..=max).contains(&n) {
+                return Err(Error::Config(format!(
+                    "{name} must be from 1 to {max}, got {n}"
+                )));
+            }
+        }
+        // Zero fails every connect or request before it starts.
+        let timeouts = [
+            ("connect_timeout", self.connect.connect_timeout),
+            ("response_timeout", self.response_timeout),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
+            return Err(Error::Config(format!("{name} must be more than zero")));
+        }
+        if self.refresh_interval < REFRESH_INTERVAL_MIN {
+            return Err(Error::Config(format!(
+                "refresh_interval must be at least {REFRESH_INTERVAL_MIN:?}, got {:?}",
+                self.refresh_interval
+            )));
+        }
+        if !(REFRESH_MIN_INTERVAL_MIN..=REFRESH_MIN_INTERVAL_MAX)
+            .contains(&self.refresh_min_interval)
+        {
+            return Err(Error::Config(format!(
+                "refresh_min_interval must be from {REFRESH_MIN_INTERVAL_MIN:?} to \
+                 {REFRESH_MIN_INTERVAL_MAX:?}, got {:?}",
+                self.refresh_min_interval
+            )));
+        }
+        // The fields are public, so the setters' clamps may have been bypassed. A NaN
+        // rate never compares true: the breaker would never open on failure rate.
+        let breaker = &self.breaker;
+        if breaker.consecutive_failures == 0 || breaker.min_requests == 0 {
+            return Err(Error::Config(
+                "circuit_breaker: consecutive_failures and min_requests must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&breaker.failure_rate) {
+            return Err(Error::Config(format!(
+                "circuit_breaker: failure_rate must be from 0.0 to 1.0, got {}",
+                breaker.failure_rate
+            )));
+        }
+        // A NaN makes the balance NaN, which `min(max)` turns into a full budget at
+        // every retry: no budget at all.
+        let budget = &self.retry_budget;
+        let numbers = [
+            ("ratio", budget.ratio),
+            ("per_second", budget.per_second),
+            ("max", budget.max),
+        ];
+        if let Some((name, n)) = numbers.iter().find(|(_, n)| n.is_nan() || *n < 0.0) {
+            return Err(Error::Config(format!(
+                "retry_budget: {name} must be zero or more, got {n}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -1014,37 +1133,48 @@ fn parse_seed(raw: &str) -> Result<Seed> {
             None => password = Some(Secret::new(percent_decode(userinfo)?)),
         }
     }
-    // URLs may leave the port out (6379); bare seeds must name it.
-    let is_url = raw.contains("://");
-    let addr = match hostport.rsplit_once(':') {
-        Some((host, port))
-            if !host.is_empty() && !host.ends_with(':') && port.parse::<u16>().is_ok() =>
-        {
-            hostport.to_string()
-        }
-        _ if is_url
-            && !hostport.is_empty()
-            && (hostport.ends_with(']') || !hostport.contains(':')) =>
-        {
-            format!("{hostport}:6379")
-        }
-        _ => {
-            return Err(Error::Config(format!(
-                "seed address must be host:port, got {:?}",
-                if userinfo.is_some() {
-                    "<redacted>"
-                } else {
-                    hostport
-                }
-            )))
-        }
-    };
+    let addr = seed_address(hostport, raw.contains("://")).map_err(|why| {
+        Error::Config(format!(
+            "seed address must be {why}, got {:?}",
+            if userinfo.is_some() {
+                "<redacted>"
+            } else {
+                hostport
+            }
+        ))
+    })?;
     Ok(Seed {
         addr,
         tls,
         username,
         password,
     })
+}
+
+/// `hostport` as `host:port`, or what it should have been. URLs may leave the port out
+/// (6379); bare seeds must name it.
+fn seed_address(hostport: &str, is_url: bool) -> Result<String, &'static str> {
+    const HOST_PORT: &str = "host:port, an IPv6 host in brackets ([::1]:7000)";
+    // An IPv6 host holds `:` itself, so only brackets tell where it ends: `::1:7000`
+    // could be `::1` port 7000 or `::1:7000` with no port.
+    let (host, port) = match hostport.find(']') {
+        Some(end) if hostport.starts_with('[') => hostport.split_at(end + 1),
+        _ => hostport.split_at(hostport.find(':').unwrap_or(hostport.len())),
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.strip_suffix(']').unwrap_or(""),
+        None => host,
+    };
+    if name.is_empty() || name.contains(['[', ']']) {
+        return Err(HOST_PORT);
+    }
+    match port.strip_prefix(':').map(str::parse::<u16>) {
+        Some(Ok(0)) => Err("host:port with a port from 1 to 65535"),
+        // The number as parsed: `h:07000` and `h:7000` are one seed.
+        Some(Ok(port)) => Ok(format!("{host}:{port}")),
+        None if port.is_empty() && is_url => Ok(format!("{host}:6379")),
+        _ => Err(HOST_PORT),
+    }
 }
 
 fn percent_decode(s: &str) -> Result<String> {
@@ -1381,6 +1511,250 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(format!("{tls:?}").contains("redis.example"));
+    }
+
+    /// The builder's `Config`, or the message of its `Error::Config`.
+    fn built(builder: ClusterClientBuilder) -> std::result::Result<Config, String> {
+        match builder.nodes(["h:1"]).into_config() {
+            Ok(config) => Ok(config),
+            Err(Error::Config(why)) => Err(why),
+            Err(e) => panic!("not a config error: {e:?}"),
+        }
+    }
+
+    fn refused(builder: ClusterClientBuilder, names: &[&str]) {
+        let why = built(builder).unwrap_err();
+        for name in names {
+            assert!(why.contains(name), "{why}");
+        }
+    }
+
+    #[test]
+    fn max_connections_past_the_cap_is_refused() {
+        let b = ClusterClientBuilder::default;
+        refused(
+            b().max_connections(tokio::sync::Semaphore::MAX_PERMITS + 1),
+            &["max_connections", "1 to 1000000"],
+        );
+        refused(b().max_connections(usize::MAX), &["max_connections"]);
+        assert_eq!(
+            built(b().max_connections(1_000_000))
+                .unwrap()
+                .max_connections,
+            1_000_000
+        );
+        assert_eq!(built(b().max_connections(0)).unwrap().max_connections, 1);
+    }
+
+    #[test]
+    fn max_connections_per_node_past_the_cap_is_refused() {
+        let b = ClusterClientBuilder::default;
+        refused(
+            b().max_connections_per_node(usize::MAX),
+            &["max_connections_per_node", "1 to 65536"],
+        );
+        refused(
+            b().max_connections_per_node(65_537),
+            &["max_connections_per_node"],
+        );
+        let config = built(b().max_connections_per_node(65_536)).unwrap();
+        assert_eq!(config.max_connections_per_node, 65_536);
+    }
+
+    #[test]
+    fn connections_per_node_past_the_cap_is_refused() {
+        let b = ClusterClientBuilder::default;
+        refused(
+            b().connections_per_node(65),
+            &["connections_per_node", "1 to 64"],
+        );
+        refused(
+            b().connections_per_node(usize::MAX),
+            &["connections_per_node"],
+        );
+        assert_eq!(
+            built(b().connections_per_node(64))
+                .unwrap()
+                .connections_per_node,
+            64
+        );
+    }
+
+    #[test]
+    fn refresh_intervals_that_spin_or_stop_refreshes_are_refused() {
+        let b = ClusterClientBuilder::default;
+        let ms = Duration::from_millis;
+        refused(
+            b().refresh_interval(Duration::ZERO)
+                .refresh_min_interval(Duration::ZERO),
+            &["refresh_interval", "100ms"],
+        );
+        refused(b().refresh_interval(ms(99)), &["refresh_interval"]);
+        refused(
+            b().refresh_min_interval(Duration::ZERO),
+            &["refresh_min_interval", "10ms", "86400s"],
+        );
+        refused(b().refresh_min_interval(ms(9)), &["refresh_min_interval"]);
+        refused(
+            b().refresh_min_interval(Duration::MAX),
+            &["refresh_min_interval"],
+        );
+        // A min interval past the period only spaces the periodic refreshes: tests keep
+        // refreshes out this way (an hour against the default 30 s).
+        for (interval, min) in [
+            (Duration::from_secs(30), Duration::from_secs(3600)),
+            (Duration::from_secs(3600), ms(100)),
+            (Duration::MAX, ms(10)),
+            (ms(100), Duration::from_secs(24 * 3600)),
+        ] {
+            let config = built(b().refresh_interval(interval).refresh_min_interval(min)).unwrap();
+            assert_eq!(
+                (config.refresh_interval, config.refresh_min_interval),
+                (interval, min)
+            );
+        }
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let b = ClusterClientBuilder::default;
+        refused(
+            b().response_timeout(Duration::ZERO),
+            &["response_timeout", "more than zero"],
+        );
+        refused(b().socket_timeout(Duration::ZERO), &["response_timeout"]);
+        refused(
+            b().connect_timeout(Duration::ZERO),
+            &["connect_timeout", "more than zero"],
+        );
+        refused(b().connection_timeout(Duration::ZERO), &["connect_timeout"]);
+        let config = built(
+            b().connect_timeout(Duration::from_nanos(1))
+                .response_timeout(Duration::MAX),
+        )
+        .unwrap();
+        assert_eq!(config.response_timeout, Duration::MAX);
+    }
+
+    #[test]
+    fn seeds_with_port_zero_or_an_unbracketed_ipv6_host_are_refused() {
+        for bad in [
+            "h:0",
+            "redis://h:0",
+            "[::1]:0",
+            "::1:7000",
+            "::1",
+            "redis://::1",
+            "redis://h:1:2",
+            "h:1:2",
+            "[::1]7000",
+            "[::1",
+            "::1]:7000",
+            "[]:7000",
+            "h:",
+            "h:99999",
+        ] {
+            let err = parse_seed(bad).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("seed address")),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse_seed("h:0").unwrap_err();
+        assert!(err.to_string().contains("1 to 65535"), "{err}");
+        let err = parse_seed("::1:7000").unwrap_err();
+        assert!(err.to_string().contains("[::1]:7000"), "{err}");
+        for (good, addr) in [
+            ("[::1]:7000", "[::1]:7000"),
+            ("redis://[::1]:7000", "[::1]:7000"),
+            ("rediss://[fe80::1%eth0]", "[fe80::1%eth0]:6379"),
+            ("h:65535", "h:65535"),
+            ("h:07000", "h:7000"),
+            ("redis://u:p@h:1/0", "h:1"),
+        ] {
+            assert_eq!(parse_seed(good).unwrap().addr, addr, "{good}");
+        }
+        // Redacted as before, whatever is wrong with the address.
+        for bad in ["redis://u:topsecret@h:0", "redis://u:topsecret@::1:7000"] {
+            let err = parse_seed(bad).unwrap_err();
+            assert!(!err.to_string().contains("topsecret"), "{err}");
+            assert!(err.to_string().contains("<redacted>"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_seed_given_twice_counts_once() {
+        let config = ClusterClientBuilder::default()
+            .nodes([
+                "h:2",
+                "h:1",
+                "redis://h:1",
+                "h:2",
+                "redis://h",
+                "h:6379",
+                "h:01",
+            ])
+            .into_config()
+            .unwrap();
+        assert_eq!(*config.seeds, ["h:2", "h:1", "h:6379"]);
+        // The first seed's credentials still win.
+        let config = ClusterClientBuilder::default()
+            .nodes(["redis://a:first@h:1", "redis://b:second@h:1"])
+            .into_config()
+            .unwrap();
+        assert_eq!(*config.seeds, ["h:1"]);
+        assert_eq!(config.connect.username.as_deref(), Some("a"));
+        assert_eq!(config.connect.password.unwrap().expose(), "first");
+    }
+
+    #[test]
+    fn breaker_fields_out_of_the_setters_ranges_are_refused() {
+        let b = ClusterClientBuilder::default;
+        let breaker = crate::policy::CircuitBreakerConfig::default;
+        let mut zero = breaker();
+        zero.consecutive_failures = 0;
+        refused(
+            b().circuit_breaker(zero),
+            &["consecutive_failures", "at least 1"],
+        );
+        let mut zero = breaker();
+        zero.min_requests = 0;
+        refused(b().circuit_breaker(zero), &["min_requests"]);
+        // NaN survives the setter's clamp.
+        let nan = breaker().failure_rate(f64::NAN, 10);
+        assert!(nan.failure_rate.is_nan());
+        refused(
+            b().circuit_breaker(nan),
+            &["failure_rate", "0.0 to 1.0", "NaN"],
+        );
+        let mut high = breaker();
+        high.failure_rate = 1.5;
+        refused(b().circuit_breaker(high), &["failure_rate"]);
+        for rate in [0.0, 1.0] {
+            built(b().circuit_breaker(breaker().failure_rate(rate, 1))).unwrap();
+        }
+        built(b().circuit_breaker(breaker().disabled())).unwrap();
+    }
+
+    #[test]
+    fn retry_budget_nan_or_negative_is_refused() {
+        let b = ClusterClientBuilder::default;
+        let nan = crate::policy::RetryBudgetConfig {
+            ratio: f64::NAN,
+            ..Default::default()
+        };
+        refused(
+            b().retry_budget(nan),
+            &["retry_budget", "ratio", "zero or more"],
+        );
+        let negative = crate::policy::RetryBudgetConfig {
+            max: -1.0,
+            ..Default::default()
+        };
+        refused(b().retry_budget(negative), &["retry_budget", "max"]);
+        // The constructor already counts NaN and negatives as zero.
+        let zero = crate::policy::RetryBudgetConfig::new(f64::NAN, -1.0, f64::INFINITY);
+        assert_eq!(built(b().retry_budget(zero)).unwrap().retry_budget, zero);
     }
 
     #[test]

@@ -193,7 +193,7 @@ impl Manager {
         let routes_version = inner.routes_version();
         Manager {
             inner,
-            ping_interval: config.ping_interval,
+            ping_interval: config.ping_interval.max(Duration::from_millis(100)),
             queue,
             control,
             events_tx,
