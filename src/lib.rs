@@ -44,7 +44,7 @@
 //! | `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH` with keys in several slots | split into one command per slot, sent concurrently; `MGET` replies come back in key order, `MSET` answers `OK` when every part did, the others add up their counts. Not atomic across slots |
 //! | any other command with keys in several slots (`MSETNX`, `RENAME`, `SUNIONSTORE`, `EVAL`, transactions, ...) | [`Error::CrossSlot`] naming the slots, before anything is sent |
 //! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary; replies combined by the table's `response_policy`: summed (`DBSIZE`), merged (`KEYS`), all must succeed (`FLUSHALL`, `PING`), one must succeed (`SCRIPT KILL`, `FUNCTION KILL`) |
-//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `LATENCY RESET`, ...) | every node, replicas included, combined likewise; those whose policy is `special` (`LATENCY HISTORY`, `LATENCY GRAPH`, `LATENCY HISTOGRAM`) answer a map from node address to reply |
+//! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `LATENCY RESET`, ...), and the node settings the table gives no policy (`ACL SETUSER`, `ACL DELUSER`, `ACL LOAD`, `ACL SAVE`, `CONFIG REWRITE`, `CONFIG RESETSTAT`) | every node, replicas included, combined likewise; those whose policy is `special` (`LATENCY HISTORY`, `LATENCY GRAPH`, `LATENCY HISTOGRAM`) answer a map from node address to reply |
 //! | per-node reports: `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `SLOWLOG GET`, `LATENCY LATEST`, `LATENCY DOCTOR`, `ROLE`, `LASTSAVE` | every primary; the reply is a map from node address to that node's reply |
 //! | `CLUSTER COUNTKEYSINSLOT slot`, `CLUSTER GETKEYSINSLOT slot n` | the named slot's node (only it knows the slot's keys) |
 //! | other keyless commands (`PUBLISH`, `RANDOMKEY`, `CLUSTER INFO`, ...) | one primary, in turn |
@@ -56,7 +56,13 @@
 //! | commands unknown to the table (modules) | looked up once with `COMMAND INFO` and cached; if the server does not know them either, routed by their first argument; a lookup refused (a user without `+command\|info`) or unanswered is not cached, and asked again at most once a second |
 //!
 //! A fan-out never returns a partial result: if any node fails, the whole call fails
-//! (except for `one_succeeded` commands, which need one node to succeed).
+//! (except for `one_succeeded` commands, which need one node to succeed; when none does,
+//! a node that did not answer is reported before the others' refusals). While some
+//! slots have no healthy primary (one failed and not yet replaced, or never to be, with
+//! `cluster-require-full-coverage no`), a fan-out waits for a promotion within its
+//! deadline and then fails with [`Error::ClusterDown`], unsent: the nodes left would
+//! answer for part of the data. `SCRIPT KILL` and `FUNCTION KILL` go on dedicated
+//! connections, so they reach a script this client started on its shared connection.
 //! `SCAN` over the whole cluster is [`ClusterClient::scan`].
 //!
 //! # Redirects, retries and deadlines

@@ -1094,3 +1094,44 @@ async fn a_refused_command_lookup_is_asked_again_later() {
         "the lookup was not asked again once allowed"
     );
 }
+
+/// `ACL SETUSER` and `ACL DELUSER` through the cluster client reach every node, replicas
+/// included: sent to one node, the user would exist on one node of six.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_changes_through_the_client_reach_every_node() {
+    let local = acl_cluster().await;
+    let admin = ClusterClient::connect(local.seeds()).await.unwrap();
+    let exists_everywhere = |present: bool| {
+        let local = &local;
+        async move {
+            for node in local.nodes() {
+                let conn = local.connect_node(node.index).await.unwrap();
+                let user = conn
+                    .send(cmd("ACL").arg("GETUSER").arg("everywhere"))
+                    .await
+                    .unwrap();
+                assert_eq!(user != Value::Nil, present, "node {}: {user:?}", node.index);
+            }
+        }
+    };
+    let ok: Value = admin
+        .query(
+            cmd("ACL")
+                .arg("SETUSER")
+                .arg("everywhere")
+                .arg("on")
+                .arg(">everywherepass")
+                .arg("~app:*")
+                .arg("+get"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, Value::Simple("OK".into()));
+    exists_everywhere(true).await;
+    let deleted: i64 = admin
+        .query(cmd("ACL").arg("DELUSER").arg("everywhere"))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    exists_everywhere(false).await;
+}

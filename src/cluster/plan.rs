@@ -98,6 +98,21 @@ const PER_NODE: &[&str] = &[
     "role",
 ];
 
+/// Administration commands that change one node's settings and that the command table
+/// gives no request policy: sent to one node, they would leave the cluster's nodes
+/// disagreeing (an ACL user that exists on one node of six), so they go to every node,
+/// replicas included, and must succeed on each. `CLIENT KILL`, `CLIENT PAUSE`, `SAVE`
+/// and the like stay on one node: they name that node's clients or data (use
+/// `query_node`).
+const EVERY_NODE_SETTINGS: &[&str] = &[
+    "acl|setuser",
+    "acl|deluser",
+    "acl|load",
+    "acl|save",
+    "config|resetstat",
+    "config|rewrite",
+];
+
 /// Plans `command`.
 ///
 /// # Errors
@@ -161,12 +176,11 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
         b"mset" => SplitKind::MSet,
         b"del" | b"unlink" | b"exists" | b"touch" => SplitKind::Sum,
         _ => {
-            let mut distinct: Vec<u16> = Vec::new();
-            for s in slots {
-                if !distinct.contains(&s) {
-                    distinct.push(s);
-                }
-            }
+            let mut seen = vec![false; usize::from(crate::SLOT_COUNT)];
+            let distinct = slots
+                .into_iter()
+                .filter(|&s| !std::mem::replace(&mut seen[usize::from(s)], true))
+                .collect();
             return Err(Error::CrossSlot { slots: distinct });
         }
     };
@@ -270,6 +284,12 @@ fn keyless_plan(command: &Cmd, info: &cmd::CommandInfo) -> Plan {
             combine: Combine::PerNode,
         };
     }
+    if EVERY_NODE_SETTINGS.contains(&info.name()) {
+        return Plan::FanOut {
+            to: FanOutTo::AllNodes,
+            combine: Combine::AllSucceeded,
+        };
+    }
     let to = match info.request_policy() {
         Some(cmd::RequestPolicy::AllShards) => FanOutTo::Primaries,
         Some(cmd::RequestPolicy::AllNodes) => FanOutTo::AllNodes,
@@ -310,20 +330,20 @@ fn slot_argument(command: &Cmd, info: &cmd::CommandInfo) -> Option<u16> {
 /// One sub-command per slot, keeping the original order of keys within each.
 fn split(command: &Cmd, kind: SplitKind, keys: &[usize], slots: &[u16]) -> Vec<Part> {
     let mut parts: Vec<Part> = Vec::new();
+    // Each slot's part by number: a search of the parts for every key would make a
+    // 100,000-key `DEL` quadratic.
+    let mut part_of: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
     let name = command.name();
     for (n, (&key_index, &slot)) in keys.iter().zip(slots).enumerate() {
-        let part = match parts.iter_mut().position(|p| p.slot == slot) {
-            Some(i) => &mut parts[i],
-            None => {
-                parts.push(Part {
-                    slot,
-                    cmd: Cmd::new().arg(name),
-                    positions: Vec::new(),
-                });
-                let last = parts.len() - 1;
-                &mut parts[last]
-            }
-        };
+        let i = *part_of.entry(slot).or_insert_with(|| {
+            parts.push(Part {
+                slot,
+                cmd: Cmd::new().arg(name),
+                positions: Vec::new(),
+            });
+            parts.len() - 1
+        });
+        let part = &mut parts[i];
         part.cmd
             .push_arg(command.arg_at(key_index).unwrap_or_default());
         if kind == SplitKind::MSet {
