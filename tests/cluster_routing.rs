@@ -1511,3 +1511,18 @@ async fn commands_the_client_sends_itself_and_raw_scan_are_refused() {
         .unwrap();
     assert!(page.1.iter().any(|k| k == key), "{page:?}");
 }
+
+/// The multi-key helpers answer an empty key list themselves (a batch that happens to
+/// be empty), where the server refuses it as a wrong number of arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_key_lists_are_answered_without_a_request() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let none: [&str; 0] = [];
+    let values: Vec<Option<String>> = client.mget(none).await.unwrap();
+    assert!(values.is_empty());
+    assert_eq!(client.del(none).await.unwrap(), 0);
+    assert_eq!(client.exists(none).await.unwrap(), 0);
+    let no_pairs: [(&str, &str); 0] = [];
+    client.mset(no_pairs).await.unwrap();
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::cluster::{into_result, ClusterClient};
-use crate::cmd::{cmd, Script, ToArg};
+use crate::cmd::{cmd, Cmd, Script, ToArg};
 use crate::error::Result;
 use crate::resp::{FromValue, Value};
 
@@ -86,7 +86,7 @@ impl ClusterClient {
         self.query(cmd("SET").arg(key).arg(value).arg("NX")).await
     }
 
-    /// `MGET keys...`, keys in any slots; values in key order.
+    /// `MGET keys...`, keys in any slots; values in key order (none for no keys, unsent).
     ///
     /// # Errors
     ///
@@ -104,11 +104,16 @@ impl ClusterClient {
         &self,
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<T>> {
-        self.query(cmd("MGET").args(keys)).await
+        let command = cmd("MGET").args(keys);
+        // No keys, no values: a batch that happens to be empty is no error.
+        if command.len() == 1 {
+            return Ok(Vec::new());
+        }
+        self.query(command).await
     }
 
-    /// `MSET key value ...`, keys in any slots. Not atomic across slots: each slot's part
-    /// is applied on its own.
+    /// `MSET key value ...`, keys in any slots (no pairs: nothing sent). Not atomic
+    /// across slots: each slot's part is applied on its own.
     ///
     /// # Errors
     ///
@@ -130,10 +135,13 @@ impl ClusterClient {
             c.push_arg(k);
             c.push_arg(v);
         }
+        if c.len() == 1 {
+            return Ok(());
+        }
         self.query(c).await
     }
 
-    /// `DEL keys...`, keys in any slots; how many existed.
+    /// `DEL keys...`, keys in any slots; how many existed (0 for no keys, unsent).
     ///
     /// # Errors
     ///
@@ -147,10 +155,10 @@ impl ClusterClient {
     /// # Ok(()) }
     /// ```
     pub async fn del<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<i64> {
-        self.query(cmd("DEL").args(keys)).await
+        self.count_keys(cmd("DEL").args(keys)).await
     }
 
-    /// `EXISTS keys...`, keys in any slots; how many exist.
+    /// `EXISTS keys...`, keys in any slots; how many exist (0 for no keys, unsent).
     ///
     /// # Errors
     ///
@@ -164,7 +172,15 @@ impl ClusterClient {
     /// # Ok(()) }
     /// ```
     pub async fn exists<K: ToArg>(&self, keys: impl IntoIterator<Item = K>) -> Result<i64> {
-        self.query(cmd("EXISTS").args(keys)).await
+        self.count_keys(cmd("EXISTS").args(keys)).await
+    }
+
+    /// A command that counts its keys (`DEL`, `EXISTS`): 0 for no keys, unsent.
+    async fn count_keys(&self, command: Cmd) -> Result<i64> {
+        if command.len() == 1 {
+            return Ok(0);
+        }
+        self.query(command).await
     }
 
     /// `PEXPIRE key ttl`: true when the key exists and got the expiry.
