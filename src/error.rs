@@ -136,6 +136,16 @@ pub enum Error {
         /// Why it failed.
         source: Box<Error>,
     },
+    /// A write the client split over slots (`MSET`, `DEL`, `UNLINK` with keys in several
+    /// slots) or sent to several nodes (`FLUSHALL`, `FUNCTION LOAD`, `CONFIG
+    /// SET`, ...) failed in one part while another part ran: its effect is partial.
+    /// [`Error::may_have_executed`] is true and it is not retryable as a whole, whatever
+    /// the failed part's error (which may be retryable alone: `ClusterDown`).
+    #[error("partly applied: {source}")]
+    Partial {
+        /// Why the failed part failed (the first one, in key or node order).
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -207,6 +217,7 @@ impl Error {
             | Error::Server(_)
             | Error::Type { .. }
             | Error::Pipeline { .. }
+            | Error::Partial { .. }
             | Error::NotAtomic(_)
             | Error::NotReplicated { .. } => true,
             _ => false,
@@ -224,7 +235,7 @@ impl Error {
     pub fn server_code(&self) -> Option<&str> {
         match self {
             Error::Server(e) => Some(e.code()),
-            Error::Pipeline { source, .. } => source.server_code(),
+            Error::Pipeline { source, .. } | Error::Partial { source } => source.server_code(),
             _ => None,
         }
     }

@@ -2028,3 +2028,64 @@ async fn an_old_primary_that_returns_as_a_replica_is_noticed() {
         started.elapsed()
     );
 }
+
+/// A command for every node never answers for part of the cluster: with a shard's
+/// primary failed and no replica to promote (`cluster-require-full-coverage no`, so the
+/// other shards serve on), `DBSIZE` and `FLUSHALL` fail with `ClusterDown`, unsent,
+/// instead of counting or flushing what the other shards hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_with_a_shard_lost_fails_instead_of_answering_for_the_rest() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_millis(1000))
+        .config("cluster-require-full-coverage", "no")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let lost_key = "lost:{a}";
+    let kept_key = (0..100)
+        .map(|i| format!("kept:{{{i}}}"))
+        .find(|k| client.node_for_key(k.as_bytes()) != client.node_for_key(lost_key.as_bytes()))
+        .unwrap();
+    client.set(lost_key, "v").await.unwrap();
+    client.set(kept_key.as_str(), "v").await.unwrap();
+    assert_eq!(client.query::<i64>(cmd("DBSIZE")).await.unwrap(), 2);
+    let victim = support::owner_index(&local, &client, lost_key);
+    let victim_addr = local.node_addr(victim);
+    local.kill(victim).unwrap();
+    // The cluster flags it failed; a refresh leaves its shard out.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.known_nodes().contains(&victim_addr) {
+        assert!(
+            Instant::now() < deadline,
+            "the client never saw the failure"
+        );
+        let _ = client.refresh_topology().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dbsize = client.query::<i64>(cmd("DBSIZE")).await;
+    assert!(matches!(dbsize, Err(Error::ClusterDown(_))), "{dbsize:?}");
+    let flushed = client.query::<Value>(cmd("FLUSHALL")).await;
+    assert!(matches!(flushed, Err(Error::ClusterDown(_))), "{flushed:?}");
+    // The other shards still serve, and nothing was flushed.
+    let kept: Option<String> = client.get(kept_key.as_str()).await.unwrap();
+    assert_eq!(kept.as_deref(), Some("v"));
+    // A write split over slots: the kept shard's part runs, the lost one's cannot. The
+    // error says the write is partial, not "nothing ran, retry".
+    let err = client.del([lost_key, kept_key.as_str()]).await.unwrap_err();
+    match &err {
+        Error::Partial { source } => {
+            assert!(matches!(**source, Error::ClusterDown(_)), "{source:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.may_have_executed() && !err.is_retryable());
+    let kept: Option<String> = client.get(kept_key.as_str()).await.unwrap();
+    assert_eq!(kept, None, "the kept shard's part ran");
+}

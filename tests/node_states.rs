@@ -346,3 +346,50 @@ async fn a_node_busy_with_a_script_refuses_typed_and_one_script_kill_frees_it() 
     let read: Option<String> = client.get(key).await.unwrap();
     assert_eq!(read.as_deref(), Some("v"));
 }
+
+/// A script this client started, on its own shared connection to the node, is stopped
+/// by the client's `SCRIPT KILL`: that goes on a connection of its own, not behind the
+/// script on the shared one, which the server does not read while the script runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_the_client_started_is_stopped_by_its_own_script_kill() {
+    let local = LocalCluster::builder()
+        .config("busy-reply-threshold", "100")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap();
+    let key = "busy:{own}";
+    client.set(key, "v").await.unwrap();
+    let busy = support::owner_index(&local, &client, key);
+    let script = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Value>(cmd("EVAL").arg("while true do end").arg(1).arg(key))
+                .await
+        })
+    };
+    let probe = local.connect_node(busy).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match probe.send(cmd("PING")).await.unwrap() {
+            Value::ServerError(e) if e.code() == "BUSY" => break,
+            other => assert!(Instant::now() < deadline, "never BUSY: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed: Value = client.query(cmd("SCRIPT").arg("KILL")).await.unwrap();
+    assert_eq!(killed, Value::Simple("OK".into()));
+    let ended = script.await.unwrap();
+    assert!(
+        matches!(&ended, Err(e) if e.to_string().contains("killed")),
+        "{ended:?}"
+    );
+    let read: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(read.as_deref(), Some("v"));
+}

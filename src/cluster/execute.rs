@@ -268,7 +268,7 @@ impl Inner {
                     .await
             }
             Plan::FanOut { to, combine } => {
-                self.send_fan_out(&command, name, to, combine, idempotent, deadline)
+                self.send_fan_out(&command, info, to, combine, idempotent, deadline)
                     .await
             }
         }
@@ -1155,6 +1155,12 @@ impl Inner {
             (part.positions, reply)
         });
         let results = futures_util::future::join_all(sends).await;
+        // Not `MGET`, `EXISTS` or `TOUCH`, which change no data.
+        if matches!(name, "mset" | "del" | "unlink") {
+            if let Some(e) = partly_applied(results.iter().map(|(_, r)| r)) {
+                return Err(e);
+            }
+        }
         match kind {
             SplitKind::MGet => {
                 let mut out = vec![Value::Nil; total];
@@ -1205,42 +1211,131 @@ impl Inner {
     async fn send_fan_out(
         &self,
         command: &Cmd,
-        name: &'static str,
+        info: Option<&'static cmd::CommandInfo>,
         to: FanOutTo,
         combine: Combine,
         idempotent: bool,
         deadline: Instant,
     ) -> Result<Value> {
+        let name = metrics::command_label(info);
+        // Data (`FLUSHALL`, `FUNCTION LOAD`) or settings (`CONFIG SET`, `ACL SETUSER`)
+        // that one node's failure leaves partly changed.
+        let writes = info.is_some_and(|i| i.is_write() || i.has_flags(cmd::command_flag::ADMIN));
         let backoff = self.backoff();
         let mut retries = 0;
         let nodes: Vec<Arc<str>> = loop {
-            let nodes = {
+            let (nodes, whole) = {
                 let routes = self.routes.load();
-                match to {
+                let nodes = match to {
                     FanOutTo::Primaries => routes.map.serving_primaries(),
                     FanOutTo::AllNodes => routes.map.nodes(),
-                }
+                };
+                (
+                    nodes,
+                    routes.map.covered() == usize::from(crate::SLOT_COUNT),
+                )
             };
-            if !nodes.is_empty() {
+            if !nodes.is_empty() && whole {
                 break nodes;
             }
-            // No topology yet (a lazily connected client): wait for the discovery.
+            // No topology yet (a lazily connected client): wait for the discovery. Slots
+            // without a healthy primary (one failed, its replica not yet promoted, or
+            // none): the nodes that answer would answer for part of the data, a
+            // `DBSIZE` too small or a `FLUSHALL` that leaves a shard's keys. Wait for a
+            // promotion within the deadline, else fail.
+            let why = if nodes.is_empty() {
+                self.no_topology_error()
+            } else {
+                Error::ClusterDown(
+                    "some slots have no healthy primary: a command for every node would \
+                     answer for part of the cluster"
+                        .into(),
+                )
+            };
             self.signal.request(RefreshTrigger::Uncovered);
-            self.wait_retry(&backoff, &mut retries, deadline, self.no_topology_error())
+            self.wait_retry(&backoff, &mut retries, deadline, why)
                 .await?;
         };
-        let sends = nodes.iter().map(|addr| {
-            self.send_named(
-                command.clone().into(),
-                name,
-                Target::Node(Arc::clone(addr)),
-                idempotent,
-                deadline,
-            )
-        });
-        let replies: Vec<Result<Value>> = futures_util::future::join_all(sends).await;
+        let replies: Vec<Result<Value>> = if stops_a_script(command) {
+            let sends = nodes
+                .iter()
+                .map(|addr| self.send_on_lease(command.clone(), addr, name, deadline));
+            futures_util::future::join_all(sends).await
+        } else {
+            let sends = nodes.iter().map(|addr| {
+                self.send_named(
+                    command.clone().into(),
+                    name,
+                    Target::Node(Arc::clone(addr)),
+                    idempotent,
+                    deadline,
+                )
+            });
+            futures_util::future::join_all(sends).await
+        };
+        // Per-node reports (`INFO`, `SLOWLOG GET`) change nothing, whatever their flags.
+        if writes && !matches!(combine, Combine::OneSucceeded | Combine::PerNode) {
+            if let Some(e) = partly_applied(replies.iter()) {
+                return Err(e);
+            }
+        }
         combine_replies(combine, &nodes, replies)
     }
+
+    /// Sends `command` to the node at `addr` on a dedicated connection, without
+    /// following redirects (it is for that node).
+    async fn send_on_lease(
+        &self,
+        command: Cmd,
+        addr: &Arc<str>,
+        name: &'static str,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let node = self.registry.get(addr, false);
+        let landing = super::Landing::on(&node);
+        let sent = async {
+            let mut lease = self.lease(&node, deadline).await?;
+            let answer = lease.dispatch(Cmds::One(command), deadline).await;
+            let replies = answer.result?;
+            Ok(replies.into_iter().last().unwrap_or(Value::Nil))
+        };
+        self.observed(name, None, |v| v, &landing, sent).await
+    }
+}
+
+/// The error of a write split over slots or sent to several nodes when one part failed
+/// while another took effect, or may have while the failure says nothing ran:
+/// [`Error::Partial`], so that the caller neither takes it for a write that did nothing
+/// (a failed part's `ClusterDown` says "retry") nor resends it whole. `None` otherwise:
+/// the first failure then tells the whole outcome.
+fn partly_applied<'a>(parts: impl Iterator<Item = &'a Result<Value>> + Clone) -> Option<Error> {
+    let first_failure = parts.clone().find_map(|r| match r {
+        // An error reply changed nothing on its node (scripts are never split).
+        Ok(Value::ServerError(e)) => Some(super::reply_error(e.clone())),
+        Ok(_) => None,
+        Err(e) => Some(e.clone()),
+    })?;
+    let mut parts = parts;
+    let partial = if parts.clone().any(|r| matches!(r, Ok(v) if !v.is_error())) {
+        true
+    } else {
+        !first_failure.may_have_executed()
+            && parts.any(|r| matches!(r, Err(e) if e.may_have_executed()))
+    };
+    partial.then(|| Error::Partial {
+        source: Box::new(first_failure),
+    })
+}
+
+/// Whether `command` stops a running script (`SCRIPT KILL`, `FUNCTION KILL`): it goes on
+/// a connection of its own, as the script may run on this client's shared connection to
+/// the node, which the server does not read until the script ends.
+fn stops_a_script(command: &Cmd) -> bool {
+    let name = command.name();
+    (name.eq_ignore_ascii_case(b"script") || name.eq_ignore_ascii_case(b"function"))
+        && command
+            .arg_at(1)
+            .is_some_and(|sub| sub.eq_ignore_ascii_case(b"kill"))
 }
 
 /// Whether the topology `routes` were built from has `addr`, as primary or replica.
@@ -1611,15 +1706,21 @@ fn combine_replies(
     replies: Vec<Result<Value>>,
 ) -> Result<Value> {
     if combine == Combine::OneSucceeded {
-        let mut last = Err(Error::ClusterDown("no node answered".into()));
+        let (mut refusal, mut failure) = (None, None);
         for reply in replies {
             match reply {
-                Ok(Value::ServerError(e)) => last = Ok(Value::ServerError(e)),
+                Ok(Value::ServerError(e)) => refusal = Some(e),
                 Ok(v) => return Ok(v),
-                Err(e) => last = Err(e),
+                Err(e) => failure = Some(e),
             }
         }
-        return last;
+        // A node that did not answer may be the one with something to do: its failure
+        // says more than the others' refusals (`NOTBUSY`: "no script runs here").
+        return match (failure, refusal) {
+            (Some(e), _) => Err(e),
+            (None, Some(e)) => Ok(Value::ServerError(e)),
+            (None, None) => Err(Error::ClusterDown("no node answered".into())),
+        };
     }
     let mut values = Vec::with_capacity(replies.len());
     for reply in replies {
