@@ -52,6 +52,10 @@ fn advice(e: &Error) -> String {
         Error::CrossSlot { slots } => {
             format!("keys in slots {slots:?}: a bug in the key design, use a hash tag")
         }
+        Error::Partial { source } => format!(
+            "applied on some slots or nodes only ({source}): check what is there before \
+             sending it again"
+        ),
         Error::Server(_) => match e.server_code() {
             Some("WRONGTYPE") => "the key holds another type: a bug, do not retry".into(),
             Some("NOPERM") | Some("NOAUTH") => "not allowed: fix the ACL, do not retry".into(),

@@ -49,7 +49,7 @@
 //! | `CLUSTER COUNTKEYSINSLOT slot`, `CLUSTER GETKEYSINSLOT slot n` | the named slot's node (only it knows the slot's keys) |
 //! | other keyless commands (`PUBLISH`, `RANDOMKEY`, `CLUSTER INFO`, ...) | one primary, in turn |
 //! | any command through [`ClusterClient::query_node`] | the node you name, replicas included (one node's diagnostics) |
-//! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block |
+//! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block, moved later by any wait for a free dedicated connection |
 //! | `WAIT`, `WAITAOF` | refused with [`Error::Config`]: they count the writes of their own connection, which a shared one cannot tell; use [`ClusterClient::query_durable`] |
 //! | `SCAN` | refused with [`Error::Config`]: each node has its own cursor; use [`ClusterClient::scan`], or [`ClusterClient::query_node`] for one node |
 //! | `READONLY`, `READWRITE`, `ASKING` | refused with [`Error::Config`]: the client sends them itself where needed, and they change a connection other callers share |
@@ -138,6 +138,8 @@
 //!
 //! - `testkit`: [`testkit::LocalCluster`], which spawns a real cluster of `redis-server`
 //!   processes for tests, and the faults to inject into it.
+//! - `native-roots`: trust the platform's CA certificates for `rediss://` seeds given no
+//!   [`TlsConfig`] (without it, such seeds need one with a CA).
 
 #![forbid(unsafe_code)]
 

@@ -104,6 +104,14 @@ async fn a_blocking_command_gets_the_time_it_asks_for_beyond_the_response_timeou
         .unwrap();
     assert_eq!(read, Value::Nil);
     assert!(started.elapsed() >= Duration::from_millis(700));
+    // A timeout the server reads as hexadecimal (`strtold`): 0x1 is one second.
+    let started = Instant::now();
+    let popped: Value = client
+        .query(cmd("BLPOP").arg("empty").arg("0x1"))
+        .await
+        .unwrap();
+    assert_eq!(popped, Value::Nil);
+    assert!(started.elapsed() >= Duration::from_secs(1));
     // And on a watched connection: the watch holds while the read waits.
     let mut watched = client.watch(["{wb}:flag"]).await.unwrap();
     let read: Value = watched

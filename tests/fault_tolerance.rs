@@ -2073,6 +2073,11 @@ async fn a_fan_out_with_a_shard_lost_fails_instead_of_answering_for_the_rest() {
     assert!(matches!(dbsize, Err(Error::ClusterDown(_))), "{dbsize:?}");
     let flushed = client.query::<Value>(cmd("FLUSHALL")).await;
     assert!(matches!(flushed, Err(Error::ClusterDown(_))), "{flushed:?}");
+    // A per-node report, keyed by node, comes from the nodes there are.
+    match client.query::<Value>(cmd("INFO").arg("server")).await.unwrap() {
+        Value::Map(per_node) => assert_eq!(per_node.len(), 2),
+        other => panic!("{other:?}"),
+    }
     // The other shards still serve, and nothing was flushed.
     let kept: Option<String> = client.get(kept_key.as_str()).await.unwrap();
     assert_eq!(kept.as_deref(), Some("v"));

@@ -4,7 +4,8 @@
 //! A blocking command (`BLPOP`, `XREAD ... BLOCK`, ...) leases a dedicated
 //! connection from its node's pool, so it never stalls the multiplexed connection others
 //! share. Its deadline is the response timeout plus the time the command itself asks to
-//! block (`BLPOP k 5` may take 5 s more; `BLPOP k 0` blocks until answered or dropped).
+//! block (`BLPOP k 5` may take 5 s more; `BLPOP k 0` blocks until answered or dropped),
+//! moved later by the time it waited for the connection ([`Lease::reply_due`]).
 //! A lease whose request did not complete cleanly (timeout, error) is closed, never
 //! returned to the pool.
 
@@ -160,7 +161,13 @@ pub(crate) fn blocking_reply_deadline(command: &Cmd, deadline: Instant) -> Insta
 pub(crate) fn block_time(command: &Cmd) -> Option<Duration> {
     let name = command.name().to_ascii_lowercase();
     let seconds = |arg: Option<&[u8]>| -> Option<Duration> {
-        let s: f64 = std::str::from_utf8(arg?).ok()?.parse().ok()?;
+        let text = std::str::from_utf8(arg?).ok()?;
+        // The server reads timeouts with `strtold`, which takes hexadecimal too
+        // (`BLPOP k 0x10` blocks 16 s).
+        let s: f64 = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+            Some(hex) => u64::from_str_radix(hex, 16).ok()? as f64,
+            None => text.parse().ok()?,
+        };
         Duration::try_from_secs_f64(s).ok()
     };
     let millis = |arg: Option<&[u8]>| -> Option<Duration> {
@@ -391,6 +398,11 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(t(cmd("BLPOP").arg("a").arg("soon")), Some(Duration::ZERO));
+        assert_eq!(
+            t(cmd("BLPOP").arg("a").arg("0x10")),
+            Some(Duration::from_secs(16))
+        );
+        assert_eq!(t(cmd("BLPOP").arg("a").arg("0x0")), None);
         assert_eq!(t(cmd("GET").arg("a")), Some(Duration::ZERO));
     }
 }

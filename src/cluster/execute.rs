@@ -310,11 +310,7 @@ impl Inner {
         if self.learned_lock().len() >= MAX_LEARNED_COMMANDS {
             return None;
         }
-        let failed_at = || {
-            self.lookup_failed_at
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
+        let failed_at = || super::node::lock(&self.lookup_failed_at);
         if failed_at().is_some_and(|at| at.elapsed() < LOOKUP_QUIET) {
             return None;
         }
@@ -1230,10 +1226,11 @@ impl Inner {
                     FanOutTo::Primaries => routes.map.serving_primaries(),
                     FanOutTo::AllNodes => routes.map.nodes(),
                 };
-                (
-                    nodes,
-                    routes.map.covered() == usize::from(crate::SLOT_COUNT),
-                )
+                // Per-node reports are keyed by node and `SCRIPT KILL` needs one
+                // node: neither answers for the data, and both are wanted in an outage.
+                let whole = routes.map.covers_every_slot()
+                    || matches!(combine, Combine::PerNode | Combine::OneSucceeded);
+                (nodes, whole)
             };
             if !nodes.is_empty() && whole {
                 break nodes;
@@ -1292,9 +1289,17 @@ impl Inner {
         deadline: Instant,
     ) -> Result<Value> {
         let node = self.registry.get(addr, false);
+        // A node busy with a script refuses a new connection's handshake when it names
+        // the client over RESP2 (`CLIENT SETNAME` may not run then): try the shared
+        // connection, which reaches a script started by another client.
+        let Ok(mut lease) = self.lease(&node, deadline).await else {
+            let target = Target::Node(Arc::clone(addr));
+            return self
+                .send_named(command.into(), name, target, false, deadline)
+                .await;
+        };
         let landing = super::Landing::on(&node);
         let sent = async {
-            let mut lease = self.lease(&node, deadline).await?;
             let answer = lease.dispatch(Cmds::One(command), deadline).await;
             let replies = answer.result?;
             Ok(replies.into_iter().last().unwrap_or(Value::Nil))
@@ -1309,19 +1314,16 @@ impl Inner {
 /// (a failed part's `ClusterDown` says "retry") nor resends it whole. `None` otherwise:
 /// the first failure then tells the whole outcome.
 fn partly_applied<'a>(parts: impl Iterator<Item = &'a Result<Value>> + Clone) -> Option<Error> {
-    let first_failure = parts.clone().find_map(|r| match r {
-        // An error reply changed nothing on its node (scripts are never split).
-        Ok(Value::ServerError(e)) => Some(super::reply_error(e.clone())),
+    // The first failure, and whether it may have run: an error reply changed nothing on
+    // its node (scripts are never split).
+    let (first_failure, it_ran) = parts.clone().find_map(|r| match r {
+        Ok(Value::ServerError(e)) => Some((super::reply_error(e.clone()), false)),
         Ok(_) => None,
-        Err(e) => Some(e.clone()),
+        Err(e) => Some((e.clone(), e.may_have_executed())),
     })?;
     let mut parts = parts;
-    let partial = if parts.clone().any(|r| matches!(r, Ok(v) if !v.is_error())) {
-        true
-    } else {
-        !first_failure.may_have_executed()
-            && parts.any(|r| matches!(r, Err(e) if e.may_have_executed()))
-    };
+    let partial = parts.clone().any(|r| matches!(r, Ok(v) if !v.is_error()))
+        || (!it_ran && parts.any(|r| matches!(r, Err(e) if e.may_have_executed())));
     partial.then(|| Error::Partial {
         source: Box::new(first_failure),
     })
@@ -1706,20 +1708,23 @@ fn combine_replies(
     replies: Vec<Result<Value>>,
 ) -> Result<Value> {
     if combine == Combine::OneSucceeded {
-        let (mut refusal, mut failure) = (None, None);
+        // When none succeeded: a refusal that says something (`UNKILLABLE`: the script
+        // wrote), then a node that did not answer (it may be the one with something to
+        // do), then "nothing to do here" (`NOTBUSY`).
+        let (mut telling, mut failure, mut idle) = (None, None, None);
         for reply in replies {
             match reply {
-                Ok(Value::ServerError(e)) => refusal = Some(e),
+                Ok(Value::ServerError(e)) if e.code() == "NOTBUSY" => idle = Some(e),
+                Ok(Value::ServerError(e)) => telling = Some(e),
                 Ok(v) => return Ok(v),
                 Err(e) => failure = Some(e),
             }
         }
-        // A node that did not answer may be the one with something to do: its failure
-        // says more than the others' refusals (`NOTBUSY`: "no script runs here").
-        return match (failure, refusal) {
-            (Some(e), _) => Err(e),
-            (None, Some(e)) => Ok(Value::ServerError(e)),
-            (None, None) => Err(Error::ClusterDown("no node answered".into())),
+        return match (telling, failure, idle) {
+            (Some(e), _, _) => Ok(Value::ServerError(e)),
+            (None, Some(e), _) => Err(e),
+            (None, None, Some(e)) => Ok(Value::ServerError(e)),
+            (None, None, None) => Err(Error::ClusterDown("no node answered".into())),
         };
     }
     let mut values = Vec::with_capacity(replies.len());
@@ -1848,6 +1853,58 @@ mod tests {
                 (Value::Bulk("h:1".into()), Value::Int(8))
             ])
         );
+    }
+
+    #[test]
+    fn one_must_succeed_reports_the_most_telling_failure() {
+        let refusal = |text: &'static str| Ok(Value::ServerError(crate::ServerError::new(text)));
+        let notbusy = || refusal("NOTBUSY No scripts in execution right now.");
+        let code = |r: Result<Value>| match r {
+            Ok(Value::ServerError(e)) => e.code().to_owned(),
+            other => format!("{other:?}"),
+        };
+        let one = |replies| combine_replies(Combine::OneSucceeded, &nodes(3), replies);
+        assert_eq!(
+            one(vec![notbusy(), Ok(Value::Simple("OK".into())), notbusy()]).unwrap(),
+            Value::Simple("OK".into())
+        );
+        // A node that did not answer comes before "nothing to do here".
+        let r = one(vec![notbusy(), Err(Error::Timeout), notbusy()]);
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        // A telling refusal comes before both.
+        let r = one(vec![
+            Err(Error::Timeout),
+            refusal("UNKILLABLE Sorry the script already executed write commands"),
+            notbusy(),
+        ]);
+        assert_eq!(code(r), "UNKILLABLE");
+        assert_eq!(code(one(vec![notbusy(), notbusy(), notbusy()])), "NOTBUSY");
+    }
+
+    #[test]
+    fn a_write_that_ran_in_part_is_reported_partial() {
+        let ok = || Ok(Value::Int(1));
+        let down = || Err(Error::ClusterDown("no primary".into()));
+        let tryagain = || {
+            Ok(Value::ServerError(crate::ServerError::new(
+                "TRYAGAIN later",
+            )))
+        };
+        let partial = |parts: Vec<Result<Value>>| partly_applied(parts.iter());
+        // One part ran, one did not: partial, whatever the failure.
+        let e = partial(vec![ok(), down()]).unwrap();
+        assert!(
+            matches!(&e, Error::Partial { source } if matches!(**source, Error::ClusterDown(_)))
+        );
+        assert!(e.may_have_executed() && !e.is_retryable());
+        assert!(partial(vec![tryagain(), ok()]).is_some());
+        // Nothing ran for sure, but a part may have: the first failure said "not run".
+        assert!(partial(vec![tryagain(), Err(Error::Timeout)]).is_some());
+        assert!(partial(vec![down(), Err(Error::Timeout)]).is_some());
+        // The first failure tells the whole outcome already.
+        assert!(partial(vec![Err(Error::Timeout), down()]).is_none());
+        assert!(partial(vec![down(), down()]).is_none());
+        assert!(partial(vec![ok(), ok()]).is_none());
     }
 
     #[test]

@@ -339,8 +339,9 @@ impl ClusterClient {
     ///
     /// [`Error::Server`] for an error reply (`err.server_code()` gives `WRONGTYPE`,
     /// `NOPERM`, ...), [`Error::ClusterDown`], [`Error::CrossSlot`], [`Error::Timeout`],
-    /// [`Error::TooManyRedirects`], connection errors, or [`Error::Type`] when the reply
-    /// does not convert to `T`.
+    /// [`Error::TooManyRedirects`], connection errors, [`Error::Partial`] for a write split
+    /// over slots or sent to several nodes that ran only in part, or [`Error::Type`] when
+    /// the reply does not convert to `T`.
     ///
     /// # Examples
     ///
@@ -645,7 +646,7 @@ impl Inner {
     /// Whether the current snapshot serves every slot: no shard is left out for a
     /// failed primary (whose replicas are left out with it).
     pub(crate) fn covers_every_slot(&self) -> bool {
-        self.routes.load().map.covered() == usize::from(crate::SLOT_COUNT)
+        self.routes.load().map.covers_every_slot()
     }
 
     /// Every primary of the current snapshot.

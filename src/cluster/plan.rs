@@ -287,7 +287,13 @@ fn keyless_plan(command: &Cmd, info: &cmd::CommandInfo) -> Plan {
     if EVERY_NODE_SETTINGS.contains(&info.name()) {
         return Plan::FanOut {
             to: FanOutTo::AllNodes,
-            combine: Combine::AllSucceeded,
+            // How many users were deleted: on the node that had the most of them (one
+            // where a user had been made alone counts it).
+            combine: if info.name() == "acl|deluser" {
+                Combine::Max
+            } else {
+                Combine::AllSucceeded
+            },
         };
     }
     let to = match info.request_policy() {
@@ -454,6 +460,42 @@ mod tests {
         assert!(plan_of(&cmd("CLIENT").arg("LIST")).is_ok());
         assert!(plan_of(&cmd("PUBLISH").arg("ch").arg("m")).is_ok());
         assert!(plan(&cmd("MODULE.CMD").arg("k"), None).is_ok());
+        // The client's own cluster commands, known to the table or not.
+        for c in [cmd("ReadOnly"), cmd("READWRITE"), cmd("asking")] {
+            for info in [cmd::lookup(&c), None] {
+                assert!(matches!(plan(&c, info), Err(Error::Config(_))), "{c:?}");
+            }
+        }
+        assert!(matches!(
+            plan_of(&cmd("scan").arg(0)),
+            Err(Error::Config(_))
+        ));
+    }
+
+    #[test]
+    fn node_settings_go_to_every_node() {
+        for c in [
+            cmd("ACL").arg("SETUSER").arg("u").arg("on"),
+            cmd("acl").arg("deluser").arg("u"),
+            cmd("CONFIG").arg("REWRITE"),
+            cmd("CONFIG").arg("SET").arg("maxmemory").arg("1gb"),
+        ] {
+            assert!(
+                matches!(
+                    plan_of(&c).unwrap(),
+                    Plan::FanOut {
+                        to: FanOutTo::AllNodes,
+                        ..
+                    }
+                ),
+                "{c:?}"
+            );
+        }
+        // Naming one node's clients or data: one node.
+        assert!(matches!(
+            plan_of(&cmd("CLIENT").arg("KILL").arg("ID").arg(7)).unwrap(),
+            Plan::AnyPrimary
+        ));
     }
 
     #[test]

@@ -102,6 +102,12 @@ impl SlotMap {
         self.slots.iter().filter(|&&s| s != UNASSIGNED).count()
     }
 
+    /// Whether every slot has a primary (a failed primary's shard is left out of the
+    /// map, its slots with it).
+    pub(crate) fn covers_every_slot(&self) -> bool {
+        !self.slots.contains(&UNASSIGNED)
+    }
+
     /// All shards, including any that serve no slot after a patch.
     pub(crate) fn shards(&self) -> &[Shard] {
         &self.shards
