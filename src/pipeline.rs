@@ -631,6 +631,9 @@ impl Watched {
     /// [`Error::CrossSlot`] for keys outside the watched slot (nothing is sent); an error
     /// reply of a command refused while queueing (nothing ran); [`Error::NotAtomic`] when
     /// the server refused `MULTI` itself and ran the commands one by one, unchecked;
+    /// with [`durable_writes`](crate::ClusterClientBuilder::durable_writes) and a write
+    /// among `cmds`, [`Error::NotReplicated`] when it committed but fewer replicas than
+    /// asked acknowledged it (`EXEC` is followed by `WAIT` on the same connection);
     /// transport errors, after which the outcome is unknown (`may_have_executed()`).
     ///
     /// # Examples
@@ -647,17 +650,30 @@ impl Watched {
     /// ```
     pub async fn exec(mut self, cmds: Vec<Cmd>) -> Result<Option<Vec<Value>>> {
         let deadline = crate::deadline::from_now(self.client.response_timeout);
+        let durability = self.client.inner.config.durability;
+        let mut writes = false;
         for command in &cmds {
             self.check_slot(command, deadline).await?;
+            if durability.is_some() {
+                let info = self.client.inner.command_info(command, deadline).await;
+                writes |= info.is_some_and(|i| i.is_durable_write());
+            }
         }
-        let mut all = Vec::with_capacity(cmds.len() + 2);
+        // The connection is this transaction's own, so `WAIT` counts its writes alone.
+        let durability = durability.filter(|_| writes);
+        let mut all = Vec::with_capacity(cmds.len() + 3);
         all.push(cmd("MULTI"));
         all.extend(cmds);
         all.push(cmd("EXEC"));
+        let mut reply_deadline = deadline;
+        if let Some(d) = durability {
+            all.push(cmd("WAIT").arg(d.replicas).arg(d.wait_millis()));
+            reply_deadline = crate::deadline::after(deadline, d.timeout);
+        }
         let landing = Landing::on(self.lease.node());
         let lease = &mut self.lease;
         let sent = async {
-            let answer = lease.dispatch(Cmds::Many(all), deadline).await;
+            let answer = lease.dispatch(Cmds::Many(all), reply_deadline).await;
             answer.result.map(|replies| replies.into_vec())
         };
         // Counted as one `exec`, with EXEC's reply as its status; the lease discards its
@@ -673,9 +689,23 @@ impl Watched {
                 sent,
             )
             .await?;
+        let acked = match durability {
+            // `WAIT` refused (a replica, say): no replica acknowledged.
+            Some(_) => match replies.pop() {
+                Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+                _ => 0,
+            },
+            None => 0,
+        };
         crate::cluster::multi_accepted(replies.first())?;
         match replies.pop() {
-            Some(Value::Array(results)) => Ok(Some(results)),
+            Some(Value::Array(results)) => match durability {
+                Some(d) if acked < d.replicas => Err(Error::NotReplicated {
+                    acknowledged: acked,
+                    requested: d.replicas,
+                }),
+                _ => Ok(Some(results)),
+            },
             // EXEC answers nil when a watched key changed: a conflict, not an error.
             Some(Value::Nil) => Ok(None),
             Some(Value::ServerError(exec_error)) => {

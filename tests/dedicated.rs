@@ -478,3 +478,54 @@ async fn a_blocking_command_leased_late_still_gets_its_reply() {
         None => assert_eq!(left, 1, "the element was lost"),
     }
 }
+
+/// Under `durable_writes`, a watched transaction with a write is followed by `WAIT` on
+/// its own connection: when it returns, the replica has the write, or the caller hears
+/// that it does not (`NotReplicated`, the transaction committed all the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_transaction_under_durable_writes_waits_for_its_replicas() {
+    use redcluster::{Durability, Error};
+    let local = support::cluster(3, 1).await;
+    let durable = |replicas, timeout| {
+        ClusterClient::builder()
+            .nodes(local.seeds())
+            .durable_writes(Durability::new(replicas, timeout))
+            .build()
+    };
+    let client = durable(1, Duration::from_secs(5)).await.unwrap();
+    let key = "{dw}:n";
+    let owner = support::owner_index(&local, &client, key);
+    let waits = support::calls(&local, owner, "wait").await;
+    let watched = client.watch([key]).await.unwrap();
+    let committed = watched.exec(vec![cmd("INCR").arg(key)]).await.unwrap();
+    assert_eq!(committed, Some(vec![Value::Int(1)]));
+    assert_eq!(support::calls(&local, owner, "wait").await, waits + 1);
+    // The replica has it already: WAIT said so.
+    let replica = local.replicas_of(owner).await.unwrap()[0];
+    let on_replica = local.connect_node(replica).await.unwrap();
+    on_replica.send(cmd("READONLY")).await.unwrap();
+    assert_eq!(
+        on_replica.send(cmd("GET").arg(key)).await.unwrap(),
+        Value::Bulk("1".into())
+    );
+    // A read-only transaction gets no WAIT.
+    let watched = client.watch([key]).await.unwrap();
+    let read = watched.exec(vec![cmd("GET").arg(key)]).await.unwrap();
+    assert_eq!(read, Some(vec![Value::Bulk("1".into())]));
+    assert_eq!(support::calls(&local, owner, "wait").await, waits + 1);
+    // More replicas than the shard has: committed, and reported short.
+    let strict = durable(2, Duration::from_millis(200)).await.unwrap();
+    let watched = strict.watch([key]).await.unwrap();
+    let err = watched.exec(vec![cmd("INCR").arg(key)]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotReplicated {
+                acknowledged: 1,
+                requested: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 2);
+}

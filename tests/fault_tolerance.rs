@@ -2074,7 +2074,11 @@ async fn a_fan_out_with_a_shard_lost_fails_instead_of_answering_for_the_rest() {
     let flushed = client.query::<Value>(cmd("FLUSHALL")).await;
     assert!(matches!(flushed, Err(Error::ClusterDown(_))), "{flushed:?}");
     // A per-node report, keyed by node, comes from the nodes there are.
-    match client.query::<Value>(cmd("INFO").arg("server")).await.unwrap() {
+    match client
+        .query::<Value>(cmd("INFO").arg("server"))
+        .await
+        .unwrap()
+    {
         Value::Map(per_node) => assert_eq!(per_node.len(), 2),
         other => panic!("{other:?}"),
     }
