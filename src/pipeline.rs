@@ -459,8 +459,11 @@ impl Transaction {
     /// (`KEYS`, `DBSIZE`) or holds a connection (`MULTI`, `WATCH`); the error reply of a
     /// command the server refused to queue (wrong arity, unknown command: then nothing
     /// ran); [`Error::NotAtomic`] when the server refused `MULTI` itself (an ACL user
-    /// without `+multi`) and ran the commands one by one; transport errors as for any
-    /// request (a transaction is never resent once it may have reached the server).
+    /// without `+multi`) and ran the commands one by one; with
+    /// [`durable_writes`](crate::ClusterClientBuilder::durable_writes) and a write among
+    /// the commands, [`Error::NotReplicated`] when it committed but fewer replicas than
+    /// asked acknowledged it; transport errors as for any request (a transaction is
+    /// never resent once it may have reached the server).
     ///
     /// # Examples
     ///

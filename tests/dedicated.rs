@@ -528,4 +528,32 @@ async fn a_watched_transaction_under_durable_writes_waits_for_its_replicas() {
         "{err:?}"
     );
     assert_eq!(client.get::<_, i64>(key).await.unwrap(), 2);
+
+    // `transaction()` likewise: on a connection of its own, then WAIT.
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg(key)).add(cmd("GET").arg(key));
+    let replies = tx.execute().await.unwrap();
+    assert_eq!(replies, [Value::Int(3), Value::Bulk("3".into())]);
+    assert_eq!(support::calls(&local, owner, "wait").await, waits + 3);
+    assert_eq!(
+        on_replica.send(cmd("GET").arg(key)).await.unwrap(),
+        Value::Bulk("3".into())
+    );
+    let mut tx = strict.transaction();
+    tx.add(cmd("INCR").arg(key));
+    let err = tx.execute().await.unwrap_err();
+    assert!(matches!(err, Error::NotReplicated { .. }), "{err:?}");
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 4);
+    // Its slot moved behind the client's back: MOVED while queueing, nothing ran; it
+    // runs once on the new owner.
+    let slot = redcluster::key_slot(key.as_bytes());
+    let masters = local.masters().await.unwrap();
+    let to = masters.into_iter().find(|&m| m != owner).unwrap();
+    local.move_slot(slot, to).await.unwrap();
+    let moved = client.stats().moved;
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg(key));
+    assert_eq!(tx.execute().await.unwrap(), [Value::Int(5)]);
+    assert!(client.stats().moved > moved);
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 5);
 }

@@ -593,8 +593,10 @@ impl Inner {
     ) -> Result<Value> {
         let mut slot: Option<u16> = None;
         let mut slots = Vec::new();
+        let mut writes = false;
         for command in &cmds {
             let info = self.command_info(command, deadline).await;
+            writes |= info.is_some_and(|i| i.is_durable_write());
             match plan::plan(command, info)? {
                 Plan::Slot { slot: s, .. } => {
                     if !slots.contains(&s) {
@@ -616,6 +618,29 @@ impl Inner {
         }
         if slots.len() > 1 {
             return Err(Error::CrossSlot { slots });
+        }
+        if let (Some(durability), Some(slot), true) = (self.config.durability, slot, writes) {
+            // On a connection of its own, where `WAIT` counts this transaction's writes
+            // alone. Resent, as on the shared connection, only when refused unrun.
+            let landing = super::Landing::default();
+            let payload = super::execute::Payload::Transaction(cmds);
+            let durable = self.send_durable(payload, slot, durability, deadline, &landing);
+            let (reply, acked) = self
+                .observed(
+                    metrics::TRANSACTION_COMMAND,
+                    Some(slot),
+                    |(v, _)| v,
+                    &landing,
+                    durable,
+                )
+                .await?;
+            if matches!(reply, Value::Array(_)) && acked < durability.replicas {
+                return Err(Error::NotReplicated {
+                    acknowledged: acked,
+                    requested: durability.replicas,
+                });
+            }
+            return Ok(reply);
         }
         let target = match slot {
             Some(slot) => Target::Slot { slot, read: None },

@@ -873,12 +873,13 @@ impl ClusterClientBuilder {
     /// wait for replicas: slower, so prefer [`crate::ClusterClient::query_durable`] for
     /// the writes that need it. In a pipeline, each node's batch with writes goes on a
     /// dedicated connection and ends with one `WAIT`, whose count applies to each of its
-    /// writes; a [`crate::Watched::exec`] with writes ends with one `WAIT` after `EXEC`.
-    /// Not covered: [`crate::ClusterClient::transaction`], which rides the shared
-    /// connection (where `WAIT` would count other callers' writes), and writes split
-    /// over slots or sent to every node; a `query_durable` write to the same slot after
-    /// them covers them, as replication is in order. Default none (the primary's
-    /// acknowledgement, as Redis gives).
+    /// writes. A transaction with a write ([`crate::ClusterClient::transaction`],
+    /// [`crate::Watched::exec`]) ends with one `WAIT` after `EXEC` on a connection of its
+    /// own (a `transaction()` then leaves the shared connection, where `WAIT` would count
+    /// other callers' writes). Not covered: writes split over slots or sent to every
+    /// node; a `query_durable` write to the same slot after them covers them, as
+    /// replication is in order. Default none (the primary's acknowledgement, as Redis
+    /// gives).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

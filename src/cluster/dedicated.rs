@@ -463,7 +463,7 @@ impl Inner {
     /// following redirects; returns the write's reply and the replicas that acknowledged.
     pub(crate) async fn send_durable(
         &self,
-        mut command: Cmd,
+        mut payload: Payload,
         slot: u16,
         durability: Durability,
         deadline: Instant,
@@ -512,11 +512,8 @@ impl Inner {
                 }
             };
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
-            let mut cmds = Vec::with_capacity(3);
-            if asking {
-                cmds.push(cmd("ASKING"));
-            }
-            cmds.push(command);
+            let kind = payload.kind();
+            let mut cmds = payload.into_cmds(asking).into_vec();
             cmds.push(
                 cmd("WAIT")
                     .arg(durability.replicas)
@@ -525,13 +522,11 @@ impl Inner {
             let reply_due = lease.reply_due(deadline);
             let answer = lease.dispatch(Cmds::Many(cmds), reply_due).await;
             self.record_result(&node, &answer.result);
-            // The write, back from the connection for a resend (before WAIT, after ASKING).
-            let recover = |cmds: Cmds| match cmds {
-                Cmds::Many(mut v) if v.len() >= 2 => {
-                    v.pop();
-                    v.pop()
-                }
-                _ => None,
+            // The write, back from the connection for a resend (without WAIT and ASKING).
+            let recover = |cmds: Cmds| {
+                let mut v = cmds.into_vec();
+                v.pop();
+                kind.recover(Cmds::Many(v), asking)
             };
             let mut replies = match answer.result {
                 Ok(replies) => replies.into_vec(),
@@ -542,7 +537,7 @@ impl Inner {
                     let Some(unsent) = unsent.filter(|_| e.is_node_failure()) else {
                         return Err(e);
                     };
-                    command = unsent;
+                    payload = unsent;
                     self.signal.request(RefreshTrigger::ConnectionFailure);
                     redirect = None;
                     self.wait_retry(&backoff, &mut retries, lease_deadline, e)
@@ -551,10 +546,11 @@ impl Inner {
                 }
             };
             let acked = replies.pop().unwrap_or(Value::Nil);
-            let reply = replies.pop().unwrap_or(Value::Nil);
-            let action = match &reply {
-                Value::ServerError(e) => classify(e, &node.addr),
-                _ => ErrorAction::Reply,
+            // A transaction's reply is EXEC's, or the refusal that aborted it.
+            let (reply, refusal) = kind.outcome(replies.into(), asking)?;
+            let action = match &refusal {
+                Some(e) => classify(e, &node.addr),
+                None => ErrorAction::Reply,
             };
             let acked = match acked {
                 Value::Int(n) => u32::try_from(n).unwrap_or(0),
@@ -563,7 +559,7 @@ impl Inner {
             let Some(returned) = recover(answer.cmds) else {
                 return Ok((reply, acked));
             };
-            command = returned;
+            payload = returned;
             match action {
                 ErrorAction::Reply => return Ok((reply, acked)),
                 ErrorAction::Redirect(r) => {

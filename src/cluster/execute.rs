@@ -226,7 +226,8 @@ impl Inner {
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
             if info.is_some_and(|i| i.is_durable_write()) {
                 let landing = super::Landing::default();
-                let durable = self.send_durable(command, *slot, durability, deadline, &landing);
+                let durable =
+                    self.send_durable(Payload::One(command), *slot, durability, deadline, &landing);
                 let (reply, acked) = self
                     .observed(name, Some(*slot), |(v, _)| v, &landing, durable)
                     .await?;
@@ -1582,13 +1583,13 @@ impl From<Cmd> for Payload {
 
 /// The shape of a payload, kept while the payload itself is with the connection.
 #[derive(Debug, Clone, Copy)]
-enum Kind {
+pub(crate) enum Kind {
     One,
     Transaction,
 }
 
 impl Payload {
-    fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         match self {
             Payload::One(_) => Kind::One,
             Payload::Transaction(_) => Kind::Transaction,
@@ -1617,7 +1618,7 @@ impl Payload {
 
 impl Kind {
     /// Takes the payload back out of the commands the connection returned.
-    fn recover(self, cmds: Cmds, asking: bool) -> Option<Payload> {
+    pub(crate) fn recover(self, cmds: Cmds, asking: bool) -> Option<Payload> {
         match (self, cmds) {
             (Kind::One, Cmds::One(c)) => Some(Payload::One(c)),
             (Kind::One, Cmds::Many(mut v)) => v.pop().map(Payload::One),
@@ -1647,7 +1648,11 @@ impl Kind {
     /// A transaction whose commands were refused while queueing (`MOVED`, `ASK`,
     /// `TRYAGAIN` ...) was discarded by the server (`EXECABORT`), so it is safe to send
     /// again; the first such refusal decides what to do.
-    fn outcome(self, replies: Replies, asking: bool) -> Result<(Value, Option<ServerError>)> {
+    pub(crate) fn outcome(
+        self,
+        replies: Replies,
+        asking: bool,
+    ) -> Result<(Value, Option<ServerError>)> {
         match self {
             Kind::One => {
                 let reply = replies

@@ -466,9 +466,13 @@ impl ClusterClient {
         };
         let name = crate::observe::metrics::command_label(info);
         let landing = Landing::default();
-        let durable = self
-            .inner
-            .send_durable(command, slot, durability, deadline, &landing);
+        let durable = self.inner.send_durable(
+            execute::Payload::One(command),
+            slot,
+            durability,
+            deadline,
+            &landing,
+        );
         let (reply, acked) = self
             .inner
             .observed(name, Some(slot), |(v, _)| v, &landing, durable)
