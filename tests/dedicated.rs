@@ -275,10 +275,7 @@ async fn a_request_queued_for_a_busy_node_leaves_other_nodes_their_connections()
         .await
         .unwrap();
     let busy = "{busy}:held";
-    let elsewhere = (0..)
-        .map(|i| format!("{{free{i}}}:list"))
-        .find(|k| client.node_for_key(k.as_bytes()) != client.node_for_key(busy.as_bytes()))
-        .unwrap();
+    let elsewhere = support::key_elsewhere(&client, busy, "free:list:");
     // The busy node's only dedicated connection blocks for 2 s.
     let holder = {
         let client = client.clone();

@@ -1557,10 +1557,7 @@ async fn round_robin_reads_rotate_per_shard_for_a_task_alternating_shards() {
         .await
         .unwrap();
     let a = "rr:{a}";
-    let b = (0..)
-        .map(|i| format!("rr:{{b{i}}}"))
-        .find(|k| client.node_for_key(k.as_bytes()) != client.node_for_key(a.as_bytes()))
-        .unwrap();
+    let b = support::key_elsewhere(&client, a, "rr:b");
     let primary = local.master_of_slot(key_slot(a.as_bytes())).await.unwrap();
     let replica = local.replicas_of(primary).await.unwrap()[0];
     let before = (
@@ -2049,10 +2046,7 @@ async fn a_fan_out_with_a_shard_lost_fails_instead_of_answering_for_the_rest() {
         .await
         .unwrap();
     let lost_key = "lost:{a}";
-    let kept_key = (0..100)
-        .map(|i| format!("kept:{{{i}}}"))
-        .find(|k| client.node_for_key(k.as_bytes()) != client.node_for_key(lost_key.as_bytes()))
-        .unwrap();
+    let kept_key = support::key_elsewhere(&client, lost_key, "kept:");
     client.set(lost_key, "v").await.unwrap();
     client.set(kept_key.as_str(), "v").await.unwrap();
     assert_eq!(client.query::<i64>(cmd("DBSIZE")).await.unwrap(), 2);

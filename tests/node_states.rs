@@ -284,10 +284,7 @@ async fn a_node_busy_with_a_script_refuses_typed_and_one_script_kill_frees_it() 
         .master_of_slot(key_slot(key.as_bytes()))
         .await
         .unwrap();
-    let elsewhere = (0..100)
-        .map(|i| format!("busy:{{{i}}}"))
-        .find(|k| support::owner_index(&local, &client, k) != busy)
-        .unwrap();
+    let elsewhere = support::key_elsewhere(&client, key, "busy:");
     client.set(key, "v").await.unwrap();
 
     // No script runs: SCRIPT KILL goes to every primary and none has one to kill.
@@ -307,15 +304,7 @@ async fn a_node_busy_with_a_script_refuses_typed_and_one_script_kill_frees_it() 
             )
             .await
     });
-    let probe = local.connect_node(busy).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match probe.send(cmd("PING")).await.unwrap() {
-            Value::ServerError(e) if e.code() == "BUSY" => break,
-            other => assert!(Instant::now() < deadline, "never BUSY: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_busy(&local, busy).await;
 
     // Its node's requests get the typed refusal, unretried; the other nodes' are
     // served. A refusal is an answer: the node's breaker stays closed after more of
@@ -374,15 +363,7 @@ async fn a_script_the_client_started_is_stopped_by_its_own_script_kill() {
                 .await
         })
     };
-    let probe = local.connect_node(busy).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match probe.send(cmd("PING")).await.unwrap() {
-            Value::ServerError(e) if e.code() == "BUSY" => break,
-            other => assert!(Instant::now() < deadline, "never BUSY: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_busy(&local, busy).await;
     let killed: Value = client.query(cmd("SCRIPT").arg("KILL")).await.unwrap();
     assert_eq!(killed, Value::Simple("OK".into()));
     let ended = script.await.unwrap();
@@ -392,4 +373,17 @@ async fn a_script_the_client_started_is_stopped_by_its_own_script_kill() {
     );
     let read: Option<String> = client.get(key).await.unwrap();
     assert_eq!(read.as_deref(), Some("v"));
+}
+
+/// Returns once node `index` answers `BUSY` (a script runs past `busy-reply-threshold`).
+async fn wait_until_busy(local: &LocalCluster, index: usize) {
+    let probe = local.connect_node(index).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match probe.send(cmd("PING")).await.unwrap() {
+            Value::ServerError(e) if e.code() == "BUSY" => return,
+            other => assert!(Instant::now() < deadline, "never BUSY: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

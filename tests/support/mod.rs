@@ -148,6 +148,17 @@ pub fn owner_index(
     local.index_of_addr(&addr).expect("a node of the cluster")
 }
 
+/// A key named `{prefix}{{n}}` (the first `n` that works) that `client` routes to another
+/// node than `key`.
+#[allow(dead_code)] // not every test binary needs one
+pub fn key_elsewhere(client: &redcluster::ClusterClient, key: &str, prefix: &str) -> String {
+    let node = client.node_for_key(key.as_bytes());
+    (0..10_000)
+        .map(|i| format!("{prefix}{{{i}}}"))
+        .find(|k| client.node_for_key(k.as_bytes()) != node)
+        .expect("a key on another node")
+}
+
 /// Runs `ACL SETUSER` with `rules` (split at spaces) on every node: ACLs are per node.
 pub async fn set_user(local: &redcluster::testkit::LocalCluster, rules: &str) {
     for node in local.nodes() {
