@@ -2092,3 +2092,59 @@ async fn a_fan_out_with_a_shard_lost_fails_instead_of_answering_for_the_rest() {
     let kept: Option<String> = client.get(kept_key.as_str()).await.unwrap();
     assert_eq!(kept, None, "the kept shard's part ran");
 }
+
+/// A client built on a runtime that has since shut down (a client in a `static` shared by
+/// `#[tokio::test]`s, each with a runtime of its own): its connections' tasks went with
+/// that runtime. Its next request, on another runtime, reconnects there, never waits
+/// for ever on a connection nothing serves.
+#[test]
+fn a_client_outliving_its_runtime_reconnects_on_the_next_one() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = main.block_on(support::cluster(3, 0));
+    let seeds = local.seeds();
+    let client = std::thread::spawn(move || {
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = first.block_on(async {
+            let client = ClusterClient::builder()
+                .nodes(seeds)
+                .response_timeout(Duration::from_secs(2))
+                .build()
+                .await
+                .unwrap();
+            client.set("runtime:k", "v").await.unwrap();
+            client
+        });
+        // Its tasks go: the connections' loops, the refresh and health tasks.
+        drop(first);
+        client
+    })
+    .join()
+    .unwrap();
+    main.block_on(async {
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get::<_, Option<String>>("runtime:k"),
+        )
+        .await
+        .expect("the request waited on a connection whose runtime is gone");
+        assert_eq!(read.unwrap().as_deref(), Some("v"));
+        client.set("runtime:k", "w").await.unwrap();
+        assert_eq!(
+            client
+                .get::<_, Option<String>>("runtime:k")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("w")
+        );
+    });
+    drop(client);
+    drop(local);
+}

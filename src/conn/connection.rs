@@ -598,16 +598,19 @@ impl NodeConnection {
         // A root span: the connection outlives the request that opened it, whose span
         // would otherwise stay open (and hold the connection's events) until it closes.
         let span = tracing::debug_span!(parent: None, "redis_connection", node = %addr);
+        let writer = CloseOnDrop(Arc::clone(&shared));
         tokio::spawn(tracing::Instrument::instrument(
-            write_loop(write, Arc::clone(&shared)),
+            async move { write_loop(write, Arc::clone(&writer.0)).await },
             span.clone(),
         ));
+        let timer = CloseOnDrop(Arc::clone(&shared));
         tokio::spawn(tracing::Instrument::instrument(
-            deadline_loop(Arc::clone(&shared)),
+            async move { deadline_loop(Arc::clone(&timer.0)).await },
             span.clone(),
         ));
+        let reader = CloseOnDrop(Arc::clone(&shared));
         tokio::spawn(tracing::Instrument::instrument(
-            read_loop(read, rbuf, decoder, Arc::clone(&shared)),
+            async move { read_loop(read, rbuf, decoder, Arc::clone(&reader.0)).await },
             span,
         ));
         Ok(NodeConnection {
@@ -1255,6 +1258,22 @@ fn take(shared: &Shared, batch: &mut Vec<Request>, wbuf: &mut BytesMut, limit: u
 /// Sleeps until the earliest deadline of the requests the connection holds, and
 /// answers those whose deadline passed (see the module docs). Ends when the connection
 /// closes.
+/// Held by each of a connection's tasks: closes the connection when the task ends,
+/// however it ends. The loops end on their own only once the connection is closed, but a
+/// task dropped unfinished (its runtime shut down while a client built on it lives on)
+/// would otherwise leave the connection open to requests that nothing writes, reads or
+/// times out: they would wait for ever. Closed, it fails them, and the client opens a
+/// new connection on the runtime its next request runs on.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(&Error::ConnectionLost {
+            may_have_executed: true,
+        });
+    }
+}
+
 async fn deadline_loop(shared: Arc<Shared>) {
     loop {
         let sooner = shared.sooner.notified();
