@@ -2148,3 +2148,57 @@ fn a_client_outliving_its_runtime_reconnects_on_the_next_one() {
     drop(client);
     drop(local);
 }
+
+/// After `open_for`, the breaker's probe is a connect attempt even while the node's
+/// reconnect backoff runs, so a node that stays down keeps failing fast. (Answered from
+/// the backoff with the last error, the probe said nothing of the node, and every
+/// request after it went through as a new probe, failing slowly through its retries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_stays_down_keeps_failing_fast_after_open_for() {
+    let local = never_failing_over().await;
+    let victim = local.master_of_slot(key_slot(b"down")).await.unwrap();
+    let victim_addr = local.node_addr(victim);
+    let seeds: Vec<String> = local
+        .seeds()
+        .into_iter()
+        .filter(|s| *s != victim_addr)
+        .collect();
+    let client = ClusterClient::builder()
+        .nodes(seeds)
+        .response_timeout(Duration::from_secs(2))
+        .health_check_interval(None)
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(3)
+                .open_for(Duration::from_millis(300)),
+        )
+        .build()
+        .await
+        .unwrap();
+    local.kill(victim).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match client.get::<_, Option<String>>("down").await {
+            Err(Error::CircuitOpen { .. }) => break,
+            Err(_) => assert!(Instant::now() < deadline, "the breaker never opened"),
+            Ok(v) => panic!("a killed node answered: {v:?}"),
+        }
+    }
+    // Ten `open_for` periods, one request at a time: each fails well within its 2 s.
+    let window = Instant::now();
+    let (mut slowest, mut requests) = (Duration::ZERO, 0);
+    while window.elapsed() < Duration::from_secs(3) {
+        let started = Instant::now();
+        let err = client.get::<_, Option<String>>("down").await.unwrap_err();
+        assert!(
+            matches!(err, Error::CircuitOpen { .. } | Error::Io { .. }),
+            "{err:?}"
+        );
+        slowest = slowest.max(started.elapsed());
+        requests += 1;
+        // A caller's pace, not a busy loop of instant refusals.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("{requests} requests to a node that stays down, the slowest {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+}

@@ -158,6 +158,11 @@ struct Reconnect {
     failures: u32,
     not_before: Option<std::time::Instant>,
     last_error: Option<Error>,
+    /// The breaker let a probe through: its connect attempt is the probe, so it does not
+    /// wait out the backoff. (Answered from the backoff with the last error, the probe
+    /// would say nothing of the node, and every request after `open_for` would be let
+    /// through as a new probe, to fail slowly through its retries.)
+    probe_may_connect: bool,
 }
 
 /// One multiplexed connection place.
@@ -218,6 +223,9 @@ impl Node {
         let (admission, transition) = lock(&self.breaker).allow(std::time::Instant::now());
         if let Some(t) = transition {
             crate::observe::events::breaker_transition(&self.addr, self.read_only, t);
+        }
+        if admission == Admission::Probe {
+            lock(&self.reconnect).probe_may_connect = true;
         }
         (admission != Admission::Rejected, transition)
     }
@@ -415,8 +423,9 @@ impl Node {
         // After failed attempts, wait out the backoff: fail at once with the last error
         // (nothing was sent) instead of hammering a node that is down.
         {
-            let reconnect = lock(&self.reconnect);
-            if let Some(not_before) = reconnect.not_before {
+            let mut reconnect = lock(&self.reconnect);
+            let probing = std::mem::take(&mut reconnect.probe_may_connect);
+            if let Some(not_before) = reconnect.not_before.filter(|_| !probing) {
                 if std::time::Instant::now() < not_before {
                     return Err(reconnect
                         .last_error
