@@ -187,11 +187,18 @@ async fn transactions_run_atomically_on_one_slot() {
         2,
         "the INCR did not run"
     );
-    // Wrong arity of a known command is caught before sending.
+    // Too few arguments to find a known command's keys: caught before sending.
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("{t}:n")).add(cmd("GET"));
+    assert!(matches!(tx.execute().await.unwrap_err(), Error::Config(_)));
+    assert_eq!(client.get::<_, i64>("{t}:n").await.unwrap(), 2);
+    // Too many (a later version's option, to this server none): the server judges,
+    // refuses it while queueing, and nothing runs.
     let mut tx = client.transaction();
     tx.add(cmd("INCR").arg("{t}:n"))
         .add(cmd("GET").arg("{t}:n").arg("extra"));
-    assert!(matches!(tx.execute().await.unwrap_err(), Error::Config(_)));
+    let err = tx.execute().await.unwrap_err();
+    assert_eq!(err.server_code(), Some("ERR"), "{err:?}");
     assert_eq!(client.get::<_, i64>("{t}:n").await.unwrap(), 2);
 }
 

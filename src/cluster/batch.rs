@@ -553,7 +553,12 @@ impl Inner {
     ) -> (Result<Vec<Value>>, Vec<Cmd>, Option<u32>) {
         let mut lease = match self.lease(node, lease_deadline).await {
             Ok(lease) => lease,
-            Err(e) => return (Err(e), cmds, None),
+            // Nothing was sent: if this batch was the breaker's probe, the next request
+            // probes instead of the node staying shut until the probe times out.
+            Err(e) => {
+                node.release_probe();
+                return (Err(e), cmds, None);
+            }
         };
         let count = cmds.len();
         if let Some(d) = durability {

@@ -521,7 +521,8 @@ impl ClusterClientBuilder {
     }
 
     /// Backoff between retries: the first waits about `base`, each next one twice as
-    /// long, never more than `max`, each with random jitter. Default 50 ms and 1 s.
+    /// long, never more than `max`, each with random jitter. Default 50 ms and 1 s; `base`
+    /// more than zero (retries back to back would spin against a node that is loading).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -1033,6 +1034,11 @@ impl Config {
         ];
         if let Some((name, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
             return Err(Error::Config(format!("{name} must be more than zero")));
+        }
+        if self.retry_base.is_zero() {
+            return Err(Error::Config(
+                "retry_backoff: the base must be more than zero".into(),
+            ));
         }
         if self.refresh_interval < REFRESH_INTERVAL_MIN {
             return Err(Error::Config(format!(
@@ -1634,6 +1640,10 @@ mod tests {
             &["connect_timeout", "more than zero"],
         );
         refused(b().connection_timeout(Duration::ZERO), &["connect_timeout"]);
+        refused(
+            b().retry_backoff(Duration::ZERO, Duration::from_secs(1)),
+            &["retry_backoff", "more than zero"],
+        );
         let config = built(
             b().connect_timeout(Duration::from_nanos(1))
                 .response_timeout(Duration::MAX),

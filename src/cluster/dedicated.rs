@@ -499,8 +499,12 @@ impl Inner {
             }
             let mut lease = match self.lease(&node, lease_deadline).await {
                 Ok(lease) => lease,
-                // Our own deadline, or a refusal (credentials): not the node's fault.
-                Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => return Err(e),
+                // Our own deadline, or a refusal (credentials): not the node's fault. If
+                // this write was the breaker's probe, the next request probes instead.
+                Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => {
+                    node.release_probe();
+                    return Err(e);
+                }
                 Err(e) => {
                     // Nothing was sent: record the failure, look for a new primary, retry.
                     self.record(&node, Some(&e));

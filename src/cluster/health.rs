@@ -105,11 +105,13 @@ impl Inner {
             .response_timeout
             .min(interval.max(Duration::from_secs(1)));
         let deadline = crate::deadline::from_now(timeout);
-        let started = Instant::now();
         let conn = match node.connection(deadline).await {
             Ok(conn) => conn,
             Err(e) => return self.record_connect_failure(node, &e),
         };
+        // The round trip alone: a connection just opened (a TLS handshake) would make a
+        // node look slow to `LowestLatency` for a while.
+        let started = Instant::now();
         let (failure, answered_ok) = match conn.send_timeout(cmd("PING"), timeout).await {
             Ok(Value::ServerError(e)) => {
                 tracing::debug!(node = %node.addr, error = %e, "health check answered with an error");
