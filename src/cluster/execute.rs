@@ -334,9 +334,9 @@ impl Inner {
             }
             // Could not ask (a user without `+command`, a busy or loading node, no
             // connection): route by the fallback rule now, ask again after a while.
-            // Kept, a refusal would hide the command's flags for the life of the client:
-            // a module's write sent without `WAIT` under `durable_writes`, its reads
-            // never sent to replicas.
+            // Were it cached, a refusal would hide the command's flags for the life of
+            // the client: a module's write sent without `WAIT` under `durable_writes`,
+            // its reads never sent to replicas.
             Ok(_) | Err(_) => {
                 *failed_at() = Some(std::time::Instant::now());
                 return None;
