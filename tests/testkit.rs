@@ -631,3 +631,22 @@ async fn waiting_on_a_broken_cluster_times_out_naming_the_cause() {
     assert_eq!(cluster.index_of_addr(&format!("127.0.0.1:{port}")), Some(2));
     assert_eq!(cluster.index_of_id(&cluster.node(1).id), Some(1));
 }
+
+/// The cluster's directory is its owner's alone (the nodes' `redis.conf` files hold
+/// their passwords), and a wait timeout of `Duration::MAX` means "no limit", not an
+/// overflow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_directory_is_private_and_any_wait_timeout_is_taken() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .config("requirepass", "testkit-secret-pw")
+        .wait_timeout(Duration::MAX)
+        .start()
+        .await
+        .unwrap();
+    let mode = std::fs::metadata(local.dir()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    assert_eq!(local.masters().await.unwrap().len(), 3);
+}

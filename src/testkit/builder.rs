@@ -344,8 +344,10 @@ impl LocalClusterBuilder {
         self.validate()?;
         let binary = resolve_binary(self.redis_server.as_deref())?;
         check_version(&binary)?;
+        // Owner only: the nodes' `redis.conf` files hold their passwords.
         let dir = tempfile::Builder::new()
             .prefix("redcluster-testkit-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|e| Error::io(e, false))?;
         let tls = if self.tls {

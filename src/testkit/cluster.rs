@@ -283,7 +283,7 @@ impl LocalCluster {
                 cluster.meet(i, j).await?;
             }
         }
-        let deadline = Instant::now() + cluster.settings.wait_timeout;
+        let deadline = crate::deadline::from_now(cluster.settings.wait_timeout);
         let replicas = (0..masters).flat_map(|m| {
             (0..replicas_per_master).map(move |k| (masters + m * replicas_per_master + k, m))
         });
@@ -1214,7 +1214,7 @@ impl LocalCluster {
     }
 
     fn deadline(&self) -> Instant {
-        Instant::now() + self.settings.wait_timeout
+        crate::deadline::from_now(self.settings.wait_timeout)
     }
 
     fn require_running(&self, index: usize) -> Result<()> {

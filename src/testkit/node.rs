@@ -104,7 +104,7 @@ fn io_error(kind: io::ErrorKind, message: String) -> Error {
 impl Node {
     /// Starts a new empty node on free ports and waits until it answers.
     pub(crate) async fn launch(settings: &Settings) -> Result<Node> {
-        let deadline = Instant::now() + settings.wait_timeout;
+        let deadline = crate::deadline::from_now(settings.wait_timeout);
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let (port, cluster_port) = reserve_ports().map_err(|e| Error::io(e, false))?;
@@ -154,7 +154,7 @@ impl Node {
     /// and waits until it answers with its old node id.
     pub(crate) async fn relaunch(&self, settings: &Settings) -> Result<()> {
         self.stop(NodeState::Killed);
-        let deadline = Instant::now() + settings.wait_timeout;
+        let deadline = crate::deadline::from_now(settings.wait_timeout);
         loop {
             match start(settings, &self.dir, self.port, deadline).await {
                 Ok((child, conn, id)) => {
