@@ -515,10 +515,11 @@ async fn a_watched_transaction_under_durable_writes_waits_for_its_replicas() {
     let watched = strict.watch([key]).await.unwrap();
     let err = watched.exec(vec![cmd("INCR").arg(key)]).await.unwrap_err();
     assert!(
+        // The one replica within 200 ms, as a rule; a loaded machine may say none.
         matches!(
             err,
             Error::NotReplicated {
-                acknowledged: 1,
+                acknowledged: 0 | 1,
                 requested: 2
             }
         ),
