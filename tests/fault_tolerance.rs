@@ -2202,3 +2202,32 @@ async fn a_node_that_stays_down_keeps_failing_fast_after_open_for() {
     println!("{requests} requests to a node that stays down, the slowest {slowest:?}");
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
 }
+
+/// A keyless write sent to a primary that a failover has since made a replica is
+/// answered `READONLY` and did not run: the client learns the new topology and sends it
+/// to a primary again, rather than hand the refusal to the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_write_refused_by_a_demoted_primary_goes_to_a_primary() {
+    use redcluster::testkit::FailoverMode;
+    let local = support::cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let old = local.masters().await.unwrap()[0];
+    let promoted = local.replicas_of(old).await.unwrap()[0];
+    local
+        .failover(promoted, FailoverMode::Graceful)
+        .await
+        .unwrap();
+    // The client's map still names the old primary; keyless commands take the
+    // primaries in turn, so six of them reach it at least once.
+    // A script with flags and without `no-writes` may write: a replica refuses it.
+    let write = || cmd("EVAL").arg("#!lua\nreturn 1").arg(0);
+    for _ in 0..6 {
+        let ran: Value = client.query(write()).await.unwrap();
+        assert_eq!(ran, Value::Int(1));
+    }
+}

@@ -735,6 +735,21 @@ impl Inner {
             };
             payload = Some(returned);
             match action {
+                // A keyless write (`EVAL ... 0`, `FCALL ... 0`) sent to a primary that a
+                // failover has since made a replica: it did not run. Learn the new
+                // topology and send it to a primary again. (Keyed commands get `MOVED`;
+                // one sent to a node by name is the caller's to judge.)
+                ErrorAction::Reply
+                    if error.code() == "READONLY"
+                        && matches!(target, Target::AnyPrimary)
+                        && !node.read_only =>
+                {
+                    self.signal.request(RefreshTrigger::Moved);
+                    redirect = None;
+                    let demoted = Error::Server(error);
+                    self.wait_retry(&backoff, &mut retries, deadline, demoted)
+                        .await?;
+                }
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
                     // Noted even when not followed: a `MOVED` patches the map, so the
