@@ -635,11 +635,7 @@ async fn a_refused_connect_counts_once_however_many_requests_met_it() {
     let victim_addr = local.node_addr(victim);
     // Seeded with the other nodes, health checks off: the client holds no connection to
     // the victim when it dies, so every failure below is a refused connect.
-    let seeds: Vec<String> = local
-        .seeds()
-        .into_iter()
-        .filter(|s| *s != victim_addr)
-        .collect();
+    let seeds = seeds_without(&local, &victim_addr);
     let client = ClusterClient::builder()
         .nodes(seeds)
         .response_timeout(Duration::from_millis(300))
@@ -2158,11 +2154,7 @@ async fn a_node_that_stays_down_keeps_failing_fast_after_open_for() {
     let local = never_failing_over().await;
     let victim = local.master_of_slot(key_slot(b"down")).await.unwrap();
     let victim_addr = local.node_addr(victim);
-    let seeds: Vec<String> = local
-        .seeds()
-        .into_iter()
-        .filter(|s| *s != victim_addr)
-        .collect();
+    let seeds = seeds_without(&local, &victim_addr);
     let client = ClusterClient::builder()
         .nodes(seeds)
         .response_timeout(Duration::from_secs(2))
@@ -2230,4 +2222,10 @@ async fn a_keyless_write_refused_by_a_demoted_primary_goes_to_a_primary() {
         let ran: Value = client.query(write()).await.unwrap();
         assert_eq!(ran, Value::Int(1));
     }
+}
+
+/// The cluster's seeds but `addr`: a client seeded with them holds no connection to that
+/// node until a request needs one.
+fn seeds_without(local: &LocalCluster, addr: &str) -> Vec<String> {
+    local.seeds().into_iter().filter(|s| s != addr).collect()
 }
