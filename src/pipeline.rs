@@ -23,6 +23,11 @@ fn last_reply(replies: &Vec<Value>) -> &Value {
     replies.last().unwrap_or(&NIL)
 }
 
+/// [`last_reply`] of a watched transaction's replies, with `WAIT`'s count beside them.
+fn exec_reply(answer: &(Vec<Value>, u32)) -> &Value {
+    last_reply(&answer.0)
+}
+
 /// A reply that counts as "ok" in the metrics.
 static NIL: Value = Value::Nil;
 
@@ -677,29 +682,32 @@ impl Watched {
         let lease = &mut self.lease;
         let sent = async {
             let answer = lease.dispatch(Cmds::Many(all), reply_deadline).await;
-            answer.result.map(|replies| replies.into_vec())
+            answer.result.map(|replies| {
+                let mut replies = replies.into_vec();
+                let acked = match durability {
+                    // `WAIT` refused (a replica, say): no replica acknowledged.
+                    Some(_) => match replies.pop() {
+                        Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+                        _ => 0,
+                    },
+                    None => 0,
+                };
+                (replies, acked)
+            })
         };
         // Counted as one `exec`, with EXEC's reply as its status; the lease discards its
         // connection itself when the request fails.
-        let mut replies = self
+        let (mut replies, acked) = self
             .client
             .inner
             .observed(
                 metrics::TRANSACTION_COMMAND,
                 Some(self.slot),
-                last_reply,
+                exec_reply,
                 &landing,
                 sent,
             )
             .await?;
-        let acked = match durability {
-            // `WAIT` refused (a replica, say): no replica acknowledged.
-            Some(_) => match replies.pop() {
-                Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
-                _ => 0,
-            },
-            None => 0,
-        };
         crate::cluster::multi_accepted(replies.first())?;
         match replies.pop() {
             Some(Value::Array(results)) => match durability {

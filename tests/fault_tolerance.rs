@@ -2218,10 +2218,15 @@ async fn a_keyless_write_refused_by_a_demoted_primary_goes_to_a_primary() {
     // primaries in turn, so six of them reach it at least once.
     // A script with flags and without `no-writes` may write: a replica refuses it.
     let write = || cmd("EVAL").arg("#!lua\nreturn 1").arg(0);
+    let retries = client.stats().retries;
     for _ in 0..6 {
         let ran: Value = client.query(write()).await.unwrap();
         assert_eq!(ran, Value::Int(1));
     }
+    assert!(
+        client.stats().retries > retries,
+        "no write met the demoted primary"
+    );
 }
 
 /// The cluster's seeds but `addr`: a client seeded with them holds no connection to that

@@ -638,13 +638,15 @@ async fn waiting_on_a_broken_cluster_times_out_naming_the_cause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_directory_is_private_and_any_wait_timeout_is_taken() {
     use std::os::unix::fs::PermissionsExt as _;
-    let local = LocalCluster::builder()
+    let starting = LocalCluster::builder()
         .masters(3)
         .replicas_per_master(0)
         .config("requirepass", "testkit-secret-pw")
         .wait_timeout(Duration::MAX)
-        .start()
+        .start();
+    let local = tokio::time::timeout(Duration::from_secs(60), starting)
         .await
+        .expect("the cluster formed within a minute")
         .unwrap();
     let mode = std::fs::metadata(local.dir()).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");

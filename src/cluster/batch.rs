@@ -553,10 +553,15 @@ impl Inner {
     ) -> (Result<Vec<Value>>, Vec<Cmd>, Option<u32>) {
         let mut lease = match self.lease(node, lease_deadline).await {
             Ok(lease) => lease,
-            // Nothing was sent: if this batch was the breaker's probe, the next request
-            // probes instead of the node staying shut until the probe times out.
+            // Nothing was sent. A connect the node refused counts against it, as for a
+            // durable write; our own deadline or a refusal of credentials does not, and
+            // if this batch was the breaker's probe, the next request probes instead.
             Err(e) => {
-                node.release_probe();
+                if e.is_node_failure() && !matches!(e, Error::Timeout) {
+                    self.record(node, Some(&e));
+                } else {
+                    node.release_probe();
+                }
                 return (Err(e), cmds, None);
             }
         };

@@ -259,9 +259,13 @@ impl Node {
         if breaker.is_quiet() {
             self.quiet.store(true, Ordering::Release);
         }
+        drop(breaker);
         if let Some(t) = transition {
             crate::observe::events::breaker_transition(&self.addr, self.read_only, t);
         }
+        // The probe's outcome is in (or another request's): the next connect waits out
+        // the backoff again.
+        lock(&self.reconnect).probe_may_connect = false;
         transition
     }
 
@@ -424,7 +428,11 @@ impl Node {
         // (nothing was sent) instead of hammering a node that is down.
         {
             let mut reconnect = lock(&self.reconnect);
-            let probing = std::mem::take(&mut reconnect.probe_may_connect);
+            // Unless the last attempt's failure is still unreported (it outlived the
+            // request that started it): the probe reports that one, and the breaker
+            // opens again, rather than wait out another attempt.
+            let probing = std::mem::take(&mut reconnect.probe_may_connect)
+                && !self.connect_failure_unreported.load(Ordering::Acquire);
             if let Some(not_before) = reconnect.not_before.filter(|_| !probing) {
                 if std::time::Instant::now() < not_before {
                     return Err(reconnect
@@ -551,6 +559,8 @@ impl Node {
     /// nothing to say about the node.
     pub(crate) fn release_probe(&self) {
         lock(&self.breaker).release_probe();
+        // A probe that reached no connect attempt: nobody else may skip the backoff.
+        lock(&self.reconnect).probe_may_connect = false;
     }
 
     /// Whether [`Node::close`] ran: the node opens no connection any more.

@@ -518,8 +518,8 @@ type BuildFnv = std::hash::BuildHasherDefault<Fnv>;
 /// server reports them for `COMMAND GETKEYS`. `NOT_KEY` specs (shard channels) are left
 /// out: see [`routing_key_indices`]. `out` is cleared first.
 ///
-/// Errors with [`Error::Config`] when the arguments cannot be valid: a wrong number of
-/// them for the command's arity, a `numkeys` that is not a non-negative integer or
+/// Errors with [`Error::Config`] when the arguments cannot be valid: fewer than the
+/// command's arity, a `numkeys` that is not a non-negative integer or
 /// counts more arguments than there are, key positions past the end (`XREAD ...
 /// STREAMS k` with no id). A keyword that is absent (`SORT k` without `STORE`) is not an
 /// error: that spec has no keys. Never panics.
@@ -534,7 +534,7 @@ pub(crate) fn key_indices(
 /// Whether the one argument routed by is the first after the name, the argument count
 /// being right: `GET k`, `SET k v ...`, `HGET h f`, most commands. It is then what
 /// [`routing_key_indices`] would find, without its search; `false` sends a caller there
-/// (any other command, or a wrong count, which it reports).
+/// (any other command, or too few arguments, which it reports).
 pub(crate) fn routes_by_first_argument(cmd: &Cmd, info: &CommandInfo) -> bool {
     let [spec] = &info.key_specs[..] else {
         return false;

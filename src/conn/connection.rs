@@ -1255,9 +1255,6 @@ fn take(shared: &Shared, batch: &mut Vec<Request>, wbuf: &mut BytesMut, limit: u
     n
 }
 
-/// Sleeps until the earliest deadline of the requests the connection holds, and
-/// answers those whose deadline passed (see the module docs). Ends when the connection
-/// closes.
 /// Held by each of a connection's tasks: closes the connection when the task ends,
 /// however it ends. The loops end on their own only once the connection is closed, but a
 /// task dropped unfinished (its runtime shut down while a client built on it lives on)
@@ -1274,6 +1271,9 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// Sleeps until the earliest deadline of the requests the connection holds, and
+/// answers those whose deadline passed (see the module docs). Ends when the connection
+/// closes.
 async fn deadline_loop(shared: Arc<Shared>) {
     loop {
         let sooner = shared.sooner.notified();
