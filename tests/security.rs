@@ -251,6 +251,16 @@ async fn a_password_changed_under_the_client_fails_requests_with_auth_at_once() 
     // The password changes on every node and the client's connections are cut: its
     // reconnects are refused.
     change_password_and_cut_clients(&local, "changed-pass").await;
+    // Once the client has seen its connections cut (a request racing the cut would be
+    // written on the dying connection, and report that it may have run):
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while client.health().nodes.iter().any(|n| n.connected) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cut connections still look open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // More requests than the breaker's threshold (5 failures): each is told the cause,
     // none retries to its deadline, and no breaker opens to answer `CircuitOpen`.
     for i in 0..8 {
