@@ -198,7 +198,7 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
 /// meaning depends on the connection they run on, cannot go over a multiplexed
 /// connection (the list and the reasons: [`cmd::Refusal`]). The transaction commands are
 /// refused inside [`crate::Transaction`] and [`crate::Watched`] too, which send their
-/// own. So are the commands the client sends itself ([`CLIENT_MANAGED`]).
+/// own.
 pub(crate) fn refuse_unsendable(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<()> {
     if command.is_empty() {
         return Err(Error::Config("empty command".into()));
@@ -217,31 +217,11 @@ fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInf
         Some(info) => cmd::Refusal::of_name(info.name()),
         None => cmd::Refusal::of(command),
     };
-    if let Some(refusal) = refusal {
-        return Err(Error::Config(advice(refusal).into()));
-    }
-    let managed = match info {
-        Some(info) => CLIENT_MANAGED.contains(&info.name()),
-        None => CLIENT_MANAGED
-            .iter()
-            .any(|m| command.name().eq_ignore_ascii_case(m.as_bytes())),
+    let Some(refusal) = refusal else {
+        return Ok(());
     };
-    if managed {
-        return Err(Error::Config(format!(
-            "{} is sent by the client itself where it is needed, and changes a connection \
-             other callers share",
-            String::from_utf8_lossy(command.name()).to_ascii_uppercase()
-        )));
-    }
-    Ok(())
+    Err(Error::Config(advice(refusal).into()))
 }
-
-/// Commands the client sends itself, at the right moment: `READONLY` on every replica
-/// connection, `ASKING` right before the command an `ASK` redirected. From a caller, on a
-/// shared connection, `READWRITE` would turn a replica's connection back to redirecting
-/// every read to the primary, and `ASKING` would be used up by whichever command came
-/// next, anyone's.
-const CLIENT_MANAGED: [&str; 3] = ["readonly", "readwrite", "asking"];
 
 /// What the cluster client says instead of sending a refused command: the API that does
 /// the job, when there is one.
@@ -254,6 +234,10 @@ fn advice(refusal: cmd::Refusal) -> &'static str {
         }
         cmd::Refusal::Wait => {
             "WAIT counts the writes of its own connection: use query_durable() or durable_writes()"
+        }
+        cmd::Refusal::ClientManaged => {
+            "READONLY, READWRITE and ASKING are sent by the client itself where they are \
+             needed, and change a connection other callers share"
         }
         cmd::Refusal::Unpaired | cmd::Refusal::ConnectionState => {
             "this command changes the shared connection's state and is not supported"

@@ -27,6 +27,13 @@ pub(crate) enum Refusal {
     /// `WAIT`, `WAITAOF`: they count the writes of their own connection, which on a
     /// shared one are anyone's.
     Wait,
+    /// `READONLY`, `READWRITE`, `ASKING`: the cluster client sends them itself, at the
+    /// right moment (`READONLY` on every replica connection, `ASKING` right before the
+    /// command an `ASK` redirected). From a caller, `READWRITE` would turn a replica's
+    /// connection back to redirecting every read, and `ASKING` would be used up by
+    /// whichever command came next, anyone's. A [`crate::NodeConnection`] is its
+    /// owner's to set, and lets them through.
+    ClientManaged,
 }
 
 /// Declares the list once: the `match` that [`Refusal::of_name`] runs (on the cluster
@@ -60,6 +67,7 @@ refused! {
     ConnectionState => ["reset", "hello", "auth", "select", "quit"],
     Transaction => ["multi", "exec", "discard", "watch", "unwatch"],
     Wait => ["wait", "waitaof"],
+    ClientManaged => ["readonly", "readwrite", "asking"],
 }
 
 impl Refusal {

@@ -1179,7 +1179,7 @@ fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
         // `refuse_on_shared`), and the dedicated pool's recycle check sends `UNWATCH`
         // this way. `WAIT` counts the connection's writes, whoever sent them, but its
         // reply is its own.
-        Some(Refusal::Transaction | Refusal::Wait) | None => Ok(()),
+        Some(Refusal::Transaction | Refusal::Wait | Refusal::ClientManaged) | None => Ok(()),
     }
 }
 
@@ -1778,7 +1778,9 @@ mod tests {
                 Refusal::Subscription | Refusal::Unpaired | Refusal::ConnectionState => {
                     assert!(matches!(refused, Err(Error::Config(_))), "{c:?}")
                 }
-                Refusal::Transaction | Refusal::Wait => assert!(refused.is_ok(), "{c:?}"),
+                Refusal::Transaction | Refusal::Wait | Refusal::ClientManaged => {
+                    assert!(refused.is_ok(), "{c:?}")
+                }
             }
         }
         // What the dedicated pool's recycle check sends.
