@@ -269,11 +269,7 @@ async fn a_replica_cut_off_from_its_primary_sends_reads_to_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_busy_with_a_script_refuses_typed_and_one_script_kill_frees_it() {
-    let local = LocalCluster::builder()
-        .config("busy-reply-threshold", "100")
-        .start()
-        .await
-        .unwrap();
+    let local = busy_cluster().await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .build()
@@ -341,11 +337,7 @@ async fn a_node_busy_with_a_script_refuses_typed_and_one_script_kill_frees_it() 
 /// script on the shared one, which the server does not read while the script runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_script_the_client_started_is_stopped_by_its_own_script_kill() {
-    let local = LocalCluster::builder()
-        .config("busy-reply-threshold", "100")
-        .start()
-        .await
-        .unwrap();
+    let local = busy_cluster().await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_secs(3))
@@ -386,4 +378,13 @@ async fn wait_until_busy(local: &LocalCluster, index: usize) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A cluster whose nodes answer `BUSY` once a script has run 100 ms (5 s by default).
+async fn busy_cluster() -> LocalCluster {
+    LocalCluster::builder()
+        .config("busy-reply-threshold", "100")
+        .start()
+        .await
+        .unwrap()
 }
