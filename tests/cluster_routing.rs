@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -959,6 +959,70 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(matches!(&refused[0], Err(Error::Config(_))), "{refused:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_misses_no_key_of_a_primary_restarted_part_way() {
+    use futures_util::StreamExt;
+    use redcluster::ScanOptions;
+    // No replica: the restarted primary keeps its slots and epoch, and its keys (AOF).
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .config("appendonly", "yes")
+        .config("appendfsync", "always")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    // Every key on one master, many more than the stream buffers (1024): once the test
+    // has read a key, the scan is part way through this master.
+    let master = local.master_of_slot(key_slot(b"sr:0")).await.unwrap();
+    let master_addr = local.node_addr(master);
+    let keys: Vec<String> = (0u32..)
+        .map(|i| format!("sr:{i}"))
+        .filter(|k| {
+            client.primary_for_slot(key_slot(k.as_bytes())).as_deref() == Some(master_addr.as_str())
+        })
+        .take(6000)
+        .collect();
+    client
+        .mset(keys.iter().map(|k| (k.as_str(), "v")))
+        .await
+        .unwrap();
+    let mut scan = client.scan(ScanOptions::default().pattern("sr:*").count(10));
+    let mut found: HashSet<Vec<u8>> = HashSet::new();
+    for _ in 0..100 {
+        found.insert(scan.next().await.unwrap().unwrap().to_vec());
+    }
+    // The next page's cursor belongs to the process that is gone.
+    local.restart(master).await.unwrap();
+    while let Some(key) = scan.next().await {
+        found.insert(key.unwrap().to_vec());
+    }
+    local
+        .wait_until_stable(Duration::from_secs(20))
+        .await
+        .unwrap();
+    let kept: i64 = client
+        .exists(keys.iter().map(String::as_str))
+        .await
+        .unwrap();
+    assert_eq!(kept, 6000, "the restarted primary kept its keys");
+    let missed: Vec<&String> = keys
+        .iter()
+        .filter(|k| !found.contains(k.as_bytes()))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} keys missed: {:?}",
+        missed.len(),
+        &missed[..missed.len().min(5)]
+    );
 }
 
 /// The scan's rescan path is seen through its `DEBUG` event, captured by a subscriber of

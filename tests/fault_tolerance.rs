@@ -811,6 +811,120 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
     );
 }
 
+/// A script that keeps its node busy for `ARGV[1]` microseconds, then answers 1.
+const SPIN: &str = "local s = redis.call('TIME') repeat local n = redis.call('TIME') \
+                    until (n[1] - s[1]) * 1000000 + n[2] - s[2] >= tonumber(ARGV[1]) return 1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_while_the_node_answers_other_requests_does_not_open_its_breaker() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_secs(30))
+        .config("busy-reply-threshold", "100")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .health_check_interval(None)
+        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(1))
+        .build()
+        .await
+        .unwrap();
+    let key = "hasty:{a}";
+    client.set(key, "v").await.unwrap();
+    let node = client.node_for_key(key.as_bytes()).unwrap();
+    let owner = support::owner_index(&local, &client, key);
+    let spin = |micros: u32| {
+        let client = client.clone();
+        async move {
+            client
+                .query::<i64>(cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(micros))
+                .await
+        }
+    };
+
+    // A 400 ms script runs alone on the client's connection to the node (the node
+    // answers others `BUSY`); a 600 ms one and a read with a 500 ms deadline queue
+    // behind it, for the next write. The first script's reply comes in the read's
+    // lifetime; then the read times out behind the second script.
+    let first = tokio::spawn(spin(400_000));
+    support::wait_until_busy(&local, owner).await;
+    let second = tokio::spawn(spin(600_000));
+    let read = client
+        .with_response_timeout(Duration::from_millis(500))
+        .get::<_, Option<String>>(key)
+        .await;
+    assert!(matches!(read, Err(Error::Timeout)), "{read:?}");
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    // The node answered meanwhile: the read's short deadline was no failure of the
+    // node's, and its breaker stays closed for every handle.
+    assert_eq!(
+        client.health().node(&node).unwrap().breaker,
+        BreakerState::Closed
+    );
+    assert_eq!(second.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        client
+            .get::<_, Option<String>>(key)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_its_caller_dropped_lets_the_next_request_probe() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(3))
+        .health_check_interval(None)
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(1)
+                .open_for(Duration::from_millis(300)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let key = "probe:{a}";
+    client.set(key, "v").await.unwrap();
+    let owner = support::owner_index(&local, &client, key);
+    let node = client.node_for_key(key.as_bytes()).unwrap();
+    local.pause(owner).unwrap();
+    let first = client
+        .with_response_timeout(Duration::from_millis(200))
+        .get::<_, Option<String>>(key)
+        .await;
+    assert!(matches!(first, Err(Error::Timeout)), "{first:?}");
+    assert_eq!(
+        client.health().node(&node).unwrap().breaker,
+        BreakerState::Open
+    );
+    // Past `open_for`, the next request is the probe; its caller gives up on it.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        client.get::<_, Option<String>>(key),
+    )
+    .await;
+    assert!(dropped.is_err(), "{dropped:?}");
+    local.resume(owner).unwrap();
+    // The probe's outcome will never come: the next request probes in its place,
+    // rather than fail fast until the dropped one would have timed out (3 s).
+    let started = Instant::now();
+    let answer = client.get::<_, Option<String>>(key).await;
+    assert_eq!(answer.unwrap().as_deref(), Some("v"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(
+        client.health().node(&node).unwrap().breaker,
+        BreakerState::Closed
+    );
+}
+
 /// The response timeout of the failure-rate test: each failure costs one.
 const RATE_TEST_TIMEOUT: Duration = Duration::from_millis(300);
 

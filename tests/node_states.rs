@@ -300,7 +300,7 @@ async fn a_node_busy_with_a_script_refuses_typed_and_one_script_kill_frees_it() 
             )
             .await
     });
-    wait_until_busy(&local, busy).await;
+    support::wait_until_busy(&local, busy).await;
 
     // Its node's requests get the typed refusal, unretried; the other nodes' are
     // served. A refusal is an answer: the node's breaker stays closed after more of
@@ -355,7 +355,7 @@ async fn a_script_the_client_started_is_stopped_by_its_own_script_kill() {
                 .await
         })
     };
-    wait_until_busy(&local, busy).await;
+    support::wait_until_busy(&local, busy).await;
     let killed: Value = client.query(cmd("SCRIPT").arg("KILL")).await.unwrap();
     assert_eq!(killed, Value::Simple("OK".into()));
     let ended = script.await.unwrap();
@@ -365,19 +365,6 @@ async fn a_script_the_client_started_is_stopped_by_its_own_script_kill() {
     );
     let read: Option<String> = client.get(key).await.unwrap();
     assert_eq!(read.as_deref(), Some("v"));
-}
-
-/// Returns once node `index` answers `BUSY` (a script runs past `busy-reply-threshold`).
-async fn wait_until_busy(local: &LocalCluster, index: usize) {
-    let probe = local.connect_node(index).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match probe.send(cmd("PING")).await.unwrap() {
-            Value::ServerError(e) if e.code() == "BUSY" => return,
-            other => assert!(Instant::now() < deadline, "never BUSY: {other:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A cluster whose nodes answer `BUSY` once a script has run 100 ms (5 s by default).

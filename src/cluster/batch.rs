@@ -265,7 +265,9 @@ impl Inner {
         let started = std::time::Instant::now();
         let in_flight = InFlight::start(meta.len());
         let span = tracing::debug_span!("redis_pipeline", node = %node.addr, commands = meta.len());
-        let (outcome, cmds, acked) = if !self.admit(&node) {
+        // Held until the outcome is recorded (see `Admitted`).
+        let admitted = self.admit(&node);
+        let (outcome, cmds, acked) = if admitted.is_none() {
             let open = Error::CircuitOpen {
                 node: node.addr.to_string(),
             };
@@ -285,7 +287,7 @@ impl Inner {
                         .dispatch(Cmds::Many(cmds), deadline)
                         .instrument(span)
                         .await;
-                    self.record_on(&node, &conn, &answer.result);
+                    self.record_on(&node, &conn, &answer.result, started);
                     let replies = answer.result.map(|r| r.into_vec());
                     (replies, answer.cmds.into_vec(), None)
                 }
@@ -295,6 +297,7 @@ impl Inner {
                 }
             }
         };
+        drop(admitted);
         drop(in_flight);
         // Commands that end here are counted here; those resent, by `send`. They all
         // ended when the batch's answer came (or failed): one clock read for them all.

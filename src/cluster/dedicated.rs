@@ -484,7 +484,7 @@ impl Inner {
                 None => self.pick(&target, true)?,
             };
             landing.at(&node);
-            if !self.admit(&node) {
+            let Some(_admitted) = self.admit(&node) else {
                 // As in `send_loop`: fail fast unless the slot is now served elsewhere.
                 let open = Error::CircuitOpen {
                     node: node.addr.to_string(),
@@ -496,7 +496,7 @@ impl Inner {
                 self.wait_retry(&backoff, &mut retries, lease_deadline, open)
                     .await?;
                 continue;
-            }
+            };
             let mut lease = match self.lease(&node, lease_deadline).await {
                 Ok(lease) => lease,
                 // Our own deadline, or a refusal (credentials): not the node's fault. If

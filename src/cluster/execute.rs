@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::Instrument as _;
 
-use crate::cluster::node::{lock, Node};
+use crate::cluster::node::{lock, Admitted, Node};
 use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
 use crate::cluster::routes::Routes;
 use crate::cluster::{Inner, ReadFrom};
@@ -564,7 +564,12 @@ impl Inner {
         pending: &Pending,
         outcome: Outcome,
     ) -> std::result::Result<Result<Value>, Outcome> {
-        self.record_on(&pending.node, &pending.conn, &outcome);
+        self.record_on(
+            &pending.node,
+            &pending.conn,
+            &outcome,
+            pending.command.started,
+        );
         match outcome {
             Ok(mut replies) if pending.kind.is_final(&replies) => {
                 // Exactly one reply, said `is_final`.
@@ -617,7 +622,7 @@ impl Inner {
     ) -> Result<Value> {
         let span = &command.span;
         let result = self
-            .send_loop(start, target, idempotent, deadline, span, &mut attempts)
+            .send_loop(start, target, idempotent, deadline, &command, &mut attempts)
             .instrument(span.clone())
             .await;
         command.done(result, attempts)
@@ -653,9 +658,10 @@ impl Inner {
         target: Target,
         idempotent: bool,
         deadline: Instant,
-        span: &tracing::Span,
+        command: &Command,
         attempts: &mut Attempts,
     ) -> Result<Value> {
+        let span = &command.span;
         let backoff = self.backoff();
         let mut redirects = 0u32;
         let mut retries = 0u32;
@@ -693,6 +699,7 @@ impl Inner {
                                 attempt: &mut attempt,
                                 redirect: &mut redirect,
                                 primary_only: &mut primary_only,
+                                started: command.started,
                             },
                         )
                         .await?
@@ -838,7 +845,7 @@ impl Inner {
         *st.attempt += 1;
         span.record("node", &*node.addr);
         span.record("attempt", *st.attempt);
-        if !self.admit(node) {
+        let Some(_admitted) = self.admit(node) else {
             // Nothing is sent to a node whose breaker is open. A replica read falls
             // back to the primary at once; otherwise the request fails fast, unless
             // the slot map now points elsewhere (a refresh saw a failover, or this
@@ -858,7 +865,7 @@ impl Inner {
             self.wait_retry(st.backoff, st.retries, deadline, open)
                 .await?;
             return Ok(None);
-        }
+        };
         let replica_read = node.read_only && !*st.primary_only;
         // A replica read waits for its replica's connection half its remaining time at
         // most: a replica that does not answer (a host gone silent) costs it that, not
@@ -905,7 +912,7 @@ impl Inner {
         };
         let kind = sending.kind();
         let answer = conn.dispatch(sending.into_cmds(asking), deadline).await;
-        self.record_on(node, &conn, &answer.result);
+        self.record_on(node, &conn, &answer.result, st.started);
         Ok(Some((answer, kind, asking)))
     }
 
@@ -992,12 +999,12 @@ impl Inner {
     }
 
     /// Asks the node's breaker whether a request may go to it now.
-    pub(crate) fn admit(&self, node: &Node) -> bool {
-        let (allowed, transition) = node.admit();
+    pub(crate) fn admit<'a>(&self, node: &'a Node) -> Option<Admitted<'a>> {
+        let (admitted, transition) = node.admit();
         if transition.is_some() {
             self.publish_breaker(&node.addr);
         }
-        allowed
+        admitted
     }
 
     /// [`Inner::record`] for a request's result. A request the connection refused to
@@ -1031,16 +1038,29 @@ impl Inner {
     /// connection's failure once, else one connection reset (a server-side
     /// `CLIENT KILL`, an idle timeout, a proxy) would open a healthy node's breaker
     /// whenever more requests than its threshold were in flight.
-    pub(crate) fn record_on<T>(&self, node: &Node, conn: &NodeConnection, result: &Result<T>) {
-        // (A reply the connection cannot decode closes it too: its request gets
-        // `Protocol`, the others `ConnectionLost`.)
-        if let Err(Error::ConnectionLost { .. } | Error::Io { .. } | Error::Protocol(_)) = result {
-            if !conn.first_to_report_failure() {
+    ///
+    /// A timeout counts only when the node answered nothing on `conn` since the request
+    /// began (`since`): a handle with a deadline shorter than the node's pace under
+    /// load, or requests queued behind slow ones, would otherwise open the breaker of a
+    /// node that answers, for every handle.
+    pub(crate) fn record_on<T>(
+        &self,
+        node: &Node,
+        conn: &NodeConnection,
+        result: &Result<T>,
+        since: std::time::Instant,
+    ) {
+        match result {
+            // (A reply the connection cannot decode closes it too: its request gets
+            // `Protocol`, the others `ConnectionLost`.)
+            Err(Error::ConnectionLost { .. } | Error::Io { .. } | Error::Protocol(_))
+                if !conn.first_to_report_failure() =>
+            {
                 node.release_probe();
-                return;
             }
+            Err(Error::Timeout) if conn.answered_since(since) => node.release_probe(),
+            _ => self.record_result(node, result),
         }
-        self.record_result(node, result);
     }
 
     /// Feeds a request's outcome to the node's breaker: `failure` is the error when the
@@ -1565,6 +1585,8 @@ struct AttemptState<'a> {
     redirect: &'a mut Option<Redirect>,
     /// After a replica failed, reads go to the primary.
     primary_only: &'a mut bool,
+    /// When the request began (see [`Inner::record_on`]).
+    started: std::time::Instant,
 }
 
 /// What the attempts of one request left behind, for its metrics and its final error.

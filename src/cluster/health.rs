@@ -93,9 +93,9 @@ impl Inner {
     }
 
     async fn ping(&self, node: &Arc<Node>) {
-        if !self.admit(node) {
+        let Some(_admitted) = self.admit(node) else {
             return; // Open and not yet due for a probe.
-        }
+        };
         // A round ends within an interval (or a second), whatever the response timeout:
         // a node that does not answer holds up no more than that, and a client dropped
         // meanwhile (the round holds it) is released by then.
@@ -132,6 +132,6 @@ impl Inner {
         }
         // On the shared connection: its loss counts once, whoever sees it first.
         let outcome = failure.map_or(Ok(()), Err);
-        self.record_on(node, &conn, &outcome);
+        self.record_on(node, &conn, &outcome, started.into_std());
     }
 }

@@ -152,6 +152,27 @@ pub(crate) struct Node {
     closed: AtomicBool,
 }
 
+/// A request the node's breaker let through ([`Node::admit`]), held until its outcome is
+/// recorded. A half-open breaker's probe whose caller dropped it part way (a
+/// `tokio::time::timeout` around the call) reports nothing; dropped, this frees the
+/// breaker for the next probe, which would otherwise wait out the probe timeout (up to
+/// 10 s) while every request to the node failed fast. A probe whose outcome was
+/// recorded, or that timed out and was replaced, is left alone.
+#[must_use = "a probe dropped at once frees the breaker before its outcome is known"]
+pub(crate) struct Admitted<'a> {
+    node: &'a Node,
+    /// When the breaker let this probe through; `None` for an ordinary request.
+    probe: Option<std::time::Instant>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(started) = self.probe {
+            self.node.release_probe_of(started);
+        }
+    }
+}
+
 /// Failed connection attempts in a row, and when the next may start.
 #[derive(Debug, Default)]
 struct Reconnect {
@@ -215,19 +236,32 @@ impl Node {
         }
     }
 
-    /// Asks the breaker whether a request may go to this node now.
-    pub(crate) fn admit(&self) -> (bool, Option<Transition>) {
+    /// Asks the breaker whether a request may go to this node now: `None` when not.
+    /// The request holds what it gets until its outcome is recorded.
+    pub(crate) fn admit(&self) -> (Option<Admitted<'_>>, Option<Transition>) {
         if self.quiet.load(Ordering::Acquire) {
-            return (true, None);
+            return (
+                Some(Admitted {
+                    node: self,
+                    probe: None,
+                }),
+                None,
+            );
         }
-        let (admission, transition) = lock(&self.breaker).allow(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let (admission, transition) = lock(&self.breaker).allow(now);
         if let Some(t) = transition {
             crate::observe::events::breaker_transition(&self.addr, self.read_only, t);
         }
-        if admission == Admission::Probe {
-            lock(&self.reconnect).probe_may_connect = true;
-        }
-        (admission != Admission::Rejected, transition)
+        let probe = match admission {
+            Admission::Rejected => return (None, transition),
+            Admission::Allowed => None,
+            Admission::Probe => {
+                lock(&self.reconnect).probe_may_connect = true;
+                Some(now)
+            }
+        };
+        (Some(Admitted { node: self, probe }), transition)
     }
 
     /// Reports a request's outcome: `None` when the node answered (error replies
@@ -561,6 +595,14 @@ impl Node {
         lock(&self.breaker).release_probe();
         // A probe that reached no connect attempt: nobody else may skip the backoff.
         lock(&self.reconnect).probe_may_connect = false;
+    }
+
+    /// [`Node::release_probe`] for the probe let through at `started`, if it is still
+    /// the one out with no outcome.
+    fn release_probe_of(&self, started: std::time::Instant) {
+        if lock(&self.breaker).release_probe_of(started) {
+            lock(&self.reconnect).probe_may_connect = false;
+        }
     }
 
     /// Whether [`Node::close`] ran: the node opens no connection any more.

@@ -6,7 +6,10 @@
 //! slot, neither migrating nor importing it, both before the scan began and after it
 //! ended, with the same config epoch (which a slot handed back to it, or a failover and
 //! back, would have moved on). Slots that do not qualify, because the node failed mid-way, a failover
-//! happened, or a slot moved, are scanned again on their new owner. As with `SCAN`
+//! happened, or a slot moved, are scanned again on their new owner. A node's pages all go
+//! on one connection: a cursor means something only to the process that made it, so a
+//! lost connection (a restart, which leaves the slots and epoch as they were) has the
+//! node scanned again from cursor 0. As with `SCAN`
 //! itself, a key present for the whole scan is returned at least once, and may be
 //! returned more than once. An error that will come again (`NOPERM` or a bad option
 //! from the server; `SCAN` or `CLUSTER` disabled in the client's `CommandRenames`;
@@ -25,6 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::cluster::node::{Admitted, Node};
 use crate::cluster::{ClusterClient, Inner};
 use crate::cmd::{self, cmd, Cmd};
 use crate::error::ServerError;
@@ -272,12 +276,23 @@ async fn scan_node(
     }
     let node = inner.registry.get(addr, false);
     let mut cursor: Bytes = Bytes::from_static(b"0");
+    // Every page on one connection: a cursor means something only to the server process
+    // that made it. Were a lost connection reopened between pages, the next page could
+    // go to the node restarted (no failover: no replica, or back within
+    // `cluster-node-timeout`, its slots and epoch as before), whose keyspace hashes
+    // with another seed: the old cursor would skip keys there. A lost connection ends
+    // the node's scan, and its slots are scanned again from cursor 0.
+    let mut pinned: Option<Arc<crate::NodeConnection>> = None;
     loop {
-        let conn = admitted_connection(inner, timeout, &node).await?;
+        let _admitted = admission(inner, &node)?;
+        let conn = match &pinned {
+            Some(conn) => Arc::clone(conn),
+            None => Arc::clone(pinned.insert(connection(inner, timeout, &node).await?)),
+        };
         // Each page is a request like any other: counted in the metrics and the breaker.
         let started = std::time::Instant::now();
         let page = conn.send_timeout(scan_cmd(&cursor, options), timeout).await;
-        inner.record_on(&node, &conn, &page);
+        inner.record_on(&node, &conn, &page, started);
         let label = metrics::command_label(cmd::lookup_name(b"scan"));
         node.metrics
             .command(label, Status::of(page.as_ref()), started.elapsed());
@@ -328,19 +343,22 @@ fn scan_cmd(cursor: &Bytes, options: &ScanOptions) -> Cmd {
     c
 }
 
-/// The node's connection for one of the scan's requests, if its breaker lets one through;
-/// a failure to connect counts against the breaker (unless the scan's own deadline ran
-/// out first), as any request's would.
-async fn admitted_connection(
+/// Whether the node's breaker lets one of the scan's requests through (held until the
+/// request's outcome is recorded).
+fn admission<'a>(inner: &Inner, node: &'a Node) -> Result<Admitted<'a>> {
+    inner.admit(node).ok_or_else(|| Error::CircuitOpen {
+        node: node.addr.to_string(),
+    })
+}
+
+/// The node's connection for one of the scan's requests; a failure to connect counts
+/// against the breaker (unless the scan's own deadline ran out first), as any
+/// request's would.
+async fn connection(
     inner: &Inner,
     timeout: Duration,
-    node: &Arc<crate::cluster::node::Node>,
+    node: &Arc<Node>,
 ) -> Result<Arc<crate::NodeConnection>> {
-    if !inner.admit(node) {
-        return Err(Error::CircuitOpen {
-            node: node.addr.to_string(),
-        });
-    }
     let deadline = crate::deadline::from_now(timeout);
     node.connection(deadline)
         .await
@@ -378,11 +396,13 @@ impl Settled {
 /// `+cluster|nodes`) as is; [`Error::Protocol`] for a reply without a `myself` line.
 async fn settled_slots(inner: &Inner, timeout: Duration, addr: &str) -> Result<Settled> {
     let node = inner.registry.get(addr, false);
-    let conn = admitted_connection(inner, timeout, &node).await?;
+    let _admitted = admission(inner, &node)?;
+    let conn = connection(inner, timeout, &node).await?;
+    let sent = std::time::Instant::now();
     let reply = conn
         .send_timeout(cmd("CLUSTER").arg("NODES"), timeout)
         .await;
-    inner.record_on(&node, &conn, &reply);
+    inner.record_on(&node, &conn, &reply, sent);
     let reply = reply?;
     let text = match &reply {
         Value::Bulk(b) | Value::Verbatim { text: b, .. } => String::from_utf8_lossy(b),

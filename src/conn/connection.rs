@@ -173,6 +173,11 @@ struct Shared {
     /// The earliest deadline the deadline task knows of, in nanoseconds since `epoch`
     /// (`u64::MAX`: none). Never later than the earliest deadline held.
     next_deadline: AtomicU64,
+    /// When the reader last handed out replies, in nanoseconds since `epoch` (0: not
+    /// yet). A request that timed out while replies flowed was held up by this
+    /// client's load or its own short deadline, not by the node
+    /// ([`NodeConnection::answered_since`]).
+    last_reply: AtomicU64,
     epoch: Instant,
     max_in_flight: usize,
 }
@@ -190,6 +195,7 @@ impl Shared {
             space: Notify::new(),
             sooner: Notify::new(),
             next_deadline: AtomicU64::new(u64::MAX),
+            last_reply: AtomicU64::new(0),
             epoch: Instant::now(),
             max_in_flight,
         }
@@ -667,6 +673,16 @@ impl NodeConnection {
     /// should count the connection's once, not once per request it carried.
     pub(crate) fn first_to_report_failure(&self) -> bool {
         !self.shared.failure_reported.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the server's replies came on this connection at or after `since` (the
+    /// start of a request that timed out): then the node was answering, and the
+    /// request waited on the requests ahead of it or had too short a deadline for the
+    /// node's pace. A node that answers nothing for a request's whole life (frozen,
+    /// unreachable, stuck in a script) did fail it.
+    pub(crate) fn answered_since(&self, since: std::time::Instant) -> bool {
+        let last = self.shared.last_reply.load(Ordering::Relaxed);
+        last != 0 && last >= self.shared.nanos(Instant::from_std(since))
     }
 
     /// Closes the connection: queued and in-flight requests get
@@ -1334,6 +1350,10 @@ where
             }
         }
         if !replies.is_empty() {
+            // One clock read per read, not per reply.
+            shared
+                .last_reply
+                .store(shared.nanos(Instant::now()), Ordering::Relaxed);
             if let Err(e) = deliver(&shared, &mut replies, &mut done) {
                 break e;
             }

@@ -17,7 +17,10 @@ use std::time::{Duration, Instant};
 /// When a node's breaker opens and for how long.
 ///
 /// Failures are timeouts, failed connects, connections lost and replies that are not
-/// RESP. A shared connection that is lost counts once, however many requests were in
+/// RESP. A timeout counts only when the node answered nothing on the request's
+/// connection since the request began: one that waited behind slow requests, or
+/// whose handle's deadline is shorter than the node's pace, met a node that works.
+/// A shared connection that is lost counts once, however many requests were in
 /// flight on it: a reset connection (a server-side `CLIENT KILL`, an idle timeout, a
 /// proxy restarting) does not open a healthy node's breaker. The failure rate therefore
 /// sees a node that keeps resetting connections as one failure per connection, against
@@ -280,6 +283,20 @@ impl Breaker {
         }
     }
 
+    /// [`Breaker::release_probe`] if the probe out is the one let through at `started`
+    /// (not one after it, nor an outcome already recorded); whether it was.
+    pub(crate) fn release_probe_of(&mut self, started: Instant) -> bool {
+        if self.state
+            == (State::HalfOpen {
+                probe: Some(started),
+            })
+        {
+            self.state = State::HalfOpen { probe: None };
+            return true;
+        }
+        false
+    }
+
     pub(crate) fn on_success(&mut self, now: Instant) -> Option<Transition> {
         self.consecutive = 0;
         self.count(now, false);
@@ -461,6 +478,28 @@ mod tests {
         let mut closed = Breaker::new(config(), PROBE_TIMEOUT);
         closed.release_probe();
         assert_eq!(closed.allow(t0), (Admission::Allowed, None));
+    }
+
+    #[test]
+    fn a_dropped_probe_frees_the_breaker_only_while_it_is_the_probe_out() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config(), PROBE_TIMEOUT);
+        for _ in 0..3 {
+            b.on_failure(t0);
+        }
+        let first = t0 + Duration::from_secs(1);
+        assert_eq!(b.allow(first).0, Admission::Probe);
+        // Timed out and replaced: the first one's release leaves the second out.
+        let second = first + Duration::from_secs(2);
+        assert_eq!(b.allow(second).0, Admission::Probe);
+        assert!(!b.release_probe_of(first));
+        assert_eq!(b.allow(second).0, Admission::Rejected);
+        assert!(b.release_probe_of(second));
+        assert_eq!(b.allow(second).0, Admission::Probe);
+        // A probe whose outcome was recorded is no longer out.
+        assert_eq!(b.on_success(second), Some(Transition::Closed));
+        assert!(!b.release_probe_of(second));
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[test]

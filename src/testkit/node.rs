@@ -420,11 +420,12 @@ async fn wait_ready(
                     super::topology::info_field(&text, "process_id").and_then(|p| p.parse().ok())
                 });
             if pid == Some(spawned.child()?.id()) {
-                let id = conn
-                    .send(cmd("CLUSTER").arg("MYID"))
-                    .await
-                    .and_then(String::from_value)?;
-                return Ok((conn, id));
+                // Ready once its data is loaded: a node restarted with an AOF or RDB
+                // answers `LOADING` meanwhile.
+                match conn.send(cmd("CLUSTER").arg("MYID")).await? {
+                    Value::ServerError(e) if e.code() == "LOADING" => {}
+                    reply => return Ok((conn, String::from_value(reply)?)),
+                }
             }
         }
         if Instant::now() >= deadline {

@@ -175,3 +175,20 @@ pub async fn set_user(local: &redcluster::testkit::LocalCluster, rules: &str) {
         );
     }
 }
+
+/// Waits until node `index` answers `BUSY`: a script has run there past the cluster's
+/// `busy-reply-threshold` (10 s at most).
+pub async fn wait_until_busy(local: &redcluster::testkit::LocalCluster, index: usize) {
+    let probe = local.connect_node(index).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match probe.send(redcluster::cmd("PING")).await.unwrap() {
+            redcluster::Value::ServerError(e) if e.code() == "BUSY" => return,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "never BUSY: {other:?}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
