@@ -724,7 +724,7 @@ impl Watched {
                     Value::ServerError(e) => Some(e),
                     _ => None,
                 });
-                Err(Error::Server(queued.unwrap_or(exec_error)))
+                Err(crate::cluster::reply_error(queued.unwrap_or(exec_error)))
             }
             other => Err(Error::Protocol(format!(
                 "EXEC answered {}",
@@ -814,6 +814,12 @@ impl ClusterClient {
     /// `Ok(Some(value))` when that committed and `Ok(None)` on a conflict. The result is
     /// `Ok(None)` when every attempt conflicted.
     ///
+    /// An error of `body` that [`Error::is_retryable`] (the slot moved under the
+    /// transaction, so `EXEC` was aborted with `MOVED`; `TRYAGAIN`, `CLUSTERDOWN`, a
+    /// connection lost before sending) counts as an attempt too: nothing of the
+    /// transaction ran, and the next attempt watches the keys at their owner again,
+    /// after the client's retry backoff. Other errors end it.
+    ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
     /// use redcluster::cmd;
@@ -843,10 +849,18 @@ impl ClusterClient {
         F: FnMut(Watched) -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
-        for _ in 0..attempts.max(1) {
+        let attempts = attempts.max(1);
+        let backoff = self.inner.backoff();
+        for attempt in 1..=attempts {
             let watched = self.watch(keys.iter()).await?;
-            if let Some(value) = body(watched).await? {
-                return Ok(Some(value));
+            match body(watched).await {
+                Ok(Some(value)) => return Ok(Some(value)),
+                Ok(None) => {}
+                Err(e) if e.is_retryable() && attempt < attempts => {
+                    tracing::debug!(error = %e, attempt, "transaction refused before it ran; watching again");
+                    tokio::time::sleep(backoff.delay(attempt - 1, fastrand::f64())).await;
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(None)

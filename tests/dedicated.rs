@@ -195,6 +195,67 @@ async fn watch_retry_makes_concurrent_increments_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_waits_out_a_migration_of_its_slot_and_watches_at_the_new_owner() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let key = "{wm}:new";
+    let slot = redcluster::key_slot(key.as_bytes());
+    let to = support::other_master(&local, slot).await;
+    let migration = local.begin_slot_migration(slot, to).await.unwrap();
+    // A key the source does not hold: its `WATCH` is answered `ASK`.
+    let watching = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let watched = client.watch([key]).await?;
+            watched.exec(vec![cmd("SET").arg(key).arg(1)]).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.stats().ask == 0 && !watching.is_finished() {
+        assert!(Instant::now() < deadline, "WATCH was never answered ASK");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The migration ends while the watch waits: it watches at the new owner.
+    local.finish_slot_migration(migration).await.unwrap();
+    let committed = watching.await.unwrap().unwrap();
+    assert_eq!(committed, Some(vec![Value::Simple("OK".into())]));
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 1);
+    assert_eq!(local.master_of_slot(slot).await.unwrap(), to);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retry_watches_again_when_the_slot_moved_before_exec() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let key = "{wr}:n";
+    client.set(key, 1).await.unwrap();
+    let slot = redcluster::key_slot(key.as_bytes());
+    let to = support::other_master(&local, slot).await;
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let (local_ref, attempts_ref) = (&local, &attempts);
+    let committed = client
+        .watch_retry(&[key], 3, |mut w| async move {
+            let n: i64 = w.query(cmd("GET").arg(key)).await?;
+            if attempts_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                // The slot moves between WATCH and EXEC: EXEC is aborted with MOVED.
+                local_ref.move_slot(slot, to).await.unwrap();
+            }
+            let done = w.exec(vec![cmd("SET").arg(key).arg(n + 1)]).await?;
+            Ok(done.map(|_| n + 1))
+        })
+        .await
+        .unwrap();
+    assert_eq!(committed, Some(2));
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_comes_back_unwatched() {
     let local = support::cluster(3, 0).await;
     // One dedicated connection per node, so the second WATCH reuses the first's.

@@ -288,7 +288,11 @@ impl Inner {
     }
 
     /// Leases a connection to the primary of `slot` and sends `WATCH keys` on it,
-    /// following redirects.
+    /// following `MOVED`, within `deadline`. `WATCH` changes no data: it is sent again
+    /// after a failure of the node (on the shard's primary after a refresh) and after
+    /// a passing refusal (`TRYAGAIN`, `LOADING`, `CLUSTERDOWN`), with the retry backoff.
+    /// `ASK` (the slot is migrating) waits too: a transaction needs one owner from
+    /// `WATCH` to `EXEC`, and the migration's end answers `MOVED` to the new one.
     pub(crate) async fn watch(
         &self,
         slot: u16,
@@ -296,39 +300,104 @@ impl Inner {
         deadline: Instant,
         landing: &Landing,
     ) -> Result<Lease> {
-        let mut target_addr: Option<String> = None;
-        for _ in 0..=self.config.max_redirects {
-            let node = match &target_addr {
+        let backoff = self.backoff();
+        let mut retries = 0u32;
+        let mut redirects = 0u32;
+        let mut moved_to: Option<String> = None;
+        let target = Target::Slot { slot, read: None };
+        loop {
+            let node = match &moved_to {
                 Some(addr) => self.registry.get(addr, false),
-                None => self.pick(&Target::Slot { slot, read: None }, true)?,
+                None => match self.pick(&target, true) {
+                    Ok(node) => node,
+                    // No owner yet: wait for the refresh that asks.
+                    Err(e) => {
+                        self.wait_retry(&backoff, &mut retries, deadline, e).await?;
+                        continue;
+                    }
+                },
             };
             landing.at(&node);
-            let mut lease = self.lease(&node, deadline).await?;
+            let Some(_admitted) = self.admit(&node) else {
+                // As in `send_loop`: fail fast unless the slot is now served elsewhere.
+                let open = Error::CircuitOpen {
+                    node: node.addr.to_string(),
+                };
+                let was_moved = moved_to.take().is_some();
+                if !was_moved && !self.routed_elsewhere(&node, &target, true) {
+                    return Err(open);
+                }
+                self.wait_retry(&backoff, &mut retries, deadline, open)
+                    .await?;
+                continue;
+            };
+            let mut lease = match self.lease(&node, deadline).await {
+                Ok(lease) => lease,
+                // Our own deadline, or a refusal (credentials): not the node's fault.
+                Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => {
+                    node.release_probe();
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.record(&node, Some(&e));
+                    self.signal.request(RefreshTrigger::ConnectionFailure);
+                    moved_to = None;
+                    self.wait_retry(&backoff, &mut retries, deadline, e).await?;
+                    continue;
+                }
+            };
             let watch = cmd("WATCH").args(keys.iter());
-            let reply = match lease.dispatch(Cmds::One(watch), deadline).await.result {
+            let answer = lease.dispatch(Cmds::One(watch), deadline).await;
+            self.record_result(&node, &answer.result);
+            let reply = match answer.result {
                 Ok(r) => r.into_iter().last().unwrap_or(Value::Nil),
                 Err(e) => {
                     lease.discard();
-                    return Err(e);
+                    if !e.is_node_failure() || matches!(e, Error::Timeout) {
+                        return Err(e);
+                    }
+                    self.signal.request(RefreshTrigger::ConnectionFailure);
+                    moved_to = None;
+                    self.wait_retry(&backoff, &mut retries, deadline, e).await?;
+                    continue;
                 }
             };
-            match &reply {
-                Value::ServerError(e) => match classify(e, &node.addr) {
-                    // ASK cannot apply: WATCH needs the keys' owner for the whole
-                    // transaction. Wait for the migration by asking the new owner
-                    // after MOVED, or report the state.
-                    ErrorAction::Redirect(r @ Redirect::Moved { .. }) => {
-                        self.note_redirect(&r, &node.addr);
-                        target_addr = Some(self.remap(r.addr()));
+            let Value::ServerError(e) = &reply else {
+                return Ok(lease);
+            };
+            match classify(e, &node.addr) {
+                ErrorAction::Redirect(r @ Redirect::Moved { .. }) => {
+                    redirects += 1;
+                    if redirects > self.config.max_redirects {
+                        return Err(Error::TooManyRedirects {
+                            redirects: self.config.max_redirects,
+                        });
                     }
-                    _ => return Err(Error::Server(e.clone())),
-                },
-                _ => return Ok(lease),
+                    self.note_redirect(&r, &node.addr);
+                    moved_to = Some(self.remap(r.addr()));
+                }
+                ErrorAction::Redirect(r @ Redirect::Ask { .. }) => {
+                    self.note_redirect(&r, &node.addr);
+                    moved_to = None;
+                    let error = Error::Server(e.clone());
+                    self.wait_retry(&backoff, &mut retries, deadline, error)
+                        .await?;
+                }
+                action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
+                    let error = super::reply_error(e.clone());
+                    if matches!(action, ErrorAction::ClusterDown) {
+                        self.signal.request(RefreshTrigger::ClusterDown);
+                        if !self.config.retry_on_cluster_down {
+                            return Err(error);
+                        }
+                    }
+                    moved_to = None;
+                    self.wait_retry(&backoff, &mut retries, deadline, error)
+                        .await?;
+                }
+                ErrorAction::Reply => return Err(super::reply_error(e.clone())),
             }
         }
-        Err(Error::TooManyRedirects {
-            redirects: self.config.max_redirects,
-        })
     }
 }
 
