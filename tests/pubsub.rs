@@ -281,6 +281,70 @@ async fn classic_holders(local: &LocalCluster, channel: &str) -> Vec<usize> {
     holders
 }
 
+/// `[channel, count, ...]` (RESP2) or a map (RESP3), as pairs.
+fn channel_counts(reply: Value) -> Vec<(String, i64)> {
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => items
+            .chunks(2)
+            .map(|pair| (pair[0].clone(), pair[1].clone()))
+            .collect(),
+        other => panic!("{other:?}"),
+    };
+    pairs
+        .into_iter()
+        .map(|(channel, count)| match (channel, count) {
+            (Value::Bulk(c), Value::Int(n)) => (String::from_utf8(c.to_vec()).unwrap(), n),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_introspection_answers_for_the_whole_cluster() {
+    let local = cluster(1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let sub = client.subscriber().await.unwrap();
+    sub.subscribe(["news"]).await.unwrap();
+    sub.psubscribe(["log.*"]).await.unwrap();
+    sub.ssubscribe(["orders:{eu}"]).await.unwrap();
+    for protocol in [Protocol::Resp3, Protocol::Resp2] {
+        let asker = ClusterClient::builder()
+            .nodes(local.seeds())
+            .protocol(protocol)
+            .build()
+            .await
+            .unwrap();
+        // Asked more often than there are nodes: the answer never depends on which
+        // node was asked.
+        for _ in 0..7 {
+            let numsub: Value = asker
+                .query(cmd("PUBSUB").arg("NUMSUB").arg("news").arg("nobody"))
+                .await
+                .unwrap();
+            assert_eq!(
+                channel_counts(numsub),
+                [("news".to_string(), 1), ("nobody".to_string(), 0)],
+                "{protocol:?}"
+            );
+            let shard: Value = asker
+                .query(cmd("PUBSUB").arg("SHARDNUMSUB").arg("orders:{eu}"))
+                .await
+                .unwrap();
+            assert_eq!(channel_counts(shard), [("orders:{eu}".to_string(), 1)]);
+            let channels: Vec<String> = asker.query(cmd("PUBSUB").arg("CHANNELS")).await.unwrap();
+            assert_eq!(channels, ["news"]);
+            let shard_channels: Vec<String> = asker
+                .query(cmd("PUBSUB").arg("SHARDCHANNELS"))
+                .await
+                .unwrap();
+            assert_eq!(shard_channels, ["orders:{eu}"]);
+            let patterns: i64 = asker.query(cmd("PUBSUB").arg("NUMPAT")).await.unwrap();
+            assert_eq!(patterns, 1);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_classic_subscription_moves_when_its_node_dies() {
     let local = cluster(1).await;

@@ -1264,8 +1264,15 @@ impl Inner {
                 };
                 // Per-node reports are keyed by node and `SCRIPT KILL` needs one
                 // node: neither answers for the data, and both are wanted in an outage.
+                // Nor do subscriptions, which live outside the slots.
                 let whole = routes.map.covers_every_slot()
-                    || matches!(combine, Combine::PerNode | Combine::OneSucceeded);
+                    || matches!(
+                        combine,
+                        Combine::PerNode
+                            | Combine::OneSucceeded
+                            | Combine::SumPerChannel
+                            | Combine::Union
+                    );
                 (nodes, whole)
             };
             if !nodes.is_empty() && whole {
@@ -1802,10 +1809,87 @@ fn combine_replies(
             }
             Ok(Value::Array(out))
         }
+        Combine::Union => {
+            let mut seen: std::collections::HashSet<bytes::Bytes> =
+                std::collections::HashSet::new();
+            let mut out = Vec::new();
+            for v in values {
+                let (Value::Array(items) | Value::Set(items)) = v else {
+                    return Err(Error::Protocol(format!(
+                        "cannot unite a {} reply",
+                        v.kind()
+                    )));
+                };
+                for item in items {
+                    match &item {
+                        Value::Bulk(name) if !seen.insert(name.clone()) => {}
+                        _ => out.push(item),
+                    }
+                }
+            }
+            Ok(Value::Array(out))
+        }
+        Combine::SumPerChannel => sum_per_channel(values),
         Combine::Sum | Combine::Min | Combine::Max | Combine::LogicalAnd | Combine::LogicalOr => {
             fold(combine, values)
         }
     }
+}
+
+/// Sums `PUBSUB NUMSUB` replies per channel: `[channel, count, ...]` in RESP2, a map in
+/// RESP3; the result has the first reply's shape and channel order (the request's).
+fn sum_per_channel(values: Vec<Value>) -> Result<Value> {
+    let pairs = |v: Value| -> Result<(bool, Vec<(Value, Value)>)> {
+        match v {
+            Value::Map(pairs) => Ok((true, pairs)),
+            Value::Array(items) if items.len() % 2 == 0 => {
+                let mut items = items.into_iter();
+                let mut pairs = Vec::new();
+                while let (Some(channel), Some(count)) = (items.next(), items.next()) {
+                    pairs.push((channel, count));
+                }
+                Ok((false, pairs))
+            }
+            other => Err(Error::Protocol(format!(
+                "cannot sum a {} reply per channel",
+                other.kind()
+            ))),
+        }
+    };
+    let mut values = values.into_iter();
+    let Some(first) = values.next() else {
+        return Ok(Value::Array(Vec::new()));
+    };
+    let (as_map, mut total) = pairs(first)?;
+    // Each channel's place, by name: many channels would make a search per count
+    // quadratic.
+    let place: std::collections::HashMap<bytes::Bytes, usize> = total
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (channel, _))| match channel {
+            Value::Bulk(name) => Some((name.clone(), i)),
+            _ => None,
+        })
+        .collect();
+    for v in values {
+        for (channel, count) in pairs(v)?.1 {
+            let (Value::Bulk(name), Value::Int(n)) = (&channel, &count) else {
+                return Err(Error::Protocol(format!(
+                    "a channel count is a {} for a {}",
+                    count.kind(),
+                    channel.kind()
+                )));
+            };
+            if let Some(Value::Int(sum)) = place.get(name).map(|&i| &mut total[i].1) {
+                *sum = sum.saturating_add(*n);
+            }
+        }
+    }
+    Ok(if as_map {
+        Value::Map(total)
+    } else {
+        Value::Array(total.into_iter().flat_map(|(c, n)| [c, n]).collect())
+    })
 }
 
 /// Folds integer replies, or arrays of integers element by element.
@@ -1895,6 +1979,49 @@ mod tests {
                 (Value::Bulk("h:1".into()), Value::Int(8))
             ])
         );
+    }
+
+    #[test]
+    fn combines_pubsub_introspection_per_channel() {
+        let bulk = |s: &str| Value::Bulk(bytes::Bytes::copy_from_slice(s.as_bytes()));
+        let resp2 = |a: i64, b: i64| {
+            Ok(Value::Array(vec![
+                bulk("a"),
+                Value::Int(a),
+                bulk("b"),
+                Value::Int(b),
+            ]))
+        };
+        let summed = combine_replies(
+            Combine::SumPerChannel,
+            &nodes(3),
+            vec![resp2(1, 0), resp2(0, 2), resp2(1, 1)],
+        )
+        .unwrap();
+        assert_eq!(
+            summed,
+            Value::Array(vec![bulk("a"), Value::Int(2), bulk("b"), Value::Int(3)])
+        );
+        let resp3 = |a: i64| Ok(Value::Map(vec![(bulk("a"), Value::Int(a))]));
+        let summed =
+            combine_replies(Combine::SumPerChannel, &nodes(2), vec![resp3(4), resp3(5)]).unwrap();
+        assert_eq!(summed, Value::Map(vec![(bulk("a"), Value::Int(9))]));
+        let odd = combine_replies(
+            Combine::SumPerChannel,
+            &nodes(1),
+            vec![Ok(Value::Array(vec![bulk("a")]))],
+        );
+        assert!(matches!(odd, Err(Error::Protocol(_))), "{odd:?}");
+        let united = combine_replies(
+            Combine::Union,
+            &nodes(2),
+            vec![
+                Ok(Value::Array(vec![bulk("x"), bulk("y")])),
+                Ok(Value::Array(vec![bulk("y"), bulk("z")])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(united, Value::Array(vec![bulk("x"), bulk("y"), bulk("z")]));
     }
 
     #[test]

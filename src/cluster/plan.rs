@@ -58,6 +58,11 @@ pub(crate) enum Combine {
     MergeArrays,
     /// A map from node address to its reply (`INFO`).
     PerNode,
+    /// `[channel, count, ...]` pairs (or a map) summed per channel, in the order of the
+    /// first reply (`PUBSUB NUMSUB`).
+    SumPerChannel,
+    /// Array replies merged without repeats (`PUBSUB CHANNELS`).
+    Union,
 }
 
 /// One part of a split command.
@@ -268,6 +273,12 @@ fn keyless_plan(command: &Cmd, info: &cmd::CommandInfo) -> Plan {
             combine: Combine::PerNode,
         };
     }
+    if let Some(combine) = pubsub_introspection(info.name()) {
+        return Plan::FanOut {
+            to: FanOutTo::AllNodes,
+            combine,
+        };
+    }
     if EVERY_NODE_SETTINGS.contains(&info.name()) {
         return Plan::FanOut {
             to: FanOutTo::AllNodes,
@@ -300,6 +311,21 @@ fn keyless_plan(command: &Cmd, info: &cmd::CommandInfo) -> Plan {
         None => return Plan::AnyPrimary,
     };
     Plan::FanOut { to, combine }
+}
+
+/// How the replies of `PUBSUB` introspection combine, which every node is asked. A node
+/// knows only its own clients' subscriptions, and subscribers sit on any node (sharded
+/// ones on any node of their channel's shard, replicas included): asked of one node,
+/// the answer would change from call to call. Counts add up per channel, channel lists
+/// are united, and pattern counts add up (a pattern subscribed on two nodes counts
+/// twice).
+fn pubsub_introspection(name: &str) -> Option<Combine> {
+    match name {
+        "pubsub|numsub" | "pubsub|shardnumsub" => Some(Combine::SumPerChannel),
+        "pubsub|channels" | "pubsub|shardchannels" => Some(Combine::Union),
+        "pubsub|numpat" => Some(Combine::Sum),
+        _ => None,
+    }
 }
 
 /// The slot that `CLUSTER COUNTKEYSINSLOT` and `CLUSTER GETKEYSINSLOT` ask about: only
@@ -480,6 +506,23 @@ mod tests {
             plan_of(&cmd("CLIENT").arg("KILL").arg("ID").arg(7)).unwrap(),
             Plan::AnyPrimary
         ));
+    }
+
+    #[test]
+    fn pubsub_introspection_asks_every_node() {
+        for (sub, combine) in [
+            ("NUMSUB", Combine::SumPerChannel),
+            ("SHARDNUMSUB", Combine::SumPerChannel),
+            ("CHANNELS", Combine::Union),
+            ("SHARDCHANNELS", Combine::Union),
+            ("NUMPAT", Combine::Sum),
+        ] {
+            let plan = plan_of(&cmd("PUBSUB").arg(sub).arg("c")).unwrap();
+            assert!(
+                matches!(plan, Plan::FanOut { to: FanOutTo::AllNodes, combine: c } if c == combine),
+                "{sub}: {plan:?}"
+            );
+        }
     }
 
     #[test]
