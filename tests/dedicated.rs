@@ -256,6 +256,51 @@ async fn watch_retry_watches_again_when_the_slot_moved_before_exec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedicated_connect_slower_than_the_response_timeout_still_serves_the_next_request() {
+    const PASSWORD: &str = "slow-provider-pass";
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .config("requirepass", PASSWORD)
+        .start()
+        .await
+        .unwrap();
+    // Every connect takes 400 ms (a slow secrets service); requests may take 250 ms.
+    let provider = redcluster::CredentialsProvider::new(|| async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Ok((None, redcluster::Secret::new(PASSWORD)))
+    });
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .credentials_provider(provider)
+        .connect_timeout(Duration::from_secs(5))
+        .response_timeout(Duration::from_millis(250))
+        .build()
+        .await
+        .unwrap();
+    let key = "{slow}:list";
+    let blpop = || client.query::<Option<(String, String)>>(cmd("BLPOP").arg(key).arg("0.05"));
+    let mut outcomes = Vec::new();
+    for _ in 0..5 {
+        let outcome = blpop().await;
+        let served = outcome.is_ok();
+        outcomes.push(outcome);
+        if served {
+            break;
+        }
+    }
+    // The first waited out its deadline while its connection was opened; a later one
+    // gets that connection.
+    assert!(
+        matches!(outcomes.first(), Some(Err(redcluster::Error::Timeout))),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes.last(), Some(Ok(None))),
+        "every BLPOP timed out while connecting: {outcomes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_comes_back_unwatched() {
     let local = support::cluster(3, 0).await;
     // One dedicated connection per node, so the second WATCH reuses the first's.

@@ -10,8 +10,15 @@
 //! connection comes back only if a check proves it is clean: `UNWATCH` then
 //! `PING <random token>` must answer the same token; anything else (a reply still
 //! pending, a dead socket) drops it.
+//!
+//! A connect runs on a task of its own, as the multiplexed connections' do: a request
+//! whose deadline passes while its connection is being opened gives up waiting, not the
+//! connect, whose connection is kept for the next request. Cut with the request, a
+//! connect slower than the response timeout (a TLS handshake over a slow link, a slow
+//! credentials provider) would never complete, and every blocking command, `WATCH` and
+//! durable write to the node would time out.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 
@@ -20,16 +27,37 @@ use crate::conn::{ConnectOptions, NodeConnection};
 use crate::error::Error;
 use crate::resp::Value;
 
+/// Most connections a node's pool keeps whose connect outlived the request that asked:
+/// as many requests as gave up while connecting may leave one each.
+const MAX_PARKED: usize = 4;
+
 /// Opens and checks dedicated connections to one node.
 #[derive(Debug)]
 pub(crate) struct DedicatedManager {
     addr: Arc<str>,
     options: ConnectOptions,
+    /// Connections opened for a request that had given up by then, for the next ones.
+    parked: Arc<Mutex<Vec<NodeConnection>>>,
 }
 
 impl DedicatedManager {
     pub(crate) fn new(addr: Arc<str>, options: ConnectOptions) -> Self {
-        DedicatedManager { addr, options }
+        DedicatedManager {
+            addr,
+            options,
+            parked: Arc::default(),
+        }
+    }
+
+    /// A connection a connect left for the next request, if one is still open.
+    fn take_parked(&self) -> Option<NodeConnection> {
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(conn) = parked.pop() {
+            if !conn.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
     }
 }
 
@@ -38,7 +66,28 @@ impl managed::Manager for DedicatedManager {
     type Error = Error;
 
     async fn create(&self) -> Result<NodeConnection, Error> {
-        NodeConnection::connect(&self.addr, &self.options).await
+        if let Some(conn) = self.take_parked() {
+            return Ok(conn);
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let (addr, options, parked) = (
+            Arc::clone(&self.addr),
+            self.options.clone(),
+            Arc::clone(&self.parked),
+        );
+        tokio::spawn(async move {
+            let opened = NodeConnection::connect(&addr, &options).await;
+            // Whoever asked gave up first: the connection waits for the next request.
+            if let Err(Ok(conn)) = answer.send(opened) {
+                let mut parked = parked.lock().unwrap_or_else(PoisonError::into_inner);
+                if parked.len() < MAX_PARKED {
+                    parked.push(conn);
+                }
+            }
+        });
+        answered.await.unwrap_or(Err(Error::ConnectionLost {
+            may_have_executed: false,
+        }))
     }
 
     async fn recycle(&self, conn: &mut NodeConnection, _: &Metrics) -> RecycleResult<Error> {
