@@ -1046,3 +1046,37 @@ async fn a_refused_subscriber_connection_fails_the_subscribe_with_its_cause() {
     let err = sub.subscribe(["news"]).await.unwrap_err();
     assert!(matches!(err, Error::Timeout), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tens_of_thousands_of_channels_subscribe_and_unsubscribe_in_one_call() {
+    let local = cluster(0).await;
+    // The default 5 s response timeout bounds each call: confirmations matched one by
+    // one against the whole list took longer than that for 50,000 channels.
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    let channels: Vec<String> = (0..50_000).map(|i| format!("many:{i}")).collect();
+    sub.subscribe(&channels).await.unwrap();
+    let shard: Vec<String> = (0..20_000).map(|i| format!("smany:{{x}}{i}")).collect();
+    sub.ssubscribe(&shard).await.unwrap();
+    client.publish("many:49999", "last").await.unwrap();
+    client.spublish("smany:{x}19999", "last").await.unwrap();
+    expect_messages(
+        &mut sub,
+        &[
+            (b("many:49999"), b("last")),
+            (b("smany:{x}19999"), b("last")),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
+    sub.unsubscribe(&channels).await.unwrap();
+    sub.sunsubscribe(&shard).await.unwrap();
+    let counts: Value = client
+        .query(cmd("PUBSUB").arg("NUMSUB").arg("many:0").arg("many:49999"))
+        .await
+        .unwrap();
+    assert_eq!(
+        channel_counts(counts),
+        [("many:0".to_string(), 0), ("many:49999".to_string(), 0)]
+    );
+}

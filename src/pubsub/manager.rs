@@ -114,8 +114,9 @@ enum Sent {
     Sub {
         kind: Kind,
         subscribe: bool,
-        /// Channels whose confirmation has not arrived.
-        remaining: Vec<Bytes>,
+        /// Channels whose confirmation has not arrived, in the order sent: the server
+        /// confirms them in that order, so each confirmation is found at the front.
+        remaining: std::collections::VecDeque<Bytes>,
     },
     Ping,
 }
@@ -298,14 +299,16 @@ impl Manager {
             } => {
                 // Every subscription of these channels (one per primary for a
                 // node-local one), or every one of the kind.
+                let named: HashSet<&Bytes> = channels.iter().collect();
                 let ended: Vec<Key> = self
                     .subs
                     .keys()
-                    .filter(|(k, c, _)| *k == kind && (channels.is_empty() || channels.contains(c)))
+                    .filter(|(k, c, _)| *k == kind && (named.is_empty() || named.contains(c)))
                     .cloned()
                     .collect();
                 self.local_wanted
-                    .retain(|(k, c)| *k != kind || !(channels.is_empty() || channels.contains(c)));
+                    .retain(|(k, c)| *k != kind || !(named.is_empty() || named.contains(c)));
+                drop(named);
                 let mut per_link: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
                 let mut keys = HashSet::new();
                 for key in ended {
@@ -387,7 +390,7 @@ impl Manager {
         link.sent.push_back(Sent::Sub {
             kind,
             subscribe,
-            remaining: channels,
+            remaining: channels.into(),
         });
     }
 
@@ -422,7 +425,11 @@ impl Manager {
     }
 
     fn flush_gaps(&mut self) {
-        let gaps = std::mem::take(&mut self.gaps);
+        let mut gaps = std::mem::take(&mut self.gaps);
+        for channels in [&mut gaps.channels, &mut gaps.patterns, &mut gaps.shards] {
+            let mut seen = HashSet::with_capacity(channels.len());
+            channels.retain(|c| seen.insert(c.clone()));
+        }
         if !gaps.channels.is_empty() || !gaps.patterns.is_empty() {
             self.emit(PubSubEvent::Gap {
                 channels: gaps.channels,
@@ -526,7 +533,7 @@ impl Manager {
                         kind,
                         subscribe: true,
                         remaining,
-                    } => self.on_subscribe_error(id, kind, remaining, &e),
+                    } => self.on_subscribe_error(id, kind, remaining.into(), &e),
                 }
                 self.close_idle_links();
             }
@@ -552,8 +559,13 @@ impl Manager {
                 if *k != kind || *s != subscribe {
                     continue;
                 }
-                if let Some(at) = remaining.iter().position(|c| c == channel) {
-                    remaining.swap_remove(at);
+                let at = if remaining.front() == Some(channel) {
+                    Some(0)
+                } else {
+                    remaining.iter().position(|c| c == channel)
+                };
+                if let Some(at) = at {
+                    remaining.remove(at);
                     if remaining.is_empty() {
                         link.sent.remove(i);
                     }
@@ -585,11 +597,9 @@ impl Manager {
                         Kind::Pattern => &mut self.gaps.patterns,
                         Kind::Shard => &mut self.gaps.shards,
                     };
-                    // A node-local subscription restored on several primaries at once
-                    // is one gap.
-                    if !gaps.contains(&channel) {
-                        gaps.push(channel.clone());
-                    }
+                    // (A node-local subscription restored on several primaries at once
+                    // is one gap: `flush_gaps` drops the repeats.)
+                    gaps.push(channel.clone());
                 }
             }
             Some(sub) if sub.state == State::Active(id) => {}

@@ -468,9 +468,10 @@ where
     I::Item: ToArg,
 {
     let mut out: Vec<Bytes> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for channel in channels {
         let channel = channel.with_bytes(Bytes::copy_from_slice);
-        if !out.contains(&channel) {
+        if seen.insert(channel.clone()) {
             out.push(channel);
         }
     }
