@@ -47,7 +47,9 @@ static NIL: Value = Value::Nil;
 /// back to back in shared buffers: a pipeline of a thousand takes a few allocations
 /// where [`Pipeline::add`] takes one per command.
 ///
-/// Order: a slot's commands run in the order added. A command resent after an `ASK` or
+/// Order: a slot's commands run in the order added; with reads from replicas
+/// ([`crate::ReadFrom`]), the reads of a slot the pipeline also writes go to its primary,
+/// so that they see the writes before them. A command resent after an `ASK` or
 /// `TRYAGAIN` runs after the slot's later commands the node had already served; one
 /// whose keys span slots (`MGET`, `DEL a b`, split per slot) or that runs on every node
 /// (`DBSIZE`) runs alongside the others, in no set order. `MULTI`, `WATCH` and their

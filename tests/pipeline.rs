@@ -632,3 +632,44 @@ async fn pipelines_and_transactions_convert_their_replies_to_one_typed_value() {
     let (balance, entries): (i64, i64) = tx.execute_as().await.unwrap();
     assert_eq!((balance, entries), (10, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_replica_reads_a_pipeline_reads_its_own_writes() {
+    let local = support::cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(redcluster::ReadFrom::Replica)
+        .build()
+        .await
+        .unwrap();
+    // Each pipeline writes a key and reads it back: the read runs after the write, on
+    // the primary, never on a replica the write has not reached.
+    for i in 0..200 {
+        let key = format!("ryw:{}", i % 10);
+        let mut p = client.pipeline();
+        p.set(&key, i);
+        p.get(&key);
+        let replies = p.execute().await.unwrap();
+        assert_eq!(
+            replies[1],
+            Value::Bulk(i.to_string().into()),
+            "pipeline {i}"
+        );
+    }
+    // A pipeline that only reads still reads from replicas.
+    let masters = local.masters().await.unwrap();
+    let replica_gets = || async {
+        let mut total = 0;
+        for node in (0..6).filter(|n| !masters.contains(n)) {
+            total += support::calls(&local, node, "get").await;
+        }
+        total
+    };
+    let before = replica_gets().await;
+    let mut p = client.pipeline();
+    for i in 0..10 {
+        p.get(format!("ryw:{i}"));
+    }
+    p.execute().await.unwrap();
+    assert_eq!(replica_gets().await - before, 10);
+}

@@ -124,6 +124,33 @@ impl Tally {
 }
 
 impl Inner {
+    /// The slots `cmds` write to, when reads would go elsewhere than the primary
+    /// (`read_from`): a slot's commands run in the order added, so its reads go to the
+    /// primary with its writes, which a replica would not have yet (`SET k v`, `GET k`
+    /// read `v`).
+    async fn slots_written(
+        &self,
+        cmds: &[Cmd],
+        deadline: Instant,
+        read_from: ReadFrom,
+    ) -> std::collections::HashSet<u16> {
+        let mut written = std::collections::HashSet::new();
+        if read_from == ReadFrom::Primary {
+            return written;
+        }
+        for command in cmds {
+            let info = self.command_info(command, deadline).await;
+            if let Ok(Plan::Slot {
+                slot,
+                read_only: false,
+            }) = plan::plan(command, info)
+            {
+                written.insert(slot);
+            }
+        }
+        written
+    }
+
     /// Runs `cmds` as a pipeline; one result per command, in order.
     pub(crate) async fn execute_pipeline(
         &self,
@@ -149,14 +176,16 @@ impl Inner {
         // thousands of commands would otherwise grow every group a dozen times.
         let share = cmds.len() / routes.primaries.len().max(1);
         let group_capacity = share + share / 8 + 1;
+        let written = self.slots_written(&cmds, deadline, read_from).await;
         for (index, command) in cmds.into_iter().enumerate() {
             let info = self.command_info(&command, deadline).await;
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {
                     // A blocking read (`XREAD BLOCK`) waits on the primary, as a single
-                    // command does.
+                    // command does, and so does a read of a slot the pipeline writes.
                     let blocks = info.is_some_and(|i| cmd::blocks(&command, i));
-                    let read = (read_only && !blocks).then_some(read_from);
+                    let read =
+                        (read_only && !blocks && !written.contains(&slot)).then_some(read_from);
                     match self.pick_for_slot(&routes, slot, read) {
                         Ok(node) => {
                             let meta = Meta {
