@@ -744,7 +744,7 @@ impl Watched {
             Plan::Split { parts, .. } => {
                 slots.extend(parts.iter().map(|p| p.slot).filter(|&s| s != self.slot))
             }
-            Plan::FanOut { .. } => return Err(plan::fan_out_in_transaction(command)),
+            Plan::FanOut { .. } => plan::fan_out_in_transaction(command)?,
             _ => {}
         }
         slots.dedup();

@@ -150,6 +150,24 @@ async fn transactions_run_atomically_on_one_slot() {
         ]
     );
 
+    // PING asks after the transaction's node, as on any one connection; a command
+    // that fans out to every node has no place in it.
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("{user:1}:visits")).add(cmd("PING"));
+    assert_eq!(
+        tx.execute().await.unwrap(),
+        [Value::Int(2), Value::Simple("PONG".into())]
+    );
+    let mut w = client.watch(["{user:1}:visits"]).await.unwrap();
+    let pong: String = w.query(cmd("PING")).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let committed = w.exec(vec![cmd("PING")]).await.unwrap();
+    assert_eq!(committed, Some(vec![Value::Simple("PONG".into())]));
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("{user:1}:visits"))
+        .add(cmd("DBSIZE"));
+    assert!(matches!(tx.execute().await, Err(Error::Config(_))));
+
     // Keys in different slots: refused before anything is sent.
     let mut tx = client.transaction();
     tx.add(cmd("SET").arg("tx:a").arg(1))

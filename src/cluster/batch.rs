@@ -655,7 +655,7 @@ impl Inner {
                 }
                 // Keyless commands run on whichever node the keys choose.
                 Plan::AnyPrimary => {}
-                Plan::FanOut { .. } => return Err(plan::fan_out_in_transaction(command)),
+                Plan::FanOut { .. } => plan::fan_out_in_transaction(command)?,
             }
         }
         if slots.len() > 1 {
