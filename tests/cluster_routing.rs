@@ -1025,6 +1025,40 @@ async fn scan_misses_no_key_of_a_primary_restarted_part_way() {
     );
 }
 
+/// Nodes list shards in their own order; a refresh that asks other nodes than the last
+/// one sees the same topology and must not install it again. Seen through the client's
+/// `DEBUG` events, on a current-thread runtime so that its tasks log on this thread.
+#[test]
+fn refreshes_of_an_unchanged_cluster_change_nothing() {
+    let (capture, _subscriber) = support::capture::capture_debug_events();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let local = cluster(3, 1).await;
+        let client = ClusterClient::connect(local.seeds()).await.unwrap();
+        for _ in 0..30 {
+            client.refresh_topology().await.unwrap();
+        }
+        let lines = capture.lines();
+        let refreshed = lines
+            .iter()
+            .filter(|l| l.contains("topology"))
+            .cloned()
+            .collect::<Vec<_>>();
+        assert!(
+            refreshed.iter().any(|l| l.contains("topology discovered")),
+            "{refreshed:#?}"
+        );
+        let reinstalled: Vec<&String> = refreshed
+            .iter()
+            .filter(|l| l.contains("topology updated"))
+            .collect();
+        assert!(reinstalled.is_empty(), "{reinstalled:#?}");
+    });
+}
+
 /// The scan's rescan path is seen through its `DEBUG` event, captured by a subscriber of
 /// this thread: the client runs on a current-thread runtime so that the scan's task runs
 /// here too.

@@ -19,12 +19,35 @@ pub(crate) struct Shard {
 }
 
 /// Which shard serves each slot.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// Two maps are equal when they route every slot to the same primary and hold the same
+/// shards, each with the same replicas, in whatever order: nodes list shards in the
+/// order of their own hash table, and replicas in the order they learned of them, so
+/// the same topology seen from two nodes comes in different orders.
+#[derive(Clone)]
 pub(crate) struct SlotMap {
     /// Index into `shards` for every slot, or `UNASSIGNED`.
     slots: Box<[u16]>,
     shards: Vec<Shard>,
 }
+
+impl PartialEq for SlotMap {
+    fn eq(&self, other: &SlotMap) -> bool {
+        let same_shard = |a: &Shard, b: &Shard| {
+            a.primary == b.primary
+                && a.replicas.len() == b.replicas.len()
+                && a.replicas.iter().all(|r| b.replicas.contains(r))
+        };
+        self.shards.len() == other.shards.len()
+            && self
+                .shards
+                .iter()
+                .all(|a| other.shards.iter().any(|b| same_shard(a, b)))
+            && (0..SLOT_COUNT).all(|slot| self.primary(slot) == other.primary(slot))
+    }
+}
+
+impl Eq for SlotMap {}
 
 impl std::fmt::Debug for SlotMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -186,6 +209,23 @@ pub(crate) fn shard(primary: &str, replicas: &[&str]) -> Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_are_equal_whatever_the_order_of_shards_and_replicas() {
+        let shard = |primary: &str, replicas: &[&str]| Shard {
+            primary: Arc::from(primary),
+            replicas: replicas.iter().map(|&r| Arc::from(r)).collect(),
+        };
+        let a = || (shard("a:1", &["a:2", "a:3"]), vec![(0, 8000)]);
+        let b = || (shard("b:1", &["b:2"]), vec![(8001, 16383)]);
+        let one = SlotMap::from_ranges([a(), b()]);
+        let other = SlotMap::from_ranges([b(), (shard("a:1", &["a:3", "a:2"]), vec![(0, 8000)])]);
+        assert_eq!(one, other);
+        let replica_gone = SlotMap::from_ranges([(shard("a:1", &["a:2"]), vec![(0, 8000)]), b()]);
+        assert_ne!(one, replica_gone);
+        assert_ne!(one, one.with_moved(0, "b:1"));
+        assert_ne!(one, SlotMap::from_ranges([a()]));
+    }
 
     #[test]
     fn routes_each_slot_to_its_shard() {

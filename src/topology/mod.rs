@@ -594,6 +594,23 @@ mod tests {
             choose_view(vec![view(&a, &[]), view(&a, &[]), view(&b, &["a:1"])]),
             Some(a)
         );
+        // Two nodes that list the same shards in another order agree: their view
+        // outvotes a stale one, whichever answered last.
+        let shard = |p: &str, r: &str| Shard {
+            primary: Arc::from(p),
+            replicas: vec![Arc::from(r)],
+        };
+        let ab = SlotMap::from_ranges([
+            (shard("a:1", "a:2"), vec![(0, 8000)]),
+            (shard("b:1", "b:2"), vec![(8001, 16383)]),
+        ]);
+        let ba = SlotMap::from_ranges([
+            (shard("b:1", "b:2"), vec![(8001, 16383)]),
+            (shard("a:1", "a:2"), vec![(0, 8000)]),
+        ]);
+        let stale = ab.with_moved(0, "b:1");
+        let chosen = choose_view(vec![view(&ab, &[]), view(&ba, &[]), view(&stale, &[])]);
+        assert_eq!(chosen.unwrap().primary(0).map(|p| &**p), Some("a:1"));
         assert_eq!(choose_view(vec![]), None);
     }
 
