@@ -779,6 +779,53 @@ async fn moved_slot_under_traffic_loses_no_request_and_follows_ask_and_moved() {
     assert!(stats.ask > 0, "ASK followed: {stats:?}");
 }
 
+/// Nodes set to prefer host names that have none report their endpoint as `?`, in
+/// `CLUSTER SHARDS` and in `MOVED`: the client finds them at their `ip`, and never
+/// dials a host named `?`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_prefer_host_names_they_lack_are_reached_at_their_ip() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .config("cluster-preferred-endpoint-type", "hostname")
+        .start()
+        .await
+        .unwrap();
+    let probe = local.connect_node(0).await.unwrap();
+    let shards = probe.send(cmd("CLUSTER").arg("SHARDS")).await.unwrap();
+    assert!(format!("{shards:?}").contains("\"?\""), "{shards:?}");
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let key = "ep:{a}";
+    client.set(key, "v").await.unwrap();
+    let slot = key_slot(key.as_bytes());
+    let to = other_master(&local, slot).await;
+    local.move_slot(slot, to).await.unwrap();
+    // The next request meets `MOVED <slot> ?:<port>`.
+    assert_eq!(
+        client
+            .get::<_, Option<String>>(key)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    assert_eq!(
+        client.node_for_key(key.as_bytes()).as_deref(),
+        Some(local.node_addr(to).as_str())
+    );
+    let nodes: Vec<String> = client
+        .health()
+        .nodes
+        .iter()
+        .map(|n| n.addr.clone())
+        .collect();
+    assert!(nodes.iter().all(|n| !n.starts_with('?')), "{nodes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_moved_replies_causes_few_refreshes() {
     let local = cluster(3, 0).await;

@@ -28,6 +28,10 @@ pub(crate) enum ErrorAction {
 pub(crate) fn classify(error: &ServerError, reached: &str) -> ErrorAction {
     match error.code() {
         "MOVED" | "ASK" => match parse_redirect(error, reached) {
+            // A target set to prefer host names without one (`MOVED 5 ?:6379`): where
+            // it is, only a refresh can tell (`CLUSTER SHARDS` gives its `ip`); the
+            // request waits for that as for a slot with no owner.
+            Some(r) if r.addr().starts_with("?:") => ErrorAction::ClusterDown,
             Some(r) => ErrorAction::Redirect(r),
             None => ErrorAction::Reply,
         },
@@ -83,6 +87,9 @@ mod tests {
             ErrorAction::Redirect(Redirect::Ask { .. })
         ));
         assert_eq!(c("MOVED garbage"), ErrorAction::Reply);
+        // A target without a known host: wait for a refresh to say where it is.
+        assert_eq!(c("MOVED 1 ?:7000"), ErrorAction::ClusterDown);
+        assert_eq!(c("ASK 1 ?:7000"), ErrorAction::ClusterDown);
         assert_eq!(
             c("CLUSTERDOWN The cluster is down"),
             ErrorAction::ClusterDown

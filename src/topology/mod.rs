@@ -74,11 +74,15 @@ fn host_of(addr: &str) -> &str {
     addr.rsplit_once(':').map_or(addr, |(h, _)| h)
 }
 
-/// Resolves a reported endpoint: `?` (unknown) and empty mean "the host you asked".
-fn endpoint_addr(endpoint: Option<&str>, port: u16, reached: &str) -> String {
-    match endpoint {
-        None | Some("") | Some("?") => format!("{}:{port}", host_of(reached)),
-        Some(host) => join_host_port(host, port),
+/// Resolves a reported endpoint. Empty (or none) means "the host you asked". `?` is a
+/// node set to prefer host names (`cluster-preferred-endpoint-type hostname`) that has
+/// none: its `ip`, when the reply gives one, is where it is; else the host asked.
+fn endpoint_addr(endpoint: Option<&str>, ip: Option<&str>, port: u16, reached: &str) -> String {
+    let ip = ip.filter(|ip| !ip.is_empty() && *ip != "?");
+    match (endpoint, ip) {
+        (Some("?"), Some(ip)) => join_host_port(ip, port),
+        (None | Some("") | Some("?"), _) => format!("{}:{port}", host_of(reached)),
+        (Some(host), _) => join_host_port(host, port),
     }
 }
 
@@ -133,10 +137,11 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
                 continue; // A node without a port cannot be reached; skip it.
             };
             let endpoint = field(&node, "endpoint").and_then(text);
+            let ip = field(&node, "ip").and_then(text);
             let health = field(&node, "health").and_then(text);
             let info = NodeInfo {
                 id: field(&node, "id").and_then(text),
-                addr: endpoint_addr(endpoint.as_deref(), port, reached),
+                addr: endpoint_addr(endpoint.as_deref(), ip.as_deref(), port, reached),
                 // "loading" also marks a replica whose replication offset is still 0,
                 // which every replica of a fresh cluster has: only a failed node is out.
                 healthy: !matches!(health.as_deref(), Some("failed" | "fail")),
@@ -193,17 +198,27 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
             return Err(malformed("slot out of range"));
         };
         let mut nodes = Vec::with_capacity(items.len() - 2);
-        for node in &items[2..] {
+        for (position, node) in items[2..].iter().enumerate() {
             let Value::Array(parts) = node else {
                 return Err(malformed("node is not an array"));
             };
             let Some(port) = port(parts.get(1)) else {
+                if position == 0 {
+                    // A primary that cannot be reached: the range has no owner, rather
+                    // than its first replica taking writes.
+                    break;
+                }
                 continue;
             };
             let host = parts.first().and_then(text);
+            // Redis 7 adds what the endpoint does not say: `{"ip": ..., "hostname": ...}`.
+            let ip = parts
+                .get(3)
+                .and_then(fields)
+                .and_then(|meta| field(&meta, "ip").and_then(text));
             nodes.push(NodeInfo {
                 id: parts.get(2).and_then(text),
-                addr: endpoint_addr(host.as_deref(), port, reached),
+                addr: endpoint_addr(host.as_deref(), ip.as_deref(), port, reached),
                 healthy: true,
             });
         }
@@ -466,7 +481,9 @@ mod tests {
         assert_eq!(shards.len(), 2);
         assert_eq!(shards[0].primary.addr, "127.0.0.1:7000");
         assert_eq!(shards[0].ranges, vec![(0, 5460), (6000, 6001)]);
-        assert_eq!(shards[0].replicas[0].addr, "10.1.1.1:7003");
+        // `?`: at its ip; empty: at the host asked.
+        assert_eq!(shards[0].replicas[0].addr, "127.0.0.1:7003");
+        assert_eq!(shards[0].replicas[1].addr, "10.1.1.1:7006");
         assert!(!shards[0].replicas[1].healthy);
         assert_eq!(shards[1].primary.addr, "redis-cluster-3:6379");
         let remap = |a: &str| a.replace("redis-cluster-3:6379", "127.0.0.1:6453");
@@ -501,6 +518,58 @@ mod tests {
         assert_eq!(plain[0].primary.addr, "[::1]:7000");
         let tls = parse_shards(&reply, "x:1", true).unwrap();
         assert_eq!(tls[0].primary.addr, "[::1]:7443");
+    }
+
+    #[test]
+    fn an_unknown_host_name_endpoint_falls_back_to_the_nodes_ip() {
+        // `?`: set to prefer host names, without one. The node's `ip` says where it is,
+        // not the host of the node asked.
+        let reply = Value::Array(vec![Value::Array(vec![
+            s("slots"),
+            Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+            s("nodes"),
+            Value::Array(vec![node("a", "?", 7000, "master", "online")]),
+        ])]);
+        let Value::Array(mut shard) = reply.clone() else {
+            unreachable!()
+        };
+        let shards = parse_shards(&reply, "10.0.0.9:7000", false).unwrap();
+        assert_eq!(shards[0].primary.addr, "127.0.0.1:7000");
+        // Without an `ip` (or an empty one): the host asked, as for an empty endpoint.
+        if let Value::Array(fields) = &mut shard[0] {
+            if let Value::Array(nodes) = &mut fields[3] {
+                if let Value::Array(node) = &mut nodes[0] {
+                    node[5] = s("");
+                }
+            }
+        }
+        let shards = parse_shards(&Value::Array(shard), "10.0.0.9:7000", false).unwrap();
+        assert_eq!(shards[0].primary.addr, "10.0.0.9:7000");
+        // CLUSTER SLOTS carries the ip in the node's metadata.
+        let slots = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![
+                s("?"),
+                Value::Int(7001),
+                s("id"),
+                Value::Map(vec![(s("ip"), s("10.0.0.2"))]),
+            ]),
+        ])]);
+        let shards = parse_slots(&slots, "10.0.0.9:7000").unwrap();
+        assert_eq!(shards[0].primary.addr, "10.0.0.2:7001");
+    }
+
+    #[test]
+    fn a_slot_range_whose_primary_has_no_port_has_no_owner() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(100),
+            Value::Array(vec![s(""), Value::Int(0), s("p")]),
+            Value::Array(vec![s(""), Value::Int(7003), s("r")]),
+        ])]);
+        let shards = parse_slots(&reply, "127.0.0.1:7000").unwrap();
+        assert!(shards.is_empty(), "{shards:?}");
     }
 
     #[test]
