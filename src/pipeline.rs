@@ -820,7 +820,8 @@ impl ClusterClient {
     /// transaction, so `EXEC` was aborted with `MOVED`; `TRYAGAIN`, `CLUSTERDOWN`, a
     /// connection lost before sending) counts as an attempt too: nothing of the
     /// transaction ran, and the next attempt watches the keys at their owner again,
-    /// after the client's retry backoff. Other errors end it.
+    /// after the client's retry backoff. Other errors end it. As after a conflict,
+    /// what `body` does outside the transaction runs again.
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {

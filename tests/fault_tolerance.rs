@@ -851,12 +851,12 @@ async fn a_timeout_while_the_node_answers_other_requests_does_not_open_its_break
     // lifetime; then the read times out behind the second script.
     let first = tokio::spawn(spin(400_000));
     support::wait_until_busy(&local, owner).await;
-    let second = tokio::spawn(spin(600_000));
-    let read = client
-        .with_response_timeout(Duration::from_millis(500))
-        .get::<_, Option<String>>(key)
-        .await;
+    // Polled in this order on this task: the second script is queued before the read.
+    let hasty = client.with_response_timeout(Duration::from_millis(500));
+    let (second, read) =
+        futures_util::future::join(spin(600_000), hasty.get::<_, Option<String>>(key)).await;
     assert!(matches!(read, Err(Error::Timeout)), "{read:?}");
+    assert_eq!(second.unwrap(), 1);
     assert_eq!(first.await.unwrap().unwrap(), 1);
     // The node answered meanwhile: the read's short deadline was no failure of the
     // node's, and its breaker stays closed for every handle.
@@ -864,7 +864,6 @@ async fn a_timeout_while_the_node_answers_other_requests_does_not_open_its_break
         client.health().node(&node).unwrap().breaker,
         BreakerState::Closed
     );
-    assert_eq!(second.await.unwrap().unwrap(), 1);
     assert_eq!(
         client
             .get::<_, Option<String>>(key)
@@ -873,6 +872,38 @@ async fn a_timeout_while_the_node_answers_other_requests_does_not_open_its_break
             .as_deref(),
         Some("v")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_slower_than_every_deadline_still_opens_its_breaker() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(200))
+        .health_check_interval(None)
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let key = "slow:{a}";
+    let node = client.node_for_key(key.as_bytes()).unwrap();
+    // Each request takes the node 300 ms: every one times out, and its reply comes
+    // late, during the next one's wait. Late replies are no progress.
+    let slow = || client.query::<i64>(cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(300_000));
+    for _ in 0..2 {
+        let r = slow().await;
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    }
+    assert_eq!(
+        client.health().node(&node).unwrap().breaker,
+        BreakerState::Open
+    );
+    let r = slow().await;
+    assert!(matches!(r, Err(Error::CircuitOpen { .. })), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -622,7 +622,7 @@ impl Inner {
     ) -> Result<Value> {
         let span = &command.span;
         let result = self
-            .send_loop(start, target, idempotent, deadline, &command, &mut attempts)
+            .send_loop(start, target, idempotent, deadline, span, &mut attempts)
             .instrument(span.clone())
             .await;
         command.done(result, attempts)
@@ -658,10 +658,9 @@ impl Inner {
         target: Target,
         idempotent: bool,
         deadline: Instant,
-        command: &Command,
+        span: &tracing::Span,
         attempts: &mut Attempts,
     ) -> Result<Value> {
-        let span = &command.span;
         let backoff = self.backoff();
         let mut redirects = 0u32;
         let mut retries = 0u32;
@@ -699,7 +698,6 @@ impl Inner {
                                 attempt: &mut attempt,
                                 redirect: &mut redirect,
                                 primary_only: &mut primary_only,
-                                started: command.started,
                             },
                         )
                         .await?
@@ -911,8 +909,9 @@ impl Inner {
             return Err(Error::Protocol("a request with nothing to send".into()));
         };
         let kind = sending.kind();
+        let sent = std::time::Instant::now();
         let answer = conn.dispatch(sending.into_cmds(asking), deadline).await;
-        self.record_on(node, &conn, &answer.result, st.started);
+        self.record_on(node, &conn, &answer.result, sent);
         Ok(Some((answer, kind, asking)))
     }
 
@@ -1050,15 +1049,14 @@ impl Inner {
         result: &Result<T>,
         since: std::time::Instant,
     ) {
+        // Not recorded: if the request was the breaker's probe, its `Admitted` frees the
+        // breaker for the next one when dropped.
         match result {
             // (A reply the connection cannot decode closes it too: its request gets
             // `Protocol`, the others `ConnectionLost`.)
             Err(Error::ConnectionLost { .. } | Error::Io { .. } | Error::Protocol(_))
-                if !conn.first_to_report_failure() =>
-            {
-                node.release_probe();
-            }
-            Err(Error::Timeout) if conn.answered_since(since) => node.release_probe(),
+                if !conn.first_to_report_failure() => {}
+            Err(Error::Timeout) if conn.answered_since(since) => {}
             _ => self.record_result(node, result),
         }
     }
@@ -1272,6 +1270,7 @@ impl Inner {
                             | Combine::OneSucceeded
                             | Combine::SumPerChannel
                             | Combine::Union
+                            | Combine::SumSubscriptions
                     );
                 (nodes, whole)
             };
@@ -1592,8 +1591,6 @@ struct AttemptState<'a> {
     redirect: &'a mut Option<Redirect>,
     /// After a replica failed, reads go to the primary.
     primary_only: &'a mut bool,
-    /// When the request began (see [`Inner::record_on`]).
-    started: std::time::Instant,
 }
 
 /// What the attempts of one request left behind, for its metrics and its final error.
@@ -1830,6 +1827,7 @@ fn combine_replies(
             Ok(Value::Array(out))
         }
         Combine::SumPerChannel => sum_per_channel(values),
+        Combine::SumSubscriptions => fold(Combine::Sum, values),
         Combine::Sum | Combine::Min | Combine::Max | Combine::LogicalAnd | Combine::LogicalOr => {
             fold(combine, values)
         }
@@ -1861,28 +1859,34 @@ fn sum_per_channel(values: Vec<Value>) -> Result<Value> {
         return Ok(Value::Array(Vec::new()));
     };
     let (as_map, mut total) = pairs(first)?;
-    // Each channel's place, by name: many channels would make a search per count
-    // quadratic.
-    let place: std::collections::HashMap<bytes::Bytes, usize> = total
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (channel, _))| match channel {
-            Value::Bulk(name) => Some((name.clone(), i)),
-            _ => None,
-        })
-        .collect();
-    for v in values {
-        for (channel, count) in pairs(v)?.1 {
-            let (Value::Bulk(name), Value::Int(n)) = (&channel, &count) else {
+    // Each channel's sum, by name (a search per count would be quadratic in the
+    // channels). A channel asked twice is listed twice by every node, with the same
+    // count: counted once per node, shown in both places.
+    let mut sums: std::collections::HashMap<bytes::Bytes, i64> = std::collections::HashMap::new();
+    let mut add = |pairs: &[(Value, Value)]| -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for (channel, count) in pairs {
+            let (Value::Bulk(name), Value::Int(n)) = (channel, count) else {
                 return Err(Error::Protocol(format!(
                     "a channel count is a {} for a {}",
                     count.kind(),
                     channel.kind()
                 )));
             };
-            if let Some(Value::Int(sum)) = place.get(name).map(|&i| &mut total[i].1) {
+            if seen.insert(name) {
+                let sum = sums.entry(name.clone()).or_insert(0);
                 *sum = sum.saturating_add(*n);
             }
+        }
+        Ok(())
+    };
+    add(&total)?;
+    for v in values {
+        add(&pairs(v)?.1)?;
+    }
+    for (channel, count) in &mut total {
+        if let (Value::Bulk(name), Value::Int(n)) = (&*channel, count) {
+            *n = sums.get(name).copied().unwrap_or(*n);
         }
     }
     Ok(if as_map {
@@ -2001,6 +2005,21 @@ mod tests {
         assert_eq!(
             summed,
             Value::Array(vec![bulk("a"), Value::Int(2), bulk("b"), Value::Int(3)])
+        );
+        // A channel asked twice: listed twice by each node, counted once per node.
+        let twice = |a: i64| {
+            Ok(Value::Array(vec![
+                bulk("a"),
+                Value::Int(a),
+                bulk("a"),
+                Value::Int(a),
+            ]))
+        };
+        let summed =
+            combine_replies(Combine::SumPerChannel, &nodes(2), vec![twice(1), twice(2)]).unwrap();
+        assert_eq!(
+            summed,
+            Value::Array(vec![bulk("a"), Value::Int(3), bulk("a"), Value::Int(3)])
         );
         let resp3 = |a: i64| Ok(Value::Map(vec![(bulk("a"), Value::Int(a))]));
         let summed =

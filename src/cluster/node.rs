@@ -621,6 +621,7 @@ impl Node {
         }
         if let Some(pool) = self.dedicated.get() {
             pool.close();
+            pool.manager().close_parked();
         }
     }
 }

@@ -63,6 +63,9 @@ pub(crate) enum Combine {
     SumPerChannel,
     /// Array replies merged without repeats (`PUBSUB CHANNELS`).
     Union,
+    /// The sum of the integer replies, of subscriptions rather than data
+    /// (`PUBSUB NUMPAT`).
+    SumSubscriptions,
 }
 
 /// One part of a split command.
@@ -327,7 +330,7 @@ fn pubsub_introspection(name: &str) -> Option<Combine> {
     match name {
         "pubsub|numsub" | "pubsub|shardnumsub" => Some(Combine::SumPerChannel),
         "pubsub|channels" | "pubsub|shardchannels" => Some(Combine::Union),
-        "pubsub|numpat" => Some(Combine::Sum),
+        "pubsub|numpat" => Some(Combine::SumSubscriptions),
         _ => None,
     }
 }
@@ -519,7 +522,7 @@ mod tests {
             ("SHARDNUMSUB", Combine::SumPerChannel),
             ("CHANNELS", Combine::Union),
             ("SHARDCHANNELS", Combine::Union),
-            ("NUMPAT", Combine::Sum),
+            ("NUMPAT", Combine::SumSubscriptions),
         ] {
             let plan = plan_of(&cmd("PUBSUB").arg(sub).arg("c")).unwrap();
             assert!(

@@ -67,6 +67,9 @@ const WRITE_BATCH: usize = 512;
 const WRITER_YIELDS: usize = 2;
 /// Read buffer growth step: room made before each read.
 const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer larger than this, with less than a chunk in it, is given up for a new
+/// one (see `read_loop`).
+const MAX_IDLE_READ_BUFFER: usize = 4 * 1024 * 1024;
 
 /// What a request sends: one command, or several that must be written back to back
 /// (`ASKING` + command, `MULTI` ... `EXEC`, an explicit pipeline).
@@ -173,10 +176,10 @@ struct Shared {
     /// The earliest deadline the deadline task knows of, in nanoseconds since `epoch`
     /// (`u64::MAX`: none). Never later than the earliest deadline held.
     next_deadline: AtomicU64,
-    /// When the reader last handed out replies, in nanoseconds since `epoch` (0: not
-    /// yet). A request that timed out while replies flowed was held up by this
-    /// client's load or its own short deadline, not by the node
-    /// ([`NodeConnection::answered_since`]).
+    /// When the reader last answered a request within its deadline, in nanoseconds
+    /// since `epoch` (0: not yet). A request that timed out while others were answered
+    /// in time was held up by this client's load or its own short deadline, not by the
+    /// node ([`NodeConnection::answered_since`]).
     last_reply: AtomicU64,
     epoch: Instant,
     max_in_flight: usize,
@@ -675,11 +678,12 @@ impl NodeConnection {
         !self.shared.failure_reported.swap(true, Ordering::AcqRel)
     }
 
-    /// Whether the server's replies came on this connection at or after `since` (the
-    /// start of a request that timed out): then the node was answering, and the
-    /// request waited on the requests ahead of it or had too short a deadline for the
-    /// node's pace. A node that answers nothing for a request's whole life (frozen,
-    /// unreachable, stuck in a script) did fail it.
+    /// Whether the server answered a request on this connection within its deadline at
+    /// or after `since` (the start of a request that timed out): then the node was
+    /// answering, and the request waited on the requests ahead of it or had too short a
+    /// deadline for the node's pace. A node that answers nothing in time for a
+    /// request's whole life (frozen, unreachable, stuck in a script, slower than every
+    /// deadline) did fail it.
     pub(crate) fn answered_since(&self, since: std::time::Instant) -> bool {
         let last = self.shared.last_reply.load(Ordering::Relaxed);
         last != 0 && last >= self.shared.nanos(Instant::from_std(since))
@@ -1328,6 +1332,8 @@ where
     let mut replies: SmallVec<[Value; 16]> = SmallVec::new();
     let mut done: Vec<InFlight> = Vec::new();
     let error = 'outer: loop {
+        // A buffer grown for a large reply: see below.
+        let large = rbuf.capacity() > MAX_IDLE_READ_BUFFER;
         // Replies may already sit in the buffer from the handshake's last read.
         loop {
             match decoder.decode(&mut rbuf) {
@@ -1350,13 +1356,19 @@ where
             }
         }
         if !replies.is_empty() {
-            // One clock read per read, not per reply.
-            shared
-                .last_reply
-                .store(shared.nanos(Instant::now()), Ordering::Relaxed);
             if let Err(e) = deliver(&shared, &mut replies, &mut done) {
                 break e;
             }
+        }
+        // The large reply is out, a slice of the buffer's allocation: what is left of
+        // the buffer moves to a new one. Reading on in the old one would keep the whole
+        // allocation alive after the caller dropped the reply, and `reserve` would take
+        // it back to keep: a 256 MB value read once would hold 256 MB for the
+        // connection's life.
+        if large && rbuf.len() < READ_CHUNK {
+            let mut fresh = BytesMut::with_capacity(READ_CHUNK);
+            fresh.extend_from_slice(&rbuf);
+            rbuf = fresh;
         }
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
@@ -1433,10 +1445,20 @@ fn deliver(
         shared.room.notify_one();
     }
     // Answer outside the lock; a request that timed out was answered already.
+    let mut in_time = false;
     for entry in done.drain(..) {
         if let Some(reply) = entry.reply {
+            in_time = true;
             let _ = reply.send(Ok(entry.replies));
         }
+    }
+    // The node answered a request within its deadline: it makes progress. Late replies
+    // to requests that timed out do not count, or a node slower than every deadline
+    // would never open its breaker. One clock read per read, not per reply.
+    if in_time {
+        shared
+            .last_reply
+            .store(shared.nanos(Instant::now()), Ordering::Relaxed);
     }
     outcome
 }

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 /// When a node's breaker opens and for how long.
 ///
 /// Failures are timeouts, failed connects, connections lost and replies that are not
-/// RESP. A timeout counts only when the node answered nothing on the request's
-/// connection since the request began: one that waited behind slow requests, or
+/// RESP. A timeout counts only when the node answered no request in time on the
+/// request's connection since it was sent: one that waited behind slow requests, or
 /// whose handle's deadline is shorter than the node's pace, met a node that works.
 /// A shared connection that is lost counts once, however many requests were in
 /// flight on it: a reset connection (a server-side `CLIENT KILL`, an idle timeout, a

@@ -27,9 +27,11 @@ use crate::conn::{ConnectOptions, NodeConnection};
 use crate::error::Error;
 use crate::resp::Value;
 
-/// Most connections a node's pool keeps whose connect outlived the request that asked:
-/// as many requests as gave up while connecting may leave one each.
-const MAX_PARKED: usize = 4;
+/// Most connects a node's pool runs at once, and most connections it keeps whose
+/// connect outlived the request that asked. Requests that give up while connecting do
+/// not start connects beyond it: to a node slow to accept, each would be another
+/// handshake it must serve.
+const MAX_CONNECTING: usize = 4;
 
 /// Opens and checks dedicated connections to one node.
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub(crate) struct DedicatedManager {
     options: ConnectOptions,
     /// Connections opened for a request that had given up by then, for the next ones.
     parked: Arc<Mutex<Vec<NodeConnection>>>,
+    /// One permit per connect running (see [`MAX_CONNECTING`]).
+    connecting: Arc<tokio::sync::Semaphore>,
 }
 
 impl DedicatedManager {
@@ -46,6 +50,16 @@ impl DedicatedManager {
             addr,
             options,
             parked: Arc::default(),
+            connecting: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTING)),
+        }
+    }
+
+    /// Closes the connections kept for later requests: the node left the topology.
+    pub(crate) fn close_parked(&self) {
+        let parked =
+            std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
+        for conn in parked {
+            conn.close();
         }
     }
 
@@ -69,6 +83,15 @@ impl managed::Manager for DedicatedManager {
         if let Some(conn) = self.take_parked() {
             return Ok(conn);
         }
+        let Ok(permit) = Arc::clone(&self.connecting).acquire_owned().await else {
+            return Err(Error::ConnectionLost {
+                may_have_executed: false,
+            });
+        };
+        // A connect that ended while this one waited may have left its connection.
+        if let Some(conn) = self.take_parked() {
+            return Ok(conn);
+        }
         let (answer, answered) = tokio::sync::oneshot::channel();
         let (addr, options, parked) = (
             Arc::clone(&self.addr),
@@ -76,11 +99,12 @@ impl managed::Manager for DedicatedManager {
             Arc::clone(&self.parked),
         );
         tokio::spawn(async move {
+            let _permit = permit;
             let opened = NodeConnection::connect(&addr, &options).await;
             // Whoever asked gave up first: the connection waits for the next request.
             if let Err(Ok(conn)) = answer.send(opened) {
                 let mut parked = parked.lock().unwrap_or_else(PoisonError::into_inner);
-                if parked.len() < MAX_PARKED {
+                if parked.len() < MAX_CONNECTING {
                     parked.push(conn);
                 }
             }

@@ -635,8 +635,12 @@ impl Manager {
             Some(link) => Arc::clone(&link.link.addr),
             None => return,
         };
-        let redirect = parse_redirect(e, &addr);
+        // A target without a known host (`MOVED 5 ?:6379`) is for a refresh to find.
+        let parsed = parse_redirect(e, &addr);
+        let unknown_host = parsed.as_ref().is_some_and(|r| r.addr().starts_with("?:"));
+        let redirect = parsed.filter(|_| !unknown_host);
         let retry = redirect.is_some()
+            || unknown_host
             || matches!(
                 e.code(),
                 "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "BUSY"
