@@ -1038,10 +1038,10 @@ impl Inner {
     /// `CLIENT KILL`, an idle timeout, a proxy) would open a healthy node's breaker
     /// whenever more requests than its threshold were in flight.
     ///
-    /// A timeout counts only when the node answered nothing on `conn` since the request
-    /// began (`since`): a handle with a deadline shorter than the node's pace under
-    /// load, or requests queued behind slow ones, would otherwise open the breaker of a
-    /// node that answers, for every handle.
+    /// A timeout counts only when the node answered no request in time on `conn` since
+    /// the request was sent (`since`): a handle with a deadline shorter than the node's
+    /// pace under load, or requests queued behind slow ones, would otherwise open the
+    /// breaker of a node that answers, for every handle.
     pub(crate) fn record_on<T>(
         &self,
         node: &Node,
