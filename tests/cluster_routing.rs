@@ -1009,6 +1009,50 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_whose_pattern_pins_a_hash_tag_asks_only_that_slots_owner() {
+    use futures_util::StreamExt;
+    use redcluster::ScanOptions;
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let tagged: Vec<String> = (0..200).map(|i| format!("u:{{42}}:{i}")).collect();
+    client
+        .mset(tagged.iter().map(|k| (k.as_str(), "v")))
+        .await
+        .unwrap();
+    // Keys of other tags, on every primary, that the pattern does not match.
+    for i in (0..200).filter(|&i| i != 42) {
+        client.set(format!("u:{{{i}}}:x"), "v").await.unwrap();
+    }
+    let owner = support::owner_index(&local, &client, "u:{42}:0");
+    let masters = local.masters().await.unwrap();
+    let mut scans_before = Vec::new();
+    for &m in &masters {
+        scans_before.push(calls(&local, m, "scan").await);
+    }
+    let found: Vec<_> = client
+        .scan(ScanOptions::default().pattern("u:{42}:*").count(50))
+        .collect()
+        .await;
+    let mut found: Vec<String> = found
+        .into_iter()
+        .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
+        .collect();
+    found.sort();
+    found.dedup();
+    let mut expected = tagged.clone();
+    expected.sort();
+    assert_eq!(found, expected);
+    for (&m, before) in masters.iter().zip(scans_before) {
+        let scans = calls(&local, m, "scan").await - before;
+        if m == owner {
+            assert!(scans > 0, "the owner was scanned");
+        } else {
+            assert_eq!(scans, 0, "node {m} holds no key of the pattern's slot");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_misses_no_key_of_a_primary_restarted_part_way() {
     use futures_util::StreamExt;
     use redcluster::ScanOptions;

@@ -95,8 +95,22 @@ impl ScanOptions {
 
 /// The keys of a cluster-wide scan, as a `futures::Stream` of `Result<Bytes>`.
 ///
+/// Every primary is scanned with its own cursor, one node after another. As with
+/// `SCAN` itself, a key present for the whole scan is returned at least once and may be
+/// returned more than once (deduplicate if it matters); a key added or removed
+/// meanwhile may or may not be. A node's slots count as covered only if the node owned
+/// them, neither migrating nor importing, before and after its scan, with the same
+/// config epoch, on one connection: slots that failed over, moved, or whose node
+/// restarted or dropped the connection part way are scanned again on their owner, from
+/// the start. A pattern that pins one slot (a literal prefix holding a `{tag}`:
+/// `user:{42}:*`) is scanned on that slot's owner only.
+///
 /// The stream ends after every slot was covered, or after one error (then the scan is
-/// incomplete). Dropping it stops the scan.
+/// incomplete): an error that would come again at once (`NOPERM`, a bad option, `SCAN`
+/// disabled), or [`crate::Error::ClusterDown`] after 20 passes (about 15 s of pauses)
+/// in which some slot never qualified (no reachable primary, or migrating throughout).
+/// Passing errors (`LOADING`, `BUSY`, a lost connection) are retried. Dropping the
+/// stream stops the scan.
 ///
 /// ```no_run
 /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
@@ -159,6 +173,12 @@ async fn scan_cluster(
     tx: &mpsc::Sender<Result<Bytes>>,
 ) -> Result<()> {
     let mut done = vec![false; usize::from(SLOT_COUNT)];
+    // A pattern that pins one slot (`user:{42}:*`) is scanned on that slot's owner
+    // alone: no key elsewhere can match it.
+    if let Some(slot) = options.pattern.as_deref().and_then(pattern_slot) {
+        done.fill(true);
+        done[usize::from(slot)] = false;
+    }
     // Why the last interrupted node scan stopped, for the error if the scan gives up.
     let mut last_error: Option<Error> = None;
     for pass in 0..MAX_PASSES {
@@ -239,6 +259,18 @@ async fn scan_cluster(
             ),
         }))
     }
+}
+
+/// The one slot every key matching `pattern` hashes to, when the pattern pins it: it
+/// begins with a literal part (no `*`, `?`, `[` or `\`) that holds a non-empty
+/// `{tag}`. A matching key begins with that part, so its first `{...}` is the same tag.
+fn pattern_slot(pattern: &str) -> Option<u16> {
+    let pattern = pattern.as_bytes();
+    let open = pattern.iter().position(|&b| b == b'{')?;
+    let len = pattern[open + 1..].iter().position(|&b| b == b'}')?;
+    let literal = &pattern[..open + len + 2];
+    let glob = |b: &u8| matches!(b, b'*' | b'?' | b'[' | b'\\');
+    (len > 0 && !literal.iter().any(glob)).then(|| key_slot(literal))
 }
 
 /// The slots not yet covered, grouped by their current owner.
@@ -455,8 +487,25 @@ fn settled(cluster_nodes: &str) -> Option<Settled> {
 
 #[cfg(test)]
 mod tests {
-    use super::settled;
+    use super::{pattern_slot, settled};
+    use crate::slot::key_slot;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_pattern_with_a_literal_tag_pins_its_slot() {
+        assert_eq!(pattern_slot("user:{42}:*"), Some(key_slot(b"{42}")));
+        assert_eq!(pattern_slot("{42}*"), Some(key_slot(b"42")));
+        // A glob before the tag: a key could hold an earlier `{...}`.
+        assert_eq!(pattern_slot("*{42}*"), None);
+        assert_eq!(pattern_slot("u?:{42}:*"), None);
+        assert_eq!(pattern_slot("[ab]{42}"), None);
+        assert_eq!(pattern_slot(r"a\{b}"), None);
+        // A glob inside the tag, an empty tag, no tag, no end to the tag.
+        assert_eq!(pattern_slot("user:{4*}:x"), None);
+        assert_eq!(pattern_slot("user:{}:*"), None);
+        assert_eq!(pattern_slot("user:*"), None);
+        assert_eq!(pattern_slot("user:{42:*"), None);
+    }
 
     /// Fields of `CLUSTER NODES` lines, and some that are not.
     fn field() -> impl Strategy<Value = String> {
