@@ -17,7 +17,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::cluster::execute::{Payload, Target};
-use crate::cluster::node::Node;
+use crate::cluster::node::{Admitted, Node};
 use crate::cluster::Inner;
 use crate::cmd::{cmd, Cmd};
 use crate::conn::{Answer, Cmds};
@@ -318,33 +318,19 @@ impl Inner {
                 },
             };
             landing.at(&node);
-            let Some(_admitted) = self.admit(&node) else {
-                // As in `send_loop`: fail fast unless the slot is now served elsewhere.
-                let open = Error::CircuitOpen {
-                    node: node.addr.to_string(),
-                };
-                let was_moved = moved_to.take().is_some();
-                if !was_moved && !self.routed_elsewhere(&node, &target, true) {
-                    return Err(open);
-                }
-                self.wait_retry(&backoff, &mut retries, deadline, open)
-                    .await?;
+            let admitted = self
+                .admitted_lease(
+                    &node,
+                    &target,
+                    moved_to.is_some(),
+                    &backoff,
+                    &mut retries,
+                    deadline,
+                )
+                .await?;
+            let Some((_admitted, mut lease)) = admitted else {
+                moved_to = None;
                 continue;
-            };
-            let mut lease = match self.lease(&node, deadline).await {
-                Ok(lease) => lease,
-                // Our own deadline, or a refusal (credentials): not the node's fault.
-                Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => {
-                    node.release_probe();
-                    return Err(e);
-                }
-                Err(e) => {
-                    self.record(&node, Some(&e));
-                    self.signal.request(RefreshTrigger::ConnectionFailure);
-                    moved_to = None;
-                    self.wait_retry(&backoff, &mut retries, deadline, e).await?;
-                    continue;
-                }
             };
             let watch = cmd("WATCH").args(keys.iter());
             let answer = lease.dispatch(Cmds::One(watch), deadline).await;
@@ -528,6 +514,51 @@ impl Durability {
 }
 
 impl Inner {
+    /// Admits a request to `node` through its breaker and leases one of its dedicated
+    /// connections, for `watch` and `send_durable`. `Ok(None)` when the request should
+    /// try again, after the backoff this waited: the breaker is open but the slot is
+    /// served elsewhere now (or `redirected` took it here), or the connect failed for
+    /// the node's reasons (recorded; a refresh asked for). Nothing was sent either way.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CircuitOpen`] when the slot's own node fails fast; the lease's error when
+    /// it was this request's (its deadline, refused credentials); the last error when
+    /// retries or time ran out.
+    async fn admitted_lease<'a>(
+        &self,
+        node: &'a Arc<Node>,
+        target: &Target,
+        redirected: bool,
+        backoff: &crate::policy::Backoff,
+        retries: &mut u32,
+        deadline: Instant,
+    ) -> Result<Option<(Admitted<'a>, Lease)>> {
+        let Some(admitted) = self.admit(node) else {
+            // As in `send_loop`: fail fast unless the slot is now served elsewhere.
+            let open = Error::CircuitOpen {
+                node: node.addr.to_string(),
+            };
+            if !redirected && !self.routed_elsewhere(node, target, true) {
+                return Err(open);
+            }
+            self.wait_retry(backoff, retries, deadline, open).await?;
+            return Ok(None);
+        };
+        match self.lease(node, deadline).await {
+            Ok(lease) => Ok(Some((admitted, lease))),
+            // Our own deadline, or a refusal (credentials): not the node's fault. If this
+            // was the breaker's probe, `admitted` hands over to the next request.
+            Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => Err(e),
+            Err(e) => {
+                self.record(node, Some(&e));
+                self.signal.request(RefreshTrigger::ConnectionFailure);
+                self.wait_retry(backoff, retries, deadline, e).await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Sends a write and `WAIT` on a dedicated connection to the slot's primary,
     /// following redirects; returns the write's reply and the replicas that acknowledged.
     pub(crate) async fn send_durable(
@@ -553,36 +584,20 @@ impl Inner {
                 None => self.pick(&target, true)?,
             };
             landing.at(&node);
-            let Some(_admitted) = self.admit(&node) else {
-                // As in `send_loop`: fail fast unless the slot is now served elsewhere.
-                let open = Error::CircuitOpen {
-                    node: node.addr.to_string(),
-                };
-                let was_redirected = redirect.take().is_some();
-                if !was_redirected && !self.routed_elsewhere(&node, &target, true) {
-                    return Err(open);
-                }
-                self.wait_retry(&backoff, &mut retries, lease_deadline, open)
-                    .await?;
+            let redirected = redirect.is_some();
+            let admitted = self
+                .admitted_lease(
+                    &node,
+                    &target,
+                    redirected,
+                    &backoff,
+                    &mut retries,
+                    lease_deadline,
+                )
+                .await?;
+            let Some((_admitted, mut lease)) = admitted else {
+                redirect = None;
                 continue;
-            };
-            let mut lease = match self.lease(&node, lease_deadline).await {
-                Ok(lease) => lease,
-                // Our own deadline, or a refusal (credentials): not the node's fault. If
-                // this write was the breaker's probe, the next request probes instead.
-                Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => {
-                    node.release_probe();
-                    return Err(e);
-                }
-                Err(e) => {
-                    // Nothing was sent: record the failure, look for a new primary, retry.
-                    self.record(&node, Some(&e));
-                    self.signal.request(RefreshTrigger::ConnectionFailure);
-                    redirect = None;
-                    self.wait_retry(&backoff, &mut retries, lease_deadline, e)
-                        .await?;
-                    continue;
-                }
             };
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let kind = payload.kind();

@@ -678,15 +678,15 @@ impl NodeConnection {
         !self.shared.failure_reported.swap(true, Ordering::AcqRel)
     }
 
-    /// Whether the server answered a request on this connection within its deadline at
-    /// or after `since` (the start of a request that timed out): then the node was
+    /// Whether the server answered a request on this connection within its deadline
+    /// after `since` (when a request that timed out was sent): then the node was
     /// answering, and the request waited on the requests ahead of it or had too short a
     /// deadline for the node's pace. A node that answers nothing in time for a
     /// request's whole life (frozen, unreachable, stuck in a script, slower than every
     /// deadline) did fail it.
     pub(crate) fn answered_since(&self, since: std::time::Instant) -> bool {
         let last = self.shared.last_reply.load(Ordering::Relaxed);
-        last != 0 && last >= self.shared.nanos(Instant::from_std(since))
+        last > self.shared.nanos(Instant::from_std(since))
     }
 
     /// Closes the connection: queued and in-flight requests get
@@ -1444,21 +1444,21 @@ fn deliver(
     if was_full || (drained && !lock(&shared.queue).requests.is_empty()) {
         shared.room.notify_one();
     }
-    // Answer outside the lock; a request that timed out was answered already.
-    let mut in_time = false;
-    for entry in done.drain(..) {
-        if let Some(reply) = entry.reply {
-            in_time = true;
-            let _ = reply.send(Ok(entry.replies));
-        }
-    }
     // The node answered a request within its deadline: it makes progress. Late replies
     // to requests that timed out do not count, or a node slower than every deadline
-    // would never open its breaker. One clock read per read, not per reply.
-    if in_time {
+    // would never open its breaker. One clock read per read, not per reply, and before
+    // the answers go out: a caller woken by one may send its next request at once, and
+    // this stamp must not fall within that request's life.
+    if done.iter().any(|entry| entry.reply.is_some()) {
         shared
             .last_reply
             .store(shared.nanos(Instant::now()), Ordering::Relaxed);
+    }
+    // Answer outside the lock; a request that timed out was answered already.
+    for entry in done.drain(..) {
+        if let Some(reply) = entry.reply {
+            let _ = reply.send(Ok(entry.replies));
+        }
     }
     outcome
 }
