@@ -954,6 +954,23 @@ async fn nodes_announced_by_unresolvable_names_are_reached_through_the_remap() {
     );
 }
 
+/// The keys a cluster-wide scan returns, each once, sorted; panics on a scan error.
+async fn scanned(client: &ClusterClient, options: redcluster::ScanOptions) -> Vec<String> {
+    use futures_util::StreamExt;
+    let keys: Vec<_> = client.scan(options).collect().await;
+    sorted(
+        keys.into_iter()
+            .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
+            .collect(),
+    )
+}
+
+fn sorted(mut keys: Vec<String>) -> Vec<String> {
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_covers_the_cluster_with_match_count_and_type() {
     use futures_util::StreamExt;
@@ -968,19 +985,8 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
     for i in 0..50 {
         client.hset(format!("scanh:{i}"), "f", "v").await.unwrap();
     }
-    let found: Vec<_> = client
-        .scan(ScanOptions::default().pattern("scan:*").count(100))
-        .collect()
-        .await;
-    let mut found: Vec<String> = found
-        .into_iter()
-        .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
-        .collect();
-    found.sort();
-    found.dedup();
-    let mut expected = keys.clone();
-    expected.sort();
-    assert_eq!(found, expected);
+    let found = scanned(&client, ScanOptions::default().pattern("scan:*").count(100)).await;
+    assert_eq!(found, sorted(keys.clone()));
     let hashes: Vec<_> = client
         .scan(ScanOptions::default().key_type("hash"))
         .collect()
@@ -1010,7 +1016,6 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scan_whose_pattern_pins_a_hash_tag_asks_only_that_slots_owner() {
-    use futures_util::StreamExt;
     use redcluster::ScanOptions;
     let local = cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
@@ -1029,19 +1034,12 @@ async fn a_scan_whose_pattern_pins_a_hash_tag_asks_only_that_slots_owner() {
     for &m in &masters {
         scans_before.push(calls(&local, m, "scan").await);
     }
-    let found: Vec<_> = client
-        .scan(ScanOptions::default().pattern("u:{42}:*").count(50))
-        .collect()
-        .await;
-    let mut found: Vec<String> = found
-        .into_iter()
-        .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
-        .collect();
-    found.sort();
-    found.dedup();
-    let mut expected = tagged.clone();
-    expected.sort();
-    assert_eq!(found, expected);
+    let found = scanned(
+        &client,
+        ScanOptions::default().pattern("u:{42}:*").count(50),
+    )
+    .await;
+    assert_eq!(found, sorted(tagged));
     for (&m, before) in masters.iter().zip(scans_before) {
         let scans = calls(&local, m, "scan").await - before;
         if m == owner {

@@ -2,23 +2,14 @@
 //! frozen node's breaker fails requests fast instead of piling them up. One test in this
 //! binary, so the process's resident size is this test's alone.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{key_slot, ClusterClient};
-
-/// Resident set size of this process, from /proc.
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
 
 /// What the client may grow by while a shard is unreachable for 10 s under load.
 const BOUND: u64 = 32 * 1024 * 1024;
@@ -63,13 +54,13 @@ async fn memory_stays_flat_while_a_shard_is_unreachable() {
     for t in load(2) {
         t.await.unwrap();
     }
-    let before = rss_bytes();
+    let before = support::rss_bytes();
     let frozen = local.master_of_slot(key_slot(b"mem:0:0")).await.unwrap();
     local.pause(frozen).unwrap();
     for t in load(10) {
         t.await.unwrap();
     }
-    let during = rss_bytes();
+    let during = support::rss_bytes();
     local.resume(frozen).unwrap();
     stop.store(true, Ordering::Relaxed);
     let grew = during.saturating_sub(before);

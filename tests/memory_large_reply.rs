@@ -1,21 +1,12 @@
 //! A connection does not keep the memory of a large reply once its caller dropped it.
 //! One test in this binary, so the process's resident size is this test's alone.
 
+mod support;
+
 use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::ClusterClient;
-
-/// Resident set size of this process, from /proc.
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
 
 const VALUE: usize = 64 * 1024 * 1024;
 
@@ -35,7 +26,7 @@ async fn a_large_reply_leaves_no_large_buffer_behind() {
     let key = "big:{a}";
     client.set(key, vec![b'x'; VALUE]).await.unwrap();
     client.set("small:{a}", "v").await.unwrap();
-    let before = rss_bytes();
+    let before = support::rss_bytes();
     let value: Vec<u8> = client.get(key).await.unwrap();
     assert_eq!(value.len(), VALUE);
     drop(value);
@@ -44,7 +35,7 @@ async fn a_large_reply_leaves_no_large_buffer_behind() {
         let small: String = client.get("small:{a}").await.unwrap();
         assert_eq!(small, "v");
     }
-    let after = rss_bytes();
+    let after = support::rss_bytes();
     println!("resident before the large GET {before}, after it and 100 small ones {after}");
     assert!(
         after < before + VALUE as u64 / 2,

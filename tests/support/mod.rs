@@ -192,3 +192,14 @@ pub async fn wait_until_busy(local: &redcluster::testkit::LocalCluster, index: u
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// Resident set size of this process, from /proc.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
