@@ -875,6 +875,44 @@ async fn a_timeout_while_the_node_answers_other_requests_does_not_open_its_break
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_behind_a_pipeline_whose_replies_stream_in_does_not_open_the_breaker() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(30))
+        .health_check_interval(None)
+        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(1))
+        .build()
+        .await
+        .unwrap();
+    // Ten values of 1 MB written to one node in one pipeline, each followed by a 30 ms
+    // script: the node reads the request a piece at a time and sends what it has
+    // answered whenever it waits for more, reply after reply, for 300 ms at least.
+    let value = vec![b'x'; 1024 * 1024];
+    let node = client.node_for_key(b"{stream}").unwrap();
+    let mut pipeline = client.pipeline();
+    for i in 0..10 {
+        pipeline.set(format!("{{stream}}:{i}"), value.as_slice());
+        pipeline.add(cmd("EVAL").arg(SPIN).arg(1).arg("{stream}").arg(30_000));
+    }
+    // Polled in this order on this task: the pipeline is written first, and the read
+    // waits behind its replies past its 100 ms.
+    let hasty = client.with_response_timeout(Duration::from_millis(100));
+    let (replies, read) = futures_util::future::join(
+        pipeline.execute(),
+        hasty.get::<_, Option<Vec<u8>>>("{stream}:other"),
+    )
+    .await;
+    assert!(matches!(read, Err(Error::Timeout)), "{read:?}");
+    assert_eq!(replies.unwrap().len(), 20);
+    // The node answered the pipeline meanwhile, one reply after another.
+    assert_eq!(
+        client.health().node(&node).unwrap().breaker,
+        BreakerState::Closed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_slower_than_every_deadline_still_opens_its_breaker() {
     let local = never_failing_over().await;
     let client = ClusterClient::builder()

@@ -1331,9 +1331,12 @@ where
 {
     let mut replies: SmallVec<[Value; 16]> = SmallVec::new();
     let mut done: Vec<InFlight> = Vec::new();
+    // The buffer grew for a large reply (see below). Sticky until the buffer is given
+    // up: `capacity` is the room left from where the buffer stands, which the reply
+    // once out no longer shows.
+    let mut large = false;
     let error = 'outer: loop {
-        // A buffer grown for a large reply: see below.
-        let large = rbuf.capacity() > MAX_IDLE_READ_BUFFER;
+        large |= rbuf.capacity() > MAX_IDLE_READ_BUFFER;
         // Replies may already sit in the buffer from the handshake's last read.
         loop {
             match decoder.decode(&mut rbuf) {
@@ -1369,6 +1372,7 @@ where
             let mut fresh = BytesMut::with_capacity(READ_CHUNK);
             fresh.extend_from_slice(&rbuf);
             rbuf = fresh;
+            large = false;
         }
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
@@ -1418,6 +1422,9 @@ fn deliver(
     done: &mut Vec<InFlight>,
 ) -> Result<()> {
     let mut outcome = Ok(());
+    // Whether a reply went to a request still within its deadline (a pipeline's count
+    // as they come, before its last).
+    let mut in_time = false;
     let (was_full, drained) = {
         let mut q = shared.in_flight();
         let was_full = q.len() >= shared.max_in_flight;
@@ -1428,6 +1435,7 @@ fn deliver(
                 ));
                 break;
             };
+            in_time |= front.reply.is_some();
             front.replies.push(value);
             if front.replies.len() == front.expected {
                 done.extend(q.pop_front());
@@ -1449,7 +1457,7 @@ fn deliver(
     // would never open its breaker. One clock read per read, not per reply, and before
     // the answers go out: a caller woken by one may send its next request at once, and
     // this stamp must not fall within that request's life.
-    if done.iter().any(|entry| entry.reply.is_some()) {
+    if in_time {
         shared
             .last_reply
             .store(shared.nanos(Instant::now()), Ordering::Relaxed);

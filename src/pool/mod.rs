@@ -54,8 +54,11 @@ impl DedicatedManager {
         }
     }
 
-    /// Closes the connections kept for later requests: the node left the topology.
+    /// Closes the connections kept for later requests, and opens no more: the node left
+    /// the topology.
     pub(crate) fn close_parked(&self) {
+        // Waiting requests get `ConnectionLost`; a connect running parks nothing.
+        self.connecting.close();
         let parked =
             std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner));
         for conn in parked {
@@ -93,10 +96,11 @@ impl managed::Manager for DedicatedManager {
             return Ok(conn);
         }
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let (addr, options, parked) = (
+        let (addr, options, parked, closing) = (
             Arc::clone(&self.addr),
             self.options.clone(),
             Arc::clone(&self.parked),
+            Arc::clone(&self.connecting),
         );
         tokio::spawn(async move {
             let _permit = permit;
@@ -104,7 +108,7 @@ impl managed::Manager for DedicatedManager {
             // Whoever asked gave up first: the connection waits for the next request.
             if let Err(Ok(conn)) = answer.send(opened) {
                 let mut parked = parked.lock().unwrap_or_else(PoisonError::into_inner);
-                if parked.len() < MAX_CONNECTING {
+                if parked.len() < MAX_CONNECTING && !closing.is_closed() {
                     parked.push(conn);
                 }
             }
