@@ -586,13 +586,11 @@ impl Inner {
         let mut lease = match self.lease(node, lease_deadline).await {
             Ok(lease) => lease,
             // Nothing was sent. A connect the node refused counts against it, as for a
-            // durable write; our own deadline or a refusal of credentials does not, and
-            // if this batch was the breaker's probe, the next request probes instead.
+            // durable write; our own deadline or a refusal of credentials does not (if
+            // this batch was the breaker's probe, its `Admitted` hands over).
             Err(e) => {
                 if e.is_node_failure() && !matches!(e, Error::Timeout) {
                     self.record(node, Some(&e));
-                } else {
-                    node.release_probe();
                 }
                 return (Err(e), cmds, None);
             }

@@ -1009,12 +1009,12 @@ impl Inner {
     /// [`Inner::record`] for a request's result. A request the connection refused to
     /// send (a disabled command) says nothing about the node: it is not recorded, so it
     /// can neither close a half-open breaker nor count as a failure; if it was the
-    /// breaker's probe, the next request probes instead.
+    /// breaker's probe, its [`Admitted`] hands over to the next request.
     pub(crate) fn record_result<T>(&self, node: &Node, result: &Result<T>) {
         match result {
             Ok(_) => self.record(node, None),
             Err(e) if e.is_node_failure() => self.record(node, Some(e)),
-            Err(_) => node.release_probe(),
+            Err(_) => {}
         }
     }
 
@@ -1027,8 +1027,6 @@ impl Inner {
         // its own failure.
         if !matches!(error, Error::Timeout) && node.first_to_report_connect_failure() {
             self.record(node, Some(error));
-        } else {
-            node.release_probe();
         }
     }
 

@@ -153,11 +153,13 @@ pub(crate) struct Node {
 }
 
 /// A request the node's breaker let through ([`Node::admit`]), held until its outcome is
-/// recorded. A half-open breaker's probe whose caller dropped it part way (a
-/// `tokio::time::timeout` around the call) reports nothing; dropped, this frees the
-/// breaker for the next probe, which would otherwise wait out the probe timeout (up to
-/// 10 s) while every request to the node failed fast. A probe whose outcome was
-/// recorded, or that timed out and was replaced, is left alone.
+/// recorded. A half-open breaker's probe that ends with nothing said about the node
+/// (refused before it was sent, its connection refused for credentials, its own
+/// deadline run out while it waited, another request's report of the same failure, or
+/// its caller dropping it part way) records nothing; dropped, this frees the breaker
+/// for the next probe, which would otherwise wait out the probe timeout (up to 10 s)
+/// while every request to the node failed fast. The one way a probe is freed: a probe
+/// whose outcome was recorded, or that timed out and was replaced, is left alone.
 #[must_use = "a probe dropped at once frees the breaker before its outcome is known"]
 pub(crate) struct Admitted<'a> {
     node: &'a Node,
@@ -278,7 +280,7 @@ impl Node {
         if let Some(e) = failure {
             self.note_failure(e);
             if !e.is_node_failure() {
-                self.release_probe();
+                // Nothing said of the node: a probe's `Admitted` frees the breaker.
                 return None;
             }
         }
@@ -589,18 +591,11 @@ impl Node {
             .ok_or_else(|| Error::Config("dedicated connection pool missing".into()))
     }
 
-    /// Lets the next request probe a half-open breaker: the probe running ended with
-    /// nothing to say about the node.
-    pub(crate) fn release_probe(&self) {
-        lock(&self.breaker).release_probe();
-        // A probe that reached no connect attempt: nobody else may skip the backoff.
-        lock(&self.reconnect).probe_may_connect = false;
-    }
-
-    /// [`Node::release_probe`] for the probe let through at `started`, if it is still
-    /// the one out with no outcome.
+    /// Lets the next request probe a half-open breaker: the probe let through at
+    /// `started` ended with nothing to say about the node (see [`Admitted`]).
     fn release_probe_of(&self, started: std::time::Instant) {
         if lock(&self.breaker).release_probe_of(started) {
+            // A probe that reached no connect attempt: nobody else may skip the backoff.
             lock(&self.reconnect).probe_may_connect = false;
         }
     }

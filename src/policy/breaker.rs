@@ -273,18 +273,11 @@ impl Breaker {
         }
     }
 
-    /// Frees the half-open breaker for the next probe when the one running ended with
-    /// nothing to say about the node (its request was refused before it was sent, or its
-    /// connection was refused for credentials): otherwise every request would be
-    /// rejected until the probe timed out.
-    pub(crate) fn release_probe(&mut self) {
-        if let State::HalfOpen { probe: Some(_) } = self.state {
-            self.state = State::HalfOpen { probe: None };
-        }
-    }
-
-    /// [`Breaker::release_probe`] if the probe out is the one let through at `started`
-    /// (not one after it, nor an outcome already recorded); whether it was.
+    /// Frees the half-open breaker for the next probe when the one let through at
+    /// `started` ended with nothing to say about the node (its request was refused
+    /// before it was sent, its connection refused for credentials, its caller gave up):
+    /// otherwise every request would be rejected until the probe timed out. Not a probe
+    /// after it, nor one whose outcome was recorded; whether it was released.
     pub(crate) fn release_probe_of(&mut self, started: Instant) -> bool {
         if self.state
             == (State::HalfOpen {
@@ -471,12 +464,12 @@ mod tests {
         assert_eq!(b.allow(later + MAX_PROBE_WAIT).0, Admission::Probe);
         // The probe's request was refused unsent: the next request probes at once.
         let again = later + MAX_PROBE_WAIT;
-        b.release_probe();
+        assert!(b.release_probe_of(again));
         assert_eq!(b.allow(again).0, Admission::Probe);
         assert_eq!(b.allow(again).0, Admission::Rejected, "still one at a time");
         // Releasing outside a probe changes nothing.
         let mut closed = Breaker::new(config(), PROBE_TIMEOUT);
-        closed.release_probe();
+        assert!(!closed.release_probe_of(t0));
         assert_eq!(closed.allow(t0), (Admission::Allowed, None));
     }
 
