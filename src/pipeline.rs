@@ -687,11 +687,7 @@ impl Watched {
             answer.result.map(|replies| {
                 let mut replies = replies.into_vec();
                 let acked = match durability {
-                    // `WAIT` refused (a replica, say): no replica acknowledged.
-                    Some(_) => match replies.pop() {
-                        Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
-                        _ => 0,
-                    },
+                    Some(_) => crate::cluster::replicas_acked(replies.pop()),
                     None => 0,
                 };
                 (replies, acked)

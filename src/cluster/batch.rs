@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use crate::cluster::dedicated::{block_time, Durability};
+use crate::cluster::dedicated::{block_time, replicas_acked, Durability};
 use crate::cluster::execute::{Target, UNTIL_ANSWERED};
 use crate::cluster::node::Node;
 use crate::cluster::plan::{self, Plan};
@@ -611,11 +611,7 @@ impl Inner {
             Ok(replies) => {
                 let mut replies = replies.into_vec();
                 let acked = match durability {
-                    Some(_) if replies.len() > count => match replies.pop() {
-                        Some(Value::Int(n)) => Some(u32::try_from(n).unwrap_or(0)),
-                        // `WAIT` refused (a replica, say): no replica acknowledged.
-                        _ => Some(0),
-                    },
+                    Some(_) if replies.len() > count => Some(replicas_acked(replies.pop())),
                     _ => None,
                 };
                 (Ok(replies), cmds, acked)

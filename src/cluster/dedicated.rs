@@ -492,6 +492,15 @@ pub struct Durability {
     pub timeout: Duration,
 }
 
+/// How many replicas acknowledged, from `WAIT`'s reply. A `WAIT` refused (sent to a
+/// replica, say), or no reply, is no acknowledgement.
+pub(crate) fn replicas_acked(wait_reply: Option<Value>) -> u32 {
+    match wait_reply {
+        Some(Value::Int(n)) => u32::try_from(n).unwrap_or(0),
+        _ => 0,
+    }
+}
+
 impl Durability {
     /// `replicas` acknowledgements within `timeout`.
     ///
@@ -633,16 +642,12 @@ impl Inner {
                     continue;
                 }
             };
-            let acked = replies.pop().unwrap_or(Value::Nil);
+            let acked = replicas_acked(replies.pop());
             // A transaction's reply is EXEC's, or the refusal that aborted it.
             let (reply, refusal) = kind.outcome(replies.into(), asking)?;
             let action = match &refusal {
                 Some(e) => classify(e, &node.addr),
                 None => ErrorAction::Reply,
-            };
-            let acked = match acked {
-                Value::Int(n) => u32::try_from(n).unwrap_or(0),
-                _ => 0,
             };
             let Some(returned) = recover(answer.cmds) else {
                 return Ok((reply, acked));

@@ -1258,18 +1258,7 @@ impl Inner {
                     FanOutTo::Primaries => routes.map.serving_primaries(),
                     FanOutTo::AllNodes => routes.map.nodes(),
                 };
-                // Per-node reports are keyed by node and `SCRIPT KILL` needs one
-                // node: neither answers for the data, and both are wanted in an outage.
-                // Nor do subscriptions, which live outside the slots.
-                let whole = routes.map.covers_every_slot()
-                    || matches!(
-                        combine,
-                        Combine::PerNode
-                            | Combine::OneSucceeded
-                            | Combine::SumPerChannel
-                            | Combine::Union
-                            | Combine::SumSubscriptions
-                    );
+                let whole = !combine.needs_every_slot() || routes.map.covers_every_slot();
                 (nodes, whole)
             };
             if !nodes.is_empty() && whole {

@@ -34,7 +34,7 @@ use crate::topology::RefreshTrigger;
 pub(crate) use config::Config;
 pub use config::{AddressRemap, ClusterClientBuilder, ReadFrom};
 pub use dedicated::Durability;
-pub(crate) use dedicated::{blocking_reply_deadline, Landing, Lease};
+pub(crate) use dedicated::{blocking_reply_deadline, replicas_acked, Landing, Lease};
 pub(crate) use execute::multi_accepted;
 pub(crate) use plan::Plan;
 use refresh::RefreshSignal;

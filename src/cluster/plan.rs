@@ -68,6 +68,23 @@ pub(crate) enum Combine {
     SumSubscriptions,
 }
 
+impl Combine {
+    /// Whether the combined reply answers for the cluster's data or settings, and so
+    /// needs every slot served by a healthy primary. Per-node reports are keyed by
+    /// node, `SCRIPT KILL` needs one node, and subscriptions live outside the slots:
+    /// all are wanted in an outage.
+    pub(crate) fn needs_every_slot(self) -> bool {
+        !matches!(
+            self,
+            Combine::PerNode
+                | Combine::OneSucceeded
+                | Combine::SumPerChannel
+                | Combine::Union
+                | Combine::SumSubscriptions
+        )
+    }
+}
+
 /// One part of a split command.
 #[derive(Debug)]
 pub(crate) struct Part {
