@@ -28,10 +28,8 @@ pub(crate) enum ErrorAction {
 pub(crate) fn classify(error: &ServerError, reached: &str) -> ErrorAction {
     match error.code() {
         "MOVED" | "ASK" => match parse_redirect(error, reached) {
-            // A target set to prefer host names without one (`MOVED 5 ?:6379`): where
-            // it is, only a refresh can tell (`CLUSTER SHARDS` gives its `ip`); the
-            // request waits for that as for a slot with no owner.
-            Some(r) if r.addr().starts_with("?:") => ErrorAction::ClusterDown,
+            // The request waits for the refresh as for a slot with no owner.
+            Some(r) if r.host_unknown() => ErrorAction::ClusterDown,
             Some(r) => ErrorAction::Redirect(r),
             None => ErrorAction::Reply,
         },

@@ -559,12 +559,7 @@ impl Manager {
                 if *k != kind || *s != subscribe {
                     continue;
                 }
-                let at = if remaining.front() == Some(channel) {
-                    Some(0)
-                } else {
-                    remaining.iter().position(|c| c == channel)
-                };
-                if let Some(at) = at {
+                if let Some(at) = remaining.iter().position(|c| c == channel) {
                     remaining.remove(at);
                     if remaining.is_empty() {
                         link.sent.remove(i);
@@ -637,7 +632,7 @@ impl Manager {
         };
         // A target without a known host (`MOVED 5 ?:6379`) is for a refresh to find.
         let parsed = parse_redirect(e, &addr);
-        let unknown_host = parsed.as_ref().is_some_and(|r| r.addr().starts_with("?:"));
+        let unknown_host = parsed.as_ref().is_some_and(Redirect::host_unknown);
         let redirect = parsed.filter(|_| !unknown_host);
         let retry = redirect.is_some()
             || unknown_host

@@ -22,6 +22,13 @@ impl Redirect {
             Redirect::Moved { addr, .. } | Redirect::Ask { addr, .. } => addr,
         }
     }
+
+    /// Whether the target's host is unknown to the node that redirected (`MOVED 5
+    /// ?:6379`: set to prefer host names, it has none for the target): only a refresh,
+    /// whose `CLUSTER SHARDS` gives the target's `ip`, can say where it is.
+    pub(crate) fn host_unknown(&self) -> bool {
+        self.addr().starts_with("?:")
+    }
 }
 
 /// `host:port`, putting IPv6 literals in brackets.

@@ -524,26 +524,24 @@ mod tests {
     fn an_unknown_host_name_endpoint_falls_back_to_the_nodes_ip() {
         // `?`: set to prefer host names, without one. The node's `ip` says where it is,
         // not the host of the node asked.
-        let reply = Value::Array(vec![Value::Array(vec![
-            s("slots"),
-            Value::Array(vec![Value::Int(0), Value::Int(16383)]),
-            s("nodes"),
-            Value::Array(vec![node("a", "?", 7000, "master", "online")]),
-        ])]);
-        let Value::Array(mut shard) = reply.clone() else {
-            unreachable!()
+        let one_shard = |node: Value| {
+            Value::Array(vec![Value::Array(vec![
+                s("slots"),
+                Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+                s("nodes"),
+                Value::Array(vec![node]),
+            ])])
         };
-        let shards = parse_shards(&reply, "10.0.0.9:7000", false).unwrap();
+        let unknown = node("a", "?", 7000, "master", "online");
+        let shards = parse_shards(&one_shard(unknown.clone()), "10.0.0.9:7000", false).unwrap();
         assert_eq!(shards[0].primary.addr, "127.0.0.1:7000");
         // Without an `ip` (or an empty one): the host asked, as for an empty endpoint.
-        if let Value::Array(fields) = &mut shard[0] {
-            if let Value::Array(nodes) = &mut fields[3] {
-                if let Value::Array(node) = &mut nodes[0] {
-                    node[5] = s("");
-                }
-            }
-        }
-        let shards = parse_shards(&Value::Array(shard), "10.0.0.9:7000", false).unwrap();
+        let Value::Array(mut no_ip) = unknown else {
+            unreachable!("node() builds an array")
+        };
+        no_ip[5] = s("");
+        let reply = one_shard(Value::Array(no_ip));
+        let shards = parse_shards(&reply, "10.0.0.9:7000", false).unwrap();
         assert_eq!(shards[0].primary.addr, "10.0.0.9:7000");
         // CLUSTER SLOTS carries the ip in the node's metadata.
         let slots = Value::Array(vec![Value::Array(vec![
