@@ -181,7 +181,10 @@ impl Pipeline {
 
     /// Sends every command and returns one result per command, in order: the reply, or
     /// the error (an error reply becomes [`Error::Server`], `CLUSTERDOWN`
-    /// [`Error::ClusterDown`], as for a single command).
+    /// [`Error::ClusterDown`], as for a single command). When a node's connection is
+    /// lost, or the deadline passes, part way through its commands, those it answered
+    /// first keep their replies: only the later ones get the error (and
+    /// [`Error::may_have_executed`] says whether they may have run).
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {

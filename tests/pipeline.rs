@@ -691,3 +691,113 @@ async fn with_replica_reads_a_pipeline_reads_its_own_writes() {
     p.execute().await.unwrap();
     assert_eq!(replica_gets().await - before, 10);
 }
+
+/// A connection lost part way through a pipeline: the replies that came before the loss
+/// are answers (those commands ran, once), and only the commands after them may or may
+/// not have run. The node closes the connection itself: the reply to a `GET` late in the
+/// pipeline overflows the output buffer limit set for the test. The server reads a
+/// large pipeline in chunks (16 KB) and sends each chunk's replies before it reads the
+/// next, so the `INCR`s of the chunks before the `GET`'s are answered before the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_that_came_before_a_lost_connection_are_answers() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let (counter, big) = ("{partial}:n", "{partial}:big");
+    let owner = support::owner_index(&local, &client, counter);
+    let node = local.connect_node(owner).await.unwrap();
+    // Not through the client: a large request grows the server's read buffer for the
+    // connection, and the server would then read the whole pipeline at once.
+    let set_big = cmd("SET").arg(big).arg(vec![b'x'; 2 << 20]);
+    assert_eq!(
+        node.send(set_big).await.unwrap(),
+        Value::Simple("OK".into())
+    );
+    let limit = cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 1mb 1mb 0");
+    assert_eq!(node.send(limit).await.unwrap(), Value::Simple("OK".into()));
+
+    const BEFORE: usize = 2000;
+    let mut p = client.pipeline();
+    for _ in 0..BEFORE {
+        p.incr(counter, 1);
+    }
+    p.get(big);
+    for _ in 0..10 {
+        p.incr(counter, 1);
+    }
+    let each = p.execute_each().await;
+
+    let unlimited = cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("normal 0 0 0");
+    assert_eq!(
+        node.send(unlimited).await.unwrap(),
+        Value::Simple("OK".into())
+    );
+    let answered = each.iter().take_while(|r| r.is_ok()).count();
+    assert!(
+        answered > 0 && answered < BEFORE,
+        "{answered} answered; first failure: {:?}",
+        each.iter().find(|r| r.is_err())
+    );
+    for (i, result) in each.iter().enumerate() {
+        match result {
+            Ok(v) => {
+                assert!(i < answered, "command {i} answered after a failure: {v:?}");
+                assert_eq!(v, &Value::Int(i as i64 + 1), "INCR {i}");
+            }
+            Err(e) => assert!(e.may_have_executed(), "command {i}: {e:?}"),
+        }
+    }
+    // None of them was sent twice; the `INCR`s of the `GET`'s chunk before it ran
+    // unanswered, those after it never ran.
+    let n: i64 = client.get(counter).await.unwrap();
+    assert!(
+        (answered as i64..=BEFORE as i64).contains(&n),
+        "counter {n}, {answered} answered"
+    );
+}
+
+/// A pipeline whose deadline passes part way: the replies that came in time are
+/// answers, and only the commands after them time out. A script late in the pipeline
+/// holds the node past the deadline, after the chunks the server read before it were
+/// answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_that_came_before_the_deadline_are_answers() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let counter = "{partial}:n";
+    let hasty = client.with_response_timeout(Duration::from_millis(300));
+    const BEFORE: usize = 2000;
+    let mut p = hasty.pipeline();
+    for _ in 0..BEFORE {
+        p.incr(counter, 1);
+    }
+    let spin = "local s = redis.call('TIME') repeat local n = redis.call('TIME') \
+                until (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 800000 return 1";
+    p.add(cmd("EVAL").arg(spin).arg(1).arg(counter));
+    p.incr(counter, 1);
+    let each = p.execute_each().await;
+
+    let answered = each.iter().take_while(|r| r.is_ok()).count();
+    assert!(
+        answered > 0 && answered < BEFORE,
+        "{answered} answered; first failure: {:?}",
+        each.iter().find(|r| r.is_err())
+    );
+    for (i, result) in each.iter().enumerate() {
+        match result {
+            Ok(v) => {
+                assert!(i < answered, "command {i} answered after a failure: {v:?}");
+                assert_eq!(v, &Value::Int(i as i64 + 1), "INCR {i}");
+            }
+            Err(e) => assert!(matches!(e, Error::Timeout), "command {i}: {e:?}"),
+        }
+    }
+    // Every command ran once, answered in time or not: none was sent twice.
+    let n: i64 = client.get(counter).await.unwrap();
+    assert_eq!(n, BEFORE as i64 + 1);
+}

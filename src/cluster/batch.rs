@@ -11,10 +11,11 @@
 //! their own, through the ordinary redirect and retry path, one after another per slot.
 //! Either way a slot's resent commands keep their order among themselves (a command
 //! resent after an `ASK` or `TRYAGAIN` runs after the slot's later commands that the
-//! node had already served). When a node's connection fails, its commands are resent if
-//! they were not written, or if each is idempotent and no later command of its slot
-//! that may have run stays behind (else it would run again after that one); the others
-//! are reported. A command that timed out is never resent. Commands of a slot with no
+//! node had already served). When a node's connection fails, the commands it answered
+//! first keep their replies; the others are resent if they were not written, or if each
+//! is idempotent and no later command of its slot that may have run stays behind (else
+//! it would run again after that one), and reported otherwise. A command that timed
+//! out is never resent; those answered before the deadline keep their replies. Commands of a slot with no
 //! known owner go one after another through the single-command path, which waits for
 //! one.
 
@@ -296,11 +297,11 @@ impl Inner {
         let span = tracing::debug_span!("redis_pipeline", node = %node.addr, commands = meta.len());
         // Held until the outcome is recorded (see `Admitted`).
         let admitted = self.admit(&node);
-        let (outcome, cmds, acked) = if admitted.is_none() {
+        let (outcome, cmds, acked, received) = if admitted.is_none() {
             let open = Error::CircuitOpen {
                 node: node.addr.to_string(),
             };
-            (Err(open), cmds, None)
+            (Err(open), cmds, None, Vec::new())
         } else if durability.is_some() || blocks.is_some() {
             let held = blocks.unwrap_or_default();
             let wait = durability.map_or(Duration::ZERO, |d| d.timeout);
@@ -318,11 +319,12 @@ impl Inner {
                         .await;
                     self.record_on(&node, &conn, &answer.result, started);
                     let replies = answer.result.map(|r| r.into_vec());
-                    (replies, answer.cmds.into_vec(), None)
+                    let received = answer.received.into_vec();
+                    (replies, answer.cmds.into_vec(), None, received)
                 }
                 Err(e) => {
                     self.record_connect_failure(&node, &e);
-                    (Err(e), cmds, None)
+                    (Err(e), cmds, None, Vec::new())
                 }
             }
         };
@@ -339,133 +341,138 @@ impl Inner {
         let mut held_slots: Vec<u16> = Vec::new();
         let backoff = self.backoff();
         let mut batch_error: Option<Error> = None;
-        match outcome {
-            Ok(replies) => {
-                for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
-                    let to_primary = matches!(&reply, Value::ServerError(e)
-                        if node.read_only && replica_cannot_serve(e));
-                    let (action, wait) = match &reply {
-                        // A replica that may refuse for minutes: the read goes to the
-                        // primary at once, a reroute rather than a retry (as for a
-                        // single command).
-                        Value::ServerError(_) if to_primary => {
-                            node.pass_over_for_reads();
-                            (ErrorAction::BackOff, Duration::ZERO)
+        // Replies that came before a failure (the connection was lost, or the deadline
+        // passed, after the server answered the first commands) are answers like any
+        // other: those commands ran, once. The failure is the later commands' alone.
+        let (replies, failure) = match outcome {
+            Ok(replies) => (replies, None),
+            Err(e) => (received, Some(e)),
+        };
+        let (mut meta, mut cmds) = (meta, cmds);
+        let answered = replies.len().min(meta.len()).min(cmds.len());
+        let (failed_meta, failed_cmds) = (meta.split_off(answered), cmds.split_off(answered));
+        for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
+            let to_primary = matches!(&reply, Value::ServerError(e)
+                if node.read_only && replica_cannot_serve(e));
+            let (action, wait) = match &reply {
+                // A replica that may refuse for minutes: the read goes to the
+                // primary at once, a reroute rather than a retry (as for a
+                // single command).
+                Value::ServerError(_) if to_primary => {
+                    node.pass_over_for_reads();
+                    (ErrorAction::BackOff, Duration::ZERO)
+                }
+                Value::ServerError(e) => match classify(e, &node.addr) {
+                    action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
+                        if matches!(action, ErrorAction::ClusterDown) {
+                            self.signal
+                                .request(crate::topology::RefreshTrigger::ClusterDown);
                         }
-                        Value::ServerError(e) => match classify(e, &node.addr) {
-                            action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
-                                if matches!(action, ErrorAction::ClusterDown) {
-                                    self.signal
-                                        .request(crate::topology::RefreshTrigger::ClusterDown);
-                                }
-                                // The single command's rule, for its first retry. Once a
-                                // command of a slot is answered with its refusal, the
-                                // slot's later ones are too: resent, they would run
-                                // before it.
-                                let delay = if held_slots.contains(&meta.slot) {
-                                    None
-                                } else {
-                                    self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
-                                };
-                                match delay {
-                                    Some(delay) => (action, delay),
-                                    None => {
-                                        held_slots.push(meta.slot);
-                                        (ErrorAction::Reply, Duration::ZERO)
-                                    }
-                                }
+                        // The single command's rule, for its first retry. Once a
+                        // command of a slot is answered with its refusal, the
+                        // slot's later ones are too: resent, they would run
+                        // before it.
+                        let delay = if held_slots.contains(&meta.slot) {
+                            None
+                        } else {
+                            self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
+                        };
+                        match delay {
+                            Some(delay) => (action, delay),
+                            None => {
+                                held_slots.push(meta.slot);
+                                (ErrorAction::Reply, Duration::ZERO)
                             }
-                            action => (action, Duration::ZERO),
-                        },
-                        _ => (ErrorAction::Reply, Duration::ZERO),
+                        }
+                    }
+                    action => (action, Duration::ZERO),
+                },
+                _ => (ErrorAction::Reply, Duration::ZERO),
+            };
+            match action {
+                ErrorAction::Reply => {
+                    let result = match (durability, acked) {
+                        (Some(d), Some(acked))
+                            if meta.durable_write() && !reply.is_error() && acked < d.replicas =>
+                        {
+                            Err(Error::NotReplicated {
+                                acknowledged: acked,
+                                requested: d.replicas,
+                            })
+                        }
+                        _ => Ok(reply),
                     };
-                    match action {
-                        ErrorAction::Reply => {
-                            let result = match (durability, acked) {
-                                (Some(d), Some(acked))
-                                    if meta.durable_write()
-                                        && !reply.is_error()
-                                        && acked < d.replicas =>
-                                {
-                                    Err(Error::NotReplicated {
-                                        acknowledged: acked,
-                                        requested: d.replicas,
-                                    })
-                                }
-                                _ => Ok(reply),
-                            };
-                            done.add(meta.name, &result);
-                            out.push((meta.index, result));
-                        }
-                        ErrorAction::Redirect(r) => {
-                            self.note_redirect(&r, &node.addr);
-                            let why = match r {
-                                Redirect::Moved { .. } => Resend::Moved,
-                                Redirect::Ask { .. } => Resend::Now,
-                            };
-                            resend.push((Entry { meta, cmd: command }, why));
-                        }
-                        ErrorAction::BackOff if to_primary => {
-                            let meta = Meta { read: None, ..meta };
-                            resend.push((Entry { meta, cmd: command }, Resend::ToPrimary));
-                        }
-                        ErrorAction::ClusterDown | ErrorAction::BackOff => {
-                            resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff(wait)));
-                        }
+                    done.add(meta.name, &result);
+                    out.push((meta.index, result));
+                }
+                ErrorAction::Redirect(r) => {
+                    self.note_redirect(&r, &node.addr);
+                    let why = match r {
+                        Redirect::Moved { .. } => Resend::Moved,
+                        Redirect::Ask { .. } => Resend::Now,
+                    };
+                    resend.push((Entry { meta, cmd: command }, why));
+                }
+                ErrorAction::BackOff if to_primary => {
+                    let meta = Meta { read: None, ..meta };
+                    resend.push((Entry { meta, cmd: command }, Resend::ToPrimary));
+                }
+                ErrorAction::ClusterDown | ErrorAction::BackOff => {
+                    resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff(wait)));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            let (meta, cmds) = (failed_meta, failed_cmds);
+            if e.may_have_executed() {
+                batch_error = Some(e.clone());
+            }
+            // Our own deadline, a full pool or a refusal is no sign of a changed
+            // topology.
+            if e.is_node_failure() && !matches!(e, Error::Timeout) {
+                self.signal
+                    .request(crate::topology::RefreshTrigger::ConnectionFailure);
+            }
+            if cmds.len() != meta.len() {
+                // The deadline passed with the commands still queued: nothing to resend.
+                let out = meta
+                    .into_iter()
+                    .map(|meta| {
+                        let result = Err(e.clone());
+                        done.add(meta.name, &result);
+                        (meta.index, result)
+                    })
+                    .collect();
+                done.count_on(&node, elapsed);
+                return out;
+            }
+            let may_resend = |meta: &Meta| {
+                !e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout))
+            };
+            // Per slot, where its last command that may have run and is not resent
+            // stands: the slot's commands before it are not resent either, though
+            // each alone could be. They would run again after it: `DEL k` resent
+            // after `RPUSH k x` ran deletes `x`; `GET k` resent after `INCR k` ran
+            // answers for a later place in the pipeline than its own.
+            let mut last_kept: Vec<(u16, usize)> = Vec::new();
+            for (position, meta) in meta.iter().enumerate() {
+                if !may_resend(meta) {
+                    match last_kept.iter_mut().find(|(slot, _)| *slot == meta.slot) {
+                        Some((_, last)) => *last = position,
+                        None => last_kept.push((meta.slot, position)),
                     }
                 }
             }
-            Err(e) => {
-                if e.may_have_executed() {
-                    batch_error = Some(e.clone());
-                }
-                // Our own deadline, a full pool or a refusal is no sign of a changed
-                // topology.
-                if e.is_node_failure() && !matches!(e, Error::Timeout) {
-                    self.signal
-                        .request(crate::topology::RefreshTrigger::ConnectionFailure);
-                }
-                if cmds.len() != meta.len() {
-                    // The deadline passed with the commands still queued: nothing to resend.
-                    let out = meta
-                        .into_iter()
-                        .map(|meta| {
-                            let result = Err(e.clone());
-                            done.add(meta.name, &result);
-                            (meta.index, result)
-                        })
-                        .collect();
-                    done.count_on(&node, elapsed);
-                    return out;
-                }
-                let may_resend = |meta: &Meta| {
-                    !e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout))
-                };
-                // Per slot, where its last command that may have run and is not resent
-                // stands: the slot's commands before it are not resent either, though
-                // each alone could be. They would run again after it: `DEL k` resent
-                // after `RPUSH k x` ran deletes `x`; `GET k` resent after `INCR k` ran
-                // answers for a later place in the pipeline than its own.
-                let mut last_kept: Vec<(u16, usize)> = Vec::new();
-                for (position, meta) in meta.iter().enumerate() {
-                    if !may_resend(meta) {
-                        match last_kept.iter_mut().find(|(slot, _)| *slot == meta.slot) {
-                            Some((_, last)) => *last = position,
-                            None => last_kept.push((meta.slot, position)),
-                        }
-                    }
-                }
-                for (position, (meta, command)) in meta.into_iter().zip(cmds).enumerate() {
-                    let runs_before_kept = last_kept
-                        .iter()
-                        .any(|&(slot, last)| slot == meta.slot && position < last);
-                    if may_resend(&meta) && !runs_before_kept {
-                        resend.push((Entry { meta, cmd: command }, Resend::Now));
-                    } else {
-                        let result = Err(e.clone());
-                        done.add(meta.name, &result);
-                        out.push((meta.index, result));
-                    }
+            for (position, (meta, command)) in meta.into_iter().zip(cmds).enumerate() {
+                let runs_before_kept = last_kept
+                    .iter()
+                    .any(|&(slot, last)| slot == meta.slot && position < last);
+                if may_resend(&meta) && !runs_before_kept {
+                    resend.push((Entry { meta, cmd: command }, Resend::Now));
+                } else {
+                    let result = Err(e.clone());
+                    done.add(meta.name, &result);
+                    out.push((meta.index, result));
                 }
             }
         }
@@ -574,7 +581,9 @@ impl Inner {
 
     /// Sends a batch on a dedicated connection to `node`, followed by one `WAIT` when
     /// `durability` asks for it. Returns the batch's replies (without `WAIT`'s), its
-    /// commands back, and how many replicas acknowledged its writes.
+    /// commands back, how many replicas acknowledged its writes, and with a failure the
+    /// replies that came before it (none with `durability`: without `WAIT`'s answer no
+    /// write is known to be durable).
     async fn run_batch_on_lease(
         &self,
         node: &Arc<Node>,
@@ -582,7 +591,7 @@ impl Inner {
         durability: Option<Durability>,
         lease_deadline: Instant,
         reply_deadline: Instant,
-    ) -> (Result<Vec<Value>>, Vec<Cmd>, Option<u32>) {
+    ) -> (Result<Vec<Value>>, Vec<Cmd>, Option<u32>, Vec<Value>) {
         let mut lease = match self.lease(node, lease_deadline).await {
             Ok(lease) => lease,
             // Nothing was sent. A connect the node refused counts against it, as for a
@@ -592,7 +601,7 @@ impl Inner {
                 if e.is_node_failure() && !matches!(e, Error::Timeout) {
                     self.record(node, Some(&e));
                 }
-                return (Err(e), cmds, None);
+                return (Err(e), cmds, None, Vec::new());
             }
         };
         let count = cmds.len();
@@ -614,9 +623,10 @@ impl Inner {
                     Some(_) if replies.len() > count => Some(replicas_acked(replies.pop())),
                     _ => None,
                 };
-                (Ok(replies), cmds, acked)
+                (Ok(replies), cmds, acked, Vec::new())
             }
-            Err(e) => (Err(e), cmds, None),
+            Err(e) if durability.is_none() => (Err(e), cmds, None, answer.received.into_vec()),
+            Err(e) => (Err(e), cmds, None, Vec::new()),
         }
     }
 

@@ -109,12 +109,10 @@ impl Lease {
     /// Sends on the leased connection; a failed request discards the connection.
     pub(crate) async fn dispatch(&mut self, cmds: Cmds, deadline: Instant) -> Answer {
         let Some(conn) = self.conn.as_deref() else {
-            return Answer {
-                result: Err(Error::ConnectionLost {
-                    may_have_executed: false,
-                }),
-                cmds,
+            let error = Error::ConnectionLost {
+                may_have_executed: false,
             };
+            return Answer::failed(error, cmds);
         };
         self.clean = false;
         let answer = conn.dispatch(cmds, deadline).await;

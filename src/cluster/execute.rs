@@ -600,9 +600,11 @@ impl Inner {
             last_node: Some(node),
             executed: None,
         };
+        // A single command, or `ASKING` and one: no reply before a failure matters.
         let answer = Answer {
             result: outcome,
             cmds: queued.take_cmds(),
+            received: Replies::new(),
         };
         let start = Start::Answered(answer, kind);
         Begun::Other(Box::pin(

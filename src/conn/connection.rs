@@ -112,11 +112,46 @@ pub(crate) type Replies = SmallVec<[Value; 1]>;
 pub(crate) struct Answer {
     pub(crate) result: Result<Replies>,
     pub(crate) cmds: Cmds,
+    /// With a failed `result`, the replies that came before it: the server answered
+    /// the first of several commands before the connection failed or the deadline
+    /// passed. Those ran, in order; only the others may or may not have.
+    pub(crate) received: Replies,
+}
+
+impl Answer {
+    /// The answer of a request that got no reply.
+    pub(crate) fn failed(error: Error, cmds: Cmds) -> Answer {
+        Answer {
+            result: Err(error),
+            cmds,
+            received: Replies::new(),
+        }
+    }
 }
 
 /// What the connection's tasks hand a request's caller: its replies, or why there are
 /// none. The caller still holds the commands.
 pub(crate) type Outcome = Result<Replies>;
+
+/// What the connection's tasks hand over: [`Outcome`], with a failure the replies that
+/// came before it ([`Answer::received`]).
+pub(crate) type Delivery = std::result::Result<Replies, Failed>;
+
+/// A request's failure, and the replies it got before it.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    pub(crate) error: Error,
+    pub(crate) received: Replies,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed {
+            error,
+            received: Replies::new(),
+        }
+    }
+}
 
 /// A request handed over, not yet written. Its commands are already encoded in
 /// [`Queue::bytes`].
@@ -227,7 +262,8 @@ impl Shared {
                     Error::Protocol(_) if position == 0 => error.clone(),
                     _ => lost_after_write(error),
                 };
-                let _ = reply.send(Err(error));
+                let received = entry.replies;
+                let _ = reply.send(Err(Failed { error, received }));
             }
         }
         self.close.notify_waiters();
@@ -294,7 +330,7 @@ impl Shared {
         self.next_deadline.store(u64::MAX, Ordering::Release);
         let mut next: Option<Instant> = None;
         let mut later = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-        let mut expired: Vec<ReplySender> = Vec::new();
+        let mut expired: Vec<(ReplySender, Replies)> = Vec::new();
         {
             let mut queue = lock(&self.queue);
             let Queue { requests, bytes } = &mut *queue;
@@ -305,7 +341,7 @@ impl Shared {
                 let due = request.deadline <= now;
                 cut.step(bytes, request.len, !due);
                 if due {
-                    expired.push(request.reply);
+                    expired.push((request.reply, Replies::new()));
                 } else {
                     later(request.deadline);
                     kept.push_back(request);
@@ -324,15 +360,18 @@ impl Shared {
             if entry.deadline > now {
                 later(entry.deadline);
             } else if let Some(reply) = entry.reply.take() {
-                expired.push(reply);
+                // The entry stays, counting its replies, so that its late ones line
+                // up: the caller gets a copy of those that came in time.
+                expired.push((reply, entry.replies.clone()));
             }
         }
         if let Some(next) = next {
             self.next_deadline
                 .fetch_min(self.nanos(next), Ordering::AcqRel);
         }
-        for reply in expired {
-            let _ = reply.send(Err(Error::Timeout));
+        for (reply, received) in expired {
+            let error = Error::Timeout;
+            let _ = reply.send(Err(Failed { error, received }));
         }
     }
 
@@ -447,12 +486,10 @@ impl Drop for Owner {
 
 /// The answer of a request the connection refused: it was never sent.
 fn lost(cmds: Cmds) -> Answer {
-    Answer {
-        result: Err(Error::ConnectionLost {
-            may_have_executed: false,
-        }),
-        cmds,
-    }
+    let error = Error::ConnectionLost {
+        may_have_executed: false,
+    };
+    Answer::failed(error, cmds)
 }
 
 /// The error written requests get when the connection dies under them.
@@ -826,12 +863,10 @@ impl NodeConnection {
         deadline: Instant,
     ) -> std::result::Result<Queued, NotQueued> {
         if let Some(name) = self.renames.first_disabled(cmds.iter()) {
-            return Err(NotQueued::Answered(Answer {
-                result: Err(Error::Config(format!(
-                    "{name} is disabled on this cluster (CommandRenames); it was not sent"
-                ))),
-                cmds,
-            }));
+            let error = Error::Config(format!(
+                "{name} is disabled on this cluster (CommandRenames); it was not sent"
+            ));
+            return Err(NotQueued::Answered(Answer::failed(error, cmds)));
         }
         match self.shared.enqueue(&cmds, &self.renames, deadline) {
             Ok(reply) => Ok(Queued { reply, cmds }),
@@ -842,10 +877,19 @@ impl NodeConnection {
 
     /// Waits for the answer of a request [`NodeConnection::submit`] queued.
     pub(crate) async fn answer(&self, mut queued: Queued) -> Answer {
-        let result = std::future::poll_fn(|cx| self.poll_outcome(&mut queued, cx)).await;
-        Answer {
-            result,
-            cmds: queued.take_cmds(),
+        let delivered = std::future::poll_fn(|cx| self.poll_delivery(&mut queued, cx)).await;
+        let cmds = queued.take_cmds();
+        match delivered {
+            Ok(replies) => Answer {
+                result: Ok(replies),
+                cmds,
+                received: Replies::new(),
+            },
+            Err(Failed { error, received }) => Answer {
+                result: Err(error),
+                cmds,
+                received,
+            },
         }
     }
 
@@ -857,11 +901,26 @@ impl NodeConnection {
         queued: &mut Queued,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Outcome> {
+        self.poll_delivery(queued, cx)
+            .map(|d| d.map_err(|f| f.error))
+    }
+
+    /// [`NodeConnection::poll_outcome`], with the replies a failed request got first.
+    fn poll_delivery(
+        &self,
+        queued: &mut Queued,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Delivery> {
         let result = match std::task::ready!(std::pin::Pin::new(&mut queued.reply).poll(cx)) {
             Ok(mut result) => {
                 if !self.renames.is_empty() {
-                    if let Ok(replies) = &mut result {
-                        replies.iter_mut().for_each(|r| self.renames.scrub(r));
+                    match &mut result {
+                        Ok(replies)
+                        | Err(Failed {
+                            received: replies, ..
+                        }) => {
+                            replies.iter_mut().for_each(|r| self.renames.scrub(r));
+                        }
                     }
                 }
                 result
@@ -870,7 +929,8 @@ impl NodeConnection {
             // task panicked, which must still not leave the caller hanging.
             Err(_) => Err(Error::ConnectionLost {
                 may_have_executed: true,
-            }),
+            }
+            .into()),
         };
         std::task::Poll::Ready(result)
     }
@@ -889,10 +949,7 @@ impl NodeConnection {
                 Err(Refused::Full) => {}
             }
             if tokio::time::timeout_at(deadline, space).await.is_err() {
-                return Err(Answer {
-                    result: Err(Error::Timeout),
-                    cmds,
-                });
+                return Err(Answer::failed(Error::Timeout, cmds));
             }
         }
     }
@@ -1089,7 +1146,7 @@ where
                 continue;
             }
             if late {
-                let _ = request.reply.send(Err(Error::Timeout));
+                let _ = request.reply.send(Err(Error::Timeout.into()));
                 continue;
             }
             written.push(InFlight {
@@ -1319,9 +1376,10 @@ async fn deadline_loop(shared: Arc<Shared>) {
 
 fn fail_unsent(requests: impl Iterator<Item = ReplySender>) {
     for reply in requests {
-        let _ = reply.send(Err(Error::ConnectionLost {
+        let error = Error::ConnectionLost {
             may_have_executed: false,
-        }));
+        };
+        let _ = reply.send(Err(error.into()));
     }
 }
 
@@ -1491,6 +1549,52 @@ mod tests {
         answer
     }
 
+    /// A written request of `expected` commands, due at `deadline`.
+    fn batch_in_flight(shared: &Shared, expected: usize, deadline: Instant) -> ReplyReceiver {
+        let (reply, answer) = reply::channel();
+        shared.in_flight().push_back(InFlight {
+            reply: Some(reply),
+            deadline,
+            replies: Replies::new(),
+            expected,
+        });
+        answer
+    }
+
+    fn deliver_ints(shared: &Shared, values: std::ops::Range<i64>) {
+        let mut replies: SmallVec<[Value; 16]> = values.map(Value::Int).collect();
+        deliver(shared, &mut replies, &mut Vec::new()).expect("a request waits for them");
+    }
+
+    #[tokio::test]
+    async fn a_batch_cut_short_hands_over_the_replies_that_came() {
+        // The connection is lost after two of three replies.
+        let conn = shared(16);
+        let lost = batch_in_flight(&conn, 3, in_an_hour());
+        deliver_ints(&conn, 1..3);
+        conn.close(&Error::ConnectionLost {
+            may_have_executed: true,
+        });
+        let failed = lost.await.expect("answered").expect_err("cut short");
+        assert!(failed.error.may_have_executed(), "{failed:?}");
+        assert_eq!(&failed.received[..], &[Value::Int(1), Value::Int(2)]);
+
+        // The deadline passes after two of three: the caller gets those two, and the
+        // request keeps its place, so that its last reply and the next request's line
+        // up.
+        let conn = shared(16);
+        let late = batch_in_flight(&conn, 3, a_moment_ago());
+        let next = batch_in_flight(&conn, 1, in_an_hour());
+        deliver_ints(&conn, 1..3);
+        conn.expire(Instant::now());
+        let failed = late.await.expect("answered").expect_err("timed out");
+        assert!(matches!(failed.error, Error::Timeout), "{failed:?}");
+        assert_eq!(&failed.received[..], &[Value::Int(1), Value::Int(2)]);
+        deliver_ints(&conn, 3..5);
+        let replies = next.await.expect("answered").expect("its reply");
+        assert_eq!(&replies[..], &[Value::Int(4)]);
+    }
+
     /// Queues `command` with `Shared::enqueue`, which takes any deadline, even a past
     /// one (the caller's `submit` never passes one).
     fn queue_directly(shared: &Shared, command: &Cmd, deadline: Instant) -> ReplyReceiver {
@@ -1526,7 +1630,16 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1024);
         let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
         let outcome = late.await.expect("answered, not dropped");
-        assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+        assert!(
+            matches!(
+                outcome,
+                Err(Failed {
+                    error: Error::Timeout,
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
         let expected = encoded(&[cmd("GET").arg("a"), cmd("GET").arg("b")]);
         let mut sent = vec![0u8; expected.len()];
         server.read_exact(&mut sent).await.unwrap();
@@ -1544,8 +1657,11 @@ mod tests {
             assert!(
                 matches!(
                     outcome,
-                    Err(Error::ConnectionLost {
-                        may_have_executed: true
+                    Err(Failed {
+                        error: Error::ConnectionLost {
+                            may_have_executed: true
+                        },
+                        ..
                     })
                 ),
                 "{outcome:?}"
@@ -1561,7 +1677,16 @@ mod tests {
         let _last = queue_directly(&shared, &cmd("GET").arg("b"), in_an_hour());
         shared.expire(Instant::now());
         let outcome = late.await.expect("answered");
-        assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+        assert!(
+            matches!(
+                outcome,
+                Err(Failed {
+                    error: Error::Timeout,
+                    ..
+                })
+            ),
+            "{outcome:?}"
+        );
         {
             let queue = lock(&shared.queue);
             assert_eq!(queue.requests.len(), 2);
@@ -1755,7 +1880,7 @@ mod tests {
         ));
         let first = first.await.unwrap().unwrap();
         assert_eq!(first[0], Value::Bulk(bytes::Bytes::from_static(b"a")));
-        let err = second.await.unwrap().unwrap_err();
+        let err = second.await.unwrap().unwrap_err().error;
         assert!(err.may_have_executed(), "{err:?}");
         reader.await.unwrap();
         assert!(shared.is_closed());
@@ -1810,7 +1935,7 @@ mod tests {
         shared.close(&Error::ConnectionLost {
             may_have_executed: true,
         });
-        let err = answer.await.unwrap().unwrap_err();
+        let err = answer.await.unwrap().unwrap_err().error;
         assert!(err.may_have_executed(), "{err:?}");
         // The writer ends although the server still has not read a byte.
         tokio::time::timeout(std::time::Duration::from_secs(5), writer)

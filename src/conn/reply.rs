@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::conn::connection::{lock, Outcome};
+use crate::conn::connection::{lock, Delivery};
 
 /// Free cells kept per thread: enough for every request in flight from one thread
 /// under heavy load, and a bound however many there were at a peak.
@@ -35,7 +35,7 @@ struct Cell {
 enum State {
     /// No answer yet; the waker of the receiver, once it polled.
     Waiting(Option<Waker>),
-    Answered(Outcome),
+    Answered(Delivery),
     /// The sender went away without answering.
     SenderGone,
     /// The receiver took the answer, or went away.
@@ -85,7 +85,7 @@ pub(crate) struct ReplySender(Option<Arc<Cell>>);
 impl ReplySender {
     /// Hands `answer` to the receiver; gives it back if the receiver went away, as a
     /// oneshot sender does.
-    pub(crate) fn send(mut self, answer: Outcome) -> Result<(), Outcome> {
+    pub(crate) fn send(mut self, answer: Delivery) -> Result<(), Delivery> {
         let Some(cell) = self.0.take() else {
             return Err(answer);
         };
@@ -147,7 +147,7 @@ pub(crate) struct SenderGone;
 pub(crate) struct ReplyReceiver(Option<Arc<Cell>>);
 
 impl Future for ReplyReceiver {
-    type Output = Result<Outcome, SenderGone>;
+    type Output = Result<Delivery, SenderGone>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -194,11 +194,11 @@ impl Drop for ReplyReceiver {
 mod tests {
     use super::*;
 
-    fn answer(n: i64) -> Outcome {
+    fn answer(n: i64) -> Delivery {
         Ok(std::iter::once(crate::resp::Value::Int(n)).collect())
     }
 
-    fn value(answer: Outcome) -> crate::resp::Value {
+    fn value(answer: Delivery) -> crate::resp::Value {
         answer.expect("a reply").remove(0)
     }
 
