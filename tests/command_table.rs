@@ -258,3 +258,91 @@ async fn table_has_every_command_of_the_server() {
     }
     assert_eq!(cmd("MODULE.NOPE").arg("k").keys().unwrap(), None);
 }
+
+/// Keyless commands that act on the one node they are sent to (`BGSAVE`, `CLIENT KILL`,
+/// `CLUSTER FAILOVER`, `DEBUG OBJECT key`, `SHUTDOWN`, ...) are refused by `query`, which
+/// would send them to whichever primary came next, and go through `query_node` to the
+/// node named. The `CLIENT` settings of the calling connection (`SETNAME`, `TRACKING`,
+/// `CACHING`, `NO-EVICT`, `NO-TOUCH`, `SETINFO`) are refused either way: they would
+/// change the connection every caller shares. Under replica reads, `TOUCH` (sent for
+/// its effect on the primary's access times) goes to the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_commands_are_refused_unless_a_node_is_named_and_touch_goes_to_the_primary() {
+    use redcluster::{ClusterClient, Error, ReadFrom};
+    let local = support::cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .build()
+        .await
+        .unwrap();
+    let one_node = [
+        cmd("BGSAVE"),
+        cmd("save"),
+        cmd("CLIENT").arg("KILL").arg("ID").arg(999_999),
+        cmd("CLUSTER").arg("FAILOVER"),
+        cmd("CLUSTER").arg("FORGET").arg("0123"),
+        cmd("DEBUG").arg("OBJECT").arg("k"),
+        cmd("MODULE").arg("LOAD").arg("/nonexistent.so"),
+        cmd("REPLICAOF").arg("NO").arg("ONE"),
+        cmd("SHUTDOWN").arg("ABORT"),
+    ];
+    for c in &one_node {
+        let refused = client.query::<Value>(c.clone()).await;
+        assert!(
+            matches!(&refused, Err(Error::Config(m)) if m.contains("query_node")),
+            "{c:?}: {refused:?}"
+        );
+    }
+    let primary = client.node_for_key(b"k").unwrap();
+    let reply = client
+        .query_node::<Value>(&primary, cmd("CLIENT").arg("KILL").arg("ID").arg(999_999))
+        .await;
+    // The filter form answers how many clients it killed.
+    assert_eq!(reply.unwrap(), Value::Int(0), "sent to the node named");
+
+    let connection_state = [
+        cmd("CLIENT").arg("SETNAME").arg("mine"),
+        cmd("client").arg("tracking").arg("on"),
+        cmd("CLIENT").arg("CACHING").arg("yes"),
+        cmd("CLIENT").arg("NO-EVICT").arg("on"),
+        cmd("CLIENT").arg("NO-TOUCH").arg("on"),
+        cmd("CLIENT").arg("SETINFO").arg("LIB-NAME").arg("x"),
+    ];
+    for c in &connection_state {
+        let refused = client.query::<Value>(c.clone()).await;
+        assert!(
+            matches!(refused, Err(Error::Config(_))),
+            "{c:?}: {refused:?}"
+        );
+        let refused = client.query_node::<Value>(&primary, c.clone()).await;
+        assert!(
+            matches!(refused, Err(Error::Config(_))),
+            "{c:?}: {refused:?}"
+        );
+    }
+    // A node connection of one's own takes them.
+    let own = local.connect_node(0).await.unwrap();
+    let set = own.send(cmd("CLIENT").arg("NO-EVICT").arg("on")).await;
+    assert_eq!(set.unwrap(), Value::Simple("OK".into()));
+
+    client.set("k", "v").await.unwrap();
+    let owner = local.index_of_addr(&primary).unwrap();
+    let replica = local.replicas_of(owner).await.unwrap()[0];
+    let (primary_before, replica_before) = (
+        support::calls(&local, owner, "touch").await,
+        support::calls(&local, replica, "touch").await,
+    );
+    for _ in 0..5 {
+        let touched: i64 = client.query(cmd("TOUCH").arg("k")).await.unwrap();
+        assert_eq!(touched, 1);
+    }
+    assert_eq!(
+        support::calls(&local, owner, "touch").await - primary_before,
+        5
+    );
+    assert_eq!(
+        support::calls(&local, replica, "touch").await,
+        replica_before
+    );
+}

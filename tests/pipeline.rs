@@ -690,6 +690,15 @@ async fn with_replica_reads_a_pipeline_reads_its_own_writes() {
     }
     p.execute().await.unwrap();
     assert_eq!(replica_gets().await - before, 10);
+    // A write split over slots (`MSET` of two slots) counts as a write of each: their
+    // reads go to the primaries.
+    assert_ne!(key_slot(b"ryw:0"), key_slot(b"ryw:1"));
+    let before = replica_gets().await;
+    let mut p = client.pipeline();
+    p.add(cmd("MSET").arg("ryw:0").arg("x").arg("ryw:1").arg("y"));
+    p.get("ryw:0").get("ryw:1");
+    p.execute().await.unwrap();
+    assert_eq!(replica_gets().await - before, 0);
 }
 
 /// A connection lost part way through a pipeline: the replies that came before the loss

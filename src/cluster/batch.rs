@@ -141,12 +141,18 @@ impl Inner {
         }
         for command in cmds {
             let info = self.command_info(command, deadline).await;
-            if let Ok(Plan::Slot {
-                slot,
-                read_only: false,
-            }) = plan::plan(command, info)
-            {
-                written.insert(slot);
+            match plan::plan(command, info) {
+                Ok(Plan::Slot {
+                    slot,
+                    read_only: false,
+                }) => {
+                    written.insert(slot);
+                }
+                // `MSET`, `DEL` over several slots write each part's.
+                Ok(Plan::Split { parts, .. }) if !info.is_some_and(|i| i.is_read_only()) => {
+                    written.extend(parts.iter().map(|p| p.slot));
+                }
+                _ => {}
             }
         }
         written

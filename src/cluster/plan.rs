@@ -127,8 +127,7 @@ const PER_NODE: &[&str] = &[
 /// gives no request policy: sent to one node, they would leave the cluster's nodes
 /// disagreeing (an ACL user that exists on one node of six), so they go to every node,
 /// replicas included, and must succeed on each. `CLIENT KILL`, `CLIENT PAUSE`, `SAVE`
-/// and the like stay on one node: they name that node's clients or data (use
-/// `query_node`).
+/// and the like name one node's clients or data: see [`ONE_NODE`].
 const EVERY_NODE_SETTINGS: &[&str] = &[
     "acl|setuser",
     "acl|deluser",
@@ -137,6 +136,63 @@ const EVERY_NODE_SETTINGS: &[&str] = &[
     "config|resetstat",
     "config|rewrite",
 ];
+
+/// Keyless commands that act on, or report, the one node they are sent to, and that
+/// the command table gives no request policy: through `query`, which would send them to
+/// whichever primary comes next, they would save, shut down, fail over or reconfigure a
+/// node nobody chose (`SHUTDOWN` a random primary), or answer about it (`DEBUG OBJECT
+/// key`, whose key is no routing key, answers "no such key" from the wrong node). They
+/// are refused there; `query_node` names the node.
+const ONE_NODE: &[&str] = &[
+    "bgrewriteaof",
+    "bgsave",
+    "client|kill",
+    "client|pause",
+    "client|unpause",
+    "cluster|addslots",
+    "cluster|addslotsrange",
+    "cluster|bumpepoch",
+    "cluster|count-failure-reports",
+    "cluster|delslots",
+    "cluster|delslotsrange",
+    "cluster|failover",
+    "cluster|flushslots",
+    "cluster|forget",
+    "cluster|meet",
+    "cluster|replicate",
+    "cluster|reset",
+    "cluster|saveconfig",
+    "cluster|set-config-epoch",
+    "cluster|setslot",
+    "debug",
+    "failover",
+    "module|load",
+    "module|loadex",
+    "module|unload",
+    "replicaof",
+    "save",
+    "shutdown",
+    "slaveof",
+];
+
+/// Refuses a command of [`ONE_NODE`].
+fn refuse_one_node_command(info: &cmd::CommandInfo) -> Result<()> {
+    if !ONE_NODE.contains(&info.name()) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{} acts on the one node it is sent to: send it with query_node(addr, ...) to \
+         the node you mean (client.node_for_key(key) names a key's primary)",
+        info.name().replace('|', " ").to_ascii_uppercase()
+    )))
+}
+
+/// Whether a replica may answer a read-only command in the primary's place. Not
+/// `TOUCH`, which is sent for its effect on the key's access time, which the primary's
+/// eviction reads, nor `OBJECT IDLETIME`/`FREQ`, which report the primary's.
+fn replica_may_serve(info: &cmd::CommandInfo) -> bool {
+    info.is_read_only() && !matches!(info.name(), "touch" | "object|idletime" | "object|freq")
+}
 
 /// Plans `command`.
 ///
@@ -170,13 +226,14 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     if cmd::routes_by_first_argument(command, info) {
         return Ok(Plan::Slot {
             slot: key_slot(command.arg_at(1).unwrap_or_default()),
-            read_only: info.is_read_only(),
+            read_only: replica_may_serve(info),
         });
     }
     let mut keys: SmallVec<[usize; 4]> = SmallVec::new();
     // Routing keys include sharded pub/sub channels, which hash like keys.
     cmd::routing_key_indices(command, info, &mut keys)?;
     if keys.is_empty() {
+        refuse_one_node_command(info)?;
         return Ok(keyless_plan(command, info));
     }
     let slot_at = |i: usize| key_slot(command.arg_at(i).unwrap_or_default());
@@ -185,7 +242,7 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
     if keys[1..].iter().all(|&i| slot_at(i) == first) {
         return Ok(Plan::Slot {
             slot: first,
-            read_only: info.is_read_only(),
+            read_only: replica_may_serve(info),
         });
     }
     let slots: SmallVec<[u16; 4]> = keys.iter().map(|&i| slot_at(i)).collect();
@@ -239,6 +296,8 @@ fn refuse_connection_state_commands(command: &Cmd, info: Option<&cmd::CommandInf
     // This runs for every request: the table's lowercase name is matched at once. A
     // command the table lacks (`WAITAOF` on a 7.0 table) is lowercased on the stack.
     let refusal = match info {
+        // A `CLIENT` subcommand newer than the table finds the container.
+        Some(info) if info.name() == "client" => cmd::Refusal::of(command),
         Some(info) => cmd::Refusal::of_name(info.name()),
         None => cmd::Refusal::of(command),
     };
@@ -263,6 +322,11 @@ fn advice(refusal: cmd::Refusal) -> &'static str {
         cmd::Refusal::ClientManaged => {
             "READONLY, READWRITE and ASKING are sent by the client itself where they are \
              needed, and change a connection other callers share"
+        }
+        cmd::Refusal::ConnectionSetting => {
+            "CLIENT settings of a connection would apply to the shared connection every \
+             caller to that node uses: name connections with the builder's client_name, \
+             or open a NodeConnection of your own"
         }
         cmd::Refusal::Unpaired | cmd::Refusal::ConnectionState => {
             "this command changes the shared connection's state and is not supported"
@@ -525,11 +589,10 @@ mod tests {
                 "{c:?}"
             );
         }
-        // Naming one node's clients or data: one node.
-        assert!(matches!(
-            plan_of(&cmd("CLIENT").arg("KILL").arg("ID").arg(7)).unwrap(),
-            Plan::AnyPrimary
-        ));
+        // Naming one node's clients or data: the caller names the node.
+        for c in [cmd("CLIENT").arg("KILL").arg("ID").arg(7), cmd("bgsave")] {
+            assert!(matches!(plan_of(&c), Err(Error::Config(_))), "{c:?}");
+        }
     }
 
     #[test]

@@ -1255,8 +1255,15 @@ fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
         // back: `MULTI ... EXEC` in one `send_batch` stays one transaction (see
         // `refuse_on_shared`), and the dedicated pool's recycle check sends `UNWATCH`
         // this way. `WAIT` counts the connection's writes, whoever sent them, but its
-        // reply is its own.
-        Some(Refusal::Transaction | Refusal::Wait | Refusal::ClientManaged) | None => Ok(()),
+        // reply is its own. A node connection's settings (`READONLY`, `CLIENT
+        // NO-EVICT`) are its owner's to choose.
+        Some(
+            Refusal::Transaction
+            | Refusal::Wait
+            | Refusal::ClientManaged
+            | Refusal::ConnectionSetting,
+        )
+        | None => Ok(()),
     }
 }
 
@@ -1953,9 +1960,10 @@ mod tests {
                 Refusal::Subscription | Refusal::Unpaired | Refusal::ConnectionState => {
                     assert!(matches!(refused, Err(Error::Config(_))), "{c:?}")
                 }
-                Refusal::Transaction | Refusal::Wait | Refusal::ClientManaged => {
-                    assert!(refused.is_ok(), "{c:?}")
-                }
+                Refusal::Transaction
+                | Refusal::Wait
+                | Refusal::ClientManaged
+                | Refusal::ConnectionSetting => assert!(refused.is_ok(), "{c:?}"),
             }
         }
         // What the dedicated pool's recycle check sends.
