@@ -54,7 +54,12 @@ pub enum Error {
         /// The distinct slots the keys hash to, in the order first seen.
         slots: Vec<u16>,
     },
-    /// The cluster answered `CLUSTERDOWN` until the request's retries or deadline ran out.
+    /// The cluster cannot serve the request for now: a node answered `CLUSTERDOWN`
+    /// until the request's retries or deadline ran out, or no node serves its slot
+    /// (none known yet, before the first discovery; the slot's shard lost; a redirect
+    /// to a node whose address is not known yet), or a call that needs every slot or
+    /// node (a fan-out, a cluster-wide scan, a keyspace subscription) could not reach
+    /// them all. Never sent, or refused unrun, unless the message says otherwise.
     #[error("cluster is down: {0}")]
     ClusterDown(String),
     /// A request was redirected (MOVED/ASK) more often than `max_redirects` allows.
@@ -65,7 +70,9 @@ pub enum Error {
     },
     /// The request did not complete within its deadline.
     ///
-    /// It may or may not have reached the server: see [`Error::may_have_executed`].
+    /// It may or may not have reached the server, and [`Error::may_have_executed`] is
+    /// always true for it: a request that timed out while still queued was never
+    /// written, but the error does not say which happened.
     #[error("request timed out")]
     Timeout,
     /// The node's circuit breaker is open: requests to it fail fast for a while.
@@ -100,7 +107,9 @@ pub enum Error {
         /// What the reply was (a kind, never its content).
         got: &'static str,
     },
-    /// TLS setup or handshake failed.
+    /// The TLS handshake failed (certificate not trusted, name mismatch, the server
+    /// refused the client's certificate). Setup errors found before connecting (an
+    /// unreadable or malformed PEM file, no trusted CA) are [`Error::Config`].
     #[error("tls error: {0}")]
     Tls(String),
     /// Authentication was refused (wrong password, unknown user, ...).

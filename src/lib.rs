@@ -57,12 +57,15 @@
 //!
 //! A fan-out never returns a partial result: if any node fails, the whole call fails
 //! (except for `one_succeeded` commands, which need one node to succeed; when none does,
-//! a node that did not answer is reported before the others' refusals). While some
+//! the error is a telling refusal such as `UNKILLABLE` first, else a node that did not
+//! answer, else the others' refusals such as `NOTBUSY`). While some
 //! slots have no healthy primary (one failed and not yet replaced, or never to be, with
 //! `cluster-require-full-coverage no`), a fan-out waits for a promotion within its
 //! deadline and then fails with [`Error::ClusterDown`], unsent: the nodes left would
 //! answer for part of the data. `SCRIPT KILL` and `FUNCTION KILL` go on dedicated
-//! connections, so they reach a script this client started on its shared connection.
+//! connections where one can be had, so they reach a script this client started on its
+//! shared connection (a node whose dedicated connection fails is asked on the shared
+//! one).
 //! `SCAN` over the whole cluster is [`ClusterClient::scan`].
 //!
 //! # Redirects, retries and deadlines

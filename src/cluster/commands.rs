@@ -865,8 +865,9 @@ impl ClusterClient {
     }
 
     /// `SCRIPT LOAD` on every node, replicas included, so that `EVALSHA` finds the
-    /// script anywhere, also in a [`crate::Pipeline`] or [`crate::Transaction`], which
-    /// do not fall back to `EVAL` (see [`crate::Pipeline::invoke`]). A node added to the
+    /// script anywhere, also in a [`crate::Pipeline`], which does not fall back to
+    /// `EVAL` (see [`crate::Pipeline::invoke`]; a [`crate::Transaction`] sends the
+    /// source). A node added to the
     /// cluster later, or one restarted without persistence of its script cache (Redis
     /// keeps none), does not have it until it is loaded again.
     ///

@@ -31,7 +31,8 @@ pub enum ReadFrom {
     /// no replica the client can reach.
     PreferReplica,
     /// Reads go to the shard's replicas only while one is reachable; when none is (all
-    /// down, or none known), reads fall back to the primary rather than fail.
+    /// down, or none known), reads fall back to the primary rather than fail: today the
+    /// same as [`ReadFrom::PreferReplica`] (a read never fails for want of a replica).
     Replica,
     /// Reads rotate over the primary and its replicas, each shard in its own turns.
     RoundRobin,
@@ -821,8 +822,10 @@ impl ClusterClientBuilder {
     ///
     /// With `true`, discovery runs in the background and is tried again (at most every
     /// [`refresh_min_interval`](Self::refresh_min_interval), on each request that finds
-    /// no topology, and every [`refresh_interval`](Self::refresh_interval)) until a seed
-    /// answers. A request made before that waits for it within its deadline, then fails
+    /// no topology, and every second, or every
+    /// [`refresh_interval`](Self::refresh_interval) if shorter) until a seed answers. A
+    /// request made before that waits for it, retrying with backoff within its deadline
+    /// and its [`max_retries`](Self::max_retries) (and the retry budget), then fails
     /// with the last discovery's error (the seed's [`Error::Io`], [`Error::Auth`], ...;
     /// nothing was sent). For an application that may start before its cluster
     /// (containers, Kubernetes) and should not crash or loop around `build`. Settings

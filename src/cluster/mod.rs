@@ -95,7 +95,8 @@ pub struct ClientStats {
     pub moved: u64,
     /// `ASK` redirects followed.
     pub ask: u64,
-    /// Topology refreshes completed (the initial discovery not counted).
+    /// Topology refreshes completed (the initial discovery of `build` not counted; with
+    /// `lazy_connect`, the discovery runs as a refresh and is counted).
     pub refreshes: u64,
     /// Requests sent again after a retryable failure.
     pub retries: u64,
@@ -679,10 +680,21 @@ fn into_result<T: FromValue>(value: Value) -> Result<T> {
 
 /// The error a final error reply is to its caller, on every path (single commands,
 /// pipelines, transactions): [`Error::ClusterDown`] for a `CLUSTERDOWN` the client's
-/// retries did not get past, else [`Error::Server`].
+/// retries did not get past, or a redirect to a node of unknown address; else
+/// [`Error::Server`].
 pub(crate) fn reply_error(e: crate::ServerError) -> Error {
+    let unknown_host = crate::slot::parse_redirect(&e, "").is_some_and(|r| r.host_unknown());
     if e.code() == "CLUSTERDOWN" {
         Error::ClusterDown(e.message().to_string())
+    } else if unknown_host {
+        // A redirect to a node whose address no node could give yet (`MOVED 5 ?:6379`)
+        // is waited out like `CLUSTERDOWN` (within `cluster_down_retry_attempts`); once
+        // that is over, the slot's owner is as unknown as when none serves it.
+        Error::ClusterDown(format!(
+            "{} {}: redirected to a node whose address is not known yet",
+            e.code(),
+            e.message()
+        ))
     } else {
         Error::Server(e)
     }

@@ -52,7 +52,8 @@
 //!   `MOVED` or `ASK` to a node the topology lacks: the cluster grew), `uncovered_slot`,
 //!   `periodic` (the timer, `ClusterClient::refresh_topology`, and a cluster-wide
 //!   `scan`, which refreshes before each pass over slots it has to scan again). The
-//!   initial discovery is not counted.
+//!   initial discovery of `build` is not counted; with `lazy_connect` the discovery
+//!   runs as a refresh (`uncovered_slot`) and is.
 //! - `reason`: `connection`, `circuit_open`, `no_route`, `cluster_down`, `tryagain`,
 //!   `loading`, `masterdown`, `other`. (A request that timed out is never retried.)
 //! - `state`: `primary`, `replica` (in the current topology), `connected` (with an open

@@ -24,7 +24,7 @@ use crate::pubsub::{Message, PubSubEvent, SubscriberConfig};
 use crate::slot::{key_slot, parse_redirect, Redirect};
 use crate::topology::RefreshTrigger;
 
-/// How often the task checks the slot map and the links' liveness.
+/// How often the task checks the slot map and the links' liveness, at most (see `run`).
 const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// First and largest delay before subscriptions are sent again after failures.
 const RETRY_BASE: Duration = Duration::from_millis(50);
@@ -218,7 +218,9 @@ impl Manager {
     /// Runs until the [`crate::pubsub::Subscriber`] is dropped, or the queue overflowed
     /// under [`crate::pubsub::OverflowPolicy::Disconnect`].
     pub(crate) async fn run(mut self) {
-        let mut tick = tokio::time::interval(HOUSEKEEPING);
+        // Often enough for a short ping interval to be kept: a link is checked at
+        // least twice per interval, so a dead one is found within one to two.
+        let mut tick = tokio::time::interval(HOUSEKEEPING.min(self.ping_interval / 2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !self.stopped {
             let retry = self.retry_at;

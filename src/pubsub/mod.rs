@@ -80,10 +80,12 @@
 //! # A slow consumer
 //!
 //! Events wait for the consumer in a queue of [`SubscriberConfig::queue_capacity`]
-//! (default 1024) events; the subscriber never waits for the consumer, and memory stays
-//! bounded. When the queue is full, [`SubscriberConfig::overflow`] decides:
-//! [`OverflowPolicy::DropOldest`] (the default) drops the oldest queued message (never a
-//! `Gap` or `Lost` notice) and counts it, and the consumer gets a
+//! (default 1024) events; the subscriber never waits for the consumer, and messages
+//! never take more room than that. When the queue is full,
+//! [`SubscriberConfig::overflow`] decides: [`OverflowPolicy::DropOldest`] (the default)
+//! drops the oldest queued message (never a `Gap` or `Lost` notice, which is queued
+//! past the bound when no message is left to drop: notices come one per interruption
+//! and channel, not per message) and counts it, and the consumer gets a
 //! [`PubSubEvent::Lagged`] with the count before the next event;
 //! [`OverflowPolicy::Disconnect`] closes the subscriber: the stream yields what was
 //! queued and then ends. [`Subscriber::stats`] has the counters.
@@ -328,7 +330,8 @@ impl SubscriberConfig {
 pub struct SubscriberStats {
     /// Events waiting for the consumer now.
     pub queued: usize,
-    /// The most events that ever waited at once (never more than the queue capacity).
+    /// The most events that ever waited at once: at most the queue capacity, plus the
+    /// `Gap` and `Lost` notices kept past it when no message was left to drop.
     pub peak_queued: usize,
     /// Events dropped because the queue was full.
     pub dropped: u64,

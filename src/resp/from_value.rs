@@ -212,10 +212,18 @@ fn elements<T>(value: Value) -> Result<Vec<Value>> {
 
 impl<T: FromValue> FromValue for Vec<T> {
     fn from_value(value: Value) -> Result<Self> {
-        if let Value::Bulk(b) = &value {
-            if let Some(v) = T::from_bulk_bytes(b) {
-                return Ok(v);
+        match &value {
+            Value::Bulk(b) => {
+                if let Some(v) = T::from_bulk_bytes(b) {
+                    return Ok(v);
+                }
             }
+            // A missing string (`GET` of no key) is no empty one: for `Vec<u8>`, as for
+            // `String` and `Bytes`, nil is an error (`Option<Vec<u8>>` takes it).
+            Value::Nil if T::from_bulk_bytes(&Bytes::new()).is_some() => {
+                return Err(mismatch::<Self>(&value));
+            }
+            _ => {}
         }
         elements::<Self>(value)?
             .into_iter()
@@ -336,6 +344,14 @@ mod tests {
             String::from_value(Value::Nil),
             Err(Error::Type { got: "nil", .. })
         ));
+        // Bytes as a vector too: a missing value is not an empty one.
+        assert!(matches!(
+            Vec::<u8>::from_value(Value::Nil),
+            Err(Error::Type { got: "nil", .. })
+        ));
+        assert_eq!(Option::<Vec<u8>>::from_value(Value::Nil).unwrap(), None);
+        // A nil list is still an empty one.
+        assert!(Vec::<String>::from_value(Value::Nil).unwrap().is_empty());
         assert!(matches!(
             u8::from_value(Value::Int(256)),
             Err(Error::Type { got: "integer", .. })
