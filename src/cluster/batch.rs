@@ -7,8 +7,10 @@
 //! so that a `BLPOP` holds up nobody else, and it ends with one `WAIT` that covers its
 //! writes. A command answered with a redirect or a transient error (`MOVED`, `ASK`,
 //! `TRYAGAIN`, `CLUSTERDOWN`, ...) is sent again, never the rest of the pipeline: the
-//! commands of a slot that moved whole go as one batch to its new owner; any others on
-//! their own, through the ordinary redirect and retry path, one after another per slot.
+//! commands of a slot that moved whole go as one batch to its new owner, those of a
+//! migrating slot whose keys moved on (`ASK` to each) as one batch to the importing
+//! node, each after `ASKING`; any others on their own, through the ordinary redirect and
+//! retry path, one after another per slot.
 //! Either way a slot's resent commands keep their order among themselves (a command
 //! resent after an `ASK` or `TRYAGAIN` runs after the slot's later commands that the
 //! node had already served). When a node's connection fails, the commands it answered
@@ -55,11 +57,15 @@ struct Entry {
 }
 
 /// Why a command of a node's batch goes again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Resend {
     /// Its slot moved (`MOVED`): with the slot's other commands, to the new owner.
     Moved,
-    /// At once: an `ASK`, or a connection lost before it could run.
+    /// Its key moved on with a migration of its slot (`ASK`): with the slot's other
+    /// commands that did, to the node named (reached at this address), each after
+    /// `ASKING`.
+    Ask(String),
+    /// At once: a connection lost before it could run.
     Now,
     /// A read a replica cannot serve for a while (`LOADING`, `MASTERDOWN`): with the
     /// slot's other reads, to the primary, at once (a reroute, not a retry).
@@ -97,6 +103,63 @@ impl Meta {
     fn needs_own_path(&self, durability: Option<Durability>) -> bool {
         self.blocks.is_some() || (self.durable_write() && durability.is_some())
     }
+}
+
+/// What goes again of one slot: where to, when every command of it goes the same way
+/// (`MOVED` or a replica's refusal: to the owner; `ASK`: to the importing node), and
+/// how long the slot waits first.
+struct SlotResend {
+    slot: u16,
+    /// `Moved` (and `ToPrimary`), or `Ask` to one node, when all of the slot's commands
+    /// go so; else `None`.
+    to: Option<Resend>,
+    wait: Duration,
+    entries: Vec<Entry>,
+}
+
+impl SlotResend {
+    fn new(entry: Entry, why: Resend, wait: Duration) -> SlotResend {
+        let to = match why {
+            Resend::ToPrimary => Some(Resend::Moved),
+            Resend::Moved | Resend::Ask(_) => Some(why),
+            Resend::Now | Resend::AfterBackOff(_) => None,
+        };
+        SlotResend {
+            slot: entry.meta.slot,
+            to,
+            wait,
+            entries: vec![entry],
+        }
+    }
+
+    fn add(&mut self, entry: Entry, why: &Resend, wait: Duration) {
+        let same = match (&self.to, why) {
+            (Some(Resend::Moved), Resend::Moved | Resend::ToPrimary) => true,
+            (Some(Resend::Ask(a)), Resend::Ask(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            self.to = None;
+        }
+        self.wait = self.wait.max(wait);
+        self.entries.push(entry);
+    }
+}
+
+/// `cmds`, each after an `ASKING`.
+fn with_asking(cmds: Vec<Cmd>) -> Vec<Cmd> {
+    let mut all = Vec::with_capacity(cmds.len() * 2);
+    for command in cmds {
+        all.push(cmd("ASKING"));
+        all.push(command);
+    }
+    all
+}
+
+/// What [`with_asking`] interleaved, without `ASKING`'s part: its commands, or their
+/// replies (an `ASKING` answered without the command after it drops out).
+fn without_asking<T>(items: Vec<T>) -> Vec<T> {
+    items.into_iter().skip(1).step_by(2).collect()
 }
 
 /// The commands of one batch that ended with its answer, by name and status: the
@@ -228,7 +291,7 @@ impl Inner {
         }
         let batches = groups
             .into_iter()
-            .map(|(node, entries)| self.run_batch(node, entries, deadline, 0));
+            .map(|(node, entries)| self.run_batch(node, entries, deadline, 0, false));
         let singles = singles.into_iter().map(|(index, command)| async move {
             let started = Instant::now();
             (
@@ -270,19 +333,24 @@ impl Inner {
         entries: Vec<Entry>,
         deadline: Instant,
         redirects: u32,
+        asking: bool,
     ) -> Pin<Box<dyn Future<Output = Outcomes> + Send + '_>> {
-        Box::pin(self.run_batch(node, entries, deadline, redirects))
+        Box::pin(self.run_batch(node, entries, deadline, redirects, asking))
     }
 
-    /// Writes one node's share of a pipeline at once. What needs resending: the
-    /// commands of a slot that moved whole (`MOVED` to each) go again as one batch to the
-    /// new owner, up to [`MAX_REBATCHES`] times; any others one by one, in order per slot.
+    /// Writes one node's share of a pipeline at once (with `asking`, each command after
+    /// an `ASKING`: the commands an `ASK` sent to the node importing their slot). What
+    /// needs resending: the commands of a slot that moved whole (`MOVED` to each) go
+    /// again as one batch to the new owner, and those of a slot whose keys moved on with
+    /// its migration (`ASK`) as one batch to the importing node, up to [`MAX_REBATCHES`]
+    /// times; any others one by one, in order per slot.
     async fn run_batch(
         &self,
         node: Arc<Node>,
         entries: Vec<Entry>,
         deadline: Instant,
         redirects: u32,
+        asking: bool,
     ) -> Outcomes {
         // Two collects, not `unzip`: the commands' one reuses the entries' allocation.
         let meta: Vec<Meta> = entries.iter().map(|e| e.meta).collect();
@@ -319,14 +387,30 @@ impl Inner {
         } else {
             match node.connection(deadline).await {
                 Ok(conn) => {
+                    let cmds = if asking { with_asking(cmds) } else { cmds };
                     let answer = conn
                         .dispatch(Cmds::Many(cmds), deadline)
                         .instrument(span)
                         .await;
                     self.record_on(&node, &conn, &answer.result, started);
-                    let replies = answer.result.map(|r| r.into_vec());
-                    let received = answer.received.into_vec();
-                    (replies, answer.cmds.into_vec(), None, received)
+                    let (replies, received, cmds) = (
+                        answer.result.map(|r| r.into_vec()),
+                        answer.received.into_vec(),
+                        answer.cmds.into_vec(),
+                    );
+                    if asking {
+                        // `ASKING`'s own replies (`OK`) tell nothing: the command after
+                        // it is refused with a redirect if it did not take.
+                        let replies = replies.map(without_asking);
+                        (
+                            replies,
+                            without_asking(cmds),
+                            None,
+                            without_asking(received),
+                        )
+                    } else {
+                        (replies, cmds, None, received)
+                    }
                 }
                 Err(e) => {
                     self.record_connect_failure(&node, &e);
@@ -415,7 +499,7 @@ impl Inner {
                     self.note_redirect(&r, &node.addr);
                     let why = match r {
                         Redirect::Moved { .. } => Resend::Moved,
-                        Redirect::Ask { .. } => Resend::Now,
+                        Redirect::Ask { addr, .. } => Resend::Ask(self.remap(&addr)),
                     };
                     resend.push((Entry { meta, cmd: command }, why));
                 }
@@ -490,33 +574,34 @@ impl Inner {
         // `RPUSH k`) rely on the order within a slot. Slots go in parallel.
         // Per slot: whether every command of it got `MOVED` (or goes to the primary), and
         // how long it waits first.
-        let mut by_slot: Vec<(u16, bool, Duration, Vec<Entry>)> = Vec::new();
+        let mut by_slot: Vec<SlotResend> = Vec::new();
         for (entry, why) in resend {
-            // Both go again as one batch, to the slot's owner or its primary.
-            let moved = matches!(why, Resend::Moved | Resend::ToPrimary);
             let wait = match why {
                 Resend::AfterBackOff(wait) => wait,
                 _ => Duration::ZERO,
             };
-            match by_slot
-                .iter_mut()
-                .find(|(slot, ..)| *slot == entry.meta.slot)
-            {
-                Some((_, all_moved, slot_wait, entries)) => {
-                    *all_moved &= moved;
-                    *slot_wait = (*slot_wait).max(wait);
-                    entries.push(entry);
-                }
-                None => by_slot.push((entry.meta.slot, moved, wait, vec![entry])),
+            match by_slot.iter_mut().find(|s| s.slot == entry.meta.slot) {
+                Some(slot) => slot.add(entry, &why, wait),
+                None => by_slot.push(SlotResend::new(entry, why, wait)),
             }
         }
         // A slot that moved whole (a resharding) is one batch again, to its new owner
         // (the map learned it from the `MOVED`): one write, not one round trip each. So
-        // are the reads of a slot that its replica could not serve, to the primary.
-        let mut moved: Vec<(Arc<Node>, Vec<Entry>)> = Vec::new();
+        // are the reads of a slot that its replica could not serve, to the primary, and
+        // the commands of a migrating slot whose keys moved on (`ASK`), to the importing
+        // node, each after `ASKING`.
+        let mut batches: Vec<(Arc<Node>, bool, Vec<Entry>)> = Vec::new();
         let mut one_by_one: Vec<(Duration, Vec<Entry>)> = Vec::new();
         let routes = self.routes.load_full();
-        for (slot, all_moved, wait, entries) in by_slot {
+        let durability = self.config.durability;
+        let may_rebatch = redirects < self.config.max_redirects.min(MAX_REBATCHES);
+        for SlotResend {
+            slot,
+            to,
+            wait,
+            entries,
+        } in by_slot
+        {
             // Reads of one pipeline share its policy; one write among them takes the
             // slot's batch to the primary.
             let read = entries
@@ -524,26 +609,38 @@ impl Inner {
                 .map(|e| e.meta.read)
                 .reduce(|a, b| a.and(b))
                 .flatten();
-            let owner = if all_moved && redirects < self.config.max_redirects.min(MAX_REBATCHES) {
-                self.pick_for_slot(&routes, slot, read).ok()
-            } else {
-                None
+            let target = match to {
+                Some(Resend::Moved | Resend::ToPrimary) if may_rebatch => self
+                    .pick_for_slot(&routes, slot, read)
+                    .ok()
+                    .map(|owner| (Arc::clone(owner), false)),
+                // The single-command path gives a blocking command or a durable write
+                // what it needs at the importing node too.
+                Some(Resend::Ask(addr))
+                    if may_rebatch
+                        && !entries.iter().any(|e| e.meta.needs_own_path(durability)) =>
+                {
+                    Some((self.registry.get(&addr, false), true))
+                }
+                _ => None,
             };
-            match owner {
-                Some(owner) => match moved.iter_mut().find(|(n, _)| Arc::ptr_eq(n, owner)) {
-                    Some((_, batch)) => batch.extend(entries),
-                    None => moved.push((Arc::clone(owner), entries)),
+            match target {
+                Some((node, asking)) => match batches
+                    .iter_mut()
+                    .find(|(n, a, _)| Arc::ptr_eq(n, &node) && *a == asking)
+                {
+                    Some((.., batch)) => batch.extend(entries),
+                    None => batches.push((node, asking, entries)),
                 },
                 None => one_by_one.push((wait, entries)),
             }
         }
-        let moved = moved
-            .into_iter()
-            .map(|(owner, entries)| self.run_batch_boxed(owner, entries, deadline, redirects + 1));
-        // The others (`ASK`, `TRYAGAIN`, a lost connection, ...) one after another, each
-        // through the single-command path, so that however many retries and backoffs
-        // one needs, the next waits for it.
-        let durability = self.config.durability;
+        let moved = batches.into_iter().map(|(node, asking, entries)| {
+            self.run_batch_boxed(node, entries, deadline, redirects + 1, asking)
+        });
+        // The others (`TRYAGAIN`, a lost connection, a slot moving on and on, ...) one
+        // after another, each through the single-command path, so that however many
+        // retries and backoffs one needs, the next waits for it.
         let resent = one_by_one.into_iter().map(|(wait, entries)| {
             let batch_error = batch_error.clone();
             async move {
