@@ -47,7 +47,10 @@
 //! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `LATENCY RESET`, ...), and the node settings the table gives no policy (`ACL SETUSER`, `ACL DELUSER`, `ACL LOAD`, `ACL SAVE`, `CONFIG REWRITE`, `CONFIG RESETSTAT`) | every node, replicas included, combined likewise; those whose policy is `special` (`LATENCY HISTORY`, `LATENCY GRAPH`, `LATENCY HISTOGRAM`) answer a map from node address to reply |
 //! | per-node reports: `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `SLOWLOG GET`, `LATENCY LATEST`, `LATENCY DOCTOR`, `ROLE`, `LASTSAVE` | every primary; the reply is a map from node address to that node's reply |
 //! | `CLUSTER COUNTKEYSINSLOT slot`, `CLUSTER GETKEYSINSLOT slot n` | the named slot's node (only it knows the slot's keys) |
-//! | other keyless commands (`PUBLISH`, `RANDOMKEY`, `CLUSTER INFO`, ...) | one primary, in turn |
+//! | `RANDOMKEY` | every primary; a key from one that has any (at random), nil when none has |
+//! | keyless commands that act on one node (`BGSAVE`, `SHUTDOWN`, `FAILOVER`, `DEBUG`, `MODULE LOAD`, `CLIENT KILL`, `CLUSTER FAILOVER`/`FORGET`/`SETSLOT`/..., ...) | refused with [`Error::Config`]: send them with [`ClusterClient::query_node`] to the node you mean |
+//! | `CLIENT SETNAME`, `TRACKING`, `CACHING`, `NO-EVICT`, `NO-TOUCH`, `SETINFO` | refused with [`Error::Config`]: they would set a connection other callers share |
+//! | other keyless commands (`PUBLISH`, `CLUSTER INFO`, ...) | one primary, in turn |
 //! | any command through [`ClusterClient::query_node`] | the node you name, replicas included (one node's diagnostics) |
 //! | blocking commands (`BLPOP`, `BRPOP`, `BLMOVE`, `BZPOPMIN`, `XREAD BLOCK`, ...) | the slot's primary, on a dedicated pooled connection, so they never stall others; their deadline is the response timeout plus the time they ask to block, moved later by any wait for a free dedicated connection |
 //! | `WAIT`, `WAITAOF` | refused with [`Error::Config`]: they count the writes of their own connection, which a shared one cannot tell; use [`ClusterClient::query_durable`] |

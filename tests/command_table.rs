@@ -265,7 +265,8 @@ async fn table_has_every_command_of_the_server() {
 /// node named. The `CLIENT` settings of the calling connection (`SETNAME`, `TRACKING`,
 /// `CACHING`, `NO-EVICT`, `NO-TOUCH`, `SETINFO`) are refused either way: they would
 /// change the connection every caller shares. Under replica reads, `TOUCH` (sent for
-/// its effect on the primary's access times) goes to the primary.
+/// its effect on the primary's access times) goes to the primary. `RANDOMKEY` asks
+/// every primary, and answers a key if any has one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_commands_are_refused_unless_a_node_is_named_and_touch_goes_to_the_primary() {
     use redcluster::{ClusterClient, Error, ReadFrom};
@@ -345,4 +346,15 @@ async fn node_commands_are_refused_unless_a_node_is_named_and_touch_goes_to_the_
         support::calls(&local, replica, "touch").await,
         replica_before
     );
+
+    // `RANDOMKEY` finds the one key of the cluster, whichever primary it asks first:
+    // the two without keys answer nil.
+    let _: Value = client.query(cmd("FLUSHALL")).await.unwrap();
+    let none: Option<String> = client.query(cmd("RANDOMKEY")).await.unwrap();
+    assert_eq!(none, None);
+    client.set("only", "1").await.unwrap();
+    for _ in 0..10 {
+        let key: Option<String> = client.query(cmd("RANDOMKEY")).await.unwrap();
+        assert_eq!(key.as_deref(), Some("only"));
+    }
 }

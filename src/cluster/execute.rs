@@ -1773,6 +1773,13 @@ fn combine_replies(
         Combine::AllSucceeded | Combine::OneSucceeded => {
             Ok(values.into_iter().next().unwrap_or(Value::Nil))
         }
+        Combine::AnyNonNil => {
+            values.retain(|v| !matches!(v, Value::Nil));
+            if values.is_empty() {
+                return Ok(Value::Nil);
+            }
+            Ok(values.swap_remove(fastrand::usize(..values.len())))
+        }
         Combine::PerNode => Ok(Value::Map(
             nodes
                 .iter()

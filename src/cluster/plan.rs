@@ -66,6 +66,9 @@ pub(crate) enum Combine {
     /// The sum of the integer replies, of subscriptions rather than data
     /// (`PUBSUB NUMPAT`).
     SumSubscriptions,
+    /// One of the replies that is not nil, at random; nil when all are (`RANDOMKEY`:
+    /// a primary without keys answers nil while others hold some).
+    AnyNonNil,
 }
 
 impl Combine {
@@ -78,6 +81,7 @@ impl Combine {
             self,
             Combine::PerNode
                 | Combine::OneSucceeded
+                | Combine::AnyNonNil
                 | Combine::SumPerChannel
                 | Combine::Union
                 | Combine::SumSubscriptions
@@ -393,9 +397,11 @@ fn keyless_plan(command: &Cmd, info: &cmd::CommandInfo) -> Plan {
         Some(cmd::ResponsePolicy::AggLogicalAnd) => Combine::LogicalAnd,
         Some(cmd::ResponsePolicy::AggLogicalOr) => Combine::LogicalOr,
         Some(cmd::ResponsePolicy::Special) => Combine::PerNode,
-        // No policy: replies whose order does not matter (`KEYS`) are merged; a
-        // single-value reply (`RANDOMKEY`) comes from any one primary.
+        // No policy: replies whose order does not matter (`KEYS`) are merged; a random
+        // key comes from a primary that has one; any other single value from any one
+        // primary.
         None if info.has_tips(cmd::tip::NONDETERMINISTIC_OUTPUT_ORDER) => Combine::MergeArrays,
+        None if info.name() == "randomkey" => Combine::AnyNonNil,
         None => return Plan::AnyPrimary,
     };
     Plan::FanOut { to, combine }
