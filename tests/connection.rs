@@ -424,3 +424,38 @@ async fn tcp_keepalive_arms_each_connections_keepalive_timer_with_the_idle_time_
         assert_eq!(tcp_timer(port, server_port).0, 0, "connection from {port}");
     }
 }
+
+/// A handle with a zero response timeout has a deadline already passed: every request,
+/// single or pipelined, fails with `Error::Timeout` and never reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_response_timeout_fails_every_request_unsent() {
+    let local = one_node().await;
+    let client = redcluster::ClusterClient::connect(local.seeds())
+        .await
+        .unwrap();
+    client.set("zero", "1").await.unwrap();
+    let calls = |name: &'static str| {
+        let local = &local;
+        async move {
+            let node = local.connect_node(0).await.unwrap();
+            let info = node.send(cmd("INFO").arg("commandstats")).await.unwrap();
+            let text = String::from_utf8(info.as_bytes().unwrap().to_vec()).unwrap();
+            let field = format!("cmdstat_{name}:calls=");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&field))
+                .map_or(0, |rest| {
+                    rest.split(',').next().unwrap().parse::<u64>().unwrap()
+                })
+        }
+    };
+    let (gets, incrs) = (calls("get").await, calls("incr").await);
+    let zero = client.with_response_timeout(Duration::ZERO);
+    let got = zero.get::<_, Option<String>>("zero").await;
+    assert!(matches!(got, Err(Error::Timeout)), "{got:?}");
+    let mut p = zero.pipeline();
+    p.incr("zero", 1).get("zero");
+    for result in p.execute_each().await {
+        assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    }
+    assert_eq!((calls("get").await, calls("incr").await), (gets, incrs));
+}

@@ -276,7 +276,9 @@ impl ClusterClient {
     /// node, a long script). A slow command holds up the replies behind it on a shared
     /// connection; blocking commands go on dedicated connections for that reason.
     /// Background work (topology refreshes, health checks, breaker probes) and
-    /// [`doctor`](ClusterClient::doctor)'s checks keep the builder's timeout.
+    /// [`doctor`](ClusterClient::doctor)'s checks keep the builder's timeout. A zero
+    /// timeout is a deadline already passed: every request fails with
+    /// [`Error::Timeout`] unsent.
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
