@@ -184,7 +184,9 @@ impl Pipeline {
     /// [`Error::ClusterDown`], as for a single command). When a node's connection is
     /// lost, or the deadline passes, part way through its commands, those it answered
     /// first keep their replies: only the later ones get the error (and
-    /// [`Error::may_have_executed`] says whether they may have run).
+    /// [`Error::may_have_executed`] says whether they may have run). Not with
+    /// `durable_writes` for a node's batch with writes: without its `WAIT`'s answer no
+    /// write of it is known to be durable, and every command of it gets the error.
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {

@@ -357,4 +357,9 @@ async fn node_commands_are_refused_unless_a_node_is_named_and_touch_goes_to_the_
         let key: Option<String> = client.query(cmd("RANDOMKEY")).await.unwrap();
         assert_eq!(key.as_deref(), Some("only"));
     }
+    // In a transaction it asks the transaction's node, as any keyless command there.
+    let mut tx = client.transaction();
+    tx.add(cmd("GET").arg("only")).add(cmd("RANDOMKEY"));
+    let replies = tx.execute().await.unwrap();
+    assert_eq!(replies[1], Value::Bulk("only".into()));
 }

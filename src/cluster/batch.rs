@@ -42,9 +42,10 @@ use crate::policy::{classify, replica_cannot_serve, ErrorAction};
 use crate::resp::Value;
 use crate::slot::Redirect;
 
-/// How many times the commands of a moved slot go again as a batch before they go one
-/// by one (with `max_redirects` of their own): a slot moving on and on is no case to
-/// optimise, and each re-batch runs inside the one before.
+/// How many times the commands of a moved slot (or of a migrating one, after `ASK`) go
+/// again as a batch before they go one by one (with `max_redirects` of their own): a
+/// slot moving on and on is no case to optimise, and each re-batch runs inside the one
+/// before.
 const MAX_REBATCHES: u32 = 4;
 
 /// A batch's results, each with its command's place in the pipeline.
@@ -156,10 +157,24 @@ fn with_asking(cmds: Vec<Cmd>) -> Vec<Cmd> {
     all
 }
 
-/// What [`with_asking`] interleaved, without `ASKING`'s part: its commands, or their
-/// replies (an `ASKING` answered without the command after it drops out).
+/// What [`with_asking`] interleaved, without `ASKING`'s part: its commands, or the
+/// replies received before a failure (an `ASKING` answered without the command after it
+/// drops out).
 fn without_asking<T>(items: Vec<T>) -> Vec<T> {
     items.into_iter().skip(1).step_by(2).collect()
+}
+
+/// The commands' replies of a batch [`with_asking`] interleaved: each command's own,
+/// unless its `ASKING` was refused (an ACL without `+asking`): then the refusal, which
+/// says why, where the command's reply would only be a `MOVED` back to the node that
+/// sent it there.
+fn replies_after_asking(replies: Vec<Value>) -> Vec<Value> {
+    let mut replies = replies.into_iter();
+    let mut out = Vec::with_capacity(replies.len() / 2);
+    while let (Some(asking), Some(reply)) = (replies.next(), replies.next()) {
+        out.push(if asking.is_error() { asking } else { reply });
+    }
+    out
 }
 
 /// The commands of one batch that ended with its answer, by name and status: the
@@ -205,10 +220,11 @@ impl Inner {
         for command in cmds {
             let info = self.command_info(command, deadline).await;
             match plan::plan(command, info) {
+                // Not `TOUCH`, which the primary serves for its effect, but reads.
                 Ok(Plan::Slot {
                     slot,
                     read_only: false,
-                }) => {
+                }) if !info.is_some_and(|i| i.is_read_only()) => {
                     written.insert(slot);
                 }
                 // `MSET`, `DEL` over several slots write each part's.
@@ -377,6 +393,8 @@ impl Inner {
             };
             (Err(open), cmds, None, Vec::new())
         } else if durability.is_some() || blocks.is_some() {
+            // An `ASK` batch leaves out what would come here (`needs_own_path`).
+            debug_assert!(!asking, "an ASK batch on a dedicated connection");
             let held = blocks.unwrap_or_default();
             let wait = durability.map_or(Duration::ZERO, |d| d.timeout);
             // A blocking command, then the `WAIT` after it: the server may take both.
@@ -395,13 +413,11 @@ impl Inner {
                     self.record_on(&node, &conn, &answer.result, started);
                     let (replies, received, cmds) = (
                         answer.result.map(|r| r.into_vec()),
-                        answer.received.into_vec(),
+                        answer.received,
                         answer.cmds.into_vec(),
                     );
                     if asking {
-                        // `ASKING`'s own replies (`OK`) tell nothing: the command after
-                        // it is refused with a redirect if it did not take.
-                        let replies = replies.map(without_asking);
+                        let replies = replies.map(replies_after_asking);
                         (
                             replies,
                             without_asking(cmds),
@@ -523,21 +539,11 @@ impl Inner {
                 self.signal
                     .request(crate::topology::RefreshTrigger::ConnectionFailure);
             }
-            if cmds.len() != meta.len() {
-                // The deadline passed with the commands still queued: nothing to resend.
-                let out = meta
-                    .into_iter()
-                    .map(|meta| {
-                        let result = Err(e.clone());
-                        done.add(meta.name, &result);
-                        (meta.index, result)
-                    })
-                    .collect();
-                done.count_on(&node, elapsed);
-                return out;
-            }
-            let may_resend = |meta: &Meta| {
-                !e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout))
+            // Every answer hands its commands back; any missing could not be resent.
+            let available = cmds.len();
+            let may_resend = |position: usize, meta: &Meta| {
+                position < available
+                    && (!e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout)))
             };
             // Per slot, where its last command that may have run and is not resent
             // stands: the slot's commands before it are not resent either, though
@@ -546,23 +552,27 @@ impl Inner {
             // answers for a later place in the pipeline than its own.
             let mut last_kept: Vec<(u16, usize)> = Vec::new();
             for (position, meta) in meta.iter().enumerate() {
-                if !may_resend(meta) {
+                if !may_resend(position, meta) {
                     match last_kept.iter_mut().find(|(slot, _)| *slot == meta.slot) {
                         Some((_, last)) => *last = position,
                         None => last_kept.push((meta.slot, position)),
                     }
                 }
             }
-            for (position, (meta, command)) in meta.into_iter().zip(cmds).enumerate() {
+            let mut cmds = cmds.into_iter();
+            for (position, meta) in meta.into_iter().enumerate() {
                 let runs_before_kept = last_kept
                     .iter()
                     .any(|&(slot, last)| slot == meta.slot && position < last);
-                if may_resend(&meta) && !runs_before_kept {
-                    resend.push((Entry { meta, cmd: command }, Resend::Now));
-                } else {
-                    let result = Err(e.clone());
-                    done.add(meta.name, &result);
-                    out.push((meta.index, result));
+                match cmds.next() {
+                    Some(command) if may_resend(position, &meta) && !runs_before_kept => {
+                        resend.push((Entry { meta, cmd: command }, Resend::Now));
+                    }
+                    _ => {
+                        let result = Err(e.clone());
+                        done.add(meta.name, &result);
+                        out.push((meta.index, result));
+                    }
                 }
             }
         }
@@ -728,7 +738,7 @@ impl Inner {
                 };
                 (Ok(replies), cmds, acked, Vec::new())
             }
-            Err(e) if durability.is_none() => (Err(e), cmds, None, answer.received.into_vec()),
+            Err(e) if durability.is_none() => (Err(e), cmds, None, answer.received),
             Err(e) => (Err(e), cmds, None, Vec::new()),
         }
     }
@@ -805,5 +815,36 @@ impl Inner {
             deadline,
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asking_is_interleaved_and_taken_out_again() {
+        let sent = with_asking(vec![cmd("GET").arg("a"), cmd("GET").arg("b")]);
+        let names: Vec<&[u8]> = sent.iter().map(Cmd::name).collect();
+        assert_eq!(names, [&b"ASKING"[..], b"GET", b"ASKING", b"GET"]);
+        let back: Vec<Vec<u8>> = without_asking(sent)
+            .iter()
+            .map(|c| c.arg_at(1).unwrap().to_vec())
+            .collect();
+        assert_eq!(back, [b"a".to_vec(), b"b".to_vec()]);
+
+        let ok = || Value::Simple("OK".into());
+        let refused = Value::ServerError(crate::ServerError::new("NOPERM no asking"));
+        let moved = Value::ServerError(crate::ServerError::new("MOVED 1 127.0.0.1:7000"));
+        let replies = vec![ok(), Value::Int(1), refused.clone(), moved];
+        // A refused `ASKING` answers for its command: the `MOVED` after it only says the
+        // node did not take the command as asked.
+        assert_eq!(replies_after_asking(replies), [Value::Int(1), refused]);
+        // Received before a failure: an `ASKING` answered without its command's reply
+        // drops out, and so does its command.
+        assert_eq!(
+            without_asking(vec![ok(), Value::Int(1), ok()]),
+            [Value::Int(1)]
+        );
     }
 }

@@ -604,7 +604,7 @@ impl Inner {
         let answer = Answer {
             result: outcome,
             cmds: queued.take_cmds(),
-            received: Replies::new(),
+            received: Vec::new(),
         };
         let start = Start::Answered(answer, kind);
         Begun::Other(Box::pin(

@@ -343,8 +343,12 @@ impl ClusterClient {
     /// [`Error::Server`] for an error reply (`err.server_code()` gives `WRONGTYPE`,
     /// `NOPERM`, ...), [`Error::ClusterDown`], [`Error::CrossSlot`], [`Error::Timeout`],
     /// [`Error::TooManyRedirects`], connection errors, [`Error::Partial`] for a write split
-    /// over slots or sent to several nodes that ran only in part, or [`Error::Type`] when
-    /// the reply does not convert to `T`.
+    /// over slots or sent to several nodes that ran only in part, [`Error::Type`] when
+    /// the reply does not convert to `T`, or [`Error::Config`], unsent, for a command
+    /// the client refuses: one that would break or reconfigure a shared connection
+    /// (`SUBSCRIBE`, `MULTI`, `SELECT`, `CLIENT SETNAME`, ...), `WAIT`, a raw `SCAN`,
+    /// one that acts on the node it is sent to (`BGSAVE`, `SHUTDOWN`, `CLIENT KILL`:
+    /// use [`query_node`](Self::query_node)), or one too malformed to find its keys.
     ///
     /// # Examples
     ///
@@ -411,7 +415,8 @@ impl ClusterClient {
     /// [`Error::Config`] for an address that is not a node of the topology, or a command
     /// that blocks (`BLPOP`) or holds a connection (`SUBSCRIBE`, `MULTI`): those go by
     /// their keys, through [`query`](Self::query), [`subscriber`](Self::subscriber),
-    /// [`transaction`](Self::transaction); otherwise as [`query`](Self::query).
+    /// [`transaction`](Self::transaction); or one that would set the shared connection
+    /// (`CLIENT SETNAME`, `CLIENT TRACKING`, ...); otherwise as [`query`](Self::query).
     ///
     /// # Examples
     ///

@@ -11,6 +11,8 @@
 //! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary, replies combined by the table's `response_policy` |
 //! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `CONFIG SET`, `LATENCY RESET`, ...) | every node, primaries and replicas, combined likewise (`special`: a map from node address to reply) |
 //! | `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `LATENCY LATEST`, `SLOWLOG GET` and other per-node reports (`PER_NODE`) | every primary; the reply is a map from node address to that node's reply |
+//! | `RANDOMKEY` | every primary; a non-nil reply at random (`AnyNonNil`) |
+//! | keyless commands that act on one node (`ONE_NODE`: `BGSAVE`, `SHUTDOWN`, `CLIENT KILL`, `CLUSTER FAILOVER`, ...) | refused: `query_node` names the node |
 //! | any other keyless command | one primary, chosen round-robin |
 //!
 //! Combining replies (`response_policy`): `all_succeeded` answers the first reply when
@@ -81,7 +83,6 @@ impl Combine {
             self,
             Combine::PerNode
                 | Combine::OneSucceeded
-                | Combine::AnyNonNil
                 | Combine::SumPerChannel
                 | Combine::Union
                 | Combine::SumSubscriptions
@@ -152,11 +153,11 @@ const ONE_NODE: &[&str] = &[
     "bgsave",
     "client|kill",
     "client|pause",
+    "client|unblock",
     "client|unpause",
     "cluster|addslots",
     "cluster|addslotsrange",
     "cluster|bumpepoch",
-    "cluster|count-failure-reports",
     "cluster|delslots",
     "cluster|delslotsrange",
     "cluster|failover",
@@ -341,9 +342,11 @@ fn advice(refusal: cmd::Refusal) -> &'static str {
 /// Refuses a command that fans out to several nodes but was given to a transaction or
 /// a watched connection, which run on one node: its answer would be that node's alone,
 /// a partial result nobody asked for. Except `PING`, which there asks after the
-/// transaction's own node, as it would on any one connection.
+/// transaction's own node, as it would on any one connection, and `RANDOMKEY`, a key of
+/// that node (the transaction's slot's shard), as it was before it asked every primary.
 pub(crate) fn fan_out_in_transaction(command: &Cmd) -> Result<()> {
-    if command.name().eq_ignore_ascii_case(b"ping") {
+    let name = command.name();
+    if name.eq_ignore_ascii_case(b"ping") || name.eq_ignore_ascii_case(b"randomkey") {
         return Ok(());
     }
     Err(Error::Config(format!(
@@ -486,6 +489,29 @@ mod tests {
         match plan_of(&cmd("MSET").arg("{a}1").arg("x").arg("{a}2").arg("y")).unwrap() {
             Plan::Slot { read_only, .. } => assert!(!read_only),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_node_commands_are_keyless_table_names_without_a_policy() {
+        // A name the table spells otherwise, or a command it gives keys or a request
+        // policy, would make the refusal miss or take a command that is routed well.
+        for &name in ONE_NODE {
+            let c = name
+                .split('|')
+                .fold(Cmd::new(), |c, w| c.arg(w))
+                .arg("x")
+                .arg("y");
+            let info = cmd::lookup(&c).unwrap_or_else(|| panic!("{name} not in the table"));
+            assert_eq!(info.name(), name);
+            assert!(info.request_policy().is_none(), "{name}");
+            let mut keys = SmallVec::new();
+            cmd::routing_key_indices(&c, info, &mut keys).unwrap();
+            assert!(keys.is_empty(), "{name}");
+            assert!(
+                matches!(plan_of(&c), Err(Error::Config(m)) if m.contains("query_node")),
+                "{name}"
+            );
         }
     }
 

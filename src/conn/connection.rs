@@ -115,7 +115,7 @@ pub(crate) struct Answer {
     /// With a failed `result`, the replies that came before it: the server answered
     /// the first of several commands before the connection failed or the deadline
     /// passed. Those ran, in order; only the others may or may not have.
-    pub(crate) received: Replies,
+    pub(crate) received: Vec<Value>,
 }
 
 impl Answer {
@@ -124,7 +124,7 @@ impl Answer {
         Answer {
             result: Err(error),
             cmds,
-            received: Replies::new(),
+            received: Vec::new(),
         }
     }
 }
@@ -137,18 +137,19 @@ pub(crate) type Outcome = Result<Replies>;
 /// came before it ([`Answer::received`]).
 pub(crate) type Delivery = std::result::Result<Replies, Failed>;
 
-/// A request's failure, and the replies it got before it.
+/// A request's failure, and the replies it got before it (a `Vec`, empty without an
+/// allocation: the failure rides the same cell as every reply, which stays small).
 #[derive(Debug)]
 pub(crate) struct Failed {
     pub(crate) error: Error,
-    pub(crate) received: Replies,
+    pub(crate) received: Vec<Value>,
 }
 
 impl From<Error> for Failed {
     fn from(error: Error) -> Failed {
         Failed {
             error,
-            received: Replies::new(),
+            received: Vec::new(),
         }
     }
 }
@@ -262,7 +263,7 @@ impl Shared {
                     Error::Protocol(_) if position == 0 => error.clone(),
                     _ => lost_after_write(error),
                 };
-                let received = entry.replies;
+                let received = entry.replies.into_vec();
                 let _ = reply.send(Err(Failed { error, received }));
             }
         }
@@ -330,7 +331,7 @@ impl Shared {
         self.next_deadline.store(u64::MAX, Ordering::Release);
         let mut next: Option<Instant> = None;
         let mut later = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-        let mut expired: Vec<(ReplySender, Replies)> = Vec::new();
+        let mut expired: Vec<(ReplySender, Vec<Value>)> = Vec::new();
         {
             let mut queue = lock(&self.queue);
             let Queue { requests, bytes } = &mut *queue;
@@ -341,7 +342,7 @@ impl Shared {
                 let due = request.deadline <= now;
                 cut.step(bytes, request.len, !due);
                 if due {
-                    expired.push((request.reply, Replies::new()));
+                    expired.push((request.reply, Vec::new()));
                 } else {
                     later(request.deadline);
                     kept.push_back(request);
@@ -360,9 +361,11 @@ impl Shared {
             if entry.deadline > now {
                 later(entry.deadline);
             } else if let Some(reply) = entry.reply.take() {
-                // The entry stays, counting its replies, so that its late ones line
-                // up: the caller gets a copy of those that came in time.
-                expired.push((reply, entry.replies.clone()));
+                // The caller gets the replies that came in time; the entry stays, owed
+                // the rest, so that its late ones line up.
+                let received = std::mem::take(&mut entry.replies).into_vec();
+                entry.expected -= received.len();
+                expired.push((reply, received));
             }
         }
         if let Some(next) = next {
@@ -883,7 +886,7 @@ impl NodeConnection {
             Ok(replies) => Answer {
                 result: Ok(replies),
                 cmds,
-                received: Replies::new(),
+                received: Vec::new(),
             },
             Err(Failed { error, received }) => Answer {
                 result: Err(error),
@@ -914,14 +917,11 @@ impl NodeConnection {
         let result = match std::task::ready!(std::pin::Pin::new(&mut queued.reply).poll(cx)) {
             Ok(mut result) => {
                 if !self.renames.is_empty() {
-                    match &mut result {
-                        Ok(replies)
-                        | Err(Failed {
-                            received: replies, ..
-                        }) => {
-                            replies.iter_mut().for_each(|r| self.renames.scrub(r));
-                        }
-                    }
+                    let replies = match &mut result {
+                        Ok(replies) => replies.as_mut_slice(),
+                        Err(failed) => failed.received.as_mut_slice(),
+                    };
+                    replies.iter_mut().for_each(|r| self.renames.scrub(r));
                 }
                 result
             }

@@ -212,6 +212,7 @@ fn elements<T>(value: Value) -> Result<Vec<Value>> {
 
 impl<T: FromValue> FromValue for Vec<T> {
     fn from_value(value: Value) -> Result<Self> {
+        let value = value.without_attributes();
         match &value {
             Value::Bulk(b) => {
                 if let Some(v) = T::from_bulk_bytes(b) {
