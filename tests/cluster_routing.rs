@@ -15,12 +15,14 @@ use redcluster::{
 };
 use support::{calls, cluster, key_in_slot, master_other_than, other_master};
 
-/// One key per slot, found by trying `k0`, `k1`, ... (a few hundred thousand hashes).
+/// One key per slot, found by trying `k0`, `k1`, ... (151,592 hashes; a million at
+/// most).
 fn key_per_slot() -> Vec<String> {
     let mut keys: Vec<Option<String>> = vec![None; 16384];
     let mut missing = 16384;
     let mut i = 0u64;
     while missing > 0 {
+        assert!(i < 1_000_000, "{missing} slots without a key");
         let key = format!("k{i}");
         let slot = usize::from(key_slot(key.as_bytes()));
         if keys[slot].is_none() {
@@ -849,14 +851,120 @@ async fn a_burst_of_moved_replies_causes_few_refreshes() {
     }
     // Wait for the refresh the MOVED asked for, rather than guessing how long it takes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while client.stats().refreshes == before.refreshes && tokio::time::Instant::now() < deadline {
+    while client.stats().refreshes == before.refreshes {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refresh after the MOVED replies"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // What is bounded is a rate: a refresh every `refresh_min_interval` would pass a
+    // check made at the first one. Five intervals more give such a storm time to show.
+    tokio::time::sleep(Duration::from_millis(5 * 200)).await;
     let after = client.stats();
-    println!("2000 reads after a slot move: {after:?}");
+    println!("2000 reads after a slot move: {before:?} {after:?}");
     assert!(after.moved > before.moved);
     let refreshes = after.refreshes - before.refreshes;
     assert!((1..=3).contains(&refreshes), "{refreshes} refreshes");
+}
+
+/// The longest a writer of [`Traffic`] runs: far more than any test needs, so that a
+/// test that never stops its writers fails instead of hanging.
+const TRAFFIC_CAP: Duration = Duration::from_secs(120);
+
+/// Writers for the tests "under traffic": 32 tasks, each SETting and GETting keys of its
+/// own (`key(task, n)` for its `n`th round trip) and checking it reads what it wrote,
+/// until stopped. The first failure ends a writer with its error.
+struct Traffic {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    round_trips: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Result<u64, String>>>,
+}
+
+impl Traffic {
+    fn start(
+        client: &ClusterClient,
+        key: impl Fn(usize, u64) -> String + Send + Sync + 'static,
+    ) -> Self {
+        let key = Arc::new(key);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let round_trips = Arc::new(AtomicU64::new(0));
+        let tasks = (0..32)
+            .map(|t| {
+                let (client, stop, round_trips, key) = (
+                    client.clone(),
+                    stop.clone(),
+                    round_trips.clone(),
+                    key.clone(),
+                );
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        if started.elapsed() > TRAFFIC_CAP {
+                            return Err(format!("still writing after {TRAFFIC_CAP:?}"));
+                        }
+                        let key = key(t, n);
+                        client
+                            .set(key.as_str(), n)
+                            .await
+                            .map_err(|e| format!("SET {key}: {e}"))?;
+                        let read: u64 = client
+                            .get(key.as_str())
+                            .await
+                            .map_err(|e| format!("GET {key}: {e}"))?;
+                        if read != n {
+                            return Err(format!("{key}: read {read}, wrote {n}"));
+                        }
+                        n += 1;
+                        round_trips.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            round_trips,
+            tasks,
+        }
+    }
+
+    /// Waits until the writers have made `n` more round trips, within 10 s; panics,
+    /// with its error, if a writer has ended meanwhile.
+    async fn advance(&mut self, n: u64, when: &str) {
+        let target = self.round_trips.load(Ordering::Relaxed) + n;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.round_trips.load(Ordering::Relaxed) < target {
+            self.assert_running(when).await;
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no traffic {when}: {} round trips short",
+                target - self.round_trips.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.assert_running(when).await;
+    }
+
+    /// Panics, with its error, if a writer has ended.
+    async fn assert_running(&mut self, when: &str) {
+        for task in &mut self.tasks {
+            if task.is_finished() {
+                panic!("a writer ended {when}: {:?}", task.await);
+            }
+        }
+    }
+
+    /// Stops the writers; the round trips they made, or the first one's error.
+    async fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = 0;
+        for task in self.tasks {
+            total += task.await.unwrap()?;
+        }
+        Ok(total)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -868,27 +976,9 @@ async fn manual_failover_under_traffic_fails_no_request() {
         .build()
         .await
         .unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for t in 0..32u64 {
-        let (client, stop) = (client.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 20_000 {
-                let key = format!("fo:{t}:{}", n % 16);
-                client
-                    .set(key.as_str(), n)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let read: u64 = client.get(key.as_str()).await.map_err(|e| e.to_string())?;
-                if read != n {
-                    return Err(format!("{key}: read {read}, wrote {n}"));
-                }
-                n += 1;
-            }
-            Ok::<u64, String>(n)
-        }));
-    }
+    let mut traffic = Traffic::start(&client, |t, n| format!("fo:{t}:{}", n % 16));
+    traffic.advance(500, "before the failover").await;
+    let moved_before = client.stats().moved;
     let slot = key_slot(b"fo:0:0");
     let master = local.master_of_slot(slot).await.unwrap();
     let replica = local.replicas_of(master).await.unwrap()[0];
@@ -897,34 +987,37 @@ async fn manual_failover_under_traffic_fails_no_request() {
         .await
         .unwrap();
     assert_eq!(local.master_of_slot(slot).await.unwrap(), replica);
-    // Keep the traffic going a little after the switch, bounded by request count.
-    let target = client.stats().moved;
+    // The writers were at it all along, and met the switch: the demoted primary
+    // redirected some of their requests.
+    traffic.assert_running("during the failover").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while client.stats().moved == target && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while client.stats().moved == moved_before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no request was redirected by the failover: {:?}",
+            client.stats()
+        );
+        traffic.assert_running("after the failover").await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap().unwrap();
-    }
+    traffic.advance(500, "after the failover").await;
+    let total = traffic.finish().await.unwrap();
     println!(
         "manual failover under traffic: {total} writes, {:?}",
         client.stats()
     );
-    // The traffic stopped at the first MOVED, maybe before a request for this very slot
-    // was redirected: then the refresh that MOVED asked for brings the new primary.
+    // A MOVED for another of the demoted primary's slots may have come first: then the
+    // refresh it asked for brings this slot's new primary.
     let new_primary = local.node_addr(replica);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while client.primary_for_slot(slot).as_deref() != Some(new_primary.as_str())
-        && tokio::time::Instant::now() < deadline
-    {
+    while client.primary_for_slot(slot).as_deref() != Some(new_primary.as_str()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client still routes slot {slot} to {:?}",
+            client.primary_for_slot(slot)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        client.primary_for_slot(slot).as_deref(),
-        Some(new_primary.as_str())
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -954,10 +1047,22 @@ async fn nodes_announced_by_unresolvable_names_are_reached_through_the_remap() {
     );
 }
 
+/// Every item of a scan, or the rest of one begun: a scan that never ends (a cursor
+/// that cycles, a rescan that repeats) fails the test after `most` items or 30 s
+/// instead of hanging it.
+async fn drain<S: futures_util::Stream>(scan: S, most: usize) -> Vec<S::Item> {
+    use futures_util::StreamExt;
+    let items = tokio::time::timeout(Duration::from_secs(30), scan.take(most + 1).collect())
+        .await
+        .expect("the scan ended within 30 s");
+    let items: Vec<S::Item> = items;
+    assert!(items.len() <= most, "the scan went past {most} items");
+    items
+}
+
 /// The keys a cluster-wide scan returns, each once, sorted; panics on a scan error.
 async fn scanned(client: &ClusterClient, options: redcluster::ScanOptions) -> Vec<String> {
-    use futures_util::StreamExt;
-    let keys: Vec<_> = client.scan(options).collect().await;
+    let keys = drain(client.scan(options), 100_000).await;
     sorted(
         keys.into_iter()
             .map(|k| String::from_utf8(k.unwrap().to_vec()).unwrap())
@@ -973,7 +1078,6 @@ fn sorted(mut keys: Vec<String>) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_covers_the_cluster_with_match_count_and_type() {
-    use futures_util::StreamExt;
     use redcluster::ScanOptions;
     let local = cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
@@ -987,17 +1091,14 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
     }
     let found = scanned(&client, ScanOptions::default().pattern("scan:*").count(100)).await;
     assert_eq!(found, sorted(keys.clone()));
-    let hashes: Vec<_> = client
-        .scan(ScanOptions::default().key_type("hash"))
-        .collect()
-        .await;
+    let hashes = drain(client.scan(ScanOptions::default().key_type("hash")), 1000).await;
     assert_eq!(hashes.len(), 50);
     assert!(hashes
         .iter()
         .all(|k| k.as_ref().unwrap().starts_with(b"scanh:")));
     // An option the server refuses ends the scan at once with the server's error, not
     // after passes that could only be refused again.
-    let refused: Vec<_> = client.scan(ScanOptions::default().count(0)).collect().await;
+    let refused = drain(client.scan(ScanOptions::default().count(0)), 10).await;
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(matches!(&refused[0], Err(Error::Server(_))), "{refused:?}");
     // So does a `SCAN` the client itself refuses (disabled in its `CommandRenames`).
@@ -1008,7 +1109,7 @@ async fn scan_covers_the_cluster_with_match_count_and_type() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let refused: Vec<_> = no_scan.scan(ScanOptions::default()).collect().await;
+    let refused = drain(no_scan.scan(ScanOptions::default()), 10).await;
     assert_eq!(refused.len(), 1, "{refused:?}");
     assert!(matches!(&refused[0], Err(Error::Config(_))), "{refused:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -1072,13 +1173,14 @@ async fn scan_misses_no_key_of_a_primary_restarted_part_way() {
     // has read a key, the scan is part way through this master.
     let master = local.master_of_slot(key_slot(b"sr:0")).await.unwrap();
     let master_addr = local.node_addr(master);
-    let keys: Vec<String> = (0u32..)
+    let keys: Vec<String> = (0u32..100_000)
         .map(|i| format!("sr:{i}"))
         .filter(|k| {
             client.primary_for_slot(key_slot(k.as_bytes())).as_deref() == Some(master_addr.as_str())
         })
         .take(6000)
         .collect();
+    assert_eq!(keys.len(), 6000);
     client
         .mset(keys.iter().map(|k| (k.as_str(), "v")))
         .await
@@ -1090,7 +1192,7 @@ async fn scan_misses_no_key_of_a_primary_restarted_part_way() {
     }
     // The next page's cursor belongs to the process that is gone.
     local.restart(master).await.unwrap();
-    while let Some(key) = scan.next().await {
+    for key in drain(&mut scan, 60_000).await {
         found.insert(key.unwrap().to_vec());
     }
     local
@@ -1177,11 +1279,12 @@ fn scan_survives_a_failover_and_a_slot_move_part_way() {
             client.primary_for_slot(key_slot(key.as_bytes())).as_deref()
                 == Some(master_addr.as_str())
         };
-        let keys: Vec<String> = (0u32..)
+        let keys: Vec<String> = (0u32..100_000)
             .map(|i| format!("sv:{i}"))
             .filter(on_master)
             .take(3000)
             .collect();
+        assert_eq!(keys.len(), 3000);
         let master_slots = (0..redcluster::SLOT_COUNT)
             .filter(|&s| client.primary_for_slot(s).as_deref() == Some(master_addr.as_str()))
             .count();
@@ -1198,7 +1301,7 @@ fn scan_survives_a_failover_and_a_slot_move_part_way() {
         };
 
         // Undisturbed, the scan covers every slot in one pass.
-        let found: Vec<_> = client.scan(ScanOptions::default().count(5)).collect().await;
+        let found = drain(client.scan(ScanOptions::default().count(5)), 30_000).await;
         let found: std::collections::HashSet<_> = found.into_iter().map(Result::unwrap).collect();
         assert_eq!(found.len(), keys.len());
         assert_eq!(rescans(&capture.lines()), Vec::<String>::new());
@@ -1221,7 +1324,7 @@ fn scan_survives_a_failover_and_a_slot_move_part_way() {
             .move_slot(key_slot(keys[1].as_bytes()), other)
             .await
             .unwrap();
-        while let Some(key) = scan.next().await {
+        for key in drain(&mut scan, 30_000).await {
             seen.insert(key.unwrap());
         }
         let missing: Vec<&String> = keys
@@ -1263,37 +1366,14 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
         .unwrap();
     // 16 slots spread over the three masters move to a new master and back.
     let slots: Vec<u16> = (0..16u16).map(|i| i * 1021).collect();
-    let keys: Arc<Vec<String>> = Arc::new(
-        slots
-            .iter()
-            .flat_map(|&s| (0..4).map(move |n| key_in_slot(s, n)))
-            .collect(),
-    );
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    for t in 0..32usize {
-        let (client, stop, keys) = (client.clone(), stop.clone(), keys.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && n < 20_000 {
-                // Each task owns keys t and t + 32: no two tasks write the same key.
-                let key = &keys[t + 32 * (n as usize % 2)];
-                client
-                    .set(key.as_str(), n)
-                    .await
-                    .map_err(|e| format!("SET {key}: {e}"))?;
-                let read: u64 = client
-                    .get(key.as_str())
-                    .await
-                    .map_err(|e| format!("GET {key}: {e}"))?;
-                if read != n {
-                    return Err(format!("{key}: read {read}, wrote {n}"));
-                }
-                n += 1;
-            }
-            Ok::<u64, String>(n)
-        }));
-    }
+    let keys: Vec<String> = slots
+        .iter()
+        .flat_map(|&s| (0..4).map(move |n| key_in_slot(s, n)))
+        .collect();
+    // Each writer owns keys t and t + 32: no two write the same key.
+    let mut traffic = Traffic::start(&client, move |t, n| keys[t + 32 * (n as usize % 2)].clone());
+    traffic.advance(500, "before the scale-out").await;
+    let moved_before = client.stats().moved;
     let new_master = local.add_master().await.unwrap();
     let mut previous = Vec::new();
     for &slot in &slots {
@@ -1306,6 +1386,7 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
         client.known_nodes().contains(&new_addr),
         "the new master is known"
     );
+    traffic.advance(500, "after the scale-out").await;
     // Scale in: the new master gives every slot back and leaves the cluster.
     for (&slot, &owner) in slots.iter().zip(&previous) {
         local.move_slot(slot, owner).await.unwrap();
@@ -1320,16 +1401,13 @@ async fn scaling_out_and_in_under_traffic_fails_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.unwrap().unwrap();
-    }
-    println!(
-        "scale out and in under traffic: {total} round trips, {:?}",
-        client.stats()
-    );
-    assert!(total > 0);
+    traffic.advance(500, "after the scale-in").await;
+    let total = traffic.finish().await.unwrap();
+    let stats = client.stats();
+    println!("scale out and in under traffic: {total} round trips, {stats:?}");
+    // The moves happened under the writers' feet: the old owners redirected some of
+    // their requests.
+    assert!(stats.moved > moved_before, "{stats:?}");
 }
 
 /// A client, and the slot of `{ta}` half migrated: 5 of its 10 keys on each node, so
@@ -1712,4 +1790,40 @@ async fn empty_key_lists_are_answered_without_a_request() {
     assert_eq!(client.exists(none).await.unwrap(), 0);
     let no_pairs: [(&str, &str); 0] = [];
     client.mset(no_pairs).await.unwrap();
+}
+
+/// A `MOVED` to a node whose address its redirecting node does not know (`?:port`, a
+/// node set to prefer host names without one) is waited out like `CLUSTERDOWN`, and
+/// what comes back when that is over is `Error::ClusterDown`, as for a slot with no
+/// owner: never the raw `MOVED`, alone or in a pipeline, with retries or without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_an_unknown_host_ends_in_cluster_down_never_a_raw_moved() {
+    use redcluster::ServerError;
+    use support::fake_cluster::{Action, FakeCluster};
+    let moved = format!("MOVED {} ?:6379", redcluster::key_slot(b"k"));
+    let fake = FakeCluster::start(move |args, _| match args[0].as_str() {
+        "GET" => Action::Reply(Value::ServerError(ServerError::new(moved.clone()))),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    for retry in [true, false] {
+        let client = ClusterClient::builder()
+            .nodes([fake.addr.as_str()])
+            .retry_on_cluster_down(retry)
+            .cluster_down_retry_attempts(2)
+            .retry_backoff(Duration::from_millis(10), Duration::from_millis(20))
+            .health_check_interval(None)
+            .build()
+            .await
+            .unwrap();
+        let got = client.get::<_, Option<String>>("k").await;
+        assert!(matches!(got, Err(Error::ClusterDown(_))), "{got:?}");
+        let mut p = client.pipeline();
+        p.get("k");
+        let each = p.execute_each().await;
+        assert!(matches!(each[0], Err(Error::ClusterDown(_))), "{each:?}");
+    }
+    // Retried: two more `GET`s for the single command; the pipeline's goes again
+    // through the single-command path, which counts its retries afresh (one more).
+    assert_eq!(fake.count("GET"), 3 + 4 + 1 + 1, "{:?}", fake.seen());
 }

@@ -168,18 +168,25 @@ async fn get_calls(local: &LocalCluster, node: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// Reads under `ReadFrom::LowestLatency` go in turn to the nodes of the shard whose
+/// measured latencies are within 1.5 times (plus 0.2 ms) of the best: a batch of reads
+/// issued between two health checks is split about evenly between them, not sent to the
+/// single fastest node. Two replicas of one primary are about as fast on loopback (a
+/// primary, busier, often measures twice as slow as its replicas).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowest_latency_reads_spread_over_nodes_about_as_fast() {
     let local = LocalCluster::builder()
-        .masters(3)
-        .replicas_per_master(1)
+        .masters(1)
+        .replicas_per_master(2)
         .start()
         .await
         .unwrap();
+    // Health checks far apart: a batch of reads nearly always falls between two, so a
+    // split of the batch comes from the policy, not from the ranking changing meanwhile.
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .read_from(ReadFrom::LowestLatency)
-        .health_check_interval(Some(Duration::from_millis(50)))
+        .health_check_interval(Some(Duration::from_millis(500)))
         .build()
         .await
         .unwrap();
@@ -189,30 +196,44 @@ async fn lowest_latency_reads_spread_over_nodes_about_as_fast() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let master = local
-        .master_of_slot(redcluster::key_slot(b"ll"))
-        .await
-        .unwrap();
-    let replica = local.replicas_of(master).await.unwrap()[0];
-    let (m0, r0) = (
-        get_calls(&local, master).await,
-        get_calls(&local, replica).await,
-    );
-    for _ in 0..400 {
-        // Replication is asynchronous: the replica may not have the value at first.
-        let _: Option<String> = client.get("ll").await.unwrap();
+    let nodes: Vec<usize> = local.nodes().iter().map(|n| n.index).collect();
+    assert_eq!(nodes.len(), 3);
+    // Loopback latencies jitter: a node may be measured as slower than 1.5 times the
+    // best for a while, and then rightly gets no reads. A later batch finds them even.
+    const BATCH: u64 = 40;
+    let mut splits: Vec<Vec<u64>> = Vec::new();
+    // Turns split a batch evenly over the nodes in the running: 20 and 20, or 14, 13
+    // and 13. The single fastest node would take all 40, or, its rank lost part way,
+    // an uneven share.
+    let spread = |split: &[u64]| {
+        let served: Vec<u64> = split.iter().copied().filter(|&n| n > 0).collect();
+        served.len() >= 2 && served.iter().max().unwrap() - served.iter().min().unwrap() <= 1
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..20 {
+        let mut before = Vec::new();
+        for &node in &nodes {
+            before.push(get_calls(&local, node).await);
+        }
+        for _ in 0..BATCH {
+            // Replication is asynchronous: a replica may not have the value at first.
+            let _: Option<String> = client.get("ll").await.unwrap();
+        }
+        let mut split = Vec::new();
+        for (&node, before) in nodes.iter().zip(before) {
+            split.push(get_calls(&local, node).await - before);
+        }
+        assert_eq!(split.iter().sum::<u64>(), BATCH, "{split:?}");
+        let done = spread(&split) || Instant::now() > deadline;
+        splits.push(split);
+        if done {
+            break;
+        }
     }
-    let (m1, r1) = (
-        get_calls(&local, master).await,
-        get_calls(&local, replica).await,
+    println!("lowest latency: reads per node per batch {splits:?}");
+    assert!(
+        splits.iter().any(|s| spread(s)),
+        "no batch was spread over two nodes: {splits:?}, {:?}",
+        client.health()
     );
-    println!(
-        "lowest latency: primary served {} reads, replica {}",
-        m1 - m0,
-        r1 - r0
-    );
-    assert_eq!((m1 - m0) + (r1 - r0), 400);
-    // Which loopback node is "about as fast" varies run to run (the primary also
-    // replicates); the ranking itself is unit-tested next to `fastest`.
-    assert!(m1 - m0 + r1 - r0 == 400 && m1.max(r1) > 0);
 }

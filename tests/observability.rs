@@ -432,9 +432,13 @@ fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
         // A cluster-wide SCAN: every page is a request to a primary.
         let mut scan = client.scan(ScanOptions::default().count(5));
         let mut keys = 0;
-        while let Some(key) = scan.next().await {
+        while let Some(key) = tokio::time::timeout(Duration::from_secs(10), scan.next())
+            .await
+            .expect("the scan went on")
+        {
             key.unwrap();
             keys += 1;
+            assert!(keys <= 30, "the scan went past the 30 keys");
         }
         assert_eq!(keys, 30);
 

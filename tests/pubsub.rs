@@ -776,7 +776,7 @@ async fn keyspace_notifications_come_from_every_primary_once_and_follow_a_failov
     // A key on each primary: each SET is notified once by event and once by key.
     let masters = local.masters().await.unwrap();
     let mut keys: Vec<String> = Vec::new();
-    for i in 0.. {
+    for i in 0..1000 {
         let key = format!("ks:{i}");
         let owner = local
             .master_of_slot(key_slot(key.as_bytes()))
@@ -792,6 +792,7 @@ async fn keyspace_notifications_come_from_every_primary_once_and_follow_a_failov
             break;
         }
     }
+    assert_eq!(keys.len(), masters.len(), "a key on each primary: {keys:?}");
     for k in &keys {
         client.set(k.as_str(), "v").await.unwrap();
     }
@@ -1069,6 +1070,17 @@ async fn tens_of_thousands_of_channels_subscribe_and_unsubscribe_in_one_call() {
         Duration::from_secs(5),
     )
     .await;
+    // Sharded channels are counted on the primary of their slot only.
+    let owner = local.master_of_slot(key_slot(b"smany:{x}0")).await.unwrap();
+    let owner = local.connect_node(owner).await.unwrap();
+    async fn shard_counts(owner: &redcluster::NodeConnection) -> Vec<i64> {
+        let mut counts = Vec::new();
+        for channel in ["smany:{x}0", "smany:{x}19999"] {
+            counts.push(support::pubsub_count(owner, "SHARDNUMSUB", channel).await);
+        }
+        counts
+    }
+    assert_eq!(shard_counts(&owner).await, [1, 1]);
     sub.unsubscribe(&channels).await.unwrap();
     sub.sunsubscribe(&shard).await.unwrap();
     let counts: Value = client
@@ -1079,4 +1091,5 @@ async fn tens_of_thousands_of_channels_subscribe_and_unsubscribe_in_one_call() {
         channel_counts(counts),
         [("many:0".to_string(), 0), ("many:49999".to_string(), 0)]
     );
+    assert_eq!(shard_counts(&owner).await, [0, 0]);
 }

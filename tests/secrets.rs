@@ -264,10 +264,28 @@ async fn secrets_never_show_in_debug_errors_or_traces() {
     );
     show("mismatched key error", format!("{err} {err:?}"));
 
+    // Dropped, the two clients' connections log their closing, error included: the
+    // check below waits until a closing was logged for every node they were connected
+    // to.
+    let closings = || captured_text().matches("connection closed").count();
+    let connected = |c: &ClusterClient| c.health().nodes.iter().filter(|n| n.connected).count();
+    let open = connected(&client) + connected(&app);
+    assert!(
+        open >= 6,
+        "both clients reach all three nodes: {open} connected"
+    );
+    let closed_before = closings();
     drop(client);
     drop(app);
-    // Let connection tasks log their closing.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closings() - closed_before < open {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {open} connections logged their closing",
+            closings() - closed_before
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     for (what, text) in &rendered {
         assert_clean(what, text, &secrets);

@@ -412,6 +412,7 @@ async fn acl_user_with_the_documented_permissions_uses_every_client_feature() {
     while let Some(key) = tokio::time::timeout(SETTLE, scan.next()).await.unwrap() {
         key.unwrap();
         seen += 1;
+        assert!(seen <= 50, "the scan went past the 50 keys");
     }
     assert_eq!(seen, 50);
     // Blocking commands on dedicated connections, reused (UNWATCH + PING on return).
@@ -525,8 +526,20 @@ async fn replica_reads_fall_back_to_the_primary_for_a_user_without_readonly() {
         .unwrap();
     // The replica refuses READONLY (NOPERM): the read goes to the primary instead.
     client.set("app:noro", "v").await.unwrap();
+    let primary = support::owner_index(&local, &client, "app:noro");
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    let (primary_gets, replica_gets) = (
+        support::calls(&local, primary, "get").await,
+        support::calls(&local, replica, "get").await,
+    );
     let v: Option<String> = client.get("app:noro").await.unwrap();
     assert_eq!(v.as_deref(), Some("v"));
+    assert_eq!(
+        support::calls(&local, primary, "get").await,
+        primary_gets + 1,
+        "the primary served the read"
+    );
+    assert_eq!(support::calls(&local, replica, "get").await, replica_gets);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,17 +564,28 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
     set_user(&local, "bare +cluster|shards").await;
     let client = as_user(&local, "bare", "barepass").build().await.unwrap();
     crud(&client, "app:bare:").await;
-    // But it cannot follow ASK redirects: a read during a migration fails.
+    // But it cannot follow ASK redirects: a read during a migration fails with the
+    // refusal of its `ASKING` (no `@connection`).
     let slot = key_slot(b"app:bare:1");
     let to = other_master(&local, slot).await;
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
     local.migrate_keys_batch(&migration, 100).await.unwrap();
     let res: redcluster::Result<Option<String>> = client.get("app:bare:1").await;
-    assert!(res.is_err(), "{res:?}");
+    assert_eq!(
+        res.as_ref().err().and_then(|e| e.server_code()),
+        Some("NOPERM"),
+        "{res:?}"
+    );
+    // So does a blocking command, on its dedicated connection.
+    let blpop = cmd("BLPOP").arg("app:bare:1").arg("0.1");
+    let res = client.query::<redcluster::Value>(blpop).await;
+    assert_eq!(
+        res.as_ref().err().and_then(|e| e.server_code()),
+        Some("NOPERM"),
+        "{res:?}"
+    );
     local.finish_slot_migration(migration).await.unwrap();
     // And replica reads need +readonly: the handshake's READONLY gets NOPERM.
-    let replica = local.replicas().await.unwrap();
-    assert!(replica.is_empty());
     let err = NodeConnection::connect(
         &local.node_addr(0),
         &redcluster::ConnectOptions::default()
@@ -993,18 +1017,24 @@ async fn renamed_commands_go_out_under_the_server_names_and_disabled_ones_are_re
         .await
         .unwrap();
     assert_eq!(acked, 1);
+    // The read comes from the replica: its connection's handshake (READONLY) worked. A
+    // failed one would have sent the read to the primary instead.
+    let primary = support::owner_index(&local, &client, "renamed:k");
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    let replica_gets = support::calls(&local, replica, "get").await;
     let v: Option<String> = client.get("renamed:k").await.unwrap();
     assert_eq!(v.as_deref(), Some("v"));
-    // The read came from the replica: its connection's handshake (READONLY) worked. A
-    // failed one would have sent the read to the primary instead.
-    let primary = client.node_for_key(b"renamed:k").unwrap();
+    assert_eq!(
+        support::calls(&local, replica, "get").await,
+        replica_gets + 1,
+        "the replica served the read"
+    );
     let health = client.health();
-    let replica = health
-        .nodes
-        .iter()
-        .find(|n| n.primary.as_deref() == Some(primary.as_str()))
-        .expect("the shard has a replica");
-    assert!(replica.connected, "{health:?}");
+    let replica_addr = local.node_addr(replica);
+    assert!(
+        health.node(&replica_addr).is_some_and(|n| n.connected),
+        "{health:?}"
+    );
 
     // The user's own CONFIG, under its documented name.
     let policy: Vec<String> = client

@@ -316,6 +316,11 @@ async fn new_master_receives_a_slot_with_its_keys() {
     }
     // Moving it where it is does nothing.
     cluster.move_slot(slot, new).await.unwrap();
+    assert_eq!(cluster.master_of_slot(slot).await.unwrap(), new);
+    let count: i64 = send(&target, cmd("CLUSTER").arg("COUNTKEYSINSLOT").arg(slot)).await;
+    assert_eq!(count, 250);
+    let value: String = send(&target, cmd("GET").arg(keys[7].as_str())).await;
+    assert_eq!(value, format!("v-{}", keys[7]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,7 +265,15 @@ impl Inner {
                     return Err(e);
                 }
             };
-            let reply = replies.into_iter().last().unwrap_or(Value::Nil);
+            // A refused `ASKING` is the answer, as on the shared path (`Kind::outcome`).
+            let refused = asking && matches!(replies.first(), Some(Value::ServerError(_)));
+            let mut replies = replies.into_iter();
+            let reply = if refused {
+                replies.next()
+            } else {
+                replies.last()
+            };
+            let reply = reply.unwrap_or(Value::Nil);
             let action = match &reply {
                 Value::ServerError(e) => classify(e, &node.addr),
                 _ => ErrorAction::Reply,

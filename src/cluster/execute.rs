@@ -1683,6 +1683,13 @@ impl Kind {
         replies: Replies,
         asking: bool,
     ) -> Result<(Value, Option<ServerError>)> {
+        // A refused `ASKING` (an ACL without `+asking`) is the answer: the node then
+        // only sent the command back where it came from (`MOVED`), or aborted the
+        // transaction, and following that would bounce between the two nodes.
+        if let (true, Some(Value::ServerError(e))) = (asking, replies.first()) {
+            let e = e.clone();
+            return Ok((Value::ServerError(e.clone()), Some(e)));
+        }
         match self {
             Kind::One => {
                 let reply = replies

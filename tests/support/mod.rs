@@ -18,9 +18,9 @@ pub async fn cluster(masters: usize, replicas: usize) -> redcluster::testkit::Lo
 }
 
 /// A key whose slot is `slot`, with `n` as a distinguishing suffix: `{tag}:n` for the
-/// first tag that hashes there.
+/// first tag that hashes there (`t0` to `t166935` cover every slot).
 pub fn key_in_slot(slot: u16, n: usize) -> String {
-    (0u64..)
+    (0u64..1_000_000)
         .map(|i| format!("{{t{i}}}:{n}"))
         .find(|k| redcluster::key_slot(k.as_bytes()) == slot)
         .expect("some tag hashes to every slot")
@@ -190,6 +190,39 @@ pub async fn wait_until_busy(local: &redcluster::testkit::LocalCluster, index: u
             ),
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A loopback address whose connects are never answered, as of a host gone silent: a
+/// listener with a backlog of 0, whose one queue place a connection it never accepts
+/// fills. Linux then drops further SYNs, so a dialler waits until its own timeout,
+/// where a closed port would refuse at once. Silent while this value lives.
+pub struct SilentAddr {
+    pub addr: String,
+    _listener: socket2::Socket,
+    _queued: std::net::TcpStream,
+}
+
+/// A [`SilentAddr`], checked to be silent.
+pub fn silent_addr() -> SilentAddr {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any_port: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any_port.into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let queued = std::net::TcpStream::connect(addr).unwrap();
+    // A kernel that queued more than the backlog would make the tests that rely on
+    // silence pass or fail for the wrong reason.
+    let probe = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(200));
+    assert!(
+        matches!(&probe, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "a connect to a full backlog did not time out: {probe:?}"
+    );
+    SilentAddr {
+        addr: addr.to_string(),
+        _listener: listener,
+        _queued: queued,
     }
 }
 
