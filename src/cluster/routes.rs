@@ -208,11 +208,19 @@ mod tests {
             );
             move || {
                 let (done, patched) = std::sync::mpsc::channel();
+                let started = Arc::new(std::sync::Barrier::new(2));
+                let running = Arc::clone(&started);
                 let handle = std::thread::spawn(move || {
-                    registry.replace(&routes, |current| Some(current.map.with_moved(0, "a:1")));
-                    let _ = done.send(());
+                    running.wait();
+                    registry.replace(&routes, |current| {
+                        // Runs once the patch holds the registry's lock.
+                        let _ = done.send(());
+                        Some(current.map.with_moved(0, "a:1"))
+                    });
                 });
-                // Given every chance to run in between; it must wait for the store.
+                // The patch is running: given every chance to take the lock in
+                // between, it must wait for the store.
+                started.wait();
                 let ran_in_between = patched
                     .recv_timeout(std::time::Duration::from_millis(200))
                     .is_ok();

@@ -202,30 +202,58 @@ mod tests {
         answer.expect("a reply").remove(0)
     }
 
-    #[tokio::test]
-    async fn an_answer_sent_before_or_after_the_receiver_waits_arrives() {
-        let (tx, rx) = channel();
-        tx.send(answer(1)).expect("receiver waiting");
-        assert_eq!(
-            value(rx.await.expect("answered")),
-            crate::resp::Value::Int(1)
-        );
+    /// A waker that notes it was woken.
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicBool);
 
-        let (tx, rx) = channel();
-        let waiting = tokio::spawn(rx);
-        tokio::task::yield_now().await;
-        tx.send(answer(2)).expect("receiver waiting");
-        let got = waiting.await.expect("no panic").expect("answered");
-        assert_eq!(value(got), crate::resp::Value::Int(2));
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
-    #[tokio::test]
-    async fn a_sender_dropped_unanswered_ends_the_wait() {
+    impl Woken {
+        fn was_woken(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// A receiver polled once, so that it waits with a waker noting its wake-up.
+    fn waiting_receiver() -> (ReplySender, ReplyReceiver, Arc<Woken>, Waker) {
+        let (tx, mut rx) = channel();
+        let woken = Arc::new(Woken::default());
+        let waker = Waker::from(Arc::clone(&woken));
+        let first = Pin::new(&mut rx).poll(&mut Context::from_waker(&waker));
+        assert!(first.is_pending(), "nothing sent yet");
+        (tx, rx, woken, waker)
+    }
+
+    #[test]
+    fn an_answer_sent_before_or_after_the_receiver_waits_arrives() {
         let (tx, rx) = channel();
-        let waiting = tokio::spawn(rx);
-        tokio::task::yield_now().await;
+        tx.send(answer(1)).expect("receiver waiting");
+        let got = futures_util::FutureExt::now_or_never(rx).expect("ready");
+        assert_eq!(value(got.expect("answered")), crate::resp::Value::Int(1));
+
+        let (tx, mut rx, woken, waker) = waiting_receiver();
+        tx.send(answer(2)).expect("receiver waiting");
+        assert!(woken.was_woken(), "the answer woke the waiting receiver");
+        match Pin::new(&mut rx).poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(Ok(got)) => assert_eq!(value(got), crate::resp::Value::Int(2)),
+            other => panic!("{:?}", other.map(|r| r.map(|_| ()))),
+        }
+    }
+
+    #[test]
+    fn a_sender_dropped_unanswered_ends_the_wait() {
+        let (tx, mut rx, woken, waker) = waiting_receiver();
         drop(tx);
-        assert!(waiting.await.expect("no panic").is_err());
+        assert!(
+            woken.was_woken(),
+            "the sender's end woke the waiting receiver"
+        );
+        let got = Pin::new(&mut rx).poll(&mut Context::from_waker(&waker));
+        assert!(matches!(got, Poll::Ready(Err(SenderGone))));
     }
 
     #[test]
