@@ -657,3 +657,92 @@ async fn the_cluster_directory_is_private_and_any_wait_timeout_is_taken() {
     assert_eq!(mode & 0o077, 0, "{mode:o}");
     assert_eq!(local.masters().await.unwrap().len(), 3);
 }
+
+/// A node that exits by itself (a crash; here `SHUTDOWN NOSAVE` sent to it) makes every
+/// later wait fail naming it, whatever looked at the nodes first, until it is started
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_exited_by_itself_is_reported_by_every_later_wait() {
+    let cluster = LocalCluster::builder().start().await.unwrap();
+    let replica = cluster.replicas().await.unwrap()[0];
+    let conn = cluster.connect_node(replica).await.unwrap();
+    // The connection closes under the command: no reply to wait for.
+    let _ = conn.send(cmd("SHUTDOWN").arg("NOSAVE")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cluster.nodes()[replica].state != NodeState::Killed {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never exited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `nodes()` noticed the exit first; the waits still report it, each of them.
+    for _ in 0..2 {
+        let err = cluster
+            .wait_until_stable(Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("exited by itself"), "{err}");
+    }
+    cluster.restart(replica).await.unwrap();
+    cluster.wait_until_stable(SETTLE).await.unwrap();
+}
+
+/// A relative path to `redis-server` is taken from the test's directory, not from the
+/// node's (where the process starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_redis_server_path_is_found_from_the_tests_directory() {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain([std::path::PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join("redis-server"))
+        .find(|p| p.is_file())
+        .expect("redis-server installed");
+    // Not canonicalized: Debian's `redis-server` links to `redis-check-rdb`, and the
+    // binary acts by the name it is started under.
+    let found = std::path::absolute(found).unwrap();
+    // As many `..` as the working directory is deep, then the absolute path's parts.
+    let cwd = std::env::current_dir().unwrap();
+    let up = cwd.components().count() - 1;
+    let relative: std::path::PathBuf = std::iter::repeat_n(std::path::Component::ParentDir, up)
+        .map(|c| c.as_os_str().to_owned())
+        .chain(found.components().skip(1).map(|c| c.as_os_str().to_owned()))
+        .collect();
+    assert!(relative.is_relative() && relative.is_file(), "{relative:?}");
+    let cluster = LocalCluster::builder()
+        .masters(1)
+        .replicas_per_master(0)
+        .redis_server(&relative)
+        .start()
+        .await
+        .unwrap();
+    assert!(cluster.nodes()[0].pid.is_some());
+}
+
+/// A node that refuses the testkit's login (a password set by an ACL rule for
+/// `default`, which the testkit cannot know) fails the start at once with the refusal,
+/// not after the whole wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refusing_the_testkits_login_fails_the_start_at_once() {
+    let started = std::time::Instant::now();
+    let err = LocalCluster::builder()
+        .masters(1)
+        .replicas_per_master(0)
+        .acl_user("default on >not-the-testkits ~* +@all")
+        .wait_timeout(Duration::from_secs(20))
+        .start()
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("refused the testkit's connection"),
+        "{message}"
+    );
+    assert!(!message.contains("not-the-testkits"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -231,7 +231,10 @@ impl LocalClusterBuilder {
     /// Adds an ACL user to every node's configuration, as a `user` directive with
     /// `rules` in `ACL SETUSER` syntax (name first). Users configured this way exist
     /// from the start and survive node restarts, unlike ones made with `ACL SETUSER`.
-    /// Call once per user.
+    /// Call once per user. The testkit itself logs in as `default` with the
+    /// `requirepass` of [`config`](Self::config): a rule that gives `default` a password
+    /// of its own, or turns it off, leaves the testkit refused (the start fails saying
+    /// so); set the password with `requirepass` instead.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -627,10 +630,12 @@ fn install_hint() -> String {
 }
 
 /// Finds the binary: the builder's path, else the environment variable, else `PATH`.
+/// The path is made absolute: nodes start in their own directories, where a relative
+/// one (`redis/src/redis-server`, found from the test's directory) would not resolve.
 pub(crate) fn resolve_binary(explicit: Option<&Path>) -> Result<PathBuf> {
     let given = |path: PathBuf, source: &str| {
         if path.is_file() {
-            Ok(path)
+            Ok(absolute(path))
         } else {
             Err(Error::Config(format!(
                 "redis-server not found at {} ({source}). {}",
@@ -659,12 +664,20 @@ pub(crate) fn resolve_binary(explicit: Option<&Path>) -> Result<PathBuf> {
         .chain(fallback.iter().map(PathBuf::from))
         .map(|dir| dir.join("redis-server"))
         .find(|candidate| candidate.is_file())
+        .map(absolute)
         .ok_or_else(|| {
             Error::Config(format!(
                 "redis-server not found on PATH. {}",
                 install_hint()
             ))
         })
+}
+
+/// `path` from the current directory, when it is relative. Not canonicalized: Debian's
+/// `redis-server` is a link to `redis-check-rdb`, and Redis acts by the name it is
+/// started under.
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// Refuses servers older than 7.0: the testkit needs `cluster-port`, `CLUSTER MEET` with

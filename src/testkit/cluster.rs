@@ -654,8 +654,10 @@ impl LocalCluster {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] of kind `TimedOut` when the cluster did not settle in time, or when
-    /// a node exited by itself (the message quotes its log).
+    /// [`Error::Io`] of kind `TimedOut` when the cluster did not settle in time (the
+    /// message says what it waited for), or of kind `Other` when a node exited by itself
+    /// (a crash, a `SHUTDOWN` sent to it: reported by every wait until the node is
+    /// restarted; the message quotes its log).
     ///
     /// # Examples
     ///

@@ -91,7 +91,23 @@
 //! log at any time).
 //!
 //! If the test process itself is killed (SIGKILL), its nodes are orphaned and go on
-//! running until killed by hand.
+//! running until killed by hand. So are those of a cluster that is never dropped: one
+//! kept in a `static` (`OnceLock`, `LazyLock`) to share it between tests outlives
+//! them, as statics are never dropped, and so does one alive when the process calls
+//! `std::process::exit`. Start one per test, or per test binary in a value the test
+//! harness drops.
+//!
+//! The waits keep time with tokio's clock: a test on a paused clock
+//! (`#[tokio::test(start_paused = true)]`) would see them time out at once, as paused
+//! time jumps ahead while the runtime waits on real sockets. Start clusters on a
+//! running clock.
+//!
+//! # Credentials
+//!
+//! The testkit logs in to its nodes with the `requirepass` given to
+//! [`LocalClusterBuilder::config`] (and sets `masterauth` from it), as the `default`
+//! user. A password set only through an ACL rule ([`LocalClusterBuilder::acl_user`]
+//! for `default`) is not one it knows: the start fails with the node's refusal.
 
 mod builder;
 mod cluster;

@@ -70,6 +70,9 @@ pub(crate) fn release_ports(ports: [u16; 2]) {
 struct Process {
     child: Option<Child>,
     state: NodeState,
+    /// How the process ended when it exited by itself; kept until the node is started
+    /// again or stopped on purpose, so every later check reports it.
+    exited: Option<std::process::ExitStatus>,
 }
 
 /// One node of a local cluster. Shared (`Arc`) so that the cluster's lock on its node
@@ -128,6 +131,7 @@ impl Node {
                         process: Mutex::new(Process {
                             child: Some(child),
                             state: NodeState::Running,
+                            exited: None,
                         }),
                         conn: Mutex::new(Some(conn)),
                     })
@@ -205,7 +209,9 @@ impl Node {
     }
 
     /// The node's state, noticing a process that exited by itself (it becomes
-    /// [`NodeState::Killed`]); the exit status is returned once, when first noticed.
+    /// [`NodeState::Killed`]), and how it exited, if it did by itself: reported on every
+    /// call until the node is started again or stopped on purpose (any of the many
+    /// callers could otherwise take the news before the check that reports it).
     pub(crate) fn poll_state(&self) -> (NodeState, Option<std::process::ExitStatus>) {
         let mut process = self.process();
         let exited = match process.child.as_mut() {
@@ -215,11 +221,12 @@ impl Node {
         if let Some(status) = exited {
             process.child = None;
             process.state = NodeState::Killed;
+            process.exited = Some(status);
             drop(process);
             *self.conn_slot() = None;
             return (NodeState::Killed, Some(status));
         }
-        (process.state, None)
+        (process.state, process.exited)
     }
 
     pub(crate) fn state(&self) -> NodeState {
@@ -238,6 +245,7 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+        process.exited = None;
         if process.state != NodeState::Removed {
             process.state = state;
         }
@@ -391,6 +399,8 @@ async fn wait_ready(
     let addr = format!("127.0.0.1:{port}");
     let options = settings.admin_options();
     loop {
+        // Why this poll found the node not ready, for the error if it never is.
+        let last_problem: String;
         let child = spawned.child()?;
         if let Some(status) = child.try_wait().map_err(|e| Error::io(e, false))? {
             let tail = tail_from(log_path, log_start, 20, &settings.secrets);
@@ -409,22 +419,54 @@ async fn wait_ready(
                 ),
             )));
         }
-        if let Ok(conn) = NodeConnection::connect(&addr, &options).await {
-            // Whoever answers must be the process we started: if another process holds
-            // the port, ours is about to exit with "Address already in use".
-            let info = conn.send(cmd("INFO").arg("server")).await;
-            let pid = info
-                .ok()
-                .and_then(|v| String::from_value(v).ok())
-                .and_then(|text| {
-                    super::topology::info_field(&text, "process_id").and_then(|p| p.parse().ok())
-                });
-            if pid == Some(spawned.child()?.id()) {
-                // Ready once its data is loaded: a node restarted with an AOF or RDB
-                // answers `LOADING` meanwhile.
-                match conn.send(cmd("CLUSTER").arg("MYID")).await? {
-                    Value::ServerError(e) if e.code() == "LOADING" => {}
-                    reply => return Ok((conn, String::from_value(reply)?)),
+        match NodeConnection::connect(&addr, &options).await {
+            // Refused credentials or certificate from a running server: the settings
+            // disagree with the testkit's (an ACL-only password, a TLS setting), and no
+            // wait mends that.
+            Err(e @ (Error::Auth(_) | Error::Tls(_))) => {
+                return Err(StartError::Failed(io_error(
+                    io::ErrorKind::Other,
+                    format!(
+                        "redis-server for {addr} refused the testkit's connection: {e}; the \
+                         end of its log ({}):\n{}",
+                        log_path.display(),
+                        tail_from(log_path, log_start, 20, &settings.secrets)
+                    ),
+                )));
+            }
+            Err(e) => last_problem = format!("connecting failed: {e}"),
+            Ok(conn) => {
+                // Whoever answers must be the process we started: if another process
+                // holds the port, ours is about to exit with "Address already in use".
+                let info = conn.send(cmd("INFO").arg("server")).await;
+                let pid: Option<u32> = info
+                    .as_ref()
+                    .ok()
+                    .and_then(|v| String::from_value(v.clone()).ok())
+                    .and_then(|text| {
+                        super::topology::info_field(&text, "process_id")
+                            .and_then(|p| p.parse().ok())
+                    });
+                let ours = spawned.child()?.id();
+                if pid == Some(ours) {
+                    // Ready once its data is loaded: a node restarted with an AOF or RDB
+                    // answers `LOADING` meanwhile.
+                    match conn.send(cmd("CLUSTER").arg("MYID")).await? {
+                        Value::ServerError(e) if e.code() == "LOADING" => {
+                            last_problem = "it was still loading its data".into();
+                        }
+                        reply => return Ok((conn, String::from_value(reply)?)),
+                    }
+                } else {
+                    last_problem = match (&info, pid) {
+                        (Err(e), _) => format!("INFO failed: {e}"),
+                        (Ok(Value::ServerError(e)), _) => format!("INFO was refused: {e}"),
+                        (Ok(_), Some(pid)) => format!(
+                            "the port was answered by process {pid}, not the one started \
+                             ({ours})"
+                        ),
+                        (Ok(_), None) => "INFO named no process id".into(),
+                    };
                 }
             }
         }
@@ -432,7 +474,8 @@ async fn wait_ready(
             return Err(StartError::Failed(io_error(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "redis-server for {addr} did not answer in time; the end of its log ({}):\n{}",
+                    "redis-server for {addr} was not ready in time ({last_problem}); the end \
+                     of its log ({}):\n{}",
                     log_path.display(),
                     tail_from(log_path, log_start, 20, &settings.secrets)
                 ),
