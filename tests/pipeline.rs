@@ -717,6 +717,33 @@ async fn with_replica_reads_a_pipeline_reads_its_own_writes() {
     assert_eq!(replica_gets().await - before, 0);
 }
 
+/// How many of a pipeline of `INCR`s of one counter (then other commands) were answered
+/// before it was cut short: the results are that many replies, in order (1, 2, ...),
+/// more than none and fewer than the `before` `INCR`s, then only errors, each as
+/// `failed` expects.
+fn answered_prefix(
+    each: &[redcluster::Result<Value>],
+    before: usize,
+    failed: impl Fn(&Error) -> bool,
+) -> usize {
+    let answered = each.iter().take_while(|r| r.is_ok()).count();
+    assert!(
+        answered > 0 && answered < before,
+        "{answered} answered; first failure: {:?}",
+        each.iter().find(|r| r.is_err())
+    );
+    for (i, result) in each.iter().enumerate() {
+        match result {
+            Ok(v) => {
+                assert!(i < answered, "command {i} answered after a failure: {v:?}");
+                assert_eq!(v, &Value::Int(i as i64 + 1), "INCR {i}");
+            }
+            Err(e) => assert!(failed(e), "command {i}: {e:?}"),
+        }
+    }
+    answered
+}
+
 /// A connection lost part way through a pipeline: the replies that came before the loss
 /// are answers (those commands ran, once), and only the commands after them may or may
 /// not have run. The node closes the connection itself: the reply to a `GET` late in the
@@ -762,21 +789,7 @@ async fn replies_that_came_before_a_lost_connection_are_answers() {
         node.send(unlimited).await.unwrap(),
         Value::Simple("OK".into())
     );
-    let answered = each.iter().take_while(|r| r.is_ok()).count();
-    assert!(
-        answered > 0 && answered < BEFORE,
-        "{answered} answered; first failure: {:?}",
-        each.iter().find(|r| r.is_err())
-    );
-    for (i, result) in each.iter().enumerate() {
-        match result {
-            Ok(v) => {
-                assert!(i < answered, "command {i} answered after a failure: {v:?}");
-                assert_eq!(v, &Value::Int(i as i64 + 1), "INCR {i}");
-            }
-            Err(e) => assert!(e.may_have_executed(), "command {i}: {e:?}"),
-        }
-    }
+    let answered = answered_prefix(&each, BEFORE, Error::may_have_executed);
     // None of them was sent twice; the `INCR`s of the `GET`'s chunk before it ran
     // unanswered, those after it never ran.
     let n: i64 = client.get(counter).await.unwrap();
@@ -807,21 +820,7 @@ async fn replies_that_came_before_the_deadline_are_answers() {
     p.incr(counter, 1);
     let each = p.execute_each().await;
 
-    let answered = each.iter().take_while(|r| r.is_ok()).count();
-    assert!(
-        answered > 0 && answered < BEFORE,
-        "{answered} answered; first failure: {:?}",
-        each.iter().find(|r| r.is_err())
-    );
-    for (i, result) in each.iter().enumerate() {
-        match result {
-            Ok(v) => {
-                assert!(i < answered, "command {i} answered after a failure: {v:?}");
-                assert_eq!(v, &Value::Int(i as i64 + 1), "INCR {i}");
-            }
-            Err(e) => assert!(matches!(e, Error::Timeout), "command {i}: {e:?}"),
-        }
-    }
+    answered_prefix(&each, BEFORE, |e| matches!(e, Error::Timeout));
     // Every command ran once, answered in time or not: none was sent twice.
     let n: i64 = client.get(counter).await.unwrap();
     assert_eq!(n, BEFORE as i64 + 1);

@@ -1556,6 +1556,16 @@ mod tests {
         answer
     }
 
+    fn timed_out(delivery: &Delivery) -> bool {
+        matches!(
+            delivery,
+            Err(Failed {
+                error: Error::Timeout,
+                ..
+            })
+        )
+    }
+
     /// A written request of `expected` commands, due at `deadline`.
     fn batch_in_flight(shared: &Shared, expected: usize, deadline: Instant) -> ReplyReceiver {
         let (reply, answer) = reply::channel();
@@ -1637,16 +1647,7 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1024);
         let writer = tokio::spawn(write_loop(client, Arc::clone(&shared)));
         let outcome = late.await.expect("answered, not dropped");
-        assert!(
-            matches!(
-                outcome,
-                Err(Failed {
-                    error: Error::Timeout,
-                    ..
-                })
-            ),
-            "{outcome:?}"
-        );
+        assert!(timed_out(&outcome), "{outcome:?}");
         let expected = encoded(&[cmd("GET").arg("a"), cmd("GET").arg("b")]);
         let mut sent = vec![0u8; expected.len()];
         server.read_exact(&mut sent).await.unwrap();
@@ -1684,16 +1685,7 @@ mod tests {
         let _last = queue_directly(&shared, &cmd("GET").arg("b"), in_an_hour());
         shared.expire(Instant::now());
         let outcome = late.await.expect("answered");
-        assert!(
-            matches!(
-                outcome,
-                Err(Failed {
-                    error: Error::Timeout,
-                    ..
-                })
-            ),
-            "{outcome:?}"
-        );
+        assert!(timed_out(&outcome), "{outcome:?}");
         {
             let queue = lock(&shared.queue);
             assert_eq!(queue.requests.len(), 2);
