@@ -746,3 +746,25 @@ async fn a_node_refusing_the_testkits_login_fails_the_start_at_once() {
         started.elapsed()
     );
 }
+
+/// The README's testkit example, as written there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_example_survives_a_failover() {
+    let cluster = LocalCluster::builder().start().await.unwrap(); // 3 masters, 3 replicas
+    let client = redcluster::ClusterClient::connect(cluster.seeds())
+        .await
+        .unwrap();
+    let owner = cluster
+        .master_of_slot(redcluster::key_slot(b"user:{42}"))
+        .await
+        .unwrap();
+    cluster.kill(owner).unwrap();
+    cluster
+        .wait_until_stable(std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    // The client finds the promoted replica.
+    client.set("user:{42}", "ada").await.unwrap();
+    let name: Option<String> = client.get("user:{42}").await.unwrap();
+    assert_eq!(name.as_deref(), Some("ada"));
+}
