@@ -59,6 +59,24 @@ fn reserve_ports() -> io::Result<(u16, u16)> {
     ))
 }
 
+/// Ports reserved for a node being started: released when dropped (the start failed, or
+/// was cancelled with its future), unless the node took them over (`keep`).
+struct Reservation(Option<[u16; 2]>);
+
+impl Reservation {
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(ports) = self.0.take() {
+            release_ports(ports);
+        }
+    }
+}
+
 pub(crate) fn release_ports(ports: [u16; 2]) {
     let mut taken = reserved();
     for port in ports {
@@ -111,6 +129,7 @@ impl Node {
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let (port, cluster_port) = reserve_ports().map_err(|e| Error::io(e, false))?;
+            let reservation = Reservation(Some([port, cluster_port]));
             let dir = settings.dir.path().join(format!("node-{port}"));
             let attempt = async {
                 fs::create_dir_all(&dir).map_err(|e| Error::io(e, false))?;
@@ -123,6 +142,8 @@ impl Node {
             };
             match attempt.await {
                 Ok((child, conn, id)) => {
+                    // The node releases them when it is dropped.
+                    reservation.keep();
                     return Ok(Node {
                         port,
                         cluster_port,
@@ -134,10 +155,10 @@ impl Node {
                             exited: None,
                         }),
                         conn: Mutex::new(Some(conn)),
-                    })
+                    });
                 }
                 Err(e) => {
-                    release_ports([port, cluster_port]);
+                    drop(reservation);
                     let _ = fs::remove_dir_all(&dir);
                     match e {
                         StartError::PortTaken(why) => last = why,
