@@ -171,6 +171,14 @@ mod topology;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+// The testkit signals its `redis-server` processes (`SIGSTOP`, `SIGKILL`): say so rather
+// than fail on the Unix calls.
+#[cfg(all(feature = "testkit", not(unix)))]
+compile_error!(
+    "redcluster's `testkit` feature runs on Unix only: enable it for Unix targets, e.g. \
+     in [target.'cfg(unix)'.dev-dependencies]"
+);
+
 pub use cluster::{
     AddressRemap, ClientStats, ClusterClient, ClusterClientBuilder, Durability, ReadFrom, Scan,
     ScanOptions,
