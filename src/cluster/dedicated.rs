@@ -256,6 +256,7 @@ impl Inner {
             let mut lease = self.lease(&node, lease_deadline).await?;
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let payload = Payload::One(command);
+            let kind = payload.kind();
             let reply_due = lease.reply_due(deadline);
             let answer = lease.dispatch(payload.into_cmds(asking), reply_due).await;
             let replies = match answer.result {
@@ -265,15 +266,9 @@ impl Inner {
                     return Err(e);
                 }
             };
-            // A refused `ASKING` is the answer, as on the shared path (`Kind::outcome`).
-            let refused = asking && matches!(replies.first(), Some(Value::ServerError(_)));
-            let mut replies = replies.into_iter();
-            let reply = if refused {
-                replies.next()
-            } else {
-                replies.last()
-            };
-            let reply = reply.unwrap_or(Value::Nil);
+            // The shared path's reading of the replies: the command's, or a refused
+            // `ASKING`'s.
+            let (reply, _) = kind.outcome(replies, asking)?;
             let action = match &reply {
                 Value::ServerError(e) => classify(e, &node.addr),
                 _ => ErrorAction::Reply,
