@@ -2405,6 +2405,65 @@ async fn a_node_that_stays_down_keeps_failing_fast_after_open_for() {
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
 }
 
+/// A connection whose flow died silently (a NAT or a firewall forgot it, a peer went
+/// without a reset) is closed once the node has owed it a reply for
+/// `unresponsive_timeout` with nothing heard, and the node is served again on a new
+/// connection: not only once TCP's retransmissions give up (about 15 minutes on Linux),
+/// nor never, while keepalive waits for an idle connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gone_silent_is_replaced_and_its_node_served_again() {
+    let local = never_failing_over().await;
+    let owner = local.master_of_slot(key_slot(b"hole")).await.unwrap();
+    let owner_addr = local.node_addr(owner);
+    let relay = support::relay::Relay::start(owner_addr.clone()).await;
+    let relay_addr = relay.addr();
+    let remap = redcluster::AddressRemap::from_fn(move |addr| {
+        (addr == owner_addr).then(|| relay_addr.clone())
+    });
+    let client = ClusterClient::builder()
+        .nodes(seeds_without(&local, &local.node_addr(owner)))
+        .address_remap(remap)
+        .response_timeout(Duration::from_millis(300))
+        .unresponsive_timeout(Some(Duration::from_secs(1)))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    client.set("hole", 1).await.unwrap();
+    assert_eq!(relay.accepted(), 1, "the node is reached through the relay");
+    relay.black_hole();
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    loop {
+        match client.get::<_, Option<i64>>("hole").await {
+            Ok(v) => {
+                assert_eq!(v, Some(1));
+                break;
+            }
+            Err(e) => errors.push(e),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the node was not served again in 20 s: {} errors, the last {:?}",
+            errors.len(),
+            errors.last()
+        );
+        // A caller's pace, not a busy loop of instant refusals.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    println!("served again after {took:?}; errors meanwhile: {errors:?}");
+    assert!(
+        matches!(errors.first(), Some(Error::Timeout)),
+        "the first request into the black hole timed out: {errors:?}"
+    );
+    assert_eq!(relay.accepted(), 2, "on one new connection");
+    // Closed after the silence it allows, and reopened after the breaker's `open_for`
+    // (1 s) at most.
+    assert!(took >= Duration::from_secs(1), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
 /// A keyless write sent to a primary that a failover has since made a replica is
 /// answered `READONLY` and did not run: the client learns the new topology and sends it
 /// to a primary again, rather than hand the refusal to the caller.

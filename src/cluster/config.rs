@@ -697,6 +697,31 @@ impl ClusterClientBuilder {
         self
     }
 
+    /// Closes a connection whose node sent no byte for this long while it owed replies
+    /// to a request that already timed out; the next request opens a new one. `None`
+    /// (or zero) never closes a connection for that. Default 10 s.
+    ///
+    /// A flow that died without a word (a NAT or a firewall dropped it, a host vanished
+    /// without a reset) otherwise fails every request to its node with a timeout until
+    /// TCP gives up, about 15 minutes on Linux, while the node itself is fine. Silence
+    /// within the oldest request's deadline (a long script under a long response
+    /// timeout) does not count. See [`crate::ConnectOptions::unresponsive_timeout`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redcluster::Result<()> {
+    /// use std::time::Duration;
+    /// let client = redcluster::ClusterClient::builder()
+    ///     .nodes(["127.0.0.1:7000"])
+    ///     .unresponsive_timeout(Some(Duration::from_secs(3)))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn unresponsive_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.config.connect = self.config.connect.unresponsive_timeout(limit);
+        self
+    }
+
     /// Multiplexed connections per node, which ordinary commands share (each one
     /// coalesces concurrent requests into single writes). Default 1, the fastest for most
     /// loads; more can help when one connection's socket or decoding is the bottleneck.

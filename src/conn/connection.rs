@@ -35,6 +35,16 @@
 //! the client's CPU under load. A written request that timed out keeps its place in the
 //! in-flight queue, so that its late reply still lines up, and is answered only once.
 //!
+//! A connection the server stops answering is closed: once the oldest written request
+//! the server owes replies to has timed out, and the server then sent no byte for
+//! `unresponsive_timeout` (counted from that request's write or the last byte read,
+//! whichever came later), the deadline task closes it, and the client opens a new one.
+//! A flow that died silently (a NAT or a firewall forgot it, a peer gone without a
+//! reset) gives no error at all: TCP retransmits unacknowledged data for about 15
+//! minutes on Linux before it gives up, and keepalive probes only an idle connection.
+//! Only after a timeout: a command that runs long within its deadline (a script under a
+//! long response timeout) is no sign of a dead connection.
+//!
 //! When the connection dies, every request still queued is answered with
 //! [`Error::ConnectionLost`] `{ may_have_executed: false }` and every request already
 //! written with `may_have_executed: true`. None is left waiting.
@@ -59,6 +69,13 @@ use crate::resp::{Decoder, Value};
 
 /// How long the writer tries to shut its half down cleanly before dropping the socket.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the deadline task waits, once it found a server silent past
+/// `unresponsive_timeout`, before it closes the connection if nothing came meanwhile.
+/// After a stall of this process (a starved runtime, a paused VM, a debugger) the
+/// deadline task may run before the reader, with the replies already in the socket:
+/// the reader gets to run first.
+const SILENCE_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Most requests the writer takes from the queue for one write.
 const WRITE_BATCH: usize = 512;
@@ -179,6 +196,8 @@ struct InFlight {
     /// by the server, and dropped when they come.
     reply: Option<ReplySender>,
     deadline: Instant,
+    /// When it was written, in nanoseconds since [`Shared::epoch`].
+    written: u64,
     replies: Replies,
     expected: usize,
 }
@@ -217,12 +236,20 @@ struct Shared {
     /// in time was held up by this client's load or its own short deadline, not by the
     /// node ([`NodeConnection::answered_since`]).
     last_reply: AtomicU64,
+    /// When the reader last read any byte, in nanoseconds since `epoch`.
+    last_heard: AtomicU64,
+    /// How long the server may stay silent while it owes replies to a request that timed
+    /// out before the connection is closed (see the module docs); `None`: never.
+    unresponsive_timeout: Option<std::time::Duration>,
+    /// The deadline task found the server silent past `unresponsive_timeout` and looks
+    /// once more before it closes the connection (see [`SILENCE_RECHECK`]).
+    silence_noticed: AtomicBool,
     epoch: Instant,
     max_in_flight: usize,
 }
 
 impl Shared {
-    fn new(max_in_flight: usize) -> Shared {
+    fn new(max_in_flight: usize, unresponsive_timeout: Option<std::time::Duration>) -> Shared {
         Shared {
             queue: Mutex::new(Queue::default()),
             in_flight: Mutex::new(VecDeque::new()),
@@ -235,6 +262,9 @@ impl Shared {
             sooner: Notify::new(),
             next_deadline: AtomicU64::new(u64::MAX),
             last_reply: AtomicU64::new(0),
+            last_heard: AtomicU64::new(0),
+            unresponsive_timeout,
+            silence_noticed: AtomicBool::new(false),
             epoch: Instant::now(),
             max_in_flight,
         }
@@ -325,7 +355,8 @@ impl Shared {
     }
 
     /// Answers with [`Error::Timeout`] every request held whose deadline is `now` or
-    /// earlier, and sets `next_deadline` to the earliest of the others.
+    /// earlier, and sets `next_deadline` to the earliest of the others. Closes the
+    /// connection when the server has been silent too long (see the module docs).
     fn expire(&self, now: Instant) {
         // Reset first: a deadline noted while this scans is kept by `fetch_min` below.
         self.next_deadline.store(u64::MAX, Ordering::Release);
@@ -354,20 +385,44 @@ impl Shared {
                 self.space.notify_waiters();
             }
         }
-        for entry in self.in_flight().iter_mut() {
-            if entry.reply.is_none() {
-                continue;
+        let unresponsive = {
+            let mut in_flight = self.in_flight();
+            for entry in in_flight.iter_mut() {
+                if entry.reply.is_none() {
+                    continue;
+                }
+                if entry.deadline > now {
+                    later(entry.deadline);
+                } else if let Some(reply) = entry.reply.take() {
+                    // The caller gets the replies that came in time; the entry stays,
+                    // owed the rest, so that its late ones line up.
+                    let received = std::mem::take(&mut entry.replies).into_vec();
+                    entry.expected -= received.len();
+                    expired.push((reply, received));
+                }
             }
-            if entry.deadline > now {
-                later(entry.deadline);
-            } else if let Some(reply) = entry.reply.take() {
-                // The caller gets the replies that came in time; the entry stays, owed
-                // the rest, so that its late ones line up.
-                let received = std::mem::take(&mut entry.replies).into_vec();
-                entry.expected -= received.len();
-                expired.push((reply, received));
+            // The oldest request the server owes replies to timed out: how long has the
+            // server been silent since it was written?
+            match (in_flight.front(), self.unresponsive_timeout) {
+                (Some(oldest), Some(limit)) if oldest.reply.is_none() => {
+                    let due = self.silence_due(oldest, limit);
+                    if due > now {
+                        self.silence_noticed.store(false, Ordering::Relaxed);
+                        later(due);
+                        None
+                    } else if self.silence_noticed.swap(true, Ordering::Relaxed) {
+                        Some(limit)
+                    } else {
+                        later(now + SILENCE_RECHECK);
+                        None
+                    }
+                }
+                _ => {
+                    self.silence_noticed.store(false, Ordering::Relaxed);
+                    None
+                }
             }
-        }
+        };
         if let Some(next) = next {
             self.next_deadline
                 .fetch_min(self.nanos(next), Ordering::AcqRel);
@@ -376,6 +431,23 @@ impl Shared {
             let error = Error::Timeout;
             let _ = reply.send(Err(Failed { error, received }));
         }
+        if let Some(limit) = unresponsive {
+            let why = format!("the server owed replies and sent nothing for {limit:?}");
+            tracing::warn!(
+                "closing a connection whose server stopped answering: {why}; \
+                 a new one is opened for the next request"
+            );
+            let silent = std::io::Error::new(std::io::ErrorKind::TimedOut, why);
+            self.close(&Error::io(silent, true));
+        }
+    }
+
+    /// When the server, owing `oldest` (a request that timed out) its replies, will
+    /// have been silent for `limit`.
+    fn silence_due(&self, oldest: &InFlight, limit: std::time::Duration) -> Instant {
+        let heard = self.last_heard.load(Ordering::Acquire);
+        let silent_since = self.epoch + std::time::Duration::from_nanos(oldest.written.max(heard));
+        crate::deadline::after(silent_since, limit)
     }
 
     fn is_closed(&self) -> bool {
@@ -641,8 +713,14 @@ impl NodeConnection {
         let (rbuf, decoder, protocol) =
             handshake_within(addr, &mut read, &mut write, options, deadline).await?;
 
-        // The field is public: a 0 would leave no room for any request.
-        let shared = Arc::new(Shared::new(options.max_in_flight.max(1)));
+        // The fields are public: a 0 would leave no room for any request, or close the
+        // connection at every timeout.
+        let shared = Arc::new(Shared::new(
+            options.max_in_flight.max(1),
+            options
+                .unresponsive_timeout
+                .filter(|limit| !limit.is_zero()),
+        ));
         let addr: Arc<str> = Arc::from(addr);
         // A root span: the connection outlives the request that opened it, whose span
         // would otherwise stay open (and hold the connection's events) until it closes.
@@ -1133,6 +1211,7 @@ where
             };
         }
         let now = Instant::now();
+        let written_at = shared.nanos(now);
         let mut cut = Compaction::default();
         for request in batch.drain(..) {
             // A caller that gave up (future dropped) or whose deadline passed is not
@@ -1156,6 +1235,7 @@ where
                 replies: Replies::with_capacity(request.expected),
                 reply: Some(request.reply),
                 deadline: request.deadline,
+                written: written_at,
             });
         }
         cut.finish(&mut wbuf);
@@ -1400,6 +1480,8 @@ where
     // up: `capacity` is the room left from where the buffer stands, which the reply
     // once out no longer shows.
     let mut large = false;
+    // When bytes last came: the handshake's last read left the first in the buffer.
+    let mut heard = shared.nanos(Instant::now());
     let error = 'outer: loop {
         large |= rbuf.capacity() > MAX_IDLE_READ_BUFFER;
         // Replies may already sit in the buffer from the handshake's last read.
@@ -1418,13 +1500,13 @@ where
                 Ok(None) => break,
                 Err(e) => {
                     // Replies decoded before the bad bytes are still their requests'.
-                    let _ = deliver(&shared, &mut replies, &mut done);
+                    let _ = deliver(&shared, &mut replies, &mut done, heard);
                     break 'outer e;
                 }
             }
         }
         if !replies.is_empty() {
-            if let Err(e) = deliver(&shared, &mut replies, &mut done) {
+            if let Err(e) = deliver(&shared, &mut replies, &mut done, heard) {
                 break e;
             }
         }
@@ -1453,6 +1535,11 @@ where
         if let Some(error) = read_ended(n) {
             break error;
         }
+        // Any byte shows the server alive: a large reply's first ones as much as its
+        // last (see `unresponsive_timeout`). Stamped before decoding, so that no
+        // deadline check can see the reply popped and the old stamp.
+        heard = shared.nanos(Instant::now());
+        shared.last_heard.store(heard, Ordering::Release);
     };
     shared.close(&error);
 }
@@ -1477,7 +1564,8 @@ fn closed_by_server(why: &'static str) -> Error {
 }
 
 /// Hands decoded replies to the requests at the front of the in-flight queue; `done`
-/// is scratch space the reader keeps, so that this allocates nothing.
+/// is scratch space the reader keeps, so that this allocates nothing. `heard` is when
+/// the replies' bytes were read (nanoseconds since the connection's epoch).
 ///
 /// A reply that no request is waiting for means the stream is out of sync: the
 /// requests already matched are still answered, then the error closes the connection.
@@ -1485,6 +1573,7 @@ fn deliver(
     shared: &Shared,
     replies: &mut SmallVec<[Value; 16]>,
     done: &mut Vec<InFlight>,
+    heard: u64,
 ) -> Result<()> {
     let mut outcome = Ok(());
     // Whether a reply went to a request still within its deadline (a pipeline's count
@@ -1506,6 +1595,16 @@ fn deliver(
                 done.extend(q.pop_front());
             }
         }
+        // A new oldest request that timed out already (its deadline shorter than the
+        // one answered): the deadline task may have nothing else to wake it should the
+        // server fall silent now.
+        if let (false, Some(next), Some(limit)) =
+            (done.is_empty(), q.front(), shared.unresponsive_timeout)
+        {
+            if next.reply.is_none() {
+                shared.note_deadline(shared.silence_due(next, limit));
+            }
+        }
         (was_full, q.is_empty())
     };
     replies.clear();
@@ -1519,13 +1618,11 @@ fn deliver(
     }
     // The node answered a request within its deadline: it makes progress. Late replies
     // to requests that timed out do not count, or a node slower than every deadline
-    // would never open its breaker. One clock read per read, not per reply, and before
-    // the answers go out: a caller woken by one may send its next request at once, and
-    // this stamp must not fall within that request's life.
+    // would never open its breaker. The read's stamp, taken before the answers go out:
+    // a caller woken by one may send its next request at once, and this stamp must not
+    // fall within that request's life.
     if in_time {
-        shared
-            .last_reply
-            .store(shared.nanos(Instant::now()), Ordering::Relaxed);
+        shared.last_reply.store(heard, Ordering::Relaxed);
     }
     // Answer outside the lock; a request that timed out was answered already.
     for entry in done.drain(..) {
@@ -1542,7 +1639,7 @@ mod tests {
     use crate::cmd::cmd;
 
     fn shared(max_in_flight: usize) -> Arc<Shared> {
-        Arc::new(Shared::new(max_in_flight))
+        Arc::new(Shared::new(max_in_flight, None))
     }
 
     fn in_flight(shared: &Shared) -> ReplyReceiver {
@@ -1550,6 +1647,7 @@ mod tests {
         shared.in_flight().push_back(InFlight {
             reply: Some(reply),
             deadline: in_an_hour(),
+            written: 0,
             replies: Replies::new(),
             expected: 1,
         });
@@ -1566,21 +1664,129 @@ mod tests {
         )
     }
 
-    /// A written request of `expected` commands, due at `deadline`.
+    /// A written request of `expected` commands, due at `deadline`, written when the
+    /// connection started.
     fn batch_in_flight(shared: &Shared, expected: usize, deadline: Instant) -> ReplyReceiver {
         let (reply, answer) = reply::channel();
         shared.in_flight().push_back(InFlight {
             reply: Some(reply),
             deadline,
+            written: 0,
             replies: Replies::new(),
             expected,
         });
         answer
     }
 
+    /// A request of one command written at `written` and due at `deadline`, both in
+    /// milliseconds since the connection's epoch.
+    fn written_at(shared: &Shared, written: u64, deadline: u64) -> ReplyReceiver {
+        let (reply, answer) = reply::channel();
+        let ms = std::time::Duration::from_millis;
+        shared.in_flight().push_back(InFlight {
+            reply: Some(reply),
+            deadline: shared.epoch + ms(deadline),
+            written: shared.nanos(shared.epoch + ms(written)),
+            replies: Replies::new(),
+            expected: 1,
+        });
+        answer
+    }
+
+    /// Where the deadline task sleeps until, in milliseconds since the epoch.
+    fn wakes_at(shared: &Shared) -> u64 {
+        shared.next_deadline.load(Ordering::Acquire) / 1_000_000
+    }
+
+    #[tokio::test]
+    async fn silence_counts_from_the_oldest_write_or_the_last_byte_and_is_looked_at_twice() {
+        let shared = Arc::new(Shared::new(16, Some(std::time::Duration::from_secs(10))));
+        let at = |ms: u64| shared.epoch + std::time::Duration::from_millis(ms);
+        let hear = |ms: u64| {
+            shared
+                .last_heard
+                .store(shared.nanos(at(ms)), Ordering::Release)
+        };
+        // Written at 8 s and due at 9 s, after the last byte came at 2 s: silent from 8 s.
+        let _timed_out = written_at(&shared, 8_000, 9_000);
+        let waiting = written_at(&shared, 8_000, 3_600_000);
+        hear(2_000);
+        shared.expire(at(9_000));
+        assert!(!shared.is_closed());
+        assert_eq!(wakes_at(&shared), 18_000);
+        // Bytes at 12 s: silent from then.
+        hear(12_000);
+        shared.expire(at(18_000));
+        assert_eq!(wakes_at(&shared), 22_000);
+        // Silent past the limit: looked at once more, and bytes meanwhile keep it open.
+        shared.expire(at(22_000));
+        assert!(!shared.is_closed());
+        assert_eq!(wakes_at(&shared), 22_100);
+        hear(22_050);
+        shared.expire(at(22_100));
+        assert!(!shared.is_closed());
+        assert_eq!(wakes_at(&shared), 32_050);
+        shared.expire(at(32_050));
+        assert!(!shared.is_closed());
+        shared.expire(at(32_150));
+        assert!(shared.is_closed());
+        match waiting.await.expect("answered") {
+            Err(Failed {
+                error:
+                    Error::Io {
+                        source,
+                        may_have_executed: true,
+                    },
+                ..
+            }) => {
+                assert_eq!(source.kind(), std::io::ErrorKind::TimedOut);
+                assert!(
+                    source.to_string().contains("sent nothing for 10s"),
+                    "{source}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_long_silence_within_the_oldest_requests_deadline_keeps_the_connection() {
+        let shared = Arc::new(Shared::new(16, Some(std::time::Duration::from_secs(10))));
+        // A script that runs for a minute within its deadline of two, and a request
+        // behind it with a deadline of one second: the server is not silent past the
+        // limit until the script's deadline has passed.
+        let _script = written_at(&shared, 0, 120_000);
+        let _behind = written_at(&shared, 0, 1_000);
+        shared.expire(shared.epoch + std::time::Duration::from_secs(60));
+        assert!(!shared.is_closed());
+        assert_eq!(wakes_at(&shared), 120_000);
+        // Without a limit, never closed for silence.
+        let unlimited = Arc::new(Shared::new(16, None));
+        let _timed_out = written_at(&unlimited, 0, 0);
+        for secs in [3600, 3601] {
+            unlimited.expire(unlimited.epoch + std::time::Duration::from_secs(secs));
+        }
+        assert!(!unlimited.is_closed());
+    }
+
+    #[test]
+    fn answering_the_oldest_request_makes_a_timed_out_one_behind_it_watched() {
+        let shared = Arc::new(Shared::new(16, Some(std::time::Duration::from_secs(10))));
+        let _answered = written_at(&shared, 0, 120_000);
+        let _timed_out = written_at(&shared, 0, 1_000);
+        shared.expire(shared.epoch + std::time::Duration::from_secs(2));
+        assert_eq!(wakes_at(&shared), 120_000);
+        // The first is answered at 50 s; the second, which timed out, is the oldest now.
+        let heard = shared.nanos(shared.epoch + std::time::Duration::from_secs(50));
+        shared.last_heard.store(heard, Ordering::Release);
+        let mut replies: SmallVec<[Value; 16]> = SmallVec::from_elem(Value::Nil, 1);
+        deliver(&shared, &mut replies, &mut Vec::new(), heard).unwrap();
+        assert_eq!(wakes_at(&shared), 60_000);
+    }
+
     fn deliver_ints(shared: &Shared, values: std::ops::Range<i64>) {
         let mut replies: SmallVec<[Value; 16]> = values.map(Value::Int).collect();
-        deliver(shared, &mut replies, &mut Vec::new()).expect("a request waits for them");
+        deliver(shared, &mut replies, &mut Vec::new(), 0).expect("a request waits for them");
     }
 
     #[tokio::test]
@@ -1864,6 +2070,70 @@ mod tests {
         );
     }
 
+    /// A connection over a pipe that closes after 10 s of silence, a `GET a` written on
+    /// it with a deadline of 1 s (the node has read it), and an `INCR` queued behind.
+    async fn silent_node() -> (
+        NodeConnection,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<Result<Value>>,
+        tokio::task::JoinHandle<Result<Value>>,
+    ) {
+        let limit = Some(std::time::Duration::from_secs(10));
+        let (conn, mut node) =
+            over_pipe_with(ConnectOptions::default().unresponsive_timeout(limit)).await;
+        let send = |command: Cmd, secs| {
+            let conn = conn.clone();
+            let timeout = std::time::Duration::from_secs(secs);
+            tokio::spawn(async move { conn.send_timeout(command, timeout).await })
+        };
+        let get = send(cmd("GET").arg("a"), 1);
+        let mut buf = vec![0u8; 4096];
+        let n = node.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], self::get("a"));
+        let incr = send(cmd("INCR").arg("n"), 3600);
+        (conn, node, get, incr)
+    }
+
+    // Paused clock: the deadline task's timers fire in order as the test sleeps.
+    #[tokio::test(start_paused = true)]
+    async fn a_node_silent_after_a_timeout_loses_the_connection_with_no_other_traffic() {
+        let start = Instant::now();
+        let (conn, _node, get, incr) = silent_node().await;
+        assert!(matches!(get.await.unwrap(), Err(Error::Timeout)));
+        tokio::time::sleep_until(start + std::time::Duration::from_millis(9_900)).await;
+        assert!(!conn.is_closed());
+        tokio::time::sleep_until(start + std::time::Duration::from_millis(10_200)).await;
+        assert!(
+            conn.is_closed(),
+            "silent for 10 s after the GET was written"
+        );
+        // The INCR waited behind the unanswered write: it never reached the node.
+        let incr = incr.await.unwrap();
+        assert!(
+            matches!(
+                incr,
+                Err(Error::ConnectionLost {
+                    may_have_executed: false
+                })
+            ),
+            "{incr:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_bytes_of_a_reply_still_coming_show_the_node_alive() {
+        let start = Instant::now();
+        let (conn, mut node, get, _incr) = silent_node().await;
+        assert!(matches!(get.await.unwrap(), Err(Error::Timeout)));
+        tokio::time::sleep_until(start + std::time::Duration::from_secs(5)).await;
+        // The start of a 100-byte value, the rest never comes.
+        node.write_all(b"$100\r\nabc").await.unwrap();
+        tokio::time::sleep_until(start + std::time::Duration::from_millis(14_900)).await;
+        assert!(!conn.is_closed());
+        tokio::time::sleep_until(start + std::time::Duration::from_millis(15_200)).await;
+        assert!(conn.is_closed(), "silent for 10 s after the last byte");
+    }
+
     #[tokio::test]
     async fn replies_decoded_before_garbage_still_reach_their_requests() {
         let shared = shared(16);
@@ -1891,7 +2161,7 @@ mod tests {
         let reply = |shared: &Shared| {
             let mut replies: SmallVec<[Value; 16]> = SmallVec::new();
             replies.push(Value::Nil);
-            deliver(shared, &mut replies, &mut Vec::new()).unwrap();
+            deliver(shared, &mut replies, &mut Vec::new(), 0).unwrap();
             // `notify_one` leaves a permit for the next waiter when none waits.
             shared.room.notified().now_or_never().is_some()
         };

@@ -200,6 +200,13 @@ pub struct ConnectOptions {
     pub read_only: bool,
     /// TCP keepalive idle time; `None` turns keepalive off. Default 60 s.
     pub tcp_keepalive: Option<Duration>,
+    /// How long the server may send no byte, while it owes replies to a request that
+    /// already timed out, before the connection is closed as dead; `None` (or zero)
+    /// never closes it for that. Default 10 s. A flow that died silently (a NAT or a
+    /// firewall forgot it, a host gone without a reset) otherwise gives no error for
+    /// about 15 minutes on Linux, while every request on it times out. Counted from the
+    /// write of the oldest request owed or the last byte read, whichever is later.
+    pub unresponsive_timeout: Option<Duration>,
     /// `CLIENT SETNAME` value shown in `CLIENT LIST`. Default none.
     pub client_name: Option<String>,
     /// Requests written but not yet answered, at most; more wait in a queue of the same
@@ -230,6 +237,7 @@ impl Default for ConnectOptions {
             protocol: Protocol::Resp3,
             read_only: false,
             tcp_keepalive: Some(Duration::from_secs(60)),
+            unresponsive_timeout: Some(Duration::from_secs(10)),
             client_name: None,
             max_in_flight: 4096,
             limits: Limits::default(),
@@ -350,6 +358,21 @@ impl ConnectOptions {
     /// ```
     pub fn renames(mut self, renames: CommandRenames) -> Self {
         self.renames = renames;
+        self
+    }
+
+    /// Sets [`ConnectOptions::unresponsive_timeout`]; a zero duration counts as `None`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use redcluster::ConnectOptions;
+    /// let options = ConnectOptions::default().unresponsive_timeout(Some(Duration::from_secs(3)));
+    /// assert_eq!(options.unresponsive_timeout, Some(Duration::from_secs(3)));
+    /// let options = ConnectOptions::default().unresponsive_timeout(Some(Duration::ZERO));
+    /// assert_eq!(options.unresponsive_timeout, None);
+    /// ```
+    pub fn unresponsive_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.unresponsive_timeout = limit.filter(|limit| !limit.is_zero());
         self
     }
 

@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod fake_cluster;
 pub mod fake_node;
+pub mod relay;
 pub mod standalone;
 
 /// A started local cluster of `masters` masters with `replicas` replicas each (testkit

@@ -1,0 +1,95 @@
+//! A TCP relay on loopback in front of one real node, that can turn the connections it
+//! carries into black holes: a flow a NAT or a firewall forgot, or a peer gone without
+//! a reset. Bytes sent on such a connection are taken and dropped, nothing comes back,
+//! and neither side sees it closed; connections made afterwards are relayed as usual.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct State {
+    /// One switch per connection accepted: set, it passes nothing on.
+    holes: Mutex<Vec<Arc<AtomicBool>>>,
+    accepted: AtomicUsize,
+}
+
+pub struct Relay {
+    addr: String,
+    state: Arc<State>,
+    /// Accepts, and owns every connection's pumps: aborted (on drop), it ends them all.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Listens on a free loopback port and relays each connection to `target`.
+    pub async fn start(target: String) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(State::default());
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            let mut pumps = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    continue; // The client sees its connection closed.
+                };
+                let hole = Arc::new(AtomicBool::new(false));
+                shared.holes.lock().unwrap().push(Arc::clone(&hole));
+                shared.accepted.fetch_add(1, Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                pumps.spawn(pump(client_read, server_write, Arc::clone(&hole)));
+                pumps.spawn(pump(server_read, client_write, hole));
+            }
+        });
+        Relay { addr, state, task }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> String {
+        self.addr.clone()
+    }
+
+    /// How many connections the relay accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Every connection open now passes nothing on from here on, either way, and stays
+    /// open.
+    pub fn black_hole(&self) {
+        for hole in self.state.holes.lock().unwrap().iter() {
+            hole.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to` until either ends; while `hole` is set, reads and drops.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    hole: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if hole.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
