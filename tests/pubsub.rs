@@ -973,6 +973,51 @@ async fn a_refused_restoration_reports_the_refused_channel_lost_and_restores_the
     assert_eq!((m.channel, m.payload), (b("chan:a"), b("after")));
 }
 
+/// A subscription whose call timed out stays asked for; when its node then refuses it
+/// for good, nobody waits for the call's answer any more, so the stream says it
+/// (`Lost`) rather than nothing. Here the owner of a sharded channel is frozen while
+/// the call waits, and its ACL (per node) no longer lets the user read the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_after_the_subscribe_call_timed_out_reaches_the_stream() {
+    let (local, client) = as_acl_user("sub on >subpass ~* &* +@all").await;
+    let channel = "orders:{late}";
+    let owner = local
+        .master_of_slot(redcluster::key_slot(channel.as_bytes()))
+        .await
+        .unwrap();
+    let conn = local.connect_node(owner).await.unwrap();
+    let reply = conn
+        .send(
+            cmd("ACL")
+                .arg("SETUSER")
+                .arg("sub")
+                .arg("resetchannels")
+                .arg("&news:*"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, Value::Simple("OK".into()));
+    let config = SubscriberConfig::default().subscribe_timeout(Duration::from_millis(300));
+    let mut sub = client.subscriber_with(config).await.unwrap();
+    local.pause(owner).unwrap();
+    let asked = sub.ssubscribe([channel]).await;
+    local.resume(owner).unwrap();
+    assert!(matches!(asked, Err(Error::Timeout)), "{asked:?}");
+    match tokio::time::timeout(Duration::from_secs(10), sub.next()).await {
+        Ok(Some(PubSubEvent::Lost {
+            channels,
+            sharded,
+            error,
+            ..
+        })) => {
+            assert_eq!(channels, vec![b(channel)]);
+            assert!(sharded);
+            assert_eq!(error.code(), "NOPERM", "{error}");
+        }
+        other => panic!("expected the refusal on the stream, got {other:?}"),
+    }
+}
+
 /// A node holding the classic subscriptions leaves the cluster while it keeps running
 /// (the others `CLUSTER FORGET` it, it is reset): it still answers the subscriber's
 /// PING, but messages published in the cluster no longer reach it. Once the client's

@@ -363,15 +363,28 @@ impl Manager {
     }
 
     /// `key` failed for good: callers waiting for it get `error`.
-    fn fail(&mut self, key: &Confirmation, error: &Error) {
+    /// Answers the callers waiting for `key` with `error`; returns whether one was still
+    /// there to hear it (a caller whose call timed out is not).
+    fn fail(&mut self, key: &Confirmation, error: &Error) -> bool {
+        let mut told = false;
         self.waiters.retain_mut(|w| {
             if !w.keys.contains(key) {
                 return !w.reply.is_closed();
             }
             let (tx, _) = oneshot::channel();
-            let _ = std::mem::replace(&mut w.reply, tx).send(Err(error.clone()));
+            told |= std::mem::replace(&mut w.reply, tx)
+                .send(Err(error.clone()))
+                .is_ok();
             false
         });
+        told
+    }
+
+    /// Whether a caller still waits for `key`.
+    fn awaited(&self, key: &Confirmation) -> bool {
+        self.waiters
+            .iter()
+            .any(|w| !w.reply.is_closed() && w.keys.contains(key))
     }
 
     /// Writes `(P|S)(UN)SUBSCRIBE channels` on link `id` and records it.
@@ -666,15 +679,17 @@ impl Manager {
                 split = true;
                 continue;
             }
-            if restoring && !lost.contains(&key.1) {
-                lost.push(key.1.clone());
-            }
-            if key.2.is_some() {
+            let told = if key.2.is_some() {
                 // A node-local subscription is made on every primary or on none.
-                self.drop_local(kind, &key.1, &error);
+                self.drop_local(kind, &key.1, &error)
             } else {
                 self.subs.remove(&key);
-                self.fail(&(true, key), &error);
+                self.fail(&(true, key.clone()), &error)
+            };
+            // A refusal reaches the caller or the stream, never neither: restored ones
+            // were the stream's, and so is one whose call timed out.
+            if (restoring || !told) && !lost.contains(&key.1) {
+                lost.push(key.1.clone());
             }
         }
         if !lost.is_empty() {
@@ -760,7 +775,14 @@ impl Manager {
             }
         }
         for key in never_made {
-            if key.2.is_some() {
+            // A call that timed out left its subscription asked for, to be made once a
+            // node accepts it: it waits on, as one interrupted does.
+            if !self.awaited(&(true, key.clone())) {
+                if let Some(sub) = self.subs.get_mut(&key) {
+                    sub.state = State::Waiting;
+                    affected += 1;
+                }
+            } else if key.2.is_some() {
                 self.drop_local(key.0, &key.1, error);
             } else {
                 self.subs.remove(&key);
@@ -986,8 +1008,9 @@ impl Manager {
     }
 
     /// Ends the node-local subscription of `channel` on every primary: one of them
-    /// refused it for good (`NOPERM`), and its callers get `error`.
-    fn drop_local(&mut self, kind: Kind, channel: &Bytes, error: &Error) {
+    /// refused it for good (`NOPERM`), and its callers get `error`. Returns whether a
+    /// caller was there to hear it.
+    fn drop_local(&mut self, kind: Kind, channel: &Bytes, error: &Error) -> bool {
         self.local_wanted.remove(&(kind, channel.clone()));
         let keys: Vec<Key> = self
             .subs
@@ -995,6 +1018,7 @@ impl Manager {
             .filter(|(k, c, node)| *k == kind && c == channel && node.is_some())
             .cloned()
             .collect();
+        let mut told = false;
         for key in keys {
             let Some(sub) = self.subs.remove(&key) else {
                 continue;
@@ -1002,8 +1026,9 @@ impl Manager {
             if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
                 self.send(id, kind, false, vec![channel.clone()]);
             }
-            self.fail(&(true, key), error);
+            told |= self.fail(&(true, key), error);
         }
+        told
     }
 
     fn housekeeping(&mut self) {

@@ -181,10 +181,12 @@ pub enum PubSubEvent {
         /// Whether these are sharded subscriptions.
         sharded: bool,
     },
-    /// These subscriptions were interrupted and the server refused to restore them (a
-    /// `NOPERM` after an ACL change, for one): they are gone, and their messages with
-    /// them. Subscribe again once the cause is fixed. Channels refused together are
-    /// each tried alone first, so one refused channel does not take the others with it.
+    /// The server refused these subscriptions for good (a `NOPERM` after an ACL change,
+    /// for one) where no call is there to say it: they were interrupted and could not
+    /// be restored, or their `subscribe` call had timed out (a subscription stays asked
+    /// for then) before a node refused it. They are gone, and their messages with them.
+    /// Subscribe again once the cause is fixed. Channels refused together are each
+    /// tried alone first, so one refused channel does not take the others with it.
     #[non_exhaustive]
     Lost {
         /// The channels concerned: sharded ones when `sharded`, classic ones otherwise.
@@ -533,7 +535,9 @@ impl SubscriberHandle {
     /// with it); [`Error::Auth`] or [`Error::Tls`] when the node a sharded channel
     /// needs refuses the connection; [`Error::Timeout`] when no confirmation came within
     /// the subscribe timeout (the subscription stays asked for, and is made as soon as
-    /// a node accepts it), [`Error::ConnectionLost`] when the subscriber was closed.
+    /// a node accepts it; should a node refuse it for good instead, the stream says so
+    /// with [`PubSubEvent::Lost`]), [`Error::ConnectionLost`] when the subscriber was
+    /// closed.
     ///
     /// # Examples
     ///
