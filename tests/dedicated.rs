@@ -676,3 +676,119 @@ async fn a_watched_transaction_under_durable_writes_waits_for_its_replicas() {
     assert!(client.stats().moved > moved);
     assert_eq!(client.get::<_, i64>(key).await.unwrap(), 5);
 }
+
+/// A consumer that only ever sends `BLPOP` rides a failover of its queue's primary:
+/// connects refused by the dead node ask for a refresh and are retried (the breaker
+/// fails some fast meanwhile), and once the replica is promoted the next `BLPOP` goes
+/// there. No other traffic, periodic refresh or health check is there to notice the
+/// failover for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blpop_consumer_follows_a_failover_on_its_own() {
+    let local = support::cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .refresh_interval(Duration::from_secs(3600))
+        .health_check_interval(None)
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let queue = "{failover}:jobs";
+    let primary = local
+        .master_of_slot(redcluster::key_slot(queue.as_bytes()))
+        .await
+        .unwrap();
+    let empty: Option<(String, String)> = client
+        .query(cmd("BLPOP").arg(queue).arg(0.1))
+        .await
+        .unwrap();
+    assert_eq!(empty, None);
+    local.kill(primary).unwrap();
+    // A producer of its own, so that the consumer's client learns nothing from it.
+    let producer = ClusterClient::connect(local.seeds()).await.unwrap();
+    let pushed = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match producer
+                .query::<i64>(cmd("RPUSH").arg(queue).arg("job"))
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => assert!(Instant::now() < deadline, "never pushed: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut errors = Vec::new();
+    let job = loop {
+        match client
+            .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(1))
+            .await
+        {
+            Ok(Some((_, job))) => break job,
+            Ok(None) => {}
+            Err(e) => {
+                errors.push(e);
+                // A caller's pace, not a busy loop of fast refusals.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the consumer never reached the new primary: {} errors, the last {:?}",
+            errors.len(),
+            errors.last()
+        );
+    };
+    pushed.await.unwrap();
+    assert_eq!(job, "job");
+    println!(
+        "consumer served after {:?}; {} errors meanwhile, the first {:?}",
+        started.elapsed(),
+        errors.len(),
+        errors.first()
+    );
+}
+
+/// A `BLPOP` on a `Watched` connection whose future is dropped (a `timeout` around it)
+/// closes that connection, though the `Watched` lives on: left blocked on the server,
+/// it would pop the next job pushed, for no one. The `Watched` then answers its next
+/// request with a connection error, unsent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_blpop_on_a_watched_connection_pops_nothing_later() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let key = "{w}:jobs";
+    let mut watched = client.watch([key]).await.unwrap();
+    let blpop = watched.query::<Value>(cmd("BLPOP").arg(key).arg(0));
+    let waiting = async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while blocked_clients(&local, &client, key).await == 0 {
+            assert!(Instant::now() < deadline, "the BLPOP never blocked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = blpop => panic!("BLPOP k 0 answered with nothing pushed: {r:?}"),
+        () = waiting => {}
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&local, &client, key).await > 0 {
+        assert!(Instant::now() < deadline, "the dropped BLPOP still blocks");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.rpush(key, ["job-1"]).await.unwrap();
+    let left: i64 = client.query(cmd("LLEN").arg(key)).await.unwrap();
+    assert_eq!(left, 1, "the job waits for the next consumer");
+    let next = watched.query::<Value>(cmd("LLEN").arg(key)).await;
+    assert!(
+        matches!(
+            next,
+            Err(redcluster::Error::ConnectionLost {
+                may_have_executed: false
+            })
+        ),
+        "{next:?}"
+    );
+}

@@ -106,7 +106,10 @@ impl Lease {
         crate::deadline::after(reply_deadline, self.waited)
     }
 
-    /// Sends on the leased connection; a failed request discards the connection.
+    /// Sends on the leased connection; a failed request discards the connection, and so
+    /// does one whose caller drops this future before the answer: the lease may live on
+    /// (a [`crate::Watched`]), and a `BLPOP` left blocked on the server would pop an
+    /// element that no one reads.
     pub(crate) async fn dispatch(&mut self, cmds: Cmds, deadline: Instant) -> Answer {
         let Some(conn) = self.conn.as_deref() else {
             let error = Error::ConnectionLost {
@@ -115,7 +118,9 @@ impl Lease {
             return Answer::failed(error, cmds);
         };
         self.clean = false;
+        let unanswered = CloseUnlessAnswered(Some(conn.clone()));
         let answer = conn.dispatch(cmds, deadline).await;
+        unanswered.answered();
         // A request the connection refused to send left its state as it was.
         if !matches!(&answer.result, Err(e) if e.is_node_failure()) {
             self.clean = true;
@@ -129,6 +134,23 @@ impl Lease {
     pub(crate) fn discard(&mut self) {
         if let Some(obj) = self.conn.take() {
             Object::take(obj).close();
+        }
+    }
+}
+
+/// Closes a connection when dropped before [`CloseUnlessAnswered::answered`].
+struct CloseUnlessAnswered(Option<crate::NodeConnection>);
+
+impl CloseUnlessAnswered {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseUnlessAnswered {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.close();
         }
     }
 }
@@ -238,6 +260,13 @@ impl Inner {
     /// pool is not a reason to wait as long as the command may block); the reply may
     /// take until `deadline` (that timeout plus the time the command blocks), moved
     /// later by the wait for the connection ([`Lease::reply_due`]).
+    ///
+    /// As on the shared path, a failure before the command was sent (a node that refuses
+    /// connections, a connection lost before the write), an open breaker once the slot
+    /// is served elsewhere, and a passing refusal (`TRYAGAIN`, `CLUSTERDOWN`,
+    /// `LOADING`) are retried with the backoff until `lease_deadline`, and ask for a
+    /// refresh: a failover is followed. A command that may have run (it may have popped)
+    /// is never sent again.
     pub(crate) async fn send_blocking(
         &self,
         mut command: Cmd,
@@ -246,24 +275,61 @@ impl Inner {
         deadline: Instant,
         landing: &Landing,
     ) -> Result<Value> {
+        let backoff = self.backoff();
+        let mut retries = 0u32;
         let mut redirect: Option<Redirect> = None;
-        for _ in 0..=self.config.max_redirects {
+        let mut redirects = 0u32;
+        while redirects <= self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
-                None => self.pick(&target, false)?,
+                None => match self.pick(&target, false) {
+                    Ok(node) => node,
+                    // No owner yet: wait for the refresh that asks.
+                    Err(e) => {
+                        self.wait_retry(&backoff, &mut retries, lease_deadline, e)
+                            .await?;
+                        continue;
+                    }
+                },
             };
             landing.at(&node);
-            let mut lease = self.lease(&node, lease_deadline).await?;
+            let admitted = self
+                .admitted_lease(
+                    &node,
+                    &target,
+                    redirect.is_some(),
+                    &backoff,
+                    &mut retries,
+                    lease_deadline,
+                )
+                .await?;
+            let Some((_admitted, mut lease)) = admitted else {
+                redirect = None;
+                continue;
+            };
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let payload = Payload::One(command);
             let kind = payload.kind();
             let reply_due = lease.reply_due(deadline);
             let answer = lease.dispatch(payload.into_cmds(asking), reply_due).await;
+            self.record_result(&node, &answer.result);
+            let returned = |cmds: Cmds| match kind.recover(cmds, asking) {
+                Some(Payload::One(c)) => Ok(c),
+                _ => Err(Error::Protocol("lost command".into())),
+            };
             let replies = match answer.result {
                 Ok(replies) => replies,
                 Err(e) => {
                     lease.discard();
-                    return Err(e);
+                    if e.may_have_executed() || !e.is_node_failure() {
+                        return Err(e);
+                    }
+                    command = returned(answer.cmds)?;
+                    self.signal.request(RefreshTrigger::ConnectionFailure);
+                    redirect = None;
+                    self.wait_retry(&backoff, &mut retries, lease_deadline, e)
+                        .await?;
+                    continue;
                 }
             };
             // The shared path's reading of the replies: the command's, or a refused
@@ -273,15 +339,38 @@ impl Inner {
                 Value::ServerError(e) => classify(e, &node.addr),
                 _ => ErrorAction::Reply,
             };
-            let ErrorAction::Redirect(r) = action else {
-                return Ok(reply);
-            };
-            command = match answer.cmds {
-                Cmds::One(c) => c,
-                Cmds::Many(mut v) => v.pop().ok_or(Error::Protocol("lost command".into()))?,
-            };
-            self.note_redirect(&r, &node.addr);
-            redirect = Some(r);
+            match action {
+                ErrorAction::Reply => return Ok(reply),
+                ErrorAction::Redirect(r) => {
+                    command = returned(answer.cmds)?;
+                    redirects += 1;
+                    self.note_redirect(&r, &node.addr);
+                    redirect = Some(r);
+                }
+                // Refused before it ran: sent again after a backoff while the deadline
+                // and the retry budget allow, else the refusal is the reply.
+                ErrorAction::ClusterDown | ErrorAction::BackOff => {
+                    if matches!(action, ErrorAction::ClusterDown) {
+                        self.signal.request(RefreshTrigger::ClusterDown);
+                        if !self.config.retry_on_cluster_down {
+                            return Ok(reply);
+                        }
+                    }
+                    command = returned(answer.cmds)?;
+                    redirect = None;
+                    let Value::ServerError(e) = &reply else {
+                        return Ok(reply);
+                    };
+                    let error = Error::Server(e.clone());
+                    if self
+                        .wait_retry(&backoff, &mut retries, lease_deadline, error)
+                        .await
+                        .is_err()
+                    {
+                        return Ok(reply);
+                    }
+                }
+            }
         }
         Err(Error::TooManyRedirects {
             redirects: self.config.max_redirects,
