@@ -383,13 +383,14 @@ async fn blocked_clients(local: &LocalCluster, client: &ClusterClient, key: &str
 
 /// Requests queued for one node's full pool hold none of the client-wide
 /// `max_connections`: a blocking command for another node still gets a connection.
+/// (Three, of which blocking commands may hold two: one is kept for others.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_queued_for_a_busy_node_leaves_other_nodes_their_connections() {
     use futures_util::FutureExt as _;
     let local = support::cluster(3, 0).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
-        .max_connections(2)
+        .max_connections(3)
         .max_connections_per_node(1)
         .response_timeout(Duration::from_secs(1))
         .build()
@@ -791,4 +792,54 @@ async fn a_dropped_blpop_on_a_watched_connection_pops_nothing_later() {
         ),
         "{next:?}"
     );
+}
+
+/// Blocking commands may hold all of a node's dedicated connections but one: workers
+/// blocked for good on a queue (`BLPOP k 0`) leave a `WATCH` transaction on that node a
+/// connection. One worker more than their share waits for a connection within its
+/// response timeout, as for a full pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_workers_leave_watch_a_dedicated_connection() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_connections_per_node(2)
+        .response_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+    let queue = "{work}:jobs";
+    let worker = |client: ClusterClient| {
+        tokio::spawn(async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(0))
+                .await
+        })
+    };
+    let first = worker(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while blocked_clients(&local, &client, queue).await == 0 {
+        assert!(Instant::now() < deadline, "the first worker never blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The second worker finds no share left: it times out unsent.
+    let second = tokio::time::timeout(Duration::from_secs(5), worker(client.clone()))
+        .await
+        .expect("the second worker got a connection and blocked")
+        .unwrap();
+    assert!(
+        matches!(second, Err(redcluster::Error::Timeout)),
+        "{second:?}"
+    );
+    assert_eq!(blocked_clients(&local, &client, queue).await, 1);
+    // A transaction on the same node still gets the connection kept for it.
+    let watched = client.watch(["{work}:count"]).await.unwrap();
+    let committed = watched
+        .exec(vec![cmd("INCR").arg("{work}:count")])
+        .await
+        .unwrap();
+    assert!(committed.is_some());
+    client.rpush(queue, ["job"]).await.unwrap();
+    let got = first.await.unwrap().unwrap();
+    assert_eq!(got, Some((queue.to_owned(), "job".to_owned())));
 }

@@ -399,7 +399,8 @@ impl Inner {
             let wait = durability.map_or(Duration::ZERO, |d| d.timeout);
             // A blocking command, then the `WAIT` after it: the server may take both.
             let reply_deadline = crate::deadline::after(deadline, held.saturating_add(wait));
-            self.run_batch_on_lease(&node, cmds, durability, deadline, reply_deadline)
+            let blocking = blocks.is_some();
+            self.run_batch_on_lease(&node, cmds, durability, blocking, deadline, reply_deadline)
                 .instrument(span)
                 .await
         } else {
@@ -702,10 +703,11 @@ impl Inner {
         node: &Arc<Node>,
         mut cmds: Vec<Cmd>,
         durability: Option<Durability>,
+        blocking: bool,
         lease_deadline: Instant,
         reply_deadline: Instant,
     ) -> (Result<Vec<Value>>, Vec<Cmd>, Option<u32>, Vec<Value>) {
-        let mut lease = match self.lease(node, lease_deadline).await {
+        let mut lease = match self.lease(node, lease_deadline, blocking).await {
             Ok(lease) => lease,
             // Nothing was sent. A connect the node refused counts against it, as for a
             // durable write; our own deadline or a refusal of credentials does not (if

@@ -743,7 +743,10 @@ impl ClusterClientBuilder {
 
     /// Most dedicated connections per node, for commands that hold a connection
     /// (`BLPOP`, `XREAD BLOCK`, `WAIT`, `WATCH` transactions). Default 10; the seed's
-    /// `max_connections_per_node`. From 1 to 65 536 (0 counts as 1).
+    /// `max_connections_per_node`. From 1 to 65 536 (0 counts as 1). Blocking commands
+    /// may hold all of them but one, kept for `WATCH`, durable writes and pipelines: with
+    /// 10, ten `BLPOP k 0` workers on one node leave nine blocked and the tenth waiting
+    /// for a connection, not a transaction with none (a limit of 1 is shared).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -761,7 +764,8 @@ impl ClusterClientBuilder {
 
     /// Most dedicated connections in use at once across the cluster; more callers wait
     /// (within their deadline). Default 50; the seed's `max_connections`. From 1 to
-    /// 1 000 000 (0 counts as 1).
+    /// 1 000 000 (0 counts as 1). Blocking commands may hold all of them but one, as for
+    /// [`Self::max_connections_per_node`].
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

@@ -36,6 +36,8 @@ pub(crate) struct Lease {
     /// The node the connection is to.
     node: Arc<Node>,
     _permit: OwnedSemaphorePermit,
+    /// A blocking command's share of its node's pool and of `max_connections`.
+    _blocking: Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)>,
     /// False from a request's start until its answer arrived: a lease dropped then (its
     /// caller's future was dropped mid-request) has a reply still pending and must not
     /// go back to the pool.
@@ -155,6 +157,23 @@ impl Drop for CloseUnlessAnswered {
     }
 }
 
+/// What a dedicated connection is leased for, in [`Inner::admitted_lease`].
+#[derive(Debug, Clone, Copy)]
+struct LeaseFor {
+    /// A redirect named the node: its open breaker is no reason to fail fast.
+    redirected: bool,
+    /// A blocking command: it takes its share only ([`blocking_share`]).
+    blocking: bool,
+}
+
+/// How many of `limit` dedicated connections (a node's pool, or `max_connections`)
+/// blocking commands may hold at once: all but one, so that consumers blocked for good
+/// (`BLPOP k 0` workers) never leave `WATCH` transactions, durable writes or pipelines
+/// without a connection. A limit of one is shared.
+pub(crate) fn blocking_share(limit: usize) -> usize {
+    limit.saturating_sub(1).max(1)
+}
+
 fn pool_error(e: PoolError<Error>) -> Error {
     match e {
         PoolError::Backend(e) => e,
@@ -228,28 +247,53 @@ impl Inner {
             .is_ok_and(|n| !Arc::ptr_eq(&n, node))
     }
 
-    /// Leases a dedicated connection to `node` within `deadline`.
-    pub(crate) async fn lease(&self, node: &Arc<Node>, deadline: Instant) -> Result<Lease> {
+    /// Leases a dedicated connection to `node` within `deadline`; for a `blocking`
+    /// command, within its share of the limits ([`blocking_share`]).
+    pub(crate) async fn lease(
+        &self,
+        node: &Arc<Node>,
+        deadline: Instant,
+        blocking: bool,
+    ) -> Result<Lease> {
+        let asked = Instant::now();
+        let share = |limit: &Arc<tokio::sync::Semaphore>| {
+            tokio::time::timeout_at(deadline, Arc::clone(limit).acquire_owned())
+        };
+        let blocking = if blocking {
+            let closed = |_| Error::ConnectionLost {
+                may_have_executed: false,
+            };
+            let at_node = share(&node.blocking)
+                .await
+                .map_err(|_| Error::Timeout)?
+                .map_err(closed)?;
+            let in_client = share(&self.blocking_limit)
+                .await
+                .map_err(|_| Error::Timeout)?
+                .map_err(closed)?;
+            Some((at_node, in_client))
+        } else {
+            None
+        };
         // The node's connection first, then one of the client-wide `max_connections`:
         // a request queued for a busy node's full pool holds none of those, which
         // requests to other nodes could use meanwhile.
-        let asked = Instant::now();
         let pool = node.dedicated_pool()?;
         let conn = tokio::time::timeout_at(deadline, pool.get())
             .await
             .map_err(|_| Error::Timeout)?
             .map_err(pool_error)?;
-        let permit =
-            tokio::time::timeout_at(deadline, Arc::clone(&self.dedicated_limit).acquire_owned())
-                .await
-                .map_err(|_| Error::Timeout)?
-                .map_err(|_| Error::ConnectionLost {
-                    may_have_executed: false,
-                })?;
+        let permit = share(&self.dedicated_limit)
+            .await
+            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::ConnectionLost {
+                may_have_executed: false,
+            })?;
         Ok(Lease {
             conn: Some(conn),
             node: Arc::clone(node),
             _permit: permit,
+            _blocking: blocking,
             clean: true,
             waited: asked.elapsed(),
         })
@@ -297,7 +341,10 @@ impl Inner {
                 .admitted_lease(
                     &node,
                     &target,
-                    redirect.is_some(),
+                    LeaseFor {
+                        redirected: redirect.is_some(),
+                        blocking: true,
+                    },
                     &backoff,
                     &mut retries,
                     lease_deadline,
@@ -412,7 +459,10 @@ impl Inner {
                 .admitted_lease(
                     &node,
                     &target,
-                    moved_to.is_some(),
+                    LeaseFor {
+                        redirected: moved_to.is_some(),
+                        blocking: false,
+                    },
                     &backoff,
                     &mut retries,
                     deadline,
@@ -614,10 +664,11 @@ impl Durability {
 
 impl Inner {
     /// Admits a request to `node` through its breaker and leases one of its dedicated
-    /// connections, for `watch` and `send_durable`. `Ok(None)` when the request should
-    /// try again, after the backoff this waited: the breaker is open but the slot is
-    /// served elsewhere now (or `redirected` took it here), or the connect failed for
-    /// the node's reasons (recorded; a refresh asked for). Nothing was sent either way.
+    /// connections, for `send_blocking`, `watch` and `send_durable`. `Ok(None)` when the
+    /// request should try again, after the backoff this waited: the breaker is open but
+    /// the slot is served elsewhere now (or a redirect took it here), or the connect
+    /// failed for the node's reasons (recorded; a refresh asked for). Nothing was sent
+    /// either way.
     ///
     /// # Errors
     ///
@@ -628,7 +679,7 @@ impl Inner {
         &self,
         node: &'a Arc<Node>,
         target: &Target,
-        redirected: bool,
+        purpose: LeaseFor,
         backoff: &crate::policy::Backoff,
         retries: &mut u32,
         deadline: Instant,
@@ -638,13 +689,13 @@ impl Inner {
             let open = Error::CircuitOpen {
                 node: node.addr.to_string(),
             };
-            if !redirected && !self.routed_elsewhere(node, target, true) {
+            if !purpose.redirected && !self.routed_elsewhere(node, target, true) {
                 return Err(open);
             }
             self.wait_retry(backoff, retries, deadline, open).await?;
             return Ok(None);
         };
-        match self.lease(node, deadline).await {
+        match self.lease(node, deadline, purpose.blocking).await {
             Ok(lease) => Ok(Some((admitted, lease))),
             // Our own deadline, or a refusal (credentials): not the node's fault. If this
             // was the breaker's probe, `admitted` hands over to the next request.
@@ -688,7 +739,10 @@ impl Inner {
                 .admitted_lease(
                     &node,
                     &target,
-                    redirected,
+                    LeaseFor {
+                        redirected,
+                        blocking: false,
+                    },
                     &backoff,
                     &mut retries,
                     lease_deadline,

@@ -1323,7 +1323,7 @@ impl Inner {
         // A node busy with a script refuses a new connection's handshake when it names
         // the client over RESP2 (`CLIENT SETNAME` may not run then): try the shared
         // connection, which reaches a script started by another client.
-        let Ok(mut lease) = self.lease(&node, deadline).await else {
+        let Ok(mut lease) = self.lease(&node, deadline, false).await else {
             let target = Target::Node(Arc::clone(addr));
             return self
                 .send_named(command.into(), name, target, false, deadline)

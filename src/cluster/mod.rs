@@ -115,6 +115,9 @@ pub(crate) struct Inner {
     registry: NodeRegistry,
     /// Dedicated connections in use, across nodes (`max_connections`).
     pub(crate) dedicated_limit: Arc<tokio::sync::Semaphore>,
+    /// Of `dedicated_limit`, what blocking commands may hold at once (see
+    /// [`dedicated::blocking_share`]).
+    pub(crate) blocking_limit: Arc<tokio::sync::Semaphore>,
     signal: Arc<RefreshSignal>,
     counters: Counters,
     /// Requests sent, for the retry budget.
@@ -213,6 +216,9 @@ impl ClusterClient {
             probe_timeout: config.response_timeout,
         };
         let dedicated_limit = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+        let blocking_limit = Arc::new(tokio::sync::Semaphore::new(dedicated::blocking_share(
+            config.max_connections,
+        )));
         let budget = config.retry_budget;
         let metrics_client: Arc<str> =
             Arc::from(config.connect.client_name.as_deref().unwrap_or("default"));
@@ -222,6 +228,7 @@ impl ClusterClient {
             routes: ArcSwap::from_pointee(Routes::default()),
             registry: NodeRegistry::new(settings),
             dedicated_limit,
+            blocking_limit,
             signal: Arc::new(RefreshSignal::default()),
             counters: Counters::default(),
             requests: AtomicU64::new(0),

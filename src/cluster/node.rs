@@ -130,6 +130,9 @@ pub(crate) struct Node {
     conns: Box<[Slot]>,
     turn: AtomicUsize,
     dedicated: OnceLock<DedicatedPool>,
+    /// Dedicated connections blocking commands may hold at once: all of the pool but
+    /// one ([`crate::cluster::dedicated::blocking_share`]).
+    pub(crate) blocking: Arc<tokio::sync::Semaphore>,
     /// True while the breaker is closed with no recent failure: then requests neither
     /// check nor update it, and take no lock.
     quiet: AtomicBool,
@@ -226,6 +229,9 @@ impl Node {
             conns,
             turn: AtomicUsize::new(0),
             dedicated: OnceLock::new(),
+            blocking: Arc::new(tokio::sync::Semaphore::new(
+                crate::cluster::dedicated::blocking_share(settings.dedicated),
+            )),
             quiet: AtomicBool::new(true),
             breaker: Mutex::new(Breaker::new(settings.breaker, settings.probe_timeout)),
             reconnect: Mutex::new(Reconnect::default()),
