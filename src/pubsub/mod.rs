@@ -83,9 +83,11 @@
 //! (default 1024) events; the subscriber never waits for the consumer, and messages
 //! never take more room than that. When the queue is full,
 //! [`SubscriberConfig::overflow`] decides: [`OverflowPolicy::DropOldest`] (the default)
-//! drops the oldest queued message (never a `Gap` or `Lost` notice, which is queued
-//! past the bound when no message is left to drop: notices come one per interruption
-//! and channel, not per message) and counts it, and the consumer gets a
+//! drops the oldest queued message (never a `Gap` or `Lost` notice: when no message
+//! is left to drop, a new notice joins its channels to a queued one of its kind, or is
+//! queued past the bound if there is none, so a node that restarts again and again
+//! while the consumer stalls adds nothing after its first notice) and counts it, and
+//! the consumer gets a
 //! [`PubSubEvent::Lagged`] with the count before the next event;
 //! [`OverflowPolicy::Disconnect`] closes the subscriber: the stream yields what was
 //! queued and then ends. [`Subscriber::stats`] has the counters.

@@ -71,8 +71,10 @@ impl EventQueue {
                     // The oldest message goes; a `Gap` or `Lost` stays, or the consumer
                     // would not learn which channels missed messages or are gone. With
                     // no message queued, a new message is the one dropped, and a new
-                    // notice is kept beyond the bound (notices come one per
-                    // interruption, not one per message).
+                    // notice joins a queued one of its kind (nothing but notices
+                    // queued, their order tells nothing), or is kept beyond the bound:
+                    // a node restarting again and again while the consumer stalls adds
+                    // no notice after the first.
                     let oldest_message = state
                         .events
                         .iter()
@@ -88,7 +90,14 @@ impl EventQueue {
                             state.unreported += 1;
                             return true;
                         }
-                        None => {}
+                        None => match join_notice(&mut state.events, event) {
+                            None => return true,
+                            Some(unlike) => {
+                                state.events.push_back(unlike);
+                                state.peak = state.peak.max(state.events.len());
+                                return true;
+                            }
+                        },
                     }
                 }
                 OverflowPolicy::Disconnect => {
@@ -156,6 +165,63 @@ impl EventQueue {
     }
 }
 
+/// Adds the channels and patterns of `notice` (a `Gap` or `Lost`) to a queued notice of
+/// the same kind (sharded or not; for `Lost`, the same refusal); hands `notice` back
+/// when there is none.
+fn join_notice(events: &mut VecDeque<PubSubEvent>, notice: PubSubEvent) -> Option<PubSubEvent> {
+    fn unite(into: &mut Vec<bytes::Bytes>, from: Vec<bytes::Bytes>) {
+        for name in from {
+            if !into.contains(&name) {
+                into.push(name);
+            }
+        }
+    }
+    let same = |queued: &PubSubEvent| match (queued, &notice) {
+        (PubSubEvent::Gap { sharded: a, .. }, PubSubEvent::Gap { sharded: b, .. }) => a == b,
+        (
+            PubSubEvent::Lost {
+                sharded: a,
+                error: e,
+                ..
+            },
+            PubSubEvent::Lost {
+                sharded: b,
+                error: f,
+                ..
+            },
+        ) => a == b && e == f,
+        _ => false,
+    };
+    let Some(queued) = events.iter_mut().rev().find(|queued| same(queued)) else {
+        return Some(notice);
+    };
+    match (queued, notice) {
+        (
+            PubSubEvent::Gap {
+                channels, patterns, ..
+            }
+            | PubSubEvent::Lost {
+                channels, patterns, ..
+            },
+            PubSubEvent::Gap {
+                channels: more_channels,
+                patterns: more_patterns,
+                ..
+            }
+            | PubSubEvent::Lost {
+                channels: more_channels,
+                patterns: more_patterns,
+                ..
+            },
+        ) => {
+            unite(channels, more_channels);
+            unite(patterns, more_patterns);
+            None
+        }
+        (_, notice) => Some(notice),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +240,53 @@ mod tests {
     fn next(q: &EventQueue) -> Poll<Option<PubSubEvent>> {
         let waker = futures_util::task::noop_waker();
         q.poll_next(&mut Context::from_waker(&waker))
+    }
+
+    fn gap(channels: &[&'static str], sharded: bool) -> PubSubEvent {
+        PubSubEvent::Gap {
+            channels: channels
+                .iter()
+                .map(|c| Bytes::from_static(c.as_bytes()))
+                .collect(),
+            patterns: Vec::new(),
+            sharded,
+        }
+    }
+
+    #[test]
+    fn notices_past_the_bound_join_a_queued_one_of_their_kind() {
+        let q = EventQueue::new(2, OverflowPolicy::DropOldest);
+        assert!(q.push(gap(&["a"], false)));
+        assert!(q.push(gap(&["s"], true)));
+        // A node restarting again and again while nobody reads.
+        for _ in 0..100 {
+            assert!(q.push(gap(&["a", "b"], false)));
+            assert!(q.push(gap(&["t"], true)));
+        }
+        assert_eq!(q.counters().queued, 2);
+        assert_eq!(next(&q), Poll::Ready(Some(gap(&["a", "b"], false))));
+        assert_eq!(next(&q), Poll::Ready(Some(gap(&["s", "t"], true))));
+        // A message is dropped rather than a notice is joined; one of another kind is
+        // kept beyond the bound.
+        assert!(q.push(message(1)));
+        assert!(q.push(gap(&["c"], false)));
+        assert!(q.push(gap(&["d"], false)));
+        assert!(q.push(gap(&["e"], false)));
+        let lost = PubSubEvent::Lost {
+            channels: vec![Bytes::from_static(b"f")],
+            patterns: Vec::new(),
+            sharded: false,
+            error: crate::ServerError::new("NOPERM no"),
+        };
+        assert!(q.push(lost.clone()));
+        assert_eq!(q.counters().queued, 3);
+        assert_eq!(
+            next(&q),
+            Poll::Ready(Some(PubSubEvent::Lagged { dropped: 1 }))
+        );
+        assert_eq!(next(&q), Poll::Ready(Some(gap(&["c"], false))));
+        assert_eq!(next(&q), Poll::Ready(Some(gap(&["d", "e"], false))));
+        assert_eq!(next(&q), Poll::Ready(Some(lost)));
     }
 
     #[test]
@@ -216,7 +329,8 @@ mod tests {
         assert_eq!(next(&q), Poll::Ready(Some(gap.clone())));
         assert_eq!(next(&q), Poll::Ready(Some(message(3))));
         assert_eq!(next(&q), Poll::Ready(Some(message(4))));
-        // A queue of notices only: a new message is dropped, a new notice kept.
+        // A queue of notices only: a new message is dropped, a new notice joins the
+        // queued one.
         let q = EventQueue::new(1, OverflowPolicy::DropOldest);
         assert!(q.push(gap.clone()));
         assert!(q.push(message(5)));
@@ -225,8 +339,8 @@ mod tests {
             next(&q),
             Poll::Ready(Some(PubSubEvent::Lagged { dropped: 1 }))
         );
-        assert_eq!(next(&q), Poll::Ready(Some(gap.clone())));
         assert_eq!(next(&q), Poll::Ready(Some(gap)));
+        assert_eq!(next(&q), Poll::Pending);
     }
 
     #[test]
