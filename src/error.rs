@@ -338,15 +338,27 @@ impl ServerError {
 
 /// Where a reply to an unknown command starts quoting the command's arguments.
 const ARGS_QUOTED: &str = ", with args beginning with:";
+/// Where `ACL SETUSER`'s refusal quotes the rule it refused: `>password`, `#hash`.
+const RULE_QUOTED: &str = "Error in ACL SETUSER modifier '";
 
 impl ServerError {
-    /// The reply as `Display` and `Debug` show it: without quoted arguments.
+    /// The reply as `Display` and `Debug` show it: without quoted arguments or rules,
+    /// which may be passwords.
     fn shown(&self) -> std::borrow::Cow<'_, str> {
         let text = String::from_utf8_lossy(&self.text);
-        match text.find(ARGS_QUOTED) {
-            Some(at) => format!("{}{ARGS_QUOTED} (not shown)", &text[..at]).into(),
-            None => text,
+        if let Some(at) = text.find(ARGS_QUOTED) {
+            return format!("{}{ARGS_QUOTED} (not shown)", &text[..at]).into();
         }
+        if let Some(at) = text.find(RULE_QUOTED) {
+            let quoted = at + RULE_QUOTED.len();
+            // The reason follows the rule's closing quote; the rule may hold quotes.
+            let reason = text[quoted..]
+                .rfind("': ")
+                .map_or("", |end| &text[quoted + end + 1..]);
+            let head = &text[..quoted - 1];
+            return format!("{head}(not shown){reason}").into();
+        }
+        text
     }
 }
 

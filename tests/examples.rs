@@ -244,6 +244,10 @@ fn an_example_reaches_announced_host_names_through_the_environment_remap() {
     let env = [
         ("REDIS_CLUSTER_NODES", local.seeds().join(",")),
         ("REDIS_ADDRESS_REMAP", pairs.join(",")),
+        // Set but empty, as a deployment's template may leave them: unset, as in a URL
+        // (the cluster has no password).
+        ("REDIS_USERNAME", String::new()),
+        ("REDIS_PASSWORD", String::new()),
     ];
     let (elapsed, stdout) = run_example(&binary, &env).unwrap_or_else(|why| panic!("{why}"));
     eprintln!(

@@ -585,7 +585,8 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
         "{res:?}"
     );
     local.finish_slot_migration(migration).await.unwrap();
-    // And replica reads need +readonly: the handshake's READONLY gets NOPERM.
+    // And replica reads need +readonly: the handshake's READONLY gets NOPERM, a
+    // refusal of the user's rights that no command of the caller's met.
     let err = NodeConnection::connect(
         &local.node_addr(0),
         &redcluster::ConnectOptions::default()
@@ -595,7 +596,11 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
     )
     .await
     .unwrap_err();
-    assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+    assert!(
+        matches!(&err, Error::Auth(text) if text.contains("READONLY") && text.contains("NOPERM")),
+        "{err:?}"
+    );
+    assert!(!err.may_have_executed());
 }
 
 // ---- TLS --------------------------------------------------------------------------------
@@ -1174,4 +1179,90 @@ async fn acl_changes_through_the_client_reach_every_node() {
         .unwrap();
     assert_eq!(deleted, 1);
     exists_everywhere(false).await;
+}
+
+/// What the handshake may meet from a user's own settings, on a real cluster: a
+/// `nopass` user named without a password logs in as that user (it ran as `default`);
+/// a setting the server refuses at every connect says so as the caller's error,
+/// `may_have_executed() == false` (it said a command may have run, and counted
+/// against the node); and an `ACL SETUSER` the server refuses does not show the rule
+/// it quotes, which may be a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_refusals_and_acl_errors_say_what_they_are_and_hide_passwords() {
+    let local = acl_cluster().await;
+    set_user(
+        &local,
+        &format!(
+            "guest on nopass ~guest:* +@read +@write -@dangerous +acl|whoami +client|setname \
+             {CLIENT_PERMISSIONS}"
+        ),
+    )
+    .await;
+    let guest = ClusterClient::builder()
+        .nodes(local.seeds())
+        .username("guest")
+        .build()
+        .await
+        .unwrap();
+    let whoami: String = guest.query(cmd("ACL").arg("WHOAMI")).await.unwrap();
+    assert_eq!(whoami, "guest", "not `default`");
+    guest.set("guest:k", 1).await.unwrap();
+
+    // A client name the server refuses: `build()` says so before connecting, and a
+    // node connection given one gets the server's refusal as a setting error.
+    let named = ClusterClient::builder()
+        .nodes(local.seeds())
+        .username("guest")
+        .client_name("checkout svc")
+        .build()
+        .await;
+    assert!(matches!(named, Err(Error::Config(_))), "{named:?}");
+    let mut options = redcluster::ConnectOptions::default()
+        .username("guest")
+        .protocol(redcluster::Protocol::Resp2);
+    options.client_name = Some("checkout svc".into());
+    let refused = NodeConnection::connect(&local.node_addr(0), &options).await;
+    match refused {
+        Err(e @ Error::Config(_)) => assert!(!e.may_have_executed(), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    // A user without `+client|setname`, on RESP2 where the name is a command of its
+    // own: refused for the user's rights.
+    set_user(&local, "guest -client|setname").await;
+    options.client_name = Some("checkout-svc".into());
+    let refused = NodeConnection::connect(&local.node_addr(0), &options).await;
+    match refused {
+        Err(e @ Error::Auth(_)) => {
+            assert!(!e.may_have_executed(), "{e}");
+            assert!(e.to_string().contains("NOPERM"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // `<password` removes a password the user does not have: the server quotes it.
+    let admin = local.connect_node(0).await.unwrap();
+    let reply = admin
+        .send(
+            cmd("ACL")
+                .arg("SETUSER")
+                .arg("guest")
+                .arg("<Quoted-pa55-Xy71"),
+        )
+        .await
+        .unwrap();
+    let Value::ServerError(e) = reply else {
+        panic!("ACL SETUSER accepted the removal of a password never set: {reply:?}");
+    };
+    assert!(
+        String::from_utf8_lossy(e.as_bytes()).contains("Quoted-pa55-Xy71"),
+        "the server quotes the rule: {e:?}"
+    );
+    for shown in [
+        e.to_string(),
+        format!("{e:?}"),
+        Error::Server(e.clone()).to_string(),
+    ] {
+        assert!(!shown.contains("Quoted-pa55-Xy71"), "{shown}");
+        assert!(shown.contains("ACL SETUSER"), "{shown}");
+    }
 }

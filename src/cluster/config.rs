@@ -617,7 +617,8 @@ impl ClusterClientBuilder {
         self
     }
 
-    /// `CLIENT SETNAME` for every connection. Default none.
+    /// `CLIENT SETNAME` for every connection. Default none. Printable ASCII without
+    /// spaces (`!` to `~`), as the server requires; `build()` refuses another name.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -1059,6 +1060,14 @@ impl Config {
                 )));
             }
         }
+        // The server refuses it at every connect (`CLIENT SETNAME`'s rule).
+        if let Some(name) = &self.connect.client_name {
+            if !name.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+                return Err(Error::Config(
+                    "client_name must be printable ASCII without spaces ('!' to '~')".into(),
+                ));
+            }
+        }
         // Zero fails every connect or request before it starts.
         let timeouts = [
             ("connect_timeout", self.connect.connect_timeout),
@@ -1255,10 +1264,11 @@ pub(crate) fn builder_from_env() -> Result<ClusterClientBuilder> {
         .filter(|s| !s.is_empty())
         .collect();
     let mut builder = ClusterClientBuilder::default().nodes(seeds);
-    if let Ok(password) = std::env::var("REDIS_PASSWORD") {
+    // Empty counts as unset, as in a URL (`redis://:@host`).
+    if let Some(password) = env_text("REDIS_PASSWORD")?.filter(|p| !p.is_empty()) {
         builder = builder.password(password);
     }
-    if let Ok(username) = std::env::var("REDIS_USERNAME") {
+    if let Some(username) = env_text("REDIS_USERNAME")?.filter(|u| !u.is_empty()) {
         builder = builder.username(username);
     }
     let rediss = nodes.split(',').any(|s| s.trim().starts_with("rediss://"));

@@ -43,6 +43,9 @@ where
         }
         None => (options.username.clone(), options.password.clone()),
     };
+    // A user name alone is a `nopass` ACL user's login (any password is theirs): sent
+    // with an empty one, rather than left out to run the connection as `default`.
+    let password = password.or_else(|| username.as_ref().map(|_| Secret::new("")));
     let mut protocol = Protocol::Resp2;
     let mut authenticated = false;
     if options.protocol == Protocol::Resp3 {
@@ -160,16 +163,22 @@ fn auth_error(e: &ServerError, password: Option<&Secret>) -> Error {
     })
 }
 
+/// The error of a handshake `step` the server refused. None of the caller's commands
+/// was sent, and a refusal that will come again at every connect is no failure of the
+/// node: an ACL user without the permission (`+readonly`, `+client|setname`) is
+/// [`Error::Auth`], a refused setting (a client name with a space, a renamed command)
+/// [`Error::Config`]. A passing state (`LOADING`, `BUSY`) stays a failure of the node,
+/// to be retried.
 fn handshake_error(step: &str, e: &ServerError) -> Error {
     if is_auth_error(e) {
         return auth_error(e, None);
     }
-    // An ACL user without the permission (`+readonly`, `+client|setname`): keep the
-    // server's NOPERM so that callers can tell it apart.
-    if e.code() == "NOPERM" {
-        return Error::Server(e.clone());
+    let text = format!("{step} refused during the handshake: {e}");
+    match e.code() {
+        "NOPERM" => Error::Auth(text),
+        "ERR" => Error::Config(text),
+        _ => Error::Protocol(text),
     }
-    Error::Protocol(format!("{step} failed during the handshake: {e}"))
 }
 
 struct Io<'a, R, W> {
