@@ -1149,6 +1149,8 @@ impl Inner {
     pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
         let known = knows(&self.routes.load(), addr);
         self.registry.replace(&self.routes, |current| {
+            // A refresh that began before this must not undo it (see `Moves`).
+            super::node::lock(&self.moves).note(slot, addr);
             let moved = current.map.primary(slot).is_none_or(|p| &**p != addr);
             moved.then(|| current.map.with_moved(slot, addr))
         });

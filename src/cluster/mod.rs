@@ -126,6 +126,8 @@ pub(crate) struct Inner {
     /// The `client` label of this client's cluster gauges: its `client_name`, or
     /// `default`.
     pub(crate) metrics_client: Arc<str>,
+    /// `MOVED` patches an install must not undo (see [`refresh::Moves`]).
+    pub(crate) moves: Mutex<refresh::Moves>,
     /// `COMMAND INFO` answers for commands missing from the built-in table (modules).
     learned: Mutex<Vec<(Vec<u8>, Option<&'static crate::cmd::CommandInfo>)>>,
     /// When a `COMMAND INFO` lookup last went unanswered (refused, or no connection).
@@ -233,6 +235,7 @@ impl ClusterClient {
             counters: Counters::default(),
             requests: AtomicU64::new(0),
             budget: Mutex::new(crate::policy::RetryBudget::new(budget)),
+            moves: Mutex::new(refresh::Moves::default()),
             learned: Mutex::new(Vec::new()),
             lookup_failed_at: Mutex::new(None),
         });
@@ -245,7 +248,7 @@ impl ClusterClient {
         let lazy = inner.config.lazy_connect;
         if !lazy {
             let map = inner.fetch_view(&seeds).await?;
-            inner.install(map, RefreshTrigger::Periodic);
+            inner.install(map, RefreshTrigger::Periodic, 0);
         }
         if let Some(interval) = inner.config.health_check_interval {
             tokio::spawn(health::health_task(Arc::downgrade(&inner), interval));

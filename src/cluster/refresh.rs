@@ -44,6 +44,46 @@ const ANSWER_GRACE: Duration = Duration::from_millis(250);
 /// a refresh that waits on a hung node serves no one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `MOVED` patches a refresh that began before them must keep. A view fetched before
+/// a node said "slot 42 is at B now" would take slot 42 back to the node that sent the
+/// client away: every request for it would pay a redirect until a later refresh. An
+/// install keeps the patches made since its refresh began (see [`Moves::mark`]) where its
+/// view disagrees, and forgets the older ones, which its view supersedes: a patch lives
+/// through one install at most, so a wrong one does not outlive the next refresh.
+#[derive(Debug, Default)]
+pub(crate) struct Moves {
+    /// The number the next patch gets.
+    next: u64,
+    /// The last patch of each slot, and its number.
+    patches: std::collections::HashMap<u16, (Arc<str>, u64)>,
+}
+
+impl Moves {
+    /// Taken when a refresh begins: the patches numbered from here on are newer than
+    /// its view.
+    pub(crate) fn mark(&self) -> u64 {
+        self.next
+    }
+
+    /// Notes that a `MOVED` pointed `slot` at `addr`.
+    pub(crate) fn note(&mut self, slot: u16, addr: &str) {
+        self.patches.insert(slot, (Arc::from(addr), self.next));
+        self.next += 1;
+    }
+
+    /// `view`, fetched by a refresh that began at `mark`, with the patches made since on
+    /// top; the older patches are forgotten.
+    pub(crate) fn keep_newer(&mut self, mut view: SlotMap, mark: u64) -> SlotMap {
+        self.patches.retain(|_, (_, number)| *number >= mark);
+        for (slot, (addr, _)) in &self.patches {
+            if view.primary(*slot).is_none_or(|p| p != addr) {
+                view.move_slot(*slot, addr);
+            }
+        }
+        view
+    }
+}
+
 /// The doorbell between request paths and the refresh task.
 #[derive(Debug, Default)]
 pub(crate) struct RefreshSignal {
@@ -157,6 +197,7 @@ impl Inner {
     /// Asks nodes for the topology and installs the view they agree on.
     pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<()> {
         self.signal.degraded.store(false, Ordering::Relaxed);
+        let mark = lock(&self.moves).mark();
         let current = self.routes.load_full();
         let mut candidates: Vec<Arc<str>> = current.map.nodes();
         fastrand::shuffle(&mut candidates);
@@ -180,7 +221,7 @@ impl Inner {
         };
         *lock(&self.signal.discovery_error) = None;
         crate::observe::metrics::topology_refresh(trigger.as_str());
-        if !self.install(map, trigger) {
+        if !self.install(map, trigger, mark) {
             self.publish_gauges(&[]);
         }
         // Counted once installed: whoever sees the count move sees the new snapshot.
@@ -273,22 +314,25 @@ impl Inner {
         })
     }
 
-    /// Installs `map` as the routing snapshot unless it routes exactly as the current one;
-    /// whether it did.
-    pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger) -> bool {
+    /// Installs `map`, fetched by a refresh that began at `mark`, as the routing snapshot
+    /// with the `MOVED` patches made since on top ([`Moves`]), unless it routes exactly as
+    /// the current one; whether it did.
+    pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger, mark: u64) -> bool {
         let previous = lock(&self.signal.last_view).replace(map.clone());
         if previous.as_ref() != Some(&map) {
             let previous = previous.unwrap_or_default();
             crate::observe::events::topology_changed(&previous, &map, trigger.as_str());
         }
-        let members = map.nodes();
-        self.registry.settings().announced.retain(&members);
-        let replaced = self
-            .registry
-            .replace(&self.routes, |current| (current.map != map).then_some(map));
+        self.registry.settings().announced.retain(&map.nodes());
+        // Under the registry's lock, as a patch is made: none comes in between.
+        let replaced = self.registry.replace(&self.routes, |current| {
+            let map = lock(&self.moves).keep_newer(map, mark);
+            (current.map != map).then_some(map)
+        });
         let Some(previous) = replaced else {
             return false;
         };
+        let members = self.routes.load().map.nodes();
         // Nodes that left: their per-node gauges are zeroed.
         let removed: Vec<Arc<str>> = previous
             .map
@@ -351,6 +395,33 @@ mod tests {
         assert!(settling(&[served.clone(), empty.clone()], true));
         assert!(!settling(&[served.clone(), empty], false));
         assert!(!settling(&[served], true));
+    }
+
+    #[test]
+    fn a_view_fetched_before_a_moved_keeps_it_and_a_later_view_has_the_last_word() {
+        let same = |a: &str| a.to_string();
+        let stale = topology::slot_map(&[shard(7000, vec![(0, 16383)], true)], &same);
+        let a = "127.0.0.1:7000";
+        let b = "127.0.0.1:7002";
+        let mut moves = Moves::default();
+        let before = moves.mark();
+        // While a refresh runs, node A says slot 42 is at B now.
+        moves.note(42, b);
+        let installed = moves.keep_newer(stale.clone(), before);
+        assert_eq!(installed.primary(42).map(|p| &**p), Some(b));
+        assert_eq!(installed.primary(41).map(|p| &**p), Some(a));
+        // A refresh that began after the MOVED has the last word, even a stale one (a
+        // wrong patch does not outlive it), and the patch is forgotten.
+        let after = moves.mark();
+        let installed = moves.keep_newer(stale.clone(), after);
+        assert_eq!(installed.primary(42).map(|p| &**p), Some(a));
+        assert!(moves.patches.is_empty());
+        // A view that agrees with the patch is installed as it is.
+        let mut moved = stale.clone();
+        moved.move_slot(42, b);
+        let mark = moves.mark();
+        moves.note(42, b);
+        assert_eq!(moves.keep_newer(moved.clone(), mark), moved);
     }
 
     #[test]

@@ -178,22 +178,27 @@ impl SlotMap {
     /// until the next refresh tells the whole story.
     pub(crate) fn with_moved(&self, slot: u16, addr: &str) -> SlotMap {
         let mut next = self.clone();
-        let index = match next.shards.iter().position(|s| &*s.primary == addr) {
+        next.move_slot(slot, addr);
+        next
+    }
+
+    /// [`SlotMap::with_moved`], in place.
+    pub(crate) fn move_slot(&mut self, slot: u16, addr: &str) {
+        let index = match self.shards.iter().position(|s| &*s.primary == addr) {
             Some(i) => i,
             None => {
-                next.shards.push(Shard {
+                self.shards.push(Shard {
                     primary: Arc::from(addr),
                     replicas: Vec::new(),
                 });
-                next.shards.len() - 1
+                self.shards.len() - 1
             }
         };
         if let (Ok(index), Some(entry)) =
-            (u16::try_from(index), next.slots.get_mut(usize::from(slot)))
+            (u16::try_from(index), self.slots.get_mut(usize::from(slot)))
         {
             *entry = index;
         }
-        next
     }
 }
 
