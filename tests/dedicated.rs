@@ -373,6 +373,21 @@ async fn several_multiplexed_connections_per_node_share_the_load() {
     }
 }
 
+/// Waits (5 s at most) until a client is blocked on the node serving `key`, or until
+/// none is (`blocked` false).
+async fn until_blocked(local: &LocalCluster, client: &ClusterClient, key: &str, blocked: bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (blocked_clients(local, client, key).await > 0) != blocked {
+        let what = if blocked {
+            "never blocked"
+        } else {
+            "still blocks"
+        };
+        assert!(Instant::now() < deadline, "the command on {key} {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `blocked_clients` of the node serving `key`, from `INFO clients`.
 async fn blocked_clients(local: &LocalCluster, client: &ClusterClient, key: &str) -> u64 {
     let index = support::owner_index(local, client, key);
@@ -403,11 +418,7 @@ async fn a_request_queued_for_a_busy_node_leaves_other_nodes_their_connections()
         let client = client.clone();
         tokio::spawn(async move { client.query::<Value>(cmd("BLPOP").arg(busy).arg(2)).await })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while blocked_clients(&local, &client, busy).await == 0 {
-        assert!(Instant::now() < deadline, "the BLPOP never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&local, &client, busy, true).await;
     // A second one for that node, allowed to wait 5 s: polled once, it is queued.
     let patient = client.with_response_timeout(Duration::from_secs(5));
     let mut queued = Box::pin(async move {
@@ -447,11 +458,7 @@ async fn waiting_for_a_dedicated_connection_costs_the_request_timeout_not_its_bl
                 .await
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while blocked_clients(&local, &client, "{q}:held").await == 0 {
-        assert!(Instant::now() < deadline, "the BLPOP never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&local, &client, "{q}:held", true).await;
     // A second blocking command cannot get a connection: it fails after the request
     // timeout, unsent, instead of waiting out its own 10 s block time.
     let started = Instant::now();
@@ -484,24 +491,14 @@ async fn a_dropped_blpop_leaves_later_jobs_to_the_next_consumer() {
         .unwrap();
     let key = "{q}:dropped";
     let blpop = client.query::<Value>(cmd("BLPOP").arg(key).arg(0));
-    let waiting = async {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while blocked_clients(&local, &client, key).await == 0 {
-            assert!(Instant::now() < deadline, "the BLPOP never blocked");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let waiting = until_blocked(&local, &client, key, true);
     // The BLPOP blocks on the server; then its future is dropped.
     tokio::select! {
         r = blpop => panic!("BLPOP k 0 answered with nothing pushed: {r:?}"),
         () = waiting => {}
     }
     // Its connection is closed, so the server stops blocking it ...
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while blocked_clients(&local, &client, key).await > 0 {
-        assert!(Instant::now() < deadline, "the dropped BLPOP still blocks");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&local, &client, key, false).await;
     // ... and a job pushed now waits for the next consumer, who gets it.
     client.rpush(key, ["job-1"]).await.unwrap();
     let left: i64 = client.query(cmd("LLEN").arg(key)).await.unwrap();
@@ -536,11 +533,7 @@ async fn a_blocking_command_leased_late_still_gets_its_reply() {
                 .await
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while blocked_clients(&local, &client, held).await == 0 {
-        assert!(Instant::now() < deadline, "the first BLPOP never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&local, &client, held, true).await;
     // A second one waits for that connection for most of its response timeout.
     let started = Instant::now();
     let waiting = {
@@ -555,11 +548,7 @@ async fn a_blocking_command_leased_late_still_gets_its_reply() {
     client.rpush(held, ["release"]).await.unwrap();
     let released = holder.await.unwrap().unwrap();
     assert_eq!(released, Some((held.to_owned(), "release".to_owned())));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while blocked_clients(&local, &client, late).await == 0 {
-        assert!(Instant::now() < deadline, "the second BLPOP never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&local, &client, late, true).await;
     // A script pushes its element, then holds the server until well past the second
     // BLPOP's first deadline (its response timeout plus its block time).
     let hold_until = started + timeout + block + Duration::from_millis(700);
@@ -763,22 +752,12 @@ async fn a_dropped_blpop_on_a_watched_connection_pops_nothing_later() {
     let key = "{w}:jobs";
     let mut watched = client.watch([key]).await.unwrap();
     let blpop = watched.query::<Value>(cmd("BLPOP").arg(key).arg(0));
-    let waiting = async {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while blocked_clients(&local, &client, key).await == 0 {
-            assert!(Instant::now() < deadline, "the BLPOP never blocked");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
+    let waiting = until_blocked(&local, &client, key, true);
     tokio::select! {
         r = blpop => panic!("BLPOP k 0 answered with nothing pushed: {r:?}"),
         () = waiting => {}
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while blocked_clients(&local, &client, key).await > 0 {
-        assert!(Instant::now() < deadline, "the dropped BLPOP still blocks");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&local, &client, key, false).await;
     client.rpush(key, ["job-1"]).await.unwrap();
     let left: i64 = client.query(cmd("LLEN").arg(key)).await.unwrap();
     assert_eq!(left, 1, "the job waits for the next consumer");
@@ -817,11 +796,7 @@ async fn blocked_workers_leave_watch_a_dedicated_connection() {
         })
     };
     let first = worker(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while blocked_clients(&local, &client, queue).await == 0 {
-        assert!(Instant::now() < deadline, "the first worker never blocked");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_blocked(&local, &client, queue, true).await;
     // The second worker finds no share left: it times out unsent.
     let second = tokio::time::timeout(Duration::from_secs(5), worker(client.clone()))
         .await

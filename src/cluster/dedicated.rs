@@ -397,25 +397,19 @@ impl Inner {
                 // Refused before it ran: sent again after a backoff while the deadline
                 // and the retry budget allow, else the refusal is the reply.
                 ErrorAction::ClusterDown | ErrorAction::BackOff => {
-                    if matches!(action, ErrorAction::ClusterDown) {
-                        self.signal.request(RefreshTrigger::ClusterDown);
-                        if !self.config.retry_on_cluster_down {
-                            return Ok(reply);
-                        }
+                    let cluster_down = matches!(action, ErrorAction::ClusterDown);
+                    let again = self.retry_after_refusal(
+                        cluster_down,
+                        &reply,
+                        &backoff,
+                        &mut retries,
+                        lease_deadline,
+                    );
+                    if !again.await {
+                        return Ok(reply);
                     }
                     command = returned(answer.cmds)?;
                     redirect = None;
-                    let Value::ServerError(e) = &reply else {
-                        return Ok(reply);
-                    };
-                    let error = Error::Server(e.clone());
-                    if self
-                        .wait_retry(&backoff, &mut retries, lease_deadline, error)
-                        .await
-                        .is_err()
-                    {
-                        return Ok(reply);
-                    }
                 }
             }
         }
@@ -807,29 +801,51 @@ impl Inner {
                 // TRYAGAIN, CLUSTERDOWN, LOADING, ...: the write did not run; resend it
                 // after a backoff while the deadline and the retry budget allow.
                 ErrorAction::ClusterDown | ErrorAction::BackOff => {
-                    if matches!(action, ErrorAction::ClusterDown) {
-                        self.signal.request(RefreshTrigger::ClusterDown);
-                        if !self.config.retry_on_cluster_down {
-                            return Ok((reply, acked));
-                        }
+                    let cluster_down = matches!(action, ErrorAction::ClusterDown);
+                    let again = self.retry_after_refusal(
+                        cluster_down,
+                        &reply,
+                        &backoff,
+                        &mut retries,
+                        lease_deadline,
+                    );
+                    if !again.await {
+                        return Ok((reply, acked));
                     }
                     redirect = None;
-                    let Value::ServerError(e) = &reply else {
-                        return Ok((reply, acked));
-                    };
-                    let error = Error::Server(e.clone());
-                    if self
-                        .wait_retry(&backoff, &mut retries, lease_deadline, error)
-                        .await
-                        .is_err()
-                    {
-                        return Ok((reply, acked));
-                    }
                 }
             }
         }
         Err(Error::TooManyRedirects {
             redirects: self.config.max_redirects,
         })
+    }
+
+    /// After a passing refusal of a request on a dedicated connection, which did not
+    /// run (`CLUSTERDOWN` when `cluster_down`, else `TRYAGAIN`, `LOADING`, ...): asks for
+    /// a refresh on `CLUSTERDOWN` and waits the backoff. Whether to send it again;
+    /// false when `retry_on_cluster_down` is off or retries or time ran out, and then
+    /// `reply`, the refusal, is the answer.
+    async fn retry_after_refusal(
+        &self,
+        cluster_down: bool,
+        reply: &Value,
+        backoff: &crate::policy::Backoff,
+        retries: &mut u32,
+        deadline: Instant,
+    ) -> bool {
+        if cluster_down {
+            self.signal.request(RefreshTrigger::ClusterDown);
+            if !self.config.retry_on_cluster_down {
+                return false;
+            }
+        }
+        let Value::ServerError(e) = reply else {
+            return false;
+        };
+        let error = Error::Server(e.clone());
+        self.wait_retry(backoff, retries, deadline, error)
+            .await
+            .is_ok()
     }
 }
