@@ -2464,6 +2464,46 @@ async fn a_connection_gone_silent_is_replaced_and_its_node_served_again() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+/// Requests to a dead primary's slots ask for a refresh each, and until its replica is
+/// promoted every refresh finds the same map: the client stretches the interval between
+/// refreshes (to a second), instead of asking three nodes for the topology ten times a
+/// second for as long as the failover takes, with every client doing the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_that_learn_nothing_while_a_primary_is_down_slow_down() {
+    let local = never_failing_over().await;
+    let victim = local.master_of_slot(key_slot(b"down")).await.unwrap();
+    let victim_addr = local.node_addr(victim);
+    let client = ClusterClient::builder()
+        .nodes(seeds_without(&local, &victim_addr))
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(None)
+        .circuit_breaker(CircuitBreakerConfig::default().disabled())
+        .build()
+        .await
+        .unwrap();
+    local.kill(victim).unwrap();
+    let before = client.stats();
+    let window = Instant::now();
+    let mut failed = 0;
+    while window.elapsed() < Duration::from_secs(4) {
+        if client.get::<_, Option<String>>("down").await.is_err() {
+            failed += 1;
+        }
+        // A caller's pace, not a busy loop of instant refusals.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refreshes = client.stats().refreshes - before.refreshes;
+    println!("{failed} failed requests, {refreshes} refreshes in 4 s");
+    // Each fails within its 300 ms, retries included.
+    assert!(
+        failed >= 8,
+        "the dead node's requests failed all along: {failed}"
+    );
+    // 100, 200, 400, 800 ms, then one a second: about seven; at the minimum interval it
+    // would have been about forty.
+    assert!((3..=12).contains(&refreshes), "{refreshes} refreshes");
+}
+
 /// A keyless write sent to a primary that a failover has since made a replica is
 /// answered `READONLY` and did not run: the client learns the new topology and sends it
 /// to a primary again, rather than hand the refusal to the caller.

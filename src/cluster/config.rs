@@ -563,7 +563,9 @@ impl ClusterClientBuilder {
 
     /// Least time between two topology refreshes, however many triggers arrive. Default
     /// 100 ms; from 10 ms to 24 h. Longer than [`Self::refresh_interval`], it spaces the
-    /// periodic refreshes too.
+    /// periodic refreshes too. While refreshes find nothing new (a dead primary waiting
+    /// for its replica's promotion, whose requests each ask for one), the time between
+    /// them doubles after each, up to 1 s (or this, if longer); a change brings it back.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

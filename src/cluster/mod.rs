@@ -648,7 +648,7 @@ impl ClusterClient {
     /// # Ok(()) }
     /// ```
     pub async fn refresh_topology(&self) -> Result<()> {
-        self.inner.refresh(RefreshTrigger::Periodic).await
+        self.inner.refresh(RefreshTrigger::Periodic).await.map(drop)
     }
 }
 

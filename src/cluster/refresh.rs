@@ -187,15 +187,20 @@ pub(crate) async fn refresh_task(
             return;
         };
         limiter.on_refresh(Instant::now().into_std());
-        if let Err(e) = inner.refresh(trigger).await {
-            tracing::warn!(trigger = trigger.as_str(), error = %e, "topology refresh failed");
+        match inner.refresh(trigger).await {
+            Ok(changed) => limiter.on_outcome(changed),
+            Err(e) => {
+                limiter.on_outcome(false);
+                tracing::warn!(trigger = trigger.as_str(), error = %e, "topology refresh failed");
+            }
         }
     }
 }
 
 impl Inner {
-    /// Asks nodes for the topology and installs the view they agree on.
-    pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<()> {
+    /// Asks nodes for the topology and installs the view they agree on; whether that
+    /// changed the routes.
+    pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<bool> {
         self.signal.degraded.store(false, Ordering::Relaxed);
         let mark = lock(&self.moves).mark();
         let current = self.routes.load_full();
@@ -221,12 +226,13 @@ impl Inner {
         };
         *lock(&self.signal.discovery_error) = None;
         crate::observe::metrics::topology_refresh(trigger.as_str());
-        if !self.install(map, trigger, mark) {
+        let changed = self.install(map, trigger, mark);
+        if !changed {
             self.publish_gauges(&[]);
         }
         // Counted once installed: whoever sees the count move sees the new snapshot.
         self.signal.count.fetch_add(1, Ordering::Release);
-        Ok(())
+        Ok(changed)
     }
 
     /// Asks `candidates`, a few at a time, until some answer; returns the view most of

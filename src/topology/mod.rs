@@ -343,10 +343,20 @@ impl RefreshTrigger {
     }
 }
 
-/// Rate limit for refreshes: at most one per `min_interval`, however many triggers.
+/// How far the refresh limiter stretches its interval while refreshes learn nothing new
+/// (never below `refresh_min_interval`).
+pub(crate) const QUIET_INTERVAL_MAX: Duration = Duration::from_secs(1);
+
+/// Rate limit for refreshes: at most one per interval, however many triggers. The
+/// interval is `min_interval` after a refresh that changed the routes, and doubles after
+/// each that did not (or failed), up to [`QUIET_INTERVAL_MAX`]: while a dead primary
+/// waits for its replica's promotion, every request to its slots asks for a refresh,
+/// and a thousand clients asking three nodes ten times a second would load the cluster
+/// when it is weakest. A change is still seen within a second.
 #[derive(Debug)]
 pub(crate) struct RefreshLimiter {
     min_interval: Duration,
+    interval: Duration,
     last: Option<Instant>,
 }
 
@@ -354,6 +364,7 @@ impl RefreshLimiter {
     pub(crate) fn new(min_interval: Duration) -> Self {
         RefreshLimiter {
             min_interval,
+            interval: min_interval,
             last: None,
         }
     }
@@ -363,7 +374,7 @@ impl RefreshLimiter {
         match self.last {
             // `refresh_min_interval(Duration::MAX)` must not overflow the clock.
             Some(last) => last
-                .checked_add(self.min_interval)
+                .checked_add(self.interval)
                 .map_or(Duration::MAX, |next| next.saturating_duration_since(now)),
             None => Duration::ZERO,
         }
@@ -372,6 +383,17 @@ impl RefreshLimiter {
     /// Records that a refresh started at `now`.
     pub(crate) fn on_refresh(&mut self, now: Instant) {
         self.last = Some(now);
+    }
+
+    /// Records whether the last refresh changed the routes.
+    pub(crate) fn on_outcome(&mut self, changed: bool) {
+        self.interval = if changed {
+            self.min_interval
+        } else {
+            self.interval
+                .saturating_mul(2)
+                .min(self.min_interval.max(QUIET_INTERVAL_MAX))
+        };
     }
 }
 
@@ -699,5 +721,30 @@ mod tests {
         let mut never = RefreshLimiter::new(Duration::MAX);
         never.on_refresh(start);
         assert!(never.wait_before_refresh(start) > Duration::from_secs(1 << 40));
+        never.on_outcome(false);
+        assert!(never.wait_before_refresh(start) > Duration::from_secs(1 << 40));
+    }
+
+    #[test]
+    fn refreshes_that_learn_nothing_stretch_the_interval_to_a_second_and_a_change_resets_it() {
+        let start = Instant::now();
+        let mut limiter = RefreshLimiter::new(Duration::from_millis(100));
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            limiter.on_refresh(start);
+            limiter.on_outcome(false);
+            waits.push(limiter.wait_before_refresh(start).as_millis());
+        }
+        assert_eq!(waits, [200, 400, 800, 1000, 1000, 1000]);
+        limiter.on_outcome(true);
+        assert_eq!(
+            limiter.wait_before_refresh(start),
+            Duration::from_millis(100)
+        );
+        // A minimum above the cap is kept.
+        let mut slow = RefreshLimiter::new(Duration::from_secs(5));
+        slow.on_refresh(start);
+        slow.on_outcome(false);
+        assert_eq!(slow.wait_before_refresh(start), Duration::from_secs(5));
     }
 }
