@@ -818,3 +818,49 @@ async fn blocked_workers_leave_watch_a_dedicated_connection() {
     let got = first.await.unwrap().unwrap();
     assert_eq!(got, Some((queue.to_owned(), "job".to_owned())));
 }
+
+/// A blocking command let through as a recovered node's breaker probe settles the
+/// breaker as soon as its connection answers, not when its block time is up: other
+/// requests to the node are served at once, not failed fast for the `BLPOP`'s seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_probe_closes_the_breaker_once_its_connection_answers() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(None)
+        .circuit_breaker(
+            redcluster::CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_millis(300)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let (queue, key) = ("{probe}:q", "{probe}:k");
+    client.set(key, 1).await.unwrap();
+    let owner = support::owner_index(&local, &client, key);
+    local.pause(owner).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        client.get::<_, Option<i64>>(key).await,
+        Err(redcluster::Error::CircuitOpen { .. })
+    ) {
+        assert!(Instant::now() < deadline, "the breaker never opened");
+    }
+    local.resume(owner).unwrap();
+    // Past `open_for`: the next request is the probe.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let probe = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(3))
+                .await
+        })
+    };
+    until_blocked(&local, &client, queue, true).await;
+    let served = client.get::<_, Option<i64>>(key).await;
+    assert!(matches!(served, Ok(Some(1))), "{served:?}");
+    assert_eq!(probe.await.unwrap().unwrap(), None);
+}

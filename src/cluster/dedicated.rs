@@ -259,30 +259,36 @@ impl Inner {
         let share = |limit: &Arc<tokio::sync::Semaphore>| {
             tokio::time::timeout_at(deadline, Arc::clone(limit).acquire_owned())
         };
-        let blocking = if blocking {
-            let closed = |_| Error::ConnectionLost {
-                may_have_executed: false,
-            };
-            let at_node = share(&node.blocking)
-                .await
-                .map_err(|_| Error::Timeout)?
-                .map_err(closed)?;
-            let in_client = share(&self.blocking_limit)
-                .await
-                .map_err(|_| Error::Timeout)?
-                .map_err(closed)?;
-            Some((at_node, in_client))
-        } else {
-            None
+        let closed = |_| Error::ConnectionLost {
+            may_have_executed: false,
         };
-        // The node's connection first, then one of the client-wide `max_connections`:
-        // a request queued for a busy node's full pool holds none of those, which
-        // requests to other nodes could use meanwhile.
+        // The node's share and connection first, then the client-wide ones: a request
+        // queued for a busy node holds none of those, which requests to other nodes
+        // could use meanwhile.
+        let at_node = match blocking {
+            true => Some(
+                share(&node.blocking)
+                    .await
+                    .map_err(|_| Error::Timeout)?
+                    .map_err(closed)?,
+            ),
+            false => None,
+        };
         let pool = node.dedicated_pool()?;
         let conn = tokio::time::timeout_at(deadline, pool.get())
             .await
             .map_err(|_| Error::Timeout)?
             .map_err(pool_error)?;
+        let blocking = match at_node {
+            Some(at_node) => {
+                let in_client = share(&self.blocking_limit)
+                    .await
+                    .map_err(|_| Error::Timeout)?
+                    .map_err(closed)?;
+                Some((at_node, in_client))
+            }
+            None => None,
+        };
         let permit = share(&self.dedicated_limit)
             .await
             .map_err(|_| Error::Timeout)?
@@ -319,6 +325,7 @@ impl Inner {
         deadline: Instant,
         landing: &Landing,
     ) -> Result<Value> {
+        let started = Instant::now();
         let backoff = self.backoff();
         let mut retries = 0u32;
         let mut redirect: Option<Redirect> = None;
@@ -350,16 +357,23 @@ impl Inner {
                     lease_deadline,
                 )
                 .await?;
-            let Some((_admitted, mut lease)) = admitted else {
+            let Some((admitted, mut lease)) = admitted else {
                 redirect = None;
                 continue;
             };
+            // The node answered: the lease's connection was just opened or checked with a
+            // `PING`. Recorded now, not when the command returns: as the breaker's probe,
+            // a `BLPOP k 30` would keep a recovered node failing fast for its block time.
+            self.record(&node, None);
+            drop(admitted);
             let asking = matches!(redirect, Some(Redirect::Ask { .. }));
             let payload = Payload::One(command);
             let kind = payload.kind();
-            let reply_due = lease.reply_due(deadline);
+            // Sent now, it gets its whole time however long the retries and the wait for
+            // a connection took: a reply the server sends after popping must not find
+            // the request given up (see `Lease::reply_due`).
+            let reply_due = crate::deadline::after(deadline, started.elapsed());
             let answer = lease.dispatch(payload.into_cmds(asking), reply_due).await;
-            self.record_result(&node, &answer.result);
             let returned = |cmds: Cmds| match kind.recover(cmds, asking) {
                 Some(Payload::One(c)) => Ok(c),
                 _ => Err(Error::Protocol("lost command".into())),

@@ -329,16 +329,17 @@ impl Inner {
             let previous = previous.unwrap_or_default();
             crate::observe::events::topology_changed(&previous, &map, trigger.as_str());
         }
-        self.registry.settings().announced.retain(&map.nodes());
         // Under the registry's lock, as a patch is made: none comes in between.
         let replaced = self.registry.replace(&self.routes, |current| {
             let map = lock(&self.moves).keep_newer(map, mark);
             (current.map != map).then_some(map)
         });
+        // The routes' nodes, a patched one the view lacks included.
+        let members = self.routes.load().map.nodes();
+        self.registry.settings().announced.retain(&members);
         let Some(previous) = replaced else {
             return false;
         };
-        let members = self.routes.load().map.nodes();
         // Nodes that left: their per-node gauges are zeroed.
         let removed: Vec<Arc<str>> = previous
             .map

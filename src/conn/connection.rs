@@ -241,9 +241,10 @@ struct Shared {
     /// How long the server may stay silent while it owes replies to a request that timed
     /// out before the connection is closed (see the module docs); `None`: never.
     unresponsive_timeout: Option<std::time::Duration>,
-    /// The deadline task found the server silent past `unresponsive_timeout` and looks
-    /// once more before it closes the connection (see [`SILENCE_RECHECK`]).
-    silence_noticed: AtomicBool,
+    /// When the deadline task found the server silent past `unresponsive_timeout`, in
+    /// nanoseconds since `epoch` (0: it did not): it closes the connection only if the
+    /// silence still holds [`SILENCE_RECHECK`] later.
+    silence_noticed: AtomicU64,
     epoch: Instant,
     max_in_flight: usize,
 }
@@ -264,7 +265,7 @@ impl Shared {
             last_reply: AtomicU64::new(0),
             last_heard: AtomicU64::new(0),
             unresponsive_timeout,
-            silence_noticed: AtomicBool::new(false),
+            silence_noticed: AtomicU64::new(0),
             epoch: Instant::now(),
             max_in_flight,
         }
@@ -406,19 +407,29 @@ impl Shared {
             match (in_flight.front(), self.unresponsive_timeout) {
                 (Some(oldest), Some(limit)) if oldest.reply.is_none() => {
                     let due = self.silence_due(oldest, limit);
+                    let noticed = self.silence_noticed.load(Ordering::Relaxed);
                     if due > now {
-                        self.silence_noticed.store(false, Ordering::Relaxed);
+                        self.silence_noticed.store(0, Ordering::Relaxed);
                         later(due);
                         None
-                    } else if self.silence_noticed.swap(true, Ordering::Relaxed) {
-                        Some(limit)
-                    } else {
+                    } else if noticed == 0 {
+                        let at = self.nanos(now).max(1);
+                        self.silence_noticed.store(at, Ordering::Relaxed);
                         later(now + SILENCE_RECHECK);
                         None
+                    } else {
+                        let recheck =
+                            self.epoch + std::time::Duration::from_nanos(noticed) + SILENCE_RECHECK;
+                        if recheck <= now {
+                            Some(limit)
+                        } else {
+                            later(recheck);
+                            None
+                        }
                     }
                 }
                 _ => {
-                    self.silence_noticed.store(false, Ordering::Relaxed);
+                    self.silence_noticed.store(0, Ordering::Relaxed);
                     None
                 }
             }
@@ -1728,6 +1739,10 @@ mod tests {
         assert_eq!(wakes_at(&shared), 32_050);
         shared.expire(at(32_050));
         assert!(!shared.is_closed());
+        // Another deadline within the 100 ms does not cut the second look short.
+        shared.expire(at(32_080));
+        assert!(!shared.is_closed());
+        assert_eq!(wakes_at(&shared), 32_150);
         shared.expire(at(32_150));
         assert!(shared.is_closed());
         match waiting.await.expect("answered") {

@@ -174,9 +174,17 @@ fn handshake_error(step: &str, e: &ServerError) -> Error {
         return auth_error(e, None);
     }
     let text = format!("{step} refused during the handshake: {e}");
+    // Only the refusals that come again at every connect: a node at `maxclients` also
+    // answers `ERR`, for now.
+    let message = e.message();
+    let for_good = [
+        "Client names cannot",
+        "unknown command",
+        "unknown subcommand",
+    ];
     match e.code() {
         "NOPERM" => Error::Auth(text),
-        "ERR" => Error::Config(text),
+        "ERR" if for_good.iter().any(|m| message.contains(m)) => Error::Config(text),
         _ => Error::Protocol(text),
     }
 }

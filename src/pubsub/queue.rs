@@ -71,8 +71,8 @@ impl EventQueue {
                     // The oldest message goes; a `Gap` or `Lost` stays, or the consumer
                     // would not learn which channels missed messages or are gone. With
                     // no message queued, a new message is the one dropped, and a new
-                    // notice joins a queued one of its kind (nothing but notices
-                    // queued, their order tells nothing), or is kept beyond the bound:
+                    // notice joins a queued one of its kind (not past a notice of the
+                    // other kind), or is kept beyond the bound:
                     // a node restarting again and again while the consumer stalls adds
                     // no notice after the first.
                     let oldest_message = state
@@ -192,7 +192,21 @@ fn join_notice(events: &mut VecDeque<PubSubEvent>, notice: PubSubEvent) -> Optio
         ) => a == b && e == f,
         _ => false,
     };
-    let Some(queued) = events.iter_mut().rev().find(|queued| same(queued)) else {
+    // Not past a notice of the other kind: a `Gap` joined to one before a `Lost` of the
+    // same channel would say "lost" last, when the channel was subscribed again since.
+    let other_kind = |queued: &PubSubEvent| {
+        matches!(
+            (queued, &notice),
+            (PubSubEvent::Gap { .. }, PubSubEvent::Lost { .. })
+                | (PubSubEvent::Lost { .. }, PubSubEvent::Gap { .. })
+        )
+    };
+    let Some(queued) = events
+        .iter_mut()
+        .rev()
+        .take_while(|queued| !other_kind(queued))
+        .find(|queued| same(queued))
+    else {
         return Some(notice);
     };
     match (queued, notice) {
@@ -286,7 +300,16 @@ mod tests {
         );
         assert_eq!(next(&q), Poll::Ready(Some(gap(&["c"], false))));
         assert_eq!(next(&q), Poll::Ready(Some(gap(&["d", "e"], false))));
+        assert_eq!(next(&q), Poll::Ready(Some(lost.clone())));
+        // Not joined across a notice of the other kind: "f" was subscribed again and
+        // interrupted after it was lost.
+        let q = EventQueue::new(2, OverflowPolicy::DropOldest);
+        assert!(q.push(gap(&["f"], false)));
+        assert!(q.push(lost.clone()));
+        assert!(q.push(gap(&["f"], false)));
+        assert_eq!(next(&q), Poll::Ready(Some(gap(&["f"], false))));
         assert_eq!(next(&q), Poll::Ready(Some(lost)));
+        assert_eq!(next(&q), Poll::Ready(Some(gap(&["f"], false))));
     }
 
     #[test]
