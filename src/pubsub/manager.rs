@@ -362,9 +362,8 @@ impl Manager {
         });
     }
 
-    /// `key` failed for good: callers waiting for it get `error`.
-    /// Answers the callers waiting for `key` with `error`; returns whether one was still
-    /// there to hear it (a caller whose call timed out is not).
+    /// `key` failed for good: the callers waiting for it get `error`. Returns whether one
+    /// was still there to hear it (a caller whose call timed out is not).
     fn fail(&mut self, key: &Confirmation, error: &Error) -> bool {
         let mut told = false;
         self.waiters.retain_mut(|w| {
