@@ -256,23 +256,26 @@ impl Inner {
         blocking: bool,
     ) -> Result<Lease> {
         let asked = Instant::now();
-        let share = |limit: &Arc<tokio::sync::Semaphore>| {
-            tokio::time::timeout_at(deadline, Arc::clone(limit).acquire_owned())
-        };
-        let closed = |_| Error::ConnectionLost {
-            may_have_executed: false,
+        // One of `limit`'s permits within the deadline; the client closing its
+        // semaphores (never while it lives) reads as a lost connection.
+        let permit_of = |limit: &Arc<tokio::sync::Semaphore>| {
+            let acquire = Arc::clone(limit).acquire_owned();
+            async move {
+                tokio::time::timeout_at(deadline, acquire)
+                    .await
+                    .map_err(|_| Error::Timeout)?
+                    .map_err(|_| Error::ConnectionLost {
+                        may_have_executed: false,
+                    })
+            }
         };
         // The node's share and connection first, then the client-wide ones: a request
         // queued for a busy node holds none of those, which requests to other nodes
         // could use meanwhile.
-        let at_node = match blocking {
-            true => Some(
-                share(&node.blocking)
-                    .await
-                    .map_err(|_| Error::Timeout)?
-                    .map_err(closed)?,
-            ),
-            false => None,
+        let at_node = if blocking {
+            Some(permit_of(&node.blocking).await?)
+        } else {
+            None
         };
         let pool = node.dedicated_pool()?;
         let conn = tokio::time::timeout_at(deadline, pool.get())
@@ -280,21 +283,10 @@ impl Inner {
             .map_err(|_| Error::Timeout)?
             .map_err(pool_error)?;
         let blocking = match at_node {
-            Some(at_node) => {
-                let in_client = share(&self.blocking_limit)
-                    .await
-                    .map_err(|_| Error::Timeout)?
-                    .map_err(closed)?;
-                Some((at_node, in_client))
-            }
+            Some(at_node) => Some((at_node, permit_of(&self.blocking_limit).await?)),
             None => None,
         };
-        let permit = share(&self.dedicated_limit)
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|_| Error::ConnectionLost {
-                may_have_executed: false,
-            })?;
+        let permit = permit_of(&self.dedicated_limit).await?;
         Ok(Lease {
             conn: Some(conn),
             node: Arc::clone(node),
