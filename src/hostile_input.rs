@@ -432,6 +432,7 @@ fn check_topology(shards: &[crate::topology::ShardInfo]) {
         .map(|map| crate::topology::View {
             map,
             failed: failed.clone(),
+            ids: crate::topology::node_ids(shards, &|a: &str| a.to_string()),
         })
         .collect();
     let chosen = choose_view(views);

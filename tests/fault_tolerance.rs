@@ -2464,6 +2464,114 @@ async fn a_connection_gone_silent_is_replaced_and_its_node_served_again() {
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
+/// An address the client learned that now reaches a node of another cluster (a
+/// Kubernetes pod IP handed to a pod of another cluster) gets none of this cluster's
+/// requests, and its topology is not taken: the node's id is not the one this
+/// cluster's topology gives the address. A seed that is no learned address names the
+/// cluster to follow: once every node the client knew is gone, another cluster behind it
+/// (a cluster recreated behind the same name) is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_now_reaches_another_clusters_node_gets_none_of_its_requests() {
+    let (ours, theirs) = tokio::join!(never_failing_over(), never_failing_over());
+    let key = "tenant";
+    let slot = key_slot(key.as_bytes());
+    let (x, y) = (
+        ours.master_of_slot(slot).await.unwrap(),
+        theirs.master_of_slot(slot).await.unwrap(),
+    );
+    let masters = ours.masters().await.unwrap();
+    let other = *masters.iter().find(|&&m| m != x).unwrap();
+    let mut elsewhere = Vec::new();
+    for i in 0..20 {
+        let k = format!("elsewhere-{i}");
+        if ours.master_of_slot(key_slot(k.as_bytes())).await.unwrap() != x {
+            elsewhere.push(k);
+        }
+    }
+    // The client reaches `x` at an address of its own, which is then handed to `y`.
+    let x_addr = ours.node_addr(x);
+    let reused = support::relay::Relay::start(x_addr.clone()).await;
+    let reused_addr = reused.addr();
+    let remap =
+        redcluster::AddressRemap::from_fn(move |a| (a == x_addr).then(|| reused_addr.clone()));
+    // The seed is a name for the cluster, not an address the client learns.
+    let seed = support::relay::Relay::start(ours.node_addr(other)).await;
+    let client = ClusterClient::builder()
+        .nodes([seed.addr()])
+        .address_remap(remap)
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    client.set(key, "ours").await.unwrap();
+    assert_eq!(reused.accepted(), 1, "x is reached at the reused address");
+
+    ours.kill(x).unwrap();
+    reused.retarget(theirs.node_addr(y));
+    let theirs_y = theirs.connect_node(y).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut refused = Vec::new();
+    while Instant::now() < until {
+        match client.set(key, "written into the other cluster").await {
+            Ok(()) => panic!("a write went to the other cluster's node after {refused:?}"),
+            Err(e) => refused.push(e),
+        }
+        // A caller's pace, not a busy loop of instant refusals.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("refused: {refused:?}");
+    assert!(
+        reused.accepted() >= 2,
+        "the client reconnected to the reused address"
+    );
+    assert_eq!(
+        theirs_y.send(cmd("GET").arg(key)).await.unwrap(),
+        Value::Nil
+    );
+
+    // Every node of ours gone: the reused address is the only one that answers, and
+    // its view is of another cluster. Not taken, even where the node's identity cannot
+    // be checked (its ACL refuses `CLUSTER MYID`).
+    let acl = cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-cluster|myid");
+    assert_eq!(
+        theirs_y.send(acl).await.unwrap(),
+        Value::Simple("OK".into())
+    );
+    for node in masters.iter().filter(|&&m| m != x) {
+        ours.kill(*node).unwrap();
+    }
+    let refresh = client.refresh_topology().await;
+    assert!(refresh.is_err(), "{refresh:?}");
+    for key in &elsewhere {
+        assert!(client.set(key, "lost").await.is_err());
+    }
+    for node in theirs.masters().await.unwrap() {
+        let conn = theirs.connect_node(node).await.unwrap();
+        let got = conn.send(cmd("DBSIZE")).await.unwrap();
+        assert_eq!(got, Value::Int(0), "written into the other cluster");
+    }
+
+    // The seed now reaches the other cluster: followed.
+    seed.retarget(theirs.node_addr(y));
+    // Within the seed's reconnect backoff (its last connect failed), a refresh does
+    // not try it yet.
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = client.refresh_topology().await {
+        assert!(
+            Instant::now() < until,
+            "the seed's cluster not followed: {e:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.set(key, "theirs").await.unwrap();
+    let got = theirs_y.send(cmd("GET").arg(key)).await.unwrap();
+    assert_eq!(got, Value::Bulk("theirs".into()));
+}
+
 /// Requests to a dead primary's slots ask for a refresh each, and until its replica is
 /// promoted every refresh finds the same map: the client stretches the interval between
 /// refreshes (to a second), instead of asking three nodes for the topology ten times a

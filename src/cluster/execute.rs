@@ -1374,7 +1374,7 @@ fn stops_a_script(command: &Cmd) -> bool {
 }
 
 /// Whether the topology `routes` were built from has `addr`, as primary or replica.
-fn knows(routes: &Routes, addr: &str) -> bool {
+pub(crate) fn knows(routes: &Routes, addr: &str) -> bool {
     routes
         .map
         .shards()

@@ -211,6 +211,7 @@ impl ClusterClient {
         let refresh_min_interval = config.refresh_min_interval;
         let settings = node::NodeSettings {
             announced: Default::default(),
+            node_ids: Default::default(),
             options: config.connect.clone(),
             multiplexed: config.connections_per_node,
             dedicated: config.max_connections_per_node,
@@ -247,8 +248,8 @@ impl ClusterClient {
             .collect();
         let lazy = inner.config.lazy_connect;
         if !lazy {
-            let map = inner.fetch_view(&seeds).await?;
-            inner.install(map, RefreshTrigger::Periodic, 0);
+            let view = inner.fetch_view(&seeds).await?;
+            inner.install(view, RefreshTrigger::Periodic, 0);
         }
         if let Some(interval) = inner.config.health_check_interval {
             tokio::spawn(health::health_task(Arc::downgrade(&inner), interval));

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
-use crate::conn::{ConnectOptions, NodeConnection};
+use crate::conn::{ConnectOptions, NodeConnection, NodeIds};
 use crate::error::{Error, Result};
 use crate::policy::{Admission, Backoff, Breaker, BreakerState, CircuitBreakerConfig, Transition};
 use crate::pool::{DedicatedManager, DedicatedPool};
@@ -42,6 +42,8 @@ pub(crate) struct NodeSettings {
     pub(crate) options: ConnectOptions,
     /// What each remapped node announced, for TLS's name check.
     pub(crate) announced: Announced,
+    /// Who should answer at each address, checked by every connection's handshake.
+    pub(crate) node_ids: Arc<NodeIds>,
     /// Multiplexed connections per node, used in turn.
     pub(crate) multiplexed: usize,
     /// Most dedicated connections per node (blocking commands, WATCH).
@@ -100,6 +102,7 @@ impl NodeSettings {
         NodeSettings {
             options: ConnectOptions::default(),
             announced: Announced::default(),
+            node_ids: Arc::default(),
             multiplexed: 1,
             dedicated: 1,
             breaker: CircuitBreakerConfig::default(),
@@ -113,6 +116,7 @@ impl NodeSettings {
         if options.tls.is_some() {
             options.announced = self.announced.of(addr);
         }
+        options.node_ids = Some(Arc::clone(&self.node_ids));
         options
     }
 }

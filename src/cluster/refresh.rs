@@ -15,6 +15,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::cluster::execute::knows;
 use crate::cluster::node::lock;
 use crate::cluster::Inner;
 use crate::cmd::cmd;
@@ -213,8 +214,8 @@ impl Inner {
                 candidates.push(Arc::from(seed));
             }
         }
-        let map = match self.fetch_view(&candidates).await {
-            Ok(map) => map,
+        let view = match self.fetch_view(&candidates).await {
+            Ok(view) => view,
             Err(e) => {
                 if current.primaries.is_empty() {
                     *lock(&self.signal.discovery_error) = Some(e.clone());
@@ -226,7 +227,7 @@ impl Inner {
         };
         *lock(&self.signal.discovery_error) = None;
         crate::observe::metrics::topology_refresh(trigger.as_str());
-        let changed = self.install(map, trigger, mark);
+        let changed = self.install(view, trigger, mark);
         if !changed {
             self.publish_gauges(&[]);
         }
@@ -237,7 +238,14 @@ impl Inner {
 
     /// Asks `candidates`, a few at a time, until some answer; returns the view most of
     /// the answering nodes agree on.
-    pub(crate) async fn fetch_view(&self, candidates: &[Arc<str>]) -> Result<SlotMap> {
+    ///
+    /// Views of another cluster (naming none of the known nodes: see
+    /// [`crate::conn::NodeIds`]) count only from a seed that is no known node's address,
+    /// and only when no node of the same group gives a view of this cluster: a seed
+    /// names the cluster to follow (a DNS name a recreated cluster took over), while a
+    /// known node's address may have been handed to another cluster's node. A known
+    /// address answering so is refused in [`Inner::ask_topology`].
+    pub(crate) async fn fetch_view(&self, candidates: &[Arc<str>]) -> Result<topology::View> {
         let mut last_error = Error::Config("no nodes to ask for the topology".into());
         for group in candidates.chunks(NODES_ASKED) {
             let mut asked: FuturesUnordered<_> =
@@ -270,6 +278,10 @@ impl Inner {
                     }
                     Err(e) => last_error = e,
                 }
+            }
+            let node_ids = &self.registry.settings().node_ids;
+            if views.iter().any(|v| node_ids.shares_a_node(&v.ids)) {
+                views.retain(|v| node_ids.shares_a_node(&v.ids));
             }
             if let Some(view) = topology::choose_view(views) {
                 return Ok(view);
@@ -307,6 +319,19 @@ impl Inner {
             reply => topology::parse_shards(&reply, addr, self.config.connect.tls.is_some())?,
         };
         let remap = |a: &str| self.remap_announced(a);
+        let ids = topology::node_ids(&shards, &remap);
+        if !self.registry.settings().node_ids.shares_a_node(&ids)
+            && knows(&self.routes.load(), addr)
+        {
+            tracing::warn!(
+                node = addr,
+                "the node at this address gives another cluster's topology: ignored"
+            );
+            return Err(Error::ClusterDown(format!(
+                "the node at {addr} gives the topology of another cluster (none of the \
+                 node ids this client knows): its address now reaches another cluster's node"
+            )));
+        }
         let failed = topology::failed_nodes(&shards, &remap);
         if !failed.is_empty() {
             self.signal.note_failure();
@@ -317,13 +342,17 @@ impl Inner {
         Ok(topology::View {
             map: topology::slot_map(&shards, &remap),
             failed,
+            ids,
         })
     }
 
-    /// Installs `map`, fetched by a refresh that began at `mark`, as the routing snapshot
-    /// with the `MOVED` patches made since on top ([`Moves`]), unless it routes exactly as
-    /// the current one; whether it did.
-    pub(crate) fn install(&self, map: SlotMap, trigger: RefreshTrigger, mark: u64) -> bool {
+    /// Installs `view`'s map, fetched by a refresh that began at `mark`, as the routing
+    /// snapshot with the `MOVED` patches made since on top ([`Moves`]), unless it routes
+    /// exactly as the current one; whether it did. Its node ids are the ones connections
+    /// check from now on.
+    pub(crate) fn install(&self, view: topology::View, trigger: RefreshTrigger, mark: u64) -> bool {
+        self.registry.settings().node_ids.replace(&view.ids);
+        let map = view.map;
         let previous = lock(&self.signal.last_view).replace(map.clone());
         if previous.as_ref() != Some(&map) {
             let previous = previous.unwrap_or_default();

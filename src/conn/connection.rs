@@ -1148,7 +1148,7 @@ where
     let mut decoder = Decoder::with_limits(options.limits);
     let protocol = tokio::time::timeout_at(
         deadline,
-        handshake::run(read, write, &mut rbuf, &mut decoder, options),
+        handshake::run(addr, read, write, &mut rbuf, &mut decoder, options),
     )
     .await
     .map_err(|_| {

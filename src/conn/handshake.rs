@@ -6,7 +6,9 @@
 //! `NOAUTH` errors on every later command: on RESP2 with neither a password nor a name to
 //! send, a `PING` asks. The credentials come from the options'
 //! [`crate::CredentialsProvider`], asked anew for every connection, or else from its fixed
-//! user name and password.
+//! user name and password. Last, for a connection the cluster client opens to an address
+//! whose node id its topology gives, `CLUSTER MYID` checks that this node answers there
+//! (see [`crate::conn::NodeIds`]).
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,6 +19,7 @@ use crate::error::{Error, Result, ServerError};
 use crate::resp::{Decoder, Value};
 
 pub(crate) async fn run<R, W>(
+    addr: &str,
     read: &mut R,
     write: &mut W,
     rbuf: &mut BytesMut,
@@ -107,7 +110,53 @@ where
             }
         }
     }
+    if let Some(expected) = options.node_ids.as_ref().and_then(|ids| ids.of(addr)) {
+        check_identity(&mut io, addr, &expected).await?;
+    }
     Ok(protocol)
+}
+
+/// Checks that the node answering at `addr` is the one the cluster's topology names
+/// there (see [`crate::conn::NodeIds`]). A node that does not say (`CLUSTER MYID`
+/// refused by an ACL or a rename) is taken at its word.
+async fn check_identity<R, W>(io: &mut Io<'_, R, W>, addr: &str, expected: &str) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let reply = io.call(&cmd("CLUSTER").arg("MYID")).await?;
+    let id = match &reply {
+        Value::ServerError(e) => {
+            tracing::debug!(
+                node = addr,
+                code = e.code(),
+                "CLUSTER MYID refused: node identity not checked"
+            );
+            return Ok(());
+        }
+        reply => reply.as_bytes(),
+    };
+    match id {
+        Some(id) if id == expected.as_bytes() => Ok(()),
+        Some(id) => {
+            let id = String::from_utf8_lossy(id);
+            tracing::warn!(node = addr, id = %id, expected, "another node answers at this address: connection refused");
+            // Not sent, and the path to the cluster's node is what failed: the cluster
+            // client refreshes its topology and retries, as for a node that is down.
+            Err(Error::io(
+                std::io::Error::other(format!(
+                    "node {id} answers at {addr}, where the cluster's topology has node \
+                     {expected}: another cluster's node, or one that replaced it since the \
+                     last refresh"
+                )),
+                false,
+            ))
+        }
+        None => Err(Error::Protocol(format!(
+            "CLUSTER MYID answered with {}, not a node id",
+            reply.kind()
+        ))),
+    }
 }
 
 /// Runs the provider on its own task: its future need not be `Sync`, and the handshake's
@@ -259,9 +308,16 @@ mod tests {
             let (mut read, mut write) = tokio::io::split(ours);
             let (mut rbuf, mut decoder) = (BytesMut::new(), Decoder::new());
             let options = ConnectOptions::default();
-            let err = run(&mut read, &mut write, &mut rbuf, &mut decoder, &options)
-                .await
-                .unwrap_err();
+            let err = run(
+                "test:1",
+                &mut read,
+                &mut write,
+                &mut rbuf,
+                &mut decoder,
+                &options,
+            )
+            .await
+            .unwrap_err();
             assert!(matches!(err, Error::Io { .. }), "{err:?}");
             assert!(!err.may_have_executed(), "{err:?}");
             assert!(err.is_retryable(), "{err:?}");

@@ -13,5 +13,6 @@ pub use connection::NodeConnection;
 pub(crate) use connection::{connect_raw, read_ended, RawConnection};
 #[allow(unused_imports)]
 pub(crate) use connection::{Answer, Cmds, NotQueued, Outcome, Queued, Replies};
+pub(crate) use options::NodeIds;
 pub use options::{ConnectOptions, CredentialsFuture, CredentialsProvider, Protocol, Secret};
 pub use tls::TlsConfig;

@@ -225,6 +225,9 @@ pub struct ConnectOptions {
     /// The address the node announced, when the cluster client reaches it at another
     /// (an address remap): TLS asks for that name (see [`TlsConfig`]).
     pub(crate) announced: Option<Arc<str>>,
+    /// The node ids the cluster client's map gives its nodes: the handshake checks that
+    /// the node answering at the address is that one (see [`NodeIds`]).
+    pub(crate) node_ids: Option<Arc<NodeIds>>,
 }
 
 impl Default for ConnectOptions {
@@ -245,6 +248,7 @@ impl Default for ConnectOptions {
             credentials: None,
             renames: CommandRenames::default(),
             announced: None,
+            node_ids: None,
         }
     }
 }
@@ -388,6 +392,50 @@ impl ConnectOptions {
     }
 }
 
+/// The node id the cluster client's topology gives each address, shared by every
+/// connection it opens and kept current by its refreshes.
+///
+/// A connection to an address with a known id asks `CLUSTER MYID` in its handshake and
+/// is refused when another node answers: an address reused by a node of another
+/// cluster (a Kubernetes pod IP handed to a new pod) would otherwise take this
+/// cluster's requests, writes included, and answer them. A refresh likewise ignores a
+/// view that names none of these nodes ([`NodeIds::shares_a_node`]).
+#[derive(Debug, Default)]
+pub(crate) struct NodeIds(std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<str>>>);
+
+impl NodeIds {
+    fn table(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, Arc<str>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes `ids` (address, id) as the whole table: a new topology's.
+    pub(crate) fn replace(&self, ids: &[(Arc<str>, Arc<str>)]) {
+        let mut table = self.table();
+        table.clear();
+        table.extend(ids.iter().cloned());
+    }
+
+    /// The id of the node that should answer at `addr`, if known.
+    pub(crate) fn of(&self, addr: &str) -> Option<Arc<str>> {
+        self.table().get(addr).cloned()
+    }
+
+    /// Whether a view naming the nodes `ids` is of the cluster known here: it names one
+    /// of its nodes, or one side names none (nothing known yet, a server that gives no
+    /// ids). A cluster replaced node by node keeps a node in common from one refresh to
+    /// the next; another cluster has none.
+    pub(crate) fn shares_a_node(&self, ids: &[(Arc<str>, Arc<str>)]) -> bool {
+        let table = self.table();
+        table.is_empty()
+            || ids.is_empty()
+            || ids
+                .iter()
+                .any(|(_, id)| table.values().any(|known| known == id))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +449,30 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("***"));
         assert_eq!(opts.password.unwrap().expose(), "hunter2");
+    }
+
+    fn ids(pairs: &[(&str, &str)]) -> Vec<(Arc<str>, Arc<str>)> {
+        pairs
+            .iter()
+            .map(|&(addr, id)| (Arc::from(addr), Arc::from(id)))
+            .collect()
+    }
+
+    #[test]
+    fn a_view_is_of_the_known_cluster_while_it_names_one_of_its_nodes() {
+        let known = NodeIds::default();
+        assert!(
+            known.shares_a_node(&ids(&[("a:1", "x")])),
+            "nothing known yet"
+        );
+        known.replace(&ids(&[("a:1", "x"), ("b:1", "y")]));
+        assert_eq!(known.of("b:1").as_deref(), Some("y"));
+        assert_eq!(known.of("c:1"), None);
+        // One node replaced, another moved: still the same cluster.
+        assert!(known.shares_a_node(&ids(&[("a:1", "z"), ("c:1", "y")])));
+        assert!(!known.shares_a_node(&ids(&[("a:1", "z"), ("b:1", "w")])));
+        assert!(known.shares_a_node(&[]), "a server that gives no ids");
+        known.replace(&ids(&[("a:1", "z")]));
+        assert_eq!(known.of("b:1"), None, "replaced whole");
     }
 }

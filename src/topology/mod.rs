@@ -260,12 +260,29 @@ pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> 
     }))
 }
 
-/// One node's view of the topology: the slot map it gives, and the nodes it reports
-/// failed (remapped addresses).
+/// One node's view of the topology: the slot map it gives, the nodes it reports failed
+/// (remapped addresses), and the node ids it gives for the addresses ([`node_ids`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct View {
     pub(crate) map: SlotMap,
     pub(crate) failed: Vec<Arc<str>>,
+    pub(crate) ids: Vec<(Arc<str>, Arc<str>)>,
+}
+
+/// The node id of each node `shards` lists with one, by the address the client reaches
+/// it at (through `remap`): who should answer at that address.
+pub(crate) fn node_ids(
+    shards: &[ShardInfo],
+    remap: &dyn Fn(&str) -> String,
+) -> Vec<(Arc<str>, Arc<str>)> {
+    shards
+        .iter()
+        .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+        .filter_map(|node| {
+            let id = node.id.as_deref().filter(|id| !id.is_empty())?;
+            Some((Arc::from(remap(&node.addr)), Arc::from(id)))
+        })
+        .collect()
 }
 
 /// The addresses of the nodes `shards` reports as failed, through `remap`.
@@ -286,32 +303,36 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 /// a primary of the others wins: that flag took most primaries to set, so that view is
 /// the newer. (A failure flag is no sign of news otherwise: each node clears it on its
 /// own, so a lagging one may still flag a node back as a replica.) `None` when there is
-/// no view at all.
-pub(crate) fn choose_view(views: Vec<View>) -> Option<SlotMap> {
-    // Each distinct map, its votes, and every node flagged failed by a node giving it.
-    let mut tally: Vec<(SlotMap, usize, Vec<Arc<str>>)> = Vec::new();
+/// no view at all. The view returned has every failure flag its voters gave, and the
+/// node ids of its first voter.
+pub(crate) fn choose_view(views: Vec<View>) -> Option<View> {
+    // Each distinct map with its votes, and every node flagged failed by a node giving it.
+    let mut tally: Vec<(View, usize)> = Vec::new();
     for view in views {
-        match tally.iter_mut().find(|(map, _, _)| *map == view.map) {
-            Some((_, votes, failed)) => {
+        match tally
+            .iter_mut()
+            .find(|(tallied, _)| tallied.map == view.map)
+        {
+            Some((tallied, votes)) => {
                 *votes += 1;
-                failed.extend(view.failed);
+                tallied.failed.extend(view.failed);
             }
-            None => tally.push((view.map, 1, view.failed)),
+            None => tally.push((view, 1)),
         }
     }
     let best = tally
         .iter()
-        .map(|(map, votes, _)| (map.covered(), *votes))
+        .map(|(view, votes)| (view.map.covered(), *votes))
         .max()?;
     let tied: Vec<usize> = (0..tally.len())
-        .filter(|&i| (tally[i].0.covered(), tally[i].1) == best)
+        .filter(|&i| (tally[i].0.map.covered(), tally[i].1) == best)
         .collect();
     // How many primaries of the other tied views this one reports failed.
     let news = |i: usize| {
-        let failed = &tally[i].2;
+        let failed = &tally[i].0.failed;
         tied.iter()
             .filter(|&&j| j != i)
-            .flat_map(|&j| tally[j].0.shards().iter().map(|s| &s.primary))
+            .flat_map(|&j| tally[j].0.map.shards().iter().map(|s| &s.primary))
             .filter(|primary| failed.contains(primary))
             .count()
     };
@@ -653,7 +674,9 @@ mod tests {
         let view = |map: &SlotMap, failed: &[&str]| View {
             map: map.clone(),
             failed: failed.iter().map(|&a| Arc::from(a)).collect(),
+            ids: Vec::new(),
         };
+        let choose_view = |views| choose_view(views).map(|view| view.map);
         assert_eq!(
             choose_view(vec![view(&b, &[]), view(&a, &[]), view(&a, &[])]),
             Some(a.clone())

@@ -2,6 +2,8 @@
 //! carries into black holes: a flow a NAT or a firewall forgot, or a peer gone without
 //! a reset. Bytes sent on such a connection are taken and dropped, nothing comes back,
 //! and neither side sees it closed; connections made afterwards are relayed as usual.
+//! It can also send the connections made from some point on to another node: an
+//! address handed to another machine.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,8 @@ struct State {
     /// One switch per connection accepted: set, it passes nothing on.
     holes: Mutex<Vec<Arc<AtomicBool>>>,
     accepted: AtomicUsize,
+    /// Where new connections go.
+    target: Mutex<String>,
 }
 
 pub struct Relay {
@@ -28,11 +32,15 @@ impl Relay {
     pub async fn start(target: String) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            target: Mutex::new(target),
+            ..State::default()
+        });
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             let mut pumps = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
+                let target = shared.target.lock().unwrap().clone();
                 let Ok(server) = TcpStream::connect(&target).await else {
                     continue; // The client sees its connection closed.
                 };
@@ -56,6 +64,11 @@ impl Relay {
     /// How many connections the relay accepted so far.
     pub fn accepted(&self) -> usize {
         self.state.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted from now on go to `target`; those open stay where they are.
+    pub fn retarget(&self, target: String) {
+        *self.state.target.lock().unwrap() = target;
     }
 
     /// Every connection open now passes nothing on from here on, either way, and stays
