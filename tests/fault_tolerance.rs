@@ -2572,6 +2572,110 @@ async fn an_address_that_now_reaches_another_clusters_node_gets_none_of_its_requ
     assert_eq!(got, Value::Bulk("theirs".into()));
 }
 
+/// A learned address that now reaches a plain Redis (cluster mode off, which answers
+/// every command of every slot) gets none of the cluster's requests either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_that_now_reaches_a_server_outside_cluster_mode_gets_no_requests() {
+    let ours = never_failing_over().await;
+    let plain = support::standalone::Standalone::start();
+    let key = "tenant";
+    let x = ours.master_of_slot(key_slot(key.as_bytes())).await.unwrap();
+    let x_addr = ours.node_addr(x);
+    let reused = support::relay::Relay::start(x_addr.clone()).await;
+    let reused_addr = reused.addr();
+    let remap =
+        redcluster::AddressRemap::from_fn(move |a| (a == x_addr).then(|| reused_addr.clone()));
+    let client = ClusterClient::builder()
+        .nodes(seeds_without(&ours, &ours.node_addr(x)))
+        .address_remap(remap)
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    client.set(key, "ours").await.unwrap();
+    ours.kill(x).unwrap();
+    reused.retarget(plain.addr.clone());
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let written = client.set(key, "written into a plain Redis").await;
+        assert!(written.is_err(), "a write went to the plain Redis");
+        // A caller's pace, not a busy loop of instant refusals.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        reused.accepted() >= 2,
+        "the client reconnected to the reused address"
+    );
+    let conn = redcluster::NodeConnection::connect(&plain.addr, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(conn.send(cmd("DBSIZE")).await.unwrap(), Value::Int(0));
+}
+
+/// A node replaced at its address by another node of the same cluster (a new node id:
+/// its data directory lost, re-added) is refused until a refresh names it there, and
+/// served at once after: the failures of the refused connections (reconnect backoff,
+/// an open breaker) are not held against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_the_topology_names_at_an_address_after_a_refusal_is_served_at_once() {
+    let ours = never_failing_over().await;
+    let masters = ours.masters().await.unwrap();
+    let (x, w) = (masters[0], masters[1]);
+    let (x_addr, w_addr) = (ours.node_addr(x), ours.node_addr(w));
+    let shared = support::relay::Relay::start(x_addr.clone()).await;
+    // Which node the topology names at the relay's address: `x`, then `w`.
+    let named = Arc::new(Mutex::new(x_addr.clone()));
+    let remap = {
+        let (named, relay_addr) = (Arc::clone(&named), shared.addr());
+        redcluster::AddressRemap::from_fn(move |a| {
+            (*named.lock().unwrap() == a).then(|| relay_addr.clone())
+        })
+    };
+    let key_of = |node: usize| {
+        let ours = &ours;
+        async move {
+            for i in 0..1000 {
+                let k = format!("replaced-{i}");
+                if ours.master_of_slot(key_slot(k.as_bytes())).await.unwrap() == node {
+                    return k;
+                }
+            }
+            unreachable!("no key of node {node} in 1000");
+        }
+    };
+    let (key_x, key_w) = (key_of(x).await, key_of(w).await);
+    let client = ClusterClient::builder()
+        .nodes(seeds_without(&ours, &x_addr))
+        .address_remap(remap)
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    client.set(&key_x, 1).await.unwrap();
+    // `w` takes over the address: refused while the topology names `x` there.
+    shared.retarget(w_addr.clone());
+    ours.kill(x).unwrap();
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut refused = 0;
+    while Instant::now() < until {
+        assert!(client.set(&key_x, 2).await.is_err());
+        refused += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let accepted = shared.accepted();
+    assert!(
+        accepted >= 3,
+        "{accepted} connections, {refused} requests refused"
+    );
+    // The topology names `w` there now.
+    *named.lock().unwrap() = w_addr.clone();
+    client.refresh_topology().await.unwrap();
+    client.set(&key_w, 3).await.unwrap();
+    assert_eq!(shared.accepted(), accepted + 1, "served through the relay");
+}
+
 /// Requests to a dead primary's slots ask for a refresh each, and until its replica is
 /// promoted every refresh finds the same map: the client stretches the interval between
 /// refreshes (to a second), instead of asking three nodes for the topology ten times a

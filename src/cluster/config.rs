@@ -641,7 +641,7 @@ impl ClusterClientBuilder {
     /// user's commands and its own (`CLUSTER SHARDS`, `READONLY`, `WAIT`, the
     /// doctor's `CONFIG GET`). An empty `to` marks the command disabled: the client then
     /// refuses it with [`crate::Error::Config`] without sending it. Call once per
-    /// command. The new names never appear in `Debug` output or logs.
+    /// command. The new names never appear in `Debug` output or logs. Default none.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -663,6 +663,7 @@ impl ClusterClientBuilder {
     }
 
     /// Replaces all command renames at once; see [`ClusterClientBuilder::rename_command`].
+    /// Default none.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

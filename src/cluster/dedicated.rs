@@ -493,13 +493,15 @@ impl Inner {
             };
             match classify(e, &node.addr) {
                 ErrorAction::Redirect(r @ Redirect::Moved { .. }) => {
+                    // Noted even when not followed, as on the shared path: the next
+                    // request goes to the new owner.
+                    self.note_redirect(&r, &node.addr);
                     redirects += 1;
                     if redirects > self.config.max_redirects {
                         return Err(Error::TooManyRedirects {
                             redirects: self.config.max_redirects,
                         });
                     }
-                    self.note_redirect(&r, &node.addr);
                     moved_to = Some(self.remap(r.addr()));
                 }
                 ErrorAction::Redirect(r @ Redirect::Ask { .. }) => {

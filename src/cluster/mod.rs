@@ -211,7 +211,17 @@ impl ClusterClient {
         let refresh_min_interval = config.refresh_min_interval;
         let settings = node::NodeSettings {
             announced: Default::default(),
-            node_ids: Default::default(),
+            // The seeds as dialled (see `Inner::seed_address`).
+            node_ids: Arc::new(crate::conn::NodeIds::trusting(
+                config
+                    .seeds
+                    .iter()
+                    .map(|seed| match &config.remap {
+                        Some(remap) => Arc::from(remap.seed(seed).0),
+                        None => Arc::from(seed.as_str()),
+                    })
+                    .collect(),
+            )),
             options: config.connect.clone(),
             multiplexed: config.connections_per_node,
             dedicated: config.max_connections_per_node,

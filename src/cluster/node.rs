@@ -315,6 +315,28 @@ impl Node {
         transition
     }
 
+    /// Forgets the failures the node at this address had: another node answers there
+    /// now (a replacement the last topology names, see [`NodeIds`]), and what the one
+    /// refused before did says nothing of it. Without this, requests to it would fail at
+    /// once for the rest of a reconnect backoff (up to 5 s) and an open breaker.
+    pub(crate) fn forget_failures(&self) {
+        *lock(&self.reconnect) = Reconnect::default();
+        self.connect_failure_unreported
+            .store(false, Ordering::Release);
+        let mut breaker = lock(&self.breaker);
+        let was_closed = breaker.state() == BreakerState::Closed;
+        *breaker = Breaker::new(self.settings.breaker, self.settings.probe_timeout);
+        self.quiet.store(true, Ordering::Release);
+        drop(breaker);
+        if !was_closed {
+            crate::observe::events::breaker_transition(
+                &self.addr,
+                self.read_only,
+                Transition::Closed,
+            );
+        }
+    }
+
     /// Folds a PING round trip into the smoothed latency (70 % old, 30 % new).
     pub(crate) fn observe_latency(&self, sample: std::time::Duration) {
         let sample = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);

@@ -320,8 +320,10 @@ impl Inner {
         };
         let remap = |a: &str| self.remap_announced(a);
         let ids = topology::node_ids(&shards, &remap);
-        if !self.registry.settings().node_ids.shares_a_node(&ids)
+        let node_ids = &self.registry.settings().node_ids;
+        if !node_ids.shares_a_node(&ids)
             && knows(&self.routes.load(), addr)
+            && !node_ids.is_trusted(addr)
         {
             tracing::warn!(
                 node = addr,
@@ -351,7 +353,12 @@ impl Inner {
     /// exactly as the current one; whether it did. Its node ids are the ones connections
     /// check from now on.
     pub(crate) fn install(&self, view: topology::View, trigger: RefreshTrigger, mark: u64) -> bool {
-        self.registry.settings().node_ids.replace(&view.ids);
+        for addr in self.registry.settings().node_ids.replace(&view.ids) {
+            for node in self.registry.all().iter().filter(|n| n.addr == addr) {
+                node.forget_failures();
+            }
+            self.publish_breaker(&addr);
+        }
         let map = view.map;
         let previous = lock(&self.signal.last_view).replace(map.clone());
         if previous.as_ref() != Some(&map) {

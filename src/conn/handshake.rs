@@ -117,16 +117,24 @@ where
 }
 
 /// Checks that the node answering at `addr` is the one the cluster's topology names
-/// there (see [`crate::conn::NodeIds`]). A node that does not say (`CLUSTER MYID`
-/// refused by an ACL or a rename) is taken at its word.
+/// there (see [`crate::conn::NodeIds`]). A node that cannot say (an ACL without
+/// `cluster|myid`, a renamed command, a reply that is no string) is taken at its word;
+/// a server not in cluster mode is no node of this cluster.
 async fn check_identity<R, W>(io: &mut Io<'_, R, W>, addr: &str, expected: &str) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let reply = io.call(&cmd("CLUSTER").arg("MYID")).await?;
-    let id = match &reply {
-        Value::ServerError(e) => {
+    let answered = match &reply {
+        Value::ServerError(e) if e.message().contains("cluster support disabled") => {
+            "a server with cluster support disabled".to_string()
+        }
+        Value::ServerError(e)
+            if e.code() == "NOPERM"
+                || e.message().contains("unknown command")
+                || e.message().contains("unknown subcommand") =>
+        {
             tracing::debug!(
                 node = addr,
                 code = e.code(),
@@ -134,29 +142,40 @@ where
             );
             return Ok(());
         }
-        reply => reply.as_bytes(),
-    };
-    match id {
-        Some(id) if id == expected.as_bytes() => Ok(()),
-        Some(id) => {
-            let id = String::from_utf8_lossy(id);
-            tracing::warn!(node = addr, id = %id, expected, "another node answers at this address: connection refused");
-            // Not sent, and the path to the cluster's node is what failed: the cluster
-            // client refreshes its topology and retries, as for a node that is down.
-            Err(Error::io(
+        // A passing state (`LOADING`, `BUSY`): asked again at the next connect.
+        Value::ServerError(e) => {
+            return Err(Error::io(
                 std::io::Error::other(format!(
-                    "node {id} answers at {addr}, where the cluster's topology has node \
-                     {expected}: another cluster's node, or one that replaced it since the \
-                     last refresh"
+                    "the node at {addr} did not say its id ({}): not used until it does",
+                    e.code()
                 )),
                 false,
             ))
         }
-        None => Err(Error::Protocol(format!(
-            "CLUSTER MYID answered with {}, not a node id",
-            reply.kind()
-        ))),
-    }
+        reply => match reply.as_bytes() {
+            Some(id) if id == expected.as_bytes() => return Ok(()),
+            Some(id) => format!("node {}", String::from_utf8_lossy(id)),
+            None => {
+                tracing::debug!(
+                    node = addr,
+                    reply = reply.kind(),
+                    "CLUSTER MYID gave no id: node identity not checked"
+                );
+                return Ok(());
+            }
+        },
+    };
+    tracing::warn!(node = addr, answered = %answered, expected, "another node answers at this address: connection refused");
+    // Not sent, and the path to the cluster's node is what failed: the cluster client
+    // refreshes its topology and retries, as for a node that is down.
+    Err(Error::io(
+        std::io::Error::other(format!(
+            "{answered} answers at {addr}, where the cluster's topology has node {expected}: \
+             the address reaches another server now, or a node that replaced it since the \
+             last refresh"
+        )),
+        false,
+    ))
 }
 
 /// Runs the provider on its own task: its future need not be `Sync`, and the handshake's

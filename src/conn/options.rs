@@ -399,26 +399,66 @@ impl ConnectOptions {
 /// is refused when another node answers: an address reused by a node of another
 /// cluster (a Kubernetes pod IP handed to a new pod) would otherwise take this
 /// cluster's requests, writes included, and answer them. A refresh likewise ignores a
-/// view that names none of these nodes ([`NodeIds::shares_a_node`]).
+/// view that names none of these nodes ([`NodeIds::shares_a_node`]) from such an
+/// address. The seeds, the addresses the user gave, are trusted: never checked.
 #[derive(Debug, Default)]
-pub(crate) struct NodeIds(std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<str>>>);
+pub(crate) struct NodeIds {
+    table: std::sync::Mutex<std::collections::HashMap<Arc<str>, Arc<str>>>,
+    trusted: Vec<Arc<str>>,
+}
 
 impl NodeIds {
+    /// An empty table that never checks the `trusted` addresses (the seeds, as dialled).
+    pub(crate) fn trusting(trusted: Vec<Arc<str>>) -> NodeIds {
+        NodeIds {
+            table: Default::default(),
+            trusted,
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Arc<str>, Arc<str>>> {
-        self.0
+        self.table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes `ids` (address, id) as the whole table: a new topology's.
-    pub(crate) fn replace(&self, ids: &[(Arc<str>, Arc<str>)]) {
-        let mut table = self.table();
-        table.clear();
-        table.extend(ids.iter().cloned());
+    /// Whether `addr` is one the user gave: whoever answers there is taken.
+    pub(crate) fn is_trusted(&self, addr: &str) -> bool {
+        self.trusted.iter().any(|t| **t == *addr)
     }
 
-    /// The id of the node that should answer at `addr`, if known.
+    /// Takes `ids` (address, id) as the whole table, a new topology's; returns the
+    /// addresses whose node changed. An address given two ids is not checked.
+    pub(crate) fn replace(&self, ids: &[(Arc<str>, Arc<str>)]) -> Vec<Arc<str>> {
+        let mut next: std::collections::HashMap<Arc<str>, Arc<str>> =
+            std::collections::HashMap::with_capacity(ids.len());
+        let mut ambiguous = Vec::new();
+        for (addr, id) in ids {
+            if let Some(other) = next.insert(Arc::clone(addr), Arc::clone(id)) {
+                if other != *id {
+                    ambiguous.push(Arc::clone(addr));
+                }
+            }
+        }
+        for addr in &ambiguous {
+            next.remove(addr);
+        }
+        let mut table = self.table();
+        let changed = next
+            .iter()
+            .filter(|(addr, id)| table.get(*addr).is_some_and(|old| old != *id))
+            .map(|(addr, _)| Arc::clone(addr))
+            .collect();
+        *table = next;
+        changed
+    }
+
+    /// The id of the node that should answer at `addr`, if known and `addr` is not
+    /// trusted.
     pub(crate) fn of(&self, addr: &str) -> Option<Arc<str>> {
+        if self.is_trusted(addr) {
+            return None;
+        }
         self.table().get(addr).cloned()
     }
 
@@ -460,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_view_is_of_the_known_cluster_while_it_names_one_of_its_nodes() {
-        let known = NodeIds::default();
+        let known = NodeIds::trusting(vec![Arc::from("seed:1")]);
         assert!(
             known.shares_a_node(&ids(&[("a:1", "x")])),
             "nothing known yet"
@@ -472,7 +512,15 @@ mod tests {
         assert!(known.shares_a_node(&ids(&[("a:1", "z"), ("c:1", "y")])));
         assert!(!known.shares_a_node(&ids(&[("a:1", "z"), ("b:1", "w")])));
         assert!(known.shares_a_node(&[]), "a server that gives no ids");
-        known.replace(&ids(&[("a:1", "z")]));
+        let changed = known.replace(&ids(&[("a:1", "z"), ("c:1", "v"), ("c:1", "w")]));
+        assert_eq!(changed, vec![Arc::from("a:1")], "another node at a:1");
         assert_eq!(known.of("b:1"), None, "replaced whole");
+        assert_eq!(
+            known.of("c:1"),
+            None,
+            "two nodes at one address: not checked"
+        );
+        known.replace(&ids(&[("seed:1", "z")]));
+        assert_eq!(known.of("seed:1"), None, "a seed is trusted");
     }
 }

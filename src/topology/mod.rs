@@ -269,8 +269,9 @@ pub(crate) struct View {
     pub(crate) ids: Vec<(Arc<str>, Arc<str>)>,
 }
 
-/// The node id of each node `shards` lists with one, by the address the client reaches
-/// it at (through `remap`): who should answer at that address.
+/// The node id of each healthy node `shards` lists with one, by the address the client
+/// reaches it at (through `remap`): who should answer at that address. (A failed node
+/// may have left its address to the node that replaced it.)
 pub(crate) fn node_ids(
     shards: &[ShardInfo],
     remap: &dyn Fn(&str) -> String,
@@ -278,6 +279,7 @@ pub(crate) fn node_ids(
     shards
         .iter()
         .flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+        .filter(|node| node.healthy)
         .filter_map(|node| {
             let id = node.id.as_deref().filter(|id| !id.is_empty())?;
             Some((Arc::from(remap(&node.addr)), Arc::from(id)))

@@ -146,6 +146,12 @@ impl FakeCluster {
                             {
                                 Action::Reply(topology(port))
                             }
+                            // The client checks a node's identity when it connects.
+                            Some("CLUSTER")
+                                if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("myid")) =>
+                            {
+                                Action::Reply(own_id(&topology(port), port))
+                            }
                             _ => behave(&args, earlier),
                         };
                         match action {
@@ -188,6 +194,37 @@ fn bulk(s: &str) -> Value {
 }
 
 /// `CLUSTER SHARDS` of a cluster that is this one node, owning every slot.
+/// The id `topology` gives the node at `port`, or the error of a server that does not
+/// say (a topology without ids).
+fn own_id(topology: &Value, port: u16) -> Value {
+    let field = |node: &Value, name: &str| match node {
+        Value::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| k.as_bytes() == Some(name.as_bytes()))
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    let Value::Array(shards) = topology else {
+        return Value::ServerError(redcluster::ServerError::new(
+            "ERR unknown subcommand 'MYID'",
+        ));
+    };
+    shards
+        .iter()
+        .filter_map(|shard| match field(shard, "nodes") {
+            Some(Value::Array(nodes)) => Some(nodes),
+            _ => None,
+        })
+        .flatten()
+        .find(|node| field(node, "port") == Some(Value::Int(i64::from(port))))
+        .and_then(|node| field(&node, "id"))
+        .unwrap_or_else(|| {
+            Value::ServerError(redcluster::ServerError::new(
+                "ERR unknown subcommand 'MYID'",
+            ))
+        })
+}
+
 fn shards(port: u16) -> Value {
     shards_at("127.0.0.1", port)
 }
