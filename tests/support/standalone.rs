@@ -3,7 +3,8 @@
 //!
 //! It listens on a free 127.0.0.1 port, saves nothing, runs in its own temporary
 //! directory, and is killed (and the directory removed) when dropped. The binary is
-//! `$REDIS_SERVER`, or `redis-server` from the `PATH`.
+//! the testkit's (`$REDCLUSTER_REDIS_SERVER`), else `$REDIS_SERVER`, else `redis-server`
+//! from the `PATH`.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -24,7 +25,9 @@ impl Standalone {
     /// Panics when the binary cannot be run or does not come up within 10 s: a test that
     /// needs a real server has nothing to check without one.
     pub fn start() -> Standalone {
-        let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let binary = std::env::var(redcluster::testkit::REDIS_SERVER_ENV)
+            .or_else(|_| std::env::var("REDIS_SERVER"))
+            .unwrap_or_else(|_| "redis-server".into());
         // A free port can be taken by someone else before the server binds it; retry.
         for attempt in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")

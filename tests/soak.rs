@@ -1,0 +1,466 @@
+//! A soak under chaos, run by hand: workers send every kind of request (single commands,
+//! cross-slot `MGET`, pipelines, transactions, blocking pops) while the cluster fails
+//! over gracefully, moves slots and has its clients' connections killed; then the data
+//! is checked against what the client answered: no acknowledged write lost or run twice,
+//! no read older than a write acknowledged before it was sent, no request answered past
+//! its deadline.
+//!
+//! Ignored in the test suite (it runs for `SOAK_SECS` seconds, default 60):
+//!
+//! ```sh
+//! cargo test --test soak -- --ignored --nocapture
+//! SOAK_SECS=300 cargo test --test soak -- --ignored --nocapture
+//! ```
+//!
+//! Only lossless faults: a graceful failover waits for the replica to catch up, a slot
+//! migration moves keys atomically, a killed connection loses nothing on the server, a
+//! primary frozen for less than the node timeout is not failed over, a killed replica's
+//! primary holds every write. (A killed primary may lose writes it acknowledged, as
+//! Redis replication allows.)
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redcluster::testkit::{FailoverMode, LocalCluster};
+use redcluster::{cmd, key_slot, ClusterClient, Error, Value};
+use tokio::time::Instant;
+
+const WORKERS: usize = 8;
+const KEYS: usize = 6;
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a request may take past its deadline before it counts as unanswered in time:
+/// the runtime's scheduling on a loaded 2-core machine.
+const SLACK: Duration = Duration::from_millis(500);
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// What one worker saw.
+#[derive(Default)]
+struct Record {
+    /// Per key: the last acknowledged sequence number, and the numbers of writes with an
+    /// unknown outcome sent after it.
+    keys: HashMap<String, (u64, Vec<u64>)>,
+    /// `INCR`s acknowledged, and those with an unknown outcome.
+    counter: (i64, i64),
+    /// Transactions acknowledged (both `INCR`s ran), and those with an unknown outcome.
+    transactions: (i64, i64),
+    /// Items pushed (acknowledged), pushed maybe, popped, and pops with an unknown outcome.
+    pushed: Vec<u64>,
+    pushed_maybe: Vec<u64>,
+    popped: Vec<u64>,
+    pops_maybe: usize,
+    /// Violations seen while running.
+    violations: Vec<String>,
+    requests: u64,
+    errors: HashMap<String, u64>,
+    /// Errors by the second of the run they came in, and the first one of each kind
+    /// there (for the timeline printed at the end).
+    timeline: std::collections::BTreeMap<u64, (u64, String)>,
+    started: Option<Instant>,
+    slowest: Duration,
+}
+
+impl Record {
+    fn timed(&mut self, started: Instant, allowed: Duration, what: &str) {
+        let took = started.elapsed();
+        self.requests += 1;
+        self.slowest = self.slowest.max(took);
+        if took > allowed + SLACK {
+            self.violations.push(format!(
+                "{what} answered after {took:?} (allowed {allowed:?})"
+            ));
+        }
+    }
+
+    fn error(&mut self, e: &Error) {
+        let kind = format!("{e:?}");
+        let kind = kind.split([' ', '(', '{']).next().unwrap_or("").to_string();
+        *self.errors.entry(kind).or_default() += 1;
+        let second = self.started.map_or(0, |s| s.elapsed().as_secs());
+        let entry = self.timeline.entry(second).or_insert((0, e.to_string()));
+        entry.0 += 1;
+    }
+
+    /// Notes a write of `seq` to `key` with its outcome.
+    fn wrote(&mut self, key: &str, seq: u64, outcome: Result<(), &Error>) {
+        let entry = self.keys.entry(key.to_string()).or_default();
+        match outcome {
+            Ok(()) => *entry = (seq, Vec::new()),
+            Err(e) if e.may_have_executed() => entry.1.push(seq),
+            Err(_) => {}
+        }
+    }
+}
+
+fn key(worker: usize, i: usize) -> String {
+    format!("soak:w{worker}:k{i}")
+}
+
+async fn work(client: ClusterClient, worker: usize, stop: Arc<AtomicBool>) -> Record {
+    let mut r = Record {
+        started: Some(Instant::now()),
+        ..Record::default()
+    };
+    let counter = format!("soak:w{worker}:counter");
+    let (tx_a, tx_b) = (
+        format!("{{soak:w{worker}:tx}}:a"),
+        format!("{{soak:w{worker}:tx}}:b"),
+    );
+    let queue = format!("soak:w{worker}:queue");
+    let mut seq = 0u64;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        // One key written alone.
+        seq += 1;
+        let k = key(worker, (round as usize) % KEYS);
+        let started = Instant::now();
+        let outcome = client.set(&k, seq).await;
+        r.timed(started, RESPONSE_TIMEOUT, "SET");
+        if let Err(e) = &outcome {
+            r.error(e);
+        }
+        r.wrote(&k, seq, outcome.as_ref().map(|_| ()));
+
+        let started = Instant::now();
+        let incr = client.incr(&counter, 1).await;
+        r.timed(started, RESPONSE_TIMEOUT, "INCR");
+        match incr {
+            Ok(_) => r.counter.0 += 1,
+            Err(e) => {
+                r.error(&e);
+                if e.may_have_executed() {
+                    r.counter.1 += 1;
+                }
+            }
+        }
+
+        if round % 3 == 0 {
+            // Every key at once, across slots: none older than its last acknowledged
+            // write, none newer than the last sent.
+            let keys: Vec<String> = (0..KEYS).map(|i| key(worker, i)).collect();
+            let before: Vec<(u64, u64)> = keys
+                .iter()
+                .map(|k| {
+                    let (acked, maybe) = r.keys.get(k).cloned().unwrap_or_default();
+                    (acked, maybe.into_iter().max().unwrap_or(0).max(acked))
+                })
+                .collect();
+            let started = Instant::now();
+            let read = client.mget::<_, Option<u64>>(&keys).await;
+            r.timed(started, RESPONSE_TIMEOUT, "MGET");
+            match read {
+                Ok(values) => {
+                    for ((k, v), (acked, newest)) in keys.iter().zip(values).zip(before) {
+                        let v = v.unwrap_or(0);
+                        if v < acked || v > newest {
+                            r.violations.push(format!(
+                                "MGET read {k} = {v}, acknowledged {acked}, newest sent {newest}"
+                            ));
+                        }
+                    }
+                }
+                Err(e) => r.error(&e),
+            }
+        }
+
+        if round % 4 == 0 {
+            // A pipeline writing every key.
+            let mut p = client.pipeline();
+            let mut sent = Vec::new();
+            for i in 0..KEYS {
+                seq += 1;
+                p.add(cmd("SET").arg(key(worker, i)).arg(seq));
+                sent.push((key(worker, i), seq));
+            }
+            let started = Instant::now();
+            let results = p.execute_each().await;
+            r.timed(started, RESPONSE_TIMEOUT, "pipeline");
+            for ((k, s), result) in sent.into_iter().zip(results) {
+                match result {
+                    Ok(Value::Simple(_)) => r.wrote(&k, s, Ok(())),
+                    // Refused, not run (a `CLUSTERDOWN` past its retries).
+                    Ok(Value::ServerError(e)) => r.error(&Error::Server(e)),
+                    Ok(other) => r
+                        .violations
+                        .push(format!("pipeline SET {k} answered {other:?}")),
+                    Err(e) => {
+                        r.error(&e);
+                        r.wrote(&k, s, Err(&e));
+                    }
+                }
+            }
+        }
+
+        if round % 5 == 0 {
+            let mut tx = client.transaction();
+            tx.add(cmd("INCR").arg(&tx_a));
+            tx.add(cmd("INCR").arg(&tx_b));
+            let started = Instant::now();
+            let done = tx.execute().await;
+            r.timed(started, RESPONSE_TIMEOUT, "transaction");
+            match done {
+                Ok(replies) if replies.len() == 2 => r.transactions.0 += 1,
+                Ok(replies) => r
+                    .violations
+                    .push(format!("transaction answered {replies:?}")),
+                Err(e) => {
+                    r.error(&e);
+                    if e.may_have_executed() {
+                        r.transactions.1 += 1;
+                    }
+                }
+            }
+        }
+
+        if round % 7 == 0 {
+            seq += 1;
+            let started = Instant::now();
+            let pushed = client.lpush(&queue, [seq]).await;
+            r.timed(started, RESPONSE_TIMEOUT, "LPUSH");
+            match pushed {
+                Ok(_) => r.pushed.push(seq),
+                Err(e) => {
+                    r.error(&e);
+                    if e.may_have_executed() {
+                        r.pushed_maybe.push(seq);
+                    }
+                }
+            }
+            let started = Instant::now();
+            let popped = client
+                .query::<Option<(String, u64)>>(cmd("BLPOP").arg(&queue).arg(BLOCK.as_secs()))
+                .await;
+            r.timed(started, RESPONSE_TIMEOUT + BLOCK, "BLPOP");
+            match popped {
+                Ok(Some((_, item))) => r.popped.push(item),
+                Ok(None) => {}
+                Err(e) => {
+                    r.error(&e);
+                    if e.may_have_executed() {
+                        r.pops_maybe += 1;
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Faults, one every `every`, until `stop`: a graceful failover, a slot moved, every
+/// client connection of a node killed, a primary frozen a moment, a replica restarted.
+/// Returns what it did.
+async fn chaos(local: &LocalCluster, stop: &AtomicBool, every: Duration) -> Vec<String> {
+    let started = Instant::now();
+    let mut done = Vec::new();
+    let mut turn = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every).await;
+        turn += 1;
+        let outcome = match turn % 5 {
+            0 => {
+                let replicas = local.replicas().await.unwrap_or_default();
+                let Some(&replica) = replicas.get(fastrand::usize(..replicas.len().max(1))) else {
+                    continue;
+                };
+                local
+                    .failover(replica, FailoverMode::Graceful)
+                    .await
+                    .map(|()| format!("failover to node {replica}"))
+            }
+            1 => {
+                let k = key(fastrand::usize(..WORKERS), fastrand::usize(..KEYS));
+                let slot = key_slot(k.as_bytes());
+                let masters = local.masters().await.unwrap_or_default();
+                let Some(&to) = masters.get(fastrand::usize(..masters.len().max(1))) else {
+                    continue;
+                };
+                local
+                    .move_slot(slot, to)
+                    .await
+                    .map(|()| format!("slot {slot} to node {to}"))
+            }
+            3 => {
+                // Frozen for less than the node timeout (no failover), at times for
+                // longer than the response timeout.
+                let masters = local.masters().await.unwrap_or_default();
+                let Some(&node) = masters.get(fastrand::usize(..masters.len().max(1))) else {
+                    continue;
+                };
+                let frozen = Duration::from_millis(fastrand::u64(300..3500));
+                match local.pause(node) {
+                    Ok(()) => {
+                        tokio::time::sleep(frozen).await;
+                        local
+                            .resume(node)
+                            .map(|()| format!("node {node} frozen for {frozen:?}"))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            4 => {
+                // A replica killed and restarted: its primary holds every write.
+                let replicas = local.replicas().await.unwrap_or_default();
+                let Some(&node) = replicas.get(fastrand::usize(..replicas.len().max(1))) else {
+                    continue;
+                };
+                match local.kill(node) {
+                    Ok(()) => local
+                        .restart(node)
+                        .await
+                        .map(|()| format!("replica {node} killed and restarted")),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => {
+                let masters = local.masters().await.unwrap_or_default();
+                let Some(&node) = masters.get(fastrand::usize(..masters.len().max(1))) else {
+                    continue;
+                };
+                match local.connect_node(node).await {
+                    Ok(conn) => conn
+                        .send(cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"))
+                        .await
+                        .map(|killed| format!("{killed:?} connections of node {node} killed")),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let at = started.elapsed().as_secs_f32();
+        done.push(match outcome {
+            Ok(what) => format!("{at:.1} s: {what}"),
+            Err(e) => format!("{at:.1} s: fault not made: {e}"),
+        });
+    }
+    done
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a soak of SOAK_SECS (default 60) seconds: run by hand"]
+async fn a_soak_under_failovers_migrations_and_killed_connections_keeps_every_promise() {
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    // A node timeout above the longest freeze: a frozen primary is never failed over
+    // (which could lose writes it acknowledged).
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .node_timeout(Duration::from_secs(6))
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(RESPONSE_TIMEOUT)
+        .build()
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| tokio::spawn(work(client.clone(), w, Arc::clone(&stop))))
+        .collect();
+    let faults = {
+        let stop = Arc::clone(&stop);
+        let run = async {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            stop.store(true, Ordering::Relaxed);
+        };
+        let (faults, ()) = tokio::join!(chaos(&local, &stop, Duration::from_millis(1500)), run);
+        faults
+    };
+    let mut records = Vec::new();
+    for w in workers {
+        // Every worker ends within a request's time of the stop.
+        let record = tokio::time::timeout(RESPONSE_TIMEOUT + BLOCK + SLACK * 4, w)
+            .await
+            .expect("a worker ended in time")
+            .unwrap();
+        records.push(record);
+    }
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let mut violations = Vec::new();
+    let (mut requests, mut slowest) = (0, Duration::ZERO);
+    let mut errors: HashMap<String, u64> = HashMap::new();
+    let mut timeline: std::collections::BTreeMap<u64, (u64, String)> = Default::default();
+    for (w, r) in records.iter().enumerate() {
+        requests += r.requests;
+        slowest = slowest.max(r.slowest);
+        for (kind, n) in &r.errors {
+            *errors.entry(kind.clone()).or_default() += n;
+        }
+        for (second, (n, first)) in &r.timeline {
+            timeline.entry(*second).or_insert((0, first.clone())).0 += n;
+        }
+        violations.extend(r.violations.iter().map(|v| format!("worker {w}: {v}")));
+        for (k, (acked, maybe)) in &r.keys {
+            let stored: Option<u64> = client.get(k).await.unwrap();
+            let stored = stored.unwrap_or(0);
+            if stored != *acked && !maybe.contains(&stored) {
+                violations.push(format!(
+                    "worker {w}: {k} = {stored}, last acknowledged {acked}, maybe {maybe:?}"
+                ));
+            }
+        }
+        let counter: i64 = client
+            .get::<_, Option<i64>>(format!("soak:w{w}:counter"))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        let (acked, maybe) = r.counter;
+        if counter < acked || counter > acked + maybe {
+            violations.push(format!(
+                "worker {w}: counter {counter}, acknowledged {acked}, maybe {maybe}"
+            ));
+        }
+        let a: i64 = client
+            .get::<_, Option<i64>>(format!("{{soak:w{w}:tx}}:a"))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        let b: i64 = client
+            .get::<_, Option<i64>>(format!("{{soak:w{w}:tx}}:b"))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        let (acked, maybe) = r.transactions;
+        if a != b || a < acked || a > acked + maybe {
+            violations.push(format!(
+                "worker {w}: transaction counters {a} and {b}, acknowledged {acked}, maybe {maybe}"
+            ));
+        }
+        let left: Vec<u64> = client
+            .query(cmd("LRANGE").arg(format!("soak:w{w}:queue")).arg(0).arg(-1))
+            .await
+            .unwrap();
+        let mut seen = HashSet::new();
+        for item in r.popped.iter().chain(&left) {
+            if !seen.insert(*item) {
+                violations.push(format!("worker {w}: item {item} popped or left twice"));
+            }
+            if !r.pushed.contains(item) && !r.pushed_maybe.contains(item) {
+                violations.push(format!("worker {w}: item {item} never pushed"));
+            }
+        }
+        let missing = r.pushed.iter().filter(|i| !seen.contains(i)).count();
+        if missing > r.pops_maybe {
+            violations.push(format!(
+                "worker {w}: {missing} acknowledged pushes gone, {} pops with an unknown outcome",
+                r.pops_maybe
+            ));
+        }
+    }
+    println!("{requests} requests in {secs} s, the slowest {slowest:?}");
+    println!("errors by kind: {errors:?}");
+    println!("faults: {faults:#?}");
+    println!("errors by second of the run (count, one of them): {timeline:#?}");
+    assert!(violations.is_empty(), "{violations:#?}");
+}
