@@ -265,6 +265,118 @@ async fn sharded_subscriptions_follow_a_slot_move_and_a_failover() {
         .all(Vec::is_empty));
 }
 
+/// Adds what `sub` yields within `within` to `heard`: a message's number, or `None` for
+/// a `Gap` naming `channel`.
+async fn listen(
+    sub: &mut Subscriber,
+    channel: &str,
+    heard: &mut Vec<Option<u64>>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, sub.next()).await {
+        match event {
+            PubSubEvent::Message(m) => heard.push(Some(
+                std::str::from_utf8(&m.payload).unwrap().parse().unwrap(),
+            )),
+            PubSubEvent::Gap { channels, .. } if channels.contains(&b(channel)) => heard.push(None),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// A sharded subscription moved by a failover is unsubscribed on its old owner, which
+/// goes on delivering until it takes that in, late (a replica now, it passes on what it
+/// replicates): those messages are dropped, not mixed into the new owner's, so the
+/// stream stays in publishing order, the move's `Gap` between. The old owner is reached
+/// through a relay that holds back what it sends while the subscription moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_channels_old_owner_delivering_late_leaves_the_stream_in_order() {
+    let local = cluster(1).await;
+    let channel = "late:{7}";
+    let a = local
+        .master_of_slot(key_slot(channel.as_bytes()))
+        .await
+        .unwrap();
+    let replica = local.replicas_of(a).await.unwrap()[0];
+    let a_addr = local.node_addr(a);
+    let relay = support::relay::Relay::start(a_addr.clone()).await;
+    let relay_addr = relay.addr();
+    let remap =
+        redcluster::AddressRemap::from_fn(move |x| (x == a_addr).then(|| relay_addr.clone()));
+    let seeds: Vec<String> = local
+        .seeds()
+        .into_iter()
+        .filter(|s| *s != local.node_addr(a))
+        .collect();
+    let client = ClusterClient::builder()
+        .nodes(seeds)
+        .address_remap(remap)
+        .build()
+        .await
+        .unwrap();
+    let publisher = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    sub.ssubscribe([channel]).await.unwrap();
+
+    // What the stream gives, in order: a number, or `None` for a `Gap` of the channel.
+    let mut heard: Vec<Option<u64>> = Vec::new();
+    let published = std::sync::atomic::AtomicU64::new(0);
+    let publish = || {
+        let n = published.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let publisher = publisher.clone();
+        async move { publisher.spublish(channel, n).await.unwrap() }
+    };
+    for _ in 0..5 {
+        publish().await;
+    }
+    listen(&mut sub, channel, &mut heard, Duration::from_millis(500)).await;
+    assert_eq!(heard, (1..=5).map(Some).collect::<Vec<_>>());
+
+    // The old owner's deliveries held back; it takes ten more, then hands over.
+    relay.hold();
+    for _ in 0..10 {
+        publish().await;
+    }
+    local
+        .failover(replica, FailoverMode::Graceful)
+        .await
+        .unwrap();
+    client.refresh_topology().await.unwrap();
+    // The subscription moves to the new owner: a gap, then its messages.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while heard
+        .iter()
+        .skip_while(|h| h.is_some())
+        .filter(|h| h.is_some())
+        .count()
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no gap and messages after it: {heard:?}"
+        );
+        publish().await;
+        listen(&mut sub, channel, &mut heard, Duration::from_millis(50)).await;
+    }
+    // The old owner's late messages come now.
+    relay.release();
+    for _ in 0..5 {
+        publish().await;
+        listen(&mut sub, channel, &mut heard, Duration::from_millis(100)).await;
+    }
+    listen(&mut sub, channel, &mut heard, Duration::from_millis(500)).await;
+    println!("heard {heard:?}");
+    let mut last = 0;
+    for n in heard.iter().flatten() {
+        assert!(*n > last, "{n} after {last}: {heard:?}");
+        last = *n;
+    }
+    assert!(heard.contains(&None), "a gap for the move: {heard:?}");
+    let next = published.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(last, next, "the last published heard last: {heard:?}");
+}
+
 /// `PUBSUB NUMSUB channel` on every running node: the nodes where it has a subscriber.
 async fn classic_holders(local: &LocalCluster, channel: &str) -> Vec<usize> {
     let mut holders = Vec::new();

@@ -684,7 +684,8 @@ impl ClusterClientBuilder {
     }
 
     /// TCP keepalive idle time, `None` to disable. Default 60 s; the seed's
-    /// `socket_keepalive`.
+    /// `socket_keepalive`. After the idle time, probes go 10 s apart (or the idle time,
+    /// if shorter), and three unanswered end the connection.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

@@ -1163,6 +1163,9 @@ where
     Ok((rbuf, decoder, protocol))
 }
 
+/// Unanswered keepalive probes that end a connection.
+const KEEPALIVE_PROBES: u32 = 3;
+
 fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
     // Small requests must not wait for Nagle's algorithm; batching is done by the writer.
     if let Err(e) = stream.set_nodelay(true) {
@@ -1172,6 +1175,16 @@ fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(idle)
             .with_interval(idle.min(std::time::Duration::from_secs(10)));
+        // Three unanswered probes end the connection, not the system's nine (Linux): a
+        // connection waiting on `BLPOP k 0`, which owes no reply within a deadline, is
+        // found dead 30 s after the idle time rather than 90 s.
+        #[cfg(any(
+            target_os = "linux",
+            target_os = "android",
+            target_os = "macos",
+            target_os = "freebsd"
+        ))]
+        let keepalive = keepalive.with_retries(KEEPALIVE_PROBES);
         if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(error = %e, "could not enable TCP keepalive");
         }
@@ -1648,6 +1661,37 @@ fn deliver(
 mod tests {
     use super::*;
     use crate::cmd::cmd;
+
+    #[tokio::test]
+    async fn keepalive_gives_up_after_three_probes_ten_seconds_apart() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        configure_tcp(&stream, &ConnectOptions::default());
+        let socket = socket2::SockRef::from(&stream);
+        assert!(socket.keepalive().unwrap());
+        assert!(socket.tcp_nodelay().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            std::time::Duration::from_secs(60)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            std::time::Duration::from_secs(10)
+        );
+        #[cfg(target_os = "linux")]
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        let off = ConnectOptions {
+            tcp_keepalive: None,
+            ..ConnectOptions::default()
+        };
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        configure_tcp(&stream, &off);
+        assert!(!socket2::SockRef::from(&stream).keepalive().unwrap());
+    }
 
     fn shared(max_in_flight: usize) -> Arc<Shared> {
         Arc::new(Shared::new(max_in_flight, None))

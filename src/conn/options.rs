@@ -198,7 +198,8 @@ pub struct ConnectOptions {
     pub protocol: Protocol,
     /// Send `READONLY` after the handshake, for reads from replicas. Default false.
     pub read_only: bool,
-    /// TCP keepalive idle time; `None` turns keepalive off. Default 60 s.
+    /// TCP keepalive idle time; `None` turns keepalive off. Default 60 s. Probes then
+    /// go 10 s apart at most, and three unanswered end the connection.
     pub tcp_keepalive: Option<Duration>,
     /// How long the server may send no byte, while it owes replies to a request that
     /// already timed out, before the connection is closed as dead; `None` (or zero)

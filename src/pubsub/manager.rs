@@ -6,6 +6,8 @@
 //! unsolicited `sunsubscribe` (the slot moved away), or a new slot map that puts a
 //! channel's slot elsewhere sends it back to waiting, marked interrupted; when it is
 //! confirmed again the stream gets a `Gap` naming it before any message it carries.
+//! Messages count only from the link their subscription is active on: the old link
+//! delivers until it takes in the unsubscribe, late and out of order with the new one.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -480,6 +482,25 @@ impl Manager {
                 pattern,
                 sharded,
             } => {
+                // Only from the link its subscription is active on. One moved elsewhere
+                // (a failover, a slot move) is unsubscribed on its old link, which
+                // still delivers until the server takes that in: the old owner, a
+                // replica now, passes on what it replicates, late. Those messages,
+                // older than the new link's, would come out of order, or twice; the
+                // `Gap` of the move covers them.
+                let (kind, name) = match (&pattern, sharded) {
+                    (Some(pattern), _) => (Kind::Pattern, pattern.clone()),
+                    (None, true) => (Kind::Shard, channel.clone()),
+                    (None, false) => (Kind::Channel, channel.clone()),
+                };
+                let active = self
+                    .key_on(id, kind, name)
+                    .and_then(|key| self.subs.get(&key))
+                    .is_some_and(|sub| sub.state == State::Active(id));
+                if !active {
+                    tracing::trace!(?kind, "message from a link its subscription left: dropped");
+                    return;
+                }
                 // A gap is reported before the first message after it.
                 self.flush_gaps();
                 self.emit(PubSubEvent::Message(Message {

@@ -2,8 +2,9 @@
 //! carries into black holes: a flow a NAT or a firewall forgot, or a peer gone without
 //! a reset. Bytes sent on such a connection are taken and dropped, nothing comes back,
 //! and neither side sees it closed; connections made afterwards are relayed as usual.
-//! It can also send the connections made from some point on to another node: an
-//! address handed to another machine.
+//! It can also send the connections made from some point on to another node (an
+//! address handed to another machine), and hold back what the node sends (a slow
+//! path from it) until released.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,13 +12,14 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-#[derive(Default)]
 struct State {
     /// One switch per connection accepted: set, it passes nothing on.
     holes: Mutex<Vec<Arc<AtomicBool>>>,
     accepted: AtomicUsize,
     /// Where new connections go.
     target: Mutex<String>,
+    /// While true, nothing the node sends is passed on (it waits, in order).
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 pub struct Relay {
@@ -34,7 +36,9 @@ impl Relay {
         let addr = listener.local_addr().unwrap().to_string();
         let state = Arc::new(State {
             target: Mutex::new(target),
-            ..State::default()
+            held: tokio::sync::watch::Sender::new(false),
+            holes: Mutex::default(),
+            accepted: AtomicUsize::default(),
         });
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
@@ -49,8 +53,19 @@ impl Relay {
                 shared.accepted.fetch_add(1, Ordering::SeqCst);
                 let (client_read, client_write) = client.into_split();
                 let (server_read, server_write) = server.into_split();
-                pumps.spawn(pump(client_read, server_write, Arc::clone(&hole)));
-                pumps.spawn(pump(server_read, client_write, hole));
+                let never_held = tokio::sync::watch::Sender::new(false).subscribe();
+                pumps.spawn(pump(
+                    client_read,
+                    server_write,
+                    Arc::clone(&hole),
+                    never_held,
+                ));
+                pumps.spawn(pump(
+                    server_read,
+                    client_write,
+                    hole,
+                    shared.held.subscribe(),
+                ));
             }
         });
         Relay { addr, state, task }
@@ -71,6 +86,17 @@ impl Relay {
         *self.state.target.lock().unwrap() = target;
     }
 
+    /// What the node sends on any connection is held back from now on, until
+    /// [`Relay::release`].
+    pub fn hold(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    /// Passes on what was held back, and what comes after.
+    pub fn release(&self) {
+        self.state.held.send_replace(false);
+    }
+
     /// Every connection open now passes nothing on from here on, either way, and stays
     /// open.
     pub fn black_hole(&self) {
@@ -86,14 +112,19 @@ impl Drop for Relay {
     }
 }
 
-/// Copies `from` to `to` until either ends; while `hole` is set, reads and drops.
+/// Copies `from` to `to` until either ends; while `hole` is set, reads and drops; while
+/// `held` says so, waits before each read.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     hole: Arc<AtomicBool>,
+    mut held: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
+        if held.wait_for(|held| !held).await.is_err() {
+            return;
+        }
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
