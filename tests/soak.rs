@@ -278,7 +278,7 @@ async fn publish(client: ClusterClient, stop: Arc<AtomicBool>) -> (Vec<u64>, Vec
 /// a `Gap` (or `Lost`) event naming the channel.
 type Heard = Vec<Option<u64>>;
 
-/// Listens until `stop` and then for as long as messages keep coming (up to 2 s after).
+/// Listens until `stop` and 2 s more, for the messages still on their way.
 async fn listen(mut sub: redcluster::Subscriber, stop: Arc<AtomicBool>) -> (Heard, Heard) {
     let (mut classic, mut sharded) = (Heard::new(), Heard::new());
     let mut quiet_since: Option<Instant> = None;

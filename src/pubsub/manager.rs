@@ -488,19 +488,28 @@ impl Manager {
                 // replica now, passes on what it replicates, late. Those messages,
                 // older than the new link's, would come out of order, or twice; the
                 // `Gap` of the move covers them.
-                let (kind, name) = match (&pattern, sharded) {
-                    (Some(pattern), _) => (Kind::Pattern, pattern.clone()),
-                    (None, true) => (Kind::Shard, channel.clone()),
-                    (None, false) => (Kind::Channel, channel.clone()),
+                let active = |kind: Kind, name: &Bytes| {
+                    self.key_on(id, kind, name.clone())
+                        .and_then(|key| self.subs.get(&key))
+                        .is_some_and(|sub| sub.state == State::Active(id))
                 };
-                let active = self
-                    .key_on(id, kind, name)
-                    .and_then(|key| self.subs.get(&key))
-                    .is_some_and(|sub| sub.state == State::Active(id));
-                if !active {
-                    tracing::trace!(?kind, "message from a link its subscription left: dropped");
+                let sharded = match (&pattern, sharded) {
+                    (Some(pattern), _) => active(Kind::Pattern, pattern).then_some(false),
+                    (None, true) => active(Kind::Shard, &channel).then_some(true),
+                    // Redis 7.0.0 delivers sharded messages as `message` (7.0.1 on
+                    // say `smessage`).
+                    (None, false) => {
+                        if active(Kind::Channel, &channel) {
+                            Some(false)
+                        } else {
+                            active(Kind::Shard, &channel).then_some(true)
+                        }
+                    }
+                };
+                let Some(sharded) = sharded else {
+                    tracing::debug!(node = %self.links.get(&id).map_or("", |l| &l.link.addr), "message from a link its subscription left: dropped");
                     return;
-                }
+                };
                 // A gap is reported before the first message after it.
                 self.flush_gaps();
                 self.emit(PubSubEvent::Message(Message {

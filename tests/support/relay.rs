@@ -113,7 +113,7 @@ impl Drop for Relay {
 }
 
 /// Copies `from` to `to` until either ends; while `hole` is set, reads and drops; while
-/// `held` says so, waits before each read.
+/// `held` says so, passes nothing on.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -131,6 +131,10 @@ async fn pump(
         };
         if hole.load(Ordering::SeqCst) {
             continue;
+        }
+        // Read while not held, but held since: kept back too.
+        if held.wait_for(|held| !held).await.is_err() {
+            return;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
