@@ -2414,12 +2414,7 @@ async fn a_node_that_stays_down_keeps_failing_fast_after_open_for() {
 async fn a_connection_gone_silent_is_replaced_and_its_node_served_again() {
     let local = never_failing_over().await;
     let owner = local.master_of_slot(key_slot(b"hole")).await.unwrap();
-    let owner_addr = local.node_addr(owner);
-    let relay = support::relay::Relay::start(owner_addr.clone()).await;
-    let relay_addr = relay.addr();
-    let remap = redcluster::AddressRemap::from_fn(move |addr| {
-        (addr == owner_addr).then(|| relay_addr.clone())
-    });
+    let (relay, remap) = support::relay::Relay::in_front_of(local.node_addr(owner)).await;
     let client = ClusterClient::builder()
         .nodes(seeds_without(&local, &local.node_addr(owner)))
         .address_remap(remap)
@@ -2489,11 +2484,7 @@ async fn an_address_that_now_reaches_another_clusters_node_gets_none_of_its_requ
         }
     }
     // The client reaches `x` at an address of its own, which is then handed to `y`.
-    let x_addr = ours.node_addr(x);
-    let reused = support::relay::Relay::start(x_addr.clone()).await;
-    let reused_addr = reused.addr();
-    let remap =
-        redcluster::AddressRemap::from_fn(move |a| (a == x_addr).then(|| reused_addr.clone()));
+    let (reused, remap) = support::relay::Relay::in_front_of(ours.node_addr(x)).await;
     // The seed is a name for the cluster, not an address the client learns.
     let seed = support::relay::Relay::start(ours.node_addr(other)).await;
     let client = ClusterClient::builder()
@@ -2544,6 +2535,19 @@ async fn an_address_that_now_reaches_another_clusters_node_gets_none_of_its_requ
     for node in masters.iter().filter(|&&m| m != x) {
         ours.kill(*node).unwrap();
     }
+    // Refreshed until one reached the reused address (its reconnect backoff after the
+    // refusals above may hold the first ones back): each fails.
+    let before = reused.accepted();
+    let until = Instant::now() + Duration::from_secs(10);
+    while reused.accepted() == before {
+        assert!(
+            Instant::now() < until,
+            "no refresh reached the reused address"
+        );
+        let refresh = client.refresh_topology().await;
+        assert!(refresh.is_err(), "{refresh:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let refresh = client.refresh_topology().await;
     assert!(refresh.is_err(), "{refresh:?}");
     for key in &elsewhere {
@@ -2580,11 +2584,7 @@ async fn an_address_that_now_reaches_a_server_outside_cluster_mode_gets_no_reque
     let plain = support::standalone::Standalone::start();
     let key = "tenant";
     let x = ours.master_of_slot(key_slot(key.as_bytes())).await.unwrap();
-    let x_addr = ours.node_addr(x);
-    let reused = support::relay::Relay::start(x_addr.clone()).await;
-    let reused_addr = reused.addr();
-    let remap =
-        redcluster::AddressRemap::from_fn(move |a| (a == x_addr).then(|| reused_addr.clone()));
+    let (reused, remap) = support::relay::Relay::in_front_of(ours.node_addr(x)).await;
     let client = ClusterClient::builder()
         .nodes(seeds_without(&ours, &ours.node_addr(x)))
         .address_remap(remap)
@@ -2673,7 +2673,7 @@ async fn a_node_the_topology_names_at_an_address_after_a_refusal_is_served_at_on
     *named.lock().unwrap() = w_addr.clone();
     client.refresh_topology().await.unwrap();
     client.set(&key_w, 3).await.unwrap();
-    assert_eq!(shared.accepted(), accepted + 1, "served through the relay");
+    assert!(shared.accepted() > accepted, "served through the relay");
 }
 
 /// Requests to a dead primary's slots ask for a refresh each, and until its replica is

@@ -299,11 +299,7 @@ async fn a_sharded_channels_old_owner_delivering_late_leaves_the_stream_in_order
         .await
         .unwrap();
     let replica = local.replicas_of(a).await.unwrap()[0];
-    let a_addr = local.node_addr(a);
-    let relay = support::relay::Relay::start(a_addr.clone()).await;
-    let relay_addr = relay.addr();
-    let remap =
-        redcluster::AddressRemap::from_fn(move |x| (x == a_addr).then(|| relay_addr.clone()));
+    let (relay, remap) = support::relay::Relay::in_front_of(local.node_addr(a)).await;
     let seeds: Vec<String> = local
         .seeds()
         .into_iter()

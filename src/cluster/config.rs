@@ -685,7 +685,8 @@ impl ClusterClientBuilder {
 
     /// TCP keepalive idle time, `None` to disable. Default 60 s; the seed's
     /// `socket_keepalive`. After the idle time, probes go 10 s apart (or the idle time,
-    /// if shorter), and three unanswered end the connection.
+    /// if shorter), and three unanswered end the connection (Linux, Android, macOS,
+    /// FreeBSD; elsewhere the system's count).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

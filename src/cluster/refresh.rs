@@ -240,11 +240,11 @@ impl Inner {
     /// the answering nodes agree on.
     ///
     /// Views of another cluster (naming none of the known nodes: see
-    /// [`crate::conn::NodeIds`]) count only from a seed that is no known node's address,
-    /// and only when no node of the same group gives a view of this cluster: a seed
-    /// names the cluster to follow (a DNS name a recreated cluster took over), while a
-    /// known node's address may have been handed to another cluster's node. A known
-    /// address answering so is refused in [`Inner::ask_topology`].
+    /// [`crate::conn::NodeIds`]) count only from a seed (trusted: it names the cluster
+    /// to follow, as a DNS name a recreated cluster took over), and only when no node of
+    /// the same group gives a view of this cluster. A learned address answering so (it
+    /// may have been handed to another cluster's node) is refused in
+    /// [`Inner::ask_topology`].
     pub(crate) async fn fetch_view(&self, candidates: &[Arc<str>]) -> Result<topology::View> {
         let mut last_error = Error::Config("no nodes to ask for the topology".into());
         for group in candidates.chunks(NODES_ASKED) {

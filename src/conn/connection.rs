@@ -1662,6 +1662,7 @@ mod tests {
     use super::*;
     use crate::cmd::cmd;
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn keepalive_gives_up_after_three_probes_ten_seconds_apart() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1680,7 +1681,6 @@ mod tests {
             socket.tcp_keepalive_interval().unwrap(),
             std::time::Duration::from_secs(10)
         );
-        #[cfg(target_os = "linux")]
         assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
         let off = ConnectOptions {
             tcp_keepalive: None,

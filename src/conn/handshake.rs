@@ -154,7 +154,8 @@ where
         }
         reply => match reply.as_bytes() {
             Some(id) if id == expected.as_bytes() => return Ok(()),
-            Some(id) => format!("node {}", String::from_utf8_lossy(id)),
+            // Ids are 40 characters; whatever else a server sent is cut there.
+            Some(id) => format!("node {}", String::from_utf8_lossy(&id[..id.len().min(40)])),
             None => {
                 tracing::debug!(
                     node = addr,

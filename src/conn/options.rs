@@ -186,7 +186,8 @@ impl fmt::Debug for CredentialsProvider {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnectOptions {
-    /// Bound on TCP connect plus handshake (`HELLO`/`AUTH`/`READONLY`). Default 5 s.
+    /// Bound on TCP connect plus handshake (`HELLO`/`AUTH`/`READONLY`, and `CLUSTER
+    /// MYID` for a cluster client's node). Default 5 s.
     pub connect_timeout: Duration,
     /// Deadline of a request sent with [`crate::NodeConnection::send`]. Default 5 s.
     pub response_timeout: Duration,
@@ -199,7 +200,8 @@ pub struct ConnectOptions {
     /// Send `READONLY` after the handshake, for reads from replicas. Default false.
     pub read_only: bool,
     /// TCP keepalive idle time; `None` turns keepalive off. Default 60 s. Probes then
-    /// go 10 s apart at most, and three unanswered end the connection.
+    /// go 10 s apart at most, and three unanswered end the connection (Linux, Android,
+    /// macOS, FreeBSD; elsewhere the system's count).
     pub tcp_keepalive: Option<Duration>,
     /// How long the server may send no byte, while it owes replies to a request that
     /// already timed out, before the connection is closed as dead; `None` (or zero)
@@ -429,7 +431,9 @@ impl NodeIds {
     }
 
     /// Takes `ids` (address, id) as the whole table, a new topology's; returns the
-    /// addresses whose node changed. An address given two ids is not checked.
+    /// addresses whose node is new there or changed (a node replaced at its address is
+    /// most often left out while the old one is flagged failed, then named). An address
+    /// given two different ids is not checked.
     pub(crate) fn replace(&self, ids: &[(Arc<str>, Arc<str>)]) -> Vec<Arc<str>> {
         let mut next: std::collections::HashMap<Arc<str>, Arc<str>> =
             std::collections::HashMap::with_capacity(ids.len());
@@ -447,7 +451,7 @@ impl NodeIds {
         let mut table = self.table();
         let changed = next
             .iter()
-            .filter(|(addr, id)| table.get(*addr).is_some_and(|old| old != *id))
+            .filter(|(addr, id)| table.get(*addr) != Some(*id))
             .map(|(addr, _)| Arc::clone(addr))
             .collect();
         *table = next;
@@ -513,13 +517,26 @@ mod tests {
         assert!(known.shares_a_node(&ids(&[("a:1", "z"), ("c:1", "y")])));
         assert!(!known.shares_a_node(&ids(&[("a:1", "z"), ("b:1", "w")])));
         assert!(known.shares_a_node(&[]), "a server that gives no ids");
-        let changed = known.replace(&ids(&[("a:1", "z"), ("c:1", "v"), ("c:1", "w")]));
+        let changed = known.replace(&ids(&[
+            ("a:1", "z"),
+            ("b:1", "y"),
+            ("c:1", "v"),
+            ("c:1", "w"),
+        ]));
         assert_eq!(changed, vec![Arc::from("a:1")], "another node at a:1");
-        assert_eq!(known.of("b:1"), None, "replaced whole");
         assert_eq!(
             known.of("c:1"),
             None,
             "two nodes at one address: not checked"
+        );
+        let changed = known.replace(&ids(&[("a:1", "z")]));
+        assert!(changed.is_empty(), "{changed:?}");
+        assert_eq!(known.of("b:1"), None, "replaced whole");
+        let changed = known.replace(&ids(&[("a:1", "z"), ("b:1", "u")]));
+        assert_eq!(
+            changed,
+            vec![Arc::from("b:1")],
+            "b:1 named again, by another id"
         );
         known.replace(&ids(&[("seed:1", "z")]));
         assert_eq!(known.of("seed:1"), None, "a seed is trusted");

@@ -305,8 +305,9 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 /// a primary of the others wins: that flag took most primaries to set, so that view is
 /// the newer. (A failure flag is no sign of news otherwise: each node clears it on its
 /// own, so a lagging one may still flag a node back as a replica.) `None` when there is
-/// no view at all. The view returned has every failure flag its voters gave, and the
-/// node ids of its first voter.
+/// no view at all. The view returned has every failure flag and every node id its
+/// voters gave (an address two voters give different ids is left unchecked, see
+/// [`crate::conn::NodeIds::replace`]).
 pub(crate) fn choose_view(views: Vec<View>) -> Option<View> {
     // Each distinct map with its votes, and every node flagged failed by a node giving it.
     let mut tally: Vec<(View, usize)> = Vec::new();
@@ -318,6 +319,7 @@ pub(crate) fn choose_view(views: Vec<View>) -> Option<View> {
             Some((tallied, votes)) => {
                 *votes += 1;
                 tallied.failed.extend(view.failed);
+                tallied.ids.extend(view.ids);
             }
             None => tally.push((view, 1)),
         }

@@ -193,10 +193,14 @@ fn bulk(s: &str) -> Value {
     Value::Bulk(bytes::Bytes::copy_from_slice(s.as_bytes()))
 }
 
-/// `CLUSTER SHARDS` of a cluster that is this one node, owning every slot.
 /// The id `topology` gives the node at `port`, or the error of a server that does not
 /// say (a topology without ids).
 fn own_id(topology: &Value, port: u16) -> Value {
+    let unknown = || {
+        Value::ServerError(redcluster::ServerError::new(
+            "ERR unknown subcommand 'MYID'",
+        ))
+    };
     let field = |node: &Value, name: &str| match node {
         Value::Map(pairs) => pairs
             .iter()
@@ -205,9 +209,7 @@ fn own_id(topology: &Value, port: u16) -> Value {
         _ => None,
     };
     let Value::Array(shards) = topology else {
-        return Value::ServerError(redcluster::ServerError::new(
-            "ERR unknown subcommand 'MYID'",
-        ));
+        return unknown();
     };
     shards
         .iter()
@@ -218,13 +220,10 @@ fn own_id(topology: &Value, port: u16) -> Value {
         .flatten()
         .find(|node| field(node, "port") == Some(Value::Int(i64::from(port))))
         .and_then(|node| field(&node, "id"))
-        .unwrap_or_else(|| {
-            Value::ServerError(redcluster::ServerError::new(
-                "ERR unknown subcommand 'MYID'",
-            ))
-        })
+        .unwrap_or_else(unknown)
 }
 
+/// `CLUSTER SHARDS` of a cluster that is this one node, owning every slot.
 fn shards(port: u16) -> Value {
     shards_at("127.0.0.1", port)
 }

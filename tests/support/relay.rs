@@ -71,6 +71,16 @@ impl Relay {
         Relay { addr, state, task }
     }
 
+    /// A relay in front of the node at `target`, and the remap that sends a cluster
+    /// client there whenever the cluster names `target`: the node as the client reaches
+    /// it.
+    pub async fn in_front_of(target: String) -> (Relay, redcluster::AddressRemap) {
+        let relay = Relay::start(target.clone()).await;
+        let addr = relay.addr();
+        let remap = redcluster::AddressRemap::from_fn(move |a| (a == target).then(|| addr.clone()));
+        (relay, remap)
+    }
+
     /// Where clients connect.
     pub fn addr(&self) -> String {
         self.addr.clone()
