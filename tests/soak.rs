@@ -253,30 +253,45 @@ async fn work(client: ClusterClient, worker: usize, stop: Arc<AtomicBool>) -> Re
     r
 }
 
+/// Milliseconds since the soak began, the one clock of its timeline.
+fn ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 const CLASSIC: &str = "soak:news";
 const SHARDED: &str = "soak:{orders}";
+/// How long after a message was published the `Gap` that covers its loss may come:
+/// the client learns of a failover, and moves the subscription, within about a second.
+const GAP_WITHIN_MS: u64 = 2000;
+
+/// Numbers published without an error, with when (ms on the soak's clock).
+type Published = Vec<(u64, u64)>;
 
 /// Publishes increasing numbers to both channels until `stop`; returns those published
 /// without an error (classic, sharded).
-async fn publish(client: ClusterClient, stop: Arc<AtomicBool>) -> (Vec<u64>, Vec<u64>) {
+async fn publish(client: ClusterClient, stop: Arc<AtomicBool>) -> (Published, Published) {
     let (mut classic, mut sharded) = (Vec::new(), Vec::new());
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
         seq += 1;
         if client.publish(CLASSIC, seq).await.is_ok() {
-            classic.push(seq);
+            classic.push((seq, ms()));
         }
         if client.spublish(SHARDED, seq).await.is_ok() {
-            sharded.push(seq);
+            sharded.push((seq, ms()));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     (classic, sharded)
 }
 
-/// What the subscriber saw of one channel, in order: a message's number, or `None` for
-/// a `Gap` (or `Lost`) event naming the channel.
-type Heard = Vec<Option<u64>>;
+/// What the subscriber saw of one channel, in order, with when (ms): a message's
+/// number, or `None` for a `Gap` (or `Lost`) event naming the channel.
+type Heard = Vec<(Option<u64>, u64)>;
 
 /// Listens until `stop` and 2 s more, for the messages still on their way.
 async fn listen(mut sub: redcluster::Subscriber, stop: Arc<AtomicBool>) -> (Heard, Heard) {
@@ -303,7 +318,7 @@ async fn listen(mut sub: redcluster::Subscriber, stop: Arc<AtomicBool>) -> (Hear
                 } else {
                     &mut classic
                 };
-                to.push(Some(seq));
+                to.push((Some(seq), ms()));
             }
             PubSubEvent::Gap {
                 channels,
@@ -317,7 +332,7 @@ async fn listen(mut sub: redcluster::Subscriber, stop: Arc<AtomicBool>) -> (Hear
             } => {
                 let to = if s { &mut sharded } else { &mut classic };
                 if channels.iter().any(|c| heard(c)) {
-                    to.push(None);
+                    to.push((None, ms()));
                 }
             }
             other => println!("subscriber event: {other:?}"),
@@ -327,77 +342,77 @@ async fn listen(mut sub: redcluster::Subscriber, stop: Arc<AtomicBool>) -> (Hear
 }
 
 /// What `heard` breaks of the promises for a channel whose messages `published` (those
-/// whose publish was answered): numbers heard twice, and, `ordered` (a sharded
-/// channel's messages come in publishing order), published numbers heard out of order
-/// or left out between two heard in a row with no `Gap` between them. A publish that
-/// failed may still have run, late (a timed-out one on a node frozen a while): its
-/// number is not held to the order. A classic channel's messages go out through any
-/// primary and may arrive out of order: there, a number never heard counts only when no
-/// `Gap` came at all.
-fn check_channel(name: &str, published: &[u64], heard: &Heard, ordered: bool) -> Vec<String> {
+/// whose publish was answered): a number heard twice; `ordered` (a sharded channel's
+/// messages come in publishing order), published numbers heard out of order with no
+/// `Gap` between; a published number never heard with no `Gap` heard within
+/// [`GAP_WITHIN_MS`] after it was published. (The `Gap` of a failover may come after
+/// messages that followed the loss: a failover can lose messages on the old primary
+/// before the client learns of it, and a message can come late, through the cluster
+/// bus, after the `Gap` of the subscription it missed. A publish that failed may still
+/// have run, late: its number is held to nothing.) A classic channel's messages go out
+/// through any primary and may arrive out of order.
+fn check_channel(name: &str, published: &Published, heard: &Heard, ordered: bool) -> Vec<String> {
     let mut violations = Vec::new();
-    let published_set: HashSet<u64> = published.iter().copied().collect();
+    let answered: HashSet<u64> = published.iter().map(|(seq, _)| *seq).collect();
     let mut seen = HashSet::new();
-    for seq in heard.iter().flatten() {
-        if !seen.insert(*seq) {
+    for seq in heard.iter().filter_map(|(e, _)| *e) {
+        if !seen.insert(seq) {
             violations.push(format!("{name}: message {seq} heard twice"));
         }
     }
-    let gaps = heard.iter().filter(|e| e.is_none()).count();
+    let gaps: Vec<u64> = heard
+        .iter()
+        .filter(|(e, _)| e.is_none())
+        .map(|(_, at)| *at)
+        .collect();
     if ordered {
         let mut last: Option<u64> = None;
-        let answered = heard
-            .iter()
-            .filter(|e| e.is_none_or(|seq| published_set.contains(&seq)));
-        for event in answered {
+        for (event, at) in heard {
             match (event, last) {
                 (None, _) => last = None,
-                (Some(seq), Some(before)) => {
-                    if *seq <= before {
-                        violations.push(format!("{name}: {seq} heard after {before}"));
-                    }
-                    let lost: Vec<u64> = published
-                        .iter()
-                        .copied()
-                        .filter(|p| *p > before && p < seq)
-                        .collect();
-                    if !lost.is_empty() {
-                        violations.push(format!(
-                            "{name}: {lost:?} published between {before} and {seq}, lost without a Gap"
-                        ));
-                    }
-                    last = Some(*seq);
+                (Some(seq), _) if !answered.contains(seq) => {}
+                (Some(seq), Some(before)) if *seq <= before => {
+                    violations.push(format!("{name}: {seq} heard after {before}, at {at} ms"));
                 }
-                (Some(seq), None) => last = Some(*seq),
+                (Some(seq), _) => last = Some(*seq),
             }
         }
     }
-    // Published before the stop and after the first message heard, never heard.
-    let first = heard.iter().flatten().min().copied().unwrap_or(u64::MAX);
-    let never: Vec<u64> = published
+    // Published after the first message heard, never heard.
+    let first = heard
         .iter()
-        .copied()
-        .filter(|p| *p > first && !seen.contains(p))
+        .filter_map(|(e, _)| *e)
+        .min()
+        .unwrap_or(u64::MAX);
+    let never: Vec<&(u64, u64)> = published
+        .iter()
+        .filter(|(seq, _)| *seq > first && !seen.contains(seq))
         .collect();
-    if !never.is_empty() && gaps == 0 {
+    // A Gap heard from just before it was published (the clocks of publisher and
+    // listener differ by a scheduling delay) to GAP_WITHIN_MS after.
+    let covered = |at: u64| {
+        gaps.iter()
+            .any(|g| g + 200 >= at && *g <= at + GAP_WITHIN_MS)
+    };
+    let uncovered: Vec<&&(u64, u64)> = never.iter().filter(|(_, at)| !covered(*at)).collect();
+    if !uncovered.is_empty() {
         violations.push(format!(
-            "{name}: {} published, never heard and no Gap (first {:?})",
-            never.len(),
-            &never[..never.len().min(5)]
+            "{name}: {} published, never heard and no Gap within {GAP_WITHIN_MS} ms (number, \
+             published at ms): {:?}; gaps heard at {gaps:?} ms",
+            uncovered.len(),
+            &uncovered[..uncovered.len().min(10)]
         ));
     }
-    let unknown: Vec<&u64> = seen.iter().filter(|s| !published_set.contains(s)).collect();
+    let unknown = seen.iter().filter(|s| !answered.contains(s)).count();
     // An error after the node took the message (a cut connection) is possible: noted.
-    if !unknown.is_empty() {
-        println!(
-            "{name}: {} heard though their publish failed",
-            unknown.len()
-        );
+    if unknown > 0 {
+        println!("{name}: {unknown} heard though their publish failed");
     }
     println!(
-        "{name}: {} published, {} heard, {gaps} gaps, {} never heard",
+        "{name}: {} published, {} heard, {} gaps, {} never heard",
         published.len(),
         seen.len(),
+        gaps.len(),
         never.len()
     );
     violations
@@ -407,7 +422,6 @@ fn check_channel(name: &str, published: &[u64], heard: &Heard, ordered: bool) ->
 /// client connection of a node killed, a primary frozen a moment, a replica restarted.
 /// Returns what it did.
 async fn chaos(local: &LocalCluster, stop: &AtomicBool, every: Duration) -> Vec<String> {
-    let started = Instant::now();
     let mut done = Vec::new();
     let mut turn = 0usize;
     while !stop.load(Ordering::Relaxed) {
@@ -485,10 +499,10 @@ async fn chaos(local: &LocalCluster, stop: &AtomicBool, every: Duration) -> Vec<
                 }
             }
         };
-        let at = started.elapsed().as_secs_f32();
+        let at = ms();
         done.push(match outcome {
-            Ok(what) => format!("{at:.1} s: {what}"),
-            Err(e) => format!("{at:.1} s: fault not made: {e}"),
+            Ok(what) => format!("{at} ms: {what}"),
+            Err(e) => format!("{at} ms: fault not made: {e}"),
         });
     }
     done
@@ -497,6 +511,22 @@ async fn chaos(local: &LocalCluster, stop: &AtomicBool, every: Duration) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a soak of SOAK_SECS (default 60) seconds: run by hand"]
 async fn a_soak_under_failovers_migrations_and_killed_connections_keeps_every_promise() {
+    // `SOAK_LOG=file`: the client's debug log there.
+    if let Ok(path) = std::env::var("SOAK_LOG") {
+        let file = std::fs::File::create(path).unwrap();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init();
+    }
+    ms();
+    println!(
+        "soak clock (ms) starts at {:?} after the epoch",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+    );
     let secs: u64 = std::env::var("SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

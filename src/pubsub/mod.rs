@@ -173,7 +173,10 @@ pub enum PubSubEvent {
     Message(Message),
     /// These subscriptions were interrupted (a connection died, a slot moved, a
     /// failover) and are restored now: messages published to them meanwhile were missed.
-    /// Messages received through the restored subscriptions follow this event.
+    /// Messages received through the restored subscriptions follow this event. A
+    /// failover can also lose messages on the old primary before the client learns of
+    /// it: the `Gap` then comes when the subscription moves (within about a second),
+    /// after messages that followed the loss. Pub/sub is at most once.
     #[non_exhaustive]
     Gap {
         /// The channels concerned: sharded ones when `sharded`, classic ones otherwise.
