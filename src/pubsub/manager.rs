@@ -496,8 +496,8 @@ impl Manager {
                 let sharded = match (&pattern, sharded) {
                     (Some(pattern), _) => active(Kind::Pattern, pattern).then_some(false),
                     (None, true) => active(Kind::Shard, &channel).then_some(true),
-                    // Redis 7.0.0 delivers sharded messages as `message` (7.0.1 on
-                    // say `smessage`).
+                    // Redis 7.0.0 delivers sharded messages as `message` (`smessage`
+                    // from 7.0.1 on).
                     (None, false) => {
                         if active(Kind::Channel, &channel) {
                             Some(false)
