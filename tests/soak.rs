@@ -102,17 +102,39 @@ fn key(worker: usize, i: usize) -> String {
     format!("soak:w{worker}:k{i}")
 }
 
+/// A worker's other keys: its counter, its transaction's two (one slot), its queue.
+fn counter_key(worker: usize) -> String {
+    format!("soak:w{worker}:counter")
+}
+
+fn transaction_keys(worker: usize) -> (String, String) {
+    (
+        format!("{{soak:w{worker}:tx}}:a"),
+        format!("{{soak:w{worker}:tx}}:b"),
+    )
+}
+
+fn queue_key(worker: usize) -> String {
+    format!("soak:w{worker}:queue")
+}
+
+/// The number stored at `key`, 0 when there is none.
+async fn stored(client: &ClusterClient, key: &str) -> i64 {
+    client
+        .get::<_, Option<i64>>(key)
+        .await
+        .unwrap()
+        .unwrap_or(0)
+}
+
 async fn work(client: ClusterClient, worker: usize, stop: Arc<AtomicBool>) -> Record {
     let mut r = Record {
         started: Some(Instant::now()),
         ..Record::default()
     };
-    let counter = format!("soak:w{worker}:counter");
-    let (tx_a, tx_b) = (
-        format!("{{soak:w{worker}:tx}}:a"),
-        format!("{{soak:w{worker}:tx}}:b"),
-    );
-    let queue = format!("soak:w{worker}:queue");
+    let counter = counter_key(worker);
+    let (tx_a, tx_b) = transaction_keys(worker);
+    let queue = queue_key(worker);
     let mut seq = 0u64;
     let mut round = 0u64;
     while !stop.load(Ordering::Relaxed) {
@@ -612,27 +634,15 @@ async fn a_soak_under_failovers_migrations_and_killed_connections_keeps_every_pr
                 ));
             }
         }
-        let counter: i64 = client
-            .get::<_, Option<i64>>(format!("soak:w{w}:counter"))
-            .await
-            .unwrap()
-            .unwrap_or(0);
+        let counter = stored(&client, &counter_key(w)).await;
         let (acked, maybe) = r.counter;
         if counter < acked || counter > acked + maybe {
             violations.push(format!(
                 "worker {w}: counter {counter}, acknowledged {acked}, maybe {maybe}"
             ));
         }
-        let a: i64 = client
-            .get::<_, Option<i64>>(format!("{{soak:w{w}:tx}}:a"))
-            .await
-            .unwrap()
-            .unwrap_or(0);
-        let b: i64 = client
-            .get::<_, Option<i64>>(format!("{{soak:w{w}:tx}}:b"))
-            .await
-            .unwrap()
-            .unwrap_or(0);
+        let (tx_a, tx_b) = transaction_keys(w);
+        let (a, b) = (stored(&client, &tx_a).await, stored(&client, &tx_b).await);
         let (acked, maybe) = r.transactions;
         if a != b || a < acked || a > acked + maybe {
             violations.push(format!(
@@ -640,7 +650,7 @@ async fn a_soak_under_failovers_migrations_and_killed_connections_keeps_every_pr
             ));
         }
         let left: Vec<u64> = client
-            .query(cmd("LRANGE").arg(format!("soak:w{w}:queue")).arg(0).arg(-1))
+            .query(cmd("LRANGE").arg(queue_key(w)).arg(0).arg(-1))
             .await
             .unwrap();
         let mut seen = HashSet::new();

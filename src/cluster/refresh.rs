@@ -353,11 +353,17 @@ impl Inner {
     /// exactly as the current one; whether it did. Its node ids are the ones connections
     /// check from now on.
     pub(crate) fn install(&self, view: topology::View, trigger: RefreshTrigger, mark: u64) -> bool {
-        for addr in self.registry.settings().node_ids.replace(&view.ids) {
-            for node in self.registry.all().iter().filter(|n| n.addr == addr) {
-                node.forget_failures();
+        let renamed = self.registry.settings().node_ids.replace(&view.ids);
+        if !renamed.is_empty() {
+            // One look at the handles for all the addresses.
+            for node in self.registry.all() {
+                if renamed.contains(&node.addr) {
+                    node.forget_failures();
+                }
             }
-            self.publish_breaker(&addr);
+            for addr in &renamed {
+                self.publish_breaker(addr);
+            }
         }
         let map = view.map;
         let previous = lock(&self.signal.last_view).replace(map.clone());
