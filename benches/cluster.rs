@@ -1,8 +1,9 @@
 //! End-to-end throughput against a real local cluster (3 masters, 1 replica each, all on
 //! 127.0.0.1): GET and SET of small values with 1, 64 and 512 requests in flight, and a
-//! 1000-command pipeline whose SETs spread over every slot.
+//! 1000-command pipeline whose SETs spread over every slot; and one subscription made and
+//! ended by a subscriber holding 50,000 others, and 5,000 callers subscribing at once.
 //!
-//! Run with `cargo bench --bench cluster` (about a minute once built). Needs
+//! Run with `cargo bench --bench cluster` (about a minute and a half once built). Needs
 //! `redis-server` 7 on `PATH` or in `REDCLUSTER_REDIS_SERVER`. One cluster serves the
 //! whole run; the client runs on a tokio runtime with 2 worker threads.
 //!
@@ -22,6 +23,10 @@ const KEYS: usize = 10_000;
 const PIPELINE: usize = 1000;
 /// Requests in flight at once.
 const CONCURRENCY: [usize; 3] = [1, 64, 512];
+/// Subscriptions a subscriber holds in the pub/sub benchmark.
+const HELD: usize = 50_000;
+/// Callers subscribing at once in the pub/sub benchmark.
+const BURST: usize = 5_000;
 /// A small value, as cached sessions or counters are.
 const VALUE: &[u8] = b"value-0123456789";
 
@@ -108,6 +113,69 @@ fn benches(c: &mut Criterion) {
             assert_eq!(replies.len(), PIPELINE);
         });
     });
+    group.finish();
+
+    // One more subscription, made and ended, by a subscriber that already holds many:
+    // what a service subscribing per user or per device pays for each.
+    let mut group = c.benchmark_group("pubsub");
+    for (kind, held) in [("subscribe", HELD), ("ssubscribe", HELD)] {
+        let subscriber = rt.block_on(async {
+            let subscriber = client.subscriber().await.expect("subscriber");
+            let names = key_names(&format!("held-{kind}"), held);
+            if kind == "subscribe" {
+                subscriber.subscribe(names).await.expect("subscribe");
+            } else {
+                subscriber.ssubscribe(names).await.expect("ssubscribe");
+            }
+            subscriber
+        });
+        group.bench_function(
+            BenchmarkId::new(format!("{kind}_one_more_while_holding"), held),
+            |b| {
+                b.to_async(&rt).iter(|| async {
+                    if kind == "subscribe" {
+                        subscriber.subscribe(["one-more"]).await.expect("subscribe");
+                        subscriber
+                            .unsubscribe(["one-more"])
+                            .await
+                            .expect("unsubscribe");
+                    } else {
+                        subscriber
+                            .ssubscribe(["one-more"])
+                            .await
+                            .expect("ssubscribe");
+                        subscriber
+                            .sunsubscribe(["one-more"])
+                            .await
+                            .expect("sunsubscribe");
+                    }
+                });
+            },
+        );
+        rt.block_on(async move { drop(subscriber) });
+    }
+    // As many callers at once, each subscribing one channel: a burst of users connecting.
+    let subscriber = rt.block_on(client.subscriber()).expect("subscriber");
+    let names = key_names("burst", BURST);
+    group.throughput(Throughput::Elements(BURST as u64));
+    group.bench_function(BenchmarkId::new("subscribe_callers_at_once", BURST), |b| {
+        b.to_async(&rt).iter(|| async {
+            join_all(
+                names
+                    .iter()
+                    .map(|name| subscriber.subscribe([name.as_str()])),
+            )
+            .await
+            .into_iter()
+            .collect::<redcluster::Result<Vec<()>>>()
+            .expect("subscribe");
+            subscriber
+                .unsubscribe(names.iter().map(String::as_str))
+                .await
+                .expect("unsubscribe");
+        });
+    });
+    rt.block_on(async move { drop(subscriber) });
     group.finish();
 
     rt.block_on(async move {

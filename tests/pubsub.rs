@@ -1246,3 +1246,84 @@ async fn tens_of_thousands_of_channels_subscribe_and_unsubscribe_in_one_call() {
     );
     assert_eq!(shard_counts(&owner).await, [0, 0]);
 }
+
+/// `PUBSUB NUMSUB` (or `SHARDNUMSUB`) of `channels`, summed over the cluster.
+async fn subscriber_counts(client: &ClusterClient, sharded: bool, channels: &[String]) -> Vec<i64> {
+    let sub = if sharded { "SHARDNUMSUB" } else { "NUMSUB" };
+    let reply: Value = client
+        .query(cmd("PUBSUB").arg(sub).args(channels))
+        .await
+        .unwrap();
+    let counts: HashMap<String, i64> = channel_counts(reply).into_iter().collect();
+    channels.iter().map(|c| counts[c]).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_subscribing_at_once_are_each_answered_and_each_channel_is_made_once() {
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    // Room for every message the test publishes before it reads them.
+    let config = SubscriberConfig::default().queue_capacity(10_000);
+    let mut sub = client.subscriber_with(config).await.unwrap();
+    let handle = sub.handle();
+    let classic: Vec<String> = (0..1000).map(|i| format!("burst:{i}")).collect();
+    let sharded: Vec<String> = (0..1000).map(|i| format!("sburst:{i}")).collect();
+    // Every channel named by two callers at once, and a third that gives up at once (its
+    // subscription stays asked for, and is made).
+    let subscribes = classic
+        .iter()
+        .chain(&classic)
+        .map(|c| handle.subscribe([c]));
+    let ssubscribes = sharded
+        .iter()
+        .chain(&sharded)
+        .map(|c| handle.ssubscribe([c]));
+    let gave_up = classic
+        .iter()
+        .map(|c| tokio::time::timeout(Duration::ZERO, handle.subscribe([format!("{c}:late")])));
+    let (subscribed, ssubscribed, _) = tokio::join!(
+        futures_util::future::join_all(subscribes),
+        futures_util::future::join_all(ssubscribes),
+        futures_util::future::join_all(gave_up),
+    );
+    for result in subscribed.into_iter().chain(ssubscribed) {
+        result.unwrap();
+    }
+    let late: Vec<String> = classic.iter().map(|c| format!("{c}:late")).collect();
+    let mut sent = publish_all(&client, &classic, "1", false).await;
+    sent.extend(publish_all(&client, &sharded, "1", true).await);
+    sent.extend(publish_all(&client, &late, "1", false).await);
+    let others = expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+    assert!(
+        others.iter().all(|e| !matches!(e, PubSubEvent::Message(_))),
+        "a message twice: {others:?}"
+    );
+    assert_eq!(
+        subscriber_counts(&client, false, &classic).await,
+        vec![1; 1000]
+    );
+    assert_eq!(
+        subscriber_counts(&client, true, &sharded).await,
+        vec![1; 1000]
+    );
+
+    // Half of them ended by callers at once, by name; the other half stay.
+    let (ended, kept) = classic.split_at(500);
+    let (sended, skept) = sharded.split_at(500);
+    let unsubscribes = ended.iter().map(|c| handle.unsubscribe([c]));
+    let sunsubscribes = sended.iter().map(|c| handle.sunsubscribe([c]));
+    let (unsubscribed, sunsubscribed) = tokio::join!(
+        futures_util::future::join_all(unsubscribes),
+        futures_util::future::join_all(sunsubscribes),
+    );
+    for result in unsubscribed.into_iter().chain(sunsubscribed) {
+        result.unwrap();
+    }
+    assert_eq!(subscriber_counts(&client, false, ended).await, vec![0; 500]);
+    assert_eq!(subscriber_counts(&client, true, sended).await, vec![0; 500]);
+    assert_eq!(subscriber_counts(&client, false, kept).await, vec![1; 500]);
+    assert_eq!(subscriber_counts(&client, true, skept).await, vec![1; 500]);
+    let mut sent = publish_all(&client, kept, "2", false).await;
+    sent.extend(publish_all(&client, skept, "2", true).await);
+    expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+}

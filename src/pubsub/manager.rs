@@ -22,6 +22,7 @@ use crate::cmd::cmd;
 use crate::error::{Error, Result, ServerError};
 use crate::pubsub::link::{Frame, Kind, Link, LinkEvent};
 use crate::pubsub::queue::EventQueue;
+use crate::pubsub::subs::{Key, State, Subs, Waiters};
 use crate::pubsub::{Message, PubSubEvent, SubscriberConfig};
 use crate::slot::{key_slot, parse_redirect, Redirect};
 use crate::topology::RefreshTrigger;
@@ -52,14 +53,6 @@ pub(crate) enum Control {
     },
 }
 
-/// A subscription: its kind, its channel (or pattern) and, for a node-local one (see
-/// [`is_node_local`]), the primary it is made on.
-type Key = (Kind, Bytes, Option<Arc<str>>);
-
-/// What a caller of `subscribe` or `unsubscribe` waits for: the confirmation of a
-/// subscription (`true`) or of its end (`false`).
-type Confirmation = (bool, Key);
-
 /// Whether a subscription is made on every primary instead of on any one node: keyspace
 /// notifications (`__keyspace@<db>__:<key>`, `__keyevent@<db>__:<event>`, and patterns
 /// beginning `__key*`). A node publishes them to its own subscribers only, unlike
@@ -83,33 +76,6 @@ fn key_at(kind: Kind, channel: Bytes, addr: &Arc<str>) -> Key {
     (kind, channel, node)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Waiting,
-    Pending(u64),
-    Active(u64),
-}
-
-impl State {
-    fn link(self) -> Option<u64> {
-        match self {
-            State::Pending(id) | State::Active(id) => Some(id),
-            State::Waiting => None,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Sub {
-    state: State,
-    /// Was active once and lost since: its next confirmation is reported as a gap.
-    interrupted: bool,
-    /// Refused along with others in one command: sent in a command of its own until
-    /// confirmed, so that one refused channel (an ACL denies a whole `SUBSCRIBE` for
-    /// one of its channels) does not take the others with it.
-    solo: bool,
-}
-
 /// A command written on a link and not fully answered yet.
 #[derive(Debug)]
 enum Sent {
@@ -129,14 +95,6 @@ struct LinkState {
     sent: VecDeque<Sent>,
     awaiting_pong: bool,
     last_ping: Instant,
-}
-
-/// A caller of `subscribe`/`unsubscribe` waiting for confirmations.
-#[derive(Debug)]
-struct Waiter {
-    /// Confirmations still to come.
-    keys: HashSet<Confirmation>,
-    reply: oneshot::Sender<Result<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -161,8 +119,8 @@ pub(crate) struct Manager {
     /// Node-local subscriptions asked for, whatever the primaries: what
     /// `follow_primaries` makes on each primary.
     local_wanted: HashSet<(Kind, Bytes)>,
-    subs: HashMap<Key, Sub>,
-    waiters: Vec<Waiter>,
+    subs: Subs,
+    waiters: Waiters,
     retry_at: Option<Instant>,
     failures: u32,
     avoid: HashMap<Arc<str>, Instant>,
@@ -177,11 +135,9 @@ pub(crate) struct Manager {
 impl Drop for Manager {
     fn drop(&mut self) {
         self.queue.close();
-        for waiter in self.waiters.drain(..) {
-            let _ = waiter.reply.send(Err(Error::ConnectionLost {
-                may_have_executed: true,
-            }));
-        }
+        self.waiters.fail_all(&Error::ConnectionLost {
+            may_have_executed: true,
+        });
     }
 }
 
@@ -206,8 +162,8 @@ impl Manager {
             classic: None,
             node_links: HashMap::new(),
             local_wanted: HashSet::new(),
-            subs: HashMap::new(),
-            waiters: Vec::new(),
+            subs: Subs::default(),
+            waiters: Waiters::default(),
             retry_at: None,
             failures: 0,
             avoid: HashMap::new(),
@@ -272,12 +228,8 @@ impl Manager {
                     };
                     for node in nodes {
                         let key = (kind, channel.clone(), node);
-                        let sub = self.subs.entry(key.clone()).or_insert(Sub {
-                            state: State::Waiting,
-                            interrupted: false,
-                            solo: false,
-                        });
-                        if !matches!(sub.state, State::Active(_)) {
+                        let (state, _) = self.subs.ask(key.clone(), false);
+                        if !matches!(state, State::Active(_)) {
                             keys.insert((true, key));
                         }
                     }
@@ -293,7 +245,7 @@ impl Manager {
                     self.resync();
                     return;
                 }
-                self.wait(keys, reply);
+                self.waiters.wait(keys, reply);
                 self.resync();
             }
             Control::Unsubscribe {
@@ -303,16 +255,24 @@ impl Manager {
             } => {
                 // Every subscription of these channels (one per primary for a
                 // node-local one), or every one of the kind.
-                let named: HashSet<&Bytes> = channels.iter().collect();
-                let ended: Vec<Key> = self
-                    .subs
-                    .keys()
-                    .filter(|(k, c, _)| *k == kind && (named.is_empty() || named.contains(c)))
-                    .cloned()
-                    .collect();
-                self.local_wanted
-                    .retain(|(k, c)| *k != kind || !(named.is_empty() || named.contains(c)));
-                drop(named);
+                let ended: Vec<Key> = if channels.is_empty() {
+                    self.local_wanted.retain(|(k, _)| *k != kind);
+                    self.subs
+                        .iter()
+                        .filter(|((k, _, _), _)| *k == kind)
+                        .map(|(key, _)| key.clone())
+                        .collect()
+                } else {
+                    let mut ended = Vec::new();
+                    for channel in &channels {
+                        let node_local = is_node_local(kind, channel);
+                        if node_local {
+                            self.local_wanted.remove(&(kind, channel.clone()));
+                        }
+                        ended.extend(self.subs.keys_of(kind, channel, node_local));
+                    }
+                    ended
+                };
                 let mut per_link: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
                 let mut keys = HashSet::new();
                 for key in ended {
@@ -320,8 +280,8 @@ impl Manager {
                         continue;
                     };
                     // Whoever waits for this subscription waits no more.
-                    self.resolve(&(true, key.clone()));
-                    if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
+                    self.waiters.resolve(&(true, key.clone()));
+                    if let Some(id) = sub.state().link().filter(|id| self.links.contains_key(id)) {
                         let slot = if kind == Kind::Shard {
                             key_slot(&key.1)
                         } else {
@@ -334,58 +294,9 @@ impl Manager {
                 for ((id, _), channels) in per_link {
                     self.send(id, kind, false, channels);
                 }
-                self.wait(keys, reply);
+                self.waiters.wait(keys, reply);
             }
         }
-    }
-
-    fn wait(&mut self, keys: HashSet<Confirmation>, reply: oneshot::Sender<Result<()>>) {
-        if keys.is_empty() {
-            let _ = reply.send(Ok(()));
-        } else {
-            self.waiters.push(Waiter { keys, reply });
-        }
-    }
-
-    /// A confirmation for `key` arrived: callers waiting only for it are answered.
-    fn resolve(&mut self, key: &Confirmation) {
-        self.waiters.retain_mut(|w| {
-            w.keys.remove(key);
-            if w.reply.is_closed() {
-                return false;
-            }
-            if w.keys.is_empty() {
-                // `retain_mut` cannot move the sender out; answer through a swap.
-                let (tx, _) = oneshot::channel();
-                let _ = std::mem::replace(&mut w.reply, tx).send(Ok(()));
-                return false;
-            }
-            true
-        });
-    }
-
-    /// `key` failed for good: the callers waiting for it get `error`. Returns whether one
-    /// was still there to hear it (a caller whose call timed out is not).
-    fn fail(&mut self, key: &Confirmation, error: &Error) -> bool {
-        let mut told = false;
-        self.waiters.retain_mut(|w| {
-            if !w.keys.contains(key) {
-                return !w.reply.is_closed();
-            }
-            let (tx, _) = oneshot::channel();
-            told |= std::mem::replace(&mut w.reply, tx)
-                .send(Err(error.clone()))
-                .is_ok();
-            false
-        });
-        told
-    }
-
-    /// Whether a caller still waits for `key`.
-    fn awaited(&self, key: &Confirmation) -> bool {
-        self.waiters
-            .iter()
-            .any(|w| !w.reply.is_closed() && w.keys.contains(key))
     }
 
     /// Writes `(P|S)(UN)SUBSCRIBE channels` on link `id` and records it.
@@ -491,7 +402,7 @@ impl Manager {
                 let active = |kind: Kind, name: &Bytes| {
                     self.key_on(id, kind, name.clone())
                         .and_then(|key| self.subs.get(&key))
-                        .is_some_and(|sub| sub.state == State::Active(id))
+                        .is_some_and(|sub| sub.state() == State::Active(id))
                 };
                 let sharded = match (&pattern, sharded) {
                     (Some(pattern), _) => active(Kind::Pattern, pattern).then_some(false),
@@ -532,7 +443,7 @@ impl Manager {
                     (true, true) => self.on_subscribed(id, kind, channel),
                     (true, false) => {
                         if let Some(key) = self.key_on(id, kind, channel) {
-                            self.resolve(&(false, key));
+                            self.waiters.resolve(&(false, key));
                         }
                     }
                     // The server dropped it on its own: the slot moved away.
@@ -569,7 +480,7 @@ impl Manager {
                         // E.g. MOVED for a slot gone: nothing is subscribed there.
                         for channel in remaining {
                             if let Some(key) = self.key_on(id, kind, channel) {
-                                self.resolve(&(false, key));
+                                self.waiters.resolve(&(false, key));
                             }
                         }
                     }
@@ -627,10 +538,11 @@ impl Manager {
             return;
         };
         match self.subs.get_mut(&key) {
-            Some(sub) if sub.state == State::Pending(id) => {
-                sub.state = State::Active(id);
+            Some(sub) if sub.state() == State::Pending(id) => {
                 sub.solo = false;
-                if std::mem::take(&mut sub.interrupted) {
+                let interrupted = std::mem::take(&mut sub.interrupted);
+                self.subs.set_state(&key, State::Active(id));
+                if interrupted {
                     let gaps = match kind {
                         Kind::Channel => &mut self.gaps.channels,
                         Kind::Pattern => &mut self.gaps.patterns,
@@ -641,7 +553,7 @@ impl Manager {
                     gaps.push(channel.clone());
                 }
             }
-            Some(sub) if sub.state == State::Active(id) => {}
+            Some(sub) if sub.state() == State::Active(id) => {}
             Some(_) => {
                 // Subscribed here while it belongs elsewhere now: no duplicate stays.
                 self.send(id, kind, false, vec![channel.clone()]);
@@ -649,7 +561,7 @@ impl Manager {
             // Unsubscribed meanwhile; the unsubscribe is already on its way.
             None => {}
         }
-        self.resolve(&(true, key));
+        self.waiters.resolve(&(true, key));
     }
 
     fn on_lost(&mut self, id: u64, kind: Kind, channel: Bytes) {
@@ -659,11 +571,11 @@ impl Manager {
         let Some(sub) = self.subs.get_mut(&key) else {
             return;
         };
-        if sub.state.link() != Some(id) {
+        if sub.state().link() != Some(id) {
             return;
         }
-        sub.interrupted |= matches!(sub.state, State::Active(_));
-        sub.state = State::Waiting;
+        sub.interrupted |= matches!(sub.state(), State::Active(_));
+        self.subs.set_state(&key, State::Waiting);
         tracing::debug!(?kind, "subscription dropped by the server; resubscribing");
         self.inner.request_refresh(RefreshTrigger::Moved);
         self.schedule_retry();
@@ -692,20 +604,17 @@ impl Manager {
             let Some(sub) = self.subs.get_mut(&key) else {
                 continue;
             };
-            if sub.state != State::Pending(id) {
-                continue;
-            }
-            if retry {
-                sub.state = State::Waiting;
+            if sub.state() != State::Pending(id) {
                 continue;
             }
             let restoring = sub.interrupted;
-            if together {
-                // One refused channel refuses the whole command (the ACL check covers
-                // them all), whoever asked for which: each goes again alone.
-                sub.state = State::Waiting;
-                sub.solo = true;
-                split = true;
+            if retry || together {
+                // Redirected or refused for now: sent again. Refused for good with
+                // others: one refused channel refuses the whole command (the ACL check
+                // covers them all), whoever asked for which, so each goes again alone.
+                sub.solo |= !retry;
+                split |= !retry;
+                self.subs.set_state(&key, State::Waiting);
                 continue;
             }
             let told = if key.2.is_some() {
@@ -713,7 +622,7 @@ impl Manager {
                 self.drop_local(kind, &key.1, &error)
             } else {
                 self.subs.remove(&key);
-                self.fail(&(true, key.clone()), &error)
+                self.waiters.fail(&(true, key.clone()), &error)
             };
             // A refusal reaches the caller or the stream, never neither: restored ones
             // were the stream's, and so is one whose call timed out.
@@ -775,7 +684,7 @@ impl Manager {
             } = sent
             {
                 for channel in remaining {
-                    self.resolve(&(false, key_at(kind, channel, &addr)));
+                    self.waiters.resolve(&(false, key_at(kind, channel, &addr)));
                 }
             }
         }
@@ -787,35 +696,39 @@ impl Manager {
         let refused = matches!(error, Error::Auth(_) | Error::Tls(_) | Error::Config(_));
         let mut never_made = Vec::new();
         let mut affected = 0usize;
-        for (key, sub) in &mut self.subs {
-            if sub.state.link() == Some(id) {
-                let node_bound = key.0 == Kind::Shard || key.2.is_some();
-                if refused
-                    && node_bound
-                    && !sub.interrupted
-                    && matches!(sub.state, State::Pending(_))
-                {
-                    never_made.push(key.clone());
-                    continue;
-                }
-                sub.interrupted |= matches!(sub.state, State::Active(_));
-                sub.state = State::Waiting;
-                affected += 1;
+        let on_link: Vec<Key> = self
+            .subs
+            .iter()
+            .filter(|(_, sub)| sub.state().link() == Some(id))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in on_link {
+            let Some(sub) = self.subs.get_mut(&key) else {
+                continue;
+            };
+            let node_bound = key.0 == Kind::Shard || key.2.is_some();
+            let active = matches!(sub.state(), State::Active(_));
+            if refused && node_bound && !sub.interrupted && !active {
+                never_made.push(key);
+                continue;
             }
+            sub.interrupted |= active;
+            self.subs.set_state(&key, State::Waiting);
+            affected += 1;
         }
         for key in never_made {
             // A call that timed out left its subscription asked for, to be made once a
             // node accepts it: it waits on, as one interrupted does.
-            if !self.awaited(&(true, key.clone())) {
-                if let Some(sub) = self.subs.get_mut(&key) {
-                    sub.state = State::Waiting;
+            if !self.waiters.awaited(&(true, key.clone())) {
+                if self.subs.contains(&key) {
+                    self.subs.set_state(&key, State::Waiting);
                     affected += 1;
                 }
             } else if key.2.is_some() {
                 self.drop_local(key.0, &key.1, error);
             } else {
                 self.subs.remove(&key);
-                self.fail(&(true, key), error);
+                self.waiters.fail(&(true, key), error);
             }
         }
         if refused || affected > 0 {
@@ -847,18 +760,31 @@ impl Manager {
         }
         let now = Instant::now();
         self.avoid.retain(|_, until| *until > now);
-        // Waiting subscriptions of a kind that are not node-local.
-        let waiting = |kind: Kind, subs: &HashMap<Key, Sub>| -> Vec<Bytes> {
-            subs.iter()
-                .filter(|((k, _, node), s)| {
-                    *k == kind && node.is_none() && s.state == State::Waiting
-                })
-                .map(|((_, c, _), _)| c.clone())
-                .collect()
-        };
-        // Classic subscriptions: all on one link, to any node.
-        let channels = waiting(Kind::Channel, &self.subs);
-        let patterns = waiting(Kind::Pattern, &self.subs);
+        // What waits, in the commands that will carry it: classic subscriptions all on
+        // one link to any node, sharded ones one command per slot on the slot's
+        // primary, node-local ones one command per kind on their primary's link.
+        let (mut channels, mut patterns) = (Vec::new(), Vec::new());
+        let mut shards: HashMap<(Arc<str>, u16), Vec<Bytes>> = HashMap::new();
+        let mut local: HashMap<(Arc<str>, Kind), Vec<Bytes>> = HashMap::new();
+        let mut unowned = false;
+        for (kind, channel, node) in self.subs.waiting() {
+            let channel = channel.clone();
+            match (kind, node) {
+                (kind, Some(node)) => local
+                    .entry((Arc::clone(node), *kind))
+                    .or_default()
+                    .push(channel),
+                (Kind::Channel, None) => channels.push(channel),
+                (Kind::Pattern, None) => patterns.push(channel),
+                (Kind::Shard, None) => {
+                    let slot = key_slot(&channel);
+                    match self.inner.slot_owner(slot) {
+                        Some(owner) => shards.entry((owner, slot)).or_default().push(channel),
+                        None => unowned = true,
+                    }
+                }
+            }
+        }
         if !channels.is_empty() || !patterns.is_empty() {
             let id = match self.classic {
                 Some(id) => Some(id),
@@ -880,34 +806,14 @@ impl Manager {
                 }
             }
         }
-        // Sharded subscriptions: one SSUBSCRIBE per slot, on the slot's primary.
-        let mut groups: HashMap<(Arc<str>, u16), Vec<Bytes>> = HashMap::new();
-        let mut unowned = false;
-        for channel in waiting(Kind::Shard, &self.subs) {
-            let slot = key_slot(&channel);
-            match self.inner.slot_owner(slot) {
-                Some(owner) => groups.entry((owner, slot)).or_default().push(channel),
-                None => unowned = true,
-            }
-        }
         if unowned {
             self.inner.request_refresh(RefreshTrigger::Uncovered);
             self.schedule_retry();
         }
-        for ((owner, _), list) in groups {
+        for ((owner, _), list) in shards {
             let id = self.node_link(owner);
             self.mark_pending(Kind::Shard, &list, None, id);
             self.send_subscribes(id, Kind::Shard, list, None);
-        }
-        // Node-local subscriptions: on their primary's link, one command per kind.
-        let mut local: HashMap<(Arc<str>, Kind), Vec<Bytes>> = HashMap::new();
-        for ((kind, channel, node), sub) in &self.subs {
-            if let (Some(node), State::Waiting) = (node, sub.state) {
-                local
-                    .entry((Arc::clone(node), *kind))
-                    .or_default()
-                    .push(channel.clone());
-            }
         }
         for ((node, kind), list) in local {
             let id = self.node_link(Arc::clone(&node));
@@ -950,9 +856,8 @@ impl Manager {
 
     fn mark_pending(&mut self, kind: Kind, channels: &[Bytes], node: Option<&Arc<str>>, id: u64) {
         for channel in channels {
-            if let Some(sub) = self.subs.get_mut(&(kind, channel.clone(), node.cloned())) {
-                sub.state = State::Pending(id);
-            }
+            self.subs
+                .set_state(&(kind, channel.clone(), node.cloned()), State::Pending(id));
         }
     }
 
@@ -975,12 +880,11 @@ impl Manager {
 
     /// Closes links that carry no subscription and owe no unsubscribe confirmation.
     fn close_idle_links(&mut self) {
-        let used: HashSet<u64> = self.subs.values().filter_map(|s| s.state.link()).collect();
         let idle: Vec<u64> = self
             .links
             .iter()
             .filter(|(id, l)| {
-                !used.contains(id) && !l.sent.iter().any(|s| matches!(s, Sent::Sub { .. }))
+                !self.subs.carries(**id) && !l.sent.iter().any(|s| matches!(s, Sent::Sub { .. }))
             })
             .map(|(id, _)| *id)
             .collect();
@@ -1002,35 +906,33 @@ impl Manager {
     /// once made (its notifications until then were missed). Whether anything changed.
     fn follow_primaries(&mut self) -> bool {
         let primaries = self.inner.primary_addrs();
-        let gone: Vec<Key> = self
-            .subs
-            .keys()
-            .filter(|(_, _, node)| node.as_ref().is_some_and(|n| !primaries.contains(n)))
-            .cloned()
-            .collect();
+        let gone: Vec<Key> = if self.subs.local_nodes().all(|n| primaries.contains(n)) {
+            Vec::new()
+        } else {
+            self.subs
+                .iter()
+                .map(|(key, _)| key)
+                .filter(|(_, _, node)| node.as_ref().is_some_and(|n| !primaries.contains(n)))
+                .cloned()
+                .collect()
+        };
         let mut changed = !gone.is_empty();
         for key in gone {
             let Some(sub) = self.subs.remove(&key) else {
                 continue;
             };
-            if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
+            if let Some(id) = sub.state().link().filter(|id| self.links.contains_key(id)) {
                 self.send(id, key.0, false, vec![key.1.clone()]);
             }
             // A caller waiting for it waits for the primaries there are.
-            self.resolve(&(true, key));
+            self.waiters.resolve(&(true, key));
         }
         let wanted: Vec<(Kind, Bytes)> = self.local_wanted.iter().cloned().collect();
         for (kind, channel) in wanted {
             for primary in &primaries {
                 let key = (kind, channel.clone(), Some(Arc::clone(primary)));
-                if let std::collections::hash_map::Entry::Vacant(entry) = self.subs.entry(key) {
-                    entry.insert(Sub {
-                        state: State::Waiting,
-                        interrupted: true,
-                        solo: false,
-                    });
-                    changed = true;
-                }
+                let (_, added) = self.subs.ask(key, true);
+                changed |= added;
             }
         }
         changed
@@ -1041,21 +943,15 @@ impl Manager {
     /// caller was there to hear it.
     fn drop_local(&mut self, kind: Kind, channel: &Bytes, error: &Error) -> bool {
         self.local_wanted.remove(&(kind, channel.clone()));
-        let keys: Vec<Key> = self
-            .subs
-            .keys()
-            .filter(|(k, c, node)| *k == kind && c == channel && node.is_some())
-            .cloned()
-            .collect();
         let mut told = false;
-        for key in keys {
+        for key in self.subs.keys_of(kind, channel, true) {
             let Some(sub) = self.subs.remove(&key) else {
                 continue;
             };
-            if let Some(id) = sub.state.link().filter(|id| self.links.contains_key(id)) {
+            if let Some(id) = sub.state().link().filter(|id| self.links.contains_key(id)) {
                 self.send(id, kind, false, vec![channel.clone()]);
             }
-            told |= self.fail(&(true, key), error);
+            told |= self.waiters.fail(&(true, key), error);
         }
         told
     }
@@ -1067,20 +963,26 @@ impl Manager {
         if version != self.routes_version {
             self.routes_version = version;
             let mut moves: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
-            for ((kind, channel, _), sub) in &mut self.subs {
-                let (Kind::Shard, State::Active(id)) = (*kind, sub.state) else {
+            let mut moved = Vec::new();
+            for (key, sub) in self.subs.iter() {
+                let (Kind::Shard, State::Active(id)) = (key.0, sub.state()) else {
                     continue;
                 };
-                let slot = key_slot(channel);
+                let slot = key_slot(&key.1);
                 let (Some(owner), Some(link)) = (self.inner.slot_owner(slot), self.links.get(&id))
                 else {
                     continue;
                 };
                 if owner != link.link.addr {
-                    sub.state = State::Waiting;
-                    sub.interrupted = true;
-                    moves.entry((id, slot)).or_default().push(channel.clone());
+                    moves.entry((id, slot)).or_default().push(key.1.clone());
+                    moved.push(key.clone());
                 }
+            }
+            for key in moved {
+                if let Some(sub) = self.subs.get_mut(&key) {
+                    sub.interrupted = true;
+                }
+                self.subs.set_state(&key, State::Waiting);
             }
             let mut changed = self.follow_primaries();
             // The classic link's node left the cluster (removed with `CLUSTER FORGET`
@@ -1128,8 +1030,9 @@ impl Manager {
             self.on_link_down(id, &Error::Timeout);
         }
         self.close_idle_links();
+        self.waiters.prune();
         // A safety net: anything still waiting gets another try.
-        if self.retry_at.is_none() && self.subs.values().any(|s| s.state == State::Waiting) {
+        if self.retry_at.is_none() && self.subs.any_waiting() {
             self.schedule_retry();
         }
     }

@@ -107,6 +107,7 @@ mod link;
 pub(crate) mod link;
 mod manager;
 mod queue;
+mod subs;
 
 use std::pin::Pin;
 use std::sync::Arc;
