@@ -1827,3 +1827,46 @@ async fn a_redirect_to_an_unknown_host_ends_in_cluster_down_never_a_raw_moved() 
     // through the single-command path, which counts its retries afresh (one more).
     assert_eq!(fake.count("GET"), 3 + 4 + 1 + 1, "{:?}", fake.seen());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_argument_over_the_servers_bulk_limit_is_refused_unsent_and_the_others_run() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    // One byte over the 512 MiB a server takes by default (`proto-max-bulk-len`): a
+    // server reads its length, answers a protocol error and closes the connection, which
+    // every request to that node shares.
+    let huge = vec![b'x'; 512 * 1024 * 1024 + 1];
+    let set = cmd("SET").arg("bulk:{b}:huge").arg(&huge[..]);
+    drop(huge);
+    // Writes that must not run twice, sent with it to the same node.
+    let neighbours = (0..64).map(|i| {
+        let client = client.clone();
+        async move { client.incr(format!("bulk:{{b}}:{i}"), 1).await }
+    });
+    let (refused, neighbours) = tokio::join!(
+        client.query::<Value>(set.clone()),
+        futures_util::future::join_all(neighbours)
+    );
+    match refused {
+        Err(Error::Config(m)) => assert!(m.contains("512 MiB"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    for result in neighbours {
+        assert_eq!(result.unwrap(), 1);
+    }
+    // In a pipeline it is that command's error; the others run.
+    let mut pipe = client.pipeline();
+    pipe.set("bulk:{b}:before", "1");
+    pipe.add(set.clone());
+    pipe.set("bulk:{b}:after", "2");
+    let each = pipe.execute_each().await;
+    assert!(matches!(each[1], Err(Error::Config(_))), "{each:?}");
+    assert!(each[0].is_ok() && each[2].is_ok(), "{each:?}");
+    // So on a node connection of one's own.
+    let owner = local.master_of_slot(key_slot(b"{b}")).await.unwrap();
+    let node = local.connect_node(owner).await.unwrap();
+    let (refused, after) =
+        tokio::join!(node.send(set), node.send(cmd("GET").arg("bulk:{b}:after")));
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    assert_eq!(after.unwrap(), Value::Bulk("2".into()));
+}

@@ -369,7 +369,9 @@ impl ClusterClient {
     /// the client refuses: one that would break or reconfigure a shared connection
     /// (`SUBSCRIBE`, `MULTI`, `SELECT`, `CLIENT SETNAME`, ...), `WAIT`, a raw `SCAN`,
     /// one that acts on the node it is sent to (`BGSAVE`, `SHUTDOWN`, `CLIENT KILL`:
-    /// use [`query_node`](Self::query_node)), or one too malformed to find its keys.
+    /// use [`query_node`](Self::query_node)), one with an argument over 512 MiB (the
+    /// server would close the connection other requests share), or one too malformed
+    /// to find its keys.
     ///
     /// # Examples
     ///

@@ -278,7 +278,8 @@ pub(crate) fn plan(command: &Cmd, info: Option<&cmd::CommandInfo>) -> Result<Pla
 }
 
 /// Refuses, whatever node it would go to, a command no shared connection may carry: an
-/// empty one, one over 4 GiB, one that changes the connection's state. `info` may be
+/// empty one, one over 4 GiB or with an argument over 512 MiB, one that changes the
+/// connection's state. `info` may be
 /// `None` for a command the table lacks.
 ///
 /// Commands that change what a shared connection does with later replies, or whose
@@ -294,6 +295,7 @@ pub(crate) fn refuse_unsendable(command: &Cmd, info: Option<&cmd::CommandInfo>) 
         // Its keys could not be told apart; no server takes it anyway.
         return Err(Error::Config("a command over 4 GiB".into()));
     }
+    cmd::refuse_overlong_args(command)?;
     refuse_connection_state_commands(command, info)
 }
 

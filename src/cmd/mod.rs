@@ -217,6 +217,19 @@ impl Cmd {
         u32::try_from(self.encoded.len()).is_err()
     }
 
+    /// The first argument longer than `limit` bytes: its index and length (capped at
+    /// `u32::MAX`). One comparison for a command whose arguments add up to less.
+    pub(crate) fn arg_longer_than(&self, limit: usize) -> Option<(usize, usize)> {
+        if self.encoded.len() <= limit {
+            return None;
+        }
+        self.spans
+            .iter()
+            .map(|&(_, len)| len as usize)
+            .enumerate()
+            .find(|&(_, len)| len > limit)
+    }
+
     /// The encoded arguments after the command name (for sending it under another name).
     pub(crate) fn encoded_args_after_name(&self) -> &[u8] {
         match self.spans.first() {
@@ -241,6 +254,29 @@ impl Cmd {
         // `*`, up to 20 digits and CRLF, then the arguments.
         let mut digits = itoa::Buffer::new();
         1 + digits.format(self.spans.len()).len() + 2 + self.encoded.len()
+    }
+}
+
+/// The longest argument a server takes by default (`proto-max-bulk-len`, 512 MiB), and
+/// the longest bulk string the decoder takes in a reply.
+pub(crate) const MAX_ARG_LEN: usize = 512 * 1024 * 1024;
+
+/// Refuses a command with an argument over [`MAX_ARG_LEN`]: the server would read its
+/// length, answer a protocol error and close the connection, and with it fail every
+/// request sharing it (written after it: may have executed).
+pub(crate) fn refuse_overlong_args(command: &Cmd) -> crate::Result<()> {
+    match command.arg_longer_than(MAX_ARG_LEN) {
+        None => Ok(()),
+        Some((index, len)) => Err(crate::Error::Config(format!(
+            "argument {index} of {} is {}, over the 512 MiB a server takes \
+             (proto-max-bulk-len): not sent, as the server would close the connection",
+            String::from_utf8_lossy(command.name()),
+            if len >= u32::MAX as usize {
+                "over 4 GiB".to_string()
+            } else {
+                format!("{len} bytes")
+            },
+        ))),
     }
 }
 
@@ -408,6 +444,18 @@ impl fmt::Write for StackText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_argument_over_the_limit_is_found_and_a_short_command_is_not_searched() {
+        let c = cmd("SET").arg("key").arg("12345").arg("123456");
+        assert_eq!(c.arg_longer_than(5), Some((3, 6)));
+        assert_eq!(c.arg_longer_than(4), Some((2, 5)));
+        assert_eq!(c.arg_longer_than(6), None);
+        // Many short arguments adding up to more than the limit: none is over it.
+        let many = cmd("MSET").args(["ab"; 10]);
+        assert_eq!(many.arg_longer_than(4), None);
+        assert!(refuse_overlong_args(&many).is_ok());
+    }
 
     #[test]
     fn arguments_convert_from_common_types() {

@@ -850,7 +850,8 @@ impl NodeConnection {
     /// `HELLO`, `AUTH`, `SELECT`, `QUIT`); and for `MULTI` or `WATCH` alone, which
     /// would start a transaction for every caller (send the whole transaction with
     /// [`NodeConnection::send_batch`]; a check-and-set that reads between `WATCH` and
-    /// `MULTI` needs a connection of its own: `ClusterClient::watch`).
+    /// `MULTI` needs a connection of its own: `ClusterClient::watch`); and for an
+    /// argument over 512 MiB, on which the server would close the connection.
     ///
     /// # Examples
     ///
@@ -1371,7 +1372,8 @@ fn refuse_unpaired(cmd: &Cmd) -> Result<()> {
     }
 }
 
-/// [`refuse_unpaired`] for each of `cmds`, which go out back to back, and a refusal of
+/// [`refuse_unpaired`] and [`crate::cmd::refuse_overlong_args`] for each of `cmds`, which
+/// go out back to back, and a refusal of
 /// any that leave a transaction open after them: after a `MULTI` with no `EXEC` or
 /// `DISCARD` later in `cmds`, the server would queue other callers' commands into it
 /// (and they would get `QUEUED` for a reply); after a lone `WATCH`, their writes would
@@ -1384,6 +1386,7 @@ fn refuse_on_shared(cmds: &[Cmd]) -> Result<()> {
             // go to it, and every one after to the wrong caller.
             return Err(Error::Config("an empty command is not sent".into()));
         }
+        crate::cmd::refuse_overlong_args(c)?;
         refuse_unpaired(c)?;
         let name = c.name();
         if name.eq_ignore_ascii_case(b"MULTI") {
