@@ -21,6 +21,8 @@
 //! known owner go one after another through the single-command path, which waits for
 //! one.
 
+use std::collections::hash_map;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -255,6 +257,9 @@ impl Inner {
         // after another, in the order added, through the single-command path, which
         // waits for an owner. Sent side by side, they would run in any order.
         let mut unowned: Vec<(u16, Vec<(usize, Cmd)>)> = Vec::new();
+        // Where each slot's group is in `unowned`: a pipeline spreads over thousands of
+        // slots, and a scan of the groups per command would cost it a scan of them all.
+        let mut unowned_at: HashMap<u16, usize> = HashMap::new();
         // One snapshot for the whole pipeline; a command it routes wrongly is redirected
         // and resent on its own like any other.
         let routes = self.routes.load_full();
@@ -295,9 +300,14 @@ impl Inner {
                                 }
                             }
                         }
-                        Err(_) => match unowned.iter_mut().find(|(s, _)| *s == slot) {
-                            Some((_, commands)) => commands.push((index, command)),
-                            None => unowned.push((slot, vec![(index, command)])),
+                        Err(_) => match unowned_at.entry(slot) {
+                            hash_map::Entry::Occupied(at) => {
+                                unowned[*at.get()].1.push((index, command))
+                            }
+                            hash_map::Entry::Vacant(at) => {
+                                at.insert(unowned.len());
+                                unowned.push((slot, vec![(index, command)]));
+                            }
                         },
                     }
                 }
@@ -445,7 +455,7 @@ impl Inner {
         // With why it goes again: a `MOVED`, or an answer that asks to back off first.
         let mut resend: Vec<(Entry, Resend)> = Vec::new();
         // Slots with a command answered with a refusal to wait (no retry left).
-        let mut held_slots: Vec<u16> = Vec::new();
+        let mut held_slots: HashSet<u16> = HashSet::new();
         let backoff = self.backoff();
         let mut batch_error: Option<Error> = None;
         // Replies that came before a failure (the connection was lost, or the deadline
@@ -487,7 +497,7 @@ impl Inner {
                         match delay {
                             Some(delay) => (action, delay),
                             None => {
-                                held_slots.push(meta.slot);
+                                held_slots.insert(meta.slot);
                                 (ErrorAction::Reply, Duration::ZERO)
                             }
                         }
@@ -551,20 +561,17 @@ impl Inner {
             // each alone could be. They would run again after it: `DEL k` resent
             // after `RPUSH k x` ran deletes `x`; `GET k` resent after `INCR k` ran
             // answers for a later place in the pipeline than its own.
-            let mut last_kept: Vec<(u16, usize)> = Vec::new();
+            let mut last_kept: HashMap<u16, usize> = HashMap::new();
             for (position, meta) in meta.iter().enumerate() {
                 if !may_resend(position, meta) {
-                    match last_kept.iter_mut().find(|(slot, _)| *slot == meta.slot) {
-                        Some((_, last)) => *last = position,
-                        None => last_kept.push((meta.slot, position)),
-                    }
+                    last_kept.insert(meta.slot, position);
                 }
             }
             let mut cmds = cmds.into_iter();
             for (position, meta) in meta.into_iter().enumerate() {
                 let runs_before_kept = last_kept
-                    .iter()
-                    .any(|&(slot, last)| slot == meta.slot && position < last);
+                    .get(&meta.slot)
+                    .is_some_and(|&last| position < last);
                 match cmds.next() {
                     Some(command) if may_resend(position, &meta) && !runs_before_kept => {
                         resend.push((Entry { meta, cmd: command }, Resend::Now));
@@ -586,14 +593,18 @@ impl Inner {
         // Per slot: whether every command of it got `MOVED` (or goes to the primary), and
         // how long it waits first.
         let mut by_slot: Vec<SlotResend> = Vec::new();
+        let mut slot_at: HashMap<u16, usize> = HashMap::new();
         for (entry, why) in resend {
             let wait = match why {
                 Resend::AfterBackOff(wait) => wait,
                 _ => Duration::ZERO,
             };
-            match by_slot.iter_mut().find(|s| s.slot == entry.meta.slot) {
-                Some(slot) => slot.add(entry, &why, wait),
-                None => by_slot.push(SlotResend::new(entry, why, wait)),
+            match slot_at.entry(entry.meta.slot) {
+                hash_map::Entry::Occupied(at) => by_slot[*at.get()].add(entry, &why, wait),
+                hash_map::Entry::Vacant(at) => {
+                    at.insert(by_slot.len());
+                    by_slot.push(SlotResend::new(entry, why, wait));
+                }
             }
         }
         // A slot that moved whole (a resharding) is one batch again, to its new owner
