@@ -1259,7 +1259,7 @@ async fn subscriber_counts(client: &ClusterClient, sharded: bool, channels: &[St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_subscribing_at_once_are_each_answered_and_each_channel_is_made_once() {
+async fn callers_subscribing_at_once_are_each_answered_and_each_channel_is_held_once() {
     let local = cluster(0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     // Room for every message the test publishes before it reads them.
@@ -1268,8 +1268,10 @@ async fn callers_subscribing_at_once_are_each_answered_and_each_channel_is_made_
     let handle = sub.handle();
     let classic: Vec<String> = (0..1000).map(|i| format!("burst:{i}")).collect();
     let sharded: Vec<String> = (0..1000).map(|i| format!("sburst:{i}")).collect();
-    // Every channel named by two callers at once, and a third that gives up at once (its
-    // subscription stays asked for, and is made).
+    let late: Vec<String> = classic.iter().map(|c| format!("{c}:late")).collect();
+    // Every channel named by two callers at once and by a third that gives up at once;
+    // and channels only callers that gave up named (their subscriptions stay asked for,
+    // and are made).
     let subscribes = classic
         .iter()
         .chain(&classic)
@@ -1280,7 +1282,8 @@ async fn callers_subscribing_at_once_are_each_answered_and_each_channel_is_made_
         .map(|c| handle.ssubscribe([c]));
     let gave_up = classic
         .iter()
-        .map(|c| tokio::time::timeout(Duration::ZERO, handle.subscribe([format!("{c}:late")])));
+        .chain(&late)
+        .map(|c| tokio::time::timeout(Duration::ZERO, handle.subscribe([c])));
     let (subscribed, ssubscribed, _) = tokio::join!(
         futures_util::future::join_all(subscribes),
         futures_util::future::join_all(ssubscribes),
@@ -1289,19 +1292,29 @@ async fn callers_subscribing_at_once_are_each_answered_and_each_channel_is_made_
     for result in subscribed.into_iter().chain(ssubscribed) {
         result.unwrap();
     }
-    let late: Vec<String> = classic.iter().map(|c| format!("{c}:late")).collect();
+    // Made by now: a subscribe of what is already held returns at once.
+    handle.subscribe(&late).await.unwrap();
     let mut sent = publish_all(&client, &classic, "1", false).await;
     sent.extend(publish_all(&client, &sharded, "1", true).await);
     sent.extend(publish_all(&client, &late, "1", false).await);
-    let others = expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
-    assert!(
-        others.iter().all(|e| !matches!(e, PubSubEvent::Message(_))),
-        "a message twice: {others:?}"
-    );
-    assert_eq!(
-        subscriber_counts(&client, false, &classic).await,
-        vec![1; 1000]
-    );
+    expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
+    // Each message came once: none but a last marker follows them.
+    client.publish(classic[0].as_str(), "end").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, sub.next()).await {
+            Ok(Some(PubSubEvent::Message(m))) if m.payload == b("end") => break,
+            Ok(Some(PubSubEvent::Message(m))) => panic!("a message twice: {m:?}"),
+            Ok(Some(_)) => {}
+            other => panic!("no marker: {other:?}"),
+        }
+    }
+    for channels in [&classic, &late] {
+        assert_eq!(
+            subscriber_counts(&client, false, channels).await,
+            vec![1; 1000]
+        );
+    }
     assert_eq!(
         subscriber_counts(&client, true, &sharded).await,
         vec![1; 1000]

@@ -824,7 +824,7 @@ impl Manager {
     }
 
     /// Subscribes to `channels` on link `id` in one command, except those to be sent
-    /// alone (see [`Sub::solo`]).
+    /// alone (see `Sub::solo` in [`crate::pubsub::subs`]).
     fn send_subscribes(
         &mut self,
         id: u64,
@@ -1031,6 +1031,7 @@ impl Manager {
         }
         self.close_idle_links();
         self.waiters.prune();
+        self.subs.shrink();
         // A safety net: anything still waiting gets another try.
         if self.retry_at.is_none() && self.subs.any_waiting() {
             self.schedule_retry();

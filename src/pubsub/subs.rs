@@ -167,6 +167,15 @@ impl Subs {
         !self.waiting.is_empty()
     }
 
+    /// Gives back the room of the waiting set once most of it is empty: after tens of
+    /// thousands waited at once (a first subscribe, a lost link), each resync would
+    /// otherwise walk that many empty places to find the few that wait.
+    pub(super) fn shrink(&mut self) {
+        if self.waiting.capacity() > 4 * self.waiting.len() + 1024 {
+            self.waiting.shrink_to_fit();
+        }
+    }
+
     /// Whether link `id` carries a subscription, pending or active.
     pub(super) fn carries(&self, id: u64) -> bool {
         self.per_link.contains_key(&id)
