@@ -278,6 +278,42 @@ async fn failovers_swap_roles() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_failed_over_back_and_forth_is_master_each_time() {
+    // Redis 7.0 keeps an elected replica's votes for four node timeouts: a third
+    // failover within them was claimed with the first's stale epoch and undone, and
+    // `failover` returned with the old master still in charge.
+    let cluster = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .node_timeout(Duration::from_millis(1000))
+        .start()
+        .await
+        .unwrap();
+    for (round, promoted) in [3, 0, 3].into_iter().enumerate() {
+        cluster
+            .failover(promoted, FailoverMode::Graceful)
+            .await
+            .unwrap();
+        assert_eq!(
+            cluster.master_of_slot(0).await.unwrap(),
+            promoted,
+            "round {round}"
+        );
+        // The nodes say so themselves.
+        let demoted = 3 - promoted;
+        for (node, role) in [(promoted, "master"), (demoted, "slave")] {
+            let conn = cluster.connect_node(node).await.unwrap();
+            let reply: Vec<Value> = send(&conn, cmd("ROLE")).await;
+            assert_eq!(
+                reply[0],
+                Value::Bulk(role.into()),
+                "round {round}, node {node}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_master_receives_a_slot_with_its_keys() {
     let cluster = LocalCluster::builder()
         .replicas_per_master(0)

@@ -362,6 +362,11 @@ impl LocalClusterBuilder {
             None
         };
         let directives = self.effective_directives();
+        let node_timeout = directives
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("cluster-node-timeout"))
+            .and_then(|(_, ms)| ms.trim_matches('"').parse().ok())
+            .map_or(self.node_timeout, Duration::from_millis);
         let settings = Settings {
             binary,
             dir,
@@ -370,6 +375,7 @@ impl LocalClusterBuilder {
             secrets: ConfSecrets::of(&directives),
             directives,
             wait_timeout: self.wait_timeout,
+            node_timeout,
             tls,
         };
         LocalCluster::form(settings, self.masters, self.replicas_per_master).await
@@ -554,6 +560,8 @@ pub(crate) struct Settings {
     /// Cut from the node logs the testkit quotes.
     pub(crate) secrets: ConfSecrets,
     pub(crate) wait_timeout: Duration,
+    /// The nodes' `cluster-node-timeout`.
+    pub(crate) node_timeout: Duration,
     /// The certificates of a TLS cluster.
     pub(crate) tls: Option<TlsFiles>,
 }

@@ -1,10 +1,11 @@
 //! [`LocalCluster`]: forming the cluster, asking it about itself, and the faults and
 //! topology changes tests inject.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -68,6 +69,9 @@ const LOG_LINES: usize = 15;
 pub struct LocalCluster {
     settings: Settings,
     nodes: RwLock<Vec<Arc<Node>>>,
+    /// When each node (by index) last won a failover election that the testkit ran or
+    /// saw undone (see [`LocalCluster::failover`]).
+    elected: Mutex<HashMap<usize, Instant>>,
 }
 
 /// A snapshot of one node of a [`LocalCluster`].
@@ -260,6 +264,7 @@ impl LocalCluster {
         let cluster = LocalCluster {
             settings,
             nodes: RwLock::new(nodes),
+            elected: Mutex::new(HashMap::new()),
         };
         if let Some(e) = failed {
             return Err(e);
@@ -792,10 +797,18 @@ impl LocalCluster {
     /// until it is a master and the cluster is stable (see
     /// [`LocalCluster::wait_until_stable`]); its old master becomes its replica.
     ///
+    /// A replica elected less than four node timeouts ago (failed over, then back)
+    /// still holds that election's votes in Redis 7.0: failed over again, it claims the
+    /// master role at once with the old election's epoch, and the cluster undoes it,
+    /// while its master holds writes for the manual failover's 5 s. So a `Graceful` or
+    /// `Force` failover of a node the testkit saw elected first waits out those four
+    /// node timeouts (8 s with the default 2 s), and a failover the cluster undid is
+    /// tried once more after them.
+    ///
     /// # Errors
     ///
     /// [`Error::Config`] when the node is not a running replica; [`Error::Io`] when the
-    /// failover does not complete within the wait timeout.
+    /// failover does not complete within the wait timeout, or the cluster undid it twice.
     ///
     /// # Examples
     ///
@@ -813,6 +826,47 @@ impl LocalCluster {
                 "node {replica} is a master; only a replica can fail over"
             )));
         }
+        let deadline = self.deadline();
+        // A takeover bumps the epoch without an election.
+        let elects = mode != FailoverMode::Takeover;
+        let mut undone = false;
+        loop {
+            if elects {
+                self.wait_out_last_election(replica, deadline).await;
+            }
+            self.failover_once(replica, mode, deadline).await?;
+            if elects {
+                self.elected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(replica, Instant::now());
+            }
+            // Settled: the cluster kept the promotion, or undid one made with an old
+            // election's votes.
+            if self.own_entry(replica).await?.master {
+                return Ok(());
+            }
+            if undone {
+                return Err(self.timed_out(
+                    &format!(
+                        "node {replica} was elected twice by CLUSTER FAILOVER ({mode:?}) and \
+                         the cluster kept its master both times"
+                    ),
+                    Some(replica),
+                ));
+            }
+            undone = true;
+        }
+    }
+
+    /// Sends `CLUSTER FAILOVER` to `replica` and waits until it calls itself master,
+    /// then until the cluster is stable.
+    async fn failover_once(
+        &self,
+        replica: usize,
+        mode: FailoverMode,
+        deadline: Instant,
+    ) -> Result<()> {
         let mut failover = cmd("CLUSTER").arg("FAILOVER");
         failover = match mode {
             FailoverMode::Graceful => failover,
@@ -821,7 +875,6 @@ impl LocalCluster {
         };
         let reply = self.call(replica, failover).await?;
         self.expect::<()>(reply, replica, "CLUSTER FAILOVER")?;
-        let deadline = self.deadline();
         loop {
             if self.own_entry(replica).await.is_ok_and(|e| e.master) {
                 break;
@@ -841,6 +894,22 @@ impl LocalCluster {
             deadline,
         )
         .await
+    }
+
+    /// Waits (until `deadline` at most) for four node timeouts, and a little more, to
+    /// pass since `replica` was last elected: Redis 7.0 resets a replica's election
+    /// state only then. Nothing a node answers shows it, hence the clock.
+    async fn wait_out_last_election(&self, replica: usize, deadline: Instant) {
+        let elected = self
+            .elected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&replica)
+            .copied();
+        if let Some(elected) = elected {
+            let votes_kept = self.settings.node_timeout * 4 + Duration::from_millis(500);
+            tokio::time::sleep_until((elected + votes_kept).min(deadline)).await;
+        }
     }
 
     // ---- Topology changes -----------------------------------------------------------
