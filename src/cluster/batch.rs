@@ -465,6 +465,9 @@ impl Inner {
             Ok(replies) => (replies, None),
             Err(e) => (received, Some(e)),
         };
+        // `MOVED` targets, taken in at once after the replies: a pipeline's share of a
+        // moved shard is thousands of them, and each would make a new slot map.
+        let mut moves: Vec<(u16, String)> = Vec::new();
         let (mut meta, mut cmds) = (meta, cmds);
         let answered = replies.len().min(meta.len()).min(cmds.len());
         let (failed_meta, failed_cmds) = (meta.split_off(answered), cmds.split_off(answered));
@@ -523,10 +526,15 @@ impl Inner {
                     out.push((meta.index, result));
                 }
                 ErrorAction::Redirect(r) => {
-                    self.note_redirect(&r, &node.addr);
-                    let why = match r {
-                        Redirect::Moved { .. } => Resend::Moved,
-                        Redirect::Ask { addr, .. } => Resend::Ask(self.remap(&addr)),
+                    let why = match &r {
+                        Redirect::Moved { slot, addr } => {
+                            moves.push((*slot, self.remap(addr)));
+                            Resend::Moved
+                        }
+                        Redirect::Ask { addr, .. } => {
+                            self.note_redirect(&r, &node.addr);
+                            Resend::Ask(self.remap(addr))
+                        }
                     };
                     resend.push((Entry { meta, cmd: command }, why));
                 }
@@ -539,6 +547,7 @@ impl Inner {
                 }
             }
         }
+        self.note_moves(&moves, &node.addr);
         if let Some(e) = failure {
             let (meta, cmds) = (failed_meta, failed_cmds);
             if e.may_have_executed() {

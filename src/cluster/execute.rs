@@ -1078,12 +1078,7 @@ impl Inner {
     /// durable and `WATCH` connections); a MOVED also repoints the slot at once.
     pub(crate) fn note_redirect(&self, redirect: &Redirect, from: &str) {
         match redirect {
-            Redirect::Moved { slot, addr } => {
-                self.counters.moved.fetch_add(1, Ordering::Relaxed);
-                metrics::redirect(true);
-                tracing::debug!(slot, from = %from, to = %addr, "MOVED redirect");
-                self.patch_moved(*slot, &self.remap(addr));
-            }
+            Redirect::Moved { slot, addr } => self.note_moves(&[(*slot, self.remap(addr))], from),
             Redirect::Ask { slot, addr } => {
                 self.counters.ask.fetch_add(1, Ordering::Relaxed);
                 metrics::redirect(false);
@@ -1147,12 +1142,51 @@ impl Inner {
     /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
     /// learn the rest (a MOVED rarely comes alone).
     pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
-        let known = knows(&self.routes.load(), addr);
+        self.patch_moves(std::iter::once((slot, addr)));
+    }
+
+    /// Takes in `MOVED` redirects that `from` answered, their targets remapped: counted,
+    /// and the slot map patched once for them all.
+    pub(crate) fn note_moves(&self, moves: &[(u16, String)], from: &str) {
+        if moves.is_empty() {
+            return;
+        }
+        let count = u64::try_from(moves.len()).unwrap_or(u64::MAX);
+        self.counters.moved.fetch_add(count, Ordering::Relaxed);
+        metrics::redirects(true, count);
+        for (slot, to) in moves {
+            tracing::debug!(slot, from = %from, to = %to, "MOVED redirect");
+        }
+        self.patch_moves(moves.iter().map(|(slot, addr)| (*slot, addr.as_str())));
+    }
+
+    /// [`Inner::patch_moved`] for several slots: one new slot map (and one set of node
+    /// handles) for them all, where each slot would make its own.
+    fn patch_moves<'a>(&self, moves: impl Iterator<Item = (u16, &'a str)> + Clone) {
+        // Targets repeat (a shard's slots move to one node): each is looked up once.
+        let mut checked: Vec<&str> = Vec::new();
+        let routes = self.routes.load();
+        let mut known = true;
+        for (_, addr) in moves.clone() {
+            if !checked.contains(&addr) {
+                checked.push(addr);
+                known &= knows(&routes, addr);
+            }
+        }
+        drop(routes);
         self.registry.replace(&self.routes, |current| {
             // A refresh that began before this must not undo it (see `Moves`).
-            super::node::lock(&self.moves).note(slot, addr);
-            let moved = current.map.primary(slot).is_none_or(|p| &**p != addr);
-            moved.then(|| current.map.with_moved(slot, addr))
+            let mut noted = super::node::lock(&self.moves);
+            let mut next: Option<crate::slot::SlotMap> = None;
+            for (slot, addr) in moves {
+                noted.note(slot, addr);
+                let map = next.as_ref().unwrap_or(&current.map);
+                if map.primary(slot).is_none_or(|p| &**p != addr) {
+                    next.get_or_insert_with(|| current.map.clone())
+                        .move_slot(slot, addr);
+                }
+            }
+            next
         });
         self.signal.request(if known {
             RefreshTrigger::Moved

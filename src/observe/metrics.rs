@@ -445,12 +445,17 @@ pub(crate) fn pipeline_size(commands: usize) {
 
 /// A `MOVED` (`moved == true`) or `ASK` redirect was followed.
 pub(crate) fn redirect(moved: bool) {
+    redirects(moved, 1);
+}
+
+/// `count` redirects were followed.
+pub(crate) fn redirects(moved: bool, count: u64) {
     let key = if moved {
         key!(REDIRECTS_TOTAL, KIND => "moved")
     } else {
         key!(REDIRECTS_TOTAL, KIND => "ask")
     };
-    counter(key).increment(1);
+    counter(key).increment(count);
 }
 
 /// A topology refresh completed; `trigger` is what asked for it.

@@ -171,18 +171,19 @@ impl SlotMap {
             .collect()
     }
 
-    /// A copy in which `slot` is served by the primary at `addr`, as a `MOVED` says.
-    ///
-    /// If `addr` is a known primary the slot joins its shard; otherwise (a node not seen
-    /// yet, or a replica just promoted) a new shard without replicas is added for it
-    /// until the next refresh tells the whole story.
+    /// [`SlotMap::move_slot`] on a copy.
+    #[cfg(test)]
     pub(crate) fn with_moved(&self, slot: u16, addr: &str) -> SlotMap {
         let mut next = self.clone();
         next.move_slot(slot, addr);
         next
     }
 
-    /// [`SlotMap::with_moved`], in place.
+    /// Serves `slot` from the primary at `addr`, as a `MOVED` says.
+    ///
+    /// If `addr` is a known primary the slot joins its shard; otherwise (a node not seen
+    /// yet, or a replica just promoted) a new shard without replicas is added for it
+    /// until the next refresh tells the whole story.
     pub(crate) fn move_slot(&mut self, slot: u16, addr: &str) {
         let index = match self.shards.iter().position(|s| &*s.primary == addr) {
             Some(i) => i,
