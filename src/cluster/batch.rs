@@ -528,6 +528,7 @@ impl Inner {
                 ErrorAction::Redirect(r) => {
                     let why = match &r {
                         Redirect::Moved { slot, addr } => {
+                            tracing::debug!(slot, from = %node.addr, to = %addr, "MOVED redirect");
                             moves.push((*slot, self.remap(addr)));
                             Resend::Moved
                         }
@@ -547,7 +548,7 @@ impl Inner {
                 }
             }
         }
-        self.note_moves(&moves, &node.addr);
+        self.note_moves(&moves);
         if let Some(e) = failure {
             let (meta, cmds) = (failed_meta, failed_cmds);
             if e.may_have_executed() {

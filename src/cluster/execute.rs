@@ -33,6 +33,10 @@ use crate::topology::RefreshTrigger;
 /// far more than any server's module commands, and a bound however the server answers.
 const MAX_LEARNED_COMMANDS: usize = 1024;
 
+/// Longest command name looked up with `COMMAND INFO`: real ones, modules' included,
+/// are a few tens of bytes.
+const MAX_COMMAND_NAME_LEN: usize = 128;
+
 /// How long after a `COMMAND INFO` lookup went unanswered no other is tried: a user
 /// never allowed to ask would otherwise pay a round trip more on every such command.
 const LOOKUP_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
@@ -296,6 +300,11 @@ impl Inner {
         command: &Cmd,
         deadline: Instant,
     ) -> Option<&'static cmd::CommandInfo> {
+        // No command has such a name: asking the server would send it (one over 512 MiB
+        // would cost the shared connection), and the plan refuses or routes it anyway.
+        if command.name().len() > MAX_COMMAND_NAME_LEN {
+            return None;
+        }
         let name = command.name().to_ascii_lowercase();
         let resolve = |info: Option<&'static cmd::CommandInfo>| {
             info.map(|i| {
@@ -1078,7 +1087,10 @@ impl Inner {
     /// durable and `WATCH` connections); a MOVED also repoints the slot at once.
     pub(crate) fn note_redirect(&self, redirect: &Redirect, from: &str) {
         match redirect {
-            Redirect::Moved { slot, addr } => self.note_moves(&[(*slot, self.remap(addr))], from),
+            Redirect::Moved { slot, addr } => {
+                tracing::debug!(slot, from = %from, to = %addr, "MOVED redirect");
+                self.note_moves(&[(*slot, self.remap(addr))]);
+            }
             Redirect::Ask { slot, addr } => {
                 self.counters.ask.fetch_add(1, Ordering::Relaxed);
                 metrics::redirect(false);
@@ -1145,18 +1157,15 @@ impl Inner {
         self.patch_moves(std::iter::once((slot, addr)));
     }
 
-    /// Takes in `MOVED` redirects that `from` answered, their targets remapped: counted,
-    /// and the slot map patched once for them all.
-    pub(crate) fn note_moves(&self, moves: &[(u16, String)], from: &str) {
+    /// Takes in `MOVED` redirects (each logged by its caller), their targets remapped:
+    /// counted, and the slot map patched once for them all.
+    pub(crate) fn note_moves(&self, moves: &[(u16, String)]) {
         if moves.is_empty() {
             return;
         }
         let count = u64::try_from(moves.len()).unwrap_or(u64::MAX);
         self.counters.moved.fetch_add(count, Ordering::Relaxed);
         metrics::redirects(true, count);
-        for (slot, to) in moves {
-            tracing::debug!(slot, from = %from, to = %to, "MOVED redirect");
-        }
         self.patch_moves(moves.iter().map(|(slot, addr)| (*slot, addr.as_str())));
     }
 

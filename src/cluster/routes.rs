@@ -105,7 +105,7 @@ impl NodeRegistry {
             .iter()
             .map(|s| s.replicas.iter().map(|r| handle(r, true)).collect())
             .collect();
-        let members = map.nodes();
+        let members: std::collections::HashSet<Arc<str>> = map.nodes().into_iter().collect();
         #[cfg(test)]
         if let Some(hook) = tests::BEFORE_STORE.with(|h| h.borrow_mut().take()) {
             hook();

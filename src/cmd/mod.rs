@@ -265,17 +265,28 @@ pub(crate) const MAX_ARG_LEN: usize = 512 * 1024 * 1024;
 /// length, answer a protocol error and close the connection, and with it fail every
 /// request sharing it (written after it: may have executed).
 pub(crate) fn refuse_overlong_args(command: &Cmd) -> crate::Result<()> {
-    match command.arg_longer_than(MAX_ARG_LEN) {
+    refuse_args_over(command, MAX_ARG_LEN)
+}
+
+fn refuse_args_over(command: &Cmd, limit: usize) -> crate::Result<()> {
+    match command.arg_longer_than(limit) {
         None => Ok(()),
         Some((index, len)) => Err(crate::Error::Config(format!(
-            "argument {index} of {} is {}, over the 512 MiB a server takes \
+            "argument {index} of {} is {}, over the {} MiB a server takes \
              (proto-max-bulk-len): not sent, as the server would close the connection",
-            String::from_utf8_lossy(command.name()),
+            // Argument 0, the name, is the one too long: none of its bytes are shown.
+            if index == 0 {
+                "a command".into()
+            } else {
+                let name = command.name();
+                String::from_utf8_lossy(&name[..name.len().min(32)])
+            },
             if len >= u32::MAX as usize {
                 "over 4 GiB".to_string()
             } else {
                 format!("{len} bytes")
             },
+            limit >> 20,
         ))),
     }
 }
@@ -446,7 +457,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_argument_over_the_limit_is_found_and_a_short_command_is_not_searched() {
+    fn the_first_argument_over_the_limit_is_found_and_named_without_its_bytes() {
         let c = cmd("SET").arg("key").arg("12345").arg("123456");
         assert_eq!(c.arg_longer_than(5), Some((3, 6)));
         assert_eq!(c.arg_longer_than(4), Some((2, 5)));
@@ -455,6 +466,20 @@ mod tests {
         let many = cmd("MSET").args(["ab"; 10]);
         assert_eq!(many.arg_longer_than(4), None);
         assert!(refuse_overlong_args(&many).is_ok());
+        // The error names the command and the argument's place and size, never its
+        // bytes: not even when the name is the argument too long.
+        let refused = refuse_args_over(&cmd("SET").arg("k").arg("secret-value"), 8);
+        assert!(
+            matches!(&refused, Err(crate::Error::Config(m))
+                if m.contains("argument 2 of SET is 12 bytes") && !m.contains("secret")),
+            "{refused:?}"
+        );
+        let refused = refuse_args_over(&cmd("SECRETNAME").arg("k"), 8);
+        assert!(
+            matches!(&refused, Err(crate::Error::Config(m))
+                if m.contains("argument 0 of a command") && !m.contains("SECRET")),
+            "{refused:?}"
+        );
     }
 
     #[test]

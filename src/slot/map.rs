@@ -139,9 +139,12 @@ impl SlotMap {
     /// Every node address, primaries first, without duplicates.
     pub(crate) fn nodes(&self) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = self.shards.iter().map(|s| Arc::clone(&s.primary)).collect();
+        // A set rather than a scan of `out` per replica: hundreds of nodes would make it
+        // quadratic, on every new snapshot.
+        let mut seen: std::collections::HashSet<Arc<str>> = out.iter().cloned().collect();
         for shard in &self.shards {
             for r in &shard.replicas {
-                if !out.contains(r) {
+                if seen.insert(Arc::clone(r)) {
                     out.push(Arc::clone(r));
                 }
             }

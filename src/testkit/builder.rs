@@ -362,8 +362,10 @@ impl LocalClusterBuilder {
             None
         };
         let directives = self.effective_directives();
+        // The last one counts, as in a `redis.conf`.
         let node_timeout = directives
             .iter()
+            .rev()
             .find(|(name, _)| name.eq_ignore_ascii_case("cluster-node-timeout"))
             .and_then(|(_, ms)| ms.trim_matches('"').parse().ok())
             .map_or(self.node_timeout, Duration::from_millis);

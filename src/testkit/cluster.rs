@@ -774,6 +774,8 @@ impl LocalCluster {
             )));
         }
         node.relaunch(&self.settings).await?;
+        // A new process holds no election state (see `failover`).
+        self.elected_lock().remove(&index);
         // Nodes removed while it was down are still in its nodes.conf. Any refusal but
         // "never knew it" is reported now: ignored, it would surface much later as a
         // wait that times out on a node still listed ("Can't forget my master!": it
@@ -797,18 +799,19 @@ impl LocalCluster {
     /// until it is a master and the cluster is stable (see
     /// [`LocalCluster::wait_until_stable`]); its old master becomes its replica.
     ///
-    /// A replica elected less than four node timeouts ago (failed over, then back)
-    /// still holds that election's votes in Redis 7.0: failed over again, it claims the
-    /// master role at once with the old election's epoch, and the cluster undoes it,
-    /// while its master holds writes for the manual failover's 5 s. So a `Graceful` or
-    /// `Force` failover of a node the testkit saw elected first waits out those four
-    /// node timeouts (8 s with the default 2 s), and a failover the cluster undid is
-    /// tried once more after them.
+    /// A replica elected less than four node timeouts ago (at least 4 s; failed over,
+    /// then back) still holds that election's votes in Redis 7.0: failed over again, it
+    /// claims the master role at once with the old election's epoch, and the cluster
+    /// undoes it, while its master holds writes for the manual failover's 5 s. So a
+    /// `Graceful` or `Force` failover of a node the testkit saw elected first waits out
+    /// that window (8.5 s with the default 2 s node timeout), and a failover the cluster
+    /// undid is tried once more after it.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when the node is not a running replica; [`Error::Io`] when the
-    /// failover does not complete within the wait timeout, or the cluster undid it twice.
+    /// failover does not complete within the wait timeout (the window included), or the
+    /// cluster undid it twice.
     ///
     /// # Examples
     ///
@@ -832,15 +835,14 @@ impl LocalCluster {
         let mut undone = false;
         loop {
             if elects {
-                self.wait_out_last_election(replica, deadline).await;
+                self.wait_out_last_election(replica, deadline).await?;
             }
-            self.failover_once(replica, mode, deadline).await?;
+            let done = self.failover_once(replica, mode, deadline).await;
             if elects {
-                self.elected
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(replica, Instant::now());
+                // Elected or not, it may have been: the next failover waits.
+                self.elected_lock().insert(replica, Instant::now());
             }
+            done?;
             // Settled: the cluster kept the promotion, or undid one made with an old
             // election's votes.
             if self.own_entry(replica).await?.master {
@@ -849,8 +851,8 @@ impl LocalCluster {
             if undone {
                 return Err(self.timed_out(
                     &format!(
-                        "node {replica} was elected twice by CLUSTER FAILOVER ({mode:?}) and \
-                         the cluster kept its master both times"
+                        "node {replica} became master after CLUSTER FAILOVER ({mode:?}) and \
+                         the cluster undid the promotion, twice"
                     ),
                     Some(replica),
                 ));
@@ -896,20 +898,37 @@ impl LocalCluster {
         .await
     }
 
-    /// Waits (until `deadline` at most) for four node timeouts, and a little more, to
-    /// pass since `replica` was last elected: Redis 7.0 resets a replica's election
-    /// state only then. Nothing a node answers shows it, hence the clock.
-    async fn wait_out_last_election(&self, replica: usize, deadline: Instant) {
-        let elected = self
-            .elected
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&replica)
-            .copied();
-        if let Some(elected) = elected {
-            let votes_kept = self.settings.node_timeout * 4 + Duration::from_millis(500);
-            tokio::time::sleep_until((elected + votes_kept).min(deadline)).await;
+    /// Waits for four node timeouts (at least 4 s), and a little more, to pass since
+    /// `replica` was last elected: Redis 7.0 resets a replica's election state only then
+    /// (`auth_retry_time`). Nothing a node answers shows it, hence the clock. Fails at
+    /// once, without waiting, when too little of the wait timeout would be left after it
+    /// for the failover itself.
+    async fn wait_out_last_election(&self, replica: usize, deadline: Instant) -> Result<()> {
+        let Some(elected) = self.elected_lock().get(&replica).copied() else {
+            return Ok(());
+        };
+        let votes_kept = (self.settings.node_timeout * 4).max(Duration::from_secs(4))
+            + Duration::from_millis(500);
+        let until = elected + votes_kept;
+        let needed = self.settings.node_timeout * 2;
+        if until + needed > deadline {
+            return Err(self.timed_out(
+                &format!(
+                    "node {replica} was elected {:.1} s ago and keeps that election's votes \
+                     for {:.1} s: too little of the wait timeout would be left to fail it \
+                     over (raise it with `wait_timeout`)",
+                    elected.elapsed().as_secs_f64(),
+                    votes_kept.as_secs_f64()
+                ),
+                None,
+            ));
         }
+        tokio::time::sleep_until(until).await;
+        Ok(())
+    }
+
+    fn elected_lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Instant>> {
+        self.elected.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     // ---- Topology changes -----------------------------------------------------------
