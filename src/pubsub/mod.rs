@@ -177,7 +177,10 @@ pub enum PubSubEvent {
     /// Messages received through the restored subscriptions follow this event. A
     /// failover can also lose messages on the old primary before the client learns of
     /// it: the `Gap` then comes when the subscription moves (within about a second),
-    /// after messages that followed the loss. Pub/sub is at most once.
+    /// after messages that followed the loss. And a message published on the old owner
+    /// around the move can still come after the `Gap`, even after newer messages: the
+    /// old owner passes it on to the new one through the cluster bus, late. Pub/sub is
+    /// at most once.
     #[non_exhaustive]
     Gap {
         /// The channels concerned: sharded ones when `sharded`, classic ones otherwise.
