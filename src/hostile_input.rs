@@ -435,7 +435,7 @@ fn check_topology(shards: &[crate::topology::ShardInfo]) {
             ids: crate::topology::node_ids(shards, &|a: &str| a.to_string()),
         })
         .collect();
-    let chosen = choose_view(views);
+    let chosen = choose_view(views, &crate::slot::SlotMap::default());
     assert!(chosen.is_some());
 }
 

@@ -283,7 +283,7 @@ impl Inner {
             if views.iter().any(|v| node_ids.shares_a_node(&v.ids)) {
                 views.retain(|v| node_ids.shares_a_node(&v.ids));
             }
-            if let Some(view) = topology::choose_view(views) {
+            if let Some(view) = topology::choose_view(views, &self.routes.load().map) {
                 return Ok(view);
             }
         }

@@ -120,6 +120,12 @@ impl SlotMap {
         self.shard(slot).map(|s| &s.primary)
     }
 
+    /// Whether every slot has the same primary (or none) in both maps, however their
+    /// shards are listed and whatever else they hold.
+    pub(crate) fn routes_like(&self, other: &SlotMap) -> bool {
+        (0..SLOT_COUNT).all(|slot| self.primary(slot) == other.primary(slot))
+    }
+
     /// How many slots some shard serves.
     pub(crate) fn covered(&self) -> usize {
         self.slots.iter().filter(|&&s| s != UNASSIGNED).count()

@@ -308,7 +308,14 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 /// no view at all. The view returned has every failure flag and every node id its
 /// voters gave (an address two voters give different ids is left unchecked, see
 /// [`crate::conn::NodeIds::replace`]).
-pub(crate) fn choose_view(views: Vec<View>) -> Option<View> {
+///
+/// Still tied, the view that routes as `current` (the map installed) does wins. While
+/// a graceful failover spreads, the old primary, the new one and a third node each
+/// give their own view, one vote each: picked by the order of the answers, the map
+/// went back and forth between old and new primary at every refresh for seconds, and
+/// the subscriptions and publishes with it. A `MOVED` from the old primary once it
+/// knows, or a majority, moves it on.
+pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap) -> Option<View> {
     // Each distinct map with its votes, and every node flagged failed by a node giving it.
     let mut tally: Vec<(View, usize)> = Vec::new();
     for view in views {
@@ -340,7 +347,10 @@ pub(crate) fn choose_view(views: Vec<View>) -> Option<View> {
             .filter(|primary| failed.contains(primary))
             .count()
     };
-    let chosen = tied.iter().copied().max_by_key(|&i| news(i))?;
+    let chosen = tied
+        .iter()
+        .copied()
+        .max_by_key(|&i| (news(i), tally[i].0.map.routes_like(current)))?;
     Some(tally.swap_remove(chosen).0)
 }
 
@@ -680,7 +690,7 @@ mod tests {
             failed: failed.iter().map(|&a| Arc::from(a)).collect(),
             ids: Vec::new(),
         };
-        let choose_view = |views| choose_view(views).map(|view| view.map);
+        let choose_view = |views| choose_view(views, &SlotMap::default()).map(|view| view.map);
         assert_eq!(
             choose_view(vec![view(&b, &[]), view(&a, &[]), view(&a, &[])]),
             Some(a.clone())
@@ -728,6 +738,61 @@ mod tests {
         let chosen = choose_view(vec![view(&ab, &[]), view(&ba, &[]), view(&stale, &[])]);
         assert_eq!(chosen.unwrap().primary(0).map(|p| &**p), Some("a:1"));
         assert_eq!(choose_view(vec![]), None);
+    }
+
+    #[test]
+    fn a_tie_keeps_the_routing_installed_and_nothing_else_does() {
+        let shard = |p: &str| Shard {
+            primary: Arc::from(p),
+            replicas: vec![],
+        };
+        let old = SlotMap::from_ranges([(shard("a:1"), vec![(0, 16383)])]);
+        let new = old.with_moved(0, "b:1");
+        // The new primary's own view still lists the old one, as a primary of nothing.
+        let new_listing_old = SlotMap::from_ranges([
+            (shard("a:1"), vec![(1, 16383)]),
+            (shard("b:1"), vec![(0, 0)]),
+            (shard("c:1"), vec![]),
+        ]);
+        assert!(new.routes_like(&new_listing_old) && new != new_listing_old);
+        assert!(!new.routes_like(&old));
+        let view = |map: &SlotMap, failed: &[&str]| View {
+            map: map.clone(),
+            failed: failed.iter().map(|&a| Arc::from(a)).collect(),
+            ids: Vec::new(),
+        };
+        let pick = |views: Vec<View>, current: &SlotMap| {
+            choose_view(views, current).map(|v| v.map.primary(0).cloned())
+        };
+        for current in [&new, &new_listing_old] {
+            for views in [
+                vec![view(&old, &[]), view(&new, &[])],
+                vec![view(&new, &[]), view(&old, &[])],
+                vec![
+                    view(&new_listing_old, &[]),
+                    view(&old, &[]),
+                    view(&new, &[]),
+                ],
+                vec![
+                    view(&old, &[]),
+                    view(&new, &[]),
+                    view(&new_listing_old, &[]),
+                ],
+            ] {
+                assert_eq!(pick(views, current), Some(Some(Arc::from("b:1"))));
+            }
+        }
+        for views in [
+            vec![view(&old, &[]), view(&new, &[])],
+            vec![view(&new, &[]), view(&old, &[])],
+        ] {
+            assert_eq!(pick(views, &old), Some(Some(Arc::from("a:1"))));
+        }
+        // Votes and news of a failure come first.
+        let votes = vec![view(&old, &[]), view(&old, &[]), view(&new, &[])];
+        assert_eq!(pick(votes, &new), Some(Some(Arc::from("a:1"))));
+        let news = vec![view(&old, &[]), view(&new, &["a:1"])];
+        assert_eq!(pick(news, &old), Some(Some(Arc::from("b:1"))));
     }
 
     #[test]
