@@ -1744,6 +1744,58 @@ async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_views_that_tie_the_routing_installed_stays_whichever_answers_first() {
+    // While a graceful failover spreads, old and new primary may each call itself the
+    // primary and the other its replica, neither failed: one vote each. The answers
+    // come in turn, a first at one refresh and b first at the next; the client's map
+    // used to follow the order, back and forth at every refresh.
+    let ports = Arc::new(Mutex::new((0u16, 0u16)));
+    let view_of = |ports: Arc<Mutex<(u16, u16)>>, of_a: bool| {
+        move |_own: u16| {
+            let (a, b) = *ports.lock().unwrap();
+            if of_a {
+                one_shard(a, b, false)
+            } else {
+                one_shard(b, a, false)
+            }
+        }
+    };
+    let late = Duration::from_millis(30);
+    let turn = move |first_on_even: bool| {
+        move |n: usize| {
+            if (n % 2 == 0) == first_on_even {
+                Duration::ZERO
+            } else {
+                late
+            }
+        }
+    };
+    let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
+    let a =
+        FakeCluster::start_with_shards_after(view_of(Arc::clone(&ports), true), turn(true), nil)
+            .await;
+    let b =
+        FakeCluster::start_with_shards_after(view_of(Arc::clone(&ports), false), turn(false), nil)
+            .await;
+    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str(), b.addr.as_str()])
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let installed = client.node_for_key(b"k");
+    assert!(installed.is_some());
+    for round in 0..10 {
+        client.refresh_topology().await.unwrap();
+        assert_eq!(client.node_for_key(b"k"), installed, "refresh {round}");
+    }
+    // Both were asked every time, in turn first.
+    assert!(a.count("CLUSTER") >= 10 && b.count("CLUSTER") >= 10);
+}
+
 /// Round-robin reads rotate per shard: a task reading two shards in alternation still
 /// reaches every node of each. (With one turn counter for the client it took every
 /// other turn, and always landed on the same node of each shard.)

@@ -48,7 +48,14 @@ impl FakeCluster {
     where
         F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
     {
-        FakeCluster::start_with("127.0.0.1", hello_delay, Arc::new(shards), behave).await
+        FakeCluster::start_with(
+            "127.0.0.1",
+            hello_delay,
+            Arc::new(shards),
+            no_delay(),
+            behave,
+        )
+        .await
     }
 
     /// [`FakeCluster::start`] on `[::1]`, announcing itself as `::1`, as a node of an
@@ -59,7 +66,14 @@ impl FakeCluster {
         F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
     {
         let topology = |port| shards_at("::1", port);
-        FakeCluster::start_with("::1", std::time::Duration::ZERO, Arc::new(topology), behave).await
+        FakeCluster::start_with(
+            "::1",
+            std::time::Duration::ZERO,
+            Arc::new(topology),
+            no_delay(),
+            behave,
+        )
+        .await
     }
 
     /// [`FakeCluster::start`], answering `CLUSTER SHARDS` with what `topology` makes of
@@ -75,6 +89,28 @@ impl FakeCluster {
             "127.0.0.1",
             std::time::Duration::ZERO,
             Arc::new(topology),
+            no_delay(),
+            behave,
+        )
+        .await
+    }
+
+    /// [`FakeCluster::start_with_shards`], answering its `n`-th `CLUSTER SHARDS` (from
+    /// 0) only after `delay(n)`: which of two nodes answers a refresh first.
+    #[allow(dead_code)] // not every test binary orders answers
+    pub async fn start_with_shards_after<F>(
+        topology: impl Fn(u16) -> Value + Send + Sync + 'static,
+        delay: impl Fn(usize) -> std::time::Duration + Send + Sync + 'static,
+        behave: F,
+    ) -> FakeCluster
+    where
+        F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
+    {
+        FakeCluster::start_with(
+            "127.0.0.1",
+            std::time::Duration::ZERO,
+            Arc::new(topology),
+            Arc::new(delay),
             behave,
         )
         .await
@@ -84,6 +120,7 @@ impl FakeCluster {
         host: &str,
         hello_delay: std::time::Duration,
         topology: Arc<dyn Fn(u16) -> Value + Send + Sync>,
+        shards_delay: Arc<dyn Fn(usize) -> std::time::Duration + Send + Sync>,
         behave: F,
     ) -> FakeCluster
     where
@@ -100,6 +137,7 @@ impl FakeCluster {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (behave, log) = (Arc::clone(&behave), Arc::clone(&log));
                 let topology = Arc::clone(&topology);
+                let shards_delay = Arc::clone(&shards_delay);
                 tokio::spawn(async move {
                     let mut buf = BytesMut::new();
                     let mut decoder = Decoder::new();
@@ -144,6 +182,13 @@ impl FakeCluster {
                                     .get(1)
                                     .is_some_and(|a| a.eq_ignore_ascii_case("shards")) =>
                             {
+                                let asked = log
+                                    .lock()
+                                    .unwrap()
+                                    .iter()
+                                    .filter(|s| s.eq_ignore_ascii_case("CLUSTER SHARDS"))
+                                    .count();
+                                tokio::time::sleep(shards_delay(asked - 1)).await;
                                 Action::Reply(topology(port))
                             }
                             // The client checks a node's identity when it connects.
@@ -187,6 +232,10 @@ impl FakeCluster {
             .filter(|s| s.split(' ').next() == Some(name))
             .count()
     }
+}
+
+fn no_delay() -> Arc<dyn Fn(usize) -> std::time::Duration + Send + Sync> {
+    Arc::new(|_| std::time::Duration::ZERO)
 }
 
 fn bulk(s: &str) -> Value {
