@@ -1357,3 +1357,36 @@ async fn callers_subscribing_at_once_are_each_answered_and_each_channel_is_held_
     sent.extend(publish_all(&client, skept, "2", true).await);
     expect_messages(&mut sub, &sent, Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_over_the_servers_bulk_limit_is_refused_and_the_others_stay_up() {
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    sub.subscribe(["bulk-keep"]).await.unwrap();
+    // Sent, the server would close the connection that carries "bulk-keep" too, on
+    // every resubscription.
+    let huge = Bytes::from(vec![b'c'; 512 * 1024 * 1024 + 1]);
+    let refused = sub.subscribe([huge.clone()]).await;
+    assert!(
+        matches!(&refused, Err(Error::Config(m)) if m.contains("512 MiB")),
+        "{refused:?}"
+    );
+    let refused = sub.ssubscribe([huge.clone()]).await;
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    let refused = sub.unsubscribe([huge]).await;
+    assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
+    // The subscription held stayed up all along: its next message comes with no gap.
+    client.publish("bulk-keep", "still").await.unwrap();
+    let others = expect_messages(
+        &mut sub,
+        &[(b("bulk-keep"), b("still"))],
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(others.is_empty(), "{others:?}");
+    assert_eq!(
+        subscriber_counts(&client, false, &["bulk-keep".to_string()]).await,
+        vec![1]
+    );
+}

@@ -476,6 +476,25 @@ impl ClusterClient {
     }
 }
 
+/// Refuses a channel or pattern over 512 MiB: the server would close the subscriber's
+/// connection on it, and the subscription, made again on every new connection, would
+/// take every other one on that connection down with it, again and again.
+fn refuse_overlong(channels: &[Bytes]) -> Result<()> {
+    match channels
+        .iter()
+        .enumerate()
+        .find(|(_, c)| c.len() > crate::cmd::MAX_ARG_LEN)
+    {
+        None => Ok(()),
+        Some((index, channel)) => Err(Error::Config(format!(
+            "channel {index} of the call is {} bytes, over the 512 MiB a server takes \
+             (proto-max-bulk-len): not sent, as the server would close the subscriber's \
+             connection",
+            channel.len()
+        ))),
+    }
+}
+
 fn to_bytes<I>(channels: I) -> Vec<Bytes>
 where
     I: IntoIterator,
@@ -516,6 +535,7 @@ impl SubscriberHandle {
         if channels.is_empty() {
             return Ok(());
         }
+        refuse_overlong(&channels)?;
         self.request(|reply| Control::Subscribe {
             kind,
             channels,
@@ -525,6 +545,7 @@ impl SubscriberHandle {
     }
 
     async fn unsubscribe_kind(&self, kind: Kind, channels: Vec<Bytes>) -> Result<()> {
+        refuse_overlong(&channels)?;
         self.request(|reply| Control::Unsubscribe {
             kind,
             channels,
@@ -546,7 +567,8 @@ impl SubscriberHandle {
     /// the subscribe timeout (the subscription stays asked for, and is made as soon as
     /// a node accepts it; should a node refuse it for good instead, the stream says so
     /// with [`PubSubEvent::Lost`]), [`Error::ConnectionLost`] when the subscriber was
-    /// closed.
+    /// closed; [`Error::Config`], nothing sent, for a channel over 512 MiB (the server
+    /// would close the subscriber's connection on it).
     ///
     /// # Examples
     ///
