@@ -1707,25 +1707,24 @@ fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
     ])])
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins() {
-    // Node a has not heard that it failed: it still calls itself the primary and b its
-    // replica. Node b was promoted and reports a as failed. Each view serves every slot
-    // and gets one vote; the answers come in any order.
+/// Two scripted nodes, a and b: `view(a, b, of_a)` gives the `CLUSTER SHARDS` of node
+/// a (`of_a`) or b from their ports, and each answers its `n`-th one after
+/// `delay(n, of_a)`; with a client seeded with both.
+async fn two_scripted_nodes(
+    view: fn(u16, u16, bool) -> Value,
+    delay: fn(usize, bool) -> Duration,
+) -> (FakeCluster, FakeCluster, ClusterClient) {
     let ports = Arc::new(Mutex::new((0u16, 0u16)));
-    let view_of = |ports: Arc<Mutex<(u16, u16)>>, stale: bool| {
-        move |_own: u16| {
+    let node = |of_a: bool| {
+        let ports = Arc::clone(&ports);
+        let topology = move |_own: u16| {
             let (a, b) = *ports.lock().unwrap();
-            if stale {
-                one_shard(a, b, false)
-            } else {
-                one_shard(b, a, true)
-            }
-        }
+            view(a, b, of_a)
+        };
+        let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
+        FakeCluster::start_with_shards_after(topology, move |n| delay(n, of_a), nil)
     };
-    let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
-    let a = FakeCluster::start_with_shards(view_of(Arc::clone(&ports), true), nil).await;
-    let b = FakeCluster::start_with_shards(view_of(Arc::clone(&ports), false), nil).await;
+    let (a, b) = (node(true).await, node(false).await);
     let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
     *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
     let client = ClusterClient::builder()
@@ -1734,6 +1733,25 @@ async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins()
         .build()
         .await
         .unwrap();
+    (a, b, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins() {
+    // Node a has not heard that it failed: it still calls itself the primary and b its
+    // replica. Node b was promoted and reports a as failed. Each view serves every slot
+    // and gets one vote; the answers come in any order.
+    let (_a, b, client) = two_scripted_nodes(
+        |a, b, of_a| {
+            if of_a {
+                one_shard(a, b, false)
+            } else {
+                one_shard(b, a, true)
+            }
+        },
+        |_, _| Duration::ZERO,
+    )
+    .await;
     for round in 0..20 {
         client.refresh_topology().await.unwrap();
         assert_eq!(
@@ -1750,42 +1768,23 @@ async fn of_two_views_that_tie_the_routing_installed_stays_whichever_answers_fir
     // primary and the other its replica, neither failed: one vote each. The answers
     // come in turn, a first at one refresh and b first at the next; the client's map
     // used to follow the order, back and forth at every refresh.
-    let ports = Arc::new(Mutex::new((0u16, 0u16)));
-    let view_of = |ports: Arc<Mutex<(u16, u16)>>, of_a: bool| {
-        move |_own: u16| {
-            let (a, b) = *ports.lock().unwrap();
+    let (a, b, client) = two_scripted_nodes(
+        |a, b, of_a| {
             if of_a {
                 one_shard(a, b, false)
             } else {
                 one_shard(b, a, false)
             }
-        }
-    };
-    let late = Duration::from_millis(30);
-    let turn = move |first_on_even: bool| {
-        move |n: usize| {
-            if (n % 2 == 0) == first_on_even {
+        },
+        |n, of_a| {
+            if (n % 2 == 0) == of_a {
                 Duration::ZERO
             } else {
-                late
+                Duration::from_millis(30)
             }
-        }
-    };
-    let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
-    let a =
-        FakeCluster::start_with_shards_after(view_of(Arc::clone(&ports), true), turn(true), nil)
-            .await;
-    let b =
-        FakeCluster::start_with_shards_after(view_of(Arc::clone(&ports), false), turn(false), nil)
-            .await;
-    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
-    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
-    let client = ClusterClient::builder()
-        .nodes([a.addr.as_str(), b.addr.as_str()])
-        .health_check_interval(None)
-        .build()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let installed = client.node_for_key(b"k");
     assert!(installed.is_some());
     for round in 0..10 {

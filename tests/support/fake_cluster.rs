@@ -77,27 +77,9 @@ impl FakeCluster {
     }
 
     /// [`FakeCluster::start`], answering `CLUSTER SHARDS` with what `topology` makes of
-    /// its own port: a node whose view of the cluster the test writes.
-    pub async fn start_with_shards<F>(
-        topology: impl Fn(u16) -> Value + Send + Sync + 'static,
-        behave: F,
-    ) -> FakeCluster
-    where
-        F: Fn(&[String], usize) -> Action + Send + Sync + 'static,
-    {
-        FakeCluster::start_with(
-            "127.0.0.1",
-            std::time::Duration::ZERO,
-            Arc::new(topology),
-            no_delay(),
-            behave,
-        )
-        .await
-    }
-
-    /// [`FakeCluster::start_with_shards`], answering its `n`-th `CLUSTER SHARDS` (from
-    /// 0) only after `delay(n)`: which of two nodes answers a refresh first.
-    #[allow(dead_code)] // not every test binary orders answers
+    /// its own port (a node whose view of the cluster the test writes), its `n`-th
+    /// (from 0) only after `delay(n)`: which of two nodes answers a refresh first.
+    #[allow(dead_code)] // not every test binary scripts views
     pub async fn start_with_shards_after<F>(
         topology: impl Fn(u16) -> Value + Send + Sync + 'static,
         delay: impl Fn(usize) -> std::time::Duration + Send + Sync + 'static,
