@@ -1707,11 +1707,11 @@ fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
     ])])
 }
 
-/// Two scripted nodes, a and b: `view(a, b, of_a)` gives the `CLUSTER SHARDS` of node
-/// a (`of_a`) or b from their ports, and each answers its `n`-th one after
-/// `delay(n, of_a)`; with a client seeded with both.
+/// Two scripted nodes, a and b, each calling itself the one primary and the other its
+/// replica (b calls a failed if `b_saw_a_fail`), each answering its `n`-th `CLUSTER
+/// SHARDS` after `delay(n, of_a)`; with a client seeded with both.
 async fn two_scripted_nodes(
-    view: fn(u16, u16, bool) -> Value,
+    b_saw_a_fail: bool,
     delay: fn(usize, bool) -> Duration,
 ) -> (FakeCluster, FakeCluster, ClusterClient) {
     let ports = Arc::new(Mutex::new((0u16, 0u16)));
@@ -1719,7 +1719,11 @@ async fn two_scripted_nodes(
         let ports = Arc::clone(&ports);
         let topology = move |_own: u16| {
             let (a, b) = *ports.lock().unwrap();
-            view(a, b, of_a)
+            if of_a {
+                one_shard(a, b, false)
+            } else {
+                one_shard(b, a, b_saw_a_fail)
+            }
         };
         let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
         FakeCluster::start_with_shards_after(topology, move |n| delay(n, of_a), nil)
@@ -1741,17 +1745,7 @@ async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins()
     // Node a has not heard that it failed: it still calls itself the primary and b its
     // replica. Node b was promoted and reports a as failed. Each view serves every slot
     // and gets one vote; the answers come in any order.
-    let (_a, b, client) = two_scripted_nodes(
-        |a, b, of_a| {
-            if of_a {
-                one_shard(a, b, false)
-            } else {
-                one_shard(b, a, true)
-            }
-        },
-        |_, _| Duration::ZERO,
-    )
-    .await;
+    let (_a, b, client) = two_scripted_nodes(true, |_, _| Duration::ZERO).await;
     for round in 0..20 {
         client.refresh_topology().await.unwrap();
         assert_eq!(
@@ -1768,22 +1762,13 @@ async fn of_two_views_that_tie_the_routing_installed_stays_whichever_answers_fir
     // primary and the other its replica, neither failed: one vote each. The answers
     // come in turn, a first at one refresh and b first at the next; the client's map
     // used to follow the order, back and forth at every refresh.
-    let (a, b, client) = two_scripted_nodes(
-        |a, b, of_a| {
-            if of_a {
-                one_shard(a, b, false)
-            } else {
-                one_shard(b, a, false)
-            }
-        },
-        |n, of_a| {
-            if (n % 2 == 0) == of_a {
-                Duration::ZERO
-            } else {
-                Duration::from_millis(30)
-            }
-        },
-    )
+    let (a, b, client) = two_scripted_nodes(false, |n, of_a| {
+        if (n % 2 == 0) == of_a {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(30)
+        }
+    })
     .await;
     let installed = client.node_for_key(b"k");
     assert!(installed.is_some());
