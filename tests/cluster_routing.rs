@@ -662,6 +662,111 @@ async fn scripts_run_by_digest_and_send_their_source_only_where_a_node_lacks_the
     assert_eq!(calls(&local, owner, "wait").await, waits + 1, "no WAIT");
 }
 
+/// A script's error reply that reads like a redirect (`redis.error_reply("MOVED ...")`)
+/// is the script's reply, on every path a script takes: followed, it would send the
+/// script (a write perhaps) to the node it names and repoint the slot for every caller.
+/// The server's own redirects of a script are still followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_error_that_reads_like_a_redirect_is_the_reply() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .build()
+        .await
+        .unwrap();
+    let key = "forged:{a}";
+    let slot = key_slot(key.as_bytes());
+    // A slot of another master than the key's: the forged redirects name it and a
+    // third master, so that a redirect followed would be seen (the map, the calls).
+    let other = other_master(&local, slot).await;
+    let elsewhere = (0..16384u16)
+        .find(|&s| client.primary_for_slot(s) == Some(local.node(other).addr()))
+        .unwrap();
+    let masters = local.masters().await.unwrap();
+    let owner = local.master_of_slot(slot).await.unwrap();
+    let third = *masters.iter().find(|&&m| m != owner && m != other).unwrap();
+    let third_addr = local.node(third).addr();
+    let evals_anywhere = || async {
+        let mut n = 0;
+        for &m in &masters {
+            n += calls(&local, m, "eval").await;
+        }
+        n
+    };
+    let forged = |text: &str, keys: &[&str]| {
+        cmd("EVAL")
+            .arg(format!("return redis.error_reply('{text}')"))
+            .arg(keys.len())
+            .args(keys.iter())
+    };
+    let texts = [
+        format!("MOVED {elsewhere} {third_addr}"),
+        format!("ASK {elsewhere} {third_addr}"),
+    ];
+    let is_forged = |result: &Result<Value, Error>, text: &str| match result {
+        Err(Error::Server(e)) => format!("{} {}", e.code(), e.message()) == text,
+        _ => false,
+    };
+    for text in &texts {
+        for keys in [&[][..], &[key][..]] {
+            let before = evals_anywhere().await;
+            let result = client.query::<Value>(forged(text, keys)).await;
+            assert!(is_forged(&result, text), "{text} {keys:?}: {result:?}");
+            assert_eq!(evals_anywhere().await, before + 1, "{text}: sent once");
+            assert_eq!(
+                client.primary_for_slot(elsewhere),
+                Some(local.node(other).addr()),
+                "{text}: the slot it names keeps its owner"
+            );
+        }
+        // In a pipeline: that command's reply, the others run.
+        let before = evals_anywhere().await;
+        let mut pipe = client.pipeline();
+        pipe.add(forged(text, &[key]))
+            .add(cmd("SET").arg(key).arg("after"));
+        let results = pipe.execute_each().await;
+        assert!(is_forged(&results[0], text), "{text}: {results:?}");
+        assert!(
+            matches!(&results[1], Ok(Value::Simple(ok)) if &ok[..] == b"OK"),
+            "{results:?}"
+        );
+        assert_eq!(evals_anywhere().await, before + 1, "{text}: sent once");
+        assert_eq!(
+            client.primary_for_slot(elsewhere),
+            Some(local.node(other).addr())
+        );
+        // A durable write (a dedicated connection, `WAIT` after it).
+        let before = evals_anywhere().await;
+        let wait = Durability::new(1, Duration::from_secs(5));
+        let result = client
+            .query_durable::<Value>(forged(text, &[key]), wait)
+            .await
+            .map(|(reply, _acked)| reply);
+        assert!(is_forged(&result, text), "{text} durable: {result:?}");
+        assert_eq!(evals_anywhere().await, before + 1, "{text}: sent once");
+        assert_eq!(
+            client.primary_for_slot(elsewhere),
+            Some(local.node(other).addr())
+        );
+    }
+
+    // The server's own redirect of a script is followed: the key's slot moved to
+    // another master, and the client has not heard.
+    local.move_slot(slot, other).await.unwrap();
+    let set = cmd("EVAL")
+        .arg("return redis.call('SET', KEYS[1], ARGV[1])")
+        .arg(1)
+        .arg(key)
+        .arg("moved");
+    assert_eq!(client.query::<String>(set).await.unwrap(), "OK");
+    assert_eq!(
+        client.primary_for_slot(slot),
+        Some(local.node(other).addr())
+    );
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("moved"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_scripts_are_served_by_replicas_and_may_not_write() {
     let local = cluster(3, 1).await;

@@ -40,7 +40,7 @@ use crate::cmd::{self, cmd, Cmd};
 use crate::conn::Cmds;
 use crate::error::{Error, Result};
 use crate::observe::metrics::{self, InFlight, Status};
-use crate::policy::{classify, replica_cannot_serve, ErrorAction};
+use crate::policy::{replica_cannot_serve, ErrorAction};
 use crate::resp::Value;
 use crate::slot::Redirect;
 
@@ -482,31 +482,33 @@ impl Inner {
                     node.pass_over_for_reads();
                     (ErrorAction::BackOff, Duration::ZERO)
                 }
-                Value::ServerError(e) => match classify(e, &node.addr) {
-                    action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
-                        if matches!(action, ErrorAction::ClusterDown) {
-                            self.signal
-                                .request(crate::topology::RefreshTrigger::ClusterDown);
-                        }
-                        // The single command's rule, for its first retry. Once a
-                        // command of a slot is answered with its refusal, the
-                        // slot's later ones are too: resent, they would run
-                        // before it.
-                        let delay = if held_slots.contains(&meta.slot) {
-                            None
-                        } else {
-                            self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
-                        };
-                        match delay {
-                            Some(delay) => (action, delay),
-                            None => {
-                                held_slots.insert(meta.slot);
-                                (ErrorAction::Reply, Duration::ZERO)
+                Value::ServerError(e) => {
+                    match self.classify_reply(e, &node.addr, std::slice::from_ref(&command)) {
+                        action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
+                            if matches!(action, ErrorAction::ClusterDown) {
+                                self.signal
+                                    .request(crate::topology::RefreshTrigger::ClusterDown);
+                            }
+                            // The single command's rule, for its first retry. Once a
+                            // command of a slot is answered with its refusal, the
+                            // slot's later ones are too: resent, they would run
+                            // before it.
+                            let delay = if held_slots.contains(&meta.slot) {
+                                None
+                            } else {
+                                self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
+                            };
+                            match delay {
+                                Some(delay) => (action, delay),
+                                None => {
+                                    held_slots.insert(meta.slot);
+                                    (ErrorAction::Reply, Duration::ZERO)
+                                }
                             }
                         }
+                        action => (action, Duration::ZERO),
                     }
-                    action => (action, Duration::ZERO),
-                },
+                }
                 _ => (ErrorAction::Reply, Duration::ZERO),
             };
             match action {

@@ -388,14 +388,14 @@ impl Inner {
             // The shared path's reading of the replies: the command's, or a refused
             // `ASKING`'s.
             let (reply, _) = kind.outcome(replies, asking)?;
-            let action = match &reply {
-                Value::ServerError(e) => classify(e, &node.addr),
-                _ => ErrorAction::Reply,
+            let Value::ServerError(e) = &reply else {
+                return Ok(reply);
             };
+            command = returned(answer.cmds)?;
+            let action = self.classify_reply(e, &node.addr, std::slice::from_ref(&command));
             match action {
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
-                    command = returned(answer.cmds)?;
                     redirects += 1;
                     self.note_redirect(&r, &node.addr);
                     redirect = Some(r);
@@ -414,7 +414,6 @@ impl Inner {
                     if !again.await {
                         return Ok(reply);
                     }
-                    command = returned(answer.cmds)?;
                     redirect = None;
                 }
             }
@@ -791,12 +790,12 @@ impl Inner {
             let acked = replicas_acked(replies.pop());
             // A transaction's reply is EXEC's, or the refusal that aborted it.
             let (reply, refusal) = kind.outcome(replies.into(), asking)?;
-            let action = match &refusal {
-                Some(e) => classify(e, &node.addr),
-                None => ErrorAction::Reply,
-            };
             let Some(returned) = recover(answer.cmds) else {
                 return Ok((reply, acked));
+            };
+            let action = match &refusal {
+                Some(e) => self.classify_reply(e, &node.addr, returned.cmds()),
+                None => ErrorAction::Reply,
             };
             payload = returned;
             match action {

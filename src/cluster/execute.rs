@@ -307,12 +307,7 @@ impl Inner {
         }
         let name = command.name().to_ascii_lowercase();
         let resolve = |info: Option<&'static cmd::CommandInfo>| {
-            info.map(|i| {
-                command
-                    .arg_at(1)
-                    .and_then(|sub| i.subcommand(sub))
-                    .unwrap_or(i)
-            })
+            info.map(|info| with_subcommand(command, info))
         };
         if let Some((_, info)) = self.learned_lock().iter().find(|(n, _)| *n == name) {
             return resolve(*info);
@@ -357,6 +352,43 @@ impl Inner {
             learned.push((name, info));
         }
         resolve(info)
+    }
+
+    /// The table entry for `command` known without asking the server: built in, or
+    /// learned before.
+    fn known_command_info(&self, command: &Cmd) -> Option<&'static cmd::CommandInfo> {
+        cmd::lookup(command).or_else(|| {
+            let name = command.name().to_ascii_lowercase();
+            let learned = self.learned_lock();
+            let (_, info) = learned.iter().find(|(n, _)| *n == name)?;
+            info.map(|info| with_subcommand(command, info))
+        })
+    }
+
+    /// [`classify`] for an error reply to `cmds`: a `MOVED` or `ASK` that none of them
+    /// can be answered with ([`plan::may_be_redirected`]: a script's
+    /// `redis.error_reply("MOVED ...")`) is the reply, and the map keeps its routes.
+    pub(crate) fn classify_reply(
+        &self,
+        error: &ServerError,
+        reached: &str,
+        cmds: &[Cmd],
+    ) -> ErrorAction {
+        if let Some(redirect) = crate::slot::parse_redirect(error, reached) {
+            let slot = redirect.slot();
+            let believed = cmds
+                .iter()
+                .any(|c| plan::may_be_redirected(c, self.known_command_info(c), slot));
+            if !believed {
+                tracing::debug!(
+                    slot,
+                    from = reached,
+                    "a redirect for a slot the command's keys are not in: returned as the reply"
+                );
+                return ErrorAction::Reply;
+            }
+        }
+        classify(error, reached)
     }
 
     fn learned_lock(
@@ -745,10 +777,10 @@ impl Inner {
             let Some(error) = error else {
                 return Ok(reply);
             };
-            let action = classify(&error, &node.addr);
             let Some(returned) = kind.recover(answer.cmds, asking) else {
                 return Ok(reply);
             };
+            let action = self.classify_reply(&error, &node.addr, returned.cmds());
             payload = Some(returned);
             match action {
                 // A keyless write (`EVAL ... 0`, `FCALL ... 0`) sent to a primary that a
@@ -1656,6 +1688,14 @@ impl From<Cmd> for Payload {
     }
 }
 
+/// `info`, or its entry for `command`'s subcommand (`XINFO STREAM`) when it has one.
+fn with_subcommand(command: &Cmd, info: &'static cmd::CommandInfo) -> &'static cmd::CommandInfo {
+    command
+        .arg_at(1)
+        .and_then(|sub| info.subcommand(sub))
+        .unwrap_or(info)
+}
+
 /// The shape of a payload, kept while the payload itself is with the connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Kind {
@@ -1664,6 +1704,14 @@ pub(crate) enum Kind {
 }
 
 impl Payload {
+    /// The commands, as sent.
+    pub(crate) fn cmds(&self) -> &[Cmd] {
+        match self {
+            Payload::One(cmd) => std::slice::from_ref(cmd),
+            Payload::Transaction(cmds) => cmds,
+        }
+    }
+
     pub(crate) fn kind(&self) -> Kind {
         match self {
             Payload::One(_) => Kind::One,

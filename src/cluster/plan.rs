@@ -199,6 +199,25 @@ fn replica_may_serve(info: &cmd::CommandInfo) -> bool {
     info.is_read_only() && !matches!(info.name(), "touch" | "object|idletime" | "object|freq")
 }
 
+/// Whether a `MOVED` or `ASK` for `slot` can be the server's answer to `command`. The
+/// server redirects a command to the slot of its keys, so when the client knows them for
+/// sure ([`cmd::keys_known`]) and none hashes to `slot` (or there are none), the
+/// "redirect" is an error reply some code wrote: a script's
+/// `redis.error_reply("MOVED 0 10.0.0.9:6379")`, a module's. Followed, it would repoint
+/// the slot for every caller and send the command, a write perhaps, wherever it says.
+/// A command unknown to the table was routed by a guess: the server's word stands.
+pub(crate) fn may_be_redirected(command: &Cmd, info: Option<&cmd::CommandInfo>, slot: u16) -> bool {
+    let Some(info) = info.filter(|info| cmd::keys_known(info)) else {
+        return true;
+    };
+    let mut keys: SmallVec<[usize; 4]> = SmallVec::new();
+    if cmd::routing_key_indices(command, info, &mut keys).is_err() {
+        return true;
+    }
+    keys.iter()
+        .any(|&i| key_slot(command.arg_at(i).unwrap_or_default()) == slot)
+}
+
 /// Plans `command`.
 ///
 /// # Errors
@@ -492,6 +511,31 @@ mod tests {
             Plan::Slot { read_only, .. } => assert!(!read_only),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn only_the_slot_of_known_keys_can_be_redirected() {
+        let may = |c: &Cmd, slot: u16| may_be_redirected(c, cmd::lookup(c), slot);
+        let get = cmd("GET").arg("foo");
+        assert!(may(&get, key_slot(b"foo")));
+        assert!(!may(&get, key_slot(b"foo") + 1));
+        let script = |keys: &[&str]| {
+            cmd("EVAL")
+                .arg("return redis.error_reply('MOVED 0 10.0.0.9:6379')")
+                .arg(keys.len())
+                .args(keys.iter())
+        };
+        // No keys: the server never redirects it.
+        assert!(!may(&script(&[]), 0));
+        assert!(may(&script(&["foo"]), key_slot(b"foo")));
+        assert!(!may(&script(&["foo"]), 0));
+        // A multi-key command: the slot of any of its keys (one slot, or refused).
+        let mset = cmd("MSET").arg("{a}1").arg("x").arg("{a}2").arg("y");
+        assert!(may(&mset, key_slot(b"a")));
+        assert!(!may(&mset, key_slot(b"b")));
+        // Routed by a guess (unknown to the table): the server's word stands.
+        let module = cmd("MOD.GET").arg("foo");
+        assert!(may_be_redirected(&module, None, 0));
     }
 
     #[test]

@@ -545,6 +545,23 @@ pub(crate) fn routes_by_first_argument(cmd: &Cmd, info: &CommandInfo) -> bool {
         && check_arity(cmd, info).is_ok()
 }
 
+/// Whether [`routing_key_indices`] finds the keys the server itself finds, so that the
+/// server's `MOVED` for the command can only name their slot: described by key specs it
+/// can follow, or by the legacy triple without movable keys, or with a finder of its
+/// own here (`SORT`, `SORT_RO`, `MIGRATE`, as in the server). Else (a module's
+/// `unknown` spec, movable keys without specs) the server may find keys the client
+/// could not.
+pub(crate) fn keys_known(info: &CommandInfo) -> bool {
+    match &*info.name {
+        "sort" | "sort_ro" | "migrate" => true,
+        _ if info.key_specs.is_empty() => !info.has_flags(flag::MOVABLEKEYS),
+        _ => info.key_specs.iter().all(|spec| {
+            !matches!(spec.begin_search, BeginSearch::Unknown)
+                && !matches!(spec.find_keys, FindKeys::Unknown)
+        }),
+    }
+}
+
 /// Like [`key_indices`], but also the arguments that are routed by slot without being
 /// keys: the shard channels of `SPUBLISH`, `SSUBSCRIBE` and `SUNSUBSCRIBE` (key specs
 /// flagged `NOT_KEY`; in 7.0 those are the only ones). This is what the cluster routes
@@ -1293,6 +1310,48 @@ mod tests {
         let mut out = SmallVec::new();
         key_indices(&c, info, &mut out)?;
         Ok(out.to_vec())
+    }
+
+    #[test]
+    fn keys_are_known_unless_a_spec_or_the_flags_leave_them_to_the_server() {
+        for line in [
+            "GET k",
+            "EVAL s 0",
+            "XREAD STREAMS a 0",
+            "SORT k",
+            "SORT_RO k",
+            "MIGRATE h 1 k 0 5",
+            "PING",
+            "XINFO STREAM s",
+        ] {
+            assert!(keys_known(lookup(&c(line)).unwrap()), "{line}");
+        }
+        let module = |specs: Vec<KeySpec>, flags: u32| CommandInfo {
+            name: Cow::Borrowed("mod.get"),
+            key_specs: Cow::Owned(specs),
+            flags,
+            ..lookup_name(b"get").unwrap().clone()
+        };
+        let range = FindKeys::Range {
+            lastkey: 0,
+            keystep: 1,
+            limit: 0,
+        };
+        assert!(keys_known(&module(
+            vec![ks(key_flag::RO, BeginSearch::Index(1), range)],
+            0
+        )));
+        assert!(!keys_known(&module(
+            vec![ks(key_flag::RO, BeginSearch::Unknown, range)],
+            0
+        )));
+        assert!(!keys_known(&module(
+            vec![ks(key_flag::RO, BeginSearch::Index(1), FindKeys::Unknown)],
+            0
+        )));
+        // The legacy triple says where the keys are, unless they move.
+        assert!(keys_known(&module(vec![], 0)));
+        assert!(!keys_known(&module(vec![], flag::MOVABLEKEYS)));
     }
 
     fn routing(line: &str) -> Vec<usize> {

@@ -23,6 +23,12 @@ impl Redirect {
         }
     }
 
+    pub(crate) fn slot(&self) -> u16 {
+        match self {
+            Redirect::Moved { slot, .. } | Redirect::Ask { slot, .. } => *slot,
+        }
+    }
+
     /// Whether the target's host is unknown to the node that redirected (`MOVED 5
     /// ?:6379`: set to prefer host names, it has none for the target): only a refresh,
     /// whose `CLUSTER SHARDS` gives the target's `ip`, can say where it is.
