@@ -490,9 +490,10 @@ async fn resent_commands_of_one_slot_run_in_the_order_they_were_added() {
     let before = client.stats().retries;
     let replies = p.execute().await.unwrap();
     assert_eq!(replies, vec![Value::Int(1); 16]);
-    // Each command was refused twice: two retries each, the first (the pipeline's own
-    // resend) counted and budgeted like the second.
-    assert_eq!(client.stats().retries - before, 32);
+    // Each command was refused twice: the pipeline's own resend is one retry for the
+    // node's batch, as for one request; the second, on each command's own path, one
+    // per command.
+    assert_eq!(client.stats().retries - before, 1 + 16);
     let ran = ran.lock().unwrap().clone();
     assert_eq!(ran.len(), 16, "{ran:?}");
     for pair in 0..8 {
@@ -634,6 +635,129 @@ async fn a_pipeline_does_not_resend_a_refusal_when_no_retry_is_allowed() {
         }
         assert_eq!(fake.count("GET"), 4, "{:?}", fake.seen());
         assert_eq!(client.stats().retries, 0);
+    }
+}
+
+/// A node that refuses a whole batch (`CLUSTERDOWN` for every command, as when it has
+/// lost its view) costs the retry budget one retry, as one request would: the batch
+/// waits once and goes again. Each refused command used to spend one, so a pipeline
+/// emptied the budget (5 here; 1,000 by default) and most of its commands got the
+/// refusal as their answer, as did other requests after it (a scripted fake: a real
+/// cluster's refusals cannot be held on demand while the test sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_spends_one_retry_of_the_budget() {
+    const COMMANDS: usize = 50;
+    let fake = FakeCluster::start(|args, earlier| match args[0].as_str() {
+        "SET" if earlier < COMMANDS => Action::Reply(Value::ServerError(ServerError::new(
+            "CLUSTERDOWN The cluster is down",
+        ))),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .retry_budget(redcluster::RetryBudgetConfig::new(0.0, 0.0, 5.0))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    for i in 0..COMMANDS {
+        p.set(format!("budget:{i}"), i);
+    }
+    let refused: Vec<_> = p
+        .execute_each()
+        .await
+        .into_iter()
+        .enumerate()
+        .filter(|(_, reply)| reply.is_err())
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(fake.count("SET"), 2 * COMMANDS, "each sent again once");
+    assert_eq!(client.stats().retries, 1);
+}
+
+/// The same on a real cluster: a primary with one of its slots taken away (`CLUSTER
+/// DELSLOTS`) refuses every command (`CLUSTERDOWN`: it no longer sees every slot
+/// served) while the other nodes still route that slot to it. A pipeline sent then waits
+/// once for that node's share, which runs when the slot is back, on a budget of five
+/// retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_rides_out_a_refusing_node_on_a_small_retry_budget() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        // The first wait takes 1 to 2 s: time for the test to give the slot back.
+        .retry_backoff(Duration::from_secs(2), Duration::from_secs(2))
+        .retry_budget(redcluster::RetryBudgetConfig::new(0.0, 0.0, 5.0))
+        .response_timeout(Duration::from_secs(20))
+        .build()
+        .await
+        .unwrap();
+    let owner = local.master_of_slot(0).await.unwrap();
+    let keys: Vec<String> = (0..60)
+        .map(|i| format!("ride:{i}"))
+        .filter(|k| key_slot(k.as_bytes()) != 0)
+        .collect();
+    let owner_addr = local.node(owner).addr();
+    let refused_share = keys
+        .iter()
+        .filter(|k| client.node_for_key(k.as_bytes()).as_deref() == Some(owner_addr.as_str()))
+        .count();
+    assert!(
+        refused_share > 5,
+        "{refused_share} commands for the refusing node"
+    );
+    let owner_conn = local.connect_node(owner).await.unwrap();
+    let slots = |what: &'static str| cmd("CLUSTER").arg(what).arg(0);
+    owner_conn.send(slots("DELSLOTS")).await.unwrap();
+    // `SET`s the node refused: `rejected_calls=N` in its `cmdstat_set` line.
+    let rejected = || async {
+        let info = match owner_conn.send(cmd("INFO").arg("commandstats")).await {
+            Ok(Value::Bulk(b) | Value::Verbatim { text: b, .. }) => b,
+            other => panic!("{other:?}"),
+        };
+        String::from_utf8_lossy(&info)
+            .lines()
+            .find(|line| line.starts_with("cmdstat_set:"))
+            .and_then(|line| {
+                line.split_once("rejected_calls=")?
+                    .1
+                    .split(',')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0u64)
+    };
+    let before = rejected().await;
+
+    let mut p = client.pipeline();
+    for (i, key) in keys.iter().enumerate() {
+        p.set(key, i);
+    }
+    let pipeline = tokio::spawn(async move { p.execute_each().await });
+    // Once the node has refused its share, the slot comes back.
+    let refused = async {
+        while rejected().await < before + refused_share as u64 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), refused)
+        .await
+        .expect("the node refuses the pipeline's share");
+    owner_conn.send(slots("ADDSLOTS")).await.unwrap();
+    let failed: Vec<_> = pipeline
+        .await
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .filter(|(_, reply)| reply.is_err())
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(client.stats().retries, 1);
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(client.get::<_, usize>(key).await.unwrap(), i);
     }
 }
 

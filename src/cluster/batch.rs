@@ -456,6 +456,11 @@ impl Inner {
         let mut resend: Vec<(Entry, Resend)> = Vec::new();
         // Slots with a command answered with a refusal to wait (no retry left).
         let mut held_slots: HashSet<u16> = HashSet::new();
+        // Whether the batch's `CLUSTERDOWN`s, and its other refusals, go again: decided
+        // once for the batch, as for one request. Decided per command, a node that lost
+        // its view (a refusal for every command) had a pipeline spend a retry of the
+        // client's budget per command, and leave none for other requests.
+        let mut refusal_delays: [Option<Option<Duration>>; 2] = [None, None];
         let backoff = self.backoff();
         let mut batch_error: Option<Error> = None;
         // Replies that came before a failure (the connection was lost, or the deadline
@@ -496,7 +501,10 @@ impl Inner {
                             let delay = if held_slots.contains(&meta.slot) {
                                 None
                             } else {
-                                self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
+                                let kind = usize::from(matches!(action, ErrorAction::BackOff));
+                                *refusal_delays[kind].get_or_insert_with(|| {
+                                    self.refusal_retry(&action, e.code(), 0, &backoff, deadline)
+                                })
                             };
                             match delay {
                                 Some(delay) => (action, delay),
