@@ -4,7 +4,7 @@
 //!
 //! The decoder has its own fuzz target (`fuzz/`) and property tests
 //! (`tests/codec_props.rs`). These cover what reads decoded values: the topology replies
-//! (`CLUSTER SHARDS`, `CLUSTER SLOTS`) and the slot map built from them, `MOVED`/`ASK`
+//! (`CLUSTER SHARDS`, `CLUSTER SLOTS`, `CLUSTER NODES`) and the slot map built from them, `MOVED`/`ASK`
 //! errors, `COMMAND INFO` entries (a module's, learned at run time) and the key finder and
 //! planner run on what such an entry describes, pub/sub frames, and `FromValue`.
 //!
@@ -23,7 +23,9 @@ use crate::cmd::{self, Cmd};
 use crate::error::ServerError;
 use crate::resp::{FromValue, Value};
 use crate::slot::{parse_redirect, Redirect, SLOT_COUNT};
-use crate::topology::{choose_view, parse_shards, parse_slots, slot_map};
+use crate::topology::{
+    choose_view, parse_node_epochs, parse_shards, parse_slots, primary_epochs, slot_map,
+};
 
 const REACHED: &str = "127.0.0.1:7000";
 
@@ -433,6 +435,7 @@ fn check_topology(shards: &[crate::topology::ShardInfo]) {
             map,
             failed: failed.clone(),
             ids: crate::topology::node_ids(shards, &|a: &str| a.to_string()),
+            epochs: None,
         })
         .collect();
     let chosen = choose_view(views, &crate::slot::SlotMap::default());
@@ -468,6 +471,31 @@ proptest! {
             match parsed {
                 Ok(parsed) => check_topology(&parsed),
                 Err(e) => prop_assert!(matches!(e, crate::Error::Protocol(_)), "{e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_nodes_replies_give_epochs_or_none(
+        lines in prop::collection::vec(prop::collection::vec(word(), 0..12), 0..8),
+        raw in prop::collection::vec(any::<u8>(), 0..200),
+        resp3 in any::<bool>(),
+    ) {
+        let text = lines
+            .iter()
+            .map(|fields| {
+                let fields: Vec<String> =
+                    fields.iter().map(|w| String::from_utf8_lossy(w).into_owned()).collect();
+                fields.join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let shards = parse_shards(&shards_reply(resp3), REACHED, false).unwrap();
+        for reply in [Value::Bulk(text.into()), Value::Bulk(raw.into())] {
+            if let Some(epochs) = parse_node_epochs(&reply) {
+                if let Some(primaries) = primary_epochs(&shards, &epochs) {
+                    prop_assert!(primaries.windows(2).all(|w| w[0] >= w[1]));
+                }
             }
         }
     }

@@ -1707,6 +1707,74 @@ fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
     ])])
 }
 
+/// `CLUSTER NODES` of a view in which `primary` serves every slot at config epoch
+/// `epoch`, `other` its replica.
+fn nodes_of_one_shard(primary: u16, other: u16, epoch: u64) -> Value {
+    let id = |port: u16| format!("{port:0>40}");
+    let bus = |port: u16| u32::from(port) + 10000;
+    Value::Bulk(
+        format!(
+            "{} 127.0.0.1:{primary}@{} master - 0 0 {epoch} connected 0-16383\n\
+             {} 127.0.0.1:{other}@{} slave {} 0 0 {epoch} connected\n",
+            id(primary),
+            bus(primary),
+            id(other),
+            bus(other),
+            id(primary),
+        )
+        .into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_with_the_newer_config_epoch_wins_against_a_stale_majority() {
+    // b was promoted and took config epoch 2; a and c have not heard yet: both still give
+    // a (epoch 1) as the primary and b as its replica, two votes against one. Each
+    // answers at once, all three are asked at every refresh.
+    let ports = Arc::new(Mutex::new((0u16, 0u16)));
+    let node = |of_b: bool| {
+        let (for_shards, for_nodes) = (Arc::clone(&ports), Arc::clone(&ports));
+        let topology = move |_own: u16| {
+            let (a, b) = *for_shards.lock().unwrap();
+            if of_b {
+                one_shard(b, a, false)
+            } else {
+                one_shard(a, b, false)
+            }
+        };
+        let nodes = move |_own: u16| {
+            let (a, b) = *for_nodes.lock().unwrap();
+            if of_b {
+                nodes_of_one_shard(b, a, 2)
+            } else {
+                nodes_of_one_shard(a, b, 1)
+            }
+        };
+        let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
+        FakeCluster::start_with_shards_after(topology, nodes, |_| Duration::ZERO, nil)
+    };
+    let (a, b, c) = (node(false).await, node(true).await, node(false).await);
+    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str(), b.addr.as_str(), c.addr.as_str()])
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    for round in 0..10 {
+        assert_eq!(
+            client.node_for_key(b"k").as_deref(),
+            Some(b.addr.as_str()),
+            "refresh {round}"
+        );
+        client.refresh_topology().await.unwrap();
+    }
+    for node in [&a, &b, &c] {
+        assert!(node.count("CLUSTER") >= 10, "{:?}", node.seen());
+    }
+}
+
 /// Two scripted nodes, a and b, each calling itself the one primary and the other its
 /// replica (b calls a failed if `b_saw_a_fail`), each answering its `n`-th `CLUSTER
 /// SHARDS` after `delay(n, of_a)`; with a client seeded with both.
@@ -1726,7 +1794,10 @@ async fn two_scripted_nodes(
             }
         };
         let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
-        FakeCluster::start_with_shards_after(topology, move |n| delay(n, of_a), nil)
+        // No config epochs: a user without `+cluster|nodes`, say.
+        let nodes =
+            |_own: u16| Value::ServerError(redcluster::ServerError::new("NOPERM no permissions"));
+        FakeCluster::start_with_shards_after(topology, nodes, move |n| delay(n, of_a), nil)
     };
     let (a, b) = (node(true).await, node(false).await);
     let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();

@@ -300,9 +300,16 @@ impl Inner {
         );
         let node = self.registry.get(addr, false);
         let conn = node.connection(deadline).await?;
-        let reply = tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SHARDS")))
+        // Asked together (one write, one round trip): the config epochs that say which
+        // of two disagreeing views is the newer.
+        let asked = futures_util::future::join(
+            conn.send(cmd("CLUSTER").arg("SHARDS")),
+            conn.send(cmd("CLUSTER").arg("NODES")),
+        );
+        let (reply, nodes) = tokio::time::timeout_at(deadline, asked)
             .await
-            .map_err(|_| Error::Timeout)??;
+            .map_err(|_| Error::Timeout)?;
+        let reply = reply?;
         let shards = match reply {
             Value::ServerError(e) if e.code() == "ERR" => {
                 // Servers before 7.0 do not know CLUSTER SHARDS.
@@ -334,6 +341,11 @@ impl Inner {
                  node ids this client knows): its address now reaches another cluster's node"
             )));
         }
+        let epochs = nodes
+            .ok()
+            .as_ref()
+            .and_then(topology::parse_node_epochs)
+            .and_then(|epochs| topology::primary_epochs(&shards, &epochs));
         let failed = topology::failed_nodes(&shards, &remap);
         if !failed.is_empty() {
             self.signal.note_failure();
@@ -345,6 +357,7 @@ impl Inner {
             map: topology::slot_map(&shards, &remap),
             failed,
             ids,
+            epochs,
         })
     }
 

@@ -1,5 +1,6 @@
-//! Cluster topology: reading `CLUSTER SHARDS` / `CLUSTER SLOTS`, choosing between views
-//! that disagree, and deciding when to refresh. A shard's primary is its healthy master
+//! Cluster topology: reading `CLUSTER SHARDS` / `CLUSTER SLOTS` (and the config epochs
+//! of `CLUSTER NODES`), choosing between views that disagree, and deciding when to
+//! refresh. A shard's primary is its healthy master
 //! with the most replication offset: a shard may list a failed-over old primary, or an
 //! empty one, beside the real one.
 //!
@@ -261,12 +262,57 @@ pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> 
 }
 
 /// One node's view of the topology: the slot map it gives, the nodes it reports failed
-/// (remapped addresses), and the node ids it gives for the addresses ([`node_ids`]).
+/// (remapped addresses), the node ids it gives for the addresses ([`node_ids`]), and the
+/// config epochs of the primaries that serve slots in it ([`primary_epochs`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct View {
     pub(crate) map: SlotMap,
     pub(crate) failed: Vec<Arc<str>>,
     pub(crate) ids: Vec<(Arc<str>, Arc<str>)>,
+    pub(crate) epochs: Option<Vec<u64>>,
+}
+
+/// The config epoch of each master in a `CLUSTER NODES` reply, by node id; `None` when
+/// the reply is not one (an error: a user without `+cluster|nodes`, a server that
+/// renamed it away). A line: `<id> <addr> <flags> <master> <ping> <pong> <epoch>
+/// <link> <slots>...`.
+pub(crate) fn parse_node_epochs(reply: &Value) -> Option<std::collections::HashMap<String, u64>> {
+    let text = match reply {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => std::str::from_utf8(b).ok()?,
+        _ => return None,
+    };
+    let mut epochs = std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(id), Some(flags), Some(epoch)) = (fields.first(), fields.get(2), fields.get(6))
+        else {
+            return None;
+        };
+        if flags.split(',').any(|f| f == "master") {
+            epochs.insert((*id).to_string(), epoch.parse().ok()?);
+        }
+    }
+    Some(epochs)
+}
+
+/// The config epochs of the healthy primaries that serve slots in `shards`, highest
+/// first; `None` when one of them has no epoch in `epochs` (or no id).
+///
+/// A slot's owner is the master that claims it with the highest config epoch: that is
+/// how the nodes themselves settle a disagreement, and every promotion, and every slot
+/// a migration hands over, takes an epoch above all before it. So of two views that
+/// route some slots differently, the newer one names an owner with a higher epoch.
+pub(crate) fn primary_epochs(
+    shards: &[ShardInfo],
+    epochs: &std::collections::HashMap<String, u64>,
+) -> Option<Vec<u64>> {
+    let mut out = shards
+        .iter()
+        .filter(|s| s.primary.healthy && !s.ranges.is_empty())
+        .map(|s| epochs.get(s.primary.id.as_deref()?).copied())
+        .collect::<Option<Vec<u64>>>()?;
+    out.sort_unstable_by(|a, b| b.cmp(a));
+    Some(out)
 }
 
 /// The node id of each healthy node `shards` lists with one, by the address the client
@@ -296,9 +342,12 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 }
 
 /// Picks the view that serves the most slots from healthy primaries; among those, the
-/// one most nodes agree on. During a failover, nodes that have not yet heard of the
-/// promotion still name the failed primary (which serves nothing here), so the view
-/// with the promoted replica wins as soon as one asked node reports it.
+/// newest by config epochs, when every view has them (the one whose primaries' epochs,
+/// highest first, are greater: see [`primary_epochs`]); then the one most nodes agree
+/// on. During a failover, nodes that have not yet heard of the promotion still name the
+/// failed primary (which serves nothing here), so the view with the promoted replica
+/// wins as soon as one asked node reports it; where the old primary still serves in
+/// their views, the promoted one's epoch outranks it, however many nodes have not heard.
 ///
 /// A node that has not heard of the failure at all still calls the old primary healthy,
 /// and its view serves as many slots. Between such views the one that reports failed
@@ -327,16 +376,21 @@ pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap) -> Option<View> {
                 *votes += 1;
                 tallied.failed.extend(view.failed);
                 tallied.ids.extend(view.ids);
+                tallied.epochs = tallied.epochs.take().max(view.epochs);
             }
             None => tally.push((view, 1)),
         }
     }
-    let best = tally
-        .iter()
-        .map(|(view, votes)| (view.map.covered(), *votes))
-        .max()?;
+    // Epochs rank views only when all have them: a node that would not give its
+    // `CLUSTER NODES` is no staler for it.
+    let by_epochs = tally.iter().all(|(view, _)| view.epochs.is_some());
+    fn rank((view, votes): &(View, usize), by_epochs: bool) -> (usize, Option<&[u64]>, usize) {
+        let epochs = view.epochs.as_deref().filter(|_| by_epochs);
+        (view.map.covered(), epochs, *votes)
+    }
+    let best = tally.iter().map(|v| rank(v, by_epochs)).max()?;
     let tied: Vec<usize> = (0..tally.len())
-        .filter(|&i| (tally[i].0.map.covered(), tally[i].1) == best)
+        .filter(|&i| rank(&tally[i], by_epochs) == best)
         .collect();
     // How many primaries of the other tied views this one reports failed.
     let news = |i: usize| {
@@ -689,6 +743,7 @@ mod tests {
             map: map.clone(),
             failed: failed.iter().map(|&a| Arc::from(a)).collect(),
             ids: Vec::new(),
+            epochs: None,
         };
         let choose_view = |views| choose_view(views, &SlotMap::default()).map(|view| view.map);
         assert_eq!(
@@ -740,6 +795,114 @@ mod tests {
         assert_eq!(choose_view(vec![]), None);
     }
 
+    /// A real Redis 7.0 `CLUSTER NODES`, right after a graceful failover of the first
+    /// shard: its old primary (`24a6...`, epoch 1) now a replica of the new (`1100...`,
+    /// epoch 7).
+    const NODES_AFTER_FAILOVER: &str = "\
+99cc7b711258bb7670e7e3a9309f74675cb393a9 127.0.0.1:33879@43801 master - 0 1795787484032 2 connected 5461-10922
+47411e94b853fe733651d9373f75e6f150fe0f3b 127.0.0.1:37475@36067 slave 99cc7b711258bb7670e7e3a9309f74675cb393a9 0 1795787484000 2 connected
+8350e66c37c14b501c50eda2c9d876e31823f854 127.0.0.1:44471@34633 slave b498329118b8353180596fb4b5eedbf976e23a54 0 1795787484032 3 connected
+24a66fa6d38819353a4dc205937ef3e3207a9abb 127.0.0.1:41105@38173 myself,slave 1100779d4da67ba469490302839298a8385f827e 0 1795787484000 7 connected
+1100779d4da67ba469490302839298a8385f827e 127.0.0.1:43215@44885 master - 0 1795787484047 7 connected 0-5460
+b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 1795787484032 3 connected 10923-16383
+";
+
+    #[test]
+    fn config_epochs_of_the_primaries_serving_slots_come_from_cluster_nodes() {
+        let epochs = parse_node_epochs(&Value::Bulk(NODES_AFTER_FAILOVER.into())).unwrap();
+        // Masters only: a replica's line carries its primary's epoch.
+        assert_eq!(epochs.len(), 3);
+        assert_eq!(epochs["1100779d4da67ba469490302839298a8385f827e"], 7);
+        let verbatim = Value::Verbatim {
+            format: *b"txt",
+            text: NODES_AFTER_FAILOVER.into(),
+        };
+        assert_eq!(parse_node_epochs(&verbatim), Some(epochs.clone()));
+        // A host name after the address, and the flags of a failed master.
+        let line = "abc 10.0.0.1:6379@16379,redis-0 master,fail - 0 0 12 disconnected 0-5\n";
+        let failed = parse_node_epochs(&Value::Bulk(line.into())).unwrap();
+        assert_eq!(failed["abc"], 12);
+        for refused in [
+            Value::ServerError(crate::ServerError::new("NOPERM no permissions")),
+            Value::Bulk("abc 10.0.0.1:6379@16379 master - 0 0 twelve connected".into()),
+            Value::Bulk("abc 10.0.0.1:6379@16379 master".into()),
+            Value::Nil,
+        ] {
+            assert_eq!(parse_node_epochs(&refused), None, "{refused:?}");
+        }
+
+        let node = |id: &str, port: u16, healthy: bool| NodeInfo {
+            id: Some(id.to_string()),
+            addr: format!("127.0.0.1:{port}"),
+            healthy,
+        };
+        let shard = |primary: NodeInfo, ranges: Vec<(u16, u16)>| ShardInfo {
+            primary,
+            replicas: Vec::new(),
+            ranges,
+            failed: Vec::new(),
+        };
+        let shards = vec![
+            shard(
+                node("99cc7b711258bb7670e7e3a9309f74675cb393a9", 33879, true),
+                vec![(5461, 10922)],
+            ),
+            shard(
+                node("1100779d4da67ba469490302839298a8385f827e", 43215, true),
+                vec![(0, 5460)],
+            ),
+            shard(
+                node("b498329118b8353180596fb4b5eedbf976e23a54", 38099, true),
+                vec![(10923, 16383)],
+            ),
+            // Serves nothing: no say in which view is newer.
+            shard(node("unknown", 1, true), vec![]),
+        ];
+        assert_eq!(primary_epochs(&shards, &epochs), Some(vec![7, 3, 2]));
+        let mut missing = shards.clone();
+        missing[0].primary.id = None;
+        assert_eq!(primary_epochs(&missing, &epochs), None);
+        let mut failed_primary = shards;
+        failed_primary[1].primary.healthy = false;
+        assert_eq!(primary_epochs(&failed_primary, &epochs), Some(vec![3, 2]));
+    }
+
+    #[test]
+    fn a_newer_config_epoch_outranks_votes_when_every_view_has_epochs() {
+        let shard = |p: &str| Shard {
+            primary: Arc::from(p),
+            replicas: vec![],
+        };
+        let old = SlotMap::from_ranges([
+            (shard("a:1"), vec![(0, 8000)]),
+            (shard("c:1"), vec![(8001, 16383)]),
+        ]);
+        let new = old.with_moved(0, "b:1");
+        let view = |map: &SlotMap, epochs: Option<Vec<u64>>| View {
+            map: map.clone(),
+            failed: Vec::new(),
+            ids: Vec::new(),
+            epochs,
+        };
+        let pick = |views: Vec<View>| {
+            choose_view(views, &SlotMap::default()).map(|v| v.map.primary(0).cloned())
+        };
+        let b = Some(Some(Arc::from("b:1")));
+        let a = Some(Some(Arc::from("a:1")));
+        // Two nodes that have not heard of b's promotion (epoch 7) against one that has.
+        let stale = || view(&old, Some(vec![3, 1]));
+        let newer = || view(&new, Some(vec![7, 3]));
+        assert_eq!(pick(vec![stale(), stale(), newer()]), b);
+        assert_eq!(pick(vec![newer(), stale(), stale()]), b);
+        // A view without epochs: the votes decide, as before.
+        assert_eq!(pick(vec![stale(), stale(), view(&new, None)]), a);
+        // Unless a node that agrees with it gave them.
+        assert_eq!(pick(vec![stale(), stale(), view(&new, None), newer()]), b);
+        // Coverage still comes first: the newer view that lost a shard's primary.
+        let partial = SlotMap::from_ranges([(shard("b:1"), vec![(0, 8000)])]);
+        assert_eq!(pick(vec![stale(), view(&partial, Some(vec![7]))]), a);
+    }
+
     #[test]
     fn a_tie_keeps_the_routing_installed_and_nothing_else_does() {
         let shard = |p: &str| Shard {
@@ -760,6 +923,7 @@ mod tests {
             map: map.clone(),
             failed: failed.iter().map(|&a| Arc::from(a)).collect(),
             ids: Vec::new(),
+            epochs: None,
         };
         let pick = |views: Vec<View>, current: &SlotMap| {
             choose_view(views, current).map(|v| v.map.primary(0).cloned())

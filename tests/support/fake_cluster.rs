@@ -1,9 +1,11 @@
 //! A fake one-node cluster for faults a real server cannot be made to show on demand:
 //! dropping the connection right after reading a request.
 //!
-//! It accepts any number of connections on 127.0.0.1, answers `HELLO` and
-//! `CLUSTER SHARDS` (itself owning every slot, unless the test gives the reply) on its
-//! own, and asks the test's `behave` function what to do with every other command.
+//! It accepts any number of connections on 127.0.0.1, answers `HELLO`, `CLUSTER SHARDS`
+//! (itself owning every slot, unless the test gives the reply), `CLUSTER MYID` and
+//! `CLUSTER NODES` (an error, unless the test gives the reply: a client must do without
+//! config epochs) on its own, and asks the test's `behave` function what to do with
+//! every other command.
 //! Every command it reads is recorded.
 
 use std::sync::{Arc, Mutex};
@@ -53,6 +55,7 @@ impl FakeCluster {
             hello_delay,
             Arc::new(shards),
             no_delay(),
+            no_nodes(),
             behave,
         )
         .await
@@ -71,6 +74,7 @@ impl FakeCluster {
             std::time::Duration::ZERO,
             Arc::new(topology),
             no_delay(),
+            no_nodes(),
             behave,
         )
         .await
@@ -78,10 +82,12 @@ impl FakeCluster {
 
     /// [`FakeCluster::start`], answering `CLUSTER SHARDS` with what `topology` makes of
     /// its own port (a node whose view of the cluster the test writes), its `n`-th
-    /// (from 0) only after `delay(n)`: which of two nodes answers a refresh first.
+    /// (from 0) only after `delay(n)`: which of two nodes answers a refresh first; and
+    /// `CLUSTER NODES` with what `nodes` makes of it (the config epochs of that view).
     #[allow(dead_code)] // not every test binary scripts views
     pub async fn start_with_shards_after<F>(
         topology: impl Fn(u16) -> Value + Send + Sync + 'static,
+        nodes: impl Fn(u16) -> Value + Send + Sync + 'static,
         delay: impl Fn(usize) -> std::time::Duration + Send + Sync + 'static,
         behave: F,
     ) -> FakeCluster
@@ -93,6 +99,7 @@ impl FakeCluster {
             std::time::Duration::ZERO,
             Arc::new(topology),
             Arc::new(delay),
+            Arc::new(nodes),
             behave,
         )
         .await
@@ -103,6 +110,7 @@ impl FakeCluster {
         hello_delay: std::time::Duration,
         topology: Arc<dyn Fn(u16) -> Value + Send + Sync>,
         shards_delay: Arc<dyn Fn(usize) -> std::time::Duration + Send + Sync>,
+        nodes: Arc<dyn Fn(u16) -> Value + Send + Sync>,
         behave: F,
     ) -> FakeCluster
     where
@@ -120,6 +128,7 @@ impl FakeCluster {
                 let (behave, log) = (Arc::clone(&behave), Arc::clone(&log));
                 let topology = Arc::clone(&topology);
                 let shards_delay = Arc::clone(&shards_delay);
+                let nodes = Arc::clone(&nodes);
                 tokio::spawn(async move {
                     let mut buf = BytesMut::new();
                     let mut decoder = Decoder::new();
@@ -173,6 +182,11 @@ impl FakeCluster {
                                 tokio::time::sleep(shards_delay(asked - 1)).await;
                                 Action::Reply(topology(port))
                             }
+                            Some("CLUSTER")
+                                if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("nodes")) =>
+                            {
+                                Action::Reply(nodes(port))
+                            }
                             // The client checks a node's identity when it connects.
                             Some("CLUSTER")
                                 if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("myid")) =>
@@ -218,6 +232,14 @@ impl FakeCluster {
 
 fn no_delay() -> Arc<dyn Fn(usize) -> std::time::Duration + Send + Sync> {
     Arc::new(|_| std::time::Duration::ZERO)
+}
+
+fn no_nodes() -> Arc<dyn Fn(u16) -> Value + Send + Sync> {
+    Arc::new(|_| {
+        Value::ServerError(redcluster::ServerError::new(
+            "ERR unknown subcommand 'NODES'",
+        ))
+    })
 }
 
 fn bulk(s: &str) -> Value {
