@@ -677,6 +677,40 @@ async fn a_refused_batch_spends_one_retry_of_the_budget() {
     assert_eq!(client.stats().retries, 1);
 }
 
+/// A pipeline's commands earn the retry budget their share, as requests sent one by one
+/// do: after a retry spent the budget (a ratio of 0.1 per request, at most 1 saved), 20
+/// pipelined commands earn the next. Before, a pipeline earned nothing, and a client
+/// that sends pipelines lived on the budget's time allowance alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_commands_earn_the_retry_budget() {
+    let fake = FakeCluster::start(|args, earlier| match args[0].as_str() {
+        // The first GET of each single request is refused once.
+        "GET" if args[1] == "single" && earlier % 2 == 0 => Action::Reply(Value::ServerError(
+            ServerError::new("TRYAGAIN Multiple keys request during rehashing of slot"),
+        )),
+        _ => Action::Reply(Value::Bulk("v".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .retry_budget(redcluster::RetryBudgetConfig::new(0.1, 0.0, 1.0))
+        .build()
+        .await
+        .unwrap();
+    // The budget starts full: one retry.
+    let v: String = client.get("single").await.unwrap();
+    assert_eq!(v, "v");
+    let mut p = client.pipeline();
+    for i in 0..20 {
+        p.get(format!("piped:{i}"));
+    }
+    assert_eq!(p.execute().await.unwrap().len(), 20);
+    let again: Result<String, Error> = client.get("single").await;
+    assert_eq!(again.unwrap(), "v", "{:?}", fake.seen());
+    assert_eq!(client.stats().retries, 2);
+}
+
 /// The same on a real cluster: a primary with one of its slots taken away (`CLUSTER
 /// DELSLOTS`) refuses every command (`CLUSTERDOWN`: it no longer sees every slot
 /// served) while the other nodes still route that slot to it. A pipeline sent then waits

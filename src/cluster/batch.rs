@@ -315,6 +315,11 @@ impl Inner {
                 Err(e) => results[index] = Some(Err(e)),
             }
         }
+        // Each command of a batch is a request that earns the retry budget its share (the
+        // others run through the single-command path, which counts them).
+        let batched: usize = groups.iter().map(|(_, entries)| entries.len()).sum();
+        self.requests
+            .fetch_add(batched as u64, std::sync::atomic::Ordering::Relaxed);
         let batches = groups
             .into_iter()
             .map(|(node, entries)| self.run_batch(node, entries, deadline, 0, false));
@@ -811,6 +816,9 @@ impl Inner {
         if slots.len() > 1 {
             return Err(Error::CrossSlot { slots });
         }
+        // One request, for the retry budget: it is retried as one.
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let (Some(durability), Some(slot), true) = (self.config.durability, slot, writes) {
             // On a connection of its own, where `WAIT` counts this transaction's writes
             // alone. Resent, as on the shared connection, only when refused unrun.

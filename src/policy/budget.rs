@@ -1,7 +1,8 @@
 //! A retry budget shared by all requests of a client, so that a failing cluster does not
 //! get a storm of retries on top of its normal load.
 //!
-//! Every request earns `ratio` of a retry; time earns `per_second`; the balance never
+//! Every request earns `ratio` of a retry (each command of a pipeline is one, a
+//! transaction is one); time earns `per_second`; the balance never
 //! exceeds `max`. A retry spends one. With the defaults, retries can add at most 20 %
 //! to the request rate, plus 100 per second, in bursts of up to 1000.
 
