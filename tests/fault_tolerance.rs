@@ -1728,26 +1728,48 @@ fn nodes_of_one_shard(primary: u16, other: u16, epoch: u64) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_with_the_newer_config_epoch_wins_against_a_stale_majority() {
-    // b was promoted and took config epoch 2; a and c have not heard yet: both still give
-    // a (epoch 1) as the primary and b as its replica, two votes against one. Each
-    // answers at once, all three are asked at every refresh.
+    // Phase 0: b was promoted and took config epoch 2; a and c have not heard yet: both
+    // still give a (epoch 1) as the primary and b as its replica, two votes against
+    // one. Each answers at once, all three are asked at every refresh.
+    // Phase 1: every node gives the stale view (as when the three a refresh asks are
+    // all nodes that have not heard yet).
+    // Phase 2: every node gives a as the primary at epoch 2 and b as its replica: the
+    // routing changed without a new epoch (a slot migration into the node that has the
+    // greatest epoch takes none).
+    // Phase 3: every node gives b as the primary at epoch 2, and a as a master of the
+    // same epoch: two masters of one epoch, a collision the nodes have not settled.
+    // All within a few seconds.
     let ports = Arc::new(Mutex::new((0u16, 0u16)));
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let node = |of_b: bool| {
         let (for_shards, for_nodes) = (Arc::clone(&ports), Arc::clone(&ports));
+        let (phase_shards, phase_nodes) = (Arc::clone(&phase), Arc::clone(&phase));
         let topology = move |_own: u16| {
             let (a, b) = *for_shards.lock().unwrap();
-            if of_b {
-                one_shard(b, a, false)
-            } else {
-                one_shard(a, b, false)
+            match phase_shards.load(Ordering::SeqCst) {
+                0 if of_b => one_shard(b, a, false),
+                3 => one_shard(b, a, false),
+                _ => one_shard(a, b, false),
             }
         };
         let nodes = move |_own: u16| {
             let (a, b) = *for_nodes.lock().unwrap();
-            if of_b {
-                nodes_of_one_shard(b, a, 2)
-            } else {
-                nodes_of_one_shard(a, b, 1)
+            match phase_nodes.load(Ordering::SeqCst) {
+                0 if of_b => nodes_of_one_shard(b, a, 2),
+                0 | 1 => nodes_of_one_shard(a, b, 1),
+                2 => nodes_of_one_shard(a, b, 2),
+                _ => {
+                    let id = |port: u16| format!("{port:0>40}");
+                    Value::Bulk(
+                        format!(
+                            "{} 127.0.0.1:{b}@1 master - 0 0 2 connected 0-16383\n\
+                             {} 127.0.0.1:{a}@1 master - 0 0 2 connected\n",
+                            id(b),
+                            id(a),
+                        )
+                        .into(),
+                    )
+                }
             }
         };
         let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
@@ -1762,16 +1784,33 @@ async fn the_view_with_the_newer_config_epoch_wins_against_a_stale_majority() {
         .build()
         .await
         .unwrap();
+    let owner = || client.node_for_key(b"k");
     for round in 0..10 {
-        assert_eq!(
-            client.node_for_key(b"k").as_deref(),
-            Some(b.addr.as_str()),
-            "refresh {round}"
-        );
+        assert_eq!(owner().as_deref(), Some(b.addr.as_str()), "refresh {round}");
         client.refresh_topology().await.unwrap();
     }
     for node in [&a, &b, &c] {
         assert!(node.count("CLUSTER") >= 10, "{:?}", node.seen());
+    }
+    // The older view is kept out.
+    phase.store(1, Ordering::SeqCst);
+    for round in 0..3 {
+        client.refresh_topology().await.unwrap();
+        assert_eq!(owner().as_deref(), Some(b.addr.as_str()), "stale {round}");
+    }
+    // A move without a new epoch is followed.
+    phase.store(2, Ordering::SeqCst);
+    client.refresh_topology().await.unwrap();
+    assert_eq!(owner().as_deref(), Some(a.addr.as_str()));
+    // Two masters of one epoch: the routing installed stays.
+    phase.store(3, Ordering::SeqCst);
+    for round in 0..3 {
+        client.refresh_topology().await.unwrap();
+        assert_eq!(
+            owner().as_deref(),
+            Some(a.addr.as_str()),
+            "collision {round}"
+        );
     }
 }
 

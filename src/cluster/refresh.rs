@@ -41,6 +41,11 @@ const NODES_ASKED: usize = 3;
 /// node (one that keeps its connection but never answers) delays a refresh by no more.
 const ANSWER_GRACE: Duration = Duration::from_millis(250);
 
+/// How long a view older by config epoch than the last one installed is kept out (see
+/// [`RefreshSignal::stale_by_epoch`]): longer than a failover takes to spread, short
+/// enough that a cluster rebuilt from scratch (its epochs back to 0) is followed soon.
+const EPOCH_HOLD: Duration = Duration::from_secs(5);
+
 /// The longest one node's topology answer is waited for, whatever the response timeout:
 /// a refresh that waits on a hung node serves no one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,6 +110,10 @@ pub(crate) struct RefreshSignal {
     /// Why the last discovery failed while no topology is known (a lazily connected
     /// client whose seeds have not answered yet): what its requests fail with.
     pub(crate) discovery_error: std::sync::Mutex<Option<Error>>,
+    /// The config epochs of the last view installed, and when.
+    installed_epochs: std::sync::Mutex<Option<(Vec<u64>, std::time::Instant)>>,
+    /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
+    last_collision: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl RefreshSignal {
@@ -122,6 +131,47 @@ impl RefreshSignal {
     /// Notes that a refresh saw a node flagged as failed.
     fn note_failure(&self) {
         *lock(&self.last_failure) = Some(std::time::Instant::now());
+    }
+
+    /// Whether `view` is older by config epoch than the view installed last, within
+    /// [`EPOCH_HOLD`] of that: every node asked may not have heard of a promotion yet
+    /// (one refresh asks three), and installed, the view would send the map back to
+    /// the old primary, for a `MOVED` to undo. Or as old, and routing otherwise, while
+    /// two masters share an epoch: the nodes themselves do not move a slot to a claim
+    /// of the same epoch, and which side a refresh lands on depends on which three
+    /// nodes it asks (the map went back and forth every 100 ms for a second or two).
+    fn stale_by_epoch(&self, view: &topology::View) -> bool {
+        let Some(epochs) = &view.epochs else {
+            return false;
+        };
+        let held = lock(&self.installed_epochs);
+        let Some((installed, _)) = held.as_ref().filter(|(_, at)| at.elapsed() < EPOCH_HOLD) else {
+            return false;
+        };
+        match epochs.cmp(installed) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal => {
+                let collided = lock(&self.last_collision).is_some_and(|c| c.elapsed() < EPOCH_HOLD);
+                collided
+                    && lock(&self.last_view).as_ref().is_some_and(|installed| {
+                        installed.slots_routed_like(&view.map)
+                            < usize::from(crate::slot::SLOT_COUNT)
+                    })
+            }
+            std::cmp::Ordering::Greater => false,
+        }
+    }
+
+    /// Notes that a node gave two masters of one config epoch.
+    fn note_collision(&self) {
+        *lock(&self.last_collision) = Some(std::time::Instant::now());
+    }
+
+    /// Notes the config epochs of a view being installed.
+    fn note_epochs(&self, view: &topology::View) {
+        if let Some(epochs) = &view.epochs {
+            *lock(&self.installed_epochs) = Some((epochs.clone(), std::time::Instant::now()));
+        }
     }
 
     /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
@@ -227,6 +277,17 @@ impl Inner {
         };
         *lock(&self.signal.discovery_error) = None;
         crate::observe::metrics::topology_refresh(trigger.as_str());
+        if self.signal.stale_by_epoch(&view) {
+            tracing::debug!(
+                epochs = ?view.epochs,
+                "the nodes asked give an older view than the one installed: kept out"
+            );
+            // Asked again soon: the nodes hear of the change within a round of gossip.
+            self.signal.degraded.store(true, Ordering::Relaxed);
+            self.signal.count.fetch_add(1, Ordering::Release);
+            return Ok(false);
+        }
+        self.signal.note_epochs(&view);
         let changed = self.install(view, trigger, mark);
         if !changed {
             self.publish_gauges(&[]);
@@ -341,11 +402,11 @@ impl Inner {
                  node ids this client knows): its address now reaches another cluster's node"
             )));
         }
-        let epochs = nodes
-            .ok()
-            .as_ref()
-            .and_then(topology::parse_node_epochs)
-            .and_then(|epochs| topology::primary_epochs(&shards, &epochs));
+        let all_epochs = nodes.ok().as_ref().and_then(topology::parse_node_epochs);
+        if all_epochs.as_ref().is_some_and(topology::epoch_collision) {
+            self.signal.note_collision();
+        }
+        let epochs = all_epochs.and_then(|epochs| topology::primary_epochs(&shards, &epochs));
         let failed = topology::failed_nodes(&shards, &remap);
         if !failed.is_empty() {
             self.signal.note_failure();

@@ -72,7 +72,9 @@
 //! once an interrupted subscription is restored, the stream yields a
 //! [`PubSubEvent::Gap`] naming the channels (and patterns) concerned, before any message
 //! received through the restored subscription. Messages are never duplicated by a
-//! resubscription, and arrive in publication order per channel between gaps. A
+//! resubscription, and arrive in publication order per channel between gaps; but one
+//! published around the move can reach the new node late over the cluster bus, after
+//! newer ones or after it was heard on the old node (see [`PubSubEvent::Gap`]). A
 //! subscription the server refuses to restore (a `NOPERM` after an ACL change) is
 //! reported as [`PubSubEvent::Lost`], never dropped in silence; the channels restored
 //! in the same command are tried one by one first, so only the refused ones are lost.
@@ -178,9 +180,10 @@ pub enum PubSubEvent {
     /// failover can also lose messages on the old primary before the client learns of
     /// it: the `Gap` then comes when the subscription moves (within about a second),
     /// after messages that followed the loss. And a message published on the old owner
-    /// around the move can still come after the `Gap`, even after newer messages: the
-    /// old owner passes it on to the new one through the cluster bus, late. Pub/sub is
-    /// at most once.
+    /// around the move can still come after the `Gap`, even after newer messages, or a
+    /// second time: the cluster bus brings it to the subscription's new node late (the
+    /// old owner passes it on to the new one; a classic message goes to every node),
+    /// after it was heard on the old node. Pub/sub is at most once otherwise.
     #[non_exhaustive]
     Gap {
         /// The channels concerned: sharded ones when `sharded`, classic ones otherwise.

@@ -120,10 +120,12 @@ impl SlotMap {
         self.shard(slot).map(|s| &s.primary)
     }
 
-    /// Whether every slot has the same primary (or none) in both maps, however their
+    /// How many slots have the same primary (or none) in both maps, however their
     /// shards are listed and whatever else they hold.
-    pub(crate) fn routes_like(&self, other: &SlotMap) -> bool {
-        (0..SLOT_COUNT).all(|slot| self.primary(slot) == other.primary(slot))
+    pub(crate) fn slots_routed_like(&self, other: &SlotMap) -> usize {
+        (0..SLOT_COUNT)
+            .filter(|&slot| self.primary(slot) == other.primary(slot))
+            .count()
     }
 
     /// How many slots some shard serves.

@@ -295,6 +295,19 @@ pub(crate) fn parse_node_epochs(reply: &Value) -> Option<std::collections::HashM
     Some(epochs)
 }
 
+/// Whether two masters in `epochs` ([`parse_node_epochs`]) have the same config epoch
+/// (0 aside: a master that joined and never served): a promotion that took the epoch a
+/// slot migration had just taken without a vote. The nodes settle it with a new epoch
+/// within a round of gossip; until then, views of the cluster that route differently
+/// can have the same epochs.
+pub(crate) fn epoch_collision(epochs: &std::collections::HashMap<String, u64>) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    epochs
+        .values()
+        .filter(|&&e| e != 0)
+        .any(|e| !seen.insert(e))
+}
+
 /// The config epochs of the healthy primaries that serve slots in `shards`, highest
 /// first; `None` when one of them has no epoch in `epochs` (or no id).
 ///
@@ -348,6 +361,8 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 /// failed primary (which serves nothing here), so the view with the promoted replica
 /// wins as soon as one asked node reports it; where the old primary still serves in
 /// their views, the promoted one's epoch outranks it, however many nodes have not heard.
+/// With epochs equal but routes not, the view that routes the most slots as `current`
+/// (the map installed) comes before the votes: see the comment at the ranking.
 ///
 /// A node that has not heard of the failure at all still calls the old primary healthy,
 /// and its view serves as many slots. Between such views the one that reports failed
@@ -358,7 +373,8 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 /// voters gave (an address two voters give different ids is left unchecked, see
 /// [`crate::conn::NodeIds::replace`]).
 ///
-/// Still tied, the view that routes as `current` (the map installed) does wins. While
+/// Still tied, the view that routes the most slots as `current` (the map installed,
+/// `MOVED` patches included) does wins. While
 /// a graceful failover spreads, the old primary, the new one and a third node each
 /// give their own view, one vote each: picked by the order of the answers, the map
 /// went back and forth between old and new primary at every refresh for seconds, and
@@ -384,14 +400,23 @@ pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap) -> Option<View> {
     // Epochs rank views only when all have them: a node that would not give its
     // `CLUSTER NODES` is no staler for it.
     let by_epochs = tally.iter().all(|(view, _)| view.epochs.is_some());
-    fn rank((view, votes): &(View, usize), by_epochs: bool) -> (usize, Option<&[u64]>, usize) {
+    // Views with the same epochs that route differently name two masters of one epoch:
+    // a promotion that took the epoch a migration had just taken without a vote. The
+    // nodes do not move a slot to a claim of the same epoch, and settle the collision
+    // with a new epoch within a round of gossip; until then the installed routing stays
+    // (votes flipped it at every refresh), and a `MOVED` moves it.
+    let rank = |i: usize| {
+        let (view, votes) = &tally[i];
         let epochs = view.epochs.as_deref().filter(|_| by_epochs);
-        (view.map.covered(), epochs, *votes)
-    }
-    let best = tally.iter().map(|v| rank(v, by_epochs)).max()?;
-    let tied: Vec<usize> = (0..tally.len())
-        .filter(|&i| rank(&tally[i], by_epochs) == best)
-        .collect();
+        let installed = if by_epochs {
+            view.map.slots_routed_like(current)
+        } else {
+            0
+        };
+        (view.map.covered(), epochs, installed, *votes)
+    };
+    let best = (0..tally.len()).map(rank).max()?;
+    let tied: Vec<usize> = (0..tally.len()).filter(|&i| rank(i) == best).collect();
     // How many primaries of the other tied views this one reports failed.
     let news = |i: usize| {
         let failed = &tally[i].0.failed;
@@ -404,7 +429,19 @@ pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap) -> Option<View> {
     let chosen = tied
         .iter()
         .copied()
-        .max_by_key(|&i| (news(i), tally[i].0.map.routes_like(current)))?;
+        .max_by_key(|&i| (news(i), tally[i].0.map.slots_routed_like(current)))?;
+    if tally.len() > 1 {
+        // Which view won, and on what: the first thing to read when routes flap. Per
+        // view: slots covered, config epochs, votes, slots routed as installed.
+        let views: Vec<_> = tally
+            .iter()
+            .map(|(view, votes)| {
+                let like_installed = view.map.slots_routed_like(current);
+                (view.map.covered(), &view.epochs, *votes, like_installed)
+            })
+            .collect();
+        tracing::debug!(chosen, ?views, "nodes disagree on the topology");
+    }
     Some(tally.swap_remove(chosen).0)
 }
 
@@ -822,6 +859,22 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
         let line = "abc 10.0.0.1:6379@16379,redis-0 master,fail - 0 0 12 disconnected 0-5\n";
         let failed = parse_node_epochs(&Value::Bulk(line.into())).unwrap();
         assert_eq!(failed["abc"], 12);
+        assert!(!epoch_collision(&epochs));
+        // The old primary, not yet heard to be a replica, and the new one at the epoch a
+        // migration took (from a real soak run).
+        let collided = "932cf2 127.0.0.1:37289@1 master - 0 0 18 connected\n\
+                        23cc8a 127.0.0.1:45481@1 master - 0 0 18 connected 4572\n\
+                        e4ac6a 127.0.0.1:36017@1 master - 0 0 17 connected 0-4571\n\
+                        n1 127.0.0.1:1@1 master - 0 0 0 connected\n\
+                        n2 127.0.0.1:2@1 master - 0 0 0 connected\n";
+        let collided = parse_node_epochs(&Value::Bulk(collided.into())).unwrap();
+        assert!(epoch_collision(&collided));
+        let mut settled = collided.clone();
+        settled.insert("23cc8a".into(), 19);
+        assert!(
+            !epoch_collision(&settled),
+            "two joined at 0 are no collision"
+        );
         for refused in [
             Value::ServerError(crate::ServerError::new("NOPERM no permissions")),
             Value::Bulk("abc 10.0.0.1:6379@16379 master - 0 0 twelve connected".into()),
@@ -898,6 +951,16 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
         assert_eq!(pick(vec![stale(), stale(), view(&new, None)]), a);
         // Unless a node that agrees with it gave them.
         assert_eq!(pick(vec![stale(), stale(), view(&new, None), newer()]), b);
+        // The same epochs (a collision the nodes have not settled yet): the routing
+        // installed stays, whatever the votes.
+        let same = |map: &SlotMap| view(map, Some(vec![18, 3]));
+        let pick_with = |views: Vec<View>, current: &SlotMap| {
+            choose_view(views, current).map(|v| v.map.primary(0).cloned())
+        };
+        assert_eq!(pick_with(vec![same(&old), same(&old), same(&new)], &new), b);
+        assert_eq!(pick_with(vec![same(&new), same(&new), same(&old)], &old), a);
+        // With nothing installed, the votes.
+        assert_eq!(pick(vec![same(&old), same(&new), same(&old)]), a);
         // Coverage still comes first: the newer view that lost a shard's primary.
         let partial = SlotMap::from_ranges([(shard("b:1"), vec![(0, 8000)])]);
         assert_eq!(pick(vec![stale(), view(&partial, Some(vec![7]))]), a);
@@ -917,8 +980,8 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
             (shard("b:1"), vec![(0, 0)]),
             (shard("c:1"), vec![]),
         ]);
-        assert!(new.routes_like(&new_listing_old) && new != new_listing_old);
-        assert!(!new.routes_like(&old));
+        assert!(new.slots_routed_like(&new_listing_old) == 16384 && new != new_listing_old);
+        assert_eq!(new.slots_routed_like(&old), 16383);
         let view = |map: &SlotMap, failed: &[&str]| View {
             map: map.clone(),
             failed: failed.iter().map(|&a| Arc::from(a)).collect(),
