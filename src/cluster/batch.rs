@@ -464,7 +464,9 @@ impl Inner {
         // Whether the batch's `CLUSTERDOWN`s, and its other refusals, go again: decided
         // once for the batch, as for one request. Decided per command, a node that lost
         // its view (a refusal for every command) had a pipeline spend a retry of the
-        // client's budget per command, and leave none for other requests.
+        // client's budget per command, and leave none for other requests. (The retry
+        // metric takes the first refusal's code: `LOADING` then `TRYAGAIN` counts one
+        // `LOADING` retry.)
         let mut refusal_delays: [Option<Option<Duration>>; 2] = [None, None];
         let backoff = self.backoff();
         let mut batch_error: Option<Error> = None;

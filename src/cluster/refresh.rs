@@ -46,6 +46,10 @@ const ANSWER_GRACE: Duration = Duration::from_millis(250);
 /// enough that a cluster rebuilt from scratch (its epochs back to 0) is followed soon.
 const EPOCH_HOLD: Duration = Duration::from_secs(5);
 
+/// How long the refreshes do without `CLUSTER NODES` after a node refused it: the
+/// permission may be granted later.
+const NODES_QUIET: Duration = Duration::from_secs(60);
+
 /// The longest one node's topology answer is waited for, whatever the response timeout:
 /// a refresh that waits on a hung node serves no one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -90,6 +94,14 @@ impl Moves {
     }
 }
 
+/// What [`RefreshSignal::stale_by_epoch`] compares a new view with.
+#[derive(Debug)]
+struct InstalledEpochs {
+    map: SlotMap,
+    epochs: Vec<(Arc<str>, u64)>,
+    at: std::time::Instant,
+}
+
 /// The doorbell between request paths and the refresh task.
 #[derive(Debug, Default)]
 pub(crate) struct RefreshSignal {
@@ -110,8 +122,10 @@ pub(crate) struct RefreshSignal {
     /// Why the last discovery failed while no topology is known (a lazily connected
     /// client whose seeds have not answered yet): what its requests fail with.
     pub(crate) discovery_error: std::sync::Mutex<Option<Error>>,
-    /// The config epochs of the last view installed, and when.
-    installed_epochs: std::sync::Mutex<Option<(Vec<u64>, std::time::Instant)>>,
+    /// The routing and config epochs of the last view installed with epochs, and when.
+    installed_epochs: std::sync::Mutex<Option<InstalledEpochs>>,
+    /// When a node last refused `CLUSTER NODES`.
+    nodes_refused: std::sync::Mutex<Option<std::time::Instant>>,
     /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
     last_collision: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -133,45 +147,60 @@ impl RefreshSignal {
         *lock(&self.last_failure) = Some(std::time::Instant::now());
     }
 
-    /// Whether `view` is older by config epoch than the view installed last, within
-    /// [`EPOCH_HOLD`] of that: every node asked may not have heard of a promotion yet
-    /// (one refresh asks three), and installed, the view would send the map back to
-    /// the old primary, for a `MOVED` to undo. Or as old, and routing otherwise, while
-    /// two masters share an epoch: the nodes themselves do not move a slot to a claim
-    /// of the same epoch, and which side a refresh lands on depends on which three
-    /// nodes it asks (the map went back and forth every 100 ms for a second or two).
+    /// Whether `view` is older by config epoch ([`topology::compare_by_epoch`]) than
+    /// the view installed last, within [`EPOCH_HOLD`] of that: every node asked may not
+    /// have heard of a promotion yet (one refresh asks three), and installed, the view
+    /// would send the map back to the old primary, for a `MOVED` to undo. Or as old, and
+    /// routing otherwise, while two masters share an epoch: the nodes themselves do not
+    /// move a slot to a claim of the same epoch, and which side a refresh lands on
+    /// depends on which three nodes it asks (the map went back and forth every 100 ms
+    /// for a second or two).
     fn stale_by_epoch(&self, view: &topology::View) -> bool {
-        let Some(epochs) = &view.epochs else {
-            return false;
-        };
         let held = lock(&self.installed_epochs);
-        let Some((installed, _)) = held.as_ref().filter(|(_, at)| at.elapsed() < EPOCH_HOLD) else {
+        let Some(installed) = held.as_ref().filter(|i| i.at.elapsed() < EPOCH_HOLD) else {
             return false;
         };
-        match epochs.cmp(installed) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Equal => {
-                let collided = lock(&self.last_collision).is_some_and(|c| c.elapsed() < EPOCH_HOLD);
-                collided
-                    && lock(&self.last_view).as_ref().is_some_and(|installed| {
-                        installed.slots_routed_like(&view.map)
-                            < usize::from(crate::slot::SLOT_COUNT)
-                    })
+        let routing = (&installed.map, Some(&installed.epochs[..]));
+        match topology::compare_by_epoch(view.routing(), routing) {
+            Some(std::cmp::Ordering::Less) => true,
+            Some(std::cmp::Ordering::Equal) => {
+                self.collided_lately()
+                    && installed.map.slots_routed_like(&view.map)
+                        < usize::from(crate::slot::SLOT_COUNT)
             }
-            std::cmp::Ordering::Greater => false,
+            _ => false,
         }
+    }
+
+    /// Notes the routing and config epochs of a view being installed.
+    fn note_epochs(&self, view: &topology::View) {
+        if let Some(epochs) = &view.epochs {
+            *lock(&self.installed_epochs) = Some(InstalledEpochs {
+                map: view.map.clone(),
+                epochs: epochs.clone(),
+                at: std::time::Instant::now(),
+            });
+        }
+    }
+
+    /// Whether a node gave two masters of one config epoch within [`EPOCH_HOLD`].
+    fn collided_lately(&self) -> bool {
+        lock(&self.last_collision).is_some_and(|at| at.elapsed() < EPOCH_HOLD)
+    }
+
+    /// Notes that a node refused `CLUSTER NODES`.
+    fn note_nodes_refused(&self) {
+        *lock(&self.nodes_refused) = Some(std::time::Instant::now());
+    }
+
+    /// Whether a node refused `CLUSTER NODES` within [`NODES_QUIET`].
+    fn nodes_refused_lately(&self) -> bool {
+        lock(&self.nodes_refused).is_some_and(|at| at.elapsed() < NODES_QUIET)
     }
 
     /// Notes that a node gave two masters of one config epoch.
     fn note_collision(&self) {
         *lock(&self.last_collision) = Some(std::time::Instant::now());
-    }
-
-    /// Notes the config epochs of a view being installed.
-    fn note_epochs(&self, view: &topology::View) {
-        if let Some(epochs) = &view.epochs {
-            *lock(&self.installed_epochs) = Some((epochs.clone(), std::time::Instant::now()));
-        }
     }
 
     /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
@@ -344,7 +373,8 @@ impl Inner {
             if views.iter().any(|v| node_ids.shares_a_node(&v.ids)) {
                 views.retain(|v| node_ids.shares_a_node(&v.ids));
             }
-            if let Some(view) = topology::choose_view(views, &self.routes.load().map) {
+            let collided = self.signal.collided_lately();
+            if let Some(view) = topology::choose_view(views, &self.routes.load().map, collided) {
                 return Ok(view);
             }
         }
@@ -362,14 +392,23 @@ impl Inner {
         let node = self.registry.get(addr, false);
         let conn = node.connection(deadline).await?;
         // Asked together (one write, one round trip): the config epochs that say which
-        // of two disagreeing views is the newer.
-        let asked = futures_util::future::join(
-            conn.send(cmd("CLUSTER").arg("SHARDS")),
-            conn.send(cmd("CLUSTER").arg("NODES")),
-        );
-        let (reply, nodes) = tokio::time::timeout_at(deadline, asked)
-            .await
-            .map_err(|_| Error::Timeout)?;
+        // of two disagreeing views is the newer. Not while refused (a user without
+        // `+cluster|nodes`): each refusal is an entry in the server's ACL log.
+        let shards = conn.send(cmd("CLUSTER").arg("SHARDS"));
+        let (reply, nodes) = if self.signal.nodes_refused_lately() {
+            let reply = tokio::time::timeout_at(deadline, shards).await;
+            (reply.map_err(|_| Error::Timeout)?, None)
+        } else {
+            let nodes = conn.send(cmd("CLUSTER").arg("NODES"));
+            let asked = futures_util::future::join(shards, nodes);
+            let (reply, nodes) = tokio::time::timeout_at(deadline, asked)
+                .await
+                .map_err(|_| Error::Timeout)?;
+            (reply, nodes.ok())
+        };
+        if let Some(Value::ServerError(_)) = &nodes {
+            self.signal.note_nodes_refused();
+        }
         let reply = reply?;
         let shards = match reply {
             Value::ServerError(e) if e.code() == "ERR" => {
@@ -402,11 +441,12 @@ impl Inner {
                  node ids this client knows): its address now reaches another cluster's node"
             )));
         }
-        let all_epochs = nodes.ok().as_ref().and_then(topology::parse_node_epochs);
+        let all_epochs = nodes.as_ref().and_then(topology::parse_node_epochs);
         if all_epochs.as_ref().is_some_and(topology::epoch_collision) {
             self.signal.note_collision();
         }
-        let epochs = all_epochs.and_then(|epochs| topology::primary_epochs(&shards, &epochs));
+        let epochs =
+            all_epochs.and_then(|epochs| topology::primary_epochs(&shards, &epochs, &remap));
         let failed = topology::failed_nodes(&shards, &remap);
         if !failed.is_empty() {
             self.signal.note_failure();

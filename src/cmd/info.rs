@@ -552,6 +552,11 @@ pub(crate) fn routes_by_first_argument(cmd: &Cmd, info: &CommandInfo) -> bool {
 /// `unknown` spec, movable keys without specs) the server may find keys the client
 /// could not.
 pub(crate) fn keys_known(info: &CommandInfo) -> bool {
+    if !info.subcommands.is_empty() {
+        // A container (`OBJECT`, `XINFO`): the subcommand sent is not in the table (a
+        // newer server's), so neither are its keys.
+        return false;
+    }
     match &*info.name {
         "sort" | "sort_ro" | "migrate" => true,
         _ if info.key_specs.is_empty() => !info.has_flags(flag::MOVABLEKEYS),
@@ -1326,6 +1331,8 @@ mod tests {
         ] {
             assert!(keys_known(lookup(&c(line)).unwrap()), "{line}");
         }
+        // A subcommand the table lacks resolves to its container, which says nothing.
+        assert!(!keys_known(lookup(&c("OBJECT NEWSUB k")).unwrap()));
         let module = |specs: Vec<KeySpec>, flags: u32| CommandInfo {
             name: Cow::Borrowed("mod.get"),
             key_specs: Cow::Owned(specs),

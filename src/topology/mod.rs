@@ -269,7 +269,20 @@ pub(crate) struct View {
     pub(crate) map: SlotMap,
     pub(crate) failed: Vec<Arc<str>>,
     pub(crate) ids: Vec<(Arc<str>, Arc<str>)>,
-    pub(crate) epochs: Option<Vec<u64>>,
+    pub(crate) epochs: Option<Vec<(Arc<str>, u64)>>,
+}
+
+/// The config epoch of each primary, by address.
+pub(crate) type Epochs = [(Arc<str>, u64)];
+
+/// A slot map and, when known, the config epochs of its primaries.
+pub(crate) type Routing<'a> = (&'a SlotMap, Option<&'a Epochs>);
+
+impl View {
+    /// The view as [`compare_by_epoch`] takes it.
+    pub(crate) fn routing(&self) -> Routing<'_> {
+        (&self.map, self.epochs.as_deref())
+    }
 }
 
 /// The config epoch of each master in a `CLUSTER NODES` reply, by node id; `None` when
@@ -308,24 +321,64 @@ pub(crate) fn epoch_collision(epochs: &std::collections::HashMap<String, u64>) -
         .any(|e| !seen.insert(e))
 }
 
-/// The config epochs of the healthy primaries that serve slots in `shards`, highest
-/// first; `None` when one of them has no epoch in `epochs` (or no id).
-///
-/// A slot's owner is the master that claims it with the highest config epoch: that is
-/// how the nodes themselves settle a disagreement, and every promotion, and every slot
-/// a migration hands over, takes an epoch above all before it. So of two views that
-/// route some slots differently, the newer one names an owner with a higher epoch.
+/// The config epoch of each healthy primary that serves slots in `shards`, by the
+/// address the client reaches it at (through `remap`); `None` when one of them has no
+/// epoch in `epochs` (or no id).
 pub(crate) fn primary_epochs(
     shards: &[ShardInfo],
     epochs: &std::collections::HashMap<String, u64>,
-) -> Option<Vec<u64>> {
-    let mut out = shards
+    remap: &dyn Fn(&str) -> String,
+) -> Option<Vec<(Arc<str>, u64)>> {
+    shards
         .iter()
         .filter(|s| s.primary.healthy && !s.ranges.is_empty())
-        .map(|s| epochs.get(s.primary.id.as_deref()?).copied())
-        .collect::<Option<Vec<u64>>>()?;
-    out.sort_unstable_by(|a, b| b.cmp(a));
-    Some(out)
+        .map(|s| {
+            let epoch = epochs.get(s.primary.id.as_deref()?)?;
+            Some((Arc::from(remap(&s.primary.addr)), *epoch))
+        })
+        .collect()
+}
+
+/// Which of two routings is the newer by config epoch, as the nodes settle it: a slot
+/// belongs to the master that claims it with the highest epoch, and a promotion, or a
+/// slot a migration hands over, takes an epoch above its old owner's. So on the slots
+/// the two route to different primaries, the newer names owners of higher epochs.
+/// `Equal` when they route alike, or their owners there have the same epochs (two
+/// masters of one epoch: a promotion that took the epoch a migration had just taken
+/// without a vote); `None` when either has no epochs, or each is newer on some slots
+/// (two changes, each seen by some nodes). Slots one of them leaves unassigned tell
+/// nothing.
+pub(crate) fn compare_by_epoch(a: Routing<'_>, b: Routing<'_>) -> Option<std::cmp::Ordering> {
+    use std::cmp::Ordering;
+    let ((map_a, Some(epochs_a)), (map_b, Some(epochs_b))) = (a, b) else {
+        return None;
+    };
+    let epoch = |epochs: &Epochs, primary: &Arc<str>| {
+        epochs.iter().find(|(p, _)| p == primary).map(|(_, e)| *e)
+    };
+    let (mut newer, mut older) = (false, false);
+    for slot in 0..crate::slot::SLOT_COUNT {
+        let (Some(pa), Some(pb)) = (map_a.primary(slot), map_b.primary(slot)) else {
+            continue;
+        };
+        if pa == pb {
+            continue;
+        }
+        match (epoch(epochs_a, pa), epoch(epochs_b, pb)) {
+            (Some(ea), Some(eb)) if ea > eb => newer = true,
+            (Some(ea), Some(eb)) if ea < eb => older = true,
+            (Some(_), Some(_)) => {}
+            _ => return None,
+        }
+        if newer && older {
+            return None;
+        }
+    }
+    Some(match (newer, older) {
+        (true, _) => Ordering::Greater,
+        (_, true) => Ordering::Less,
+        _ => Ordering::Equal,
+    })
 }
 
 /// The node id of each healthy node `shards` lists with one, by the address the client
@@ -354,15 +407,15 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
         .collect()
 }
 
-/// Picks the view that serves the most slots from healthy primaries; among those, the
-/// newest by config epochs, when every view has them (the one whose primaries' epochs,
-/// highest first, are greater: see [`primary_epochs`]); then the one most nodes agree
-/// on. During a failover, nodes that have not yet heard of the promotion still name the
-/// failed primary (which serves nothing here), so the view with the promoted replica
-/// wins as soon as one asked node reports it; where the old primary still serves in
-/// their views, the promoted one's epoch outranks it, however many nodes have not heard.
-/// With epochs equal but routes not, the view that routes the most slots as `current`
-/// (the map installed) comes before the votes: see the comment at the ranking.
+/// Picks the view that serves the most slots from healthy primaries; among those, a
+/// view older by config epoch than another ([`compare_by_epoch`]) is out; then, when
+/// `collided` (a node reported two masters of one epoch lately), the one that routes
+/// the most slots as `current` (see the comment at the ranking); then the one most
+/// nodes agree on. During a failover, nodes that have not yet heard of the promotion
+/// still name the failed primary (which serves nothing here), so the view with the
+/// promoted replica wins as soon as one asked node reports it; where the old primary
+/// still serves in their views, the promoted one's epoch outranks it, however many
+/// nodes have not heard.
 ///
 /// A node that has not heard of the failure at all still calls the old primary healthy,
 /// and its view serves as many slots. Between such views the one that reports failed
@@ -374,13 +427,12 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 /// [`crate::conn::NodeIds::replace`]).
 ///
 /// Still tied, the view that routes the most slots as `current` (the map installed,
-/// `MOVED` patches included) does wins. While
-/// a graceful failover spreads, the old primary, the new one and a third node each
+/// `MOVED` patches included) does wins. While a graceful failover spreads, the old primary, the new one and a third node each
 /// give their own view, one vote each: picked by the order of the answers, the map
 /// went back and forth between old and new primary at every refresh for seconds, and
 /// the subscriptions and publishes with it. A `MOVED` from the old primary once it
 /// knows, or a majority, moves it on.
-pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap) -> Option<View> {
+pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap, collided: bool) -> Option<View> {
     // Each distinct map with its votes, and every node flagged failed by a node giving it.
     let mut tally: Vec<(View, usize)> = Vec::new();
     for view in views {
@@ -392,31 +444,43 @@ pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap) -> Option<View> {
                 *votes += 1;
                 tallied.failed.extend(view.failed);
                 tallied.ids.extend(view.ids);
-                tallied.epochs = tallied.epochs.take().max(view.epochs);
+                if tallied.epochs.is_none() {
+                    tallied.epochs = view.epochs;
+                }
             }
             None => tally.push((view, 1)),
         }
     }
-    // Epochs rank views only when all have them: a node that would not give its
-    // `CLUSTER NODES` is no staler for it.
-    let by_epochs = tally.iter().all(|(view, _)| view.epochs.is_some());
-    // Views with the same epochs that route differently name two masters of one epoch:
-    // a promotion that took the epoch a migration had just taken without a vote. The
-    // nodes do not move a slot to a claim of the same epoch, and settle the collision
-    // with a new epoch within a round of gossip; until then the installed routing stays
-    // (votes flipped it at every refresh), and a `MOVED` moves it.
+    let covered = tally.iter().map(|(view, _)| view.map.covered()).max()?;
+    let mut tied: Vec<usize> = (0..tally.len())
+        .filter(|&i| tally[i].0.map.covered() == covered)
+        .collect();
+    // Out: a view older by config epoch than another, however many nodes give it.
+    let older = |i: usize, tied: &[usize]| {
+        tied.iter().any(|&j| {
+            compare_by_epoch(tally[i].0.routing(), tally[j].0.routing())
+                == Some(std::cmp::Ordering::Less)
+        })
+    };
+    let newest: Vec<usize> = tied.iter().copied().filter(|&i| !older(i, &tied)).collect();
+    if !newest.is_empty() {
+        tied = newest;
+    }
+    // While two masters share an epoch, which side a node is on is no sign of news: the
+    // nodes do not move a slot to a claim of the same epoch, and settle it with a new
+    // one within a round of gossip. Until then the routing installed stays, before the
+    // votes (they flipped the map every 100 ms, by which three nodes a refresh asked).
     let rank = |i: usize| {
         let (view, votes) = &tally[i];
-        let epochs = view.epochs.as_deref().filter(|_| by_epochs);
-        let installed = if by_epochs {
+        let installed = if collided {
             view.map.slots_routed_like(current)
         } else {
             0
         };
-        (view.map.covered(), epochs, installed, *votes)
+        (installed, *votes)
     };
-    let best = (0..tally.len()).map(rank).max()?;
-    let tied: Vec<usize> = (0..tally.len()).filter(|&i| rank(i) == best).collect();
+    let best = tied.iter().map(|&i| rank(i)).max()?;
+    tied.retain(|&i| rank(i) == best);
     // How many primaries of the other tied views this one reports failed.
     let news = |i: usize| {
         let failed = &tally[i].0.failed;
@@ -430,14 +494,14 @@ pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap) -> Option<View> {
         .iter()
         .copied()
         .max_by_key(|&i| (news(i), tally[i].0.map.slots_routed_like(current)))?;
-    if tally.len() > 1 {
+    if tally.len() > 1 && tracing::enabled!(tracing::Level::DEBUG) {
         // Which view won, and on what: the first thing to read when routes flap. Per
-        // view: slots covered, config epochs, votes, slots routed as installed.
+        // view: slots covered, votes, slots routed as installed, config epochs.
         let views: Vec<_> = tally
             .iter()
             .map(|(view, votes)| {
                 let like_installed = view.map.slots_routed_like(current);
-                (view.map.covered(), &view.epochs, *votes, like_installed)
+                (view.map.covered(), *votes, like_installed, &view.epochs)
             })
             .collect();
         tracing::debug!(chosen, ?views, "nodes disagree on the topology");
@@ -782,7 +846,8 @@ mod tests {
             ids: Vec::new(),
             epochs: None,
         };
-        let choose_view = |views| choose_view(views, &SlotMap::default()).map(|view| view.map);
+        let choose_view =
+            |views| choose_view(views, &SlotMap::default(), false).map(|view| view.map);
         assert_eq!(
             choose_view(vec![view(&b, &[]), view(&a, &[]), view(&a, &[])]),
             Some(a.clone())
@@ -911,17 +976,94 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
             // Serves nothing: no say in which view is newer.
             shard(node("unknown", 1, true), vec![]),
         ];
-        assert_eq!(primary_epochs(&shards, &epochs), Some(vec![7, 3, 2]));
+        let remap = |a: &str| a.replace("127.0.0.1", "h");
+        let by_addr = |pairs: &[(&str, u64)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(a, e)| (Arc::from(*a), *e))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            primary_epochs(&shards, &epochs, &remap),
+            by_addr(&[("h:33879", 2), ("h:43215", 7), ("h:38099", 3)])
+        );
         let mut missing = shards.clone();
         missing[0].primary.id = None;
-        assert_eq!(primary_epochs(&missing, &epochs), None);
+        assert_eq!(primary_epochs(&missing, &epochs, &remap), None);
         let mut failed_primary = shards;
         failed_primary[1].primary.healthy = false;
-        assert_eq!(primary_epochs(&failed_primary, &epochs), Some(vec![3, 2]));
+        assert_eq!(
+            primary_epochs(&failed_primary, &epochs, &remap),
+            by_addr(&[("h:33879", 2), ("h:38099", 3)])
+        );
+    }
+
+    fn epochs_of(pairs: &[(&str, u64)]) -> Option<Vec<(Arc<str>, u64)>> {
+        Some(pairs.iter().map(|(a, e)| (Arc::from(*a), *e)).collect())
     }
 
     #[test]
-    fn a_newer_config_epoch_outranks_votes_when_every_view_has_epochs() {
+    fn the_newer_routing_is_the_one_whose_owners_have_the_higher_epochs_where_they_differ() {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        let shard = |p: &str| Shard {
+            primary: Arc::from(p),
+            replicas: vec![],
+        };
+        let view = |map: &SlotMap, epochs: &[(&str, u64)]| View {
+            map: map.clone(),
+            failed: Vec::new(),
+            ids: Vec::new(),
+            epochs: epochs_of(epochs),
+        };
+        let cmp = |a: &View, b: &View| compare_by_epoch(a.routing(), b.routing());
+        let old_map = SlotMap::from_ranges([
+            (shard("a:1"), vec![(0, 100)]),
+            (shard("x:1"), vec![(101, 16383)]),
+        ]);
+        let old = view(&old_map, &[("a:1", 5), ("x:1", 9)]);
+        // A failover of a's shard: b took epoch 10.
+        let failover = view(
+            &old_map.with_moved(0, "b:1"),
+            &[("a:1", 5), ("b:1", 10), ("x:1", 9)],
+        );
+        assert_eq!(cmp(&failover, &old), Some(Greater));
+        assert_eq!(cmp(&old, &failover), Some(Less));
+        // a's last slots migrated to x, which keeps its epoch (it had the greatest): the
+        // serving primaries' epochs are fewer, the view is still the newer.
+        let emptied = view(
+            &SlotMap::from_ranges([(shard("x:1"), vec![(0, 16383)])]),
+            &[("x:1", 9)],
+        );
+        assert_eq!(cmp(&emptied, &old), Some(Greater));
+        // Alike, or the same epochs where they differ (two masters of one epoch).
+        assert_eq!(cmp(&old, &old), Some(Equal));
+        let collided = view(&old_map.with_moved(0, "b:1"), &[("b:1", 5), ("x:1", 9)]);
+        assert_eq!(cmp(&collided, &old), Some(Equal));
+        // Each newer on some slots, or no epochs: nothing said.
+        let both = view(
+            &SlotMap::from_ranges([
+                (shard("b:1"), vec![(0, 50)]),
+                (shard("a:1"), vec![(51, 100)]),
+                (shard("x:1"), vec![(101, 16383)]),
+            ]),
+            &[("b:1", 10), ("a:1", 5), ("x:1", 9)],
+        );
+        let other = view(
+            &old_map.with_moved(51, "c:1"),
+            &[("a:1", 5), ("c:1", 11), ("x:1", 9)],
+        );
+        assert_eq!(cmp(&both, &other), None);
+        let unknown = View {
+            epochs: None,
+            ..failover.clone()
+        };
+        assert_eq!(cmp(&unknown, &old), None);
+    }
+
+    #[test]
+    fn a_newer_config_epoch_outranks_votes() {
         let shard = |p: &str| Shard {
             primary: Arc::from(p),
             replicas: vec![],
@@ -931,39 +1073,52 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
             (shard("c:1"), vec![(8001, 16383)]),
         ]);
         let new = old.with_moved(0, "b:1");
-        let view = |map: &SlotMap, epochs: Option<Vec<u64>>| View {
+        let view = |map: &SlotMap, epochs: Option<Vec<(Arc<str>, u64)>>| View {
             map: map.clone(),
             failed: Vec::new(),
             ids: Vec::new(),
             epochs,
         };
-        let pick = |views: Vec<View>| {
-            choose_view(views, &SlotMap::default()).map(|v| v.map.primary(0).cloned())
+        let pick = |views: Vec<View>, current: &SlotMap, collided: bool| {
+            choose_view(views, current, collided).map(|v| v.map.primary(0).cloned())
         };
+        let none = SlotMap::default();
         let b = Some(Some(Arc::from("b:1")));
         let a = Some(Some(Arc::from("a:1")));
         // Two nodes that have not heard of b's promotion (epoch 7) against one that has.
-        let stale = || view(&old, Some(vec![3, 1]));
-        let newer = || view(&new, Some(vec![7, 3]));
-        assert_eq!(pick(vec![stale(), stale(), newer()]), b);
-        assert_eq!(pick(vec![newer(), stale(), stale()]), b);
+        let stale = || view(&old, epochs_of(&[("a:1", 1), ("c:1", 3)]));
+        let newer = || view(&new, epochs_of(&[("a:1", 1), ("b:1", 7), ("c:1", 3)]));
+        assert_eq!(pick(vec![stale(), stale(), newer()], &none, false), b);
+        assert_eq!(pick(vec![newer(), stale(), stale()], &old, false), b);
         // A view without epochs: the votes decide, as before.
-        assert_eq!(pick(vec![stale(), stale(), view(&new, None)]), a);
+        assert_eq!(
+            pick(vec![stale(), stale(), view(&new, None)], &none, false),
+            a
+        );
         // Unless a node that agrees with it gave them.
-        assert_eq!(pick(vec![stale(), stale(), view(&new, None), newer()]), b);
-        // The same epochs (a collision the nodes have not settled yet): the routing
-        // installed stays, whatever the votes.
-        let same = |map: &SlotMap| view(map, Some(vec![18, 3]));
-        let pick_with = |views: Vec<View>, current: &SlotMap| {
-            choose_view(views, current).map(|v| v.map.primary(0).cloned())
-        };
-        assert_eq!(pick_with(vec![same(&old), same(&old), same(&new)], &new), b);
-        assert_eq!(pick_with(vec![same(&new), same(&new), same(&old)], &old), a);
-        // With nothing installed, the votes.
-        assert_eq!(pick(vec![same(&old), same(&new), same(&old)]), a);
+        let with_and_without = vec![stale(), stale(), view(&new, None), newer()];
+        assert_eq!(pick(with_and_without, &none, false), b);
+        // Two masters of one epoch, a collision the nodes have not settled yet: the
+        // routing installed stays, whatever the votes...
+        let same_old = || view(&old, epochs_of(&[("a:1", 7), ("c:1", 3)]));
+        let same_new = || view(&new, epochs_of(&[("b:1", 7), ("c:1", 3)]));
+        assert_eq!(
+            pick(vec![same_old(), same_old(), same_new()], &new, true),
+            b
+        );
+        assert_eq!(
+            pick(vec![same_new(), same_new(), same_old()], &old, true),
+            a
+        );
+        // ...and with none seen lately, the votes.
+        assert_eq!(
+            pick(vec![same_old(), same_old(), same_new()], &new, false),
+            a
+        );
         // Coverage still comes first: the newer view that lost a shard's primary.
         let partial = SlotMap::from_ranges([(shard("b:1"), vec![(0, 8000)])]);
-        assert_eq!(pick(vec![stale(), view(&partial, Some(vec![7]))]), a);
+        let partial = view(&partial, epochs_of(&[("b:1", 7)]));
+        assert_eq!(pick(vec![stale(), partial], &none, false), a);
     }
 
     #[test]
@@ -989,7 +1144,7 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
             epochs: None,
         };
         let pick = |views: Vec<View>, current: &SlotMap| {
-            choose_view(views, current).map(|v| v.map.primary(0).cloned())
+            choose_view(views, current, false).map(|v| v.map.primary(0).cloned())
         };
         for current in [&new, &new_listing_old] {
             for views in [
