@@ -406,8 +406,12 @@ impl Inner {
                 .map_err(|_| Error::Timeout)?;
             (reply, nodes.ok())
         };
-        if let Some(Value::ServerError(_)) = &nodes {
-            self.signal.note_nodes_refused();
+        // Refused for good (a permission, a name renamed away); a node still loading
+        // (`LOADING`) refuses `CLUSTER SHARDS` too, and is asked again next time.
+        if let Some(Value::ServerError(e)) = &nodes {
+            if matches!(e.code(), "NOPERM" | "ERR") {
+                self.signal.note_nodes_refused();
+            }
         }
         let reply = reply?;
         let shards = match reply {
