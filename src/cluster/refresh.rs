@@ -122,7 +122,7 @@ pub(crate) struct RefreshSignal {
     /// Why the last discovery failed while no topology is known (a lazily connected
     /// client whose seeds have not answered yet): what its requests fail with.
     pub(crate) discovery_error: std::sync::Mutex<Option<Error>>,
-    /// The routing and config epochs of the last view installed with epochs, and when.
+    /// The routing and config epochs of the last view installed, and when.
     installed_epochs: std::sync::Mutex<Option<InstalledEpochs>>,
     /// When a node last refused `CLUSTER NODES`.
     nodes_refused: std::sync::Mutex<Option<std::time::Instant>>,
@@ -172,15 +172,14 @@ impl RefreshSignal {
         }
     }
 
-    /// Notes the routing and config epochs of a view being installed.
+    /// Notes the routing and config epochs of a view being installed (none: nothing to
+    /// hold a later view against).
     fn note_epochs(&self, view: &topology::View) {
-        if let Some(epochs) = &view.epochs {
-            *lock(&self.installed_epochs) = Some(InstalledEpochs {
-                map: view.map.clone(),
-                epochs: epochs.clone(),
-                at: std::time::Instant::now(),
-            });
-        }
+        *lock(&self.installed_epochs) = view.epochs.as_ref().map(|epochs| InstalledEpochs {
+            map: view.map.clone(),
+            epochs: epochs.clone(),
+            at: std::time::Instant::now(),
+        });
     }
 
     /// Whether a node gave two masters of one config epoch within [`EPOCH_HOLD`].
@@ -278,8 +277,9 @@ pub(crate) async fn refresh_task(
 }
 
 impl Inner {
-    /// Asks nodes for the topology and installs the view they agree on; whether that
-    /// changed the routes.
+    /// Asks nodes for the topology and installs the view [`topology::choose_view`]
+    /// picks of theirs (unless [`RefreshSignal::stale_by_epoch`]); whether that changed
+    /// the routes.
     pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<bool> {
         self.signal.degraded.store(false, Ordering::Relaxed);
         let mark = lock(&self.moves).mark();
@@ -309,7 +309,8 @@ impl Inner {
         if self.signal.stale_by_epoch(&view) {
             tracing::debug!(
                 epochs = ?view.epochs,
-                "the nodes asked give an older view than the one installed: kept out"
+                "the nodes asked give a view older by config epoch than the one installed \
+                 (or as old while two masters share an epoch): kept out"
             );
             // Asked again soon: the nodes hear of the change within a round of gossip.
             self.signal.degraded.store(true, Ordering::Relaxed);
@@ -326,8 +327,9 @@ impl Inner {
         Ok(changed)
     }
 
-    /// Asks `candidates`, a few at a time, until some answer; returns the view most of
-    /// the answering nodes agree on.
+    /// Asks `candidates`, a few at a time, until some answer; returns the view
+    /// [`topology::choose_view`] picks of theirs (the newest by config epoch, then the
+    /// one most agree on, ...).
     ///
     /// Views of another cluster (naming none of the known nodes: see
     /// [`crate::conn::NodeIds`]) count only from a seed (trusted: it names the cluster
@@ -341,9 +343,9 @@ impl Inner {
             let mut asked: FuturesUnordered<_> =
                 group.iter().map(|addr| self.ask_topology(addr)).collect();
             let mut views = Vec::new();
-            // A view chosen from a minority could be the stale one (a node that has not
-            // heard of a promotion); one that waits for every node waits on the slowest,
-            // which in a failover may be a node that never answers.
+            // Without config epochs, a view chosen from a minority could be the stale one
+            // (a node that has not heard of a promotion); one that waits for every node
+            // waits on the slowest, which in a failover may be a node that never answers.
             let mut grace: Option<Instant> = None;
             loop {
                 let answer = match grace {

@@ -285,7 +285,7 @@ impl View {
     }
 }
 
-/// The config epoch of each master in a `CLUSTER NODES` reply, by node id; `None` when
+/// The config epoch of each live master in a `CLUSTER NODES` reply, by node id; `None` when
 /// the reply is not one (an error: a user without `+cluster|nodes`, a server that
 /// renamed it away). A line: `<id> <addr> <flags> <master> <ping> <pong> <epoch>
 /// <link> <slots>...`.
@@ -301,7 +301,12 @@ pub(crate) fn parse_node_epochs(reply: &Value) -> Option<std::collections::HashM
         else {
             return None;
         };
-        if flags.split(',').any(|f| f == "master") {
+        let flags = || flags.split(',');
+        // A failed master stays listed (until `CLUSTER FORGET`) with the epoch it had;
+        // it serves nothing, and one that shared its epoch with a live master would
+        // read as a collision for ever.
+        let gone = flags().any(|f| matches!(f, "fail" | "noaddr" | "handshake"));
+        if flags().any(|f| f == "master") && !gone {
             epochs.insert((*id).to_string(), epoch.parse().ok()?);
         }
     }
@@ -347,7 +352,9 @@ pub(crate) fn primary_epochs(
 /// masters of one epoch: a promotion that took the epoch a migration had just taken
 /// without a vote); `None` when either has no epochs, or each is newer on some slots
 /// (two changes, each seen by some nodes). Slots one of them leaves unassigned tell
-/// nothing.
+/// nothing. (For a gossip round, a node told of a migration by `CLUSTER SETSLOT`
+/// before it heard of the new owner's epoch gives the right owner with its old epoch,
+/// and reads as older: a `MOVED` covers the moment.)
 pub(crate) fn compare_by_epoch(a: Routing<'_>, b: Routing<'_>) -> Option<std::cmp::Ordering> {
     use std::cmp::Ordering;
     let ((map_a, Some(epochs_a)), (map_b, Some(epochs_b))) = (a, b) else {
@@ -426,12 +433,12 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
 /// voters gave (an address two voters give different ids is left unchecked, see
 /// [`crate::conn::NodeIds::replace`]).
 ///
-/// Still tied, the view that routes the most slots as `current` (the map installed,
-/// `MOVED` patches included) does wins. While a graceful failover spreads, the old primary, the new one and a third node each
-/// give their own view, one vote each: picked by the order of the answers, the map
-/// went back and forth between old and new primary at every refresh for seconds, and
-/// the subscriptions and publishes with it. A `MOVED` from the old primary once it
-/// knows, or a majority, moves it on.
+/// Still tied, the one that routes the most slots as `current` (the map installed,
+/// `MOVED` patches included) wins. While a graceful failover spreads, the old primary,
+/// the new one and a third node may each give their own view, one vote each: picked by
+/// the order of the answers, the map went back and forth between old and new primary
+/// at every refresh for seconds, and the subscriptions and publishes with it. A newer
+/// epoch, a `MOVED` from the old primary once it knows, or a majority, moves it on.
 pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap, collided: bool) -> Option<View> {
     // Each distinct map with its votes, and every node flagged failed by a node giving it.
     let mut tally: Vec<(View, usize)> = Vec::new();
@@ -920,10 +927,13 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
             text: NODES_AFTER_FAILOVER.into(),
         };
         assert_eq!(parse_node_epochs(&verbatim), Some(epochs.clone()));
-        // A host name after the address, and the flags of a failed master.
-        let line = "abc 10.0.0.1:6379@16379,redis-0 master,fail - 0 0 12 disconnected 0-5\n";
-        let failed = parse_node_epochs(&Value::Bulk(line.into())).unwrap();
-        assert_eq!(failed["abc"], 12);
+        // A host name after the address; a failed master (listed until forgotten) is
+        // left out, a suspected one (`fail?`) is not.
+        let lines = "abc 10.0.0.1:6379@16379,redis-0 master,fail - 0 0 12 disconnected\n\
+                     def 10.0.0.2:6379@16379,redis-1 master,fail? - 0 0 13 connected 0-5\n";
+        let failed = parse_node_epochs(&Value::Bulk(lines.into())).unwrap();
+        assert_eq!(failed.get("abc"), None);
+        assert_eq!(failed["def"], 13);
         assert!(!epoch_collision(&epochs));
         // The old primary, not yet heard to be a replica, and the new one at the epoch a
         // migration took (from a real soak run).
