@@ -1,8 +1,7 @@
 //! Cluster topology: reading `CLUSTER SHARDS` / `CLUSTER SLOTS` (and the config epochs
 //! of `CLUSTER NODES`), choosing between views that disagree, and deciding when to
-//! refresh. A shard's primary is its healthy master
-//! with the most replication offset: a shard may list a failed-over old primary, or an
-//! empty one, beside the real one.
+//! refresh. A shard's primary is its healthy master with the most replication offset:
+//! a shard may list a failed-over old primary, or an empty one, beside the real one.
 //!
 //! Sans-io: functions take replies and the current time and return decisions; the
 //! cluster client does the asking and the waiting.
