@@ -102,6 +102,21 @@ struct InstalledEpochs {
     at: std::time::Instant,
 }
 
+/// When something last happened: a failed node seen, a refusal, a collision.
+#[derive(Debug, Default)]
+struct LastSeen(std::sync::Mutex<Option<std::time::Instant>>);
+
+impl LastSeen {
+    fn note(&self) {
+        *lock(&self.0) = Some(std::time::Instant::now());
+    }
+
+    /// Whether it happened within the last `window`.
+    fn within(&self, window: Duration) -> bool {
+        lock(&self.0).is_some_and(|at| at.elapsed() < window)
+    }
+}
+
 /// The doorbell between request paths and the refresh task.
 #[derive(Debug, Default)]
 pub(crate) struct RefreshSignal {
@@ -118,16 +133,16 @@ pub(crate) struct RefreshSignal {
     /// after one).
     pub(crate) degraded: AtomicBool,
     /// When a refresh last saw a node flagged as failed.
-    last_failure: std::sync::Mutex<Option<std::time::Instant>>,
+    last_failure: LastSeen,
     /// Why the last discovery failed while no topology is known (a lazily connected
     /// client whose seeds have not answered yet): what its requests fail with.
     pub(crate) discovery_error: std::sync::Mutex<Option<Error>>,
     /// The routing and config epochs of the last view installed, and when.
     installed_epochs: std::sync::Mutex<Option<InstalledEpochs>>,
     /// When a node last refused `CLUSTER NODES`.
-    nodes_refused: std::sync::Mutex<Option<std::time::Instant>>,
+    nodes_refused: LastSeen,
     /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
-    last_collision: std::sync::Mutex<Option<std::time::Instant>>,
+    last_collision: LastSeen,
 }
 
 impl RefreshSignal {
@@ -140,11 +155,6 @@ impl RefreshSignal {
             Ordering::Acquire,
         );
         self.wake.notify_one();
-    }
-
-    /// Notes that a refresh saw a node flagged as failed.
-    fn note_failure(&self) {
-        *lock(&self.last_failure) = Some(std::time::Instant::now());
     }
 
     /// Whether `view` is older by config epoch ([`topology::compare_by_epoch`]) than
@@ -164,7 +174,7 @@ impl RefreshSignal {
         match topology::compare_by_epoch(view.routing(), routing) {
             Some(std::cmp::Ordering::Less) => true,
             Some(std::cmp::Ordering::Equal) => {
-                self.collided_lately()
+                self.last_collision.within(EPOCH_HOLD)
                     && installed.map.slots_routed_like(&view.map)
                         < usize::from(crate::slot::SLOT_COUNT)
             }
@@ -182,29 +192,9 @@ impl RefreshSignal {
         });
     }
 
-    /// Whether a node gave two masters of one config epoch within [`EPOCH_HOLD`].
-    fn collided_lately(&self) -> bool {
-        lock(&self.last_collision).is_some_and(|at| at.elapsed() < EPOCH_HOLD)
-    }
-
-    /// Notes that a node refused `CLUSTER NODES`.
-    fn note_nodes_refused(&self) {
-        *lock(&self.nodes_refused) = Some(std::time::Instant::now());
-    }
-
-    /// Whether a node refused `CLUSTER NODES` within [`NODES_QUIET`].
-    fn nodes_refused_lately(&self) -> bool {
-        lock(&self.nodes_refused).is_some_and(|at| at.elapsed() < NODES_QUIET)
-    }
-
-    /// Notes that a node gave two masters of one config epoch.
-    fn note_collision(&self) {
-        *lock(&self.last_collision) = Some(std::time::Instant::now());
-    }
-
     /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
     fn failed_lately(&self) -> bool {
-        lock(&self.last_failure).is_some_and(|at| at.elapsed() < SETTLE_WINDOW)
+        self.last_failure.within(SETTLE_WINDOW)
     }
 
     pub(crate) fn shutdown(&self) {
@@ -375,7 +365,7 @@ impl Inner {
             if views.iter().any(|v| node_ids.shares_a_node(&v.ids)) {
                 views.retain(|v| node_ids.shares_a_node(&v.ids));
             }
-            let collided = self.signal.collided_lately();
+            let collided = self.signal.last_collision.within(EPOCH_HOLD);
             if let Some(view) = topology::choose_view(views, &self.routes.load().map, collided) {
                 return Ok(view);
             }
@@ -397,7 +387,7 @@ impl Inner {
         // of two disagreeing views is the newer. Not while refused (a user without
         // `+cluster|nodes`): each refusal is an entry in the server's ACL log.
         let shards = conn.send(cmd("CLUSTER").arg("SHARDS"));
-        let (reply, nodes) = if self.signal.nodes_refused_lately() {
+        let (reply, nodes) = if self.signal.nodes_refused.within(NODES_QUIET) {
             let reply = tokio::time::timeout_at(deadline, shards).await;
             (reply.map_err(|_| Error::Timeout)?, None)
         } else {
@@ -412,7 +402,7 @@ impl Inner {
         // (`LOADING`) refuses `CLUSTER SHARDS` too, and is asked again next time.
         if let Some(Value::ServerError(e)) = &nodes {
             if matches!(e.code(), "NOPERM" | "ERR") {
-                self.signal.note_nodes_refused();
+                self.signal.nodes_refused.note();
             }
         }
         let reply = reply?;
@@ -449,13 +439,13 @@ impl Inner {
         }
         let all_epochs = nodes.as_ref().and_then(topology::parse_node_epochs);
         if all_epochs.as_ref().is_some_and(topology::epoch_collision) {
-            self.signal.note_collision();
+            self.signal.last_collision.note();
         }
         let epochs =
             all_epochs.and_then(|epochs| topology::primary_epochs(&shards, &epochs, &remap));
         let failed = topology::failed_nodes(&shards, &remap);
         if !failed.is_empty() {
-            self.signal.note_failure();
+            self.signal.last_failure.note();
         }
         if !failed.is_empty() || settling(&shards, self.signal.failed_lately()) {
             self.signal.degraded.store(true, Ordering::Relaxed);
@@ -597,9 +587,9 @@ mod tests {
     fn a_failure_seen_is_remembered_for_the_settle_window_only() {
         let signal = RefreshSignal::default();
         assert!(!signal.failed_lately());
-        signal.note_failure();
+        signal.last_failure.note();
         assert!(signal.failed_lately());
-        *lock(&signal.last_failure) = std::time::Instant::now().checked_sub(SETTLE_WINDOW);
+        *lock(&signal.last_failure.0) = std::time::Instant::now().checked_sub(SETTLE_WINDOW);
         assert!(!signal.failed_lately());
     }
 }
