@@ -305,13 +305,10 @@ impl Inner {
         if command.name().len() > MAX_COMMAND_NAME_LEN {
             return None;
         }
-        let name = command.name().to_ascii_lowercase();
-        let resolve = |info: Option<&'static cmd::CommandInfo>| {
-            info.map(|info| with_subcommand(command, info))
-        };
-        if let Some((_, info)) = self.learned_lock().iter().find(|(n, _)| *n == name) {
-            return resolve(*info);
+        if let Some(info) = self.learned(command) {
+            return info;
         }
+        let name = command.name().to_ascii_lowercase();
         if self.learned_lock().len() >= MAX_LEARNED_COMMANDS {
             return None;
         }
@@ -351,18 +348,22 @@ impl Inner {
         if !learned.iter().any(|(n, _)| *n == name) {
             learned.push((name, info));
         }
-        resolve(info)
+        info.map(|info| with_subcommand(command, info))
     }
 
     /// The table entry for `command` known without asking the server: built in, or
     /// learned before.
     fn known_command_info(&self, command: &Cmd) -> Option<&'static cmd::CommandInfo> {
-        cmd::lookup(command).or_else(|| {
-            let name = command.name().to_ascii_lowercase();
-            let learned = self.learned_lock();
-            let (_, info) = learned.iter().find(|(n, _)| *n == name)?;
-            info.map(|info| with_subcommand(command, info))
-        })
+        cmd::lookup(command).or_else(|| self.learned(command).flatten())
+    }
+
+    /// What the server said of `command` when asked before (its entry, or `None` when it
+    /// does not know it either); `None` when it was not asked.
+    fn learned(&self, command: &Cmd) -> Option<Option<&'static cmd::CommandInfo>> {
+        let name = command.name().to_ascii_lowercase();
+        let learned = self.learned_lock();
+        let (_, info) = learned.iter().find(|(n, _)| *n == name)?;
+        Some(info.map(|info| with_subcommand(command, info)))
     }
 
     /// [`classify`] for an error reply to `cmds`: a `MOVED` or `ASK` that none of them
