@@ -1708,19 +1708,24 @@ fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
 }
 
 /// `CLUSTER NODES` of a view in which `primary` serves every slot at config epoch
-/// `epoch`, `other` its replica.
-fn nodes_of_one_shard(primary: u16, other: u16, epoch: u64) -> Value {
+/// `epoch`, and `other` is its replica, or (`other_master`) a master of the same epoch
+/// that serves nothing: two masters of one epoch.
+fn nodes_of_one_shard(primary: u16, other: u16, epoch: u64, other_master: bool) -> Value {
     let id = |port: u16| format!("{port:0>40}");
     let bus = |port: u16| u32::from(port) + 10000;
+    let other_role = if other_master {
+        "master -".to_string()
+    } else {
+        format!("slave {}", id(primary))
+    };
     Value::Bulk(
         format!(
             "{} 127.0.0.1:{primary}@{} master - 0 0 {epoch} connected 0-16383\n\
-             {} 127.0.0.1:{other}@{} slave {} 0 0 {epoch} connected\n",
+             {} 127.0.0.1:{other}@{} {other_role} 0 0 {epoch} connected\n",
             id(primary),
             bus(primary),
             id(other),
             bus(other),
-            id(primary),
         )
         .into(),
     )
@@ -1754,21 +1759,10 @@ async fn the_view_with_the_newer_config_epoch_wins_against_a_stale_majority() {
         let nodes = move |_own: u16| {
             let (a, b) = *for_nodes.lock().unwrap();
             match phase_nodes.load(Ordering::SeqCst) {
-                0 if of_b => nodes_of_one_shard(b, a, 2),
-                0 | 1 => nodes_of_one_shard(a, b, 1),
-                2 => nodes_of_one_shard(a, b, 3),
-                _ => {
-                    let id = |port: u16| format!("{port:0>40}");
-                    Value::Bulk(
-                        format!(
-                            "{} 127.0.0.1:{b}@1 master - 0 0 3 connected 0-16383\n\
-                             {} 127.0.0.1:{a}@1 master - 0 0 3 connected\n",
-                            id(b),
-                            id(a),
-                        )
-                        .into(),
-                    )
-                }
+                0 if of_b => nodes_of_one_shard(b, a, 2, false),
+                0 | 1 => nodes_of_one_shard(a, b, 1, false),
+                2 => nodes_of_one_shard(a, b, 3, false),
+                _ => nodes_of_one_shard(b, a, 3, true),
             }
         };
         let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
