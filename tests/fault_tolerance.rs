@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{
-    cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, Value,
+    cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, ServerError,
+    Value,
 };
 use support::calls;
 use support::fake_cluster::{Action, FakeCluster};
@@ -1375,6 +1376,48 @@ async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
     assert_eq!(fake.count("SET"), 1, "{:?}", fake.seen());
     client.set("k", "v2").await.unwrap();
     assert_eq!(fake.count("SET"), 3, "{:?}", fake.seen());
+}
+
+/// An idempotent request resent after its connection dropped (it may have run) ends in
+/// its last attempt's error reply when that reply is the answer: a script that returned
+/// an error reading like a redirect (`MOVED` for a slot its keys are not in) ran, and
+/// says so. A refusal (`TRYAGAIN` until the retries are spent) says the last attempt did
+/// not run, so the request ends in the dropped connection's error: the first may have.
+/// A scripted fake: a real server cannot be made to drop a connection after reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_request_ends_in_its_reply_but_not_in_a_refusal() {
+    let key = "k";
+    let elsewhere = (key_slot(key.as_bytes()) + 1) % 16384;
+    let forged = format!("MOVED {elsewhere} 127.0.0.1:1");
+    let reply = forged.clone();
+    let fake = FakeCluster::start(move |args, earlier| match args[0].as_str() {
+        "EVAL" | "GET" if earlier == 0 => Action::Drop,
+        "EVAL" => Action::Reply(Value::ServerError(ServerError::new(reply.clone()))),
+        "GET" => Action::Reply(Value::ServerError(ServerError::new("TRYAGAIN later"))),
+        _ => Action::Reply(Value::Int(1)),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let script = cmd("EVAL")
+        .arg(format!("return redis.error_reply('{forged}')"))
+        .arg(1)
+        .arg(key);
+    let err = client.query_idempotent::<Value>(script).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Server(e) if e.to_string() == forged),
+        "{err:?}"
+    );
+    assert_eq!(fake.count("EVAL"), 2, "{:?}", fake.seen());
+
+    let err = client.get::<_, String>(key).await.unwrap_err();
+    let dropped = matches!(err, Error::ConnectionLost { .. } | Error::Io { .. });
+    assert!(dropped && err.may_have_executed(), "{err:?}");
+    assert!(fake.count("GET") >= 2, "resent: {:?}", fake.seen());
 }
 
 /// A handshake slower than the response timeout (TLS over a long link, a busy node):

@@ -779,7 +779,7 @@ impl Inner {
                 return Ok(reply);
             };
             let Some(returned) = kind.recover(answer.cmds, asking) else {
-                return Ok(reply);
+                return attempts.refused(reply);
             };
             let action = self.classify_reply(&error, &node.addr, returned.cmds());
             payload = Some(returned);
@@ -849,7 +849,7 @@ impl Inner {
                     let Some(delay) =
                         self.refusal_retry(&action, error.code(), *done, &backoff, deadline)
                     else {
-                        return Ok(reply);
+                        return attempts.refused(reply);
                     };
                     *done += 1;
                     redirect = None;
@@ -1613,12 +1613,11 @@ impl Command {
         executed: Option<Error>,
     ) -> Result<Value> {
         // An idempotent request resent after an attempt that may have run must not end
-        // in an error that says "not executed": the earlier attempt may have.
+        // in an error that says "not executed": the earlier attempt may have. (A
+        // refusal that ends it is turned into that error by `Attempts::refused`; an
+        // error reply that is the reply stays: that attempt ran.)
         let result = match (result, executed) {
             (Err(e), Some(first)) if !e.may_have_executed() => Err(first),
-            (Ok(Value::ServerError(e)), Some(first)) if classify(&e, "") != ErrorAction::Reply => {
-                Err(first)
-            }
             (result, _) => result,
         };
         command_done(
@@ -1673,6 +1672,20 @@ struct Attempts {
     /// The first error after which the request may have run (then resent, being
     /// idempotent).
     executed: Option<Error>,
+}
+
+impl Attempts {
+    /// The answer of a request whose last attempt was refused (`CLUSTERDOWN`,
+    /// `TRYAGAIN`, a redirect to a node not known yet ...) and that will not go again:
+    /// the refusal, which says it did not run, unless an earlier attempt may have run.
+    /// Decided here, where the refusal is known to be one: an error reply taken as the
+    /// reply (a script's `redis.error_reply("MOVED ...")`) reads the same.
+    fn refused(&mut self, reply: Value) -> Result<Value> {
+        match self.executed.take() {
+            Some(first) => Err(first),
+            None => Ok(reply),
+        }
+    }
 }
 
 /// What one routed request carries.
