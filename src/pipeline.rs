@@ -763,8 +763,8 @@ impl ClusterClient {
     ///
     /// # Errors
     ///
-    /// [`Error::CrossSlot`] when the keys span slots; [`Error::Config`] for no keys;
-    /// connection errors.
+    /// [`Error::CrossSlot`] when the keys span slots; [`Error::Config`] for no keys or
+    /// a key over 512 MiB (nothing is sent); connection errors.
     ///
     /// # Examples
     ///
@@ -796,10 +796,15 @@ impl ClusterClient {
                 return Err(Error::CrossSlot { slots: distinct });
             }
         };
+        // Checked as every command is: on a key over 512 MiB the server answers a
+        // protocol error and closes the connection.
+        let watch = crate::cmd::cmd("WATCH").args(keys.iter());
+        crate::cmd::refuse_overlong_args(&watch)?;
+        drop(keys);
         let deadline = crate::deadline::from_now(self.response_timeout);
         // Counted as a `watch` (status from the outcome: a refused WATCH is an error).
         let landing = Landing::default();
-        let watching = self.inner.watch(slot, keys, deadline, &landing);
+        let watching = self.inner.watch(slot, watch, deadline, &landing);
         let lease = self
             .inner
             .observed("watch", Some(slot), |_| &NIL, &landing, watching)

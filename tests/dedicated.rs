@@ -163,6 +163,25 @@ async fn watch_reports_a_conflict_as_none_and_commits_otherwise() {
         matches!(err, redcluster::Error::CrossSlot { .. }),
         "{err:?}"
     );
+
+    // A key over the 512 MiB a server takes (`proto-max-bulk-len`) is refused unsent,
+    // as in any command: the server would answer a protocol error and close the
+    // connection.
+    let mut huge = b"{w}:".to_vec();
+    huge.resize(512 * 1024 * 1024 + 1, b'x');
+    let started = Instant::now();
+    let err = client.watch([&huge[..]]).await.unwrap_err();
+    assert!(
+        matches!(&err, redcluster::Error::Config(m) if m.contains("512 MiB")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused at once"
+    );
+    drop(huge);
+    let w = client.watch(["{w}:x"]).await.unwrap();
+    assert!(w.exec(vec![]).await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,7 +423,7 @@ impl Inner {
         })
     }
 
-    /// Leases a connection to the primary of `slot` and sends `WATCH keys` on it,
+    /// Leases a connection to the primary of `slot` and sends `watch` (`WATCH keys`) on it,
     /// following `MOVED`, within `deadline`. `WATCH` changes no data: it is sent again
     /// after a failure of the node (on the shard's primary after a refresh) and after
     /// a passing refusal (`TRYAGAIN`, `LOADING`, `CLUSTERDOWN`), with the retry backoff.
@@ -432,7 +432,7 @@ impl Inner {
     pub(crate) async fn watch(
         &self,
         slot: u16,
-        keys: Vec<Vec<u8>>,
+        watch: Cmd,
         deadline: Instant,
         landing: &Landing,
     ) -> Result<Lease> {
@@ -471,8 +471,7 @@ impl Inner {
                 moved_to = None;
                 continue;
             };
-            let watch = cmd("WATCH").args(keys.iter());
-            let answer = lease.dispatch(Cmds::One(watch), deadline).await;
+            let answer = lease.dispatch(Cmds::One(watch.clone()), deadline).await;
             self.record_result(&node, &answer.result);
             let reply = match answer.result {
                 Ok(r) => r.into_iter().last().unwrap_or(Value::Nil),
