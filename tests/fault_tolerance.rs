@@ -1886,6 +1886,79 @@ async fn two_scripted_nodes(
     (a, b, client)
 }
 
+/// Refreshes take turns: one asked for while another is under way (the background
+/// task's, `refresh_topology`, a scan's) waits for it, then asks. Otherwise the earlier
+/// one, answered late, would install its view over the later one's: here a failover
+/// undone until the next refresh. Two scripted nodes: the cluster's view is what it is
+/// when asked, the first refresh's answers come 500 ms late; two connections per node,
+/// so that the later refresh's answers need not queue behind them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_answered_late_never_installs_over_a_later_one() {
+    // Phase 0: a is the primary, answered at once. 1: the same, answered 500 ms late.
+    // 2: b is the primary (a failover), answered at once.
+    let ports = Arc::new(Mutex::new((0u16, 0u16)));
+    let phase = Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let node = || {
+        let (ports, phase_of_view, phase_of_delay) =
+            (Arc::clone(&ports), Arc::clone(&phase), Arc::clone(&phase));
+        let topology = move |_own: u16| {
+            let (a, b) = *ports.lock().unwrap();
+            match phase_of_view.load(Ordering::SeqCst) {
+                0 | 1 => one_shard(a, b, false),
+                _ => one_shard(b, a, false),
+            }
+        };
+        let delay = move |_n: usize| match phase_of_delay.load(Ordering::SeqCst) {
+            1 => Duration::from_millis(500),
+            _ => Duration::ZERO,
+        };
+        let nodes =
+            |_own: u16| Value::ServerError(redcluster::ServerError::new("NOPERM no permissions"));
+        let nil = |_: &[String], _: usize| Action::Reply(Value::Nil);
+        FakeCluster::start_with_shards_after(topology, nodes, delay, nil)
+    };
+    let (a, b) = (node().await, node().await);
+    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
+    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str(), b.addr.as_str()])
+        .health_check_interval(None)
+        .connections_per_node(2)
+        .build()
+        .await
+        .unwrap();
+    let owner = || client.node_for_key(b"k");
+    assert_eq!(owner().as_deref(), Some(a.addr.as_str()));
+    let shards_asked = || {
+        [&a, &b]
+            .iter()
+            .map(|n| n.seen().iter().filter(|s| *s == "CLUSTER SHARDS").count())
+            .sum::<usize>()
+    };
+    let before = shards_asked();
+
+    phase.store(1, Ordering::SeqCst);
+    let earlier = tokio::spawn({
+        let client = client.clone();
+        async move { client.refresh_topology().await }
+    });
+    // Until both nodes have been asked (and will answer late).
+    let asked_by = Instant::now() + Duration::from_secs(5);
+    while shards_asked() < before + 2 {
+        assert!(Instant::now() < asked_by, "{:?} {:?}", a.seen(), b.seen());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    phase.store(2, Ordering::SeqCst);
+    client.refresh_topology().await.unwrap();
+    earlier.await.unwrap().unwrap();
+    assert_eq!(
+        owner().as_deref(),
+        Some(b.addr.as_str()),
+        "the later view stays: {:?}",
+        a.seen()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins() {
     // Node a has not heard that it failed: it still calls itself the primary and b its

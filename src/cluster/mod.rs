@@ -646,7 +646,9 @@ impl ClusterClient {
     }
 
     /// Refreshes the topology now, waiting for the result (normally refreshes happen on
-    /// their own).
+    /// their own). A refresh under way (the background one) is waited for first:
+    /// refreshes run one at a time, so an answer that comes late never replaces a later
+    /// one.
     ///
     /// # Errors
     ///

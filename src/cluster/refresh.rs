@@ -3,7 +3,9 @@
 //!
 //! Refreshes are single-flight and rate-limited: triggers (MOVED, connection failures,
 //! CLUSTERDOWN, the periodic timer) only raise a flag; one background task per client does
-//! the refreshing, at most once per `refresh_min_interval`. A burst of 10,000 MOVED
+//! the refreshing, at most once per `refresh_min_interval`. A refresh asked for directly
+//! (`refresh_topology`, a scan that lost its way) waits for the one under way, if any,
+//! then runs: one at a time, so none installs a view older than the last. A burst of 10,000 MOVED
 //! replies therefore costs one or two refreshes, and requests keep routing on the current
 //! snapshot while a refresh runs.
 
@@ -143,6 +145,10 @@ pub(crate) struct RefreshSignal {
     nodes_refused: LastSeen,
     /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
     last_collision: LastSeen,
+    /// Held by the refresh under way: the background task's, `refresh_topology`'s and
+    /// a scan's take turns, so that a refresh that asked earlier never installs its
+    /// view over a later one's.
+    flight: tokio::sync::Mutex<()>,
 }
 
 impl RefreshSignal {
@@ -271,6 +277,7 @@ impl Inner {
     /// picks of theirs (unless [`RefreshSignal::stale_by_epoch`]); whether that changed
     /// the routes.
     pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<bool> {
+        let _flight = self.signal.flight.lock().await;
         self.signal.degraded.store(false, Ordering::Relaxed);
         let mark = lock(&self.moves).mark();
         let current = self.routes.load_full();

@@ -82,7 +82,8 @@ impl FakeCluster {
 
     /// [`FakeCluster::start`], answering `CLUSTER SHARDS` with what `topology` makes of
     /// its own port (a node whose view of the cluster the test writes), its `n`-th
-    /// (from 0) only after `delay(n)`: which of two nodes answers a refresh first; and
+    /// (from 0) only after `delay(n)` (the view as it was when asked): which of two
+    /// nodes answers a refresh first, or a refresh that answers after a later one; and
     /// `CLUSTER NODES` with what `nodes` makes of it (the config epochs of that view).
     #[allow(dead_code)] // not every test binary scripts views
     pub async fn start_with_shards_after<F>(
@@ -179,8 +180,10 @@ impl FakeCluster {
                                     .iter()
                                     .filter(|s| s.eq_ignore_ascii_case("CLUSTER SHARDS"))
                                     .count();
+                                // The view as it is when asked, delivered late.
+                                let view = topology(port);
                                 tokio::time::sleep(shards_delay(asked - 1)).await;
-                                Action::Reply(topology(port))
+                                Action::Reply(view)
                             }
                             Some("CLUSTER")
                                 if args.get(1).is_some_and(|a| a.eq_ignore_ascii_case("nodes")) =>
