@@ -608,6 +608,13 @@ impl Node {
     ///
     /// [`Error::Config`] if the pool cannot be built.
     pub(crate) fn dedicated_pool(&self) -> Result<&DedicatedPool> {
+        let gone = || Error::ConnectionLost {
+            may_have_executed: false,
+        };
+        if self.closed.load(Ordering::Acquire) {
+            // Gone from the topology: whoever still holds it must not connect to it.
+            return Err(gone());
+        }
         if let Some(pool) = self.dedicated.get() {
             return Ok(pool);
         }
@@ -618,9 +625,19 @@ impl Node {
         )?;
         // Two tasks may build one at once; the first stored wins, the other is dropped.
         let _ = self.dedicated.set(pool);
-        self.dedicated
+        let pool = self
+            .dedicated
             .get()
-            .ok_or_else(|| Error::Config("dedicated connection pool missing".into()))
+            .ok_or_else(|| Error::Config("dedicated connection pool missing".into()))?;
+        // Closed while building it? `close` raises the flag before it looks for the
+        // pool: either it closed this one, or the flag shows here.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::Acquire) {
+            pool.close();
+            pool.manager().close_parked();
+            return Err(gone());
+        }
+        Ok(pool)
     }
 
     /// Lets the next request probe a half-open breaker: the probe let through at
@@ -641,6 +658,9 @@ impl Node {
     /// Closes every connection: the node left the cluster, or the client is dropped.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // Paired with the fence in `dedicated_pool`: a pool stored before this is seen
+        // below, or that function sees the flag.
+        std::sync::atomic::fence(Ordering::SeqCst);
         for slot in self.conns.iter() {
             if let Some(conn) = slot.conn.swap(None) {
                 conn.close();
@@ -656,6 +676,35 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_closed_node_builds_no_dedicated_pool() {
+        // A request that picked the node before a refresh dropped it (a WATCH, a
+        // blocking command) must not open a dedicated connection to it afterwards.
+        let node = Node::new(
+            Arc::from("127.0.0.1:1"),
+            false,
+            Arc::new(NodeSettings::for_tests()),
+        );
+        node.close();
+        assert!(matches!(
+            node.dedicated_pool(),
+            Err(Error::ConnectionLost {
+                may_have_executed: false
+            })
+        ));
+        assert!(node.dedicated.get().is_none());
+        // Built before the close: closed with the node.
+        let node = Node::new(
+            Arc::from("127.0.0.1:1"),
+            false,
+            Arc::new(NodeSettings::for_tests()),
+        );
+        assert!(node.dedicated_pool().is_ok());
+        node.close();
+        assert!(node.dedicated.get().is_some_and(|pool| pool.is_closed()));
+        assert!(node.dedicated_pool().is_err());
+    }
 
     #[test]
     fn a_redirect_fills_a_gap_in_the_announced_names_but_never_overrides_the_topology() {
