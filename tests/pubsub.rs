@@ -1181,6 +1181,60 @@ async fn classic_subscriptions_leave_a_node_that_left_the_cluster() {
     .await;
 }
 
+/// An unsubscribe the node refuses (`BUSY`: a script runs past the busy threshold, and
+/// `UNSUBSCRIBE` may not run then) leaves the channel subscribed there: it is asked
+/// again once the node serves, so that the node does not keep sending its messages (and
+/// counting the subscriber) for as long as the connection lasts. The call itself
+/// returns at once: no message of the channel is delivered from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_refused_while_a_script_runs_is_made_once_the_node_serves() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .config("busy-reply-threshold", "100")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    sub.subscribe(["keep", "leak"]).await.unwrap();
+    let holders = classic_holders(&local, "leak").await;
+    let [node] = holders[..] else {
+        panic!("held by {holders:?}");
+    };
+    assert_eq!(classic_holders(&local, "keep").await, vec![node]);
+
+    let runner = local.connect_node(node).await.unwrap();
+    let script = tokio::spawn(async move {
+        runner
+            .send(cmd("EVAL").arg("while true do end").arg(0))
+            .await
+    });
+    support::wait_until_busy(&local, node).await;
+    tokio::time::timeout(Duration::from_secs(5), sub.unsubscribe(["leak"]))
+        .await
+        .expect("the unsubscribe call returns")
+        .unwrap();
+    let killer = local.connect_node(node).await.unwrap();
+    let killed = killer.send(cmd("SCRIPT").arg("KILL")).await.unwrap();
+    assert_eq!(killed, Value::Simple("OK".into()));
+    let _ = script.await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while classic_holders(&local, "leak").await == vec![node] {
+        assert!(
+            Instant::now() < deadline,
+            "leak is still subscribed on {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(classic_holders(&local, "keep").await, vec![node]);
+    client.publish("leak", "gone").await.unwrap();
+    client.publish("keep", "here").await.unwrap();
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.payload), (b("keep"), b("here")));
+}
+
 /// A subscriber connection the node refuses (the user's password changed since the
 /// client connected): a sharded subscribe, which only the slot's primary can hold,
 /// fails at once with `Error::Auth`, not with a timeout. A classic one tries the other

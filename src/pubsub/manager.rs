@@ -95,6 +95,10 @@ struct LinkState {
     sent: VecDeque<Sent>,
     awaiting_pong: bool,
     last_ping: Instant,
+    /// Channels whose unsubscribe the node refused (`BUSY` while a script runs,
+    /// `CLUSTERDOWN`, `TRYAGAIN`): still subscribed there, asked again by housekeeping
+    /// while the link carries other subscriptions (closed, it takes them all along).
+    unsubscribe_again: Vec<(Kind, Bytes)>,
 }
 
 #[derive(Debug, Default)]
@@ -334,6 +338,7 @@ impl Manager {
                 sent: VecDeque::new(),
                 awaiting_pong: false,
                 last_ping: Instant::now(),
+                unsubscribe_again: Vec::new(),
             },
         );
         if classic {
@@ -477,8 +482,15 @@ impl Manager {
                         subscribe: false,
                         remaining,
                     } => {
-                        // E.g. MOVED for a slot gone: nothing is subscribed there.
+                        // `MOVED`: the slot went, and the server dropped the subscription
+                        // then (it said so with a `sunsubscribe`). Any other refusal
+                        // leaves it in place, to be asked again. Either way the caller
+                        // is done: no message of it is delivered from now on.
+                        let still_held = e.code() != "MOVED";
                         for channel in remaining {
+                            if let (true, Some(link)) = (still_held, self.links.get_mut(&id)) {
+                                link.unsubscribe_again.push((kind, channel.clone()));
+                            }
                             if let Some(key) = self.key_on(id, kind, channel) {
                                 self.waiters.resolve(&(false, key));
                             }
@@ -878,6 +890,43 @@ impl Manager {
         Some(Arc::clone(&nodes[fastrand::usize(..nodes.len())]))
     }
 
+    /// Sends again the unsubscribes a node refused, of channels not subscribed on that
+    /// link again since.
+    fn unsubscribe_again(&mut self) {
+        let ids: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| !l.unsubscribe_again.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(link) = self.links.get_mut(&id) else {
+                continue;
+            };
+            let leftovers = std::mem::take(&mut link.unsubscribe_again);
+            // One command per kind (and per slot: `SUNSUBSCRIBE` takes one slot's).
+            let mut per_command: HashMap<(Kind, u16), Vec<Bytes>> = HashMap::new();
+            for (kind, channel) in leftovers {
+                let wanted_here = self
+                    .key_on(id, kind, channel.clone())
+                    .and_then(|key| self.subs.get(&key))
+                    .is_some_and(|sub| sub.state().link() == Some(id));
+                if wanted_here {
+                    continue;
+                }
+                let slot = if kind == Kind::Shard {
+                    key_slot(&channel)
+                } else {
+                    0
+                };
+                per_command.entry((kind, slot)).or_default().push(channel);
+            }
+            for ((kind, _), channels) in per_command {
+                self.send(id, kind, false, channels);
+            }
+        }
+    }
+
     /// Closes links that carry no subscription and owe no unsubscribe confirmation.
     fn close_idle_links(&mut self) {
         let idle: Vec<u64> = self
@@ -1029,6 +1078,7 @@ impl Manager {
         for id in dead {
             self.on_link_down(id, &Error::Timeout);
         }
+        self.unsubscribe_again();
         self.close_idle_links();
         self.waiters.prune();
         self.subs.shrink();

@@ -637,7 +637,10 @@ impl SubscriberHandle {
     }
 
     /// `UNSUBSCRIBE` these channels, or every classic channel when `channels` is empty.
-    /// Returns once the server confirmed; messages already queued stay queued.
+    /// Returns once the server confirmed; messages already queued stay queued. A node
+    /// that refuses it for a while (`BUSY` while a script runs) is asked again until it
+    /// takes it, while the connection carries other subscriptions (the call returns at
+    /// the refusal: no message of these channels is delivered from then on).
     ///
     /// # Errors
     ///
