@@ -19,6 +19,7 @@ use redcluster::{
     cmd, key_slot, ClusterClient, Error, OverflowPolicy, Protocol, PubSubEvent, Subscriber,
     SubscriberConfig, Value,
 };
+use support::fake_cluster::{Action, FakeCluster};
 use tokio::time::Instant;
 
 /// 3 masters with `replicas` each (the testkit's 2 s node timeout: failovers are quick).
@@ -1233,6 +1234,74 @@ async fn an_unsubscribe_refused_while_a_script_runs_is_made_once_the_node_serves
     client.publish("keep", "here").await.unwrap();
     let m = next_message(&mut sub, Duration::from_secs(5)).await;
     assert_eq!((m.channel, m.payload), (b("keep"), b("here")));
+}
+
+/// A subscribe answered by the confirmation of an earlier one the caller already
+/// ended: subscribe `k`, unsubscribe it, subscribe it again, all before the node
+/// answers. The node's first confirmation is the first subscribe's (it answers in
+/// order): the second call must wait for its own, which comes only after the node has
+/// taken the unsubscribe and the second subscribe. Answered at the first, the caller
+/// would be told it listens while the node is between the two, and a message published
+/// then would be missed with no `Gap`. A scripted fake: a real node cannot be held
+/// between reading a command and answering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_is_not_answered_by_the_confirmation_of_an_earlier_one_it_ended() {
+    let fake = FakeCluster::start(|args, earlier| match (args[0].as_str(), earlier) {
+        // Read; answered late (below), as a busy node would.
+        ("SUBSCRIBE", 0) | ("UNSUBSCRIBE", _) => Action::Silent,
+        // The second subscribe's arrival brings the first one's confirmation, and
+        // nothing more.
+        ("SUBSCRIBE", _) => Action::Reply(Value::Push(vec![
+            Value::Bulk("subscribe".into()),
+            Value::Bulk("k".into()),
+            Value::Int(1),
+        ])),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::connect([fake.addr.as_str()]).await.unwrap();
+    let sub = client
+        .subscriber_with(SubscriberConfig::default().subscribe_timeout(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    let handle = sub.handle();
+    let first = tokio::spawn(async move { handle.subscribe(["k"]).await });
+    let sent_by = Instant::now() + Duration::from_secs(5);
+    while fake.count("SUBSCRIBE") < 1 {
+        assert!(Instant::now() < sent_by, "{:?}", fake.seen());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let handle = sub.handle();
+    let ended = tokio::spawn(async move { handle.unsubscribe(["k"]).await });
+    while fake.count("UNSUBSCRIBE") < 1 {
+        assert!(Instant::now() < sent_by, "{:?}", fake.seen());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = sub.subscribe(["k"]).await;
+    assert!(matches!(again, Err(Error::Timeout)), "{again:?}");
+    assert_eq!(fake.count("SUBSCRIBE"), 2, "{:?}", fake.seen());
+    // The first call ended with the unsubscribe; the unsubscribe got no answer.
+    assert!(first.await.unwrap().is_ok());
+    assert!(matches!(ended.await.unwrap(), Err(Error::Timeout)));
+
+    // On a real node, which answers all three in order, each call is answered and the
+    // channel is held once.
+    let local = cluster(0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut sub = client.subscriber().await.unwrap();
+    let (one, two) = (sub.handle(), sub.handle());
+    let (first, ended, again) = tokio::join!(
+        one.subscribe(["k"]),
+        two.unsubscribe(["k"]),
+        sub.subscribe(["k"])
+    );
+    first.unwrap();
+    ended.unwrap();
+    again.unwrap();
+    assert_eq!(classic_holders(&local, "k").await.len(), 1);
+    client.publish("k", "heard").await.unwrap();
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.payload), (b("k"), b("heard")));
 }
 
 /// A subscriber connection the node refuses (the user's password changed since the

@@ -445,6 +445,10 @@ impl Manager {
                 };
                 let matched = self.match_sent(id, kind, subscribe, &channel);
                 match (matched, subscribe) {
+                    // A subscribe the caller ended before its confirmation came: the
+                    // unsubscribe after it answers for it, and a subscribe made again
+                    // after that waits for its own confirmation.
+                    (true, true) if self.unsubscribe_pending(id, kind, &channel) => {}
                     (true, true) => self.on_subscribed(id, kind, channel),
                     (true, false) => {
                         if let Some(key) = self.key_on(id, kind, channel) {
@@ -536,6 +540,18 @@ impl Manager {
             }
         }
         false
+    }
+
+    /// Whether an unsubscribe of `channel` written on link `id` waits for its
+    /// confirmation. (Called once a subscribe's confirmation removed that subscribe:
+    /// confirmations come in the order sent, so such an unsubscribe was sent after it.)
+    fn unsubscribe_pending(&self, id: u64, kind: Kind, channel: &Bytes) -> bool {
+        self.links.get(&id).is_some_and(|link| {
+            link.sent.iter().any(|sent| {
+                matches!(sent, Sent::Sub { kind: k, subscribe: false, remaining }
+                    if *k == kind && remaining.contains(channel))
+            })
+        })
     }
 
     /// The key of `channel`'s subscription of `kind` on link `id`, if the link is open.
