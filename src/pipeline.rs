@@ -49,8 +49,10 @@ static NIL: Value = Value::Nil;
 ///
 /// Order: a slot's commands run in the order added; with reads from replicas
 /// ([`crate::ReadFrom`]), the reads of a slot the pipeline also writes go to its primary,
-/// so that they see the writes before them. A command resent after an `ASK` or
-/// `TRYAGAIN` runs after the slot's later commands the node had already served; one
+/// so that they see the writes before them. A command resent after an `ASK` runs after
+/// the slot's later commands the node had already served (other keys); a refusal
+/// (`TRYAGAIN`, `CLUSTERDOWN`, ...) followed by a served command of its slot is not
+/// resent, and is that command's answer (it did not run); a command
 /// whose keys span slots (`MGET`, `DEL a b`, split per slot) or that runs on every node
 /// (`DBSIZE`) runs alongside the others, in no set order. `MULTI`, `WATCH` and their
 /// kin, `WAIT` and the pub/sub commands are refused at their index

@@ -545,6 +545,94 @@ async fn a_lost_connection_resends_no_command_of_a_slot_ahead_of_one_it_cannot_r
     assert_eq!(fake.count("GET"), 2, "a read after the RPUSH is resent");
 }
 
+/// A refused command (`CLUSTERDOWN`: the node's state changed between two reads of the
+/// batch) whose slot's later command the node served is not resent: it would run after
+/// that one (`SET k 1` after `SET k 2`). It gets its refusal, which says it did not run;
+/// another slot's refusal is resent as usual. (A scripted fake: a real node's state
+/// cannot be changed between two reads of one batch on demand.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_followed_by_a_served_command_of_its_slot_is_not_resent() {
+    let stored: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = Arc::clone(&stored);
+    let fake = FakeCluster::start(move |args, earlier| match (args[0].as_str(), earlier) {
+        ("SET", 0) | ("GET", 0) => Action::Reply(Value::ServerError(ServerError::new(
+            "CLUSTERDOWN The cluster is down",
+        ))),
+        ("SET", _) => {
+            log.lock().unwrap().push(args[2].clone());
+            Action::Reply(Value::Simple("OK".into()))
+        }
+        ("GET", _) => Action::Reply(Value::Bulk("v".into())),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.get("other").set("k", "1").set("k", "2");
+    let each = p.execute_each().await;
+    assert_eq!(
+        each[0].as_ref().unwrap(),
+        &Value::Bulk("v".into()),
+        "resent"
+    );
+    match &each[1] {
+        Err(e @ Error::ClusterDown(_)) => assert!(!e.may_have_executed(), "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(each[2].as_ref().unwrap(), &Value::Simple("OK".into()));
+    assert_eq!(*stored.lock().unwrap(), ["2"], "{:?}", fake.seen());
+    assert_eq!(fake.count("GET"), 2);
+}
+
+/// A command resent after its batch's connection dropped (it may have run; a `SET` may
+/// be resent) whose resend is refused until the retries are spent (`CLUSTERDOWN`: the
+/// node failed) ends in the lost connection's error, which says it may have run, not in
+/// the refusal, which says it did not. A command of the same batch refused before the
+/// drop did not run: its own error stays. (A scripted fake.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_refused_after_a_lost_connection_says_the_command_may_have_run() {
+    let fake = FakeCluster::start(|args, earlier| match (args[0].as_str(), earlier) {
+        ("GET", 0) => Action::Reply(Value::ServerError(ServerError::new(
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+        ))),
+        ("GET", _) => Action::Reply(Value::ServerError(ServerError::new(
+            "CLUSTERDOWN The cluster is down",
+        ))),
+        ("SET", 0) => Action::Drop,
+        ("SET", _) => Action::Reply(Value::ServerError(ServerError::new(
+            "CLUSTERDOWN The cluster is down",
+        ))),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_on_cluster_down(false)
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.get("other").set("k", "v");
+    let each = p.execute_each().await;
+    match &each[0] {
+        Err(e @ Error::ClusterDown(_)) => assert!(!e.may_have_executed(), "{e:?}"),
+        other => panic!("GET: {other:?}"),
+    }
+    match &each[1] {
+        Err(e @ (Error::ConnectionLost { .. } | Error::Io { .. })) => {
+            assert!(e.may_have_executed(), "{e:?}")
+        }
+        other => panic!("SET: {other:?}"),
+    }
+    assert_eq!(fake.count("SET"), 2, "resent once: {:?}", fake.seen());
+}
+
 /// Commands of a slot no node is known to serve yet (a lazily connected client whose
 /// seed has not answered) wait for an owner one after another, in the order added.
 /// Side by side, each with its own jittered backoff, they ran in any order.

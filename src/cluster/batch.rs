@@ -92,6 +92,9 @@ struct Meta {
     blocks: Option<Option<Duration>>,
     /// The metrics label.
     name: &'static str,
+    /// Resent after its batch failed when it may have run: its answer must not say it
+    /// did not run (the batch's error says it may have).
+    after_failure: bool,
 }
 
 impl Meta {
@@ -289,6 +292,7 @@ impl Inner {
                                     .filter(|i| cmd::blocks(&command, i))
                                     .map(|_| block_time(&command)),
                                 name: metrics::command_label(info),
+                                after_failure: false,
                             };
                             let entry = Entry { meta, cmd: command };
                             match groups.iter_mut().find(|(n, _)| Arc::ptr_eq(n, node)) {
@@ -375,6 +379,36 @@ impl Inner {
     /// again as one batch to the new owner, and those of a slot whose keys moved on with
     /// its migration (`ASK`) as one batch to the importing node, up to [`MAX_REBATCHES`]
     /// times; any others one by one, in order per slot.
+    /// For [`Inner::run_batch`]: per slot, the place of the last of `replies` that the
+    /// node served (an answer, not a refusal or a redirect) to `cmds`; `None` when no
+    /// reply is an error, so that none was refused.
+    fn last_served(
+        &self,
+        meta: &[Meta],
+        cmds: &[Cmd],
+        replies: &[Value],
+        reached: &str,
+    ) -> Option<HashMap<u16, usize>> {
+        if !replies.iter().any(|r| matches!(r, Value::ServerError(_))) {
+            return None;
+        }
+        let mut served = HashMap::new();
+        let answered = meta.iter().zip(replies).zip(cmds).enumerate();
+        for (position, ((meta, reply), command)) in answered {
+            let refused = match reply {
+                Value::ServerError(e) => {
+                    self.classify_reply(e, reached, std::slice::from_ref(command))
+                        != ErrorAction::Reply
+                }
+                _ => false,
+            };
+            if !refused {
+                served.insert(meta.slot, position);
+            }
+        }
+        Some(served)
+    }
+
     async fn run_batch(
         &self,
         node: Arc<Node>,
@@ -477,13 +511,21 @@ impl Inner {
             Ok(replies) => (replies, None),
             Err(e) => (received, Some(e)),
         };
+        // Per slot, the place of its last command the node served (an answer, not a
+        // refusal): a refused command before it is not resent, as it would run after
+        // it (a node whose state changed between two reads of the batch: `CLUSTERDOWN`
+        // for `SET k 1`, then `OK` for `SET k 2`). Looked for only when some reply is
+        // an error.
+        let last_served = self.last_served(&meta, &cmds, &replies, &node.addr);
         // `MOVED` targets, taken in at once after the replies: a pipeline's share of a
         // moved shard is thousands of them, and each would make a new slot map.
         let mut moves: Vec<(u16, String)> = Vec::new();
         let (mut meta, mut cmds) = (meta, cmds);
         let answered = replies.len().min(meta.len()).min(cmds.len());
         let (failed_meta, failed_cmds) = (meta.split_off(answered), cmds.split_off(answered));
-        for ((meta, reply), command) in meta.into_iter().zip(replies).zip(cmds) {
+        for (position, ((meta, reply), command)) in
+            meta.into_iter().zip(replies).zip(cmds).enumerate()
+        {
             let to_primary = matches!(&reply, Value::ServerError(e)
                 if node.read_only && replica_cannot_serve(e));
             let (action, wait) = match &reply {
@@ -501,11 +543,16 @@ impl Inner {
                                 self.signal
                                     .request(crate::topology::RefreshTrigger::ClusterDown);
                             }
-                            // The single command's rule, for its first retry. Once a
-                            // command of a slot is answered with its refusal, the
-                            // slot's later ones are too: resent, they would run
-                            // before it.
-                            let delay = if held_slots.contains(&meta.slot) {
+                            // The single command's rule, for its first retry. Not
+                            // when the node served a later command of the slot: resent,
+                            // this one would run after it. And once a command of a slot
+                            // is answered with its refusal, the slot's later ones are
+                            // too: resent, they would run before it.
+                            let served_later = last_served
+                                .as_ref()
+                                .and_then(|served| served.get(&meta.slot))
+                                .is_some_and(|&at| at > position);
+                            let delay = if served_later || held_slots.contains(&meta.slot) {
                                 None
                             } else {
                                 let kind = usize::from(matches!(action, ErrorAction::BackOff));
@@ -601,6 +648,10 @@ impl Inner {
                     .is_some_and(|&last| position < last);
                 match cmds.next() {
                     Some(command) if may_resend(position, &meta) && !runs_before_kept => {
+                        let meta = Meta {
+                            after_failure: e.may_have_executed(),
+                            ..meta
+                        };
                         resend.push((Entry { meta, cmd: command }, Resend::Now));
                     }
                     _ => {
@@ -700,6 +751,12 @@ impl Inner {
                 }
                 let mut replies = Vec::with_capacity(entries.len());
                 for Entry { meta, cmd } in entries {
+                    // Resent after a batch that may have run: a later "not executed"
+                    // (an error, or a refusal once the retries are spent) must not hide
+                    // that the first attempt may have. Only for those commands: one
+                    // resent after `TRYAGAIN` or `ASK` did not run before.
+                    let first = batch_error.as_ref().filter(|_| meta.after_failure);
+                    let sent = first.map(|_| cmd.clone());
                     let reply = if meta.needs_own_path(durability) {
                         let read_from = meta.read.unwrap_or(ReadFrom::Primary);
                         self.execute(cmd, Instant::now(), deadline, read_from).await
@@ -711,11 +768,15 @@ impl Inner {
                         self.send_named(cmd.into(), meta.name, target, meta.idempotent, deadline)
                             .await
                     };
-                    // Resent after a batch that may have run: a later "not executed"
-                    // must not hide that the first attempt may have.
-                    let reply = match (reply, &batch_error) {
-                        (Err(e), Some(first)) if !e.may_have_executed() => Err(first.clone()),
-                        (reply, _) => reply,
+                    let reply = match (reply, first, sent) {
+                        (Err(e), Some(first), _) if !e.may_have_executed() => Err(first.clone()),
+                        (Ok(Value::ServerError(e)), Some(first), Some(sent))
+                            if self.classify_reply(&e, "", std::slice::from_ref(&sent))
+                                != ErrorAction::Reply =>
+                        {
+                            Err(first.clone())
+                        }
+                        (reply, ..) => reply,
                     };
                     replies.push((meta.index, reply));
                 }
