@@ -550,16 +550,21 @@ pub(crate) fn routes_by_first_argument(cmd: &Cmd, info: &CommandInfo) -> bool {
 /// can follow, or by the legacy triple without movable keys, or with a finder of its
 /// own here (`SORT`, `SORT_RO`, `MIGRATE`, as in the server). Else (a module's
 /// `unknown` spec, movable keys without specs) the server may find keys the client
-/// could not.
+/// could not. So may it when a spec says it is `incomplete`, or when a module's
+/// command finds its keys itself (`getkeys-api`: movable keys, and a spec flagged
+/// `variable_flags`, which the server then passes over for the module's callback).
 pub(crate) fn keys_known(info: &CommandInfo) -> bool {
     if !info.subcommands.is_empty() {
         // A container (`OBJECT`, `XINFO`): the subcommand sent is not in the table (a
         // newer server's), so neither are its keys.
         return false;
     }
+    let any_spec = |flags: u16| info.key_specs.iter().any(|spec| spec.flags & flags != 0);
     match &*info.name {
         "sort" | "sort_ro" | "migrate" => true,
         _ if info.key_specs.is_empty() => !info.has_flags(flag::MOVABLEKEYS),
+        _ if any_spec(key_flag::INCOMPLETE) => false,
+        _ if info.has_flags(flag::MOVABLEKEYS) && any_spec(key_flag::VARIABLE_FLAGS) => false,
         _ => info.key_specs.iter().all(|spec| {
             !matches!(spec.begin_search, BeginSearch::Unknown)
                 && !matches!(spec.find_keys, FindKeys::Unknown)
@@ -1359,6 +1364,26 @@ mod tests {
         // The legacy triple says where the keys are, unless they move.
         assert!(keys_known(&module(vec![], 0)));
         assert!(!keys_known(&module(vec![], flag::MOVABLEKEYS)));
+        // A spec the server calls incomplete; a module command finding its own keys
+        // (`getkeys-api`: movable keys, its generated spec flagged variable).
+        let incomplete = key_flag::RO | key_flag::INCOMPLETE;
+        assert!(!keys_known(&module(
+            vec![ks(incomplete, BeginSearch::Index(1), range)],
+            0
+        )));
+        let variable = key_flag::RW | key_flag::VARIABLE_FLAGS;
+        assert!(!keys_known(&module(
+            vec![ks(variable, BeginSearch::Index(1), range)],
+            flag::MOVABLEKEYS
+        )));
+        // `SET` and `BITFIELD` have variable flags and keys where the spec says.
+        assert!(keys_known(&module(
+            vec![ks(variable, BeginSearch::Index(1), range)],
+            0
+        )));
+        for line in ["SET k v", "BITFIELD k GET u8 0"] {
+            assert!(keys_known(lookup(&c(line)).unwrap()), "{line}");
+        }
     }
 
     fn routing(line: &str) -> Vec<usize> {

@@ -194,9 +194,13 @@ impl Cmd {
     /// assert_eq!(args, [&b"DEL"[..], b"a", b"b"]);
     /// ```
     pub fn arg_iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.spans
-            .iter()
-            .map(|&(start, len)| &self.encoded[start as usize..start as usize + len as usize])
+        // Spans are capped at 4 GiB: past that (a command no server takes, refused
+        // before sending) an argument reads as empty rather than out of bounds.
+        self.spans.iter().map(|&(start, len)| {
+            self.encoded
+                .get(start as usize..start as usize + len as usize)
+                .unwrap_or_default()
+        })
     }
 
     /// Writes the command in RESP (an array of bulk strings) to `out`.
@@ -455,6 +459,17 @@ impl fmt::Write for StackText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_argument_past_4_gib_reads_as_empty_not_out_of_bounds() {
+        // What `push_arg` records for an argument starting past 4 GiB (capped), without
+        // building one: `arg_iter` must not slice out of bounds, as `arg_at` does not.
+        let mut c = cmd("SET").arg("k").arg("v");
+        c.spans[2] = (u32::MAX, 7);
+        assert_eq!(c.arg_at(2), None);
+        let args: Vec<&[u8]> = c.arg_iter().collect();
+        assert_eq!(args, [&b"SET"[..], b"k", b""]);
+    }
 
     #[test]
     fn the_first_argument_over_the_limit_is_found_and_named_without_its_bytes() {
