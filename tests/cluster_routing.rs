@@ -1459,6 +1459,51 @@ fn scan_survives_a_failover_and_a_slot_move_part_way() {
     });
 }
 
+/// Commands for every primary reach one that serves no slot yet: a master being filled
+/// by a migration already holds keys (`DBSIZE` counts them, `FLUSHALL` deletes them),
+/// and a function loaded while it is empty must be there when its first slot arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_for_every_primary_reach_a_master_that_serves_no_slot_yet() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let keys: Vec<String> = (0..20).map(|i| format!("filling:{{m}}:{i}")).collect();
+    for key in &keys {
+        client.set(key.as_str(), "v").await.unwrap();
+    }
+    let slot = key_slot(b"{m}");
+    let added = local.add_master().await.unwrap();
+    client.refresh_topology().await.unwrap();
+    let migration = local.begin_slot_migration(slot, added).await.unwrap();
+    assert_eq!(local.migrate_keys_batch(&migration, 10).await.unwrap(), 10);
+    // The slot is still the source's: 10 keys there, 10 on the new master.
+    let dbsize: i64 = client.query(cmd("DBSIZE")).await.unwrap();
+    assert_eq!(dbsize, 20);
+    let library = "#!lua name=fillinglib\n\
+                   redis.register_function('filling_get', function(keys) \
+                   return redis.call('GET', keys[1]) end)";
+    let _: Value = client
+        .query(cmd("FUNCTION").arg("LOAD").arg(library))
+        .await
+        .unwrap();
+    let _: Value = client.query(cmd("FLUSHALL")).await.unwrap();
+    local.finish_slot_migration(migration).await.unwrap();
+    client.refresh_topology().await.unwrap();
+    assert_eq!(
+        client
+            .exists(keys.iter().map(String::as_str))
+            .await
+            .unwrap(),
+        0
+    );
+    // The new master has the function its first slot's keys are called with.
+    client.set(keys[0].as_str(), "after").await.unwrap();
+    let got: String = client
+        .query(cmd("FCALL").arg("filling_get").arg(1).arg(keys[0].as_str()))
+        .await
+        .unwrap();
+    assert_eq!(got, "after");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_out_and_in_under_traffic_fails_no_request() {
     let local = cluster(3, 0).await;

@@ -1335,7 +1335,7 @@ impl Inner {
             let (nodes, whole) = {
                 let routes = self.routes.load();
                 let nodes = match to {
-                    FanOutTo::Primaries => routes.map.serving_primaries(),
+                    FanOutTo::Primaries => routes.map.primaries(),
                     FanOutTo::AllNodes => routes.map.nodes(),
                 };
                 let whole = !combine.needs_every_slot() || routes.map.covers_every_slot();

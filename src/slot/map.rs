@@ -166,22 +166,6 @@ impl SlotMap {
         self.shards.iter().map(|s| Arc::clone(&s.primary)).collect()
     }
 
-    /// Primaries that serve at least one slot.
-    pub(crate) fn serving_primaries(&self) -> Vec<Arc<str>> {
-        let mut used = vec![false; self.shards.len()];
-        for &s in self.slots.iter() {
-            if let Some(u) = used.get_mut(usize::from(s)) {
-                *u = true;
-            }
-        }
-        self.shards
-            .iter()
-            .zip(used)
-            .filter(|(_, u)| *u)
-            .map(|(s, _)| Arc::clone(&s.primary))
-            .collect()
-    }
-
     /// [`SlotMap::move_slot`] on a copy.
     #[cfg(test)]
     pub(crate) fn with_moved(&self, slot: u16, addr: &str) -> SlotMap {
@@ -285,6 +269,6 @@ mod tests {
         let next = next.with_moved(7, "new:1");
         assert_eq!(&**next.primary(7).unwrap(), "new:1");
         assert_eq!(next.shards().len(), 3);
-        assert_eq!(next.serving_primaries().len(), 3);
+        assert_eq!(next.primaries().len(), 3);
     }
 }
