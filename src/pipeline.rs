@@ -271,7 +271,8 @@ impl Pipeline {
         self.typed("INCRBY", |c| c.arg(key).arg(delta))
     }
 
-    /// Adds `PEXPIRE key ttl`.
+    /// Adds `PEXPIRE key ttl`, the TTL rounded up to whole milliseconds (as
+    /// [`ClusterClient::expire`]).
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
@@ -281,7 +282,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn expire<K: ToArg>(&mut self, key: K, ttl: std::time::Duration) -> &mut Self {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let ms = crate::cluster::commands::ttl_millis(ttl);
         self.typed("PEXPIRE", |c| c.arg(key).arg(ms))
     }
 

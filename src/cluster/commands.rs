@@ -62,7 +62,8 @@ impl ClusterClient {
     /// # Ok(()) }
     /// ```
     pub async fn set_ex<K: ToArg, V: ToArg>(&self, key: K, value: V, ttl: Duration) -> Result<()> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        // `SET ... PX 0` is refused: a zero TTL is the shortest there is.
+        let ms = ttl_millis(ttl).max(1);
         self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(ms))
             .await
     }
@@ -183,7 +184,9 @@ impl ClusterClient {
         self.query(command).await
     }
 
-    /// `PEXPIRE key ttl`: true when the key exists and got the expiry.
+    /// `PEXPIRE key ttl`: true when the key exists and got the expiry. A TTL is sent in
+    /// whole milliseconds, rounded up (under 1 ms is 1 ms, not 0, which would delete
+    /// the key at once); a zero TTL deletes it, as `PEXPIRE key 0` does.
     ///
     /// # Errors
     ///
@@ -198,7 +201,7 @@ impl ClusterClient {
     /// # Ok(()) }
     /// ```
     pub async fn expire<K: ToArg>(&self, key: K, ttl: Duration) -> Result<bool> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let ms = ttl_millis(ttl);
         self.query(cmd("PEXPIRE").arg(key).arg(ms)).await
     }
 
@@ -640,7 +643,10 @@ impl ClusterClient {
     /// `XGROUP CREATE key group start MKSTREAM`: creates a consumer group that reads
     /// from `start` (`$` for new entries only, `0` for the whole stream), and the
     /// stream if it does not exist. `Ok(false)` when the group exists already
-    /// (`BUSYGROUP`), so that every consumer can call it at start.
+    /// (`BUSYGROUP`), so that every consumer can call it at start. It is sent again
+    /// after a lost connection (a second run changes nothing): then `Ok(false)` may
+    /// answer for a group this very call created, so the flag cannot elect the one
+    /// consumer that does a one-time setup.
     ///
     /// # Errors
     ///
@@ -928,5 +934,25 @@ impl ClusterClient {
     /// ```
     pub async fn spublish<C: ToArg, M: ToArg>(&self, channel: C, message: M) -> Result<i64> {
         self.query(cmd("SPUBLISH").arg(channel).arg(message)).await
+    }
+}
+
+/// A TTL in the whole milliseconds the server takes, rounded up: a TTL is never cut
+/// short (500 us sent as 0 would delete the key at once). Saturates at `u64::MAX`.
+pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ttl_is_rounded_up_to_whole_milliseconds() {
+        assert_eq!(ttl_millis(Duration::ZERO), 0);
+        assert_eq!(ttl_millis(Duration::from_micros(500)), 1);
+        assert_eq!(ttl_millis(Duration::from_micros(1_000_500)), 1001);
+        assert_eq!(ttl_millis(Duration::from_secs(600)), 600_000);
+        assert_eq!(ttl_millis(Duration::MAX), u64::MAX);
     }
 }

@@ -7,7 +7,7 @@
 //! the cluster looks like), none of which do I/O.
 
 mod batch;
-mod commands;
+pub(crate) mod commands;
 mod config;
 mod dedicated;
 mod doctor;
