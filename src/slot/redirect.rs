@@ -29,11 +29,14 @@ impl Redirect {
         }
     }
 
-    /// Whether the target's host is unknown to the node that redirected (`MOVED 5
-    /// ?:6379`: set to prefer host names, it has none for the target): only a refresh,
-    /// whose `CLUSTER SHARDS` gives the target's `ip`, can say where it is.
+    /// Whether the node that redirected could not say where the target is reached:
+    /// no host (`MOVED 5 ?:6379`: set to prefer host names, it has none for the
+    /// target), or port 0 (the target has no port of this connection's kind: a TLS-only
+    /// node to a plain connection). Only a refresh, whose `CLUSTER SHARDS` gives the
+    /// target's `ip` and ports, can say where it is.
     pub(crate) fn host_unknown(&self) -> bool {
-        self.addr().starts_with("?:")
+        let addr = self.addr();
+        addr.starts_with("?:") || addr.ends_with(":0")
     }
 }
 
@@ -120,6 +123,25 @@ mod tests {
                 addr: "10.0.0.1:6381".into()
             })
         );
+    }
+
+    #[test]
+    fn a_target_without_a_host_or_with_port_0_is_not_known_yet() {
+        for s in [
+            "MOVED 1 ?:6379",
+            "MOVED 1 10.0.0.2:0",
+            "ASK 1 :0",
+            "MOVED 1 ::1:0",
+        ] {
+            assert!(parse(s).is_some_and(|r| r.host_unknown()), "{s}");
+        }
+        for s in [
+            "MOVED 1 10.0.0.2:10",
+            "MOVED 1 10.0.0.2:6379",
+            "ASK 1 :7000",
+        ] {
+            assert!(parse(s).is_some_and(|r| !r.host_unknown()), "{s}");
+        }
     }
 
     #[test]
