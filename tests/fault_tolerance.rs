@@ -2977,6 +2977,34 @@ async fn refreshes_that_learn_nothing_while_a_primary_is_down_slow_down() {
     assert!((3..=12).contains(&refreshes), "{refreshes} refreshes");
 }
 
+/// Callers asking for a refresh at once (scans a failover interrupted, a loop of
+/// `refresh_topology`) share refreshes: each waits for the one under way, and takes the
+/// outcome of one that began after it asked rather than run another. Sixteen callers
+/// cost one or two refreshes, not sixteen in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_refreshing_at_once_share_the_refreshes() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let before = client.stats().refreshes;
+    let callers = (0..16).map(|_| {
+        let client = client.clone();
+        async move { client.refresh_topology().await }
+    });
+    for outcome in futures_util::future::join_all(callers).await {
+        outcome.unwrap();
+    }
+    let refreshes = client.stats().refreshes - before;
+    assert!((1..=2).contains(&refreshes), "{refreshes} refreshes");
+    // One asked after they all ended runs its own.
+    client.refresh_topology().await.unwrap();
+    assert_eq!(client.stats().refreshes - before, refreshes + 1);
+}
+
 /// A keyless write sent to a primary that a failover has since made a replica is
 /// answered `READONLY` and did not run: the client learns the new topology and sends it
 /// to a primary again, rather than hand the refusal to the caller.

@@ -5,7 +5,8 @@
 //! CLUSTERDOWN, the periodic timer) only raise a flag; one background task per client does
 //! the refreshing, at most once per `refresh_min_interval`. A refresh asked for directly
 //! (`refresh_topology`, a scan that lost its way) waits for the one under way, if any,
-//! then runs: one at a time, so none installs a view older than the last. A burst of 10,000 MOVED
+//! then runs, unless one that began after it asked has run meanwhile: one at a time, so
+//! none installs a view older than the last, and callers at once share them. A burst of 10,000 MOVED
 //! replies therefore costs one or two refreshes, and requests keep routing on the current
 //! snapshot while a refresh runs.
 
@@ -147,8 +148,10 @@ pub(crate) struct RefreshSignal {
     last_collision: LastSeen,
     /// Held by the refresh under way: the background task's, `refresh_topology`'s and
     /// a scan's take turns, so that a refresh that asked earlier never installs its
-    /// view over a later one's.
-    flight: tokio::sync::Mutex<()>,
+    /// view over a later one's. Holds the number and outcome of the last one done.
+    flight: tokio::sync::Mutex<Option<(u64, Result<bool>)>>,
+    /// Refreshes begun (counted under `flight`).
+    begun: AtomicU64,
 }
 
 impl RefreshSignal {
@@ -276,8 +279,27 @@ impl Inner {
     /// Asks nodes for the topology and installs the view [`topology::choose_view`]
     /// picks of theirs (unless [`RefreshSignal::stale_by_epoch`]); whether that changed
     /// the routes.
+    ///
+    /// One at a time; a caller that finds, once its turn comes, that a whole refresh
+    /// began after it asked takes that one's outcome instead of running another: many
+    /// callers at once (scans interrupted by one failover, `refresh_topology` in a
+    /// loop) cost one or two refreshes.
     pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<bool> {
-        let _flight = self.signal.flight.lock().await;
+        let asked = self.signal.begun.load(Ordering::Acquire);
+        let mut flight = self.signal.flight.lock().await;
+        if let Some((number, outcome)) = &*flight {
+            if *number > asked {
+                return outcome.clone();
+            }
+        }
+        let number = self.signal.begun.fetch_add(1, Ordering::AcqRel) + 1;
+        let outcome = self.refresh_now(trigger).await;
+        *flight = Some((number, outcome.clone()));
+        outcome
+    }
+
+    /// [`Inner::refresh`]'s work, in its turn.
+    async fn refresh_now(&self, trigger: RefreshTrigger) -> Result<bool> {
         self.signal.degraded.store(false, Ordering::Relaxed);
         let mark = lock(&self.moves).mark();
         let current = self.routes.load_full();
