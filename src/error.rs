@@ -270,7 +270,8 @@ impl From<ServerError> for Error {
 /// `Display` and `Debug` leave out the arguments the server quotes in its reply to a
 /// command it does not know (`ERR unknown command 'CONFIG', with args beginning with:
 /// ...`): they may be keys, values or a password (`CONFIG SET requirepass ...` to a
-/// node where `CONFIG` is renamed). [`message`](Self::message) and
+/// node where `CONFIG` is renamed), the rule an `ACL SETUSER` refused, and the value
+/// Redis 6 quotes when it refuses a `CONFIG SET`. [`message`](Self::message) and
 /// [`as_bytes`](Self::as_bytes) give the whole reply.
 ///
 /// ```
@@ -340,6 +341,11 @@ impl ServerError {
 const ARGS_QUOTED: &str = ", with args beginning with:";
 /// Where `ACL SETUSER`'s refusal quotes the rule it refused: `>password`, `#hash`.
 const RULE_QUOTED: &str = "Error in ACL SETUSER modifier '";
+/// Where Redis 6's refusal of a `CONFIG SET` quotes the value (`requirepass`,
+/// `masterauth`): `ERR Invalid argument '<value>' for CONFIG SET '<name>'`.
+const VALUE_QUOTED: &str = "Invalid argument '";
+/// What follows that value.
+const VALUE_QUOTED_END: &str = "' for CONFIG SET '";
 
 impl ServerError {
     /// The reply as `Display` and `Debug` show it: without quoted arguments or rules,
@@ -357,6 +363,15 @@ impl ServerError {
                 .map_or("", |end| &text[quoted + end + 1..]);
             let head = &text[..quoted - 1];
             return format!("{head}(not shown){reason}").into();
+        }
+        if let Some(at) = text.find(VALUE_QUOTED) {
+            let quoted = at + VALUE_QUOTED.len();
+            // The value may hold quotes: the name follows the last such marker.
+            let name = text[quoted..]
+                .rfind(VALUE_QUOTED_END)
+                .map_or("", |end| &text[quoted + end + 1..]);
+            let head = &text[..quoted - 1];
+            return format!("{head}(not shown){name}").into();
         }
         text
     }
@@ -395,6 +410,14 @@ mod tests {
         assert!(e.message().ends_with("'pw-123' "));
         let plain = ServerError::new("WRONGTYPE Operation against a key");
         assert_eq!(plain.to_string(), "WRONGTYPE Operation against a key");
+        // Redis 6 quotes the value a `CONFIG SET` refused (a password over 512 bytes).
+        let text = "ERR Invalid argument 'pw-'123' for CONFIG SET 'requirepass'";
+        let e = ServerError::new(text);
+        for shown in [e.to_string(), format!("{e:?}")] {
+            assert!(!shown.contains("pw-"), "{shown}");
+            assert!(shown.contains("for CONFIG SET 'requirepass'"), "{shown}");
+        }
+        assert_eq!(e.as_bytes(), text.as_bytes());
     }
 
     #[test]

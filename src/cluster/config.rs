@@ -173,16 +173,33 @@ impl fmt::Debug for Seeds {
     }
 }
 
-/// `seed` with whatever precedes its last `@` (a URL's user and password) as `***`.
+/// `seed` with whatever precedes its last `@` (a URL's user and password) as `***`;
+/// with no `@`, all of it after the scheme when it may be credentials whose `@host` was
+/// left out (`redis://app:s3cret`, see [`may_be_credentials`]).
 fn without_credentials(seed: &str) -> std::borrow::Cow<'_, str> {
+    let scheme_end = seed.find("://").map_or(0, |end| end + 3);
     let Some(at) = seed.rfind('@') else {
+        if may_be_credentials(&seed[scheme_end..]) {
+            return format!("{}***", &seed[..scheme_end]).into();
+        }
         return seed.into();
     };
-    let scheme = match seed.find("://") {
-        Some(end) if end < at => &seed[..end + 3],
-        _ => "",
+    let scheme = if scheme_end > 0 && scheme_end <= at {
+        &seed[..scheme_end]
+    } else {
+        ""
     };
     format!("{scheme}***@{}", &seed[at + 1..]).into()
+}
+
+/// Whether a seed's address part, which has no `@`, may be a user and password whose
+/// `@host` was left out (`app:s3cret`): what follows its last `:` is no port number.
+/// Such text is never shown, in `Debug` or in an error.
+fn may_be_credentials(hostport: &str) -> bool {
+    let hostport = hostport.split(['/', '?']).next().unwrap_or("");
+    hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Everything a [`crate::ClusterClient`] is built from. `Debug` never shows secrets.
@@ -238,6 +255,10 @@ mod bounds {
     // unnoticed for good (`Duration::MAX`: for ever). Above `refresh_interval` it only
     // spaces the periodic refreshes as well, which is how tests keep refreshes out.
     pub(super) const REFRESH_MIN_INTERVAL_MAX: Duration = Duration::from_secs(24 * 3600);
+    // The keepalive idle times Linux takes (`TCP_KEEPIDLE`, whole seconds): outside
+    // them the socket keeps the system's (2 hours) and only a debug log says so.
+    pub(super) const KEEPALIVE_MIN: Duration = Duration::from_secs(1);
+    pub(super) const KEEPALIVE_MAX: Duration = Duration::from_secs(32_767);
 }
 
 /// Builds a [`crate::ClusterClient`]; every setter states its default.
@@ -686,7 +707,8 @@ impl ClusterClientBuilder {
     /// TCP keepalive idle time, `None` to disable. Default 60 s; the seed's
     /// `socket_keepalive`. After the idle time, probes go 10 s apart (or the idle time,
     /// if shorter), and three unanswered end the connection (Linux, Android, macOS,
-    /// FreeBSD; elsewhere the system's count).
+    /// FreeBSD; elsewhere the system's count). From 1 s to 32,767 s (whole seconds, the
+    /// range Linux takes): `build()` refuses others with [`Error::Config`].
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -1092,6 +1114,14 @@ impl Config {
                 self.refresh_interval
             )));
         }
+        if let Some(idle) = self.connect.tcp_keepalive {
+            if !(KEEPALIVE_MIN..=KEEPALIVE_MAX).contains(&idle) {
+                return Err(Error::Config(format!(
+                    "tcp_keepalive must be from {KEEPALIVE_MIN:?} to {KEEPALIVE_MAX:?} (None \
+                     turns it off), got {idle:?}"
+                )));
+            }
+        }
         if !(REFRESH_MIN_INTERVAL_MIN..=REFRESH_MIN_INTERVAL_MAX)
             .contains(&self.refresh_min_interval)
         {
@@ -1194,7 +1224,7 @@ fn parse_seed(raw: &str) -> Result<Seed> {
     let addr = seed_address(hostport, raw.contains("://")).map_err(|why| {
         Error::Config(format!(
             "seed address must be {why}, got {:?}",
-            if userinfo.is_some() {
+            if userinfo.is_some() || may_be_credentials(hostport) {
                 "<redacted>"
             } else {
                 hostport
@@ -1440,6 +1470,19 @@ mod tests {
         );
         let err = parse_seed("redis://:abc/def@h:notaport").unwrap_err();
         assert!(!err.to_string().contains("abc"), "{err}");
+        // Credentials whose `@host` was left out; a comma in a password splitting
+        // `REDIS_CLUSTER_NODES` leaves the same.
+        for seed in [
+            "redis://app:topsecret",
+            "redis://:topsecret",
+            "app:topsecret",
+        ] {
+            let err = parse_seed(seed).unwrap_err();
+            assert!(!err.to_string().contains("topsecret"), "{err}");
+        }
+        // A mistyped port is still shown.
+        let err = parse_seed("redis://host:99999").unwrap_err();
+        assert!(err.to_string().contains("host:99999"), "{err}");
     }
 
     #[test]
@@ -1449,11 +1492,14 @@ mod tests {
             "rediss://:pw%40x@h:2",
             "h:3",
             "s3cret@redis://h:4",
+            "redis://app:s3cret",
+            "redis://:s3cret/0",
         ]);
         let shown = format!("{builder:?}");
         for secret in ["s3cret", "pw%40x", "app"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+        assert!(shown.contains("\"redis://***\""), "{shown}");
         assert!(shown.contains("\"redis://***@h:1\""), "{shown}");
         assert!(shown.contains("\"rediss://***@h:2\""), "{shown}");
         assert!(shown.contains("\"h:3\""), "{shown}");
@@ -1697,6 +1743,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.response_timeout, Duration::MAX);
+    }
+
+    #[test]
+    fn keepalive_idle_times_linux_would_not_take_are_refused() {
+        let b = ClusterClientBuilder::default;
+        for idle in [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_secs(32_768),
+            Duration::MAX,
+        ] {
+            refused(b().tcp_keepalive(Some(idle)), &["tcp_keepalive", "32767s"]);
+        }
+        for idle in [
+            Some(Duration::from_secs(1)),
+            Some(Duration::from_secs(32_767)),
+            None,
+        ] {
+            assert!(built(b().tcp_keepalive(idle)).is_ok(), "{idle:?}");
+        }
     }
 
     #[test]
