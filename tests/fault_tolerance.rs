@@ -963,6 +963,47 @@ async fn a_node_slower_than_every_deadline_still_opens_its_breaker() {
     assert!(matches!(r, Err(Error::CircuitOpen { .. })), "{r:?}");
 }
 
+/// A keyless command (`EVAL ... 0`, `PUBLISH`) may run on any primary: one whose
+/// breaker is open is passed over for another, at once. It took its turn in the round
+/// robin, waited a backoff and spent a retry of the budget, and with the budget spent
+/// (likely in the incident that opened the breaker) failed with `CircuitOpen`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_command_passes_over_a_primary_whose_breaker_is_open() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(200))
+        .health_check_interval(None)
+        .retry_budget(redcluster::RetryBudgetConfig::new(0.0, 0.0, 0.0))
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let key = "slow:{a}";
+    let node = client.node_for_key(key.as_bytes()).unwrap();
+    for _ in 0..2 {
+        let slow = cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(300_000);
+        let r = client.query::<i64>(slow).await;
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    }
+    assert_eq!(
+        client.health().node(&node).unwrap().breaker,
+        BreakerState::Open
+    );
+    // The slow node is still busy with the scripts: a request it took would time out.
+    for i in 0..30 {
+        let r = client
+            .query::<i64>(cmd("EVAL").arg("return 1").arg(0))
+            .await;
+        assert!(matches!(r, Ok(1)), "{i}: {r:?}");
+    }
+    assert_eq!(client.stats().retries, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_its_caller_dropped_lets_the_next_request_probe() {
     let local = never_failing_over().await;

@@ -419,7 +419,15 @@ impl Inner {
                     self.signal.request(RefreshTrigger::Uncovered);
                     return Err(self.no_topology_error());
                 }
-                Ok(Arc::clone(&routes.primaries[self.registry.next_turn() % n]))
+                // A primary whose breaker turns requests away is passed over while
+                // another takes them: any primary serves a keyless command.
+                let turn = self.registry.next_turn();
+                let nth = |i: usize| &routes.primaries[turn.wrapping_add(i) % n];
+                let node = (0..n)
+                    .map(nth)
+                    .find(|p| p.takes_requests())
+                    .unwrap_or(nth(0));
+                Ok(Arc::clone(node))
             }
             Target::Slot { slot, read } => self
                 .pick_for_slot(&routes, *slot, read.filter(|_| !primary_only))

@@ -283,12 +283,20 @@ impl Node {
     /// certificate that does not verify, a refused configuration) is kept as the node's
     /// last failure for health reports, but left out of its breaker: an open breaker
     /// would answer `CircuitOpen`, hiding the cause, and retrying would not change it.
+    ///
+    /// Refused credentials are the node answering: for its breaker, as good as a reply.
+    /// Left out, a probe that met them freed the half-open breaker for the next probe,
+    /// which met them too: the breaker never closed, requests meanwhile got
+    /// `CircuitOpen`, and each probe connected at once, past the reconnect backoff.
     pub(crate) fn record(&self, failure: Option<&Error>) -> Option<Transition> {
         if failure.is_none() && self.quiet.load(Ordering::Acquire) {
             return None;
         }
         if let Some(e) = failure {
             self.note_failure(e);
+            if matches!(e, Error::Auth(_)) {
+                return self.record(None);
+            }
             if !e.is_node_failure() {
                 // Nothing said of the node: a probe's `Admitted` frees the breaker.
                 return None;
@@ -362,8 +370,12 @@ impl Node {
     /// passed it is picked again, and probed).
     pub(crate) fn serves_reads(&self) -> bool {
         let until = self.not_serving_until.load(Ordering::Relaxed);
-        (until == 0 || clock_ms() >= until)
-            && (self.is_quiet() || !lock(&self.breaker).rejects_at(std::time::Instant::now()))
+        (until == 0 || clock_ms() >= until) && self.takes_requests()
+    }
+
+    /// Whether the breaker would let a request through now (without taking a probe).
+    pub(crate) fn takes_requests(&self) -> bool {
+        self.is_quiet() || !lock(&self.breaker).rejects_at(std::time::Instant::now())
     }
 
     /// The smoothed PING latency, once measured.
@@ -676,6 +688,57 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_node_refusing_the_login_closes_its_half_open_breaker() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A node back after an outage, now refusing the client's password.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {
+                        let refusal = b"-WRONGPASS invalid username-password pair\r\n";
+                        if socket.write_all(refusal).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let mut settings = NodeSettings::for_tests();
+        settings.options = ConnectOptions::default().password("pw");
+        settings.breaker = CircuitBreakerConfig::default()
+            .consecutive_failures(1)
+            .open_for(std::time::Duration::from_millis(10));
+        let node = Arc::new(Node::new(Arc::from(addr), false, Arc::new(settings)));
+        node.record(Some(&Error::Timeout));
+        assert_eq!(lock(&node.breaker).state(), BreakerState::Open);
+        // Past `open_for` (a timer, not a hand-over): the next request is the probe.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        for _ in 0..20 {
+            let (Some(admitted), _) = node.admit() else {
+                panic!("a request turned away: {:?}", lock(&node.breaker).state());
+            };
+            let deadline = Instant::now() + std::time::Duration::from_secs(2);
+            let Err(e) = node.connection(deadline).await else {
+                panic!("connected");
+            };
+            assert!(matches!(e, Error::Auth(_)), "{e:?}");
+            if node.first_to_report_connect_failure() {
+                node.record(Some(&e));
+            }
+            drop(admitted);
+        }
+        assert_eq!(lock(&node.breaker).state(), BreakerState::Closed);
+        // The reconnect backoff holds: not a connect per request.
+        assert!(accepted.load(Ordering::SeqCst) <= 2, "{accepted:?}");
+    }
 
     #[tokio::test]
     async fn a_closed_node_builds_no_dedicated_pool() {
