@@ -373,12 +373,6 @@ impl Inner {
         Box::pin(self.run_batch(node, entries, deadline, redirects, asking))
     }
 
-    /// Writes one node's share of a pipeline at once (with `asking`, each command after
-    /// an `ASKING`: the commands an `ASK` sent to the node importing their slot). What
-    /// needs resending: the commands of a slot that moved whole (`MOVED` to each) go
-    /// again as one batch to the new owner, and those of a slot whose keys moved on with
-    /// its migration (`ASK`) as one batch to the importing node, up to [`MAX_REBATCHES`]
-    /// times; any others one by one, in order per slot.
     /// For [`Inner::run_batch`]: per slot, the place of the last of `replies` that the
     /// node served (an answer, not a refusal or a redirect) to `cmds`; `None` when no
     /// reply is an error, so that none was refused.
@@ -409,6 +403,12 @@ impl Inner {
         Some(served)
     }
 
+    /// Writes one node's share of a pipeline at once (with `asking`, each command after
+    /// an `ASKING`: the commands an `ASK` sent to the node importing their slot). What
+    /// needs resending: the commands of a slot that moved whole (`MOVED` to each) go
+    /// again as one batch to the new owner, and those of a slot whose keys moved on with
+    /// its migration (`ASK`) as one batch to the importing node, up to [`MAX_REBATCHES`]
+    /// times; any others one by one, in order per slot.
     async fn run_batch(
         &self,
         node: Arc<Node>,

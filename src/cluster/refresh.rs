@@ -6,9 +6,9 @@
 //! the refreshing, at most once per `refresh_min_interval`. A refresh asked for directly
 //! (`refresh_topology`, a scan that lost its way) waits for the one under way, if any,
 //! then runs, unless one that began after it asked has run meanwhile: one at a time, so
-//! none installs a view older than the last, and callers at once share them. A burst of 10,000 MOVED
-//! replies therefore costs one or two refreshes, and requests keep routing on the current
-//! snapshot while a refresh runs.
+//! none installs a view older than the last, and callers at once share them. A burst of
+//! 10,000 MOVED replies therefore costs one or two refreshes, and requests keep routing on
+//! the current snapshot while a refresh runs.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
