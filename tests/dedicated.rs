@@ -883,3 +883,38 @@ async fn a_blocking_probe_closes_the_breaker_once_its_connection_answers() {
     assert!(matches!(served, Ok(Some(1))), "{served:?}");
     assert_eq!(probe.await.unwrap().unwrap(), None);
 }
+
+/// A durable write (a write and `WAIT` on a dedicated connection) to a slot with no
+/// known owner yet waits for the refresh that finds one, within its timeout, as every
+/// other request does: here a lazily connected client whose only seed is frozen until
+/// the write was made. It failed at once with `ClusterDown`. (The same wait covers a
+/// failed primary's slots before its replica's promotion.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_write_waits_for_an_owner_of_its_slot() {
+    use futures_util::FutureExt as _;
+    use redcluster::Durability;
+    let local = support::cluster(3, 0).await;
+    local.pause(0).unwrap();
+    let client = ClusterClient::builder()
+        .nodes([local.node_addr(0)])
+        .lazy_connect(true)
+        .connect_timeout(Duration::from_secs(5))
+        .response_timeout(Duration::from_secs(10))
+        .durable_writes(Durability::new(0, Duration::from_millis(100)))
+        .build()
+        .await
+        .unwrap();
+    let wait = Durability::new(0, Duration::from_millis(100));
+    let mut durable = Box::pin(client.query_durable::<Value>(cmd("SET").arg("{d}:a").arg(1), wait));
+    let mut set = Box::pin(client.set("{d}:b", 2));
+    // Routed at their first poll, while the only seed is frozen: no owner known.
+    assert!((&mut durable).now_or_never().is_none());
+    assert!((&mut set).now_or_never().is_none());
+    assert!(client.known_nodes().is_empty());
+    local.resume(0).unwrap();
+    let (reply, acked) = durable.await.unwrap();
+    assert_eq!((reply, acked), (Value::Simple("OK".into()), 0));
+    set.await.unwrap();
+    let got: Vec<Option<i64>> = client.mget(["{d}:a", "{d}:b"]).await.unwrap();
+    assert_eq!(got, [Some(1), Some(2)]);
+}

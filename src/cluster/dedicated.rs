@@ -731,7 +731,17 @@ impl Inner {
         while redirects <= self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
-                None => self.pick(&target, true)?,
+                None => match self.pick(&target, true) {
+                    Ok(node) => node,
+                    // No owner yet (before a lazy client's discovery, a failed primary's
+                    // slots before the promotion): wait for the refresh that asks, as
+                    // every other path does.
+                    Err(e) => {
+                        self.wait_retry(&backoff, &mut retries, lease_deadline, e)
+                            .await?;
+                        continue;
+                    }
+                },
             };
             landing.at(&node);
             let redirected = redirect.is_some();
