@@ -918,3 +918,47 @@ async fn a_durable_write_waits_for_an_owner_of_its_slot() {
     let got: Vec<Option<i64>> = client.mget(["{d}:a", "{d}:b"]).await.unwrap();
     assert_eq!(got, [Some(1), Some(2)]);
 }
+
+/// A command blocked longer than the response timeout and then sent away by its node
+/// (the slot moved: the node unblocks it with `MOVED`) follows the redirect and blocks
+/// at the new owner: the time it was blocked is not taken from its next attempt's time
+/// for a connection. It failed with `Timeout`, which says it may have popped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_blocked_past_the_timeout_follows_its_slot_to_the_new_owner() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    let queue = "{mv}:jobs";
+    let slot = redcluster::key_slot(queue.as_bytes());
+    let consumer = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(0))
+                .await
+        }
+    });
+    until_blocked(&local, &client, queue, true).await;
+    // Past the response timeout (a wait for time to pass, not for an event).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let to = support::other_master(&local, slot).await;
+    local.move_slot(slot, to).await.unwrap();
+    // Blocked again, at the new owner.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while support::info_field(&local, to, "clients", "blocked_clients")
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(!consumer.is_finished(), "{:?}", consumer.await.unwrap());
+        assert!(Instant::now() < deadline, "never blocked at the new owner");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.rpush(queue, ["job"]).await.unwrap();
+    let popped = consumer.await.unwrap().unwrap();
+    assert_eq!(popped, Some((queue.to_string(), "job".to_string())));
+}

@@ -306,14 +306,15 @@ impl Inner {
     /// As on the shared path, a failure before the command was sent (a node that refuses
     /// connections, a connection lost before the write), an open breaker once the slot
     /// is served elsewhere, and a passing refusal (`TRYAGAIN`, `CLUSTERDOWN`,
-    /// `LOADING`) are retried with the backoff until `lease_deadline`, and ask for a
-    /// refresh: a failover is followed. A command that may have run (it may have popped)
-    /// is never sent again.
+    /// `LOADING`) are retried with the backoff until `lease_deadline` (moved later by the
+    /// time the command was out: a command blocked for long and then redirected gets its
+    /// time for a connection again), and ask for a refresh: a failover is followed. A
+    /// command that may have run (it may have popped) is never sent again.
     pub(crate) async fn send_blocking(
         &self,
         mut command: Cmd,
         target: Target,
-        lease_deadline: Instant,
+        mut lease_deadline: Instant,
         deadline: Instant,
         landing: &Landing,
     ) -> Result<Value> {
@@ -365,7 +366,12 @@ impl Inner {
             // a connection took: a reply the server sends after popping must not find
             // the request given up (see `Lease::reply_due`).
             let reply_due = crate::deadline::after(deadline, started.elapsed());
+            let sent = Instant::now();
             let answer = lease.dispatch(payload.into_cmds(asking), reply_due).await;
+            // The time the command was out (blocked, perhaps for minutes, before the
+            // node sent it away with `MOVED` or `CLUSTERDOWN`) is not the next
+            // attempt's: it gets the request's timeout for a connection again.
+            lease_deadline = crate::deadline::after(lease_deadline, sent.elapsed());
             let returned = |cmds: Cmds| match kind.recover(cmds, asking) {
                 Some(Payload::One(c)) => Ok(c),
                 _ => Err(Error::Protocol("lost command".into())),
