@@ -1,6 +1,8 @@
 //! The testkit against real `redis-server` clusters: forming, faults, topology changes,
 //! cleanup. Each test has its own cluster on its own ports; all traffic is to 127.0.0.1.
 
+mod support;
+
 use std::time::Duration;
 
 use redcluster::testkit::{FailoverMode, LocalCluster, NodeState};
@@ -754,6 +756,49 @@ async fn a_relative_redis_server_path_is_found_from_the_tests_directory() {
         .await
         .unwrap();
     assert!(cluster.nodes()[0].pid.is_some());
+}
+
+/// Another process's server on a killed node's port (taken while the node was down)
+/// that refuses the testkit's login: the restart waits for the port, as for any port
+/// taken, instead of failing at once with that server's refusal; freed, the port
+/// serves the node again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_a_port_another_server_took_waits_for_the_port() {
+    let cluster = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .wait_timeout(Duration::from_secs(20))
+        .start()
+        .await
+        .unwrap();
+    let port = cluster.node(0).port;
+    cluster.kill(0).unwrap();
+    let squatter = support::standalone::Standalone::start_on(port, &["--requirepass", "other"]);
+    let log = cluster.dir().join(format!("node-{port}")).join("redis.log");
+    let taken_before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("Address already in use")
+        .count();
+    let restart = cluster.restart(0);
+    let freed = async {
+        // Until a start of the node found the port taken: then free it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches("Address already in use").count() > taken_before {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no start found the port taken"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(squatter);
+    };
+    let (restarted, ()) = tokio::join!(restart, freed);
+    restarted.unwrap();
+    assert_eq!(cluster.node(0).state, NodeState::Running);
 }
 
 /// A node that refuses the testkit's login (a password set by an ACL rule for

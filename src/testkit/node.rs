@@ -26,6 +26,10 @@ const CONF_FILE: &str = "redis.conf";
 
 /// How often readiness is polled while a node starts.
 const START_POLL: Duration = Duration::from_millis(10);
+/// How long a server at a starting node's port may refuse the testkit's credentials
+/// before the start fails: long enough for a server of ours that found the port taken
+/// to exit and say so.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 /// Fresh port pairs tried when a node finds its port taken.
 const PORT_ATTEMPTS: usize = 8;
 
@@ -419,13 +423,17 @@ async fn wait_ready(
 ) -> Result<(NodeConnection, String), StartError> {
     let addr = format!("127.0.0.1:{port}");
     let options = settings.admin_options();
+    // When a server at the port first refused the testkit's credentials.
+    let mut refused_since: Option<Instant> = None;
     loop {
         // Why this poll found the node not ready, for the error if it never is.
         let last_problem: String;
         let child = spawned.child()?;
         if let Some(status) = child.try_wait().map_err(|e| Error::io(e, false))? {
             let tail = tail_from(log_path, log_start, 20, &settings.secrets);
-            if tail.contains("Address already in use") {
+            // Looked for in the log as written: scrubbing a password that is a word of
+            // the message ("use") would hide it.
+            if port_taken_in_log(log_path, log_start) {
                 return Err(StartError::PortTaken(format!(
                     "{addr}: {}",
                     tail.lines().last().unwrap_or("")
@@ -443,7 +451,15 @@ async fn wait_ready(
         match NodeConnection::connect(&addr, &options).await {
             // Refused credentials or certificate from a running server: the settings
             // disagree with the testkit's (an ACL-only password, a TLS setting), and no
-            // wait mends that.
+            // wait mends that. Unless the server is another process's, on the port
+            // (taken while a killed node was down): then ours is about to exit with
+            // "Address already in use", which the top of the loop tells, and the port
+            // is waited for or another taken. Given a moment to show it.
+            Err(e @ (Error::Auth(_) | Error::Tls(_)))
+                if refused_since.get_or_insert_with(Instant::now).elapsed() < REFUSAL_GRACE =>
+            {
+                last_problem = format!("the connection was refused: {e}");
+            }
             Err(e @ (Error::Auth(_) | Error::Tls(_))) => {
                 return Err(StartError::Failed(io_error(
                     io::ErrorKind::Other,
@@ -535,6 +551,22 @@ pub(crate) fn tail(path: &Path, lines: usize, secrets: &ConfSecrets) -> String {
 /// The last `lines` lines of what a node's log holds from byte `offset` on (all of it if
 /// the file is now shorter: it was replaced), without `secrets`, or a note saying why
 /// there are none.
+/// Whether the log written from `offset` says the port was taken.
+fn port_taken_in_log(path: &Path, offset: u64) -> bool {
+    let read = || {
+        let mut file = fs::File::open(path)?;
+        file.seek(io::SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok::<_, io::Error>(bytes)
+    };
+    read().is_ok_and(|bytes| {
+        bytes
+            .windows(b"Address already in use".len())
+            .any(|w| w == b"Address already in use")
+    })
+}
+
 fn tail_from(path: &Path, offset: u64, lines: usize, secrets: &ConfSecrets) -> String {
     let read = || {
         let mut file = fs::File::open(path)?;

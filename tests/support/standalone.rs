@@ -25,15 +25,27 @@ impl Standalone {
     /// Panics when the binary cannot be run or does not come up within 10 s: a test that
     /// needs a real server has nothing to check without one.
     pub fn start() -> Standalone {
+        Standalone::start_with(None, &[])
+    }
+
+    /// [`Standalone::start`] on `port` (another process's server on a port the test
+    /// wants taken), with `args` added to its command line.
+    pub fn start_on(port: u16, args: &[&str]) -> Standalone {
+        Standalone::start_with(Some(port), args)
+    }
+
+    fn start_with(port: Option<u16>, args: &[&str]) -> Standalone {
         let binary = std::env::var(redcluster::testkit::REDIS_SERVER_ENV)
             .or_else(|_| std::env::var("REDIS_SERVER"))
             .unwrap_or_else(|_| "redis-server".into());
         // A free port can be taken by someone else before the server binds it; retry.
         for attempt in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
+            let port = port.unwrap_or_else(|| {
+                TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            });
             let dir = std::env::temp_dir().join(format!(
                 "redcluster-standalone-{}-{port}-{attempt}",
                 std::process::id()
@@ -42,6 +54,7 @@ impl Standalone {
             let child = Command::new(&binary)
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .args(args)
                 .arg("--dir")
                 .arg(&dir)
                 .current_dir(&dir)
