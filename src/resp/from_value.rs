@@ -16,7 +16,11 @@ use crate::resp::Value;
 ///
 /// Implemented for [`Value`], `String`, `Vec<u8>`, [`Bytes`], integers, `f32`/`f64`,
 /// `bool`, `()`, `Option<T>`, `Vec<T>`, `HashSet<T>`, `HashMap<K, V>`,
-/// `BTreeMap<K, V>` and tuples of up to six elements.
+/// `BTreeMap<K, V>` and tuples of up to six elements. The same reply converts alike over
+/// RESP2 and RESP3: `Vec<u8>`, `Bytes` and `String` take every kind of string (`INFO`
+/// answers a verbatim one over RESP3); `HashMap`, `BTreeMap` and `Vec<(K, V)>` take a map
+/// or a flat array of keys and values (`HGETALL`, `ZRANGE ... WITHSCORES`); `()` takes
+/// anything but an error reply, wherever in the value it is.
 ///
 /// ```
 /// # fn main() -> redcluster::Result<()> {
@@ -63,6 +67,12 @@ pub trait FromValue: Sized {
     fn from_bulk_bytes(_bytes: &Bytes) -> Option<Vec<Self>> {
         None
     }
+
+    /// Whether the type is a pair, `(K, V)`: then `Vec<(K, V)>` takes a map's pairs (a
+    /// RESP3 `HGETALL`) and a flat array of keys and values (RESP2's `ZRANGE ...
+    /// WITHSCORES`) as pairs.
+    #[doc(hidden)]
+    const PAIR: bool = false;
 }
 
 fn mismatch<T>(value: &Value) -> Error {
@@ -82,11 +92,24 @@ impl FromValue for Value {
 }
 
 impl FromValue for () {
+    /// Anything but an error reply, wherever in the value it is (a command that failed
+    /// inside `EXEC`, an attribute around an error).
     fn from_value(value: Value) -> Result<Self> {
-        match value {
-            Value::ServerError(e) => Err(Error::Server(e)),
-            _ => Ok(()),
+        // An explicit stack: a value built by hand may nest deeper than the decoder's
+        // limit.
+        let mut stack = vec![value];
+        while let Some(value) = stack.pop() {
+            match value {
+                Value::ServerError(e) => return Err(Error::Server(e)),
+                Value::Array(items) | Value::Set(items) | Value::Push(items) => {
+                    stack.extend(items);
+                }
+                Value::Map(pairs) => stack.extend(pairs.into_iter().flat_map(|(k, v)| [k, v])),
+                Value::Attribute { data, .. } => stack.push(*data),
+                _ => {}
+            }
         }
+        Ok(())
     }
 }
 
@@ -157,7 +180,7 @@ impl FromValue for u8 {
         let n = match &value {
             Value::Int(n) => u8::try_from(*n).ok(),
             Value::Bool(b) => Some(u8::from(*b)),
-            Value::Bulk(b) | Value::Simple(b) => {
+            Value::Bulk(b) | Value::Simple(b) | Value::BigNumber(b) => {
                 std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
             }
             _ => None,
@@ -214,8 +237,15 @@ impl<T: FromValue> FromValue for Vec<T> {
     fn from_value(value: Value) -> Result<Self> {
         let value = value.without_attributes();
         match &value {
-            Value::Bulk(b) => {
+            // Every kind of string (`INFO` answers a verbatim one over RESP3, a bulk one
+            // over RESP2), as `Bytes` and `String` take them.
+            Value::Bulk(b) | Value::Simple(b) | Value::BigNumber(b) => {
                 if let Some(v) = T::from_bulk_bytes(b) {
+                    return Ok(v);
+                }
+            }
+            Value::Verbatim { text, .. } => {
+                if let Some(v) = T::from_bulk_bytes(text) {
                     return Ok(v);
                 }
             }
@@ -225,6 +255,34 @@ impl<T: FromValue> FromValue for Vec<T> {
                 return Err(mismatch::<Self>(&value));
             }
             _ => {}
+        }
+        if T::PAIR {
+            let is_flat = |items: &[Value]| {
+                items.len() % 2 == 0
+                    && items.iter().all(|v| {
+                        !matches!(
+                            v,
+                            Value::Array(_) | Value::Set(_) | Value::Map(_) | Value::Push(_)
+                        )
+                    })
+            };
+            let pairs = match value {
+                Value::Map(pairs) => pairs,
+                Value::Array(items) if is_flat(&items) => {
+                    let mut it = items.into_iter();
+                    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+                }
+                other => {
+                    return elements::<Self>(other)?
+                        .into_iter()
+                        .map(T::from_value)
+                        .collect()
+                }
+            };
+            return pairs
+                .into_iter()
+                .map(|(k, v)| T::from_value(Value::Array(vec![k, v])))
+                .collect();
         }
         elements::<Self>(value)?
             .into_iter()
@@ -291,6 +349,8 @@ impl<K: FromValue + Ord, V: FromValue> FromValue for BTreeMap<K, V> {
 macro_rules! tuple {
     ($n:expr; $($name:ident),+) => {
         impl<$($name: FromValue),+> FromValue for ($($name,)+) {
+            const PAIR: bool = $n == 2;
+
             fn from_value(value: Value) -> Result<Self> {
                 let items = elements::<Self>(value)?;
                 if items.len() != $n {
@@ -337,6 +397,70 @@ mod tests {
             Bytes::from_value(bulk("x")).unwrap(),
             Bytes::from_static(b"x")
         );
+    }
+
+    #[test]
+    fn unit_takes_anything_but_an_error_reply_wherever_it_is() {
+        let error = || Value::ServerError(ServerError::new("WRONGTYPE x"));
+        assert!(<()>::from_value(Value::Simple(Bytes::from_static(b"OK"))).is_ok());
+        assert!(<()>::from_value(Value::Array(vec![Value::Int(1), bulk("a")])).is_ok());
+        // A command that failed inside `EXEC`; an attribute around an error; a map.
+        let nested = [
+            Value::Array(vec![Value::Int(1), error()]),
+            Value::Attribute {
+                attributes: vec![],
+                data: Box::new(error()),
+            },
+            Value::Map(vec![(bulk("k"), Value::Array(vec![error()]))]),
+        ];
+        for value in nested {
+            assert!(
+                matches!(<()>::from_value(value.clone()), Err(Error::Server(_))),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_come_from_every_kind_of_string() {
+        let verbatim = Value::Verbatim {
+            format: *b"txt",
+            text: Bytes::from_static(b"hi"),
+        };
+        assert_eq!(Vec::<u8>::from_value(verbatim).unwrap(), b"hi");
+        let simple = Value::Simple(Bytes::from_static(b"OK"));
+        assert_eq!(Vec::<u8>::from_value(simple).unwrap(), b"OK");
+        let big = Value::BigNumber(Bytes::from_static(b"7"));
+        assert_eq!(u8::from_value(big).unwrap(), 7);
+    }
+
+    #[test]
+    fn pairs_come_from_a_map_a_flat_array_or_an_array_of_pairs() {
+        let want = vec![("a".to_string(), 1.5), ("b".to_string(), 2.0)];
+        let map = Value::Map(vec![
+            (bulk("a"), bulk("1.5")),
+            (bulk("b"), Value::Double(2.0)),
+        ]);
+        assert_eq!(Vec::<(String, f64)>::from_value(map).unwrap(), want);
+        // RESP2's `ZRANGE ... WITHSCORES`, and RESP3's.
+        let flat = Value::Array(vec![bulk("a"), bulk("1.5"), bulk("b"), bulk("2")]);
+        assert_eq!(Vec::<(String, f64)>::from_value(flat).unwrap(), want);
+        let nested = Value::Array(vec![
+            Value::Array(vec![bulk("a"), Value::Double(1.5)]),
+            Value::Array(vec![bulk("b"), Value::Double(2.0)]),
+        ]);
+        assert_eq!(Vec::<(String, f64)>::from_value(nested).unwrap(), want);
+        let odd = Value::Array(vec![bulk("a"), bulk("1.5"), bulk("b")]);
+        assert!(matches!(
+            Vec::<(String, f64)>::from_value(odd),
+            Err(Error::Type { .. })
+        ));
+        assert!(Vec::<(String, f64)>::from_value(Value::Nil)
+            .unwrap()
+            .is_empty());
+        // Anything else is as before: a map flattened for a list of strings.
+        let map = Value::Map(vec![(bulk("a"), bulk("1"))]);
+        assert_eq!(Vec::<String>::from_value(map).unwrap(), ["a", "1"]);
     }
 
     #[test]
