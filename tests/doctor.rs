@@ -280,3 +280,19 @@ async fn passes_a_cluster_configured_as_the_seed_recommends() {
     let value: Value = client.query(cmd("GET").arg("app:7")).await.unwrap();
     assert_eq!(value, Value::Bulk("value 7".into()));
 }
+
+/// A client that knows no topology yet (connected lazily, its seeds not answering) asks
+/// its seeds: none answering, the doctor fails with why, instead of a report with no
+/// node in it, which read healthy (a monitoring job would have passed an unreachable
+/// cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_seeds_never_answered_gets_no_healthy_report() {
+    let unreachable = ClusterClient::builder()
+        .nodes(["127.0.0.1:1"])
+        .lazy_connect(true)
+        .build()
+        .await
+        .unwrap();
+    let outcome = unreachable.doctor().await;
+    assert!(outcome.is_err(), "{:?}", outcome.map(|r| r.to_string()));
+}

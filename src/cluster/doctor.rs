@@ -89,7 +89,18 @@ struct Examined {
 
 impl Inner {
     async fn doctor(&self) -> Result<DoctorReport> {
-        let known = self.doctor_targets();
+        let mut known = self.doctor_targets();
+        if known.is_empty() {
+            // No topology yet (a lazy client before its discovery, a cluster that never
+            // answered): the seeds are asked. With no node asked the report would read
+            // healthy, every per-node check missing.
+            known = self
+                .config
+                .seeds
+                .iter()
+                .map(|seed| (self.seed_address(seed), None))
+                .collect();
+        }
         let mut examined: Vec<Examined> = futures_util::future::join_all(
             known
                 .iter()

@@ -1118,6 +1118,18 @@ fn replication<'a>(view: &View, answers: &dyn Fn(&str) -> Option<&'a Answers>) -
                 }
             };
             let link = info_field(&info, "master_link_status").unwrap_or("unknown");
+            // The link reads `down` for as long as a (re)sync runs: a new replica, or one
+            // back from a restart, still syncing is on its way, not cut off.
+            if link != "up" && info_field(&info, "master_sync_in_progress") == Some("1") {
+                rows.push(check(
+                    "replication",
+                    CheckStatus::Warn,
+                    Some(&replica.addr),
+                    format!("still syncing from {}", shard.primary.addr),
+                    format!("{REC}: until the sync ends it cannot take over with current data; a sync that never ends needs a larger `client-output-buffer-limit replica` or `repl-backlog-size`"),
+                ));
+                continue;
+            }
             if link != "up" {
                 let since = info_field(&info, "master_link_down_since_seconds")
                     .map(|s| format!(" for {s} s"))
@@ -1710,13 +1722,18 @@ fn sampled_key_check<T: Copy + PartialOrd>(
     let mut over = 0;
     let mut top: Option<(T, &str, &Bytes)> = None;
     let mut refused = None;
+    // Primaries whose keys were not all measured, and why: a pass must not hide them.
+    let mut unsampled: Vec<String> = Vec::new();
     for (addr, sample) in samples {
+        let mut node_refused = None;
         for key in &sample.keys {
             let value = match (m.read)(key) {
                 Ok(Some(value)) => value,
                 Ok(None) => continue,
                 Err(reply) => {
-                    refused.get_or_insert_with(|| why(reply));
+                    let reason = why(reply);
+                    node_refused.get_or_insert_with(|| reason.clone());
+                    refused.get_or_insert(reason);
                     continue;
                 }
             };
@@ -1725,6 +1742,11 @@ fn sampled_key_check<T: Copy + PartialOrd>(
             if top.is_none_or(|(t, _, _)| value > t) {
                 top = Some((value, addr, &key.key));
             }
+        }
+        if let Some(e) = &sample.error {
+            unsampled.push(format!("{addr} (SCAN: {})", failure(e)));
+        } else if let Some(why) = node_refused {
+            unsampled.push(format!("{addr} ({}: {why})", m.command));
         }
     }
     let Some((value, addr, key)) = top else {
@@ -1740,7 +1762,7 @@ fn sampled_key_check<T: Copy + PartialOrd>(
         };
     };
     let (key, shown) = (show_key(key), (m.show)(value));
-    let (status, observed) = if over > 0 {
+    let (mut status, mut observed) = if over > 0 {
         let warn = format!(
             "{over} of {measured} sampled keys {}; {} {key} ({shown})",
             m.over, m.top
@@ -1750,6 +1772,12 @@ fn sampled_key_check<T: Copy + PartialOrd>(
         let ok = format!("{} of {measured} sampled keys: {key} ({shown})", m.top);
         (CheckStatus::Ok, ok)
     };
+    if !unsampled.is_empty() {
+        observed = format!("{observed}; not fully sampled: {}", unsampled.join(", "));
+        if status == CheckStatus::Ok {
+            status = CheckStatus::Unknown;
+        }
+    }
     check(m.name, status, Some(addr), observed, m.rec)
 }
 
@@ -2402,6 +2430,32 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_still_syncing_warns_rather_than_fails() {
+        // During a (re)sync the link reads `down`, with a sync in progress.
+        let report = run(&seed_layout(), CLIENT, |addr, a| {
+            if addr == "10.0.0.4:6379" {
+                set_info(a, "master_link_status", "down");
+                set_info(a, "master_sync_in_progress", "1");
+            }
+        });
+        let rows: Vec<&Check> = report.checks_named("replication").collect();
+        let syncing = rows
+            .iter()
+            .find(|r| r.node.as_deref() == Some("10.0.0.4:6379"))
+            .unwrap_or_else(|| panic!("{report}"));
+        assert_eq!(syncing.status, CheckStatus::Warn, "{report}");
+        assert!(
+            syncing.observed.contains("still syncing"),
+            "{}",
+            syncing.observed
+        );
+        assert!(
+            rows.iter().all(|r| r.status != CheckStatus::Fail),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn memory_near_maxmemory_and_maxmemory_above_the_host_warn() {
         let report = run(&seed_layout(), CLIENT, |addr, a| {
             if addr == "10.0.0.3:6379" {
@@ -2427,6 +2481,27 @@ mod tests {
             .find(|c| c.status == CheckStatus::Warn)
             .unwrap();
         assert_eq!(high.node.as_deref(), Some("10.0.0.6:6379"));
+    }
+
+    #[test]
+    fn a_primary_not_sampled_keeps_the_key_checks_from_passing() {
+        // One primary's scan timed out; the others measured fine.
+        let report = run(&seed_layout(), CLIENT, |addr, a| {
+            if addr == "10.0.0.2:6379" {
+                a.keys = Some(KeySample {
+                    keys: vec![],
+                    error: Some(Error::Timeout),
+                });
+            }
+        });
+        let big = report.checks_named("big-keys").next().unwrap();
+        assert_eq!(big.status, CheckStatus::Unknown, "{report}");
+        assert!(
+            big.observed
+                .contains("not fully sampled: 10.0.0.2:6379 (SCAN:"),
+            "{}",
+            big.observed
+        );
     }
 
     #[test]
