@@ -911,6 +911,37 @@ async fn pipelines_and_transactions_convert_their_replies_to_one_typed_value() {
         .add(cmd("RPUSH").arg("{acct}:history").arg("+10"));
     let (balance, entries): (i64, i64) = tx.execute_as().await.unwrap();
     assert_eq!((balance, entries), (10, 1));
+    // A command that failed inside EXEC is an error, even read as `()`.
+    let mut tx = client.transaction();
+    tx.add(cmd("SET").arg("{acct}:note").arg("x"))
+        .add(cmd("LPUSH").arg("{acct}:balance").arg("not a list"));
+    let r = tx.execute_as::<()>().await;
+    assert!(
+        matches!(&r, Err(Error::Server(e)) if e.code() == "WRONGTYPE"),
+        "{r:?}"
+    );
+    // Pairs from a hash (a map over RESP3) and from a sorted set with scores.
+    client
+        .query::<()>(cmd("HSET").arg("{acct}:h").arg("f").arg("v"))
+        .await
+        .unwrap();
+    let fields: Vec<(String, String)> = client.query(cmd("HGETALL").arg("{acct}:h")).await.unwrap();
+    assert_eq!(fields, [("f".to_string(), "v".to_string())]);
+    client
+        .query::<()>(cmd("ZADD").arg("{acct}:z").arg(1.5).arg("m"))
+        .await
+        .unwrap();
+    let scored: Vec<(String, f64)> = client
+        .query(
+            cmd("ZRANGE")
+                .arg("{acct}:z")
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(scored, [("m".to_string(), 1.5)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
