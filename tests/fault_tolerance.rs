@@ -934,7 +934,19 @@ async fn a_timeout_behind_a_pipeline_whose_replies_stream_in_does_not_open_the_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_slower_than_every_deadline_still_opens_its_breaker() {
     let local = never_failing_over().await;
-    let client = ClusterClient::builder()
+    let client = slow_node_client(&local, None).await;
+    let (slow, _) = open_the_breaker_of_a_slow_node(&client).await;
+    let r = client.query::<i64>(slow).await;
+    assert!(matches!(r, Err(Error::CircuitOpen { .. })), "{r:?}");
+}
+
+/// A client with a 200 ms response timeout and a breaker that opens after two failures
+/// for 30 s (and `budget` for its retries, if given).
+async fn slow_node_client(
+    local: &LocalCluster,
+    budget: Option<redcluster::RetryBudgetConfig>,
+) -> ClusterClient {
+    let mut builder = ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_millis(200))
         .health_check_interval(None)
@@ -942,25 +954,30 @@ async fn a_node_slower_than_every_deadline_still_opens_its_breaker() {
             CircuitBreakerConfig::default()
                 .consecutive_failures(2)
                 .open_for(Duration::from_secs(30)),
-        )
-        .build()
-        .await
-        .unwrap();
+        );
+    if let Some(budget) = budget {
+        builder = builder.retry_budget(budget);
+    }
+    builder.build().await.unwrap()
+}
+
+/// Opens the breaker of the node of `slow:{a}` with two scripts that each take it
+/// 300 ms, past the client's 200 ms: every one times out, and its reply comes late,
+/// during the next one's wait (late replies are no progress). The slow command, and the
+/// node's address.
+async fn open_the_breaker_of_a_slow_node(client: &ClusterClient) -> (redcluster::Cmd, String) {
     let key = "slow:{a}";
     let node = client.node_for_key(key.as_bytes()).unwrap();
-    // Each request takes the node 300 ms: every one times out, and its reply comes
-    // late, during the next one's wait. Late replies are no progress.
-    let slow = || client.query::<i64>(cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(300_000));
+    let slow = cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(300_000);
     for _ in 0..2 {
-        let r = slow().await;
+        let r = client.query::<i64>(slow.clone()).await;
         assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
     }
     assert_eq!(
         client.health().node(&node).unwrap().breaker,
         BreakerState::Open
     );
-    let r = slow().await;
-    assert!(matches!(r, Err(Error::CircuitOpen { .. })), "{r:?}");
+    (slow, node)
 }
 
 /// A keyless command (`EVAL ... 0`, `PUBLISH`) may run on any primary: one whose
@@ -970,30 +987,9 @@ async fn a_node_slower_than_every_deadline_still_opens_its_breaker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyless_command_passes_over_a_primary_whose_breaker_is_open() {
     let local = never_failing_over().await;
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .response_timeout(Duration::from_millis(200))
-        .health_check_interval(None)
-        .retry_budget(redcluster::RetryBudgetConfig::new(0.0, 0.0, 0.0))
-        .circuit_breaker(
-            CircuitBreakerConfig::default()
-                .consecutive_failures(2)
-                .open_for(Duration::from_secs(30)),
-        )
-        .build()
-        .await
-        .unwrap();
-    let key = "slow:{a}";
-    let node = client.node_for_key(key.as_bytes()).unwrap();
-    for _ in 0..2 {
-        let slow = cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(300_000);
-        let r = client.query::<i64>(slow).await;
-        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
-    }
-    assert_eq!(
-        client.health().node(&node).unwrap().breaker,
-        BreakerState::Open
-    );
+    let no_retries = redcluster::RetryBudgetConfig::new(0.0, 0.0, 0.0);
+    let client = slow_node_client(&local, Some(no_retries)).await;
+    open_the_breaker_of_a_slow_node(&client).await;
     // The slow node is still busy with the scripts: a request it took would time out.
     for i in 0..30 {
         let r = client
