@@ -233,6 +233,22 @@ async fn credentials_provider_is_asked_on_every_new_connection() {
         matches!(&err, Error::Auth(m) if m.contains("vault")),
         "{err:?}"
     );
+    // A provider that never answers (a secrets store down): its error, within the
+    // connect timeout, not a handshake timeout that blames the node (and counts against
+    // its breaker).
+    let err = ClusterClient::builder()
+        .nodes(local.seeds())
+        .connect_timeout(Duration::from_millis(300))
+        .credentials_provider(redcluster::CredentialsProvider::new(|| {
+            std::future::pending::<redcluster::Result<(Option<String>, redcluster::Secret)>>()
+        }))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Auth(m) if m.contains("credentials provider")),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

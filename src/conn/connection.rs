@@ -1149,7 +1149,15 @@ where
     let mut decoder = Decoder::with_limits(options.limits);
     let protocol = tokio::time::timeout_at(
         deadline,
-        handshake::run(addr, read, write, &mut rbuf, &mut decoder, options),
+        handshake::run(
+            addr,
+            read,
+            write,
+            &mut rbuf,
+            &mut decoder,
+            options,
+            deadline,
+        ),
     )
     .await
     .map_err(|_| {

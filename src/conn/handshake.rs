@@ -25,6 +25,7 @@ pub(crate) async fn run<R, W>(
     rbuf: &mut BytesMut,
     decoder: &mut Decoder,
     options: &ConnectOptions,
+    deadline: tokio::time::Instant,
 ) -> Result<Protocol>
 where
     R: AsyncRead + Unpin,
@@ -41,7 +42,7 @@ where
     let (username, password) = match &options.credentials {
         Some(provider) => {
             tracing::trace!("asking the credentials provider");
-            let (user, password) = ask(provider).await?;
+            let (user, password) = ask(provider, deadline).await?;
             (user, Some(password))
         }
         None => (options.username.clone(), options.password.clone()),
@@ -180,9 +181,16 @@ where
 }
 
 /// Runs the provider on its own task: its future need not be `Sync`, and the handshake's
-/// future stays `Send + Sync` all the same. Dropping the handshake (its deadline passed)
-/// aborts the task.
-async fn ask(provider: &CredentialsProvider) -> Result<(Option<String>, Secret)> {
+/// future stays `Send + Sync` all the same. Dropping the handshake aborts the task.
+///
+/// A provider that has not answered by the connect's `deadline` is an [`Error::Auth`]:
+/// the node is not at fault (as the handshake's timeout would say, counting a failure
+/// against every node's breaker while a secrets store is slow), and the error names the
+/// provider.
+async fn ask(
+    provider: &CredentialsProvider,
+    deadline: tokio::time::Instant,
+) -> Result<(Option<String>, Secret)> {
     struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
     impl<T> Drop for AbortOnDrop<T> {
         fn drop(&mut self) {
@@ -191,7 +199,12 @@ async fn ask(provider: &CredentialsProvider) -> Result<(Option<String>, Secret)>
     }
     let provider = provider.clone();
     let mut task = AbortOnDrop(tokio::spawn(async move { provider.credentials().await }));
-    match (&mut task.0).await {
+    let Ok(answer) = tokio::time::timeout_at(deadline, &mut task.0).await else {
+        return Err(Error::Auth(
+            "the credentials provider did not answer within the connect timeout".into(),
+        ));
+    };
+    match answer {
         Ok(result) => result,
         Err(e) => Err(Error::Auth(if e.is_panic() {
             "the credentials provider panicked".into()
@@ -335,6 +348,7 @@ mod tests {
                 &mut rbuf,
                 &mut decoder,
                 &options,
+                tokio::time::Instant::now() + std::time::Duration::from_secs(5),
             )
             .await
             .unwrap_err();
