@@ -1625,6 +1625,63 @@ async fn multi_key_requests_ride_out_tryagain_during_a_migration() {
     assert_eq!(values, expected);
 }
 
+/// A script refused by the server (`TRYAGAIN` for its keys half migrated: it did not
+/// run) is sent again until the migration ends. A refusal the script wrote itself
+/// (`redis.error_reply("TRYAGAIN ...")`, after it wrote) is its reply: sent again, it
+/// would run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_rides_out_the_servers_refusals_but_not_its_own() {
+    let local = cluster(3, 0).await;
+    let (client, keys, migration) = split_slot(&local).await;
+    let counted = "{ta}:count";
+    let incr_then_refuse = "redis.call('INCR', KEYS[1]) return redis.error_reply(ARGV[1])";
+    // Before the migration splits anything for this key: it is on the source.
+    let texts = [
+        "TRYAGAIN not now",
+        "CLUSTERDOWN says the script",
+        "LOADING in a while",
+        "MASTERDOWN or so",
+    ];
+    for (i, text) in texts.iter().enumerate() {
+        let script = cmd("EVAL")
+            .arg(incr_then_refuse)
+            .arg(1)
+            .arg(counted)
+            .arg(*text);
+        let r = client.query::<Value>(script).await;
+        assert!(
+            r.as_ref().is_err_and(|e| e.to_string().contains(text)),
+            "{r:?}"
+        );
+        let n: i64 = client.get(counted).await.unwrap();
+        assert_eq!(n, i as i64 + 1, "{text}: the script ran once");
+    }
+    // The server's own TRYAGAIN: two keys, one of them moved on.
+    let before = client.stats();
+    let both = {
+        let client = client.clone();
+        let (a, b) = (keys[0].clone(), keys[9].clone());
+        tokio::spawn(async move {
+            let script = cmd("EVAL")
+                .arg("return redis.call('MGET', KEYS[1], KEYS[2])")
+                .arg(2)
+                .arg(a)
+                .arg(b);
+            client.query::<Vec<String>>(script).await
+        })
+    };
+    wait_for_a_retry(&client, before).await;
+    assert!(
+        !both.is_finished(),
+        "still retrying while the slot is split"
+    );
+    local.finish_slot_migration(migration).await.unwrap();
+    assert_eq!(
+        both.await.unwrap().unwrap(),
+        [keys[0].clone(), keys[9].clone()]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_writes_ride_out_tryagain_during_a_migration() {
     let local = cluster(3, 0).await;

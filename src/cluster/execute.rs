@@ -368,7 +368,10 @@ impl Inner {
 
     /// [`classify`] for an error reply to `cmds`: a `MOVED` or `ASK` that none of them
     /// can be answered with ([`plan::may_be_redirected`]: a script's
-    /// `redis.error_reply("MOVED ...")`) is the reply, and the map keeps its routes.
+    /// `redis.error_reply("MOVED ...")`) is the reply, and the map keeps its routes. So
+    /// is a refusal (`TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`) to a script or a
+    /// function in other words than the server's own: the script wrote it, after
+    /// whatever it did, and sent again it would run again.
     pub(crate) fn classify_reply(
         &self,
         error: &ServerError,
@@ -389,7 +392,16 @@ impl Inner {
                 return ErrorAction::Reply;
             }
         }
-        classify(error, reached)
+        let action = classify(error, reached);
+        let refusal = matches!(action, ErrorAction::ClusterDown | ErrorAction::BackOff);
+        if refusal && !servers_own_refusal(error) && cmds.iter().any(runs_a_script) {
+            tracing::debug!(
+                code = error.code(),
+                "a refusal a script or function wrote: returned as the reply"
+            );
+            return ErrorAction::Reply;
+        }
+        action
     }
 
     fn learned_lock(
@@ -1636,6 +1648,38 @@ impl Command {
             self.started,
         );
         result
+    }
+}
+
+/// Whether `command` runs a script or a function, which can answer any error reply it
+/// likes (`redis.error_reply`).
+fn runs_a_script(command: &Cmd) -> bool {
+    const SCRIPTS: [&[u8]; 6] = [
+        b"EVAL",
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ];
+    let name = command.name();
+    SCRIPTS.iter().any(|s| name.eq_ignore_ascii_case(s))
+}
+
+/// Whether a refusal is in the server's own words (Redis 7), not a script's that reuses
+/// its code: only the server's says the command did not run.
+pub(crate) fn servers_own_refusal(error: &ServerError) -> bool {
+    let message = error.message();
+    match error.code() {
+        "TRYAGAIN" => message.starts_with("Multiple keys request during rehashing of slot"),
+        "CLUSTERDOWN" => {
+            message.starts_with("The cluster is down")
+                || message.starts_with("Hash slot not served")
+        }
+        "LOADING" => message.starts_with("Redis is loading"),
+        "MASTERDOWN" => message.starts_with("Link with MASTER is down"),
+        // `MOVED x ?:port` (a target not known yet): the redirect check decides.
+        _ => true,
     }
 }
 

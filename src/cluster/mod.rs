@@ -716,7 +716,9 @@ fn into_result<T: FromValue>(value: Value) -> Result<T> {
 /// [`Error::Server`].
 pub(crate) fn reply_error(e: crate::ServerError) -> Error {
     let unknown_host = crate::slot::parse_redirect(&e, "").is_some_and(|r| r.host_unknown());
-    if e.code() == "CLUSTERDOWN" {
+    // A script's `redis.error_reply("CLUSTERDOWN ...")` is its reply, not the cluster's
+    // word that nothing ran.
+    if e.code() == "CLUSTERDOWN" && execute::servers_own_refusal(&e) {
         Error::ClusterDown(e.message().to_string())
     } else if unknown_host {
         // A redirect to a node whose address no node could give yet (`MOVED 5 ?:6379`)
