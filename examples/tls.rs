@@ -67,8 +67,10 @@ async fn connect() -> redcluster::Result<(ClusterClient, Option<LocalCluster>)> 
             .split(',')
             .map(|s| s.trim().trim_start_matches("rediss://"))
             .all(|s| s.starts_with("127.0.0.1:") || s.starts_with("localhost:"));
-        if local {
-            // docker/: redis-cluster-N:6380 is published as 127.0.0.1:645N.
+        // A map the user gave (`REDIS_ADDRESS_REMAP`) is theirs; without one, the
+        // docker/ prod cluster's: redis-cluster-N:6380 is published as 127.0.0.1:645N.
+        let remapped = std::env::var_os("REDIS_ADDRESS_REMAP").is_some();
+        if local && !remapped {
             builder = builder.address_remap(AddressRemap::from_map((0..6).map(|n| {
                 (
                     format!("redis-cluster-{n}:6380"),
