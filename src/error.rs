@@ -162,7 +162,8 @@ impl Error {
     ///
     /// True for failures that happened before the request could have reached the server
     /// and for cluster states that clear up by themselves (`TRYAGAIN`, `CLUSTERDOWN`,
-    /// `LOADING`, `MASTERDOWN`). Requests whose outcome is unknown are not retryable
+    /// `LOADING`, `MASTERDOWN`, in the server's words: a script that answers
+    /// `redis.error_reply("TRYAGAIN ...")` ran). Requests whose outcome is unknown are not retryable
     /// unless the command is idempotent, which the caller (or the cluster layer) decides.
     ///
     /// ```
@@ -174,10 +175,13 @@ impl Error {
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Server(e) => matches!(
-                e.code(),
-                "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "MOVED" | "ASK"
-            ),
+            // A refusal in other words than the server's is a script's reply (it ran).
+            Error::Server(e) => {
+                matches!(
+                    e.code(),
+                    "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "MOVED" | "ASK"
+                ) && crate::policy::servers_own_refusal(e)
+            }
             Error::ClusterDown(_) | Error::CircuitOpen { .. } => true,
             Error::Io {
                 may_have_executed, ..

@@ -282,7 +282,7 @@ impl Pipeline {
     /// # Ok(()) }
     /// ```
     pub fn expire<K: ToArg>(&mut self, key: K, ttl: std::time::Duration) -> &mut Self {
-        let ms = crate::cluster::commands::ttl_millis(ttl);
+        let ms = crate::cmd::ttl_millis(ttl);
         self.typed("PEXPIRE", |c| c.arg(key).arg(ms))
     }
 

@@ -63,7 +63,7 @@ impl ClusterClient {
     /// ```
     pub async fn set_ex<K: ToArg, V: ToArg>(&self, key: K, value: V, ttl: Duration) -> Result<()> {
         // `SET ... PX 0` is refused: a zero TTL is the shortest there is.
-        let ms = ttl_millis(ttl).max(1);
+        let ms = crate::cmd::ttl_millis(ttl).max(1);
         self.query(cmd("SET").arg(key).arg(value).arg("PX").arg(ms))
             .await
     }
@@ -201,7 +201,7 @@ impl ClusterClient {
     /// # Ok(()) }
     /// ```
     pub async fn expire<K: ToArg>(&self, key: K, ttl: Duration) -> Result<bool> {
-        let ms = ttl_millis(ttl);
+        let ms = crate::cmd::ttl_millis(ttl);
         self.query(cmd("PEXPIRE").arg(key).arg(ms)).await
     }
 
@@ -934,25 +934,5 @@ impl ClusterClient {
     /// ```
     pub async fn spublish<C: ToArg, M: ToArg>(&self, channel: C, message: M) -> Result<i64> {
         self.query(cmd("SPUBLISH").arg(channel).arg(message)).await
-    }
-}
-
-/// A TTL in the whole milliseconds the server takes, rounded up: a TTL is never cut
-/// short (500 us sent as 0 would delete the key at once). Saturates at `u64::MAX`.
-pub(crate) fn ttl_millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_ttl_is_rounded_up_to_whole_milliseconds() {
-        assert_eq!(ttl_millis(Duration::ZERO), 0);
-        assert_eq!(ttl_millis(Duration::from_micros(500)), 1);
-        assert_eq!(ttl_millis(Duration::from_micros(1_000_500)), 1001);
-        assert_eq!(ttl_millis(Duration::from_secs(600)), 600_000);
-        assert_eq!(ttl_millis(Duration::MAX), u64::MAX);
     }
 }

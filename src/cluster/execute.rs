@@ -24,7 +24,10 @@ use crate::cmd::{self, cmd, Cmd};
 use crate::conn::{Answer, Cmds, NodeConnection, Outcome, Queued, Replies};
 use crate::error::{Error, Result, ServerError};
 use crate::observe::metrics::{self as metrics, InFlight, RetryReason, Status};
-use crate::policy::{classify, replica_cannot_serve, Backoff, ErrorAction, Transition};
+use crate::policy::{
+    classify, replica_cannot_serve, runs_a_script, servers_own_refusal, Backoff, ErrorAction,
+    Transition,
+};
 use crate::resp::Value;
 use crate::slot::Redirect;
 use crate::topology::RefreshTrigger;
@@ -798,8 +801,9 @@ impl Inner {
             let Some(error) = error else {
                 return Ok(reply);
             };
+            // Cannot happen: what `into_cmds` made, `recover` takes apart.
             let Some(returned) = kind.recover(answer.cmds, asking) else {
-                return attempts.refused(reply);
+                return Ok(reply);
             };
             let action = self.classify_reply(&error, &node.addr, returned.cmds());
             payload = Some(returned);
@@ -1355,7 +1359,16 @@ impl Inner {
             let (nodes, whole) = {
                 let routes = self.routes.load();
                 let nodes = match to {
-                    FanOutTo::Primaries => routes.map.primaries(),
+                    FanOutTo::Primaries => {
+                        // A primary with no slot too (a master being filled by a
+                        // migration holds keys already), but not one `MOVED` patches
+                        // emptied since the last refresh: failed over, dead or a replica.
+                        let serving = routes.map.serving_primaries();
+                        let served_before = self.signal.serving_in_last_view();
+                        let mut primaries = routes.map.primaries();
+                        primaries.retain(|p| serving.contains(p) || !served_before.contains(p));
+                        primaries
+                    }
                     FanOutTo::AllNodes => routes.map.nodes(),
                 };
                 let whole = !combine.needs_every_slot() || routes.map.covers_every_slot();
@@ -1648,38 +1661,6 @@ impl Command {
             self.started,
         );
         result
-    }
-}
-
-/// Whether `command` runs a script or a function, which can answer any error reply it
-/// likes (`redis.error_reply`).
-fn runs_a_script(command: &Cmd) -> bool {
-    const SCRIPTS: [&[u8]; 6] = [
-        b"EVAL",
-        b"EVALSHA",
-        b"EVAL_RO",
-        b"EVALSHA_RO",
-        b"FCALL",
-        b"FCALL_RO",
-    ];
-    let name = command.name();
-    SCRIPTS.iter().any(|s| name.eq_ignore_ascii_case(s))
-}
-
-/// Whether a refusal is in the server's own words (Redis 7), not a script's that reuses
-/// its code: only the server's says the command did not run.
-pub(crate) fn servers_own_refusal(error: &ServerError) -> bool {
-    let message = error.message();
-    match error.code() {
-        "TRYAGAIN" => message.starts_with("Multiple keys request during rehashing of slot"),
-        "CLUSTERDOWN" => {
-            message.starts_with("The cluster is down")
-                || message.starts_with("Hash slot not served")
-        }
-        "LOADING" => message.starts_with("Redis is loading"),
-        "MASTERDOWN" => message.starts_with("Link with MASTER is down"),
-        // `MOVED x ?:port` (a target not known yet): the redirect check decides.
-        _ => true,
     }
 }
 

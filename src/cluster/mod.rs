@@ -7,7 +7,7 @@
 //! the cluster looks like), none of which do I/O.
 
 mod batch;
-pub(crate) mod commands;
+mod commands;
 mod config;
 mod dedicated;
 mod doctor;
@@ -718,7 +718,7 @@ pub(crate) fn reply_error(e: crate::ServerError) -> Error {
     let unknown_host = crate::slot::parse_redirect(&e, "").is_some_and(|r| r.host_unknown());
     // A script's `redis.error_reply("CLUSTERDOWN ...")` is its reply, not the cluster's
     // word that nothing ran.
-    if e.code() == "CLUSTERDOWN" && execute::servers_own_refusal(&e) {
+    if e.code() == "CLUSTERDOWN" && crate::policy::servers_own_refusal(&e) {
         Error::ClusterDown(e.message().to_string())
     } else if unknown_host {
         // A redirect to a node whose address no node could give yet (`MOVED 5 ?:6379`)

@@ -161,7 +161,7 @@ pub(crate) struct Node {
 
 /// A request the node's breaker let through ([`Node::admit`]), held until its outcome is
 /// recorded. A half-open breaker's probe that ends with nothing said about the node
-/// (refused before it was sent, its connection refused for credentials, its own
+/// (refused before it was sent, a TLS certificate that does not verify, its own
 /// deadline run out while it waited, another request's report of the same failure, or
 /// its caller dropping it part way) records nothing; dropped, this frees the breaker
 /// for the next probe, which would otherwise wait out the probe timeout (up to 10 s)
@@ -279,15 +279,17 @@ impl Node {
     /// Reports a request's outcome: `None` when the node answered (error replies
     /// included), the error when the connection failed or the request timed out.
     ///
-    /// An error that is no sign of the node's health (rejected credentials, a TLS
-    /// certificate that does not verify, a refused configuration) is kept as the node's
-    /// last failure for health reports, but left out of its breaker: an open breaker
-    /// would answer `CircuitOpen`, hiding the cause, and retrying would not change it.
+    /// An error that is no sign of the node's health (a TLS certificate that does not
+    /// verify, a refused configuration) is kept as the node's last failure for health
+    /// reports, but left out of its breaker: an open breaker would answer `CircuitOpen`,
+    /// hiding the cause, and retrying would not change it.
     ///
-    /// Refused credentials are the node answering: for its breaker, as good as a reply.
-    /// Left out, a probe that met them freed the half-open breaker for the next probe,
-    /// which met them too: the breaker never closed, requests meanwhile got
-    /// `CircuitOpen`, and each probe connected at once, past the reconnect backoff.
+    /// Refused credentials ([`Error::Auth`]: the node's refusal, or a credentials
+    /// provider's failure once the node accepted the connection) count as the node
+    /// answering, as good as a reply. Left out, a probe that met them freed the
+    /// half-open breaker for the next probe, which met them too: the breaker never
+    /// closed, requests meanwhile got `CircuitOpen`, and each probe connected at once,
+    /// past the reconnect backoff.
     pub(crate) fn record(&self, failure: Option<&Error>) -> Option<Transition> {
         if failure.is_none() && self.quiet.load(Ordering::Acquire) {
             return None;

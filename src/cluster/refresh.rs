@@ -202,6 +202,14 @@ impl RefreshSignal {
     }
 
     /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
+    /// The primaries that served slots in the last view installed (none before one).
+    pub(crate) fn serving_in_last_view(&self) -> Vec<Arc<str>> {
+        lock(&self.last_view)
+            .as_ref()
+            .map(SlotMap::serving_primaries)
+            .unwrap_or_default()
+    }
+
     fn failed_lately(&self) -> bool {
         self.last_failure.within(SETTLE_WINDOW)
     }

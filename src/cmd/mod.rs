@@ -456,9 +456,27 @@ impl fmt::Write for StackText {
     }
 }
 
+/// A TTL in the whole milliseconds the server takes, rounded up: a TTL is never cut
+/// short (500 us sent as 0 would delete the key at once). Saturates at `u64::MAX`.
+pub(crate) fn ttl_millis(ttl: std::time::Duration) -> u64 {
+    u64::try_from(ttl.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ttl_is_rounded_up_to_whole_milliseconds() {
+        assert_eq!(ttl_millis(std::time::Duration::ZERO), 0);
+        assert_eq!(ttl_millis(std::time::Duration::from_micros(500)), 1);
+        assert_eq!(
+            ttl_millis(std::time::Duration::from_micros(1_000_500)),
+            1001
+        );
+        assert_eq!(ttl_millis(std::time::Duration::from_secs(600)), 600_000);
+        assert_eq!(ttl_millis(std::time::Duration::MAX), u64::MAX);
+    }
 
     #[test]
     fn an_argument_past_4_gib_reads_as_empty_not_out_of_bounds() {

@@ -275,7 +275,7 @@ impl Breaker {
 
     /// Frees the half-open breaker for the next probe when the one let through at
     /// `started` ended with nothing to say about the node (its request was refused
-    /// before it was sent, its connection refused for credentials, its caller gave up):
+    /// before it was sent, a certificate that did not verify, its caller gave up):
     /// otherwise every request would be rejected until the probe timed out. Not a probe
     /// after it, nor one whose outcome was recorded; whether it was released.
     pub(crate) fn release_probe_of(&mut self, started: Instant) -> bool {

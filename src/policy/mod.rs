@@ -9,4 +9,6 @@ pub(crate) use breaker::{Admission, Breaker, Transition};
 pub use breaker::{BreakerState, CircuitBreakerConfig};
 pub(crate) use budget::RetryBudget;
 pub use budget::RetryBudgetConfig;
-pub(crate) use retry::{classify, replica_cannot_serve, Backoff, ErrorAction};
+pub(crate) use retry::{
+    classify, replica_cannot_serve, runs_a_script, servers_own_refusal, Backoff, ErrorAction,
+};

@@ -39,6 +39,39 @@ pub(crate) fn classify(error: &ServerError, reached: &str) -> ErrorAction {
     }
 }
 
+/// Whether `command` runs a script or a function, which can answer any error reply it
+/// likes (`redis.error_reply`).
+pub(crate) fn runs_a_script(command: &crate::cmd::Cmd) -> bool {
+    const SCRIPTS: [&[u8]; 6] = [
+        b"EVAL",
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ];
+    let name = command.name();
+    SCRIPTS.iter().any(|s| name.eq_ignore_ascii_case(s))
+}
+
+/// Whether a refusal is in the server's own words (Redis 7), not a script's that reuses
+/// its code: only the server's says the command did not run.
+pub(crate) fn servers_own_refusal(error: &ServerError) -> bool {
+    let message = error.message();
+    match error.code() {
+        "TRYAGAIN" => message.starts_with("Multiple keys request"),
+        "CLUSTERDOWN" => {
+            message.starts_with("The cluster is down")
+                || message.starts_with("Hash slot not served")
+        }
+        // Redis ("Redis is loading ...") and Valkey ("Valkey is loading ...").
+        "LOADING" => message.contains("is loading the dataset"),
+        "MASTERDOWN" => message.starts_with("Link with MASTER is down"),
+        // `MOVED x ?:port` (a target not known yet): the redirect check decides.
+        _ => true,
+    }
+}
+
 /// Whether a replica's refusal (`LOADING` while it loads a full resync, `MASTERDOWN` when
 /// cut off from its primary under `replica-serve-stale-data no`) may last for minutes:
 /// a read it refused goes to the primary at once instead of waiting for it. (A
@@ -72,6 +105,33 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_in_the_servers_words_are_told_from_a_scripts() {
+        for text in [
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "CLUSTERDOWN The cluster is down and only accepts read commands",
+            "CLUSTERDOWN Hash slot not served",
+            "LOADING Redis is loading the dataset in memory",
+            "LOADING Valkey is loading the dataset in memory",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+        ] {
+            assert!(servers_own_refusal(&ServerError::new(text)), "{text}");
+        }
+        for text in [
+            "TRYAGAIN not now",
+            "CLUSTERDOWN says the script",
+            "LOADING soon",
+        ] {
+            let e = ServerError::new(text);
+            assert!(!servers_own_refusal(&e), "{text}");
+            assert!(!crate::Error::Server(e).is_retryable(), "{text}");
+        }
+        assert!(runs_a_script(&crate::cmd::cmd("fcall_ro")));
+        assert!(!runs_a_script(&crate::cmd::cmd("GET")));
+    }
 
     #[test]
     fn error_table() {

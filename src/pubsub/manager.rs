@@ -70,6 +70,15 @@ pub(crate) fn is_node_local(kind: Kind, channel: &[u8]) -> bool {
     }
 }
 
+/// Whether a node's refusal of a (un)subscribe passes: asked again later, it may be
+/// taken (a script running, the cluster or the slot in transition, a node loading).
+fn passing_refusal(e: &ServerError) -> bool {
+    matches!(
+        e.code(),
+        "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "BUSY"
+    )
+}
+
 /// The key of `channel`'s subscription of `kind` on a link to `addr`.
 fn key_at(kind: Kind, channel: Bytes, addr: &Arc<str>) -> Key {
     let node = is_node_local(kind, &channel).then(|| Arc::clone(addr));
@@ -486,11 +495,14 @@ impl Manager {
                         subscribe: false,
                         remaining,
                     } => {
-                        // `MOVED`: the slot went, and the server dropped the subscription
-                        // then (it said so with a `sunsubscribe`). Any other refusal
-                        // leaves it in place, to be asked again. Either way the caller
-                        // is done: no message of it is delivered from now on.
-                        let still_held = e.code() != "MOVED";
+                        // A passing refusal (`BUSY` while a script runs, `CLUSTERDOWN`,
+                        // ...) leaves the subscription in place, to be asked again. Not
+                        // `MOVED` (the slot went, and the server dropped it then, saying
+                        // so with a `sunsubscribe`), nor one for good (`NOPERM`, a
+                        // renamed command: asking again would only fill the ACL log).
+                        // Either way the caller is done: no message of it is delivered
+                        // from now on.
+                        let still_held = passing_refusal(&e);
                         for channel in remaining {
                             if let (true, Some(link)) = (still_held, self.links.get_mut(&id)) {
                                 link.unsubscribe_again.push((kind, channel.clone()));
@@ -618,12 +630,7 @@ impl Manager {
         let parsed = parse_redirect(e, &addr);
         let unknown_host = parsed.as_ref().is_some_and(Redirect::host_unknown);
         let redirect = parsed.filter(|_| !unknown_host);
-        let retry = redirect.is_some()
-            || unknown_host
-            || matches!(
-                e.code(),
-                "TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "MASTERDOWN" | "BUSY"
-            );
+        let retry = redirect.is_some() || unknown_host || passing_refusal(e);
         let error = Error::Server(e.clone());
         let together = channels.len() > 1;
         let (mut split, mut lost) = (false, Vec::new());

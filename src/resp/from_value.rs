@@ -257,18 +257,16 @@ impl<T: FromValue> FromValue for Vec<T> {
             _ => {}
         }
         if T::PAIR {
-            let is_flat = |items: &[Value]| {
-                items.len() % 2 == 0
-                    && items.iter().all(|v| {
-                        !matches!(
-                            v,
-                            Value::Array(_) | Value::Set(_) | Value::Map(_) | Value::Push(_)
-                        )
-                    })
+            // Pairs already (RESP3's `ZRANGE ... WITHSCORES`: an array of two-element
+            // arrays), or keys and values one after another (RESP2), values nested or not.
+            let already_pairs = |items: &[Value]| {
+                items
+                    .iter()
+                    .all(|v| matches!(v, Value::Array(pair) if pair.len() == 2))
             };
             let pairs = match value {
                 Value::Map(pairs) => pairs,
-                Value::Array(items) if is_flat(&items) => {
+                Value::Array(items) if items.len() % 2 == 0 && !already_pairs(&items) => {
                     let mut it = items.into_iter();
                     std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
                 }
@@ -450,6 +448,10 @@ mod tests {
             Value::Array(vec![bulk("b"), Value::Double(2.0)]),
         ]);
         assert_eq!(Vec::<(String, f64)>::from_value(nested).unwrap(), want);
+        // Values nested in a flat array (RESP2's `XINFO STREAM`), as in a map.
+        let nested_values = Value::Array(vec![bulk("k"), Value::Array(vec![bulk("x")])]);
+        let got = Vec::<(String, Vec<String>)>::from_value(nested_values).unwrap();
+        assert_eq!(got, [("k".to_string(), vec!["x".to_string()])]);
         let odd = Value::Array(vec![bulk("a"), bulk("1.5"), bulk("b")]);
         assert!(matches!(
             Vec::<(String, f64)>::from_value(odd),

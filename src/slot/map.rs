@@ -166,6 +166,22 @@ impl SlotMap {
         self.shards.iter().map(|s| Arc::clone(&s.primary)).collect()
     }
 
+    /// The primaries that serve at least one slot.
+    pub(crate) fn serving_primaries(&self) -> Vec<Arc<str>> {
+        let mut serving = vec![false; self.shards.len()];
+        for &s in self.slots.iter() {
+            if let Some(it) = serving.get_mut(usize::from(s)) {
+                *it = true;
+            }
+        }
+        self.shards
+            .iter()
+            .zip(serving)
+            .filter(|(_, serving)| *serving)
+            .map(|(s, _)| Arc::clone(&s.primary))
+            .collect()
+    }
+
     /// [`SlotMap::move_slot`] on a copy.
     #[cfg(test)]
     pub(crate) fn with_moved(&self, slot: u16, addr: &str) -> SlotMap {
@@ -270,5 +286,11 @@ mod tests {
         assert_eq!(&**next.primary(7).unwrap(), "new:1");
         assert_eq!(next.shards().len(), 3);
         assert_eq!(next.primaries().len(), 3);
+        // A shard the patches emptied is still listed, serving nothing.
+        let emptied = next.with_moved(6, "b:1");
+        let emptied = (0..=100).fold(emptied, |map, slot| map.with_moved(slot, "b:1"));
+        assert_eq!(emptied.primaries().len(), 3);
+        let serving = emptied.serving_primaries();
+        assert!(!serving.iter().any(|p| &**p == "a:1"), "{serving:?}");
     }
 }

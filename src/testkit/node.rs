@@ -548,36 +548,29 @@ pub(crate) fn tail(path: &Path, lines: usize, secrets: &ConfSecrets) -> String {
     tail_from(path, 0, lines, secrets)
 }
 
+/// What a node's log holds from byte `offset` on (all of it if the file is now shorter:
+/// it was replaced).
+fn log_from(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+    let mut file = fs::File::open(path)?;
+    if file.metadata()?.len() >= offset {
+        file.seek(io::SeekFrom::Start(offset))?;
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Whether the log written from `offset` says the port was taken.
+fn port_taken_in_log(path: &Path, offset: u64) -> bool {
+    const TAKEN: &[u8] = b"Address already in use";
+    log_from(path, offset).is_ok_and(|bytes| bytes.windows(TAKEN.len()).any(|w| w == TAKEN))
+}
+
 /// The last `lines` lines of what a node's log holds from byte `offset` on (all of it if
 /// the file is now shorter: it was replaced), without `secrets`, or a note saying why
 /// there are none.
-/// Whether the log written from `offset` says the port was taken.
-fn port_taken_in_log(path: &Path, offset: u64) -> bool {
-    let read = || {
-        let mut file = fs::File::open(path)?;
-        file.seek(io::SeekFrom::Start(offset))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok::<_, io::Error>(bytes)
-    };
-    read().is_ok_and(|bytes| {
-        bytes
-            .windows(b"Address already in use".len())
-            .any(|w| w == b"Address already in use")
-    })
-}
-
 fn tail_from(path: &Path, offset: u64, lines: usize, secrets: &ConfSecrets) -> String {
-    let read = || {
-        let mut file = fs::File::open(path)?;
-        if file.metadata()?.len() >= offset {
-            file.seek(io::SeekFrom::Start(offset))?;
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        Ok::<_, io::Error>(bytes)
-    };
-    match read() {
+    match log_from(path, offset) {
         Ok(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
             let all: Vec<&str> = text.lines().collect();
