@@ -755,6 +755,10 @@ pub(crate) fn evaluate(
     view: Option<&View>,
     client: ClientSide,
 ) -> DoctorReport {
+    // One order, by address, whatever the routing snapshot's (which follows a node's
+    // own listing of its shards): the same cluster gives the same report, line for line.
+    let mut nodes: Vec<&NodeFacts> = nodes.iter().collect();
+    nodes.sort_by(|a, b| a.addr.cmp(&b.addr));
     let reached: Vec<(&str, &Answers)> = nodes
         .iter()
         .filter_map(|n| Some((n.addr.as_str(), n.answers.as_ref().ok()?)))
@@ -764,7 +768,7 @@ pub(crate) fn evaluate(
         per_node(reached.iter().map(|(addr, a)| f(addr, a)).collect())
     };
     let mut checks = Vec::new();
-    checks.extend(per_node(nodes.iter().map(reachable).collect()));
+    checks.extend(per_node(nodes.iter().copied().map(reachable).collect()));
     checks.extend(each(&cluster_state));
     match view {
         Some(view) => {
@@ -2078,7 +2082,12 @@ mod tests {
             client.tls,
             &|a| a.to_owned(),
         );
-        evaluate(&nodes, view.as_ref(), client)
+        let report = evaluate(&nodes, view.as_ref(), client);
+        // The nodes' order (the routing snapshot's) changes nothing.
+        let mut reversed = nodes;
+        reversed.reverse();
+        assert_eq!(evaluate(&reversed, view.as_ref(), client), report);
+        report
     }
 
     /// Replaces (or adds) `name:value` in the node's `INFO`.
