@@ -326,15 +326,14 @@ impl Inner {
         while redirects <= self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
-                None => match self.pick(&target, false) {
-                    Ok(node) => node,
-                    // No owner yet: wait for the refresh that asks.
-                    Err(e) => {
-                        self.wait_retry(&backoff, &mut retries, lease_deadline, e)
-                            .await?;
-                        continue;
+                None => {
+                    let picked =
+                        self.pick_or_wait(&target, false, &backoff, &mut retries, lease_deadline);
+                    match picked.await? {
+                        Some(node) => node,
+                        None => continue,
                     }
-                },
+                }
             };
             landing.at(&node);
             let admitted = self
@@ -450,14 +449,13 @@ impl Inner {
         loop {
             let node = match &moved_to {
                 Some(addr) => self.registry.get(addr, false),
-                None => match self.pick(&target, true) {
-                    Ok(node) => node,
-                    // No owner yet: wait for the refresh that asks.
-                    Err(e) => {
-                        self.wait_retry(&backoff, &mut retries, deadline, e).await?;
-                        continue;
+                None => {
+                    let picked = self.pick_or_wait(&target, true, &backoff, &mut retries, deadline);
+                    match picked.await? {
+                        Some(node) => node,
+                        None => continue,
                     }
-                },
+                }
             };
             landing.at(&node);
             let admitted = self
@@ -669,6 +667,27 @@ impl Durability {
 }
 
 impl Inner {
+    /// The node `target` routes to (a primary when `primary_only`), or `None` when no
+    /// owner is known yet (before a lazy client's discovery, a failed primary's slots
+    /// before the promotion), after a wait for the refresh that asks: a retry, within
+    /// `deadline`. The rule of every dedicated path, as of the shared one.
+    async fn pick_or_wait(
+        &self,
+        target: &Target,
+        primary_only: bool,
+        backoff: &crate::policy::Backoff,
+        retries: &mut u32,
+        deadline: Instant,
+    ) -> Result<Option<Arc<Node>>> {
+        match self.pick(target, primary_only) {
+            Ok(node) => Ok(Some(node)),
+            Err(e) => {
+                self.wait_retry(backoff, retries, deadline, e).await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Admits a request to `node` through its breaker and leases one of its dedicated
     /// connections, for `send_blocking`, `watch` and `send_durable`. `Ok(None)` when the
     /// request should try again, after the backoff this waited: the breaker is open but
@@ -737,17 +756,14 @@ impl Inner {
         while redirects <= self.config.max_redirects {
             let node = match &redirect {
                 Some(r) => self.registry.get(&self.remap(r.addr()), false),
-                None => match self.pick(&target, true) {
-                    Ok(node) => node,
-                    // No owner yet (before a lazy client's discovery, a failed primary's
-                    // slots before the promotion): wait for the refresh that asks, as
-                    // every other path does.
-                    Err(e) => {
-                        self.wait_retry(&backoff, &mut retries, lease_deadline, e)
-                            .await?;
-                        continue;
+                None => {
+                    let picked =
+                        self.pick_or_wait(&target, true, &backoff, &mut retries, lease_deadline);
+                    match picked.await? {
+                        Some(node) => node,
+                        None => continue,
                     }
-                },
+                }
             };
             landing.at(&node);
             let redirected = redirect.is_some();

@@ -201,7 +201,6 @@ impl RefreshSignal {
         });
     }
 
-    /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
     /// The primaries that served slots in the last view installed (none before one).
     pub(crate) fn serving_in_last_view(&self) -> Vec<Arc<str>> {
         lock(&self.last_view)
@@ -210,6 +209,7 @@ impl RefreshSignal {
             .unwrap_or_default()
     }
 
+    /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
     fn failed_lately(&self) -> bool {
         self.last_failure.within(SETTLE_WINDOW)
     }
