@@ -373,34 +373,28 @@ impl Inner {
         Box::pin(self.run_batch(node, entries, deadline, redirects, asking))
     }
 
-    /// For [`Inner::run_batch`]: per slot, the place of the last of `replies` that the
-    /// node served (an answer, not a refusal or a redirect) to `cmds`; `None` when no
-    /// reply is an error, so that none was refused.
-    fn last_served(
+    /// For [`Inner::run_batch`]: what each error reply of `replies` (to `cmds`, from
+    /// `reached`) asks for, by place ([`Inner::classify_reply`]; `None` for a reply that
+    /// is no error), read once for the batch; `None` when no reply is an error.
+    fn classify_replies(
         &self,
-        meta: &[Meta],
         cmds: &[Cmd],
         replies: &[Value],
         reached: &str,
-    ) -> Option<HashMap<u16, usize>> {
+    ) -> Option<Vec<Option<ErrorAction>>> {
         if !replies.iter().any(|r| matches!(r, Value::ServerError(_))) {
             return None;
         }
-        let mut served = HashMap::new();
-        let answered = meta.iter().zip(replies).zip(cmds).enumerate();
-        for (position, ((meta, reply), command)) in answered {
-            let refused = match reply {
+        let actions = replies
+            .iter()
+            .zip(cmds)
+            .map(|(reply, command)| match reply {
                 Value::ServerError(e) => {
-                    self.classify_reply(e, reached, std::slice::from_ref(command))
-                        != ErrorAction::Reply
+                    Some(self.classify_reply(e, reached, std::slice::from_ref(command)))
                 }
-                _ => false,
-            };
-            if !refused {
-                served.insert(meta.slot, position);
-            }
-        }
-        Some(served)
+                _ => None,
+            });
+        Some(actions.collect())
     }
 
     /// Writes one node's share of a pipeline at once (with `asking`, each command after
@@ -511,12 +505,20 @@ impl Inner {
             Ok(replies) => (replies, None),
             Err(e) => (received, Some(e)),
         };
+        let mut actions = self.classify_replies(&cmds, &replies, &node.addr);
         // Per slot, the place of its last command the node served (an answer, not a
         // refusal): a refused command before it is not resent, as it would run after
         // it (a node whose state changed between two reads of the batch: `CLUSTERDOWN`
         // for `SET k 1`, then `OK` for `SET k 2`). Looked for only when some reply is
         // an error.
-        let last_served = self.last_served(&meta, &cmds, &replies, &node.addr);
+        let last_served: Option<HashMap<u16, usize>> = actions.as_ref().map(|actions| {
+            let served =
+                |action: &Option<ErrorAction>| matches!(action, None | Some(ErrorAction::Reply));
+            (meta.iter().zip(actions).enumerate())
+                .filter(|(_, (_, action))| served(action))
+                .map(|(position, (meta, _))| (meta.slot, position))
+                .collect()
+        });
         // `MOVED` targets, taken in at once after the replies: a pipeline's share of a
         // moved shard is thousands of them, and each would make a new slot map.
         let mut moves: Vec<(u16, String)> = Vec::new();
@@ -537,7 +539,14 @@ impl Inner {
                     (ErrorAction::BackOff, Duration::ZERO)
                 }
                 Value::ServerError(e) => {
-                    match self.classify_reply(e, &node.addr, std::slice::from_ref(&command)) {
+                    // Read once for the batch, above (always there for an error reply).
+                    let action = actions
+                        .as_mut()
+                        .and_then(|actions| actions.get_mut(position)?.take())
+                        .unwrap_or_else(|| {
+                            self.classify_reply(e, &node.addr, std::slice::from_ref(&command))
+                        });
+                    match action {
                         action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
                             if matches!(action, ErrorAction::ClusterDown) {
                                 self.signal
