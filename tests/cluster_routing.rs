@@ -1656,6 +1656,27 @@ async fn a_script_rides_out_the_servers_refusals_but_not_its_own() {
         let n: i64 = client.get(counted).await.unwrap();
         assert_eq!(n, i as i64 + 1, "{text}: the script ran once");
     }
+    // A keyless one (any primary runs it) answering `READONLY`, which from the server
+    // says it went to a primary a failover demoted and did not run: sent once.
+    let masters = local.masters().await.unwrap();
+    let evals = || async {
+        let mut n = 0;
+        for &m in &masters {
+            n += calls(&local, m, "eval").await;
+        }
+        n
+    };
+    let before = evals().await;
+    let text = "READONLY says the script";
+    let script = cmd("EVAL")
+        .arg(format!("return redis.error_reply('{text}')"))
+        .arg(0);
+    let r = client.query::<Value>(script).await;
+    assert!(
+        r.as_ref().is_err_and(|e| e.to_string().contains(text)),
+        "{r:?}"
+    );
+    assert_eq!(evals().await, before + 1, "{text}: sent once");
     // The server's own TRYAGAIN: two keys, one of them moved on.
     let before = client.stats();
     let both = {

@@ -966,7 +966,14 @@ async fn slow_node_client(
 /// during the next one's wait (late replies are no progress). The slow command, and the
 /// node's address.
 async fn open_the_breaker_of_a_slow_node(client: &ClusterClient) -> (redcluster::Cmd, String) {
-    let key = "slow:{a}";
+    open_the_breaker_of_the_node_of(client, "slow:{a}").await
+}
+
+/// [`open_the_breaker_of_a_slow_node`] for the node of `key`.
+async fn open_the_breaker_of_the_node_of(
+    client: &ClusterClient,
+    key: &str,
+) -> (redcluster::Cmd, String) {
     let node = client.node_for_key(key.as_bytes()).unwrap();
     let slow = cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(300_000);
     for _ in 0..2 {
@@ -998,6 +1005,50 @@ async fn a_keyless_command_passes_over_a_primary_whose_breaker_is_open() {
         assert!(matches!(r, Ok(1)), "{i}: {r:?}");
     }
     assert_eq!(client.stats().retries, 0);
+}
+
+/// With every primary's breaker open, a keyless command fails at once with
+/// `CircuitOpen`, as a keyed one does. It went from one open primary to the next as if
+/// the topology routed it elsewhere, waiting a backoff and spending a retry of the
+/// client's budget each time, until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyless_command_fails_fast_when_every_primary_breaker_is_open() {
+    let local = never_failing_over().await;
+    // No refresh: one that an opening breaker asks for would reach the next node
+    // while its slow script holds it, and its answer there, in time, would keep that
+    // script's timeout from counting (the node answered).
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(200))
+        .health_check_interval(None)
+        .refresh_min_interval(Duration::from_secs(3600))
+        .circuit_breaker(
+            CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_secs(30)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let mut opened = Vec::new();
+    for i in 0..1000 {
+        let key = format!("slow:{{{i}}}");
+        let node = client.node_for_key(key.as_bytes()).unwrap();
+        if !opened.contains(&node) {
+            open_the_breaker_of_the_node_of(&client, &key).await;
+            opened.push(node);
+        }
+        if opened.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(opened.len(), 3, "three primaries");
+    let retries = client.stats().retries;
+    let r = client
+        .query::<i64>(cmd("EVAL").arg("return 1").arg(0))
+        .await;
+    assert!(matches!(r, Err(Error::CircuitOpen { .. })), "{r:?}");
+    assert_eq!(client.stats().retries, retries, "no retry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

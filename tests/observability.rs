@@ -478,6 +478,30 @@ fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
         assert_eq!(n, 1);
         assert_eq!(client.stats().moved, moved_before + 2);
 
+        // A WATCH the slot's owner refuses with `CLUSTERDOWN` (the slot taken from it)
+        // is retried as `cluster_down`, not `no_route` (the client knew a route).
+        let down = "{obs-down}:k";
+        let owner = support::owner_index(&local, &client, down);
+        let owner_conn = local.connect_node(owner).await.unwrap();
+        let slot = i64::from(key_slot(down.as_bytes()));
+        let deleted: Value = owner_conn
+            .send(cmd("CLUSTER").arg("DELSLOTS").arg(slot))
+            .await
+            .unwrap();
+        assert!(
+            matches!(&deleted, Value::Simple(ok) if &ok[..] == b"OK"),
+            "{deleted:?}"
+        );
+        let watched = client
+            .with_response_timeout(Duration::from_millis(500))
+            .watch([down])
+            .await;
+        assert!(
+            matches!(watched, Err(redcluster::Error::ClusterDown(_))),
+            "{:?}",
+            watched.err()
+        );
+
         let metrics = collect(&snapshotter);
         let total = "redis_commands_total";
         for master in local.masters().await.unwrap() {
@@ -536,6 +560,15 @@ fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
         assert_eq!(
             sum(&metrics, "redis_redirects_total", &[("kind", "moved")]),
             client.stats().moved
+        );
+        let retries = "redis_retries_total";
+        assert!(
+            sum(&metrics, retries, &[("reason", "cluster_down")]) >= 1,
+            "{:?}",
+            metrics
+                .iter()
+                .filter(|m| m.name == retries)
+                .collect::<Vec<_>>()
         );
         assert_no_label_contains(&metrics, &["obs-", "secret"]);
     });

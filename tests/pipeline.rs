@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use redcluster::{cmd, key_slot, ClusterClient, Error, ServerError, Value};
@@ -942,6 +942,41 @@ async fn pipelines_and_transactions_convert_their_replies_to_one_typed_value() {
         .await
         .unwrap();
     assert_eq!(scored, [("m".to_string(), 1.5)]);
+    // The map types read the same reply (pairs over RESP3, flat over RESP2), an odd
+    // number of members too; a whole score reads as an integer over both.
+    client
+        .query::<()>(cmd("ZADD").arg("{acct}:z").arg(2).arg("n").arg(5).arg("o"))
+        .await
+        .unwrap();
+    let with_scores = || {
+        cmd("ZRANGE")
+            .arg("{acct}:z")
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+    };
+    let resp2 = ClusterClient::builder()
+        .nodes(local.seeds())
+        .protocol(redcluster::Protocol::Resp2)
+        .build()
+        .await
+        .unwrap();
+    for (protocol, client) in [("resp3", &client), ("resp2", &resp2)] {
+        let scores: HashMap<String, f64> = client.query(with_scores()).await.unwrap();
+        assert_eq!(scores.len(), 3, "{protocol}");
+        assert_eq!(scores["o"], 5.0, "{protocol}");
+        let sorted: BTreeMap<String, f64> = client.query(with_scores()).await.unwrap();
+        assert_eq!(
+            sorted.keys().collect::<Vec<_>>(),
+            ["m", "n", "o"],
+            "{protocol}"
+        );
+        let score: i64 = client
+            .query(cmd("ZSCORE").arg("{acct}:z").arg("o"))
+            .await
+            .unwrap();
+        assert_eq!(score, 5, "{protocol}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

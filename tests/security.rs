@@ -100,6 +100,24 @@ async fn requirepass_cluster_connects_discovers_serves_and_fails_over_with_the_p
     let client = ClusterClient::connect([url]).await.unwrap();
     let v: Option<String> = client.get("rp:failover").await.unwrap();
     assert_eq!(v.as_deref(), Some("after-failover"));
+
+    // An empty password in a URL is no password: the first seed's `:@` does not hide
+    // the second seed's (credentials come from the first seed that has them), on RESP2
+    // too, where an empty one would go out as `AUTH ""`.
+    let seeds = [
+        format!("redis://:@{}", local.seeds()[0]),
+        format!("redis://:{PASSWORD}@{}", local.seeds()[1]),
+    ];
+    for protocol in [redcluster::Protocol::Resp3, redcluster::Protocol::Resp2] {
+        let client = ClusterClient::builder()
+            .nodes(&seeds)
+            .protocol(protocol)
+            .build()
+            .await
+            .unwrap();
+        let v: Option<String> = client.get("rp:failover").await.unwrap();
+        assert_eq!(v.as_deref(), Some("after-failover"), "{protocol:?}");
+    }
 }
 
 /// Three primaries, no replicas, `requirepass` set to [`PASSWORD`].

@@ -342,7 +342,7 @@ impl ClusterClientBuilder {
     /// # async fn demo() -> redcluster::Result<()> {
     /// let client = redcluster::ClusterClient::builder()
     ///     .nodes(["127.0.0.1:7000"])
-    ///     .password(std::env::var("REDIS_PASSWORD").unwrap_or_default())
+    ///     .password(std::env::var("REDIS_PASSWORD").expect("REDIS_PASSWORD is set"))
     ///     .build()
     ///     .await?;
     /// # Ok(()) }
@@ -1212,14 +1212,16 @@ fn parse_seed(raw: &str) -> Result<Seed> {
     let hostport = rest.split(['/', '?']).next().unwrap_or("");
     let (mut username, mut password) = (None, None);
     if let Some(userinfo) = userinfo {
-        match userinfo.split_once(':') {
-            Some((u, p)) => {
-                username = Some(percent_decode(u)?).filter(|u| !u.is_empty());
-                password = Some(Secret::new(percent_decode(p)?));
-            }
-            // `redis://secret@host` is a password alone, as redis-cli reads it.
-            None => password = Some(Secret::new(percent_decode(userinfo)?)),
-        }
+        // `redis://secret@host` is a password alone, as redis-cli reads it.
+        let (user, secret) = userinfo.split_once(':').unwrap_or(("", userinfo));
+        username = Some(percent_decode(user)?).filter(|u| !u.is_empty());
+        // Empty is unset (`redis://:@host`, `redis://@host`), as the environment's
+        // `REDIS_PASSWORD` is: an empty password would be sent (`AUTH ""` on RESP2,
+        // which a server without a password refuses) and, the first seed's
+        // credentials winning, hide another seed's real one.
+        password = Some(percent_decode(secret)?)
+            .filter(|p| !p.is_empty())
+            .map(Secret::new);
     }
     let addr = seed_address(hostport, raw.contains("://")).map_err(|why| {
         Error::Config(format!(
@@ -1446,6 +1448,14 @@ mod tests {
         assert_eq!(s.username, None);
         let s = parse_seed("redis://[::1]:7000").unwrap();
         assert_eq!(s.addr, "[::1]:7000");
+        for empty in ["redis://:@host:1", "redis://@host:1", "redis://u:@host:1"] {
+            let s = parse_seed(empty).unwrap();
+            assert!(s.password.is_none(), "{empty}");
+        }
+        assert_eq!(
+            parse_seed("redis://u:@h:1").unwrap().username.as_deref(),
+            Some("u")
+        );
         assert!(parse_seed("host").is_err());
         assert!(parse_seed("http://host:1").is_err());
         assert!(parse_seed(":7000").is_err());

@@ -237,14 +237,18 @@ pub(crate) fn block_time(command: &Cmd) -> Option<Duration> {
 impl Inner {
     /// Whether the current slot map sends `target` to another node than `node`: after a
     /// refresh saw a failover, a request refused by `node`'s open breaker goes there.
+    /// A keyless command goes to another primary only if that one takes requests: with
+    /// every primary's breaker open, `pick` names one of them in turn, and the request
+    /// would go round them, a backoff and a retry each, until its deadline.
     pub(crate) fn routed_elsewhere(
         &self,
         node: &Arc<Node>,
         target: &Target,
         primary_only: bool,
     ) -> bool {
-        self.pick(target, primary_only)
-            .is_ok_and(|n| !Arc::ptr_eq(&n, node))
+        self.pick(target, primary_only).is_ok_and(|n| {
+            !Arc::ptr_eq(&n, node) && (!matches!(target, Target::AnyPrimary) || n.takes_requests())
+        })
     }
 
     /// Leases a dedicated connection to `node` within `deadline`; for a `blocking`
@@ -522,8 +526,16 @@ impl Inner {
                         }
                     }
                     moved_to = None;
-                    self.wait_retry(&backoff, &mut retries, deadline, error)
-                        .await?;
+                    // The reply, not the typed error, names the retry's reason:
+                    // `Error::ClusterDown` also stands for "no route" (`no_route`).
+                    let refusal = Error::Server(e.clone());
+                    if self
+                        .wait_retry(&backoff, &mut retries, deadline, refusal)
+                        .await
+                        .is_err()
+                    {
+                        return Err(error);
+                    }
                 }
                 ErrorAction::Reply => return Err(super::reply_error(e.clone())),
             }

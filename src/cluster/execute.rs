@@ -806,6 +806,7 @@ impl Inner {
                 return Ok(reply);
             };
             let action = self.classify_reply(&error, &node.addr, returned.cmds());
+            let refused = crate::policy::refused_before_running(&error, returned.cmds());
             payload = Some(returned);
             match action {
                 // A keyless write (`EVAL ... 0`, `FCALL ... 0`) sent to a primary that a
@@ -815,7 +816,8 @@ impl Inner {
                 ErrorAction::Reply
                     if error.code() == "READONLY"
                         && matches!(target, Target::AnyPrimary)
-                        && !node.read_only =>
+                        && !node.read_only
+                        && refused =>
                 {
                     self.signal.request(RefreshTrigger::Moved);
                     redirect = None;

@@ -44,7 +44,9 @@ pub use scan::{Scan, ScanOptions};
 /// A client for one Redis Cluster.
 ///
 /// Cheap to clone; clones share connections, topology and background tasks. The
-/// background refresh task ends when the last clone is dropped.
+/// background refresh task ends when the last clone is dropped and no
+/// [`Subscriber`](crate::Subscriber) made from it is left (a subscriber keeps the
+/// topology tracking it needs).
 ///
 /// ```no_run
 /// # async fn demo() -> redcluster::Result<()> {
@@ -465,8 +467,10 @@ impl ClusterClient {
     /// # Errors
     ///
     /// [`Error::NotReplicated`] when fewer replicas acknowledged than asked (the write
-    /// did run on the primary); [`Error::Config`] for a command without keys or with
-    /// keys in several slots; otherwise as [`ClusterClient::query`].
+    /// did run on the primary); [`Error::Config`] for a command without keys, or one the
+    /// client would split across slots (`MSET`, `DEL`, ... with keys in several);
+    /// [`Error::CrossSlot`] for other commands with keys in several slots (`RENAME`,
+    /// `SUNIONSTORE`, ...); otherwise as [`ClusterClient::query`].
     ///
     /// # Examples
     ///

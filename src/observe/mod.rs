@@ -54,8 +54,11 @@
 //!   `scan`, which refreshes before each pass over slots it has to scan again). The
 //!   initial discovery of `build` is not counted; with `lazy_connect` the discovery
 //!   runs as a refresh (`uncovered_slot`) and is.
-//! - `reason`: `connection`, `circuit_open`, `no_route`, `cluster_down`, `tryagain`,
-//!   `loading`, `masterdown`, `other`. (A request that timed out is never retried.)
+//! - `reason`: `connection`, `timeout` (connecting timed out, not sent; a request that
+//!   was sent and timed out is never retried), `circuit_open`, `no_route`,
+//!   `cluster_down`, `tryagain`, `loading`, `masterdown`, `other`. A lazy client's
+//!   requests waiting for its first discovery take the reason of the discovery's
+//!   error.
 //! - `state`: `primary`, `replica` (in the current topology), `connected` (with an open
 //!   connection), `breaker_open`.
 //! - `client`: on the three cluster gauges, which client they describe: its

@@ -10,5 +10,6 @@ pub use breaker::{BreakerState, CircuitBreakerConfig};
 pub(crate) use budget::RetryBudget;
 pub use budget::RetryBudgetConfig;
 pub(crate) use retry::{
-    classify, replica_cannot_serve, runs_a_script, servers_own_refusal, Backoff, ErrorAction,
+    classify, refused_before_running, replica_cannot_serve, runs_a_script, servers_own_refusal,
+    Backoff, ErrorAction,
 };

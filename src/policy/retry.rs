@@ -72,6 +72,18 @@ pub(crate) fn servers_own_refusal(error: &ServerError) -> bool {
     }
 }
 
+/// Whether a `READONLY` says the command did not run: always from a command that is no
+/// script, and for a script or function only the server's refusal before running it
+/// (Redis 7: "Can not run script with write flag on readonly replica"). A script
+/// without flags runs on a replica and meets `READONLY` at its first write, after what
+/// came before it (a `PUBLISH`); a script may also write the code itself.
+pub(crate) fn refused_before_running(error: &ServerError, cmds: &[crate::cmd::Cmd]) -> bool {
+    !cmds.iter().any(runs_a_script)
+        || error
+            .message()
+            .starts_with("Can not run script with write flag")
+}
+
 /// Whether a replica's refusal (`LOADING` while it loads a full resync, `MASTERDOWN` when
 /// cut off from its primary under `replica-serve-stale-data no`) may last for minutes:
 /// a read it refused goes to the primary at once instead of waiting for it. (A
@@ -130,6 +142,17 @@ mod tests {
             assert!(!crate::Error::Server(e).is_retryable(), "{text}");
         }
         assert!(runs_a_script(&crate::cmd::cmd("fcall_ro")));
+        let readonly = |text: &str| ServerError::new(text.to_string());
+        let demoted = readonly("READONLY You can't write against a read only replica.");
+        let script_refused =
+            readonly("READONLY Can not run script with write flag on readonly replica");
+        let eval = [crate::cmd::cmd("EVAL")];
+        let publish = [crate::cmd::cmd("PUBLISH")];
+        assert!(refused_before_running(&demoted, &publish));
+        assert!(refused_before_running(&script_refused, &eval));
+        // Met midway through a script (it may have published), or written by it.
+        assert!(!refused_before_running(&demoted, &eval));
+        assert!(!refused_before_running(&readonly("READONLY no"), &eval));
         assert!(!runs_a_script(&crate::cmd::cmd("GET")));
     }
 

@@ -11,16 +11,19 @@ use crate::resp::Value;
 /// A type a reply can be converted into.
 ///
 /// A mismatch (a nil where a `String` was asked for, text where an integer was asked for)
-/// is an [`Error::Type`], never a panic. An error reply anywhere in the value becomes
-/// [`Error::Server`]. `Value` itself converts losslessly, error replies included.
+/// is an [`Error::Type`], never a panic. An error reply where a value of the type
+/// asked for was expected becomes [`Error::Server`]; `Value` itself converts
+/// losslessly, error replies included, so one nested in a container of `Value`s
+/// (`Vec<Value>`, a tuple holding a `Value`) stays there as data.
 ///
 /// Implemented for [`Value`], `String`, `Vec<u8>`, [`Bytes`], integers, `f32`/`f64`,
 /// `bool`, `()`, `Option<T>`, `Vec<T>`, `HashSet<T>`, `HashMap<K, V>`,
 /// `BTreeMap<K, V>` and tuples of up to six elements. The same reply converts alike over
 /// RESP2 and RESP3: `Vec<u8>`, `Bytes` and `String` take every kind of string (`INFO`
-/// answers a verbatim one over RESP3); `HashMap`, `BTreeMap` and `Vec<(K, V)>` take a map
-/// or a flat array of keys and values (`HGETALL`, `ZRANGE ... WITHSCORES`); `()` takes
-/// anything but an error reply, wherever in the value it is.
+/// answers a verbatim one over RESP3); `HashMap`, `BTreeMap` and `Vec<(K, V)>` take a map,
+/// an array of two-element arrays or a flat array of keys and values (`HGETALL`, `ZRANGE
+/// ... WITHSCORES`); integers take a whole-number double (`ZSCORE` over RESP3, the text
+/// `5` over RESP2); `()` takes anything but an error reply, wherever in the value it is.
 ///
 /// ```
 /// # fn main() -> redcluster::Result<()> {
@@ -154,6 +157,14 @@ impl FromValue for bool {
     }
 }
 
+/// A RESP3 double that is a whole number within `i64` (`ZSCORE` of a score of 5, which
+/// RESP2 sends as the text `5`, read as an integer over both).
+fn whole(d: f64) -> Option<i64> {
+    // 2^63: every double below it in magnitude converts exactly.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    (d.fract() == 0.0 && (-LIMIT..LIMIT).contains(&d)).then_some(d as i64)
+}
+
 macro_rules! integer {
     ($($t:ty),*) => {$(
         impl FromValue for $t {
@@ -161,6 +172,7 @@ macro_rules! integer {
                 let value = value.without_attributes();
                 let n: Option<Self> = match &value {
                     Value::Int(n) => Self::try_from(*n).ok(),
+                    Value::Double(d) => whole(*d).and_then(|n| Self::try_from(n).ok()),
                     Value::Bool(b) => Some(Self::from(*b)),
                     Value::Bulk(b) | Value::Simple(b) | Value::BigNumber(b) => {
                         std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
@@ -179,6 +191,7 @@ impl FromValue for u8 {
         let value = value.without_attributes();
         let n = match &value {
             Value::Int(n) => u8::try_from(*n).ok(),
+            Value::Double(d) => whole(*d).and_then(|n| u8::try_from(n).ok()),
             Value::Bool(b) => Some(u8::from(*b)),
             Value::Bulk(b) | Value::Simple(b) | Value::BigNumber(b) => {
                 std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
@@ -256,28 +269,8 @@ impl<T: FromValue> FromValue for Vec<T> {
             }
             _ => {}
         }
-        if T::PAIR {
-            // Pairs already (RESP3's `ZRANGE ... WITHSCORES`: an array of two-element
-            // arrays), or keys and values one after another (RESP2), values nested or not.
-            let already_pairs = |items: &[Value]| {
-                items
-                    .iter()
-                    .all(|v| matches!(v, Value::Array(pair) if pair.len() == 2))
-            };
-            let pairs = match value {
-                Value::Map(pairs) => pairs,
-                Value::Array(items) if items.len() % 2 == 0 && !already_pairs(&items) => {
-                    let mut it = items.into_iter();
-                    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
-                }
-                other => {
-                    return elements::<Self>(other)?
-                        .into_iter()
-                        .map(T::from_value)
-                        .collect()
-                }
-            };
-            return pairs
+        if T::PAIR && matches!(value, Value::Map(_) | Value::Array(_)) {
+            return pairs::<Self>(value)?
                 .into_iter()
                 .map(|(k, v)| T::from_value(Value::Array(vec![k, v])))
                 .collect();
@@ -298,10 +291,28 @@ impl<T: FromValue + Eq + Hash, S: BuildHasher + Default> FromValue for HashSet<T
     }
 }
 
-/// Key-value pairs from a RESP3 map or a RESP2 flat array `[k1, v1, k2, v2, ...]`.
+/// Key-value pairs from a RESP3 map, an array of pairs already (RESP3's `ZRANGE ...
+/// WITHSCORES`, `HRANDFIELD ... WITHVALUES`: two-element arrays), or a flat array
+/// `[k1, v1, k2, v2, ...]` (RESP2), values nested or not.
 fn pairs<T>(value: Value) -> Result<Vec<(Value, Value)>> {
+    fn pair(value: Value) -> Option<(Value, Value)> {
+        let Value::Array(items) = value else {
+            return None;
+        };
+        let [k, v]: [Value; 2] = items.try_into().ok()?;
+        Some((k, v))
+    }
+    let already_pairs = |items: &[Value]| {
+        !items.is_empty()
+            && items
+                .iter()
+                .all(|v| matches!(v, Value::Array(pair) if pair.len() == 2))
+    };
     match value.without_attributes() {
         Value::Map(pairs) => Ok(pairs),
+        Value::Array(items) if already_pairs(&items) => {
+            Ok(items.into_iter().filter_map(pair).collect())
+        }
         Value::Array(items) => {
             if items.len() % 2 != 0 {
                 return Err(Error::Type {
@@ -463,6 +474,42 @@ mod tests {
         // Anything else is as before: a map flattened for a list of strings.
         let map = Value::Map(vec![(bulk("a"), bulk("1"))]);
         assert_eq!(Vec::<String>::from_value(map).unwrap(), ["a", "1"]);
+
+        // The map types take the same three shapes; an odd number of pairs (RESP3's
+        // `ZRANGE ... WITHSCORES` of three members) too.
+        let three = |wrap: fn(Vec<Value>) -> Value| {
+            wrap(
+                [("a", 1.5), ("b", 2.0), ("c", 3.0)]
+                    .map(|(m, s)| Value::Array(vec![bulk(m), Value::Double(s)]))
+                    .to_vec(),
+            )
+        };
+        let hash = HashMap::<String, f64>::from_value(three(Value::Array)).unwrap();
+        assert_eq!((hash.len(), hash["c"]), (3, 3.0));
+        let tree = BTreeMap::<String, f64>::from_value(three(Value::Array)).unwrap();
+        assert_eq!(tree.into_iter().next(), Some(("a".to_string(), 1.5)));
+        let flat = Value::Array(vec![bulk("a"), bulk("1.5"), bulk("b"), bulk("2")]);
+        let hash = HashMap::<String, f64>::from_value(flat).unwrap();
+        assert_eq!(hash["b"], 2.0);
+    }
+
+    #[test]
+    fn integers_take_whole_doubles_only() {
+        assert_eq!(i64::from_value(Value::Double(5.0)).unwrap(), 5);
+        assert_eq!(i64::from_value(Value::Double(-3.0)).unwrap(), -3);
+        assert_eq!(u8::from_value(Value::Double(7.0)).unwrap(), 7);
+        assert_eq!(
+            i128::from_value(Value::Double(-1e18)).unwrap(),
+            -10i128.pow(18)
+        );
+        for bad in [1.5, f64::NAN, f64::INFINITY, 1e19, -1e19] {
+            assert!(
+                matches!(i64::from_value(Value::Double(bad)), Err(Error::Type { .. })),
+                "{bad}"
+            );
+        }
+        assert!(u32::from_value(Value::Double(-1.0)).is_err());
+        assert!(u8::from_value(Value::Double(256.0)).is_err());
     }
 
     #[test]
