@@ -422,6 +422,57 @@ async fn with_full_coverage_required_clusterdown_is_retried_within_the_deadline(
     kill_a_primary_under_writers(true).await;
 }
 
+/// A client built on one runtime and used on another (a `static` client shared by
+/// `#[tokio::test]`s, one built in a short-lived `block_on`): its background tasks died
+/// with the first runtime, and the first trouble on the second brings them back, so a
+/// failover is followed. Before, no refresh ever ran again: every request for the
+/// killed primary's slots went to it and failed, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_first_runtime_shut_down_still_follows_a_failover() {
+    let local = LocalCluster::builder()
+        .node_timeout(Duration::from_millis(1000))
+        .start()
+        .await
+        .unwrap();
+    let seeds = local.seeds();
+    let client = std::thread::spawn(move || {
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let build = ClusterClient::builder()
+            .nodes(seeds)
+            .response_timeout(Duration::from_secs(2))
+            .build();
+        first.block_on(build).unwrap()
+        // The first runtime shuts down here, and every task of the client with it.
+    })
+    .join()
+    .unwrap();
+    let key = "runtimes:{a}";
+    client.set(key, "before").await.unwrap();
+    let victim = support::owner_index(&local, &client, key);
+    let refreshes = client.stats().refreshes;
+    local.kill(victim).unwrap();
+    local
+        .wait_until_stable(Duration::from_secs(30))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.set(key, "after").await {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the failover was never followed: {e:?}"
+            ),
+        }
+    }
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("after"));
+    assert!(client.stats().refreshes > refreshes);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusterdown_retries_follow_the_switch_the_attempt_limit_and_the_budget() {
     // No replicas and full coverage required: once a primary is seen dead, the whole

@@ -16,9 +16,17 @@ use crate::policy::BreakerState;
 use crate::resp::Value;
 
 /// Runs until the client is dropped.
-pub(crate) async fn health_task(inner: Weak<Inner>, interval: Duration) {
+pub(crate) async fn health_task(
+    inner: Weak<Inner>,
+    signal: Arc<crate::cluster::refresh::RefreshSignal>,
+    interval: Duration,
+    _running: crate::cluster::refresh::Running,
+) {
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = signal.health_shutdown.notified() => return,
+        }
         let Some(inner) = inner.upgrade() else {
             return;
         };

@@ -46,7 +46,9 @@ pub use scan::{Scan, ScanOptions};
 /// Cheap to clone; clones share connections, topology and background tasks. The
 /// background refresh task ends when the last clone is dropped and no
 /// [`Subscriber`](crate::Subscriber) made from it is left (a subscriber keeps the
-/// topology tracking it needs).
+/// topology tracking it needs). Used on another runtime than the one it was built on,
+/// after that one shut down, the client starts its refresh and health tasks again there
+/// at the first request that asks for a refresh.
 ///
 /// ```no_run
 /// # async fn demo() -> redcluster::Result<()> {
@@ -134,6 +136,36 @@ pub(crate) struct Inner {
     learned: Mutex<Vec<(Vec<u8>, Option<&'static crate::cmd::CommandInfo>)>>,
     /// When a `COMMAND INFO` lookup last went unanswered (refused, or no connection).
     lookup_failed_at: Mutex<Option<std::time::Instant>>,
+}
+
+impl Inner {
+    /// Spawns the refresh task, and the health task if configured, unless running, on
+    /// the caller's runtime (none outside one: the next request on one does).
+    fn spawn_background(self: &Arc<Self>, refresh_interval: Duration, min_interval: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(running) = refresh::Running::claim(&self.signal, false) {
+            runtime.spawn(refresh::refresh_task(
+                Arc::downgrade(self),
+                Arc::clone(&self.signal),
+                refresh_interval,
+                min_interval,
+                running,
+            ));
+        }
+        let health = self.config.health_check_interval;
+        if let Some((interval, running)) =
+            health.and_then(|i| Some((i, refresh::Running::claim(&self.signal, true)?)))
+        {
+            runtime.spawn(health::health_task(
+                Arc::downgrade(self),
+                Arc::clone(&self.signal),
+                interval,
+                running,
+            ));
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -263,15 +295,14 @@ impl ClusterClient {
             let view = inner.fetch_view(&seeds).await?;
             inner.install(view, RefreshTrigger::Periodic, 0);
         }
-        if let Some(interval) = inner.config.health_check_interval {
-            tokio::spawn(health::health_task(Arc::downgrade(&inner), interval));
-        }
-        tokio::spawn(refresh::refresh_task(
-            Arc::downgrade(&inner),
-            Arc::clone(&inner.signal),
-            refresh_interval,
-            refresh_min_interval,
-        ));
+        let background = Arc::downgrade(&inner);
+        let spawn_background = move || {
+            if let Some(inner) = background.upgrade() {
+                inner.spawn_background(refresh_interval, refresh_min_interval);
+            }
+        };
+        spawn_background();
+        inner.signal.respawn.set(Box::new(spawn_background));
         if lazy {
             // Discovery, in the background, at once.
             inner.signal.request(RefreshTrigger::Uncovered);

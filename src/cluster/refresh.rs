@@ -120,11 +120,79 @@ impl LastSeen {
     }
 }
 
+/// Brings the background tasks back (see [`RefreshSignal::respawn`]).
+#[derive(Default)]
+pub(crate) struct Respawn(std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>);
+
+impl Respawn {
+    /// Sets what brings the tasks back; once.
+    pub(crate) fn set(&self, respawn: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.0.set(respawn);
+    }
+}
+
+impl std::fmt::Debug for Respawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Respawn")
+    }
+}
+
+/// Marks a background task running for as long as its future lives, which holds it
+/// from its spawn: the future dropped (its runtime shut down, before it was ever polled
+/// too) or ended, the flag falls.
+pub(crate) struct Running {
+    signal: Arc<RefreshSignal>,
+    health: bool,
+}
+
+impl Running {
+    /// Claims the refresh task's flag (`health`: the health task's), unless its task
+    /// runs.
+    pub(crate) fn claim(signal: &Arc<RefreshSignal>, health: bool) -> Option<Running> {
+        let running = Running {
+            signal: Arc::clone(signal),
+            health,
+        };
+        running
+            .flag()
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+            .then_some(running)
+    }
+
+    fn flag(&self) -> &AtomicBool {
+        if self.health {
+            &self.signal.health_running
+        } else {
+            &self.signal.refresh_running
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.flag().store(false, Ordering::Release);
+    }
+}
+
 /// The doorbell between request paths and the refresh task.
 #[derive(Debug, Default)]
 pub(crate) struct RefreshSignal {
     wake: Notify,
     shutdown: Notify,
+    /// Wakes the health task to end: the client is gone.
+    pub(crate) health_shutdown: Notify,
+    /// Whether the refresh task runs: set as it is spawned, cleared when its future is
+    /// dropped (its [`Running`]).
+    pub(crate) refresh_running: AtomicBool,
+    /// Whether the health task runs, likewise.
+    pub(crate) health_running: AtomicBool,
+    /// Spawns whichever background task is gone, on the runtime of the caller. Tasks
+    /// die with the runtime they were spawned on: a client built in one runtime and used
+    /// in another (a `static` client shared by `#[tokio::test]`s, one built inside a
+    /// short-lived `block_on`) would otherwise never refresh again, its connections
+    /// reopening on the new runtime while failovers go unseen.
+    pub(crate) respawn: Respawn,
     /// The first trigger since the last refresh, for logs and metrics.
     trigger: AtomicU8,
     /// Refreshes done, for tests and metrics.
@@ -164,6 +232,11 @@ impl RefreshSignal {
             Ordering::Acquire,
         );
         self.wake.notify_one();
+        if !self.refresh_running.load(Ordering::Acquire) {
+            if let Some(respawn) = self.respawn.0.get() {
+                respawn();
+            }
+        }
     }
 
     /// Whether `view` is older by config epoch ([`topology::compare_by_epoch`]) than
@@ -216,6 +289,7 @@ impl RefreshSignal {
 
     pub(crate) fn shutdown(&self) {
         self.shutdown.notify_one();
+        self.health_shutdown.notify_one();
     }
 
     fn take_trigger(&self) -> RefreshTrigger {
@@ -237,6 +311,7 @@ pub(crate) async fn refresh_task(
     signal: Arc<RefreshSignal>,
     interval: Duration,
     min_interval: Duration,
+    _running: Running,
 ) {
     let mut limiter = RefreshLimiter::new(min_interval);
     // Discovery just ran (unless the client connects lazily: then it is the first).
