@@ -610,8 +610,9 @@ impl Watched {
     /// ```
     pub async fn query<T: FromValue>(&mut self, command: Cmd) -> Result<T> {
         let deadline = crate::deadline::from_now(self.client.response_timeout);
-        self.check_slot(&command, deadline).await?;
-        let info = crate::cmd::lookup(&command);
+        // The built-in entry, or the one learned from the server (a module's command),
+        // which names the command in metrics as on every other path.
+        let info = self.check_slot(&command, deadline).await?;
         let name = metrics::command_label(info);
         // A blocking command (`BLPOP`, `XREAD BLOCK`) gets the time it asks for, as
         // `query` gives it.
@@ -739,7 +740,13 @@ impl Watched {
         }
     }
 
-    async fn check_slot(&self, command: &Cmd, deadline: Instant) -> Result<()> {
+    /// Refuses `command` unless its keys are all in the watched slot; its command-table
+    /// entry, built-in or learned.
+    async fn check_slot(
+        &self,
+        command: &Cmd,
+        deadline: Instant,
+    ) -> Result<Option<&'static crate::cmd::CommandInfo>> {
         let inner = &self.client.inner;
         let info = inner.command_info(command, deadline).await;
         let mut slots = vec![self.slot];
@@ -755,7 +762,7 @@ impl Watched {
         if slots.len() > 1 {
             return Err(Error::CrossSlot { slots });
         }
-        Ok(())
+        Ok(info)
     }
 }
 

@@ -413,6 +413,50 @@ fn a_redirect_to_a_node_the_client_never_saw_refreshes_as_unknown_node() {
     });
 }
 
+/// A breaker's transition sets its node's gauge and the count of nodes with an open
+/// breaker at once, with no refresh or health check to publish them (before, the count
+/// waited for one, up to the refresh interval).
+#[test]
+fn an_opening_breaker_shows_in_the_gauges_at_once() {
+    on_a_recorded_cluster(|local, snapshotter| async move {
+        let client = ClusterClient::builder()
+            .nodes(local.seeds())
+            .response_timeout(Duration::from_millis(200))
+            .health_check_interval(None)
+            .refresh_min_interval(Duration::from_secs(3600))
+            .circuit_breaker(redcluster::CircuitBreakerConfig::default().consecutive_failures(2))
+            .build()
+            .await
+            .unwrap();
+        let key = "obs-breaker:{a}";
+        let owner = support::owner_index(&local, &client, key);
+        let node = local.node_addr(owner);
+        local.pause(owner).unwrap();
+        for _ in 0..2 {
+            let r = client.get::<_, Option<String>>(key).await;
+            assert!(matches!(r, Err(redcluster::Error::Timeout)), "{r:?}");
+        }
+        local.resume(owner).unwrap();
+        assert_eq!(
+            client.health().node(&node).unwrap().breaker,
+            redcluster::BreakerState::Open
+        );
+        let metrics = collect(&snapshotter);
+        assert_eq!(
+            gauge(
+                &metrics,
+                "redis_cluster_nodes",
+                &[("state", "breaker_open")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            gauge(&metrics, "redis_circuit_breaker_state", &[("node", &node)]),
+            Some(2.0)
+        );
+    });
+}
+
 #[test]
 fn scan_pages_watch_transactions_and_dedicated_redirects_are_counted() {
     use futures_util::StreamExt;

@@ -1071,7 +1071,7 @@ impl Inner {
     pub(crate) fn admit<'a>(&self, node: &'a Node) -> Option<Admitted<'a>> {
         let (admitted, transition) = node.admit();
         if transition.is_some() {
-            self.publish_breaker(&node.addr);
+            self.publish_gauges(&[]);
         }
         admitted
     }
@@ -1135,7 +1135,7 @@ impl Inner {
     pub(crate) fn record(&self, node: &Node, failure: Option<&Error>) {
         let transition = node.record(failure);
         if transition.is_some() {
-            self.publish_breaker(&node.addr);
+            self.publish_gauges(&[]);
         }
         if transition == Some(Transition::Opened) {
             self.signal.request(RefreshTrigger::ConnectionFailure);

@@ -52,9 +52,16 @@ impl Inner {
 
     /// Sets the cluster gauges (`redis_cluster_nodes`, and per node
     /// `redis_circuit_breaker_state` and `redis_connections`) from the routing snapshot
-    /// and the node handles; zeroes the per-node gauges of the nodes in `gone`.
+    /// and the node handles; zeroes the per-node gauges of the nodes in `gone`. Also on
+    /// every breaker transition, which `redis_cluster_nodes{state="breaker_open"}`
+    /// counts too.
+    ///
+    /// One at a time: a publisher that read a breaker before a transition and set its
+    /// gauge after the transition's own publisher did would leave the old state
+    /// showing (closed while open) until the next health check.
     pub(crate) fn publish_gauges(&self, gone: &[Arc<str>]) {
         use crate::observe::metrics;
+        let _one_at_a_time = crate::cluster::node::lock(&self.publishing_gauges);
         let routes = self.routes.load();
         let handles = self.registry.all();
         let mut counts = metrics::NodeCounts {
@@ -84,20 +91,6 @@ impl Inner {
             metrics::connections(&self.metrics_client, addr, 0, 0);
         }
         metrics::cluster_nodes(&self.metrics_client, counts);
-    }
-
-    /// Sets `redis_circuit_breaker_state` of `addr`: the worse of its handles' breakers.
-    pub(crate) fn publish_breaker(&self, addr: &Arc<str>) {
-        use crate::observe::metrics;
-        let worst = self
-            .registry
-            .all()
-            .iter()
-            .filter(|n| n.addr == *addr)
-            .map(|n| metrics::breaker_code(n.breaker_state()))
-            .max()
-            .unwrap_or(0);
-        metrics::breaker_state(&self.metrics_client, addr, worst);
     }
 
     async fn ping(&self, node: &Arc<Node>) {

@@ -136,6 +136,8 @@ pub(crate) struct Inner {
     learned: Mutex<Vec<(Vec<u8>, Option<&'static crate::cmd::CommandInfo>)>>,
     /// When a `COMMAND INFO` lookup last went unanswered (refused, or no connection).
     lookup_failed_at: Mutex<Option<std::time::Instant>>,
+    /// Held while the cluster gauges are set (see [`Inner::publish_gauges`]).
+    publishing_gauges: Mutex<()>,
 }
 
 impl Inner {
@@ -283,6 +285,7 @@ impl ClusterClient {
             moves: Mutex::new(refresh::Moves::default()),
             learned: Mutex::new(Vec::new()),
             lookup_failed_at: Mutex::new(None),
+            publishing_gauges: Mutex::new(()),
         });
         let seeds: Vec<Arc<str>> = inner
             .config

@@ -410,15 +410,18 @@ impl Node {
             .any(|s| s.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
     }
 
-    /// Open multiplexed connections, and dedicated connections in the pool (idle or in
-    /// use), for metrics.
+    /// Open multiplexed connections, and dedicated connections (in the pool, idle or in
+    /// use, or parked by a connect that outlived its request), for metrics.
     pub(crate) fn open_connections(&self) -> (usize, usize) {
         let multiplexed = self
             .conns
             .iter()
             .filter(|s| s.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
             .count();
-        let dedicated = self.dedicated.get().map_or(0, |p| p.status().size);
+        let dedicated = self
+            .dedicated
+            .get()
+            .map_or(0, |p| p.status().size + p.manager().parked());
         (multiplexed, dedicated)
     }
 

@@ -583,8 +583,8 @@ impl Inner {
                     node.forget_failures();
                 }
             }
-            for addr in &renamed {
-                self.publish_breaker(addr);
+            if !renamed.is_empty() {
+                self.publish_gauges(&[]);
             }
         }
         let map = view.map;

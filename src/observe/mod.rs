@@ -26,7 +26,7 @@
 //! | `redis_commands_total` | counter | `command`, `node`, `status` | Commands sent, counted once each at their final outcome |
 //! | `redis_command_duration_seconds` | histogram | `command`, `node` | Time from routing a command to its final reply |
 //! | `redis_cluster_nodes` | gauge | `client`, `state` | Nodes: `primary`, `replica`, `connected`, `breaker_open` (the last two count nodes of the first two: do not sum them) |
-//! | `redis_redirects_total` | counter | `kind` | Redirects followed: `moved`, `ask` |
+//! | `redis_redirects_total` | counter | `kind` | Redirects received for requests, `moved` or `ask` (one past `max_redirects` too, which ends its request; a subscriber's are not counted) |
 //! | `redis_topology_refreshes_total` | counter | `trigger` | Topology refreshes completed |
 //! | `redis_retries_total` | counter | `reason` | Requests sent again |
 //! | `redis_timeouts_total` | counter | | Commands that failed with a timeout |

@@ -66,6 +66,13 @@ impl DedicatedManager {
         }
     }
 
+    /// Open connections a connect left for the next request: open sockets the pool's
+    /// size leaves out.
+    pub(crate) fn parked(&self) -> usize {
+        let parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        parked.iter().filter(|conn| !conn.is_closed()).count()
+    }
+
     /// A connection a connect left for the next request, if one is still open.
     fn take_parked(&self) -> Option<NodeConnection> {
         let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
