@@ -1181,6 +1181,45 @@ fn sorted(mut keys: Vec<String>) -> Vec<String> {
     keys
 }
 
+/// A scan whose task died with the runtime it ran on (made on one runtime, read on
+/// another) ends with an error, not as if it had covered every slot: the stream just
+/// ended, and the caller took the keys it saw (none here) for all there were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_whose_runtime_shut_down_ends_with_an_error() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    for i in 0..10 {
+        client.set(format!("gone:{i}"), i).await.unwrap();
+    }
+    let made = client.clone();
+    let scan = std::thread::spawn(move || {
+        let other = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Its task is spawned there and never runs: the runtime shuts down with the
+        // thread.
+        other.block_on(async { made.scan(redcluster::ScanOptions::default()) })
+    })
+    .join()
+    .unwrap();
+    let items = drain(scan, 100).await;
+    assert!(
+        matches!(items.last(), Some(Err(Error::ClusterDown(_)))),
+        "{items:?}"
+    );
+    // The same client's scans on this runtime are whole.
+    assert_eq!(
+        scanned(
+            &client,
+            redcluster::ScanOptions::default().pattern("gone:*")
+        )
+        .await
+        .len(),
+        10
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_covers_the_cluster_with_match_count_and_type() {
     use redcluster::ScanOptions;

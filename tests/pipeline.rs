@@ -633,6 +633,51 @@ async fn a_resend_refused_after_a_lost_connection_says_the_command_may_have_run(
     assert_eq!(fake.count("SET"), 2, "resent once: {:?}", fake.seen());
 }
 
+/// A batch's commands resent after its connection dropped take one retry of the
+/// client's budget, counted as one; with none left they end in the lost connection's
+/// error, as a single command's resend would. Before, they went again whatever the
+/// budget (a retry storm's every pipeline resent), and no retry was counted. (A
+/// scripted fake: the connection drops after the node read the batch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_resent_after_a_lost_connection_take_one_retry_of_the_budget() {
+    let behave = |args: &[String], earlier: usize| match (args[0].as_str(), earlier) {
+        ("GET", 0) => Action::Silent,
+        ("EXISTS", 0) => Action::Drop,
+        ("GET", _) => Action::Reply(Value::Bulk("v".into())),
+        ("EXISTS", _) => Action::Reply(Value::Int(1)),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    };
+    let no_budget = redcluster::RetryBudgetConfig::new(0.0, 0.0, 0.0);
+    for budget in [None, Some(no_budget)] {
+        let fake = FakeCluster::start(behave).await;
+        let mut builder = ClusterClient::builder().nodes([fake.addr.as_str()]);
+        if let Some(budget) = budget {
+            builder = builder.retry_budget(budget);
+        }
+        let client = builder.build().await.unwrap();
+        let mut p = client.pipeline();
+        p.get("a").add(cmd("EXISTS").arg("b"));
+        let each = p.execute_each().await;
+        if budget.is_none() {
+            assert_eq!(each[0].as_ref().unwrap(), &Value::Bulk("v".into()));
+            assert_eq!(each[1].as_ref().unwrap(), &Value::Int(1));
+            assert_eq!(client.stats().retries, 1, "one for the batch");
+            assert_eq!(fake.count("GET"), 2, "resent: {:?}", fake.seen());
+        } else {
+            for result in &each {
+                match result {
+                    Err(e @ (Error::ConnectionLost { .. } | Error::Io { .. })) => {
+                        assert!(e.may_have_executed(), "{e:?}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(client.stats().retries, 0);
+            assert_eq!(fake.count("GET"), 1, "not resent: {:?}", fake.seen());
+        }
+    }
+}
+
 /// Commands of a slot no node is known to serve yet (a lazily connected client whose
 /// seed has not answered) wait for an owner one after another, in the order added.
 /// Side by side, each with its own jittered backoff, they ran in any order.

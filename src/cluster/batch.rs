@@ -635,10 +635,25 @@ impl Inner {
             }
             // Every answer hands its commands back; any missing could not be resent.
             let available = cmds.len();
-            let may_resend = |position: usize, meta: &Meta| {
+            let safe_to_resend = |position: usize, meta: &Meta| {
                 position < available
                     && (!e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout)))
             };
+            // One retry of the client's budget for the batch's resends, as for its
+            // refusals, and counted as one: with the budget spent (an outage's retry
+            // storm), they end in the error, as a single command's would.
+            let resending = meta
+                .iter()
+                .enumerate()
+                .any(|(position, meta)| safe_to_resend(position, meta));
+            let allowed = resending && self.spend_retry();
+            if allowed {
+                let reason = metrics::RetryReason::of_error(&e);
+                metrics::retry(reason);
+                tracing::debug!(reason = reason.as_str(), error = %e, "resending a batch's commands");
+            }
+            let may_resend =
+                |position: usize, meta: &Meta| allowed && safe_to_resend(position, meta);
             // Per slot, where its last command that may have run and is not resent
             // stands: the slot's commands before it are not resent either, though
             // each alone could be. They would run again after it: `DEL k` resent

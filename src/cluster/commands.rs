@@ -188,6 +188,11 @@ impl ClusterClient {
     /// whole milliseconds, rounded up (under 1 ms is 1 ms, not 0, which would delete
     /// the key at once); a zero TTL deletes it, as `PEXPIRE key 0` does.
     ///
+    /// `PEXPIRE` is sent again after a lost connection (setting a TTL twice sets the
+    /// same TTL): when the first send ran and the key expired before the second (a TTL
+    /// shorter than the retry's backoff, or zero), `false` answers for a key this very
+    /// call expired.
+    ///
     /// # Errors
     ///
     /// As [`ClusterClient::query`].

@@ -332,7 +332,7 @@ impl Inner {
             // remember that too.
             Ok(Value::Array(mut entries)) if entries.len() == 1 => {
                 match cmd::parse_command_info(&entries.remove(0)) {
-                    Ok(info) => Some(&*Box::leak(Box::new(info))),
+                    Ok(info) => cmd::intern(info),
                     Err(_) => None,
                 }
             }

@@ -688,6 +688,14 @@ impl ClusterClient {
     /// refreshes run one at a time, so an answer that comes late never replaces a later
     /// one.
     ///
+    /// Not bounded by the response timeout: a refresh asks three nodes at a time, each
+    /// given the connect timeout and then the response timeout (5 s at most) to answer,
+    /// and the next three when none of them did, so with nodes that accept connections
+    /// but never answer it can take a while. Bound it with `tokio::time::timeout` where
+    /// that matters: dropped while it waits for the nodes, the refresh stops and installs
+    /// nothing (the view is installed at once once fetched), and the next one starts
+    /// afresh.
+    ///
     /// # Errors
     ///
     /// The error of the last node asked when none answered.

@@ -21,6 +21,7 @@
 //! `redis-cli --cluster fix` closes).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -110,7 +111,9 @@ impl ScanOptions {
 /// disabled), or [`crate::Error::ClusterDown`] after 20 passes (about 15 s of pauses)
 /// in which some slot never qualified (no reachable primary, or migrating throughout).
 /// Passing errors (`LOADING`, `BUSY`, a lost connection) are retried. Dropping the
-/// stream stops the scan.
+/// stream stops the scan. The scan runs on a task of the runtime `scan` was called on:
+/// should that runtime shut down first, the stream ends with
+/// [`crate::Error::ClusterDown`], not as if complete.
 ///
 /// ```no_run
 /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
@@ -125,13 +128,33 @@ impl ScanOptions {
 #[derive(Debug)]
 pub struct Scan {
     keys: mpsc::Receiver<Result<Bytes>>,
+    /// Set by the scan's task when it ends of its own accord (every slot covered, or its
+    /// error sent). The keys closed without it: the task was dropped part way (its
+    /// runtime shut down), and the stream must not end as if complete.
+    finished: Arc<AtomicBool>,
+    /// Whether the stream has ended.
+    ended: bool,
 }
 
 impl futures_core::Stream for Scan {
     type Item = Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.keys.poll_recv(cx)
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let key = std::task::ready!(self.keys.poll_recv(cx));
+        if key.is_none() {
+            self.ended = true;
+            if !self.finished.load(Ordering::Acquire) {
+                return Poll::Ready(Some(Err(Error::ClusterDown(
+                    "the scan stopped before it covered every slot: its task ended with \
+                     the runtime it ran on"
+                        .into(),
+                ))));
+            }
+        }
+        Poll::Ready(key)
     }
 }
 
@@ -157,12 +180,19 @@ impl ClusterClient {
         let (tx, keys) = mpsc::channel(1024);
         let inner = Arc::clone(&self.inner);
         let timeout = self.response_timeout;
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&finished);
         tokio::spawn(async move {
             if let Err(e) = scan_cluster(&inner, timeout, &options, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
+            done.store(true, Ordering::Release);
         });
-        Scan { keys }
+        Scan {
+            keys,
+            finished,
+            ended: false,
+        }
     }
 }
 

@@ -1148,6 +1148,32 @@ pub(crate) fn parse_command_info(entry: &Value) -> Result<CommandInfo> {
     parse_entry(entry, 0)
 }
 
+/// How many learned entries the process keeps, all clients together (see [`intern`]).
+const MAX_INTERNED: usize = 4096;
+
+/// A learned entry kept for the life of the process, so that routing holds it as it
+/// holds the built-in table's (`&'static`). The same entry (a module's command, which
+/// every client that uses it learns) is kept once, however many clients learn it: a
+/// process that builds client after client does not grow. `None` once the process
+/// keeps [`MAX_INTERNED`] entries: the command is then routed as one the server does
+/// not know.
+pub(crate) fn intern(info: CommandInfo) -> Option<&'static CommandInfo> {
+    static INTERNED: std::sync::Mutex<Vec<&'static CommandInfo>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut interned = INTERNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = interned.iter().find(|known| ***known == info) {
+        return Some(known);
+    }
+    if interned.len() >= MAX_INTERNED {
+        return None;
+    }
+    let kept: &'static CommandInfo = Box::leak(Box::new(info));
+    interned.push(kept);
+    Some(kept)
+}
+
 fn parse_entry(entry: &Value, depth: u32) -> Result<CommandInfo> {
     if matches!(plain(entry), Value::Nil) {
         return Err(protocol("nil (unknown command)"));
@@ -2130,6 +2156,10 @@ mod tests {
             };
             let parsed = parse_command_info(&entries[0]).unwrap();
             assert_eq!(&parsed, lookup(&c("OBJECT ENCODING k")).unwrap());
+            // Kept once, whoever learns it again (every client of a process).
+            let kept = intern(parsed.clone()).unwrap();
+            let again = parse_command_info(&entries[0]).unwrap();
+            assert!(std::ptr::eq(kept, intern(again).unwrap()));
             let reply = conn
                 .send(cmd("COMMAND").arg("INFO").arg("no-such-command"))
                 .await

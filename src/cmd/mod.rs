@@ -37,7 +37,7 @@ pub(crate) use refusal::{as_written, REFUSED};
 pub(crate) use info::flag as command_flag;
 #[allow(unused_imports)]
 pub(crate) use info::{
-    blocks, is_idempotent, is_idempotent_as, key_flag, key_indices, keys_known, lookup,
+    blocks, intern, is_idempotent, is_idempotent_as, key_flag, key_indices, keys_known, lookup,
     lookup_name, lowercase, may_resend, parse_command_info, routes_by_first_argument,
     routing_key_indices, stream_block_option, tip, BeginSearch, CommandInfo, FindKeys, KeySpec,
     RequestPolicy, ResponsePolicy,
