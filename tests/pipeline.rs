@@ -676,6 +676,20 @@ async fn reads_resent_after_a_lost_connection_take_one_retry_of_the_budget() {
             assert_eq!(fake.count("GET"), 1, "not resent: {:?}", fake.seen());
         }
     }
+    // Nothing to resend (the GET runs before an INCR of its slot that may have run): no
+    // retry spent or counted.
+    let fake = FakeCluster::start(|args, _| match args[0].as_str() {
+        "GET" => Action::Silent,
+        "INCR" => Action::Drop,
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::connect([fake.addr.as_str()]).await.unwrap();
+    let mut p = client.pipeline();
+    p.get("{k}").add(cmd("INCR").arg("{k}"));
+    assert!(p.execute_each().await.iter().all(Result::is_err));
+    assert_eq!(client.stats().retries, 0);
+    assert_eq!(fake.count("GET"), 1, "{:?}", fake.seen());
 }
 
 /// Commands of a slot no node is known to serve yet (a lazily connected client whose

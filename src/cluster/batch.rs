@@ -639,21 +639,6 @@ impl Inner {
                 position < available
                     && (!e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout)))
             };
-            // One retry of the client's budget for the batch's resends, as for its
-            // refusals, and counted as one: with the budget spent (an outage's retry
-            // storm), they end in the error, as a single command's would.
-            let resending = meta
-                .iter()
-                .enumerate()
-                .any(|(position, meta)| safe_to_resend(position, meta));
-            let allowed = resending && self.spend_retry();
-            if allowed {
-                let reason = metrics::RetryReason::of_error(&e);
-                metrics::retry(reason);
-                tracing::debug!(reason = reason.as_str(), error = %e, "resending a batch's commands");
-            }
-            let may_resend =
-                |position: usize, meta: &Meta| allowed && safe_to_resend(position, meta);
             // Per slot, where its last command that may have run and is not resent
             // stands: the slot's commands before it are not resent either, though
             // each alone could be. They would run again after it: `DEL k` resent
@@ -661,17 +646,35 @@ impl Inner {
             // answers for a later place in the pipeline than its own.
             let mut last_kept: HashMap<u16, usize> = HashMap::new();
             for (position, meta) in meta.iter().enumerate() {
-                if !may_resend(position, meta) {
+                if !safe_to_resend(position, meta) {
                     last_kept.insert(meta.slot, position);
                 }
             }
+            let runs_before_kept = |position: usize, meta: &Meta| {
+                last_kept
+                    .get(&meta.slot)
+                    .is_some_and(|&last| position < last)
+            };
+            // One retry of the client's budget for the batch's resends, as for its
+            // refusals, and counted as one (only when something is resent, within the
+            // deadline): with the budget spent (an outage's retry storm), they end in
+            // the error, as a single command's would.
+            let resending = meta.iter().enumerate().any(|(position, meta)| {
+                safe_to_resend(position, meta) && !runs_before_kept(position, meta)
+            });
+            let allowed = resending && Instant::now() < deadline && self.spend_retry();
+            if allowed {
+                let reason = metrics::RetryReason::of_error(&e);
+                metrics::retry(reason);
+                tracing::debug!(reason = reason.as_str(), error = %e, "resending a batch's commands");
+            }
             let mut cmds = cmds.into_iter();
             for (position, meta) in meta.into_iter().enumerate() {
-                let runs_before_kept = last_kept
-                    .get(&meta.slot)
-                    .is_some_and(|&last| position < last);
+                let resend_it = allowed
+                    && safe_to_resend(position, &meta)
+                    && !runs_before_kept(position, &meta);
                 match cmds.next() {
-                    Some(command) if may_resend(position, &meta) && !runs_before_kept => {
+                    Some(command) if resend_it => {
                         let meta = Meta {
                             after_failure: e.may_have_executed(),
                             ..meta

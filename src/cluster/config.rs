@@ -1035,14 +1035,21 @@ impl ClusterClientBuilder {
         }
         let mut seeds = Vec::with_capacity(self.config.seeds.len());
         let mut any_tls = false;
+        // The first seed that names a user or a password gives both (under what the
+        // builder was given): `redis://alice:@a` and `redis://bob:pw@b` is alice with
+        // no password, not alice with bob's.
+        let mut credentials_taken = false;
         for raw in std::mem::take(&mut self.config.seeds).0 {
             let seed = parse_seed(&raw)?;
             any_tls |= seed.tls;
-            if let Some(user) = seed.username {
-                self.config.connect.username.get_or_insert(user);
-            }
-            if let Some(password) = seed.password {
-                self.config.connect.password.get_or_insert(password);
+            if !credentials_taken && (seed.username.is_some() || seed.password.is_some()) {
+                credentials_taken = true;
+                if let Some(user) = seed.username {
+                    self.config.connect.username.get_or_insert(user);
+                }
+                if let Some(password) = seed.password {
+                    self.config.connect.password.get_or_insert(password);
+                }
             }
             // A seed given twice would be asked twice at discovery, its view counted
             // twice when the answers are compared.
@@ -1217,8 +1224,8 @@ fn parse_seed(raw: &str) -> Result<Seed> {
         username = Some(percent_decode(user)?).filter(|u| !u.is_empty());
         // Empty is unset (`redis://:@host`, `redis://@host`), as the environment's
         // `REDIS_PASSWORD` is: an empty password would be sent (`AUTH ""` on RESP2,
-        // which a server without a password refuses) and, the first seed's
-        // credentials winning, hide another seed's real one.
+        // which a server without a password refuses) and, the first seed with
+        // credentials giving them, hide another seed's real one.
         password = Some(percent_decode(secret)?)
             .filter(|p| !p.is_empty())
             .map(Secret::new);
@@ -1844,6 +1851,20 @@ mod tests {
         assert_eq!(*config.seeds, ["h:1"]);
         assert_eq!(config.connect.username.as_deref(), Some("a"));
         assert_eq!(config.connect.password.unwrap().expose(), "first");
+        // Together: a user of one seed never gets another seed's password.
+        let config = ClusterClientBuilder::default()
+            .nodes(["h:3", "redis://alice:@h:1", "redis://bob:pw@h:2"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.connect.username.as_deref(), Some("alice"));
+        assert!(config.connect.password.is_none());
+        // A seed without any (`:@` is none) passes the turn on.
+        let config = ClusterClientBuilder::default()
+            .nodes(["redis://:@h:1", "redis://bob:pw@h:2"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.connect.username.as_deref(), Some("bob"));
+        assert_eq!(config.connect.password.unwrap().expose(), "pw");
     }
 
     #[test]

@@ -148,12 +148,14 @@ impl Inner {
             return;
         };
         if let Some(running) = refresh::Running::claim(&self.signal, false) {
+            let first = self.signal.refresh_tasks.fetch_add(1, Ordering::Relaxed) == 0;
             runtime.spawn(refresh::refresh_task(
                 Arc::downgrade(self),
                 Arc::clone(&self.signal),
                 refresh_interval,
                 min_interval,
                 running,
+                first,
             ));
         }
         let health = self.config.health_check_interval;
@@ -298,6 +300,11 @@ impl ClusterClient {
             let view = inner.fetch_view(&seeds).await?;
             inner.install(view, RefreshTrigger::Periodic, 0);
         }
+        let health_checks = inner.config.health_check_interval.is_some();
+        inner
+            .signal
+            .health_checks
+            .store(health_checks, Ordering::Relaxed);
         let background = Arc::downgrade(&inner);
         let spawn_background = move || {
             if let Some(inner) = background.upgrade() {

@@ -149,29 +149,29 @@ impl Running {
     /// Claims the refresh task's flag (`health`: the health task's), unless its task
     /// runs.
     pub(crate) fn claim(signal: &Arc<RefreshSignal>, health: bool) -> Option<Running> {
-        let running = Running {
-            signal: Arc::clone(signal),
-            health,
-        };
-        running
-            .flag()
+        // The guard only once the flag is ours: a guard made for a failed claim would
+        // clear, when dropped, the flag of the task that runs.
+        Running::flag_of(signal, health)
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
-            .then_some(running)
+            .then(|| Running {
+                signal: Arc::clone(signal),
+                health,
+            })
     }
 
-    fn flag(&self) -> &AtomicBool {
-        if self.health {
-            &self.signal.health_running
+    fn flag_of(signal: &RefreshSignal, health: bool) -> &AtomicBool {
+        if health {
+            &signal.health_running
         } else {
-            &self.signal.refresh_running
+            &signal.refresh_running
         }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.flag().store(false, Ordering::Release);
+        Running::flag_of(&self.signal, self.health).store(false, Ordering::Release);
     }
 }
 
@@ -187,6 +187,11 @@ pub(crate) struct RefreshSignal {
     pub(crate) refresh_running: AtomicBool,
     /// Whether the health task runs, likewise.
     pub(crate) health_running: AtomicBool,
+    /// Whether the client has a health task at all (`health_check_interval`).
+    pub(crate) health_checks: AtomicBool,
+    /// Refresh tasks spawned: the first follows the build's discovery, a later one (on
+    /// another runtime) a request for a refresh.
+    pub(crate) refresh_tasks: AtomicU64,
     /// Spawns whichever background task is gone, on the runtime of the caller. Tasks
     /// die with the runtime they were spawned on: a client built in one runtime and used
     /// in another (a `static` client shared by `#[tokio::test]`s, one built inside a
@@ -232,7 +237,11 @@ impl RefreshSignal {
             Ordering::Acquire,
         );
         self.wake.notify_one();
-        if !self.refresh_running.load(Ordering::Acquire) {
+        // (The health task is checked too: a runtime shutting down drops the two tasks
+        // one after the other, and a request between would see only the refresh task.)
+        let gone = |running: &AtomicBool| !running.load(Ordering::Acquire);
+        let health_checks = self.health_checks.load(Ordering::Relaxed);
+        if gone(&self.refresh_running) || (health_checks && gone(&self.health_running)) {
             if let Some(respawn) = self.respawn.0.get() {
                 respawn();
             }
@@ -312,10 +321,12 @@ pub(crate) async fn refresh_task(
     interval: Duration,
     min_interval: Duration,
     _running: Running,
+    first: bool,
 ) {
     let mut limiter = RefreshLimiter::new(min_interval);
-    // Discovery just ran (unless the client connects lazily: then it is the first).
-    if inner.upgrade().is_some_and(|i| !i.config.lazy_connect) {
+    // Discovery just ran (unless the client connects lazily: then it is the first). A
+    // task started again on another runtime was asked for a refresh: at once.
+    if first && inner.upgrade().is_some_and(|i| !i.config.lazy_connect) {
         limiter.on_refresh(Instant::now().into_std());
     }
     loop {
@@ -629,6 +640,23 @@ fn settling(shards: &[topology::ShardInfo], failed_lately: bool) -> bool {
 mod tests {
     use super::*;
     use crate::topology::{NodeInfo, ShardInfo};
+
+    /// Two requests that find the task gone at once both try to start it: the one that
+    /// loses leaves the flag of the task that runs alone. Its guard, made before the
+    /// claim, cleared it when dropped, and the next request started a second task.
+    #[test]
+    fn a_failed_claim_leaves_the_running_tasks_flag_alone() {
+        let signal = Arc::new(RefreshSignal::default());
+        for health in [false, true] {
+            let flag = || Running::flag_of(&signal, health).load(Ordering::Acquire);
+            let running = Running::claim(&signal, health).unwrap();
+            assert!(Running::claim(&signal, health).is_none());
+            assert!(flag(), "still the running task's");
+            drop(running);
+            assert!(!flag());
+            assert!(Running::claim(&signal, health).is_some());
+        }
+    }
 
     fn node(port: u16, healthy: bool) -> NodeInfo {
         NodeInfo {

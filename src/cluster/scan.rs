@@ -148,8 +148,8 @@ impl futures_core::Stream for Scan {
             self.ended = true;
             if !self.finished.load(Ordering::Acquire) {
                 return Poll::Ready(Some(Err(Error::ClusterDown(
-                    "the scan stopped before it covered every slot: its task ended with \
-                     the runtime it ran on"
+                    "the scan stopped before it covered every slot: its task ended early \
+                     (its runtime shut down, or it panicked)"
                         .into(),
                 ))));
             }

@@ -100,7 +100,10 @@
 //! one line per command. (Commands on dedicated connections, blocking ones, durable
 //! writes and `WATCH`, leave `attempt` and `redirects` empty: their redirects show as
 //! events.) Each node's share of an explicit pipeline is written in a `redis_pipeline`
-//! span (`node`, `commands`), one per batch rather than one per command. A connection's tasks run in a root
+//! span (`node`, `commands`), one per batch rather than one per command. A cluster-wide
+//! `scan`'s cursor pages are counted in `redis_commands_total` but run in no span of
+//! their own (nor in `redis_requests_in_flight`): the scan's task sends them on the
+//! node's connection directly. A connection's tasks run in a root
 //! `redis_connection` span (`node`), not in the span of the request that opened it,
 //! which therefore closes when that request ends. Events, targets under `redcluster`:
 //!

@@ -74,14 +74,18 @@ pub(crate) fn servers_own_refusal(error: &ServerError) -> bool {
 
 /// Whether a `READONLY` says the command did not run: always from a command that is no
 /// script, and for a script or function only the server's refusal before running it
-/// (Redis 7: "Can not run script with write flag on readonly replica"). A script
-/// without flags runs on a replica and meets `READONLY` at its first write, after what
-/// came before it (a `PUBLISH`); a script may also write the code itself.
+/// (one with flags that allow writes, on a replica): "You can't write against a read
+/// only replica." alone (Redis 7.0), or "Can not run script with write flag on
+/// readonly replica" (7.2 and Valkey). A script without flags runs on a replica and
+/// meets `READONLY` at its first write, after what came before it (a `PUBLISH`): the
+/// server then adds where (" script: <sha>, on @user_script:1."). A script may also
+/// write the code itself.
 pub(crate) fn refused_before_running(error: &ServerError, cmds: &[crate::cmd::Cmd]) -> bool {
+    let message = error.message();
     !cmds.iter().any(runs_a_script)
-        || error
-            .message()
-            .starts_with("Can not run script with write flag")
+        || message.starts_with("Can not run script with write flag")
+        || (message.starts_with("You can't write against a read only replica")
+            && !message.contains(" script: "))
 }
 
 /// Whether a replica's refusal (`LOADING` while it loads a full resync, `MASTERDOWN` when
@@ -143,15 +147,21 @@ mod tests {
         }
         assert!(runs_a_script(&crate::cmd::cmd("fcall_ro")));
         let readonly = |text: &str| ServerError::new(text.to_string());
+        // The texts of a Redis 7.0 replica (checked on one) and of 7.2.
         let demoted = readonly("READONLY You can't write against a read only replica.");
         let script_refused =
             readonly("READONLY Can not run script with write flag on readonly replica");
+        let midway = readonly(
+            "READONLY You can't write against a read only replica. script: \
+             64ac20e8d0a03aaa0eae00b63ee3347431b617df, on @user_script:1.",
+        );
         let eval = [crate::cmd::cmd("EVAL")];
         let publish = [crate::cmd::cmd("PUBLISH")];
         assert!(refused_before_running(&demoted, &publish));
+        assert!(refused_before_running(&demoted, &eval));
         assert!(refused_before_running(&script_refused, &eval));
         // Met midway through a script (it may have published), or written by it.
-        assert!(!refused_before_running(&demoted, &eval));
+        assert!(!refused_before_running(&midway, &eval));
         assert!(!refused_before_running(&readonly("READONLY no"), &eval));
         assert!(!runs_a_script(&crate::cmd::cmd("GET")));
     }

@@ -22,8 +22,8 @@ use crate::resp::Value;
 /// RESP2 and RESP3: `Vec<u8>`, `Bytes` and `String` take every kind of string (`INFO`
 /// answers a verbatim one over RESP3); `HashMap`, `BTreeMap` and `Vec<(K, V)>` take a map,
 /// an array of two-element arrays or a flat array of keys and values (`HGETALL`, `ZRANGE
-/// ... WITHSCORES`); integers take a whole-number double (`ZSCORE` over RESP3, the text
-/// `5` over RESP2); `()` takes anything but an error reply, wherever in the value it is.
+/// ... WITHSCORES`); integers take a whole-number double in their range (`ZSCORE` over
+/// RESP3, the text `5` over RESP2); `()` takes anything but an error reply, wherever in the value it is.
 ///
 /// ```
 /// # fn main() -> redcluster::Result<()> {
@@ -157,12 +157,13 @@ impl FromValue for bool {
     }
 }
 
-/// A RESP3 double that is a whole number within `i64` (`ZSCORE` of a score of 5, which
-/// RESP2 sends as the text `5`, read as an integer over both).
-fn whole(d: f64) -> Option<i64> {
-    // 2^63: every double below it in magnitude converts exactly.
-    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
-    (d.fract() == 0.0 && (-LIMIT..LIMIT).contains(&d)).then_some(d as i64)
+/// A RESP3 double that is a whole number (`ZSCORE` of a score of 5, which RESP2 sends as
+/// the text `5`, read as an integer over both), within `i128`; the integer type asked
+/// for checks its own range.
+fn whole(d: f64) -> Option<i128> {
+    // 2^127: every double below it in magnitude converts exactly.
+    const LIMIT: f64 = 170_141_183_460_469_231_731_687_303_715_884_105_728.0;
+    (d.fract() == 0.0 && (-LIMIT..LIMIT).contains(&d)).then_some(d as i128)
 }
 
 macro_rules! integer {
@@ -502,6 +503,7 @@ mod tests {
             i128::from_value(Value::Double(-1e18)).unwrap(),
             -10i128.pow(18)
         );
+        assert_eq!(u64::from_value(Value::Double(1e19)).unwrap(), 10u64.pow(19));
         for bad in [1.5, f64::NAN, f64::INFINITY, 1e19, -1e19] {
             assert!(
                 matches!(i64::from_value(Value::Double(bad)), Err(Error::Type { .. })),

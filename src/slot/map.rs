@@ -4,6 +4,7 @@
 //! refresh or a `MOVED`, so a request routes with one atomic load and never waits for a
 //! refresh in progress.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::SLOT_COUNT;
@@ -33,16 +34,21 @@ pub(crate) struct SlotMap {
 
 impl PartialEq for SlotMap {
     fn eq(&self, other: &SlotMap) -> bool {
-        let same_shard = |a: &Shard, b: &Shard| {
-            a.primary == b.primary
-                && a.replicas.len() == b.replicas.len()
-                && a.replicas.iter().all(|r| b.replicas.contains(r))
+        if self.shards.len() != other.shards.len() {
+            return false;
+        }
+        // Looked up by primary (one shard each), not searched: a map built from a huge
+        // (or hostile) reply may hold thousands of shards, or of replicas.
+        let theirs: HashMap<&Arc<str>, &Shard> =
+            other.shards.iter().map(|s| (&s.primary, s)).collect();
+        let same_replicas = |a: &Shard, b: &Shard| {
+            let b_replicas: HashSet<&Arc<str>> = b.replicas.iter().collect();
+            a.replicas.len() == b.replicas.len()
+                && a.replicas.iter().all(|r| b_replicas.contains(r))
         };
-        self.shards.len() == other.shards.len()
-            && self
-                .shards
-                .iter()
-                .all(|a| other.shards.iter().any(|b| same_shard(a, b)))
+        self.shards
+            .iter()
+            .all(|a| theirs.get(&a.primary).is_some_and(|b| same_replicas(a, b)))
             && (0..SLOT_COUNT).all(|slot| self.primary(slot) == other.primary(slot))
     }
 }
@@ -74,8 +80,11 @@ impl SlotMap {
         entries: impl IntoIterator<Item = (Shard, Vec<(u16, u16)>)>,
     ) -> SlotMap {
         let mut map = SlotMap::default();
+        // Where each primary's shard is (a search per entry would be quadratic in the
+        // ranges `CLUSTER SLOTS` lists).
+        let mut shard_of: HashMap<Arc<str>, usize> = HashMap::new();
         for (shard, ranges) in entries {
-            let index = match map.shards.iter().position(|s| s.primary == shard.primary) {
+            let index = match shard_of.get(&shard.primary).copied() {
                 Some(i) => {
                     // CLUSTER SLOTS lists a shard once per range; keep the longest
                     // replica list seen.
@@ -85,6 +94,7 @@ impl SlotMap {
                     i
                 }
                 None => {
+                    shard_of.insert(Arc::clone(&shard.primary), map.shards.len());
                     map.shards.push(shard);
                     map.shards.len() - 1
                 }

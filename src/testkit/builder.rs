@@ -346,7 +346,7 @@ impl LocalClusterBuilder {
     pub async fn start(self) -> Result<LocalCluster> {
         self.validate()?;
         let binary = resolve_binary(self.redis_server.as_deref())?;
-        check_version(&binary)?;
+        check_version(&binary, VERSION_TIME_LIMIT)?;
         // Owner only: the nodes' `redis.conf` files hold their passwords.
         let dir = tempfile::Builder::new()
             .prefix("redcluster-testkit-")
@@ -690,22 +690,48 @@ fn absolute(path: PathBuf) -> PathBuf {
     std::path::absolute(&path).unwrap_or(path)
 }
 
+/// How long `redis-server --version` may take: a binary that never answers (a wrapper
+/// script waiting on something) fails the start instead of hanging it.
+const VERSION_TIME_LIMIT: Duration = Duration::from_secs(10);
+
 /// Refuses servers older than 7.0: the testkit needs `cluster-port`, `CLUSTER MEET` with
-/// a bus port and `CLUSTER ADDSLOTSRANGE`.
-fn check_version(binary: &Path) -> Result<()> {
-    let output = Command::new(binary)
+/// a bus port and `CLUSTER ADDSLOTSRANGE`. `binary --version` gets `limit` to answer.
+fn check_version(binary: &Path, limit: Duration) -> Result<()> {
+    let failed = |e: std::io::Error| {
+        Error::io(
+            std::io::Error::new(
+                e.kind(),
+                format!("running {} --version: {e}", binary.display()),
+            ),
+            false,
+        )
+    };
+    let mut child = Command::new(binary)
         .arg("--version")
-        .output()
-        .map_err(|e| {
-            Error::io(
-                std::io::Error::new(
-                    e.kind(),
-                    format!("running {} --version: {e}", binary.display()),
-                ),
-                false,
-            )
-        })?;
-    let text = String::from_utf8_lossy(&output.stdout);
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(failed)?;
+    let deadline = std::time::Instant::now() + limit;
+    // Polled: the version is a line, written at once, and a pipe holds it whole.
+    while child.try_wait().map_err(failed)?.is_none() {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Config(format!(
+                "{} --version did not answer within {limit:?}",
+                binary.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut stdout = Vec::new();
+    if let Some(mut out) = child.stdout.take() {
+        use std::io::Read as _;
+        out.read_to_end(&mut stdout).map_err(failed)?;
+    }
+    let text = String::from_utf8_lossy(&stdout);
     // "Redis server v=7.0.15 sha=..."; an unknown format is given the benefit of the doubt.
     let version = text
         .split_whitespace()
@@ -729,6 +755,31 @@ fn check_version(binary: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A binary that never answers `--version` fails the start within the limit; a
+    /// real one passes.
+    #[cfg(unix)]
+    #[test]
+    fn a_server_binary_that_never_answers_its_version_fails_in_time() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("redis-server");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let started = std::time::Instant::now();
+        let err = check_version(&script, Duration::from_millis(300)).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("did not answer")),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let real = resolve_binary(None).unwrap();
+        check_version(&real, VERSION_TIME_LIMIT).unwrap();
+    }
 
     #[test]
     fn refuses_managed_and_malformed_directives() {

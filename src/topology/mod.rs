@@ -184,6 +184,10 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
         return Err(malformed("CLUSTER SLOTS is not an array"));
     };
     let mut out: Vec<ShardInfo> = Vec::new();
+    // Where each primary's shard is in `out`: a node's reply (hostile, or a huge
+    // cluster's) may list thousands of ranges, and a search per range would be
+    // quadratic.
+    let mut shard_of: std::collections::HashMap<String, usize> = Default::default();
     for entry in entries {
         let Value::Array(items) = entry else {
             return Err(malformed("slot range is not an array"));
@@ -226,15 +230,18 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
         let Some(primary) = nodes.next() else {
             continue;
         };
-        match out.iter_mut().find(|s| s.primary.addr == primary.addr) {
-            Some(shard) => shard.ranges.push((start, end)),
-            None => out.push(ShardInfo {
-                primary,
-                replicas: nodes.collect(),
-                ranges: vec![(start, end)],
-                // CLUSTER SLOTS does not say.
-                failed: Vec::new(),
-            }),
+        match shard_of.get(&primary.addr) {
+            Some(&i) => out[i].ranges.push((start, end)),
+            None => {
+                shard_of.insert(primary.addr.clone(), out.len());
+                out.push(ShardInfo {
+                    primary,
+                    replicas: nodes.collect(),
+                    ranges: vec![(start, end)],
+                    // CLUSTER SLOTS does not say.
+                    failed: Vec::new(),
+                });
+            }
         }
     }
     Ok(out)
@@ -359,8 +366,14 @@ pub(crate) fn compare_by_epoch(a: Routing<'_>, b: Routing<'_>) -> Option<std::cm
     let ((map_a, Some(epochs_a)), (map_b, Some(epochs_b))) = (a, b) else {
         return None;
     };
-    let epoch = |epochs: &Epochs, primary: &Arc<str>| {
-        epochs.iter().find(|(p, _)| p == primary).map(|(_, e)| *e)
+    // By address, looked up once per slot: a search of the list would cost the number
+    // of nodes per slot.
+    let by_node = |epochs: &Epochs| -> std::collections::HashMap<Arc<str>, u64> {
+        epochs.iter().cloned().collect()
+    };
+    let (epochs_a, epochs_b) = (by_node(epochs_a), by_node(epochs_b));
+    let epoch = |epochs: &std::collections::HashMap<Arc<str>, u64>, primary: &Arc<str>| {
+        epochs.get(primary).copied()
     };
     let (mut newer, mut older) = (false, false);
     for slot in 0..crate::slot::SLOT_COUNT {
@@ -370,7 +383,7 @@ pub(crate) fn compare_by_epoch(a: Routing<'_>, b: Routing<'_>) -> Option<std::cm
         if pa == pb {
             continue;
         }
-        match (epoch(epochs_a, pa), epoch(epochs_b, pb)) {
+        match (epoch(&epochs_a, pa), epoch(&epochs_b, pb)) {
             (Some(ea), Some(eb)) if ea > eb => newer = true,
             (Some(ea), Some(eb)) if ea < eb => older = true,
             (Some(_), Some(_)) => {}
@@ -806,6 +819,47 @@ mod tests {
         assert_eq!(shards.len(), 2);
         assert_eq!(shards[0].ranges, vec![(0, 100), (201, 300)]);
         assert_eq!(shards[0].replicas[0].addr, "127.0.0.1:7003");
+    }
+
+    /// A reply with tens of thousands of ranges and primaries (a hostile node's; no
+    /// cluster has that many) is grouped by primary as a small one is, each range with
+    /// its primary, and the map built from it compares and routes as it should. (The
+    /// grouping searched the shards found so far for every range, and so did the map
+    /// and its comparison: hundreds of millions of string compares per refresh.)
+    #[test]
+    fn a_reply_with_thousands_of_primaries_is_grouped_by_primary() {
+        let primaries = 20_000i64;
+        let entry = |slot: i64, port: i64| {
+            Value::Array(vec![
+                Value::Int(slot % 16384),
+                Value::Int(slot % 16384),
+                Value::Array(vec![s("10.0.0.1"), Value::Int(port), s("id")]),
+            ])
+        };
+        // Every primary twice: once for its own slot, once again further on.
+        let reply = Value::Array(
+            (0..2 * primaries)
+                .map(|i| entry(i, 1 + i % primaries))
+                .collect(),
+        );
+        let shards = parse_slots(&reply, "127.0.0.1:7000").unwrap();
+        assert_eq!(shards.len(), primaries as usize);
+        assert_eq!(shards[5].primary.addr, "10.0.0.1:6");
+        assert_eq!(
+            shards[5].ranges,
+            vec![(5, 5), (20_005 % 16384, 20_005 % 16384)]
+        );
+        let map = slot_map(&shards, &|a| a.to_string());
+        assert_eq!(map, slot_map(&shards, &|a| a.to_string()));
+        assert!(map.covers_every_slot());
+        // Slot 3 is listed for three primaries (ranges 3, 16387 and 32771): one of them.
+        let owner = map.primary(3).map(|p| p.to_string());
+        assert!(
+            ["10.0.0.1:4", "10.0.0.1:16388", "10.0.0.1:12772"]
+                .map(Some)
+                .contains(&owner.as_deref()),
+            "{owner:?}"
+        );
     }
 
     #[test]
