@@ -1001,7 +1001,16 @@ async fn slow_node_client(
     local: &LocalCluster,
     budget: Option<redcluster::RetryBudgetConfig>,
 ) -> ClusterClient {
-    let mut builder = ClusterClient::builder()
+    let mut builder = slow_node_builder(local);
+    if let Some(budget) = budget {
+        builder = builder.retry_budget(budget);
+    }
+    builder.build().await.unwrap()
+}
+
+/// [`slow_node_client`]'s settings.
+fn slow_node_builder(local: &LocalCluster) -> redcluster::ClusterClientBuilder {
+    ClusterClient::builder()
         .nodes(local.seeds())
         .response_timeout(Duration::from_millis(200))
         .health_check_interval(None)
@@ -1009,11 +1018,7 @@ async fn slow_node_client(
             CircuitBreakerConfig::default()
                 .consecutive_failures(2)
                 .open_for(Duration::from_secs(30)),
-        );
-    if let Some(budget) = budget {
-        builder = builder.retry_budget(budget);
-    }
-    builder.build().await.unwrap()
+        )
 }
 
 /// Opens the breaker of the node of `slow:{a}` with two scripts that each take it
@@ -1072,16 +1077,8 @@ async fn a_keyless_command_fails_fast_when_every_primary_breaker_is_open() {
     // No refresh: one that an opening breaker asks for would reach the next node
     // while its slow script holds it, and its answer there, in time, would keep that
     // script's timeout from counting (the node answered).
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .response_timeout(Duration::from_millis(200))
-        .health_check_interval(None)
+    let client = slow_node_builder(&local)
         .refresh_min_interval(Duration::from_secs(3600))
-        .circuit_breaker(
-            CircuitBreakerConfig::default()
-                .consecutive_failures(2)
-                .open_for(Duration::from_secs(30)),
-        )
         .build()
         .await
         .unwrap();

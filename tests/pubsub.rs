@@ -827,6 +827,53 @@ async fn a_subscribe_to_a_frozen_primary_times_out_and_is_made_when_it_thaws() {
     );
 }
 
+/// A sharded subscribe sent to a primary that froze before answering (the call timed
+/// out) goes to the slot's new owner once the client's map names it, as a confirmed one
+/// does. It waited on the frozen node's link until something else ended that (seconds
+/// later here; the link's unanswered PING at worst, 15 to 30 s), while the promoted
+/// replica served the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_sharded_subscribe_follows_a_failover_of_its_frozen_primary() {
+    let local = cluster(1).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let config = SubscriberConfig::default().subscribe_timeout(Duration::from_millis(300));
+    let mut sub = client.subscriber_with(config).await.unwrap();
+    let channel = "orders:{unconfirmed}";
+    let slot = key_slot(channel.as_bytes());
+    let owner = local.master_of_slot(slot).await.unwrap();
+    let replica = local.replicas_of(owner).await.unwrap()[0];
+    local.pause(owner).unwrap();
+    let r = sub.ssubscribe([channel]).await;
+    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    local
+        .failover(replica, FailoverMode::Takeover)
+        .await
+        .unwrap();
+    let promoted = local.node_addr(replica);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.node_for_key(channel.as_bytes()).as_deref() != Some(promoted.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "the client never saw the promotion"
+        );
+        let _ = client.refresh_topology().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The subscriber's housekeeping (every 500 ms) moves it: within 2 s (0.4 s here;
+    // 4.6 s before).
+    let seen = Instant::now();
+    while client.spublish(channel, "after").await.unwrap() == 0 {
+        assert!(
+            seen.elapsed() < Duration::from_secs(2),
+            "the subscription stayed on the frozen node"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = next_message(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!((m.channel, m.payload), (b(channel), b("after")));
+    local.resume(owner).unwrap();
+}
+
 /// `PUBSUB NUMSUB channel` and `PUBSUB NUMPAT` on node `index`.
 async fn subscriptions_on(local: &LocalCluster, index: usize, channel: &str) -> (i64, i64) {
     let conn = local.connect_node(index).await.unwrap();

@@ -298,6 +298,9 @@ impl ClusterClient {
         let lazy = inner.config.lazy_connect;
         if !lazy {
             let view = inner.fetch_view(&seeds).await?;
+            // Held against older views as a refresh's is: the seed may have heard of a
+            // failover the nodes the next refresh asks have not.
+            inner.signal.note_epochs(&view);
             inner.install(view, RefreshTrigger::Periodic, 0);
         }
         let health_checks = inner.config.health_check_interval.is_some();

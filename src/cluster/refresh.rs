@@ -264,10 +264,11 @@ impl RefreshSignal {
         let routing = (&installed.map, Some(&installed.epochs[..]));
         match topology::compare_by_epoch(view.routing(), routing) {
             Some(std::cmp::Ordering::Less) => true,
+            // Only where both route a slot: a view that adds a promoted replica's slots,
+            // unassigned in the installed one, is no other side of the collision.
             Some(std::cmp::Ordering::Equal) => {
                 self.last_collision.within(EPOCH_HOLD)
-                    && installed.map.slots_routed_like(&view.map)
-                        < usize::from(crate::slot::SLOT_COUNT)
+                    && !installed.map.agrees_where_both_serve(&view.map)
             }
             _ => false,
         }
@@ -275,7 +276,7 @@ impl RefreshSignal {
 
     /// Notes the routing and config epochs of a view being installed (none: nothing to
     /// hold a later view against).
-    fn note_epochs(&self, view: &topology::View) {
+    pub(crate) fn note_epochs(&self, view: &topology::View) {
         *lock(&self.installed_epochs) = view.epochs.as_ref().map(|epochs| InstalledEpochs {
             map: view.map.clone(),
             epochs: epochs.clone(),
@@ -640,6 +641,36 @@ fn settling(shards: &[topology::ShardInfo], failed_lately: bool) -> bool {
 mod tests {
     use super::*;
     use crate::topology::{NodeInfo, ShardInfo};
+
+    /// While two masters share an epoch, a view as old as the installed one that routes
+    /// a slot otherwise is kept out; one that only serves slots the installed one left
+    /// unassigned (a promoted replica taking a lost primary's) is not. It was, for as
+    /// long as the collision was reported and 5 s after: those slots failed meanwhile.
+    #[test]
+    fn a_collision_keeps_out_other_routings_not_added_coverage() {
+        use crate::slot::Shard;
+        let shard = |p: &str| Shard {
+            primary: Arc::from(p),
+            replicas: vec![],
+        };
+        let view = |map: SlotMap, epochs: &[(&str, u64)]| topology::View {
+            map,
+            failed: Vec::new(),
+            ids: Vec::new(),
+            epochs: Some(epochs.iter().map(|&(p, e)| (Arc::from(p), e)).collect()),
+        };
+        let installed = SlotMap::from_ranges([(shard("a:1"), vec![(0, 8000)])]);
+        let signal = RefreshSignal::default();
+        signal.note_epochs(&view(installed.clone(), &[("a:1", 5)]));
+        signal.last_collision.note();
+        let added = SlotMap::from_ranges([
+            (shard("a:1"), vec![(0, 8000)]),
+            (shard("x:1"), vec![(8001, 16383)]),
+        ]);
+        assert!(!signal.stale_by_epoch(&view(added, &[("a:1", 5), ("x:1", 5)])));
+        let other = installed.with_moved(0, "b:1");
+        assert!(signal.stale_by_epoch(&view(other, &[("a:1", 5), ("b:1", 5)])));
+    }
 
     /// Two requests that find the task gone at once both try to start it: the one that
     /// loses leaves the flag of the task that runs alone. Its guard, made before the

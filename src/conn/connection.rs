@@ -1175,12 +1175,22 @@ where
 /// Unanswered keepalive probes that end a connection.
 const KEEPALIVE_PROBES: u32 = 3;
 
+/// The keepalive idle time `configure_tcp` sets for `asked`: whole seconds within what
+/// Linux accepts.
+fn keepalive_idle(asked: std::time::Duration) -> std::time::Duration {
+    std::time::Duration::from_secs(asked.as_secs().clamp(1, 32_767))
+}
+
 fn configure_tcp(stream: &tokio::net::TcpStream, options: &ConnectOptions) {
     // Small requests must not wait for Nagle's algorithm; batching is done by the writer.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
     if let Some(idle) = options.tcp_keepalive {
+        // Into what Linux takes (whole seconds, 1 to 32767): outside it refuses the
+        // setting, and the connection keeps the system's two hours and nine probes.
+        // (The cluster builder refuses such values; `ConnectOptions` is public.)
+        let idle = keepalive_idle(idle);
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(idle)
             .with_interval(idle.min(std::time::Duration::from_secs(10)));
@@ -1672,6 +1682,23 @@ fn deliver(
 mod tests {
     use super::*;
     use crate::cmd::cmd;
+
+    #[test]
+    fn keepalive_idle_times_are_kept_within_what_linux_takes() {
+        use std::time::Duration;
+        assert_eq!(
+            keepalive_idle(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            keepalive_idle(Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            keepalive_idle(Duration::from_secs(40_000)),
+            Duration::from_secs(32_767)
+        );
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]

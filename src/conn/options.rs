@@ -201,7 +201,8 @@ pub struct ConnectOptions {
     pub read_only: bool,
     /// TCP keepalive idle time; `None` turns keepalive off. Default 60 s. Probes then
     /// go 10 s apart at most, and three unanswered end the connection (Linux, Android,
-    /// macOS, FreeBSD; elsewhere the system's count).
+    /// macOS, FreeBSD; elsewhere the system's count). Set in whole seconds, from 1 to
+    /// 32767 (what Linux takes): outside that it is brought within.
     pub tcp_keepalive: Option<Duration>,
     /// How long the server may send no byte, while it owes replies to a request that
     /// already timed out, before the connection is closed as dead; `None` (or zero)

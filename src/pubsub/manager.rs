@@ -1036,8 +1036,12 @@ impl Manager {
             self.routes_version = version;
             let mut moves: HashMap<(u64, u16), Vec<Bytes>> = HashMap::new();
             let mut moved = Vec::new();
+            // Sent and not confirmed yet too: sent to a primary that froze before it
+            // answered (the caller's subscribe timed out), it would wait there until the
+            // link's PING found the node dead, 15 to 30 s, while the new owner serves.
             for (key, sub) in self.subs.iter() {
-                let (Kind::Shard, State::Active(id)) = (key.0, sub.state()) else {
+                let (Kind::Shard, State::Active(id) | State::Pending(id)) = (key.0, sub.state())
+                else {
                     continue;
                 };
                 let slot = key_slot(&key.1);

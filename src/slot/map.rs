@@ -138,6 +138,15 @@ impl SlotMap {
             .count()
     }
 
+    /// Whether the two maps route every slot both assign to the same primary (either may
+    /// serve slots the other leaves unassigned).
+    pub(crate) fn agrees_where_both_serve(&self, other: &SlotMap) -> bool {
+        (0..SLOT_COUNT).all(|slot| match (self.primary(slot), other.primary(slot)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        })
+    }
+
     /// How many slots some shard serves.
     pub(crate) fn covered(&self) -> usize {
         self.slots.iter().filter(|&&s| s != UNASSIGNED).count()

@@ -90,6 +90,21 @@ fn port(value: Option<&Value>) -> Option<u16> {
     u16::try_from(int(value?)?).ok().filter(|&p| p != 0)
 }
 
+/// How many slots the ranges of one reply may list in all: a cluster lists each of its
+/// 16384 slots once. Allowing a few times that for a node caught mid-change, a reply
+/// beyond it is malformed: each range listed costs a fill of the slot table, and a
+/// reply of a million whole ranges (45 MB) would cost gigabytes of writes per refresh.
+const MAX_LISTED_SLOTS: usize = 4 * crate::slot::SLOT_COUNT as usize;
+
+/// Adds the range `start..=end` to `listed`, the slots a reply's ranges list so far.
+fn count_listed(listed: &mut usize, start: u16, end: u16) -> Result<()> {
+    *listed += usize::from(end.saturating_sub(start)) + 1;
+    if *listed > MAX_LISTED_SLOTS {
+        return Err(malformed("slot ranges list more slots than a cluster has"));
+    }
+    Ok(())
+}
+
 /// Parses a `CLUSTER SHARDS` reply (Redis 7+). `reached` is the address of the node that
 /// answered; `tls` picks the `tls-port` where a node reports one.
 pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Vec<ShardInfo>> {
@@ -97,6 +112,7 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
         return Err(malformed("CLUSTER SHARDS is not an array"));
     };
     let mut out = Vec::with_capacity(shards.len());
+    let mut listed = 0;
     for shard in shards {
         let shard = fields(shard).ok_or_else(|| malformed("shard is not a map"))?;
         let slots = match field(&shard, "slots") {
@@ -112,6 +128,7 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
             let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
                 return Err(malformed("slot out of range"));
             };
+            count_listed(&mut listed, start, end)?;
             ranges.push((start, end));
         }
         let nodes = match field(&shard, "nodes") {
@@ -188,6 +205,7 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
     // cluster's) may list thousands of ranges, and a search per range would be
     // quadratic.
     let mut shard_of: std::collections::HashMap<String, usize> = Default::default();
+    let mut listed = 0;
     for entry in entries {
         let Value::Array(items) = entry else {
             return Err(malformed("slot range is not an array"));
@@ -201,6 +219,7 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
         let (Ok(start), Ok(end)) = (u16::try_from(start), u16::try_from(end)) else {
             return Err(malformed("slot out of range"));
         };
+        count_listed(&mut listed, start, end)?;
         let mut nodes = Vec::with_capacity(items.len() - 2);
         for (position, node) in items[2..].iter().enumerate() {
             let Value::Array(parts) = node else {
@@ -426,8 +445,8 @@ pub(crate) fn failed_nodes(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String)
         .collect()
 }
 
-/// Picks the view that serves the most slots from healthy primaries; among those, a
-/// view older by config epoch than another ([`compare_by_epoch`]) is out; then, when
+/// Leaves out every view older by config epoch than another ([`compare_by_epoch`]),
+/// then picks the view that serves the most slots from healthy primaries; then, when
 /// `collided` (a node reported two masters of one epoch lately), the one that routes
 /// the most slots as `current` (see the comment at the ranking); then the one most
 /// nodes agree on. During a failover, nodes that have not yet heard of the promotion
@@ -470,21 +489,27 @@ pub(crate) fn choose_view(views: Vec<View>, current: &SlotMap, collided: bool) -
             None => tally.push((view, 1)),
         }
     }
-    let covered = tally.iter().map(|(view, _)| view.map.covered()).max()?;
-    let mut tied: Vec<usize> = (0..tally.len())
-        .filter(|&i| tally[i].0.map.covered() == covered)
-        .collect();
-    // Out: a view older by config epoch than another, however many nodes give it.
-    let older = |i: usize, tied: &[usize]| {
-        tied.iter().any(|&j| {
+    // Out first: a view older by config epoch than another, however many nodes give it
+    // and however many slots it serves. A node cut off from the cluster bus never flags
+    // a failed primary and keeps serving every slot in its view, the promoted replicas'
+    // too with their old primaries: ranked by coverage first, it won every refresh that
+    // asked it, with `cluster-require-full-coverage no` and a shard lost for good.
+    let all: Vec<usize> = (0..tally.len()).collect();
+    let older = |i: usize| {
+        all.iter().any(|&j| {
             compare_by_epoch(tally[i].0.routing(), tally[j].0.routing())
                 == Some(std::cmp::Ordering::Less)
         })
     };
-    let newest: Vec<usize> = tied.iter().copied().filter(|&i| !older(i, &tied)).collect();
-    if !newest.is_empty() {
-        tied = newest;
+    let mut newest: Vec<usize> = all.iter().copied().filter(|&i| !older(i)).collect();
+    if newest.is_empty() {
+        newest = all;
     }
+    let covered = newest.iter().map(|&i| tally[i].0.map.covered()).max()?;
+    let mut tied: Vec<usize> = newest
+        .into_iter()
+        .filter(|&i| tally[i].0.map.covered() == covered)
+        .collect();
     // While two masters share an epoch, which side a node is on is no sign of news: the
     // nodes do not move a slot to a claim of the same epoch, and settle it with a new
     // one within a round of gossip. Until then the routing installed stays, before the
@@ -852,6 +877,15 @@ mod tests {
         let map = slot_map(&shards, &|a| a.to_string());
         assert_eq!(map, slot_map(&shards, &|a| a.to_string()));
         assert!(map.covers_every_slot());
+        // Every slot listed five times over: malformed, not five fills of the table per
+        // range (a million of them made gigabytes of writes).
+        let whole = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![s("10.0.0.1"), Value::Int(1), s("id")]),
+        ]);
+        let err = parse_slots(&Value::Array(vec![whole; 5]), "127.0.0.1:7000").unwrap_err();
+        assert!(matches!(err, Error::Protocol(_)), "{err:?}");
         // Slot 3 is listed for three primaries (ranges 3, 16387 and 32771): one of them.
         let owner = map.primary(3).map(|p| p.to_string());
         assert!(
@@ -1178,10 +1212,21 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
             pick(vec![same_old(), same_old(), same_new()], &new, false),
             a
         );
-        // Coverage still comes first: the newer view that lost a shard's primary.
+        // Epochs before coverage: the newer view that lost a shard's primary (c's slots
+        // unassigned: failed, no replica) against a node cut off from the cluster bus,
+        // which never heard of the promotion nor flagged c failed, and serves every slot.
         let partial = SlotMap::from_ranges([(shard("b:1"), vec![(0, 8000)])]);
         let partial = view(&partial, epochs_of(&[("b:1", 7)]));
-        assert_eq!(pick(vec![stale(), partial], &none, false), a);
+        assert_eq!(
+            pick(vec![stale(), stale(), partial.clone()], &none, false),
+            b
+        );
+        // Coverage still decides between views no older than the other: c flagged
+        // failed by one node, not by the other.
+        let flagged = SlotMap::from_ranges([(shard("a:1"), vec![(0, 8000)])]);
+        let flagged = view(&flagged, epochs_of(&[("a:1", 1)]));
+        assert_eq!(pick(vec![flagged, stale()], &none, false), a);
+        assert_eq!(pick(vec![partial, stale()], &old, false), b);
     }
 
     #[test]
