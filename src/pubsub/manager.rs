@@ -360,7 +360,10 @@ impl Manager {
 
     fn emit(&mut self, event: PubSubEvent) {
         if !self.queue.push(event) {
-            tracing::warn!("subscriber queue overflowed; disconnecting as configured");
+            // Once: the rest of the batch being handled meets the closed queue too.
+            if !self.stopped {
+                tracing::warn!("subscriber queue overflowed; disconnecting as configured");
+            }
             self.stopped = true;
         }
     }
@@ -666,6 +669,15 @@ impl Manager {
             }
         }
         if !lost.is_empty() {
+            // A gap held for a channel now lost (a node-local subscription restored on
+            // one primary and refused on another ends on all) would come after the
+            // `Lost`, and read as restored.
+            let held = match kind {
+                Kind::Channel => &mut self.gaps.channels,
+                Kind::Pattern => &mut self.gaps.patterns,
+                Kind::Shard => &mut self.gaps.shards,
+            };
+            held.retain(|channel| !lost.contains(channel));
             tracing::warn!(error = %e, subscriptions = lost.len(), "subscriptions could not be restored");
             let (channels, patterns) = match kind {
                 Kind::Pattern => (Vec::new(), lost),

@@ -48,7 +48,9 @@
 //!   there, reported as a [`PubSubEvent::Gap`], and dropped from a node that is no
 //!   longer one (until the client sees the new topology, a demoted primary may repeat
 //!   a few notifications of the writes it replicates). `subscribe` returns once every
-//!   primary confirmed; one that does not answer makes it a [`Error::Timeout`], and
+//!   primary confirmed (those the client knew as they did: one a failover promotes
+//!   while the call waits is subscribed after it, with its `Gap`); one that does not
+//!   answer makes it a [`Error::Timeout`], and
 //!   the subscription is still made there when it does; one that refuses (`NOPERM`)
 //!   fails the call with that error, and no primary keeps the subscription. Before the client knows any primary (with
 //!   `lazy_connect`) it is [`Error::ClusterDown`], and made once the cluster is
