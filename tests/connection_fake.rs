@@ -48,6 +48,38 @@ async fn reply_cut_mid_frame_fails_the_request_as_maybe_executed() {
     assert_eq!(fake.finish().await.unwrap(), ["HELLO", "INCR"]);
 }
 
+/// A push a server slips inside a reply (a client-tracking invalidation within an
+/// `MGET`'s, as Redis 6 and early 7.0 could) is dropped, as pushes between replies are:
+/// taken as an element, it ended the `MGET` one element early, and the `MGET`'s last
+/// element answered the `GET`, every later reply one request off.
+#[tokio::test]
+async fn a_push_inside_a_reply_does_not_shift_the_replies() {
+    let fake = FakeNode::start(script([
+        Step::Expect(vec!["MGET", "a", "b"]),
+        Step::Expect(vec!["GET", "c"]),
+        Step::Reply(
+            b"*2\r\n$1\r\n1\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\na\r\n$1\r\n2\r\n$1\r\n3\r\n",
+        ),
+        Step::Close,
+    ]))
+    .await;
+    let conn = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap();
+    let replies = conn
+        .send_batch(vec![cmd("MGET").arg("a").arg("b"), cmd("GET").arg("c")])
+        .await
+        .unwrap();
+    assert_eq!(
+        replies,
+        [
+            Value::Array(vec![Value::Bulk("1".into()), Value::Bulk("2".into())]),
+            Value::Bulk("3".into())
+        ]
+    );
+    fake.finish().await.unwrap();
+}
+
 #[tokio::test]
 async fn every_in_flight_request_is_answered_when_the_connection_dies() {
     let mut fake = FakeNode::start(script([Step::ReadAny(20), Step::Hold, Step::Close])).await;

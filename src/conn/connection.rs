@@ -1146,7 +1146,9 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut decoder = Decoder::with_limits(options.limits);
+    // Pushes a server slips inside replies are dropped, as those between replies are
+    // (see `read_loop`): counted in, they would shift every later reply.
+    let mut decoder = Decoder::with_limits(options.limits).out_of_band_pushes();
     let protocol = tokio::time::timeout_at(
         deadline,
         handshake::run(

@@ -221,6 +221,9 @@ pub struct Decoder {
     /// How far into the buffer a search for CRLF already looked without finding one,
     /// so a long line arriving in pieces is scanned once.
     scanned: usize,
+    /// Whether a push met inside another value is dropped (see
+    /// [`Decoder::out_of_band_pushes`]).
+    drop_nested_pushes: bool,
 }
 
 impl Decoder {
@@ -249,6 +252,29 @@ impl Decoder {
             limits,
             ..Self::default()
         }
+    }
+
+    /// Drops a push (`>`) met inside another value instead of making it an element
+    /// of that value. A push is out-of-band data, never part of a reply, but a server
+    /// may slip one into another reply (a client-tracking invalidation within an
+    /// `MGET`'s, Redis 6 and early 7.0): taken as an element, it ends the reply one
+    /// element early, and its last element becomes the next reply, so every reply after
+    /// is matched to the wrong request. Pushes at top level are returned as ever. Off
+    /// by default (a decoder then reads any value, as it was written).
+    ///
+    /// ```
+    /// # fn main() -> redcluster::Result<()> {
+    /// use bytes::BytesMut;
+    /// use redcluster::resp::{Decoder, Value};
+    /// let wire = &b"*2\r\n:1\r\n>2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n:2\r\n"[..];
+    /// let mut decoder = Decoder::new().out_of_band_pushes();
+    /// let reply = decoder.decode(&mut BytesMut::from(wire))?;
+    /// assert_eq!(reply, Some(Value::Array(vec![Value::Int(1), Value::Int(2)])));
+    /// # Ok(()) }
+    /// ```
+    pub fn out_of_band_pushes(mut self) -> Self {
+        self.drop_nested_pushes = true;
+        self
     }
 
     /// The limits in force.
@@ -336,6 +362,9 @@ impl Decoder {
                 let Some(top) = self.stack.last_mut() else {
                     return Ok(Some(value));
                 };
+                if self.drop_nested_pushes && matches!(value, Value::Push(_)) {
+                    break;
+                }
                 match top.push(value) {
                     Some(done) => {
                         self.stack.pop();
