@@ -122,6 +122,15 @@ enum Partial {
     Attached { attributes: Vec<(Value, Value)> },
 }
 
+/// Whether `value` is a push, with attributes or without.
+fn is_push(value: &Value) -> bool {
+    match value {
+        Value::Push(_) => true,
+        Value::Attribute { data, .. } => is_push(data),
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum SeqKind {
     Array,
@@ -362,7 +371,9 @@ impl Decoder {
                 let Some(top) = self.stack.last_mut() else {
                     return Ok(Some(value));
                 };
-                if self.drop_nested_pushes && matches!(value, Value::Push(_)) {
+                // Inside an aggregate only: attributes just read belong to the push.
+                let in_aggregate = !matches!(top, Partial::Attached { .. });
+                if self.drop_nested_pushes && in_aggregate && is_push(&value) {
                     break;
                 }
                 match top.push(value) {
@@ -684,6 +695,28 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    /// With [`Decoder::out_of_band_pushes`], a push inside an aggregate is dropped, with
+    /// its attributes too; one at top level is returned, with its attributes.
+    #[test]
+    fn out_of_band_pushes_are_dropped_inside_aggregates_only() {
+        let mut decoder = Decoder::new().out_of_band_pushes();
+        let mut buf = BytesMut::from(
+            &b"*2\r\n:1\r\n|1\r\n+k\r\n+v\r\n>1\r\n+x\r\n:2\r\n|1\r\n+k\r\n+v\r\n>1\r\n+y\r\n"[..],
+        );
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap(),
+            Some(Value::Array(vec![Value::Int(1), Value::Int(2)]))
+        );
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap(),
+            Some(Value::Attribute {
+                attributes: vec![(Value::Simple(b("k")), Value::Simple(b("v")))],
+                data: Box::new(Value::Push(vec![Value::Simple(b("y"))])),
+            })
+        );
+        assert!(buf.is_empty());
     }
 
     fn one(input: &str) -> Value {
