@@ -52,9 +52,10 @@ static NIL: Value = Value::Nil;
 /// so that they see the writes before them. A command resent after an `ASK` runs after
 /// the slot's later commands the node had already served (other keys); a refusal
 /// (`TRYAGAIN`, `CLUSTERDOWN`, ...) followed by a served command of its slot is not
-/// resent, and is that command's answer (it did not run); a command
-/// whose keys span slots (`MGET`, `DEL a b`, split per slot) or that runs on every node
-/// (`DBSIZE`) runs alongside the others, in no set order. `MULTI`, `WATCH` and their
+/// resent, and is that command's answer (it did not run), nor one followed by a command of
+/// its slot that may have run before the connection failed; a command whose keys span
+/// slots (`MGET`, `DEL a b`, split per slot), that runs on every node (`DBSIZE`) or that
+/// has no keys (`EVAL ... 0`, `PUBLISH`) runs alongside the others, in no set order. `MULTI`, `WATCH` and their
 /// kin, `WAIT` and the pub/sub commands are refused at their index
 /// ([`Error::Config`], nothing sent): use [`ClusterClient::transaction`],
 /// [`crate::Durability`], [`ClusterClient::subscriber`].

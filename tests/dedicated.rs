@@ -392,6 +392,62 @@ async fn several_multiplexed_connections_per_node_share_the_load() {
     }
 }
 
+/// A consumer blocked on a primary that a failover demotes gracefully is let go by the
+/// server with `UNBLOCKED force unblock from blocking operation, instance state
+/// changed` (Redis 7.0; nothing was popped), and blocks again at the promoted replica
+/// after a refresh: the consumer got that error, for every consumer of the shard on
+/// every rolling upgrade.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_blocked_through_a_graceful_failover_blocks_again_at_the_new_primary() {
+    use redcluster::testkit::FailoverMode;
+    let local = support::cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let queue = "{graceful}:jobs";
+    let primary = support::owner_index(&local, &client, queue);
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    let consumer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(0))
+                .await
+        })
+    };
+    until_blocked(&local, &client, queue, true).await;
+    local
+        .failover(replica, FailoverMode::Graceful)
+        .await
+        .unwrap();
+    // The consumer's own resend asks for the refresh that names the new primary.
+    let promoted = local.node_addr(replica);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.node_for_key(queue.as_bytes()).as_deref() != Some(promoted.as_str()) {
+        assert!(
+            !consumer.is_finished() && Instant::now() < deadline,
+            "the consumer ended or never moved: finished {}",
+            consumer.is_finished()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_blocked(&local, &client, queue, true).await;
+    let producer = ClusterClient::connect(local.seeds()).await.unwrap();
+    producer
+        .query::<i64>(cmd("RPUSH").arg(queue).arg("job"))
+        .await
+        .unwrap();
+    let popped = tokio::time::timeout(Duration::from_secs(10), consumer)
+        .await
+        .expect("the consumer was answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(popped, Some((queue.to_string(), "job".to_string())));
+}
+
 /// Waits (5 s at most) until a client is blocked on the node serving `key`, or until
 /// none is (`blocked` false).
 async fn until_blocked(local: &LocalCluster, client: &ClusterClient, key: &str, blocked: bool) {
@@ -925,6 +981,20 @@ async fn a_durable_write_waits_for_an_owner_of_its_slot() {
 /// for a connection. It failed with `Timeout`, which says it may have popped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_blocked_past_the_timeout_follows_its_slot_to_the_new_owner() {
+    blocked_past_the_timeout_then_moved(false).await;
+}
+
+/// The same, the command sent in a pipeline: the batch's resends took the pipeline's
+/// deadline, long past, and the `BLPOP` failed with `Timeout` before it could block at
+/// the new owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_command_blocked_past_the_timeout_follows_its_slot_to_the_new_owner() {
+    blocked_past_the_timeout_then_moved(true).await;
+}
+
+/// A `BLPOP k 0`, alone or in a pipeline (`pipeline`), blocked past a 300 ms response
+/// timeout, its slot then moved: it pops at the new owner.
+async fn blocked_past_the_timeout_then_moved(pipeline: bool) {
     let local = support::cluster(3, 0).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
@@ -937,9 +1007,16 @@ async fn a_command_blocked_past_the_timeout_follows_its_slot_to_the_new_owner() 
     let consumer = tokio::spawn({
         let client = client.clone();
         async move {
-            client
-                .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(0))
-                .await
+            let blpop = cmd("BLPOP").arg(queue).arg(0);
+            if pipeline {
+                let mut p = client.pipeline();
+                p.add(blpop);
+                p.execute_as::<Vec<Option<(String, String)>>>()
+                    .await
+                    .map(|popped| popped.into_iter().next().flatten())
+            } else {
+                client.query::<Option<(String, String)>>(blpop).await
+            }
         }
     });
     until_blocked(&local, &client, queue, true).await;

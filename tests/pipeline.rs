@@ -589,6 +589,81 @@ async fn a_refusal_followed_by_a_served_command_of_its_slot_is_not_resent() {
     assert_eq!(fake.count("GET"), 2);
 }
 
+/// A refused command (`TRYAGAIN`) followed by a command of its slot that the node may
+/// have run before the connection dropped (an `APPEND`, which is not resent) is not
+/// resent either: it would run after that one (`MSET {t}a 1 ...` over the appended
+/// value). Only commands the node answered counted as run. (A scripted fake.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_followed_by_a_command_that_may_have_run_is_not_resent() {
+    let fake = FakeCluster::start(|args, earlier| match (args[0].as_str(), earlier) {
+        ("MSET", 0) => Action::Reply(Value::ServerError(ServerError::new(
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+        ))),
+        ("APPEND", 0) => Action::Drop,
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.add(cmd("MSET").arg("{t}a").arg(1).arg("{t}b").arg(1))
+        .add(cmd("APPEND").arg("{t}a").arg("x"));
+    let each = p.execute_each().await;
+    assert!(
+        matches!(&each[0], Err(Error::Server(e)) if e.code() == "TRYAGAIN"),
+        "{each:?}"
+    );
+    assert!(
+        each[1].as_ref().is_err_and(Error::may_have_executed),
+        "{each:?}"
+    );
+    assert_eq!(fake.count("MSET"), 1, "{:?}", fake.seen());
+    assert_eq!(fake.count("APPEND"), 1, "{:?}", fake.seen());
+}
+
+/// With reads from replicas, a pipeline's read of a slot it writes goes to the primary
+/// also when no owner of the slot was known as the pipeline was planned (a lazily
+/// connected client before its discovery): it went to a replica, which may not have
+/// the write yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_a_written_slot_without_a_known_owner_go_to_the_primary() {
+    use futures_util::FutureExt as _;
+    let local = support::cluster(3, 1).await;
+    let masters = local.masters().await.unwrap();
+    let replica_gets = || async {
+        let mut total = 0;
+        for node in (0..6).filter(|n| !masters.contains(n)) {
+            total += support::calls(&local, node, "get").await;
+        }
+        total
+    };
+    let seed = masters[0];
+    local.pause(seed).unwrap();
+    let client = ClusterClient::builder()
+        .nodes([local.node_addr(seed)])
+        .lazy_connect(true)
+        .read_from(redcluster::ReadFrom::Replica)
+        .connect_timeout(Duration::from_secs(5))
+        .response_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let before = replica_gets().await;
+    let mut p = client.pipeline();
+    p.set("ryw-lazy:{a}", "v").get("ryw-lazy:{a}");
+    let mut pipeline = Box::pin(p.execute());
+    // Planned at its first poll, while the only seed is frozen: no owner known.
+    assert!((&mut pipeline).now_or_never().is_none());
+    local.resume(seed).unwrap();
+    let replies = pipeline.await.unwrap();
+    assert_eq!(replies[1], Value::Bulk("v".into()));
+    assert_eq!(replica_gets().await, before, "no GET on a replica");
+}
+
 /// A command resent after its batch's connection dropped (it may have run; a `SET` may
 /// be resent) whose resend is refused until the retries are spent (`CLUSTERDOWN`: the
 /// node failed) ends in the lost connection's error, which says it may have run, not in

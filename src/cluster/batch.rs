@@ -12,8 +12,10 @@
 //! node, each after `ASKING`; any others on their own, through the ordinary redirect and
 //! retry path, one after another per slot.
 //! Either way a slot's resent commands keep their order among themselves (a command
-//! resent after an `ASK` or `TRYAGAIN` runs after the slot's later commands that the
-//! node had already served). When a node's connection fails, the commands it answered
+//! resent after an `ASK` runs after the slot's later commands that the node had already
+//! served; a refused one, `TRYAGAIN` and the like, is not resent then, nor when a later
+//! command of its slot may have run before the connection failed: its refusal is its
+//! answer). When a node's connection fails, the commands it answered
 //! first keep their replies; the others are resent if they were not written, or if each
 //! is idempotent and no later command of its slot that may have run stays behind (else
 //! it would run again after that one), and reported otherwise. A command that timed
@@ -334,13 +336,22 @@ impl Inner {
                 self.execute(command, started, deadline, read_from).await,
             )
         });
-        let unowned = unowned.into_iter().map(|(_, commands)| async move {
-            let mut replies = Vec::with_capacity(commands.len());
-            for (index, command) in commands {
-                let reply = self.execute(command, Instant::now(), deadline, read_from);
-                replies.push((index, reply.await));
+        let unowned = unowned.into_iter().map(|(slot, commands)| {
+            // A slot the pipeline writes is read from its primary, as when its owner is
+            // known: a replica may not have the pipeline's own writes yet.
+            let read_from = if written.contains(&slot) {
+                ReadFrom::Primary
+            } else {
+                read_from
+            };
+            async move {
+                let mut replies = Vec::with_capacity(commands.len());
+                for (index, command) in commands {
+                    let reply = self.execute(command, Instant::now(), deadline, read_from);
+                    replies.push((index, reply.await));
+                }
+                replies
             }
-            replies
         });
         let (batches, singles, unowned) = futures_util::future::join3(
             futures_util::future::join_all(batches),
@@ -514,10 +525,19 @@ impl Inner {
         let last_served: Option<HashMap<u16, usize>> = actions.as_ref().map(|actions| {
             let served =
                 |action: &Option<ErrorAction>| matches!(action, None | Some(ErrorAction::Reply));
-            (meta.iter().zip(actions).enumerate())
+            let mut last: HashMap<u16, usize> = (meta.iter().zip(actions).enumerate())
                 .filter(|(_, (_, action))| served(action))
                 .map(|(position, (meta, _))| (meta.slot, position))
-                .collect()
+                .collect();
+            // So are the commands left unanswered when the connection failed after they
+            // were written: they may have run (an `APPEND` the node ran, then dropped the
+            // connection), and a refusal before them, resent, would run after them.
+            if failure.as_ref().is_some_and(Error::may_have_executed) {
+                for (position, meta) in meta.iter().enumerate().skip(replies.len()) {
+                    last.insert(meta.slot, position);
+                }
+            }
+            last
         });
         // `MOVED` targets, taken in at once after the replies: a pipeline's share of a
         // moved shard is thousands of them, and each would make a new slot map.
@@ -693,6 +713,15 @@ impl Inner {
         if resend.is_empty() {
             return out;
         }
+        // A batch that blocked (on a dedicated connection) may have been out past the
+        // pipeline's deadline before the node sent it away (`MOVED`, `CLUSTERDOWN`): its
+        // resends get that time back, as a single blocking command's do, or they would
+        // fail with `Timeout` before blocking at the new owner.
+        let deadline = if blocks.is_some() {
+            crate::deadline::after(deadline, started.elapsed())
+        } else {
+            deadline
+        };
         // What to resend, by slot, in the order added: dependent writes (`DEL k`, then
         // `RPUSH k`) rely on the order within a slot. Slots go in parallel.
         // Per slot: whether every command of it got `MOVED` (or goes to the primary), and

@@ -34,6 +34,17 @@ pub(crate) fn classify(error: &ServerError, reached: &str) -> ErrorAction {
             None => ErrorAction::Reply,
         },
         "CLUSTERDOWN" => ErrorAction::ClusterDown,
+        // A blocked command the server let go of as its role changed (a primary a
+        // failover demoted; Redis 7.0 says this, later versions `MOVED`): it did not
+        // run. After a refresh, to the new primary, as for `CLUSTERDOWN`. (`CLIENT
+        // UNBLOCK ... ERROR` says otherwise, and is the reply.)
+        "UNBLOCKED"
+            if error
+                .message()
+                .starts_with("force unblock from blocking operation, instance state changed") =>
+        {
+            ErrorAction::ClusterDown
+        }
         "TRYAGAIN" | "LOADING" | "MASTERDOWN" => ErrorAction::BackOff,
         _ => ErrorAction::Reply,
     }
@@ -178,6 +189,16 @@ mod tests {
             ErrorAction::Redirect(Redirect::Ask { .. })
         ));
         assert_eq!(c("MOVED garbage"), ErrorAction::Reply);
+        // Redis 7.0's words to a client blocked on a primary a failover demoted (from
+        // its source); `CLIENT UNBLOCK id ERROR`'s are the reply.
+        assert_eq!(
+            c("UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)"),
+            ErrorAction::ClusterDown
+        );
+        assert_eq!(
+            c("UNBLOCKED client unblocked via CLIENT UNBLOCK"),
+            ErrorAction::Reply
+        );
         // A target without a known host: wait for a refresh to say where it is.
         assert_eq!(c("MOVED 1 ?:7000"), ErrorAction::ClusterDown);
         assert_eq!(c("ASK 1 ?:7000"), ErrorAction::ClusterDown);
