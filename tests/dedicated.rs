@@ -899,6 +899,19 @@ async fn blocked_workers_leave_watch_a_dedicated_connection() {
 /// requests to the node are served at once, not failed fast for the `BLPOP`'s seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_probe_closes_the_breaker_once_its_connection_answers() {
+    blocking_probe(false).await;
+}
+
+/// The same, the probe a pipeline holding the blocking command: it settled the breaker
+/// only once its block time was up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_blocking_probe_closes_the_breaker_once_its_connection_answers() {
+    blocking_probe(true).await;
+}
+
+/// A recovered node's breaker probe is a `BLPOP q 3`, alone or in a pipeline
+/// (`pipeline`): a `GET` while it blocks is served.
+async fn blocking_probe(pipeline: bool) {
     let local = support::cluster(3, 0).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
@@ -929,9 +942,16 @@ async fn a_blocking_probe_closes_the_breaker_once_its_connection_answers() {
     let probe = {
         let client = client.clone();
         tokio::spawn(async move {
-            client
-                .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(3))
-                .await
+            let blpop = cmd("BLPOP").arg(queue).arg(3);
+            if pipeline {
+                let mut p = client.pipeline();
+                p.add(blpop);
+                p.execute_as::<Vec<Option<(String, String)>>>()
+                    .await
+                    .map(|popped| popped.into_iter().next().flatten())
+            } else {
+                client.query::<Option<(String, String)>>(blpop).await
+            }
         })
     };
     until_blocked(&local, &client, queue, true).await;

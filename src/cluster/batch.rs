@@ -874,6 +874,13 @@ impl Inner {
                 return (Err(e), cmds, None, Vec::new());
             }
         };
+        // The node answered (the lease's connection was just opened or checked with a
+        // `PING`): recorded now for a batch that blocks, as for a single blocking
+        // command. As the breaker's probe, a `BLPOP q 30` would keep a recovered node
+        // failing fast for its block time.
+        if blocking {
+            self.record(node, None);
+        }
         let count = cmds.len();
         if let Some(d) = durability {
             cmds.push(cmd("WAIT").arg(d.replicas).arg(d.wait_millis()));
