@@ -85,9 +85,17 @@ impl Moves {
     }
 
     /// `view`, fetched by a refresh that began at `mark`, with the patches made since on
-    /// top; the older patches are forgotten.
-    pub(crate) fn keep_newer(&mut self, mut view: SlotMap, mark: u64) -> SlotMap {
-        self.patches.retain(|_, (_, number)| *number >= mark);
+    /// top; the older patches are forgotten, and so are those to a node the view
+    /// reports failed: a node that had not heard yet sent the client to it (slot 42
+    /// moved to B, B died), and the view knows better, though it began first.
+    pub(crate) fn keep_newer(
+        &mut self,
+        mut view: SlotMap,
+        mark: u64,
+        failed: &[Arc<str>],
+    ) -> SlotMap {
+        self.patches
+            .retain(|_, (addr, number)| *number >= mark && !failed.contains(addr));
         for (slot, (addr, _)) in &self.patches {
             if view.primary(*slot).is_none_or(|p| p != addr) {
                 view.move_slot(*slot, addr);
@@ -599,7 +607,7 @@ impl Inner {
                 self.publish_gauges(&[]);
             }
         }
-        let map = view.map;
+        let (map, failed) = (view.map, view.failed);
         let previous = lock(&self.signal.last_view).replace(map.clone());
         if previous.as_ref() != Some(&map) {
             let previous = previous.unwrap_or_default();
@@ -607,7 +615,7 @@ impl Inner {
         }
         // Under the registry's lock, as a patch is made: none comes in between.
         let replaced = self.registry.replace(&self.routes, |current| {
-            let map = lock(&self.moves).keep_newer(map, mark);
+            let map = lock(&self.moves).keep_newer(map, mark, &failed);
             (current.map != map).then_some(map)
         });
         // The routes' nodes, a patched one the view lacks included.
@@ -737,13 +745,13 @@ mod tests {
         let before = moves.mark();
         // While a refresh runs, node A says slot 42 is at B now.
         moves.note(42, b);
-        let installed = moves.keep_newer(stale.clone(), before);
+        let installed = moves.keep_newer(stale.clone(), before, &[]);
         assert_eq!(installed.primary(42).map(|p| &**p), Some(b));
         assert_eq!(installed.primary(41).map(|p| &**p), Some(a));
         // A refresh that began after the MOVED has the last word, even a stale one (a
         // wrong patch does not outlive it), and the patch is forgotten.
         let after = moves.mark();
-        let installed = moves.keep_newer(stale.clone(), after);
+        let installed = moves.keep_newer(stale.clone(), after, &[]);
         assert_eq!(installed.primary(42).map(|p| &**p), Some(a));
         assert!(moves.patches.is_empty());
         // A view that agrees with the patch is installed as it is.
@@ -751,7 +759,14 @@ mod tests {
         moved.move_slot(42, b);
         let mark = moves.mark();
         moves.note(42, b);
-        assert_eq!(moves.keep_newer(moved.clone(), mark), moved);
+        assert_eq!(moves.keep_newer(moved.clone(), mark, &[]), moved);
+        // A patch to a node the view reports failed is dropped, however new: the node
+        // that sent the client there had not heard B died.
+        let mark = moves.mark();
+        moves.note(42, b);
+        let installed = moves.keep_newer(stale.clone(), mark, &[Arc::from(b)]);
+        assert_eq!(installed.primary(42).map(|p| &**p), Some(a));
+        assert!(moves.patches.is_empty());
     }
 
     #[test]
