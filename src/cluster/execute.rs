@@ -806,7 +806,9 @@ impl Inner {
                 return Ok(reply);
             };
             let action = self.classify_reply(&error, &node.addr, returned.cmds());
-            let refused = crate::policy::refused_before_running(&error, returned.cmds());
+            // (Asked of a `READONLY` only: the one answer the arm below reads it for.)
+            let refused = error.code() == "READONLY"
+                && crate::policy::refused_before_running(&error, returned.cmds());
             payload = Some(returned);
             match action {
                 // A keyless write (`EVAL ... 0`, `FCALL ... 0`) sent to a primary that a
@@ -814,10 +816,7 @@ impl Inner {
                 // topology and send it to a primary again. (Keyed commands get `MOVED`;
                 // one sent to a node by name is the caller's to judge.)
                 ErrorAction::Reply
-                    if error.code() == "READONLY"
-                        && matches!(target, Target::AnyPrimary)
-                        && !node.read_only
-                        && refused =>
+                    if refused && matches!(target, Target::AnyPrimary) && !node.read_only =>
                 {
                     self.signal.request(RefreshTrigger::Moved);
                     redirect = None;

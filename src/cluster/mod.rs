@@ -143,17 +143,17 @@ pub(crate) struct Inner {
 impl Inner {
     /// Spawns the refresh task, and the health task if configured, unless running, on
     /// the caller's runtime (none outside one: the next request on one does).
-    fn spawn_background(self: &Arc<Self>, refresh_interval: Duration, min_interval: Duration) {
+    fn spawn_background(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if let Some(running) = refresh::Running::claim(&self.signal, false) {
-            let first = self.signal.refresh_tasks.fetch_add(1, Ordering::Relaxed) == 0;
+            let first = !self.signal.refresh_started.swap(true, Ordering::Relaxed);
             runtime.spawn(refresh::refresh_task(
                 Arc::downgrade(self),
                 Arc::clone(&self.signal),
-                refresh_interval,
-                min_interval,
+                self.config.refresh_interval,
+                self.config.refresh_min_interval,
                 running,
                 first,
             ));
@@ -245,8 +245,6 @@ impl ClusterClient {
     }
 
     pub(crate) async fn start(config: Config) -> Result<ClusterClient> {
-        let refresh_interval = config.refresh_interval;
-        let refresh_min_interval = config.refresh_min_interval;
         let settings = node::NodeSettings {
             announced: Default::default(),
             // The seeds as dialled (see `Inner::seed_address`).
@@ -311,7 +309,7 @@ impl ClusterClient {
         let background = Arc::downgrade(&inner);
         let spawn_background = move || {
             if let Some(inner) = background.upgrade() {
-                inner.spawn_background(refresh_interval, refresh_min_interval);
+                inner.spawn_background();
             }
         };
         spawn_background();

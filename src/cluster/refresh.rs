@@ -197,9 +197,9 @@ pub(crate) struct RefreshSignal {
     pub(crate) health_running: AtomicBool,
     /// Whether the client has a health task at all (`health_check_interval`).
     pub(crate) health_checks: AtomicBool,
-    /// Refresh tasks spawned: the first follows the build's discovery, a later one (on
-    /// another runtime) a request for a refresh.
-    pub(crate) refresh_tasks: AtomicU64,
+    /// Whether a refresh task was ever spawned: the first follows the build's discovery,
+    /// a later one (on another runtime) a request for a refresh.
+    pub(crate) refresh_started: AtomicBool,
     /// Spawns whichever background task is gone, on the runtime of the caller. Tasks
     /// die with the runtime they were spawned on: a client built in one runtime and used
     /// in another (a `static` client shared by `#[tokio::test]`s, one built inside a

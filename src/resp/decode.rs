@@ -372,8 +372,10 @@ impl Decoder {
                     return Ok(Some(value));
                 };
                 // Inside an aggregate only: attributes just read belong to the push.
-                let in_aggregate = !matches!(top, Partial::Attached { .. });
-                if self.drop_nested_pushes && in_aggregate && is_push(&value) {
+                if self.drop_nested_pushes
+                    && !matches!(top, Partial::Attached { .. })
+                    && is_push(&value)
+                {
                     break;
                 }
                 match top.push(value) {
