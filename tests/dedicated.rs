@@ -410,14 +410,7 @@ async fn a_consumer_blocked_through_a_graceful_failover_blocks_again_at_the_new_
     let queue = "{graceful}:jobs";
     let primary = support::owner_index(&local, &client, queue);
     let replica = local.replicas_of(primary).await.unwrap()[0];
-    let consumer = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            client
-                .query::<Option<(String, String)>>(cmd("BLPOP").arg(queue).arg(0))
-                .await
-        })
-    };
+    let consumer = spawn_blpop(&client, queue, 0, false);
     until_blocked(&local, &client, queue, true).await;
     local
         .failover(replica, FailoverMode::Graceful)
@@ -446,6 +439,29 @@ async fn a_consumer_blocked_through_a_graceful_failover_blocks_again_at_the_new_
         .unwrap()
         .unwrap();
     assert_eq!(popped, Some((queue.to_string(), "job".to_string())));
+}
+
+/// `BLPOP queue block` on a task of its own, alone or as a pipeline of one
+/// (`pipeline`); what it popped.
+fn spawn_blpop(
+    client: &ClusterClient,
+    queue: &'static str,
+    block: u64,
+    pipeline: bool,
+) -> tokio::task::JoinHandle<redcluster::Result<Option<(String, String)>>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let blpop = cmd("BLPOP").arg(queue).arg(block);
+        if pipeline {
+            let mut p = client.pipeline();
+            p.add(blpop);
+            p.execute_as::<Vec<Option<(String, String)>>>()
+                .await
+                .map(|popped| popped.into_iter().next().flatten())
+        } else {
+            client.query::<Option<(String, String)>>(blpop).await
+        }
+    })
 }
 
 /// Waits (5 s at most) until a client is blocked on the node serving `key`, or until
@@ -939,21 +955,7 @@ async fn blocking_probe(pipeline: bool) {
     local.resume(owner).unwrap();
     // Past `open_for`: the next request is the probe.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let probe = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let blpop = cmd("BLPOP").arg(queue).arg(3);
-            if pipeline {
-                let mut p = client.pipeline();
-                p.add(blpop);
-                p.execute_as::<Vec<Option<(String, String)>>>()
-                    .await
-                    .map(|popped| popped.into_iter().next().flatten())
-            } else {
-                client.query::<Option<(String, String)>>(blpop).await
-            }
-        })
-    };
+    let probe = spawn_blpop(&client, queue, 3, pipeline);
     until_blocked(&local, &client, queue, true).await;
     let served = client.get::<_, Option<i64>>(key).await;
     assert!(matches!(served, Ok(Some(1))), "{served:?}");
@@ -970,12 +972,7 @@ async fn a_durable_write_waits_for_an_owner_of_its_slot() {
     use futures_util::FutureExt as _;
     use redcluster::Durability;
     let local = support::cluster(3, 0).await;
-    local.pause(0).unwrap();
-    let client = ClusterClient::builder()
-        .nodes([local.node_addr(0)])
-        .lazy_connect(true)
-        .connect_timeout(Duration::from_secs(5))
-        .response_timeout(Duration::from_secs(10))
+    let client = support::lazy_client_of_a_frozen_seed(&local, 0)
         .durable_writes(Durability::new(0, Duration::from_millis(100)))
         .build()
         .await
@@ -1024,21 +1021,7 @@ async fn blocked_past_the_timeout_then_moved(pipeline: bool) {
         .unwrap();
     let queue = "{mv}:jobs";
     let slot = redcluster::key_slot(queue.as_bytes());
-    let consumer = tokio::spawn({
-        let client = client.clone();
-        async move {
-            let blpop = cmd("BLPOP").arg(queue).arg(0);
-            if pipeline {
-                let mut p = client.pipeline();
-                p.add(blpop);
-                p.execute_as::<Vec<Option<(String, String)>>>()
-                    .await
-                    .map(|popped| popped.into_iter().next().flatten())
-            } else {
-                client.query::<Option<(String, String)>>(blpop).await
-            }
-        }
-    });
+    let consumer = spawn_blpop(&client, queue, 0, pipeline);
     until_blocked(&local, &client, queue, true).await;
     // Past the response timeout (a wait for time to pass, not for an event).
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -642,13 +642,8 @@ async fn reads_of_a_written_slot_without_a_known_owner_go_to_the_primary() {
         total
     };
     let seed = masters[0];
-    local.pause(seed).unwrap();
-    let client = ClusterClient::builder()
-        .nodes([local.node_addr(seed)])
-        .lazy_connect(true)
+    let client = support::lazy_client_of_a_frozen_seed(&local, seed)
         .read_from(redcluster::ReadFrom::Replica)
-        .connect_timeout(Duration::from_secs(5))
-        .response_timeout(Duration::from_secs(10))
         .build()
         .await
         .unwrap();
@@ -774,12 +769,7 @@ async fn reads_resent_after_a_lost_connection_take_one_retry_of_the_budget() {
 async fn commands_of_a_slot_without_a_known_owner_keep_their_order() {
     use futures_util::FutureExt as _;
     let local = support::cluster(3, 0).await;
-    local.pause(0).unwrap();
-    let client = ClusterClient::builder()
-        .nodes([local.node_addr(0)])
-        .lazy_connect(true)
-        .connect_timeout(Duration::from_secs(5))
-        .response_timeout(Duration::from_secs(10))
+    let client = support::lazy_client_of_a_frozen_seed(&local, 0)
         .build()
         .await
         .unwrap();

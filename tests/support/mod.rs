@@ -18,6 +18,22 @@ pub async fn cluster(masters: usize, replicas: usize) -> redcluster::testkit::Lo
         .expect("local cluster starts")
 }
 
+/// Freezes node `seed` of `local` and gives a builder of a lazily connected client with
+/// it as its only seed (a 5 s connect timeout, a 10 s response timeout): the client's
+/// first requests are routed with no owner known for any slot, and wait for the
+/// discovery that follows `local.resume(seed)`.
+pub fn lazy_client_of_a_frozen_seed(
+    local: &redcluster::testkit::LocalCluster,
+    seed: usize,
+) -> redcluster::ClusterClientBuilder {
+    local.pause(seed).unwrap();
+    redcluster::ClusterClient::builder()
+        .nodes([local.node_addr(seed)])
+        .lazy_connect(true)
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .response_timeout(std::time::Duration::from_secs(10))
+}
+
 /// A key whose slot is `slot`, with `n` as a distinguishing suffix: `{tag}:n` for the
 /// first tag that hashes there (`t0` to `t166935` cover every slot).
 pub fn key_in_slot(slot: u16, n: usize) -> String {
