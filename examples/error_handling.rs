@@ -44,8 +44,13 @@ fn advice(e: &Error) -> String {
                 "it never reached the server, safe to retry"
             }
         ),
-        Error::Timeout => {
-            "timed out: it may have run; retry with backoff only if the command is idempotent"
+        Error::Timeout {
+            may_have_executed: true,
+        } => "timed out: it may have run; retry with backoff only if the command is idempotent"
+            .into(),
+        Error::Timeout { .. } => {
+            "timed out before it was sent (the node is slow or overloaded): safe to retry \
+             with backoff"
                 .into()
         }
         Error::CircuitOpen { node } => format!("node {node} is failing fast; retry after a pause"),
@@ -104,7 +109,7 @@ where
         };
         let transient = matches!(
             e,
-            Error::Timeout
+            Error::Timeout { .. }
                 | Error::Io { .. }
                 | Error::ConnectionLost { .. }
                 | Error::ClusterDown(_)

@@ -133,7 +133,7 @@ async fn main() -> redcluster::Result<()> {
                         Err(e) => {
                             tally.failed[second].fetch_add(1, Ordering::Relaxed);
                             let kind = match e {
-                                Error::Timeout => &tally.timeout,
+                                Error::Timeout { .. } => &tally.timeout,
                                 Error::CircuitOpen { .. } => &tally.circuit_open,
                                 Error::Io { .. } | Error::ConnectionLost { .. } => {
                                     &tally.connection

@@ -70,11 +70,15 @@ pub enum Error {
     },
     /// The request did not complete within its deadline.
     ///
-    /// It may or may not have reached the server, and [`Error::may_have_executed`] is
-    /// always true for it: a request that timed out while still queued was never
-    /// written, but the error does not say which happened.
-    #[error("request timed out")]
-    Timeout,
+    /// `may_have_executed` is false when no attempt of it was written: its deadline
+    /// passed while it waited for a connection, for room on one (`max_in_flight`
+    /// requests already out), for a dedicated connection, or in the write queue. A
+    /// request that was written and not answered in time may have run, or may still.
+    #[error("request timed out{}", if *.may_have_executed { "" } else { " before it was sent" })]
+    Timeout {
+        /// Whether an attempt of the request was written before the deadline passed.
+        may_have_executed: bool,
+    },
     /// The node's circuit breaker is open: requests to it fail fast for a while.
     #[error("circuit breaker open for node {node}")]
     CircuitOpen {
@@ -171,7 +175,8 @@ impl Error {
     /// let tryagain = ServerError::new("TRYAGAIN Multiple keys request during rehashing of slot");
     /// assert!(Error::Server(tryagain).is_retryable());
     /// assert!(Error::ConnectionLost { may_have_executed: false }.is_retryable());
-    /// assert!(!Error::Timeout.is_retryable()); // it may have run
+    /// assert!(!Error::Timeout { may_have_executed: true }.is_retryable()); // it may have run
+    /// assert!(Error::Timeout { may_have_executed: false }.is_retryable()); // never written
     /// ```
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -186,7 +191,8 @@ impl Error {
             Error::Io {
                 may_have_executed, ..
             }
-            | Error::ConnectionLost { may_have_executed } => !may_have_executed,
+            | Error::ConnectionLost { may_have_executed }
+            | Error::Timeout { may_have_executed } => !may_have_executed,
             _ => false,
         }
     }
@@ -198,7 +204,10 @@ impl Error {
     pub(crate) fn is_node_failure(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::ConnectionLost { .. } | Error::Timeout | Error::Protocol(_)
+            Error::Io { .. }
+                | Error::ConnectionLost { .. }
+                | Error::Timeout { .. }
+                | Error::Protocol(_)
         )
     }
 
@@ -210,7 +219,7 @@ impl Error {
     ///
     /// ```
     /// use redcluster::Error;
-    /// assert!(Error::Timeout.may_have_executed());
+    /// assert!(Error::Timeout { may_have_executed: true }.may_have_executed());
     /// // `client.query::<i64>(cmd("SET").arg("k").arg("v"))`: the SET ran, its `OK` is no number.
     /// assert!(Error::Type { expected: "i64", got: "simple string" }.may_have_executed());
     /// assert!(!Error::ConnectionLost { may_have_executed: false }.may_have_executed());
@@ -221,12 +230,12 @@ impl Error {
             Error::Io {
                 may_have_executed, ..
             }
-            | Error::ConnectionLost { may_have_executed } => *may_have_executed,
+            | Error::ConnectionLost { may_have_executed }
+            | Error::Timeout { may_have_executed } => *may_have_executed,
             // Other commands of the pipeline ran, whatever happened to this one; a write
             // short of replicas ran on the primary.
             // A reply that did not convert (`Type`) came back from a command that ran.
-            Error::Timeout
-            | Error::Protocol(_)
+            Error::Protocol(_)
             | Error::Server(_)
             | Error::Type { .. }
             | Error::Pipeline { .. }
@@ -243,7 +252,7 @@ impl Error {
     /// use redcluster::{Error, ServerError};
     /// let reply = ServerError::new("NOPERM User app has no permissions to run the 'del' command");
     /// assert_eq!(Error::Server(reply).server_code(), Some("NOPERM"));
-    /// assert_eq!(Error::Timeout.server_code(), None);
+    /// assert_eq!(Error::Timeout { may_have_executed: true }.server_code(), None);
     /// ```
     pub fn server_code(&self) -> Option<&str> {
         match self {
@@ -446,7 +455,16 @@ mod tests {
         };
         assert!(!lost_after.is_retryable());
         assert!(lost_after.may_have_executed());
-        assert!(Error::Timeout.may_have_executed());
+        let written = Error::Timeout {
+            may_have_executed: true,
+        };
+        assert!(written.may_have_executed() && !written.is_retryable());
+        let queued = Error::Timeout {
+            may_have_executed: false,
+        };
+        assert!(!queued.may_have_executed() && queued.is_retryable());
+        assert_eq!(queued.to_string(), "request timed out before it was sent");
+        assert_eq!(written.to_string(), "request timed out");
         let tryagain = Error::Server(ServerError::new("TRYAGAIN Multiple keys request"));
         assert!(tryagain.is_retryable());
         assert_eq!(tryagain.server_code(), Some("TRYAGAIN"));

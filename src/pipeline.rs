@@ -835,9 +835,10 @@ impl ClusterClient {
     ///
     /// An error of `body` that [`Error::is_retryable`] (the slot moved under the
     /// transaction, so `EXEC` was aborted with `MOVED`; `TRYAGAIN`, `CLUSTERDOWN`, a
-    /// connection lost before sending) counts as an attempt too: nothing of the
-    /// transaction ran, and the next attempt watches the keys at their owner again,
-    /// after the client's retry backoff. Other errors end it. As after a conflict,
+    /// connection lost or a deadline passed before sending) counts as an attempt too:
+    /// nothing of the transaction ran, and the next attempt watches the keys at their
+    /// owner again, after the client's retry backoff, as a retry of the client's retry
+    /// budget (with the budget spent, the error ends it). Other errors end it. As after a conflict,
     /// what `body` does outside the transaction runs again.
     ///
     /// ```no_run
@@ -876,7 +877,9 @@ impl ClusterClient {
             match body(watched).await {
                 Ok(Some(value)) => return Ok(Some(value)),
                 Ok(None) => {}
-                Err(e) if e.is_retryable() && attempt < attempts => {
+                // A retry like any other: with the client's budget spent (an outage's
+                // retry storm), the error is the answer.
+                Err(e) if e.is_retryable() && attempt < attempts && self.inner.spend_retry() => {
                     tracing::debug!(error = %e, attempt, "transaction refused before it ran; watching again");
                     tokio::time::sleep(backoff.delay(attempt - 1, fastrand::f64())).await;
                 }

@@ -372,7 +372,7 @@ async fn redirect_limit_wait_refusal_and_no_partial_fan_out() {
     local.pause(frozen).unwrap();
     let partial = quick.query::<i64>(cmd("DBSIZE")).await;
     local.resume(frozen).unwrap();
-    assert!(matches!(partial, Err(Error::Timeout)), "{partial:?}");
+    assert!(matches!(partial, Err(Error::Timeout { .. })), "{partial:?}");
     assert_eq!(strict.query::<i64>(cmd("DBSIZE")).await.unwrap(), 1);
 }
 

@@ -326,7 +326,15 @@ async fn requests_expired_or_abandoned_while_held_back_never_run_and_the_rest_st
     .await;
     for expired in [first, last] {
         let err = expired.unwrap_err();
-        assert!(matches!(err, Error::Timeout), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    may_have_executed: false
+                }
+            ),
+            "{err:?}"
+        );
     }
     assert!(
         abandoned.is_err(),
@@ -451,11 +459,30 @@ async fn a_zero_response_timeout_fails_every_request_unsent() {
     let (gets, incrs) = (calls("get").await, calls("incr").await);
     let zero = client.with_response_timeout(Duration::ZERO);
     let got = zero.get::<_, Option<String>>("zero").await;
-    assert!(matches!(got, Err(Error::Timeout)), "{got:?}");
+    assert!(
+        matches!(
+            got,
+            Err(Error::Timeout {
+                may_have_executed: false
+            })
+        ),
+        "{got:?}"
+    );
+    let e = got.unwrap_err();
+    assert!(e.is_retryable() && !e.may_have_executed(), "{e:?}");
+    assert_eq!(e.to_string(), "request timed out before it was sent");
     let mut p = zero.pipeline();
     p.incr("zero", 1).get("zero");
     for result in p.execute_each().await {
-        assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+        assert!(
+            matches!(
+                result,
+                Err(Error::Timeout {
+                    may_have_executed: false
+                })
+            ),
+            "{result:?}"
+        );
     }
     assert_eq!((calls("get").await, calls("incr").await), (gets, incrs));
 }

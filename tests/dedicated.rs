@@ -280,6 +280,40 @@ async fn watch_retry_watches_again_when_the_slot_moved_before_exec() {
     assert_eq!(client.get::<_, i64>(key).await.unwrap(), 2);
 }
 
+/// `watch_retry`'s attempts after a retryable error are retries of the client's
+/// budget: with the budget spent, the `MOVED` that aborted `EXEC` is the answer rather
+/// than another round of `WATCH` and body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retry_stops_when_the_retry_budget_is_spent() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .retry_budget(redcluster::RetryBudgetConfig::new(0.0, 0.0, 0.0))
+        .build()
+        .await
+        .unwrap();
+    let key = "{wb}:n";
+    client.set(key, 1).await.unwrap();
+    let slot = redcluster::key_slot(key.as_bytes());
+    let to = support::other_master(&local, slot).await;
+    let attempts = std::sync::atomic::AtomicU32::new(0);
+    let (local_ref, attempts_ref) = (&local, &attempts);
+    let outcome = client
+        .watch_retry(&[key], 3, |mut w| async move {
+            let n: i64 = w.query(cmd("GET").arg(key)).await?;
+            if attempts_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                local_ref.move_slot(slot, to).await.unwrap();
+            }
+            let done = w.exec(vec![cmd("SET").arg(key).arg(n + 1)]).await?;
+            Ok(done.map(|_| n + 1))
+        })
+        .await;
+    let err = outcome.unwrap_err();
+    assert_eq!(err.server_code(), Some("MOVED"), "{err:?}");
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dedicated_connect_slower_than_the_response_timeout_still_serves_the_next_request() {
     const PASSWORD: &str = "slow-provider-pass";
@@ -316,7 +350,10 @@ async fn a_dedicated_connect_slower_than_the_response_timeout_still_serves_the_n
     // The first waited out its deadline while its connection was opened; a later one
     // gets that connection.
     assert!(
-        matches!(outcomes.first(), Some(Err(redcluster::Error::Timeout))),
+        matches!(
+            outcomes.first(),
+            Some(Err(redcluster::Error::Timeout { .. }))
+        ),
         "{outcomes:?}"
     );
     assert!(
@@ -558,7 +595,7 @@ async fn waiting_for_a_dedicated_connection_costs_the_request_timeout_not_its_bl
         .await
         .unwrap_err();
     let waited = started.elapsed();
-    assert!(matches!(err, redcluster::Error::Timeout), "{err:?}");
+    assert!(matches!(err, redcluster::Error::Timeout { .. }), "{err:?}");
     assert!(
         waited >= timeout && waited < Duration::from_secs(3),
         "{waited:?}"
@@ -894,7 +931,7 @@ async fn blocked_workers_leave_watch_a_dedicated_connection() {
         .expect("the second worker got a connection and blocked")
         .unwrap();
     assert!(
-        matches!(second, Err(redcluster::Error::Timeout)),
+        matches!(second, Err(redcluster::Error::Timeout { .. })),
         "{second:?}"
     );
     assert_eq!(blocked_clients(&local, &client, queue).await, 1);

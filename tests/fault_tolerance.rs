@@ -745,7 +745,7 @@ async fn a_refused_connect_counts_once_however_many_requests_met_it() {
     for outcome in futures_util::future::join_all(requests).await {
         let err = outcome.unwrap().unwrap_err();
         assert!(
-            matches!(err, Error::Io { .. } | Error::Timeout),
+            matches!(err, Error::Io { .. } | Error::Timeout { .. }),
             "a killed node's request: {err:?}"
         );
     }
@@ -794,8 +794,20 @@ async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline
     p.get(key);
     let piped = p.execute_each().await;
     let piped_took = started.elapsed();
-    assert!(matches!(single, Err(Error::Timeout)), "{single:?}");
-    assert!(matches!(piped[0], Err(Error::Timeout)), "{piped:?}");
+    // The single GET was written to the frozen node, so it may have run. (The
+    // pipeline's may not have been: the connection may be closed by then, its server
+    // silent past its deadline, and a new one waits on its handshake.)
+    assert!(
+        matches!(
+            single,
+            Err(Error::Timeout {
+                may_have_executed: true
+            })
+        ),
+        "{single:?}"
+    );
+    assert!(matches!(single, Err(Error::Timeout { .. })), "{single:?}");
+    assert!(matches!(piped[0], Err(Error::Timeout { .. })), "{piped:?}");
     for took in [single_took, piped_took] {
         assert!(
             took >= Duration::from_millis(100) && took < Duration::from_millis(700),
@@ -816,7 +828,50 @@ async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline
     local.pause(owner).unwrap();
     let r = client.get::<_, Option<String>>(key).await;
     local.resume(owner).unwrap();
-    assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+}
+
+/// With one request in flight per connection, a request behind one the frozen owner
+/// holds waits for room; its deadline passes there, so it fails with
+/// `Timeout { may_have_executed: false }` (safe to send again) and never runs, while
+/// the written one says it may have run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_waited_for_room_past_its_deadline_says_it_never_ran() {
+    let local = never_failing_over().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_in_flight_per_connection(1)
+        .response_timeout(Duration::from_secs(10))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let key = "room:{a}";
+    client.del([key]).await.unwrap();
+    let owner = support::owner_index(&local, &client, key);
+    let hasty = client.with_response_timeout(Duration::from_millis(200));
+    local.pause(owner).unwrap();
+    // `join!` polls in order: the first INCR is queued (and written, the one request
+    // the connection may have out) before the second asks for room.
+    let (first, second) = tokio::join!(client.incr(key, 1), async {
+        let second = hasty.incr(key, 1).await;
+        local.resume(owner).unwrap();
+        second
+    });
+    let second = second.unwrap_err();
+    assert!(
+        matches!(
+            second,
+            Error::Timeout {
+                may_have_executed: false
+            }
+        ),
+        "{second:?}"
+    );
+    assert!(second.is_retryable() && !second.may_have_executed());
+    assert_eq!(first.unwrap(), 1);
+    // The held INCR never reached the server.
+    assert_eq!(client.get::<_, Option<i64>>(key).await.unwrap(), Some(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -846,7 +901,7 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
     for _ in 0..20 {
         let started = Instant::now();
         match client.get::<_, Option<String>>("frozen").await {
-            Err(Error::Timeout) => timeouts += 1,
+            Err(Error::Timeout { .. }) => timeouts += 1,
             Err(Error::CircuitOpen { node }) => {
                 assert_eq!(node, frozen_addr);
                 assert!(started.elapsed() < Duration::from_millis(350));
@@ -929,7 +984,7 @@ async fn a_timeout_while_the_node_answers_other_requests_does_not_open_its_break
     let hasty = client.with_response_timeout(Duration::from_millis(500));
     let (second, read) =
         futures_util::future::join(spin(600_000), hasty.get::<_, Option<String>>(key)).await;
-    assert!(matches!(read, Err(Error::Timeout)), "{read:?}");
+    assert!(matches!(read, Err(Error::Timeout { .. })), "{read:?}");
     assert_eq!(second.unwrap(), 1);
     assert_eq!(first.await.unwrap().unwrap(), 1);
     // The node answered meanwhile: the read's short deadline was no failure of the
@@ -977,7 +1032,7 @@ async fn a_timeout_behind_a_pipeline_whose_replies_stream_in_does_not_open_the_b
         hasty.get::<_, Option<Vec<u8>>>("{stream}:other"),
     )
     .await;
-    assert!(matches!(read, Err(Error::Timeout)), "{read:?}");
+    assert!(matches!(read, Err(Error::Timeout { .. })), "{read:?}");
     assert_eq!(replies.unwrap().len(), 20);
     // The node answered the pipeline meanwhile, one reply after another.
     assert_eq!(
@@ -1038,7 +1093,7 @@ async fn open_the_breaker_of_the_node_of(
     let slow = cmd("EVAL").arg(SPIN).arg(1).arg(key).arg(300_000);
     for _ in 0..2 {
         let r = client.query::<i64>(slow.clone()).await;
-        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
     }
     assert_eq!(
         client.health().node(&node).unwrap().breaker,
@@ -1127,7 +1182,7 @@ async fn a_probe_its_caller_dropped_lets_the_next_request_probe() {
         .with_response_timeout(Duration::from_millis(200))
         .get::<_, Option<String>>(key)
         .await;
-    assert!(matches!(first, Err(Error::Timeout)), "{first:?}");
+    assert!(matches!(first, Err(Error::Timeout { .. })), "{first:?}");
     assert_eq!(
         client.health().node(&node).unwrap().breaker,
         BreakerState::Open
@@ -1163,7 +1218,7 @@ async fn request_to(local: &LocalCluster, client: &ClusterClient, node: usize, f
         local.pause(node).unwrap();
         let r = client.get::<_, Option<i64>>("flaky").await;
         local.resume(node).unwrap();
-        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
     } else {
         assert_eq!(
             client.get::<_, Option<i64>>("flaky").await.unwrap(),
@@ -1277,7 +1332,7 @@ async fn replica_reads_go_to_the_primary_while_the_replicas_breaker_is_open() {
     // its deadline has passed) and open its breaker.
     for _ in 0..2 {
         let r = client.get::<_, Option<String>>(key).await;
-        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
     }
     let replica_addr = local.node_addr(replica);
     assert_eq!(
@@ -1386,7 +1441,7 @@ async fn a_frozen_primary_costs_its_own_requests_a_timeout_and_nothing_else() {
     for o in &on_frozen {
         match &o.error {
             None => assert!(!in_freeze(&o), "a frozen node answered: {o:?}"),
-            Some(e @ Error::Timeout) => {
+            Some(e @ Error::Timeout { .. }) => {
                 assert!(e.may_have_executed(), "{o:?}");
                 timeouts += 1;
             }
@@ -1600,7 +1655,7 @@ async fn a_reconnect_slower_than_the_response_timeout_still_completes() {
     let answered = loop {
         match client.get::<_, String>("k").await {
             Ok(v) => break v,
-            Err(Error::Timeout) if timed_out < 40 => timed_out += 1,
+            Err(Error::Timeout { .. }) if timed_out < 40 => timed_out += 1,
             Err(e) => panic!("after {timed_out} timeouts: {e:?}"),
         }
     };
@@ -2262,7 +2317,7 @@ async fn replica_reads_pass_over_a_replica_whose_breaker_is_open_for_another_rep
     for _ in 0..50 {
         match client.get::<_, Option<String>>(key).await {
             Ok(v) => assert_eq!(v.as_deref(), Some("v")),
-            Err(Error::Timeout) => timeouts += 1,
+            Err(Error::Timeout { .. }) => timeouts += 1,
             Err(e) => panic!("{e:?}"),
         }
         if timeouts == 2 {
@@ -2850,7 +2905,7 @@ async fn a_connection_gone_silent_is_replaced_and_its_node_served_again() {
     let took = started.elapsed();
     println!("served again after {took:?}; errors meanwhile: {errors:?}");
     assert!(
-        matches!(errors.first(), Some(Error::Timeout)),
+        matches!(errors.first(), Some(Error::Timeout { .. })),
         "the first request into the black hole timed out: {errors:?}"
     );
     assert_eq!(relay.accepted(), 2, "on one new connection");

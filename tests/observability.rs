@@ -434,7 +434,7 @@ fn an_opening_breaker_shows_in_the_gauges_at_once() {
         local.pause(owner).unwrap();
         for _ in 0..2 {
             let r = client.get::<_, Option<String>>(key).await;
-            assert!(matches!(r, Err(redcluster::Error::Timeout)), "{r:?}");
+            assert!(matches!(r, Err(redcluster::Error::Timeout { .. })), "{r:?}");
         }
         local.resume(owner).unwrap();
         assert_eq!(

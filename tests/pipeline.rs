@@ -1256,7 +1256,7 @@ async fn replies_that_came_before_the_deadline_are_answers() {
     p.incr(counter, 1);
     let each = p.execute_each().await;
 
-    answered_prefix(&each, BEFORE, |e| matches!(e, Error::Timeout));
+    answered_prefix(&each, BEFORE, |e| matches!(e, Error::Timeout { .. }));
     // Every command ran once, answered in time or not: none was sent twice.
     let n: i64 = client.get(counter).await.unwrap();
     assert_eq!(n, BEFORE as i64 + 1);

@@ -649,15 +649,16 @@ impl Inner {
             }
             // Our own deadline, a full pool or a refusal is no sign of a changed
             // topology.
-            if e.is_node_failure() && !matches!(e, Error::Timeout) {
+            if e.is_node_failure() && !matches!(e, Error::Timeout { .. }) {
                 self.signal
                     .request(crate::topology::RefreshTrigger::ConnectionFailure);
             }
             // Every answer hands its commands back; any missing could not be resent.
             let available = cmds.len();
+            // A timeout is the deadline's: no time is left to send them again in.
+            let timed_out = matches!(e, Error::Timeout { .. });
             let safe_to_resend = |position: usize, meta: &Meta| {
-                position < available
-                    && (!e.may_have_executed() || (meta.idempotent && !matches!(e, Error::Timeout)))
+                position < available && !timed_out && (!e.may_have_executed() || meta.idempotent)
             };
             // Per slot, where its last command that may have run and is not resent
             // stands: the slot's commands before it are not resent either, though
@@ -868,7 +869,7 @@ impl Inner {
             // durable write; our own deadline or a refusal of credentials does not (if
             // this batch was the breaker's probe, its `Admitted` hands over).
             Err(e) => {
-                if e.is_node_failure() && !matches!(e, Error::Timeout) {
+                if e.is_node_failure() && !matches!(e, Error::Timeout { .. }) {
                     self.record(node, Some(&e));
                 }
                 return (Err(e), cmds, None, Vec::new());

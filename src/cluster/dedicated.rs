@@ -177,7 +177,9 @@ pub(crate) fn blocking_share(limit: usize) -> usize {
 fn pool_error(e: PoolError<Error>) -> Error {
     match e {
         PoolError::Backend(e) => e,
-        PoolError::Timeout(_) => Error::Timeout,
+        PoolError::Timeout(_) => Error::Timeout {
+            may_have_executed: false,
+        },
         PoolError::Closed => Error::ConnectionLost {
             may_have_executed: false,
         },
@@ -267,7 +269,9 @@ impl Inner {
             async move {
                 tokio::time::timeout_at(deadline, acquire)
                     .await
-                    .map_err(|_| Error::Timeout)?
+                    .map_err(|_| Error::Timeout {
+                        may_have_executed: false,
+                    })?
                     .map_err(|_| Error::ConnectionLost {
                         may_have_executed: false,
                     })
@@ -284,7 +288,9 @@ impl Inner {
         let pool = node.dedicated_pool()?;
         let conn = tokio::time::timeout_at(deadline, pool.get())
             .await
-            .map_err(|_| Error::Timeout)?
+            .map_err(|_| Error::Timeout {
+                may_have_executed: false,
+            })?
             .map_err(pool_error)?;
         let blocking = match at_node {
             Some(at_node) => Some((at_node, permit_of(&self.blocking_limit).await?)),
@@ -383,7 +389,10 @@ impl Inner {
                 Ok(replies) => replies,
                 Err(e) => {
                     lease.discard();
-                    if e.may_have_executed() || !e.is_node_failure() {
+                    if e.may_have_executed()
+                        || !e.is_node_failure()
+                        || matches!(e, Error::Timeout { .. })
+                    {
                         return Err(e);
                     }
                     command = returned(answer.cmds)?;
@@ -485,7 +494,7 @@ impl Inner {
                 Ok(r) => r.into_iter().last().unwrap_or(Value::Nil),
                 Err(e) => {
                     lease.discard();
-                    if !e.is_node_failure() || matches!(e, Error::Timeout) {
+                    if !e.is_node_failure() || matches!(e, Error::Timeout { .. }) {
                         return Err(e);
                     }
                     self.signal.request(RefreshTrigger::ConnectionFailure);
@@ -736,7 +745,7 @@ impl Inner {
             Ok(lease) => Ok(Some((admitted, lease))),
             // Our own deadline, or a refusal (credentials): not the node's fault. If this
             // was the breaker's probe, `admitted` hands over to the next request.
-            Err(e) if matches!(e, Error::Timeout) || !e.is_node_failure() => Err(e),
+            Err(e) if matches!(e, Error::Timeout { .. }) || !e.is_node_failure() => Err(e),
             Err(e) => {
                 self.record(node, Some(&e));
                 self.signal.request(RefreshTrigger::ConnectionFailure);
@@ -819,7 +828,8 @@ impl Inner {
                     lease.discard();
                     // Only a write that surely did not run is sent again.
                     let unsent = recover(answer.cmds).filter(|_| !e.may_have_executed());
-                    let Some(unsent) = unsent.filter(|_| e.is_node_failure()) else {
+                    let resendable = e.is_node_failure() && !matches!(e, Error::Timeout { .. });
+                    let Some(unsent) = unsent.filter(|_| resendable) else {
                         return Err(e);
                     };
                     payload = unsent;

@@ -190,7 +190,9 @@ impl Inner {
                     .await
                 {
                     Ok(conn) => conn.map(Arc::new),
-                    Err(_) => Err(Error::Timeout),
+                    Err(_) => Err(Error::Timeout {
+                        may_have_executed: false,
+                    }),
                 }
             }
         };
@@ -311,7 +313,9 @@ impl Inner {
         let timeout = self.config.response_timeout;
         let conn = tokio::time::timeout(timeout, NodeConnection::connect(addr, &options))
             .await
-            .map_err(|_| Error::Timeout)??;
+            .map_err(|_| Error::Timeout {
+                may_have_executed: false,
+            })??;
         let reply = conn.send_timeout(cmd("PING"), timeout).await;
         conn.close();
         reply
@@ -371,7 +375,9 @@ impl Inner {
         } else {
             tokio::time::timeout(timeout, conn.send_batch(batch))
                 .await
-                .unwrap_or(Err(Error::Timeout))
+                .unwrap_or(Err(Error::Timeout {
+                    may_have_executed: true,
+                }))
         };
         let mut replies: Vec<Reply> = match replies {
             Ok(values) => values.into_iter().map(Ok).collect(),

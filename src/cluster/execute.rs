@@ -784,8 +784,9 @@ impl Inner {
                     if e.may_have_executed() {
                         attempts.executed.get_or_insert_with(|| e.clone());
                     }
-                    let resend =
-                        !e.may_have_executed() || (idempotent && !matches!(e, Error::Timeout));
+                    // A timeout is the deadline's: no time is left to send it again in.
+                    let resend = !matches!(e, Error::Timeout { .. })
+                        && (!e.may_have_executed() || idempotent);
                     match (resend, kind.recover(answer.cmds, asking)) {
                         (true, Some(p)) => payload = Some(p),
                         _ => return Err(e),
@@ -948,7 +949,7 @@ impl Inner {
             Err(e) => {
                 // A timeout is the wait's, not the attempt's: that goes on, on its own
                 // task, and reports its own failure.
-                let waited_out = matches!(e, Error::Timeout);
+                let waited_out = matches!(e, Error::Timeout { .. });
                 self.record_connect_failure(node, &e);
                 if replica_read {
                     // To the primary at once, a reroute rather than a retry (as for a
@@ -1094,7 +1095,7 @@ impl Inner {
     pub(crate) fn record_connect_failure(&self, node: &Node, error: &Error) {
         // A timeout is the caller's wait running out; the attempt goes on and reports
         // its own failure.
-        if !matches!(error, Error::Timeout) && node.first_to_report_connect_failure() {
+        if !matches!(error, Error::Timeout { .. }) && node.first_to_report_connect_failure() {
             self.record(node, Some(error));
         }
     }
@@ -1123,7 +1124,7 @@ impl Inner {
             // `Protocol`, the others `ConnectionLost`.)
             Err(Error::ConnectionLost { .. } | Error::Io { .. } | Error::Protocol(_))
                 if !conn.first_to_report_failure() => {}
-            Err(Error::Timeout) if conn.answered_since(since) => {}
+            Err(Error::Timeout { .. }) if conn.answered_since(since) => {}
             _ => self.record_result(node, result),
         }
     }
@@ -2201,11 +2202,19 @@ mod tests {
             Value::Simple("OK".into())
         );
         // A node that did not answer comes before "nothing to do here".
-        let r = one(vec![notbusy(), Err(Error::Timeout), notbusy()]);
-        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        let r = one(vec![
+            notbusy(),
+            Err(Error::Timeout {
+                may_have_executed: true,
+            }),
+            notbusy(),
+        ]);
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
         // A telling refusal comes before both.
         let r = one(vec![
-            Err(Error::Timeout),
+            Err(Error::Timeout {
+                may_have_executed: true,
+            }),
             refusal("UNKILLABLE Sorry the script already executed write commands"),
             notbusy(),
         ]);
@@ -2231,10 +2240,28 @@ mod tests {
         assert!(e.may_have_executed() && !e.is_retryable());
         assert!(partial(vec![tryagain(), ok()]).is_some());
         // Nothing ran for sure, but a part may have: the first failure said "not run".
-        assert!(partial(vec![tryagain(), Err(Error::Timeout)]).is_some());
-        assert!(partial(vec![down(), Err(Error::Timeout)]).is_some());
+        assert!(partial(vec![
+            tryagain(),
+            Err(Error::Timeout {
+                may_have_executed: true
+            })
+        ])
+        .is_some());
+        assert!(partial(vec![
+            down(),
+            Err(Error::Timeout {
+                may_have_executed: true
+            })
+        ])
+        .is_some());
         // The first failure tells the whole outcome already.
-        assert!(partial(vec![Err(Error::Timeout), down()]).is_none());
+        assert!(partial(vec![
+            Err(Error::Timeout {
+                may_have_executed: true
+            }),
+            down()
+        ])
+        .is_none());
         assert!(partial(vec![down(), down()]).is_none());
         assert!(partial(vec![ok(), ok()]).is_none());
     }
@@ -2264,10 +2291,16 @@ mod tests {
 
     #[test]
     fn one_failure_fails_the_fan_out() {
-        let replies = vec![Ok(Value::Int(1)), Err(Error::Timeout), Ok(Value::Int(1))];
+        let replies = vec![
+            Ok(Value::Int(1)),
+            Err(Error::Timeout {
+                may_have_executed: true,
+            }),
+            Ok(Value::Int(1)),
+        ];
         assert!(matches!(
             combine_replies(Combine::Sum, &nodes(3), replies),
-            Err(Error::Timeout)
+            Err(Error::Timeout { .. })
         ));
         let replies = vec![
             Ok(Value::Int(1)),
@@ -2276,7 +2309,12 @@ mod tests {
         assert!(combine_replies(Combine::AllSucceeded, &nodes(2), replies)
             .unwrap()
             .is_error());
-        let replies = vec![Err(Error::Timeout), Ok(Value::Int(4))];
+        let replies = vec![
+            Err(Error::Timeout {
+                may_have_executed: true,
+            }),
+            Ok(Value::Int(4)),
+        ];
         assert_eq!(
             combine_replies(Combine::OneSucceeded, &nodes(2), replies).unwrap(),
             Value::Int(4)

@@ -343,7 +343,7 @@ impl ClusterClient {
     /// Background work (topology refreshes, health checks, breaker probes) and
     /// [`doctor`](ClusterClient::doctor)'s checks keep the builder's timeout. A zero
     /// timeout is a deadline already passed: every request fails with
-    /// [`Error::Timeout`] unsent.
+    /// [`Error::Timeout`], unsent (`may_have_executed: false`).
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {

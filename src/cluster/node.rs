@@ -498,7 +498,9 @@ impl Node {
         let single_flight =
             tokio::time::timeout_at(deadline, Arc::clone(&slot.connecting).lock_owned())
                 .await
-                .map_err(|_| Error::Timeout)?;
+                .map_err(|_| Error::Timeout {
+                    may_have_executed: false,
+                })?;
         // Someone else may have connected while this task waited.
         let previous = slot.conn.load_full();
         if let Some(conn) = &previous {
@@ -545,7 +547,9 @@ impl Node {
                 Err(lost)
             }
             // The caller's deadline ran out, not the node: no failure.
-            Err(_) => Err(Error::Timeout),
+            Err(_) => Err(Error::Timeout {
+                may_have_executed: false,
+            }),
         }
     }
 
@@ -722,7 +726,9 @@ mod tests {
             .consecutive_failures(1)
             .open_for(std::time::Duration::from_millis(10));
         let node = Arc::new(Node::new(Arc::from(addr), false, Arc::new(settings)));
-        node.record(Some(&Error::Timeout));
+        node.record(Some(&Error::Timeout {
+            may_have_executed: true,
+        }));
         assert_eq!(lock(&node.breaker).state(), BreakerState::Open);
         // Past `open_for` (a timer, not a hand-over): the next request is the probe.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

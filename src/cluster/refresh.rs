@@ -521,13 +521,20 @@ impl Inner {
         let shards = conn.send(cmd("CLUSTER").arg("SHARDS"));
         let (reply, nodes) = if self.signal.nodes_refused.within(NODES_QUIET) {
             let reply = tokio::time::timeout_at(deadline, shards).await;
-            (reply.map_err(|_| Error::Timeout)?, None)
+            (
+                reply.map_err(|_| Error::Timeout {
+                    may_have_executed: true,
+                })?,
+                None,
+            )
         } else {
             let nodes = conn.send(cmd("CLUSTER").arg("NODES"));
             let asked = futures_util::future::join(shards, nodes);
             let (reply, nodes) = tokio::time::timeout_at(deadline, asked)
                 .await
-                .map_err(|_| Error::Timeout)?;
+                .map_err(|_| Error::Timeout {
+                    may_have_executed: true,
+                })?;
             (reply, nodes.ok())
         };
         // Refused for good (a permission, a name renamed away); a node still loading
@@ -544,7 +551,9 @@ impl Inner {
                 let reply =
                     tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SLOTS")))
                         .await
-                        .map_err(|_| Error::Timeout)??;
+                        .map_err(|_| Error::Timeout {
+                            may_have_executed: true,
+                        })??;
                 if let Value::ServerError(e) = reply {
                     return Err(Error::Server(e));
                 }

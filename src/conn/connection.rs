@@ -355,7 +355,7 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Answers with [`Error::Timeout`] every request held whose deadline is `now` or
+    /// Answers with [`Error::Timeout`] (unsent for a queued one) every request held whose deadline is `now` or
     /// earlier, and sets `next_deadline` to the earliest of the others. Closes the
     /// connection when the server has been silent too long (see the module docs).
     fn expire(&self, now: Instant) {
@@ -363,7 +363,8 @@ impl Shared {
         self.next_deadline.store(u64::MAX, Ordering::Release);
         let mut next: Option<Instant> = None;
         let mut later = |d: Instant| next = Some(next.map_or(d, |n| n.min(d)));
-        let mut expired: Vec<(ReplySender, Vec<Value>)> = Vec::new();
+        // Each with the replies received in time and whether it was written.
+        let mut expired: Vec<(ReplySender, Vec<Value>, bool)> = Vec::new();
         {
             let mut queue = lock(&self.queue);
             let Queue { requests, bytes } = &mut *queue;
@@ -374,7 +375,7 @@ impl Shared {
                 let due = request.deadline <= now;
                 cut.step(bytes, request.len, !due);
                 if due {
-                    expired.push((request.reply, Vec::new()));
+                    expired.push((request.reply, Vec::new(), false));
                 } else {
                     later(request.deadline);
                     kept.push_back(request);
@@ -399,7 +400,7 @@ impl Shared {
                     // owed the rest, so that its late ones line up.
                     let received = std::mem::take(&mut entry.replies).into_vec();
                     entry.expected -= received.len();
-                    expired.push((reply, received));
+                    expired.push((reply, received, true));
                 }
             }
             // The oldest request the server owes replies to timed out: how long has the
@@ -438,8 +439,8 @@ impl Shared {
             self.next_deadline
                 .fetch_min(self.nanos(next), Ordering::AcqRel);
         }
-        for (reply, received) in expired {
-            let error = Error::Timeout;
+        for (reply, received, may_have_executed) in expired {
+            let error = Error::Timeout { may_have_executed };
             let _ = reply.send(Err(Failed { error, received }));
         }
         if let Some(limit) = unresponsive {
@@ -1039,7 +1040,12 @@ impl NodeConnection {
                 Err(Refused::Full) => {}
             }
             if tokio::time::timeout_at(deadline, space).await.is_err() {
-                return Err(Answer::failed(Error::Timeout, cmds));
+                return Err(Answer::failed(
+                    Error::Timeout {
+                        may_have_executed: false,
+                    },
+                    cmds,
+                ));
             }
         }
     }
@@ -1270,7 +1276,10 @@ where
                 continue;
             }
             if late {
-                let _ = request.reply.send(Err(Error::Timeout.into()));
+                let _ = request.reply.send(Err(Error::Timeout {
+                    may_have_executed: false,
+                }
+                .into()));
                 continue;
             }
             written.push(InFlight {
@@ -1753,7 +1762,7 @@ mod tests {
         matches!(
             delivery,
             Err(Failed {
-                error: Error::Timeout,
+                error: Error::Timeout { .. },
                 ..
             })
         )
@@ -1910,7 +1919,7 @@ mod tests {
         deliver_ints(&conn, 1..3);
         conn.expire(Instant::now());
         let failed = late.await.expect("answered").expect_err("timed out");
-        assert!(matches!(failed.error, Error::Timeout), "{failed:?}");
+        assert!(matches!(failed.error, Error::Timeout { .. }), "{failed:?}");
         assert_eq!(&failed.received[..], &[Value::Int(1), Value::Int(2)]);
         deliver_ints(&conn, 3..5);
         let replies = next.await.expect("answered").expect("its reply");
@@ -2154,12 +2163,15 @@ mod tests {
         let held = conn
             .dispatch(Cmds::One(cmd("INCR").arg("n")), in_100_ms)
             .await;
-        assert!(matches!(held.result, Err(Error::Timeout)), "{held:?}");
+        assert!(
+            matches!(held.result, Err(Error::Timeout { .. })),
+            "{held:?}"
+        );
         assert!(
             matches!(&held.cmds, Cmds::One(c) if c.name() == b"INCR"),
             "the command comes back to be sent again: {held:?}"
         );
-        assert!(matches!(slow.await.unwrap(), Err(Error::Timeout)));
+        assert!(matches!(slow.await.unwrap(), Err(Error::Timeout { .. })));
         conn.close();
         let mut rest = Vec::new();
         node.read_to_end(&mut rest).await.unwrap();
@@ -2198,7 +2210,7 @@ mod tests {
     async fn a_node_silent_after_a_timeout_loses_the_connection_with_no_other_traffic() {
         let start = Instant::now();
         let (conn, _node, get, incr) = silent_node().await;
-        assert!(matches!(get.await.unwrap(), Err(Error::Timeout)));
+        assert!(matches!(get.await.unwrap(), Err(Error::Timeout { .. })));
         tokio::time::sleep_until(start + std::time::Duration::from_millis(9_900)).await;
         assert!(!conn.is_closed());
         tokio::time::sleep_until(start + std::time::Duration::from_millis(10_200)).await;
@@ -2223,7 +2235,7 @@ mod tests {
     async fn the_first_bytes_of_a_reply_still_coming_show_the_node_alive() {
         let start = Instant::now();
         let (conn, mut node, get, _incr) = silent_node().await;
-        assert!(matches!(get.await.unwrap(), Err(Error::Timeout)));
+        assert!(matches!(get.await.unwrap(), Err(Error::Timeout { .. })));
         tokio::time::sleep_until(start + std::time::Duration::from_secs(5)).await;
         // The start of a 100-byte value, the rest never comes.
         node.write_all(b"$100\r\nabc").await.unwrap();

@@ -2375,7 +2375,9 @@ mod tests {
         .collect();
         nodes.push(NodeFacts {
             addr: "10.0.0.4:6379".to_owned(),
-            answers: Err(Error::Timeout),
+            answers: Err(Error::Timeout {
+                may_have_executed: true,
+            }),
         });
         let view = agreed_view(
             nodes
@@ -2499,7 +2501,9 @@ mod tests {
             if addr == "10.0.0.2:6379" {
                 a.keys = Some(KeySample {
                     keys: vec![],
-                    error: Some(Error::Timeout),
+                    error: Some(Error::Timeout {
+                        may_have_executed: true,
+                    }),
                 });
             }
         });

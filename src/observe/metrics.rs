@@ -220,7 +220,7 @@ impl Status {
             Ok(Value::ServerError(_)) => Status::Error,
             Ok(_) => Status::Ok,
             Err(e) => {
-                if matches!(e, Error::Timeout) {
+                if matches!(e, Error::Timeout { .. }) {
                     counter(key!(TIMEOUTS_TOTAL)).increment(1);
                 }
                 Status::Failure
@@ -509,7 +509,7 @@ impl RetryReason {
     /// The reason an error gives for retrying.
     pub(crate) fn of_error(error: &Error) -> RetryReason {
         match error {
-            Error::Timeout => RetryReason::Timeout,
+            Error::Timeout { .. } => RetryReason::Timeout,
             Error::CircuitOpen { .. } => RetryReason::CircuitOpen,
             Error::ClusterDown(_) => RetryReason::NoRoute,
             Error::Io { .. } | Error::ConnectionLost { .. } | Error::Tls(_) | Error::Auth(_) => {
@@ -635,7 +635,12 @@ mod tests {
 
     #[test]
     fn retry_reasons() {
-        assert_eq!(RetryReason::of_error(&Error::Timeout), RetryReason::Timeout);
+        assert_eq!(
+            RetryReason::of_error(&Error::Timeout {
+                may_have_executed: true
+            }),
+            RetryReason::Timeout
+        );
         assert_eq!(
             RetryReason::of_error(&Error::ConnectionLost {
                 may_have_executed: false

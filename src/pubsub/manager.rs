@@ -1115,7 +1115,12 @@ impl Manager {
             link.last_ping = now;
         }
         for id in dead {
-            self.on_link_down(id, &Error::Timeout);
+            self.on_link_down(
+                id,
+                &Error::Timeout {
+                    may_have_executed: true,
+                },
+            );
         }
         self.unsubscribe_again();
         self.close_idle_links();

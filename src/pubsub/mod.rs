@@ -532,7 +532,9 @@ impl SubscriberHandle {
         match tokio::time::timeout(self.timeout, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(gone()),
-            Err(_) => Err(Error::Timeout),
+            Err(_) => Err(Error::Timeout {
+                may_have_executed: true,
+            }),
         }
     }
 

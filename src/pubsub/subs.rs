@@ -406,10 +406,20 @@ mod tests {
         assert!(matches!(rx1.try_recv(), Ok(Ok(()))));
         assert!(!waiters.awaited(&(true, a.clone())));
 
-        assert!(waiters.fail(&(true, c.clone()), &Error::Timeout));
-        assert!(matches!(rx2.try_recv(), Ok(Err(Error::Timeout))));
+        assert!(waiters.fail(
+            &(true, c.clone()),
+            &Error::Timeout {
+                may_have_executed: true
+            }
+        ));
+        assert!(matches!(rx2.try_recv(), Ok(Err(Error::Timeout { .. }))));
         assert!(
-            !waiters.fail(&(true, c.clone()), &Error::Timeout),
+            !waiters.fail(
+                &(true, c.clone()),
+                &Error::Timeout {
+                    may_have_executed: true
+                }
+            ),
             "nobody left"
         );
         assert!(waiters.by_id.is_empty() && waiters.by_key.is_empty());
@@ -423,7 +433,12 @@ mod tests {
         waiters.wait([(true, a.clone()), (true, b.clone())].into(), tx);
         drop(rx);
         assert!(!waiters.awaited(&(true, a.clone())));
-        assert!(!waiters.fail(&(true, a.clone()), &Error::Timeout));
+        assert!(!waiters.fail(
+            &(true, a.clone()),
+            &Error::Timeout {
+                may_have_executed: true
+            }
+        ));
         let (tx, rx) = oneshot::channel();
         waiters.wait([(true, b.clone())].into(), tx);
         drop(rx);
