@@ -354,6 +354,10 @@ impl ServerError {
 const ARGS_QUOTED: &str = ", with args beginning with:";
 /// Where `ACL SETUSER`'s refusal quotes the rule it refused: `>password`, `#hash`.
 const RULE_QUOTED: &str = "Error in ACL SETUSER modifier '";
+/// Where `ACL SETUSER`'s refusal of an unclosed selector quotes a rule: early Redis 7.0
+/// releases quote the argument three places before the `(` (`>password` as often as
+/// not), later ones the selector (`(~y:*`, shown: a selector holds no password).
+const SELECTOR_QUOTED: &str = "Unmatched parenthesis in acl selector starting at '";
 /// Where Redis 6's refusal of a `CONFIG SET` quotes the value (`requirepass`,
 /// `masterauth`): `ERR Invalid argument '<value>' for CONFIG SET '<name>'`.
 const VALUE_QUOTED: &str = "Invalid argument '";
@@ -376,6 +380,12 @@ impl ServerError {
                 .map_or("", |end| &text[quoted + end + 1..]);
             let head = &text[..quoted - 1];
             return format!("{head}(not shown){reason}").into();
+        }
+        if let Some(at) = text.find(SELECTOR_QUOTED) {
+            let quoted = at + SELECTOR_QUOTED.len();
+            if !text[quoted..].starts_with('(') {
+                return format!("{}(not shown)", &text[..quoted - 1]).into();
+            }
         }
         if let Some(at) = text.find(VALUE_QUOTED) {
             let quoted = at + VALUE_QUOTED.len();
@@ -431,6 +441,19 @@ mod tests {
             assert!(shown.contains("for CONFIG SET 'requirepass'"), "{shown}");
         }
         assert_eq!(e.as_bytes(), text.as_bytes());
+        // Redis 7.0 quotes an argument near an unclosed ACL selector.
+        let text = "ERR Unmatched parenthesis in acl selector starting at '>pw-123'.";
+        let e = ServerError::new(text);
+        for shown in [e.to_string(), format!("{e:?}")] {
+            assert!(!shown.contains("pw-"), "{shown}");
+            assert!(
+                shown.contains("acl selector starting at (not shown)"),
+                "{shown}"
+            );
+        }
+        // Later releases quote the selector itself.
+        let text = "ERR Unmatched parenthesis in acl selector starting at '(~y:*'.";
+        assert_eq!(ServerError::new(text).to_string(), text);
     }
 
     #[test]

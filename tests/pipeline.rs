@@ -1101,6 +1101,43 @@ async fn pipelines_and_transactions_convert_their_replies_to_one_typed_value() {
             .unwrap();
         assert_eq!(score, 5, "{protocol}");
     }
+    // An odd counter past 2^53 is no f64 (it would read one off), but is an i64; a
+    // score past f32's range is no f32.
+    client
+        .query::<()>(cmd("SET").arg("{acct}:big").arg(9_007_199_254_740_993_i64))
+        .await
+        .unwrap();
+    let as_f64 = client.get::<_, f64>("{acct}:big").await;
+    assert!(matches!(as_f64, Err(Error::Type { .. })), "{as_f64:?}");
+    assert_eq!(
+        client.get::<_, i64>("{acct}:big").await.unwrap(),
+        9_007_199_254_740_993
+    );
+    let incremented = client
+        .query::<f64>(cmd("INCRBY").arg("{acct}:big").arg(2))
+        .await;
+    assert!(
+        matches!(incremented, Err(Error::Type { .. })),
+        "{incremented:?}"
+    );
+    client
+        .query::<()>(cmd("ZADD").arg("{acct}:z").arg("1e39").arg("huge"))
+        .await
+        .unwrap();
+    for (protocol, client) in [("resp3", &client), ("resp2", &resp2)] {
+        let huge = client
+            .query::<f32>(cmd("ZSCORE").arg("{acct}:z").arg("huge"))
+            .await;
+        assert!(
+            matches!(huge, Err(Error::Type { .. })),
+            "{protocol}: {huge:?}"
+        );
+        let huge: f64 = client
+            .query(cmd("ZSCORE").arg("{acct}:z").arg("huge"))
+            .await
+            .unwrap();
+        assert_eq!(huge, 1e39, "{protocol}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

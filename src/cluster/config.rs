@@ -175,31 +175,43 @@ impl fmt::Debug for Seeds {
 
 /// `seed` with whatever precedes its last `@` (a URL's user and password) as `***`;
 /// with no `@`, all of it after the scheme when it may be credentials whose `@host` was
-/// left out (`redis://app:s3cret`, see [`may_be_credentials`]).
+/// left out (`redis://app:s3cret`, see [`may_be_credentials`]); and a query after the
+/// host (`?password=...`, refused when the seed is read) as `?***`.
 fn without_credentials(seed: &str) -> std::borrow::Cow<'_, str> {
     let scheme_end = seed.find("://").map_or(0, |end| end + 3);
-    let Some(at) = seed.rfind('@') else {
-        if may_be_credentials(&seed[scheme_end..]) {
+    let shown: std::borrow::Cow<'_, str> = match seed.rfind('@') {
+        None if may_be_credentials(&seed[scheme_end..]) => {
             return format!("{}***", &seed[..scheme_end]).into();
         }
-        return seed.into();
+        None => seed.into(),
+        Some(at) => {
+            let scheme = if scheme_end > 0 && scheme_end <= at {
+                &seed[..scheme_end]
+            } else {
+                ""
+            };
+            format!("{scheme}***@{}", &seed[at + 1..]).into()
+        }
     };
-    let scheme = if scheme_end > 0 && scheme_end <= at {
-        &seed[..scheme_end]
-    } else {
-        ""
-    };
-    format!("{scheme}***@{}", &seed[at + 1..]).into()
+    let host_start = shown.rfind('@').map_or(0, |at| at + 1);
+    match shown[host_start..].find('?') {
+        Some(query) => format!("{}?***", &shown[..host_start + query]).into(),
+        None => shown,
+    }
 }
 
 /// Whether a seed's address part, which has no `@`, may be a user and password whose
-/// `@host` was left out (`app:s3cret`): what follows its last `:` is no port number.
-/// Such text is never shown, in `Debug` or in an error.
+/// `@host` was left out (`app:s3cret`, `:123456`, `app:pw:2024`): it has a `:` and is
+/// not a host (a name, or an IPv6 address in brackets) and a port number. Such text is
+/// never shown, in `Debug` or in an error; a mistyped port (`host:99999`) is.
 fn may_be_credentials(hostport: &str) -> bool {
     let hostport = hostport.split(['/', '?']).next().unwrap_or("");
-    hostport
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| !port.bytes().all(|b| b.is_ascii_digit()))
+    hostport.rsplit_once(':').is_some_and(|(host, port)| {
+        let bracketed = host.starts_with('[') && host.ends_with(']');
+        host.is_empty()
+            || (host.contains(':') && !bracketed)
+            || !port.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// Everything a [`crate::ClusterClient`] is built from. `Debug` never shows secrets.
@@ -317,7 +329,9 @@ impl ClusterClientBuilder {
     /// [`Self::password`]. Seeds are dialled as given; with a table for
     /// [`Self::address_remap`] a seed may also be given by an announced address the
     /// table maps. Required. Ports are 1 to 65535, an IPv6 host goes in brackets
-    /// (`[::1]:7000`), and a seed given twice (`h:1` and `redis://h:1`) counts once.
+    /// (`[::1]:7000`), and a seed given twice (`h:1` and `redis://h:1`) counts once. A
+    /// path (`/0`) is ignored; query parameters (`?protocol=2`) fail the build with
+    /// [`crate::Error::Config`] rather than being ignored: set them on the builder.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -1217,6 +1231,15 @@ fn parse_seed(raw: &str) -> Result<Seed> {
         None => (None, rest),
     };
     let hostport = rest.split(['/', '?']).next().unwrap_or("");
+    // Not read, so refused rather than ignored: `?password=...` would connect without
+    // one, `?protocol=2` with RESP3. (Not quoted: a password may be among them.)
+    if rest.contains('?') {
+        return Err(Error::Config(
+            "seed URL query parameters are not read: set the password, username and \
+             protocol on the builder"
+                .into(),
+        ));
+    }
     let (mut username, mut password) = (None, None);
     if let Some(userinfo) = userinfo {
         // `redis://secret@host` is a password alone, as redis-cli reads it.
@@ -1475,7 +1498,7 @@ mod tests {
         let err = parse_seed("redis://u:topsecret%zz@host:1").unwrap_err();
         assert!(!err.to_string().contains("topsecret"), "{err}");
         // Unencoded `/` and `?` in a password are still the password.
-        let s = parse_seed("redis://app:1234/x?y@h:1/0?protocol=3").unwrap();
+        let s = parse_seed("redis://app:1234/x?y@h:1/0").unwrap();
         assert_eq!(
             (s.addr.as_str(), s.password.unwrap().expose()),
             ("h:1", "1234/x?y")
@@ -1493,8 +1516,23 @@ mod tests {
             "redis://app:topsecret",
             "redis://:topsecret",
             "app:topsecret",
+            // All digits after the last `:`, but no host, or no host:port.
+            "redis://:123456",
+            "redis://app:pw:123456",
+            "app:pw:123456",
         ] {
             let err = parse_seed(seed).unwrap_err();
+            for secret in ["topsecret", "123456"] {
+                assert!(!err.to_string().contains(secret), "{err}");
+            }
+        }
+        // Query parameters are refused, not ignored, and not quoted.
+        for seed in [
+            "redis://h:1?password=topsecret",
+            "redis://:pw@h:1/0?protocol=2",
+        ] {
+            let err = parse_seed(seed).unwrap_err();
+            assert!(matches!(err, Error::Config(_)), "{err:?}");
             assert!(!err.to_string().contains("topsecret"), "{err}");
         }
         // A mistyped port is still shown.
@@ -1511,9 +1549,12 @@ mod tests {
             "s3cret@redis://h:4",
             "redis://app:s3cret",
             "redis://:s3cret/0",
+            "redis://:8675309",
+            "redis://h:5?password=s3cret",
+            "s3cret@redis://h:6?user=app",
         ]);
         let shown = format!("{builder:?}");
-        for secret in ["s3cret", "pw%40x", "app"] {
+        for secret in ["s3cret", "pw%40x", "app", "8675309"] {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(shown.contains("\"redis://***\""), "{shown}");
@@ -1521,6 +1562,7 @@ mod tests {
         assert!(shown.contains("\"rediss://***@h:2\""), "{shown}");
         assert!(shown.contains("\"h:3\""), "{shown}");
         assert!(shown.contains("\"***@redis://h:4\""), "{shown}");
+        assert!(shown.contains("\"redis://h:5?***\""), "{shown}");
     }
 
     #[test]

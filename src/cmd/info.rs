@@ -1030,12 +1030,24 @@ pub(crate) fn is_idempotent_as(cmd: &Cmd, info: &CommandInfo) -> bool {
     }
 }
 
-/// `SET k v ... GET` returns the old value: a repeat would return `v`. `SET k v NX`
-/// says whether it set (a lock taken, most often): a repeat would say it did not, and
-/// its caller would wait for a lock it holds. Any other `SET` leaves the same value,
-/// and answers `OK`, whether it runs once or twice.
+/// `SET k v` with only `EX`/`PX`/`EXAT`/`PXAT` (and their value), `KEEPTTL` and `XX`
+/// leaves the same value, and answers `OK`, whether it runs once or twice. Not others:
+/// `... GET` returns the old value (a repeat would return `v`); `NX` says whether it
+/// set (a lock taken, most often: a repeat would say it did not, and its caller would
+/// wait for a lock it holds); a compare-and-set of newer servers (`IFEQ old`, Valkey 8.1
+/// and Redis 8.4) would answer that the swap it made failed; an option this list does
+/// not know may be one of those.
 fn set_is_idempotent(cmd: &Cmd) -> bool {
-    !has_option(cmd, &[b"get", b"nx"])
+    let mut options = cmd.arg_iter().skip(3);
+    while let Some(option) = options.next() {
+        let is = |name: &[u8]| option.eq_ignore_ascii_case(name);
+        if is(b"ex") || is(b"px") || is(b"exat") || is(b"pxat") {
+            options.next();
+        } else if !(is(b"keepttl") || is(b"xx")) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Whether any argument after the key and one value (`SET k v ...`, `EXPIRE k 10 ...`)
@@ -1853,6 +1865,10 @@ mod tests {
         let yes = [
             "SET k v",
             "SET k v EX 10 XX",
+            "set k v keepttl xx",
+            "SET k v PXAT 2000000000000",
+            // A value that spells an option is the value.
+            "SET k nx EX 10",
             "EXPIRE k 10 GT",
             "SETEX k 10 v",
             "PSETEX k 10 v",
@@ -1888,6 +1904,10 @@ mod tests {
             "set k v get",
             "SET lock token NX PX 30000",
             "set k v px 10 nx",
+            // Compare-and-set (Valkey 8.1, Redis 8.4), and options not known here.
+            "SET k new IFEQ old",
+            "SET k new EX 10 IFEQ old",
+            "SET k v SOMETHINGNEW",
             "SETNX k v",
             "MSETNX a 1 b 2",
             "HSETNX h f v",

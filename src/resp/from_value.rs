@@ -23,7 +23,9 @@ use crate::resp::Value;
 /// answers a verbatim one over RESP3); `HashMap`, `BTreeMap` and `Vec<(K, V)>` take a map,
 /// an array of two-element arrays or a flat array of keys and values (`HGETALL`, `ZRANGE
 /// ... WITHSCORES`); integers take a whole-number double in their range (`ZSCORE` over
-/// RESP3, the text `5` over RESP2); `()` takes anything but an error reply, wherever in the value it is.
+/// RESP3, the text `5` over RESP2), and `f32`/`f64` an integer (or its text) they hold
+/// exactly and a number short of infinity (a fraction is rounded; `2^53 + 1`, or `1e39`
+/// as `f32`, is an [`Error::Type`]); `()` takes anything but an error reply, wherever in the value it is.
 ///
 /// ```
 /// # fn main() -> redcluster::Result<()> {
@@ -207,18 +209,29 @@ impl FromValue for u8 {
     }
 }
 
+// As the integers refuse what they cannot hold, the floats refuse what would change:
+// an integer they cannot hold exactly (a counter past 2^53 read as `f64`), a finite
+// number they can only hold as infinity (`1e39` as `f32`). Rounding a fraction is what
+// a float is for, and is kept.
 macro_rules! float {
     ($($t:ty),*) => {$(
         impl FromValue for $t {
             fn from_value(value: Value) -> Result<Self> {
                 let value = value.without_attributes();
                 let n: Option<Self> = match &value {
-                    Value::Double(d) => Some(*d as $t),
-                    Value::Int(n) => Some(*n as $t),
-                    // RESP2 sends scores as text, including `inf` and `-inf`.
-                    Value::Bulk(b) | Value::Simple(b) => {
-                        std::str::from_utf8(b).ok().and_then(|s| s.parse().ok())
-                    }
+                    Value::Double(d) => Some(*d as $t).filter(|f| !f.is_infinite() || d.is_infinite()),
+                    Value::Int(n) => Some(*n as $t).filter(|f| *f as i128 == i128::from(*n)),
+                    // RESP2 sends scores as text, including `inf` and `-inf`; a
+                    // counter's text is an integer, held exactly or refused.
+                    Value::Bulk(b) | Value::Simple(b) => std::str::from_utf8(b).ok().and_then(|s| {
+                        match s.parse::<i128>() {
+                            Ok(n) => Some(n as $t).filter(|f| *f as i128 == n),
+                            Err(_) => s
+                                .parse::<$t>()
+                                .ok()
+                                .filter(|f| !f.is_infinite() || s.contains(['i', 'I'])),
+                        }
+                    }),
                     _ => None,
                 };
                 n.ok_or_else(|| mismatch::<Self>(&value))
@@ -399,6 +412,28 @@ mod tests {
         assert_eq!(u8::from_value(Value::Int(255)).unwrap(), 255);
         assert_eq!(f64::from_value(bulk("inf")).unwrap(), f64::INFINITY);
         assert_eq!(f64::from_value(Value::Double(0.5)).unwrap(), 0.5);
+        // Floats refuse what they would change, not a rounded fraction.
+        assert!(f32::from_value(Value::Double(1e300)).is_err());
+        assert!(f32::from_value(bulk("1e39")).is_err());
+        assert_eq!(f32::from_value(bulk("-inf")).unwrap(), f32::NEG_INFINITY);
+        assert_eq!(
+            f32::from_value(Value::Double(f64::INFINITY)).unwrap(),
+            f32::INFINITY
+        );
+        assert!(f32::from_value(Value::Int(16_777_217)).is_err());
+        assert_eq!(
+            f32::from_value(Value::Int(16_777_216)).unwrap(),
+            16_777_216.0
+        );
+        assert!(f64::from_value(Value::Int((1 << 53) + 1)).is_err());
+        assert!(f64::from_value(Value::Int(i64::MAX)).is_err());
+        assert!(f64::from_value(bulk("9007199254740993")).is_err());
+        assert_eq!(f64::from_value(bulk("-42")).unwrap(), -42.0);
+        assert_eq!(
+            f64::from_value(Value::Int(-(1 << 53))).unwrap(),
+            -9007199254740992.0
+        );
+        assert!((f32::from_value(bulk("0.1")).unwrap() - 0.1).abs() < 1e-6);
         assert!(bool::from_value(Value::Simple(Bytes::from_static(b"OK"))).unwrap());
         assert!(!bool::from_value(Value::Nil).unwrap());
         assert_eq!(Vec::<u8>::from_value(bulk("ab")).unwrap(), b"ab".to_vec());
