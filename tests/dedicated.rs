@@ -253,6 +253,63 @@ async fn watch_waits_out_a_migration_of_its_slot_and_watches_at_the_new_owner() 
     assert_eq!(local.master_of_slot(slot).await.unwrap(), to);
 }
 
+/// A `WATCH` answered `ASK` waits out the migration with backoffs, without its
+/// dedicated connection: with one per node, other transactions on the node go on
+/// meanwhile, each within a short timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_waiting_out_a_migration_leaves_the_node_its_connection_meanwhile() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(10))
+        .max_connections_per_node(1)
+        .retry_backoff(Duration::from_millis(200), Duration::from_millis(400))
+        .max_retries(100)
+        .build()
+        .await
+        .unwrap();
+    let key = "{wl}:new";
+    let slot = redcluster::key_slot(key.as_bytes());
+    // A key of a neighbouring slot, on the same node, which does not move.
+    let source = client.node_for_key(key.as_bytes()).unwrap();
+    let other = [slot + 1, slot - 1]
+        .into_iter()
+        .map(|s| support::key_in_slot(s, 0))
+        .find(|k| client.node_for_key(k.as_bytes()).unwrap() == source)
+        .unwrap();
+    let to = support::other_master(&local, slot).await;
+    let migration = local.begin_slot_migration(slot, to).await.unwrap();
+    let watching = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let watched = client.watch([key]).await?;
+            watched.exec(vec![cmd("SET").arg(key).arg(1)]).await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.stats().ask == 0 && !watching.is_finished() {
+        assert!(Instant::now() < deadline, "WATCH was never answered ASK");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let hasty = client.with_response_timeout(Duration::from_millis(300));
+    for i in 0..5 {
+        let watched = hasty.watch([other.as_str()]).await.unwrap();
+        let done = watched
+            .exec(vec![cmd("SET").arg(other.as_str()).arg(i)])
+            .await
+            .unwrap();
+        assert_eq!(done, Some(vec![Value::Simple("OK".into())]));
+    }
+    assert!(
+        !watching.is_finished(),
+        "the watch ended during the migration: {:?}",
+        watching.await
+    );
+    local.finish_slot_migration(migration).await.unwrap();
+    let committed = watching.await.unwrap().unwrap();
+    assert_eq!(committed, Some(vec![Value::Simple("OK".into())]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_retry_watches_again_when_the_slot_moved_before_exec() {
     let local = support::cluster(3, 0).await;

@@ -410,6 +410,9 @@ impl Inner {
                 return Ok(reply);
             };
             command = returned(answer.cmds)?;
+            // Refused, so the connection is as it was: back to the pool before any
+            // backoff, with its permits, for other requests to the node meanwhile.
+            drop(lease);
             let action = self.classify_reply(e, &node.addr, std::slice::from_ref(&command));
             match action {
                 ErrorAction::Reply => return Ok(reply),
@@ -484,7 +487,7 @@ impl Inner {
                     deadline,
                 )
                 .await?;
-            let Some((_admitted, mut lease)) = admitted else {
+            let Some((admitted, mut lease)) = admitted else {
                 moved_to = None;
                 continue;
             };
@@ -506,6 +509,10 @@ impl Inner {
             let Value::ServerError(e) = &reply else {
                 return Ok(lease);
             };
+            // `WATCH` refused: nothing is watched. The connection and its permits go
+            // back before any backoff (a migration's `ASK` may take seconds), for other
+            // requests to the node meanwhile.
+            drop((admitted, lease));
             match classify(e, &node.addr) {
                 ErrorAction::Redirect(r @ Redirect::Moved { .. }) => {
                     // Noted even when not followed, as on the shared path: the next
@@ -801,7 +808,7 @@ impl Inner {
                     lease_deadline,
                 )
                 .await?;
-            let Some((_admitted, mut lease)) = admitted else {
+            let Some((admitted, mut lease)) = admitted else {
                 redirect = None;
                 continue;
             };
@@ -851,6 +858,8 @@ impl Inner {
                 None => ErrorAction::Reply,
             };
             payload = returned;
+            // Answered: back to the pool before any backoff, with its permits.
+            drop((admitted, lease));
             match action {
                 ErrorAction::Reply => return Ok((reply, acked)),
                 ErrorAction::Redirect(r) => {
