@@ -262,6 +262,25 @@ impl Error {
         }
     }
 
+    /// This error of one part of a request whose other parts may have run (a split
+    /// `MGET`, a fan-out): the request as a whole may have, whatever this part's flag
+    /// said.
+    pub(crate) fn with_other_parts_run(self) -> Self {
+        match self {
+            Error::Timeout { .. } => Error::Timeout {
+                may_have_executed: true,
+            },
+            Error::ConnectionLost { .. } => Error::ConnectionLost {
+                may_have_executed: true,
+            },
+            Error::Io { source, .. } => Error::Io {
+                source,
+                may_have_executed: true,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(source: std::io::Error, may_have_executed: bool) -> Self {
         Error::Io {
             source: Arc::new(source),

@@ -7,6 +7,9 @@
 //! that hold a connection (`MULTI`, `EXEC`, `DISCARD`, `WATCH`, `UNWATCH`): they send
 //! their own.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio::time::Instant;
 
 use crate::cluster::{plan, Plan};
@@ -587,6 +590,9 @@ pub struct Watched {
     client: ClusterClient,
     lease: Lease,
     slot: u16,
+    /// Under [`ClusterClient::watch_retry`]: set while this transaction's `EXEC` may
+    /// have run, so that an error of the body after it does not run the body again.
+    exec_may_have_run: Option<Arc<AtomicBool>>,
 }
 
 impl Watched {
@@ -691,6 +697,32 @@ impl Watched {
             reply_deadline = crate::deadline::after(deadline, d.timeout);
         }
         let landing = Landing::on(self.lease.node());
+        // Set before it is sent: a body that drops this future mid-way may have run it.
+        let may_have_run = self.exec_may_have_run.take();
+        if let Some(flag) = &may_have_run {
+            flag.store(true, Ordering::Relaxed);
+        }
+        let result = self
+            .send_exec(all, durability, reply_deadline, &landing)
+            .await;
+        // Refused unrun (`MOVED`: the slot moved after `WATCH`; nothing sent), or a
+        // conflict: nothing of it ran.
+        let unrun = matches!(&result, Ok(None)) || matches!(&result, Err(e) if e.is_retryable());
+        if let (Some(flag), true) = (&may_have_run, unrun) {
+            flag.store(false, Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Sends `all` (`MULTI`, the commands, `EXEC`, and `WAIT` under `durability`) and
+    /// reads `EXEC`'s outcome.
+    async fn send_exec(
+        &mut self,
+        all: Vec<Cmd>,
+        durability: Option<crate::Durability>,
+        reply_deadline: Instant,
+        landing: &Landing,
+    ) -> Result<Option<Vec<Value>>> {
         let lease = &mut self.lease;
         let sent = async {
             let answer = lease.dispatch(Cmds::Many(all), reply_deadline).await;
@@ -712,7 +744,7 @@ impl Watched {
                 metrics::TRANSACTION_COMMAND,
                 Some(self.slot),
                 exec_reply,
-                &landing,
+                landing,
                 sent,
             )
             .await?;
@@ -824,6 +856,7 @@ impl ClusterClient {
             client: self.clone(),
             lease,
             slot,
+            exec_may_have_run: None,
         })
     }
 
@@ -838,7 +871,9 @@ impl ClusterClient {
     /// connection lost or a deadline passed before sending) counts as an attempt too:
     /// nothing of the transaction ran, and the next attempt watches the keys at their
     /// owner again, after the client's retry backoff, as a retry of the client's retry
-    /// budget (with the budget spent, the error ends it). Other errors end it. As after a conflict,
+    /// budget (with the budget spent, the error ends it). Other errors end it, and so
+    /// does any error after an [`Watched::exec`] that may have run (a `publish` of the
+    /// body's that timed out unsent after a committed `EXEC`): the body is not run twice. As after a conflict,
     /// what `body` does outside the transaction runs again.
     ///
     /// ```no_run
@@ -873,13 +908,22 @@ impl ClusterClient {
         let attempts = attempts.max(1);
         let backoff = self.inner.backoff();
         for attempt in 1..=attempts {
-            let watched = self.watch(keys.iter()).await?;
+            let mut watched = self.watch(keys.iter()).await?;
+            let exec_may_have_run = Arc::new(AtomicBool::new(false));
+            watched.exec_may_have_run = Some(Arc::clone(&exec_may_have_run));
             match body(watched).await {
                 Ok(Some(value)) => return Ok(Some(value)),
                 Ok(None) => {}
-                // A retry like any other: with the client's budget spent (an outage's
-                // retry storm), the error is the answer.
-                Err(e) if e.is_retryable() && attempt < attempts && self.inner.spend_retry() => {
+                // Not after an `EXEC` that may have run: the body's later error (a
+                // `publish` that timed out unsent) would run the transaction twice. A
+                // retry like any other: with the client's budget spent (an outage's retry
+                // storm), the error is the answer.
+                Err(e)
+                    if e.is_retryable()
+                        && !exec_may_have_run.load(Ordering::Relaxed)
+                        && attempt < attempts
+                        && self.inner.spend_retry() =>
+                {
                     tracing::debug!(error = %e, attempt, "transaction refused before it ran; watching again");
                     tokio::time::sleep(backoff.delay(attempt - 1, fastrand::f64())).await;
                 }

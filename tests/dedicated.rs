@@ -337,6 +337,41 @@ async fn watch_retry_watches_again_when_the_slot_moved_before_exec() {
     assert_eq!(client.get::<_, i64>(key).await.unwrap(), 2);
 }
 
+/// A body whose `EXEC` committed and whose next request then failed unsent (retryable
+/// on its own) is not run again: that would commit the transaction twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retry_never_runs_a_committed_transaction_again() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let balance = "{acct:9}:balance";
+    client.set(balance, 100).await.unwrap();
+    let unsent = client.with_response_timeout(Duration::ZERO);
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let (runs_ref, unsent_ref) = (&runs, &unsent);
+    let outcome = client
+        .watch_retry(&[balance], 3, |mut w| async move {
+            runs_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let b: i64 = w.query(cmd("GET").arg(balance)).await?;
+            let done = w.exec(vec![cmd("SET").arg(balance).arg(b - 10)]).await?;
+            // After the commit: a request that fails before it is sent.
+            unsent_ref.incr("{acct:9}:audit", 1).await?;
+            Ok(done.map(|_| b - 10))
+        })
+        .await;
+    let err = outcome.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            redcluster::Error::Timeout {
+                may_have_executed: false
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(client.get::<_, i64>(balance).await.unwrap(), 90);
+}
+
 /// `watch_retry`'s attempts after a retryable error are retries of the client's
 /// budget: with the budget spent, the `MOVED` that aborted `EXEC` is the answer rather
 /// than another round of `WATCH` and body.
@@ -1054,6 +1089,85 @@ async fn blocking_probe(pipeline: bool) {
     let served = client.get::<_, Option<i64>>(key).await;
     assert!(matches!(served, Ok(Some(1))), "{served:?}");
     assert_eq!(probe.await.unwrap().unwrap(), None);
+}
+
+/// A recovered node that refuses the credentials of a blocking command's new dedicated
+/// connection has answered: as its breaker's probe, the refusal closes the breaker (as
+/// on the shared path). It was handed over unrecorded, leaving the breaker half-open
+/// for as long as only blocking commands came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_probe_refused_its_credentials_closes_the_breaker() {
+    refused_probe(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelined_blocking_probe_refused_its_credentials_closes_the_breaker() {
+    refused_probe(true).await;
+}
+
+async fn refused_probe(pipeline: bool) {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(None)
+        .circuit_breaker(
+            redcluster::CircuitBreakerConfig::default()
+                .consecutive_failures(2)
+                .open_for(Duration::from_millis(300)),
+        )
+        .build()
+        .await
+        .unwrap();
+    let (queue, key) = ("{refused}:q", "{refused}:k");
+    client.set(key, 1).await.unwrap();
+    let owner = support::owner_index(&local, &client, key);
+    let addr = client.node_for_key(key.as_bytes()).unwrap();
+    local.pause(owner).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        client.get::<_, Option<i64>>(key).await,
+        Err(redcluster::Error::CircuitOpen { .. })
+    ) {
+        assert!(Instant::now() < deadline, "the breaker never opened");
+    }
+    local.resume(owner).unwrap();
+    // New connections to the node now need a password the client does not have.
+    let admin = local.connect_node(owner).await.unwrap();
+    admin
+        .send(
+            cmd("CONFIG")
+                .arg("SET")
+                .arg("requirepass")
+                .arg("rotated-pw"),
+        )
+        .await
+        .unwrap();
+    // A pipeline's failure is its command's.
+    let cause = |e: redcluster::Error| match e {
+        redcluster::Error::Pipeline { source, .. } => *source,
+        e => e,
+    };
+    // Past `open_for`, the BLPOP is the probe, on a new dedicated connection.
+    let refused = loop {
+        match spawn_blpop(&client, queue, 1, pipeline)
+            .await
+            .unwrap()
+            .map_err(cause)
+        {
+            Err(redcluster::Error::CircuitOpen { .. }) => {
+                assert!(Instant::now() < deadline, "no probe was let through");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(refused, Err(redcluster::Error::Auth(_))),
+        "{refused:?}"
+    );
+    let breaker = client.health().node(&addr).unwrap().breaker;
+    assert_eq!(breaker, redcluster::BreakerState::Closed);
 }
 
 /// A durable write (a write and `WAIT` on a dedicated connection) to a slot with no

@@ -866,10 +866,12 @@ impl Inner {
         let mut lease = match self.lease(node, lease_deadline, blocking).await {
             Ok(lease) => lease,
             // Nothing was sent. A connect the node refused counts against it, as for a
-            // durable write; our own deadline or a refusal of credentials does not (if
-            // this batch was the breaker's probe, its `Admitted` hands over).
+            // durable write; refused credentials are the node answering (a half-open
+            // breaker closes on them); our own deadline says nothing (if this batch was
+            // the breaker's probe, its `Admitted` hands over).
             Err(e) => {
-                if e.is_node_failure() && !matches!(e, Error::Timeout { .. }) {
+                let answered = matches!(e, Error::Auth(_));
+                if answered || (e.is_node_failure() && !matches!(e, Error::Timeout { .. })) {
                     self.record(node, Some(&e));
                 }
                 return (Err(e), cmds, None, Vec::new());

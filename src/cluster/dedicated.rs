@@ -750,8 +750,15 @@ impl Inner {
         };
         match self.lease(node, deadline, purpose.blocking).await {
             Ok(lease) => Ok(Some((admitted, lease))),
-            // Our own deadline, or a refusal (credentials): not the node's fault. If this
-            // was the breaker's probe, `admitted` hands over to the next request.
+            // Refused credentials: the node answered, which closes a half-open breaker
+            // (as on the shared path: else every probe is handed over and it never
+            // closes).
+            Err(e @ Error::Auth(_)) => {
+                self.record(node, Some(&e));
+                Err(e)
+            }
+            // Our own deadline, or a refusal of ours: not the node's fault. If this was
+            // the breaker's probe, `admitted` hands over to the next request.
             Err(e) if matches!(e, Error::Timeout { .. }) || !e.is_node_failure() => Err(e),
             Err(e) => {
                 self.record(node, Some(&e));

@@ -1092,11 +1092,22 @@ impl Inner {
     /// reaches the breaker once per failed attempt, however many requests got it (see
     /// [`Node::first_to_report_connect_failure`]). An error of no attempt (the node
     /// left the topology) says nothing about the node.
+    ///
+    /// A timeout is the caller's wait running out, not the attempt, which goes on and
+    /// reports its own failure to the next request. So it reports the failure of an
+    /// earlier attempt that no request reported (its waiters gave up first, as this
+    /// one did): with a node that completes no handshake within the requests' deadlines
+    /// (frozen, or dropping packets, with no connection open), every request times out
+    /// waiting, and the breaker would otherwise never hear of it.
     pub(crate) fn record_connect_failure(&self, node: &Node, error: &Error) {
-        // A timeout is the caller's wait running out; the attempt goes on and reports
-        // its own failure.
-        if !matches!(error, Error::Timeout { .. }) && node.first_to_report_connect_failure() {
-            self.record(node, Some(error));
+        let failure = match error {
+            Error::Timeout { .. } => node.last_connect_error(),
+            e => Some(e.clone()),
+        };
+        if let Some(failure) = failure {
+            if node.first_to_report_connect_failure() {
+                self.record(node, Some(&failure));
+            }
         }
     }
 
@@ -1109,7 +1120,10 @@ impl Inner {
     /// A timeout counts only when the node answered no request in time on `conn` since
     /// the request was sent (`since`): a handle with a deadline shorter than the node's
     /// pace under load, or requests queued behind slow ones, would otherwise open the
-    /// breaker of a node that answers, for every handle.
+    /// breaker of a node that answers, for every handle. One that timed out unsent
+    /// counts only while the server owes replies on `conn` (it waited behind them): with
+    /// nothing owed, its deadline was too short to write it at all (a zero timeout),
+    /// which says nothing about the node.
     pub(crate) fn record_on<T>(
         &self,
         node: &Node,
@@ -1125,6 +1139,9 @@ impl Inner {
             Err(Error::ConnectionLost { .. } | Error::Io { .. } | Error::Protocol(_))
                 if !conn.first_to_report_failure() => {}
             Err(Error::Timeout { .. }) if conn.answered_since(since) => {}
+            Err(Error::Timeout {
+                may_have_executed: false,
+            }) if !conn.owes_replies() => {}
             _ => self.record_result(node, result),
         }
     }
@@ -1288,13 +1305,14 @@ impl Inner {
                 .await;
             (part.positions, reply)
         });
-        let results = futures_util::future::join_all(sends).await;
+        let mut results = futures_util::future::join_all(sends).await;
         // Not `MGET`, `EXISTS` or `TOUCH`, which change no data.
         if matches!(name, "mset" | "del" | "unlink") {
             if let Some(e) = partly_applied(results.iter().map(|(_, r)| r)) {
                 return Err(e);
             }
         }
+        mark_run_parts(&mut results, |(_, r)| r);
         match kind {
             SplitKind::MGet => {
                 let mut out = vec![Value::Nil; total];
@@ -1397,7 +1415,7 @@ impl Inner {
             self.wait_retry(&backoff, &mut retries, deadline, why)
                 .await?;
         };
-        let replies: Vec<Result<Value>> = if stops_a_script(command) {
+        let mut replies: Vec<Result<Value>> = if stops_a_script(command) {
             let sends = nodes
                 .iter()
                 .map(|addr| self.send_on_lease(command.clone(), addr, name, deadline));
@@ -1420,6 +1438,7 @@ impl Inner {
                 return Err(e);
             }
         }
+        mark_run_parts(&mut replies, |r| r);
         combine_replies(combine, &nodes, replies)
     }
 
@@ -1457,6 +1476,24 @@ impl Inner {
 /// [`Error::Partial`], so that the caller neither takes it for a write that did nothing
 /// (a failed part's `ClusterDown` says "retry") nor resends it whole. `None` otherwise:
 /// the first failure then tells the whole outcome.
+/// Whichever part's error a split or fanned-out request reports, it says the request
+/// may have run when another part may have: a part that timed out unsent does not make
+/// the request unsent if another was written. (Writes that ran in part are
+/// [`Error::Partial`] before this.)
+fn mark_run_parts<T>(parts: &mut [T], reply: impl Fn(&mut T) -> &mut Result<Value>) {
+    let ran = |r: &Result<Value>| r.as_ref().map_or_else(Error::may_have_executed, |_| true);
+    if !parts.iter_mut().any(|p| ran(reply(p))) {
+        return;
+    }
+    for part in parts {
+        if let Err(e) = reply(part) {
+            if !e.may_have_executed() {
+                *e = e.clone().with_other_parts_run();
+            }
+        }
+    }
+}
+
 fn partly_applied<'a>(parts: impl Iterator<Item = &'a Result<Value>> + Clone) -> Option<Error> {
     // The first failure, and whether it may have run: an error reply changed nothing on
     // its node (scripts are never split).
@@ -2287,6 +2324,45 @@ mod tests {
         );
         let unmeasured = [node("a:1", 1000), node("d:1", 0)];
         assert!(fastest(unmeasured.iter(), 0).is_none());
+    }
+
+    #[test]
+    fn a_part_unsent_says_the_request_may_have_run_when_another_part_did() {
+        let unsent = || {
+            Err(Error::Timeout {
+                may_have_executed: false,
+            })
+        };
+        let mut parts = vec![Ok(Value::Int(1)), unsent()];
+        mark_run_parts(&mut parts, |r| r);
+        assert!(
+            matches!(&parts[1], Err(e) if e.may_have_executed()),
+            "{parts:?}"
+        );
+        let mut parts = vec![
+            unsent(),
+            Err(Error::ConnectionLost {
+                may_have_executed: true,
+            }),
+        ];
+        mark_run_parts(&mut parts, |r| r);
+        assert!(matches!(
+            &parts[0],
+            Err(Error::Timeout {
+                may_have_executed: true
+            })
+        ));
+        // None sent: each says so still.
+        let mut parts = vec![unsent(), unsent()];
+        mark_run_parts(&mut parts, |r| r);
+        assert!(parts
+            .iter()
+            .all(|p| matches!(p, Err(e) if !e.may_have_executed())));
+        // A refusal unsent by its nature (an open breaker) stays what it is.
+        let open = Error::CircuitOpen { node: "n".into() };
+        let mut parts = vec![Ok(Value::Int(1)), Err(open)];
+        mark_run_parts(&mut parts, |r| r);
+        assert!(matches!(&parts[1], Err(Error::CircuitOpen { .. })));
     }
 
     #[test]

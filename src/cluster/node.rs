@@ -623,6 +623,12 @@ impl Node {
             .swap(false, Ordering::AcqRel)
     }
 
+    /// The error of the last failed connect attempt, while its reconnect backoff is on
+    /// record (until a connect succeeds).
+    pub(crate) fn last_connect_error(&self) -> Option<Error> {
+        lock(&self.reconnect).last_error.clone()
+    }
+
     /// This node's pool of dedicated connections, made on first use.
     ///
     /// # Errors

@@ -30,7 +30,8 @@
 //!
 //! Deadlines are kept by the connection, not by each caller: a third task sleeps until
 //! the earliest deadline of the requests it holds (queued or written) and answers those
-//! whose deadline passed with [`Error::Timeout`]. One timer per connection instead of
+//! whose deadline passed with [`Error::Timeout`] (`may_have_executed: false` for one
+//! still queued, `true` for one written). One timer per connection instead of
 //! one per request: registering and cancelling a timer per request was about a tenth of
 //! the client's CPU under load. A written request that timed out keeps its place in the
 //! in-flight queue, so that its late reply still lines up, and is answered only once.
@@ -819,6 +820,12 @@ impl NodeConnection {
         last > self.shared.nanos(Instant::from_std(since))
     }
 
+    /// Whether the server owes replies on this connection: requests written and not
+    /// all answered.
+    pub(crate) fn owes_replies(&self) -> bool {
+        !self.shared.in_flight().is_empty()
+    }
+
     /// Closes the connection: queued and in-flight requests get
     /// [`Error::ConnectionLost`].
     ///
@@ -842,7 +849,8 @@ impl NodeConnection {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] when no reply came in time, [`Error::ConnectionLost`] or
+    /// [`Error::Timeout`] when no reply came in time (`may_have_executed: false` when the
+    /// deadline passed before it was written), [`Error::ConnectionLost`] or
     /// [`Error::Io`] when the connection died, [`Error::Protocol`] on a malformed reply;
     /// [`Error::Config`], unsent, for a command after which replies no longer answer
     /// requests one for one (`SUBSCRIBE` and the other pub/sub commands, `MONITOR`,

@@ -483,7 +483,17 @@ impl Manager {
                 }
             }
             Frame::Error(e) => {
-                let Some(front) = self.links.get_mut(&id).and_then(|l| l.sent.pop_front()) else {
+                let Some(link) = self.links.get_mut(&id) else {
+                    return;
+                };
+                if !may_answer(link.sent.front(), &e) {
+                    // The answer to an `SUNSUBSCRIBE` whose entry the server's own
+                    // `sunsubscribe` (the slot moved) took: popped, it would be taken
+                    // for the next command's.
+                    tracing::debug!(error = %e, "redirect for a command already answered: dropped");
+                    return;
+                }
+                let Some(front) = link.sent.pop_front() else {
                     tracing::debug!(error = %e, "error reply with no command waiting for it");
                     return;
                 };
@@ -530,7 +540,10 @@ impl Manager {
     }
 
     /// Removes `channel` from the oldest command on link `id` that waits for its
-    /// confirmation; whether there was one.
+    /// confirmation; whether there was one. (A server's own `sunsubscribe`, when a
+    /// slot moves away, takes the entry of an `SUNSUBSCRIBE` of that channel still on
+    /// its way; the server then answers that one `MOVED`, which [`may_answer`] tells
+    /// from the next command's answer.)
     fn match_sent(&mut self, id: u64, kind: Kind, subscribe: bool, channel: &Bytes) -> bool {
         let Some(link) = self.links.get_mut(&id) else {
             return false;
@@ -1133,9 +1146,59 @@ impl Manager {
     }
 }
 
+/// Whether error reply `e` may answer `front`, the oldest command on the link waiting
+/// for its answer. Only a sharded command is redirected, and only for the slot its
+/// channels hash to (one slot per command): a `MOVED`/`ASK` for another slot, or
+/// before anything else, answers a command whose entry is gone already.
+fn may_answer(front: Option<&Sent>, e: &ServerError) -> bool {
+    let Some(redirect) = parse_redirect(e, "") else {
+        return true;
+    };
+    matches!(
+        front,
+        Some(Sent::Sub { kind: Kind::Shard, remaining, .. })
+            if remaining.front().is_some_and(|c| key_slot(c) == redirect.slot())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_redirect_answers_only_a_sharded_command_of_its_slot() {
+        let shard = |channels: &[&str], subscribe| Sent::Sub {
+            kind: Kind::Shard,
+            subscribe,
+            remaining: channels
+                .iter()
+                .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+                .collect(),
+        };
+        let moved = |channel: &str| {
+            ServerError::new(format!(
+                "MOVED {} 127.0.0.1:7001",
+                key_slot(channel.as_bytes())
+            ))
+        };
+        let c = shard(&["{c}a", "{c}b"], true);
+        assert!(may_answer(Some(&c), &moved("{c}x")));
+        assert!(may_answer(Some(&shard(&["{c}a"], false)), &moved("{c}a")));
+        // `SUNSUBSCRIBE {d}` answered by the server's own sunsubscribe, then `MOVED`
+        // for it: not the next `SSUBSCRIBE {c}a`'s, nor a PING's.
+        assert!(!may_answer(Some(&c), &moved("{d}")));
+        assert!(!may_answer(Some(&Sent::Ping), &moved("{d}")));
+        assert!(!may_answer(None, &moved("{d}")));
+        let channel = Sent::Sub {
+            kind: Kind::Channel,
+            subscribe: true,
+            remaining: [Bytes::from_static(b"{d}")].into(),
+        };
+        assert!(!may_answer(Some(&channel), &moved("{d}")));
+        // Other errors answer whatever is first.
+        let busy = ServerError::new("BUSY Redis is busy running a script");
+        assert!(may_answer(Some(&c), &busy) && may_answer(Some(&Sent::Ping), &busy));
+    }
 
     #[test]
     fn keyspace_notifications_are_node_local_and_nothing_else() {
