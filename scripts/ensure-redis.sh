@@ -14,7 +14,10 @@ new_enough() {
         return 1
     fi
     if [ "$major" -lt 7 ]; then
-        echo "$1 is Redis $version; the tests and examples need 7.0 or newer" >&2
+        echo "$1 is Redis $version; the tests and examples need 7.0 or newer" \
+             "(Debian 12 and Ubuntu 24.04 package 7; on older releases install it from" \
+             "packages.redis.io, or set REDCLUSTER_REDIS_SERVER to a Redis 7 or Valkey" \
+             "redis-server)" >&2
         return 1
     fi
 }

@@ -1056,7 +1056,10 @@ async fn a_pipelined_blocking_probe_closes_the_breaker_once_its_connection_answe
 
 /// A recovered node's breaker probe is a `BLPOP q 3`, alone or in a pipeline
 /// (`pipeline`): a `GET` while it blocks is served.
-async fn blocking_probe(pipeline: bool) {
+/// A cluster and a client (300 ms timeouts, breakers open for 300 ms after two
+/// failures) whose breaker for the owner of `key` (set to 1) was opened by a freeze the
+/// owner has just come out of; and the owner's index.
+async fn a_breaker_opened_for(key: &str) -> (LocalCluster, ClusterClient, usize) {
     let local = support::cluster(3, 0).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
@@ -1070,7 +1073,6 @@ async fn blocking_probe(pipeline: bool) {
         .build()
         .await
         .unwrap();
-    let (queue, key) = ("{probe}:q", "{probe}:k");
     client.set(key, 1).await.unwrap();
     let owner = support::owner_index(&local, &client, key);
     local.pause(owner).unwrap();
@@ -1082,6 +1084,12 @@ async fn blocking_probe(pipeline: bool) {
         assert!(Instant::now() < deadline, "the breaker never opened");
     }
     local.resume(owner).unwrap();
+    (local, client, owner)
+}
+
+async fn blocking_probe(pipeline: bool) {
+    let (queue, key) = ("{probe}:q", "{probe}:k");
+    let (local, client, _) = a_breaker_opened_for(key).await;
     // Past `open_for`: the next request is the probe.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let probe = spawn_blpop(&client, queue, 3, pipeline);
@@ -1106,32 +1114,10 @@ async fn a_pipelined_blocking_probe_refused_its_credentials_closes_the_breaker()
 }
 
 async fn refused_probe(pipeline: bool) {
-    let local = support::cluster(3, 0).await;
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .response_timeout(Duration::from_millis(300))
-        .health_check_interval(None)
-        .circuit_breaker(
-            redcluster::CircuitBreakerConfig::default()
-                .consecutive_failures(2)
-                .open_for(Duration::from_millis(300)),
-        )
-        .build()
-        .await
-        .unwrap();
     let (queue, key) = ("{refused}:q", "{refused}:k");
-    client.set(key, 1).await.unwrap();
-    let owner = support::owner_index(&local, &client, key);
+    let (local, client, owner) = a_breaker_opened_for(key).await;
     let addr = client.node_for_key(key.as_bytes()).unwrap();
-    local.pause(owner).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !matches!(
-        client.get::<_, Option<i64>>(key).await,
-        Err(redcluster::Error::CircuitOpen { .. })
-    ) {
-        assert!(Instant::now() < deadline, "the breaker never opened");
-    }
-    local.resume(owner).unwrap();
     // New connections to the node now need a password the client does not have.
     let admin = local.connect_node(owner).await.unwrap();
     admin

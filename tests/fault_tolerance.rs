@@ -947,7 +947,7 @@ async fn requests_that_time_out_unsent_on_an_idle_connection_leave_the_breaker_c
 /// With one request in flight per connection, a request behind one the frozen owner
 /// holds waits for room; its deadline passes there, so it fails with
 /// `Timeout { may_have_executed: false }` (safe to send again) and never runs, while
-/// the written one says it may have run.
+/// the written one is answered once the node thaws.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_waited_for_room_past_its_deadline_says_it_never_ran() {
     let local = never_failing_over().await;

@@ -279,6 +279,31 @@ async fn failovers_swap_roles() {
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
 
+/// A takeover is for a cluster that lost its majority: two of three masters killed,
+/// the replica of one takes over, and `failover` returns once the running nodes see it
+/// as master (the other shard, its replica killed too, stays unserved, so the cluster
+/// never settles). It waited for a settled cluster and timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_works_without_a_majority_of_masters() {
+    let cluster = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(1)
+        .wait_timeout(Duration::from_secs(10))
+        .start()
+        .await
+        .unwrap();
+    let replica = cluster.replicas_of(0).await.unwrap()[0];
+    let lost = cluster.replicas_of(1).await.unwrap()[0];
+    for node in [0, 1, lost] {
+        cluster.kill(node).unwrap();
+    }
+    cluster
+        .failover(replica, FailoverMode::Takeover)
+        .await
+        .unwrap();
+    assert_eq!(cluster.master_of_slot(0).await.unwrap(), replica);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_failed_over_back_and_forth_is_master_each_time() {
     // Redis 7.0 keeps an elected replica's votes for four node timeouts: a third

@@ -131,7 +131,9 @@ pub enum FailoverMode {
     /// the other masters still vote.
     Force,
     /// `CLUSTER FAILOVER TAKEOVER`: the replica takes over without any vote, bumping
-    /// its epoch. Works even without a majority of masters.
+    /// its epoch. Works even without a majority of masters: with nodes down,
+    /// [`LocalCluster::failover`] then returns once every running node sees the new
+    /// master, not once the whole cluster is stable (other shards may stay unserved).
     Takeover,
 }
 
@@ -891,11 +893,50 @@ impl LocalCluster {
             }
             tokio::time::sleep(POLL).await;
         }
+        let down = self
+            .all_nodes()
+            .iter()
+            .any(|n| matches!(n.state(), NodeState::Killed | NodeState::Paused));
+        if mode == FailoverMode::Takeover && down {
+            // What a takeover is for: masters down, perhaps a majority, and other shards
+            // never served again. Done once every running node sees the new master.
+            return self.wait_seen_as_master(replica, deadline).await;
+        }
         self.wait_settled(
             "the cluster did not become stable after the failover",
             deadline,
         )
         .await
+    }
+
+    /// Waits until every running node lists `index` as a master.
+    async fn wait_seen_as_master(&self, index: usize, deadline: Instant) -> Result<()> {
+        let id = self.node_arc(index)?.id.clone();
+        loop {
+            let mut unaware = None;
+            for (i, node) in self.all_nodes().iter().enumerate() {
+                if node.state() != NodeState::Running {
+                    continue;
+                }
+                let view = self.cluster_nodes(i).await?;
+                if !view.iter().any(|e| e.id == id && e.master) {
+                    unaware = Some(i);
+                    break;
+                }
+            }
+            let Some(unaware) = unaware else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(self.timed_out(
+                    &format!(
+                        "node {unaware} does not see node {index} as a master after its takeover"
+                    ),
+                    Some(unaware),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Waits for four node timeouts (at least 4 s), and a little more, to pass since

@@ -34,8 +34,10 @@ const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 const PORT_ATTEMPTS: usize = 8;
 
 /// Ports handed to nodes of live clusters in this process. Port picking skips them, so
-/// tests running in parallel never pick each other's ports, even those of killed nodes
-/// that will be restarted.
+/// tests running in parallel in one process never pick each other's ports, even those
+/// of killed nodes that will be restarted. Another process (tests run one per process,
+/// as cargo-nextest does) may still take a killed node's ports before its restart,
+/// which then fails with the log's "Address already in use".
 static RESERVED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 
 fn reserved() -> MutexGuard<'static, BTreeSet<u16>> {
