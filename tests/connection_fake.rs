@@ -297,6 +297,33 @@ async fn a_request_that_expires_while_queued_is_never_written() {
     assert_eq!(fake.finish().await.unwrap(), ["HELLO", "GET", "GET"]);
 }
 
+/// A node refusing `HELLO` for now (`LOADING` after a restart) is no server without
+/// RESP3: the connect fails, to be tried again, rather than settle for RESP2 on that
+/// connection for its whole life.
+#[tokio::test]
+async fn a_passing_refusal_of_hello_fails_the_connect_instead_of_falling_back_to_resp2() {
+    let fake = FakeNode::start(vec![
+        Step::Expect(vec!["HELLO", "3"]),
+        Step::Reply(b"-LOADING Redis is loading the dataset in memory\r\n"),
+    ])
+    .await;
+    let err = NodeConnection::connect(&fake.addr, &ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Io {
+                may_have_executed: false,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("LOADING"), "{err}");
+}
+
 #[tokio::test]
 async fn no_password_against_a_protected_server_is_an_auth_error() {
     let fake = FakeNode::start(vec![

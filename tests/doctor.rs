@@ -279,6 +279,35 @@ async fn passes_a_cluster_configured_as_the_seed_recommends() {
     // The doctor changed nothing.
     let value: Value = client.query(cmd("GET").arg("app:7")).await.unwrap();
     assert_eq!(value, Value::Bulk("value 7".into()));
+
+    // Keys the application user may not read: its key sample stops at the first one
+    // on each node, a refusal or two in the server's ACL log (one per command), not
+    // one per key sampled (a hundred would push out the entries that matter).
+    for i in 0..60 {
+        client.set(format!("other:{i}"), i).await.unwrap();
+    }
+    let primaries: std::collections::BTreeSet<String> = (0..60)
+        .filter_map(|i| client.node_for_key(format!("other:{i}").as_bytes()))
+        .collect();
+    for node in &primaries {
+        client
+            .query_node::<()>(node, cmd("ACL").arg("LOG").arg("RESET"))
+            .await
+            .unwrap();
+    }
+    let report = app.doctor().await.unwrap();
+    assert_eq!(report.failures().count(), 0, "{report}");
+    for node in &primaries {
+        let log: Vec<std::collections::HashMap<String, Value>> = client
+            .query_node(node, cmd("ACL").arg("LOG").arg(200))
+            .await
+            .unwrap();
+        let refused_keys = log
+            .iter()
+            .filter(|entry| entry.get("reason") == Some(&Value::Bulk("key".into())))
+            .count();
+        assert!((1..=2).contains(&refused_keys), "{node}: {log:?}");
+    }
 }
 
 /// A client that knows no topology yet (connected lazily, its seeds not answering) asks

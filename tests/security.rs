@@ -594,8 +594,14 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
         .await
         .unwrap_err();
     assert_eq!(err.server_code(), Some("NOPERM"), "{err:?}");
+    // Allowed `CLUSTER SLOTS` but not `CLUSTER SHARDS` (a Redis 6 rule kept after an
+    // upgrade), it discovers and refreshes with `CLUSTER SLOTS`. It could not connect.
+    set_user(&local, "bare +cluster|slots").await;
+    let client = as_user(&local, "bare", "barepass").build().await.unwrap();
+    crud(&client, "app:slots:").await;
+    client.refresh_topology().await.unwrap();
     // With only the topology permission added, it connects and serves its keys.
-    set_user(&local, "bare +cluster|shards").await;
+    set_user(&local, "bare -cluster|slots +cluster|shards").await;
     let client = as_user(&local, "bare", "barepass").build().await.unwrap();
     crud(&client, "app:bare:").await;
     // But it cannot follow ASK redirects: a read during a migration fails with the

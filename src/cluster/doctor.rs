@@ -19,6 +19,7 @@ use crate::conn::NodeConnection;
 use crate::error::{Error, Result};
 use crate::observe::doctor::{self as judge, Answers, KeySample, NodeFacts, Reply, SampledKey};
 use crate::observe::DoctorReport;
+use crate::resp::Value;
 
 impl ClusterClient {
     /// Checks the cluster against the seed's production checklist and best practices:
@@ -323,7 +324,10 @@ impl Inner {
 
     /// Samples up to `KEY_SAMPLE_PER_PRIMARY` keys of a reachable primary with `SCAN`,
     /// then asks their memory (and access frequency, unless the policy is known not to
-    /// count it) in one batch.
+    /// count it), a key at a time, within one response timeout in all. It stops at the
+    /// first key the client's user may not read: each such refusal is an entry of the
+    /// server's ACL log (one per key: they are not merged), and a batch of a hundred
+    /// would push out the entries that matter.
     async fn sample_keys(&self, examined: &mut Examined) {
         let (Some(conn), Ok(answers)) = (&examined.conn, &mut examined.facts.answers) else {
             return;
@@ -362,37 +366,33 @@ impl Inner {
         keys.dedup();
         keys.truncate(judge::KEY_SAMPLE_PER_PRIMARY);
         let ask_freq = judge::may_track_frequency(&answers.info);
-        let per_key = if ask_freq { 2 } else { 1 };
-        let mut batch = Vec::with_capacity(keys.len() * per_key);
-        for key in &keys {
-            batch.push(cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(5));
+        let deadline = tokio::time::Instant::now() + timeout;
+        let missing = || Err(Error::Protocol("no reply in batch".into()));
+        let refused = |r: &Reply| matches!(r, Ok(Value::ServerError(e)) if e.code() == "NOPERM");
+        for key in keys {
+            let mut batch = vec![cmd("MEMORY").arg("USAGE").arg(&key).arg("SAMPLES").arg(5)];
             if ask_freq {
-                batch.push(cmd("OBJECT").arg("FREQ").arg(key));
+                batch.push(cmd("OBJECT").arg("FREQ").arg(&key));
             }
-        }
-        let replies = if batch.is_empty() {
-            Ok(Vec::new())
-        } else {
-            tokio::time::timeout(timeout, conn.send_batch(batch))
+            let replies = tokio::time::timeout_at(deadline, conn.send_batch(batch))
                 .await
                 .unwrap_or(Err(Error::Timeout {
                     may_have_executed: true,
-                }))
-        };
-        let mut replies: Vec<Reply> = match replies {
-            Ok(values) => values.into_iter().map(Ok).collect(),
-            Err(e) => vec![Err(e); keys.len() * per_key],
-        };
-        // A short batch reply would be a protocol bug; missing answers read as such.
-        replies.resize_with(keys.len() * per_key, || {
-            Err(Error::Protocol("no reply in batch".into()))
-        });
-        let mut replies = replies.into_iter();
-        let missing = || Err(Error::Protocol("no reply in batch".into()));
-        for key in keys {
-            let memory: Reply = replies.next().unwrap_or_else(missing);
-            let freq = ask_freq.then(|| replies.next().unwrap_or_else(missing));
+                }));
+            let (memory, freq, stop): (Reply, Option<Reply>, bool) = match replies {
+                Ok(values) => {
+                    let mut values = values.into_iter().map(Ok);
+                    let memory = values.next().unwrap_or_else(missing);
+                    let freq = ask_freq.then(|| values.next().unwrap_or_else(missing));
+                    let stop = refused(&memory) || freq.as_ref().is_some_and(refused);
+                    (memory, freq, stop)
+                }
+                Err(e) => (Err(e.clone()), ask_freq.then(|| Err(e)), true),
+            };
             sample.keys.push(SampledKey { key, memory, freq });
+            if stop {
+                break;
+            }
         }
         answers.keys = Some(sample);
     }

@@ -1471,11 +1471,6 @@ impl Inner {
     }
 }
 
-/// The error of a write split over slots or sent to several nodes when one part failed
-/// while another took effect, or may have while the failure says nothing ran:
-/// [`Error::Partial`], so that the caller neither takes it for a write that did nothing
-/// (a failed part's `ClusterDown` says "retry") nor resends it whole. `None` otherwise:
-/// the first failure then tells the whole outcome.
 /// Whichever part's error a split or fanned-out request reports, it says the request
 /// may have run when another part may have: a part that timed out unsent does not make
 /// the request unsent if another was written. (Writes that ran in part are
@@ -1494,6 +1489,11 @@ fn mark_run_parts<T>(parts: &mut [T], reply: impl Fn(&mut T) -> &mut Result<Valu
     }
 }
 
+/// The error of a write split over slots or sent to several nodes when one part failed
+/// while another took effect, or may have while the failure says nothing ran:
+/// [`Error::Partial`], so that the caller neither takes it for a write that did nothing
+/// (a failed part's `ClusterDown` says "retry") nor resends it whole. `None` otherwise:
+/// the first failure then tells the whole outcome.
 fn partly_applied<'a>(parts: impl Iterator<Item = &'a Result<Value>> + Clone) -> Option<Error> {
     // The first failure, and whether it may have run: an error reply changed nothing on
     // its node (scripts are never split).

@@ -27,8 +27,8 @@ use crate::resp::Value;
 use crate::slot::SlotMap;
 use crate::topology::{self, RefreshLimiter, RefreshTrigger};
 
-/// Period of the background refresh while some node is reported failed, and for a
-/// while after (see [`SETTLE_WINDOW`]).
+/// Period of the background refresh while a failed primary holds slots, and for
+/// [`SETTLE_WINDOW`] after the nodes reported failed last changed while some are.
 const DEGRADED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long after a failed node was last seen a primary without slots still counts as
@@ -213,11 +213,14 @@ pub(crate) struct RefreshSignal {
     /// The last view fetched from the cluster, to log what the next one changes (the
     /// routing snapshot itself may already hold slots patched by `MOVED`).
     last_view: std::sync::Mutex<Option<SlotMap>>,
-    /// Whether the last refresh saw a node flagged as failed (or the cluster settling
-    /// after one).
+    /// Whether the last refresh saw a failed primary holding slots, failures that are
+    /// news (or were within [`SETTLE_WINDOW`]), or the cluster settling after one.
     pub(crate) degraded: AtomicBool,
-    /// When a refresh last saw a node flagged as failed.
+    /// When a refresh last saw the set of nodes flagged as failed change to a non-empty
+    /// one, or a failed primary still holding its slots.
     last_failure: LastSeen,
+    /// The nodes the last view installed flagged as failed, sorted.
+    failed_set: std::sync::Mutex<Vec<Arc<str>>>,
     /// Why the last discovery failed while no topology is known (a lazily connected
     /// client whose seeds have not answered yet): what its requests fail with.
     pub(crate) discovery_error: std::sync::Mutex<Option<Error>>,
@@ -225,6 +228,9 @@ pub(crate) struct RefreshSignal {
     installed_epochs: std::sync::Mutex<Option<InstalledEpochs>>,
     /// When a node last refused `CLUSTER NODES`.
     nodes_refused: LastSeen,
+    /// When a node last refused `CLUSTER SHARDS` (a server before 7.0, an ACL user
+    /// allowed `CLUSTER SLOTS` only): refreshes ask `CLUSTER SLOTS` meanwhile.
+    shards_refused: LastSeen,
     /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
     last_collision: LastSeen,
     /// Held by the refresh under way: the background task's, `refresh_topology`'s and
@@ -305,6 +311,23 @@ impl RefreshSignal {
         self.last_failure.within(SETTLE_WINDOW)
     }
 
+    /// Notes the nodes the view being installed flags as failed; whether they are news
+    /// (a node failed, or another besides): the cluster is changing. The same failed
+    /// node seen again is not: one that nobody removes (`CLUSTER FORGET`) stays listed
+    /// for good, and would keep every client refreshing each second.
+    fn note_failed(&self, failed: &[Arc<str>]) -> bool {
+        let mut now: Vec<Arc<str>> = failed.to_vec();
+        now.sort();
+        now.dedup();
+        let mut last = lock(&self.failed_set);
+        let news = now.iter().any(|a| last.binary_search(a).is_err());
+        *last = now;
+        if news {
+            self.last_failure.note();
+        }
+        news
+    }
+
     pub(crate) fn shutdown(&self) {
         self.shutdown.notify_one();
         self.health_shutdown.notify_one();
@@ -339,8 +362,8 @@ pub(crate) async fn refresh_task(
         limiter.on_refresh(Instant::now().into_std());
     }
     loop {
-        // While some node is reported failed, refresh often: a failed primary that comes
-        // back returns as a replica, and the client should notice within a second.
+        // While the cluster is degraded (see `refresh_now`, `ask_topology`), refresh
+        // often.
         let period = if signal.degraded.load(Ordering::Relaxed) {
             interval.min(DEGRADED_INTERVAL)
         } else {
@@ -428,6 +451,13 @@ impl Inner {
         };
         *lock(&self.signal.discovery_error) = None;
         crate::observe::metrics::topology_refresh(trigger.as_str());
+        // While failures are news, and for a while after, refresh often: a failed
+        // primary that comes back returns as a replica, and the client should notice
+        // within a second.
+        self.signal.note_failed(&view.failed);
+        if !view.failed.is_empty() && self.signal.failed_lately() {
+            self.signal.degraded.store(true, Ordering::Relaxed);
+        }
         if self.signal.stale_by_epoch(&view) {
             tracing::debug!(
                 epochs = ?view.epochs,
@@ -518,7 +548,9 @@ impl Inner {
         // Asked together (one write, one round trip): the config epochs that say which
         // of two disagreeing views is the newer. Not while refused (a user without
         // `+cluster|nodes`): each refusal is an entry in the server's ACL log.
-        let shards = conn.send(cmd("CLUSTER").arg("SHARDS"));
+        let ask_shards = !self.signal.shards_refused.within(NODES_QUIET);
+        let asked = if ask_shards { "SHARDS" } else { "SLOTS" };
+        let shards = conn.send(cmd("CLUSTER").arg(asked));
         let (reply, nodes) = if self.signal.nodes_refused.within(NODES_QUIET) {
             let reply = tokio::time::timeout_at(deadline, shards).await;
             (
@@ -546,8 +578,10 @@ impl Inner {
         }
         let reply = reply?;
         let shards = match reply {
-            Value::ServerError(e) if e.code() == "ERR" => {
-                // Servers before 7.0 do not know CLUSTER SHARDS.
+            // Servers before 7.0 do not know `CLUSTER SHARDS`; an ACL user may be
+            // allowed `CLUSTER SLOTS` only (a rule from Redis 6 kept after an upgrade).
+            Value::ServerError(e) if ask_shards && matches!(e.code(), "ERR" | "NOPERM") => {
+                self.signal.shards_refused.note();
                 let reply =
                     tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SLOTS")))
                         .await
@@ -560,7 +594,10 @@ impl Inner {
                 topology::parse_slots(&reply, addr)?
             }
             Value::ServerError(e) => return Err(Error::Server(e)),
-            reply => topology::parse_shards(&reply, addr, self.config.connect.tls.is_some())?,
+            reply if ask_shards => {
+                topology::parse_shards(&reply, addr, self.config.connect.tls.is_some())?
+            }
+            reply => topology::parse_slots(&reply, addr)?,
         };
         let remap = |a: &str| self.remap_announced(a);
         let ids = topology::node_ids(&shards, &remap);
@@ -585,10 +622,15 @@ impl Inner {
         let epochs =
             all_epochs.and_then(|epochs| topology::primary_epochs(&shards, &epochs, &remap));
         let failed = topology::failed_nodes(&shards, &remap);
-        if !failed.is_empty() {
+        // A failed primary whose slots no replica took yet: the shard is down until
+        // one does, which the client should see within a second.
+        let down = shards
+            .iter()
+            .any(|s| !s.primary.healthy && !s.ranges.is_empty());
+        if down {
             self.signal.last_failure.note();
         }
-        if !failed.is_empty() || settling(&shards, self.signal.failed_lately()) {
+        if down || settling(&shards, self.signal.failed_lately()) {
             self.signal.degraded.store(true, Ordering::Relaxed);
         }
         Ok(topology::View {
@@ -663,6 +705,27 @@ mod tests {
     /// a slot otherwise is kept out; one that only serves slots the installed one left
     /// unassigned (a promoted replica taking a lost primary's) is not. It was, for as
     /// long as the collision was reported and 5 s after: those slots failed meanwhile.
+    /// A failed node is news once: seen again and again (nobody ran `CLUSTER FORGET`),
+    /// it no longer counts as the cluster changing, which kept every client refreshing
+    /// each second for good. Another failure is news again.
+    #[test]
+    fn the_same_failed_nodes_are_news_once() {
+        let signal = RefreshSignal::default();
+        let a: Arc<str> = Arc::from("a:1");
+        let b: Arc<str> = Arc::from("b:1");
+        assert!(!signal.note_failed(&[]));
+        assert!(!signal.failed_lately());
+        assert!(signal.note_failed(&[Arc::clone(&a)]));
+        assert!(signal.failed_lately());
+        *lock(&signal.last_failure.0) = None;
+        assert!(!signal.note_failed(&[Arc::clone(&a), Arc::clone(&a)]));
+        assert!(!signal.failed_lately());
+        assert!(signal.note_failed(&[Arc::clone(&b), Arc::clone(&a)]));
+        // Recovered, then failed again: news.
+        assert!(!signal.note_failed(&[]));
+        assert!(signal.note_failed(&[a]));
+    }
+
     #[test]
     fn a_collision_keeps_out_other_routings_not_added_coverage() {
         use crate::slot::Shard;

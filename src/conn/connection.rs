@@ -356,9 +356,10 @@ impl Shared {
         u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX - 1)
     }
 
-    /// Answers with [`Error::Timeout`] (unsent for a queued one) every request held whose deadline is `now` or
-    /// earlier, and sets `next_deadline` to the earliest of the others. Closes the
-    /// connection when the server has been silent too long (see the module docs).
+    /// Answers with [`Error::Timeout`] (unsent for a queued one) every request held
+    /// whose deadline is `now` or earlier, and sets `next_deadline` to the earliest of
+    /// the others. Closes the connection when the server has been silent too long (see
+    /// the module docs).
     fn expire(&self, now: Instant) {
         // Reset first: a deadline noted while this scans is kept by `fetch_min` below.
         self.next_deadline.store(u64::MAX, Ordering::Release);

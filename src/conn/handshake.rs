@@ -65,6 +65,14 @@ where
             Value::ServerError(e) if is_auth_error(&e) => {
                 return Err(auth_error(&e, password.as_ref()))
             }
+            // A node that cannot answer anything now: not a server without RESP3. Taken
+            // for one, this connection would speak RESP2 for its whole life.
+            Value::ServerError(e) if refused_for_now(&e) => {
+                return Err(Error::io(
+                    std::io::Error::other(format!("HELLO refused for now ({})", e.code())),
+                    false,
+                ));
+            }
             // Older servers do not know HELLO; NOPROTO means no RESP3. Both speak RESP2.
             Value::ServerError(e) => {
                 tracing::debug!(code = e.code(), "HELLO 3 refused, using RESP2");
@@ -214,6 +222,15 @@ async fn ask(
     }
 }
 
+/// A refusal that says the node cannot serve now (loading its data, busy in a script,
+/// cut off from its primary, in a failover), whatever it would answer `HELLO` later.
+fn refused_for_now(e: &ServerError) -> bool {
+    matches!(
+        e.code(),
+        "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN"
+    )
+}
+
 fn is_auth_error(e: &ServerError) -> bool {
     match e.code() {
         "WRONGPASS" | "NOAUTH" => true,
@@ -355,6 +372,25 @@ mod tests {
             assert!(matches!(err, Error::Io { .. }), "{err:?}");
             assert!(!err.may_have_executed(), "{err:?}");
             assert!(err.is_retryable(), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn a_passing_refusal_of_hello_is_no_sign_of_an_old_server() {
+        for text in [
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.",
+            "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+        ] {
+            assert!(refused_for_now(&ServerError::new(text)), "{text}");
+        }
+        for text in [
+            "ERR unknown command 'HELLO', with args beginning with: '3' ",
+            "NOPROTO unsupported protocol version",
+        ] {
+            assert!(!refused_for_now(&ServerError::new(text)), "{text}");
         }
     }
 

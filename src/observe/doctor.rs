@@ -169,7 +169,7 @@ pub struct Check {
 /// | `cluster-node-timeout` | 5000-15000 ms | | outside |
 /// | `maxmemory` | set, at most 90 % of the host's memory (`total_system_memory`) | | unset, above |
 /// | `maxmemory-policy` | an eviction policy is named | | `noeviction` |
-/// | `memory-usage` | memory used below 80 % of `maxmemory` | | above |
+/// | `memory-usage` | memory used below 80 % of `maxmemory`, or an `allkeys-*` policy (evicting at the limit) | | above |
 /// | `persistence` | `appendonly yes`, `appendfsync everysec` or `always` | | otherwise |
 /// | `authentication` | no default user without a password | anyone may connect | |
 /// | `tls` | TLS only | | plaintext served |
@@ -1328,7 +1328,7 @@ fn maxmemory_policy(addr: &str, a: &Answers) -> Check {
 
 fn memory_usage(reached: &[(&str, &Answers)]) -> Vec<Check> {
     const REC: &str =
-        "memory used below 80 % of maxmemory: raise maxmemory, add masters, or shrink keys (TTLs)";
+        "memory used below 80 % of maxmemory (or an allkeys-* policy, which evicts at the limit): raise maxmemory, add masters, or shrink keys (TTLs)";
     let mut rows = Vec::new();
     let mut highest: Option<(f64, &str, String)> = None;
     for (addr, a) in reached {
@@ -1346,13 +1346,21 @@ fn memory_usage(reached: &[(&str, &Answers)]) -> Vec<Check> {
             },
         };
         let share = used as f64 / limit as f64;
-        let observed = format!(
+        let mut observed = format!(
             "{} used, {:.0} % of {of} ({})",
             human_bytes(used),
             share * 100.0,
             human_bytes(limit)
         );
-        if share > MEMORY_USED_WARN {
+        // A cache under an `allkeys-*` policy (the seed's `allkeys-lru`) sits at its
+        // limit by design: it evicts rather than refuse writes. (`volatile-*` evicts only
+        // keys with a TTL, and `noeviction` nothing: near the limit, writes fail.)
+        let policy = info_field(&info, "maxmemory_policy").unwrap_or("");
+        let evicts = of == "maxmemory" && policy.starts_with("allkeys-");
+        if share > MEMORY_USED_WARN && evicts {
+            observed = format!("{observed}, {policy} evicts at the limit");
+        }
+        if share > MEMORY_USED_WARN && !evicts {
             rows.push(check(
                 "memory-usage",
                 CheckStatus::Warn,
@@ -1526,7 +1534,7 @@ fn authentication(addr: &str, a: &Answers, client: ClientSide) -> Check {
 }
 
 fn tls(addr: &str, a: &Answers, client: ClientSide) -> Check {
-    const REC: &str = "TLS only (tls-port and port 0, the seed), clients connecting with ClusterClientBuilder::tls";
+    const REC: &str = "TLS only (tls-port set, and port 0 so that nothing is served in plaintext: the seed sets tls-port 6380 but leaves port 6379 open, to close or firewall), clients connecting with ClusterClientBuilder::tls";
     let ports = config(&a.config).map(|c| {
         let port = |name| config_value(&c, name).and_then(|v| v.parse::<u32>().ok());
         (port("port"), port("tls-port"))
@@ -2471,6 +2479,12 @@ mod tests {
         let report = run(&seed_layout(), CLIENT, |addr, a| {
             if addr == "10.0.0.3:6379" {
                 set_info(a, "used_memory", &(900u64 << 20).to_string());
+                // Only keys with a TTL are evicted: near the limit, writes may fail.
+                set_info(a, "maxmemory_policy", "volatile-lru");
+            }
+            if addr == "10.0.0.2:6379" {
+                // The seed's allkeys-lru: a cache at its limit, evicting as designed.
+                set_info(a, "used_memory", &(1000u64 << 20).to_string());
             }
             if addr == "10.0.0.6:6379" {
                 set_info(a, "maxmemory", &(8000u64 << 20).to_string());
