@@ -42,8 +42,10 @@ impl ClusterClient {
     /// `FLUSHALL`, `FLUSHDB`, `CONFIG SET` and `DEBUG`; `COMMAND INFO` of those; where
     /// the default user's flags cannot be read, a `PING` on a connection opened without
     /// credentials; and on each primary up to 10 `SCAN` calls for a sample of at most
-    /// 100 keys, with `MEMORY USAGE` (and `OBJECT FREQ` under an LFU policy) for each.
-    /// It changes nothing. The report names the largest and the hottest sampled keys;
+    /// 100 keys, with `MEMORY USAGE` (and `OBJECT FREQ` under an LFU policy) for each, a
+    /// key at a time, stopping at the first key the user may not read. It changes no
+    /// data; what the user may not run or read is refused, each refusal an entry of the
+    /// server's ACL log, as for any request. The report names the largest and the hottest sampled keys;
     /// it never shows a password or the names commands are renamed to.
     ///
     /// It asks in a few rounds (the nodes, then the unauthenticated probe and the nodes
