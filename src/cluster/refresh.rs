@@ -577,7 +577,7 @@ impl Inner {
             }
         }
         let reply = reply?;
-        let shards = match reply {
+        let mut shards = match reply {
             // Servers before 7.0 do not know `CLUSTER SHARDS`; an ACL user may be
             // allowed `CLUSTER SLOTS` only (a rule from Redis 6 kept after an upgrade).
             Value::ServerError(e) if ask_shards && matches!(e.code(), "ERR" | "NOPERM") => {
@@ -599,6 +599,10 @@ impl Inner {
             }
             reply => topology::parse_slots(&reply, addr)?,
         };
+        let all_epochs = nodes.as_ref().and_then(topology::parse_node_epochs);
+        if let Some(epochs) = &all_epochs {
+            topology::prefer_newest_epoch(&mut shards, epochs);
+        }
         let remap = |a: &str| self.remap_announced(a);
         let ids = topology::node_ids(&shards, &remap);
         let node_ids = &self.registry.settings().node_ids;
@@ -615,7 +619,6 @@ impl Inner {
                  node ids this client knows): its address now reaches another cluster's node"
             )));
         }
-        let all_epochs = nodes.as_ref().and_then(topology::parse_node_epochs);
         if all_epochs.as_ref().is_some_and(topology::epoch_collision) {
             self.signal.last_collision.note();
         }
@@ -787,6 +790,7 @@ mod tests {
             } else {
                 vec![format!("127.0.0.1:{port}")]
             },
+            contenders: Vec::new(),
         }
     }
 

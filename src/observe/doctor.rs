@@ -46,7 +46,10 @@ const BIG_KEY_BYTES: u64 = 1 << 20;
 
 /// A sampled key whose LFU counter (`OBJECT FREQ`) reaches this is a hot key. The
 /// counter is logarithmic: at the default `lfu-log-factor 10`, about 18 for 1,000
-/// accesses and 142 for 100,000 (redis.conf's table); it decays by one a minute.
+/// accesses and 142 for 100,000 (redis.conf's table). It decays by one for each minute
+/// the key goes unread (`lfu-decay-time 1`), not with time alone: a key read steadily,
+/// however slowly, keeps climbing, so a high counter means many reads, not a high rate
+/// of them.
 const HOT_KEY_FREQ: i64 = 100;
 
 /// At most this many keys are sampled per primary.
@@ -170,7 +173,7 @@ pub struct Check {
 /// | `maxmemory` | set, at most 90 % of the host's memory (`total_system_memory`) | | unset, above |
 /// | `maxmemory-policy` | an eviction policy is named | | `noeviction` |
 /// | `memory-usage` | memory used below 80 % of `maxmemory`, or an `allkeys-*` policy (evicting at the limit) | | above |
-/// | `persistence` | `appendonly yes`, `appendfsync everysec` or `always` | | otherwise |
+/// | `persistence` | `appendonly yes`, `appendfsync everysec` or `always` | | otherwise, or the AOF's last write or rewrite failed |
 /// | `authentication` | no default user without a password | anyone may connect | |
 /// | `tls` | TLS only | | plaintext served |
 /// | `dangerous-commands` | `FLUSHALL`, `FLUSHDB`, `CONFIG`, `DEBUG` renamed, disabled or denied to the client's user | | available |
@@ -1425,6 +1428,18 @@ fn persistence(addr: &str, a: &Answers) -> Check {
             "appendonly no",
             REC,
         ),
+        // The log is on, but its last write or rewrite failed (a full or failing
+        // disk): what is acknowledged now may not be on disk.
+        (Ok(Some(true)), _) if aof_failing(a).is_some() => check(
+            "persistence",
+            CheckStatus::Warn,
+            Some(addr),
+            format!(
+                "appendonly yes, but {}:err (the disk?)",
+                aof_failing(a).unwrap_or_default()
+            ),
+            REC,
+        ),
         (Ok(Some(true)), Ok(Some(f))) if f == "everysec" || f == "always" => check(
             "persistence",
             CheckStatus::Ok,
@@ -1454,6 +1469,15 @@ fn persistence(addr: &str, a: &Answers) -> Check {
             REC,
         ),
     }
+}
+
+/// The `INFO` field saying the append-only file's last write or rewrite failed, if one
+/// does.
+fn aof_failing(a: &Answers) -> Option<&'static str> {
+    let info = text(&a.info).ok()?;
+    ["aof_last_write_status", "aof_last_bgrewrite_status"]
+        .into_iter()
+        .find(|name| info_field(&info, name) == Some("err"))
 }
 
 fn authentication(addr: &str, a: &Answers, client: ClientSide) -> Check {
@@ -2471,6 +2495,28 @@ mod tests {
         assert!(
             rows.iter().all(|r| r.status != CheckStatus::Fail),
             "{report}"
+        );
+    }
+
+    /// An append-only file whose last write failed (a full disk) is no durability,
+    /// whatever `appendonly` says.
+    #[test]
+    fn a_failing_append_only_file_warns() {
+        let report = run(&seed_layout(), CLIENT, |addr, a| {
+            if addr == "10.0.0.2:6379" {
+                set_info(a, "aof_last_write_status", "err");
+            }
+        });
+        let failing: Vec<&Check> = report
+            .checks_named("persistence")
+            .filter(|c| c.status == CheckStatus::Warn)
+            .collect();
+        assert_eq!(failing.len(), 1, "{report}");
+        assert_eq!(failing[0].node.as_deref(), Some("10.0.0.2:6379"));
+        assert!(
+            failing[0].observed.contains("aof_last_write_status:err"),
+            "{}",
+            failing[0].observed
         );
     }
 

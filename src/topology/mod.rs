@@ -32,6 +32,8 @@ pub(crate) struct ShardInfo {
     /// failed-over primary listed beside the promoted one is here, though in neither
     /// field above.
     pub(crate) failed: Vec<String>,
+    /// The shard's other healthy masters, not routed to (see [`prefer_newest_epoch`]).
+    pub(crate) contenders: Vec<NodeInfo>,
 }
 
 fn malformed(what: &str) -> Error {
@@ -140,6 +142,7 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
         // join one. The shard's primary is the healthy master with the most
         // replication offset; another master is no one to route to.
         let mut primary: Option<(NodeInfo, i64)> = None;
+        let mut contenders = Vec::new();
         let mut replicas = Vec::new();
         let mut failed = Vec::new();
         for node in nodes {
@@ -174,7 +177,11 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
                         (info.healthy, offset) > (best.healthy, *best_offset)
                     };
                     if primary.as_ref().is_none_or(better) {
-                        primary = Some((info, offset));
+                        if let Some((beaten, _)) = primary.replace((info, offset)) {
+                            contenders.extend(Some(beaten).filter(|n| n.healthy));
+                        }
+                    } else if info.healthy {
+                        contenders.push(info);
                     }
                 }
                 _ => replicas.push(info),
@@ -189,10 +196,42 @@ pub(crate) fn parse_shards(reply: &Value, reached: &str, tls: bool) -> Result<Ve
                 replicas,
                 ranges,
                 failed,
+                contenders,
             });
         }
     }
     Ok(out)
+}
+
+/// Within each shard that lists more than one healthy master, the one of the newest
+/// config epoch serves it. A failed primary that restarts is listed as a master of its
+/// old shard, healthy, until it hears it was replaced; by replication offset alone, its
+/// offset from before the failure (the promoted replica may have lagged) could win its
+/// slots back for every refresh meanwhile, each request then paying a `MOVED`. The
+/// promotion bumped the new primary's epoch past it. Masters of unknown epoch (no
+/// `CLUSTER NODES`, or not listed there) keep the offset's choice.
+pub(crate) fn prefer_newest_epoch(
+    shards: &mut [ShardInfo],
+    epochs: &std::collections::HashMap<String, u64>,
+) {
+    for shard in shards {
+        let epoch_of = |n: &NodeInfo| n.id.as_ref().and_then(|id| epochs.get(id)).copied();
+        let Some(mut newest) = epoch_of(&shard.primary) else {
+            continue;
+        };
+        let mut pick = None;
+        for (i, contender) in shard.contenders.iter().enumerate() {
+            if let Some(epoch) = epoch_of(contender).filter(|&e| e > newest) {
+                newest = epoch;
+                pick = Some(i);
+            }
+        }
+        if let Some(i) = pick {
+            let newer = shard.contenders.swap_remove(i);
+            let older = std::mem::replace(&mut shard.primary, newer);
+            shard.contenders.push(older);
+        }
+    }
 }
 
 /// Parses a `CLUSTER SLOTS` reply, the fallback for servers without `CLUSTER SHARDS`.
@@ -259,6 +298,7 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
                     ranges: vec![(start, end)],
                     // CLUSTER SLOTS does not say.
                     failed: Vec::new(),
+                    contenders: Vec::new(),
                 });
             }
         }
@@ -707,6 +747,38 @@ mod tests {
         assert_eq!(slot_map(&shards, &|a: &str| a.to_string()).covered(), 0);
     }
 
+    /// A failed primary restarted, listed as a healthy master of its old shard with the
+    /// larger replication offset, does not take the shard back from the promoted
+    /// replica, whose config epoch is newer. Without epochs, the offset decides.
+    #[test]
+    fn a_shard_listing_two_healthy_masters_is_served_by_the_newest_epoch() {
+        let reply = Value::Array(vec![Value::Array(vec![
+            s("slots"),
+            Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+            s("nodes"),
+            Value::Array(vec![
+                node_at_offset("old", 7000, "online", 6000),
+                node_at_offset("new", 7003, "online", 5000),
+            ]),
+        ])]);
+        let mut shards = parse_shards(&reply, "127.0.0.1:7000", false).unwrap();
+        assert_eq!(shards[0].primary.addr, "127.0.0.1:7000", "by offset");
+        assert_eq!(shards[0].contenders[0].addr, "127.0.0.1:7003");
+        let unknown: std::collections::HashMap<String, u64> =
+            [("other".to_owned(), 9)].into_iter().collect();
+        prefer_newest_epoch(&mut shards, &unknown);
+        assert_eq!(shards[0].primary.addr, "127.0.0.1:7000");
+        let epochs: std::collections::HashMap<String, u64> =
+            [("old".to_owned(), 3), ("new".to_owned(), 7)]
+                .into_iter()
+                .collect();
+        prefer_newest_epoch(&mut shards, &epochs);
+        assert_eq!(shards[0].primary.addr, "127.0.0.1:7003");
+        assert_eq!(shards[0].contenders[0].addr, "127.0.0.1:7000");
+        let map = slot_map(&shards, &|a: &str| a.to_string());
+        assert_eq!(&*map.shard(0).unwrap().primary, "127.0.0.1:7003");
+    }
+
     #[test]
     fn parses_cluster_shards_resp2_and_resolves_unknown_endpoints() {
         let reply = Value::Array(vec![
@@ -1056,6 +1128,7 @@ b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 179578
             replicas: Vec::new(),
             ranges,
             failed: Vec::new(),
+            contenders: Vec::new(),
         };
         let shards = vec![
             shard(
