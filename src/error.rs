@@ -151,7 +151,9 @@ pub enum Error {
     },
     /// A write the client split over slots (`MSET`, `DEL`, `UNLINK` with keys in several
     /// slots) or sent to several nodes (`FLUSHALL`, `FUNCTION LOAD`, `CONFIG
-    /// SET`, ...) failed in one part while another part ran: its effect is partial.
+    /// SET`, ...) failed in one part while another part ran: its effect is partial. Also
+    /// a [`crate::ClusterClient::watch_retry`] body that failed after its transaction
+    /// may have committed.
     /// [`Error::may_have_executed`] is true and it is not retryable as a whole, whatever
     /// the failed part's error (which may be retryable alone: `ClusterDown`).
     #[error("partly applied: {source}")]

@@ -873,7 +873,9 @@ impl ClusterClient {
     /// owner again, after the client's retry backoff, as a retry of the client's retry
     /// budget (with the budget spent, the error ends it). Other errors end it, and so
     /// does any error after an [`Watched::exec`] that may have run (a `publish` of the
-    /// body's that timed out unsent after a committed `EXEC`): the body is not run twice. As after a conflict,
+    /// body's that timed out unsent after a committed `EXEC`): the body is not run twice,
+    /// and such an error, retryable on its own, comes as [`Error::Partial`], which
+    /// says the whole may have run. As after a conflict,
     /// what `body` does outside the transaction runs again.
     ///
     /// ```no_run
@@ -926,6 +928,13 @@ impl ClusterClient {
                 {
                     tracing::debug!(error = %e, attempt, "transaction refused before it ran; watching again");
                     tokio::time::sleep(backoff.delay(attempt - 1, fastrand::f64())).await;
+                }
+                // The transaction may have committed: an error that would say "safe to
+                // send again" on its own says the whole may have run in part.
+                Err(e) if e.is_retryable() && exec_may_have_run.load(Ordering::Relaxed) => {
+                    return Err(Error::Partial {
+                        source: Box::new(e),
+                    })
                 }
                 Err(e) => return Err(e),
             }

@@ -599,7 +599,22 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
     set_user(&local, "bare +cluster|slots").await;
     let client = as_user(&local, "bare", "barepass").build().await.unwrap();
     crud(&client, "app:slots:").await;
+    // The refusals are remembered: a refresh asks `CLUSTER SLOTS` at once, and adds no
+    // entry to the nodes' ACL logs.
+    let mut admins = Vec::new();
+    for node in local.nodes() {
+        let admin = local.connect_node(node.index).await.unwrap();
+        admin
+            .send(cmd("ACL").arg("LOG").arg("RESET"))
+            .await
+            .unwrap();
+        admins.push(admin);
+    }
     client.refresh_topology().await.unwrap();
+    for admin in &admins {
+        let log = admin.send(cmd("ACL").arg("LOG")).await.unwrap();
+        assert_eq!(log, Value::Array(Vec::new()), "{log:?}");
+    }
     // With only the topology permission added, it connects and serves its keys.
     set_user(&local, "bare -cluster|slots +cluster|shards").await;
     let client = as_user(&local, "bare", "barepass").build().await.unwrap();

@@ -948,7 +948,8 @@ impl Inner {
             Ok(conn) => conn,
             Err(e) => {
                 // A timeout is the wait's, not the attempt's: that goes on, on its own
-                // task, and reports its own failure.
+                // task, and its failure reaches the breaker through the next request
+                // (see `record_connect_failure`).
                 let waited_out = matches!(e, Error::Timeout { .. });
                 self.record_connect_failure(node, &e);
                 if replica_read {
@@ -1471,10 +1472,12 @@ impl Inner {
     }
 }
 
-/// Whichever part's error a split or fanned-out request reports, it says the request
-/// may have run when another part may have: a part that timed out unsent does not make
-/// the request unsent if another was written. (Writes that ran in part are
-/// [`Error::Partial`] before this.)
+/// Whichever part's error a split or fanned-out request reports, a timeout or lost
+/// connection says the request may have run when another part may have: a part that
+/// timed out unsent does not make the request unsent if another was written. Refusals
+/// unsent by their nature (`CircuitOpen`, `ClusterDown`, `TRYAGAIN`) stay as they are:
+/// these requests are reads or safe to repeat, and writes that ran in part are
+/// [`Error::Partial`] before this.
 fn mark_run_parts<T>(parts: &mut [T], reply: impl Fn(&mut T) -> &mut Result<Value>) {
     let ran = |r: &Result<Value>| r.as_ref().map_or_else(Error::may_have_executed, |_| true);
     if !parts.iter_mut().any(|p| ran(reply(p))) {

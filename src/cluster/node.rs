@@ -162,8 +162,9 @@ pub(crate) struct Node {
 /// A request the node's breaker let through ([`Node::admit`]), held until its outcome is
 /// recorded. A half-open breaker's probe that ends with nothing said about the node
 /// (refused before it was sent, a TLS certificate that does not verify, its own
-/// deadline run out while it waited, another request's report of the same failure, or
-/// its caller dropping it part way) records nothing; dropped, this frees the breaker
+/// deadline run out while it waited with no earlier connect failure left to report,
+/// another request's report of the same failure, or its caller dropping it part way)
+/// records nothing; dropped, this frees the breaker
 /// for the next probe, which would otherwise wait out the probe timeout (up to 10 s)
 /// while every request to the node failed fast. The one way a probe is freed: a probe
 /// whose outcome was recorded, or that timed out and was replaced, is left alone.

@@ -216,8 +216,8 @@ pub(crate) struct RefreshSignal {
     /// Whether the last refresh saw a failed primary holding slots, failures that are
     /// news (or were within [`SETTLE_WINDOW`]), or the cluster settling after one.
     pub(crate) degraded: AtomicBool,
-    /// When a refresh last saw the set of nodes flagged as failed change to a non-empty
-    /// one, or a failed primary still holding its slots.
+    /// When a refresh last saw the set of nodes flagged as failed change, or a failed
+    /// primary still holding its slots.
     last_failure: LastSeen,
     /// The nodes the last view installed flagged as failed, sorted.
     failed_set: std::sync::Mutex<Vec<Arc<str>>>,
@@ -228,9 +228,11 @@ pub(crate) struct RefreshSignal {
     installed_epochs: std::sync::Mutex<Option<InstalledEpochs>>,
     /// When a node last refused `CLUSTER NODES`.
     nodes_refused: LastSeen,
-    /// When a node last refused `CLUSTER SHARDS` (a server before 7.0, an ACL user
-    /// allowed `CLUSTER SLOTS` only): refreshes ask `CLUSTER SLOTS` meanwhile.
-    shards_refused: LastSeen,
+    /// The nodes that refused `CLUSTER SHARDS` (a server before 7.0, an ACL user
+    /// allowed `CLUSTER SLOTS` only), and when: each is asked `CLUSTER SLOTS` for
+    /// [`NODES_QUIET`] after. Per node: ACLs and versions are, and a cluster mid-upgrade
+    /// mixes them.
+    shards_refused: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
     last_collision: LastSeen,
     /// Held by the refresh under way: the background task's, `refresh_topology`'s and
@@ -306,21 +308,34 @@ impl RefreshSignal {
             .unwrap_or_default()
     }
 
+    /// Whether the node at `addr` refused `CLUSTER SHARDS` within [`NODES_QUIET`].
+    fn shards_refused_by(&self, addr: &str) -> bool {
+        lock(&self.shards_refused)
+            .get(addr)
+            .is_some_and(|at| at.elapsed() < NODES_QUIET)
+    }
+
+    fn note_shards_refused(&self, addr: &str) {
+        let mut refused = lock(&self.shards_refused);
+        refused.retain(|_, at| at.elapsed() < NODES_QUIET);
+        refused.insert(addr.to_owned(), std::time::Instant::now());
+    }
+
     /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
     fn failed_lately(&self) -> bool {
         self.last_failure.within(SETTLE_WINDOW)
     }
 
     /// Notes the nodes the view being installed flags as failed; whether they are news
-    /// (a node failed, or another besides): the cluster is changing. The same failed
-    /// node seen again is not: one that nobody removes (`CLUSTER FORGET`) stays listed
-    /// for good, and would keep every client refreshing each second.
+    /// (a node failed, or came back): the cluster is changing. The same failed nodes
+    /// seen again are not: one that nobody removes (`CLUSTER FORGET`) stays listed for
+    /// good, and would keep every client refreshing each second.
     fn note_failed(&self, failed: &[Arc<str>]) -> bool {
         let mut now: Vec<Arc<str>> = failed.to_vec();
         now.sort();
         now.dedup();
         let mut last = lock(&self.failed_set);
-        let news = now.iter().any(|a| last.binary_search(a).is_err());
+        let news = now != *last;
         *last = now;
         if news {
             self.last_failure.note();
@@ -451,13 +466,6 @@ impl Inner {
         };
         *lock(&self.signal.discovery_error) = None;
         crate::observe::metrics::topology_refresh(trigger.as_str());
-        // While failures are news, and for a while after, refresh often: a failed
-        // primary that comes back returns as a replica, and the client should notice
-        // within a second.
-        self.signal.note_failed(&view.failed);
-        if !view.failed.is_empty() && self.signal.failed_lately() {
-            self.signal.degraded.store(true, Ordering::Relaxed);
-        }
         if self.signal.stale_by_epoch(&view) {
             tracing::debug!(
                 epochs = ?view.epochs,
@@ -468,6 +476,13 @@ impl Inner {
             self.signal.degraded.store(true, Ordering::Relaxed);
             self.signal.count.fetch_add(1, Ordering::Release);
             return Ok(false);
+        }
+        // While failures are news, and for a while after, refresh often: a failed
+        // primary that comes back returns as a replica, and the client should notice
+        // within a second.
+        self.signal.note_failed(&view.failed);
+        if !view.failed.is_empty() && self.signal.failed_lately() {
+            self.signal.degraded.store(true, Ordering::Relaxed);
         }
         self.signal.note_epochs(&view);
         let changed = self.install(view, trigger, mark);
@@ -548,7 +563,7 @@ impl Inner {
         // Asked together (one write, one round trip): the config epochs that say which
         // of two disagreeing views is the newer. Not while refused (a user without
         // `+cluster|nodes`): each refusal is an entry in the server's ACL log.
-        let ask_shards = !self.signal.shards_refused.within(NODES_QUIET);
+        let ask_shards = !self.signal.shards_refused_by(addr);
         let asked = if ask_shards { "SHARDS" } else { "SLOTS" };
         let shards = conn.send(cmd("CLUSTER").arg(asked));
         let (reply, nodes) = if self.signal.nodes_refused.within(NODES_QUIET) {
@@ -581,7 +596,7 @@ impl Inner {
             // Servers before 7.0 do not know `CLUSTER SHARDS`; an ACL user may be
             // allowed `CLUSTER SLOTS` only (a rule from Redis 6 kept after an upgrade).
             Value::ServerError(e) if ask_shards && matches!(e.code(), "ERR" | "NOPERM") => {
-                self.signal.shards_refused.note();
+                self.signal.note_shards_refused(addr);
                 let reply =
                     tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("SLOTS")))
                         .await
@@ -710,7 +725,7 @@ mod tests {
     /// long as the collision was reported and 5 s after: those slots failed meanwhile.
     /// A failed node is news once: seen again and again (nobody ran `CLUSTER FORGET`),
     /// it no longer counts as the cluster changing, which kept every client refreshing
-    /// each second for good. Another failure is news again.
+    /// each second for good. Another failure, or a recovery, is news again.
     #[test]
     fn the_same_failed_nodes_are_news_once() {
         let signal = RefreshSignal::default();
@@ -724,8 +739,10 @@ mod tests {
         assert!(!signal.note_failed(&[Arc::clone(&a), Arc::clone(&a)]));
         assert!(!signal.failed_lately());
         assert!(signal.note_failed(&[Arc::clone(&b), Arc::clone(&a)]));
-        // Recovered, then failed again: news.
-        assert!(!signal.note_failed(&[]));
+        // One came back: news too (it returns as a replica); then gone again.
+        assert!(signal.note_failed(&[Arc::clone(&b)]));
+        assert!(!signal.note_failed(&[Arc::clone(&b)]));
+        assert!(signal.note_failed(&[]));
         assert!(signal.note_failed(&[a]));
     }
 

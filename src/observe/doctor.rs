@@ -46,10 +46,10 @@ const BIG_KEY_BYTES: u64 = 1 << 20;
 
 /// A sampled key whose LFU counter (`OBJECT FREQ`) reaches this is a hot key. The
 /// counter is logarithmic: at the default `lfu-log-factor 10`, about 18 for 1,000
-/// accesses and 142 for 100,000 (redis.conf's table). It decays by one for each minute
-/// the key goes unread (`lfu-decay-time 1`), not with time alone: a key read steadily,
-/// however slowly, keeps climbing, so a high counter means many reads, not a high rate
-/// of them.
+/// accesses and 142 for 100,000 (redis.conf's table). Each read first takes off one
+/// per minute since the key's last read (`lfu-decay-time 1`), then adds one with a
+/// chance that falls as the counter grows, so a key read steadily settles where the two
+/// meet: near 11 at one read a second, 100 at about 950 reads a minute.
 const HOT_KEY_FREQ: i64 = 100;
 
 /// At most this many keys are sampled per primary.

@@ -222,11 +222,14 @@ macro_rules! float {
                     Value::Double(d) => Some(*d as $t).filter(|f| !f.is_infinite() || d.is_infinite()),
                     Value::Int(n) => Some(*n as $t).filter(|f| *f as i128 == i128::from(*n)),
                     // RESP2 sends scores as text, including `inf` and `-inf`; a
-                    // counter's text is an integer, held exactly or refused.
+                    // counter's text is an integer, held exactly or refused. Past 2^62
+                    // Redis 7.2 writes a whole double by its shortest digits, zeros
+                    // after (`5072854620270127000`): no integer to hold exactly, the
+                    // double's own text.
                     Value::Bulk(b) | Value::Simple(b) => std::str::from_utf8(b).ok().and_then(|s| {
-                        match s.parse::<i128>() {
-                            Ok(n) => Some(n as $t).filter(|f| *f as i128 == n),
-                            Err(_) => s
+                        match s.parse::<i128>().ok().filter(|n| n.unsigned_abs() <= 1 << 62) {
+                            Some(n) => Some(n as $t).filter(|f| *f as i128 == n),
+                            None => s
                                 .parse::<$t>()
                                 .ok()
                                 .filter(|f| !f.is_infinite() || s.contains(['i', 'I'])),
@@ -428,6 +431,11 @@ mod tests {
         assert!(f64::from_value(Value::Int((1 << 53) + 1)).is_err());
         assert!(f64::from_value(Value::Int(i64::MAX)).is_err());
         assert!(f64::from_value(bulk("9007199254740993")).is_err());
+        // A whole double past 2^62 as Redis 7.2 writes it: its shortest digits.
+        assert_eq!(
+            f64::from_value(bulk("5072854620270127000")).unwrap(),
+            5072854620270127000.0
+        );
         assert_eq!(f64::from_value(bulk("-42")).unwrap(), -42.0);
         assert_eq!(
             f64::from_value(Value::Int(-(1 << 53))).unwrap(),
