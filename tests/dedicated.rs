@@ -315,26 +315,36 @@ async fn watch_retry_watches_again_when_the_slot_moved_before_exec() {
     let local = support::cluster(3, 0).await;
     let client = ClusterClient::connect(local.seeds()).await.unwrap();
     let key = "{wr}:n";
+    let (committed, runs) = increment_across_a_slot_move(&local, &client, key).await;
+    assert_eq!(committed.unwrap(), Some(2));
+    assert_eq!(runs, 2);
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 2);
+}
+
+/// `watch_retry` (three attempts) incrementing `key`, set to 1 first, whose slot moves
+/// to another master between the first attempt's `WATCH` and `EXEC` (`EXEC` is aborted
+/// with `MOVED`): its outcome, and how many times its body ran.
+async fn increment_across_a_slot_move(
+    local: &LocalCluster,
+    client: &ClusterClient,
+    key: &'static str,
+) -> (redcluster::Result<Option<i64>>, u32) {
     client.set(key, 1).await.unwrap();
     let slot = redcluster::key_slot(key.as_bytes());
-    let to = support::other_master(&local, slot).await;
-    let attempts = std::sync::atomic::AtomicU32::new(0);
-    let (local_ref, attempts_ref) = (&local, &attempts);
-    let committed = client
+    let to = support::other_master(local, slot).await;
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let runs_ref = &runs;
+    let outcome = client
         .watch_retry(&[key], 3, |mut w| async move {
             let n: i64 = w.query(cmd("GET").arg(key)).await?;
-            if attempts_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                // The slot moves between WATCH and EXEC: EXEC is aborted with MOVED.
-                local_ref.move_slot(slot, to).await.unwrap();
+            if runs_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                local.move_slot(slot, to).await.unwrap();
             }
             let done = w.exec(vec![cmd("SET").arg(key).arg(n + 1)]).await?;
             Ok(done.map(|_| n + 1))
         })
-        .await
-        .unwrap();
-    assert_eq!(committed, Some(2));
-    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 2);
-    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 2);
+        .await;
+    (outcome, runs.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// A body whose `EXEC` committed and whose next request then failed unsent (retryable
@@ -387,24 +397,10 @@ async fn watch_retry_stops_when_the_retry_budget_is_spent() {
         .await
         .unwrap();
     let key = "{wb}:n";
-    client.set(key, 1).await.unwrap();
-    let slot = redcluster::key_slot(key.as_bytes());
-    let to = support::other_master(&local, slot).await;
-    let attempts = std::sync::atomic::AtomicU32::new(0);
-    let (local_ref, attempts_ref) = (&local, &attempts);
-    let outcome = client
-        .watch_retry(&[key], 3, |mut w| async move {
-            let n: i64 = w.query(cmd("GET").arg(key)).await?;
-            if attempts_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                local_ref.move_slot(slot, to).await.unwrap();
-            }
-            let done = w.exec(vec![cmd("SET").arg(key).arg(n + 1)]).await?;
-            Ok(done.map(|_| n + 1))
-        })
-        .await;
+    let (outcome, runs) = increment_across_a_slot_move(&local, &client, key).await;
     let err = outcome.unwrap_err();
     assert_eq!(err.server_code(), Some("MOVED"), "{err:?}");
-    assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(runs, 1);
     assert_eq!(client.get::<_, i64>(key).await.unwrap(), 1);
 }
 
