@@ -545,6 +545,46 @@ async fn a_lost_connection_resends_no_command_of_a_slot_ahead_of_one_it_cannot_r
     assert_eq!(fake.count("GET"), 2, "a read after the RPUSH is resent");
 }
 
+/// A transaction whose `EXEC` was read before the connection dropped may have
+/// committed: it fails saying so, and is never sent again, on the shared connection or
+/// the watched one. (A scripted fake: a real server cannot be made to run `EXEC` and
+/// then drop the connection before it answers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_exec_was_read_before_the_connection_dropped_is_never_resent() {
+    let fake = FakeCluster::start(|args, _| match args[0].as_str() {
+        "EXEC" => Action::Drop,
+        "MULTI" | "WATCH" | "UNWATCH" => Action::Reply(Value::Simple("OK".into())),
+        "PING" => Action::Reply(Value::Simple("PONG".into())),
+        _ => Action::Reply(Value::Simple("QUEUED".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .build()
+        .await
+        .unwrap();
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("{t}:n"));
+    let err = tx.execute().await.unwrap_err();
+    assert!(err.may_have_executed() && !err.is_retryable(), "{err:?}");
+    assert_eq!(fake.count("EXEC"), 1, "{:?}", fake.seen());
+    assert_eq!(fake.count("INCR"), 1);
+
+    // The same under `watch_retry`: the body runs once.
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let runs_ref = &runs;
+    let outcome = client
+        .watch_retry(&["{t}:n"], 3, |w| async move {
+            runs_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            w.exec(vec![cmd("INCR").arg("{t}:n")]).await
+        })
+        .await;
+    let err = outcome.unwrap_err();
+    assert!(err.may_have_executed() && !err.is_retryable(), "{err:?}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(fake.count("EXEC"), 2, "{:?}", fake.seen());
+}
+
 /// A refused command (`CLUSTERDOWN`: the node's state changed between two reads of the
 /// batch) whose slot's later command the node served is not resent: it would run after
 /// that one (`SET k 1` after `SET k 2`). It gets its refusal, which says it did not run;
