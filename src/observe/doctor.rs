@@ -171,6 +171,7 @@ pub struct Check {
 /// | `replication` | replication link up; lag per replica | link down | lag over 5 s, still syncing |
 /// | `cluster-node-timeout` | 5000-15000 ms | | outside |
 /// | `maxmemory` | set, at most 90 % of the host's memory (`total_system_memory`) | | unset, above |
+/// | `maxmemory-per-host` | the `maxmemory` of nodes sharing a host at most 90 % of its memory in all (hosts with two nodes or more) | | above |
 /// | `maxmemory-policy` | an eviction policy is named | | `noeviction` |
 /// | `memory-usage` | memory used below 80 % of `maxmemory`, or an `allkeys-*` policy (evicting at the limit) | | above |
 /// | `persistence` | `appendonly yes`, `appendfsync everysec` or `always` | | otherwise, or the AOF's last write or rewrite failed |
@@ -809,6 +810,7 @@ pub(crate) fn evaluate(
     }
     checks.extend(each(&node_timeout));
     checks.extend(each(&maxmemory));
+    checks.extend(maxmemory_per_host(&reached));
     checks.extend(each(&maxmemory_policy));
     checks.extend(memory_usage(&reached));
     checks.extend(each(&persistence));
@@ -1302,6 +1304,51 @@ fn maxmemory(addr: &str, a: &Answers) -> Check {
             REC,
         ),
     }
+}
+
+/// Nodes that share a host (by the address the client reaches them at) share its
+/// memory: each node's `maxmemory` may fit the host while all of them together do not.
+/// One row per host with two nodes or more that set it.
+fn maxmemory_per_host(reached: &[(&str, &Answers)]) -> Vec<Check> {
+    const REC: &str = "the maxmemory of the nodes sharing a host at most 90 % of its memory in all, so that together they evict or refuse writes instead of being killed";
+    // Per host: nodes, their maxmemory in all, and the host's memory as they report it.
+    let mut hosts: Vec<(&str, usize, u64, u64)> = Vec::new();
+    for (addr, a) in reached {
+        let Ok(info) = text(&a.info) else { continue };
+        let Some(max) = info_number(&info, "maxmemory").filter(|&m| m > 0) else {
+            continue;
+        };
+        let Some(memory) = info_number(&info, "total_system_memory").filter(|&t| t > 0) else {
+            continue;
+        };
+        let host = addr.rsplit_once(':').map_or(*addr, |(h, _)| h);
+        match hosts.iter_mut().find(|(h, ..)| *h == host) {
+            Some((_, nodes, sum, seen)) => {
+                *nodes += 1;
+                *sum = sum.saturating_add(max);
+                *seen = (*seen).max(memory);
+            }
+            None => hosts.push((host, 1, max, memory)),
+        }
+    }
+    hosts
+        .into_iter()
+        .filter(|&(_, nodes, ..)| nodes >= 2)
+        .map(|(host, nodes, sum, memory)| {
+            let observed = format!(
+                "{nodes} nodes on {host}: {} in all, {:.0} % of its {}",
+                human_bytes(sum),
+                percent(sum, memory),
+                human_bytes(memory)
+            );
+            let status = if sum as f64 > memory as f64 * MAXMEMORY_OF_HOST {
+                CheckStatus::Warn
+            } else {
+                CheckStatus::Ok
+            };
+            check("maxmemory-per-host", status, None, observed, REC)
+        })
+        .collect()
 }
 
 fn maxmemory_policy(addr: &str, a: &Answers) -> Check {
@@ -2305,6 +2352,32 @@ mod tests {
         assert_eq!(placement.len(), 1);
         assert_eq!(placement[0].status, CheckStatus::Warn);
         assert_eq!(placement[0].node.as_deref(), Some("10.0.0.1:6380"));
+    }
+
+    /// Two nodes on one host, each within 90 % of its memory, over it together: each
+    /// passes `maxmemory`, the host does not.
+    #[test]
+    fn nodes_sharing_a_host_are_judged_together() {
+        let layout = vec![Shard {
+            ranges: vec![(0, 16383)],
+            primary: "10.0.0.1:6379",
+            replicas: vec!["10.0.0.1:6380"],
+        }];
+        let half = (4u64 << 30).to_string();
+        let report = run(&layout, CLIENT, |_, a| set_info(a, "maxmemory", &half));
+        assert!(report
+            .checks_named("maxmemory")
+            .all(|c| c.status == CheckStatus::Ok));
+        let host: Vec<&Check> = report.checks_named("maxmemory-per-host").collect();
+        assert_eq!(host.len(), 1, "{report}");
+        assert_eq!(host[0].status, CheckStatus::Warn);
+        assert_eq!(
+            host[0].observed,
+            "2 nodes on 10.0.0.1: 8.0 GiB in all, 100 % of its 8.0 GiB"
+        );
+        // One host per node: no such row.
+        let report = run(&seed_layout(), CLIENT, |_, _| {});
+        assert_eq!(report.checks_named("maxmemory-per-host").count(), 0);
     }
 
     #[test]
