@@ -226,7 +226,26 @@ async fn watch_waits_out_a_migration_of_its_slot_and_watches_at_the_new_owner() 
     let slot = redcluster::key_slot(key.as_bytes());
     let to = support::other_master(&local, slot).await;
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
-    // A key the source does not hold: its `WATCH` is answered `ASK`.
+    let watching = spawn_watch_meeting_ask(&client, key).await;
+    assert!(
+        !watching.is_finished(),
+        "the watch ended during the migration: {:?}",
+        watching.await
+    );
+    // The migration ends while the watch waits: it watches at the new owner.
+    local.finish_slot_migration(migration).await.unwrap();
+    let committed = watching.await.unwrap().unwrap();
+    assert_eq!(committed, Some(vec![Value::Simple("OK".into())]));
+    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 1);
+    assert_eq!(local.master_of_slot(slot).await.unwrap(), to);
+}
+
+/// A task that `WATCH`es `key`, of a migrating slot, and then sets it to 1; returned once
+/// the `WATCH` was answered `ASK` (the source does not hold the key), within 10 s.
+async fn spawn_watch_meeting_ask(
+    client: &ClusterClient,
+    key: &'static str,
+) -> tokio::task::JoinHandle<redcluster::Result<Option<Vec<Value>>>> {
     let watching = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -240,17 +259,7 @@ async fn watch_waits_out_a_migration_of_its_slot_and_watches_at_the_new_owner() 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(client.stats().ask > 0, "WATCH was never answered ASK");
-    assert!(
-        !watching.is_finished(),
-        "the watch ended during the migration: {:?}",
-        watching.await
-    );
-    // The migration ends while the watch waits: it watches at the new owner.
-    local.finish_slot_migration(migration).await.unwrap();
-    let committed = watching.await.unwrap().unwrap();
-    assert_eq!(committed, Some(vec![Value::Simple("OK".into())]));
-    assert_eq!(client.get::<_, i64>(key).await.unwrap(), 1);
-    assert_eq!(local.master_of_slot(slot).await.unwrap(), to);
+    watching
 }
 
 /// A `WATCH` answered `ASK` waits out the migration with backoffs, without its
@@ -279,18 +288,7 @@ async fn a_watch_waiting_out_a_migration_leaves_the_node_its_connection_meanwhil
         .unwrap();
     let to = support::other_master(&local, slot).await;
     let migration = local.begin_slot_migration(slot, to).await.unwrap();
-    let watching = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let watched = client.watch([key]).await?;
-            watched.exec(vec![cmd("SET").arg(key).arg(1)]).await
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.stats().ask == 0 && !watching.is_finished() {
-        assert!(Instant::now() < deadline, "WATCH was never answered ASK");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let watching = spawn_watch_meeting_ask(&client, key).await;
     let hasty = client.with_response_timeout(Duration::from_millis(300));
     for i in 0..5 {
         let watched = hasty.watch([other.as_str()]).await.unwrap();

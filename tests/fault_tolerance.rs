@@ -1646,12 +1646,7 @@ async fn a_write_whose_connection_dropped_is_not_resent_but_a_read_is() {
         _ => Action::Reply(Value::Int(1)),
     })
     .await;
-    let client = ClusterClient::builder()
-        .nodes([fake.addr.as_str()])
-        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
+    let client = fake.quickly_retrying_client().await;
     let err = client
         .query::<i64>(cmd("INCR").arg("counter"))
         .await
@@ -1713,12 +1708,7 @@ async fn a_resent_request_ends_in_its_reply_but_not_in_a_refusal() {
         _ => Action::Reply(Value::Int(1)),
     })
     .await;
-    let client = ClusterClient::builder()
-        .nodes([fake.addr.as_str()])
-        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
+    let client = fake.quickly_retrying_client().await;
     let script = cmd("EVAL")
         .arg(format!("return redis.error_reply('{forged}')"))
         .arg(1)

@@ -606,12 +606,7 @@ async fn a_refusal_followed_by_a_served_command_of_its_slot_is_not_resent() {
         _ => Action::Reply(Value::Simple("OK".into())),
     })
     .await;
-    let client = ClusterClient::builder()
-        .nodes([fake.addr.as_str()])
-        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
+    let client = fake.quickly_retrying_client().await;
     let mut p = client.pipeline();
     p.get("other").set("k", "1").set("k", "2");
     let each = p.execute_each().await;
@@ -643,12 +638,7 @@ async fn a_refusal_followed_by_a_command_that_may_have_run_is_not_resent() {
         _ => Action::Reply(Value::Simple("OK".into())),
     })
     .await;
-    let client = ClusterClient::builder()
-        .nodes([fake.addr.as_str()])
-        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
-        .build()
-        .await
-        .unwrap();
+    let client = fake.quickly_retrying_client().await;
     let mut p = client.pipeline();
     p.add(cmd("MSET").arg("{t}a").arg(1).arg("{t}b").arg(1))
         .add(cmd("APPEND").arg("{t}a").arg("x"));

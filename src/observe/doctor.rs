@@ -1288,12 +1288,7 @@ fn maxmemory(addr: &str, a: &Answers) -> Check {
                 percent(max, host),
                 human_bytes(host)
             );
-            let status = if max as f64 > host as f64 * MAXMEMORY_OF_HOST {
-                CheckStatus::Warn
-            } else {
-                CheckStatus::Ok
-            };
-            check("maxmemory", status, Some(addr), observed, REC)
+            check("maxmemory", fits_host(max, host), Some(addr), observed, REC)
         }
         // Set, but whether it fits the host could not be checked.
         None => check(
@@ -1303,6 +1298,16 @@ fn maxmemory(addr: &str, a: &Answers) -> Check {
             format!("{} (host memory not reported)", human_bytes(max)),
             REC,
         ),
+    }
+}
+
+/// `Ok` when `maxmemory` (of a node, or of the nodes on one host in all) leaves the host
+/// a tenth of its `memory`, else `Warn`.
+fn fits_host(maxmemory: u64, memory: u64) -> CheckStatus {
+    if maxmemory as f64 > memory as f64 * MAXMEMORY_OF_HOST {
+        CheckStatus::Warn
+    } else {
+        CheckStatus::Ok
     }
 }
 
@@ -1341,12 +1346,13 @@ fn maxmemory_per_host(reached: &[(&str, &Answers)]) -> Vec<Check> {
                 percent(sum, memory),
                 human_bytes(memory)
             );
-            let status = if sum as f64 > memory as f64 * MAXMEMORY_OF_HOST {
-                CheckStatus::Warn
-            } else {
-                CheckStatus::Ok
-            };
-            check("maxmemory-per-host", status, None, observed, REC)
+            check(
+                "maxmemory-per-host",
+                fits_host(sum, memory),
+                None,
+                observed,
+                REC,
+            )
         })
         .collect()
 }

@@ -231,6 +231,21 @@ impl FakeCluster {
             .filter(|s| s.split(' ').next() == Some(name))
             .count()
     }
+
+    /// A client of this fake alone, retrying after 5 to 20 ms (not the default 100 ms
+    /// and up), so that a test's resends take little time.
+    #[allow(dead_code)] // not every test binary resends
+    pub async fn quickly_retrying_client(&self) -> redcluster::ClusterClient {
+        redcluster::ClusterClient::builder()
+            .nodes([self.addr.as_str()])
+            .retry_backoff(
+                std::time::Duration::from_millis(5),
+                std::time::Duration::from_millis(20),
+            )
+            .build()
+            .await
+            .unwrap()
+    }
 }
 
 fn no_delay() -> Arc<dyn Fn(usize) -> std::time::Duration + Send + Sync> {
