@@ -100,7 +100,8 @@ pub enum Error {
         /// Whether the request may have been written before the connection was lost.
         may_have_executed: bool,
     },
-    /// The server sent bytes that are not valid RESP, or a reply of an unexpected shape.
+    /// The server sent bytes that are not valid RESP, a reply of an unexpected shape, or a
+    /// redirect to an address no node of the cluster lists (not followed).
     #[error("protocol error: {0}")]
     Protocol(String),
     /// A reply could not be converted to the requested Rust type.

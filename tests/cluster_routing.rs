@@ -767,6 +767,86 @@ async fn a_script_error_that_reads_like_a_redirect_is_the_reply() {
     assert_eq!(v.as_deref(), Some("moved"));
 }
 
+/// A redirect naming the slot of the command's own keys but an address no node of the
+/// cluster lists (a script's `redis.error_reply`, here, or a confused node) is not
+/// followed: the client would hand its credentials and the command to whatever listens
+/// there. The request fails with `Error::Protocol` on every path a script takes, the
+/// script ran once, nothing connected to the address, and the slot keeps its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_an_address_no_node_lists_is_not_followed() {
+    let local = cluster(3, 1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .build()
+        .await
+        .unwrap();
+    // What would answer at the forged address: it must see no connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stranger = listener.local_addr().unwrap().to_string();
+    let key = "unlisted:{u}";
+    let counter = "unlisted:{u}:runs";
+    let slot = key_slot(key.as_bytes());
+    let owner = client.primary_for_slot(slot).unwrap();
+    let forged = |kind: &str| {
+        cmd("EVAL")
+            .arg(
+                "redis.call('INCR', KEYS[2]) \
+                 return redis.error_reply(ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[3])",
+            )
+            .arg(2)
+            .arg(key)
+            .arg(counter)
+            .arg(kind)
+            .arg(slot)
+            .arg(stranger.as_str())
+    };
+    let refused = |result: &Result<Value, Error>| match result {
+        Err(e @ Error::Protocol(text)) => {
+            text.contains(&stranger) && text.contains("does not list") && e.may_have_executed()
+        }
+        _ => false,
+    };
+    let mut runs = 0;
+    for kind in ["MOVED", "ASK"] {
+        let result = client.query::<Value>(forged(kind)).await;
+        assert!(refused(&result), "{kind}: {result:?}");
+        // Refused again, from what the client remembers.
+        let result = client.query::<Value>(forged(kind)).await;
+        assert!(refused(&result), "{kind} again: {result:?}");
+        // In a pipeline: that command's error; the others run.
+        let mut pipe = client.pipeline();
+        pipe.add(forged(kind)).add(cmd("SET").arg(key).arg(kind));
+        let results = pipe.execute_each().await;
+        assert!(refused(&results[0]), "{kind} in a pipeline: {results:?}");
+        assert!(
+            matches!(&results[1], Ok(Value::Simple(ok)) if &ok[..] == b"OK"),
+            "{results:?}"
+        );
+        // A durable write (a dedicated connection, `WAIT` after it).
+        let wait = Durability::new(1, Duration::from_secs(5));
+        let result = client
+            .query_durable::<Value>(forged(kind), wait)
+            .await
+            .map(|(reply, _acked)| reply);
+        assert!(refused(&result), "{kind} durable: {result:?}");
+        runs += 4;
+        let ran: i64 = client.query(cmd("GET").arg(counter)).await.unwrap();
+        assert_eq!(ran, runs, "{kind}: each sent once");
+        assert_eq!(
+            client.primary_for_slot(slot).as_deref(),
+            Some(owner.as_str())
+        );
+        assert!(!client.known_nodes().contains(&stranger));
+    }
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "something connected to the forged address"
+    );
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("ASK"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_scripts_are_served_by_replicas_and_may_not_write() {
     let local = cluster(3, 1).await;
@@ -1943,12 +2023,13 @@ async fn an_ipv6_redirect_target_is_the_node_the_topology_names() {
 /// Two nodes that disagree for a moment (each sends the slot to the other, as around a
 /// failover not yet agreed on) cost the request backoffs within its deadline, not
 /// every redirect it may follow in a few milliseconds. (Scripted fakes: real nodes
-/// agree again too fast to catch them at it.)
+/// agree again too fast to catch them at it. Both list the two of them, `a` the
+/// primary: a redirect is followed only to a node the cluster lists.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_that_send_a_slot_to_each_other_are_waited_out_not_bounced_between() {
     use std::sync::{Arc, OnceLock};
     use std::time::Instant;
-    use support::fake_cluster::{Action, FakeCluster};
+    use support::fake_cluster::{one_shard, Action, FakeCluster};
     let slot = redcluster::key_slot(b"k");
     let moved = move |to: &OnceLock<String>| {
         Action::Reply(Value::ServerError(redcluster::ServerError::new(format!(
@@ -1957,21 +2038,44 @@ async fn nodes_that_send_a_slot_to_each_other_are_waited_out_not_bounced_between
         ))))
     };
     let (a_addr, b_addr): (Arc<OnceLock<String>>, Arc<OnceLock<String>>) = Default::default();
+    let port = |addr: &OnceLock<String>| -> u16 {
+        addr.get()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .parse()
+            .unwrap()
+    };
+    let view = |a: Arc<OnceLock<String>>, b: Arc<OnceLock<String>>| {
+        move |_own: u16| one_shard(port(&a), port(&b), false)
+    };
+    let no_epochs = |_own: u16| Value::ServerError(redcluster::ServerError::new("ERR unknown"));
     let first_get: Arc<OnceLock<Instant>> = Arc::default();
     let (to_b, since) = (Arc::clone(&b_addr), Arc::clone(&first_get));
-    let a = FakeCluster::start(move |args, _| match args[0].as_str() {
-        "GET" if since.get_or_init(Instant::now).elapsed() < Duration::from_millis(300) => {
-            moved(&to_b)
-        }
-        "GET" => Action::Reply(Value::Bulk("v".into())),
-        _ => Action::Reply(Value::Simple("OK".into())),
-    })
+    let a = FakeCluster::start_with_shards_after(
+        view(Arc::clone(&a_addr), Arc::clone(&b_addr)),
+        no_epochs,
+        |_| Duration::ZERO,
+        move |args, _| match args[0].as_str() {
+            "GET" if since.get_or_init(Instant::now).elapsed() < Duration::from_millis(300) => {
+                moved(&to_b)
+            }
+            "GET" => Action::Reply(Value::Bulk("v".into())),
+            _ => Action::Reply(Value::Simple("OK".into())),
+        },
+    )
     .await;
     let to_a = Arc::clone(&a_addr);
-    let b = FakeCluster::start(move |args, _| match args[0].as_str() {
-        "GET" => moved(&to_a),
-        _ => Action::Reply(Value::Simple("OK".into())),
-    })
+    let b = FakeCluster::start_with_shards_after(
+        view(Arc::clone(&a_addr), Arc::clone(&b_addr)),
+        no_epochs,
+        |_| Duration::ZERO,
+        move |args, _| match args[0].as_str() {
+            "GET" => moved(&to_a),
+            _ => Action::Reply(Value::Simple("OK".into())),
+        },
+    )
     .await;
     a_addr.set(a.addr.clone()).unwrap();
     b_addr.set(b.addr.clone()).unwrap();
@@ -1986,6 +2090,78 @@ async fn nodes_that_send_a_slot_to_each_other_are_waited_out_not_bounced_between
     assert_eq!(v.as_deref(), Some("v"));
     assert!(first_get.get().unwrap().elapsed() >= Duration::from_millis(300));
     assert!(client.stats().retries >= 1, "{:?}", client.stats());
+}
+
+/// A redirect to a node the refresh's view lacks is followed once the redirecting
+/// node's own view lists it (a node that joined a moment ago: the view a refresh
+/// chooses may come from nodes that have not heard yet). Scripted: `a` lists only
+/// itself until its second `CLUSTER SHARDS` (the refresh the redirect asks for) has
+/// been answered, then `b` beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_a_node_only_the_redirecting_node_lists_is_followed() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, OnceLock};
+    use support::fake_cluster::{lone_shard, one_shard, Action, FakeCluster};
+    let a_port: Arc<OnceLock<u16>> = Arc::default();
+    let of_a = Arc::clone(&a_port);
+    let b = FakeCluster::start_with_shards_after(
+        move |own: u16| one_shard(*of_a.get().unwrap(), own, false),
+        |_own: u16| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
+        |_| Duration::ZERO,
+        |args, _| match args[0].as_str() {
+            "GET" => Action::Reply(Value::Bulk("v".into())),
+            _ => Action::Reply(Value::Simple("OK".into())),
+        },
+    )
+    .await;
+    let b_port: u16 = b.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let joined = Arc::new(AtomicBool::new(false));
+    let (seen, learns) = (Arc::clone(&joined), Arc::clone(&joined));
+    let to_b = b.addr.clone();
+    let slot = key_slot(b"k");
+    let a = FakeCluster::start_with_shards_after(
+        move |own: u16| {
+            if seen.load(Ordering::SeqCst) {
+                one_shard(own, b_port, false)
+            } else {
+                lone_shard(own)
+            }
+        },
+        |_own: u16| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
+        move |asked_before: usize| {
+            if asked_before == 1 {
+                learns.store(true, Ordering::SeqCst);
+            }
+            Duration::ZERO
+        },
+        move |args, earlier| match (args[0].as_str(), earlier) {
+            ("GET", 0) => Action::Reply(Value::ServerError(redcluster::ServerError::new(format!(
+                "MOVED {slot} {to_b}"
+            )))),
+            _ => Action::Reply(Value::Simple("OK".into())),
+        },
+    )
+    .await;
+    a_port
+        .set(a.addr.rsplit_once(':').unwrap().1.parse().unwrap())
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str()])
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(client.known_nodes(), vec![a.addr.clone()]);
+    let v: Option<String> = client.get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    // Discovery, the refresh that did not name `b`, the question that did.
+    let shards = a.seen().iter().filter(|c| *c == "CLUSTER SHARDS").count();
+    assert!(
+        joined.load(Ordering::SeqCst) && shards >= 3,
+        "{:?}",
+        a.seen()
+    );
+    assert_eq!(b.count("GET"), 1);
 }
 
 /// Commands the client sends itself (`READONLY`, `READWRITE`, `ASKING`) are refused from

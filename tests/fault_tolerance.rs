@@ -15,7 +15,7 @@ use redcluster::{
     Value,
 };
 use support::calls;
-use support::fake_cluster::{Action, FakeCluster};
+use support::fake_cluster::{one_shard, Action, FakeCluster};
 use tokio::time::Instant;
 
 /// What a writer sent.
@@ -846,6 +846,18 @@ async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline
 /// after the third failure), as sparse traffic does: each starts an attempt of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_never_completes_a_handshake_opens_its_breaker() {
+    never_completes_a_handshake(false).await;
+}
+
+/// [`a_node_that_never_completes_a_handshake_opens_its_breaker`] for blocking commands,
+/// whose dedicated connections come from a pool of their own: a node reached only by
+/// them opens its breaker too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_never_completes_a_dedicated_handshake_opens_its_breaker() {
+    never_completes_a_handshake(true).await;
+}
+
+async fn never_completes_a_handshake(blocking: bool) {
     let local = never_failing_over().await;
     let key = "ice:{a}";
     let victim = local
@@ -883,7 +895,12 @@ async fn a_node_that_never_completes_a_handshake_opens_its_breaker() {
     // failures reached the breaker only once the reconnect backoff outgrew the gap.)
     for _ in 0..4 {
         let started = Instant::now();
-        let err = client.get::<_, Option<String>>(key).await.unwrap_err();
+        let err = if blocking {
+            let blpop = cmd("BLPOP").arg(key).arg(0.1);
+            client.query::<Value>(blpop).await.unwrap_err()
+        } else {
+            client.get::<_, Option<String>>(key).await.unwrap_err()
+        };
         let open = matches!(err, Error::CircuitOpen { .. });
         errors.push(err);
         if open {
@@ -2023,37 +2040,6 @@ async fn a_frozen_node_delays_a_topology_refresh_by_a_moment_only() {
         );
     }
     local.resume(2).unwrap();
-}
-
-/// A one-shard `CLUSTER SHARDS` reply: `primary` serves every slot, `other` is listed
-/// beside it as a replica, or as the failed old primary.
-fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
-    let bulk = |s: &str| Value::Bulk(s.to_string().into());
-    let node = |port: u16, role: &str, health: &str| {
-        Value::Map(vec![
-            (bulk("id"), bulk(&format!("{port:0>40}"))),
-            (bulk("port"), Value::Int(i64::from(port))),
-            (bulk("endpoint"), bulk("127.0.0.1")),
-            (bulk("role"), bulk(role)),
-            (bulk("replication-offset"), Value::Int(100)),
-            (bulk("health"), bulk(health)),
-        ])
-    };
-    let other = if other_failed {
-        node(other, "master", "fail")
-    } else {
-        node(other, "replica", "online")
-    };
-    Value::Array(vec![Value::Map(vec![
-        (
-            bulk("slots"),
-            Value::Array(vec![Value::Int(0), Value::Int(16383)]),
-        ),
-        (
-            bulk("nodes"),
-            Value::Array(vec![node(primary, "master", "online"), other]),
-        ),
-    ])])
 }
 
 /// `CLUSTER NODES` of a view in which `primary` serves every slot at config epoch

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::cluster::dedicated::{block_time, replicas_acked, Durability};
-use crate::cluster::execute::{Target, UNTIL_ANSWERED};
+use crate::cluster::execute::{knows, Target, UNTIL_ANSWERED};
 use crate::cluster::node::Node;
 use crate::cluster::plan::{self, Plan};
 use crate::cluster::{Inner, ReadFrom};
@@ -78,6 +78,9 @@ enum Resend {
     /// The node asked to wait (`TRYAGAIN`, `LOADING`, `MASTERDOWN`, `CLUSTERDOWN`): after
     /// this long (the retry is counted and taken from the budget).
     AfterBackOff(Duration),
+    /// Redirected to a node the map lacks: where, once the cluster vouches for it
+    /// ([`Inner::vet_redirect`]); it ends with the refusal otherwise.
+    Unvetted(Redirect),
 }
 
 /// Where a pipeline's command stands and how it may be retried: what stays behind
@@ -130,7 +133,8 @@ impl SlotResend {
         let to = match why {
             Resend::ToPrimary => Some(Resend::Moved),
             Resend::Moved | Resend::Ask(_) => Some(why),
-            Resend::Now | Resend::AfterBackOff(_) => None,
+            // (Vetted before this: see `vet_resends`.)
+            Resend::Now | Resend::AfterBackOff(_) | Resend::Unvetted(_) => None,
         };
         SlotResend {
             slot: entry.meta.slot,
@@ -619,16 +623,11 @@ impl Inner {
                     out.push((meta.index, result));
                 }
                 ErrorAction::Redirect(r) => {
-                    let why = match &r {
-                        Redirect::Moved { slot, addr } => {
-                            tracing::debug!(slot, from = %node.addr, to = %addr, "MOVED redirect");
-                            moves.push((*slot, self.remap(addr)));
-                            Resend::Moved
-                        }
-                        Redirect::Ask { addr, .. } => {
-                            self.note_redirect(&r, &node.addr);
-                            Resend::Ask(self.remap(addr))
-                        }
+                    let to = self.remap(r.addr());
+                    let why = if knows(&self.routes.load(), &to) {
+                        self.redirected(&r, to, &node.addr, &mut moves)
+                    } else {
+                        Resend::Unvetted(r)
                     };
                     resend.push((Entry { meta, cmd: command }, why));
                 }
@@ -640,6 +639,16 @@ impl Inner {
                     resend.push((Entry { meta, cmd: command }, Resend::AfterBackOff(wait)));
                 }
             }
+        }
+        if resend
+            .iter()
+            .any(|(_, why)| matches!(why, Resend::Unvetted(_)))
+        {
+            resend = self
+                .vet_resends(
+                    resend, &node.addr, deadline, &mut moves, &mut out, &mut done,
+                )
+                .await;
         }
         self.note_moves(&moves);
         if let Some(e) = failure {
@@ -849,6 +858,78 @@ impl Inner {
         out
     }
 
+    /// Why a command redirected to `to` (remapped), a node the map lists or the
+    /// cluster vouched for, goes again; a `MOVED` joins `moves`, the slot map's patches.
+    fn redirected(
+        &self,
+        redirect: &Redirect,
+        to: String,
+        from: &str,
+        moves: &mut Vec<(u16, String)>,
+    ) -> Resend {
+        match redirect {
+            Redirect::Moved { slot, addr } => {
+                tracing::debug!(slot, from, to = %addr, "MOVED redirect");
+                moves.push((*slot, to));
+                Resend::Moved
+            }
+            Redirect::Ask { .. } => {
+                self.note_redirect(redirect, from);
+                Resend::Ask(to)
+            }
+        }
+    }
+
+    /// `resend` with its redirects to nodes the map lacks vetted
+    /// ([`Inner::vet_redirect`]), each address once: a command goes where the cluster
+    /// vouches for, in its place; one whose redirect is refused ends with that error,
+    /// not sent again (a script that forged it ran).
+    async fn vet_resends(
+        &self,
+        resend: Vec<(Entry, Resend)>,
+        from: &str,
+        deadline: Instant,
+        moves: &mut Vec<(u16, String)>,
+        out: &mut Vec<(usize, Result<Value>)>,
+        done: &mut Tally,
+    ) -> Vec<(Entry, Resend)> {
+        let mut verdicts: Vec<(String, Result<String>)> = Vec::new();
+        for (_, why) in &resend {
+            if let Resend::Unvetted(r) = why {
+                if !verdicts.iter().any(|(addr, _)| addr == r.addr()) {
+                    let verdict = self.vet_redirect(r, from, deadline).await;
+                    verdicts.push((r.addr().to_owned(), verdict));
+                }
+            }
+        }
+        let mut kept = Vec::with_capacity(resend.len());
+        for (entry, why) in resend {
+            let Resend::Unvetted(r) = why else {
+                kept.push((entry, why));
+                continue;
+            };
+            let verdict = verdicts.iter().find(|(addr, _)| addr == r.addr());
+            match verdict.map(|(_, verdict)| verdict) {
+                Some(Ok(to)) => {
+                    let why = self.redirected(&r, to.clone(), from, moves);
+                    kept.push((entry, why));
+                }
+                Some(Err(e)) => {
+                    let result = Err(e.clone());
+                    done.add(entry.meta.name, &result);
+                    out.push((entry.meta.index, result));
+                }
+                // Cannot happen: every address was vetted above.
+                None => {
+                    let result = Err(Error::Protocol("a redirect left unvetted".into()));
+                    done.add(entry.meta.name, &result);
+                    out.push((entry.meta.index, result));
+                }
+            }
+        }
+        kept
+    }
+
     /// Sends a batch on a dedicated connection to `node`, followed by one `WAIT` when
     /// `durability` asks for it. Returns the batch's replies (without `WAIT`'s), its
     /// commands back, how many replicas acknowledged its writes, and with a failure the
@@ -865,15 +946,10 @@ impl Inner {
     ) -> (Result<Vec<Value>>, Vec<Cmd>, Option<u32>, Vec<Value>) {
         let mut lease = match self.lease(node, lease_deadline, blocking).await {
             Ok(lease) => lease,
-            // Nothing was sent. A connect the node refused counts against it, as for a
-            // durable write; refused credentials are the node answering (a half-open
-            // breaker closes on them); our own deadline says nothing (if this batch was
-            // the breaker's probe, its `Admitted` hands over).
+            // Nothing was sent. (If this batch was the breaker's probe and the lease
+            // says nothing of the node, its `Admitted` hands over.)
             Err(e) => {
-                let answered = matches!(e, Error::Auth(_));
-                if answered || (e.is_node_failure() && !matches!(e, Error::Timeout { .. })) {
-                    self.record(node, Some(&e));
-                }
+                self.record_lease_failure(node, &e);
                 return (Err(e), cmds, None, Vec::new());
             }
         };

@@ -417,6 +417,7 @@ impl Inner {
             match action {
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
+                    self.vet_redirect(&r, &node.addr, lease_deadline).await?;
                     redirects += 1;
                     self.note_redirect(&r, &node.addr);
                     redirect = Some(r);
@@ -515,6 +516,7 @@ impl Inner {
             drop((admitted, lease));
             match classify(e, &node.addr) {
                 ErrorAction::Redirect(r @ Redirect::Moved { .. }) => {
+                    let to = self.vet_redirect(&r, &node.addr, deadline).await?;
                     // Noted even when not followed, as on the shared path: the next
                     // request goes to the new owner.
                     self.note_redirect(&r, &node.addr);
@@ -524,7 +526,7 @@ impl Inner {
                             redirects: self.config.max_redirects,
                         });
                     }
-                    moved_to = Some(self.remap(r.addr()));
+                    moved_to = Some(to);
                 }
                 ErrorAction::Redirect(r @ Redirect::Ask { .. }) => {
                     self.note_redirect(&r, &node.addr);
@@ -750,22 +752,38 @@ impl Inner {
         };
         match self.lease(node, deadline, purpose.blocking).await {
             Ok(lease) => Ok(Some((admitted, lease))),
-            // Refused credentials: the node answered, which closes a half-open breaker
-            // (as on the shared path: else every probe is handed over and it never
-            // closes).
-            Err(e @ Error::Auth(_)) => {
-                self.record(node, Some(&e));
-                Err(e)
-            }
-            // Our own deadline, or a refusal of ours: not the node's fault. If this was
-            // the breaker's probe, `admitted` hands over to the next request.
-            Err(e) if matches!(e, Error::Timeout { .. }) || !e.is_node_failure() => Err(e),
             Err(e) => {
-                self.record(node, Some(&e));
+                self.record_lease_failure(node, &e);
+                // Our own deadline, a refusal of ours or of our credentials: another
+                // attempt would meet the same. If this was the breaker's probe,
+                // `admitted` hands over to the next request.
+                if matches!(e, Error::Timeout { .. }) || !e.is_node_failure() {
+                    return Err(e);
+                }
                 self.signal.request(RefreshTrigger::ConnectionFailure);
                 self.wait_retry(backoff, retries, deadline, e).await?;
                 Ok(None)
             }
+        }
+    }
+
+    /// Tells `node`'s breaker what a lease that failed with `e` says of the node. A
+    /// connect it refused counts against it. Refused credentials are the node
+    /// answering, which closes a half-open breaker (as on the shared path: else every
+    /// probe is handed over and it never closes). Our own deadline says nothing of it,
+    /// but the connect an earlier lease left running may have failed since, with no
+    /// request waiting to hear: that failure counts, once (as on the shared path, see
+    /// [`Inner::record_connect_failure`]).
+    pub(crate) fn record_lease_failure(&self, node: &Node, e: &Error) {
+        match e {
+            Error::Timeout { .. } => {
+                if let Some(failure) = node.unreported_dedicated_failure() {
+                    self.record(node, Some(&failure));
+                }
+            }
+            Error::Auth(_) => self.record(node, Some(e)),
+            e if e.is_node_failure() => self.record(node, Some(e)),
+            _ => {}
         }
     }
 
@@ -870,6 +888,7 @@ impl Inner {
             match action {
                 ErrorAction::Reply => return Ok((reply, acked)),
                 ErrorAction::Redirect(r) => {
+                    self.vet_redirect(&r, &node.addr, lease_deadline).await?;
                     redirects += 1;
                     self.note_redirect(&r, &node.addr);
                     redirect = Some(r);

@@ -827,6 +827,7 @@ impl Inner {
                 }
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
+                    let target = self.vet_redirect(&r, &node.addr, deadline).await?;
                     // Noted even when not followed: a `MOVED` patches the map, so the
                     // next request goes to the new owner.
                     self.note_redirect(&r, &node.addr);
@@ -841,7 +842,6 @@ impl Inner {
                     // (a failover or a migration they have not all taken in yet). Wait
                     // for them to agree, a retry with its backoff, rather than bounce
                     // through every redirect allowed in a few milliseconds.
-                    let target = self.remap(r.addr());
                     if redirected_by.iter().any(|by| **by == *target) {
                         self.signal.request(RefreshTrigger::Moved);
                         let bounced = Error::TooManyRedirects {
@@ -1229,9 +1229,15 @@ impl Inner {
     }
 
     /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
-    /// learn the rest (a MOVED rarely comes alone).
+    /// learn the rest (a MOVED rarely comes alone). Only to a node the map lists: one
+    /// it lacks waits for a refresh to name it, as a redirect is followed only to
+    /// where the cluster vouches for (see [`Inner::vet_redirect`]).
     pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
-        self.patch_moves(std::iter::once((slot, addr)));
+        if knows(&self.routes.load(), addr) {
+            self.patch_moves(std::iter::once((slot, addr)));
+        } else {
+            self.signal.request(RefreshTrigger::UnknownNode);
+        }
     }
 
     /// Takes in `MOVED` redirects (each logged by its caller), their targets remapped:
@@ -1526,11 +1532,7 @@ fn stops_a_script(command: &Cmd) -> bool {
 
 /// Whether the topology `routes` were built from has `addr`, as primary or replica.
 pub(crate) fn knows(routes: &Routes, addr: &str) -> bool {
-    routes
-        .map
-        .shards()
-        .iter()
-        .any(|s| &*s.primary == addr || s.replicas.iter().any(|r| &**r == addr))
+    routes.map.lists(addr)
 }
 
 /// The name of the span each request runs in.

@@ -630,6 +630,12 @@ impl Node {
         lock(&self.reconnect).last_error.clone()
     }
 
+    /// The failure of a dedicated connect that outlived the request that started it,
+    /// once (see [`crate::pool::DedicatedManager::take_unreported_failure`]).
+    pub(crate) fn unreported_dedicated_failure(&self) -> Option<Error> {
+        self.dedicated.get()?.manager().take_unreported_failure()
+    }
+
     /// This node's pool of dedicated connections, made on first use.
     ///
     /// # Errors

@@ -24,7 +24,7 @@ use crate::cluster::Inner;
 use crate::cmd::cmd;
 use crate::error::{Error, Result};
 use crate::resp::Value;
-use crate::slot::SlotMap;
+use crate::slot::{Redirect, SlotMap};
 use crate::topology::{self, RefreshLimiter, RefreshTrigger};
 
 /// Period of the background refresh while a failed primary holds slots, and for
@@ -52,6 +52,12 @@ const EPOCH_HOLD: Duration = Duration::from_secs(5);
 /// How long the refreshes do without `CLUSTER NODES` after a node refused it: the
 /// permission may be granted later.
 const NODES_QUIET: Duration = Duration::from_secs(60);
+
+/// How long a redirect to an address the cluster did not vouch for is refused without
+/// asking again: a script that forges `MOVED` in a loop costs a refresh this often, not
+/// one per call; a node that joins meanwhile (it would have to be at that very address)
+/// waits no longer than this.
+const REFUSED_REDIRECT_HOLD: Duration = Duration::from_secs(10);
 
 /// The longest one node's topology answer is waited for, whatever the response timeout:
 /// a refresh that waits on a hung node serves no one.
@@ -102,6 +108,28 @@ impl Moves {
             }
         }
         view
+    }
+}
+
+/// When something last happened to each of a few addresses: a node refused a command,
+/// a redirect was refused. Entries older than the window they are kept for are dropped as
+/// others come.
+#[derive(Debug, Default)]
+struct SeenAt(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl SeenAt {
+    /// Whether it happened to `addr` within the last `window`.
+    fn within(&self, addr: &str, window: Duration) -> bool {
+        lock(&self.0)
+            .get(addr)
+            .is_some_and(|at| at.elapsed() < window)
+    }
+
+    /// Notes that it happened to `addr` now; forgets what is older than `window`.
+    fn note(&self, addr: &str, window: Duration) {
+        let mut seen = lock(&self.0);
+        seen.retain(|_, at| at.elapsed() < window);
+        seen.insert(addr.to_owned(), std::time::Instant::now());
     }
 }
 
@@ -232,7 +260,11 @@ pub(crate) struct RefreshSignal {
     /// allowed `CLUSTER SLOTS` only), and when: each is asked `CLUSTER SLOTS` for
     /// [`NODES_QUIET`] after. Per node: ACLs and versions are, and a cluster mid-upgrade
     /// mixes them.
-    shards_refused: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    shards_refused: SeenAt,
+    /// The addresses redirects named that the cluster did not vouch for (see
+    /// [`Inner::vet_redirect`]), and when: a redirect to one is refused at once for
+    /// [`REFUSED_REDIRECT_HOLD`].
+    redirects_refused: SeenAt,
     /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
     last_collision: LastSeen,
     /// Held by the refresh under way: the background task's, `refresh_topology`'s and
@@ -310,15 +342,11 @@ impl RefreshSignal {
 
     /// Whether the node at `addr` refused `CLUSTER SHARDS` within [`NODES_QUIET`].
     fn shards_refused_by(&self, addr: &str) -> bool {
-        lock(&self.shards_refused)
-            .get(addr)
-            .is_some_and(|at| at.elapsed() < NODES_QUIET)
+        self.shards_refused.within(addr, NODES_QUIET)
     }
 
     fn note_shards_refused(&self, addr: &str) {
-        let mut refused = lock(&self.shards_refused);
-        refused.retain(|_, at| at.elapsed() < NODES_QUIET);
-        refused.insert(addr.to_owned(), std::time::Instant::now());
+        self.shards_refused.note(addr, NODES_QUIET);
     }
 
     /// Whether a refresh saw a failed node within the last [`SETTLE_WINDOW`].
@@ -492,6 +520,70 @@ impl Inner {
         // Counted once installed: whoever sees the count move sees the new snapshot.
         self.signal.count.fetch_add(1, Ordering::Release);
         Ok(changed)
+    }
+
+    /// Where `redirect`, sent by the node at `from`, may be followed: its address
+    /// (remapped), once the cluster vouches for it. An address of a node the topology
+    /// lists is followed at once. Any other is followed only once a refresh names it (the
+    /// cluster grew: a migration to a new node) or, should the view the refresh chose
+    /// not have heard of the node yet, the redirecting node's own view does. Otherwise
+    /// the redirect came from code (a script's `redis.error_reply("MOVED ...")` for a slot
+    /// of its own keys, a module) and following it would hand the client's credentials,
+    /// and the command, to whatever answers there: refused, and refused again at once
+    /// for [`REFUSED_REDIRECT_HOLD`]. A refused redirect, and a deadline that passes while
+    /// vetting, say the command may have run: a script that forged the redirect did.
+    pub(crate) async fn vet_redirect(
+        &self,
+        redirect: &Redirect,
+        from: &str,
+        deadline: Instant,
+    ) -> Result<String> {
+        let to = self.remap(redirect.addr());
+        if knows(&self.routes.load(), &to) {
+            return Ok(to);
+        }
+        let refused = || {
+            Error::Protocol(format!(
+                "{from} redirected to {to}, a node the cluster does not list: not followed \
+                 (a script's or a module's error reply, or a node that is not part of the cluster)"
+            ))
+        };
+        if self
+            .signal
+            .redirects_refused
+            .within(&to, REFUSED_REDIRECT_HOLD)
+        {
+            return Err(refused());
+        }
+        let timed_out = |_| Error::Timeout {
+            may_have_executed: true,
+        };
+        // Shared with every request redirected meanwhile (see `refresh`).
+        let refreshed =
+            tokio::time::timeout_at(deadline, self.refresh(RefreshTrigger::UnknownNode))
+                .await
+                .map_err(timed_out)?;
+        if knows(&self.routes.load(), &to) {
+            return Ok(to);
+        }
+        let vouched = match tokio::time::timeout_at(deadline, self.ask_topology(from))
+            .await
+            .map_err(timed_out)?
+        {
+            Ok(view) => view.map.lists(&to),
+            Err(e) => {
+                tracing::debug!(node = from, error = %e, refresh = ?refreshed, "no view to vet a redirect with");
+                false
+            }
+        };
+        if vouched {
+            return Ok(to);
+        }
+        tracing::warn!(from, to = %to, "a redirect to a node the cluster does not list: not followed");
+        self.signal
+            .redirects_refused
+            .note(&to, REFUSED_REDIRECT_HOLD);
+        Err(refused())
     }
 
     /// Asks `candidates`, a few at a time, until some answer; returns the view

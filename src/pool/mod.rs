@@ -42,6 +42,10 @@ pub(crate) struct DedicatedManager {
     parked: Arc<Mutex<Vec<NodeConnection>>>,
     /// One permit per connect running (see [`MAX_CONNECTING`]).
     connecting: Arc<tokio::sync::Semaphore>,
+    /// The failure of the last connect whose request had given up by then, until a
+    /// request reports it ([`DedicatedManager::take_unreported_failure`]) or a connect
+    /// succeeds.
+    unreported: Arc<Mutex<Option<Error>>>,
 }
 
 impl DedicatedManager {
@@ -51,7 +55,19 @@ impl DedicatedManager {
             options,
             parked: Arc::default(),
             connecting: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTING)),
+            unreported: Arc::default(),
         }
+    }
+
+    /// The failure of a connect that outlived the request that started it, once: with
+    /// a node that completes no handshake within the requests' deadlines, each request
+    /// gives up waiting for its connect, and the breaker would never hear of the node's
+    /// failures (as on the shared path, see `Inner::record_connect_failure`).
+    pub(crate) fn take_unreported_failure(&self) -> Option<Error> {
+        self.unreported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Closes the connections kept for later requests, and opens no more: the node left
@@ -103,22 +119,32 @@ impl managed::Manager for DedicatedManager {
             return Ok(conn);
         }
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let (addr, options, parked, closing) = (
+        let (addr, options, parked, closing, unreported) = (
             Arc::clone(&self.addr),
             self.options.clone(),
             Arc::clone(&self.parked),
             Arc::clone(&self.connecting),
+            Arc::clone(&self.unreported),
         );
         tokio::spawn(async move {
             let _permit = permit;
             let opened = NodeConnection::connect(&addr, &options).await;
-            // Whoever asked gave up first: the connection waits for the next request.
-            if let Err(Ok(conn)) = answer.send(opened) {
-                let mut parked = parked.lock().unwrap_or_else(PoisonError::into_inner);
-                if parked.len() < MAX_CONNECTING && !closing.is_closed() {
-                    parked.push(conn);
+            let failure = opened.as_ref().err().cloned();
+            let delivered = answer.send(opened);
+            *unreported.lock().unwrap_or_else(PoisonError::into_inner) = match delivered {
+                // Whoever asked gave up first: the connection waits for the next
+                // request, the failure for the next to report it.
+                Err(Ok(conn)) => {
+                    let mut parked = parked.lock().unwrap_or_else(PoisonError::into_inner);
+                    if parked.len() < MAX_CONNECTING && !closing.is_closed() {
+                        parked.push(conn);
+                    }
+                    None
                 }
-            }
+                Err(Err(_)) => failure,
+                // The request that asked has it to report.
+                Ok(()) => None,
+            };
         });
         answered.await.unwrap_or(Err(Error::ConnectionLost {
             may_have_executed: false,

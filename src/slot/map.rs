@@ -163,6 +163,13 @@ impl SlotMap {
         &self.shards
     }
 
+    /// Whether `addr` is one of the map's nodes, a primary or a replica.
+    pub(crate) fn lists(&self, addr: &str) -> bool {
+        self.shards
+            .iter()
+            .any(|s| &*s.primary == addr || s.replicas.iter().any(|r| &**r == addr))
+    }
+
     /// Every node address, primaries first, without duplicates.
     pub(crate) fn nodes(&self) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = self.shards.iter().map(|s| Arc::clone(&s.primary)).collect();

@@ -294,6 +294,47 @@ fn own_id(topology: &Value, port: u16) -> Value {
         .unwrap_or_else(unknown)
 }
 
+/// A one-shard `CLUSTER SHARDS` reply: `primary` serves every slot, `other` is listed
+/// beside it as a replica, or as the failed old primary.
+#[allow(dead_code)] // not every test binary scripts views
+pub fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
+    let other = if other_failed {
+        shard_node(other, "master", "fail")
+    } else {
+        shard_node(other, "replica", "online")
+    };
+    shard_of(vec![shard_node(primary, "master", "online"), other])
+}
+
+/// [`one_shard`] with `primary` alone.
+#[allow(dead_code)] // not every test binary scripts views
+pub fn lone_shard(primary: u16) -> Value {
+    shard_of(vec![shard_node(primary, "master", "online")])
+}
+
+/// A one-shard `CLUSTER SHARDS` reply: `nodes` serve every slot.
+fn shard_of(nodes: Vec<Value>) -> Value {
+    Value::Array(vec![Value::Map(vec![
+        (
+            bulk("slots"),
+            Value::Array(vec![Value::Int(0), Value::Int(16383)]),
+        ),
+        (bulk("nodes"), Value::Array(nodes)),
+    ])])
+}
+
+/// A node of a `CLUSTER SHARDS` shard on 127.0.0.1, its id made of its port.
+fn shard_node(port: u16, role: &str, health: &str) -> Value {
+    Value::Map(vec![
+        (bulk("id"), bulk(&format!("{port:0>40}"))),
+        (bulk("port"), Value::Int(i64::from(port))),
+        (bulk("endpoint"), bulk("127.0.0.1")),
+        (bulk("role"), bulk(role)),
+        (bulk("replication-offset"), Value::Int(100)),
+        (bulk("health"), bulk(health)),
+    ])
+}
+
 /// `CLUSTER SHARDS` of a cluster that is this one node, owning every slot.
 fn shards(port: u16) -> Value {
     shards_at("127.0.0.1", port)
