@@ -563,6 +563,84 @@ async fn a_start_cancelled_half_way_leaves_no_server_running() {
     }
 }
 
+/// Run by [`a_killed_test_process_takes_its_nodes_with_it`] in a process of its own:
+/// starts a cluster, prints its nodes' pids, and waits to be killed.
+#[tokio::test]
+#[ignore = "run by a_killed_test_process_takes_its_nodes_with_it"]
+async fn holds_a_cluster_until_killed() {
+    let cluster = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let pids: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.pid.unwrap().to_string())
+        .collect();
+    println!("PIDS {}", pids.join(" "));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    panic!("not killed within a minute");
+}
+
+/// Whether process `pid` is gone (or a zombie no one reaped yet: dead).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .is_some_and(|close| stat[close + 1..].trim_start().starts_with('Z')),
+    }
+}
+
+/// A test process killed outright (SIGKILL: no destructor runs) takes its nodes with
+/// it, rather than leaving them running on their ports until killed by hand.
+#[test]
+fn a_killed_test_process_takes_its_nodes_with_it() {
+    use std::io::BufRead as _;
+    let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "holds_a_cluster_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = holder.stdout.take().unwrap();
+    let (found, pids) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some(list) = line.strip_prefix("PIDS ") {
+                let pids: Vec<i32> = list.split(' ').filter_map(|p| p.parse().ok()).collect();
+                let _ = found.send(pids);
+                return;
+            }
+        }
+    });
+    let pids = pids.recv_timeout(Duration::from_secs(60));
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let pids = pids.expect("the holder printed no pids");
+    assert_eq!(pids.len(), 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !pids.iter().all(|&pid| gone(pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running: Vec<i32> = pids.iter().copied().filter(|&pid| !gone(pid)).collect();
+    for &pid in &running {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(running.is_empty(), "still running: {running:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_cluster_kills_every_process_and_removes_its_files() {
     let cluster = LocalCluster::builder()

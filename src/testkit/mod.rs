@@ -90,8 +90,11 @@
 //! quotes the end of the log of the node concerned ([`LocalCluster::log_tail`] gets the
 //! log at any time).
 //!
-//! If the test process itself is killed (SIGKILL), its nodes are orphaned and go on
-//! running until killed by hand. So are those of a cluster that is never dropped: one
+//! If the test process itself is killed (SIGKILL, a CI job's timeout, Ctrl-C), the
+//! kernel kills its nodes too: each is started through util-linux's `setpriv
+//! --pdeathsig KILL` when it is on the `PATH` (Debian and Ubuntu ship it in an
+//! essential package; without it, such nodes are orphaned and go on running until
+//! killed by hand). Nodes of a cluster that is never dropped go on running: one
 //! kept in a `static` (`OnceLock`, `LazyLock`) to share it between tests outlives
 //! them, as statics are never dropped, and so does one alive when the process calls
 //! `std::process::exit`. Start one per test, or per test binary in a value the test

@@ -7,7 +7,7 @@ use std::io::{self, Read as _, Seek as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -365,25 +365,88 @@ async fn start(
     // then) say nothing about this one: this start reads from here on.
     let log_start = log.metadata().map_err(|e| Error::io(e, false))?.len();
     let stdout = log.try_clone().map_err(|e| Error::io(e, false))?;
-    let child = Command::new(&settings.binary)
+    let mut command = match setpriv() {
+        Some(setpriv) => {
+            let mut command = Command::new(setpriv);
+            command
+                .args(["--pdeathsig", "KILL", "--"])
+                .arg(&settings.binary);
+            command
+        }
+        None => Command::new(&settings.binary),
+    };
+    command
         .arg(dir.join(CONF_FILE))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| {
-            io_error(
-                e.kind(),
-                format!("spawning {}: {e}", settings.binary.display()),
-            )
-        })?;
+        .stderr(log);
+    let child = spawn_tied(command).map_err(|e| {
+        io_error(
+            e.kind(),
+            format!("spawning {}: {e}", settings.binary.display()),
+        )
+    })?;
     // Killed if this future is dropped before the node answers (a caller's timeout
     // around `LocalCluster::start` or `restart`), or if it never answers.
     let mut spawned = Spawned(Some(child));
     let (conn, id) =
         wait_ready(settings, &mut spawned, port, deadline, &log_path, log_start).await?;
     Ok((spawned.keep()?, conn, id))
+}
+
+/// A command spawned by [`spawn_tied`], with its reply.
+type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
+
+/// Spawns `command` from one thread that lives as long as the process. With
+/// [`setpriv`]'s `--pdeathsig KILL` in front, the kernel kills the node when this test
+/// process ends, however it ends: one killed (SIGKILL, a CI job's timeout, Ctrl-C)
+/// runs no destructor, and its nodes would go on running, on their ports, until
+/// killed by hand. The signal comes when the thread that spawned the node ends, not
+/// the process, hence the one thread: spawned from a runtime's worker, or a
+/// `spawn_blocking` thread that ends when idle, a node would die with that thread.
+fn spawn_tied(command: Command) -> io::Result<Child> {
+    static SPAWNER: Mutex<Option<mpsc::Sender<SpawnJob>>> = Mutex::new(None);
+    let gone = || io::Error::other("the testkit's spawning thread is gone");
+    let sender = {
+        let mut spawner = SPAWNER.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*spawner {
+            Some(sender) => sender.clone(),
+            None => {
+                let (sender, jobs) = mpsc::channel::<SpawnJob>();
+                std::thread::Builder::new()
+                    .name("redcluster-testkit-spawner".into())
+                    // Ends only with the process: the static keeps a sender.
+                    .spawn(move || {
+                        for (mut command, reply) in jobs {
+                            let _ = reply.send(command.spawn());
+                        }
+                    })?;
+                *spawner = Some(sender.clone());
+                sender
+            }
+        }
+    };
+    let (reply, spawned) = mpsc::sync_channel(1);
+    sender.send((command, reply)).map_err(|_| gone())?;
+    // A fork and an exec: no wait worth handing to the runtime.
+    spawned.recv().map_err(|_| gone())?
+}
+
+/// util-linux's `setpriv`, if on the `PATH` (Debian and Ubuntu have it in an essential
+/// package): it sets the parent-death signal and runs the node in its own place (the
+/// same pid), which the crate, free of `unsafe`, cannot do itself between fork and
+/// exec. Without it, nodes of a killed test process outlive it.
+fn setpriv() -> Option<&'static Path> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH")?;
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("setpriv"))
+                .find(|candidate| candidate.is_file())
+        })
+        .as_deref()
 }
 
 /// A spawned `redis-server` that is killed (and reaped) when dropped, unless kept: a
