@@ -1212,10 +1212,26 @@ async fn nodes_announced_by_unresolvable_names_are_reached_through_the_remap() {
         support::announce_hostnames(&local, 3, |i| format!("redis-cluster-{i}.invalid")).await;
     let client = ClusterClient::builder()
         .nodes([local.node_addr(0)])
+        .address_remap(AddressRemap::from_map(remap.clone()))
+        .build()
+        .await
+        .unwrap();
+    // A node given by both its names (announced, and the one the remap maps it to) is
+    // asked once at discovery.
+    let announced_0 = remap
+        .iter()
+        .find(|(_, to)| **to == local.node_addr(0))
+        .map(|(name, _)| name.clone())
+        .unwrap();
+    let asked = support::calls(&local, 0, "cluster|shards").await;
+    let twice_named = ClusterClient::builder()
+        .nodes([local.node_addr(0), announced_0])
         .address_remap(AddressRemap::from_map(remap))
         .build()
         .await
         .unwrap();
+    assert_eq!(support::calls(&local, 0, "cluster|shards").await, asked + 1);
+    drop(twice_named);
     let mut known = client.known_nodes();
     known.sort();
     let mut expected: Vec<String> = (0..3).map(|i| local.node_addr(i)).collect();

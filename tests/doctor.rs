@@ -142,6 +142,24 @@ async fn flags_each_misconfiguration_of_a_badly_configured_cluster() {
         3,
         "{report}"
     );
+    // However long the response timeout (`Duration::MAX` is a valid one), the doctor
+    // runs: its key sample's deadline is capped as every other.
+    let patient = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::MAX)
+        .build()
+        .await
+        .unwrap();
+    let again = patient.doctor().await.unwrap();
+    let reachable = lines(&again, "node-reachable");
+    assert!(
+        reachable
+            .iter()
+            .filter(|c| c.status == CheckStatus::Ok)
+            .count()
+            >= 3,
+        "{again}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -658,6 +658,44 @@ async fn acl_user_without_topology_permission_cannot_connect_with_a_clear_error(
     assert!(!err.may_have_executed());
 }
 
+/// A user allowed `CLUSTER SLOTS` and not `CLUSTER SHARDS` (a Redis 6 rule kept after an
+/// upgrade) follows an `ASK` to a master added a moment ago that serves no slot yet:
+/// `CLUSTER SLOTS` does not list such a node, and a redirect is followed only to a node
+/// the cluster lists; the redirecting node's `CLUSTER NODES` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slots_only_user_follows_an_ask_to_a_master_that_serves_no_slot_yet() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let key = "app:slots:1";
+    let slot = key_slot(key.as_bytes());
+    let rules = "slotsonly on >slotspass ~app:* +@read +@write -@dangerous +cluster|slots \
+                 +cluster|nodes +command|info +readonly +asking +ping +unwatch";
+    set_user(&local, rules).await;
+    let client = as_user(&local, "slotsonly", "slotspass")
+        .build()
+        .await
+        .unwrap();
+    client.set(key, "v").await.unwrap();
+    let added = local.add_master().await.unwrap();
+    set_user(&local, rules).await;
+    client.refresh_topology().await.unwrap();
+    let added_addr = local.node_addr(added);
+    assert!(
+        !client.known_nodes().contains(&added_addr),
+        "CLUSTER SLOTS lists it"
+    );
+    let migration = local.begin_slot_migration(slot, added).await.unwrap();
+    local.migrate_keys_batch(&migration, 100).await.unwrap();
+    let v: Option<String> = client.get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    assert!(client.stats().ask >= 1, "{:?}", client.stats());
+    local.finish_slot_migration(migration).await.unwrap();
+}
+
 // ---- TLS --------------------------------------------------------------------------------
 
 async fn tls_cluster(masters: usize, replicas: usize, auth: TlsAuthClients) -> LocalCluster {

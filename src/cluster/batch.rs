@@ -640,6 +640,16 @@ impl Inner {
                 }
             }
         }
+        // A batch that blocked (on a dedicated connection) may have been out past the
+        // pipeline's deadline before the node sent it away (`MOVED`, `CLUSTERDOWN`): its
+        // resends, and the vetting of their redirects, get that time back, as a single
+        // blocking command's do, or they would fail with `Timeout` before blocking at the
+        // new owner.
+        let deadline = if blocks.is_some() {
+            crate::deadline::after(deadline, started.elapsed())
+        } else {
+            deadline
+        };
         if resend
             .iter()
             .any(|(_, why)| matches!(why, Resend::Unvetted(_)))
@@ -723,15 +733,6 @@ impl Inner {
         if resend.is_empty() {
             return out;
         }
-        // A batch that blocked (on a dedicated connection) may have been out past the
-        // pipeline's deadline before the node sent it away (`MOVED`, `CLUSTERDOWN`): its
-        // resends get that time back, as a single blocking command's do, or they would
-        // fail with `Timeout` before blocking at the new owner.
-        let deadline = if blocks.is_some() {
-            crate::deadline::after(deadline, started.elapsed())
-        } else {
-            deadline
-        };
         // What to resend, by slot, in the order added: dependent writes (`DEL k`, then
         // `RPUSH k`) rely on the order within a slot. Slots go in parallel.
         // Per slot: whether every command of it got `MOVED` (or goes to the primary), and

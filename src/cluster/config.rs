@@ -346,7 +346,13 @@ impl ClusterClientBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.config.seeds = Seeds(nodes.into_iter().map(|s| s.as_ref().to_string()).collect());
+        // Trimmed, as the environment's are: `" h:1"` read from a comma-separated list.
+        self.config.seeds = Seeds(
+            nodes
+                .into_iter()
+                .map(|s| s.as_ref().trim().to_string())
+                .collect(),
+        );
         self
     }
 
@@ -559,6 +565,9 @@ impl ClusterClientBuilder {
     /// Backoff between retries: the first waits about `base`, each next one twice as
     /// long, never more than `max`, each with random jitter. Default 50 ms and 1 s; `base`
     /// more than zero (retries back to back would spin against a node that is loading).
+    /// A `max` below `base` is taken as `base`. A retry whose wait would end past the
+    /// request's deadline is not made: a `base` longer than `response_timeout` turns
+    /// retries off.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -1047,6 +1056,21 @@ impl ClusterClientBuilder {
         if self.config.seeds.is_empty() {
             return Err(Error::Config("no seed nodes given".into()));
         }
+        // Empty is unset, as in a seed URL and the environment:
+        // `.password(env::var("REDIS_PASSWORD").unwrap_or_default())` would otherwise
+        // fail every connect to a server without a password (`AUTH ""`), and
+        // `.username("")` every connect (`WRONGPASS`).
+        let connect = &mut self.config.connect;
+        if connect
+            .password
+            .as_ref()
+            .is_some_and(|p| p.expose().is_empty())
+        {
+            connect.password = None;
+        }
+        if connect.username.as_deref().is_some_and(str::is_empty) {
+            connect.username = None;
+        }
         let mut seeds = Vec::with_capacity(self.config.seeds.len());
         let mut any_tls = false;
         // The first seed that names a user or a password gives both (under what the
@@ -1088,6 +1112,7 @@ impl Config {
     /// [`Error::Config`] naming the first setting out of its range (see [`bounds`]).
     fn check(&self) -> Result<()> {
         use bounds::*;
+        self.connect.renames.check().map_err(Error::Config)?;
         let counts = [
             (
                 "connections_per_node",
@@ -1424,14 +1449,25 @@ fn tls_from_env(
         }
         Some(_) => {
             return Err(Error::Config(
-                "REDIS_TLS must be true/1/yes or false/0/no".into(),
+                "REDIS_TLS must be true/1/yes/on or false/0/no/off".into(),
             ))
         }
     };
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
     if !on {
+        let ignored: Vec<&str> = ["REDIS_TLS_CA", "REDIS_TLS_CERT", "REDIS_TLS_KEY"]
+            .into_iter()
+            .filter(|name| set(name).is_some())
+            .collect();
+        if !ignored.is_empty() {
+            tracing::warn!(
+                ?ignored,
+                "TLS files set in the environment without REDIS_TLS=true (or a rediss:// \
+                 seed): TLS stays off"
+            );
+        }
         return Ok(None);
     }
-    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
     let mut tls = crate::TlsConfig::new();
     match set("REDIS_TLS_CA") {
         Some(ca) => tls = tls.ca_cert_file(ca)?,
@@ -1691,6 +1727,45 @@ mod tests {
         for name in names {
             assert!(why.contains(name), "{why}");
         }
+    }
+
+    #[test]
+    fn empty_credentials_are_unset_and_seeds_are_trimmed() {
+        let b = ClusterClientBuilder::default;
+        let config = built(b().password("").username("")).unwrap();
+        assert!(config.connect.password.is_none());
+        assert!(config.connect.username.is_none());
+        // Unset, a seed URL's credentials apply.
+        let config = b()
+            .password("")
+            .nodes(["redis://alice:pw@h:1"])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.connect.username.as_deref(), Some("alice"));
+        assert_eq!(config.connect.password.unwrap().expose(), "pw");
+        let config = b().nodes([" h:1", "h:1 ", "h:2"]).into_config().unwrap();
+        assert_eq!(config.seeds.0, ["h:1", "h:2"]);
+    }
+
+    #[test]
+    fn renames_that_could_never_apply_are_refused_without_their_secret() {
+        let b = ClusterClientBuilder::default;
+        for name in ["CONFIG GET", "", &"X".repeat(65)] {
+            refused(
+                b().rename_command(name, "CONFIG_secret"),
+                &["rename_command", "not a command name"],
+            );
+        }
+        let why = built(b().rename_command("CONFIG", "CONFIG secret")).unwrap_err();
+        assert!(
+            why.contains("white space") && !why.contains("secret"),
+            "{why}"
+        );
+        assert!(built(
+            b().rename_command("config", "CONFIG_x")
+                .rename_command("DEBUG", "")
+        )
+        .is_ok());
     }
 
     #[test]

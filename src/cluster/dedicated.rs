@@ -292,6 +292,10 @@ impl Inner {
                 may_have_executed: false,
             })?
             .map_err(pool_error)?;
+        // The node answered (a new connection, or a pooled one that passed its check):
+        // an earlier connect's failure no request reported is history, and must not
+        // count against the node when a lease times out hours later.
+        let _ = pool.manager().take_unreported_failure();
         let blocking = match at_node {
             Some(at_node) => Some((at_node, permit_of(&self.blocking_limit).await?)),
             None => None,

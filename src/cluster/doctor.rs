@@ -368,7 +368,7 @@ impl Inner {
         keys.dedup();
         keys.truncate(judge::KEY_SAMPLE_PER_PRIMARY);
         let ask_freq = judge::may_track_frequency(&answers.info);
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = crate::deadline::from_now(timeout);
         let missing = || Err(Error::Protocol("no reply in batch".into()));
         let refused = |r: &Reply| matches!(r, Ok(Value::ServerError(e)) if e.code() == "NOPERM");
         for key in keys {

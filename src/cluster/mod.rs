@@ -287,12 +287,16 @@ impl ClusterClient {
             lookup_failed_at: Mutex::new(None),
             publishing_gauges: Mutex::new(()),
         });
-        let seeds: Vec<Arc<str>> = inner
-            .config
-            .seeds
-            .iter()
-            .map(|s| Arc::from(inner.seed_address(s)))
-            .collect();
+        // Once each as reached: two seeds may be one node's names (its announced one
+        // and the one `address_remap` maps it to), and would be asked twice, their view
+        // counted twice.
+        let mut seeds: Vec<Arc<str>> = Vec::with_capacity(inner.config.seeds.len());
+        for seed in inner.config.seeds.iter() {
+            let reached = inner.seed_address(seed);
+            if !seeds.iter().any(|s| **s == *reached) {
+                seeds.push(Arc::from(reached));
+            }
+        }
         let lazy = inner.config.lazy_connect;
         if !lazy {
             let view = inner.fetch_view(&seeds).await?;

@@ -273,6 +273,8 @@ pub(crate) struct RefreshSignal {
     flight: tokio::sync::Mutex<Option<(u64, Result<bool>)>>,
     /// Refreshes begun (counted under `flight`).
     begun: AtomicU64,
+    /// When a refresh last ended, installed or not.
+    last_done: LastSeen,
 }
 
 impl RefreshSignal {
@@ -463,6 +465,7 @@ impl Inner {
         }
         let number = self.signal.begun.fetch_add(1, Ordering::AcqRel) + 1;
         let outcome = self.refresh_now(trigger).await;
+        self.signal.last_done.note();
         *flight = Some((number, outcome.clone()));
         outcome
     }
@@ -542,48 +545,94 @@ impl Inner {
         if knows(&self.routes.load(), &to) {
             return Ok(to);
         }
-        let refused = || {
+        let refused = |why: &str| {
             Error::Protocol(format!(
-                "{from} redirected to {to}, a node the cluster does not list: not followed \
-                 (a script's or a module's error reply, or a node that is not part of the cluster)"
+                "{from} redirected to {to}, {why}: not followed (a script's or a module's \
+                 error reply, or a node that is not part of the cluster)"
             ))
         };
+        let unlisted = "a node the cluster does not list";
         if self
             .signal
             .redirects_refused
             .within(&to, REFUSED_REDIRECT_HOLD)
         {
-            return Err(refused());
+            return Err(refused(unlisted));
         }
         let timed_out = |_| Error::Timeout {
             may_have_executed: true,
         };
-        // Shared with every request redirected meanwhile (see `refresh`).
-        let refreshed =
-            tokio::time::timeout_at(deadline, self.refresh(RefreshTrigger::UnknownNode))
-                .await
-                .map_err(timed_out)?;
-        if knows(&self.routes.load(), &to) {
-            return Ok(to);
-        }
-        let vouched = match tokio::time::timeout_at(deadline, self.ask_topology(from))
-            .await
-            .map_err(timed_out)?
+        // The background task's refresh, never cut short by a request's deadline, names
+        // the node for the requests after this one, whatever becomes of this.
+        self.signal.request(RefreshTrigger::UnknownNode);
+        // A refresh of its own, shared with every request redirected meanwhile (see
+        // `refresh`); not when one ended within the rate limit's interval (a script
+        // forging redirects to ever other addresses would cost one each).
+        if !self
+            .signal
+            .last_done
+            .within(self.config.refresh_min_interval)
         {
-            Ok(view) => view.map.lists(&to),
+            let refreshed =
+                tokio::time::timeout_at(deadline, self.refresh(RefreshTrigger::UnknownNode))
+                    .await
+                    .map_err(timed_out)?;
+            if let Err(e) = refreshed {
+                tracing::debug!(error = %e, "refresh to vet a redirect failed");
+            }
+            if knows(&self.routes.load(), &to) {
+                return Ok(to);
+            }
+        }
+        let vouched = tokio::time::timeout_at(deadline, self.lists(from, &to))
+            .await
+            .map_err(timed_out)?;
+        match vouched {
+            Some(true) => Ok(to),
+            Some(false) => {
+                tracing::warn!(from, to = %to, "a redirect to a node the cluster does not list: not followed");
+                self.signal
+                    .redirects_refused
+                    .note(&to, REFUSED_REDIRECT_HOLD);
+                Err(refused(unlisted))
+            }
+            // Nothing learned: refused this time only.
+            None => Err(refused(
+                "a node the topology does not list, and the node that redirected could \
+                 not be asked whether it knows it",
+            )),
+        }
+    }
+
+    /// Whether the node at `from` lists `to` (remapped) among the nodes of its view of the
+    /// cluster; `None` when it did not say. Its `CLUSTER SHARDS` lists the masters that
+    /// serve no slot yet (the target of a migration to a new node), its `CLUSTER SLOTS`
+    /// does not: where it answers that (Redis 6, a user allowed `CLUSTER SLOTS` only),
+    /// its `CLUSTER NODES` is asked too.
+    async fn lists(&self, from: &str, to: &str) -> Option<bool> {
+        let listed = match self.ask_topology(from).await {
+            Ok(view) => Some(view.map.lists(to)),
             Err(e) => {
-                tracing::debug!(node = from, error = %e, refresh = ?refreshed, "no view to vet a redirect with");
-                false
+                tracing::debug!(node = from, error = %e, "no view to vet a redirect with");
+                None
             }
         };
-        if vouched {
-            return Ok(to);
+        if listed == Some(true) || !self.signal.shards_refused_by(from) {
+            return listed;
         }
-        tracing::warn!(from, to = %to, "a redirect to a node the cluster does not list: not followed");
-        self.signal
-            .redirects_refused
-            .note(&to, REFUSED_REDIRECT_HOLD);
-        Err(refused())
+        let deadline = crate::deadline::from_now(self.config.response_timeout.min(ANSWER_TIMEOUT));
+        let conn = self
+            .registry
+            .get(from, false)
+            .connection(deadline)
+            .await
+            .ok()?;
+        let nodes = tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("NODES")))
+            .await
+            .ok()?
+            .ok()?;
+        let addresses = topology::listed_addresses(&nodes)?;
+        Some(listed == Some(true) || addresses.iter().any(|a| self.remap_announced(a) == to))
     }
 
     /// Asks `candidates`, a few at a time, until some answer; returns the view

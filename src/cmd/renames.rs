@@ -76,6 +76,29 @@ impl CommandRenames {
         self.rename(name, "")
     }
 
+    /// Why the renames cannot be applied, if they cannot: a name that is not one word
+    /// of at most 64 bytes (`CONFIG`, not `CONFIG GET`) would never match a command, and
+    /// a server name with white space in it is no command name. Only the documented names
+    /// are quoted: the server's are secrets.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (name, to) in self.map.iter() {
+            let shown = String::from_utf8_lossy(name);
+            let one_word = |n: &[u8]| !n.is_empty() && !n.iter().any(u8::is_ascii_whitespace);
+            if !one_word(name) || name.len() > 64 {
+                return Err(format!(
+                    "rename_command: {shown:?} is not a command name (one word, at most 64 \
+                     bytes: the first word of the command, CONFIG for CONFIG GET)"
+                ));
+            }
+            if !to.is_empty() && !one_word(to) {
+                return Err(format!(
+                    "rename_command: the server's name for {shown} has white space in it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether no command is renamed or disabled.
     ///
     /// ```

@@ -378,6 +378,52 @@ pub(crate) fn parse_node_epochs(reply: &Value) -> Option<std::collections::HashM
     Some(epochs)
 }
 
+/// The addresses of the nodes a `CLUSTER NODES` reply lists, as a redirect names them
+/// (`ip:port`, and `hostname:port` for a node that announces a host name, each also at
+/// its `tls-port` where one is given; IPv6 in brackets); nodes still in handshake or
+/// without an address left out. `None` for a reply that is not such text.
+pub(crate) fn listed_addresses(reply: &Value) -> Option<Vec<String>> {
+    let text = match reply {
+        Value::Bulk(b) | Value::Verbatim { text: b, .. } => std::str::from_utf8(b).ok()?,
+        _ => return None,
+    };
+    let mut addresses = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            return None;
+        };
+        if flags
+            .split(',')
+            .any(|f| matches!(f, "noaddr" | "handshake"))
+        {
+            continue;
+        }
+        // `ip:port@cport`, then `,hostname` (7.0), then `,key=value` fields (7.2).
+        let endpoint = addr.split(['@', ',']).next().unwrap_or_default();
+        let Some((ip, port)) = endpoint.rsplit_once(':') else {
+            continue;
+        };
+        let hostname = addr
+            .split(',')
+            .nth(1)
+            .filter(|h| !h.is_empty() && !h.contains('='));
+        let tls_port = addr
+            .split(',')
+            .find_map(|field| field.strip_prefix("tls-port="))
+            .and_then(|p| p.parse::<u16>().ok());
+        let ports = port.parse::<u16>().ok().into_iter().chain(tls_port);
+        for port in ports.filter(|&p| p != 0) {
+            for host in std::iter::once(ip).chain(hostname) {
+                if !host.is_empty() {
+                    addresses.push(crate::slot::join_host_port(host, port));
+                }
+            }
+        }
+    }
+    Some(addresses)
+}
+
 /// Whether two masters in `epochs` ([`parse_node_epochs`]) have the same config epoch
 /// (0 aside: a master that joined and never served): a promotion that took the epoch a
 /// slot migration had just taken without a vote. The nodes settle it with a new epoch
@@ -1074,6 +1120,31 @@ mod tests {
 1100779d4da67ba469490302839298a8385f827e 127.0.0.1:43215@44885 master - 0 1795787484047 7 connected 0-5460
 b498329118b8353180596fb4b5eedbf976e23a54 127.0.0.1:38099@34147 master - 0 1795787484032 3 connected 10923-16383
 ";
+
+    #[test]
+    fn cluster_nodes_lists_every_node_by_the_addresses_a_redirect_names() {
+        let nodes = "\
+a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460
+a2 10.0.0.2:7001@17001,redis-2 master - 0 0 0 connected
+a3 fd00::5:7002@17002,,tls-port=7102,shard-id=x slave a1 0 0 1 connected
+a4 10.0.0.9:7003@17003 handshake - 0 0 0 disconnected
+a5 :0@0 master,noaddr - 0 0 0 disconnected
+";
+        let listed = listed_addresses(&Value::Bulk(nodes.into())).unwrap();
+        assert_eq!(
+            listed,
+            [
+                "127.0.0.1:7000",
+                // A master that serves no slot yet, by its address and its host name.
+                "10.0.0.2:7001",
+                "redis-2:7001",
+                "[fd00::5]:7002",
+                "[fd00::5]:7102",
+            ]
+        );
+        assert_eq!(listed_addresses(&Value::Int(1)), None);
+        assert_eq!(listed_addresses(&Value::Bulk("garbage".into())), None);
+    }
 
     #[test]
     fn config_epochs_of_the_primaries_serving_slots_come_from_cluster_nodes() {
