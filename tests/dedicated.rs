@@ -762,7 +762,11 @@ async fn a_blocking_command_leased_late_still_gets_its_reply() {
     };
     tokio::time::sleep(timeout * 3 / 4).await;
     client.rpush(held, ["release"]).await.unwrap();
-    let released = holder.await.unwrap().unwrap();
+    let released = tokio::time::timeout(Duration::from_secs(10), holder)
+        .await
+        .expect("the holder was answered")
+        .unwrap()
+        .unwrap();
     assert_eq!(released, Some((held.to_owned(), "release".to_owned())));
     until_blocked(&local, &client, late, true).await;
     // A script pushes its element, then holds the server until well past the second
@@ -1031,7 +1035,11 @@ async fn blocked_workers_leave_watch_a_dedicated_connection() {
         .unwrap();
     assert!(committed.is_some());
     client.rpush(queue, ["job"]).await.unwrap();
-    let got = first.await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the first worker was answered")
+        .unwrap()
+        .unwrap();
     assert_eq!(got, Some((queue.to_owned(), "job".to_owned())));
 }
 
@@ -1229,6 +1237,10 @@ async fn blocked_past_the_timeout_then_moved(pipeline: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     client.rpush(queue, ["job"]).await.unwrap();
-    let popped = consumer.await.unwrap().unwrap();
+    let popped = tokio::time::timeout(Duration::from_secs(10), consumer)
+        .await
+        .expect("the consumer was answered")
+        .unwrap()
+        .unwrap();
     assert_eq!(popped, Some((queue.to_string(), "job".to_string())));
 }

@@ -584,6 +584,11 @@ async fn connections_killed_under_writers_resend_sets_and_never_run_an_increment
             "{e:?}"
         );
     }
+    // The cuts landed on requests in flight: some were resent (SETs) or failed (INCRs).
+    assert!(
+        client.stats().retries > 0 || !failed.is_empty(),
+        "no cut met a request: {killed} connections cut"
+    );
     every_increment_counts_at_most_once(&client, &outcomes).await;
     every_acknowledged_write_is_stored(&client, &outcomes).await;
 }
@@ -825,12 +830,19 @@ async fn a_handle_with_its_own_response_timeout_gives_its_requests_that_deadline
     // The patient handle's request waits past the client's 800 ms for the node to
     // thaw, and gets its answer. The thaw comes from outside, as a fault ends.
     let started = Instant::now();
-    let (answer, ()) = tokio::join!(patient.get::<_, Option<String>>(key), async {
+    let answered = async {
+        let answer = patient.get::<_, Option<String>>(key).await;
+        (answer, started.elapsed())
+    };
+    let ((answer, took), ()) = tokio::join!(answered, async {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         local.resume(owner).unwrap();
     });
     assert_eq!(answer.unwrap().as_deref(), Some("v"));
-    assert!(started.elapsed() >= Duration::from_millis(1200));
+    assert!(
+        took >= Duration::from_millis(1200),
+        "answered before the thaw: {took:?}"
+    );
     // The client's own requests keep its 800 ms.
     local.pause(owner).unwrap();
     let r = client.get::<_, Option<String>>(key).await;
@@ -1042,16 +1054,15 @@ async fn a_frozen_primary_opens_its_breaker_and_closes_it_after_it_thaws() {
             Err(Error::Timeout { .. }) => timeouts += 1,
             Err(Error::CircuitOpen { node }) => {
                 assert_eq!(node, frozen_addr);
-                assert!(started.elapsed() < Duration::from_millis(350));
+                // Failed fast: not after waiting out backoffs, as a retry would.
+                assert!(started.elapsed() < Duration::from_secs(1));
                 fast_failures += 1;
             }
             other => panic!("a frozen node answered: {other:?}"),
         }
-        // Other shards are unaffected meanwhile.
-        let started = Instant::now();
+        // Other shards are unaffected meanwhile: answered within their own response
+        // timeout (300 ms), or this would fail with `Timeout`.
         client.set(healthy_key.as_str(), 1).await.unwrap();
-        // Within its own response timeout: it did not wait on the frozen node.
-        assert!(started.elapsed() < Duration::from_millis(300));
     }
     let health = client.health();
     println!("frozen primary: {timeouts} timeouts, {fast_failures} fast failures; {health:?}");

@@ -1223,6 +1223,14 @@ async fn a_refused_command_lookup_is_asked_again_later() {
     );
     let before = command_info_calls(&local).await;
     set_user(&local, &format!("{rules} +command|info")).await;
+    // Within the second after the refusal, the client does not ask again.
+    let err = client.query::<Value>(unknown()).await.unwrap_err();
+    assert!(matches!(&err, Error::Server(_)), "{err:?}");
+    assert_eq!(
+        command_info_calls(&local).await,
+        before,
+        "asked again at once"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let err = client.query::<Value>(unknown()).await.unwrap_err();
     assert!(matches!(&err, Error::Server(_)), "{err:?}");

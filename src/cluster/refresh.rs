@@ -573,12 +573,15 @@ impl Inner {
             .last_done
             .within(self.config.refresh_min_interval)
         {
-            let refreshed =
-                tokio::time::timeout_at(deadline, self.refresh(RefreshTrigger::UnknownNode))
-                    .await
-                    .map_err(timed_out)?;
-            if let Err(e) = refreshed {
-                tracing::debug!(error = %e, "refresh to vet a redirect failed");
+            // Half the time left at most: a refresh held up by nodes that do not answer
+            // leaves the other half for asking the redirecting node itself.
+            let now = Instant::now();
+            let half = now + deadline.saturating_duration_since(now) / 2;
+            let refresh = self.refresh(RefreshTrigger::UnknownNode);
+            match tokio::time::timeout_at(half, refresh).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "refresh to vet a redirect failed"),
+                Err(_) => tracing::debug!("refresh to vet a redirect still under way"),
             }
             if knows(&self.routes.load(), &to) {
                 return Ok(to);

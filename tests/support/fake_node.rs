@@ -43,6 +43,10 @@ pub struct FakeNode {
     held: Option<oneshot::Receiver<()>>,
 }
 
+/// The longest a test waits for a script to reach a step or to end: a client that
+/// never connects, or never closes, fails the test instead of hanging it.
+const SCRIPT_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl FakeNode {
     /// Starts listening and runs `script` on the first connection.
     pub async fn start(script: Vec<Step>) -> FakeNode {
@@ -60,9 +64,13 @@ impl FakeNode {
     }
 
     /// Waits until the script reaches its [`Step::Hold`]: everything before it was read.
+    /// Panics after [`SCRIPT_BOUND`] rather than hang the test.
     pub async fn wait_held(&mut self) {
         if let Some(held) = self.held.take() {
-            held.await.expect("the script reached its Hold step");
+            tokio::time::timeout(SCRIPT_BOUND, held)
+                .await
+                .expect("the script reached its Hold step in time")
+                .expect("the script reached its Hold step");
         }
     }
 
@@ -74,9 +82,12 @@ impl FakeNode {
     }
 
     /// Waits for the script to end; returns the names of all commands it read, or what
-    /// did not match.
+    /// did not match (or that it did not end within [`SCRIPT_BOUND`]).
     pub async fn finish(self) -> Result<Vec<String>, String> {
-        self.task.await.map_err(|e| e.to_string())?
+        match tokio::time::timeout(SCRIPT_BOUND, self.task).await {
+            Ok(ended) => ended.map_err(|e| e.to_string())?,
+            Err(_) => Err(format!("the script did not end within {SCRIPT_BOUND:?}")),
+        }
     }
 }
 
