@@ -2020,8 +2020,7 @@ async fn an_ipv6_redirect_target_is_the_node_the_topology_names() {
         _ => Action::Reply(Value::Simple("OK".into())),
     })
     .await;
-    let listening: u16 = fake.addr.rsplit_once(':').unwrap().1.parse().unwrap();
-    port.set(listening).unwrap();
+    port.set(fake.port()).unwrap();
     let client = ClusterClient::builder()
         .nodes([fake.addr.as_str()])
         .health_check_interval(None)
@@ -2131,7 +2130,7 @@ async fn a_redirect_to_a_node_only_the_redirecting_node_lists_is_followed() {
         },
     )
     .await;
-    let b_port: u16 = b.addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let b_port = b.port();
     let joined = Arc::new(AtomicBool::new(false));
     let (seen, learns) = (Arc::clone(&joined), Arc::clone(&joined));
     let to_b = b.addr.clone();
@@ -2159,9 +2158,7 @@ async fn a_redirect_to_a_node_only_the_redirecting_node_lists_is_followed() {
         },
     )
     .await;
-    a_port
-        .set(a.addr.rsplit_once(':').unwrap().1.parse().unwrap())
-        .unwrap();
+    a_port.set(a.port()).unwrap();
     let client = ClusterClient::builder()
         .nodes([a.addr.as_str()])
         .health_check_interval(None)

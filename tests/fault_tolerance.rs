@@ -2115,8 +2115,7 @@ async fn the_view_with_the_newer_config_epoch_wins_against_a_stale_majority() {
         FakeCluster::start_with_shards_after(topology, nodes, |_| Duration::ZERO, nil)
     };
     let (a, b, c) = (node(false).await, node(true).await, node(false).await);
-    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
-    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
+    *ports.lock().unwrap() = (a.port(), b.port());
     let client = ClusterClient::builder()
         .nodes([a.addr.as_str(), b.addr.as_str(), c.addr.as_str()])
         .health_check_interval(None)
@@ -2178,8 +2177,7 @@ async fn two_scripted_nodes(
         FakeCluster::start_with_shards_after(topology, nodes, move |n| delay(n, of_a), nil)
     };
     let (a, b) = (node(true).await, node(false).await);
-    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
-    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
+    *ports.lock().unwrap() = (a.port(), b.port());
     let client = ClusterClient::builder()
         .nodes([a.addr.as_str(), b.addr.as_str()])
         .health_check_interval(None)
@@ -2221,8 +2219,7 @@ async fn a_refresh_answered_late_never_installs_over_a_later_one() {
         FakeCluster::start_with_shards_after(topology, nodes, delay, nil)
     };
     let (a, b) = (node().await, node().await);
-    let port = |addr: &str| addr.rsplit_once(':').unwrap().1.parse::<u16>().unwrap();
-    *ports.lock().unwrap() = (port(&a.addr), port(&b.addr));
+    *ports.lock().unwrap() = (a.port(), b.port());
     let client = ClusterClient::builder()
         .nodes([a.addr.as_str(), b.addr.as_str()])
         .health_check_interval(None)

@@ -635,7 +635,7 @@ impl Inner {
             .ok()?
             .ok()?;
         let addresses = topology::listed_addresses(&nodes)?;
-        Some(listed == Some(true) || addresses.iter().any(|a| self.remap_announced(a) == to))
+        Some(addresses.iter().any(|a| self.remap_announced(a) == to))
     }
 
     /// Asks `candidates`, a few at a time, until some answer; returns the view

@@ -219,6 +219,15 @@ impl FakeCluster {
         }
     }
 
+    /// The port it listens on.
+    #[allow(dead_code)] // not every test binary needs it
+    pub fn port(&self) -> u16 {
+        self.addr
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse().ok())
+            .expect("the fake's address ends with its port")
+    }
+
     /// Every command read so far, as `NAME arg arg`.
     pub fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
