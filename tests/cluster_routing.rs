@@ -2327,3 +2327,74 @@ async fn an_argument_over_the_servers_bulk_limit_is_refused_unsent_and_the_other
     assert!(matches!(refused, Err(Error::Config(_))), "{refused:?}");
     assert_eq!(after.unwrap(), Value::Bulk("2".into()));
 }
+
+/// Requests whose futures are dropped mid-flight (a caller's own `timeout`, a `select!`
+/// that took another branch) leave every connection in step: each request that is
+/// answered gets its own reply, single commands and pipelines alike, and so do all the
+/// requests after them. Dropped at their first poll (queued, perhaps written, never
+/// answered to anyone) or a little later (written, the reply on its way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_dropped_mid_flight_leave_every_reply_to_its_own_request() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    const KEYS: usize = 200;
+    let key = |i: usize| format!("dropped:{i}");
+    let value = |i: usize| format!("v{i}");
+    client
+        .mset((0..KEYS).map(|i| (key(i), value(i))))
+        .await
+        .unwrap();
+    let tasks = (0..4u64).map(|t| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(t);
+            let (mut answered, mut dropped) = (0u32, 0u32);
+            for _ in 0..400 {
+                let cut = Duration::from_micros(rng.u64(0..400));
+                let i = rng.usize(0..KEYS);
+                if rng.bool() {
+                    match tokio::time::timeout(cut, client.get::<_, Option<String>>(key(i))).await {
+                        Ok(got) => {
+                            assert_eq!(got.unwrap(), Some(value(i)), "GET {}", key(i));
+                            answered += 1;
+                        }
+                        Err(_) => dropped += 1,
+                    }
+                } else {
+                    let picked: Vec<usize> = (0..5).map(|_| rng.usize(0..KEYS)).collect();
+                    let mut pipe = client.pipeline();
+                    for &i in &picked {
+                        pipe.get(key(i));
+                    }
+                    match tokio::time::timeout(cut, pipe.execute_each()).await {
+                        Ok(replies) => {
+                            for (&i, reply) in picked.iter().zip(replies) {
+                                let reply = reply.unwrap();
+                                assert_eq!(reply, Value::Bulk(value(i).into()), "{}", key(i));
+                            }
+                            answered += 1;
+                        }
+                        Err(_) => dropped += 1,
+                    }
+                }
+            }
+            (answered, dropped)
+        })
+    });
+    let (mut answered, mut dropped) = (0, 0);
+    for task in futures_util::future::join_all(tasks).await {
+        let (a, d) = task.unwrap();
+        answered += a;
+        dropped += d;
+    }
+    println!("dropped mid-flight: {dropped}, answered: {answered}");
+    assert!(
+        dropped > 0 && answered > 0,
+        "{dropped} dropped, {answered} answered"
+    );
+    // Afterwards, every key reads back its own value.
+    let all: Vec<Option<String>> = client.mget((0..KEYS).map(key)).await.unwrap();
+    for (i, got) in all.into_iter().enumerate() {
+        assert_eq!(got, Some(value(i)), "{}", key(i));
+    }
+}
