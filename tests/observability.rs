@@ -74,11 +74,19 @@ fn on_a_recorded_cluster<F>(test: impl FnOnce(LocalCluster, Snapshotter) -> F)
 where
     F: std::future::Future<Output = ()>,
 {
+    on_a_recorded_cluster_with(0, test);
+}
+
+/// [`on_a_recorded_cluster`] with `replicas` replicas per master.
+fn on_a_recorded_cluster_with<F>(replicas: usize, test: impl FnOnce(LocalCluster, Snapshotter) -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
     let recorder = recorder();
     let snapshotter = recorder.snapshotter();
     let _recorder = metrics::set_default_local_recorder(recorder);
     runtime().block_on(async {
-        let local = support::cluster(3, 0).await;
+        let local = support::cluster(3, replicas).await;
         test(local, snapshotter).await;
     });
 }
@@ -453,6 +461,67 @@ fn an_opening_breaker_shows_in_the_gauges_at_once() {
         assert_eq!(
             gauge(&metrics, "redis_circuit_breaker_state", &[("node", &node)]),
             Some(2.0)
+        );
+    });
+}
+
+/// A node's breaker gauge is the breaker of the role the topology gives it: a primary
+/// whose breaker opened, then swapped roles with its replica (a manual failover, no
+/// failure flag), shows its replica connection's closed breaker, not the primary
+/// connection's open one, which no request reaches any more (it showed open for good).
+#[test]
+fn a_breaker_gauge_follows_the_node_into_its_new_role() {
+    on_a_recorded_cluster_with(1, |local, snapshotter| async move {
+        let client = ClusterClient::builder()
+            .nodes(local.seeds())
+            .response_timeout(Duration::from_millis(200))
+            .health_check_interval(None)
+            .refresh_min_interval(Duration::from_secs(3600))
+            .circuit_breaker(
+                redcluster::CircuitBreakerConfig::default()
+                    .consecutive_failures(2)
+                    .open_for(Duration::from_secs(3600)),
+            )
+            .build()
+            .await
+            .unwrap();
+        let key = "obs-roles:{a}";
+        let owner = support::owner_index(&local, &client, key);
+        let node = local.node_addr(owner);
+        local.pause(owner).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !matches!(
+            client.get::<_, Option<String>>(key).await,
+            Err(redcluster::Error::CircuitOpen { .. })
+        ) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the breaker never opened"
+            );
+        }
+        local.resume(owner).unwrap();
+        let replica = local.replicas_of(owner).await.unwrap()[0];
+        local
+            .failover(replica, redcluster::testkit::FailoverMode::Graceful)
+            .await
+            .unwrap();
+        client.refresh_topology().await.unwrap();
+        let health = client.health();
+        let now = health.node(&node).unwrap();
+        assert_eq!(now.role, redcluster::NodeRole::Replica, "{health:?}");
+        assert_eq!(now.breaker, redcluster::BreakerState::Closed);
+        let metrics = collect(&snapshotter);
+        assert_eq!(
+            gauge(&metrics, "redis_circuit_breaker_state", &[("node", &node)]),
+            Some(0.0)
+        );
+        assert_eq!(
+            gauge(
+                &metrics,
+                "redis_cluster_nodes",
+                &[("state", "breaker_open")]
+            ),
+            Some(0.0)
         );
     });
 }

@@ -69,17 +69,31 @@ impl Inner {
             replicas: routes.replicas.iter().map(Vec::len).sum(),
             ..Default::default()
         };
+        // The breaker of each node is that of the handle its role in the routes gives
+        // it, as `health()` says: after a role swap without a failure flag, the handle of
+        // its old role keeps the state it had (open, say), and no request reaches it to
+        // change that.
+        let in_role: Vec<&Arc<Node>> = routes
+            .primaries
+            .iter()
+            .chain(routes.replicas.iter().flatten())
+            .collect();
         for addr in routes.map.nodes() {
-            // A node may have two handles (primary and replica-read connections).
+            // A node may have two handles (primary and replica-read connections), and
+            // connections open on both.
             let mut multiplexed = 0;
             let mut dedicated = 0;
-            let mut breaker = 0;
             for node in handles.iter().filter(|n| n.addr == addr) {
                 let (m, d) = node.open_connections();
                 multiplexed += m;
                 dedicated += d;
-                breaker = breaker.max(metrics::breaker_code(node.breaker_state()));
             }
+            let breaker = in_role
+                .iter()
+                .filter(|n| n.addr == addr)
+                .map(|n| metrics::breaker_code(n.breaker_state()))
+                .max()
+                .unwrap_or(0);
             counts.connected += usize::from(multiplexed + dedicated > 0);
             counts.breaker_open +=
                 usize::from(breaker == metrics::breaker_code(BreakerState::Open));

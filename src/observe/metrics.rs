@@ -156,7 +156,9 @@ fn describe(id: usize) {
         r.describe_gauge(
             name(CIRCUIT_BREAKER_STATE),
             None,
-            "Circuit breaker per node: 0 closed, 1 half-open, 2 open".into(),
+            "Circuit breaker per node, of the role the topology gives it: 0 closed, 1 \
+             half-open, 2 open"
+                .into(),
         );
         r.describe_gauge(
             name(CONNECTIONS),
