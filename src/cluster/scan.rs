@@ -219,7 +219,12 @@ async fn scan_cluster(
             // Something interfered last pass (a failover, a migration): give the cluster
             // a moment and learn its new shape.
             tokio::time::sleep(Duration::from_millis(100 * u64::from(pass.min(10)))).await;
-            let _ = inner.refresh(RefreshTrigger::Periodic).await;
+            // Within the scan's timeout, as a node scan is: against nodes that accept
+            // connections and never answer, a refresh asks three after three, each for
+            // up to its connect and response timeouts, and nineteen passes of that would
+            // stretch the scan's end from seconds to minutes. Cut short, it installs
+            // nothing, and this pass routes on what the client knows.
+            let _ = tokio::time::timeout(timeout, inner.refresh(RefreshTrigger::Periodic)).await;
         }
         let owners = owners_of_remaining(inner, &done);
         for (addr, slots) in owners {
