@@ -1313,6 +1313,13 @@ fn seed_address(hostport: &str, is_url: bool) -> Result<String, &'static str> {
     if name.is_empty() || name.contains(['[', ']']) {
         return Err(HOST_PORT);
     }
+    // A link-local address's zone is dialled by its number only: the system's resolver
+    // takes no bracketed `[fe80::1%eth0]`, and the connect would fail every time.
+    if let Some((_, zone)) = name.split_once('%') {
+        if zone.is_empty() || !zone.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("an IPv6 zone by its number ([fe80::1%2]:7000; `ip link` lists them)");
+        }
+    }
     match port.strip_prefix(':').map(str::parse::<u16>) {
         Some(Ok(0)) => Err("host:port with a port from 1 to 65535"),
         // The number as parsed: `h:07000` and `h:7000` are one seed.
@@ -1927,10 +1934,12 @@ mod tests {
         assert!(err.to_string().contains("1 to 65535"), "{err}");
         let err = parse_seed("::1:7000").unwrap_err();
         assert!(err.to_string().contains("[::1]:7000"), "{err}");
+        let err = parse_seed("rediss://[fe80::1%eth0]").unwrap_err();
+        assert!(err.to_string().contains("[fe80::1%2]"), "{err}");
         for (good, addr) in [
             ("[::1]:7000", "[::1]:7000"),
             ("redis://[::1]:7000", "[::1]:7000"),
-            ("rediss://[fe80::1%eth0]", "[fe80::1%eth0]:6379"),
+            ("rediss://[fe80::1%2]", "[fe80::1%2]:6379"),
             ("h:65535", "h:65535"),
             ("h:07000", "h:7000"),
             ("redis://u:p@h:1/0", "h:1"),
