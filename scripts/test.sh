@@ -8,8 +8,12 @@ scripts/ensure-redis.sh
 if ! command -v openssl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl >/dev/null
+    if [ -z "$sudo" ] || command -v sudo >/dev/null 2>&1; then
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl >/dev/null
+    else
+        echo "openssl is missing and cannot be installed without root or sudo" >&2
+    fi
 fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --all-features -- -D warnings

@@ -326,10 +326,12 @@ impl ClusterClientBuilder {
     /// Seed nodes: `host:port`, `redis://[user[:pass]@]host:port` or `rediss://...`. The
     /// rest of the cluster is discovered from whichever seed answers first. Credentials
     /// in a URL apply to every connection, as if given to [`Self::username`] and
-    /// [`Self::password`]. Seeds are dialled as given; with a table for
-    /// [`Self::address_remap`] a seed may also be given by an announced address the
-    /// table maps. Required. Ports are 1 to 65535, an IPv6 host goes in brackets
-    /// (`[::1]:7000`), and a seed given twice (`h:1` and `redis://h:1`) counts once. A
+    /// [`Self::password`]. Seeds are dialled as given (white space around each
+    /// trimmed); with a table for [`Self::address_remap`] a seed may also be given by an
+    /// announced address the table maps. Required. Ports are 1 to 65535, an IPv6 host
+    /// goes in brackets (`[::1]:7000`; a zone by its number, `[fe80::1%2]:7000`), and a
+    /// seed given twice (`h:1` and `redis://h:1`, or a name and the address the remap
+    /// maps it to) counts once. A
     /// path (`/0`) is ignored; query parameters (`?protocol=2`) fail the build with
     /// [`crate::Error::Config`] rather than being ignored: set them on the builder.
     ///
@@ -356,7 +358,8 @@ impl ClusterClientBuilder {
         self
     }
 
-    /// Password for `AUTH`, sent on every connection. Default none.
+    /// Password for `AUTH`, sent on every connection. Default none; an empty one is none
+    /// (as in a seed URL and the environment).
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -372,7 +375,7 @@ impl ClusterClientBuilder {
         self
     }
 
-    /// ACL user name. Default none (the `default` user).
+    /// ACL user name. Default none (the `default` user); an empty one is none.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -566,8 +569,8 @@ impl ClusterClientBuilder {
     /// long, never more than `max`, each with random jitter. Default 50 ms and 1 s; `base`
     /// more than zero (retries back to back would spin against a node that is loading).
     /// A `max` below `base` is taken as `base`. A retry whose wait would end past the
-    /// request's deadline is not made: a `base` longer than `response_timeout` turns
-    /// retries off.
+    /// request's deadline is not made: each wait is between half its step and all of
+    /// it, so a `base` of twice `response_timeout` or more turns retries off.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -685,7 +688,9 @@ impl ClusterClientBuilder {
     /// user's commands and its own (`CLUSTER SHARDS`, `READONLY`, `WAIT`, the
     /// doctor's `CONFIG GET`). An empty `to` marks the command disabled: the client then
     /// refuses it with [`crate::Error::Config`] without sending it. Call once per
-    /// command. The new names never appear in `Debug` output or logs. Default none.
+    /// command. `name` is one word of at most 64 bytes (`CONFIG`, not `CONFIG GET`) and
+    /// `to` has no white space, or `build()` fails with [`crate::Error::Config`]. The new
+    /// names never appear in `Debug` output or logs. Default none.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {
@@ -1429,7 +1434,7 @@ fn env_pairs(var: &str, text: &str) -> Result<Vec<(String, String)>> {
 
 /// The TLS configuration the environment asks for, if any.
 ///
-/// `REDIS_TLS` = `true`/`1`/`yes` turns TLS on (`false`/`0`/`no`/empty leaves it off,
+/// `REDIS_TLS` = `true`/`1`/`yes`/`on` turns TLS on (`false`/`0`/`no`/`off`/empty leaves it off,
 /// unless a seed is `rediss://`); then `REDIS_TLS_CA` (PEM file of trusted CAs),
 /// `REDIS_TLS_CERT` and `REDIS_TLS_KEY` (PEM files of a client certificate and its key,
 /// for mutual TLS; both or neither) and `REDIS_TLS_SERVER_NAME` (one name to check every

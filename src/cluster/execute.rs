@@ -1230,8 +1230,8 @@ impl Inner {
 
     /// Points `slot` at `addr` in a new snapshot right away, and asks for a refresh to
     /// learn the rest (a MOVED rarely comes alone). Only to a node the map lists: one
-    /// it lacks waits for a refresh to name it, as a redirect is followed only to
-    /// where the cluster vouches for (see [`Inner::vet_redirect`]).
+    /// it lacks waits for a refresh to name it, as a redirect is followed only to nodes
+    /// the cluster vouches for (see [`Inner::vet_redirect`]).
     pub(crate) fn patch_moved(&self, slot: u16, addr: &str) {
         if knows(&self.routes.load(), addr) {
             self.patch_moves(std::iter::once((slot, addr)));
@@ -1252,8 +1252,10 @@ impl Inner {
         self.patch_moves(moves.iter().map(|(slot, addr)| (*slot, addr.as_str())));
     }
 
-    /// [`Inner::patch_moved`] for several slots: one new slot map (and one set of node
-    /// handles) for them all, where each slot would make its own.
+    /// Points each slot at its address in one new slot map (and one set of node
+    /// handles) for them all, where each slot would make its own. Whatever it is given:
+    /// its callers pass addresses the map lists or the cluster vouched for
+    /// ([`Inner::vet_redirect`]).
     fn patch_moves<'a>(&self, moves: impl Iterator<Item = (u16, &'a str)> + Clone) {
         // Targets repeat (a shard's slots move to one node): each is looked up once.
         let mut checked: Vec<&str> = Vec::new();

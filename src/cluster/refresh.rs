@@ -611,7 +611,9 @@ impl Inner {
     /// cluster; `None` when it did not say. Its `CLUSTER SHARDS` lists the masters that
     /// serve no slot yet (the target of a migration to a new node), its `CLUSTER SLOTS`
     /// does not: where it answers that (Redis 6, a user allowed `CLUSTER SLOTS` only),
-    /// its `CLUSTER NODES` is asked too.
+    /// its `CLUSTER NODES` is asked too (a user refused that cannot follow a migration to
+    /// a new master until its first slot is there: `+cluster|nodes` is among the
+    /// permissions the README lists).
     async fn lists(&self, from: &str, to: &str) -> Option<bool> {
         let listed = match self.ask_topology(from).await {
             Ok(view) => Some(view.map.lists(to)),
@@ -634,6 +636,16 @@ impl Inner {
             .await
             .ok()?
             .ok()?;
+        // Refused (a user allowed `CLUSTER SLOTS` only): the node answered all it may,
+        // and that does not list the address.
+        if let Value::ServerError(e) = &nodes {
+            tracing::debug!(
+                node = from,
+                code = e.code(),
+                "CLUSTER NODES refused while vetting a redirect"
+            );
+            return listed;
+        }
         let addresses = topology::listed_addresses(&nodes)?;
         Some(addresses.iter().any(|a| self.remap_announced(a) == to))
     }

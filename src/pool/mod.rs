@@ -43,8 +43,8 @@ pub(crate) struct DedicatedManager {
     /// One permit per connect running (see [`MAX_CONNECTING`]).
     connecting: Arc<tokio::sync::Semaphore>,
     /// The failure of the last connect whose request had given up by then, until a
-    /// request reports it ([`DedicatedManager::take_unreported_failure`]) or a connect
-    /// succeeds.
+    /// request reports it ([`DedicatedManager::take_unreported_failure`]), a lease
+    /// succeeds, or a later connect's outcome reaches the request that waits for it.
     unreported: Arc<Mutex<Option<Error>>>,
 }
 

@@ -94,11 +94,12 @@
 //! kernel kills its nodes too: each is started through util-linux's `setpriv
 //! --pdeathsig KILL` when it is on the `PATH` (Debian and Ubuntu ship it in an
 //! essential package; without it, such nodes are orphaned and go on running until
-//! killed by hand). Nodes of a cluster that is never dropped go on running: one
-//! kept in a `static` (`OnceLock`, `LazyLock`) to share it between tests outlives
-//! them, as statics are never dropped, and so does one alive when the process calls
-//! `std::process::exit`. Start one per test, or per test binary in a value the test
-//! harness drops.
+//! killed by hand). So do, at the process's end, the nodes of a cluster that is never
+//! dropped: one kept in a `static` (`OnceLock`, `LazyLock`) to share it between tests
+//! (statics are never dropped), or one alive when the process calls
+//! `std::process::exit`; its directory stays behind, and without `setpriv` its nodes
+//! go on running. Start one per test, or per test binary in a value the test harness
+//! drops.
 //!
 //! The waits keep time with tokio's clock: a test on a paused clock
 //! (`#[tokio::test(start_paused = true)]`) would see them time out at once, as paused

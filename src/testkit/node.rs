@@ -434,17 +434,27 @@ fn spawn_tied(command: Command) -> io::Result<Child> {
 }
 
 /// util-linux's `setpriv`, if on the `PATH` (Debian and Ubuntu have it in an essential
-/// package): it sets the parent-death signal and runs the node in its own place (the
-/// same pid), which the crate, free of `unsafe`, cannot do itself between fork and
-/// exec. Without it, nodes of a killed test process outlive it.
+/// package) and new enough to take `--pdeathsig` (2.33): it sets the parent-death signal
+/// and execs the node, which keeps its pid; the crate, free of `unsafe`, cannot set the
+/// signal itself between fork and exec. Without it, nodes of a killed test process
+/// outlive it.
 fn setpriv() -> Option<&'static Path> {
     static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     FOUND
         .get_or_init(|| {
             let path = std::env::var_os("PATH")?;
-            std::env::split_paths(&path)
+            let setpriv = std::env::split_paths(&path)
                 .map(|dir| dir.join("setpriv"))
-                .find(|candidate| candidate.is_file())
+                .find(|candidate| candidate.is_file())?;
+            // An older one refuses the option, and every node would fail to start.
+            let takes_it = Command::new(&setpriv)
+                .args(["--pdeathsig", "KILL", "--", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success());
+            takes_it.then_some(setpriv)
         })
         .as_deref()
 }
