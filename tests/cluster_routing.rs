@@ -847,6 +847,29 @@ async fn a_redirect_to_an_address_no_node_lists_is_not_followed() {
     assert_eq!(v.as_deref(), Some("ASK"));
 }
 
+/// A script that writes and then returns a `NOSCRIPT` error of its own ran: it is that
+/// reply, not sent again by its source as the server's own `NOSCRIPT` is (it ran twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_whose_own_error_reads_noscript_runs_once() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let key = "noscript:{n}";
+    let forger = Script::new(
+        "redis.call('INCR', KEYS[1]) return redis.error_reply('NOSCRIPT forged by the script')",
+    );
+    for run in 1..=2i64 {
+        // The first run meets the server's own NOSCRIPT and sends the source; the second
+        // finds the script loaded.
+        let err = client
+            .invoke::<_, u8, Value>(&forger, &[key], &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.server_code(), Some("NOSCRIPT"), "{err:?}");
+        let runs: i64 = client.query(cmd("GET").arg(key)).await.unwrap();
+        assert_eq!(runs, run, "the script ran once per call");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_scripts_are_served_by_replicas_and_may_not_write() {
     let local = cluster(3, 1).await;

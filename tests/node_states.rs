@@ -367,6 +367,44 @@ async fn a_script_the_client_started_is_stopped_by_its_own_script_kill() {
     assert_eq!(read.as_deref(), Some("v"));
 }
 
+/// A read-only script that runs on a replica (replica reads, `EVAL_RO`) is stopped by
+/// the client's `SCRIPT KILL` too: it goes to every node, not only to the primaries,
+/// which answered `NOTBUSY` while the replica stayed busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_script_on_a_replica_is_stopped_by_script_kill() {
+    let local = busy_cluster().await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(redcluster::ReadFrom::Replica)
+        .response_timeout(Duration::from_secs(3))
+        .build()
+        .await
+        .unwrap();
+    let key = "busy:{ro}";
+    client.set(key, "v").await.unwrap();
+    let primary = support::owner_index(&local, &client, key);
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    let script = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .query::<Value>(cmd("EVAL_RO").arg("while true do end").arg(1).arg(key))
+                .await
+        })
+    };
+    support::wait_until_busy(&local, replica).await;
+    let killed: Value = client.query(cmd("SCRIPT").arg("KILL")).await.unwrap();
+    assert_eq!(killed, Value::Simple("OK".into()));
+    let ended = tokio::time::timeout(Duration::from_secs(10), script)
+        .await
+        .expect("the script ended")
+        .unwrap();
+    assert!(
+        matches!(&ended, Err(e) if e.to_string().contains("killed")),
+        "{ended:?}"
+    );
+}
+
 /// A cluster whose nodes answer `BUSY` once a script has run 100 ms (5 s by default).
 async fn busy_cluster() -> LocalCluster {
     LocalCluster::builder()

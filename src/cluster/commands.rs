@@ -833,7 +833,12 @@ impl ClusterClient {
             )
             .await?
         {
-            Value::ServerError(e) if e.code() == "NOSCRIPT" => {
+            // The server's own "No matching script": a script that wrote and then
+            // returned `redis.error_reply("NOSCRIPT ...")` itself ran, and sent again as
+            // `EVAL` it would run twice.
+            Value::ServerError(e)
+                if e.code() == "NOSCRIPT" && e.message().starts_with("No matching script") =>
+            {
                 tracing::debug!(sha = script.sha(), "NOSCRIPT: sending the script's source");
                 self.inner
                     .execute(

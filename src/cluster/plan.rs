@@ -395,6 +395,15 @@ fn keyless_plan(command: &Cmd, info: &cmd::CommandInfo) -> Plan {
             combine,
         };
     }
+    // The command table says every primary; but a read-only script (`EVAL_RO`,
+    // `FCALL_RO`, a `no-writes` one) runs on replicas too, where only a kill sent there
+    // stops it. One node's `OK` is the answer; the others say `NOTBUSY`.
+    if matches!(info.name(), "script|kill" | "function|kill") {
+        return Plan::FanOut {
+            to: FanOutTo::AllNodes,
+            combine: Combine::OneSucceeded,
+        };
+    }
     if EVERY_NODE_SETTINGS.contains(&info.name()) {
         return Plan::FanOut {
             to: FanOutTo::AllNodes,
