@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{
-    cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, ServerError,
-    Value,
+    cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Durability, Error, ReadFrom,
+    ServerError, Value,
 };
 use support::calls;
 use support::fake_cluster::{one_shard, Action, FakeCluster};
@@ -2338,6 +2338,67 @@ async fn round_robin_reads_rotate_per_shard_for_a_task_alternating_shards() {
         served.0 >= 5 && served.1 >= 5,
         "primary and replica served {served:?}"
     );
+}
+
+/// Under `RoundRobin` and `LowestLatency`, which read from primaries too, a primary whose
+/// breaker is open is passed over for its replicas: reads keep being served while it is
+/// down and not yet failed over (they failed fast, or spent their retries, each time
+/// their turn came to the primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_that_may_use_the_primary_pass_it_over_while_its_breaker_is_open() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(1)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    for policy in [ReadFrom::RoundRobin, ReadFrom::LowestLatency] {
+        let client = ClusterClient::builder()
+            .nodes(local.seeds())
+            .read_from(policy)
+            .response_timeout(Duration::from_millis(300))
+            .health_check_interval(Some(Duration::from_millis(500)))
+            .circuit_breaker(
+                CircuitBreakerConfig::default()
+                    .consecutive_failures(2)
+                    .open_for(Duration::from_secs(60)),
+            )
+            .build()
+            .await
+            .unwrap();
+        let key = format!("rr-open:{policy:?}:{{a}}");
+        let ((), acked) = client
+            .query_durable(
+                cmd("SET").arg(key.as_str()).arg("v"),
+                Durability::new(1, Duration::from_secs(5)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(acked, 1);
+        let primary = support::owner_index(&local, &client, &key);
+        let primary_addr = local.node_addr(primary);
+        // Measured latencies first, so that `LowestLatency` counts the primary in.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.health().nodes.iter().any(|n| n.latency.is_none()) {
+            assert!(Instant::now() < deadline, "no latencies measured");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        local.pause(primary).unwrap();
+        // Writes, which only the primary takes, time out until its breaker opens.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while client.health().node(&primary_addr).unwrap().breaker != BreakerState::Open {
+            assert!(
+                Instant::now() < deadline,
+                "{policy:?}: the breaker never opened"
+            );
+            let _ = client.set(format!("{key}:w"), 1).await;
+        }
+        for _ in 0..10 {
+            let read = client.get::<_, Option<String>>(key.as_str()).await;
+            assert_eq!(read.unwrap().as_deref(), Some("v"), "{policy:?}");
+        }
+        local.resume(primary).unwrap();
+    }
 }
 
 /// A replica whose breaker is open is passed over for the shard's other replica, not

@@ -481,14 +481,21 @@ impl Inner {
             let (after, before) = replicas.split_at(start % replicas.len());
             before.iter().chain(after).find(serving).unwrap_or(primary)
         };
+        // A primary whose breaker is open is no candidate for a read a replica may
+        // serve: the read would fail fast, or spend its retries, while its shard's
+        // replicas answer (between a primary's death and the failover, say).
+        let primary_takes = primary.takes_requests();
         Ok(match read_from {
             ReadFrom::Primary => primary,
             ReadFrom::RoundRobin => match turn % (replicas.len() + 1) {
-                0 => primary,
+                0 if primary_takes => primary,
+                0 => replica_from(0),
                 i => replica_from(i - 1),
             },
             ReadFrom::LowestLatency => {
-                let candidates = std::iter::once(primary).chain(replicas.iter().filter(serving));
+                let candidates = std::iter::once(primary)
+                    .filter(|_| primary_takes)
+                    .chain(replicas.iter().filter(serving));
                 match fastest(candidates, turn) {
                     Some(node) => node,
                     None => replica_from(turn),
