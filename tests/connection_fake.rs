@@ -365,3 +365,76 @@ async fn unreachable_node_fails_within_the_connect_timeout() {
         "the error names the node: {err}"
     );
 }
+
+/// A server at `maxclients` writes its refusal on accept and closes: the connect fails,
+/// saying nothing was sent, on RESP2 too (whose `PING` probe took the refusal for an
+/// answer and handed out the closed connection, to fail its first request after writing
+/// it). A real server, its one client slot held.
+#[tokio::test]
+async fn a_server_at_maxclients_fails_the_connect_on_resp3_and_resp2() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = support::standalone::Standalone::start_on(port, &["--maxclients", "1"]);
+    // The start's own probe connection may hold the slot a moment longer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let holder = loop {
+        match NodeConnection::connect(&server.addr, &ConnectOptions::default()).await {
+            Ok(conn) => break conn,
+            Err(e) => assert!(Instant::now() < deadline, "{e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let pong: Value = holder.send(cmd("PING")).await.unwrap();
+    assert_eq!(pong, Value::Simple("PONG".into()));
+    for protocol in [Protocol::Resp3, Protocol::Resp2] {
+        let options = ConnectOptions::default().protocol(protocol);
+        let err = NodeConnection::connect(&server.addr, &options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Io {
+                    may_have_executed: false,
+                    ..
+                }
+            ),
+            "{protocol:?}: {err:?}"
+        );
+    }
+}
+
+/// A service on the port that is no Redis (an HTTP server) fails the connect as a node
+/// failure that ran nothing, not as a `Protocol` error (which says a command may have
+/// run).
+#[tokio::test]
+async fn a_reply_that_is_no_resp_during_the_handshake_says_nothing_ran() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let (mut socket, _) = listener.accept().await.unwrap();
+        socket
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            .await
+            .unwrap();
+        socket
+    });
+    let err = NodeConnection::connect(&addr, &ConnectOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Io {
+                may_have_executed: false,
+                ..
+            }
+        ) && !err.may_have_executed(),
+        "{err:?}"
+    );
+    drop(tokio::time::timeout(Duration::from_secs(5), server).await);
+}

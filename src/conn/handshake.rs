@@ -117,6 +117,11 @@ where
             if is_auth_error(&e) {
                 return Err(auth_error(&e, None));
             }
+            // Written on accept by a server at `maxclients`, which then closes: handed
+            // out, the connection would fail its first request after writing it.
+            if e.message().starts_with("max number of clients") {
+                return Err(handshake_error("PING", &e));
+            }
         }
     }
     if let Some(expected) = options.node_ids.as_ref().and_then(|ids| ids.of(addr)) {
@@ -266,8 +271,9 @@ fn auth_error(e: &ServerError, password: Option<&Secret>) -> Error {
 /// was sent, and a refusal that will come again at every connect is no failure of the
 /// node: an ACL user without the permission (`+readonly`, `+client|setname`) is
 /// [`Error::Auth`], a refused setting (a client name with a space, a renamed command)
-/// [`Error::Config`]. A passing state (`LOADING`, `BUSY`) stays a failure of the node,
-/// to be retried.
+/// [`Error::Config`]. A passing state (`LOADING`, `BUSY`, `maxclients`) stays a failure
+/// of the node, to be retried: [`Error::Io`] that says nothing was sent (a `Protocol`
+/// error would say the caller's command may have run).
 fn handshake_error(step: &str, e: &ServerError) -> Error {
     if is_auth_error(e) {
         return auth_error(e, None);
@@ -284,7 +290,7 @@ fn handshake_error(step: &str, e: &ServerError) -> Error {
     match e.code() {
         "NOPERM" => Error::Auth(text),
         "ERR" if for_good.iter().any(|m| message.contains(m)) => Error::Config(text),
-        _ => Error::Protocol(text),
+        _ => Error::io(std::io::Error::other(text), false),
     }
 }
 
@@ -309,7 +315,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Io<'_, R, W> {
         // TLS may hold encrypted records until flushed.
         self.write.flush().await.map_err(|e| Error::io(e, false))?;
         loop {
-            match self.decoder.decode(self.rbuf)? {
+            // No RESP (another service on the port): nothing of the caller's was sent.
+            let decoded = self.decoder.decode(self.rbuf).map_err(|e| {
+                let text = format!("the handshake's reply is no RESP: {e}");
+                Error::io(
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, text),
+                    false,
+                )
+            })?;
+            match decoded {
                 Some(Value::Push(_)) => continue,
                 Some(mut value) => {
                     self.renames.scrub(&mut value);
