@@ -438,3 +438,19 @@ async fn a_reply_that_is_no_resp_during_the_handshake_says_nothing_ran() {
     );
     drop(tokio::time::timeout(Duration::from_secs(5), server).await);
 }
+
+/// An empty password with no user name is no password, on RESP3 and RESP2 alike (over
+/// RESP2, `AUTH ""` was refused by a server without one, and the connect failed with
+/// `Auth`, where RESP3's `HELLO 3 AUTH default ""` passed). A real server.
+#[tokio::test]
+async fn an_empty_password_is_none_on_both_protocols() {
+    let server = support::standalone::Standalone::start();
+    for protocol in [Protocol::Resp3, Protocol::Resp2] {
+        let options = ConnectOptions::default().password("").protocol(protocol);
+        let conn = NodeConnection::connect(&server.addr, &options)
+            .await
+            .unwrap();
+        let pong: Value = conn.send(cmd("PING")).await.unwrap();
+        assert_eq!(pong, Value::Simple("PONG".into()), "{protocol:?}");
+    }
+}

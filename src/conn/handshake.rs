@@ -47,6 +47,9 @@ where
         }
         None => (options.username.clone(), options.password.clone()),
     };
+    // An empty password without a user name is none: over RESP2 `AUTH ""` is refused by
+    // a server without a password, where `HELLO 3 AUTH default ""` passes.
+    let password = password.filter(|p| !p.expose().is_empty() || username.is_some());
     // A user name alone is a `nopass` ACL user's login (any password is theirs): sent
     // with an empty one, rather than left out to run the connection as `default`.
     let password = password.or_else(|| username.as_ref().map(|_| Secret::new("")));

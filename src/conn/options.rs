@@ -258,7 +258,8 @@ impl Default for ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Sets the password (and keeps the user name as it is).
+    /// Sets the password (and keeps the user name as it is). An empty one with no user
+    /// name is none; with a user name, it is that (`nopass`) user's login.
     ///
     /// ```
     /// use redcluster::{ConnectOptions, Secret};
