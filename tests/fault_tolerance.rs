@@ -2340,6 +2340,55 @@ async fn round_robin_reads_rotate_per_shard_for_a_task_alternating_shards() {
     );
 }
 
+/// A pipeline's reads whose replica refuses connections (killed, not yet known failed)
+/// go to the primary at once, as a single read's do: a reroute that spends no retry of
+/// the client's budget (they were resent one by one as a retry, and failed once the
+/// budget was spent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipelines_reads_go_to_the_primary_when_their_replica_refuses_connections() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(1)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let writer = ClusterClient::connect(local.seeds()).await.unwrap();
+    let keys: Vec<String> = (0..10).map(|i| format!("pipe-replica:{{a}}:{i}")).collect();
+    writer
+        .mset(keys.iter().map(|k| (k.as_str(), "v")))
+        .await
+        .unwrap();
+    let primary = support::owner_index(&local, &writer, &keys[0]);
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    local.kill(replica).unwrap();
+    // A client that knows the replica as online (the cluster has not flagged it yet).
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let replica_addr = local.node_addr(replica);
+    assert!(client.known_nodes().contains(&replica_addr));
+    let retries = client.stats().retries;
+    let gets = calls(&local, primary, "get").await;
+    let mut pipe = client.pipeline();
+    for key in &keys {
+        pipe.get(key.as_str());
+    }
+    let replies = pipe.execute_each().await;
+    for reply in &replies {
+        assert_eq!(
+            reply.as_ref().unwrap(),
+            &Value::Bulk("v".into()),
+            "{replies:?}"
+        );
+    }
+    assert_eq!(client.stats().retries, retries, "{:?}", client.stats());
+    assert_eq!(calls(&local, primary, "get").await, gets + 10);
+}
+
 /// Under `RoundRobin` and `LowestLatency`, which read from primaries too, a primary whose
 /// breaker is open is passed over for its replicas: reads keep being served while it is
 /// down and not yet failed over (they failed fast, or spent their retries, each time

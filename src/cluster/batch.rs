@@ -445,6 +445,8 @@ impl Inner {
         let span = tracing::debug_span!("redis_pipeline", node = %node.addr, commands = meta.len());
         // Held until the outcome is recorded (see `Admitted`).
         let admitted = self.admit(&node);
+        // Whether the batch's replica could not be connected to: nothing was sent.
+        let mut replica_unreached = false;
         let (outcome, cmds, acked, received) = if admitted.is_none() {
             let open = Error::CircuitOpen {
                 node: node.addr.to_string(),
@@ -462,7 +464,16 @@ impl Inner {
                 .instrument(span)
                 .await
         } else {
-            match node.connection(deadline).await {
+            // A replica gets half the time left to connect, as a single read does: a host
+            // gone silent costs the batch that, and its reads go to the primary with
+            // the rest.
+            let connect_by = if node.read_only {
+                let now = Instant::now();
+                now + deadline.saturating_duration_since(now) / 2
+            } else {
+                deadline
+            };
+            match node.connection(connect_by).await {
                 Ok(conn) => {
                     let cmds = if asking { with_asking(cmds) } else { cmds };
                     let answer = conn
@@ -489,6 +500,16 @@ impl Inner {
                 }
                 Err(e) => {
                     self.record_connect_failure(&node, &e);
+                    if node.read_only {
+                        // Replica reads pass it over a while, as after a single read's
+                        // failed connect.
+                        node.pass_over_for_reads();
+                        replica_unreached = true;
+                        if e.is_node_failure() && !matches!(e, Error::Timeout { .. }) {
+                            self.signal
+                                .request(crate::topology::RefreshTrigger::ConnectionFailure);
+                        }
+                    }
                     (Err(e), cmds, None, Vec::new())
                 }
             }
@@ -661,7 +682,14 @@ impl Inner {
                 .await;
         }
         self.note_moves(&moves);
-        if let Some(e) = failure {
+        if replica_unreached && failure.is_some() {
+            // None of its reads was sent: to the primary at once, a reroute rather than
+            // a retry of the client's budget (as a single read's).
+            for (meta, command) in failed_meta.into_iter().zip(failed_cmds) {
+                let meta = Meta { read: None, ..meta };
+                resend.push((Entry { meta, cmd: command }, Resend::ToPrimary));
+            }
+        } else if let Some(e) = failure {
             let (meta, cmds) = (failed_meta, failed_cmds);
             if e.may_have_executed() {
                 batch_error = Some(e.clone());
