@@ -557,8 +557,14 @@ async fn clusterdown_retries_follow_the_switch_the_attempt_limit_and_the_budget(
 /// Three primaries without replicas and with a long node timeout: the cluster never
 /// fails a frozen node over, so the client alone deals with it.
 async fn never_failing_over() -> LocalCluster {
+    never_failing_over_with(0).await
+}
+
+/// [`never_failing_over`] with `replicas` replicas per primary (within the test's
+/// minute: the node timeout is 30 s).
+async fn never_failing_over_with(replicas: usize) -> LocalCluster {
     LocalCluster::builder()
-        .replicas_per_master(0)
+        .replicas_per_master(replicas)
         .node_timeout(Duration::from_secs(30))
         .start()
         .await
@@ -2346,12 +2352,7 @@ async fn round_robin_reads_rotate_per_shard_for_a_task_alternating_shards() {
 /// budget was spent).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipelines_reads_go_to_the_primary_when_their_replica_refuses_connections() {
-    let local = LocalCluster::builder()
-        .replicas_per_master(1)
-        .node_timeout(Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap();
+    let local = never_failing_over_with(1).await;
     let writer = ClusterClient::connect(local.seeds()).await.unwrap();
     let keys: Vec<String> = (0..10).map(|i| format!("pipe-replica:{{a}}:{i}")).collect();
     writer
@@ -2395,12 +2396,7 @@ async fn a_pipelines_reads_go_to_the_primary_when_their_replica_refuses_connecti
 /// their turn came to the primary).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_that_may_use_the_primary_pass_it_over_while_its_breaker_is_open() {
-    let local = LocalCluster::builder()
-        .replicas_per_master(1)
-        .node_timeout(Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap();
+    let local = never_failing_over_with(1).await;
     for policy in [ReadFrom::RoundRobin, ReadFrom::LowestLatency] {
         let client = ClusterClient::builder()
             .nodes(local.seeds())
@@ -2455,12 +2451,7 @@ async fn reads_that_may_use_the_primary_pass_it_over_while_its_breaker_is_open()
 /// the primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_reads_pass_over_a_replica_whose_breaker_is_open_for_another_replica() {
-    let local = LocalCluster::builder()
-        .replicas_per_master(2)
-        .node_timeout(Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap();
+    let local = never_failing_over_with(2).await;
     let client = ClusterClient::builder()
         .nodes(local.seeds())
         .read_from(ReadFrom::Replica)
@@ -2561,12 +2552,7 @@ async fn replica_reads_pass_over_a_replica_whose_breaker_is_open_for_another_rep
 /// it at most, then reads from the primary; the next reads pass the replica over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_read_to_a_silent_replica_falls_back_to_the_primary_in_time() {
-    let local = LocalCluster::builder()
-        .replicas_per_master(1)
-        .node_timeout(Duration::from_secs(30))
-        .start()
-        .await
-        .unwrap();
+    let local = never_failing_over_with(1).await;
     let timeout = Duration::from_secs(2);
     let client = ClusterClient::builder()
         .nodes(local.seeds())
