@@ -2390,6 +2390,61 @@ async fn a_pipelines_reads_go_to_the_primary_when_their_replica_refuses_connecti
     assert_eq!(calls(&local, primary, "get").await, gets + 10);
 }
 
+/// `LowestLatency` leaves out a replica whose health checks stopped getting answers: it
+/// kept its last good latency, and reads kept going to it (and timing out) until its
+/// breaker opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowest_latency_reads_leave_out_a_replica_that_stopped_answering_its_checks() {
+    let local = never_failing_over_with(1).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::LowestLatency)
+        .response_timeout(Duration::from_millis(300))
+        .health_check_interval(Some(Duration::from_millis(200)))
+        // Not the breaker's doing: it would take a hundred failures to open.
+        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(100))
+        .build()
+        .await
+        .unwrap();
+    let key = "ll-silent:{a}";
+    let ((), acked) = client
+        .query_durable(
+            cmd("SET").arg(key).arg("v"),
+            Durability::new(1, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked, 1);
+    let primary = support::owner_index(&local, &client, key);
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    let replica_addr = local.node_addr(replica);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.health().nodes.iter().any(|n| n.latency.is_none()) {
+        assert!(Instant::now() < deadline, "no latencies measured");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    local.pause(replica).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client
+        .health()
+        .node(&replica_addr)
+        .unwrap()
+        .latency
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the silent replica kept its latency"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..10 {
+        let read = client.get::<_, Option<String>>(key).await;
+        assert_eq!(read.unwrap().as_deref(), Some("v"));
+    }
+    local.resume(replica).unwrap();
+}
+
 /// Under `RoundRobin` and `LowestLatency`, which read from primaries too, a primary whose
 /// breaker is open is passed over for its replicas: reads keep being served while it is
 /// down and not yet failed over (they failed fast, or spent their retries, each time

@@ -39,8 +39,9 @@ pub enum ReadFrom {
     /// Reads go to the fastest nodes of the shard (primary included), by the PING
     /// latency the health checks measure: any node within 1.5 times the best latency
     /// (plus 0.2 ms) is chosen in turn, so reads spread over nodes that are about as fast
-    /// instead of piling onto the single fastest. Until latencies are measured it behaves
-    /// like [`ReadFrom::PreferReplica`].
+    /// instead of piling onto the single fastest. A node not measured yet, or whose last
+    /// health check got no answer, is left out; until any node of the shard is measured,
+    /// it behaves like [`ReadFrom::PreferReplica`].
     LowestLatency,
 }
 

@@ -1584,15 +1584,14 @@ fn node_metrics(node: Option<&Node>) -> &metrics::NodeMetrics {
 }
 
 /// Picks, in turn, among the nodes whose latency is within 1.5 times the best plus
-/// 0.2 ms; `None` while any node is unmeasured.
+/// 0.2 ms; `None` while no node is measured.
 fn fastest<'a>(
     nodes: impl Iterator<Item = &'a Arc<Node>> + Clone,
     turn: usize,
 ) -> Option<&'a Arc<Node>> {
-    let mut best = std::time::Duration::MAX;
-    for node in nodes.clone() {
-        best = best.min(node.latency()?);
-    }
+    // Over the nodes measured: one not measured yet (just added) or whose last health
+    // check got no answer is left out, rather than the shard's whole choice.
+    let best = nodes.clone().filter_map(|n| n.latency()).min()?;
     let bound = best.mul_f64(1.5) + std::time::Duration::from_micros(200);
     let near = |n: &&'a Arc<Node>| n.latency().is_some_and(|l| l <= bound);
     // Two passes instead of collecting: no allocation per read.
@@ -2336,8 +2335,16 @@ mod tests {
             ["a:1", "b:1", "a:1", "b:1"],
             "c is far slower and never picked"
         );
-        let unmeasured = [node("a:1", 1000), node("d:1", 0)];
-        assert!(fastest(unmeasured.iter(), 0).is_none());
+        // A node not measured (new, or its last check unanswered) is left out, the
+        // others still chosen from; none measured, no choice.
+        let partly = [node("a:1", 1000), node("d:1", 0)];
+        let picked: Vec<&str> = (0..3)
+            .map(|t| &*fastest(partly.iter(), t).unwrap().addr)
+            .collect();
+        assert_eq!(picked, ["a:1", "a:1", "a:1"]);
+        let forgotten = node("e:1", 1000);
+        forgotten.forget_latency();
+        assert!(fastest([node("f:1", 0), forgotten].iter(), 0).is_none());
     }
 
     #[test]

@@ -122,7 +122,10 @@ impl Inner {
         let deadline = crate::deadline::from_now(timeout);
         let conn = match node.connection(deadline).await {
             Ok(conn) => conn,
-            Err(e) => return self.record_connect_failure(node, &e),
+            Err(e) => {
+                node.forget_latency();
+                return self.record_connect_failure(node, &e);
+            }
         };
         // The round trip alone: a connection just opened (a TLS handshake) would make a
         // node look slow to `LowestLatency` for a while.
@@ -138,6 +141,7 @@ impl Inner {
             Ok(_) => (None, true),
             Err(e) => {
                 tracing::debug!(node = %node.addr, error = %e, "health check failed");
+                node.forget_latency();
                 (Some(e), false)
             }
         };

@@ -360,6 +360,13 @@ impl Node {
         self.latency_us.store(new.max(1), Ordering::Relaxed);
     }
 
+    /// Forgets the smoothed latency: the last health check got no answer. A node that
+    /// stopped answering kept its last good figure, and `LowestLatency` kept choosing
+    /// it until its breaker opened.
+    pub(crate) fn forget_latency(&self) {
+        self.latency_us.store(0, Ordering::Relaxed);
+    }
+
     /// Notes that this replica refused a read (`LOADING`, `MASTERDOWN`) or could not be
     /// reached for one: replica reads pass it over for a while.
     pub(crate) fn pass_over_for_reads(&self) {

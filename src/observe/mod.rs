@@ -285,7 +285,8 @@ pub struct NodeHealth {
     pub connected: bool,
     /// Its circuit breaker.
     pub breaker: BreakerState,
-    /// Smoothed PING round trip from the health checks, once measured.
+    /// Smoothed PING round trip from the health checks, once measured; `None` again
+    /// after a check that got no answer, until the next that does.
     pub latency: Option<std::time::Duration>,
     /// The node's last failure (a connection attempt that failed, a request or health
     /// check it did not answer in time, a dropped connection) and when it happened;
