@@ -611,43 +611,24 @@ impl Inner {
     /// cluster; `None` when it did not say. Its `CLUSTER SHARDS` lists the masters that
     /// serve no slot yet (the target of a migration to a new node), its `CLUSTER SLOTS`
     /// does not: where it answers that (Redis 6, a user allowed `CLUSTER SLOTS` only),
-    /// its `CLUSTER NODES` is asked too (a user refused that cannot follow a migration to
-    /// a new master until its first slot is there: `+cluster|nodes` is among the
-    /// permissions the README lists).
+    /// its `CLUSTER NODES`, asked in the same round trip, is read too (a user refused
+    /// that cannot follow a migration to a new master until its first slot is there:
+    /// `+cluster|nodes` is among the permissions the README lists).
     async fn lists(&self, from: &str, to: &str) -> Option<bool> {
-        let listed = match self.ask_topology(from).await {
-            Ok(view) => Some(view.map.lists(to)),
+        let (view, nodes) = match self.ask_topology_and_nodes(from).await {
+            Ok(answers) => answers,
             Err(e) => {
                 tracing::debug!(node = from, error = %e, "no view to vet a redirect with");
-                None
+                return None;
             }
         };
-        if listed == Some(true) || !self.signal.shards_refused_by(from) {
-            return listed;
+        if view.map.lists(to) || !self.signal.shards_refused_by(from) {
+            return Some(view.map.lists(to));
         }
-        let deadline = crate::deadline::from_now(self.config.response_timeout.min(ANSWER_TIMEOUT));
-        let conn = self
-            .registry
-            .get(from, false)
-            .connection(deadline)
-            .await
-            .ok()?;
-        let nodes = tokio::time::timeout_at(deadline, conn.send(cmd("CLUSTER").arg("NODES")))
-            .await
-            .ok()?
-            .ok()?;
-        // Refused (a user allowed `CLUSTER SLOTS` only): the node answered all it may,
-        // and that does not list the address.
-        if let Value::ServerError(e) = &nodes {
-            tracing::debug!(
-                node = from,
-                code = e.code(),
-                "CLUSTER NODES refused while vetting a redirect"
-            );
-            return listed;
-        }
-        let addresses = topology::listed_addresses(&nodes)?;
-        Some(addresses.iter().any(|a| self.remap_announced(a) == to))
+        // The `CLUSTER NODES` asked with it, unless refused (a user allowed `CLUSTER
+        // SLOTS` only): the node answered all it may, and that does not list the address.
+        let addresses = nodes.as_ref().and_then(topology::listed_addresses);
+        Some(addresses.is_some_and(|a| a.iter().any(|a| self.remap_announced(a) == to)))
     }
 
     /// Asks `candidates`, a few at a time, until some answer; returns the view
@@ -708,6 +689,14 @@ impl Inner {
 
     /// One node's view: `CLUSTER SHARDS`, or `CLUSTER SLOTS` where that is unknown.
     async fn ask_topology(&self, addr: &str) -> Result<topology::View> {
+        self.ask_topology_and_nodes(addr)
+            .await
+            .map(|(view, _)| view)
+    }
+
+    /// [`Inner::ask_topology`], and the node's `CLUSTER NODES` reply asked with it
+    /// (none while that is refused).
+    async fn ask_topology_and_nodes(&self, addr: &str) -> Result<(topology::View, Option<Value>)> {
         let deadline = crate::deadline::from_now(
             self.config
                 .connect
@@ -807,12 +796,13 @@ impl Inner {
         if down || settling(&shards, self.signal.failed_lately()) {
             self.signal.degraded.store(true, Ordering::Relaxed);
         }
-        Ok(topology::View {
+        let view = topology::View {
             map: topology::slot_map(&shards, &remap),
             failed,
             ids,
             epochs,
-        })
+        };
+        Ok((view, nodes))
     }
 
     /// Installs `view`'s map, fetched by a refresh that began at `mark`, as the routing
