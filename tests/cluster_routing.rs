@@ -883,14 +883,7 @@ async fn read_only_scripts_are_served_by_replicas_and_may_not_write() {
     let owner = support::owner_index(&local, &client, key);
     let replica = local.replicas_of(owner).await.unwrap()[0];
     // Written with one replica's acknowledgement, so the replica has it when read.
-    let ((), acknowledged) = client
-        .query_durable(
-            cmd("SET").arg(key).arg("Ada"),
-            Durability::new(1, Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(acknowledged, 1);
+    support::set_on_a_replica(&client, key, "Ada").await;
 
     let get = Script::new("return redis.call('GET', KEYS[1])").read_only();
     let name: Option<String> = client.invoke(&get, &[key], &[0u8; 0]).await.unwrap();
@@ -2215,13 +2208,7 @@ async fn commands_the_client_sends_itself_and_raw_scan_are_refused() {
         .await
         .unwrap();
     let key = "managed:{rw}:k";
-    client
-        .query_durable::<()>(
-            cmd("SET").arg(key).arg("v"),
-            Durability::new(1, Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
+    support::set_on_a_replica(&client, key, "v").await;
     let owner = support::owner_index(&local, &client, key);
     let replica = local.node_addr(local.replicas_of(owner).await.unwrap()[0]);
     let v: Option<String> = client.get(key).await.unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use redcluster::testkit::LocalCluster;
 use redcluster::{
-    cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Durability, Error, ReadFrom,
-    ServerError, Value,
+    cmd, key_slot, BreakerState, CircuitBreakerConfig, ClusterClient, Error, ReadFrom, ServerError,
+    Value,
 };
 use support::calls;
 use support::fake_cluster::{one_shard, Action, FakeCluster};
@@ -2407,14 +2407,7 @@ async fn lowest_latency_reads_leave_out_a_replica_that_stopped_answering_its_che
         .await
         .unwrap();
     let key = "ll-silent:{a}";
-    let ((), acked) = client
-        .query_durable(
-            cmd("SET").arg(key).arg("v"),
-            Durability::new(1, Duration::from_secs(5)),
-        )
-        .await
-        .unwrap();
-    assert_eq!(acked, 1);
+    support::set_on_a_replica(&client, key, "v").await;
     let primary = support::owner_index(&local, &client, key);
     let replica = local.replicas_of(primary).await.unwrap()[0];
     let replica_addr = local.node_addr(replica);
@@ -2467,14 +2460,7 @@ async fn reads_that_may_use_the_primary_pass_it_over_while_its_breaker_is_open()
             .await
             .unwrap();
         let key = format!("rr-open:{policy:?}:{{a}}");
-        let ((), acked) = client
-            .query_durable(
-                cmd("SET").arg(key.as_str()).arg("v"),
-                Durability::new(1, Duration::from_secs(5)),
-            )
-            .await
-            .unwrap();
-        assert_eq!(acked, 1);
+        support::set_on_a_replica(&client, &key, "v").await;
         let primary = support::owner_index(&local, &client, &key);
         let primary_addr = local.node_addr(primary);
         // Measured latencies first, so that `LowestLatency` counts the primary in.
@@ -2723,14 +2709,7 @@ async fn a_handle_reads_where_it_says_and_the_client_as_before() {
     let keys: Vec<String> = (0..60).map(|i| format!("handle:{i}")).collect();
     for k in &keys {
         // Acknowledged by the replica, so a replica read finds it.
-        let ((), replicas) = client
-            .query_durable(
-                cmd("SET").arg(k.as_str()).arg(k.as_str()),
-                redcluster::Durability::new(1, Duration::from_secs(5)),
-            )
-            .await
-            .unwrap();
-        assert_eq!(replicas, 1);
+        support::set_on_a_replica(&client, k, k).await;
     }
     let replicas = local.replicas().await.unwrap();
     let masters = local.masters().await.unwrap();

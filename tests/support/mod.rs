@@ -146,6 +146,20 @@ pub async fn pubsub_count(
     }
 }
 
+/// Sets `key` to `value` with one replica's acknowledgement (`WAIT`), so that a replica
+/// read finds it; panics if no replica acknowledged within 5 s.
+#[allow(dead_code)] // not every test binary reads from replicas
+pub async fn set_on_a_replica(client: &redcluster::ClusterClient, key: &str, value: &str) {
+    let ((), acked) = client
+        .query_durable(
+            redcluster::cmd("SET").arg(key).arg(value),
+            redcluster::Durability::new(1, std::time::Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(acked, 1, "{key}: no replica acknowledged");
+}
+
 /// `cmdstat_<name>` calls on node `index`, from `INFO commandstats` (0 when none ran).
 pub async fn calls(local: &redcluster::testkit::LocalCluster, index: usize, name: &str) -> u64 {
     let field = format!("cmdstat_{name}:calls");
