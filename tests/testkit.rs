@@ -778,6 +778,28 @@ async fn waiting_on_a_broken_cluster_times_out_naming_the_cause() {
     assert_eq!(cluster.index_of_id(&cluster.node(1).id), Some(1));
 }
 
+/// A node that lost a peer (here it forgot it: gossip may not bring it back for the
+/// 60 s of the ban that `CLUSTER FORGET` sets) is introduced again by a wait, as the
+/// testkit did when it formed the cluster, instead of the wait timing out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_introduces_nodes_that_lost_each_other_again() {
+    let cluster = LocalCluster::builder()
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let lost = cluster.node(1).id;
+    let conn = cluster.connect_node(0).await.unwrap();
+    let _: () = send(&conn, cmd("CLUSTER").arg("FORGET").arg(lost.as_str())).await;
+    assert!(!known_ids(&cluster, 0).await.contains(&lost));
+    cluster
+        .wait_until_stable(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(known_ids(&cluster, 0).await.contains(&lost));
+    assert_eq!(cluster.master_of_slot(5461).await.unwrap(), 1);
+}
+
 /// The cluster's directory is its owner's alone (the nodes' `redis.conf` files hold
 /// their passwords), and a wait timeout of `Duration::MAX` means "no limit", not an
 /// overflow.

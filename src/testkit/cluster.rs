@@ -24,6 +24,9 @@ use crate::slot::SLOT_COUNT;
 
 /// How often a condition is polled while waiting for the cluster to converge.
 const POLL: Duration = Duration::from_millis(25);
+/// How long running nodes may stay strangers to each other before a wait has them meet
+/// again.
+const INTRODUCE_AGAIN: Duration = Duration::from_secs(5);
 /// Keys moved per `MIGRATE` by [`LocalCluster::move_slot`].
 const MIGRATE_BATCH: usize = 100;
 /// Log lines quoted in errors about one node.
@@ -658,6 +661,12 @@ impl LocalCluster {
     /// other one with a live cluster-bus link and no failure flag; each sees the same
     /// roles and slots for all of them; none lists a removed node; and each replica's
     /// replication link is up (`master_link_status:up`).
+    ///
+    /// Running nodes that still do not know each other after 5 s of waiting (a lost
+    /// `MEET`, a `CLUSTER FORGET` sent by the test) are introduced again with
+    /// `CLUSTER MEET`, every 5 s, as when the cluster was formed: gossip alone could take
+    /// a node timeout, or the 60 s ban of a forgotten node. Every wait of the testkit does
+    /// this; a test that wants two running nodes kept apart must not wait for stability.
     ///
     /// # Errors
     ///
@@ -1535,7 +1544,10 @@ impl LocalCluster {
                 }
             }
         }
-        topology::judge(&observations, &managed).map_err(Ok)
+        topology::judge(&observations, &managed).map_err(|mut unsettled| {
+            unsettled.strangers = topology::strangers(&observations, &managed);
+            Ok(unsettled)
+        })
     }
 
     async fn observe(&self, index: usize) -> Result<Observation> {
@@ -1573,6 +1585,7 @@ impl LocalCluster {
 
     async fn wait_settled(&self, what: &str, deadline: Instant) -> Result<()> {
         let start = Instant::now();
+        let mut introduced = start;
         loop {
             // A poll runs to its end, even past `deadline`: its answer names the cause.
             let unsettled = match self.check_settled().await {
@@ -1587,6 +1600,17 @@ impl LocalCluster {
                     unsettled.reason
                 );
                 return Err(self.timed_out(&message, unsettled.node));
+            }
+            // A lost introduction heals slowly by itself: gossip brings the stranger up
+            // again only after the node's handshake timeout (the node timeout, 30 s by
+            // default here) or, for a forgotten node, its 60 s ban. Meeting again is
+            // harmless between nodes that do know each other.
+            if !unsettled.strangers.is_empty() && introduced.elapsed() >= INTRODUCE_AGAIN {
+                introduced = Instant::now();
+                for &(from, to) in &unsettled.strangers {
+                    // A failed meeting shows in the next poll, which names the cause.
+                    let _ = self.meet(from, to).await;
+                }
             }
             tokio::time::sleep(POLL).await;
         }

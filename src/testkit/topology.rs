@@ -166,6 +166,8 @@ pub(crate) struct Observation {
 pub(crate) struct Unsettled {
     pub(crate) node: Option<usize>,
     pub(crate) reason: String,
+    /// Running nodes that do not know each other (see [`strangers`]).
+    pub(crate) strangers: Vec<(usize, usize)>,
 }
 
 impl Unsettled {
@@ -173,6 +175,7 @@ impl Unsettled {
         Unsettled {
             node: Some(node),
             reason,
+            strangers: Vec::new(),
         }
     }
 }
@@ -197,6 +200,7 @@ pub(crate) fn judge(observations: &[Observation], managed: &[Managed]) -> Result
         return Err(Unsettled {
             node: None,
             reason: "no node is running".to_owned(),
+            strangers: Vec::new(),
         });
     };
     let observer_ids: BTreeMap<&str, usize> = observations
@@ -359,6 +363,23 @@ pub(crate) fn judge(observations: &[Observation], managed: &[Managed]) -> Result
     Ok(())
 }
 
+/// Pairs `(observer, peer)` of running nodes where the observer lists no completed
+/// entry for the peer (it never met it, lost the handshake, or forgot it): the
+/// introductions [`LocalCluster`](super::LocalCluster)'s waits make again when a cluster
+/// does not settle. A handshake entry has a random id, so it does not count as knowing.
+pub(crate) fn strangers(observations: &[Observation], managed: &[Managed]) -> Vec<(usize, usize)> {
+    let mut pairs = Vec::new();
+    for o in observations {
+        for peer in observations.iter().filter(|p| p.index != o.index) {
+            let peer_id = managed[peer.index].id.as_str();
+            if !o.nodes.iter().any(|e| e.id == peer_id && !e.handshake) {
+                pairs.push((o.index, peer.index));
+            }
+        }
+    }
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,6 +486,20 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001 myself,master - 0
             "{}",
             err.reason
         );
+    }
+
+    #[test]
+    fn strangers_are_running_peers_an_observer_does_not_list() {
+        let mut views = two_node_views("0-16383");
+        assert!(strangers(&views, &managed()).is_empty());
+        // Node 0 lists only itself: it does not know node 1; node 1 knows node 0.
+        views[0].nodes = parse_nodes(&line("a", "myself,master", "-", "0-16383")).unwrap();
+        assert_eq!(strangers(&views, &managed()), vec![(0, 1)]);
+        // A handshake entry (random id) is no acquaintance either.
+        let handshaking =
+            line("a", "myself,master", "-", "0-16383") + &line("f00d", "handshake", "-", "");
+        views[0].nodes = parse_nodes(&handshaking).unwrap();
+        assert_eq!(strangers(&views, &managed()), vec![(0, 1)]);
     }
 
     #[test]
