@@ -1123,7 +1123,7 @@ async fn tcp_connect(
     options: &ConnectOptions,
     deadline: Instant,
 ) -> Result<tokio::net::TcpStream> {
-    let stream = tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(addr))
+    let stream = tokio::time::timeout_at(deadline, connect_any(addr))
         .await
         .map_err(|_| {
             Error::io(
@@ -1145,6 +1145,69 @@ async fn tcp_connect(
         })?;
     configure_tcp(&stream, options);
     Ok(stream)
+}
+
+/// How long a connect attempt to one address of a name has before the next address is
+/// tried alongside it (RFC 8305's connection attempt delay).
+const NEXT_ADDRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Connects to the first of `addr`'s addresses that answers. A name with several
+/// addresses (both families, or a service's several hosts) has them tried in the
+/// resolver's order, each [`NEXT_ADDRESS_AFTER`] after the one before unless that one
+/// failed sooner, and all left running until one connects: one address that drops
+/// packets would otherwise use up the whole connect timeout, as `TcpStream::connect`,
+/// which tries them one after another, lets it.
+async fn connect_any(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    connect_first_of(&addrs, NEXT_ADDRESS_AFTER).await
+}
+
+async fn connect_first_of(
+    addrs: &[std::net::SocketAddr],
+    stagger: std::time::Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    use futures_util::stream::{FuturesUnordered, StreamExt as _};
+    match addrs {
+        [] => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the name resolved to no address",
+            ))
+        }
+        [only] => return tokio::net::TcpStream::connect(only).await,
+        _ => {}
+    }
+    let mut waiting = addrs.iter();
+    let mut attempts = FuturesUnordered::new();
+    let mut first_error = None;
+    // Fires when the next address is due: at once for the first.
+    let next_due = tokio::time::sleep(std::time::Duration::ZERO);
+    tokio::pin!(next_due);
+    loop {
+        tokio::select! {
+            biased;
+            Some(outcome) = attempts.next(), if !attempts.is_empty() => match outcome {
+                Ok(stream) => return Ok(stream),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                    // Nothing left running: the next address need not wait its turn.
+                    if attempts.is_empty() {
+                        next_due.as_mut().reset(Instant::now());
+                    }
+                }
+            },
+            () = &mut next_due, if waiting.len() > 0 => {
+                if let Some(&to) = waiting.next() {
+                    attempts.push(tokio::net::TcpStream::connect(to));
+                }
+                next_due.as_mut().reset(Instant::now() + stagger);
+            }
+        }
+        if attempts.is_empty() && waiting.len() == 0 {
+            // Every address failed: the first one's error is the resolver's best pick.
+            return Err(first_error.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()));
+        }
+    }
 }
 
 /// Runs the handshake within `deadline`; returns the read buffer and decoder to go on
@@ -1749,6 +1812,70 @@ mod tests {
             .unwrap();
         configure_tcp(&stream, &off);
         assert!(!socket2::SockRef::from(&stream).keepalive().unwrap());
+    }
+
+    /// A loopback listener whose accept queue is full: a connect to it gets no answer
+    /// (the kernel drops the SYN), as with an address that drops packets.
+    fn black_hole() -> (std::net::TcpListener, std::net::TcpStream) {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).unwrap();
+        socket.listen(0).unwrap();
+        let listener: std::net::TcpListener = socket.into();
+        let filler = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        (listener, filler)
+    }
+
+    #[tokio::test]
+    async fn an_address_that_drops_packets_does_not_hold_up_the_next() {
+        let (silent, _filler) = black_hole();
+        let silent = silent.local_addr().unwrap();
+        // The black hole holds a connect for a second at least (the SYN's resend).
+        let held = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(silent),
+        )
+        .await;
+        assert!(held.is_err(), "the black hole answered: {held:?}");
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = good.local_addr().unwrap();
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            connect_first_of(&[silent, good], std::time::Duration::from_millis(50)),
+        )
+        .await
+        .expect("the second address was not tried while the first hung")
+        .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good);
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_passes_to_the_next_at_once_and_all_refused_is_the_first_error() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let good = good.local_addr().unwrap();
+        let an_hour = std::time::Duration::from_secs(3600);
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            connect_first_of(&[closed_addr, good], an_hour),
+        )
+        .await
+        .expect("a refusal did not start the next address")
+        .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good);
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            connect_first_of(&[closed_addr, closed_addr], an_hour),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        let err = connect_first_of(&[], an_hour).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 
     fn shared(max_in_flight: usize) -> Arc<Shared> {

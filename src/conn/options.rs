@@ -187,7 +187,8 @@ impl fmt::Debug for CredentialsProvider {
 #[non_exhaustive]
 pub struct ConnectOptions {
     /// Bound on TCP connect plus handshake (`HELLO`/`AUTH`/`READONLY`, and `CLUSTER
-    /// MYID` for a cluster client's node). Default 5 s.
+    /// MYID` for a cluster client's node). Default 5 s. A host name with several
+    /// addresses has them tried 250 ms apart, all within this bound (RFC 8305).
     pub connect_timeout: Duration,
     /// Deadline of a request sent with [`crate::NodeConnection::send`]. Default 5 s.
     pub response_timeout: Duration,
