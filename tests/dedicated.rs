@@ -1244,3 +1244,113 @@ async fn blocked_past_the_timeout_then_moved(pipeline: bool) {
         .unwrap();
     assert_eq!(popped, Some((queue.to_string(), "job".to_string())));
 }
+
+/// A client whose connections to the master of `key`'s slot go through a relay (the
+/// others direct), with `response_timeout`, and that checks no node's health.
+async fn client_through_relay(
+    local: &LocalCluster,
+    key: &str,
+    response_timeout: Duration,
+) -> (ClusterClient, support::relay::Relay, usize) {
+    let owner = local
+        .master_of_slot(redcluster::key_slot(key.as_bytes()))
+        .await
+        .unwrap();
+    let (relay, remap) = support::relay::Relay::in_front_of(local.node_addr(owner)).await;
+    let client = ClusterClient::builder()
+        .nodes(
+            local
+                .seeds()
+                .into_iter()
+                .filter(|s| *s != local.node_addr(owner)),
+        )
+        .address_remap(remap)
+        .client_name("through-relay")
+        .response_timeout(response_timeout)
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    (client, relay, owner)
+}
+
+/// An idle dedicated connection whose flow the network dropped silently (a NAT or a
+/// firewall forgot it) fails its check within half the lease's time, and the request is
+/// served on a new connection: the check waited on it for all the time left, and the
+/// request failed with a timeout a new connection would have spared it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_gone_silent_is_replaced_within_the_request() {
+    let local = support::cluster(3, 0).await;
+    let key = "{silent-pool}:q";
+    let (client, relay, _) = client_through_relay(&local, key, Duration::from_secs(2)).await;
+    let popped: Option<(String, String)> =
+        client.query(cmd("BLPOP").arg(key).arg(0.01)).await.unwrap();
+    assert_eq!(popped, None);
+    let before = relay.accepted();
+    relay.black_hole();
+    let popped: Option<(String, String)> = client
+        .query(cmd("BLPOP").arg(key).arg(0.01))
+        .await
+        .expect("not served on a new connection");
+    assert_eq!(popped, None);
+    assert!(relay.accepted() > before, "no new connection was opened");
+}
+
+/// A dedicated connection whose connect outlived its request waits for the next one,
+/// and gets the check a pooled connection gets before that request is written on it:
+/// gone silent meanwhile, it was handed out unchecked, and the request written into it
+/// failed as may-have-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_left_by_a_connect_is_checked_before_it_serves() {
+    let local = support::cluster(3, 0).await;
+    let key = "{silent-parked}:q";
+    let (client, relay, owner) =
+        client_through_relay(&local, key, Duration::from_millis(300)).await;
+    // The node's replies are held: the connect (its handshake) outlives the request.
+    relay.hold();
+    let err = client
+        .query::<Option<(String, String)>>(cmd("BLPOP").arg(key).arg(0.01))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            redcluster::Error::Timeout {
+                may_have_executed: false
+            }
+        ),
+        "{err:?}"
+    );
+    relay.release();
+    // The connect ends with `CLUSTER MYID`, the handshake's last step: once the node
+    // has answered it, the connection is kept for the next request.
+    let direct = local.connect_node(owner).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let list: String = redcluster::FromValue::from_value(
+            direct.send(cmd("CLIENT").arg("LIST")).await.unwrap(),
+        )
+        .unwrap();
+        if list
+            .lines()
+            .any(|l| l.contains("name=through-relay") && l.contains("cmd=cluster|myid"))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the connect did not complete: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // (Should the answer still be in the relay now, the connect hangs instead of
+    // leaving its connection, and the request below connects anew: a pass whatever the
+    // check, never a failure.)
+    relay.black_hole();
+    let popped: Option<(String, String)> = client
+        .with_response_timeout(Duration::from_secs(3))
+        .query(cmd("BLPOP").arg(key).arg(0.01))
+        .await
+        .expect("the silent connection served the request");
+    assert_eq!(popped, None);
+}

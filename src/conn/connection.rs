@@ -1153,8 +1153,8 @@ const NEXT_ADDRESS_AFTER: std::time::Duration = std::time::Duration::from_millis
 
 /// Connects to the first of `addr`'s addresses that answers. A name with several
 /// addresses (both families, or a service's several hosts) has them tried in the
-/// resolver's order, each [`NEXT_ADDRESS_AFTER`] after the one before unless that one
-/// failed sooner, and all left running until one connects: one address that drops
+/// resolver's order, each [`NEXT_ADDRESS_AFTER`] after the one before or as soon as an
+/// attempt fails, and all left running until one connects: one address that drops
 /// packets would otherwise use up the whole connect timeout, as `TcpStream::connect`,
 /// which tries them one after another, lets it.
 async fn connect_any(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
@@ -1190,10 +1190,8 @@ async fn connect_first_of(
                 Ok(stream) => return Ok(stream),
                 Err(e) => {
                     first_error.get_or_insert(e);
-                    // Nothing left running: the next address need not wait its turn.
-                    if attempts.is_empty() {
-                        next_due.as_mut().reset(Instant::now());
-                    }
+                    // A failure brings the next address's turn forward (RFC 8305).
+                    next_due.as_mut().reset(Instant::now());
                 }
             },
             () = &mut next_due, if waiting.len() > 0 => {
@@ -1846,6 +1844,22 @@ mod tests {
         )
         .await
         .expect("the second address was not tried while the first hung")
+        .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), good);
+        // A failure brings the next turn forward even while an earlier attempt hangs:
+        // the third address starts with the second's refusal, at 1 s, not at 2 s.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let stream = tokio::time::timeout(
+            std::time::Duration::from_millis(1800),
+            connect_first_of(
+                &[silent, closed_addr, good],
+                std::time::Duration::from_secs(1),
+            ),
+        )
+        .await
+        .expect("the third address waited out its turn after the second was refused")
         .unwrap();
         assert_eq!(stream.peer_addr().unwrap(), good);
     }

@@ -9,11 +9,14 @@
 //! its own from this pool (a `deadpool` pool per node) and gives it back when done. A
 //! connection comes back only if a check proves it is clean: `UNWATCH` then
 //! `PING <random token>` must answer the same token; anything else (a reply still
-//! pending, a dead socket) drops it.
+//! pending, a dead socket) drops it. The check has half the lease's time left: a
+//! connection whose flow the network dropped silently answers nothing, and is dropped
+//! in time for a new one to serve the request.
 //!
 //! A connect runs on a task of its own, as the multiplexed connections' do: a request
 //! whose deadline passes while its connection is being opened gives up waiting, not the
-//! connect, whose connection is kept for the next request. Cut with the request, a
+//! connect, whose connection is kept for the next request, which checks it as a pooled
+//! one (within half the connect timeout). Cut with the request, a
 //! connect slower than the response timeout (a TLS handshake over a slow link, a slow
 //! credentials provider) would never complete, and every blocking command, `WATCH` and
 //! durable write to the node would time out.
@@ -89,16 +92,48 @@ impl DedicatedManager {
         parked.iter().filter(|conn| !conn.is_closed()).count()
     }
 
-    /// A connection a connect left for the next request, if one is still open.
-    fn take_parked(&self) -> Option<NodeConnection> {
-        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(conn) = parked.pop() {
-            if !conn.is_closed() {
+    /// A connection a connect left for the next request, if one is still open and
+    /// passes the check a pooled connection passes: it may have waited long enough for
+    /// the network to drop its flow silently, and a request written into it would be
+    /// lost as may-have-run. One that fails the check is closed; the caller connects.
+    async fn take_parked(&self) -> Option<NodeConnection> {
+        loop {
+            let conn = {
+                let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+                parked.pop()?
+            };
+            if conn.is_closed() {
+                continue;
+            }
+            // Half the connect timeout, as a connect's replacement: the other half is
+            // left for a new connection within the same bound.
+            let bound = self.options.connect_timeout / 2;
+            if is_clean(&conn, crate::deadline::from_now(bound)).await {
                 return Some(conn);
             }
+            conn.close();
         }
-        None
     }
+}
+
+/// Whether `conn` is in sync and holds no state of its last user: `UNWATCH` then
+/// `PING <random token>` answered `OK` and the token by `deadline`.
+async fn is_clean(conn: &NodeConnection, deadline: tokio::time::Instant) -> bool {
+    use crate::conn::Cmds;
+    if conn.is_closed() {
+        return false;
+    }
+    let token = format!("redcluster-recycle-{:016x}", fastrand::u64(..));
+    let check = Cmds::Many(vec![cmd("UNWATCH"), cmd("PING").arg(token.as_str())]);
+    let Ok(replies) = conn.dispatch(check, deadline).await.result else {
+        return false;
+    };
+    let replies = replies.into_vec();
+    // An `UNWATCH` refused (an ACL user without `+unwatch`) may leave keys watched for
+    // the next user, whose `EXEC` they would abort.
+    let unwatched = matches!(replies.first(), Some(Value::Simple(ok)) if ok == "OK");
+    unwatched
+        && matches!(replies.get(1), Some(Value::Bulk(b) | Value::Simple(b)) if *b == token.as_bytes())
 }
 
 impl managed::Manager for DedicatedManager {
@@ -106,7 +141,7 @@ impl managed::Manager for DedicatedManager {
     type Error = Error;
 
     async fn create(&self) -> Result<NodeConnection, Error> {
-        if let Some(conn) = self.take_parked() {
+        if let Some(conn) = self.take_parked().await {
             return Ok(conn);
         }
         let Ok(permit) = Arc::clone(&self.connecting).acquire_owned().await else {
@@ -115,7 +150,7 @@ impl managed::Manager for DedicatedManager {
             });
         };
         // A connect that ended while this one waited may have left its connection.
-        if let Some(conn) = self.take_parked() {
+        if let Some(conn) = self.take_parked().await {
             return Ok(conn);
         }
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -151,27 +186,32 @@ impl managed::Manager for DedicatedManager {
         }))
     }
 
+    /// Bounded by the connection's response timeout here; a lease bounds it by half its
+    /// time left ([`check_bound`]), after which the pool drops the connection and opens
+    /// another.
     async fn recycle(&self, conn: &mut NodeConnection, _: &Metrics) -> RecycleResult<Error> {
-        if conn.is_closed() {
-            return Err(RecycleError::message("connection closed"));
+        let deadline = crate::deadline::from_now(self.options.response_timeout);
+        if is_clean(conn, deadline).await {
+            Ok(())
+        } else {
+            conn.close();
+            Err(RecycleError::message(
+                "connection closed or out of sync; dropped",
+            ))
         }
-        let token = format!("redcluster-recycle-{:016x}", fastrand::u64(..));
-        let replies = conn
-            .send_batch(vec![cmd("UNWATCH"), cmd("PING").arg(token.as_str())])
-            .await
-            .map_err(RecycleError::Backend)?;
-        // An `UNWATCH` refused (an ACL user without `+unwatch`) may leave keys watched
-        // for the next user, whose `EXEC` they would abort.
-        let unwatched = matches!(replies.first(), Some(Value::Simple(ok)) if ok == "OK");
-        match replies.get(1) {
-            Some(Value::Bulk(b) | Value::Simple(b)) if unwatched && *b == token.as_bytes() => {
-                Ok(())
-            }
-            _ => {
-                conn.close();
-                Err(RecycleError::message("connection out of sync; dropped"))
-            }
-        }
+    }
+}
+
+/// The pool timeouts of a lease due by `deadline`: an idle connection's check gets half
+/// the time left. A connection whose flow the network dropped silently answers nothing,
+/// and a check waiting on it for all the time left would fail a request that a new
+/// connection could serve.
+pub(crate) fn check_bound(deadline: tokio::time::Instant) -> managed::Timeouts {
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    managed::Timeouts {
+        wait: None,
+        create: None,
+        recycle: Some(left / 2),
     }
 }
 
@@ -193,6 +233,8 @@ pub(crate) fn dedicated_pool(
 ) -> Result<DedicatedPool, Error> {
     managed::Pool::builder(manager)
         .max_size(max_size.max(1))
+        // For the recycle bound of `check_bound`.
+        .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| Error::Config(format!("dedicated connection pool: {e}")))
 }
