@@ -5,7 +5,8 @@
 //! The client reports through the `metrics` facade; any recorder works. The names follow
 //! the seed's dashboard: `redis_commands_total{command,node,status}`,
 //! `redis_command_duration_seconds{command,node}`, `redis_cluster_nodes{client,state}`, and more
-//! (see the list in the crate's `observe` module docs).
+//! (see the list in the crate-level docs' "Metrics and tracing" section, and the full
+//! metric, label and event reference in `src/observe/mod.rs`).
 //!
 //! ```text
 //! cargo run --example metrics_prometheus                      # spawns a local cluster

@@ -1,5 +1,5 @@
-//! Read replicas: send reads to replicas with `ReadFrom::PreferReplica`, `Replica` or
-//! `LowestLatency`, and see which nodes served them.
+//! Read replicas: send reads to replicas with `ReadFrom::PreferReplica`, `Replica` (today
+//! the same as `PreferReplica`) or `LowestLatency`, and see which nodes served them.
 //!
 //! Shows a write made durable with `query_durable` (the primary waits until a replica
 //! has it: `WAIT`), then, for each `ReadFrom` mode, 120 GETs and how many each node
@@ -114,7 +114,12 @@ async fn main() -> redcluster::Result<()> {
             ReadFrom::PreferReplica,
             "replicas, the primary if none is reachable",
         ),
-        (ReadFrom::Replica, "replicas while one is reachable"),
+        // `Replica` currently behaves as `PreferReplica`: it too falls back to the primary
+        // when no replica of the shard is reachable.
+        (
+            ReadFrom::Replica,
+            "today the same as PreferReplica: replicas, the primary if none is reachable",
+        ),
         (
             ReadFrom::LowestLatency,
             "the fastest nodes by PING latency, primary included",

@@ -43,7 +43,9 @@
 //! | keys in one slot | the slot's primary (reads: as [`ReadFrom`] says) |
 //! | `MGET`, `MSET`, `DEL`, `UNLINK`, `EXISTS`, `TOUCH` with keys in several slots | split into one command per slot, sent concurrently; `MGET` replies come back in key order, `MSET` answers `OK` when every part did, the others add up their counts. Not atomic across slots |
 //! | any other command with keys in several slots (`MSETNX`, `RENAME`, `SUNIONSTORE`, `EVAL`, transactions, ...) | [`Error::CrossSlot`] naming the slots, before anything is sent |
-//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary; replies combined by the table's `response_policy`: summed (`DBSIZE`), merged (`KEYS`), all must succeed (`FLUSHALL`, `PING`), one must succeed (`SCRIPT KILL`, `FUNCTION KILL`) |
+//! | keyless, `request_policy:all_shards` in the command table (`DBSIZE`, `KEYS`, `FLUSHALL`, `PING`, `SCRIPT EXISTS`, `FUNCTION LOAD`, ...) | every primary; replies combined by the table's `response_policy`: summed (`DBSIZE`), merged (`KEYS`), all must succeed (`FLUSHALL`, `PING`) |
+//! | `SCRIPT KILL`, `FUNCTION KILL` | every node, replicas included (a read-only script runs on replicas too); one must succeed, the others answer `NOTBUSY` |
+//! | `PUBSUB NUMSUB`, `PUBSUB SHARDNUMSUB`, `PUBSUB CHANNELS`, `PUBSUB SHARDCHANNELS`, `PUBSUB NUMPAT` | every node, replicas included (a node knows only its own clients' subscriptions): counts summed per channel (`NUMSUB`, `SHARDNUMSUB`), lists united (`CHANNELS`, `SHARDCHANNELS`), `NUMPAT` summed |
 //! | keyless, `request_policy:all_nodes` (`SCRIPT LOAD`, `SCRIPT FLUSH`, `CONFIG SET`, `LATENCY RESET`, ...), and the node settings the table gives no policy (`ACL SETUSER`, `ACL DELUSER`, `ACL LOAD`, `ACL SAVE`, `CONFIG REWRITE`, `CONFIG RESETSTAT`) | every node, replicas included, combined likewise; those whose policy is `special` (`LATENCY HISTORY`, `LATENCY GRAPH`, `LATENCY HISTOGRAM`) answer a map from node address to reply |
 //! | per-node reports: `INFO`, `CLIENT LIST`, `CLIENT INFO`, `MEMORY STATS`, `SLOWLOG GET`, `LATENCY LATEST`, `LATENCY DOCTOR`, `ROLE`, `LASTSAVE` | every primary; the reply is a map from node address to that node's reply |
 //! | `CLUSTER COUNTKEYSINSLOT slot`, `CLUSTER GETKEYSINSLOT slot n` | the named slot's node (only it knows the slot's keys) |
@@ -65,10 +67,12 @@
 //! slots have no healthy primary (one failed and not yet replaced, or never to be, with
 //! `cluster-require-full-coverage no`), a fan-out waits for a promotion within its
 //! deadline and then fails with [`Error::ClusterDown`], unsent: the nodes left would
-//! answer for part of the data. `SCRIPT KILL` and `FUNCTION KILL` go on dedicated
-//! connections where one can be had, so they reach a script this client started on its
-//! shared connection (a node whose dedicated connection fails is asked on the shared
-//! one).
+//! answer for part of the data. Per-node reports (`INFO`, `CLIENT LIST`, ..., and the
+//! `special` ones such as `LATENCY HISTORY`), `SCRIPT KILL`, `FUNCTION KILL` and `PUBSUB`
+//! introspection do not wait: they go to the nodes there are. `SCRIPT KILL` and
+//! `FUNCTION KILL` go on dedicated connections where one can be had, so they reach a
+//! script this client started on its shared connection (a node whose dedicated
+//! connection fails is asked on the shared one).
 //! `SCAN` over the whole cluster is [`ClusterClient::scan`].
 //!
 //! # Redirects, retries and deadlines
@@ -82,6 +86,13 @@
 //! - `MOVED`: the request goes to the named node, the slot map is patched at once and a
 //!   topology refresh is asked for. `ASK`: the request is sent once more to the named
 //!   node, preceded by `ASKING`; the map is left alone. At most `max_redirects` (16).
+//!   A redirect to an address the topology does not list is followed only once the
+//!   cluster vouches for it (a refresh, or the redirecting node's own view, names it);
+//!   otherwise the request fails with [`Error::Protocol`] and redirects to that address
+//!   are refused for 10 s. A `MOVED` or `ASK` naming another slot than the command's
+//!   keys (when the command table says for sure which they are) came from code (a
+//!   script's error reply), not from the server's routing: it is the request's
+//!   [`Error::Server`], not followed, and the map is not patched.
 //! - `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `MASTERDOWN`: retried with exponential
 //!   backoff and jitter. These mean the command did not run. A replica that answers a
 //!   read with `LOADING` (a full resync) or `MASTERDOWN` (cut off from its primary, with
@@ -109,10 +120,12 @@
 //! The topology is refreshed on `MOVED`, on connection failures, on `CLUSTERDOWN`, and
 //! every `refresh_interval` (30 s); refreshes are single-flight and at most one per
 //! `refresh_min_interval` (100 ms), and never block requests that can already be routed.
-//! While the cluster reports a node as failed, and for a minute after while some
-//! primary has no slots (a failed primary back, not yet demoted), the period is one
-//! second, so that a failover's end shows in the routes and in `health()` within a
-//! second or two.
+//! While a failed primary still holds slots, and for a minute after the set of nodes
+//! the cluster reports as failed last changed (while one is still reported failed, or
+//! some primary has no slots: a failed primary back, not yet demoted), the period is
+//! one second, so that a failover's end shows in the routes and in `health()` within a
+//! second or two. Then it is `refresh_interval` again: a node left failed for good
+//! (never `CLUSTER FORGET`-ten) costs that minute once.
 //!
 //! # Metrics and tracing
 //!

@@ -871,11 +871,14 @@ impl ClusterClient {
     /// connection lost or a deadline passed before sending) counts as an attempt too:
     /// nothing of the transaction ran, and the next attempt watches the keys at their
     /// owner again, after the client's retry backoff, as a retry of the client's retry
-    /// budget (with the budget spent, the error ends it). Other errors end it, and so
+    /// budget (with the budget spent, the error ends it; so does a `ClusterDown` under
+    /// `retry_on_cluster_down(false)`). Other errors end it, and so
     /// does any error after an [`Watched::exec`] that may have run (a `publish` of the
     /// body's that timed out unsent after a committed `EXEC`): the body is not run twice,
     /// and such an error, retryable on its own, comes as [`Error::Partial`], which
-    /// says the whole may have run. As after a conflict,
+    /// says the whole may have run. So does `Ok(None)` after such an `exec` (`exec`
+    /// answered `Some`, or its future was dropped once sent): a conflict the body reports
+    /// then is not one the transaction had. As after a conflict,
     /// what `body` does outside the transaction runs again.
     ///
     /// ```no_run
@@ -915,14 +918,29 @@ impl ClusterClient {
             watched.exec_may_have_run = Some(Arc::clone(&exec_may_have_run));
             match body(watched).await {
                 Ok(Some(value)) => return Ok(Some(value)),
+                // A conflict reported after an `EXEC` that committed or may have (a reply
+                // the body could not convert, an `exec` it dropped at a time limit of its
+                // own): run again, the transaction would commit twice.
+                Ok(None) if exec_may_have_run.load(Ordering::Relaxed) => {
+                    return Err(Error::Partial {
+                        source: Box::new(Error::Config(
+                            "the watch_retry body reported a conflict after an exec that \
+                             committed or may have; it is not run again"
+                                .to_owned(),
+                        )),
+                    })
+                }
                 Ok(None) => {}
                 // Not after an `EXEC` that may have run: the body's later error (a
                 // `publish` that timed out unsent) would run the transaction twice. A
                 // retry like any other: with the client's budget spent (an outage's retry
-                // storm), the error is the answer.
+                // storm), the error is the answer. A `ClusterDown` is the caller's to
+                // decide under `retry_on_cluster_down(false)`, as for any request.
                 Err(e)
                     if e.is_retryable()
                         && !exec_may_have_run.load(Ordering::Relaxed)
+                        && (self.inner.config.retry_on_cluster_down
+                            || !matches!(e, Error::ClusterDown(_)))
                         && attempt < attempts
                         && self.inner.spend_retry() =>
                 {

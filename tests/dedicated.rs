@@ -382,6 +382,76 @@ async fn watch_retry_never_runs_a_committed_transaction_again() {
     assert_eq!(client.get::<_, i64>(balance).await.unwrap(), 90);
 }
 
+/// A body that reports a conflict (`Ok(None)`) after its `EXEC` committed (here a reply
+/// it could not read as it wanted) is not run again either: the conflict is not the
+/// transaction's, and a second run would commit it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retry_takes_no_conflict_after_a_commit_for_one() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let counter = "{acct:10}:count";
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let runs_ref = &runs;
+    let outcome = client
+        .watch_retry(&[counter], 3, |w| async move {
+            runs_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let done = w.exec(vec![cmd("INCR").arg(counter)]).await?;
+            // Committed (`Some`), but read as a conflict: the body wanted a string.
+            Ok(done.and_then(|replies| match &replies[0] {
+                Value::Bulk(b) => Some(b.clone()),
+                _ => None,
+            }))
+        })
+        .await;
+    let err = outcome.unwrap_err();
+    assert!(err.may_have_executed() && !err.is_retryable(), "{err:?}");
+    assert!(matches!(err, redcluster::Error::Partial { .. }), "{err:?}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(client.get::<_, i64>(counter).await.unwrap(), 1);
+}
+
+/// With `retry_on_cluster_down(false)`, a body's `ClusterDown` ends `watch_retry` at
+/// once, as it ends any request: the caller decides. It was watched and run again, up
+/// to the attempts given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retry_leaves_a_cluster_down_to_the_caller_when_told_to() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .retry_on_cluster_down(false)
+        .build()
+        .await
+        .unwrap();
+    let down = "{wr-down}:k";
+    let owner = support::owner_index(&local, &client, down);
+    // The slot's owner gives it up: it answers `CLUSTERDOWN` (it no longer sees every
+    // slot served), the other nodes, which still list the slot as its, serve theirs.
+    let slot = i64::from(redcluster::key_slot(down.as_bytes()));
+    let deleted = local
+        .connect_node(owner)
+        .await
+        .unwrap()
+        .send(cmd("CLUSTER").arg("DELSLOTS").arg(slot))
+        .await
+        .unwrap();
+    assert_eq!(deleted, Value::Simple("OK".into()));
+    let watched = support::key_elsewhere(&client, down, "wr-up");
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let (runs_ref, client_ref, watched_ref) = (&runs, &client, watched.as_str());
+    let outcome = client
+        .watch_retry(&[watched_ref], 3, |w| async move {
+            runs_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _: Option<String> = client_ref.get(down).await?;
+            w.exec(vec![cmd("INCR").arg(watched_ref)]).await
+        })
+        .await;
+    assert!(
+        matches!(outcome, Err(redcluster::Error::ClusterDown(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 /// `watch_retry`'s attempts after a retryable error are retries of the client's
 /// budget: with the budget spent, the `MOVED` that aborted `EXEC` is the answer rather
 /// than another round of `WATCH` and body.

@@ -591,8 +591,9 @@ impl ClusterClientBuilder {
 
     /// Period of the background topology refresh. Default 30 s. Refreshes also happen on
     /// MOVED, connection failures and CLUSTERDOWN, and every second (or this period, if
-    /// shorter) while the cluster reports a failed node or settles after one. At least
-    /// 100 ms.
+    /// shorter) while a failed primary still holds slots, and for a minute after the set
+    /// of nodes the cluster reports as failed last changed; then at this period again,
+    /// even while a node stays failed. At least 100 ms.
     ///
     /// ```no_run
     /// # async fn demo() -> redcluster::Result<()> {

@@ -87,7 +87,9 @@
 //!   when a topology is installed, after each topology refresh and after each health
 //!   check (every 10 s by default); breaker states are also set at every transition. A
 //!   node known under two handles (primary and replica-read connections) reports the sum
-//!   of their connections and the worse of their breakers. A dropped client's last values
+//!   of their connections and the breaker of the handle of its current role in the
+//!   routes, as `health()` does (the handle of its old role may keep an open breaker no
+//!   request reaches any more). A dropped client's last values
 //!   stay (the `metrics` facade has no way to remove a series).
 //!
 //! # Tracing
