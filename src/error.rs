@@ -6,7 +6,9 @@
 //! plain data ([`crate::Value::ServerError`]) until the caller asks for a typed result;
 //! only then does it become [`Error::Server`].
 //!
-//! Messages never contain passwords, keys or values: errors are logged and shown to users.
+//! Errors are logged and shown to users: the client's own messages never contain
+//! passwords, keys or values, and a server's error reply is shown without the parts
+//! Redis is known to fill with them ([`ServerError`] lists those).
 
 use std::fmt;
 use std::sync::Arc;
@@ -305,9 +307,11 @@ impl From<ServerError> for Error {
 /// `Display` and `Debug` leave out the arguments the server quotes in its reply to a
 /// command it does not know (`ERR unknown command 'CONFIG', with args beginning with:
 /// ...`): they may be keys, values or a password (`CONFIG SET requirepass ...` to a
-/// node where `CONFIG` is renamed), the rule an `ACL SETUSER` refused, and the value
-/// Redis 6 quotes when it refuses a `CONFIG SET`. [`message`](Self::message) and
-/// [`as_bytes`](Self::as_bytes) give the whole reply.
+/// node where `CONFIG` is renamed), the rule an `ACL SETUSER` refused, the value
+/// Redis 6 quotes when it refuses a `CONFIG SET`, the key and group names of the stream
+/// commands' `NOGROUP`, and the coordinates a `GEOADD` refused. Other replies are shown
+/// as the server wrote them (a script's own error reply, say).
+/// [`message`](Self::message) and [`as_bytes`](Self::as_bytes) give the whole reply.
 ///
 /// ```
 /// use redcluster::ServerError;
@@ -385,12 +389,24 @@ const SELECTOR_QUOTED: &str = "Unmatched parenthesis in acl selector starting at
 const VALUE_QUOTED: &str = "Invalid argument '";
 /// What follows that value.
 const VALUE_QUOTED_END: &str = "' for CONFIG SET '";
+/// Where `GEOADD`/`GEOSEARCH` quote the coordinates they refused (a place is personal
+/// data): `ERR invalid longitude,latitude pair <lon>,<lat>`.
+const COORDINATES_QUOTED: &str = "invalid longitude,latitude pair ";
 
 impl ServerError {
     /// The reply as `Display` and `Debug` show it: without quoted arguments or rules,
     /// which may be passwords.
     fn shown(&self) -> std::borrow::Cow<'_, str> {
         let text = String::from_utf8_lossy(&self.text);
+        // Every `NOGROUP` of the stream commands quotes the key and the group
+        // (`No such key '<key>' or consumer group '<group>' ...`, `No such consumer
+        // group '<group>' for key name '<key>'`).
+        if self.code() == "NOGROUP" {
+            return "NOGROUP no such key or consumer group (their names not shown)".into();
+        }
+        if let Some(at) = text.find(COORDINATES_QUOTED) {
+            return format!("{}{COORDINATES_QUOTED}(not shown)", &text[..at]).into();
+        }
         if let Some(at) = text.find(ARGS_QUOTED) {
             return format!("{}{ARGS_QUOTED} (not shown)", &text[..at]).into();
         }
@@ -476,6 +492,34 @@ mod tests {
         // Later releases quote the selector itself.
         let text = "ERR Unmatched parenthesis in acl selector starting at '(~y:*'.";
         assert_eq!(ServerError::new(text).to_string(), text);
+    }
+
+    #[test]
+    fn stream_group_and_coordinate_refusals_leave_out_what_they_quote() {
+        for text in [
+            "NOGROUP No such key 'user:alice@example.com' or consumer group 'billing' in XREADGROUP with GROUP option",
+            "NOGROUP No such key 'user:alice@example.com' or consumer group 'billing'",
+            "NOGROUP No such consumer group 'billing' for key name 'user:alice@example.com'",
+        ] {
+            let e = ServerError::new(text);
+            for shown in [e.to_string(), format!("{e:?}")] {
+                assert!(!shown.contains("alice") && !shown.contains("billing"), "{shown}");
+                assert!(shown.starts_with("NOGROUP") || shown.contains("NOGROUP"), "{shown}");
+            }
+            assert_eq!(e.code(), "NOGROUP");
+            assert_eq!(e.message(), &text["NOGROUP ".len()..]);
+        }
+        let e = ServerError::new("ERR invalid longitude,latitude pair 13.404954,52.520008");
+        for shown in [e.to_string(), format!("{e:?}")] {
+            assert!(
+                !shown.contains("13.40") && !shown.contains("52.52"),
+                "{shown}"
+            );
+            assert!(
+                shown.contains("invalid longitude,latitude pair (not shown)"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

@@ -454,3 +454,33 @@ async fn an_empty_password_is_none_on_both_protocols() {
         assert_eq!(pong, Value::Simple("PONG".into()), "{protocol:?}");
     }
 }
+
+/// A refusal whose text holds the password (here the password is a word of the
+/// server's own `WRONGPASS invalid username-password pair ...`) is shown by its code
+/// alone: the password cut out of it, the words around the cut spelled it
+/// (`username-*** pair`). A real server, both protocols.
+#[tokio::test]
+async fn a_refusal_that_holds_the_password_is_not_shown_around_it() {
+    let server =
+        support::standalone::Standalone::start_with_args(&["--requirepass", "the-real-one"]);
+    for protocol in [Protocol::Resp3, Protocol::Resp2] {
+        let options = ConnectOptions::default()
+            .password("password")
+            .protocol(protocol);
+        let err = NodeConnection::connect(&server.addr, &options)
+            .await
+            .unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(matches!(err, redcluster::Error::Auth(_)), "{shown}");
+        assert!(shown.contains("WRONGPASS"), "{shown}");
+        assert!(!shown.contains("username-"), "{shown}");
+        // A password the reply does not hold leaves it whole.
+        let options = ConnectOptions::default()
+            .password("zq-81xv")
+            .protocol(protocol);
+        let err = NodeConnection::connect(&server.addr, &options)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("username-password pair"), "{err}");
+    }
+}

@@ -296,3 +296,56 @@ async fn secrets_never_show_in_debug_errors_or_traces() {
     assert!(trace.contains("TRACE"), "no trace-level events captured");
     assert_clean("tracing output", &trace, &secrets);
 }
+
+/// Keys and values Redis quotes back in its refusals stay out of the error's `Display`
+/// and `Debug` (keys are personal data in many services): a stream's missing consumer
+/// group (`NOGROUP No such key '<key>' or consumer group '<group>'`) and refused
+/// coordinates; the code still says what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_values_a_refusal_quotes_stay_out_of_errors() {
+    let local = LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let key = "user:alice@example.com:events";
+    let _: String = client
+        .query(cmd("XADD").arg(key).arg("*").arg("f").arg("v"))
+        .await
+        .unwrap();
+    let err = client
+        .xreadgroup("billing-group", "c1", key, 1, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.server_code(), Some("NOGROUP"), "{err:?}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("alice") && !shown.contains("billing"), "{shown}");
+    let err = client
+        .query::<Value>(cmd("XPENDING").arg(key).arg("billing-group"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.server_code(), Some("NOGROUP"), "{err:?}");
+    let shown = format!("{err} {err:?}");
+    assert!(
+        !shown.contains("alice") && !shown.contains("billing"),
+        "{shown}"
+    );
+    let err = client
+        .query::<i64>(
+            cmd("GEOADD")
+                .arg("places")
+                .arg("213.404954")
+                .arg("52.520008")
+                .arg("home"),
+        )
+        .await
+        .unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(
+        !shown.contains("213.40") && !shown.contains("52.52"),
+        "{shown}"
+    );
+    assert!(shown.contains("longitude,latitude"), "{shown}");
+}

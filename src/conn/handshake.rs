@@ -255,7 +255,10 @@ fn is_auth_error(e: &ServerError) -> bool {
 /// The error for a refused `AUTH` (or `HELLO ... AUTH`). A server quotes the arguments
 /// of a command it does not know (`unknown command 'AUTH', with args beginning with:
 /// 'hunter2'`, when `AUTH` is renamed or disabled): such a reply becomes a fixed text.
-/// From any other, the password is cut, should a server or proxy quote it.
+/// Any other that holds the password (a proxy that quotes it, or a password that is a
+/// word of the server's own text) is shown by its code alone: cutting the password out
+/// would let the text around the cut spell it (`WRONGPASS invalid username-*** pair`
+/// for the password `password`).
 fn auth_error(e: &ServerError, password: Option<&Secret>) -> Error {
     if e.message().contains("unknown command") {
         return Error::Auth(format!(
@@ -264,10 +267,13 @@ fn auth_error(e: &ServerError, password: Option<&Secret>) -> Error {
         ));
     }
     let text = e.to_string();
-    Error::Auth(match password.map(Secret::expose) {
-        Some(p) if !p.is_empty() => text.replace(p, "***"),
-        _ => text,
-    })
+    match password.map(Secret::expose) {
+        Some(p) if !p.is_empty() && text.contains(p) => Error::Auth(format!(
+            "{}: the rest of the server's reply is not shown, as it holds the password",
+            e.code()
+        )),
+        _ => Error::Auth(text),
+    }
 }
 
 /// The error of a handshake `step` the server refused. None of the caller's commands

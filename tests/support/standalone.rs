@@ -28,6 +28,12 @@ impl Standalone {
         Standalone::start_with(None, &[])
     }
 
+    /// [`Standalone::start`] with `args` added to its command line.
+    #[allow(dead_code)] // not every test binary needs one
+    pub fn start_with_args(args: &[&str]) -> Standalone {
+        Standalone::start_with(None, args)
+    }
+
     /// [`Standalone::start`] on `port` (another process's server on a port the test
     /// wants taken), with `args` added to its command line.
     pub fn start_on(port: u16, args: &[&str]) -> Standalone {
