@@ -1,19 +1,28 @@
-//! A connection does not keep the memory of a large reply once its caller dropped it.
-//! One test in this binary, so the process's resident size is this test's alone.
+//! A connection does not keep the memory of a large reply once its caller dropped it,
+//! nor a subscriber's link that of a large message. One test in this binary, so the
+//! process's resident size is this test's alone.
 
 mod support;
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use redcluster::testkit::LocalCluster;
-use redcluster::ClusterClient;
+use redcluster::{ClusterClient, PubSubEvent, Subscriber};
 
 const VALUE: usize = 64 * 1024 * 1024;
+/// Over the 32 MB up to which the allocator may keep what is freed in its heap (its
+/// mmap threshold grows up to that as large blocks are freed): a larger block goes back
+/// to the system when freed, so the resident size shows whether it is still held. The
+/// nodes let a subscriber's output buffer hold it (`client-output-buffer-limit pubsub`
+/// off: by default they close a subscriber's connection past 32 MB).
+const MESSAGE: usize = 48 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_reply_leaves_no_large_buffer_behind() {
     let local = LocalCluster::builder()
         .replicas_per_master(0)
+        .config("client-output-buffer-limit", "pubsub 0 0 0")
         .start()
         .await
         .unwrap();
@@ -62,4 +71,37 @@ async fn a_large_reply_leaves_no_large_buffer_behind() {
         later < before + VALUE as u64 / 2,
         "the connection kept the large reply's buffer: {before} -> {later} bytes resident"
     );
+
+    // A subscriber's link alike: a large message read and dropped, then small ones,
+    // enough to fill what is left of a 16 KB buffer's room many times over.
+    let mut sub = client.subscriber().await.unwrap();
+    sub.subscribe(["big-news"]).await.unwrap();
+    let before = support::rss_bytes();
+    client
+        .publish("big-news", vec![b'x'; MESSAGE])
+        .await
+        .unwrap();
+    assert_eq!(next_payload(&mut sub).await, MESSAGE);
+    for _ in 0..200 {
+        client.publish("big-news", vec![b's'; 512]).await.unwrap();
+        assert_eq!(next_payload(&mut sub).await, 512);
+    }
+    let after = support::rss_bytes();
+    println!("subscriber: resident before the large message {before}, after it {after}");
+    assert!(
+        after < before + MESSAGE as u64 / 2,
+        "the subscriber's link kept the large message's buffer: {before} -> {after} bytes"
+    );
+}
+
+/// The length of the next message's payload (dropped at once).
+async fn next_payload(sub: &mut Subscriber) -> usize {
+    let event = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("no message within 30 s")
+        .expect("the stream ended");
+    match event {
+        PubSubEvent::Message(m) => m.payload.len(),
+        other => panic!("expected a message, got {other:?}"),
+    }
 }

@@ -321,7 +321,10 @@ async fn keys_and_values_a_refusal_quotes_stay_out_of_errors() {
         .unwrap_err();
     assert_eq!(err.server_code(), Some("NOGROUP"), "{err:?}");
     let shown = format!("{err} {err:?}");
-    assert!(!shown.contains("alice") && !shown.contains("billing"), "{shown}");
+    assert!(
+        !shown.contains("alice") && !shown.contains("billing"),
+        "{shown}"
+    );
     let err = client
         .query::<Value>(cmd("XPENDING").arg(key).arg("billing-group"))
         .await

@@ -89,6 +89,32 @@ const READ_CHUNK: usize = 64 * 1024;
 /// one (see `read_loop`).
 const MAX_IDLE_READ_BUFFER: usize = 4 * 1024 * 1024;
 
+/// Whether a read buffer grew past [`MAX_IDLE_READ_BUFFER`] (for a large reply or
+/// message): the reader keeps that in a sticky flag for [`make_room`], since the
+/// buffer's `capacity` is the room left from where it stands, which no longer shows it
+/// once the large frame is split off.
+pub(crate) fn is_large(rbuf: &BytesMut) -> bool {
+    rbuf.capacity() > MAX_IDLE_READ_BUFFER
+}
+
+/// Makes room in a read buffer before the next read, `chunk` at a time. Once a large
+/// frame is out (`large`, and less than a chunk left), what is left of the buffer moves
+/// to a new one: the frame is a slice of the buffer's allocation, so reading on in the
+/// old one would keep the whole allocation alive after its reader dropped the frame,
+/// and `reserve` would take it back to keep. A 256 MB value or message read once would
+/// hold 256 MB for the connection's life.
+pub(crate) fn make_room(rbuf: &mut BytesMut, large: &mut bool, chunk: usize) {
+    if *large && rbuf.len() < chunk {
+        let mut fresh = BytesMut::with_capacity(chunk);
+        fresh.extend_from_slice(rbuf);
+        *rbuf = fresh;
+        *large = false;
+    }
+    if rbuf.capacity() - rbuf.len() < chunk / 4 {
+        rbuf.reserve(chunk);
+    }
+}
+
 /// What a request sends: one command, or several that must be written back to back
 /// (`ASKING` + command, `MULTI` ... `EXEC`, an explicit pipeline).
 #[derive(Debug)]
@@ -1609,7 +1635,7 @@ where
     // When bytes last came: the handshake's last read left the first in the buffer.
     let mut heard = shared.nanos(Instant::now());
     let error = 'outer: loop {
-        large |= rbuf.capacity() > MAX_IDLE_READ_BUFFER;
+        large |= is_large(&rbuf);
         // Replies may already sit in the buffer from the handshake's last read.
         loop {
             match decoder.decode(&mut rbuf) {
@@ -1636,20 +1662,7 @@ where
                 break e;
             }
         }
-        // The large reply is out, a slice of the buffer's allocation: what is left of
-        // the buffer moves to a new one. Reading on in the old one would keep the whole
-        // allocation alive after the caller dropped the reply, and `reserve` would take
-        // it back to keep: a 256 MB value read once would hold 256 MB for the
-        // connection's life.
-        if large && rbuf.len() < READ_CHUNK {
-            let mut fresh = BytesMut::with_capacity(READ_CHUNK);
-            fresh.extend_from_slice(&rbuf);
-            rbuf = fresh;
-            large = false;
-        }
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
-        }
+        make_room(&mut rbuf, &mut large, READ_CHUNK);
         let closed = shared.close.notified();
         if shared.is_closed() {
             return;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::cmd::Cmd;
-use crate::conn::{connect_raw, read_ended, ConnectOptions, RawConnection};
+use crate::conn::{connect_raw, is_large, make_room, read_ended, ConnectOptions, RawConnection};
 use crate::error::{Error, ServerError};
 use crate::resp::Value;
 
@@ -217,7 +217,10 @@ async fn drive(
     tracing::debug!(?protocol, "subscriber connection open");
     let renames = options.renames;
     let mut wbuf = BytesMut::with_capacity(1024);
+    // A large message grew the buffer: given up once it is out (see `make_room`).
+    let mut large = false;
     let error = 'outer: loop {
+        large |= is_large(&rbuf);
         // Frames may already sit in the buffer from the handshake's last read.
         loop {
             match decoder.decode(&mut rbuf) {
@@ -233,9 +236,7 @@ async fn drive(
                 Err(e) => break 'outer e,
             }
         }
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
-            rbuf.reserve(READ_CHUNK);
-        }
+        make_room(&mut rbuf, &mut large, READ_CHUNK);
         tokio::select! {
             command = commands.recv() => {
                 let Some(command) = command else {
