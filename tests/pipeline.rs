@@ -1328,3 +1328,30 @@ async fn replies_that_came_before_the_deadline_are_answers() {
     let n: i64 = client.get(counter).await.unwrap();
     assert_eq!(n, BEFORE as i64 + 1);
 }
+
+/// A node that takes `MULTI` but does not know `EXEC` (renamed there, the client not
+/// told) kept the shared connection inside the transaction: every later command of
+/// every caller on it was queued, answered `QUEUED` (a `SET` that never ran read as
+/// done, a `GET` read "QUEUED"). The connection is closed instead (the server drops the
+/// transaction with it), and the requests after are served on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_whose_exec_the_node_does_not_know_leaves_no_connection_inside_it() {
+    let local = redcluster::testkit::LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .config("rename-command", "EXEC EXEC_hidden")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let mut tx = client.transaction();
+    tx.add(cmd("INCR").arg("{unknown-exec}:n"));
+    let err = tx.execute().await.unwrap_err();
+    assert_eq!(err.server_code(), Some("ERR"), "{err:?}");
+    client.set("{unknown-exec}:k", "v").await.unwrap();
+    let v: Option<String> = client.get("{unknown-exec}:k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("v"));
+    // Neither the transaction's INCR nor anything after it ran inside it.
+    let n: Option<i64> = client.get("{unknown-exec}:n").await.unwrap();
+    assert_eq!(n, None);
+}

@@ -138,6 +138,24 @@ impl Cmds {
         }
     }
 
+    /// Where the first `MULTI` of a batch is, and the `EXEC` (or `DISCARD`) that ends it:
+    /// see [`left_in_multi`].
+    fn first_transaction(&self) -> Option<Transaction> {
+        let Cmds::Many(cmds) = self else {
+            return None; // a lone `MULTI` is refused on a shared connection
+        };
+        let multi = cmds
+            .iter()
+            .position(|c| c.name().eq_ignore_ascii_case(b"MULTI"))?;
+        let end = cmds[multi + 1..].iter().position(|c| {
+            c.name().eq_ignore_ascii_case(b"EXEC") || c.name().eq_ignore_ascii_case(b"DISCARD")
+        })?;
+        Some(Transaction {
+            multi: u32::try_from(multi).ok()?,
+            end: u32::try_from(multi + 1 + end).ok()?,
+        })
+    }
+
     /// The commands, in the order they are written.
     pub(crate) fn into_vec(self) -> Vec<Cmd> {
         match self {
@@ -207,6 +225,26 @@ struct Request {
     len: usize,
     /// How many replies it gets.
     expected: usize,
+    transaction: Option<Transaction>,
+}
+
+/// The positions in a batch of its first `MULTI` and of the `EXEC` or `DISCARD` that
+/// ends that transaction.
+#[derive(Debug, Clone, Copy)]
+struct Transaction {
+    multi: u32,
+    end: u32,
+}
+
+/// Whether the server was left inside a transaction by a batch whose `MULTI` it took
+/// and whose `EXEC`/`DISCARD` it refused as an unknown command (renamed or disabled on
+/// the node, the client not told): it then queues every later command on the
+/// connection, other callers' too, answering `QUEUED` (a `SET` that never runs reads
+/// as done). A known command refused (ACL, OOM) aborts the transaction instead.
+fn left_in_multi(replies: &Replies, transaction: Transaction) -> bool {
+    let at = |i: u32| usize::try_from(i).ok().and_then(|i| replies.get(i));
+    matches!(at(transaction.multi), Some(Value::Simple(ok)) if ok.eq_ignore_ascii_case(b"OK"))
+        && matches!(at(transaction.end), Some(Value::ServerError(e)) if e.message().starts_with("unknown command"))
 }
 
 /// Requests handed over by callers, not yet taken by the writer.
@@ -227,6 +265,7 @@ struct InFlight {
     written: u64,
     replies: Replies,
     expected: usize,
+    transaction: Option<Transaction>,
 }
 
 /// State the tasks and the handles share. The writer takes each lock once per write
@@ -340,6 +379,7 @@ impl Shared {
     ) -> std::result::Result<ReplyReceiver, Refused> {
         // Made before taking the lock, which other callers and the writer wait for.
         let (reply, answer) = reply::channel();
+        let transaction = cmds.first_transaction();
         {
             let mut queue = lock(&self.queue);
             if self.is_closed() {
@@ -356,6 +396,7 @@ impl Shared {
                 deadline,
                 len: bytes.len() - start,
                 expected: cmds.reply_count(),
+                transaction,
             });
             // Only the first request wakes the writer: it takes all that are queued. One
             // that fills a write wakes it too, as a writer holding back for replies
@@ -1386,6 +1427,7 @@ where
                 reply: Some(request.reply),
                 deadline: request.deadline,
                 written: written_at,
+                transaction: request.transaction,
             });
         }
         cut.finish(&mut wbuf);
@@ -1718,6 +1760,7 @@ fn deliver(
     // Whether a reply went to a request still within its deadline (a pipeline's count
     // as they come, before its last).
     let mut in_time = false;
+    let mut left_in_transaction = false;
     let (was_full, drained) = {
         let mut q = shared.in_flight();
         let was_full = q.len() >= shared.max_in_flight;
@@ -1731,7 +1774,22 @@ fn deliver(
             in_time |= front.reply.is_some();
             front.replies.push(value);
             if front.replies.len() == front.expected {
+                let poisoned = front
+                    .transaction
+                    .is_some_and(|t| left_in_multi(&front.replies, t));
                 done.extend(q.pop_front());
+                if poisoned {
+                    // Whatever comes next is queued into that transaction: the
+                    // connection goes, and the server drops the transaction with it.
+                    left_in_transaction = true;
+                    outcome = Err(Error::Protocol(
+                        "the node took MULTI but refused EXEC (or DISCARD) as an unknown \
+                         command, which leaves the connection inside the transaction; it \
+                         was closed (is EXEC renamed on the node? see rename_command)"
+                            .into(),
+                    ));
+                    break;
+                }
             }
         }
         // A new oldest request that timed out already (its deadline shorter than the
@@ -1747,6 +1805,11 @@ fn deliver(
         (was_full, q.is_empty())
     };
     replies.clear();
+    // Closed before the transaction's caller has its answer: its next request must not
+    // be queued on this connection.
+    if let (true, Err(error)) = (left_in_transaction, &outcome) {
+        shared.close(error);
+    }
     // Wake the writer if it may now write (see `wait_for_turn`): it waits for the
     // server to answer all it wrote, or for room under `max_in_flight`. With nothing
     // queued, the next caller's `enqueue` wakes it instead; waking it now would only
@@ -1917,6 +1980,7 @@ mod tests {
             written: 0,
             replies: Replies::new(),
             expected: 1,
+            transaction: None,
         });
         answer
     }
@@ -1941,6 +2005,7 @@ mod tests {
             written: 0,
             replies: Replies::new(),
             expected,
+            transaction: None,
         });
         answer
     }
@@ -1956,6 +2021,7 @@ mod tests {
             written: shared.nanos(shared.epoch + ms(written)),
             replies: Replies::new(),
             expected: 1,
+            transaction: None,
         });
         answer
     }
