@@ -1424,3 +1424,39 @@ async fn a_connection_left_by_a_connect_is_checked_before_it_serves() {
         .expect("the silent connection served the request");
     assert_eq!(popped, None);
 }
+
+/// `query_durable` refuses a blocking command, unsent: on the connection kept for
+/// `WATCH` and durable writes, with only the response timeout, it timed out as
+/// may-have-run while it merely waited, and an element popped as the deadline passed
+/// was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_durable_refuses_a_blocking_command_unsent() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let _: i64 = client
+        .query(cmd("RPUSH").arg("{dq}:in").arg("job"))
+        .await
+        .unwrap();
+    let wait = redcluster::Durability::new(0, Duration::from_millis(10));
+    let err = client
+        .query_durable::<Value>(
+            cmd("BLMOVE")
+                .arg("{dq}:in")
+                .arg("{dq}:work")
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(5),
+            wait,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, redcluster::Error::Config(_)) && !err.may_have_executed(),
+        "{err:?}"
+    );
+    let left: Vec<String> = client
+        .query(cmd("LRANGE").arg("{dq}:in").arg(0).arg(-1))
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["job".to_string()], "the element was moved");
+}

@@ -513,8 +513,9 @@ impl ClusterClient {
     /// # Errors
     ///
     /// [`Error::NotReplicated`] when fewer replicas acknowledged than asked (the write
-    /// did run on the primary); [`Error::Config`] for a command without keys, or one the
-    /// client would split across slots (`MSET`, `DEL`, ... with keys in several);
+    /// did run on the primary); [`Error::Config`] for a command without keys, one the
+    /// client would split across slots (`MSET`, `DEL`, ... with keys in several), or a
+    /// blocking command (`BLMOVE`, `BLPOP`, ...: unsent);
     /// [`Error::CrossSlot`] for other commands with keys in several slots (`RENAME`,
     /// `SUNIONSTORE`, ...); otherwise as [`ClusterClient::query`].
     ///
@@ -545,6 +546,17 @@ impl ClusterClient {
                 ))
             }
         };
+        // A blocking command would wait as long as it asks on the connection kept for
+        // `WATCH` and durable writes, with only the response timeout to do it in: it
+        // would time out as may-have-run while it merely waited, and an element popped
+        // as the deadline passed would be lost.
+        if info.is_some_and(|i| crate::cmd::blocks(&command, i)) {
+            return Err(Error::Config(
+                "a blocking command gets no WAIT: send it with query, then a durable \
+                 write to the same slot (its acknowledgement covers the writes before it)"
+                    .into(),
+            ));
+        }
         let name = crate::observe::metrics::command_label(info);
         let landing = Landing::default();
         let durable = self.inner.send_durable(
