@@ -265,3 +265,99 @@ async fn lowest_latency_reads_go_in_turn_to_the_nodes_measured_about_as_fast() {
     // Nodes within the bound of each other on loopback: the reads took turns.
     assert!(spread >= 1, "no batch went to two nodes or more");
 }
+
+/// A master that serves no slots yet (added ahead of a resharding) holds up no
+/// request: its open breaker leaves the cluster `is_ok()`, not `Fail` (a readiness
+/// probe on `is_ok()` took the service out for a node that held nothing). `health()`
+/// says how many slots each primary serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_master_whose_breaker_is_open_fails_no_health_check() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_secs(30))
+        .start()
+        .await
+        .unwrap();
+    let spare = local.add_master().await.unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .health_check_interval(Some(Duration::from_millis(100)))
+        .response_timeout(Duration::from_millis(200))
+        .connect_timeout(Duration::from_millis(200))
+        .circuit_breaker(CircuitBreakerConfig::default().consecutive_failures(2))
+        .build()
+        .await
+        .unwrap();
+    let addr = local.node_addr(spare);
+    let health = client.health();
+    assert_eq!(health.node(&addr).map(|n| n.slots), Some(0), "{health:?}");
+    let served: usize = health.nodes.iter().map(|n| n.slots).sum();
+    assert_eq!(served, 16384, "{health:?}");
+    local.pause(spare).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.health().node(&addr).map(|n| n.breaker) != Some(BreakerState::Open) {
+        assert!(
+            Instant::now() < deadline,
+            "breaker never opened: {:?}",
+            client.health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = client.health();
+    assert!(health.is_ok(), "{health:?}");
+    assert_ne!(health.state(), ClusterState::Fail, "{health:?}");
+    local.resume(spare).unwrap();
+}
+
+/// A node reached only by dedicated connections (a blocking consumer) is `connected`,
+/// as the connections gauge counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reached_only_by_dedicated_connections_is_connected() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    // The node's shared connection goes (the node closes it); no health check or
+    // request opens another.
+    let node = local.masters().await.unwrap()[0];
+    let idle = local.node_addr(node);
+    let killed: i64 = redcluster::FromValue::from_value(
+        local
+            .connect_node(node)
+            .await
+            .unwrap()
+            .send(
+                redcluster::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("normal"),
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(killed >= 1, "{killed}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client.health().node(&idle).map(|n| n.connected) != Some(false) {
+        assert!(Instant::now() < deadline, "{:?}", client.health());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let key = (0..10_000)
+        .map(|i| format!("queue:{i}"))
+        .find(|k| client.node_for_key(k.as_bytes()).as_deref() == Some(idle.as_str()))
+        .expect("a key of that node");
+    let popped: Option<(String, String)> = client
+        .query(redcluster::cmd("BLPOP").arg(key.as_str()).arg(0.01))
+        .await
+        .unwrap();
+    assert_eq!(popped, None);
+    let health = client.health();
+    assert_eq!(
+        health.node(&idle).map(|n| n.connected),
+        Some(true),
+        "{health:?}"
+    );
+}

@@ -686,19 +686,25 @@ impl ClusterClient {
         use crate::observe::{ClusterHealth, NodeHealth, NodeRole};
         let routes = self.inner.routes.load();
         let mut nodes = Vec::new();
-        let describe = |node: &node::Node, role: NodeRole, primary: Option<&str>| NodeHealth {
-            addr: node.addr.to_string(),
-            role,
-            primary: primary.map(str::to_string),
-            connected: node.is_connected(),
-            breaker: node.breaker_state(),
-            latency: node.latency(),
-            last_error: node.last_failure(),
+        let slots = routes.map.slots_per_shard();
+        let describe = |node: &node::Node, role: NodeRole, primary: Option<&str>, slots| {
+            let (shared, dedicated) = node.open_connections();
+            NodeHealth {
+                addr: node.addr.to_string(),
+                role,
+                primary: primary.map(str::to_string),
+                slots,
+                connected: shared + dedicated > 0,
+                breaker: node.breaker_state(),
+                latency: node.latency(),
+                last_error: node.last_failure(),
+            }
         };
         for (i, primary) in routes.primaries.iter().enumerate() {
-            nodes.push(describe(primary, NodeRole::Primary, None));
+            let served = slots.get(i).copied().unwrap_or(0);
+            nodes.push(describe(primary, NodeRole::Primary, None, served));
             for replica in routes.replicas.get(i).into_iter().flatten() {
-                nodes.push(describe(replica, NodeRole::Replica, Some(&primary.addr)));
+                nodes.push(describe(replica, NodeRole::Replica, Some(&primary.addr), 0));
             }
         }
         ClusterHealth {

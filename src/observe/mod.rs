@@ -156,7 +156,9 @@ pub struct ClusterHealth {
 }
 
 impl ClusterHealth {
-    /// Whether every slot is served and no primary's breaker is open.
+    /// Whether every slot is served and no breaker of a primary that serves slots is
+    /// open (a primary that serves none, as a master added before a resharding, holds
+    /// up no request).
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {
@@ -169,14 +171,14 @@ impl ClusterHealth {
             && self
                 .nodes
                 .iter()
-                .filter(|n| n.role == NodeRole::Primary)
+                .filter(|n| n.role == NodeRole::Primary && n.slots > 0)
                 .all(|n| n.breaker != BreakerState::Open)
     }
 
     /// The cluster's state as the client sees it: [`ClusterState::Fail`] when some slot
     /// has no primary it can reach (unserved, or its primary's breaker is open),
     /// [`ClusterState::Degraded`] when every slot is served but a replica is unreachable
-    /// or a primary has none, [`ClusterState::Ok`] otherwise. [`ClusterHealth::is_ok`]
+    /// or a primary that serves slots has none, [`ClusterState::Ok`] otherwise. [`ClusterHealth::is_ok`]
     /// holds in both `Ok` and `Degraded`: requests are served.
     ///
     /// ```no_run
@@ -200,7 +202,7 @@ impl ClusterHealth {
         let unreplicated = self
             .nodes
             .iter()
-            .filter(|n| n.role == NodeRole::Primary)
+            .filter(|n| n.role == NodeRole::Primary && n.slots > 0)
             .any(|p| {
                 !self
                     .nodes
@@ -283,7 +285,11 @@ pub struct NodeHealth {
     pub role: NodeRole,
     /// For a replica, the primary it replicates.
     pub primary: Option<String>,
-    /// Whether the client has a live connection to it.
+    /// For a primary, how many slots it serves (0 for one that serves none yet, as a
+    /// master added before a resharding); 0 for a replica.
+    pub slots: usize,
+    /// Whether the client has a live connection to it, shared or dedicated (as the
+    /// `redis_cluster_nodes{state="connected"}` gauge counts).
     pub connected: bool,
     /// Its circuit breaker.
     pub breaker: BreakerState,

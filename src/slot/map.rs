@@ -192,6 +192,17 @@ impl SlotMap {
         self.shards.iter().map(|s| Arc::clone(&s.primary)).collect()
     }
 
+    /// How many slots each shard serves, in the order of [`SlotMap::shards`].
+    pub(crate) fn slots_per_shard(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.shards.len()];
+        for &s in self.slots.iter() {
+            if let Some(count) = counts.get_mut(usize::from(s)) {
+                *count += 1;
+            }
+        }
+        counts
+    }
+
     /// The primaries that serve at least one slot.
     pub(crate) fn serving_primaries(&self) -> Vec<Arc<str>> {
         let mut serving = vec![false; self.shards.len()];
