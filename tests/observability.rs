@@ -889,3 +889,45 @@ fn each_named_client_sets_its_own_cluster_gauges() {
         }
     });
 }
+
+/// An error reply counts as `error` whichever way it ends (a refused `WATCH` comes back
+/// as `Err(Server)`), and a write short of replicas as `ok` (the primary replied), alone
+/// and in a pipeline alike: the refused `WATCH` counted as `failure` (no reply), and so
+/// did the pipeline's short write, where the same write alone counted `ok`.
+#[test]
+fn refusals_and_writes_short_of_replicas_count_by_what_the_node_replied() {
+    on_a_recorded_cluster(|local, snapshotter| async move {
+        support::set_user(&local, "obs-no-watch on >obs-pw ~* &* +@all -watch").await;
+        let client = ClusterClient::builder()
+            .nodes(local.seeds())
+            .username("obs-no-watch")
+            .password("obs-pw")
+            .durable_writes(Durability::new(1, Duration::from_millis(20)))
+            .build()
+            .await
+            .unwrap();
+        let refused = client.watch(["obs-w:{1}"]).await.unwrap_err();
+        assert_eq!(refused.server_code(), Some("NOPERM"), "{refused:?}");
+        let alone = client.set("obs-short:{1}", 1).await.unwrap_err();
+        assert!(
+            matches!(alone, redcluster::Error::NotReplicated { .. }),
+            "{alone:?}"
+        );
+        let mut p = client.pipeline();
+        p.set("obs-short:{2}", 2);
+        let each = p.execute_each().await;
+        assert!(
+            matches!(each[0], Err(redcluster::Error::NotReplicated { .. })),
+            "{each:?}"
+        );
+        let metrics = collect(&snapshotter);
+        let total = "redis_commands_total";
+        let count = |command: &str, status: &str| {
+            sum(&metrics, total, &[("command", command), ("status", status)])
+        };
+        assert_eq!(count("watch", "error"), 1);
+        assert_eq!(count("watch", "failure"), 0);
+        assert_eq!(count("set", "ok"), 2);
+        assert_eq!(count("set", "failure"), 0);
+    });
+}

@@ -216,11 +216,14 @@ pub(crate) enum Status {
 }
 
 impl Status {
-    /// The status of a final result; counts a timeout on the way.
+    /// The status of a final result; counts a timeout on the way. An error reply is an
+    /// `error` whether it comes as a value or as [`Error::Server`] (a refused `WATCH`),
+    /// and a write short of replicas ([`Error::NotReplicated`]) is `ok`, as the
+    /// primary's reply was, on every path.
     pub(crate) fn of(result: Result<&Value, &Error>) -> Status {
         match result {
-            Ok(Value::ServerError(_)) => Status::Error,
-            Ok(_) => Status::Ok,
+            Ok(Value::ServerError(_)) | Err(Error::Server(_)) => Status::Error,
+            Ok(_) | Err(Error::NotReplicated { .. }) => Status::Ok,
             Err(e) => {
                 if matches!(e, Error::Timeout { .. }) {
                     counter(key!(TIMEOUTS_TOTAL)).increment(1);
@@ -512,6 +515,10 @@ impl RetryReason {
     pub(crate) fn of_error(error: &Error) -> RetryReason {
         match error {
             Error::Timeout { .. } => RetryReason::Timeout,
+            // A connect that ran out of its connect timeout.
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut => {
+                RetryReason::Timeout
+            }
             Error::CircuitOpen { .. } => RetryReason::CircuitOpen,
             Error::ClusterDown(_) => RetryReason::NoRoute,
             Error::Io { .. } | Error::ConnectionLost { .. } | Error::Tls(_) | Error::Auth(_) => {
@@ -654,5 +661,32 @@ mod tests {
         // As a durable write gets it: an error, not a reply.
         let tryagain = Error::Server(crate::ServerError::new("TRYAGAIN Multiple keys request"));
         assert_eq!(RetryReason::of_error(&tryagain), RetryReason::TryAgain);
+        // A connect that timed out, as `tcp_connect` reports it.
+        let connect = Error::io(
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "connecting timed out"),
+            false,
+        );
+        assert_eq!(RetryReason::of_error(&connect), RetryReason::Timeout);
+        let refused = Error::io(std::io::ErrorKind::ConnectionRefused.into(), false);
+        assert_eq!(RetryReason::of_error(&refused), RetryReason::Connection);
+    }
+
+    #[test]
+    fn statuses_of_replies_and_errors() {
+        let refused = crate::ServerError::new("NOPERM no permissions to run the 'watch' command");
+        assert_eq!(
+            Status::of(Ok(&Value::ServerError(refused.clone()))),
+            Status::Error
+        );
+        assert_eq!(Status::of(Err(&Error::Server(refused))), Status::Error);
+        let short = Error::NotReplicated {
+            acknowledged: 0,
+            requested: 1,
+        };
+        assert_eq!(Status::of(Err(&short)), Status::Ok);
+        let lost = Error::ConnectionLost {
+            may_have_executed: true,
+        };
+        assert_eq!(Status::of(Err(&lost)), Status::Failure);
     }
 }

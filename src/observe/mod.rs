@@ -44,9 +44,12 @@
 //! - `node`: `host:port` as the client reaches the node. For a command, the node that
 //!   gave the final outcome (after redirects and retries); `none` when no node was
 //!   reached (no route for the slot).
-//! - `status`: `ok` (a reply), `error` (an error reply: `WRONGTYPE`, `NOPERM`, a
-//!   `CLUSTERDOWN` still there after its retries, ...), `failure` (no reply: timeout,
-//!   connection failure, open circuit breaker, too many redirects).
+//! - `status`: `ok` (a reply; a write short of replicas under `durable_writes` too,
+//!   alone or in a pipeline: the primary replied), `error` (an error reply:
+//!   `WRONGTYPE`, `NOPERM`, a `CLUSTERDOWN` still there after its retries, ..., a
+//!   refused `WATCH` too), `failure` (no reply: timeout, connection failure, open
+//!   circuit breaker, too many redirects; a `WATCH` still refused `CLUSTERDOWN` after
+//!   its retries ends as `ClusterDown`, counted here).
 //! - `kind`: `moved` or `ask` for redirects; `multiplexed` or `dedicated` for connections.
 //! - `trigger`: `moved`, `connection_failure`, `cluster_down`, `unknown_node` (a
 //!   `MOVED` or `ASK` to a node the topology lacks: the cluster grew), `uncovered_slot`,
@@ -54,8 +57,8 @@
 //!   `scan`, which refreshes before each pass over slots it has to scan again). The
 //!   initial discovery of `build` is not counted; with `lazy_connect` the discovery
 //!   runs as a refresh (`uncovered_slot`) and is.
-//! - `reason`: `connection`, `timeout` (connecting timed out, not sent; a request that
-//!   was sent and timed out is never retried), `circuit_open`, `no_route`,
+//! - `reason`: `connection`, `timeout` (a connect that ran out of its connect timeout,
+//!   nothing sent; a request that was sent and timed out is never retried), `circuit_open`, `no_route`,
 //!   `cluster_down`, `tryagain`, `loading`, `masterdown`, `other`. A lazy client's
 //!   requests waiting for its first discovery take the reason of the discovery's
 //!   error.
