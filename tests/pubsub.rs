@@ -1560,3 +1560,47 @@ async fn a_channel_over_the_servers_bulk_limit_is_refused_and_the_others_stay_up
         vec![1]
     );
 }
+
+/// A subscriber connection still in its handshake has no `PING` to answer: its
+/// liveness is judged from when it is open (the connect timeout bounds the rest). A
+/// handshake slower than two `ping_interval`s (TLS far away, a slow credentials
+/// provider; here a relay holds the node's answers back) had the link replaced again
+/// and again, a new connection each time, its subscriptions made late or never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handshake_is_no_dead_subscriber_connection() {
+    let local = cluster(0).await;
+    let channel = "slow-hello:{3}";
+    let owner = local
+        .master_of_slot(key_slot(channel.as_bytes()))
+        .await
+        .unwrap();
+    let (relay, remap) = support::relay::Relay::in_front_of(local.node_addr(owner)).await;
+    let seeds: Vec<String> = local
+        .seeds()
+        .into_iter()
+        .filter(|s| *s != local.node_addr(owner))
+        .collect();
+    let client = ClusterClient::builder()
+        .nodes(seeds)
+        .address_remap(remap)
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let config = SubscriberConfig::default()
+        .ping_interval(Duration::from_millis(100))
+        .subscribe_timeout(Duration::from_secs(10));
+    let sub = client.subscriber_with(config).await.unwrap();
+    let before = relay.accepted();
+    relay.hold();
+    let subscribing = tokio::spawn({
+        let handle = sub.handle();
+        async move { handle.ssubscribe([channel]).await }
+    });
+    // The handshake takes this long: many times the 200 ms a link may leave a `PING`
+    // unanswered.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.release();
+    subscribing.await.unwrap().unwrap();
+    assert_eq!(relay.accepted(), before + 1, "the link was replaced");
+}

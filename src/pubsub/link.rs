@@ -141,6 +141,8 @@ pub(crate) fn parse(value: Value) -> Frame {
 /// What a link reports to the subscriber's task.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
+    /// The connection is open, its handshake done: from now on it can answer a `PING`.
+    Up { id: u64 },
     /// A frame, in the order read.
     Frame { id: u64, frame: Frame },
     /// The connection could not be opened, or died; nothing more comes from this link.
@@ -215,6 +217,9 @@ async fn drive(
         protocol,
     } = raw;
     tracing::debug!(?protocol, "subscriber connection open");
+    if events.send(LinkEvent::Up { id }).await.is_err() {
+        return; // the subscriber is gone
+    }
     let renames = options.renames;
     let mut wbuf = BytesMut::with_capacity(1024);
     // A large message grew the buffer: given up once it is out (see `make_room`).

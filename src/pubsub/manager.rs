@@ -102,7 +102,13 @@ enum Sent {
 struct LinkState {
     link: Link,
     sent: VecDeque<Sent>,
+    /// Its connect and handshake are done. Until then it has no `PING` to answer (the
+    /// connect timeout bounds that part), so liveness is not judged: a handshake
+    /// slower than a `ping_interval` (TLS far away, a slow credentials provider) had
+    /// the link replaced again and again, its subscriptions never made.
+    up: bool,
     awaiting_pong: bool,
+    /// When the last `PING` went, or the link came up.
     last_ping: Instant,
     /// Channels whose unsubscribe the node refused (`BUSY` while a script runs,
     /// `CLUSTERDOWN`, `TRYAGAIN`): still subscribed there, asked again by housekeeping
@@ -345,6 +351,7 @@ impl Manager {
             LinkState {
                 link,
                 sent: VecDeque::new(),
+                up: false,
                 awaiting_pong: false,
                 last_ping: Instant::now(),
                 unsubscribe_again: Vec::new(),
@@ -393,6 +400,12 @@ impl Manager {
     fn on_link_event(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Down { id, error } => self.on_link_down(id, &error),
+            LinkEvent::Up { id } => {
+                if let Some(link) = self.links.get_mut(&id) {
+                    link.up = true;
+                    link.last_ping = Instant::now();
+                }
+            }
             LinkEvent::Frame { id, frame } => {
                 if !self.links.contains_key(&id) {
                     return; // a link already dropped
@@ -1115,7 +1128,7 @@ impl Manager {
         let now = Instant::now();
         let mut dead = Vec::new();
         for (id, link) in &mut self.links {
-            if now.duration_since(link.last_ping) < self.ping_interval {
+            if !link.up || now.duration_since(link.last_ping) < self.ping_interval {
                 continue;
             }
             if link.awaiting_pong {

@@ -103,7 +103,8 @@
 //! subscribed mode. Both work the same way. Connections are opened with the client's
 //! settings (TLS, credentials, name, timeouts); a connection that leaves a `PING`
 //! unanswered for a [`SubscriberConfig::ping_interval`] is replaced (found within one
-//! to two intervals).
+//! to two intervals), counted from when its handshake is done (the connect timeout
+//! bounds the handshake).
 
 #[cfg(not(test))]
 mod link;
