@@ -590,6 +590,8 @@ pub struct Watched {
     client: ClusterClient,
     lease: Lease,
     slot: u16,
+    /// The watched keys, named again inside the transaction (see [`Watched::exec`]).
+    keys: Vec<Vec<u8>>,
     /// Under [`ClusterClient::watch_retry`]: set while this transaction's `EXEC` may
     /// have run, so that an error of the body after it does not run the body again.
     exec_may_have_run: Option<Arc<AtomicBool>>,
@@ -652,6 +654,12 @@ impl Watched {
     /// Runs `cmds` in `MULTI`/`EXEC` on the watched connection. `Ok(None)` when a watched
     /// key changed since `WATCH` and nothing ran; `Ok(Some(replies))` when it committed.
     ///
+    /// The transaction also names the watched keys (`EXISTS`, its reply taken out of
+    /// `replies`): should the slot start migrating after `WATCH`, a watched key absent
+    /// then may be created on the importing node, out of this `WATCH`'s sight; named, a
+    /// key missing on this node makes it refuse the transaction (`ASK`/`TRYAGAIN`,
+    /// unrun and retryable) rather than commit over it.
+    ///
     /// # Errors
     ///
     /// [`Error::CrossSlot`] for keys outside the watched slot (nothing is sent); an error
@@ -687,8 +695,16 @@ impl Watched {
         }
         // The connection is this transaction's own, so `WAIT` counts its writes alone.
         let durability = durability.filter(|_| writes);
-        let mut all = Vec::with_capacity(cmds.len() + 3);
+        let mut all = Vec::with_capacity(cmds.len() + 4);
         all.push(cmd("MULTI"));
+        // The watched keys, named by the transaction itself: should the slot start
+        // migrating after `WATCH`, a key absent here may be created on the importing
+        // node (a writer told `ASK`), where this connection's `WATCH` never sees it, and
+        // an `EXEC` of the slot's other keys, present here, would commit over it. Named
+        // here, an absent key makes the node refuse the transaction as it refuses any
+        // command missing keys during a migration (`ASK`/`TRYAGAIN`: aborted, unrun).
+        // Its count is taken out of `EXEC`'s reply.
+        all.push(cmd("EXISTS").args(self.keys.iter()));
         all.extend(cmds);
         all.push(cmd("EXEC"));
         let mut reply_deadline = deadline;
@@ -750,12 +766,15 @@ impl Watched {
             .await?;
         crate::cluster::multi_accepted(replies.first())?;
         match replies.pop() {
-            Some(Value::Array(results)) => match durability {
+            Some(Value::Array(mut results)) if !results.is_empty() => match durability {
                 Some(d) if acked < d.replicas => Err(Error::NotReplicated {
                     acknowledged: acked,
                     requested: d.replicas,
                 }),
-                _ => Ok(Some(results)),
+                _ => {
+                    results.remove(0); // the `EXISTS` of the watched keys
+                    Ok(Some(results))
+                }
             },
             // EXEC answers nil when a watched key changed: a conflict, not an error.
             Some(Value::Nil) => Ok(None),
@@ -843,7 +862,6 @@ impl ClusterClient {
         // protocol error and closes the connection.
         let watch = crate::cmd::cmd("WATCH").args(keys.iter());
         crate::cmd::refuse_overlong_args(&watch)?;
-        drop(keys);
         let deadline = crate::deadline::from_now(self.response_timeout);
         // Counted as a `watch` (status from the outcome: a refused WATCH is an error).
         let landing = Landing::default();
@@ -856,6 +874,7 @@ impl ClusterClient {
             client: self.clone(),
             lease,
             slot,
+            keys,
             exec_may_have_run: None,
         })
     }

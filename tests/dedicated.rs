@@ -1460,3 +1460,54 @@ async fn query_durable_refuses_a_blocking_command_unsent() {
         .unwrap();
     assert_eq!(left, vec!["job".to_string()], "the element was moved");
 }
+
+/// A `WATCH` of a key absent from its node guards it though the slot starts migrating
+/// before `EXEC`: a writer told `ASK` creates the key on the importing node, where the
+/// watching connection's node never sees it, and an `EXEC` of other keys of the slot,
+/// all present on the source, committed over the guard. The transaction now names the
+/// watched keys itself, so the source answers it as it answers any command missing a
+/// key during a migration (`ASK`/`TRYAGAIN`: aborted, unrun, retryable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_absent_key_created_on_the_importing_node_aborts_the_exec() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let (guard, data) = ("{g-mig}:lock", "{g-mig}:data");
+    client.set(data, "before").await.unwrap();
+    let slot = redcluster::key_slot(guard.as_bytes());
+    let owner = support::owner_index(&local, &client, guard);
+    let target = support::master_other_than(&local, owner).await;
+
+    let mut w = client.watch([guard]).await.unwrap();
+    let held: Option<String> = w.query(cmd("GET").arg(guard)).await.unwrap();
+    assert_eq!(held, None);
+    let migration = local.begin_slot_migration(slot, target).await.unwrap();
+    // Another writer takes the guard: the source has no such key and sends it to the
+    // target (`ASK`), where it is created.
+    let other = ClusterClient::connect(local.seeds()).await.unwrap();
+    other.set(guard, "taken").await.unwrap();
+    let on_target: Option<String> = redcluster::FromValue::from_value(
+        local
+            .connect_node(target)
+            .await
+            .unwrap()
+            .send_batch(vec![cmd("ASKING"), cmd("GET").arg(guard)])
+            .await
+            .unwrap()
+            .pop()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(on_target.as_deref(), Some("taken"));
+
+    let outcome = w.exec(vec![cmd("SET").arg(data).arg("after")]).await;
+    assert!(
+        matches!(&outcome, Ok(None)) || matches!(&outcome, Err(e) if e.is_retryable()),
+        "the guarded write committed over the guard: {outcome:?}"
+    );
+    local.finish_slot_migration(migration).await.unwrap();
+    assert_eq!(
+        client.get::<_, String>(data).await.unwrap(),
+        "before",
+        "the guarded write ran"
+    );
+}
