@@ -574,8 +574,15 @@ async fn the_disconnect_policy_closes_the_subscriber_at_the_bound() {
     for i in 0..20 {
         client.spublish("burst:{y}", i.to_string()).await.unwrap();
     }
-    let mut payloads = Vec::new();
+    // Nothing is read until the queue overflowed: a consumer reading while the
+    // messages still come in (they can trail the publisher on a loaded machine) could
+    // keep up, and the bound would never be met.
     let deadline = Instant::now() + Duration::from_secs(10);
+    while !sub.is_closed() {
+        assert!(Instant::now() < deadline, "never closed: {:?}", sub.stats());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut payloads = Vec::new();
     loop {
         match tokio::time::timeout_at(deadline, sub.next()).await.unwrap() {
             Some(PubSubEvent::Message(m)) => payloads.push(m.payload),
