@@ -1511,3 +1511,68 @@ async fn a_watched_absent_key_created_on_the_importing_node_aborts_the_exec() {
         "the guarded write ran"
     );
 }
+
+/// A `BLPOP` or a `WATCH` the node refuses with a `MOVED` to an address the client
+/// cannot vouch for within the deadline (the refreshes that would name it do not
+/// answer) ran nothing: it fails as `Timeout { may_have_executed: false }`, retryable,
+/// where it said it may have run (the vetting's rule for commands a script's forged
+/// redirect may have followed). A scripted node: a real one cannot be made to stall
+/// its `CLUSTER SHARDS` alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_whose_redirect_cannot_be_vetted_in_time_says_nothing_ran() {
+    use support::fake_cluster::{lone_shard, Action, FakeCluster};
+    let moved = format!("MOVED {} 127.0.0.1:1", redcluster::key_slot(b"k"));
+    let fake = FakeCluster::start_with_shards_after(
+        lone_shard,
+        |_own| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
+        // The discovery is answered; the refreshes a redirect's vetting asks for are not.
+        |n| {
+            if n == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(30)
+            }
+        },
+        move |args, _| match args[0].as_str() {
+            "BLPOP" | "WATCH" => Action::Reply(Value::ServerError(redcluster::ServerError::new(
+                moved.clone(),
+            ))),
+            _ => Action::Reply(Value::Simple("OK".into())),
+        },
+    )
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .response_timeout(Duration::from_millis(600))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let err = client
+        .query::<Value>(cmd("BLPOP").arg("k").arg(0.1))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            redcluster::Error::Timeout {
+                may_have_executed: false
+            }
+        ),
+        "{err:?}"
+    );
+    let err = client
+        .watch(["k"])
+        .await
+        .err()
+        .expect("the WATCH was refused");
+    assert!(
+        matches!(
+            err,
+            redcluster::Error::Timeout {
+                may_have_executed: false
+            }
+        ),
+        "{err:?}"
+    );
+}

@@ -174,6 +174,20 @@ pub(crate) fn blocking_share(limit: usize) -> usize {
     limit.saturating_sub(1).max(1)
 }
 
+/// A redirect's vetting that ran out of time, for a command the node refused with that
+/// redirect and that cannot have run before (a blocking command, once answered other
+/// than with a refusal, is never sent again; `WATCH` changes no data): nothing ran,
+/// which the vetting's own timeout, made for commands a script's forged redirect may
+/// have followed, does not say.
+fn refused_unrun(e: Error) -> Error {
+    match e {
+        Error::Timeout { .. } => Error::Timeout {
+            may_have_executed: false,
+        },
+        other => other,
+    }
+}
+
 fn pool_error(e: PoolError<Error>) -> Error {
     match e {
         PoolError::Backend(e) => e,
@@ -424,7 +438,9 @@ impl Inner {
             match action {
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
-                    self.vet_redirect(&r, &node.addr, lease_deadline).await?;
+                    self.vet_redirect(&r, &node.addr, lease_deadline)
+                        .await
+                        .map_err(refused_unrun)?;
                     redirects += 1;
                     self.note_redirect(&r, &node.addr);
                     redirect = Some(r);
@@ -523,7 +539,10 @@ impl Inner {
             drop((admitted, lease));
             match classify(e, &node.addr) {
                 ErrorAction::Redirect(r @ Redirect::Moved { .. }) => {
-                    let to = self.vet_redirect(&r, &node.addr, deadline).await?;
+                    let to = self
+                        .vet_redirect(&r, &node.addr, deadline)
+                        .await
+                        .map_err(refused_unrun)?;
                     // Noted even when not followed, as on the shared path: the next
                     // request goes to the new owner.
                     self.note_redirect(&r, &node.addr);
