@@ -1561,11 +1561,9 @@ async fn a_refusal_whose_redirect_cannot_be_vetted_in_time_says_nothing_ran() {
         ),
         "{err:?}"
     );
-    let err = client
-        .watch(["k"])
-        .await
-        .err()
-        .expect("the WATCH was refused");
+    let Err(err) = client.watch(["k"]).await else {
+        panic!("the WATCH was refused")
+    };
     assert!(
         matches!(
             err,
