@@ -1344,18 +1344,26 @@ async fn client_through_relay(
     (client, relay, owner)
 }
 
-/// An idle dedicated connection whose flow the network dropped silently (a NAT or a
-/// firewall forgot it) fails its check within half the lease's time, and the request is
-/// served on a new connection: the check waited on it for all the time left, and the
-/// request failed with a timeout a new connection would have spared it.
+/// Idle dedicated connections whose flows the network dropped silently (a NAT or a
+/// firewall forgot them all at once) fail their checks within half the lease's time
+/// left each, and the request is served on a new connection: a check waited on one for
+/// all the time left, and then (a fixed half of the lease's time each) two used it up,
+/// and the request failed with a timeout a new connection would have spared it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_connection_gone_silent_is_replaced_within_the_request() {
+async fn pooled_connections_gone_silent_are_replaced_within_the_request() {
     let local = support::cluster(3, 0).await;
     let key = "{silent-pool}:q";
     let (client, relay, _) = client_through_relay(&local, key, Duration::from_secs(2)).await;
-    let popped: Option<(String, String)> =
-        client.query(cmd("BLPOP").arg(key).arg(0.01)).await.unwrap();
-    assert_eq!(popped, None);
+    // Two at once: two dedicated connections, both idle in the pool afterwards.
+    let blpop = || async {
+        client
+            .query::<Option<(String, String)>>(cmd("BLPOP").arg(key).arg(0.2))
+            .await
+            .unwrap()
+    };
+    let (first, second) = tokio::join!(blpop(), blpop());
+    assert_eq!((first, second), (None, None));
+    assert!(relay.accepted() >= 2, "{}", relay.accepted());
     let before = relay.accepted();
     relay.black_hole();
     let popped: Option<(String, String)> = client

@@ -300,15 +300,13 @@ impl Inner {
             None
         };
         let pool = node.dedicated_pool()?;
-        let conn = tokio::time::timeout_at(
-            deadline,
-            pool.timeout_get(&crate::pool::check_bound(deadline)),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            may_have_executed: false,
-        })?
-        .map_err(pool_error)?;
+        let conn =
+            tokio::time::timeout_at(deadline, crate::pool::lease_within(deadline, pool.get()))
+                .await
+                .map_err(|_| Error::Timeout {
+                    may_have_executed: false,
+                })?
+                .map_err(pool_error)?;
         // The node answered (a new connection, or a pooled one that passed its check):
         // an earlier connect's failure no request reported is history, and must not
         // count against the node when a lease times out hours later.

@@ -22,6 +22,7 @@
 //! durable write to the node would time out.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 
@@ -105,10 +106,9 @@ impl DedicatedManager {
             if conn.is_closed() {
                 continue;
             }
-            // Half the connect timeout, as a connect's replacement: the other half is
-            // left for a new connection within the same bound.
-            let bound = self.options.connect_timeout / 2;
-            if is_clean(&conn, crate::deadline::from_now(bound)).await {
+            // As a connect's replacement, half the connect timeout at most: the other
+            // half is left for a new connection within the same bound.
+            if is_clean(&conn, check_due(self.options.connect_timeout)).await {
                 return Some(conn);
             }
             conn.close();
@@ -186,12 +186,11 @@ impl managed::Manager for DedicatedManager {
         }))
     }
 
-    /// Bounded by the connection's response timeout here; a lease bounds it by half its
-    /// time left ([`check_bound`]), after which the pool drops the connection and opens
-    /// another.
+    /// Within half the lease's time left ([`check_due`]): a connection whose flow the
+    /// network dropped silently answers nothing, and the pool goes on to the next idle
+    /// one, or opens another, in the time the other half leaves.
     async fn recycle(&self, conn: &mut NodeConnection, _: &Metrics) -> RecycleResult<Error> {
-        let deadline = crate::deadline::from_now(self.options.response_timeout);
-        if is_clean(conn, deadline).await {
+        if is_clean(conn, check_due(self.options.response_timeout)).await {
             Ok(())
         } else {
             conn.close();
@@ -202,17 +201,34 @@ impl managed::Manager for DedicatedManager {
     }
 }
 
-/// The pool timeouts of a lease due by `deadline`: an idle connection's check gets half
-/// the time left. A connection whose flow the network dropped silently answers nothing,
-/// and a check waiting on it for all the time left would fail a request that a new
-/// connection could serve.
-pub(crate) fn check_bound(deadline: tokio::time::Instant) -> managed::Timeouts {
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    managed::Timeouts {
-        wait: None,
-        create: None,
-        recycle: Some(left / 2),
-    }
+tokio::task_local! {
+    /// When the lease being served must have its connection (see [`lease_within`]).
+    static LEASE_DUE: tokio::time::Instant;
+}
+
+/// Runs `get` (the pool's `get`) with its checks of idle and parked connections bounded
+/// by `deadline` (see [`check_due`]): the pool's own recycle timeout is one fixed
+/// duration for every idle connection it tries in turn, so two dead ones would use up
+/// all the time left.
+pub(crate) async fn lease_within<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    get: F,
+) -> F::Output {
+    LEASE_DUE.scope(deadline, get).await
+}
+
+/// When a connection's check must be answered: within half the time the lease has
+/// left now (each check in turn halves what is left, so a few dead connections leave
+/// time for a new one), and within half of `cap`. Not under 10 ms while that much is
+/// left: a healthy connection asked to answer faster than a round trip would be closed
+/// for nothing.
+fn check_due(cap: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    let left = LEASE_DUE
+        .try_with(|due| due.saturating_duration_since(now))
+        .unwrap_or(cap);
+    let floor = left.min(Duration::from_millis(10));
+    now + (left / 2).min(cap / 2).max(floor)
 }
 
 /// A node's pool of dedicated connections.
@@ -233,8 +249,6 @@ pub(crate) fn dedicated_pool(
 ) -> Result<DedicatedPool, Error> {
     managed::Pool::builder(manager)
         .max_size(max_size.max(1))
-        // For the recycle bound of `check_bound`.
-        .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| Error::Config(format!("dedicated connection pool: {e}")))
 }
