@@ -237,14 +237,18 @@ struct Transaction {
 }
 
 /// Whether the server was left inside a transaction by a batch whose `MULTI` it took
-/// and whose `EXEC`/`DISCARD` it refused as an unknown command (renamed or disabled on
-/// the node, the client not told): it then queues every later command on the
-/// connection, other callers' too, answering `QUEUED` (a `SET` that never runs reads
-/// as done). A known command refused (ACL, OOM) aborts the transaction instead.
+/// and whose `EXEC`/`DISCARD` it refused without ending the transaction: it then queues
+/// every later command on the connection, other callers' too, answering `QUEUED` (a
+/// `SET` that never runs reads as done). So it does with an `EXEC` or `DISCARD` it does
+/// not know (renamed or disabled on the node, the client not told), a `DISCARD` an ACL
+/// refuses, and on Redis 6.0 any refused `EXEC`. The refusals that do end it: an
+/// `EXEC` refused since 6.2 (`EXECABORT`), and the cluster's refusals of an `EXEC`
+/// (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the transaction is discarded).
 fn left_in_multi(replies: &Replies, transaction: Transaction) -> bool {
+    const ENDED: [&str; 5] = ["EXECABORT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"];
     let at = |i: u32| usize::try_from(i).ok().and_then(|i| replies.get(i));
     matches!(at(transaction.multi), Some(Value::Simple(ok)) if ok.eq_ignore_ascii_case(b"OK"))
-        && matches!(at(transaction.end), Some(Value::ServerError(e)) if e.message().starts_with("unknown command"))
+        && matches!(at(transaction.end), Some(Value::ServerError(e)) if !ENDED.contains(&e.code()))
 }
 
 /// Requests handed over by callers, not yet taken by the writer.
@@ -340,6 +344,16 @@ impl Shared {
     /// Marks the connection dead, answers every queued request (never written) and every
     /// written one. Idempotent.
     fn close(&self, error: &Error) {
+        self.close_failing(error, |position| match error {
+            // A reply that is no RESP, or over the decoder's limits, was the first
+            // request's: it gets the cause; the others, the connection's loss.
+            Error::Protocol(_) if position == 0 => error.clone(),
+            _ => lost_after_write(error),
+        });
+    }
+
+    /// [`Shared::close`], failing the written requests with `written(position)`.
+    fn close_failing(&self, error: &Error, written: impl Fn(usize) -> Error) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -354,12 +368,7 @@ impl Shared {
         let drained: Vec<InFlight> = self.in_flight().drain(..).collect();
         for (position, entry) in drained.into_iter().enumerate() {
             if let Some(reply) = entry.reply {
-                // A reply that is no RESP, or over the decoder's limits, was the first
-                // request's: it gets the cause; the others, the connection's loss.
-                let error = match error {
-                    Error::Protocol(_) if position == 0 => error.clone(),
-                    _ => lost_after_write(error),
-                };
+                let error = written(position);
                 let received = entry.replies.into_vec();
                 let _ = reply.send(Err(Failed { error, received }));
             }
@@ -1783,9 +1792,9 @@ fn deliver(
                     // connection goes, and the server drops the transaction with it.
                     left_in_transaction = true;
                     outcome = Err(Error::Protocol(
-                        "the node took MULTI but refused EXEC (or DISCARD) as an unknown \
-                         command, which leaves the connection inside the transaction; it \
-                         was closed (is EXEC renamed on the node? see rename_command)"
+                        "the node took MULTI but refused EXEC (or DISCARD) without ending \
+                         the transaction, which leaves the connection inside it; it was \
+                         closed (is EXEC renamed on the node? see rename_command)"
                             .into(),
                     ));
                     break;
@@ -1806,9 +1815,12 @@ fn deliver(
     };
     replies.clear();
     // Closed before the transaction's caller has its answer: its next request must not
-    // be queued on this connection.
+    // be queued on this connection. The requests written after it were queued into the
+    // transaction, which the server drops with the connection: none of them ran.
     if let (true, Err(error)) = (left_in_transaction, &outcome) {
-        shared.close(error);
+        shared.close_failing(error, |_| Error::ConnectionLost {
+            may_have_executed: false,
+        });
     }
     // Wake the writer if it may now write (see `wait_for_turn`): it waits for the
     // server to answer all it wrote, or for room under `max_in_flight`. With nothing
@@ -2124,6 +2136,75 @@ mod tests {
     fn deliver_ints(shared: &Shared, values: std::ops::Range<i64>) {
         let mut replies: SmallVec<[Value; 16]> = values.map(Value::Int).collect();
         deliver(shared, &mut replies, &mut Vec::new(), 0).expect("a request waits for them");
+    }
+
+    #[tokio::test]
+    async fn a_transaction_left_open_closes_the_connection_and_fails_the_rest_unrun() {
+        let err = |text: &str| Value::ServerError(crate::ServerError::new(text.to_owned()));
+        let ok = || Value::Simple("OK".into());
+        let queued = || Value::Simple("QUEUED".into());
+        // [MULTI, INCR, EXEC]: whether the node is left inside the transaction.
+        for (exec, left_open) in [
+            (
+                err("ERR unknown command 'EXEC', with args beginning with: "),
+                true,
+            ),
+            (
+                err("NOPERM this user has no permissions to run the 'discard' command"),
+                true,
+            ),
+            (
+                err("EXECABORT Transaction discarded because of previous errors."),
+                false,
+            ),
+            (err("MOVED 3999 127.0.0.1:6381"), false),
+            (
+                err("TRYAGAIN Multiple keys request during rehashing of slot"),
+                false,
+            ),
+            (Value::Array(vec![Value::Int(1)]), false),
+        ] {
+            let conn = shared(16);
+            let (reply, transaction) = reply::channel();
+            conn.in_flight().push_back(InFlight {
+                reply: Some(reply),
+                deadline: in_an_hour(),
+                written: 0,
+                replies: Replies::new(),
+                expected: 3,
+                transaction: Some(Transaction { multi: 0, end: 2 }),
+            });
+            let next = batch_in_flight(&conn, 1, in_an_hour());
+            let mut replies: SmallVec<[Value; 16]> =
+                [ok(), queued(), exec.clone()].into_iter().collect();
+            let outcome = deliver(&conn, &mut replies, &mut Vec::new(), 0);
+            let answered = transaction.await.expect("answered").expect("its replies");
+            assert_eq!(answered.last(), Some(&exec));
+            assert_eq!(outcome.is_err(), left_open, "{exec:?}");
+            assert_eq!(conn.is_closed(), left_open, "{exec:?}");
+            if left_open {
+                // Queued into the transaction the server drops with the connection.
+                let failed = next.await.expect("answered").expect_err("closed");
+                assert!(
+                    matches!(
+                        failed.error,
+                        Error::ConnectionLost {
+                            may_have_executed: false
+                        }
+                    ),
+                    "{failed:?}"
+                );
+            }
+        }
+        // A refused `MULTI` opened nothing.
+        let replies: Replies = [
+            err("NOPERM no MULTI"),
+            queued(),
+            err("ERR EXEC without MULTI"),
+        ]
+        .into_iter()
+        .collect();
+        assert!(!left_in_multi(&replies, Transaction { multi: 0, end: 2 }));
     }
 
     #[tokio::test]
