@@ -419,17 +419,20 @@ impl Node {
     }
 
     /// Open multiplexed connections, and dedicated connections (in the pool, idle or in
-    /// use, or parked by a connect that outlived its request), for metrics.
+    /// use, or parked by a connect that outlived its request), for metrics and
+    /// `health()`. Idle pooled connections found closed (their node went, or closed
+    /// them) are dropped from the pool on the way: counted, they would show a node gone
+    /// for good as connected until a lease came to check them.
     pub(crate) fn open_connections(&self) -> (usize, usize) {
         let multiplexed = self
             .conns
             .iter()
             .filter(|s| s.conn.load().as_ref().is_some_and(|c| !c.is_closed()))
             .count();
-        let dedicated = self
-            .dedicated
-            .get()
-            .map_or(0, |p| p.status().size + p.manager().parked());
+        let dedicated = self.dedicated.get().map_or(0, |p| {
+            p.retain(|conn, _| !conn.is_closed());
+            p.status().size + p.manager().parked()
+        });
         (multiplexed, dedicated)
     }
 
