@@ -721,9 +721,11 @@ impl Watched {
         let result = self
             .send_exec(all, durability, reply_deadline, &landing)
             .await;
-        // Refused unrun (`MOVED`: the slot moved after `WATCH`; nothing sent), or a
+        // Refused unrun (`MOVED`: the slot moved after `WATCH`; nothing sent; an error
+        // reply: `EXEC` refused, or aborted by a command refused while queueing), or a
         // conflict: nothing of it ran.
-        let unrun = matches!(&result, Ok(None)) || matches!(&result, Err(e) if e.is_retryable());
+        let unrun = matches!(&result, Ok(None) | Err(Error::Server(_)))
+            || matches!(&result, Err(e) if e.is_retryable());
         if let (Some(flag), true) = (&may_have_run, unrun) {
             flag.store(false, Ordering::Relaxed);
         }

@@ -410,6 +410,31 @@ async fn watch_retry_takes_no_conflict_after_a_commit_for_one() {
     assert_eq!(client.get::<_, i64>(counter).await.unwrap(), 1);
 }
 
+/// An `EXEC` the node refused (a command refused while queueing aborts it) ran nothing:
+/// a body that reads that as a conflict (`Ok(None)`) is run again, not stopped as if the
+/// transaction may have committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retry_runs_again_after_an_exec_the_node_refused() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let key = "{wr-abort}:n";
+    let runs = std::sync::atomic::AtomicU32::new(0);
+    let runs_ref = &runs;
+    let outcome = client
+        .watch_retry(&[key], 2, |w| async move {
+            runs_ref.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // `INCR` with one argument too many: refused while queueing, `EXECABORT`.
+            match w.exec(vec![cmd("INCR").arg(key).arg("extra")]).await {
+                Err(e) if e.server_code().is_some() => Ok(None),
+                other => other.map(|_| Some(())),
+            }
+        })
+        .await;
+    assert!(matches!(outcome, Ok(None)), "{outcome:?}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(client.get::<_, Option<i64>>(key).await.unwrap(), None);
+}
+
 /// With `retry_on_cluster_down(false)`, a body's `ClusterDown` ends `watch_retry` at
 /// once, as it ends any request: the caller decides. It was watched and run again, up
 /// to the attempts given.

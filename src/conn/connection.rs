@@ -1229,7 +1229,8 @@ const NEXT_ADDRESS_AFTER: std::time::Duration = std::time::Duration::from_millis
 
 /// Connects to the first of `addr`'s addresses that answers. A name with several
 /// addresses (both families, or a service's several hosts) has them tried in the
-/// resolver's order, each [`NEXT_ADDRESS_AFTER`] after the one before or as soon as an
+/// resolver's order (RFC 6724's, which the resolver applies; the families are not
+/// interleaved as RFC 8305 also asks), each [`NEXT_ADDRESS_AFTER`] after the one before or as soon as an
 /// attempt fails, and all left running until one connects: one address that drops
 /// packets would otherwise use up the whole connect timeout, as `TcpStream::connect`,
 /// which tries them one after another, lets it.
@@ -1278,7 +1279,8 @@ async fn connect_first_of(
             }
         }
         if attempts.is_empty() && waiting.len() == 0 {
-            // Every address failed: the first one's error is the resolver's best pick.
+            // Every address failed: the first error to come back, the likeliest to say
+            // why (a refusal comes back before a timeout).
             return Err(first_error.unwrap_or_else(|| std::io::ErrorKind::NotFound.into()));
         }
     }

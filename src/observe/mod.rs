@@ -161,7 +161,8 @@ pub struct ClusterHealth {
 impl ClusterHealth {
     /// Whether every slot is served and no breaker of a primary that serves slots is
     /// open (a primary that serves none, as a master added before a resharding, holds
-    /// up no request).
+    /// up no request; while slots migrate into it, though, the keys already moved are
+    /// served there, by `ASK`, before the slot map says so).
     ///
     /// ```no_run
     /// # async fn demo(client: redcluster::ClusterClient) -> redcluster::Result<()> {

@@ -1607,10 +1607,13 @@ impl LocalCluster {
             // harmless between nodes that do know each other.
             if !unsettled.strangers.is_empty() && introduced.elapsed() >= INTRODUCE_AGAIN {
                 introduced = Instant::now();
-                for &(from, to) in &unsettled.strangers {
-                    // A failed meeting shows in the next poll, which names the cause.
-                    let _ = self.meet(from, to).await;
-                }
+                // At once, and a failed meeting shows in the next poll, which names the
+                // cause.
+                let meetings = unsettled
+                    .strangers
+                    .iter()
+                    .map(|&(from, to)| self.meet(from, to));
+                let _ = tokio::time::timeout_at(deadline, join_all(meetings)).await;
             }
             tokio::time::sleep(POLL).await;
         }
