@@ -475,9 +475,16 @@ impl Shared {
                     later(entry.deadline);
                 } else if let Some(reply) = entry.reply.take() {
                     // The caller gets the replies that came in time; the entry stays,
-                    // owed the rest, so that its late ones line up.
-                    let received = std::mem::take(&mut entry.replies).into_vec();
-                    entry.expected -= received.len();
+                    // owed the rest, so that its late ones line up. A transaction's
+                    // replies stay too (copies go to the caller): whether its end left
+                    // the connection inside it is read from them by position.
+                    let received = if entry.transaction.is_some() {
+                        entry.replies.to_vec()
+                    } else {
+                        let received = std::mem::take(&mut entry.replies).into_vec();
+                        entry.expected -= received.len();
+                        received
+                    };
                     expired.push((reply, received, true));
                 }
             }
@@ -2198,6 +2205,30 @@ mod tests {
                 );
             }
         }
+        // The transaction's deadline passes after `MULTI`'s reply: the late refusal of
+        // its `EXEC` is still read at its place.
+        let conn = shared(16);
+        let (reply, late) = reply::channel();
+        conn.in_flight().push_back(InFlight {
+            reply: Some(reply),
+            deadline: in_an_hour(),
+            written: 0,
+            replies: Replies::new(),
+            expected: 3,
+            transaction: Some(Transaction { multi: 0, end: 2 }),
+        });
+        let mut replies: SmallVec<[Value; 16]> = [ok()].into_iter().collect();
+        deliver(&conn, &mut replies, &mut Vec::new(), 0).unwrap();
+        conn.in_flight().front_mut().unwrap().deadline = a_moment_ago();
+        conn.expire(Instant::now());
+        let failed = late.await.expect("answered").expect_err("timed out");
+        assert_eq!(failed.received, vec![ok()]);
+        let mut replies: SmallVec<[Value; 16]> = [queued(), err("ERR unknown command 'EXEC'")]
+            .into_iter()
+            .collect();
+        assert!(deliver(&conn, &mut replies, &mut Vec::new(), 0).is_err());
+        assert!(conn.is_closed());
+
         // A refused `MULTI` opened nothing.
         let replies: Replies = [
             err("NOPERM no MULTI"),
