@@ -1355,3 +1355,36 @@ async fn a_transaction_whose_exec_the_node_does_not_know_leaves_no_connection_in
     let n: Option<i64> = client.get("{unknown-exec}:n").await.unwrap();
     assert_eq!(n, None);
 }
+
+/// A command disabled on the cluster (`rename_command(.., "")`) fails alone, unsent; the
+/// commands beside it in its node's batch run. It failed the whole batch, whose other
+/// commands were resent one by one as retries of the client's budget, or failed with
+/// its error once the budget was spent (here from the start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_command_in_a_pipeline_fails_alone() {
+    let local = redcluster::testkit::LocalCluster::builder()
+        .masters(3)
+        .replicas_per_master(0)
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .rename_command("GETDEL", "")
+        .retry_budget(redcluster::RetryBudgetConfig::new(0.0, 0.0, 0.0))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.set("{disabled}:x", 1);
+    p.add(cmd("GETDEL").arg("{disabled}:y"));
+    let each = p.execute_each().await;
+    assert!(each[0].is_ok(), "{each:?}");
+    assert!(
+        matches!(&each[1], Err(Error::Config(m)) if m.contains("GETDEL")),
+        "{each:?}"
+    );
+    let x: Option<String> = client.get("{disabled}:x").await.unwrap();
+    assert_eq!(x.as_deref(), Some("1"));
+    assert_eq!(client.stats().retries, 0);
+}

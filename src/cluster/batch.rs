@@ -278,6 +278,14 @@ impl Inner {
         let group_capacity = share + share / 8 + 1;
         let written = self.slots_written(&cmds, deadline, read_from).await;
         for (index, command) in cmds.into_iter().enumerate() {
+            // Refused here, alone: in its node's batch it failed the whole batch, the
+            // others resent one by one as retries of the client's budget, or failing with
+            // its error once that was spent.
+            let renames = &self.config.connect.renames;
+            if let Some(name) = renames.first_disabled(std::iter::once(&command)) {
+                results[index] = Some(Err(crate::CommandRenames::disabled(&name)));
+                continue;
+            }
             let info = self.command_info(&command, deadline).await;
             match plan::plan(&command, info) {
                 Ok(Plan::Slot { slot, read_only }) => {

@@ -134,6 +134,13 @@ impl CommandRenames {
     }
 
     /// The documented name of the first disabled command among `cmds`, if any.
+    /// The error of a command disabled here (`name` as the caller wrote it), unsent.
+    pub(crate) fn disabled(name: &str) -> crate::Error {
+        crate::Error::Config(format!(
+            "{name} is disabled on this cluster (CommandRenames); it was not sent"
+        ))
+    }
+
     pub(crate) fn first_disabled<'a>(
         &self,
         cmds: impl IntoIterator<Item = &'a Cmd>,

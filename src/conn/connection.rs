@@ -1049,9 +1049,7 @@ impl NodeConnection {
         deadline: Instant,
     ) -> std::result::Result<Queued, NotQueued> {
         if let Some(name) = self.renames.first_disabled(cmds.iter()) {
-            let error = Error::Config(format!(
-                "{name} is disabled on this cluster (CommandRenames); it was not sent"
-            ));
+            let error = CommandRenames::disabled(&name);
             return Err(NotQueued::Answered(Answer::failed(error, cmds)));
         }
         match self.shared.enqueue(&cmds, &self.renames, deadline) {
