@@ -1332,6 +1332,55 @@ async fn a_scan_whose_runtime_shut_down_ends_with_an_error() {
     );
 }
 
+/// A dropped scan stops at once, not after the request under way: with a response
+/// timeout without end and a node that never answers its `SCAN`, the scan's task held
+/// the client, whose connections stayed open after it and the client were dropped. A
+/// scripted node: it reads the `SCAN` and never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_scan_lets_the_client_go_while_a_node_does_not_answer() {
+    use futures_util::StreamExt;
+    use support::fake_cluster::{lone_shard, Action, FakeCluster};
+    // The node's own word on its slots, which the scan asks before scanning them.
+    let nodes = |port: u16| {
+        Value::Bulk(
+            format!("{port:0>40} 127.0.0.1:{port}@1 myself,master - 0 0 1 connected 0-16383\n")
+                .into(),
+        )
+    };
+    let fake = FakeCluster::start_with_shards_after(
+        lone_shard,
+        nodes,
+        |_| Duration::ZERO,
+        |args, _| match args[0].as_str() {
+            "SCAN" => Action::Silent,
+            _ => Action::Reply(Value::Simple("OK".into())),
+        },
+    )
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .response_timeout(Duration::MAX)
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let mut scan = client.scan(redcluster::ScanOptions::default());
+    let waited = tokio::time::timeout(Duration::from_millis(300), scan.next()).await;
+    assert!(waited.is_err(), "the node answered: {waited:?}");
+    assert!(fake.count("SCAN") >= 1, "{:?}", fake.seen());
+    drop(scan);
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fake.open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections stayed open",
+            fake.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_covers_the_cluster_with_match_count_and_type() {
     use redcluster::ScanOptions;

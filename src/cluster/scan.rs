@@ -183,7 +183,14 @@ impl ClusterClient {
         let finished = Arc::new(AtomicBool::new(false));
         let done = Arc::clone(&finished);
         tokio::spawn(async move {
-            if let Err(e) = scan_cluster(&inner, timeout, &options, &tx).await {
+            // Dropped, the stream stops the scan at once, not after the request under
+            // way: that one waits up to the response timeout (with an unbounded one on a
+            // frozen node, for ever), and the task holds the client meanwhile.
+            let scanned = tokio::select! {
+                scanned = scan_cluster(&inner, timeout, &options, &tx) => scanned,
+                () = tx.closed() => Ok(()),
+            };
+            if let Err(e) = scanned {
                 let _ = tx.send(Err(e)).await;
             }
             done.store(true, Ordering::Release);

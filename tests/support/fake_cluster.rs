@@ -15,6 +15,22 @@ use redcluster::resp::{encode_value, Decoder, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Counts a connection open for as long as it lives.
+struct OpenConnection(Arc<std::sync::atomic::AtomicUsize>);
+
+impl OpenConnection {
+    fn counted(count: &Arc<std::sync::atomic::AtomicUsize>) -> OpenConnection {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        OpenConnection(Arc::clone(count))
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// What the fake does with a command.
 pub enum Action {
     /// Answer with this value.
@@ -29,6 +45,8 @@ pub enum Action {
 pub struct FakeCluster {
     pub addr: String,
     seen: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted and not yet closed by the client.
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeCluster {
@@ -123,6 +141,8 @@ impl FakeCluster {
         let behave = Arc::new(behave);
         let port = addr.port();
         let log = Arc::clone(&seen);
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting = Arc::clone(&open);
         tokio::spawn(async move {
             // Bounded by the test's lifetime: the runtime ends with the test.
             while let Ok((mut socket, _)) = listener.accept().await {
@@ -130,7 +150,9 @@ impl FakeCluster {
                 let topology = Arc::clone(&topology);
                 let shards_delay = Arc::clone(&shards_delay);
                 let nodes = Arc::clone(&nodes);
+                let open = OpenConnection::counted(&counting);
                 tokio::spawn(async move {
+                    let _open = open;
                     let mut buf = BytesMut::new();
                     let mut decoder = Decoder::new();
                     loop {
@@ -216,7 +238,14 @@ impl FakeCluster {
         FakeCluster {
             addr: addr.to_string(),
             seen,
+            open,
         }
+    }
+
+    /// Connections accepted that the client has not closed.
+    #[allow(dead_code)] // not every test binary needs it
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The port it listens on.
