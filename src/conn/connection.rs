@@ -1987,6 +1987,20 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 
+    /// A written `MULTI`, `INCR`, `EXEC`, due in an hour.
+    fn multi_incr_exec_in_flight(shared: &Shared) -> ReplyReceiver {
+        let (reply, answer) = reply::channel();
+        shared.in_flight().push_back(InFlight {
+            reply: Some(reply),
+            deadline: in_an_hour(),
+            written: 0,
+            replies: Replies::new(),
+            expected: 3,
+            transaction: Some(Transaction { multi: 0, end: 2 }),
+        });
+        answer
+    }
+
     fn shared(max_in_flight: usize) -> Arc<Shared> {
         Arc::new(Shared::new(max_in_flight, None))
     }
@@ -2172,15 +2186,7 @@ mod tests {
             (Value::Array(vec![Value::Int(1)]), false),
         ] {
             let conn = shared(16);
-            let (reply, transaction) = reply::channel();
-            conn.in_flight().push_back(InFlight {
-                reply: Some(reply),
-                deadline: in_an_hour(),
-                written: 0,
-                replies: Replies::new(),
-                expected: 3,
-                transaction: Some(Transaction { multi: 0, end: 2 }),
-            });
+            let transaction = multi_incr_exec_in_flight(&conn);
             let next = batch_in_flight(&conn, 1, in_an_hour());
             let mut replies: SmallVec<[Value; 16]> =
                 [ok(), queued(), exec.clone()].into_iter().collect();
@@ -2206,15 +2212,7 @@ mod tests {
         // The transaction's deadline passes after `MULTI`'s reply: the late refusal of
         // its `EXEC` is still read at its place.
         let conn = shared(16);
-        let (reply, late) = reply::channel();
-        conn.in_flight().push_back(InFlight {
-            reply: Some(reply),
-            deadline: in_an_hour(),
-            written: 0,
-            replies: Replies::new(),
-            expected: 3,
-            transaction: Some(Transaction { multi: 0, end: 2 }),
-        });
+        let late = multi_incr_exec_in_flight(&conn);
         let mut replies: SmallVec<[Value; 16]> = [ok()].into_iter().collect();
         deliver(&conn, &mut replies, &mut Vec::new(), 0).unwrap();
         conn.in_flight().front_mut().unwrap().deadline = a_moment_ago();
