@@ -1458,21 +1458,30 @@ async fn a_connection_left_by_a_connect_is_checked_before_it_serves() {
     assert_eq!(popped, None);
 }
 
-/// `query_durable` refuses a blocking command, unsent: on the connection kept for
-/// `WATCH` and durable writes, with only the response timeout, it timed out as
-/// may-have-run while it merely waited, and an element popped as the deadline passed
-/// was lost.
+/// A blocking command sent with `query_durable` (`BLMOVE` of a reliable queue) gets the
+/// time it asks to block, beyond the response timeout, as when sent alone, then its
+/// `WAIT`: it had only the response timeout, so a wait timed out as may-have-run, and an
+/// element moved as the deadline passed was lost to the caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn query_durable_refuses_a_blocking_command_unsent() {
+async fn query_durable_gives_a_blocking_command_its_block_time() {
     let local = support::cluster(3, 0).await;
-    let client = ClusterClient::connect(local.seeds()).await.unwrap();
-    let _: i64 = client
-        .query(cmd("RPUSH").arg("{dq}:in").arg("job"))
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_millis(500))
+        .build()
         .await
         .unwrap();
+    let pusher = client.clone();
+    let push = tokio::spawn(async move {
+        // Pushed once the response timeout has passed: the move waits for it.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        pusher
+            .query::<i64>(cmd("RPUSH").arg("{dq}:in").arg("job"))
+            .await
+    });
     let wait = redcluster::Durability::new(0, Duration::from_millis(10));
-    let err = client
-        .query_durable::<Value>(
+    let (moved, acked): (Option<String>, u32) = client
+        .query_durable(
             cmd("BLMOVE")
                 .arg("{dq}:in")
                 .arg("{dq}:work")
@@ -1482,16 +1491,14 @@ async fn query_durable_refuses_a_blocking_command_unsent() {
             wait,
         )
         .await
-        .unwrap_err();
-    assert!(
-        matches!(err, redcluster::Error::Config(_)) && !err.may_have_executed(),
-        "{err:?}"
-    );
-    let left: Vec<String> = client
-        .query(cmd("LRANGE").arg("{dq}:in").arg(0).arg(-1))
+        .unwrap();
+    assert_eq!(push.await.unwrap().unwrap(), 1);
+    assert_eq!((moved.as_deref(), acked), (Some("job"), 0));
+    let work: Vec<String> = client
+        .query(cmd("LRANGE").arg("{dq}:work").arg(0).arg(-1))
         .await
         .unwrap();
-    assert_eq!(left, vec!["job".to_string()], "the element was moved");
+    assert_eq!(work, vec!["job".to_string()]);
 }
 
 /// A `WATCH` of a key absent from its node guards it though the slot starts migrating

@@ -253,7 +253,9 @@ async fn lowest_latency_reads_go_in_turn_to_the_nodes_measured_about_as_fast() {
             "an uneven split over {measured:?}: {split:?}"
         );
         spread += usize::from(shares.len() >= 2);
-        if judged >= 5 {
+        // Until a batch found two nodes near each other (on a loaded machine their
+        // measurements can stay apart for a few batches), 20 at most.
+        if judged >= 5 && spread >= 1 {
             break;
         }
     }

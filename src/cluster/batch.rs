@@ -1066,7 +1066,7 @@ impl Inner {
             // alone. Resent, as on the shared connection, only when refused unrun.
             let landing = super::Landing::default();
             let payload = super::execute::Payload::Transaction(cmds);
-            let durable = self.send_durable(payload, slot, durability, deadline, &landing);
+            let durable = self.send_durable(payload, slot, durability, deadline, &landing, false);
             let (reply, acked) = self
                 .observed(
                     metrics::TRANSACTION_COMMAND,

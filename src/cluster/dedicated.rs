@@ -820,11 +820,17 @@ impl Inner {
         durability: Durability,
         deadline: Instant,
         landing: &Landing,
+        blocking: bool,
     ) -> Result<(Value, u32)> {
         // The pool wait and the retries fit in the request's timeout; the reply may also
-        // take the time WAIT is allowed.
+        // take the time WAIT is allowed, and a `blocking` command's the time it asks to
+        // block (within its share of the pool, as a blocking command alone).
         let lease_deadline = deadline;
-        let deadline = crate::deadline::after(deadline, durability.timeout);
+        let reply_base = match &payload {
+            Payload::One(command) if blocking => blocking_reply_deadline(command, deadline),
+            _ => deadline,
+        };
+        let deadline = crate::deadline::after(reply_base, durability.timeout);
         let backoff = self.backoff();
         let mut retries = 0u32;
         let mut redirect: Option<Redirect> = None;
@@ -850,7 +856,7 @@ impl Inner {
                     &target,
                     LeaseFor {
                         redirected,
-                        blocking: false,
+                        blocking,
                     },
                     &backoff,
                     &mut retries,

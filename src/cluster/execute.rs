@@ -233,8 +233,14 @@ impl Inner {
         if let (Some(durability), Plan::Slot { slot, .. }) = (self.config.durability, &plan) {
             if info.is_some_and(|i| i.is_durable_write()) {
                 let landing = super::Landing::default();
-                let durable =
-                    self.send_durable(Payload::One(command), *slot, durability, deadline, &landing);
+                let durable = self.send_durable(
+                    Payload::One(command),
+                    *slot,
+                    durability,
+                    deadline,
+                    &landing,
+                    false,
+                );
                 let (reply, acked) = self
                     .observed(name, Some(*slot), |(v, _)| v, &landing, durable)
                     .await?;

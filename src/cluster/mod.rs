@@ -508,14 +508,15 @@ impl ClusterClient {
 
     /// Sends a write and waits until `durability.replicas` replicas acknowledged it (or
     /// `durability.timeout` passed); see [`Durability`] for what that does and does not
-    /// guarantee. Returns the reply and how many replicas acknowledged.
+    /// guarantee. Returns the reply and how many replicas acknowledged. A blocking write
+    /// (`BLMOVE` of a reliable queue) gets the time it asks to block beyond the response
+    /// timeout, as when sent alone, then its `WAIT`.
     ///
     /// # Errors
     ///
     /// [`Error::NotReplicated`] when fewer replicas acknowledged than asked (the write
     /// did run on the primary); [`Error::Config`] for a command without keys, one the
-    /// client would split across slots (`MSET`, `DEL`, ... with keys in several), or a
-    /// blocking command (`BLMOVE`, `BLPOP`, ...: unsent);
+    /// client would split across slots (`MSET`, `DEL`, ... with keys in several);
     /// [`Error::CrossSlot`] for other commands with keys in several slots (`RENAME`,
     /// `SUNIONSTORE`, ...); otherwise as [`ClusterClient::query`].
     ///
@@ -546,17 +547,11 @@ impl ClusterClient {
                 ))
             }
         };
-        // A blocking command would wait as long as it asks on the connection kept for
-        // `WATCH` and durable writes, with only the response timeout to do it in: it
-        // would time out as may-have-run while it merely waited, and an element popped
-        // as the deadline passed would be lost.
-        if info.is_some_and(|i| crate::cmd::blocks(&command, i)) {
-            return Err(Error::Config(
-                "a blocking command gets no WAIT: send it with query, then a durable \
-                 write to the same slot (its acknowledgement covers the writes before it)"
-                    .into(),
-            ));
-        }
+        // A blocking command (`BLMOVE`) gets the time it asks to block, as when sent
+        // alone, within the pool's share for blocking commands: on the connection kept
+        // for `WATCH` and durable writes with only the response timeout, a wait timed
+        // out as may-have-run, and an element popped as the deadline passed was lost.
+        let blocking = info.is_some_and(|i| crate::cmd::blocks(&command, i));
         let name = crate::observe::metrics::command_label(info);
         let landing = Landing::default();
         let durable = self.inner.send_durable(
@@ -565,6 +560,7 @@ impl ClusterClient {
             durability,
             deadline,
             &landing,
+            blocking,
         );
         let (reply, acked) = self
             .inner
