@@ -1235,10 +1235,10 @@ const NEXT_ADDRESS_AFTER: std::time::Duration = std::time::Duration::from_millis
 /// Connects to the first of `addr`'s addresses that answers. A name with several
 /// addresses (both families, or a service's several hosts) has them tried in the
 /// resolver's order (RFC 6724's, which the resolver applies; the families are not
-/// interleaved as RFC 8305 also asks), each [`NEXT_ADDRESS_AFTER`] after the one before or as soon as an
-/// attempt fails, and all left running until one connects: one address that drops
-/// packets would otherwise use up the whole connect timeout, as `TcpStream::connect`,
-/// which tries them one after another, lets it.
+/// interleaved as RFC 8305 also asks), each [`NEXT_ADDRESS_AFTER`] after the one
+/// before or as soon as an attempt fails, and all left running until one connects: one
+/// address that drops packets would otherwise use up the whole connect timeout, as
+/// `TcpStream::connect`, which tries them one after another, lets it.
 async fn connect_any(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
     let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
     connect_first_of(&addrs, NEXT_ADDRESS_AFTER).await
