@@ -2457,3 +2457,64 @@ async fn requests_dropped_mid_flight_leave_every_reply_to_its_own_request() {
         assert_eq!(got, Some(value(i)), "{}", key(i));
     }
 }
+
+/// A command that runs no script, refused with a `MOVED` the client cannot vet in time
+/// (the refreshes that would name the address do not answer), ran nothing: it fails as
+/// `Timeout { may_have_executed: false }`, where it said it may have run (the vetting's
+/// rule for scripts, which can forge a redirect after writing). A script's stays
+/// may-have-run. A scripted node: a real one cannot be made to stall `CLUSTER SHARDS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_whose_redirect_cannot_be_vetted_in_time_says_whether_it_ran() {
+    use support::fake_cluster::{lone_shard, Action, FakeCluster};
+    // A node whose discovery is answered but not the refreshes a redirect's vetting
+    // asks for (each connection's requests wait behind a stalled one: one such request
+    // per node), and a client of it.
+    let stalling = || async {
+        let moved = format!("MOVED {} 127.0.0.1:1", key_slot(b"k"));
+        let fake = FakeCluster::start_with_shards_after(
+            lone_shard,
+            |_own| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
+            |n| {
+                if n == 0 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(30)
+                }
+            },
+            move |args, _| match args[0].as_str() {
+                "INCR" | "EVAL" => Action::Reply(Value::ServerError(redcluster::ServerError::new(
+                    moved.clone(),
+                ))),
+                _ => Action::Reply(Value::Simple("OK".into())),
+            },
+        )
+        .await;
+        let client = ClusterClient::builder()
+            .nodes([fake.addr.as_str()])
+            .response_timeout(Duration::from_millis(600))
+            .health_check_interval(None)
+            .build()
+            .await
+            .unwrap();
+        (fake, client)
+    };
+    let (fake, client) = stalling().await;
+    let err = client.query::<i64>(cmd("INCR").arg("k")).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                may_have_executed: false
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(fake.count("INCR"), 1);
+    let (fake, client) = stalling().await;
+    let err = client
+        .query::<Value>(cmd("EVAL").arg("return 1").arg(1).arg("k"))
+        .await
+        .unwrap_err();
+    assert!(err.may_have_executed(), "{err:?}");
+    assert_eq!(fake.count("EVAL"), 1);
+}

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::cluster::execute::{Payload, Target};
 use crate::cluster::node::{Admitted, Node};
+use crate::cluster::refresh::refused_unrun;
 use crate::cluster::Inner;
 use crate::cmd::{cmd, Cmd};
 use crate::conn::{Answer, Cmds};
@@ -172,20 +173,6 @@ struct LeaseFor {
 /// without a connection. A limit of one is shared.
 pub(crate) fn blocking_share(limit: usize) -> usize {
     limit.saturating_sub(1).max(1)
-}
-
-/// A redirect's vetting that ran out of time, for a command the node refused with that
-/// redirect and that cannot have run before (a blocking command, once answered other
-/// than with a refusal, is never sent again; `WATCH` changes no data): nothing ran,
-/// which the vetting's own timeout, made for commands a script's forged redirect may
-/// have followed, does not say.
-fn refused_unrun(e: Error) -> Error {
-    match e {
-        Error::Timeout { .. } => Error::Timeout {
-            may_have_executed: false,
-        },
-        other => other,
-    }
 }
 
 fn pool_error(e: PoolError<Error>) -> Error {

@@ -18,6 +18,7 @@ use tracing::Instrument as _;
 
 use crate::cluster::node::{lock, Admitted, Node};
 use crate::cluster::plan::{self, Combine, FanOutTo, Part, Plan, SplitKind};
+use crate::cluster::refresh::refused_unrun;
 use crate::cluster::routes::Routes;
 use crate::cluster::{Inner, ReadFrom};
 use crate::cmd::{self, cmd, Cmd};
@@ -823,6 +824,9 @@ impl Inner {
             // (Asked of a `READONLY` only: the one answer the arm below reads it for.)
             let refused = error.code() == "READONLY"
                 && crate::policy::refused_before_running(&error, returned.cmds());
+            // Only the server redirects a command that runs no script: refused, it ran
+            // nothing, whatever becomes of the redirect's vetting.
+            let scripted = returned.cmds().iter().any(crate::policy::runs_a_script);
             payload = Some(returned);
             match action {
                 // A keyless write (`EVAL ... 0`, `FCALL ... 0`) sent to a primary that a
@@ -840,7 +844,10 @@ impl Inner {
                 }
                 ErrorAction::Reply => return Ok(reply),
                 ErrorAction::Redirect(r) => {
-                    let target = self.vet_redirect(&r, &node.addr, deadline).await?;
+                    let target = self
+                        .vet_redirect(&r, &node.addr, deadline)
+                        .await
+                        .map_err(|e| if scripted { e } else { refused_unrun(e) })?;
                     // Noted even when not followed: a `MOVED` patches the map, so the
                     // next request goes to the new owner.
                     self.note_redirect(&r, &node.addr);

@@ -860,6 +860,21 @@ fn settling(shards: &[topology::ShardInfo], failed_lately: bool) -> bool {
     failed_lately && shards.iter().any(|s| s.ranges.is_empty())
 }
 
+/// A redirect's vetting that ran out of time ([`Inner::vet_redirect`]), for a command the
+/// node refused with that redirect and that ran nothing (no script, which could forge
+/// the redirect after writing; a blocking command, once answered other than with a
+/// refusal, is never sent again; `WATCH` changes no data): the vetting's own timeout
+/// says it may have run, for the commands a script's forged redirect may have followed.
+/// (An earlier attempt that may have run still says so: see `Attempts`.)
+pub(crate) fn refused_unrun(e: Error) -> Error {
+    match e {
+        Error::Timeout { .. } => Error::Timeout {
+            may_have_executed: false,
+        },
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
