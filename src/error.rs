@@ -319,10 +319,29 @@ impl From<ServerError> for Error {
 /// assert_eq!(e.code(), "MOVED");
 /// assert_eq!(e.message(), "3999 127.0.0.1:6381");
 /// ```
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct ServerError {
     /// The whole reply line, without the leading `-` and trailing CRLF.
     text: Bytes,
+    /// A reply that reads like the server's redirect (`MOVED`, `ASK`) but that the
+    /// client judged not to be one (a script's `redis.error_reply`, naming another slot
+    /// than the command's keys'): the command ran, and is not to be sent again.
+    pub(crate) not_the_servers: bool,
+}
+
+// Equal by what the server sent: how the client judged a reply is no part of it.
+impl PartialEq for ServerError {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for ServerError {}
+
+impl std::hash::Hash for ServerError {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state);
+    }
 }
 
 impl ServerError {
@@ -333,7 +352,17 @@ impl ServerError {
     /// assert_eq!(e.to_string(), "ERR unknown command 'FOO'");
     /// ```
     pub fn new(text: impl Into<Bytes>) -> Self {
-        ServerError { text: text.into() }
+        ServerError {
+            text: text.into(),
+            not_the_servers: false,
+        }
+    }
+
+    /// This reply, judged not to be the server's redirect though it reads like one
+    /// (see [`ServerError::not_the_servers`]).
+    pub(crate) fn taken_as_reply(mut self) -> Self {
+        self.not_the_servers = matches!(self.code(), "MOVED" | "ASK");
+        self
     }
 
     /// The first word of the reply: `"ERR"`, `"WRONGTYPE"`, `"MOVED"`, ...

@@ -631,6 +631,9 @@ impl Watched {
             }
             _ => deadline,
         };
+        // A redirect reply naming another slot than the watched one is no redirect of
+        // the server's (a script's error reply): the command ran.
+        let slot = self.slot;
         let landing = Landing::on(self.lease.node());
         let lease = &mut self.lease;
         let sent = async {
@@ -646,7 +649,12 @@ impl Watched {
             .observed(name, Some(self.slot), |v| v, &landing, sent)
             .await?;
         match reply {
-            Value::ServerError(e) => Err(crate::cluster::reply_error(e)),
+            Value::ServerError(e) => {
+                let elsewhere =
+                    crate::slot::parse_redirect(&e, "").is_some_and(|r| r.slot() != slot);
+                let e = if elsewhere { e.taken_as_reply() } else { e };
+                Err(crate::cluster::reply_error(e))
+            }
             v => T::from_value(v),
         }
     }

@@ -2518,3 +2518,46 @@ async fn a_refusal_whose_redirect_cannot_be_vetted_in_time_says_whether_it_ran()
     assert!(err.may_have_executed(), "{err:?}");
     assert_eq!(fake.count("EVAL"), 1);
 }
+
+/// A script's own `redis.error_reply("MOVED ...")` naming another slot than its keys'
+/// is its reply, and no retryable error: the script ran (it wrote first), and a caller
+/// (or `watch_retry`) that retried on `is_retryable()` ran it again. One naming an
+/// address no node has (`?:port`) is no `ClusterDown` either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripts_redirect_for_another_slot_is_no_retryable_error() {
+    let local = cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let counter = "{forged-retry}:n";
+    assert_ne!(key_slot(counter.as_bytes()), 0);
+    let other = local.node_addr(local.master_of_slot(0).await.unwrap());
+    let forge = |to: &str| {
+        cmd("EVAL")
+            .arg("redis.call('INCR', KEYS[1]) return redis.error_reply('MOVED 0 ' .. ARGV[1])")
+            .arg(1)
+            .arg(counter)
+            .arg(to.to_owned())
+    };
+    for to in [other.as_str(), "?:6379"] {
+        let err = client.query::<Value>(forge(to)).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Server(e) if e.code() == "MOVED"),
+            "{err:?}"
+        );
+        assert!(err.may_have_executed() && !err.is_retryable(), "{err:?}");
+    }
+    assert_eq!(client.get::<_, i64>(counter).await.unwrap(), 2);
+    // The same script in a watch body: one run, not one per attempt.
+    let watched = "{forged-retry}:w";
+    let forged = forge(&other);
+    let outcome = client
+        .watch_retry(&[watched], 3, |mut w| {
+            let forged = forged.clone();
+            async move {
+                w.query::<Value>(forged).await?;
+                w.exec(vec![cmd("INCR").arg(watched)]).await
+            }
+        })
+        .await;
+    assert!(matches!(outcome, Err(Error::Server(_))), "{outcome:?}");
+    assert_eq!(client.get::<_, i64>(counter).await.unwrap(), 3);
+}

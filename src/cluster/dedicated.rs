@@ -16,7 +16,7 @@ use deadpool::managed::{Object, PoolError};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use crate::cluster::execute::{Payload, Target};
+use crate::cluster::execute::{taken_as_reply, Payload, Target};
 use crate::cluster::node::{Admitted, Node};
 use crate::cluster::refresh::refused_unrun;
 use crate::cluster::Inner;
@@ -903,7 +903,7 @@ impl Inner {
             // Answered: back to the pool before any backoff, with its permits.
             drop((admitted, lease));
             match action {
-                ErrorAction::Reply => return Ok((reply, acked)),
+                ErrorAction::Reply => return Ok((taken_as_reply(reply), acked)),
                 ErrorAction::Redirect(r) => {
                     self.vet_redirect(&r, &node.addr, lease_deadline).await?;
                     redirects += 1;

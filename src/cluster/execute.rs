@@ -842,7 +842,7 @@ impl Inner {
                     self.wait_retry(&backoff, &mut retries, deadline, demoted)
                         .await?;
                 }
-                ErrorAction::Reply => return Ok(reply),
+                ErrorAction::Reply => return Ok(taken_as_reply(reply)),
                 ErrorAction::Redirect(r) => {
                     let target = self
                         .vet_redirect(&r, &node.addr, deadline)
@@ -1783,6 +1783,15 @@ impl Attempts {
             Some(first) => Err(first),
             None => Ok(reply),
         }
+    }
+}
+
+/// A reply `classify_reply` returned as the command's own: one that reads like a
+/// redirect is marked so (`ServerError::taken_as_reply`), and is no retryable error.
+pub(crate) fn taken_as_reply(reply: Value) -> Value {
+    match reply {
+        Value::ServerError(e) => Value::ServerError(e.taken_as_reply()),
+        other => other,
     }
 }
 

@@ -787,6 +787,10 @@ fn into_result<T: FromValue>(value: Value) -> Result<T> {
 /// retries did not get past, or a redirect to a node of unknown address; else
 /// [`Error::Server`].
 pub(crate) fn reply_error(e: crate::ServerError) -> Error {
+    // A script's redirect, judged so: its reply, whatever the address it names.
+    if e.not_the_servers {
+        return Error::Server(e);
+    }
     let unknown_host = crate::slot::parse_redirect(&e, "").is_some_and(|r| r.host_unknown());
     // A script's `redis.error_reply("CLUSTERDOWN ...")` is its reply, not the cluster's
     // word that nothing ran.

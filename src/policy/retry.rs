@@ -68,6 +68,9 @@ pub(crate) fn runs_a_script(command: &crate::cmd::Cmd) -> bool {
 /// Whether a refusal is in the server's own words (Redis 7), not a script's that reuses
 /// its code: only the server's says the command did not run.
 pub(crate) fn servers_own_refusal(error: &ServerError) -> bool {
+    if error.not_the_servers {
+        return false;
+    }
     let message = error.message();
     match error.code() {
         "TRYAGAIN" => message.starts_with("Multiple keys request"),
