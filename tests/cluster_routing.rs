@@ -2465,40 +2465,9 @@ async fn requests_dropped_mid_flight_leave_every_reply_to_its_own_request() {
 /// may-have-run. A scripted node: a real one cannot be made to stall `CLUSTER SHARDS`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_whose_redirect_cannot_be_vetted_in_time_says_whether_it_ran() {
-    use support::fake_cluster::{lone_shard, Action, FakeCluster};
-    // A node whose discovery is answered but not the refreshes a redirect's vetting
-    // asks for (each connection's requests wait behind a stalled one: one such request
-    // per node), and a client of it.
-    let stalling = || async {
-        let moved = format!("MOVED {} 127.0.0.1:1", key_slot(b"k"));
-        let fake = FakeCluster::start_with_shards_after(
-            lone_shard,
-            |_own| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
-            |n| {
-                if n == 0 {
-                    Duration::ZERO
-                } else {
-                    Duration::from_secs(30)
-                }
-            },
-            move |args, _| match args[0].as_str() {
-                "INCR" | "EVAL" => Action::Reply(Value::ServerError(redcluster::ServerError::new(
-                    moved.clone(),
-                ))),
-                _ => Action::Reply(Value::Simple("OK".into())),
-            },
-        )
-        .await;
-        let client = ClusterClient::builder()
-            .nodes([fake.addr.as_str()])
-            .response_timeout(Duration::from_millis(600))
-            .health_check_interval(None)
-            .build()
-            .await
-            .unwrap();
-        (fake, client)
-    };
-    let (fake, client) = stalling().await;
+    use support::fake_cluster::stalling_redirect_vetting;
+    // One node (and client) per command: a stalled refresh holds up its connection.
+    let (fake, client) = stalling_redirect_vetting(&["INCR", "EVAL"]).await;
     let err = client.query::<i64>(cmd("INCR").arg("k")).await.unwrap_err();
     assert!(
         matches!(
@@ -2510,7 +2479,7 @@ async fn a_refusal_whose_redirect_cannot_be_vetted_in_time_says_whether_it_ran()
         "{err:?}"
     );
     assert_eq!(fake.count("INCR"), 1);
-    let (fake, client) = stalling().await;
+    let (fake, client) = stalling_redirect_vetting(&["INCR", "EVAL"]).await;
     let err = client
         .query::<Value>(cmd("EVAL").arg("return 1").arg(1).arg("k"))
         .await

@@ -1560,34 +1560,8 @@ async fn a_watched_absent_key_created_on_the_importing_node_aborts_the_exec() {
 /// its `CLUSTER SHARDS` alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_whose_redirect_cannot_be_vetted_in_time_says_nothing_ran() {
-    use support::fake_cluster::{lone_shard, Action, FakeCluster};
-    let moved = format!("MOVED {} 127.0.0.1:1", redcluster::key_slot(b"k"));
-    let fake = FakeCluster::start_with_shards_after(
-        lone_shard,
-        |_own| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
-        // The discovery is answered; the refreshes a redirect's vetting asks for are not.
-        |n| {
-            if n == 0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs(30)
-            }
-        },
-        move |args, _| match args[0].as_str() {
-            "BLPOP" | "WATCH" => Action::Reply(Value::ServerError(redcluster::ServerError::new(
-                moved.clone(),
-            ))),
-            _ => Action::Reply(Value::Simple("OK".into())),
-        },
-    )
-    .await;
-    let client = ClusterClient::builder()
-        .nodes([fake.addr.as_str()])
-        .response_timeout(Duration::from_millis(600))
-        .health_check_interval(None)
-        .build()
-        .await
-        .unwrap();
+    let (_fake, client) =
+        support::fake_cluster::stalling_redirect_vetting(&["BLPOP", "WATCH"]).await;
     let err = client
         .query::<Value>(cmd("BLPOP").arg("k").arg(0.1))
         .await

@@ -344,6 +344,47 @@ pub fn one_shard(primary: u16, other: u16, other_failed: bool) -> Value {
     shard_of(vec![shard_node(primary, "master", "online"), other])
 }
 
+/// A node that answers the commands named in `redirected` with a `MOVED` for key `k`'s
+/// slot to an address no node lists, answers the client's discovery, and stalls every
+/// `CLUSTER SHARDS` after it (the refreshes a redirect's vetting asks for; each
+/// connection's later requests wait behind a stalled one), and a client of it with a
+/// 600 ms response timeout and no health checks.
+#[allow(dead_code)] // not every test binary scripts views
+pub async fn stalling_redirect_vetting(
+    redirected: &'static [&'static str],
+) -> (FakeCluster, redcluster::ClusterClient) {
+    let moved = format!("MOVED {} 127.0.0.1:1", redcluster::key_slot(b"k"));
+    let fake = FakeCluster::start_with_shards_after(
+        lone_shard,
+        |_own| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
+        |n| {
+            if n == 0 {
+                std::time::Duration::ZERO
+            } else {
+                std::time::Duration::from_secs(30)
+            }
+        },
+        move |args, _| {
+            if redirected.contains(&args[0].as_str()) {
+                Action::Reply(Value::ServerError(redcluster::ServerError::new(
+                    moved.clone(),
+                )))
+            } else {
+                Action::Reply(Value::Simple("OK".into()))
+            }
+        },
+    )
+    .await;
+    let client = redcluster::ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .response_timeout(std::time::Duration::from_millis(600))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    (fake, client)
+}
+
 /// [`one_shard`] with `primary` alone.
 #[allow(dead_code)] // not every test binary scripts views
 pub fn lone_shard(primary: u16) -> Value {
