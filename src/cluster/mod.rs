@@ -683,13 +683,13 @@ impl ClusterClient {
         let routes = self.inner.routes.load();
         let mut nodes = Vec::new();
         let slots = routes.map.slots_per_shard();
-        let describe = |node: &node::Node, role: NodeRole, primary: Option<&str>, slots| {
+        let describe = |node: &node::Node, role: NodeRole, primary: Option<&str>, served| {
             let (shared, dedicated) = node.open_connections();
             NodeHealth {
                 addr: node.addr.to_string(),
                 role,
                 primary: primary.map(str::to_string),
-                slots,
+                slots: served,
                 connected: shared + dedicated > 0,
                 breaker: node.breaker_state(),
                 latency: node.latency(),
