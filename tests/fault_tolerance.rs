@@ -2265,6 +2265,31 @@ async fn a_refresh_answered_late_never_installs_over_a_later_one() {
     );
 }
 
+/// A refresh runs on a task of its own: a `refresh_topology()` future polled once and
+/// then kept, never polled again, holds up no other refresh. It held the client-wide turn
+/// on the caller's task, and every later refresh (the background task's, a request's
+/// vetting a redirect, this `refresh_topology()`) waited for it as long as it was kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_future_kept_unpolled_holds_up_no_other_refresh() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .build()
+        .await
+        .unwrap();
+    let mut kept = std::pin::pin!(client.refresh_topology());
+    let first_poll = tokio::time::timeout(Duration::ZERO, &mut kept).await;
+    assert!(
+        first_poll.is_err(),
+        "a refresh waits for the nodes' answers"
+    );
+    let later = tokio::time::timeout(Duration::from_secs(10), client.refresh_topology()).await;
+    assert!(matches!(later, Ok(Ok(()))), "{later:?}");
+    // The kept one went on meanwhile: polled again, it has its outcome.
+    let kept = tokio::time::timeout(Duration::from_secs(10), kept).await;
+    assert!(matches!(kept, Ok(Ok(()))), "{kept:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_two_views_that_serve_every_slot_the_one_that_saw_the_failover_wins() {
     // Node a has not heard that it failed: it still calls itself the primary and b its

@@ -20,7 +20,7 @@ mod routes;
 mod scan;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -114,6 +114,9 @@ struct Counters {
 }
 
 pub(crate) struct Inner {
+    /// This client, for work that must outlive the request that started it (a refresh
+    /// runs on a task of its own: see [`Inner::refresh`]).
+    me: Weak<Inner>,
     pub(crate) config: Config,
     routes: ArcSwap<Routes>,
     registry: NodeRegistry,
@@ -271,7 +274,8 @@ impl ClusterClient {
         let budget = config.retry_budget;
         let metrics_client: Arc<str> =
             Arc::from(config.connect.client_name.as_deref().unwrap_or("default"));
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
+            me: me.clone(),
             metrics_client,
             config,
             routes: ArcSwap::from_pointee(Routes::default()),
@@ -718,13 +722,14 @@ impl ClusterClient {
     /// given the connect timeout and then the response timeout (5 s at most) to answer,
     /// and the next three when none of them did, so with nodes that accept connections
     /// but never answer it can take a while. Bound it with `tokio::time::timeout` where
-    /// that matters: dropped while it waits for the nodes, the refresh stops and installs
-    /// nothing (the view is installed at once once fetched), and the next one starts
-    /// afresh.
+    /// that matters: the refresh runs on a task of its own, and a call dropped while it
+    /// waits leaves it to finish and install its view (a future kept but no longer
+    /// polled holds up no other refresh).
     ///
     /// # Errors
     ///
-    /// The error of the last node asked when none answered.
+    /// The error of the last node asked when none answered; [`Error::ClusterDown`] when
+    /// the runtime shut down before the refresh finished.
     ///
     /// # Examples
     ///

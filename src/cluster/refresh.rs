@@ -436,7 +436,10 @@ pub(crate) async fn refresh_task(
             return;
         };
         limiter.on_refresh(Instant::now().into_std());
-        match inner.refresh(trigger).await {
+        // In turn on this task: it is one already, and its future is dropped only with
+        // the runtime.
+        let asked = signal.begun.load(Ordering::Acquire);
+        match inner.refresh_in_turn(trigger, asked).await {
             Ok(changed) => limiter.on_outcome(changed),
             Err(e) => {
                 limiter.on_outcome(false);
@@ -455,8 +458,31 @@ impl Inner {
     /// began after it asked takes that one's outcome instead of running another: many
     /// callers at once (scans interrupted by one failover, `refresh_topology` in a
     /// loop) cost one or two refreshes.
+    ///
+    /// The refresh runs on a task of its own: it holds the client-wide turn while it
+    /// runs, and on the caller's task a future kept but no longer polled (a request
+    /// vetting a redirect parked in a `select!` arm, a `refresh_topology()` future held)
+    /// would hold up every other refresh, the background task's too, for as long as it
+    /// is kept. A caller that stops waiting leaves the refresh to finish and install its
+    /// view, as the background task's would.
     pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<bool> {
         let asked = self.signal.begun.load(Ordering::Acquire);
+        let Some(me) = self.me.upgrade() else {
+            // Only while the client is built (no caller has it yet).
+            return self.refresh_in_turn(trigger, asked).await;
+        };
+        tokio::spawn(async move { me.refresh_in_turn(trigger, asked).await })
+            .await
+            .unwrap_or_else(|e| {
+                Err(Error::ClusterDown(format!(
+                    "the topology refresh did not finish: {e}"
+                )))
+            })
+    }
+
+    /// [`Inner::refresh`] on the task that runs it, for a caller that asked when
+    /// `asked` refreshes had begun.
+    async fn refresh_in_turn(&self, trigger: RefreshTrigger, asked: u64) -> Result<bool> {
         let mut flight = self.signal.flight.lock().await;
         if let Some((number, outcome)) = &*flight {
             if *number > asked {
