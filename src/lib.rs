@@ -102,10 +102,13 @@
 //! - **The retry rule.** A request that was never written (the connection could not be
 //!   opened, or died before the write) is always safe to send again, and is. A request
 //!   that may have reached the server (the connection died after the write) is sent
-//!   again only when the command is read-only or known idempotent (`SET`, `DEL`, `HSET`,
-//!   `SADD`, `EXPIRE`, ...; never `INCR`, `LPUSH`, `GETSET`, nor `SET ... NX`, whose
-//!   repeat would report a lock it took as not taken), or when the caller declared it
-//!   safe to repeat ([`ClusterClient::query_idempotent`]). Otherwise the caller
+//!   again only when the command is read-only or known idempotent, a repeat answering
+//!   as the first run did (`SET`, `MSET`, `HMSET`, `EXPIRE`, ...; never `INCR`,
+//!   `LPUSH`, `GETSET`, nor `SET ... NX`, whose repeat would report a lock it took as
+//!   not taken, nor the writes that count what they changed, `DEL`, `HSET`, `SADD`,
+//!   `ZREM`, ..., whose repeat counts 0: `ZREM queue job` answering 0 says another
+//!   worker took the job), or when the caller declared it safe to repeat
+//!   ([`ClusterClient::query_idempotent`]). Otherwise the caller
 //!   gets the error, and [`Error::may_have_executed`] says `true`. A request that timed
 //!   out is never sent again: its deadline has passed.
 //! - Retries draw on a budget shared by the client ([`RetryBudgetConfig`]), so a failing

@@ -25,6 +25,9 @@ enum Write {
     Set(u64),
     /// `INCR key`: not idempotent, so the client never sends it again once it may have run.
     Incr,
+    /// `SADD key member`, a member no other request adds: its repeat would count 0, so the
+    /// client never sends it again once it may have run.
+    Sadd(u64),
 }
 
 /// One request's outcome, as a writer saw it.
@@ -39,6 +42,8 @@ struct Outcome {
     started: Instant,
     took: Duration,
     error: Option<Error>,
+    /// What a `SADD` answered.
+    added: Option<i64>,
 }
 
 impl Outcome {
@@ -56,6 +61,8 @@ enum Mix {
     SetsAndIncrs,
     /// As `SetsAndIncrs`, with each INCR declared safe to repeat (`query_idempotent`).
     SetsAndRepeatableIncrs,
+    /// SETs, and every other request a SADD of a new member to one of the writer's sets.
+    SetsAndSadds,
 }
 
 /// Writer tasks, each sending one request at a time and logging every outcome.
@@ -86,18 +93,26 @@ impl Writers {
                             Mix::SetsAndIncrs | Mix::SetsAndRepeatableIncrs if n % 2 == 1 => {
                                 (format!("ft:{t}:c{}", n / 2 % 8), Write::Incr)
                             }
-                            Mix::SetsAndIncrs | Mix::SetsAndRepeatableIncrs => {
+                            Mix::SetsAndSadds if n % 2 == 1 => {
+                                (format!("ft:{t}:s{}", n / 2 % 8), Write::Sadd(value))
+                            }
+                            Mix::SetsAndIncrs | Mix::SetsAndRepeatableIncrs | Mix::SetsAndSadds => {
                                 (format!("ft:{t}:{}", n / 2 % 64), Write::Set(value))
                             }
                         };
                         let incr = cmd("INCR").arg(key.as_str());
                         let started = Instant::now();
+                        let mut added = None;
                         let result = match write {
                             Write::Set(value) => client.set(key.as_str(), value).await,
                             Write::Incr if mix == Mix::SetsAndRepeatableIncrs => {
                                 client.query_idempotent::<i64>(incr).await.map(drop)
                             }
                             Write::Incr => client.query::<i64>(incr).await.map(drop),
+                            Write::Sadd(member) => {
+                                let sadd = cmd("SADD").arg(key.as_str()).arg(member);
+                                client.query::<i64>(sadd).await.map(|n| added = Some(n))
+                            }
                         };
                         let outcome = Outcome {
                             writer: t,
@@ -108,6 +123,7 @@ impl Writers {
                             started,
                             took: started.elapsed(),
                             error: result.err(),
+                            added,
                         };
                         log.lock().unwrap().push(outcome);
                         n += 1;
@@ -204,7 +220,7 @@ async fn no_unexecuted_write_is_stored(client: &ClusterClient, outcomes: &[Outco
         .filter(|o| o.error.as_ref().is_some_and(|e| !e.may_have_executed()))
         .filter_map(|o| match o.write {
             Write::Set(value) => Some((o.key.as_str(), value)),
-            Write::Incr => None,
+            Write::Incr | Write::Sadd(_) => None,
         })
         .collect();
     let keys: HashSet<&str> = outcomes
@@ -623,6 +639,77 @@ async fn increments_declared_repeatable_are_resent_after_a_cut_and_never_lost() 
         outcomes.len()
     );
     every_acknowledged_write_is_stored(&client, &outcomes).await;
+}
+
+/// A write whose reply counts what it changed is not resent after a cut: its repeat
+/// would count 0 what the first run added (a `SADD seen id` answering 0 has a new message
+/// dropped as a duplicate). Every `SADD` of a new member answers 1, or fails saying it
+/// may have run; and every member acknowledged is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_killed_under_writers_never_have_a_new_member_counted_0() {
+    let (_local, client, outcomes, killed) = writers_with_connections_cut(Mix::SetsAndSadds).await;
+    let mut failed = 0;
+    for o in &outcomes {
+        match (&o.error, o.write) {
+            (None, Write::Sadd(member)) => {
+                assert_eq!(o.added, Some(1), "SADD {} {member}", o.key);
+                let stored: bool = client
+                    .query(cmd("SISMEMBER").arg(o.key.as_str()).arg(member))
+                    .await
+                    .unwrap();
+                assert!(stored, "{} lacks {member}, whose SADD answered 1", o.key);
+            }
+            (Some(e), Write::Sadd(_)) => {
+                failed += 1;
+                assert!(
+                    matches!(e, Error::ConnectionLost { .. } | Error::Io { .. })
+                        && e.may_have_executed(),
+                    "{e:?}"
+                );
+            }
+            (error, _) => assert!(error.is_none(), "a SET failed: {error:?}"),
+        }
+    }
+    println!(
+        "{} requests, {killed} connections cut, {failed} SADDs failed",
+        outcomes.len()
+    );
+    assert!(
+        client.stats().retries > 0 || failed > 0,
+        "no cut met a request: {killed} connections cut"
+    );
+    every_acknowledged_write_is_stored(&client, &outcomes).await;
+}
+
+/// The same as the test above, where a real server cannot be made to lose a reply on
+/// demand: a node that runs `ZREM queue job` and drops the connection before it answers.
+/// The claim fails saying it may have run, sent once (resent, it answered 0: the job
+/// looked taken by another worker); declared safe to repeat, it is resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_returning_write_is_not_resent_after_its_connection_dropped() {
+    let fake = FakeCluster::start(|args, earlier| match (args[0].as_str(), earlier) {
+        // The first claim, and the first attempt of the one declared repeatable.
+        ("ZREM", 0 | 1) => Action::Drop,
+        ("ZREM", _) => Action::Reply(Value::Int(0)),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .response_timeout(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap();
+    let claim = || cmd("ZREM").arg("queue").arg("job");
+    let e = client.query::<i64>(claim()).await.unwrap_err();
+    assert!(
+        matches!(e, Error::ConnectionLost { .. } | Error::Io { .. }) && e.may_have_executed(),
+        "{e:?}"
+    );
+    assert_eq!(fake.count("ZREM"), 1, "{:?}", fake.seen());
+    let repeated: i64 = client.query_idempotent(claim()).await.unwrap();
+    assert_eq!(repeated, 0);
+    assert_eq!(fake.count("ZREM"), 3, "{:?}", fake.seen());
 }
 
 /// The cluster (kept alive for the checks after), its client, every writer's outcome,

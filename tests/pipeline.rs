@@ -507,14 +507,14 @@ async fn resent_commands_of_one_slot_run_in_the_order_they_were_added() {
 
 /// A node's connection lost after its commands were written: a command safe to repeat
 /// is resent only if no later command of its slot that may have run stays unanswered
-/// (`DEL k` resent after `RPUSH k x` ran would delete `x`); another slot's is resent
-/// as usual. (A scripted fake: a real server cannot be made to run commands and then
-/// drop the connection before it answers.)
+/// (`SET k a` resent after `APPEND k b` ran would undo the append); another slot's is
+/// resent as usual. (A scripted fake: a real server cannot be made to run commands and
+/// then drop the connection before it answers.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_connection_resends_no_command_of_a_slot_ahead_of_one_it_cannot_resend() {
     let fake = FakeCluster::start(|args, earlier| match (args[0].as_str(), earlier) {
         // The first write: read, unanswered, and its last command drops the connection.
-        ("DEL" | "RPUSH" | "SET", 0) => Action::Silent,
+        ("SET" | "APPEND" | "HMSET", 0) => Action::Silent,
         ("GET", 0) => Action::Drop,
         ("GET", _) => Action::Reply(Value::Bulk("x".into())),
         _ => Action::Reply(Value::Simple("OK".into())),
@@ -526,12 +526,12 @@ async fn a_lost_connection_resends_no_command_of_a_slot_ahead_of_one_it_cannot_r
         .await
         .unwrap();
     let mut p = client.pipeline();
-    p.del("{k}:list")
-        .rpush("{k}:list", "x")
-        .set("other", "v")
+    p.set("{k}:v", "a")
+        .add(cmd("APPEND").arg("{k}:v").arg("b"))
+        .add(cmd("HMSET").arg("other").arg("f").arg("v"))
         .get("{k}:last");
     let each = p.execute_each().await;
-    for (i, name) in [(0, "DEL"), (1, "RPUSH")] {
+    for (i, name) in [(0, "SET"), (1, "APPEND")] {
         match &each[i] {
             Err(e) => assert!(e.may_have_executed(), "{name}: {e:?}"),
             Ok(v) => panic!("{name} answered {v:?}"),
@@ -539,10 +539,10 @@ async fn a_lost_connection_resends_no_command_of_a_slot_ahead_of_one_it_cannot_r
     }
     assert_eq!(each[2].as_ref().unwrap(), &Value::Simple("OK".into()));
     assert_eq!(each[3].as_ref().unwrap(), &Value::Bulk("x".into()));
-    assert_eq!(fake.count("DEL"), 1, "{:?}", fake.seen());
-    assert_eq!(fake.count("RPUSH"), 1);
-    assert_eq!(fake.count("SET"), 2, "the other slot's SET is resent");
-    assert_eq!(fake.count("GET"), 2, "a read after the RPUSH is resent");
+    assert_eq!(fake.count("SET"), 1, "{:?}", fake.seen());
+    assert_eq!(fake.count("APPEND"), 1);
+    assert_eq!(fake.count("HMSET"), 2, "the other slot's HMSET is resent");
+    assert_eq!(fake.count("GET"), 2, "a read after the APPEND is resent");
 }
 
 /// A transaction whose `EXEC` was read before the connection dropped may have

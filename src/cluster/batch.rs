@@ -717,8 +717,8 @@ impl Inner {
             };
             // Per slot, where its last command that may have run and is not resent
             // stands: the slot's commands before it are not resent either, though
-            // each alone could be. They would run again after it: `DEL k` resent
-            // after `RPUSH k x` ran deletes `x`; `GET k` resent after `INCR k` ran
+            // each alone could be. They would run again after it: `SET k a` resent
+            // after `APPEND k b` ran undoes the append; `GET k` resent after `INCR k` ran
             // answers for a later place in the pipeline than its own.
             let mut last_kept: HashMap<u16, usize> = HashMap::new();
             for (position, meta) in meta.iter().enumerate() {

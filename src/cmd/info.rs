@@ -912,39 +912,27 @@ const HARMLESS: &[&str] = &[
     "time",
 ];
 
-/// Writes whose repeat leaves the data as one run left it (see [`is_idempotent`]).
+/// Writes whose repeat leaves the data as one run left it and answers as the first run
+/// did (see [`is_idempotent`]).
 const IDEMPOTENT_WRITES: &[&str] = &[
     "config|set",
-    "del",
     "expire",
     "expireat",
     "flushall",
     "flushdb",
     "function|flush",
     "getex",
-    "hdel",
     "hmset",
-    "hset",
     "lset",
     "mset",
     "pexpire",
     "pexpireat",
-    "pfadd",
     "psetex",
-    "sadd",
     "script|flush",
     "script|load",
     "set",
     "setex",
     "setrange",
-    "srem",
-    "unlink",
-    "xack",
-    "xdel",
-    "zadd",
-    "zrem",
-    "zremrangebylex",
-    "zremrangebyscore",
 ];
 
 /// Whether sending `cmd` again after an unknown outcome (a timeout, a connection lost
@@ -954,22 +942,28 @@ const IDEMPOTENT_WRITES: &[&str] = &[
 /// The rule:
 /// - Commands flagged `readonly`, and a hand-kept list of informational ones (`PING`,
 ///   `INFO`, `CLUSTER NODES`, `CONFIG GET`, ...), are idempotent: they change nothing.
-/// - Writes are idempotent only if listed: `SET` (and `SETEX`, `PSETEX`, `MSET`), `DEL`,
-///   `UNLINK`, `HSET`, `HMSET`, `HDEL`, `SADD`, `SREM`, `ZADD`, `ZREM`, the `EXPIRE`
-///   family, `SETRANGE`, `LSET`, `PFADD`, `XACK`, `XDEL`, `GETEX`, `FLUSHDB`/`FLUSHALL`,
-///   `CONFIG SET`, `SCRIPT LOAD`/`FLUSH`, ... A repeat of those leaves the same state and
-///   may count differently (`DEL` counts 0 what the first run deleted). Relative
-///   expiries (`EXPIRE k 10`) restart their clock on a repeat, which moves the deadline
-///   by the retry delay: accepted.
+/// - Writes are idempotent only if listed: `SET` (and `SETEX`, `PSETEX`, `MSET`),
+///   `HMSET`, `LSET`, `SETRANGE` (the length), `GETEX` (the value), the `EXPIRE` family,
+///   `FLUSHDB`/`FLUSHALL`, `CONFIG SET`, `SCRIPT LOAD`/`FLUSH`, `FUNCTION FLUSH`. Their
+///   reply does not depend on whether they ran before. Relative expiries (`EXPIRE k 10`)
+///   restart their clock on a repeat, which moves the deadline by the retry delay:
+///   accepted.
+/// - Not idempotent: writes whose reply counts what they changed, although a repeat
+///   leaves the same data: `DEL`, `UNLINK`, `HSET`, `HDEL`, `SADD`, `SREM`, `ZADD`,
+///   `ZREM`, `ZREMRANGEBY*`, `PFADD`, `XACK`, `XDEL`. A repeat counts 0 what the first run
+///   changed, and callers read those counts: `ZREM queue job` answering 1 claims the job,
+///   `SADD seen id` answering 1 says the message is new (a repeat's 0 would have it
+///   dropped as a duplicate). The caller who does not read the count says so with
+///   `query_idempotent`.
 /// - Not idempotent: writes whose reply says whether a condition held, since a repeat
 ///   says it did not (the caller of `SET lock token NX` would wait for a lock it holds):
 ///   `SET ... NX`, `SETNX`, `MSETNX`, `HSETNX`, `EXPIRE ... NX|LT`, `EXPIREAT ... GT`,
-///   `PERSIST`. (`ZADD ... NX` and `CH` return counts, like `SADD`: resent.)
+///   `PERSIST`.
 /// - Not idempotent, even where the state would be the same: commands that return what
 ///   they destroy or replace, since a repeat returns the wrong thing and the first
 ///   answer is lost: `GETDEL`, `GETSET`, `SET ... GET`, `SETBIT` (returns the old bit),
-///   the pops. `ZADD ... INCR`, `INCR*`, `APPEND`, `LPUSH`/`RPUSH`, `LREM`, `LTRIM`,
-///   `XADD`, `XREADGROUP`, `RENAME`, `*STORE`, scripts, `PUBLISH`: never.
+///   the pops. `INCR*`, `APPEND`, `LPUSH`/`RPUSH`, `LREM`, `LTRIM`, `XADD`,
+///   `XREADGROUP`, `RENAME`, `*STORE`, scripts, `PUBLISH`: never.
 /// - Any other command is not idempotent, and neither is a command the static table
 ///   does not know (module commands: the caller may still treat those as idempotent
 ///   when their run-time `COMMAND INFO` says `readonly`).
@@ -1011,17 +1005,6 @@ pub(crate) fn is_idempotent_as(cmd: &Cmd, info: &CommandInfo) -> bool {
         None => return false,
     }
     match name {
-        // `ZADD k [NX|XX] [GT|LT] [CH] [INCR] score member ...`: options come before the
-        // first score, and no score is spelled like an option.
-        "zadd" => !cmd
-            .arg_iter()
-            .skip(2)
-            .take_while(|a| {
-                [&b"nx"[..], b"xx", b"gt", b"lt", b"ch", b"incr"]
-                    .iter()
-                    .any(|o| a.eq_ignore_ascii_case(o))
-            })
-            .any(|a| a.eq_ignore_ascii_case(b"incr")),
         // `EXPIRE k 10 NX` (or `LT`) says whether it applied; a repeat says it did not.
         // So does `GT` with an absolute time: the repeat's is not greater.
         "expire" | "pexpire" => !has_option(cmd, &[b"nx", b"lt"]),
@@ -1873,16 +1856,10 @@ mod tests {
             "SETEX k 10 v",
             "PSETEX k 10 v",
             "MSET a 1 b 2",
-            "DEL a b",
-            "UNLINK a",
-            "HSET h f v",
             "HMSET h f v",
-            "HDEL h f",
-            "SADD s m",
-            "SREM s m",
-            "ZADD z 1 m",
-            "ZADD z NX CH 1 incr",
-            "ZREM z m",
+            "LSET l 0 v",
+            "SETRANGE k 0 v",
+            "GETEX k EX 10",
             "EXPIRE k 10",
             "PEXPIREAT k 10",
             "GET k",
@@ -1916,8 +1893,21 @@ mod tests {
             "EXPIREAT k 2000000000 GT",
             "PEXPIREAT k 2000000000000 gt",
             "PERSIST k",
+            // Counts of what they changed: a repeat counts 0.
+            "DEL a b",
+            "UNLINK a",
+            "HSET h f v",
+            "HDEL h f",
+            "SADD s m",
+            "SREM s m",
+            "ZADD z 1 m",
+            "ZADD z NX CH 1 incr",
             "ZADD z INCR 1 m",
-            "ZADD z XX incr 1 m",
+            "ZREM z m",
+            "ZREMRANGEBYSCORE z 0 1",
+            "PFADD h a",
+            "XACK s g 1-1",
+            "XDEL s 1-1",
             "INCR k",
             "INCRBY k 2",
             "APPEND k v",
