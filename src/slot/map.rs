@@ -9,8 +9,13 @@ use std::sync::Arc;
 
 use super::SLOT_COUNT;
 
-/// Marks a slot that no shard serves.
+/// Marks a slot that no shard serves; no shard has this index (see [`MAX_SHARDS`]).
 const UNASSIGNED: u16 = u16::MAX;
+
+/// The most shards a map holds: a reply listing more (at most 16384 can serve slots;
+/// the rest would be empty shards of a hostile or broken reply) has the rest left out,
+/// so that no index reaches [`UNASSIGNED`].
+const MAX_SHARDS: usize = UNASSIGNED as usize;
 
 /// A primary and its replicas, by address (`host:port`, already remapped).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +46,10 @@ impl PartialEq for SlotMap {
         // (or hostile) reply may hold thousands of shards, or of replicas.
         let theirs: HashMap<&Arc<str>, &Shard> =
             other.shards.iter().map(|s| (&s.primary, s)).collect();
+        // As sets, both ways: `[r1, r1]` and `[r1, r2]` differ.
         let same_replicas = |a: &Shard, b: &Shard| {
-            let b_replicas: HashSet<&Arc<str>> = b.replicas.iter().collect();
-            a.replicas.len() == b.replicas.len()
-                && a.replicas.iter().all(|r| b_replicas.contains(r))
+            let set = |s: &'_ Shard| s.replicas.iter().cloned().collect::<HashSet<Arc<str>>>();
+            set(a) == set(b)
         };
         self.shards
             .iter()
@@ -83,7 +88,11 @@ impl SlotMap {
         // Where each primary's shard is (a search per entry would be quadratic in the
         // ranges `CLUSTER SLOTS` lists).
         let mut shard_of: HashMap<Arc<str>, usize> = HashMap::new();
-        for (shard, ranges) in entries {
+        for (mut shard, ranges) in entries {
+            // A replica listed twice (a broken reply, two announced addresses remapped
+            // to one) is one replica: it would take two turns of the replica reads.
+            let mut seen = HashSet::new();
+            shard.replicas.retain(|r| seen.insert(Arc::clone(r)));
             let index = match shard_of.get(&shard.primary).copied() {
                 Some(i) => {
                     // CLUSTER SLOTS lists a shard once per range; keep the longest
@@ -93,6 +102,7 @@ impl SlotMap {
                     }
                     i
                 }
+                None if map.shards.len() >= MAX_SHARDS => continue,
                 None => {
                     shard_of.insert(Arc::clone(&shard.primary), map.shards.len());
                     map.shards.push(shard);
@@ -235,6 +245,7 @@ impl SlotMap {
     pub(crate) fn move_slot(&mut self, slot: u16, addr: &str) {
         let index = match self.shards.iter().position(|s| &*s.primary == addr) {
             Some(i) => i,
+            None if self.shards.len() >= MAX_SHARDS => return,
             None => {
                 self.shards.push(Shard {
                     primary: Arc::from(addr),
@@ -293,6 +304,36 @@ mod tests {
         assert_eq!(&**map.primary(5461).unwrap(), "b:1");
         assert_eq!(&**map.primary(16383).unwrap(), "c:1");
         assert_eq!(map.nodes().len(), 5);
+    }
+
+    #[test]
+    fn a_replica_listed_twice_is_one_and_maps_compare_both_ways() {
+        // Equal lengths and one side's replicas among the other's: `[r1, r1]` was equal
+        // to `[r1, r2]`, and a corrected view never installed over the broken one.
+        let twice = SlotMap::from_ranges([(shard("p:1", &["r:1", "r:1"]), vec![(0, 16383)])]);
+        let two = SlotMap::from_ranges([(shard("p:1", &["r:1", "r:2"]), vec![(0, 16383)])]);
+        assert_eq!(twice.shards()[0].replicas.len(), 1);
+        assert_ne!(twice, two);
+        assert_ne!(two, twice);
+    }
+
+    #[test]
+    fn no_shard_takes_the_index_of_an_unassigned_slot() {
+        // 65535 empty shards (a hostile reply), then one that serves slot 0: the last
+        // would have the index that marks a slot unassigned, and every unassigned slot
+        // would route to it.
+        let mut entries: Vec<(Shard, Vec<(u16, u16)>)> = (0..65535)
+            .map(|i| (shard(&format!("e:{i}"), &[]), vec![]))
+            .collect();
+        entries.push((shard("x:1", &[]), vec![(0, 0)]));
+        let mut map = SlotMap::from_ranges(entries);
+        assert_eq!(map.shards().len(), MAX_SHARDS);
+        assert_eq!(map.covered(), 0);
+        assert!(map.shard_index(5).is_none());
+        assert!(map.primary(5).is_none());
+        map.move_slot(7, "y:1");
+        assert!(map.primary(7).is_none(), "no room for a shard of its own");
+        assert!(map.shard_index(8).is_none());
     }
 
     #[test]
