@@ -71,6 +71,24 @@ async fn a_large_reply_leaves_no_large_buffer_behind() {
         later < before + VALUE as u64 / 2,
         "the connection kept the large reply's buffer: {before} -> {later} bytes resident"
     );
+    // The large reply followed by a small one that its caller keeps (a cached value):
+    // read with the large one's end, it was a slice of the large buffer and kept it.
+    let mut pipeline = client.pipeline();
+    pipeline.get(key).get("small:{a}");
+    let mut replies = pipeline.execute().await.unwrap();
+    let kept = replies.pop().unwrap();
+    drop(replies);
+    for _ in 0..100 {
+        let small: String = client.get("small:{a}").await.unwrap();
+        assert_eq!(small, "v");
+    }
+    let keeping = support::rss_bytes();
+    println!("after a pipeline of the large and a small reply kept: {keeping}");
+    assert_eq!(kept, redcluster::Value::Bulk("v".into()));
+    assert!(
+        keeping < before + VALUE as u64 / 2,
+        "the small reply kept the large reply's buffer: {before} -> {keeping} bytes resident"
+    );
 
     // A subscriber's link alike: a large message read and dropped, then small ones,
     // enough to fill what is left of a 16 KB buffer's room many times over.

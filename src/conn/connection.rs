@@ -97,19 +97,27 @@ pub(crate) fn is_large(rbuf: &BytesMut) -> bool {
     rbuf.capacity() > MAX_IDLE_READ_BUFFER
 }
 
-/// Makes room in a read buffer before the next read, `chunk` at a time. Once a large
-/// frame is out (`large`, and less than a chunk left), what is left of the buffer moves
-/// to a new one: the frame is a slice of the buffer's allocation, so reading on in the
-/// old one would keep the whole allocation alive after its reader dropped the frame,
-/// and `reserve` would take it back to keep. A 256 MB value or message read once would
-/// hold 256 MB for the connection's life.
-pub(crate) fn make_room(rbuf: &mut BytesMut, large: &mut bool, chunk: usize) {
+/// Once a large frame is out (`large`, and less than `chunk` left), moves what is left
+/// of the buffer to a new one: the frame is a slice of the buffer's allocation, so
+/// reading on in the old one would keep the whole allocation alive after its reader
+/// dropped the frame, and `reserve` would take it back to keep (a 256 MB value or
+/// message read once would hold 256 MB for the connection's life). Called after each
+/// frame taken out, not only before the next read: the frames that came in the large
+/// one's last read (other callers' small replies) would be slices of it too, and a
+/// caller that kept one (a cached `Bytes`) would keep the whole allocation.
+pub(crate) fn leave_large_buffer(rbuf: &mut BytesMut, large: &mut bool, chunk: usize) {
     if *large && rbuf.len() < chunk {
         let mut fresh = BytesMut::with_capacity(chunk);
         fresh.extend_from_slice(rbuf);
         *rbuf = fresh;
         *large = false;
     }
+}
+
+/// Makes room in a read buffer before the next read, `chunk` at a time, in a new one
+/// once a large frame is out ([`leave_large_buffer`]).
+pub(crate) fn make_room(rbuf: &mut BytesMut, large: &mut bool, chunk: usize) {
+    leave_large_buffer(rbuf, large, chunk);
     if rbuf.capacity() - rbuf.len() < chunk / 4 {
         rbuf.reserve(chunk);
     }
@@ -1696,7 +1704,11 @@ where
         large |= is_large(&rbuf);
         // Replies may already sit in the buffer from the handshake's last read.
         loop {
-            match decoder.decode(&mut rbuf) {
+            let decoded = decoder.decode(&mut rbuf);
+            if matches!(decoded, Ok(Some(_))) {
+                leave_large_buffer(&mut rbuf, &mut large, READ_CHUNK);
+            }
+            match decoded {
                 Ok(Some(Value::Push(push))) => {
                     // Out-of-band data (client tracking, pub/sub on RESP3) is not a reply
                     // to any request on a multiplexed connection.
@@ -2434,6 +2446,31 @@ mod tests {
             replies.push(task.await.unwrap().unwrap());
         }
         assert_eq!(replies[2], Value::Nil);
+    }
+
+    #[tokio::test]
+    async fn a_reply_read_with_the_end_of_a_large_one_is_no_slice_of_its_buffer() {
+        // A 5 MiB reply and a small one, written together: the large one's last read
+        // brings the small one too. Decoded from the same buffer, the small reply kept
+        // alive the whole large allocation for as long as its caller kept it.
+        let (conn, mut node) = over_pipe().await;
+        let (big, small) = (spawn_get(&conn, "big"), spawn_get(&conn, "small"));
+        let mut asked = vec![0u8; get("big").len() + get("small").len()];
+        node.read_exact(&mut asked).await.unwrap();
+        let len = 5 * 1024 * 1024;
+        let mut answer = format!("${len}\r\n").into_bytes();
+        answer.resize(answer.len() + len, b'x');
+        answer.extend_from_slice(b"\r\n$1\r\nv\r\n");
+        node.write_all(&answer).await.unwrap();
+        let (Value::Bulk(big), Value::Bulk(small)) =
+            (big.await.unwrap().unwrap(), small.await.unwrap().unwrap())
+        else {
+            panic!("two bulk replies");
+        };
+        assert_eq!((big.len(), &small[..]), (len, &b"v"[..]));
+        // Where the small reply stood in the large one's buffer, right after it.
+        let in_big_buffer = big.as_ptr() as usize + big.len() + b"\r\n$1\r\n".len();
+        assert_ne!(small.as_ptr() as usize, in_big_buffer);
     }
 
     #[tokio::test]

@@ -10,7 +10,9 @@ mod reply;
 mod tls;
 
 pub use connection::NodeConnection;
-pub(crate) use connection::{connect_raw, is_large, make_room, read_ended, RawConnection};
+pub(crate) use connection::{
+    connect_raw, is_large, leave_large_buffer, make_room, read_ended, RawConnection,
+};
 #[allow(unused_imports)]
 pub(crate) use connection::{Answer, Cmds, NotQueued, Outcome, Queued, Replies};
 pub(crate) use options::NodeIds;

@@ -13,7 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::cmd::Cmd;
-use crate::conn::{connect_raw, is_large, make_room, read_ended, ConnectOptions, RawConnection};
+use crate::conn::{
+    connect_raw, is_large, leave_large_buffer, make_room, read_ended, ConnectOptions, RawConnection,
+};
 use crate::error::{Error, ServerError};
 use crate::resp::Value;
 
@@ -230,6 +232,7 @@ async fn drive(
         loop {
             match decoder.decode(&mut rbuf) {
                 Ok(Some(mut value)) => {
+                    leave_large_buffer(&mut rbuf, &mut large, READ_CHUNK);
                     // A refused (P|S)SUBSCRIBE quotes the name it was sent, maybe a secret.
                     renames.scrub(&mut value);
                     let frame = parse(value);
