@@ -35,6 +35,36 @@ async fn a_cross_slot_pipeline_answers_in_the_order_commands_were_added() {
     }
 }
 
+/// A read whose reply the client cannot decode (a read-only script's 2 MB status line,
+/// over the decoder's 1 MiB line limit) fails with `Protocol` and is not sent again,
+/// alone or in a pipeline: each resend got the same reply and closed the node's shared
+/// connection again under its other callers (up to `max_retries` times, and once more
+/// for a pipeline's). A command after it in the pipeline, answered never, is resent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_the_decoders_limits_is_not_asked_for_again() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::connect(local.seeds()).await.unwrap();
+    let owner = support::owner_index(&local, &client, "{u}k");
+    let huge_line = || {
+        cmd("EVAL_RO")
+            .arg("return redis.status_reply(string.rep('x', 2000000))")
+            .arg(1)
+            .arg("{u}k")
+    };
+    let before = support::calls(&local, owner, "eval_ro").await;
+    let alone = client.query::<Value>(huge_line()).await.unwrap_err();
+    assert!(matches!(alone, Error::Protocol(_)), "{alone:?}");
+    assert_eq!(support::calls(&local, owner, "eval_ro").await, before + 1);
+
+    client.set("{u}after", "v").await.unwrap();
+    let mut p = client.pipeline();
+    p.add(huge_line()).get("{u}after");
+    let each = p.execute_each().await;
+    assert!(matches!(each[0], Err(Error::Protocol(_))), "{each:?}");
+    assert_eq!(each[1].as_ref().unwrap(), &Value::Bulk("v".into()));
+    assert_eq!(support::calls(&local, owner, "eval_ro").await, before + 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_command_is_reported_with_its_index_and_the_rest_still_run() {
     let local = support::cluster(3, 0).await;

@@ -712,8 +712,14 @@ impl Inner {
             let available = cmds.len();
             // A timeout is the deadline's: no time is left to send them again in.
             let timed_out = matches!(e, Error::Timeout { .. });
+            // The first command unanswered owns a reply the connection could not
+            // decode: resent, it would get the same (see `send_loop`).
+            let undecodable = matches!(e, Error::Protocol(_));
             let safe_to_resend = |position: usize, meta: &Meta| {
-                position < available && !timed_out && (!e.may_have_executed() || meta.idempotent)
+                position < available
+                    && !timed_out
+                    && !(undecodable && position == 0)
+                    && (!e.may_have_executed() || meta.idempotent)
             };
             // Per slot, where its last command that may have run and is not resent
             // stands: the slot's commands before it are not resent either, though

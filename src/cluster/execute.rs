@@ -799,7 +799,11 @@ impl Inner {
                         attempts.executed.get_or_insert_with(|| e.clone());
                     }
                     // A timeout is the deadline's: no time is left to send it again in.
-                    let resend = !matches!(e, Error::Timeout { .. })
+                    // A reply the connection could not decode (over the decoder's
+                    // limits: a script's 2 MB status line, nesting past 64 levels) is
+                    // this request's, and would come back the same, closing the node's
+                    // shared connection under its other callers again at each resend.
+                    let resend = !matches!(e, Error::Timeout { .. } | Error::Protocol(_))
                         && (!e.may_have_executed() || idempotent);
                     match (resend, kind.recover(answer.cmds, asking)) {
                         (true, Some(p)) => payload = Some(p),
