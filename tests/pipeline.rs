@@ -654,6 +654,52 @@ async fn a_refusal_followed_by_a_served_command_of_its_slot_is_not_resent() {
     assert_eq!(fake.count("GET"), 2);
 }
 
+/// The same for a `MOVED` (the node took the slot between two reads of the batch): not
+/// resent to run after the slot's later command the node served; it answers with its
+/// redirect (retryable: it ran nothing). Another slot's `MOVED` is followed as usual.
+/// (A scripted fake that sends the client to itself.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_command_followed_by_a_served_command_of_its_slot_is_not_resent() {
+    let stored: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = Arc::clone(&stored);
+    let me: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let own = Arc::clone(&me);
+    let fake = FakeCluster::start(move |args, earlier| match (args[0].as_str(), earlier) {
+        ("SET", 0) | ("GET", 0) => {
+            let slot = key_slot(args[1].as_bytes());
+            let moved = format!("MOVED {slot} {}", own.get().unwrap());
+            Action::Reply(Value::ServerError(ServerError::new(moved)))
+        }
+        ("SET", _) => {
+            log.lock().unwrap().push(args[2].clone());
+            Action::Reply(Value::Simple("OK".into()))
+        }
+        ("GET", _) => Action::Reply(Value::Bulk("v".into())),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
+    me.set(fake.addr.clone()).unwrap();
+    let client = fake.quickly_retrying_client().await;
+    let mut p = client.pipeline();
+    p.get("other").set("k", "1").set("k", "2");
+    let each = p.execute_each().await;
+    assert_eq!(
+        each[0].as_ref().unwrap(),
+        &Value::Bulk("v".into()),
+        "followed"
+    );
+    match &each[1] {
+        Err(e) => assert!(
+            e.server_code() == Some("MOVED") && e.is_retryable(),
+            "{e:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(each[2].as_ref().unwrap(), &Value::Simple("OK".into()));
+    assert_eq!(*stored.lock().unwrap(), ["2"], "{:?}", fake.seen());
+    assert_eq!(fake.count("GET"), 2);
+}
+
 /// A refused command (`TRYAGAIN`) followed by a command of its slot that the node may
 /// have run before the connection dropped (an `APPEND`, which is not resent) is not
 /// resent either: it would run after that one (`MSET {t}a 1 ...` over the appended

@@ -599,6 +599,14 @@ impl Inner {
                         .unwrap_or_else(|| {
                             self.classify_reply(e, &node.addr, std::slice::from_ref(&command))
                         });
+                    // Whether the node served a later command of the slot (or one may
+                    // have run), or a refusal of the slot was answered already (see
+                    // below).
+                    let held = last_served
+                        .as_ref()
+                        .and_then(|served| served.get(&meta.slot))
+                        .is_some_and(|&at| at > position)
+                        || held_slots.contains(&meta.slot);
                     match action {
                         action @ (ErrorAction::ClusterDown | ErrorAction::BackOff) => {
                             if matches!(action, ErrorAction::ClusterDown) {
@@ -610,11 +618,7 @@ impl Inner {
                             // this one would run after it. And once a command of a slot
                             // is answered with its refusal, the slot's later ones are
                             // too: resent, they would run before it.
-                            let served_later = last_served
-                                .as_ref()
-                                .and_then(|served| served.get(&meta.slot))
-                                .is_some_and(|&at| at > position);
-                            let delay = if served_later || held_slots.contains(&meta.slot) {
+                            let delay = if held {
                                 None
                             } else {
                                 let kind = usize::from(matches!(action, ErrorAction::BackOff));
@@ -629,6 +633,23 @@ impl Inner {
                                     (ErrorAction::Reply, Duration::ZERO)
                                 }
                             }
+                        }
+                        // So for a `MOVED` (the node took the slot between two reads of
+                        // the batch: `MOVED` for `SET k 1`, then `OK` for `SET k 2`):
+                        // it ran nothing, and answers so (retryable). The map is patched
+                        // all the same. (Not an `ASK`: the keys it sends away had not
+                        // moved yet, so no later command of the slot served touched
+                        // them.) Nor a script's, which may be its own reply, forged
+                        // after it ran (the vetting below tells).
+                        ErrorAction::Redirect(Redirect::Moved { slot, addr })
+                            if held && !crate::policy::runs_a_script(&command) =>
+                        {
+                            let to = self.remap(&addr);
+                            if knows(&self.routes.load(), &to) {
+                                moves.push((slot, to));
+                            }
+                            held_slots.insert(meta.slot);
+                            (ErrorAction::Reply, Duration::ZERO)
                         }
                         action => (action, Duration::ZERO),
                     }
