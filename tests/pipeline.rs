@@ -65,6 +65,28 @@ async fn a_reply_over_the_decoders_limits_is_not_asked_for_again() {
     assert_eq!(support::calls(&local, owner, "eval_ro").await, before + 2);
 }
 
+/// A pipeline of keyless commands is one request per command; on connections that hold
+/// 8 requests queued, thousands of them wait for room at once, and every one is
+/// answered (they are woken one per place freed: see the connection's unit test for
+/// the count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_keyless_commands_waiting_for_room_are_all_answered() {
+    let local = support::cluster(3, 0).await;
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .max_in_flight_per_connection(8)
+        .response_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    for i in 0..20_000 {
+        p.add(cmd("PUBLISH").arg("nobody-listens").arg(i));
+    }
+    let replies = p.execute().await.unwrap();
+    assert_eq!(replies, vec![Value::Int(0); 20_000]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_command_is_reported_with_its_index_and_the_rest_still_run() {
     let local = support::cluster(3, 0).await;

@@ -52,7 +52,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
@@ -301,8 +301,13 @@ struct Shared {
     /// Wakes the writer when the queue stops being empty, and when it holds a full
     /// write's worth.
     work: Notify,
-    /// Wakes callers waiting for room in a full queue.
+    /// Wakes callers waiting for room in a full queue (see [`Shared::wake_for_space`]).
     space: Notify,
+    /// How many callers wait for room (counted before they look at the queue).
+    waiting_for_space: AtomicUsize,
+    /// How many times a caller found the queue full and waited.
+    #[cfg(test)]
+    waits_for_space: AtomicUsize,
     /// Wakes the deadline task when a request brings an earlier deadline than it sleeps
     /// until.
     sooner: Notify,
@@ -338,6 +343,9 @@ impl Shared {
             room: Notify::new(),
             work: Notify::new(),
             space: Notify::new(),
+            waiting_for_space: AtomicUsize::new(0),
+            #[cfg(test)]
+            waits_for_space: AtomicUsize::new(0),
             sooner: Notify::new(),
             next_deadline: AtomicU64::new(u64::MAX),
             last_reply: AtomicU64::new(0),
@@ -384,6 +392,21 @@ impl Shared {
         self.close.notify_waiters();
         self.room.notify_one();
         self.space.notify_waiters();
+    }
+
+    /// Wakes as many callers waiting for room in the queue as `freed` places: each takes
+    /// a place, or waits again if another caller took it first. Waking them all for each
+    /// write made a wait quadratic: a large pipeline of keyless commands is thousands of
+    /// requests waiting on one connection, and each write of up to [`WRITE_BATCH`] woke
+    /// every one of them to find the queue full again. (A woken waiter that gives up
+    /// hands its turn on: see `Notify::notify_one`.)
+    fn wake_for_space(&self, freed: usize) {
+        // Read after the places were freed (under the queue's lock): a caller counted
+        // later looks at the queue after that, and finds the room itself.
+        let waiting = self.waiting_for_space.load(Ordering::Acquire);
+        for _ in 0..freed.min(waiting) {
+            self.space.notify_one();
+        }
     }
 
     /// Queues `cmds` for the writer, encoded, unless the queue is full or the connection
@@ -469,9 +492,9 @@ impl Shared {
             }
             cut.finish(bytes);
             *requests = kept;
-            if requests.len() < before {
-                self.space.notify_waiters();
-            }
+            let freed = before - requests.len();
+            drop(queue);
+            self.wake_for_space(freed);
         }
         let unresponsive = {
             let mut in_flight = self.in_flight();
@@ -1130,13 +1153,18 @@ impl NodeConnection {
         cmds: Cmds,
         deadline: Instant,
     ) -> std::result::Result<Queued, Answer> {
+        let _counted = WaitingForSpace::count(&self.shared);
         loop {
-            let space = self.shared.space.notified();
+            // In line for a place before looking: a place freed in between wakes it.
+            let mut space = std::pin::pin!(self.shared.space.notified());
+            space.as_mut().enable();
             match self.shared.enqueue(&cmds, &self.renames, deadline) {
                 Ok(reply) => return Ok(Queued { reply, cmds }),
                 Err(Refused::Closed) => return Err(lost(cmds)),
                 Err(Refused::Full) => {}
             }
+            #[cfg(test)]
+            self.shared.waits_for_space.fetch_add(1, Ordering::Relaxed);
             if tokio::time::timeout_at(deadline, space).await.is_err() {
                 return Err(Answer::failed(
                     Error::Timeout {
@@ -1146,6 +1174,23 @@ impl NodeConnection {
                 ));
             }
         }
+    }
+}
+
+/// Counts a caller among those waiting for room for as long as it lives (see
+/// [`Shared::wake_for_space`]), however the wait ends.
+struct WaitingForSpace<'a>(&'a Shared);
+
+impl<'a> WaitingForSpace<'a> {
+    fn count(shared: &'a Shared) -> Self {
+        shared.waiting_for_space.fetch_add(1, Ordering::AcqRel);
+        WaitingForSpace(shared)
+    }
+}
+
+impl Drop for WaitingForSpace<'_> {
+    fn drop(&mut self) {
+        self.0.waiting_for_space.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -1620,7 +1665,6 @@ fn take(shared: &Shared, batch: &mut Vec<Request>, wbuf: &mut BytesMut, limit: u
     let mut queue = lock(&shared.queue);
     let Queue { requests, bytes } = &mut *queue;
     let n = requests.len().min(limit.saturating_sub(batch.len()));
-    let was_full = requests.len() >= shared.max_in_flight;
     if n == requests.len() && wbuf.is_empty() {
         // All of them, into an empty buffer: the buffers trade places.
         std::mem::swap(bytes, wbuf);
@@ -1631,9 +1675,7 @@ fn take(shared: &Shared, batch: &mut Vec<Request>, wbuf: &mut BytesMut, limit: u
     }
     batch.extend(requests.drain(..n));
     drop(queue);
-    if was_full && n > 0 {
-        shared.space.notify_waiters();
-    }
+    shared.wake_for_space(n);
     n
 }
 
@@ -2446,6 +2488,33 @@ mod tests {
             replies.push(task.await.unwrap().unwrap());
         }
         assert_eq!(replies[2], Value::Nil);
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_for_room_are_woken_one_per_place_freed() {
+        // 2000 requests on a connection that holds 8 queued: each write of up to 8 woke
+        // every caller waiting (about 2000 * 2000 / 8 waits in all), each to find the
+        // queue full again.
+        const REQUESTS: usize = 2000;
+        let options = ConnectOptions::default().max_in_flight(8);
+        let (conn, mut node) = over_pipe_with(options).await;
+        let requests: Vec<_> = (0..REQUESTS).map(|_| spawn_get(&conn, "k")).collect();
+        let request_len = get("k").len();
+        let (mut read, mut answered) = (0, 0);
+        let mut buf = vec![0u8; 64 * 1024];
+        while answered < REQUESTS {
+            let n = node.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed");
+            read += n;
+            let due = read / request_len - answered;
+            node.write_all(&b"$-1\r\n".repeat(due)).await.unwrap();
+            answered += due;
+        }
+        for request in requests {
+            assert_eq!(request.await.unwrap().unwrap(), Value::Nil);
+        }
+        let waits = conn.shared.waits_for_space.load(Ordering::Relaxed);
+        assert!(waits < 3 * REQUESTS, "{waits} waits for room");
     }
 
     #[tokio::test]
