@@ -433,6 +433,7 @@ fn check_topology(shards: &[crate::topology::ShardInfo]) {
         .into_iter()
         .map(|map| crate::topology::View {
             map,
+            down: crate::slot::SlotMap::default(),
             failed: failed.clone(),
             ids: crate::topology::node_ids(shards, &|a: &str| a.to_string()),
             epochs: None,

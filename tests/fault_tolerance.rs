@@ -443,6 +443,67 @@ async fn with_full_coverage_required_clusterdown_is_retried_within_the_deadline(
 /// with the first runtime, and the first trouble on the second brings them back, so a
 /// failover is followed. Before, no refresh ever ran again: every request for the
 /// killed primary's slots went to it and failed, for good.
+/// While a primary is flagged failed and no replica takes over (here none may:
+/// `cluster-replica-no-failover`), its shard's replicas still serve the reads that
+/// allow them, on a cluster that keeps serving without full coverage. The slots had
+/// no node at all in the client's map: replica reads failed with `ClusterDown`, and the
+/// replicas' connections were closed. Writes and primary reads still fail fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_serve_reads_while_their_failed_primary_holds_its_slots() {
+    let local = LocalCluster::builder()
+        .node_timeout(Duration::from_millis(1000))
+        .config("cluster-require-full-coverage", "no")
+        .config("cluster-replica-no-failover", "yes")
+        .start()
+        .await
+        .unwrap();
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .read_from(ReadFrom::Replica)
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let key = "down:{r}";
+    let slot = key_slot(key.as_bytes());
+    let wait = redcluster::Durability::new(1, Duration::from_secs(5));
+    client
+        .query_durable::<Value>(cmd("SET").arg(key).arg("v"), wait)
+        .await
+        .unwrap();
+    let primary = local.master_of_slot(slot).await.unwrap();
+    let replica = local.replicas_of(primary).await.unwrap()[0];
+    local.kill(primary).unwrap();
+    // Until the client's map has the primary failed (the nodes flag it within a few
+    // node timeouts).
+    let flagged_by = Instant::now() + Duration::from_secs(30);
+    while client.primary_for_slot(slot).is_some() {
+        assert!(
+            Instant::now() < flagged_by,
+            "the primary never showed as failed"
+        );
+        let _ = client.refresh_topology().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = calls(&local, replica, "get").await;
+    for _ in 0..5 {
+        let value: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(value.as_deref(), Some("v"));
+    }
+    assert_eq!(calls(&local, replica, "get").await, before + 5);
+    let write = client.set(key, "w").await.unwrap_err();
+    assert!(matches!(write, Error::ClusterDown(_)), "{write:?}");
+    let primary_read = client
+        .with_read_from(ReadFrom::Primary)
+        .get::<_, Option<String>>(key)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(primary_read, Error::ClusterDown(_)),
+        "{primary_read:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_first_runtime_shut_down_still_follows_a_failover() {
     let local = LocalCluster::builder()

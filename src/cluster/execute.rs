@@ -468,6 +468,15 @@ impl Inner {
         read: Option<ReadFrom>,
     ) -> Result<&'r Arc<Node>> {
         let Some(shard) = routes.map.shard_index(slot) else {
+            // A read a replica may serve, while the slot's primary is flagged failed
+            // and no replica took over yet: the shard's replicas (the refreshes run every
+            // second meanwhile).
+            if let Some(replica) = read
+                .filter(|r| *r != ReadFrom::Primary)
+                .and_then(|_| down_replica(routes, slot))
+            {
+                return Ok(replica);
+            }
             self.signal.request(RefreshTrigger::Uncovered);
             if routes.primaries.is_empty() {
                 return Err(self.no_topology_error());
@@ -1292,20 +1301,24 @@ impl Inner {
             }
         }
         drop(routes);
-        self.registry.replace(&self.routes, |current| {
-            // A refresh that began before this must not undo it (see `Moves`).
-            let mut noted = super::node::lock(&self.moves);
-            let mut next: Option<crate::slot::SlotMap> = None;
-            for (slot, addr) in moves {
-                noted.note(slot, addr);
-                let map = next.as_ref().unwrap_or(&current.map);
-                if map.primary(slot).is_none_or(|p| &**p != addr) {
-                    next.get_or_insert_with(|| current.map.clone())
-                        .move_slot(slot, addr);
+        self.registry.replace(
+            &self.routes,
+            |current| {
+                // A refresh that began before this must not undo it (see `Moves`).
+                let mut noted = super::node::lock(&self.moves);
+                let mut next: Option<crate::slot::SlotMap> = None;
+                for (slot, addr) in moves {
+                    noted.note(slot, addr);
+                    let map = next.as_ref().unwrap_or(&current.map);
+                    if map.primary(slot).is_none_or(|p| &**p != addr) {
+                        next.get_or_insert_with(|| current.map.clone())
+                            .move_slot(slot, addr);
+                    }
                 }
-            }
-            next
-        });
+                next
+            },
+            None,
+        );
         self.signal.request(if known {
             RefreshTrigger::Moved
         } else {
@@ -2153,6 +2166,18 @@ fn fold(combine: Combine, values: Vec<Value>) -> Result<Value> {
         });
     }
     Ok(acc.unwrap_or(Value::Nil))
+}
+
+/// A replica of the shard whose failed primary still holds `slot` in `routes` (see
+/// [`Routes::down`]), in turn among those that serve reads; `None` when there is none.
+fn down_replica(routes: &Routes, slot: u16) -> Option<&Arc<Node>> {
+    let replicas = routes.down_replicas.get(routes.down.shard_index(slot)?)?;
+    if replicas.is_empty() {
+        return None;
+    }
+    let turn = routes.down_turn.fetch_add(1, Ordering::Relaxed) % replicas.len();
+    let (after, before) = replicas.split_at(turn);
+    before.iter().chain(after).find(|node| node.serves_reads())
 }
 
 #[cfg(test)]

@@ -824,6 +824,7 @@ impl Inner {
         }
         let view = topology::View {
             map: topology::slot_map(&shards, &remap),
+            down: topology::down_map(&shards, &remap),
             failed,
             ids,
             epochs,
@@ -848,27 +849,30 @@ impl Inner {
                 self.publish_gauges(&[]);
             }
         }
-        let (map, failed) = (view.map, view.failed);
+        let (map, down, failed) = (view.map, view.down, view.failed);
         let previous = lock(&self.signal.last_view).replace(map.clone());
         if previous.as_ref() != Some(&map) {
             let previous = previous.unwrap_or_default();
             crate::observe::events::topology_changed(&previous, &map, trigger.as_str());
         }
         // Under the registry's lock, as a patch is made: none comes in between.
-        let replaced = self.registry.replace(&self.routes, |current| {
-            let map = lock(&self.moves).keep_newer(map, mark, &failed);
-            (current.map != map).then_some(map)
-        });
+        let replaced = self.registry.replace(
+            &self.routes,
+            |current| {
+                let map = lock(&self.moves).keep_newer(map, mark, &failed);
+                (current.map != map).then_some(map)
+            },
+            Some(down),
+        );
         // The routes' nodes, a patched one the view lacks included.
-        let members = self.routes.load().map.nodes();
+        let members = self.routes.load().members();
         self.registry.settings().announced.retain(&members);
         let Some(previous) = replaced else {
             return false;
         };
         // Nodes that left: their per-node gauges are zeroed.
         let removed: Vec<Arc<str>> = previous
-            .map
-            .nodes()
+            .members()
             .into_iter()
             .filter(|n| !members.contains(n))
             .collect();
@@ -942,6 +946,7 @@ mod tests {
         };
         let view = |map: SlotMap, epochs: &[(&str, u64)]| topology::View {
             map,
+            down: SlotMap::default(),
             failed: Vec::new(),
             ids: Vec::new(),
             epochs: Some(epochs.iter().map(|&(p, e)| (Arc::from(p), e)).collect()),

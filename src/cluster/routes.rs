@@ -22,8 +22,34 @@ pub(crate) struct Routes {
     /// per shard: with one for the client, a task reading two shards in alternation
     /// would take every other turn, and always land on the same node of each.
     pub(crate) turns: Box<[AtomicUsize]>,
+    /// The slots `map` leaves unassigned because their primary failed, with that
+    /// shard's healthy replicas ([`crate::topology::down_map`]), for replica reads.
+    pub(crate) down: SlotMap,
+    /// For each shard of `down`: its replicas, with `READONLY` connections.
+    pub(crate) down_replicas: Vec<Vec<Arc<Node>>>,
+    /// Whose turn it is among `down`'s replicas (one counter: a rare state).
+    pub(crate) down_turn: AtomicUsize,
     /// Bumped by every new snapshot; tells waiters a refresh happened.
     pub(crate) version: u64,
+}
+
+impl Routes {
+    /// Every node the snapshot routes to: [`members`].
+    pub(crate) fn members(&self) -> Vec<Arc<str>> {
+        members(&self.map, &self.down)
+    }
+}
+
+/// Every node of `map`, and the replicas of the shards whose primary failed (`down`):
+/// not the failed primary, whose slots go nowhere until a replica takes them.
+fn members(map: &SlotMap, down: &SlotMap) -> Vec<Arc<str>> {
+    let mut nodes = map.nodes();
+    for replica in down.shards().iter().flat_map(|s| &s.replicas) {
+        if !nodes.contains(replica) {
+            nodes.push(Arc::clone(replica));
+        }
+    }
+    nodes
 }
 
 /// Node handles by address and by whether they are for replica reads (`READONLY`).
@@ -69,8 +95,9 @@ impl NodeRegistry {
     }
 
     /// Replaces the snapshot in `routes` with one for the map `next` makes of the current
-    /// one (`None`: keep it), and closes the connections of nodes that left. Returns the
-    /// snapshot replaced.
+    /// one (`None`: keep it) and the shards with a failed primary `down` gives (`None`:
+    /// keep them), unless both stay as they are, and closes the connections of nodes
+    /// that left. Returns the snapshot replaced.
     ///
     /// Under the registry's lock from the load to the store: a refresh and a `MOVED`
     /// patch that interleaved could each build from a different map, and the one storing
@@ -81,10 +108,18 @@ impl NodeRegistry {
         &self,
         routes: &ArcSwap<Routes>,
         next: impl FnOnce(&Routes) -> Option<SlotMap>,
+        down: Option<SlotMap>,
     ) -> Option<Arc<Routes>> {
         let mut nodes = self.lock();
         let current = routes.load_full();
-        let map = next(&current)?;
+        let down = down.filter(|down| *down != current.down);
+        let (map, down) = match (next(&current), down) {
+            (None, None) => return None,
+            (map, down) => (
+                map.unwrap_or_else(|| current.map.clone()),
+                down.unwrap_or_else(|| current.down.clone()),
+            ),
+        };
         let settings = &self.settings;
         let mut handle = |addr: &Arc<str>, read_only: bool| {
             Arc::clone(
@@ -105,7 +140,13 @@ impl NodeRegistry {
             .iter()
             .map(|s| s.replicas.iter().map(|r| handle(r, true)).collect())
             .collect();
-        let members: std::collections::HashSet<Arc<str>> = map.nodes().into_iter().collect();
+        let down_replicas: Vec<Vec<Arc<Node>>> = down
+            .shards()
+            .iter()
+            .map(|s| s.replicas.iter().map(|r| handle(r, true)).collect())
+            .collect();
+        let members: std::collections::HashSet<Arc<str>> =
+            members(&map, &down).into_iter().collect();
         #[cfg(test)]
         if let Some(hook) = tests::BEFORE_STORE.with(|h| h.borrow_mut().take()) {
             hook();
@@ -116,6 +157,9 @@ impl NodeRegistry {
             primaries,
             replicas,
             turns,
+            down,
+            down_replicas,
+            down_turn: AtomicUsize::new(0),
             version: current.version + 1,
         }));
         nodes.retain(|(addr, _), node| {
@@ -188,6 +232,30 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_primarys_replicas_stay_open_for_reads() {
+        let registry = registry();
+        let routes = ArcSwap::from_pointee(Routes::default());
+        registry.replace(&routes, |_| Some(map(false)), None);
+        let replica = registry.get("c:1", true);
+        // b:1 failed: its shard leaves the map, its replica stays for reads.
+        let without_b = SlotMap::from_ranges([(test_shard("a:1", &[]), vec![(0, 8000)])]);
+        let down = SlotMap::from_ranges([(test_shard("b:1", &["c:1"]), vec![(8001, 16000)])]);
+        let replaced = registry.replace(&routes, |_| Some(without_b.clone()), Some(down.clone()));
+        assert!(replaced.is_some());
+        let now = routes.load();
+        assert!(Arc::ptr_eq(&now.down_replicas[0][0], &replica));
+        assert!(!replica.is_closed());
+        let members = now.members();
+        assert!(!members.iter().any(|m| &**m == "b:1"), "{members:?}");
+        // The same map and shards again: nothing to replace.
+        assert!(registry.replace(&routes, |_| None, Some(down)).is_none());
+        // A replica took over: the shard is back in the map, nothing is down.
+        registry.replace(&routes, |_| Some(map(false)), Some(SlotMap::default()));
+        assert!(routes.load().down_replicas.is_empty());
+        check(&registry, &routes.load());
+    }
+
+    #[test]
     fn a_moved_patch_waits_for_a_refresh_between_its_build_and_its_store() {
         // A refresh installs a view where `n:1` joined while a `MOVED` patches the view
         // before it. Interleaved, the patch (built from the old view) closed `n:1` as
@@ -196,7 +264,11 @@ mod tests {
         let registry = Arc::new(registry());
         let routes = Arc::new(ArcSwap::from_pointee(Routes::default()));
         let install = |registry: &NodeRegistry, routes: &ArcSwap<Routes>, next: SlotMap| {
-            registry.replace(routes, |current| (current.map != next).then_some(next));
+            registry.replace(
+                routes,
+                |current| (current.map != next).then_some(next),
+                None,
+            );
         };
         install(&registry, &routes, map(false));
         let patch = Arc::new(Mutex::new(None));
@@ -212,11 +284,15 @@ mod tests {
                 let running = Arc::clone(&started);
                 let handle = std::thread::spawn(move || {
                     running.wait();
-                    registry.replace(&routes, |current| {
-                        // Runs once the patch holds the registry's lock.
-                        let _ = done.send(());
-                        Some(current.map.with_moved(0, "a:1"))
-                    });
+                    registry.replace(
+                        &routes,
+                        |current| {
+                            // Runs once the patch holds the registry's lock.
+                            let _ = done.send(());
+                            Some(current.map.with_moved(0, "a:1"))
+                        },
+                        None,
+                    );
                 });
                 // The patch is running: given every chance to take the lock in
                 // between, it must wait for the store.

@@ -326,12 +326,38 @@ pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> 
     }))
 }
 
+/// The shards whose primary the cluster flags as failed while it still holds its slots
+/// (no replica took over yet, or none can), with their healthy replicas: a map of the
+/// slots [`slot_map`] leaves unassigned, for the reads a replica may serve meanwhile
+/// (with `cluster-require-full-coverage no` or `cluster-allow-reads-when-down yes`
+/// the replicas answer them). Shards without a healthy replica are left out.
+pub(crate) fn down_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> SlotMap {
+    let down = shards
+        .iter()
+        .filter(|s| !s.primary.healthy && !s.ranges.is_empty())
+        .filter(|s| s.replicas.iter().any(|r| r.healthy));
+    SlotMap::from_ranges(down.map(|s| {
+        let shard = Shard {
+            primary: Arc::from(remap(&s.primary.addr)),
+            replicas: s
+                .replicas
+                .iter()
+                .filter(|r| r.healthy)
+                .map(|r| Arc::from(remap(&r.addr)))
+                .collect(),
+        };
+        (shard, s.ranges.clone())
+    }))
+}
+
 /// One node's view of the topology: the slot map it gives, the nodes it reports failed
 /// (remapped addresses), the node ids it gives for the addresses ([`node_ids`]), and the
-/// config epochs of the primaries that serve slots in it ([`primary_epochs`]).
+/// config epochs of the primaries that serve slots in it ([`primary_epochs`]); and the
+/// shards whose primary failed, for replica reads ([`down_map`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct View {
     pub(crate) map: SlotMap,
+    pub(crate) down: SlotMap,
     pub(crate) failed: Vec<Arc<str>>,
     pub(crate) ids: Vec<(Arc<str>, Arc<str>)>,
     pub(crate) epochs: Option<Vec<(Arc<str>, u64)>>,
@@ -793,6 +819,41 @@ mod tests {
         assert_eq!(slot_map(&shards, &|a: &str| a.to_string()).covered(), 0);
     }
 
+    #[test]
+    fn a_failed_primarys_slots_go_to_its_healthy_replicas_for_reads_only() {
+        let node = |port: u16, healthy: bool| NodeInfo {
+            id: None,
+            addr: format!("h:{port}"),
+            healthy,
+        };
+        let shard = |primary: NodeInfo, replicas: Vec<NodeInfo>, ranges| ShardInfo {
+            primary,
+            replicas,
+            ranges,
+            failed: Vec::new(),
+            contenders: Vec::new(),
+        };
+        let shards = vec![
+            shard(node(1, true), vec![node(2, true)], vec![(0, 99)]),
+            // Failed, one replica healthy: its slots are the replica's, for reads.
+            shard(
+                node(3, false),
+                vec![node(4, true), node(5, false)],
+                vec![(100, 199)],
+            ),
+            // Failed, and no healthy replica: nobody's.
+            shard(node(6, false), vec![node(7, false)], vec![(200, 299)]),
+        ];
+        let same = |a: &str| a.to_string();
+        let (map, down) = (slot_map(&shards, &same), down_map(&shards, &same));
+        assert_eq!((map.covered(), down.covered()), (100, 100));
+        assert!(map.shard(150).is_none());
+        let stranded = down.shard(150).unwrap();
+        assert_eq!(&*stranded.primary, "h:3");
+        assert_eq!(stranded.replicas, vec![Arc::<str>::from("h:4")]);
+        assert!(down.shard(50).is_none() && down.shard(250).is_none());
+    }
+
     /// A failed primary restarted, listed as a healthy master of its old shard with the
     /// larger replication offset, does not take the shard back from the promoted
     /// replica, whose config epoch is newer. Without epochs, the offset decides.
@@ -1054,6 +1115,7 @@ mod tests {
         let b = a.with_moved(0, "b:1");
         let view = |map: &SlotMap, failed: &[&str]| View {
             map: map.clone(),
+            down: SlotMap::default(),
             failed: failed.iter().map(|&a| Arc::from(a)).collect(),
             ids: Vec::new(),
             epochs: None,
@@ -1254,6 +1316,7 @@ a5 :0@0 master,noaddr - 0 0 0 disconnected
         };
         let view = |map: &SlotMap, epochs: &[(&str, u64)]| View {
             map: map.clone(),
+            down: SlotMap::default(),
             failed: Vec::new(),
             ids: Vec::new(),
             epochs: epochs_of(epochs),
@@ -1316,6 +1379,7 @@ a5 :0@0 master,noaddr - 0 0 0 disconnected
         let new = old.with_moved(0, "b:1");
         let view = |map: &SlotMap, epochs: Option<Vec<(Arc<str>, u64)>>| View {
             map: map.clone(),
+            down: SlotMap::default(),
             failed: Vec::new(),
             ids: Vec::new(),
             epochs,
@@ -1391,6 +1455,7 @@ a5 :0@0 master,noaddr - 0 0 0 disconnected
         assert_eq!(new.slots_routed_like(&old), 16383);
         let view = |map: &SlotMap, failed: &[&str]| View {
             map: map.clone(),
+            down: SlotMap::default(),
             failed: failed.iter().map(|&a| Arc::from(a)).collect(),
             ids: Vec::new(),
             epochs: None,
