@@ -693,6 +693,17 @@ async fn a_slots_only_user_follows_an_ask_to_a_master_that_serves_no_slot_yet() 
     let v: Option<String> = client.get(key).await.unwrap();
     assert_eq!(v.as_deref(), Some("v"));
     assert!(client.stats().ask >= 1, "{:?}", client.stats());
+    // The cluster vouched for the address once: the next requests the migration sends
+    // there follow at once. Each asked the source's `CLUSTER SLOTS` and `CLUSTER NODES`
+    // again (and the client refreshed every 100 ms) for as long as the migration ran.
+    let source = migration.source();
+    let asked = support::calls(&local, source, "cluster|nodes").await;
+    for _ in 0..20 {
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("v"));
+    }
+    let asked_since = support::calls(&local, source, "cluster|nodes").await - asked;
+    assert!(asked_since <= 1, "CLUSTER NODES asked {asked_since} times");
     local.finish_slot_migration(migration).await.unwrap();
 }
 

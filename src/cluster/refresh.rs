@@ -59,6 +59,13 @@ const NODES_QUIET: Duration = Duration::from_secs(60);
 /// waits no longer than this.
 const REFUSED_REDIRECT_HOLD: Duration = Duration::from_secs(10);
 
+/// How long a redirect's address the cluster vouched for without listing it in the map
+/// (a master that serves no slot yet, the target of a migration, under `CLUSTER SLOTS`)
+/// is followed without asking again: every request the migration sends there would
+/// otherwise cost the redirecting node a `CLUSTER SLOTS` and a `CLUSTER NODES`, and the
+/// client a refresh. Short: the vouching is that node's word of the moment.
+const VOUCHED_REDIRECT_HOLD: Duration = Duration::from_secs(10);
+
 /// The longest one node's topology answer is waited for, whatever the response timeout:
 /// a refresh that waits on a hung node serves no one.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -265,6 +272,9 @@ pub(crate) struct RefreshSignal {
     /// [`Inner::vet_redirect`]), and when: a redirect to one is refused at once for
     /// [`REFUSED_REDIRECT_HOLD`].
     redirects_refused: SeenAt,
+    /// The addresses redirects named that the cluster vouched for though the map lacks
+    /// them, and when: followed at once for [`VOUCHED_REDIRECT_HOLD`].
+    redirects_vouched: SeenAt,
     /// When a node last gave two masters of one config epoch ([`topology::epoch_collision`]).
     last_collision: LastSeen,
     /// Held by the refresh under way: the background task's, `refresh_topology`'s and
@@ -555,7 +565,8 @@ impl Inner {
     /// (remapped), once the cluster vouches for it. An address of a node the topology
     /// lists is followed at once. Any other is followed only once a refresh names it (the
     /// cluster grew: a migration to a new node) or, should the view the refresh chose
-    /// not have heard of the node yet, the redirecting node's own view does. Otherwise
+    /// not have heard of the node yet, the redirecting node's own view does (then at
+    /// once for [`VOUCHED_REDIRECT_HOLD`], without asking again). Otherwise
     /// the redirect came from code (a script's `redis.error_reply("MOVED ...")` for a slot
     /// of its own keys, a module) and following it would hand the client's credentials,
     /// and the command, to whatever answers there: refused, and refused again at once
@@ -584,6 +595,13 @@ impl Inner {
             .within(&to, REFUSED_REDIRECT_HOLD)
         {
             return Err(refused(unlisted));
+        }
+        if self
+            .signal
+            .redirects_vouched
+            .within(&to, VOUCHED_REDIRECT_HOLD)
+        {
+            return Ok(to);
         }
         let timed_out = |_| Error::Timeout {
             may_have_executed: true,
@@ -617,7 +635,12 @@ impl Inner {
             .await
             .map_err(timed_out)?;
         match vouched {
-            Some(true) => Ok(to),
+            Some(true) => {
+                self.signal
+                    .redirects_vouched
+                    .note(&to, VOUCHED_REDIRECT_HOLD);
+                Ok(to)
+            }
             Some(false) => {
                 tracing::warn!(from, to = %to, "a redirect to a node the cluster does not list: not followed");
                 self.signal
