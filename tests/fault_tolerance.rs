@@ -504,6 +504,64 @@ async fn replicas_serve_reads_while_their_failed_primary_holds_its_slots() {
     );
 }
 
+/// A node that leaves the client's topology keeps its connections for the time of the
+/// requests on them. Here a primary is paused with an `INCR` unanswered, the cluster
+/// flags it failed (no replica takes over) and the client's map leaves it out, then it
+/// is let go: the `INCR` gets the node's answer. Its connection was closed the moment
+/// the map left the node out, and the `INCR` failed as may-have-run (not resent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_primary_that_left_the_topology_still_gets_its_answer() {
+    let local = LocalCluster::builder()
+        .replicas_per_master(0)
+        .node_timeout(Duration::from_millis(1000))
+        .config("cluster-require-full-coverage", "no")
+        .start()
+        .await
+        .unwrap();
+    // No health checks: a `PING` the paused node owes would hold the `INCR` back,
+    // unwritten (one write in flight per connection), and it could be resent.
+    let client = ClusterClient::builder()
+        .nodes(local.seeds())
+        .response_timeout(Duration::from_secs(20))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let key = "left:{p}";
+    let slot = key_slot(key.as_bytes());
+    client.set(key, 0).await.unwrap();
+    let primary = local.master_of_slot(slot).await.unwrap();
+    local.pause(primary).unwrap();
+    let incr = tokio::spawn({
+        let client = client.clone();
+        async move { client.query::<i64>(cmd("INCR").arg(key)).await }
+    });
+    let flagged_by = Instant::now() + Duration::from_secs(15);
+    while client.primary_for_slot(slot).is_some() {
+        if Instant::now() > flagged_by {
+            local.resume(primary).unwrap();
+            panic!("the paused primary never showed as failed");
+        }
+        let _ = client.refresh_topology().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    local.resume(primary).unwrap();
+    let answered = incr.await.unwrap();
+    // Its reply, or the node's refusal if it came back thinking the cluster down: an
+    // answer over the connection, either way.
+    assert!(
+        !matches!(
+            answered,
+            Err(Error::ConnectionLost { .. } | Error::Io { .. })
+        ),
+        "{answered:?}"
+    );
+    println!(
+        "the INCR on the primary that left: {answered:?}, {:?}",
+        client.stats()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_first_runtime_shut_down_still_follows_a_failover() {
     let local = LocalCluster::builder()

@@ -4,6 +4,7 @@
 //! breaker is open serves as the half-open probe, so an idle node's breaker closes again
 //! once it answers, without waiting for user traffic.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -73,27 +74,28 @@ impl Inner {
         // it, as `health()` says: after a role swap without a failure flag, the handle of
         // its old role keeps the state it had (open, say), and no request reaches it to
         // change that.
-        let in_role: Vec<&Arc<Node>> = routes
+        // Per address, in one pass each (a scan of the handles per node was quadratic,
+        // on every refresh and breaker change, at hundreds of nodes): connections open
+        // on its handles (primary and replica-read connections), and its breaker.
+        let mut open: HashMap<&str, (usize, usize)> = HashMap::with_capacity(handles.len());
+        for node in &handles {
+            let (m, d) = node.open_connections();
+            let entry = open.entry(&node.addr).or_default();
+            *entry = (entry.0 + m, entry.1 + d);
+        }
+        let mut breakers: HashMap<&str, u8> = HashMap::with_capacity(handles.len());
+        for node in routes
             .primaries
             .iter()
             .chain(routes.replicas.iter().flatten())
-            .collect();
+        {
+            let code = metrics::breaker_code(node.breaker_state());
+            let entry = breakers.entry(&node.addr).or_default();
+            *entry = (*entry).max(code);
+        }
         for addr in routes.map.nodes() {
-            // A node may have two handles (primary and replica-read connections), and
-            // connections open on both.
-            let mut multiplexed = 0;
-            let mut dedicated = 0;
-            for node in handles.iter().filter(|n| n.addr == addr) {
-                let (m, d) = node.open_connections();
-                multiplexed += m;
-                dedicated += d;
-            }
-            let breaker = in_role
-                .iter()
-                .filter(|n| n.addr == addr)
-                .map(|n| metrics::breaker_code(n.breaker_state()))
-                .max()
-                .unwrap_or(0);
+            let (multiplexed, dedicated) = open.get(&*addr).copied().unwrap_or_default();
+            let breaker = breakers.get(&*addr).copied().unwrap_or(0);
             counts.connected += usize::from(multiplexed + dedicated > 0);
             counts.breaker_open +=
                 usize::from(breaker == metrics::breaker_code(BreakerState::Open));

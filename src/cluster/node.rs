@@ -36,6 +36,10 @@ fn clock_ms() -> u64 {
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX - 1) + 1
 }
 
+/// The longest a node that left the topology keeps its connections open for the
+/// requests on them (see [`Node::retire`]).
+const RETIRE_GRACE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How each node's connections are set up; the same for every node of a client.
 #[derive(Debug)]
 pub(crate) struct NodeSettings {
@@ -81,7 +85,7 @@ impl Announced {
 
     /// Forgets the nodes outside `members` (a new topology's), so the table stays the
     /// size of the cluster.
-    pub(crate) fn retain(&self, members: &[Arc<str>]) {
+    pub(crate) fn retain(&self, members: &std::collections::HashSet<Arc<str>>) {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if !map.is_empty() {
             map.retain(|reached, _| members.contains(reached));
@@ -699,6 +703,27 @@ impl Node {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// Closes every connection once the requests on them had their time: the node left
+    /// the topology (flagged failed, removed, or missing from a view for a moment), and
+    /// requests written before may still be answered (a primary the cluster flags failed
+    /// in a partition that still answers this client; a stalled replica). Closed at once,
+    /// they failed as may-have-run. No request is routed here meanwhile: the handle is
+    /// out of the registry. At once outside a runtime.
+    pub(crate) fn retire(self: Arc<Self>) {
+        // The requests' deadline, as the client's response timeout gives it (a handle
+        // with a longer one, or a blocking command, is cut at this).
+        let grace = self.settings.probe_timeout.min(RETIRE_GRACE_MAX);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    self.close();
+                });
+            }
+            Err(_) => self.close(),
+        }
+    }
+
     /// Closes every connection: the node left the cluster, or the client is dropped.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -822,7 +847,7 @@ mod tests {
         names.note("127.0.0.1:7000", "redis-5:6379", true);
         // Nodes outside a new topology are forgotten.
         names.note("127.0.0.1:7001", "redis-1:6379", true);
-        names.retain(&[Arc::from("127.0.0.1:7001")]);
+        names.retain(&[Arc::from("127.0.0.1:7001")].into_iter().collect());
         assert_eq!(of("127.0.0.1:7000"), None);
         assert_eq!(of("127.0.0.1:7001").as_deref(), Some("redis-1:6379"));
     }

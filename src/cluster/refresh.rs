@@ -888,7 +888,9 @@ impl Inner {
             Some(down),
         );
         // The routes' nodes, a patched one the view lacks included.
-        let members = self.routes.load().members();
+        // (A set: looked up once per node below, which would be quadratic in a list.)
+        let members: std::collections::HashSet<Arc<str>> =
+            self.routes.load().members().into_iter().collect();
         self.registry.settings().announced.retain(&members);
         let Some(previous) = replaced else {
             return false;

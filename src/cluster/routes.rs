@@ -165,8 +165,8 @@ impl NodeRegistry {
         nodes.retain(|(addr, _), node| {
             let keep = members.contains(addr);
             if !keep {
-                tracing::info!(node = %addr, "node left the cluster; closing its connection");
-                node.close();
+                tracing::info!(node = %addr, "node left the topology; closing its connections once their requests had their time");
+                Arc::clone(node).retire();
             }
             keep
         });
