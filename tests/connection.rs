@@ -486,3 +486,49 @@ async fn a_zero_response_timeout_fails_every_request_unsent() {
     }
     assert_eq!((calls("get").await, calls("incr").await), (gets, incrs));
 }
+
+/// A batch whose `WATCH` the node took and whose `MULTI` it refused (a user without
+/// `+multi`) left the connection watching the key: "EXEC without MULTI" unwatches
+/// nothing, and every later transaction on it, another caller's too, aborted (a nil
+/// `EXEC`) once the key changed. The batch gets its replies and the connection is
+/// closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_left_by_a_refused_multi_closes_the_connection() {
+    let local = one_node().await;
+    let addr = local.node_addr(0);
+    let admin = connect(&addr).await;
+    let user = cmd("ACL")
+        .arg("SETUSER")
+        .arg("nomulti")
+        .arg("on")
+        .arg(">nomultipass")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-multi");
+    assert_eq!(admin.send(user).await.unwrap(), Value::Simple("OK".into()));
+    let options = ConnectOptions::default()
+        .username("nomulti")
+        .password("nomultipass");
+    let conn = NodeConnection::connect(&addr, &options).await.unwrap();
+    let replies = conn
+        .send_batch(vec![
+            cmd("WATCH").arg("wl:k"),
+            cmd("MULTI"),
+            cmd("SET").arg("wl:x").arg("1"),
+            cmd("EXEC"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(replies[0], Value::Simple("OK".into()));
+    assert!(
+        matches!(&replies[1], Value::ServerError(e) if e.code() == "NOPERM"),
+        "{replies:?}"
+    );
+    assert!(matches!(&replies[3], Value::ServerError(_)), "{replies:?}");
+    assert!(conn.is_closed(), "the connection still watches wl:k");
+    let later = conn.send(cmd("PING")).await.unwrap_err();
+    assert!(
+        matches!(later, Error::ConnectionLost { may_have_executed: false }),
+        "{later:?}"
+    );
+}

@@ -158,9 +158,13 @@ impl Cmds {
         let end = cmds[multi + 1..].iter().position(|c| {
             c.name().eq_ignore_ascii_case(b"EXEC") || c.name().eq_ignore_ascii_case(b"DISCARD")
         })?;
+        let watch = cmds[..multi]
+            .iter()
+            .rposition(|c| c.name().eq_ignore_ascii_case(b"WATCH"));
         Some(Transaction {
             multi: u32::try_from(multi).ok()?,
             end: u32::try_from(multi + 1 + end).ok()?,
+            watch: watch.and_then(|w| u32::try_from(w).ok()),
         })
     }
 
@@ -236,12 +240,13 @@ struct Request {
     transaction: Option<Transaction>,
 }
 
-/// The positions in a batch of its first `MULTI` and of the `EXEC` or `DISCARD` that
-/// ends that transaction.
+/// The positions in a batch of its first `MULTI`, of the `EXEC` or `DISCARD` that
+/// ends that transaction, and of the last `WATCH` before it, if any.
 #[derive(Debug, Clone, Copy)]
 struct Transaction {
     multi: u32,
     end: u32,
+    watch: Option<u32>,
 }
 
 /// Whether the server was left inside a transaction by a batch whose `MULTI` it took
@@ -255,8 +260,22 @@ struct Transaction {
 fn left_in_multi(replies: &Replies, transaction: Transaction) -> bool {
     const ENDED: [&str; 5] = ["EXECABORT", "MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"];
     let at = |i: u32| usize::try_from(i).ok().and_then(|i| replies.get(i));
-    matches!(at(transaction.multi), Some(Value::Simple(ok)) if ok.eq_ignore_ascii_case(b"OK"))
+    taken(replies, transaction.multi)
         && matches!(at(transaction.end), Some(Value::ServerError(e)) if !ENDED.contains(&e.code()))
+}
+
+/// Whether the server was left watching keys by a batch whose `WATCH` it took and whose
+/// `MULTI` it refused (an ACL user without `+multi`, `MULTI` renamed): the "EXEC without
+/// MULTI" that follows unwatches nothing, and every later transaction on the
+/// connection, another caller's too, would abort (a nil `EXEC`) when those keys change.
+fn left_watching(replies: &Replies, transaction: Transaction) -> bool {
+    transaction.watch.is_some_and(|w| taken(replies, w)) && !taken(replies, transaction.multi)
+}
+
+/// Whether the reply at `position` of `replies` is `OK`.
+fn taken(replies: &Replies, position: u32) -> bool {
+    let reply = usize::try_from(position).ok().and_then(|i| replies.get(i));
+    matches!(reply, Some(Value::Simple(ok)) if ok.eq_ignore_ascii_case(b"OK"))
 }
 
 /// Requests handed over by callers, not yet taken by the writer.
@@ -1831,6 +1850,7 @@ fn deliver(
     // as they come, before its last).
     let mut in_time = false;
     let mut left_in_transaction = false;
+    let mut left_watching_keys = false;
     let (was_full, drained) = {
         let mut q = shared.in_flight();
         let was_full = q.len() >= shared.max_in_flight;
@@ -1847,6 +1867,9 @@ fn deliver(
                 let poisoned = front
                     .transaction
                     .is_some_and(|t| left_in_multi(&front.replies, t));
+                left_watching_keys |= front
+                    .transaction
+                    .is_some_and(|t| left_watching(&front.replies, t));
                 done.extend(q.pop_front());
                 if poisoned {
                     // Whatever comes next is queued into that transaction: the
@@ -1882,6 +1905,19 @@ fn deliver(
         shared.close_failing(error, |_| Error::ConnectionLost {
             may_have_executed: false,
         });
+    }
+    // Left watching keys: the requests after it ran as usual, and those answered in this
+    // read have their replies; the connection goes before the next is written.
+    if left_watching_keys && outcome.is_ok() {
+        let error = Error::Protocol(
+            "the node took WATCH but refused MULTI, which leaves the connection watching \
+             the keys; it was closed (is MULTI renamed on the node? see rename_command)"
+                .into(),
+        );
+        shared.close_failing(&error, |_| Error::ConnectionLost {
+            may_have_executed: true,
+        });
+        outcome = Err(error);
     }
     // Wake the writer if it may now write (see `wait_for_turn`): it waits for the
     // server to answer all it wrote, or for room under `max_in_flight`. With nothing
@@ -2050,7 +2086,11 @@ mod tests {
             written: 0,
             replies: Replies::new(),
             expected: 3,
-            transaction: Some(Transaction { multi: 0, end: 2 }),
+            transaction: Some(Transaction {
+                multi: 0,
+                end: 2,
+                watch: None,
+            }),
         });
         answer
     }
@@ -2287,7 +2327,32 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert!(!left_in_multi(&replies, Transaction { multi: 0, end: 2 }));
+        let transaction = Transaction {
+            multi: 0,
+            end: 2,
+            watch: None,
+        };
+        assert!(!left_in_multi(&replies, transaction));
+        // Unless a `WATCH` before it was taken: the keys stay watched.
+        let replies: Replies = [
+            ok(),
+            err("NOPERM no MULTI"),
+            queued(),
+            err("ERR EXEC without MULTI"),
+        ]
+        .into_iter()
+        .collect();
+        let watched = Transaction {
+            multi: 1,
+            end: 3,
+            watch: Some(0),
+        };
+        assert!(left_watching(&replies, watched) && !left_in_multi(&replies, watched));
+        // Taken and ended: nothing is left.
+        let replies: Replies = [ok(), ok(), queued(), Value::Array(vec![ok()])]
+            .into_iter()
+            .collect();
+        assert!(!left_watching(&replies, watched) && !left_in_multi(&replies, watched));
     }
 
     #[tokio::test]
