@@ -528,7 +528,12 @@ async fn a_watch_left_by_a_refused_multi_closes_the_connection() {
     assert!(conn.is_closed(), "the connection still watches wl:k");
     let later = conn.send(cmd("PING")).await.unwrap_err();
     assert!(
-        matches!(later, Error::ConnectionLost { may_have_executed: false }),
+        matches!(
+            later,
+            Error::ConnectionLost {
+                may_have_executed: false
+            }
+        ),
         "{later:?}"
     );
 }

@@ -722,6 +722,66 @@ async fn a_moved_command_followed_by_a_served_command_of_its_slot_is_not_resent(
     assert_eq!(fake.count("GET"), 2);
 }
 
+/// A command whose keys the client cannot tell (a module command the table lacks and
+/// `COMMAND INFO` does not explain: routed by its first argument) and that the node
+/// sends with a `MOVED` for another slot than the client's goes where the redirect
+/// says. It was grouped again under the client's slot, whose owner had not changed,
+/// and sent back to the same node up to four more times. (Two scripted nodes, one
+/// shard each.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_moved_to_another_slot_than_the_clients_goes_where_the_redirect_says() {
+    use support::fake_cluster::two_shards;
+    let in_range = |low: bool| {
+        (0..10_000)
+            .map(|i| format!("k{i}"))
+            .find(|k| (key_slot(k.as_bytes()) < 8192) == low)
+            .unwrap()
+    };
+    let (first_arg, real_key) = (in_range(true), in_range(false));
+    let real_slot = key_slot(real_key.as_bytes());
+    let ports: Arc<Mutex<(u16, u16)>> = Arc::default();
+    let node = |owner_of_first: bool| {
+        let (view_ports, moved_ports) = (Arc::clone(&ports), Arc::clone(&ports));
+        let refused = |_own: u16| Value::ServerError(ServerError::new("ERR unknown subcommand"));
+        FakeCluster::start_with_shards_after(
+            move |_own| {
+                let (a, b) = *view_ports.lock().unwrap();
+                two_shards(a, b)
+            },
+            refused,
+            |_| Duration::ZERO,
+            move |args, _| match args[0].as_str() {
+                "MYMOD.GET" if owner_of_first => {
+                    let b = moved_ports.lock().unwrap().1;
+                    let moved = format!("MOVED {real_slot} 127.0.0.1:{b}");
+                    Action::Reply(Value::ServerError(ServerError::new(moved)))
+                }
+                "MYMOD.GET" => Action::Reply(Value::Simple("OK".into())),
+                "COMMAND" => Action::Reply(Value::ServerError(ServerError::new("ERR no"))),
+                _ => Action::Reply(Value::Simple("OK".into())),
+            },
+        )
+    };
+    let (a, b) = (node(true).await, node(false).await);
+    *ports.lock().unwrap() = (a.port(), b.port());
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str()])
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.add(
+        cmd("MYMOD.GET")
+            .arg(first_arg.as_str())
+            .arg(real_key.as_str()),
+    );
+    let each = p.execute_each().await;
+    assert_eq!(each[0].as_ref().unwrap(), &Value::Simple("OK".into()));
+    assert_eq!(b.count("MYMOD.GET"), 1, "{:?}", b.seen());
+    assert!(a.count("MYMOD.GET") <= 2, "{:?}", a.seen());
+}
+
 /// A refused command (`TRYAGAIN`) followed by a command of its slot that the node may
 /// have run before the connection dropped (an `APPEND`, which is not resent) is not
 /// resent either: it would run after that one (`MSET {t}a 1 ...` over the appended

@@ -675,7 +675,7 @@ impl Inner {
                 ErrorAction::Redirect(r) => {
                     let to = self.remap(r.addr());
                     let why = if knows(&self.routes.load(), &to) {
-                        self.redirected(&r, to, &node.addr, &mut moves)
+                        self.redirected(&r, to, &node.addr, meta.slot, &mut moves)
                     } else {
                         Resend::Unvetted(r)
                     };
@@ -922,16 +922,26 @@ impl Inner {
         out
     }
 
-    /// Why a command redirected to `to` (remapped), a node the map lists or the
-    /// cluster vouched for, goes again; a `MOVED` joins `moves`, the slot map's patches.
+    /// Why a command grouped under `grouped_under`'s slot, redirected to `to` (remapped),
+    /// a node the map lists or the cluster vouched for, goes again; a `MOVED` joins
+    /// `moves`, the slot map's patches.
     fn redirected(
         &self,
         redirect: &Redirect,
         to: String,
         from: &str,
+        grouped_under: u16,
         moves: &mut Vec<(u16, String)>,
     ) -> Resend {
         match redirect {
+            // For another slot than the command's (its keys unknown to the client,
+            // routed by its first argument): regrouped under its slot, it would go back
+            // to the same node; the single-command path follows the redirect's word.
+            Redirect::Moved { slot, addr } if *slot != grouped_under => {
+                tracing::debug!(slot, from, to = %addr, "MOVED redirect for another slot");
+                moves.push((*slot, to));
+                Resend::Now
+            }
             Redirect::Moved { slot, addr } => {
                 tracing::debug!(slot, from, to = %addr, "MOVED redirect");
                 moves.push((*slot, to));
@@ -975,7 +985,7 @@ impl Inner {
             let verdict = verdicts.iter().find(|(addr, _)| addr == r.addr());
             match verdict.map(|(_, verdict)| verdict) {
                 Some(Ok(to)) => {
-                    let why = self.redirected(&r, to.clone(), from, moves);
+                    let why = self.redirected(&r, to.clone(), from, entry.meta.slot, moves);
                     kept.push((entry, why));
                 }
                 Some(Err(e)) => {

@@ -391,6 +391,25 @@ pub fn lone_shard(primary: u16) -> Value {
     shard_of(vec![shard_node(primary, "master", "online")])
 }
 
+/// A two-shard `CLUSTER SHARDS` reply: `first` serves slots 0 to 8191, `second` the
+/// others, each alone.
+#[allow(dead_code)] // not every test binary scripts views
+pub fn two_shards(first: u16, second: u16) -> Value {
+    let shard = |port: u16, from: i64, to: i64| {
+        Value::Map(vec![
+            (
+                bulk("slots"),
+                Value::Array(vec![Value::Int(from), Value::Int(to)]),
+            ),
+            (
+                bulk("nodes"),
+                Value::Array(vec![shard_node(port, "master", "online")]),
+            ),
+        ])
+    };
+    Value::Array(vec![shard(first, 0, 8191), shard(second, 8192, 16383)])
+}
+
 /// A one-shard `CLUSTER SHARDS` reply: `nodes` serve every slot.
 fn shard_of(nodes: Vec<Value>) -> Value {
     Value::Array(vec![Value::Map(vec![
