@@ -782,6 +782,69 @@ async fn a_command_moved_to_another_slot_than_the_clients_goes_where_the_redirec
     assert!(a.count("MYMOD.GET") <= 2, "{:?}", a.seen());
 }
 
+/// A batch sent after `ASK` whose `ASKING` the importing node refuses (a user without
+/// `+asking`), its connection then lost part way: the commands answered before the
+/// loss get the refusal, which says why, as when the whole batch is answered. Their
+/// own reply, a `MOVED` back to the source, sent them round again (source, `ASK`,
+/// refused) until the re-batches ran out. (Two scripted nodes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_asking_answers_its_command_when_the_batch_is_cut_short() {
+    use support::fake_cluster::two_shards;
+    let keys: Vec<String> = (0..10_000)
+        .map(|i| format!("k{i}"))
+        .filter(|k| key_slot(k.as_bytes()) < 8192)
+        .take(2)
+        .collect();
+    let ports: Arc<Mutex<(u16, u16)>> = Arc::default();
+    let node = |source: bool| {
+        let (view_ports, redirect_ports) = (Arc::clone(&ports), Arc::clone(&ports));
+        FakeCluster::start_with_shards_after(
+            move |_own| {
+                let (a, b) = *view_ports.lock().unwrap();
+                two_shards(a, b)
+            },
+            |_own| Value::ServerError(ServerError::new("ERR unknown subcommand")),
+            |_| Duration::ZERO,
+            move |args, earlier| {
+                let (a, b) = *redirect_ports.lock().unwrap();
+                let slot = key_slot(args.get(1).map_or(&b""[..], |k| k.as_bytes()));
+                let refusal =
+                    |text: String| Action::Reply(Value::ServerError(ServerError::new(text)));
+                match (args[0].as_str(), source, earlier) {
+                    ("GET", true, _) => refusal(format!("ASK {slot} 127.0.0.1:{b}")),
+                    // The importing node: its second GET drops the connection (the last
+                    // command of the batch, read whole: the replies before it arrive).
+                    ("GET", false, 1) => Action::Drop,
+                    ("ASKING", false, _) => refusal("NOPERM no ASKING".into()),
+                    ("GET", false, _) => refusal(format!("MOVED {slot} 127.0.0.1:{a}")),
+                    _ => Action::Reply(Value::Simple("OK".into())),
+                }
+            },
+        )
+    };
+    let (a, b) = (node(true).await, node(false).await);
+    *ports.lock().unwrap() = (a.port(), b.port());
+    let client = ClusterClient::builder()
+        .nodes([a.addr.as_str()])
+        .health_check_interval(None)
+        .retry_backoff(Duration::from_millis(5), Duration::from_millis(20))
+        .build()
+        .await
+        .unwrap();
+    let mut p = client.pipeline();
+    p.get(keys[0].as_str()).get(keys[1].as_str());
+    let each = p.execute_each().await;
+    for (i, result) in each.iter().enumerate() {
+        match result {
+            Err(e) => assert_eq!(e.server_code(), Some("NOPERM"), "{i}: {e:?}"),
+            Ok(v) => panic!("{i} answered {v:?}"),
+        }
+    }
+    // The first batch's two, and the resent command's (the connection was lost before
+    // its `ASKING` was answered).
+    assert_eq!(b.count("ASKING"), 3, "{:?}", b.seen());
+}
+
 /// A refused command (`TRYAGAIN`) followed by a command of its slot that the node may
 /// have run before the connection dropped (an `APPEND`, which is not resent) is not
 /// resent either: it would run after that one (`MSET {t}a 1 ...` over the appended

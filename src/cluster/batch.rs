@@ -495,12 +495,14 @@ impl Inner {
                         answer.cmds.into_vec(),
                     );
                     if asking {
+                        // A refused `ASKING` answers for its command, whether the batch
+                        // was answered whole or cut short after it.
                         let replies = replies.map(replies_after_asking);
                         (
                             replies,
                             without_asking(cmds),
                             None,
-                            without_asking(received),
+                            replies_after_asking(received),
                         )
                     } else {
                         (replies, cmds, None, received)
