@@ -792,7 +792,8 @@ impl Inner {
                     self.record(node, Some(&failure));
                 }
             }
-            Error::Auth(_) => self.record(node, Some(e)),
+            // The node answered the connect with a refusal (see `Node::record`).
+            Error::Auth(_) | Error::Tls(_) | Error::Config(_) => self.record(node, Some(e)),
             e if e.is_node_failure() => self.record(node, Some(e)),
             _ => {}
         }

@@ -289,19 +289,23 @@ impl Node {
     /// reports, but left out of its breaker: an open breaker would answer `CircuitOpen`,
     /// hiding the cause, and retrying would not change it.
     ///
-    /// Refused credentials ([`Error::Auth`]: the node's refusal, or a credentials
-    /// provider's failure once the node accepted the connection) count as the node
-    /// answering, as good as a reply. Left out, a probe that met them freed the
-    /// half-open breaker for the next probe, which met them too: the breaker never
-    /// closed, requests meanwhile got `CircuitOpen`, and each probe connected at once,
-    /// past the reconnect backoff.
+    /// A connect the node refused for good counts as the node answering, as good as a
+    /// reply: refused credentials ([`Error::Auth`]: the node's refusal, or a credentials
+    /// provider's failure once the node accepted the connection), a TLS handshake that
+    /// failed ([`Error::Tls`]: a certificate not trusted, a plaintext port), a handshake
+    /// setting refused ([`Error::Config`]). Left out, a probe that met one freed the
+    /// half-open breaker for the next probe, which met it too: the breaker never
+    /// closed, requests meanwhile got `CircuitOpen` (hiding the cause), and each probe
+    /// connected at once, past the reconnect backoff. Those errors reach here from
+    /// connects only (a request's own `Error::Config` is no node failure: see
+    /// `Inner::record_result`).
     pub(crate) fn record(&self, failure: Option<&Error>) -> Option<Transition> {
         if failure.is_none() && self.quiet.load(Ordering::Acquire) {
             return None;
         }
         if let Some(e) = failure {
             self.note_failure(e);
-            if matches!(e, Error::Auth(_)) {
+            if matches!(e, Error::Auth(_) | Error::Tls(_) | Error::Config(_)) {
                 return self.record(None);
             }
             if !e.is_node_failure() {
@@ -748,8 +752,33 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_refusing_the_login_closes_its_half_open_breaker() {
+        let mut options = ConnectOptions::default().password("pw");
+        probes_meeting_a_refusal_close_the_breaker(&mut options, |e| matches!(e, Error::Auth(_)))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_node_failing_the_tls_handshake_closes_its_half_open_breaker() {
+        // Back with a port that does not speak TLS (or a certificate not trusted).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap().pem();
+        let tls = crate::TlsConfig::new().ca_cert_pem(ca).unwrap();
+        let mut options = ConnectOptions::default().tls(tls);
+        probes_meeting_a_refusal_close_the_breaker(&mut options, |e| matches!(e, Error::Tls(_)))
+            .await;
+    }
+
+    /// Opens the breaker of a node whose every connection is refused (each read answered
+    /// `-WRONGPASS`), then sends 20 probes: they close it, and connect under the
+    /// reconnect backoff.
+    async fn probes_meeting_a_refusal_close_the_breaker(
+        options: &mut ConnectOptions,
+        expected: impl Fn(&Error) -> bool,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // A node back after an outage, now refusing the client's password.
+        // A node back after an outage, now refusing the client's login.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -769,7 +798,7 @@ mod tests {
             }
         });
         let mut settings = NodeSettings::for_tests();
-        settings.options = ConnectOptions::default().password("pw");
+        settings.options = std::mem::take(options);
         settings.breaker = CircuitBreakerConfig::default()
             .consecutive_failures(1)
             .open_for(std::time::Duration::from_millis(10));
@@ -788,7 +817,7 @@ mod tests {
             let Err(e) = node.connection(deadline).await else {
                 panic!("connected");
             };
-            assert!(matches!(e, Error::Auth(_)), "{e:?}");
+            assert!(expected(&e), "{e:?}");
             if node.first_to_report_connect_failure() {
                 node.record(Some(&e));
             }
