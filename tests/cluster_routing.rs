@@ -376,54 +376,6 @@ async fn redirect_limit_wait_refusal_and_no_partial_fan_out() {
     assert_eq!(strict.query::<i64>(cmd("DBSIZE")).await.unwrap(), 1);
 }
 
-/// A setting for every node reaches the replicas the cluster flags as failed too: a
-/// replica cut off from the others (paused here) until it is flagged, then back, served
-/// with the old settings, and would have been promoted with them, while `CONFIG SET`
-/// answered `Ok` without it. It now fails the call (partly applied) when that node does
-/// not answer. Reports (`INFO`) still take the nodes there are.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_setting_for_every_node_reaches_a_replica_flagged_failed() {
-    let local = redcluster::testkit::LocalCluster::builder()
-        .replicas_per_master(1)
-        .node_timeout(Duration::from_millis(1000))
-        .start()
-        .await
-        .unwrap();
-    let client = ClusterClient::builder()
-        .nodes(local.seeds())
-        .response_timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .unwrap();
-    let replica = local.replicas().await.unwrap()[0];
-    let replica_addr = local.node_addr(replica);
-    local.pause(replica).unwrap();
-    let flagged_by = tokio::time::Instant::now() + Duration::from_secs(20);
-    while client.known_nodes().contains(&replica_addr) {
-        if tokio::time::Instant::now() > flagged_by {
-            local.resume(replica).unwrap();
-            panic!("the paused replica never showed as failed");
-        }
-        let _ = client.refresh_topology().await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let set = client
-        .query::<Value>(
-            cmd("CONFIG")
-                .arg("SET")
-                .arg("maxmemory-policy")
-                .arg("allkeys-lru"),
-        )
-        .await;
-    let info = client.query::<Value>(cmd("INFO").arg("server")).await;
-    local.resume(replica).unwrap();
-    match set {
-        Err(e @ Error::Partial { .. }) => assert!(e.may_have_executed(), "{e:?}"),
-        other => panic!("{other:?}"),
-    }
-    assert!(info.is_ok(), "{info:?}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_typed_helper_does_what_its_command_does() {
     let local = cluster(3, 0).await;

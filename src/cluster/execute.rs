@@ -1435,17 +1435,7 @@ impl Inner {
                         primaries.retain(|p| serving.contains(p) || !served_before.contains(p));
                         primaries
                     }
-                    FanOutTo::AllNodes => {
-                        let mut nodes = routes.map.nodes();
-                        if combine.reaches_failed_nodes() {
-                            for failed in self.signal.failed_nodes() {
-                                if !nodes.contains(&failed) {
-                                    nodes.push(failed);
-                                }
-                            }
-                        }
-                        nodes
-                    }
+                    FanOutTo::AllNodes => routes.map.nodes(),
                 };
                 let whole = !combine.needs_every_slot() || routes.map.covers_every_slot();
                 (nodes, whole)

@@ -74,23 +74,6 @@ pub(crate) enum Combine {
 }
 
 impl Combine {
-    /// Whether a fan-out to every node must reach the nodes the cluster flags as failed
-    /// too (a replica cut off from the others, an old primary not back yet): settings
-    /// that must hold on each node (such a node, back, would serve with the old ones, or
-    /// be promoted with them), and subscription counts (its subscribers would be left
-    /// out). A node that does not answer then fails the call. Per-node reports (`INFO`,
-    /// `SLOWLOG LEN`) and `SCRIPT KILL` take the nodes there are.
-    pub(crate) fn reaches_failed_nodes(self) -> bool {
-        matches!(
-            self,
-            Combine::AllSucceeded
-                | Combine::Max
-                | Combine::SumPerChannel
-                | Combine::Union
-                | Combine::SumSubscriptions
-        )
-    }
-
     /// Whether the combined reply answers for the cluster's data or settings, and so
     /// needs every slot served by a healthy primary. Per-node reports are keyed by
     /// node, `SCRIPT KILL` needs one node, and subscriptions live outside the slots:

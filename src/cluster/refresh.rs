@@ -352,11 +352,6 @@ impl RefreshSignal {
             .unwrap_or_default()
     }
 
-    /// The nodes the last view installed flags as failed.
-    pub(crate) fn failed_nodes(&self) -> Vec<Arc<str>> {
-        lock(&self.failed_set).clone()
-    }
-
     /// Whether the node at `addr` refused `CLUSTER SHARDS` within [`NODES_QUIET`].
     fn shards_refused_by(&self, addr: &str) -> bool {
         self.shards_refused.within(addr, NODES_QUIET)
