@@ -189,9 +189,10 @@ impl ClusterClient {
     /// the key at once); a zero TTL deletes it, as `PEXPIRE key 0` does.
     ///
     /// `PEXPIRE` is sent again after a lost connection (setting a TTL twice sets the
-    /// same TTL): when the first send ran and the key expired before the second (a TTL
-    /// shorter than the retry's backoff, or zero), `false` answers for a key this very
-    /// call expired.
+    /// same TTL), but for a zero TTL (the repeat would answer `false` for the key the
+    /// first send deleted): when the first send ran and the key expired before the
+    /// second (a TTL shorter than the retry's backoff), `false` answers for a key this
+    /// very call expired.
     ///
     /// # Errors
     ///

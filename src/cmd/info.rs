@@ -945,9 +945,11 @@ const IDEMPOTENT_WRITES: &[&str] = &[
 /// - Writes are idempotent only if listed: `SET` (and `SETEX`, `PSETEX`, `MSET`),
 ///   `HMSET`, `LSET`, `SETRANGE` (the length), `GETEX` (the value), the `EXPIRE` family,
 ///   `FLUSHDB`/`FLUSHALL`, `CONFIG SET`, `SCRIPT LOAD`/`FLUSH`, `FUNCTION FLUSH`. Their
-///   reply does not depend on whether they ran before. Relative expiries (`EXPIRE k 10`)
-///   restart their clock on a repeat, which moves the deadline by the retry delay:
-///   accepted.
+///   reply does not depend on whether they ran before, but for an expiry whose time has
+///   come (`EXPIRE k 0`, `EXPIREAT` or `GETEX ... EXAT` in the past, or within a minute
+///   by this machine's clock): it deletes the key, and a repeat answers 0 (nil), so
+///   those are not resent. Relative expiries (`EXPIRE k 10`) restart their clock on a
+///   repeat, which moves the deadline by the retry delay: accepted.
 /// - Not idempotent: writes whose reply counts what they changed, although a repeat
 ///   leaves the same data: `DEL`, `UNLINK`, `HSET`, `HDEL`, `SADD`, `SREM`, `ZADD`,
 ///   `ZREM`, `ZREMRANGEBY*`, `PFADD`, `XACK`, `XDEL`. A repeat counts 0 what the first run
@@ -1006,9 +1008,28 @@ pub(crate) fn is_idempotent_as(cmd: &Cmd, info: &CommandInfo) -> bool {
     }
     match name {
         // `EXPIRE k 10 NX` (or `LT`) says whether it applied; a repeat says it did not.
-        // So does `GT` with an absolute time: the repeat's is not greater.
-        "expire" | "pexpire" => !has_option(cmd, &[b"nx", b"lt"]),
-        "expireat" | "pexpireat" => !has_option(cmd, &[b"nx", b"lt", b"gt"]),
+        // So does `GT` with an absolute time: the repeat's is not greater. And a time
+        // already come (`EXPIRE k 0`, `EXPIREAT` in the past) deletes the key: 1, then 0
+        // for the repeat, as a `DEL`.
+        "expire" | "pexpire" => {
+            !has_option(cmd, &[b"nx", b"lt"]) && number_at(cmd, 2).is_some_and(|ttl| ttl > 0)
+        }
+        "expireat" => !has_option(cmd, &[b"nx", b"lt", b"gt"]) && to_come(number_at(cmd, 2), 1000),
+        "pexpireat" => !has_option(cmd, &[b"nx", b"lt", b"gt"]) && to_come(number_at(cmd, 2), 1),
+        // `GETEX k EXAT <past>` deletes the key: its value, then nil for the repeat.
+        "getex" => (2..cmd.len()).all(|i| {
+            let Some(option) = cmd.arg_at(i) else {
+                return true;
+            };
+            let unit = if option.eq_ignore_ascii_case(b"exat") {
+                1000
+            } else if option.eq_ignore_ascii_case(b"pxat") {
+                1
+            } else {
+                return true;
+            };
+            to_come(number_at(cmd, i + 1), unit)
+        }),
         _ => true,
     }
 }
@@ -1031,6 +1052,28 @@ fn set_is_idempotent(cmd: &Cmd) -> bool {
         }
     }
     true
+}
+
+/// Argument `index` of `cmd` as an integer, if it is one.
+fn number_at(cmd: &Cmd, index: usize) -> Option<i64> {
+    cmd.arg_at(index).and_then(parse_number)
+}
+
+fn parse_number(arg: &[u8]) -> Option<i64> {
+    std::str::from_utf8(arg).ok()?.parse().ok()
+}
+
+/// Whether a Unix time (`at`, in units of `unit_ms` milliseconds) is far enough ahead
+/// by this machine's clock that no resend reaches it: a minute, for the clocks' skew
+/// and the resend's delay.
+fn to_come(at: Option<i64>, unit_ms: i64) -> bool {
+    let Some(at) = at else {
+        return false;
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    at.saturating_mul(unit_ms) > now_ms.saturating_add(60_000)
 }
 
 /// Whether any argument after the key and one value (`SET k v ...`, `EXPIRE k 10 ...`)
@@ -1860,8 +1903,9 @@ mod tests {
             "LSET l 0 v",
             "SETRANGE k 0 v",
             "GETEX k EX 10",
+            "GETEX k EXAT 99999999999",
+            "PEXPIREAT k 99999999999999",
             "EXPIRE k 10",
-            "PEXPIREAT k 10",
             "GET k",
             "MGET a b",
             "EVAL_RO s 0",
@@ -1893,6 +1937,13 @@ mod tests {
             "EXPIREAT k 2000000000 GT",
             "PEXPIREAT k 2000000000000 gt",
             "PERSIST k",
+            // A time come: the key is deleted, and the repeat answers 0 (nil).
+            "EXPIRE k 0",
+            "PEXPIRE k -5",
+            "EXPIREAT k 10",
+            "PEXPIREAT k 10",
+            "GETEX k PXAT 10",
+            "EXPIRE k soon",
             // Counts of what they changed: a repeat counts 0.
             "DEL a b",
             "UNLINK a",
