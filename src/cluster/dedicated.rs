@@ -793,7 +793,7 @@ impl Inner {
                 }
             }
             // The node answered the connect with a refusal (see `Node::record`).
-            Error::Auth(_) | Error::Tls(_) | Error::Config(_) => self.record(node, Some(e)),
+            Error::Auth(_) | Error::Tls(_) => self.record(node, Some(e)),
             e if e.is_node_failure() => self.record(node, Some(e)),
             _ => {}
         }

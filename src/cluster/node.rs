@@ -292,20 +292,19 @@ impl Node {
     /// A connect the node refused for good counts as the node answering, as good as a
     /// reply: refused credentials ([`Error::Auth`]: the node's refusal, or a credentials
     /// provider's failure once the node accepted the connection), a TLS handshake that
-    /// failed ([`Error::Tls`]: a certificate not trusted, a plaintext port), a handshake
-    /// setting refused ([`Error::Config`]). Left out, a probe that met one freed the
-    /// half-open breaker for the next probe, which met it too: the breaker never
-    /// closed, requests meanwhile got `CircuitOpen` (hiding the cause), and each probe
-    /// connected at once, past the reconnect backoff. Those errors reach here from
-    /// connects only (a request's own `Error::Config` is no node failure: see
-    /// `Inner::record_result`).
+    /// failed ([`Error::Tls`]: a certificate not trusted, a plaintext port). Left out, a
+    /// probe that met one freed the half-open breaker for the next probe, which met it
+    /// too: the breaker never closed, requests meanwhile got `CircuitOpen` (hiding the
+    /// cause), and each probe connected at once, past the reconnect backoff. (Not an
+    /// [`Error::Config`]: some are the client's own, a TLS setup or a pool that failed
+    /// before any connect, and say nothing of the node.)
     pub(crate) fn record(&self, failure: Option<&Error>) -> Option<Transition> {
         if failure.is_none() && self.quiet.load(Ordering::Acquire) {
             return None;
         }
         if let Some(e) = failure {
             self.note_failure(e);
-            if matches!(e, Error::Auth(_) | Error::Tls(_) | Error::Config(_)) {
+            if matches!(e, Error::Auth(_) | Error::Tls(_)) {
                 return self.record(None);
             }
             if !e.is_node_failure() {
