@@ -704,6 +704,18 @@ async fn a_slots_only_user_follows_an_ask_to_a_master_that_serves_no_slot_yet() 
     }
     let asked_since = support::calls(&local, source, "cluster|nodes").await - asked;
     assert!(asked_since <= 1, "CLUSTER NODES asked {asked_since} times");
+    // Nor does each `ASK` there ask the background task for a refresh (every 100 ms at
+    // most, the rate limit, which stretches while they change nothing: two or three
+    // over these 1.2 s), which would not name the node either until its first slot is
+    // in.
+    let refreshes = client.stats().refreshes;
+    for _ in 0..24 {
+        let v: Option<String> = client.get(key).await.unwrap();
+        assert_eq!(v.as_deref(), Some("v"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refreshed = client.stats().refreshes - refreshes;
+    assert!(refreshed <= 1, "{refreshed} refreshes");
     local.finish_slot_migration(migration).await.unwrap();
 }
 

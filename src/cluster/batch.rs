@@ -649,6 +649,11 @@ impl Inner {
                             let to = self.remap(&addr);
                             if knows(&self.routes.load(), &to) {
                                 moves.push((slot, to));
+                            } else {
+                                // Not vetted here (nothing is sent there): a refresh
+                                // names the node, if the cluster has it.
+                                self.signal
+                                    .request(crate::topology::RefreshTrigger::UnknownNode);
                             }
                             held_slots.insert(meta.slot);
                             (ErrorAction::Reply, Duration::ZERO)
@@ -938,7 +943,8 @@ impl Inner {
         match redirect {
             // For another slot than the command's (its keys unknown to the client,
             // routed by its first argument): regrouped under its slot, it would go back
-            // to the same node; the single-command path follows the redirect's word.
+            // to the same node again and again; the single-command path sends it there
+            // once more and follows the redirect's word at the second `MOVED`.
             Redirect::Moved { slot, addr } if *slot != grouped_under => {
                 tracing::debug!(slot, from, to = %addr, "MOVED redirect for another slot");
                 moves.push((*slot, to));

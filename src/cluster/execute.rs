@@ -1205,8 +1205,12 @@ impl Inner {
                 self.counters.ask.fetch_add(1, Ordering::Relaxed);
                 metrics::redirect(false);
                 tracing::debug!(slot, from = %from, to = %addr, "ASK redirect");
-                // A slot migrating to a node the map lacks: the cluster grew.
-                if !knows(&self.routes.load(), &self.remap(addr)) {
+                // A slot migrating to a node the map lacks: the cluster grew. (Not
+                // when the cluster vouched for it lately: a master with no slot yet,
+                // which no `CLUSTER SLOTS` refresh would list before its first slot
+                // is in, and every redirect of the migration would ask for one.)
+                let to = self.remap(addr);
+                if !knows(&self.routes.load(), &to) && !self.signal.vouched_for(&to) {
                     self.signal.request(RefreshTrigger::UnknownNode);
                 }
             }

@@ -352,6 +352,12 @@ impl RefreshSignal {
             .unwrap_or_default()
     }
 
+    /// Whether the cluster vouched for a redirect's address (remapped) the map lacks
+    /// within [`VOUCHED_REDIRECT_HOLD`].
+    pub(crate) fn vouched_for(&self, addr: &str) -> bool {
+        self.redirects_vouched.within(addr, VOUCHED_REDIRECT_HOLD)
+    }
+
     /// Whether the node at `addr` refused `CLUSTER SHARDS` within [`NODES_QUIET`].
     fn shards_refused_by(&self, addr: &str) -> bool {
         self.shards_refused.within(addr, NODES_QUIET)
@@ -596,11 +602,7 @@ impl Inner {
         {
             return Err(refused(unlisted));
         }
-        if self
-            .signal
-            .redirects_vouched
-            .within(&to, VOUCHED_REDIRECT_HOLD)
-        {
+        if self.signal.vouched_for(&to) {
             return Ok(to);
         }
         let timed_out = |_| Error::Timeout {
