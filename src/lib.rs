@@ -103,7 +103,7 @@
 //!   opened, or died before the write) is always safe to send again, and is. A request
 //!   that may have reached the server (the connection died after the write) is sent
 //!   again only when the command is read-only or known idempotent, a repeat answering
-//!   as the first run did (`SET`, `MSET`, `HMSET`, `EXPIRE`, ...; never `INCR`,
+//!   as the first run did (`SET`, `MSET`, `HMSET`, `EXPIRE` with a time still to come, ...; never `INCR`,
 //!   `LPUSH`, `GETSET`, nor `SET ... NX`, whose repeat would report a lock it took as
 //!   not taken, nor the writes that count what they changed, `DEL`, `HSET`, `SADD`,
 //!   `ZREM`, ..., whose repeat counts 0: `ZREM queue job` answering 0 says another

@@ -161,6 +161,9 @@ pub(crate) struct Node {
     /// Set by [`Node::close`]: no connect attempt starts after it, and one that ends
     /// after it closes its connection instead of keeping it.
     closed: AtomicBool,
+    /// Left the topology: its connections serve the requests on them until it is
+    /// closed ([`Node::retire`]), and no new one is opened.
+    retiring: AtomicBool,
 }
 
 /// A request the node's breaker let through ([`Node::admit`]), held until its outcome is
@@ -250,6 +253,7 @@ impl Node {
             not_serving_until: AtomicU64::new(0),
             settings,
             closed: AtomicBool::new(false),
+            retiring: AtomicBool::new(false),
         }
     }
 
@@ -506,7 +510,7 @@ impl Node {
         index: usize,
         deadline: Instant,
     ) -> Result<Arc<NodeConnection>> {
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.retiring.load(Ordering::Acquire) {
             // Gone from the topology: whoever still holds it must not reconnect.
             return Err(Error::ConnectionLost {
                 may_have_executed: false,
@@ -662,7 +666,7 @@ impl Node {
         let gone = || Error::ConnectionLost {
             may_have_executed: false,
         };
-        if self.closed.load(Ordering::Acquire) {
+        if self.closed.load(Ordering::Acquire) || self.retiring.load(Ordering::Acquire) {
             // Gone from the topology: whoever still holds it must not connect to it.
             return Err(gone());
         }
@@ -713,6 +717,7 @@ impl Node {
     /// they failed as may-have-run. No request is routed here meanwhile: the handle is
     /// out of the registry. At once outside a runtime.
     pub(crate) fn retire(self: Arc<Self>) {
+        self.retiring.store(true, Ordering::Release);
         // The requests' deadline, as the client's response timeout gives it (a handle
         // with a longer one, or a blocking command, is cut at this).
         let grace = self.settings.probe_timeout.min(RETIRE_GRACE_MAX);
@@ -825,6 +830,36 @@ mod tests {
         assert_eq!(lock(&node.breaker).state(), BreakerState::Closed);
         // The reconnect backoff holds: not a connect per request.
         assert!(accepted.load(Ordering::SeqCst) <= 2, "{accepted:?}");
+    }
+
+    #[tokio::test]
+    async fn a_retired_node_opens_no_new_connection() {
+        // Its open connections serve the requests on them until it closes; a request
+        // holding an older snapshot must not open another to a node that left.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let node = Arc::new(Node::new(
+            Arc::from(addr),
+            false,
+            Arc::new(NodeSettings::for_tests()),
+        ));
+        Arc::clone(&node).retire();
+        assert!(!node.is_closed(), "closed only after the grace");
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        let refused = node.connection(deadline).await.map(|_| ()).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                Error::ConnectionLost {
+                    may_have_executed: false
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(node.dedicated_pool().is_err());
+        let accepted =
+            tokio::time::timeout(std::time::Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "a connection was opened");
     }
 
     #[tokio::test]
