@@ -491,6 +491,10 @@ async fn replicas_serve_reads_while_their_failed_primary_holds_its_slots() {
         assert_eq!(value.as_deref(), Some("v"));
     }
     assert_eq!(calls(&local, replica, "get").await, before + 5);
+    // A node of the topology still, for a command sent to it by name.
+    let replica_addr = local.node_addr(replica);
+    let pong: String = client.query_node(&replica_addr, cmd("PING")).await.unwrap();
+    assert_eq!(pong, "PONG");
     let write = client.set(key, "w").await.unwrap_err();
     assert!(matches!(write, Error::ClusterDown(_)), "{write:?}");
     let primary_read = client

@@ -1573,9 +1573,11 @@ fn stops_a_script(command: &Cmd) -> bool {
             .is_some_and(|sub| sub.eq_ignore_ascii_case(b"kill"))
 }
 
-/// Whether the topology `routes` were built from has `addr`, as primary or replica.
+/// Whether the topology `routes` were built from has `addr`, as primary or replica (a
+/// replica serving reads while its failed primary holds its slots too).
 pub(crate) fn knows(routes: &Routes, addr: &str) -> bool {
     routes.map.lists(addr)
+        || (routes.down.shards().iter()).any(|s| s.replicas.iter().any(|r| &**r == addr))
 }
 
 /// The name of the span each request runs in.
