@@ -1381,6 +1381,48 @@ async fn a_dropped_scan_lets_the_client_go_while_a_node_does_not_answer() {
     }
 }
 
+/// A `refresh_topology()` given up by its caller stops: it runs on a task of its own,
+/// which, left to finish, held the client (its connections, its tasks) after the last
+/// handle was dropped, for as long as a node that never answers `CLUSTER SHARDS` took
+/// (5 s per answer). A scripted node that stalls every view after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_given_up_lets_the_client_go() {
+    use support::fake_cluster::{lone_shard, Action, FakeCluster};
+    let fake = FakeCluster::start_with_shards_after(
+        lone_shard,
+        |_own| Value::ServerError(redcluster::ServerError::new("ERR unknown")),
+        |n| {
+            if n == 0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(30)
+            }
+        },
+        |_, _| Action::Reply(Value::Simple("OK".into())),
+    )
+    .await;
+    let client = ClusterClient::builder()
+        .nodes([fake.addr.as_str()])
+        .response_timeout(Duration::from_secs(10))
+        .health_check_interval(None)
+        .build()
+        .await
+        .unwrap();
+    let given_up =
+        tokio::time::timeout(Duration::from_millis(300), client.refresh_topology()).await;
+    assert!(given_up.is_err(), "the node answered: {given_up:?}");
+    drop(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while fake.open_connections() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} connections stayed open",
+            fake.open_connections()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_covers_the_cluster_with_match_count_and_type() {
     use redcluster::ScanOptions;

@@ -722,9 +722,10 @@ impl ClusterClient {
     /// given the connect timeout and then the response timeout (5 s at most) to answer,
     /// and the next three when none of them did, so with nodes that accept connections
     /// but never answer it can take a while. Bound it with `tokio::time::timeout` where
-    /// that matters: the refresh runs on a task of its own, and a call dropped while it
-    /// waits leaves it to finish and install its view (a future kept but no longer
-    /// polled holds up no other refresh).
+    /// that matters: dropped while it waits for the nodes, the refresh stops and installs
+    /// nothing (the view is installed at once once fetched), and the next one starts
+    /// afresh. (It runs on a task of its own: a future kept but no longer polled holds
+    /// up no other refresh.)
     ///
     /// # Errors
     ///

@@ -406,6 +406,26 @@ impl RefreshSignal {
     }
 }
 
+/// Sets the flag back (`.1`) when dropped: see [`Inner::refresh_now`].
+struct RestoreDegraded<'a>(&'a AtomicBool, bool);
+
+impl Drop for RestoreDegraded<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.fetch_or(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Stops a spawned task when its handle is dropped (a finished one is left as it is).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The background task: waits for a trigger or the period, respects the rate limit,
 /// refreshes. Ends when the client is dropped.
 pub(crate) async fn refresh_task(
@@ -479,21 +499,23 @@ impl Inner {
     /// runs, and on the caller's task a future kept but no longer polled (a request
     /// vetting a redirect parked in a `select!` arm, a `refresh_topology()` future held)
     /// would hold up every other refresh, the background task's too, for as long as it
-    /// is kept. A caller that stops waiting leaves the refresh to finish and install its
-    /// view, as the background task's would.
+    /// is kept. A caller that drops its future stops the refresh (it installs nothing):
+    /// left to finish, it would keep the client, its connections and tasks, alive after
+    /// the last handle was dropped, for as long as silent nodes take to answer.
     pub(crate) async fn refresh(&self, trigger: RefreshTrigger) -> Result<bool> {
         let asked = self.signal.begun.load(Ordering::Acquire);
         let Some(me) = self.me.upgrade() else {
             // Only while the client is built (no caller has it yet).
             return self.refresh_in_turn(trigger, asked).await;
         };
-        tokio::spawn(async move { me.refresh_in_turn(trigger, asked).await })
-            .await
-            .unwrap_or_else(|e| {
-                Err(Error::ClusterDown(format!(
-                    "the topology refresh did not finish: {e}"
-                )))
-            })
+        let mut task = AbortOnDrop(tokio::spawn(async move {
+            me.refresh_in_turn(trigger, asked).await
+        }));
+        (&mut task.0).await.unwrap_or_else(|e| {
+            Err(Error::ClusterDown(format!(
+                "the topology refresh did not finish: {e}"
+            )))
+        })
     }
 
     /// [`Inner::refresh`] on the task that runs it, for a caller that asked when
@@ -514,7 +536,16 @@ impl Inner {
 
     /// [`Inner::refresh`]'s work, in its turn.
     async fn refresh_now(&self, trigger: RefreshTrigger) -> Result<bool> {
-        self.signal.degraded.store(false, Ordering::Relaxed);
+        // Cleared for this refresh to set again; put back if it is stopped part way (its
+        // caller gone), or an idle degraded client would wait out the long period.
+        let was_degraded = self.signal.degraded.swap(false, Ordering::Relaxed);
+        let mut restore = RestoreDegraded(&self.signal.degraded, was_degraded);
+        let outcome = self.refresh_now_cleared(trigger).await;
+        restore.1 = false;
+        outcome
+    }
+
+    async fn refresh_now_cleared(&self, trigger: RefreshTrigger) -> Result<bool> {
         let mark = lock(&self.moves).mark();
         let current = self.routes.load_full();
         let mut candidates: Vec<Arc<str>> = current.map.nodes();

@@ -229,9 +229,8 @@ async fn scan_cluster(
             // Within the scan's timeout, as a node scan is: against nodes that accept
             // connections and never answer, a refresh asks three after three, each for
             // up to its connect and response timeouts, and nineteen passes of that would
-            // stretch the scan's end from seconds to minutes. Once the scan stops
-            // waiting, the refresh finishes on its own task, and this pass routes on
-            // what the client knows.
+            // stretch the scan's end from seconds to minutes. Cut short, it installs
+            // nothing, and this pass routes on what the client knows.
             let _ = tokio::time::timeout(timeout, inner.refresh(RefreshTrigger::Periodic)).await;
         }
         let owners = owners_of_remaining(inner, &done);

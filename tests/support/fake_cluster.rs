@@ -202,9 +202,20 @@ impl FakeCluster {
                                     .iter()
                                     .filter(|s| s.eq_ignore_ascii_case("CLUSTER SHARDS"))
                                     .count();
-                                // The view as it is when asked, delivered late.
+                                // The view as it is when asked, delivered late; a
+                                // client that closes the connection meanwhile is seen
+                                // at once (its open connections are counted).
                                 let view = topology(port);
-                                tokio::time::sleep(shards_delay(asked - 1)).await;
+                                let due = tokio::time::Instant::now() + shards_delay(asked - 1);
+                                loop {
+                                    tokio::select! {
+                                        () = tokio::time::sleep_until(due) => break,
+                                        read = socket.read_buf(&mut buf) => match read {
+                                            Ok(0) | Err(_) => return,
+                                            Ok(_) => {}
+                                        },
+                                    }
+                                }
                                 Action::Reply(view)
                             }
                             Some("CLUSTER")
