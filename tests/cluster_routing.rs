@@ -1370,15 +1370,7 @@ async fn a_dropped_scan_lets_the_client_go_while_a_node_does_not_answer() {
     assert!(fake.count("SCAN") >= 1, "{:?}", fake.seen());
     drop(scan);
     drop(client);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fake.open_connections() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} connections stayed open",
-            fake.open_connections()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fake.wait_until_all_closed(Duration::from_secs(5)).await;
 }
 
 /// A `refresh_topology()` given up by its caller stops: it runs on a task of its own,
@@ -1412,15 +1404,7 @@ async fn a_refresh_given_up_lets_the_client_go() {
         tokio::time::timeout(Duration::from_millis(300), client.refresh_topology()).await;
     assert!(given_up.is_err(), "the node answered: {given_up:?}");
     drop(client);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while fake.open_connections() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} connections stayed open",
-            fake.open_connections()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    fake.wait_until_all_closed(Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

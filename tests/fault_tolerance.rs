@@ -438,11 +438,6 @@ async fn with_full_coverage_required_clusterdown_is_retried_within_the_deadline(
     kill_a_primary_under_writers(true).await;
 }
 
-/// A client built on one runtime and used on another (a `static` client shared by
-/// `#[tokio::test]`s, one built in a short-lived `block_on`): its background tasks died
-/// with the first runtime, and the first trouble on the second brings them back, so a
-/// failover is followed. Before, no refresh ever ran again: every request for the
-/// killed primary's slots went to it and failed, for good.
 /// While a primary is flagged failed and no replica takes over (here none may:
 /// `cluster-replica-no-failover`), its shard's replicas still serve the reads that
 /// allow them, on a cluster that keeps serving without full coverage. The slots had
@@ -566,6 +561,11 @@ async fn a_request_on_a_primary_that_left_the_topology_still_gets_its_answer() {
     );
 }
 
+/// A client built on one runtime and used on another (a `static` client shared by
+/// `#[tokio::test]`s, one built in a short-lived `block_on`): its background tasks died
+/// with the first runtime, and the first trouble on the second brings them back, so a
+/// failover is followed. Before, no refresh ever ran again: every request for the
+/// killed primary's slots went to it and failed, for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_whose_first_runtime_shut_down_still_follows_a_failover() {
     let local = LocalCluster::builder()

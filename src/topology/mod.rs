@@ -312,18 +312,26 @@ pub(crate) fn parse_slots(reply: &Value, reached: &str) -> Result<Vec<ShardInfo>
 pub(crate) fn slot_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> SlotMap {
     // A primary the cluster flags as failed serves nothing until its replica takes over;
     // routing to it would only time out.
-    SlotMap::from_ranges(shards.iter().filter(|s| s.primary.healthy).map(|s| {
-        let shard = Shard {
-            primary: Arc::from(remap(&s.primary.addr)),
-            replicas: s
-                .replicas
-                .iter()
-                .filter(|r| r.healthy)
-                .map(|r| Arc::from(remap(&r.addr)))
-                .collect(),
-        };
-        (shard, s.ranges.clone())
-    }))
+    SlotMap::from_ranges(
+        shards
+            .iter()
+            .filter(|s| s.primary.healthy)
+            .map(|s| routed(s, remap)),
+    )
+}
+
+/// `shard` as a slot map takes it: remapped addresses, its healthy replicas, its ranges.
+fn routed(shard: &ShardInfo, remap: &dyn Fn(&str) -> String) -> (Shard, Vec<(u16, u16)>) {
+    let routed = Shard {
+        primary: Arc::from(remap(&shard.primary.addr)),
+        replicas: shard
+            .replicas
+            .iter()
+            .filter(|r| r.healthy)
+            .map(|r| Arc::from(remap(&r.addr)))
+            .collect(),
+    };
+    (routed, shard.ranges.clone())
 }
 
 /// The shards whose primary the cluster flags as failed while it still holds its slots
@@ -336,18 +344,7 @@ pub(crate) fn down_map(shards: &[ShardInfo], remap: &dyn Fn(&str) -> String) -> 
         .iter()
         .filter(|s| !s.primary.healthy && !s.ranges.is_empty())
         .filter(|s| s.replicas.iter().any(|r| r.healthy));
-    SlotMap::from_ranges(down.map(|s| {
-        let shard = Shard {
-            primary: Arc::from(remap(&s.primary.addr)),
-            replicas: s
-                .replicas
-                .iter()
-                .filter(|r| r.healthy)
-                .map(|r| Arc::from(remap(&r.addr)))
-                .collect(),
-        };
-        (shard, s.ranges.clone())
-    }))
+    SlotMap::from_ranges(down.map(|s| routed(s, remap)))
 }
 
 /// One node's view of the topology: the slot map it gives, the nodes it reports failed

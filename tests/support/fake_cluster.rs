@@ -259,6 +259,24 @@ impl FakeCluster {
         self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Waits until the client side has closed every connection to it, `within` at most.
+    ///
+    /// # Panics
+    ///
+    /// When some are still open then.
+    #[allow(dead_code)] // not every test binary checks
+    pub async fn wait_until_all_closed(&self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.open_connections() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} connections stayed open",
+                self.open_connections()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// The port it listens on.
     #[allow(dead_code)] // not every test binary needs it
     pub fn port(&self) -> u16 {
