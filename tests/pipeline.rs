@@ -730,7 +730,7 @@ async fn a_moved_command_followed_by_a_served_command_of_its_slot_is_not_resent(
 /// shard each.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_moved_to_another_slot_than_the_clients_goes_where_the_redirect_says() {
-    use support::fake_cluster::two_shards;
+    use support::fake_cluster::two_shard_nodes;
     let in_range = |low: bool| {
         (0..10_000)
             .map(|i| format!("k{i}"))
@@ -739,31 +739,16 @@ async fn a_command_moved_to_another_slot_than_the_clients_goes_where_the_redirec
     };
     let (first_arg, real_key) = (in_range(true), in_range(false));
     let real_slot = key_slot(real_key.as_bytes());
-    let ports: Arc<Mutex<(u16, u16)>> = Arc::default();
-    let node = |owner_of_first: bool| {
-        let (view_ports, moved_ports) = (Arc::clone(&ports), Arc::clone(&ports));
-        let refused = |_own: u16| Value::ServerError(ServerError::new("ERR unknown subcommand"));
-        FakeCluster::start_with_shards_after(
-            move |_own| {
-                let (a, b) = *view_ports.lock().unwrap();
-                two_shards(a, b)
-            },
-            refused,
-            |_| Duration::ZERO,
-            move |args, _| match args[0].as_str() {
-                "MYMOD.GET" if owner_of_first => {
-                    let b = moved_ports.lock().unwrap().1;
-                    let moved = format!("MOVED {real_slot} 127.0.0.1:{b}");
-                    Action::Reply(Value::ServerError(ServerError::new(moved)))
-                }
-                "MYMOD.GET" => Action::Reply(Value::Simple("OK".into())),
-                "COMMAND" => Action::Reply(Value::ServerError(ServerError::new("ERR no"))),
-                _ => Action::Reply(Value::Simple("OK".into())),
-            },
-        )
-    };
-    let (a, b) = (node(true).await, node(false).await);
-    *ports.lock().unwrap() = (a.port(), b.port());
+    let (a, b) = two_shard_nodes(move |to_a, args, _, (_, b)| match args[0].as_str() {
+        "MYMOD.GET" if to_a => {
+            let moved = format!("MOVED {real_slot} 127.0.0.1:{b}");
+            Action::Reply(Value::ServerError(ServerError::new(moved)))
+        }
+        "MYMOD.GET" => Action::Reply(Value::Simple("OK".into())),
+        "COMMAND" => Action::Reply(Value::ServerError(ServerError::new("ERR no"))),
+        _ => Action::Reply(Value::Simple("OK".into())),
+    })
+    .await;
     let client = ClusterClient::builder()
         .nodes([a.addr.as_str()])
         .health_check_interval(None)
@@ -789,41 +774,26 @@ async fn a_command_moved_to_another_slot_than_the_clients_goes_where_the_redirec
 /// refused) until the re-batches ran out. (Two scripted nodes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_asking_answers_its_command_when_the_batch_is_cut_short() {
-    use support::fake_cluster::two_shards;
+    use support::fake_cluster::two_shard_nodes;
     let keys: Vec<String> = (0..10_000)
         .map(|i| format!("k{i}"))
         .filter(|k| key_slot(k.as_bytes()) < 8192)
         .take(2)
         .collect();
-    let ports: Arc<Mutex<(u16, u16)>> = Arc::default();
-    let node = |source: bool| {
-        let (view_ports, redirect_ports) = (Arc::clone(&ports), Arc::clone(&ports));
-        FakeCluster::start_with_shards_after(
-            move |_own| {
-                let (a, b) = *view_ports.lock().unwrap();
-                two_shards(a, b)
-            },
-            |_own| Value::ServerError(ServerError::new("ERR unknown subcommand")),
-            |_| Duration::ZERO,
-            move |args, earlier| {
-                let (a, b) = *redirect_ports.lock().unwrap();
-                let slot = key_slot(args.get(1).map_or(&b""[..], |k| k.as_bytes()));
-                let refusal =
-                    |text: String| Action::Reply(Value::ServerError(ServerError::new(text)));
-                match (args[0].as_str(), source, earlier) {
-                    ("GET", true, _) => refusal(format!("ASK {slot} 127.0.0.1:{b}")),
-                    // The importing node: its second GET drops the connection (the last
-                    // command of the batch, read whole: the replies before it arrive).
-                    ("GET", false, 1) => Action::Drop,
-                    ("ASKING", false, _) => refusal("NOPERM no ASKING".into()),
-                    ("GET", false, _) => refusal(format!("MOVED {slot} 127.0.0.1:{a}")),
-                    _ => Action::Reply(Value::Simple("OK".into())),
-                }
-            },
-        )
-    };
-    let (a, b) = (node(true).await, node(false).await);
-    *ports.lock().unwrap() = (a.port(), b.port());
+    let (a, b) = two_shard_nodes(|source, args, earlier, (a, b)| {
+        let slot = key_slot(args.get(1).map_or(&b""[..], |k| k.as_bytes()));
+        let refusal = |text: String| Action::Reply(Value::ServerError(ServerError::new(text)));
+        match (args[0].as_str(), source, earlier) {
+            ("GET", true, _) => refusal(format!("ASK {slot} 127.0.0.1:{b}")),
+            // The importing node: its second GET drops the connection (the last
+            // command of the batch, read whole: the replies before it arrive).
+            ("GET", false, 1) => Action::Drop,
+            ("ASKING", false, _) => refusal("NOPERM no ASKING".into()),
+            ("GET", false, _) => refusal(format!("MOVED {slot} 127.0.0.1:{a}")),
+            _ => Action::Reply(Value::Simple("OK".into())),
+        }
+    })
+    .await;
     let client = ClusterClient::builder()
         .nodes([a.addr.as_str()])
         .health_check_interval(None)

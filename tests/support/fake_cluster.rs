@@ -422,8 +422,7 @@ pub fn lone_shard(primary: u16) -> Value {
 
 /// A two-shard `CLUSTER SHARDS` reply: `first` serves slots 0 to 8191, `second` the
 /// others, each alone.
-#[allow(dead_code)] // not every test binary scripts views
-pub fn two_shards(first: u16, second: u16) -> Value {
+fn two_shards(first: u16, second: u16) -> Value {
     let shard = |port: u16, from: i64, to: i64| {
         Value::Map(vec![
             (
@@ -437,6 +436,33 @@ pub fn two_shards(first: u16, second: u16) -> Value {
         ])
     };
     Value::Array(vec![shard(first, 0, 8191), shard(second, 8192, 16383)])
+}
+
+/// Two scripted nodes, `a` and `b`, each its own shard of [`two_shards`] (`a` slots 0
+/// to 8191), `CLUSTER NODES` refused; `behave` gets whether the command came to `a`,
+/// the command, how many of its name that node read before, and both ports.
+#[allow(dead_code)] // not every test binary scripts views
+pub async fn two_shard_nodes<F>(behave: F) -> (FakeCluster, FakeCluster)
+where
+    F: Fn(bool, &[String], usize, (u16, u16)) -> Action + Clone + Send + Sync + 'static,
+{
+    let ports: Arc<Mutex<(u16, u16)>> = Arc::default();
+    let node = |is_a: bool| {
+        let (view_ports, behave_ports) = (Arc::clone(&ports), Arc::clone(&ports));
+        let behave = behave.clone();
+        FakeCluster::start_with_shards_after(
+            move |_own| {
+                let (a, b) = *view_ports.lock().unwrap();
+                two_shards(a, b)
+            },
+            |_own| Value::ServerError(redcluster::ServerError::new("ERR unknown subcommand")),
+            |_| std::time::Duration::ZERO,
+            move |args, earlier| behave(is_a, args, earlier, *behave_ports.lock().unwrap()),
+        )
+    };
+    let (a, b) = (node(true).await, node(false).await);
+    *ports.lock().unwrap() = (a.port(), b.port());
+    (a, b)
 }
 
 /// A one-shard `CLUSTER SHARDS` reply: `nodes` serve every slot.
