@@ -510,7 +510,7 @@ impl Node {
         index: usize,
         deadline: Instant,
     ) -> Result<Arc<NodeConnection>> {
-        if self.closed.load(Ordering::Acquire) || self.retiring.load(Ordering::Acquire) {
+        if self.left_the_topology() {
             // Gone from the topology: whoever still holds it must not reconnect.
             return Err(Error::ConnectionLost {
                 may_have_executed: false,
@@ -666,7 +666,7 @@ impl Node {
         let gone = || Error::ConnectionLost {
             may_have_executed: false,
         };
-        if self.closed.load(Ordering::Acquire) || self.retiring.load(Ordering::Acquire) {
+        if self.left_the_topology() {
             // Gone from the topology: whoever still holds it must not connect to it.
             return Err(gone());
         }
@@ -708,6 +708,11 @@ impl Node {
     #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the node left the topology (retired or closed): no new connection to it.
+    fn left_the_topology(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.retiring.load(Ordering::Acquire)
     }
 
     /// Closes every connection once the requests on them had their time: the node left

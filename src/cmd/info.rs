@@ -733,9 +733,7 @@ fn spec_keys(
         } => {
             let numkeys = arg(first + i64::from(keynumidx))
                 .ok_or_else(|| invalid(info, "missing number of keys"))?;
-            let numkeys = std::str::from_utf8(numkeys)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
+            let numkeys = parse_number(numkeys)
                 .filter(|&n| n >= 0)
                 .ok_or_else(|| invalid(info, "number of keys is not a non-negative integer"))?;
             let first = first + i64::from(firstkey);
