@@ -493,10 +493,7 @@ impl Inner {
         let turn = routes.turns[shard].fetch_add(1, Ordering::Relaxed);
         // A replica that refused a read lately (`LOADING`, `MASTERDOWN`) is passed over.
         let serving = |node: &&Arc<Node>| node.serves_reads();
-        let replica_from = |start: usize| {
-            let (after, before) = replicas.split_at(start % replicas.len());
-            before.iter().chain(after).find(serving).unwrap_or(primary)
-        };
+        let replica_from = |start: usize| serving_from(replicas, start).unwrap_or(primary);
         // A primary whose breaker is open is no candidate for a read a replica may
         // serve: the read would fail fast, or spend its retries, while its shard's
         // replicas answer (between a primary's death and the failover, say).
@@ -2178,11 +2175,16 @@ fn fold(combine: Combine, values: Vec<Value>) -> Result<Value> {
 /// [`Routes::down`]), in turn among those that serve reads; `None` when there is none.
 fn down_replica(routes: &Routes, slot: u16) -> Option<&Arc<Node>> {
     let replicas = routes.down_replicas.get(routes.down.shard_index(slot)?)?;
+    serving_from(replicas, routes.down_turn.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The first of `replicas` that serves reads (see [`Node::serves_reads`]), looking from
+/// the `start`th (modulo their number) round; `None` when none does, or there are none.
+fn serving_from(replicas: &[Arc<Node>], start: usize) -> Option<&Arc<Node>> {
     if replicas.is_empty() {
         return None;
     }
-    let turn = routes.down_turn.fetch_add(1, Ordering::Relaxed) % replicas.len();
-    let (after, before) = replicas.split_at(turn);
+    let (after, before) = replicas.split_at(start % replicas.len());
     before.iter().chain(after).find(|node| node.serves_reads())
 }
 
